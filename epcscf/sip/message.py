@@ -1,0 +1,277 @@
+"""SIP message model (RFC 3261 §7).
+
+A message is a start line, an ordered list of header fields and a body.  Header
+values are kept as the raw text that arrived (after unfolding, RFC 3261 §7.3.1) so
+that anything the proxy does not need to read is forwarded byte-for-byte; typed
+views (``Via``, ``NameAddr``, ``CSeq`` ...) are parsed on demand by
+``epcscf.sip.headers`` and ``epcscf.sip.uri``.
+
+Header names are case-insensitive and have compact forms (RFC 3261 §7.3.3); the
+``Headers`` container stores the name as it arrived and compares canonical names.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Iterable, Iterator
+
+# RFC 3261 §7.3.3 compact forms, plus the ones later RFCs registered
+# (RFC 3515 Refer-To "r", RFC 3892 Referred-By "b", RFC 3841 "a"/"j"/"d",
+# RFC 4028 Session-Expires "x", RFC 3903/6665 Event "o", RFC 5626 none).
+COMPACT_FORMS: dict[str, str] = {
+    "i": "call-id",
+    "m": "contact",
+    "e": "content-encoding",
+    "l": "content-length",
+    "c": "content-type",
+    "f": "from",
+    "s": "subject",
+    "k": "supported",
+    "t": "to",
+    "v": "via",
+    "o": "event",
+    "r": "refer-to",
+    "b": "referred-by",
+    "u": "allow-events",
+    "x": "session-expires",
+    "a": "accept-contact",
+    "j": "reject-contact",
+    "d": "request-disposition",
+    "y": "identity",
+}
+
+# Display spelling used when we create a header ourselves.
+CANONICAL_SPELLING: dict[str, str] = {
+    "call-id": "Call-ID",
+    "cseq": "CSeq",
+    "www-authenticate": "WWW-Authenticate",
+    "p-asserted-identity": "P-Asserted-Identity",
+    "p-preferred-identity": "P-Preferred-Identity",
+    "p-associated-uri": "P-Associated-URI",
+    "p-charging-vector": "P-Charging-Vector",
+    "p-visited-network-id": "P-Visited-Network-ID",
+    "mime-version": "MIME-Version",
+    "rack": "RAck",
+    "rseq": "RSeq",
+}
+
+
+def canonical_name(name: str) -> str:
+    """Lower-case long form of a header name: the key used for comparisons."""
+    lowered = name.strip().lower()
+    return COMPACT_FORMS.get(lowered, lowered)
+
+
+def display_name(name: str) -> str:
+    """The conventional spelling of a header name, for headers we add."""
+    key = canonical_name(name)
+    if key in CANONICAL_SPELLING:
+        return CANONICAL_SPELLING[key]
+    return "-".join(part.capitalize() for part in key.split("-"))
+
+
+# Header fields whose values are comma-separated lists and may therefore be
+# split or combined (RFC 3261 §7.3.1).  Anything not named here (notably the
+# authentication headers and the date) is treated as a single value.
+LIST_HEADERS: frozenset[str] = frozenset(
+    {
+        "via",
+        "route",
+        "record-route",
+        "contact",
+        "path",
+        "service-route",
+        "p-associated-uri",
+        "p-asserted-identity",
+        "p-preferred-identity",
+        "allow",
+        "supported",
+        "require",
+        "proxy-require",
+        "unsupported",
+        "accept",
+        "accept-encoding",
+        "accept-language",
+        "content-encoding",
+        "allow-events",
+        "reason",
+    }
+)
+
+
+@dataclass
+class Headers:
+    """Ordered, multi-valued, case-insensitive header fields.
+
+    Each entry is ``(name as written, value)``; one entry per header line as it
+    arrived (a line may carry a comma-separated list, see ``values``).
+    """
+
+    _items: list[tuple[str, str]] = field(default_factory=list)
+
+    @classmethod
+    def from_pairs(cls, pairs: Iterable[tuple[str, str]]) -> "Headers":
+        return cls(list(pairs))
+
+    def __iter__(self) -> Iterator[tuple[str, str]]:
+        return iter(self._items)
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def __contains__(self, name: object) -> bool:
+        if not isinstance(name, str):
+            return False
+        key = canonical_name(name)
+        return any(canonical_name(n) == key for n, _ in self._items)
+
+    def copy(self) -> "Headers":
+        return Headers(list(self._items))
+
+    def get(self, name: str, default: str | None = None) -> str | None:
+        """First value of a header line named ``name``, or ``default``."""
+        key = canonical_name(name)
+        for n, v in self._items:
+            if canonical_name(n) == key:
+                return v
+        return default
+
+    def get_all(self, name: str) -> list[str]:
+        """Every header line's value for ``name``, in order (lines not split)."""
+        key = canonical_name(name)
+        return [v for n, v in self._items if canonical_name(n) == key]
+
+    def count(self, name: str) -> int:
+        return len(self.get_all(name))
+
+    def add(self, name: str, value: str) -> None:
+        """Append a header line at the end."""
+        self._items.append((name, value))
+
+    def insert_first(self, name: str, value: str) -> None:
+        """Put a header line before every other line of the same name (Via, Record-Route).
+
+        If the header is absent it goes first of all, where a proxy puts its Via.
+        """
+        key = canonical_name(name)
+        for index, (n, _) in enumerate(self._items):
+            if canonical_name(n) == key:
+                self._items.insert(index, (name, value))
+                return
+        self._items.insert(0, (name, value))
+
+    def set(self, name: str, value: str) -> None:
+        """Replace every line of ``name`` by one line, kept at the first one's place."""
+        key = canonical_name(name)
+        for index, (n, _) in enumerate(self._items):
+            if canonical_name(n) == key:
+                self._items[index] = (n, value)
+                self._items[index + 1 :] = [
+                    item for item in self._items[index + 1 :] if canonical_name(item[0]) != key
+                ]
+                return
+        self._items.append((name, value))
+
+    def remove(self, name: str) -> int:
+        """Delete every line of ``name``; returns how many were removed."""
+        key = canonical_name(name)
+        before = len(self._items)
+        self._items = [item for item in self._items if canonical_name(item[0]) != key]
+        return before - len(self._items)
+
+    def replace_all(self, name: str, values: list[str]) -> None:
+        """Replace all lines of ``name`` with one line per value, at the first one's place."""
+        key = canonical_name(name)
+        position = next(
+            (i for i, (n, _) in enumerate(self._items) if canonical_name(n) == key),
+            len(self._items),
+        )
+        rest = [item for item in self._items if canonical_name(item[0]) != key]
+        position = min(position, len(rest))
+        rest[position:position] = [(display_name(name), v) for v in values]
+        self._items = rest
+
+
+@dataclass
+class Message:
+    headers: Headers
+    body: bytes
+
+    # Convenience accessors for the fields every layer reads.
+    @property
+    def call_id(self) -> str | None:
+        return self.headers.get("call-id")
+
+    def serialize(self) -> bytes:
+        """Wire form with a correct Content-Length (RFC 3261 §20.14)."""
+        lines = [self.start_line()]
+        have_length = False
+        for name, value in self.headers:
+            if canonical_name(name) == "content-length":
+                if have_length:
+                    continue
+                have_length = True
+                lines.append(f"{name}: {len(self.body)}")
+            else:
+                lines.append(f"{name}: {value}")
+        if not have_length:
+            lines.append(f"Content-Length: {len(self.body)}")
+        head = "\r\n".join(lines) + "\r\n\r\n"
+        return head.encode("utf-8", "surrogateescape") + self.body
+
+    def start_line(self) -> str:  # pragma: no cover - overridden
+        raise NotImplementedError
+
+
+@dataclass
+class Request(Message):
+    method: str = ""
+    uri: str = ""
+    version: str = "SIP/2.0"
+
+    def __init__(
+        self,
+        method: str,
+        uri: str,
+        headers: Headers | None = None,
+        body: bytes = b"",
+        version: str = "SIP/2.0",
+    ) -> None:
+        self.method = method
+        self.uri = uri
+        self.version = version
+        self.headers = headers if headers is not None else Headers()
+        self.body = body
+
+    def start_line(self) -> str:
+        return f"{self.method} {self.uri} {self.version}"
+
+    def copy(self) -> "Request":
+        return Request(self.method, self.uri, self.headers.copy(), self.body, self.version)
+
+
+@dataclass
+class Response(Message):
+    status: int = 0
+    reason: str = ""
+    version: str = "SIP/2.0"
+
+    def __init__(
+        self,
+        status: int,
+        reason: str = "",
+        headers: Headers | None = None,
+        body: bytes = b"",
+        version: str = "SIP/2.0",
+    ) -> None:
+        self.status = status
+        self.reason = reason
+        self.version = version
+        self.headers = headers if headers is not None else Headers()
+        self.body = body
+
+    def start_line(self) -> str:
+        return f"{self.version} {self.status} {self.reason}"
+
+    def copy(self) -> "Response":
+        return Response(self.status, self.reason, self.headers.copy(), self.body, self.version)
