@@ -275,3 +275,59 @@ class Response(Message):
 
     def copy(self) -> "Response":
         return Response(self.status, self.reason, self.headers.copy(), self.body, self.version)
+
+
+# RFC 3261 §21 (plus RFC 3329 494, RFC 5626 430/439, RFC 6228 199, RFC 8599 555)
+REASON_PHRASES: dict[int, str] = {
+    100: "Trying", 180: "Ringing", 181: "Call Is Being Forwarded", 182: "Queued",
+    183: "Session Progress", 199: "Early Dialog Terminated",
+    200: "OK", 202: "Accepted", 204: "No Notification",
+    300: "Multiple Choices", 301: "Moved Permanently", 302: "Moved Temporarily",
+    305: "Use Proxy", 380: "Alternative Service",
+    400: "Bad Request", 401: "Unauthorized", 402: "Payment Required", 403: "Forbidden",
+    404: "Not Found", 405: "Method Not Allowed", 406: "Not Acceptable",
+    407: "Proxy Authentication Required", 408: "Request Timeout", 410: "Gone",
+    412: "Conditional Request Failed", 413: "Request Entity Too Large",
+    414: "Request-URI Too Long", 415: "Unsupported Media Type",
+    416: "Unsupported URI Scheme", 417: "Unknown Resource-Priority", 420: "Bad Extension",
+    421: "Extension Required", 422: "Session Interval Too Small", 423: "Interval Too Brief",
+    428: "Use Identity Header", 429: "Provide Referrer Identity", 430: "Flow Failed",
+    433: "Anonymity Disallowed", 436: "Bad Identity-Info", 437: "Unsupported Certificate",
+    438: "Invalid Identity Header", 439: "First Hop Lacks Outbound Support",
+    440: "Max-Breadth Exceeded", 469: "Bad Info Package", 470: "Consent Needed",
+    480: "Temporarily Unavailable", 481: "Call/Transaction Does Not Exist",
+    482: "Loop Detected", 483: "Too Many Hops", 484: "Address Incomplete", 485: "Ambiguous",
+    486: "Busy Here", 487: "Request Terminated", 488: "Not Acceptable Here",
+    489: "Bad Event", 491: "Request Pending", 493: "Undecipherable",
+    494: "Security Agreement Required",
+    500: "Server Internal Error", 501: "Not Implemented", 502: "Bad Gateway",
+    503: "Service Unavailable", 504: "Server Time-out", 505: "Version Not Supported",
+    513: "Message Too Large", 555: "Push Notification Service Not Supported",
+    580: "Precondition Failure",
+    600: "Busy Everywhere", 603: "Decline", 604: "Does Not Exist Anywhere",
+    606: "Not Acceptable", 607: "Unwanted", 608: "Rejected",
+}
+
+
+def make_response(
+    request: Request,
+    status: int,
+    reason: str | None = None,
+    to_tag: str | None = None,
+) -> Response:
+    """A response to ``request`` per RFC 3261 §8.2.6.2.
+
+    Via (all values, in order), From, Call-ID and CSeq are copied; To is copied and
+    gets ``to_tag`` unless it already carries a tag (or the status is 100, which
+    never gets one).
+    """
+    response = Response(status, reason if reason is not None else REASON_PHRASES.get(status, ""))
+    for name, value in request.headers:
+        key = canonical_name(name)
+        if key in ("via", "from", "call-id", "cseq"):
+            response.headers.add(name, value)
+        elif key == "to":
+            if to_tag and status != 100 and ";tag=" not in value.replace(" ", "").lower():
+                value = f"{value};tag={to_tag}"
+            response.headers.add(name, value)
+    return response
