@@ -1,0 +1,404 @@
+"""ini files → typed, validated, immutable configuration.
+
+One frozen dataclass per section.  Every key a section accepts is a field of its
+dataclass, with a converter that validates the text; anything else is an error
+(typo protection).  Every error is a ``ConfigError`` whose ``str()`` is one line
+naming the file, section, key and reason, which is what the user sees on the
+terminal before a non-zero exit.
+
+Relative paths are resolved against the directory of the ini file that set them,
+so a config works whatever the working directory of the daemon is.
+"""
+
+from __future__ import annotations
+
+import configparser
+import ipaddress
+import os
+from dataclasses import MISSING, dataclass, field, fields
+from pathlib import Path
+from typing import Any, Callable, Iterable
+
+
+class ConfigError(Exception):
+    """A bad ini file: one line naming file, section, key and reason."""
+
+    def __init__(self, path: str, section: str | None, key: str | None, reason: str) -> None:
+        self.path = path
+        self.section = section
+        self.key = key
+        self.reason = reason
+        where = path
+        if section is not None:
+            where += f": [{section}]"
+        if key is not None:
+            where += f" {key}"
+        super().__init__(f"{where}: {reason}")
+
+
+class _Invalid(ValueError):
+    """Raised by converters; the loader adds file, section and key."""
+
+
+# --- converters: text → value, raising _Invalid with a reason a user can act on ---
+
+
+def _text(value: str, base: Path) -> str:
+    return value.strip()
+
+
+def _boolean(value: str, base: Path) -> bool:
+    lowered = value.strip().lower()
+    if lowered in ("1", "yes", "true", "on"):
+        return True
+    if lowered in ("0", "no", "false", "off"):
+        return False
+    raise _Invalid(f"expected true or false, got {value.strip()!r}")
+
+
+def _integer(low: int, high: int) -> Callable[[str, Path], int]:
+    def convert(value: str, base: Path) -> int:
+        try:
+            number = int(value.strip())
+        except ValueError:
+            raise _Invalid(f"expected a whole number, got {value.strip()!r}") from None
+        if not low <= number <= high:
+            raise _Invalid(f"must be between {low} and {high}, got {number}")
+        return number
+
+    return convert
+
+
+def _seconds(value: str, base: Path) -> float:
+    try:
+        number = float(value.strip())
+    except ValueError:
+        raise _Invalid(f"expected a number of seconds, got {value.strip()!r}") from None
+    if not number > 0 or number != number or number == float("inf"):
+        raise _Invalid(f"must be a positive number of seconds, got {value.strip()!r}")
+    return number
+
+
+def _choice(*choices: str) -> Callable[[str, Path], str]:
+    def convert(value: str, base: Path) -> str:
+        lowered = value.strip().lower()
+        if lowered not in choices:
+            raise _Invalid(f"must be one of {', '.join(choices)}, got {value.strip()!r}")
+        return lowered
+
+    return convert
+
+
+def _path(value: str, base: Path) -> str:
+    text = value.strip()
+    if not text:
+        return ""
+    return str((base / os.path.expanduser(text)).resolve())
+
+
+def _existing_file(value: str, base: Path) -> str:
+    resolved = _path(value, base)
+    if resolved and not os.path.isfile(resolved):
+        raise _Invalid(f"file {resolved} does not exist")
+    return resolved
+
+
+def _ip_address(value: str, base: Path) -> str:
+    text = value.strip()
+    try:
+        return str(ipaddress.ip_address(text))
+    except ValueError:
+        raise _Invalid(f"expected an IP address, got {text!r}") from None
+
+
+def _optional_ip_address(value: str, base: Path) -> str:
+    return _ip_address(value, base) if value.strip() else ""
+
+
+def _words(value: str) -> list[str]:
+    return [item.strip() for item in value.replace("\n", ",").split(",") if item.strip()]
+
+
+def _string_list(value: str, base: Path) -> tuple[str, ...]:
+    return tuple(_words(value))
+
+
+def _origin_list(value: str, base: Path) -> tuple[str, ...]:
+    origins = []
+    for origin in _words(value):
+        scheme, sep, rest = origin.partition("://")
+        if not sep or scheme not in ("http", "https") or not rest or "/" in rest:
+            raise _Invalid(f"{origin!r} is not an origin like https://wic.example.com:443")
+        origins.append(origin)
+    return tuple(origins)
+
+
+def _port_range(value: str, base: Path) -> tuple[int, int]:
+    low_text, sep, high_text = value.strip().partition("-")
+    try:
+        low, high = int(low_text), int(high_text)
+    except ValueError:
+        raise _Invalid(f"expected a port range like 20000-29999, got {value.strip()!r}") from None
+    if not sep or not 1024 <= low < high <= 65535:
+        raise _Invalid(f"expected 1024 <= low < high <= 65535, got {value.strip()!r}")
+    return low, high
+
+
+@dataclass(frozen=True)
+class Listener:
+    """One listening socket: ``transport:address:port`` in the ini file."""
+
+    transport: str
+    address: str
+    port: int
+
+    def __str__(self) -> str:
+        host = f"[{self.address}]" if ":" in self.address else self.address
+        return f"{self.transport}:{host}:{self.port}"
+
+
+def _listeners(*transports: str) -> Callable[[str, Path], tuple[Listener, ...]]:
+    def convert(value: str, base: Path) -> tuple[Listener, ...]:
+        result = []
+        for item in _words(value):
+            transport, sep, rest = item.partition(":")
+            if not sep:
+                raise _Invalid(f"{item!r} is not transport:address:port")
+            transport = transport.lower()
+            if transport not in transports:
+                raise _Invalid(f"transport {transport!r} in {item!r} must be one of {', '.join(transports)}")
+            if rest.startswith("["):
+                host, _, port_text = rest[1:].partition("]:")
+            else:
+                host, _, port_text = rest.rpartition(":")
+            try:
+                host = str(ipaddress.ip_address(host))
+            except ValueError:
+                raise _Invalid(f"address {host!r} in {item!r} is not an IP address") from None
+            try:
+                port = int(port_text)
+            except ValueError:
+                raise _Invalid(f"port {port_text!r} in {item!r} is not a number") from None
+            if not 0 <= port <= 65535:
+                raise _Invalid(f"port {port} in {item!r} is out of range")
+            result.append(Listener(transport, host, port))
+        return tuple(result)
+
+    return convert
+
+
+def _option(convert: Callable[[str, Path], Any], default: Any, doc: str) -> Any:
+    """A section field: its converter, default (the text form when it needs a path base) and doc."""
+    if isinstance(default, (list, dict, set)):
+        return field(default_factory=lambda: default, metadata={"convert": convert, "doc": doc})
+    return field(default=default, metadata={"convert": convert, "doc": doc})
+
+
+# --- sections ---
+
+
+@dataclass(frozen=True)
+class ServiceSection:
+    state_dir: str = _option(_path, "", "directory for generated state (manhole host key); default: var/ beside the ini file")
+    drain_timeout: float = _option(_seconds, 30.0, "on SIGTERM, how long established calls may continue")
+
+
+@dataclass(frozen=True)
+class SipSection:
+    listen: tuple[Listener, ...] = _option(
+        _listeners("udp", "tcp", "tls"), (), "core-facing SIP listeners, e.g. udp:127.0.0.1:5060, tcp:127.0.0.1:5060"
+    )
+    public_address: str = _option(_optional_ip_address, "", "address written in Via/Record-Route/Path (default: listener address)")
+    tls_certificate: str = _option(_existing_file, "", "PEM certificate for tls listeners")
+    tls_private_key: str = _option(_existing_file, "", "PEM private key for tls listeners")
+    t1: float = _option(_seconds, 0.5, "RFC 3261 T1 toward the core (TS 24.229 Table 7.7.1: 0.5 s)")
+    t2: float = _option(_seconds, 4.0, "RFC 3261 T2 toward the core")
+    t4: float = _option(_seconds, 5.0, "RFC 3261 T4 toward the core")
+    wic_t1: float = _option(_seconds, 2.0, "T1 toward the WIC (TS 24.229 Table 7.7.1: 2 s; B/F/H = 64*T1)")
+    wic_t2: float = _option(_seconds, 16.0, "T2 toward the WIC")
+    wic_t4: float = _option(_seconds, 17.0, "T4 toward the WIC")
+    timer_c: float = _option(_seconds, 180.0, "RFC 3261 §16.6 Timer C for proxied INVITEs (> 3 min)")
+    max_message_size: int = _option(_integer(1024, 1 << 20), 65535, "largest SIP message accepted, bytes")
+    max_headers: int = _option(_integer(8, 4096), 256, "most header lines in one message")
+    max_line_length: int = _option(_integer(256, 1 << 20), 8192, "longest header line, bytes")
+    idle_timeout: float = _option(_seconds, 600.0, "close an idle TCP/TLS connection after this long")
+
+
+@dataclass(frozen=True)
+class WsSection:
+    listen: tuple[Listener, ...] = _option(
+        _listeners("ws", "wss"), (), "WIC-facing WebSocket listeners, e.g. ws:127.0.0.1:8080, wss:0.0.0.0:8443"
+    )
+    certificate: str = _option(_existing_file, "", "PEM certificate (chain) for wss listeners")
+    private_key: str = _option(_existing_file, "", "PEM private key for wss listeners")
+    allowed_origins: tuple[str, ...] = _option(_origin_list, (), "browser origins allowed to connect (scheme://host[:port])")
+    allow_any_origin: bool = _option(_boolean, False, "accept every browser origin (labs only)")
+    allow_missing_origin: bool = _option(_boolean, True, "accept clients that send no Origin (non-browser WICs)")
+    max_message_size: int = _option(_integer(1024, 1 << 20), 65536, "largest WebSocket message; bigger closes with 1009")
+    ping_interval: float = _option(_seconds, 25.0, "WebSocket ping interval")
+    ping_timeout: float = _option(_seconds, 10.0, "close the connection when a ping gets no pong within this time")
+
+
+@dataclass(frozen=True)
+class CoreSection:
+    mode: str = _option(_choice("embedded", "external"), "embedded", "embedded: built-in registrar/proxy; external: next_hop")
+    next_hop: tuple[str, ...] = _option(_string_list, (), "SIP URI(s) of the I-CSCF/S-CSCF, in failover order (external mode)")
+    domain: str = _option(_text, "ims.localdomain", "home network domain (registrar realm in embedded mode)")
+    listen: tuple[Listener, ...] = _option(
+        _listeners("udp", "tcp"), (), "embedded core listeners on loopback, e.g. udp:127.0.0.1:5070"
+    )
+    users: str = _option(_existing_file, "", "embedded core users file (user:password lines)")
+    registration_max_expires: int = _option(_integer(60, 86400), 3600, "embedded registrar: longest registration granted")
+
+
+@dataclass(frozen=True)
+class MediaSection:
+    bind_address: str = _option(_ip_address, "127.0.0.1", "address media sockets toward the WIC bind on")
+    advertised_address: str = _option(_optional_ip_address, "", "address written into ICE candidates (1:1 NAT); default bind_address")
+    core_address: str = _option(_ip_address, "127.0.0.1", "address of the RTP relay toward the core (c= toward the core)")
+    port_range: tuple[int, int] = _option(_port_range, (20000, 29999), "UDP ports for ICE and RTP, low-high")
+    ice_mode: str = _option(_choice("full", "lite"), "full", "full ICE (RFC 8445) or ICE-lite toward the WIC")
+    consent_interval: float = _option(_seconds, 5.0, "RFC 7675 consent check interval (randomised ±20 %)")
+    consent_timeout: float = _option(_seconds, 30.0, "RFC 7675: release the call after this long without consent")
+    connect_timeout: float = _option(_seconds, 10.0, "release the call when ICE/DTLS is not up this long after the answer")
+
+
+@dataclass(frozen=True)
+class ManholeSection:
+    enabled: bool = _option(_boolean, False, "start the SSH console")
+    port: int = _option(_integer(0, 65535), 2222, "TCP port of the SSH console (always bound to 127.0.0.1)")
+    users: str = _option(_existing_file, "", "file of user:bcrypt-hash lines allowed to log in")
+    host_key: str = _option(_path, "", "SSH host key file, generated on first start (default: state_dir/manhole_host_key)")
+
+
+@dataclass(frozen=True)
+class LogSection:
+    level: str = _option(_choice("debug", "info", "warn", "error", "critical"), "info", "lowest level written")
+    format: str = _option(_choice("text", "json"), "text", "text lines or JSON lines (one event per line)")
+
+
+SECTIONS: dict[str, type] = {
+    "service": ServiceSection,
+    "sip": SipSection,
+    "ws": WsSection,
+    "core": CoreSection,
+    "media": MediaSection,
+    "manhole": ManholeSection,
+    "log": LogSection,
+}
+
+
+@dataclass(frozen=True)
+class Config:
+    files: tuple[str, ...]
+    service: ServiceSection
+    sip: SipSection
+    ws: WsSection
+    core: CoreSection
+    media: MediaSection
+    manhole: ManholeSection
+    log: LogSection
+
+
+def load(paths: Iterable[str | os.PathLike[str]]) -> Config:
+    """Read ini files (later ones override earlier ones) and validate them."""
+    values: dict[str, dict[str, tuple[str, str, Path]]] = {name: {} for name in SECTIONS}
+    files: list[str] = []
+    for raw_path in paths:
+        path = str(raw_path)
+        files.append(path)
+        parser = configparser.ConfigParser(interpolation=None, inline_comment_prefixes=(";", "#"))
+        parser.optionxform = str  # keep key spelling; we compare case-sensitively
+        try:
+            with open(path, encoding="utf-8") as handle:
+                parser.read_file(handle, source=path)
+        except OSError as error:
+            raise ConfigError(path, None, None, f"cannot read: {error.strerror or error}") from None
+        except UnicodeDecodeError:
+            raise ConfigError(path, None, None, "not UTF-8 text") from None
+        except configparser.Error as error:
+            reason = " ".join(str(error).split())
+            raise ConfigError(path, None, None, f"not an ini file: {reason}") from None
+        base = Path(path).resolve().parent
+        for section in parser.sections():
+            if section not in SECTIONS:
+                raise ConfigError(path, section, None, f"unknown section (known: {', '.join(SECTIONS)})")
+            known = {f.name for f in fields(SECTIONS[section])}
+            for key, text in parser.items(section):
+                if key not in known:
+                    raise ConfigError(path, section, key, f"unknown key (known: {', '.join(sorted(known))})")
+                values[section][key] = (text, path, base)
+    sections = {name: _build_section(cls, values[name], files) for name, cls in SECTIONS.items()}
+    config = Config(files=tuple(files), **sections)
+    set_by = {(section, key): given[1] for section, keys in values.items() for key, given in keys.items()}
+    _check_consistency(config, set_by)
+    return config
+
+
+def _build_section(cls: type, given: dict[str, tuple[str, str, Path]], files: list[str]) -> Any:
+    section = next(name for name, c in SECTIONS.items() if c is cls)
+    kwargs = {}
+    for f in fields(cls):
+        if f.name not in given:
+            continue
+        text, path, base = given[f.name]
+        try:
+            kwargs[f.name] = f.metadata["convert"](text, base)
+        except _Invalid as error:
+            raise ConfigError(path, section, f.name, str(error)) from None
+    instance = cls(**kwargs)
+    # Defaults that depend on where the first file lives.
+    if cls is ServiceSection and not instance.state_dir:
+        base = Path(files[0]).resolve().parent if files else Path.cwd()
+        instance = ServiceSection(str(base / "var"), instance.drain_timeout)
+    return instance
+
+
+def _check_consistency(config: Config, set_by: dict[tuple[str, str], str]) -> None:
+    """Rules that involve more than one key; errors name the file that set the key (or the last file)."""
+
+    def fail(section: str, key: str, reason: str) -> None:
+        path = set_by.get((section, key), config.files[-1] if config.files else "<defaults>")
+        raise ConfigError(path, section, key, reason)
+
+    if any(listener.transport == "wss" for listener in config.ws.listen):
+        if not config.ws.certificate:
+            fail("ws", "certificate", "a wss listener needs a certificate")
+        if not config.ws.private_key:
+            fail("ws", "private_key", "a wss listener needs a private_key")
+    if any(listener.transport == "tls" for listener in config.sip.listen):
+        if not config.sip.tls_certificate:
+            fail("sip", "tls_certificate", "a tls listener needs tls_certificate")
+        if not config.sip.tls_private_key:
+            fail("sip", "tls_private_key", "a tls listener needs tls_private_key")
+    if not config.ws.listen:
+        fail("ws", "listen", "at least one ws or wss listener is needed: it is how WICs reach the eP-CSCF")
+    if not config.sip.listen:
+        fail("sip", "listen", "at least one core-facing SIP listener is needed")
+    if config.core.mode == "external" and not config.core.next_hop:
+        fail("core", "next_hop", "mode = external needs next_hop (the I-CSCF or S-CSCF URI)")
+    if config.core.mode == "embedded":
+        if not config.core.users:
+            fail("core", "users", "mode = embedded needs a users file")
+        if not config.core.listen:
+            fail("core", "listen", "mode = embedded needs a listener for the embedded core")
+    if config.manhole.enabled and not config.manhole.users:
+        fail("manhole", "users", "enabled = true needs a users file (user:bcrypt-hash lines)")
+    low, high = config.media.port_range
+    if high - low < 3:
+        fail("media", "port_range", "needs at least 4 ports")
+
+
+def describe() -> str:
+    """Every section and key with its default and meaning, for the README and --help."""
+    lines = []
+    for name, cls in SECTIONS.items():
+        lines.append(f"[{name}]")
+        for f in fields(cls):
+            default = f.default if f.default is not MISSING else f.default_factory()  # type: ignore[misc]
+            if f.name == "port_range":
+                default = "-".join(str(port) for port in default)
+            elif isinstance(default, tuple):
+                default = ", ".join(str(item) for item in default)
+            lines.append(f"  {f.name} = {default}    ; {f.metadata['doc']}")
+    return "\n".join(lines)

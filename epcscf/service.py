@@ -1,0 +1,57 @@
+"""The service tree: built from a ``Config``; the only place that wires layers together."""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from twisted.application.service import MultiService
+from twisted.internet.error import CannotListenError
+from twisted.logger import Logger
+
+from epcscf.config import Config
+from epcscf.ops.manhole import ManholeService, UsersFileError
+
+log = Logger(namespace="epcscf.service")
+
+
+class StartupError(Exception):
+    """The service cannot start (a port in use, an unreadable file); ``str()`` is one line."""
+
+
+class EpcscfService(MultiService):
+    """The whole eP-CSCF: listeners, the proxy, the embedded core and the console."""
+
+    def __init__(self, config: Config) -> None:
+        super().__init__()
+        self.config = config
+        self.manhole: ManholeService | None = None
+        if config.manhole.enabled:
+            host_key = config.manhole.host_key or os.path.join(config.service.state_dir, "manhole_host_key")
+            self.manhole = ManholeService(config.manhole.port, config.manhole.users, host_key, self.console_namespace)
+            self.manhole.setServiceParent(self)
+
+    def console_namespace(self) -> dict[str, Any]:
+        """What an operator finds in the manhole: the running objects."""
+        from twisted.internet import reactor
+
+        return {"service": self, "config": self.config, "reactor": reactor}
+
+    def startService(self) -> None:  # noqa: N802
+        from twisted.internet import reactor
+
+        log.info(
+            "epcscf starting on {reactor} with {files}",
+            reactor=f"{type(reactor).__module__}.{type(reactor).__qualname__}",
+            files=", ".join(self.config.files),
+        )
+        try:
+            super().startService()
+        except CannotListenError as error:
+            reason = error.socketError.strerror if hasattr(error.socketError, "strerror") else error.socketError
+            message = f"cannot listen on {error.interface or '*'}:{error.port}: {reason}"
+            log.critical("{message}", message=message)
+            raise StartupError(message) from None
+        except (UsersFileError, OSError) as error:
+            log.critical("{message}", message=str(error))
+            raise StartupError(str(error)) from None

@@ -1,0 +1,45 @@
+"""Running real programs from tests: bounded waits, and nothing left behind."""
+
+from __future__ import annotations
+
+import os
+import sys
+from typing import Callable
+
+from twisted.internet import defer, reactor, task
+
+TOP = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+VENV_BIN = os.path.dirname(sys.executable)
+
+
+def child_env(**extra: str) -> dict[str, str]:
+    """The test's environment with the checkout importable first."""
+    env = dict(os.environ)
+    env["PYTHONPATH"] = TOP + os.pathsep + env.get("PYTHONPATH", "")
+    env.update(extra)
+    return env
+
+
+async def wait_for(condition: Callable[[], bool], timeout: float = 10.0, interval: float = 0.05) -> None:
+    """Poll ``condition`` on the real reactor until true; fail after ``timeout`` seconds."""
+    waited = 0.0
+    while not condition():
+        if waited >= timeout:
+            raise AssertionError(f"condition not met within {timeout} s: {condition}")
+        await task.deferLater(reactor, interval, lambda: None)
+        waited += interval
+
+
+def process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+def run(argv: list[str], env: dict[str, str] | None = None, path: str | None = None) -> defer.Deferred:
+    """(stdout, stderr, exit code) of a program run to completion."""
+    from twisted.internet.utils import getProcessOutputAndValue
+
+    return getProcessOutputAndValue(argv[0], argv[1:], env=env or child_env(), path=path or TOP)

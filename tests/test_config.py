@@ -1,0 +1,167 @@
+"""ini files → typed config; every error is one line naming file, section, key and reason."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+
+from twisted.trial import unittest
+
+from epcscf import config
+from epcscf.config import ConfigError, Listener, load
+
+TOP = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+DEFAULT_INI = os.path.join(TOP, "etc", "epcscf.ini")
+
+MINIMAL = {
+    "sip": {"listen": "udp:127.0.0.1:0"},
+    "ws": {"listen": "ws:127.0.0.1:0"},
+    "core": {"mode": "external", "next_hop": "sip:icscf.example.net;transport=tcp"},
+}
+
+
+def ini(changes: dict[str, dict[str, str | None]] | None = None) -> str:
+    """MINIMAL with keys changed (None removes a key) and sections added."""
+    sections = {name: dict(keys) for name, keys in MINIMAL.items()}
+    for name, keys in (changes or {}).items():
+        for key, value in keys.items():
+            if value is None:
+                sections.setdefault(name, {}).pop(key, None)
+            else:
+                sections.setdefault(name, {})[key] = value
+    return "".join(f"[{name}]\n" + "".join(f"{k} = {v}\n" for k, v in keys.items()) for name, keys in sections.items())
+
+
+class ConfigTests(unittest.TestCase):
+    def write(self, text: str, name: str = "epcscf.ini") -> str:
+        directory = self.mktemp()
+        os.makedirs(directory)
+        path = os.path.join(directory, name)
+        with open(path, "w") as handle:
+            handle.write(text)
+        return path
+
+    def assertConfigError(self, text: str, message: str) -> ConfigError:
+        path = self.write(text)
+        error = self.assertRaises(ConfigError, load, [path])
+        self.assertEqual(str(error), f"{path}: {message}")
+        self.assertNotIn("\n", str(error))
+        return error
+
+    def test_default_file_loads(self) -> None:
+        loaded = load([DEFAULT_INI])
+        self.assertEqual(loaded.core.mode, "embedded")
+        self.assertEqual(loaded.ws.listen, (Listener("ws", "127.0.0.1", 8080),))
+        self.assertIn(Listener("udp", "127.0.0.1", 5060), loaded.sip.listen)
+        self.assertTrue(os.path.isfile(loaded.core.users))
+        self.assertTrue(loaded.manhole.enabled)
+        self.assertEqual(loaded.service.state_dir, os.path.join(TOP, "var"))
+
+    def test_values_are_typed_and_immutable(self) -> None:
+        loaded = load([self.write(ini({"media": {"port_range": "30000-30100", "ice_mode": "LITE"}, "sip": {"t1": "0.25"}}))])
+        self.assertEqual(loaded.media.port_range, (30000, 30100))
+        self.assertEqual(loaded.media.ice_mode, "lite")
+        self.assertEqual(loaded.sip.t1, 0.25)
+        self.assertEqual(loaded.core.next_hop, ("sip:icscf.example.net;transport=tcp",))
+        self.assertRaises(AttributeError, setattr, loaded.sip, "t1", 1.0)
+
+    def test_later_files_override_earlier_ones(self) -> None:
+        first = self.write(ini())
+        second = self.write("[log]\nlevel = debug\nformat = json\n", "override.ini")
+        loaded = load([first, second])
+        self.assertEqual((loaded.log.level, loaded.log.format), ("debug", "json"))
+        self.assertEqual(loaded.files, (first, second))
+
+    def test_ipv6_listener(self) -> None:
+        loaded = load([self.write(ini({"sip": {"listen": "udp:[::1]:5060, tcp:127.0.0.1:5060"}}))])
+        self.assertEqual(loaded.sip.listen[0], Listener("udp", "::1", 5060))
+        self.assertEqual(str(loaded.sip.listen[0]), "udp:[::1]:5060")
+
+    def test_unknown_section(self) -> None:
+        self.assertConfigError(
+            ini() + "[mdia]\n", "[mdia]: unknown section (known: service, sip, ws, core, media, manhole, log)"
+        )
+
+    def test_unknown_key(self) -> None:
+        error = self.assertConfigError(ini({"media": {"bind_adress": "127.0.0.1"}}), "[media] bind_adress: unknown key (known: advertised_address, bind_address, connect_timeout, consent_interval, consent_timeout, core_address, ice_mode, port_range)")
+        self.assertEqual((error.section, error.key), ("media", "bind_adress"))
+
+    def test_bad_number(self) -> None:
+        self.assertConfigError(ini({"sip": {"t1": "soon"}}), "[sip] t1: expected a number of seconds, got 'soon'")
+
+    def test_negative_seconds(self) -> None:
+        self.assertConfigError(ini({"sip": {"t2": "-4"}}), "[sip] t2: must be a positive number of seconds, got '-4'")
+
+    def test_out_of_range_integer(self) -> None:
+        self.assertConfigError(ini({"manhole": {"port": "70000"}}), "[manhole] port: must be between 0 and 65535, got 70000")
+
+    def test_bad_boolean(self) -> None:
+        self.assertConfigError(ini({"ws": {"allow_any_origin": "perhaps"}}), "[ws] allow_any_origin: expected true or false, got 'perhaps'")
+
+    def test_bad_choice(self) -> None:
+        self.assertConfigError(ini({"media": {"ice_mode": "half"}}), "[media] ice_mode: must be one of full, lite, got 'half'")
+
+    def test_bad_listener_transport(self) -> None:
+        self.assertConfigError(
+            ini({"sip": {"listen": "sctp:127.0.0.1:5060"}}),
+            "[sip] listen: transport 'sctp' in 'sctp:127.0.0.1:5060' must be one of udp, tcp, tls",
+        )
+
+    def test_bad_listener_address(self) -> None:
+        self.assertConfigError(
+            ini({"ws": {"listen": "ws:localhost:8080"}}),
+            "[ws] listen: address 'localhost' in 'ws:localhost:8080' is not an IP address",
+        )
+
+    def test_bad_origin(self) -> None:
+        self.assertConfigError(
+            ini({"ws": {"allowed_origins": "wic.example.com"}}),
+            "[ws] allowed_origins: 'wic.example.com' is not an origin like https://wic.example.com:443",
+        )
+
+    def test_bad_port_range(self) -> None:
+        self.assertConfigError(ini({"media": {"port_range": "30000"}}), "[media] port_range: expected a port range like 20000-29999, got '30000'")
+
+    def test_inverted_port_range(self) -> None:
+        self.assertConfigError(ini({"media": {"port_range": "30000-20000"}}), "[media] port_range: expected 1024 <= low < high <= 65535, got '30000-20000'")
+
+    def test_missing_file_named_by_a_key(self) -> None:
+        path = self.write(ini({"manhole": {"enabled": "true", "users": "nowhere.users"}}))
+        error = self.assertRaises(ConfigError, load, [path])
+        missing = os.path.join(os.path.dirname(os.path.abspath(path)), "nowhere.users")
+        self.assertEqual(str(error), f"{path}: [manhole] users: file {missing} does not exist")
+
+    def test_wss_without_certificate(self) -> None:
+        self.assertConfigError(
+            ini({"ws": {"listen": "wss:127.0.0.1:0"}}), "[ws] certificate: a wss listener needs a certificate"
+        )
+
+    def test_external_core_without_next_hop(self) -> None:
+        self.assertConfigError(
+            ini({"core": {"next_hop": None}}),
+            "[core] next_hop: mode = external needs next_hop (the I-CSCF or S-CSCF URI)",
+        )
+
+    def test_no_ws_listener(self) -> None:
+        self.assertConfigError(
+            ini({"ws": {"listen": None, "allow_any_origin": "true"}}),
+            "[ws] listen: at least one ws or wss listener is needed: it is how WICs reach the eP-CSCF",
+        )
+
+    def test_not_an_ini_file(self) -> None:
+        path = self.write("listen = 1\n")
+        error = self.assertRaises(ConfigError, load, [path])
+        self.assertTrue(str(error).startswith(f"{path}: not an ini file: File contains no section headers."), str(error))
+        self.assertNotIn("\n", str(error))
+
+    def test_unreadable_file(self) -> None:
+        path = os.path.join(tempfile.gettempdir(), "epcscf-no-such-file.ini")
+        error = self.assertRaises(ConfigError, load, [path])
+        self.assertEqual(str(error), f"{path}: cannot read: No such file or directory")
+
+    def test_reference_lists_every_key(self) -> None:
+        reference = config.describe()
+        for name, cls in config.SECTIONS.items():
+            self.assertIn(f"[{name}]", reference)
+            for f in config.fields(cls):
+                self.assertIn(f"  {f.name} = ", reference)

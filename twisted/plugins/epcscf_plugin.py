@@ -1,0 +1,11 @@
+# twistd finds this dropin by scanning twisted/plugins on sys.path; it must stay
+# trivial: twistd imports every plugin on every run (even `twistd web`), so
+# nothing here may import the reactor or install one (see epcscf.tap).
+from twisted.application.service import ServiceMaker
+
+epcscf = ServiceMaker(
+    "epcscf",
+    "epcscf.tap",
+    "eP-CSCF: SIP over WebSocket access to an IMS core (3GPP TS 24.371)",
+    "epcscf",
+)
