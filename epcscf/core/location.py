@@ -1,0 +1,161 @@
+"""Location service of the embedded core: address-of-record → contact bindings.
+
+RFC 3261 §10.3 calls the registrar's store the *location service*: for every
+address-of-record (AOR) it holds the contact addresses a user agent registered,
+each with its own expiry.  The store here also keeps what later RFCs attach to a
+binding: the Path the REGISTER carried (RFC 3327 §5.3, used as the Route set of
+terminating requests, §5.4), the RFC 5626 instance-id and reg-id that identify a
+flow independent of its contact URI (§6), and the Call-ID/CSeq of the REGISTER
+that last touched the binding (RFC 3261 §10.3 step 7 ordering).
+
+Expiry is evaluated against an injected ``IReactorTime`` (``task.Clock`` in
+tests): a binding whose ``expires_at`` is not in the future no longer exists for
+any reader.  Expired bindings are removed lazily whenever their AOR is read or
+written, and ``purge_expired`` sweeps everything (the core calls it
+periodically so idle AORs do not accumulate).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Iterator
+
+from twisted.internet.interfaces import IReactorTime
+
+
+@dataclass(frozen=True)
+class Binding:
+    """One registered contact of one AOR (RFC 3261 §10.3 step 7)."""
+
+    aor: str
+    #: the Contact URI as registered (the target of terminating requests)
+    contact: str
+    #: Contact header parameters other than ``expires`` and ``q`` as written
+    #: (``;+sip.instance="<urn:...>";reg-id=1``), echoed back in the 200 OK
+    contact_params: str
+    #: RFC 3327: Path header values of the REGISTER, in order (the Route set toward the UA)
+    path: tuple[str, ...]
+    #: RFC 5626 §4.1 ``+sip.instance`` value (without quotes), if any
+    instance: str | None
+    #: RFC 5626 §4.2 ``reg-id``; meaningful only together with ``instance``
+    reg_id: int | None
+    call_id: str
+    cseq: int
+    #: absolute time (clock seconds) at which the binding ceases to exist
+    expires_at: float
+    #: clock seconds of the REGISTER that created or last refreshed the binding
+    registered_at: float
+    #: RFC 3261 §20.10 q-value (preference among contacts), 1.0 unless given
+    q: float = 1.0
+
+    def remaining(self, now: float) -> int:
+        """Seconds left, rounded up, as written in the 200 OK ``expires`` parameter."""
+        left = self.expires_at - now
+        return max(0, int(left) if left == int(left) else int(left) + 1)
+
+    @property
+    def flow_key(self) -> tuple[str, int] | None:
+        """RFC 5626 §6: (instance-id, reg-id) identifies the flow a binding is on."""
+        if self.instance is not None and self.reg_id is not None:
+            return (self.instance, self.reg_id)
+        return None
+
+
+@dataclass
+class LocationService:
+    """AOR → bindings, with expiry on an injected clock."""
+
+    clock: IReactorTime
+    _bindings: dict[str, list[Binding]] = field(default_factory=dict)
+
+    def now(self) -> float:
+        return self.clock.seconds()
+
+    # --- reading ---
+
+    def bindings(self, aor: str) -> list[Binding]:
+        """The live bindings of ``aor``, most recently registered first (serial forking order)."""
+        live = self._live(aor)
+        return sorted(live, key=lambda b: (-b.q, -b.registered_at))
+
+    def aors(self) -> Iterator[str]:
+        """Every AOR that has at least one live binding."""
+        for aor in list(self._bindings):
+            if self._live(aor):
+                yield aor
+
+    def find(self, aor: str, contact: str) -> Binding | None:
+        """The binding of ``aor`` whose contact equals ``contact`` (RFC 3261 §19.1.4 comparison)."""
+        key = contact_key(contact)
+        return next((b for b in self._live(aor) if contact_key(b.contact) == key), None)
+
+    def find_flow(self, aor: str, instance: str, reg_id: int) -> Binding | None:
+        """RFC 5626 §6: the binding of ``aor`` on the flow (instance, reg-id), whatever its contact."""
+        return next((b for b in self._live(aor) if b.flow_key == (instance, reg_id)), None)
+
+    # --- writing ---
+
+    def put(self, binding: Binding) -> None:
+        """Add ``binding``, replacing one with the same contact or the same RFC 5626 flow."""
+        live = [
+            b
+            for b in self._live(binding.aor)
+            if contact_key(b.contact) != contact_key(binding.contact)
+            and (binding.flow_key is None or b.flow_key != binding.flow_key)
+        ]
+        live.append(binding)
+        self._bindings[binding.aor] = live
+
+    def remove(self, binding: Binding) -> None:
+        live = [b for b in self._live(binding.aor) if b != binding]
+        self._store(binding.aor, live)
+
+    def remove_all(self, aor: str) -> None:
+        """RFC 3261 §10.3 step 6: ``Contact: *`` with ``Expires: 0`` removes every binding."""
+        self._bindings.pop(aor, None)
+
+    def purge_expired(self) -> int:
+        """Drop every expired binding; returns how many were dropped."""
+        dropped = 0
+        for aor in list(self._bindings):
+            before = len(self._bindings[aor])
+            dropped += before - len(self._live(aor))
+        return dropped
+
+    # --- internals ---
+
+    def _live(self, aor: str) -> list[Binding]:
+        now = self.now()
+        current = self._bindings.get(aor, [])
+        live = [b for b in current if b.expires_at > now]
+        if len(live) != len(current):
+            self._store(aor, live)
+        return live
+
+    def _store(self, aor: str, bindings: list[Binding]) -> None:
+        if bindings:
+            self._bindings[aor] = bindings
+        else:
+            self._bindings.pop(aor, None)
+
+
+def contact_key(uri: str) -> str:
+    """A comparison key for Contact URIs (RFC 3261 §19.1.4, simplified).
+
+    Scheme and host compare case-insensitively, the user part case-sensitively;
+    URI parameters are ignored except ``transport`` (which changes where a
+    request goes).  Good enough to recognise a UA refreshing the contact it
+    registered, which sends the very same URI.
+    """
+    text = uri.strip()
+    if text.startswith("<") and text.endswith(">"):
+        text = text[1:-1]
+    scheme, _, rest = text.partition(":")
+    base, _, params = rest.partition(";")
+    user, at, hostport = base.rpartition("@")
+    transport = ""
+    for param in params.split(";"):
+        name, _, value = param.partition("=")
+        if name.strip().lower() == "transport":
+            transport = value.strip().lower()
+    return f"{scheme.lower()}:{user}{at}{hostport.lower()};transport={transport}"
