@@ -1,0 +1,438 @@
+"""Full ICE toward the WIC on aioice (RFC 8445, REQ-I03/I04/I05/I07/I09).
+
+Theory of operation.  aioice runs the checks, pacing, role conflicts and nomination.  We extend
+`aioice.Connection` per instance (no fork, no import-time monkeypatching) where it does not fit
+a media gateway:
+
+- binding: `get_component_candidates` binds only the configured addresses, on ports from the
+  shared `UdpPortPool`, and writes the advertised (1:1 NAT) address into the candidates; aioice's
+  interface enumeration is ignored;
+- consent: aioice's own `query_consent` (module-global timing, close as the only signal) is
+  replaced by the agent's clock-driven `ConsentFreshness`, which sends its checks through
+  `send_consent_check` below;
+- data: non-STUN datagrams (RFC 7983) go straight to the agent for the selected pair only,
+  instead of aioice's unbounded queue;
+- selection: `check_complete` reports every change of the nominated pair (renomination);
+- nomination: regular only (REQ-I03, RFC 8445 §8.1.1 — aggressive nomination is gone from
+  RFC 8445).  aioice 0.13 reads `remote_is_lite` in one place, `check_start`, to choose
+  aggressive nomination when controlling a full peer; pinning it to True selects aioice's
+  regular nomination path.  Nothing else in aioice 0.13 reads it.
+
+An ICE restart (REQ-I09) is a new `FullGeneration` (new credentials, sockets and Connection);
+`FullBackend` keeps the old one sending until the new one selects a pair.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import OrderedDict
+from collections.abc import Callable
+from typing import Any
+
+import aioice.ice
+from aioice import stun
+from aioice.candidate import Candidate
+from twisted.logger import Logger
+
+from epcscf.ice.ports import UdpPortPool
+from epcscf.ice.sockets import BackendListener, EarlyDatagrams, bind_udp, host_candidate, is_stun
+from epcscf.ice.types import Address, IceAgentConfig, IceCredentials, IceStats, SelectedPair
+
+log = Logger()
+
+# Outstanding consent transactions kept per generation; older ones are forgotten (they only
+# matter until the next response or the 30 s expiry, RFC 7675 §5.1).
+CONSENT_OUTSTANDING = 16
+
+
+class _StunSocket(aioice.ice.StunProtocol):
+    """aioice's socket protocol, demultiplexing data by first byte (RFC 7983) and counting checks."""
+
+    receiver: _AgentConnection
+
+    def __init__(self, receiver: _AgentConnection) -> None:
+        super().__init__(receiver)
+        self.pool_port: int | None = None
+
+    def datagram_received(self, data: bytes | str, addr: tuple[Any, ...]) -> None:
+        data = bytes(data) if not isinstance(data, bytes) else data
+        if not is_stun(data):
+            self.receiver.generation.received_data(self, data, (addr[0], addr[1]))
+            return
+        super().datagram_received(data, addr)
+
+    def send_stun(self, message: stun.Message, addr: tuple[str, int]) -> None:
+        if message.message_class == stun.Class.REQUEST:
+            self.receiver.generation.stats.checks_sent += 1
+        super().send_stun(message, addr)
+
+
+class _AgentConnection(aioice.ice.Connection):
+    """One aioice Connection, bound and reporting the way `FullGeneration` needs."""
+
+    def __init__(self, generation: FullGeneration, controlling: bool, credentials: IceCredentials) -> None:
+        self.generation = generation
+        super().__init__(
+            ice_controlling=controlling,
+            components=1,  # rtcp-mux only (A3)
+            use_ipv4=False,  # aioice's interface enumeration is not used, see get_component_candidates
+            use_ipv6=False,
+            local_username=credentials.ufrag,
+            local_password=credentials.pwd,
+        )
+
+    # Pinned: see the module docstring (regular nomination).
+    @property  # type: ignore[override]
+    def remote_is_lite(self) -> bool:
+        return True
+
+    @remote_is_lite.setter
+    def remote_is_lite(self, value: bool) -> None:
+        pass
+
+    async def get_component_candidates(self, component: int, addresses: list[str], timeout: int = 5) -> list[Candidate]:
+        config = self.generation.config
+        candidates = []
+        for index, address in enumerate(config.bind_addresses):
+            transport, protocol, port = await bind_udp(lambda: _StunSocket(self), address, self.generation.pool)
+            protocol.pool_port = port
+            protocol.local_candidate = host_candidate(transport.get_extra_info("sockname"), config.advertised_address, index)
+            self._protocols.append(protocol)
+            candidates.append(protocol.local_candidate)
+        return candidates
+
+    async def query_consent(self) -> None:
+        # Replaced by the agent's ConsentFreshness (RFC 7675 timing from config, on the clock).
+        return None
+
+    def request_received(self, message: stun.Message, addr: tuple[str, int], protocol: aioice.ice.StunProtocol) -> None:
+        self.generation.stats.checks_received += 1
+        super().request_received(message, addr, protocol)
+
+    def respond_error(self, request: stun.Message, addr: tuple[str, int], protocol: aioice.ice.StunProtocol, error_code: tuple[int, str]) -> None:
+        self.generation.stats.checks_rejected += 1
+        super().respond_error(request, addr, protocol, error_code)
+
+    def data_received(self, data: bytes, component: int) -> None:
+        # Only reached for datagrams that look like STUN but do not parse: drop them.
+        self.generation.stats.datagrams_dropped += 1
+
+    def check_complete(self, pair: aioice.ice.CandidatePair) -> None:
+        super().check_complete(pair)
+        nominated = self._nominated.get(1)
+        if nominated is not None:
+            self.generation.nominated(nominated)
+
+    async def close(self) -> None:
+        ports = [p.pool_port for p in self._protocols if isinstance(p, _StunSocket) and p.pool_port is not None]
+        await super().close()
+        if self.generation.pool is not None:
+            self.generation.pool.release(*ports)
+
+
+class _ConsentTransaction:
+    """Stands in an aioice `StunProtocol.transactions` slot for one consent check (no retransmission)."""
+
+    def __init__(self, generation: FullGeneration, request: stun.Message) -> None:
+        self.generation = generation
+        self.request = request
+
+    def response_received(self, message: stun.Message, addr: tuple[str, int]) -> None:
+        self.generation.consent_response(self, message, addr)
+
+
+class FullGeneration:
+    """One set of local credentials, sockets and aioice Connection (one ICE 'generation')."""
+
+    def __init__(
+        self,
+        config: IceAgentConfig,
+        credentials: IceCredentials,
+        controlling: bool,
+        pool: UdpPortPool | None,
+        stats: IceStats,
+        on_selected: Callable[[FullGeneration, SelectedPair], None],
+        on_failed: Callable[[FullGeneration, str], None],
+        on_data: Callable[[FullGeneration, bytes], None],
+        on_consent: Callable[[FullGeneration, int | None], None],
+    ) -> None:
+        self.config = config
+        self.credentials = credentials
+        self.pool = pool
+        self.stats = stats
+        self._on_selected = on_selected
+        self._on_failed = on_failed
+        self._on_data = on_data
+        self._on_consent = on_consent
+        self.connection = _AgentConnection(self, controlling, credentials)
+        self.remote: IceCredentials | None = None
+        self._gathered = False
+        self._remote_count = 0
+        self._end_of_candidates = False
+        self._selected: aioice.ice.CandidatePair | None = None
+        self._early = EarlyDatagrams()
+        self._consent_outstanding: OrderedDict[bytes, tuple[_ConsentTransaction, aioice.ice.StunProtocol]] = OrderedDict()
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._connect_task: asyncio.Task[None] | None = None
+        self._closing = False
+
+    @property
+    def candidates(self) -> list[Candidate]:
+        return self.connection.local_candidates
+
+    @property
+    def selected(self) -> SelectedPair | None:
+        pair = self._selected
+        if pair is None:
+            return None
+        return SelectedPair(pair.local_addr, pair.remote_addr)
+
+    async def gather(self) -> None:
+        await self.connection.gather_candidates()
+        self._gathered = True
+
+    def set_remote(self, credentials: IceCredentials, remote_is_lite: bool) -> None:
+        self.remote = credentials
+        self.connection.remote_username = credentials.ufrag
+        self.connection.remote_password = credentials.pwd
+        if remote_is_lite:
+            # RFC 8445 §6.1.1: against a lite peer the full agent is always controlling.
+            self.connection.ice_controlling = True
+
+    def add_remote_candidate(self, candidate: Candidate | None) -> None:
+        if self._closing or self._end_of_candidates:
+            return
+        if candidate is None:
+            self._end_of_candidates = True
+        else:
+            locals_ = [c for c in self.candidates if c.can_pair_with(candidate)]
+            # REQ-I05: bound the check list (RFC 8445 §6.1.2.5 limit on candidate pairs).
+            if (self._remote_count + 1) * max(len(locals_), 1) > self.config.max_pairs:
+                log.info("ICE: remote candidate {candidate} ignored: more than {limit} pairs", candidate=candidate.to_sdp(), limit=self.config.max_pairs)
+                return
+            self._remote_count += 1
+        self._spawn(self.connection.add_remote_candidate(candidate))
+
+    def begin_checks(self) -> None:
+        if self._connect_task is None and self.remote is not None and self._gathered and not self._closing:
+            self._connect_task = self._spawn(self._connect())
+
+    async def _connect(self) -> None:
+        try:
+            await self.connection.connect()
+        except Exception as exc:  # aioice raises ConnectionError, or asserts on misuse
+            if not self._closing:
+                self._on_failed(self, f"ICE checks failed: {exc}")
+
+    def nominated(self, pair: aioice.ice.CandidatePair) -> None:
+        if self._closing or pair is self._selected:
+            return
+        self._selected = pair
+        for data in self._early.take_matching(pair.protocol, pair.remote_addr):
+            self._on_data(self, data)
+        self.stats.datagrams_dropped += self._early.dropped
+        self._early.dropped = 0
+        self._on_selected(self, SelectedPair(pair.local_addr, pair.remote_addr))
+
+    def received_data(self, protocol: aioice.ice.StunProtocol, data: bytes, source: Address) -> None:
+        if self._closing:
+            return
+        pair = self._selected
+        if pair is None:
+            self._early.keep(data, protocol, source)
+        elif pair.protocol is protocol and pair.remote_addr == source:
+            self._on_data(self, data)
+        else:
+            # REQ-I06: media only on the selected pair.
+            self.stats.datagrams_dropped += 1
+
+    def send(self, data: bytes) -> bool:
+        pair = self._selected
+        if pair is None or self._closing:
+            return False
+        pair.protocol.transport.sendto(data, pair.remote_addr)
+        return True
+
+    def send_consent_check(self) -> None:
+        """RFC 7675 §5.1: one Binding request, new transaction id, no retransmission."""
+        pair = self._selected
+        if pair is None or self.remote is None or self._closing:
+            return
+        request = self.connection.build_request(pair, nominate=False)
+        request.add_message_integrity(self.remote.pwd.encode("utf8"))
+        transaction = _ConsentTransaction(self, request)
+        pair.protocol.transactions[request.transaction_id] = transaction  # type: ignore[assignment]
+        self._consent_outstanding[request.transaction_id] = (transaction, pair.protocol)
+        while len(self._consent_outstanding) > CONSENT_OUTSTANDING:
+            self._forget_consent(next(iter(self._consent_outstanding)))
+        self.stats.consent_checks_sent += 1
+        pair.protocol.transport.sendto(bytes(request), pair.remote_addr)
+
+    def consent_response(self, transaction: _ConsentTransaction, message: stun.Message, addr: Address) -> None:
+        pair = self._selected
+        assert self.remote is not None
+        # RFC 7675 §5.1: only an authenticated response from the same 5-tuple counts.
+        if pair is None or addr != pair.remote_addr or not message.check_message_integrity(self.remote.pwd.encode("utf8")):
+            return
+        tid = transaction.request.transaction_id
+        if message.message_class == stun.Class.RESPONSE:
+            # Consent is fresh: earlier outstanding checks are moot.
+            for outstanding in list(self._consent_outstanding):
+                self._forget_consent(outstanding)
+                if outstanding == tid:
+                    break
+            self.stats.consent_responses += 1
+            self._on_consent(self, None)
+        else:
+            self._forget_consent(tid)
+            self._on_consent(self, message.error_code)
+
+    def _forget_consent(self, tid: bytes) -> None:
+        _, protocol = self._consent_outstanding.pop(tid)
+        protocol.transactions.pop(tid, None)
+
+    def discard_consent_checks(self) -> None:
+        # RFC 7675 §5.1: on loss of consent, outstanding consent transactions are discarded.
+        for tid in list(self._consent_outstanding):
+            self._forget_consent(tid)
+
+    def _spawn(self, coroutine: Any) -> asyncio.Task[None]:
+        task: asyncio.Task[None] = asyncio.ensure_future(coroutine)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return task
+
+    async def close(self) -> None:
+        self._closing = True
+        self.discard_consent_checks()
+        self._early.clear()
+        await self.connection.close()
+        # connect() ends when close() fails the check list; wait for it and any candidate task.
+        while self._tasks:
+            await asyncio.wait(list(self._tasks))
+        self._selected = None
+
+
+class FullBackend:
+    """The current generation, plus the previous one while an ICE restart is under way (REQ-I09)."""
+
+    def __init__(
+        self,
+        config: IceAgentConfig,
+        credentials: IceCredentials,
+        controlling: bool,
+        pool: UdpPortPool | None,
+        listener: BackendListener,
+        stats: IceStats,
+    ) -> None:
+        self._config = config
+        self._controlling = controlling
+        self._pool = pool
+        self._listener = listener
+        self._stats = stats
+        self._current = self._generation(credentials)
+        self._previous: FullGeneration | None = None
+        self._retiring: set[asyncio.Task[None]] = set()
+
+    def _generation(self, credentials: IceCredentials) -> FullGeneration:
+        return FullGeneration(
+            self._config, credentials, self._controlling, self._pool, self._stats,
+            on_selected=self._selected, on_failed=self._failed, on_data=self._data, on_consent=self._consent,
+        )
+
+    @property
+    def credentials(self) -> IceCredentials:
+        return self._current.credentials
+
+    @property
+    def candidates(self) -> list[Candidate]:
+        return self._current.candidates
+
+    @property
+    def selected(self) -> SelectedPair | None:
+        sending = self._sending()
+        return sending.selected if sending is not None else None
+
+    def _sending(self) -> FullGeneration | None:
+        """Media goes on the current generation's pair, or the old one's until a new pair exists."""
+        if self._current.selected is not None:
+            return self._current
+        if self._previous is not None and self._previous.selected is not None:
+            return self._previous
+        return None
+
+    async def gather(self) -> None:
+        await self._current.gather()
+
+    def set_remote(self, credentials: IceCredentials, remote_is_lite: bool) -> None:
+        self._current.set_remote(credentials, remote_is_lite)
+
+    def add_remote_candidate(self, candidate: Candidate | None) -> None:
+        self._current.add_remote_candidate(candidate)
+
+    def begin_checks(self) -> None:
+        self._current.begin_checks()
+
+    async def restart(self, credentials: IceCredentials) -> None:
+        # RFC 8445 §9: an ICE restart is a fresh agent state; aioice has none, so a new Connection.
+        if self._previous is not None:
+            # A second restart before the first completed: the unfinished one is dropped.
+            await self._current.close()
+        elif self._current.selected is not None:
+            self._previous = self._current
+        else:
+            await self._current.close()
+        self._current = self._generation(credentials)
+        await self._current.gather()
+
+    def send(self, data: bytes) -> bool:
+        sending = self._sending()
+        return sending.send(data) if sending is not None else False
+
+    def send_consent_check(self) -> None:
+        sending = self._sending()
+        if sending is not None:
+            sending.send_consent_check()
+
+    def discard_consent_checks(self) -> None:
+        for generation in (self._current, self._previous):
+            if generation is not None:
+                generation.discard_consent_checks()
+
+    def _selected(self, generation: FullGeneration, pair: SelectedPair) -> None:
+        if generation is not self._current:
+            return
+        if self._previous is not None:
+            previous, self._previous = self._previous, None
+            task = asyncio.ensure_future(previous.close())
+            self._retiring.add(task)
+            task.add_done_callback(self._retiring.discard)
+        self._listener.pair_selected(pair)
+
+    def _failed(self, generation: FullGeneration, reason: str) -> None:
+        if generation is self._current:
+            self._listener.checks_failed(reason)
+
+    def _data(self, generation: FullGeneration, data: bytes) -> None:
+        if generation is self._sending():
+            self._stats.datagrams_received += 1
+            self._listener.datagram(data)
+        else:
+            self._stats.datagrams_dropped += 1
+
+    def _consent(self, generation: FullGeneration, error_code: int | None) -> None:
+        if generation is not self._sending():
+            return
+        if error_code is None:
+            self._listener.consent_evidence()
+        elif error_code == 403:
+            # RFC 7675 §5.2: an authenticated 403 revokes consent immediately.
+            self._listener.consent_revoked("consent revoked by a STUN 403 (RFC 7675 §5.2)")
+
+    async def close(self) -> None:
+        for generation in (self._previous, self._current):
+            if generation is not None:
+                await generation.close()
+        self._previous = None
+        while self._retiring:
+            await asyncio.wait(list(self._retiring))
