@@ -1,0 +1,241 @@
+"""Typed views of header values, parsed on demand from the raw strings (RFC 3261 §20, §25.1).
+
+``Headers`` keeps each value as the text that arrived; these functions read the few
+fields the proxy needs.  Every malformed value raises ``HeaderError(header, reason)``,
+never another exception, so callers can answer 400 naming the header.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+
+from epcscf.sip.message import Message
+from epcscf.sip.uri import (
+    HOSTNAME_RE,
+    IPV6_RE,
+    TOKEN_RE,
+    NameAddr,
+    Params,
+    UriError,
+    parse_header_params,
+    parse_name_addr,
+    split_list,
+)
+
+
+class HeaderError(ValueError):
+    """A header value that does not follow its grammar."""
+
+    def __init__(self, header: str, reason: str) -> None:
+        super().__init__(f"{header}: {reason}")
+        self.header = header
+        self.reason = reason
+
+
+def split_header_list(value: str) -> list[str]:
+    """Split a comma-separated header value (RFC 3261 §7.3.1), respecting quotes and <...>."""
+    return split_list(value)
+
+
+def parse_params(text: str, header: str = "header") -> Params:
+    """``;name=value;flag`` after a header value (LWS allowed, quoted values kept quoted)."""
+    try:
+        return parse_header_params(text)
+    except UriError as error:
+        raise HeaderError(header, str(error)) from None
+
+
+# ---------------------------------------------------------------------------
+# Via (RFC 3261 §20.42, §18.2.1; RFC 3581 rport)
+# ---------------------------------------------------------------------------
+
+# sent-protocol with LWS allowed around the slashes (SLASH = SWS "/" SWS), then LWS, sent-by.
+_VIA_RE = re.compile(
+    r"\s*([A-Za-z0-9\-.!%*_+`'~]+)\s*/\s*([A-Za-z0-9\-.!%*_+`'~]+)\s*/\s*([A-Za-z0-9\-.!%*_+`'~]+)"
+    r"\s+(\[[0-9A-Fa-f:.]+\]|[^\s:;\[\]]+)(?:\s*:\s*([0-9]+))?\s*(;.*)?\Z",
+    re.S,
+)
+
+
+@dataclass
+class Via:
+    """One Via value: ``SIP/2.0/UDP host:port;branch=...;received=...;rport``."""
+
+    transport: str
+    host: str
+    port: int | None = None
+    params: Params = field(default_factory=Params)
+    protocol: str = "SIP/2.0"
+
+    @property
+    def branch(self) -> str | None:
+        return self.params.get("branch")
+
+    @property
+    def received(self) -> str | None:
+        return self.params.get("received")
+
+    @property
+    def rport(self) -> int | None:
+        """RFC 3581: the value the server filled in (None when absent or still valueless)."""
+        value = self.params.get("rport")
+        return int(value) if value and value.isdigit() else None
+
+    @property
+    def sent_by(self) -> str:
+        return self.host if self.port is None else f"{self.host}:{self.port}"
+
+    def __str__(self) -> str:
+        return f"{self.protocol}/{self.transport} {self.sent_by}{self.params.serialize()}"
+
+
+def parse_via(value: str) -> Via:
+    """One Via value (not a list)."""
+    match = _VIA_RE.match(value)
+    if match is None:
+        raise HeaderError("Via", f"malformed value {value!r}")
+    name, version, transport, host, port_text, param_text = match.groups()
+    if not (IPV6_RE.match(host) or HOSTNAME_RE.match(host)):
+        raise HeaderError("Via", f"bad sent-by host {host!r}")
+    port = None
+    if port_text is not None:
+        if len(port_text) > 5 or int(port_text) > 65535:
+            raise HeaderError("Via", f"bad sent-by port {port_text!r}")
+        port = int(port_text)
+    params = parse_params(param_text, "Via") if param_text else Params()
+    ttl = params.get("ttl")
+    if ttl is not None and (not ttl.isdigit() or int(ttl) > 255):
+        raise HeaderError("Via", f"bad ttl {ttl!r}")
+    return Via(transport.upper(), host, port, params, f"{name.upper()}/{version}")
+
+
+def parse_via_list(value: str) -> list[Via]:
+    """Every Via in one header line's value (``a, b`` is two Vias)."""
+    items = split_header_list(value)
+    if not items:
+        raise HeaderError("Via", "empty value")
+    return [parse_via(item) for item in items]
+
+
+def top_via(message: Message) -> Via | None:
+    """The first Via of the message, or None when it has none."""
+    value = message.headers.get("via")
+    if value is None:
+        return None
+    first = value.split(",", 1)[0] if '"' not in value else split_header_list(value)[0]
+    return parse_via(first)
+
+
+def all_vias(message: Message) -> list[Via]:
+    vias: list[Via] = []
+    for value in message.headers.get_all("via"):
+        vias.extend(parse_via_list(value))
+    return vias
+
+
+# ---------------------------------------------------------------------------
+# CSeq (RFC 3261 §20.16), Max-Forwards (§20.22), Content-Length (§20.14)
+# ---------------------------------------------------------------------------
+
+# RFC 3261 §8.1.1.5: the sequence number MUST be expressible as a 32-bit unsigned
+# integer and less than 2**31.
+CSEQ_LIMIT = 2**31
+
+
+@dataclass(frozen=True)
+class CSeq:
+    number: int
+    method: str
+
+    def __str__(self) -> str:
+        return f"{self.number} {self.method}"
+
+
+def parse_cseq(value: str) -> CSeq:
+    parts = value.split()
+    if len(parts) != 2:
+        raise HeaderError("CSeq", f"expected 'number method', got {value!r}")
+    number_text, method = parts
+    if not number_text.isdigit() or not number_text.isascii():
+        raise HeaderError("CSeq", f"sequence number is not a number: {number_text!r}")
+    number = int(number_text)
+    if number >= CSEQ_LIMIT:
+        raise HeaderError("CSeq", f"sequence number {number_text} is not below 2**31")
+    if not TOKEN_RE.match(method):
+        raise HeaderError("CSeq", f"method is not a token: {method!r}")
+    return CSeq(number, method)
+
+
+def cseq(message: Message) -> CSeq | None:
+    value = message.headers.get("cseq")
+    return None if value is None else parse_cseq(value)
+
+
+def parse_max_forwards(value: str) -> int:
+    text = value.strip()
+    # RFC 3261 §20.22 / RFC 4475 §3.1.2.4: 1*DIGIT, and a proxy cannot forward more than 255 hops
+    if not text.isdigit() or not text.isascii() or int(text) > 255:
+        raise HeaderError("Max-Forwards", f"not a number from 0 to 255: {value!r}")
+    return int(text)
+
+
+def max_forwards(message: Message) -> int | None:
+    value = message.headers.get("max-forwards")
+    return None if value is None else parse_max_forwards(value)
+
+
+def parse_content_length(value: str) -> int:
+    text = value.strip()
+    if not text.isdigit() or not text.isascii() or len(text) > 10:
+        raise HeaderError("Content-Length", f"not a non-negative number: {value!r}")
+    return int(text)
+
+
+def content_length(message: Message) -> int | None:
+    value = message.headers.get("content-length")
+    return None if value is None else parse_content_length(value)
+
+
+# ---------------------------------------------------------------------------
+# From / To (RFC 3261 §20.20, §20.39)
+# ---------------------------------------------------------------------------
+
+
+def parse_address(header: str, value: str) -> NameAddr:
+    """One name-addr/addr-spec value of ``header`` (From, To, Contact, ...)."""
+    try:
+        return parse_name_addr(value)
+    except UriError as error:
+        raise HeaderError(header, str(error)) from None
+
+
+def from_address(message: Message) -> NameAddr | None:
+    value = message.headers.get("from")
+    return None if value is None else parse_address("From", value)
+
+
+def to_address(message: Message) -> NameAddr | None:
+    value = message.headers.get("to")
+    return None if value is None else parse_address("To", value)
+
+
+def from_tag(message: Message) -> str | None:
+    address = from_address(message)
+    return None if address is None else address.tag
+
+
+def to_tag(message: Message) -> str | None:
+    address = to_address(message)
+    return None if address is None else address.tag
+
+
+def option_tags(message: Message, name: str) -> list[str]:
+    """Require / Proxy-Require / Supported / Unsupported option tags (RFC 3261 §20.29)."""
+    tags: list[str] = []
+    for value in message.headers.get_all(name):
+        for item in value.split(","):
+            item = item.strip()
+            if item:
+                tags.append(item)
+    return tags

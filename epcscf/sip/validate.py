@@ -1,0 +1,82 @@
+"""Request validation a proxy performs before forwarding (RFC 3261 §16.3 steps 1-5).
+
+``validate_request`` is pure: it returns the response to send (or a marker for the
+OPTIONS-with-Max-Forwards-0 case the caller may answer itself), or None when the
+request may be forwarded.  Step 4 (loop detection) needs the proxy's own Via and is
+the caller's; step 6 (Proxy-Authorization) is policy and not done here.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Iterable
+
+from epcscf.sip.headers import HeaderError, all_vias, option_tags, parse_address, parse_cseq, parse_max_forwards
+from epcscf.sip.message import Request, Response, make_response
+from epcscf.sip.uri import SipUri, TelUri, UriError, parse_uri
+
+# RFC 3261 §16.3 step 2: the schemes this proxy can route; anything else gets 416.
+SUPPORTED_SCHEMES = frozenset({"sip", "sips", "tel"})
+_MANDATORY = (("via", "Via"), ("from", "From"), ("to", "To"), ("call-id", "Call-ID"), ("cseq", "CSeq"))
+_SINGLE = ("from", "to", "call-id", "cseq", "max-forwards", "content-length", "content-type")
+
+
+@dataclass(frozen=True)
+class AnswerOptionsLocally:
+    """RFC 3261 §16.3 step 3: Max-Forwards is 0 on an OPTIONS; the proxy MAY answer it itself."""
+
+    request: Request
+
+
+def _bad_request(request: Request, detail: str) -> Response:
+    return make_response(request, 400, f"Bad Request ({detail})")
+
+
+def validate_request(
+    request: Request,
+    supported_option_tags: Iterable[str] = (),
+) -> Response | AnswerOptionsLocally | None:
+    # Step 1: reasonable syntax - the fields the proxy needs are present, single and parse.
+    headers = request.headers
+    missing = [spelling for key, spelling in _MANDATORY if key not in headers]
+    if missing:
+        return _bad_request(request, "missing " + ", ".join(missing))
+    for key in _SINGLE:
+        if headers.count(key) > 1:
+            return _bad_request(request, f"duplicate {key}")
+    try:
+        all_vias(request)
+        cseq_value = parse_cseq(headers.get("cseq") or "")
+        parse_address("From", headers.get("from") or "")
+        parse_address("To", headers.get("to") or "")
+        max_forwards_text = headers.get("max-forwards")
+        max_forwards = parse_max_forwards(max_forwards_text) if max_forwards_text is not None else None
+    except HeaderError as error:
+        return _bad_request(request, f"malformed {error.header}: {error.reason}"[:200])
+    if cseq_value.method != request.method:
+        return _bad_request(request, "CSeq method does not match the request method")
+    # Step 2: URI scheme (RFC 4475 §3.3.2 unkscm, §3.3.3 novelsc).
+    try:
+        uri = parse_uri(request.uri)
+    except UriError as error:
+        return _bad_request(request, f"malformed Request-URI: {error}")
+    if not isinstance(uri, (SipUri, TelUri)) or uri.scheme.lower() not in SUPPORTED_SCHEMES:
+        return make_response(request, 416)
+    # Step 3: Max-Forwards (RFC 4475 §3.3.11 zeromf).
+    if max_forwards == 0:
+        if request.method == "OPTIONS":
+            return AnswerOptionsLocally(request)
+        return make_response(request, 483)
+    # Step 5: Proxy-Require (RFC 4475 §3.3.5 bext01); Require is for the UAS, not us.
+    supported = {tag.lower() for tag in supported_option_tags}
+    unsupported = [tag for tag in option_tags(request, "proxy-require") if tag.lower() not in supported]
+    if unsupported:
+        response = make_response(request, 420)
+        response.headers.add("Unsupported", ", ".join(unsupported))
+        return response
+    return None
+
+
+def too_many_hops(request: Request) -> Response:
+    """The 483 the caller sends when it does not answer an OPTIONS with Max-Forwards 0 itself."""
+    return make_response(request, 483)
