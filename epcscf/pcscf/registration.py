@@ -1,0 +1,207 @@
+"""What the eP-CSCF remembers of each registration (TS 24.229 §5.2.2, RFC 3327, RFC 3608, RFC 5626).
+
+The registrar is the core's; the eP-CSCF only watches REGISTER transactions
+pass.  On a 2xx it keeps, per registered contact: the public identities the core
+associated with it (P-Associated-URI, first = default), the Service-Route to use
+for the WIC's originating requests, the flow (WebSocket connection) it came on,
+the RFC 5626 instance and reg-id, and the expiry.  Bindings go away on
+de-registration, on expiry (a clock timer) or when the same instance/reg-id
+registers again (then the binding moves to the new flow, RFC 5626 §6).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable
+
+from twisted.internet.interfaces import IDelayedCall, IReactorTime
+
+from epcscf.sip.headers import split_header_list, to_address
+from epcscf.sip.message import Request, Response
+from epcscf.sip.uri import NameAddr, UriError, parse_name_addr, parse_name_addr_list, uris_equal
+
+DEFAULT_EXPIRES = 3600  # RFC 3261 §10.2.1.1 when neither Expires nor expires= is given
+
+
+@dataclass
+class RegistrationBinding:
+    aor: str  # the public user identity in the REGISTER's To
+    contact: str  # the WIC's Contact value
+    flow_id: str
+    instance_id: str | None
+    reg_id: str | None
+    associated_uris: tuple[str, ...]  # P-Associated-URI values, first = default identity
+    service_route: tuple[str, ...]  # Route values for originating requests, in order (RFC 3608 §6)
+    registered_at: float
+    expires_at: float
+    origin: str | None = None  # the WebSocket Origin of the flow (for the console)
+    outbound: bool = False  # the WIC asked for RFC 5626 outbound (;ob in Path)
+    _timer: IDelayedCall | None = field(default=None, repr=False, compare=False)
+
+    @property
+    def default_identity(self) -> str:
+        return self.associated_uris[0] if self.associated_uris else f"<{self.aor}>"
+
+    def key(self) -> tuple[str, str]:
+        """Bindings of one AOR are told apart by instance/reg-id, else by contact URI (RFC 5626 §6)."""
+        if self.instance_id is not None:
+            return self.aor, f"{self.instance_id}/{self.reg_id}"
+        return self.aor, _contact_uri_text(self.contact)
+
+
+def _contact_uri_text(value: str) -> str:
+    try:
+        return str(parse_name_addr(value).uri)
+    except (UriError, ValueError):
+        return value.strip()
+
+
+def _contacts(message: Request | Response) -> list[NameAddr]:
+    result: list[NameAddr] = []
+    for value in message.headers.get_all("Contact"):
+        if value.strip() == "*":
+            continue
+        try:
+            result.extend(parse_name_addr_list(value))
+        except (UriError, ValueError):
+            continue
+    return result
+
+
+def _expires_header(message: Request | Response) -> int | None:
+    value = message.headers.get("Expires")
+    if value is None:
+        return None
+    try:
+        return max(0, int(value.strip()))
+    except ValueError:
+        return None
+
+
+def _contact_expires(contact: NameAddr, message: Request | Response) -> int | None:
+    value = contact.params.get("expires")
+    if value is not None:
+        try:
+            return max(0, int(value))
+        except ValueError:
+            pass
+    return _expires_header(message)
+
+
+def _same_contact(a: NameAddr, b: NameAddr) -> bool:
+    instance_a, instance_b = a.params.get("+sip.instance"), b.params.get("+sip.instance")
+    if instance_a is not None and instance_b is not None:
+        return instance_a == instance_b and a.params.get("reg-id") == b.params.get("reg-id")
+    return uris_equal(a.uri, b.uri)
+
+
+class Registrations:
+    """All registration bindings of the eP-CSCF, indexed by flow and by AOR."""
+
+    def __init__(
+        self,
+        clock: IReactorTime,
+        on_removed: Callable[[RegistrationBinding, str], None] | None = None,
+    ) -> None:
+        self.clock = clock
+        self.on_removed = on_removed
+        self._bindings: dict[tuple[str, str], RegistrationBinding] = {}
+
+    def all(self) -> list[RegistrationBinding]:
+        return list(self._bindings.values())
+
+    def for_flow(self, flow_id: str) -> list[RegistrationBinding]:
+        return [binding for binding in self._bindings.values() if binding.flow_id == flow_id]
+
+    def for_aor(self, aor: str) -> list[RegistrationBinding]:
+        return [binding for binding in self._bindings.values() if binding.aor == aor]
+
+    def registration_for_request(self, flow_id: str) -> RegistrationBinding | None:
+        """The newest live binding on a flow: whose identities and Service-Route a request uses."""
+        bindings = self.for_flow(flow_id)
+        return max(bindings, key=lambda b: b.registered_at) if bindings else None
+
+    def record(
+        self, request: Request, response: Response, flow_id: str, origin: str | None = None, outbound: bool = False
+    ) -> list[RegistrationBinding]:
+        """Update from a 2xx to a REGISTER that came from the WIC on ``flow_id``.
+
+        Returns the bindings now live for the contacts the REGISTER carried.
+        """
+        address = to_address(request)
+        if address is None:
+            return []
+        aor = str(address.uri)
+        associated = tuple(value for header in response.headers.get_all("P-Associated-URI") for value in split_header_list(header))
+        service_route = tuple(value for header in response.headers.get_all("Service-Route") for value in split_header_list(header))
+        now = self.clock.seconds()
+        if any(value.strip() == "*" for value in request.headers.get_all("Contact")):
+            # RFC 3261 §10.2.2: "Contact: *" with Expires: 0 removes every binding of the AOR.
+            for binding in [b for b in self.for_aor(aor) if b.flow_id == flow_id]:
+                self._remove(binding, "deregistered")
+            return []
+        granted = _contacts(response)
+        live: list[RegistrationBinding] = []
+        for contact in _contacts(request):
+            match = next((c for c in granted if _same_contact(c, contact)), None)
+            expires = _contact_expires(match, response) if match is not None else 0
+            if expires is None:
+                expires = _contact_expires(contact, request)
+            if expires is None:
+                expires = DEFAULT_EXPIRES
+            binding = RegistrationBinding(
+                aor=aor,
+                contact=str(contact),
+                flow_id=flow_id,
+                instance_id=contact.params.get("+sip.instance"),
+                reg_id=contact.params.get("reg-id"),
+                associated_uris=associated or (f"<{aor}>",),
+                service_route=service_route,
+                registered_at=now,
+                expires_at=now + expires,
+                origin=origin,
+                outbound=outbound,
+            )
+            previous = self._bindings.get(binding.key())
+            if previous is not None:
+                self._cancel_timer(previous)
+                del self._bindings[binding.key()]
+            if expires == 0:
+                if previous is not None:
+                    self._notify(previous, "deregistered")
+                continue
+            self._bindings[binding.key()] = binding
+            binding._timer = self.clock.callLater(expires, self._expire, binding)
+            live.append(binding)
+        return live
+
+    def _expire(self, binding: RegistrationBinding) -> None:
+        binding._timer = None
+        if self._bindings.get(binding.key()) is binding:
+            self._remove(binding, "expired")
+
+    def _remove(self, binding: RegistrationBinding, reason: str) -> None:
+        self._cancel_timer(binding)
+        if self._bindings.get(binding.key()) is binding:
+            del self._bindings[binding.key()]
+            self._notify(binding, reason)
+
+    def _notify(self, binding: RegistrationBinding, reason: str) -> None:
+        if self.on_removed is not None:
+            self.on_removed(binding, reason)
+
+    @staticmethod
+    def _cancel_timer(binding: RegistrationBinding) -> None:
+        if binding._timer is not None and binding._timer.active():
+            binding._timer.cancel()
+        binding._timer = None
+
+    def remove(self, binding: RegistrationBinding, reason: str = "removed") -> None:
+        self._remove(binding, reason)
+
+    def close(self) -> None:
+        """Cancel every expiry timer (service stop)."""
+        for binding in self._bindings.values():
+            self._cancel_timer(binding)
+        self._bindings.clear()
+
