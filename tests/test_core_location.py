@@ -5,7 +5,8 @@ from __future__ import annotations
 from twisted.internet.task import Clock
 from twisted.trial import unittest
 
-from epcscf.core.location import Binding, LocationService, contact_key
+from epcscf.core.location import Binding, LocationService, aor_of, same_contact
+from epcscf.sip.uri import parse_uri
 
 AOR = "sip:alice@ims.localdomain"
 
@@ -54,7 +55,11 @@ class LocationTests(unittest.TestCase):
         self.assertEqual(self.location.purge_expired(), 1)
         self.assertEqual(self.location.find(AOR, "sip:a@h2").contact, "sip:a@h2")
 
-    def test_contact_key_ignores_case_of_host_but_not_of_user(self) -> None:
-        self.assertEqual(contact_key("<sip:Bob@EXAMPLE.com>"), contact_key("sip:Bob@example.com;ob"))
-        self.assertNotEqual(contact_key("sip:Bob@example.com"), contact_key("sip:bob@example.com"))
-        self.assertNotEqual(contact_key("sip:b@example.com"), contact_key("sip:b@example.com;transport=tcp"))
+    def test_contacts_compare_by_rfc3261_uri_rules(self) -> None:
+        self.assertTrue(same_contact("sip:Bob@EXAMPLE.com", "sip:Bob@example.com;ob"))
+        self.assertFalse(same_contact("sip:Bob@example.com", "sip:bob@example.com"))
+        self.assertFalse(same_contact("sip:b@example.com", "sip:b@example.com;transport=tcp"))
+
+    def test_aor_drops_port_and_parameters_and_lowercases_host(self) -> None:
+        self.assertEqual(aor_of(parse_uri("sip:Alice@IMS.localdomain:5060;transport=tcp")), "sip:Alice@ims.localdomain")
+        self.assertEqual(aor_of(parse_uri("tel:+15550001;phone-context=x")), "tel:+15550001")

@@ -22,6 +22,8 @@ from typing import Iterator
 
 from twisted.internet.interfaces import IReactorTime
 
+from epcscf.sip.uri import SipUri, TelUri, Uri, UriError, parse_uri, uris_equal
+
 
 @dataclass(frozen=True)
 class Binding:
@@ -86,8 +88,7 @@ class LocationService:
 
     def find(self, aor: str, contact: str) -> Binding | None:
         """The binding of ``aor`` whose contact equals ``contact`` (RFC 3261 §19.1.4 comparison)."""
-        key = contact_key(contact)
-        return next((b for b in self._live(aor) if contact_key(b.contact) == key), None)
+        return next((b for b in self._live(aor) if same_contact(b.contact, contact)), None)
 
     def find_flow(self, aor: str, instance: str, reg_id: int) -> Binding | None:
         """RFC 5626 §6: the binding of ``aor`` on the flow (instance, reg-id), whatever its contact."""
@@ -100,7 +101,7 @@ class LocationService:
         live = [
             b
             for b in self._live(binding.aor)
-            if contact_key(b.contact) != contact_key(binding.contact)
+            if not same_contact(b.contact, binding.contact)
             and (binding.flow_key is None or b.flow_key != binding.flow_key)
         ]
         live.append(binding)
@@ -139,23 +140,24 @@ class LocationService:
             self._bindings.pop(aor, None)
 
 
-def contact_key(uri: str) -> str:
-    """A comparison key for Contact URIs (RFC 3261 §19.1.4, simplified).
+def same_contact(a: str, b: str) -> bool:
+    """RFC 3261 §10.3 step 7: contacts are compared with the URI rules of §19.1.4."""
+    try:
+        return uris_equal(parse_uri(a), parse_uri(b))
+    except UriError:
+        return a == b
 
-    Scheme and host compare case-insensitively, the user part case-sensitively;
-    URI parameters are ignored except ``transport`` (which changes where a
-    request goes).  Good enough to recognise a UA refreshing the contact it
-    registered, which sends the very same URI.
+
+def aor_of(uri: Uri) -> str:
+    """The canonical address-of-record of a SIP/SIPS/tel URI (RFC 3261 §10.3 step 5).
+
+    ``sip:Alice@Example.COM:5060;transport=tcp`` → ``sip:Alice@example.com``: scheme
+    and host lower-cased, port and parameters dropped, user kept as written
+    (user parts are case-sensitive, §19.1.4).  A tel URI keeps its number.
     """
-    text = uri.strip()
-    if text.startswith("<") and text.endswith(">"):
-        text = text[1:-1]
-    scheme, _, rest = text.partition(":")
-    base, _, params = rest.partition(";")
-    user, at, hostport = base.rpartition("@")
-    transport = ""
-    for param in params.split(";"):
-        name, _, value = param.partition("=")
-        if name.strip().lower() == "transport":
-            transport = value.strip().lower()
-    return f"{scheme.lower()}:{user}{at}{hostport.lower()};transport={transport}"
+    if isinstance(uri, SipUri):
+        user = f"{uri.user}@" if uri.user is not None else ""
+        return f"{uri.scheme}:{user}{uri.host.lower()}"
+    if isinstance(uri, TelUri):
+        return f"tel:{uri.number}"
+    return str(uri)

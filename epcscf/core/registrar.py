@@ -38,18 +38,10 @@ from dataclasses import dataclass, field
 from email.utils import formatdate
 from typing import Protocol
 
-from epcscf.core.fields import (
-    ContactValue,
-    FieldError,
-    aor_of,
-    option_tags,
-    parse_contact_list,
-    split_list,
-    uri_of,
-    uri_params,
-)
-from epcscf.core.location import Binding, LocationService
+from epcscf.core.location import Binding, LocationService, aor_of
+from epcscf.sip.headers import HeaderError, cseq, from_address, option_tags, to_address
 from epcscf.sip.message import Headers, Request, Response, make_response
+from epcscf.sip.uri import NameAddr, SipUri, UriError, parse_name_addr_list, parse_uri, split_list
 
 # Option tags this registrar supports (RFC 3261 §8.2.2.3, §10.3 step 2).
 SUPPORTED_OPTIONS: tuple[str, ...] = ("path", "outbound")
@@ -105,7 +97,7 @@ class Rejection(Exception):
 class ContactUpdate:
     """One Contact of the REGISTER, resolved against the store (RFC 3261 §10.3 step 7)."""
 
-    contact: ContactValue
+    contact: NameAddr
     expires: int
     instance: str | None
     reg_id: int | None
@@ -137,9 +129,9 @@ class Registrar:
             for name, value in rejection.headers:
                 response.headers.add(name, value)
             return response
-        except FieldError as error:
+        except (HeaderError, UriError) as error:
             # Bad input gets a 400 naming the field, never a traceback.
-            return make_response(request, 400, f"Bad Request ({error})", to_tag=to_tag)
+            return make_response(request, 400, f"Bad Request ({_one_line(error)})", to_tag=to_tag)
 
     # --- the steps ---
 
@@ -148,43 +140,45 @@ class Registrar:
             raise Rejection(405, headers=[("Allow", "REGISTER")])
         self._check_domain(request)
         self._check_require(request)
-        aor, identities = self._check_identity(request)
-        self._authenticate(request, aor)
+        aor, user, identities = self._check_identity(request)
+        self._authenticate(request, user)
         updates, wildcard = self._contact_updates(request, aor)
         call_id = request.headers.get("call-id") or ""
-        cseq = _cseq_number(request)
-        outbound = self._apply(request, aor, updates, wildcard, call_id, cseq)
+        outbound = self._apply(request, aor, updates, wildcard, call_id, _cseq_number(request))
         return self._success(request, to_tag, aor, identities, outbound)
 
     def _check_domain(self, request: Request) -> None:
         # RFC 3261 §10.3 step 1: a registrar answers for its own domain only.
-        host = _host_of(uri_of(request.uri))
-        if host.lower() != self.settings.domain.lower():
-            raise Rejection(404, f"Domain {host} Not Served Here")
+        target = parse_uri(request.uri)
+        if not isinstance(target, SipUri) or target.host.lower() != self.settings.domain.lower():
+            raise Rejection(404, "Domain Not Served Here")
 
     def _check_require(self, request: Request) -> None:
         # RFC 3261 §10.3 step 2 / §8.2.2.3: 420 listing what we do not support.
-        unsupported = [tag for tag in option_tags(request, "require") if tag not in SUPPORTED_OPTIONS]
+        unsupported = [tag for tag in option_tags(request, "require") if tag.lower() not in SUPPORTED_OPTIONS]
         if unsupported:
             raise Rejection(420, headers=[("Unsupported", ", ".join(unsupported))])
 
-    def _check_identity(self, request: Request) -> tuple[str, list[str]]:
-        to_value = request.headers.get("to")
-        from_value = request.headers.get("from")
+    def _check_identity(self, request: Request) -> tuple[str, str, list[str]]:
+        """(AOR, user name, public identities) of the To header, once checked."""
+        to_value = to_address(request)
+        from_value = from_address(request)
         if to_value is None or from_value is None:
-            raise FieldError("REGISTER without To or From")
-        aor = aor_of(uri_of(to_value))
-        user = _user_of(aor)
-        identities = self.users.public_identities(user) if _host_of(aor) == self.settings.domain.lower() else None
+            raise HeaderError("To", "REGISTER without To or From")
+        aor = aor_of(to_value.uri)
+        identities = None
+        user = to_value.uri.user if isinstance(to_value.uri, SipUri) else None
+        if user and to_value.uri.host.lower() == self.settings.domain.lower():  # type: ignore[union-attr]
+            identities = self.users.public_identities(user)
         if identities is None:
             # TS 24.229 §5.3.1.2: the I-CSCF answers 403 for an identity the HSS does not know.
             raise Rejection(403, f"Unknown User {aor}")
-        if aor_of(uri_of(from_value)) != aor:
+        if aor_of(from_value.uri) != aor:
             # TS 24.229 §5.4.1.2.1 / RFC 3261 §10.3 step 4: no third-party registration here.
             raise Rejection(403, "From Does Not Match To")
-        return aor, identities
+        return aor, user or "", identities
 
-    def _authenticate(self, request: Request, aor: str) -> None:
+    def _authenticate(self, request: Request, to_user: str) -> None:
         credentials = request.headers.get_all("authorization")
         if not credentials:
             # RFC 3261 §22.4 / RFC 8760 §2.4: challenge with every algorithm we accept.
@@ -197,26 +191,26 @@ class Registrar:
             )
         if not result.ok:
             raise Rejection(403, "Bad Credentials")
-        if result.username is None or result.username != _user_of(aor):
+        if result.username is None or result.username != to_user:
             # RFC 3261 §10.3 step 4: the authenticated user must be allowed to modify this AOR.
             raise Rejection(403, "Credentials Belong To Another User")
 
     def _contact_updates(self, request: Request, aor: str) -> tuple[list[ContactUpdate], bool]:
-        contacts: list[ContactValue] = []
-        for value in request.headers.get_all("contact"):
-            contacts.extend(parse_contact_list(value))
+        values = [item for value in request.headers.get_all("contact") for item in split_list(value)]
         header_expires = _expires_header(request)
-        wildcard = any(c.wildcard for c in contacts)
-        if wildcard:
+        if "*" in values:
             # RFC 3261 §10.3 step 6: "*" only alone and only with Expires: 0.
-            if len(contacts) != 1 or header_expires != 0:
+            if len(values) != 1 or header_expires != 0:
                 raise Rejection(400, "Bad Request (Contact * needs Expires: 0 and no other Contact)")
             return [], True
+        contacts = [contact for value in values for contact in _parse_addresses("Contact", value)]
         path = request.headers.get_all("path")
-        first_hop_outbound = not path or "ob" in uri_params(uri_of(_split_first(path[0])))
-        outbound_supported = "outbound" in option_tags(request, "supported")
+        first_hop_outbound = not path or "ob" in _parse_addresses("Path", path[0])[0].uri.params  # type: ignore[union-attr]
+        outbound_supported = "outbound" in _lower(option_tags(request, "supported"))
         updates: list[ContactUpdate] = []
         for contact in contacts:
+            if not isinstance(contact.uri, SipUri):
+                raise HeaderError("Contact", f"not a SIP URI: {contact.uri}")
             expires = self._expires_for(contact, header_expires)
             instance = contact.params.get("+sip.instance")
             instance = instance.strip('"') if instance else None
@@ -232,7 +226,7 @@ class Registrar:
             if instance is not None and reg_id is not None:
                 existing = self.location.find_flow(aor, instance, reg_id)
             if existing is None:
-                existing = self.location.find(aor, contact.uri)
+                existing = self.location.find(aor, str(contact.uri))
             updates.append(ContactUpdate(contact, expires, instance, reg_id, existing))
         too_brief = [u for u in updates if 0 < u.expires < self.settings.min_expires]
         if too_brief:
@@ -240,7 +234,7 @@ class Registrar:
             raise Rejection(423, headers=[("Min-Expires", str(self.settings.min_expires))])
         return updates, False
 
-    def _expires_for(self, contact: ContactValue, header_expires: int | None) -> int:
+    def _expires_for(self, contact: NameAddr, header_expires: int | None) -> int:
         # RFC 3261 §10.3 step 7: contact parameter, else Expires header, else local default.
         expires = _delta_seconds(contact.params.get("expires"))
         if expires is None:
@@ -268,7 +262,7 @@ class Registrar:
             self.location.remove_all(aor)
             return False
         now = self.location.now()
-        path = tuple(_split_all(request.headers.get_all("path")))
+        path = tuple(item for value in request.headers.get_all("path") for item in split_list(value))
         outbound = False
         for update in updates:
             if update.existing is not None:
@@ -279,8 +273,8 @@ class Registrar:
             self.location.put(
                 Binding(
                     aor=aor,
-                    contact=update.contact.uri,
-                    contact_params=update.contact.params_text(exclude=("expires",)),
+                    contact=str(update.contact.uri),
+                    contact_params=_params_without(update.contact, "expires"),
                     path=path,
                     instance=update.instance,
                     reg_id=update.reg_id,
@@ -300,7 +294,7 @@ class Registrar:
         for binding in self.location.bindings(aor):
             headers.add("Contact", f"<{binding.contact}>{binding.contact_params};expires={binding.remaining(now)}")
         path_values = request.headers.get_all("path")
-        if path_values and "path" in option_tags(request, "supported") | option_tags(request, "require"):
+        if path_values and "path" in _lower(option_tags(request, "supported") + option_tags(request, "require")):
             # RFC 3327 §5.3: the registrar returns the stored Path to a UA that supports it.
             for value in path_values:
                 headers.add("Path", value)
@@ -320,25 +314,32 @@ class Registrar:
 # --- small field readers ---
 
 
-def _host_of(uri: str) -> str:
-    _, _, rest = uri.partition(":")
-    hostport = rest.split(";", 1)[0].split("?", 1)[0].rpartition("@")[2]
-    if hostport.startswith("["):
-        return hostport[: hostport.find("]") + 1].lower()
-    return hostport.split(":", 1)[0].lower()
+def _one_line(error: Exception) -> str:
+    return " ".join(str(error).split())
 
 
-def _user_of(aor: str) -> str:
-    _, _, rest = aor.partition(":")
-    return rest.rpartition("@")[0]
+def _lower(tags: list[str]) -> set[str]:
+    return {tag.lower() for tag in tags}
+
+
+def _parse_addresses(header: str, value: str) -> list[NameAddr]:
+    try:
+        return parse_name_addr_list(value)
+    except UriError as error:
+        raise HeaderError(header, str(error)) from None
+
+
+def _params_without(contact: NameAddr, name: str) -> str:
+    params = contact.params.copy()
+    params.pop(name, None)
+    return params.serialize()
 
 
 def _cseq_number(request: Request) -> int:
-    value = request.headers.get("cseq") or ""
-    number, _, method = value.strip().partition(" ")
-    if not number.isdigit() or method.strip().upper() != request.method:
-        raise FieldError(f"malformed CSeq {value!r}")
-    return int(number)
+    value = cseq(request)
+    if value is None or value.method != request.method:
+        raise HeaderError("CSeq", f"missing or not for {request.method}")
+    return value.number
 
 
 def _expires_header(request: Request) -> int | None:
@@ -347,7 +348,7 @@ def _expires_header(request: Request) -> int | None:
         return None
     seconds = _delta_seconds(value)
     if seconds is None:
-        raise FieldError(f"malformed Expires {value!r}")
+        raise HeaderError("Expires", f"not a number of seconds: {value!r}")
     return seconds
 
 
@@ -375,18 +376,6 @@ def _q_value(value: str | None) -> float:
     except ValueError:
         return 1.0
     return q if 0.0 <= q <= 1.0 else 1.0
-
-
-def _split_all(values: list[str]) -> list[str]:
-    result: list[str] = []
-    for value in values:
-        result.extend(split_list(value))
-    return result
-
-
-def _split_first(value: str) -> str:
-    items = split_list(value)
-    return items[0] if items else value
 
 
 __all__ = [

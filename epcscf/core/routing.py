@@ -29,9 +29,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Callable
 
-from epcscf.core.fields import FieldError, aor_of, split_list, uri_of, uri_params
-from epcscf.core.location import LocationService
+from epcscf.core.location import LocationService, aor_of
+from epcscf.sip.headers import HeaderError, to_tag
 from epcscf.sip.message import Request
+from epcscf.sip.uri import SipUri, TelUri, Uri, UriError, parse_name_addr_list, parse_uri
 
 # TS 24.229 §5.4.3.2 / RFC 3608: the user part of our Service-Route URI marks originating requests.
 ORIGINATING_USER = "orig"
@@ -82,30 +83,28 @@ class CoreRouter:
     def route(self, request: Request, originating: bool) -> RoutingDecision:
         """Decide where ``request`` goes; ``originating``: it arrived with our Service-Route on top."""
         try:
-            in_dialog = _has_to_tag(request.headers.get("to") or "")
+            in_dialog = to_tag(request) is not None
             if in_dialog or (request.headers.get("route") and not originating):
                 # RFC 3261 §16.6: a pre-existing route set (a dialog we record-routed, or a
                 # loose route through us) is followed as it is.
                 return FollowRoute()
-            target = request.uri
+            target = parse_uri(request.uri)
             if self.is_home(target):
                 return self._terminating(target)
             if originating:
                 # TS 24.229 §5.4.3.2: toward a non-home target the S-CSCF forwards on the Request-URI.
-                return ForwardTo((Destination(target),))
+                return ForwardTo((Destination(request.uri),))
             return Refuse(403, "Not Relaying For Foreign Domains")
-        except FieldError as error:
-            return Refuse(400, f"Bad Request ({error})")
+        except (HeaderError, UriError) as error:
+            return Refuse(400, "Bad Request (" + " ".join(str(error).split()) + ")")
 
-    def is_home(self, uri: str) -> bool:
+    def is_home(self, uri: Uri) -> bool:
         """A URI in our home domain, or a tel URI (which only our users' identities can be here)."""
-        aor = aor_of(uri)
-        if aor.startswith("tel:"):
+        if isinstance(uri, TelUri):
             return True
-        host = aor.rpartition("@")[2]
-        return host == self.domain
+        return isinstance(uri, SipUri) and uri.host.lower() == self.domain
 
-    def _terminating(self, target: str) -> RoutingDecision:
+    def _terminating(self, target: Uri) -> RoutingDecision:
         identity = aor_of(target)
         aor = self.resolve_identity(identity)
         if aor is None:
@@ -120,22 +119,11 @@ class CoreRouter:
 
 
 def is_originating_route(route_value: str, own_hosts: set[tuple[str, int]]) -> bool:
-    """``route_value`` (a Route header value) is our Service-Route URI (``sip:orig@us;lr``)."""
-    items = split_list(route_value)
-    if not items:
-        return False
-    uri = uri_of(items[0])
-    scheme, _, rest = uri.partition(":")
-    user, _, hostport = rest.split(";", 1)[0].rpartition("@")
-    host, _, port = hostport.rpartition(":") if hostport.count(":") == 1 else (hostport, "", "")
+    """``route_value`` (a Route header value) starts with our Service-Route URI (``sip:orig@us;lr``)."""
     try:
-        port_number = int(port) if port else 5060
-    except ValueError:
+        uri = parse_name_addr_list(route_value)[0].uri
+    except UriError:
         return False
-    return user == ORIGINATING_USER and (host.lower(), port_number) in own_hosts and "lr" in uri_params(uri)
-
-
-def _has_to_tag(to_value: str) -> bool:
-    # RFC 3261 §12.2: a To tag marks a request inside a dialog.
-    tail = to_value[to_value.rfind(">") + 1 :] if ">" in to_value else to_value
-    return any(p.strip().lower().startswith("tag=") for p in tail.split(";")[1:])
+    if not isinstance(uri, SipUri) or uri.user != ORIGINATING_USER or "lr" not in uri.params:
+        return False
+    return (uri.host_without_brackets.lower(), uri.port or 5060) in own_hosts
