@@ -98,6 +98,10 @@ _WS = " \t"
 _CALL_ID_RE = re.compile(r"[^\x00-\x20\x7f]+\Z")
 
 
+# Header names seen before (as written, before the colon) and their canonical key.
+_KEY_CACHE: dict[str, str] = {}
+
+
 def _canonical(name: str) -> str:
     lowered = name.lower()
     return COMPACT_FORMS.get(lowered, lowered)
@@ -176,18 +180,28 @@ def _parse(data: bytes, limits: ParserLimits, require_content_length: bool) -> R
             items[-1] = (name, (value.rstrip(_WS) + " " + line.strip(_WS)).strip(_WS))
             continue
         name, colon, value = line.partition(":")
-        name = name.rstrip(" \t")
-        if not colon or not _HEADER_NAME_RE.match(name):
-            if not errors:
-                errors.append(SipParseError(400, _bad(f"malformed header line {line[:40]!r}")))
-            continue
-        items.append((name, value.strip(" \t")))
-        keys.append(_canonical(name))
+        key = _KEY_CACHE.get(name) if colon else None
+        if key is None:
+            name = name.rstrip(_WS)
+            if not colon or not _HEADER_NAME_RE.match(name):
+                if not errors:
+                    errors.append(SipParseError(400, _bad(f"malformed header line {line[:40]!r}")))
+                continue
+            key = _canonical(name)
+            if len(_KEY_CACHE) < 512 and name == line[: len(name)]:
+                _KEY_CACHE[line.partition(":")[0]] = key
+        else:
+            name = name.rstrip(_WS)
+        items.append((name, value.strip(_WS)))
+        keys.append(key)
 
     if errors:
         _raise_first(errors, message)
-    _check_headers(message, keys)
-    _take_body(message, keys, data, body_start, n, limits, require_content_length)
+    values: dict[str, list[str]] = {}
+    for key, (_, value) in zip(keys, items):
+        values.setdefault(key, []).append(value)
+    _check_headers(message, keys, values)
+    _take_body(message, values, data, body_start, n, limits, require_content_length)
     if n - start > limits.max_message_size:
         raise SipParseError(513, "Message Too Large", message)
     return message
@@ -216,7 +230,7 @@ def _parse_start_line(line: str, limits: ParserLimits) -> tuple[Request | Respon
     if not TOKEN_RE.match(method):
         return request, SipParseError(400, _bad(f"method is not a token: {method[:20]!r}"), None)
     if uri_text.startswith("<"):
-        return request, SipParseError(400, _bad("Request-URI enclosed in <>"))
+        return request, SipParseError(400, _bad("Request-URI enclosed in angle brackets"))
     try:
         uri = parse_uri(uri_text)
     except UriError as error:
@@ -253,36 +267,61 @@ def _parse_status_line(line: str) -> tuple[Response, SipParseError | None]:
     return response, _check_version(version)
 
 
-def _check_headers(message: Request | Response, keys: list[str]) -> None:
+# Fast validation of the common shapes of From/To/Contact and Via.  Each pattern only
+# accepts a subset of what the full parsers in ``epcscf.sip.uri`` / ``headers`` accept;
+# anything else goes through the full parser, which gives the precise error.
+_TOKEN = r"[A-Za-z0-9\-.!%*_+`'~]+"
+_HOST = (
+    r"(?:[A-Za-z0-9](?:[A-Za-z0-9\-_]*[A-Za-z0-9_])?(?:\.[A-Za-z0-9](?:[A-Za-z0-9\-_]*[A-Za-z0-9_])?)*\.?"
+    r"|\[[0-9A-Fa-f:.]+\])(?::[0-9]{1,4})?"
+)
+_PARAMCHARS = r"[A-Za-z0-9\-_.!~*'()\[\]/:&+$]+"
+_HEADER_PARAMS = rf"(?:[ \t]*;[ \t]*{_TOKEN}(?:[ \t]*=[ \t]*[A-Za-z0-9\-.!%*_+`'~:\[\]]+)?)*[ \t]*"
+_SIP_URI = rf"sips?:(?:[A-Za-z0-9\-_.!~*'()&=+$,]+@)?{_HOST}(?:;{_PARAMCHARS}(?:={_PARAMCHARS})?)*"
+_FAST_ADDRESS_RE = re.compile(
+    rf"[ \t]*(?:(?:\"[^\"\\\x00-\x1f]*\"[ \t]*|[A-Za-z0-9\-.!%*_+`'~ \t]*)<{_SIP_URI}>|{_SIP_URI}){_HEADER_PARAMS}\Z"
+)
+_FAST_VIA_RE = re.compile(rf"[ \t]*SIP/2\.0/{_TOKEN}[ \t]+{_HOST}{_HEADER_PARAMS}\Z")
+
+
+def _check_address(header: str, value: str) -> None:
+    if _FAST_ADDRESS_RE.match(value) is None:
+        parse_address(header, value)
+
+
+def _check_via(value: str) -> None:
+    if "," in value or "ttl" in value or _FAST_VIA_RE.match(value) is None:
+        parse_via_list(value)
+
+
+def _check_headers(message: Request | Response, keys: list[str], values: dict[str, list[str]]) -> None:
     seen: set[str] = set()
     for key in keys:
         if key in SINGLE_VALUE_HEADERS:
             if key in seen:
                 raise SipParseError(400, _bad(f"duplicate {_SPELLING[key]}"), message)
             seen.add(key)
-    present = set(keys)
+    present = values
     mandatory = MANDATORY_REQUEST_HEADERS if isinstance(message, Request) else MANDATORY_RESPONSE_HEADERS
     missing = [_SPELLING[key] for key in mandatory if key not in present]
     if missing:
         raise SipParseError(400, _bad("missing " + ", ".join(missing)), message)
-    headers = message.headers
     try:
-        for value in headers.get_all("via"):
-            parse_via_list(value)
-        cseq_value = parse_cseq(headers.get("cseq") or "")
+        for value in values["via"]:
+            _check_via(value)
+        cseq_value = parse_cseq(values["cseq"][0])
         for key in ("from", "to"):
-            parse_address(_SPELLING[key], headers.get(key) or "")
+            _check_address(_SPELLING[key], values[key][0])
         # RFC 3261 §20.10 / RFC 4475 §3.1.2.13: a Contact URI with headers must be in <>.
-        for value in headers.get_all("contact"):
+        for value in values.get("contact", ()):
             if value.strip() != "*":
-                for item in split_header_list(value):
-                    parse_address("Contact", item)
-        max_forwards_value = headers.get("max-forwards")
-        if max_forwards_value is not None:
-            parse_max_forwards(max_forwards_value)
+                for item in split_header_list(value) if "," in value else (value,):
+                    _check_address("Contact", item)
+        if "max-forwards" in values:
+            parse_max_forwards(values["max-forwards"][0])
     except HeaderError as error:
         raise SipParseError(400, _bad(f"malformed {error.header}: {error.reason}"[:200]), message) from None
-    call_id = headers.get("call-id") or ""
+    call_id = values["call-id"][0]
     if not _CALL_ID_RE.match(call_id):
         raise SipParseError(400, _bad("malformed Call-ID"), message)
     if isinstance(message, Request) and cseq_value.method != message.method:
@@ -292,20 +331,20 @@ def _check_headers(message: Request | Response, keys: list[str]) -> None:
 
 def _take_body(
     message: Request | Response,
-    keys: list[str],
+    values: dict[str, list[str]],
     data: bytes,
     body_start: int,
     end: int,
     limits: ParserLimits,
     require_content_length: bool,
 ) -> None:
-    if "content-length" not in keys:
+    if "content-length" not in values:
         if require_content_length:
             # RFC 3261 §18.3: mandatory on stream transports
             raise SipParseError(400, _bad("missing Content-Length"), message)
         message.body = data[body_start:end]  # RFC 3261 §18.3: datagram ends the body
         return
-    text = (message.headers.get("content-length") or "").strip()
+    text = values["content-length"][0].strip()
     if not text.isdigit() or not text.isascii() or len(text) > 10:
         raise SipParseError(400, _bad(f"Content-Length is not a non-negative number: {text[:20]!r}"), message)
     length = int(text)

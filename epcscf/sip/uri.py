@@ -343,19 +343,15 @@ class NameAddr:
         return f"{name}<{self.uri}>{self.params.serialize()}"
 
 
+_QUOTED_RE = re.compile(r'"(?:[^"\\]|\\.)*"', re.S)
+
+
 def _scan_quoted(text: str, start: int) -> int:
     """Index just after the closing quote of the quoted-string at ``text[start]``."""
-    i = start + 1
-    n = len(text)
-    while i < n:
-        ch = text[i]
-        if ch == "\\":
-            i += 2
-            continue
-        if ch == '"':
-            return i + 1
-        i += 1
-    raise UriError("unterminated quoted string")
+    match = _QUOTED_RE.match(text, start)
+    if match is None:
+        raise UriError("unterminated quoted string")
+    return match.end()
 
 
 def _unquote_display(quoted: str) -> str:
@@ -373,6 +369,21 @@ def parse_header_params(text: str) -> Params:
         return params
     if text[0] != ";":
         raise UriError(f"expected ';' before parameters: {text!r}")
+    if '"' not in text:
+        # Fast path: no quoted values, so ';' and '=' are plain separators.
+        for part in text[1:].split(";"):
+            name, sep, value = part.partition("=")
+            name = name.strip(_LWS)
+            if not TOKEN_RE.match(name):
+                raise UriError(f"bad parameter name {name!r}")
+            if sep:
+                value = value.strip(_LWS)
+                if not value or FORBIDDEN_RE.search(value):
+                    raise UriError(f"bad value for parameter {name!r}")
+                params[name] = value
+            else:
+                params[name] = None
+        return params
     i, n = 1, len(text)
     while True:
         # name
@@ -432,7 +443,7 @@ def parse_name_addr(text: str) -> NameAddr:
             uri_text, semi, param_text = text.partition(";")
             uri_text = uri_text.rstrip(_LWS)
             if "?" in uri_text or "," in uri_text:
-                raise UriError(f"URI with '?' or ',' must be enclosed in <>: {text!r}")
+                raise UriError(f"URI with '?' or ',' must be enclosed in angle brackets: {text!r}")
             uri = parse_uri(uri_text)
             return NameAddr(uri, None, parse_header_params(";" + param_text) if semi else Params())
         name_part = text[:lt].strip(_LWS)
