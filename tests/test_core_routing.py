@@ -2,12 +2,26 @@
 
 from __future__ import annotations
 
+from twisted.internet import defer
 from twisted.internet.task import Clock
 from twisted.trial import unittest
 
 from epcscf.core.location import Binding, LocationService
-from epcscf.core.routing import CoreRouter, Destination, FollowRoute, ForwardTo, Refuse, is_originating_route
+from epcscf.core.routing import (
+    CoreProxyPolicy,
+    CoreRouter,
+    Destination,
+    FollowRoute,
+    ForwardTo,
+    Refuse,
+    is_originating_route,
+)
+from epcscf.sip import proxy_rules
+from epcscf.sip.connection import Address
 from epcscf.sip.message import Headers, Request
+from epcscf.sip.proxy import ProxiedRequest
+from epcscf.sip.proxy_policy import Forward, Reject
+from epcscf.sip.resolver import Target
 
 DOMAIN = "ims.localdomain"
 ALICE = f"sip:alice@{DOMAIN}"
@@ -102,3 +116,76 @@ class OriginatingRouteTests(unittest.TestCase):
         self.assertFalse(is_originating_route("<sip:127.0.0.1:5070;lr>", self.OWN))
         self.assertFalse(is_originating_route("<sip:orig@127.0.0.1:5071;lr>", self.OWN))
         self.assertFalse(is_originating_route("<sip:orig@127.0.0.1:5070>", self.OWN))
+
+
+class FakeTransports:
+    def local_address(self, transport: str):
+        return Address("127.0.0.1", 5070) if transport == "UDP" else None
+
+
+class FakeResolver:
+    def __init__(self) -> None:
+        self.asked: list[str] = []
+
+    def resolve_uri(self, uri):
+        self.asked.append(str(uri))
+        return defer.succeed([Target((uri.transport or "udp").upper(), uri.host, uri.port or 5060)])
+
+
+class FakeConnection:
+    transport = "UDP"
+
+
+class ProxyPolicyTests(unittest.TestCase):
+    """CoreProxyPolicy turns decisions into the proxy's Forward/Reject."""
+
+    def setUp(self) -> None:
+        self.clock = Clock()
+        self.location = LocationService(self.clock)
+        self.resolver = FakeResolver()
+        router = CoreRouter(DOMAIN, self.location, {ALICE: ALICE, BOB: BOB}.get)
+        self.policy = CoreProxyPolicy(router, FakeTransports(), self.resolver, lambda: {("127.0.0.1", 5070)})
+
+    def decide(self, request: Request):
+        working = request.copy()
+        proxy_rules.process_own_routes(working, self.policy.is_own_uri)
+        context = ProxiedRequest(working, FakeConnection(), None, original=request)
+        results = []
+        defer.maybeDeferred(self.policy.route_request, context).addBoth(results.append)
+        return results[0]
+
+    def test_terminating_invite_goes_to_contact_via_path_and_is_record_routed(self) -> None:
+        self.location.put(
+            Binding(BOB, "sip:bob@x.invalid;transport=ws", "", ("<sip:tok@127.0.0.1:5060;lr;ob>",), None, None, "c", 1, 300, 0)
+        )
+        forward = self.decide(invite(BOB, route="<sip:orig@127.0.0.1:5070;lr>"))
+        self.assertIsInstance(forward, Forward)
+        self.assertEqual(forward.request.uri, "sip:bob@x.invalid;transport=ws")
+        self.assertEqual(forward.request.headers.get_all("route"), ["<sip:tok@127.0.0.1:5060;lr;ob>"])
+        self.assertEqual(forward.request.headers.get("p-called-party-id"), f"<{BOB}>")
+        self.assertEqual(self.resolver.asked, ["sip:tok@127.0.0.1:5060;lr;ob"])
+        self.assertEqual(list(forward.record_route), ["sip:127.0.0.1:5070;transport=udp;lr"])
+
+    def test_unregistered_user_is_rejected_with_480(self) -> None:
+        reject = self.decide(invite(BOB, route="<sip:orig@127.0.0.1:5070;lr>"))
+        self.assertIsInstance(reject, Reject)
+        self.assertEqual(reject.response.status, 480)
+        self.assertIn(";tag=", reject.response.headers.get("to"))
+
+    def test_originating_request_to_foreign_uri_is_resolved_from_the_request_uri(self) -> None:
+        forward = self.decide(invite("sip:service@127.0.0.1:5099", route="<sip:orig@127.0.0.1:5070;lr>"))
+        self.assertEqual(forward.request.uri, "sip:service@127.0.0.1:5099")
+        self.assertEqual(forward.request.headers.get_all("route"), [])
+        self.assertEqual([(t.host, t.port) for t in forward.destination], [("127.0.0.1", 5099)])
+
+    def test_foreign_uri_without_service_route_is_refused(self) -> None:
+        reject = self.decide(invite("sip:service@127.0.0.1:5099"))
+        self.assertEqual(reject.response.status, 403)
+
+    def test_in_dialog_request_follows_route_without_record_route(self) -> None:
+        request = invite("sip:service@127.0.0.1:5099", to_tag="x", route="<sip:127.0.0.1:5070;transport=udp;lr>, <sip:p@127.0.0.1:5060;lr>")
+        request.method = "BYE"
+        forward = self.decide(request)
+        self.assertEqual(forward.request.headers.get_all("route"), ["<sip:p@127.0.0.1:5060;lr>"])
+        self.assertEqual(list(forward.record_route), [])
+        self.assertEqual([(t.host, t.port) for t in forward.destination], [("127.0.0.1", 5060)])

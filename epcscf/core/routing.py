@@ -21,18 +21,35 @@ location service:
 
 The Route preprocessing of RFC 3261 §16.4 (removing our own URI from the top
 of Route) is the proxy's; the router is told whether that URI was our
-Service-Route (``originating``).
+Service-Route (``originating``).  ``CoreProxyPolicy`` is the ``ProxyPolicy`` of
+``epcscf.sip.proxy.StatefulProxy`` that applies these decisions: it rewrites
+the Request-URI and Route set of terminating requests, adds P-Called-Party-ID
+(TS 24.229 §5.4.3.3) and Record-Routes dialog-creating requests so that
+in-dialog requests pass the core too (RFC 3261 §16.6 step 4).
+
+The proxy forwards one branch per request, so of several bindings only the
+most recent is tried (serial forking beyond the first binding is not done).
 """
 
 from __future__ import annotations
 
+import secrets
 from dataclasses import dataclass
-from typing import Callable
+from typing import TYPE_CHECKING, Any, Callable
+
+from twisted.internet import defer
 
 from epcscf.core.location import LocationService, aor_of
+from epcscf.sip import proxy_rules as rules
 from epcscf.sip.headers import HeaderError, to_tag
-from epcscf.sip.message import Request
+from epcscf.sip.message import Request, Response, make_response
+from epcscf.sip.proxy_policy import RECORD_ROUTED_METHODS, DefaultRoutingPolicy, Forward, Reject
 from epcscf.sip.uri import SipUri, TelUri, Uri, UriError, parse_name_addr_list, parse_uri
+
+if TYPE_CHECKING:
+    from epcscf.sip.connection import Connection
+    from epcscf.sip.proxy import ProxiedRequest
+    from epcscf.sip.resolver import Target
 
 # TS 24.229 §5.4.3.2 / RFC 3608: the user part of our Service-Route URI marks originating requests.
 ORIGINATING_USER = "orig"
@@ -127,3 +144,74 @@ def is_originating_route(route_value: str, own_hosts: set[tuple[str, int]]) -> b
     if not isinstance(uri, SipUri) or uri.user != ORIGINATING_USER or "lr" not in uri.params:
         return False
     return (uri.host_without_brackets.lower(), uri.port or 5060) in own_hosts
+
+
+class CoreProxyPolicy:
+    """``ProxyPolicy`` of the embedded core's StatefulProxy: ``CoreRouter`` decisions applied."""
+
+    def __init__(
+        self,
+        router: CoreRouter,
+        transports: Any,
+        resolver: Any,
+        service_route_hosts: Callable[[], set[tuple[str, int]]],
+    ) -> None:
+        self.router = router
+        self.resolver = resolver
+        self.service_route_hosts = service_route_hosts
+        # Our own URIs and Record-Route entries are those of a plain proxy on our listeners.
+        self._own = DefaultRoutingPolicy(transports, resolver)
+
+    def is_own_uri(self, uri: str) -> bool:
+        return self._own.is_own_uri(uri)
+
+    def route_request(self, context: "ProxiedRequest") -> "Forward | Reject | defer.Deferred":
+        received = context.request_as_received
+        routes = rules.list_values(received.headers, "route")
+        originating = bool(routes) and is_originating_route(routes[0], self.service_route_hosts())
+        request = context.request
+        decision = self.router.route(request, originating)
+        if isinstance(decision, Refuse):
+            return Reject(make_response(request, decision.status, decision.reason, to_tag=secrets.token_hex(6)))
+        if isinstance(decision, ForwardTo):
+            destination = decision.destinations[0]
+            remaining = rules.list_values(request.headers, "route")
+            request.uri = destination.request_uri
+            # RFC 3327 §5.4: the stored Path becomes the Route set toward the registered UA.
+            request.headers.replace_all("Route", list(destination.route) + remaining)
+            if decision.called_party is not None:
+                # TS 24.229 §5.4.3.3: the terminating S-CSCF tells the UA which identity was called.
+                request.headers.set("P-Called-Party-ID", f"<{decision.called_party}>")
+        return self._forward(context, record=isinstance(decision, ForwardTo))
+
+    def _forward(self, context: "ProxiedRequest", record: bool) -> defer.Deferred:
+        request = context.request
+        try:
+            next_hop = parse_uri(rules.next_hop_uri(request))
+        except UriError:
+            return defer.succeed(Reject(make_response(request, 400, "Bad Request (next hop URI)", to_tag=secrets.token_hex(6))))
+        if not isinstance(next_hop, SipUri):
+            return defer.succeed(Reject(make_response(request, 416, to_tag=secrets.token_hex(6))))
+
+        def decide(targets: "list[Target]") -> Forward | Reject:
+            if not targets:
+                return Reject(make_response(request, 404, "No Route To Destination", to_tag=secrets.token_hex(6)))
+            record_route: list[str] = []
+            if record and request.method in RECORD_ROUTED_METHODS:
+                # RFC 3261 §16.6 step 4: stay on the path of the dialog (RFC 5658 §4 if transports differ).
+                record_route = self._own.record_route_for(context.connection.transport, targets[0].transport)
+            return Forward(request, targets, record_route)
+
+        return defer.maybeDeferred(self.resolver.resolve_uri, next_hop).addCallback(decide)
+
+    def response_to_forward(self, context: "ProxiedRequest | None", response: Response) -> Response:
+        return response
+
+    def response_destination(self, response: Response) -> "Target | Connection | None":
+        return None
+
+    def transaction_ended(self, context: "ProxiedRequest") -> None:
+        pass
+
+    def cancel_received(self, context: "ProxiedRequest", cancel: Request) -> None:
+        pass
