@@ -425,3 +425,29 @@ class LiteIceTests(IceTestCase):
         with self.assertRaises(Exception) as raised:
             agent.set_remote("abcd", "p" * 22, [], remote_is_lite=True)
         self.assertIn("ice_mode = full", str(raised.exception))
+
+
+class CloseTests(IceTestCase):
+    async def test_close_during_gather_leaves_nothing_behind(self) -> None:
+        for mode in ("full", "lite"):
+            low = random.randrange(40000, 60000, 100)
+            pool = UdpPortPool(low, low + 4)
+            agent = self.agent(mode=mode, pool=pool)
+            gathering = agent.gather()
+            await agent.close()
+            with self.assertRaises(IceClosed):
+                await gathering
+            self.assertEqual(pool.used_count, 0, mode)
+            self.assertEqual(agent.state, IceState.CLOSED)
+
+    async def test_ports_exhausted_fails_gather(self) -> None:
+        from epcscf.ice import PortsExhausted
+
+        low = random.randrange(40000, 60000, 100)
+        pool = UdpPortPool(low, low)
+        first = self.agent(mode="lite", pool=pool)
+        await first.gather()
+        second = self.agent(mode="lite", pool=pool)
+        with self.assertRaises(PortsExhausted):
+            await second.gather()
+        self.assertEqual(second.state, IceState.FAILED)

@@ -36,7 +36,7 @@ from twisted.logger import Logger
 
 from epcscf.ice.ports import UdpPortPool
 from epcscf.ice.sockets import BackendListener, EarlyDatagrams, bind_udp, host_candidate, is_stun
-from epcscf.ice.types import Address, IceAgentConfig, IceCredentials, IceStats, SelectedPair
+from epcscf.ice.types import Address, IceAgentConfig, IceClosed, IceCredentials, IceStats, SelectedPair
 
 log = Logger()
 
@@ -96,6 +96,12 @@ class _AgentConnection(aioice.ice.Connection):
         for index, address in enumerate(config.bind_addresses):
             transport, protocol, port = await bind_udp(lambda: _StunSocket(self), address, self.generation.pool)
             protocol.pool_port = port
+            if self.generation.closing:
+                # close() ran while we were binding: this socket must not outlive it.
+                await protocol.close()
+                if port is not None and self.generation.pool is not None:
+                    self.generation.pool.release(port)
+                raise IceClosed("the ICE agent was closed while gathering")
             protocol.local_candidate = host_candidate(transport.get_extra_info("sockname"), config.advertised_address, index)
             self._protocols.append(protocol)
             candidates.append(protocol.local_candidate)
@@ -179,6 +185,10 @@ class FullGeneration:
     @property
     def candidates(self) -> list[Candidate]:
         return self.connection.local_candidates
+
+    @property
+    def closing(self) -> bool:
+        return self._closing
 
     @property
     def selected(self) -> SelectedPair | None:

@@ -22,7 +22,7 @@ from twisted.logger import Logger
 
 from epcscf.ice.ports import UdpPortPool
 from epcscf.ice.sockets import BackendListener, EarlyDatagrams, bind_udp, host_candidate, is_stun
-from epcscf.ice.types import Address, IceAgentConfig, IceCredentials, IceError, IceStats, SelectedPair
+from epcscf.ice.types import Address, IceAgentConfig, IceClosed, IceCredentials, IceError, IceStats, SelectedPair
 
 log = Logger()
 
@@ -182,10 +182,18 @@ class LiteBackend:
             for index, address in enumerate(self._config.bind_addresses):
                 transport, sock, port = await bind_udp(lambda: _LiteSocket(self), address, self._pool)
                 sock.pool_port = port
+                if self._closing:
+                    # close() ran while we were binding: this socket must not outlive it.
+                    transport.close()
+                    await sock.closed
+                    if port is not None and self._pool is not None:
+                        self._pool.release(port)
+                    raise IceClosed("the ICE agent was closed while gathering")
                 sock.candidate = host_candidate(transport.get_extra_info("sockname"), self._config.advertised_address, index)
                 self._sockets.append(sock)
         except BaseException:
-            await self.close()
+            if not self._closing:
+                await self.close()
             raise
 
     def set_remote(self, credentials: IceCredentials, remote_is_lite: bool) -> None:
