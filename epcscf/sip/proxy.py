@@ -1,0 +1,700 @@
+"""The RFC 3261 §16 stateful proxy core, with a policy hook for the eP-CSCF.
+
+Theory of operation
+-------------------
+``StatefulProxy`` is the transaction user (TU) of the transaction layer for every request
+it does not answer itself, and the client-transaction user of every branch it forwards.
+
+* A request (§16.3–§16.6): validated (``validate_request``, §16.3 steps 1–5; loop detection,
+  step 4, here because only we know our Vias), 100 Trying for INVITE (§16.2), our own
+  Route entries removed (§16.4), then the ``ProxyPolicy`` decides: ``Forward`` (request,
+  destination, Record-Route entries) or ``Reject`` (a response).  The decision may be a
+  Deferred.  Forwarding makes one ``Branch`` per destination; a branch walks its list of
+  ``Target``s in order (RFC 3263 §4.3 failover on 503, timeout or transport error), each try
+  a new client transaction with a new branch id.
+* Responses (§16.7): our Via is popped; provisionals other than 100 and every 2xx go
+  upstream at once; finals are kept until every branch is done, then the best one
+  (``choose_best_response``, 401/407 challenges merged, 503 → 500) goes upstream and still
+  pending branches are CANCELled (§16.7 step 10).  The policy may rewrite (or withhold)
+  each response before it is forwarded; responses of one request stay in order.
+* CANCEL (§16.10): 200 at once, then a CANCEL on every pending INVITE branch (after its first
+  provisional, RFC 3261 §9.1); no matching INVITE → 481.
+* ACK for 2xx and stray responses are forwarded statelessly (§16.11, §16.7 step 1).
+* Timer C (§16.6 step 11) guards every INVITE branch: reset by provisionals; on expiry the
+  branch is CANCELled (after a provisional) or treated as a 408 (§16.8).
+
+A ``ProxiedRequest`` is the per-request context (state, server transaction, branches,
+responses); its ``ProxyState`` only moves forward (see ``_TRANSITIONS``).
+"""
+
+from __future__ import annotations
+
+import enum
+import itertools
+import secrets
+from dataclasses import dataclass, field
+from typing import Any, Callable, Protocol, Sequence, Union
+
+from twisted.internet import defer
+from twisted.internet.interfaces import IDelayedCall, IReactorTime
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+from epcscf.sip import proxy_rules as rules
+from epcscf.sip.connection import Address, Connection, ConnectionLost
+from epcscf.sip.headers import HeaderError
+from epcscf.sip.message import Request, Response
+from epcscf.sip.resolver import DEFAULT_PORTS, Target
+from epcscf.sip.uri import SipUri, UriError, parse_uri
+from epcscf.sip.validate import AnswerOptionsLocally, validate_request
+from epcscf.sip.proxy_policy import Decision, Destination, Forward, ProxyPolicy, Reject
+
+log = Logger()
+
+# RFC 3261 §16.6 step 11: Timer C "MUST be set to be greater than 3 minutes".
+TIMER_C = 181.0
+
+
+# --- per-request context ------------------------------------------------------------------------
+
+
+class ProxyState(enum.Enum):
+    ROUTING = "routing"  # waiting for the policy
+    FORWARDING = "forwarding"  # branches pending
+    COMPLETED = "completed"  # a final response went upstream
+    TERMINATED = "terminated"  # everything done
+
+
+_TRANSITIONS: dict[ProxyState, frozenset[ProxyState]] = {
+    ProxyState.ROUTING: frozenset({ProxyState.FORWARDING, ProxyState.COMPLETED}),
+    ProxyState.FORWARDING: frozenset({ProxyState.COMPLETED}),
+    ProxyState.COMPLETED: frozenset({ProxyState.TERMINATED}),
+    ProxyState.TERMINATED: frozenset(),
+}
+
+
+class BranchState(enum.Enum):
+    CONNECTING = "connecting"  # resolving / connecting / no response yet
+    CALLING = "calling"  # request sent, no response yet
+    PROCEEDING = "proceeding"  # a provisional arrived
+    DONE = "done"  # a final response (or a synthetic one) arrived
+
+
+@dataclass(eq=False)
+class Branch:
+    """One forwarded copy of the request (RFC 3261 §16.6) and its failover targets."""
+
+    request: Request  # the copy prepared for this branch, without our Via
+    targets: list[Target]
+    connection: Connection | None = None
+    client_transaction: Any = None
+    sent_request: Request | None = None  # with our Via: what CANCEL must match
+    state: BranchState = BranchState.CONNECTING
+    final: Response | None = None
+    timer_c: IDelayedCall | None = None
+    cancel_wanted: bool = False  # RFC 3261 §9.1: CANCEL once a provisional arrives
+    cancelled: bool = False
+    attempt: int = 0
+    via_sent_by: str | None = None
+
+
+@dataclass(eq=False)
+class ProxiedRequest:
+    """The per-request context handed to the policy."""
+
+    request: Request  # the working copy: our Routes removed; the policy may change it
+    connection: Connection  # where it came from
+    server_transaction: Any = None
+    original: Request | None = None  # as received (loop hash and branch ids use it)
+    state: ProxyState = ProxyState.ROUTING
+    branches: list[Branch] = field(default_factory=list)
+    responses: list[Response] = field(default_factory=list)  # finals received, in order
+    cancelled: bool = False
+    decision: Decision | None = None
+    #: free for the policy (e.g. the Call this INVITE belongs to)
+    data: dict[str, Any] = field(default_factory=dict)
+    _upstream: defer.Deferred = field(default_factory=lambda: defer.succeed(None))
+    _branch_ids: Any = field(default_factory=itertools.count)
+
+    def __post_init__(self) -> None:
+        if self.original is None:
+            self.original = self.request
+
+    @property
+    def request_as_received(self) -> Request:
+        assert self.original is not None
+        return self.original
+
+    def move_to(self, state: ProxyState) -> None:
+        if state not in _TRANSITIONS[self.state]:
+            raise RuntimeError(f"proxied request: no transition {self.state.name} → {state.name}")
+        self.state = state
+
+    @property
+    def is_invite(self) -> bool:
+        return self.request.method == "INVITE"
+
+
+@dataclass(frozen=True)
+class ProxySettings:
+    timer_c: float = TIMER_C
+    #: option tags we support (RFC 3261 §16.3 step 5 checks Proxy-Require against them)
+    supported_option_tags: frozenset[str] = frozenset()
+    loop_detection: bool = True
+    #: public address written in Via instead of the listener's (NAT/public IP)
+    public_host: str = ""
+
+
+class Connector(Protocol):
+    def connect(self, target: Target) -> defer.Deferred: ...
+
+    def local_address(self, transport: str) -> Address | None: ...
+
+
+class NextHops(Protocol):
+    def resolve_uri(self, uri: Any) -> defer.Deferred: ...
+
+
+class _AbsorbResponses:
+    """Client-transaction user for our own CANCELs: their responses end here (§16.10)."""
+
+    def response_received(self, response: Response, transaction: Any) -> None:
+        pass
+
+    def timed_out(self, transaction: Any) -> None:
+        pass
+
+    def transport_failed(self, transaction: Any, reason: Any) -> None:
+        pass
+
+
+# --- the proxy ----------------------------------------------------------------------------------
+
+
+class StatefulProxy:
+    """RFC 3261 §16 transaction-stateful proxy (TransactionUser + ClientTransactionUser)."""
+
+    def __init__(
+        self,
+        clock: IReactorTime,
+        connector: Connector,
+        resolver: NextHops,
+        policy: ProxyPolicy,
+        settings: ProxySettings | None = None,
+        *,
+        secret: bytes | None = None,
+    ) -> None:
+        self.clock = clock
+        self.connector = connector
+        self.resolver = resolver
+        self.policy = policy
+        self.settings = settings or ProxySettings()
+        self.transactions: Any = None  # the TransactionLayer; set after both exist
+        self._secret = secret if secret is not None else secrets.token_bytes(16)
+        self._by_server: dict[int, ProxiedRequest] = {}
+        self._by_client: dict[int, tuple[ProxiedRequest, Branch]] = {}
+        self._absorb = _AbsorbResponses()
+
+    def active(self) -> list[ProxiedRequest]:
+        return list(self._by_server.values())
+
+    # ===== TransactionUser =====================================================================
+
+    def request_received(self, request: Request, transaction: Any) -> None:
+        if request.method == "CANCEL":
+            self._cancel_received(request, transaction)
+            return
+        context = ProxiedRequest(request, transaction.connection, transaction)
+        self._by_server[id(transaction)] = context
+        # RFC 3261 §16.2: a stateful proxy answers an INVITE with 100 Trying at once.
+        if request.method == "INVITE":
+            transaction.respond(rules.make_local_response(request, 100))
+        # RFC 3261 §16.3 steps 1–5.
+        problem = validate_request(request, self.settings.supported_option_tags)
+        if isinstance(problem, AnswerOptionsLocally):
+            # §16.3 step 3: Max-Forwards 0 on an OPTIONS: we answer it as a UAS.
+            problem = rules.make_local_response(request, 200, to_tag=_new_tag())
+        if problem is not None:
+            self._respond_locally(context, _with_to_tag(problem))
+            return
+        # RFC 3261 §16.3 step 4 (optional): loop detection with our own branch hash.
+        if self.settings.loop_detection and rules.is_loop(request, self._is_own_sent_by):
+            self._respond_locally(context, rules.make_local_response(request, 482, to_tag=_new_tag()))
+            return
+        working = request.copy()
+        _mark_source(working, transaction.connection)  # RFC 3261 §18.2.1, RFC 3581 §4
+        rules.process_own_routes(working, self.policy.is_own_uri)  # RFC 3261 §16.4
+        context.request = working
+        decided = defer.maybeDeferred(self.policy.route_request, context)
+        decided.addCallback(lambda decision: self._apply_decision(context, decision))
+        decided.addErrback(lambda f: self._policy_failed(context, f))
+
+    def ack_received(self, request: Request, connection: Connection) -> None:
+        """RFC 3261 §16.11 / §13.2.2.4: an ACK for a 2xx is its own transaction: forward it
+        statelessly along its Route set."""
+        if (request.headers.get("max-forwards") or "").strip() == "0":
+            return  # RFC 3261 §16.3 step 3: cannot go further, and an ACK is never answered
+        branch_id = rules.branch_for(request, 0, self._secret)  # §16.11: stateless branch
+        working = request.copy()
+        _mark_source(working, connection)
+        rules.process_own_routes(working, self.policy.is_own_uri)  # §16.4
+        context = ProxiedRequest(working, connection, None, original=request)
+        decided = defer.maybeDeferred(self.policy.route_request, context)
+
+        def forward(decision: Decision) -> Any:
+            if not isinstance(decision, Forward):
+                return None  # an ACK is never answered
+            outgoing = decision.request
+            rules.decrement_max_forwards(outgoing)  # §16.6 step 3
+            rules.apply_strict_route(outgoing)  # §16.6 step 6
+            return self._destinations(decision.destination, outgoing).addCallback(
+                lambda candidates: self._send_stateless(outgoing, candidates, decision.via_sent_by, branch_id)
+            )
+
+        decided.addCallback(forward).addErrback(lambda f: log.info("ACK not forwarded: {why}", why=f.value))
+
+    def stray_response_received(self, response: Response, connection: Connection) -> None:
+        """RFC 3261 §16.7 step 1 / §16.11: a response with no transaction (retransmitted 2xx
+        of an INVITE, typically) is forwarded statelessly if the top Via is ours."""
+        vias = rules.list_values(response.headers, "via")
+        if len(vias) < 2 or not self._is_own_via(vias[0]):
+            return  # RFC 3261 §18.1.2: not ours → discard
+        rules.strip_own_via(response)
+        self._forward_statelessly(response)
+
+    def _forward_statelessly(self, response: Response) -> None:
+        """Send a response (our Via already removed) to its next Via (RFC 3261 §18.2.2)."""
+        destination = self.policy.response_destination(response)
+        if destination is None:
+            vias = rules.list_values(response.headers, "via")
+            destination = _via_target(vias[0]) if vias else None
+        if destination is None:
+            return
+        target = destination
+        outgoing = defer.maybeDeferred(self.policy.response_to_forward, None, response)
+
+        def send(rewritten: Response | None) -> Any:
+            if rewritten is None:
+                return None
+            if isinstance(target, Target):
+                return self.connector.connect(target).addCallback(lambda c: c.send_message(rewritten))
+            target.send_message(rewritten)
+            return None
+
+        outgoing.addCallback(send).addErrback(lambda f: log.info("response not forwarded: {why}", why=f.value))
+
+    # ===== routing decisions =====================================================================
+
+    def _apply_decision(self, context: ProxiedRequest, decision: "Decision | Sequence[Forward]") -> None:
+        context.decision = decision  # type: ignore[assignment]
+        if context.state is not ProxyState.ROUTING:
+            return  # answered meanwhile
+        if isinstance(decision, Reject):
+            self._respond_locally(context, _with_to_tag(decision.response))
+            return
+        if context.cancelled:
+            # RFC 3261 §16.10: cancelled before anything was forwarded → 487 ourselves.
+            self._respond_locally(context, self._synthetic(context, 487))
+            return
+        # A list of Forwards is parallel forking (RFC 3261 §16.6: one branch per target).
+        forwards = [decision] if isinstance(decision, Forward) else list(decision)
+        if not forwards:
+            self._respond_locally(context, self._synthetic(context, 480))
+            return
+        context.move_to(ProxyState.FORWARDING)
+        seen: set[int] = set()
+        for forward in forwards:
+            outgoing = forward.request if id(forward.request) not in seen else forward.request.copy()
+            seen.add(id(outgoing))
+            rules.decrement_max_forwards(outgoing)  # RFC 3261 §16.6 step 3
+            if forward.record_route and outgoing.method not in ("REGISTER", "CANCEL", "ACK"):
+                rules.add_record_route(outgoing, forward.record_route)  # §16.6 step 4, RFC 5658 §4
+            rules.apply_strict_route(outgoing)  # §16.6 step 6
+            branch = Branch(outgoing, [], via_sent_by=forward.via_sent_by)
+            context.branches.append(branch)
+        for branch, forward in zip(list(context.branches), forwards):
+            self._start_branch(context, branch, forward.destination)
+
+    def _start_branch(self, context: ProxiedRequest, branch: Branch, destination: Destination) -> None:
+        self._start_timer_c(context, branch)  # RFC 3261 §16.6 step 11
+        if destination is not None and not isinstance(destination, (Target, list, tuple)):
+            branch.connection = destination  # a Connection chosen by the policy (e.g. a flow)
+            self._send_branch(context, branch, destination)
+            return
+        if isinstance(destination, Target):
+            targets: defer.Deferred = defer.succeed([destination])
+        elif destination is not None:
+            targets = defer.succeed(list(destination))
+        else:
+            targets = self._resolve(rules.next_hop_uri(branch.request))  # §16.6 step 7, RFC 3263
+
+        def have_targets(found: list[Target]) -> None:
+            branch.targets = list(found)
+            if not branch.targets:
+                log.info("no next hop for {uri}", uri=rules.next_hop_uri(branch.request))
+                self._branch_final(context, branch, self._synthetic(context, 503, "No Route to Destination"))
+                return
+            self._try_next_target(context, branch)
+
+        def failed(failure: Failure) -> None:
+            log.failure("resolving the next hop failed", failure)
+            self._branch_final(context, branch, self._synthetic(context, 503))
+
+        targets.addCallbacks(have_targets, failed)
+
+    def _resolve(self, uri_text: str) -> defer.Deferred:
+        try:
+            uri = parse_uri(uri_text)
+        except UriError:
+            return defer.succeed([])
+        if not isinstance(uri, SipUri):
+            return defer.succeed([])
+        return self.resolver.resolve_uri(uri)
+
+    def _policy_failed(self, context: ProxiedRequest, failure: Failure) -> None:
+        log.failure("routing {method} failed", failure, method=context.request.method)
+        if context.state is ProxyState.ROUTING:
+            self._respond_locally(context, rules.make_local_response(context.request, 500, to_tag=_new_tag()))
+
+    # ===== branches ==============================================================================
+
+    def _try_next_target(self, context: ProxiedRequest, branch: Branch) -> None:
+        """RFC 3263 §4.3: next target of this branch, or its failure when none is left."""
+        if branch.cancelled or context.state is not ProxyState.FORWARDING:
+            self._branch_final(context, branch, self._synthetic(context, 487))
+            return
+        if not branch.targets:
+            return
+        target = branch.targets.pop(0)
+        if branch.client_transaction is not None:
+            self._by_client.pop(id(branch.client_transaction), None)  # the failed try is over
+            branch.client_transaction = None
+
+        def connected(connection: Connection) -> None:
+            branch.connection = connection
+            if branch.cancel_wanted or context.state is not ProxyState.FORWARDING:
+                # Cancelled (or answered elsewhere) while connecting: never sent, so no CANCEL.
+                self._branch_final(context, branch, self._synthetic(context, 487))
+                return
+            self._send_branch(context, branch, connection)
+
+        def failed(failure: Failure) -> None:
+            log.info("cannot reach {target}: {why}", target=target, why=failure.value)
+            self._branch_failed(context, branch, 503)  # RFC 3261 §16.9
+
+        self.connector.connect(target).addCallbacks(connected, failed)
+
+    def _send_branch(self, context: ProxiedRequest, branch: Branch, connection: Connection) -> None:
+        if context.state is not ProxyState.FORWARDING:
+            return
+        outgoing = branch.request.copy()
+        branch_id = rules.branch_for(context.request_as_received, next(context._branch_ids), self._secret)
+        rules.add_via(outgoing, connection.transport, branch.via_sent_by or self._sent_by(connection), branch_id)  # §16.6 step 8
+        branch.sent_request = outgoing
+        branch.attempt += 1
+        branch.state = BranchState.CALLING
+        if branch.attempt > 1:
+            self._start_timer_c(context, branch)  # a new client transaction, a new Timer C
+        try:
+            transaction = self.transactions.send_request(outgoing, connection, self)  # §16.6 step 10
+        except ConnectionLost as error:
+            log.info("cannot send to {peer}: {why}", peer=connection.remote, why=error)
+            self._branch_failed(context, branch, 503)  # RFC 3261 §16.9
+            return
+        branch.client_transaction = transaction
+        self._by_client[id(transaction)] = (context, branch)
+
+    def _branch_failed(self, context: ProxiedRequest, branch: Branch, status: int) -> None:
+        """Timeout (408, §16.8) or transport error (503, §16.9): failover or give up."""
+        if branch.targets and not branch.cancelled and context.state is ProxyState.FORWARDING:
+            context.responses.append(self._synthetic(context, status))  # still a candidate (§16.7 step 6)
+            self._try_next_target(context, branch)
+            return
+        self._branch_final(context, branch, self._synthetic(context, status))
+
+    def _synthetic(self, context: ProxiedRequest, status: int, reason: str | None = None) -> Response:
+        response = rules.make_local_response(context.request_as_received, status, reason, to_tag=_new_tag())
+        return response
+
+    # ===== ClientTransactionUser ==================================================================
+
+    def response_received(self, response: Response, transaction: Any) -> None:
+        found = self._by_client.get(id(transaction))
+        rules.strip_own_via(response)  # RFC 3261 §16.7 step 3
+        if found is None:
+            if 200 <= response.status < 300:
+                self._forward_statelessly(response)  # a late 2xx retransmission (§16.7 step 1)
+            return
+        context, branch = found
+        status = response.status
+        if status < 200:
+            if branch.state in (BranchState.CALLING, BranchState.CONNECTING):
+                branch.state = BranchState.PROCEEDING
+            if context.is_invite and branch.state is not BranchState.DONE:
+                self._start_timer_c(context, branch)  # §16.7 step 2: a provisional resets Timer C
+            if branch.cancel_wanted and not branch.cancelled:
+                self._send_cancel(branch)  # RFC 3261 §9.1: CANCEL after the first provisional
+            if status != 100 and context.state is ProxyState.FORWARDING:
+                self._forward_upstream(context, response)  # §16.7 step 5
+            return
+        if 200 <= status < 300:
+            # §16.7 step 5: every 2xx goes upstream at once, even after another final.
+            self._stop_timer_c(branch)
+            branch.state = BranchState.DONE
+            branch.final = response
+            if context.state is ProxyState.FORWARDING:
+                self._forward_upstream(context, response)
+                context.move_to(ProxyState.COMPLETED)
+                self._cancel_pending(context)  # §16.7 step 10
+                self._ended(context)
+            else:
+                # The server transaction already has its final: a later 2xx (another fork,
+                # or a retransmission) goes statelessly (RFC 3261 §16.7 step 5, RFC 6026).
+                self._forward_statelessly(response)
+            return
+        if status == 503 and branch.targets and not branch.cancelled and context.state is ProxyState.FORWARDING:
+            # RFC 3263 §4.3: a 503 sends the request to the next target.
+            context.responses.append(response)  # still a candidate if every target fails
+            self._try_next_target(context, branch)
+            return
+        self._branch_final(context, branch, response)
+
+    def timed_out(self, transaction: Any) -> None:
+        found = self._by_client.get(id(transaction))
+        if found is None:
+            return
+        context, branch = found
+        if branch.state is BranchState.DONE:
+            return
+        # RFC 3261 §16.8: no response → as if a 408 was received (after failover).
+        self._branch_failed(context, branch, 408)
+
+    def transport_failed(self, transaction: Any, reason: Any) -> None:
+        found = self._by_client.get(id(transaction))
+        if found is None:
+            return
+        context, branch = found
+        if branch.state is BranchState.DONE:
+            return
+        # RFC 3261 §16.9: a transport error is treated as a 503 (after failover).
+        self._branch_failed(context, branch, 503)
+
+    # ===== final responses (§16.7 steps 4, 6–10) ==================================================
+
+    def _branch_final(self, context: ProxiedRequest, branch: Branch, response: Response) -> None:
+        if branch.state is BranchState.DONE:
+            return
+        if response.status >= 300 and branch.client_transaction is not None:
+            # A non-2xx ends the client transaction for us; a 2xx may be retransmitted
+            # through it (RFC 6026), so that mapping stays until the context ends.
+            self._by_client.pop(id(branch.client_transaction), None)
+        self._stop_timer_c(branch)
+        branch.state = BranchState.DONE
+        branch.final = response
+        context.responses.append(response)  # §16.7 step 4
+        if context.state is not ProxyState.FORWARDING:
+            return
+        if response.status >= 600:
+            self._cancel_pending(context)  # §16.7 step 5: a 6xx cancels the other branches
+        if all(b.state is BranchState.DONE for b in context.branches):
+            best = rules.choose_best_response(context.responses)  # §16.7 step 6
+            if best is None:
+                best = self._synthetic(context, 408)
+            best = rules.merge_challenges(best, context.responses)  # §16.7 step 7
+            best = rules.outgoing_final(best)  # §16.7 step 6: 503 → 500
+            context.move_to(ProxyState.COMPLETED)
+            self._forward_upstream(context, best)
+            self._ended(context)
+
+    def _forward_upstream(self, context: ProxiedRequest, response: Response) -> None:
+        """§16.7 step 9: through the policy, in arrival order, to the server transaction."""
+
+        def rewrite(_: Any) -> defer.Deferred:
+            return defer.maybeDeferred(self.policy.response_to_forward, context, response)
+
+        def send(rewritten: Response | None) -> None:
+            if rewritten is not None:
+                context.server_transaction.respond(rewritten)
+
+        def failed(failure: Failure) -> None:
+            log.failure("response not forwarded", failure)
+
+        context._upstream.addCallback(rewrite).addCallback(send).addErrback(failed)
+
+    def _respond_locally(self, context: ProxiedRequest, response: Response) -> None:
+        if context.state in (ProxyState.COMPLETED, ProxyState.TERMINATED):
+            return
+        context.move_to(ProxyState.COMPLETED)
+        context.server_transaction.respond(response)
+        self._ended(context)
+
+    def _ended(self, context: ProxiedRequest) -> None:
+        self._by_server.pop(id(context.server_transaction), None)
+        if all(b.state is BranchState.DONE or b.cancelled for b in context.branches):
+            self._forget_branches(context)
+        try:
+            self.policy.transaction_ended(context)
+        except Exception:
+            log.failure("policy.transaction_ended failed")
+
+    def _forget_branches(self, context: ProxiedRequest) -> None:
+        for branch in context.branches:
+            self._stop_timer_c(branch)
+            if branch.client_transaction is not None and (branch.final is None or branch.final.status >= 300):
+                self._by_client.pop(id(branch.client_transaction), None)
+        context.move_to(ProxyState.TERMINATED) if context.state is ProxyState.COMPLETED else None
+
+    # ===== CANCEL (§16.10) and Timer C (§16.6 step 11, §16.8) ======================================
+
+    def _cancel_received(self, cancel: Request, transaction: Any) -> None:
+        invite_tx = self.transactions.find_invite_server_transaction(cancel)
+        if invite_tx is None:
+            # RFC 3261 §16.10: no matching transaction → 481 (we do not forward it statelessly).
+            transaction.respond(rules.make_local_response(cancel, 481, to_tag=_new_tag()))
+            return
+        # RFC 3261 §16.10 / §9.2: the CANCEL itself is answered 200 at once.
+        transaction.respond(rules.make_local_response(cancel, 200, to_tag=_new_tag()))
+        context = self._by_server.get(id(invite_tx))
+        if context is None:
+            return  # the INVITE already has its final response: nothing to cancel
+        context.cancelled = True
+        try:
+            self.policy.cancel_received(context, cancel)
+        except Exception:
+            log.failure("policy.cancel_received failed")
+        if context.state is ProxyState.FORWARDING:
+            self._cancel_pending(context)
+
+    def _cancel_pending(self, context: ProxiedRequest) -> None:
+        """RFC 3261 §16.10 / §16.7 step 10: CANCEL every branch still without a final."""
+        if not context.is_invite:
+            return
+        for branch in context.branches:
+            if branch.state is BranchState.DONE or branch.cancelled:
+                continue
+            if branch.state is BranchState.PROCEEDING:
+                self._send_cancel(branch)
+            else:
+                branch.cancel_wanted = True  # RFC 3261 §9.1: wait for a provisional
+                branch.targets.clear()  # no failover for a cancelled branch
+
+    def _send_cancel(self, branch: Branch) -> None:
+        if branch.sent_request is None or branch.connection is None or branch.cancelled:
+            return
+        branch.cancelled = True
+        branch.targets.clear()
+        cancel = rules.make_cancel(branch.sent_request)
+        self.transactions.send_request(cancel, branch.connection, self._absorb)
+
+    def _start_timer_c(self, context: ProxiedRequest, branch: Branch) -> None:
+        if not context.is_invite:
+            return
+        self._stop_timer_c(branch)
+        branch.timer_c = self.clock.callLater(self.settings.timer_c, self._timer_c_fired, context, branch)
+
+    def _stop_timer_c(self, branch: Branch) -> None:
+        if branch.timer_c is not None and branch.timer_c.active():
+            branch.timer_c.cancel()
+        branch.timer_c = None
+
+    def _timer_c_fired(self, context: ProxiedRequest, branch: Branch) -> None:
+        branch.timer_c = None
+        if branch.state is BranchState.DONE:
+            return
+        if branch.state is BranchState.PROCEEDING:
+            # RFC 3261 §16.8: after a provisional, CANCEL the branch (its 487 ends it).
+            self._send_cancel(branch)
+            # The downstream UAS may never answer the CANCEL: bound the wait with another Timer C.
+            branch.timer_c = self.clock.callLater(self.settings.timer_c, self._give_up, context, branch)
+        else:
+            # RFC 3261 §16.8: no provisional → as if a 408 was received.
+            branch.targets.clear()
+            self._branch_final(context, branch, self._synthetic(context, 408))
+
+    def _give_up(self, context: ProxiedRequest, branch: Branch) -> None:
+        branch.timer_c = None
+        self._branch_final(context, branch, self._synthetic(context, 408))
+
+    # ===== helpers ===============================================================================
+
+    def _sent_by(self, connection: Connection) -> str:
+        """Our Via sent-by: the public host, else the listener of that transport (responses
+        over UDP come back to the listening socket), else the connection's local end."""
+        listener = self.connector.local_address(connection.transport)
+        local = listener or connection.local
+        host = self.settings.public_host or local.host
+        host = f"[{host}]" if ":" in host else host
+        return f"{host}:{local.port}"
+
+    def _is_own_sent_by(self, host: str, port: int | None) -> bool:
+        for transport in ("UDP", "TCP", "TLS"):
+            local = self.connector.local_address(transport)
+            if local is None:
+                continue
+            hosts = {local.host, self.settings.public_host}
+            if host.strip("[]") in hosts and (port or DEFAULT_PORTS[transport]) == local.port:
+                return True
+        return False
+
+    def _is_own_via(self, via_text: str) -> bool:
+        branch = rules.via_param(via_text, "branch") or ""
+        return branch.startswith(rules.BRANCH_PREFIX)
+
+    def _destinations(self, destination: Destination, request: Request) -> defer.Deferred:
+        if isinstance(destination, Target):
+            return defer.succeed([destination])
+        if destination is not None and not isinstance(destination, (list, tuple)):
+            return defer.succeed([destination])
+        if destination is not None:
+            return defer.succeed(list(destination))
+        return self._resolve(rules.next_hop_uri(request))
+
+    def _send_stateless(self, request: Request, candidates: list[Any], via_sent_by: str | None, branch_id: str) -> Any:
+        """Send a request without a transaction (ACK for 2xx): the first reachable candidate."""
+        if not candidates:
+            return None
+        first = candidates[0]
+
+        def send(connection: Connection) -> None:
+            rules.add_via(request, connection.transport, via_sent_by or self._sent_by(connection), branch_id)
+            connection.send_message(request)
+
+        if isinstance(first, Target):
+            return self.connector.connect(first).addCallback(send)
+        send(first)
+        return None
+
+
+def _via_target(via_text: str) -> Target | None:
+    """RFC 3261 §18.2.2 / RFC 3581 §4: where a response to this Via goes."""
+    try:
+        transport, host, port = rules.via_sent_by(via_text)
+    except HeaderError:
+        return None
+    received = rules.via_param(via_text, "received")
+    rport = rules.via_param(via_text, "rport")
+    target_port = int(rport) if rport and rport.isdigit() else (port or DEFAULT_PORTS.get(transport, 5060))
+    return Target(transport, received or host, target_port, host)
+
+
+def _mark_source(request: Request, connection: Connection) -> None:
+    vias = rules.list_values(request.headers, "via")
+    if vias:
+        try:
+            marked = rules.mark_received(vias[0], connection.remote.host, connection.remote.port)
+        except HeaderError:
+            return
+        if marked != vias[0]:
+            rules.replace_first_value(request.headers, "Via", marked)
+
+
+def _with_to_tag(response: Response) -> Response:
+    """RFC 3261 §8.2.6.2: a response we generate carries a To tag (except 100)."""
+    to = response.headers.get("to")
+    if response.status > 100 and to is not None and ";tag=" not in to.replace(" ", "").lower():
+        response.headers.set("To", f"{to};tag={_new_tag()}")
+    return response
+
+
+def _new_tag() -> str:
+    return secrets.token_hex(6)

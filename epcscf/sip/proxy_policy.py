@@ -1,0 +1,169 @@
+"""What the eP-CSCF decides for the proxy core: the ``ProxyPolicy`` hook and a default.
+
+``StatefulProxy`` (``epcscf.sip.proxy``) applies RFC 3261 §16; everything a deployment
+chooses — where a request goes, how it is rewritten, which of our addresses go into
+Via/Record-Route, how responses are rewritten — is asked of a ``ProxyPolicy``.  Every
+method may return a plain value or a Deferred (``route_request``, ``response_to_forward``).
+
+``DefaultRoutingPolicy`` is a plain proxy: route by the top Route, else a static next-hop
+list from config, else the Request-URI (RFC 3263), and record-route dialog-creating
+requests (two entries when the transport changes, RFC 5658 §4).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Protocol, Sequence, Union
+
+from twisted.internet import defer
+
+from epcscf.sip import proxy_rules as rules
+from epcscf.sip.connection import Connection
+from epcscf.sip.message import Request, Response
+from epcscf.sip.resolver import DEFAULT_PORTS, Target
+from epcscf.sip.uri import SipUri, UriError, parse_uri
+
+if TYPE_CHECKING:
+    from epcscf.sip.proxy import ProxiedRequest
+
+Destination = Union[Target, Connection, Sequence[Target], None]
+
+
+@dataclass
+class Forward:
+    """Send ``request`` on.  ``destination``: a Target, a list of Targets (tried in order), a
+    Connection (e.g. a WebSocket flow), or None to resolve the next hop (top Route or R-URI,
+    RFC 3263).  ``record_route``: URIs to add as Record-Route, top-down (RFC 5658: two when
+    the request changes transport).  ``via_sent_by``: host[:port] for our Via (default: the
+    local address of the outgoing connection's listener)."""
+
+    request: Request
+    destination: Destination = None
+    record_route: Sequence[str] = ()
+    via_sent_by: str | None = None
+
+
+@dataclass
+class Reject:
+    """Answer the request with ``response`` (built with ``make_response``)."""
+
+    response: Response
+
+
+Decision = Union[Forward, Reject]
+
+
+class ProxyPolicy(Protocol):
+    """What the eP-CSCF layer decides; every method may be called for any request/response."""
+
+    def is_own_uri(self, uri: str) -> bool:
+        """True for a URI this proxy put in Record-Route (RFC 3261 §16.4)."""
+
+    def route_request(self, context: "ProxiedRequest") -> "Decision | defer.Deferred":
+        """Where ``context.request`` (our Routes removed, not yet otherwise changed) goes.
+        ``context.server_transaction`` is None for requests forwarded statelessly (ACK)."""
+
+    def response_to_forward(self, context: "ProxiedRequest | None", response: Response) -> "Response | None | defer.Deferred":
+        """The response to send upstream (rewritten as needed) or None to drop it."""
+
+    def response_destination(self, response: Response) -> "Target | Connection | None":
+        """Where a statelessly forwarded response goes (None: the Via received/rport)."""
+
+    def transaction_ended(self, context: "ProxiedRequest") -> None:
+        """The proxied request got its final response upstream (or was abandoned)."""
+
+    def cancel_received(self, context: "ProxiedRequest", cancel: Request) -> None:
+        """A CANCEL matched this proxied INVITE (it is being cancelled downstream)."""
+
+
+
+
+# RFC 3261 §12.1 (dialog-creating) and RFC 6665 §4.1.2 / RFC 3515: requests we Record-Route.
+RECORD_ROUTED_METHODS = frozenset({"INVITE", "SUBSCRIBE", "REFER", "NOTIFY", "UPDATE", "PRACK", "INFO", "MESSAGE", "BYE"})
+
+
+class DefaultRoutingPolicy:
+    """Route by Route header, else ``next_hops`` (SIP URIs tried in order), else R-URI."""
+
+    def __init__(
+        self,
+        transports: Any,
+        resolver: Any,
+        next_hops: Sequence[str] = (),
+        *,
+        public_host: str = "",
+        record_route: bool = True,
+    ) -> None:
+        self._transports = transports  # TransportManager-like: local_address(transport)
+        self._resolver = resolver  # NextHopResolver-like: resolve_uri(uri)
+        self._next_hops = [parse_uri(uri) for uri in next_hops]
+        self._public_host = public_host
+        self._record_route = record_route
+
+    # -- our URIs
+    def own_uri(self, transport: str) -> str | None:
+        """``sip:host:port;transport=x;lr`` of our listener for ``transport``."""
+        local = self._transports.local_address(transport)
+        if local is None:
+            return None
+        host = self._public_host or local.host
+        host = f"[{host}]" if ":" in host else host
+        return f"sip:{host}:{local.port};transport={transport.lower()};lr"
+
+    def is_own_uri(self, uri: str) -> bool:
+        try:
+            parsed = parse_uri(uri)
+        except UriError:
+            return False
+        if not isinstance(parsed, SipUri):
+            return False
+        host = parsed.host.strip("[]")
+        for transport in ("UDP", "TCP", "TLS"):
+            local = self._transports.local_address(transport)
+            if local is None or host not in (local.host, self._public_host):
+                continue
+            port = parsed.port or DEFAULT_PORTS[transport]
+            if port == local.port:
+                return True
+        return False
+
+    # -- requests
+    def route_request(self, context: "ProxiedRequest") -> defer.Deferred:
+        request = context.request
+        if rules.list_values(request.headers, "route") or not self._next_hops:
+            uris = [parse_uri(rules.next_hop_uri(request))]  # §16.6 step 7: Route, else R-URI
+        else:
+            uris = list(self._next_hops)
+        resolving = [self._resolver.resolve_uri(uri) for uri in uris if isinstance(uri, SipUri)]
+
+        def decide(results: list[list[Target]]) -> Decision:
+            targets = [target for found in results for target in found]
+            record_route: list[str] = []
+            if self._record_route and request.method in RECORD_ROUTED_METHODS and targets:
+                record_route = self.record_route_for(context.connection.transport, targets[0].transport)
+            return Forward(request, targets, record_route)
+
+        return defer.gatherResults(resolving, consumeErrors=True).addCallback(decide)
+
+    def record_route_for(self, inbound: str, outbound: str) -> list[str]:
+        """RFC 5658 §4: one entry, or two (outbound-facing first) when the transport changes."""
+        out_uri = self.own_uri(outbound)
+        in_uri = self.own_uri(inbound)
+        if out_uri is None:
+            return [in_uri] if in_uri else []
+        if in_uri is None or inbound.upper() == outbound.upper():
+            return [out_uri]
+        return [out_uri, in_uri]
+
+    # -- responses
+    def response_to_forward(self, context: "ProxiedRequest | None", response: Response) -> Response:
+        return response
+
+    def response_destination(self, response: Response) -> None:
+        return None
+
+    def transaction_ended(self, context: "ProxiedRequest") -> None:
+        pass
+
+    def cancel_received(self, context: "ProxiedRequest", cancel: Request) -> None:
+        pass

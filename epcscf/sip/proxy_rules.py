@@ -1,0 +1,303 @@
+"""RFC 3261 §16 proxy rules as pure functions on messages (no I/O, no state).
+
+``epcscf.sip.proxy`` sequences these; each function implements one numbered step and is
+unit-tested on its own.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from typing import Callable, Iterable, Sequence
+
+from epcscf.sip.headers import HeaderError, from_tag, parse_via, to_tag
+from epcscf.sip.message import Headers, Message, Request, Response, canonical_name, make_response
+from epcscf.sip.uri import UriError, parse_name_addr, parse_uri, split_list
+
+# RFC 3261 §8.1.1.7: the magic cookie; ours adds a marker so we recognise our own branches.
+MAGIC_COOKIE = "z9hG4bK"
+BRANCH_PREFIX = MAGIC_COOKIE + "-epc-"
+# RFC 3261 §16.6 step 3
+DEFAULT_MAX_FORWARDS = 70
+
+
+# --- header lists -----------------------------------------------------------------------------
+
+
+def list_values(headers: Headers, name: str) -> list[str]:
+    """Every value of a list header, all lines split, in order."""
+    values: list[str] = []
+    for line in headers.get_all(name):
+        values.extend(split_list(line))
+    return values
+
+
+def pop_first_value(headers: Headers, name: str) -> str | None:
+    """Remove and return the first value of a list header (the rest stay, one per line)."""
+    values = list_values(headers, name)
+    if not values:
+        return None
+    headers.replace_all(name, values[1:])
+    return values[0]
+
+
+def replace_first_value(headers: Headers, name: str, value: str) -> None:
+    values = list_values(headers, name)
+    headers.replace_all(name, [value] + values[1:])
+
+
+def name_addr_uri(value: str) -> str:
+    """The URI text of a name-addr / addr-spec (``"Bob" <sip:b@x;lr>;p=1`` → ``sip:b@x;lr``)."""
+    try:
+        return str(parse_name_addr(value).uri)
+    except UriError:
+        start, end = value.find("<"), value.find(">")
+        return value[start + 1 : end].strip() if 0 <= start < end else value.strip()
+
+
+def uri_param_names(uri_text: str) -> set[str]:
+    """Lower-cased parameter names of a URI (empty when it does not parse)."""
+    try:
+        uri = parse_uri(uri_text)
+    except UriError:
+        return set()
+    return {name.lower() for name in getattr(uri, "params", {})}
+
+
+# --- Via ----------------------------------------------------------------------------------------
+
+
+def via_param(via_text: str, name: str) -> str | None:
+    """A Via parameter value (``""`` when present without a value, None when absent or bad)."""
+    try:
+        params = parse_via(via_text).params
+    except HeaderError:
+        return None
+    if name not in params:
+        return None
+    value = params[name]
+    return "" if value is None else value
+
+
+def via_sent_by(via_text: str) -> tuple[str, str, int | None]:
+    """(transport, host, port) of a Via value: ``SIP/2.0/UDP host:port;…``."""
+    via = parse_via(via_text)
+    return via.transport, via.host.strip("[]"), via.port
+
+
+def mark_received(via_text: str, source_host: str, source_port: int) -> str:
+    """RFC 3261 §18.2.1 + RFC 3581 §4: ``received`` when sent-by differs from the source;
+    with an empty ``rport``, fill in the source port and always add ``received``."""
+    via = parse_via(via_text)
+    changed = False
+    if "rport" in via.params and via.params["rport"] is None:
+        via.params["rport"] = str(source_port)
+        via.params["received"] = source_host
+        changed = True
+    elif via.host.strip("[]") != source_host:
+        via.params["received"] = source_host
+        changed = True
+    return str(via) if changed else via_text
+
+
+# --- loop detection and branches (§16.3 step 4, §16.6 step 8) ---------------------------------
+
+
+def _tags(request: Request) -> tuple[str, str]:
+    try:
+        return to_tag(request) or "", from_tag(request) or ""
+    except HeaderError:
+        return "", ""
+
+
+def loop_hash(request: Request) -> str:
+    """RFC 3261 §16.6 step 8: a hash of the fields that decide routing.  The same request
+    coming back unchanged (a loop) hashes the same; a spiral (changed R-URI, …) does not."""
+    to, from_ = _tags(request)
+    fields = [
+        request.uri,
+        to,
+        from_,
+        request.headers.get("call-id") or "",
+        (request.headers.get("cseq") or "").split()[0] if request.headers.get("cseq") else "",
+        ",".join(request.headers.get_all("proxy-require")),
+        ",".join(request.headers.get_all("proxy-authorization")),
+    ]
+    return hashlib.blake2s("\x00".join(fields).encode("utf-8", "surrogateescape"), digest_size=8).hexdigest()
+
+
+def branch_for(request: Request, index: int, secret: bytes = b"") -> str:
+    """A new RFC 3261 §8.1.1.7 branch: our prefix, the loop hash, and a part that depends only
+    on the incoming top Via (so it is unique per transaction and stateless-computable,
+    §16.11) and the branch index (parallel/serial branches of one transaction differ)."""
+    top = (list_values(request.headers, "via") or [""])[0]
+    incoming = via_param(top, "branch") or top
+    # RFC 3261 §9.1 / §16.10: a CANCEL carries its INVITE's branch, so it hashes like its INVITE.
+    method = "INVITE" if request.method == "CANCEL" else request.method
+    digest = hashlib.blake2s(
+        f"{incoming}\x00{method}\x00{index}".encode("utf-8", "surrogateescape"), key=secret[:32], digest_size=8
+    ).hexdigest()
+    return f"{BRANCH_PREFIX}{loop_hash(request)}.{digest}"
+
+
+def is_loop(request: Request, own_sent_by: Callable[[str, int | None], bool]) -> bool:
+    """RFC 3261 §16.3 step 4: a Via of ours whose loop hash equals this request's → a loop."""
+    current = loop_hash(request)
+    for via in list_values(request.headers, "via"):
+        try:
+            _transport, host, port = via_sent_by(via)
+        except HeaderError:
+            continue
+        if not own_sent_by(host, port):
+            continue
+        branch = via_param(via, "branch") or ""
+        if branch.startswith(BRANCH_PREFIX) and branch[len(BRANCH_PREFIX) :].split(".", 1)[0] == current:
+            return True
+    return False
+
+
+# --- request forwarding (§16.6) ----------------------------------------------------------------
+
+
+def decrement_max_forwards(request: Request) -> None:
+    """RFC 3261 §16.6 step 3: decrement, or add 70 when absent."""
+    value = request.headers.get("max-forwards")
+    if value is None or not value.strip().isdigit():
+        request.headers.set("Max-Forwards", str(DEFAULT_MAX_FORWARDS))
+    else:
+        request.headers.set("Max-Forwards", str(max(int(value) - 1, 0)))
+
+
+def process_own_routes(request: Request, is_own: Callable[[str], bool]) -> None:
+    """RFC 3261 §16.4: undo a strict router's R-URI swap, then remove our own top Route(s).
+
+    * If the R-URI is a URI we put into Record-Route, the previous hop was a strict router:
+      the real R-URI is the last Route value (§16.4 ¶2).
+    * Remove every leading Route value that is ours (§16.4 ¶3; RFC 5658 §3 for the double
+      Record-Route case, where both of our entries come back as Routes).
+    """
+    routes = list_values(request.headers, "route")
+    if routes and is_own(request.uri):
+        request.uri = name_addr_uri(routes[-1])
+        routes = routes[:-1]
+    while routes and is_own(name_addr_uri(routes[0])):
+        routes = routes[1:]
+    request.headers.replace_all("Route", routes)
+
+
+def next_hop_uri(request: Request) -> str:
+    """RFC 3261 §16.6 step 7 / §16.12: the top Route's URI when present, else the R-URI."""
+    routes = list_values(request.headers, "route")
+    return name_addr_uri(routes[0]) if routes else request.uri
+
+
+def apply_strict_route(request: Request) -> None:
+    """RFC 3261 §16.6 step 6: a top Route without ``lr`` is a strict router: the R-URI goes
+    to the end of Route and the top Route value becomes the R-URI."""
+    routes = list_values(request.headers, "route")
+    if not routes:
+        return
+    top = name_addr_uri(routes[0])
+    if "lr" in uri_param_names(top):
+        return
+    request.headers.replace_all("Route", routes[1:] + [f"<{request.uri}>"])
+    request.uri = top
+
+
+def add_record_route(request: Request, uris: Sequence[str]) -> None:
+    """RFC 3261 §16.6 step 4 (RFC 5658 §4 for two entries): ``uris`` in top-down order."""
+    for uri in reversed(list(uris)):
+        request.headers.insert_first("Record-Route", f"<{uri}>")
+
+
+def add_via(request: Request, transport: str, sent_by: str, branch: str) -> str:
+    """RFC 3261 §16.6 step 8: our Via on top."""
+    via = f"SIP/2.0/{transport} {sent_by};branch={branch}"
+    request.headers.insert_first("Via", via)
+    return via
+
+
+# --- responses (§16.7) --------------------------------------------------------------------------
+
+
+def response_class(status: int) -> int:
+    return status // 100
+
+
+# RFC 3261 §16.7 step 6: within a class, prefer responses that tell the UAC what to fix.
+_PREFERRED = (401, 407, 415, 420, 484)
+
+
+def choose_best_response(responses: Iterable[Response]) -> Response | None:
+    """RFC 3261 §16.7 step 6: 6xx first, else the lowest class; within a class the
+    informative ones (401, 407, 415, 420, 484), then the first received."""
+    finals = [r for r in responses if r.status >= 300]
+    if not finals:
+        return None
+    six = [r for r in finals if r.status >= 600]
+    if six:
+        return six[0]
+    lowest = min(response_class(r.status) for r in finals)
+    in_class = [r for r in finals if response_class(r.status) == lowest]
+    for status in _PREFERRED:
+        for response in in_class:
+            if response.status == status:
+                return response
+    return in_class[0]
+
+
+def merge_challenges(best: Response, responses: Iterable[Response]) -> Response:
+    """RFC 3261 §16.7 step 7: a 401/407 carries every WWW-/Proxy-Authenticate of every
+    401/407 received on any branch."""
+    if best.status not in (401, 407):
+        return best
+    merged = best.copy()
+    for name in ("WWW-Authenticate", "Proxy-Authenticate"):
+        values: list[str] = []
+        for response in responses:
+            if response.status in (401, 407):
+                for value in response.headers.get_all(name):
+                    if value not in values:
+                        values.append(value)
+        if values:
+            merged.headers.remove(name)
+            for value in values:
+                merged.headers.add(name, value)
+    return merged
+
+
+def outgoing_final(best: Response) -> Response:
+    """RFC 3261 §16.7 step 6: a selected 503 is forwarded as 500 (the 503 was about the
+    downstream element, not us)."""
+    if best.status != 503:
+        return best
+    converted = best.copy()
+    converted.status = 500
+    converted.reason = "Server Internal Error"
+    converted.headers.remove("Retry-After")
+    return converted
+
+
+def make_cancel(invite: Request) -> Request:
+    """RFC 3261 §9.1: CANCEL for a forwarded INVITE: same R-URI, Call-ID, To, From, CSeq number
+    and the single top Via (same branch), and the same Route header fields."""
+    cancel = Request("CANCEL", invite.uri)
+    top_via = list_values(invite.headers, "via")[0]
+    cancel.headers.add("Via", top_via)
+    for name, value in invite.headers:
+        key = canonical_name(name)
+        if key in ("from", "to", "call-id", "route"):
+            cancel.headers.add(name, value)
+    number = (invite.headers.get("cseq") or "1").split()[0]
+    cancel.headers.add("CSeq", f"{number} CANCEL")
+    cancel.headers.add("Max-Forwards", str(DEFAULT_MAX_FORWARDS))
+    return cancel
+
+
+def make_local_response(request: Request, status: int, reason: str | None = None, to_tag: str | None = None) -> Response:
+    """A response generated by the proxy itself (RFC 3261 §8.2.6 / §16.2)."""
+    return make_response(request, status, reason, to_tag)
+
+
+def strip_own_via(response: Message) -> str | None:
+    """RFC 3261 §16.7 step 3: remove the topmost Via (ours); returns it."""
+    return pop_first_value(response.headers, "via")
