@@ -21,6 +21,7 @@ from epcscf.ice import (
     IceClosed,
     IceFailed,
     IceState,
+    IceStateError,
     UdpPortPool,
 )
 from epcscf.ice.agent import as_deferred
@@ -326,6 +327,40 @@ class FullIceTests(IceTestCase):
         self.assertEqual(len(generation.connection.remote_candidates), 2)
 
 
+    async def test_role_conflict_is_repaired(self) -> None:
+        # REQ-I04: both sides think they are controlling; RFC 8445 §7.3.1.1 tie-breaking settles it.
+        agent = self.agent(controlling=True)
+        wic = await self.wic(controlling=True)
+        await self.connect(agent, wic)
+        self.assertNotEqual(agent.controlling, wic.ice_controlling)
+        await self.assert_data_both_ways(agent, wic)
+
+    async def test_changed_remote_credentials_need_a_restart(self) -> None:
+        agent = self.agent()
+        await agent.gather()
+        agent.set_remote("abcd", "p" * 22, [], end_of_candidates=False)
+        agent.set_remote("abcd", "p" * 22, [])  # same credentials again: fine
+        with self.assertRaises(IceStateError) as raised:
+            agent.set_remote("efgh", "q" * 22, [])
+        self.assertIn("restart()", str(raised.exception))
+
+    async def test_full_agent_against_our_lite_agent(self) -> None:
+        # The full agent answers a lite peer's offer: it must take the controlling role (RFC 8445 §6.1.1).
+        full = self.agent(mode="full", controlling=False)
+        lite = self.agent(mode="lite")
+        await full.gather()
+        await lite.gather()
+        full.set_remote(lite.local_credentials.ufrag, lite.local_credentials.pwd, lite.local_candidates(), remote_is_lite=True)
+        lite.set_remote(full.local_credentials.ufrag, full.local_credentials.pwd, full.local_candidates())
+        self.assertTrue(full.controlling)
+        await Deferred.fromCoroutine(self._both(full.start(), lite.start()))
+        self.assertEqual(full.selected_pair, tuple(reversed(lite.selected_pair)))  # type: ignore[arg-type]
+        self.assertTrue(full.send(RTP))
+        await self.until(lambda: RTP in lite.received)  # type: ignore[attr-defined]
+        self.assertTrue(lite.send(DTLS))
+        await self.until(lambda: DTLS in full.received)  # type: ignore[attr-defined]
+
+
 class LiteIceTests(IceTestCase):
     async def test_lite_agent_is_nominated_by_the_full_wic_and_carries_data(self) -> None:
         agent = self.agent(mode="lite", controlling=True)  # lite ignores the role: always controlled
@@ -407,13 +442,19 @@ class LiteIceTests(IceTestCase):
         old_wic = await self.wic(controlling=True)
         await self.connect(agent, old_wic)
         old_credentials, old_pair = agent.local_credentials, agent.selected_pair
-        await agent.restart()
+        new_wic = await self.wic(controlling=True)
+        # The WIC's re-offer carries its new ufrag/pwd: restart with them in one call.
+        await agent.restart(new_wic.local_username, new_wic.local_password, [c.to_sdp() for c in new_wic.local_candidates])
+        self.assertEqual(agent.remote_credentials.ufrag, new_wic.local_username)  # type: ignore[union-attr]
         self.assertNotEqual(agent.local_credentials.ufrag, old_credentials.ufrag)
         self.assertEqual(agent.selected_pair, old_pair)
         self.assertTrue(agent.send(RTP))
         self.assertEqual(await as_deferred(old_wic.recv()), RTP)
-        new_wic = await self.wic(controlling=True)
-        await self.exchange(agent, new_wic)
+        new_wic.remote_username, new_wic.remote_password = agent.local_credentials.ufrag, agent.local_credentials.pwd
+        new_wic.remote_is_lite = True
+        for line in agent.local_candidates():
+            await as_deferred(new_wic.add_remote_candidate(Candidate.from_sdp(line)))
+        await as_deferred(new_wic.add_remote_candidate(None))
         await Deferred.fromCoroutine(self._both(agent.start(), as_deferred(new_wic.connect())))
         self.assertNotEqual(agent.selected_pair, old_pair)
         await self.assert_data_both_ways(agent, new_wic)

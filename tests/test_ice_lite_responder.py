@@ -105,3 +105,94 @@ class CredentialsTests(unittest.TestCase):
         self.assertGreaterEqual(len(credentials.pwd) * 6, 128)
         credentials.validate_remote()
         self.assertNotEqual(credentials, IceCredentials.generate())
+
+
+class _FakeTransport:
+    def __init__(self) -> None:
+        self.sent: list[tuple[bytes, tuple[str, int]]] = []
+
+    def sendto(self, data: bytes, addr: tuple[str, int]) -> None:
+        self.sent.append((data, addr))
+
+
+class _FakeSocket:
+    """Stands in for a bound _LiteSocket: a transport and a host candidate."""
+
+    def __init__(self, port: int) -> None:
+        from epcscf.ice.sockets import host_candidate
+
+        self.transport = _FakeTransport()
+        self.candidate = host_candidate(("192.0.2.1", port), None, 0)
+        self.local_address = ("192.0.2.1", port)
+
+
+class _Listener:
+    def __init__(self) -> None:
+        self.selected: list[object] = []
+        self.data: list[bytes] = []
+        self.evidence = 0
+
+    def pair_selected(self, pair: object) -> None:
+        self.selected.append(pair)
+
+    def checks_failed(self, reason: str) -> None:
+        raise AssertionError(reason)
+
+    def datagram(self, data: bytes) -> None:
+        self.data.append(data)
+
+    def consent_evidence(self) -> None:
+        self.evidence += 1
+
+    def consent_revoked(self, reason: str) -> None:
+        raise AssertionError(reason)
+
+
+class LiteBackendRoutingTests(unittest.TestCase):
+    """REQ-I06: media only on the pair nominated by USE-CANDIDATE; renomination moves it."""
+
+    def setUp(self) -> None:
+        from epcscf.ice.lite import LiteBackend
+        from epcscf.ice.types import IceAgentConfig, IceStats
+
+        self.listener = _Listener()
+        self.stats = IceStats()
+        self.backend = LiteBackend(IceAgentConfig(mode="lite"), OURS, None, self.listener, self.stats)
+        self.sock = _FakeSocket(30000)
+
+    def check(self, source: tuple[str, int], **attributes: object) -> None:
+        self.backend.received(self.sock, bytes(binding_request(**attributes)), source)  # type: ignore[arg-type]
+
+    def test_no_data_before_nomination_then_early_data_of_the_pair_is_delivered(self) -> None:
+        other = ("192.0.2.8", 40000)
+        self.backend.received(self.sock, b"\x16early-dtls", SOURCE)  # type: ignore[arg-type]
+        self.backend.received(self.sock, b"\x16spoofed", other)  # type: ignore[arg-type]
+        self.assertEqual(self.listener.data, [])
+        self.assertFalse(self.backend.send(b"\x80rtp"))
+        self.check(SOURCE)  # a check without USE-CANDIDATE selects nothing
+        self.assertEqual(self.listener.selected, [])
+        self.check(SOURCE, **{"USE-CANDIDATE": None})
+        self.assertEqual(len(self.listener.selected), 1)
+        self.assertEqual(self.listener.data, [b"\x16early-dtls"])
+        self.assertEqual(self.stats.datagrams_dropped, 1)
+        self.assertTrue(self.backend.send(b"\x80rtp"))
+        self.assertEqual(self.sock.transport.sent[-1], (b"\x80rtp", SOURCE))
+
+    def test_renomination_moves_the_pair_and_consent_counts_only_on_it(self) -> None:
+        other = ("192.0.2.8", 40000)
+        self.check(SOURCE, **{"USE-CANDIDATE": None})
+        evidence = self.listener.evidence
+        self.check(other)  # authenticated, but not the selected pair
+        self.assertEqual(self.listener.evidence, evidence)
+        self.backend.received(self.sock, b"\x80from-other", other)  # type: ignore[arg-type]
+        self.assertEqual(self.listener.data, [])
+        self.check(other, **{"USE-CANDIDATE": None})
+        self.assertEqual(len(self.listener.selected), 2)
+        self.assertEqual(self.backend.selected.remote, other)  # type: ignore[union-attr]
+        self.backend.received(self.sock, b"\x80from-other", other)  # type: ignore[arg-type]
+        self.assertEqual(self.listener.data, [b"\x80from-other"])
+
+    def test_malformed_stun_is_dropped_without_answer(self) -> None:
+        self.backend.received(self.sock, b"\x00\x01\x00\x00garbage", SOURCE)  # type: ignore[arg-type]
+        self.assertEqual(self.sock.transport.sent, [])
+        self.assertEqual(self.stats.checks_rejected, 1)

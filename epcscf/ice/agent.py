@@ -117,7 +117,7 @@ class IceAgent:
             raise ValueError("IceAgentConfig.port_range is set but no UdpPortPool was given")
         self.config = config
         # A lite agent is always controlled (RFC 8445 §6.1.1, REQ-I02).
-        self.controlling = controlling if config.mode == "full" else False
+        controlling = controlling if config.mode == "full" else False
         self._clock = clock
         self.stats = IceStats()
         self.datagram_received = datagram_received
@@ -149,6 +149,11 @@ class IceAgent:
         return f"<IceAgent {self.config.mode} {self.local_credentials.ufrag} {self._state.name}>"
 
     # --- read-only views ---
+
+    @property
+    def controlling(self) -> bool:
+        """Our current role (aioice may switch it on a role conflict, RFC 8445 §7.3.1.1)."""
+        return self._backend.controlling
 
     @property
     def state(self) -> IceState:
@@ -210,11 +215,11 @@ class IceAgent:
             raise IceStateError(f"set_remote() on a {self._state.name} agent")
         credentials = IceCredentials(ufrag, pwd)
         credentials.validate_remote()
+        if self._remote is not None and self._remote != credentials:
+            raise IceStateError("the remote ICE credentials changed: that is an ICE restart, call restart() (RFC 8445 §9)")
         parsed = [parse_candidate(line) for line in candidates]
         self._remote = credentials
         self._backend.set_remote(credentials, remote_is_lite)
-        if remote_is_lite:
-            self.controlling = True
         for candidate in parsed:
             self._add_candidate(candidate)
         if end_of_candidates:
@@ -261,20 +266,47 @@ class IceAgent:
         self._maybe_begin_checks()
         return waiter
 
-    def restart(self) -> Deferred[None]:
+    def restart(
+        self,
+        ufrag: str | None = None,
+        pwd: str | None = None,
+        candidates: Iterable[str] = (),
+        end_of_candidates: bool = True,
+        remote_is_lite: bool = False,
+    ) -> Deferred[None]:
         """ICE restart (RFC 8445 §9, REQ-I09): new local credentials (and, in full mode, new sockets).
 
-        Fires when `local_credentials`/`local_candidates()` hold the new values for the SDP.  The
-        old pair keeps carrying media (and consent) until the new generation selects a pair; give
-        the WIC's new ufrag/pwd with set_remote() and call start() again.
+        With the WIC's new ufrag/pwd (a re-offer that restarts ICE) they are applied as by
+        set_remote() once the new local side is ready; without them (we restart in our own
+        offer) call set_remote() when the answer arrives.  Fires when `local_credentials` and
+        `local_candidates()` hold the new values for the SDP.  The old pair keeps carrying media
+        and consent until the new generation selects a pair; start() fires on that selection.
         """
         if self._state not in (IceState.GATHERED, IceState.CHECKING, IceState.CONNECTED):
             return fail(IceStateError(f"restart() on a {self._state.name} agent"))
+        if (ufrag is None) != (pwd is None):
+            return fail(IceCandidateError("restart() needs both the remote ufrag and pwd, or neither"))
+        if ufrag is not None and pwd is not None:
+            try:
+                IceCredentials(ufrag, pwd).validate_remote()
+                for line in candidates:
+                    parse_candidate(line)
+            except IceCandidateError as exc:
+                return fail(exc)
         self.stats.restarts += 1
         self._restarting = True
         self._remote = None
         self._cancel_connect_timer()
-        return as_deferred(self._backend.restart(IceCredentials.generate()))
+        d = as_deferred(self._backend.restart(IceCredentials.generate()))
+        if ufrag is not None and pwd is not None:
+            remote_candidates = list(candidates)
+            d.addCallback(lambda _: self.set_remote(ufrag, pwd, remote_candidates, end_of_candidates, remote_is_lite))
+        return d
+
+    @property
+    def remote_credentials(self) -> IceCredentials | None:
+        """The WIC's current ufrag/pwd; a re-offer with other values is an ICE restart (RFC 8445 §9)."""
+        return self._remote
 
     def send(self, data: bytes) -> bool:
         """Send one datagram on the selected pair; False (dropped) when there is none or no consent."""

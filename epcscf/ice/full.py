@@ -355,6 +355,10 @@ class FullBackend:
         return self._current.credentials
 
     @property
+    def controlling(self) -> bool:
+        return bool(self._current.connection.ice_controlling)
+
+    @property
     def candidates(self) -> list[Candidate]:
         return self._current.candidates
 

@@ -167,6 +167,11 @@ class LiteBackend:
         return self.responder.current.local
 
     @property
+    def controlling(self) -> bool:
+        # RFC 8445 §6.1.1: a lite agent is always controlled.
+        return False
+
+    @property
     def candidates(self) -> list[Candidate]:
         return [s.candidate for s in self._sockets if s.candidate is not None]
 
