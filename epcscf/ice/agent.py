@@ -142,6 +142,7 @@ class IceAgent:
             on_lost=self._consent_lost,
             send_check=self._backend.send_consent_check if config.mode == "full" else None,
         )
+        self._gathering = False
         self._closing: Deferred[None] | None = None
         self._closed = False
 
@@ -185,8 +186,9 @@ class IceAgent:
 
         Errbacks with `PortsExhausted` when the port range is used up (the call answers 503).
         """
-        if self._state is not IceState.NEW:
-            return fail(IceStateError(f"gather() needs state NEW, the agent is {self._state.name}"))
+        if self._state is not IceState.NEW or self._gathering:
+            return fail(IceStateError(f"gather() runs once, in state NEW; the agent is {self._state.name}"))
+        self._gathering = True
 
         def gathered(_: None) -> None:
             if self._state is IceState.NEW:

@@ -280,9 +280,13 @@ class FullGeneration:
 
     def consent_response(self, transaction: _ConsentTransaction, message: stun.Message, addr: Address) -> None:
         pair = self._selected
-        assert self.remote is not None
         # RFC 7675 §5.1: only an authenticated response from the same 5-tuple counts.
-        if pair is None or addr != pair.remote_addr or not message.check_message_integrity(self.remote.pwd.encode("utf8")):
+        if (
+            pair is None
+            or self.remote is None
+            or addr != pair.remote_addr
+            or not message.check_message_integrity(self.remote.pwd.encode("utf8"))
+        ):
             return
         tid = transaction.request.transaction_id
         if message.message_class == stun.Class.RESPONSE:
