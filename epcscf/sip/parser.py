@@ -377,10 +377,12 @@ def error_response_for(error: SipParseError) -> Response | None:
         parse_via_list(headers.get_all("via")[0])
     except HeaderError:
         return None
-    to_value = headers.get("to") or ""
     to_tag = None
-    if ";tag=" not in to_value.replace(" ", "").lower():
-        to_tag = secrets.token_hex(6)  # RFC 3261 §8.2.6.2
+    try:
+        if parse_address("To", headers.get("to") or "").tag is None:
+            to_tag = secrets.token_hex(6)  # RFC 3261 §8.2.6.2
+    except HeaderError:
+        pass  # a broken To is copied as it came (RFC 4475 §3.1.2.6); no tag is glued onto it
     response = make_response(request, error.status, error.reason or None, to_tag=to_tag)
     # A request with two From/To/Call-ID/CSeq lines (RFC 4475 §3.3.8) is answered with the first.
     for key in ("from", "to", "call-id", "cseq"):

@@ -139,6 +139,11 @@ class SipUri:
         return "".join(out)
 
     @property
+    def user_decoded(self) -> str | None:
+        """The user part with %-escapes decoded once (RFC 3261 §19.1.4, RFC 4475 §3.1.1.3)."""
+        return _decoded(self.user)
+
+    @property
     def host_without_brackets(self) -> str:
         return self.host[1:-1] if self.host.startswith("[") else self.host
 
