@@ -194,6 +194,7 @@ class StatefulProxy:
         self._by_server: dict[int, ProxiedRequest] = {}
         self._by_client: dict[int, tuple[ProxiedRequest, Branch]] = {}
         self._absorb = _AbsorbResponses()
+        self._sending: tuple[ProxiedRequest, Branch] | None = None
 
     def active(self) -> list[ProxiedRequest]:
         return list(self._by_server.values())
@@ -395,12 +396,19 @@ class StatefulProxy:
         branch.state = BranchState.CALLING
         if branch.attempt > 1:
             self._start_timer_c(context, branch)  # a new client transaction, a new Timer C
+        # The layer may report a transport error from inside send_request: ``_sending``
+        # lets the callbacks find this branch before send_request has returned.
+        self._sending = (context, branch)
         try:
             transaction = self.transactions.send_request(outgoing, connection, self)  # §16.6 step 10
         except ConnectionLost as error:
             log.info("cannot send to {peer}: {why}", peer=connection.remote, why=error)
             self._branch_failed(context, branch, 503)  # RFC 3261 §16.9
             return
+        finally:
+            self._sending = None
+        if branch.state is BranchState.DONE or branch.client_transaction is not None:
+            return  # already failed over or finished from inside send_request
         branch.client_transaction = transaction
         self._by_client[id(transaction)] = (context, branch)
 
@@ -418,8 +426,16 @@ class StatefulProxy:
 
     # ===== ClientTransactionUser ==================================================================
 
-    def response_received(self, response: Response, transaction: Any) -> None:
+    def _lookup(self, transaction: Any) -> tuple[ProxiedRequest, Branch] | None:
         found = self._by_client.get(id(transaction))
+        if found is None and self._sending is not None and self._sending[1].client_transaction is None:
+            found = self._sending
+            found[1].client_transaction = transaction
+            self._by_client[id(transaction)] = found
+        return found
+
+    def response_received(self, response: Response, transaction: Any) -> None:
+        found = self._lookup(transaction)
         rules.strip_own_via(response)  # RFC 3261 §16.7 step 3
         if found is None:
             if 200 <= response.status < 300:
@@ -460,7 +476,7 @@ class StatefulProxy:
         self._branch_final(context, branch, response)
 
     def timed_out(self, transaction: Any) -> None:
-        found = self._by_client.get(id(transaction))
+        found = self._lookup(transaction)
         if found is None:
             return
         context, branch = found
@@ -470,7 +486,7 @@ class StatefulProxy:
         self._branch_failed(context, branch, 408)
 
     def transport_failed(self, transaction: Any, reason: Any) -> None:
-        found = self._by_client.get(id(transaction))
+        found = self._lookup(transaction)
         if found is None:
             return
         context, branch = found
@@ -514,7 +530,7 @@ class StatefulProxy:
 
         def send(rewritten: Response | None) -> None:
             if rewritten is not None:
-                context.server_transaction.respond(rewritten)
+                context.server_transaction.respond(rewritten)  # errors are logged by ``failed``
 
         def failed(failure: Failure) -> None:
             log.failure("response not forwarded", failure)
@@ -525,7 +541,10 @@ class StatefulProxy:
         if context.state in (ProxyState.COMPLETED, ProxyState.TERMINATED):
             return
         context.move_to(ProxyState.COMPLETED)
-        context.server_transaction.respond(response)
+        try:
+            context.server_transaction.respond(response)
+        except Exception:
+            log.failure("could not answer {method} locally", method=context.request.method)
         self._ended(context)
 
     def _ended(self, context: ProxiedRequest) -> None:
