@@ -1,0 +1,442 @@
+"""The four RFC 3261 §17 transaction state machines as tables (RFC 6026 applied).
+
+Rule 1 (after h11's ``_state.py``): everything that decides *which state comes next*
+lives in this file, as data.  ``transaction_client.py`` and ``transaction_server.py``
+only say *how* each named ``Action`` is carried out (send a message, arm a timer, call
+the TU); ``transaction.py`` only decides which transaction a message belongs to.
+
+Each table maps ``state -> event -> Transition(next_state, actions)``.  The actions run
+in order after the state has changed, so a transaction user called from an action sees
+the new state.  An event with no entry for the current state is a programming error of
+the caller (for example a TU sending a 1xx after a final response) and raises
+``TransactionStateError`` naming the machine, the state and the event.  Every event
+the *network* can cause has an entry in every live state (absorbed when RFC 3261 says
+nothing), so no peer can make the layer raise.
+
+Timers are named events.  ``TIMER_LIFETIME`` says in which states each timer stays
+armed: leaving those states cancels it, which is how "Timer B is cancelled when a
+provisional response arrives" is written down once instead of in every transition.
+A timer whose value is zero (RFC 3261 Table 4: D, I, J, K on a reliable transport)
+fires at once, inside the transition that armed it.
+
+The figures these tables transcribe:
+  * INVITE client: RFC 3261 §17.1.1 Figure 5, with RFC 6026 §7.2 (Accepted, Timer M)
+  * non-INVITE client: RFC 3261 §17.1.2 Figure 6
+  * INVITE server: RFC 3261 §17.2.1 Figure 7, with RFC 6026 §7.1 (Accepted, Timer L)
+  * non-INVITE server: RFC 3261 §17.2.2 Figure 8
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+from typing import Callable, Mapping, NamedTuple
+
+from twisted.internet.interfaces import IDelayedCall, IReactorTime
+from twisted.logger import Logger
+
+from epcscf.sip.connection import Connection, ConnectionLost
+from epcscf.sip.message import Message
+
+log = Logger()
+
+
+@dataclass(frozen=True)
+class TimerSettings:
+    """RFC 3261 §17 timer values (Table 4) for one path; TS 24.229 Table 7.7.1 for IMS.
+
+    B, F, H, J, L and M are 64*T1 (RFC 3261 Table 4, RFC 6026 §8.11).  ``d`` is Timer D
+    on an unreliable transport: RFC 3261 §17.1.1.2 wants at least 32 s, TS 24.229
+    Table 7.7.1 more than 128 s toward a UE.  On a reliable transport D, I, J and K are
+    zero and A, E, G are never armed, whatever these values are.
+    """
+
+    t1: float = 0.5
+    t2: float = 4.0
+    t4: float = 5.0
+    d: float = 32.0
+    #: RFC 3261 §17.2.1: the INVITE server transaction sends 100 Trying itself when the
+    #: TU has not answered within 200 ms.
+    trying_delay: float = 0.2
+
+    def __post_init__(self) -> None:
+        for name in ("t1", "t2", "t4"):
+            if not getattr(self, name) > 0:
+                raise ValueError(f"timer {name.upper()} must be positive, got {getattr(self, name)!r}")
+        if self.t2 < self.t1:
+            raise ValueError(f"timer T2 ({self.t2}) must not be shorter than T1 ({self.t1})")
+        if self.d < 0 or self.trying_delay < 0:
+            raise ValueError("timer D and the 100 Trying delay must not be negative")
+
+    @property
+    def b(self) -> float:
+        return 64 * self.t1
+
+    @property
+    def f(self) -> float:
+        return 64 * self.t1
+
+    @property
+    def h(self) -> float:
+        return 64 * self.t1
+
+    @property
+    def j(self) -> float:
+        return 64 * self.t1
+
+    @property
+    def l(self) -> float:  # noqa: E741 - the RFC 6026 name
+        return 64 * self.t1
+
+    @property
+    def m(self) -> float:
+        return 64 * self.t1
+
+
+class State(enum.Enum):
+    CALLING = "Calling"  # INVITE client only
+    TRYING = "Trying"  # non-INVITE client and server
+    PROCEEDING = "Proceeding"
+    COMPLETED = "Completed"
+    CONFIRMED = "Confirmed"  # INVITE server only
+    ACCEPTED = "Accepted"  # RFC 6026, INVITE client and server
+    TERMINATED = "Terminated"
+
+
+class Event(enum.Enum):
+    # from the network, toward a client transaction
+    RESPONSE_1XX = "1xx received"
+    RESPONSE_2XX = "2xx received"
+    RESPONSE_3XX_6XX = "300-699 received"
+    # from the network, toward a server transaction
+    REQUEST_RETRANSMISSION = "request retransmission"
+    ACK = "ACK received"
+    # from the transaction user (server transactions)
+    TU_1XX = "1xx from TU"
+    TU_2XX = "2xx from TU"
+    TU_3XX_6XX = "300-699 from TU"
+    # from the transport
+    TRANSPORT_ERROR = "transport error"
+    # timers (RFC 3261 Table 4, RFC 6026 §8.11)
+    TIMER_A = "Timer A"
+    TIMER_B = "Timer B"
+    TIMER_D = "Timer D"
+    TIMER_E = "Timer E"
+    TIMER_F = "Timer F"
+    TIMER_G = "Timer G"
+    TIMER_H = "Timer H"
+    TIMER_I = "Timer I"
+    TIMER_J = "Timer J"
+    TIMER_K = "Timer K"
+    TIMER_L = "Timer L"
+    TIMER_M = "Timer M"
+    TIMER_TRYING = "100 Trying timer"  # RFC 3261 §17.2.1, 200 ms
+
+
+class Action(enum.Enum):
+    """What a transition does; the value is the method that does it."""
+
+    # client side
+    PASS_RESPONSE_TO_TU = "pass_response_to_tu"
+    SEND_ACK = "send_ack"  # RFC 3261 §17.1.1.3
+    RETRANSMIT_REQUEST = "retransmit_request"
+    RESTART_TIMER_A = "restart_timer_a"
+    RESTART_TIMER_E = "restart_timer_e"
+    START_TIMER_D = "start_timer_d"
+    START_TIMER_K = "start_timer_k"
+    START_TIMER_M = "start_timer_m"
+    REPORT_TIMEOUT = "report_timeout"
+    REPORT_TRANSPORT_ERROR = "report_transport_error"
+    # server side
+    SEND_RESPONSE = "send_response"
+    SEND_TRYING = "send_trying"
+    RESEND_LAST_RESPONSE = "resend_last_response"
+    DISCARD_RESPONSE = "discard_response"
+    PASS_ACK_TO_TU = "pass_ack_to_tu"
+    START_TIMERS_G_H = "start_timers_g_h"
+    RESTART_TIMER_G = "restart_timer_g"
+    START_TIMER_I = "start_timer_i"
+    START_TIMER_J = "start_timer_j"
+    START_TIMER_L = "start_timer_l"
+    LOG_NO_ACK = "log_no_ack"
+    LOG_TRANSPORT_ERROR = "log_transport_error"
+
+
+class Transition(NamedTuple):
+    next_state: State
+    actions: tuple[Action, ...] = ()
+
+
+Table = Mapping[State, Mapping[Event, Transition]]
+
+S, E, A, T = State, Event, Action, Transition
+
+# RFC 3261 §17.1.1.2 Figure 5 + RFC 6026 §7.2 Figure 3 (INVITE client transaction).
+_INVITE_CLIENT_FINALS: dict[Event, Transition] = {
+    # RFC 6026 §7.2: a 2xx moves to Accepted (not Terminated) and arms Timer M.
+    E.RESPONSE_2XX: T(S.ACCEPTED, (A.START_TIMER_M, A.PASS_RESPONSE_TO_TU)),
+    # §17.1.1.2: 300-699 → ACK it, arm Timer D, pass it up.
+    E.RESPONSE_3XX_6XX: T(S.COMPLETED, (A.SEND_ACK, A.START_TIMER_D, A.PASS_RESPONSE_TO_TU)),
+}
+INVITE_CLIENT: Table = {
+    S.CALLING: {
+        E.RESPONSE_1XX: T(S.PROCEEDING, (A.PASS_RESPONSE_TO_TU,)),
+        **_INVITE_CLIENT_FINALS,
+        E.TIMER_A: T(S.CALLING, (A.RETRANSMIT_REQUEST, A.RESTART_TIMER_A)),
+        E.TIMER_B: T(S.TERMINATED, (A.REPORT_TIMEOUT,)),
+        E.TRANSPORT_ERROR: T(S.TERMINATED, (A.REPORT_TRANSPORT_ERROR,)),
+    },
+    S.PROCEEDING: {
+        E.RESPONSE_1XX: T(S.PROCEEDING, (A.PASS_RESPONSE_TO_TU,)),
+        **_INVITE_CLIENT_FINALS,
+    },
+    S.COMPLETED: {
+        E.RESPONSE_1XX: T(S.COMPLETED),  # nothing in §17.1.1.2: absorbed
+        E.RESPONSE_2XX: T(S.COMPLETED),
+        # §17.1.1.2: a retransmitted final is ACKed again and not passed up.
+        E.RESPONSE_3XX_6XX: T(S.COMPLETED, (A.SEND_ACK,)),
+        E.TIMER_D: T(S.TERMINATED),
+        E.TRANSPORT_ERROR: T(S.TERMINATED, (A.REPORT_TRANSPORT_ERROR,)),
+    },
+    S.ACCEPTED: {
+        E.RESPONSE_1XX: T(S.ACCEPTED),  # RFC 6026 §7.2: only 2xx are passed up
+        # RFC 6026 §7.2: every further 2xx (retransmission or another fork) goes to the TU.
+        E.RESPONSE_2XX: T(S.ACCEPTED, (A.PASS_RESPONSE_TO_TU,)),
+        E.RESPONSE_3XX_6XX: T(S.ACCEPTED),
+        E.TIMER_M: T(S.TERMINATED),
+    },
+    S.TERMINATED: {},
+}
+
+# RFC 3261 §17.1.2.2 Figure 6 (non-INVITE client transaction).
+_NON_INVITE_CLIENT_LIVE: dict[Event, Transition] = {
+    E.RESPONSE_2XX: T(S.COMPLETED, (A.START_TIMER_K, A.PASS_RESPONSE_TO_TU)),
+    E.RESPONSE_3XX_6XX: T(S.COMPLETED, (A.START_TIMER_K, A.PASS_RESPONSE_TO_TU)),
+    E.TIMER_F: T(S.TERMINATED, (A.REPORT_TIMEOUT,)),
+    E.TRANSPORT_ERROR: T(S.TERMINATED, (A.REPORT_TRANSPORT_ERROR,)),
+}
+NON_INVITE_CLIENT: Table = {
+    S.TRYING: {
+        E.RESPONSE_1XX: T(S.PROCEEDING, (A.PASS_RESPONSE_TO_TU,)),
+        E.TIMER_E: T(S.TRYING, (A.RETRANSMIT_REQUEST, A.RESTART_TIMER_E)),
+        **_NON_INVITE_CLIENT_LIVE,
+    },
+    S.PROCEEDING: {
+        E.RESPONSE_1XX: T(S.PROCEEDING, (A.PASS_RESPONSE_TO_TU,)),
+        E.TIMER_E: T(S.PROCEEDING, (A.RETRANSMIT_REQUEST, A.RESTART_TIMER_E)),
+        **_NON_INVITE_CLIENT_LIVE,
+    },
+    S.COMPLETED: {
+        # §17.1.2.2: retransmitted responses are absorbed in Completed.
+        E.RESPONSE_1XX: T(S.COMPLETED),
+        E.RESPONSE_2XX: T(S.COMPLETED),
+        E.RESPONSE_3XX_6XX: T(S.COMPLETED),
+        E.TIMER_K: T(S.TERMINATED),
+    },
+    S.TERMINATED: {},
+}
+
+# Responses the TU hands to a terminated server transaction are dropped: the TU is not
+# told when a transport error ended the transaction (RFC 3261 §17.2.4 leaves the TU's
+# reaction open), so it cannot be blamed for answering a little late.
+_SERVER_TERMINATED: dict[Event, Transition] = {
+    E.TU_1XX: T(S.TERMINATED, (A.DISCARD_RESPONSE,)),
+    E.TU_2XX: T(S.TERMINATED, (A.DISCARD_RESPONSE,)),
+    E.TU_3XX_6XX: T(S.TERMINATED, (A.DISCARD_RESPONSE,)),
+}
+
+# RFC 3261 §17.2.1 Figure 7 + RFC 6026 §7.1 Figure 5 (INVITE server transaction).
+INVITE_SERVER: Table = {
+    S.PROCEEDING: {
+        # §17.2.1: a retransmitted INVITE gets the most recent provisional response again.
+        E.REQUEST_RETRANSMISSION: T(S.PROCEEDING, (A.RESEND_LAST_RESPONSE,)),
+        E.ACK: T(S.PROCEEDING),  # an ACK before any final answers nothing: absorbed
+        E.TU_1XX: T(S.PROCEEDING, (A.SEND_RESPONSE,)),
+        # RFC 6026 §7.1: a 2xx moves to Accepted and arms Timer L.
+        E.TU_2XX: T(S.ACCEPTED, (A.SEND_RESPONSE, A.START_TIMER_L)),
+        E.TU_3XX_6XX: T(S.COMPLETED, (A.SEND_RESPONSE, A.START_TIMERS_G_H)),
+        E.TIMER_TRYING: T(S.PROCEEDING, (A.SEND_TRYING,)),
+        E.TRANSPORT_ERROR: T(S.TERMINATED, (A.LOG_TRANSPORT_ERROR,)),
+    },
+    S.COMPLETED: {
+        E.REQUEST_RETRANSMISSION: T(S.COMPLETED, (A.RESEND_LAST_RESPONSE,)),
+        # §17.2.1: the ACK for a non-2xx final is absorbed here; Timer I soaks up more.
+        E.ACK: T(S.CONFIRMED, (A.START_TIMER_I,)),
+        E.TIMER_G: T(S.COMPLETED, (A.RESEND_LAST_RESPONSE, A.RESTART_TIMER_G)),
+        E.TIMER_H: T(S.TERMINATED, (A.LOG_NO_ACK,)),
+        E.TRANSPORT_ERROR: T(S.TERMINATED, (A.LOG_TRANSPORT_ERROR,)),
+    },
+    S.CONFIRMED: {
+        E.REQUEST_RETRANSMISSION: T(S.CONFIRMED),
+        E.ACK: T(S.CONFIRMED),
+        E.TIMER_I: T(S.TERMINATED),
+    },
+    S.ACCEPTED: {
+        # RFC 6026 §7.1: INVITE retransmissions are absorbed, ACKs go to the TU, and
+        # 2xx retransmissions from the TU are sent (the transaction never makes its own).
+        E.REQUEST_RETRANSMISSION: T(S.ACCEPTED),
+        E.ACK: T(S.ACCEPTED, (A.PASS_ACK_TO_TU,)),
+        E.TU_2XX: T(S.ACCEPTED, (A.SEND_RESPONSE,)),
+        E.TIMER_L: T(S.TERMINATED),
+        E.TRANSPORT_ERROR: T(S.TERMINATED, (A.LOG_TRANSPORT_ERROR,)),
+    },
+    S.TERMINATED: _SERVER_TERMINATED,
+}
+
+# RFC 3261 §17.2.2 Figure 8 (non-INVITE server transaction).
+NON_INVITE_SERVER: Table = {
+    S.TRYING: {
+        E.REQUEST_RETRANSMISSION: T(S.TRYING),  # §17.2.2: discarded in Trying
+        E.TU_1XX: T(S.PROCEEDING, (A.SEND_RESPONSE,)),
+        E.TU_2XX: T(S.COMPLETED, (A.SEND_RESPONSE, A.START_TIMER_J)),
+        E.TU_3XX_6XX: T(S.COMPLETED, (A.SEND_RESPONSE, A.START_TIMER_J)),
+        E.TRANSPORT_ERROR: T(S.TERMINATED, (A.LOG_TRANSPORT_ERROR,)),
+    },
+    S.PROCEEDING: {
+        E.REQUEST_RETRANSMISSION: T(S.PROCEEDING, (A.RESEND_LAST_RESPONSE,)),
+        E.TU_1XX: T(S.PROCEEDING, (A.SEND_RESPONSE,)),
+        E.TU_2XX: T(S.COMPLETED, (A.SEND_RESPONSE, A.START_TIMER_J)),
+        E.TU_3XX_6XX: T(S.COMPLETED, (A.SEND_RESPONSE, A.START_TIMER_J)),
+        E.TRANSPORT_ERROR: T(S.TERMINATED, (A.LOG_TRANSPORT_ERROR,)),
+    },
+    S.COMPLETED: {
+        E.REQUEST_RETRANSMISSION: T(S.COMPLETED, (A.RESEND_LAST_RESPONSE,)),
+        # §17.2.2: other finals from the TU MUST be discarded in Completed.
+        E.TU_2XX: T(S.COMPLETED, (A.DISCARD_RESPONSE,)),
+        E.TU_3XX_6XX: T(S.COMPLETED, (A.DISCARD_RESPONSE,)),
+        E.TIMER_J: T(S.TERMINATED),
+        E.TRANSPORT_ERROR: T(S.TERMINATED, (A.LOG_TRANSPORT_ERROR,)),
+    },
+    S.TERMINATED: _SERVER_TERMINATED,
+}
+
+# In which states each timer stays armed; leaving them cancels it.
+TIMER_LIFETIME: Mapping[Event, frozenset[State]] = {
+    E.TIMER_A: frozenset({S.CALLING}),  # §17.1.1.2: no retransmission once Proceeding
+    E.TIMER_B: frozenset({S.CALLING}),
+    E.TIMER_D: frozenset({S.COMPLETED}),
+    E.TIMER_M: frozenset({S.ACCEPTED}),
+    E.TIMER_E: frozenset({S.TRYING, S.PROCEEDING}),  # §17.1.2.2: E and F run on in Proceeding
+    E.TIMER_F: frozenset({S.TRYING, S.PROCEEDING}),
+    E.TIMER_K: frozenset({S.COMPLETED}),
+    E.TIMER_G: frozenset({S.COMPLETED}),
+    E.TIMER_H: frozenset({S.COMPLETED}),
+    E.TIMER_I: frozenset({S.CONFIRMED}),
+    E.TIMER_J: frozenset({S.COMPLETED}),
+    E.TIMER_L: frozenset({S.ACCEPTED}),
+    E.TIMER_TRYING: frozenset({S.PROCEEDING}),
+    # A failure of the very first send is reported on the next reactor turn, so that the
+    # caller of send_request holds the transaction before hearing about it.
+    E.TRANSPORT_ERROR: frozenset({S.CALLING, S.TRYING}),
+}
+
+del S, E, A, T
+
+
+class TransactionStateError(Exception):
+    """An event the machine does not accept in its current state (a caller's mistake)."""
+
+    def __init__(self, machine: str, state: State, event: Event) -> None:
+        super().__init__(f"{machine} transaction in state {state.value} cannot handle {event.value}")
+        self.machine = machine
+        self.state = state
+        self.event = event
+
+
+class TransactionMachine:
+    """Runs one table: the current state, its armed timers, and the action dispatch.
+
+    Subclasses provide ``machine`` (a name for errors and logs), ``table``, the initial
+    state, and one method per ``Action`` value they use.
+    """
+
+    machine: str
+    table: Table
+
+    def __init__(
+        self,
+        clock: IReactorTime,
+        initial: State,
+        on_terminated: Callable[["TransactionMachine"], None],
+    ) -> None:
+        self.state = initial
+        self._clock = clock
+        self._on_terminated = on_terminated
+        self._timers: dict[Event, IDelayedCall] = {}
+        self._due_now: list[Event] = []
+        self._send_failed = False
+        self._finished = False
+        #: why the last send failed (RFC 3261 §17.1.4 / §17.2.4), for the TU and the console
+        self.failure_reason: str | None = None
+
+    @property
+    def terminated(self) -> bool:
+        return self.state is State.TERMINATED
+
+    # ----- the dispatcher ------------------------------------------------------------------
+
+    def _handle(self, event: Event, message: object = None) -> None:
+        transition = self.table[self.state].get(event)
+        if transition is None:
+            raise TransactionStateError(self.machine, self.state, event)
+        self.state = transition.next_state
+        self._cancel_timers_outside(self.state)
+        for action in transition.actions:
+            getattr(self, "_" + action.value)(message)
+        if self._send_failed:
+            self._send_failed = False
+            if self.state is not State.TERMINATED:
+                self._handle(Event.TRANSPORT_ERROR)
+                return
+        while self._due_now:
+            timer = self._due_now.pop(0)
+            if self.state in TIMER_LIFETIME[timer]:
+                self._handle(timer)
+        if self.state is State.TERMINATED and not self._finished:
+            self._finished = True
+            self._due_now.clear()
+            self._on_terminated(self)
+
+    def _send(self, connection: Connection, message: Message) -> None:
+        """Hand ``message`` to the transport; a lost connection becomes a TRANSPORT_ERROR
+        event once the running transition is complete (RFC 3261 §17.1.4, §17.2.4)."""
+        try:
+            connection.send_message(message)
+        except ConnectionLost as error:
+            self.failure_reason = str(error) or "connection lost"
+            self._send_failed = True
+
+    # ----- timers --------------------------------------------------------------------------
+
+    def _start_timer(self, timer: Event, delay: float) -> None:
+        """Arm ``timer``; a zero delay fires it as soon as the current transition is done."""
+        self._cancel_timer(timer)
+        if delay <= 0:
+            self._due_now.append(timer)
+        else:
+            self._timers[timer] = self._clock.callLater(delay, self._timer_fired, timer)
+
+    def _timer_fired(self, timer: Event) -> None:
+        self._timers.pop(timer, None)
+        self._handle(timer)
+
+    def _cancel_timer(self, timer: Event) -> None:
+        call = self._timers.pop(timer, None)
+        if call is not None and call.active():
+            call.cancel()
+
+    def _cancel_timers_outside(self, state: State) -> None:
+        for timer in [t for t in self._timers if state not in TIMER_LIFETIME[t]]:
+            self._cancel_timer(timer)
+
+    def timer_deadlines(self) -> dict[str, float]:
+        """When each armed timer fires (clock seconds): for the console and tests."""
+        return {timer.value: call.getTime() for timer, call in self._timers.items() if call.active()}
+
+    def shut_down(self) -> None:
+        """Cancel every timer and stop, telling no one (``TransactionLayer.close``)."""
+        for timer in list(self._timers):
+            self._cancel_timer(timer)
+        self._due_now.clear()
+        self.state = State.TERMINATED
+        self._finished = True

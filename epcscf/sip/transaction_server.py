@@ -1,0 +1,213 @@
+"""Server transactions (RFC 3261 §17.2, RFC 6026 §7.1): how each table action is done.
+
+The state tables are in ``transaction_machine.py``; this module sends the TU's
+responses (and the automatic 100 Trying), re-sends the last response on request
+retransmissions, and arms timers G, H, I, J and L plus the 200 ms 100-Trying timer.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable, Protocol
+
+from twisted.internet.interfaces import IReactorTime
+from twisted.logger import Logger
+
+from epcscf.sip.connection import Connection
+from epcscf.sip.message import Request, Response, make_response
+from epcscf.sip.transaction_machine import (
+    INVITE_SERVER,
+    NON_INVITE_SERVER,
+    Event,
+    State,
+    TimerSettings,
+    TransactionMachine,
+)
+
+log = Logger()
+
+#: RFC 3261 §8.1.1.7: branches of RFC 3261 implementations start with this.
+MAGIC_COOKIE = "z9hG4bK"
+
+
+class TransactionUser(Protocol):
+    """The proxy, registrar or embedded core: what the server side hands up."""
+
+    def request_received(self, request: Request, transaction: "ServerTransaction") -> None:
+        """Every new request except ACK; answer with ``transaction.respond``."""
+
+    def ack_received(self, request: Request, connection: Connection) -> None:
+        """An ACK matching no server transaction (the ACK for a 2xx, §17.2.3 / §16.7), or
+        one reaching an INVITE server transaction in Accepted (RFC 6026 §7.1)."""
+
+    def stray_response_received(self, response: Response, connection: Connection) -> None:
+        """A response matching no client transaction (§17.1.3; 2xx retransmissions, §16.7)."""
+
+
+@dataclass(frozen=True)
+class RequestIdentity:
+    """The fields RFC 3261 §17.2.3 matches requests on (both the branch rule and the
+    RFC 2543 fallback), read once when the request arrives."""
+
+    branch: str | None
+    sent_by: str  # top Via sent-by, host lower-cased
+    method: str  # the transaction's method: an ACK belongs to an INVITE transaction
+    request_uri: str
+    to_tag: str | None
+    from_tag: str | None
+    call_id: str | None
+    cseq_number: int
+    cseq_method: str
+    via: tuple[object, ...]  # the whole top Via, normalised (RFC 2543 matching)
+
+    @property
+    def has_rfc3261_branch(self) -> bool:
+        return self.branch is not None and self.branch.startswith(MAGIC_COOKIE)
+
+    @property
+    def key(self) -> tuple[str, str, str]:
+        """§17.2.3: branch, sent-by and method (ACK counts as INVITE)."""
+        return (self.branch or "", self.sent_by, self.method)
+
+    @property
+    def merge_key(self) -> tuple[str | None, str | None, int, str]:
+        """§8.2.2.2: From tag, Call-ID and CSeq."""
+        return (self.from_tag, self.call_id, self.cseq_number, self.cseq_method)
+
+
+class ServerTransaction(TransactionMachine):
+    """One request we received and the responses we give it (RFC 3261 §17.2)."""
+
+    def __init__(
+        self,
+        clock: IReactorTime,
+        request: Request,
+        connection: Connection,
+        tu: TransactionUser,
+        timers: TimerSettings,
+        identity: RequestIdentity,
+        on_terminated: Callable[[TransactionMachine], None],
+    ) -> None:
+        self.request = request
+        self.connection = connection
+        self.timers = timers
+        self.identity = identity
+        self.is_invite = request.method == "INVITE"
+        self.machine = "INVITE server" if self.is_invite else "non-INVITE server"
+        self.table = INVITE_SERVER if self.is_invite else NON_INVITE_SERVER
+        #: the most recent response sent (the TU's, or the automatic 100 Trying)
+        self.last_response: Response | None = None
+        self._tu = tu
+        self._ack_connection: Connection = connection
+        self._interval = timers.t1  # current value of Timer G
+        super().__init__(clock, State.PROCEEDING if self.is_invite else State.TRYING, on_terminated)
+
+    def __repr__(self) -> str:
+        return f"<ServerTransaction {self.request.method} {self.identity.branch} {self.state.value}>"
+
+    def start(self) -> None:
+        """Arm the 100 Trying timer of an INVITE (RFC 3261 §17.2.1: 200 ms)."""
+        if self.is_invite:
+            delay = self.timers.trying_delay
+            self._timers[Event.TIMER_TRYING] = self._clock.callLater(delay, self._timer_fired, Event.TIMER_TRYING)
+
+    def respond(self, response: Response) -> None:
+        """Send a response from the TU.
+
+        Raises ``TransactionStateError`` when the machine does not allow it (a 1xx after a
+        final, a non-2xx after a 2xx ...).  A final the RFC says to discard (another final
+        to a completed non-INVITE, §17.2.2) or any response to a terminated transaction
+        is dropped and logged.
+        """
+        if not 100 <= response.status <= 699:
+            raise ValueError(f"status code {response.status} is not between 100 and 699")
+        if response.status < 200:
+            event = Event.TU_1XX
+        elif response.status < 300:
+            event = Event.TU_2XX
+        else:
+            event = Event.TU_3XX_6XX
+        self._handle(event, response)
+
+    def receive_request(self, request: Request, connection: Connection) -> None:
+        """A retransmission of our request, or the ACK, matched by the layer (§17.2.3)."""
+        if request.method == "ACK":
+            self._ack_connection = connection
+            self._handle(Event.ACK, request)
+        else:
+            self._handle(Event.REQUEST_RETRANSMISSION, request)
+
+    # ----- actions -------------------------------------------------------------------------
+
+    def _send_response(self, response: object) -> None:
+        assert isinstance(response, Response)
+        self._cancel_timer(Event.TIMER_TRYING)  # the TU answered: no automatic 100
+        self.last_response = response
+        self._send(self.connection, response)
+
+    def _send_trying(self, _: object) -> None:
+        # RFC 3261 §17.2.1: the TU did not answer within 200 ms.
+        trying = make_response(self.request, 100)
+        timestamp = self.request.headers.get("timestamp")
+        if timestamp is not None:
+            trying.headers.add("Timestamp", timestamp)  # RFC 3261 §8.2.6.1
+        self.last_response = trying
+        self._send(self.connection, trying)
+
+    def _resend_last_response(self, _: object) -> None:
+        if self.last_response is not None:
+            self._send(self.connection, self.last_response)
+
+    def _discard_response(self, response: object) -> None:
+        status = response.status if isinstance(response, Response) else "?"
+        log.info(
+            "{machine} transaction {branch} in state {state} discards a {status} from the TU",
+            machine=self.machine,
+            branch=self.identity.branch,
+            state=self.state.value,
+            status=status,
+        )
+
+    def _pass_ack_to_tu(self, ack: object) -> None:
+        assert isinstance(ack, Request)
+        try:
+            self._tu.ack_received(ack, self._ack_connection)
+        except Exception:
+            log.failure("transaction user failed on an ACK")
+
+    def _start_timers_g_h(self, _: object) -> None:
+        if not self.connection.reliable:
+            self._start_timer(Event.TIMER_G, self._interval)  # §17.2.1: Timer G = T1
+        self._start_timer(Event.TIMER_H, self.timers.h)  # §17.2.1: Timer H = 64*T1
+
+    def _restart_timer_g(self, _: object) -> None:
+        # §17.2.1: G doubles up to T2.
+        self._interval = min(2 * self._interval, self.timers.t2)
+        self._start_timer(Event.TIMER_G, self._interval)
+
+    def _start_timer_i(self, _: object) -> None:
+        # §17.2.1: Timer I = T4 on unreliable transports, zero on reliable ones.
+        self._start_timer(Event.TIMER_I, 0 if self.connection.reliable else self.timers.t4)
+
+    def _start_timer_j(self, _: object) -> None:
+        # §17.2.2: Timer J = 64*T1 on unreliable transports, zero on reliable ones.
+        self._start_timer(Event.TIMER_J, 0 if self.connection.reliable else self.timers.j)
+
+    def _start_timer_l(self, _: object) -> None:
+        self._start_timer(Event.TIMER_L, self.timers.l)  # RFC 6026 §7.1: Timer L = 64*T1
+
+    def _log_no_ack(self, _: object) -> None:
+        log.info(
+            "no ACK for the {status} to INVITE {branch} within Timer H",
+            status=self.last_response.status if self.last_response else "?",
+            branch=self.identity.branch,
+        )
+
+    def _log_transport_error(self, _: object) -> None:
+        # RFC 3261 §17.2.4: the transport already tried §18.2.2's fallbacks.
+        log.info(
+            "{machine} transaction {branch} ends: {reason}",
+            machine=self.machine,
+            branch=self.identity.branch,
+            reason=self.failure_reason,
+        )
