@@ -180,8 +180,15 @@ class ParseMessageTests(SynchronousTestCase):
         self.assertIsNone(parse_message(data).headers.get("max-forwards"))
 
     def test_limits(self) -> None:
+        # RFC 3261 §21.5.14: 513, answered when the header section could be read
+        error = self.parse_error(invite(body=b"x" * 2000), limits=ParserLimits(max_message_size=1000))
+        self.assertEqual((error.status, error.reason), (513, "Message Too Large"))
+        response = error_response_for(error)
+        assert response is not None
+        self.assertEqual(response.status, 513)
         error = self.parse_error(invite(), limits=ParserLimits(max_message_size=100))
         self.assertEqual(error.status, 513)
+        self.assertIsNone(error.partial)
         error = self.parse_error(invite("X-A: 1\r\n" * 5), limits=ParserLimits(max_headers=8))
         self.assertEqual(error.status, 513)
         error = self.parse_error(invite("X-Long: " + "a" * 200 + "\r\n"), limits=ParserLimits(max_line_length=100))
@@ -257,6 +264,11 @@ class StreamFramerTests(SynchronousTestCase):
         events = framer.feed(b"\r\n" + invite())
         self.assertEqual([type(event) for event in events], [MessageFramed])
         self.assertEqual(framer.feed(b"\r\n\r\n" + RESPONSE)[0], KeepAlivePing())
+
+    def test_long_run_of_line_ends_is_skipped_without_recursion(self) -> None:
+        framer = StreamFramer()
+        self.assertEqual(framer.feed(b"\n" * 50000), [])
+        self.assertEqual([type(event) for event in framer.feed(invite())], [MessageFramed])
 
     def test_missing_content_length_is_fatal_400(self) -> None:
         # RFC 3261 §18.3

@@ -143,10 +143,12 @@ def _parse(data: bytes, limits: ParserLimits, require_content_length: bool) -> R
     if start >= n:
         raise SipParseError(400, _bad("empty message"), None)
     head_end, body_start = _find_head_end(data, start)
+    oversize = n - start > limits.max_message_size
+    if oversize and (head_end < 0 or head_end - start > limits.max_message_size):
+        # RFC 3261 §21.5.14 (513); the header section alone is too big to read for an answer.
+        raise SipParseError(513, "Message Too Large", None)
     if head_end < 0:
-        # No blank line: either the whole thing is the head (tolerated with no body) or it is junk.
-        if n - start > limits.max_message_size:
-            raise SipParseError(513, "Message Too Large", None)
+        # No blank line: the whole datagram is the header section (tolerated, no body).
         head_end, body_start = n, n
         if data.endswith(b"\r\n"):
             head_end = n - 2
@@ -197,13 +199,13 @@ def _parse(data: bytes, limits: ParserLimits, require_content_length: bool) -> R
 
     if errors:
         _raise_first(errors, message)
+    if oversize:
+        raise SipParseError(513, "Message Too Large", message)
     values: dict[str, list[str]] = {}
     for key, (_, value) in zip(keys, items):
         values.setdefault(key, []).append(value)
     _check_headers(message, keys, values)
     _take_body(message, values, data, body_start, n, limits, require_content_length)
-    if n - start > limits.max_message_size:
-        raise SipParseError(513, "Message Too Large", message)
     return message
 
 
@@ -449,15 +451,15 @@ class StreamFramer:
     def _next_event(self) -> FramerEvent | None:
         buffer = self._buffer
         # RFC 5626 §4.4.1: CRLFCRLF is a ping; a lone CRLF (a pong, or §7.5 padding) is ignored.
-        if buffer[:1] in (b"\r", b"\n"):
+        while buffer[:1] in (b"\r", b"\n"):
             if buffer[:4] == b"\r\n\r\n":
                 del buffer[:4]
                 return KeepAlivePing()
             if len(buffer) < 4 and b"\r\n\r\n".startswith(bytes(buffer)):
                 return None  # could still become a ping
-            skip = 2 if buffer[:2] == b"\r\n" else 1
-            del buffer[:skip]
-            return self._next_event() if buffer else None
+            del buffer[: 2 if buffer[:2] == b"\r\n" else 1]
+        if not buffer:
+            return None
         limit = self.limits.max_message_size
         head_end = buffer.find(b"\r\n\r\n")
         if head_end < 0:
