@@ -37,7 +37,7 @@ class FakeAuthenticator:
             f'Digest realm="{DOMAIN}", nonce="n", algorithm=MD5, qop="auth"{suffix}',
         ]
 
-    def verify(self, method: str, authorization: str) -> FakeVerification:
+    def verify(self, method: str, authorization: str, request_uri: str | None = None) -> FakeVerification:
         fields = dict(
             part.strip().split("=", 1) for part in authorization.removeprefix("Digest ").split(",")
         )

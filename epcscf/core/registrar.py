@@ -64,7 +64,7 @@ class Authenticator(Protocol):
     def challenge(self, stale: bool = False) -> list[str]:
         """WWW-Authenticate values, strongest algorithm first (RFC 8760 §2.4)."""
 
-    def verify(self, method: str, authorization: str) -> Verification: ...
+    def verify(self, method: str, authorization: str, request_uri: str | None = None) -> Verification: ...
 
 
 class UserDirectory(Protocol):
@@ -183,7 +183,8 @@ class Registrar:
         if not credentials:
             # RFC 3261 §22.4 / RFC 8760 §2.4: challenge with every algorithm we accept.
             raise Rejection(401, headers=[("WWW-Authenticate", value) for value in self.authenticator.challenge()])
-        result = self.authenticator.verify(request.method, credentials[0])
+        # RFC 7616 §3.4.6: the credentials must be for this very Request-URI.
+        result = self.authenticator.verify(request.method, credentials[0], request.uri)
         if result.stale:
             # RFC 7616 §3.3 (via RFC 8760): a good response to an expired nonce → new nonce, stale=true.
             raise Rejection(

@@ -1,0 +1,237 @@
+"""The embedded IMS core as a Twisted service: listeners + transactions + registrar + proxy.
+
+Theory of operation
+-------------------
+``EmbeddedCore`` runs, in the eP-CSCF's own process, what would otherwise be an
+external I-CSCF/S-CSCF, reached over real SIP on its own listeners (by default
+``udp:127.0.0.1:5070``) exactly as an external core would be:
+
+    TransportManager ──messages──▶ TransactionLayer ──requests──▶ CoreTransactionUser
+                                                                   │ REGISTER → Registrar (UAS)
+                                                                   │ OPTIONS to the core → 200
+                                                                   └ anything else → StatefulProxy
+                                                                       (policy: CoreProxyPolicy)
+
+REGISTER is answered locally (RFC 3261 §10.3, merged requests → 482 per §8.2.2.2);
+every other request is proxied with the routing of ``epcscf.core.routing``.  The
+Service-Route the registrar hands out is ``sip:orig@<first listener>;lr``, so the
+eP-CSCF's originating requests come back here and are recognised as originating.
+
+Expired bindings are swept every ``purge_interval`` seconds on the injected
+reactor; readers never see them anyway (``LocationService`` checks expiry).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+import secrets
+from typing import Any, Iterable
+
+from twisted.application.service import Service
+from twisted.internet import defer, task
+from twisted.logger import Logger
+
+from epcscf.core.digest import DigestAuthenticator
+from epcscf.core.location import LocationService, aor_of
+from epcscf.core.registrar import DEFAULT_EXPIRES, DEFAULT_MIN_EXPIRES, Registrar, RegistrarSettings
+from epcscf.core.routing import CoreProxyPolicy, CoreRouter
+from epcscf.core.users import User, UserDirectory, read_users
+from epcscf.sip.connection import Address, Connection
+from epcscf.sip.message import Request, Response, make_response
+from epcscf.sip.proxy import ProxySettings, StatefulProxy
+from epcscf.sip.resolver import NextHopResolver
+from epcscf.sip.transaction import TimerSettings, TransactionLayer
+from epcscf.sip.transport import ListenerSpec, TransportManager
+from epcscf.sip.uri import SipUri, UriError, parse_uri
+
+log = Logger(namespace="epcscf.core")
+
+# RFC 3261 §20.5: what the core itself answers (REGISTER, OPTIONS) or proxies.
+ALLOWED_METHODS = "INVITE, ACK, CANCEL, BYE, OPTIONS, REGISTER, PRACK, UPDATE, INFO, MESSAGE, SUBSCRIBE, NOTIFY, REFER"
+
+
+@dataclass(frozen=True)
+class EmbeddedCoreSettings:
+    domain: str
+    #: listener specs (``udp:127.0.0.1:5070`` or ``config.Listener``); port 0 picks a free port
+    listen: tuple[Any, ...]
+    #: the users file (``epcscf.core.users``)
+    users_file: str
+    max_expires: int = DEFAULT_EXPIRES
+    min_expires: int = DEFAULT_MIN_EXPIRES
+    default_expires: int = DEFAULT_EXPIRES
+    #: RFC 7616 §3.3: how long a nonce is accepted before the client gets stale=true
+    nonce_lifetime: float = 300.0
+    timers: TimerSettings = TimerSettings()
+    purge_interval: float = 60.0
+
+    @classmethod
+    def from_config(cls, config: Any) -> "EmbeddedCoreSettings":
+        """From ``epcscf.config.Config`` ([core] and the [sip] timers)."""
+        core = config.core
+        return cls(
+            domain=core.domain,
+            listen=tuple(core.listen),
+            users_file=core.users,
+            max_expires=core.registration_max_expires,
+            default_expires=core.registration_max_expires,
+            timers=TimerSettings(t1=config.sip.t1, t2=config.sip.t2, t4=config.sip.t4),
+        )
+
+
+class CoreTransactionUser:
+    """The TU of the core's transaction layer: REGISTER and OPTIONS locally, the rest to the proxy."""
+
+    def __init__(self, core: "EmbeddedCore") -> None:
+        self.core = core
+
+    def request_received(self, request: Request, server_transaction: Any) -> None:
+        core = self.core
+        if request.method == "REGISTER":
+            if core.transactions.is_merged_request(request):
+                # RFC 3261 §8.2.2.2: the same request arrived on another path: 482.
+                server_transaction.respond(make_response(request, 482, to_tag=_tag()))
+                return
+            server_transaction.respond(core.registrar.register(request))
+            return
+        if request.method == "OPTIONS" and core.addressed_to_core(request):
+            # RFC 3261 §11.2: the core answers capability queries addressed to itself.
+            response = make_response(request, 200, to_tag=_tag())
+            response.headers.add("Allow", ALLOWED_METHODS)
+            response.headers.add("Supported", "path, outbound")
+            server_transaction.respond(response)
+            return
+        core.proxy.request_received(request, server_transaction)
+
+    def ack_received(self, request: Request, connection: Connection) -> None:
+        self.core.proxy.ack_received(request, connection)
+
+    def stray_response_received(self, response: Response, connection: Connection) -> None:
+        self.core.proxy.stray_response_received(response, connection)
+
+
+class EmbeddedCore(Service):
+    """Registrar + location service + routing proxy with digest auth, on its own listeners."""
+
+    name = "embedded-core"
+
+    def __init__(self, settings: EmbeddedCoreSettings, reactor: Any = None, dns_resolver: Any = None) -> None:
+        if reactor is None:
+            from twisted.internet import reactor as default_reactor
+
+            reactor = default_reactor
+        self.settings = settings
+        self.reactor = reactor
+        users = read_users(settings.users_file, settings.domain)
+        self.users = UserDirectory(users)
+        self.identities = identity_map(users)
+        self.location = LocationService(reactor)
+        self.authenticator = DigestAuthenticator(settings.domain, self.users, reactor, settings.nonce_lifetime)
+        self.router = CoreRouter(settings.domain, self.location, self.identities.get)
+        self.transports = TransportManager(reactor, self._deliver)
+        self.resolver = NextHopResolver(dns_resolver if dns_resolver is not None else _hosts_resolver())
+        self.policy = CoreProxyPolicy(self.router, self.transports, self.resolver, self._service_route_hosts)
+        self.proxy = StatefulProxy(
+            reactor, self.transports, self.resolver, self.policy, ProxySettings(supported_option_tags=frozenset({"path", "outbound"}))
+        )
+        self.transactions = TransactionLayer(reactor, CoreTransactionUser(self), lambda connection: settings.timers)
+        self.proxy.transactions = self.transactions
+        self.addresses: list[tuple[str, Address]] = []
+        self.service_route = ""
+        self.registrar: Registrar | None = None
+        self._purge: task.LoopingCall | None = None
+
+    # --- lifecycle ---
+
+    def startService(self) -> None:  # noqa: N802
+        specs = [ListenerSpec.of(spec) for spec in self.settings.listen]
+        if not specs:
+            raise ValueError("the embedded core needs at least one listener")
+        for spec in specs:
+            address = self.transports.listen(spec)
+            self.addresses.append((spec.transport, address))
+        self.service_route = _service_route(*self.addresses[0])
+        self.registrar = Registrar(
+            RegistrarSettings(
+                self.settings.domain,
+                self.service_route,
+                min_expires=self.settings.min_expires,
+                max_expires=self.settings.max_expires,
+                default_expires=self.settings.default_expires,
+            ),
+            self.location,
+            self.authenticator,
+            self.users,
+        )
+        self._purge = task.LoopingCall(self.location.purge_expired)
+        self._purge.clock = self.reactor
+        self._purge.start(self.settings.purge_interval, now=False)
+        log.info(
+            "embedded core for {domain} on {addresses}; Service-Route {route}",
+            domain=self.settings.domain,
+            addresses=", ".join(f"{t.lower()}:{a}" for t, a in self.addresses),
+            route=self.service_route,
+        )
+        super().startService()
+
+    def stopService(self) -> defer.Deferred:  # noqa: N802
+        super().stopService()
+        if self._purge is not None and self._purge.running:
+            self._purge.stop()
+        self.transactions.close()
+        return self.transports.close()
+
+    # --- helpers ---
+
+    def _deliver(self, message: Any, connection: Connection) -> None:
+        self.transactions.receive(message, connection)
+
+    def _service_route_hosts(self) -> set[tuple[str, int]]:
+        return {(address.host, address.port) for _, address in self.addresses}
+
+    def addressed_to_core(self, request: Request) -> bool:
+        """An R-URI without user part naming our domain or one of our listeners."""
+        try:
+            uri = parse_uri(request.uri)
+        except UriError:
+            return False
+        if not isinstance(uri, SipUri) or uri.user is not None:
+            return False
+        if uri.host.lower() == self.settings.domain.lower():
+            return True
+        return (uri.host_without_brackets, uri.port or 5060) in self._service_route_hosts()
+
+    @property
+    def udp_address(self) -> Address | None:
+        return next((a for t, a in self.addresses if t == "UDP"), None)
+
+
+def _service_route(transport: str, address: Address) -> str:
+    # RFC 3608 §6: the URI originating requests must be sent through (loose routing).
+    suffix = "" if transport == "UDP" else f";transport={transport.lower()}"
+    return f"sip:orig@{address}{suffix};lr"
+
+
+def _hosts_resolver() -> Any:
+    """Names for the embedded core come from /etc/hosts (it talks to loopback peers only)."""
+    from twisted.names import hosts
+
+    return hosts.Resolver()
+
+
+def _tag() -> str:
+    return secrets.token_hex(6)
+
+
+def identity_map(users: Iterable[User]) -> dict[str, str]:
+    """Every public identity (as an AOR) → the AOR its user registers (the default identity).
+
+    TS 24.229 §5.4.3.3: a request for any of a user's public identities reaches the
+    contacts that user registered.
+    """
+    mapping: dict[str, str] = {}
+    for user in users:
+        default = aor_of(parse_uri(user.identities[0]))
+        for identity in user.identities:
+            mapping[aor_of(parse_uri(identity))] = default
+    return mapping

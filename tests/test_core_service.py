@@ -1,0 +1,244 @@
+"""The embedded core end to end over real UDP on 127.0.0.1.
+
+Two plain UDP peers stand in for what talks to the core: ``edge`` plays the eP-CSCF
+(it sends the REGISTER with a Path pointing at itself and later receives the
+terminating INVITE through that Path) and ``caller`` sends an originating INVITE
+through the Service-Route.  The digest responses are computed here from RFC 7616
+§3.4.1, independently of ``epcscf.core.digest``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+import secrets
+
+from twisted.internet import defer, reactor
+from twisted.internet.protocol import DatagramProtocol
+from twisted.trial import unittest
+
+from epcscf.core.service import EmbeddedCore, EmbeddedCoreSettings
+from epcscf.sip.message import Headers, Request, Response
+from epcscf.sip.parser import parse_message
+from epcscf.sip.transaction_machine import TimerSettings
+
+DOMAIN = "ims.localdomain"
+USERS = "alice:alice-secret tel:+15550001\nbob:bob-secret\n"
+WAIT = 5.0
+
+
+class SipPeer(DatagramProtocol):
+    """A UDP socket on 127.0.0.1 that queues every SIP message it receives."""
+
+    def __init__(self) -> None:
+        self.queue: defer.DeferredQueue = defer.DeferredQueue()
+        self.port = None
+
+    def datagramReceived(self, data: bytes, addr) -> None:  # noqa: N802
+        self.queue.put(parse_message(data))
+
+    @property
+    def address(self) -> str:
+        host = self.transport.getHost()
+        return f"{host.host}:{host.port}"
+
+    def send(self, message: Request | Response, to: tuple[str, int]) -> None:
+        self.transport.write(message.serialize(), to)
+
+    async def receive(self, skip_provisional: bool = True) -> Request | Response:
+        while True:
+            message = await self.queue.get().addTimeout(WAIT, reactor)
+            if skip_provisional and isinstance(message, Response) and message.status < 200:
+                continue
+            return message
+
+
+def digest_authorization(challenge: str, method: str, uri: str, user: str, password: str) -> str:
+    """RFC 7616 §3.4: the Authorization value for one WWW-Authenticate challenge (qop=auth)."""
+    fields = {name: quoted or bare for name, quoted, bare in re.findall(r'(\w+)=(?:"([^"]*)"|([^\s,]+))', challenge)}
+    algorithm = fields.get("algorithm", "MD5")
+    digest = {"MD5": hashlib.md5, "SHA-256": hashlib.sha256}[algorithm]
+
+    def h(text: str) -> str:
+        return digest(text.encode()).hexdigest()
+
+    cnonce = secrets.token_hex(8)
+    nc = "00000001"
+    ha1 = h(f"{user}:{fields['realm']}:{password}")
+    ha2 = h(f"{method}:{uri}")
+    response = h(f"{ha1}:{fields['nonce']}:{nc}:{cnonce}:auth:{ha2}")
+    opaque = f', opaque="{fields["opaque"]}"' if "opaque" in fields else ""
+    return (
+        f'Digest username="{user}", realm="{fields["realm"]}", nonce="{fields["nonce"]}", uri="{uri}", '
+        f'response="{response}", algorithm={algorithm}, qop=auth, nc={nc}, cnonce="{cnonce}"{opaque}'
+    )
+
+
+def new_request(
+    method: str,
+    uri: str,
+    peer: SipPeer,
+    to: str,
+    from_: str,
+    call_id: str,
+    cseq: int,
+    extra: list[tuple[str, str]] = (),
+    to_tag: str | None = None,
+) -> Request:
+    headers = Headers()
+    headers.add("Via", f"SIP/2.0/UDP {peer.address};branch=z9hG4bK{secrets.token_hex(8)};rport")
+    headers.add("Max-Forwards", "70")
+    headers.add("To", f"<{to}>" + (f";tag={to_tag}" if to_tag else ""))
+    headers.add("From", f"<{from_}>;tag=f{call_id}")
+    headers.add("Call-ID", call_id)
+    headers.add("CSeq", f"{cseq} {method}")
+    for name, value in extra:
+        headers.add(name, value)
+    return Request(method, uri, headers)
+
+
+class EmbeddedCoreTestCase(unittest.TestCase):
+    def setUp(self) -> None:
+        directory = self.mktemp()
+        os.makedirs(directory)
+        users = os.path.join(directory, "users")
+        with open(users, "w") as handle:
+            handle.write(USERS)
+        self.core = EmbeddedCore(
+            EmbeddedCoreSettings(
+                DOMAIN, ("udp:127.0.0.1:0",), users, timers=TimerSettings(t1=0.1, t2=0.4, t4=0.5, d=0.5)
+            ),
+            reactor,
+        )
+        self.core.startService()
+        self.addCleanup(self.core.stopService)
+        self.core_address = (self.core.udp_address.host, self.core.udp_address.port)
+        self.edge = self.peer()
+        self.caller = self.peer()
+
+    def peer(self) -> SipPeer:
+        peer = SipPeer()
+        port = reactor.listenUDP(0, peer, interface="127.0.0.1")
+        self.addCleanup(port.stopListening)
+        return peer
+
+    def register(self, user: str, password: str, contact: str, call_id: str, cseq: int = 1, auth: str | None = None) -> Request:
+        extra = [
+            ("Path", f"<sip:tok-{user}@{self.edge.address};lr;ob>"),
+            ("Require", "path"),
+            ("Supported", "path, outbound"),
+            ("Contact", contact),
+            ("Expires", "600"),
+        ]
+        if auth:
+            extra.append(("Authorization", auth))
+        aor = f"sip:{user}@{DOMAIN}"
+        return new_request("REGISTER", f"sip:{DOMAIN}", self.edge, aor, aor, call_id, cseq, extra)
+
+    async def registered(self, user: str, password: str, contact: str) -> Response:
+        call_id = f"reg-{user}-{secrets.token_hex(4)}"
+        self.edge.send(self.register(user, password, contact, call_id), self.core_address)
+        challenge = await self.edge.receive()
+        self.assertEqual(challenge.status, 401)
+        [sha256] = [v for v in challenge.headers.get_all("www-authenticate") if "SHA-256" in v]
+        auth = digest_authorization(sha256, "REGISTER", f"sip:{DOMAIN}", user, password)
+        self.edge.send(self.register(user, password, contact, call_id, 2, auth), self.core_address)
+        return await self.edge.receive()
+
+
+class RegistrationOverUdpTests(EmbeddedCoreTestCase):
+    async def test_digest_registration_returns_bindings_and_ims_headers(self) -> None:
+        ok = await self.registered("bob", "bob-secret", "<sip:bob@bob.invalid;transport=ws>")
+        self.assertEqual(ok.status, 200)
+        self.assertEqual(ok.headers.get_all("contact"), ["<sip:bob@bob.invalid;transport=ws>;expires=600"])
+        self.assertEqual(ok.headers.get("path"), f"<sip:tok-bob@{self.edge.address};lr;ob>")
+        self.assertEqual(ok.headers.get("service-route"), f"<{self.core.service_route}>")
+        self.assertEqual(ok.headers.get("p-associated-uri"), f"<sip:bob@{DOMAIN}>")
+        self.assertEqual(len(self.core.location.bindings(f"sip:bob@{DOMAIN}")), 1)
+
+    async def test_md5_challenge_works_too(self) -> None:
+        call_id = "reg-md5"
+        contact = "<sip:alice@a.invalid;transport=ws>"
+        self.edge.send(self.register("alice", "alice-secret", contact, call_id), self.core_address)
+        challenge = await self.edge.receive()
+        [md5] = [v for v in challenge.headers.get_all("www-authenticate") if "MD5" in v]
+        auth = digest_authorization(md5, "REGISTER", f"sip:{DOMAIN}", "alice", "alice-secret")
+        self.edge.send(self.register("alice", "alice-secret", contact, call_id, 2, auth), self.core_address)
+        ok = await self.edge.receive()
+        self.assertEqual(ok.status, 200)
+        self.assertEqual(ok.headers.get("p-associated-uri"), f"<sip:alice@{DOMAIN}>, <tel:+15550001>")
+
+    async def test_wrong_password_is_refused(self) -> None:
+        response = await self.registered("bob", "not-the-password", "<sip:bob@bob.invalid>")
+        self.assertEqual(response.status, 403)
+        self.assertEqual(self.core.location.bindings(f"sip:bob@{DOMAIN}"), [])
+
+    async def test_options_to_the_core_is_answered(self) -> None:
+        request = new_request("OPTIONS", f"sip:{DOMAIN}", self.caller, f"sip:{DOMAIN}", f"sip:alice@{DOMAIN}", "opt-1", 1)
+        self.caller.send(request, self.core_address)
+        response = await self.caller.receive()
+        self.assertEqual(response.status, 200)
+        self.assertIn("REGISTER", response.headers.get("allow"))
+
+
+class RoutingOverUdpTests(EmbeddedCoreTestCase):
+    def invite(self, target: str, call_id: str) -> Request:
+        return new_request(
+            "INVITE",
+            target,
+            self.caller,
+            target,
+            f"sip:alice@{DOMAIN}",
+            call_id,
+            1,
+            [
+                ("Route", f"<{self.core.service_route}>"),
+                ("Contact", f"<sip:alice@{self.caller.address}>"),
+                ("Content-Type", "application/sdp"),
+            ],
+        )
+
+    async def test_invite_reaches_registered_user_through_stored_path(self) -> None:
+        ok = await self.registered("bob", "bob-secret", "<sip:bob@bob.invalid;transport=ws>")
+        self.assertEqual(ok.status, 200)
+        self.caller.send(self.invite(f"sip:bob@{DOMAIN}", "call-1"), self.core_address)
+        trying = await self.caller.receive(skip_provisional=False)
+        self.assertEqual(trying.status, 100)
+
+        arrived = await self.edge.receive()
+        self.assertIsInstance(arrived, Request)
+        self.assertEqual(arrived.method, "INVITE")
+        self.assertEqual(arrived.uri, "sip:bob@bob.invalid;transport=ws")
+        self.assertEqual(arrived.headers.get_all("route"), [f"<sip:tok-bob@{self.edge.address};lr;ob>"])
+        self.assertEqual(arrived.headers.get("p-called-party-id"), f"<sip:bob@{DOMAIN}>")
+        self.assertIn(f"{self.core.udp_address}", arrived.headers.get("record-route"))
+        self.assertEqual(len(arrived.headers.get_all("via")), 2)
+
+        # The callee's answer travels back through the core to the caller.
+        busy = Response(486, "Busy Here", Headers(list(_response_headers(arrived, "b1"))))
+        self.edge.send(busy, self.core_address)
+        final = await self.caller.receive()
+        self.assertEqual(final.status, 486)
+        self.assertEqual(final.headers.get("call-id"), "call-1")
+        ack = await self.edge.receive()  # RFC 3261 §17.1.1.3: the core ACKs the 486 hop by hop
+        self.assertEqual(ack.method, "ACK")
+
+    async def test_invite_for_unregistered_user_is_480(self) -> None:
+        self.caller.send(self.invite(f"sip:bob@{DOMAIN}", "call-2"), self.core_address)
+        final = await self.caller.receive()
+        self.assertEqual(final.status, 480)
+
+    async def test_invite_for_unknown_user_is_404(self) -> None:
+        self.caller.send(self.invite(f"sip:carol@{DOMAIN}", "call-3"), self.core_address)
+        final = await self.caller.receive()
+        self.assertEqual(final.status, 404)
+
+
+def _response_headers(request: Request, to_tag: str):
+    for name, value in request.headers:
+        lowered = name.lower()
+        if lowered in ("via", "from", "call-id", "cseq", "record-route"):
+            yield name, value
+        elif lowered == "to":
+            yield name, f"{value};tag={to_tag}"
