@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from typing import Iterable
 
 from epcscf.sip.headers import HeaderError, all_vias, option_tags, parse_address, parse_cseq, parse_max_forwards
-from epcscf.sip.message import Request, Response, make_response
+from epcscf.sip.message import Request, Response, display_name, make_response
 from epcscf.sip.uri import SipUri, TelUri, UriError, parse_uri
 
 # RFC 3261 §16.3 step 2: the schemes this proxy can route; anything else gets 416.
@@ -43,7 +43,7 @@ def validate_request(
         return _bad_request(request, "missing " + ", ".join(missing))
     for key in _SINGLE:
         if headers.count(key) > 1:
-            return _bad_request(request, f"duplicate {key}")
+            return _bad_request(request, f"duplicate {display_name(key)}")
     try:
         all_vias(request)
         cseq_value = parse_cseq(headers.get("cseq") or "")
