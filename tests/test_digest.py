@@ -13,6 +13,7 @@ from epcscf.core.digest import (
     parse_digest,
 )
 from epcscf.core.users import UserDirectory, UsersFileError, parse_users
+from epcscf.sip.message import Response
 
 REALM = "ims.localdomain"
 URI = "sip:ims.localdomain"
@@ -278,3 +279,61 @@ class UsersFileTests(unittest.TestCase):
         with self.assertRaises(UsersFileError) as raised:
             UserDirectory.from_file(self.mktemp(), REALM)
         self.assertIn("cannot read", str(raised.exception))
+
+
+class RegistrarWithDigestTests(unittest.TestCase):
+    """The embedded registrar with the real authenticator and users file (REQ-R09 scenario 1)."""
+
+    def setUp(self) -> None:
+        from epcscf.core.location import LocationService
+        from epcscf.core.registrar import Registrar, RegistrarSettings
+
+        self.clock = Clock()
+        self.clock.advance(1_700_000_000)
+        users = UserDirectory(parse_users("alice:alice-secret tel:+15550001\n", REALM))
+        self.auth = DigestAuthenticator(REALM, users, self.clock, nonce_lifetime=60)
+        self.registrar = Registrar(
+            RegistrarSettings(REALM, "sip:orig@127.0.0.1:5070;lr"), LocationService(self.clock), self.auth, users
+        )
+
+    def register(self, authorization: str | None, cseq: int) -> Response:
+        from epcscf.sip.message import Headers, Request
+
+        headers = Headers()
+        headers.add("Via", f"SIP/2.0/WSS df7jal23ls0d.invalid;branch=z9hG4bK-{cseq}")
+        headers.add("Path", "<sip:tok3n@127.0.0.1:5060;lr;ob>")
+        headers.add("To", f"<sip:alice@{REALM}>")
+        headers.add("From", f"<sip:alice@{REALM}>;tag=abc")
+        headers.add("Call-ID", "digest-call")
+        headers.add("CSeq", f"{cseq} REGISTER")
+        headers.add("Contact", "<sip:alice@df7jal23ls0d.invalid;transport=ws>;expires=600")
+        if authorization is not None:
+            headers.add("Authorization", authorization)
+        return self.registrar.register(Request("REGISTER", URI, headers))
+
+    def credentials(self, challenge: str, nc: str = "00000001", password: str = "alice-secret") -> str:
+        params = parse_digest(challenge)
+        algorithm = params["algorithm"]
+        response = compute_response(algorithm, "alice", REALM, password, "REGISTER", URI, params["nonce"], nc, "c0ffee", "auth")
+        return (
+            f'Digest username="alice", realm="{REALM}", nonce="{params["nonce"]}", uri="{URI}", '
+            f'algorithm={algorithm}, qop=auth, nc={nc}, cnonce="c0ffee", response="{response}"'
+        )
+
+    def test_challenge_then_registration_with_either_algorithm(self) -> None:
+        for index, algorithm in enumerate(("SHA-256", "MD5")):
+            challenged = self.register(None, cseq=10 * index + 1)
+            self.assertEqual(challenged.status, 401)
+            challenge = challenged.headers.get_all("www-authenticate")[index]
+            self.assertIn(f"algorithm={algorithm}", challenge)
+            accepted = self.register(self.credentials(challenge), cseq=10 * index + 2)
+            self.assertEqual(accepted.status, 200, accepted.reason)
+            self.assertEqual(accepted.headers.get("p-associated-uri"), f"<sip:alice@{REALM}>, <tel:+15550001>")
+
+    def test_wrong_password_is_403_and_stale_nonce_is_401_stale(self) -> None:
+        challenge = self.register(None, cseq=1).headers.get_all("www-authenticate")[0]
+        self.assertEqual(self.register(self.credentials(challenge, password="guess"), cseq=2).status, 403)
+        self.clock.advance(61)
+        stale = self.register(self.credentials(challenge), cseq=3)
+        self.assertEqual(stale.status, 401)
+        self.assertTrue(all("stale=true" in value for value in stale.headers.get_all("www-authenticate")))
