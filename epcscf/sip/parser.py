@@ -32,7 +32,7 @@ from epcscf.sip.headers import (
     parse_max_forwards,
     parse_via_list,
 )
-from epcscf.sip.message import COMPACT_FORMS, Headers, Request, Response, make_response
+from epcscf.sip.message import COMPACT_FORMS, Request, Response, make_response
 from epcscf.sip.uri import TOKEN_RE, SipUri, UriError, parse_uri
 
 __all__ = [
@@ -181,19 +181,17 @@ def _parse(data: bytes, limits: ParserLimits, require_content_length: bool) -> R
             name, value = items[-1]
             items[-1] = (name, (value.rstrip(_WS) + " " + line.strip(_WS)).strip(_WS))
             continue
-        name, colon, value = line.partition(":")
-        key = _KEY_CACHE.get(name) if colon else None
+        raw_name, colon, value = line.partition(":")
+        name = raw_name.rstrip(_WS)
+        key = _KEY_CACHE.get(raw_name) if colon else None
         if key is None:
-            name = name.rstrip(_WS)
             if not colon or not _HEADER_NAME_RE.match(name):
                 if not errors:
                     errors.append(SipParseError(400, _bad(f"malformed header line {line[:40]!r}")))
                 continue
             key = _canonical(name)
-            if len(_KEY_CACHE) < 512 and name == line[: len(name)]:
-                _KEY_CACHE[line.partition(":")[0]] = key
-        else:
-            name = name.rstrip(_WS)
+            if len(_KEY_CACHE) < 512:  # bounded: names are peer-controlled
+                _KEY_CACHE[raw_name] = key
         items.append((name, value.strip(_WS)))
         keys.append(key)
 
@@ -210,7 +208,7 @@ def _parse(data: bytes, limits: ParserLimits, require_content_length: bool) -> R
 
 
 def _raise_first(errors: list[SipParseError], message: Request | Response) -> None:
-    # A 505 wins only if nothing else was wrong; anything else is reported first as found.
+    # The first problem found (start line first, then header lines in order) is reported.
     error = errors[0]
     raise SipParseError(error.status, error.reason, error.partial or message)
 
