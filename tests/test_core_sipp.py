@@ -1,0 +1,100 @@
+"""Interop: sipp UAC → embedded core (originating, Service-Route) → sipp UAS outside the domain.
+
+The call is a whole dialog (INVITE/180/200/ACK/BYE) over real UDP on 127.0.0.1: the UAC
+puts the core's Service-Route URI on top of Route and targets ``sip:service@127.0.0.1:<uas>``
+(a non-home URI), so the core acts as the originating S-CSCF and forwards on the
+Request-URI; it Record-Routes, so ACK and BYE pass through it as well.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from typing import Any
+
+from twisted.internet import defer, error, reactor
+from twisted.trial import unittest
+
+from epcscf.core.service import EmbeddedCore, EmbeddedCoreSettings
+from epcscf.sip.transaction_machine import TimerSettings
+from tests.support.processes import wait_for
+from tests.test_sipp_proxy import SippProcess, free_port, headers_named, messages_in_trace, port_bound
+
+SIPP = shutil.which("sipp")
+FIXTURES = os.path.join(os.path.dirname(os.path.abspath(__file__)), "fixtures", "core")
+DOMAIN = "ims.localdomain"
+
+
+class CoreSippTests(unittest.TestCase):
+    timeout = 60
+
+    def setUp(self) -> None:
+        if SIPP is None:
+            if os.environ.get("CI"):
+                self.fail("sipp is not installed (Debian package sip-tester) and CI is set")
+            raise unittest.SkipTest("sipp is not installed (Debian package sip-tester)")
+        self.directory = os.path.abspath(self.mktemp())
+        os.makedirs(self.directory)
+        users = os.path.join(self.directory, "users")
+        with open(users, "w") as handle:
+            handle.write("alice:alice-secret\n")
+        self.core_port = free_port()
+        self.core = EmbeddedCore(
+            EmbeddedCoreSettings(DOMAIN, (f"udp:127.0.0.1:{self.core_port}",), users, timers=TimerSettings()), reactor
+        )
+        self.core.startService()
+        self.addCleanup(self.core.stopService)
+
+    def spawn_sipp(self, name: str, args: list[str]) -> tuple[SippProcess, str]:
+        trace = os.path.join(self.directory, f"{name}_messages.log")
+        common = ["-nostdin", "-timeout", "20s", "-timeout_error", "-trace_msg", "-message_file", trace]
+        process = SippProcess()
+        transport = reactor.spawnProcess(process, SIPP, [SIPP, *args, *common], env=dict(os.environ), path=self.directory)
+
+        def kill() -> defer.Deferred | None:
+            if process.ended.called:
+                return None
+            try:
+                transport.signalProcess("KILL")
+            except error.ProcessExitedAlready:
+                return None
+            return process.ended
+
+        self.addCleanup(kill)
+        return process, trace
+
+    async def test_originating_call_to_a_non_domain_uas_passes_the_core_both_ways(self) -> None:
+        uas_port, uac_port = free_port(), free_port()
+        uas, uas_trace = self.spawn_sipp("uas", ["-sn", "uas", "-i", "127.0.0.1", "-p", str(uas_port), "-m", "1"])
+        await wait_for(lambda: port_bound(uas_port, "UDP") or uas.ended.called, timeout=10)
+        self.assertFalse(uas.ended.called, f"sipp UAS exited early: {uas.output[-2000:]!r}")
+        uac, uac_trace = self.spawn_sipp(
+            "uac",
+            [
+                f"127.0.0.1:{self.core_port}",
+                "-sf", os.path.join(FIXTURES, "uac_originating_call.xml"),
+                "-key", "uas_port", str(uas_port),
+                "-i", "127.0.0.1", "-p", str(uac_port), "-m", "1",
+            ],
+        )
+        uac_code = await uac.ended
+        uas_code = await uas.ended
+        self.assertEqual(uac_code, 0, f"sipp UAC failed ({uac_code}): {uac.output[-3000:]!r}")
+        self.assertEqual(uas_code, 0, f"sipp UAS failed ({uas_code}): {uas.output[-3000:]!r}")
+
+        uas_messages = messages_in_trace(uas_trace)
+        requests = [m for m in uas_messages if not m.startswith("SIP/2.0")]
+        self.assertEqual([m.split()[0] for m in requests], ["INVITE", "ACK", "BYE"])
+        invite = requests[0]
+        self.assertTrue(invite.startswith(f"INVITE sip:service@127.0.0.1:{uas_port} SIP/2.0"))
+        # The Service-Route entry was consumed (RFC 3261 §16.4) and the core Record-Routed.
+        self.assertEqual(headers_named(invite, "Route"), [])
+        self.assertEqual(
+            headers_named(invite, "Record-Route"), [f"Record-Route: <sip:127.0.0.1:{self.core_port};transport=udp;lr>"]
+        )
+        # ACK and BYE came through the core: its Via is on top of the UAC's.
+        for request in requests[1:]:
+            vias = headers_named(request, "Via")
+            self.assertEqual(len(vias), 2, request)
+            self.assertIn(f"127.0.0.1:{self.core_port}", vias[0])
+        self.assertEqual(self.core.proxy.active(), [])
