@@ -19,7 +19,7 @@ from typing import Any, Awaitable, Callable
 from twisted.internet.defer import Deferred
 from twisted.trial import unittest
 
-from epcscf.sip.connection import ConnectionLost
+from epcscf.sip.connection import Connection, ConnectionLost
 from epcscf.sip.message import Message, Request, Response, make_response
 from epcscf.ws.connection import CloseReason, WsConnection
 from epcscf.ws.protocol import WsListenerSettings, listen_ws, normalise_origin
@@ -187,6 +187,7 @@ class HandshakeTests(WsTestCase):
         self.assertEqual(connection.local.port, port)
         self.assertTrue(connection.reliable)
         self.assertTrue(connection.connected)
+        self.assertIsInstance(connection, Connection)
 
     @asyncio_test
     async def test_handshake_without_sip_subprotocol_is_refused_with_406(self) -> None:
@@ -321,6 +322,50 @@ class MessageTests(WsTestCase):
         self.assertFalse(reason.by_us)
         self.assertRaises(ConnectionLost, connection.send_message, Response(200, "OK"))
         self.assertEqual(self.ws_factory.connections, set())
+
+
+class RobustnessTests(WsTestCase):
+    @asyncio_test
+    async def test_ping_from_the_client_is_answered_with_pong(self) -> None:
+        port = await self.listen()
+        client = await self.connect(port)
+        pong = await client.ping(b"are you there")
+        await asyncio.wait_for(pong, 5)
+
+    @asyncio_test
+    async def test_a_failing_sink_does_not_take_the_connection_down(self) -> None:
+        port = await self.listen()
+        client = await self.connect(port)
+        original = self.sink.message_received
+        calls: list[str] = []
+
+        def explode(message: Message, connection: WsConnection) -> None:
+            calls.append(message.headers.get("call-id") or "")
+            if len(calls) == 1:
+                raise RuntimeError("bug in the P-CSCF")
+            original(message, connection)
+
+        self.sink.message_received = explode  # type: ignore[method-assign]
+        await client.send(register(call_id="first"))
+        await client.send(register(branch="2", call_id="second"))
+        answer = await client.recv()
+        self.assertIn("Call-ID: second", answer)
+        self.assertEqual(calls, ["first", "second"])
+        self.flushLoggedErrors(RuntimeError)
+
+    @asyncio_test
+    async def test_tcp_client_that_never_sends_a_handshake_is_dropped(self) -> None:
+        port = await self.listen(WsListenerSettings(open_handshake_timeout=1.0))
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        self.addCleanup(writer.close)
+        started = asyncio.get_running_loop().time()
+        try:
+            self.assertEqual(await reader.read(1024), b"")
+        except ConnectionResetError:
+            pass
+        self.assertLess(asyncio.get_running_loop().time() - started, 4.0)
+        self.assertTrue(self.sink.opened.empty())
+        self.assertTrue(self.sink.closed.empty())
 
 
 class CloseTests(WsTestCase):
