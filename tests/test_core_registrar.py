@@ -7,8 +7,10 @@ from dataclasses import dataclass
 from twisted.internet.task import Clock
 from twisted.trial import unittest
 
+from epcscf.core.digest import DigestAuthenticator, compute_response, parse_digest
 from epcscf.core.location import LocationService
 from epcscf.core.registrar import Registrar, RegistrarSettings
+from epcscf.core.users import UserDirectory, parse_users
 from epcscf.sip.message import Headers, Request, Response
 
 DOMAIN = "ims.localdomain"
@@ -308,3 +310,67 @@ class OutboundTests(RegistrarTestCase):
             register(contact=self.contact("a.invalid"), path="<sip:p@127.0.0.1;lr>", supported="path, outbound")
         )
         self.assertEqual(response.status, 439)
+
+
+class RealDigestTests(unittest.TestCase):
+    """The registrar with ``epcscf.core.digest`` and ``epcscf.core.users`` (RFC 8760 digest)."""
+
+    def setUp(self) -> None:
+        self.clock = Clock()
+        self.clock.advance(1_000_000)
+        users = UserDirectory(parse_users("alice:alice-secret tel:+15550001\n", DOMAIN))
+        self.location = LocationService(self.clock)
+        self.registrar = Registrar(
+            RegistrarSettings(DOMAIN, SERVICE_ROUTE),
+            self.location,
+            DigestAuthenticator(DOMAIN, users, self.clock, nonce_lifetime=30),
+            users,
+        )
+
+    def answer(self, challenge: str, password: str = "alice-secret", nc: str = "00000001") -> str:
+        fields = parse_digest(challenge)
+        algorithm = fields["algorithm"]
+        response = compute_response(
+            algorithm, "alice", DOMAIN, password, "REGISTER", f"sip:{DOMAIN}", fields["nonce"], nc, "c0ffee", "auth"
+        )
+        return (
+            f'Digest username="alice", realm="{DOMAIN}", nonce="{fields["nonce"]}", uri="sip:{DOMAIN}", '
+            f'response="{response}", algorithm={algorithm}, qop=auth, nc={nc}, cnonce="c0ffee"'
+        )
+
+    def with_auth(self, authorization: str, cseq: int) -> Request:
+        request = register(password=None, cseq=cseq, expires=300)
+        request.headers.add("Authorization", authorization)
+        return request
+
+    def test_challenge_then_sha256_answer_registers(self) -> None:
+        challenge = self.registrar.register(register(password=None))
+        sha256 = challenge.headers.get_all("www-authenticate")[0]
+        self.assertIn("algorithm=SHA-256", sha256)
+        response = self.registrar.register(self.with_auth(self.answer(sha256), cseq=2))
+        self.assertEqual(response.status, 200)
+        self.assertEqual(response.headers.get("p-associated-uri"), f"<sip:alice@{DOMAIN}>, <tel:+15550001>")
+
+    def test_md5_answer_registers(self) -> None:
+        challenge = self.registrar.register(register(password=None))
+        md5 = challenge.headers.get_all("www-authenticate")[1]
+        self.assertIn("algorithm=MD5", md5)
+        self.assertEqual(self.registrar.register(self.with_auth(self.answer(md5), cseq=2)).status, 200)
+
+    def test_wrong_password_is_403(self) -> None:
+        challenge = self.registrar.register(register(password=None)).headers.get_all("www-authenticate")[0]
+        self.assertEqual(self.registrar.register(self.with_auth(self.answer(challenge, "guess"), 2)).status, 403)
+
+    def test_expired_nonce_is_rechallenged_with_stale_true(self) -> None:
+        challenge = self.registrar.register(register(password=None)).headers.get_all("www-authenticate")[0]
+        self.clock.advance(31)
+        response = self.registrar.register(self.with_auth(self.answer(challenge), 2))
+        self.assertEqual(response.status, 401)
+        self.assertIn("stale=true", response.headers.get("www-authenticate"))
+        self.assertEqual(self.location.bindings(f"sip:alice@{DOMAIN}"), [])
+
+    def test_replayed_credentials_are_rechallenged(self) -> None:
+        challenge = self.registrar.register(register(password=None)).headers.get_all("www-authenticate")[0]
+        credentials = self.answer(challenge)
+        self.assertEqual(self.registrar.register(self.with_auth(credentials, 2)).status, 200)
+        self.assertEqual(self.registrar.register(self.with_auth(credentials, 3)).status, 401)

@@ -174,6 +174,16 @@ class RegistrationOverUdpTests(EmbeddedCoreTestCase):
         self.assertEqual(response.status, 403)
         self.assertEqual(self.core.location.bindings(f"sip:bob@{DOMAIN}"), [])
 
+    async def test_merged_register_is_482(self) -> None:
+        first = self.register("bob", "bob-secret", "<sip:bob@bob.invalid>", "merged-1")
+        self.edge.send(first, self.core_address)
+        self.assertEqual((await self.edge.receive()).status, 401)
+        # RFC 3261 §8.2.2.2: same From tag, Call-ID and CSeq, but another branch (another path).
+        second = first.copy()
+        second.headers.set("Via", f"SIP/2.0/UDP {self.edge.address};branch=z9hG4bKother;rport")
+        self.edge.send(second, self.core_address)
+        self.assertEqual((await self.edge.receive()).status, 482)
+
     async def test_options_to_the_core_is_answered(self) -> None:
         request = new_request("OPTIONS", f"sip:{DOMAIN}", self.caller, f"sip:{DOMAIN}", f"sip:alice@{DOMAIN}", "opt-1", 1)
         self.caller.send(request, self.core_address)
