@@ -15,13 +15,15 @@ import re
 import secrets
 
 from twisted.internet import defer, reactor
-from twisted.internet.protocol import DatagramProtocol
+from twisted.internet.error import CannotListenError
+from twisted.internet.protocol import ClientCreator, DatagramProtocol, Protocol
 from twisted.trial import unittest
 
 from epcscf.core.service import EmbeddedCore, EmbeddedCoreSettings
 from epcscf.sip.message import Headers, Request, Response
-from epcscf.sip.parser import parse_message
+from epcscf.sip.parser import MessageFramed, StreamFramer, parse_message
 from epcscf.sip.transaction_machine import TimerSettings
+from tests.test_sipp_proxy import free_port
 
 DOMAIN = "ims.localdomain"
 USERS = "alice:alice-secret tel:+15550001\nbob:bob-secret\n"
@@ -252,3 +254,60 @@ def _response_headers(request: Request, to_tag: str):
             yield name, value
         elif lowered == "to":
             yield name, f"{value};tag={to_tag}"
+
+
+class LifecycleTests(unittest.TestCase):
+    def users_file(self) -> str:
+        directory = self.mktemp()
+        os.makedirs(directory)
+        path = os.path.join(directory, "users")
+        with open(path, "w") as handle:
+            handle.write(USERS)
+        return path
+
+    def test_busy_port_fails_start_and_closes_the_other_listeners(self) -> None:
+        busy = reactor.listenUDP(0, DatagramProtocol(), interface="127.0.0.1")
+        self.addCleanup(busy.stopListening)
+        first = free_port()
+        core = EmbeddedCore(
+            EmbeddedCoreSettings(DOMAIN, (f"udp:127.0.0.1:{first}", f"udp:127.0.0.1:{busy.getHost().port}"), self.users_file()),
+            reactor,
+        )
+        self.assertRaises(CannotListenError, core.startService)
+        self.assertEqual(core.addresses, [])
+        # The first listener's port is free again.
+        again = reactor.listenUDP(first, DatagramProtocol(), interface="127.0.0.1")
+        self.addCleanup(again.stopListening)
+
+    async def test_register_over_tcp_is_answered_on_the_same_connection(self) -> None:
+        core = EmbeddedCore(EmbeddedCoreSettings(DOMAIN, ("tcp:127.0.0.1:0",), self.users_file()), reactor)
+        core.startService()
+        self.addCleanup(core.stopService)
+        self.assertEqual(core.service_route, f"sip:orig@{core.addresses[0][1]};transport=tcp;lr")
+        received: defer.Deferred = defer.Deferred()
+
+        class Client(Protocol):
+            def __init__(self) -> None:
+                self.framer = StreamFramer()
+
+            def dataReceived(self, data: bytes) -> None:  # noqa: N802
+                for event in self.framer.feed(data):
+                    if isinstance(event, MessageFramed) and not received.called:
+                        received.callback(event.message)
+
+        address = core.addresses[0][1]
+        client = await ClientCreator(reactor, Client).connectTCP(address.host, address.port)
+        self.addCleanup(client.transport.loseConnection)
+        local = client.transport.getHost()
+        request = Request("REGISTER", f"sip:{DOMAIN}", Headers([
+            ("Via", f"SIP/2.0/TCP 127.0.0.1:{local.port};branch=z9hG4bKtcp1"),
+            ("To", f"<sip:alice@{DOMAIN}>"),
+            ("From", f"<sip:alice@{DOMAIN}>;tag=t1"),
+            ("Call-ID", "tcp-1"),
+            ("CSeq", "1 REGISTER"),
+            ("Contact", f"<sip:alice@127.0.0.1:{local.port};transport=tcp>"),
+            ("Max-Forwards", "70"),
+        ]))
+        client.transport.write(request.serialize())
+        response = await received.addTimeout(WAIT, reactor)
+        self.assertEqual(response.status, 401)

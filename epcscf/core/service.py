@@ -92,7 +92,16 @@ class CoreTransactionUser:
                 # RFC 3261 §8.2.2.2: the same request arrived on another path: 482.
                 server_transaction.respond(make_response(request, 482, to_tag=_tag()))
                 return
-            server_transaction.respond(core.registrar.register(request))
+            response = core.registrar.register(request)
+            if response.status >= 200 and response.status != 401:
+                log.info(
+                    "REGISTER {to} from {peer}: {status} {reason}",
+                    to=request.headers.get("to"),
+                    peer=server_transaction.connection.remote,
+                    status=response.status,
+                    reason=response.reason,
+                )
+            server_transaction.respond(response)
             return
         if request.method == "OPTIONS" and core.addressed_to_core(request):
             # RFC 3261 §11.2: the core answers capability queries addressed to itself.
@@ -147,9 +156,15 @@ class EmbeddedCore(Service):
         specs = [ListenerSpec.of(spec) for spec in self.settings.listen]
         if not specs:
             raise ValueError("the embedded core needs at least one listener")
-        for spec in specs:
-            address = self.transports.listen(spec)
-            self.addresses.append((spec.transport, address))
+        try:
+            for spec in specs:
+                address = self.transports.listen(spec)
+                self.addresses.append((spec.transport, address))
+        except Exception:
+            # A listener that cannot bind must not leave the others open behind it.
+            self.addresses.clear()
+            self.transports.close()
+            raise
         self.service_route = _service_route(*self.addresses[0])
         self.registrar = Registrar(
             RegistrarSettings(
