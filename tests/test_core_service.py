@@ -14,7 +14,7 @@ import os
 import re
 import secrets
 
-from twisted.internet import defer, reactor
+from twisted.internet import defer, reactor, task
 from twisted.internet.error import CannotListenError
 from twisted.internet.protocol import ClientCreator, DatagramProtocol, Protocol
 from twisted.trial import unittest
@@ -265,7 +265,7 @@ class LifecycleTests(unittest.TestCase):
             handle.write(USERS)
         return path
 
-    def test_busy_port_fails_start_and_closes_the_other_listeners(self) -> None:
+    async def test_busy_port_fails_start_and_closes_the_other_listeners(self) -> None:
         busy = reactor.listenUDP(0, DatagramProtocol(), interface="127.0.0.1")
         self.addCleanup(busy.stopListening)
         first = free_port()
@@ -275,7 +275,8 @@ class LifecycleTests(unittest.TestCase):
         )
         self.assertRaises(CannotListenError, core.startService)
         self.assertEqual(core.addresses, [])
-        # The first listener's port is free again.
+        # The first listener's port is free again (UDP ports close on the next reactor turn).
+        await task.deferLater(reactor, 0, lambda: None)
         again = reactor.listenUDP(first, DatagramProtocol(), interface="127.0.0.1")
         self.addCleanup(again.stopListening)
 
