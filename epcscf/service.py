@@ -10,6 +10,9 @@ from twisted.internet.error import CannotListenError
 from twisted.logger import Logger
 
 from epcscf.config import Config
+from epcscf.core.service import EmbeddedCore, EmbeddedCoreSettings
+from epcscf.pcscf.node import PcscfNode
+from epcscf.sip.resolver import Target
 from epcscf.ops.manhole import ManholeService, UsersFileError
 
 log = Logger(namespace="epcscf.service")
@@ -22,9 +25,22 @@ class StartupError(Exception):
 class EpcscfService(MultiService):
     """The whole eP-CSCF: listeners, the proxy, the embedded core and the console."""
 
-    def __init__(self, config: Config) -> None:
+    def __init__(self, config: Config, reactor: Any = None) -> None:
         super().__init__()
+        if reactor is None:
+            from twisted.internet import reactor as default_reactor
+
+            reactor = default_reactor
         self.config = config
+        self.core: EmbeddedCore | None = None
+        core_targets = None
+        if config.core.mode == "embedded":
+            # Started first: the eP-CSCF needs its address as the next hop toward the core.
+            self.core = EmbeddedCore(EmbeddedCoreSettings.from_config(config), reactor)
+            self.core.setServiceParent(self)
+            core_targets = self._embedded_core_targets
+        self.pcscf = PcscfNode(config, reactor, core_targets)
+        self.pcscf.setServiceParent(self)
         self.manhole: ManholeService | None = None
         if config.manhole.enabled:
             host_key = config.manhole.host_key or os.path.join(config.service.state_dir, "manhole_host_key")
@@ -35,7 +51,11 @@ class EpcscfService(MultiService):
         """What an operator finds in the manhole: the running objects."""
         from twisted.internet import reactor
 
-        return {"service": self, "config": self.config, "reactor": reactor}
+        return {"service": self, "config": self.config, "reactor": reactor, "pcscf": self.pcscf, "core": self.core}
+
+    def _embedded_core_targets(self) -> list[Target]:
+        assert self.core is not None
+        return [Target(transport, address.host, address.port) for transport, address in self.core.addresses]
 
     def startService(self) -> None:  # noqa: N802
         from twisted.internet import reactor

@@ -1,0 +1,303 @@
+"""The eP-CSCF's routing policy: where each request goes and what it must carry.
+
+The proxy core (``epcscf.sip.proxy``) applies RFC 3261 §16; this policy adds
+what makes it a P-CSCF at a WebSocket edge:
+
+* from the WIC (a WS/WSS flow): REGISTER gets our Path with the flow token
+  (RFC 3327, RFC 5626 §5.1) and goes to the core; other requests need a
+  registration on that flow (else 403, TS 24.229 §5.2.6.3.1), lose any
+  trust-domain header and get our P-Asserted-Identity (RFC 3325); initial ones
+  follow the stored Service-Route (RFC 3608 §6) and are Record-Routed twice
+  (core-facing and WIC-facing, RFC 5658 §4);
+* from the core: requests are delivered on the flow named by the flow token in
+  our Path/Record-Route URI (RFC 5626 §5.3.1): a tampered token is 403, a closed
+  flow 430 (Flow Failed); they are never routed by resolving the WIC's Contact
+  (`.invalid` hosts, RFC 7118 §5.3);
+* INVITE dialogs are handed to the call manager, which rewrites SDP.
+"""
+
+from __future__ import annotations
+
+import secrets
+from dataclasses import dataclass, replace
+from typing import Callable, Protocol, Sequence
+
+from twisted.internet import defer
+from twisted.logger import Logger
+
+from epcscf.pcscf.flows import FlowGone, FlowTable, TamperedToken
+from epcscf.pcscf.identity import assert_identity, strip_core_only_headers, strip_untrusted_headers
+from epcscf.pcscf.registration import Registrations
+from epcscf.sip.connection import Connection
+from epcscf.sip.headers import HeaderError, option_tags, parse_via, to_tag
+from epcscf.sip.message import Request, Response
+from epcscf.sip.proxy import Decision, Forward, ProxiedRequest, Reject
+from epcscf.sip.proxy_rules import list_values, make_local_response, name_addr_uri
+from epcscf.sip.resolver import Target
+from epcscf.sip.uri import SipUri, UriError, parse_uri
+
+log = Logger(namespace="epcscf.pcscf.edge")
+
+WEBSOCKET_TRANSPORTS = frozenset({"WS", "WSS"})
+# RFC 3261 §12.1: requests that create dialogs, which we stay in (Record-Route).
+DIALOG_CREATING = frozenset({"INVITE", "SUBSCRIBE", "REFER", "NOTIFY"})
+
+
+def _new_tag() -> str:
+    return secrets.token_hex(6)
+
+
+@dataclass(frozen=True)
+class EdgeAddresses:
+    """The URIs the eP-CSCF puts in Path, Record-Route and Via, per side."""
+
+    core_host: str  # core-facing address (the [sip] listener or its public address)
+    core_port: int
+    core_transport: str  # "udp" | "tcp" | "tls"
+    wic_host: str  # WIC-facing address (the [ws] listener)
+    wic_port: int
+    wic_transport: str  # "ws" | "wss"
+
+    def core_uri(self, user: str | None = None, ob: bool = False) -> str:
+        user_part = f"{user}@" if user else ""
+        return f"sip:{user_part}{self.core_host}:{self.core_port};transport={self.core_transport};lr" + (";ob" if ob else "")
+
+    def wic_uri(self, token: str) -> str:
+        return f"sip:{token}@{self.wic_host}:{self.wic_port};transport={self.wic_transport};lr"
+
+    @property
+    def core_sent_by(self) -> str:
+        return f"{self.core_host}:{self.core_port}"
+
+    @property
+    def wic_sent_by(self) -> str:
+        return f"{self.wic_host}:{self.wic_port}"
+
+    def is_own(self, uri: SipUri) -> bool:
+        port = uri.port
+        host = uri.host_without_brackets
+        return (host == self.core_host and port in (self.core_port, None)) or (
+            host == self.wic_host and port in (self.wic_port, None)
+        )
+
+
+class CallHooks(Protocol):
+    """What the edge asks of the call manager (``epcscf.pcscf.calls``)."""
+
+    def originating_invite(self, context: ProxiedRequest, identity: str, forward: Forward) -> Decision | defer.Deferred: ...
+
+    def terminating_invite(self, context: ProxiedRequest, flow: Connection, forward: Forward) -> Decision | defer.Deferred: ...
+
+    def in_dialog_request(self, context: ProxiedRequest, forward: Forward, from_wic: bool) -> Decision | defer.Deferred: ...
+
+    def response(self, context: ProxiedRequest, response: Response) -> Response | None | defer.Deferred: ...
+
+    def cancel_received(self, context: ProxiedRequest) -> None: ...
+
+    def transaction_ended(self, context: ProxiedRequest) -> None: ...
+
+    def flow_for_call(self, call_id: str) -> Connection | None: ...
+
+
+class PcscfPolicy:
+    """``ProxyPolicy`` of the eP-CSCF (see module docstring)."""
+
+    def __init__(
+        self,
+        addresses: EdgeAddresses,
+        flows: FlowTable,
+        registrations: Registrations,
+        core_next_hop: Sequence[Target] | None,
+        network_id: str,
+        calls: CallHooks | None = None,
+        next_hop_resolver: Callable[[], defer.Deferred] | None = None,
+    ) -> None:
+        self.addresses = addresses
+        self.flows = flows
+        self.registrations = registrations
+        #: where REGISTER and requests without a Service-Route go (None: resolve the Route/R-URI)
+        self.core_next_hop = list(core_next_hop) if core_next_hop else None
+        self.network_id = network_id
+        self.calls = calls
+        #: when no fixed next hop: Deferred[list[Target]] of the configured I-CSCF/S-CSCF URIs
+        self.next_hop_resolver = next_hop_resolver
+
+    # --- ProxyPolicy ------------------------------------------------------------------------
+
+    def is_own_uri(self, uri: str) -> bool:
+        try:
+            parsed = parse_uri(uri)
+        except UriError:
+            return False
+        return isinstance(parsed, SipUri) and self.addresses.is_own(parsed)
+
+    def route_request(self, context: ProxiedRequest) -> Decision | defer.Deferred:
+        if context.connection.transport in WEBSOCKET_TRANSPORTS:
+            return self._from_wic(context)
+        return self._from_core(context)
+
+    def response_to_forward(self, context: ProxiedRequest | None, response: Response) -> Response | None | defer.Deferred:
+        toward_wic = context is not None and context.connection.transport in WEBSOCKET_TRANSPORTS
+        if context is None:
+            toward_wic = self._next_via_is_websocket(response)
+        if toward_wic:
+            strip_core_only_headers(response)
+            if context is not None and context.request.method == "REGISTER" and 200 <= response.status < 300:
+                self._record_registration(context, response)
+        if context is not None and self.calls is not None and context.data.get("call") is not None:
+            return self.calls.response(context, response)
+        return response
+
+    def response_destination(self, response: Response) -> Target | Connection | None:
+        if self._next_via_is_websocket(response) and self.calls is not None:
+            # RFC 7118 §5.3: never resolve a WIC's Via; a 2xx retransmission goes on the call's flow.
+            call_id = response.headers.get("Call-ID") or ""
+            flow = self.calls.flow_for_call(call_id)
+            if flow is not None:
+                return flow
+        return None
+
+    def transaction_ended(self, context: ProxiedRequest) -> None:
+        if self.calls is not None and context.data.get("call") is not None:
+            self.calls.transaction_ended(context)
+
+    def cancel_received(self, context: ProxiedRequest, cancel: Request) -> None:
+        if self.calls is not None and context.data.get("call") is not None:
+            self.calls.cancel_received(context)
+
+    # --- from the WIC -------------------------------------------------------------------------
+
+    def _from_wic(self, context: ProxiedRequest) -> Decision | defer.Deferred:
+        request = context.request
+        flow = context.connection
+        token = self.flows.token_for(flow)
+        if request.method == "REGISTER":
+            return self._register(context, token)
+        if request.method == "ACK" and context.server_transaction is None:
+            # ACK for a 2xx (RFC 3261 §13.2.2.4): its own transaction, along the dialog's Route set.
+            return self._in_dialog_from_wic(context)
+        in_dialog = to_tag(request) is not None
+        if in_dialog:
+            return self._in_dialog_from_wic(context)
+        binding = self.registrations.registration_for_request(flow.id)
+        if binding is None:
+            # TS 24.229 §5.2.6.3.1 / REQ-R06: only registered WICs may originate.
+            return Reject(make_local_response(request, 403, "Forbidden (not registered)", to_tag=_new_tag()))
+        strip_untrusted_headers(request)
+        identity = assert_identity(request, list(binding.associated_uris))
+        self._add_charging_vector(request)
+        # RFC 3608 §6 / TS 24.229 §5.2.6.3.3: the Service-Route becomes the route set.
+        existing = list_values(request.headers, "Route")
+        request.headers.replace_all("Route", list(binding.service_route) + existing)
+        record_route: list[str] = []
+        if request.method in DIALOG_CREATING:
+            # RFC 5658 §4: one entry per side; the WIC-facing one carries the flow token.
+            record_route = [self.addresses.core_uri(), self.addresses.wic_uri(token)]
+        forward = Forward(request, None, record_route, self.addresses.core_sent_by)
+        if request.method == "INVITE" and self.calls is not None:
+            return self.calls.originating_invite(context, identity, forward)
+        if binding.service_route or existing:
+            return forward
+        return self._toward_core(forward)
+
+    def _in_dialog_from_wic(self, context: ProxiedRequest) -> Decision | defer.Deferred:
+        request = context.request
+        received = context.server_transaction.request if context.server_transaction is not None else context.request
+        if not any(self.is_own_uri(name_addr_uri(v)) for v in list_values(received.headers, "Route")):
+            if context.server_transaction is None:
+                return Reject(make_local_response(request, 403))  # an ACK is dropped by the proxy
+            # Not in a dialog we Record-Routed: a WIC may not use us to reach arbitrary targets.
+            return Reject(make_local_response(request, 403, "Forbidden (not in a dialog through this proxy)"))
+        strip_untrusted_headers(request)
+        forward = Forward(request, None, (), self.addresses.core_sent_by)
+        if self.calls is not None:
+            return self.calls.in_dialog_request(context, forward, from_wic=True)
+        return forward
+
+    def _register(self, context: ProxiedRequest, token: str) -> Decision:
+        request = context.request
+        strip_untrusted_headers(request)
+        # RFC 5626 §5.1: an edge proxy adds ;ob to its Path URI when the UA asked for outbound.
+        outbound = any("reg-id" in value.lower() for value in request.headers.get_all("Contact"))
+        request.headers.insert_first("Path", f"<{self.addresses.core_uri(token, ob=outbound)}>")
+        # RFC 3327 §5.2: tell the registrar that Path is used.
+        if "path" not in option_tags(request, "Supported"):
+            request.headers.add("Supported", "path")
+        # TS 24.229 §5.2.2.1: P-Visited-Network-ID and a fresh ICID on every REGISTER.
+        request.headers.add("P-Visited-Network-ID", f'"{self.network_id}"')
+        self._add_charging_vector(request)
+        context.data["register"] = {"flow": context.connection.id, "outbound": outbound}
+        return self._toward_core(Forward(request, None, (), self.addresses.core_sent_by))
+
+    def _toward_core(self, forward: Forward) -> Decision | defer.Deferred:
+        """Send to the configured core entry point (the I-CSCF), whatever the Request-URI says."""
+        if self.core_next_hop is not None or self.next_hop_resolver is None:
+            return replace(forward, destination=self.core_next_hop)
+        return self.next_hop_resolver().addCallback(lambda targets: replace(forward, destination=targets))
+
+    def _record_registration(self, context: ProxiedRequest, response: Response) -> None:
+        register = context.server_transaction.request if context.server_transaction is not None else context.request
+        info = context.data.get("register", {})
+        flow = self.flows.find(context.connection.id)
+        origin = flow.origin if flow is not None else None
+        self.registrations.record(register, response, context.connection.id, origin, bool(info.get("outbound")))
+
+    def _add_charging_vector(self, request: Request) -> None:
+        # RFC 7315 §4.6 / TS 24.229 §5.2.6.3.3: a globally unique ICID generated here.
+        request.headers.set(
+            "P-Charging-Vector",
+            f"icid-value={secrets.token_hex(16)};icid-generated-at={self.addresses.core_host}",
+        )
+
+    # --- from the core ------------------------------------------------------------------------
+
+    def _from_core(self, context: ProxiedRequest) -> Decision | defer.Deferred:
+        request = context.request
+        received = context.server_transaction.request if context.server_transaction is not None else context.request
+        token = self._flow_token(received)
+        if token is None:
+            if context.server_transaction is None:
+                return Reject(make_local_response(request, 404))
+            if request.method == "OPTIONS" and self.is_own_uri(received.uri):
+                return Reject(make_local_response(request, 200, to_tag=_new_tag()))  # keep-alive probes
+            return Reject(make_local_response(request, 404, "Not Found (no flow token)", to_tag=_new_tag()))
+        try:
+            connection = self.flows.flow_for_token(token).connection
+        except TamperedToken:
+            return Reject(make_local_response(request, 403, "Forbidden (bad flow token)", to_tag=_new_tag()))
+        except FlowGone:
+            # RFC 5626 §5.3.1: the flow the token names is gone.
+            return Reject(make_local_response(request, 430, to_tag=_new_tag()))
+        strip_core_only_headers(request)
+        record_route: list[str] = []
+        if request.method in DIALOG_CREATING and to_tag(request) is None:
+            record_route = [self.addresses.wic_uri(token), self.addresses.core_uri()]
+        forward = Forward(request, connection, record_route, self.addresses.wic_sent_by)
+        if self.calls is not None:
+            if request.method == "INVITE" and to_tag(request) is None:
+                return self.calls.terminating_invite(context, connection, forward)
+            if to_tag(request) is not None:
+                return self.calls.in_dialog_request(context, forward, from_wic=False)
+        return forward
+
+    def _flow_token(self, received: Request) -> str | None:
+        """The user part of our own URI in the Route set (Path or Record-Route) or Request-URI."""
+        candidates = [name_addr_uri(value) for value in list_values(received.headers, "Route")] + [received.uri]
+        for text in candidates:
+            try:
+                uri = parse_uri(text)
+            except UriError:
+                continue
+            if isinstance(uri, SipUri) and self.addresses.is_own(uri) and uri.user:
+                return uri.user
+        return None
+
+    def _next_via_is_websocket(self, response: Response) -> bool:
+        vias = list_values(response.headers, "Via")
+        if not vias:
+            return False
+        try:
+            return parse_via(vias[0]).transport.upper() in WEBSOCKET_TRANSPORTS
+        except HeaderError:
+            return False
+

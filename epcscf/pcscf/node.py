@@ -1,0 +1,268 @@
+"""One eP-CSCF: listeners on both sides, the transaction layer, the proxy and its policy.
+
+``PcscfNode`` is what ``epcscf.service`` starts; tests start one directly with
+listeners on port 0.  Everything that moves messages is created here and only
+here, so the wiring can be read in one place:
+
+    WS listener ──► WsSink ─┐                              ┌─► StatefulProxy ─► PcscfPolicy ─► CallManager
+    UDP/TCP/TLS ──► TransportManager ─► TransactionLayer ─┤
+                                                           └─ (responses, retransmissions, timers)
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Callable
+
+from twisted.application.service import Service
+from twisted.internet import defer, ssl
+from twisted.internet.interfaces import IListeningPort
+from twisted.logger import Logger
+
+from epcscf.config import Config, Listener
+from epcscf.pcscf.edge import EdgeAddresses, PcscfPolicy
+from epcscf.pcscf.flows import Flow, FlowTable
+from epcscf.pcscf.registration import RegistrationBinding, Registrations
+from epcscf.sip.connection import Address, Connection
+from epcscf.sip.message import Message
+from epcscf.sip.parser import ParserLimits
+from epcscf.sip.proxy import ProxySettings, StatefulProxy
+from epcscf.sip.resolver import NextHopResolver, Target
+from epcscf.sip.transaction import TimerSettings, TransactionLayer
+from epcscf.sip.transport import TransportManager, TransportSettings
+from epcscf.sip.uri import SipUri, UriError, parse_uri
+from epcscf.ws.connection import CloseReason, WsConnection
+from epcscf.ws.protocol import SipWebSocketServerFactory, WsListenerSettings
+
+log = Logger(namespace="epcscf.pcscf")
+
+WEBSOCKET = frozenset({"WS", "WSS"})
+
+
+@dataclass(frozen=True)
+class BoundListener:
+    transport: str  # "UDP", "TCP", "TLS", "WS", "WSS"
+    address: Address
+
+    def __str__(self) -> str:
+        return f"{self.transport.lower()}:{self.address}"
+
+
+def ws_settings(config: Config) -> WsListenerSettings:
+    ws = config.ws
+    return WsListenerSettings(
+        allowed_origins=ws.allowed_origins,
+        allow_any_origin=ws.allow_any_origin,
+        allow_missing_origin=ws.allow_missing_origin,
+        max_message_size=ws.max_message_size,
+        ping_interval=ws.ping_interval,
+        ping_timeout=ws.ping_timeout,
+    )
+
+
+def system_dns_resolver(resolv_conf: str = "/etc/resolv.conf") -> Any:
+    """/etc/hosts, then the name servers of resolv.conf (read once: twisted.names' own
+    resolv.conf watcher would keep a 60 s timer running for the life of the resolver)."""
+    from twisted.names import client, hosts, resolve
+
+    servers: list[tuple[str, int]] = []
+    try:
+        with open(resolv_conf) as handle:
+            for line in handle:
+                fields = line.split()
+                if len(fields) >= 2 and fields[0] == "nameserver":
+                    servers.append((fields[1], 53))
+    except OSError:
+        pass
+    chain = [hosts.Resolver()]
+    if servers:
+        chain.append(client.Resolver(servers=servers))
+    return resolve.ResolverChain(chain)
+
+
+class _WsSink:
+    """WebSocket events → flows and the transaction layer."""
+
+    def __init__(self, node: "PcscfNode") -> None:
+        self.node = node
+
+    def connection_opened(self, connection: WsConnection) -> None:
+        self.node.flows.open(connection, getattr(connection, "origin", None))
+
+    def message_received(self, message: Message, connection: WsConnection) -> None:
+        self.node.transactions.receive(message, connection)
+
+    def connection_closed(self, connection: WsConnection, reason: CloseReason) -> None:
+        self.node.flows.close(connection.id, str(reason))
+
+
+class PcscfNode(Service):
+    """The eP-CSCF proper (the embedded core, when used, is a sibling service)."""
+
+    name = "pcscf"
+
+    def __init__(
+        self,
+        config: Config,
+        reactor: Any = None,
+        core_targets: Callable[[], list[Target]] | None = None,
+        dns_resolver: Any = None,
+    ) -> None:
+        if reactor is None:
+            from twisted.internet import reactor as default_reactor
+
+            reactor = default_reactor
+        self.config = config
+        self.reactor = reactor
+        #: fixed next hop toward the core (the embedded core); None: resolve [core] next_hop
+        self._core_targets = core_targets
+        self.flows = FlowTable(reactor)
+        self.registrations = Registrations(reactor, self._binding_removed)
+        limits = ParserLimits(
+            max_message_size=config.sip.max_message_size,
+            max_headers=config.sip.max_headers,
+            max_line_length=config.sip.max_line_length,
+        )
+        self.transports = TransportManager(
+            reactor,
+            self._deliver,
+            TransportSettings(
+                limits=limits,
+                idle_timeout=config.sip.idle_timeout,
+                tls_certificate=config.sip.tls_certificate,
+                tls_private_key=config.sip.tls_private_key,
+            ),
+        )
+        self.resolver = NextHopResolver(dns_resolver if dns_resolver is not None else system_dns_resolver())
+        self.core_timers = TimerSettings(t1=config.sip.t1, t2=config.sip.t2, t4=config.sip.t4)
+        self.wic_timers = TimerSettings(t1=config.sip.wic_t1, t2=config.sip.wic_t2, t4=config.sip.wic_t4)
+        self.listeners: list[BoundListener] = []
+        self._ws_ports: list[IListeningPort] = []
+        self.ws_factory: SipWebSocketServerFactory | None = None
+        self.policy: PcscfPolicy | None = None
+        self.proxy: StatefulProxy | None = None
+        self.transactions = TransactionLayer(reactor, self, self._timers_for)
+        self.flows.on_close(self._flow_closed)
+        self.calls: Any = None
+
+    # --- TransactionUser: everything goes through the proxy ---------------------------------
+
+    def request_received(self, request: Any, transaction: Any) -> None:
+        assert self.proxy is not None
+        self.proxy.request_received(request, transaction)
+
+    def ack_received(self, request: Any, connection: Connection) -> None:
+        assert self.proxy is not None
+        self.proxy.ack_received(request, connection)
+
+    def stray_response_received(self, response: Any, connection: Connection) -> None:
+        assert self.proxy is not None
+        self.proxy.stray_response_received(response, connection)
+
+    def _timers_for(self, connection: Connection) -> TimerSettings:
+        # TS 24.229 Table 7.7.1: toward a UE T1/T2/T4 are 2/16/17 s, between IMS nodes 0.5/4/5 s.
+        return self.wic_timers if connection.transport in WEBSOCKET else self.core_timers
+
+    def _deliver(self, message: Message, connection: Connection) -> None:
+        self.transactions.receive(message, connection)
+
+    # --- lifecycle ---------------------------------------------------------------------------
+
+    def startService(self) -> None:  # noqa: N802
+        sip = [BoundListener(l.transport.upper(), self.transports.listen(l)) for l in self.config.sip.listen]
+        self.ws_factory = SipWebSocketServerFactory(ws_settings(self.config), _WsSink(self), reactor=self.reactor)
+        ws = [self._listen_ws(listener) for listener in self.config.ws.listen]
+        self.listeners = sip + ws
+        core_side = self._public(sip[0])
+        wic_side = self._public(ws[0])
+        addresses = EdgeAddresses(
+            core_host=core_side.address.host,
+            core_port=core_side.address.port,
+            core_transport=core_side.transport.lower(),
+            wic_host=wic_side.address.host,
+            wic_port=wic_side.address.port,
+            wic_transport=wic_side.transport.lower(),
+        )
+        self.policy = PcscfPolicy(
+            addresses,
+            self.flows,
+            self.registrations,
+            self._core_targets() if self._core_targets is not None else None,
+            network_id=self.config.core.domain,
+            next_hop_resolver=None if self._core_targets is not None else self._resolve_next_hop,
+        )
+        self.proxy = StatefulProxy(
+            self.reactor,
+            self.transports,
+            self.resolver,
+            self.policy,
+            ProxySettings(timer_c=self.config.sip.timer_c, supported_option_tags=frozenset({"path", "outbound"})),
+        )
+        self.proxy.transactions = self.transactions
+        log.info("eP-CSCF listening on {listeners}", listeners=", ".join(str(l) for l in self.listeners))
+        super().startService()
+
+    def _public(self, listener: BoundListener) -> BoundListener:
+        """The address written in Path/Record-Route/Via for a listener (``public_address`` if set)."""
+        host = listener.address.host
+        if listener.transport not in WEBSOCKET and self.config.sip.public_address:
+            host = self.config.sip.public_address
+        if host in ("0.0.0.0", "::"):
+            host = "127.0.0.1"
+        return BoundListener(listener.transport, Address(host, listener.address.port))
+
+    def _listen_ws(self, listener: Listener) -> BoundListener:
+        assert self.ws_factory is not None
+        if listener.transport == "wss":
+            with open(self.config.ws.certificate, "rb") as cert, open(self.config.ws.private_key, "rb") as key:
+                options = ssl.PrivateCertificate.loadPEM(cert.read() + b"\n" + key.read()).options()
+            port = self.reactor.listenSSL(listener.port, self.ws_factory, options, interface=listener.address)
+        else:
+            port = self.reactor.listenTCP(listener.port, self.ws_factory, interface=listener.address)
+        self._ws_ports.append(port)
+        host = port.getHost()
+        return BoundListener(listener.transport.upper(), Address(host.host, host.port))
+
+    def stopService(self) -> defer.Deferred:  # noqa: N802
+        super().stopService()
+        stopping = [defer.maybeDeferred(port.stopListening) for port in self._ws_ports]
+        self._ws_ports = []
+        if self.ws_factory is not None:
+            for connection in list(self.ws_factory.connections):
+                connection.close(1001, "server shutting down")  # RFC 6455 §7.4.1: going away
+        self.registrations.close()
+        self.transactions.close()
+        stopping.append(self.transports.close())
+        return defer.DeferredList(stopping, consumeErrors=True)
+
+    # --- next hop toward the core (external mode) ---------------------------------------------
+
+    def _resolve_next_hop(self) -> defer.Deferred:
+        """[core] next_hop URIs → Targets in order (RFC 3263 §4; failover follows the list)."""
+
+        async def resolve() -> list[Target]:
+            targets: list[Target] = []
+            for text in self.config.core.next_hop:
+                try:
+                    uri = parse_uri(text)
+                except UriError:
+                    log.error("[core] next_hop {uri!r} is not a SIP URI", uri=text)
+                    continue
+                if isinstance(uri, SipUri):
+                    targets.extend(await self.resolver.resolve_uri(uri))
+            return targets
+
+        return defer.ensureDeferred(resolve())
+
+    # --- flows and registrations --------------------------------------------------------------
+
+    def _flow_closed(self, flow: Flow) -> None:
+        log.info("flow {flow} closed ({reason})", flow=flow.id, reason=flow.close_reason)
+        if self.calls is not None:
+            self.calls.flow_closed(flow.connection)
+
+    def _binding_removed(self, binding: RegistrationBinding, reason: str) -> None:
+        log.info("registration of {aor} on flow {flow} ended: {reason}", aor=binding.aor, flow=binding.flow_id, reason=reason)
+
+    def listener(self, transport: str) -> BoundListener | None:
+        return next((l for l in self.listeners if l.transport == transport.upper()), None)

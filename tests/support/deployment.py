@@ -1,0 +1,58 @@
+"""A whole epcscf (eP-CSCF + embedded core) running in the test process on 127.0.0.1, port 0."""
+
+from __future__ import annotations
+
+import os
+
+from twisted.trial import unittest
+
+from epcscf.config import Config, load
+from epcscf.service import EpcscfService
+
+USERS = {"alice": "alice-secret", "bob": "bob-secret", "carol": "carol-secret"}
+DOMAIN = "ims.localdomain"
+
+
+def write_deployment_config(directory: str, extra: str = "", users: dict[str, str] | None = None) -> str:
+    """An ini file like etc/epcscf.ini but with every port picked by the kernel."""
+    os.makedirs(directory, exist_ok=True)
+    users_file = os.path.join(directory, "users")
+    with open(users_file, "w") as handle:
+        handle.write("".join(f"{name}:{password}\n" for name, password in (users or USERS).items()))
+    path = os.path.join(directory, "epcscf.ini")
+    with open(path, "w") as handle:
+        handle.write(
+            f"""\
+[service]
+state_dir = {directory}/var
+[sip]
+listen = udp:127.0.0.1:0
+[ws]
+listen = ws:127.0.0.1:0
+allowed_origins = http://127.0.0.1:8081
+[core]
+mode = embedded
+domain = {DOMAIN}
+listen = udp:127.0.0.1:0
+users = {users_file}
+[media]
+port_range = 40000-40999
+{extra}"""
+        )
+    return path
+
+
+def start_deployment(test: unittest.TestCase, extra: str = "") -> EpcscfService:
+    """Start epcscf with the embedded core; stopped when the test ends."""
+    directory = os.path.abspath(test.mktemp())
+    config: Config = load([write_deployment_config(directory, extra)])
+    service = EpcscfService(config)
+    service.startService()
+    test.addCleanup(service.stopService)
+    return service
+
+
+def ws_url(service: EpcscfService) -> str:
+    listener = service.pcscf.listener("WS")
+    assert listener is not None
+    return f"ws://127.0.0.1:{listener.address.port}"
