@@ -6,9 +6,9 @@ from twisted.trial import unittest
 
 from epcscf.sip.headers import all_vias, cseq, to_tag
 from epcscf.sip.message import Request
-from epcscf.sip.transaction import State, TimerSettings
+from epcscf.sip.transaction import ClientTransaction, State, TimerSettings
 
-from tests.test_sip_transaction_fakes import harness, request, response, run_until
+from tests.test_sip_transaction_fakes import FakeConnection, harness, request, response, run_until
 
 WIC_TIMERS = TimerSettings(t1=2.0, t2=16.0, t4=17.0, d=130.0)  # TS 24.229 Table 7.7.1 toward a UE
 
@@ -19,7 +19,7 @@ class InviteClientTransactionTests(unittest.TestCase):
         self.addCleanup(self.h.layer.close)
         self.invite = request("INVITE", branch="z9hG4bK.out1")
 
-    def send(self, connection=None, timers=None):
+    def send(self, connection: FakeConnection | None = None, timers: TimerSettings | None = None) -> ClientTransaction:
         return self.h.layer.send_request(self.invite, connection or self.h.udp, self.h.user, timers)
 
     def test_invite_client_timer_a_doubles_until_timer_b(self) -> None:
@@ -166,7 +166,7 @@ class NonInviteClientTransactionTests(unittest.TestCase):
         self.addCleanup(self.h.layer.close)
         self.register = request("REGISTER", branch="z9hG4bK.reg1", uri="sip:example.com")
 
-    def send(self, connection=None, timers=None):
+    def send(self, connection: FakeConnection | None = None, timers: TimerSettings | None = None) -> ClientTransaction:
         return self.h.layer.send_request(self.register, connection or self.h.udp, self.h.user, timers)
 
     def test_non_invite_client_timer_e_doubles_up_to_t2_until_timer_f(self) -> None:

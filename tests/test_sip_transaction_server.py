@@ -5,10 +5,10 @@ from __future__ import annotations
 from twisted.trial import unittest
 
 from epcscf.sip.headers import to_tag
-from epcscf.sip.message import Response
+from epcscf.sip.message import Request, Response
 from epcscf.sip.transaction import ServerTransaction, State, TransactionStateError
 
-from tests.test_sip_transaction_fakes import harness, request, response, run_until
+from tests.test_sip_transaction_fakes import FakeConnection, harness, request, response, run_until
 
 
 class InviteServerTransactionTests(unittest.TestCase):
@@ -17,11 +17,11 @@ class InviteServerTransactionTests(unittest.TestCase):
         self.addCleanup(self.h.layer.close)
         self.invite = request("INVITE", extra=[("Timestamp", "54")])
 
-    def receive_invite(self, connection=None) -> ServerTransaction:
+    def receive_invite(self, connection: FakeConnection | None = None) -> ServerTransaction:
         self.h.layer.receive(self.invite, connection or self.h.udp)
         return self.h.user.server_transactions[-1]
 
-    def ack(self, to_tag: str = "bob1"):
+    def ack(self, to_tag: str = "bob1") -> Request:
         return request("ACK", to_tag=to_tag)
 
     def test_invite_server_sends_100_trying_when_the_tu_is_silent_for_200ms(self) -> None:
@@ -45,6 +45,20 @@ class InviteServerTransactionTests(unittest.TestCase):
         transaction.respond(response(self.invite, 100, to_tag=None))
         run_until(self.h.clock, 10)
         self.assertEqual(self.h.udp.times(), [0])
+
+    def test_invite_server_tu_answering_inside_request_received_stops_the_100(self) -> None:
+        self.h.user.respond_with = 486
+        transaction = self.receive_invite()
+        run_until(self.h.clock, 0.6)
+        self.assertEqual(self.h.udp.times(), [0, 0.5])  # the 486, then Timer G; no 100 at 0.2
+        self.assertEqual(self.h.udp.start_lines(), ["SIP/2.0 486 Busy Here"] * 2)
+        self.assertEqual(transaction.state, State.COMPLETED)
+
+    def test_invite_server_absorbs_an_ack_before_any_final(self) -> None:
+        transaction = self.receive_invite()
+        self.h.layer.receive(self.ack(), self.h.udp)
+        self.assertEqual(transaction.state, State.PROCEEDING)
+        self.assertEqual(self.h.user.kinds(), ["request"])
 
     def test_invite_server_retransmitted_invite_gets_last_provisional_again(self) -> None:
         transaction = self.receive_invite()
@@ -197,7 +211,7 @@ class NonInviteServerTransactionTests(unittest.TestCase):
         self.addCleanup(self.h.layer.close)
         self.options = request("OPTIONS", branch="z9hG4bK.opt")
 
-    def receive(self, connection=None) -> ServerTransaction:
+    def receive(self, connection: FakeConnection | None = None) -> ServerTransaction:
         self.h.layer.receive(self.options, connection or self.h.udp)
         return self.h.user.server_transactions[-1]
 

@@ -163,7 +163,7 @@ class TransactionLayer:
     def _receive_request(self, request: Request, connection: Connection) -> None:
         try:
             identity = request_identity(request)
-        except HeaderError as error:
+        except ValueError as error:  # HeaderError, or anything else a bad value raises
             self._reject_unmatchable(request, connection, error)
             return
         transaction = self._match_request(request, identity)
@@ -197,7 +197,7 @@ class TransactionLayer:
         try:
             via = top_via(response)
             sequence = cseq(response)
-        except HeaderError as error:
+        except ValueError as error:
             log.info("response dropped: {error}", error=error)
             return
         if via is None or sequence is None:
@@ -209,7 +209,7 @@ class TransactionLayer:
             return
         transaction.receive_response(response)
 
-    def _reject_unmatchable(self, request: Request, connection: Connection, error: HeaderError) -> None:
+    def _reject_unmatchable(self, request: Request, connection: Connection, error: ValueError) -> None:
         """A request whose Via or CSeq cannot be read belongs to no transaction: answer 400
         when the response can be routed at all (RFC 3261 §8.2.6, §18.2.2), else drop it."""
         log.info("unmatchable {method} from {peer}: {error}", method=request.method, peer=connection.remote, error=error)
@@ -229,7 +229,7 @@ class TransactionLayer:
             return
         transaction.respond(make_response(transaction.request, 500, to_tag=secrets.token_hex(4)))
 
-    def _call_tu(self, method: Callable[[Message, Connection], None], message: Message, connection: Connection) -> None:
+    def _call_tu(self, method: Callable[..., None], message: Message, connection: Connection) -> None:
         try:
             method(message, connection)
         except Exception:
@@ -258,7 +258,7 @@ class TransactionLayer:
         matching rules applied as if the CANCEL were that INVITE."""
         try:
             identity = request_identity(cancel)
-        except HeaderError:
+        except ValueError:
             return None
         if identity.has_rfc3261_branch:
             return self._servers.get((identity.key[0], identity.key[1], "INVITE"))
@@ -278,7 +278,7 @@ class TransactionLayer:
         path, with another branch).  A UAS answers such a request with 482."""
         try:
             identity = request_identity(request)
-        except HeaderError:
+        except ValueError:
             return False
         if identity.to_tag is not None:
             return False
