@@ -58,6 +58,26 @@ class TableTests(unittest.TestCase):
                     continue
                 self.assertLessEqual(events, set(transitions), f"{state} misses network events")
 
+    def test_every_transition_that_sends_can_take_a_transport_error(self) -> None:
+        # A failed send becomes TRANSPORT_ERROR once the transition is done (§17.1.4,
+        # §17.2.4), so the state it leads to must accept that event.
+        sending = {
+            Action.SEND_ACK,
+            Action.RETRANSMIT_REQUEST,
+            Action.SEND_RESPONSE,
+            Action.SEND_TRYING,
+            Action.RESEND_LAST_RESPONSE,
+        }
+        for table in (INVITE_CLIENT, NON_INVITE_CLIENT, INVITE_SERVER, NON_INVITE_SERVER):
+            for state, transitions in table.items():
+                for event, transition in transitions.items():
+                    if sending & set(transition.actions):
+                        self.assertIn(
+                            Event.TRANSPORT_ERROR,
+                            table[transition.next_state],
+                            f"{state} --{event}--> {transition.next_state} sends but cannot fail",
+                        )
+
     def test_terminated_is_final(self) -> None:
         for table in (INVITE_CLIENT, NON_INVITE_CLIENT, INVITE_SERVER, NON_INVITE_SERVER):
             for transition in table[State.TERMINATED].values():
