@@ -1,0 +1,172 @@
+"""The core-facing leg of the relay: an RTP/RTCP port pair, the core's addresses, latching.
+
+RFC 3550 §11: RTP on an even port, RTCP on the next (odd) one.  The pair comes from the shared
+`[media] port_range` pool (`epcscf.ice.ports.UdpPortPool`, the same pool the ICE agents use);
+without a pool (tests) an ephemeral even/odd pair is searched.  Sockets are bound with the
+`socket` module first (so a failed pair costs no reactor round trip), then adopted by the reactor.
+
+Toward the core media is plain RTP/AVP (23.334 §5.20, REQ-P04).  Where to send: the address of
+the core's SDP (`set_remote`), or, with latching on (REQ-P07, RFC 4961 symmetric RTP), the
+source of the first packet received from the core on each socket; once latched, packets from
+other sources are dropped (they would otherwise let anyone inject media into the call).
+With latching off, media goes to the SDP address and is accepted from any source.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import socket
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from twisted.internet.defer import Deferred, DeferredList
+from twisted.internet.interfaces import IListeningPort, IReactorSocket
+from twisted.internet.protocol import DatagramProtocol
+
+from epcscf.ice.ports import PortsExhausted, UdpPortPool
+
+Address = tuple[str, int]
+
+# How many pairs we try when binding fails (another process holds a port of the range).
+BIND_ATTEMPTS = 16
+
+# Room for bursts (video key frames; a busy relay process): 1 MiB, like the ICE sockets.
+RECEIVE_BUFFER_SIZE = 1024 * 1024
+
+# RTP over UDP never exceeds the path MTU in practice; jumbo loopback tests stay below this.
+MAX_PACKET_SIZE = 65535
+
+
+class MediaError(Exception):
+    """A media operation that cannot be done; str() says why in words a user can act on."""
+
+
+class CoreSocket(DatagramProtocol):
+    """Hands every datagram of one core-side socket to a callable (the session's hot path)."""
+
+    def __init__(self, on_datagram: Callable[[bytes, Address], None]) -> None:
+        self.on_datagram = on_datagram
+
+    def datagramReceived(self, datagram: bytes, addr: Address) -> None:  # noqa: N802 (Twisted API)
+        self.on_datagram(datagram, addr)
+
+
+@dataclass(frozen=True)
+class CoreRemote:
+    """Where the core wants its media (its SDP c=/m= and a=rtcp / a=rtcp-mux)."""
+
+    rtp: Address
+    rtcp: Address
+    rtcp_mux: bool
+
+
+def parse_ip(host: str) -> str:
+    try:
+        return str(ipaddress.ip_address(host))
+    except ValueError:
+        raise MediaError(f"core media address {host!r} is not an IP address") from None
+
+
+def _family(address: str) -> socket.AddressFamily:
+    return socket.AF_INET6 if ipaddress.ip_address(address).version == 6 else socket.AF_INET
+
+
+def _bind(family: socket.AddressFamily, address: str, port: int) -> socket.socket:
+    sock = socket.socket(family, socket.SOCK_DGRAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, RECEIVE_BUFFER_SIZE)
+        sock.bind((address, port))
+    except OSError:
+        sock.close()
+        raise
+    sock.setblocking(False)
+    return sock
+
+
+def bind_rtp_pair(address: str, pool: UdpPortPool | None) -> tuple[socket.socket, socket.socket, bool]:
+    """Two bound sockets: RTP on an even port, RTCP on the next (RFC 3550 §11).
+
+    Returns (rtp, rtcp, from_pool).  Raises PortsExhausted when the pool is empty and
+    MediaError when no pair could be bound.
+    """
+    family = _family(address)
+    last_error: OSError | None = None
+    for _ in range(BIND_ATTEMPTS):
+        if pool is not None:
+            rtp_port, rtcp_port = pool.allocate_pair()
+            try:
+                rtp = _bind(family, address, rtp_port)
+            except OSError as error:
+                pool.release(rtp_port, rtcp_port)
+                last_error = error
+                continue
+        else:
+            rtp = _bind(family, address, 0)
+            rtp_port = rtp.getsockname()[1]
+            rtcp_port = rtp_port + 1
+            if rtp_port % 2 or rtcp_port > 65535:
+                rtp.close()
+                continue
+        try:
+            rtcp = _bind(family, address, rtcp_port)
+        except OSError as error:
+            rtp.close()
+            if pool is not None:
+                pool.release(rtp_port, rtcp_port)
+            last_error = error
+            continue
+        return rtp, rtcp, pool is not None
+    if pool is not None and pool.free_count < 2:
+        raise PortsExhausted(f"no free UDP port pair left in {pool.low}-{pool.high}")
+    raise MediaError(f"could not bind an RTP/RTCP port pair on {address}: {last_error or 'no even port found'}")
+
+
+class CorePorts:
+    """The bound, reactor-adopted RTP and RTCP sockets of one media stream toward the core."""
+
+    def __init__(
+        self,
+        reactor: IReactorSocket,
+        address: str,
+        pool: UdpPortPool | None,
+        on_rtp: Callable[[bytes, Address], None],
+        on_rtcp: Callable[[bytes, Address], None],
+    ) -> None:
+        self.address = parse_ip(address)
+        self._pool = pool
+        rtp_sock, rtcp_sock, from_pool = bind_rtp_pair(self.address, pool)
+        self.rtp_port: int = rtp_sock.getsockname()[1]
+        self.rtcp_port: int = rtcp_sock.getsockname()[1]
+        self._from_pool = from_pool
+        family = rtp_sock.family
+        try:
+            # adoptDatagramPort duplicates the descriptor; ours are closed right after.
+            self._rtp: IListeningPort = reactor.adoptDatagramPort(
+                rtp_sock.fileno(), family, CoreSocket(on_rtp), MAX_PACKET_SIZE
+            )
+            self._rtcp: IListeningPort = reactor.adoptDatagramPort(
+                rtcp_sock.fileno(), family, CoreSocket(on_rtcp), MAX_PACKET_SIZE
+            )
+        finally:
+            rtp_sock.close()
+            rtcp_sock.close()
+        # The hot path writes with the socket's own sendto: Port.write re-validates the
+        # address on every packet, which the relay has already done once in set_remote.
+        self.send_rtp: Callable[[bytes, Address], int] = self._rtp.socket.sendto  # type: ignore[attr-defined]
+        self.send_rtcp: Callable[[bytes, Address], int] = self._rtcp.socket.sendto  # type: ignore[attr-defined]
+        self._closed: Deferred[None] | None = None
+
+    def close(self) -> Deferred[None]:
+        """Stop both sockets; the Deferred fires when they are closed and the ports are back in
+        the pool (idempotent: later calls get a Deferred for the same moment)."""
+        if self._closed is None:
+            stopping = [d for d in (self._rtp.stopListening(), self._rtcp.stopListening()) if d is not None]
+            closed: Deferred[None] = DeferredList(stopping, consumeErrors=True).addCallback(self._release)
+            self._closed = closed
+        result: Deferred[None] = Deferred()
+        self._closed.addBoth(lambda outcome: (result.callback(None), outcome)[1])
+        return result
+
+    def _release(self, _: object) -> None:
+        if self._pool is not None and self._from_pool:
+            self._pool.release(self.rtp_port, self.rtcp_port)
