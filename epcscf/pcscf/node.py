@@ -135,7 +135,8 @@ class PcscfNode(Service):
         )
         self.resolver = NextHopResolver(dns_resolver if dns_resolver is not None else system_dns_resolver())
         self.core_timers = TimerSettings(t1=config.sip.t1, t2=config.sip.t2, t4=config.sip.t4)
-        self.wic_timers = TimerSettings(t1=config.sip.wic_t1, t2=config.sip.wic_t2, t4=config.sip.wic_t4)
+        # TS 24.229 Table 7.7.1: Timer D toward a UE is > 128 s (it only runs on unreliable transports).
+        self.wic_timers = TimerSettings(t1=config.sip.wic_t1, t2=config.sip.wic_t2, t4=config.sip.wic_t4, d=max(32.0, 64 * config.sip.wic_t1 + 2))
         self.listeners: list[BoundListener] = []
         self._ws_ports: list[IListeningPort] = []
         self.ws_factory: SipWebSocketServerFactory | None = None
