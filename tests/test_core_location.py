@@ -63,3 +63,17 @@ class LocationTests(unittest.TestCase):
     def test_aor_drops_port_and_parameters_and_lowercases_host(self) -> None:
         self.assertEqual(aor_of(parse_uri("sip:Alice@IMS.localdomain:5060;transport=tcp")), "sip:Alice@ims.localdomain")
         self.assertEqual(aor_of(parse_uri("tel:+15550001;phone-context=x")), "tel:+15550001")
+
+    def test_observers_hear_every_change_including_expiry(self) -> None:
+        changes: list[str] = []
+        self.location.observers.append(changes.append)
+        first = binding("sip:a@h1", at=0, expires=10)
+        self.location.put(first)
+        self.location.put(binding("sip:a@h2", at=0, expires=20))
+        self.location.remove(first)
+        self.assertEqual(changes, [AOR, AOR, AOR])
+        self.clock.advance(25)
+        self.location.purge_expired()
+        self.assertEqual(changes, [AOR] * 4)
+        self.location.remove_all(AOR)  # nothing left: no change to report
+        self.assertEqual(len(changes), 4)

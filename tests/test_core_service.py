@@ -138,14 +138,18 @@ class EmbeddedCoreTestCase(unittest.TestCase):
         aor = f"sip:{user}@{DOMAIN}"
         return new_request("REGISTER", f"sip:{DOMAIN}", self.edge, aor, aor, call_id, cseq, extra)
 
-    async def registered(self, user: str, password: str, contact: str) -> Response:
+    async def registered(self, user: str, password: str, contact: str, expires: int = 600) -> Response:
         call_id = f"reg-{user}-{secrets.token_hex(4)}"
-        self.edge.send(self.register(user, password, contact, call_id), self.core_address)
+        first = self.register(user, password, contact, call_id)
+        first.headers.set("Expires", str(expires))
+        self.edge.send(first, self.core_address)
         challenge = await self.edge.receive()
         self.assertEqual(challenge.status, 401)
         [sha256] = [v for v in challenge.headers.get_all("www-authenticate") if "SHA-256" in v]
         auth = digest_authorization(sha256, "REGISTER", f"sip:{DOMAIN}", user, password)
-        self.edge.send(self.register(user, password, contact, call_id, 2, auth), self.core_address)
+        second = self.register(user, password, contact, call_id, 2, auth)
+        second.headers.set("Expires", str(expires))
+        self.edge.send(second, self.core_address)
         return await self.edge.receive()
 
 
@@ -247,13 +251,13 @@ class RoutingOverUdpTests(EmbeddedCoreTestCase):
         self.assertEqual(final.status, 404)
 
 
-def _response_headers(request: Request, to_tag: str):
+def _response_headers(request: Request, to_tag: str | None):
     for name, value in request.headers:
         lowered = name.lower()
         if lowered in ("via", "from", "call-id", "cseq", "record-route"):
             yield name, value
         elif lowered == "to":
-            yield name, f"{value};tag={to_tag}"
+            yield name, f"{value};tag={to_tag}" if to_tag else value
 
 
 class LifecycleTests(unittest.TestCase):
@@ -312,3 +316,87 @@ class LifecycleTests(unittest.TestCase):
         client.transport.write(request.serialize())
         response = await received.addTimeout(WAIT, reactor)
         self.assertEqual(response.status, 401)
+
+
+class RegEventOverUdpTests(EmbeddedCoreTestCase):
+    """RFC 3680: the core notifies the reg state of a user to a subscriber (the eP-CSCF)."""
+
+    def subscribe(self, user: str, expires: int = 600000) -> Request:
+        aor = f"sip:{user}@{DOMAIN}"
+        return new_request(
+            "SUBSCRIBE",
+            aor,
+            self.edge,
+            aor,
+            f"sip:pcscf@{self.edge.address}",
+            f"sub-{user}",
+            1,
+            [
+                ("Event", "reg"),
+                ("Expires", str(expires)),
+                ("Accept", "application/reginfo+xml"),
+                ("Contact", f"<sip:pcscf@{self.edge.address}>"),
+                ("Record-Route", f"<sip:rr@{self.edge.address};lr>"),
+            ],
+        )
+
+    async def next_notify(self) -> Request:
+        notify = await self.edge.receive()
+        self.assertIsInstance(notify, Request)
+        self.assertEqual(notify.method, "NOTIFY")
+        ok = Response(200, "OK", Headers(list(_response_headers(notify, None))))
+        self.edge.send(ok, self.core_address)
+        return notify
+
+    async def test_subscriber_is_told_of_registration_and_deregistration(self) -> None:
+        contact = "<sip:bob@bob.invalid;transport=ws>"
+        self.assertEqual((await self.registered("bob", "bob-secret", contact)).status, 200)
+        self.edge.send(self.subscribe("bob"), self.core_address)
+        ok = await self.edge.receive()
+        self.assertEqual(ok.status, 200)
+        self.assertEqual(ok.headers.get("expires"), "600000")
+        self.assertEqual(ok.headers.get("record-route"), f"<sip:rr@{self.edge.address};lr>")
+
+        notify = await self.next_notify()
+        self.assertEqual(notify.uri, f"sip:pcscf@{self.edge.address}")
+        self.assertEqual(notify.headers.get("route"), f"<sip:rr@{self.edge.address};lr>")
+        self.assertEqual(notify.headers.get("event"), "reg")
+        self.assertTrue(notify.headers.get("subscription-state").startswith("active;expires="))
+        self.assertEqual(notify.headers.get("content-type"), "application/reginfo+xml")
+        body = notify.body.decode()
+        self.assertIn('version="0"', body)
+        self.assertIn(f'aor="sip:bob@{DOMAIN}"', body)
+        self.assertIn('state="active"', body)
+        self.assertIn("<uri>sip:bob@bob.invalid;transport=ws</uri>", body)
+        self.assertIn(ok.headers.get("to"), notify.headers.get("from"))
+
+        # Deregistration: the registration and the subscription end together.
+        self.assertEqual((await self.registered("bob", "bob-secret", contact, expires=0)).status, 200)
+        final = await self.next_notify()
+        self.assertEqual(final.headers.get("subscription-state"), "terminated;reason=noresource")
+        body = final.body.decode()
+        self.assertIn('version="1"', body)
+        self.assertIn('<registration aor="sip:bob@' + DOMAIN + '" id="reg0" state="terminated">', body)
+        self.assertIn('event="unregistered"', body)
+        self.assertEqual(self.core.notifier.subscriptions, {})
+
+    async def test_unsubscribe_gets_a_final_notify(self) -> None:
+        self.edge.send(self.subscribe("alice"), self.core_address)
+        ok = await self.edge.receive()
+        first = await self.next_notify()
+        self.assertIn('state="init"', first.body.decode())
+        self.assertIn("tel:+15550001", first.body.decode())
+        refresh = self.subscribe("alice", expires=0)
+        refresh.headers.set("To", ok.headers.get("to"))
+        refresh.headers.set("CSeq", "2 SUBSCRIBE")
+        self.edge.send(refresh, self.core_address)
+        self.assertEqual((await self.edge.receive()).status, 200)
+        final = await self.next_notify()
+        self.assertEqual(final.headers.get("subscription-state"), "terminated;reason=timeout")
+        self.assertEqual(self.core.notifier.subscriptions, {})
+
+    async def test_in_dialog_request_for_an_unknown_dialog_of_the_core_is_481(self) -> None:
+        stray = new_request("SUBSCRIBE", f"sip:{self.core.udp_address}", self.edge, f"sip:bob@{DOMAIN}",
+                            "sip:pcscf@127.0.0.1", "nope", 2, [("Event", "reg"), ("Contact", "<sip:p@127.0.0.1>")], to_tag="gone")
+        self.edge.send(stray, self.core_address)
+        self.assertEqual((await self.edge.receive()).status, 481)

@@ -18,7 +18,7 @@ periodically so idle AORs do not accumulate).
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Iterator
+from typing import Callable, Iterator
 
 from twisted.internet.interfaces import IReactorTime
 
@@ -69,6 +69,9 @@ class LocationService:
 
     clock: IReactorTime
     _bindings: dict[str, list[Binding]] = field(default_factory=dict)
+    #: called with the AOR whenever its set of bindings changes (added, refreshed,
+    #: removed or found expired); the reg event notifier (RFC 3680) listens here
+    observers: list[Callable[[str], None]] = field(default_factory=list)
 
     def now(self) -> float:
         return self.clock.seconds()
@@ -106,14 +109,19 @@ class LocationService:
         ]
         live.append(binding)
         self._bindings[binding.aor] = live
+        self._changed(binding.aor)
 
     def remove(self, binding: Binding) -> None:
-        live = [b for b in self._live(binding.aor) if b != binding]
+        before = self._live(binding.aor)
+        live = [b for b in before if b != binding]
         self._store(binding.aor, live)
+        if len(live) != len(before):
+            self._changed(binding.aor)
 
     def remove_all(self, aor: str) -> None:
         """RFC 3261 §10.3 step 6: ``Contact: *`` with ``Expires: 0`` removes every binding."""
-        self._bindings.pop(aor, None)
+        if self._bindings.pop(aor, None):
+            self._changed(aor)
 
     def purge_expired(self) -> int:
         """Drop every expired binding; returns how many were dropped."""
@@ -131,7 +139,12 @@ class LocationService:
         live = [b for b in current if b.expires_at > now]
         if len(live) != len(current):
             self._store(aor, live)
+            self._changed(aor)
         return live
+
+    def _changed(self, aor: str) -> None:
+        for observer in list(self.observers):
+            observer(aor)
 
     def _store(self, aor: str, bindings: list[Binding]) -> None:
         if bindings:

@@ -33,10 +33,12 @@ from twisted.logger import Logger
 
 from epcscf.core.digest import DigestAuthenticator
 from epcscf.core.location import LocationService, aor_of
+from epcscf.core.regevent import RegEventNotifier, is_reg_subscription
 from epcscf.core.registrar import DEFAULT_EXPIRES, DEFAULT_MIN_EXPIRES, Registrar, RegistrarSettings
 from epcscf.core.routing import CoreProxyPolicy, CoreRouter
 from epcscf.core.users import User, UserDirectory, read_users
 from epcscf.sip.connection import Address, Connection
+from epcscf.sip.headers import HeaderError, to_tag
 from epcscf.sip.message import Request, Response, make_response
 from epcscf.sip.proxy import ProxySettings, StatefulProxy
 from epcscf.sip.resolver import NextHopResolver
@@ -103,6 +105,8 @@ class CoreTransactionUser:
                 )
             server_transaction.respond(response)
             return
+        if is_reg_subscription(request) and self._reg_subscription(request, server_transaction):
+            return
         if request.method == "OPTIONS" and core.addressed_to_core(request):
             # RFC 3261 §11.2: the core answers capability queries addressed to itself.
             response = make_response(request, 200, to_tag=_tag())
@@ -110,7 +114,34 @@ class CoreTransactionUser:
             response.headers.add("Supported", "path, outbound")
             server_transaction.respond(response)
             return
+        if (
+            core.addressed_to_core(request)
+            and _in_dialog(request)
+            and not request.headers.get("route")  # else a strict router swapped the R-URI (§16.4)
+            and request.method not in ("ACK", "CANCEL")
+        ):
+            # RFC 3261 §12.2.2: a request inside a dialog of ours that we do not know.
+            server_transaction.respond(make_response(request, 481))
+            return
         core.proxy.request_received(request, server_transaction)
+
+    def _reg_subscription(self, request: Request, server_transaction: Any) -> bool:
+        """RFC 3680: the core is the notifier of its users' reg event; True if handled here."""
+        core = self.core
+        if _in_dialog(request):
+            subscription = core.notifier.find(request)
+            if subscription is None:
+                return False
+            core.notifier.refresh(request, server_transaction, subscription)
+            return True
+        try:
+            aor = core.identities.get(aor_of(parse_uri(request.uri)))
+        except UriError:
+            return False
+        if aor is None:
+            return False
+        core.notifier.subscribe(request, server_transaction, aor)
+        return True
 
     def ack_received(self, request: Request, connection: Connection) -> None:
         self.core.proxy.ack_received(request, connection)
@@ -134,6 +165,7 @@ class EmbeddedCore(Service):
         users = read_users(settings.users_file, settings.domain)
         self.users = UserDirectory(users)
         self.identities = identity_map(users)
+        self.registration_sets = {aor_of(parse_uri(u.identities[0])): u.identities for u in users}
         self.location = LocationService(reactor)
         self.authenticator = DigestAuthenticator(settings.domain, self.users, reactor, settings.nonce_lifetime)
         self.router = CoreRouter(settings.domain, self.location, self.identities.get)
@@ -145,8 +177,18 @@ class EmbeddedCore(Service):
         )
         self.transactions = TransactionLayer(reactor, CoreTransactionUser(self), lambda connection: settings.timers)
         self.proxy.transactions = self.transactions
+        self.notifier = RegEventNotifier(
+            reactor,
+            self.location,
+            self.registration_sets.get,
+            self.transactions,
+            self.transports,
+            self.resolver,
+            lambda: self.contact_uri,
+        )
         self.addresses: list[tuple[str, Address]] = []
         self.service_route = ""
+        self.contact_uri = ""
         self.registrar: Registrar | None = None
         self._purge: task.LoopingCall | None = None
 
@@ -166,6 +208,7 @@ class EmbeddedCore(Service):
             self.transports.close()
             raise
         self.service_route = _service_route(*self.addresses[0])
+        self.contact_uri = _contact_uri(*self.addresses[0])
         self.registrar = Registrar(
             RegistrarSettings(
                 self.settings.domain,
@@ -193,6 +236,7 @@ class EmbeddedCore(Service):
         super().stopService()
         if self._purge is not None and self._purge.running:
             self._purge.stop()
+        self.notifier.close()
         self.transactions.close()
         return self.transports.close()
 
@@ -225,6 +269,18 @@ def _service_route(transport: str, address: Address) -> str:
     # RFC 3608 §6: the URI originating requests must be sent through (loose routing).
     suffix = "" if transport == "UDP" else f";transport={transport.lower()}"
     return f"sip:orig@{address}{suffix};lr"
+
+
+def _contact_uri(transport: str, address: Address) -> str:
+    suffix = "" if transport == "UDP" else f";transport={transport.lower()}"
+    return f"sip:{address}{suffix}"
+
+
+def _in_dialog(request: Request) -> bool:
+    try:
+        return to_tag(request) is not None
+    except HeaderError:
+        return False
 
 
 def _hosts_resolver() -> Any:
