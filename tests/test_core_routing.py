@@ -18,7 +18,7 @@ from epcscf.core.routing import (
 )
 from epcscf.sip import proxy_rules
 from epcscf.sip.connection import Address
-from epcscf.sip.message import Headers, Request
+from epcscf.sip.message import Headers, Request, Response
 from epcscf.sip.proxy import ProxiedRequest
 from epcscf.sip.proxy_policy import Forward, Reject
 from epcscf.sip.resolver import Target
@@ -68,6 +68,7 @@ class RoutingTests(unittest.TestCase):
             ForwardTo(
                 (Destination("sip:bob@x.invalid;transport=ws", ("<sip:tok@127.0.0.1:5060;lr;ob>",)),),
                 called_party=BOB,
+                aor=BOB,
             ),
         )
 
@@ -189,3 +190,15 @@ class ProxyPolicyTests(unittest.TestCase):
         self.assertEqual(forward.request.headers.get_all("route"), ["<sip:p@127.0.0.1:5060;lr>"])
         self.assertEqual(list(forward.record_route), [])
         self.assertEqual([(t.host, t.port) for t in forward.destination], [("127.0.0.1", 5060)])
+
+    def test_430_from_the_edge_drops_the_binding_and_becomes_480(self) -> None:
+        self.location.put(Binding(BOB, "sip:bob@x.invalid", "", ("<sip:tok@127.0.0.1:5060;lr;ob>",), None, None, "c", 1, 300, 0))
+        request = invite(BOB, route="<sip:orig@127.0.0.1:5070;lr>")
+        working = request.copy()
+        proxy_rules.process_own_routes(working, self.policy.is_own_uri)
+        context = ProxiedRequest(working, FakeConnection(), None, original=request)
+        self.policy.route_request(context)
+        flow_failed = Response(430, "Flow Failed")
+        upstream = self.policy.response_to_forward(context, flow_failed)
+        self.assertEqual(upstream.status, 480)
+        self.assertEqual(self.location.bindings(BOB), [])

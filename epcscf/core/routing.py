@@ -70,6 +70,8 @@ class ForwardTo:
     destinations: tuple[Destination, ...]
     #: TS 24.229 §5.4.3.3: the identity that was called, for P-Called-Party-ID
     called_party: str | None = None
+    #: the AOR whose bindings the destinations are (terminating requests only)
+    aor: str | None = None
 
 
 @dataclass(frozen=True)
@@ -132,7 +134,7 @@ class CoreRouter:
             # TS 24.229 §5.4.3.3 / RFC 3261 §10: known but not registered.
             return Refuse(480, "Temporarily Unavailable")
         destinations = tuple(Destination(b.contact, b.path) for b in bindings)
-        return ForwardTo(destinations, called_party=identity)
+        return ForwardTo(destinations, called_party=identity, aor=aor)
 
 
 def is_originating_route(route_value: str, own_hosts: set[tuple[str, int]]) -> bool:
@@ -182,6 +184,8 @@ class CoreProxyPolicy:
             if decision.called_party is not None:
                 # TS 24.229 §5.4.3.3: the terminating S-CSCF tells the UA which identity was called.
                 request.headers.set("P-Called-Party-ID", f"<{decision.called_party}>")
+            if decision.aor is not None:
+                context.data["core_binding"] = (decision.aor, destination.request_uri)
         return self._forward(context, record=isinstance(decision, ForwardTo))
 
     def _forward(self, context: "ProxiedRequest", record: bool) -> defer.Deferred:
@@ -205,6 +209,15 @@ class CoreProxyPolicy:
         return defer.maybeDeferred(self.resolver.resolve_uri, next_hop).addCallback(decide)
 
     def response_to_forward(self, context: "ProxiedRequest | None", response: Response) -> Response:
+        binding = context.data.get("core_binding") if context is not None else None
+        if response.status == 430 and binding is not None:
+            # RFC 5626 §5.3/§7: the edge proxy says the flow behind this binding is gone: the
+            # binding is stale, so drop it; upstream the user is simply unavailable.
+            aor, contact = binding
+            stale = self.router.location.find(aor, contact)
+            if stale is not None:
+                self.router.location.remove(stale)
+            response.status, response.reason = 480, "Temporarily Unavailable (Flow Failed)"
         return response
 
     def response_destination(self, response: Response) -> "Target | Connection | None":
