@@ -13,6 +13,7 @@ from epcscf.sip.message import Request, Response
 from epcscf.sip.proxy_rules import list_values, name_addr_uri
 from epcscf.sip.uri import parse_uri
 from tests.support.deployment import DOMAIN, USERS, start_deployment, ws_url
+from tests.support.processes import wait_for
 from tests.support.udp_peer import UdpSipPeer
 from tests.support.wic import WsSipClient, as_deferred
 
@@ -132,8 +133,9 @@ class RegistrationThroughTheEdgeTests(unittest.TestCase):
     async def test_430_once_the_flow_is_gone_and_binding_moves_on_reconnect(self) -> None:
         alice = await self.registered("alice")
         bob = await self.registered("bob")
+        alice_flow = self.flow_id_of(alice)
         await alice.drop()
-        await asyncio.sleep(0.05)
+        await wait_for(lambda: alice_flow not in self.service.pcscf.flows)
         response = await bob.transact(bob.request("MESSAGE", f"sip:alice@{DOMAIN}", body=b"x", content_type="text/plain"))
         self.assertEqual(response.status, 430)  # RFC 5626 §5.3.1: Flow Failed
         # The same instance/reg-id registers again on a new connection (RFC 5626 §4.2.1).
@@ -180,3 +182,43 @@ class RegistrationThroughTheEdgeTests(unittest.TestCase):
         bob = await self.registered("bob")
         response = await bob.transact(bob.request("MESSAGE", f"sip:alice@{DOMAIN}", body=b"x", content_type="text/plain"))
         self.assertEqual(response.status, 480)  # registered nowhere: Temporarily Unavailable
+
+
+class SecureWebSocketTests(unittest.TestCase):
+    """REQ-T09: WSS with the certificate from [ws]; a client that trusts it registers."""
+
+    def setUp(self) -> None:
+        import os
+
+        from tests.support.certificates import self_signed_certificate
+
+        directory = os.path.abspath(self.mktemp())
+        self.cert, key, _ = self_signed_certificate(directory)
+        self.service = start_deployment(self, f"[ws]\nlisten = wss:127.0.0.1:0\ncertificate = {self.cert}\nprivate_key = {key}\n")
+
+    @asyncio_test
+    async def test_register_over_wss(self) -> None:
+        import ssl
+
+        port = self.service.pcscf.listener("WSS").address.port
+        context = ssl.create_default_context(cafile=self.cert)
+        client = WsSipClient(f"wss://127.0.0.1:{port}", "alice", USERS["alice"], DOMAIN)
+        import websockets
+
+        client.socket = await websockets.connect(client.url, subprotocols=["sip"], ssl=context)
+        client._reader = asyncio.ensure_future(client._read())
+        self.addCleanup(lambda: as_deferred(client.close()))
+        response = await client.register()
+        self.assertEqual(response.status, 200)
+        [binding] = self.service.pcscf.registrations.all()
+        self.assertTrue(binding.flow_id.startswith("wss-"))
+
+    @asyncio_test
+    async def test_untrusting_client_cannot_connect(self) -> None:
+        import ssl
+
+        import websockets
+
+        port = self.service.pcscf.listener("WSS").address.port
+        with self.assertRaises(ssl.SSLCertVerificationError):
+            await websockets.connect(f"wss://127.0.0.1:{port}", subprotocols=["sip"], ssl=ssl.create_default_context())

@@ -9,15 +9,15 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import datetime
 import functools
-import ipaddress
 import os
 import ssl
 from typing import Any, Awaitable, Callable
 
 from twisted.internet.defer import Deferred
 from twisted.trial import unittest
+
+from tests.support.certificates import self_signed_certificate as support_certificate
 
 from epcscf.sip.connection import Connection, ConnectionLost
 from epcscf.sip.message import Message, Request, Response, make_response
@@ -78,44 +78,8 @@ class RecordingSink:
 
 
 def self_signed_certificate(directory: str) -> tuple[str, str, bytes]:
-    """(key path, cert path, cert PEM) for an ECDSA P-256 cert valid for 127.0.0.1/localhost."""
-    from cryptography import x509
-    from cryptography.hazmat.primitives import hashes, serialization
-    from cryptography.hazmat.primitives.asymmetric import ec
-    from cryptography.x509.oid import NameOID
-
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "epcscf test")])
-    now = datetime.datetime.now(datetime.timezone.utc)
-    certificate = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(minutes=5))
-        .not_valid_after(now + datetime.timedelta(days=1))
-        .add_extension(
-            x509.SubjectAlternativeName(
-                [x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]
-            ),
-            critical=False,
-        )
-        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-        .sign(key, hashes.SHA256())
-    )
-    os.makedirs(directory)
-    key_path = os.path.join(directory, "key.pem")
-    cert_path = os.path.join(directory, "cert.pem")
-    with open(key_path, "wb") as handle:
-        handle.write(
-            key.private_bytes(
-                serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
-            )
-        )
-    pem = certificate.public_bytes(serialization.Encoding.PEM)
-    with open(cert_path, "wb") as handle:
-        handle.write(pem)
+    """(key path, cert path, cert PEM), in the order these tests use."""
+    cert_path, key_path, pem = support_certificate(directory)
     return key_path, cert_path, pem
 
 

@@ -13,7 +13,7 @@ USERS = {"alice": "alice-secret", "bob": "bob-secret", "carol": "carol-secret"}
 DOMAIN = "ims.localdomain"
 
 
-def write_deployment_config(directory: str, extra: str = "", users: dict[str, str] | None = None) -> str:
+def write_deployment_config(directory: str, users: dict[str, str] | None = None) -> str:
     """An ini file like etc/epcscf.ini but with every port picked by the kernel."""
     os.makedirs(directory, exist_ok=True)
     users_file = os.path.join(directory, "users")
@@ -37,15 +37,23 @@ listen = udp:127.0.0.1:0
 users = {users_file}
 [media]
 port_range = 40000-40999
-{extra}"""
+"""
         )
     return path
 
 
 def start_deployment(test: unittest.TestCase, extra: str = "") -> EpcscfService:
-    """Start epcscf with the embedded core; stopped when the test ends."""
+    """Start epcscf with the embedded core; stopped when the test ends.
+
+    ``extra`` is a second ini file's text: its keys override the deployment's.
+    """
     directory = os.path.abspath(test.mktemp())
-    config: Config = load([write_deployment_config(directory, extra)])
+    files = [write_deployment_config(directory)]
+    if extra:
+        files.append(os.path.join(directory, "override.ini"))
+        with open(files[-1], "w") as handle:
+            handle.write(extra)
+    config: Config = load(files)
     service = EpcscfService(config)
     service.startService()
     test.addCleanup(service.stopService)
