@@ -400,3 +400,19 @@ class RegEventOverUdpTests(EmbeddedCoreTestCase):
                             "sip:pcscf@127.0.0.1", "nope", 2, [("Event", "reg"), ("Contact", "<sip:p@127.0.0.1>")], to_tag="gone")
         self.edge.send(stray, self.core_address)
         self.assertEqual((await self.edge.receive()).status, 481)
+
+
+class SettingsTests(unittest.TestCase):
+    def test_default_ini_gives_an_embedded_core_on_loopback(self) -> None:
+        from epcscf.config import load
+
+        top = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+        settings = EmbeddedCoreSettings.from_config(load([os.path.join(top, "etc", "epcscf.ini")]))
+        self.assertEqual(settings.domain, DOMAIN)
+        self.assertEqual([str(listener) for listener in settings.listen], ["udp:127.0.0.1:5070"])
+        self.assertEqual(settings.max_expires, 3600)
+        self.assertEqual(settings.timers.t1, 0.5)
+        core = EmbeddedCore(settings, reactor)  # users file parses; nothing listens before start
+        self.assertEqual(core.registration_sets[f"sip:alice@{DOMAIN}"], (f"sip:alice@{DOMAIN}", "tel:+15550001"))
+        self.assertEqual(core.identities["tel:+15550002"], f"sip:bob@{DOMAIN}")
+        core.notifier.close()
