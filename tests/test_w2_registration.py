@@ -133,11 +133,14 @@ class RegistrationThroughTheEdgeTests(unittest.TestCase):
     async def test_430_once_the_flow_is_gone_and_binding_moves_on_reconnect(self) -> None:
         alice = await self.registered("alice")
         bob = await self.registered("bob")
-        alice_flow = self.flow_id_of(alice)
+        alice_flow, alice_token = self.flow_id_of(alice), self.flow_token_of(alice)
         await alice.drop()
         await wait_for(lambda: alice_flow not in self.service.pcscf.flows)
+        # RFC 5626 §5.3.1: a request for the dead flow gets 430 (Flow Failed) at the edge ...
+        self.assertEqual((await self.send_via_edge(alice, alice_token)).status, 430)
+        # ... and the core, told so, drops that binding (RFC 5626 §7): alice is unavailable.
         response = await bob.transact(bob.request("MESSAGE", f"sip:alice@{DOMAIN}", body=b"x", content_type="text/plain"))
-        self.assertEqual(response.status, 430)  # RFC 5626 §5.3.1: Flow Failed
+        self.assertEqual(response.status, 480)
         # The same instance/reg-id registers again on a new connection (RFC 5626 §4.2.1).
         again = WsSipClient(ws_url(self.service), "alice", USERS["alice"], DOMAIN)
         again.instance, again.host = alice.instance, alice.host
@@ -156,13 +159,17 @@ class RegistrationThroughTheEdgeTests(unittest.TestCase):
         alice = await self.registered("alice")
         token = self.flow_token_of(alice)
         tampered = token[:-2] + ("AA" if not token.endswith("AA") else "BB")
+        self.assertEqual((await self.send_via_edge(alice, tampered)).status, 403)
+
+    async def send_via_edge(self, target: WsSipClient, token: str) -> Response:
+        """A MESSAGE from a core-side peer routed by ``token`` in its Route (as a core would)."""
         peer = UdpSipPeer()
         peer.start()
         self.addCleanup(peer.stop)
         core_side = self.service.pcscf.listener("UDP").address
-        request = Request("MESSAGE", f"sip:alice@{alice.host};transport=ws")
+        request = Request("MESSAGE", f"sip:alice@{target.host};transport=ws")
         request.headers.add("Via", f"SIP/2.0/UDP 127.0.0.1:{peer.port.getHost().port};branch=z9hG4bK{secrets.token_hex(5)}")
-        request.headers.add("Route", f"<sip:{tampered}@{core_side.host}:{core_side.port};transport=udp;lr>")
+        request.headers.add("Route", f"<sip:{token}@{core_side.host}:{core_side.port};transport=udp;lr>")
         request.headers.add("Max-Forwards", "70")
         request.headers.add("From", f"<sip:bob@{DOMAIN}>;tag=1")
         request.headers.add("To", f"<sip:alice@{DOMAIN}>")
@@ -171,7 +178,7 @@ class RegistrationThroughTheEdgeTests(unittest.TestCase):
         peer.send(request, (core_side.host, core_side.port))
         response, _ = await asyncio.wait_for(peer.received.get(), 5)
         self.assertIsInstance(response, Response)
-        self.assertEqual(response.status, 403)
+        return response
 
     @asyncio_test
     async def test_deregistration_removes_the_binding(self) -> None:
