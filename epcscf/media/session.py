@@ -397,13 +397,13 @@ class MediaSession:
     # -- core side --------------------------------------------------------------------------
 
     def _core_rtp_received(self, data: bytes, source: Address) -> None:
-        stats = self.core_to_wic
-        if len(data) < 12 or not 128 <= data[0] <= 191:
-            stats.dropped += 1
-            return
         if len(data) > 1 and 192 <= data[1] <= 223:
             # RFC 5761 §4: RTCP on the RTP port when the core multiplexes.
             self._core_rtcp_received(data, source)
+            return
+        stats = self.core_to_wic
+        if len(data) < 12 or not 128 <= data[0] <= 191:
+            stats.dropped += 1
             return
         if self._latching and not self._rtp_latched:
             # RFC 4961 symmetric RTP: answer where the core really sends from.
