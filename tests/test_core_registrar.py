@@ -311,6 +311,11 @@ class OutboundTests(RegistrarTestCase):
         )
         self.assertEqual(response.status, 439)
 
+    def test_reg_id_without_any_path_is_not_outbound(self) -> None:
+        response = self.registrar.register(register(contact=self.contact("a.invalid"), path=None, supported=None, require=None))
+        self.assertEqual(response.status, 200)
+        self.assertIsNone(response.headers.get("require"))
+
 
 class RealDigestTests(unittest.TestCase):
     """The registrar with ``epcscf.core.digest`` and ``epcscf.core.users`` (RFC 8760 digest)."""

@@ -51,11 +51,16 @@ DEFAULT_MIN_EXPIRES = 60  # RFC 3261 §10.2.8 / §20.23 (Min-Expires)
 
 
 class Verification(Protocol):
-    """What the registrar reads from a digest verification."""
+    """What the registrar reads from a digest verification (``epcscf.core.digest.AuthResult``)."""
 
-    ok: bool
-    stale: bool
-    username: str | None
+    @property
+    def ok(self) -> bool: ...
+
+    @property
+    def stale(self) -> bool: ...
+
+    @property
+    def username(self) -> str | None: ...
 
 
 class Authenticator(Protocol):
@@ -167,16 +172,17 @@ class Registrar:
             raise HeaderError("To", "REGISTER without To or From")
         aor = aor_of(to_value.uri)
         identities = None
-        user = to_value.uri.user if isinstance(to_value.uri, SipUri) else None
-        if user and to_value.uri.host.lower() == self.settings.domain.lower():  # type: ignore[union-attr]
+        uri = to_value.uri
+        user = uri.user if isinstance(uri, SipUri) else None
+        if isinstance(uri, SipUri) and user and uri.host.lower() == self.settings.domain.lower():
             identities = self.users.public_identities(user)
-        if identities is None:
+        if identities is None or user is None:
             # TS 24.229 §5.3.1.2: the I-CSCF answers 403 for an identity the HSS does not know.
             raise Rejection(403, f"Unknown User {aor}")
         if aor_of(from_value.uri) != aor:
             # TS 24.229 §5.4.1.2.1 / RFC 3261 §10.3 step 4: no third-party registration here.
             raise Rejection(403, "From Does Not Match To")
-        return aor, user or "", identities
+        return aor, user, identities
 
     def _authenticate(self, request: Request, to_user: str) -> None:
         credentials = request.headers.get_all("authorization")
@@ -205,8 +211,7 @@ class Registrar:
                 raise Rejection(400, "Bad Request (Contact * needs Expires: 0 and no other Contact)")
             return [], True
         contacts = [contact for value in values for contact in _parse_addresses("Contact", value)]
-        path = request.headers.get_all("path")
-        first_hop_outbound = not path or "ob" in _parse_addresses("Path", path[0])[0].uri.params  # type: ignore[union-attr]
+        first_hop_outbound = _first_hop_supports_outbound(request.headers.get_all("path"))
         outbound_supported = "outbound" in _lower(option_tags(request, "supported"))
         updates: list[ContactUpdate] = []
         for contact in contacts:
@@ -217,7 +222,8 @@ class Registrar:
             instance = instance.strip('"') if instance else None
             reg_id = _reg_id(contact.params.get("reg-id"))
             if instance is not None and reg_id is not None and not first_hop_outbound:
-                # RFC 5626 §6: the edge proxy does not support outbound (no "ob" in the first Path URI).
+                # RFC 5626 §6: the first hop does not keep the flow (no Path with "ob" on its
+                # first URI; the core itself keeps no flows toward user agents).
                 if outbound_supported:
                     raise Rejection(439)
                 reg_id = None
@@ -328,6 +334,14 @@ def _parse_addresses(header: str, value: str) -> list[NameAddr]:
         return parse_name_addr_list(value)
     except UriError as error:
         raise HeaderError(header, str(error)) from None
+
+
+def _first_hop_supports_outbound(path_values: list[str]) -> bool:
+    """RFC 5626 §5.1/§6: the edge proxy marks its Path URI with ``ob`` when it keeps the flow."""
+    if not path_values:
+        return False
+    uri = _parse_addresses("Path", path_values[0])[0].uri
+    return isinstance(uri, SipUri) and "ob" in uri.params
 
 
 def _params_without(contact: NameAddr, name: str) -> str:
