@@ -7,7 +7,13 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from epcscf.sdp.model import Origin, SessionDescription
 from epcscf.sdp.params import CodecPolicy, CoreLeg, IceCredentials, OriginVersioner, SdpRejected, WicLeg, WicTransport
-from epcscf.sdp.transform import answer_toward_wic, offer_toward_core
+from epcscf.sdp.transform import (
+    answer_toward_wic,
+    offer_toward_core,
+    offer_toward_wic,
+    plan_offer_toward_core,
+    plan_offer_toward_wic,
+)
 
 from tests.test_sdp_transform import CoreBoundLeakMixin, core_leg, lines, parse, wic_transport
 
@@ -120,6 +126,30 @@ class RejectionTests(SynchronousTestCase):
         offer = parse("chrome_offer_2_1.sdp")
         offer.media[0].formats = ["111", "63", "110"]
         self.assertRejected(offer, 305, "offered: opus/48000/2, red/48000/2, VP8/90000, rtx/90000, H264/90000")
+
+    def test_offer_without_rtcp_mux(self) -> None:
+        offer = parse("chrome_offer_2_1.sdp")
+        offer.media[0].remove_attributes(["rtcp-mux"])
+        self.assertRejected(offer, 399, "m=audio line 0: no a=rtcp-mux")
+
+    def test_plans_say_which_lines_need_ports_and_fail_before_allocation(self) -> None:
+        self.assertEqual(plan_offer_toward_core(parse("chrome_offer_datachannel.sdp"), CodecPolicy()), (0,))
+        self.assertEqual(plan_offer_toward_core(parse("chrome_offer_2_1.sdp"), CodecPolicy(video=("H264",))), (0, 1))
+        self.assertEqual(plan_offer_toward_wic(parse("ims_offer_2_2.sdp"), CodecPolicy()), (0,))
+        self.assertRaises(SdpRejected, plan_offer_toward_wic, parse("ims_offer_amrwb_only.sdp"), CodecPolicy())
+        offer = parse("chrome_offer_2_1.sdp")
+        offer.media[0].remove_attributes(["ice-ufrag"])
+        self.assertRaises(SdpRejected, plan_offer_toward_core, offer, CodecPolicy())
+
+    def test_sdes_lines_from_the_core_are_not_offered_to_the_wic(self) -> None:
+        core_offer = parse("ims_offer_2_2.sdp")
+        core_offer.media[0].proto = "RTP/SAVP"
+        error = self.assertRaises(SdpRejected, plan_offer_toward_wic, core_offer, CodecPolicy())
+        self.assertEqual(error.warn_code, 305)
+
+    def test_a_leg_without_a_transport_for_an_accepted_line_is_a_caller_bug(self) -> None:
+        leg = WicLeg(Origin("e", "1", 1), (None,), "sha-256 AB:CD")
+        self.assertRaises(ValueError, offer_toward_wic, parse("ims_offer_2_2.sdp"), leg, CodecPolicy())
 
     def test_a_leg_without_a_port_for_an_accepted_line_is_a_caller_bug(self) -> None:
         self.assertRaises(ValueError, offer_toward_core, parse("chrome_offer_2_1.sdp"),

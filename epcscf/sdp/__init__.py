@@ -30,7 +30,14 @@ from epcscf.sdp.params import (
     WicTransport,
 )
 from epcscf.sdp.sdpfrag import TrickleEntry, TrickleFragment, parse_sdpfrag
-from epcscf.sdp.transform import answer_toward_core, answer_toward_wic, offer_toward_core, offer_toward_wic
+from epcscf.sdp.transform import (
+    answer_toward_core,
+    answer_toward_wic,
+    offer_toward_core,
+    offer_toward_wic,
+    plan_offer_toward_core,
+    plan_offer_toward_wic,
+)
 
 __all__ = [
     "Attribute", "Bandwidth", "CodecPolicy", "Connection", "CoreLeg", "CoreMediaParams", "Fingerprint",
@@ -38,5 +45,6 @@ __all__ = [
     "SdpRejected", "SessionDescription", "Timing", "TrickleEntry", "TrickleFragment", "WicLeg",
     "WicMediaParams", "WicTransport", "answer_toward_core", "answer_toward_wic", "extract_core_media_params",
     "extract_wic_media_params", "offer_toward_core", "offer_toward_wic", "parse_sdpfrag",
+    "plan_offer_toward_core", "plan_offer_toward_wic",
     "require_usable_wic_media",
 ]

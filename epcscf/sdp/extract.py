@@ -195,6 +195,10 @@ def require_usable_wic_media(params: WicMediaParams, *, answer: bool) -> None:
         raise SdpRejected(f"{where}: no a=ice-ufrag/a=ice-pwd (ICE is required, RFC 8839)")
     if params.fingerprint is None:
         raise SdpRejected(f"{where}: no a=fingerprint (DTLS-SRTP is required, RFC 5763)")
+    if not params.rtcp_mux:
+        # A3 / REQ-D12: the WIC side always multiplexes RTP and RTCP (RFC 5761); we have no
+        # component-2 candidates to offer instead.
+        raise SdpRejected(f"{where}: no a=rtcp-mux (RTP/RTCP multiplexing is required, RFC 5761)")
     allowed = ("active", "passive") if answer else ("actpass", "active", "passive")
     if params.setup is not None and params.setup not in allowed:
         raise SdpRejected(f"{where}: a=setup:{params.setup} is not allowed in an "

@@ -60,7 +60,7 @@ WIC_PROTO = "UDP/TLS/RTP/SAVPF"
 DEFAULT_PTIME = "20"
 
 __all__ = ["offer_toward_core", "answer_toward_wic", "offer_toward_wic", "answer_toward_core",
-           "hold_direction"]
+           "plan_offer_toward_core", "plan_offer_toward_wic", "hold_direction"]
 
 
 def hold_direction(direction: str, hold_address: bool) -> str:
@@ -112,24 +112,38 @@ def _core_port(leg: CoreLeg, index: int) -> int:
     return port
 
 
+def _core_bound_payload_types(wic_offer: SessionDescription, policy: CodecPolicy) -> list[list[str]]:
+    """Per WIC m= line, the PTs offered to the core ([] = rejected); validates the WebRTC lines."""
+    params = extract_wic_media_params(wic_offer)
+    kept: list[list[str]] = []
+    for index, media in enumerate(wic_offer.media):
+        if media.port == 0 or not _is_rtp_line(media):
+            kept.append([])
+            continue
+        require_usable_wic_media(params[index], answer=False)
+        kept.append(select_payload_types(media, policy))
+    if not any(kept):
+        raise SdpRejected(_no_codec_warning(wic_offer, "the IMS core"), WARN_INCOMPATIBLE_MEDIA_FORMAT)
+    return kept
+
+
+def plan_offer_toward_core(wic_offer: SessionDescription, policy: CodecPolicy) -> tuple[int, ...]:
+    """Indexes of the WIC's m= lines `offer_toward_core` will accept: allocate a core port (and a
+    WIC-side ICE transport) for exactly these, then build the offer.  Raises like offer_toward_core,
+    so a 488 is known before anything is allocated."""
+    return tuple(i for i, kept in enumerate(_core_bound_payload_types(wic_offer, policy)) if kept)
+
+
 def offer_toward_core(wic_offer: SessionDescription, leg: CoreLeg, policy: CodecPolicy) -> SessionDescription:
     """TS 24.371 §7.4.2 b): the IMS offer built from the WIC's WebRTC offer (example 2.3).
 
     Raises SdpRejected when an RTP line lacks ICE/DTLS parameters or no stream keeps a codec.
     """
-    params = extract_wic_media_params(wic_offer)
     out = _session(leg, Connection.for_address(leg.address))
-    accepted = 0
-    for index, media in enumerate(wic_offer.media):
-        if media.port == 0 or not _is_rtp_line(media):
-            out.media.append(_rejected_toward_core(media))
-            continue
-        require_usable_wic_media(params[index], answer=False)
-        kept = select_payload_types(media, policy)
+    for index, (media, kept) in enumerate(zip(wic_offer.media, _core_bound_payload_types(wic_offer, policy))):
         if not kept:
             out.media.append(_rejected_toward_core(media))
             continue
-        accepted += 1
         line = MediaDescription(media.media, _core_port(leg, index), CORE_PROTO.get(media.media, "RTP/AVP"), kept)
         bandwidth = leg.bandwidth_as.get(media.media)
         if bandwidth is not None:
@@ -140,8 +154,6 @@ def offer_toward_core(wic_offer: SessionDescription, leg: CoreLeg, policy: Codec
         line.attributes.extend(_timing_attributes(media, add_default_ptime=media.media == "audio", keep_maxptime=True))
         line.direction = wic_offer.media_direction(media)  # REQ-D08
         out.media.append(line)
-    if not accepted:
-        raise SdpRejected(_no_codec_warning(wic_offer, "the IMS core"), WARN_INCOMPATIBLE_MEDIA_FORMAT)
     return out
 
 
@@ -255,6 +267,23 @@ def answer_toward_wic(core_answer: SessionDescription, wic_offer: SessionDescrip
     return out
 
 
+def _wic_bound_payload_types(core_offer: SessionDescription, policy: CodecPolicy) -> list[list[str]]:
+    """Per core m= line, the PTs offered to the WIC ([] = rejected).  RTP/SAVP(F) lines from the
+    core are rejected: they would need SDES keys (RFC 4568), which we do not terminate."""
+    kept = [select_payload_types(media, policy)
+            if media.port != 0 and _is_rtp_line(media) and media.proto.upper() in CORE_RTP_PROTOS else []
+            for media in core_offer.media]
+    if not any(kept):
+        raise SdpRejected(_no_codec_warning(core_offer, "the WebRTC client"), WARN_INCOMPATIBLE_MEDIA_FORMAT)
+    return kept
+
+
+def plan_offer_toward_wic(core_offer: SessionDescription, policy: CodecPolicy) -> tuple[int, ...]:
+    """Indexes of the core's m= lines `offer_toward_wic` will accept: gather an ICE transport (and
+    allocate a core port) for exactly these.  Raises SdpRejected like offer_toward_wic."""
+    return tuple(i for i, kept in enumerate(_wic_bound_payload_types(core_offer, policy)) if kept)
+
+
 def offer_toward_wic(core_offer: SessionDescription, leg: WicLeg, policy: CodecPolicy) -> SessionDescription:
     """TS 24.371 §7.4.3 / REQ-M02, D10–D15: the WebRTC offer built from the core's offer (example 2.4).
 
@@ -262,17 +291,15 @@ def offer_toward_wic(core_offer: SessionDescription, leg: WicLeg, policy: CodecP
     stream keeps a codec the WIC can decode without transcoding (e.g. an AMR-WB-only offer).
     """
     out = _wic_session(leg)
-    accepted = 0
-    for index, media in enumerate(core_offer.media):
+    for index, (media, kept) in enumerate(zip(core_offer.media, _wic_bound_payload_types(core_offer, policy))):
         mid = str(index)
-        transport = leg.transport(index)
-        rtp = _is_rtp_line(media) and media.proto.upper() in CORE_RTP_PROTOS
-        kept = select_payload_types(media, policy) if rtp and media.port != 0 else []
-        if not kept or transport is None:
+        if not kept:
             proto = WIC_PROTO if _is_rtp_line(media) else media.proto
             out.media.append(_rejected_toward_wic(leg, media, proto, list(media.formats), mid))
             continue
-        accepted += 1
+        transport = leg.transport(index)
+        if transport is None:
+            raise ValueError(f"WicLeg has no ICE transport for accepted m= line {index}")
         host, port = transport.default_address
         line = MediaDescription(media.media, port, WIC_PROTO, kept)
         line.connection = Connection.for_address(host)
@@ -287,8 +314,6 @@ def offer_toward_wic(core_offer: SessionDescription, leg: WicLeg, policy: CodecP
         line.direction = hold_direction(core_offer.media_direction(media),
                                         connection is not None and connection.is_hold_address)
         out.media.append(line)
-    if not accepted:
-        raise SdpRejected(_no_codec_warning(core_offer, "the WebRTC client"), WARN_INCOMPATIBLE_MEDIA_FORMAT)
     return out
 
 
