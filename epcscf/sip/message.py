@@ -56,10 +56,20 @@ CANONICAL_SPELLING: dict[str, str] = {
 }
 
 
+_CANONICAL_CACHE: dict[str, str] = {}
+
+
 def canonical_name(name: str) -> str:
     """Lower-case long form of a header name: the key used for comparisons."""
+    # Called for every header on every lookup: memoised (bounded: names come off the wire).
+    cached = _CANONICAL_CACHE.get(name)
+    if cached is not None:
+        return cached
     lowered = name.strip().lower()
-    return COMPACT_FORMS.get(lowered, lowered)
+    key = COMPACT_FORMS.get(lowered, lowered)
+    if len(_CANONICAL_CACHE) < 4096:
+        _CANONICAL_CACHE[name] = key
+    return key
 
 
 def display_name(name: str) -> str:

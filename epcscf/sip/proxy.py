@@ -113,8 +113,9 @@ class ProxiedRequest:
     decision: Decision | None = None
     #: free for the policy (e.g. the Call this INVITE belongs to)
     data: dict[str, Any] = field(default_factory=dict)
-    _upstream: defer.Deferred = field(default_factory=lambda: defer.succeed(None))
+    _upstream: list[Response] = field(default_factory=list)  # responses waiting to go upstream
     _branch_ids: Any = field(default_factory=itertools.count)
+    _loop_hash: str | None = None
 
     def __post_init__(self) -> None:
         if self.original is None:
@@ -147,6 +148,8 @@ class ProxySettings:
 
 class Connector(Protocol):
     def connect(self, target: Target) -> defer.Deferred: ...
+
+    def connection_for(self, target: Target) -> Connection | None: ...
 
     def local_address(self, transport: str) -> Address | None: ...
 
@@ -226,9 +229,20 @@ class StatefulProxy:
         _mark_source(working, transaction.connection)  # RFC 3261 §18.2.1, RFC 3581 §4
         rules.process_own_routes(working, self.policy.is_own_uri)  # RFC 3261 §16.4
         context.request = working
-        decided = defer.maybeDeferred(self.policy.route_request, context)
-        decided.addCallback(lambda decision: self._apply_decision(context, decision))
-        decided.addErrback(lambda f: self._policy_failed(context, f))
+        try:
+            decided = self.policy.route_request(context)
+        except Exception:
+            self._policy_failed(context, Failure())
+            return
+        if isinstance(decided, defer.Deferred):
+            decided.addCallback(lambda decision: self._apply_decision(context, decision))
+            decided.addErrback(lambda f: self._policy_failed(context, f))
+        else:
+            # No Deferred machinery on the common synchronous path (it costs per message).
+            try:
+                self._apply_decision(context, decided)
+            except Exception:
+                self._policy_failed(context, Failure())
 
     def ack_received(self, request: Request, connection: Connection) -> None:
         """RFC 3261 §16.11 / §13.2.2.4: an ACK for a 2xx is its own transaction: forward it
@@ -322,13 +336,6 @@ class StatefulProxy:
             branch.connection = destination  # a Connection chosen by the policy (e.g. a flow)
             self._send_branch(context, branch, destination)
             return
-        if isinstance(destination, Target):
-            targets: defer.Deferred = defer.succeed([destination])
-        elif destination is not None:
-            targets = defer.succeed(list(destination))
-        else:
-            targets = self._resolve(rules.next_hop_uri(branch.request))  # §16.6 step 7, RFC 3263
-
         def have_targets(found: list[Target]) -> None:
             branch.targets = list(found)
             if not branch.targets:
@@ -341,7 +348,12 @@ class StatefulProxy:
             log.failure("resolving the next hop failed", failure)
             self._branch_final(context, branch, self._synthetic(context, 503))
 
-        targets.addCallbacks(have_targets, failed)
+        if isinstance(destination, Target):
+            have_targets([destination])
+        elif destination is not None:
+            have_targets(list(destination))
+        else:
+            self._resolve(rules.next_hop_uri(branch.request)).addCallbacks(have_targets, failed)  # §16.6 step 7
 
     def _resolve(self, uri_text: str) -> defer.Deferred:
         try:
@@ -383,13 +395,19 @@ class StatefulProxy:
             log.info("cannot reach {target}: {why}", target=target, why=failure.value)
             self._branch_failed(context, branch, 503)  # RFC 3261 §16.9
 
-        self.connector.connect(target).addCallbacks(connected, failed)
+        existing = self.connector.connection_for(target) if hasattr(self.connector, "connection_for") else None
+        if existing is not None:
+            connected(existing)  # an open connection (always, for UDP): no Deferred needed
+        else:
+            self.connector.connect(target).addCallbacks(connected, failed)
 
     def _send_branch(self, context: ProxiedRequest, branch: Branch, connection: Connection) -> None:
         if context.state is not ProxyState.FORWARDING:
             return
         outgoing = branch.request.copy()
-        branch_id = rules.branch_for(context.request_as_received, next(context._branch_ids), self._secret)
+        if context._loop_hash is None:
+            context._loop_hash = rules.loop_hash(context.request_as_received)
+        branch_id = rules.branch_for(context.request_as_received, next(context._branch_ids), self._secret, context._loop_hash)
         rules.add_via(outgoing, connection.transport, branch.via_sent_by or self._sent_by(connection), branch_id)  # §16.6 step 8
         branch.sent_request = outgoing
         branch.attempt += 1
@@ -523,19 +541,43 @@ class StatefulProxy:
             self._ended(context)
 
     def _forward_upstream(self, context: ProxiedRequest, response: Response) -> None:
-        """§16.7 step 9: through the policy, in arrival order, to the server transaction."""
+        """§16.7 step 9: through the policy to the server transaction, in arrival order even
+        when the policy answers with a Deferred (later responses queue behind it)."""
+        context._upstream.append(response)
+        if len(context._upstream) == 1:
+            self._drain_upstream(context)
 
-        def rewrite(_: Any) -> defer.Deferred:
-            return defer.maybeDeferred(self.policy.response_to_forward, context, response)
+    def _drain_upstream(self, context: ProxiedRequest) -> None:
+        while context._upstream:
+            response = context._upstream[0]
+            try:
+                rewritten = self.policy.response_to_forward(context, response)
+            except Exception:
+                log.failure("policy.response_to_forward failed; response dropped")
+                rewritten = None
+            if isinstance(rewritten, defer.Deferred):
 
-        def send(rewritten: Response | None) -> None:
-            if rewritten is not None:
-                context.server_transaction.respond(rewritten)  # errors are logged by ``failed``
+                def done(result: Response | None) -> None:
+                    self._send_upstream(context, result)
+                    context._upstream.pop(0)
+                    self._drain_upstream(context)
 
-        def failed(failure: Failure) -> None:
-            log.failure("response not forwarded", failure)
+                def failed(failure: Failure) -> None:
+                    log.failure("policy.response_to_forward failed; response dropped", failure)
+                    done(None)
 
-        context._upstream.addCallback(rewrite).addCallback(send).addErrback(failed)
+                rewritten.addCallbacks(done, failed)
+                return
+            self._send_upstream(context, rewritten)
+            context._upstream.pop(0)
+
+    def _send_upstream(self, context: ProxiedRequest, response: Response | None) -> None:
+        if response is None:
+            return
+        try:
+            context.server_transaction.respond(response)
+        except Exception:
+            log.failure("response {status} not forwarded", status=response.status)
 
     def _respond_locally(self, context: ProxiedRequest, response: Response) -> None:
         if context.state in (ProxyState.COMPLETED, ProxyState.TERMINATED):
@@ -583,6 +625,16 @@ class StatefulProxy:
             log.failure("policy.cancel_received failed")
         if context.state is ProxyState.FORWARDING:
             self._cancel_pending(context)
+
+    def cancel_branches(self, context: ProxiedRequest) -> None:
+        """Public: CANCEL every pending branch of ``context`` (RFC 3261 §9.1; after the first
+        provisional).  Used by the eP-CSCF's call manager to release an early call."""
+        self._cancel_pending(context)
+
+    def respond_upstream(self, context: ProxiedRequest, response: Response) -> None:
+        """Public: answer ``context`` ourselves now (ignored once it has a final response).
+        Used by the call manager to end an early call it releases (WS closed, ICE failure)."""
+        self._respond_locally(context, _with_to_tag(response))
 
     def _cancel_pending(self, context: ProxiedRequest) -> None:
         """RFC 3261 §16.10 / §16.7 step 10: CANCEL every branch still without a final."""

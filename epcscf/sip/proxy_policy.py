@@ -97,6 +97,11 @@ class DefaultRoutingPolicy:
         self._transports = transports  # TransportManager-like: local_address(transport)
         self._resolver = resolver  # NextHopResolver-like: resolve_uri(uri)
         self._next_hops = [parse_uri(uri) for uri in next_hops]
+        # RFC 3263 §4.2: numeric next hops never need DNS: resolve them once, here.
+        numeric = [resolver.resolve_numeric(uri) if isinstance(uri, SipUri) else [] for uri in self._next_hops]
+        self._static_targets: list[Target] | None = (
+            [t for found in numeric for t in found] if all(found is not None for found in numeric) else None
+        )
         self._public_host = public_host
         self._record_route = record_route
 
@@ -128,22 +133,31 @@ class DefaultRoutingPolicy:
         return False
 
     # -- requests
-    def route_request(self, context: "ProxiedRequest") -> defer.Deferred:
+    def route_request(self, context: "ProxiedRequest") -> "Decision | defer.Deferred":
         request = context.request
+        if self._next_hops and self._static_targets is not None and "route" not in request.headers:
+            return self._decide(context, self._static_targets)
         if rules.list_values(request.headers, "route") or not self._next_hops:
             uris = [parse_uri(rules.next_hop_uri(request))]  # §16.6 step 7: Route, else R-URI
         else:
             uris = list(self._next_hops)
-        resolving = [self._resolver.resolve_uri(uri) for uri in uris if isinstance(uri, SipUri)]
+        sip_uris = [uri for uri in uris if isinstance(uri, SipUri)]
 
         def decide(results: list[list[Target]]) -> Decision:
-            targets = [target for found in results for target in found]
-            record_route: list[str] = []
-            if self._record_route and request.method in RECORD_ROUTED_METHODS and targets:
-                record_route = self.record_route_for(context.connection.transport, targets[0].transport)
-            return Forward(request, targets, record_route)
+            return self._decide(context, [target for found in results for target in found])
 
+        # RFC 3263 §4.2: numeric hosts need no DNS: decide at once, without a Deferred.
+        immediate = [self._resolver.resolve_numeric(uri) for uri in sip_uris]
+        if all(found is not None for found in immediate):
+            return decide(immediate)  # type: ignore[arg-type]
+        resolving = [self._resolver.resolve_uri(uri) for uri in sip_uris]
         return defer.gatherResults(resolving, consumeErrors=True).addCallback(decide)
+
+    def _decide(self, context: "ProxiedRequest", targets: list[Target]) -> Decision:
+        record_route: list[str] = []
+        if self._record_route and context.request.method in RECORD_ROUTED_METHODS and targets:
+            record_route = self.record_route_for(context.connection.transport, targets[0].transport)
+        return Forward(context.request, list(targets), record_route)
 
     def record_route_for(self, inbound: str, outbound: str) -> list[str]:
         """RFC 5658 §4: one entry, or two (outbound-facing first) when the transport changes."""

@@ -7,9 +7,10 @@ unit-tested on its own.
 from __future__ import annotations
 
 import hashlib
+import re
 from typing import Callable, Iterable, Sequence
 
-from epcscf.sip.headers import HeaderError, from_tag, parse_via, to_tag
+from epcscf.sip.headers import HeaderError, parse_via
 from epcscf.sip.message import Headers, Message, Request, Response, canonical_name, make_response
 from epcscf.sip.uri import UriError, parse_name_addr, parse_uri, split_list
 
@@ -66,6 +67,26 @@ def uri_param_names(uri_text: str) -> set[str]:
 # --- Via ----------------------------------------------------------------------------------------
 
 
+_SENT_BY_RE = re.compile(r"\s*SIP\s*/\s*2\.0\s*/\s*[A-Za-z0-9]+\s+(\[[^\]]+\]|[^\s;:]+)")
+_BRANCH_RE = re.compile(r";\s*branch\s*=\s*([^;,\s]+)", re.I)
+_TAG_RE = re.compile(r";\s*tag\s*=\s*([^;,\s>]+)", re.I)
+
+
+def branch_of(via_text: str) -> str:
+    """The branch parameter of one Via value ("" when absent), without a full parse."""
+    match = _BRANCH_RE.search(via_text)
+    return match.group(1) if match else ""
+
+
+def tag_of(address_value: str | None) -> str:
+    """The ``tag`` parameter of a From/To value ("" when absent), without a full parse."""
+    if not address_value:
+        return ""
+    gt = address_value.rfind(">")
+    match = _TAG_RE.search(address_value, gt + 1 if gt >= 0 else 0)
+    return match.group(1) if match else ""
+
+
 def via_param(via_text: str, name: str) -> str | None:
     """A Via parameter value (``""`` when present without a value, None when absent or bad)."""
     try:
@@ -87,6 +108,9 @@ def via_sent_by(via_text: str) -> tuple[str, str, int | None]:
 def mark_received(via_text: str, source_host: str, source_port: int) -> str:
     """RFC 3261 §18.2.1 + RFC 3581 §4: ``received`` when sent-by differs from the source;
     with an empty ``rport``, fill in the source port and always add ``received``."""
+    quick = _SENT_BY_RE.match(via_text)
+    if quick is not None and quick.group(1).strip("[]") == source_host and "rport" not in via_text.lower():
+        return via_text  # nothing to add: skip the full parse (the common case)
     via = parse_via(via_text)
     changed = False
     if "rport" in via.params and via.params["rport"] is None:
@@ -102,21 +126,13 @@ def mark_received(via_text: str, source_host: str, source_port: int) -> str:
 # --- loop detection and branches (§16.3 step 4, §16.6 step 8) ---------------------------------
 
 
-def _tags(request: Request) -> tuple[str, str]:
-    try:
-        return to_tag(request) or "", from_tag(request) or ""
-    except HeaderError:
-        return "", ""
-
-
 def loop_hash(request: Request) -> str:
     """RFC 3261 §16.6 step 8: a hash of the fields that decide routing.  The same request
     coming back unchanged (a loop) hashes the same; a spiral (changed R-URI, …) does not."""
-    to, from_ = _tags(request)
     fields = [
         request.uri,
-        to,
-        from_,
+        tag_of(request.headers.get("to")),
+        tag_of(request.headers.get("from")),
         request.headers.get("call-id") or "",
         (request.headers.get("cseq") or "").split()[0] if request.headers.get("cseq") else "",
         ",".join(request.headers.get_all("proxy-require")),
@@ -125,32 +141,38 @@ def loop_hash(request: Request) -> str:
     return hashlib.blake2s("\x00".join(fields).encode("utf-8", "surrogateescape"), digest_size=8).hexdigest()
 
 
-def branch_for(request: Request, index: int, secret: bytes = b"") -> str:
+def branch_for(request: Request, index: int, secret: bytes = b"", loop: str | None = None) -> str:
     """A new RFC 3261 §8.1.1.7 branch: our prefix, the loop hash, and a part that depends only
     on the incoming top Via (so it is unique per transaction and stateless-computable,
     §16.11) and the branch index (parallel/serial branches of one transaction differ)."""
     top = (list_values(request.headers, "via") or [""])[0]
-    incoming = via_param(top, "branch") or top
+    incoming = branch_of(top) or top
     # RFC 3261 §9.1 / §16.10: a CANCEL carries its INVITE's branch, so it hashes like its INVITE.
     method = "INVITE" if request.method == "CANCEL" else request.method
     digest = hashlib.blake2s(
         f"{incoming}\x00{method}\x00{index}".encode("utf-8", "surrogateescape"), key=secret[:32], digest_size=8
     ).hexdigest()
-    return f"{BRANCH_PREFIX}{loop_hash(request)}.{digest}"
+    return f"{BRANCH_PREFIX}{loop if loop is not None else loop_hash(request)}.{digest}"
 
 
 def is_loop(request: Request, own_sent_by: Callable[[str, int | None], bool]) -> bool:
     """RFC 3261 §16.3 step 4: a Via of ours whose loop hash equals this request's → a loop."""
-    current = loop_hash(request)
+    if not any(BRANCH_PREFIX in line for line in request.headers.get_all("via")):
+        return False  # none of our branches: no Via of ours (the common case)
+    current: str | None = None  # computed only when one of our Vias is present
     for via in list_values(request.headers, "via"):
+        branch = branch_of(via)
+        if not branch.startswith(BRANCH_PREFIX):
+            continue
         try:
             _transport, host, port = via_sent_by(via)
         except HeaderError:
             continue
         if not own_sent_by(host, port):
             continue
-        branch = via_param(via, "branch") or ""
-        if branch.startswith(BRANCH_PREFIX) and branch[len(BRANCH_PREFIX) :].split(".", 1)[0] == current:
+        if current is None:
+            current = loop_hash(request)
+        if branch[len(BRANCH_PREFIX) :].split(".", 1)[0] == current:
             return True
     return False
 

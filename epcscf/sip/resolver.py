@@ -113,6 +113,21 @@ class NextHopResolver:
         secure = str(getattr(uri, "scheme", "sip")).lower() == "sips"
         return self.resolve(host, getattr(uri, "port", None), transport, secure)
 
+    def resolve_numeric(self, uri: Any) -> list[Target] | None:
+        """The targets of a URI whose host is a numeric IP (RFC 3263 §4.2: no DNS), at once;
+        None when DNS is needed."""
+        params = {k.lower(): v for k, v in (getattr(uri, "params", None) or {}).items()}
+        host = (params.get("maddr") or uri.host).strip("[]")
+        if not is_numeric_host(host):
+            return None
+        secure = str(getattr(uri, "scheme", "sip")).lower() == "sips"
+        transport = (params.get("transport") or ("TLS" if secure else "UDP")).upper()
+        if secure and transport == "TCP":
+            transport = "TLS"
+        if secure and transport == "UDP":
+            return []
+        return [Target(transport, host, getattr(uri, "port", None) or DEFAULT_PORTS.get(transport, 5060), None)]
+
     def resolve(
         self, host: str, port: int | None = None, transport: str | None = None, secure: bool = False
     ) -> defer.Deferred:

@@ -25,6 +25,7 @@ layer).  Nothing here reads a message beyond what framing and RFC 3261 §18 need
 from __future__ import annotations
 
 import itertools
+from socket import SO_RCVBUF, SOL_SOCKET
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable
 
@@ -97,6 +98,8 @@ class TransportSettings:
     #: trust root for outbound TLS (``ssl.Certificate`` or ``platformTrust()``); None = platform
     tls_trust_root: Any = None
     connect_timeout: float = 10.0
+    #: SO_RCVBUF for UDP listeners, bytes (0: the system default)
+    udp_receive_buffer: int = 4 * 1024 * 1024
 
 
 class _Connections:
@@ -175,6 +178,11 @@ class UdpTransport(DatagramProtocol):
     def startProtocol(self) -> None:
         host = self.transport.getHost()
         self.local = Address(host.host, host.port)
+        socket = getattr(self.transport, "socket", None)
+        if socket is not None and self._settings.udp_receive_buffer:
+            # A bigger kernel buffer rides out bursts instead of dropping datagrams (the
+            # kernel caps it at net.core.rmem_max).
+            socket.setsockopt(SOL_SOCKET, SO_RCVBUF, self._settings.udp_receive_buffer)
         self.listening = True
         self._schedule_sweep()
 
@@ -230,6 +238,9 @@ class UdpTransport(DatagramProtocol):
         sent-by port only when the client did not ask for rport."""
         if not isinstance(message, Request):
             return source
+        raw = message.headers.get("via") or ""
+        if "rport" in raw.split(",", 1)[0].lower():
+            return source  # the common case, decided without parsing the Via
         try:
             via = top_via(message)
         except Exception:
