@@ -19,7 +19,10 @@ from twisted.internet.error import CannotListenError
 from twisted.internet.protocol import ClientCreator, DatagramProtocol, Protocol
 from twisted.trial import unittest
 
-from epcscf.core.service import EmbeddedCore, EmbeddedCoreSettings
+from epcscf.config import load
+from epcscf.core.service import EmbeddedCore, EmbeddedCoreSettings, HostsFileResolver
+from epcscf.sip.resolver import NextHopResolver
+from epcscf.sip.uri import parse_uri
 from epcscf.sip.message import Headers, Request, Response
 from epcscf.sip.parser import MessageFramed, StreamFramer, parse_message
 from epcscf.sip.transaction_machine import TimerSettings
@@ -404,8 +407,6 @@ class RegEventOverUdpTests(EmbeddedCoreTestCase):
 
 class SettingsTests(unittest.TestCase):
     def test_default_ini_gives_an_embedded_core_on_loopback(self) -> None:
-        from epcscf.config import load
-
         top = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
         settings = EmbeddedCoreSettings.from_config(load([os.path.join(top, "etc", "epcscf.ini")]))
         self.assertEqual(settings.domain, DOMAIN)
@@ -416,3 +417,14 @@ class SettingsTests(unittest.TestCase):
         self.assertEqual(core.registration_sets[f"sip:alice@{DOMAIN}"], (f"sip:alice@{DOMAIN}", "tel:+15550001"))
         self.assertEqual(core.identities["tel:+15550002"], f"sip:bob@{DOMAIN}")
         core.notifier.close()
+
+    async def test_names_resolve_from_the_hosts_file_without_dns(self) -> None:
+        directory = self.mktemp()
+        os.makedirs(directory)
+        hosts_file = os.path.join(directory, "hosts")
+        with open(hosts_file, "w") as handle:
+            handle.write("127.0.0.1 localhost core.test\n")
+        resolver = NextHopResolver(HostsFileResolver(file=hosts_file))
+        targets = await resolver.resolve_uri(parse_uri("sip:service@core.test"))
+        self.assertEqual([(t.transport, t.host, t.port) for t in targets], [("UDP", "127.0.0.1", 5060)])
+        self.assertEqual(await resolver.resolve_uri(parse_uri("sip:service@unknown.test")), [])

@@ -37,7 +37,7 @@ class CoreSippTests(unittest.TestCase):
         os.makedirs(self.directory)
         users = os.path.join(self.directory, "users")
         with open(users, "w") as handle:
-            handle.write("alice:alice-secret\n")
+            handle.write("alice:alice-secret\nbob:bob-secret\n")
         self.core_port = free_port()
         self.core = EmbeddedCore(
             EmbeddedCoreSettings(DOMAIN, (f"udp:127.0.0.1:{self.core_port}",), users, timers=TimerSettings()), reactor
@@ -98,3 +98,41 @@ class CoreSippTests(unittest.TestCase):
             self.assertEqual(len(vias), 2, request)
             self.assertIn(f"127.0.0.1:{self.core_port}", vias[0])
         self.assertEqual(self.core.proxy.active(), [])
+
+    async def test_sipp_registers_with_digest_and_receives_a_call_through_the_core(self) -> None:
+        uas_port, register_port, uac_port = free_port(), free_port(), free_port()
+        uas, uas_trace = self.spawn_sipp("uas", ["-sn", "uas", "-i", "127.0.0.1", "-p", str(uas_port), "-m", "1"])
+        await wait_for(lambda: port_bound(uas_port, "UDP") or uas.ended.called, timeout=10)
+        registrar_client, register_trace = self.spawn_sipp(
+            "register",
+            [
+                f"127.0.0.1:{self.core_port}",
+                "-sf", os.path.join(FIXTURES, "uac_register_digest.xml"),
+                "-key", "uas_port", str(uas_port),
+                # sipp's digest uri defaults to the peer address; RFC 7616 §3.4.6 wants the R-URI
+                "-auth_uri", DOMAIN,
+                "-i", "127.0.0.1", "-p", str(register_port), "-m", "1",
+            ],
+        )
+        register_code = await registrar_client.ended
+        self.assertEqual(register_code, 0, f"sipp REGISTER failed: {registrar_client.output[-3000:]!r}")
+        [binding] = self.core.location.bindings(f"sip:bob@{DOMAIN}")
+        self.assertEqual(binding.contact, f"sip:bob@127.0.0.1:{uas_port}")
+        registers = [m for m in messages_in_trace(register_trace) if m.startswith("REGISTER ")]
+        self.assertIn('algorithm=MD5', headers_named(registers[1], "Authorization")[0])
+
+        uac, _ = self.spawn_sipp(
+            "uac",
+            [
+                f"127.0.0.1:{self.core_port}",
+                "-sf", os.path.join(FIXTURES, "uac_call_to_bob.xml"),
+                "-i", "127.0.0.1", "-p", str(uac_port), "-m", "1",
+            ],
+        )
+        self.assertEqual(await uac.ended, 0, f"sipp UAC failed: {uac.output[-3000:]!r}")
+        self.assertEqual(await uas.ended, 0, f"sipp UAS failed: {uas.output[-3000:]!r}")
+        requests = [m for m in messages_in_trace(uas_trace) if not m.startswith("SIP/2.0")]
+        self.assertEqual([m.split()[0] for m in requests], ["INVITE", "ACK", "BYE"])
+        # Terminating: the Request-URI became bob's registered contact (no Path was stored).
+        self.assertTrue(requests[0].startswith(f"INVITE sip:bob@127.0.0.1:{uas_port} SIP/2.0"))
+        self.assertEqual(headers_named(requests[0], "P-Called-Party-ID"), [f"P-Called-Party-ID: <sip:bob@{DOMAIN}>"])

@@ -30,6 +30,8 @@ from typing import Any, Iterable
 from twisted.application.service import Service
 from twisted.internet import defer, task
 from twisted.logger import Logger
+from twisted.names import error as dns_error
+from twisted.names import hosts
 
 from epcscf.core.digest import DigestAuthenticator
 from epcscf.core.location import LocationService, aor_of
@@ -64,6 +66,12 @@ class EmbeddedCoreSettings:
     default_expires: int = DEFAULT_EXPIRES
     #: RFC 7616 §3.3: how long a nonce is accepted before the client gets stale=true
     nonce_lifetime: float = 300.0
+    #: digest algorithms challenged, in this order (RFC 8760 §2.4).  MD5 comes first by
+    #: default because the WICs and test peers of this project read only the first
+    #: WWW-Authenticate and know only MD5 (JsSIP ``DigestAuthentication``: "algorithm
+    #: different than MD5, authentication aborted"; sipp 3.6); SHA-256 is offered too for
+    #: RFC 8760 clients that pick the best algorithm among all challenges.
+    digest_algorithms: tuple[str, ...] = ("MD5", "SHA-256")
     timers: TimerSettings = TimerSettings()
     purge_interval: float = 60.0
 
@@ -167,7 +175,9 @@ class EmbeddedCore(Service):
         self.identities = identity_map(users)
         self.registration_sets = {aor_of(parse_uri(u.identities[0])): u.identities for u in users}
         self.location = LocationService(reactor)
-        self.authenticator = DigestAuthenticator(settings.domain, self.users, reactor, settings.nonce_lifetime)
+        self.authenticator = DigestAuthenticator(
+            settings.domain, self.users, reactor, settings.nonce_lifetime, algorithms=settings.digest_algorithms
+        )
         self.router = CoreRouter(settings.domain, self.location, self.identities.get)
         self.transports = TransportManager(reactor, self._deliver)
         self.resolver = NextHopResolver(dns_resolver if dns_resolver is not None else _hosts_resolver())
@@ -283,11 +293,19 @@ def _in_dialog(request: Request) -> bool:
         return False
 
 
-def _hosts_resolver() -> Any:
-    """Names for the embedded core come from /etc/hosts (it talks to loopback peers only)."""
-    from twisted.names import hosts
+class HostsFileResolver(hosts.Resolver):
+    """Names for the embedded core come from /etc/hosts only (it talks to loopback peers).
 
-    return hosts.Resolver()
+    Every other record type (NAPTR, SRV) has no answer, so RFC 3263 falls back to A/AAAA
+    of the host (§4.1, §4.2) instead of failing.
+    """
+
+    def _lookup(self, name: bytes, cls: int, type: int, timeout: Any) -> defer.Deferred:  # noqa: A002
+        return defer.fail(dns_error.DomainError(name))
+
+
+def _hosts_resolver() -> Any:
+    return HostsFileResolver()
 
 
 def _tag() -> str:
