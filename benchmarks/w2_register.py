@@ -1,0 +1,516 @@
+"""Benchmark (issue 4): REGISTER throughput and resident memory per idle registered connection.
+
+Usage::
+
+    .venv/bin/python benchmarks/w2_register.py [--quick] [--seconds 10] [--connections 200]
+                                               [--workers 2] [--sizes 1000,5000] [--log-level info]
+
+epcscf runs as its own process (``twistd -n epcscf`` on a generated ini: ws and wss listeners
+on free 127.0.0.1 ports, the embedded core with generated users ``user0001``…, a self-signed
+ECDSA P-256 certificate made here with ``cryptography``), so that its RSS is read from
+``/proc/<pid>/status`` apart from the generator.  The generator is ``--workers`` separate
+processes (``benchmarks/_load.py``: raw asyncio WebSocket WICs).
+
+Measured:
+
+1. Registrations/s: ``--connections`` WICs, registered once, then re-register back to back for
+   ``--seconds`` (each registration = REGISTER → 401 → REGISTER with Authorization → 200,
+   digest computed by the WIC); p50/p99 of that whole exchange.  On ws, then on wss.
+2. RSS per idle registered connection: a fresh epcscf per transport; baseline VmRSS after a
+   small warm-up (10 WICs registered and closed, so one-off lazy initialisation is not
+   charged to connections), then VmRSS once N WICs are connected, registered and idle and
+   the figure has settled; (after − before) / N in KiB, for each N in ``--sizes`` (cumulative:
+   the 5000 include the first 1000).
+
+Floors (issue 4): ≥ 1,000 registrations/s; ≤ 40 KiB per idle registered wss connection.
+Every figure is printed with PASS/FAIL; the exit status is 0 whatever the figures (this is
+a measurement, not a test), non-zero only when the benchmark itself could not run.
+Everything is on 127.0.0.1, bounded in connections and time, and cleaned up on exit.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import datetime
+import ipaddress
+import multiprocessing
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from typing import Any, Iterator
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+TOP = os.path.dirname(HERE)
+sys.path.insert(0, HERE)
+
+from _load import WorkerSettings, raise_open_files_limit, worker_main  # noqa: E402
+
+DOMAIN = "ims.localdomain"
+REGISTRATIONS_FLOOR = 1000.0  # registrations/s, generator included, 2 cores
+WSS_KIB_FLOOR = 40.0  # KiB RSS per idle registered wss connection
+WARM_UP_WICS = 10
+OPEN_FILES = 20000
+
+
+# --- the epcscf process ---
+
+
+def free_port(kind: int = socket.SOCK_STREAM) -> int:
+    with socket.socket(socket.AF_INET, kind) as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def make_certificate(directory: str) -> tuple[str, str]:
+    """A self-signed ECDSA P-256 certificate for 127.0.0.1: (cert path, key path)."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")])
+    now = datetime.datetime.now(datetime.timezone.utc)
+    certificate = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), critical=False)
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .sign(key, hashes.SHA256())
+    )
+    cert_path, key_path = os.path.join(directory, "cert.pem"), os.path.join(directory, "key.pem")
+    with open(cert_path, "wb") as handle:
+        handle.write(certificate.public_bytes(serialization.Encoding.PEM))
+    with open(key_path, "wb") as handle:
+        handle.write(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()))
+    return cert_path, key_path
+
+
+def make_users(count: int) -> list[tuple[str, str]]:
+    return [(f"user{i:04d}", f"secret-{i:04d}") for i in range(1, count + 1)]
+
+
+@dataclass
+class Deployment:
+    """Files of one benchmark run: ini, users, certificate."""
+
+    directory: str
+    users: list[tuple[str, str]]
+    log_level: str
+    cert: str = ""
+    key: str = ""
+
+    def __post_init__(self) -> None:
+        self.cert, self.key = make_certificate(self.directory)
+        self.users_file = os.path.join(self.directory, "users")
+        with open(self.users_file, "w") as handle:
+            handle.write("".join(f"{name}:{password}\n" for name, password in self.users))
+
+    def write_ini(self, name: str) -> tuple[str, int, int]:
+        """A fresh ini with new free ports: (path, ws port, wss port)."""
+        ws_port, wss_port = free_port(), free_port()
+        path = os.path.join(self.directory, f"{name}.ini")
+        with open(path, "w") as handle:
+            handle.write(
+                f"""\
+[service]
+state_dir = {self.directory}/var-{name}
+[sip]
+listen = udp:127.0.0.1:{free_port(socket.SOCK_DGRAM)}
+[ws]
+listen = ws:127.0.0.1:{ws_port}, wss:127.0.0.1:{wss_port}
+certificate = {self.cert}
+private_key = {self.key}
+allow_missing_origin = true
+[core]
+mode = embedded
+domain = {DOMAIN}
+listen = udp:127.0.0.1:{free_port(socket.SOCK_DGRAM)}
+users = {self.users_file}
+[media]
+port_range = 41000-41999
+[manhole]
+enabled = false
+[log]
+level = {self.log_level}
+"""
+            )
+        return path, ws_port, wss_port
+
+
+class EpcscfProcess:
+    """``twistd -n --pidfile= epcscf --config <ini>`` as a child process with a raised open-files limit."""
+
+    def __init__(self, deployment: Deployment, name: str) -> None:
+        self.ini, self.ws_port, self.wss_port = deployment.write_ini(name)
+        self.log_path = os.path.join(deployment.directory, f"{name}.log")
+        self.log = open(self.log_path, "wb")
+        env = dict(os.environ)
+        env["PYTHONPATH"] = TOP + os.pathsep + env.get("PYTHONPATH", "")
+        self.process = subprocess.Popen(
+            [os.path.join(TOP, ".venv", "bin", "twistd"), "-n", "--pidfile=", "epcscf", "--config", self.ini],
+            cwd=TOP,
+            env=env,
+            stdout=self.log,
+            stderr=subprocess.STDOUT,
+            preexec_fn=lambda: raise_open_files_limit(OPEN_FILES),
+        )
+        self.pid = self.process.pid
+
+    def wait_listening(self, timeout: float = 30.0) -> None:
+        deadline = time.monotonic() + timeout
+        for port in (self.ws_port, self.wss_port):
+            while True:
+                if self.process.poll() is not None:
+                    raise RuntimeError(f"epcscf exited with {self.process.returncode}; see {self.log_path}:\n{self.tail()}")
+                with socket.socket() as probe:
+                    if probe.connect_ex(("127.0.0.1", port)) == 0:
+                        break
+                if time.monotonic() > deadline:
+                    raise RuntimeError(f"epcscf not listening on {port} after {timeout} s; see {self.log_path}")
+                time.sleep(0.05)
+
+    def rss_kib(self) -> int:
+        with open(f"/proc/{self.pid}/status") as status:
+            for line in status:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1])
+        raise RuntimeError("no VmRSS")
+
+    def cpu_seconds(self) -> float:
+        with open(f"/proc/{self.pid}/stat") as stat:
+            fields_ = stat.read().rsplit(")", 1)[1].split()
+        return (int(fields_[11]) + int(fields_[12])) / os.sysconf("SC_CLK_TCK")
+
+    def tail(self, lines: int = 15) -> str:
+        self.log.flush()
+        with open(self.log_path, "rb") as handle:
+            return b"\n".join(handle.read().splitlines()[-lines:]).decode(errors="replace")
+
+    def count_in_log(self, text: bytes) -> int:
+        self.log.flush()
+        with open(self.log_path, "rb") as handle:
+            return handle.read().count(text)
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(10)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait(5)
+        self.log.close()
+
+
+# --- the generator processes ---
+
+
+class Generator:
+    """``workers`` processes, each owning a contiguous slice of the users, driven in lock step."""
+
+    def __init__(self, epcscf: EpcscfProcess, secure: bool, users: list[tuple[str, str]], workers: int, cafile: str) -> None:
+        context = multiprocessing.get_context("fork")
+        self.pipes = []
+        self.processes = []
+        port = epcscf.wss_port if secure else epcscf.ws_port
+        share = -(-len(users) // workers)
+        for index in range(workers):
+            parent, child = context.Pipe()
+            settings = WorkerSettings("127.0.0.1", port, secure, cafile, users[index * share : (index + 1) * share], DOMAIN)
+            process = context.Process(target=worker_main, args=(child, settings, OPEN_FILES), daemon=True)
+            process.start()
+            child.close()
+            self.pipes.append(parent)
+            self.processes.append(process)
+        self._all("ready", timeout=30)
+
+    def _all(self, expected: str, timeout: float) -> list[dict[str, Any]]:
+        results = []
+        deadline = time.monotonic() + timeout
+        for pipe in self.pipes:
+            if not pipe.poll(max(0.0, deadline - time.monotonic())):
+                raise RuntimeError(f"a generator worker did not answer {expected!r} within {timeout} s")
+            answer, result = pipe.recv()
+            if answer != expected:
+                raise RuntimeError(f"generator worker answered {answer!r} {result!r}, expected {expected!r}")
+            results.append(result)
+        return results
+
+    def open(self, count: int, timeout: float = 120.0) -> dict[str, Any]:
+        """Open and register ``count`` more WICs spread over the workers."""
+        started = time.perf_counter()
+        share = [count // len(self.pipes) + (1 if i < count % len(self.pipes) else 0) for i in range(len(self.pipes))]
+        for pipe, n in zip(self.pipes, share):
+            pipe.send(("open", (n,)))
+        results = self._all("opened", timeout)
+        errors: dict[str, int] = {}
+        for result in results:
+            for key, n in result["errors"].items():
+                errors[key] = errors.get(key, 0) + n
+        return {"opened": sum(r["opened"] for r in results), "errors": errors, "seconds": time.perf_counter() - started}
+
+    def run(self, seconds: float) -> dict[str, Any]:
+        start_at = time.time() + 0.3  # every worker starts on the same wall-clock instant
+        for pipe in self.pipes:
+            pipe.send(("run", (seconds, start_at)))
+        results = self._all("ran", seconds + 60)
+        latencies = sorted(latency for result in results for latency in result["latencies"])
+        errors: dict[str, int] = {}
+        for result in results:
+            for key, n in result["errors"].items():
+                errors[key] = errors.get(key, 0) + n
+        elapsed = max(result["seconds"] for result in results)
+        return {"latencies": latencies, "errors": errors, "seconds": elapsed}
+
+    def close(self) -> None:
+        for pipe in self.pipes:
+            with contextlib.suppress(OSError):
+                pipe.send(("close", ()))
+        with contextlib.suppress(RuntimeError, OSError, EOFError):
+            self._all("closed", 30)
+        for process in self.processes:
+            process.join(5)
+            if process.is_alive():
+                process.terminate()
+                process.join(5)
+
+
+@contextlib.contextmanager
+def generator(*args: Any) -> Iterator[Generator]:
+    gen = Generator(*args)
+    try:
+        yield gen
+    finally:
+        gen.close()
+
+
+# --- measurements ---
+
+
+def percentile(ordered: list[float], fraction: float) -> float:
+    if not ordered:
+        return float("nan")
+    return ordered[min(len(ordered) - 1, int(fraction * len(ordered)))]
+
+
+@dataclass
+class ThroughputResult:
+    transport: str
+    connections: int
+    registrations: int
+    seconds: float
+    p50_ms: float
+    p99_ms: float
+    errors: dict[str, int]
+    server_cpu: float  # fraction of one core used by epcscf during the run
+
+    @property
+    def rate(self) -> float:
+        return self.registrations / self.seconds if self.seconds else 0.0
+
+
+@dataclass
+class MemoryResult:
+    transport: str
+    connections: int
+    wanted: int
+    baseline_kib: int
+    after_kib: int
+    open_seconds: float
+    errors: dict[str, int]
+
+    @property
+    def per_connection_kib(self) -> float:
+        return (self.after_kib - self.baseline_kib) / self.connections if self.connections else float("nan")
+
+
+def settled_rss(epcscf: EpcscfProcess, settle: float, limit: float) -> int:
+    """VmRSS once it stops moving: wait ``settle`` s, then until two reads 0.5 s apart differ < 0.5 %."""
+    time.sleep(settle)
+    deadline = time.monotonic() + limit
+    previous = epcscf.rss_kib()
+    while True:
+        time.sleep(0.5)
+        current = epcscf.rss_kib()
+        if abs(current - previous) <= previous * 0.005 or time.monotonic() > deadline:
+            return current
+        previous = current
+
+
+def measure_throughput(
+    epcscf: EpcscfProcess, deployment: Deployment, secure: bool, connections: int, seconds: float, workers: int
+) -> ThroughputResult:
+    transport = "wss" if secure else "ws"
+    with generator(epcscf, secure, deployment.users[:connections], workers, deployment.cert) as gen:
+        opened = gen.open(connections)
+        if opened["opened"] == 0:
+            raise RuntimeError(f"no {transport} WIC could register: {opened['errors']}")
+        cpu_before, wall_before = epcscf.cpu_seconds(), time.monotonic()
+        ran = gen.run(seconds)
+        cpu = (epcscf.cpu_seconds() - cpu_before) / (time.monotonic() - wall_before)
+    latencies = ran["latencies"]
+    errors = dict(opened["errors"])
+    for key, n in ran["errors"].items():
+        errors[key] = errors.get(key, 0) + n
+    return ThroughputResult(
+        transport,
+        opened["opened"],
+        len(latencies),
+        ran["seconds"],
+        percentile(latencies, 0.50) * 1000,
+        percentile(latencies, 0.99) * 1000,
+        errors,
+        cpu,
+    )
+
+
+def measure_memory(
+    deployment: Deployment, secure: bool, sizes: list[int], workers: int, settle: float
+) -> list[MemoryResult]:
+    transport = "wss" if secure else "ws"
+    epcscf = EpcscfProcess(deployment, f"memory-{transport}")
+    results = []
+    try:
+        epcscf.wait_listening()
+        # Warm-up: the first registration imports and caches things once per process.
+        warm_users = deployment.users[-WARM_UP_WICS:]
+        with generator(epcscf, secure, warm_users, 1, deployment.cert) as warm:
+            warm.open(len(warm_users))
+        baseline = settled_rss(epcscf, 1.0, 5.0)
+        with generator(epcscf, secure, deployment.users[: max(sizes)], workers, deployment.cert) as gen:
+            opened_total, errors_total, open_seconds, wanted = 0, {}, 0.0, 0
+            for size in sizes:
+                opened = gen.open(size - wanted)
+                wanted = size
+                opened_total += opened["opened"]
+                open_seconds += opened["seconds"]
+                for key, n in opened["errors"].items():
+                    errors_total[key] = errors_total.get(key, 0) + n
+                after = settled_rss(epcscf, settle, 10.0)
+                results.append(MemoryResult(transport, opened_total, size, baseline, after, open_seconds, dict(errors_total)))
+                print(
+                    f"  {transport}: {opened_total}/{size} registered in {open_seconds:.1f} s, "
+                    f"RSS {baseline / 1024:.1f} → {after / 1024:.1f} MiB",
+                    flush=True,
+                )
+    finally:
+        epcscf.stop()
+    return results
+
+
+# --- report ---
+
+
+def verdict(ok: bool) -> str:
+    return "PASS" if ok else "FAIL"
+
+
+def report(throughputs: list[ThroughputResult], memories: list[MemoryResult], quick: bool) -> bool:
+    print()
+    print("REGISTER throughput (REGISTER → 401 → REGISTER+Authorization → 200, epcscf + embedded core)")
+    print(f"{'transport':<10}{'conns':>7}{'registrations':>15}{'seconds':>9}{'reg/s':>9}{'p50 ms':>9}{'p99 ms':>9}{'epcscf CPU':>12}{'errors':>8}  floor ≥ {REGISTRATIONS_FLOOR:.0f}/s")
+    all_ok = True
+    for t in throughputs:
+        ok = t.rate >= REGISTRATIONS_FLOOR
+        all_ok &= ok
+        print(
+            f"{t.transport:<10}{t.connections:>7}{t.registrations:>15}{t.seconds:>9.1f}{t.rate:>9.0f}"
+            f"{t.p50_ms:>9.1f}{t.p99_ms:>9.1f}{t.server_cpu * 100:>11.0f}%{sum(t.errors.values()):>8}  {verdict(ok)}"
+        )
+        for key, n in t.errors.items():
+            print(f"    {n} × {key}")
+    print()
+    print("Resident memory per idle registered connection (epcscf VmRSS, after − before) / N")
+    print(f"{'transport':<10}{'N':>7}{'registered':>12}{'RSS before':>12}{'RSS after':>12}{'per conn':>11}{'open s':>8}  floor")
+    for m in memories:
+        line = (
+            f"{m.transport:<10}{m.wanted:>7}{m.connections:>12}{m.baseline_kib / 1024:>8.1f} MiB{m.after_kib / 1024:>8.1f} MiB"
+            f"{m.per_connection_kib:>7.1f} KiB{m.open_seconds:>8.1f}"
+        )
+        if m.transport == "wss":
+            ok = m.per_connection_kib <= WSS_KIB_FLOOR and m.connections == m.wanted
+            all_ok &= ok
+            line += f"  ≤ {WSS_KIB_FLOOR:.0f} KiB: {verdict(ok)}"
+        else:
+            line += "  (no floor)"
+        print(line)
+        for key, n in m.errors.items():
+            print(f"    {n} × {key}")
+    print()
+    if quick:
+        print("--quick smoke run: small N, figures are not representative of the floors.")
+    print("All floors met." if all_ok else "Some floors were MISSED (see FAIL above); this is a measurement, exit status 0.")
+    return all_ok
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true", help="10-second smoke run: 100 connections")
+    parser.add_argument("--seconds", type=float, default=None, help="duration of each throughput run (default 10, quick 2)")
+    parser.add_argument("--connections", type=int, default=None, help="WICs registering concurrently (default 200, quick 50)")
+    parser.add_argument("--workers", type=int, default=2, help="generator processes (default 2)")
+    parser.add_argument("--sizes", default=None, help="connection counts for the memory figure (default 1000,5000; quick 100)")
+    parser.add_argument("--settle", type=float, default=None, help="seconds idle before reading RSS (default 3, quick 1)")
+    parser.add_argument("--log-level", default="info", choices=("debug", "info", "warn", "error"), help="epcscf [log] level")
+    parser.add_argument("--only", choices=("throughput", "memory"), help="run only one of the two measurements")
+    parser.add_argument("--keep", action="store_true", help="keep the temporary directory (ini, logs)")
+    args = parser.parse_args(argv)
+    seconds = args.seconds or (2.0 if args.quick else 10.0)
+    connections = args.connections or (50 if args.quick else 200)
+    sizes = sorted(int(s) for s in (args.sizes or ("100" if args.quick else "1000,5000")).split(","))
+    settle = args.settle if args.settle is not None else (1.0 if args.quick else 3.0)
+    if max(sizes) * 2 + 1000 > OPEN_FILES:
+        parser.error(f"at most {(OPEN_FILES - 1000) // 2} connections")
+    limit = raise_open_files_limit(OPEN_FILES)
+    if limit < max(sizes) + 200:
+        print(f"warning: open files limited to {limit}", file=sys.stderr)
+
+    started = time.monotonic()
+    directory = tempfile.mkdtemp(prefix="w2_register-")
+    deployment = Deployment(directory, make_users(max(max(sizes), connections) + WARM_UP_WICS), args.log_level)
+    print(
+        f"epcscf: twistd -n epcscf, embedded core, {len(deployment.users)} users, log level {args.log_level}; "
+        f"generator: {args.workers} processes; files in {directory}",
+        flush=True,
+    )
+    throughputs: list[ThroughputResult] = []
+    memories: list[MemoryResult] = []
+    try:
+        if args.only in (None, "throughput"):
+            epcscf = EpcscfProcess(deployment, "throughput")
+            try:
+                epcscf.wait_listening()
+                for secure in (False, True):
+                    result = measure_throughput(epcscf, deployment, secure, connections, seconds, args.workers)
+                    print(f"  {result.transport}: {result.rate:.0f} registrations/s", flush=True)
+                    throughputs.append(result)
+            finally:
+                epcscf.stop()
+        if args.only in (None, "memory"):
+            for secure in (False, True):
+                memories.extend(measure_memory(deployment, secure, sizes, args.workers, settle))
+    finally:
+        if args.keep:
+            print(f"kept {directory}")
+        else:
+            shutil.rmtree(directory, ignore_errors=True)
+    report(throughputs, memories, args.quick)
+    print(f"(benchmark took {time.monotonic() - started:.0f} s)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
