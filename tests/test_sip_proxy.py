@@ -319,6 +319,16 @@ class ForwardingTests(ProxyTestCase):
         self.assertEqual((sent.connection.transport, sent.connection.remote), ("TCP", Address("192.0.2.30", 5090)))
         self.assertEqual(sent.request.uri, "sip:bob@ims.example")  # R-URI untouched
 
+    def test_default_policy_in_dialog_request_follows_r_uri_not_static_next_hop(self) -> None:
+        # A BYE from the callee reaches us through our Record-Route: after removing our Route
+        # it goes to its R-URI (the caller's Contact), not to the configured next hop.
+        policy = DefaultRoutingPolicy(self.connector, self.resolver, ["sip:192.0.2.30:5090"])
+        self.proxy.policy = policy
+        self.receive(request_text("BYE", uri="sip:alice@192.0.2.10:5070", extra=["Route: <sip:127.0.0.1:5060;transport=udp;lr>"]))
+        sent = self.forwarded("BYE")
+        self.assertEqual(sent.connection.remote, Address("192.0.2.10", 5070))
+        self.assertEqual(sent.request.headers.get_all("route"), [])
+
     def test_loose_routing_removes_our_route_and_follows_the_next(self) -> None:
         # RFC 3261 §16.4 (and RFC 5658: both of our double-RR entries come back as Routes).
         policy = DefaultRoutingPolicy(self.connector, self.resolver)

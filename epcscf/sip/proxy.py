@@ -106,6 +106,8 @@ class ProxiedRequest:
     connection: Connection  # where it came from
     server_transaction: Any = None
     original: Request | None = None  # as received (loop hash and branch ids use it)
+    #: how many Route values were ours (> 0: the request was loose-routed to us, e.g. in-dialog)
+    own_routes_removed: int = 0
     state: ProxyState = ProxyState.ROUTING
     branches: list[Branch] = field(default_factory=list)
     responses: list[Response] = field(default_factory=list)  # finals received, in order
@@ -202,6 +204,16 @@ class StatefulProxy:
     def active(self) -> list[ProxiedRequest]:
         return list(self._by_server.values())
 
+    def close(self) -> None:
+        """Stop every Timer C (service shutdown); transactions are the layer's to close."""
+        for context, branch in list(self._by_client.values()):
+            self._stop_timer_c(branch)
+        for context in list(self._by_server.values()):
+            for branch in context.branches:
+                self._stop_timer_c(branch)
+        self._by_client.clear()
+        self._by_server.clear()
+
     # ===== TransactionUser =====================================================================
 
     def request_received(self, request: Request, transaction: Any) -> None:
@@ -227,7 +239,7 @@ class StatefulProxy:
             return
         working = request.copy()
         _mark_source(working, transaction.connection)  # RFC 3261 §18.2.1, RFC 3581 §4
-        rules.process_own_routes(working, self.policy.is_own_uri)  # RFC 3261 §16.4
+        context.own_routes_removed = rules.process_own_routes(working, self.policy.is_own_uri)  # §16.4
         context.request = working
         try:
             decided = self.policy.route_request(context)
@@ -252,8 +264,8 @@ class StatefulProxy:
         branch_id = rules.branch_for(request, 0, self._secret)  # §16.11: stateless branch
         working = request.copy()
         _mark_source(working, connection)
-        rules.process_own_routes(working, self.policy.is_own_uri)  # §16.4
-        context = ProxiedRequest(working, connection, None, original=request)
+        removed = rules.process_own_routes(working, self.policy.is_own_uri)  # §16.4
+        context = ProxiedRequest(working, connection, None, original=request, own_routes_removed=removed)
         decided = defer.maybeDeferred(self.policy.route_request, context)
 
         def forward(decision: Decision) -> Any:

@@ -19,7 +19,7 @@ from twisted.internet import defer
 
 from epcscf.sip import proxy_rules as rules
 from epcscf.sip.connection import Connection
-from epcscf.sip.message import Request, Response
+from epcscf.sip.message import Request, Response, make_response
 from epcscf.sip.resolver import DEFAULT_PORTS, Target
 from epcscf.sip.uri import SipUri, UriError, parse_uri
 
@@ -83,7 +83,8 @@ RECORD_ROUTED_METHODS = frozenset({"INVITE", "SUBSCRIBE", "REFER", "NOTIFY", "UP
 
 
 class DefaultRoutingPolicy:
-    """Route by Route header, else ``next_hops`` (SIP URIs tried in order), else R-URI."""
+    """Route by Route header (or R-URI for a request that reached us through our own
+    Record-Route), else ``next_hops`` (SIP URIs tried in order), else R-URI."""
 
     def __init__(
         self,
@@ -135,10 +136,16 @@ class DefaultRoutingPolicy:
     # -- requests
     def route_request(self, context: "ProxiedRequest") -> "Decision | defer.Deferred":
         request = context.request
-        if self._next_hops and self._static_targets is not None and "route" not in request.headers:
+        # A request loose-routed to us (in-dialog, our Record-Route came back as Route) follows
+        # its Route set / R-URI; anything else goes to the configured next hops.
+        follow_request = context.own_routes_removed > 0 or "route" in request.headers or not self._next_hops
+        if not follow_request and self._static_targets is not None:
             return self._decide(context, self._static_targets)
-        if rules.list_values(request.headers, "route") or not self._next_hops:
-            uris = [parse_uri(rules.next_hop_uri(request))]  # §16.6 step 7: Route, else R-URI
+        if follow_request:
+            try:
+                uris = [parse_uri(rules.next_hop_uri(request))]  # §16.6 step 7: Route, else R-URI
+            except UriError as error:
+                return Reject(make_response(request, 400, f"Bad Request (next hop: {error})"[:120]))
         else:
             uris = list(self._next_hops)
         sip_uris = [uri for uri in uris if isinstance(uri, SipUri)]

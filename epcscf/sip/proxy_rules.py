@@ -189,21 +189,30 @@ def decrement_max_forwards(request: Request) -> None:
         request.headers.set("Max-Forwards", str(max(int(value) - 1, 0)))
 
 
-def process_own_routes(request: Request, is_own: Callable[[str], bool]) -> None:
+def process_own_routes(request: Request, is_own: Callable[[str], bool]) -> int:
     """RFC 3261 §16.4: undo a strict router's R-URI swap, then remove our own top Route(s).
 
     * If the R-URI is a URI we put into Record-Route, the previous hop was a strict router:
       the real R-URI is the last Route value (§16.4 ¶2).
     * Remove every leading Route value that is ours (§16.4 ¶3; RFC 5658 §3 for the double
       Record-Route case, where both of our entries come back as Routes).
+
+    Returns how many Route values were ours (0: the request was not loose-routed to us).
     """
     routes = list_values(request.headers, "route")
-    if routes and is_own(request.uri):
+    if not routes:
+        return 0
+    removed = 0
+    if is_own(request.uri):
         request.uri = name_addr_uri(routes[-1])
         routes = routes[:-1]
+        removed += 1
     while routes and is_own(name_addr_uri(routes[0])):
         routes = routes[1:]
-    request.headers.replace_all("Route", routes)
+        removed += 1
+    if removed:
+        request.headers.replace_all("Route", routes)
+    return removed
 
 
 def next_hop_uri(request: Request) -> str:

@@ -407,6 +407,7 @@ class TransportManager:
         self._udp: list[UdpTransport] = []
         self._ports: list[Any] = []
         self._pending: dict[Target, list[defer.Deferred]] = {}
+        self._connecting: set[defer.Deferred] = set()  # outbound connects not yet established
         self._server_tls: Any = None
         #: (transport, local address) of each listener, in the order they were started
         self.listening: list[tuple[str, Address]] = []
@@ -501,6 +502,8 @@ class TransportManager:
                     waiter.callback(outcome)
 
         connecting = endpoints.connectProtocol(endpoint, connection.protocol)
+        self._connecting.add(connecting)
+        connecting.addBoth(lambda outcome: (self._connecting.discard(connecting), outcome)[1])
         connecting.addCallback(lambda _: connection.ready).addBoth(finished)
         return self._waiter(target)
 
@@ -547,6 +550,8 @@ class TransportManager:
         """Stop every listener and close every connection."""
         waits = [defer.maybeDeferred(port.stopListening) for port in self._ports]
         self._ports.clear()
+        for connecting in list(self._connecting):
+            connecting.cancel()  # the waiters get a CancelledError
         for connection in list(self._connections.all):
             waits.append(connection.closed)
             connection.ready.addErrback(lambda _: None)
