@@ -56,6 +56,13 @@ class RoundTripTests(SynchronousTestCase):
         self.assertIn(b"\r\nm=audio 40000 RTP/AVP 116 107 8 0 118 111\r\n", sdp.serialize())
 
 
+    def test_trailing_blanks_some_uas_send_are_tolerated(self) -> None:
+        sdp = SessionDescription.parse("v=0 \r\no=- 1 1 IN IP4 192.0.2.1\r\ns=-\r\nc=IN IP4 192.0.2.1\r\n"
+                                       "t=0 0\r\nm=audio 4000 RTP/AVP 0 \r\na=sendrecv \r\n\r\n")
+        self.assertEqual(sdp.media[0].direction, "sendrecv")
+        self.assertEqual(sdp.media[0].formats, ["0"])
+
+
 class HelperTests(SynchronousTestCase):
     def setUp(self) -> None:
         self.chrome = SessionDescription.parse(fixture("chrome_offer_2_1.sdp"))

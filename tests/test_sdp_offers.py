@@ -99,6 +99,27 @@ class CodecPolicyTests(SynchronousTestCase, CoreBoundLeakMixin):
         self.assertNothingLeaks(result, offer)
 
 
+class VideoAnswerTests(SynchronousTestCase):
+    def test_h264_answer_from_the_core_echoes_the_feedback_both_sides_support(self) -> None:
+        offer = parse("chrome_offer_2_1.sdp")
+        offer.media[1].add_attribute("rtcp-fb", "102 nack")
+        offer.media[1].add_attribute("rtcp-fb", "102 nack pli")
+        offer.media[1].add_attribute("rtcp-fb", "102 transport-cc")
+        core_answer = SessionDescription.parse(
+            "v=0\no=- 1 1 IN IP4 198.51.100.20\ns=-\nc=IN IP4 198.51.100.20\nt=0 0\n"
+            "m=audio 40000 RTP/AVP 8\na=rtpmap:8 PCMA/8000\n"
+            "m=video 40002 RTP/AVPF 102\na=rtpmap:102 H264/90000\na=fmtp:102 profile-level-id=42e01f;packetization-mode=1\n"
+            "a=rtcp-fb:102 nack pli\na=rtcp-fb:102 ccm fir\n")
+        leg = WicLeg(Origin("epcscf", "9", 1, "IN", "IP4", "192.0.2.11"),
+                     (wic_transport(20000), wic_transport(20002)), "sha-256 AB:CD")
+        answer = answer_toward_wic(core_answer, offer, leg)
+        video = answer.media[1]
+        self.assertEqual((video.port, video.proto, video.formats), (20002, "UDP/TLS/RTP/SAVPF", ["102"]))
+        self.assertEqual(video.attribute_values("rtcp-fb"), ["102 nack pli"])
+        self.assertEqual(video.fmtp(), {"102": "profile-level-id=42e01f;packetization-mode=1"})
+        self.assertEqual(answer.media[0].attribute_values("rtcp-fb"), [])
+
+
 class RejectionTests(SynchronousTestCase):
     def assertRejected(self, offer: SessionDescription, warn_code: int, fragment: str,
                        policy: CodecPolicy | None = None) -> None:
@@ -198,6 +219,12 @@ class ReInviteTests(SynchronousTestCase):
         unstamped = offer_toward_core(parse("chrome_offer_2_1.sdp"), core_leg(session_id="x"), CodecPolicy())
         self.versioner.stamp(unstamped)
         self.assertEqual(unstamped.origin.session_id, "x")
+
+    def test_stamped_copy_is_independent_of_its_input(self) -> None:
+        unstamped = offer_toward_core(parse("chrome_offer_2_1.sdp"), self.leg, CodecPolicy())
+        stamped = self.versioner.stamp(unstamped)
+        unstamped.media[0].direction = "inactive"
+        self.assertEqual(stamped.media[0].direction, "sendrecv")
 
     def test_ipv6_address_gives_ip6_origin(self) -> None:
         self.assertEqual(OriginVersioner("e", "1", "2001:db8::1").origin.addrtype, "IP6")

@@ -354,7 +354,8 @@ def _split_lines(text: str | bytes) -> list[tuple[int, str, str]]:
             raise SdpError(f"SDP is not UTF-8 text (byte {error.start})") from None
     result: list[tuple[int, str, str]] = []
     for number, raw in enumerate(text.split("\n"), start=1):
-        line = raw[:-1] if raw.endswith("\r") else raw
+        # Trailing blanks are not allowed by RFC 8866 §9 but some SIP UAs send them ("a=sendrecv ").
+        line = raw.rstrip("\r").rstrip(" \t")
         if not line.strip():
             continue  # blank lines (often a trailing one) carry nothing
         if len(line) < 2 or line[1] != "=" or not line[0].isalpha():

@@ -9,6 +9,7 @@ call manager passes the result through `versioner.stamp()` before sending it.
 
 from __future__ import annotations
 
+import copy
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
@@ -174,4 +175,6 @@ class OriginVersioner:
         if self._last_content is not None and content != self._last_content:
             self.origin = replace(self.origin, session_version=self.origin.session_version + 1)
         self._last_content = content
-        return replace(sdp, origin=self.origin)
+        stamped = copy.deepcopy(sdp)  # the caller may keep editing its input
+        stamped.origin = self.origin
+        return stamped

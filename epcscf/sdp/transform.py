@@ -259,6 +259,10 @@ def answer_toward_wic(core_answer: SessionDescription, wic_offer: SessionDescrip
             line.add_attribute("mid", mid)  # REQ-D13: echo the offer's mid
         line.attributes.extend(_transport_attributes(leg, transport, leg.answer_setup))
         line.attributes.extend(payload_attributes(offered, answered, kept))
+        if answered.proto.upper() == "RTP/AVPF":
+            # RFC 4585 §4.2: feedback both sides listed (e.g. nack pli for H.264 video, A12).
+            answered_feedback = tuple(v.partition(" ")[2] for v in answered.attribute_values("rtcp-fb"))
+            line.attributes.extend(feedback_attributes(offered, kept, answered_feedback))
         line.attributes.extend(_timing_attributes(answered, add_default_ptime=False, keep_maxptime=True))
         connection = core_answer.media_connection(answered)
         line.direction = hold_direction(core_answer.media_direction(answered),
