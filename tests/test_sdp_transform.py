@@ -7,7 +7,6 @@ from pathlib import Path
 
 from twisted.trial.unittest import SynchronousTestCase
 
-from epcscf.sdp.extract import extract_wic_media_params
 from epcscf.sdp.model import Origin, SessionDescription
 from epcscf.sdp.params import CodecPolicy, CoreLeg, IceCredentials, SdpRejected, WicLeg, WicTransport
 from epcscf.sdp.transform import answer_toward_core, answer_toward_wic, offer_toward_core, offer_toward_wic
