@@ -1,0 +1,484 @@
+"""The media of one call: per m= line an ICE agent toward the WIC and a DTLS-SRTP relay session.
+
+Theory of operation
+-------------------
+``CallMedia`` implements ``calls.CallMediaLike``: the call manager hands it every SDP body
+in the order offers and answers happen, and gets back the body for the other side.  Inside:
+
+* one ``Stream`` per accepted m= line (no BUNDLE, A2): an ``IceAgent`` toward the WIC and a
+  ``MediaSession`` whose core-side RTP/RTCP ports come from the same shared ``UdpPortPool``.
+  The agent's datagrams feed the session; the session sends through the agent; a DTLS
+  failure revokes ICE consent (RFC 7675 §5.2).
+* roles: when the WIC offers, our agent is controlled (full mode) and we answer
+  ``a=setup:active`` to ``actpass`` (RFC 5763 §5: active is RECOMMENDED for an answerer);
+  when we offer to the WIC, our agent is controlling and we offer ``actpass``, taking the
+  opposite of the WIC's answer.  DTLS starts when ICE has selected a pair.
+* the ``WicLeg``/``CoreLeg`` given to the SDP transformations are built from the live agents
+  and sessions, and every body goes through one ``OriginVersioner`` per leg, so ICE
+  credentials, candidates, fingerprint and ports stay the same for the whole call (REQ-O04,
+  REQ-U01) and o= versions only move when the content does (REQ-D05, REQ-O05).  A re-offer
+  from the WIC with new ice-ufrag/pwd restarts ICE on that stream (REQ-I09).
+* ``close()`` frees every agent (sockets, ports, asyncio tasks, timers) and session.
+
+``CallMediaEngine`` is the per-process part: settings, the port pool and the one DTLS
+certificate (generated at start).  Calling it with a call makes that call's ``CallMedia``.
+"""
+
+from __future__ import annotations
+
+import secrets
+from dataclasses import dataclass, field
+from typing import Any, Callable, Literal
+
+from twisted.internet import defer
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+from epcscf.ice import IceAgent, IceAgentConfig, IceError, IceState, PortsExhausted, UdpPortPool
+from epcscf.media import Certificate, DtlsRole, MediaError, MediaSession, MediaSessionConfig
+from epcscf.media.certificate import Fingerprint as DtlsFingerprint
+from epcscf.media.certificate import FingerprintError
+from epcscf.pcscf.calls import MediaRejected
+from epcscf.sdp import (
+    CodecPolicy,
+    CoreLeg,
+    IceCredentials,
+    OriginVersioner,
+    SdpError,
+    SdpRejected,
+    SessionDescription,
+    WicLeg,
+    WicMediaParams,
+    WicTransport,
+    answer_toward_core,
+    answer_toward_wic,
+    extract_core_media_params,
+    extract_wic_media_params,
+    offer_toward_core,
+    offer_toward_wic,
+    parse_sdpfrag,
+)
+from epcscf.sdp import transform as sdp_transform
+
+log = Logger(namespace="epcscf.pcscf.call_media")
+
+RTP_MEDIA = ("audio", "video")
+REVERSED_DIRECTION = {"sendrecv": "sendrecv", "sendonly": "recvonly", "recvonly": "sendonly", "inactive": "inactive"}
+
+
+@dataclass(frozen=True)
+class CallMediaSettings:
+    ice: IceAgentConfig = field(default_factory=IceAgentConfig)
+    media: MediaSessionConfig = field(default_factory=MediaSessionConfig)
+    codecs: CodecPolicy = field(default_factory=CodecPolicy)
+    #: RFC 5763 §5 / A6: our a=setup when we answer an actpass offer
+    answer_setup: Literal["active", "passive"] = "active"
+    origin_username: str = "epcscf"
+
+
+class CallMediaEngine:
+    """Per process: settings, the shared port pool and the DTLS certificate; a media factory."""
+
+    def __init__(
+        self,
+        reactor: Any,
+        settings: CallMediaSettings | None = None,
+        pool: UdpPortPool | None = None,
+        certificate: Certificate | None = None,
+        clock: Any = None,
+    ) -> None:
+        self.reactor = reactor
+        self.clock = clock if clock is not None else reactor
+        self.settings = settings or CallMediaSettings()
+        if pool is None and self.settings.ice.port_range is not None:
+            pool = UdpPortPool(*self.settings.ice.port_range)
+        self.pool = pool
+        self.certificate = certificate or Certificate.generate()  # one per process (RFC 5763 §5)
+
+    def __call__(self, call: Any) -> "CallMedia":
+        return CallMedia(self, getattr(call, "call_id", ""))
+
+
+@dataclass(eq=False)
+class Stream:
+    """One m= line's transport toward the WIC and relay toward the core."""
+
+    index: int
+    agent: IceAgent
+    session: MediaSession
+    gathered: defer.Deferred
+    started: bool = False
+    dtls_started: bool = False
+    dtls_role: DtlsRole | None = None
+    remote_fingerprint: DtlsFingerprint | None = None
+
+
+class CallMedia:
+    """``calls.CallMediaLike`` for one call (see module docstring)."""
+
+    def __init__(self, engine: CallMediaEngine, call_id: str = "") -> None:
+        self.engine = engine
+        self.settings = engine.settings
+        self.call_id = call_id
+        self.on_failure: Callable[[str, str], None] | None = None
+        self.on_event: Callable[[str, str], None] | None = None
+        self.streams: dict[int, Stream] = {}
+        self._session_id = str(secrets.randbelow(10**12) + 1)
+        self._core_versioner = OriginVersioner(self.settings.origin_username, self._session_id, self.settings.media.core_address)
+        self._wic_versioner: OriginVersioner | None = None
+        self._wic_offer: SessionDescription | None = None  # the WIC's last offer (we answer it)
+        self._core_offer: SessionDescription | None = None  # the core's last offer (we answer it)
+        self._saved: tuple[SessionDescription | None, SessionDescription | None] = (None, None)
+        self._controlling: bool | None = None  # decided by who offers first (RFC 8445 §6.1.1)
+        self._closed = False
+
+    # --- CallMediaLike: the four transformations -----------------------------------------------
+
+    def offer_from_wic(self, sdp: bytes) -> defer.Deferred:
+        """§7.4.2: the WIC's offer → the offer toward the core."""
+        wic_offer = _parse(sdp)
+        params = _wic_params(wic_offer)
+        policy = self.settings.codecs
+        accepted = self._plan(lambda: sdp_transform.plan_offer_toward_core(wic_offer, policy) if hasattr(sdp_transform, "plan_offer_toward_core")
+                              else tuple(i for i, m in enumerate(wic_offer.media) if m.port and m.media in RTP_MEDIA))
+        if self._controlling is None:
+            self._controlling = False  # the WIC offered: it controls (RFC 8445 §6.1.1)
+        self._save()
+        ready = self._ensure_streams(accepted)
+
+        def build(_: object) -> defer.Deferred:
+            restarts = [self._apply_remote_ice(self.streams[i], params[i]) for i in accepted if i in self.streams]
+            return defer.gatherResults(restarts, consumeErrors=True).addCallback(lambda _: None)
+
+        def offer(_: object) -> bytes:
+            try:
+                out = offer_toward_core(wic_offer, self._core_leg(), policy)
+            except SdpRejected as error:
+                raise MediaRejected(error.status, error.warning, error.warn_code) from None
+            except SdpError as error:
+                raise MediaRejected(400, error.reason) from None
+            self._wic_offer = wic_offer
+            for index in accepted:
+                stream = self.streams[index]
+                fingerprint = params[index].fingerprint
+                stream.remote_fingerprint = _dtls_fingerprint(fingerprint)
+                # RFC 5763 §5: answering actpass (or passive) we are active; answering active, passive.
+                setup = params[index].setup or "actpass"
+                active = self.settings.answer_setup == "active" if setup == "actpass" else setup == "passive"
+                stream.dtls_role = DtlsRole.CLIENT if active else DtlsRole.SERVER
+            return self._core_versioner.stamp(out).serialize()
+
+        return ready.addCallback(build).addCallback(offer).addErrback(self._unwrap)
+
+    def answer_from_core(self, sdp: bytes, fork: str | None = None) -> bytes:
+        """The core's answer (18x/2xx, any fork) → the WebRTC answer; media starts (REQ-O04/O06)."""
+        if self._wic_offer is None:
+            raise MediaRejected(488, "an answer from the core without a WIC offer")
+        core_answer = _parse(sdp)
+        try:
+            out = answer_toward_wic(core_answer, self._wic_offer, self._wic_leg())
+            core = extract_core_media_params(core_answer)
+        except SdpRejected as error:
+            raise MediaRejected(error.status, error.warning, error.warn_code) from None
+        except SdpError as error:
+            raise MediaRejected(400, error.reason) from None
+        self._set_core_remotes(core)
+        for index, media in enumerate(out.media):
+            stream = self.streams.get(index)
+            if stream is not None:
+                # The WIC's own direction is the reverse of what our answer says (RFC 3264 §6.1).
+                stream.session.set_direction(REVERSED_DIRECTION.get(out.media_direction(media), "sendrecv"))
+                self._start(stream)
+        self._saved = (self._wic_offer, self._core_offer)
+        if fork:
+            self._event("media", f"core answer from fork {fork}")
+        return self._wic_stamp(out)
+
+    def offer_from_core(self, sdp: bytes) -> defer.Deferred:
+        """§7.4.3: the core's offer → the WebRTC offer toward the WIC (actpass, our ICE)."""
+        core_offer = _parse(sdp)
+        policy = self.settings.codecs
+        accepted = self._plan(lambda: sdp_transform.plan_offer_toward_wic(core_offer, policy) if hasattr(sdp_transform, "plan_offer_toward_wic")
+                              else tuple(i for i, m in enumerate(core_offer.media) if m.port and m.media in RTP_MEDIA))
+        if self._controlling is None:
+            self._controlling = True  # we offer to the WIC: we control (RFC 8445 §6.1.1)
+        self._save()
+
+        def offer(_: object) -> bytes:
+            try:
+                out = offer_toward_wic(core_offer, self._wic_leg(), policy)
+                self._set_core_remotes(extract_core_media_params(core_offer))
+            except SdpRejected as error:
+                raise MediaRejected(error.status, error.warning, error.warn_code) from None
+            except SdpError as error:
+                raise MediaRejected(400, error.reason) from None
+            self._core_offer = core_offer
+            return self._wic_stamp(out)
+
+        return self._ensure_streams(accepted).addCallback(offer).addErrback(self._unwrap)
+
+    def answer_from_wic(self, sdp: bytes) -> defer.Deferred:
+        """The WIC's answer → the answer toward the core; ICE and DTLS start (§7.4.3 a)."""
+        if self._core_offer is None:
+            return defer.fail(MediaRejected(488, "an answer from the WIC without a core offer"))
+        wic_answer = _parse(sdp)
+        params = _wic_params(wic_answer)
+        try:
+            out = answer_toward_core(wic_answer, self._core_offer, self._core_leg())
+        except SdpRejected as error:
+            return defer.fail(MediaRejected(error.status, error.warning, error.warn_code))
+        except SdpError as error:
+            return defer.fail(MediaRejected(400, error.reason))
+        applying = []
+        for index, stream in self.streams.items():
+            if index >= len(params) or params[index].port == 0:
+                continue
+            param = params[index]
+            stream.remote_fingerprint = _dtls_fingerprint(param.fingerprint)
+            # RFC 5763 §5: the WIC answered our actpass: active → we are the server.
+            if not stream.dtls_started:
+                stream.dtls_role = DtlsRole.CLIENT if param.setup == "passive" else DtlsRole.SERVER
+            stream.session.set_direction(param.direction)
+            applying.append(self._apply_remote_ice(stream, param))
+
+        def started(_: object) -> bytes:
+            for index, stream in self.streams.items():
+                if index < len(params) and params[index].port != 0:
+                    self._start(stream)
+            self._saved = (self._wic_offer, self._core_offer)
+            return self._core_versioner.stamp(out).serialize()
+
+        return defer.gatherResults(applying, consumeErrors=True).addCallback(started).addErrback(self._unwrap)
+
+    def offer_failed(self) -> None:
+        """REQ-U04: a re-offer was refused (488, 491): the previous offer/answer stays in force."""
+        self._wic_offer, self._core_offer = self._saved
+
+    def add_trickle(self, sdpfrag: bytes) -> None:
+        """RFC 8840 candidates trickled by the WIC (INFO), handed to the stream's agent."""
+        try:
+            fragment = parse_sdpfrag(sdpfrag)
+        except SdpError as error:
+            raise MediaRejected(400, error.reason) from None
+        for entry in fragment.entries:
+            indexes = list(self.streams) if entry.mline_index is None else [_mline(entry, self._wic_offer)]
+            for index in indexes:
+                stream = self.streams.get(index) if index is not None else None
+                if stream is None:
+                    continue
+                try:
+                    stream.agent.add_remote_candidate(None if entry.candidate is None else entry.candidate.raw)
+                except IceError as error:
+                    raise MediaRejected(400, str(error)) from None
+
+    def stats(self) -> dict[str, Any]:
+        return {
+            index: {"ice": stream.agent.state.value, "ice_stats": stream.agent.stats, "media": stream.session.stats()}
+            for index, stream in self.streams.items()
+        }
+
+    def close(self) -> defer.Deferred:
+        """Free every agent and session (sockets, ports, tasks, timers); idempotent."""
+        self._closed = True
+        closing = []
+        for stream in self.streams.values():
+            stream.agent.on_consent_lost = None
+            stream.agent.on_state_change = None
+            stream.session.on_failed = None
+            closing.append(defer.maybeDeferred(stream.session.close))
+            closing.append(stream.agent.close())
+        return defer.DeferredList(closing, consumeErrors=True).addCallback(lambda _: None)
+
+    # --- streams -----------------------------------------------------------------------------
+
+    def _plan(self, plan: Callable[[], tuple[int, ...]]) -> tuple[int, ...]:
+        try:
+            return plan()
+        except SdpRejected as error:
+            raise MediaRejected(error.status, error.warning, error.warn_code) from None
+        except SdpError as error:
+            raise MediaRejected(400, error.reason) from None
+
+    def _ensure_streams(self, indexes: tuple[int, ...]) -> defer.Deferred:
+        """Allocate (REQ-U05: also for m= lines added later) and gather the missing streams."""
+        if self._closed:
+            return defer.fail(MediaRejected(503, "the call's media is closed"))
+        waiting = []
+        for index in indexes:
+            stream = self.streams.get(index)
+            if stream is None:
+                try:
+                    stream = self._new_stream(index)
+                except (PortsExhausted, MediaError) as error:
+                    return defer.fail(MediaRejected(503, str(error)))
+            waiting.append(stream.gathered)
+        return defer.gatherResults(waiting, consumeErrors=True).addErrback(self._gather_failed)
+
+    def _new_stream(self, index: int) -> Stream:
+        engine = self.engine
+        agent = IceAgent(self.settings.ice, bool(self._controlling), engine.clock, engine.pool)
+        try:
+            session = MediaSession(engine.reactor, engine.clock, self.settings.media, engine.certificate, agent, engine.pool)
+        except Exception:
+            agent.close()
+            raise
+        agent.datagram_received = session.datagram_received
+        stream = Stream(index, agent, session, defer.Deferred())
+        agent.on_state_change = lambda state: self._event("ice", f"m-line {index}: ICE {state.value}")
+        agent.on_consent_lost = lambda reason: self._fail("ice", f"ICE consent lost on m-line {index}: {reason}")
+        session.on_connected = lambda: self._event("dtls", f"m-line {index}: DTLS connected")
+        session.on_failed = lambda reason: self._dtls_failed(stream, reason)
+        self.streams[index] = stream
+        agent.gather().chainDeferred(stream.gathered)
+        return stream
+
+    def _gather_failed(self, failure: Failure) -> Failure:
+        error = failure.value
+        if isinstance(error, defer.FirstError):
+            error = error.subFailure.value
+        if isinstance(error, PortsExhausted):
+            raise MediaRejected(503, str(error))
+        return failure
+
+    def _apply_remote_ice(self, stream: Stream, params: WicMediaParams) -> defer.Deferred:
+        if not params.ice_ufrag or not params.ice_pwd:
+            return defer.succeed(None)
+        candidates = [c.raw for c in params.candidates]
+        # Without trickle, the offer holds every candidate (RFC 8838 §4.1.1 otherwise).
+        end = params.end_of_candidates or "trickle" not in params.ice_options
+        current = stream.agent.remote_credentials
+        try:
+            if current is None:
+                stream.agent.set_remote(params.ice_ufrag, params.ice_pwd, candidates, end, params.ice_lite)
+                return defer.succeed(None)
+            if (current.ufrag, current.pwd) != (params.ice_ufrag, params.ice_pwd):
+                self._event("ice", f"m-line {stream.index}: ICE restart by the WIC")  # REQ-I09
+                stream.started = False
+                return stream.agent.restart(params.ice_ufrag, params.ice_pwd, candidates, end, params.ice_lite)
+        except IceError as error:
+            return defer.fail(MediaRejected(488, f"m-line {stream.index}: {error}"))
+        return defer.succeed(None)
+
+    def _start(self, stream: Stream) -> None:
+        """ICE checks, then DTLS on the selected pair (REQ-O01, §7.4.3 a)."""
+        if stream.started or self._closed:
+            return
+        stream.started = True
+
+        def selected(pair: Any) -> None:
+            self._event("ice", f"m-line {stream.index}: pair {pair.local} → {pair.remote} selected")
+            if stream.dtls_started or stream.dtls_role is None:
+                return
+            stream.dtls_started = True
+            try:
+                stream.session.start_dtls(stream.dtls_role, stream.remote_fingerprint)
+            except MediaError as error:
+                self._fail("dtls", f"m-line {stream.index}: {error}")
+
+        def failed(failure: Failure) -> None:
+            if self._closed or stream.agent.state is IceState.CLOSED:
+                return
+            self._fail("ice", f"ICE failed on m-line {stream.index}: {failure.getErrorMessage()}")
+
+        stream.agent.start().addCallbacks(selected, failed)
+
+    def _dtls_failed(self, stream: Stream, reason: str) -> None:
+        stream.agent.revoke_consent(f"DTLS: {reason}")  # RFC 7675 §5.2
+        self._fail("dtls", f"DTLS failed on m-line {stream.index}: {reason}")
+
+    def _set_core_remotes(self, core_params: list[Any]) -> None:
+        for param in core_params:
+            stream = self.streams.get(param.index)
+            if stream is None or param.rejected:
+                continue
+            try:
+                stream.session.set_core_remote(param.address, param.rtp_port, param.rtcp_port, param.rtcp_mux)
+            except MediaError as error:
+                raise MediaRejected(488, f"m-line {param.index}: {error}") from None
+
+    # --- legs ----------------------------------------------------------------------------------
+
+    def _wic_leg(self) -> WicLeg:
+        transports: list[WicTransport | None] = []
+        for index in range(max(self.streams, default=-1) + 1):
+            stream = self.streams.get(index)
+            if stream is None or not stream.agent.local_candidates():
+                transports.append(None)
+                continue
+            credentials = stream.agent.local_credentials
+            transports.append(WicTransport(IceCredentials(credentials.ufrag, credentials.pwd),
+                                           tuple(stream.agent.local_candidates())))
+        if self._wic_versioner is None:
+            first = next((t for t in transports if t is not None), None)
+            address = first.default_address[0] if first else "0.0.0.0"
+            self._wic_versioner = OriginVersioner(self.settings.origin_username, self._session_id, address)
+        return WicLeg(
+            origin=self._wic_versioner.origin,
+            transports=tuple(transports),
+            fingerprint=self.engine.certificate.fingerprint.to_sdp(),
+            answer_setup=self.settings.answer_setup,
+            ice_lite=self.settings.ice.mode == "lite",
+        )
+
+    def _core_leg(self) -> CoreLeg:
+        ports = tuple(
+            self.streams[i].session.core_rtp_port if i in self.streams else None
+            for i in range(max(self.streams, default=-1) + 1)
+        )
+        return CoreLeg(origin=self._core_versioner.origin, address=self.settings.media.core_address, ports=ports)
+
+    def _wic_stamp(self, sdp: SessionDescription) -> bytes:
+        assert self._wic_versioner is not None
+        return self._wic_versioner.stamp(sdp).serialize()
+
+    def _save(self) -> None:
+        self._saved = (self._wic_offer, self._core_offer)
+
+    # --- reporting -----------------------------------------------------------------------------
+
+    def _event(self, kind: str, text: str) -> None:
+        if self.on_event is not None:
+            self.on_event(kind, text)
+
+    def _fail(self, layer: str, reason: str) -> None:
+        log.info("call {call_id}: {layer} failure: {reason}", call_id=self.call_id, layer=layer, reason=reason)
+        if self.on_failure is not None and not self._closed:
+            self.on_failure(layer, reason)
+
+    @staticmethod
+    def _unwrap(failure: Failure) -> Failure:
+        if failure.check(defer.FirstError):
+            return failure.value.subFailure  # type: ignore[union-attr]
+        return failure
+
+
+def _parse(sdp: bytes) -> SessionDescription:
+    try:
+        return SessionDescription.parse(sdp)
+    except SdpError as error:
+        raise MediaRejected(400, f"malformed SDP: {error.reason}") from None
+
+
+def _wic_params(sdp: SessionDescription) -> list[WicMediaParams]:
+    try:
+        return extract_wic_media_params(sdp)
+    except SdpError as error:
+        raise MediaRejected(400, error.reason) from None
+
+
+def _dtls_fingerprint(fingerprint: Any) -> DtlsFingerprint | None:
+    if fingerprint is None:
+        return None
+    try:
+        return DtlsFingerprint.parse(fingerprint.algorithm, fingerprint.value)
+    except FingerprintError as error:
+        raise MediaRejected(488, str(error)) from None
+
+
+def _mline(entry: Any, offer: SessionDescription | None) -> int | None:
+    """The m= line a trickled candidate belongs to: by mid in the WIC's SDP, else by position."""
+    if entry.mid is not None and offer is not None:
+        for index, media in enumerate(offer.media):
+            if media.attribute_value("mid") == entry.mid:
+                return index
+    return entry.mline_index

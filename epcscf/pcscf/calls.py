@@ -1,0 +1,800 @@
+"""The call manager: every INVITE dialog between a WIC and the core (TS 24.371 §7.4).
+
+Theory of operation
+-------------------
+The edge policy (``epcscf.pcscf.edge``) hands us each INVITE dialog it proxies through the
+``CallHooks`` methods; the proxy core (RFC 3261 §16) still does all the forwarding.  A
+``Call`` follows the table of ``call_state``; this module feeds it events and does the
+SIP side of the work:
+
+* **SDP rewriting** by RFC 3264 offer/answer rules, whatever the method: an SDP body from
+  side X while the other side's offer is outstanding is an answer, otherwise it is an
+  offer; SDP in 18x/2xx responses to an offer are answers (repeated for early media and
+  forks, REQ-O04/O06); an INVITE without an offer gets the offer in its 2xx and the answer
+  in the ACK (late offer, REQ-M03).  The transformations and the media they imply are the
+  ``CallMediaLike`` object's job (``epcscf.pcscf.call_media``): the call manager never
+  parses SDP.
+* **Originating** (§7.4.2): the WIC's offer → media allocated → offer toward the core; the
+  INVITE is forwarded at once, ICE runs in parallel (A4).  Unusable offer → 488 + Warning,
+  malformed → 400, no ports → 503 + Retry-After (REQ-O02, REQ-X05); no core INVITE then.
+  A 2xx without SDP after an 18x answer gets the last WebRTC answer again (REQ-O05, A7).
+* **Terminating** (§7.4.3): the core's offer → WebRTC offer to the WIC; the WIC's answer →
+  answer toward the core.
+* **Release from the middle** (REQ-B02/B03, REQ-O08): WebSocket closed, ICE/DTLS failure or
+  the operator.  A confirmed call gets a BYE (built by ``dialogs.Dialog``, with a Reason
+  header, RFC 3326) toward each reachable side; an early one is CANCELled downstream and
+  answered upstream by the proxy; a 2xx racing the release is ACKed and BYEd.
+* Every call's media is closed when it ends, whatever the path; an ended call stays in
+  ``ended_calls()`` for ``CallSettings.keep_ended`` seconds (pruned lazily: no timer).
+"""
+
+from __future__ import annotations
+
+import collections
+import secrets
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterable, Protocol
+
+from twisted.internet import defer
+from twisted.internet.interfaces import IReactorTime
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+from epcscf.pcscf.call_state import CallDirection, CallEvent, CallState, TRANSITIONS, next_state
+from epcscf.pcscf.dialogs import Dialog, DialogError, Side
+from epcscf.sip.connection import Connection, ConnectionLost
+from epcscf.sip.headers import HeaderError, cseq
+from epcscf.sip.message import Message, Request, Response
+from epcscf.sip.proxy import Decision, Forward, ProxiedRequest, Reject
+from epcscf.sip.proxy_rules import make_local_response
+from epcscf.sip.uri import SipUri, UriError, parse_uri
+
+log = Logger(namespace="epcscf.pcscf.calls")
+
+SDP = "application/sdp"
+TRICKLE_SDPFRAG = "application/trickle-ice-sdpfrag"  # RFC 8840 §9
+# The failing layer recorded with a release cause (for the console).
+LAYERS = ("ws", "sip", "ice", "dtls", "media", "core")
+WS_CLOSED_REASON = 'SIP;cause=480;text="WebSocket closed"'  # A15
+
+
+class MediaRejected(Exception):
+    """The SDP cannot be served: answer ``status`` (400, 488 + Warning, 503 + Retry-After)."""
+
+    def __init__(self, status: int, reason: str, warn_code: int = 399) -> None:
+        super().__init__(reason)
+        self.status = status
+        self.reason = reason
+        self.warn_code = warn_code
+
+
+class CallMediaLike(Protocol):
+    """What a call needs of its media (``epcscf.pcscf.call_media.CallMedia``).
+
+    Each transformation takes the SDP body one side sent and returns the body for the other
+    side (bytes or a Deferred of bytes); it raises ``MediaRejected``.  The media reports
+    failures (``on_failure(layer, reason)``, layer one of ``LAYERS``) and notable events
+    (``on_event(kind, text)``) through the two callbacks the call manager sets."""
+
+    on_failure: Callable[[str, str], None] | None
+    on_event: Callable[[str, str], None] | None
+
+    def offer_from_wic(self, sdp: bytes) -> bytes | defer.Deferred: ...
+
+    def answer_from_core(self, sdp: bytes, fork: str | None) -> bytes | defer.Deferred: ...
+
+    def offer_from_core(self, sdp: bytes) -> bytes | defer.Deferred: ...
+
+    def answer_from_wic(self, sdp: bytes) -> bytes | defer.Deferred: ...
+
+    def offer_failed(self) -> None: ...
+
+    def add_trickle(self, sdpfrag: bytes) -> None: ...
+
+    def stats(self) -> dict[str, Any]: ...
+
+    def close(self) -> defer.Deferred: ...
+
+
+@dataclass(frozen=True)
+class CallSettings:
+    timeline_length: int = 200  # entries kept per call
+    keep_ended: float = 600.0  # seconds an ended call stays visible to the console
+    max_calls: int = 10000  # live calls; beyond → 503 (REQ-X05)
+    retry_after: int = 30  # seconds, in 503 responses
+    warning_agent: str = "epcscf"  # warn-agent in Warning headers (RFC 3261 §20.43)
+
+
+@dataclass(frozen=True)
+class TimelineEntry:
+    at: float
+    kind: str  # "sip-in", "sip-out", "state", "ice", "dtls", "media", "release"
+    text: str
+
+
+@dataclass(eq=False)
+class Call:
+    """One INVITE dialog through the eP-CSCF (see ``call_state`` for its states)."""
+
+    call_id: str
+    direction: CallDirection
+    wic_flow: Connection
+    created: float
+    clock: IReactorTime
+    timeline: collections.deque = field(default_factory=lambda: collections.deque(maxlen=200))
+    state: CallState = CallState.OFFER_RECEIVED
+    dialog: Dialog | None = None
+    media: CallMediaLike | None = None
+    invite_context: ProxiedRequest | None = None
+    core_connection: Connection | None = None
+    ended_at: float | None = None
+    release_cause: str | None = None
+    failing_layer: str | None = None
+    pending_offer: Side | None = None  # whose offer awaits an answer (RFC 3264 §4)
+    last_wic_answer: bytes | None = None  # REQ-O05: repeated in a bodiless 2xx
+    released_early: bool = False
+
+    @property
+    def key(self) -> tuple[str, str]:
+        return self.call_id, self.wic_flow.id
+
+    @property
+    def ended(self) -> bool:
+        return self.ended_at is not None
+
+    def note(self, kind: str, text: str) -> None:
+        self.timeline.append(TimelineEntry(self.clock.seconds(), kind, text))
+
+    def can(self, event: CallEvent) -> bool:
+        return event in TRANSITIONS[self.state]
+
+    def fire(self, event: CallEvent) -> CallState:
+        """Move per the table; ``CallStateError`` for an event the state does not allow."""
+        new = next_state(self.state, event)
+        if new is not self.state:
+            self.note("state", f"{self.state.value} → {new.value} ({event.value})")
+        self.state = new
+        return new
+
+    def fire_if_allowed(self, event: CallEvent) -> None:
+        if self.can(event):
+            self.fire(event)
+        else:
+            self.note("state", f"{event.value} ignored in {self.state.value}")
+
+    def summary(self) -> dict[str, Any]:
+        return {
+            "call_id": self.call_id,
+            "direction": self.direction.value,
+            "state": self.state.value,
+            "flow": self.wic_flow.id,
+            "created": self.created,
+            "ended": self.ended_at,
+            "cause": self.release_cause,
+            "layer": self.failing_layer,
+        }
+
+
+MediaFactory = Callable[[Call], CallMediaLike]
+
+
+class _RequestsWeSent:
+    """Client-transaction user of our own BYEs: the responses end here (noted on the timeline)."""
+
+    def __init__(self, call: Call, what: str) -> None:
+        self.call = call
+        self.what = what
+
+    def response_received(self, response: Response, transaction: Any) -> None:
+        if response.status >= 200:
+            self.call.note("sip-in", f"{response.status} to our {self.what}")
+
+    def timed_out(self, transaction: Any) -> None:
+        self.call.note("sip-in", f"no response to our {self.what}")
+
+    def transport_failed(self, transaction: Any, reason: str) -> None:
+        self.call.note("sip-in", f"our {self.what} could not be sent: {reason}")
+
+
+def content_type(message: Message) -> str:
+    return (message.headers.get("Content-Type") or "").split(";", 1)[0].strip().lower()
+
+
+def sdp_body(message: Message) -> bytes | None:
+    """The SDP of a message, or None when it has none (other bodies are not offers/answers)."""
+    if not message.body.strip() or content_type(message) != SDP:
+        return None
+    return message.body
+
+
+def set_sdp(message: Message, body: bytes) -> None:
+    message.body = body
+    message.headers.set("Content-Type", SDP)
+    message.headers.set("Content-Length", str(len(body)))  # REQ-S12
+
+
+def _method_of(response: Response) -> str:
+    try:
+        sequence = cseq(response)
+    except HeaderError:
+        return ""
+    return sequence.method if sequence is not None else ""
+
+
+class CallManager:
+    """``CallHooks`` of the edge policy (see module docstring)."""
+
+    def __init__(
+        self,
+        clock: IReactorTime,
+        addresses: Any,  # epcscf.pcscf.edge.EdgeAddresses
+        media_factory: MediaFactory,
+        settings: CallSettings | None = None,
+        proxy: Any = None,  # epcscf.sip.proxy.StatefulProxy; may be set after construction
+    ) -> None:
+        self.clock = clock
+        self.addresses = addresses
+        self.media_factory = media_factory
+        self.settings = settings or CallSettings()
+        self.proxy = proxy
+        self._live: dict[tuple[str, str], Call] = {}
+        self._ended: collections.OrderedDict[int, Call] = collections.OrderedDict()
+        self._closing: set[defer.Deferred] = set()
+
+    # --- views for the console and tests ----------------------------------------------------
+
+    def calls(self) -> list[Call]:
+        return list(self._live.values())
+
+    def ended_calls(self) -> list[Call]:
+        self._prune_ended()
+        return list(self._ended.values())
+
+    def find(self, call_id: str) -> list[Call]:
+        return [call for call in self._live.values() if call.call_id == call_id]
+
+    def idle(self) -> defer.Deferred:
+        """Fires once every media close started so far has finished (tests, shutdown)."""
+        return defer.DeferredList(list(self._closing), consumeErrors=True).addCallback(lambda _: None)
+
+    def is_own_uri(self, uri: str) -> bool:
+        try:
+            parsed = parse_uri(uri)
+        except UriError:
+            return False
+        return isinstance(parsed, SipUri) and self.addresses.is_own(parsed)
+
+    # --- CallHooks: initial INVITEs -----------------------------------------------------------
+
+    def originating_invite(self, context: ProxiedRequest, identity: str, forward: Forward) -> Decision | defer.Deferred:
+        """TS 24.371 §7.4.2: the WIC's INVITE with its offer (REQ-O01..O03)."""
+        request = context.request
+        problem = self._unusable_body(request, offer_required=True)
+        if problem is not None:
+            return Reject(problem)
+        call = self._new_call(context, CallDirection.ORIGINATING, context.connection)
+        if isinstance(call, Reject):
+            return call
+        call.note("sip-in", f"INVITE from the WIC ({identity})")
+        body = sdp_body(request)
+        assert body is not None
+        context.data["offer_from"] = Side.WIC
+        call.pending_offer = Side.WIC
+        transformed = defer.maybeDeferred(call.media.offer_from_wic, body)  # type: ignore[union-attr]
+        return transformed.addCallbacks(
+            lambda offer: self._forward_initial(call, forward, offer),
+            lambda failure: self._reject_initial(call, context, failure),
+        )
+
+    def terminating_invite(self, context: ProxiedRequest, flow: Connection, forward: Forward) -> Decision | defer.Deferred:
+        """TS 24.371 §7.4.3: the core's INVITE toward the WIC (REQ-M01..M03)."""
+        request = context.request
+        problem = self._unusable_body(request, offer_required=False)
+        if problem is not None:
+            return Reject(problem)
+        call = self._new_call(context, CallDirection.TERMINATING, flow)
+        if isinstance(call, Reject):
+            return call
+        call.core_connection = context.connection
+        call.note("sip-in", "INVITE from the core")
+        body = sdp_body(request)
+        if body is None:
+            # REQ-M03 late offer: the WIC offers in its 2xx, the core answers in the ACK.
+            context.data["offer_from"] = None
+            return self._forward_initial(call, forward, None)
+        context.data["offer_from"] = Side.CORE
+        call.pending_offer = Side.CORE
+        transformed = defer.maybeDeferred(call.media.offer_from_core, body)  # type: ignore[union-attr]
+        return transformed.addCallbacks(
+            lambda offer: self._forward_initial(call, forward, offer),
+            lambda failure: self._reject_initial(call, context, failure),
+        )
+
+    def _new_call(self, context: ProxiedRequest, direction: CallDirection, flow: Connection) -> Call | Reject:
+        request = context.request
+        if len(self._live) >= self.settings.max_calls:
+            return Reject(self._overloaded(request, "too many calls"))
+        call_id = request.headers.get("Call-ID") or ""
+        call = Call(call_id, direction, flow, self.clock.seconds(), self.clock,
+                    collections.deque(maxlen=self.settings.timeline_length))
+        received = context.server_transaction.request if context.server_transaction is not None else request
+        caller = Side.WIC if direction is CallDirection.ORIGINATING else Side.CORE
+        call.dialog = Dialog.from_invite(received, caller)
+        call.invite_context = context
+        context.data.update(call=call, sender=caller, initial=True)
+        try:
+            call.media = self.media_factory(call)
+        except Exception as error:  # ports exhausted, socket errors: a 503, never a traceback
+            log.info("no media for call {call_id}: {error}", call_id=call_id, error=error)
+            call.fire(CallEvent.REJECTED)
+            self._finish(call, f"no media resources: {error}", "media")
+            return Reject(self._overloaded(request, str(error)))
+        call.media.on_failure = lambda layer, reason: self._media_failed(call, layer, reason)
+        call.media.on_event = call.note
+        previous = self._live.get(call.key)
+        if previous is not None:
+            self._finish(previous, "replaced by a new INVITE with the same Call-ID", "sip")
+        self._live[call.key] = call
+        return call
+
+    def _forward_initial(self, call: Call, forward: Forward, offer: bytes | None) -> Decision:
+        if call.state is not CallState.OFFER_RECEIVED:
+            # Cancelled or released while the media was being prepared (the proxy answers 487
+            # for a CANCEL; a release answers here).
+            return Reject(make_local_response(forward.request, 480, "Temporarily Unavailable (call released)"))
+        if offer is not None:
+            set_sdp(forward.request, offer)
+        call.fire(CallEvent.OFFER_FORWARDED)
+        call.note("sip-out", f"INVITE toward the {call.dialog.callee.value if call.dialog else '?'}")
+        return forward
+
+    def _reject_initial(self, call: Call, context: ProxiedRequest, failure: Failure) -> Decision:
+        response = self._rejection(context.request, failure)
+        call.fire_if_allowed(CallEvent.REJECTED)
+        call.note("sip-out", f"{response.status} {response.reason}")
+        self._finish(call, f"rejected: {response.status} {response.reason}", "media" if response.status == 503 else "sip")
+        return Reject(response)
+
+    def _rejection(self, request: Request, failure: Failure) -> Response:
+        error = failure.value
+        if isinstance(error, MediaRejected):
+            if error.status == 503:
+                return self._overloaded(request, error.reason)
+            response = make_local_response(request, error.status, _reason_phrase(error.status, error.reason))
+            if error.status == 488:
+                text = error.reason.replace("\\", "\\\\").replace('"', '\\"')
+                response.headers.add("Warning", f'{error.warn_code} {self.settings.warning_agent} "{text}"')
+            return response
+        log.failure("SDP handling failed", failure)
+        return make_local_response(request, 500, "Server Internal Error (media)")
+
+    def _overloaded(self, request: Request, why: str) -> Response:
+        response = make_local_response(request, 503, "Service Unavailable (no media resources)")
+        response.headers.add("Retry-After", str(self.settings.retry_after))  # REQ-X05
+        log.info("503 for {call_id}: {why}", call_id=request.headers.get("Call-ID"), why=why)
+        return response
+
+    def _unusable_body(self, request: Request, offer_required: bool) -> Response | None:
+        kind = content_type(request)
+        if request.body.strip() and kind != SDP:
+            # REQ-S12: a body we must read but cannot → 415 with Accept.
+            response = make_local_response(request, 415)
+            response.headers.add("Accept", SDP)
+            return response
+        if offer_required and not request.body.strip():
+            response = make_local_response(request, 488)
+            response.headers.add(
+                "Warning", f'399 {self.settings.warning_agent} "an SDP offer is required in the INVITE from a WebRTC client"'
+            )
+            return response
+        return None
+
+    # --- CallHooks: responses -----------------------------------------------------------------
+
+    def response(self, context: ProxiedRequest, response: Response) -> Response | None | defer.Deferred:
+        call: Call | None = context.data.get("call")
+        if call is None:
+            return response
+        sender: Side = context.data.get("sender", Side.WIC)
+        responder = sender.other
+        initial = bool(context.data.get("initial")) and _method_of(response) == "INVITE"
+        call.note("sip-in", f"{response.status} {response.reason} from the {responder.value}")
+        if initial and call.state in (CallState.TERMINATING, CallState.TERMINATED):
+            return self._response_after_release(call, response, responder)
+        if call.dialog is not None:
+            call.dialog.response_seen(response, responder)
+        rewritten = defer.maybeDeferred(self._rewrite_response_sdp, call, context, response, responder, initial)
+        if initial:
+            rewritten.addCallback(lambda answered: self._initial_response(call, context, response, answered))
+        return rewritten.addCallback(lambda _: response)
+
+    def _rewrite_response_sdp(
+        self, call: Call, context: ProxiedRequest, response: Response, responder: Side, initial: bool
+    ) -> bool | defer.Deferred:
+        """Offer/answer in a response (RFC 3264); True when it carried an answer."""
+        assert call.media is not None
+        offer_from: Side | None = context.data.get("offer_from")
+        status = response.status
+        if status >= 300:
+            if offer_from is not None and not initial and call.pending_offer is offer_from:
+                call.media.offer_failed()  # REQ-U04: the previous media stays
+                call.pending_offer = None
+            return False
+        if status == 100:
+            return False
+        body = sdp_body(response)
+        if body is None:
+            if initial and status < 300 and status >= 200 and offer_from is Side.WIC and call.last_wic_answer:
+                # REQ-O05 / A7: the WIC needs the answer in the 2xx; repeat the last one unchanged.
+                set_sdp(response, call.last_wic_answer)
+                call.note("sip-out", "2xx without SDP: repeated the last WebRTC answer")
+                call.pending_offer = None
+                return True
+            return False
+        if offer_from is responder.other:
+            d = defer.maybeDeferred(self._transform_answer, call, responder, body, response)
+
+            def answered(new_body: bytes) -> bool:
+                set_sdp(response, new_body)
+                if status >= 200:
+                    call.pending_offer = None
+                return True
+
+            def bad_answer(failure: Failure) -> bool:
+                failure.trap(MediaRejected)
+                reason = failure.value.reason
+                call.note("media", f"unusable answer from the {responder.value}: {reason}")
+                _strip_body(response)
+                if status >= 200:
+                    # The dialog is up but has no usable media: end it once the 2xx has gone.
+                    self.clock.callLater(0, self._release, call, f'SIP;cause=488;text="{_quoted(reason)}"',
+                                         488, (Side.WIC, Side.CORE), f"unusable SDP answer: {reason}", "sip")
+                return False
+
+            return d.addCallbacks(answered, bad_answer)
+        if offer_from is None and _method_of(response) == "INVITE" and call.pending_offer is None:
+            # Offer in the 2xx/18x of an INVITE without SDP (REQ-M03).
+            call.pending_offer = responder
+            transform = call.media.offer_from_core if responder is Side.CORE else call.media.offer_from_wic
+            d = defer.maybeDeferred(transform, body)
+
+            def offered(new_body: bytes) -> bool:
+                set_sdp(response, new_body)
+                return False
+
+            def bad_offer(failure: Failure) -> bool:
+                failure.trap(MediaRejected)
+                call.pending_offer = None
+                _strip_body(response)
+                if status >= 200:
+                    self.clock.callLater(0, self._release, call, f'SIP;cause=488;text="{_quoted(failure.value.reason)}"',
+                                         488, (Side.WIC, Side.CORE), f"unusable SDP offer: {failure.value.reason}", "sip")
+                return False
+
+            return d.addCallbacks(offered, bad_offer)
+        if offer_from is None and call.pending_offer is responder:
+            # The same late offer again (18x then 2xx): send the same transformed offer.
+            transform = call.media.offer_from_core if responder is Side.CORE else call.media.offer_from_wic
+            return defer.maybeDeferred(transform, body).addCallback(lambda new_body: set_sdp(response, new_body))
+        # SDP where RFC 3264 allows none: never let one side's SDP reach the other raw.
+        call.note("media", f"unexpected SDP in {status} from the {responder.value} dropped")
+        _strip_body(response)
+        return False
+
+    def _transform_answer(self, call: Call, responder: Side, body: bytes, message: Message) -> bytes | defer.Deferred:
+        assert call.media is not None
+        if responder is Side.CORE:
+            fork = None
+            try:
+                from epcscf.sip.headers import to_tag
+
+                fork = to_tag(message)
+            except HeaderError:
+                fork = None
+
+            def remember(answer: bytes) -> bytes:
+                call.last_wic_answer = answer
+                return answer
+
+            return defer.maybeDeferred(call.media.answer_from_core, body, fork).addCallback(remember)
+        return call.media.answer_from_wic(body)
+
+    def _initial_response(self, call: Call, context: ProxiedRequest, response: Response, answered: bool) -> None:
+        status = response.status
+        if status < 200:
+            call.fire_if_allowed(CallEvent.EARLY_ANSWER if answered or call.state is CallState.EARLY else CallEvent.PROVISIONAL)
+        elif status < 300:
+            first = call.dialog is not None and not call.dialog.confirmed
+            call.fire_if_allowed(CallEvent.FINAL_2XX)
+            if first and call.dialog is not None:
+                call.dialog.confirm(response, self.is_own_uri)
+                if call.direction is CallDirection.ORIGINATING:
+                    call.core_connection = _branch_connection(context, response)
+        else:
+            call.fire_if_allowed(CallEvent.FINAL_FAILURE)
+            self._finish(call, f"{status} {response.reason}", None if status in (486, 487, 600, 603) else "sip")
+        call.note("sip-out", f"{status} {response.reason} toward the {context.data.get('sender', Side.WIC).value}")
+
+    def _response_after_release(self, call: Call, response: Response, responder: Side) -> Response | None:
+        """A response to the initial INVITE after we released the call early (REQ-C03 race)."""
+        if 200 <= response.status < 300 and call.released_early and call.dialog is not None:
+            call.dialog.confirm(response, self.is_own_uri)
+            if call.direction is CallDirection.ORIGINATING and call.invite_context is not None:
+                call.core_connection = _branch_connection(call.invite_context, response)
+            self._ack_and_bye(call, responder, call.release_cause or "released")
+            return None
+        if response.status >= 300:
+            call.fire_if_allowed(CallEvent.FINAL_FAILURE)
+        return None if 200 <= response.status < 300 else response
+
+    def stray_response(self, response: Response) -> Response | None:
+        """A 2xx to an INVITE the proxy forwards without its transaction (a retransmission,
+        another fork, or one that raced our release): its SDP must still be rewritten."""
+        if _method_of(response) != "INVITE" or not 200 <= response.status < 300:
+            return response
+        call_id = response.headers.get("Call-ID") or ""
+        for call in self.find(call_id) + [c for c in self._ended.values() if c.call_id == call_id]:
+            if call.released_early and call.dialog is not None and not call.dialog.confirmed:
+                responder = call.dialog.callee
+                call.dialog.confirm(response, self.is_own_uri)
+                if call.direction is CallDirection.ORIGINATING and call.invite_context is not None:
+                    call.core_connection = _branch_connection(call.invite_context, response)
+                self._ack_and_bye(call, responder, call.release_cause or "released")
+                return None
+            if call.dialog is not None and call.dialog.matches(response) and call.last_wic_answer is not None \
+                    and call.direction is CallDirection.ORIGINATING:
+                set_sdp(response, call.last_wic_answer)
+                return response
+        _strip_body(response)  # never relay one side's SDP to the other untransformed
+        return response
+
+    # --- CallHooks: in-dialog requests ----------------------------------------------------------
+
+    def in_dialog_request(self, context: ProxiedRequest, forward: Forward, from_wic: bool) -> Decision | defer.Deferred:
+        request = context.request
+        sender = Side.WIC if from_wic else Side.CORE
+        flow = context.connection if from_wic else forward.destination
+        call = self._live.get((request.headers.get("Call-ID") or "", getattr(flow, "id", "")))
+        if call is None or call.dialog is None or not call.dialog.matches(request):
+            return forward  # not an INVITE dialog of ours (SUBSCRIBE, another fork's dialog…)
+        method = request.method
+        call.dialog.request_seen(request, sender)
+        call.note("sip-in", f"{method} from the {sender.value}")
+        if method == "INFO" and from_wic and content_type(request) == TRICKLE_SDPFRAG:
+            return self._trickle(call, request)
+        if method == "BYE":
+            call.fire_if_allowed(CallEvent.BYE)
+            if call.state is not CallState.TERMINATED:
+                call.fire_if_allowed(CallEvent.RELEASE)
+                call.fire_if_allowed(CallEvent.RELEASED)
+            self._finish(call, f"BYE from the {sender.value}", None)  # REQ-B01: media freed at the BYE
+            return forward
+        if method == "ACK":
+            call.fire_if_allowed(CallEvent.ACK)
+        body = sdp_body(request)
+        if body is None:
+            if method in ("INVITE", "UPDATE"):
+                context.data.update(call=call, sender=sender, offer_from=None)  # REQ-U03
+            return forward
+        assert call.media is not None
+        if call.pending_offer is sender.other:
+            # The answer to an offer the other side made in a 2xx or reliable 18x (ACK/PRACK).
+            call.pending_offer = None
+            d = defer.maybeDeferred(self._transform_answer, call, sender, body, request)
+            d.addCallback(lambda new_body: set_sdp(forward.request, new_body))
+            return d.addCallbacks(lambda _: forward, lambda failure: self._in_dialog_rejected(call, context, failure))
+        if method not in ("INVITE", "UPDATE"):
+            _strip_body(forward.request)
+            return forward
+        call.fire_if_allowed(CallEvent.REOFFER)
+        context.data.update(call=call, sender=sender, offer_from=sender)
+        call.pending_offer = sender
+        transform = call.media.offer_from_wic if sender is Side.WIC else call.media.offer_from_core
+        d = defer.maybeDeferred(transform, body)
+        d.addCallback(lambda new_body: set_sdp(forward.request, new_body))
+        return d.addCallbacks(lambda _: forward, lambda failure: self._in_dialog_rejected(call, context, failure))
+
+    def _in_dialog_rejected(self, call: Call, context: ProxiedRequest, failure: Failure) -> Decision:
+        call.pending_offer = None
+        if call.media is not None:
+            call.media.offer_failed()  # REQ-U04: keep the previous media
+        response = self._rejection(context.request, failure)
+        call.note("sip-out", f"{response.status} {response.reason} to the {context.request.method}")
+        return Reject(response)
+
+    def _trickle(self, call: Call, request: Request) -> Decision:
+        """RFC 8840 INFO from the WIC: candidates go to the ICE agents; never forwarded (REQ-I10)."""
+        assert call.media is not None
+        try:
+            call.media.add_trickle(request.body)
+        except MediaRejected as error:
+            return Reject(make_local_response(request, 400, f"Bad Request ({error.reason[:80]})"))
+        call.note("ice", "trickled candidates from the WIC")
+        return Reject(make_local_response(request, 200))
+
+    # --- CallHooks: CANCEL, end of transactions, flows ------------------------------------------
+
+    def cancel_received(self, context: ProxiedRequest) -> None:
+        call: Call | None = context.data.get("call")
+        if call is None or not context.data.get("initial"):
+            return
+        call.note("sip-in", f"CANCEL from the {context.data.get('sender', Side.WIC).value}")
+        call.fire_if_allowed(CallEvent.CANCEL)
+        if call.state is CallState.TERMINATED:
+            self._finish(call, "cancelled", None)
+
+    def transaction_ended(self, context: ProxiedRequest) -> None:
+        call: Call | None = context.data.get("call")
+        if call is None or not context.data.get("initial") or call.state is CallState.TERMINATING:
+            return
+        if call.state in (CallState.CONFIRMED,):
+            return
+        # The initial INVITE ended without a 2xx (answered locally, abandoned): free everything.
+        if call.state is not CallState.TERMINATED:
+            call.fire_if_allowed(CallEvent.FINAL_FAILURE)
+            if call.state is not CallState.TERMINATED:
+                call.fire_if_allowed(CallEvent.RELEASE)
+                call.fire_if_allowed(CallEvent.RELEASED)
+        self._finish(call, call.release_cause or "INVITE transaction ended without a dialog", None)
+
+    def flow_for_call(self, call_id: str) -> Connection | None:
+        for call in self.find(call_id):
+            return call.wic_flow
+        return None
+
+    def flow_closed(self, connection: Connection) -> None:
+        """REQ-B02: the WIC's WebSocket is gone: BYE (confirmed) or CANCEL/480 (early)."""
+        for call in [c for c in self._live.values() if c.wic_flow.id == connection.id]:
+            self._release(call, WS_CLOSED_REASON, 480, (Side.CORE,), "WebSocket closed", "ws")
+
+    def release(self, call_id: str, reason: str = "released by the operator") -> int:
+        """Operator release: BYE both sides (or CANCEL/480 if early); returns how many calls."""
+        calls = self.find(call_id)
+        for call in calls:
+            self._release(call, f'SIP;cause=480;text="{_quoted(reason)}"', 480, (Side.WIC, Side.CORE), reason, None)
+        return len(calls)
+
+    def close(self) -> defer.Deferred:
+        """Service stop: release every call, then wait for the media to close."""
+        for call in list(self._live.values()):
+            self._release(call, 'SIP;cause=503;text="Service shutting down"', 503, (Side.WIC, Side.CORE),
+                          "service shutting down", None)
+        return self.idle()
+
+    # --- releasing ---------------------------------------------------------------------------------
+
+    def _media_failed(self, call: Call, layer: str, reason: str) -> None:
+        """REQ-O08 / REQ-B03: ICE failure, consent loss or DTLS failure ends the call."""
+        call.note(layer if layer in ("ice", "dtls") else "media", reason)
+        self._release(call, f'SIP;cause=480;text="{_quoted(reason)}"', 480, (Side.WIC, Side.CORE), reason, layer)
+
+    def _release(self, call: Call, reason_header: str, early_status: int, toward: Iterable[Side],
+                 cause: str, layer: str | None) -> None:
+        if call.ended or call.state in (CallState.TERMINATING, CallState.TERMINATED):
+            return
+        call.note("release", f"{cause} (Reason: {reason_header})")
+        call.release_cause = cause
+        state = call.state
+        call.fire(CallEvent.RELEASE)
+        if state is CallState.CONFIRMED:
+            for side in toward:
+                self._send_bye(call, side, reason_header)
+        elif state is not CallState.OFFER_RECEIVED and call.invite_context is not None and self.proxy is not None:
+            # Early: CANCEL what is pending downstream and answer upstream ourselves.
+            call.released_early = True
+            context = call.invite_context
+            if call.core_connection is None and call.direction is CallDirection.ORIGINATING:
+                call.core_connection = _branch_connection(context, None)  # for a racing 2xx
+            _proxy_cancel_branches(self.proxy, context)
+            response = make_local_response(context.request_as_received, early_status)
+            response.headers.add("Reason", reason_header)
+            _proxy_respond_upstream(self.proxy, context, response)
+        call.fire(CallEvent.RELEASED)
+        self._finish(call, cause, layer)
+
+    def _send_bye(self, call: Call, toward: Side, reason: str) -> None:
+        connection, transport, sent_by = self._path_toward(call, toward)
+        if connection is None or call.dialog is None or self.proxy is None:
+            call.note("release", f"no BYE toward the {toward.value}: not reachable")
+            return
+        try:
+            bye = call.dialog.build_bye(toward, reason, transport, sent_by)
+            self.proxy.transactions.send_request(bye, connection, _RequestsWeSent(call, f"BYE to the {toward.value}"))
+        except (DialogError, ConnectionLost, ValueError) as error:
+            call.note("release", f"BYE toward the {toward.value} not sent: {error}")
+            return
+        call.note("sip-out", f"BYE toward the {toward.value} (Reason: {reason})")
+
+    def _ack_and_bye(self, call: Call, toward: Side, cause: str) -> None:
+        connection, transport, sent_by = self._path_toward(call, toward)
+        if connection is None or call.dialog is None:
+            return
+        try:
+            connection.send_message(call.dialog.build_ack(toward, transport, sent_by))  # RFC 3261 §13.2.2.4
+        except (DialogError, ConnectionLost) as error:
+            call.note("release", f"ACK toward the {toward.value} not sent: {error}")
+            return
+        call.note("sip-out", f"ACK toward the {toward.value} for a 2xx after the release")
+        self._send_bye(call, toward, f'SIP;cause=487;text="{_quoted(cause)}"')
+
+    def _path_toward(self, call: Call, toward: Side) -> tuple[Connection | None, str, str]:
+        if toward is Side.WIC:
+            flow = call.wic_flow
+            return (flow if flow.connected else None), flow.transport, self.addresses.wic_sent_by
+        connection = call.core_connection
+        if connection is None or not connection.connected:
+            return None, "UDP", self.addresses.core_sent_by
+        return connection, connection.transport, self.addresses.core_sent_by
+
+    def _finish(self, call: Call, cause: str, layer: str | None) -> None:
+        """The call is over: close its media (ports, sockets, agents, timers) and archive it."""
+        if call.ended:
+            return
+        call.ended_at = self.clock.seconds()
+        if call.release_cause is None:
+            call.release_cause = cause
+        if call.failing_layer is None:
+            call.failing_layer = layer
+        call.note("release", f"ended: {call.release_cause}" + (f" [{layer}]" if layer else ""))
+        if self._live.get(call.key) is call:
+            del self._live[call.key]
+        self._prune_ended()
+        self._ended[id(call)] = call
+        call.invite_context = None  # the proxy's context is not ours to keep alive
+        media, call.media = call.media, None
+        if media is not None:
+            media.on_failure = None
+            closing = defer.maybeDeferred(media.close)
+            closing.addErrback(lambda failure: log.failure("closing media of {call_id}", failure, call_id=call.call_id))
+            self._closing.add(closing)
+            closing.addBoth(lambda result: (self._closing.discard(closing), result)[1])
+
+    def _prune_ended(self) -> None:
+        horizon = self.clock.seconds() - self.settings.keep_ended
+        while self._ended:
+            key, oldest = next(iter(self._ended.items()))
+            if oldest.ended_at is not None and oldest.ended_at >= horizon:
+                break
+            del self._ended[key]
+
+
+def _proxy_cancel_branches(proxy: Any, context: ProxiedRequest) -> None:
+    method = getattr(proxy, "cancel_branches", None) or proxy._cancel_pending  # public wrapper when present
+    method(context)
+
+
+def _proxy_respond_upstream(proxy: Any, context: ProxiedRequest, response: Response) -> None:
+    method = getattr(proxy, "respond_upstream", None)
+    if method is not None:
+        method(context, response)
+        return
+    if ";tag=" not in (response.headers.get("To") or ""):
+        response.headers.set("To", f"{response.headers.get('To')};tag={secrets.token_hex(6)}")
+    proxy._respond_locally(context, response)
+
+
+def _branch_connection(context: ProxiedRequest, response: Response | None) -> Connection | None:
+    """The connection toward the core of the branch that got this 2xx (else any branch's)."""
+    for branch in context.branches:
+        if branch.final is response and branch.connection is not None:
+            return branch.connection
+    return next((b.connection for b in context.branches if b.connection is not None), None)
+
+
+def _strip_body(message: Message) -> None:
+    message.body = b""
+    message.headers.remove("Content-Type")
+    message.headers.set("Content-Length", "0")
+
+
+def _quoted(text: str) -> str:
+    return text.replace("\\", "\\\\").replace('"', '\\"').replace("\r", " ").replace("\n", " ")[:120]
+
+
+def _reason_phrase(status: int, detail: str) -> str:
+    from epcscf.sip.message import REASON_PHRASES
+
+    base = REASON_PHRASES.get(status, "")
+    if status == 400:
+        return f"{base} ({detail[:80]})"
+    return base

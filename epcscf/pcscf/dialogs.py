@@ -1,0 +1,204 @@
+"""What the eP-CSCF remembers of an INVITE dialog it proxies, so it can end it from the middle.
+
+Theory of operation
+-------------------
+We are a proxy, not a UA: normally both ends send their own BYE.  But when the WebSocket
+flow dies (RFC 5626 §5.3.1, TS 23.228 §5.10), ICE consent is lost (RFC 7675 §5.1) or the
+operator releases a call, the eP-CSCF must end the dialog itself and send a BYE toward one
+or both parties *as if it came from the other party* (REQ-B02/B03).  For that it needs,
+per party:
+
+* the party's From/To header value (with its tag) — a request from party X carries
+  ``From: <X>`` and ``To: <Y>`` (RFC 3261 §12.2.1.1);
+* the party's remote target (the Contact it sent, RFC 3261 §12.1.1/§12.1.2);
+* the highest CSeq number the party has sent in the dialog: our BYE on its behalf uses
+  one more (RFC 3261 §12.2.1.1: CSeq numbers of a UA's requests increase);
+* the route set from us toward the party, read from the Record-Route list of the
+  dialog-forming response (RFC 3261 §12.1.1, §16.12.1): our own two entries (double
+  Record-Route, RFC 5658 §4) split the list; the entries above ours were added by
+  proxies on the callee's side (nearest to us is the lowest one), the entries below
+  ours by proxies on the caller's side (nearest first, as listed).
+
+``Dialog`` only builds messages; sending them (and absorbing the responses) is the call
+manager's job.  The WIC side is reached directly on its flow, so its route set is
+normally empty.
+"""
+
+from __future__ import annotations
+
+import enum
+import secrets
+from dataclasses import dataclass, field
+from typing import Callable
+
+from epcscf.sip.headers import HeaderError, cseq
+from epcscf.sip.message import Request, Response
+from epcscf.sip.proxy_rules import BRANCH_PREFIX, DEFAULT_MAX_FORWARDS, add_via, apply_strict_route, list_values, name_addr_uri
+from epcscf.sip.uri import UriError, parse_name_addr
+
+
+class Side(enum.Enum):
+    """The two parties of a call as the eP-CSCF sees them."""
+
+    WIC = "wic"
+    CORE = "core"
+
+    @property
+    def other(self) -> "Side":
+        return Side.CORE if self is Side.WIC else Side.WIC
+
+
+class DialogError(Exception):
+    """Not enough is known of the dialog to build the request (e.g. no remote target yet)."""
+
+
+@dataclass
+class Party:
+    """One end of the dialog."""
+
+    address: str  # the From/To header value naming this party, tag included once known
+    tag: str | None = None
+    target: str | None = None  # Contact URI (remote target, RFC 3261 §12.1)
+    cseq: int = 0  # highest CSeq number this party has sent in the dialog
+    route: list[str] = field(default_factory=list)  # Route values from us toward this party, nearest first
+
+
+def _contact_uri(message: Request | Response) -> str | None:
+    values = list_values(message.headers, "Contact")
+    if not values:
+        return None
+    try:
+        return str(parse_name_addr(values[0]).uri)
+    except UriError:
+        return name_addr_uri(values[0])
+
+
+def _tag_of(value: str) -> str | None:
+    try:
+        return parse_name_addr(value).tag
+    except UriError:
+        return None
+
+
+def new_branch(kind: str) -> str:
+    """RFC 3261 §8.1.1.7: a fresh branch with the magic cookie; our prefix marks it as ours."""
+    return f"{BRANCH_PREFIX}{kind}.{secrets.token_hex(8)}"
+
+
+@dataclass
+class Dialog:
+    """Both parties of one INVITE dialog (see module docstring)."""
+
+    call_id: str
+    caller: Side  # who sent the initial INVITE
+    wic: Party
+    core: Party
+    invite_cseq: int = 1
+    confirmed: bool = False
+
+    @classmethod
+    def from_invite(cls, invite: Request, caller: Side) -> "Dialog":
+        """The caller's half from the initial INVITE (as received, before we rewrote it)."""
+        from_value = invite.headers.get("From") or ""
+        to_value = invite.headers.get("To") or ""
+        sequence = _cseq_number(invite)
+        calling = Party(from_value, _tag_of(from_value), _contact_uri(invite), sequence)
+        called = Party(to_value, None)
+        wic, core = (calling, called) if caller is Side.WIC else (called, calling)
+        return cls(invite.headers.get("Call-ID") or "", caller, wic, core, sequence)
+
+    def party(self, side: Side) -> Party:
+        return self.wic if side is Side.WIC else self.core
+
+    @property
+    def callee(self) -> Side:
+        return self.caller.other
+
+    def matches(self, message: Request | Response) -> bool:
+        """True when the message's tags are this dialog's (another fork's 2xx/BYE is not)."""
+        if not self.confirmed:
+            return True
+        tags = {_tag_of(message.headers.get("From") or ""), _tag_of(message.headers.get("To") or "")}
+        return tags == {self.wic.tag, self.core.tag}
+
+    def confirm(self, response: Response, is_own_uri: Callable[[str], bool]) -> None:
+        """The callee's half and both route sets from the dialog-forming 2xx (RFC 3261 §12.1)."""
+        callee = self.party(self.callee)
+        to_value = response.headers.get("To") or callee.address
+        callee.address = to_value
+        callee.tag = _tag_of(to_value)
+        callee.target = _contact_uri(response) or callee.target
+        self.set_routes(list_values(response.headers, "Record-Route"), is_own_uri)
+        self.confirmed = True
+
+    def set_routes(self, record_route: list[str], is_own_uri: Callable[[str], bool]) -> None:
+        own = [index for index, value in enumerate(record_route) if is_own_uri(name_addr_uri(value))]
+        if not own:
+            return
+        first, last = own[0], own[-1]
+        # Above our entries: proxies on the callee's side, the nearest to us just above ours.
+        self.party(self.callee).route = list(reversed(record_route[:first]))
+        # Below our entries: proxies on the caller's side, the nearest to us first.
+        self.party(self.caller).route = list(record_route[last + 1 :])
+
+    def request_seen(self, request: Request, sender: Side) -> None:
+        """Track the sender's CSeq and a refreshed remote target (RFC 3261 §12.2.2)."""
+        if request.method in ("ACK", "CANCEL"):
+            return
+        party = self.party(sender)
+        party.cseq = max(party.cseq, _cseq_number(request))
+        if request.method in ("INVITE", "UPDATE"):
+            target = _contact_uri(request)
+            if target is not None:
+                party.target = target
+
+    def response_seen(self, response: Response, sender: Side) -> None:
+        """A 2xx to a re-INVITE/UPDATE may refresh the responder's remote target."""
+        if 200 <= response.status < 300 and self.confirmed:
+            target = _contact_uri(response)
+            if target is not None:
+                self.party(sender).target = target
+
+    # --- requests we originate on a party's behalf ------------------------------------------
+
+    def build_bye(self, toward: Side, reason: str, via_transport: str, via_sent_by: str) -> Request:
+        """A BYE to ``toward`` as if sent by the other party, with a ``Reason`` (RFC 3326)."""
+        sender = self.party(toward.other)
+        sender.cseq += 1
+        bye = self._in_dialog_request("BYE", toward, sender.cseq, via_transport, via_sent_by, "bye")
+        bye.headers.add("Reason", reason)
+        return bye
+
+    def build_ack(self, toward: Side, via_transport: str, via_sent_by: str) -> Request:
+        """The ACK for a 2xx the other party can no longer acknowledge (RFC 3261 §13.2.2.4):
+        same CSeq number as the INVITE."""
+        return self._in_dialog_request("ACK", toward, self.invite_cseq, via_transport, via_sent_by, "ack")
+
+    def _in_dialog_request(
+        self, method: str, toward: Side, number: int, via_transport: str, via_sent_by: str, kind: str
+    ) -> Request:
+        receiver = self.party(toward)
+        sender = self.party(toward.other)
+        if receiver.target is None:
+            raise DialogError(f"no remote target known for the {toward.value} side of call {self.call_id}")
+        # RFC 3261 §12.2.1.1: R-URI = remote target, Route = route set, From/To = local/remote.
+        request = Request(method, receiver.target)
+        if receiver.route:
+            request.headers.replace_all("Route", list(receiver.route))
+        request.headers.add("Max-Forwards", str(DEFAULT_MAX_FORWARDS))
+        request.headers.add("From", sender.address)
+        request.headers.add("To", receiver.address)
+        request.headers.add("Call-ID", self.call_id)
+        request.headers.add("CSeq", f"{number} {method}")
+        request.headers.add("Content-Length", "0")
+        apply_strict_route(request)  # RFC 3261 §12.2.1.1: a strict first hop
+        add_via(request, via_transport, via_sent_by, new_branch(kind))
+        return request
+
+
+def _cseq_number(message: Request | Response) -> int:
+    try:
+        sequence = cseq(message)
+    except HeaderError:
+        return 0
+    return sequence.number if sequence is not None else 0

@@ -1,0 +1,458 @@
+"""CallManager state-machine paths with fakes: the SIP side of TS 24.371 §7.4 without sockets."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from twisted.internet import defer, task
+from twisted.trial import unittest
+
+from epcscf.pcscf.call_state import CallState
+from epcscf.pcscf.calls import CallManager, CallSettings, MediaRejected
+from epcscf.pcscf.dialogs import Side
+from epcscf.pcscf.edge import EdgeAddresses
+from epcscf.sip.connection import Address
+from epcscf.sip.message import Headers, Request, Response
+from epcscf.sip.proxy import Branch, Forward, ProxiedRequest, Reject
+from epcscf.sip.proxy_rules import make_local_response
+
+ADDRESSES = EdgeAddresses("192.0.2.10", 5060, "udp", "192.0.2.11", 443, "wss")
+WIC_OFFER = b"v=0\r\no=- 1 1 IN IP4 127.0.0.1\r\ns=-\r\nt=0 0\r\nm=audio 9 UDP/TLS/RTP/SAVPF 0\r\nc=IN IP4 0.0.0.0\r\n"
+CORE_SDP = b"v=0\r\no=- 2 1 IN IP4 198.51.100.20\r\ns=-\r\nc=IN IP4 198.51.100.20\r\nt=0 0\r\nm=audio 40000 RTP/AVP 0\r\n"
+
+
+class FakeConnection:
+    reliable = True
+
+    def __init__(self, transport: str, id: str) -> None:
+        self.transport = transport
+        self.local = Address("192.0.2.10", 5060)
+        self.remote = Address("198.51.100.1", 5060)
+        self.id = id
+        self.connected = True
+        self.sent: list[Any] = []
+
+    def send_message(self, message: Any) -> None:
+        self.sent.append(message)
+
+    def close(self) -> None:
+        self.connected = False
+
+
+class FakeMedia:
+    """Marks every transformed body with the method that made it."""
+
+    def __init__(self, log: list[str]) -> None:
+        self.log = log
+        self.on_failure: Any = None
+        self.on_event: Any = None
+        self.closed = False
+        self.reject: MediaRejected | None = None
+
+    def _do(self, name: str, sdp: bytes) -> bytes:
+        self.log.append(name)
+        if self.reject is not None:
+            raise self.reject
+        return b"v=0\r\n" + name.encode() + b"\r\n"
+
+    def offer_from_wic(self, sdp: bytes) -> bytes:
+        return self._do("offer_from_wic", sdp)
+
+    def answer_from_core(self, sdp: bytes, fork: str | None) -> bytes:
+        return self._do("answer_from_core", sdp)
+
+    def offer_from_core(self, sdp: bytes) -> defer.Deferred:
+        return defer.succeed(self._do("offer_from_core", sdp))
+
+    def answer_from_wic(self, sdp: bytes) -> bytes:
+        return self._do("answer_from_wic", sdp)
+
+    def offer_failed(self) -> None:
+        self.log.append("offer_failed")
+
+    def add_trickle(self, sdpfrag: bytes) -> None:
+        self.log.append("trickle")
+
+    def stats(self) -> dict:
+        return {}
+
+    def close(self) -> defer.Deferred:
+        self.closed = True
+        return defer.succeed(None)
+
+
+class FakeTransactions:
+    def __init__(self) -> None:
+        self.sent: list[tuple[Request, Any]] = []
+
+    def send_request(self, request: Request, connection: Any, user: Any) -> None:
+        self.sent.append((request, connection))
+
+
+class FakeProxy:
+    def __init__(self) -> None:
+        self.transactions = FakeTransactions()
+        self.cancelled: list[ProxiedRequest] = []
+        self.responded: list[Response] = []
+
+    def cancel_branches(self, context: ProxiedRequest) -> None:
+        self.cancelled.append(context)
+
+    def respond_upstream(self, context: ProxiedRequest, response: Response) -> None:
+        self.responded.append(response)
+
+
+class FakeServerTransaction:
+    def __init__(self, request: Request, connection: Any) -> None:
+        self.request = request
+        self.connection = connection
+
+
+def invite(from_wic: bool, body: bytes = WIC_OFFER) -> Request:
+    request = Request("INVITE", "sip:bob@example.com")
+    via = "SIP/2.0/WSS abc.invalid;branch=z9hG4bK1" if from_wic else "SIP/2.0/UDP 198.51.100.1;branch=z9hG4bK2"
+    request.headers = Headers.from_pairs([
+        ("Via", via),
+        ("From", "<sip:alice@example.com>;tag=alice1" if from_wic else "<sip:carol@example.com>;tag=carol1"),
+        ("To", "<sip:bob@example.com>"),
+        ("Call-ID", "call-1"),
+        ("CSeq", "10 INVITE"),
+        ("Contact", "<sip:alice@abc.invalid;transport=ws;ob>" if from_wic else "<sip:carol@198.51.100.1>"),
+        ("Max-Forwards", "70"),
+    ])
+    if body:
+        request.headers.add("Content-Type", "application/sdp")
+        request.body = body
+    return request
+
+
+def response_to(request: Request, status: int, body: bytes = b"", tag: str = "bob1", contact: str = "<sip:bob@198.51.100.20>") -> Response:
+    response = make_local_response(request, status, to_tag=tag)
+    response.headers.add("Contact", contact)
+    response.headers.add(
+        "Record-Route",
+        "<sip:scscf.example.com;lr>, <sip:192.0.2.10:5060;transport=udp;lr>, <sip:tok@192.0.2.11:443;transport=wss;lr>",
+    )
+    if body:
+        response.headers.add("Content-Type", "application/sdp")
+        response.body = body
+    return response
+
+
+class CallManagerTests(unittest.TestCase):
+    def setUp(self) -> None:
+        self.clock = task.Clock()
+        self.log: list[str] = []
+        self.medias: list[FakeMedia] = []
+        self.proxy = FakeProxy()
+
+        def factory(call: Any) -> FakeMedia:
+            media = FakeMedia(self.log)
+            self.medias.append(media)
+            return media
+
+        self.manager = CallManager(self.clock, ADDRESSES, factory, CallSettings(keep_ended=60), self.proxy)
+        self.wic = FakeConnection("WSS", "wss-1")
+        self.core = FakeConnection("UDP", "udp-1")
+
+    def originate(self, body: bytes = WIC_OFFER) -> tuple[ProxiedRequest, Any]:
+        request = invite(True, body)
+        context = ProxiedRequest(request.copy(), self.wic, FakeServerTransaction(request, self.wic))
+        forward = Forward(context.request, None, [], ADDRESSES.core_sent_by)
+        decision = self.successResultOf(defer.maybeDeferred(self.manager.originating_invite, context, "<sip:alice@example.com>", forward))
+        context.branches.append(Branch(context.request, [], connection=self.core))
+        return context, decision
+
+    def respond(self, context: ProxiedRequest, response: Response) -> Response | None:
+        for branch in context.branches:
+            branch.final = response
+        return self.successResultOf(defer.maybeDeferred(self.manager.response, context, response))
+
+    def confirmed_originating_call(self) -> tuple[ProxiedRequest, Any]:
+        context, decision = self.originate()
+        self.respond(context, response_to(context.request, 200, CORE_SDP))
+        return context, self.manager.calls()[0]
+
+    # --- originating ---------------------------------------------------------------------------
+
+    def test_originating_offer_is_transformed_and_forwarded_at_once(self) -> None:
+        context, decision = self.originate()
+        self.assertIsInstance(decision, Forward)
+        self.assertEqual(decision.request.body, b"v=0\r\noffer_from_wic\r\n")
+        self.assertEqual(decision.request.headers.get("Content-Length"), str(len(decision.request.body)))
+        [call] = self.manager.calls()
+        self.assertIs(call.state, CallState.OFFER_FORWARDED)
+        self.assertIs(context.data["call"], call)
+
+    def test_unusable_offer_is_488_with_warning_and_frees_media(self) -> None:
+        request = invite(True)
+        context = ProxiedRequest(request.copy(), self.wic, FakeServerTransaction(request, self.wic))
+        forward = Forward(context.request, None, [], ADDRESSES.core_sent_by)
+        self.manager.media_factory = lambda call: self._rejecting(MediaRejected(488, 'no "fingerprint"'))
+        decision = self.successResultOf(defer.maybeDeferred(self.manager.originating_invite, context, "x", forward))
+        self.assertIsInstance(decision, Reject)
+        self.assertEqual(decision.response.status, 488)
+        self.assertEqual(decision.response.headers.get("Warning"), '399 epcscf "no \\"fingerprint\\""')
+        self.assertEqual(self.manager.calls(), [])
+        self.assertTrue(self.medias[-1].closed)
+        self.assertIs(self.manager.ended_calls()[0].state, CallState.TERMINATED)
+
+    def _rejecting(self, error: MediaRejected) -> FakeMedia:
+        media = FakeMedia(self.log)
+        media.reject = error
+        self.medias.append(media)
+        return media
+
+    def test_malformed_offer_is_400(self) -> None:
+        self.manager.media_factory = lambda call: self._rejecting(MediaRejected(400, "line 2: bad o="))
+        request = invite(True)
+        context = ProxiedRequest(request.copy(), self.wic, FakeServerTransaction(request, self.wic))
+        decision = self.successResultOf(defer.maybeDeferred(
+            self.manager.originating_invite, context, "x", Forward(context.request)))
+        self.assertEqual(decision.response.status, 400)
+
+    def test_ports_exhausted_is_503_with_retry_after(self) -> None:
+        def exhausted(call: Any) -> FakeMedia:
+            raise RuntimeError("no free UDP port pair left")
+
+        self.manager.media_factory = exhausted
+        request = invite(True)
+        context = ProxiedRequest(request.copy(), self.wic, FakeServerTransaction(request, self.wic))
+        decision = self.successResultOf(defer.maybeDeferred(
+            self.manager.originating_invite, context, "x", Forward(context.request)))
+        self.assertEqual(decision.response.status, 503)
+        self.assertEqual(decision.response.headers.get("Retry-After"), "30")
+        self.assertEqual(self.manager.calls(), [])
+
+    def test_invite_without_offer_from_wic_is_488_and_non_sdp_body_415(self) -> None:
+        for body, content_type, status in ((b"", None, 488), (b"<xml/>", "application/xml", 415)):
+            request = invite(True, b"")
+            if content_type:
+                request.headers.add("Content-Type", content_type)
+                request.body = body
+            context = ProxiedRequest(request.copy(), self.wic, FakeServerTransaction(request, self.wic))
+            decision = self.manager.originating_invite(context, "x", Forward(context.request))
+            self.assertEqual(decision.response.status, status)
+        self.assertEqual(decision.response.headers.get("Accept"), "application/sdp")
+
+    def test_early_answer_then_bodiless_200_repeats_the_webrtc_answer(self) -> None:
+        # REQ-O05 / A7
+        context, _ = self.originate()
+        early = self.respond(context, response_to(context.request, 183, CORE_SDP))
+        self.assertEqual(early.body, b"v=0\r\nanswer_from_core\r\n")
+        [call] = self.manager.calls()
+        self.assertIs(call.state, CallState.EARLY)
+        final = self.respond(context, response_to(context.request, 200))
+        self.assertEqual(final.body, early.body)
+        self.assertEqual(final.headers.get("Content-Type"), "application/sdp")
+        self.assertIs(call.state, CallState.CONFIRMED)
+        self.assertEqual(self.log.count("answer_from_core"), 1)
+
+    def test_forked_answers_each_become_webrtc_answers(self) -> None:
+        context, _ = self.originate()
+        self.respond(context, response_to(context.request, 183, CORE_SDP, tag="fork1"))
+        self.respond(context, response_to(context.request, 183, CORE_SDP, tag="fork2"))
+        self.assertEqual(self.log.count("answer_from_core"), 2)
+
+    def test_final_failure_frees_the_media(self) -> None:
+        # REQ-O07
+        context, _ = self.originate()
+        busy = self.respond(context, response_to(context.request, 486))
+        self.assertEqual(busy.status, 486)
+        self.assertTrue(self.medias[0].closed)
+        self.assertEqual(self.manager.calls(), [])
+        self.manager.transaction_ended(context)  # harmless afterwards
+        self.assertEqual(len(self.manager.ended_calls()), 1)
+
+    def test_ended_calls_are_kept_for_keep_ended_seconds(self) -> None:
+        context, _ = self.originate()
+        self.respond(context, response_to(context.request, 486))
+        self.clock.advance(59)
+        self.assertEqual(len(self.manager.ended_calls()), 1)
+        self.clock.advance(2)
+        self.assertEqual(self.manager.ended_calls(), [])
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+
+    def test_cancel_before_answer_ends_the_call_on_the_487(self) -> None:
+        context, _ = self.originate()
+        self.manager.cancel_received(context)
+        [call] = self.manager.calls()
+        self.assertIs(call.state, CallState.CANCELLING)
+        self.respond(context, response_to(context.request, 487))
+        self.assertIs(call.state, CallState.TERMINATED)
+        self.assertTrue(self.medias[0].closed)
+
+    def test_cancel_200_race_confirms_the_call(self) -> None:
+        # REQ-C03: the 2xx wins; the WIC will ACK and BYE.
+        context, _ = self.originate()
+        self.manager.cancel_received(context)
+        self.respond(context, response_to(context.request, 200, CORE_SDP))
+        self.assertIs(self.manager.calls()[0].state, CallState.CONFIRMED)
+
+    # --- release from the middle -----------------------------------------------------------------
+
+    def test_ws_closed_on_confirmed_call_sends_bye_to_the_core_with_reason(self) -> None:
+        # REQ-B02, A15
+        context, call = self.confirmed_originating_call()
+        self.manager.flow_closed(self.wic)
+        [(bye, connection)] = self.proxy.transactions.sent
+        self.assertIs(connection, self.core)
+        self.assertEqual(bye.method, "BYE")
+        self.assertEqual(bye.uri, "sip:bob@198.51.100.20")
+        self.assertEqual(bye.headers.get("Reason"), 'SIP;cause=480;text="WebSocket closed"')
+        self.assertEqual(bye.headers.get("From"), "<sip:alice@example.com>;tag=alice1")
+        self.assertEqual(bye.headers.get("To"), "<sip:bob@example.com>;tag=bob1")
+        self.assertEqual(bye.headers.get("CSeq"), "11 BYE")
+        self.assertEqual(bye.headers.get("Route"), "<sip:scscf.example.com;lr>")
+        self.assertTrue(bye.headers.get("Via").startswith("SIP/2.0/UDP 192.0.2.10:5060;branch=z9hG4bK"))
+        self.assertIs(call.state, CallState.TERMINATED)
+        self.assertEqual(call.failing_layer, "ws")
+        self.assertTrue(self.medias[0].closed)
+        self.assertEqual(self.manager.calls(), [])
+
+    def test_ws_closed_on_early_call_cancels_downstream_and_answers_480(self) -> None:
+        context, _ = self.originate()
+        self.manager.flow_closed(self.wic)
+        self.assertEqual(self.proxy.cancelled, [context])
+        [answer] = self.proxy.responded
+        self.assertEqual(answer.status, 480)
+        self.assertEqual(answer.headers.get("Reason"), 'SIP;cause=480;text="WebSocket closed"')
+        self.assertTrue(self.medias[0].closed)
+
+    def test_2xx_racing_an_early_release_is_acked_and_byed(self) -> None:
+        context, _ = self.originate()
+        self.manager.flow_closed(self.wic)
+        late = response_to(context.request, 200, CORE_SDP)
+        self.assertIsNone(self.manager.stray_response(late))
+        ack = self.core.sent[0]
+        self.assertEqual((ack.method, ack.headers.get("CSeq")), ("ACK", "10 ACK"))
+        [(bye, _)] = self.proxy.transactions.sent
+        self.assertEqual(bye.method, "BYE")
+
+    def test_consent_lost_sends_bye_both_ways(self) -> None:
+        # REQ-B03 / REQ-O08
+        context, call = self.confirmed_originating_call()
+        self.medias[0].on_failure("ice", "ICE consent lost")
+        sent = self.proxy.transactions.sent
+        self.assertEqual(sorted(connection.id for _, connection in sent), ["udp-1", "wss-1"])
+        to_wic = next(bye for bye, connection in sent if connection is self.wic)
+        self.assertEqual(to_wic.uri, "sip:alice@abc.invalid;transport=ws;ob")
+        self.assertEqual(to_wic.headers.get("From"), "<sip:bob@example.com>;tag=bob1")
+        self.assertEqual(to_wic.headers.get("To"), "<sip:alice@example.com>;tag=alice1")
+        self.assertIsNone(to_wic.headers.get("Route"))
+        self.assertTrue(to_wic.headers.get("Via").startswith("SIP/2.0/WSS 192.0.2.11:443;"))
+        self.assertEqual(call.failing_layer, "ice")
+
+    def test_operator_release(self) -> None:
+        self.confirmed_originating_call()
+        self.assertEqual(self.manager.release("call-1", "maintenance"), 1)
+        self.assertEqual(len(self.proxy.transactions.sent), 2)
+        self.assertEqual(self.manager.release("call-1"), 0)
+
+    # --- in-dialog -------------------------------------------------------------------------------
+
+    def in_dialog(self, method: str, from_wic: bool, body: bytes = b"", content_type: str = "application/sdp",
+                  parties: tuple[str, str] = ("<sip:alice@example.com>;tag=alice1", "<sip:bob@example.com>;tag=bob1"),
+                  ) -> tuple[ProxiedRequest, Forward, Any]:
+        """``parties``: (the WIC's, the core's) From/To values."""
+        request = Request(method, "sip:x@example.com")
+        wic_party, core_party = parties
+        request.headers = Headers.from_pairs([
+            ("Via", "SIP/2.0/UDP 198.51.100.1;branch=z9hG4bK9"),
+            ("From", wic_party if from_wic else core_party),
+            ("To", core_party if from_wic else wic_party),
+            ("Call-ID", "call-1"),
+            ("CSeq", f"20 {'INVITE' if method == 'ACK' else method}" if method != "ACK" else "10 ACK"),
+        ])
+        if body:
+            request.headers.add("Content-Type", content_type)
+            request.body = body
+        context = ProxiedRequest(request, self.wic if from_wic else self.core, FakeServerTransaction(request, self.core))
+        forward = Forward(request, None if from_wic else self.wic)
+        decision = self.successResultOf(defer.maybeDeferred(self.manager.in_dialog_request, context, forward, from_wic))
+        return context, forward, decision
+
+    def test_core_reoffer_refused_keeps_old_media(self) -> None:
+        # REQ-U02 / REQ-U04
+        self.confirmed_originating_call()
+        context, forward, decision = self.in_dialog("INVITE", False, CORE_SDP)
+        self.assertEqual(decision.request.body, b"v=0\r\noffer_from_core\r\n")
+        refused = self.respond(context, response_to(context.request, 488))
+        self.assertEqual(refused.status, 488)
+        self.assertEqual(self.log[-1], "offer_failed")
+        self.assertIs(self.manager.calls()[0].state, CallState.CONFIRMED)
+
+    def test_wic_reoffer_answered_by_core(self) -> None:
+        self.confirmed_originating_call()
+        context, forward, decision = self.in_dialog("INVITE", True, WIC_OFFER)
+        answer = self.respond(context, response_to(context.request, 200, CORE_SDP))
+        self.assertEqual(answer.body, b"v=0\r\nanswer_from_core\r\n")
+        self.assertEqual(self.manager.calls()[0].dialog.wic.cseq, 20)
+
+    def test_update_without_sdp_passes_through(self) -> None:
+        self.confirmed_originating_call()
+        before = list(self.log)
+        _, forward, decision = self.in_dialog("UPDATE", True)
+        self.assertIs(decision, forward)
+        self.assertEqual(self.log, before)
+
+    def test_trickle_info_is_consumed(self) -> None:
+        # REQ-I10
+        self.confirmed_originating_call()
+        _, _, decision = self.in_dialog("INFO", True, b"a=end-of-candidates\r\n", "application/trickle-ice-sdpfrag")
+        self.assertIsInstance(decision, Reject)
+        self.assertEqual(decision.response.status, 200)
+        self.assertEqual(self.log[-1], "trickle")
+
+    def test_bye_from_the_wic_releases_media(self) -> None:
+        # REQ-B01
+        _, call = self.confirmed_originating_call()
+        _, forward, decision = self.in_dialog("BYE", True)
+        self.assertIs(decision, forward)
+        self.assertTrue(self.medias[0].closed)
+        self.assertIs(call.state, CallState.TERMINATED)
+        self.assertEqual(self.manager.calls(), [])
+
+    # --- terminating -------------------------------------------------------------------------------
+
+    def terminate(self, body: bytes) -> tuple[ProxiedRequest, Any]:
+        request = invite(False, body)
+        context = ProxiedRequest(request.copy(), self.core, FakeServerTransaction(request, self.core))
+        forward = Forward(context.request, self.wic, [], ADDRESSES.wic_sent_by)
+        decision = self.successResultOf(defer.maybeDeferred(self.manager.terminating_invite, context, self.wic, forward))
+        return context, decision
+
+    def test_terminating_offer_and_answer(self) -> None:
+        context, decision = self.terminate(CORE_SDP)
+        self.assertEqual(decision.request.body, b"v=0\r\noffer_from_core\r\n")
+        answer = self.respond(context, response_to(context.request, 200, WIC_OFFER, contact="<sip:bob@x.invalid;transport=ws>"))
+        self.assertEqual(answer.body, b"v=0\r\nanswer_from_wic\r\n")
+        [call] = self.manager.calls()
+        self.assertIs(call.state, CallState.CONFIRMED)
+        self.assertIs(self.manager.flow_for_call("call-1"), self.wic)
+        # WS loss: BYE to the core, as the WIC (the callee) would have sent it.
+        self.manager.flow_closed(self.wic)
+        [(bye, connection)] = self.proxy.transactions.sent
+        self.assertIs(connection, self.core)
+        self.assertEqual(bye.uri, "sip:carol@198.51.100.1")
+        self.assertEqual(bye.headers.get("From"), "<sip:bob@example.com>;tag=bob1")
+        self.assertEqual(bye.headers.get("CSeq"), "1 BYE")
+        # Routes toward the caller are the entries below ours in Record-Route: none here.
+        self.assertIsNone(bye.headers.get("Route"))
+
+    def test_terminating_late_offer(self) -> None:
+        # REQ-M03: offer in the WIC's 200, answer in the core's ACK.
+        context, decision = self.terminate(b"")
+        self.assertEqual(decision.request.body, b"")
+        ok = self.respond(context, response_to(context.request, 200, WIC_OFFER))
+        self.assertEqual(ok.body, b"v=0\r\noffer_from_wic\r\n")
+        parties = ("<sip:bob@example.com>;tag=bob1", "<sip:carol@example.com>;tag=carol1")
+        _, forward, decision = self.in_dialog("ACK", False, CORE_SDP, parties=parties)
+        self.assertEqual(self.log[-1], "answer_from_core")
+        self.assertEqual(decision.request.body, b"v=0\r\nanswer_from_core\r\n")
+
+    def test_terminating_early_ws_loss_answers_480_to_the_core(self) -> None:
+        context, _ = self.terminate(CORE_SDP)
+        self.manager.flow_closed(self.wic)
+        self.assertEqual(self.proxy.responded[0].status, 480)
+        self.assertEqual(self.proxy.cancelled, [context])
