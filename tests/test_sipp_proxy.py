@@ -14,7 +14,7 @@ import shutil
 import socket
 from typing import Any
 
-from twisted.internet import defer, error, protocol, reactor, task
+from twisted.internet import defer, error, protocol, reactor
 from twisted.trial import unittest
 
 from epcscf.sip.proxy import ProxySettings, StatefulProxy

@@ -29,113 +29,37 @@ responses); its ``ProxyState`` only moves forward (see ``_TRANSITIONS``).
 
 from __future__ import annotations
 
-import enum
-import itertools
 import secrets
-from dataclasses import dataclass, field
-from typing import Any, Callable, Protocol, Sequence, Union
+from dataclasses import dataclass
+from typing import Any, Protocol, Sequence
 
 from twisted.internet import defer
-from twisted.internet.interfaces import IDelayedCall, IReactorTime
+from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from epcscf.sip import proxy_rules as rules
 from epcscf.sip.connection import Address, Connection, ConnectionLost
-from epcscf.sip.headers import HeaderError
 from epcscf.sip.message import Request, Response
 from epcscf.sip.resolver import DEFAULT_PORTS, Target
 from epcscf.sip.uri import SipUri, UriError, parse_uri
 from epcscf.sip.validate import AnswerOptionsLocally, validate_request
-from epcscf.sip.proxy_policy import Decision, Destination, Forward, ProxyPolicy, Reject
+from epcscf.sip.proxy_policy import (
+    Branch,
+    BranchState,
+    Decision,
+    Destination,
+    Forward,
+    ProxiedRequest,
+    ProxyPolicy,
+    ProxyState,
+    Reject,
+)
 
 log = Logger()
 
 # RFC 3261 §16.6 step 11: Timer C "MUST be set to be greater than 3 minutes".
 TIMER_C = 181.0
-
-
-# --- per-request context ------------------------------------------------------------------------
-
-
-class ProxyState(enum.Enum):
-    ROUTING = "routing"  # waiting for the policy
-    FORWARDING = "forwarding"  # branches pending
-    COMPLETED = "completed"  # a final response went upstream
-    TERMINATED = "terminated"  # everything done
-
-
-_TRANSITIONS: dict[ProxyState, frozenset[ProxyState]] = {
-    ProxyState.ROUTING: frozenset({ProxyState.FORWARDING, ProxyState.COMPLETED}),
-    ProxyState.FORWARDING: frozenset({ProxyState.COMPLETED}),
-    ProxyState.COMPLETED: frozenset({ProxyState.TERMINATED}),
-    ProxyState.TERMINATED: frozenset(),
-}
-
-
-class BranchState(enum.Enum):
-    CONNECTING = "connecting"  # resolving / connecting / no response yet
-    CALLING = "calling"  # request sent, no response yet
-    PROCEEDING = "proceeding"  # a provisional arrived
-    DONE = "done"  # a final response (or a synthetic one) arrived
-
-
-@dataclass(eq=False)
-class Branch:
-    """One forwarded copy of the request (RFC 3261 §16.6) and its failover targets."""
-
-    request: Request  # the copy prepared for this branch, without our Via
-    targets: list[Target]
-    connection: Connection | None = None
-    client_transaction: Any = None
-    sent_request: Request | None = None  # with our Via: what CANCEL must match
-    state: BranchState = BranchState.CONNECTING
-    final: Response | None = None
-    timer_c: IDelayedCall | None = None
-    cancel_wanted: bool = False  # RFC 3261 §9.1: CANCEL once a provisional arrives
-    cancelled: bool = False
-    attempt: int = 0
-    via_sent_by: str | None = None
-
-
-@dataclass(eq=False)
-class ProxiedRequest:
-    """The per-request context handed to the policy."""
-
-    request: Request  # the working copy: our Routes removed; the policy may change it
-    connection: Connection  # where it came from
-    server_transaction: Any = None
-    original: Request | None = None  # as received (loop hash and branch ids use it)
-    #: how many Route values were ours (> 0: the request was loose-routed to us, e.g. in-dialog)
-    own_routes_removed: int = 0
-    state: ProxyState = ProxyState.ROUTING
-    branches: list[Branch] = field(default_factory=list)
-    responses: list[Response] = field(default_factory=list)  # finals received, in order
-    cancelled: bool = False
-    decision: Decision | None = None
-    #: free for the policy (e.g. the Call this INVITE belongs to)
-    data: dict[str, Any] = field(default_factory=dict)
-    _upstream: list[Response] = field(default_factory=list)  # responses waiting to go upstream
-    _branch_ids: Any = field(default_factory=itertools.count)
-    _loop_hash: str | None = None
-
-    def __post_init__(self) -> None:
-        if self.original is None:
-            self.original = self.request
-
-    @property
-    def request_as_received(self) -> Request:
-        assert self.original is not None
-        return self.original
-
-    def move_to(self, state: ProxyState) -> None:
-        if state not in _TRANSITIONS[self.state]:
-            raise RuntimeError(f"proxied request: no transition {self.state.name} → {state.name}")
-        self.state = state
-
-    @property
-    def is_invite(self) -> bool:
-        return self.request.method == "INVITE"
 
 
 @dataclass(frozen=True)
@@ -231,14 +155,14 @@ class StatefulProxy:
             # §16.3 step 3: Max-Forwards 0 on an OPTIONS: we answer it as a UAS.
             problem = rules.make_local_response(request, 200, to_tag=_new_tag())
         if problem is not None:
-            self._respond_locally(context, _with_to_tag(problem))
+            self._respond_locally(context, rules.with_to_tag(problem))
             return
         # RFC 3261 §16.3 step 4 (optional): loop detection with our own branch hash.
         if self.settings.loop_detection and rules.is_loop(request, self._is_own_sent_by):
             self._respond_locally(context, rules.make_local_response(request, 482, to_tag=_new_tag()))
             return
         working = request.copy()
-        _mark_source(working, transaction.connection)  # RFC 3261 §18.2.1, RFC 3581 §4
+        rules.mark_source(working, transaction.connection)  # RFC 3261 §18.2.1, RFC 3581 §4
         context.own_routes_removed = rules.process_own_routes(working, self.policy.is_own_uri)  # §16.4
         context.request = working
         try:
@@ -263,7 +187,7 @@ class StatefulProxy:
             return  # RFC 3261 §16.3 step 3: cannot go further, and an ACK is never answered
         branch_id = rules.branch_for(request, 0, self._secret)  # §16.11: stateless branch
         working = request.copy()
-        _mark_source(working, connection)
+        rules.mark_source(working, connection)
         removed = rules.process_own_routes(working, self.policy.is_own_uri)  # §16.4
         context = ProxiedRequest(working, connection, None, original=request, own_routes_removed=removed)
         decided = defer.maybeDeferred(self.policy.route_request, context)
@@ -294,7 +218,7 @@ class StatefulProxy:
         destination = self.policy.response_destination(response)
         if destination is None:
             vias = rules.list_values(response.headers, "via")
-            destination = _via_target(vias[0]) if vias else None
+            destination = rules.via_target(vias[0]) if vias else None
         if destination is None:
             return
         target = destination
@@ -317,7 +241,7 @@ class StatefulProxy:
         if context.state is not ProxyState.ROUTING:
             return  # answered meanwhile
         if isinstance(decision, Reject):
-            self._respond_locally(context, _with_to_tag(decision.response))
+            self._respond_locally(context, rules.with_to_tag(decision.response))
             return
         if context.cancelled:
             # RFC 3261 §16.10: cancelled before anything was forwarded → 487 ourselves.
@@ -646,7 +570,7 @@ class StatefulProxy:
     def respond_upstream(self, context: ProxiedRequest, response: Response) -> None:
         """Public: answer ``context`` ourselves now (ignored once it has a final response).
         Used by the call manager to end an early call it releases (WS closed, ICE failure)."""
-        self._respond_locally(context, _with_to_tag(response))
+        self._respond_locally(context, rules.with_to_tag(response))
 
     def _cancel_pending(self, context: ProxiedRequest) -> None:
         """RFC 3261 §16.10 / §16.7 step 10: CANCEL every branch still without a final."""
@@ -746,37 +670,6 @@ class StatefulProxy:
             return self.connector.connect(first).addCallback(send)
         send(first)
         return None
-
-
-def _via_target(via_text: str) -> Target | None:
-    """RFC 3261 §18.2.2 / RFC 3581 §4: where a response to this Via goes."""
-    try:
-        transport, host, port = rules.via_sent_by(via_text)
-    except HeaderError:
-        return None
-    received = rules.via_param(via_text, "received")
-    rport = rules.via_param(via_text, "rport")
-    target_port = int(rport) if rport and rport.isdigit() else (port or DEFAULT_PORTS.get(transport, 5060))
-    return Target(transport, received or host, target_port, host)
-
-
-def _mark_source(request: Request, connection: Connection) -> None:
-    vias = rules.list_values(request.headers, "via")
-    if vias:
-        try:
-            marked = rules.mark_received(vias[0], connection.remote.host, connection.remote.port)
-        except HeaderError:
-            return
-        if marked != vias[0]:
-            rules.replace_first_value(request.headers, "Via", marked)
-
-
-def _with_to_tag(response: Response) -> Response:
-    """RFC 3261 §8.2.6.2: a response we generate carries a To tag (except 100)."""
-    to = response.headers.get("to")
-    if response.status > 100 and to is not None and ";tag=" not in to.replace(" ", "").lower():
-        response.headers.set("To", f"{to};tag={_new_tag()}")
-    return response
 
 
 def _new_tag() -> str:

@@ -5,6 +5,9 @@ chooses — where a request goes, how it is rewritten, which of our addresses go
 Via/Record-Route, how responses are rewritten — is asked of a ``ProxyPolicy``.  Every
 method may return a plain value or a Deferred (``route_request``, ``response_to_forward``).
 
+The per-request context the policy is handed (``ProxiedRequest`` with its ``Branch``es and
+``ProxyState``) lives here too, so that policy modules need not import the proxy engine.
+
 ``DefaultRoutingPolicy`` is a plain proxy: route by the top Route, else a static next-hop
 list from config, else the Request-URI (RFC 3263), and record-route dialog-creating
 requests (two entries when the transport changes, RFC 5658 §4).
@@ -12,19 +15,19 @@ requests (two entries when the transport changes, RFC 5658 §4).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Protocol, Sequence, Union
+import enum
+import itertools
+from dataclasses import dataclass, field
+from typing import Any, Protocol, Sequence, Union
 
 from twisted.internet import defer
+from twisted.internet.interfaces import IDelayedCall
 
 from epcscf.sip import proxy_rules as rules
 from epcscf.sip.connection import Connection
 from epcscf.sip.message import Request, Response, make_response
 from epcscf.sip.resolver import DEFAULT_PORTS, Target
 from epcscf.sip.uri import SipUri, UriError, parse_uri
-
-if TYPE_CHECKING:
-    from epcscf.sip.proxy import ProxiedRequest
 
 Destination = Union[Target, Connection, Sequence[Target], None]
 
@@ -75,6 +78,90 @@ class ProxyPolicy(Protocol):
     def cancel_received(self, context: "ProxiedRequest", cancel: Request) -> None:
         """A CANCEL matched this proxied INVITE (it is being cancelled downstream)."""
 
+
+
+
+# --- per-request context (what the policy sees) ------------------------------------------------------------------------
+
+
+class ProxyState(enum.Enum):
+    ROUTING = "routing"  # waiting for the policy
+    FORWARDING = "forwarding"  # branches pending
+    COMPLETED = "completed"  # a final response went upstream
+    TERMINATED = "terminated"  # everything done
+
+
+_TRANSITIONS: dict[ProxyState, frozenset[ProxyState]] = {
+    ProxyState.ROUTING: frozenset({ProxyState.FORWARDING, ProxyState.COMPLETED}),
+    ProxyState.FORWARDING: frozenset({ProxyState.COMPLETED}),
+    ProxyState.COMPLETED: frozenset({ProxyState.TERMINATED}),
+    ProxyState.TERMINATED: frozenset(),
+}
+
+
+class BranchState(enum.Enum):
+    CONNECTING = "connecting"  # resolving / connecting / no response yet
+    CALLING = "calling"  # request sent, no response yet
+    PROCEEDING = "proceeding"  # a provisional arrived
+    DONE = "done"  # a final response (or a synthetic one) arrived
+
+
+@dataclass(eq=False)
+class Branch:
+    """One forwarded copy of the request (RFC 3261 §16.6) and its failover targets."""
+
+    request: Request  # the copy prepared for this branch, without our Via
+    targets: list[Target]
+    connection: Connection | None = None
+    client_transaction: Any = None
+    sent_request: Request | None = None  # with our Via: what CANCEL must match
+    state: BranchState = BranchState.CONNECTING
+    final: Response | None = None
+    timer_c: IDelayedCall | None = None
+    cancel_wanted: bool = False  # RFC 3261 §9.1: CANCEL once a provisional arrives
+    cancelled: bool = False
+    attempt: int = 0
+    via_sent_by: str | None = None
+
+
+@dataclass(eq=False)
+class ProxiedRequest:
+    """The per-request context handed to the policy."""
+
+    request: Request  # the working copy: our Routes removed; the policy may change it
+    connection: Connection  # where it came from
+    server_transaction: Any = None
+    original: Request | None = None  # as received (loop hash and branch ids use it)
+    #: how many Route values were ours (> 0: the request was loose-routed to us, e.g. in-dialog)
+    own_routes_removed: int = 0
+    state: ProxyState = ProxyState.ROUTING
+    branches: list[Branch] = field(default_factory=list)
+    responses: list[Response] = field(default_factory=list)  # finals received, in order
+    cancelled: bool = False
+    decision: Decision | None = None
+    #: free for the policy (e.g. the Call this INVITE belongs to)
+    data: dict[str, Any] = field(default_factory=dict)
+    _upstream: list[Response] = field(default_factory=list)  # responses waiting to go upstream
+    _branch_ids: Any = field(default_factory=itertools.count)
+    _loop_hash: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.original is None:
+            self.original = self.request
+
+    @property
+    def request_as_received(self) -> Request:
+        assert self.original is not None
+        return self.original
+
+    def move_to(self, state: ProxyState) -> None:
+        if state not in _TRANSITIONS[self.state]:
+            raise RuntimeError(f"proxied request: no transition {self.state.name} → {state.name}")
+        self.state = state
+
+    @property
+    def is_invite(self) -> bool:
+        return self.request.method == "INVITE"
 
 
 

@@ -7,11 +7,14 @@ unit-tested on its own.
 from __future__ import annotations
 
 import hashlib
+import secrets
 import re
 from typing import Callable, Iterable, Sequence
 
 from epcscf.sip.headers import HeaderError, parse_via
+from epcscf.sip.connection import Connection
 from epcscf.sip.message import Headers, Message, Request, Response, canonical_name, make_response
+from epcscf.sip.resolver import DEFAULT_PORTS, Target
 from epcscf.sip.uri import UriError, parse_name_addr, parse_uri, split_list
 
 # RFC 3261 §8.1.1.7: the magic cookie; ours adds a marker so we recognise our own branches.
@@ -332,3 +335,34 @@ def make_local_response(request: Request, status: int, reason: str | None = None
 def strip_own_via(response: Message) -> str | None:
     """RFC 3261 §16.7 step 3: remove the topmost Via (ours); returns it."""
     return pop_first_value(response.headers, "via")
+
+
+def via_target(via_text: str) -> Target | None:
+    """RFC 3261 §18.2.2 / RFC 3581 §4: where a response to this Via goes."""
+    try:
+        transport, host, port = via_sent_by(via_text)
+    except HeaderError:
+        return None
+    received = via_param(via_text, "received")
+    rport = via_param(via_text, "rport")
+    target_port = int(rport) if rport and rport.isdigit() else (port or DEFAULT_PORTS.get(transport, 5060))
+    return Target(transport, received or host, target_port, host)
+
+
+def mark_source(request: Request, connection: Connection) -> None:
+    vias = list_values(request.headers, "via")
+    if vias:
+        try:
+            marked = mark_received(vias[0], connection.remote.host, connection.remote.port)
+        except HeaderError:
+            return
+        if marked != vias[0]:
+            replace_first_value(request.headers, "Via", marked)
+
+
+def with_to_tag(response: Response) -> Response:
+    """RFC 3261 §8.2.6.2: a response we generate carries a To tag (except 100)."""
+    to = response.headers.get("to")
+    if response.status > 100 and to is not None and ";tag=" not in to.replace(" ", "").lower():
+        response.headers.set("To", f"{to};tag={secrets.token_hex(6)}")
+    return response
