@@ -16,6 +16,16 @@ port 0 (RFC 3264 §6, REQ-D04, D13).
 Raises `SdpRejected` (488 + Warning) when the input cannot be served and `SdpError` (400) for a
 malformed candidate/fingerprint.  A leg without a port/transport for a line we would accept is a
 programming error in the caller (ValueError).
+
+How a call uses this (WIC-originated; the other direction mirrors it with plan_offer_toward_wic):
+
+    lines = plan_offer_toward_core(wic_offer, policy)        # 488 here, before allocating anything
+    # one ICE agent + one core RTP port pair per index in `lines`, kept for the whole call
+    core_leg = CoreLeg(core_versioner.origin, core_ip, ports)   # ports[i] None for other lines
+    wic_leg = WicLeg(wic_versioner.origin, transports, fingerprint)
+    invite_body = core_versioner.stamp(offer_toward_core(wic_offer, core_leg, policy)).serialize()
+    ... each 18x/200 answer from the core:
+    wic_body = wic_versioner.stamp(answer_toward_wic(core_answer, wic_offer, wic_leg)).serialize()
 """
 
 from __future__ import annotations
