@@ -49,7 +49,7 @@ def serve(listen_port: int, next_hop: str) -> None:
 
     import gc
 
-    gc_mode = os.environ.get("BENCH_GC", "default")
+    gc_mode = os.environ.get("BENCH_GC", "tuned")
     if gc_mode == "off":
         gc.disable()
     elif gc_mode == "tuned":
@@ -118,6 +118,9 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rates", default="1000,2000,3000", help="comma-separated sipp call rates (transactions/s)")
     parser.add_argument("--seconds", type=float, default=4.0, help="duration of each step")
+    parser.add_argument("--gc", choices=("default", "tuned", "off"), default="tuned",
+                        help="garbage collector of the proxy process: Python's default, tuned "
+                        "(gc.freeze + threshold 100000; the default here), or off")
     parser.add_argument("--serve", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--listen-port", type=int, default=0, help=argparse.SUPPRESS)
     parser.add_argument("--next-hop", default="", help=argparse.SUPPRESS)
@@ -140,13 +143,14 @@ def main() -> int:
     proxy = subprocess.Popen(
         [sys.executable, os.path.abspath(__file__), "--serve", "--listen-port", str(proxy_port),
          "--next-hop", f"sip:127.0.0.1:{uas_port};transport=udp"],
-        stdout=subprocess.PIPE, text=True,
+        stdout=subprocess.PIPE, text=True, env={**os.environ, "BENCH_GC": args.gc},
     )
     try:
         assert proxy.stdout is not None
         if proxy.stdout.readline().strip() != "ready":
             print("the proxy did not start", file=sys.stderr)
             return 1
+        print(f"proxy GC: {args.gc}")
         print(f"{'rate':>6} {'sent':>7} {'tx/s via proxy':>15} {'failed':>7} "
               f"{'p50 direct':>11} {'p99 direct':>11} {'p50 proxied':>12} {'p99 proxied':>12} {'+p50 ms':>8} {'+p99 ms':>8}")
         for rate in [int(r) for r in args.rates.split(",")]:

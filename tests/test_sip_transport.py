@@ -16,7 +16,7 @@ from twisted.internet import defer, endpoints, reactor, ssl, task
 from twisted.internet.protocol import DatagramProtocol, Protocol
 from twisted.trial import unittest
 
-from epcscf.sip.connection import Address, Connection
+from epcscf.sip.connection import Address, Connection, ConnectionLost
 from epcscf.sip.message import Message, Request, make_response
 from epcscf.sip.parser import ParserLimits, parse_message
 from epcscf.sip.resolver import Target
@@ -160,6 +160,13 @@ class UdpTests(unittest.TestCase):
         await wait_for(lambda: len(self.peer.datagrams) == 1)
         self.assertTrue(self.peer.datagrams[0].startswith(b"SIP/2.0 400 "))
         self.assertEqual(self.sink.received, [])
+
+    def test_udp_send_failure_is_connection_lost(self) -> None:
+        # RFC 3261 §18.4: the transaction layer sees a transport error, not an OSError.
+        connection = self.successResultOf(self.manager.connect(Target("UDP", "127.0.0.1", self.peer_address.port)))
+        huge = Request("MESSAGE", "sip:x@127.0.0.1", body=b"x" * 70000)
+        with self.assertRaises(ConnectionLost):
+            connection.send_message(huge)
 
     async def test_oversize_datagram_is_rejected(self) -> None:
         self.manager.settings = TransportSettings(limits=ParserLimits(max_message_size=1024))

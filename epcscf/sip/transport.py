@@ -30,6 +30,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable
 
 from twisted.internet import defer, endpoints, ssl
+from twisted.internet.error import MessageLengthError
 from twisted.internet.interfaces import IHandshakeListener, IReactorTime
 from twisted.internet.protocol import DatagramProtocol, Factory, Protocol
 from twisted.logger import Logger
@@ -154,7 +155,11 @@ class UdpConnection:
         if not self._socket.listening:
             raise ConnectionLost(f"UDP socket {self.local} is closed")
         self.last_used = self._socket.clock.seconds()
-        self._socket.transport.write(data, (self.remote.host, self.remote.port))
+        try:
+            self._socket.transport.write(data, (self.remote.host, self.remote.port))
+        except (OSError, MessageLengthError) as error:
+            # RFC 3261 §18.4: a send failure is a transport error for the transaction layer.
+            raise ConnectionLost(f"UDP send to {self.remote} failed: {error}") from error
 
     def close(self) -> None:
         self._socket.forget(self)
