@@ -4,6 +4,7 @@ the DTLS handshake itself needs no timer)."""
 
 from __future__ import annotations
 
+import os
 import socket
 from collections.abc import Callable
 
@@ -212,11 +213,11 @@ def settle():  # type: ignore[no-untyped-def]
 
 
 class MediaSessionTestCase(unittest.TestCase):
-    def setUp(self) -> None:
-        from twisted.internet.asyncioreactor import AsyncioSelectorReactor
+    # The reactor whose sockets the sessions use: the global one reads the core-side sockets
+    # straight from its asyncio loop; a reactor without one gets Twisted UDP ports instead.
+    session_reactor: object = global_reactor
 
-        if not isinstance(global_reactor, AsyncioSelectorReactor):
-            raise unittest.SkipTest("needs trial --reactor=asyncio")
+    def setUp(self) -> None:
         self.listening: list[object] = []
         self.sessions: list[MediaSession] = []
 
@@ -236,7 +237,9 @@ class MediaSessionTestCase(unittest.TestCase):
                      ) -> tuple[MediaSession, UdpWicTransport]:
         wic_side = UdpWicTransport()
         self.listen(wic_side)
-        session = MediaSession(global_reactor, global_reactor, config or MediaSessionConfig(), SERVER_CERT, wic_side, pool)
+        session = MediaSession(
+            self.session_reactor, global_reactor, config or MediaSessionConfig(), SERVER_CERT, wic_side, pool  # type: ignore[arg-type]
+        )
         wic_side.session = session
         self.sessions.append(session)
         return session, wic_side
@@ -602,3 +605,47 @@ class LifecycleTests(MediaSessionTestCase):
         yield session.close()
         self.assertIsNone(dtls._timer)
         self.assertIsNone(dtls._handshake_timer)
+
+
+class PlainSocketReactor:
+    """The global reactor's socket API without its asyncio loop (as under the epoll reactor)."""
+
+    def adoptDatagramPort(self, *args: object, **kwargs: object) -> object:  # noqa: N802
+        return global_reactor.adoptDatagramPort(*args, **kwargs)  # type: ignore[attr-defined]
+
+
+class TwistedPortRelayTests(RelayTests):
+    """The whole relay suite again with the core side on Twisted UDP ports."""
+
+    session_reactor = PlainSocketReactor()
+
+
+class TwistedPortLifecycleTests(LifecycleTests):
+    session_reactor = PlainSocketReactor()
+
+
+def open_descriptors() -> int:
+    return len(os.listdir("/proc/self/fd"))
+
+
+class CycleTests(MediaSessionTestCase):
+    @inlineCallbacks
+    def test_many_call_cycles_leave_pool_and_descriptors_unchanged(self):  # type: ignore[no-untyped-def]
+        # REQ-P08: ports, DTLS contexts and timers are freed whatever the path.
+        low = free_even_port_pair()
+        pool = UdpPortPool(low, low + 1)
+        wic_side = UdpWicTransport()
+        self.listen(wic_side)
+        wic_side.peer = (LOCAL, 9)
+        descriptors = open_descriptors()
+        for cycle in range(300):
+            session = MediaSession(global_reactor, global_reactor, MediaSessionConfig(), SERVER_CERT, wic_side, pool)
+            if cycle % 3 == 0:
+                session.start_dtls("client", WIC_CERT.fingerprint)  # DTLS timers running
+            elif cycle % 3 == 1:
+                session.start_dtls("server", None)
+                session.set_core_remote(LOCAL, 9)
+            yield session.close()
+        self.assertEqual(pool.free_count, 2)
+        self.assertEqual(open_descriptors(), descriptors)
+        self.assertEqual([call for call in global_reactor.getDelayedCalls() if call.active() and "Dtls" in repr(call.func)], [])

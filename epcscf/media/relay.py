@@ -3,7 +3,8 @@
 RFC 3550 §11: RTP on an even port, RTCP on the next (odd) one.  The pair comes from the shared
 `[media] port_range` pool (`epcscf.ice.ports.UdpPortPool`, the same pool the ICE agents use);
 without a pool (tests) an ephemeral even/odd pair is searched.  Sockets are bound with the
-`socket` module first (so a failed pair costs no reactor round trip), then adopted by the reactor.
+`socket` module first (so a failed pair costs no reactor round trip); under the asyncio reactor
+they are read straight from its event loop (the lean path), otherwise through Twisted UDP ports.
 
 Toward the core media is plain RTP/AVP (23.334 §5.20, REQ-P04).  Where to send: the address of
 the core's SDP (`set_remote`), or, with latching on (REQ-P07, RFC 4961 symmetric RTP), the
@@ -14,6 +15,7 @@ With latching off, media goes to the SDP address and is accepted from any source
 
 from __future__ import annotations
 
+import asyncio
 import ipaddress
 import socket
 from collections.abc import Callable
@@ -22,10 +24,13 @@ from dataclasses import dataclass
 from twisted.internet.defer import Deferred, DeferredList
 from twisted.internet.interfaces import IListeningPort, IReactorSocket
 from twisted.internet.protocol import DatagramProtocol
+from twisted.logger import Logger
 
 from epcscf.ice.ports import PortsExhausted, UdpPortPool
 
 Address = tuple[str, int]
+
+log = Logger()
 
 # How many pairs we try when binding fails (another process holds a port of the range).
 BIND_ATTEMPTS = 16
@@ -35,6 +40,9 @@ RECEIVE_BUFFER_SIZE = 1024 * 1024
 
 # RTP over UDP never exceeds the path MTU in practice; jumbo loopback tests stay below this.
 MAX_PACKET_SIZE = 65535
+
+# Datagrams read from one socket per wakeup before the loop serves the others.
+READ_BATCH = 64
 
 
 class MediaError(Exception):
@@ -121,8 +129,65 @@ def bind_rtp_pair(address: str, pool: UdpPortPool | None) -> tuple[socket.socket
     raise MediaError(f"could not bind an RTP/RTCP port pair on {address}: {last_error or 'no even port found'}")
 
 
+class _LoopReader:
+    """Reads one UDP socket straight from the asyncio loop of the asyncio reactor.
+
+    The hot path: Twisted's `udp.Port` costs a logging context and a method chain per wakeup;
+    this hands each datagram to the session with nothing in between."""
+
+    __slots__ = ("_loop", "_sock", "_fd", "_on_datagram")
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, sock: socket.socket, on_datagram: Callable[[bytes, Address], None]) -> None:
+        self._loop = loop
+        self._sock = sock
+        self._fd = sock.fileno()
+        self._on_datagram = on_datagram
+        loop.add_reader(self._fd, self._readable)
+
+    def _readable(self) -> None:
+        recvfrom = self._sock.recvfrom
+        on_datagram = self._on_datagram
+        # Bounded batch: one flooded socket must not starve the others.
+        for _ in range(READ_BATCH):
+            try:
+                data, source = recvfrom(MAX_PACKET_SIZE)
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError:
+                return  # ECONNREFUSED from an ICMP error of an earlier send: nothing to read
+            try:
+                on_datagram(data, source[:2])
+            except Exception:
+                log.failure("media: handling a core-side datagram")
+
+    def close(self) -> None:
+        if self._fd != -1:
+            self._loop.remove_reader(self._fd)
+            self._fd = -1
+            self._sock.close()
+
+
+class _TwistedReader:
+    """The same for a reactor that is not the asyncio one (a Twisted UDP port adopted)."""
+
+    def __init__(self, reactor: IReactorSocket, sock: socket.socket, on_datagram: Callable[[bytes, Address], None]) -> None:
+        # adoptDatagramPort duplicates the descriptor; ours is closed right after.
+        self._port: IListeningPort = reactor.adoptDatagramPort(sock.fileno(), sock.family, CoreSocket(on_datagram), MAX_PACKET_SIZE)
+        sock.close()
+        self._stopped: Deferred[None] | None = None
+
+    @property
+    def sendto(self) -> Callable[[bytes, Address], int]:
+        return self._port.socket.sendto  # type: ignore[attr-defined,no-any-return]
+
+    def close(self) -> Deferred[None] | None:
+        if self._stopped is None:
+            self._stopped = self._port.stopListening()  # type: ignore[assignment]
+        return self._stopped
+
+
 class CorePorts:
-    """The bound, reactor-adopted RTP and RTCP sockets of one media stream toward the core."""
+    """The bound RTP and RTCP sockets of one media stream toward the core."""
 
     def __init__(
         self,
@@ -138,29 +203,26 @@ class CorePorts:
         self.rtp_port: int = rtp_sock.getsockname()[1]
         self.rtcp_port: int = rtcp_sock.getsockname()[1]
         self._from_pool = from_pool
-        family = rtp_sock.family
-        try:
-            # adoptDatagramPort duplicates the descriptor; ours are closed right after.
-            self._rtp: IListeningPort = reactor.adoptDatagramPort(
-                rtp_sock.fileno(), family, CoreSocket(on_rtp), MAX_PACKET_SIZE
-            )
-            self._rtcp: IListeningPort = reactor.adoptDatagramPort(
-                rtcp_sock.fileno(), family, CoreSocket(on_rtcp), MAX_PACKET_SIZE
-            )
-        finally:
-            rtp_sock.close()
-            rtcp_sock.close()
-        # The hot path writes with the socket's own sendto: Port.write re-validates the
-        # address on every packet, which the relay has already done once in set_remote.
-        self.send_rtp: Callable[[bytes, Address], int] = self._rtp.socket.sendto  # type: ignore[attr-defined]
-        self.send_rtcp: Callable[[bytes, Address], int] = self._rtcp.socket.sendto  # type: ignore[attr-defined]
         self._closed: Deferred[None] | None = None
+        loop = getattr(reactor, "_asyncioEventloop", None)
+        self._readers: tuple[_LoopReader | _TwistedReader, _LoopReader | _TwistedReader]
+        if isinstance(loop, asyncio.AbstractEventLoop):
+            # The hot path writes with the socket's own sendto: Port.write re-validates the
+            # address on every packet, which set_remote has already done once.
+            self.send_rtp: Callable[[bytes, Address], int] = rtp_sock.sendto
+            self.send_rtcp: Callable[[bytes, Address], int] = rtcp_sock.sendto
+            self._readers = (_LoopReader(loop, rtp_sock, on_rtp), _LoopReader(loop, rtcp_sock, on_rtcp))
+        else:
+            rtp_reader = _TwistedReader(reactor, rtp_sock, on_rtp)
+            rtcp_reader = _TwistedReader(reactor, rtcp_sock, on_rtcp)
+            self.send_rtp, self.send_rtcp = rtp_reader.sendto, rtcp_reader.sendto
+            self._readers = (rtp_reader, rtcp_reader)
 
     def close(self) -> Deferred[None]:
-        """Stop both sockets; the Deferred fires when they are closed and the ports are back in
-        the pool (idempotent: later calls get a Deferred for the same moment)."""
+        """Close both sockets; the Deferred fires when they are closed and the ports are back
+        in the pool (idempotent: later calls get a Deferred for the same moment)."""
         if self._closed is None:
-            stopping = [d for d in (self._rtp.stopListening(), self._rtcp.stopListening()) if d is not None]
+            stopping = [d for d in (reader.close() for reader in self._readers) if d is not None]
             closed: Deferred[None] = DeferredList(stopping, consumeErrors=True).addCallback(self._release)
             self._closed = closed
         result: Deferred[None] = Deferred()
