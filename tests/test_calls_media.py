@@ -1,0 +1,323 @@
+"""CallMedia with real sockets on 127.0.0.1: a WIC simulator (aioice + DTLS + SRTP) on one side,
+a plain UDP "core" on the other (needs trial --reactor=asyncio)."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any, Callable
+
+import aioice.ice
+from aioice import Candidate
+from twisted.internet import defer
+from twisted.internet import reactor as global_reactor
+from twisted.internet.protocol import DatagramProtocol
+from twisted.internet.task import deferLater
+from twisted.trial import unittest
+
+from epcscf.ice import IceAgentConfig, UdpPortPool
+from epcscf.ice.agent import as_deferred
+from epcscf.media import Certificate, DtlsEndpoint, DtlsRole, MediaSessionConfig, SrtpContext
+from epcscf.media.certificate import Fingerprint
+from epcscf.pcscf.call_media import CallMedia, CallMediaEngine, CallMediaSettings
+from epcscf.pcscf.calls import MediaRejected
+from epcscf.sdp import SessionDescription
+
+LOCAL = "127.0.0.1"
+PORTS = (41000, 41019)
+
+
+def rtp(seq: int, ssrc: int = 0x11223344, payload: bytes = b"\xd5" * 160) -> bytes:
+    return bytes([0x80, 0]) + seq.to_bytes(2, "big") + (seq * 160).to_bytes(4, "big") + ssrc.to_bytes(4, "big") + payload
+
+
+class SimulatedWic:
+    """A browser in miniature: an aioice agent, a DTLS endpoint and SRTP, writing Chrome-like SDP."""
+
+    def __init__(self, controlling: bool) -> None:
+        self.certificate = Certificate.generate("wic")
+        self.ice = aioice.ice.Connection(ice_controlling=controlling, use_ipv6=False)
+        self.dtls: DtlsEndpoint | None = None
+        self.srtp: SrtpContext | None = None
+        self.received: list[bytes] = []
+        self.dtls_failed: list[str] = []
+        self._reader: asyncio.Task | None = None
+        self._sending: set[asyncio.Task] = set()
+
+    async def gather(self) -> None:
+        await as_deferred(self.ice.gather_candidates())
+
+    def sdp(self, setup: str, direction: str = "sendrecv", ufrag: str | None = None) -> bytes:
+        lines = [
+            "v=0", "o=- 4611731400430051336 2 IN IP4 127.0.0.1", "s=-", "t=0 0",
+            "a=group:BUNDLE 0", "a=msid-semantic: WMS",
+            "m=audio 9 UDP/TLS/RTP/SAVPF 111 0 8 126", "c=IN IP4 0.0.0.0", "a=rtcp:9 IN IP4 0.0.0.0",
+        ]
+        lines += [f"a=candidate:{c.to_sdp()}" for c in self.ice.local_candidates]
+        lines += [
+            f"a=ice-ufrag:{ufrag or self.ice.local_username}", f"a=ice-pwd:{self.ice.local_password}",
+            "a=ice-options:trickle", f"a=fingerprint:{self.certificate.fingerprint.to_sdp()}",
+            f"a=setup:{setup}", "a=mid:0", f"a={direction}", "a=rtcp-mux",
+            "a=rtpmap:111 opus/48000/2", "a=rtpmap:0 PCMU/8000", "a=rtpmap:8 PCMA/8000",
+            "a=rtpmap:126 telephone-event/8000",
+        ]
+        return ("\r\n".join(lines) + "\r\n").encode()
+
+    async def connect(self, remote_sdp: bytes, role: DtlsRole) -> None:
+        """Apply the eP-CSCF's SDP, run ICE, then DTLS in ``role``; fires when SRTP keys exist."""
+        sdp = SessionDescription.parse(remote_sdp)
+        media = sdp.media[0]
+        self.ice.remote_username = sdp.media_attribute_value(media, "ice-ufrag")
+        self.ice.remote_password = sdp.media_attribute_value(media, "ice-pwd")
+        self.ice.remote_is_lite = sdp.has_attribute("ice-lite")
+        for value in media.attribute_values("candidate"):
+            await as_deferred(self.ice.add_remote_candidate(Candidate.from_sdp(value)))
+        await as_deferred(self.ice.add_remote_candidate(None))
+        await as_deferred(self.ice.connect())
+        fingerprint = Fingerprint.from_sdp(sdp.media_attribute_value(media, "fingerprint") or "")
+        connected: defer.Deferred = defer.Deferred()
+        self.dtls = DtlsEndpoint(role, self.certificate, fingerprint, global_reactor, self._send,
+                                 on_connected=connected.callback, on_failed=self.dtls_failed.append)
+        self._reader = asyncio.ensure_future(self._read())
+        self.dtls.start()
+        keys = await connected
+        self.srtp = SrtpContext(keys)
+
+    def _send(self, data: bytes) -> None:
+        task = asyncio.ensure_future(self.ice.send(data))
+        self._sending.add(task)
+        task.add_done_callback(self._sending.discard)
+
+    async def _read(self) -> None:
+        while True:
+            data = await self.ice.recv()
+            if 20 <= data[0] <= 63 and self.dtls is not None:
+                self.dtls.datagram_received(data)
+            elif 128 <= data[0] <= 191 and self.srtp is not None:
+                plain = self.srtp.unprotect(data)
+                if plain is not None:
+                    self.received.append(plain)
+
+    def send_rtp(self, packet: bytes) -> None:
+        assert self.srtp is not None
+        protected = self.srtp.protect(packet)
+        assert protected is not None
+        self._send(protected)
+
+    async def close(self) -> None:
+        if self._reader is not None:
+            self._reader.cancel()
+            try:
+                await as_deferred(asyncio.gather(self._reader, return_exceptions=True))
+            except Exception:
+                pass
+        if self.dtls is not None:
+            self.dtls.close()
+        if self._sending:
+            await as_deferred(asyncio.gather(*self._sending, return_exceptions=True))
+        await as_deferred(self.ice.close())
+
+
+class CoreSocket(DatagramProtocol):
+    """The IMS side's RTP endpoint: records what arrives."""
+
+    def __init__(self) -> None:
+        self.received: list[tuple[bytes, tuple[str, int]]] = []
+
+    def datagramReceived(self, data: bytes, addr: tuple[str, int]) -> None:  # noqa: N802
+        self.received.append((data, addr))
+
+
+def core_sdp(port: int, direction: str = "sendrecv") -> bytes:
+    return (f"v=0\r\no=core 1 1 IN IP4 {LOCAL}\r\ns=-\r\nc=IN IP4 {LOCAL}\r\nt=0 0\r\n"
+            f"m=audio {port} RTP/AVP 0 126\r\na=rtpmap:0 PCMU/8000\r\na=rtpmap:126 telephone-event/8000\r\n"
+            f"a={direction}\r\n").encode()
+
+
+def no_asyncio_tasks_left(loop: asyncio.AbstractEventLoop) -> list[asyncio.Task]:
+    current = asyncio.current_task(loop)
+    return [t for t in asyncio.all_tasks(loop) if t is not current and not t.done()]
+
+
+class CallMediaTestCase(unittest.TestCase):
+    timeout = 30
+    mode = "full"
+
+    def setUp(self) -> None:
+        from twisted.internet.asyncioreactor import AsyncioSelectorReactor
+
+        if not isinstance(global_reactor, AsyncioSelectorReactor):
+            raise unittest.SkipTest("needs trial --reactor=asyncio")
+        self.loop = global_reactor._asyncioEventloop
+        self.patch(aioice.ice, "get_host_addresses", lambda use_ipv4, use_ipv6: [LOCAL])
+        self.pool = UdpPortPool(*PORTS)
+        self.engine = CallMediaEngine(global_reactor, self.settings(), self.pool)
+        self.medias: list[CallMedia] = []
+        self.wics: list[SimulatedWic] = []
+        self.core = CoreSocket()
+        self.core_port = global_reactor.listenUDP(0, self.core, interface=LOCAL)
+        self.failures: list[tuple[str, str]] = []
+
+    def settings(self, **ice: Any) -> CallMediaSettings:
+        config = {"bind_addresses": (LOCAL,), "port_range": PORTS, "mode": self.mode, "connect_timeout": 5.0}
+        config.update(ice)
+        return CallMediaSettings(ice=IceAgentConfig(**config), media=MediaSessionConfig(core_address=LOCAL))
+
+    def media(self) -> CallMedia:
+        media = self.engine(None)
+        media.on_failure = lambda layer, reason: self.failures.append((layer, reason))
+        self.medias.append(media)
+        return media
+
+    async def wic(self, controlling: bool) -> SimulatedWic:
+        wic = SimulatedWic(controlling)
+        self.wics.append(wic)
+        await wic.gather()
+        return wic
+
+    async def cleanup(self) -> None:
+        for wic in self.wics:
+            await wic.close()
+        for media in self.medias:
+            await media.close()
+        await self.core_port.stopListening()
+        await deferLater(global_reactor, 0.01, lambda: None)
+
+    def tearDown(self) -> defer.Deferred:
+        def check(_: object) -> None:
+            self.assertEqual(no_asyncio_tasks_left(self.loop), [], "asyncio tasks left running")
+            self.assertEqual(self.pool.free_count, self.pool.size, "ports left allocated")
+
+        return defer.Deferred.fromCoroutine(self.cleanup()).addCallback(check)
+
+    async def until(self, condition: Callable[[], bool], timeout: float = 5.0) -> None:
+        for _ in range(int(timeout / 0.02)):
+            if condition():
+                return
+            await deferLater(global_reactor, 0.02, lambda: None)
+        self.fail("condition not met in time")
+
+    async def originating_call(self) -> tuple[CallMedia, SimulatedWic, bytes, bytes]:
+        wic = await self.wic(controlling=True)
+        media = self.media()
+        offer = await media.offer_from_wic(wic.sdp("actpass"))
+        answer = media.answer_from_core(core_sdp(self.core_port.getHost().port), "fork1")
+        await wic.connect(answer, DtlsRole.SERVER)
+        await self.until(lambda: media.streams[0].session.connected)
+        return media, wic, offer, answer
+
+    async def assert_media_both_ways(self, media: CallMedia, wic: SimulatedWic) -> None:
+        wic.send_rtp(rtp(1))
+        await self.until(lambda: bool(self.core.received))
+        packet, source = self.core.received[0]
+        self.assertEqual(packet, rtp(1))  # decrypted, SSRC/seq/timestamp unchanged (REQ-P05)
+        self.assertEqual(source, (LOCAL, media.streams[0].session.core_rtp_port))
+        self.core.transport.write(rtp(7, ssrc=0x55), source)
+        await self.until(lambda: bool(wic.received))
+        self.assertEqual(wic.received[0], rtp(7, ssrc=0x55))
+
+
+class OriginatingMediaTests(CallMediaTestCase):
+    async def test_wic_offer_becomes_plain_rtp_offer_from_the_pool(self) -> None:
+        wic = await self.wic(controlling=True)
+        media = self.media()
+        offer = SessionDescription.parse(await media.offer_from_wic(wic.sdp("actpass")))
+        [line] = offer.media
+        self.assertEqual((line.media, line.proto, line.formats), ("audio", "RTP/AVP", ["0", "8", "126"]))
+        self.assertTrue(PORTS[0] <= line.port <= PORTS[1] and line.port % 2 == 0)
+        self.assertEqual(offer.connection.host, LOCAL)
+        text = offer.to_text()
+        for attribute in ("ice-", "candidate", "fingerprint", "setup", "rtcp-mux", "mid", "group"):
+            self.assertNotIn(f"a={attribute}", text)
+        # one ICE socket + one RTP/RTCP pair from the same pool
+        self.assertEqual(self.pool.used_count, 3)
+
+    async def test_ice_dtls_and_srtp_relay_end_to_end(self) -> None:
+        media, wic, offer, answer = await self.originating_call()
+        parsed = SessionDescription.parse(answer)
+        line = parsed.media[0]
+        self.assertEqual(line.proto, "UDP/TLS/RTP/SAVPF")
+        self.assertEqual(line.attribute_value("setup"), "active")  # we answer actpass with active
+        self.assertEqual(line.attribute_value("fingerprint"), self.engine.certificate.fingerprint.to_sdp())
+        self.assertEqual(line.attribute_value("mid"), "0")
+        self.assertTrue(line.has_attribute("rtcp-mux"))
+        self.assertNotIn("trickle", parsed.to_text())  # REQ-I10
+        await self.assert_media_both_ways(media, wic)
+
+    async def test_every_answer_keeps_credentials_and_same_content_keeps_the_version(self) -> None:
+        # REQ-O04 / REQ-O05
+        wic = await self.wic(controlling=True)
+        media = self.media()
+        await media.offer_from_wic(wic.sdp("actpass"))
+        port = self.core_port.getHost().port
+        first = SessionDescription.parse(media.answer_from_core(core_sdp(port), "a"))
+        again = SessionDescription.parse(media.answer_from_core(core_sdp(port), "a"))
+        held = SessionDescription.parse(media.answer_from_core(core_sdp(port, "recvonly"), "b"))
+        self.assertEqual(first.origin.session_version, again.origin.session_version)
+        self.assertEqual(held.origin.session_version, first.origin.session_version + 1)
+        for name in ("ice-ufrag", "ice-pwd", "fingerprint", "candidate"):
+            self.assertEqual(first.media[0].attribute_values(name), held.media[0].attribute_values(name))
+
+    async def test_unusable_offer_is_rejected_before_anything_is_allocated(self) -> None:
+        media = self.media()
+        no_ice = (b"v=0\r\no=- 1 1 IN IP4 127.0.0.1\r\ns=-\r\nt=0 0\r\nm=audio 9 UDP/TLS/RTP/SAVPF 0\r\n"
+                  b"c=IN IP4 0.0.0.0\r\na=rtpmap:0 PCMU/8000\r\na=setup:actpass\r\n")
+        failure = self.failureResultOf(defer.maybeDeferred(media.offer_from_wic, no_ice), MediaRejected)
+        self.assertEqual(failure.value.status, 488)
+        self.assertIn("ice", failure.value.reason.lower())
+        self.assertEqual(self.pool.used_count, 0)
+        garbage = self.failureResultOf(defer.maybeDeferred(media.offer_from_wic, b"hello"), MediaRejected)
+        self.assertEqual(garbage.value.status, 400)
+
+    async def test_ports_exhausted_is_503(self) -> None:
+        wic = await self.wic(controlling=True)
+        self.pool.allocate_pair()  # leave too few ports: (ICE socket + RTP/RTCP pair) needs 3
+        while self.pool.free_count > 1:
+            self.pool.allocate()
+        media = self.media()
+        try:
+            await media.offer_from_wic(wic.sdp("actpass"))
+        except MediaRejected as error:
+            self.assertEqual(error.status, 503)
+        else:
+            self.fail("expected a 503")
+        await media.close()
+        for port in range(PORTS[0], PORTS[1] + 1):
+            self.pool.release(port)
+
+    async def test_consent_loss_reports_an_ice_failure(self) -> None:
+        self.engine = CallMediaEngine(global_reactor, self.settings(consent_interval=0.2, consent_min_interval=0.1,
+                                                                    consent_timeout=1.0), self.pool)
+        media, wic, _, _ = await self.originating_call()
+        await as_deferred(wic.ice.close())  # the browser vanishes: no more consent responses
+        await self.until(lambda: bool(self.failures), timeout=5.0)
+        self.assertEqual(self.failures[0][0], "ice")
+        self.assertIn("consent", self.failures[0][1])
+
+    async def test_close_frees_ports_sockets_and_tasks(self) -> None:
+        media, wic, _, _ = await self.originating_call()
+        await media.close()
+        self.assertEqual(self.pool.free_count, self.pool.size)
+
+
+class TerminatingMediaTests(CallMediaTestCase):
+    async def test_core_offer_to_wic_and_wic_answer_to_core(self) -> None:
+        media = self.media()
+        offer = SessionDescription.parse(await media.offer_from_core(core_sdp(self.core_port.getHost().port)))
+        line = offer.media[0]
+        self.assertEqual(line.proto, "UDP/TLS/RTP/SAVPF")
+        self.assertEqual(line.attribute_value("setup"), "actpass")
+        wic = await self.wic(controlling=False)  # full ICE: we offered, so we control
+        answer = SessionDescription.parse(await media.answer_from_wic(wic.sdp("active")))
+        self.assertEqual(answer.media[0].proto, "RTP/AVP")
+        self.assertEqual(answer.media[0].port, media.streams[0].session.core_rtp_port)
+        await wic.connect(offer.serialize(), DtlsRole.CLIENT)
+        await self.until(lambda: media.streams[0].session.connected)
+        await self.assert_media_both_ways(media, wic)
+
+
+class LiteOriginatingMediaTests(OriginatingMediaTests):
+    mode = "lite"
+
+    async def test_lite_answer_says_ice_lite(self) -> None:
+        media, wic, _, answer = await self.originating_call()
+        self.assertIn(b"a=ice-lite", answer)
