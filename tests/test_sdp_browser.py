@@ -15,7 +15,10 @@ import os
 import shutil
 import sys
 
-from twisted.trial.unittest import SkipTest, TestCase
+from twisted.trial.unittest import TestCase
+
+from tests.support.node_peer import require_node_modules
+from tests.support.processes import require_program
 
 from epcscf.sdp.codecs import main_payload_types
 from epcscf.sdp.model import Origin, SessionDescription
@@ -85,9 +88,8 @@ class ChromiumAcceptsOurSdpTests(TestCase):
     timeout = 90
 
     def setUp(self) -> None:
-        if not os.access(CHROMIUM, os.X_OK) or shutil.which("node") is None \
-                or not os.path.isdir(os.path.join(TOP, "node_modules", "playwright-core")):
-            raise SkipTest("needs /usr/bin/chromium, node and npm playwright-core (bin/setup tests)")
+        require_program(self, CHROMIUM, "chromium")
+        require_node_modules(self, "playwright-core")
 
     async def test_chromium_accepts_our_answer_and_our_offer(self) -> None:
         node = shutil.which("node")

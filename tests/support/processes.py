@@ -43,3 +43,13 @@ def run(argv: list[str], env: dict[str, str] | None = None, path: str | None = N
     from twisted.internet.utils import getProcessOutputAndValue
 
     return getProcessOutputAndValue(argv[0], argv[1:], env=env or child_env(), path=path or TOP)
+
+
+def require_program(test, path: str, package: str) -> str:
+    """Fail (never skip: CI must not pass without its peers) when a program is missing."""
+    import shutil
+
+    found = shutil.which(path)
+    if found is None:
+        test.fail(f"{path} is missing (Debian package {package}): bin/test installs it")
+    return found
