@@ -270,6 +270,20 @@ class TimerTests(unittest.TestCase):
         pair.client.close()
         self.assertEqual(pair.clock.getDelayedCalls(), [])
 
+    def test_clock_ahead_of_openssl_rearms_for_the_remainder_without_spinning(self) -> None:
+        # OpenSSL checks its deadline on the real clock: a timer that fires early (here a Clock
+        # advanced without real time passing) must neither retransmit nor busy-loop.
+        pair = MemoryPair()
+        pair.client.start()
+        pair.client_out.clear()
+        pair.clock.advance(1.0)
+        self.assertEqual(pair.client_out, [])
+        self.assertEqual(pair.client.retransmissions, 0)
+        retransmit_times = [c.getTime() for c in pair.clock.getDelayedCalls() if c.getTime() < 30.0]
+        self.assertEqual(len(retransmit_times), 1)
+        self.assertTrue(1.0 < retransmit_times[0] <= 2.0, retransmit_times)
+        pair.client.close()
+
     def test_handshake_timeout_fails_and_clears_timers(self) -> None:
         pair = MemoryPair(client_kwargs={"handshake_timeout": 5.0})
         pair.client.start()

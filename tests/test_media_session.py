@@ -419,10 +419,16 @@ class GatingTests(MediaSessionTestCase):
         self.assertEqual((stats.wic_to_core.dropped, stats.core_to_wic.dropped), (2, 2))
         self.assertEqual(stats.direction, "sendrecv")
 
-    def test_unknown_direction_is_refused(self) -> None:
+    def test_unknown_direction_and_role_are_refused(self) -> None:
         session, _ = self.make_session()
         with self.assertRaises(ValueError):
             session.set_direction("sideways")
+        with self.assertRaises(MediaError) as caught:
+            session.start_dtls("actpass", None)
+        self.assertIn("'client' or 'server'", str(caught.exception))
+        session.start_dtls("server", None)
+        with self.assertRaises(MediaError):
+            session.start_dtls("server", None)
 
     @inlineCallbacks
     def test_fingerprint_mismatch_fails_the_session_and_relays_nothing(self):  # type: ignore[no-untyped-def]

@@ -233,8 +233,12 @@ class MediaSession:
             raise MediaError("media session is closed")
         if self._dtls is not None:
             raise MediaError("DTLS already started for this media session")
+        try:
+            dtls_role = DtlsRole(role)
+        except ValueError:
+            raise MediaError(f"DTLS role must be 'client' or 'server', got {role!r}") from None
         self._dtls = DtlsEndpoint(
-            DtlsRole(role),
+            dtls_role,
             self.certificate,
             remote_fingerprint,
             self._clock,
