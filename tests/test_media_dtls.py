@@ -220,6 +220,15 @@ class HandshakeOverMemoryTests(unittest.TestCase):
         self.assertEqual(pair.server.state, DtlsState.FAILED)
         self.assertIn("does not match", pair.server_outcome.failures[0])
 
+    def test_reoffer_fingerprint_must_match_the_running_association(self) -> None:
+        pair = MemoryPair()
+        pair.run()
+        pair.client.set_remote_fingerprint(certificate_fingerprint(CERT_B.certificate, "sha-512"))  # same cert
+        with self.assertRaises(DtlsError) as caught:
+            pair.client.set_remote_fingerprint(CERT_OTHER.fingerprint)
+        self.assertIn("new association", str(caught.exception))
+        self.assertEqual(pair.client.state, DtlsState.CONNECTED)
+
     def test_server_started_by_an_early_client_hello(self) -> None:
         pair = MemoryPair()
         pair.client.start()  # the server's start() is never called

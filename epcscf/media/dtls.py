@@ -255,7 +255,16 @@ class DtlsEndpoint:
             self._read_after_handshake()
 
     def set_remote_fingerprint(self, fingerprint: Fingerprint) -> None:
-        """The peer's `a=fingerprint` arrived (answer after an early ClientHello, or a re-offer)."""
+        """The peer's `a=fingerprint` arrived (answer after an early ClientHello, or a re-offer).
+
+        Once connected, a fingerprint that no longer matches the peer's certificate cannot be
+        applied to this association: DtlsError (RFC 8842 §5.5: a new association is needed)."""
+        if self._state is DtlsState.CONNECTED and self.peer_certificate is not None:
+            if not fingerprint.matches(self.peer_certificate):
+                raise DtlsError(
+                    f"a=fingerprint:{fingerprint.to_sdp()} does not match the certificate of the running "
+                    "DTLS association; a new association is needed (RFC 8842 §5.5)"
+                )
         self.expected_fingerprint = fingerprint
         if self._handshake_done and self._state is DtlsState.CONNECTING:
             self._finish_handshake()
