@@ -7,7 +7,7 @@ without a pool (tests) an ephemeral even/odd pair is searched.  Sockets are boun
 they are read straight from its event loop (the lean path), otherwise through Twisted UDP ports.
 
 Toward the core media is plain RTP/AVP (23.334 §5.20, REQ-P04).  Where to send: the address of
-the core's SDP (`set_remote`), or, with latching on (REQ-P07, RFC 4961 symmetric RTP), the
+the core's SDP (`MediaSession.set_core_remote`), or, with latching on (REQ-P07, RFC 4961 symmetric RTP), the
 source of the first packet received from the core on each socket; once latched, packets from
 other sources are dropped (they would otherwise let anyone inject media into the call).
 With latching off, media goes to the SDP address and is accepted from any source.

@@ -42,7 +42,6 @@ from epcscf.media.dtls import (
     DEFAULT_SRTP_PROFILES,
     DtlsEndpoint,
     DtlsRole,
-    DtlsState,
     SrtpKeys,
 )
 from epcscf.media.relay import Address, CorePorts, CoreRemote, MediaError, parse_ip
