@@ -272,6 +272,18 @@ class ManholeSection:
 
 
 @dataclass(frozen=True)
+class CallsSection:
+    history: float = _option(_seconds, 300.0, "how long an ended call stays inspectable in the console (calls(), call(id))")
+
+
+@dataclass(frozen=True)
+class MetricsSection:
+    enabled: bool = _option(_boolean, False, "serve Prometheus metrics over HTTP at /metrics")
+    address: str = _option(_ip_address, "127.0.0.1", "address of the metrics HTTP listener")
+    port: int = _option(_integer(0, 65535), 9464, "TCP port of the metrics HTTP listener")
+
+
+@dataclass(frozen=True)
 class LogSection:
     level: str = _option(_choice("debug", "info", "warn", "error", "critical"), "info", "lowest level written")
     format: str = _option(_choice("text", "json"), "text", "text lines or JSON lines (one event per line)")
@@ -284,6 +296,8 @@ SECTIONS: dict[str, type] = {
     "core": CoreSection,
     "media": MediaSection,
     "manhole": ManholeSection,
+    "calls": CallsSection,
+    "metrics": MetricsSection,
     "log": LogSection,
 }
 
@@ -297,6 +311,8 @@ class Config:
     core: CoreSection
     media: MediaSection
     manhole: ManholeSection
+    calls: CallsSection
+    metrics: MetricsSection
     log: LogSection
 
 

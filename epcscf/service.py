@@ -6,14 +6,18 @@ import os
 from typing import Any
 
 from twisted.application.service import MultiService
+from twisted.internet import defer
 from twisted.internet.error import CannotListenError
 from twisted.logger import Logger
 
-from epcscf.config import Config
+from epcscf.config import Config, ConfigError
 from epcscf.core.service import EmbeddedCore, EmbeddedCoreSettings
 from epcscf.pcscf.node import PcscfNode
 from epcscf.sip.resolver import Target
+from epcscf.ops.console import console_namespace as operator_commands
+from epcscf.ops.lifecycle import Drainer, install_sighup, reload_config
 from epcscf.ops.manhole import ManholeService, UsersFileError
+from epcscf.ops.metrics import EpcscfMetrics, MetricsService
 
 log = Logger(namespace="epcscf.service")
 
@@ -32,6 +36,7 @@ class EpcscfService(MultiService):
 
             reactor = default_reactor
         self.config = config
+        self.reactor = reactor
         self.core: EmbeddedCore | None = None
         core_targets = None
         if config.core.mode == "embedded":
@@ -46,12 +51,35 @@ class EpcscfService(MultiService):
             host_key = config.manhole.host_key or os.path.join(config.service.state_dir, "manhole_host_key")
             self.manhole = ManholeService(config.manhole.port, config.manhole.users, host_key, self.console_namespace)
             self.manhole.setServiceParent(self)
+        self.metrics = EpcscfMetrics(self)
+        self.pcscf.flows.on_close(self.metrics.flow_closed)
+        self.metrics.watch_registrations(self.pcscf.registrations)
+        self.metrics_service: MetricsService | None = None
+        if config.metrics.enabled:
+            self.metrics_service = MetricsService(self.metrics, config.metrics.address, config.metrics.port, reactor)
+            self.metrics_service.setServiceParent(self)
+        self.lifecycle = Drainer(self, reactor)
+        self._restore_sighup: Any = None
+        self._stopping: defer.Deferred | None = None
 
     def console_namespace(self) -> dict[str, Any]:
-        """What an operator finds in the manhole: the running objects."""
-        from twisted.internet import reactor
+        """What an operator finds in the manhole: the commands and the running objects."""
+        namespace: dict[str, Any] = {
+            "service": self,
+            "config": self.config,
+            "reactor": self.reactor,
+            "pcscf": self.pcscf,
+            "core": self.core,
+        }
+        namespace.update(operator_commands(self))
+        return namespace
 
-        return {"service": self, "config": self.config, "reactor": reactor, "pcscf": self.pcscf, "core": self.core}
+    def reload(self) -> None:
+        """SIGHUP: re-read the ini files; a bad file is logged in one line and changes nothing."""
+        try:
+            reload_config(self)
+        except ConfigError as error:
+            log.error("reload refused, running configuration kept: {error}", error=str(error))
 
     def _embedded_core_targets(self) -> list[Target]:
         assert self.core is not None
@@ -75,3 +103,21 @@ class EpcscfService(MultiService):
         except (UsersFileError, OSError) as error:
             log.critical("{message}", message=str(error))
             raise StartupError(str(error)) from None
+        self._restore_sighup = install_sighup(self.reactor, self.reload)
+
+    def stopService(self) -> defer.Deferred | None:  # noqa: N802
+        """Drain (``[service] drain_timeout``, see ``epcscf.ops.lifecycle``), then stop everything."""
+        if self._restore_sighup is not None:
+            self._restore_sighup()
+            self._restore_sighup = None
+        if self._stopping is not None:
+            return self._stopping.addCallback(lambda _: None)  # a second stop waits for the first
+        if not self.running:
+            return super().stopService()
+        draining = self.lifecycle.drain()
+        draining.addErrback(lambda failure: log.failure("drain failed; stopping anyway", failure))
+        draining.addCallback(lambda _: super(EpcscfService, self).stopService())
+        stopped: defer.Deferred = defer.Deferred()
+        draining.addBoth(lambda result: (stopped.callback(None), result)[1])
+        self._stopping = stopped
+        return draining

@@ -23,7 +23,10 @@ class _ConsoleSession(protocol.ProcessProtocol):
 
     def outReceived(self, data: bytes) -> None:  # noqa: N802
         self.output += data
-        prompts = ANSI.sub(b"", self.output).count(PROMPT)
+        # The manhole redraws the prompt on every keystroke; a prompt that starts the screen or
+        # a line is a fresh one (the previous line has finished running).
+        screen = ANSI.sub(b"", self.output)
+        prompts = int(PROMPT in screen.split(b"\n", 1)[0]) + screen.count(b"\n" + PROMPT)
         while prompts > self.prompts_seen:
             self.prompts_seen += 1
             if self.lines:

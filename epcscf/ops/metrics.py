@@ -1,0 +1,337 @@
+"""Prometheus metrics of one epcscf (``[metrics]``), served by ``twisted.web`` at ``/metrics``.
+
+Theory of operation
+-------------------
+Most figures are *read at scrape time* from the live objects (``LiveStateCollector``):
+the flow table, the registrations, the transaction layer, the WebSocket factory and the
+call manager.  Nothing in a hot path pays for them.  Events that leave no state behind
+(a refused WebSocket handshake, an unparseable message, a REGISTER's final status) are
+counted by the ``EpcscfMetrics`` observer methods, which the layers that see them call.
+
+Each service has its own ``CollectorRegistry`` (never the process-global one), so tests
+can run several services in one process.
+
+Exposition is rendered by ``prometheus_client.exposition`` in the reactor thread.  The
+library's ``prometheus_client.twisted.MetricsResource`` runs collection in the reactor's
+thread pool instead, which would have collectors walk the flow table and the calls while
+the reactor changes them; a scrape of a few hundred lines takes well under a millisecond,
+so it is done where the objects live.
+
+Counters derived from state:
+
+* ``epcscf_ws_connections_opened_total`` = flows closed so far (counted by a
+  ``FlowTable.on_close`` observer) + flows open now;
+* ended calls are counted once each the first time a scrape sees them in
+  ``CallManager.ended_calls()`` (kept ``[calls] history`` seconds, far longer than any scrape
+  interval); media packet/byte totals add the last figures seen of each ended call to the
+  live figures (an ended call's media is gone, see ``call_ended`` for exact totals).
+"""
+
+from __future__ import annotations
+
+import weakref
+from typing import Any, Iterator
+
+from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.exposition import choose_encoder
+from twisted.application.service import Service
+from twisted.internet import defer
+from twisted.internet.interfaces import IDelayedCall, IListeningPort, IReactorTime
+from twisted.logger import Logger
+from twisted.web.resource import Resource
+from twisted.web.server import Request, Site
+
+from epcscf.ops import callview
+
+log = Logger(namespace="epcscf.ops.metrics")
+
+MEDIA_FAILURE_LAYERS = ("ice", "dtls", "consent")
+LAG_BUCKETS = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
+
+
+def registration_result(status: int) -> str:
+    """The ``result`` label of a REGISTER's final response."""
+    if 200 <= status < 300:
+        return "ok"
+    if status in (401, 407):
+        return "challenged"  # RFC 3261 §22: the WIC answers the digest challenge
+    if status == 423:
+        return "interval_too_brief"
+    if status >= 500:
+        return "server_error"
+    return "rejected"
+
+
+class EventLoopLag:
+    """Measures how late the reactor runs a timer (RFC-free: a health signal).
+
+    A timer is due every ``interval`` seconds; the lag is how much later than due it ran.
+    An event loop blocked by a long computation shows up here before it shows up as SIP
+    retransmissions.
+    """
+
+    def __init__(self, clock: IReactorTime, histogram: Histogram, interval: float = 1.0) -> None:
+        self.clock = clock
+        self.histogram = histogram
+        self.interval = interval
+        self.last: float | None = None
+        self.worst = 0.0
+        self._due = 0.0
+        self._timer: IDelayedCall | None = None
+
+    def start(self) -> None:
+        self._schedule()
+
+    def stop(self) -> None:
+        if self._timer is not None and self._timer.active():
+            self._timer.cancel()
+        self._timer = None
+
+    def _schedule(self) -> None:
+        self._due = self.clock.seconds() + self.interval
+        self._timer = self.clock.callLater(self.interval, self._tick)
+
+    def _tick(self) -> None:
+        lag = max(0.0, self.clock.seconds() - self._due)
+        self.last = lag
+        self.worst = max(self.worst, lag)
+        self.histogram.observe(lag)
+        self._schedule()
+
+
+class EpcscfMetrics:
+    """The registry of one service and the observer methods other layers call."""
+
+    def __init__(self, service: Any) -> None:
+        self.service = service
+        self.registry = CollectorRegistry(auto_describe=True)
+        self._ws_refused = Counter(
+            "epcscf_ws_connections_refused", "WebSocket handshakes refused, by reason", ["reason"], registry=self.registry
+        )
+        self._parse_errors = Counter(
+            "epcscf_sip_parse_errors", "SIP messages that did not parse, by transport", ["transport"], registry=self.registry
+        )
+        self._registration_results = Counter(
+            "epcscf_registration_results", "final responses to REGISTERs from WICs, by result", ["result"], registry=self.registry
+        )
+        for result in ("ok", "challenged", "rejected", "server_error"):
+            self._registration_results.labels(result)
+        self._registrations_ended = Counter(
+            "epcscf_registrations_ended", "registration bindings that ended, by reason", ["reason"], registry=self.registry
+        )
+        self.loop_lag_histogram = Histogram(
+            "epcscf_event_loop_lag_seconds", "how late the reactor ran a 1 s timer", buckets=LAG_BUCKETS, registry=self.registry
+        )
+        self.live = LiveStateCollector(service)
+        self.registry.register(self.live)
+
+    # --- observer hooks (called by the layers that see the event) -----------------------------
+
+    def ws_refused(self, reason: str) -> None:
+        """A WebSocket opening handshake was refused (``origin``, ``subprotocol``, ``draining``)."""
+        self._ws_refused.labels(reason).inc()
+
+    def parse_error(self, transport: str) -> None:
+        """A SIP message that did not parse arrived on ``transport`` (``ws``, ``udp``, ``tcp``…)."""
+        self._parse_errors.labels(transport.lower()).inc()
+
+    def register_response(self, status: int) -> None:
+        """The final response to a WIC's REGISTER passed toward the WIC."""
+        if status >= 200:
+            self._registration_results.labels(registration_result(status)).inc()
+
+    def registration_ended(self, reason: str) -> None:
+        self._registrations_ended.labels(reason).inc()
+
+    def watch_registrations(self, registrations: Any) -> None:
+        """Count ended bindings by reason, keeping the registrations' own removal callback."""
+        previous = registrations.on_removed
+
+        def removed(binding: Any, reason: str) -> None:
+            if previous is not None:
+                previous(binding, reason)
+            self.registration_ended(reason)
+
+        registrations.on_removed = removed
+
+    def flow_closed(self, flow: Any) -> None:
+        self.live.flows_closed += 1
+
+    def call_ended(self, call: Any) -> None:
+        """Optional: the call manager may report an ending call while its media still exists
+        (exact final packet/byte totals); otherwise the next scrape finds it ended."""
+        self.live.account_ended(call)
+
+    # --- exposition ------------------------------------------------------------------------------
+
+    def render(self, accept: str | None = None) -> tuple[bytes, str]:
+        encoder, content_type = choose_encoder(accept or "")
+        return encoder(self.registry), content_type
+
+
+class LiveStateCollector:
+    """Reads the running objects at scrape time (see the module docstring)."""
+
+    def __init__(self, service: Any) -> None:
+        self.service = service
+        self.flows_closed = 0
+        self._counted: "weakref.WeakSet[Any]" = weakref.WeakSet()
+        self._last_media: "weakref.WeakKeyDictionary[Any, callview.MediaFigures]" = weakref.WeakKeyDictionary()
+        self._ended: dict[tuple[str, str, str], int] = {}
+        self._media_failures: dict[str, int] = {layer: 0 for layer in MEDIA_FAILURE_LAYERS}
+        self._ended_packets: dict[str, int] = {direction: 0 for direction in callview.DIRECTIONS}
+        self._ended_bytes: dict[str, int] = {direction: 0 for direction in callview.DIRECTIONS}
+
+    def describe(self) -> list[Metric]:
+        return []  # collected lazily; nothing to check at registration
+
+    def account_ended(self, call: Any) -> None:
+        """Count an ended call once: its end cause and layer, and its last media figures."""
+        if call in self._counted:
+            return
+        figures = callview.media_figures(call)
+        if figures.packets is None:
+            figures = self._last_media.get(call, figures)
+        self._counted.add(call)
+        summary = call.summary()
+        layer = summary.get("layer") or ""
+        key = (summary["direction"], summary.get("cause") or "", layer)
+        self._ended[key] = self._ended.get(key, 0) + 1
+        if layer in self._media_failures:
+            self._media_failures[layer] += 1
+        for direction in callview.DIRECTIONS:
+            self._ended_packets[direction] += (figures.packets or {}).get(direction, 0)
+            self._ended_bytes[direction] += (figures.bytes or {}).get(direction, 0)
+
+    def collect(self) -> Iterator[Metric]:
+        service = self.service
+        pcscf = service.pcscf
+        yield from self._ws(pcscf)
+        registrations = GaugeMetricFamily("epcscf_registrations", "registration bindings held now")
+        registrations.add_metric([], len(pcscf.registrations.all()))
+        yield registrations
+        yield from self._transactions(pcscf)
+        yield from self._calls(getattr(pcscf, "calls", None))
+        draining = GaugeMetricFamily("epcscf_draining", "1 while the service drains before stopping")
+        lifecycle = getattr(service, "lifecycle", None)
+        draining.add_metric([], 1 if lifecycle is not None and lifecycle.draining else 0)
+        yield draining
+
+    def _ws(self, pcscf: Any) -> Iterator[Metric]:
+        factory = pcscf.ws_factory
+        current = GaugeMetricFamily("epcscf_ws_connections", "WebSocket connections open now")
+        current.add_metric([], len(factory.connections) if factory is not None else 0)
+        yield current
+        opened = CounterMetricFamily("epcscf_ws_connections_opened", "WebSocket connections (flows) opened")
+        opened.add_metric([], self.flows_closed + len(pcscf.flows))
+        yield opened
+
+    def _transactions(self, pcscf: Any) -> Iterator[Metric]:
+        from epcscf.sip.transaction_server import ServerTransaction
+
+        counts = {"server": 0, "client": 0}
+        for transaction in pcscf.transactions.transactions():
+            counts["server" if isinstance(transaction, ServerTransaction) else "client"] += 1
+        family = GaugeMetricFamily("epcscf_sip_transactions", "SIP transactions alive now", labels=["kind"])
+        for kind, count in counts.items():
+            family.add_metric([kind], count)
+        yield family
+
+    def _calls(self, manager: Any) -> Iterator[Metric]:
+        for call in callview.ended_calls(manager):
+            self.account_ended(call)  # once per call; adds its media to the ended totals
+        current = GaugeMetricFamily("epcscf_calls", "calls alive now, by direction", labels=["direction"])
+        by_direction = {"originating": 0, "terminating": 0}
+        packets = dict(self._ended_packets)
+        octets = dict(self._ended_bytes)
+        for call in callview.live_calls(manager):
+            summary = call.summary()
+            by_direction[summary["direction"]] = by_direction.get(summary["direction"], 0) + 1
+            figures = callview.media_figures(call)
+            if figures.packets is not None:
+                self._last_media[call] = figures
+            else:
+                figures = self._last_media.get(call, figures)
+            for direction in callview.DIRECTIONS:
+                packets[direction] += (figures.packets or {}).get(direction, 0)
+                octets[direction] += (figures.bytes or {}).get(direction, 0)
+        for direction, count in by_direction.items():
+            current.add_metric([direction], count)
+        yield current
+        ended = CounterMetricFamily(
+            "epcscf_calls_ended", "calls that ended, by direction, cause and failing layer", labels=["direction", "cause", "layer"]
+        )
+        for (direction, cause, layer), count in sorted(self._ended.items()):
+            ended.add_metric([direction, cause, layer], count)
+        yield ended
+        failures = CounterMetricFamily("epcscf_media_failures", "calls ended by an ICE, consent or DTLS failure", labels=["layer"])
+        for layer, count in self._media_failures.items():
+            failures.add_metric([layer], count)
+        yield failures
+        packet_family = CounterMetricFamily("epcscf_media_packets", "RTP packets relayed, by direction", labels=["direction"])
+        byte_family = CounterMetricFamily("epcscf_media_bytes", "RTP bytes relayed, by direction", labels=["direction"])
+        for direction in callview.DIRECTIONS:
+            packet_family.add_metric([direction], packets[direction])
+            byte_family.add_metric([direction], octets[direction])
+        yield packet_family
+        yield byte_family
+
+
+class MetricsPage(Resource):
+    """``GET /metrics``: the exposition format the scraper asks for (text or OpenMetrics)."""
+
+    isLeaf = True
+
+    def __init__(self, metrics: EpcscfMetrics) -> None:
+        super().__init__()
+        self.metrics = metrics
+
+    def render_GET(self, request: Request) -> bytes:  # noqa: N802
+        accept = request.getHeader("accept")
+        body, content_type = self.metrics.render(accept)
+        request.setHeader("Content-Type", content_type)
+        return body
+
+
+class _QuietSite(Site):
+    """No access-log line per scrape (one every 15 s would drown the daemon's log)."""
+
+    def log(self, request: Request) -> None:
+        pass
+
+
+class MetricsService(Service):
+    """The ``[metrics]`` HTTP listener and the event-loop lag probe."""
+
+    name = "metrics"
+
+    def __init__(self, metrics: EpcscfMetrics, address: str, port: int, reactor: Any, clock: IReactorTime | None = None) -> None:
+        self.metrics = metrics
+        self.address = address
+        self.port_number = port
+        self.reactor = reactor
+        self.lag = EventLoopLag(clock if clock is not None else reactor, metrics.loop_lag_histogram)
+        self._listener: IListeningPort | None = None
+
+    @property
+    def port(self) -> int | None:
+        """The bound port (useful when configured as 0)."""
+        return None if self._listener is None else self._listener.getHost().port
+
+    def startService(self) -> None:  # noqa: N802
+        root = Resource()
+        root.putChild(b"metrics", MetricsPage(self.metrics))
+        # Bound synchronously so that a port in use stops the start-up with a clear error.
+        self._listener = self.reactor.listenTCP(self.port_number, _QuietSite(root), interface=self.address)
+        self.lag.start()
+        super().startService()
+        log.info("Prometheus metrics on http://{address}:{port}/metrics", address=self.address, port=self.port)
+
+    def stopService(self) -> defer.Deferred[None] | None:  # noqa: N802
+        super().stopService()
+        self.lag.stop()
+        if self._listener is not None:
+            listener, self._listener = self._listener, None
+            return defer.maybeDeferred(listener.stopListening)
+        return None
