@@ -661,6 +661,27 @@ class RuleTests(unittest.TestCase):
         self.assertEqual(rules.choose_best_response([r(404), r(407), r(486)]).status, 407)
         self.assertIsNone(rules.choose_best_response([r(180)]))
 
+    def test_mark_received(self) -> None:
+        # RFC 3261 §18.2.1 and RFC 3581 §4.
+        m = rules.mark_received
+        self.assertEqual(
+            m("SIP/2.0/UDP 10.0.0.1:5060;rport;branch=z9hG4bK1", "192.0.2.1", 4000),
+            "SIP/2.0/UDP 10.0.0.1:5060;rport=4000;branch=z9hG4bK1;received=192.0.2.1",
+        )
+        self.assertEqual(  # rport with a value already: left alone; sent-by differs: received
+            m("SIP/2.0/UDP 10.0.0.1:5060;rport=5;branch=z9hG4bK1", "192.0.2.1", 4000),
+            "SIP/2.0/UDP 10.0.0.1:5060;rport=5;branch=z9hG4bK1;received=192.0.2.1",
+        )
+        self.assertEqual(m("SIP/2.0/UDP 192.0.2.1:5060;branch=z9hG4bK1", "192.0.2.1", 4000), "SIP/2.0/UDP 192.0.2.1:5060;branch=z9hG4bK1")
+        self.assertEqual(  # rport also when sent-by equals the source (RFC 3581 §4)
+            m("SIP/2.0/TCP [2001:db8::1]:5060;branch=z9hG4bK1;rport", "2001:db8::1", 4000),
+            "SIP/2.0/TCP [2001:db8::1]:5060;branch=z9hG4bK1;rport=4000;received=2001:db8::1",
+        )
+        self.assertEqual(
+            m("SIP/2.0/UDP a.example;branch=z9hG4bK1;received=1.2.3.4", "192.0.2.1", 4000),
+            "SIP/2.0/UDP a.example;branch=z9hG4bK1;received=192.0.2.1",
+        )
+
     def test_split_and_pop_list_values(self) -> None:
         request = request_text(extra=['Route: <sip:a;lr>, "x,y" <sip:b;lr>', "Route: <sip:c>"])
         self.assertEqual(rules.pop_first_value(request.headers, "route"), "<sip:a;lr>")

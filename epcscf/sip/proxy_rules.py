@@ -71,6 +71,8 @@ def uri_param_names(uri_text: str) -> set[str]:
 
 
 _SENT_BY_RE = re.compile(r"\s*SIP\s*/\s*2\.0\s*/\s*[A-Za-z0-9]+\s+(\[[^\]]+\]|[^\s;:]+)")
+_RPORT_RE = re.compile(r";\s*rport(?:\s*=\s*([0-9]*))?(?=\s*(?:;|$))", re.I)
+_RECEIVED_RE = re.compile(r";\s*received\s*=\s*[^;\s]*", re.I)
 _BRANCH_RE = re.compile(r";\s*branch\s*=\s*([^;,\s]+)", re.I)
 _TAG_RE = re.compile(r";\s*tag\s*=\s*([^;,\s>]+)", re.I)
 
@@ -110,10 +112,30 @@ def via_sent_by(via_text: str) -> tuple[str, str, int | None]:
 
 def mark_received(via_text: str, source_host: str, source_port: int) -> str:
     """RFC 3261 §18.2.1 + RFC 3581 §4: ``received`` when sent-by differs from the source;
-    with an empty ``rport``, fill in the source port and always add ``received``."""
+    with an empty ``rport``, fill in the source port and always add ``received``.
+
+    Edits the text in place (parameter order is not significant) so that the common cases
+    need no full Via parse; a Via whose params the quick patterns cannot read is parsed."""
     quick = _SENT_BY_RE.match(via_text)
-    if quick is not None and quick.group(1).strip("[]") == source_host and "rport" not in via_text.lower():
-        return via_text  # nothing to add: skip the full parse (the common case)
+    if quick is None or '"' in via_text or "," in via_text:
+        return _mark_received_parsed(via_text, source_host, source_port)
+    rport = _RPORT_RE.search(via_text)
+    if rport is not None and rport.group(1) is None:
+        text = f"{via_text[: rport.start()]};rport={source_port}{via_text[rport.end():]}"
+        return _set_received(text, source_host)
+    if quick.group(1).strip("[]") != source_host:
+        return _set_received(via_text, source_host)
+    return via_text
+
+
+def _set_received(via_text: str, host: str) -> str:
+    existing = _RECEIVED_RE.search(via_text)
+    if existing is not None:
+        return f"{via_text[: existing.start()]};received={host}{via_text[existing.end():]}"
+    return f"{via_text.rstrip()};received={host}"
+
+
+def _mark_received_parsed(via_text: str, source_host: str, source_port: int) -> str:
     via = parse_via(via_text)
     changed = False
     if "rport" in via.params and via.params["rport"] is None:
