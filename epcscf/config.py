@@ -133,6 +133,25 @@ def _origin_list(value: str, base: Path) -> tuple[str, ...]:
     return tuple(origins)
 
 
+def _websocket_url(value: str, base: Path) -> str:
+    text = value.strip()
+    scheme, sep, rest = text.partition("://")
+    if text and (not sep or scheme not in ("ws", "wss") or not rest or " " in rest):
+        raise _Invalid(f"{text!r} is not a WebSocket URL like wss://pcscf.example.com:8443")
+    return text
+
+
+DIGEST_ALGORITHMS = ("SHA-256", "SHA-512-256", "MD5")
+
+
+def _algorithm_list(value: str, base: Path) -> tuple[str, ...]:
+    algorithms = tuple(word.upper() for word in _words(value))
+    unknown = [a for a in algorithms if a not in DIGEST_ALGORITHMS]
+    if unknown or not algorithms:
+        raise _Invalid(f"expected some of {', '.join(DIGEST_ALGORITHMS)}, got {value.strip()!r}")
+    return algorithms
+
+
 def _port_range(value: str, base: Path) -> tuple[int, int]:
     low_text, sep, high_text = value.strip().partition("-")
     try:
@@ -249,6 +268,9 @@ class CoreSection:
     )
     users: str = _option(_existing_file, "", "embedded core users file (user:password lines)")
     registration_max_expires: int = _option(_integer(60, 86400), 3600, "embedded registrar: longest registration granted")
+    digest_algorithms: tuple[str, ...] = _option(
+        _algorithm_list, ("SHA-256", "MD5"), "embedded core: digest algorithms challenged, in order (RFC 8760)"
+    )
 
 
 @dataclass(frozen=True)
@@ -284,6 +306,18 @@ class MetricsSection:
 
 
 @dataclass(frozen=True)
+class WwsfSection:
+    enabled: bool = _option(_boolean, False, "serve the WebRTC Web Server Function: the demo WIC page (TS 24.371 WWSF)")
+    listen: tuple[Listener, ...] = _option(
+        _listeners("http", "https"), (Listener("http", "127.0.0.1", 8081),),
+        "WWSF listeners, e.g. http:127.0.0.1:8081; https uses the [ws] certificate and private_key",
+    )
+    demo_users: bool = _option(_boolean, True, "prefill the page with the embedded core's users and passwords (labs only)")
+    websocket_url: str = _option(_websocket_url, "", "eP-CSCF URL the page connects to (default: derived from the [ws] listeners)")
+    bundle_dir: str = _option(_path, "", "directory of the page's built script app.js (default: build/wwsf in the checkout; bin/setup builds it)")
+
+
+@dataclass(frozen=True)
 class LogSection:
     level: str = _option(_choice("debug", "info", "warn", "error", "critical"), "info", "lowest level written")
     format: str = _option(_choice("text", "json"), "text", "text lines or JSON lines (one event per line)")
@@ -298,6 +332,7 @@ SECTIONS: dict[str, type] = {
     "manhole": ManholeSection,
     "calls": CallsSection,
     "metrics": MetricsSection,
+    "wwsf": WwsfSection,
     "log": LogSection,
 }
 
@@ -313,6 +348,7 @@ class Config:
     manhole: ManholeSection
     calls: CallsSection
     metrics: MetricsSection
+    wwsf: WwsfSection
     log: LogSection
 
 
@@ -398,6 +434,9 @@ def _check_consistency(config: Config, set_by: dict[tuple[str, str], str]) -> No
             fail("core", "users", "mode = embedded needs a users file")
         if not config.core.listen:
             fail("core", "listen", "mode = embedded needs a listener for the embedded core")
+    if config.wwsf.enabled and any(listener.transport == "https" for listener in config.wwsf.listen):
+        if not (config.ws.certificate and config.ws.private_key):
+            fail("wwsf", "listen", "an https listener uses the [ws] certificate and private_key: set both")
     if config.manhole.enabled and not config.manhole.users:
         fail("manhole", "users", "enabled = true needs a users file (user:bcrypt-hash lines)")
     low, high = config.media.port_range

@@ -67,7 +67,7 @@ class RegistrationThroughTheEdgeTests(unittest.TestCase):
         challenge = await client.final_response()
         self.assertEqual(challenge.status, 401)
         algorithms = [v.split("algorithm=")[1].split(",")[0].strip() for v in challenge.headers.get_all("WWW-Authenticate")]
-        self.assertEqual(algorithms, ["SHA-256", "MD5"])  # RFC 8760 §2.4: strongest first
+        self.assertEqual(algorithms, ["SHA-256", "MD5"])  # RFC 8760 §2.4: the preferred first ([core] default)
         response = await client.register()
         self.assertEqual(response.status, 200)
         self.assertEqual(list_values(response.headers, "Service-Route"), [f"<sip:orig@{self.core_address()};lr>"])

@@ -66,11 +66,11 @@ class EmbeddedCoreSettings:
     default_expires: int = DEFAULT_EXPIRES
     #: RFC 7616 §3.3: how long a nonce is accepted before the client gets stale=true
     nonce_lifetime: float = 300.0
-    #: digest algorithms challenged, in this order (RFC 8760 §2.4).  MD5 comes first by
-    #: default because the WICs and test peers of this project read only the first
-    #: WWW-Authenticate and know only MD5 (JsSIP ``DigestAuthentication``: "algorithm
-    #: different than MD5, authentication aborted"; sipp 3.6); SHA-256 is offered too for
-    #: RFC 8760 clients that pick the best algorithm among all challenges.
+    #: digest algorithms challenged, in this order (RFC 8760 §2.4: the preferred first).
+    #: Clients differ in which challenge they answer: sipp 3.6 takes the first and knows
+    #: only MD5; JsSIP 3.x keeps only the *last* WWW-Authenticate it parsed and knows only
+    #: MD5. ``[core] digest_algorithms`` sets the order (default "SHA-256, MD5", which
+    #: JsSIP and RFC 8760 clients both answer); this dataclass default suits sipp.
     digest_algorithms: tuple[str, ...] = ("MD5", "SHA-256")
     timers: TimerSettings = TimerSettings()
     purge_interval: float = 60.0
@@ -85,6 +85,7 @@ class EmbeddedCoreSettings:
             users_file=core.users,
             max_expires=core.registration_max_expires,
             default_expires=core.registration_max_expires,
+            digest_algorithms=core.digest_algorithms,
             timers=TimerSettings(t1=config.sip.t1, t2=config.sip.t2, t4=config.sip.t4),
         )
 
