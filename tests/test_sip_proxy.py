@@ -383,9 +383,24 @@ class ResponseTests(ProxyTestCase):
 
     def test_2xx_forwarded_at_once_and_policy_told(self) -> None:
         tx = self.receive(request_text())
-        self.forwarded().reply(200)
+        client = self.forwarded()
+        client.reply(200)
         self.assertEqual(tx.statuses, [100, 200])
         self.assertEqual(len(self.policy.ended), 1)
+        # Nothing is kept once the request is answered; a 2xx retransmitted through the
+        # client transaction (RFC 6026) is forwarded statelessly.
+        self.assertEqual((self.proxy._by_client, self.proxy._by_server), ({}, {}))
+        client.reply(200)
+        upstream = self.connector.connections[Target("UDP", "192.0.2.10", 5070, "192.0.2.10")]
+        self.assertEqual([m.status for m in upstream.sent], [200])
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+
+    def test_nothing_is_kept_after_a_non_invite_completes(self) -> None:
+        for index in range(3):
+            tx = self.receive(request_text("MESSAGE", call_id=f"m{index}", via=f"SIP/2.0/UDP 192.0.2.10:5070;branch=z9hG4bK-{index}"))
+            self.transactions.of("MESSAGE")[-1].reply(200)
+            self.assertEqual(tx.statuses, [200])
+        self.assertEqual((self.proxy._by_client, self.proxy._by_server), ({}, {}))
 
     def test_final_non_2xx_forwarded_and_503_becomes_500(self) -> None:
         tx = self.receive(request_text("MESSAGE"))

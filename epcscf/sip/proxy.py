@@ -409,6 +409,9 @@ class StatefulProxy:
             return
         if 200 <= status < 300:
             # §16.7 step 5: every 2xx goes upstream at once, even after another final.
+            # Retransmissions of it (RFC 6026 Accepted state) then find no mapping and are
+            # forwarded statelessly, so the mapping goes now: nothing outlives the transaction.
+            self._by_client.pop(id(transaction), None)
             self._stop_timer_c(branch)
             branch.state = BranchState.DONE
             branch.final = response
@@ -454,10 +457,8 @@ class StatefulProxy:
     def _branch_final(self, context: ProxiedRequest, branch: Branch, response: Response) -> None:
         if branch.state is BranchState.DONE:
             return
-        if response.status >= 300 and branch.client_transaction is not None:
-            # A non-2xx ends the client transaction for us; a 2xx may be retransmitted
-            # through it (RFC 6026), so that mapping stays until the context ends.
-            self._by_client.pop(id(branch.client_transaction), None)
+        if branch.client_transaction is not None:
+            self._by_client.pop(id(branch.client_transaction), None)  # this try is over
         self._stop_timer_c(branch)
         branch.state = BranchState.DONE
         branch.final = response
@@ -537,8 +538,6 @@ class StatefulProxy:
     def _forget_branches(self, context: ProxiedRequest) -> None:
         for branch in context.branches:
             self._stop_timer_c(branch)
-            if branch.client_transaction is not None and (branch.final is None or branch.final.status >= 300):
-                self._by_client.pop(id(branch.client_transaction), None)
         context.move_to(ProxyState.TERMINATED) if context.state is ProxyState.COMPLETED else None
 
     # ===== CANCEL (§16.10) and Timer C (§16.6 step 11, §16.8) ======================================
