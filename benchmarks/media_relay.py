@@ -13,7 +13,9 @@ plain RTP, relay → WIC SRTP.  Each payload carries the generator's CLOCK_MONOT
 the receive time minus it is the one-way latency *through* the relay, which includes two
 loopback hops and the generator's own scheduling: an upper bound on the latency the relay adds.
 
-N steps up until p99 passes 2 ms or a packet is lost (or the time budget is spent).  Printed
+N steps up until p99 passes 2 ms or a packet is lost (or the time budget is spent).  On a
+machine shared with other busy processes the tail latency is theirs as much as ours (the relay
+waits for a CPU); `--realtime` runs both processes SCHED_FIFO to measure the relay alone.  Printed
 per step: offered and relayed packets/s, relayed packets per second of relay CPU ("per core"),
 the relay's CPU share, p50/p99/max latency per direction, and losses.
 """
@@ -57,9 +59,11 @@ SRTP_SIZES = {  # profile → (key, salt)
 # --------------------------------------------------------------------------------------------
 
 
-def relay_main(conn: multiprocessing.connection.Connection, pin: bool) -> None:
+def relay_main(conn: multiprocessing.connection.Connection, pin: bool, realtime: bool) -> None:
     if pin:
         pin_to_cpu(0)
+    if realtime:
+        make_realtime()
     from twisted.internet import asyncioreactor
 
     asyncioreactor.install()
@@ -372,6 +376,15 @@ def pin_to_cpu(index: int) -> None:
         os.sched_setaffinity(0, {cpus[index % len(cpus)]})
 
 
+def make_realtime() -> None:
+    """SCHED_FIFO: other processes on a shared box no longer preempt us (the kernel's RT
+    throttling, sched_rt_runtime_us, still keeps 5 % of each CPU for everyone else)."""
+    try:
+        os.sched_setscheduler(0, os.SCHED_FIFO, os.sched_param(10))
+    except (OSError, AttributeError) as error:
+        print(f"cannot switch to SCHED_FIFO ({error}); measuring with normal priority", file=sys.stderr)
+
+
 def percentile(values: list[float], fraction: float) -> float:
     if not values:
         return float("nan")
@@ -440,6 +453,9 @@ def main() -> None:
     parser.add_argument("--steps", default="50,100,200,300,400,500,600,800", help="comma-separated call counts")
     parser.add_argument("--seconds", type=float, default=3.0, help="media seconds per step")
     parser.add_argument("--pin", action="store_true", help="pin relay and generator to one core each")
+    parser.add_argument("--realtime", action="store_true",
+                        help="run relay and generator SCHED_FIFO (needs root): latency of the relay itself, "
+                             "without preemption by other processes of a shared machine")
     parser.add_argument("--attempts", type=int, default=2,
                         help="tries per step before stopping (other processes on a shared box cause stalls)")
     args = parser.parse_args()
@@ -450,10 +466,12 @@ def main() -> None:
     started = time.monotonic()
     context = multiprocessing.get_context("spawn")
     parent, child = context.Pipe()
-    relay = context.Process(target=relay_main, args=(child, args.pin), daemon=True)
+    relay = context.Process(target=relay_main, args=(child, args.pin, args.realtime), daemon=True)
     relay.start()
     if args.pin:
         pin_to_cpu(1)
+    if args.realtime:
+        make_realtime()
     print(
         f"{'calls':>5} {'profile':>22} {'hs s':>5} {'offered/s':>9} {'relayed/s':>9} {'pkt/s/core':>10} {'relayCPU':>8} "
         f"{'up p50':>7} {'up p99':>7} {'dn p50':>7} {'dn p99':>7} {'max ms':>7} {'lost':>5} {'load':>5}"
