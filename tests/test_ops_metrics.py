@@ -1,0 +1,194 @@
+"""Prometheus metrics: scraped over real HTTP from a running epcscf with a registered WIC."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+
+from prometheus_client import CollectorRegistry, Histogram
+from prometheus_client.parser import text_string_to_metric_families
+from twisted.internet import reactor, task
+from twisted.trial import unittest
+from twisted.web.client import Agent, readBody
+from twisted.web.http_headers import Headers
+
+from epcscf.config import load
+from epcscf.ops.metrics import EventLoopLag, registration_result
+from epcscf.pcscf.call_state import CallDirection
+from epcscf.service import EpcscfService, StartupError
+from tests.support.deployment import start_deployment, write_deployment_config
+from tests.test_ops_console import add_call, asyncio_test, install_call_manager, registered_wic, wait
+
+METRICS = "[metrics]\nenabled = true\nport = 0\n"
+
+
+def scrape_url(service: EpcscfService, path: str = "/metrics") -> str:
+    assert service.metrics_service is not None
+    return f"http://127.0.0.1:{service.metrics_service.port}{path}"
+
+
+async def fetch(url: str) -> tuple[int, str, bytes]:
+    response = await wait(Agent(reactor).request(b"GET", url.encode()))
+    body = await wait(readBody(response))
+    content_type = response.headers.getRawHeaders(b"content-type", [b""])[0].decode()
+    return response.code, content_type, body
+
+
+async def samples(service: EpcscfService) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    """{(sample name, sorted labels): value} from one scrape."""
+    code, content_type, body = await fetch(scrape_url(service))
+    assert code == 200, code
+    assert content_type.startswith("text/plain"), content_type
+    result = {}
+    for family in text_string_to_metric_families(body.decode()):
+        for sample in family.samples:
+            result[(sample.name, tuple(sorted(sample.labels.items())))] = sample.value
+    return result
+
+
+def value(scraped: dict, name: str, **labels: str) -> float:
+    return scraped[(name, tuple(sorted(labels.items())))]
+
+
+class ScrapeTests(unittest.TestCase):
+    def setUp(self) -> None:
+        self.service = start_deployment(self, METRICS)
+
+    def test_listener_on_loopback(self) -> None:
+        assert self.service.metrics_service is not None
+        self.assertEqual(self.service.metrics_service._listener.getHost().host, "127.0.0.1")
+
+    @asyncio_test
+    async def test_idle_service(self) -> None:
+        scraped = await samples(self.service)
+        self.assertEqual(value(scraped, "epcscf_ws_connections"), 0)
+        self.assertEqual(value(scraped, "epcscf_ws_connections_opened_total"), 0)
+        self.assertEqual(value(scraped, "epcscf_registrations"), 0)
+        self.assertEqual(value(scraped, "epcscf_calls", direction="originating"), 0)
+        self.assertEqual(value(scraped, "epcscf_draining"), 0)
+        self.assertEqual(value(scraped, "epcscf_registration_results_total", result="ok"), 0)
+
+    @asyncio_test
+    async def test_after_a_registration(self) -> None:
+        client = await registered_wic(self, self.service)
+        scraped = await samples(self.service)
+        self.assertEqual(value(scraped, "epcscf_ws_connections"), 1)
+        self.assertEqual(value(scraped, "epcscf_ws_connections_opened_total"), 1)
+        self.assertEqual(value(scraped, "epcscf_registrations"), 1)
+        self.assertIn(("epcscf_sip_transactions", (("kind", "server"),)), scraped)
+        # Over WebSocket a REGISTER server transaction ends with its final response (Timer J = 0).
+        self.assertLessEqual(value(scraped, "epcscf_sip_transactions", kind="server"), 2)
+        # De-registration: the binding ends, counted by reason.
+        await client.transact(client.register_request(expires=0))
+        scraped = await samples(self.service)
+        self.assertEqual(value(scraped, "epcscf_registrations"), 0)
+        self.assertEqual(value(scraped, "epcscf_registrations_ended_total", reason="deregistered"), 1)
+        await client.close()
+        for _ in range(50):
+            if not self.service.pcscf.flows:
+                break
+            await task.deferLater(reactor, 0.02, lambda: None).asFuture(asyncio.get_running_loop())
+        scraped = await samples(self.service)
+        self.assertEqual(value(scraped, "epcscf_ws_connections"), 0)
+        self.assertEqual(value(scraped, "epcscf_ws_connections_opened_total"), 1)
+
+    @asyncio_test
+    async def test_calls_and_media(self) -> None:
+        await registered_wic(self, self.service)
+        (flow,) = list(self.service.pcscf.flows)
+        manager = install_call_manager(self.service)
+        add_call(manager, "a@wic", flow.connection, CallDirection.ORIGINATING, packets=100)
+        add_call(manager, "b@core", flow.connection, CallDirection.TERMINATING, packets=10)
+        scraped = await samples(self.service)
+        self.assertEqual(value(scraped, "epcscf_calls", direction="originating"), 1)
+        self.assertEqual(value(scraped, "epcscf_calls", direction="terminating"), 1)
+        self.assertEqual(value(scraped, "epcscf_media_packets_total", direction="wic_to_core"), 110)
+        self.assertEqual(value(scraped, "epcscf_media_packets_total", direction="core_to_wic"), 112)
+        self.assertEqual(value(scraped, "epcscf_media_bytes_total", direction="wic_to_core"), 110 * 172)
+        # A released call: counted once by cause, and its media stays in the totals.
+        manager.release("b@core", "maintenance")
+        manager._media_failed(manager.find("a@wic")[0], "ice", "ICE failed")  # REQ-O08
+        for _ in range(2):  # two scrapes: each ended call is counted once
+            scraped = await samples(self.service)
+        self.assertEqual(value(scraped, "epcscf_calls", direction="originating"), 0)
+        self.assertEqual(value(scraped, "epcscf_calls_ended_total", direction="terminating", cause="maintenance", layer=""), 1)
+        self.assertEqual(value(scraped, "epcscf_calls_ended_total", direction="originating", cause="ICE failed", layer="ice"), 1)
+        self.assertEqual(value(scraped, "epcscf_media_failures_total", layer="ice"), 1)
+        self.assertEqual(value(scraped, "epcscf_media_failures_total", layer="dtls"), 0)
+        self.assertEqual(value(scraped, "epcscf_media_packets_total", direction="wic_to_core"), 110)
+
+    @asyncio_test
+    async def test_counted_events(self) -> None:
+        metrics = self.service.metrics
+        metrics.ws_refused("origin")
+        metrics.ws_refused("origin")
+        metrics.parse_error("WS")
+        metrics.register_response(401)
+        metrics.register_response(200)
+        metrics.register_response(180)  # provisional: not a result
+        scraped = await samples(self.service)
+        self.assertEqual(value(scraped, "epcscf_ws_connections_refused_total", reason="origin"), 2)
+        self.assertEqual(value(scraped, "epcscf_sip_parse_errors_total", transport="ws"), 1)
+        self.assertEqual(value(scraped, "epcscf_registration_results_total", result="challenged"), 1)
+        self.assertEqual(value(scraped, "epcscf_registration_results_total", result="ok"), 1)
+
+    @asyncio_test
+    async def test_openmetrics_on_request_and_404_elsewhere(self) -> None:
+        response = await wait(
+            Agent(reactor).request(
+                b"GET",
+                scrape_url(self.service).encode(),
+                Headers({b"Accept": [b"application/openmetrics-text; version=1.0.0"]}),
+            )
+        )
+        body = await wait(readBody(response))
+        self.assertTrue(response.headers.getRawHeaders(b"content-type")[0].startswith(b"application/openmetrics-text"))
+        self.assertTrue(body.endswith(b"# EOF\n"))
+        code, _, _ = await fetch(scrape_url(self.service, "/"))
+        self.assertEqual(code, 404)
+
+    def test_two_services_have_separate_registries(self) -> None:
+        other = start_deployment(self, METRICS)
+        self.service.metrics.ws_refused("subprotocol")
+        mine = self.service.metrics.render()[0]
+        theirs = other.metrics.render()[0]
+        self.assertIn(b'epcscf_ws_connections_refused_total{reason="subprotocol"} 1.0', mine)
+        self.assertNotIn(b'reason="subprotocol"', theirs)
+
+    def test_port_in_use_stops_the_start_with_one_line(self) -> None:
+        assert self.service.metrics_service is not None
+        port = self.service.metrics_service.port
+        directory = os.path.abspath(self.mktemp())
+        override = os.path.join(directory, "override.ini")
+        base = write_deployment_config(directory)
+        with open(override, "w") as handle:
+            handle.write(f"[metrics]\nenabled = true\nport = {port}\n")
+        config = load([base, override])
+        service = EpcscfService(config)
+        error = self.assertRaises(StartupError, service.startService)
+        self.addCleanup(service.stopService)
+        self.assertIn(f"cannot listen on 127.0.0.1:{port}", str(error))
+
+
+class EventLoopLagTests(unittest.TestCase):
+    def test_lag_is_how_late_the_timer_ran(self) -> None:
+        clock = task.Clock()
+        histogram = Histogram("lag_seconds", "test", registry=CollectorRegistry())
+        lag = EventLoopLag(clock, histogram, interval=1.0)
+        lag.start()
+        clock.advance(1.0)
+        self.assertEqual(lag.last, 0.0)
+        clock.advance(1.75)  # the reactor was busy: the 2.0 s timer ran at 2.75 s
+        self.assertAlmostEqual(lag.last, 0.75)
+        clock.advance(1.0)  # rescheduled from when it ran: due 3.75
+        self.assertEqual(lag.last, 0.0)
+        self.assertAlmostEqual(lag.worst, 0.75)
+        self.assertEqual(histogram._sum.get(), 0.75)
+        lag.stop()
+        self.assertEqual(clock.getDelayedCalls(), [])
+
+    def test_registration_result_labels(self) -> None:
+        self.assertEqual(
+            [registration_result(status) for status in (200, 401, 407, 403, 423, 500, 503)],
+            ["ok", "challenged", "challenged", "rejected", "interval_too_brief", "server_error", "server_error"],
+        )
