@@ -12,11 +12,14 @@ from twisted.logger import Logger
 
 from epcscf.config import Config, ConfigError
 from epcscf.core.service import EmbeddedCore, EmbeddedCoreSettings
+from epcscf.core.users import read_users
 from epcscf.pcscf.node import PcscfNode
 from epcscf.sip.resolver import Target
 from epcscf.ops.console import console_namespace as operator_commands
 from epcscf.ops.lifecycle import Drainer, install_sighup, reload_config
 from epcscf.ops.manhole import ManholeService, UsersFileError
+from epcscf.wwsf import DemoUser, WebSocketEndpoint, WwsfService, WwsfSettings
+from epcscf.wwsf.bundle import default_bundle_dir
 from epcscf.ops.metrics import EpcscfMetrics, MetricsService
 
 log = Logger(namespace="epcscf.service")
@@ -46,6 +49,10 @@ class EpcscfService(MultiService):
             core_targets = self._embedded_core_targets
         self.pcscf = PcscfNode(config, reactor, core_targets)
         self.pcscf.setServiceParent(self)
+        self.wwsf: WwsfService | None = None
+        if config.wwsf.enabled:
+            self.wwsf = WwsfService(self._wwsf_settings(), config.wwsf.listen, reactor, config.ws.certificate, config.ws.private_key)
+            self.wwsf.setServiceParent(self)
         self.manhole: ManholeService | None = None
         if config.manhole.enabled:
             host_key = config.manhole.host_key or os.path.join(config.service.state_dir, "manhole_host_key")
@@ -80,6 +87,22 @@ class EpcscfService(MultiService):
             reload_config(self)
         except ConfigError as error:
             log.error("reload refused, running configuration kept: {error}", error=str(error))
+
+    def _wwsf_settings(self) -> WwsfSettings:
+        """The demo page's settings; its demo users are the embedded core's (a lab), never an external core's."""
+        wwsf = self.config.wwsf
+        users = read_users(self.config.core.users, self.config.core.domain) if self.core is not None and wwsf.demo_users else []
+        return WwsfSettings(
+            domain=self.config.core.domain,
+            websocket_endpoints=lambda: [
+                WebSocketEndpoint(l.transport.lower(), l.address.host, l.address.port)
+                for l in self.pcscf.listeners
+                if l.transport in ("WS", "WSS")
+            ],
+            bundle_dir=wwsf.bundle_dir or default_bundle_dir(),
+            demo_users=tuple(DemoUser(u.name, u.password, u.identities[0], u.identities) for u in users),
+            websocket_url=wwsf.websocket_url,
+        )
 
     def _embedded_core_targets(self) -> list[Target]:
         assert self.core is not None

@@ -1,0 +1,375 @@
+// The demo WebRTC IMS Client (TS 24.371 WIC) that the WWSF serves: JsSIP for SIP over
+// WebSocket (RFC 7118) toward the eP-CSCF, the browser's own RTCPeerConnection for media.
+// Bundled with JsSIP by esbuild (bin/setup → build/wwsf/app.js); not served as is.
+//
+// Page states are written to data-state attributes (and to aria-live text) so that a person
+// and a test read the same thing:
+//   #registration-state  unregistered | registering | registered | failed
+//   #call-state          idle | calling | ringing | incoming | connecting | connected | held
+//   #ice-state, #pc-state, #dtls-state   the RTCPeerConnection's own states
+// window.wwsf exposes the UA, the session and stats() for tests and curious people.
+import * as JsSIP from 'jssip';
+import { LevelMeter } from './meter.js';
+import { summariseStats } from './stats.js';
+
+// No STUN/TURN: the eP-CSCF is an ICE peer with its own host candidates (TS 24.371 §7.3).
+const PC_CONFIG = { iceServers: [], rtcpMuxPolicy: 'require' };
+const MEDIA_CONSTRAINTS = { audio: true, video: false };
+const STATS_INTERVAL_MS = 500;
+const LOG_LIMIT = 200;
+
+const $ = (id) => document.getElementById(id);
+const params = new URLSearchParams(location.search);
+
+const page = {
+  config: null,
+  ua: null,
+  session: null,
+  peerConnection: null,
+  statsTimer: null,
+  lastStats: null,
+  meter: new LevelMeter($('remote-level'), $('remote-level-text')),
+};
+
+// --- small view helpers -----------------------------------------------------------------
+
+function log(text) {
+  const item = document.createElement('li');
+  item.textContent = `${new Date().toISOString().slice(11, 23)} ${text}`;
+  const list = $('log');
+  list.append(item);
+  while (list.children.length > LOG_LIMIT) list.firstElementChild.remove();
+  list.scrollTop = list.scrollHeight;
+}
+
+function showState(id, state, text = state) {
+  const element = $(id);
+  element.dataset.state = state;
+  element.textContent = text;
+}
+
+function pageStatus(text, error = false) {
+  const element = $('page-status');
+  element.textContent = text;
+  if (error) element.dataset.error = 'true';
+  else delete element.dataset.error;
+}
+
+function setPressed(id, pressed, pressedLabel, label) {
+  const button = $(id);
+  button.setAttribute('aria-pressed', String(pressed));
+  button.textContent = pressed ? pressedLabel : label;
+}
+
+function refreshControls() {
+  const registered = Boolean(page.ua && page.ua.isRegistered());
+  const session = page.session;
+  const established = Boolean(session && session.isEstablished());
+  const accountBusy = Boolean(page.ua);
+  for (const id of ['identity', 'password', 'demo-user', 'websocket-url']) $(id).disabled = accountBusy;
+  $('register').disabled = accountBusy;
+  $('unregister').disabled = !page.ua;
+  $('call').disabled = !registered || Boolean(session);
+  $('hangup').disabled = !session;
+  $('mute').disabled = !established;
+  $('hold').disabled = !established;
+}
+
+// --- configuration from the WWSF ----------------------------------------------------------
+
+function userUri(text) {
+  const value = text.trim();
+  if (/^sips?:/i.test(value)) return value;
+  return value.includes('@') ? `sip:${value}` : `sip:${value}@${page.config.domain}`;
+}
+
+function chooseDemoUser(name) {
+  const users = page.config.users;
+  const user = users.find((candidate) => candidate.name === name);
+  if (!user) return;
+  $('demo-user').value = user.name;
+  $('identity').value = user.uri;
+  $('password').value = user.password;
+  const other = users.find((candidate) => candidate.name !== user.name);
+  if (other && !$('target').value) $('target').value = other.name;
+}
+
+async function loadConfig() {
+  const response = await fetch('config.json', { cache: 'no-store' });
+  if (!response.ok) throw new Error(`config.json: HTTP ${response.status}`);
+  page.config = await response.json();
+  $('websocket-url').value = page.config.websocket_url;
+  const select = $('demo-user');
+  for (const user of page.config.users) {
+    const option = document.createElement('option');
+    option.value = user.name;
+    option.textContent = `${user.name} (${user.uri})`;
+    select.append(option);
+  }
+  select.addEventListener('change', () => chooseDemoUser(select.value));
+  const wanted = params.get('user') || (page.config.users[0] && page.config.users[0].name);
+  if (wanted) chooseDemoUser(wanted);
+  if (params.get('target')) $('target').value = params.get('target');
+}
+
+// --- registration ---------------------------------------------------------------------------
+
+function register() {
+  page.meter.unlock(); // a user gesture: the AudioContext may start now (autoplay policy)
+  const uri = userUri($('identity').value);
+  let parsed;
+  try {
+    parsed = JsSIP.URI.parse(uri);
+    if (!parsed) throw new Error('not a SIP URI');
+  } catch (error) {
+    showState('registration-state', 'failed', `failed: ${uri} is not a SIP URI`);
+    return;
+  }
+  const socket = new JsSIP.WebSocketInterface($('websocket-url').value.trim());
+  const ua = new JsSIP.UA({
+    sockets: [socket],
+    uri,
+    authorization_user: parsed.user,
+    password: $('password').value,
+    register: true,
+    register_expires: 600,
+    session_timers: false,
+    user_agent: `epcscf-wwsf JsSIP/${JsSIP.version}`,
+  });
+  page.ua = ua;
+  showState('registration-state', 'registering', `registering ${uri}…`);
+  ua.on('connecting', () => log(`connecting to ${socket.url}`));
+  ua.on('connected', () => log('WebSocket connected'));
+  ua.on('disconnected', (e) => {
+    log(`WebSocket disconnected${e && e.code ? ` (code ${e.code})` : ''}`);
+    if (page.ua === ua && !ua.isRegistered()) refreshControls();
+  });
+  ua.on('registered', (e) => {
+    showState('registration-state', 'registered', `registered as ${uri}`);
+    log(`registered (${e.response.status_code}); Service-Route: ${e.response.getHeader('Service-Route') || 'none'}`);
+    refreshControls();
+  });
+  ua.on('unregistered', () => {
+    log('unregistered');
+    if (page.ua === ua) stopUa();
+  });
+  ua.on('registrationFailed', (e) => {
+    const status = e.response ? ` ${e.response.status_code}` : '';
+    showState('registration-state', 'failed', `failed: ${e.cause}${status}`);
+    log(`registration failed: ${e.cause}${status}`);
+    if (page.ua === ua) stopUa(false);
+  });
+  ua.on('newRTCSession', (e) => newSession(e.session, e.originator));
+  ua.start();
+  refreshControls();
+}
+
+function unregister() {
+  if (!page.ua) return;
+  if (page.ua.isRegistered()) page.ua.unregister();
+  else stopUa();
+}
+
+function stopUa(showUnregistered = true) {
+  const ua = page.ua;
+  page.ua = null;
+  if (page.session) page.session.terminate();
+  if (ua) ua.stop();
+  if (showUnregistered) showState('registration-state', 'unregistered');
+  refreshControls();
+}
+
+// --- calls ------------------------------------------------------------------------------------
+
+function call() {
+  const target = $('target').value.trim();
+  if (!page.ua || !target || page.session) return;
+  page.meter.unlock();
+  log(`calling ${target}`);
+  page.ua.call(target, { mediaConstraints: MEDIA_CONSTRAINTS, pcConfig: PC_CONFIG });
+}
+
+function newSession(session, originator) {
+  if (page.session) {
+    // One call at a time: RFC 3261 §21.4.7 486 Busy Here.
+    if (originator === 'remote') session.terminate({ status_code: 486, reason_phrase: 'Busy Here' });
+    return;
+  }
+  page.session = session;
+  const peer = session.remote_identity.uri.toString();
+  $('peer').textContent = originator === 'remote' ? `from ${peer}` : `to ${peer}`;
+  if (originator === 'remote') {
+    showState('call-state', 'incoming', 'incoming call');
+    $('incoming-text').textContent = `Incoming call from ${session.remote_identity.display_name || peer}`;
+    $('incoming').hidden = false;
+    log(`incoming call from ${peer}`);
+  } else {
+    showState('call-state', 'calling', 'calling…');
+  }
+  session.on('peerconnection', (e) => watchPeerConnection(e.peerconnection));
+  if (session.connection) watchPeerConnection(session.connection);
+  session.on('progress', (e) => {
+    if (session.direction === 'outgoing') {
+      showState('call-state', 'ringing', 'ringing…');
+      if (e.response) log(`${e.response.status_code} ${e.response.reason_phrase}`);
+    }
+  });
+  session.on('accepted', () => {
+    showState('call-state', 'connecting', 'connecting…');
+    $('incoming').hidden = true;
+  });
+  session.on('confirmed', () => {
+    showState('call-state', 'connected');
+    log('call connected');
+    refreshControls();
+  });
+  session.on('hold', (e) => showHold(e.originator));
+  session.on('unhold', (e) => showHold(e.originator));
+  session.on('muted', () => setPressed('mute', true, 'Unmute', 'Mute'));
+  session.on('unmuted', () => setPressed('mute', false, 'Unmute', 'Mute'));
+  session.on('ended', (e) => endSession(`ended: ${e.cause} (${e.originator})`));
+  session.on('failed', (e) => endSession(`failed: ${e.cause} (${e.originator})`));
+  refreshControls();
+}
+
+function showHold(originator) {
+  const hold = page.session.isOnHold();
+  setPressed('hold', hold.local, 'Resume', 'Hold');
+  if (hold.local || hold.remote) {
+    showState('call-state', 'held', hold.local ? 'on hold' : 'held by the other party');
+  } else {
+    showState('call-state', 'connected');
+  }
+  log(`${hold.local || hold.remote ? 'hold' : 'resume'} (${originator})`);
+}
+
+function answer() {
+  if (!page.session) return;
+  page.meter.unlock();
+  $('incoming').hidden = true;
+  showState('call-state', 'connecting', 'answering…');
+  page.session.answer({ mediaConstraints: MEDIA_CONSTRAINTS, pcConfig: PC_CONFIG });
+}
+
+function reject() {
+  // RFC 3261 §21.6.2 603 Decline: the user does not want this call.
+  if (page.session) page.session.terminate({ status_code: 603, reason_phrase: 'Decline' });
+}
+
+function hangup() {
+  if (page.session) page.session.terminate();
+}
+
+function toggleMute() {
+  const session = page.session;
+  if (!session) return;
+  if (session.isMuted().audio) session.unmute({ audio: true });
+  else session.mute({ audio: true });
+}
+
+function toggleHold() {
+  const session = page.session;
+  if (!session) return;
+  if (session.isOnHold().local) session.unhold();
+  else session.hold();
+}
+
+function endSession(reason) {
+  log(`call ${reason}`);
+  $('incoming').hidden = true;
+  $('peer').textContent = `(last call ${reason})`;
+  page.session = null;
+  page.peerConnection = null;
+  if (page.statsTimer !== null) clearInterval(page.statsTimer);
+  page.statsTimer = null;
+  page.meter.detach();
+  $('remote-audio').srcObject = null;
+  setPressed('mute', false, 'Unmute', 'Mute');
+  setPressed('hold', false, 'Resume', 'Hold');
+  showState('call-state', 'idle');
+  refreshControls();
+}
+
+// --- media: the RTCPeerConnection's states, stats and the remote audio ---------------------
+
+function watchPeerConnection(pc) {
+  if (page.peerConnection === pc) return;
+  page.peerConnection = pc;
+  const showPcStates = () => {
+    if (page.peerConnection !== pc) return;
+    showState('ice-state', pc.iceConnectionState);
+    showState('pc-state', pc.connectionState);
+  };
+  pc.addEventListener('iceconnectionstatechange', () => {
+    showPcStates();
+    log(`ICE ${pc.iceConnectionState}`);
+  });
+  pc.addEventListener('connectionstatechange', showPcStates);
+  pc.addEventListener('track', (e) => {
+    if (e.track.kind !== 'audio') return;
+    const stream = e.streams[0] || new MediaStream([e.track]);
+    $('remote-audio').srcObject = stream;
+    page.meter.attach(stream);
+  });
+  showPcStates();
+  showState('dtls-state', 'new');
+  if (page.statsTimer !== null) clearInterval(page.statsTimer);
+  page.statsTimer = setInterval(() => updateStats(pc), STATS_INTERVAL_MS);
+}
+
+async function updateStats(pc) {
+  if (page.peerConnection !== pc) return;
+  const stats = summariseStats(await pc.getStats());
+  page.lastStats = stats;
+  $('packets-received').textContent = String(stats.packetsReceived);
+  $('packets-sent').textContent = String(stats.packetsSent);
+  if (stats.dtlsState && $('dtls-state').dataset.state !== stats.dtlsState) {
+    showState('dtls-state', stats.dtlsState);
+    log(`DTLS ${stats.dtlsState}`);
+  }
+}
+
+// --- start ------------------------------------------------------------------------------------
+
+window.wwsf = {
+  get ua() { return page.ua; },
+  get session() { return page.session; },
+  get peerConnection() { return page.peerConnection; },
+  get config() { return page.config; },
+  /** the remote level meter: {level, history} */
+  get meter() { return { level: page.meter.level, history: page.meter.history.slice() }; },
+  /** a fresh getStats() summary of the current call, or null */
+  async stats() {
+    return page.peerConnection ? summariseStats(await page.peerConnection.getStats()) : null;
+  },
+  JsSIP,
+};
+
+function bind() {
+  $('account-form').addEventListener('submit', (e) => { e.preventDefault(); register(); });
+  $('unregister').addEventListener('click', unregister);
+  $('dial-form').addEventListener('submit', (e) => { e.preventDefault(); call(); });
+  $('hangup').addEventListener('click', hangup);
+  $('mute').addEventListener('click', toggleMute);
+  $('hold').addEventListener('click', toggleHold);
+  $('answer').addEventListener('click', answer);
+  $('reject').addEventListener('click', reject);
+  window.addEventListener('beforeunload', () => { if (page.ua) page.ua.stop(); });
+}
+
+async function start() {
+  if (params.get('debug')) JsSIP.debug.enable('JsSIP:*');
+  else JsSIP.debug.disable('JsSIP:*');
+  bind();
+  refreshControls();
+  try {
+    await loadConfig();
+  } catch (error) {
+    pageStatus(`Cannot load the WWSF configuration: ${error.message}`, true);
+    return;
+  }
+  document.body.dataset.ready = 'true';
+  pageStatus(`Ready. Domain ${page.config.domain}; eP-CSCF at ${page.config.websocket_url}.`);
+}
+
+start();

@@ -1,0 +1,87 @@
+"""The WWSF demo page in headless Chromium: real JsSIP, real WebSocket, through epcscf to the
+embedded core (TS 24.371 WIC registration)."""
+
+from __future__ import annotations
+
+import os
+
+from twisted.trial import unittest
+
+from tests.support.browser import png_summary, require_browser, start_browser, start_wwsf_deployment
+from tests.support.deployment import DOMAIN, USERS
+from tests.support.processes import wait_for
+from tests.support.wic import as_deferred
+
+REGISTERED = '#registration-state[data-state="registered"]'
+UNREGISTERED = '#registration-state[data-state="unregistered"]'
+
+
+class WwsfRegistrationTests(unittest.TestCase):
+    def setUp(self) -> None:
+        require_browser(self)
+        self.service, self.page_url = start_wwsf_deployment(self)
+
+    def test_alice_and_bob_register_from_two_pages_and_unregister(self):
+        return as_deferred(self._register())
+
+    async def _register(self) -> None:
+        browser = await start_browser(self)
+        for user in ("alice", "bob"):
+            opened = await browser.open(user, f"{self.page_url}?user={user}")
+            self.assertEqual(opened["status"], 200)
+            await browser.wait(user, "body[data-ready]")
+            # Prefilled from /config.json: the embedded core's demo users and the [ws] listener.
+            fields = await browser.evaluate(
+                user,
+                "() => ['identity', 'password', 'websocket-url', 'target'].map((id) => document.getElementById(id).value)",
+            )
+            other = "bob" if user == "alice" else "alice"
+            self.assertEqual(fields, [f"sip:{user}@{DOMAIN}", USERS[user], self._ws_url(), other])
+        for user in ("alice", "bob"):
+            await browser.click(user, "#register")
+        for user in ("alice", "bob"):
+            await browser.wait(user, REGISTERED)
+            self.assertEqual(await browser.text(user, "#registration-state"), f"registered as sip:{user}@{DOMAIN}")
+            self.assertFalse(await browser.evaluate(user, "document.getElementById('call').disabled"))
+        bindings = self.service.pcscf.registrations.all()
+        self.assertEqual(sorted(binding.aor for binding in bindings), [f"sip:alice@{DOMAIN}", f"sip:bob@{DOMAIN}"])
+        # Every flow came from the WWSF's page: the browser sent its Origin (REQ-T10).
+        self.assertEqual({flow.origin for flow in self.service.pcscf.flows}, {self.page_url.rstrip("/")})
+
+        shots = []
+        for user in ("alice", "bob"):
+            path = os.path.abspath(f"wwsf-registered-{user}.png")
+            await browser.screenshot(user, path)
+            shots.append(png_summary(path))
+        for shot in shots:
+            self.assertGreaterEqual(shot.width, 800)
+            self.assertGreater(shot.colours, 20)  # text, buttons, panels: not a blank page
+            self.assertGreater(shot.luma_variance, 100.0)
+
+        await browser.click("alice", "#unregister")
+        await browser.wait("alice", UNREGISTERED)
+        await wait_for(lambda: [b.aor for b in self.service.pcscf.registrations.all()] == [f"sip:bob@{DOMAIN}"])
+        self.assertTrue(await browser.evaluate("alice", "document.getElementById('call').disabled"))
+        self.assertEqual([line for line in browser.console(last=1000) if "error" in line.split(":")[0]], [])
+
+    def _ws_url(self) -> str:
+        listener = self.service.pcscf.listener("WS")
+        assert listener is not None
+        return f"ws://127.0.0.1:{listener.address.port}"
+
+    def test_wrong_password_shows_the_failure(self):
+        return as_deferred(self._wrong_password())
+
+    async def _wrong_password(self) -> None:
+        browser = await start_browser(self)
+        await browser.open("alice", f"{self.page_url}?user=alice")
+        await browser.wait("alice", "body[data-ready]")
+        await browser.fill("alice", "#password", "not-the-password")
+        await browser.click("alice", "#register")
+        await browser.wait("alice", '#registration-state[data-state="failed"]')
+        self.assertIn("failed", await browser.text("alice", "#registration-state"))
+        self.assertEqual(self.service.pcscf.registrations.all(), [])
+        # The form is usable again: the right password registers.
+        await browser.fill("alice", "#password", USERS["alice"])
+        await browser.click("alice", "#register")
+        await browser.wait("alice", REGISTERED)
