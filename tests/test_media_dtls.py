@@ -229,6 +229,18 @@ class HandshakeOverMemoryTests(unittest.TestCase):
         self.assertIn("new association", str(caught.exception))
         self.assertEqual(pair.client.state, DtlsState.CONNECTED)
 
+    def test_closing_from_inside_the_callbacks_is_safe(self) -> None:
+        pair = MemoryPair(client_expects=CERT_OTHER.fingerprint)
+        pair.client.on_failed = lambda reason: pair.client.close()
+        pair.server.on_failed = lambda reason: pair.server.close()
+        pair.run()
+        self.assertEqual((pair.client.state, pair.server.state), (DtlsState.CLOSED, DtlsState.CLOSED))
+        good = MemoryPair()
+        good.server.on_connected = lambda keys: good.server.close()
+        good.run()
+        self.assertEqual(good.server.state, DtlsState.CLOSED)
+        self.assertEqual(good.clock.getDelayedCalls(), [])
+
     def test_server_started_by_an_early_client_hello(self) -> None:
         pair = MemoryPair()
         pair.client.start()  # the server's start() is never called

@@ -340,6 +340,25 @@ class RelayTests(MediaSessionTestCase):
         self.assertEqual(core_rtcp.received, [])
 
     @inlineCallbacks
+    def test_telephone_events_and_repeated_packets_pass_unchanged(self):  # type: ignore[no-untyped-def]
+        # REQ-P05: RFC 4733 events (here PT 101, marker set) and CN are opaque to the relay.
+        session, wic, core_rtp, _, _ = yield self.connected_call()
+        event = bytes([0x80, 0x80 | 101]) + rtp(50)[2:12] + bytes([5, 0x8A, 0x03, 0x20])
+        comfort_noise = bytes([0x80, 13]) + rtp(51)[2:12] + b"\x40"
+        for packet in (event, comfort_noise, event):  # the same packet twice from the core
+            core_rtp.send(packet, (LOCAL, session.core_rtp_port))
+        yield wait_for(lambda: len(wic.rtp_received) == 2)
+        yield settle()
+        # The WIC's replay protection drops the repeat; the relay re-encrypted it all the same.
+        self.assertEqual(wic.rtp_received, [event, comfort_noise])
+        self.assertEqual(wic.undecryptable, 1)
+        self.assertEqual(session.stats().srtp_errors.protect, 0)
+        self.assertEqual(session.stats().core_to_wic.packets, 3)
+        wic.send_rtp(event)
+        yield wait_for(lambda: len(core_rtp.received) == 1)
+        self.assertEqual(core_rtp.packets, [event])
+
+    @inlineCallbacks
     def test_loss_counted_from_sequence_gaps(self):  # type: ignore[no-untyped-def]
         session, wic, core_rtp, _, _ = yield self.connected_call()
         for seq in (1, 2, 5, 6, 10):

@@ -45,8 +45,8 @@ class SrtpContext:
             ssrc_type=Policy.SSRC_ANY_OUTBOUND,
             srtp_profile=keys.profile.libsrtp_profile,
         )
-        # The core may resend a packet with the same sequence number (RFC 4733 end-of-event
-        # packets are sent three times): let libsrtp protect it again instead of failing.
+        # A core (or a media loop through it) may send the very same RTP packet twice; libsrtp
+        # refuses to protect a repeated index unless told to, which would drop it.
         outbound.allow_repeat_tx = True
         inbound = Policy(
             key=keys.remote_master,
