@@ -559,16 +559,17 @@ class CancelAndTimerTests(ProxyTestCase):
         self.proxy.timed_out(client)
         self.assertEqual(tx.statuses, [408])  # RFC 3261 §16.8
 
-    def test_transport_failure_is_a_503_forwarded_as_500(self) -> None:
+    def test_transport_failure_gives_503(self) -> None:
         tx = self.receive(request_text("MESSAGE"))
         self.proxy.transport_failed(self.forwarded("MESSAGE"), "connection refused")
-        # RFC 3261 §16.9 (treated as 503) then §16.7 step 6 (a selected 503 goes up as 500).
-        self.assertEqual(tx.statuses, [500])
+        # RFC 3261 §16.9: as if a 503 was received; being ours (the next hop is unreachable
+        # for any request) it is not turned into a 500.
+        self.assertEqual(tx.statuses, [503])
 
-    def test_no_route_gives_500_via_synthetic_503(self) -> None:
+    def test_no_route_gives_503(self) -> None:
         self.policy.destination = []
         tx = self.receive(request_text("MESSAGE"))
-        self.assertEqual(tx.statuses, [500])
+        self.assertEqual(tx.statuses, [503])
 
 
 class FailoverTests(ProxyTestCase):
@@ -602,9 +603,16 @@ class FailoverTests(ProxyTestCase):
         self.proxy.timed_out(second)
         self.assertEqual(tx.statuses, [408])
 
-    def test_all_targets_refused_gives_500(self) -> None:
+    def test_all_targets_refused_gives_503(self) -> None:
         self.connector.refuse.update({UAS, UAS2})
         tx = self.receive(request_text("MESSAGE"))
+        self.assertEqual(tx.statuses, [503])
+
+    def test_503_from_every_target_goes_up_as_500(self) -> None:
+        # RFC 3263 §4.3 failover, then RFC 3261 §16.7 step 6 for the received 503s.
+        tx = self.receive(request_text("MESSAGE"))
+        self.forwarded("MESSAGE").reply(503)
+        self.transactions.of("MESSAGE")[1].reply(503)
         self.assertEqual(tx.statuses, [500])
 
 

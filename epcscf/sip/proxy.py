@@ -14,7 +14,8 @@ it does not answer itself, and the client-transaction user of every branch it fo
   a new client transaction with a new branch id.
 * Responses (§16.7): our Via is popped; provisionals other than 100 and every 2xx go
   upstream at once; finals are kept until every branch is done, then the best one
-  (``choose_best_response``, 401/407 challenges merged, 503 → 500) goes upstream and still
+  (``choose_best_response``, 401/407 challenges merged, a received 503 → 500; the 503
+  we make up for an unreachable next hop, §16.9, stays 503) goes upstream and still
   pending branches are CANCELled (§16.7 step 10).  The policy may rewrite (or withhold)
   each response before it is forwarded; responses of one request stay in order.
 * CANCEL (§16.10): 200 at once, then a CANCEL on every pending INVITE branch (after its first
@@ -375,7 +376,10 @@ class StatefulProxy:
         self._branch_final(context, branch, self._synthetic(context, status))
 
     def _synthetic(self, context: ProxiedRequest, status: int, reason: str | None = None) -> Response:
+        """A response standing for a branch outcome we observed ourselves (timeout, transport
+        failure, no route, cancelled before sending)."""
         response = rules.make_local_response(context.request_as_received, status, reason, to_tag=_new_tag())
+        context.local_responses.add(id(response))
         return response
 
     # ===== ClientTransactionUser ==================================================================
@@ -472,7 +476,11 @@ class StatefulProxy:
             if best is None:
                 best = self._synthetic(context, 408)
             best = rules.merge_challenges(best, context.responses)  # §16.7 step 7
-            best = rules.outgoing_final(best)  # §16.7 step 6: 503 → 500
+            if id(best) not in context.local_responses:
+                # §16.7 step 6: a 503 received from downstream goes up as 500.  Our own 503
+                # (§16.9: the next hop is unreachable or unresolvable) is forwarded as is: that
+                # we cannot reach it holds for any request, which is when a 503 may go up.
+                best = rules.outgoing_final(best)
             context.move_to(ProxyState.COMPLETED)
             self._forward_upstream(context, best)
             self._ended(context)

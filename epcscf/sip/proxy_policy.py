@@ -144,6 +144,8 @@ class ProxiedRequest:
     _upstream: list[Response] = field(default_factory=list)  # responses waiting to go upstream
     _branch_ids: Any = field(default_factory=itertools.count)
     _loop_hash: str | None = None
+    #: ids of the responses the proxy made up for its branches (see ``StatefulProxy._synthetic``)
+    local_responses: set[int] = field(default_factory=set)
 
     def __post_init__(self) -> None:
         if self.original is None:
