@@ -546,6 +546,13 @@ class CancelAndTimerTests(ProxyTestCase):
         self.assertEqual(tx.statuses, [100, 180, 487])
         self.assertEqual(self.clock.getDelayedCalls(), [])
 
+    def test_close_stops_timer_c(self) -> None:
+        self.receive(request_text())
+        self.forwarded()
+        self.assertEqual(len(self.clock.getDelayedCalls()), 1)
+        self.proxy.close()
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+
     def test_timer_c_without_provisional_gives_408(self) -> None:
         tx = self.receive(request_text())
         self.forwarded()

@@ -336,6 +336,19 @@ class TlsTests(unittest.TestCase):
         self.assertEqual(self.sink.received, [])
         self.assertEqual([c for c in self.client.stream_connections() if c.connected], [])
 
+    async def test_close_fails_a_connect_still_in_its_handshake(self) -> None:
+        # A TCP peer that never answers the TLS ClientHello: connect() is still pending.
+        silent = TransportManager(reactor, Collector())
+        self.addCleanup(silent.close)
+        silent_address = silent.listen("tcp:127.0.0.1:0")
+        pending = self.client.connect(Target("TLS", "127.0.0.1", silent_address.port, "localhost"))
+        await wait_for(lambda: len(silent.stream_connections()) == 1)
+        self.assertNoResult(pending)
+        await self.client.close()
+        with self.assertRaises(Exception):
+            await pending
+        self.assertEqual(self.client.stream_connections(), [])
+
     def test_tls_listener_without_certificate_is_a_clear_error(self) -> None:
         manager = TransportManager(reactor, Collector())
         with self.assertRaisesRegex(ValueError, "tls_certificate"):
