@@ -20,6 +20,10 @@ from twisted.internet.interfaces import IListeningPort
 from twisted.logger import Logger
 
 from epcscf.config import Config, Listener
+from epcscf.ice import IceAgentConfig
+from epcscf.media import MediaSessionConfig
+from epcscf.pcscf.call_media import CallMediaEngine, CallMediaSettings
+from epcscf.pcscf.calls import CallManager, CallSettings
 from epcscf.pcscf.edge import EdgeAddresses, PcscfPolicy
 from epcscf.pcscf.flows import Flow, FlowTable
 from epcscf.pcscf.registration import RegistrationBinding, Registrations
@@ -57,6 +61,23 @@ def ws_settings(config: Config) -> WsListenerSettings:
         max_message_size=ws.max_message_size,
         ping_interval=ws.ping_interval,
         ping_timeout=ws.ping_timeout,
+    )
+
+
+def call_media_settings(config: Config) -> CallMediaSettings:
+    """[media] → the ICE agents and media sessions of every call."""
+    media = config.media
+    return CallMediaSettings(
+        ice=IceAgentConfig(
+            bind_addresses=(media.bind_address,),
+            advertised_address=media.advertised_address or None,
+            port_range=media.port_range,
+            mode=media.ice_mode,  # type: ignore[arg-type]
+            consent_interval=media.consent_interval,
+            consent_timeout=media.consent_timeout,
+            connect_timeout=media.connect_timeout,
+        ),
+        media=MediaSessionConfig(core_address=media.core_address),
     )
 
 
@@ -144,7 +165,7 @@ class PcscfNode(Service):
         self.proxy: StatefulProxy | None = None
         self.transactions = TransactionLayer(reactor, self, self._timers_for)
         self.flows.on_close(self._flow_closed)
-        self.calls: Any = None
+        self.calls: CallManager | None = None
 
     # --- TransactionUser: everything goes through the proxy ---------------------------------
 
@@ -200,6 +221,15 @@ class PcscfNode(Service):
             ProxySettings(timer_c=self.config.sip.timer_c, supported_option_tags=frozenset({"path", "outbound"})),
         )
         self.proxy.transactions = self.transactions
+        # TS 24.371 §7: every INVITE dialog goes through the call manager (ICE, SDP, media).
+        self.calls = CallManager(
+            self.reactor,
+            addresses,
+            CallMediaEngine(self.reactor, call_media_settings(self.config)),
+            CallSettings(keep_ended=self.config.calls.history, warning_agent=addresses.core_host),
+            self.proxy,
+        )
+        self.policy.calls = self.calls
         log.info("eP-CSCF listening on {listeners}", listeners=", ".join(str(l) for l in self.listeners))
         super().startService()
 
@@ -231,6 +261,8 @@ class PcscfNode(Service):
         if self.ws_factory is not None:
             for connection in list(self.ws_factory.connections):
                 connection.close(1001, "server shutting down")  # RFC 6455 §7.4.1: going away
+        if self.calls is not None:
+            stopping.append(self.calls.close())
         self.registrations.close()
         self.transactions.close()
         stopping.append(self.transports.close())
