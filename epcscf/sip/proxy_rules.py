@@ -153,9 +153,12 @@ def _mark_received_parsed(via_text: str, source_host: str, source_port: int) -> 
 
 def loop_hash(request: Request) -> str:
     """RFC 3261 §16.6 step 8: a hash of the fields that decide routing.  The same request
-    coming back unchanged (a loop) hashes the same; a spiral (changed R-URI, …) does not."""
+    coming back unchanged (a loop) hashes the same; a spiral (changed R-URI, …) does not.
+    Route is among them: an in-dialog request between two WICs of one eP-CSCF passes it twice
+    with the same R-URI, and only its Route set (shorter the second time) tells the spiral."""
     fields = [
         request.uri,
+        ",".join(request.headers.get_all("route")),
         tag_of(request.headers.get("to")),
         tag_of(request.headers.get("from")),
         request.headers.get("call-id") or "",
