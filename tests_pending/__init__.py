@@ -1,0 +1,1 @@
+"""Tests that wait for code other helpers are finishing; not part of bin/test until they pass."""
