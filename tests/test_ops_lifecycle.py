@@ -7,7 +7,7 @@ import os
 import signal
 
 import websockets
-from twisted.internet import reactor, task
+from twisted.internet import task
 from twisted.trial import unittest
 
 from epcscf.logging import LEVELS, level_predicate, set_log_level
