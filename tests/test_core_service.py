@@ -428,3 +428,19 @@ class SettingsTests(unittest.TestCase):
         targets = await resolver.resolve_uri(parse_uri("sip:service@core.test"))
         self.assertEqual([(t.transport, t.host, t.port) for t in targets], [("UDP", "127.0.0.1", 5060)])
         self.assertEqual(await resolver.resolve_uri(parse_uri("sip:service@unknown.test")), [])
+
+
+class ShutdownTests(EmbeddedCoreTestCase):
+    async def test_stop_with_a_call_in_progress_leaves_no_timer_behind(self) -> None:
+        self.assertEqual((await self.registered("bob", "bob-secret", "<sip:bob@bob.invalid>")).status, 200)
+        invite = new_request(
+            "INVITE", f"sip:bob@{DOMAIN}", self.caller, f"sip:bob@{DOMAIN}", f"sip:alice@{DOMAIN}", "call-stop", 1,
+            [("Route", f"<{self.core.service_route}>"), ("Contact", f"<sip:alice@{self.caller.address}>")],
+        )
+        self.caller.send(invite, self.core_address)
+        self.assertEqual((await self.edge.receive()).method, "INVITE")  # ringing forever: Timer C runs
+        self.assertEqual(len(self.core.proxy.active()), 1)
+        await self.core.stopService()
+        self.assertEqual(self.core.proxy.active(), [])
+        self.assertEqual(self.core.transactions.transactions(), [])
+        # Any Timer C or transaction timer left pending would make trial fail this test (dirty reactor).

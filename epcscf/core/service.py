@@ -248,6 +248,7 @@ class EmbeddedCore(Service):
         if self._purge is not None and self._purge.running:
             self._purge.stop()
         self.notifier.close()
+        self.proxy.close()  # Timer C of calls still in progress
         self.transactions.close()
         return self.transports.close()
 
