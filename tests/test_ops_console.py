@@ -134,6 +134,7 @@ class ConsoleOverSshTests(unittest.TestCase):
             "set_log_level('epcscf.pcscf', 'loud')",
             "reload()",
             "disconnect('nope')",
+            "help()",
             f"disconnect('{flow.id[:-1]}')",
         ]
         code, screen = await wait(run_console(self.service.manhole.port, "ops", "s3cret", lines, timeout=30))
@@ -163,6 +164,8 @@ class ConsoleOverSshTests(unittest.TestCase):
         self.assertIn("level must be one of debug, info, warn, error, critical, got 'loud'", text)
         # reload() with unchanged files
         self.assertIn("reload: nothing changed", text)
+        # help(): every command with its first doc line
+        self.assertRegex(text, r"release\(\)\s+End a call from the middle")
         # disconnect(): unknown id refused, a prefix closes the WebSocket
         self.assertIn("no open flow 'nope' (see flows())", text)
         self.assertRegex(text, rf"{flow.id}\s+127.0.0.1:\d+\s+closing")

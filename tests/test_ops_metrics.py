@@ -116,6 +116,21 @@ class ScrapeTests(unittest.TestCase):
         self.assertEqual(value(scraped, "epcscf_media_failures_total", layer="ice"), 1)
         self.assertEqual(value(scraped, "epcscf_media_failures_total", layer="dtls"), 0)
         self.assertEqual(value(scraped, "epcscf_media_packets_total", direction="wic_to_core"), 110)
+        self.assertEqual(value(scraped, "epcscf_media_packets_total", direction="core_to_wic"), 112)
+
+    @asyncio_test
+    async def test_consent_loss_is_told_apart_from_ice_failure(self) -> None:
+        await registered_wic(self, self.service)
+        (flow,) = list(self.service.pcscf.flows)
+        manager = install_call_manager(self.service)
+        for name, reason in (("c1", "ICE consent lost on m-line 0: no response"), ("c2", "DTLS: handshake timed out")):
+            add_call(manager, name, flow.connection, CallDirection.ORIGINATING, packets=1)
+            layer = "dtls" if reason.startswith("DTLS") else "ice"
+            manager._media_failed(manager.find(name)[0], layer, reason)
+        scraped = await samples(self.service)
+        self.assertEqual(value(scraped, "epcscf_media_failures_total", layer="consent"), 1)
+        self.assertEqual(value(scraped, "epcscf_media_failures_total", layer="dtls"), 1)
+        self.assertEqual(value(scraped, "epcscf_media_failures_total", layer="ice"), 0)
 
     @asyncio_test
     async def test_counted_events(self) -> None:

@@ -63,6 +63,17 @@ def registration_result(status: int) -> str:
     return "rejected"
 
 
+def media_failure_kind(layer: str, cause: str) -> str | None:
+    """``ice``, ``consent`` or ``dtls`` for a call ended by its media, else None.
+
+    The call manager reports consent loss (RFC 7675 §5.1) with layer ``ice``; its cause text
+    says "consent", which is what tells it apart from ICE connectivity checks failing.
+    """
+    if layer == "ice" and "consent" in cause.lower():
+        return "consent"
+    return layer if layer in ("ice", "dtls") else None
+
+
 class EventLoopLag:
     """Measures how late the reactor runs a timer (RFC-free: a health signal).
 
@@ -198,8 +209,9 @@ class LiveStateCollector:
         layer = summary.get("layer") or ""
         key = (summary["direction"], summary.get("cause") or "", layer)
         self._ended[key] = self._ended.get(key, 0) + 1
-        if layer in self._media_failures:
-            self._media_failures[layer] += 1
+        kind = media_failure_kind(layer, summary.get("cause") or "")
+        if kind is not None:
+            self._media_failures[kind] += 1
         for direction in callview.DIRECTIONS:
             self._ended_packets[direction] += (figures.packets or {}).get(direction, 0)
             self._ended_bytes[direction] += (figures.bytes or {}).get(direction, 0)
