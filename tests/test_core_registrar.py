@@ -379,3 +379,31 @@ class RealDigestTests(unittest.TestCase):
         credentials = self.answer(challenge)
         self.assertEqual(self.registrar.register(self.with_auth(credentials, 2)).status, 200)
         self.assertEqual(self.registrar.register(self.with_auth(credentials, 3)).status, 401)
+
+
+class BadInputTests(RegistrarTestCase):
+    """Bad REGISTERs get a 400 naming the field, never a traceback (and change nothing)."""
+
+    def assert_400_naming(self, request: Request, field: str) -> None:
+        response = self.registrar.register(request)
+        self.assertEqual(response.status, 400)
+        self.assertIn(field, response.reason)
+        self.assertIn(";tag=", response.headers.get("to"))
+        self.assertEqual(self.location.bindings(f"sip:alice@{DOMAIN}"), [])
+
+    def test_malformed_expires_header(self) -> None:
+        self.assert_400_naming(register(extra=[("Expires", "soon")]), "Expires")
+
+    def test_malformed_contact(self) -> None:
+        self.assert_400_naming(register(contact="<sip:alice@>"), "Contact")
+
+    def test_contact_that_is_not_a_sip_uri(self) -> None:
+        self.assert_400_naming(register(contact="<tel:+15550001>"), "Contact")
+
+    def test_malformed_path(self) -> None:
+        self.assert_400_naming(register(path="<sip:p@127.0.0.1;lr"), "Path")
+
+    def test_bad_request_uri_is_not_served(self) -> None:
+        request = register()
+        request.uri = "tel:+15550001"
+        self.assertEqual(self.registrar.register(request).status, 404)
