@@ -202,3 +202,15 @@ class ProxyPolicyTests(unittest.TestCase):
         upstream = self.policy.response_to_forward(context, flow_failed)
         self.assertEqual(upstream.status, 480)
         self.assertEqual(self.location.bindings(BOB), [])
+
+    def test_two_bindings_fork_in_parallel_each_through_its_own_path(self) -> None:
+        self.location.put(Binding(BOB, "sip:bob@old.invalid", "", ("<sip:t1@127.0.0.1:5061;lr;ob>",), None, None, "c1", 1, 300, 0))
+        self.clock.advance(1)
+        self.location.put(Binding(BOB, "sip:bob@new.invalid", "", ("<sip:t2@127.0.0.1:5062;lr;ob>",), None, None, "c2", 1, 300, 1))
+        forwards = self.decide(invite(BOB, route="<sip:orig@127.0.0.1:5070;lr>"))
+        self.assertIsInstance(forwards, list)
+        self.assertEqual([f.request.uri for f in forwards], ["sip:bob@new.invalid", "sip:bob@old.invalid"])
+        self.assertEqual([f.request.headers.get_all("route") for f in forwards],
+                         [["<sip:t2@127.0.0.1:5062;lr;ob>"], ["<sip:t1@127.0.0.1:5061;lr;ob>"]])
+        self.assertEqual([[(t.host, t.port) for t in f.destination] for f in forwards], [[("127.0.0.1", 5062)], [("127.0.0.1", 5061)]])
+        self.assertIsNot(forwards[0].request, forwards[1].request)

@@ -128,9 +128,13 @@ class EmbeddedCoreTestCase(unittest.TestCase):
         self.addCleanup(port.stopListening)
         return peer
 
-    def register(self, user: str, password: str, contact: str, call_id: str, cseq: int = 1, auth: str | None = None) -> Request:
+    def register(
+        self, user: str, password: str, contact: str, call_id: str, cseq: int = 1, auth: str | None = None,
+        edge: SipPeer | None = None,
+    ) -> Request:
+        edge = edge or self.edge
         extra = [
-            ("Path", f"<sip:tok-{user}@{self.edge.address};lr;ob>"),
+            ("Path", f"<sip:tok-{user}@{edge.address};lr;ob>"),
             ("Require", "path"),
             ("Supported", "path, outbound"),
             ("Contact", contact),
@@ -139,21 +143,24 @@ class EmbeddedCoreTestCase(unittest.TestCase):
         if auth:
             extra.append(("Authorization", auth))
         aor = f"sip:{user}@{DOMAIN}"
-        return new_request("REGISTER", f"sip:{DOMAIN}", self.edge, aor, aor, call_id, cseq, extra)
+        return new_request("REGISTER", f"sip:{DOMAIN}", edge, aor, aor, call_id, cseq, extra)
 
-    async def registered(self, user: str, password: str, contact: str, expires: int = 600) -> Response:
+    async def registered(
+        self, user: str, password: str, contact: str, expires: int = 600, edge: SipPeer | None = None
+    ) -> Response:
+        edge = edge or self.edge
         call_id = f"reg-{user}-{secrets.token_hex(4)}"
-        first = self.register(user, password, contact, call_id)
+        first = self.register(user, password, contact, call_id, edge=edge)
         first.headers.set("Expires", str(expires))
-        self.edge.send(first, self.core_address)
-        challenge = await self.edge.receive()
+        edge.send(first, self.core_address)
+        challenge = await edge.receive()
         self.assertEqual(challenge.status, 401)
         [sha256] = [v for v in challenge.headers.get_all("www-authenticate") if "SHA-256" in v]
         auth = digest_authorization(sha256, "REGISTER", f"sip:{DOMAIN}", user, password)
-        second = self.register(user, password, contact, call_id, 2, auth)
+        second = self.register(user, password, contact, call_id, 2, auth, edge=edge)
         second.headers.set("Expires", str(expires))
-        self.edge.send(second, self.core_address)
-        return await self.edge.receive()
+        edge.send(second, self.core_address)
+        return await edge.receive()
 
 
 class RegistrationOverUdpTests(EmbeddedCoreTestCase):
@@ -242,6 +249,33 @@ class RoutingOverUdpTests(EmbeddedCoreTestCase):
         self.assertEqual(final.headers.get("call-id"), "call-1")
         ack = await self.edge.receive()  # RFC 3261 §17.1.1.3: the core ACKs the 486 hop by hop
         self.assertEqual(ack.method, "ACK")
+
+    async def test_invite_forks_to_every_binding_and_the_first_answer_wins(self) -> None:
+        other_edge = self.peer()
+        self.assertEqual((await self.registered("bob", "bob-secret", "<sip:bob@one.invalid>")).status, 200)
+        self.assertEqual((await self.registered("bob", "bob-secret", "<sip:bob@two.invalid>", edge=other_edge)).status, 200)
+        self.caller.send(self.invite(f"sip:bob@{DOMAIN}", "call-fork"), self.core_address)
+        first = await self.edge.receive()
+        second = await other_edge.receive()
+        self.assertEqual((first.method, first.uri), ("INVITE", "sip:bob@one.invalid"))
+        self.assertEqual((second.method, second.uri), ("INVITE", "sip:bob@two.invalid"))
+        self.assertEqual(second.headers.get("route"), f"<sip:tok-bob@{other_edge.address};lr;ob>")
+
+        answer = Response(200, "OK", Headers(list(_response_headers(second, "two"))))
+        answer.headers.add("Contact", "<sip:bob@two.invalid>")
+        other_edge.send(answer, self.core_address)
+        final = await self.caller.receive()
+        self.assertEqual(final.status, 200)
+        self.assertIn("tag=two", final.headers.get("to"))
+        # RFC 3261 §16.7 step 10: the branch still ringing is CANCELled (after a provisional, §9.1).
+        ringing = Response(180, "Ringing", Headers(list(_response_headers(first, "one"))))
+        self.edge.send(ringing, self.core_address)
+        cancel = await self.edge.receive()
+        self.assertEqual(cancel.method, "CANCEL")
+        self.assertEqual(cancel.uri, "sip:bob@one.invalid")
+        self.edge.send(Response(200, "OK", Headers(list(_response_headers(cancel, "one")))), self.core_address)
+        self.edge.send(Response(487, "Request Terminated", Headers(list(_response_headers(first, "one")))), self.core_address)
+        self.assertEqual((await self.edge.receive()).method, "ACK")  # hop-by-hop ACK of the 487
 
     async def test_invite_for_unregistered_user_is_480(self) -> None:
         self.caller.send(self.invite(f"sip:bob@{DOMAIN}", "call-2"), self.core_address)

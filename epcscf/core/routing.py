@@ -12,7 +12,7 @@ location service:
 * an initial request whose Request-URI names one of our public identities is
   *terminating* (TS 24.229 §5.4.3.3): unknown identity → 404, no live binding
   → 480, otherwise one destination per binding, most recently registered first
-  (serial forking, RFC 3261 §16.6), each with Request-URI = the registered
+  (forked in parallel, RFC 3261 §16.6), each with Request-URI = the registered
   contact and Route = the stored Path (RFC 3327 §5.4);
 * an initial request toward a URI outside our domain is forwarded to that URI
   when it is *originating*, i.e. it arrived with our Service-Route URI on top
@@ -27,8 +27,10 @@ the Request-URI and Route set of terminating requests, adds P-Called-Party-ID
 (TS 24.229 §5.4.3.3) and Record-Routes dialog-creating requests so that
 in-dialog requests pass the core too (RFC 3261 §16.6 step 4).
 
-The proxy forwards one branch per request, so of several bindings only the
-most recent is tried (serial forking beyond the first binding is not done).
+A user registered from several places rings everywhere at once: one Forward
+per binding makes the proxy fork in parallel (RFC 3261 §16.6), most recently
+registered first; the first 2xx wins and the other branches are CANCELled
+(§16.7 step 10).
 """
 
 from __future__ import annotations
@@ -65,7 +67,7 @@ class Destination:
 
 @dataclass(frozen=True)
 class ForwardTo:
-    """Proxy the request to these destinations, in order (serial forking)."""
+    """Proxy the request to these destinations (one branch each, most recent binding first)."""
 
     destinations: tuple[Destination, ...]
     #: TS 24.229 §5.4.3.3: the identity that was called, for P-Called-Party-ID
@@ -175,38 +177,60 @@ class CoreProxyPolicy:
         decision = self.router.route(request, originating)
         if isinstance(decision, Refuse):
             return Reject(make_response(request, decision.status, decision.reason, to_tag=secrets.token_hex(6)))
-        if isinstance(decision, ForwardTo):
-            destination = decision.destinations[0]
-            remaining = rules.list_values(request.headers, "route")
-            request.uri = destination.request_uri
-            # RFC 3327 §5.4: the stored Path becomes the Route set toward the registered UA.
-            request.headers.replace_all("Route", list(destination.route) + remaining)
-            if decision.called_party is not None:
-                # TS 24.229 §5.4.3.3: the terminating S-CSCF tells the UA which identity was called.
-                request.headers.set("P-Called-Party-ID", f"<{decision.called_party}>")
-            if decision.aor is not None:
-                context.data["core_binding"] = (decision.aor, destination.request_uri)
-        return self._forward(context, record=isinstance(decision, ForwardTo))
+        if isinstance(decision, FollowRoute):
+            return self._forward(context, [request], record=False)
+        branches = [self._branch_request(request, decision, destination) for destination in decision.destinations]
+        if decision.aor is not None and len(decision.destinations) == 1:
+            # Remembered so that a 430 from the edge proxy can remove this binding (RFC 5626).
+            context.data["core_binding"] = (decision.aor, decision.destinations[0].request_uri)
+        return self._forward(context, branches, record=True)
 
-    def _forward(self, context: "ProxiedRequest", record: bool) -> defer.Deferred:
+    @staticmethod
+    def _branch_request(request: Request, decision: ForwardTo, destination: Destination) -> Request:
+        """The copy of ``request`` for one destination (one branch of a parallel fork)."""
+        branch = request.copy()
+        remaining = rules.list_values(branch.headers, "route")
+        branch.uri = destination.request_uri
+        # RFC 3327 §5.4: the stored Path becomes the Route set toward the registered UA.
+        branch.headers.replace_all("Route", list(destination.route) + remaining)
+        if decision.called_party is not None:
+            # TS 24.229 §5.4.3.3: the terminating S-CSCF tells the UA which identity was called.
+            branch.headers.set("P-Called-Party-ID", f"<{decision.called_party}>")
+        return branch
+
+    def _forward(self, context: "ProxiedRequest", requests: list[Request], record: bool) -> defer.Deferred:
+        """Resolve each request's next hop (RFC 3263); one Forward per reachable request.
+
+        Several Forwards make the proxy fork in parallel (RFC 3261 §16.6: every binding
+        of the called user rings at once); none reachable → 404.
+        """
         request = context.request
-        try:
-            next_hop = parse_uri(rules.next_hop_uri(request))
-        except UriError:
-            return defer.succeed(Reject(make_response(request, 400, "Bad Request (next hop URI)", to_tag=secrets.token_hex(6))))
-        if not isinstance(next_hop, SipUri):
-            return defer.succeed(Reject(make_response(request, 416, to_tag=secrets.token_hex(6))))
+        lookups: list[defer.Deferred] = []
+        for outgoing in requests:
+            try:
+                next_hop = parse_uri(rules.next_hop_uri(outgoing))
+            except UriError:
+                next_hop = None
+            if not isinstance(next_hop, SipUri):
+                lookups.append(defer.succeed([]))
+                continue
+            lookups.append(defer.maybeDeferred(self.resolver.resolve_uri, next_hop))
 
-        def decide(targets: "list[Target]") -> Forward | Reject:
-            if not targets:
+        def decide(found: "list[list[Target]]") -> "Forward | list[Forward] | Reject":
+            forwards: list[Forward] = []
+            for outgoing, targets in zip(requests, found):
+                if not targets:
+                    continue
+                record_route: list[str] = []
+                if record and outgoing.method in RECORD_ROUTED_METHODS:
+                    # RFC 3261 §16.6 step 4: stay on the path of the dialog (RFC 5658 §4 if transports differ).
+                    record_route = self._own.record_route_for(context.connection.transport, targets[0].transport)
+                forwards.append(Forward(outgoing, targets, record_route))
+            if not forwards:
                 return Reject(make_response(request, 404, "No Route To Destination", to_tag=secrets.token_hex(6)))
-            record_route: list[str] = []
-            if record and request.method in RECORD_ROUTED_METHODS:
-                # RFC 3261 §16.6 step 4: stay on the path of the dialog (RFC 5658 §4 if transports differ).
-                record_route = self._own.record_route_for(context.connection.transport, targets[0].transport)
-            return Forward(request, targets, record_route)
+            return forwards[0] if len(forwards) == 1 else forwards
 
-        return defer.maybeDeferred(self.resolver.resolve_uri, next_hop).addCallback(decide)
+        return defer.gatherResults(lookups, consumeErrors=True).addCallback(decide)
 
     def response_to_forward(self, context: "ProxiedRequest | None", response: Response) -> Response:
         binding = context.data.get("core_binding") if context is not None else None
