@@ -132,6 +132,7 @@ class Call:
     failing_layer: str | None = None
     pending_offer: Side | None = None  # whose offer awaits an answer (RFC 3264 §4)
     last_wic_answer: bytes | None = None  # REQ-O05: repeated in a bodiless 2xx
+    last_core_answer: bytes | None = None  # what a retransmitted 2xx from the WIC must carry
     released_early: bool = False
 
     @property
@@ -497,7 +498,11 @@ class CallManager:
                 return answer
 
             return defer.maybeDeferred(call.media.answer_from_core, body, fork).addCallback(remember)
-        return call.media.answer_from_wic(body)
+        def remember_core(answer: bytes) -> bytes:
+            call.last_core_answer = answer
+            return answer
+
+        return defer.maybeDeferred(call.media.answer_from_wic, body).addCallback(remember_core)
 
     def _initial_response(self, call: Call, context: ProxiedRequest, response: Response, answered: bool) -> None:
         status = response.status
@@ -541,10 +546,11 @@ class CallManager:
                     call.core_connection = _branch_connection(call.invite_context, response)
                 self._ack_and_bye(call, responder, call.release_cause or "released")
                 return None
-            if call.dialog is not None and call.dialog.matches(response) and call.last_wic_answer is not None \
-                    and call.direction is CallDirection.ORIGINATING:
-                set_sdp(response, call.last_wic_answer)
-                return response
+            if call.dialog is not None and call.dialog.matches(response):
+                repeat = call.last_wic_answer if call.direction is CallDirection.ORIGINATING else call.last_core_answer
+                if repeat is not None and sdp_body(response) is not None:
+                    set_sdp(response, repeat)  # a retransmission carries the answer already sent
+                    return response
         _strip_body(response)  # never relay one side's SDP to the other untransformed
         return response
 

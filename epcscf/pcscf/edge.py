@@ -98,6 +98,8 @@ class CallHooks(Protocol):
 
     def flow_for_call(self, call_id: str) -> Connection | None: ...
 
+    def stray_response(self, response: Response) -> Response | None: ...
+
 
 class PcscfPolicy:
     """``ProxyPolicy`` of the eP-CSCF (see module docstring)."""
@@ -146,6 +148,10 @@ class PcscfPolicy:
                 self._record_registration(context, response)
         if context is not None and self.calls is not None and context.data.get("call") is not None:
             return self.calls.response(context, response)
+        if context is None and self.calls is not None and hasattr(self.calls, "stray_response"):
+            # A 2xx forwarded without its transaction (retransmission, fork, race with a release):
+            # its SDP must be rewritten like the first one, never relayed raw.
+            return self.calls.stray_response(response)
         return response
 
     def response_destination(self, response: Response) -> Target | Connection | None:
@@ -202,7 +208,7 @@ class PcscfPolicy:
 
     def _in_dialog_from_wic(self, context: ProxiedRequest) -> Decision | defer.Deferred:
         request = context.request
-        received = context.server_transaction.request if context.server_transaction is not None else context.request
+        received = context.request_as_received  # an ACK for a 2xx has no server transaction: its own copy
         if not any(self.is_own_uri(name_addr_uri(v)) for v in list_values(received.headers, "Route")):
             if context.server_transaction is None:
                 return Reject(make_local_response(request, 403))  # an ACK is dropped by the proxy
@@ -253,7 +259,7 @@ class PcscfPolicy:
 
     def _from_core(self, context: ProxiedRequest) -> Decision | defer.Deferred:
         request = context.request
-        received = context.server_transaction.request if context.server_transaction is not None else context.request
+        received = context.request_as_received  # an ACK for a 2xx has no server transaction: its own copy
         token = self._flow_token(received)
         if token is None:
             if context.server_transaction is None:

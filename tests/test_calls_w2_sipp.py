@@ -1,0 +1,398 @@
+"""Calls end to end on 127.0.0.1: a WIC (real WebSocket + aioice + DTLS-SRTP) ⇄ epcscf (eP-CSCF +
+embedded core, with the CallManager attached) ⇄ sipp as the IMS party (plain RTP/AVP).
+
+The WIC registers through the eP-CSCF; its originating INVITE follows the Service-Route to the
+embedded core, which routes the foreign Request-URI to the sipp UAS; the sipp UAC reaches the WIC
+through the core (Path → flow token).  Assertions use the SDP each side received (sipp's
+``-trace_msg`` and the WebSocket client), ICE/DTLS/SRTP state, and resource accounting (port pool
+full, no call, no asyncio task).  Needs ``--reactor=asyncio`` and sipp.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import re
+import secrets
+import shutil
+from typing import Any
+
+import aioice.ice
+from twisted.internet import defer, error, protocol
+from twisted.internet import reactor as global_reactor
+from twisted.internet.task import deferLater
+from twisted.trial import unittest
+
+from epcscf.ice import IceAgentConfig, UdpPortPool
+from epcscf.media import DtlsRole, MediaSessionConfig
+from epcscf.pcscf.call_media import CallMediaEngine, CallMediaSettings
+from epcscf.pcscf.call_state import CallState
+from epcscf.pcscf.calls import CallManager, CallSettings
+from epcscf.sdp import SessionDescription
+from epcscf.sip.message import Request, Response
+from epcscf.sip.proxy_rules import list_values, name_addr_uri
+from tests.support.deployment import DOMAIN, USERS, start_deployment, ws_url
+from tests.support.udp_peer import UdpSipPeer
+from tests.support.wic import WsSipClient, as_deferred
+from tests.test_calls_media import LOCAL, SimulatedWic, no_asyncio_tasks_left, rtp
+
+SIPP = shutil.which("sipp")
+SCENARIOS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "sipp")
+PORTS = (42000, 42099)
+
+
+def free_udp_port() -> int:
+    import socket
+
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.bind((LOCAL, 0))
+        return s.getsockname()[1]
+
+
+class SippProcess(protocol.ProcessProtocol):
+    def __init__(self) -> None:
+        self.output = b""
+        self.ended: defer.Deferred = defer.Deferred()
+        self.exit_code: int | None = None
+
+    def outReceived(self, data: bytes) -> None:  # noqa: N802
+        self.output += data
+
+    errReceived = outReceived
+
+    def processEnded(self, reason: Any) -> None:  # noqa: N802
+        self.exit_code = getattr(reason.value, "exitCode", None)
+        self.ended.callback(self.exit_code)
+
+
+def sipp_messages(path: str, direction: str) -> list[str]:
+    """Messages sipp logged with -trace_msg: ``direction`` is "sent" or "received"."""
+    if not os.path.exists(path):
+        return []
+    with open(path, errors="replace") as handle:
+        text = handle.read()
+    parts = re.split(r"-{10,} [^\n]*\n(UDP|TCP) message (sent|received)[^\n]*\n", text)
+    messages = []
+    for index in range(1, len(parts) - 2, 3):
+        if parts[index + 1] == direction:
+            messages.append(parts[index + 2].strip())
+    return messages
+
+
+class CallsThroughTheEdgeTests(unittest.TestCase):
+    timeout = 60
+    ice_mode = "lite"
+
+    def setUp(self) -> None:
+        from twisted.internet.asyncioreactor import AsyncioSelectorReactor
+
+        if not isinstance(global_reactor, AsyncioSelectorReactor):
+            raise unittest.SkipTest("needs trial --reactor=asyncio")
+        if SIPP is None:
+            raise unittest.SkipTest("sipp is not installed (Debian package sip-tester)")
+        self.loop = global_reactor._asyncioEventloop
+        self.patch(aioice.ice, "get_host_addresses", lambda use_ipv4, use_ipv6: [LOCAL])
+        self.directory = os.path.abspath(self.mktemp())
+        os.makedirs(self.directory)
+        self.service = start_deployment(self)
+        self.pool = UdpPortPool(*PORTS)
+        self.engine = CallMediaEngine(global_reactor, self.media_settings(), self.pool)
+        node = self.service.pcscf
+        self.calls = CallManager(global_reactor, node.policy.addresses, self.engine, CallSettings(), node.proxy)
+        node.policy.calls = self.calls
+        node.calls = self.calls
+        self.clients: list[WsSipClient] = []
+        self.wics: list[SimulatedWic] = []
+
+    def media_settings(self, **ice: Any) -> CallMediaSettings:
+        config: dict[str, Any] = {"bind_addresses": (LOCAL,), "port_range": PORTS, "mode": self.ice_mode, "connect_timeout": 5.0}
+        config.update(ice)
+        return CallMediaSettings(ice=IceAgentConfig(**config), media=MediaSessionConfig(core_address=LOCAL))
+
+    def tearDown(self) -> defer.Deferred:
+        return defer.Deferred.fromCoroutine(self._cleanup())
+
+    async def _cleanup(self) -> None:
+        for wic in self.wics:
+            await wic.close()
+        for client in self.clients:
+            await as_deferred(client.close())
+        await self.calls.close()
+        await deferLater(global_reactor, 0.05, lambda: None)
+
+    # --- helpers -------------------------------------------------------------------------------
+
+    def spawn_sipp(self, name: str, args: list[str]) -> tuple[SippProcess, str]:
+        trace = os.path.join(self.directory, f"{name}_messages.log")
+        common = ["-nostdin", "-m", "1", "-timeout", "25s", "-timeout_error", "-trace_msg", "-message_file", trace,
+                  "-trace_err", "-error_file", os.path.join(self.directory, f"{name}_errors.log")]
+        process = SippProcess()
+        transport = global_reactor.spawnProcess(process, SIPP, [SIPP, *args, *common], env=dict(os.environ), path=self.directory)
+
+        def kill() -> defer.Deferred | None:
+            if process.ended.called:
+                return None
+            try:
+                transport.signalProcess("KILL")
+            except error.ProcessExitedAlready:
+                return None
+            return process.ended
+
+        self.addCleanup(kill)
+        return process, trace
+
+    async def start_uas(self, scenario: str = "calls_uas_answer.xml") -> tuple[SippProcess, str, int, int]:
+        port, media_port = free_udp_port(), free_udp_port()
+        process, trace = self.spawn_sipp("uas", ["-sf", os.path.join(SCENARIOS, scenario), "-i", LOCAL, "-p", str(port),
+                                                 "-mi", LOCAL, "-mp", str(media_port), "-rtp_echo"])
+        await self.until(lambda: _udp_bound(port), 5.0)
+        return process, trace, port, media_port
+
+    async def registered(self, user: str) -> WsSipClient:
+        client = WsSipClient(ws_url(self.service), user, USERS[user], DOMAIN)
+        await as_deferred(client.connect())
+        self.clients.append(client)
+        response = await as_deferred(client.register())
+        self.assertEqual(response.status, 200)
+        return client
+
+    async def wic(self, controlling: bool) -> SimulatedWic:
+        wic = SimulatedWic(controlling)
+        self.wics.append(wic)
+        await wic.gather()
+        return wic
+
+    async def until(self, condition: Any, timeout: float = 10.0) -> None:
+        for _ in range(int(timeout / 0.02)):
+            if condition():
+                return
+            await deferLater(global_reactor, 0.02, lambda: None)
+        self.fail(f"condition not met within {timeout} s")
+
+    async def call_sipp(self, client: WsSipClient, wic: SimulatedWic, uas_port: int) -> tuple[Request, Response]:
+        invite = client.request("INVITE", f"sip:service@{LOCAL}:{uas_port}", body=wic.sdp("actpass"),
+                                content_type="application/sdp")
+        invite.headers.add("Contact", f"<sip:{client.user}@{client.host};transport=ws;ob>")
+        await as_deferred(client.send(invite))
+        statuses = []
+        while True:
+            message = await as_deferred(client.next_message(10))
+            if isinstance(message, Response):
+                statuses.append(message.status)
+                if message.status >= 200:
+                    break
+        self.assertEqual(statuses[-1], 200, statuses)
+        self.assertIn(180, statuses)
+        await as_deferred(client.send(self.in_dialog(client, "ACK", invite, message)))
+        return invite, message
+
+    def in_dialog(self, client: WsSipClient, method: str, invite: Request, ok: Response, cseq: int | None = None) -> Request:
+        """A request in the dialog the WIC formed as UAC (RFC 3261 §12.2.1.1)."""
+        target = name_addr_uri(list_values(ok.headers, "Contact")[0])
+        request = Request(method, target)
+        request.headers.add("Via", f"SIP/2.0/WS {client.host};branch=z9hG4bK{secrets.token_hex(6)}")
+        routes = list(reversed(list_values(ok.headers, "Record-Route")))
+        if routes:
+            request.headers.replace_all("Route", routes)
+        request.headers.add("Max-Forwards", "70")
+        request.headers.add("From", invite.headers.get("From") or "")
+        request.headers.add("To", ok.headers.get("To") or "")
+        request.headers.add("Call-ID", invite.headers.get("Call-ID") or "")
+        number = (invite.headers.get("CSeq") or "1").split()[0]
+        request.headers.add("CSeq", f"{number if method == 'ACK' else cseq or int(number) + 1} {method}")
+        return request
+
+    async def established_originating_call(self) -> tuple[WsSipClient, SimulatedWic, Request, Response, SippProcess, str, int]:
+        uas, trace, port, media_port = await self.start_uas()
+        client = await self.registered("alice")
+        wic = await self.wic(controlling=True)
+        invite, ok = await self.call_sipp(client, wic, port)
+        await wic.connect(ok.body, DtlsRole.SERVER)  # we answered a=setup:active
+        [call] = self.calls.calls()
+        await self.until(lambda: call.media is not None and call.media.streams[0].session.connected)
+        return client, wic, invite, ok, uas, trace, media_port
+
+    def assert_everything_freed(self) -> None:
+        self.assertEqual(self.calls.calls(), [])
+        self.assertEqual(self.pool.free_count, self.pool.size, "media ports left allocated")
+
+    # --- originating (§7.4.2) ------------------------------------------------------------------
+
+    async def test_wic_calls_ims_ice_dtls_srtp_to_plain_rtp_and_bye_frees_everything(self) -> None:
+        client, wic, invite, ok, uas, trace, media_port = await self.established_originating_call()
+        # What the IMS side received: a plain RTP/AVP offer on our core-side port.
+        [core_invite] = [m for m in sipp_messages(trace, "received") if m.startswith("INVITE")]
+        core_offer = SessionDescription.parse(core_invite.split("\n\n", 1)[1].replace("\n", "\r\n"))
+        self.assertEqual([(m.media, m.proto) for m in core_offer.media], [("audio", "RTP/AVP")])
+        self.assertEqual(core_offer.connection.host, LOCAL)
+        self.assertTrue(PORTS[0] <= core_offer.media[0].port <= PORTS[1])
+        for forbidden in ("a=ice-", "a=candidate", "a=fingerprint", "a=setup", "a=group", "a=mid", "a=rtcp-mux"):
+            self.assertNotIn(forbidden, core_invite)
+        # REQ-S06: our two Record-Route entries (core-facing, then WIC-facing with the flow token)
+        record_route = ",".join(l.split(":", 1)[1] for l in core_invite.splitlines() if l.lower().startswith("record-route:"))
+        core_side = self.service.pcscf.listener("UDP").address
+        self.assertIn(f"sip:{core_side.host}:{core_side.port};transport=udp;lr", record_route)
+        self.assertIn(";transport=ws;lr", record_route)
+        # What the WIC received: a WebRTC answer with our ICE/DTLS parameters.
+        answer = SessionDescription.parse(ok.body)
+        line = answer.media[0]
+        self.assertEqual(line.proto, "UDP/TLS/RTP/SAVPF")
+        self.assertEqual(line.attribute_value("setup"), "active")
+        self.assertEqual(line.attribute_value("fingerprint"), self.engine.certificate.fingerprint.to_sdp())
+        self.assertEqual(answer.has_attribute("ice-lite"), self.ice_mode == "lite")
+        self.assertEqual(line.formats[0], "0")
+        # Media: SRTP from the WIC → RTP to sipp (-rtp_echo) → back as SRTP to the WIC.
+        for seq in range(1, 6):
+            wic.send_rtp(rtp(seq))
+        await self.until(lambda: len(wic.received) >= 3)
+        self.assertEqual(wic.received[0], rtp(1))
+        [call] = self.calls.calls()
+        self.assertIs(call.state, CallState.CONFIRMED)
+        kinds = {entry.kind for entry in call.timeline}
+        self.assertTrue({"sip-in", "sip-out", "state", "ice", "dtls"} <= kinds, kinds)
+        # The WIC hangs up.
+        await as_deferred(client.send(self.in_dialog(client, "BYE", invite, ok)))
+        response = await as_deferred(client.final_response())
+        self.assertEqual(response.status, 200)
+        self.assertEqual(await uas.ended, 0, uas.output.decode(errors="replace")[-2000:])
+        await self.calls.idle()
+        self.assert_everything_freed()
+        self.assertEqual(call.release_cause, "BYE from the wic")
+
+    async def test_consent_loss_sends_bye_to_both_sides_with_reason(self) -> None:
+        # REQ-B03 / REQ-O08 (short consent timers through the ICE configuration)
+        self.engine.settings = self.media_settings(consent_timeout=1.0, consent_interval=0.2, consent_min_interval=0.1)
+        client, wic, invite, ok, uas, trace, _ = await self.established_originating_call()
+        await as_deferred(wic.ice.close())  # the browser's media stack vanishes; signalling stays
+        bye = await as_deferred(client.next_message(10))
+        self.assertIsInstance(bye, Request)
+        self.assertEqual(bye.method, "BYE")
+        self.assertIn("consent", bye.headers.get("Reason") or "")
+        self.assertEqual(await uas.ended, 0, uas.output.decode(errors="replace")[-2000:])
+        [core_bye] = [m for m in sipp_messages(trace, "received") if m.startswith("BYE")]
+        self.assertRegex(core_bye, r'(?im)^Reason: SIP;cause=480;text=".*consent')
+        await self.calls.idle()
+        self.assert_everything_freed()
+        [ended] = self.calls.ended_calls()
+        self.assertEqual(ended.failing_layer, "ice")
+
+    async def test_websocket_drop_mid_call_sends_bye_to_the_core(self) -> None:
+        # REQ-B02 / A15
+        client, wic, invite, ok, uas, trace, _ = await self.established_originating_call()
+        await as_deferred(client.drop())
+        self.assertEqual(await uas.ended, 0, uas.output.decode(errors="replace")[-2000:])
+        [core_bye] = [m for m in sipp_messages(trace, "received") if m.startswith("BYE")]
+        self.assertIn('Reason: SIP;cause=480;text="WebSocket closed"', core_bye)
+        await self.calls.idle()
+        self.assert_everything_freed()
+
+    async def test_cancel_while_ringing_frees_everything(self) -> None:
+        # REQ-C01 (the IMS side is a bare UDP peer here: it must answer the INVITE's own Vias)
+        peer = UdpSipPeer()
+        port = peer.start()
+        self.addCleanup(peer.stop)
+        client = await self.registered("alice")
+        wic = await self.wic(controlling=True)
+        invite = client.request("INVITE", f"sip:service@{LOCAL}:{port}", body=wic.sdp("actpass"), content_type="application/sdp")
+        invite.headers.add("Contact", f"<sip:alice@{client.host};transport=ws;ob>")
+        await as_deferred(client.send(invite))
+        core_invite, addr = await as_deferred(peer.next_request())
+        self.assertIn(b"RTP/AVP", core_invite.body)
+        peer.reply(core_invite, addr, 180)
+        while True:
+            message = await as_deferred(client.next_message(10))
+            if isinstance(message, Response) and message.status == 180:
+                break
+        self.assertEqual(self.pool.used_count, 3)  # ICE socket + RTP/RTCP pair while ringing
+        cancel = Request("CANCEL", invite.uri)
+        for name in ("Via", "From", "To", "Call-ID", "Max-Forwards"):
+            cancel.headers.add(name, invite.headers.get(name) or "")
+        cancel.headers.add("CSeq", f"{invite.headers.get('CSeq').split()[0]} CANCEL")
+        await as_deferred(client.send(cancel))
+        core_cancel, addr = await as_deferred(peer.next_request())
+        self.assertEqual(core_cancel.method, "CANCEL")
+        peer.reply(core_cancel, addr, 200)
+        peer.reply(core_invite, addr, 487)
+        statuses = set()
+        while 487 not in statuses:
+            message = await as_deferred(client.next_message(10))
+            if isinstance(message, Response):
+                statuses.add(message.status)
+        self.assertIn(200, statuses)  # the CANCEL's own 200
+        ack, _ = await as_deferred(peer.next_request())
+        self.assertEqual(ack.method, "ACK")
+        await self.calls.idle()
+        self.assert_everything_freed()
+        [ended] = self.calls.ended_calls()
+        self.assertIs(ended.state, CallState.TERMINATED)
+
+    async def test_unusable_offer_gets_488_and_nothing_reaches_the_core(self) -> None:
+        # REQ-O02
+        client = await self.registered("alice")
+        offer = b"v=0\r\no=- 1 1 IN IP4 127.0.0.1\r\ns=-\r\nt=0 0\r\nm=audio 9 RTP/AVP 0\r\nc=IN IP4 127.0.0.1\r\n"
+        invite = client.request("INVITE", f"sip:service@{LOCAL}:9", body=offer, content_type="application/sdp")
+        invite.headers.add("Contact", f"<sip:alice@{client.host};transport=ws;ob>")
+        response = await as_deferred(client.transact(invite))
+        self.assertEqual(response.status, 488)
+        self.assertRegex(response.headers.get("Warning") or "", r'^\d{3} \S+ ".+"$')
+        self.assert_everything_freed()
+
+    # --- terminating (§7.4.3) ------------------------------------------------------------------
+
+    async def test_ims_calls_the_wic(self) -> None:
+        client = await self.registered("alice")
+        core = self.service.core.addresses[0][1]
+        media_port = free_udp_port()
+        uac, trace = self.spawn_sipp("uac", ["-sf", os.path.join(SCENARIOS, "calls_uac_offer.xml"), "-s", "alice",
+                                             "-set", "domain", DOMAIN, "-i", LOCAL, "-p", str(free_udp_port()),
+                                             "-mi", LOCAL, "-mp", str(media_port), "-rtp_echo",
+                                             f"{core.host}:{core.port}"])
+        invite = await as_deferred(client.next_message(10))
+        while not isinstance(invite, Request):
+            invite = await as_deferred(client.next_message(10))
+        self.assertEqual(invite.method, "INVITE")
+        offer = SessionDescription.parse(invite.body)
+        line = offer.media[0]
+        self.assertEqual(line.proto, "UDP/TLS/RTP/SAVPF")
+        self.assertEqual(line.attribute_value("setup"), "actpass")
+        self.assertEqual(line.formats, ["0", "8", "101"])
+        self.assertTrue(line.has_attribute("rtcp-mux"))
+        wic = await self.wic(controlling=self.ice_mode == "lite")  # lite: the WIC controls; full: the offerer (us)
+        ok = Response(200, "OK")
+        from epcscf.sip.message import make_response
+
+        ok = make_response(invite, 200, to_tag=secrets.token_hex(4))
+        for value in invite.headers.get_all("Record-Route"):
+            ok.headers.add("Record-Route", value)
+        ok.headers.add("Contact", f"<sip:alice@{client.host};transport=ws>")
+        ok.headers.add("Content-Type", "application/sdp")
+        ok.body = wic.sdp("active")
+        await as_deferred(client.send(ok))
+        await wic.connect(invite.body, DtlsRole.CLIENT)
+        [call] = self.calls.calls()
+        await self.until(lambda: call.media is not None and call.media.streams[0].session.connected)
+        wic.send_rtp(rtp(1))
+        await self.until(lambda: bool(wic.received))  # echoed by sipp through the relay
+        # sipp's BYE reaches the WIC; answering it ends the call.
+        bye = await as_deferred(client.next_message(10))
+        while not (isinstance(bye, Request) and bye.method == "BYE"):
+            bye = await as_deferred(client.next_message(10))
+        await as_deferred(client.answer(bye, 200))
+        self.assertEqual(await uac.ended, 0, uac.output.decode(errors="replace")[-2000:])
+        [core_ok] = [m for m in sipp_messages(trace, "received") if m.startswith("SIP/2.0 200") and "INVITE" in m.split("\n\n")[0]]
+        self.assertIn("RTP/AVP", core_ok)
+        self.assertNotIn("a=ice-", core_ok)
+        await self.calls.idle()
+        self.assert_everything_freed()
+
+
+class FullIceCallsThroughTheEdgeTests(CallsThroughTheEdgeTests):
+    """The same with full ICE toward the WIC (aioice agent, RFC 8445 roles)."""
+
+    ice_mode = "full"
+
+
+def _udp_bound(port: int) -> bool:
+    needle = f"0100007F:{port:04X}"
+    with open("/proc/net/udp") as handle:
+        return any(line.split()[1] == needle for line in handle.readlines()[1:])
