@@ -8,11 +8,13 @@ external I-CSCF/S-CSCF, reached over real SIP on its own listeners (by default
 
     TransportManager ──messages──▶ TransactionLayer ──requests──▶ CoreTransactionUser
                                                                    │ REGISTER → Registrar (UAS)
+                                                                   │ SUBSCRIBE Event: reg → RegEventNotifier
                                                                    │ OPTIONS to the core → 200
                                                                    └ anything else → StatefulProxy
                                                                        (policy: CoreProxyPolicy)
 
-REGISTER is answered locally (RFC 3261 §10.3, merged requests → 482 per §8.2.2.2);
+REGISTER is answered locally (RFC 3261 §10.3, merged requests → 482 per §8.2.2.2),
+and so are reg-event subscriptions for our users (RFC 3680, ``epcscf.core.regevent``);
 every other request is proxied with the routing of ``epcscf.core.routing``.  The
 Service-Route the registrar hands out is ``sip:orig@<first listener>;lr``, so the
 eP-CSCF's originating requests come back here and are recognised as originating.
@@ -23,8 +25,8 @@ reactor; readers never see them anyway (``LocationService`` checks expiry).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 import secrets
+from dataclasses import dataclass
 from typing import Any, Iterable
 
 from twisted.application.service import Service
