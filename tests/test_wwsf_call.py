@@ -4,11 +4,6 @@ epcscf, alice calls bob, bob answers, audio flows both ways through epcscf's med
 alice holds and resumes, bob hangs up (TS 24.371 §7 with a WIC at both ends).
 
 Set EPCSCF_UPDATE_SCREENSHOTS=1 to copy the in-call screenshots to docs/ (README "Try it").
-
-PENDING (outside tests/ so bin/test stays green): passes once epcscf.pcscf.node sets
-PcscfNode.calls (the call manager + media relay).  Until then the pages' calls connect and
-carry audio, but peer to peer between the two browsers, and the relay assertions fail.
-Run: .venv/bin/python -m twisted.trial --reactor=asyncio tests_pending.test_wwsf_call
 """
 
 from __future__ import annotations
@@ -93,8 +88,12 @@ class WwsfCallTests(unittest.TestCase):
             await browser.wait(user, state("dtls-state", "connected"))
             await browser.wait(user, state("ice-state", "connected") + ", " + state("ice-state", "completed"))
             await browser.wait_function(user, METER_MOVES, timeout=10000, polling=200)
-        self.assertIsNotNone(self.service.pcscf.calls, "epcscf has no call manager: media was not relayed")
-        [call] = self._active_calls()
+        # Both WICs are on this eP-CSCF: one originating call (alice's leg, TS 24.371 §7.4.2) and
+        # one terminating call (bob's leg, §7.4.3), both confirmed, each with its own media.
+        calls = {call.direction.value: call for call in self._active_calls()}
+        self.assertEqual(sorted(calls), ["originating", "terminating"])
+        self.assertEqual({call.state.value for call in calls.values()}, {"confirmed"})
+        self.assertEqual(len({call.call_id for call in calls.values()}), 1)
 
         shots = {}
         for user in USERS:

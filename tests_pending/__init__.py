@@ -1,1 +1,0 @@
-"""Tests that wait for code other helpers are finishing; not part of bin/test until they pass."""
