@@ -133,7 +133,8 @@ class Headers:
         if not isinstance(name, str):
             return False
         key = canonical_name(name)
-        return any(canonical_name(n) == key for n, _ in self._items)
+        cache = _CANONICAL_CACHE  # inlined lookups: these scans run for every header access
+        return any((cache.get(n) or canonical_name(n)) == key for n, _ in self._items)
 
     def copy(self) -> "Headers":
         return Headers(list(self._items))
@@ -141,15 +142,17 @@ class Headers:
     def get(self, name: str, default: str | None = None) -> str | None:
         """First value of a header line named ``name``, or ``default``."""
         key = canonical_name(name)
+        cache = _CANONICAL_CACHE
         for n, v in self._items:
-            if canonical_name(n) == key:
+            if (cache.get(n) or canonical_name(n)) == key:
                 return v
         return default
 
     def get_all(self, name: str) -> list[str]:
         """Every header line's value for ``name``, in order (lines not split)."""
         key = canonical_name(name)
-        return [v for n, v in self._items if canonical_name(n) == key]
+        cache = _CANONICAL_CACHE
+        return [v for n, v in self._items if (cache.get(n) or canonical_name(n)) == key]
 
     def count(self, name: str) -> int:
         return len(self.get_all(name))
