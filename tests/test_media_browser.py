@@ -1,0 +1,266 @@
+"""Real-browser media proof (issue 6 "Done when", REQ-P01..P04, P08; TS 24.371 §7):
+
+1. headless Chromium (the WWSF demo page, real JsSIP and RTCPeerConnection) registers as alice
+   through epcscf (embedded core) and calls a sipp UAS that answers with plain RTP/AVP PCMU and
+   echoes RTP (``-rtp_echo``);
+2. a sipp UAC calls the browser registered as bob with a plain RTP/AVP PCMU offer (echoing RTP
+   too); the page answers.
+
+Each test passes when the browser's RTCPeerConnection is connected (ICE + DTLS), its inbound
+RTP grows over two samples a second apart (packets that crossed sipp and came back, SRTP
+toward the browser, plain RTP toward sipp), epcscf's relay counted packets both ways, and,
+after the hang-up, epcscf holds no call and every media port is back in the pool.
+
+bin/test runs this inside a loopback-only network namespace (Chromium's only candidate is
+127.0.0.1 there); run alone with
+``unshare -n sh -c 'ip link set lo up && exec .venv/bin/python -m twisted.trial --reactor=asyncio tests.test_media_browser'``
+(outside a namespace it also works: epcscf's candidates are on 127.0.0.1).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import socket
+import time
+from typing import Any
+
+from twisted.internet import defer, error, protocol, reactor
+from twisted.trial import unittest
+
+from epcscf.media.session import MediaStats
+from tests.support.browser import Browser, require_browser, start_browser, start_wwsf_deployment
+from tests.support.deployment import DOMAIN
+from tests.support.processes import require_program
+from tests.support.wic import as_deferred
+
+LOCAL = "127.0.0.1"
+SCENARIOS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "sipp")
+MEDIA_PORTS = range(40000, 41000)  # [media] port_range of tests.support.deployment
+#: how long the sipp UAC keeps the call up before its BYE (answer + ICE/DTLS + two stats samples)
+UAC_TALK_MS = 8000
+
+
+def state(element: str, value: str) -> str:
+    return f'#{element}[data-state="{value}"]'
+
+
+# In the page: the RTCPeerConnection's own verdict (W3C webrtc-pc §4.4.3 connectionState
+# "connected" = ICE connected and DTLS connected) and the DTLS transport of the stats.
+PC_CONNECTED = """() => {
+  const pc = window.wwsf.peerConnection;
+  if (!pc || pc.connectionState !== 'connected') return false;
+  return { connectionState: pc.connectionState, iceConnectionState: pc.iceConnectionState };
+}"""
+# Two getStats() samples ~1 s apart: inbound-rtp packetsReceived grew by at least `arg`.
+PACKETS_RISE = """async (more) => {
+  const first = await window.wwsf.stats();
+  if (!first) return false;
+  await new Promise((resolve) => setTimeout(resolve, 1000));
+  const second = await window.wwsf.stats();
+  if (!second || second.packetsReceived < first.packetsReceived + more) return false;
+  return { first, second };
+}"""
+
+
+async def until(condition: Any, timeout: float, what: str = "") -> None:
+    """Poll ``condition`` from an asyncio task (the browser helpers are asyncio, so Deferred-based
+    waits cannot be awaited here); fail after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"not within {timeout} s: {what or condition}")
+        await asyncio.sleep(0.05)
+
+
+def free_udp_port() -> int:
+    """A UDP port the kernel just had free on 127.0.0.1 (sipp needs its ports on the command line)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+        probe.bind((LOCAL, 0))
+        return probe.getsockname()[1]
+
+
+def udp_bound(port: int) -> bool:
+    needle = f"0100007F:{port:04X}"
+    with open("/proc/net/udp") as handle:
+        return any(line.split()[1] == needle for line in handle.readlines()[1:])
+
+
+class SippProcess(protocol.ProcessProtocol):
+    """One sipp run; ``ended`` fires with its exit code (0: every call of the scenario passed)."""
+
+    def __init__(self) -> None:
+        self.output = b""
+        self.ended: asyncio.Future = asyncio.get_event_loop().create_future()
+
+    def outReceived(self, data: bytes) -> None:  # noqa: N802
+        self.output = (self.output + data)[-20000:]
+
+    errReceived = outReceived
+
+    def processEnded(self, reason: Any) -> None:  # noqa: N802
+        if not self.ended.done():
+            self.ended.set_result(getattr(reason.value, "exitCode", None))
+
+
+class BrowserMediaTests(unittest.TestCase):
+    timeout = 90
+
+    def setUp(self) -> None:
+        require_browser(self)
+        self.sipp = require_program(self, "sipp", "sip-tester")
+        self.service, self.page_url = start_wwsf_deployment(self)
+        self.directory = os.path.abspath(self.mktemp())
+        os.makedirs(self.directory)
+
+    # --- helpers -------------------------------------------------------------------------------
+
+    def spawn_sipp(self, name: str, args: list[str]) -> SippProcess:
+        """sipp bounded to one call and 40 s; killed (and reaped) at the test's end if still running."""
+        files = os.path.join(self.directory, name)
+        common = ["-nostdin", "-m", "1", "-timeout", "40s", "-timeout_error", "-trace_msg", "-message_file",
+                  f"{files}_messages.log", "-trace_err", "-error_file", f"{files}_errors.log"]
+        process = SippProcess()
+        transport = reactor.spawnProcess(process, self.sipp, [self.sipp, *args, *common], env=dict(os.environ),
+                                         path=self.directory)
+
+        def kill() -> defer.Deferred | None:
+            if process.ended.done():
+                return None
+            try:
+                transport.signalProcess("KILL")
+            except error.ProcessExitedAlready:
+                return None
+            return defer.Deferred.fromFuture(asyncio.shield(process.ended))
+
+        self.addCleanup(kill)
+        return process
+
+    def sipp_log(self, name: str, process: SippProcess) -> str:
+        text = process.output.decode(errors="replace")[-1500:]
+        for suffix in ("errors", "messages"):
+            path = os.path.join(self.directory, f"{name}_{suffix}.log")
+            if os.path.exists(path):
+                with open(path, errors="replace") as handle:
+                    text += f"\n--- {name}_{suffix}.log\n" + handle.read()[-3000:]
+        return text
+
+    async def sipp_finished(self, name: str, process: SippProcess, timeout: float = 20.0) -> None:
+        code = await asyncio.wait_for(asyncio.shield(process.ended), timeout)
+        self.assertEqual(code, 0, f"sipp {name} failed ({code}):\n{self.sipp_log(name, process)}")
+
+    async def register(self, browser: Browser, user: str) -> None:
+        await browser.open(user, f"{self.page_url}?user={user}")
+        await browser.wait(user, "body[data-ready]")
+        await browser.click(user, "#register")
+        await browser.wait(user, state("registration-state", "registered"))
+
+    async def assert_media_flows(self, browser: Browser, user: str) -> dict:
+        """ICE + DTLS connected in the browser and inbound RTP growing; the stats summary."""
+        verdict = await browser.wait_function(user, PC_CONNECTED, timeout=20000, polling=100)
+        self.assertEqual(verdict["connectionState"], "connected")
+        samples = await browser.wait_function(user, PACKETS_RISE, arg=25, timeout=20000, polling=200)
+        second = samples["second"]
+        self.assertEqual(second["dtlsState"], "connected")
+        self.assertEqual(second["selectedPair"]["state"], "succeeded")
+        # The browser's media peer is epcscf's relay (its [media] port range), never sipp itself.
+        remote = second["selectedPair"]["remote"].split()[0]
+        host, port = remote.rsplit(":", 1)
+        self.assertEqual(host, LOCAL)
+        self.assertIn(int(port), MEDIA_PORTS, f"{user}'s media peer: {second['selectedPair']}")
+        self.assertGreater(second["packetsSent"], 0)
+        return second
+
+    def relay_stats(self) -> MediaStats:
+        """The one live call's relay counters in epcscf."""
+        calls = self.service.pcscf.calls.calls()
+        self.assertEqual(len(calls), 1, calls)
+        media = calls[0].media
+        self.assertIsNotNone(media)
+        return media.streams[0].session.stats()
+
+    def assert_relay_carried_media(self, sipp_media_port: int) -> None:
+        """epcscf decrypted the browser's SRTP, sent it as RTP to sipp's SDP address, and relayed
+        what came back: the core-side target is still sipp's -mp port after latching onto the
+        source of the returning RTP (REQ-P07), so sipp received the browser's audio and echoed it."""
+        stats = self.relay_stats()
+        self.assertEqual(stats.dtls_state.lower(), "connected", stats)
+        self.assertIsNotNone(stats.srtp_profile)
+        self.assertEqual(stats.core_rtp_target, (LOCAL, sipp_media_port))
+        self.assertGreater(stats.wic_to_core.packets, 25, "browser → sipp: SRTP decrypted and sent as RTP")
+        self.assertGreater(stats.core_to_wic.packets, 25, "sipp → browser: RTP encrypted and sent as SRTP")
+
+    async def assert_released(self) -> None:
+        """No call left in epcscf, and every media port back in the pool (REQ-P08)."""
+        calls = self.service.pcscf.calls
+        await until(lambda: not calls.calls(), 10, f"calls released: {calls.calls()}")
+        await calls.idle().asFuture(asyncio.get_event_loop())
+        pool = calls.media_factory.pool
+        await until(lambda: pool.free_count == pool.size, 10, f"media ports freed: {pool}")
+        self.assertEqual(pool.free_count, pool.size)
+
+    async def browser_idle(self, browser: Browser, user: str) -> None:
+        await browser.wait(user, state("call-state", "idle"), timeout=15000)
+        self.assertIsNone(await browser.evaluate(user, "() => window.wwsf.peerConnection"))
+        errors = [line for line in browser.console(user, last=1000) if line.split(":")[0].endswith("error")]
+        self.assertEqual(errors, [])
+
+    # --- the tests -----------------------------------------------------------------------------
+
+    def test_browser_calls_sipp_echo(self) -> defer.Deferred:
+        return as_deferred(self._browser_calls_sipp())
+
+    async def _browser_calls_sipp(self) -> None:
+        sip_port, media_port = free_udp_port(), free_udp_port()
+        uas = self.spawn_sipp("uas", ["-sf", os.path.join(SCENARIOS, "media_uas_echo.xml"), "-i", LOCAL,
+                                      "-p", str(sip_port), "-mi", LOCAL, "-mp", str(media_port), "-rtp_echo"])
+        await until(lambda: udp_bound(sip_port) or uas.ended.done(), 10, "sipp UAS listening")
+        self.assertFalse(uas.ended.done(), self.sipp_log("uas", uas))
+
+        browser = await start_browser(self)
+        await self.register(browser, "alice")
+        # The embedded core proxies a Request-URI outside its domain as is (to the sipp UAS).
+        await browser.fill("alice", "#target", f"sip:echo@{LOCAL}:{sip_port}")
+        await browser.click("alice", "#call")
+        await browser.wait("alice", state("call-state", "connected"), timeout=20000)
+
+        await self.assert_media_flows(browser, "alice")
+        self.assert_relay_carried_media(media_port)
+
+        await browser.click("alice", "#hangup")
+        await self.browser_idle(browser, "alice")
+        await self.sipp_finished("uas", uas)  # it got the BYE and answered it
+        await self.assert_released()
+        [ended] = self.service.pcscf.calls.ended_calls()
+        self.assertEqual(ended.release_cause, "BYE from the wic")
+
+    def test_sipp_calls_the_browser(self) -> defer.Deferred:
+        return as_deferred(self._sipp_calls_browser())
+
+    async def _sipp_calls_browser(self) -> None:
+        browser = await start_browser(self)
+        await self.register(browser, "bob")
+
+        core = self.service.core.addresses[0][1]  # the embedded core's UDP listener
+        media_port = free_udp_port()
+        uac = self.spawn_sipp("uac", ["-sf", os.path.join(SCENARIOS, "media_uac_call.xml"), "-s", "bob",
+                                      "-set", "domain", DOMAIN, "-i", LOCAL, "-p", str(free_udp_port()),
+                                      "-mi", LOCAL, "-mp", str(media_port), "-rtp_echo",
+                                      "-d", str(UAC_TALK_MS), f"{core.host}:{core.port}"])
+        try:
+            await browser.wait("bob", state("call-state", "incoming"), timeout=20000)
+        except AssertionError as failure:
+            raise AssertionError(f"{failure}\nsipp uac:\n{self.sipp_log('uac', uac)}") from None
+        self.assertEqual(await browser.text("bob", "#incoming-text"), f"Incoming call from sip:ims-caller@{DOMAIN}")
+        await browser.click("bob", "#answer")
+        await browser.wait("bob", state("call-state", "connected"), timeout=20000)
+
+        await self.assert_media_flows(browser, "bob")
+        self.assert_relay_carried_media(media_port)
+        self.assertFalse(uac.ended.done(), "sipp hung up before the media was checked")
+
+        # sipp's BYE (after -d ms) reaches the browser through the core and epcscf.
+        await self.browser_idle(browser, "bob")
+        self.assertIn("(remote)", await browser.text("bob", "#peer"))
+        await self.sipp_finished("uac", uac)
+        await self.assert_released()
