@@ -293,6 +293,49 @@ class OriginatingMediaTests(CallMediaTestCase):
         self.assertEqual(self.failures[0][0], "ice")
         self.assertIn("consent", self.failures[0][1])
 
+    async def test_hold_reoffer_keeps_ports_credentials_and_dtls(self) -> None:
+        # REQ-U01 / REQ-D05 / REQ-P06
+        media, wic, offer, answer = await self.originating_call()
+        session = media.streams[0].session
+        first_offer, first_answer = SessionDescription.parse(offer), SessionDescription.parse(answer)
+        reoffer = SessionDescription.parse(await media.offer_from_wic(wic.sdp("actpass", direction="sendonly")))
+        self.assertEqual(reoffer.media[0].port, first_offer.media[0].port)
+        self.assertEqual(reoffer.media[0].direction, "sendonly")
+        self.assertEqual(reoffer.origin.session_version, first_offer.origin.session_version + 1)
+        reanswer = SessionDescription.parse(media.answer_from_core(core_sdp(self.core_port.getHost().port, "recvonly"), None))
+        for name in ("ice-ufrag", "ice-pwd", "fingerprint", "candidate"):
+            self.assertEqual(reanswer.media[0].attribute_values(name), first_answer.media[0].attribute_values(name))
+        self.assertEqual(reanswer.media[0].direction, "recvonly")
+        self.assertIs(media.streams[0].session, session)
+        self.assertTrue(session.connected)  # no new DTLS handshake
+        self.assertEqual(session.direction.value, "sendonly")  # the WIC sends, the core does not
+        await self.assert_media_both_ways_on_hold(media, wic)
+
+    async def assert_media_both_ways_on_hold(self, media: CallMedia, wic: SimulatedWic) -> None:
+        wic.send_rtp(rtp(1))
+        await self.until(lambda: bool(self.core.received))
+        self.core.transport.write(rtp(9), self.core.received[0][1])
+        await deferLater(global_reactor, 0.2, lambda: None)
+        self.assertEqual(wic.received, [])  # gated: on hold the core's RTP does not reach the WIC
+
+    async def test_refused_reoffer_keeps_the_previous_answer_base(self) -> None:
+        # REQ-U04
+        media, wic, offer, answer = await self.originating_call()
+        await media.offer_from_wic(wic.sdp("actpass", direction="inactive"))
+        media.offer_failed()
+        again = SessionDescription.parse(media.answer_from_core(core_sdp(self.core_port.getHost().port), None))
+        self.assertEqual(again.media[0].direction, "sendrecv")
+
+    async def test_wic_ice_restart_gets_new_local_credentials(self) -> None:
+        # REQ-I09
+        media, wic, offer, answer = await self.originating_call()
+        before = SessionDescription.parse(answer).media[0].attribute_value("ice-ufrag")
+        await media.offer_from_wic(wic.sdp("actpass", ufrag="RestartedUfrag"))
+        after = SessionDescription.parse(media.answer_from_core(core_sdp(self.core_port.getHost().port), None))
+        self.assertNotEqual(after.media[0].attribute_value("ice-ufrag"), before)
+        self.assertEqual(media.streams[0].agent.stats.restarts, 1)
+        await self.assert_media_both_ways(media, wic)  # the old pair keeps carrying media
+
     async def test_close_frees_ports_sockets_and_tasks(self) -> None:
         media, wic, _, _ = await self.originating_call()
         await media.close()

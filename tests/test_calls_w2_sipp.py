@@ -94,7 +94,11 @@ class CallsThroughTheEdgeTests(unittest.TestCase):
         self.patch(aioice.ice, "get_host_addresses", lambda use_ipv4, use_ipv6: [LOCAL])
         self.directory = os.path.abspath(self.mktemp())
         os.makedirs(self.directory)
-        self.service = start_deployment(self)
+        # Short timers so that every transaction visibly ends within the test: Timer K (T4) for
+        # our BYEs, Timers L/M (64*T1, RFC 6026) for the proxied INVITEs in the Accepted state.
+        self.service = start_deployment(
+            self, extra="[sip]\nt1 = 0.05\nt2 = 0.4\nt4 = 0.2\nwic_t1 = 0.05\nwic_t2 = 0.4\nwic_t4 = 0.2\n"
+        )
         self.pool = UdpPortPool(*PORTS)
         self.engine = CallMediaEngine(global_reactor, self.media_settings(), self.pool)
         node = self.service.pcscf
@@ -119,6 +123,9 @@ class CallsThroughTheEdgeTests(unittest.TestCase):
             await as_deferred(client.close())
         await self.calls.close()
         await deferLater(global_reactor, 0.05, lambda: None)
+        # Trial does not see asyncio leaks: every aioice/ws task of the calls must be gone.
+        self.assertEqual(no_asyncio_tasks_left(self.loop), [], "asyncio tasks left running")
+        self.assertEqual(self.pool.free_count, self.pool.size, "media ports left allocated")
 
     # --- helpers -------------------------------------------------------------------------------
 
@@ -216,6 +223,14 @@ class CallsThroughTheEdgeTests(unittest.TestCase):
         self.assertEqual(self.calls.calls(), [])
         self.assertEqual(self.pool.free_count, self.pool.size, "media ports left allocated")
 
+    async def assert_no_transaction_left(self) -> None:
+        """Every transaction of the eP-CSCF (ours and the proxy's) ends (Timer K = T4 on UDP)."""
+        node = self.service.pcscf
+        try:
+            await self.until(lambda: node.transactions.transactions() == [] and node.proxy.active() == [], 8.0)
+        except self.failureException:
+            self.fail(f"left: {node.transactions.transactions()} {node.proxy.active()}")
+
     # --- originating (§7.4.2) ------------------------------------------------------------------
 
     async def test_wic_calls_ims_ice_dtls_srtp_to_plain_rtp_and_bye_frees_everything(self) -> None:
@@ -258,6 +273,7 @@ class CallsThroughTheEdgeTests(unittest.TestCase):
         await self.calls.idle()
         self.assert_everything_freed()
         self.assertEqual(call.release_cause, "BYE from the wic")
+        await self.assert_no_transaction_left()
 
     async def test_consent_loss_sends_bye_to_both_sides_with_reason(self) -> None:
         # REQ-B03 / REQ-O08 (short consent timers through the ICE configuration)
@@ -268,6 +284,7 @@ class CallsThroughTheEdgeTests(unittest.TestCase):
         self.assertIsInstance(bye, Request)
         self.assertEqual(bye.method, "BYE")
         self.assertIn("consent", bye.headers.get("Reason") or "")
+        await as_deferred(client.answer(bye, 200))
         self.assertEqual(await uas.ended, 0, uas.output.decode(errors="replace")[-2000:])
         [core_bye] = [m for m in sipp_messages(trace, "received") if m.startswith("BYE")]
         self.assertRegex(core_bye, r'(?im)^Reason: SIP;cause=480;text=".*consent')
@@ -275,6 +292,7 @@ class CallsThroughTheEdgeTests(unittest.TestCase):
         self.assert_everything_freed()
         [ended] = self.calls.ended_calls()
         self.assertEqual(ended.failing_layer, "ice")
+        await self.assert_no_transaction_left()
 
     async def test_websocket_drop_mid_call_sends_bye_to_the_core(self) -> None:
         # REQ-B02 / A15
@@ -285,6 +303,7 @@ class CallsThroughTheEdgeTests(unittest.TestCase):
         self.assertIn('Reason: SIP;cause=480;text="WebSocket closed"', core_bye)
         await self.calls.idle()
         self.assert_everything_freed()
+        await self.assert_no_transaction_left()
 
     async def test_cancel_while_ringing_frees_everything(self) -> None:
         # REQ-C01 (the IMS side is a bare UDP peer here: it must answer the INVITE's own Vias)

@@ -322,8 +322,16 @@ class CallMedia:
         except Exception:
             agent.close()
             raise
-        agent.datagram_received = session.datagram_received
         stream = Stream(index, agent, session, defer.Deferred())
+
+        def first_datagram(data: bytes) -> None:
+            # For the timeline: note the first media packet, then hand datagrams straight over.
+            if data and 128 <= data[0] <= 191:
+                self._event("media", f"m-line {index}: first RTP/RTCP packet from the WIC")
+                agent.datagram_received = session.datagram_received
+            session.datagram_received(data)
+
+        agent.datagram_received = first_datagram
         agent.on_state_change = lambda state: self._event("ice", f"m-line {index}: ICE {state.value}")
         agent.on_consent_lost = lambda reason: self._fail("ice", f"ICE consent lost on m-line {index}: {reason}")
         session.on_connected = lambda: self._event("dtls", f"m-line {index}: DTLS connected")

@@ -134,6 +134,7 @@ class Call:
     last_wic_answer: bytes | None = None  # REQ-O05: repeated in a bodiless 2xx
     last_core_answer: bytes | None = None  # what a retransmitted 2xx from the WIC must carry
     released_early: bool = False
+    media_stats: dict[str, Any] | None = None  # last snapshot, kept when the call ends
 
     @property
     def key(self) -> tuple[str, str]:
@@ -749,6 +750,10 @@ class CallManager:
         call.invite_context = None  # the proxy's context is not ours to keep alive
         media, call.media = call.media, None
         if media is not None:
+            try:
+                call.media_stats = media.stats()  # the console still shows them after the end
+            except Exception:
+                log.failure("media stats of {call_id}", call_id=call.call_id)
             media.on_failure = None
             closing = defer.maybeDeferred(media.close)
             closing.addErrback(lambda failure: log.failure("closing media of {call_id}", failure, call_id=call.call_id))
