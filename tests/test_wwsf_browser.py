@@ -3,13 +3,16 @@ embedded core (TS 24.371 WIC registration)."""
 
 from __future__ import annotations
 
+import json
 import os
+import shutil
 
+from twisted.internet import defer
 from twisted.trial import unittest
 
-from tests.support.browser import png_summary, require_browser, start_browser, start_wwsf_deployment
+from tests.support.browser import DRIVER, png_summary, require_browser, start_browser, start_wwsf_deployment
 from tests.support.deployment import DOMAIN, USERS
-from tests.support.processes import wait_for
+from tests.support.processes import run, wait_for
 from tests.support.wic import as_deferred
 
 REGISTERED = '#registration-state[data-state="registered"]'
@@ -85,3 +88,68 @@ class WwsfRegistrationTests(unittest.TestCase):
         await browser.fill("alice", "#password", USERS["alice"])
         await browser.click("alice", "#register")
         await browser.wait("alice", REGISTERED)
+
+    def test_bad_websocket_url_and_bad_target_are_shown_on_the_page(self):
+        return as_deferred(self._bad_input())
+
+    async def _bad_input(self) -> None:
+        browser = await start_browser(self)
+        await browser.open("alice", f"{self.page_url}?user=alice")
+        await browser.wait("alice", "body[data-ready]")
+        good_url = await browser.evaluate("alice", "document.getElementById('websocket-url').value")
+        # Not a URL at all: the form's own validation keeps it (the browser says why).
+        await browser.fill("alice", "#websocket-url", "not a url")
+        await browser.click("alice", "#register")
+        self.assertFalse(await browser.evaluate("alice", "document.getElementById('websocket-url').validity.valid"))
+        self.assertEqual(await browser.attribute("alice", "#registration-state", "data-state"), "unregistered")
+        # A URL, but not a WebSocket one: JsSIP refuses it and the page says so.
+        await browser.fill("alice", "#websocket-url", good_url.replace("ws://", "http://"))
+        await browser.click("alice", "#register")
+        await browser.wait("alice", '#registration-state[data-state="failed"]')
+        self.assertIn("Invalid argument: http://", await browser.text("alice", "#registration-state"))
+        self.assertFalse(await browser.evaluate("alice", "document.getElementById('register').disabled"))
+        await browser.fill("alice", "#websocket-url", good_url)
+        await browser.click("alice", "#register")
+        await browser.wait("alice", REGISTERED)
+        await browser.fill("alice", "#target", "bob@not a host")
+        await browser.click("alice", "#call")
+        await browser.wait_function("alice", "document.getElementById('peer').textContent.includes('cannot call')")
+        self.assertEqual(await browser.attribute("alice", "#call-state", "data-state"), "idle")
+        self.assertFalse(await browser.evaluate("alice", "document.getElementById('call').disabled"))
+
+
+class BrowserDriverTests(unittest.TestCase):
+    """The driver's steps-file mode (for scripts and other tests): runs in order, stops at the
+    first failure with exit status 1, and answers every command with one JSON line."""
+
+    def setUp(self) -> None:
+        require_browser(self)
+
+    def test_steps_file_runs_in_order_and_stops_at_the_first_failure(self):
+        return defer.ensureDeferred(self._steps())
+
+    async def _steps(self) -> None:
+        directory = os.path.abspath(self.mktemp())
+        os.makedirs(directory)
+        steps = [
+            {"id": 1, "op": "open", "page": "p", "url": "data:text/html,<h1 id=t>hello</h1>"},
+            {"id": 2, "op": "text", "page": "p", "selector": "#t"},
+            {"id": 3, "op": "evaluate", "page": "p", "expression": "(n) => n * 2", "arg": 21},
+            {"id": 4, "op": "screenshot", "page": "p", "path": os.path.join(directory, "p.png")},
+            {"id": 5, "op": "fly", "page": "p"},
+            {"id": 6, "op": "text", "page": "p", "selector": "#t"},
+        ]
+        path = os.path.join(directory, "steps.json")
+        with open(path, "w") as handle:
+            json.dump(steps, handle)
+        out, err, code = await run([shutil.which("node") or "node", DRIVER, os.path.join(directory, "profile"), path])
+        events = [json.loads(line) for line in out.decode().splitlines() if line.strip()]
+        answers = [(e["id"], e["event"], e.get("result")) for e in events if e["event"] in ("done", "failed")]
+        self.assertEqual(code, 1, err)
+        self.assertEqual([a[:2] for a in answers], [(1, "done"), (2, "done"), (3, "done"), (4, "done"), (5, "failed")])
+        self.assertEqual(answers[1][2], "hello")
+        self.assertEqual(answers[2][2], 42)
+        self.assertIn("unknown op", next(e["error"] for e in events if e.get("id") == 5))
+        self.assertEqual(events[0]["event"], "ready")
+        self.assertEqual(events[-1]["event"], "exit")
+        self.assertGreater(png_summary(os.path.join(directory, "p.png")).colours, 1)

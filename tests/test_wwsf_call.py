@@ -44,6 +44,13 @@ METER_MOVES = """() => {
 }"""
 
 
+# The remote level meter shows silence: the last second of samples near zero.
+METER_SILENT = """() => {
+  const recent = window.wwsf.meter.history.slice(-10);
+  return recent.length === 10 && Math.max(...recent) < 0.01;
+}"""
+
+
 class WwsfCallTests(unittest.TestCase):
     def setUp(self) -> None:
         require_browser(self)
@@ -107,6 +114,14 @@ class WwsfCallTests(unittest.TestCase):
             for user, path in shots.items():
                 shutil.copy(path, os.path.join(TOP, "docs", f"wwsf-{user}.png"))
 
+        # Mute: alice's track is disabled, so bob's meter falls silent; unmute brings the tone back.
+        await browser.click("alice", "#mute")
+        self.assertEqual(await browser.attribute("alice", "#mute", "aria-pressed"), "true")
+        await browser.wait_function("bob", METER_SILENT, timeout=10000, polling=200)
+        await browser.click("alice", "#mute")
+        self.assertEqual(await browser.attribute("alice", "#mute", "aria-pressed"), "false")
+        await browser.wait_function("bob", METER_MOVES, timeout=10000, polling=200)
+
         # Hold (RFC 3264 §8.4: a=sendonly from alice) and resume.
         await browser.click("alice", "#hold")
         await browser.wait("alice", state("call-state", "held"))
@@ -132,3 +147,22 @@ class WwsfCallTests(unittest.TestCase):
 
     def _active_calls(self) -> list:
         return self.service.pcscf.calls.calls()
+
+    def test_bob_rejects_and_both_pages_are_idle_again(self):
+        return as_deferred(self._reject())
+
+    async def _reject(self) -> None:
+        browser = await start_browser(self)
+        await self._register(browser)
+        await browser.click("alice", "#call")
+        await browser.wait("bob", state("call-state", "incoming"))
+        await browser.click("bob", "#reject")
+        for user in USERS:
+            await browser.wait(user, state("call-state", "idle"))
+        # RFC 3261 §21.6.2: 603 Decline reaches alice (JsSIP's cause "Rejected").
+        self.assertIn("(last call failed: Rejected (remote))", await browser.text("alice", "#peer"))
+        self.assertTrue(await browser.evaluate("bob", "document.getElementById('incoming').hidden"))
+        await wait_for(lambda: not self._active_calls(), timeout=10)
+        # Both can call again at once.
+        for user in USERS:
+            self.assertFalse(await browser.evaluate(user, "document.getElementById('call').disabled"))

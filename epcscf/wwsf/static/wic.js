@@ -125,17 +125,26 @@ function register() {
     showState('registration-state', 'failed', `failed: ${uri} is not a SIP URI`);
     return;
   }
-  const socket = new JsSIP.WebSocketInterface($('websocket-url').value.trim());
-  const ua = new JsSIP.UA({
-    sockets: [socket],
-    uri,
-    authorization_user: parsed.user,
-    password: $('password').value,
-    register: true,
-    register_expires: 600,
-    session_timers: false,
-    user_agent: `epcscf-wwsf JsSIP/${JsSIP.version}`,
-  });
+  let socket;
+  let ua;
+  try {
+    socket = new JsSIP.WebSocketInterface($('websocket-url').value.trim());
+    ua = new JsSIP.UA({
+      sockets: [socket],
+      uri,
+      authorization_user: parsed.user,
+      password: $('password').value,
+      register: true,
+      register_expires: 600,
+      session_timers: false,
+      user_agent: `epcscf-wwsf JsSIP/${JsSIP.version}`,
+    });
+  } catch (error) {
+    // JsSIP checks the settings here (a bad WebSocket URL, an empty password…).
+    showState('registration-state', 'failed', `failed: ${error.message}`);
+    log(`cannot register: ${error.message}`);
+    return;
+  }
   page.ua = ua;
   showState('registration-state', 'registering', `registering ${uri}…`);
   ua.on('connecting', () => log(`connecting to ${socket.url}`));
@@ -186,7 +195,13 @@ function call() {
   if (!page.ua || !target || page.session) return;
   page.meter.unlock();
   log(`calling ${target}`);
-  page.ua.call(target, { mediaConstraints: MEDIA_CONSTRAINTS, pcConfig: PC_CONFIG });
+  try {
+    page.ua.call(target, { mediaConstraints: MEDIA_CONSTRAINTS, pcConfig: PC_CONFIG });
+  } catch (error) {
+    // JsSIP refuses a target it cannot turn into a SIP URI before any session exists.
+    log(`cannot call ${target}: ${error.message}`);
+    $('peer').textContent = `(cannot call ${target}: ${error.message})`;
+  }
 }
 
 function newSession(session, originator) {
