@@ -35,6 +35,7 @@ import hmac
 import re
 import secrets
 import struct
+from collections import OrderedDict
 from dataclasses import dataclass
 from enum import Enum
 from typing import Protocol, Sequence
@@ -182,8 +183,9 @@ class DigestAuthenticator:
         self.algorithms = tuple(algorithms)
         self.check_nonce_count = check_nonce_count
         self._key = key if key is not None else secrets.token_bytes(32)
-        #: nonce → (time it stops being valid, highest nc seen); insertion order ≈ age
-        self._nonce_counts: dict[str, tuple[float, int]] = {}
+        #: nonce → (time it stops being valid, highest nc seen); insertion order ≈ age.
+        #: An OrderedDict so that dropping the oldest entries is O(1) each (see below).
+        self._nonce_counts: OrderedDict[str, tuple[float, int]] = OrderedDict()
 
     # --- challenges ---
 
@@ -289,7 +291,11 @@ class DigestAuthenticator:
 
     def _forget_expired_counts(self, now: float) -> None:
         # Nonces are first seen roughly in issue order, so expired ones sit at the front.
-        for nonce in list(self._nonce_counts):
-            if self._nonce_counts[nonce][0] >= now:
+        # Called on every verify: it must cost only what it removes, never a copy of the
+        # whole table (which holds every nonce answered within nonce_lifetime).
+        counts = self._nonce_counts
+        while counts:
+            nonce, (expires, _) = next(iter(counts.items()))
+            if expires >= now:
                 break
-            del self._nonce_counts[nonce]
+            counts.popitem(last=False)
