@@ -13,7 +13,19 @@ import shutil
 
 from twisted.trial import unittest
 
-from tests.support.browser import Browser, png_summary, require_browser, start_browser, start_wwsf_deployment
+from tests.support.browser import (
+    METER_MOVES,
+    METER_SILENT,
+    Browser,
+    call_from_page,
+    open_registered_page,
+    page_state,
+    png_summary,
+    require_browser,
+    start_browser,
+    start_wwsf_deployment,
+    wait_for_inbound_audio,
+)
 from tests.support.deployment import DOMAIN
 from tests.support.processes import TOP, wait_for
 from tests.support.wic import as_deferred
@@ -21,34 +33,6 @@ from tests.support.wic import as_deferred
 USERS = ("alice", "bob")
 MEDIA_PORTS = range(40000, 41000)  # [media] port_range of tests.support.deployment
 
-
-def state(element: str, value: str) -> str:
-    return f'#{element}[data-state="{value}"]'
-
-
-# Waits in the page: inbound audio packets grow by `arg` over the last stats reading.
-PACKETS_RISE = """async (more) => {
-  const first = await window.wwsf.stats();
-  if (!first) return false;
-  await new Promise((resolve) => setTimeout(resolve, 1000));
-  const second = await window.wwsf.stats();
-  return second.packetsReceived >= first.packetsReceived + more ? second : false;
-}"""
-# The remote level meter moved: a tone arrived, and it is not a constant.
-METER_MOVES = """() => {
-  const history = window.wwsf.meter.history;
-  if (history.length < 15) return false;
-  const recent = history.slice(-30);
-  const high = Math.max(...recent), low = Math.min(...recent);
-  return high > 0.02 && high - low > 0.01 ? { high, low, samples: recent.length } : false;
-}"""
-
-
-# The remote level meter shows silence: the last second of samples near zero.
-METER_SILENT = """() => {
-  const recent = window.wwsf.meter.history.slice(-10);
-  return recent.length === 10 && Math.max(...recent) < 0.01;
-}"""
 
 
 class WwsfCallTests(unittest.TestCase):
@@ -61,14 +45,10 @@ class WwsfCallTests(unittest.TestCase):
 
     async def _register(self, browser: Browser) -> None:
         for user in USERS:
-            await browser.open(user, f"{self.page_url}?user={user}")
-            await browser.wait(user, "body[data-ready]")
-            await browser.click(user, "#register")
-        for user in USERS:
-            await browser.wait(user, state("registration-state", "registered"))
+            await open_registered_page(browser, self.page_url, user)
 
     async def _media_flows(self, browser: Browser, user: str) -> dict:
-        stats = await browser.wait_function(user, PACKETS_RISE, arg=25, timeout=15000, polling=200)
+        stats = await wait_for_inbound_audio(browser, user)
         self.assertEqual(stats["dtlsState"], "connected", user)
         self.assertEqual(stats["selectedPair"]["state"], "succeeded", user)
         return stats
@@ -77,14 +57,13 @@ class WwsfCallTests(unittest.TestCase):
         browser = await start_browser(self)
         await self._register(browser)
 
-        await browser.fill("alice", "#target", "bob")
-        await browser.click("alice", "#call")
-        await browser.wait("bob", state("call-state", "incoming"))
+        await call_from_page(browser, "alice", "bob")
+        await browser.wait("bob", page_state("call-state", "incoming"))
         self.assertEqual(await browser.text("bob", "#incoming-text"), f"Incoming call from sip:alice@{DOMAIN}")
-        await browser.wait("alice", state("call-state", "ringing"))
+        await browser.wait("alice", page_state("call-state", "ringing"))
         await browser.click("bob", "#answer")
         for user in USERS:
-            await browser.wait(user, state("call-state", "connected"), timeout=20000)
+            await browser.wait(user, page_state("call-state", "connected"), timeout=20000)
 
         # Media: ICE and DTLS up, inbound audio packets rising, the level meter moving.
         for user in USERS:
@@ -92,8 +71,8 @@ class WwsfCallTests(unittest.TestCase):
             # The browser's peer is epcscf's media relay, not the other browser (TS 24.371 §7.3).
             remote_port = int(stats["selectedPair"]["remote"].split()[0].rsplit(":", 1)[1])
             self.assertIn(remote_port, MEDIA_PORTS, f"{user}'s media peer: {stats['selectedPair']}")
-            await browser.wait(user, state("dtls-state", "connected"))
-            await browser.wait(user, state("ice-state", "connected") + ", " + state("ice-state", "completed"))
+            await browser.wait(user, page_state("dtls-state", "connected"))
+            await browser.wait(user, page_state("ice-state", "connected") + ", " + page_state("ice-state", "completed"))
             await browser.wait_function(user, METER_MOVES, timeout=10000, polling=200)
         # Both WICs are on this eP-CSCF: one originating call (alice's leg, TS 24.371 §7.4.2) and
         # one terminating call (bob's leg, §7.4.3), both confirmed, each with its own media.
@@ -124,19 +103,19 @@ class WwsfCallTests(unittest.TestCase):
 
         # Hold (RFC 3264 §8.4: a=sendonly from alice) and resume.
         await browser.click("alice", "#hold")
-        await browser.wait("alice", state("call-state", "held"))
+        await browser.wait("alice", page_state("call-state", "held"))
         self.assertEqual(await browser.attribute("alice", "#hold", "aria-pressed"), "true")
-        await browser.wait("bob", state("call-state", "held"))
+        await browser.wait("bob", page_state("call-state", "held"))
         self.assertEqual(await browser.text("bob", "#call-state"), "held by the other party")
         await browser.click("alice", "#hold")
         for user in USERS:
-            await browser.wait(user, state("call-state", "connected"))
+            await browser.wait(user, page_state("call-state", "connected"))
             await self._media_flows(browser, user)
 
         # Bob hangs up: both pages idle, the peer connections closed, nothing left in epcscf.
         await browser.click("bob", "#hangup")
         for user in USERS:
-            await browser.wait(user, state("call-state", "idle"))
+            await browser.wait(user, page_state("call-state", "idle"))
             self.assertIn("(last call ended: ", await browser.text(user, "#peer"))
             self.assertTrue(await browser.evaluate(user, "document.getElementById('hangup').disabled"))
             self.assertIsNone(await browser.evaluate(user, "() => window.wwsf.peerConnection"))
@@ -155,10 +134,10 @@ class WwsfCallTests(unittest.TestCase):
         browser = await start_browser(self)
         await self._register(browser)
         await browser.click("alice", "#call")
-        await browser.wait("bob", state("call-state", "incoming"))
+        await browser.wait("bob", page_state("call-state", "incoming"))
         await browser.click("bob", "#reject")
         for user in USERS:
-            await browser.wait(user, state("call-state", "idle"))
+            await browser.wait(user, page_state("call-state", "idle"))
         # RFC 3261 §21.6.2: 603 Decline reaches alice (JsSIP's cause "Rejected").
         self.assertIn("(last call failed: Rejected (remote))", await browser.text("alice", "#peer"))
         self.assertTrue(await browser.evaluate("bob", "document.getElementById('incoming').hidden"))

@@ -10,8 +10,11 @@ through ``tests/peers/browser_driver.js`` (JSON commands in, JSON-line events ou
     stats = await browser.evaluate("alice", "() => window.wwsf.stats()")
     await browser.screenshot("alice", path)
 
-Any page works: ``open`` takes a URL, and ``evaluate``/``wait_function`` run a JS expression or
-function source in it (see the driver's header for every command).
+The demo page is a ready WIC for media tests: ``open_registered_page``, then ``call_from_page``
+with any SIP URI (a sipp UAS behind the embedded core: ``sip:uas@127.0.0.1:PORT``), then
+``wait_for_inbound_audio``.  Any other page works too: ``open`` takes a URL, and
+``evaluate``/``wait_function`` run a JS expression or function source in it (see the driver's
+header for every command).
 """
 
 from __future__ import annotations
@@ -241,6 +244,58 @@ def start_wwsf_deployment(test: Any, extra: str = "") -> tuple[EpcscfService, st
     service.startService()
     test.addCleanup(service.stopService)
     return service, f"http://127.0.0.1:{port}/"
+
+
+# --- the WWSF demo page (also a ready-made WIC for media tests: dial any SIP URI from it) -------
+
+# Waits in the page: inbound audio packets grow by `arg` within a second; the stats, else false.
+PACKETS_RISE = """async (more) => {
+  const first = await window.wwsf.stats();
+  if (!first) return false;
+  await new Promise((resolve) => setTimeout(resolve, 1000));
+  const second = await window.wwsf.stats();
+  return second.packetsReceived >= first.packetsReceived + more ? second : false;
+}"""
+# The remote level meter moved: sound arrived, and it is not a constant.
+METER_MOVES = """() => {
+  const history = window.wwsf.meter.history;
+  if (history.length < 15) return false;
+  const recent = history.slice(-30);
+  const high = Math.max(...recent), low = Math.min(...recent);
+  return high > 0.02 && high - low > 0.01 ? { high, low, samples: recent.length } : false;
+}"""
+# The remote level meter shows silence: the last second of samples near zero.
+METER_SILENT = """() => {
+  const recent = window.wwsf.meter.history.slice(-10);
+  return recent.length === 10 && Math.max(...recent) < 0.01;
+}"""
+
+
+def page_state(element: str, value: str) -> str:
+    """Selector of a page state, e.g. ``page_state("call-state", "connected")``."""
+    return f'#{element}[data-state="{value}"]'
+
+
+async def open_registered_page(browser: Browser, page_url: str, user: str, page: str | None = None) -> str:
+    """Open the demo page as one of the embedded core's users and register; the page's name."""
+    name = page or user
+    await browser.open(name, f"{page_url}?user={user}")
+    await browser.wait(name, "body[data-ready]")
+    await browser.click(name, "#register")
+    await browser.wait(name, page_state("registration-state", "registered"))
+    return name
+
+
+async def call_from_page(browser: Browser, page: str, target: str) -> None:
+    """Dial ``target`` (a user of the domain or any SIP URI, e.g. a sipp UAS) from the demo page."""
+    await browser.fill(page, "#target", target)
+    await browser.click(page, "#call")
+
+
+async def wait_for_inbound_audio(browser: Browser, page: str, packets: int = 25, timeout: int = 15000) -> dict[str, Any]:
+    """Until the page's inbound audio packets rise by ``packets`` in a second; its stats summary
+    (``packetsReceived``, ``packetsSent``, ``dtlsState``, ``selectedPair`` … see static/stats.js)."""
+    return await browser.wait_function(page, PACKETS_RISE, arg=packets, timeout=timeout, polling=200)
 
 
 # --- screenshots ---------------------------------------------------------------------------------
