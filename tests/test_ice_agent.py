@@ -492,3 +492,19 @@ class CloseTests(IceTestCase):
         with self.assertRaises(PortsExhausted):
             await second.gather()
         self.assertEqual(second.state, IceState.FAILED)
+
+
+class RemoteCandidateScopeTests(unittest.TestCase):
+    """Candidates we could never reach are not paired (no checks toward them)."""
+
+    def test_routable_candidates_are_ignored_by_a_loopback_agent(self) -> None:
+        from epcscf.ice.agent import _scope, _usable, parse_candidate
+
+        loopback = frozenset({_scope("127.0.0.1")})
+        public = parse_candidate("candidate:1 1 udp 2122260223 192.0.2.20 54400 typ host")
+        local = parse_candidate("candidate:2 1 udp 2122260223 127.0.0.1 54400 typ host")
+        six = parse_candidate("candidate:3 1 udp 2122260223 ::1 54400 typ host")
+        self.assertIn("not reachable", _usable(public, loopback))
+        self.assertIsNone(_usable(local, loopback))
+        self.assertIn("not reachable", _usable(six, loopback))
+        self.assertIsNone(_usable(public, frozenset({_scope("198.51.100.1")})))

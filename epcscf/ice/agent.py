@@ -27,6 +27,8 @@ fires once when a CONNECTED agent loses consent (REQ-B03: the call then sends BY
 
 from __future__ import annotations
 
+import ipaddress
+
 import asyncio
 from collections.abc import Callable, Coroutine, Iterable
 from typing import Any, TypeVar
@@ -81,8 +83,23 @@ def parse_candidate(line: str) -> Candidate:
     return candidate
 
 
-def _usable(candidate: Candidate) -> str | None:
+def _scope(address: str) -> tuple[int, bool] | None:
+    """(IP version, is loopback) of a literal address; None for a name."""
+    try:
+        parsed = ipaddress.ip_address(address)
+    except ValueError:
+        return None
+    return parsed.version, parsed.is_loopback
+
+
+def _usable(candidate: Candidate, local_scopes: frozenset[tuple[int, bool]]) -> str | None:
     """Why a remote candidate is skipped, or None when we can pair with it."""
+    scope = _scope(candidate.host)
+    if scope is not None and local_scopes and scope not in local_scopes:
+        # RFC 8445 §6.1.2.2 pairs only candidates of the same address family; a loopback
+        # address and a routable one cannot reach each other either, and checks toward
+        # such a pair would only send packets where no answer can come from.
+        return "not reachable from our candidates' addresses (address family or loopback scope)"
     if candidate.component != 1:
         return "component 2 (we use rtcp-mux)"
     if candidate.transport.lower() != "udp":
@@ -116,6 +133,7 @@ class IceAgent:
         if config.port_range is not None and pool is None:
             raise ValueError("IceAgentConfig.port_range is set but no UdpPortPool was given")
         self.config = config
+        self._local_scopes = frozenset(scope for a in config.bind_addresses if (scope := _scope(a)) is not None)
         # A lite agent is always controlled (RFC 8445 §6.1.1, REQ-I02).
         controlling = controlling if config.mode == "full" else False
         self._clock = clock
@@ -238,7 +256,7 @@ class IceAgent:
         self._add_candidate(parse_candidate(line))
 
     def _add_candidate(self, candidate: Candidate) -> None:
-        reason = _usable(candidate)
+        reason = _usable(candidate, self._local_scopes)
         if reason is not None:
             log.debug("ICE: remote candidate {candidate} ignored: {reason}", candidate=candidate.to_sdp(), reason=reason)
             return

@@ -58,7 +58,12 @@ class NodePeer(protocol.ProcessProtocol):
                 if event.get("event") in ("error", "timeout"):
                     raise AssertionError(f"peer failed: {event}; stderr: {self.stderr[-2000:]!r}")
 
-        return await asyncio.wait_for(scan(), timeout)
+        try:
+            return await asyncio.wait_for(scan(), timeout)
+        except asyncio.TimeoutError:
+            raise AssertionError(
+                f"no {name!r} event within {timeout} s; events so far: {self.log[-20:]}; stderr: {self.stderr[-2000:]!r}"
+            ) from None
 
 
 def start_node_peer(test: Any, script: str, *args: str) -> NodePeer:

@@ -21,12 +21,25 @@ def child_env(**extra: str) -> dict[str, str]:
 
 
 async def wait_for(condition: Callable[[], bool], timeout: float = 10.0, interval: float = 0.05) -> None:
-    """Poll ``condition`` on the real reactor until true; fail after ``timeout`` seconds."""
+    """Poll ``condition`` on the real reactor until true; fail after ``timeout`` seconds.
+
+    Works from a coroutine driven by Twisted (an ``async def`` test) and from one running
+    as an asyncio task (``Deferred.fromFuture(asyncio.ensure_future(...))``).
+    """
+    import asyncio
+
+    try:
+        in_asyncio_task = asyncio.current_task() is not None
+    except RuntimeError:
+        in_asyncio_task = False
     waited = 0.0
     while not condition():
         if waited >= timeout:
             raise AssertionError(f"condition not met within {timeout} s: {condition}")
-        await task.deferLater(reactor, interval, lambda: None)
+        if in_asyncio_task:
+            await asyncio.sleep(interval)
+        else:
+            await task.deferLater(reactor, interval, lambda: None)
         waited += interval
 
 

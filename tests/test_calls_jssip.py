@@ -1,0 +1,80 @@
+"""Interop (TS 24.371 §7.4.2): JsSIP places a call with a Chrome-style WebRTC offer through
+epcscf and the embedded core to a sipp UAS. sipp must see a plain IMS offer; JsSIP must get
+a WebRTC answer carrying our ICE and DTLS attributes."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import re
+
+from twisted.internet import reactor
+from twisted.trial import unittest
+
+from epcscf.sdp import SessionDescription
+from tests.support.deployment import DOMAIN, USERS, start_deployment, ws_url
+from tests.support.node_peer import require_node_modules, start_node_peer
+from tests.support.processes import TOP, require_program, wait_for
+from tests.support.wic import as_deferred
+from tests.test_sipp_proxy import SippProcess, free_port, messages_in_trace, port_bound
+
+# Example 2.1 of the requirement notes, audio only, with a real fingerprint and loopback candidates.
+CHROME_OFFER = os.path.join(TOP, "tests", "fixtures", "sdp", "chrome_offer_loopback.sdp")
+WEBRTC_ONLY = re.compile(r"^a=(ice-|candidate|end-of-candidates|fingerprint|setup|group|mid|msid|ssrc|extmap|rtcp-mux|rtcp-fb)", re.M)
+
+
+class JsSipCallToSippTests(unittest.TestCase):
+    timeout = 60
+
+    def setUp(self) -> None:
+        self.sipp = require_program(self, "sipp", "sip-tester")
+        require_node_modules(self, "jssip", "jssip-node-websocket")
+        self.assertTrue(os.path.exists(CHROME_OFFER), CHROME_OFFER)
+        self.service = start_deployment(self)
+        self.directory = os.path.abspath(self.mktemp())
+        os.makedirs(self.directory)
+
+    def spawn_sipp_uas(self) -> tuple[SippProcess, str, int]:
+        port = free_port()
+        trace = os.path.join(self.directory, "uas_messages.log")
+        process = SippProcess()
+        scenario = os.path.join(TOP, "tests", "sipp", "calls_uas_answer.xml")
+        argv = [self.sipp, "-sf", scenario, "-i", "127.0.0.1", "-p", str(port), "-m", "1", "-nostdin",
+                "-timeout", "30s", "-timeout_error", "-trace_msg", "-message_file", trace]
+        transport = reactor.spawnProcess(process, self.sipp, argv, env=dict(os.environ), path=self.directory)
+        self.addCleanup(lambda: None if process.ended.called else transport.signalProcess("KILL"))
+        return process, trace, port
+
+    def test_chrome_style_offer_reaches_sipp_as_plain_rtp_and_jssip_gets_ice_and_dtls(self):
+        return as_deferred(self._call())
+
+    async def _call(self) -> None:
+        uas, trace, port = self.spawn_sipp_uas()
+        await wait_for(lambda: port_bound(port, "UDP") or uas.ended.called, timeout=10)
+        peer = start_node_peer(self, "jssip_call.js", ws_url(self.service), "alice", USERS["alice"], DOMAIN,
+                               f"sip:echo@127.0.0.1:{port}", CHROME_OFFER)
+        answer = await peer.wait_for("remote-description", timeout=20)
+        await peer.wait_for("confirmed", timeout=20)
+        await peer.wait_for("ended", timeout=20)
+        self.assertEqual(await uas.ended.asFuture(asyncio.get_event_loop()), 0, uas.output[-2000:])
+        # What the core side saw: the IMS offer (TS 24.371 §7.4.2 b, REQ-D01..D08).
+        invite = next(m for m in messages_in_trace(trace) if m.startswith("INVITE "))
+        offer_text = invite.split("\n\n", 1)[1] if "\n\n" in invite else invite.split("\r\n\r\n", 1)[1]
+        offer = SessionDescription.parse(offer_text.replace("\r\n", "\n").replace("\n", "\r\n"))
+        self.assertEqual([m.proto for m in offer.media], ["RTP/AVP"])
+        self.assertEqual(offer.connection.address if offer.connection else offer.media[0].connection.address, "127.0.0.1")
+        self.assertEqual(offer.media[0].formats, ["9", "0", "8", "126"])
+        self.assertIsNone(WEBRTC_ONLY.search(offer_text), offer_text)
+        self.assertNotIn("54400", offer_text)  # the browser's transport never leaks to the core
+        low, high = self.service.config.media.port_range
+        self.assertTrue(low <= offer.media[0].port <= high and offer.media[0].port % 2 == 0)
+        # What the WIC got: a WebRTC answer with our ICE and DTLS (REQ-D10..D15).
+        sdp = answer["sdp"]
+        self.assertEqual(answer["type"], "answer")
+        for pattern in (r"^m=audio [1-9]\d* UDP/TLS/RTP/SAVPF ", r"^a=ice-ufrag:\S{4,}", r"^a=ice-pwd:\S{22,}",
+                        r"^a=candidate:\S+ 1 udp \d+ 127\.0\.0\.1 \d+ typ host", r"^a=fingerprint:sha-256 ([0-9A-F]{2}:){31}[0-9A-F]{2}",
+                        r"^a=setup:active", r"^a=rtcp-mux", r"^a=mid:0", r"^a=end-of-candidates"):
+            self.assertRegex(sdp, re.compile(pattern, re.M))
+        self.assertNotIn("a=group:BUNDLE", sdp)  # never answer with BUNDLE (A2)
+        # the call is over: nothing of it is left in the media pool
+        await wait_for(lambda: not self.service.pcscf.calls.calls(), timeout=10)
