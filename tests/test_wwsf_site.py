@@ -196,3 +196,86 @@ class WwsfSiteTests(unittest.TestCase):
         self.assertEqual(len(service.factory.protocols), 0)
         await pool.closeCachedConnections()
         await defer.succeed(None)
+
+
+class WwsfInTheServiceTests(unittest.TestCase):
+    """[wwsf] in a whole epcscf: demo users from the embedded core, https with the [ws] certificate."""
+
+    def test_https_page_gets_wss_and_http_page_gets_ws(self):
+        return defer.ensureDeferred(self._https())
+
+    async def _https(self) -> None:
+        from twisted.internet import reactor, ssl
+
+        from epcscf.service import EpcscfService
+        from tests.support.certificates import self_signed_certificate
+
+        directory = os.path.abspath(self.mktemp())
+        cert, key, pem = self_signed_certificate(os.path.join(directory, "tls"))  # localhost + IP 127.0.0.1
+        base = write_deployment_config(directory)
+        overlay = os.path.join(directory, "tls.ini")
+        with open(overlay, "w") as handle:
+            handle.write(
+                f"[ws]\nlisten = ws:127.0.0.1:0, wss:127.0.0.1:0\ncertificate = {cert}\nprivate_key = {key}\n"
+                f"[wwsf]\nenabled = true\nlisten = https:127.0.0.1:0, http:127.0.0.1:0\nbundle_dir = {directory}\n"
+            )
+        service = EpcscfService(load([base, overlay]))
+        service.startService()
+        self.addCleanup(service.stopService)
+        assert service.wwsf is not None
+        https_origin, http_origin = service.wwsf.origins
+        self.assertTrue(https_origin.startswith("https://127.0.0.1:"))
+        wss = service.pcscf.listener("WSS")
+        ws = service.pcscf.listener("WS")
+
+        policy = client.BrowserLikePolicyForHTTPS(trustRoot=ssl.Certificate.loadPEM(pem))
+        pool = client.HTTPConnectionPool(reactor, persistent=False)
+        response = await client.Agent(reactor, contextFactory=policy, pool=pool).request(b"GET", (https_origin + "/config.json").encode())
+        page_config = json.loads(await client.readBody(response))
+        await pool.closeCachedConnections()
+        self.assertEqual(page_config["websocket_url"], f"wss://127.0.0.1:{wss.address.port}")
+        # The demo users are the embedded core's users file, in its order.
+        self.assertEqual([user["name"] for user in page_config["users"]], list(USERS))
+        self.assertEqual(page_config["users"][0]["password"], USERS["alice"])
+
+        _, _, body = await fetch(http_origin + "/config.json")
+        self.assertEqual(json.loads(body)["websocket_url"], f"ws://127.0.0.1:{ws.address.port}")
+
+    def test_demo_users_off_gives_none(self):
+        return defer.ensureDeferred(self._no_users())
+
+    async def _no_users(self) -> None:
+        from epcscf.service import EpcscfService
+
+        directory = os.path.abspath(self.mktemp())
+        base = write_deployment_config(directory)
+        overlay = os.path.join(directory, "wwsf.ini")
+        with open(overlay, "w") as handle:
+            handle.write(f"[wwsf]\nenabled = true\nlisten = http:127.0.0.1:0\ndemo_users = false\nbundle_dir = {directory}\n")
+        service = EpcscfService(load([base, overlay]))
+        service.startService()
+        self.addCleanup(service.stopService)
+        assert service.wwsf is not None
+        _, _, body = await fetch(service.wwsf.origins[0] + "/config.json")
+        self.assertEqual(json.loads(body)["users"], [])
+        self.assertEqual(json.loads(body)["domain"], DOMAIN)
+
+    def test_port_in_use_is_a_one_line_startup_error(self):
+        import socket
+
+        from epcscf.service import EpcscfService, StartupError
+
+        directory = os.path.abspath(self.mktemp())
+        base = write_deployment_config(directory)
+        with socket.socket() as taken:
+            taken.bind(("127.0.0.1", 0))
+            taken.listen()
+            port = taken.getsockname()[1]
+            overlay = os.path.join(directory, "wwsf.ini")
+            with open(overlay, "w") as handle:
+                handle.write(f"[wwsf]\nenabled = true\nlisten = http:127.0.0.1:{port}\nbundle_dir = {directory}\n")
+            service = EpcscfService(load([base, overlay]))
+            with self.assertRaises(StartupError) as caught:
+                service.startService()
+            self.addCleanup(service.stopService)
+        self.assertEqual(str(caught.exception), f"cannot listen on 127.0.0.1:{port}: Address already in use")

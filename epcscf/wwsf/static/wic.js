@@ -217,6 +217,7 @@ function newSession(session, originator) {
     showState('call-state', 'incoming', 'incoming call');
     $('incoming-text').textContent = `Incoming call from ${session.remote_identity.display_name || peer}`;
     $('incoming').hidden = false;
+    $('answer').focus(); // keyboard and screen-reader users land on the choice to make
     log(`incoming call from ${peer}`);
   } else {
     showState('call-state', 'calling', 'calling…');
