@@ -222,7 +222,7 @@ class UdpTransport(DatagramProtocol):
 
     def datagramReceived(self, data: bytes, addr: tuple[str, int]) -> None:  # type: ignore[override]
         source = Address(addr[0], addr[1])
-        if not data.strip(b"\r\n\x00 "):
+        if data[:1] in (b"\r", b"\n", b"\x00", b" ", b"") and not data.strip(b"\r\n\x00 "):
             return  # RFC 5626 §3.5.1 / common practice: CRLF keep-alive datagrams carry no message
         try:
             message = parse_message(data, self._settings.limits)
