@@ -131,6 +131,8 @@ class ScrapeTests(unittest.TestCase):
         self.assertEqual(value(scraped, "epcscf_media_failures_total", layer="consent"), 1)
         self.assertEqual(value(scraped, "epcscf_media_failures_total", layer="dtls"), 1)
         self.assertEqual(value(scraped, "epcscf_media_failures_total", layer="ice"), 0)
+        # Never scraped while live: their media figures come from the snapshot kept at the end.
+        self.assertEqual(value(scraped, "epcscf_media_packets_total", direction="wic_to_core"), 2)
 
     @asyncio_test
     async def test_counted_events(self) -> None:

@@ -6,8 +6,8 @@ look at them.  Everything here reads through the manager's public views (``calls
 media statistics defensively: a stream that is still being set up has no session yet,
 and a view must never raise into the console or a Prometheus scrape.
 
-The media statistics of a call (``CallMediaLike.stats()``) are one entry per media
-stream (``{m-line index: {"ice": state, "media": MediaStats}}``); a call's ICE state is
+The media statistics of a call (``CallMediaLike.stats()``, or ``Call.media_stats`` once it
+ended) are one entry per media stream (``{m-line index: {"ice": state, "media": MediaStats}}``); a call's ICE state is
 the worst of its streams, its DTLS state likewise, and its packet/byte counts add up
 both directions (WIC → core and core → WIC) of every stream.
 """
@@ -56,14 +56,19 @@ def _state_text(value: Any) -> str:
 
 
 def media_figures(call: Any) -> MediaFigures:
-    """ICE/DTLS state and packet/byte counts of a live call (empty figures when unknown)."""
+    """ICE/DTLS state and packet/byte counts of a call (empty figures when unknown).
+
+    A live call's figures come from its media now; an ended call keeps its last snapshot
+    in ``Call.media_stats`` (taken by the call manager just before the media closed).
+    """
     media = getattr(call, "media", None)
     if media is None:
-        return MediaFigures()
-    try:
-        streams = media.stats()
-    except Exception:  # a stream half set up: show what we can, never fail the view
-        return MediaFigures()
+        streams = getattr(call, "media_stats", None)
+    else:
+        try:
+            streams = media.stats()
+        except Exception:  # a stream half set up: show what we can, never fail the view
+            return MediaFigures()
     if not isinstance(streams, dict):
         return MediaFigures()
     ice_states, dtls_states = [], []

@@ -23,8 +23,9 @@ Counters derived from state:
   ``FlowTable.on_close`` observer) + flows open now;
 * ended calls are counted once each the first time a scrape sees them in
   ``CallManager.ended_calls()`` (kept ``[calls] history`` seconds, far longer than any scrape
-  interval); media packet/byte totals add the last figures seen of each ended call to the
-  live figures (an ended call's media is gone, see ``call_ended`` for exact totals).
+  interval), with their end cause, failing layer and final media figures
+  (``Call.media_stats``); media packet/byte totals are those of the ended calls counted so
+  far plus those of the live calls.
 """
 
 from __future__ import annotations
@@ -169,11 +170,6 @@ class EpcscfMetrics:
     def flow_closed(self, flow: Any) -> None:
         self.live.flows_closed += 1
 
-    def call_ended(self, call: Any) -> None:
-        """Optional: the call manager may report an ending call while its media still exists
-        (exact final packet/byte totals); otherwise the next scrape finds it ended."""
-        self.live.account_ended(call)
-
     # --- exposition ------------------------------------------------------------------------------
 
     def render(self, accept: str | None = None) -> tuple[bytes, str]:
@@ -188,7 +184,6 @@ class LiveStateCollector:
         self.service = service
         self.flows_closed = 0
         self._counted: "weakref.WeakSet[Any]" = weakref.WeakSet()
-        self._last_media: "weakref.WeakKeyDictionary[Any, callview.MediaFigures]" = weakref.WeakKeyDictionary()
         self._ended: dict[tuple[str, str, str], int] = {}
         self._media_failures: dict[str, int] = {layer: 0 for layer in MEDIA_FAILURE_LAYERS}
         self._ended_packets: dict[str, int] = {direction: 0 for direction in callview.DIRECTIONS}
@@ -202,8 +197,6 @@ class LiveStateCollector:
         if call in self._counted:
             return
         figures = callview.media_figures(call)
-        if figures.packets is None:
-            figures = self._last_media.get(call, figures)
         self._counted.add(call)
         summary = call.summary()
         layer = summary.get("layer") or ""
@@ -261,10 +254,6 @@ class LiveStateCollector:
             summary = call.summary()
             by_direction[summary["direction"]] = by_direction.get(summary["direction"], 0) + 1
             figures = callview.media_figures(call)
-            if figures.packets is not None:
-                self._last_media[call] = figures
-            else:
-                figures = self._last_media.get(call, figures)
             for direction in callview.DIRECTIONS:
                 packets[direction] += (figures.packets or {}).get(direction, 0)
                 octets[direction] += (figures.bytes or {}).get(direction, 0)
