@@ -236,7 +236,7 @@ class SipSection:
     wic_t1: float = _option(_seconds, 2.0, "T1 toward the WIC (TS 24.229 Table 7.7.1: 2 s; B/F/H = 64*T1)")
     wic_t2: float = _option(_seconds, 16.0, "T2 toward the WIC")
     wic_t4: float = _option(_seconds, 17.0, "T4 toward the WIC")
-    timer_c: float = _option(_seconds, 180.0, "RFC 3261 §16.6 Timer C for proxied INVITEs (> 3 min)")
+    timer_c: float = _option(_seconds, 181.0, "RFC 3261 §16.6 Timer C for proxied INVITEs (must be > 3 min)")
     max_message_size: int = _option(_integer(1024, 1 << 20), 65535, "largest SIP message accepted, bytes")
     max_headers: int = _option(_integer(8, 4096), 256, "most header lines in one message")
     max_line_length: int = _option(_integer(256, 1 << 20), 8192, "longest header line, bytes")
