@@ -8,15 +8,14 @@ import asyncio
 import os
 import re
 
-from twisted.internet import reactor
 from twisted.trial import unittest
 
 from epcscf.sdp import SessionDescription
 from tests.support.deployment import DOMAIN, USERS, start_deployment, ws_url
 from tests.support.node_peer import require_node_modules, start_node_peer
-from tests.support.processes import TOP, require_program, wait_for
+from tests.support.processes import TOP, wait_for
 from tests.support.wic import as_deferred
-from tests.test_sipp_proxy import SippProcess, free_port, messages_in_trace, port_bound
+from tests.support.sipp import SCENARIOS, SippProcess, free_port, messages_in_trace, port_bound, require_sipp, spawn_sipp
 
 # Example 2.1 of the requirement notes, audio only, with a real fingerprint and loopback candidates.
 CHROME_OFFER = os.path.join(TOP, "tests", "fixtures", "sdp", "chrome_offer_loopback.sdp")
@@ -27,7 +26,7 @@ class JsSipCallToSippTests(unittest.TestCase):
     timeout = 60
 
     def setUp(self) -> None:
-        self.sipp = require_program(self, "sipp", "sip-tester")
+        self.sipp = require_sipp(self)
         require_node_modules(self, "jssip", "jssip-node-websocket")
         self.assertTrue(os.path.exists(CHROME_OFFER), CHROME_OFFER)
         self.service = start_deployment(self)
@@ -36,13 +35,9 @@ class JsSipCallToSippTests(unittest.TestCase):
 
     def spawn_sipp_uas(self) -> tuple[SippProcess, str, int]:
         port = free_port()
-        trace = os.path.join(self.directory, "uas_messages.log")
-        process = SippProcess()
-        scenario = os.path.join(TOP, "tests", "sipp", "calls_uas_answer.xml")
-        argv = [self.sipp, "-sf", scenario, "-i", "127.0.0.1", "-p", str(port), "-m", "1", "-nostdin",
-                "-timeout", "30s", "-timeout_error", "-trace_msg", "-message_file", trace]
-        transport = reactor.spawnProcess(process, self.sipp, argv, env=dict(os.environ), path=self.directory)
-        self.addCleanup(lambda: None if process.ended.called else transport.signalProcess("KILL"))
+        scenario = os.path.join(SCENARIOS, "calls_uas_answer.xml")
+        args = ["-sf", scenario, "-i", "127.0.0.1", "-p", str(port), "-m", "1", "-timeout", "30s", "-timeout_error"]
+        process, trace = spawn_sipp(self, self.sipp, args, self.directory, "uas")
         return process, trace, port
 
     def test_chrome_style_offer_reaches_sipp_as_plain_rtp_and_jssip_gets_ice_and_dtls(self):

@@ -9,18 +9,15 @@ Request-URI; it Record-Routes, so ACK and BYE pass through it as well.
 from __future__ import annotations
 
 import os
-import shutil
-from typing import Any
 
-from twisted.internet import defer, error, reactor
+from twisted.internet import reactor
 from twisted.trial import unittest
 
 from epcscf.core.service import EmbeddedCore, EmbeddedCoreSettings
 from epcscf.sip.transaction_machine import TimerSettings
 from tests.support.processes import wait_for
-from tests.test_sipp_proxy import SippProcess, free_port, headers_named, messages_in_trace, port_bound
+from tests.support.sipp import SippProcess, free_port, headers_named, messages_in_trace, port_bound, require_sipp, spawn_sipp
 
-SIPP = shutil.which("sipp")
 FIXTURES = os.path.join(os.path.dirname(os.path.abspath(__file__)), "fixtures", "core")
 DOMAIN = "ims.localdomain"
 
@@ -29,10 +26,7 @@ class CoreSippTests(unittest.TestCase):
     timeout = 60
 
     def setUp(self) -> None:
-        if SIPP is None:
-            if os.environ.get("CI"):
-                self.fail("sipp is not installed (Debian package sip-tester) and CI is set")
-            raise unittest.SkipTest("sipp is not installed (Debian package sip-tester)")
+        self.sipp = require_sipp(self)
         self.directory = os.path.abspath(self.mktemp())
         os.makedirs(self.directory)
         users = os.path.join(self.directory, "users")
@@ -46,22 +40,7 @@ class CoreSippTests(unittest.TestCase):
         self.addCleanup(self.core.stopService)
 
     def spawn_sipp(self, name: str, args: list[str]) -> tuple[SippProcess, str]:
-        trace = os.path.join(self.directory, f"{name}_messages.log")
-        common = ["-nostdin", "-timeout", "20s", "-timeout_error", "-trace_msg", "-message_file", trace]
-        process = SippProcess()
-        transport = reactor.spawnProcess(process, SIPP, [SIPP, *args, *common], env=dict(os.environ), path=self.directory)
-
-        def kill() -> defer.Deferred | None:
-            if process.ended.called:
-                return None
-            try:
-                transport.signalProcess("KILL")
-            except error.ProcessExitedAlready:
-                return None
-            return process.ended
-
-        self.addCleanup(kill)
-        return process, trace
+        return spawn_sipp(self, self.sipp, [*args, "-timeout", "20s", "-timeout_error"], self.directory, name)
 
     async def test_originating_call_to_a_non_domain_uas_passes_the_core_both_ways(self) -> None:
         uas_port, uac_port = free_port(), free_port()

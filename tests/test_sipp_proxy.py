@@ -9,12 +9,9 @@ hop).  Each sipp runs as a child process bounded by ``-m``, ``-timeout`` and
 from __future__ import annotations
 
 import os
-import re
-import shutil
-import socket
 from typing import Any
 
-from twisted.internet import defer, error, protocol, reactor
+from twisted.internet import defer, reactor
 from twisted.trial import unittest
 
 from epcscf.sip.proxy import ProxySettings, StatefulProxy
@@ -24,73 +21,17 @@ from epcscf.sip.transaction import TransactionLayer
 from epcscf.sip.transaction_machine import TimerSettings
 from epcscf.sip.transport import TransportManager
 from tests.support.processes import wait_for
+from tests.support.sipp import SippProcess, free_port, headers_named, messages_in_trace, port_bound, require_sipp, spawn_sipp
 from tests.test_sip_resolver import MemoryAuthority
 
-SIPP = shutil.which("sipp")
 SCENARIOS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "sipp")
-
-
-def free_port() -> int:
-    """A port free for both UDP and TCP on 127.0.0.1 right now."""
-    while True:
-        tcp = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        tcp.bind(("127.0.0.1", 0))
-        port = tcp.getsockname()[1]
-        udp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-        try:
-            udp.bind(("127.0.0.1", port))
-        except OSError:
-            continue
-        finally:
-            tcp.close()
-            udp.close()
-        return port
-
-
-def port_bound(port: int, transport: str) -> bool:
-    """True once something listens on 127.0.0.1:port (read from /proc/net)."""
-    table = "/proc/net/udp" if transport == "UDP" else "/proc/net/tcp"
-    needle = f"0100007F:{port:04X}"
-    with open(table) as f:
-        return any(line.split()[1] == needle for line in f.readlines()[1:])
-
-
-class SippProcess(protocol.ProcessProtocol):
-    def __init__(self) -> None:
-        self.output = b""
-        self.ended: defer.Deferred = defer.Deferred()
-        self.exit_code: int | None = None
-
-    def outReceived(self, data: bytes) -> None:
-        self.output += data
-
-    errReceived = outReceived
-
-    def processEnded(self, reason: Any) -> None:
-        self.exit_code = getattr(reason.value, "exitCode", None)
-        self.ended.callback(self.exit_code)
-
-
-def messages_in_trace(path: str) -> list[str]:
-    """Every SIP message sipp logged with -trace_msg (sent and received), in order."""
-    with open(path, errors="replace") as f:
-        text = f.read()
-    blocks = re.split(r"\n-{10,}[^\n]*\n[^\n]*message (?:sent|received)[^\n]*\n", "\n" + text)
-    return [block.strip() for block in blocks[1:] if block.strip()]
-
-
-def headers_named(message: str, name: str) -> list[str]:
-    return [line for line in message.splitlines() if line.lower().startswith(name.lower() + ":")]
 
 
 class SippInteropTests(unittest.TestCase):
     timeout = 60
 
     def setUp(self) -> Any:
-        if SIPP is None:
-            if os.environ.get("CI"):
-                self.fail("sipp is not installed (Debian package sip-tester) and CI is set")
-            raise unittest.SkipTest("sipp is not installed (Debian package sip-tester)")
+        self.sipp = require_sipp(self)
         self.directory = os.path.abspath(self.mktemp())
         os.makedirs(self.directory)
 
@@ -119,23 +60,9 @@ class SippInteropTests(unittest.TestCase):
         return self.proxy_port
 
     def spawn_sipp(self, name: str, args: list[str]) -> tuple[SippProcess, str]:
-        trace = os.path.join(self.directory, f"{name}_messages.log")
-        common = ["-nostdin", "-timeout", "20s", "-timeout_error", "-trace_msg", "-message_file", trace,
-                  "-trace_err", "-error_file", os.path.join(self.directory, f"{name}_errors.log")]
-        process = SippProcess()
-        transport = reactor.spawnProcess(process, SIPP, [SIPP, *args, *common], env=dict(os.environ), path=self.directory)
-
-        def kill() -> defer.Deferred | None:
-            if process.ended.called:
-                return None
-            try:
-                transport.signalProcess("KILL")
-            except error.ProcessExitedAlready:
-                return None
-            return process.ended
-
-        self.addCleanup(kill)
-        return process, trace
+        errors = os.path.join(self.directory, f"{name}_errors.log")
+        bounded = [*args, "-timeout", "20s", "-timeout_error", "-trace_err", "-error_file", errors]
+        return spawn_sipp(self, self.sipp, bounded, self.directory, name)
 
     async def run_pair(self, transport: str, uas_args: list[str], uac_args: list[str]) -> tuple[str, str]:
         uas_port, uac_port = free_port(), free_port()

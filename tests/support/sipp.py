@@ -1,0 +1,93 @@
+"""sipp (Debian sip-tester) as a test peer: ports, the child process, its message trace."""
+
+from __future__ import annotations
+
+import os
+import re
+import socket
+from typing import Any
+
+from twisted.internet import defer, error, protocol, reactor
+
+from tests.support.processes import require_program
+
+SCENARIOS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "sipp")
+
+
+def require_sipp(test: Any) -> str:
+    """The sipp binary; the test fails (never skips) without it: bin/test installs it."""
+    return require_program(test, "sipp", "sip-tester")
+
+
+def free_port() -> int:
+    """A port free for both UDP and TCP on 127.0.0.1 right now."""
+    while True:
+        tcp = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        tcp.bind(("127.0.0.1", 0))
+        port = tcp.getsockname()[1]
+        udp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        try:
+            udp.bind(("127.0.0.1", port))
+        except OSError:
+            continue
+        finally:
+            tcp.close()
+            udp.close()
+        return port
+
+
+def port_bound(port: int, transport: str) -> bool:
+    """True once something listens on 127.0.0.1:port (read from /proc/net)."""
+    table = "/proc/net/udp" if transport == "UDP" else "/proc/net/tcp"
+    needle = f"0100007F:{port:04X}"
+    with open(table) as f:
+        return any(line.split()[1] == needle for line in f.readlines()[1:])
+
+
+class SippProcess(protocol.ProcessProtocol):
+    def __init__(self) -> None:
+        self.output = b""
+        self.ended: defer.Deferred = defer.Deferred()
+        self.exit_code: int | None = None
+
+    def outReceived(self, data: bytes) -> None:
+        self.output += data
+
+    errReceived = outReceived
+
+    def processEnded(self, reason: Any) -> None:
+        self.exit_code = getattr(reason.value, "exitCode", None)
+        self.ended.callback(self.exit_code)
+
+
+def messages_in_trace(path: str) -> list[str]:
+    """Every SIP message sipp logged with -trace_msg (sent and received), in order."""
+    with open(path, errors="replace") as f:
+        text = f.read()
+    blocks = re.split(r"\n-{10,}[^\n]*\n[^\n]*message (?:sent|received)[^\n]*\n", "\n" + text)
+    return [block.strip() for block in blocks[1:] if block.strip()]
+
+
+def headers_named(message: str, name: str) -> list[str]:
+    return [line for line in message.splitlines() if line.lower().startswith(name.lower() + ":")]
+
+
+
+def spawn_sipp(test: Any, sipp: str, args: list[str], directory: str, name: str) -> tuple[SippProcess, str]:
+    """Start sipp with a message trace in ``directory``; killed when the test ends."""
+    trace = os.path.join(directory, f"{name}_messages.log")
+    process = SippProcess()
+    argv = [sipp, *args, "-nostdin", "-trace_msg", "-message_file", trace]
+    transport = reactor.spawnProcess(process, sipp, argv, env=dict(os.environ), path=directory)
+
+    def kill() -> defer.Deferred | None:
+        if process.ended.called:
+            return None
+        try:
+            transport.signalProcess("KILL")
+        except error.ProcessExitedAlready:
+            return None
+        return process.ended
+
+    test.addCleanup(kill)
+    return process, trace
