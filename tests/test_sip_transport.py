@@ -2,19 +2,15 @@
 
 from __future__ import annotations
 
-import datetime
-import ipaddress
 import os
 import socket
 from typing import Any
 
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
 from twisted.internet import defer, endpoints, reactor, ssl, task
 from twisted.internet.protocol import DatagramProtocol, Protocol
 from twisted.trial import unittest
+
+from tests.support.certificates import self_signed_certificate
 
 from epcscf.sip.connection import Address, Connection, ConnectionLost
 from epcscf.sip.message import Message, Request, make_response
@@ -70,35 +66,7 @@ class RawClient(Protocol):
 
 def self_signed(directory: str, name: str = "localhost") -> tuple[str, str, bytes]:
     """A self-signed ECDSA certificate for ``name`` and 127.0.0.1: (cert path, key path, PEM)."""
-    key = ec.generate_private_key(ec.SECP256R1())
-    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
-    now = datetime.datetime.now(datetime.timezone.utc)
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(subject)
-        .issuer_name(subject)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(days=1))
-        .not_valid_after(now + datetime.timedelta(days=2))
-        .add_extension(
-            x509.SubjectAlternativeName([x509.DNSName(name), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
-            critical=False,
-        )
-        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-        .sign(key, hashes.SHA256())
-    )
-    cert_pem = cert.public_bytes(serialization.Encoding.PEM)
-    cert_path, key_path = os.path.join(directory, "cert.pem"), os.path.join(directory, "key.pem")
-    with open(cert_path, "wb") as f:
-        f.write(cert_pem)
-    with open(key_path, "wb") as f:
-        f.write(
-            key.private_bytes(
-                serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
-            )
-        )
-    return cert_path, key_path, cert_pem
+    return self_signed_certificate(directory, name)
 
 
 class ListenerSpecTests(unittest.TestCase):
