@@ -327,8 +327,9 @@ class Worker:
         await asyncio.gather(*(one(u, p) for u, p in users))
         return {"opened": len(users) - sum(errors.values()), "errors": errors, "seconds": time.perf_counter() - started}
 
-    async def run(self, seconds: float, start_at: float) -> dict[str, Any]:
-        """Every open WIC re-registers back to back (each a full challenge exchange) for ``seconds``."""
+    async def run(self, seconds: float, start_at: float, connections: int) -> dict[str, Any]:
+        """The first ``connections`` open WICs re-register back to back (each a full challenge
+        exchange) for ``seconds``, starting at wall-clock ``start_at``."""
         await asyncio.sleep(max(0.0, start_at - time.time()))
         deadline = time.monotonic() + seconds
         latencies: list[float] = []
@@ -343,7 +344,7 @@ class Worker:
                     errors[key] = errors.get(key, 0) + 1
 
         started = time.monotonic()
-        await asyncio.gather(*(loop(flow) for flow in self.flows))
+        await asyncio.gather(*(loop(flow) for flow in self.flows[:connections]))
         return {"latencies": latencies, "errors": errors, "seconds": time.monotonic() - started}
 
     def close(self) -> None:
@@ -364,7 +365,7 @@ async def _serve(pipe: Pipe, settings: WorkerSettings) -> None:
             pipe.send(("ran", await worker.run(*arguments)))
         elif command == "close":
             worker.close()
-            await asyncio.sleep(0.2)  # let the close frames and FINs go out
+            await asyncio.sleep(0.1)  # let the close frames and FINs go out
             pipe.send(("closed", {}))
             return
         else:

@@ -274,10 +274,12 @@ class Generator:
                 errors[key] = errors.get(key, 0) + n
         return {"opened": sum(r["opened"] for r in results), "errors": errors, "seconds": time.perf_counter() - started}
 
-    def run(self, seconds: float) -> dict[str, Any]:
+    def run(self, seconds: float, connections: int) -> dict[str, Any]:
+        """``connections`` of the open WICs (spread over the workers) re-register for ``seconds``."""
         start_at = time.time() + 0.3  # every worker starts on the same wall-clock instant
-        for pipe in self.pipes:
-            pipe.send(("run", (seconds, start_at)))
+        for index, pipe in enumerate(self.pipes):
+            share = connections // len(self.pipes) + (1 if index < connections % len(self.pipes) else 0)
+            pipe.send(("run", (seconds, start_at, share)))
         results = self._all("ran", seconds + 60)
         latencies = sorted(latency for result in results for latency in result["latencies"])
         errors: dict[str, int] = {}
@@ -369,69 +371,73 @@ def settled_rss(epcscf: EpcscfProcess, settle: float, limit: float) -> int:
         previous = current
 
 
-def measure_throughput(
-    epcscf: EpcscfProcess, deployment: Deployment, secure: bool, connections: int, seconds: float, workers: int
-) -> ThroughputResult:
+def measure_transport(
+    deployment: Deployment, secure: bool, sizes: list[int], connections: int, seconds: float, workers: int, settle: float
+) -> tuple[list[MemoryResult], ThroughputResult | None]:
+    """One fresh epcscf: RSS per idle registered connection for each N in ``sizes``, then
+    registrations/s with ``connections`` of those WICs re-registering back to back
+    (``seconds`` = 0: no throughput run; ``sizes`` empty: no memory figure)."""
     transport = "wss" if secure else "ws"
-    with generator(epcscf, secure, deployment.users[:connections], workers, deployment.cert) as gen:
-        opened = gen.open(connections)
-        if opened["opened"] == 0:
-            raise RuntimeError(f"no {transport} WIC could register: {opened['errors']}")
-        cpu_before, wall_before = epcscf.cpu_seconds(), time.monotonic()
-        generator_before = sum(cpu_seconds(p.pid) for p in gen.processes)
-        ran = gen.run(seconds)
-        wall = time.monotonic() - wall_before
-        cpu = (epcscf.cpu_seconds() - cpu_before) / wall
-        generator_cpu = (sum(cpu_seconds(p.pid) for p in gen.processes) - generator_before) / wall
-    latencies = ran["latencies"]
-    errors = dict(opened["errors"])
-    for key, n in ran["errors"].items():
-        errors[key] = errors.get(key, 0) + n
-    return ThroughputResult(
-        transport,
-        opened["opened"],
-        len(latencies),
-        ran["seconds"],
-        percentile(latencies, 0.50) * 1000,
-        percentile(latencies, 0.99) * 1000,
-        errors,
-        cpu,
-        generator_cpu,
-    )
-
-
-def measure_memory(
-    deployment: Deployment, secure: bool, sizes: list[int], workers: int, settle: float
-) -> list[MemoryResult]:
-    transport = "wss" if secure else "ws"
-    epcscf = EpcscfProcess(deployment, f"memory-{transport}")
-    results = []
+    epcscf = EpcscfProcess(deployment, transport)
+    memories: list[MemoryResult] = []
+    throughput: ThroughputResult | None = None
     try:
         epcscf.wait_listening()
         # Warm-up: the first registration imports and caches things once per process.
         warm_users = deployment.users[-WARM_UP_WICS:]
         with generator(epcscf, secure, warm_users, 1, deployment.cert) as warm:
             warm.open(len(warm_users))
-        baseline = settled_rss(epcscf, min(1.0, settle), 5.0)
-        with generator(epcscf, secure, deployment.users[: max(sizes)], workers, deployment.cert) as gen:
+        baseline = settled_rss(epcscf, min(1.0, settle), 3 * settle + 0.5) if sizes else 0
+        wanted_sizes = sizes or [connections]
+        with generator(epcscf, secure, deployment.users[: max(wanted_sizes)], workers, deployment.cert) as gen:
             opened_total, errors_total, open_seconds, wanted = 0, {}, 0.0, 0
-            for size in sizes:
+            for size in wanted_sizes:
                 opened = gen.open(size - wanted)
                 wanted = size
                 opened_total += opened["opened"]
                 open_seconds += opened["seconds"]
                 for key, n in opened["errors"].items():
                     errors_total[key] = errors_total.get(key, 0) + n
-                after = settled_rss(epcscf, settle, 10.0)
-                results.append(MemoryResult(transport, deployment.core_transport, opened_total, size, baseline, after, open_seconds, dict(errors_total)))
+                if not sizes:
+                    break
+                after = settled_rss(epcscf, settle, 3 * settle + 0.5)
+                memories.append(
+                    MemoryResult(transport, deployment.core_transport, opened_total, size, baseline, after, open_seconds, dict(errors_total))
+                )
                 print(
                     f"  {transport}: {opened_total}/{size} registered in {open_seconds:.1f} s, "
                     f"RSS {baseline / 1024:.1f} → {after / 1024:.1f} MiB",
                     flush=True,
                 )
+            if seconds > 0:
+                if opened_total == 0:
+                    raise RuntimeError(f"no {transport} WIC could register: {errors_total}")
+                throughput = run_throughput(epcscf, gen, transport, min(connections, opened_total), seconds)
+                print(f"  {transport}: {throughput.rate:.0f} registrations/s", flush=True)
     finally:
         epcscf.stop()
-    return results
+    return memories, throughput
+
+
+def run_throughput(epcscf: EpcscfProcess, gen: Generator, transport: str, connections: int, seconds: float) -> ThroughputResult:
+    cpu_before, wall_before = epcscf.cpu_seconds(), time.monotonic()
+    generator_before = sum(cpu_seconds(p.pid) for p in gen.processes)
+    ran = gen.run(seconds, connections)
+    wall = time.monotonic() - wall_before
+    cpu = (epcscf.cpu_seconds() - cpu_before) / wall
+    generator_cpu = (sum(cpu_seconds(p.pid) for p in gen.processes) - generator_before) / wall
+    latencies = ran["latencies"]
+    return ThroughputResult(
+        transport,
+        connections,
+        len(latencies),
+        ran["seconds"],
+        percentile(latencies, 0.50) * 1000,
+        percentile(latencies, 0.99) * 1000,
+        ran["errors"],
+        cpu,
+        generator_cpu,
+    )
 
 
 # --- report ---
@@ -492,7 +498,7 @@ def report(throughputs: list[ThroughputResult], memories: list[MemoryResult], qu
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="10-second smoke run: 100 connections")
-    parser.add_argument("--seconds", type=float, default=None, help="duration of each throughput run (default 10, quick 1.5)")
+    parser.add_argument("--seconds", type=float, default=None, help="duration of each throughput run (default 10, quick 1)")
     parser.add_argument("--connections", type=int, default=None, help="WICs registering concurrently (default 200, quick 50)")
     parser.add_argument("--workers", type=int, default=2, help="generator processes (default 2)")
     parser.add_argument("--sizes", default=None, help="connection counts for the memory figure (default 1000,5000; quick 100)")
@@ -504,7 +510,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--only", choices=("throughput", "memory"), help="run only one of the two measurements")
     parser.add_argument("--keep", action="store_true", help="keep the temporary directory (ini, logs)")
     args = parser.parse_args(argv)
-    seconds = args.seconds or (1.5 if args.quick else 10.0)
+    seconds = args.seconds or (1.0 if args.quick else 10.0)
     connections = args.connections or (50 if args.quick else 200)
     sizes = sorted(int(s) for s in (args.sizes or ("100" if args.quick else "1000,5000")).split(","))
     settle = args.settle if args.settle is not None else (0.5 if args.quick else 3.0)
@@ -525,26 +531,29 @@ def main(argv: list[str] | None = None) -> int:
     throughputs: list[ThroughputResult] = []
     memories: list[MemoryResult] = []
     try:
-        if args.only in (None, "throughput"):
-            epcscf = EpcscfProcess(deployment, "throughput")
-            try:
-                epcscf.wait_listening()
-                for secure in (False, True):
-                    result = measure_throughput(epcscf, deployment, secure, connections, seconds, args.workers)
-                    print(f"  {result.transport}: {result.rate:.0f} registrations/s", flush=True)
-                    throughputs.append(result)
-            finally:
-                epcscf.stop()
-        if args.only in (None, "memory"):
-            for secure in (False, True):
-                memories.extend(measure_memory(deployment, secure, sizes, args.workers, settle))
+        for secure in (False, True):
+            memory, throughput = measure_transport(
+                deployment,
+                secure,
+                sizes if args.only in (None, "memory") else [],
+                connections,
+                seconds if args.only in (None, "throughput") else 0.0,
+                args.workers,
+                settle,
+            )
+            memories.extend(memory)
+            throughputs.extend([throughput] if throughput else [])
     finally:
         if args.keep:
             print(f"kept {directory}")
         else:
             shutil.rmtree(directory, ignore_errors=True)
     report(throughputs, memories, args.quick)
-    print(f"(benchmark took {time.monotonic() - started:.0f} s)")
+    load = os.getloadavg()
+    print(
+        f"(benchmark took {time.monotonic() - started:.0f} s; load average {load[0]:.1f} {load[1]:.1f} {load[2]:.1f} "
+        f"on {os.cpu_count()} CPUs: other work on the machine lowers the throughput figures)"
+    )
     return 0
 
 
