@@ -10,7 +10,7 @@ import shutil
 from twisted.internet import defer
 from twisted.trial import unittest
 
-from tests.support.browser import DRIVER, png_summary, require_browser, start_browser, start_wwsf_deployment
+from tests.support.browser import DRIVER, open_registered_page, png_summary, require_browser, start_browser, start_wwsf_deployment
 from tests.support.deployment import DOMAIN, USERS
 from tests.support.processes import run, wait_for
 from tests.support.wic import as_deferred
@@ -116,6 +116,23 @@ class WwsfRegistrationTests(unittest.TestCase):
         await browser.wait_function("alice", "document.getElementById('peer').textContent.includes('cannot call')")
         self.assertEqual(await browser.attribute("alice", "#call-state", "data-state"), "idle")
         self.assertFalse(await browser.evaluate("alice", "document.getElementById('call').disabled"))
+
+    def test_page_registers_again_on_a_new_flow_after_the_websocket_drops(self):
+        return as_deferred(self._reconnect())
+
+    async def _reconnect(self) -> None:
+        browser = await start_browser(self)
+        await open_registered_page(browser, self.page_url, "alice")
+        [before] = self.service.pcscf.registrations.all()
+        self.service.pcscf.flows.get(before.flow_id).connection.close(1001, "going away")
+        await browser.wait("alice", '#registration-state[data-state="registering"]')
+        self.assertEqual(await browser.text("alice", "#registration-state"), "connection lost: reconnecting…")
+        # JsSIP reconnects after its back-off (2 s at first) and registers again (RFC 5626 §4.4.1).
+        await browser.wait("alice", REGISTERED, timeout=20000)
+        await wait_for(lambda: [b.flow_id for b in self.service.pcscf.registrations.all()] not in ([], [before.flow_id]))
+        [after] = self.service.pcscf.registrations.all()
+        self.assertEqual(after.aor, before.aor)
+        self.assertNotEqual(after.flow_id, before.flow_id)
 
 
 class BrowserDriverTests(unittest.TestCase):

@@ -24,6 +24,7 @@ const params = new URLSearchParams(location.search);
 const page = {
   config: null,
   ua: null,
+  unregistering: false, // the user asked to unregister (not a dropped connection)
   session: null,
   peerConnection: null,
   statsTimer: null,
@@ -160,7 +161,15 @@ function register() {
   });
   ua.on('unregistered', () => {
     log('unregistered');
-    if (page.ua === ua) stopUa();
+    if (page.ua !== ua) return;
+    if (page.unregistering) {
+      stopUa();
+    } else {
+      // The WebSocket dropped (an eP-CSCF restart, a network change): JsSIP reconnects with
+      // back-off and registers again on the new flow (RFC 5626 §4.4.1); keep the UA running.
+      showState('registration-state', 'registering', 'connection lost: reconnecting…');
+      refreshControls();
+    }
   });
   ua.on('registrationFailed', (e) => {
     const status = e.response ? ` ${e.response.status_code}` : '';
@@ -175,6 +184,7 @@ function register() {
 
 function unregister() {
   if (!page.ua) return;
+  page.unregistering = true;
   if (page.ua.isRegistered()) page.ua.unregister();
   else stopUa();
 }
@@ -182,6 +192,7 @@ function unregister() {
 function stopUa(showUnregistered = true) {
   const ua = page.ua;
   page.ua = null;
+  page.unregistering = false;
   if (page.session) page.session.terminate();
   if (ua) ua.stop();
   if (showUnregistered) showState('registration-state', 'unregistered');
