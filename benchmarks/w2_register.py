@@ -132,9 +132,19 @@ class Deployment:
         with open(self.users_file, "w") as handle:
             handle.write("".join(f"{name}:{password}\n" for name, password in self.users))
 
-    def write_ini(self, name: str) -> tuple[str, int, int]:
-        """A fresh ini with new free ports: (path, ws port, wss port)."""
+    def write_ini(self, name: str, core_next_hop: str | None = None) -> tuple[str, int, int, int]:
+        """A fresh ini with new free ports: (path, ws port, wss port, embedded core port).
+
+        With ``core_next_hop`` the eP-CSCF uses that external core (``[core] mode = external``)
+        instead of embedding one, and the core port is 0.
+        """
         ws_port, wss_port = free_port(), free_port()
+        kind = socket.SOCK_DGRAM if self.core_transport == "udp" else socket.SOCK_STREAM
+        core_port = 0 if core_next_hop else free_port(kind)
+        if core_next_hop:
+            core = f"mode = external\nnext_hop = {core_next_hop}\ndomain = {DOMAIN}"
+        else:
+            core = f"mode = embedded\ndomain = {DOMAIN}\nlisten = {self.core_transport}:127.0.0.1:{core_port}\nusers = {self.users_file}"
         path = os.path.join(self.directory, f"{name}.ini")
         with open(path, "w") as handle:
             handle.write(
@@ -142,17 +152,14 @@ class Deployment:
 [service]
 state_dir = {self.directory}/var-{name}
 [sip]
-listen = {self.core_transport}:127.0.0.1:{free_port(socket.SOCK_DGRAM if self.core_transport == "udp" else socket.SOCK_STREAM)}
+listen = {self.core_transport}:127.0.0.1:{free_port(kind)}
 [ws]
 listen = ws:127.0.0.1:{ws_port}, wss:127.0.0.1:{wss_port}
 certificate = {self.cert}
 private_key = {self.key}
 allow_missing_origin = true
 [core]
-mode = embedded
-domain = {DOMAIN}
-listen = {self.core_transport}:127.0.0.1:{free_port(socket.SOCK_DGRAM if self.core_transport == "udp" else socket.SOCK_STREAM)}
-users = {self.users_file}
+{core}
 [media]
 port_range = 41000-41999
 [manhole]
@@ -161,14 +168,14 @@ enabled = false
 level = {self.log_level}
 """
             )
-        return path, ws_port, wss_port
+        return path, ws_port, wss_port, core_port
 
 
 class EpcscfProcess:
     """``twistd -n --pidfile= epcscf --config <ini>`` as a child process with a raised open-files limit."""
 
-    def __init__(self, deployment: Deployment, name: str) -> None:
-        self.ini, self.ws_port, self.wss_port = deployment.write_ini(name)
+    def __init__(self, deployment: Deployment, name: str, core_next_hop: str | None = None) -> None:
+        self.ini, self.ws_port, self.wss_port, self.core_port = deployment.write_ini(name, core_next_hop)
         self.log_path = os.path.join(deployment.directory, f"{name}.log")
         self.log = open(self.log_path, "wb")
         env = dict(os.environ)
@@ -331,6 +338,7 @@ class ThroughputResult:
     errors: dict[str, int]
     server_cpu: float  # fraction of one core used by epcscf during the run
     generator_cpu: float  # fraction of one core used by all generator processes together
+    core_cpu: float | None = None  # fraction of one core used by a separate core process (--separate-core)
 
     @property
     def rate(self) -> float:
@@ -372,13 +380,26 @@ def settled_rss(epcscf: EpcscfProcess, settle: float, limit: float) -> int:
 
 
 def measure_transport(
-    deployment: Deployment, secure: bool, sizes: list[int], connections: int, seconds: float, workers: int, settle: float
+    deployment: Deployment,
+    secure: bool,
+    sizes: list[int],
+    connections: int,
+    seconds: float,
+    workers: int,
+    settle: float,
+    separate_core: bool = False,
 ) -> tuple[list[MemoryResult], ThroughputResult | None]:
     """One fresh epcscf: RSS per idle registered connection for each N in ``sizes``, then
     registrations/s with ``connections`` of those WICs re-registering back to back
     (``seconds`` = 0: no throughput run; ``sizes`` empty: no memory figure)."""
     transport = "wss" if secure else "ws"
-    epcscf = EpcscfProcess(deployment, transport)
+    core: EpcscfProcess | None = None
+    if separate_core:
+        # The same embedded core, but in its own process: the eP-CSCF reaches it as an external core.
+        core = EpcscfProcess(deployment, f"{transport}-core")
+        core.wait_listening()
+        next_hop = f"sip:127.0.0.1:{core.core_port};transport={deployment.core_transport}"
+    epcscf = EpcscfProcess(deployment, transport, next_hop if core else None)
     memories: list[MemoryResult] = []
     throughput: ThroughputResult | None = None
     try:
@@ -412,20 +433,26 @@ def measure_transport(
             if seconds > 0:
                 if opened_total == 0:
                     raise RuntimeError(f"no {transport} WIC could register: {errors_total}")
-                throughput = run_throughput(epcscf, gen, transport, min(connections, opened_total), seconds)
+                throughput = run_throughput(epcscf, gen, transport, min(connections, opened_total), seconds, core)
                 print(f"  {transport}: {throughput.rate:.0f} registrations/s", flush=True)
     finally:
         epcscf.stop()
+        if core is not None:
+            core.stop()
     return memories, throughput
 
 
-def run_throughput(epcscf: EpcscfProcess, gen: Generator, transport: str, connections: int, seconds: float) -> ThroughputResult:
+def run_throughput(
+    epcscf: EpcscfProcess, gen: Generator, transport: str, connections: int, seconds: float, core: EpcscfProcess | None
+) -> ThroughputResult:
+    core_before = core.cpu_seconds() if core else 0.0
     cpu_before, wall_before = epcscf.cpu_seconds(), time.monotonic()
     generator_before = sum(cpu_seconds(p.pid) for p in gen.processes)
     ran = gen.run(seconds, connections)
     wall = time.monotonic() - wall_before
     cpu = (epcscf.cpu_seconds() - cpu_before) / wall
     generator_cpu = (sum(cpu_seconds(p.pid) for p in gen.processes) - generator_before) / wall
+    core_cpu = (core.cpu_seconds() - core_before) / wall if core else None
     latencies = ran["latencies"]
     return ThroughputResult(
         transport,
@@ -437,6 +464,7 @@ def run_throughput(epcscf: EpcscfProcess, gen: Generator, transport: str, connec
         ran["errors"],
         cpu,
         generator_cpu,
+        core_cpu,
     )
 
 
@@ -463,6 +491,8 @@ def report(throughputs: list[ThroughputResult], memories: list[MemoryResult], qu
             f"{t.p50_ms:>9.1f}{t.p99_ms:>9.1f}{t.server_cpu * 100:>11.0f}%{t.cpu_ms_per_registration:>12.2f}{t.generator_cpu * 100:>8.0f}%"
             f"{sum(t.errors.values()):>8}  {verdict(ok)}"
         )
+        if t.core_cpu is not None:
+            print(f"    (the core ran in its own process: {t.core_cpu * 100:.0f}% CPU, {t.core_cpu * 1000 / t.rate:.2f} ms per registration)")
         for key, n in t.errors.items():
             print(f"    {n} × {key}")
     print()
@@ -507,6 +537,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--core-transport", default="udp", choices=("udp", "tcp"), help="eP-CSCF ↔ embedded core transport (default udp, as etc/epcscf.ini)"
     )
+    parser.add_argument(
+        "--separate-core",
+        action="store_true",
+        help="run the embedded core in a second epcscf process, reached as an external core (diagnostic: "
+        "the eP-CSCF's own CPU and memory without the core's)",
+    )
     parser.add_argument("--only", choices=("throughput", "memory"), help="run only one of the two measurements")
     parser.add_argument("--keep", action="store_true", help="keep the temporary directory (ini, logs)")
     args = parser.parse_args(argv)
@@ -524,7 +560,7 @@ def main(argv: list[str] | None = None) -> int:
     directory = tempfile.mkdtemp(prefix="w2_register-")
     deployment = Deployment(directory, make_users(max(max(sizes), connections) + WARM_UP_WICS), args.log_level, args.core_transport)
     print(
-        f"epcscf: twistd -n epcscf, embedded core over {args.core_transport}, {len(deployment.users)} users, log level {args.log_level}; "
+        f"epcscf: twistd -n epcscf, embedded core{' in its own process' if args.separate_core else ''} over {args.core_transport}, {len(deployment.users)} users, log level {args.log_level}; "
         f"generator: {args.workers} processes; files in {directory}",
         flush=True,
     )
@@ -540,6 +576,7 @@ def main(argv: list[str] | None = None) -> int:
                 seconds if args.only in (None, "throughput") else 0.0,
                 args.workers,
                 settle,
+                args.separate_core,
             )
             memories.extend(memory)
             throughputs.extend([throughput] if throughput else [])
