@@ -134,6 +134,31 @@ class WwsfRegistrationTests(unittest.TestCase):
         self.assertEqual(after.aor, before.aor)
         self.assertNotEqual(after.flow_id, before.flow_id)
 
+    def test_page_is_labelled_for_assistive_technology(self):
+        return as_deferred(self._labels())
+
+    async def _labels(self) -> None:
+        browser = await start_browser(self)
+        await browser.open("alice", f"{self.page_url}?user=alice")
+        await browser.wait("alice", "body[data-ready]")
+        report = await browser.evaluate(
+            "alice",
+            """() => ({
+              unlabelled: [...document.querySelectorAll('input, select, meter')]
+                .filter((control) => control.labels.length === 0).map((control) => control.id),
+              unnamedButtons: [...document.querySelectorAll('button')]
+                .filter((button) => !button.textContent.trim()).map((button) => button.id),
+              live: ['page-status', 'registration-state', 'call-state', 'log']
+                .map((id) => document.getElementById(id).getAttribute('aria-live')),
+              toggles: ['mute', 'hold'].map((id) => document.getElementById(id).getAttribute('aria-pressed')),
+              lang: document.documentElement.lang,
+            })""",
+        )
+        self.assertEqual(
+            report,
+            {"unlabelled": [], "unnamedButtons": [], "live": ["polite"] * 4, "toggles": ["false", "false"], "lang": "en"},
+        )
+
 
 class BrowserDriverTests(unittest.TestCase):
     """The driver's steps-file mode (for scripts and other tests): runs in order, stops at the
