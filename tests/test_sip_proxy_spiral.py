@@ -41,7 +41,7 @@ class SpiralTests(unittest.TestCase):
         """Our Via on top of what the request looks like when it comes back from the core."""
         back = in_dialog_bye(self.ROUTES[3:])
         back.headers.remove("Via")
-        back.headers.add("Via", f"SIP/2.0/UDP 127.0.0.1:5070;branch=z9hG4bK-core")
+        back.headers.add("Via", "SIP/2.0/UDP 127.0.0.1:5070;branch=z9hG4bK-core")
         back.headers.add("Via", f"SIP/2.0/UDP 127.0.0.1:5060;branch={branch_for(received, 0)}")
         back.headers.add("Via", "SIP/2.0/WS a.invalid;branch=z9hG4bK-alice")
         return back
