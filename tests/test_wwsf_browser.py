@@ -10,7 +10,17 @@ import shutil
 from twisted.internet import defer
 from twisted.trial import unittest
 
-from tests.support.browser import DRIVER, open_registered_page, png_summary, require_browser, start_browser, start_wwsf_deployment
+from epcscf.config import Listener
+from epcscf.wwsf import WwsfService, WwsfSettings
+from tests.support.browser import (
+    DRIVER,
+    open_registered_page,
+    page_bundle_dir,
+    png_summary,
+    require_browser,
+    start_browser,
+    start_wwsf_deployment,
+)
 from tests.support.deployment import DOMAIN, USERS
 from tests.support.processes import run, wait_for
 from tests.support.wic import as_deferred
@@ -158,6 +168,29 @@ class WwsfRegistrationTests(unittest.TestCase):
             report,
             {"unlabelled": [], "unnamedButtons": [], "live": ["polite"] * 4, "toggles": ["false", "false"], "lang": "en"},
         )
+
+
+class WwsfPageErrorTests(unittest.TestCase):
+    def setUp(self) -> None:
+        require_browser(self)
+
+    def test_no_usable_websocket_listener_is_said_on_the_page(self):
+        return as_deferred(self._no_listener())
+
+    async def _no_listener(self) -> None:
+        # An https page may only use wss: with only ws listeners the WWSF offers no URL.
+        settings = WwsfSettings(DOMAIN, lambda: [], page_bundle_dir())
+        wwsf = WwsfService(settings, (Listener("http", "127.0.0.1", 0),))
+        wwsf.startService()
+        self.addCleanup(wwsf.stopService)
+        browser = await start_browser(self)
+        await browser.open("page", wwsf.origins[0] + "/")
+        await browser.wait("page", "#page-status[data-error]")
+        self.assertEqual(
+            await browser.text("page", "#page-status"),
+            "Cannot load the WWSF configuration: no eP-CSCF WebSocket listener is usable from http:// pages",
+        )
+        self.assertIsNone(await browser.attribute("page", "body", "data-ready"))
 
 
 class BrowserDriverTests(unittest.TestCase):

@@ -138,7 +138,6 @@ class WwsfSiteTests(unittest.TestCase):
                 "users": [
                     {"name": "alice", "password": USERS["alice"], "uri": f"sip:alice@{DOMAIN}", "identities": [f"sip:alice@{DOMAIN}", "tel:+15550001"]}
                 ],
-                "ice_servers": [],
             },
         )
 

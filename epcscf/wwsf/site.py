@@ -15,9 +15,9 @@ from __future__ import annotations
 import ipaddress
 import json
 import os
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Callable
 
 from twisted.logger import Logger
 from twisted.web import resource, server, static
@@ -78,7 +78,6 @@ class WwsfSettings:
     demo_users: tuple[DemoUser, ...] = ()
     #: fixed WebSocket URL for the page ("" = derived from the listeners and the request)
     websocket_url: str = ""
-    ice_servers: tuple[dict[str, Any], ...] = field(default=())
 
 
 def _unspecified(host: str) -> bool:
@@ -123,7 +122,6 @@ class ConfigJson(resource.Resource):
             "websocket_url": url,
             "domain": settings.domain,
             "users": [asdict(user) for user in settings.demo_users],
-            "ice_servers": list(settings.ice_servers),
         }
         request.setHeader(b"Content-Type", b"application/json; charset=utf-8")
         request.setHeader(b"Cache-Control", b"no-store")  # it may hold demo passwords

@@ -99,6 +99,10 @@ async function loadConfig() {
   const response = await fetch('config.json', { cache: 'no-store' });
   if (!response.ok) throw new Error(`config.json: HTTP ${response.status}`);
   page.config = await response.json();
+  if (!page.config.websocket_url) {
+    // The WWSF found no [ws] listener this page may use (an https page needs a wss one).
+    throw new Error(`no eP-CSCF WebSocket listener is usable from ${location.protocol}// pages`);
+  }
   $('websocket-url').value = page.config.websocket_url;
   const select = $('demo-user');
   for (const user of page.config.users) {
