@@ -23,7 +23,6 @@ import asyncio
 import json
 import os
 import shutil
-import signal
 import socket
 import struct
 import zlib
@@ -179,17 +178,17 @@ class Browser(protocol.ProcessProtocol):
         await self.command("close", page=page)
 
     async def quit(self, timeout: float = 10.0) -> int | None:
-        """Close the browser; SIGTERM then SIGKILL the driver if it does not exit in time."""
+        """Close the browser; SIGTERM, then SIGKILL, the driver if it does not exit in time
+        (playwright closes Chromium when its driver is terminated)."""
         if not self.ended.done():
             self.transport.write(b'{"op": "quit"}\n')
-            for sig in (None, signal.SIGTERM, signal.SIGKILL):
-                if sig is not None and not self.ended.done():
-                    self.transport.signalProcess("TERM" if sig == signal.SIGTERM else "KILL")
+            for escalation in ("TERM", "KILL", None):
                 try:
                     await asyncio.wait_for(asyncio.shield(self.ended), timeout)
                     break
                 except asyncio.TimeoutError:
-                    continue
+                    if escalation is not None and not self.ended.done():
+                        self.transport.signalProcess(escalation)
         return await self.ended
 
 
@@ -230,9 +229,11 @@ def free_tcp_port() -> int:
 
 def start_wwsf_deployment(test: Any, extra: str = "") -> tuple[EpcscfService, str]:
     """epcscf + embedded core + WWSF on 127.0.0.1; (service, page URL).  The WWSF's origin is the
-    only allowed ``[ws]`` origin, as in etc/epcscf.ini.  Stopped when the test ends."""
+    only allowed ``[ws]`` origin, as in etc/epcscf.ini.  ``extra``: a further ini file's text
+    whose keys override the deployment's (e.g. ``"[media]\\nice_mode = lite\\n"``).  Stopped
+    when the test ends."""
     directory = os.path.abspath(test.mktemp())
-    base = write_deployment_config(directory, extra)
+    base = write_deployment_config(directory)
     port = free_tcp_port()
     overlay = os.path.join(directory, "wwsf.ini")
     with open(overlay, "w") as handle:
@@ -240,7 +241,12 @@ def start_wwsf_deployment(test: Any, extra: str = "") -> tuple[EpcscfService, st
             f"[ws]\nallowed_origins = http://127.0.0.1:{port}\nallow_missing_origin = false\n"
             f"[wwsf]\nenabled = true\nlisten = http:127.0.0.1:{port}\nbundle_dir = {page_bundle_dir()}\n"
         )
-    service = EpcscfService(load([base, overlay]))
+    files = [base, overlay]
+    if extra:
+        files.append(os.path.join(directory, "extra.ini"))
+        with open(files[-1], "w") as handle:
+            handle.write(extra)
+    service = EpcscfService(load(files))
     service.startService()
     test.addCleanup(service.stopService)
     return service, f"http://127.0.0.1:{port}/"
