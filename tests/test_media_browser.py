@@ -31,7 +31,16 @@ from twisted.internet import defer, error, protocol, reactor
 from twisted.trial import unittest
 
 from epcscf.media.session import MediaStats
-from tests.support.browser import Browser, require_browser, start_browser, start_wwsf_deployment
+from tests.support.browser import (
+    Browser,
+    call_from_page,
+    open_registered_page,
+    page_state,
+    require_browser,
+    start_browser,
+    start_wwsf_deployment,
+    wait_for_inbound_audio,
+)
 from tests.support.deployment import DOMAIN
 from tests.support.processes import require_program
 from tests.support.wic import as_deferred
@@ -43,25 +52,12 @@ MEDIA_PORTS = range(40000, 41000)  # [media] port_range of tests.support.deploym
 UAC_TALK_MS = 8000
 
 
-def state(element: str, value: str) -> str:
-    return f'#{element}[data-state="{value}"]'
-
-
 # In the page: the RTCPeerConnection's own verdict (W3C webrtc-pc §4.4.3 connectionState
 # "connected" = ICE connected and DTLS connected) and the DTLS transport of the stats.
 PC_CONNECTED = """() => {
   const pc = window.wwsf.peerConnection;
   if (!pc || pc.connectionState !== 'connected') return false;
   return { connectionState: pc.connectionState, iceConnectionState: pc.iceConnectionState };
-}"""
-# Two getStats() samples ~1 s apart: inbound-rtp packetsReceived grew by at least `arg`.
-PACKETS_RISE = """async (more) => {
-  const first = await window.wwsf.stats();
-  if (!first) return false;
-  await new Promise((resolve) => setTimeout(resolve, 1000));
-  const second = await window.wwsf.stats();
-  if (!second || second.packetsReceived < first.packetsReceived + more) return false;
-  return { first, second };
 }"""
 
 
@@ -134,12 +130,18 @@ class SippProcess(protocol.ProcessProtocol):
 
 
 class BrowserMediaTests(unittest.TestCase):
+    """Full ICE toward the browser (the [media] default)."""
+
     timeout = 90
+    #: ini text overriding the deployment's (tests.support.deployment) for this class
+    media_config = ""
+    ice_mode = "full"
 
     def setUp(self) -> None:
         require_browser(self)
         self.sipp = require_program(self, "sipp", "sip-tester")
-        self.service, self.page_url = start_wwsf_deployment(self)
+        self.service, self.page_url = start_wwsf_deployment(self, self.media_config)
+        self.assertEqual(self.service.config.media.ice_mode, self.ice_mode)
         self.directory = os.path.abspath(self.mktemp())
         os.makedirs(self.directory)
 
@@ -179,18 +181,12 @@ class BrowserMediaTests(unittest.TestCase):
         code = await asyncio.wait_for(asyncio.shield(process.ended), timeout)
         self.assertEqual(code, 0, f"sipp {name} failed ({code}):\n{self.sipp_log(name, process)}")
 
-    async def register(self, browser: Browser, user: str) -> None:
-        await browser.open(user, f"{self.page_url}?user={user}")
-        await browser.wait(user, "body[data-ready]")
-        await browser.click(user, "#register")
-        await browser.wait(user, state("registration-state", "registered"))
-
     async def assert_media_flows(self, browser: Browser, user: str) -> dict:
         """ICE + DTLS connected in the browser and inbound RTP growing; the stats summary."""
         verdict = await browser.wait_function(user, PC_CONNECTED, timeout=20000, polling=100)
         self.assertEqual(verdict["connectionState"], "connected")
-        samples = await browser.wait_function(user, PACKETS_RISE, arg=25, timeout=20000, polling=200)
-        second = samples["second"]
+        # Two getStats() samples ~1 s apart: inbound-rtp packetsReceived grew by at least 25 (PCMU: 50/s).
+        second = await wait_for_inbound_audio(browser, user, packets=25, timeout=20000)
         self.assertEqual(second["dtlsState"], "connected")
         # The selected pair passed a check; Chrome reports "in-progress" while its own (consent)
         # check on it is outstanding, so both states mean a working pair here.
@@ -201,6 +197,10 @@ class BrowserMediaTests(unittest.TestCase):
         self.assertEqual(host, LOCAL)
         self.assertIn(int(port), MEDIA_PORTS, f"{user}'s media peer: {second['selectedPair']}")
         self.assertGreater(second["packetsSent"], 0)
+        # What the browser was told about epcscf's ICE agent (RFC 8839 §5.3: a=ice-lite).
+        remote_sdp = await browser.evaluate(user, "() => window.wwsf.peerConnection.remoteDescription.sdp")
+        self.assertEqual("a=ice-lite" in remote_sdp, self.ice_mode == "lite", remote_sdp)
+        self.assertIn("UDP/TLS/RTP/SAVPF", remote_sdp)
         return second
 
     def relay_stats(self) -> MediaStats:
@@ -233,7 +233,7 @@ class BrowserMediaTests(unittest.TestCase):
         self.assertEqual(pool.free_count, pool.size)
 
     async def browser_idle(self, browser: Browser, user: str) -> None:
-        await browser.wait(user, state("call-state", "idle"), timeout=15000)
+        await browser.wait(user, page_state("call-state", "idle"), timeout=15000)
         self.assertIsNone(await browser.evaluate(user, "() => window.wwsf.peerConnection"))
         errors = [line for line in browser.console(user, last=1000) if line.split(":")[0].endswith("error")]
         self.assertEqual(errors, [])
@@ -251,11 +251,10 @@ class BrowserMediaTests(unittest.TestCase):
         self.assertFalse(uas.ended.done(), self.sipp_log("uas", uas))
 
         browser = await start_browser(self)
-        await self.register(browser, "alice")
+        await open_registered_page(browser, self.page_url, "alice")
         # The embedded core proxies a Request-URI outside its domain as is (to the sipp UAS).
-        await browser.fill("alice", "#target", f"sip:echo@{LOCAL}:{sip_port}")
-        await browser.click("alice", "#call")
-        await browser.wait("alice", state("call-state", "connected"), timeout=20000)
+        await call_from_page(browser, "alice", f"sip:echo@{LOCAL}:{sip_port}")
+        await browser.wait("alice", page_state("call-state", "connected"), timeout=20000)
 
         await self.assert_media_flows(browser, "alice")
         self.assert_relay_carried_media(media_port)
@@ -272,7 +271,7 @@ class BrowserMediaTests(unittest.TestCase):
 
     async def _sipp_calls_browser(self) -> None:
         browser = await start_browser(self)
-        await self.register(browser, "bob")
+        await open_registered_page(browser, self.page_url, "bob")
 
         core = self.service.core.addresses[0][1]  # the embedded core's UDP listener
         media_port = free_udp_port()
@@ -283,12 +282,12 @@ class BrowserMediaTests(unittest.TestCase):
                                       "-mi", LOCAL, "-mp", str(media_port),
                                       "-d", str(UAC_TALK_MS), f"{core.host}:{core.port}"])
         try:
-            await browser.wait("bob", state("call-state", "incoming"), timeout=20000)
+            await browser.wait("bob", page_state("call-state", "incoming"), timeout=20000)
         except AssertionError as failure:
             raise AssertionError(f"{failure}\nsipp uac:\n{self.sipp_log('uac', uac)}") from None
         self.assertEqual(await browser.text("bob", "#incoming-text"), f"Incoming call from sip:ims-caller@{DOMAIN}")
         await browser.click("bob", "#answer")
-        await browser.wait("bob", state("call-state", "connected"), timeout=20000)
+        await browser.wait("bob", page_state("call-state", "connected"), timeout=20000)
 
         stats = await self.assert_media_flows(browser, "bob")
         self.assert_relay_carried_media(media_port)
@@ -306,3 +305,11 @@ class BrowserMediaTests(unittest.TestCase):
         self.assertIn("(remote)", await browser.text("bob", "#peer"))
         await self.sipp_finished("uac", uac)
         await self.assert_released()
+
+
+class IceLiteBrowserMediaTests(BrowserMediaTests):
+    """The same calls with epcscf as an ICE-lite agent (RFC 8445 §2.5): Chrome is always the
+    controlling agent and nominates; epcscf only answers its checks."""
+
+    media_config = "[media]\nice_mode = lite\n"
+    ice_mode = "lite"
