@@ -6,6 +6,7 @@ from __future__ import annotations
 import io
 import sys
 
+from twisted.internet import task
 from twisted.trial import unittest
 
 from epcscf.ops.console import Console
@@ -82,3 +83,29 @@ class RealCallOperationsTests(unittest.TestCase):
             metric(self.service, 'epcscf_calls_ended_total{cause="ops test",direction="originating",layer=""}'), 1
         )
         self.assertGreaterEqual(metric(self.service, 'epcscf_media_packets_total{direction="wic_to_core"}'), 5)
+
+    async def test_drain_lets_a_real_call_run_then_releases_it_on_both_sides(self) -> None:
+        client, wic, invite, ok, uas, trace, _ = await self.established_originating_call()
+        clock = task.Clock()
+        self.service.lifecycle.clock = clock
+        stopped = self.service.stopService()
+        timeout = self.service.config.service.drain_timeout
+        clock.advance(timeout - 1)
+        # Still up while draining: media keeps flowing.
+        [call] = self.calls.calls()
+        wic.send_rtp(rtp(1))
+        await self.until(lambda: len(wic.received) >= 1)
+        self.assertFalse(stopped.called)
+        clock.advance(1)
+        bye = await as_deferred(client.next_message(10))
+        self.assertIsInstance(bye, Request)
+        self.assertEqual(bye.method, "BYE")
+        self.assertIn('text="service shutting down"', bye.headers.get("Reason") or "")
+        await as_deferred(client.answer(bye, 200))
+        self.assertEqual(await uas.ended, 0, uas.output.decode(errors="replace")[-2000:])  # sipp got its BYE
+        self.assertEqual(call.release_cause, "service shutting down")
+        self.assertFalse(stopped.called)  # the WebSockets stay open until the BYEs are answered
+        clock.advance(0.5)
+        await stopped
+        await self.calls.idle()
+        self.assertEqual(self.pool.free_count, self.pool.size, "media ports left allocated")

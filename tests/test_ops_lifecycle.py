@@ -7,7 +7,7 @@ import os
 import signal
 
 import websockets
-from twisted.internet import task
+from twisted.internet import reactor, task
 from twisted.trial import unittest
 
 from epcscf.logging import LEVELS, level_predicate, set_log_level
@@ -124,6 +124,10 @@ class DrainTests(unittest.TestCase):
         self.service = start_deployment(self, "[service]\ndrain_timeout = 10\n")
         self.clock = task.Clock()
         self.service.lifecycle.clock = self.clock
+        # Clean-up (last in, first out): finish a drain stuck on the test clock, then let a drain
+        # that has not started yet run on the real reactor.
+        self.addCleanup(setattr, self.service.lifecycle, "clock", reactor)
+        self.addCleanup(self.clock.advance, 60)
 
     @asyncio_test
     async def test_idle_service_stops_at_once(self) -> None:
@@ -177,3 +181,21 @@ class DrainTests(unittest.TestCase):
         await wait(stopped)
         self.assertFalse(self.service.running)
         self.assertEqual(len(self.service.pcscf.registrations.all()), 0)
+
+    @asyncio_test
+    async def test_an_unanswered_transaction_holds_the_stop_no_longer_than_the_timeout_and_grace(self) -> None:
+        from epcscf.ops.lifecycle import RELEASE_GRACE, pending_client_transactions
+
+        alice = await registered_wic(self, self.service, "alice")
+        bob = await registered_wic(self, self.service, "bob")
+        await alice.send(alice.request("MESSAGE", f"sip:bob@{DOMAIN}", content_type="text/plain", body=b"hi"))
+        await bob.next_message()  # bob never answers
+        stopped = self.service.stopService()
+        self.clock.advance(10)  # drain_timeout: nothing to release, but a request is still out toward bob
+        # alice's MESSAGE toward the core, and the core's toward bob: both through the eP-CSCF
+        self.assertEqual(pending_client_transactions(self.service.pcscf), 2)
+        self.clock.advance(RELEASE_GRACE - 0.5)
+        self.assertFalse(stopped.called)
+        self.clock.advance(0.5)
+        await wait(stopped)
+        self.assertFalse(self.service.running)

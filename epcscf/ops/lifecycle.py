@@ -8,8 +8,9 @@ Drain (SIGTERM → twistd → ``EpcscfService.stopService``)
    existing dialogs still go through, so registered WICs stay reachable while calls finish.
 2. The service waits until no call is alive and no server transaction is still waiting
    for its final response, or until ``[service] drain_timeout`` has passed.
-3. Calls still up then are released by the call manager (BYE with a Reason header), and
-   the normal stop follows (WebSockets closed with 1001 "going away", RFC 6455 §7.4.1).
+3. Calls still up then are released by the call manager (BYE with a Reason header); their
+   BYEs get up to ``RELEASE_GRACE`` seconds to be answered, then the normal stop follows
+   (WebSockets closed with 1001 "going away", RFC 6455 §7.4.1).
 
 When nothing is in progress the drain ends at once, so stopping an idle service (and every
 test's clean-up) costs nothing.
@@ -63,6 +64,7 @@ LIVE_KEYS = frozenset(
 )
 
 DRAIN_POLL_INTERVAL = 0.5  # seconds between "is everything finished?" checks
+RELEASE_GRACE = 2.0  # seconds the BYEs of released calls get to be answered
 
 
 @dataclass(frozen=True)
@@ -247,6 +249,18 @@ def pending_server_transactions(pcscf: Any) -> int:
     )
 
 
+def pending_client_transactions(pcscf: Any) -> int:
+    """Client transactions still waiting for a final response (our BYEs among them)."""
+    from epcscf.sip.transaction_client import ClientTransaction
+    from epcscf.sip.transaction_machine import State
+
+    return sum(
+        1
+        for transaction in pcscf.transactions.transactions()
+        if isinstance(transaction, ClientTransaction) and transaction.state in (State.CALLING, State.TRYING, State.PROCEEDING)
+    )
+
+
 def live_call_ids(pcscf: Any) -> list[str]:
     manager = getattr(pcscf, "calls", None)
     return [call.call_id for call in manager.calls()] if manager is not None else []
@@ -281,14 +295,24 @@ class Drainer:
             timeout=timeout,
         )
 
+        released: list[int] = []  # set once the calls left at the deadline were released
+
         def check() -> None:
             if done.called:
                 return
-            waited = self.clock.seconds() - started
-            if not live_call_ids(pcscf) and not pending_server_transactions(pcscf):
+            now = self.clock.seconds()
+            waited = now - started
+            if released:
+                # Give the BYEs just sent a moment to be answered before the WebSockets close.
+                if not pending_client_transactions(pcscf) or now - released[1] >= RELEASE_GRACE:
+                    finish(DrainReport(waited, released[0], True))
+                    return
+                self.clock.callLater(DRAIN_POLL_INTERVAL, check)
+            elif not live_call_ids(pcscf) and not pending_server_transactions(pcscf):
                 finish(DrainReport(waited, 0, False))
             elif waited >= timeout:
-                finish(DrainReport(waited, self._release_calls(pcscf), True))
+                released.extend((self._release_calls(pcscf), now))
+                check()
             else:
                 self.clock.callLater(min(DRAIN_POLL_INTERVAL, timeout - waited), check)
 
