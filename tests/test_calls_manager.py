@@ -451,6 +451,24 @@ class CallManagerTests(unittest.TestCase):
         self.assertEqual(self.log[-1], "answer_from_core")
         self.assertEqual(decision.request.body, b"v=0\r\nanswer_from_core\r\n")
 
+    def test_late_offer_2xx_still_being_rewritten_survives_the_end_of_the_transaction(self) -> None:
+        # The proxy ends the INVITE server transaction as soon as the 2xx is handed over, while
+        # the WIC's offer in it is still being turned into an IMS offer (ICE gathering).
+        context, _ = self.terminate(b"")
+        pending: defer.Deferred = defer.Deferred()
+        self.medias[0].offer_from_wic = lambda sdp: pending  # type: ignore[method-assign]
+        ok = response_to(context.request, 200, WIC_OFFER)
+        for branch in context.branches or [Branch(context.request, [])]:
+            branch.final = ok
+        if not context.branches:
+            context.branches.append(Branch(context.request, [], final=ok))
+        rewritten = self.manager.response(context, ok)
+        self.manager.transaction_ended(context)
+        self.assertFalse(self.medias[0].closed)
+        pending.callback(b"v=0\r\nlate\r\n")
+        self.assertEqual(self.successResultOf(rewritten).body, b"v=0\r\nlate\r\n")
+        self.assertIs(self.manager.calls()[0].state, CallState.CONFIRMED)
+
     def test_terminating_early_ws_loss_answers_480_to_the_core(self) -> None:
         context, _ = self.terminate(CORE_SDP)
         self.manager.flow_closed(self.wic)

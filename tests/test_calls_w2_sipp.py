@@ -405,6 +405,91 @@ class CallsThroughTheEdgeTests(unittest.TestCase):
         self.assert_everything_freed()
 
 
+    def wic_response(self, client: WsSipClient, request: Request, body: bytes, tag: str) -> Response:
+        """The WIC's 200 (RFC 3261 §12.1.1: Record-Route copied, Contact) with an SDP body."""
+        from epcscf.sip.message import make_response
+
+        ok = make_response(request, 200, to_tag=tag)
+        for value in request.headers.get_all("Record-Route"):
+            ok.headers.add("Record-Route", value)
+        ok.headers.add("Contact", f"<sip:alice@{client.host};transport=ws>")
+        ok.headers.add("Content-Type", "application/sdp")
+        ok.body = body
+        return ok
+
+    async def next_request(self, client: WsSipClient, method: str) -> Request:
+        while True:
+            message = await as_deferred(client.next_message(10))
+            if isinstance(message, Request) and message.method == method:
+                return message
+
+    def spawn_uac(self, scenario: str) -> tuple[SippProcess, str]:
+        core = self.service.core.addresses[0][1]
+        return self.spawn_sipp("uac", ["-sf", os.path.join(SCENARIOS, scenario), "-s", "alice", "-set", "domain", DOMAIN,
+                                       "-i", LOCAL, "-p", str(free_udp_port()), "-mi", LOCAL, "-mp", str(free_udp_port()),
+                                       "-rtp_echo", f"{core.host}:{core.port}"])
+
+    async def test_ims_late_offer_gets_the_wic_offer_and_answers_in_the_ack(self) -> None:
+        # REQ-M03: INVITE without SDP; the WIC offers in its 200, the core answers in the ACK.
+        client = await self.registered("alice")
+        uac, trace = self.spawn_uac("calls_uac_late_offer.xml")
+        invite = await self.next_request(client, "INVITE")
+        self.assertEqual(invite.body, b"")
+        wic = await self.wic(controlling=True)  # the WIC offers: it controls
+        await as_deferred(client.send(self.wic_response(client, invite, wic.sdp("actpass"), "late1")))
+        ack = await self.next_request(client, "ACK")
+        answer = SessionDescription.parse(ack.body)
+        self.assertEqual(answer.media[0].proto, "UDP/TLS/RTP/SAVPF")
+        self.assertEqual(answer.media[0].attribute_value("setup"), "active")
+        await wic.connect(ack.body, DtlsRole.SERVER)
+        [call] = self.calls.calls()
+        await self.until(lambda: call.media is not None and call.media.streams[0].session.connected)
+        wic.send_rtp(rtp(1))
+        await self.until(lambda: bool(wic.received))
+        bye = await self.next_request(client, "BYE")
+        await as_deferred(client.answer(bye, 200))
+        self.assertEqual(await uac.ended, 0, uac.output.decode(errors="replace")[-2000:])
+        [core_ok] = [m for m in sipp_messages(trace, "received") if m.startswith("SIP/2.0 200") and "INVITE" in m.split("\n\n")[0]]
+        self.assertIn("RTP/AVP", core_ok)
+        self.assertNotIn("a=fingerprint", core_ok)
+        await self.calls.idle()
+        self.assert_everything_freed()
+
+    async def test_ims_hold_reinvite_keeps_credentials_and_media(self) -> None:
+        # REQ-U02: the core's re-offer (a=sendonly) → WebRTC re-offer, same ICE/DTLS, actpass.
+        client = await self.registered("alice")
+        uac, trace = self.spawn_uac("calls_uac_hold.xml")
+        invite = await self.next_request(client, "INVITE")
+        wic = await self.wic(controlling=self.ice_mode == "lite")
+        await as_deferred(client.send(self.wic_response(client, invite, wic.sdp("active"), "hold1")))
+        await wic.connect(invite.body, DtlsRole.CLIENT)
+        [call] = self.calls.calls()
+        await self.until(lambda: call.media is not None and call.media.streams[0].session.connected)
+        reinvite = await self.next_request(client, "INVITE")
+        first, again = SessionDescription.parse(invite.body).media[0], SessionDescription.parse(reinvite.body).media[0]
+        for name in ("ice-ufrag", "ice-pwd", "fingerprint", "candidate", "mid"):
+            self.assertEqual(again.attribute_values(name), first.attribute_values(name))
+        self.assertEqual(again.attribute_value("setup"), "actpass")
+        self.assertEqual(again.direction, "sendonly")
+        self.assertGreater(SessionDescription.parse(reinvite.body).origin.session_version,
+                           SessionDescription.parse(invite.body).origin.session_version)
+        session = call.media.streams[0].session
+        await as_deferred(client.send(self.wic_response(client, reinvite, wic.sdp("active", direction="recvonly"), "hold1")))
+        await self.next_request(client, "ACK")
+        self.assertIs(call.media.streams[0].session, session)
+        self.assertTrue(session.connected)  # no new DTLS association (REQ-P02)
+        self.assertEqual(session.direction.value, "recvonly")  # on hold: only core → WIC (REQ-P06)
+        bye = await self.next_request(client, "BYE")
+        await as_deferred(client.answer(bye, 200))
+        self.assertEqual(await uac.ended, 0, uac.output.decode(errors="replace")[-2000:])
+        replies = [m for m in sipp_messages(trace, "received") if m.startswith("SIP/2.0 200") and "2 INVITE" in m]
+        self.assertTrue(replies)
+        self.assertIn("a=recvonly", replies[0])
+        self.assertIn("RTP/AVP", replies[0])
+        await self.calls.idle()
+        self.assert_everything_freed()
+
+
 class FullIceCallsThroughTheEdgeTests(CallsThroughTheEdgeTests):
     """The same with full ICE toward the WIC (aioice agent, RFC 8445 roles)."""
 

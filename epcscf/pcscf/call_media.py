@@ -282,6 +282,7 @@ class CallMedia:
         self._closed = True
         closing = []
         for stream in self.streams.values():
+            stream.gathered.addErrback(lambda failure: None)  # closed while gathering: nobody waits any more
             stream.agent.on_consent_lost = None
             stream.agent.on_state_change = None
             stream.session.on_failed = None

@@ -634,8 +634,8 @@ class CallManager:
         call: Call | None = context.data.get("call")
         if call is None or not context.data.get("initial") or call.state is CallState.TERMINATING:
             return
-        if call.state in (CallState.CONFIRMED,):
-            return
+        if call.state is CallState.CONFIRMED or _got_2xx(context):
+            return  # a 2xx whose SDP is still being rewritten (late offer) confirms the call shortly
         # The initial INVITE ended without a 2xx (answered locally, abandoned): free everything.
         if call.state is not CallState.TERMINATED:
             call.fire_if_allowed(CallEvent.FINAL_FAILURE)
@@ -790,6 +790,10 @@ def _branch_connection(context: ProxiedRequest, response: Response | None) -> Co
         if branch.final is response and branch.connection is not None:
             return branch.connection
     return next((b.connection for b in context.branches if b.connection is not None), None)
+
+
+def _got_2xx(context: ProxiedRequest) -> bool:
+    return any(b.final is not None and 200 <= b.final.status < 300 for b in context.branches)
 
 
 def _strip_body(message: Message) -> None:
