@@ -196,6 +196,7 @@ class CallManagerTests(unittest.TestCase):
         self.assertEqual(self.manager.calls(), [])
         self.assertTrue(self.medias[-1].closed)
         self.assertIs(self.manager.ended_calls()[0].state, CallState.TERMINATED)
+        self.assertEqual(self.manager.ended_calls()[0].summary()["cause_code"], "rejected-488")
 
     def _rejecting(self, error: MediaRejected) -> FakeMedia:
         media = FakeMedia(self.log)
@@ -263,6 +264,7 @@ class CallManagerTests(unittest.TestCase):
         self.assertEqual(self.manager.calls(), [])
         self.manager.transaction_ended(context)  # harmless afterwards
         self.assertEqual(len(self.manager.ended_calls()), 1)
+        self.assertEqual(self.manager.ended_calls()[0].summary()["cause_code"], "final-486")
 
     def test_ended_calls_are_kept_for_keep_ended_seconds(self) -> None:
         context, _ = self.originate()
@@ -307,6 +309,7 @@ class CallManagerTests(unittest.TestCase):
         self.assertTrue(bye.headers.get("Via").startswith("SIP/2.0/UDP 192.0.2.10:5060;branch=z9hG4bK"))
         self.assertIs(call.state, CallState.TERMINATED)
         self.assertEqual(call.failing_layer, "ws")
+        self.assertEqual(call.summary()["cause_code"], "ws-closed")
         self.assertTrue(self.medias[0].closed)
         self.assertEqual(self.manager.calls(), [])
 
@@ -342,6 +345,7 @@ class CallManagerTests(unittest.TestCase):
         self.assertIsNone(to_wic.headers.get("Route"))
         self.assertTrue(to_wic.headers.get("Via").startswith("SIP/2.0/WSS 192.0.2.11:443;"))
         self.assertEqual(call.failing_layer, "ice")
+        self.assertEqual(call.summary()["cause_code"], "consent-lost")
 
     def test_operator_release(self) -> None:
         self.confirmed_originating_call()
@@ -412,6 +416,7 @@ class CallManagerTests(unittest.TestCase):
         self.assertTrue(self.medias[0].closed)
         self.assertIs(call.state, CallState.TERMINATED)
         self.assertEqual(self.manager.calls(), [])
+        self.assertEqual(call.summary()["cause_code"], "bye-wic")
 
     # --- terminating -------------------------------------------------------------------------------
 

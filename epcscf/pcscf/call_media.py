@@ -38,7 +38,7 @@ from epcscf.ice import IceAgent, IceAgentConfig, IceError, IceState, PortsExhaus
 from epcscf.media import Certificate, DtlsRole, MediaError, MediaSession, MediaSessionConfig
 from epcscf.media.certificate import Fingerprint as DtlsFingerprint
 from epcscf.media.certificate import FingerprintError
-from epcscf.pcscf.calls import MediaRejected
+from epcscf.pcscf.call_model import MediaRejected
 from epcscf.sdp import (
     CodecPolicy,
     CoreLeg,

@@ -32,15 +32,30 @@ from __future__ import annotations
 
 import collections
 import secrets
-from dataclasses import dataclass, field
-from typing import Any, Callable, Iterable, Protocol
+from typing import Any, Iterable
 
 from twisted.internet import defer
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from epcscf.pcscf.call_state import CallDirection, CallEvent, CallState, TRANSITIONS, next_state
+from epcscf.pcscf.call_model import (
+    LAYERS,
+    SDP,
+    TRICKLE_SDPFRAG,
+    WS_CLOSED_REASON,
+    Call,
+    CallMediaLike,
+    CallSettings,
+    MediaFactory,
+    MediaRejected,
+    TimelineEntry,
+    content_type,
+    sdp_body,
+    set_sdp,
+    strip_body,
+)
+from epcscf.pcscf.call_state import CallDirection, CallEvent, CallState
 from epcscf.pcscf.dialogs import Dialog, DialogError, Side
 from epcscf.sip.connection import Connection, ConnectionLost
 from epcscf.sip.headers import HeaderError, cseq
@@ -49,136 +64,12 @@ from epcscf.sip.proxy import Decision, Forward, ProxiedRequest, Reject
 from epcscf.sip.proxy_rules import make_local_response
 from epcscf.sip.uri import SipUri, UriError, parse_uri
 
+__all__ = [
+    "LAYERS", "Call", "CallManager", "CallMediaLike", "CallSettings", "MediaFactory", "MediaRejected",
+    "TimelineEntry", "WS_CLOSED_REASON",
+]
+
 log = Logger(namespace="epcscf.pcscf.calls")
-
-SDP = "application/sdp"
-TRICKLE_SDPFRAG = "application/trickle-ice-sdpfrag"  # RFC 8840 §9
-# The failing layer recorded with a release cause (for the console).
-LAYERS = ("ws", "sip", "ice", "dtls", "media", "core")
-WS_CLOSED_REASON = 'SIP;cause=480;text="WebSocket closed"'  # A15
-
-
-class MediaRejected(Exception):
-    """The SDP cannot be served: answer ``status`` (400, 488 + Warning, 503 + Retry-After)."""
-
-    def __init__(self, status: int, reason: str, warn_code: int = 399) -> None:
-        super().__init__(reason)
-        self.status = status
-        self.reason = reason
-        self.warn_code = warn_code
-
-
-class CallMediaLike(Protocol):
-    """What a call needs of its media (``epcscf.pcscf.call_media.CallMedia``).
-
-    Each transformation takes the SDP body one side sent and returns the body for the other
-    side (bytes or a Deferred of bytes); it raises ``MediaRejected``.  The media reports
-    failures (``on_failure(layer, reason)``, layer one of ``LAYERS``) and notable events
-    (``on_event(kind, text)``) through the two callbacks the call manager sets."""
-
-    on_failure: Callable[[str, str], None] | None
-    on_event: Callable[[str, str], None] | None
-
-    def offer_from_wic(self, sdp: bytes) -> bytes | defer.Deferred: ...
-
-    def answer_from_core(self, sdp: bytes, fork: str | None) -> bytes | defer.Deferred: ...
-
-    def offer_from_core(self, sdp: bytes) -> bytes | defer.Deferred: ...
-
-    def answer_from_wic(self, sdp: bytes) -> bytes | defer.Deferred: ...
-
-    def offer_failed(self) -> None: ...
-
-    def add_trickle(self, sdpfrag: bytes) -> None: ...
-
-    def stats(self) -> dict[str, Any]: ...
-
-    def close(self) -> defer.Deferred: ...
-
-
-@dataclass(frozen=True)
-class CallSettings:
-    timeline_length: int = 200  # entries kept per call
-    keep_ended: float = 600.0  # seconds an ended call stays visible to the console
-    max_calls: int = 10000  # live calls; beyond → 503 (REQ-X05)
-    retry_after: int = 30  # seconds, in 503 responses
-    warning_agent: str = "epcscf"  # warn-agent in Warning headers (RFC 3261 §20.43)
-
-
-@dataclass(frozen=True)
-class TimelineEntry:
-    at: float
-    kind: str  # "sip-in", "sip-out", "state", "ice", "dtls", "media", "release"
-    text: str
-
-
-@dataclass(eq=False)
-class Call:
-    """One INVITE dialog through the eP-CSCF (see ``call_state`` for its states)."""
-
-    call_id: str
-    direction: CallDirection
-    wic_flow: Connection
-    created: float
-    clock: IReactorTime
-    timeline: collections.deque = field(default_factory=lambda: collections.deque(maxlen=200))
-    state: CallState = CallState.OFFER_RECEIVED
-    dialog: Dialog | None = None
-    media: CallMediaLike | None = None
-    invite_context: ProxiedRequest | None = None
-    core_connection: Connection | None = None
-    ended_at: float | None = None
-    release_cause: str | None = None
-    failing_layer: str | None = None
-    pending_offer: Side | None = None  # whose offer awaits an answer (RFC 3264 §4)
-    last_wic_answer: bytes | None = None  # REQ-O05: repeated in a bodiless 2xx
-    last_core_answer: bytes | None = None  # what a retransmitted 2xx from the WIC must carry
-    released_early: bool = False
-    media_stats: dict[str, Any] | None = None  # last snapshot, kept when the call ends
-
-    @property
-    def key(self) -> tuple[str, str]:
-        return self.call_id, self.wic_flow.id
-
-    @property
-    def ended(self) -> bool:
-        return self.ended_at is not None
-
-    def note(self, kind: str, text: str) -> None:
-        self.timeline.append(TimelineEntry(self.clock.seconds(), kind, text))
-
-    def can(self, event: CallEvent) -> bool:
-        return event in TRANSITIONS[self.state]
-
-    def fire(self, event: CallEvent) -> CallState:
-        """Move per the table; ``CallStateError`` for an event the state does not allow."""
-        new = next_state(self.state, event)
-        if new is not self.state:
-            self.note("state", f"{self.state.value} → {new.value} ({event.value})")
-        self.state = new
-        return new
-
-    def fire_if_allowed(self, event: CallEvent) -> None:
-        if self.can(event):
-            self.fire(event)
-        else:
-            self.note("state", f"{event.value} ignored in {self.state.value}")
-
-    def summary(self) -> dict[str, Any]:
-        return {
-            "call_id": self.call_id,
-            "direction": self.direction.value,
-            "state": self.state.value,
-            "flow": self.wic_flow.id,
-            "created": self.created,
-            "ended": self.ended_at,
-            "cause": self.release_cause,
-            "layer": self.failing_layer,
-        }
-
-
-MediaFactory = Callable[[Call], CallMediaLike]
-
 
 class _RequestsWeSent:
     """Client-transaction user of our own BYEs: the responses end here (noted on the timeline)."""
@@ -196,23 +87,6 @@ class _RequestsWeSent:
 
     def transport_failed(self, transaction: Any, reason: str) -> None:
         self.call.note("sip-in", f"our {self.what} could not be sent: {reason}")
-
-
-def content_type(message: Message) -> str:
-    return (message.headers.get("Content-Type") or "").split(";", 1)[0].strip().lower()
-
-
-def sdp_body(message: Message) -> bytes | None:
-    """The SDP of a message, or None when it has none (other bodies are not offers/answers)."""
-    if not message.body.strip() or content_type(message) != SDP:
-        return None
-    return message.body
-
-
-def set_sdp(message: Message, body: bytes) -> None:
-    message.body = body
-    message.headers.set("Content-Type", SDP)
-    message.headers.set("Content-Length", str(len(body)))  # REQ-S12
 
 
 def _method_of(response: Response) -> str:
@@ -446,7 +320,7 @@ class CallManager:
                 failure.trap(MediaRejected)
                 reason = failure.value.reason
                 call.note("media", f"unusable answer from the {responder.value}: {reason}")
-                _strip_body(response)
+                strip_body(response)
                 if status >= 200:
                     # The dialog is up but has no usable media: end it once the 2xx has gone.
                     self.clock.callLater(0, self._release, call, f'SIP;cause=488;text="{_quoted(reason)}"',
@@ -467,7 +341,7 @@ class CallManager:
             def bad_offer(failure: Failure) -> bool:
                 failure.trap(MediaRejected)
                 call.pending_offer = None
-                _strip_body(response)
+                strip_body(response)
                 if status >= 200:
                     self.clock.callLater(0, self._release, call, f'SIP;cause=488;text="{_quoted(failure.value.reason)}"',
                                          488, (Side.WIC, Side.CORE), f"unusable SDP offer: {failure.value.reason}", "sip")
@@ -480,7 +354,7 @@ class CallManager:
             return defer.maybeDeferred(transform, body).addCallback(lambda new_body: set_sdp(response, new_body))
         # SDP where RFC 3264 allows none: never let one side's SDP reach the other raw.
         call.note("media", f"unexpected SDP in {status} from the {responder.value} dropped")
-        _strip_body(response)
+        strip_body(response)
         return False
 
     def _transform_answer(self, call: Call, responder: Side, body: bytes, message: Message) -> bytes | defer.Deferred:
@@ -552,7 +426,7 @@ class CallManager:
                 if repeat is not None and sdp_body(response) is not None:
                     set_sdp(response, repeat)  # a retransmission carries the answer already sent
                     return response
-        _strip_body(response)  # never relay one side's SDP to the other untransformed
+        strip_body(response)  # never relay one side's SDP to the other untransformed
         return response
 
     # --- CallHooks: in-dialog requests ----------------------------------------------------------
@@ -591,7 +465,7 @@ class CallManager:
             d.addCallback(lambda new_body: set_sdp(forward.request, new_body))
             return d.addCallbacks(lambda _: forward, lambda failure: self._in_dialog_rejected(call, context, failure))
         if method not in ("INVITE", "UPDATE"):
-            _strip_body(forward.request)
+            strip_body(forward.request)
             return forward
         call.fire_if_allowed(CallEvent.REOFFER)
         context.data.update(call=call, sender=sender, offer_from=sender)
@@ -794,12 +668,6 @@ def _branch_connection(context: ProxiedRequest, response: Response | None) -> Co
 
 def _got_2xx(context: ProxiedRequest) -> bool:
     return any(b.final is not None and 200 <= b.final.status < 300 for b in context.branches)
-
-
-def _strip_body(message: Message) -> None:
-    message.body = b""
-    message.headers.remove("Content-Type")
-    message.headers.set("Content-Length", "0")
 
 
 def _quoted(text: str) -> str:

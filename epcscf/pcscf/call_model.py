@@ -1,0 +1,198 @@
+"""What a call is: the ``Call`` record, its timeline, settings, and the media interface it uses.
+
+Split from ``calls.py`` (the call manager) so that the manager's module holds only SIP
+behaviour.  ``Call`` moves through the table of ``call_state``; ``CallMediaLike`` is the one
+small seam between a call and its media engine (``call_media.CallMedia`` here; another engine
+could sit behind it).  The SDP body helpers read and write ``application/sdp`` bodies and keep
+Content-Length exact (REQ-S12).
+"""
+
+from __future__ import annotations
+
+import collections
+from dataclasses import dataclass, field
+from typing import Any, Callable, Protocol
+
+from twisted.internet import defer
+from twisted.internet.interfaces import IReactorTime
+
+from epcscf.pcscf.call_state import CallDirection, CallEvent, CallState, TRANSITIONS, next_state
+from epcscf.pcscf.dialogs import Dialog, Side
+from epcscf.sip.connection import Connection
+from epcscf.sip.message import Message
+from epcscf.sip.proxy import ProxiedRequest
+
+SDP = "application/sdp"
+TRICKLE_SDPFRAG = "application/trickle-ice-sdpfrag"  # RFC 8840 §9
+# The failing layer recorded with a release cause (for the console).
+LAYERS = ("ws", "sip", "ice", "dtls", "media", "core")
+WS_CLOSED_REASON = 'SIP;cause=480;text="WebSocket closed"'  # A15
+
+
+class MediaRejected(Exception):
+    """The SDP cannot be served: answer ``status`` (400, 488 + Warning, 503 + Retry-After)."""
+
+    def __init__(self, status: int, reason: str, warn_code: int = 399) -> None:
+        super().__init__(reason)
+        self.status = status
+        self.reason = reason
+        self.warn_code = warn_code
+
+
+class CallMediaLike(Protocol):
+    """What a call needs of its media (``epcscf.pcscf.call_media.CallMedia``).
+
+    Each transformation takes the SDP body one side sent and returns the body for the other
+    side (bytes or a Deferred of bytes); it raises ``MediaRejected``.  The media reports
+    failures (``on_failure(layer, reason)``, layer one of ``LAYERS``) and notable events
+    (``on_event(kind, text)``) through the two callbacks the call manager sets."""
+
+    on_failure: Callable[[str, str], None] | None
+    on_event: Callable[[str, str], None] | None
+
+    def offer_from_wic(self, sdp: bytes) -> bytes | defer.Deferred: ...
+
+    def answer_from_core(self, sdp: bytes, fork: str | None) -> bytes | defer.Deferred: ...
+
+    def offer_from_core(self, sdp: bytes) -> bytes | defer.Deferred: ...
+
+    def answer_from_wic(self, sdp: bytes) -> bytes | defer.Deferred: ...
+
+    def offer_failed(self) -> None: ...
+
+    def add_trickle(self, sdpfrag: bytes) -> None: ...
+
+    def stats(self) -> dict[str, Any]: ...
+
+    def close(self) -> defer.Deferred: ...
+
+
+@dataclass(frozen=True)
+class CallSettings:
+    timeline_length: int = 200  # entries kept per call
+    keep_ended: float = 600.0  # seconds an ended call stays visible to the console
+    max_calls: int = 10000  # live calls; beyond → 503 (REQ-X05)
+    retry_after: int = 30  # seconds, in 503 responses
+    warning_agent: str = "epcscf"  # warn-agent in Warning headers (RFC 3261 §20.43)
+
+
+@dataclass(frozen=True)
+class TimelineEntry:
+    at: float
+    kind: str  # "sip-in", "sip-out", "state", "ice", "dtls", "media", "release"
+    text: str
+
+
+@dataclass(eq=False)
+class Call:
+    """One INVITE dialog through the eP-CSCF (see ``call_state`` for its states)."""
+
+    call_id: str
+    direction: CallDirection
+    wic_flow: Connection
+    created: float
+    clock: IReactorTime
+    timeline: collections.deque = field(default_factory=lambda: collections.deque(maxlen=200))
+    state: CallState = CallState.OFFER_RECEIVED
+    dialog: Dialog | None = None
+    media: CallMediaLike | None = None
+    invite_context: ProxiedRequest | None = None
+    core_connection: Connection | None = None
+    ended_at: float | None = None
+    release_cause: str | None = None
+    failing_layer: str | None = None
+    pending_offer: Side | None = None  # whose offer awaits an answer (RFC 3264 §4)
+    last_wic_answer: bytes | None = None  # REQ-O05: repeated in a bodiless 2xx
+    last_core_answer: bytes | None = None  # what a retransmitted 2xx from the WIC must carry
+    released_early: bool = False
+    media_stats: dict[str, Any] | None = None  # last snapshot, kept when the call ends
+
+    @property
+    def key(self) -> tuple[str, str]:
+        return self.call_id, self.wic_flow.id
+
+    @property
+    def ended(self) -> bool:
+        return self.ended_at is not None
+
+    def note(self, kind: str, text: str) -> None:
+        self.timeline.append(TimelineEntry(self.clock.seconds(), kind, text))
+
+    def can(self, event: CallEvent) -> bool:
+        return event in TRANSITIONS[self.state]
+
+    def fire(self, event: CallEvent) -> CallState:
+        """Move per the table; ``CallStateError`` for an event the state does not allow."""
+        new = next_state(self.state, event)
+        if new is not self.state:
+            self.note("state", f"{self.state.value} → {new.value} ({event.value})")
+        self.state = new
+        return new
+
+    def fire_if_allowed(self, event: CallEvent) -> None:
+        if self.can(event):
+            self.fire(event)
+        else:
+            self.note("state", f"{event.value} ignored in {self.state.value}")
+
+    def summary(self) -> dict[str, Any]:
+        return {
+            "call_id": self.call_id,
+            "direction": self.direction.value,
+            "state": self.state.value,
+            "flow": self.wic_flow.id,
+            "created": self.created,
+            "ended": self.ended_at,
+            "cause": self.release_cause,
+            "cause_code": cause_code(self.release_cause, self.failing_layer),
+            "layer": self.failing_layer,
+        }
+
+
+MediaFactory = Callable[[Call], CallMediaLike]
+
+
+def cause_code(cause: str | None, layer: str | None) -> str | None:
+    """A short, stable name for why a call ended (for metrics labels; ``cause`` is free text)."""
+    if cause is None:
+        return None
+    if layer == "ws":
+        return "ws-closed"
+    if layer == "ice":
+        return "consent-lost" if "consent" in cause.lower() else "ice-failed"
+    if layer in ("dtls", "media", "core"):
+        return f"{layer}-failed"
+    if cause.startswith("BYE from the "):
+        return "bye-" + cause[len("BYE from the "):]
+    if cause.startswith("rejected: "):
+        return "rejected-" + cause[len("rejected: "):len("rejected: ") + 3]
+    if cause[:3].isdigit():
+        return f"final-{cause[:3]}"
+    if cause == "cancelled":
+        return "cancelled"
+    return "released"
+
+
+def content_type(message: Message) -> str:
+    return (message.headers.get("Content-Type") or "").split(";", 1)[0].strip().lower()
+
+
+def sdp_body(message: Message) -> bytes | None:
+    """The SDP of a message, or None when it has none (other bodies are not offers/answers)."""
+    if not message.body.strip() or content_type(message) != SDP:
+        return None
+    return message.body
+
+
+def set_sdp(message: Message, body: bytes) -> None:
+    message.body = body
+    message.headers.set("Content-Type", SDP)
+    message.headers.set("Content-Length", str(len(body)))  # REQ-S12
+
+
+def strip_body(message: Message) -> None:
+    message.body = b""
+    message.headers.remove("Content-Type")
+    message.headers.set("Content-Length", "0")
+
+
