@@ -490,6 +490,24 @@ class CallsThroughTheEdgeTests(unittest.TestCase):
         self.assert_everything_freed()
 
 
+    async def test_websocket_drop_while_ringing_answers_480_to_the_core(self) -> None:
+        # REQ-B02: an early terminating call whose flow dies gets 480 upstream; media freed.
+        client = await self.registered("alice")
+        uac, trace = self.spawn_uac("calls_uac_unanswered.xml")
+        invite = await self.next_request(client, "INVITE")
+        self.assertIn(b"a=setup:actpass", invite.body)
+        self.assertEqual(len(self.calls.calls()), 1)
+        await as_deferred(client.drop())
+        self.assertEqual(await uac.ended, 0, uac.output.decode(errors="replace")[-2000:])
+        [final] = [m for m in sipp_messages(trace, "received") if m.startswith("SIP/2.0 480")]
+        self.assertIn('Reason: SIP;cause=480;text="WebSocket closed"', final)
+        await self.calls.idle()
+        self.assert_everything_freed()
+        [ended] = self.calls.ended_calls()
+        self.assertEqual(ended.failing_layer, "ws")
+        await self.assert_no_transaction_left()
+
+
 class FullIceCallsThroughTheEdgeTests(CallsThroughTheEdgeTests):
     """The same with full ICE toward the WIC (aioice agent, RFC 8445 roles)."""
 
