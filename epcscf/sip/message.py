@@ -115,9 +115,17 @@ class Headers:
 
     Each entry is ``(name as written, value)``; one entry per header line as it
     arrived (a line may carry a comma-separated list, see ``values``).
+
+    Lookups go through an index (canonical name → values in order) built on the first
+    lookup and dropped by every change, so a message costs one pass over its header
+    lines however often it is read.  ``_views`` holds typed views parsed from header
+    values (``epcscf.sip.headers.cached_view``), keyed by the value text itself, so a
+    changed value is simply parsed again: nothing there can go stale.
     """
 
     _items: list[tuple[str, str]] = field(default_factory=list)
+    _index: dict[str, list[str]] | None = field(default=None, repr=False, compare=False)
+    _views: dict[tuple[str, str], object] = field(default_factory=dict, repr=False, compare=False)
 
     @classmethod
     def from_pairs(cls, pairs: Iterable[tuple[str, str]]) -> "Headers":
@@ -129,43 +137,57 @@ class Headers:
     def __len__(self) -> int:
         return len(self._items)
 
+    def _lookup(self) -> dict[str, list[str]]:
+        index = self._index
+        if index is None:
+            index = {}
+            cache = _CANONICAL_CACHE  # inlined: this runs once per message
+            for n, v in self._items:
+                key = cache.get(n) or canonical_name(n)
+                values = index.get(key)
+                if values is None:
+                    index[key] = [v]
+                else:
+                    values.append(v)
+            self._index = index
+        return index
+
     def __contains__(self, name: object) -> bool:
         if not isinstance(name, str):
             return False
-        key = canonical_name(name)
-        cache = _CANONICAL_CACHE  # inlined lookups: these scans run for every header access
-        return any((cache.get(n) or canonical_name(n)) == key for n, _ in self._items)
+        return (_CANONICAL_CACHE.get(name) or canonical_name(name)) in self._lookup()
 
     def copy(self) -> "Headers":
-        return Headers(list(self._items))
+        # Views are immutable facts about value texts: the copy may reuse them.
+        return Headers(list(self._items), None, dict(self._views))
 
     def get(self, name: str, default: str | None = None) -> str | None:
         """First value of a header line named ``name``, or ``default``."""
-        key = canonical_name(name)
-        cache = _CANONICAL_CACHE
-        for n, v in self._items:
-            if (cache.get(n) or canonical_name(n)) == key:
-                return v
-        return default
+        values = self._lookup().get(_CANONICAL_CACHE.get(name) or canonical_name(name))
+        return values[0] if values else default
 
     def get_all(self, name: str) -> list[str]:
         """Every header line's value for ``name``, in order (lines not split)."""
-        key = canonical_name(name)
-        cache = _CANONICAL_CACHE
-        return [v for n, v in self._items if (cache.get(n) or canonical_name(n)) == key]
+        values = self._lookup().get(_CANONICAL_CACHE.get(name) or canonical_name(name))
+        return list(values) if values else []
 
     def count(self, name: str) -> int:
-        return len(self.get_all(name))
+        values = self._lookup().get(_CANONICAL_CACHE.get(name) or canonical_name(name))
+        return len(values) if values else 0
 
     def add(self, name: str, value: str) -> None:
         """Append a header line at the end."""
         self._items.append((name, value))
+        index = self._index
+        if index is not None:
+            index.setdefault(canonical_name(name), []).append(value)
 
     def insert_first(self, name: str, value: str) -> None:
         """Put a header line before every other line of the same name (Via, Record-Route).
 
         If the header is absent it goes first of all, where a proxy puts its Via.
         """
+        self._index = None
         key = canonical_name(name)
         for index, (n, _) in enumerate(self._items):
             if canonical_name(n) == key:
@@ -175,6 +197,7 @@ class Headers:
 
     def set(self, name: str, value: str) -> None:
         """Replace every line of ``name`` by one line, kept at the first one's place."""
+        self._index = None
         key = canonical_name(name)
         for index, (n, _) in enumerate(self._items):
             if canonical_name(n) == key:
@@ -187,6 +210,7 @@ class Headers:
 
     def remove(self, name: str) -> int:
         """Delete every line of ``name``; returns how many were removed."""
+        self._index = None
         key = canonical_name(name)
         before = len(self._items)
         self._items = [item for item in self._items if canonical_name(item[0]) != key]
@@ -194,14 +218,21 @@ class Headers:
 
     def replace_all(self, name: str, values: list[str]) -> None:
         """Replace all lines of ``name`` with one line per value, at the first one's place."""
+        self._index = None
         key = canonical_name(name)
-        position = next(
-            (i for i, (n, _) in enumerate(self._items) if canonical_name(n) == key),
-            len(self._items),
-        )
-        rest = [item for item in self._items if canonical_name(item[0]) != key]
-        position = min(position, len(rest))
-        rest[position:position] = [(display_name(name), v) for v in values]
+        cache = _CANONICAL_CACHE  # inlined: the proxy does this twice per message (Via)
+        rest: list[tuple[str, str]] = []
+        position = -1
+        for item in self._items:
+            if (cache.get(item[0]) or canonical_name(item[0])) == key:
+                if position < 0:
+                    position = len(rest)
+            else:
+                rest.append(item)
+        if position < 0:
+            position = len(rest)
+        spelling = display_name(name)
+        rest[position:position] = [(spelling, v) for v in values]
         self._items = rest
 
 
@@ -218,18 +249,21 @@ class Message:
     def serialize(self) -> bytes:
         """Wire form with a correct Content-Length (RFC 3261 §20.14)."""
         lines = [self.start_line()]
+        append = lines.append
         have_length = False
-        for name, value in self.headers:
-            if canonical_name(name) == "content-length":
+        cache = _CANONICAL_CACHE  # inlined: this runs for every header of every message sent
+        for name, value in self.headers._items:
+            if (cache.get(name) or canonical_name(name)) == "content-length":
                 if have_length:
                     continue
                 have_length = True
-                lines.append(f"{name}: {len(self.body)}")
+                append(f"{name}: {len(self.body)}")
             else:
-                lines.append(f"{name}: {value}")
+                append(f"{name}: {value}")
         if not have_length:
-            lines.append(f"Content-Length: {len(self.body)}")
-        head = "\r\n".join(lines) + "\r\n\r\n"
+            append(f"Content-Length: {len(self.body)}")
+        append("\r\n")
+        head = "\r\n".join(lines)
         return head.encode("utf-8", "surrogateescape") + self.body
 
     def start_line(self) -> str:  # pragma: no cover - overridden
