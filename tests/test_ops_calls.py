@@ -6,10 +6,12 @@ from __future__ import annotations
 import io
 import sys
 
+from twisted.internet import reactor as global_reactor
 from twisted.internet import task
 from twisted.trial import unittest
 
 from epcscf.ops.console import Console
+from epcscf.ops.lifecycle import pending_client_transactions
 from epcscf.sip.message import Request
 from tests.support.wic import as_deferred
 from tests.test_calls_media import rtp
@@ -88,6 +90,8 @@ class RealCallOperationsTests(unittest.TestCase):
         client, wic, invite, ok, uas, trace, _ = await self.established_originating_call()
         clock = task.Clock()
         self.service.lifecycle.clock = clock
+        self.addCleanup(setattr, self.service.lifecycle, "clock", global_reactor)
+        self.addCleanup(clock.advance, 60)  # never leave a drain waiting on the test clock
         stopped = self.service.stopService()
         timeout = self.service.config.service.drain_timeout
         clock.advance(timeout - 1)
@@ -105,6 +109,8 @@ class RealCallOperationsTests(unittest.TestCase):
         self.assertEqual(await uas.ended, 0, uas.output.decode(errors="replace")[-2000:])  # sipp got its BYE
         self.assertEqual(call.release_cause, "service shutting down")
         self.assertFalse(stopped.called)  # the WebSockets stay open until the BYEs are answered
+        # sipp may exit before its 200 to our BYE has been read here: wait for both answers.
+        await self.until(lambda: pending_client_transactions(self.service.pcscf) == 0)
         clock.advance(0.5)
         await stopped
         await self.calls.idle()

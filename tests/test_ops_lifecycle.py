@@ -56,7 +56,10 @@ class ReloadTests(unittest.TestCase):
             f"[ws]\nallowed_origins = {ORIGIN}, https://new.example.com\nmax_message_size = 4096\n"
             "[core]\nregistration_max_expires = 120\n"
         )
+        shown: list[str] = []
+        self.patch(self.console, "_say", shown.append)
         rows = self.console.reload()
+        self.assertRegex(shown[0], r"\[ws\] allowed_origins\s+http://127.0.0.1:8081\s+http://127.0.0.1:8081, https://new.example.com\s+yes")
         by_setting = {row["setting"]: row for row in rows}
         self.assertEqual(by_setting["[log] level"]["applied"], "yes")
         self.assertEqual(by_setting["[ws] allowed_origins"]["new"], f"{ORIGIN}, https://new.example.com")
