@@ -255,6 +255,16 @@ class CallManagerTests(unittest.TestCase):
         self.respond(context, response_to(context.request, 183, CORE_SDP, tag="fork2"))
         self.assertEqual(self.log.count("answer_from_core"), 2)
 
+    def test_retransmitted_2xx_carries_the_same_webrtc_answer_and_other_forks_none(self) -> None:
+        context, _ = self.originate()
+        first = self.respond(context, response_to(context.request, 200, CORE_SDP))
+        again = self.manager.stray_response(response_to(context.request, 200, CORE_SDP))
+        self.assertEqual(again.body, first.body)
+        other_fork = self.manager.stray_response(response_to(context.request, 200, CORE_SDP, tag="fork2"))
+        self.assertEqual(other_fork.body, b"")  # never the core's SDP raw toward the WIC
+        self.assertIsNone(other_fork.headers.get("Content-Type"))
+        self.assertEqual(self.log.count("answer_from_core"), 1)
+
     def test_final_failure_frees_the_media(self) -> None:
         # REQ-O07
         context, _ = self.originate()

@@ -58,7 +58,7 @@ from epcscf.pcscf.call_model import (
 from epcscf.pcscf.call_state import CallDirection, CallEvent, CallState
 from epcscf.pcscf.dialogs import Dialog, DialogError, Side
 from epcscf.sip.connection import Connection, ConnectionLost
-from epcscf.sip.headers import HeaderError, cseq
+from epcscf.sip.headers import HeaderError, cseq, to_tag, top_via
 from epcscf.sip.message import Message, Request, Response
 from epcscf.sip.proxy import Decision, Forward, ProxiedRequest, Reject
 from epcscf.sip.proxy_rules import make_local_response
@@ -360,10 +360,7 @@ class CallManager:
     def _transform_answer(self, call: Call, responder: Side, body: bytes, message: Message) -> bytes | defer.Deferred:
         assert call.media is not None
         if responder is Side.CORE:
-            fork = None
             try:
-                from epcscf.sip.headers import to_tag
-
                 fork = to_tag(message)
             except HeaderError:
                 fork = None
@@ -422,7 +419,12 @@ class CallManager:
                 self._ack_and_bye(call, responder, call.release_cause or "released")
                 return None
             if call.dialog is not None and call.dialog.matches(response):
-                repeat = call.last_wic_answer if call.direction is CallDirection.ORIGINATING else call.last_core_answer
+                # Only the initial INVITE's answer is remembered: the callee's 2xx retransmission.
+                toward_wic = _next_hop_is_websocket(response)
+                if call.direction is CallDirection.ORIGINATING:
+                    repeat = call.last_wic_answer if toward_wic else None
+                else:
+                    repeat = call.last_core_answer if not toward_wic else None
                 if repeat is not None and sdp_body(response) is not None:
                     set_sdp(response, repeat)  # a retransmission carries the answer already sent
                     return response
@@ -664,6 +666,15 @@ def _branch_connection(context: ProxiedRequest, response: Response | None) -> Co
         if branch.final is response and branch.connection is not None:
             return branch.connection
     return next((b.connection for b in context.branches if b.connection is not None), None)
+
+
+def _next_hop_is_websocket(response: Response) -> bool:
+    """True when the response's next Via (ours already removed) is a WIC's (RFC 7118 §5.2)."""
+    try:
+        via = top_via(response)
+    except HeaderError:
+        return False
+    return via is not None and via.transport.upper() in ("WS", "WSS")
 
 
 def _got_2xx(context: ProxiedRequest) -> bool:
