@@ -4,7 +4,8 @@ Usage::
 
     .venv/bin/python benchmarks/w2_register.py [--quick] [--seconds 10] [--connections 200]
                                                [--workers 2] [--sizes 1000,5000] [--log-level info]
-                                               [--core-transport udp|tcp] [--only throughput|memory]
+                                               [--core-transport udp|tcp] [--separate-core]
+                                               [--only throughput|memory] [--keep]
 
 epcscf runs as its own process (``twistd -n epcscf`` on a generated ini: ws and wss listeners
 on free 127.0.0.1 ports, the embedded core with generated users ``user0001``…, a self-signed
@@ -12,21 +13,24 @@ ECDSA P-256 certificate made here with ``cryptography``), so that its RSS is rea
 ``/proc/<pid>/status`` apart from the generator.  The generator is ``--workers`` separate
 processes (``benchmarks/_load.py``: raw asyncio WebSocket WICs).
 
-Measured:
+Measured, on a fresh epcscf for ws and then for wss:
 
-1. Registrations/s: ``--connections`` WICs, registered once, then re-register back to back for
-   ``--seconds`` (each registration = REGISTER → 401 → REGISTER with Authorization → 200,
-   digest computed by the WIC); p50/p99 of that whole exchange.  On ws, then on wss.
-2. RSS per idle registered connection: a fresh epcscf per transport; baseline VmRSS after a
-   small warm-up (10 WICs registered and closed, so one-off lazy initialisation is not
-   charged to connections), then VmRSS once N WICs are connected, registered and idle and
-   the figure has settled; (after − before) / N in KiB, for each N in ``--sizes`` (cumulative:
-   the 5000 include the first 1000).
+1. RSS per idle registered connection: baseline VmRSS after a small warm-up (10 WICs
+   registered and closed, so that one-off lazy initialisation is not charged to connections),
+   then VmRSS once N WICs are connected, registered and idle and the figure has settled;
+   (after − before) / N in KiB, for each N in ``--sizes`` (cumulative: the 5000 include the
+   first 1000).
+2. Registrations/s, on the same process with those WICs still registered: ``--connections``
+   of them re-register back to back for ``--seconds`` (each registration = REGISTER → 401 →
+   REGISTER with Authorization → 200, digest computed by the WIC); p50/p99 of that whole
+   exchange; CPU of epcscf and of the generator per registration.
 
 With ``--core-transport udp`` (the default, as in ``etc/epcscf.ini``) the embedded core keeps
 every completed REGISTER server transaction for Timer J = 64*T1 = 32 s (RFC 3261 §17.2.2), so
 the memory figure includes what a registration burst leaves behind; ``tcp`` (Timer J = 0)
-isolates what an idle registered connection itself costs.
+isolates what an idle registered connection itself costs.  ``--separate-core`` runs the
+embedded core in a second epcscf process that the first reaches as an external core, to
+split the CPU per registration between the eP-CSCF and the core.
 
 Floors (issue 4): ≥ 1,000 registrations/s; ≤ 40 KiB per idle registered wss connection.
 Every figure is printed with PASS/FAIL; the exit status is 0 whatever the figures (this is
