@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
+from typing import Callable, TypeVar
 
-from epcscf.sip.message import Message
+from epcscf.sip.message import Headers, Message
 from epcscf.sip.uri import (
     HOSTNAME_RE,
     IPV6_RE,
@@ -22,6 +23,41 @@ from epcscf.sip.uri import (
     parse_name_addr,
     split_list,
 )
+
+
+# Fast validation of the common shapes of From/To/Contact and Via.  Each pattern only
+# accepts a subset of what the full parsers in ``epcscf.sip.uri`` / ``headers`` accept;
+# anything else goes through the full parser, which gives the precise error.  (The parser
+# checks with them; the tag views below read a matching value without the full parse.)
+_TOKEN = r"[A-Za-z0-9\-.!%*_+`'~]+"
+_HOST = (
+    r"(?:[A-Za-z0-9](?:[A-Za-z0-9\-_]*[A-Za-z0-9_])?(?:\.[A-Za-z0-9](?:[A-Za-z0-9\-_]*[A-Za-z0-9_])?)*\.?"
+    r"|\[[0-9A-Fa-f:.]+\])(?::[0-9]{1,4})?"
+)
+_PARAMCHARS = r"[A-Za-z0-9\-_.!~*'()\[\]/:&+$]+"
+_HEADER_PARAMS = rf"(?:[ \t]*;[ \t]*{_TOKEN}(?:[ \t]*=[ \t]*[A-Za-z0-9\-.!%*_+`'~:\[\]]+)?)*[ \t]*"
+_SIP_URI = rf"sips?:(?:[A-Za-z0-9\-_.!~*'()&=+$,]+@)?{_HOST}(?:;{_PARAMCHARS}(?:={_PARAMCHARS})?)*"
+FAST_ADDRESS_RE = re.compile(
+    rf"[ \t]*(?:(?:\"[^\"\\\x00-\x1f]*\"[ \t]*|[A-Za-z0-9\-.!%*_+`'~ \t]*)<{_SIP_URI}>|{_SIP_URI}){_HEADER_PARAMS}\Z"
+)
+FAST_VIA_RE = re.compile(rf"[ \t]*SIP/2\.0/{_TOKEN}[ \t]+{_HOST}{_HEADER_PARAMS}\Z")
+
+
+_View = TypeVar("_View")
+_MISSING = object()
+
+
+def cached_view(headers: Headers, kind: str, value: str, parse: Callable[[str], _View]) -> _View:
+    """``parse(value)``, parsed once per message: the result is kept on ``headers`` keyed by
+    ``(kind, value)``, so a header whose text changes is parsed again and nothing goes stale.
+    A parse that fails raises every time (errors are not kept).  The view is shared by
+    every reader of the message: treat it as read-only."""
+    key = (kind, value)
+    views = headers._views
+    found = views.get(key, _MISSING)
+    if found is _MISSING:
+        found = views[key] = parse(value)
+    return found  # type: ignore[return-value]
 
 
 class HeaderError(ValueError):
@@ -118,13 +154,51 @@ def parse_via_list(value: str) -> list[Via]:
     return [parse_via(item) for item in items]
 
 
+# FAST_VIA_RE with groups: transport, host, port, parameters.  A match is a valid Via.
+_FAST_VIA_PARTS_RE = re.compile(
+    rf"[ \t]*SIP/2\.0/({_TOKEN})[ \t]+((?:[A-Za-z0-9](?:[A-Za-z0-9\-_]*[A-Za-z0-9_])?"
+    rf"(?:\.[A-Za-z0-9](?:[A-Za-z0-9\-_]*[A-Za-z0-9_])?)*\.?|\[[0-9A-Fa-f:.]+\]))(?::([0-9]{{1,4}}))?({_HEADER_PARAMS})\Z"
+)
+
+
+def _parse_first_via(line: str) -> Via:
+    first = line.split(",", 1)[0] if '"' not in line else split_header_list(line)[0]
+    if "ttl" not in first:  # RFC 3261 §18.2.1 ttl has its own range check: full parse
+        match = _FAST_VIA_PARTS_RE.match(first)
+        if match is not None:
+            # The common shape, read without the general pattern (same result as parse_via).
+            transport, host, port_text, param_text = match.groups()
+            try:
+                params = parse_header_params(param_text) if param_text else Params()
+            except UriError:
+                return parse_via(first)
+            return Via(transport.upper(), host, int(port_text) if port_text else None, params)
+    return parse_via(first)
+
+
 def top_via(message: Message) -> Via | None:
-    """The first Via of the message, or None when it has none."""
+    """The first Via of the message, or None when it has none (a new object: may be changed)."""
     value = message.headers.get("via")
     if value is None:
         return None
-    first = value.split(",", 1)[0] if '"' not in value else split_header_list(value)[0]
-    return parse_via(first)
+    return _parse_first_via(value)
+
+
+def top_via_view(message: Message) -> Via | None:
+    """``top_via`` parsed once per message (``cached_view``): shared, read-only."""
+    headers = message.headers
+    value = headers.get("via")
+    if value is None:
+        return None
+    return cached_view(headers, "top-via", value, _parse_first_via)
+
+
+def via_line_view(headers: Headers, line: str) -> list[Via]:
+    """``parse_via_list(line)`` parsed once per message (shared, read-only); a line holding
+    one Via shares its parse with ``top_via_view``."""
+    if "," not in line and line.strip():
+        return [cached_view(headers, "top-via", line, _parse_first_via)]
+    return cached_view(headers, "via-list", line, parse_via_list)
 
 
 def all_vias(message: Message) -> list[Via]:
@@ -168,8 +242,10 @@ def parse_cseq(value: str) -> CSeq:
 
 
 def cseq(message: Message) -> CSeq | None:
-    value = message.headers.get("cseq")
-    return None if value is None else parse_cseq(value)
+    headers = message.headers
+    value = headers.get("cseq")
+    # CSeq is frozen: one parse per message, shared (the parser leaves its parse here).
+    return None if value is None else cached_view(headers, "cseq", value, parse_cseq)
 
 
 def parse_max_forwards(value: str) -> int:
@@ -220,14 +296,60 @@ def to_address(message: Message) -> NameAddr | None:
     return None if value is None else parse_address("To", value)
 
 
+def _parse_from(value: str) -> NameAddr:
+    return parse_address("From", value)
+
+
+def _parse_to(value: str) -> NameAddr:
+    return parse_address("To", value)
+
+
+def from_view(message: Message) -> NameAddr | None:
+    """``from_address`` parsed once per message (``cached_view``): shared, read-only."""
+    headers = message.headers
+    value = headers.get("from")
+    return None if value is None else cached_view(headers, "from", value, _parse_from)
+
+
+def to_view(message: Message) -> NameAddr | None:
+    """``to_address`` parsed once per message (``cached_view``): shared, read-only."""
+    headers = message.headers
+    value = headers.get("to")
+    return None if value is None else cached_view(headers, "to", value, _parse_to)
+
+
+def _tag(header: str, value: str) -> str | None:
+    """The tag of a From/To value; raises ``HeaderError`` exactly when ``parse_address`` does."""
+    if "<" in value and FAST_ADDRESS_RE.match(value):
+        # A valid name-addr (the pattern accepts a subset of the grammar) whose header
+        # parameters are plain tokens after the last '>': no URI parse needed.
+        try:
+            return parse_header_params(value[value.rfind(">") + 1 :]).get("tag")
+        except UriError:
+            pass  # not expected after the match; the full parse names the problem
+    return parse_address(header, value).tag
+
+
+def _from_tag(value: str) -> str | None:
+    return _tag("From", value)
+
+
+def _to_tag(value: str) -> str | None:
+    return _tag("To", value)
+
+
 def from_tag(message: Message) -> str | None:
-    address = from_address(message)
-    return None if address is None else address.tag
+    """The From tag, read once per message; raises ``HeaderError`` for a malformed From."""
+    headers = message.headers
+    value = headers.get("from")
+    return None if value is None else cached_view(headers, "from-tag", value, _from_tag)
 
 
 def to_tag(message: Message) -> str | None:
-    address = to_address(message)
-    return None if address is None else address.tag
+    """The To tag, read once per message; raises ``HeaderError`` for a malformed To."""
+    headers = message.headers
+    value = headers.get("to")
+    return None if value is None else cached_view(headers, "to-tag", value, _to_tag)
 
 
 def option_tags(message: Message, name: str) -> list[str]:

@@ -25,6 +25,8 @@ import secrets
 from dataclasses import dataclass
 
 from epcscf.sip.headers import (
+    FAST_ADDRESS_RE,
+    FAST_VIA_RE,
     HeaderError,
     parse_address,
     split_header_list,
@@ -201,7 +203,12 @@ def _parse(data: bytes, limits: ParserLimits, require_content_length: bool) -> R
         raise SipParseError(513, "Message Too Large", message)
     values: dict[str, list[str]] = {}
     for key, (_, value) in zip(keys, items):
-        values.setdefault(key, []).append(value)
+        found = values.get(key)
+        if found is None:
+            values[key] = [value]
+        else:
+            found.append(value)
+    headers._index = values  # the lookup index ``Headers`` would build on its first read
     _check_headers(message, keys, values)
     _take_body(message, values, data, body_start, n, limits, require_content_length)
     return message
@@ -235,6 +242,7 @@ def _parse_start_line(line: str, limits: ParserLimits) -> tuple[Request | Respon
         uri = parse_uri(uri_text)
     except UriError as error:
         return request, SipParseError(400, _bad(f"malformed Request-URI: {error}"))
+    request.headers._views[("uri", uri_text)] = uri  # validate_request reads it again
     # RFC 3261 §19.1.1 Table 1: escaped headers are not allowed in a Request-URI (RFC 4475 §3.1.2.11).
     if isinstance(uri, SipUri) and uri.headers:
         return request, SipParseError(400, _bad("Request-URI must not contain headers"))
@@ -267,30 +275,13 @@ def _parse_status_line(line: str) -> tuple[Response, SipParseError | None]:
     return response, _check_version(version)
 
 
-# Fast validation of the common shapes of From/To/Contact and Via.  Each pattern only
-# accepts a subset of what the full parsers in ``epcscf.sip.uri`` / ``headers`` accept;
-# anything else goes through the full parser, which gives the precise error.
-_TOKEN = r"[A-Za-z0-9\-.!%*_+`'~]+"
-_HOST = (
-    r"(?:[A-Za-z0-9](?:[A-Za-z0-9\-_]*[A-Za-z0-9_])?(?:\.[A-Za-z0-9](?:[A-Za-z0-9\-_]*[A-Za-z0-9_])?)*\.?"
-    r"|\[[0-9A-Fa-f:.]+\])(?::[0-9]{1,4})?"
-)
-_PARAMCHARS = r"[A-Za-z0-9\-_.!~*'()\[\]/:&+$]+"
-_HEADER_PARAMS = rf"(?:[ \t]*;[ \t]*{_TOKEN}(?:[ \t]*=[ \t]*[A-Za-z0-9\-.!%*_+`'~:\[\]]+)?)*[ \t]*"
-_SIP_URI = rf"sips?:(?:[A-Za-z0-9\-_.!~*'()&=+$,]+@)?{_HOST}(?:;{_PARAMCHARS}(?:={_PARAMCHARS})?)*"
-_FAST_ADDRESS_RE = re.compile(
-    rf"[ \t]*(?:(?:\"[^\"\\\x00-\x1f]*\"[ \t]*|[A-Za-z0-9\-.!%*_+`'~ \t]*)<{_SIP_URI}>|{_SIP_URI}){_HEADER_PARAMS}\Z"
-)
-_FAST_VIA_RE = re.compile(rf"[ \t]*SIP/2\.0/{_TOKEN}[ \t]+{_HOST}{_HEADER_PARAMS}\Z")
-
-
 def _check_address(header: str, value: str) -> None:
-    if _FAST_ADDRESS_RE.match(value) is None:
+    if FAST_ADDRESS_RE.match(value) is None:
         parse_address(header, value)
 
 
 def _check_via(value: str) -> None:
-    if "," in value or "ttl" in value or _FAST_VIA_RE.match(value) is None:
+    if "," in value or "ttl" in value or FAST_VIA_RE.match(value) is None:
         parse_via_list(value)
 
 
@@ -309,7 +300,8 @@ def _check_headers(message: Request | Response, keys: list[str], values: dict[st
     try:
         for value in values["via"]:
             _check_via(value)
-        cseq_value = parse_cseq(values["cseq"][0])
+        cseq_text = values["cseq"][0]
+        cseq_value = message.headers._views[("cseq", cseq_text)] = parse_cseq(cseq_text)  # kept: headers.cseq
         for key in ("from", "to"):
             _check_address(_SPELLING[key], values[key][0])
         # RFC 3261 §20.10 / RFC 4475 §3.1.2.13: a Contact URI with headers must be in <>.

@@ -46,7 +46,7 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 
 from epcscf.sip.connection import Connection, ConnectionLost
-from epcscf.sip.headers import HeaderError, cseq, from_tag, to_tag, top_via
+from epcscf.sip.headers import HeaderError, cseq, from_tag, to_tag, top_via_view
 from epcscf.sip.message import Message, Request, Response, make_response
 from epcscf.sip.transaction_client import ClientTransaction, ClientTransactionUser, ack_for_non_2xx
 from epcscf.sip.transaction_machine import (
@@ -84,8 +84,11 @@ log = Logger()
 
 
 def request_identity(request: Request) -> RequestIdentity:
-    """Read the §17.2.3 matching fields; raises ``HeaderError`` when one is unusable."""
-    via = top_via(request)
+    """Read the §17.2.3 matching fields; raises ``HeaderError`` when one is unusable.
+
+    Every field comes from the message's parsed views (``headers.cached_view``): the proxy's
+    validation and the parser share the same parses."""
+    via = top_via_view(request)
     if via is None:
         raise HeaderError("Via", "missing")
     sequence = cseq(request)
@@ -195,7 +198,7 @@ class TransactionLayer:
 
     def _receive_response(self, response: Response, connection: Connection) -> None:
         try:
-            via = top_via(response)
+            via = top_via_view(response)
             sequence = cseq(response)
         except ValueError as error:
             log.info("response dropped: {error}", error=error)
@@ -306,7 +309,7 @@ class TransactionLayer:
                 "an ACK is not a client transaction: the INVITE client transaction sends the ACK "
                 "for a non-2xx, the TU sends the ACK for a 2xx with connection.send_message"
             )
-        via = top_via(request)
+        via = top_via_view(request)
         if via is None or via.branch is None or not via.branch.startswith(MAGIC_COOKIE):
             raise ValueError(f"{request.method} must carry our top Via with a branch starting {MAGIC_COOKIE!r}")
         sequence = cseq(request)

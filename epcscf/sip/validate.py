@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Iterable
 
-from epcscf.sip.headers import HeaderError, all_vias, option_tags, parse_address, parse_cseq, parse_max_forwards
+from epcscf.sip.headers import HeaderError, cached_view, cseq, from_tag, option_tags, parse_max_forwards, to_tag, via_line_view
 from epcscf.sip.message import Request, Response, display_name, make_response
 from epcscf.sip.uri import SipUri, TelUri, UriError, parse_uri
 
@@ -44,11 +44,15 @@ def validate_request(
     for key in _SINGLE:
         if headers.count(key) > 1:
             return _bad_request(request, f"duplicate {display_name(key)}")
+    # The parses are the message's shared views: what the parser and the transaction layer
+    # already read is not parsed again.
     try:
-        all_vias(request)
-        cseq_value = parse_cseq(headers.get("cseq") or "")
-        parse_address("From", headers.get("from") or "")
-        parse_address("To", headers.get("to") or "")
+        for line in headers.get_all("via"):
+            via_line_view(headers, line)
+        cseq_value = cseq(request)
+        assert cseq_value is not None  # present: checked above
+        from_tag(request)  # raises HeaderError for a malformed From, like parse_address
+        to_tag(request)
         max_forwards_text = headers.get("max-forwards")
         max_forwards = parse_max_forwards(max_forwards_text) if max_forwards_text is not None else None
     except HeaderError as error:
@@ -57,7 +61,7 @@ def validate_request(
         return _bad_request(request, "CSeq method does not match the request method")
     # Step 2: URI scheme (RFC 4475 §3.3.2 unkscm, §3.3.3 novelsc).
     try:
-        uri = parse_uri(request.uri)
+        uri = cached_view(headers, "uri", request.uri, parse_uri)
     except UriError as error:
         return _bad_request(request, f"malformed Request-URI: {error}")
     if not isinstance(uri, (SipUri, TelUri)) or uri.scheme.lower() not in SUPPORTED_SCHEMES:
