@@ -9,7 +9,6 @@ from twisted.trial import unittest
 
 from epcscf.pcscf.call_state import CallState
 from epcscf.pcscf.calls import CallManager, CallSettings, MediaRejected
-from epcscf.pcscf.dialogs import Side
 from epcscf.pcscf.edge import EdgeAddresses
 from epcscf.sip.connection import Address
 from epcscf.sip.message import Headers, Request, Response
@@ -225,16 +224,25 @@ class CallManagerTests(unittest.TestCase):
         self.assertEqual(decision.response.headers.get("Retry-After"), "30")
         self.assertEqual(self.manager.calls(), [])
 
-    def test_invite_without_offer_from_wic_is_488_and_non_sdp_body_415(self) -> None:
-        for body, content_type, status in ((b"", None, 488), (b"<xml/>", "application/xml", 415)):
-            request = invite(True, b"")
-            if content_type:
-                request.headers.add("Content-Type", content_type)
-                request.body = body
-            context = ProxiedRequest(request.copy(), self.wic, FakeServerTransaction(request, self.wic))
-            decision = self.manager.originating_invite(context, "x", Forward(context.request))
-            self.assertEqual(decision.response.status, status)
+    def test_non_sdp_body_is_415_with_accept(self) -> None:
+        request = invite(True, b"")
+        request.headers.add("Content-Type", "application/xml")
+        request.body = b"<xml/>"
+        context = ProxiedRequest(request.copy(), self.wic, FakeServerTransaction(request, self.wic))
+        decision = self.manager.originating_invite(context, "x", Forward(context.request))
+        self.assertEqual(decision.response.status, 415)
         self.assertEqual(decision.response.headers.get("Accept"), "application/sdp")
+        self.assertEqual(self.manager.calls(), [])
+
+    def test_wic_late_offer_core_offers_in_2xx_wic_answers_in_ack(self) -> None:
+        context, decision = self.originate(b"")
+        self.assertIsInstance(decision, Forward)
+        self.assertEqual(decision.request.body, b"")
+        ok = self.respond(context, response_to(context.request, 200, CORE_SDP))
+        self.assertEqual(ok.body, b"v=0\r\noffer_from_core\r\n")
+        _, _, ack = self.in_dialog("ACK", True, WIC_OFFER)
+        self.assertEqual(ack.request.body, b"v=0\r\nanswer_from_wic\r\n")
+        self.assertIs(self.manager.calls()[0].state, CallState.CONFIRMED)
 
     def test_early_answer_then_bodiless_200_repeats_the_webrtc_answer(self) -> None:
         # REQ-O05 / A7

@@ -145,7 +145,7 @@ class CallManager:
     def originating_invite(self, context: ProxiedRequest, identity: str, forward: Forward) -> Decision | defer.Deferred:
         """TS 24.371 §7.4.2: the WIC's INVITE with its offer (REQ-O01..O03)."""
         request = context.request
-        problem = self._unusable_body(request, offer_required=True)
+        problem = self._unusable_body(request)
         if problem is not None:
             return Reject(problem)
         call = self._new_call(context, CallDirection.ORIGINATING, context.connection)
@@ -153,7 +153,11 @@ class CallManager:
             return call
         call.note("sip-in", f"INVITE from the WIC ({identity})")
         body = sdp_body(request)
-        assert body is not None
+        if body is None:
+            # RFC 3261 §13.2.1 late offer (browsers' WICs do not, but SIP allows it): the core
+            # offers in its 2xx, the WIC answers in the ACK; both are rewritten on the way.
+            context.data["offer_from"] = None
+            return self._forward_initial(call, forward, None)
         context.data["offer_from"] = Side.WIC
         call.pending_offer = Side.WIC
         transformed = defer.maybeDeferred(call.media.offer_from_wic, body)  # type: ignore[union-attr]
@@ -165,7 +169,7 @@ class CallManager:
     def terminating_invite(self, context: ProxiedRequest, flow: Connection, forward: Forward) -> Decision | defer.Deferred:
         """TS 24.371 §7.4.3: the core's INVITE toward the WIC (REQ-M01..M03)."""
         request = context.request
-        problem = self._unusable_body(request, offer_required=False)
+        problem = self._unusable_body(request)
         if problem is not None:
             return Reject(problem)
         call = self._new_call(context, CallDirection.TERMINATING, flow)
@@ -250,18 +254,11 @@ class CallManager:
         log.info("503 for {call_id}: {why}", call_id=request.headers.get("Call-ID"), why=why)
         return response
 
-    def _unusable_body(self, request: Request, offer_required: bool) -> Response | None:
-        kind = content_type(request)
-        if request.body.strip() and kind != SDP:
+    def _unusable_body(self, request: Request) -> Response | None:
+        if request.body.strip() and content_type(request) != SDP:
             # REQ-S12: a body we must read but cannot → 415 with Accept.
             response = make_local_response(request, 415)
             response.headers.add("Accept", SDP)
-            return response
-        if offer_required and not request.body.strip():
-            response = make_local_response(request, 488)
-            response.headers.add(
-                "Warning", f'399 {self.settings.warning_agent} "an SDP offer is required in the INVITE from a WebRTC client"'
-            )
             return response
         return None
 
