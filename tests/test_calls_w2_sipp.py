@@ -10,7 +10,6 @@ full, no call, no asyncio task).  Needs ``--reactor=asyncio`` and sipp.
 
 from __future__ import annotations
 
-import asyncio
 import os
 import re
 import secrets
