@@ -30,6 +30,7 @@ from typing import Any
 from twisted.internet import defer, error, protocol, reactor
 from twisted.trial import unittest
 
+from epcscf.media import DtlsRole
 from epcscf.media.session import MediaStats
 from tests.support.browser import (
     Browser,
@@ -203,13 +204,27 @@ class BrowserMediaTests(unittest.TestCase):
         self.assertIn("UDP/TLS/RTP/SAVPF", remote_sdp)
         return second
 
-    def relay_stats(self) -> MediaStats:
-        """The one live call's relay counters in epcscf."""
+    def relay_stream(self) -> Any:
+        """The one live call's media stream toward the browser in epcscf."""
         calls = self.service.pcscf.calls.calls()
         self.assertEqual(len(calls), 1, calls)
         media = calls[0].media
         self.assertIsNotNone(media)
-        return media.streams[0].session.stats()
+        return media.streams[0]
+
+    def relay_stats(self) -> MediaStats:
+        return self.relay_stream().session.stats()
+
+    async def assert_dtls_roles(self, browser: Browser, user: str, browser_setup: str, ours: str,
+                                our_role: DtlsRole) -> None:
+        """RFC 5763 §5 / REQ-P02: the a=setup each side sent, and epcscf's DTLS role from them."""
+        setups = await browser.evaluate(user, """() => {
+          const pc = window.wwsf.peerConnection;
+          const setup = (sdp) => (sdp.match(/^a=setup:(\\w+)/m) || [null, null])[1];
+          return [setup(pc.localDescription.sdp), setup(pc.remoteDescription.sdp)];
+        }""")
+        self.assertEqual(setups, [browser_setup, ours])
+        self.assertIs(self.relay_stream().dtls_role, our_role)
 
     def assert_relay_carried_media(self, sipp_media_port: int) -> None:
         """epcscf decrypted the browser's SRTP, sent it as RTP to sipp's SDP address, and relayed
@@ -258,6 +273,8 @@ class BrowserMediaTests(unittest.TestCase):
 
         await self.assert_media_flows(browser, "alice")
         self.assert_relay_carried_media(media_port)
+        # The browser offered actpass; epcscf answered active and is the DTLS client.
+        await self.assert_dtls_roles(browser, "alice", "actpass", "active", DtlsRole.CLIENT)
 
         await browser.click("alice", "#hangup")
         await self.browser_idle(browser, "alice")
@@ -291,6 +308,8 @@ class BrowserMediaTests(unittest.TestCase):
 
         stats = await self.assert_media_flows(browser, "bob")
         self.assert_relay_carried_media(media_port)
+        # epcscf offered actpass (it must accept a ClientHello); Chrome answered active.
+        await self.assert_dtls_roles(browser, "bob", "active", "actpass", DtlsRole.SERVER)
         # What the browser receives is sipp's own stream (its SSRC, its tone), not an echo.
         streams = await browser.evaluate("bob", RTP_STREAMS)
         inbound = [stream for stream in streams if stream[0] == "inbound"]
