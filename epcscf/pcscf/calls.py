@@ -18,6 +18,7 @@ SIP side of the work:
   INVITE is forwarded at once, ICE runs in parallel (A4).  Unusable offer → 488 + Warning,
   malformed → 400, no ports → 503 + Retry-After (REQ-O02, REQ-X05); no core INVITE then.
   A 2xx without SDP after an 18x answer gets the last WebRTC answer again (REQ-O05, A7).
+  An INVITE without SDP is a late offer: the core's offer in the 2xx, the answer in the ACK.
 * **Terminating** (§7.4.3): the core's offer → WebRTC offer to the WIC; the WIC's answer →
   answer toward the core.
 * **Release from the middle** (REQ-B02/B03, REQ-O08): WebSocket closed, ICE/DTLS failure or
