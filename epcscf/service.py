@@ -126,6 +126,11 @@ class EpcscfService(MultiService):
         except (UsersFileError, OSError) as error:
             log.critical("{message}", message=str(error))
             raise StartupError(str(error)) from None
+        # Observers for the metrics that count events rather than read live state.
+        assert self.pcscf.ws_factory is not None and self.pcscf.policy is not None
+        self.pcscf.ws_factory.on_refused = self.metrics.ws_refused
+        self.pcscf.ws_factory.on_parse_error = self.metrics.parse_error
+        self.pcscf.policy.on_register_response = self.metrics.register_response
         self._restore_sighup = install_sighup(self.reactor, self.reload)
 
     def stopService(self) -> defer.Deferred | None:  # noqa: N802

@@ -150,6 +150,33 @@ class ScrapeTests(unittest.TestCase):
         self.assertEqual(value(scraped, "epcscf_registration_results_total", result="ok"), 1)
 
     @asyncio_test
+    async def test_events_from_real_traffic_are_counted(self) -> None:
+        import websockets
+
+        from tests.support.deployment import ws_url
+        from tests.support.processes import wait_for
+
+        with self.assertRaises(websockets.InvalidStatus):  # no "sip" subprotocol → 406
+            await websockets.connect(ws_url(self.service), subprotocols=["chat"])
+        with self.assertRaises(websockets.InvalidStatus):  # foreign browser origin → 403
+            await websockets.connect(ws_url(self.service), subprotocols=["sip"], additional_headers={"Origin": "https://evil.example"})
+        client = await registered_wic(self, self.service)  # one 401, then 200
+        # A CSeq that is not a number: unparseable, answered 400 on the same connection.
+        await client.socket.send(
+            "MESSAGE sip:x@ims.localdomain SIP/2.0\r\nVia: SIP/2.0/WS a.invalid;branch=z9hG4bK1\r\n"
+            "From: <sip:alice@ims.localdomain>;tag=1\r\nTo: <sip:x@ims.localdomain>\r\nCall-ID: c1\r\n"
+            "CSeq: one MESSAGE\r\nMax-Forwards: 70\r\n\r\n"
+        )
+        await wait_for(lambda: bool(client.unparsed), timeout=5)
+        self.assertTrue(client.unparsed[0].startswith(b"SIP/2.0 400 "), client.unparsed)
+        scraped = await samples(self.service)
+        self.assertEqual(value(scraped, "epcscf_ws_connections_refused_total", reason="subprotocol"), 1)
+        self.assertEqual(value(scraped, "epcscf_ws_connections_refused_total", reason="origin"), 1)
+        self.assertEqual(value(scraped, "epcscf_sip_parse_errors_total", transport="ws"), 1)
+        self.assertEqual(value(scraped, "epcscf_registration_results_total", result="challenged"), 1)
+        self.assertEqual(value(scraped, "epcscf_registration_results_total", result="ok"), 1)
+
+    @asyncio_test
     async def test_openmetrics_on_request_and_404_elsewhere(self) -> None:
         response = await wait(
             Agent(reactor).request(

@@ -40,7 +40,7 @@ from epcscf.config import Config, load
 from epcscf.logging import set_log_level
 from epcscf.sip.headers import to_tag
 from epcscf.sip.parser import ParserLimits
-from epcscf.sip.proxy_policy import Decision, Reject
+from epcscf.sip.proxy_policy import Reject
 from epcscf.sip.proxy_rules import make_local_response
 
 log = Logger(namespace="epcscf.ops.lifecycle")
@@ -203,23 +203,6 @@ def install_sighup(reactor: Any, callback: Callable[[], None]) -> Callable[[], N
 # --- drain ----------------------------------------------------------------------------------
 
 
-class DrainingPolicy:
-    """Wraps the proxy's policy while draining: new INVITEs get 503 + Retry-After."""
-
-    def __init__(self, inner: Any, retry_after: int) -> None:
-        self.inner = inner
-        self.retry_after = retry_after
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self.inner, name)
-
-    def route_request(self, context: Any) -> Decision | defer.Deferred:
-        refusal = refuse_while_draining(context.request, self.retry_after)
-        if refusal is not None:
-            return refusal
-        return self.inner.route_request(context)
-
-
 def refuse_while_draining(request: Any, retry_after: int) -> Reject | None:
     """The 503 for a dialog-creating INVITE (no To tag); None for everything else."""
     if request.method != "INVITE" or to_tag(request) is not None:
@@ -283,9 +266,10 @@ class Drainer:
         pcscf = self.service.pcscf
         timeout = self.service.config.service.drain_timeout
         started = self.clock.seconds()
-        stopping = self._stop_accepting(pcscf)
-        if pcscf.proxy is not None and not isinstance(pcscf.proxy.policy, DrainingPolicy):
-            pcscf.proxy.policy = DrainingPolicy(pcscf.proxy.policy, math.ceil(timeout))
+        stopping = pcscf.stop_accepting()
+        if pcscf.policy is not None:
+            retry_after = math.ceil(timeout)
+            pcscf.policy.admission = lambda request: refuse_while_draining(request, retry_after)
         done: defer.Deferred[DrainReport] = defer.Deferred()
         self._done = done
         log.info(
@@ -327,12 +311,6 @@ class Drainer:
 
         check()
         return _chain(done)
-
-    @staticmethod
-    def _stop_accepting(pcscf: Any) -> defer.Deferred:
-        # PcscfNode keeps its WebSocket ports private; a public stop_accepting() is asked for.
-        ports = list(getattr(pcscf, "_ws_ports", ()))
-        return defer.DeferredList([defer.maybeDeferred(port.stopListening) for port in ports], consumeErrors=True)
 
     @staticmethod
     def _release_calls(pcscf: Any) -> int:

@@ -123,6 +123,10 @@ class PcscfPolicy:
         self.calls = calls
         #: when no fixed next hop: Deferred[list[Target]] of the configured I-CSCF/S-CSCF URIs
         self.next_hop_resolver = next_hop_resolver
+        #: refuses new work before routing (the drain on shutdown answers new INVITEs 503)
+        self.admission: Callable[[Request], Reject | None] | None = None
+        #: observer of REGISTER final responses relayed to the WIC (metrics)
+        self.on_register_response: Callable[[int], None] | None = None
 
     # --- ProxyPolicy ------------------------------------------------------------------------
 
@@ -134,6 +138,8 @@ class PcscfPolicy:
         return isinstance(parsed, SipUri) and self.addresses.is_own(parsed)
 
     def route_request(self, context: ProxiedRequest) -> Decision | defer.Deferred:
+        if self.admission is not None and (refusal := self.admission(context.request)) is not None:
+            return refusal
         if context.connection.transport in WEBSOCKET_TRANSPORTS:
             return self._from_wic(context)
         return self._from_core(context)
@@ -144,8 +150,11 @@ class PcscfPolicy:
             toward_wic = self._next_via_is_websocket(response)
         if toward_wic:
             strip_core_only_headers(response)
-            if context is not None and context.request.method == "REGISTER" and 200 <= response.status < 300:
-                self._record_registration(context, response)
+            if context is not None and context.request.method == "REGISTER" and response.status >= 200:
+                if response.status < 300:
+                    self._record_registration(context, response)
+                if self.on_register_response is not None:
+                    self.on_register_response(response.status)
         if context is not None and self.calls is not None and context.data.get("call") is not None:
             return self.calls.response(context, response)
         if context is None and self.calls is not None and hasattr(self.calls, "stray_response"):

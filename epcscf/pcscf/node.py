@@ -254,10 +254,14 @@ class PcscfNode(Service):
         host = port.getHost()
         return BoundListener(listener.transport.upper(), Address(host.host, host.port))
 
+    def stop_accepting(self) -> defer.Deferred:
+        """Close the WebSocket listeners: no new WIC connections (drain); flows stay up."""
+        ports, self._ws_ports = self._ws_ports, []
+        return defer.DeferredList([defer.maybeDeferred(port.stopListening) for port in ports], consumeErrors=True)
+
     def stopService(self) -> defer.Deferred:  # noqa: N802
         super().stopService()
-        stopping = [defer.maybeDeferred(port.stopListening) for port in self._ws_ports]
-        self._ws_ports = []
+        stopping = [self.stop_accepting()]
         if self.ws_factory is not None:
             for connection in list(self.ws_factory.connections):
                 connection.close(1001, "server shutting down")  # RFC 6455 §7.4.1: going away

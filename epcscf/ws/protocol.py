@@ -33,7 +33,7 @@ WebSocket framing; this module only decides policy and moves messages:
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, Callable, Protocol
 from urllib.parse import urlsplit
 
 from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerProtocol
@@ -199,6 +199,7 @@ class SipWebSocketServerProtocol(WebSocketServerProtocol):
         if SIP_SUBPROTOCOL not in request.protocols:
             # RFC 7118 §4.1: the client MUST offer "sip"; without it there is no SIP to speak.
             offered = ", ".join(request.protocols) if request.protocols else "none"
+            self.factory.refused("subprotocol")
             raise ConnectionDeny(
                 SUBPROTOCOL_REFUSED,
                 f"Not Acceptable: WebSocket subprotocol 'sip' required (RFC 7118), offered: {offered}"[:200],
@@ -207,6 +208,7 @@ class SipWebSocketServerProtocol(WebSocketServerProtocol):
         allowed, why = settings.origin_decision(origin)
         if not allowed:
             # REQ-T10 / RFC 6455 §10.2: refuse a foreign web page before upgrading.
+            self.factory.refused("origin")
             raise ConnectionDeny(ORIGIN_REFUSED, f"Forbidden: {why}")
         if origin is not None:
             try:
@@ -265,6 +267,8 @@ class SipWebSocketServerProtocol(WebSocketServerProtocol):
         self.factory.message_received(message, connection)
 
     def _reject(self, connection: WsConnection, error: SipParseError) -> None:
+        if self.factory.on_parse_error is not None:
+            self.factory.on_parse_error(connection.transport)
         response = error_response_for(error)
         log.info(
             "{connection}: unparseable SIP message ({status} {reason}); {action}",
@@ -338,6 +342,9 @@ class SipWebSocketServerFactory(WebSocketServerFactory):
         self.sink = sink
         self.limits = ParserLimits(max_message_size=settings.max_message_size)
         self.connections: set[WsConnection] = set()
+        #: observers for metrics: a refused handshake ("subprotocol" | "origin"), an unparseable message
+        self.on_refused: Callable[[str], None] | None = None
+        self.on_parse_error: Callable[[str], None] | None = None
         self.setProtocolOptions(
             webStatus=False,  # no HTML status page on plain GET
             utf8validateIncoming=True,  # RFC 6455 §8.1: invalid UTF-8 text → 1007
@@ -356,6 +363,10 @@ class SipWebSocketServerFactory(WebSocketServerFactory):
 
     # The sink is called through these so that one misbehaving sink call never takes the
     # connection (or Autobahn's state machine) down with it.
+
+    def refused(self, reason: str) -> None:
+        if self.on_refused is not None:
+            self.on_refused(reason)
 
     def connection_opened(self, connection: WsConnection) -> None:
         self.connections.add(connection)

@@ -13,7 +13,7 @@ import websockets
 from twisted.internet.defer import Deferred
 
 from epcscf.sip.message import Request, Response
-from epcscf.sip.parser import parse_message
+from epcscf.sip.parser import SipParseError, parse_message
 
 
 def as_deferred(coroutine: Any) -> Deferred:
@@ -57,6 +57,8 @@ class WsSipClient:
         self.cseq = 0
         self.call_id = secrets.token_hex(8)
         self.received: asyncio.Queue = asyncio.Queue()
+        #: frames that did not parse (e.g. a 400 that echoes the broken header it complains of)
+        self.unparsed: list[bytes] = []
         self._reader: asyncio.Task | None = None
 
     @property
@@ -72,8 +74,14 @@ class WsSipClient:
         try:
             async for frame in self.socket:
                 data = frame.encode() if isinstance(frame, str) else frame
-                if data.strip():
-                    await self.received.put(parse_message(data))
+                if not data.strip():
+                    continue
+                try:
+                    message = parse_message(data)
+                except SipParseError:
+                    self.unparsed.append(data)
+                    continue
+                await self.received.put(message)
         except websockets.ConnectionClosed:
             pass
 
