@@ -84,6 +84,21 @@ RTP_STREAMS = """async () => {
 }"""
 
 
+# RFC 7675 consent freshness as Chrome sees it on the selected pair: its consent requests were
+# sent after ICE completed, and epcscf's media port answered them (one may be in flight).
+CONSENT_ANSWERED = """async (wanted) => {
+  const report = await window.wwsf.peerConnection.getStats();
+  let pair = null;
+  report.forEach((e) => {
+    if (e.type === 'transport' && e.selectedCandidatePairId) pair = report.get(e.selectedCandidatePairId);
+  });
+  if (!pair || !(pair.consentRequestsSent >= wanted)) return false;
+  if (pair.responsesReceived < pair.requestsSent - 1) return false;
+  return { consentRequestsSent: pair.consentRequestsSent, requestsSent: pair.requestsSent,
+           responsesReceived: pair.responsesReceived, requestsReceived: pair.requestsReceived };
+}"""
+
+
 def pcmu_tone(seconds: float, frequency: float = 440.0, amplitude: int = 8000) -> bytes:
     """A sine tone as G.711 μ-law samples at 8 kHz (what sipp's rtp_stream sends as PT 0)."""
     return bytes(
@@ -198,6 +213,9 @@ class BrowserMediaTests(unittest.TestCase):
         self.assertEqual(host, LOCAL)
         self.assertIn(int(port), MEDIA_PORTS, f"{user}'s media peer: {second['selectedPair']}")
         self.assertGreater(second["packetsSent"], 0)
+        # Chrome would drop the call 30 s after its consent checks stop being answered (RFC 7675 §5.1).
+        consent = await browser.wait_function(user, CONSENT_ANSWERED, arg=2, timeout=15000, polling=250)
+        self.assertGreaterEqual(consent["responsesReceived"], consent["requestsSent"] - 1, consent)
         # What the browser was told about epcscf's ICE agent (RFC 8839 §5.3: a=ice-lite).
         remote_sdp = await browser.evaluate(user, "() => window.wwsf.peerConnection.remoteDescription.sdp")
         self.assertEqual("a=ice-lite" in remote_sdp, self.ice_mode == "lite", remote_sdp)
