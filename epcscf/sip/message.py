@@ -72,12 +72,22 @@ def canonical_name(name: str) -> str:
     return key
 
 
+_SPELLING_CACHE: dict[str, str] = {}
+
+
 def display_name(name: str) -> str:
     """The conventional spelling of a header name, for headers we add."""
+    cached = _SPELLING_CACHE.get(name)  # memoised like canonical_name (bounded)
+    if cached is not None:
+        return cached
     key = canonical_name(name)
     if key in CANONICAL_SPELLING:
-        return CANONICAL_SPELLING[key]
-    return "-".join(part.capitalize() for part in key.split("-"))
+        spelling = CANONICAL_SPELLING[key]
+    else:
+        spelling = "-".join(part.capitalize() for part in key.split("-"))
+    if len(_SPELLING_CACHE) < 4096:
+        _SPELLING_CACHE[name] = spelling
+    return spelling
 
 
 # Header fields whose values are comma-separated lists and may therefore be
@@ -117,8 +127,9 @@ class Headers:
     arrived (a line may carry a comma-separated list, see ``values``).
 
     Lookups go through an index (canonical name → values in order) built on the first
-    lookup and dropped by every change, so a message costs one pass over its header
-    lines however often it is read.  ``_views`` holds typed views parsed from header
+    lookup (or handed over by the parser) and kept up to date by every method that
+    changes the lines, so a message costs one pass over its header lines however often
+    it is read.  Only these methods may change ``_items``.  ``_views`` holds typed views parsed from header
     values (``epcscf.sip.headers.cached_view``), keyed by the value text itself, so a
     changed value is simply parsed again: nothing there can go stale.
     """
@@ -187,18 +198,22 @@ class Headers:
 
         If the header is absent it goes first of all, where a proxy puts its Via.
         """
-        self._index = None
         key = canonical_name(name)
+        lookup = self._index
+        if lookup is not None:  # kept up to date: the proxy adds Via and Record-Route to every request
+            lookup[key] = [value, *lookup.get(key, ())]
+        cache = _CANONICAL_CACHE
         for index, (n, _) in enumerate(self._items):
-            if canonical_name(n) == key:
+            if (cache.get(n) or canonical_name(n)) == key:
                 self._items.insert(index, (name, value))
                 return
         self._items.insert(0, (name, value))
 
     def set(self, name: str, value: str) -> None:
         """Replace every line of ``name`` by one line, kept at the first one's place."""
-        self._index = None
         key = canonical_name(name)
+        if self._index is not None:
+            self._index[key] = [value]
         for index, (n, _) in enumerate(self._items):
             if canonical_name(n) == key:
                 self._items[index] = (n, value)
@@ -210,16 +225,21 @@ class Headers:
 
     def remove(self, name: str) -> int:
         """Delete every line of ``name``; returns how many were removed."""
-        self._index = None
         key = canonical_name(name)
+        if self._index is not None:
+            self._index.pop(key, None)
         before = len(self._items)
         self._items = [item for item in self._items if canonical_name(item[0]) != key]
         return before - len(self._items)
 
     def replace_all(self, name: str, values: list[str]) -> None:
         """Replace all lines of ``name`` with one line per value, at the first one's place."""
-        self._index = None
         key = canonical_name(name)
+        if self._index is not None:
+            if values:
+                self._index[key] = list(values)
+            else:
+                self._index.pop(key, None)
         cache = _CANONICAL_CACHE  # inlined: the proxy does this twice per message (Via)
         rest: list[tuple[str, str]] = []
         position = -1

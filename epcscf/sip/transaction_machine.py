@@ -94,6 +94,11 @@ class TimerSettings:
 
 
 class State(enum.Enum):
+    # Members are singletons compared by identity: hash them the same way (Enum's own
+    # __hash__ is Python code, and the machines look states and events up in dicts on
+    # every message).
+    __hash__ = object.__hash__
+
     CALLING = "Calling"  # INVITE client only
     TRYING = "Trying"  # non-INVITE client and server
     PROCEEDING = "Proceeding"
@@ -104,6 +109,8 @@ class State(enum.Enum):
 
 
 class Event(enum.Enum):
+    __hash__ = object.__hash__  # identity, as for State
+
     # from the network, toward a client transaction
     RESPONSE_1XX = "1xx received"
     RESPONSE_2XX = "2xx received"
@@ -426,6 +433,8 @@ class TransactionMachine:
             call.cancel()
 
     def _cancel_timers_outside(self, state: State) -> None:
+        if not self._timers:
+            return
         for timer in [t for t in self._timers if state not in TIMER_LIFETIME[t]]:
             self._cancel_timer(timer)
 
