@@ -340,6 +340,27 @@ class CallManagerTests(unittest.TestCase):
         self.assertEqual(answer.headers.get("Reason"), 'SIP;cause=480;text="WebSocket closed"')
         self.assertTrue(self.medias[0].closed)
 
+    def test_ws_closed_while_media_is_prepared_answers_480_quietly(self) -> None:
+        request = invite(True)
+        context = ProxiedRequest(request.copy(), self.wic, FakeServerTransaction(request, self.wic))
+        pending: defer.Deferred = defer.Deferred()
+
+        def slow(call: Any) -> FakeMedia:
+            media = FakeMedia(self.log)
+            media.offer_from_wic = lambda sdp: pending  # type: ignore[method-assign]
+            self.medias.append(media)
+            return media
+
+        self.manager.media_factory = slow
+        decided = self.manager.originating_invite(context, "x", Forward(context.request))
+        self.manager.flow_closed(self.wic)
+        self.assertTrue(self.medias[0].closed)
+        pending.errback(RuntimeError("the ICE agent was closed while gathering"))
+        decision = self.successResultOf(decided)
+        self.assertEqual(decision.response.status, 480)
+        self.assertEqual(self.flushLoggedErrors(), [])
+        self.assertEqual(self.proxy.responded, [])  # nothing was forwarded, so nothing to cancel
+
     def test_2xx_racing_an_early_release_is_acked_and_byed(self) -> None:
         context, _ = self.originate()
         self.manager.flow_closed(self.wic)

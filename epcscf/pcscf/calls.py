@@ -230,6 +230,10 @@ class CallManager:
         return forward
 
     def _reject_initial(self, call: Call, context: ProxiedRequest, failure: Failure) -> Decision:
+        if call.ended:
+            # Released (WS closed, shutdown) while its media was being prepared: the media was
+            # closed under the offer, which is why it failed.
+            return Reject(make_local_response(context.request, 480, "Temporarily Unavailable (call released)"))
         response = self._rejection(context.request, failure)
         call.fire_if_allowed(CallEvent.REJECTED)
         call.note("sip-out", f"{response.status} {response.reason}")
