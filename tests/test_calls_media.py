@@ -318,6 +318,24 @@ class OriginatingMediaTests(CallMediaTestCase):
         await deferLater(global_reactor, 0.2, lambda: None)
         self.assertEqual(wic.received, [])  # gated: on hold the core's RTP does not reach the WIC
 
+    async def test_reoffer_adding_a_stream_allocates_it_and_keeps_the_first(self) -> None:
+        # REQ-U05: the new m= line gets its own ICE transport and core ports; the first is unchanged.
+        media, wic, offer, answer = await self.originating_call()
+        first_port = SessionDescription.parse(offer).media[0].port
+        text = wic.sdp("actpass").decode()
+        head, _, block = text.partition("m=audio")
+        second = "m=audio" + block.replace("a=mid:0", "a=mid:1")
+        reoffer = SessionDescription.parse(await media.offer_from_wic((head + "m=audio" + block + second).encode()))
+        self.assertEqual([m.port for m in reoffer.media][0], first_port)
+        self.assertNotIn(reoffer.media[1].port, (0, first_port))
+        self.assertEqual(sorted(media.streams), [0, 1])
+        self.assertEqual(self.pool.used_count, 6)  # two ICE sockets, two RTP/RTCP pairs
+        port = self.core_port.getHost().port
+        two = core_sdp(port) + core_sdp(port).split(b"t=0 0\r\n", 1)[1]
+        reanswer = SessionDescription.parse(media.answer_from_core(two, None))
+        self.assertEqual(reanswer.media[0].attribute_value("ice-ufrag"), SessionDescription.parse(answer).media[0].attribute_value("ice-ufrag"))
+        self.assertEqual([m.attribute_value("mid") for m in reanswer.media], ["0", "1"])
+
     async def test_refused_reoffer_keeps_the_previous_answer_base(self) -> None:
         # REQ-U04
         media, wic, offer, answer = await self.originating_call()
