@@ -444,7 +444,7 @@ class SettingsTests(unittest.TestCase):
         top = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
         settings = EmbeddedCoreSettings.from_config(load([os.path.join(top, "etc", "epcscf.ini")]))
         self.assertEqual(settings.domain, DOMAIN)
-        self.assertEqual([str(listener) for listener in settings.listen], ["udp:127.0.0.1:5070"])
+        self.assertEqual([str(listener) for listener in settings.listen], ["tcp:127.0.0.1:5070", "udp:127.0.0.1:5070"])
         self.assertEqual(settings.max_expires, 3600)
         self.assertEqual(settings.timers.t1, 0.5)
         core = EmbeddedCore(settings, reactor)  # users file parses; nothing listens before start
