@@ -25,10 +25,10 @@ Measured, on a fresh epcscf for ws and then for wss:
    REGISTER with Authorization → 200, digest computed by the WIC); p50/p99 of that whole
    exchange; CPU of epcscf and of the generator per registration.
 
-With ``--core-transport udp`` (the default, as in ``etc/epcscf.ini``) the embedded core keeps
-every completed REGISTER server transaction for Timer J = 64*T1 = 32 s (RFC 3261 §17.2.2), so
-the memory figure includes what a registration burst leaves behind; ``tcp`` (Timer J = 0)
-isolates what an idle registered connection itself costs.  ``--separate-core`` runs the
+With ``--core-transport tcp`` (the default, as in ``etc/epcscf.ini``) Timer J is 0 and the
+memory figure is what an idle registered connection itself costs; with ``udp`` the embedded
+core keeps every completed REGISTER server transaction for Timer J = 64*T1 = 32 s (RFC 3261
+§17.2.2), so the figure also includes what a registration burst leaves behind.  ``--separate-core`` runs the
 embedded core in a second epcscf process that the first reaches as an external core, to
 split the CPU per registration between the eP-CSCF and the core.
 
@@ -539,7 +539,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--settle", type=float, default=None, help="seconds idle before reading RSS (default 3, quick 0.5)")
     parser.add_argument("--log-level", default="info", choices=("debug", "info", "warn", "error"), help="epcscf [log] level")
     parser.add_argument(
-        "--core-transport", default="udp", choices=("udp", "tcp"), help="eP-CSCF ↔ embedded core transport (default udp, as etc/epcscf.ini)"
+        "--core-transport", default="tcp", choices=("udp", "tcp"), help="eP-CSCF ↔ embedded core transport (default tcp, as etc/epcscf.ini)"
     )
     parser.add_argument(
         "--separate-core",
