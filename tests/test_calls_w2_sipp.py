@@ -489,6 +489,25 @@ class CallsThroughTheEdgeTests(unittest.TestCase):
         self.assert_everything_freed()
 
 
+    async def test_core_cancel_is_relayed_to_the_wic_and_its_487_back(self) -> None:
+        # REQ-C02
+        client = await self.registered("alice")
+        uac, trace = self.spawn_uac("calls_uac_cancel.xml")
+        invite = await self.next_request(client, "INVITE")
+        from epcscf.sip.message import make_response
+
+        await as_deferred(client.send(make_response(invite, 180, to_tag="ring1")))
+        cancel = await self.next_request(client, "CANCEL")
+        self.assertEqual(cancel.headers.get("Call-ID"), invite.headers.get("Call-ID"))
+        await as_deferred(client.send(make_response(cancel, 200, to_tag="ring1")))
+        await as_deferred(client.send(make_response(invite, 487, to_tag="ring1")))
+        self.assertEqual(await uac.ended, 0, uac.output.decode(errors="replace")[-2000:])
+        await self.calls.idle()
+        self.assert_everything_freed()
+        [ended] = self.calls.ended_calls()
+        self.assertIs(ended.state, CallState.TERMINATED)
+        self.assertIn("CANCEL from the core", [entry.text for entry in ended.timeline])
+
     async def test_websocket_drop_while_ringing_answers_480_to_the_core(self) -> None:
         # REQ-B02: an early terminating call whose flow dies gets 480 upstream; media freed.
         client = await self.registered("alice")
