@@ -30,9 +30,12 @@ from epcscf.sip.uri import (
 # anything else goes through the full parser, which gives the precise error.  (The parser
 # checks with them; the tag views below read a matching value without the full parse.)
 _TOKEN = r"[A-Za-z0-9\-.!%*_+`'~]+"
+# A port the full parsers accept: at most five digits and at most 65535 (RFC 3261 §25.1);
+# five-digit ports are the common case for ephemeral and test ports.
+_PORT = r"(?:[0-9]{1,4}|[0-5][0-9]{4}|6[0-4][0-9]{3}|65[0-4][0-9]{2}|655[0-2][0-9]|6553[0-5])"
 _HOST = (
     r"(?:[A-Za-z0-9](?:[A-Za-z0-9\-_]*[A-Za-z0-9_])?(?:\.[A-Za-z0-9](?:[A-Za-z0-9\-_]*[A-Za-z0-9_])?)*\.?"
-    r"|\[[0-9A-Fa-f:.]+\])(?::[0-9]{1,4})?"
+    rf"|\[[0-9A-Fa-f:.]+\])(?::{_PORT})?"
 )
 _PARAMCHARS = r"[A-Za-z0-9\-_.!~*'()\[\]/:&+$]+"
 _HEADER_PARAMS = rf"(?:[ \t]*;[ \t]*{_TOKEN}(?:[ \t]*=[ \t]*[A-Za-z0-9\-.!%*_+`'~:\[\]]+)?)*[ \t]*"
@@ -157,7 +160,7 @@ def parse_via_list(value: str) -> list[Via]:
 # FAST_VIA_RE with groups: transport, host, port, parameters.  A match is a valid Via.
 _FAST_VIA_PARTS_RE = re.compile(
     rf"[ \t]*SIP/2\.0/({_TOKEN})[ \t]+((?:[A-Za-z0-9](?:[A-Za-z0-9\-_]*[A-Za-z0-9_])?"
-    rf"(?:\.[A-Za-z0-9](?:[A-Za-z0-9\-_]*[A-Za-z0-9_])?)*\.?|\[[0-9A-Fa-f:.]+\]))(?::([0-9]{{1,4}}))?({_HEADER_PARAMS})\Z"
+    rf"(?:\.[A-Za-z0-9](?:[A-Za-z0-9\-_]*[A-Za-z0-9_])?)*\.?|\[[0-9A-Fa-f:.]+\]))(?::({_PORT}))?({_HEADER_PARAMS})\Z"
 )
 
 
