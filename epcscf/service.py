@@ -13,14 +13,14 @@ from twisted.logger import Logger
 from epcscf.config import Config, ConfigError
 from epcscf.core.service import EmbeddedCore, EmbeddedCoreSettings
 from epcscf.core.users import read_users
-from epcscf.pcscf.node import PcscfNode
-from epcscf.sip.resolver import Target
 from epcscf.ops.console import console_namespace as operator_commands
 from epcscf.ops.lifecycle import Drainer, install_sighup, reload_config
 from epcscf.ops.manhole import ManholeService, UsersFileError
+from epcscf.ops.metrics import EpcscfMetrics, MetricsService
+from epcscf.pcscf.node import PcscfNode
+from epcscf.sip.resolver import Target
 from epcscf.wwsf import DemoUser, WebSocketEndpoint, WwsfService, WwsfSettings
 from epcscf.wwsf.bundle import default_bundle_dir
-from epcscf.ops.metrics import EpcscfMetrics, MetricsService
 
 log = Logger(namespace="epcscf.service")
 
