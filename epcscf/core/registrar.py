@@ -39,7 +39,7 @@ from email.utils import formatdate
 from typing import Protocol
 
 from epcscf.core.location import Binding, LocationService, aor_of
-from epcscf.sip.headers import HeaderError, cseq, from_address, option_tags, to_address
+from epcscf.sip.headers import HeaderError, cseq, from_view, option_tags, to_view
 from epcscf.sip.message import Headers, Request, Response, make_response
 from epcscf.sip.uri import NameAddr, SipUri, UriError, parse_name_addr_list, parse_uri, split_list
 
@@ -166,8 +166,9 @@ class Registrar:
 
     def _check_identity(self, request: Request) -> tuple[str, str, list[str]]:
         """(AOR, user name, public identities) of the To header, once checked."""
-        to_value = to_address(request)
-        from_value = from_address(request)
+        # Read-only views parsed once per message (the proxy and transaction layer read them too).
+        to_value = to_view(request)
+        from_value = from_view(request)
         if to_value is None or from_value is None:
             raise HeaderError("To", "REGISTER without To or From")
         aor = aor_of(to_value.uri)

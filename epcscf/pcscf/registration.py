@@ -16,7 +16,7 @@ from typing import Callable
 
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 
-from epcscf.sip.headers import split_header_list, to_address
+from epcscf.sip.headers import split_header_list, to_view
 from epcscf.sip.message import Request, Response
 from epcscf.sip.uri import NameAddr, UriError, parse_name_addr, parse_name_addr_list, uris_equal
 
@@ -128,7 +128,7 @@ class Registrations:
 
         Returns the bindings now live for the contacts the REGISTER carried.
         """
-        address = to_address(request)
+        address = to_view(request)  # read-only, parsed once per message
         if address is None:
             return []
         aor = str(address.uri)
