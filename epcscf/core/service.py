@@ -107,7 +107,9 @@ class CoreTransactionUser:
                 return
             response = core.registrar.register(request)
             if response.status >= 200 and response.status != 401:
-                log.info(
+                # Debug, not info: one line per registration costs a few % of the core's CPU
+                # at registration rates (benchmarks/w2_register.py); failures show in metrics.
+                log.debug(
                     "REGISTER {to} from {peer}: {status} {reason}",
                     to=request.headers.get("to"),
                     peer=server_transaction.connection.remote,
