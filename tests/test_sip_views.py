@@ -158,3 +158,21 @@ class HeadersIndexTests(unittest.TestCase):
         self.assertEqual(headers.get_all("via"), ["SIP/2.0/UDP a;branch=z9hG4bK-1"])
         self.assertEqual(copy.get_all("via"), ["SIP/2.0/UDP p;branch=z9hG4bK-2", "SIP/2.0/UDP a;branch=z9hG4bK-1"])
         self.assertEqual(copy, Headers([("Via", "SIP/2.0/UDP p;branch=z9hG4bK-2"), ("Via", "SIP/2.0/UDP a;branch=z9hG4bK-1")]))
+
+
+class ListSplitTests(unittest.TestCase):
+    def test_commas_inside_angle_brackets_and_quotes_do_not_split(self) -> None:
+        from epcscf.sip.uri import split_list
+
+        cases = {
+            "SIP/2.0/UDP a;branch=z9hG4bK-1, SIP/2.0/UDP b;branch=z9hG4bK-2": [
+                "SIP/2.0/UDP a;branch=z9hG4bK-1", "SIP/2.0/UDP b;branch=z9hG4bK-2"],
+            "<sip:a,b@x;lr>;p=1 ,\t<sip:c>": ["<sip:a,b@x;lr>;p=1", "<sip:c>"],
+            "<sip:a>, , <sip:b>,": ["<sip:a>", "<sip:b>"],
+            "a<b,c>d<e,f": ["a<b,c>d<e,f"],  # an unclosed '<' keeps the rest together
+            "<a>b>,c": ["<a>b>", "c"],
+            '"x, y" <sip:a>, <sip:b>': ['"x, y" <sip:a>', "<sip:b>"],
+            ",": [],
+        }
+        for text, expected in cases.items():
+            self.assertEqual(split_list(text), expected, text)

@@ -32,6 +32,7 @@ from epcscf.sip.headers import (
     split_header_list,
     parse_cseq,
     parse_max_forwards,
+    parse_via,
     parse_via_list,
 )
 from epcscf.sip.message import COMPACT_FORMS, Request, Response, make_response
@@ -281,8 +282,16 @@ def _check_address(header: str, value: str) -> None:
 
 
 def _check_via(value: str) -> None:
-    if "," in value or "ttl" in value or FAST_VIA_RE.match(value) is None:
-        parse_via_list(value)
+    if "," not in value:
+        if "ttl" in value or FAST_VIA_RE.match(value) is None:
+            parse_via_list(value)
+        return
+    items = split_header_list(value)
+    if not items:
+        parse_via_list(value)  # raises: empty value
+    for item in items:  # what parse_via_list checks, with the fast pattern first
+        if "ttl" in item or FAST_VIA_RE.match(item) is None:
+            parse_via(item)
 
 
 def _check_headers(message: Request | Response, keys: list[str], values: dict[str, list[str]]) -> None:

@@ -468,6 +468,24 @@ def split_list(text: str) -> list[str]:
     if "," not in text:
         stripped = text.strip(_LWS)
         return [stripped] if stripped else []
+    if '"' not in text:
+        # No quoted strings: only <...> can hide a comma.  Cut at every comma and glue the
+        # pieces back while a '<' is still open (the same rule as the scan below).
+        if "<" not in text:
+            pieces = text.split(",")
+        else:
+            pieces = []
+            pending: str | None = None
+            for piece in text.split(","):
+                current = piece if pending is None else pending + "," + piece
+                if current.rfind("<") > current.rfind(">"):
+                    pending = current
+                else:
+                    pieces.append(current)
+                    pending = None
+            if pending is not None:
+                pieces.append(pending)
+        return [item for item in (piece.strip(_LWS) for piece in pieces) if item]
     items: list[str] = []
     start = 0
     i = 0
