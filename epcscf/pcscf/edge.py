@@ -18,6 +18,7 @@ what makes it a P-CSCF at a WebSocket edge:
 
 from __future__ import annotations
 
+import itertools
 import secrets
 from dataclasses import dataclass, replace
 from typing import Callable, Protocol, Sequence
@@ -45,6 +46,18 @@ DIALOG_CREATING = frozenset({"INVITE", "SUBSCRIBE", "REFER", "NOTIFY"})
 
 def _new_tag() -> str:
     return secrets.token_hex(6)
+
+
+# RFC 7315 §4.6: the ICID must be globally unique.  A random 64-bit prefix per process and a
+# counter give that (same 32 hex digits as before) without asking the OS for 16 random bytes
+# on every REGISTER and every initial request.
+_ICID_PREFIX = secrets.token_hex(8)
+_icid_counter = itertools.count(1)
+
+
+def new_icid() -> str:
+    """A fresh, globally unique ICID value (32 lower-case hex digits)."""
+    return f"{_ICID_PREFIX}{next(_icid_counter):016x}"
 
 
 @dataclass(frozen=True)
@@ -258,10 +271,11 @@ class PcscfPolicy:
         self.registrations.record(register, response, context.connection.id, origin, bool(info.get("outbound")))
 
     def _add_charging_vector(self, request: Request) -> None:
-        # RFC 7315 §4.6 / TS 24.229 §5.2.6.3.3: a globally unique ICID generated here.
-        request.headers.set(
+        # RFC 7315 §4.6 / TS 24.229 §5.2.6.3.3: a globally unique ICID generated here.  The
+        # WIC's own P-Charging-Vector is gone (strip_untrusted_headers runs first): add, not set.
+        request.headers.add(
             "P-Charging-Vector",
-            f"icid-value={secrets.token_hex(16)};icid-generated-at={self.addresses.core_host}",
+            f"icid-value={new_icid()};icid-generated-at={self.addresses.core_host}",
         )
 
     # --- from the core ------------------------------------------------------------------------
