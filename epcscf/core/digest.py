@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import functools
 import hashlib
 import hmac
 import re
@@ -38,7 +39,7 @@ import struct
 from collections import OrderedDict
 from dataclasses import dataclass
 from enum import Enum
-from typing import Protocol, Sequence
+from typing import Any, Callable, Protocol, Sequence
 
 from twisted.internet.interfaces import IReactorTime
 
@@ -68,6 +69,7 @@ _TOKEN = r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+"
 _PARAM_RE = re.compile(rf'[ \t]*({_TOKEN})[ \t]*=[ \t]*(?:"((?:[^"\\]|\\.)*)"|([^\s,"]+))[ \t]*(,|\Z)')
 _NC_RE = re.compile(r"[0-9A-Fa-f]{8}\Z")
 _QUOTABLE_RE = re.compile(r'[^"\\\r\n]*\Z')
+_QUOTED_PAIR_RE = re.compile(r"\\(.)")
 
 
 class AuthStatus(Enum):
@@ -124,16 +126,27 @@ def parse_digest(value: str) -> dict[str, str]:
         if name in params:
             raise DigestParseError(f"parameter {name} given twice")
         quoted, token = match.group(2), match.group(3)
-        params[name] = re.sub(r"\\(.)", r"\1", quoted) if quoted is not None else token
+        if quoted is None:
+            params[name] = token
+        else:  # RFC 7230 §3.2.6 quoted-pair; rare, so only then through the regex
+            params[name] = _QUOTED_PAIR_RE.sub(r"\1", quoted) if "\\" in quoted else quoted
         position = match.end()
         if match.group(4) == "," and position >= len(rest):
             raise DigestParseError("trailing comma")
     return params
 
 
+# The hashlib constructors themselves: ``hashlib.new(name)`` looks the name up on every call.
+# (sha512_256 has no named constructor: it keeps hashlib.new.)
+_HASH_CONSTRUCTORS: dict[str, Callable[[bytes], Any]] = {
+    name: getattr(hashlib, hash_name, None) or functools.partial(hashlib.new, hash_name)
+    for name, hash_name in ALGORITHMS.items()
+}
+
+
 def _hash(algorithm: str, text: str) -> str:
     # RFC 8760 §2.2: lower-case hex of the digest
-    return hashlib.new(ALGORITHMS[algorithm], text.encode("utf-8")).hexdigest()
+    return _HASH_CONSTRUCTORS[algorithm](text.encode("utf-8")).hexdigest()
 
 
 def compute_response(
