@@ -31,7 +31,7 @@ from typing import Any, Iterable
 
 from twisted.application.service import Service
 from twisted.internet import defer, task
-from twisted.logger import Logger
+from twisted.logger import Logger, LogLevel
 from twisted.names import error as dns_error
 from twisted.names import hosts
 
@@ -107,9 +107,10 @@ class CoreTransactionUser:
                 return
             response = core.registrar.register(request)
             if response.status >= 200 and response.status != 401:
-                # Debug, not info: one line per registration costs a few % of the core's CPU
-                # at registration rates (benchmarks/w2_register.py); failures show in metrics.
-                log.debug(
+                # A success is debug, not info: one line per registration costs a few % of the
+                # core's CPU at registration rates (benchmarks/w2_register.py); refusals stay info.
+                log.emit(
+                    LogLevel.debug if response.status < 300 else LogLevel.info,
                     "REGISTER {to} from {peer}: {status} {reason}",
                     to=request.headers.get("to"),
                     peer=server_transaction.connection.remote,
