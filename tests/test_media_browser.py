@@ -4,9 +4,11 @@
    through epcscf (embedded core) and calls a sipp UAS that answers with plain RTP/AVP PCMU and
    echoes RTP (``-rtp_echo``);
 2. a sipp UAC calls the browser registered as bob with a plain RTP/AVP PCMU offer and streams
-   a PCMU tone of its own (``rtp_stream``); the page answers.
+   a PCMU tone of its own (``rtp_stream``); the page answers;
+3. as 1, then the browser holds (re-INVITE a=sendonly: the relay stops media toward it, REQ-P06)
+   and resumes (media flows again on the same ICE/DTLS transport).
 
-Each test passes when the browser's RTCPeerConnection is connected (ICE + DTLS), its inbound
+Both ICE modes of [media] (full, lite) run every test.  Each call passes when the browser's RTCPeerConnection is connected (ICE + DTLS), its inbound
 RTP grows over two samples a second apart (SRTP toward the browser, plain RTP toward sipp:
 the browser's own audio echoed by sipp in 1, sipp's tone with sipp's SSRC in 2), epcscf's
 relay counted packets both ways, and, after the hang-up, epcscf holds no call and every media
@@ -301,6 +303,50 @@ class BrowserMediaTests(unittest.TestCase):
         await self.assert_released()
         [ended] = self.service.pcscf.calls.ended_calls()
         self.assertEqual(ended.release_cause, "BYE from the wic")
+
+    def test_browser_holds_and_resumes_a_call_to_sipp(self) -> defer.Deferred:
+        return as_deferred(self._hold_and_resume())
+
+    async def _hold_and_resume(self) -> None:
+        # REQ-P06 / REQ-U01: the browser's hold re-INVITE (a=sendonly) gates the relay toward it.
+        sip_port, media_port = free_udp_port(), free_udp_port()
+        uas = self.spawn_sipp("uas", ["-sf", os.path.join(SCENARIOS, "media_uas_hold.xml"), "-i", LOCAL,
+                                      "-p", str(sip_port), "-mi", LOCAL, "-mp", str(media_port), "-rtp_echo"])
+        await until(lambda: udp_bound(sip_port) or uas.ended.done(), 10, "sipp UAS listening")
+        browser = await start_browser(self)
+        await open_registered_page(browser, self.page_url, "alice")
+        await call_from_page(browser, "alice", f"sip:echo@{LOCAL}:{sip_port}")
+        await browser.wait("alice", page_state("call-state", "connected"), timeout=20000)
+        await self.assert_media_flows(browser, "alice")
+        stream = self.relay_stream()
+        ports = stream.session.stats().core_rtp_target
+
+        await browser.click("alice", "#hold")
+        await browser.wait("alice", page_state("call-state", "held"), timeout=15000)
+        # JsSIP shows hold/resume when it sends the re-INVITE; epcscf applies the direction (the
+        # WIC's own) when sipp's answer passes through.
+        await until(lambda: stream.session.direction.value == "sendonly", 10, "hold applied in epcscf")
+        # The browser still sends (sendonly) and sipp still echoes, but the relay drops what comes
+        # back instead of sending it to the browser (Chrome itself drops its inbound-rtp stats
+        # while sendonly, so the relay's counters are the evidence here).
+        before = stream.session.stats()
+        await until(lambda: stream.session.stats().core_to_wic.dropped >= before.core_to_wic.dropped + 25, 10,
+                    "sipp's echo gated during the hold")
+        during = stream.session.stats()
+        self.assertEqual(during.core_to_wic.packets, before.core_to_wic.packets, "RTP reached the held browser")
+        self.assertGreater(during.wic_to_core.packets, before.wic_to_core.packets + 20)
+        self.assertIs(self.relay_stream(), stream, "hold kept the ICE/DTLS transport")
+
+        await browser.click("alice", "#hold")
+        await browser.wait("alice", page_state("call-state", "connected"), timeout=15000)
+        await until(lambda: stream.session.direction.value == "sendrecv", 10, "resume applied in epcscf")
+        await wait_for_inbound_audio(browser, "alice", packets=25, timeout=15000)
+        self.assertEqual(stream.session.stats().core_rtp_target, ports)
+
+        await browser.click("alice", "#hangup")
+        await self.browser_idle(browser, "alice")
+        await self.sipp_finished("uas", uas)
+        await self.assert_released()
 
     def test_sipp_calls_the_browser(self) -> defer.Deferred:
         return as_deferred(self._sipp_calls_browser())
