@@ -315,11 +315,23 @@ class Registrar:
             headers.add("Require", "outbound")
         headers.add("Supported", ", ".join(SUPPORTED_OPTIONS))
         # RFC 3261 §10.3 step 8: the response SHOULD carry a Date.
-        headers.add("Date", formatdate(now, usegmt=True))
+        headers.add("Date", _http_date(now))
         return response
 
 
 # --- small field readers ---
+
+
+_last_date: tuple[int, str] = (-1, "")
+
+
+def _http_date(now: float) -> str:
+    """RFC 3261 §20.17 Date (RFC 1123 form, GMT); formatted once per second, not per REGISTER."""
+    global _last_date
+    second = int(now)
+    if _last_date[0] != second:
+        _last_date = (second, formatdate(second, usegmt=True))
+    return _last_date[1]
 
 
 def _one_line(error: Exception) -> str:
