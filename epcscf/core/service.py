@@ -41,6 +41,7 @@ from epcscf.core.regevent import RegEventNotifier, is_reg_subscription
 from epcscf.core.registrar import DEFAULT_EXPIRES, DEFAULT_MIN_EXPIRES, Registrar, RegistrarSettings
 from epcscf.core.routing import CoreProxyPolicy, CoreRouter
 from epcscf.core.users import User, UserDirectory, read_users
+from epcscf.logging import level_predicate
 from epcscf.sip.connection import Address, Connection
 from epcscf.sip.headers import HeaderError, to_tag
 from epcscf.sip.message import Request, Response, make_response
@@ -92,6 +93,11 @@ class EmbeddedCoreSettings:
         )
 
 
+def _debug_logged() -> bool:
+    """Whether the process log filter lets this module's debug events through ([log] level)."""
+    return level_predicate.logLevelForNamespace(log.namespace) is LogLevel.debug
+
+
 class CoreTransactionUser:
     """The TU of the core's transaction layer: REGISTER and OPTIONS locally, the rest to the proxy."""
 
@@ -106,9 +112,10 @@ class CoreTransactionUser:
                 server_transaction.respond(make_response(request, 482, to_tag=_tag()))
                 return
             response = core.registrar.register(request)
-            if response.status >= 200 and response.status != 401:
-                # A success is debug, not info: one line per registration costs a few % of the
-                # core's CPU at registration rates (benchmarks/w2_register.py); refusals stay info.
+            if response.status >= 200 and response.status != 401 and (response.status >= 300 or _debug_logged()):
+                # A success is debug, not info, and not even built unless debug is on: one line
+                # per registration costs a few % of the core's CPU at registration rates
+                # (benchmarks/w2_register.py).  Refusals stay info.
                 log.emit(
                     LogLevel.debug if response.status < 300 else LogLevel.info,
                     "REGISTER {to} from {peer}: {status} {reason}",
