@@ -106,12 +106,16 @@ class Registrations:
         self.clock = clock
         self.on_removed = on_removed
         self._bindings: dict[tuple[str, str], RegistrationBinding] = {}
+        #: the same bindings by flow id: every request from a WIC asks for its flow's binding,
+        #: which must not cost a scan of every registration of the eP-CSCF
+        self._by_flow: dict[str, dict[tuple[str, str], RegistrationBinding]] = {}
 
     def all(self) -> list[RegistrationBinding]:
         return list(self._bindings.values())
 
     def for_flow(self, flow_id: str) -> list[RegistrationBinding]:
-        return [binding for binding in self._bindings.values() if binding.flow_id == flow_id]
+        on_flow = self._by_flow.get(flow_id)
+        return list(on_flow.values()) if on_flow else []
 
     def for_aor(self, aor: str) -> list[RegistrationBinding]:
         return [binding for binding in self._bindings.values() if binding.aor == aor]
@@ -162,15 +166,16 @@ class Registrations:
                 origin=origin,
                 outbound=outbound,
             )
-            previous = self._bindings.get(binding.key())
+            key = binding.key()
+            previous = self._bindings.get(key)
             if previous is not None:
                 self._cancel_timer(previous)
-                del self._bindings[binding.key()]
+                self._forget(key, previous)
             if expires == 0:
                 if previous is not None:
                     self._notify(previous, "deregistered")
                 continue
-            self._bindings[binding.key()] = binding
+            self._store(key, binding)
             binding._timer = self.clock.callLater(expires, self._expire, binding)
             live.append(binding)
         return live
@@ -182,9 +187,22 @@ class Registrations:
 
     def _remove(self, binding: RegistrationBinding, reason: str) -> None:
         self._cancel_timer(binding)
-        if self._bindings.get(binding.key()) is binding:
-            del self._bindings[binding.key()]
+        key = binding.key()
+        if self._bindings.get(key) is binding:
+            self._forget(key, binding)
             self._notify(binding, reason)
+
+    def _store(self, key: tuple[str, str], binding: RegistrationBinding) -> None:
+        self._bindings[key] = binding
+        self._by_flow.setdefault(binding.flow_id, {})[key] = binding
+
+    def _forget(self, key: tuple[str, str], binding: RegistrationBinding) -> None:
+        del self._bindings[key]
+        on_flow = self._by_flow.get(binding.flow_id)
+        if on_flow is not None:
+            on_flow.pop(key, None)
+            if not on_flow:
+                del self._by_flow[binding.flow_id]
 
     def _notify(self, binding: RegistrationBinding, reason: str) -> None:
         if self.on_removed is not None:
@@ -204,4 +222,5 @@ class Registrations:
         for binding in self._bindings.values():
             self._cancel_timer(binding)
         self._bindings.clear()
+        self._by_flow.clear()
 
