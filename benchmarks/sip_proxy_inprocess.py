@@ -155,14 +155,20 @@ _HEADER_RE = re.compile(rb"^(Via|From|To|Call-ID|CSeq): [^\r\n]*\r\n", re.M | re
 
 
 def answer(forwarded: bytes, i: int) -> bytes:
-    """What sipp's uas_message.xml sends: the request's Via/From/To/Call-ID/CSeq, To tagged."""
+    """What sipp's uas_message.xml sends: the request's Via values joined on one line (as
+    sipp's ``[last_Via:]`` does), From, To with a tag, Call-ID and CSeq."""
+    vias: list[bytes] = []
     lines = []
     for match in _HEADER_RE.finditer(forwarded):
         line = match.group(0)
-        if line[:3].lower() == b"to:":
+        name = line[: line.index(b":")].lower()
+        if name == b"via":
+            vias.append(line[line.index(b":") + 2 : -2])
+            continue
+        if name == b"to":
             line = line[:-2] + f";tag=4242SIPpTag01{i}\r\n".encode()
         lines.append(line)
-    return b"SIP/2.0 200 OK\r\n" + b"".join(lines) + b"Content-Length: 0\r\n\r\n"
+    return b"SIP/2.0 200 OK\r\nVia: " + b", ".join(vias) + b"\r\n" + b"".join(lines) + b"Content-Length: 0\r\n\r\n"
 
 
 def build() -> tuple[HeapClock, Any]:
