@@ -11,13 +11,11 @@ full, no call, no asyncio task).  Needs ``--reactor=asyncio`` and sipp.
 from __future__ import annotations
 
 import os
-import re
 import secrets
-import shutil
 from typing import Any
 
 import aioice.ice
-from twisted.internet import defer, error, protocol
+from twisted.internet import defer
 from twisted.internet import reactor as global_reactor
 from twisted.internet.task import deferLater
 from twisted.trial import unittest
@@ -31,11 +29,11 @@ from epcscf.sdp import SessionDescription
 from epcscf.sip.message import Request, Response
 from epcscf.sip.proxy_rules import list_values, name_addr_uri
 from tests.support.deployment import DOMAIN, USERS, start_deployment, ws_url
+from tests.support.sipp import SippProcess, require_sipp, sipp_messages, spawn_sipp
 from tests.support.udp_peer import UdpSipPeer
 from tests.support.wic import WsSipClient, as_deferred
 from tests.test_calls_media import LOCAL, SimulatedWic, no_asyncio_tasks_left, rtp
 
-SIPP = shutil.which("sipp")
 SCENARIOS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "sipp")
 PORTS = (42000, 42099)
 
@@ -48,36 +46,6 @@ def free_udp_port() -> int:
         return s.getsockname()[1]
 
 
-class SippProcess(protocol.ProcessProtocol):
-    def __init__(self) -> None:
-        self.output = b""
-        self.ended: defer.Deferred = defer.Deferred()
-        self.exit_code: int | None = None
-
-    def outReceived(self, data: bytes) -> None:  # noqa: N802
-        self.output += data
-
-    errReceived = outReceived
-
-    def processEnded(self, reason: Any) -> None:  # noqa: N802
-        self.exit_code = getattr(reason.value, "exitCode", None)
-        self.ended.callback(self.exit_code)
-
-
-def sipp_messages(path: str, direction: str) -> list[str]:
-    """Messages sipp logged with -trace_msg: ``direction`` is "sent" or "received"."""
-    if not os.path.exists(path):
-        return []
-    with open(path, errors="replace") as handle:
-        text = handle.read()
-    parts = re.split(r"-{10,} [^\n]*\n(UDP|TCP) message (sent|received)[^\n]*\n", text)
-    messages = []
-    for index in range(1, len(parts) - 2, 3):
-        if parts[index + 1] == direction:
-            messages.append(parts[index + 2].strip())
-    return messages
-
-
 class CallsThroughTheEdgeTests(unittest.TestCase):
     timeout = 60
     ice_mode = "lite"
@@ -87,8 +55,7 @@ class CallsThroughTheEdgeTests(unittest.TestCase):
 
         if not isinstance(global_reactor, AsyncioSelectorReactor):
             raise unittest.SkipTest("needs trial --reactor=asyncio")
-        if SIPP is None:
-            raise unittest.SkipTest("sipp is not installed (Debian package sip-tester)")
+        self.sipp = require_sipp(self)
         self.loop = global_reactor._asyncioEventloop
         self.patch(aioice.ice, "get_host_addresses", lambda use_ipv4, use_ipv6: [LOCAL])
         self.directory = os.path.abspath(self.mktemp())
@@ -129,23 +96,9 @@ class CallsThroughTheEdgeTests(unittest.TestCase):
     # --- helpers -------------------------------------------------------------------------------
 
     def spawn_sipp(self, name: str, args: list[str]) -> tuple[SippProcess, str]:
-        trace = os.path.join(self.directory, f"{name}_messages.log")
-        common = ["-nostdin", "-m", "1", "-timeout", "25s", "-timeout_error", "-trace_msg", "-message_file", trace,
-                  "-trace_err", "-error_file", os.path.join(self.directory, f"{name}_errors.log")]
-        process = SippProcess()
-        transport = global_reactor.spawnProcess(process, SIPP, [SIPP, *args, *common], env=dict(os.environ), path=self.directory)
-
-        def kill() -> defer.Deferred | None:
-            if process.ended.called:
-                return None
-            try:
-                transport.signalProcess("KILL")
-            except error.ProcessExitedAlready:
-                return None
-            return process.ended
-
-        self.addCleanup(kill)
-        return process, trace
+        errors = os.path.join(self.directory, f"{name}_errors.log")
+        bounded = [*args, "-m", "1", "-timeout", "25s", "-timeout_error", "-trace_err", "-error_file", errors]
+        return spawn_sipp(self, self.sipp, bounded, self.directory, name)
 
     async def start_uas(self, scenario: str = "calls_uas_answer.xml") -> tuple[SippProcess, str, int, int]:
         port, media_port = free_udp_port(), free_udp_port()

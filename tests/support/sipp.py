@@ -68,6 +68,16 @@ def messages_in_trace(path: str) -> list[str]:
     return [block.strip() for block in blocks[1:] if block.strip()]
 
 
+def sipp_messages(path: str, direction: str) -> list[str]:
+    """Messages sipp logged with -trace_msg: ``direction`` is "sent" or "received"."""
+    if not os.path.exists(path):
+        return []
+    with open(path, errors="replace") as handle:
+        text = handle.read()
+    parts = re.split(r"-{10,} [^\n]*\n(UDP|TCP) message (sent|received)[^\n]*\n", text)
+    return [parts[index + 2].strip() for index in range(1, len(parts) - 2, 3) if parts[index + 1] == direction]
+
+
 def headers_named(message: str, name: str) -> list[str]:
     return [line for line in message.splitlines() if line.lower().startswith(name.lower() + ":")]
 
