@@ -46,6 +46,11 @@ class Params(MutableMapping[str, "str | None"]):
     def __contains__(self, name: object) -> bool:
         return isinstance(name, str) and name.lower() in self._items
 
+    def get(self, name: str, default: str | None = None) -> str | None:  # type: ignore[override]
+        # Mapping.get goes through __getitem__ and KeyError: this runs for every branch/tag read.
+        item = self._items.get(name.lower())
+        return default if item is None else item[1]
+
     def __iter__(self) -> Iterator[str]:
         return (written for written, _ in self._items.values())
 
