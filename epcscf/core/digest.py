@@ -66,7 +66,9 @@ _NONCE_TAG = 16
 _NONCE_LENGTH = 8 + _NONCE_RANDOM + _NONCE_TAG
 _MAX_HEADER = 4096
 _TOKEN = r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+"
-_PARAM_RE = re.compile(rf'[ \t]*({_TOKEN})[ \t]*=[ \t]*(?:"((?:[^"\\]|\\.)*)"|([^\s,"]+))[ \t]*(,|\Z)')
+# quoted-string (RFC 7230 §3.2.6) in runs of plain characters, possessive: half the time of
+# one alternation per character on the long nonce and response values.
+_PARAM_RE = re.compile(rf'[ \t]*({_TOKEN})[ \t]*=[ \t]*(?:"((?:[^"\\]++|\\.)*+)"|([^\s,"]+))[ \t]*(,|\Z)')
 _NC_RE = re.compile(r"[0-9A-Fa-f]{8}\Z")
 _QUOTABLE_RE = re.compile(r'[^"\\\r\n]*\Z')
 _QUOTED_PAIR_RE = re.compile(r"\\(.)")
