@@ -12,6 +12,7 @@ Header names are case-insensitive and have compact forms (RFC 3261 §7.3.3); the
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from typing import Iterable, Iterator
 
@@ -257,7 +258,7 @@ class Headers:
 
 
 @dataclass
-class Message:
+class Message(ABC):
     headers: Headers
     body: bytes
 
@@ -286,8 +287,9 @@ class Message:
         head = "\r\n".join(lines)
         return head.encode("utf-8", "surrogateescape") + self.body
 
-    def start_line(self) -> str:  # pragma: no cover - overridden
-        raise NotImplementedError
+    @abstractmethod
+    def start_line(self) -> str:
+        """``METHOD uri SIP/2.0`` or ``SIP/2.0 status reason``."""
 
 
 @dataclass
