@@ -293,6 +293,30 @@ class OriginatingMediaTests(CallMediaTestCase):
         self.assertEqual(self.failures[0][0], "ice")
         self.assertIn("consent", self.failures[0][1])
 
+    async def test_wic_dtls_close_is_a_failure_only_if_no_bye_follows(self) -> None:
+        from epcscf.pcscf import call_media
+
+        self.patch(call_media, "PEER_CLOSE_GRACE", 0.6)
+        media, wic, _, _ = await self.originating_call()
+        wic.dtls.close()  # close_notify, as a browser sends it while hanging up
+        await self.until(lambda: media.streams[0].session.dtls_closed_by_peer)
+        await deferLater(global_reactor, 0.3, lambda: None)
+        self.assertEqual(self.failures, [])  # within the grace period the BYE is still expected
+        await self.until(lambda: bool(self.failures), timeout=3.0)
+        self.assertEqual(self.failures[0][0], "dtls")
+        self.assertIn("closed DTLS", self.failures[0][1])
+
+    async def test_wic_dtls_close_followed_by_the_end_of_the_call_reports_nothing(self) -> None:
+        from epcscf.pcscf import call_media
+
+        self.patch(call_media, "PEER_CLOSE_GRACE", 0.6)
+        media, wic, _, _ = await self.originating_call()
+        wic.dtls.close()
+        await self.until(lambda: media.streams[0].session.dtls_closed_by_peer)
+        await media.close()  # the BYE arrived: the call ends and frees its media
+        await deferLater(global_reactor, 0.8, lambda: None)
+        self.assertEqual(self.failures, [])
+
     async def test_hold_reoffer_keeps_ports_credentials_and_dtls(self) -> None:
         # REQ-U01 / REQ-D05 / REQ-P06
         media, wic, offer, answer = await self.originating_call()

@@ -196,6 +196,8 @@ class DtlsEndpoint:
         self._send = send
         self._handshake_timeout = handshake_timeout
         self._state = DtlsState.NEW
+        #: the peer ended the association in order (close_notify), as a WIC does at hang-up
+        self.closed_by_peer = False
         self._timer: IDelayedCall | None = None
         self._handshake_timer: IDelayedCall | None = None
         self._handshake_done = False
@@ -339,6 +341,7 @@ class DtlsEndpoint:
                 break
             except SSL.ZeroReturnError:
                 self._flush()
+                self.closed_by_peer = True
                 self._fail("peer closed the DTLS association (close_notify)")
                 return
             except SSL.Error as error:

@@ -389,6 +389,11 @@ class MediaSession:
         if callback is not None:
             callback()
 
+    @property
+    def dtls_closed_by_peer(self) -> bool:
+        """The WIC closed DTLS in order (close_notify) rather than failing."""
+        return self._dtls is not None and self._dtls.closed_by_peer
+
     def _dtls_failed(self, reason: str) -> None:
         if self._srtp is not None:
             self._srtp_errors = self._srtp.errors

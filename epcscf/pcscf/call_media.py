@@ -63,6 +63,8 @@ from epcscf.sdp import transform as sdp_transform
 log = Logger(namespace="epcscf.pcscf.call_media")
 
 RTP_MEDIA = ("audio", "video")
+#: seconds a WIC's orderly DTLS close may precede its BYE before the call is released for it
+PEER_CLOSE_GRACE = 2.0
 REVERSED_DIRECTION = {"sendrecv": "sendrecv", "sendonly": "recvonly", "recvonly": "sendonly", "inactive": "inactive"}
 
 
@@ -131,6 +133,7 @@ class CallMedia:
         self._saved: tuple[SessionDescription | None, SessionDescription | None] = (None, None)
         self._controlling: bool | None = None  # decided by who offers first (RFC 8445 §6.1.1)
         self._closed = False
+        self._peer_close_timer: Any = None
 
     # --- CallMediaLike: the four transformations -----------------------------------------------
 
@@ -280,6 +283,9 @@ class CallMedia:
     def close(self) -> defer.Deferred:
         """Free every agent and session (sockets, ports, tasks, timers); idempotent."""
         self._closed = True
+        if self._peer_close_timer is not None and self._peer_close_timer.active():
+            self._peer_close_timer.cancel()
+        self._peer_close_timer = None
         closing = []
         for stream in self.streams.values():
             stream.gathered.addErrback(lambda failure: None)  # closed while gathering: nobody waits any more
@@ -392,8 +398,21 @@ class CallMedia:
         stream.agent.start().addCallbacks(selected, failed)
 
     def _dtls_failed(self, stream: Stream, reason: str) -> None:
+        if stream.session.dtls_closed_by_peer and self._peer_close_timer is None:
+            # A browser closes DTLS (close_notify) as it hangs up, and its BYE usually arrives a
+            # moment later: that is the end of the call, not a DTLS failure. Only if no BYE
+            # follows within the grace period is the call released for it.
+            self._peer_close_timer = self.engine.clock.callLater(
+                PEER_CLOSE_GRACE, self._peer_closed, stream, reason
+            )
+            return
         stream.agent.revoke_consent(f"DTLS: {reason}")  # RFC 7675 §5.2
         self._fail("dtls", f"DTLS failed on m-line {stream.index}: {reason}")
+
+    def _peer_closed(self, stream: Stream, reason: str) -> None:
+        self._peer_close_timer = None
+        self._fail("dtls", f"the WIC closed DTLS on m-line {stream.index} and sent no BYE")
+        stream.agent.revoke_consent(f"DTLS: {reason}")  # RFC 7675 §5.2: the peer ended it
 
     def _set_core_remotes(self, core_params: list[Any]) -> None:
         for param in core_params:
