@@ -139,6 +139,23 @@ class IceTestCase(unittest.TestCase):
         await as_deferred(wic.send(DTLS))
         await self.until(lambda: DTLS in agent.received)  # type: ignore[attr-defined]
 
+    async def assert_wrong_password_rejected(self, agent: IceAgent) -> None:
+        """A WIC using a wrong ice-pwd never gets a pair selected (RFC 8489 §9.1.3: 401 to its checks)."""
+        wic = await self.wic(controlling=True)
+        await agent.gather()
+        await self.exchange(agent, wic, pwd="w" * 22)
+        started = agent.start()
+        wic_connect = as_deferred(wic.connect())
+        await self.until(lambda: agent.stats.checks_rejected >= 2)
+        self.assertIsNone(agent.selected_pair)
+        self.assertEqual(agent.state, IceState.CHECKING)
+        await as_deferred(wic.close())
+        with self.assertRaises(ConnectionError):
+            await wic_connect
+        await agent.close()
+        with self.assertRaises(IceClosed):
+            await started
+
 
 class FullIceTests(IceTestCase):
     async def test_wic_offers_agent_controlled_connects_and_carries_data(self) -> None:
@@ -195,21 +212,7 @@ class FullIceTests(IceTestCase):
         self.assertEqual(agent.default_address[0], "192.0.2.10")  # type: ignore[index]
 
     async def test_wrong_password_is_rejected(self) -> None:
-        agent = self.agent(controlling=False, clock=Clock())
-        wic = await self.wic(controlling=True)
-        await agent.gather()
-        await self.exchange(agent, wic, pwd="w" * 22)
-        started = agent.start()
-        wic_connect = as_deferred(wic.connect())
-        await self.until(lambda: agent.stats.checks_rejected >= 2)
-        self.assertIsNone(agent.selected_pair)
-        self.assertEqual(agent.state, IceState.CHECKING)
-        await as_deferred(wic.close())
-        with self.assertRaises(ConnectionError):
-            await wic_connect
-        await agent.close()
-        with self.assertRaises(IceClosed):
-            await started
+        await self.assert_wrong_password_rejected(self.agent(controlling=False, clock=Clock()))
 
     async def test_connect_timeout_fails_the_agent(self) -> None:
         clock = Clock()
@@ -384,21 +387,7 @@ class LiteIceTests(IceTestCase):
         self.assertEqual(pair.remote, (wic.local_candidates[0].host, wic.local_candidates[0].port))
 
     async def test_lite_wrong_password_is_rejected(self) -> None:
-        agent = self.agent(mode="lite", clock=Clock())
-        wic = await self.wic(controlling=True)
-        await agent.gather()
-        await self.exchange(agent, wic, pwd="w" * 22)
-        started = agent.start()
-        wic_connect = as_deferred(wic.connect())
-        await self.until(lambda: agent.stats.checks_rejected >= 2)
-        self.assertIsNone(agent.selected_pair)
-        self.assertEqual(agent.state, IceState.CHECKING)
-        await as_deferred(wic.close())
-        with self.assertRaises(ConnectionError):
-            await wic_connect
-        await agent.close()
-        with self.assertRaises(IceClosed):
-            await started
+        await self.assert_wrong_password_rejected(self.agent(mode="lite", clock=Clock()))
 
     async def test_lite_port_range_and_close_frees_ports(self) -> None:
         low = random.randrange(40000, 60000, 100)
