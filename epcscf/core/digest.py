@@ -43,6 +43,8 @@ from typing import Any, Callable, Protocol, Sequence
 
 from twisted.internet.interfaces import IReactorTime
 
+from epcscf.core.randomness import random_bytes
+
 __all__ = [
     "ALGORITHMS",
     "DEFAULT_ALGORITHMS",
@@ -60,6 +62,10 @@ ALGORITHMS: dict[str, str] = {"MD5": "md5", "SHA-256": "sha256", "SHA-512-256": 
 # RFC 8760 §2.3: challenge with the preferred algorithm first; MD5 stays for old clients (JsSIP).
 DEFAULT_ALGORITHMS: tuple[str, ...] = ("SHA-256", "MD5")
 DEFAULT_NONCE_LIFETIME = 300.0
+# RFC 7616 §3.3: algorithm names are case-insensitive; lower-cased → as registered.
+_ALGORITHM_NAMES: dict[str, str] = {name.lower(): name for name in ALGORITHMS}
+# H(method:uri) values kept (RFC 7616 §3.4.3): a handful of Request-URIs in practice.
+_HA2_KEPT = 256
 
 _NONCE_RANDOM = 8
 _NONCE_TAG = 16
@@ -69,6 +75,10 @@ _TOKEN = r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+"
 # quoted-string (RFC 7230 §3.2.6) in runs of plain characters, possessive: half the time of
 # one alternation per character on the long nonce and response values.
 _PARAM_RE = re.compile(rf'[ \t]*({_TOKEN})[ \t]*=[ \t]*(?:"((?:[^"\\]++|\\.)*+)"|([^\s,"]+))[ \t]*(,|\Z)')
+# The same parameter without groups, for the whole list at once (no trailing comma): when
+# it matches, _PARAM_RE.findall walks exactly the parameters the one-at-a-time loop would.
+_PARAM = rf'[ \t]*{_TOKEN}[ \t]*=[ \t]*(?:"(?:[^"\\]++|\\.)*+"|[^\s,"]+)[ \t]*'
+_PARAMS_RE = re.compile(rf"{_PARAM}(?:,{_PARAM})*+\Z")
 _NC_RE = re.compile(r"[0-9A-Fa-f]{8}\Z")
 _QUOTABLE_RE = re.compile(r'[^"\\\r\n]*\Z')
 _QUOTED_PAIR_RE = re.compile(r"\\(.)")
@@ -117,9 +127,21 @@ def parse_digest(value: str) -> dict[str, str]:
     scheme, _, rest = value.strip().partition(" ")
     if scheme.lower() != "digest":
         raise DigestParseError(f"scheme is {scheme[:20]!r}, not Digest")
-    params: dict[str, str] = {}
-    position = 0
     rest = rest.strip()
+    params: dict[str, str]
+    if _PARAMS_RE.match(rest):
+        found = _PARAM_RE.findall(rest)
+        params = {}
+        for name, quoted, token, _ in found:
+            if token:
+                params[name.lower()] = token
+            else:  # RFC 7230 §3.2.6 quoted-pair; rare, so only then through the regex
+                params[name.lower()] = _QUOTED_PAIR_RE.sub(r"\1", quoted) if "\\" in quoted else quoted
+        if len(params) == len(found):
+            return params
+        # a parameter given twice: the loop below names it
+    params = {}
+    position = 0
     while position < len(rest):
         match = _PARAM_RE.match(rest, position)
         if match is None:
@@ -201,28 +223,40 @@ class DigestAuthenticator:
         #: nonce → (time it stops being valid, highest nc seen); insertion order ≈ age.
         #: An OrderedDict so that dropping the oldest entries is O(1) each (see below).
         self._nonce_counts: OrderedDict[str, tuple[float, int]] = OrderedDict()
+        self._realm_bytes = realm.encode("utf-8")
+        # The fixed text around the nonce of each challenge, built once (stale → pieces).
+        self._challenge_parts: dict[bool, tuple[tuple[str, str], ...]] = {
+            stale: tuple(self._challenge_around_nonce(name, stale) for name in self.algorithms)
+            for stale in (False, True)
+        }
+        #: (algorithm, method, digest-uri) → H(method:digest-uri)
+        self._ha2: dict[tuple[str, str, str], str] = {}
 
     # --- challenges ---
 
     def challenge(self, stale: bool = False, algorithms: Sequence[str] | None = None) -> list[str]:
         """``WWW-Authenticate`` values, preferred algorithm first (RFC 8760 §2.3)."""
-        chosen = tuple(algorithms) if algorithms is not None else self.algorithms
+        if algorithms is None:
+            nonce = self._new_nonce()
+            return [before + nonce + after for before, after in self._challenge_parts[bool(stale)]]
+        chosen = tuple(algorithms)
         for name in chosen:
             if name not in self.algorithms:
                 raise ValueError(f"algorithm {name!r} is not enabled here ({', '.join(self.algorithms)})")
         nonce = self._new_nonce()
+        return [before + nonce + after for before, after in (self._challenge_around_nonce(n, stale) for n in chosen)]
+
+    def _challenge_around_nonce(self, algorithm: str, stale: bool) -> tuple[str, str]:
         suffix = ", stale=true" if stale else ""
-        return [
-            f'Digest realm="{self.realm}", nonce="{nonce}", algorithm={name}, qop="auth"{suffix}' for name in chosen
-        ]
+        return f'Digest realm="{self.realm}", nonce="', f'", algorithm={algorithm}, qop="auth"{suffix}'
 
     def _new_nonce(self) -> str:
         issued = struct.pack(">Q", int(self.clock.seconds() * 1000))
-        body = issued + secrets.token_bytes(_NONCE_RANDOM)
+        body = issued + random_bytes(_NONCE_RANDOM)
         return base64.urlsafe_b64encode(body + self._nonce_tag(body)).decode("ascii")
 
     def _nonce_tag(self, body: bytes) -> bytes:
-        return hmac.new(self._key, body + self.realm.encode("utf-8"), hashlib.sha256).digest()[:_NONCE_TAG]
+        return hmac.digest(self._key, body + self._realm_bytes, "sha256")[:_NONCE_TAG]
 
     def _nonce_issued_at(self, nonce: str) -> float | None:
         """When we issued ``nonce``, or None if it is not one of ours."""
@@ -251,7 +285,7 @@ class DigestAuthenticator:
             return AuthResult(AuthStatus.MALFORMED, username, detail="missing " + ", ".join(missing))
         assert username is not None
         algorithm = params.get("algorithm", "MD5")  # RFC 7616 §3.3: absent means MD5
-        algorithm = next((name for name in ALGORITHMS if name.lower() == algorithm.lower()), algorithm)
+        algorithm = _ALGORITHM_NAMES.get(algorithm.lower(), algorithm)
         problem = self._check_parameters(params, algorithm, request_uri)
         if problem:
             return AuthResult(AuthStatus.MALFORMED, username, algorithm, problem)
@@ -259,12 +293,21 @@ class DigestAuthenticator:
         if password is None:
             return AuthResult(AuthStatus.UNKNOWN_USER, username, algorithm, f"no user {username!r}")
         nonce, nc = params["nonce"], params["nc"]
-        expected = compute_response(
-            algorithm, username, self.realm, password, method, params["uri"], nonce, nc, params["cnonce"], "auth"
-        )
+        # compute_response(..., qop="auth"), with H(method:uri) remembered (RFC 7616 §3.4.1-3)
+        ha1 = _hash(algorithm, f"{username}:{self.realm}:{password}")
+        expected = _hash(algorithm, f"{ha1}:{nonce}:{nc}:{params['cnonce']}:auth:{self._ha2_of(algorithm, method, params['uri'])}")
         if not hmac.compare_digest(params["response"].lower().encode("ascii", "replace"), expected.encode("ascii")):
             return AuthResult(AuthStatus.WRONG_PASSWORD, username, algorithm, "response digest does not match")
         return self._check_nonce(nonce, int(nc, 16), username, algorithm)
+
+    def _ha2_of(self, algorithm: str, method: str, uri: str) -> str:
+        key = (algorithm, method, uri)
+        ha2 = self._ha2.get(key)
+        if ha2 is None:
+            if len(self._ha2) >= _HA2_KEPT:
+                self._ha2.clear()
+            ha2 = self._ha2[key] = _hash(algorithm, f"{method}:{uri}")
+        return ha2
 
     def _check_parameters(self, params: dict[str, str], algorithm: str, request_uri: str | None) -> str:
         if params["realm"] != self.realm:

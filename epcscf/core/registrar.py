@@ -33,21 +33,24 @@ the transaction user in ``epcscf.core.service``.
 
 from __future__ import annotations
 
-import secrets
 from dataclasses import dataclass, field
 from email.utils import formatdate
 from typing import Protocol
 
-from epcscf.core.location import Binding, LocationService, aor_of
-from epcscf.sip.headers import HeaderError, cseq, from_view, option_tags, to_view
+from epcscf.core.addresses import address_aor, read_address_list
+from epcscf.core.location import Binding, LocationService
+from epcscf.core.randomness import random_hex
+from epcscf.sip.headers import HeaderError, cseq, option_tags
 from epcscf.sip.message import Headers, Request, Response, make_response
-from epcscf.sip.uri import NameAddr, SipUri, UriError, parse_name_addr_list, parse_uri, split_list
+from epcscf.sip.uri import NameAddr, SipUri, UriError, parse_uri, split_list
 
 # Option tags this registrar supports (RFC 3261 §8.2.2.3, §10.3 step 2).
 SUPPORTED_OPTIONS: tuple[str, ...] = ("path", "outbound")
 
 DEFAULT_EXPIRES = 3600  # RFC 3261 §10.3 step 7: "a locally-configured default"
 DEFAULT_MIN_EXPIRES = 60  # RFC 3261 §10.2.8 / §20.23 (Min-Expires)
+# Request-URIs remembered by the domain check before the memo starts again.
+_SERVED_URIS_KEPT = 64
 
 
 class Verification(Protocol):
@@ -123,10 +126,16 @@ class Registrar:
         self.location = location
         self.authenticator = authenticator
         self.users = users
+        # Fixed for the registrar's life (settings are frozen): built once, not per REGISTER.
+        self._domain = settings.domain.lower()
+        self._service_route = f"<{settings.service_route}>"
+        self._supported = ", ".join(SUPPORTED_OPTIONS)
+        #: Request-URI text → whether it names our domain (a handful of distinct values)
+        self._served_uris: dict[str, bool] = {}
 
     def register(self, request: Request) -> Response:
         """The final response to ``request`` (a REGISTER)."""
-        to_tag = secrets.token_hex(6)
+        to_tag = random_hex(6)
         try:
             return self._register(request, to_tag)
         except Rejection as rejection:
@@ -154,8 +163,14 @@ class Registrar:
 
     def _check_domain(self, request: Request) -> None:
         # RFC 3261 §10.3 step 1: a registrar answers for its own domain only.
-        target = parse_uri(request.uri)
-        if not isinstance(target, SipUri) or target.host.lower() != self.settings.domain.lower():
+        served = self._served_uris.get(request.uri)
+        if served is None:
+            target = parse_uri(request.uri)
+            served = isinstance(target, SipUri) and target.host.lower() == self._domain
+            if len(self._served_uris) >= _SERVED_URIS_KEPT:
+                self._served_uris.clear()
+            self._served_uris[request.uri] = served
+        if not served:
             raise Rejection(404, "Domain Not Served Here")
 
     def _check_require(self, request: Request) -> None:
@@ -166,21 +181,21 @@ class Registrar:
 
     def _check_identity(self, request: Request) -> tuple[str, str, list[str]]:
         """(AOR, user name, public identities) of the To header, once checked."""
-        # Read-only views parsed once per message (the proxy and transaction layer read them too).
-        to_value = to_view(request)
-        from_value = from_view(request)
+        headers = request.headers
+        to_value = headers.get("to")
+        from_value = headers.get("from")
         if to_value is None or from_value is None:
             raise HeaderError("To", "REGISTER without To or From")
-        aor = aor_of(to_value.uri)
+        # Both are read (and so checked) before either is judged, as the full parse would.
+        aor, user, host = address_aor("To", to_value)
+        from_aor = address_aor("From", from_value)[0]
         identities = None
-        uri = to_value.uri
-        user = uri.user if isinstance(uri, SipUri) else None
-        if isinstance(uri, SipUri) and user and uri.host.lower() == self.settings.domain.lower():
+        if user and host is not None and host.lower() == self._domain:
             identities = self.users.public_identities(user)
         if identities is None or user is None:
             # TS 24.229 §5.3.1.2: the I-CSCF answers 403 for an identity the HSS does not know.
             raise Rejection(403, f"Unknown User {aor}")
-        if aor_of(from_value.uri) != aor:
+        if from_aor != aor:
             # TS 24.229 §5.4.1.2.1 / RFC 3261 §10.3 step 4: no third-party registration here.
             raise Rejection(403, "From Does Not Match To")
         return aor, user, identities
@@ -211,9 +226,9 @@ class Registrar:
             if len(values) != 1 or header_expires != 0:
                 raise Rejection(400, "Bad Request (Contact * needs Expires: 0 and no other Contact)")
             return [], True
-        contacts = [contact for value in values for contact in _parse_addresses("Contact", value)]
+        contacts = [contact for value in values for contact in read_address_list("Contact", value)]
         first_hop_outbound = _first_hop_supports_outbound(request.headers.get_all("path"))
-        outbound_supported = "outbound" in _lower(option_tags(request, "supported"))
+        outbound_supported: bool | None = None
         updates: list[ContactUpdate] = []
         for contact in contacts:
             if not isinstance(contact.uri, SipUri):
@@ -225,6 +240,8 @@ class Registrar:
             if instance is not None and reg_id is not None and not first_hop_outbound:
                 # RFC 5626 §6: the first hop does not keep the flow (no Path with "ob" on its
                 # first URI; the core itself keeps no flows toward user agents).
+                if outbound_supported is None:
+                    outbound_supported = "outbound" in _lower(option_tags(request, "supported"))
                 if outbound_supported:
                     raise Rejection(439)
                 reg_id = None
@@ -307,13 +324,13 @@ class Registrar:
             for value in path_values:
                 headers.add("Path", value)
         # RFC 3608 §6: the route originating requests of this user must take (through us).
-        headers.add("Service-Route", f"<{self.settings.service_route}>")
+        headers.add("Service-Route", self._service_route)
         # RFC 7315 §4.1: the public identities of the user, the default first.
         headers.add("P-Associated-URI", ", ".join(f"<{identity}>" for identity in identities))
         if outbound:
             # RFC 5626 §6: a registrar that used outbound says so in Require.
             headers.add("Require", "outbound")
-        headers.add("Supported", ", ".join(SUPPORTED_OPTIONS))
+        headers.add("Supported", self._supported)
         # RFC 3261 §10.3 step 8: the response SHOULD carry a Date.
         headers.add("Date", _http_date(now))
         return response
@@ -342,18 +359,11 @@ def _lower(tags: list[str]) -> set[str]:
     return {tag.lower() for tag in tags}
 
 
-def _parse_addresses(header: str, value: str) -> list[NameAddr]:
-    try:
-        return parse_name_addr_list(value)
-    except UriError as error:
-        raise HeaderError(header, str(error)) from None
-
-
 def _first_hop_supports_outbound(path_values: list[str]) -> bool:
     """RFC 5626 §5.1/§6: the edge proxy marks its Path URI with ``ob`` when it keeps the flow."""
     if not path_values:
         return False
-    uri = _parse_addresses("Path", path_values[0])[0].uri
+    uri = read_address_list("Path", path_values[0])[0].uri
     return isinstance(uri, SipUri) and "ob" in uri.params
 
 
