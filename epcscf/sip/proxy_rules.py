@@ -11,11 +11,11 @@ import secrets
 import re
 from typing import Callable, Iterable, Sequence
 
-from epcscf.sip.headers import HeaderError, parse_via
+from epcscf.sip.headers import HeaderError, Via, cached_view, parse_via
 from epcscf.sip.connection import Connection
 from epcscf.sip.message import Headers, Message, Request, Response, canonical_name, make_response
 from epcscf.sip.resolver import DEFAULT_PORTS, Target
-from epcscf.sip.uri import UriError, parse_name_addr, parse_uri, split_list
+from epcscf.sip.uri import Params, UriError, parse_name_addr, parse_uri, split_list
 
 # RFC 3261 §8.1.1.7: the magic cookie; ours adds a marker so we recognise our own branches.
 MAGIC_COOKIE = "z9hG4bK"
@@ -272,6 +272,14 @@ def add_via(request: Request, transport: str, sent_by: str, branch: str) -> str:
     """RFC 3261 §16.6 step 8: our Via on top."""
     via = f"SIP/2.0/{transport} {sent_by};branch={branch}"
     request.headers.insert_first("Via", via)
+    # The transaction layer reads the top Via's branch of every request it sends: hand it
+    # the view of the Via we just wrote instead of having it parse our own text back.
+    host, port = sent_by, None
+    if not sent_by.endswith("]"):
+        name, colon, port_text = sent_by.rpartition(":")
+        if colon and port_text.isdigit():
+            host, port = name, int(port_text)
+    cached_view(request.headers, "top-via", via, lambda _: Via(transport.upper(), host, port, Params([("branch", branch)])))
     return via
 
 

@@ -46,7 +46,7 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 
 from epcscf.sip.connection import Connection, ConnectionLost
-from epcscf.sip.headers import HeaderError, cseq, from_tag, to_tag, top_via_view
+from epcscf.sip.headers import HeaderError, Via, cseq, from_tag, to_tag, top_via_view
 from epcscf.sip.message import Message, Request, Response, make_response
 from epcscf.sip.transaction_client import ClientTransaction, ClientTransactionUser, ack_for_non_2xx
 from epcscf.sip.transaction_machine import (
@@ -62,6 +62,7 @@ from epcscf.sip.transaction_server import (
     ServerTransaction,
     TransactionUser,
 )
+from epcscf.sip.timers import TimerQueue
 from epcscf.sip.uri import UriError, parse_uri, uris_equal
 
 __all__ = [
@@ -94,13 +95,6 @@ def request_identity(request: Request) -> RequestIdentity:
     sequence = cseq(request)
     if sequence is None:
         raise HeaderError("CSeq", "missing")
-    via_identity = (
-        via.protocol,
-        via.transport,
-        via.host.lower(),
-        via.port,
-        tuple(sorted((name.lower(), value) for name, value in via.params.items())),
-    )
     return RequestIdentity(
         branch=via.branch,
         sent_by=f"{via.host.lower()}:{via.port}" if via.port is not None else via.host.lower(),
@@ -111,7 +105,7 @@ def request_identity(request: Request) -> RequestIdentity:
         call_id=request.headers.get("call-id"),
         cseq_number=sequence.number,
         cseq_method=sequence.method,
-        via=via_identity,
+        via=via,
     )
 
 
@@ -124,13 +118,25 @@ def _same_request_uri(a: str, b: str) -> bool:
         return False
 
 
+def _normalised_via(via: Via) -> tuple[object, ...]:
+    """The whole top Via as RFC 2543 matching compares it (only needed for requests
+    without an RFC 3261 branch, so not computed for every request)."""
+    return (
+        via.protocol,
+        via.transport,
+        via.host.lower(),
+        via.port,
+        tuple(sorted((name.lower(), value) for name, value in via.params.items())),
+    )
+
+
 def _rfc2543_same_dialog_request(a: RequestIdentity, b: RequestIdentity) -> bool:
     """§17.2.3 RFC 2543 rule, minus To tag and CSeq method (compared per case)."""
     return (
         a.from_tag == b.from_tag
         and a.call_id == b.call_id
         and a.cseq_number == b.cseq_number
-        and a.via == b.via
+        and _normalised_via(a.via) == _normalised_via(b.via)
         and _same_request_uri(a.request_uri, b.request_uri)
     )
 
@@ -144,7 +150,9 @@ class TransactionLayer:
         tu: TransactionUser,
         timers_for: Callable[[Connection], TimerSettings],
     ) -> None:
-        self._clock = clock
+        # RFC 3261 §17 timers are nearly all cancelled before they fire: one reactor call
+        # serves them all (``TimerQueue``).
+        self._clock = TimerQueue(clock)
         self._tu = tu
         self._timers_for = timers_for
         self._servers: dict[tuple[str, str, str], ServerTransaction] = {}

@@ -169,6 +169,10 @@ class Action(enum.Enum):
     LOG_TRANSPORT_ERROR = "log_transport_error"
 
 
+#: The method carrying out each action (``Enum.value`` is a descriptor lookup: read once here).
+ACTION_METHODS: Mapping[Action, str] = {action: "_" + action.value for action in Action}
+
+
 class Transition(NamedTuple):
     next_state: State
     actions: tuple[Action, ...] = ()
@@ -389,7 +393,7 @@ class TransactionMachine:
         self.state = transition.next_state
         self._cancel_timers_outside(self.state)
         for action in transition.actions:
-            getattr(self, "_" + action.value)(message)
+            getattr(self, ACTION_METHODS[action])(message)
         if self._send_failed:
             self._send_failed = False
             if self.state is not State.TERMINATED:

@@ -14,6 +14,7 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 
 from epcscf.sip.connection import Connection
+from epcscf.sip.headers import Via
 from epcscf.sip.message import Request, Response, make_response
 from epcscf.sip.transaction_machine import (
     INVITE_SERVER,
@@ -58,7 +59,7 @@ class RequestIdentity:
     call_id: str | None
     cseq_number: int
     cseq_method: str
-    via: tuple[object, ...]  # the whole top Via, normalised (RFC 2543 matching)
+    via: Via  # the top Via as parsed (shared, read-only): RFC 2543 matching compares it whole
 
     @property
     def has_rfc3261_branch(self) -> bool:

@@ -51,6 +51,7 @@ from epcscf.sip.parser import (
     error_response_for,
     parse_message,
 )
+from epcscf.sip.stream_write import write_now
 
 log = Logger()
 
@@ -290,7 +291,7 @@ class StreamConnection:
                 return
             raise ConnectionLost(f"{self.transport} connection to {self.remote} is closed")
         self._touch()
-        self.protocol.transport.write(message.serialize())
+        write_now(self.protocol.transport, message.serialize())
 
     def close(self) -> None:
         if self._open:

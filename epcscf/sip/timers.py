@@ -1,0 +1,143 @@
+"""Many transaction timers on one reactor timer.
+
+Almost every RFC 3261 §17 timer is cancelled long before it fires: Timer F (32 s) of each
+non-INVITE client transaction dies when the response arrives a few milliseconds later.
+The reactor's ``callLater`` builds a ``DelayedCall`` and re-sorts the reactor's timer heap
+for each of them; ``TimerQueue`` keeps its own small heap of entries instead and holds a
+single reactor call armed for the earliest one.  Cancelling an entry only marks it; the
+heap is compacted when dead entries outnumber live ones, and the reactor call is
+cancelled as soon as no entry is live (so an idle element leaves nothing scheduled).
+
+Entries fire at exactly their deadline on the wrapped clock (``task.Clock`` in tests).
+"""
+
+from __future__ import annotations
+
+import heapq
+from itertools import count
+from typing import Any, Callable
+
+from twisted.internet.error import AlreadyCalled, AlreadyCancelled
+from twisted.internet.interfaces import IDelayedCall, IReactorTime
+from twisted.logger import Logger
+from zope.interface import implementer
+
+log = Logger()
+
+# A deadline within this of "now" is due (the wrapped clock's float arithmetic may land a
+# hair short of it).
+_EPSILON = 1e-9
+# Compact when more than this many entries are dead and they outnumber the live ones.
+_COMPACT_AT = 64
+
+
+@implementer(IDelayedCall)
+class QueuedCall:
+    """One entry of a ``TimerQueue``: the ``IDelayedCall`` its ``callLater`` returns."""
+
+    __slots__ = ("_queue", "time", "_function", "_args", "_pending", "_fired")
+
+    def __init__(self, queue: "TimerQueue", time: float, function: Callable[..., Any], args: tuple[Any, ...]) -> None:
+        self._queue = queue
+        self.time = time
+        self._function = function
+        self._args = args
+        self._pending = True
+        self._fired = False
+
+    def getTime(self) -> float:
+        return self.time
+
+    def active(self) -> bool:
+        return self._pending
+
+    def cancel(self) -> None:
+        if self._pending:
+            self._pending = False
+            self._queue._cancelled()
+
+    def delay(self, secondsLater: float) -> None:
+        self.reset(self.time + secondsLater - self._queue.seconds())
+
+    def reset(self, secondsFromNow: float) -> None:
+        if not self._pending:
+            raise AlreadyCalled(self) if self._fired else AlreadyCancelled(self)
+        self.time = self._queue.seconds() + secondsFromNow
+        self._queue._moved(self)
+
+    def _run(self) -> None:
+        self._pending = False
+        self._fired = True
+        self._function(*self._args)
+
+    def _is_entry(self, entry: tuple[float, int, "QueuedCall"]) -> bool:
+        """Whether a heap entry is this call's current one (a reset leaves the old behind)."""
+        return self._pending and entry[0] == self.time
+
+
+class TimerQueue:
+    """``callLater`` for transaction timers, multiplexed on one call of ``clock``."""
+
+    def __init__(self, clock: IReactorTime) -> None:
+        self._clock = clock
+        self._heap: list[tuple[float, int, QueuedCall]] = []
+        self._order = count()  # ties fire in the order they were armed
+        self._live = 0
+        self._armed: IDelayedCall | None = None
+        self._armed_at = 0.0
+
+    def seconds(self) -> float:
+        return self._clock.seconds()
+
+    def callLater(self, delay: float, function: Callable[..., Any], *args: Any) -> QueuedCall:
+        call = QueuedCall(self, self._clock.seconds() + delay, function, args)
+        heapq.heappush(self._heap, (call.time, next(self._order), call))
+        self._live += 1
+        if self._armed is None or call.time < self._armed_at:
+            self._arm(call.time)
+        return call
+
+    def pending(self) -> int:
+        """How many entries are armed (for tests and the console)."""
+        return self._live
+
+    def _arm(self, when: float) -> None:
+        if self._armed is not None and self._armed.active():
+            self._armed.cancel()
+        self._armed_at = when
+        self._armed = self._clock.callLater(max(0.0, when - self._clock.seconds()), self._fire)
+
+    def _moved(self, call: QueuedCall) -> None:
+        heapq.heappush(self._heap, (call.time, next(self._order), call))
+        if self._armed is None or call.time < self._armed_at:
+            self._arm(call.time)
+
+    def _cancelled(self) -> None:
+        self._live -= 1
+        if self._live == 0:
+            self._heap.clear()
+            if self._armed is not None and self._armed.active():
+                self._armed.cancel()
+            self._armed = None
+        elif len(self._heap) - self._live > max(_COMPACT_AT, self._live):
+            self._heap = [entry for entry in self._heap if entry[2]._is_entry(entry)]
+            heapq.heapify(self._heap)
+
+    def _fire(self) -> None:
+        self._armed = None
+        now = self._clock.seconds() + _EPSILON
+        # self._heap, not a local: a callback may arm, cancel or compact.
+        while self._heap and self._heap[0][0] <= now:
+            entry = heapq.heappop(self._heap)
+            call = entry[2]
+            if not call._is_entry(entry):
+                continue
+            self._live -= 1
+            try:
+                call._run()
+            except Exception:
+                log.failure("timer callback failed")
+        while self._heap and not self._heap[0][2]._is_entry(self._heap[0]):
+            heapq.heappop(self._heap)
+        if self._heap and (self._armed is None or self._heap[0][0] < self._armed_at):
+            self._arm(self._heap[0][0])
