@@ -1,4 +1,4 @@
-"""parse_digest: the whole-list fast path gives what the parameter loop gives (RFC 7616 §3.4, RFC 7230 §3.2.6)."""
+"""Fast paths of epcscf.core.digest: parse_digest in one pass (RFC 7616 §3.4, RFC 7230 §3.2.6), HMAC-SHA256 nonce signing (RFC 2104)."""
 
 from __future__ import annotations
 
@@ -51,3 +51,15 @@ class ParseDigestTests(unittest.TestCase):
             with self.assertRaises(DigestParseError) as raised:
                 parse_digest(value)
             self.assertEqual(str(raised.exception), message, value)
+
+
+class HmacSha256Tests(unittest.TestCase):
+    def test_same_as_hmac_module(self) -> None:
+        import hmac
+
+        from epcscf.core.digest import HmacSha256
+
+        for key in (b"", b"k" * 32, b"k" * 64, bytes(range(65)), b"x" * 200):
+            signer = HmacSha256(key)
+            for message in (b"", b"nonce body", b"y" * 1000):
+                self.assertEqual(signer.digest(message), hmac.digest(key, message, "sha256"), (key, message))

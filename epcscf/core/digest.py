@@ -193,6 +193,31 @@ def compute_response(
     return _hash(algorithm, f"{ha1}:{nonce}:{nc}:{cnonce}:{qop}:{ha2}")
 
 
+class HmacSha256:
+    """HMAC-SHA256 (RFC 2104) under one fixed key, the padded key hashed once.
+
+    ``hmac.digest`` sets up the keyed state again on every call; nonces are signed on
+    every challenge and checked on every verification, so the two padded-key states are
+    kept and copied instead (what ``hmac.HMAC.copy`` does, without its wrapper).
+    """
+
+    _BLOCK = 64  # SHA-256 block size (RFC 2104 §2: B)
+
+    def __init__(self, key: bytes) -> None:
+        if len(key) > self._BLOCK:
+            key = hashlib.sha256(key).digest()
+        key = key.ljust(self._BLOCK, b"\0")
+        self._inner = hashlib.sha256(bytes(byte ^ 0x36 for byte in key))
+        self._outer = hashlib.sha256(bytes(byte ^ 0x5C for byte in key))
+
+    def digest(self, message: bytes) -> bytes:
+        inner = self._inner.copy()
+        inner.update(message)
+        outer = self._outer.copy()
+        outer.update(inner.digest())
+        return outer.digest()
+
+
 class DigestAuthenticator:
     """Challenges and verifies SIP digest credentials for one realm."""
 
@@ -224,6 +249,7 @@ class DigestAuthenticator:
         #: An OrderedDict so that dropping the oldest entries is O(1) each (see below).
         self._nonce_counts: OrderedDict[str, tuple[float, int]] = OrderedDict()
         self._realm_bytes = realm.encode("utf-8")
+        self._signer = HmacSha256(self._key)
         # The fixed text around the nonce of each challenge, built once (stale → pieces).
         self._challenge_parts: dict[bool, tuple[tuple[str, str], ...]] = {
             stale: tuple(self._challenge_around_nonce(name, stale) for name in self.algorithms)
@@ -256,7 +282,7 @@ class DigestAuthenticator:
         return base64.urlsafe_b64encode(body + self._nonce_tag(body)).decode("ascii")
 
     def _nonce_tag(self, body: bytes) -> bytes:
-        return hmac.digest(self._key, body + self._realm_bytes, "sha256")[:_NONCE_TAG]
+        return self._signer.digest(body + self._realm_bytes)[:_NONCE_TAG]
 
     def _nonce_issued_at(self, nonce: str) -> float | None:
         """When we issued ``nonce``, or None if it is not one of ours."""

@@ -113,7 +113,7 @@ class LocationService:
 
     def remove(self, binding: Binding) -> None:
         before = self._live(binding.aor)
-        live = [b for b in before if b != binding]
+        live = [b for b in before if b is not binding and b != binding]
         self._store(binding.aor, live)
         if len(live) != len(before):
             self._changed(binding.aor)
@@ -155,6 +155,10 @@ class LocationService:
 
 def same_contact(a: str, b: str) -> bool:
     """RFC 3261 §10.3 step 7: contacts are compared with the URI rules of §19.1.4."""
+    if a == b:
+        # The same text: equal whatever it is (§19.1.4 equality is reflexive, and text that
+        # is no URI is compared as text below).
+        return True
     try:
         return uris_equal(parse_uri(a), parse_uri(b))
     except UriError:

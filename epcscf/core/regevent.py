@@ -110,6 +110,9 @@ class RegEventNotifier:
         self.resolver = resolver
         self.contact_uri = contact_uri
         self.subscriptions: dict[tuple[str, str, str], Subscription] = {}
+        #: AOR → how many of ``subscriptions`` are for it: every REGISTER changes bindings,
+        #: and with nobody subscribed to that AOR the change must cost no scan of them all
+        self._subscribed: dict[str, int] = {}
         self._binding_timers: dict[str, IDelayedCall] = {}
         self._pending_aors: set[str] = set()
         self._flush_call: IDelayedCall | None = None
@@ -152,6 +155,7 @@ class RegEventNotifier:
             self._notify(subscription, terminated_reason="timeout")
             return
         self.subscriptions[subscription.key] = subscription
+        self._subscribed[aor] = self._subscribed.get(aor, 0) + 1
         self._arm_subscription_timer(subscription)
         log.info("reg subscription to {aor} for {expires} s", aor=aor, expires=expires)
         self._notify(subscription)
@@ -187,6 +191,7 @@ class RegEventNotifier:
             _cancel(timer)
         _cancel(self._flush_call)
         self.subscriptions.clear()
+        self._subscribed.clear()
         self._binding_timers.clear()
         if self._bindings_changed in self.location.observers:
             self.location.observers.remove(self._bindings_changed)
@@ -195,7 +200,7 @@ class RegEventNotifier:
 
     def _bindings_changed(self, aor: str) -> None:
         # One REGISTER may change several bindings: notify once, on the next reactor turn.
-        if not any(s.aor == aor for s in self.subscriptions.values()):
+        if aor not in self._subscribed:
             return
         self._pending_aors.add(aor)
         if self._flush_call is None or not self._flush_call.active():
@@ -212,7 +217,7 @@ class RegEventNotifier:
         """Wake up at the next binding expiry so that it is noticed and notified (RFC 3680 §5.2 'expired')."""
         _cancel(self._binding_timers.pop(aor, None))
         bindings = self.location.bindings(aor)
-        if not bindings or not any(s.aor == aor for s in self.subscriptions.values()):
+        if not bindings or aor not in self._subscribed:
             return
         delay = max(0.0, min(b.expires_at for b in bindings) - self.clock.seconds())
         self._binding_timers[aor] = self.clock.callLater(delay, self.location.bindings, aor)
@@ -250,8 +255,11 @@ class RegEventNotifier:
     def _end(self, subscription: Subscription) -> None:
         subscription.terminated = True
         _cancel(subscription.expiry_timer)
-        self.subscriptions.pop(subscription.key, None)
-        if not any(s.aor == subscription.aor for s in self.subscriptions.values()):
+        if self.subscriptions.pop(subscription.key, None) is not None:
+            left = self._subscribed.pop(subscription.aor, 1) - 1
+            if left:
+                self._subscribed[subscription.aor] = left
+        if subscription.aor not in self._subscribed:
             _cancel(self._binding_timers.pop(subscription.aor, None))
 
     def _send_notify(self, subscription: Subscription, state: str, body: bytes) -> None:

@@ -25,7 +25,6 @@ reactor; readers never see them anyway (``LocationService`` checks expiry).
 
 from __future__ import annotations
 
-import secrets
 from dataclasses import dataclass
 from typing import Any, Iterable
 
@@ -37,6 +36,7 @@ from twisted.names import hosts
 
 from epcscf.core.digest import DigestAuthenticator
 from epcscf.core.location import LocationService, aor_of
+from epcscf.core.randomness import random_hex
 from epcscf.core.regevent import RegEventNotifier, is_reg_subscription
 from epcscf.core.registrar import DEFAULT_EXPIRES, DEFAULT_MIN_EXPIRES, Registrar, RegistrarSettings
 from epcscf.core.routing import CoreProxyPolicy, CoreRouter
@@ -323,7 +323,7 @@ def _hosts_resolver() -> Any:
 
 
 def _tag() -> str:
-    return secrets.token_hex(6)
+    return random_hex(6)
 
 
 def identity_map(users: Iterable[User]) -> dict[str, str]:
