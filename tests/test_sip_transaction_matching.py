@@ -201,6 +201,18 @@ class MergedRequestTests(unittest.TestCase):
         self.h.layer.receive(second, self.h.udp)
         self.assertTrue(self.h.layer.is_merged_request(second))
 
+    def test_the_answer_is_the_same_when_the_tu_passes_the_request_s_own_transaction(self) -> None:
+        first = request("INVITE", branch="z9hG4bK.path1", sent_by="10.0.0.1")
+        self.h.layer.receive(first, self.h.udp)
+        [own_first] = self.h.user.server_transactions
+        self.assertFalse(self.h.layer.is_merged_request(first, own_first))
+        second = request("INVITE", branch="z9hG4bK.path2", sent_by="10.0.0.2")
+        self.h.layer.receive(second, self.h.udp)
+        own_second = self.h.user.server_transactions[1]
+        self.assertTrue(self.h.layer.is_merged_request(second, own_second))
+        # A transaction that is not the request's own is not trusted for its identity.
+        self.assertTrue(self.h.layer.is_merged_request(second, own_first))
+
     def test_a_request_with_a_to_tag_is_never_merged(self) -> None:
         self.h.layer.receive(request("INFO", branch="z9hG4bK.p1", to_tag="t"), self.h.udp)
         self.assertFalse(self.h.layer.is_merged_request(request("INFO", branch="z9hG4bK.p2", to_tag="t")))

@@ -283,17 +283,26 @@ class TransactionLayer:
                 return transaction
         return None
 
-    def is_merged_request(self, request: Request) -> bool:
+    def is_merged_request(self, request: Request, transaction: ServerTransaction | None = None) -> bool:
         """RFC 3261 §8.2.2.2: no To tag, and From tag, Call-ID and CSeq equal to those of an
         ongoing server transaction that the request does not match (it arrived by another
-        path, with another branch).  A UAS answers such a request with 482."""
-        try:
-            identity = request_identity(request)
-        except ValueError:
-            return False
+        path, with another branch).  A UAS answers such a request with 482.
+
+        ``transaction`` is the request's own server transaction when the caller has it (a
+        TU asking about the request it was just handed): its identity is already read."""
+        if transaction is not None and transaction.request is request:
+            identity = transaction.identity
+            own: ServerTransaction | None = transaction
+        else:
+            try:
+                identity = request_identity(request)
+            except ValueError:
+                return False
+            own = None
         if identity.to_tag is not None:
             return False
-        own = self._match_request(request, identity)
+        if own is None:
+            own = self._match_request(request, identity)
         return any(t is not own for t in self._by_merge_key.get(identity.merge_key, ()))
 
     # ----- client side ---------------------------------------------------------------------

@@ -115,12 +115,12 @@ class WsConnection:
         """Send bytes as one WebSocket message (keep-alive answers, pre-serialised messages)."""
         if not self.connected:
             raise ConnectionLost(f"{self.id} to {self.remote} is closed ({self.closed_reason})")
-        try:
-            payload.decode("utf-8")
-        except UnicodeDecodeError:
-            binary = True
-        else:
-            binary = False
+        binary = False
+        if not payload.isascii():  # SIP is nearly always ASCII: skip the UTF-8 decode then
+            try:
+                payload.decode("utf-8")
+            except UnicodeDecodeError:
+                binary = True
         self._sender.send_frame(payload, binary)
         self.messages_sent += 1
 
