@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
+from functools import lru_cache
 from typing import Callable, TypeVar
 
 from epcscf.sip.message import Headers, Message
@@ -38,10 +39,20 @@ _HOST = (
     rf"|\[[0-9A-Fa-f:.]+\])(?::{_PORT})?"
 )
 _PARAMCHARS = r"[A-Za-z0-9\-_.!~*'()\[\]/:&+$]+"
-_HEADER_PARAMS = rf"(?:[ \t]*;[ \t]*{_TOKEN}(?:[ \t]*=[ \t]*[A-Za-z0-9\-.!%*_+`'~:\[\]]+)?)*[ \t]*"
+# Header parameter values: a token/host, or a quoted-string without escapes (RFC 3261 §25.1
+# gen-value), e.g. RFC 5626 ``+sip.instance="<urn:uuid:...>"`` on every outbound Contact.
+_PLAIN_VALUE = r"[A-Za-z0-9\-.!%*_+`'~:\[\]]+"
+_HEADER_PARAMS = rf"(?:[ \t]*;[ \t]*{_TOKEN}(?:[ \t]*=[ \t]*(?:{_PLAIN_VALUE}|\"[^\"\\\x00-\x1f]*\"))?)*[ \t]*"
+# After an addr-spec no '<' may appear at all, not even quoted (the full parser reads the
+# first '<' as the start of a name-addr).
+_ADDR_SPEC_PARAMS = rf"(?:[ \t]*;[ \t]*{_TOKEN}(?:[ \t]*=[ \t]*(?:{_PLAIN_VALUE}|\"[^\"\\\x00-\x1f<>]*\"))?)*[ \t]*"
 _SIP_URI = rf"sips?:(?:[A-Za-z0-9\-_.!~*'()&=+$,]+@)?{_HOST}(?:;{_PARAMCHARS}(?:={_PARAMCHARS})?)*"
+# RFC 3261 §20.10: an addr-spec's parameters are the header's, and it has no ',' or '?'.
+_BARE_SIP_URI = rf"sips?:(?:[A-Za-z0-9\-_.!~*'()&=+$]+@)?{_HOST}"
+# The ``params`` group is the header parameters (``tag``, ``expires``, ``+sip.instance``).
 FAST_ADDRESS_RE = re.compile(
-    rf"[ \t]*(?:(?:\"[^\"\\\x00-\x1f]*\"[ \t]*|[A-Za-z0-9\-.!%*_+`'~ \t]*)<{_SIP_URI}>|{_SIP_URI}){_HEADER_PARAMS}\Z"
+    rf"[ \t]*(?:(?:(?:\"[^\"\\\x00-\x1f]*\"[ \t]*|[A-Za-z0-9\-.!%*_+`'~ \t]*)<{_SIP_URI}>)(?P<params>{_HEADER_PARAMS})"
+    rf"|{_BARE_SIP_URI}(?P<spec_params>{_ADDR_SPEC_PARAMS}))\Z"
 )
 FAST_VIA_RE = re.compile(rf"[ \t]*SIP/2\.0/{_TOKEN}[ \t]+{_HOST}{_HEADER_PARAMS}\Z")
 
@@ -323,20 +334,25 @@ def to_view(message: Message) -> NameAddr | None:
 
 def _tag(header: str, value: str) -> str | None:
     """The tag of a From/To value; raises ``HeaderError`` exactly when ``parse_address`` does."""
-    if "<" in value and FAST_ADDRESS_RE.match(value):
-        # A valid name-addr (the pattern accepts a subset of the grammar) whose header
-        # parameters are plain tokens after the last '>': no URI parse needed.
+    match = FAST_ADDRESS_RE.match(value)
+    if match is not None:
+        # A valid address (the pattern accepts a subset of the grammar): only its header
+        # parameters need reading, no URI parse.
         try:
-            return parse_header_params(value[value.rfind(">") + 1 :]).get("tag")
+            return parse_header_params(match.group("params") or match.group("spec_params") or "").get("tag")
         except UriError:
             pass  # not expected after the match; the full parse names the problem
     return parse_address(header, value).tag
 
 
+# The tag is a pure function of the value text and an immutable str: memoised across messages
+# (bounded), since a dialog's From/To texts recur in every message, at the eP-CSCF and at the core.
+@lru_cache(maxsize=4096)
 def _from_tag(value: str) -> str | None:
     return _tag("From", value)
 
 
+@lru_cache(maxsize=4096)
 def _to_tag(value: str) -> str | None:
     return _tag("To", value)
 

@@ -23,6 +23,7 @@ from __future__ import annotations
 import re
 import secrets
 from dataclasses import dataclass
+from functools import lru_cache
 
 from epcscf.sip.headers import (
     FAST_ADDRESS_RE,
@@ -36,7 +37,7 @@ from epcscf.sip.headers import (
     parse_via_list,
 )
 from epcscf.sip.message import COMPACT_FORMS, Request, Response, make_response
-from epcscf.sip.uri import TOKEN_RE, SipUri, UriError, parse_uri
+from epcscf.sip.uri import TOKEN_RE, SipUri, UriError, parse_name_addr, parse_uri
 
 __all__ = [
     "ParserLimits",
@@ -101,8 +102,10 @@ _WS = " \t"
 _CALL_ID_RE = re.compile(r"[^\x00-\x20\x7f]+\Z")
 
 
-# Header names seen before (as written, before the colon) and their canonical key.
-_KEY_CACHE: dict[str, str] = {}
+# Header names seen before, as written before the colon, with their spelling (trailing
+# LWS dropped) and canonical key.  Only valid names get in, so a continuation line (which
+# starts with LWS) never matches.
+_NAME_CACHE: dict[str, tuple[str, str]] = {}
 
 
 def _canonical(name: str) -> str:
@@ -171,46 +174,54 @@ def _parse(data: bytes, limits: ParserLimits, require_content_length: bool) -> R
         errors.append(SipParseError(513, f"Message Too Large (more than {limits.max_headers} header lines)"))
 
     # RFC 3261 §7.3.1: unfold continuation lines; names and values are kept as written.
+    # ``values`` is the lookup index ``Headers`` would build on its first read.
     items = headers._items
-    keys: list[str] = []
+    values: dict[str, list[str]] = {}
     max_line = limits.max_line_length
+    check_length = len(head) > max_line  # else no line can be too long
+    folded = False
+    names = _NAME_CACHE
     for line in lines[1:]:
-        if len(line) > max_line and not errors:
+        if check_length and len(line) > max_line and not errors:
             errors.append(SipParseError(513, f"Message Too Large (header line over {max_line} octets)"))
-        if line[:1] in (" ", "\t"):
-            if not items:
-                errors.append(SipParseError(400, _bad("continuation line before any header")))
-                continue
-            name, value = items[-1]
-            items[-1] = (name, (value.rstrip(_WS) + " " + line.strip(_WS)).strip(_WS))
-            continue
         raw_name, colon, value = line.partition(":")
-        name = raw_name.rstrip(_WS)
-        key = _KEY_CACHE.get(raw_name) if colon else None
-        if key is None:
+        known = names.get(raw_name) if colon else None
+        if known is None:
+            if line[:1] in (" ", "\t"):
+                if not items:
+                    errors.append(SipParseError(400, _bad("continuation line before any header")))
+                    continue
+                name, value = items[-1]
+                items[-1] = (name, (value.rstrip(_WS) + " " + line.strip(_WS)).strip(_WS))
+                folded = True
+                continue
+            name = raw_name.rstrip(_WS)
             if not colon or not _HEADER_NAME_RE.match(name):
                 if not errors:
                     errors.append(SipParseError(400, _bad(f"malformed header line {line[:40]!r}")))
                 continue
-            key = _canonical(name)
-            if len(_KEY_CACHE) < 512:  # bounded: names are peer-controlled
-                _KEY_CACHE[raw_name] = key
-        items.append((name, value.strip(_WS)))
-        keys.append(key)
-
-    if errors:
-        _raise_first(errors, message)
-    if oversize:
-        raise SipParseError(513, "Message Too Large", message)
-    values: dict[str, list[str]] = {}
-    for key, (_, value) in zip(keys, items):
+            known = (name, _canonical(name))
+            if len(names) < 512:  # bounded: names are peer-controlled
+                names[raw_name] = known
+        name, key = known
+        value = value.strip(_WS)
+        items.append((name, value))
         found = values.get(key)
         if found is None:
             values[key] = [value]
         else:
             found.append(value)
-    headers._index = values  # the lookup index ``Headers`` would build on its first read
-    _check_headers(message, keys, values)
+
+    if errors:
+        _raise_first(errors, message)
+    if oversize:
+        raise SipParseError(513, "Message Too Large", message)
+    if folded:  # a value changed after it was indexed: index again
+        values = {}
+        for name, value in items:
+            values.setdefault(_canonical(name), []).append(value)
+    headers._index = values
+    _check_headers(message, values)
     _take_body(message, values, data, body_start, n, limits, require_content_length)
     return message
 
@@ -276,9 +287,33 @@ def _parse_status_line(line: str) -> tuple[Response, SipParseError | None]:
     return response, _check_version(version)
 
 
+# Longest address text whose verdict is memoised: the cache holds its keys, and a
+# registration's From/To/Contact are well below this.
+_MEMO_ADDRESS_LENGTH = 512
+
+
+@lru_cache(maxsize=4096)
+def _address_problem(value: str) -> str | None:
+    """Why ``value`` is not a name-addr/addr-spec (RFC 3261 §20.10), or None when it is one.
+
+    Pure (an immutable verdict on the text), so memoised: the core re-checks the very
+    From/To/Contact texts the eP-CSCF checked, and a dialog repeats them in every message."""
+    if FAST_ADDRESS_RE.match(value) is not None:
+        return None
+    try:
+        parse_name_addr(value)
+    except UriError as error:
+        return str(error)
+    return None
+
+
 def _check_address(header: str, value: str) -> None:
-    if FAST_ADDRESS_RE.match(value) is None:
+    if len(value) > _MEMO_ADDRESS_LENGTH:
         parse_address(header, value)
+        return
+    problem = _address_problem(value)
+    if problem is not None:
+        raise HeaderError(header, problem)  # what parse_address raises
 
 
 def _check_via(value: str) -> None:
@@ -294,13 +329,10 @@ def _check_via(value: str) -> None:
             parse_via(item)
 
 
-def _check_headers(message: Request | Response, keys: list[str], values: dict[str, list[str]]) -> None:
-    seen: set[str] = set()
-    for key in keys:
-        if key in SINGLE_VALUE_HEADERS:
-            if key in seen:
-                raise SipParseError(400, _bad(f"duplicate {_SPELLING[key]}"), message)
-            seen.add(key)
+def _check_headers(message: Request | Response, values: dict[str, list[str]]) -> None:
+    for key in SINGLE_VALUE_HEADERS:
+        if len(values.get(key, ())) > 1:
+            _raise_first_duplicate(message)
     present = values
     mandatory = MANDATORY_REQUEST_HEADERS if isinstance(message, Request) else MANDATORY_RESPONSE_HEADERS
     missing = [_SPELLING[key] for key in mandatory if key not in present]
@@ -328,6 +360,17 @@ def _check_headers(message: Request | Response, keys: list[str], values: dict[st
     if isinstance(message, Request) and cseq_value.method != message.method:
         # RFC 3261 §8.1.1.5 / RFC 4475 §3.1.2.17, §3.1.2.18
         raise SipParseError(400, _bad("CSeq method does not match the request method"), message)
+
+
+def _raise_first_duplicate(message: Request | Response) -> None:
+    # The first single-valued field, in line order, that appears a second time.
+    seen: set[str] = set()
+    for name, _ in message.headers:
+        key = _canonical(name)
+        if key in SINGLE_VALUE_HEADERS:
+            if key in seen:
+                raise SipParseError(400, _bad(f"duplicate {_SPELLING[key]}"), message)
+            seen.add(key)
 
 
 def _take_body(

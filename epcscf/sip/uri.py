@@ -9,76 +9,27 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
-from typing import Iterable, Iterator, MutableMapping
+from functools import lru_cache
 from urllib.parse import unquote
 
+# Parameters and quoted strings live in their own module; these names stay importable from here.
+from epcscf.sip.params import (
+    FORBIDDEN_RE,
+    LWS as _LWS,
+    TOKEN_RE,
+    Params,
+    UriError,
+    parse_header_params,
+    scan_quoted as _scan_quoted,
+)
 
-class UriError(ValueError):
-    """A URI or name-addr that does not follow the RFC 3261 §25.1 grammar."""
+__all__ = [
+    "UriError", "Params", "TOKEN_RE", "FORBIDDEN_RE", "SCHEME_RE", "HOSTNAME_RE", "IPV6_RE", "USER_RE",
+    "PASSWORD_RE", "PARAMCHAR_RE", "HEADERCHAR_RE", "BAD_ESCAPE_RE", "TEL_NUMBER_RE", "parse_params",
+    "SipUri", "TelUri", "AbsoluteUri", "Uri", "parse_uri", "uris_equal", "NameAddr",
+    "parse_header_params", "parse_name_addr", "split_list", "parse_name_addr_list",
+]
 
-
-class Params(MutableMapping[str, "str | None"]):
-    """Ordered parameters with case-insensitive names (RFC 3261 §7.3.1, §19.1.4).
-
-    A valueless parameter (``;lr``, ``;rport``) maps to ``None``.  The name is kept as
-    written for serialisation; lookups ignore case.
-    """
-
-    __slots__ = ("_items",)
-
-    def __init__(self, items: Iterable[tuple[str, str | None]] | None = None) -> None:
-        self._items: dict[str, tuple[str, str | None]] = {}
-        if items is not None:
-            for name, value in items:
-                self[name] = value
-
-    def __getitem__(self, name: str) -> str | None:
-        return self._items[name.lower()][1]
-
-    def __setitem__(self, name: str, value: str | None) -> None:
-        key = name.lower()
-        existing = self._items.get(key)
-        self._items[key] = (existing[0] if existing else name, value)
-
-    def __delitem__(self, name: str) -> None:
-        del self._items[name.lower()]
-
-    def __contains__(self, name: object) -> bool:
-        return isinstance(name, str) and name.lower() in self._items
-
-    def get(self, name: str, default: str | None = None) -> str | None:  # type: ignore[override]
-        # Mapping.get goes through __getitem__ and KeyError: this runs for every branch/tag read.
-        item = self._items.get(name.lower())
-        return default if item is None else item[1]
-
-    def __iter__(self) -> Iterator[str]:
-        return (written for written, _ in self._items.values())
-
-    def __len__(self) -> int:
-        return len(self._items)
-
-    def __repr__(self) -> str:
-        return f"Params({list(self._items.values())!r})"
-
-    def __eq__(self, other: object) -> bool:
-        if isinstance(other, Params):
-            return {k: v for k, (_, v) in self._items.items()} == {
-                k: v for k, (_, v) in other._items.items()
-            }
-        return NotImplemented
-
-    def copy(self) -> "Params":
-        return Params(self._items.values())
-
-    def serialize(self) -> str:
-        """``;name=value;flag`` in order, as written."""
-        return "".join(
-            f";{name}" if value is None else f";{name}={value}" for name, value in self._items.values()
-        )
-
-
-# RFC 3261 §25.1 token (also method and parameter names).
-TOKEN_RE = re.compile(r"[A-Za-z0-9\-.!%*_+`'~]+\Z")
 SCHEME_RE = re.compile(r"[A-Za-z][A-Za-z0-9+\-.]*\Z")
 HOSTNAME_RE = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9\-_]*[A-Za-z0-9_])?(?:\.[A-Za-z0-9](?:[A-Za-z0-9\-_]*[A-Za-z0-9_])?)*\.?\Z")
 IPV6_RE = re.compile(r"\[[0-9A-Fa-f:.]+\]\Z")
@@ -89,8 +40,6 @@ PASSWORD_RE = re.compile(r"[A-Za-z0-9\-_.!~*'()%&=+$,]*\Z")
 PARAMCHAR_RE = re.compile(r"[A-Za-z0-9\-_.!~*'()%\[\]/:&+$]+\Z")
 HEADERCHAR_RE = re.compile(r"[A-Za-z0-9\-_.!~*'()%\[\]/?:+$]*\Z")
 BAD_ESCAPE_RE = re.compile(r"%(?![0-9A-Fa-f]{2})")
-# Characters that can never appear in any URI we accept (whitespace, controls, <>").
-FORBIDDEN_RE = re.compile(r'[\x00-\x20\x7f<>"]')
 # RFC 3966 §3: telephone-subscriber characters (digits, visual separators, hex for local).
 TEL_NUMBER_RE = re.compile(r"\+?[0-9A-Fa-f*#\-.()pPwW]+\Z")
 
@@ -178,6 +127,9 @@ class TelUri:
     def is_global(self) -> bool:
         return self.number.startswith("+")
 
+    def copy(self) -> "TelUri":
+        return TelUri(self.number, self.params.copy(), self.scheme)
+
 
 @dataclass
 class AbsoluteUri:
@@ -189,12 +141,39 @@ class AbsoluteUri:
     def __str__(self) -> str:
         return f"{self.scheme}:{self.rest}"
 
+    def copy(self) -> "AbsoluteUri":
+        return AbsoluteUri(self.scheme, self.rest)
+
 
 Uri = SipUri | TelUri | AbsoluteUri
 
 
+# The common sip:/sips: URI (no password, %-escape or ?headers) in one pattern: every
+# text it matches is one ``_parse_sip_uri`` accepts, read into the same parts.  Groups:
+# scheme, user, host, port, parameters.  (RFC 3261 §25.1 user, host, port, uri-parameters.)
+_URI_PARAMCHARS = r"[A-Za-z0-9\-_.!~*'()\[\]/:&+$]+"
+_FAST_SIP_URI_RE = re.compile(
+    r"((?i:sips?)):(?:([A-Za-z0-9\-_.!~*'()&=+$,;?/]+)@)?"
+    r"([A-Za-z0-9](?:[A-Za-z0-9\-_]*[A-Za-z0-9_])?(?:\.[A-Za-z0-9](?:[A-Za-z0-9\-_]*[A-Za-z0-9_])?)*\.?"
+    r"|\[[0-9A-Fa-f:.]+\])"
+    rf"(?::([0-9]{{1,5}}))?((?:;{_URI_PARAMCHARS}(?:={_URI_PARAMCHARS})?)*)"
+)
+_FAST_URI_PARAM_RE = re.compile(rf";({_URI_PARAMCHARS})(?:=({_URI_PARAMCHARS}))?")
+
+
 def parse_uri(text: str) -> Uri:
     """Parse a URI; raises ``UriError`` naming what is wrong."""
+    match = _FAST_SIP_URI_RE.fullmatch(text)
+    if match is not None:
+        scheme, user, host, port_text, param_text = match.groups()
+        port = int(port_text) if port_text else None
+        if port is None or port <= 65535:
+            params = Params.from_found(_FAST_URI_PARAM_RE.findall(param_text)) if param_text else Params()
+            return SipUri(host, scheme.lower(), user, None, port, params, Params())
+    return _parse_uri_general(text)
+
+
+def _parse_uri_general(text: str) -> Uri:
     if not text or FORBIDDEN_RE.search(text):
         raise UriError(f"URI is empty or has whitespace, quotes or <>: {text!r}")
     scheme, colon, rest = text.partition(":")
@@ -325,7 +304,6 @@ def uris_equal(a: Uri, b: Uri) -> bool:
 # name-addr / addr-spec (RFC 3261 §20.10, §25.1)
 # ---------------------------------------------------------------------------
 
-_LWS = " \t"
 _DISPLAY_TOKENS_RE = re.compile(r"[A-Za-z0-9\-.!%*_+`'~ \t]*\Z")
 
 
@@ -352,87 +330,31 @@ class NameAddr:
                 name = f"{self.display_name} "
         return f"{name}<{self.uri}>{self.params.serialize()}"
 
-
-_QUOTED_RE = re.compile(r'"(?:[^"\\]|\\.)*"', re.S)
-
-
-def _scan_quoted(text: str, start: int) -> int:
-    """Index just after the closing quote of the quoted-string at ``text[start]``."""
-    match = _QUOTED_RE.match(text, start)
-    if match is None:
-        raise UriError("unterminated quoted string")
-    return match.end()
+    def copy(self) -> "NameAddr":
+        """An independent copy (URI and parameters included)."""
+        return NameAddr(self.uri.copy(), self.display_name, self.params.copy(), self.quoted)
 
 
 def _unquote_display(quoted: str) -> str:
     return re.sub(r"\\(.)", r"\1", quoted[1:-1], flags=re.S)
 
 
-def parse_header_params(text: str) -> Params:
-    """Header parameters after a name-addr or value: ``;tag=x;expires=3600`` with LWS allowed.
-
-    Values may be tokens, hosts or quoted strings (RFC 3261 §25.1 generic-param).
-    """
-    params = Params()
-    text = text.strip(_LWS)
-    if not text:
-        return params
-    if text[0] != ";":
-        raise UriError(f"expected ';' before parameters: {text!r}")
-    if '"' not in text:
-        # Fast path: no quoted values, so ';' and '=' are plain separators.
-        for part in text[1:].split(";"):
-            name, sep, value = part.partition("=")
-            name = name.strip(_LWS)
-            if not TOKEN_RE.match(name):
-                raise UriError(f"bad parameter name {name!r}")
-            if sep:
-                value = value.strip(_LWS)
-                if not value or FORBIDDEN_RE.search(value):
-                    raise UriError(f"bad value for parameter {name!r}")
-                params[name] = value
-            else:
-                params[name] = None
-        return params
-    i, n = 1, len(text)
-    while True:
-        # name
-        j = i
-        while j < n and text[j] not in ";=\"" :
-            j += 1
-        name = text[i:j].strip(_LWS)
-        if not name or not TOKEN_RE.match(name):
-            raise UriError(f"bad parameter name {text[i:j]!r}")
-        value: str | None = None
-        i = j
-        if i < n and text[i] == "=":
-            i += 1
-            while i < n and text[i] in _LWS:
-                i += 1
-            if i < n and text[i] == '"':
-                end = _scan_quoted(text, i)
-                value = text[i:end]
-                i = end
-                while i < n and text[i] in _LWS:
-                    i += 1
-            else:
-                j = i
-                while j < n and text[j] != ";":
-                    j += 1
-                value = text[i:j].strip(_LWS)
-                if not value or FORBIDDEN_RE.search(value):
-                    raise UriError(f"bad value for parameter {name!r}")
-                i = j
-        params[name] = value
-        if i >= n:
-            return params
-        if text[i] != ";":
-            raise UriError(f"junk after parameter {name!r}: {text[i:]!r}")
-        i += 1
+# Longest text whose parse is memoised (the memo keeps its keys alive).
+_MEMO_TEXT_LENGTH = 512
 
 
 def parse_name_addr(text: str) -> NameAddr:
-    """One From/To/Contact/Route value.  Raises ``UriError``."""
+    """One From/To/Contact/Route value.  Raises ``UriError``.
+
+    Every call returns new objects, which the caller may change.  The parse behind them is
+    memoised by text (bounded): a registration's To, From, Contact and Path texts recur in
+    most of its messages, at the eP-CSCF and again at the core."""
+    if len(text) > _MEMO_TEXT_LENGTH:
+        return _parse_name_addr(text)
+    return _parsed_name_addr(text).copy()
+
+
+def _parse_name_addr(text: str) -> NameAddr:
     text = text.strip(_LWS)
     if not text:
         raise UriError("empty address")
@@ -466,6 +388,11 @@ def parse_name_addr(text: str) -> NameAddr:
         raise UriError(f"'<' without '>' in {text!r}")
     uri = parse_uri(rest[1:gt])
     return NameAddr(uri, display, parse_header_params(rest[gt + 1 :]), quoted)
+
+
+# The memo's objects never leave it (callers get copies), so nothing a caller does to its
+# result can show up in another's; a text that does not parse raises every time.
+_parsed_name_addr = lru_cache(maxsize=4096)(_parse_name_addr)
 
 
 def split_list(text: str) -> list[str]:

@@ -1,0 +1,197 @@
+"""Parameters of URIs and header values, and the quoted-string they may hold (RFC 3261 §7.3.1, §25.1).
+
+``Params`` is the ordered, case-insensitive parameter map every typed view uses;
+``parse_header_params`` reads the ``;name=value`` list after a header value.  Both are
+re-exported by ``epcscf.sip.uri`` (import them from there).
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Iterable, Iterator, MutableMapping
+
+
+class UriError(ValueError):
+    """A URI or name-addr that does not follow the RFC 3261 §25.1 grammar."""
+
+
+class Params(MutableMapping[str, "str | None"]):
+    """Ordered parameters with case-insensitive names (RFC 3261 §7.3.1, §19.1.4).
+
+    A valueless parameter (``;lr``, ``;rport``) maps to ``None``.  The name is kept as
+    written for serialisation; lookups ignore case.
+    """
+
+    __slots__ = ("_items",)
+
+    def __init__(self, items: Iterable[tuple[str, str | None]] | None = None) -> None:
+        self._items: dict[str, tuple[str, str | None]] = {}
+        if items is not None:
+            for name, value in items:
+                self[name] = value
+
+    @classmethod
+    def from_found(cls, found: list[tuple[str, str]]) -> "Params":
+        """Built from a parser's ``(name, value)`` pairs where ``""`` means a valueless
+        parameter (what ``re.findall`` gives for an absent group): one dict build instead of
+        one ``__setitem__`` per parameter."""
+        params = cls.__new__(cls)
+        items = {name.lower(): (name, value or None) for name, value in found}
+        if len(items) != len(found):
+            # A repeated name: keep the first spelling and the last value, as __setitem__ does.
+            items = {}
+            for name, value in found:
+                key = name.lower()
+                existing = items.get(key)
+                items[key] = (existing[0] if existing else name, value or None)
+        params._items = items
+        return params
+
+    def __getitem__(self, name: str) -> str | None:
+        return self._items[name.lower()][1]
+
+    def __setitem__(self, name: str, value: str | None) -> None:
+        key = name.lower()
+        existing = self._items.get(key)
+        self._items[key] = (existing[0] if existing else name, value)
+
+    def __delitem__(self, name: str) -> None:
+        del self._items[name.lower()]
+
+    def __contains__(self, name: object) -> bool:
+        return isinstance(name, str) and name.lower() in self._items
+
+    def get(self, name: str, default: str | None = None) -> str | None:  # type: ignore[override]
+        # Mapping.get goes through __getitem__ and KeyError: this runs for every branch/tag read.
+        item = self._items.get(name.lower())
+        return default if item is None else item[1]
+
+    def __iter__(self) -> Iterator[str]:
+        return (written for written, _ in self._items.values())
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def __repr__(self) -> str:
+        return f"Params({list(self._items.values())!r})"
+
+    def __eq__(self, other: object) -> bool:
+        if isinstance(other, Params):
+            return {k: v for k, (_, v) in self._items.items()} == {
+                k: v for k, (_, v) in other._items.items()
+            }
+        return NotImplemented
+
+    def copy(self) -> "Params":
+        params = Params.__new__(Params)
+        params._items = dict(self._items)  # the (name, value) pairs are immutable: shared
+        return params
+
+    def serialize(self) -> str:
+        """``;name=value;flag`` in order, as written."""
+        return "".join(
+            f";{name}" if value is None else f";{name}={value}" for name, value in self._items.values()
+        )
+
+
+# RFC 3261 §25.1 token (also method and parameter names).
+TOKEN_RE = re.compile(r"[A-Za-z0-9\-.!%*_+`'~]+\Z")
+# Characters that can never appear in any URI we accept (whitespace, controls, <>").
+FORBIDDEN_RE = re.compile(r'[\x00-\x20\x7f<>"]')
+LWS = " \t"
+
+# RFC 3261 §25.1 quoted-string: DQUOTE *(qdtext / quoted-pair) DQUOTE.  Written as runs of
+# qdtext between quoted-pairs: the same language as '"(?:[^"\\]|\\.)*"', matched a run at a
+# time rather than a character at a time.
+_QUOTED = r'"[^"\\]*(?:\\.[^"\\]*)*"'
+QUOTED_RE = re.compile(_QUOTED, re.S)
+
+
+def scan_quoted(text: str, start: int) -> int:
+    """Index just after the closing quote of the quoted-string at ``text[start]``."""
+    match = QUOTED_RE.match(text, start)
+    if match is None:
+        raise UriError("unterminated quoted string")
+    return match.end()
+
+
+# RFC 3261 §25.1 generic-param: SEMI token [ EQUAL gen-value ], with LWS around SEMI and EQUAL.
+# The value is a quoted-string or a run of characters a URI may hold (``FORBIDDEN_RE``
+# excluded): exactly what the scanner in ``parse_header_params`` accepts, so a text either
+# matches ``_HEADER_PARAMS_RE`` and is read with one ``findall`` or is scanned (and the
+# scanner names the problem).
+_PARAM_NAME = r"[A-Za-z0-9\-.!%*_+`'~]+"
+_PARAM_VALUE = _QUOTED + r'|[^\x00-\x20\x7f<>";]+'
+_HEADER_PARAM_RE = re.compile(rf";[ \t]*({_PARAM_NAME})[ \t]*(?:=[ \t]*({_PARAM_VALUE})[ \t]*)?", re.S)
+_HEADER_PARAMS_RE = re.compile(rf"[ \t]*(?:;[ \t]*{_PARAM_NAME}[ \t]*(?:=[ \t]*(?:{_PARAM_VALUE})[ \t]*)?)*", re.S)
+
+
+def parse_header_params(text: str) -> Params:
+    """Header parameters after a name-addr or value: ``;tag=x;expires=3600`` with LWS allowed.
+
+    Values may be tokens, hosts or quoted strings (RFC 3261 §25.1 generic-param); a
+    quoted value is kept with its quotes.
+    """
+    if _HEADER_PARAMS_RE.fullmatch(text) is not None:
+        return Params.from_found(_HEADER_PARAM_RE.findall(text))
+    return _scan_header_params(text)
+
+
+def _scan_header_params(text: str) -> Params:
+    # The general reader, reached only by text the pattern above rejects: it names the problem.
+    params = Params()
+    text = text.strip(LWS)
+    if not text:
+        return params
+    if text[0] != ";":
+        raise UriError(f"expected ';' before parameters: {text!r}")
+    if '"' not in text:
+        # No quoted values, so ';' and '=' are plain separators.
+        for part in text[1:].split(";"):
+            name, sep, value = part.partition("=")
+            name = name.strip(LWS)
+            if not TOKEN_RE.match(name):
+                raise UriError(f"bad parameter name {name!r}")
+            if sep:
+                value = value.strip(LWS)
+                if not value or FORBIDDEN_RE.search(value):
+                    raise UriError(f"bad value for parameter {name!r}")
+                params[name] = value
+            else:
+                params[name] = None
+        return params
+    i, n = 1, len(text)
+    while True:
+        # name
+        j = i
+        while j < n and text[j] not in ";=\"":
+            j += 1
+        name = text[i:j].strip(LWS)
+        if not name or not TOKEN_RE.match(name):
+            raise UriError(f"bad parameter name {text[i:j]!r}")
+        value: str | None = None
+        i = j
+        if i < n and text[i] == "=":
+            i += 1
+            while i < n and text[i] in LWS:
+                i += 1
+            if i < n and text[i] == '"':
+                end = scan_quoted(text, i)
+                value = text[i:end]
+                i = end
+                while i < n and text[i] in LWS:
+                    i += 1
+            else:
+                j = i
+                while j < n and text[j] != ";":
+                    j += 1
+                value = text[i:j].strip(LWS)
+                if not value or FORBIDDEN_RE.search(value):
+                    raise UriError(f"bad value for parameter {name!r}")
+                i = j
+        params[name] = value
+        if i >= n:
+            return params
+        if text[i] != ";":
+            raise UriError(f"junk after parameter {name!r}: {text[i:]!r}")
+        i += 1

@@ -1,0 +1,252 @@
+"""The parser's fast paths and memos give exactly what the general readers give.
+
+Each fast path (one pattern for the common shape, then the general reader for the rest)
+must accept only what the general reader accepts and read it into the same parts; each
+memo must hand out results no caller can spoil for another.  Checked here on the
+registration messages of the load test and on seeded random texts near the common shapes.
+"""
+
+from __future__ import annotations
+
+import random
+from pathlib import Path
+
+from twisted.trial.unittest import SynchronousTestCase
+
+from epcscf.sip import headers as header_views
+from epcscf.sip.headers import (
+    FAST_ADDRESS_RE,
+    HeaderError,
+    cseq,
+    from_tag,
+    parse_address,
+    to_tag,
+    top_via_view,
+)
+from epcscf.sip.params import Params, _scan_header_params, parse_header_params
+from epcscf.sip.parser import SipParseError, parse_message
+from epcscf.sip.uri import (
+    SipUri,
+    UriError,
+    _parse_name_addr,
+    _parse_uri_general,
+    parse_name_addr,
+    parse_name_addr_list,
+    parse_uri,
+)
+
+FIXTURE = Path(__file__).parent / "fixtures" / "sip" / "registration_messages.txt"
+
+
+def _registration_messages() -> list[bytes]:
+    chunks = [chunk.lstrip(b"\r\n") for chunk in FIXTURE.read_bytes().split(b"=====\n") if chunk.strip()]
+    return [chunk.rstrip(b"\r\n") + b"\r\n\r\n" for chunk in chunks]
+
+
+def _outcome(parse, text):  # type: ignore[no-untyped-def]
+    """What ``parse(text)`` gives, in comparable form: ('ok', parts) or ('error', message)."""
+    try:
+        return "ok", _parts(parse(text))
+    except (UriError, HeaderError) as error:
+        return "error", str(error)
+
+
+def _parts(value: object) -> object:
+    if isinstance(value, Params):
+        return list(value._items.values())  # names as written, in order
+    if hasattr(value, "__dataclass_fields__"):
+        return (type(value).__name__, {name: _parts(getattr(value, name)) for name in value.__dataclass_fields__})
+    return value
+
+
+def _mutated(rng: random.Random, text: str) -> str:
+    """``text``, or with one character inserted or deleted (near-misses of the grammar)."""
+    roll = rng.random()
+    position = rng.randint(0, len(text))
+    if roll < 0.25:
+        return text[:position] + rng.choice(';="\\ \t<>,:@?%é\r\x7fx') + text[position:]
+    if roll < 0.4 and text:
+        return text[:position] + text[position + 1 :]
+    return text
+
+
+def _header_params(rng: random.Random) -> str:
+    out = []
+    for _ in range(rng.randint(0, 3)):
+        out.append(rng.choice(["", " ", "\t"]) + ";" + rng.choice(["", " "]))
+        out.append(rng.choice(["tag", "lr", "+sip.instance", "expires", "x-y", "Tag", "tag", "reg-id", "a b", "a/b"]))
+        if rng.random() < 0.7:
+            out.append(rng.choice(["=", " = ", "= "]))
+            out.append(rng.choice(["1", "ce83997d", '"<urn:uuid:1>"', '"a\\"b"', '"x;y"', '""', "é", "[::1]", "a=b"]))
+        out.append(rng.choice(["", " "]))
+    return "".join(out)
+
+
+def _uri(rng: random.Random) -> str:
+    text = rng.choice(["sip:", "sip:", "sip:", "sips:", "SIP:", "tel:", "http:"])
+    if rng.random() < 0.6:
+        text += rng.choice(["alice", "alice", "a;b?c", "a%41", "a%4", "a,b", "", "+1-555"])
+        text += rng.choice(["", "", ":pw"]) + "@"
+    text += rng.choice(["h.example", "h.example", "127.0.0.1", "[::1]", "-bad", "h_x", "h.", "+15551234"])
+    if rng.random() < 0.4:
+        text += ":" + rng.choice(["5060", "65535", "65536", "99999", "", "00080"])
+    for _ in range(rng.randint(0, 3)):
+        text += rng.choice([";lr", ";transport=ws", ";lr", ";x=%41", ";", ";a=b=c", ";[x]", ";ob"])
+    if rng.random() < 0.15:
+        text += rng.choice(["?subject=x", "?a=b&c=d", "?"])
+    return text
+
+
+def _address(rng: random.Random) -> str:
+    display = rng.choice(["", "", '"Alice" ', "Bob ", '"A\\"B" ', "A,B ", '"x"'])
+    uri = _uri(rng)
+    text = f"{display}<{uri}>" if display or rng.random() < 0.6 else uri
+    return rng.choice(["", " "]) + text + _header_params(rng)
+
+
+def _random_texts(seed: int, make, count: int) -> list[str]:  # type: ignore[no-untyped-def]
+    rng = random.Random(seed)
+    return [_mutated(rng, make(rng)) for _ in range(count)]
+
+
+class HeaderParamsFastPathTests(SynchronousTestCase):
+    def test_same_result_or_error_as_the_scanner(self) -> None:
+        texts = _random_texts(1, _header_params, 4000) + [
+            "", " ", ";a", ";a=b;c", ' ; a = "x;y" ; b', ';a="unterminated', ";a=;b", ";;", "a=b", ";a b", ';a="x"y',
+        ]
+        for text in texts:
+            self.assertEqual(_outcome(parse_header_params, text), _outcome(_scan_header_params, text), text)
+
+    def test_quoted_value_keeps_its_quotes_and_escapes(self) -> None:
+        params = parse_header_params(';reg-id=1;+sip.instance="<urn:uuid:ea2e>";q="a\\"b";expires=600')
+        self.assertEqual(params["+sip.instance"], '"<urn:uuid:ea2e>"')
+        self.assertEqual(params["q"], '"a\\"b"')
+        self.assertEqual(params["EXPIRES"], "600")
+
+    def test_repeated_name_keeps_first_spelling_and_last_value(self) -> None:
+        params = parse_header_params(";Tag=1;tag=2")
+        self.assertEqual(list(params._items.values()), [("Tag", "2")])
+
+
+class UriFastPathTests(SynchronousTestCase):
+    def test_same_result_or_error_as_the_general_reader(self) -> None:
+        texts = _random_texts(2, _uri, 4000) + [
+            "sip:alice@host:65535", "sip:alice@host:65536", "sip:host:", "sip:a;b?c@host;lr;lr", "SIPS:[::1]:5061",
+        ]
+        for text in texts:
+            self.assertEqual(_outcome(parse_uri, text), _outcome(_parse_uri_general, text), text)
+
+    def test_fast_uri_reads_every_part(self) -> None:
+        uri = parse_uri("SIP:cQ36@127.0.0.1:40800;transport=udp;lr;ob")
+        assert isinstance(uri, SipUri)
+        self.assertEqual((uri.scheme, uri.user, uri.host, uri.port), ("sip", "cQ36", "127.0.0.1", 40800))
+        self.assertEqual(list(uri.params._items.values()), [("transport", "udp"), ("lr", None), ("ob", None)])
+        self.assertEqual(str(uri), "sip:cQ36@127.0.0.1:40800;transport=udp;lr;ob")
+
+
+class AddressFastPathTests(SynchronousTestCase):
+    def test_fast_pattern_accepts_only_valid_addresses_with_the_same_tag(self) -> None:
+        texts = _random_texts(3, _address, 12000)
+        accepted = 0
+        for text in texts:
+            if FAST_ADDRESS_RE.match(text) is None:
+                continue
+            accepted += 1
+            full = parse_address("From", text)  # must not raise
+            self.assertEqual(header_views._tag("From", text), full.tag, text)
+        self.assertGreater(accepted, 300)  # the seeded texts do exercise the pattern
+
+    def test_quoted_angle_after_an_addr_spec_is_refused(self) -> None:
+        # The full parser reads the first '<' as a name-addr: the fast pattern must not accept it.
+        text = 'sip:alice@example.com;+sip.instance="<urn:uuid:1>"'
+        self.assertIsNone(FAST_ADDRESS_RE.match(text))
+        self.assertRaises(HeaderError, parse_address, "Contact", text)
+
+    def test_addr_spec_parameters_are_header_parameters(self) -> None:
+        # RFC 3261 §20.10: ';x/y=1' after an addr-spec is a header parameter, and not a token.
+        self.assertIsNone(FAST_ADDRESS_RE.match("sip:alice@example.com;x/y=1"))
+        self.assertRaises(HeaderError, parse_address, "To", "sip:alice@example.com;x/y=1")
+        self.assertEqual(header_views._tag("To", "sip:alice@example.com;tag=9"), "9")
+
+    def test_tag_after_a_quoted_parameter_holding_angle_brackets(self) -> None:
+        text = '<sip:alice@example.com>;x="a>;tag=wrong";tag=right'
+        self.assertIsNotNone(FAST_ADDRESS_RE.match(text))
+        self.assertEqual(header_views._tag("To", text), "right")
+
+
+class NameAddrMemoTests(SynchronousTestCase):
+    def test_memoised_parse_equals_a_fresh_parse(self) -> None:
+        texts = _random_texts(4, _address, 3000)
+        for text in texts:
+            self.assertEqual(_outcome(parse_name_addr, text), _outcome(_parse_name_addr, text), text)
+            # Asked again (now from the memo when it parsed): still the same.
+            self.assertEqual(_outcome(parse_name_addr, text), _outcome(_parse_name_addr, text), text)
+
+    def test_a_caller_changing_its_result_does_not_change_the_next(self) -> None:
+        text = '"Alice" <sip:alice@example.com;transport=ws>;tag=1;+sip.instance="<urn:uuid:1>"'
+        first = parse_name_addr(text)
+        first.params["tag"] = "changed"
+        first.uri.params["transport"] = "tcp"  # type: ignore[union-attr]
+        first.uri.host = "elsewhere"  # type: ignore[union-attr]
+        second = parse_name_addr(text)
+        self.assertEqual(second.tag, "1")
+        self.assertEqual(str(second.uri), "sip:alice@example.com;transport=ws")
+        self.assertIsNot(second, first)
+
+    def test_a_bad_address_raises_every_time(self) -> None:
+        for _ in range(2):
+            self.assertRaises(UriError, parse_name_addr, "<sip:alice@example.com")
+
+
+class ParserAddressMemoTests(SynchronousTestCase):
+    def _register(self, contact: str) -> bytes:
+        return (
+            "REGISTER sip:example.com SIP/2.0\r\n"
+            "Via: SIP/2.0/WS h.invalid;branch=z9hG4bK1\r\n"
+            "From: <sip:alice@example.com>;tag=1\r\nTo: <sip:alice@example.com>\r\n"
+            f"Call-ID: c1\r\nCSeq: 1 REGISTER\r\nContact: {contact}\r\nContent-Length: 0\r\n\r\n"
+        ).encode()
+
+    def test_a_bad_contact_gets_the_same_400_every_time(self) -> None:
+        reasons = set()
+        for _ in range(3):
+            with self.assertRaises(SipParseError) as caught:
+                parse_message(self._register("<sip:alice@h?subject=x"))
+            reasons.add((caught.exception.status, caught.exception.reason))
+        self.assertEqual(len(reasons), 1)
+        status, reason = reasons.pop()
+        self.assertEqual(status, 400)
+        self.assertIn("malformed Contact", reason)
+
+    def test_the_same_text_is_named_by_the_header_it_is_in(self) -> None:
+        value = "<sip:alice@example.com"
+        with self.assertRaises(SipParseError) as caught:
+            parse_message(self._register(value))
+        self.assertIn("Contact", caught.exception.reason)
+        data = self._register("<sip:alice@h>").replace(b"To: <sip:alice@example.com>", f"To: {value}".encode())
+        with self.assertRaises(SipParseError) as caught:
+            parse_message(data)
+        self.assertIn("malformed To", caught.exception.reason)
+
+
+class RegistrationMessagesTests(SynchronousTestCase):
+    """The captured registration (the load test's messages) parses, reads and round-trips."""
+
+    def test_each_message_round_trips_and_its_views_read(self) -> None:
+        messages = _registration_messages()
+        self.assertEqual(len(messages), 16)
+        for data in messages:
+            message = parse_message(data, require_content_length=True)
+            self.assertEqual(message.serialize(), data)
+            self.assertIsNotNone(top_via_view(message))
+            self.assertEqual(cseq(message).method, "REGISTER")  # type: ignore[union-attr]
+            self.assertIsNotNone(from_tag(message))
+            for value in message.headers.get_all("contact"):
+                (contact,) = parse_name_addr_list(value)
+                self.assertEqual(contact.params["+sip.instance"], '"<urn:uuid:ea2e7ade-0000-4000-8000-f41af516a1d8>"')
+                self.assertEqual(contact.params["expires"], "600")
+        final = parse_message(messages[6], require_content_length=True)
+        self.assertEqual(to_tag(final), "48a718759859")
+        (path,) = parse_name_addr_list(final.headers.get("path") or "")
+        self.assertEqual(path.uri.port, 40800)  # type: ignore[union-attr]
+        self.assertIn("lr", path.uri.params)  # type: ignore[union-attr]
