@@ -20,7 +20,8 @@ from __future__ import annotations
 
 import itertools
 import secrets
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
+from functools import cached_property
 from typing import Callable, Protocol, Sequence
 
 from twisted.internet import defer
@@ -30,7 +31,7 @@ from epcscf.pcscf.flows import FlowGone, FlowTable, TamperedToken
 from epcscf.pcscf.identity import assert_identity, strip_core_only_headers, strip_untrusted_headers
 from epcscf.pcscf.registration import Registrations
 from epcscf.sip.connection import Connection
-from epcscf.sip.headers import HeaderError, option_tags, parse_via, to_tag
+from epcscf.sip.headers import HeaderError, parse_via, to_tag
 from epcscf.sip.message import Request, Response
 from epcscf.sip.proxy import Decision, Forward, ProxiedRequest, Reject
 from epcscf.sip.proxy_rules import list_values, make_local_response, name_addr_uri
@@ -42,6 +43,15 @@ log = Logger(namespace="epcscf.pcscf.edge")
 WEBSOCKET_TRANSPORTS = frozenset({"WS", "WSS"})
 # RFC 3261 §12.1: requests that create dialogs, which we stay in (Record-Route).
 DIALOG_CREATING = frozenset({"INVITE", "SUBSCRIBE", "REFER", "NOTIFY"})
+
+
+def _supports_path(request: Request) -> bool:
+    """RFC 3327 §5.2: whether "path" is already among the Supported option tags."""
+    for value in request.headers.get_all("supported"):
+        for item in value.split(","):
+            if item.strip() == "path":
+                return True
+    return False
 
 
 def _new_tag() -> str:
@@ -75,14 +85,29 @@ class EdgeAddresses:
         user_part = f"{user}@" if user else ""
         return f"sip:{user_part}{self.core_host}:{self.core_port};transport={self.core_transport};lr" + (";ob" if ob else "")
 
+    @cached_property
+    def _path_tails(self) -> tuple[str, str]:
+        """What follows the flow token in our Path value, without and with ``;ob``."""
+        tail = f"@{self.core_host}:{self.core_port};transport={self.core_transport};lr"
+        return f"{tail}>", f"{tail};ob>"
+
+    def path_value(self, token: str, ob: bool = False) -> str:
+        """``<core_uri(token, ob)>``: the Path value naming one flow (RFC 3327, RFC 5626 §5.1)."""
+        return "<sip:" + token + self._path_tails[ob]
+
+    @cached_property
+    def charging_vector_tail(self) -> str:
+        """What follows the ICID in the P-Charging-Vector we add (RFC 7315 §4.6)."""
+        return f";icid-generated-at={self.core_host}"
+
     def wic_uri(self, token: str) -> str:
         return f"sip:{token}@{self.wic_host}:{self.wic_port};transport={self.wic_transport};lr"
 
-    @property
+    @cached_property  # read for every request forwarded (the fields are frozen)
     def core_sent_by(self) -> str:
         return f"{self.core_host}:{self.core_port}"
 
-    @property
+    @cached_property
     def wic_sent_by(self) -> str:
         return f"{self.wic_host}:{self.wic_port}"
 
@@ -133,6 +158,7 @@ class PcscfPolicy:
         #: where REGISTER and requests without a Service-Route go (None: resolve the Route/R-URI)
         self.core_next_hop = list(core_next_hop) if core_next_hop else None
         self.network_id = network_id
+        self._visited_network_id = f'"{network_id}"'  # TS 24.229 §5.2.2.1 (a quoted-string)
         self.calls = calls
         #: when no fixed next hop: Deferred[list[Target]] of the configured I-CSCF/S-CSCF URIs
         self.next_hop_resolver = next_hop_resolver
@@ -226,7 +252,7 @@ class PcscfPolicy:
             return self.calls.originating_invite(context, identity, forward)
         if binding.service_route or existing:
             return forward
-        return self._toward_core(forward)
+        return self._toward_core(request, record_route)
 
     def _in_dialog_from_wic(self, context: ProxiedRequest) -> Decision | defer.Deferred:
         request = context.request
@@ -245,23 +271,25 @@ class PcscfPolicy:
     def _register(self, context: ProxiedRequest, token: str) -> Decision:
         request = context.request
         strip_untrusted_headers(request)
+        headers = request.headers
         # RFC 5626 §5.1: an edge proxy adds ;ob to its Path URI when the UA asked for outbound.
-        outbound = any("reg-id" in value.lower() for value in request.headers.get_all("Contact"))
-        request.headers.insert_first("Path", f"<{self.addresses.core_uri(token, ob=outbound)}>")
+        outbound = any("reg-id" in value.lower() for value in headers.get_all("contact"))
+        headers.insert_first("Path", self.addresses.path_value(token, outbound))
         # RFC 3327 §5.2: tell the registrar that Path is used.
-        if "path" not in option_tags(request, "Supported"):
-            request.headers.add("Supported", "path")
+        if not _supports_path(request):
+            headers.add("Supported", "path")
         # TS 24.229 §5.2.2.1: P-Visited-Network-ID and a fresh ICID on every REGISTER.
-        request.headers.add("P-Visited-Network-ID", f'"{self.network_id}"')
+        headers.add("P-Visited-Network-ID", self._visited_network_id)
         self._add_charging_vector(request)
         context.data["register"] = {"flow": context.connection.id, "outbound": outbound}
-        return self._toward_core(Forward(request, None, (), self.addresses.core_sent_by))
+        return self._toward_core(request)
 
-    def _toward_core(self, forward: Forward) -> Decision | defer.Deferred:
+    def _toward_core(self, request: Request, record_route: Sequence[str] = ()) -> Decision | defer.Deferred:
         """Send to the configured core entry point (the I-CSCF), whatever the Request-URI says."""
+        sent_by = self.addresses.core_sent_by
         if self.core_next_hop is not None or self.next_hop_resolver is None:
-            return replace(forward, destination=self.core_next_hop)
-        return self.next_hop_resolver().addCallback(lambda targets: replace(forward, destination=targets))
+            return Forward(request, self.core_next_hop, record_route, sent_by)
+        return self.next_hop_resolver().addCallback(lambda targets: Forward(request, targets, record_route, sent_by))
 
     def _record_registration(self, context: ProxiedRequest, response: Response) -> None:
         register = context.server_transaction.request if context.server_transaction is not None else context.request
@@ -273,10 +301,7 @@ class PcscfPolicy:
     def _add_charging_vector(self, request: Request) -> None:
         # RFC 7315 §4.6 / TS 24.229 §5.2.6.3.3: a globally unique ICID generated here.  The
         # WIC's own P-Charging-Vector is gone (strip_untrusted_headers runs first): add, not set.
-        request.headers.add(
-            "P-Charging-Vector",
-            f"icid-value={new_icid()};icid-generated-at={self.addresses.core_host}",
-        )
+        request.headers.add("P-Charging-Vector", "icid-value=" + new_icid() + self.addresses.charging_vector_tail)
 
     # --- from the core ------------------------------------------------------------------------
 

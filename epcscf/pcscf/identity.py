@@ -8,7 +8,7 @@ charging headers of the core are removed (TS 24.229 §4.5.5, §5.2.7.4).
 
 from __future__ import annotations
 
-from epcscf.sip.message import Message, Request
+from epcscf.sip.message import Message, Request, canonical_name
 from epcscf.sip.uri import Uri, UriError, parse_name_addr, split_list, uris_equal
 
 # Headers only a trusted node may set (TS 24.229 §4.4 trust-domain table,
@@ -37,10 +37,35 @@ CORE_ONLY: tuple[str, ...] = (
 )
 
 
+_STRIPPED = frozenset(canonical_name(name) for name in UNTRUSTED_FROM_WIC + CORE_ONLY)
+# Header names, spelled as they arrived, that are none of the stripped ones: the spellings
+# of a WIC's and the core's messages are few and the same every time (bounded: names come
+# off the wire).
+_KEPT_SPELLINGS: set[str] = set()
+_MAX_KEPT_SPELLINGS = 4096
+
+
+def _may_carry_stripped(message: Message) -> bool:
+    """False when no header line of ``message`` is one of the stripped headers."""
+    unknown = {name for name, _ in message.headers} - _KEPT_SPELLINGS  # usually empty
+    carries = False
+    for spelling in unknown:
+        if canonical_name(spelling) in _STRIPPED:
+            carries = True
+        elif len(_KEPT_SPELLINGS) < _MAX_KEPT_SPELLINGS:
+            _KEPT_SPELLINGS.add(spelling)
+        else:
+            carries = True  # not remembered: let the lookup by name decide
+    return carries
+
+
 def _strip(message: Message, names: tuple[str, ...]) -> list[str]:
     # Every request and response at the edge passes here and usually carries none of these:
-    # ask the header index first (one dict lookup per name) and rewrite the header lines
-    # only for a name that is present (``remove`` is a pass over every line).
+    # one set difference over the spellings of its header names says so, and otherwise the
+    # header index is asked per name and the lines rewritten only for a name that is present
+    # (``remove`` is a pass over every line).
+    if not _may_carry_stripped(message):
+        return []
     headers = message.headers
     return [name for name in names if name in headers and headers.remove(name)]
 

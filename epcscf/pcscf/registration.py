@@ -7,12 +7,19 @@ for the WIC's originating requests, the flow (WebSocket connection) it came on,
 the RFC 5626 instance and reg-id, and the expiry.  Bindings go away on
 de-registration, on expiry (a clock timer) or when the same instance/reg-id
 registers again (then the binding moves to the new flow, RFC 5626 §6).
+
+Most registrations are refreshes that change nothing but the expiry: the same WIC on
+the same flow sends the same Contact and the core answers with the same P-Associated-URI,
+Service-Route and granted expiry.  Every text the bindings are made from is therefore
+kept (``RegisterSource``) with the bindings it made; a 2xx whose texts are all equal
+only moves the expiry of those bindings (and its timer, without re-arming it), which is
+exactly what parsing it again would have produced.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import Callable, NamedTuple
 
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 
@@ -37,6 +44,9 @@ class RegistrationBinding:
     origin: str | None = None  # the WebSocket Origin of the flow (for the console)
     outbound: bool = False  # the WIC asked for RFC 5626 outbound (;ob in Path)
     _timer: IDelayedCall | None = field(default=None, repr=False, compare=False)
+    _key: tuple[str, str] | None = field(default=None, repr=False, compare=False)
+    #: the texts this binding was made from (a refresh with the same texts reuses it)
+    _source: RegisterSource | None = field(default=None, repr=False, compare=False)
 
     @property
     def default_identity(self) -> str:
@@ -44,9 +54,53 @@ class RegistrationBinding:
 
     def key(self) -> tuple[str, str]:
         """Bindings of one AOR are told apart by instance/reg-id, else by contact URI (RFC 5626 §6)."""
-        if self.instance_id is not None:
-            return self.aor, f"{self.instance_id}/{self.reg_id}"
-        return self.aor, _contact_uri_text(self.contact)
+        key = self._key
+        if key is None:
+            if self.instance_id is not None:
+                key = (self.aor, f"{self.instance_id}/{self.reg_id}")
+            else:
+                key = (self.aor, _contact_uri_text(self.contact))
+            self._key = key
+        return key
+
+
+class RegisterSource(NamedTuple):
+    """Every input of ``Registrations.record`` but the time, as the texts that arrived."""
+
+    flow_id: str
+    origin: str | None
+    outbound: bool
+    to: str | None  # the REGISTER's To (the AOR)
+    contacts: tuple[str, ...]  # the REGISTER's Contact lines
+    expires: str | None  # the REGISTER's Expires
+    granted_contacts: tuple[str, ...]  # the 2xx's Contact lines (their expires=)
+    granted_expires: str | None  # the 2xx's Expires
+    associated_uris: tuple[str, ...]  # the 2xx's P-Associated-URI lines
+    service_route: tuple[str, ...]  # the 2xx's Service-Route lines
+
+    @classmethod
+    def of(cls, request: Request, response: Response, flow_id: str, origin: str | None, outbound: bool) -> "RegisterSource":
+        asked, granted = request.headers, response.headers
+        return cls(
+            flow_id,
+            origin,
+            outbound,
+            asked.get("to"),
+            tuple(asked.get_all("contact")),
+            asked.get("expires"),
+            tuple(granted.get_all("contact")),
+            granted.get("expires"),
+            tuple(granted.get_all("p-associated-uri")),
+            tuple(granted.get_all("service-route")),
+        )
+
+
+@dataclass(frozen=True)
+class _Recorded:
+    """The bindings one ``RegisterSource`` made, each with the expiry it was granted."""
+
+    bindings: tuple[RegistrationBinding, ...]
+    expires: tuple[int, ...]
 
 
 def _contact_uri_text(value: str) -> str:
@@ -109,6 +163,8 @@ class Registrations:
         #: the same bindings by flow id: every request from a WIC asks for its flow's binding,
         #: which must not cost a scan of every registration of the eP-CSCF
         self._by_flow: dict[str, dict[tuple[str, str], RegistrationBinding]] = {}
+        #: the bindings each REGISTER/2xx text made, while they all live (refreshes reuse them)
+        self._by_source: dict[RegisterSource, _Recorded] = {}
 
     def all(self) -> list[RegistrationBinding]:
         return list(self._bindings.values())
@@ -122,51 +178,84 @@ class Registrations:
 
     def registration_for_request(self, flow_id: str) -> RegistrationBinding | None:
         """The newest live binding on a flow: whose identities and Service-Route a request uses."""
-        bindings = self.for_flow(flow_id)
-        return max(bindings, key=lambda b: b.registered_at) if bindings else None
+        on_flow = self._by_flow.get(flow_id)
+        if not on_flow:
+            return None
+        if len(on_flow) == 1:  # the usual case: one WIC, one registration per flow
+            for binding in on_flow.values():
+                return binding
+        return max(on_flow.values(), key=_registered_at)
 
     def record(
         self, request: Request, response: Response, flow_id: str, origin: str | None = None, outbound: bool = False
     ) -> list[RegistrationBinding]:
         """Update from a 2xx to a REGISTER that came from the WIC on ``flow_id``.
 
-        Returns the bindings now live for the contacts the REGISTER carried.
+        Returns the bindings now live for the contacts the REGISTER carried.  A refresh
+        made of the same texts as the one that made the live bindings updates those
+        bindings in place (new registration time and expiry); anything else replaces them.
         """
+        source = RegisterSource.of(request, response, flow_id, origin, outbound)
+        recorded = self._by_source.get(source)
+        if recorded is not None and self._refresh(recorded):
+            return list(recorded.bindings)
+        return self._record(source, request, response)
+
+    def _refresh(self, recorded: _Recorded) -> bool:
+        """Restart the expiry of bindings made from the same texts; False if one has gone."""
+        bindings = self._bindings
+        if any(bindings.get(binding._key) is not binding for binding in recorded.bindings):  # type: ignore[arg-type]
+            return False
+        now = self.clock.seconds()
+        for binding, expires in zip(recorded.bindings, recorded.expires):
+            binding.registered_at = now
+            binding.expires_at = now + expires
+            self._restart_timer(binding, expires)
+            self._touch(binding)
+        return True
+
+    def _record(self, source: RegisterSource, request: Request, response: Response) -> list[RegistrationBinding]:
         address = to_view(request)  # read-only, parsed once per message
         if address is None:
             return []
+        flow_id = source.flow_id
         aor = str(address.uri)
-        associated = tuple(value for header in response.headers.get_all("P-Associated-URI") for value in split_header_list(header))
-        service_route = tuple(value for header in response.headers.get_all("Service-Route") for value in split_header_list(header))
+        associated = tuple(value for header in source.associated_uris for value in split_header_list(header))
+        service_route = tuple(value for header in source.service_route for value in split_header_list(header))
         now = self.clock.seconds()
-        if any(value.strip() == "*" for value in request.headers.get_all("Contact")):
+        if any(value.strip() == "*" for value in source.contacts):
             # RFC 3261 §10.2.2: "Contact: *" with Expires: 0 removes every binding of the AOR.
             for binding in [b for b in self.for_aor(aor) if b.flow_id == flow_id]:
                 self._remove(binding, "deregistered")
             return []
         granted = _contacts(response)
+        contacts = _contacts(request)
         live: list[RegistrationBinding] = []
-        for contact in _contacts(request):
+        granted_expires: list[int] = []
+        for contact in contacts:
             match = next((c for c in granted if _same_contact(c, contact)), None)
             expires = _contact_expires(match, response) if match is not None else 0
             if expires is None:
                 expires = _contact_expires(contact, request)
             if expires is None:
                 expires = DEFAULT_EXPIRES
+            instance_id = contact.params.get("+sip.instance")
+            reg_id = contact.params.get("reg-id")
             binding = RegistrationBinding(
                 aor=aor,
                 contact=str(contact),
                 flow_id=flow_id,
-                instance_id=contact.params.get("+sip.instance"),
-                reg_id=contact.params.get("reg-id"),
+                instance_id=instance_id,
+                reg_id=reg_id,
                 associated_uris=associated or (f"<{aor}>",),
                 service_route=service_route,
                 registered_at=now,
                 expires_at=now + expires,
-                origin=origin,
-                outbound=outbound,
+                origin=source.origin,
+                outbound=source.outbound,
             )
-            key = binding.key()
+            # RFC 5626 §6: instance/reg-id, else the contact URI (already parsed here).
+            key = binding._key = (aor, f"{instance_id}/{reg_id}") if instance_id is not None else (aor, str(contact.uri))
             previous = self._bindings.get(key)
             if previous is not None:
                 self._cancel_timer(previous)
@@ -178,7 +267,31 @@ class Registrations:
             self._store(key, binding)
             binding._timer = self.clock.callLater(expires, self._expire, binding)
             live.append(binding)
+            granted_expires.append(expires)
+        if live and len(live) == len(contacts):
+            # Every contact is bound: the same texts again will be a refresh of these.
+            for binding in live:
+                binding._source = source
+            self._by_source[source] = _Recorded(tuple(live), tuple(granted_expires))
         return live
+
+    def _restart_timer(self, binding: RegistrationBinding, expires: float) -> None:
+        timer = binding._timer
+        if timer is not None and timer.active() and timer.getTime() <= binding.expires_at:
+            # Later than armed (a refresh): twisted moves the call lazily, no heap work.
+            timer.reset(expires)
+        else:
+            self._cancel_timer(binding)
+            binding._timer = self.clock.callLater(expires, self._expire, binding)
+
+    def _touch(self, binding: RegistrationBinding) -> None:
+        """Move a refreshed binding last in both indexes, where a replacing one would go."""
+        key = binding.key()
+        del self._bindings[key]
+        self._bindings[key] = binding
+        on_flow = self._by_flow[binding.flow_id]
+        del on_flow[key]
+        on_flow[key] = binding
 
     def _expire(self, binding: RegistrationBinding) -> None:
         binding._timer = None
@@ -203,6 +316,10 @@ class Registrations:
             on_flow.pop(key, None)
             if not on_flow:
                 del self._by_flow[binding.flow_id]
+        if binding._source is not None:
+            # Those texts no longer make only live bindings: the next such 2xx is parsed again.
+            self._by_source.pop(binding._source, None)
+            binding._source = None
 
     def _notify(self, binding: RegistrationBinding, reason: str) -> None:
         if self.on_removed is not None:
@@ -223,4 +340,8 @@ class Registrations:
             self._cancel_timer(binding)
         self._bindings.clear()
         self._by_flow.clear()
+        self._by_source.clear()
 
+
+def _registered_at(binding: RegistrationBinding) -> float:
+    return binding.registered_at
