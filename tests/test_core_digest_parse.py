@@ -63,3 +63,41 @@ class HmacSha256Tests(unittest.TestCase):
             signer = HmacSha256(key)
             for message in (b"", b"nonce body", b"y" * 1000):
                 self.assertEqual(signer.digest(message), hmac.digest(key, message, "sha256"), (key, message))
+
+
+class ParseDigestAgainstLoopTests(unittest.TestCase):
+    def test_many_shapes(self) -> None:
+        """Every shape gives the result (or the error) of the parameter-at-a-time loop."""
+        from epcscf.core import digest
+
+        def loop(rest: str) -> dict[str, str] | str:
+            params: dict[str, str] = {}
+            position = 0
+            while position < len(rest):
+                match = digest._PARAM_RE.match(rest, position)
+                if match is None:
+                    return "cannot parse"
+                name = match.group(1).lower()
+                if name in params:
+                    return "twice"
+                quoted, token = match.group(2), match.group(3)
+                params[name] = token if quoted is None else digest._QUOTED_PAIR_RE.sub(r"\1", quoted)
+                position = match.end()
+                if match.group(4) == "," and position >= len(rest):
+                    return "trailing"
+            return params
+
+        pieces = ['a=1', 'b="x y"', 'c=""', 'd="q\\"q"', 'e="\\\\"', "f=tok", 'g="a,b"', "A=2", '"', ",", " ", "\n", "h=", 'i="x\ny"', "j=k l"]
+        values = {""}
+        for first in pieces:
+            values.add(first)
+            for second in pieces:
+                for joint in (",", ", ", " ,", ""):
+                    values.add(first + joint + second)
+        for rest in sorted(values):
+            expected = loop(rest.strip())
+            try:
+                got: dict[str, str] | str = digest.parse_digest("Digest " + rest)
+            except digest.DigestParseError as error:
+                got = "twice" if "twice" in str(error) else "trailing" if "trailing" in str(error) else "cannot parse"
+            self.assertEqual(got, expected, repr(rest))

@@ -1,18 +1,21 @@
-"""Fast reading of the name-addr headers of a REGISTER (To, From, Contact, Path).
+"""Fast reading of the AORs of To and From and of the first Path URI of a REGISTER.
 
 Theory of operation
 -------------------
-The registrar reads four address headers of every REGISTER (RFC 3261 §10.3): the AOR of
-To and From, every Contact with its parameters, and the first Path URI.  The full parsers
-of ``epcscf.sip.uri`` handle the whole RFC 3261 §25.1 grammar; almost every value a
-registrar sees has one plain shape::
+The registrar reads, of every REGISTER (RFC 3261 §10.3), only the AOR of To and From
+and whether the first Path URI carries ``ob`` (RFC 5626 §5.1); Contact needs the whole
+parse (``epcscf.sip.uri.parse_name_addr_list``).  The full parsers handle the whole
+RFC 3261 §25.1 grammar and build objects; almost every value a registrar sees has one
+plain shape::
 
     ["Display" | Display] <sip:user@host[:port][;uri-param...]>[;param[=token|"quoted"]...]
 
 ``ADDRESS_RE`` accepts only values of that shape whose pieces the full parsers accept as
 they are (no %-escapes, no IPv6 reference, no URI headers, no backslash in a quoted
-string), so a value it matches is exactly what ``parse_name_addr`` makes of it; any
-other value, good or bad, goes through the full parser, which gives the precise error.
+string), so a value it matches is one ``parse_name_addr`` accepts, with the URI the
+groups name, read without building anything; any other value, good or bad, goes through
+the full parser, which gives the precise error.  (A From carries a new tag in every
+registration, so the parser's memo of whole texts does not help there.)
 ``tests/test_core_addresses.py`` checks both against each other.
 """
 
@@ -21,9 +24,9 @@ from __future__ import annotations
 import re
 
 from epcscf.sip.headers import HeaderError, parse_address
-from epcscf.sip.uri import NameAddr, Params, SipUri, TelUri, UriError, parse_name_addr_list
+from epcscf.sip.uri import SipUri, TelUri, UriError, parse_name_addr_list
 
-__all__ = ["ADDRESS_RE", "address_aor", "read_address", "read_address_list"]
+__all__ = ["ADDRESS_RE", "address_aor", "first_uri_has_param"]
 
 _TOKEN = r"[A-Za-z0-9\-.!%*_+`'~]+"
 # RFC 3261 §25.1 user without escapes and without the ';', '?', '/' the full parser allows
@@ -37,7 +40,7 @@ _PARAMCHAR = r"[A-Za-z0-9\-_.!~*'()\[\]/:&+$]+"
 # a header parameter value: a quoted-string without quoted-pairs, or what the full parser
 # takes up to the next ';' (no whitespace, controls, quotes or <>)
 _VALUE = r'(?:"[^"\\\r\n]*"|[^;"\x00-\x20\x7f<>]+)'
-_HEADER_PARAM = rf"[ \t]*;[ \t]*({_TOKEN})(?:[ \t]*=[ \t]*({_VALUE}))?"
+_HEADER_PARAM = rf"[ \t]*;[ \t]*{_TOKEN}(?:[ \t]*=[ \t]*{_VALUE})?"
 
 ADDRESS_RE = re.compile(
     r"[ \t]*"
@@ -46,7 +49,6 @@ ADDRESS_RE = re.compile(
     rf"(?P<uri_params>(?:;{_PARAMCHAR}(?:={_PARAMCHAR})?)*)>"
     rf"(?P<params>(?:{_HEADER_PARAM})*)[ \t]*\Z"
 )
-_HEADER_PARAM_RE = re.compile(_HEADER_PARAM)
 
 
 def address_aor(header: str, value: str) -> tuple[str, str | None, str | None]:
@@ -69,39 +71,16 @@ def address_aor(header: str, value: str) -> tuple[str, str | None, str | None]:
     return str(uri), None, None
 
 
-def read_address(header: str, value: str) -> NameAddr:
-    """``parse_address(header, value)``: one name-addr (``HeaderError`` when malformed)."""
-    match = ADDRESS_RE.match(value)
-    if match is None:
-        return parse_address(header, value)
-    quoted, display, scheme, user, host, port, uri_params, params = match.group(
-        "quoted", "display", "scheme", "user", "host", "port", "uri_params", "params"
-    )
-    # What parse_uri / parse_params build from the same text.
-    uri_params_map = Params()
-    if uri_params:
-        for part in uri_params[1:].split(";"):
-            name, sep, param_value = part.partition("=")
-            uri_params_map[name] = param_value if sep else None
-    uri = SipUri(host, scheme.lower(), user, None, int(port) if port is not None else None, uri_params_map, Params())
-    header_params = Params()
-    if params:
-        for name, param_value in _HEADER_PARAM_RE.findall(params):
-            # findall gives "" for an absent value; a present one is never empty
-            header_params[name] = param_value if param_value else None
-    if quoted is not None:
-        return NameAddr(uri, quoted[1:-1], header_params, True)
-    return NameAddr(uri, " ".join(display.split()) or None, header_params, False)
-
-
-def read_address_list(header: str, value: str) -> list[NameAddr]:
-    """``parse_name_addr_list(value)`` (Contact, Path): ``HeaderError`` when malformed."""
+def first_uri_has_param(header: str, value: str, name: str) -> bool:
+    """Whether the first address of the list ``value`` (Path, Route) is a SIP(S) URI with the
+    URI parameter ``name`` (RFC 5626 §5.1 ``ob``); ``HeaderError`` when the list is malformed."""
     if "," not in value:
-        # split_list: one element, LWS-stripped (none when blank: the full parser's error)
-        item = value.strip(" \t")
-        if item:
-            return [read_address(header, item)]
+        match = ADDRESS_RE.match(value)
+        if match is not None:
+            wanted = name.lower()
+            return any(part.partition("=")[0].lower() == wanted for part in match.group("uri_params").split(";")[1:])
     try:
-        return parse_name_addr_list(value)
+        uri = parse_name_addr_list(value)[0].uri
     except UriError as error:
         raise HeaderError(header, str(error)) from None
+    return isinstance(uri, SipUri) and name in uri.params

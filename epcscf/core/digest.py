@@ -75,10 +75,13 @@ _TOKEN = r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+"
 # quoted-string (RFC 7230 §3.2.6) in runs of plain characters, possessive: half the time of
 # one alternation per character on the long nonce and response values.
 _PARAM_RE = re.compile(rf'[ \t]*({_TOKEN})[ \t]*=[ \t]*(?:"((?:[^"\\]++|\\.)*+)"|([^\s,"]+))[ \t]*(,|\Z)')
-# The same parameter without groups, for the whole list at once (no trailing comma): when
-# it matches, _PARAM_RE.findall walks exactly the parameters the one-at-a-time loop would.
-_PARAM = rf'[ \t]*{_TOKEN}[ \t]*=[ \t]*(?:"(?:[^"\\]++|\\.)*+"|[^\s,"]+)[ \t]*'
-_PARAMS_RE = re.compile(rf"{_PARAM}(?:,{_PARAM})*+\Z")
+# One pass over the whole list: a parameter as above (its quoted-string unrolled, the same
+# language) or, in the last group, any character no parameter starts at.  When no such
+# character turns up and the last parameter ends the text, the parameters found are
+# exactly those of the one-at-a-time loop; otherwise the loop runs and names the problem.
+_SCAN_RE = re.compile(
+    rf'[ \t]*({_TOKEN})[ \t]*=[ \t]*(?:"([^"\\]*+(?:\\.[^"\\]*+)*+)"|([^\s,"]+))[ \t]*(,|\Z)|([\s\S])'
+)
 _NC_RE = re.compile(r"[0-9A-Fa-f]{8}\Z")
 _QUOTABLE_RE = re.compile(r'[^"\\\r\n]*\Z')
 _QUOTED_PAIR_RE = re.compile(r"\\(.)")
@@ -129,17 +132,20 @@ def parse_digest(value: str) -> dict[str, str]:
         raise DigestParseError(f"scheme is {scheme[:20]!r}, not Digest")
     rest = rest.strip()
     params: dict[str, str]
-    if _PARAMS_RE.match(rest):
-        found = _PARAM_RE.findall(rest)
+    found = _SCAN_RE.findall(rest)
+    if found and not found[-1][3]:
         params = {}
-        for name, quoted, token, _ in found:
+        for name, quoted, token, _, junk in found:
+            if junk:
+                break
             if token:
                 params[name.lower()] = token
             else:  # RFC 7230 §3.2.6 quoted-pair; rare, so only then through the regex
                 params[name.lower()] = _QUOTED_PAIR_RE.sub(r"\1", quoted) if "\\" in quoted else quoted
-        if len(params) == len(found):
-            return params
-        # a parameter given twice: the loop below names it
+        else:
+            if len(params) == len(found):
+                return params
+        # something else, or a parameter given twice: the loop below names the problem
     params = {}
     position = 0
     while position < len(rest):

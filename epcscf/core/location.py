@@ -134,8 +134,17 @@ class LocationService:
     # --- internals ---
 
     def _live(self, aor: str) -> list[Binding]:
+        """The unexpired bindings of ``aor``: the stored list itself when none expired
+        (callers only read it; every change stores a new list)."""
         now = self.now()
-        current = self._bindings.get(aor, [])
+        current = self._bindings.get(aor)
+        if current is None:
+            return []
+        for binding in current:
+            if binding.expires_at <= now:
+                break
+        else:
+            return current
         live = [b for b in current if b.expires_at > now]
         if len(live) != len(current):
             self._store(aor, live)

@@ -37,12 +37,12 @@ from dataclasses import dataclass, field
 from email.utils import formatdate
 from typing import Protocol
 
-from epcscf.core.addresses import address_aor, read_address_list
+from epcscf.core.addresses import address_aor, first_uri_has_param
 from epcscf.core.location import Binding, LocationService
 from epcscf.core.randomness import random_hex
 from epcscf.sip.headers import HeaderError, cseq, option_tags
 from epcscf.sip.message import Headers, Request, Response, make_response
-from epcscf.sip.uri import NameAddr, SipUri, UriError, parse_uri, split_list
+from epcscf.sip.uri import NameAddr, SipUri, UriError, parse_name_addr_list, parse_uri, split_list
 
 # Option tags this registrar supports (RFC 3261 §8.2.2.3, §10.3 step 2).
 SUPPORTED_OPTIONS: tuple[str, ...] = ("path", "outbound")
@@ -226,7 +226,7 @@ class Registrar:
             if len(values) != 1 or header_expires != 0:
                 raise Rejection(400, "Bad Request (Contact * needs Expires: 0 and no other Contact)")
             return [], True
-        contacts = [contact for value in values for contact in read_address_list("Contact", value)]
+        contacts = [contact for value in values for contact in _parse_addresses("Contact", value)]
         first_hop_outbound = _first_hop_supports_outbound(request.headers.get_all("path"))
         outbound_supported: bool | None = None
         updates: list[ContactUpdate] = []
@@ -359,12 +359,18 @@ def _lower(tags: list[str]) -> set[str]:
     return {tag.lower() for tag in tags}
 
 
+def _parse_addresses(header: str, value: str) -> list[NameAddr]:
+    try:
+        return parse_name_addr_list(value)
+    except UriError as error:
+        raise HeaderError(header, str(error)) from None
+
+
 def _first_hop_supports_outbound(path_values: list[str]) -> bool:
     """RFC 5626 §5.1/§6: the edge proxy marks its Path URI with ``ob`` when it keeps the flow."""
     if not path_values:
         return False
-    uri = read_address_list("Path", path_values[0])[0].uri
-    return isinstance(uri, SipUri) and "ob" in uri.params
+    return first_uri_has_param("Path", path_values[0], "ob")
 
 
 def _params_without(contact: NameAddr, name: str) -> str:
