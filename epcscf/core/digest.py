@@ -52,6 +52,7 @@ __all__ = [
     "AuthResult",
     "DigestAuthenticator",
     "DigestParseError",
+    "HmacSha256",
     "PasswordSource",
     "compute_response",
     "parse_digest",

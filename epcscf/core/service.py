@@ -47,7 +47,7 @@ from epcscf.sip.headers import HeaderError, to_tag
 from epcscf.sip.message import Request, Response, make_response
 from epcscf.sip.proxy import ProxySettings, StatefulProxy
 from epcscf.sip.resolver import NextHopResolver
-from epcscf.sip.transaction import TimerSettings, TransactionLayer
+from epcscf.sip.transaction import ServerTransaction, TimerSettings, TransactionLayer
 from epcscf.sip.transport import ListenerSpec, TransportManager
 from epcscf.sip.uri import SipUri, UriError, parse_uri
 
@@ -107,7 +107,8 @@ class CoreTransactionUser:
     def request_received(self, request: Request, server_transaction: Any) -> None:
         core = self.core
         if request.method == "REGISTER":
-            if core.transactions.is_merged_request(request):
+            own = server_transaction if isinstance(server_transaction, ServerTransaction) else None
+            if core.transactions.is_merged_request(request, own):
                 # RFC 3261 §8.2.2.2: the same request arrived on another path: 482.
                 server_transaction.respond(make_response(request, 482, to_tag=_tag()))
                 return
