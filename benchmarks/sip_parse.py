@@ -79,19 +79,24 @@ def registration_messages() -> list[bytes]:
     return [m if m.endswith(b"\r\n\r\n") else m.rstrip(b"\r\n") + b"\r\n\r\n" for m in messages[:8]]
 
 
-# Per-UE texts of the capture, replaced by same-length unique ones in each variant.
-_PER_UE = (b"alice", b"dee12855", b"ce83997d", b"5c91d5616f570b8e", b"cQ362nF-O8EMHHdzLThmN2U4MzU1LTE")
+# The capture's texts that differ from one registration to the next (user, UE host, tags,
+# Call-ID, flow token, branches, ICID), replaced by same-length unique ones in each variant.
+_PER_REGISTRATION = (
+    b"alice", b"dee12855", b"ce83997d", b"5c91d5616f570b8e", b"cQ362nF-O8EMHHdzLThmN2U4MzU1LTE",
+    b"24efcd9af29b", b"e5be54694028", b"85029eb2757865ab", b"6d983d70a35fa896", b"461478c09baa",
+    b"48a718759859", b"2aee0a8542ab7dc6", b"f41af516a1d8",
+)
 
 
 def registration_variants(count: int) -> list[list[bytes]]:
-    """``count`` registrations of distinct UEs (user, host, tag, Call-ID, flow token), so that
-    no per-text memo carries over from one registration to the next, as under real load."""
+    """``count`` registrations of distinct UEs, so that no per-text memo carries over from
+    one registration to the next, as under real load."""
     template = registration_messages()
     variants = []
     for number in range(count):
         messages = template
-        for index, original in enumerate(_PER_UE):
-            unique = f"{index}{number:0{len(original) - 1}x}".encode()[-len(original) :]
+        for index, original in enumerate(_PER_REGISTRATION):
+            unique = f"{index:x}{number:0{len(original) - 1}x}".encode()[-len(original) :]
             messages = [m.replace(original, unique) for m in messages]
         variants.append(messages)
     return variants

@@ -9,10 +9,10 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
-from functools import lru_cache
 from typing import Callable, TypeVar
 
 from epcscf.sip.message import Headers, Message
+from epcscf.sip.params import memoised_by_text
 from epcscf.sip.uri import (
     HOSTNAME_RE,
     IPV6_RE,
@@ -139,6 +139,10 @@ class Via:
     def __str__(self) -> str:
         return f"{self.protocol}/{self.transport} {self.sent_by}{self.params.serialize()}"
 
+    def copy(self) -> "Via":
+        """An independent copy (parameters included)."""
+        return Via(self.transport, self.host, self.port, self.params.copy(), self.protocol)
+
 
 def parse_via(value: str) -> Via:
     """One Via value (not a list)."""
@@ -176,6 +180,13 @@ _FAST_VIA_PARTS_RE = re.compile(
 
 
 def _parse_first_via(line: str) -> Via:
+    """The first Via of a header line: a new object every call.  The parse behind it is
+    memoised by text (bounded), since a Via line recurs in the request and its responses, at
+    the eP-CSCF and at the core; the memo's objects never leave it."""
+    return _first_via_memo(line).copy()
+
+
+def _read_first_via(line: str) -> Via:
     first = line.split(",", 1)[0] if '"' not in line else split_header_list(line)[0]
     if "ttl" not in first:  # RFC 3261 §18.2.1 ttl has its own range check: full parse
         match = _FAST_VIA_PARTS_RE.match(first)
@@ -188,6 +199,9 @@ def _parse_first_via(line: str) -> Via:
                 return parse_via(first)
             return Via(transport.upper(), host, int(port_text) if port_text else None, params)
     return parse_via(first)
+
+
+_first_via_memo = memoised_by_text(_read_first_via)
 
 
 def top_via(message: Message) -> Via | None:
@@ -240,6 +254,9 @@ class CSeq:
         return f"{self.number} {self.method}"
 
 
+# CSeq is frozen, so one parse of a text can be shared by every message that carries it
+# (the request and its responses, at the eP-CSCF and at the core).
+@memoised_by_text
 def parse_cseq(value: str) -> CSeq:
     parts = value.split()
     if len(parts) != 2:
@@ -345,14 +362,14 @@ def _tag(header: str, value: str) -> str | None:
     return parse_address(header, value).tag
 
 
-# The tag is a pure function of the value text and an immutable str: memoised across messages
-# (bounded), since a dialog's From/To texts recur in every message, at the eP-CSCF and at the core.
-@lru_cache(maxsize=4096)
+# The tag is a pure function of the value text and an immutable str: memoised across messages,
+# since a dialog's From/To texts recur in every message, at the eP-CSCF and at the core.
+@memoised_by_text
 def _from_tag(value: str) -> str | None:
     return _tag("From", value)
 
 
-@lru_cache(maxsize=4096)
+@memoised_by_text
 def _to_tag(value: str) -> str | None:
     return _tag("To", value)
 

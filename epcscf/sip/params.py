@@ -8,7 +8,8 @@ re-exported by ``epcscf.sip.uri`` (import them from there).
 from __future__ import annotations
 
 import re
-from typing import Iterable, Iterator, MutableMapping
+from functools import lru_cache, wraps
+from typing import Callable, Iterable, Iterator, MutableMapping, TypeVar
 
 
 class UriError(ValueError):
@@ -93,6 +94,31 @@ class Params(MutableMapping[str, "str | None"]):
             f";{name}" if value is None else f";{name}={value}" for name, value in self._items.values()
         )
 
+
+# Longest text whose parse or verdict the sip modules memoise (a memo keeps its keys alive):
+# From/To/Contact/Path/Via texts are far shorter; anything longer is simply parsed.
+MEMO_TEXT_LENGTH = 512
+MEMO_ENTRIES = 4096
+
+_Result = TypeVar("_Result")
+
+
+def memoised_by_text(parse: Callable[[str], _Result]) -> Callable[[str], _Result]:
+    """``parse`` remembered for the last ``MEMO_ENTRIES`` texts up to ``MEMO_TEXT_LENGTH`` long.
+
+    Header texts recur: the core reads the very From/To/Contact/Path/Via/CSeq texts the
+    eP-CSCF read, and a dialog repeats them in every message.  Only for a pure ``parse``
+    whose result is immutable or is copied before it leaves its module (the memo's objects
+    must never reach a caller who could change them).  A text that raises is not kept: it
+    raises again each time.
+    """
+    remembered = lru_cache(maxsize=MEMO_ENTRIES)(parse)
+
+    @wraps(parse)
+    def memoised(text: str) -> _Result:
+        return remembered(text) if len(text) <= MEMO_TEXT_LENGTH else parse(text)
+
+    return memoised
 
 # RFC 3261 §25.1 token (also method and parameter names).
 TOKEN_RE = re.compile(r"[A-Za-z0-9\-.!%*_+`'~]+\Z")

@@ -23,7 +23,6 @@ from __future__ import annotations
 import re
 import secrets
 from dataclasses import dataclass
-from functools import lru_cache
 
 from epcscf.sip.headers import (
     FAST_ADDRESS_RE,
@@ -37,6 +36,7 @@ from epcscf.sip.headers import (
     parse_via_list,
 )
 from epcscf.sip.message import COMPACT_FORMS, Request, Response, make_response
+from epcscf.sip.params import memoised_by_text
 from epcscf.sip.uri import TOKEN_RE, SipUri, UriError, parse_name_addr, parse_uri
 
 __all__ = [
@@ -263,6 +263,8 @@ def _parse_start_line(line: str, limits: ParserLimits) -> tuple[Request | Respon
 
 
 def _check_version(version: str) -> SipParseError | None:
+    if version == "SIP/2.0":  # as every message writes it
+        return None
     match = _VERSION_RE.match(version)
     if match is None:
         return SipParseError(400, _bad(f"malformed SIP-Version {version[:20]!r}"))
@@ -287,17 +289,10 @@ def _parse_status_line(line: str) -> tuple[Response, SipParseError | None]:
     return response, _check_version(version)
 
 
-# Longest address text whose verdict is memoised: the cache holds its keys, and a
-# registration's From/To/Contact are well below this.
-_MEMO_ADDRESS_LENGTH = 512
-
-
-@lru_cache(maxsize=4096)
+@memoised_by_text
 def _address_problem(value: str) -> str | None:
     """Why ``value`` is not a name-addr/addr-spec (RFC 3261 §20.10), or None when it is one.
-
-    Pure (an immutable verdict on the text), so memoised: the core re-checks the very
-    From/To/Contact texts the eP-CSCF checked, and a dialog repeats them in every message."""
+    A pure verdict on the text, so memoised."""
     if FAST_ADDRESS_RE.match(value) is not None:
         return None
     try:
@@ -308,9 +303,6 @@ def _address_problem(value: str) -> str | None:
 
 
 def _check_address(header: str, value: str) -> None:
-    if len(value) > _MEMO_ADDRESS_LENGTH:
-        parse_address(header, value)
-        return
     problem = _address_problem(value)
     if problem is not None:
         raise HeaderError(header, problem)  # what parse_address raises
@@ -329,6 +321,17 @@ def _check_via(value: str) -> None:
             parse_via(item)
 
 
+@memoised_by_text
+def _via_line_problem(value: str) -> tuple[str, str] | None:
+    """(header, reason) of what is wrong with a Via line, or None: a pure verdict, memoised
+    (a Via line recurs in the request and its responses, at the eP-CSCF and at the core)."""
+    try:
+        _check_via(value)
+    except HeaderError as error:
+        return error.header, error.reason
+    return None
+
+
 def _check_headers(message: Request | Response, values: dict[str, list[str]]) -> None:
     for key in SINGLE_VALUE_HEADERS:
         if len(values.get(key, ())) > 1:
@@ -340,7 +343,9 @@ def _check_headers(message: Request | Response, values: dict[str, list[str]]) ->
         raise SipParseError(400, _bad("missing " + ", ".join(missing)), message)
     try:
         for value in values["via"]:
-            _check_via(value)
+            via_problem = _via_line_problem(value)
+            if via_problem is not None:
+                raise HeaderError(*via_problem)
         cseq_text = values["cseq"][0]
         cseq_value = message.headers._views[("cseq", cseq_text)] = parse_cseq(cseq_text)  # kept: headers.cseq
         for key in ("from", "to"):

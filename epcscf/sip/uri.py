@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
-from functools import lru_cache
 from urllib.parse import unquote
 
 # Parameters and quoted strings live in their own module; these names stay importable from here.
@@ -19,6 +18,7 @@ from epcscf.sip.params import (
     TOKEN_RE,
     Params,
     UriError,
+    memoised_by_text,
     parse_header_params,
     scan_quoted as _scan_quoted,
 )
@@ -162,7 +162,14 @@ _FAST_URI_PARAM_RE = re.compile(rf";({_URI_PARAMCHARS})(?:=({_URI_PARAMCHARS}))?
 
 
 def parse_uri(text: str) -> Uri:
-    """Parse a URI; raises ``UriError`` naming what is wrong."""
+    """Parse a URI; raises ``UriError`` naming what is wrong.
+
+    Every call returns a new object, which the caller may change; the parse behind it is
+    memoised by text (bounded), like ``parse_name_addr``."""
+    return _parsed_uri(text).copy()
+
+
+def _parse_uri(text: str) -> Uri:
     match = _FAST_SIP_URI_RE.fullmatch(text)
     if match is not None:
         scheme, user, host, port_text, param_text = match.groups()
@@ -339,18 +346,12 @@ def _unquote_display(quoted: str) -> str:
     return re.sub(r"\\(.)", r"\1", quoted[1:-1], flags=re.S)
 
 
-# Longest text whose parse is memoised (the memo keeps its keys alive).
-_MEMO_TEXT_LENGTH = 512
-
-
 def parse_name_addr(text: str) -> NameAddr:
     """One From/To/Contact/Route value.  Raises ``UriError``.
 
     Every call returns new objects, which the caller may change.  The parse behind them is
     memoised by text (bounded): a registration's To, From, Contact and Path texts recur in
     most of its messages, at the eP-CSCF and again at the core."""
-    if len(text) > _MEMO_TEXT_LENGTH:
-        return _parse_name_addr(text)
     return _parsed_name_addr(text).copy()
 
 
@@ -390,9 +391,10 @@ def _parse_name_addr(text: str) -> NameAddr:
     return NameAddr(uri, display, parse_header_params(rest[gt + 1 :]), quoted)
 
 
-# The memo's objects never leave it (callers get copies), so nothing a caller does to its
+# The memos' objects never leave them (callers get copies), so nothing a caller does to its
 # result can show up in another's; a text that does not parse raises every time.
-_parsed_name_addr = lru_cache(maxsize=4096)(_parse_name_addr)
+_parsed_name_addr = memoised_by_text(_parse_name_addr)
+_parsed_uri = memoised_by_text(_parse_uri)
 
 
 def split_list(text: str) -> list[str]:
