@@ -31,7 +31,6 @@ The core is a loopback lab core: any peer may subscribe to any of its users.
 from __future__ import annotations
 
 import hashlib
-import secrets
 import xml.etree.ElementTree as ElementTree
 from dataclasses import dataclass, field
 from typing import Any, Callable
@@ -40,6 +39,7 @@ from twisted.internet.interfaces import IDelayedCall
 from twisted.logger import Logger
 
 from epcscf.core.location import Binding, LocationService
+from epcscf.core.randomness import random_hex
 from epcscf.sip import proxy_rules as rules
 from epcscf.sip.connection import Connection
 from epcscf.sip.headers import HeaderError, from_address, to_address
@@ -122,7 +122,7 @@ class RegEventNotifier:
 
     def subscribe(self, request: Request, server_transaction: Any, aor: str) -> None:
         """A new reg-event SUBSCRIBE for ``aor`` (one of our users)."""
-        local_tag = secrets.token_hex(6)
+        local_tag = random_hex(6)
         try:
             subscriber = from_address(request)
             target = to_address(request)
@@ -298,7 +298,7 @@ class RegEventNotifier:
         def send(connection: Connection) -> None:
             local = self.transports.local_address(connection.transport) or connection.local
             request.headers.insert_first(
-                "Via", f"SIP/2.0/{connection.transport} {local};branch=z9hG4bK{secrets.token_hex(10)};rport"
+                "Via", f"SIP/2.0/{connection.transport} {local};branch=z9hG4bK{random_hex(10)};rport"
             )
             self.transactions.send_request(request, connection, _NotifyUser(self, subscription))
 

@@ -35,13 +35,13 @@ registered first; the first 2xx wins and the other branches are CANCELled
 
 from __future__ import annotations
 
-import secrets
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Callable
 
 from twisted.internet import defer
 
 from epcscf.core.location import LocationService, aor_of
+from epcscf.core.randomness import random_hex
 from epcscf.sip import proxy_rules as rules
 from epcscf.sip.headers import HeaderError, to_tag
 from epcscf.sip.message import Request, Response, make_response
@@ -176,7 +176,7 @@ class CoreProxyPolicy:
         request = context.request
         decision = self.router.route(request, originating)
         if isinstance(decision, Refuse):
-            return Reject(make_response(request, decision.status, decision.reason, to_tag=secrets.token_hex(6)))
+            return Reject(make_response(request, decision.status, decision.reason, to_tag=random_hex(6)))
         if isinstance(decision, FollowRoute):
             return self._forward(context, [request], record=False)
         branches = [self._branch_request(request, decision, destination) for destination in decision.destinations]
@@ -227,7 +227,7 @@ class CoreProxyPolicy:
                     record_route = self._own.record_route_for(context.connection.transport, targets[0].transport)
                 forwards.append(Forward(outgoing, targets, record_route))
             if not forwards:
-                return Reject(make_response(request, 404, "No Route To Destination", to_tag=secrets.token_hex(6)))
+                return Reject(make_response(request, 404, "No Route To Destination", to_tag=random_hex(6)))
             return forwards[0] if len(forwards) == 1 else forwards
 
         return defer.gatherResults(lookups, consumeErrors=True).addCallback(decide)
