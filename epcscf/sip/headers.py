@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from typing import Callable, TypeVar
 
 from epcscf.sip.message import Headers, Message
-from epcscf.sip.params import memoised_by_text
+from epcscf.sip.params import memoised_by_text, read_matched_header_params
 from epcscf.sip.uri import (
     HOSTNAME_RE,
     IPV6_RE,
@@ -193,15 +193,29 @@ def _read_first_via(line: str) -> Via:
         if match is not None:
             # The common shape, read without the general pattern (same result as parse_via).
             transport, host, port_text, param_text = match.groups()
-            try:
-                params = parse_header_params(param_text) if param_text else Params()
-            except UriError:
-                return parse_via(first)
+            params = Params.from_found(read_matched_header_params(param_text)) if param_text else Params()
             return Via(transport.upper(), host, int(port_text) if port_text else None, params)
     return parse_via(first)
 
 
 _first_via_memo = memoised_by_text(_read_first_via)
+
+
+def check_via_line(value: str) -> None:
+    """Raises ``HeaderError`` exactly when ``parse_via_list(value)`` does, without building
+    every Via: the parser's check of each Via line."""
+    if "," not in value:
+        try:
+            _first_via_memo(value)  # a valid one-Via line: its parse is then the top-Via view's
+        except HeaderError:
+            parse_via_list(value)  # names the problem
+        return
+    items = split_header_list(value)
+    if not items:
+        parse_via_list(value)  # raises: empty value
+    for item in items:  # what parse_via_list checks, with the fast pattern first
+        if "ttl" in item or FAST_VIA_RE.match(item) is None:
+            parse_via(item)
 
 
 def top_via(message: Message) -> Via | None:
@@ -349,27 +363,44 @@ def to_view(message: Message) -> NameAddr | None:
     return None if value is None else cached_view(headers, "to", value, _parse_to)
 
 
-def _tag(header: str, value: str) -> str | None:
-    """The tag of a From/To value; raises ``HeaderError`` exactly when ``parse_address`` does."""
+@memoised_by_text
+def _address_facts(value: str) -> tuple[str | None, str | None]:
+    """``(problem, tag)`` of a From/To/Contact text: why it is not a name-addr/addr-spec
+    (RFC 3261 §20.10; None when it is one) and its tag parameter.  A pure reading of the
+    text, so memoised: the parser's check and the tag views share it."""
     match = FAST_ADDRESS_RE.match(value)
     if match is not None:
         # A valid address (the pattern accepts a subset of the grammar): only its header
-        # parameters need reading, no URI parse.
-        try:
-            return parse_header_params(match.group("params") or match.group("spec_params") or "").get("tag")
-        except UriError:
-            pass  # not expected after the match; the full parse names the problem
-    return parse_address(header, value).tag
+        # parameters need reading, no URI parse.  The last "tag" counts, as in ``Params``.
+        found = read_matched_header_params(match.group("params") or match.group("spec_params") or "")
+        for name, param_value in reversed(found):
+            if name.lower() == "tag":
+                return None, param_value or None
+        return None, None
+    try:
+        return None, parse_name_addr(value).tag
+    except UriError as error:
+        return str(error), None
 
 
-# The tag is a pure function of the value text and an immutable str: memoised across messages,
-# since a dialog's From/To texts recur in every message, at the eP-CSCF and at the core.
-@memoised_by_text
+def address_problem(value: str) -> str | None:
+    """Why ``value`` is not a name-addr/addr-spec, or None: ``parse_address`` raises exactly
+    when this is not None, with this reason."""
+    return _address_facts(value)[0]
+
+
+def _tag(header: str, value: str) -> str | None:
+    """The tag of a From/To value; raises ``HeaderError`` exactly when ``parse_address`` does."""
+    problem, tag = _address_facts(value)
+    if problem is not None:
+        raise HeaderError(header, problem)
+    return tag
+
+
 def _from_tag(value: str) -> str | None:
     return _tag("From", value)
 
 
-@memoised_by_text
 def _to_tag(value: str) -> str | None:
     return _tag("To", value)
 

@@ -269,6 +269,12 @@ class Message(ABC):
 
     def serialize(self) -> bytes:
         """Wire form with a correct Content-Length (RFC 3261 §20.14)."""
+        headers = self.headers
+        index = headers._index
+        if index is not None and index.get("content-length") == [str(len(self.body))]:
+            # One Content-Length and it is right (the common case): every line goes out as it is.
+            lines = [self.start_line(), *[f"{name}: {value}" for name, value in headers._items], "\r\n"]
+            return "\r\n".join(lines).encode("utf-8", "surrogateescape") + self.body
         lines = [self.start_line()]
         append = lines.append
         have_length = False

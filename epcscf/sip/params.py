@@ -163,6 +163,13 @@ def parse_header_params(text: str) -> Params:
     return _scan_header_params(text)
 
 
+def read_matched_header_params(text: str) -> list[tuple[str, str]]:
+    """The ``(name, value)`` pairs of header parameters ``text`` that a stricter pattern has
+    already matched (the fast Via and address patterns of ``epcscf.sip.headers``): read
+    without checking again.  ``""`` stands for no value, as in ``Params.from_found``."""
+    return _HEADER_PARAM_RE.findall(text)
+
+
 def _scan_header_params(text: str) -> Params:
     # The general reader, reached only by text the pattern above rejects: it names the problem.
     params = Params()

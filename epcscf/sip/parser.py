@@ -25,19 +25,18 @@ import secrets
 from dataclasses import dataclass
 
 from epcscf.sip.headers import (
-    FAST_ADDRESS_RE,
-    FAST_VIA_RE,
     HeaderError,
+    address_problem,
+    check_via_line,
     parse_address,
     split_header_list,
     parse_cseq,
     parse_max_forwards,
-    parse_via,
     parse_via_list,
 )
 from epcscf.sip.message import COMPACT_FORMS, Request, Response, make_response
 from epcscf.sip.params import memoised_by_text
-from epcscf.sip.uri import TOKEN_RE, SipUri, UriError, parse_name_addr, parse_uri
+from epcscf.sip.uri import TOKEN_RE, SipUri, UriError, parse_uri
 
 __all__ = [
     "ParserLimits",
@@ -289,36 +288,10 @@ def _parse_status_line(line: str) -> tuple[Response, SipParseError | None]:
     return response, _check_version(version)
 
 
-@memoised_by_text
-def _address_problem(value: str) -> str | None:
-    """Why ``value`` is not a name-addr/addr-spec (RFC 3261 §20.10), or None when it is one.
-    A pure verdict on the text, so memoised."""
-    if FAST_ADDRESS_RE.match(value) is not None:
-        return None
-    try:
-        parse_name_addr(value)
-    except UriError as error:
-        return str(error)
-    return None
-
-
 def _check_address(header: str, value: str) -> None:
-    problem = _address_problem(value)
+    problem = address_problem(value)  # memoised: the core re-checks the eP-CSCF's texts
     if problem is not None:
         raise HeaderError(header, problem)  # what parse_address raises
-
-
-def _check_via(value: str) -> None:
-    if "," not in value:
-        if "ttl" in value or FAST_VIA_RE.match(value) is None:
-            parse_via_list(value)
-        return
-    items = split_header_list(value)
-    if not items:
-        parse_via_list(value)  # raises: empty value
-    for item in items:  # what parse_via_list checks, with the fast pattern first
-        if "ttl" in item or FAST_VIA_RE.match(item) is None:
-            parse_via(item)
 
 
 @memoised_by_text
@@ -326,7 +299,7 @@ def _via_line_problem(value: str) -> tuple[str, str] | None:
     """(header, reason) of what is wrong with a Via line, or None: a pure verdict, memoised
     (a Via line recurs in the request and its responses, at the eP-CSCF and at the core)."""
     try:
-        _check_via(value)
+        check_via_line(value)
     except HeaderError as error:
         return error.header, error.reason
     return None

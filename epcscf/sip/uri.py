@@ -377,7 +377,7 @@ def _parse_name_addr(text: str) -> NameAddr:
             uri_text = uri_text.rstrip(_LWS)
             if "?" in uri_text or "," in uri_text:
                 raise UriError(f"URI with '?' or ',' must be enclosed in angle brackets: {text!r}")
-            uri = parse_uri(uri_text)
+            uri = _parse_uri(uri_text)  # the memo keeps this object: not parse_uri's copy
             return NameAddr(uri, None, parse_header_params(";" + param_text) if semi else Params())
         name_part = text[:lt].strip(_LWS)
         if not _DISPLAY_TOKENS_RE.match(name_part):
@@ -387,7 +387,7 @@ def _parse_name_addr(text: str) -> NameAddr:
     gt = rest.find(">")
     if gt < 0:
         raise UriError(f"'<' without '>' in {text!r}")
-    uri = parse_uri(rest[1:gt])
+    uri = _parse_uri(rest[1:gt])
     return NameAddr(uri, display, parse_header_params(rest[gt + 1 :]), quoted)
 
 
