@@ -17,12 +17,17 @@ from epcscf.sip import headers as header_views
 from epcscf.sip.headers import (
     FAST_ADDRESS_RE,
     HeaderError,
+    address_problem,
+    check_via_line,
     cseq,
     from_tag,
     parse_address,
+    parse_via_list,
     to_tag,
+    top_via,
     top_via_view,
 )
+from epcscf.sip.message import Request, Response
 from epcscf.sip.params import Params, _scan_header_params, parse_header_params
 from epcscf.sip.parser import SipParseError, parse_message
 from epcscf.sip.uri import (
@@ -104,6 +109,18 @@ def _address(rng: random.Random) -> str:
     return rng.choice(["", " "]) + text + _header_params(rng)
 
 
+def _via_line(rng: random.Random) -> str:
+    vias = []
+    for _ in range(rng.choice([1, 1, 1, 2])):
+        text = rng.choice(["SIP/2.0/", "SIP/2.0/", "sip / 2.0 / ", "SIP/3.0/"]) + rng.choice(["UDP", "WS", "tcp", "T@"])
+        text += rng.choice([" ", "  ", "\t"]) + rng.choice(["127.0.0.1", "h.invalid", "[::1]", "-h", "h h"])
+        if rng.random() < 0.5:
+            text += ":" + rng.choice(["5060", "40800", "65536", "x", ""])
+        text += _header_params(rng).replace("tag", "branch").replace("expires", "ttl")
+        vias.append(text)
+    return ", ".join(vias)
+
+
 def _random_texts(seed: int, make, count: int) -> list[str]:  # type: ignore[no-untyped-def]
     rng = random.Random(seed)
     return [_mutated(rng, make(rng)) for _ in range(count)]
@@ -128,6 +145,35 @@ class HeaderParamsFastPathTests(SynchronousTestCase):
         self.assertEqual(list(params._items.values()), [("Tag", "2")])
 
 
+class ViaCheckTests(SynchronousTestCase):
+    def test_line_check_raises_exactly_when_the_list_parse_does(self) -> None:
+        texts = _random_texts(5, _via_line, 4000) + ["", " ", "SIP/2.0/UDP h;ttl=256", "SIP/2.0/UDP h;ttl=1"]
+        valid = 0
+        for text in texts:
+            expected = _outcome(parse_via_list, text)
+            self.assertEqual(_outcome(check_via_line, text)[0], expected[0], text)
+            if expected[0] == "error":
+                self.assertEqual(_outcome(check_via_line, text), expected, text)
+            else:
+                valid += 1
+                self.assertEqual(_parts(top_via_of(text)), _parts(parse_via_list(text)[0]), text)
+        self.assertGreater(valid, 500)
+
+    def test_top_via_is_a_new_object_every_time(self) -> None:
+        message = Request("OPTIONS", "sip:h")
+        message.headers.add("Via", "SIP/2.0/UDP h;branch=z9hG4bK1")
+        first = top_via(message)
+        assert first is not None
+        first.params["received"] = "192.0.2.1"
+        self.assertNotIn("received", top_via(message).params)  # type: ignore[union-attr]
+
+
+def top_via_of(line: str):  # type: ignore[no-untyped-def]
+    message = Response(200)
+    message.headers.add("Via", line)
+    return top_via(message)
+
+
 class UriFastPathTests(SynchronousTestCase):
     def test_same_result_or_error_as_the_general_reader(self) -> None:
         texts = _random_texts(2, _uri, 4000) + [
@@ -135,6 +181,11 @@ class UriFastPathTests(SynchronousTestCase):
         ]
         for text in texts:
             self.assertEqual(_outcome(parse_uri, text), _outcome(_parse_uri_general, text), text)
+
+    def test_each_call_returns_a_new_uri(self) -> None:
+        first = parse_uri("sip:alice@h;transport=ws")
+        first.params["transport"] = "tcp"  # type: ignore[union-attr]
+        self.assertEqual(str(parse_uri("sip:alice@h;transport=ws")), "sip:alice@h;transport=ws")
 
     def test_fast_uri_reads_every_part(self) -> None:
         uri = parse_uri("SIP:cQ36@127.0.0.1:40800;transport=udp;lr;ob")
@@ -155,6 +206,14 @@ class AddressFastPathTests(SynchronousTestCase):
             full = parse_address("From", text)  # must not raise
             self.assertEqual(header_views._tag("From", text), full.tag, text)
         self.assertGreater(accepted, 300)  # the seeded texts do exercise the pattern
+
+    def test_address_problem_is_parse_address_s_error(self) -> None:
+        for text in _random_texts(6, _address, 3000):
+            outcome = _outcome(lambda value: parse_address("Contact", value), text)
+            problem = address_problem(text)
+            self.assertEqual(problem is None, outcome[0] == "ok", text)
+            if problem is not None:
+                self.assertEqual(outcome[1], f"Contact: {problem}")
 
     def test_quoted_angle_after_an_addr_spec_is_refused(self) -> None:
         # The full parser reads the first '<' as a name-addr: the fast pattern must not accept it.
@@ -250,3 +309,36 @@ class RegistrationMessagesTests(SynchronousTestCase):
         (path,) = parse_name_addr_list(final.headers.get("path") or "")
         self.assertEqual(path.uri.port, 40800)  # type: ignore[union-attr]
         self.assertIn("lr", path.uri.params)  # type: ignore[union-attr]
+
+
+def _serialize_line_by_line(message: Request | Response) -> bytes:
+    """Message.serialize's general rule: lines as they are, Content-Length rewritten, once."""
+    lines = [message.start_line()]
+    have_length = False
+    for name, value in message.headers:
+        if name.lower() in ("content-length", "l"):
+            if not have_length:
+                lines.append(f"{name}: {len(message.body)}")
+            have_length = True
+        else:
+            lines.append(f"{name}: {value}")
+    if not have_length:
+        lines.append(f"Content-Length: {len(message.body)}")
+    return ("\r\n".join(lines) + "\r\n\r\n").encode("utf-8", "surrogateescape") + message.body
+
+
+class SerializeTests(SynchronousTestCase):
+    def test_right_wrong_missing_and_repeated_content_length(self) -> None:
+        data = _registration_messages()[0]
+        for change in (
+            lambda m: None,
+            lambda m: setattr(m, "body", b"hello"),
+            lambda m: m.headers.remove("content-length"),
+            lambda m: m.headers.add("l", "0"),
+            lambda m: m.headers.set("Content-Length", "00"),
+        ):
+            message = parse_message(data)
+            change(message)
+            self.assertEqual(message.serialize(), _serialize_line_by_line(message))
+            copied = message.copy()  # no lookup index yet: the general rule
+            self.assertEqual(copied.serialize(), _serialize_line_by_line(message))

@@ -164,10 +164,13 @@ class Headers:
             self._index = index
         return index
 
+    # The readers below inline ``_lookup``'s first test: they run for every view of every message.
+
     def __contains__(self, name: object) -> bool:
         if not isinstance(name, str):
             return False
-        return (_CANONICAL_CACHE.get(name) or canonical_name(name)) in self._lookup()
+        index = self._index if self._index is not None else self._lookup()
+        return (_CANONICAL_CACHE.get(name) or canonical_name(name)) in index
 
     def copy(self) -> "Headers":
         # Views are immutable facts about value texts: the copy may reuse them.
@@ -175,16 +178,19 @@ class Headers:
 
     def get(self, name: str, default: str | None = None) -> str | None:
         """First value of a header line named ``name``, or ``default``."""
-        values = self._lookup().get(_CANONICAL_CACHE.get(name) or canonical_name(name))
+        index = self._index if self._index is not None else self._lookup()
+        values = index.get(_CANONICAL_CACHE.get(name) or canonical_name(name))
         return values[0] if values else default
 
     def get_all(self, name: str) -> list[str]:
         """Every header line's value for ``name``, in order (lines not split)."""
-        values = self._lookup().get(_CANONICAL_CACHE.get(name) or canonical_name(name))
+        index = self._index if self._index is not None else self._lookup()
+        values = index.get(_CANONICAL_CACHE.get(name) or canonical_name(name))
         return list(values) if values else []
 
     def count(self, name: str) -> int:
-        values = self._lookup().get(_CANONICAL_CACHE.get(name) or canonical_name(name))
+        index = self._index if self._index is not None else self._lookup()
+        values = index.get(_CANONICAL_CACHE.get(name) or canonical_name(name))
         return len(values) if values else 0
 
     def add(self, name: str, value: str) -> None:

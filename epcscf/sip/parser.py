@@ -90,6 +90,7 @@ SINGLE_VALUE_HEADERS = frozenset(
 MANDATORY_REQUEST_HEADERS = ("via", "from", "to", "call-id", "cseq")
 # Response needs Via and CSeq to find its transaction (RFC 3261 §17.1.3).
 MANDATORY_RESPONSE_HEADERS = ("via", "from", "to", "call-id", "cseq")
+_MANDATORY_KEYS = frozenset(MANDATORY_REQUEST_HEADERS) | frozenset(MANDATORY_RESPONSE_HEADERS)
 
 _SPELLING = {"via": "Via", "from": "From", "to": "To", "call-id": "Call-ID", "cseq": "CSeq",
              "max-forwards": "Max-Forwards", "content-length": "Content-Length",
@@ -307,22 +308,24 @@ def _via_line_problem(value: str) -> tuple[str, str] | None:
 
 def _check_headers(message: Request | Response, values: dict[str, list[str]]) -> None:
     for key in SINGLE_VALUE_HEADERS:
-        if len(values.get(key, ())) > 1:
+        found = values.get(key)
+        if found is not None and len(found) > 1:
             _raise_first_duplicate(message)
-    present = values
-    mandatory = MANDATORY_REQUEST_HEADERS if isinstance(message, Request) else MANDATORY_RESPONSE_HEADERS
-    missing = [_SPELLING[key] for key in mandatory if key not in present]
-    if missing:
+    is_request = isinstance(message, Request)
+    if not values.keys() >= _MANDATORY_KEYS:
+        mandatory = MANDATORY_REQUEST_HEADERS if is_request else MANDATORY_RESPONSE_HEADERS
+        missing = [_SPELLING[key] for key in mandatory if key not in values]
         raise SipParseError(400, _bad("missing " + ", ".join(missing)), message)
+    views = message.headers._views
     try:
         for value in values["via"]:
             via_problem = _via_line_problem(value)
             if via_problem is not None:
                 raise HeaderError(*via_problem)
         cseq_text = values["cseq"][0]
-        cseq_value = message.headers._views[("cseq", cseq_text)] = parse_cseq(cseq_text)  # kept: headers.cseq
-        for key in ("from", "to"):
-            _check_address(_SPELLING[key], values[key][0])
+        cseq_value = views[("cseq", cseq_text)] = parse_cseq(cseq_text)  # kept: headers.cseq
+        _check_address("From", values["from"][0])
+        _check_address("To", values["to"][0])
         # RFC 3261 §20.10 / RFC 4475 §3.1.2.13: a Contact URI with headers must be in <>.
         for value in values.get("contact", ()):
             if value.strip() != "*":
@@ -335,7 +338,7 @@ def _check_headers(message: Request | Response, values: dict[str, list[str]]) ->
     call_id = values["call-id"][0]
     if not _CALL_ID_RE.match(call_id):
         raise SipParseError(400, _bad("malformed Call-ID"), message)
-    if isinstance(message, Request) and cseq_value.method != message.method:
+    if is_request and cseq_value.method != message.method:
         # RFC 3261 §8.1.1.5 / RFC 4475 §3.1.2.17, §3.1.2.18
         raise SipParseError(400, _bad("CSeq method does not match the request method"), message)
 
