@@ -190,4 +190,4 @@ class RefreshTests(unittest.TestCase):
             clock.advance(1000)
         self.assertEqual(self.registrations.all(), [])
         self.assertEqual(reference.all(), [])
-        self.assertEqual(self.registrations._by_source, {})  # nothing kept for bindings gone
+        self.assertEqual(self.registrations._by_flow, {})  # nothing kept for bindings gone

@@ -54,6 +54,14 @@ def _supports_path(request: Request) -> bool:
     return False
 
 
+def _asks_outbound(contacts: list[str]) -> bool:
+    """RFC 5626 §4.2: a UA that wants outbound puts reg-id in its Contact."""
+    for value in contacts:
+        if "reg-id" in value or "reg-id" in value.lower():  # lower-case as written: no copy
+            return True
+    return False
+
+
 def _new_tag() -> str:
     return secrets.token_hex(6)
 
@@ -273,7 +281,7 @@ class PcscfPolicy:
         strip_untrusted_headers(request)
         headers = request.headers
         # RFC 5626 §5.1: an edge proxy adds ;ob to its Path URI when the UA asked for outbound.
-        outbound = any("reg-id" in value.lower() for value in headers.get_all("contact"))
+        outbound = _asks_outbound(headers.get_all("contact"))
         headers.insert_first("Path", self.addresses.path_value(token, outbound))
         # RFC 3327 §5.2: tell the registrar that Path is used.
         if not _supports_path(request):

@@ -19,7 +19,7 @@ exactly what parsing it again would have produced.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Callable, NamedTuple
+from typing import Callable
 
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 
@@ -45,8 +45,8 @@ class RegistrationBinding:
     outbound: bool = False  # the WIC asked for RFC 5626 outbound (;ob in Path)
     _timer: IDelayedCall | None = field(default=None, repr=False, compare=False)
     _key: tuple[str, str] | None = field(default=None, repr=False, compare=False)
-    #: the texts this binding was made from (a refresh with the same texts reuses it)
-    _source: RegisterSource | None = field(default=None, repr=False, compare=False)
+    #: what this binding was made from (a refresh with the same texts reuses it)
+    _recorded: _Recorded | None = field(default=None, repr=False, compare=False)
 
     @property
     def default_identity(self) -> str:
@@ -64,19 +64,20 @@ class RegistrationBinding:
         return key
 
 
-class RegisterSource(NamedTuple):
+@dataclass(frozen=True)
+class RegisterSource:
     """Every input of ``Registrations.record`` but the time, as the texts that arrived."""
 
     flow_id: str
     origin: str | None
     outbound: bool
     to: str | None  # the REGISTER's To (the AOR)
-    contacts: tuple[str, ...]  # the REGISTER's Contact lines
+    contacts: list[str]  # the REGISTER's Contact lines
     expires: str | None  # the REGISTER's Expires
-    granted_contacts: tuple[str, ...]  # the 2xx's Contact lines (their expires=)
+    granted_contacts: list[str]  # the 2xx's Contact lines (their expires=)
     granted_expires: str | None  # the 2xx's Expires
-    associated_uris: tuple[str, ...]  # the 2xx's P-Associated-URI lines
-    service_route: tuple[str, ...]  # the 2xx's Service-Route lines
+    associated_uris: list[str]  # the 2xx's P-Associated-URI lines
+    service_route: list[str]  # the 2xx's Service-Route lines
 
     @classmethod
     def of(cls, request: Request, response: Response, flow_id: str, origin: str | None, outbound: bool) -> "RegisterSource":
@@ -86,19 +87,38 @@ class RegisterSource(NamedTuple):
             origin,
             outbound,
             asked.get("to"),
-            tuple(asked.get_all("contact")),
+            asked.get_all("contact"),
             asked.get("expires"),
-            tuple(granted.get_all("contact")),
+            granted.get_all("contact"),
             granted.get("expires"),
-            tuple(granted.get_all("p-associated-uri")),
-            tuple(granted.get_all("service-route")),
+            granted.get_all("p-associated-uri"),
+            granted.get_all("service-route"),
+        )
+
+    def made(self, request: Request, response: Response, origin: str | None, outbound: bool) -> bool:
+        """Whether this REGISTER and 2xx (on the same flow) are made of these very texts.
+
+        Compared one by one, cheapest and likeliest to differ first, so that a refresh costs
+        no parse and no copy; a REGISTER/2xx that differs usually stops at the first test."""
+        asked, granted = request.headers, response.headers
+        return (
+            self.granted_contacts == granted.get_all("contact")
+            and self.contacts == asked.get_all("contact")
+            and self.to == asked.get("to")
+            and self.service_route == granted.get_all("service-route")
+            and self.associated_uris == granted.get_all("p-associated-uri")
+            and self.granted_expires == granted.get("expires")
+            and self.expires == asked.get("expires")
+            and self.outbound == outbound
+            and self.origin == origin
         )
 
 
-@dataclass(frozen=True)
+@dataclass(eq=False)
 class _Recorded:
     """The bindings one ``RegisterSource`` made, each with the expiry it was granted."""
 
+    source: RegisterSource
     bindings: tuple[RegistrationBinding, ...]
     expires: tuple[int, ...]
 
@@ -163,8 +183,6 @@ class Registrations:
         #: the same bindings by flow id: every request from a WIC asks for its flow's binding,
         #: which must not cost a scan of every registration of the eP-CSCF
         self._by_flow: dict[str, dict[tuple[str, str], RegistrationBinding]] = {}
-        #: the bindings each REGISTER/2xx text made, while they all live (refreshes reuse them)
-        self._by_source: dict[RegisterSource, _Recorded] = {}
 
     def all(self) -> list[RegistrationBinding]:
         return list(self._bindings.values())
@@ -195,17 +213,21 @@ class Registrations:
         made of the same texts as the one that made the live bindings updates those
         bindings in place (new registration time and expiry); anything else replaces them.
         """
-        source = RegisterSource.of(request, response, flow_id, origin, outbound)
-        recorded = self._by_source.get(source)
-        if recorded is not None and self._refresh(recorded):
-            return list(recorded.bindings)
-        return self._record(source, request, response)
+        on_flow = self._by_flow.get(flow_id)
+        if on_flow:
+            # A refresh comes on the flow of the bindings it refreshes (else it moves them).
+            for binding in on_flow.values():
+                recorded = binding._recorded
+                if recorded is not None and recorded.source.made(request, response, origin, outbound) and self._refresh(recorded):
+                    return list(recorded.bindings)
+        return self._record(RegisterSource.of(request, response, flow_id, origin, outbound), request, response)
 
     def _refresh(self, recorded: _Recorded) -> bool:
         """Restart the expiry of bindings made from the same texts; False if one has gone."""
-        bindings = self._bindings
-        if any(bindings.get(binding._key) is not binding for binding in recorded.bindings):  # type: ignore[arg-type]
-            return False
+        live = self._bindings
+        for binding in recorded.bindings:
+            if live.get(binding._key) is not binding:  # type: ignore[arg-type]
+                return False
         now = self.clock.seconds()
         for binding, expires in zip(recorded.bindings, recorded.expires):
             binding.registered_at = now
@@ -228,8 +250,9 @@ class Registrations:
             for binding in [b for b in self.for_aor(aor) if b.flow_id == flow_id]:
                 self._remove(binding, "deregistered")
             return []
-        granted = _contacts(response)
         contacts = _contacts(request)
+        # The registrar usually echoes the Contact lines as they came: then they parse alike.
+        granted = contacts if source.granted_contacts == source.contacts else _contacts(response)
         live: list[RegistrationBinding] = []
         granted_expires: list[int] = []
         for contact in contacts:
@@ -270,9 +293,9 @@ class Registrations:
             granted_expires.append(expires)
         if live and len(live) == len(contacts):
             # Every contact is bound: the same texts again will be a refresh of these.
+            recorded = _Recorded(source, tuple(live), tuple(granted_expires))
             for binding in live:
-                binding._source = source
-            self._by_source[source] = _Recorded(tuple(live), tuple(granted_expires))
+                binding._recorded = recorded
         return live
 
     def _restart_timer(self, binding: RegistrationBinding, expires: float) -> None:
@@ -316,10 +339,8 @@ class Registrations:
             on_flow.pop(key, None)
             if not on_flow:
                 del self._by_flow[binding.flow_id]
-        if binding._source is not None:
-            # Those texts no longer make only live bindings: the next such 2xx is parsed again.
-            self._by_source.pop(binding._source, None)
-            binding._source = None
+        # Its texts no longer make only live bindings: the next such 2xx is parsed again.
+        binding._recorded = None
 
     def _notify(self, binding: RegistrationBinding, reason: str) -> None:
         if self.on_removed is not None:
@@ -340,7 +361,6 @@ class Registrations:
             self._cancel_timer(binding)
         self._bindings.clear()
         self._by_flow.clear()
-        self._by_source.clear()
 
 
 def _registered_at(binding: RegistrationBinding) -> float:
