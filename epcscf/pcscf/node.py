@@ -106,12 +106,11 @@ class _WsSink:
 
     def __init__(self, node: "PcscfNode") -> None:
         self.node = node
+        #: every message goes straight to the transaction layer: no frame of ours per message
+        self.message_received: Callable[[Message, WsConnection], None] = node.transactions.receive
 
     def connection_opened(self, connection: WsConnection) -> None:
         self.node.flows.open(connection, getattr(connection, "origin", None))
-
-    def message_received(self, message: Message, connection: WsConnection) -> None:
-        self.node.transactions.receive(message, connection)
 
     def connection_closed(self, connection: WsConnection, reason: CloseReason) -> None:
         self.node.flows.close(connection.id, str(reason))
@@ -139,6 +138,7 @@ class PcscfNode(Service):
         self._core_targets = core_targets
         self.flows = FlowTable(reactor)
         self.registrations = Registrations(reactor, self._binding_removed)
+        self.transactions = TransactionLayer(reactor, self, self._timers_for)
         limits = ParserLimits(
             max_message_size=config.sip.max_message_size,
             max_headers=config.sip.max_headers,
@@ -146,7 +146,7 @@ class PcscfNode(Service):
         )
         self.transports = TransportManager(
             reactor,
-            self._deliver,
+            self.transactions.receive,  # every message from the core straight to the transactions
             TransportSettings(
                 limits=limits,
                 idle_timeout=config.sip.idle_timeout,
@@ -163,7 +163,6 @@ class PcscfNode(Service):
         self.ws_factory: SipWebSocketServerFactory | None = None
         self.policy: PcscfPolicy | None = None
         self.proxy: StatefulProxy | None = None
-        self.transactions = TransactionLayer(reactor, self, self._timers_for)
         self.flows.on_close(self._flow_closed)
         self.calls: CallManager | None = None
 
@@ -184,9 +183,6 @@ class PcscfNode(Service):
     def _timers_for(self, connection: Connection) -> TimerSettings:
         # TS 24.229 Table 7.7.1: toward a UE T1/T2/T4 are 2/16/17 s, between IMS nodes 0.5/4/5 s.
         return self.wic_timers if connection.transport in WEBSOCKET else self.core_timers
-
-    def _deliver(self, message: Message, connection: Connection) -> None:
-        self.transactions.receive(message, connection)
 
     # --- lifecycle ---------------------------------------------------------------------------
 
