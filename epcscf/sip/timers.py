@@ -31,6 +31,10 @@ _EPSILON = 1e-9
 _COMPACT_AT = 64
 
 
+def _nothing() -> None:
+    pass
+
+
 @implementer(IDelayedCall)
 class QueuedCall:
     """One entry of a ``TimerQueue``: the ``IDelayedCall`` its ``callLater`` returns."""
@@ -54,6 +58,10 @@ class QueuedCall:
     def cancel(self) -> None:
         if self._pending:
             self._pending = False
+            # The entry may sit in the heap until the next compaction: let go of the
+            # callback (and the transaction it belongs to) now.
+            self._function = _nothing
+            self._args = ()
             self._queue._cancelled()
 
     def delay(self, secondsLater: float) -> None:

@@ -7,8 +7,7 @@ retransmissions, and arms timers G, H, I, J and L plus the 200 ms 100-Trying tim
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Callable, Protocol
+from typing import Callable, NamedTuple, Protocol
 
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
@@ -45,10 +44,10 @@ class TransactionUser(Protocol):
         """A response matching no client transaction (§17.1.3; 2xx retransmissions, §16.7)."""
 
 
-@dataclass(frozen=True)
-class RequestIdentity:
+class RequestIdentity(NamedTuple):
     """The fields RFC 3261 §17.2.3 matches requests on (both the branch rule and the
-    RFC 2543 fallback), read once when the request arrives."""
+    RFC 2543 fallback), read once when the request arrives.  (A NamedTuple: one is built
+    for every request received, and a tuple is the cheapest immutable record.)"""
 
     branch: str | None
     sent_by: str  # top Via sent-by, host lower-cased
