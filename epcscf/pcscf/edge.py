@@ -166,7 +166,6 @@ class PcscfPolicy:
         #: where REGISTER and requests without a Service-Route go (None: resolve the Route/R-URI)
         self.core_next_hop = list(core_next_hop) if core_next_hop else None
         self.network_id = network_id
-        self._visited_network_id = f'"{network_id}"'  # TS 24.229 §5.2.2.1 (a quoted-string)
         self.calls = calls
         #: when no fixed next hop: Deferred[list[Target]] of the configured I-CSCF/S-CSCF URIs
         self.next_hop_resolver = next_hop_resolver
@@ -174,6 +173,15 @@ class PcscfPolicy:
         self.admission: Callable[[Request], Reject | None] | None = None
         #: observer of REGISTER final responses relayed to the WIC (metrics)
         self.on_register_response: Callable[[int], None] | None = None
+
+    @property
+    def network_id(self) -> str:
+        return self._network_id
+
+    @network_id.setter
+    def network_id(self, value: str) -> None:
+        self._network_id = value
+        self._visited_network_id = f'"{value}"'  # TS 24.229 §5.2.2.1: a quoted-string, same on every REGISTER
 
     # --- ProxyPolicy ------------------------------------------------------------------------
 

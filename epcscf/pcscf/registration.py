@@ -231,8 +231,15 @@ class Registrations:
         now = self.clock.seconds()
         for binding, expires in zip(recorded.bindings, recorded.expires):
             binding.registered_at = now
-            binding.expires_at = now + expires
-            self._restart_timer(binding, expires)
+            binding.expires_at = deadline = now + expires
+            timer = binding._timer
+            if timer is not None and timer.active() and timer.getTime() <= deadline:
+                # Later than armed: twisted moves the call lazily, no heap work (RFC 3261 §10.3
+                # step 7: the binding now lasts the granted time from this refresh).
+                timer.reset(expires)
+            else:
+                self._cancel_timer(binding)
+                binding._timer = self.clock.callLater(expires, self._expire, binding)
             self._touch(binding)
         return True
 
@@ -297,15 +304,6 @@ class Registrations:
             for binding in live:
                 binding._recorded = recorded
         return live
-
-    def _restart_timer(self, binding: RegistrationBinding, expires: float) -> None:
-        timer = binding._timer
-        if timer is not None and timer.active() and timer.getTime() <= binding.expires_at:
-            # Later than armed (a refresh): twisted moves the call lazily, no heap work.
-            timer.reset(expires)
-        else:
-            self._cancel_timer(binding)
-            binding._timer = self.clock.callLater(expires, self._expire, binding)
 
     def _touch(self, binding: RegistrationBinding) -> None:
         """Move a refreshed binding last in both indexes, where a replacing one would go."""
