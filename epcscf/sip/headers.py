@@ -364,10 +364,11 @@ def to_view(message: Message) -> NameAddr | None:
 
 
 @memoised_by_text
-def _address_facts(value: str) -> tuple[str | None, str | None]:
+def address_facts(value: str) -> tuple[str | None, str | None]:
     """``(problem, tag)`` of a From/To/Contact text: why it is not a name-addr/addr-spec
-    (RFC 3261 §20.10; None when it is one) and its tag parameter.  A pure reading of the
-    text, so memoised: the parser's check and the tag views share it."""
+    (RFC 3261 §20.10; None when it is one: ``parse_address`` raises exactly then, with this
+    reason) and its tag parameter.  A pure reading of the text, so memoised: the parser's
+    check and the tag views share it."""
     match = FAST_ADDRESS_RE.match(value)
     if match is not None:
         # A valid address (the pattern accepts a subset of the grammar): only its header
@@ -384,14 +385,13 @@ def _address_facts(value: str) -> tuple[str | None, str | None]:
 
 
 def address_problem(value: str) -> str | None:
-    """Why ``value`` is not a name-addr/addr-spec, or None: ``parse_address`` raises exactly
-    when this is not None, with this reason."""
-    return _address_facts(value)[0]
+    """Why ``value`` is not a name-addr/addr-spec, or None (see ``address_facts``)."""
+    return address_facts(value)[0]
 
 
 def _tag(header: str, value: str) -> str | None:
     """The tag of a From/To value; raises ``HeaderError`` exactly when ``parse_address`` does."""
-    problem, tag = _address_facts(value)
+    problem, tag = address_facts(value)
     if problem is not None:
         raise HeaderError(header, problem)
     return tag

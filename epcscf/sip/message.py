@@ -279,7 +279,7 @@ class Message(ABC):
         index = headers._index
         if index is not None and index.get("content-length") == [str(len(self.body))]:
             # One Content-Length and it is right (the common case): every line goes out as it is.
-            lines = [self.start_line(), *[f"{name}: {value}" for name, value in headers._items], "\r\n"]
+            lines = [self.start_line(), *map(": ".join, headers._items), "\r\n"]  # "name: value"
             return "\r\n".join(lines).encode("utf-8", "surrogateescape") + self.body
         lines = [self.start_line()]
         append = lines.append

@@ -26,6 +26,7 @@ from dataclasses import dataclass
 
 from epcscf.sip.headers import (
     HeaderError,
+    address_facts,
     address_problem,
     check_via_line,
     parse_address,
@@ -35,7 +36,6 @@ from epcscf.sip.headers import (
     parse_via_list,
 )
 from epcscf.sip.message import COMPACT_FORMS, Request, Response, make_response
-from epcscf.sip.params import memoised_by_text
 from epcscf.sip.uri import TOKEN_RE, SipUri, UriError, parse_uri
 
 __all__ = [
@@ -295,17 +295,6 @@ def _check_address(header: str, value: str) -> None:
         raise HeaderError(header, problem)  # what parse_address raises
 
 
-@memoised_by_text
-def _via_line_problem(value: str) -> tuple[str, str] | None:
-    """(header, reason) of what is wrong with a Via line, or None: a pure verdict, memoised
-    (a Via line recurs in the request and its responses, at the eP-CSCF and at the core)."""
-    try:
-        check_via_line(value)
-    except HeaderError as error:
-        return error.header, error.reason
-    return None
-
-
 def _check_headers(message: Request | Response, values: dict[str, list[str]]) -> None:
     for key in SINGLE_VALUE_HEADERS:
         found = values.get(key)
@@ -319,13 +308,15 @@ def _check_headers(message: Request | Response, values: dict[str, list[str]]) ->
     views = message.headers._views
     try:
         for value in values["via"]:
-            via_problem = _via_line_problem(value)
-            if via_problem is not None:
-                raise HeaderError(*via_problem)
+            check_via_line(value)  # a one-Via line: memoised, and the top-Via view's parse
         cseq_text = values["cseq"][0]
         cseq_value = views[("cseq", cseq_text)] = parse_cseq(cseq_text)  # kept: headers.cseq
-        _check_address("From", values["from"][0])
-        _check_address("To", values["to"][0])
+        for key, spelling, tag_view in (("from", "From", "from-tag"), ("to", "To", "to-tag")):
+            text = values[key][0]
+            problem, tag = address_facts(text)  # memoised: the core re-checks the eP-CSCF's texts
+            if problem is not None:
+                raise HeaderError(spelling, problem)  # what parse_address raises
+            views[(tag_view, text)] = tag  # kept: headers.from_tag / to_tag
         # RFC 3261 §20.10 / RFC 4475 §3.1.2.13: a Contact URI with headers must be in <>.
         for value in values.get("contact", ()):
             if value.strip() != "*":
