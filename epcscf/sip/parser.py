@@ -16,6 +16,11 @@ and returns events (a framed message, a CRLFCRLF keep-alive ping, a framing erro
 
 Bytes that are not UTF-8 are kept with ``surrogateescape`` so that
 ``Message.serialize`` writes back exactly the octets that arrived.
+
+Cost: the checks of Via, From/To/Contact and CSeq are pure functions of the value text,
+memoised by text (``epcscf.sip.params.memoised_by_text``): the core parses again the very
+texts the eP-CSCF parsed, and a registration repeats them in most of its messages.  The
+memos hold verdicts and private parses only; what a caller gets is always its own object.
 """
 
 from __future__ import annotations
