@@ -64,7 +64,7 @@ class RegistrationBinding:
         return key
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)  # one per registration, kept as long as it lives
 class RegisterSource:
     """Every input of ``Registrations.record`` but the time, as the texts that arrived."""
 
@@ -82,14 +82,18 @@ class RegisterSource:
     @classmethod
     def of(cls, request: Request, response: Response, flow_id: str, origin: str | None, outbound: bool) -> "RegisterSource":
         asked, granted = request.headers, response.headers
+        contacts = asked.get_all("contact")
+        granted_contacts = granted.get_all("contact")
+        if granted_contacts == contacts:
+            granted_contacts = contacts  # the usual echo: keep one copy of the texts
         return cls(
             flow_id,
             origin,
             outbound,
             asked.get("to"),
-            asked.get_all("contact"),
+            contacts,
             asked.get("expires"),
-            granted.get_all("contact"),
+            granted_contacts,
             granted.get("expires"),
             granted.get_all("p-associated-uri"),
             granted.get_all("service-route"),
@@ -114,7 +118,7 @@ class RegisterSource:
         )
 
 
-@dataclass(eq=False)
+@dataclass(eq=False, slots=True)
 class _Recorded:
     """The bindings one ``RegisterSource`` made, each with the expiry it was granted."""
 
@@ -262,6 +266,9 @@ class Registrations:
         granted = contacts if source.granted_contacts == source.contacts else _contacts(response)
         live: list[RegistrationBinding] = []
         granted_expires: list[int] = []
+        # A Contact line of one contact already written as we write it: its text is kept as is
+        # (the same string as in RegisterSource: one copy per registration).
+        written = {text: text for text in source.contacts}
         for contact in contacts:
             match = next((c for c in granted if _same_contact(c, contact)), None)
             expires = _contact_expires(match, response) if match is not None else 0
@@ -273,7 +280,7 @@ class Registrations:
             reg_id = contact.params.get("reg-id")
             binding = RegistrationBinding(
                 aor=aor,
-                contact=str(contact),
+                contact=written.get(text := str(contact), text),
                 flow_id=flow_id,
                 instance_id=instance_id,
                 reg_id=reg_id,
