@@ -37,14 +37,12 @@ class Params(MutableMapping[str, "str | None"]):
         parameter (what ``re.findall`` gives for an absent group): one dict build instead of
         one ``__setitem__`` per parameter."""
         params = cls.__new__(cls)
-        items = {name.lower(): (name, value or None) for name, value in found}
-        if len(items) != len(found):
-            # A repeated name: keep the first spelling and the last value, as __setitem__ does.
-            items = {}
-            for name, value in found:
-                key = name.lower()
-                existing = items.get(key)
-                items[key] = (existing[0] if existing else name, value or None)
+        items: dict[str, tuple[str, str | None]] = {}
+        for name, value in found:
+            key = name.lower()
+            if key in items:  # a repeated name keeps its first spelling, as __setitem__ does
+                name = items[key][0]
+            items[key] = (name, value or None)
         params._items = items
         return params
 

@@ -379,10 +379,11 @@ def _parse_name_addr(text: str) -> NameAddr:
                 raise UriError(f"URI with '?' or ',' must be enclosed in angle brackets: {text!r}")
             uri = _parse_uri(uri_text)  # the memo keeps this object: not parse_uri's copy
             return NameAddr(uri, None, parse_header_params(";" + param_text) if semi else Params())
-        name_part = text[:lt].strip(_LWS)
-        if not _DISPLAY_TOKENS_RE.match(name_part):
-            raise UriError(f"display name has non-token characters and is not quoted: {name_part!r}")
-        display = " ".join(name_part.split()) or None
+        if lt > 0:  # a display name of tokens before the '<'
+            name_part = text[:lt].strip(_LWS)
+            if not _DISPLAY_TOKENS_RE.match(name_part):
+                raise UriError(f"display name has non-token characters and is not quoted: {name_part!r}")
+            display = " ".join(name_part.split()) or None
         rest = text[lt:]
     gt = rest.find(">")
     if gt < 0:
