@@ -2,7 +2,8 @@
 
 ``Params`` is the ordered, case-insensitive parameter map every typed view uses;
 ``parse_header_params`` reads the ``;name=value`` list after a header value.  Both are
-re-exported by ``epcscf.sip.uri`` (import them from there).
+re-exported by ``epcscf.sip.uri`` (import them from there).  ``memoised_by_text`` is the
+bounded memo the sip modules put in front of their pure parses of header texts.
 """
 
 from __future__ import annotations
@@ -117,6 +118,7 @@ def memoised_by_text(parse: Callable[[str], _Result]) -> Callable[[str], _Result
         return remembered(text) if len(text) <= MEMO_TEXT_LENGTH else parse(text)
 
     return memoised
+
 
 # RFC 3261 §25.1 token (also method and parameter names).
 TOKEN_RE = re.compile(r"[A-Za-z0-9\-.!%*_+`'~]+\Z")
