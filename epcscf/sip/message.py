@@ -403,12 +403,18 @@ def make_response(
     never gets one).
     """
     response = Response(status, reason if reason is not None else REASON_PHRASES.get(status, ""))
-    for name, value in request.headers:
-        key = canonical_name(name)
-        if key in ("via", "from", "call-id", "cseq"):
-            response.headers.add(name, value)
+    add = response.headers.add
+    cache = _CANONICAL_CACHE  # inlined: the core answers every REGISTER twice
+    for name, value in request.headers._items:
+        key = cache.get(name) or canonical_name(name)
+        if key in _COPIED_TO_RESPONSES:
+            add(name, value)
         elif key == "to":
             if to_tag and status != 100 and ";tag=" not in value.replace(" ", "").lower():
                 value = f"{value};tag={to_tag}"
-            response.headers.add(name, value)
+            add(name, value)
     return response
+
+
+# RFC 3261 §8.2.6.2: what a response copies from its request as it is (To gets a tag).
+_COPIED_TO_RESPONSES = frozenset({"via", "from", "call-id", "cseq"})
