@@ -127,8 +127,11 @@ class EpcscfMetrics:
         self._registration_results = Counter(
             "epcscf_registration_results", "final responses to REGISTERs from WICs, by result", ["result"], registry=self.registry
         )
-        for result in ("ok", "challenged", "rejected", "server_error"):
-            self._registration_results.labels(result)
+        # One labelled child per result, looked up once: register_response runs for every
+        # REGISTER and Counter.labels() is not cheap.
+        self._registration_result_counters = {
+            result: self._registration_results.labels(result) for result in ("ok", "challenged", "rejected", "server_error")
+        }
         self._registrations_ended = Counter(
             "epcscf_registrations_ended", "registration bindings that ended, by reason", ["reason"], registry=self.registry
         )
@@ -151,7 +154,11 @@ class EpcscfMetrics:
     def register_response(self, status: int) -> None:
         """The final response to a WIC's REGISTER passed toward the WIC."""
         if status >= 200:
-            self._registration_results.labels(registration_result(status)).inc()
+            result = registration_result(status)
+            counter = self._registration_result_counters.get(result)
+            if counter is None:
+                counter = self._registration_results.labels(result)
+            counter.inc()
 
     def registration_ended(self, reason: str) -> None:
         self._registrations_ended.labels(reason).inc()

@@ -393,7 +393,11 @@ class SipWebSocketServerFactory(WebSocketServerFactory):
         self._call_sink("connection_opened", connection)
 
     def message_received(self, message: Message, connection: WsConnection) -> None:
-        self._call_sink("message_received", message, connection)
+        # The per-message path: no name lookup or argument tuple as in _call_sink.
+        try:
+            self.sink.message_received(message, connection)
+        except Exception:
+            log.failure("sink message_received failed for {connection}", connection=connection)
 
     def connection_closed(self, connection: WsConnection, reason: CloseReason) -> None:
         self.connections.discard(connection)
