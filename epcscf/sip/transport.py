@@ -51,7 +51,6 @@ from epcscf.sip.parser import (
     error_response_for,
     parse_message,
 )
-from epcscf.sip.stream_write import write_now
 
 log = Logger()
 
@@ -291,7 +290,7 @@ class StreamConnection:
                 return
             raise ConnectionLost(f"{self.transport} connection to {self.remote} is closed")
         self._touch()
-        write_now(self.protocol.transport, message.serialize())
+        self.protocol.transport.write(message.serialize())
 
     def close(self) -> None:
         if self._open:

@@ -46,7 +46,6 @@ from twisted.logger import Logger
 from epcscf.sip.connection import Address
 from epcscf.sip.message import Message, Request, make_response
 from epcscf.sip.parser import ParserLimits, SipParseError, error_response_for, parse_message
-from epcscf.sip.stream_write import write_now
 from epcscf.ws.connection import CloseReason, WsConnection
 
 __all__ = [
@@ -248,19 +247,6 @@ class SipWebSocketServerProtocol(WebSocketServerProtocol):
         # hlval) are built on every read even when debug is off: ~1.5 % of the CPU of a
         # registration (benchmarks/w2_register.py).  Straight to the framing code instead.
         self._dataReceived(data)
-
-    def sendData(self, data: bytes, sync: bool = False, chopsize: int | None = None) -> None:
-        # Autobahn's sendData queues through transport.write (sent on a later reactor turn)
-        # and builds debug-log arguments on every call.  An unchopped write with nothing
-        # queued goes straight to the socket instead (``write_now``); anything else, and
-        # every write before the handshake is done, takes Autobahn's own path.
-        if sync or chopsize or self.send_queue or self.state != self.STATE_OPEN:
-            super().sendData(data, sync, chopsize)
-            return
-        write_now(self.transport, data)
-        self.trafficStats.outgoingOctetsWireLevel += len(data)
-        if self.logOctets:
-            self.logTxOctets(data, False)
 
     def onMessage(self, payload: bytes, isBinary: bool) -> None:
         connection = self.connection
