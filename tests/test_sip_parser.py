@@ -283,6 +283,24 @@ class StreamFramerTests(SynchronousTestCase):
         self.assertEqual(response.reason, "Bad Request (missing Content-Length)")
         self.assertEqual(framer.feed(invite()), [])
 
+    def test_content_length_in_any_case_or_compact_form_frames_the_body(self) -> None:
+        # RFC 3261 §7.3.1 / §7.3.3: header names are case-insensitive; "l" is the compact form.
+        body = b"v=0\r\n"
+        for spelling in (b"Content-Length", b"content-length", b"CONTENT-LENGTH", b"l", b"L", b"content-Length  "):
+            framer = StreamFramer()
+            data = invite(body=body).replace(b"Content-Length:", spelling + b":")
+            events = framer.feed(data + invite())
+            self.assertEqual([type(event) for event in events], [MessageFramed] * 2, spelling)
+            self.assertEqual(events[0].message.body, body, spelling)  # type: ignore[union-attr]
+            self.assertEqual(framer.buffered, 0)
+
+    def test_non_numeric_content_length_is_fatal_400(self) -> None:
+        framer = StreamFramer()
+        [event] = framer.feed(invite(body=b"").replace(b"Content-Length: 0", b"Content-Length: zero"))
+        assert isinstance(event, FramingError)
+        self.assertTrue(event.fatal)
+        self.assertEqual(event.error.reason, "Bad Request (Content-Length is not a non-negative number)")
+
     def test_bad_message_with_good_framing_is_not_fatal(self) -> None:
         framer = StreamFramer()
         events = framer.feed(invite("Call-ID: second@x\r\n") + invite())
