@@ -716,3 +716,11 @@ class RuleTests(unittest.TestCase):
         request = request_text(extra=['Route: <sip:a;lr>, "x,y" <sip:b;lr>', "Route: <sip:c>"])
         self.assertEqual(rules.pop_first_value(request.headers, "route"), "<sip:a;lr>")
         self.assertEqual(rules.list_values(request.headers, "route"), ['"x,y" <sip:b;lr>', "<sip:c>"])
+        # A first line holding one value is dropped (or replaced) alone, the others kept as they are.
+        self.assertEqual(rules.pop_first_value(request.headers, "route"), '"x,y" <sip:b;lr>')
+        self.assertEqual(request.headers.get_all("route"), ["<sip:c>"])
+        rules.replace_first_value(request.headers, "route", "<sip:d;lr>")
+        self.assertEqual(request.headers.get_all("route"), ["<sip:d;lr>"])
+        self.assertEqual(rules.pop_first_value(request.headers, "route"), "<sip:d;lr>")
+        self.assertIsNone(rules.pop_first_value(request.headers, "route"))
+        self.assertNotIn("route", request.headers)

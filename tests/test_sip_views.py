@@ -149,6 +149,28 @@ class HeadersIndexTests(unittest.TestCase):
         self.assertIndexMatchesScan(headers)
         self.assertEqual(headers.remove("contact"), 2)
         self.assertIndexMatchesScan(headers)
+        self.assertTrue(headers.replace_first("Route", "<sip:r3;lr>"))
+        self.assertIndexMatchesScan(headers)
+        headers.add("Via", "SIP/2.0/UDP q;branch=z9hG4bK-4")
+        headers.add("Via", "SIP/2.0/UDP r;branch=z9hG4bK-5")
+        self.assertTrue(headers.replace_first("v", None))
+        self.assertIndexMatchesScan(headers)
+        self.assertEqual(headers.get_all("via"), ["SIP/2.0/UDP r;branch=z9hG4bK-5"])
+        self.assertTrue(headers.replace_first("Via", None))
+        self.assertIndexMatchesScan(headers)
+        self.assertFalse(headers.replace_first("Via", None))
+        headers.insert_first("Via", "SIP/2.0/UDP s;branch=z9hG4bK-6")  # absent: goes first of all
+        self.assertEqual(list(headers)[0], ("Via", "SIP/2.0/UDP s;branch=z9hG4bK-6"))
+        self.assertIndexMatchesScan(headers)
+
+    def test_replace_first_keeps_the_line_in_place_without_an_index(self) -> None:
+        headers = Headers([("To", "<sip:b@x>"), ("Via", "SIP/2.0/UDP a;branch=z9hG4bK-1"), ("Via", "SIP/2.0/UDP b;branch=z9hG4bK-2")])
+        headers.replace_first("via", "SIP/2.0/UDP a;branch=z9hG4bK-1;received=10.0.0.1")
+        self.assertEqual(
+            list(headers),
+            [("To", "<sip:b@x>"), ("Via", "SIP/2.0/UDP a;branch=z9hG4bK-1;received=10.0.0.1"), ("Via", "SIP/2.0/UDP b;branch=z9hG4bK-2")],
+        )
+        self.assertIndexMatchesScan(headers)
 
     def test_a_copy_has_its_own_lines(self) -> None:
         headers = Headers([("Via", "SIP/2.0/UDP a;branch=z9hG4bK-1")])

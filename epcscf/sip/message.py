@@ -208,13 +208,45 @@ class Headers:
         key = canonical_name(name)
         lookup = self._index
         if lookup is not None:  # kept up to date: the proxy adds Via and Record-Route to every request
-            lookup[key] = [value, *lookup.get(key, ())]
+            existing = lookup.get(key)
+            if existing is None:
+                lookup[key] = [value]
+                self._items.insert(0, (name, value))  # absent: first of all, no scan needed
+                return
+            lookup[key] = [value, *existing]
         cache = _CANONICAL_CACHE
         for index, (n, _) in enumerate(self._items):
             if (cache.get(n) or canonical_name(n)) == key:
                 self._items.insert(index, (name, value))
                 return
         self._items.insert(0, (name, value))
+
+    def replace_first(self, name: str, value: str | None) -> bool:
+        """Replace the first line of ``name`` by ``value`` where it stands, or delete that
+        line when ``value`` is None; False when there is no such line.  (The proxy's Via
+        work on every message: RFC 3261 §16.7 step 3, §18.2.1.)"""
+        key = canonical_name(name)
+        cache = _CANONICAL_CACHE
+        items = self._items
+        for position, (n, _) in enumerate(items):
+            if (cache.get(n) or canonical_name(n)) == key:
+                if value is None:
+                    del items[position]
+                else:
+                    items[position] = (n, value)
+                break
+        else:
+            return False
+        index = self._index
+        if index is not None:
+            rest = index[key][1:]
+            if value is not None:
+                index[key] = [value, *rest]
+            elif rest:
+                index[key] = rest
+            else:
+                del index[key]
+        return True
 
     def set(self, name: str, value: str) -> None:
         """Replace every line of ``name`` by one line, kept at the first one's place."""

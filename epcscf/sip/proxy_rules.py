@@ -37,6 +37,10 @@ def list_values(headers: Headers, name: str) -> list[str]:
 
 def pop_first_value(headers: Headers, name: str) -> str | None:
     """Remove and return the first value of a list header (the rest stay, one per line)."""
+    first = headers.get(name)
+    if first is not None and "," not in first and first.strip(" \t"):
+        headers.replace_first(name, None)  # the first line is one value: drop just that line
+        return first.strip(" \t")
     values = list_values(headers, name)
     if not values:
         return None
@@ -45,6 +49,10 @@ def pop_first_value(headers: Headers, name: str) -> str | None:
 
 
 def replace_first_value(headers: Headers, name: str, value: str) -> None:
+    first = headers.get(name)
+    if first is not None and "," not in first and first.strip(" \t"):
+        headers.replace_first(name, value)  # the first line is one value: replace just that line
+        return
     values = list_values(headers, name)
     headers.replace_all(name, [value] + values[1:])
 
@@ -317,6 +325,9 @@ def merge_challenges(best: Response, responses: Iterable[Response]) -> Response:
     401/407 received on any branch."""
     if best.status not in (401, 407):
         return best
+    responses = list(responses)
+    if all(response is best or response.status not in (401, 407) for response in responses):
+        return best  # the only challenge: nothing to merge
     merged = best.copy()
     for name in ("WWW-Authenticate", "Proxy-Authenticate"):
         values: list[str] = []

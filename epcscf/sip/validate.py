@@ -72,8 +72,11 @@ def validate_request(
             return AnswerOptionsLocally(request)
         return make_response(request, 483)
     # Step 5: Proxy-Require (RFC 4475 §3.3.5 bext01); Require is for the UAS, not us.
+    required = option_tags(request, "proxy-require") if "proxy-require" in headers else ()
+    if not required:
+        return None
     supported = {tag.lower() for tag in supported_option_tags}
-    unsupported = [tag for tag in option_tags(request, "proxy-require") if tag.lower() not in supported]
+    unsupported = [tag for tag in required if tag.lower() not in supported]
     if unsupported:
         response = make_response(request, 420)
         response.headers.add("Unsupported", ", ".join(unsupported))
