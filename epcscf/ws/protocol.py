@@ -184,6 +184,16 @@ def _more_than_one_message(payload: bytes, message: Message) -> bool:
     return bool(rest.strip(b"\r\n"))
 
 
+# Attributes of an Autobahn server protocol read only during the opening handshake.
+_HANDSHAKE_ONLY_ATTRIBUTES = (
+    "http_headers", "http_request_data", "http_response_data", "http_status_line", "http_request_uri",
+    "http_request_host", "http_request_path", "http_request_params", "_wskey", "websocket_protocols",
+    "websocket_extensions", "websocket_origin", "versions", "webStatus", "allowedOrigins",
+    "allowedOriginsPatterns", "allowNullOrigin", "maxConnections", "trustXForwardedFor",
+    "serveFlashSocketPolicy", "flashSocketPolicy", "perMessageCompressionAccept", "openHandshakeTimeout",
+)
+
+
 class SipWebSocketServerProtocol(WebSocketServerProtocol):
     """One WebSocket connection from a WIC."""
 
@@ -232,13 +242,17 @@ class SipWebSocketServerProtocol(WebSocketServerProtocol):
         self.factory.connection_opened(self.connection)
 
     def _release_handshake(self) -> None:
-        # Autobahn keeps the opening handshake's raw HTTP request and response and the parsed
-        # request headers for the whole life of the connection, but reads them only during
-        # the handshake: dropping them saves about 1 KiB per idle connection
-        # (benchmarks/w2_register.py).  Empty values, not None, in case anything looks.
-        self.http_headers = {}
-        self.http_request_data = b""
-        self.http_response_data = b""
+        # Autobahn keeps the opening handshake's raw HTTP request and response, the parsed
+        # request, and a copy of every handshake-only factory option in each protocol instance
+        # for the whole life of the connection, but reads them only in processHandshake /
+        # succeedHandshake (autobahn/websocket/protocol.py), which are over when onOpen runs.
+        # Dropping them and rebuilding the instance dict (CPython never shrinks a dict in
+        # place) takes it from 96 keys in a 256-slot table to a 128-slot one: about 2.5 KiB per
+        # idle connection with the handshake data (benchmarks/w2_register.py).
+        attributes = self.__dict__
+        for name in _HANDSHAKE_ONLY_ATTRIBUTES:
+            attributes.pop(name, None)
+        self.__dict__ = dict(attributes)
 
     # --- messages ---
 
