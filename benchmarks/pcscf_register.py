@@ -46,11 +46,11 @@ from twisted.internet import reactor  # noqa: E402
 from epcscf.pcscf.edge import EdgeAddresses, PcscfPolicy  # noqa: E402
 from epcscf.pcscf.flows import FlowTable  # noqa: E402
 from epcscf.pcscf.registration import Registrations  # noqa: E402
-from epcscf.sip.connection import Address  # noqa: E402
 from epcscf.sip.message import Request, Response  # noqa: E402
 from epcscf.sip.parser import parse_message  # noqa: E402
 from epcscf.sip.proxy_policy import Forward, ProxiedRequest  # noqa: E402
 from epcscf.sip.resolver import Target  # noqa: E402
+from tests.support.fake_flow import FakeWsFlow  # noqa: E402
 
 # Messages 1, 4, 5 and 8 of the captured registration: what the policy is handed (the WIC's
 # REGISTERs; the core's responses after the proxy removed its own Via).
@@ -112,28 +112,9 @@ Content-Length: 0
 
 
 @dataclass(eq=False)
-class FakeWsConnection:
-    """What the policy reads of a WebSocket flow (``epcscf.sip.connection.Connection``)."""
-
-    id: str
-    transport: str = "WS"
-    local: Address = Address("127.0.0.1", 40801)
-    remote: Address = Address("127.0.0.1", 50000)
-    origin: str | None = "http://127.0.0.1:8081"
-    reliable: bool = True
-    connected: bool = True
-
-    def send_message(self, message: Any) -> None:  # never called: the policy only decides
-        raise AssertionError("the policy does not send")
-
-    def close(self) -> None:
-        self.connected = False
-
-
-@dataclass(eq=False)
 class FakeServerTransaction:
     request: Request
-    connection: FakeWsConnection
+    connection: FakeWsFlow
 
 
 def parse(text: str) -> Any:
@@ -162,12 +143,12 @@ class Bench:
         self.policy.on_register_response = self.statuses.append  # as the metrics observer is
         self.serial = 0
 
-    def open_wic(self, number: int) -> FakeWsConnection:
-        connection = FakeWsConnection(f"ws-bench0boot-{number}")
+    def open_wic(self, number: int) -> FakeWsFlow:
+        connection = FakeWsFlow(f"ws-bench0boot-{number}")
         self.flows.open(connection)
         return connection
 
-    def prepare(self, connection: FakeWsConnection, user: int) -> Prepared:
+    def prepare(self, connection: FakeWsFlow, user: int) -> Prepared:
         self.serial += 1
         fields = {
             "user": f"user{user:04d}",

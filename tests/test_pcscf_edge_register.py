@@ -12,11 +12,11 @@ from twisted.trial import unittest
 from epcscf.pcscf.edge import EdgeAddresses, PcscfPolicy
 from epcscf.pcscf.flows import FlowTable, FlowTokenCodec
 from epcscf.pcscf.registration import Registrations
-from epcscf.sip.connection import Address
 from epcscf.sip.message import Request, Response
 from epcscf.sip.parser import parse_message
 from epcscf.sip.proxy_policy import Forward, ProxiedRequest, Reject
 from epcscf.sip.resolver import Target
+from tests.support.fake_flow import FakeWsFlow
 
 INSTANCE = '"<urn:uuid:ea2e7ade-0000-4000-8000-f41af516a1d8>"'
 CONTACT = f"<sip:alice@dee12855.invalid;transport=ws;ob>;reg-id=1;+sip.instance={INSTANCE};expires=600"
@@ -77,23 +77,6 @@ def accepted(cseq: int = 2, contact: str = CONTACT, service_route: str = "<sip:o
     )
 
 
-@dataclass(eq=False)
-class FakeWs:
-    id: str
-    transport: str = "WS"
-    local: Address = Address("127.0.0.1", 40801)
-    remote: Address = Address("127.0.0.1", 50000)
-    origin: str | None = "http://127.0.0.1:8081"
-    reliable: bool = True
-    connected: bool = True
-
-    def send_message(self, message: Any) -> None:
-        raise AssertionError("the policy does not send")
-
-    def close(self) -> None:
-        self.connected = False
-
-
 @dataclass
 class FakeServerTransaction:
     request: Request
@@ -108,7 +91,7 @@ class EdgeRegisterTests(unittest.TestCase):
         self.policy = PcscfPolicy(self.addresses, self.flows, self.registrations, CORE, network_id="ims.localdomain")
         self.statuses: list[int] = []
         self.policy.on_register_response = self.statuses.append
-        self.wic = FakeWs("ws-test-1")
+        self.wic = FakeWsFlow("ws-test-1")
         self.flows.open(self.wic)
         self.token = self.flows.token_for(self.wic)
 
@@ -210,7 +193,7 @@ class EdgeRegisterTests(unittest.TestCase):
         self.assertEqual((forward.destination, forward.via_sent_by), (None, "127.0.0.1:40800"))
 
     def test_unregistered_flow_gets_403(self) -> None:
-        other = FakeWs("ws-test-2")
+        other = FakeWsFlow("ws-test-2")
         self.flows.open(other)
         message = parse(
             [

@@ -23,20 +23,24 @@ from __future__ import annotations
 
 import re
 
-from epcscf.sip.headers import HeaderError, parse_address
+from epcscf.sip.headers import (
+    HOSTNAME_PATTERN,
+    PARAMCHARS_PATTERN,
+    PORT_PATTERN,
+    TOKEN_PATTERN,
+    HeaderError,
+    parse_address,
+)
 from epcscf.sip.uri import SipUri, TelUri, UriError, parse_name_addr_list
 
 __all__ = ["ADDRESS_RE", "address_aor", "first_uri_has_param"]
 
-_TOKEN = r"[A-Za-z0-9\-.!%*_+`'~]+"
+_TOKEN = TOKEN_PATTERN
 # RFC 3261 §25.1 user without escapes and without the ';', '?', '/' the full parser allows
 _USER = r"[A-Za-z0-9\-_.!~*'()&=+$,]+"
-# epcscf.sip.uri.HOSTNAME_RE (an IPv4 address is one too)
-_HOSTNAME = r"[A-Za-z0-9](?:[A-Za-z0-9\-_]*[A-Za-z0-9_])?(?:\.[A-Za-z0-9](?:[A-Za-z0-9\-_]*[A-Za-z0-9_])?)*\.?"
-# at most five digits and at most 65535 (what parse_uri checks)
-_PORT = r"(?:[0-9]{1,4}|[0-5][0-9]{4}|6[0-4][0-9]{3}|65[0-4][0-9]{2}|655[0-2][0-9]|6553[0-5])"
-# epcscf.sip.uri.PARAMCHAR_RE without '%'
-_PARAMCHAR = r"[A-Za-z0-9\-_.!~*'()\[\]/:&+$]+"
+_HOSTNAME = HOSTNAME_PATTERN
+_PORT = PORT_PATTERN
+_PARAMCHAR = PARAMCHARS_PATTERN
 # a header parameter value: a quoted-string without quoted-pairs, or what the full parser
 # takes up to the next ';' (no whitespace, controls, quotes or <>)
 _VALUE = r'(?:"[^"\\\r\n]*"|[^;"\x00-\x20\x7f<>]+)'

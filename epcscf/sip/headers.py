@@ -30,15 +30,19 @@ from epcscf.sip.uri import (
 # accepts a subset of what the full parsers in ``epcscf.sip.uri`` / ``headers`` accept;
 # anything else goes through the full parser, which gives the precise error.  (The parser
 # checks with them; the tag views below read a matching value without the full parse.)
-_TOKEN = r"[A-Za-z0-9\-.!%*_+`'~]+"
+# The grammar fragments (RFC 3261 §25.1) are public for other fast readers (epcscf.core.addresses).
+TOKEN_PATTERN = r"[A-Za-z0-9\-.!%*_+`'~]+"
 # A port the full parsers accept: at most five digits and at most 65535 (RFC 3261 §25.1);
 # five-digit ports are the common case for ephemeral and test ports.
-_PORT = r"(?:[0-9]{1,4}|[0-5][0-9]{4}|6[0-4][0-9]{3}|65[0-4][0-9]{2}|655[0-2][0-9]|6553[0-5])"
-_HOST = (
-    r"(?:[A-Za-z0-9](?:[A-Za-z0-9\-_]*[A-Za-z0-9_])?(?:\.[A-Za-z0-9](?:[A-Za-z0-9\-_]*[A-Za-z0-9_])?)*\.?"
-    rf"|\[[0-9A-Fa-f:.]+\])(?::{_PORT})?"
-)
-_PARAMCHARS = r"[A-Za-z0-9\-_.!~*'()\[\]/:&+$]+"
+PORT_PATTERN = r"(?:[0-9]{1,4}|[0-5][0-9]{4}|6[0-4][0-9]{3}|65[0-4][0-9]{2}|655[0-2][0-9]|6553[0-5])"
+# epcscf.sip.uri.HOSTNAME_RE (an IPv4 address is one too)
+HOSTNAME_PATTERN = r"[A-Za-z0-9](?:[A-Za-z0-9\-_]*[A-Za-z0-9_])?(?:\.[A-Za-z0-9](?:[A-Za-z0-9\-_]*[A-Za-z0-9_])?)*\.?"
+# epcscf.sip.uri.PARAMCHAR_RE without '%'
+PARAMCHARS_PATTERN = r"[A-Za-z0-9\-_.!~*'()\[\]/:&+$]+"
+_TOKEN = TOKEN_PATTERN
+_PORT = PORT_PATTERN
+_HOST = rf"(?:{HOSTNAME_PATTERN}|\[[0-9A-Fa-f:.]+\])(?::{_PORT})?"
+_PARAMCHARS = PARAMCHARS_PATTERN
 # Header parameter values: a token/host, or a quoted-string without escapes (RFC 3261 §25.1
 # gen-value), e.g. RFC 5626 ``+sip.instance="<urn:uuid:...>"`` on every outbound Contact.
 _PLAIN_VALUE = r"[A-Za-z0-9\-.!%*_+`'~:\[\]]+"
@@ -174,8 +178,7 @@ def parse_via_list(value: str) -> list[Via]:
 
 # FAST_VIA_RE with groups: transport, host, port, parameters.  A match is a valid Via.
 _FAST_VIA_PARTS_RE = re.compile(
-    rf"[ \t]*SIP/2\.0/({_TOKEN})[ \t]+((?:[A-Za-z0-9](?:[A-Za-z0-9\-_]*[A-Za-z0-9_])?"
-    rf"(?:\.[A-Za-z0-9](?:[A-Za-z0-9\-_]*[A-Za-z0-9_])?)*\.?|\[[0-9A-Fa-f:.]+\]))(?::({_PORT}))?({_HEADER_PARAMS})\Z"
+    rf"[ \t]*SIP/2\.0/({_TOKEN})[ \t]+((?:{HOSTNAME_PATTERN}|\[[0-9A-Fa-f:.]+\]))(?::({_PORT}))?({_HEADER_PARAMS})\Z"
 )
 
 
