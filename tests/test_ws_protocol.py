@@ -154,6 +154,26 @@ class HandshakeTests(WsTestCase):
         self.assertIsInstance(connection, Connection)
 
     @asyncio_test
+    async def test_handshake_state_is_released_once_open_and_still_reads_safely(self) -> None:
+        port = await self.listen()
+        client = await self.connect(port, origin="https://wic.example.com")
+        connection = await self.sink.opened.get()
+        protocol = connection._sender
+        attributes = vars(protocol)
+        self.assertNotIn("http_request_uri", attributes)
+        self.assertNotIn("allowedOriginsPatterns", attributes)
+        self.assertLess(len(attributes), 85)  # a 128-slot instance dict, not 256
+        # A late reader gets the factory's option or an empty value, not an AttributeError.
+        self.assertEqual(protocol.http_request_uri, "")
+        self.assertEqual(protocol.http_headers, {})
+        self.assertEqual(protocol.versions, protocol.factory.versions)
+        with self.assertRaises(AttributeError):
+            protocol.no_such_attribute
+        # The connection still works both ways after the release.
+        await client.send("\r\n\r\n")  # RFC 7118 §6 keep-alive ping
+        self.assertEqual(await asyncio.wait_for(client.recv(), 5), "\r\n")
+
+    @asyncio_test
     async def test_handshake_without_sip_subprotocol_is_refused_with_406(self) -> None:
         from websockets.exceptions import InvalidStatus
 

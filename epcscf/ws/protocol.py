@@ -193,6 +193,12 @@ _HANDSHAKE_ONLY_ATTRIBUTES = (
     "serveFlashSocketPolicy", "flashSocketPolicy", "perMessageCompressionAccept", "openHandshakeTimeout",
 )
 
+_EMPTY_HANDSHAKE_VALUES: dict[str, Any] = {
+    "http_headers": {}, "http_request_data": b"", "http_response_data": b"", "http_status_line": "",
+    "http_request_uri": "", "http_request_host": "", "http_request_path": "", "http_request_params": {},
+    "websocket_protocols": [], "websocket_extensions": [],
+}
+
 
 class SipWebSocketServerProtocol(WebSocketServerProtocol):
     """One WebSocket connection from a WIC."""
@@ -253,6 +259,17 @@ class SipWebSocketServerProtocol(WebSocketServerProtocol):
         for name in _HANDSHAKE_ONLY_ATTRIBUTES:
             attributes.pop(name, None)
         self.__dict__ = dict(attributes)
+
+    def __getattr__(self, name: str) -> Any:
+        # Reached only for a name the instance lacks.  Should Autobahn ever read one of the
+        # dropped handshake attributes after all, it gets the factory's option, or an empty
+        # value for the request data, rather than an AttributeError.
+        if name in _HANDSHAKE_ONLY_ATTRIBUTES:
+            factory = self.__dict__.get("factory")
+            if factory is not None and hasattr(factory, name):
+                return getattr(factory, name)
+            return _EMPTY_HANDSHAKE_VALUES.get(name)
+        raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
 
     # --- messages ---
 
