@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Callable, TypeVar
 
 from epcscf.sip.message import Headers, Message
@@ -366,7 +367,11 @@ def to_view(message: Message) -> NameAddr | None:
     return None if value is None else cached_view(headers, "to", value, _parse_to)
 
 
-@memoised_by_text
+ADDRESS_MEMO_ENTRIES = 2048
+# More entries than the other memos: each is small (the text and a tuple), and every message
+# brings several From/To/Contact texts that its responses, the core and the WIC's next
+# REGISTER repeat (benchmarks/w2_register.py: hits 50k of 200k at 512 entries, 178k at 4096).
+@partial(memoised_by_text, entries=ADDRESS_MEMO_ENTRIES)
 def address_facts(value: str) -> tuple[str | None, str | None]:
     """``(problem, tag)`` of a From/To/Contact text: why it is not a name-addr/addr-spec
     (RFC 3261 §20.10; None when it is one: ``parse_address`` raises exactly then, with this

@@ -107,8 +107,8 @@ MEMO_ENTRIES = 512
 _Result = TypeVar("_Result")
 
 
-def memoised_by_text(parse: Callable[[str], _Result]) -> Callable[[str], _Result]:
-    """``parse`` remembered for the last ``MEMO_ENTRIES`` texts up to ``MEMO_TEXT_LENGTH`` long.
+def memoised_by_text(parse: Callable[[str], _Result], entries: int = MEMO_ENTRIES) -> Callable[[str], _Result]:
+    """``parse`` remembered for the last ``entries`` texts up to ``MEMO_TEXT_LENGTH`` long.
 
     Header texts recur: the core reads the very From/To/Contact/Path/Via/CSeq texts the
     eP-CSCF read, and a dialog repeats them in every message.  Only for a pure ``parse``
@@ -116,7 +116,7 @@ def memoised_by_text(parse: Callable[[str], _Result]) -> Callable[[str], _Result
     must never reach a caller who could change them).  A text that raises is not kept: it
     raises again each time.
     """
-    remembered = lru_cache(maxsize=MEMO_ENTRIES)(parse)
+    remembered = lru_cache(maxsize=entries)(parse)
 
     @wraps(parse)
     def memoised(text: str) -> _Result:
