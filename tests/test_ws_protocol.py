@@ -163,6 +163,7 @@ class HandshakeTests(WsTestCase):
         self.assertNotIn("http_request_uri", attributes)
         self.assertNotIn("allowedOriginsPatterns", attributes)
         self.assertLess(len(attributes), 85)  # a 128-slot instance dict, not 256
+        self.assertEqual(protocol.send_queue, ())  # Autobahn's unused write queue is not kept
         # A late reader gets the factory's option or an empty value, not an AttributeError.
         self.assertEqual(protocol.http_request_uri, "")
         self.assertEqual(protocol.http_headers, {})

@@ -260,6 +260,20 @@ class SipWebSocketServerProtocol(WebSocketServerProtocol):
             attributes.pop(name, None)
         self.__dict__ = dict(attributes)
 
+    # Autobahn gives every connection a deque (760 bytes) for the writes it queues when asked
+    # for ``sync`` or ``chopsize`` sends; epcscf never asks for either, so the queue stays
+    # empty for the connection's life.  An empty queue is kept as nothing and read as an empty
+    # tuple: Autobahn only takes its len() then, and an append (a sync/chopped send, which
+    # nothing here makes) would fail loudly instead of sharing a queue between connections.
+    @property
+    def send_queue(self) -> Any:
+        queue = self.__dict__.get("_queued_writes")
+        return queue if queue is not None else ()
+
+    @send_queue.setter
+    def send_queue(self, queue: Any) -> None:
+        self.__dict__["_queued_writes"] = queue if len(queue) else None
+
     def __getattr__(self, name: str) -> Any:
         # Reached only for a name the instance lacks.  Should Autobahn ever read one of the
         # dropped handshake attributes after all, it gets the factory's option, or an empty
