@@ -53,18 +53,6 @@ class ParseDigestTests(unittest.TestCase):
             self.assertEqual(str(raised.exception), message, value)
 
 
-class HmacSha256Tests(unittest.TestCase):
-    def test_same_as_hmac_module(self) -> None:
-        import hmac
-
-        from epcscf.core.digest import HmacSha256
-
-        for key in (b"", b"k" * 32, b"k" * 64, bytes(range(65)), b"x" * 200):
-            signer = HmacSha256(key)
-            for message in (b"", b"nonce body", b"y" * 1000):
-                self.assertEqual(signer.digest(message), hmac.digest(key, message, "sha256"), (key, message))
-
-
 class ParseDigestAgainstLoopTests(unittest.TestCase):
     def test_many_shapes(self) -> None:
         """Every shape gives the result (or the error) of the parameter-at-a-time loop."""

@@ -121,6 +121,7 @@ class ViewTests(unittest.TestCase):
 
 class HeadersIndexTests(unittest.TestCase):
     def assertIndexMatchesScan(self, headers: Headers) -> None:
+        self.assertEqual(set(headers.names()), {canonical_name(name) for name, _ in headers})
         for name in ("Via", "Route", "Record-Route", "Max-Forwards", "To", "X-Other", "Contact"):
             self.assertEqual(headers.get_all(name), scanned(headers, name), name)
             self.assertEqual(headers.get(name), (scanned(headers, name) or [None])[0], name)

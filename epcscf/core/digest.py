@@ -52,7 +52,6 @@ __all__ = [
     "AuthResult",
     "DigestAuthenticator",
     "DigestParseError",
-    "HmacSha256",
     "PasswordSource",
     "compute_response",
     "parse_digest",
@@ -195,34 +194,14 @@ def compute_response(
     """The ``response`` value (RFC 7616 §3.4.1; RFC 2069 form when ``qop`` is None)."""
     ha1 = _hash(algorithm, f"{username}:{realm}:{password}")  # RFC 7616 §3.4.2
     ha2 = _hash(algorithm, f"{method}:{uri}")  # RFC 7616 §3.4.3, qop=auth
+    return _response(algorithm, ha1, ha2, nonce, nc, cnonce, qop)
+
+
+def _response(algorithm: str, ha1: str, ha2: str, nonce: str, nc: str | None, cnonce: str | None, qop: str | None) -> str:
+    """RFC 7616 §3.4.1 (RFC 2069 form when ``qop`` is None) from H(A1) and H(A2)."""
     if qop is None:
         return _hash(algorithm, f"{ha1}:{nonce}:{ha2}")
     return _hash(algorithm, f"{ha1}:{nonce}:{nc}:{cnonce}:{qop}:{ha2}")
-
-
-class HmacSha256:
-    """HMAC-SHA256 (RFC 2104) under one fixed key, the padded key hashed once.
-
-    ``hmac.digest`` sets up the keyed state again on every call; nonces are signed on
-    every challenge and checked on every verification, so the two padded-key states are
-    kept and copied instead (what ``hmac.HMAC.copy`` does, without its wrapper).
-    """
-
-    _BLOCK = 64  # SHA-256 block size (RFC 2104 §2: B)
-
-    def __init__(self, key: bytes) -> None:
-        if len(key) > self._BLOCK:
-            key = hashlib.sha256(key).digest()
-        key = key.ljust(self._BLOCK, b"\0")
-        self._inner = hashlib.sha256(bytes(byte ^ 0x36 for byte in key))
-        self._outer = hashlib.sha256(bytes(byte ^ 0x5C for byte in key))
-
-    def digest(self, message: bytes) -> bytes:
-        inner = self._inner.copy()
-        inner.update(message)
-        outer = self._outer.copy()
-        outer.update(inner.digest())
-        return outer.digest()
 
 
 class DigestAuthenticator:
@@ -256,7 +235,8 @@ class DigestAuthenticator:
         #: An OrderedDict so that dropping the oldest entries is O(1) each (see below).
         self._nonce_counts: OrderedDict[str, tuple[float, int]] = OrderedDict()
         self._realm_bytes = realm.encode("utf-8")
-        self._signer = HmacSha256(self._key)
+        # The keyed HMAC state, set up once and copied per nonce (RFC 2104; hmac.HMAC.copy).
+        self._signer = hmac.new(self._key, digestmod=hashlib.sha256)
         # The fixed text around the nonce of each challenge, built once (stale → pieces).
         self._challenge_parts: dict[bool, tuple[tuple[str, str], ...]] = {
             stale: tuple(self._challenge_around_nonce(name, stale) for name in self.algorithms)
@@ -289,7 +269,9 @@ class DigestAuthenticator:
         return base64.urlsafe_b64encode(body + self._nonce_tag(body)).decode("ascii")
 
     def _nonce_tag(self, body: bytes) -> bytes:
-        return self._signer.digest(body + self._realm_bytes)[:_NONCE_TAG]
+        signer = self._signer.copy()
+        signer.update(body + self._realm_bytes)
+        return signer.digest()[:_NONCE_TAG]
 
     def _nonce_issued_at(self, nonce: str) -> float | None:
         """When we issued ``nonce``, or None if it is not one of ours."""
@@ -326,9 +308,9 @@ class DigestAuthenticator:
         if password is None:
             return AuthResult(AuthStatus.UNKNOWN_USER, username, algorithm, f"no user {username!r}")
         nonce, nc = params["nonce"], params["nc"]
-        # compute_response(..., qop="auth"), with H(method:uri) remembered (RFC 7616 §3.4.1-3)
-        ha1 = _hash(algorithm, f"{username}:{self.realm}:{password}")
-        expected = _hash(algorithm, f"{ha1}:{nonce}:{nc}:{params['cnonce']}:auth:{self._ha2_of(algorithm, method, params['uri'])}")
+        # compute_response(..., qop="auth"), with H(A2) remembered per method and URI
+        ha1 = _hash(algorithm, f"{username}:{self.realm}:{password}")  # RFC 7616 §3.4.2
+        expected = _response(algorithm, ha1, self._ha2_of(algorithm, method, params["uri"]), nonce, nc, params["cnonce"], "auth")
         if not hmac.compare_digest(params["response"].lower().encode("ascii", "replace"), expected.encode("ascii")):
             return AuthResult(AuthStatus.WRONG_PASSWORD, username, algorithm, "response digest does not match")
         return self._check_nonce(nonce, int(nc, 16), username, algorithm)
@@ -339,7 +321,7 @@ class DigestAuthenticator:
         if ha2 is None:
             if len(self._ha2) >= _HA2_KEPT:
                 self._ha2.clear()
-            ha2 = self._ha2[key] = _hash(algorithm, f"{method}:{uri}")
+            ha2 = self._ha2[key] = _hash(algorithm, f"{method}:{uri}")  # RFC 7616 §3.4.3, qop=auth
         return ha2
 
     def _check_parameters(self, params: dict[str, str], algorithm: str, request_uri: str | None) -> str:

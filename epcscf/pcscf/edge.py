@@ -31,7 +31,7 @@ from epcscf.pcscf.flows import FlowGone, FlowTable, TamperedToken
 from epcscf.pcscf.identity import assert_identity, strip_core_only_headers, strip_untrusted_headers
 from epcscf.pcscf.registration import Registrations
 from epcscf.sip.connection import Connection
-from epcscf.sip.headers import HeaderError, parse_via, to_tag
+from epcscf.sip.headers import HeaderError, option_tags, parse_via, to_tag
 from epcscf.sip.message import Request, Response
 from epcscf.sip.proxy import Decision, Forward, ProxiedRequest, Reject
 from epcscf.sip.proxy_rules import list_values, make_local_response, name_addr_uri
@@ -43,15 +43,6 @@ log = Logger(namespace="epcscf.pcscf.edge")
 WEBSOCKET_TRANSPORTS = frozenset({"WS", "WSS"})
 # RFC 3261 §12.1: requests that create dialogs, which we stay in (Record-Route).
 DIALOG_CREATING = frozenset({"INVITE", "SUBSCRIBE", "REFER", "NOTIFY"})
-
-
-def _supports_path(request: Request) -> bool:
-    """RFC 3327 §5.2: whether "path" is already among the Supported option tags."""
-    for value in request.headers.get_all("supported"):
-        for item in value.split(","):
-            if item.strip() == "path":
-                return True
-    return False
 
 
 def _asks_outbound(contacts: list[str]) -> bool:
@@ -292,7 +283,7 @@ class PcscfPolicy:
         outbound = _asks_outbound(headers.get_all("contact"))
         headers.insert_first("Path", self.addresses.path_value(token, outbound))
         # RFC 3327 §5.2: tell the registrar that Path is used.
-        if not _supports_path(request):
+        if "path" not in option_tags(request, "supported"):
             headers.add("Supported", "path")
         # TS 24.229 §5.2.2.1: P-Visited-Network-ID and a fresh ICID on every REGISTER.
         headers.add("P-Visited-Network-ID", self._visited_network_id)

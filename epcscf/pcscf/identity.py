@@ -37,36 +37,17 @@ CORE_ONLY: tuple[str, ...] = (
 )
 
 
+# Every header either list strips, by canonical name.
 _STRIPPED = frozenset(canonical_name(name) for name in UNTRUSTED_FROM_WIC + CORE_ONLY)
-# Header names, spelled as they arrived, that are none of the stripped ones: the spellings
-# of a WIC's and the core's messages are few and the same every time (bounded: names come
-# off the wire).
-_KEPT_SPELLINGS: set[str] = set()
-_MAX_KEPT_SPELLINGS = 4096
-
-
-def _may_carry_stripped(message: Message) -> bool:
-    """False when no header line of ``message`` is one of the stripped headers."""
-    unknown = {name for name, _ in message.headers} - _KEPT_SPELLINGS  # usually empty
-    carries = False
-    for spelling in unknown:
-        if canonical_name(spelling) in _STRIPPED:
-            carries = True
-        elif len(_KEPT_SPELLINGS) < _MAX_KEPT_SPELLINGS:
-            _KEPT_SPELLINGS.add(spelling)
-        else:
-            carries = True  # not remembered: let the lookup by name decide
-    return carries
 
 
 def _strip(message: Message, names: tuple[str, ...]) -> list[str]:
     # Every request and response at the edge passes here and usually carries none of these:
-    # one set difference over the spellings of its header names says so, and otherwise the
-    # header index is asked per name and the lines rewritten only for a name that is present
-    # (``remove`` is a pass over every line).
-    if not _may_carry_stripped(message):
-        return []
+    # one set test against the header index says so; otherwise the lines are rewritten only
+    # for a name that is present (``remove`` is a pass over every line).
     headers = message.headers
+    if _STRIPPED.isdisjoint(headers.names()):
+        return []
     return [name for name in names if name in headers and headers.remove(name)]
 
 

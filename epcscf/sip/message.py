@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
-from typing import Iterable, Iterator
+from typing import Iterable, Iterator, KeysView
 
 # RFC 3261 §7.3.3 compact forms, plus the ones later RFCs registered
 # (RFC 3515 Refer-To "r", RFC 3892 Referred-By "b", RFC 3841 "a"/"j"/"d",
@@ -171,6 +171,11 @@ class Headers:
             return False
         index = self._index if self._index is not None else self._lookup()
         return (_CANONICAL_CACHE.get(name) or canonical_name(name)) in index
+
+    def names(self) -> KeysView[str]:
+        """The canonical names (lower-case long form) of the header lines present."""
+        index = self._index if self._index is not None else self._lookup()
+        return index.keys()
 
     def copy(self) -> "Headers":
         # Views are immutable facts about value texts: the copy may reuse them.
