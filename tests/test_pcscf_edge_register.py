@@ -220,3 +220,96 @@ class EdgeRegisterTests(unittest.TestCase):
         [forward] = results
         self.assertEqual((forward.destination, forward.via_sent_by), (CORE, "127.0.0.1:40800"))
         self.assertEqual(forward.request.headers.get_all("Path"), [f"<sip:{self.token}@127.0.0.1:40800;transport=tcp;lr;ob>"])
+
+
+class _RecordingCalls:
+    """The call manager as the edge sees it: records the Forward it is handed for an INVITE."""
+
+    def __init__(self) -> None:
+        self.forwards: list[Forward] = []
+
+    def originating_invite(self, context: ProxiedRequest, identity: str, forward: Forward) -> Forward:
+        self.forwards.append(forward)
+        return forward
+
+
+def initial(method: str, extra: tuple[str, ...] = ()) -> Request:
+    return parse(
+        [
+            f"{method} sip:uas@ims.localdomain SIP/2.0",
+            f"Via: SIP/2.0/WS dee12855.invalid;branch=z9hG4bK{method}1",
+            "Max-Forwards: 70",
+            "From: <sip:alice@ims.localdomain>;tag=i1",
+            "To: <sip:uas@ims.localdomain>",
+            f"Call-ID: initial-{method}",
+            f"CSeq: 1 {method}",
+            *extra,
+            "Content-Length: 0",
+        ]
+    )
+
+
+class InitialRequestRouteTests(unittest.TestCase):
+    """TS 24.229 §5.2.6.3.3 / RFC 3608 §6: every initial request of a registered WIC takes one
+    route to the core, whatever its method — the Service-Route, else ``[core] next_hop``."""
+
+    METHODS = ("INVITE", "MESSAGE", "SUBSCRIBE", "OPTIONS", "REFER")
+    PRELOADED = ("Route: <sip:attacker.example.net:5060;lr>",)
+
+    def setUp(self) -> None:
+        self.clock = Clock()
+        self.flows = FlowTable(self.clock, FlowTokenCodec(bytes(range(32))))
+        self.registrations = Registrations(self.clock)
+        self.addresses = EdgeAddresses("127.0.0.1", 40800, "tcp", "127.0.0.1", 40801, "ws")
+        self.calls = _RecordingCalls()
+        self.wic = FakeWsFlow("ws-test-1")
+        self.flows.open(self.wic)
+
+    def registered_policy(self, service_route: str | None, next_hop: Any = CORE, resolver: Any = None) -> PcscfPolicy:
+        policy = PcscfPolicy(
+            self.addresses, self.flows, self.registrations, next_hop, "ims.localdomain",
+            calls=self.calls, next_hop_resolver=resolver,
+        )  # type: ignore[arg-type]
+        context = ProxiedRequest(register(2).copy(), self.wic, FakeServerTransaction(register(2)))
+        policy.route_request(context)
+        response = accepted()
+        if service_route is None:
+            response.headers.remove("Service-Route")
+        else:
+            response.headers.set("Service-Route", service_route)
+        policy.response_to_forward(context, response)
+        return policy
+
+    def route_initial(self, policy: PcscfPolicy, method: str) -> Any:
+        request = initial(method, self.PRELOADED)
+        return policy.route_request(ProxiedRequest(request.copy(), self.wic, FakeServerTransaction(request)))
+
+    def test_without_service_route_every_method_goes_to_the_configured_next_hop(self) -> None:
+        policy = self.registered_policy(None)
+        for method in self.METHODS:
+            forward = self.route_initial(policy, method)
+            self.assertIsInstance(forward, Forward, method)
+            self.assertEqual(forward.destination, CORE, method)
+            self.assertEqual(forward.request.headers.get_all("Route"), [], method)  # the preloaded one is gone
+        self.assertEqual([f.destination for f in self.calls.forwards], [CORE])  # the INVITE went through the call manager
+
+    def test_with_service_route_every_method_follows_it_and_never_the_wic_route(self) -> None:
+        policy = self.registered_policy("<sip:orig@127.0.0.1:39915;transport=tcp;lr>")
+        for method in self.METHODS:
+            forward = self.route_initial(policy, method)
+            self.assertIsNone(forward.destination, method)  # the proxy resolves the top Route
+            self.assertEqual(forward.request.headers.get_all("Route"), ["<sip:orig@127.0.0.1:39915;transport=tcp;lr>"], method)
+
+    def test_without_service_route_an_invite_waits_for_the_resolved_next_hop(self) -> None:
+        lookups: list[defer.Deferred] = []
+        policy = self.registered_policy(None, next_hop=None, resolver=lambda: lookups.append(defer.Deferred()) or lookups[-1])
+        decided = self.route_initial(policy, "INVITE")
+        resolved = lookups[-1]
+        self.assertIsInstance(decided, defer.Deferred)
+        results: list[Forward] = []
+        decided.addCallback(results.append)
+        self.assertEqual(self.calls.forwards, [])  # nothing goes to the call manager before the core is known
+        resolved.callback(CORE)
+        [forward] = results
+        self.assertEqual(forward.destination, CORE)
+        self.assertEqual(self.calls.forwards, [forward])

@@ -247,18 +247,31 @@ class PcscfPolicy:
         strip_untrusted_headers(request)
         identity = assert_identity(request, list(binding.associated_uris))
         self._add_charging_vector(request)
-        # RFC 3608 §6 / TS 24.229 §5.2.6.3.3: the Service-Route becomes the route set.
-        existing = list_values(request.headers, "Route")
-        request.headers.replace_all("Route", list(binding.service_route) + existing)
         record_route: list[str] = []
         if request.method in DIALOG_CREATING:
             # RFC 5658 §4: one entry per side; the WIC-facing one carries the flow token.
             record_route = [self.addresses.core_uri(), self.addresses.wic_uri(token)]
-        forward = Forward(request, None, record_route, self.addresses.core_sent_by)
+        forward = self._initial_toward_core(request, binding.service_route, record_route)
         if request.method == "INVITE" and self.calls is not None:
-            return self.calls.originating_invite(context, identity, forward)
-        if binding.service_route or existing:
-            return forward
+            calls = self.calls
+            if isinstance(forward, defer.Deferred):
+                return forward.addCallback(lambda resolved: calls.originating_invite(context, identity, resolved))
+            return calls.originating_invite(context, identity, forward)
+        return forward
+
+    def _initial_toward_core(
+        self, request: Request, service_route: Sequence[str], record_route: Sequence[str]
+    ) -> Forward | defer.Deferred:
+        """The one way every initial request of a registered WIC reaches the core, whatever its
+        method: TS 24.229 §5.2.6.3.3 / RFC 3608 §6 — the P-CSCF builds the route set from the
+        binding's Service-Route; without one (a plain RFC 3261 registrar returns none) the
+        request goes to the configured core entry point (``[core] next_hop``, RFC 3263
+        failover).  Whatever Route the WIC preloaded is replaced, never followed: the WIC
+        may not choose the eP-CSCF's next hop (RFC 3261 §16.4 leaves that to local policy)."""
+        if service_route:
+            request.headers.replace_all("Route", list(service_route))
+            return Forward(request, None, record_route, self.addresses.core_sent_by)
+        request.headers.remove("Route")
         return self._toward_core(request, record_route)
 
     def _in_dialog_from_wic(self, context: ProxiedRequest) -> Decision | defer.Deferred:
