@@ -95,7 +95,9 @@ class Daemon(protocol.ProcessProtocol):
             self.process.signalProcess("KILL")
 
     async def ws_url(self) -> str:
-        await wait_for(lambda: "eP-CSCF listening on" in self.output, timeout=30)
+        await wait_for(lambda: "eP-CSCF listening on" in self.output or self.ended.called, timeout=30)
+        if self.ended.called:
+            raise AssertionError(f"twistd epcscf ended at start:\n{self.output}")
         return "ws://" + re.search(r"eP-CSCF listening on .*\bws:(127\.0\.0\.1:\d+)", self.output).group(1)
 
     async def stop(self) -> tuple[int | None, int | None]:
