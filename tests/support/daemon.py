@@ -11,7 +11,7 @@ from typing import Any
 from twisted.internet import defer, protocol, reactor
 
 from tests.support.certificates import self_signed_certificate
-from tests.support.deployment import DOMAIN, USERS
+from tests.support.deployment import DOMAIN, USERS, write_users
 from tests.support.processes import wait_for
 from tests.support.wic import WsSipClient, as_deferred
 
@@ -24,11 +24,8 @@ TWISTED_NOISE = re.compile(r"(Starting|Stopping) (factory|protocol)\b|\bstarting
 def write_daemon_config(directory: str, manhole_users: str, wwsf: bool = True) -> str:
     """An ini file with every listener epcscf has (SIP udp/tcp/tls, ws/wss, the WWSF over http and
     https, metrics, the console) and the embedded core, reached over TCP first."""
-    os.makedirs(directory, exist_ok=True)
+    users = write_users(directory)
     certificate, private_key, _ = self_signed_certificate(os.path.join(directory, "tls"))
-    users = os.path.join(directory, "users")
-    with open(users, "w") as handle:
-        handle.write("".join(f"{name}:{password}\n" for name, password in USERS.items()))
     path = os.path.join(directory, "epcscf.ini")
     with open(path, "w") as handle:
         handle.write(
