@@ -39,9 +39,10 @@ from tests.test_calls_media import LOCAL, SimulatedWic, no_asyncio_tasks_left, r
 
 DOMAIN = "ims.test"
 REGISTER_EXPIRES = 10  # JsSIP refreshes 5 s before expiry: one refresh within the test
-#: the INVITE→180/200 times measured, appended by every originating call (for the closing note)
-TIMINGS = os.path.abspath("kamailio_call_timings.txt")
+#: the INVITE→180/200 times measured, appended by every originating call (in trial's directory)
+TIMINGS = "kamailio_call_timings.txt"
 _cores: dict[bool, tuple[KamailioCore, int]] = {}  # one Kamailio per variant for the whole module
+_tests_left: dict[bool, int] = {}
 _users = itertools.count(1)
 
 
@@ -76,13 +77,20 @@ class KamailioWithoutServiceRouteTests(unittest.TestCase):
     @classmethod
     def kamailio(cls) -> tuple[KamailioCore, int]:
         """This class's Kamailio and its sipp UAS port: started by the class's first test (trial
-        has no setUpClass), stopped when the test process exits."""
+        has no setUpClass), stopped after its last one (or when the test process exits, when
+        only some of its tests run)."""
         if cls.service_route not in _cores:
             uas_port = free_port()
             core = start_kamailio(f"sip:127.0.0.1:{uas_port}", service_route=cls.service_route)
             atexit.register(core.stop)
             _cores[cls.service_route] = (core, uas_port)
+            _tests_left[cls.service_route] = sum(1 for name in dir(cls) if name.startswith("test_"))
         return _cores[cls.service_route]
+
+    def _test_done(self) -> None:
+        _tests_left[self.service_route] -= 1
+        if _tests_left[self.service_route] == 0:
+            _cores[self.service_route][0].stop()
 
     def report(self, name: str, ringing: float, answered: float) -> None:
         variant = "with Service-Route" if self.service_route else "without Service-Route"
@@ -111,6 +119,7 @@ class KamailioWithoutServiceRouteTests(unittest.TestCase):
         globalLogPublisher.addObserver(observer)
         self.addCleanup(globalLogPublisher.removeObserver, observer)
         self.core, self.uas_port = self.kamailio()
+        self.addCleanup(self._test_done)  # runs last: after epcscf and the peers have stopped
         self.service = EpcscfService(load([write_config(self.directory, self.core.next_hop)]))
         self.service.startService()
         self.addCleanup(self.service.stopService)
