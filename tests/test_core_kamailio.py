@@ -9,7 +9,8 @@ originating request must go to ``[core] next_hop``) and with one (RFC 3608: orig
 requests follow it; Kamailio marks what arrived that way with ``X-Core-Route``).  Scenarios:
 register / refresh / unregister; a WIC call to ``uas`` answered by sipp with media, BYE from
 the WIC; a call from a sipp UAC to the WIC with media, BYE from the core side; CANCEL before
-answer.  INVITE→180 and INVITE→200 as seen at the WIC are printed per originating call.
+answer; a request over 1300 bytes reaching Kamailio over TCP (RFC 3261 §18.1.1).
+INVITE→180 and INVITE→200 as seen at the WIC are printed per originating call.
 """
 
 from __future__ import annotations
@@ -137,9 +138,9 @@ class KamailioWithoutServiceRouteTests(unittest.TestCase):
 
     # --- helpers -------------------------------------------------------------------------------
 
-    def jssip(self) -> NodePeer:
+    def jssip(self, user: str) -> NodePeer:
         url = f"ws://127.0.0.1:{self.service.pcscf.listener('WS').address.port}"
-        return start_node_peer(self, "jssip_wic.js", url, self.user, DOMAIN, str(REGISTER_EXPIRES))
+        return start_node_peer(self, "jssip_wic.js", url, user, DOMAIN, str(REGISTER_EXPIRES))
 
     async def until(self, condition: Any, timeout: float = 10.0, what: str = "") -> None:
         """Poll on the reactor (this coroutine is driven by Twisted, not by an asyncio task)."""
@@ -164,8 +165,8 @@ class KamailioWithoutServiceRouteTests(unittest.TestCase):
                          f"kamailio: {self.core.log()[-2500:]}")
         return matching()[count - 1]
 
-    async def registered(self) -> NodePeer:
-        peer = self.jssip()
+    async def registered(self, user: str | None = None) -> NodePeer:
+        peer = self.jssip(user or self.user)
         await self.event(peer, "connected")
         self.command(peer, do="register")
         event = await self.event(peer, "registered")
@@ -313,6 +314,19 @@ class KamailioWithoutServiceRouteTests(unittest.TestCase):
         await self.calls_gone()
         [ended] = self.service.pcscf.calls.ended_calls()
         self.assertIn("CANCEL from the wic", [entry.text for entry in ended.timeline])
+
+
+    async def test_large_request_reaches_the_core_over_tcp(self) -> None:
+        # RFC 3261 §18.1.1: over 1300 bytes toward a UDP next hop → TCP to the same address.
+        # One WIC sends another a MESSAGE: epcscf → Kamailio (TCP) → location → Path → epcscf.
+        receiver = await self.registered(f"{self.user}b")
+        sender = await self.registered()
+        self.command(sender, do="message", target=f"sip:{self.user}b@{DOMAIN}", body="x" * 1400)
+        received = await self.event(receiver, "message-received")
+        self.assertEqual(received["length"], 1400)
+        sent = await self.event(sender, "message-sent")
+        self.assertEqual(sent["status"], 200)
+        self.assertRegex(self.core.log(), rf"core: MESSAGE sip:{self.user}b@{DOMAIN} from 127\.0\.0\.1:\d+ \(tcp\)")
 
 
 class KamailioWithServiceRouteTests(KamailioWithoutServiceRouteTests):

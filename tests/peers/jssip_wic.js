@@ -4,9 +4,11 @@
 // remote SDP JsSIP applies; on the network this is what a browser's SDP exchange looks like.
 //   node jssip_wic.js WS_URL USER DOMAIN REGISTER_EXPIRES
 // Commands: {"do":"register"} {"do":"unregister"} {"do":"call","target":URI,"sdp":OFFER}
-//           {"do":"answer","sdp":ANSWER} {"do":"terminate"} {"do":"stop"}
+//           {"do":"answer","sdp":ANSWER} {"do":"terminate"} {"do":"message","target":URI,"body":TEXT}
+//           {"do":"stop"}
 // Events: registering (each REGISTER sent), registered, unregistered, registrationFailed, sending, progress, accepted, confirmed,
-//         remote-description, incoming, failed, ended (times in ms since the INVITE was sent).
+//         remote-description, incoming, failed, ended (times in ms since the INVITE was sent),
+//         message-sent, message-failed, message-received.
 const readline = require('readline');
 const JsSIP = require('jssip');
 const NodeWebSocket = require('jssip-node-websocket');
@@ -63,6 +65,9 @@ ua.on('registered', (e) => say('registered', {
 }));
 ua.on('unregistered', (e) => say('unregistered', { status: e.response ? e.response.status_code : null }));
 ua.on('registrationFailed', (e) => say('registrationFailed', { cause: e.cause, status: e.response ? e.response.status_code : null }));
+ua.on('newMessage', (e) => {
+  if (e.originator === 'remote') say('message-received', { length: e.request.body.length });
+});
 ua.on('newRTCSession', (e) => {
   if (e.originator !== 'remote') return;
   watch(e.session);
@@ -89,6 +94,10 @@ const commands = {
   },
   answer: (c) => { localSdp = c.sdp; session.answer({ mediaStream: NO_MEDIA, pcConfig: { iceServers: [] } }); },
   terminate: () => session.terminate(),
+  message: (c) => ua.sendMessage(c.target, c.body, { eventHandlers: {
+    succeeded: (e) => say('message-sent', { status: e.response.status_code }),
+    failed: (e) => say('message-failed', { cause: e.cause, status: e.response ? e.response.status_code : null }),
+  } }),
   stop: () => { ua.stop(); setTimeout(() => process.exit(0), 500); },
 };
 readline.createInterface({ input: process.stdin }).on('line', (line) => {
