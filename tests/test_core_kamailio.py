@@ -27,10 +27,9 @@ from twisted.internet import reactor as global_reactor
 from twisted.logger import formatEvent, globalLogPublisher
 from twisted.trial import unittest
 
-from epcscf.config import load
 from epcscf.media import DtlsRole
 from epcscf.sdp import SessionDescription
-from epcscf.service import EpcscfService
+from tests.support.deployment import start_deployment
 from tests.support.kamailio import KamailioCore, start_kamailio
 from tests.support.node_peer import NodePeer, require_node_modules, start_node_peer
 from tests.support.udp_peer import UdpSipPeer
@@ -45,30 +44,6 @@ TIMINGS = "kamailio_call_timings.txt"
 _cores: dict[bool, tuple[KamailioCore, int]] = {}  # one Kamailio per variant for the whole module
 _tests_left: dict[bool, int] = {}
 _users = itertools.count(1)
-
-
-def write_config(directory: str, next_hop: str) -> str:
-    path = os.path.join(directory, "epcscf.ini")
-    with open(path, "w") as handle:
-        handle.write(
-            f"""\
-[service]
-state_dir = {directory}/var
-[sip]
-listen = udp:127.0.0.1:0
-[ws]
-listen = ws:127.0.0.1:0
-allowed_origins = http://127.0.0.1:8081
-[core]
-mode = external
-domain = {DOMAIN}
-next_hop = {next_hop}
-[media]
-port_range = 43000-43099
-ice_mode = full
-"""
-        )
-    return path
 
 
 class KamailioWithoutServiceRouteTests(unittest.TestCase):
@@ -121,9 +96,9 @@ class KamailioWithoutServiceRouteTests(unittest.TestCase):
         self.addCleanup(globalLogPublisher.removeObserver, observer)
         self.core, self.uas_port = self.kamailio()
         self.addCleanup(self._test_done)  # runs last: after epcscf and the peers have stopped
-        self.service = EpcscfService(load([write_config(self.directory, self.core.next_hop)]))
-        self.service.startService()
-        self.addCleanup(self.service.stopService)
+        self.service = start_deployment(
+            self, extra=f"[core]\nmode = external\ndomain = {DOMAIN}\nnext_hop = {self.core.next_hop}\n[media]\nice_mode = full\n"
+        )
         self.wics: list[SimulatedWic] = []
         self.addCleanup(self._close_wics)
         self.user = f"wic{next(_users)}"  # one AOR per test: Kamailio's location outlives each test

@@ -1,7 +1,6 @@
 // JsSIP in Node as a WIC driven step by step: JSON commands on stdin, JSON-line events on stdout.
-// Node has no WebRTC: a stand-in RTCPeerConnection hands JsSIP the SDP the test gives it (the
-// test's own ICE agent and DTLS endpoint make that SDP and carry the media) and reports the
-// remote SDP JsSIP applies; on the network this is what a browser's SDP exchange looks like.
+// The SDP it sends is the one the test gives it (the test's own ICE agent and DTLS endpoint make
+// it and carry the media), through a stand-in RTCPeerConnection (stand_in_peer_connection.js).
 //   node jssip_wic.js WS_URL USER DOMAIN REGISTER_EXPIRES
 // Commands: {"do":"register"} {"do":"unregister"} {"do":"call","target":URI,"sdp":OFFER}
 //           {"do":"answer","sdp":ANSWER} {"do":"terminate"} {"do":"message","target":URI,"body":TEXT}
@@ -12,6 +11,7 @@
 const readline = require('readline');
 const JsSIP = require('jssip');
 const NodeWebSocket = require('jssip-node-websocket');
+const { installStandInPeerConnection, NO_MEDIA } = require('./stand_in_peer_connection');
 
 const [url, user, domain, expires] = process.argv.slice(2);
 const say = (event, extra = {}) => console.log(JSON.stringify({ event, ...extra }));
@@ -20,39 +20,10 @@ let session = null;
 let invitedAt = null;
 const since = () => (invitedAt === null ? null : Number(process.hrtime.bigint() - invitedAt) / 1e6);
 
-class StandInPeerConnection extends EventTarget {
-  constructor() {
-    super();
-    this.iceGatheringState = 'complete';
-    this.iceConnectionState = 'new';
-    this.connectionState = 'new';
-    this.signalingState = 'stable';
-    this.localDescription = null;
-    this.remoteDescription = null;
-  }
-  async createOffer() { return { type: 'offer', sdp: localSdp }; }
-  async createAnswer() { return { type: 'answer', sdp: localSdp }; }
-  async setLocalDescription(description) {
-    this.localDescription = description;
-    this.signalingState = description.type === 'offer' ? 'have-local-offer' : 'stable';
-  }
-  async setRemoteDescription(description) {
-    this.remoteDescription = description;
-    this.signalingState = description.type === 'offer' ? 'have-remote-offer' : 'stable';
-    say('remote-description', { type: description.type, sdp: description.sdp });
-  }
-  addTrack() {}
-  getSenders() { return []; }
-  getReceivers() { return []; }
-  getTransceivers() { return []; }
-  getLocalStreams() { return []; }
-  getRemoteStreams() { return []; }
-  close() { this.signalingState = 'closed'; }
-}
-global.window = global;
-global.RTCPeerConnection = StandInPeerConnection;
-global.RTCSessionDescription = class { constructor(init) { Object.assign(this, init); } };
-const NO_MEDIA = { getTracks: () => [], getAudioTracks: () => [], getVideoTracks: () => [] };
+installStandInPeerConnection({
+  localSdp: () => localSdp,
+  onRemoteDescription: (description) => say('remote-description', { type: description.type, sdp: description.sdp }),
+});
 
 JsSIP.debug.disable('JsSIP:*');
 const ua = new JsSIP.UA({
