@@ -8,7 +8,7 @@ from __future__ import annotations
 import secrets
 from typing import Any
 
-from twisted.internet import defer, reactor
+from twisted.internet import defer, reactor, task
 from twisted.internet.protocol import DatagramProtocol
 from twisted.trial import unittest
 
@@ -19,7 +19,7 @@ from epcscf.sip.proxy_policy import DefaultRoutingPolicy
 from epcscf.sip.resolver import NextHopResolver, Target
 from epcscf.sip.transaction import TransactionLayer
 from epcscf.sip.transaction_machine import TimerSettings
-from epcscf.sip.transport import UDP_REQUEST_LIMIT, TransportManager, congestion_controlled_target
+from epcscf.sip.transport import UDP_ONLY_MEMORY, UDP_REQUEST_LIMIT, TransportManager, congestion_controlled_target
 from tests.support.processes import wait_for
 from tests.support.sipp import free_port
 from tests.test_sip_resolver import MemoryAuthority
@@ -80,7 +80,11 @@ class LargeRequestsTakeTcpTests(unittest.TestCase):
     def start_proxy(self, next_hop: str) -> int:
         """Our stateful proxy on UDP only (what [sip] listen = udp:… gives), one static next hop."""
         layer_holder: dict[str, TransactionLayer] = {}
-        transports = TransportManager(reactor, lambda message, connection: layer_holder["layer"].receive(message, connection))
+        # The transports' clock (idle timers, the memory of next hops without TCP) is the test's.
+        self.clock = task.Clock()
+        transports = TransportManager(
+            reactor, lambda message, connection: layer_holder["layer"].receive(message, connection), clock=self.clock
+        )
         address = transports.listen("udp:127.0.0.1:0")
         resolver = NextHopResolver(MemoryAuthority([]))
         policy = DefaultRoutingPolicy(transports, resolver, [next_hop], record_route=False)
@@ -99,21 +103,28 @@ class LargeRequestsTakeTcpTests(unittest.TestCase):
     def send(self, body_size: int) -> bytes:
         data = message_request(self.upstream_port, body_size)
         self.upstream.transport.write(data, ("127.0.0.1", self.proxy_port))
+        self.sent_call_id = parse_message(data).headers.get("Call-ID")
         return data
 
     async def forwarded(self) -> tuple[Request, Any]:
-        await wait_for(lambda: bool(self.downstream_sink.received), timeout=5)
-        request, connection = self.downstream_sink.received[0]
+        """The last request sent, as the next hop got it (first copy: retransmissions follow)."""
+
+        def arrived() -> list[tuple[Any, Any]]:
+            return [(m, c) for m, c in self.downstream_sink.received if m.headers.get("Call-ID") == self.sent_call_id]
+
+        await wait_for(lambda: bool(arrived()), timeout=5)
+        request, connection = arrived()[0]
         assert isinstance(request, Request)
         return request, connection
 
     async def test_request_over_1300_bytes_goes_over_tcp_and_its_response_comes_back(self) -> None:
         self.downstream.listen(f"tcp:127.0.0.1:{self.next_hop_port}")
-        sent = self.send(body_size=1200)
-        self.assertGreater(len(sent), 1300 - 120)  # with our Via it is over the limit
+        sent = self.send(body_size=1000)
+        self.assertLess(len(sent), 1300)  # over the limit only with what the proxy adds (Via, rport)
         request, connection = await self.forwarded()
+        self.assertGreater(len(request.serialize()), 1300)
         self.assertEqual(connection.transport, "TCP")
-        self.assertEqual(len(request.body), 1200)
+        self.assertEqual(len(request.body), 1000)
         self.assertTrue(request.headers.get("Via").startswith("SIP/2.0/TCP 127.0.0.1:"), request.headers.get("Via"))
         # The next hop answers on that connection; the response goes upstream over UDP.
         connection.send_message(make_response(request, 200, to_tag="b1"))
@@ -138,3 +149,17 @@ class LargeRequestsTakeTcpTests(unittest.TestCase):
         connection.send_message(make_response(request, 200, to_tag="b1"))
         await wait_for(lambda: bool(self.upstream.datagrams), timeout=5)
         self.assertEqual(parse_message(self.upstream.datagrams[0]).status, 200)  # type: ignore[union-attr]
+
+    async def test_a_next_hop_without_tcp_gets_large_requests_over_udp_for_a_while(self) -> None:
+        self.send(body_size=1200)
+        _, first = await self.forwarded()
+        self.assertEqual(first.transport, "UDP")  # the TCP connect was refused
+        self.downstream.listen(f"tcp:127.0.0.1:{self.next_hop_port}")
+        self.send(body_size=1200)
+        _, second = await self.forwarded()
+        self.assertEqual(second.transport, "UDP")  # no new try while remembered
+        self.clock.advance(UDP_ONLY_MEMORY + 1)
+        self.send(body_size=1200)
+        request, third = await self.forwarded()
+        self.assertEqual(third.transport, "TCP")
+        self.assertTrue(request.headers.get("Via").startswith("SIP/2.0/TCP "))

@@ -64,9 +64,9 @@ log = Logger()
 
 # RFC 3261 §16.6 step 11: Timer C "MUST be set to be greater than 3 minutes".
 TIMER_C = 181.0
-# Room for the Via we add (§16.6 step 8) when sizing a request for RFC 3261 §18.1.1:
-# "Via: SIP/2.0/UDP " + sent-by + ";branch=" + our branch (about 50 characters) + CRLF.
-OWN_VIA_BYTES = 120
+# The Via we add (§16.6 step 8), counted when sizing a request for RFC 3261 §18.1.1: our
+# branch is the prefix, the loop hash and a digest (16 hex digits each, rules.branch_for).
+OWN_VIA_LINE = "Via: SIP/2.0/UDP {sent_by};branch=" + rules.BRANCH_PREFIX + "0" * 16 + "." + "0" * 16 + "\r\n"
 
 
 @dataclass(frozen=True)
@@ -657,7 +657,11 @@ class StatefulProxy:
         other transports): RFC 3261 §18.1.1 counts the whole message, our Via included."""
         if target.transport.upper() != "UDP":
             return 0
-        return len(branch.request.serialize()) + OWN_VIA_BYTES
+        sent_by = branch.via_sent_by
+        if not sent_by:
+            local = self.connector.local_address("UDP") or Address("", 0)
+            sent_by = f"{self.settings.public_host or local.host}:{local.port}"
+        return len(branch.request.serialize()) + len(OWN_VIA_LINE.format(sent_by=sent_by))
 
     def _is_own_sent_by(self, host: str, port: int | None) -> bool:
         for transport in ("UDP", "TCP", "TLS"):
