@@ -116,3 +116,43 @@ class DialogTests(unittest.TestCase):
         dialog = Dialog.from_invite(request, Side.WIC)
         with self.assertRaisesRegex(DialogError, "no remote target known for the wic side"):
             dialog.build_bye(Side.WIC, "SIP;cause=480", "WSS", "192.0.2.11:443")
+
+
+class SubsequentRouteTests(unittest.TestCase):
+    """TS 24.229 §5.2.6.3: a subsequent request from the WIC must keep the saved route set."""
+
+    def request(self, uri: str, routes: list[str]) -> Request:
+        request = Request("BYE", uri)
+        request.headers = Headers.from_pairs([("Route", value) for value in routes])
+        return request
+
+    def test_route_behind_our_entries_must_be_the_saved_one(self) -> None:
+        dialog = Dialog.from_invite(invite(True), Side.WIC)
+        dialog.confirm(ok(["<sip:scscf.example.com;lr>", "<sip:192.0.2.10:5060;transport=udp;lr>",
+                           "<sip:tok@192.0.2.11:443;transport=wss;lr>"]), is_own)
+        saved = ["<sip:scscf.example.com;lr>"]
+        self.assertTrue(dialog.route_matches(self.request("sip:bob@198.51.100.20:5070", saved), Side.WIC))
+        self.assertTrue(dialog.route_matches(self.request("sip:anything@elsewhere.example", saved), Side.WIC))  # the S-CSCF routes it
+        self.assertFalse(dialog.route_matches(self.request("sip:bob@198.51.100.20:5070", ["<sip:victim.example;lr>"]), Side.WIC))
+        self.assertFalse(dialog.route_matches(self.request("sip:bob@198.51.100.20:5070", saved + ["<sip:victim.example;lr>"]), Side.WIC))
+        self.assertFalse(dialog.route_matches(self.request("sip:bob@198.51.100.20:5070", []), Side.WIC))
+
+    def test_without_a_core_route_set_the_request_uri_must_be_the_remote_target(self) -> None:
+        dialog = Dialog.from_invite(invite(True), Side.WIC)
+        dialog.confirm(ok(["<sip:192.0.2.10:5060;transport=udp;lr>", "<sip:tok@192.0.2.11:443;transport=wss;lr>"]), is_own)
+        self.assertTrue(dialog.route_matches(self.request("sip:bob@198.51.100.20:5070", []), Side.WIC))
+        self.assertTrue(dialog.route_matches(self.request("sip:bob@198.51.100.20:5070;foo=bar", []), Side.WIC))
+        self.assertFalse(dialog.route_matches(self.request("sip:bob@198.51.100.21:5070", []), Side.WIC))
+        self.assertFalse(dialog.route_matches(self.request("sip:bob@victim.example", []), Side.WIC))
+        self.assertFalse(dialog.route_matches(self.request("sip:bob@198.51.100.20:5070;maddr=203.0.113.9", []), Side.WIC))
+        self.assertFalse(dialog.route_matches(self.request("sip:bob@198.51.100.20:5070", ["<sip:victim.example;lr>"]), Side.WIC))
+        # a target refresh from the core moves the remote target (RFC 3261 §12.2.2)
+        reinvite = Request("INVITE", "sip:alice@a.invalid")
+        reinvite.headers = Headers.from_pairs([("CSeq", "2 INVITE"), ("Contact", "<sip:bob@198.51.100.99>")])
+        dialog.request_seen(reinvite, Side.CORE)
+        self.assertTrue(dialog.route_matches(self.request("sip:bob@198.51.100.99", []), Side.WIC))
+        self.assertFalse(dialog.route_matches(self.request("sip:bob@198.51.100.20:5070", []), Side.WIC))
+
+    def test_an_early_dialog_has_no_saved_route_set_yet(self) -> None:
+        dialog = Dialog.from_invite(invite(True), Side.WIC)
+        self.assertTrue(dialog.route_matches(self.request("sip:bob@198.51.100.20:5070", []), Side.WIC))

@@ -34,7 +34,7 @@ from typing import Callable
 from epcscf.sip.headers import HeaderError, cseq
 from epcscf.sip.message import Request, Response
 from epcscf.sip.proxy_rules import BRANCH_PREFIX, DEFAULT_MAX_FORWARDS, add_via, apply_strict_route, list_values, name_addr_uri
-from epcscf.sip.uri import UriError, parse_name_addr
+from epcscf.sip.uri import SipUri, UriError, parse_name_addr, parse_uri
 
 
 class Side(enum.Enum):
@@ -141,6 +141,19 @@ class Dialog:
         # Below our entries: proxies on the caller's side, the nearest to us first.
         self.party(self.caller).route = list(record_route[last + 1 :])
 
+    def route_matches(self, request: Request, sender: Side) -> bool:
+        """TS 24.229 §5.2.6.3: the Route set of ``sender``'s subsequent request, behind our own
+        entries (already removed), is the one saved from the dialog-forming response; without
+        one the next hop is the Request-URI (RFC 3261 §16.12), which must be the other party's
+        remote target.  Before the dialog is confirmed no route set is saved: nothing to check."""
+        if not self.confirmed:
+            return True
+        toward = self.party(sender.other)
+        routes = [name_addr_uri(value) for value in list_values(request.headers, "Route")]
+        if routes != [name_addr_uri(value) for value in toward.route]:
+            return False
+        return bool(routes) or _same_target(request.uri, toward.target)
+
     def request_seen(self, request: Request, sender: Side) -> None:
         """Track the sender's CSeq and a refreshed remote target (RFC 3261 §12.2.2)."""
         if request.method in ("ACK", "CANCEL"):
@@ -194,6 +207,25 @@ class Dialog:
         apply_strict_route(request)  # RFC 3261 §12.2.1.1: a strict first hop
         add_via(request, via_transport, via_sent_by, new_branch(kind))
         return request
+
+
+def _same_target(uri: str, target: str | None) -> bool:
+    """The same next hop (RFC 3261 §19.1.4 comparison of the parts that choose it: user, host,
+    port, transport, maddr), so that a WIC cannot send a dialog's request elsewhere."""
+    if target is None:
+        return False
+    try:
+        given, saved = parse_uri(uri), parse_uri(target)
+    except UriError:
+        return uri.strip() == target.strip()
+    if not isinstance(given, SipUri) or not isinstance(saved, SipUri):
+        return uri.strip() == target.strip()
+
+    def where(parsed: SipUri) -> tuple[str, str | None, str, int | None, str, str]:
+        transport, maddr = parsed.params.get("transport") or "", parsed.params.get("maddr") or ""
+        return parsed.scheme.lower(), parsed.user, parsed.host_without_brackets.lower(), parsed.port, transport.lower(), maddr.lower()
+
+    return where(given) == where(saved)
 
 
 def _cseq_number(message: Request | Response) -> int:
