@@ -308,13 +308,16 @@ class PcscfPolicy:
     def _dialog_route_refusal(self, request: Request, flow: Connection) -> guard.Refusal | None:
         """TS 24.229 §5.2.6.3: in an INVITE dialog the call manager holds, the Route set behind
         our entries (and, without one, the Request-URI) must be the saved one; in any other
-        dialog the flow must at least hold a registration."""
+        dialog the flow must hold a registration and the next hop must be the core."""
         matches = getattr(self.calls, "wic_route_matches", None)
         known = matches(request, flow) if matches is not None else None
         if known is not None:
             return None if known else guard.ROUTE_SET
-        if self.registrations.registration_for_request(flow.id) is None:
+        binding = self.registrations.registration_for_request(flow.id)
+        if binding is None:
             return guard.NOT_REGISTERED
+        if not guard.next_hop_is_core(request, binding.service_route, self.trusted_sources, self.core_next_hop or ()):
+            return guard.NOT_TOWARD_CORE
         return None
 
     def _refuse(self, context: ProxiedRequest, side: str, refusal: guard.Refusal) -> Reject:

@@ -22,8 +22,13 @@ must show that it belongs here:
   saved from the dialog-forming response and reject it otherwise.  The call manager keeps that
   route set (and the remote target, for a core that did not Record-Route) for every INVITE
   dialog; ``epcscf.pcscf.dialogs.Dialog.route_matches`` is the comparison.  Other dialogs
-  (SUBSCRIBE/NOTIFY) are not remembered: for them the flow must also hold a registration, so
-  only a subscriber the core has authenticated, on its own connection, can use its own token.
+  (SUBSCRIBE/NOTIFY, or an INVITE dialog already forgotten) are not remembered: for them the
+  flow must hold a registration and the next hop behind our entries must be the core — a
+  Service-Route hop of that registration, a trusted core source or the embedded core
+  (``next_hop_is_core``, compared as written: no name is resolved for it).  So no WIC, not
+  even a registered one with its own token, reaches a host of its choosing, nor bypasses the
+  S-CSCF with a request dressed as in-dialog (TS 24.229 §5.2.6.3.3: originating requests
+  go through the Service-Route).
 * **Initial requests from the WIC** never follow a WIC-supplied Route: the eP-CSCF builds the
   route set from the Service-Route (TS 24.229 §5.2.6.3.3, in ``edge``), and the flow must be
   registered (TS 24.229 §5.2.6.3.1).
@@ -47,10 +52,11 @@ from epcscf.config import Network
 from epcscf.pcscf.flows import FlowTokenCodec, TamperedToken
 from epcscf.sip.connection import Address
 from epcscf.sip.message import Request
-from epcscf.sip.proxy_rules import list_values, name_addr_uri
+from epcscf.sip.proxy_rules import list_values, name_addr_uri, next_hop_uri
+from epcscf.sip.resolver import DEFAULT_PORTS, Target, is_numeric_host
 from epcscf.sip.uri import SipUri, UriError, parse_uri
 
-__all__ = ["Refusal", "SourceRule", "TrustedSources", "check_wic_route"]
+__all__ = ["Refusal", "SourceRule", "TrustedSources", "check_wic_route", "next_hop_is_core"]
 
 
 
@@ -67,6 +73,7 @@ NOT_IN_DIALOG = Refusal("not_in_dialog", "Forbidden (not in a dialog through thi
 BAD_TOKEN = Refusal("bad_token", "Forbidden (invalid flow token)")
 OTHER_FLOW = Refusal("other_flow", "Forbidden (flow token of another connection)")
 ROUTE_SET = Refusal("route_set", "Forbidden (Route does not match the dialog)")
+NOT_TOWARD_CORE = Refusal("not_toward_core", "Forbidden (in-dialog request not toward the core)")
 NOT_REGISTERED = Refusal("not_registered", "Forbidden (not registered)")
 UNTRUSTED_SOURCE = Refusal("untrusted_source", "Forbidden (not a trusted core address)")
 
@@ -90,6 +97,39 @@ def check_wic_route(received: Request, flow_id: str, is_wic_side: Callable[[SipU
     except TamperedToken:
         return BAD_TOKEN
     return None if named == flow_id else OTHER_FLOW
+
+
+def next_hop_is_core(
+    request: Request, service_route: Iterable[str], trusted: "TrustedSources | None", fixed: Iterable[Target] = ()
+) -> bool:
+    """Is the next hop of ``request`` (our Routes removed: top Route, else Request-URI, RFC 3261
+    §16.12) a core hop: a Service-Route entry's host and port, a trusted core source or one of
+    the fixed next hops?  Hosts are compared as written; nothing is resolved."""
+    hop = _host_port(next_hop_uri(request))
+    if hop is None:
+        return False
+    host, port = hop
+    if any(_host_port(name_addr_uri(value)) == hop for value in service_route):
+        return True
+    if any(target.host == host and target.port == port for target in fixed):
+        return True
+    if trusted is None:
+        return True  # no source policy configured (a bare policy in unit tests)
+    return is_numeric_host(host) and trusted.allows(Address(host.strip("[]"), port))
+
+
+def _host_port(text: str) -> tuple[str, int] | None:
+    """(host, port) a URI sends to without DNS SRV: maddr over host (RFC 3263 §4), the
+    transport's default port when none is written."""
+    try:
+        uri = parse_uri(text)
+    except UriError:
+        return None
+    if not isinstance(uri, SipUri):
+        return None
+    host = (uri.params.get("maddr") or uri.host_without_brackets).strip("[]").lower()
+    transport = (uri.params.get("transport") or ("tls" if uri.scheme.lower() == "sips" else "udp")).upper()
+    return host, uri.port or DEFAULT_PORTS.get(transport, 5060)
 
 
 # --- trusted core sources ----------------------------------------------------------------
