@@ -59,7 +59,6 @@ from epcscf.sip.uri import SipUri, UriError, parse_uri
 __all__ = ["Refusal", "SourceRule", "TrustedSources", "check_wic_route", "next_hop_is_core"]
 
 
-
 @dataclass(frozen=True)
 class Refusal:
     """Why a request is refused: the counter label and the 403 reason phrase."""
