@@ -8,7 +8,6 @@ a double that records every call: a refused request must never cause a lookup.
 from __future__ import annotations
 
 import asyncio
-import os
 import secrets
 from typing import Any
 
@@ -17,11 +16,10 @@ from twisted.logger import globalLogPublisher
 from twisted.names.error import DNSNameError
 from twisted.trial import unittest
 
-from epcscf.config import load
 from epcscf.service import EpcscfService
 from epcscf.sip.message import Request, Response
 from epcscf.sip.resolver import NextHopResolver
-from tests.support.deployment import DOMAIN, USERS, write_deployment_config
+from tests.support.deployment import DOMAIN, USERS, start_deployment
 from tests.support.processes import wait_for
 from tests.support.udp_peer import UdpSipPeer
 from tests.support.wic import WsSipClient, as_deferred
@@ -71,17 +69,10 @@ class BorderTestCase(unittest.TestCase):
         self.addCleanup(globalLogPublisher.removeObserver, self.log_events.append)
 
     def start_service(self, extra: str) -> EpcscfService:
-        directory = os.path.abspath(self.mktemp())
-        files = [write_deployment_config(directory)]
-        if extra:
-            files.append(os.path.join(directory, "override.ini"))
-            with open(files[-1], "w") as handle:
-                handle.write(extra)
-        service = EpcscfService(load(files))
-        service.pcscf.resolver = NextHopResolver(self.dns)  # before start: the proxy takes it then
-        service.startService()
-        self.addCleanup(service.stopService)
-        return service
+        def use_dns_double(service: EpcscfService) -> None:
+            service.pcscf.resolver = NextHopResolver(self.dns)  # the proxy takes it at start
+
+        return start_deployment(self, extra, before_start=use_dns_double)
 
     def tearDown(self):
         return as_deferred(self._close_clients())
