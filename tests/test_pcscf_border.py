@@ -383,3 +383,12 @@ class ExternalCoreDefaultSourcesTests(BorderTestCase):
         self.request_to_edge(stranger, "OPTIONS")
         self.assertEqual((await self.response_to(stranger)).status, 403)
         await self.assert_sink_silent()
+
+    @asyncio_test
+    async def test_the_reported_relay_is_closed_in_external_mode_too(self) -> None:
+        mallory = await self.wic()
+        for routes, uri in (([self.wic_side_route("MADEUPTOKEN")], None), ([self.wic_side_route("MADEUPTOKEN")], "sip:victim@victim.example.com")):
+            await self.refused(mallory, self.attack(mallory, "MESSAGE", routes, uri))
+        await mallory.send(self.attack(mallory, "ACK", [self.wic_side_route("MADEUPTOKEN")]))
+        await self.assert_sink_silent()
+        self.assertEqual(self.refused_count("wic", "bad_token"), 3)

@@ -150,6 +150,8 @@ class TrustedSources:
 
     def __init__(self, rules: Iterable[SourceRule] = ()) -> None:
         self._rules: list[SourceRule] = []
+        #: (host, port) already added with ``add``: the next hops are re-added at every resolution
+        self._hosts: set[tuple[str, int | None]] = set()
         for rule in rules:
             self.add_rule(rule)
 
@@ -162,6 +164,9 @@ class TrustedSources:
 
     def add(self, host: str, port: int | None = None) -> None:
         """Trust one numeric host (any source port when ``port`` is None)."""
+        if (host, port) in self._hosts:
+            return
+        self._hosts.add((host, port))
         self.add_rule(SourceRule(ipaddress.ip_network(ipaddress.ip_address(host.strip("[]"))), port))
 
     def allows(self, source: Address) -> bool:
