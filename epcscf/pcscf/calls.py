@@ -528,7 +528,7 @@ class CallManager:
         call = self._live.get((request.headers.get("Call-ID") or "", flow.id))
         if call is None or call.dialog is None or not call.dialog.matches(request):
             return None
-        return call.dialog.route_matches(request, Side.WIC)
+        return call.dialog.wic_route_matches(request)
 
     def flow_for_call(self, call_id: str) -> Connection | None:
         for call in self.find(call_id):

@@ -21,7 +21,7 @@ must show that it belongs here:
   TS 24.229 §5.2.6.3 has the P-CSCF verify a subsequent request's Route set against the one
   saved from the dialog-forming response and reject it otherwise.  The call manager keeps that
   route set (and the remote target, for a core that did not Record-Route) for every INVITE
-  dialog; ``epcscf.pcscf.dialogs.Dialog.route_matches`` is the comparison.  Other dialogs
+  dialog; ``epcscf.pcscf.dialogs.Dialog.wic_route_matches`` is the comparison.  Other dialogs
   (SUBSCRIBE/NOTIFY, or an INVITE dialog already forgotten) are not remembered: for them the
   flow must hold a registration and the next hop behind our entries must be the core — a
   Service-Route hop of that registration, a trusted core source or the embedded core
