@@ -17,7 +17,7 @@ import ipaddress
 import os
 from dataclasses import MISSING, dataclass, field, fields
 from pathlib import Path
-from typing import Any, Callable, Iterable
+from typing import Any, Callable, Iterable, Union
 
 
 class ConfigError(Exception):
@@ -141,6 +141,53 @@ def _websocket_url(value: str, base: Path) -> str:
     return text
 
 
+Network = Union[ipaddress.IPv4Network, ipaddress.IPv6Network]
+
+
+def parse_trusted_source(text: str) -> tuple[str, int | None, Network | None]:
+    """``10.0.0.0/8``, ``192.0.2.1``, ``192.0.2.1:5060``, ``[2001:db8::1]:5060``, ``cscf.example``,
+    ``cscf.example:5060`` → (host, port, network); network is None for a name (to resolve).
+    Raises ValueError with a reason a user can act on."""
+    item = text.strip()
+    if "/" in item:
+        try:
+            return item, None, ipaddress.ip_network(item, strict=False)
+        except ValueError:
+            raise ValueError(f"{item!r} is not a network like 10.0.0.0/8") from None
+    host, port_text = item, ""
+    if item.startswith("["):
+        host, sep, rest = item[1:].partition("]")
+        if not sep or (rest and not rest.startswith(":")):
+            raise ValueError(f"{item!r} is not [IPv6]:port")
+        port_text = rest[1:]
+    elif item.count(":") == 1:
+        host, _, port_text = item.partition(":")
+    port: int | None = None
+    if port_text:
+        if not port_text.isdigit() or not 1 <= int(port_text) <= 65535:
+            raise ValueError(f"port {port_text!r} in {item!r} is not 1-65535")
+        port = int(port_text)
+    try:
+        address = ipaddress.ip_address(host)
+    except ValueError:
+        labels = host.rstrip(".").split(".")
+        if not host or not all(label and len(label) < 64 and label.replace("-", "").isalnum() for label in labels):
+            raise ValueError(f"{item!r} is neither an IP address, a network nor a host name") from None
+        return host.lower(), port, None
+    return str(address), port, ipaddress.ip_network(address)
+
+
+def _source_list(value: str, base: Path) -> tuple[str, ...]:
+    sources = []
+    for item in _words(value):
+        try:
+            parse_trusted_source(item)
+        except ValueError as error:
+            raise _Invalid(str(error)) from None
+        sources.append(item)
+    return tuple(sources)
+
+
 DIGEST_ALGORITHMS = ("SHA-256", "SHA-512-256", "MD5")
 
 
@@ -262,6 +309,9 @@ class WsSection:
 class CoreSection:
     mode: str = _option(_choice("embedded", "external"), "embedded", "embedded: built-in registrar/proxy; external: next_hop")
     next_hop: tuple[str, ...] = _option(_string_list, (), "SIP URI(s) of the I-CSCF/S-CSCF, in failover order (external mode)")
+    trusted_sources: tuple[str, ...] = _option(
+        _source_list, (), "core addresses whose requests need no flow token: IP, CIDR or host[:port] (default: the resolved next_hop hosts, or the embedded core)"
+    )
     domain: str = _option(_text, "ims.localdomain", "home network domain (registrar realm in embedded mode)")
     listen: tuple[Listener, ...] = _option(
         _listeners("udp", "tcp"), (), "embedded core listeners on loopback, e.g. udp:127.0.0.1:5070"

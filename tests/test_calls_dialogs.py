@@ -7,7 +7,7 @@ from twisted.trial import unittest
 from epcscf.pcscf.dialogs import Dialog, DialogError, Side
 from epcscf.sip.message import Headers, Request, Response
 
-OURS = {"sip:192.0.2.10:5060;transport=udp;lr", "sip:tok@192.0.2.11:443;transport=wss;lr"}
+OURS = {"sip:192.0.2.10:5060;transport=udp;lr", "sip:tok@192.0.2.11:443;transport=wss;lr", "sip:tok2@192.0.2.11:443;transport=wss;lr"}
 
 
 def is_own(uri: str) -> bool:
@@ -116,3 +116,67 @@ class DialogTests(unittest.TestCase):
         dialog = Dialog.from_invite(request, Side.WIC)
         with self.assertRaisesRegex(DialogError, "no remote target known for the wic side"):
             dialog.build_bye(Side.WIC, "SIP;cause=480", "WSS", "192.0.2.11:443")
+
+
+class SubsequentRouteTests(unittest.TestCase):
+    """TS 24.229 §5.2.6.3: a subsequent request from the WIC must keep the saved route set."""
+
+    def request(self, uri: str, routes: list[str]) -> Request:
+        request = Request("BYE", uri)
+        request.headers = Headers.from_pairs([("Route", value) for value in routes])
+        return request
+
+    def test_route_behind_our_entries_must_be_the_saved_one(self) -> None:
+        dialog = Dialog.from_invite(invite(True), Side.WIC)
+        dialog.confirm(ok(["<sip:scscf.example.com;lr>", "<sip:192.0.2.10:5060;transport=udp;lr>",
+                           "<sip:tok@192.0.2.11:443;transport=wss;lr>"]), is_own)
+        saved = ["<sip:scscf.example.com;lr>"]
+        self.assertTrue(dialog.wic_route_matches(self.request("sip:bob@198.51.100.20:5070", saved)))
+        self.assertTrue(dialog.wic_route_matches(self.request("sip:anything@elsewhere.example", saved)))  # the S-CSCF routes it
+        self.assertFalse(dialog.wic_route_matches(self.request("sip:bob@198.51.100.20:5070", ["<sip:victim.example;lr>"])))
+        self.assertFalse(dialog.wic_route_matches(self.request("sip:bob@198.51.100.20:5070", saved + ["<sip:victim.example;lr>"])))
+        self.assertFalse(dialog.wic_route_matches(self.request("sip:bob@198.51.100.20:5070", [])))
+
+    def test_without_a_core_route_set_the_request_uri_must_be_the_remote_target(self) -> None:
+        dialog = Dialog.from_invite(invite(True), Side.WIC)
+        dialog.confirm(ok(["<sip:192.0.2.10:5060;transport=udp;lr>", "<sip:tok@192.0.2.11:443;transport=wss;lr>"]), is_own)
+        self.assertTrue(dialog.wic_route_matches(self.request("sip:bob@198.51.100.20:5070", [])))
+        self.assertTrue(dialog.wic_route_matches(self.request("sip:bob@198.51.100.20:5070;foo=bar", [])))
+        self.assertFalse(dialog.wic_route_matches(self.request("sip:bob@198.51.100.21:5070", [])))
+        self.assertFalse(dialog.wic_route_matches(self.request("sip:bob@victim.example", [])))
+        self.assertFalse(dialog.wic_route_matches(self.request("sip:bob@198.51.100.20:5070;maddr=203.0.113.9", [])))
+        self.assertFalse(dialog.wic_route_matches(self.request("sip:bob@198.51.100.20:5070", ["<sip:victim.example;lr>"])))
+        # a target refresh from the core moves the remote target (RFC 3261 §12.2.2)
+        reinvite = Request("INVITE", "sip:alice@a.invalid")
+        reinvite.headers = Headers.from_pairs([("CSeq", "2 INVITE"), ("Contact", "<sip:bob@198.51.100.99>")])
+        dialog.request_seen(reinvite, Side.CORE)
+        self.assertTrue(dialog.wic_route_matches(self.request("sip:bob@198.51.100.99", [])))
+        self.assertFalse(dialog.wic_route_matches(self.request("sip:bob@198.51.100.20:5070", [])))
+
+    def test_the_callee_wic_keeps_the_record_route_order(self) -> None:
+        dialog = Dialog.from_invite(invite(False), Side.CORE)
+        dialog.confirm(ok(["<sip:tok@192.0.2.11:443;transport=wss;lr>", "<sip:192.0.2.10:5060;transport=udp;lr>",
+                           "<sip:scscf.example.com;lr>", "<sip:icscf.example.com;lr>"]), is_own)
+        route = ["<sip:scscf.example.com;lr>", "<sip:icscf.example.com;lr>"]
+        self.assertTrue(dialog.wic_route_matches(self.request("sip:carol@198.51.100.7:5060", route)))
+        self.assertFalse(dialog.wic_route_matches(self.request("sip:carol@198.51.100.7:5060", list(reversed(route)))))
+
+    def test_both_parties_on_this_eP_CSCF_keep_the_other_flows_entries(self) -> None:
+        """A WIC calling a WIC of the same eP-CSCF: the request spirals through the core and
+        the Record-Route list holds our entries twice (one pair per flow)."""
+        record_route = ["<sip:tok2@192.0.2.11:443;transport=wss;lr>", "<sip:192.0.2.10:5060;transport=udp;lr>",
+                        "<sip:scscf.example.com;lr>",
+                        "<sip:192.0.2.10:5060;transport=udp;lr>", "<sip:tok@192.0.2.11:443;transport=wss;lr>"]
+        caller = Dialog.from_invite(invite(True), Side.WIC)
+        caller.confirm(ok(record_route), is_own)
+        behind = ["<sip:scscf.example.com;lr>", "<sip:192.0.2.10:5060;transport=udp;lr>", "<sip:tok2@192.0.2.11:443;transport=wss;lr>"]
+        self.assertTrue(caller.wic_route_matches(self.request("sip:bob@198.51.100.20:5070", behind)))
+        self.assertFalse(caller.wic_route_matches(self.request("sip:bob@198.51.100.20:5070", behind[:1])))
+        callee = Dialog.from_invite(invite(False), Side.CORE)
+        callee.confirm(ok(record_route), is_own)
+        behind = ["<sip:scscf.example.com;lr>", "<sip:192.0.2.10:5060;transport=udp;lr>", "<sip:tok@192.0.2.11:443;transport=wss;lr>"]
+        self.assertTrue(callee.wic_route_matches(self.request("sip:carol@198.51.100.7:5060", behind)))
+
+    def test_an_early_dialog_has_no_saved_route_set_yet(self) -> None:
+        dialog = Dialog.from_invite(invite(True), Side.WIC)
+        self.assertTrue(dialog.wic_route_matches(self.request("sip:bob@198.51.100.20:5070", [])))

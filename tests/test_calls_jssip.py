@@ -33,9 +33,9 @@ class JsSipCallToSippTests(unittest.TestCase):
         self.directory = os.path.abspath(self.mktemp())
         os.makedirs(self.directory)
 
-    def spawn_sipp_uas(self) -> tuple[SippProcess, str, int]:
+    def spawn_sipp_uas(self, scenario_name: str = "calls_uas_answer.xml") -> tuple[SippProcess, str, int]:
         port = free_port()
-        scenario = os.path.join(SCENARIOS, "calls_uas_answer.xml")
+        scenario = os.path.join(SCENARIOS, scenario_name)
         args = ["-sf", scenario, "-i", "127.0.0.1", "-p", str(port), "-m", "1", "-timeout", "30s", "-timeout_error"]
         process, trace = spawn_sipp(self, self.sipp, args, self.directory, "uas")
         return process, trace, port
@@ -73,3 +73,23 @@ class JsSipCallToSippTests(unittest.TestCase):
         self.assertNotIn("a=group:BUNDLE", sdp)  # never answer with BUNDLE (A2)
         # the call is over: nothing of it is left in the media pool
         await wait_for(lambda: not self.service.pcscf.calls.calls(), timeout=10)
+
+    def test_in_dialog_requests_of_a_real_wic_pass_the_border_checks(self):
+        """re-INVITE, UPDATE, trickle INFO (consumed here, RFC 8840), INFO, MESSAGE and BYE from
+        JsSIP along the route set it learnt: every one passes the flow-token and route-set checks
+        of ``epcscf.pcscf.guard`` and reaches sipp (the trickle INFO excepted)."""
+        return as_deferred(self._in_dialog_call())
+
+    async def _in_dialog_call(self) -> None:
+        uas, trace, port = self.spawn_sipp_uas("calls_uas_in_dialog.xml")
+        await wait_for(lambda: port_bound(port, "UDP") or uas.ended.called, timeout=10)
+        peer = start_node_peer(self, "jssip_call.js", ws_url(self.service), "alice", USERS["alice"], DOMAIN,
+                               f"sip:echo@127.0.0.1:{port}", CHROME_OFFER, "in-dialog")
+        await peer.wait_for("confirmed", timeout=20)
+        for step in ("reinvite-ok", "update-ok", "trickle-info-ok", "info-ok", "message-ok"):
+            await peer.wait_for(step, timeout=10)
+        await peer.wait_for("ended", timeout=20)
+        self.assertEqual(await uas.ended.asFuture(asyncio.get_event_loop()), 0, uas.output[-2000:])
+        methods = [m.split(" ", 1)[0] for m in messages_in_trace(trace) if not m.startswith("SIP/2.0")]
+        self.assertEqual(methods, ["INVITE", "ACK", "INVITE", "ACK", "UPDATE", "INFO", "MESSAGE", "BYE"])
+        self.assertEqual(self.service.metrics.registry.get_sample_value("epcscf_requests_refused_total", {"side": "wic", "reason": "route_set"}), None)

@@ -227,6 +227,32 @@ class CallsThroughTheEdgeTests(unittest.TestCase):
         self.assertEqual(call.release_cause, "BYE from the wic")
         await self.assert_no_transaction_left()
 
+    async def test_the_wics_own_token_with_another_route_set_is_refused_inside_the_call(self) -> None:
+        """TS 24.229 §5.2.6.3: behind our entries the Route set must be the one saved for the
+        dialog; a WIC that writes its own gets 403 and nothing leaves (the genuine BYE then works)."""
+        client, wic, invite, ok, uas, trace, media_port = await self.established_originating_call()
+        sink = UdpSipPeer()
+        sink_port = sink.start()
+        self.addCleanup(sink.stop)
+        anywhere = f"<sip:{LOCAL}:{sink_port};lr>"
+        genuine = self.in_dialog(client, "BYE", invite, ok)
+        routes = list_values(genuine.headers, "Route")
+        self.assertGreaterEqual(len(routes), 3)  # ours (WIC side, core side) and the core's
+        for tampered in (routes + [anywhere], routes[:2] + [anywhere], routes[:2]):
+            for method in ("BYE", "INFO", "MESSAGE"):
+                request = self.in_dialog(client, method, invite, ok)
+                request.headers.replace_all("Route", tampered)
+                await as_deferred(client.send(request))
+                response = await as_deferred(client.final_response())
+                self.assertEqual((response.status, response.reason), (403, "Forbidden (Route does not match the dialog)"))
+        await deferLater(global_reactor, 0.3, lambda: None)
+        self.assertTrue(sink.received.empty(), "a request reached the sink")
+        await as_deferred(client.send(genuine))
+        self.assertEqual((await as_deferred(client.final_response())).status, 200)
+        self.assertEqual(await uas.ended, 0, uas.output.decode(errors="replace")[-2000:])
+        await self.calls.idle()
+        self.assert_everything_freed()
+
     async def test_consent_loss_sends_bye_to_both_sides_with_reason(self) -> None:
         # REQ-B03 / REQ-O08 (short consent timers through the ICE configuration)
         self.engine.settings = self.media_settings(consent_timeout=1.0, consent_interval=0.2, consent_min_interval=0.1)

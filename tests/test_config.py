@@ -118,6 +118,24 @@ class ConfigTests(unittest.TestCase):
             "[ws] allowed_origins: 'wic.example.com' is not an origin like https://wic.example.com:443",
         )
 
+    def test_trusted_sources(self) -> None:
+        text = "10.0.0.0/8, 192.0.2.1, 192.0.2.2:5060, [2001:db8::1]:5060, 2001:db8::/32, scscf.ims.example:5070"
+        loaded = load([self.write(ini({"core": {"trusted_sources": text}}))])
+        self.assertEqual(len(loaded.core.trusted_sources), 6)
+        self.assertEqual(load([self.write(ini())]).core.trusted_sources, ())  # default: next hops / embedded core
+
+    def test_bad_trusted_sources(self) -> None:
+        self.assertConfigError(
+            ini({"core": {"trusted_sources": "10.0.0.0/33"}}), "[core] trusted_sources: '10.0.0.0/33' is not a network like 10.0.0.0/8"
+        )
+        self.assertConfigError(
+            ini({"core": {"trusted_sources": "192.0.2.1:70000"}}), "[core] trusted_sources: port '70000' in '192.0.2.1:70000' is not 1-65535"
+        )
+        self.assertConfigError(
+            ini({"core": {"trusted_sources": "any host"}}),
+            "[core] trusted_sources: 'any host' is neither an IP address, a network nor a host name",
+        )
+
     def test_bad_port_range(self) -> None:
         self.assertConfigError(ini({"media": {"port_range": "30000"}}), "[media] port_range: expected a port range like 20000-29999, got '30000'")
 

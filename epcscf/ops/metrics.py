@@ -132,6 +132,12 @@ class EpcscfMetrics:
         self._registration_result_counters = {
             result: self._registration_results.labels(result) for result in ("ok", "challenged", "rejected", "server_error")
         }
+        self._requests_refused = Counter(
+            "epcscf_requests_refused",
+            "SIP requests refused at the border (403, an ACK dropped), by side (wic, core) and reason",
+            ["side", "reason"],
+            registry=self.registry,
+        )
         self._registrations_ended = Counter(
             "epcscf_registrations_ended", "registration bindings that ended, by reason", ["reason"], registry=self.registry
         )
@@ -159,6 +165,11 @@ class EpcscfMetrics:
             if counter is None:
                 counter = self._registration_results.labels(result)
             counter.inc()
+
+    def request_refused(self, side: str, reason: str) -> None:
+        """A request was refused before routing (``epcscf.pcscf.guard``: not in a dialog through
+        us, bad or foreign flow token, untrusted core source…)."""
+        self._requests_refused.labels(side, reason).inc()
 
     def registration_ended(self, reason: str) -> None:
         self._registrations_ended.labels(reason).inc()

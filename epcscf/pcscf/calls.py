@@ -522,6 +522,14 @@ class CallManager:
                 call.fire_if_allowed(CallEvent.RELEASED)
         self._finish(call, call.release_cause or "INVITE transaction ended without a dialog", None)
 
+    def wic_route_matches(self, request: Request, flow: Connection) -> bool | None:
+        """TS 24.229 §5.2.6.3: does a WIC's in-dialog request (our Routes removed) keep the
+        route set saved for its INVITE dialog?  None when no call of this flow is that dialog."""
+        call = self._live.get((request.headers.get("Call-ID") or "", flow.id))
+        if call is None or call.dialog is None or not call.dialog.matches(request):
+            return None
+        return call.dialog.wic_route_matches(request)
+
     def flow_for_call(self, call_id: str) -> Connection | None:
         for call in self.find(call_id):
             return call.wic_flow

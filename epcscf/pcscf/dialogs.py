@@ -34,7 +34,7 @@ from typing import Callable
 from epcscf.sip.headers import HeaderError, cseq
 from epcscf.sip.message import Request, Response
 from epcscf.sip.proxy_rules import BRANCH_PREFIX, DEFAULT_MAX_FORWARDS, add_via, apply_strict_route, list_values, name_addr_uri
-from epcscf.sip.uri import UriError, parse_name_addr
+from epcscf.sip.uri import SipUri, UriError, parse_name_addr, parse_uri
 
 
 class Side(enum.Enum):
@@ -95,6 +95,9 @@ class Dialog:
     core: Party
     invite_cseq: int = 1
     confirmed: bool = False
+    #: what the WIC's subsequent requests carry in Route behind our own leading entries
+    #: (RFC 3261 §12.1.1/§12.1.2 route set, TS 24.229 §5.2.6.3: checked against it)
+    wic_route_behind_us: list[str] = field(default_factory=list)
 
     @classmethod
     def from_invite(cls, invite: Request, caller: Side) -> "Dialog":
@@ -128,7 +131,17 @@ class Dialog:
         callee.address = to_value
         callee.tag = _tag_of(to_value)
         callee.target = _contact_uri(response) or callee.target
-        self.set_routes(list_values(response.headers, "Record-Route"), is_own_uri)
+        record_route = list_values(response.headers, "Record-Route")
+        self.set_routes(record_route, is_own_uri)
+        # RFC 3261 §12.1.2: the caller's route set is the Record-Route list reversed; §12.1.1:
+        # the callee's is the list as is.  The proxy removes our leading entries (§16.4) before
+        # the check, so they go here too.  When both parties are WICs of this eP-CSCF (a
+        # spiral through the core), our entries of the other party's flow stay behind the
+        # core's: only the leading ones are removed.
+        seen_by_wic = list(reversed(record_route)) if self.caller is Side.WIC else list(record_route)
+        while seen_by_wic and is_own_uri(name_addr_uri(seen_by_wic[0])):
+            seen_by_wic.pop(0)
+        self.wic_route_behind_us = seen_by_wic
         self.confirmed = True
 
     def set_routes(self, record_route: list[str], is_own_uri: Callable[[str], bool]) -> None:
@@ -140,6 +153,18 @@ class Dialog:
         self.party(self.callee).route = list(reversed(record_route[:first]))
         # Below our entries: proxies on the caller's side, the nearest to us first.
         self.party(self.caller).route = list(record_route[last + 1 :])
+
+    def wic_route_matches(self, request: Request) -> bool:
+        """TS 24.229 §5.2.6.3: the Route set of the WIC's subsequent request, behind our own
+        entries (already removed), is the one saved from the dialog-forming response; without
+        one the next hop is the Request-URI (RFC 3261 §16.12), which must be the core party's
+        remote target.  Before the dialog is confirmed no route set is saved: nothing to check."""
+        if not self.confirmed:
+            return True
+        routes = [name_addr_uri(value) for value in list_values(request.headers, "Route")]
+        if routes != [name_addr_uri(value) for value in self.wic_route_behind_us]:
+            return False
+        return bool(routes) or _same_target(request.uri, self.core.target)
 
     def request_seen(self, request: Request, sender: Side) -> None:
         """Track the sender's CSeq and a refreshed remote target (RFC 3261 §12.2.2)."""
@@ -194,6 +219,25 @@ class Dialog:
         apply_strict_route(request)  # RFC 3261 §12.2.1.1: a strict first hop
         add_via(request, via_transport, via_sent_by, new_branch(kind))
         return request
+
+
+def _same_target(uri: str, target: str | None) -> bool:
+    """The same next hop (RFC 3261 §19.1.4 comparison of the parts that choose it: user, host,
+    port, transport, maddr), so that a WIC cannot send a dialog's request elsewhere."""
+    if target is None:
+        return False
+    try:
+        given, saved = parse_uri(uri), parse_uri(target)
+    except UriError:
+        return uri.strip() == target.strip()
+    if not isinstance(given, SipUri) or not isinstance(saved, SipUri):
+        return uri.strip() == target.strip()
+
+    def where(parsed: SipUri) -> tuple[str, str | None, str, int | None, str, str]:
+        transport, maddr = parsed.params.get("transport") or "", parsed.params.get("maddr") or ""
+        return parsed.scheme.lower(), parsed.user, parsed.host_without_brackets.lower(), parsed.port, transport.lower(), maddr.lower()
+
+    return where(given) == where(saved)
 
 
 def _cseq_number(message: Request | Response) -> int:

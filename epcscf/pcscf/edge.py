@@ -8,11 +8,13 @@ what makes it a P-CSCF at a WebSocket edge:
   registration on that flow (else 403, TS 24.229 §5.2.6.3.1), lose any
   trust-domain header and get our P-Asserted-Identity (RFC 3325); initial ones
   follow the stored Service-Route (RFC 3608 §6) and are Record-Routed twice
-  (core-facing and WIC-facing, RFC 5658 §4);
+  (core-facing and WIC-facing, RFC 5658 §4); in-dialog ones only along a dialog we
+  Record-Routed on that very flow (``epcscf.pcscf.guard``), else 403;
 * from the core: requests are delivered on the flow named by the flow token in
   our Path/Record-Route URI (RFC 5626 §5.3.1): a tampered token is 403, a closed
   flow 430 (Flow Failed); they are never routed by resolving the WIC's Contact
-  (`.invalid` hosts, RFC 7118 §5.3);
+  (`.invalid` hosts, RFC 7118 §5.3); without a token only trusted core addresses
+  (``[core] trusted_sources``) are served, others get 403;
 * INVITE dialogs are handed to the call manager, which rewrites SDP.
 """
 
@@ -27,6 +29,7 @@ from typing import Callable, Protocol, Sequence
 from twisted.internet import defer
 from twisted.logger import Logger
 
+from epcscf.pcscf import guard
 from epcscf.pcscf.flows import FlowGone, FlowTable, TamperedToken
 from epcscf.pcscf.identity import assert_identity, strip_core_only_headers, strip_untrusted_headers
 from epcscf.pcscf.registration import Registrations
@@ -110,6 +113,10 @@ class EdgeAddresses:
     def wic_sent_by(self) -> str:
         return f"{self.wic_host}:{self.wic_port}"
 
+    def is_wic_side(self, uri: SipUri) -> bool:
+        """Our WIC-facing address: where the WIC-side Record-Route entry points (RFC 5658 §4)."""
+        return uri.host_without_brackets == self.wic_host and uri.port in (self.wic_port, None)
+
     def is_own(self, uri: SipUri) -> bool:
         port = uri.port
         host = uri.host_without_brackets
@@ -134,6 +141,9 @@ class CallHooks(Protocol):
     def transaction_ended(self, context: ProxiedRequest) -> None: ...
 
     def flow_for_call(self, call_id: str) -> Connection | None: ...
+
+    def wic_route_matches(self, request: Request, flow: Connection) -> bool | None:
+        """Whether a WIC's in-dialog request keeps the saved route set; None: no such dialog."""
 
     def stray_response(self, response: Response) -> Response | None: ...
 
@@ -167,6 +177,10 @@ class PcscfPolicy:
         #: the configured core entry point as the operator wrote it (``[core] next_hop``, external
         #: mode): named in the log when a registrar gives no Service-Route
         self.core_entry: str | None = None
+        #: core-side sources whose requests need no flow token (None: every source, unit tests)
+        self.trusted_sources: guard.TrustedSources | None = None
+        #: observer of refused requests, ``(side, reason)`` with side "wic" or "core" (metrics)
+        self.on_refused: Callable[[str, str], None] | None = None
 
     @property
     def network_id(self) -> str:
@@ -246,7 +260,7 @@ class PcscfPolicy:
         binding = self.registrations.registration_for_request(flow.id)
         if binding is None:
             # TS 24.229 §5.2.6.3.1 / REQ-R06: only registered WICs may originate.
-            return Reject(make_local_response(request, 403, "Forbidden (not registered)", to_tag=_new_tag()))
+            return self._refuse(context, "wic", guard.NOT_REGISTERED)
         strip_untrusted_headers(request)
         identity = assert_identity(request, list(binding.associated_uris))
         self._add_charging_vector(request)
@@ -278,18 +292,54 @@ class PcscfPolicy:
         return self._toward_core(request, record_route)
 
     def _in_dialog_from_wic(self, context: ProxiedRequest) -> Decision | defer.Deferred:
+        """An in-dialog request or ACK for a 2xx from the WIC: forwarded only along a dialog we
+        Record-Routed on this very flow (see ``epcscf.pcscf.guard`` for the rule and its clauses)."""
         request = context.request
+        flow = context.connection
         received = context.request_as_received  # an ACK for a 2xx has no server transaction: its own copy
-        if not any(self.is_own_uri(name_addr_uri(v)) for v in list_values(received.headers, "Route")):
-            if context.server_transaction is None:
-                return Reject(make_local_response(request, 403))  # an ACK is dropped by the proxy
-            # Not in a dialog we Record-Routed: a WIC may not use us to reach arbitrary targets.
-            return Reject(make_local_response(request, 403, "Forbidden (not in a dialog through this proxy)"))
+        refusal = guard.check_wic_route(received, flow.id, self.addresses.is_wic_side, self.flows.codec)
+        if refusal is None:
+            refusal = self._dialog_route_refusal(request, flow)
+        if refusal is not None:
+            return self._refuse(context, "wic", refusal)
         strip_untrusted_headers(request)
         forward = Forward(request, None, (), self.addresses.core_sent_by)
         if self.calls is not None:
             return self.calls.in_dialog_request(context, forward, from_wic=True)
         return forward
+
+    def _dialog_route_refusal(self, request: Request, flow: Connection) -> guard.Refusal | None:
+        """TS 24.229 §5.2.6.3: in an INVITE dialog the call manager holds, the Route set behind
+        our entries (and, without one, the Request-URI) must be the saved one; in any other
+        dialog the flow must hold a registration and the next hop must be the core."""
+        matches = getattr(self.calls, "wic_route_matches", None)
+        known = matches(request, flow) if matches is not None else None
+        if known is not None:
+            return None if known else guard.ROUTE_SET
+        binding = self.registrations.registration_for_request(flow.id)
+        if binding is None:
+            return guard.NOT_REGISTERED
+        if not guard.next_hop_is_core(request, binding.service_route, self.trusted_sources, self.core_next_hop or ()):
+            return guard.NOT_TOWARD_CORE
+        return None
+
+    def _refuse(self, context: ProxiedRequest, side: str, refusal: guard.Refusal) -> Reject:
+        """403 with the refusal's reason phrase (an ACK gets none: the proxy drops a Reject of an
+        ACK), one log line and one count; nothing is forwarded and no name is resolved."""
+        request = context.request
+        connection = context.connection
+        where = connection.id if side == "wic" else str(connection.remote)
+        log.info(
+            "refused {method} from the {side} ({where}): {reason}, Call-ID {call_id}",
+            method=request.method,
+            side=side,
+            where=where,
+            reason=refusal.reason,
+            call_id=request.headers.get("Call-ID") or "",
+        )
+        if self.on_refused is not None:
+            self.on_refused(side, refusal.reason)
+        return Reject(make_local_response(request, 403, refusal.phrase, to_tag=_new_tag()))
 
     def _register(self, context: ProxiedRequest, token: str) -> Decision:
         request = context.request
@@ -343,6 +393,9 @@ class PcscfPolicy:
         request = context.request
         received = context.request_as_received  # an ACK for a 2xx has no server transaction: its own copy
         token = self._flow_token(received)
+        if token is None and self.trusted_sources is not None and not self.trusted_sources.allows(context.connection.remote):
+            # A border element: only the core, or a request that followed our Path/Record-Route.
+            return self._refuse(context, "core", guard.UNTRUSTED_SOURCE)
         if token is None:
             if context.server_transaction is None:
                 return Reject(make_local_response(request, 404))
@@ -352,7 +405,7 @@ class PcscfPolicy:
         try:
             connection = self.flows.flow_for_token(token).connection
         except TamperedToken:
-            return Reject(make_local_response(request, 403, "Forbidden (bad flow token)", to_tag=_new_tag()))
+            return self._refuse(context, "core", guard.BAD_TOKEN)
         except FlowGone:
             # RFC 5626 §5.3.1: the flow the token names is gone.
             return Reject(make_local_response(request, 430, to_tag=_new_tag()))

@@ -19,13 +19,14 @@ from twisted.internet import defer, ssl
 from twisted.internet.interfaces import IListeningPort
 from twisted.logger import Logger
 
-from epcscf.config import Config, Listener
+from epcscf.config import Config, Listener, parse_trusted_source
 from epcscf.ice import IceAgentConfig
 from epcscf.media import MediaSessionConfig
 from epcscf.pcscf.call_media import CallMediaEngine, CallMediaSettings
 from epcscf.pcscf.calls import CallManager, CallSettings
 from epcscf.pcscf.edge import EdgeAddresses, PcscfPolicy
 from epcscf.pcscf.flows import Flow, FlowTable
+from epcscf.pcscf.guard import SourceRule, TrustedSources
 from epcscf.pcscf.registration import RegistrationBinding, Registrations
 from epcscf.sip.connection import Address, Connection
 from epcscf.sip.message import Message
@@ -165,6 +166,8 @@ class PcscfNode(Service):
         self.proxy: StatefulProxy | None = None
         self.flows.on_close(self._flow_closed)
         self.calls: CallManager | None = None
+        #: core-side sources served without a flow token (``[core] trusted_sources``)
+        self.trusted_sources = TrustedSources()
 
     # --- TransactionUser: everything goes through the proxy ---------------------------------
 
@@ -211,6 +214,8 @@ class PcscfNode(Service):
         )
         if self.config.core.mode == "external":
             self.policy.core_entry = ", ".join(self.config.core.next_hop)
+        self.policy.trusted_sources = self.trusted_sources
+        self._trust_core_sources()
         self.proxy = StatefulProxy(
             self.reactor,
             self.transports,
@@ -287,7 +292,40 @@ class PcscfNode(Service):
                     targets.extend(await self.resolver.resolve_uri(uri))
             return targets
 
-        return defer.ensureDeferred(resolve())
+        resolving = defer.ensureDeferred(resolve())
+        if not self.config.core.trusted_sources:
+            resolving.addCallback(self._trust_next_hops)
+        return resolving
+
+    def _trust_next_hops(self, targets: list[Target]) -> list[Target]:
+        for target in targets:
+            self.trusted_sources.add(target.host)
+        return targets
+
+    def _trust_core_sources(self) -> None:
+        """``[core] trusted_sources``, else the embedded core's listeners (host and port), else
+        the hosts of the ``[core] next_hop`` URIs (any source port: a core opens TCP connections
+        from ephemeral ports).  Names are resolved (A/AAAA) and added when the answers come."""
+        configured = self.config.core.trusted_sources
+        if configured:
+            for text in configured:
+                host, port, network = parse_trusted_source(text)
+                if network is not None:
+                    self.trusted_sources.add_rule(SourceRule(network, port))
+                else:
+                    self._trust_resolved(self.resolver.resolve(host, port or 5060), port)
+        elif self._core_targets is not None:
+            for target in self._core_targets():
+                self.trusted_sources.add(target.host, target.port)
+        else:
+            self._trust_resolved(self._resolve_next_hop(), None)  # (also trusted at each later resolution)
+
+    def _trust_resolved(self, resolving: defer.Deferred, port: int | None) -> None:
+        def trust(targets: list[Target]) -> None:
+            for target in targets:
+                self.trusted_sources.add(target.host, port)
+
+        resolving.addCallback(trust).addErrback(lambda failure: log.error("trusted core source not resolved: {why}", why=failure.value))
 
     # --- flows and registrations --------------------------------------------------------------
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from typing import Callable
 
 from twisted.trial import unittest
 
@@ -48,10 +49,13 @@ port_range = 40000-40999
     return path
 
 
-def start_deployment(test: unittest.TestCase, extra: str = "") -> EpcscfService:
+def start_deployment(
+    test: unittest.TestCase, extra: str = "", before_start: Callable[[EpcscfService], None] | None = None
+) -> EpcscfService:
     """Start epcscf with the embedded core; stopped when the test ends.
 
-    ``extra`` is a second ini file's text: its keys override the deployment's.
+    ``extra`` is a second ini file's text: its keys override the deployment's.  ``before_start``
+    may replace parts of the built service (a DNS resolver double) before it starts.
     """
     directory = os.path.abspath(test.mktemp())
     files = [write_deployment_config(directory)]
@@ -61,6 +65,8 @@ def start_deployment(test: unittest.TestCase, extra: str = "") -> EpcscfService:
             handle.write(extra)
     config: Config = load(files)
     service = EpcscfService(config)
+    if before_start is not None:
+        before_start(service)
     service.startService()
     test.addCleanup(service.stopService)
     return service
