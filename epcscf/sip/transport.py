@@ -51,6 +51,7 @@ from epcscf.sip.parser import (
     error_response_for,
     parse_message,
 )
+from epcscf.sip.tls import server_tls_from_files
 
 log = Logger()
 
@@ -446,9 +447,8 @@ class TransportManager:
         if self._server_tls is None:
             if not (self.settings.tls_certificate and self.settings.tls_private_key):
                 raise ValueError("a tls listener needs tls_certificate and tls_private_key")
-            with open(self.settings.tls_certificate, "rb") as cert, open(self.settings.tls_private_key, "rb") as key:
-                pem = cert.read() + b"\n" + key.read()
-            self._server_tls = ssl.PrivateCertificate.loadPEM(pem).options()
+            # SIP has no ALPN identifier: offers are ignored, never fatal (see epcscf.sip.tls).
+            self._server_tls = server_tls_from_files(self.settings.tls_certificate, self.settings.tls_private_key)
         return self._server_tls
 
     def local_address(self, transport: str) -> Address | None:
