@@ -19,6 +19,8 @@ from dataclasses import MISSING, dataclass, field, fields
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
+from epcscf.sip.tls import CredentialsError, load_credentials
+
 
 class ConfigError(Exception):
     """A bad ini file: one line naming file, section, key and reason."""
@@ -423,6 +425,7 @@ def _check_consistency(config: Config, set_by: dict[tuple[str, str], str]) -> No
             fail("sip", "tls_certificate", "a tls listener needs tls_certificate")
         if not config.sip.tls_private_key:
             fail("sip", "tls_private_key", "a tls listener needs tls_private_key")
+        _check_credentials(fail, "sip", "tls_certificate", "tls_private_key", config.sip.tls_certificate, config.sip.tls_private_key)
     if not config.ws.listen:
         fail("ws", "listen", "at least one ws or wss listener is needed: it is how WICs reach the eP-CSCF")
     if not config.sip.listen:
@@ -437,11 +440,23 @@ def _check_consistency(config: Config, set_by: dict[tuple[str, str], str]) -> No
     if config.wwsf.enabled and any(listener.transport == "https" for listener in config.wwsf.listen):
         if not (config.ws.certificate and config.ws.private_key):
             fail("wwsf", "listen", "an https listener uses the [ws] certificate and private_key: set both")
+    if config.ws.certificate and config.ws.private_key:
+        _check_credentials(fail, "ws", "certificate", "private_key", config.ws.certificate, config.ws.private_key)
     if config.manhole.enabled and not config.manhole.users:
         fail("manhole", "users", "enabled = true needs a users file (user:bcrypt-hash lines)")
     low, high = config.media.port_range
     if high - low < 3:
         fail("media", "port_range", "needs at least 4 ports")
+
+
+def _check_credentials(
+    fail: Callable[[str, str, str], None], section: str, certificate_key: str, private_key_key: str, certificate: str, private_key: str
+) -> None:
+    """A certificate and key that cannot serve TLS stop the start here, not at the first handshake."""
+    try:
+        load_credentials(certificate, private_key)
+    except CredentialsError as error:
+        fail(section, certificate_key if error.culprit == "certificate" else private_key_key, str(error))
 
 
 def describe() -> str:

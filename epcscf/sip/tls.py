@@ -52,6 +52,11 @@ PrivateKey = Union[rsa.RSAPrivateKey, ec.EllipticCurvePrivateKey, ed25519.Ed2551
 class CredentialsError(ValueError):
     """A certificate or key file that cannot serve TLS; the message names the file and what to fix."""
 
+    def __init__(self, culprit: str, message: str) -> None:
+        super().__init__(message)
+        #: "certificate" or "private_key": the file to fix
+        self.culprit = culprit
+
 
 @dataclass(frozen=True)
 class ServerCredentials:
@@ -67,45 +72,54 @@ def load_credentials(certificate_path: str, private_key_path: str) -> ServerCred
     key = _load_private_key(private_key_path)
     if _public_bytes(key.public_key()) != _public_bytes(certificates[0].public_key()):
         raise CredentialsError(
+            "private_key",
             f"the private key in {private_key_path} does not belong to the first certificate in {certificate_path}"
         )
     return ServerCredentials(certificates[0], tuple(certificates[1:]), key)
 
 
-def _read(path: str) -> bytes:
+def _read(path: str, culprit: str) -> bytes:
     try:
         with open(path, "rb") as handle:
             return handle.read()
     except OSError as error:
-        raise CredentialsError(f"cannot read {path}: {error.strerror}") from None
+        raise CredentialsError(culprit, f"cannot read {path}: {error.strerror}") from None
 
 
 def _load_certificates(path: str) -> list[x509.Certificate]:
-    text = _read(path)
+    text = _read(path, "certificate")
     try:
         certificates = x509.load_pem_x509_certificates(text)
     except ValueError:
-        raise CredentialsError(f"{path} holds no PEM certificate (BEGIN CERTIFICATE)") from None
+        raise CredentialsError("certificate", f"{path} holds no PEM certificate (BEGIN CERTIFICATE)") from None
     return certificates
 
 
 def _load_private_key(path: str) -> PrivateKey:
-    text = _read(path)
+    text = _read(path, "private_key")
     try:
         key = serialization.load_pem_private_key(text, password=None)
     except TypeError:
-        raise CredentialsError(f"the private key in {path} is encrypted: store it without a passphrase") from None
+        raise CredentialsError("private_key", f"the private key in {path} is encrypted: store it without a passphrase") from None
     except ValueError:
-        raise CredentialsError(f"{path} holds no PEM private key (BEGIN PRIVATE KEY)") from None
+        raise CredentialsError("private_key", f"{path} holds no PEM private key (BEGIN PRIVATE KEY)") from None
     except Exception as error:  # cryptography's UnsupportedAlgorithm
-        raise CredentialsError(f"the private key in {path} cannot be used: {error}") from None
+        raise CredentialsError("private_key", f"the private key in {path} cannot be used: {error}") from None
     if not isinstance(key, SIGNING_KEYS):
-        raise CredentialsError(f"the private key in {path} is not an RSA, ECDSA or EdDSA key")
+        raise CredentialsError("private_key", f"the private key in {path} is not an RSA, ECDSA or EdDSA key")
     return key
 
 
 def _public_bytes(public_key: Any) -> bytes:
     return public_key.public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
+
+
+def describe_tls_error(error: BaseException) -> str:
+    """OpenSSL's reasons in one line ("unsupported protocol"), not the error queue's repr."""
+    queue = error.args[0] if isinstance(error, SSL.Error) and error.args else None
+    if isinstance(queue, list) and queue and all(isinstance(entry, tuple) and entry for entry in queue):
+        return "; ".join(str(entry[-1]) for entry in queue)
+    return str(error) or type(error).__name__
 
 
 def select_protocol(ours: Sequence[bytes]) -> Callable[[SSL.Connection, list[bytes]], Any]:

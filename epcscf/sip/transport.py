@@ -51,7 +51,7 @@ from epcscf.sip.parser import (
     error_response_for,
     parse_message,
 )
-from epcscf.sip.tls import server_tls_from_files
+from epcscf.sip.tls import describe_tls_error, server_tls_from_files
 
 log = Logger()
 
@@ -339,6 +339,14 @@ class StreamConnection:
         self._cancel_idle()
         self._manager._connections.remove(self)
         if not self.ready.called:
+            if not self.outbound:
+                # An inbound TLS handshake failed (a client offering only TLS 1.1, or not
+                # trusting our certificate): the peer's problem, one line, and nobody waits
+                # on ``ready`` of an inbound connection.
+                log.info(
+                    "TLS handshake with {peer} failed: {error}", peer=self.remote, error=describe_tls_error(reason.value)
+                )
+                self.ready.addErrback(lambda _: None)
             self.ready.errback(reason)
         if not self.closed.called:
             self.closed.callback(None)
