@@ -425,7 +425,8 @@ def _check_consistency(config: Config, set_by: dict[tuple[str, str], str]) -> No
             fail("sip", "tls_certificate", "a tls listener needs tls_certificate")
         if not config.sip.tls_private_key:
             fail("sip", "tls_private_key", "a tls listener needs tls_private_key")
-        _check_credentials(fail, "sip", "tls_certificate", "tls_private_key", config.sip.tls_certificate, config.sip.tls_private_key)
+        sip_files = (config.sip.tls_certificate, config.sip.tls_private_key)
+        _check_credentials(fail, "sip", ("tls_certificate", "tls_private_key"), sip_files)
     if not config.ws.listen:
         fail("ws", "listen", "at least one ws or wss listener is needed: it is how WICs reach the eP-CSCF")
     if not config.sip.listen:
@@ -441,7 +442,7 @@ def _check_consistency(config: Config, set_by: dict[tuple[str, str], str]) -> No
         if not (config.ws.certificate and config.ws.private_key):
             fail("wwsf", "listen", "an https listener uses the [ws] certificate and private_key: set both")
     if config.ws.certificate and config.ws.private_key:
-        _check_credentials(fail, "ws", "certificate", "private_key", config.ws.certificate, config.ws.private_key)
+        _check_credentials(fail, "ws", ("certificate", "private_key"), (config.ws.certificate, config.ws.private_key))
     if config.manhole.enabled and not config.manhole.users:
         fail("manhole", "users", "enabled = true needs a users file (user:bcrypt-hash lines)")
     low, high = config.media.port_range
@@ -450,13 +451,14 @@ def _check_consistency(config: Config, set_by: dict[tuple[str, str], str]) -> No
 
 
 def _check_credentials(
-    fail: Callable[[str, str, str], None], section: str, certificate_key: str, private_key_key: str, certificate: str, private_key: str
+    fail: Callable[[str, str, str], None], section: str, keys: tuple[str, str], files: tuple[str, str]
 ) -> None:
-    """A certificate and key that cannot serve TLS stop the start here, not at the first handshake."""
+    """A certificate and key that cannot serve TLS stop the start here, not at the first handshake;
+    ``keys`` name the certificate and private key settings, ``files`` are their values."""
     try:
-        load_credentials(certificate, private_key)
+        load_credentials(*files)
     except CredentialsError as error:
-        fail(section, certificate_key if error.culprit == "certificate" else private_key_key, str(error))
+        fail(section, keys[0] if error.culprit == "certificate" else keys[1], str(error))
 
 
 def describe() -> str:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import os
 import re
 
+from cryptography.hazmat.primitives import serialization
 from twisted.internet.utils import getProcessOutputAndValue
 from twisted.trial import unittest
 
@@ -137,7 +138,18 @@ class CredentialsTests(unittest.TestCase):
 
     def test_wrong_files_name_the_file_and_the_fix(self) -> None:
         other_cert, other_key, _ = self_signed_certificate(os.path.join(self.directory, "other"))
+        encrypted = os.path.join(self.directory, "encrypted.pem")
+        with open(self.pki.key_path, "rb") as plain, open(encrypted, "wb") as handle:
+            key = serialization.load_pem_private_key(plain.read(), password=None)
+            handle.write(
+                key.private_bytes(
+                    serialization.Encoding.PEM,
+                    serialization.PrivateFormat.PKCS8,
+                    serialization.BestAvailableEncryption(b"secret"),
+                )
+            )
         cases = [
+            (self.pki.chain_path, encrypted, "private_key", "is encrypted: store it unencrypted"),
             (self.pki.key_path, self.pki.key_path, "certificate", "holds no PEM certificate"),
             (self.pki.chain_path, self.pki.chain_path, "private_key", "holds no PEM private key"),
             (self.pki.chain_path, other_key, "private_key", "does not belong to the first certificate"),

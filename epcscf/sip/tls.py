@@ -11,16 +11,20 @@ handshake failure later.  ``server_tls`` turns credentials into a ``ServerTLS``,
 
 Twisted's ``CertificateOptions`` builds the context (its cipher list, no compression, server
 cipher preference, minimum TLS 1.2 as BCP 195 / RFC 9325 §3.1.1 asks), and then we install our
-own ALPN select callback on it, because Twisted's (26.10) answers "nothing in common" with
-``b""``, which pyOpenSSL turns into a fatal ``internal_error`` alert.  Every browser offers ALPN
-(``http/1.1`` for a WebSocket, ``h2, http/1.1`` for a page), so with Twisted's callback no
-browser could connect.  Ours (``select_protocol``) picks the first of our protocols the client
-offers, and when it offers none of them it returns ``NO_OVERLAPPING_PROTOCOLS``: the handshake
-continues without ALPN, as with a server that does not implement it (RFC 7301 §3.1: the server
-MAY return a selection).  The WebSocket and the page each speak exactly one protocol on their
-port, so there is nothing for ALPN to choose and a failed negotiation would only lock clients
-out; a client that really needed another protocol fails at the HTTP layer, with a response
-it can read.  SIP has no ALPN identifier; its listener negotiates nothing and ignores offers.
+own ALPN select callback on it.  Twisted (26.10) installs one on every server context, even
+without ``acceptableProtocols``, and it answers "nothing in common" with ``b""``, which
+pyOpenSSL documents as "terminate the connection": OpenSSL sends an ``internal_error`` alert.
+Every browser offers ALPN (``http/1.1`` for a WebSocket, ``h2, http/1.1`` for a page), so with
+Twisted's callback no browser could connect.
+
+Ours (``select_protocol``) picks the first of our protocols the client offers.  When it offers
+none of them the callback returns ``NO_OVERLAPPING_PROTOCOLS`` and the handshake continues
+without ALPN, as with a server that does not implement it (RFC 7301 §3.1: the server MAY return
+a selection).  RFC 7301 §3.2 would have a server that negotiates send ``no_application_protocol``
+instead; we do not, on purpose: the WebSocket and the page each speak exactly one protocol on
+their port, so there is nothing for ALPN to choose, and a client that needed another protocol
+fails at the HTTP layer with a response it can read instead of at the handshake.  SIP has no
+ALPN identifier: its listener selects nothing and ignores offers.
 """
 
 from __future__ import annotations
@@ -29,6 +33,7 @@ from dataclasses import dataclass
 from typing import Any, Callable, Sequence, Union
 
 from cryptography import x509
+from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed448, ed25519, rsa
 from OpenSSL import SSL
@@ -73,7 +78,7 @@ def load_credentials(certificate_path: str, private_key_path: str) -> ServerCred
     if _public_bytes(key.public_key()) != _public_bytes(certificates[0].public_key()):
         raise CredentialsError(
             "private_key",
-            f"the private key in {private_key_path} does not belong to the first certificate in {certificate_path}"
+            f"the private key in {private_key_path} does not belong to the first certificate in {certificate_path}",
         )
     return ServerCredentials(certificates[0], tuple(certificates[1:]), key)
 
@@ -100,10 +105,10 @@ def _load_private_key(path: str) -> PrivateKey:
     try:
         key = serialization.load_pem_private_key(text, password=None)
     except TypeError:
-        raise CredentialsError("private_key", f"the private key in {path} is encrypted: store it without a passphrase") from None
+        raise CredentialsError("private_key", f"the private key in {path} is encrypted: store it unencrypted") from None
     except ValueError:
         raise CredentialsError("private_key", f"{path} holds no PEM private key (BEGIN PRIVATE KEY)") from None
-    except Exception as error:  # cryptography's UnsupportedAlgorithm
+    except UnsupportedAlgorithm as error:
         raise CredentialsError("private_key", f"the private key in {path} cannot be used: {error}") from None
     if not isinstance(key, SIGNING_KEYS):
         raise CredentialsError("private_key", f"the private key in {path} is not an RSA, ECDSA or EdDSA key")
