@@ -230,7 +230,7 @@ class SipSection:
         _listeners("udp", "tcp", "tls"), (), "core-facing SIP listeners, e.g. udp:127.0.0.1:5060, tcp:127.0.0.1:5060"
     )
     public_address: str = _option(_optional_ip_address, "", "address written in Via/Record-Route/Path (default: listener address)")
-    tls_certificate: str = _option(_existing_file, "", "PEM certificate for tls listeners")
+    tls_certificate: str = _option(_existing_file, "", "PEM certificate for tls listeners: server certificate first, then intermediates")
     tls_private_key: str = _option(_existing_file, "", "PEM private key for tls listeners")
     t1: float = _option(_seconds, 0.5, "RFC 3261 T1 toward the core (TS 24.229 Table 7.7.1: 0.5 s)")
     t2: float = _option(_seconds, 4.0, "RFC 3261 T2 toward the core")
@@ -250,8 +250,8 @@ class WsSection:
     listen: tuple[Listener, ...] = _option(
         _listeners("ws", "wss"), (), "WIC-facing WebSocket listeners, e.g. ws:127.0.0.1:8080, wss:0.0.0.0:8443"
     )
-    certificate: str = _option(_existing_file, "", "PEM certificate (chain) for wss listeners")
-    private_key: str = _option(_existing_file, "", "PEM private key for wss listeners")
+    certificate: str = _option(_existing_file, "", "PEM certificate for wss and https WWSF listeners: server certificate first, then intermediates")
+    private_key: str = _option(_existing_file, "", "PEM private key (unencrypted) for wss and https WWSF listeners")
     allowed_origins: tuple[str, ...] = _option(_origin_list, (), "browser origins allowed to connect (scheme://host[:port])")
     allow_any_origin: bool = _option(_boolean, False, "accept every browser origin (labs only)")
     allow_missing_origin: bool = _option(_boolean, True, "accept clients that send no Origin (non-browser WICs)")
