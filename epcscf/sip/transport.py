@@ -172,6 +172,8 @@ class UdpConnection:
 class UdpTransport(DatagramProtocol):
     """One UDP listener: datagrams in → messages to the sink; one UdpConnection per peer."""
 
+    noisy = False  # the node logs its listeners in one line; no "Starting protocol" per socket
+
     def __init__(self, clock: IReactorTime, sink: MessageSink, settings: TransportSettings) -> None:
         self.clock = clock
         self._sink = sink
@@ -395,12 +397,26 @@ class SipStreamProtocol(Protocol):
 
 
 class _StreamFactory(Factory):
+    noisy = False  # no "Starting factory" line per listener
+
     def __init__(self, manager: "TransportManager", transport: str) -> None:
         self._manager = manager
         self._transport = transport
 
     def buildProtocol(self, addr: Any) -> SipStreamProtocol:
         return StreamConnection(self._manager, self._transport, outbound=False).protocol
+
+
+class _OutboundFactory(Factory):
+    """``endpoints.connectProtocol`` without its "Starting factory" line per connection."""
+
+    noisy = False
+
+    def __init__(self, protocol: SipStreamProtocol) -> None:
+        self._protocol = protocol
+
+    def buildProtocol(self, addr: Any) -> SipStreamProtocol:
+        return self._protocol
 
 
 # --- the manager -----------------------------------------------------------------------------
@@ -514,7 +530,7 @@ class TransportManager:
                 else:
                     waiter.callback(outcome)
 
-        connecting = endpoints.connectProtocol(endpoint, connection.protocol)
+        connecting = endpoint.connect(_OutboundFactory(connection.protocol))
         self._connecting.add(connecting)
         connecting.addBoth(lambda outcome: (self._connecting.discard(connecting), outcome)[1])
         connecting.addCallback(lambda _: connection.ready).addBoth(finished)
