@@ -19,6 +19,8 @@ from dataclasses import MISSING, dataclass, field, fields
 from pathlib import Path
 from typing import Any, Callable, Iterable, Union
 
+from epcscf.sip.tls import CredentialsError, load_credentials
+
 
 class ConfigError(Exception):
     """A bad ini file: one line naming file, section, key and reason."""
@@ -275,7 +277,7 @@ class SipSection:
         _listeners("udp", "tcp", "tls"), (), "core-facing SIP listeners, e.g. udp:127.0.0.1:5060, tcp:127.0.0.1:5060"
     )
     public_address: str = _option(_optional_ip_address, "", "address written in Via/Record-Route/Path (default: listener address)")
-    tls_certificate: str = _option(_existing_file, "", "PEM certificate for tls listeners")
+    tls_certificate: str = _option(_existing_file, "", "PEM certificate for tls listeners: server certificate first, then intermediates")
     tls_private_key: str = _option(_existing_file, "", "PEM private key for tls listeners")
     t1: float = _option(_seconds, 0.5, "RFC 3261 T1 toward the core (TS 24.229 Table 7.7.1: 0.5 s)")
     t2: float = _option(_seconds, 4.0, "RFC 3261 T2 toward the core")
@@ -295,8 +297,8 @@ class WsSection:
     listen: tuple[Listener, ...] = _option(
         _listeners("ws", "wss"), (), "WIC-facing WebSocket listeners, e.g. ws:127.0.0.1:8080, wss:0.0.0.0:8443"
     )
-    certificate: str = _option(_existing_file, "", "PEM certificate (chain) for wss listeners")
-    private_key: str = _option(_existing_file, "", "PEM private key for wss listeners")
+    certificate: str = _option(_existing_file, "", "PEM certificate for wss and https WWSF listeners: server certificate first, then intermediates")
+    private_key: str = _option(_existing_file, "", "PEM private key (unencrypted) for wss and https WWSF listeners")
     allowed_origins: tuple[str, ...] = _option(_origin_list, (), "browser origins allowed to connect (scheme://host[:port])")
     allow_any_origin: bool = _option(_boolean, False, "accept every browser origin (labs only)")
     allow_missing_origin: bool = _option(_boolean, True, "accept clients that send no Origin (non-browser WICs)")
@@ -473,6 +475,8 @@ def _check_consistency(config: Config, set_by: dict[tuple[str, str], str]) -> No
             fail("sip", "tls_certificate", "a tls listener needs tls_certificate")
         if not config.sip.tls_private_key:
             fail("sip", "tls_private_key", "a tls listener needs tls_private_key")
+        sip_files = (config.sip.tls_certificate, config.sip.tls_private_key)
+        _check_credentials(fail, "sip", ("tls_certificate", "tls_private_key"), sip_files)
     if not config.ws.listen:
         fail("ws", "listen", "at least one ws or wss listener is needed: it is how WICs reach the eP-CSCF")
     if not config.sip.listen:
@@ -487,11 +491,24 @@ def _check_consistency(config: Config, set_by: dict[tuple[str, str], str]) -> No
     if config.wwsf.enabled and any(listener.transport == "https" for listener in config.wwsf.listen):
         if not (config.ws.certificate and config.ws.private_key):
             fail("wwsf", "listen", "an https listener uses the [ws] certificate and private_key: set both")
+    if config.ws.certificate and config.ws.private_key:
+        _check_credentials(fail, "ws", ("certificate", "private_key"), (config.ws.certificate, config.ws.private_key))
     if config.manhole.enabled and not config.manhole.users:
         fail("manhole", "users", "enabled = true needs a users file (user:bcrypt-hash lines)")
     low, high = config.media.port_range
     if high - low < 3:
         fail("media", "port_range", "needs at least 4 ports")
+
+
+def _check_credentials(
+    fail: Callable[[str, str, str], None], section: str, keys: tuple[str, str], files: tuple[str, str]
+) -> None:
+    """A certificate and key that cannot serve TLS stop the start here, not at the first handshake;
+    ``keys`` name the certificate and private key settings, ``files`` are their values."""
+    try:
+        load_credentials(*files)
+    except CredentialsError as error:
+        fail(section, keys[0] if error.culprit == "certificate" else keys[1], str(error))
 
 
 def describe() -> str:

@@ -15,6 +15,8 @@ import ssl
 from typing import Any, Awaitable, Callable
 
 from twisted.internet.defer import Deferred
+from twisted.internet.endpoints import SSL4ServerEndpoint
+from twisted.internet.interfaces import IStreamServerEndpoint
 from twisted.trial import unittest
 
 from tests.support.certificates import self_signed_certificate as support_certificate
@@ -22,6 +24,7 @@ from tests.support.certificates import self_signed_certificate as support_certif
 from epcscf.sip.connection import Connection, ConnectionLost
 from epcscf.sip.message import Message, Request, Response, make_response
 from epcscf.ws.connection import CloseReason, WsConnection
+from epcscf.sip.tls import HTTP_PROTOCOLS, server_tls_from_files
 from epcscf.ws.protocol import WsListenerSettings, listen_ws, normalise_origin
 
 REGISTER = (
@@ -100,7 +103,9 @@ class WsTestCase(unittest.TestCase):
         self.sink = RecordingSink()
         self.clients: list[Any] = []
 
-    async def listen(self, settings: WsListenerSettings | None = None, endpoint: str = "tcp:0:interface=127.0.0.1") -> int:
+    async def listen(
+        self, settings: WsListenerSettings | None = None, endpoint: "str | IStreamServerEndpoint" = "tcp:0:interface=127.0.0.1"
+    ) -> int:
         port = await listen_ws(self.reactor, endpoint, settings or self.settings, self.sink).asFuture(
             asyncio.get_running_loop()
         )
@@ -437,21 +442,37 @@ class CloseTests(WsTestCase):
 
 
 class SecureTests(WsTestCase):
-    @asyncio_test
-    async def test_wss_with_a_trusted_self_signed_certificate(self) -> None:
+    async def listen_wss(self) -> tuple[int, bytes]:
+        """A WSS listener as epcscf runs it (epcscf.sip.tls); (port, certificate PEM)."""
         key_path, cert_path, pem = self_signed_certificate(self.mktemp())
-        port = await self.listen(endpoint=f"ssl:0:interface=127.0.0.1:privateKey={key_path}:certKey={cert_path}")
+        tls = server_tls_from_files(cert_path, key_path, HTTP_PROTOCOLS)
+        return await self.listen(endpoint=SSL4ServerEndpoint(self.reactor, 0, tls, interface="127.0.0.1")), pem
+
+    @asyncio_test
+    async def test_wss_with_a_trusted_certificate_and_alpn_like_a_browser(self) -> None:
+        port, pem = await self.listen_wss()
         context = ssl.create_default_context(cadata=pem.decode())
+        context.set_alpn_protocols(["http/1.1"])  # what a browser offers for a WebSocket
         client = await self.connect(port, scheme="wss", ssl=context)
+        self.assertEqual(client.transport.get_extra_info("ssl_object").selected_alpn_protocol(), "http/1.1")
         connection = await self.sink.opened.get()
         self.assertEqual(connection.transport, "WSS")
         await client.send(register())
         self.assertTrue((await client.recv()).startswith("SIP/2.0 200 OK"))
 
     @asyncio_test
+    async def test_wss_client_offering_only_other_protocols_continues_without_alpn(self) -> None:
+        port, pem = await self.listen_wss()
+        context = ssl.create_default_context(cadata=pem.decode())
+        context.set_alpn_protocols(["h2"])
+        client = await self.connect(port, scheme="wss", ssl=context)
+        self.assertIsNone(client.transport.get_extra_info("ssl_object").selected_alpn_protocol())
+        await client.send(register())
+        self.assertTrue((await client.recv()).startswith("SIP/2.0 200 OK"))
+
+    @asyncio_test
     async def test_wss_client_not_trusting_the_certificate_fails(self) -> None:
-        key_path, cert_path, _ = self_signed_certificate(self.mktemp())
-        port = await self.listen(endpoint=f"ssl:0:interface=127.0.0.1:privateKey={key_path}:certKey={cert_path}")
+        port, _ = await self.listen_wss()
         with self.assertRaises(ssl.SSLCertVerificationError):
             await self.connect(port, scheme="wss", ssl=ssl.create_default_context())
         self.assertTrue(self.sink.opened.empty())

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from typing import Any, Callable
 
 from twisted.application.service import Service
-from twisted.internet import defer, ssl
+from twisted.internet import defer
 from twisted.internet.interfaces import IListeningPort
 from twisted.logger import Logger
 
@@ -33,6 +33,7 @@ from epcscf.sip.message import Message
 from epcscf.sip.parser import ParserLimits
 from epcscf.sip.proxy import ProxySettings, StatefulProxy
 from epcscf.sip.resolver import NextHopResolver, Target
+from epcscf.sip.tls import HTTP_PROTOCOLS, server_tls_from_files
 from epcscf.sip.transaction import TimerSettings, TransactionLayer
 from epcscf.sip.transport import TransportManager, TransportSettings
 from epcscf.sip.uri import SipUri, UriError, parse_uri
@@ -248,8 +249,8 @@ class PcscfNode(Service):
     def _listen_ws(self, listener: Listener) -> BoundListener:
         assert self.ws_factory is not None
         if listener.transport == "wss":
-            with open(self.config.ws.certificate, "rb") as cert, open(self.config.ws.private_key, "rb") as key:
-                options = ssl.PrivateCertificate.loadPEM(cert.read() + b"\n" + key.read()).options()
+            # RFC 7118 §5 / RFC 6455 §4.1: the opening handshake is HTTP/1.1, which browsers offer by ALPN.
+            options = server_tls_from_files(self.config.ws.certificate, self.config.ws.private_key, HTTP_PROTOCOLS)
             port = self.reactor.listenSSL(listener.port, self.ws_factory, options, interface=listener.address)
         else:
             port = self.reactor.listenTCP(listener.port, self.ws_factory, interface=listener.address)

@@ -53,6 +53,7 @@ from epcscf.sip.parser import (
     error_response_for,
     parse_message,
 )
+from epcscf.sip.tls import describe_tls_error, server_tls_from_files
 
 log = Logger()
 
@@ -357,6 +358,14 @@ class StreamConnection:
         self._cancel_idle()
         self._manager._connections.remove(self)
         if not self.ready.called:
+            if not self.outbound:
+                # An inbound TLS handshake failed (a client offering only TLS 1.1, or not
+                # trusting our certificate): the peer's problem, one line, and nobody waits
+                # on ``ready`` of an inbound connection.
+                log.info(
+                    "TLS handshake with {peer} failed: {error}", peer=self.remote, error=describe_tls_error(reason.value)
+                )
+                self.ready.addErrback(lambda _: None)
             self.ready.errback(reason)
         if not self.closed.called:
             self.closed.callback(None)
@@ -481,9 +490,8 @@ class TransportManager:
         if self._server_tls is None:
             if not (self.settings.tls_certificate and self.settings.tls_private_key):
                 raise ValueError("a tls listener needs tls_certificate and tls_private_key")
-            with open(self.settings.tls_certificate, "rb") as cert, open(self.settings.tls_private_key, "rb") as key:
-                pem = cert.read() + b"\n" + key.read()
-            self._server_tls = ssl.PrivateCertificate.loadPEM(pem).options()
+            # SIP has no ALPN identifier: offers are ignored, never fatal (see epcscf.sip.tls).
+            self._server_tls = server_tls_from_files(self.settings.tls_certificate, self.settings.tls_private_key)
         return self._server_tls
 
     def local_address(self, transport: str) -> Address | None:

@@ -40,7 +40,7 @@ from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerPr
 from autobahn.websocket.types import ConnectionDeny, ConnectionRequest
 from twisted.internet import endpoints
 from twisted.internet.defer import Deferred
-from twisted.internet.interfaces import IListeningPort, ISSLTransport
+from twisted.internet.interfaces import IListeningPort, ISSLTransport, IStreamServerEndpoint
 from twisted.logger import Logger
 
 from epcscf.sip.connection import Address
@@ -443,16 +443,20 @@ class SipWebSocketServerFactory(WebSocketServerFactory):
 
 
 def listen_ws(
-    reactor: Any, endpoint_description: str, settings: WsListenerSettings, sink: MessageSink
+    reactor: Any, endpoint: "str | IStreamServerEndpoint", settings: WsListenerSettings, sink: MessageSink
 ) -> "Deferred[IListeningPort]":
-    """Listen for SIP WebSocket clients on a strports endpoint.
+    """Listen for SIP WebSocket clients on an endpoint or a strports description.
 
-    ``tcp:8080:interface=127.0.0.1`` serves WS; ``ssl:8443:privateKey=key.pem:certKey=cert.pem``
-    serves WSS (REQ-T09).  The listening port's ``factory`` attribute is not exposed by
-    Twisted, so the factory is attached to the returned port as ``ws_factory``.
+    ``tcp:8080:interface=127.0.0.1`` serves WS.  For WSS pass
+    ``SSL4ServerEndpoint(reactor, 8443, server_tls(credentials, HTTP_PROTOCOLS))``
+    (``epcscf.sip.tls``): the ``ssl:`` description builds Twisted's own context, whose ALPN
+    callback aborts the handshake of every browser.  The listening port's ``factory``
+    attribute is not exposed by Twisted, so the factory is attached to the returned port as
+    ``ws_factory``.
     """
     factory = SipWebSocketServerFactory(settings, sink, reactor=reactor)
-    endpoint = endpoints.serverFromString(reactor, endpoint_description)
+    if isinstance(endpoint, str):
+        endpoint = endpoints.serverFromString(reactor, endpoint)
     listening: Deferred[IListeningPort] = endpoint.listen(factory)
 
     def attach(port: IListeningPort) -> IListeningPort:

@@ -5,12 +5,13 @@ from __future__ import annotations
 from typing import Any
 
 from twisted.application.service import Service
-from twisted.internet import defer, ssl
+from twisted.internet import defer
 from twisted.internet.interfaces import IListeningPort
 from twisted.logger import Logger
 from twisted.protocols.policies import WrappingFactory
 
 from epcscf.config import Listener
+from epcscf.sip.tls import HTTP_PROTOCOLS, server_tls_from_files
 from epcscf.wwsf.site import WwsfSettings, WwsfSite
 
 __all__ = ["WwsfService"]
@@ -90,8 +91,8 @@ class WwsfService(Service):
 
     def _listen(self, listener: Listener) -> IListeningPort:
         if listener.transport == "https":
-            with open(self.certificate, "rb") as cert, open(self.private_key, "rb") as key:
-                options = ssl.PrivateCertificate.loadPEM(cert.read() + b"\n" + key.read()).options()
+            # Browsers offer h2 and http/1.1 by ALPN; twisted.web serves HTTP/1.1 here.
+            options = server_tls_from_files(self.certificate, self.private_key, HTTP_PROTOCOLS)
             return self.reactor.listenSSL(listener.port, self.factory, options, interface=listener.address)
         return self.reactor.listenTCP(listener.port, self.factory, interface=listener.address)
 

@@ -52,6 +52,9 @@ const CHROMIUM_FLAGS = [
   '--allow-loopback-in-peer-connection',
   '--disable-features=WebRtcHideLocalIpsWithMdns',
 ];
+// More flags from the test, space-separated (e.g. --ignore-certificate-errors-spki-list=… to
+// trust a test certificate for an https page and wss).
+const EXTRA_FLAGS = (process.env.EPCSCF_CHROMIUM_EXTRA_FLAGS || '').split(/\s+/).filter(Boolean);
 const DEFAULT_TIMEOUT = 15000;
 
 const [userDataDir, stepsFile] = process.argv.slice(2);
@@ -192,7 +195,7 @@ async function main() {
   context = await chromium.launchPersistentContext(userDataDir, {
     executablePath: CHROMIUM,
     headless: true,
-    args: CHROMIUM_FLAGS,
+    args: [...CHROMIUM_FLAGS, ...EXTRA_FLAGS],
     viewport: { width: 900, height: 900 },
   });
   say('ready', { chromium: context.browser() ? context.browser().version() : null });

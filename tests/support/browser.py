@@ -20,6 +20,8 @@ header for every command).
 from __future__ import annotations
 
 import asyncio
+import base64
+import hashlib
 import json
 import os
 import shutil
@@ -27,13 +29,14 @@ import socket
 import struct
 import zlib
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Sequence
 
 from twisted.internet import protocol, reactor
 
 from epcscf.config import load
 from epcscf.service import EpcscfService
 from epcscf.wwsf.bundle import build_bundle
+from tests.support.certificates import CertificateChain
 from tests.support.deployment import write_deployment_config
 from tests.support.processes import TOP
 
@@ -192,13 +195,15 @@ class Browser(protocol.ProcessProtocol):
         return await self.ended
 
 
-async def start_browser(test: Any, timeout: float = 30.0) -> Browser:
-    """Chromium with a fresh profile in the test's temporary directory; closed at the test's end."""
+async def start_browser(test: Any, timeout: float = 30.0, flags: Sequence[str] = ()) -> Browser:
+    """Chromium with a fresh profile in the test's temporary directory; closed at the test's end.
+    ``flags``: Chromium switches beyond the driver's own (e.g. ``trust_certificate_flags``)."""
     require_browser(test)
     profile = os.path.abspath(test.mktemp())
     os.makedirs(profile)
     browser = Browser()
-    reactor.spawnProcess(browser, shutil.which("node") or "node", ["node", DRIVER, profile], env=dict(os.environ), path=TOP)
+    env = dict(os.environ, EPCSCF_CHROMIUM_EXTRA_FLAGS=" ".join(flags))
+    reactor.spawnProcess(browser, shutil.which("node") or "node", ["node", DRIVER, profile], env=env, path=TOP)
 
     from tests.support.wic import as_deferred
 
@@ -227,19 +232,24 @@ def free_tcp_port() -> int:
         return probe.getsockname()[1]
 
 
-def start_wwsf_deployment(test: Any, extra: str = "") -> tuple[EpcscfService, str]:
+def start_wwsf_deployment(test: Any, extra: str = "", tls: CertificateChain | None = None) -> tuple[EpcscfService, str]:
     """epcscf + embedded core + WWSF on 127.0.0.1; (service, page URL).  The WWSF's origin is the
     only allowed ``[ws]`` origin, as in etc/epcscf.ini.  ``extra``: a further ini file's text
-    whose keys override the deployment's (e.g. ``"[media]\\nice_mode = lite\\n"``).  Stopped
-    when the test ends."""
+    whose keys override the deployment's (e.g. ``"[media]\\nice_mode = lite\\n"``).  ``tls``:
+    serve the page over https and the WICs over wss only, with this certificate (the browser
+    needs ``trust_certificate_flags``).  Stopped when the test ends."""
     directory = os.path.abspath(test.mktemp())
     base = write_deployment_config(directory)
     port = free_tcp_port()
+    scheme = "https" if tls is not None else "http"
+    wss = (
+        f"listen = wss:127.0.0.1:0\ncertificate = {tls.chain_path}\nprivate_key = {tls.key_path}\n" if tls is not None else ""
+    )
     overlay = os.path.join(directory, "wwsf.ini")
     with open(overlay, "w") as handle:
         handle.write(
-            f"[ws]\nallowed_origins = http://127.0.0.1:{port}\nallow_missing_origin = false\n"
-            f"[wwsf]\nenabled = true\nlisten = http:127.0.0.1:{port}\nbundle_dir = {page_bundle_dir()}\n"
+            f"[ws]\nallowed_origins = {scheme}://127.0.0.1:{port}\nallow_missing_origin = false\n{wss}"
+            f"[wwsf]\nenabled = true\nlisten = {scheme}:127.0.0.1:{port}\nbundle_dir = {page_bundle_dir()}\n"
         )
     files = [base, overlay]
     if extra:
@@ -249,7 +259,19 @@ def start_wwsf_deployment(test: Any, extra: str = "") -> tuple[EpcscfService, st
     service = EpcscfService(load(files))
     service.startService()
     test.addCleanup(service.stopService)
-    return service, f"http://127.0.0.1:{port}/"
+    return service, f"{scheme}://127.0.0.1:{port}/"
+
+
+def trust_certificate_flags(tls: CertificateChain) -> list[str]:
+    """Chromium switches that accept the server certificate of ``tls`` (pinned by its public
+    key's SHA-256, as Chromium's --ignore-certificate-errors-spki-list wants) and no other."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives import serialization
+
+    with open(tls.chain_path, "rb") as handle:
+        server = x509.load_pem_x509_certificates(handle.read())[0]
+    spki = server.public_key().public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
+    return [f"--ignore-certificate-errors-spki-list={base64.b64encode(hashlib.sha256(spki).digest()).decode()}"]
 
 
 # --- the WWSF demo page (also a ready-made WIC for media tests: dial any SIP URI from it) -------
