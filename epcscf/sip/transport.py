@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable
 
 from twisted.internet import defer, endpoints, ssl
-from twisted.internet.error import MessageLengthError
+from twisted.internet.error import InvalidAddressError, MessageLengthError
 from twisted.internet.interfaces import IHandshakeListener, IReactorTime
 from twisted.internet.protocol import DatagramProtocol, Factory, Protocol
 from twisted.logger import Logger
@@ -157,8 +157,11 @@ class UdpConnection:
         self.last_used = self._socket.clock.seconds()
         try:
             self._socket.transport.write(data, (self.remote.host, self.remote.port))
-        except (OSError, MessageLengthError) as error:
-            # RFC 3261 §18.4: a send failure is a transport error for the transaction layer.
+        except (OSError, MessageLengthError, InvalidAddressError, OverflowError, ValueError) as error:
+            # RFC 3261 §18.4: a send failure is a transport error for the transaction layer
+            # (§17.1.4, §17.2.4).  Besides socket errors: an address of the other family than
+            # this socket's (an IPv6 target with only an IPv4 listener) or not an IP address
+            # at all (InvalidAddressError), a port out of range (OverflowError).
             raise ConnectionLost(f"UDP send to {self.remote} failed: {error}") from error
 
     def close(self) -> None:
