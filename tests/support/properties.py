@@ -9,7 +9,7 @@ from hypothesis import HealthCheck, settings
 
 #: every property test runs under these (derandomize: examples come from a fixed seed per test)
 BOUNDED = settings(
-    max_examples=150,
+    max_examples=100,
     derandomize=True,
     deadline=None,
     database=None,
