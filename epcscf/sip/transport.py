@@ -234,7 +234,10 @@ class UdpTransport(DatagramProtocol):
             log.info("malformed datagram from {source}: {error}", source=source, error=error)
             reply = error_response_for(error)
             if reply is not None:
-                self.connection_to(source).send_message(reply)
+                try:
+                    self.connection_to(source).send_message(reply)
+                except ConnectionLost as lost:
+                    log.info("no answer to {source}: {why}", source=source, why=lost)
             return
         connection = self.connection_to(self._reply_address(message, source))
         connection.last_used = self.clock.seconds()
@@ -549,7 +552,8 @@ class TransportManager:
         def failed(failure: Failure) -> None:
             log.info("could not deliver a response to {host}:{port}: {why}", host=host, port=port, why=failure.value)
 
-        self.connect(target).addCallbacks(send, failed)
+        # failed() also sees a send that fails on the new connection: nothing is left unhandled.
+        self.connect(target).addCallback(send).addErrback(failed)
 
     def stream_connections(self) -> list[StreamConnection]:
         return list(self._connections.all)
