@@ -3,14 +3,18 @@ seconds in ``bin/test`` and the same examples on every run (CI reproduces what a
 
 from __future__ import annotations
 
+import os
 from typing import Any, Callable
 
 from hypothesis import HealthCheck, settings
 
+#: a deeper, random search on demand: EPCSCF_PROPERTY_EXAMPLES=5000 bin/test tests.test_sip_properties
+DEEP_EXAMPLES = int(os.environ.get("EPCSCF_PROPERTY_EXAMPLES", "0") or 0)
+
 #: every property test runs under these (derandomize: examples come from a fixed seed per test)
 BOUNDED = settings(
-    max_examples=100,
-    derandomize=True,
+    max_examples=DEEP_EXAMPLES or 100,
+    derandomize=not DEEP_EXAMPLES,
     deadline=None,
     database=None,
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much],
