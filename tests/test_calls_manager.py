@@ -7,6 +7,7 @@ from typing import Any
 from twisted.internet import defer, task
 from twisted.trial import unittest
 
+from epcscf.ice import IceClosed
 from epcscf.pcscf.call_state import CallState
 from epcscf.pcscf.calls import CallManager, CallSettings, MediaRejected
 from epcscf.pcscf.edge import EdgeAddresses
@@ -512,6 +513,39 @@ class CallManagerTests(unittest.TestCase):
         pending.callback(b"v=0\r\nlate\r\n")
         self.assertEqual(self.successResultOf(rewritten).body, b"v=0\r\nlate\r\n")
         self.assertIs(self.manager.calls()[0].state, CallState.CONFIRMED)
+
+    def test_late_offer_2xx_of_a_call_released_while_gathering_is_acked_and_byed_quietly(self) -> None:
+        # The WIC's INVITE had no SDP; the core's offer in the 2xx is being turned into a WebRTC
+        # offer (ICE gathering) when the WebSocket closes: the release closes the ICE agent,
+        # whose gathering fails with IceClosed.  That is the release, not an error: the 2xx is
+        # ACKed and BYEd like any 2xx racing a release, and nothing is logged as a failure.
+        context, _ = self.originate(b"")
+        pending: defer.Deferred = defer.Deferred()
+        self.medias[0].offer_from_core = lambda sdp: pending  # type: ignore[method-assign]
+        ok = response_to(context.request, 200, CORE_SDP)
+        for branch in context.branches:
+            branch.final = ok
+        rewritten = self.manager.response(context, ok)
+        self.manager.flow_closed(self.wic)
+        self.assertTrue(self.medias[0].closed)
+        pending.errback(IceClosed("the ICE agent was closed while gathering"))
+        self.assertIsNone(self.successResultOf(rewritten))
+        self.assertEqual(self.flushLoggedErrors(), [])
+        self.assertEqual(self.core.sent[0].method, "ACK")
+        self.assertEqual([request.method for request, _ in self.proxy.transactions.sent], ["BYE"])
+        self.assertEqual(self.manager.calls(), [])
+
+    def test_provisional_offer_of_a_call_released_while_gathering_goes_on_without_sdp(self) -> None:
+        context, _ = self.terminate(b"")
+        pending: defer.Deferred = defer.Deferred()
+        self.medias[0].offer_from_wic = lambda sdp: pending  # type: ignore[method-assign]
+        ringing = response_to(context.request, 183, WIC_OFFER)
+        rewritten = self.manager.response(context, ringing)
+        self.manager.flow_closed(self.wic)
+        pending.errback(IceClosed("the ICE agent was closed while gathering"))
+        forwarded = self.successResultOf(rewritten)
+        self.assertEqual((forwarded.status, forwarded.body), (183, b""))
+        self.assertEqual(self.flushLoggedErrors(), [])
 
     def test_terminating_early_ws_loss_answers_480_to_the_core(self) -> None:
         context, _ = self.terminate(CORE_SDP)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 import secrets
+import time
 from typing import Any
 
 import aioice.ice
@@ -30,6 +31,7 @@ from epcscf.sip.message import Request, Response
 from epcscf.sip.proxy_rules import list_values, name_addr_uri
 from tests.support.deployment import DOMAIN, USERS, start_deployment, ws_url
 from tests.support.sipp import SippProcess, require_sipp, sipp_messages, spawn_sipp
+from tests.support.raw_ws import client_frame
 from tests.support.udp_peer import UdpSipPeer
 from tests.support.wic import WsSipClient, as_deferred
 from tests.test_calls_media import LOCAL, SimulatedWic, no_asyncio_tasks_left, rtp
@@ -279,6 +281,23 @@ class CallsThroughTheEdgeTests(unittest.TestCase):
         self.assertEqual(await uas.ended, 0, uas.output.decode(errors="replace")[-2000:])
         [core_bye] = [m for m in sipp_messages(trace, "received") if m.startswith("BYE")]
         self.assertIn('Reason: SIP;cause=480;text="WebSocket closed"', core_bye)
+        await self.calls.idle()
+        self.assert_everything_freed()
+        await self.assert_no_transaction_left()
+
+    async def test_release_meeting_a_websocket_autobahn_has_failed_still_ends_the_call(self) -> None:
+        # The WIC sends a text frame that is not UTF-8: Autobahn fails the WebSocket (1007) and
+        # drops TCP, but reports the end a loop turn later.  A release running in that same turn
+        # (a timer: here the operator's) sends its BYE toward the WIC on a WebSocket that refuses
+        # to send: the flow is gone (ConnectionLost), and the call must still end and free all.
+        client, wic, invite, ok, uas, trace, _ = await self.established_originating_call()
+        [call] = self.calls.calls()
+        client.socket.transport.write(client_frame(b"\xff\xfe not UTF-8"))
+        global_reactor.callLater(0, self.calls.release, call.call_id, "operator")
+        time.sleep(0.1)  # holds the loop: the next turn reads the frame, then runs the release
+        self.assertEqual(await uas.ended, 0, uas.output.decode(errors="replace")[-2000:])
+        [core_bye] = [m for m in sipp_messages(trace, "received") if m.startswith("BYE")]
+        self.assertIn("operator", core_bye)
         await self.calls.idle()
         self.assert_everything_freed()
         await self.assert_no_transaction_left()

@@ -9,7 +9,7 @@ from twisted.internet import defer, reactor
 from twisted.names import authority, client, dns, server
 from twisted.trial import unittest
 
-from epcscf.sip.resolver import NextHopResolver, SrvRecord, order_srv
+from epcscf.sip.resolver import NextHopResolver, SrvRecord, dns_name_problem, order_srv
 from epcscf.sip.resolver import Target
 
 ZONE = "ims.example"
@@ -173,3 +173,46 @@ class RealDnsServerTests(unittest.TestCase):
         self.assertEqual(targets, [Target("TCP", "192.0.2.1", 5070, "ims.example")])
         none = yield resolver.resolve("missing.ims.example", None, "tcp")
         self.assertEqual(none, [])
+
+
+class HostsThatAreNoDnsNamesTests(unittest.TestCase):
+    """RFC 3261 §25.1 / RFC 1035 §2.3.4: a host from a message that cannot be a DNS name is
+    refused before any lookup; a lookup failing in any way is "no records"."""
+
+    def test_names_that_cannot_be_looked_up(self) -> None:
+        for host in ("", "a" * 64 + ".example", ("abcdefghi." * 26) + "example", "a..example",
+                     "under_score.example", "-lead.example", "trail-.example", "sp ace.example", "\udcff.example"):
+            self.assertIsNotNone(dns_name_problem(host), host)
+        for host in ("a" * 63 + ".example", "ims.example", "xn--bcher-kva.example", "bücher.example", "1.2.3"):
+            self.assertIsNone(dns_name_problem(host), host)
+
+    def test_no_lookup_for_a_host_that_is_no_dns_name(self) -> None:
+        class Refuse:
+            def __getattr__(self, name: str) -> Any:
+                raise AssertionError(f"{name} called")
+
+        resolver = NextHopResolver(Refuse())
+        self.assertEqual(self.successResultOf(resolver.resolve("a" * 64 + ".example")), [])
+        self.assertEqual(self.successResultOf(resolver.resolve("a..example", 5060, "udp")), [])
+
+    def test_socket_and_codec_errors_of_a_lookup_are_no_records(self) -> None:
+        for error in (OSError(101, "Network is unreachable"), UnicodeError("label too long"), RuntimeError("resolver bug")):
+
+            class Failing:
+                def __getattr__(self, name: str) -> Any:
+                    def lookup(*args: Any) -> defer.Deferred:
+                        return defer.fail(error)
+
+                    return lookup
+
+            self.assertEqual(self.successResultOf(NextHopResolver(Failing()).resolve("ims.example")), [], error)
+
+    def test_a_lookup_raising_at_once_is_no_records(self) -> None:
+        class Raising:
+            def __getattr__(self, name: str) -> Any:
+                def lookup(*args: Any) -> defer.Deferred:
+                    raise UnicodeError("label empty or too long")
+
+                return lookup
+
+        self.assertEqual(self.successResultOf(NextHopResolver(Raising()).resolve("ims.example", 5060)), [])

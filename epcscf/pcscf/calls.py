@@ -284,7 +284,23 @@ class CallManager:
         rewritten = defer.maybeDeferred(self._rewrite_response_sdp, call, context, response, responder, initial)
         if initial:
             rewritten.addCallback(lambda answered: self._initial_response(call, context, response, answered))
-        return rewritten.addCallback(lambda _: response)
+        rewritten.addCallback(lambda _: response)
+        return rewritten.addErrback(self._response_during_release, call, response, responder, initial)
+
+    def _response_during_release(self, failure: Failure, call: Call, response: Response, responder: Side,
+                                 initial: bool) -> Failure | Response | None:
+        """The call was released while this response's SDP was being rewritten: its media was
+        closed under the transformation (an ICE agent closed while gathering raises
+        ``IceClosed``).  Not an error: the response is handled as one arriving after the
+        release (a 2xx to the initial INVITE is ACKed and BYEd, REQ-C03)."""
+        if not call.ended:
+            return failure
+        log.info("{call_id}: SDP of a {status} not rewritten, the call was released meanwhile ({why})",
+                 call_id=call.call_id, status=response.status, why=failure.getErrorMessage())
+        strip_body(response)  # never relay one side's SDP to the other untransformed
+        if initial:
+            return self._response_after_release(call, response, responder)
+        return response
 
     def _rewrite_response_sdp(
         self, call: Call, context: ProxiedRequest, response: Response, responder: Side, initial: bool
@@ -480,6 +496,11 @@ class CallManager:
         return d.addCallbacks(lambda _: forward, lambda failure: self._in_dialog_rejected(call, context, failure))
 
     def _in_dialog_rejected(self, call: Call, context: ProxiedRequest, failure: Failure) -> Decision:
+        if call.ended:
+            # Released (BYE, WS closed) while the SDP was being rewritten: its media is gone.
+            log.info("{call_id}: {method} not forwarded, the call was released meanwhile ({why})",
+                     call_id=call.call_id, method=context.request.method, why=failure.getErrorMessage())
+            return Reject(make_local_response(context.request, 481, "Call/Transaction Does Not Exist (call released)"))
         call.pending_offer = None
         if call.media is not None:
             call.media.offer_failed()  # REQ-U04: keep the previous media
@@ -569,21 +590,24 @@ class CallManager:
         call.release_cause = cause
         state = call.state
         call.fire(CallEvent.RELEASE)
-        if state is CallState.CONFIRMED:
-            for side in toward:
-                self._send_bye(call, side, reason_header)
-        elif state is not CallState.OFFER_RECEIVED and call.invite_context is not None and self.proxy is not None:
-            # Early: CANCEL what is pending downstream and answer upstream ourselves.
-            call.released_early = True
-            context = call.invite_context
-            if call.core_connection is None and call.direction is CallDirection.ORIGINATING:
-                call.core_connection = _branch_connection(context, None)  # for a racing 2xx
-            _proxy_cancel_branches(self.proxy, context)
-            response = make_local_response(context.request_as_received, early_status)
-            response.headers.add("Reason", reason_header)
-            _proxy_respond_upstream(self.proxy, context, response)
-        call.fire(CallEvent.RELEASED)
-        self._finish(call, cause, layer)
+        try:
+            if state is CallState.CONFIRMED:
+                for side in toward:
+                    self._send_bye(call, side, reason_header)
+            elif state is not CallState.OFFER_RECEIVED and call.invite_context is not None and self.proxy is not None:
+                # Early: CANCEL what is pending downstream and answer upstream ourselves.
+                call.released_early = True
+                context = call.invite_context
+                if call.core_connection is None and call.direction is CallDirection.ORIGINATING:
+                    call.core_connection = _branch_connection(context, None)  # for a racing 2xx
+                _proxy_cancel_branches(self.proxy, context)
+                response = make_local_response(context.request_as_received, early_status)
+                response.headers.add("Reason", reason_header)
+                _proxy_respond_upstream(self.proxy, context, response)
+        finally:
+            # Whatever the signalling did, the call is over here: never keep its media.
+            call.fire(CallEvent.RELEASED)
+            self._finish(call, cause, layer)
 
     def _send_bye(self, call: Call, toward: Side, reason: str) -> None:
         connection, transport, sent_by = self._path_toward(call, toward)

@@ -277,18 +277,22 @@ class StatefulProxy:
         self._start_timer_c(context, branch)  # RFC 3261 §16.6 step 11
         if destination is not None and not isinstance(destination, (Target, list, tuple)):
             branch.connection = destination  # a Connection chosen by the policy (e.g. a flow)
+            branch.on_flow = True
             self._send_branch(context, branch, destination)
             return
         def have_targets(found: list[Target]) -> None:
             branch.targets = list(found)
             if not branch.targets:
-                log.info("no next hop for {uri}", uri=rules.next_hop_uri(branch.request))
+                log.info("{call_id}: no next hop for {uri}", call_id=_call_id(context),
+                         uri=rules.next_hop_uri(branch.request)[:300])
                 self._branch_final(context, branch, self._synthetic(context, 503, "No Route to Destination"))
                 return
             self._try_next_target(context, branch)
 
         def failed(failure: Failure) -> None:
-            log.failure("resolving the next hop failed", failure)
+            # The resolver turns DNS and socket errors into "no targets"; anything still
+            # reaching here is the same to the peer: §16.9, the next hop is unreachable.
+            log.info("{call_id}: resolving the next hop failed: {why!r}", call_id=_call_id(context), why=failure.value)
             self._branch_final(context, branch, self._synthetic(context, 503))
 
         if isinstance(destination, Target):
@@ -369,8 +373,8 @@ class StatefulProxy:
         try:
             transaction = self.transactions.send_request(outgoing, connection, self)  # §16.6 step 10
         except ConnectionLost as error:
-            log.info("cannot send to {peer}: {why}", peer=connection.remote, why=error)
-            self._branch_failed(context, branch, 503)  # RFC 3261 §16.9
+            log.info("{call_id}: cannot send to {peer}: {why}", call_id=_call_id(context), peer=connection.remote, why=error)
+            self._branch_failed(context, branch, self._transport_error_status(branch))
             return
         finally:
             self._sending = None
@@ -465,8 +469,15 @@ class StatefulProxy:
         context, branch = found
         if branch.state is BranchState.DONE:
             return
-        # RFC 3261 §16.9: a transport error is treated as a 503 (after failover).
-        self._branch_failed(context, branch, 503)
+        log.info("{call_id}: {method} not delivered to {peer}: {why}", call_id=_call_id(context),
+                 method=branch.request.method, peer=branch.connection.remote if branch.connection else "?", why=reason)
+        self._branch_failed(context, branch, self._transport_error_status(branch))
+
+    @staticmethod
+    def _transport_error_status(branch: Branch) -> int:
+        """RFC 3261 §16.9: a transport error counts as a 503 (after failover); on a flow the
+        policy chose, the flow itself has failed: RFC 5626 §5.3.1, 430 (Flow Failed)."""
+        return 430 if branch.on_flow else 503
 
     # ===== final responses (§16.7 steps 4, 6–10) ==================================================
 
@@ -704,3 +715,8 @@ class StatefulProxy:
 
 def _new_tag() -> str:
     return secrets.token_hex(6)
+
+
+def _call_id(context: ProxiedRequest) -> str:
+    """The Call-ID for a log line (bounded: it is the peer's text)."""
+    return (context.request_as_received.headers.get("call-id") or "-")[:200]

@@ -122,6 +122,8 @@ class Branch:
     cancelled: bool = False
     attempt: int = 0
     via_sent_by: str | None = None
+    #: sent on a connection the policy chose (an RFC 5626 flow), not on a resolved target
+    on_flow: bool = False
 
 
 @dataclass(eq=False)

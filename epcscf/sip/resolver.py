@@ -16,6 +16,11 @@ Theory of operation
 The proxy walks the list in order, moving to the next ``Target`` on a transport error, a
 timeout or a 503 (RFC 3263 §4.3).  DNS goes through an injected ``IResolver`` (tests use
 ``twisted.names`` against a local authority zone), so nothing here touches the network.
+
+Hosts come from the messages of any peer, so a host that cannot be a DNS name (RFC 3261
+§25.1 ``hostname``: LDH labels of 1–63 octets after IDNA, 253 octets in all) is refused with
+no lookup at all: it resolves to nothing, and the proxy answers 503 (RFC 3261 §16.9).  Any
+failure of a lookup (a DNS error, a timeout, an ``OSError`` of the socket) is "no records".
 """
 
 from __future__ import annotations
@@ -23,7 +28,7 @@ from __future__ import annotations
 import ipaddress
 import random
 from dataclasses import dataclass
-from typing import Any, Iterable, Sequence
+from typing import Any, Callable, Iterable, Sequence
 
 from twisted.internet import defer
 from twisted.logger import Logger
@@ -71,6 +76,33 @@ def is_numeric_host(host: str) -> bool:
     except ValueError:
         return False
     return True
+
+
+# RFC 1035 §2.3.4 / RFC 3261 §25.1: label and name lengths; a label is letters, digits and
+# hyphens, never starting or ending with a hyphen.
+MAX_LABEL_OCTETS = 63
+MAX_NAME_OCTETS = 253
+_LDH = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-")
+
+
+def dns_name_problem(host: str) -> str | None:
+    """Why ``host`` (no brackets, no trailing dot) cannot be looked up in the DNS; None if it can."""
+    if not host:
+        return "empty host"
+    try:
+        ascii_name = host.encode("idna").decode("ascii")  # RFC 3490 ToASCII, label by label
+    except UnicodeError as error:
+        return f"not an IDNA name ({error})"
+    if len(ascii_name) > MAX_NAME_OCTETS:
+        return f"longer than {MAX_NAME_OCTETS} octets"
+    for label in ascii_name.split("."):
+        if not label:
+            return "an empty label"
+        if len(label) > MAX_LABEL_OCTETS:
+            return f"a label longer than {MAX_LABEL_OCTETS} octets"
+        if not _LDH.issuperset(label) or label[0] == "-" or label[-1] == "-":
+            return f"label {label[:MAX_LABEL_OCTETS]!r} is not letters, digits and inner hyphens"
+    return None
 
 
 def order_srv(records: Sequence[SrvRecord], rng: random.Random) -> list[SrvRecord]:
@@ -137,6 +169,11 @@ class NextHopResolver:
     async def _resolve(self, host: str, port: int | None, transport: str | None, secure: bool) -> list[Target]:
         host = host.strip("[]")
         name = host.rstrip(".")
+        if not is_numeric_host(host):
+            problem = dns_name_problem(name)
+            if problem is not None:
+                log.debug("not resolving {host!r}: {problem}", host=host[:300], problem=problem)
+                return []
         tls_name = None if is_numeric_host(host) else name
         if transport is not None:
             transport = transport.upper()
@@ -185,7 +222,7 @@ class NextHopResolver:
         ]
 
     async def _naptr(self, name: str, secure: bool) -> list[tuple[str, str]]:
-        answers = await self._query(self._dns.lookupNamingAuthorityPointer(name))
+        answers = await self._query(self._dns.lookupNamingAuthorityPointer, name)
         usable = []
         for record in answers:
             if record.type != dns.NAPTR:
@@ -209,7 +246,7 @@ class NextHopResolver:
         return await self._srv_targets_at(SRV_PREFIXES[transport] + name, transport, tls_name)
 
     async def _srv_targets_at(self, srv_name: str, transport: str, tls_name: str | None) -> list[Target]:
-        answers = await self._query(self._dns.lookupService(srv_name))
+        answers = await self._query(self._dns.lookupService, srv_name)
         records = [
             SrvRecord(r.payload.priority, r.payload.weight, r.payload.port, str(r.payload.target).rstrip("."))
             for r in answers
@@ -227,23 +264,30 @@ class NextHopResolver:
     async def _addresses(self, name: str) -> list[str]:
         if is_numeric_host(name):
             return [name]
+        if dns_name_problem(name) is not None:
+            return []  # an SRV target from the DNS is input too
         found = []
         for lookup, rtype in ((self._dns.lookupAddress, dns.A), (self._dns.lookupIPV6Address, dns.AAAA)):
-            for record in await self._query(lookup(name)):
+            for record in await self._query(lookup, name):
                 if record.type == rtype:
                     found.append(record.payload.dottedQuad() if rtype == dns.A else _ipv6(record.payload.address))
         return found
 
     @staticmethod
-    async def _query(deferred: defer.Deferred) -> list[Any]:
-        """The answer section of one query; no such name / no data / timeout → nothing."""
+    async def _query(lookup: Callable[[str], defer.Deferred], name: str) -> list[Any]:
+        """The answer section of one query; any failure (no such name, no data, timeout, a
+        socket error such as ENETUNREACH, a name the codec refuses) → nothing: RFC 3263 §4.3
+        then moves on, and with no target left the proxy answers 503 (RFC 3261 §16.9)."""
         try:
-            answers, _authority, _additional = await deferred
+            answers, _authority, _additional = await lookup(name)
         except (dns_error.DomainError, dns_error.AuthoritativeDomainError, dns_error.DNSQueryTimeoutError,
                 dns_error.DNSNameError, dns_error.DNSServerError, dns_error.DNSQueryRefusedError,
                 dns_error.DNSNotImplementedError, dns_error.DNSFormatError, dns_error.DNSUnknownError,
                 defer.TimeoutError) as failure:
             log.debug("DNS lookup failed: {failure!r}", failure=failure)
+            return []
+        except Exception as error:  # OSError, UnicodeError, or whatever an IResolver raises
+            log.info("DNS lookup of {name!r} failed: {error!r}", name=name[:300], error=error)
             return []
         return list(answers)
 
@@ -252,4 +296,4 @@ def _ipv6(packed: bytes) -> str:
     return str(ipaddress.IPv6Address(packed))
 
 
-__all__ = ["NextHopResolver", "SrvRecord", "Target", "order_srv", "is_numeric_host"]
+__all__ = ["NextHopResolver", "SrvRecord", "Target", "dns_name_problem", "order_srv", "is_numeric_host"]

@@ -416,6 +416,13 @@ class TransactionMachine:
         except ConnectionLost as error:
             self.failure_reason = str(error) or "connection lost"
             self._send_failed = True
+        except Exception as error:
+            # A Connection must raise only ConnectionLost; anything else is a bug in it, logged
+            # as one, but the transaction still ends as on a transport error instead of living
+            # on with no timer armed.
+            log.failure("{connection} raised an unexpected error on send", connection=connection)
+            self.failure_reason = f"send failed: {error!r}"
+            self._send_failed = True
 
     # ----- timers --------------------------------------------------------------------------
 

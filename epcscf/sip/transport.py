@@ -32,7 +32,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable
 
 from twisted.internet import defer, endpoints, ssl
-from twisted.internet.error import MessageLengthError
+from twisted.internet.error import InvalidAddressError, MessageLengthError
 from twisted.internet.interfaces import IHandshakeListener, IReactorTime
 from twisted.internet.protocol import DatagramProtocol, Factory, Protocol
 from twisted.logger import Logger
@@ -175,8 +175,11 @@ class UdpConnection:
         self.last_used = self._socket.clock.seconds()
         try:
             self._socket.transport.write(data, (self.remote.host, self.remote.port))
-        except (OSError, MessageLengthError) as error:
-            # RFC 3261 §18.4: a send failure is a transport error for the transaction layer.
+        except (OSError, MessageLengthError, InvalidAddressError, OverflowError, ValueError) as error:
+            # RFC 3261 §18.4: a send failure is a transport error for the transaction layer
+            # (§17.1.4, §17.2.4).  Besides socket errors: an address of the other family than
+            # this socket's (an IPv6 target with only an IPv4 listener) or not an IP address
+            # at all (InvalidAddressError), a port out of range (OverflowError).
             raise ConnectionLost(f"UDP send to {self.remote} failed: {error}") from error
 
     def close(self) -> None:
@@ -251,7 +254,10 @@ class UdpTransport(DatagramProtocol):
             log.info("malformed datagram from {source}: {error}", source=source, error=error)
             reply = error_response_for(error)
             if reply is not None:
-                self.connection_to(source).send_message(reply)
+                try:
+                    self.connection_to(source).send_message(reply)
+                except ConnectionLost as lost:
+                    log.info("no answer to {source}: {why}", source=source, why=lost)
             return
         connection = self.connection_to(self._reply_address(message, source))
         connection.last_used = self.clock.seconds()
@@ -615,7 +621,8 @@ class TransportManager:
         def failed(failure: Failure) -> None:
             log.info("could not deliver a response to {host}:{port}: {why}", host=host, port=port, why=failure.value)
 
-        self.connect(target).addCallbacks(send, failed)
+        # failed() also sees a send that fails on the new connection: nothing is left unhandled.
+        self.connect(target).addCallback(send).addErrback(failed)
 
     def stream_connections(self) -> list[StreamConnection]:
         return list(self._connections.all)

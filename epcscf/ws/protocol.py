@@ -36,6 +36,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Protocol
 from urllib.parse import urlsplit
 
+from autobahn.exception import Disconnected
 from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerProtocol
 from autobahn.websocket.types import ConnectionDeny, ConnectionRequest
 from twisted.internet import endpoints
@@ -43,7 +44,7 @@ from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IListeningPort, ISSLTransport, IStreamServerEndpoint
 from twisted.logger import Logger
 
-from epcscf.sip.connection import Address
+from epcscf.sip.connection import Address, ConnectionLost
 from epcscf.sip.message import Message, Request, make_response
 from epcscf.sip.parser import ParserLimits, SipParseError, error_response_for, parse_message
 from epcscf.ws.connection import CloseReason, WsConnection
@@ -298,7 +299,10 @@ class SipWebSocketServerProtocol(WebSocketServerProtocol):
         if connection is None or not connection.connected:
             return
         if payload == KEEPALIVE_PING:
-            connection.send_raw(KEEPALIVE_PONG)  # RFC 5626 §4.4.1 / RFC 7118 §6
+            try:
+                connection.send_raw(KEEPALIVE_PONG)  # RFC 5626 §4.4.1 / RFC 7118 §6
+            except ConnectionLost:
+                pass  # closing under us: the flow's end is reported by onClose
             return
         if not payload.strip(b"\r\n"):
             return  # a pong (lone CRLF) or empty padding: nothing to do
@@ -340,7 +344,16 @@ class SipWebSocketServerProtocol(WebSocketServerProtocol):
     # --- FrameSender for WsConnection ---
 
     def send_frame(self, payload: bytes, binary: bool) -> None:
-        self.sendMessage(payload, isBinary=binary)
+        # Autobahn fails a connection (1002/1007/1009, a ping timeout) at once but reports
+        # onClose only when TCP is gone, a loop turn or a close handshake later; meanwhile its
+        # sendMessage raises ``Disconnected``.  To SIP that is the flow gone (RFC 5626 §5.3.1):
+        # the one documented ``ConnectionLost`` every sender of a ``Connection`` handles.
+        if self.state != self.STATE_OPEN:
+            raise ConnectionLost(f"WebSocket to {self.connection.remote if self.connection else '?'} is closing")
+        try:
+            self.sendMessage(payload, isBinary=binary)
+        except Disconnected as error:
+            raise ConnectionLost(f"WebSocket is gone: {error}") from error
 
     def close_websocket(self, code: int, reason: str) -> None:
         # Autobahn's public sendClose() refuses 1001 (going away), which a server shutting
