@@ -160,10 +160,13 @@ class PcscfPolicy:
         self.calls = calls
         #: when no fixed next hop: Deferred[list[Target]] of the configured I-CSCF/S-CSCF URIs
         self.next_hop_resolver = next_hop_resolver
-        #: refuses new work before routing (the drain on shutdown answers new INVITEs 503)
-        self.admission: Callable[[Request], Reject | None] | None = None
+        #: refuses new work before routing (``epcscf.pcscf.admission.AdmissionChain``: overload,
+        #: per-source limits, and the drain on shutdown answering new INVITEs 503)
+        self.admission: Callable[[ProxiedRequest], Reject | None] | None = None
         #: observer of REGISTER final responses relayed to the WIC (metrics)
         self.on_register_response: Callable[[int], None] | None = None
+        #: observer of the same with the REGISTER (failed authentications per AOR)
+        self.on_register_final: Callable[[Request, Response], None] | None = None
 
     @property
     def network_id(self) -> str:
@@ -184,7 +187,7 @@ class PcscfPolicy:
         return isinstance(parsed, SipUri) and self.addresses.is_own(parsed)
 
     def route_request(self, context: ProxiedRequest) -> Decision | defer.Deferred:
-        if self.admission is not None and (refusal := self.admission(context.request)) is not None:
+        if self.admission is not None and (refusal := self.admission(context)) is not None:
             return refusal
         if context.connection.transport in WEBSOCKET_TRANSPORTS:
             return self._from_wic(context)
@@ -201,6 +204,8 @@ class PcscfPolicy:
                     self._record_registration(context, response)
                 if self.on_register_response is not None:
                     self.on_register_response(response.status)
+                if self.on_register_final is not None:
+                    self.on_register_final(context.request, response)
         if context is not None and self.calls is not None and context.data.get("call") is not None:
             return self.calls.response(context, response)
         if context is None and self.calls is not None and hasattr(self.calls, "stray_response"):

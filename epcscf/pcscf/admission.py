@@ -1,0 +1,504 @@
+"""Admission control: refusing *new* work when the node is overloaded or a source misbehaves.
+
+Theory of operation
+-------------------
+A proxy that accepts every new call while it cannot keep up makes every call slow: setup
+latency grows for everybody, transactions time out and are retransmitted, and goodput falls
+below what the node could have carried.  The remedy (RFC 3261 §21.5.4, RFC 7339 §5) is to
+refuse the *excess* early and cheaply with ``503 Service Unavailable`` and ``Retry-After``
+while the work already admitted keeps flowing.
+
+What counts as new work (``is_new_work``): a request outside any dialog that would create
+state here — an initial INVITE, SUBSCRIBE, REFER, MESSAGE, OPTIONS… from either side — and
+a REGISTER that does not refresh a binding this flow already holds (RFC 3261 §10.2; a flow
+without a binding, or an AOR not bound on that flow).  Requests inside a dialog (a To tag),
+ACK and CANCEL, and refreshes of existing registrations are never refused for load: they
+finish work the node already took on, and refusing them would waste what was spent on it.
+
+The overload state is a two-state machine with hysteresis (``TRANSITIONS``), fed a load
+sample every ``lag_interval`` seconds by ``LoadProbe``: the event-loop lag (how late a timer
+ran: the time every message waits before it is looked at) and, optionally, the number of
+proxied requests still waiting for a final response.  ``HIGH`` samples in a row move
+NORMAL → OVERLOADED (one late timer is a GC pause or a blocking call, not overload); back to
+NORMAL only after ``recover`` seconds of ``LOW`` samples.  In between (``MID``) the state is
+kept: that band is the hysteresis that stops the state flapping on every sample.
+
+Independently of the state, ``max_new_per_second`` caps the arrival rate of new work with a
+token bucket (an operator's known capacity), and per-source limits refuse what one source
+may not have, however idle the node is: messages per second per flow (``FlowRateLimiter``)
+and failed authentications per AOR (``AuthFailures``).  Connections per IP are the WebSocket
+listener's (``epcscf.ws.protocol``), refused before the upgrade.
+
+Everything here is sans-IO: fed requests, samples and a clock, it answers with refusals.
+``AdmissionChain`` is the one hook ``PcscfPolicy.route_request`` calls first; the drain on
+shutdown adds its own check to the same chain.
+"""
+
+from __future__ import annotations
+
+import collections
+import enum
+from dataclasses import dataclass
+from typing import Callable
+
+from twisted.internet.interfaces import IDelayedCall, IReactorTime
+from twisted.logger import Logger
+
+from epcscf.pcscf.registration import Registrations
+from epcscf.sip.connection import Connection
+from epcscf.sip.headers import HeaderError, to_tag, to_view
+from epcscf.sip.message import Message, Request, Response
+from epcscf.sip.proxy import ProxiedRequest, Reject
+from epcscf.sip.proxy_rules import make_local_response, with_to_tag
+
+log = Logger(namespace="epcscf.pcscf.admission")
+
+WEBSOCKET_TRANSPORTS = frozenset({"WS", "WSS"})
+#: RFC 3261 §17.2.3 / §9: these belong to a transaction already admitted
+NEVER_NEW = frozenset({"ACK", "CANCEL"})
+
+
+@dataclass(frozen=True)
+class OverloadSettings:
+    """The ``[overload]`` section (see ``epcscf.config``)."""
+
+    enabled: bool = True
+    lag_interval: float = 0.05  # seconds between load samples
+    lag_high: float = 0.2  # lag at or above which a sample is HIGH
+    lag_low: float = 0.05  # lag below which a sample is LOW
+    high_samples: int = 2  # HIGH samples in a row that mean overload
+    recover: float = 0.25  # seconds of LOW samples before NORMAL again
+    max_pending: int = 0  # proxied requests awaiting a final response (0: not watched)
+    max_new_per_second: float = 0.0  # new dialogs + registrations per second (0: no cap)
+    retry_after: int = 5  # seconds, in the 503's Retry-After
+    max_connections_per_ip: int = 10000  # WebSocket connections from one IP (0: no limit)
+    flow_messages_per_second: float = 100.0  # sustained messages per second per flow (0: no limit)
+    flow_burst: int = 200  # messages a flow may send at once above the rate
+    flow_close_after: int = 1000  # messages refused within flow_window before the flow is closed
+    flow_window: float = 10.0  # seconds
+    auth_failures: int = 10  # failed REGISTER authentications per AOR within auth_window (0: no limit)
+    auth_window: float = 60.0  # seconds
+    auth_lockout: float = 300.0  # seconds an AOR is answered 403 locally
+
+
+# --- the load state machine ----------------------------------------------------------------
+
+
+class LoadState(enum.Enum):
+    NORMAL = "normal"
+    OVERLOADED = "overloaded"
+
+
+class Sample(enum.Enum):
+    HIGH = "high"  # over a high threshold
+    MID = "mid"  # between the thresholds: the hysteresis band
+    LOW = "low"  # under every low threshold
+
+
+#: (state, sample) → next state.  The two conditional moves (HIGH in a row, LOW for long
+#: enough) are the only ones ``OverloadController`` decides outside this table.
+TRANSITIONS: dict[tuple[LoadState, Sample], LoadState] = {
+    (LoadState.NORMAL, Sample.LOW): LoadState.NORMAL,
+    (LoadState.NORMAL, Sample.MID): LoadState.NORMAL,
+    (LoadState.NORMAL, Sample.HIGH): LoadState.OVERLOADED,  # after high_samples in a row
+    (LoadState.OVERLOADED, Sample.HIGH): LoadState.OVERLOADED,
+    (LoadState.OVERLOADED, Sample.MID): LoadState.OVERLOADED,
+    (LoadState.OVERLOADED, Sample.LOW): LoadState.NORMAL,  # after recover seconds of LOW
+}
+
+
+class TokenBucket:
+    """``rate`` tokens a second, at most ``burst`` saved up; ``take()`` spends one."""
+
+    __slots__ = ("rate", "burst", "tokens", "stamp")
+
+    def __init__(self, rate: float, burst: float, now: float) -> None:
+        self.rate = rate
+        self.burst = burst
+        self.tokens = burst
+        self.stamp = now
+
+    def take(self, now: float) -> bool:
+        tokens = min(self.burst, self.tokens + (now - self.stamp) * self.rate)
+        self.stamp = now
+        if tokens >= 1.0:
+            self.tokens = tokens - 1.0
+            return True
+        self.tokens = tokens
+        return False
+
+
+class OverloadController:
+    """NORMAL / OVERLOADED from load samples (``TRANSITIONS``), and the new-work rate cap."""
+
+    def __init__(self, settings: OverloadSettings, clock: IReactorTime) -> None:
+        self.settings = settings
+        self.clock = clock
+        self.state = LoadState.NORMAL
+        self.last_lag = 0.0
+        self.last_pending = 0
+        self.changed_at = clock.seconds()
+        self._high_run = 0
+        self._low_since: float | None = None
+        rate = settings.max_new_per_second
+        self._arrivals = TokenBucket(rate, max(1.0, rate), clock.seconds()) if rate > 0 else None
+        #: observer of state changes (log, metrics)
+        self.on_change: Callable[[LoadState], None] | None = None
+
+    def classify(self, lag: float, pending: int) -> Sample:
+        settings = self.settings
+        watch_pending = settings.max_pending > 0
+        if lag >= settings.lag_high or (watch_pending and pending >= settings.max_pending):
+            return Sample.HIGH
+        # the pending band: below 80 % of the limit counts as calm again
+        if lag < settings.lag_low and (not watch_pending or pending < 0.8 * settings.max_pending):
+            return Sample.LOW
+        return Sample.MID
+
+    def sample(self, lag: float, pending: int = 0) -> LoadState:
+        """One load sample; returns the state after it."""
+        now = self.clock.seconds()
+        self.last_lag, self.last_pending = lag, pending
+        sample = self.classify(lag, pending)
+        self._high_run = self._high_run + 1 if sample is Sample.HIGH else 0
+        if sample is Sample.LOW:
+            if self._low_since is None:
+                self._low_since = now
+        else:
+            self._low_since = None
+        following = TRANSITIONS[(self.state, sample)]
+        if following is not self.state:
+            if self.state is LoadState.NORMAL and self._high_run < self.settings.high_samples:
+                following = self.state  # one late timer is not overload
+            elif self.state is LoadState.OVERLOADED and (
+                self._low_since is None or now - self._low_since < self.settings.recover
+            ):
+                following = self.state  # not calm for long enough yet
+        if following is not self.state:
+            self.state = following
+            self.changed_at = now
+            log.info(
+                "load {state}: event-loop lag {lag:.0f} ms, {pending} requests pending",
+                state=following.value,
+                lag=1000 * lag,
+                pending=pending,
+            )
+            if self.on_change is not None:
+                self.on_change(following)
+        return self.state
+
+    @property
+    def overloaded(self) -> bool:
+        return self.state is LoadState.OVERLOADED
+
+    def admit_new(self) -> str | None:
+        """None to admit one unit of new work, else the reason it is refused."""
+        if self.state is LoadState.OVERLOADED:
+            return "overloaded"
+        if self._arrivals is not None and not self._arrivals.take(self.clock.seconds()):
+            return "new_work_rate"
+        return None
+
+
+class LoadProbe:
+    """Every ``interval`` seconds: how late this timer ran, and a pending count → ``sample``.
+
+    A 1 s probe would notice overload a second late; at 50 ms the controller reacts while the
+    backlog is still a fraction of a second of work.
+    """
+
+    def __init__(self, clock: IReactorTime, interval: float, sample: Callable[[float, int], object],
+                 pending: Callable[[], int] = lambda: 0) -> None:
+        self.clock = clock
+        self.interval = interval
+        self.sample = sample
+        self.pending = pending
+        self._due = 0.0
+        self._timer: IDelayedCall | None = None
+
+    def start(self) -> None:
+        self._due = self.clock.seconds() + self.interval
+        self._timer = self.clock.callLater(self.interval, self._tick)
+
+    def stop(self) -> None:
+        if self._timer is not None and self._timer.active():
+            self._timer.cancel()
+        self._timer = None
+
+    def _tick(self) -> None:
+        self.sample(max(0.0, self.clock.seconds() - self._due), self.pending())
+        self.start()
+
+
+# --- what is new work ------------------------------------------------------------------------
+
+
+def aor_of(request: Request) -> str | None:
+    """The To URI of a REGISTER, as ``Registrations`` keys bindings by it."""
+    try:
+        address = to_view(request)
+    except (HeaderError, ValueError):
+        return None
+    return None if address is None else str(address.uri)
+
+
+def is_new_work(request: Request, connection: Connection, registrations: Registrations) -> bool:
+    """Whether admitting ``request`` takes on new work (see the module docstring)."""
+    method = request.method
+    if method in NEVER_NEW:
+        return False
+    if method == "REGISTER":
+        if connection.transport not in WEBSOCKET_TRANSPORTS:
+            return True
+        aor = aor_of(request)
+        return not any(binding.aor == aor for binding in registrations.for_flow(connection.id))
+    try:
+        return to_tag(request) is None
+    except (HeaderError, ValueError):
+        return True  # a To that does not parse is no dialog of ours
+
+
+def service_unavailable(request: Request, retry_after: int, why: str) -> Response:
+    """RFC 3261 §21.5.4: 503 with Retry-After, so the client waits or goes elsewhere."""
+    response = with_to_tag(make_local_response(request, 503, f"Service Unavailable ({why})"))
+    response.headers.add("Retry-After", str(retry_after))
+    return response
+
+
+# --- the chain the policy calls --------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Refusal:
+    reason: str  # the label of epcscf_overload_refusals_total
+    response: Response
+
+
+AdmissionCheck = Callable[[ProxiedRequest], "Refusal | None"]
+
+
+class AdmissionChain:
+    """The checks a request passes before it is routed, in order; the first refusal wins."""
+
+    def __init__(self) -> None:
+        self._checks: list[tuple[str, AdmissionCheck]] = []
+        #: observer of every refusal, by reason (metrics)
+        self.on_refused: Callable[[str], None] | None = None
+
+    def add(self, name: str, check: AdmissionCheck) -> None:
+        """Add (or replace) the check called ``name``."""
+        self.remove(name)
+        self._checks.append((name, check))
+
+    def add_first(self, name: str, check: AdmissionCheck) -> None:
+        """Add (or replace) the check called ``name`` before every other."""
+        self.remove(name)
+        self._checks.insert(0, (name, check))
+
+    def remove(self, name: str) -> None:
+        self._checks = [(n, c) for n, c in self._checks if n != name]
+
+    def names(self) -> list[str]:
+        return [name for name, _ in self._checks]
+
+    def __call__(self, context: ProxiedRequest) -> Reject | None:
+        for _, check in self._checks:
+            refusal = check(context)
+            if refusal is not None:
+                request = context.request
+                log.info(
+                    "{method} {call_id} refused {status} ({reason})",
+                    method=request.method,
+                    call_id=request.headers.get("Call-ID"),
+                    status=refusal.response.status,
+                    reason=refusal.reason,
+                )
+                if self.on_refused is not None:
+                    self.on_refused(refusal.reason)
+                return Reject(refusal.response)
+        return None
+
+
+class NewWorkGate:
+    """The check that refuses new work while overloaded or over the new-work rate cap."""
+
+    def __init__(self, controller: OverloadController, registrations: Registrations) -> None:
+        self.controller = controller
+        self.registrations = registrations
+
+    def __call__(self, context: ProxiedRequest) -> Refusal | None:
+        controller = self.controller
+        if controller.state is LoadState.NORMAL and controller._arrivals is None:
+            return None  # the common case costs one comparison
+        request = context.request
+        if not is_new_work(request, context.connection, self.registrations):
+            return None
+        reason = controller.admit_new()
+        if reason is None:
+            return None
+        return Refusal(reason, service_unavailable(request, controller.settings.retry_after, "overloaded"))
+
+
+# --- per-source limits -----------------------------------------------------------------------
+
+
+class AuthFailures:
+    """Failed REGISTER authentications per AOR; too many in a window → 403 locally for a while.
+
+    A failure is a 403, or a 401/407 to a REGISTER that carried credentials whose challenge
+    is not ``stale=true`` (RFC 7616 §3.3: a stale nonce is no wrong password).  The first
+    401 of every registration (no credentials yet) is the normal digest exchange
+    (RFC 3261 §22.2) and is not counted.  A 2xx forgets the AOR's failures.
+    """
+
+    MAX_TRACKED = 100_000  # AORs with recent failures kept at most (memory bound under attack)
+
+    def __init__(self, settings: OverloadSettings, clock: IReactorTime) -> None:
+        self.settings = settings
+        self.clock = clock
+        #: AOR → (first failure in the window, failures); oldest window first
+        self._failures: collections.OrderedDict[str, tuple[float, int]] = collections.OrderedDict()
+        #: AOR → locked until; oldest lock first
+        self._locked: collections.OrderedDict[str, float] = collections.OrderedDict()
+
+    def locked(self, aor: str) -> bool:
+        until = self._locked.get(aor)
+        if until is None:
+            return False
+        if self.clock.seconds() < until:
+            return True
+        del self._locked[aor]
+        return False
+
+    def register_answered(self, request: Request, response: Response) -> None:
+        """A final response to a WIC's REGISTER passed toward the WIC."""
+        if self.settings.auth_failures <= 0:
+            return
+        status = response.status
+        if 200 <= status < 300:
+            aor = aor_of(request)
+            if aor is not None:
+                self._failures.pop(aor, None)
+            return
+        if not _is_auth_failure(request, response):
+            return
+        aor = aor_of(request)
+        if aor is None:
+            return
+        now = self.clock.seconds()
+        self._prune(now)
+        first, count = self._failures.pop(aor, (now, 0))
+        if now - first >= self.settings.auth_window:
+            first, count = now, 0
+        count += 1
+        if count >= self.settings.auth_failures:
+            self._locked.pop(aor, None)
+            self._locked[aor] = now + self.settings.auth_lockout
+            log.info("{aor}: {count} failed authentications in {window:g} s; refused locally for {lockout:g} s",
+                     aor=aor, count=count, window=self.settings.auth_window, lockout=self.settings.auth_lockout)
+            return
+        self._failures[aor] = (first, count)
+
+    def _prune(self, now: float) -> None:
+        window = self.settings.auth_window
+        failures = self._failures
+        while failures:
+            aor, (first, _) = next(iter(failures.items()))
+            if now - first < window and len(failures) < self.MAX_TRACKED:
+                break
+            del failures[aor]
+        locked = self._locked
+        while locked:
+            aor, until = next(iter(locked.items()))
+            if now < until and len(locked) < self.MAX_TRACKED:
+                break
+            del locked[aor]
+
+    def __call__(self, context: ProxiedRequest) -> Refusal | None:
+        request = context.request
+        if request.method != "REGISTER" or not self._locked:
+            return None
+        aor = aor_of(request)
+        if aor is None or not self.locked(aor):
+            return None
+        # RFC 3261 §21.4.4: 403, "authorization will not help" — not until the lock ends.
+        response = with_to_tag(make_local_response(request, 403, "Forbidden (too many failed authentications)"))
+        return Refusal("auth_failures", response)
+
+
+def _is_auth_failure(request: Request, response: Response) -> bool:
+    if response.status == 403:
+        return True
+    if response.status not in (401, 407):
+        return False
+    headers = request.headers
+    if "authorization" not in headers and "proxy-authorization" not in headers:
+        return False
+    challenges = response.headers.get_all("www-authenticate") + response.headers.get_all("proxy-authenticate")
+    return not any("stale=true" in value.lower().replace(" ", "").replace('"', "") for value in challenges)
+
+
+class FlowVerdict(enum.Enum):
+    ADMIT = "admit"
+    REFUSE = "refuse"  # over the rate: a request is answered 503, an ACK or response dropped
+    CLOSE = "close"  # flooding: refuse, and close the flow (WebSocket 1008)
+
+
+class _FlowBudget:
+    __slots__ = ("bucket", "window_start", "refused")
+
+    def __init__(self, bucket: TokenBucket, now: float) -> None:
+        self.bucket = bucket
+        self.window_start = now
+        self.refused = 0
+
+
+class FlowRateLimiter:
+    """Messages per second per flow (a token bucket each); a flow that keeps flooding is closed."""
+
+    def __init__(self, settings: OverloadSettings, clock: IReactorTime) -> None:
+        self.settings = settings
+        self.clock = clock
+        self._flows: dict[str, _FlowBudget] = {}
+
+    def __len__(self) -> int:
+        return len(self._flows)
+
+    def arrived(self, flow_id: str) -> FlowVerdict:
+        now = self.clock.seconds()
+        budget = self._flows.get(flow_id)
+        if budget is None:
+            settings = self.settings
+            budget = self._flows[flow_id] = _FlowBudget(
+                TokenBucket(settings.flow_messages_per_second, settings.flow_burst, now), now
+            )
+        if budget.bucket.take(now):
+            return FlowVerdict.ADMIT
+        if now - budget.window_start >= self.settings.flow_window:
+            budget.window_start, budget.refused = now, 0
+        budget.refused += 1
+        close_after = self.settings.flow_close_after
+        if close_after > 0 and budget.refused >= close_after:
+            return FlowVerdict.CLOSE
+        return FlowVerdict.REFUSE
+
+    def forget(self, flow_id: str) -> None:
+        self._flows.pop(flow_id, None)
+
+
+def answer_refused_message(message: Message, retry_after: int) -> Response | None:
+    """What a message refused by the per-flow limit gets back.
+
+    A request (other than ACK) is answered 503 + Retry-After statelessly (RFC 3261 §21.5.4;
+    §8.2: a UAS may answer before creating state): the WIC learns why and when to retry,
+    and a retransmission is answered the same way.  An ACK cannot be answered (§17) and is
+    dropped.  A response is dropped as well: it cannot be refused, and relaying it would let
+    the flooding flow keep the node busy; the peer's client transaction retransmits or
+    times out as for a lost message (§17.1).
+    """
+    if not isinstance(message, Request) or message.method == "ACK":
+        return None
+    try:
+        return service_unavailable(message, retry_after, "message rate limit")
+    except (HeaderError, ValueError):
+        return None
