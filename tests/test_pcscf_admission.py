@@ -274,6 +274,8 @@ class FlowRateTests(unittest.TestCase):
         clock.advance(0.1)
         self.assertIs(limiter.arrived("f"), FlowVerdict.ADMIT)  # one token per 1/10 s
         self.assertIs(limiter.arrived("f"), FlowVerdict.CLOSE)  # the fourth refusal in the window
+        clock.advance(1)
+        self.assertIs(limiter.arrived("f"), FlowVerdict.DROP)  # closing: nothing more is looked at
         limiter.forget("f")
         limiter.forget("other")
         self.assertEqual(len(limiter), 0)

@@ -442,6 +442,7 @@ class FlowVerdict(enum.Enum):
     ADMIT = "admit"
     REFUSE = "refuse"  # over the rate: a request is answered 503, an ACK or response dropped
     CLOSE = "close"  # flooding: refuse, and close the flow (WebSocket 1008)
+    DROP = "drop"  # what still arrives while that flow closes: ignored
 
 
 class _FlowBudget:
@@ -472,12 +473,14 @@ class FlowRateLimiter:
             budget = self._flows[flow_id] = _FlowBudget(
                 TokenBucket(settings.flow_messages_per_second, settings.flow_burst, now), now
             )
+        close_after = self.settings.flow_close_after
+        if close_after > 0 and budget.refused >= close_after:
+            return FlowVerdict.DROP  # told to close already
         if budget.bucket.take(now):
             return FlowVerdict.ADMIT
         if now - budget.window_start >= self.settings.flow_window:
             budget.window_start, budget.refused = now, 0
         budget.refused += 1
-        close_after = self.settings.flow_close_after
         if close_after > 0 and budget.refused >= close_after:
             return FlowVerdict.CLOSE
         return FlowVerdict.REFUSE

@@ -136,6 +136,8 @@ class _WsSink:
         if verdict is FlowVerdict.ADMIT:
             node.transactions.receive(message, connection)
             return
+        if verdict is FlowVerdict.DROP:
+            return
         node.admission_refused("flow_rate")
         answer = answer_refused_message(message, node.overload_settings.retry_after)
         if answer is not None:
