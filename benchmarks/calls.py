@@ -137,6 +137,22 @@ class IceSocket(asyncio.DatagramProtocol):
         self.waiting.clear()
 
 
+def ack_for_failure(invite: bytes, final: bytes) -> bytes:
+    """RFC 3261 §17.1.1.3: the ACK of a non-2xx final response — the INVITE's Request-URI, top
+    Via, From, Call-ID and Route, the response's To (with its tag), CSeq with method ACK."""
+    lines = invite.split(b"\r\n\r\n", 1)[0].split(b"\r\n")
+    method, rest = lines[0].split(b" ", 1)
+    to = next((line for line in final.split(b"\r\n") if line.lower().startswith((b"to:", b"t:"))), b"")
+    ack = [b"ACK " + rest]
+    for line in lines[1:]:
+        name = line.split(b":", 1)[0].strip().lower()
+        if name in (b"via", b"max-forwards", b"from", b"call-id", b"route"):
+            ack.append(line)
+        elif name == b"cseq":
+            ack.append(line.replace(method, b"ACK"))
+    return b"\r\n".join(ack + [to, b"Content-Length: 0", b"", b""])
+
+
 # --- one WIC placing calls ---------------------------------------------------------------------
 
 
@@ -194,9 +210,11 @@ class Caller:
         self.ice.reset()
         call_id, from_tag = secrets.token_hex(10), secrets.token_hex(4)
         uri, to = f"sip:service@127.0.0.1:{uas_port}", f"<sip:service@127.0.0.1:{uas_port}>"
-        self.flow.send(self.request("INVITE", uri, call_id, from_tag, to, 1, body=self.offer()))
+        invite = self.request("INVITE", uri, call_id, from_tag, to, 1, body=self.offer())
+        self.flow.send(invite)
         ok = await self.final(1, "INVITE", STEP_TIMEOUT)
         if not ok.startswith(b"SIP/2.0 200"):
+            self.flow.send(ack_for_failure(invite, ok))
             raise CallFailed(ok.split(b"\r\n", 1)[0].decode(errors="replace"))
         head, _, body = ok.partition(b"\r\n\r\n")
         headers = head.decode(errors="replace").split("\r\n")
