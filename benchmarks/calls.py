@@ -112,8 +112,12 @@ class IceSocket(asyncio.DatagramProtocol):
                 waiter.set_result(message.message_class == stun.Class.RESPONSE)
 
     async def nominate(self, remote: tuple[str, int], remote_ufrag: str, remote_pwd: str, timeout: float) -> None:
-        """RFC 8445 §7.2.2 checks with USE-CANDIDATE every 50 ms until one succeeds."""
+        """RFC 8445 §7.2.2 checks with USE-CANDIDATE until one succeeds: the first waits 50 ms
+        for its answer, each next one twice as long up to 500 ms, the RTO RFC 8445 §14.3 gives a
+        single candidate pair.  (A check every 50 ms whatever happens turns a slow eP-CSCF into
+        one flooded with STUN by every call still connecting.)"""
         deadline = time.monotonic() + timeout
+        wait = 0.05
         while time.monotonic() < deadline:
             request = stun.Message(stun.Method.BINDING, stun.Class.REQUEST)
             request.attributes["USERNAME"] = f"{remote_ufrag}:{self.ufrag}"
@@ -126,10 +130,11 @@ class IceSocket(asyncio.DatagramProtocol):
             self.waiting[request.transaction_id] = waiter
             self.transport.sendto(bytes(request), remote)
             try:
-                if await asyncio.wait_for(waiter, 0.05):
+                if await asyncio.wait_for(waiter, wait):
                     return
             except asyncio.TimeoutError:
                 self.waiting.pop(request.transaction_id, None)
+            wait = min(2 * wait, 0.5)
         raise CallFailed("ICE: no success response to the nominating check")
 
     def reset(self) -> None:

@@ -111,6 +111,37 @@ class LoadStateTableTests(unittest.TestCase):
         self.feed(HIGH, 2)
         self.assertEqual(self.controller.admit_new(), "overloaded")
 
+    def test_while_overloaded_new_work_is_let_in_at_half_the_rate_just_admitted(self) -> None:
+        for _ in range(20):  # 100 new calls a second for a second
+            for _ in range(5):
+                self.assertIsNone(self.controller.admit_new())
+            self.feed(LOW)
+        self.feed(HIGH, 2)
+        throttle = self.controller.throttle
+        assert throttle is not None
+        self.assertAlmostEqual(throttle.rate, 50, delta=3)
+        self.assertEqual(self.controller.admit_new(), "overloaded")  # nothing saved up
+        admitted = 0
+        for _ in range(20):  # a second more of 100 offers a second
+            self.clock.advance(0.05)
+            admitted += sum(self.controller.admit_new() is None for _ in range(5))
+        self.assertLessEqual(admitted, 52)
+
+    def test_the_throttle_follows_the_lag_decrease_while_high_increase_while_low(self) -> None:
+        self.feed(HIGH, 2)
+        throttle = self.controller.throttle
+        assert throttle is not None
+        throttle.rate = 40.0
+        self.feed(HIGH, 4)  # 0.2 s: one decrease
+        self.assertAlmostEqual(throttle.rate, 40 * OverloadController.DECREASE)
+        rate = throttle.rate
+        self.feed(MID, 4)
+        self.assertEqual(throttle.rate, rate)  # held in the band
+        self.feed(LOW, 4)
+        self.assertAlmostEqual(throttle.rate, rate + max(1.0, rate * OverloadController.INCREASE))
+        self.feed(LOW, 2)
+        self.assertIsNone(self.controller.throttle)  # calm long enough: NORMAL, no throttle
+
     def test_new_work_rate_cap_is_a_token_bucket(self) -> None:
         controller = OverloadController(replace(SETTINGS, max_new_per_second=10), self.clock)
         admitted = [controller.admit_new() for _ in range(15)]

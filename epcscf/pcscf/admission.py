@@ -21,7 +21,9 @@ ran: the time every message waits before it is looked at) and, optionally, the n
 proxied requests still waiting for a final response.  ``HIGH`` samples in a row move
 NORMAL → OVERLOADED (one late timer is a GC pause or a blocking call, not overload); back to
 NORMAL only after ``recover`` seconds of ``LOW`` samples.  In between (``MID``) the state is
-kept: that band is the hysteresis that stops the state flapping on every sample.
+kept: that band is the hysteresis that stops the state flapping on every sample.  While
+OVERLOADED, new work is let in at a rate that follows the lag (``OverloadController``); the
+rest is refused.
 
 Independently of the state, ``max_new_per_second`` caps the arrival rate of new work with a
 token bucket (an operator's known capacity), and per-source limits refuse what one source
@@ -129,7 +131,20 @@ class TokenBucket:
 
 
 class OverloadController:
-    """NORMAL / OVERLOADED from load samples (``TRANSITIONS``), and the new-work rate cap."""
+    """NORMAL / OVERLOADED from load samples (``TRANSITIONS``), and the rates new work is let in at.
+
+    While OVERLOADED, new work is not refused wholesale: it is let in through a token bucket
+    whose rate follows the load, the rate-based scheme of RFC 7415 §5 with the event-loop lag
+    as the feedback (multiplicative decrease while HIGH, additive increase while LOW, hold in
+    between).  It starts at half the rate new work was admitted at in the last second, which
+    is at most what the node just failed to carry.  Refusing everything until the backlog is
+    gone would leave the node idle once it drains; a throttle near its capacity keeps it busy
+    with calls that complete quickly, and refuses only the excess.
+    """
+
+    ADJUST_EVERY = 0.2  # seconds between two changes of the throttle (the effect lags the cause)
+    DECREASE = 0.85  # factor per change while HIGH
+    INCREASE = 0.05  # share of the rate added per change while LOW
 
     def __init__(self, settings: OverloadSettings, clock: IReactorTime) -> None:
         self.settings = settings
@@ -137,11 +152,19 @@ class OverloadController:
         self.state = LoadState.NORMAL
         self.last_lag = 0.0
         self.last_pending = 0
-        self.changed_at = clock.seconds()
+        now = clock.seconds()
+        self.changed_at = now
         self._high_run = 0
         self._low_since: float | None = None
         rate = settings.max_new_per_second
-        self._arrivals = TokenBucket(rate, max(1.0, rate), clock.seconds()) if rate > 0 else None
+        self._arrivals = TokenBucket(rate, max(1.0, rate), now) if rate > 0 else None
+        #: new work admitted per second over the last whole second
+        self.admitted_rate = 0.0
+        self._admitted = 0
+        self._window_start = now
+        #: while OVERLOADED: the rate new work is let in at
+        self.throttle: TokenBucket | None = None
+        self._adjusted_at = now
         #: observer of state changes (log, metrics)
         self.on_change: Callable[[LoadState], None] | None = None
 
@@ -159,6 +182,9 @@ class OverloadController:
         """One load sample; returns the state after it."""
         now = self.clock.seconds()
         self.last_lag, self.last_pending = lag, pending
+        if now - self._window_start >= 1.0:
+            self.admitted_rate = self._admitted / (now - self._window_start)
+            self._admitted, self._window_start = 0, now
         sample = self.classify(lag, pending)
         self._high_run = self._high_run + 1 if sample is Sample.HIGH else 0
         if sample is Sample.LOW:
@@ -175,17 +201,38 @@ class OverloadController:
             ):
                 following = self.state  # not calm for long enough yet
         if following is not self.state:
-            self.state = following
-            self.changed_at = now
-            log.info(
-                "load {state}: event-loop lag {lag:.0f} ms, {pending} requests pending",
-                state=following.value,
-                lag=1000 * lag,
-                pending=pending,
-            )
-            if self.on_change is not None:
-                self.on_change(following)
+            self._enter(following, now, lag, pending)
+        elif self.throttle is not None and now - self._adjusted_at >= self.ADJUST_EVERY - 1e-9:
+            self._adjust(self.throttle, sample, now)
         return self.state
+
+    def _enter(self, state: LoadState, now: float, lag: float, pending: int) -> None:
+        self.state = state
+        self.changed_at = now
+        if state is LoadState.OVERLOADED:
+            recent = max(self.admitted_rate, self._admitted / max(now - self._window_start, 1e-3))
+            self.throttle = TokenBucket(recent / 2, 1.0, now)
+            self.throttle.tokens = 0.0  # nothing saved up: the first admission waits its turn
+            self._adjusted_at = now
+        else:
+            self.throttle = None
+        log.info(
+            "load {state}: event-loop lag {lag:.0f} ms, {pending} requests pending, new work let in at {rate}",
+            state=state.value,
+            lag=1000 * lag,
+            pending=pending,
+            rate="any rate" if self.throttle is None else f"{self.throttle.rate:.1f}/s",
+        )
+        if self.on_change is not None:
+            self.on_change(state)
+
+    def _adjust(self, throttle: TokenBucket, sample: Sample, now: float) -> None:
+        self._adjusted_at = now
+        if sample is Sample.HIGH:
+            throttle.rate *= self.DECREASE
+        elif sample is Sample.LOW:
+            throttle.rate += max(1.0, throttle.rate * self.INCREASE)  # from nothing, too
+        throttle.burst = max(1.0, throttle.rate * self.ADJUST_EVERY)
 
     @property
     def overloaded(self) -> bool:
@@ -193,10 +240,13 @@ class OverloadController:
 
     def admit_new(self) -> str | None:
         """None to admit one unit of new work, else the reason it is refused."""
-        if self.state is LoadState.OVERLOADED:
+        now = self.clock.seconds()
+        throttle = self.throttle
+        if throttle is not None and not throttle.take(now):
             return "overloaded"
-        if self._arrivals is not None and not self._arrivals.take(self.clock.seconds()):
+        if self._arrivals is not None and not self._arrivals.take(now):
             return "new_work_rate"
+        self._admitted += 1
         return None
 
 
@@ -328,8 +378,6 @@ class NewWorkGate:
 
     def __call__(self, context: ProxiedRequest) -> Refusal | None:
         controller = self.controller
-        if controller.state is LoadState.NORMAL and controller._arrivals is None:
-            return None  # the common case costs one comparison
         request = context.request
         if not is_new_work(request, context.connection, self.registrations):
             return None
