@@ -135,7 +135,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--sustainable", type=float, help="skip the search: S in calls/s")
     parser.add_argument("--seconds", type=float, default=20.0, help="length of each 2×S run")
     parser.add_argument("--step-seconds", type=float, default=6.0, help="length of each step of the search for S")
-    parser.add_argument("--wics", type=int, help="WebSocket WICs (default: 8 s worth of calls at 2×S, at least 300)")
+    parser.add_argument("--wics", type=int, help="WebSocket WICs (default: 8 s worth of calls at 2×S (S = 50 while unknown), at least 300)")
     parser.add_argument("--overload", default="", help="[overload] keys for the controlled run, e.g. 'lag_high = 0.3, recover = 0.5'")
     parser.add_argument("--log-level", default="warn")
     options = parser.parse_args(argv)
@@ -149,7 +149,7 @@ def main(argv: list[str] | None = None) -> int:
         async def scenario() -> tuple[float, list[Row], list[str]]:
             ladder: list[str] = []
             sustainable = options.sustainable or 0.0
-            wics = options.wics or max(300, int(16 * (sustainable or 100)))
+            wics = options.wics or max(300, int(16 * (sustainable or 50)))
             deployment = OverloadDeployment(directory, make_users(wics), options.log_level)
             deployment.overload = "enabled = false\n"
 
