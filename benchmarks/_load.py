@@ -239,12 +239,20 @@ class WsSipFlow(asyncio.Protocol):
             if status >= 200 and found and int(found.group(1)) == cseq:
                 return status, message
 
-    async def register(self, timeout: float = 10.0) -> float:
-        """One whole registration: REGISTER → 401 → REGISTER with Authorization → 200; its seconds."""
+    async def register(self, timeout: float = 10.0, busy_retries: int = 20) -> float:
+        """One whole registration: REGISTER → 401 → REGISTER with Authorization → 200; its seconds.
+
+        A 503 (an overloaded eP-CSCF, RFC 3261 §21.5.4) is tried again after half a second, up
+        to ``busy_retries`` times: a real WIC would wait Retry-After, a benchmark cannot."""
         started = time.perf_counter()
         wic = self.wic
         self.send(wic.register())
         status, response = await self._response_to(wic.cseq, timeout)
+        while status == 503 and busy_retries > 0:
+            busy_retries -= 1
+            await asyncio.sleep(0.5)
+            self.send(wic.register())
+            status, response = await self._response_to(wic.cseq, timeout)
         if status == 401:
             # RFC 8760 §2.4: challenges come strongest first; take the first we can compute.
             challenges = [c.decode() for c in _WWW_AUTHENTICATE_RE.findall(response)]

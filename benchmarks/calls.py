@@ -256,15 +256,7 @@ async def open_callers(ws_port: int, users: list[tuple[str, str]]) -> list[Calle
         wic = Wic(user, password, DOMAIN)
         _, flow = await loop.create_connection(lambda w=wic: WsSipFlow(w, f"127.0.0.1:{ws_port}"), "127.0.0.1", ws_port)
         await flow.opened
-        for attempt in range(20):
-            try:
-                await flow.register()
-                break
-            except RegistrationFailed as refused:
-                # RFC 3261 §21.5.4: a busy eP-CSCF answers 503 + Retry-After; try again a little later.
-                if "503" not in str(refused) or attempt == 19:
-                    raise
-                await asyncio.sleep(0.5)
+        await flow.register()
         _, ice = await loop.create_datagram_endpoint(IceSocket, local_addr=("127.0.0.1", 0))
         callers.append(Caller(flow, ice, wic))
     return callers
