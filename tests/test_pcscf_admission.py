@@ -12,9 +12,6 @@ from twisted.trial import unittest
 from epcscf.pcscf.admission import (
     TRANSITIONS,
     AdmissionChain,
-    AuthFailures,
-    FlowRateLimiter,
-    FlowVerdict,
     LoadProbe,
     LoadState,
     NewWorkGate,
@@ -22,9 +19,9 @@ from epcscf.pcscf.admission import (
     OverloadSettings,
     Refusal,
     Sample,
-    answer_refused_message,
     is_new_work,
 )
+from epcscf.pcscf.limits import AuthFailures, FlowRateLimiter, FlowVerdict, answer_refused_message
 from epcscf.pcscf.registration import Registrations
 from epcscf.sip.message import Request, Response, make_response
 from epcscf.sip.proxy import ProxiedRequest, Reject

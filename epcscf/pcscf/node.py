@@ -22,21 +22,12 @@ from twisted.logger import Logger
 from epcscf.config import Config, Listener
 from epcscf.ice import IceAgentConfig
 from epcscf.media import MediaSessionConfig
-from epcscf.pcscf.admission import (
-    AdmissionChain,
-    AuthFailures,
-    FlowRateLimiter,
-    FlowVerdict,
-    LoadProbe,
-    NewWorkGate,
-    OverloadController,
-    OverloadSettings,
-    answer_refused_message,
-)
+from epcscf.pcscf.admission import AdmissionChain, LoadProbe, NewWorkGate, OverloadController, OverloadSettings
 from epcscf.pcscf.call_media import CallMediaEngine, CallMediaSettings
 from epcscf.pcscf.calls import CallManager, CallSettings
 from epcscf.pcscf.edge import EdgeAddresses, PcscfPolicy
 from epcscf.pcscf.flows import Flow, FlowTable
+from epcscf.pcscf.limits import AuthFailures, FlowRateLimiter, FlowVerdict, answer_refused_message
 from epcscf.pcscf.registration import RegistrationBinding, Registrations
 from epcscf.sip.connection import Address, Connection
 from epcscf.sip.message import Message
