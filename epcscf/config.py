@@ -325,6 +325,7 @@ class OverloadSection:
     recover: float = _option(_seconds, 0.25, "seconds of calm samples before new work is accepted again")
     max_pending: int = _option(_integer(0, 1_000_000), 0, "overload when this many proxied requests await a final response (ringing calls count; 0: not watched)")
     max_new_per_second: float = _option(_rate, 0.0, "new dialogs + new registrations admitted per second (0: no cap)")
+    min_new_per_second: float = _option(_rate, 10.0, "new dialogs + new registrations per second let in while overloaded, however bad the lag")
     retry_after: int = _option(_integer(1, 86400), 5, "Retry-After seconds in the 503s of overload and rate limits")
     max_connections_per_ip: int = _option(_integer(0, 1_000_000), 10000, "WebSocket connections from one IP address (HTTP 503 beyond; 0: no limit)")
     flow_messages_per_second: float = _option(_rate, 100.0, "SIP messages per second one WebSocket flow may send (0: no limit)")

@@ -27,7 +27,7 @@ from epcscf.sip.message import Request, Response, make_response
 from epcscf.sip.proxy import ProxiedRequest, Reject
 from tests.support.fake_flow import FakeWsFlow
 
-SETTINGS = OverloadSettings(lag_high=0.2, lag_low=0.05, high_samples=2, recover=0.25)
+SETTINGS = OverloadSettings(lag_high=0.2, lag_low=0.05, high_samples=2, recover=0.25, min_new_per_second=0)
 HIGH, MID, LOW = 0.3, 0.1, 0.01  # lags (seconds) of each kind under SETTINGS
 
 
@@ -138,6 +138,19 @@ class LoadStateTableTests(unittest.TestCase):
         self.assertAlmostEqual(throttle.rate, rate + max(1.0, rate * OverloadController.INCREASE))
         self.feed(LOW, 2)
         self.assertIsNone(self.controller.throttle)  # calm long enough: NORMAL, no throttle
+
+    def test_the_throttle_never_goes_under_its_floor(self) -> None:
+        controller = OverloadController(replace(SETTINGS, min_new_per_second=10), self.clock)
+        for _ in range(2):
+            self.clock.advance(0.05)
+            controller.sample(HIGH)
+        throttle = controller.throttle
+        assert throttle is not None
+        self.assertEqual(throttle.rate, 10)  # nothing admitted lately: the floor
+        for _ in range(40):
+            self.clock.advance(0.05)
+            controller.sample(HIGH)
+        self.assertEqual(throttle.rate, 10)
 
     def test_new_work_rate_cap_is_a_token_bucket(self) -> None:
         controller = OverloadController(replace(SETTINGS, max_new_per_second=10), self.clock)

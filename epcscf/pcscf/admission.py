@@ -71,6 +71,7 @@ class OverloadSettings:
     recover: float = 0.25  # seconds of LOW samples before NORMAL again
     max_pending: int = 0  # proxied requests awaiting a final response (0: not watched)
     max_new_per_second: float = 0.0  # new dialogs + registrations per second (0: no cap)
+    min_new_per_second: float = 10.0  # let in while OVERLOADED however bad the lag
     retry_after: int = 5  # seconds, in the 503's Retry-After
     max_connections_per_ip: int = 10000  # WebSocket connections from one IP (0: no limit)
     flow_messages_per_second: float = 100.0  # sustained messages per second per flow (0: no limit)
@@ -136,7 +137,9 @@ class OverloadController:
     whose rate follows the load, the rate-based scheme of RFC 7415 §5 with the event-loop lag
     as the feedback (multiplicative decrease while HIGH, additive increase while LOW, hold in
     between).  It starts at half the rate new work was admitted at in the last second, which
-    is at most what the node just failed to carry.  Refusing everything until the backlog is
+    is at most what the node just failed to carry, and never goes under ``min_new_per_second``
+    (a node that is busy for reasons of its own — a long computation, a starved CPU — still
+    serves a handful of new calls and registrations, as a small site needs).  Refusing everything until the backlog is
     gone would leave the node idle once it drains; a throttle near its capacity keeps it busy
     with calls that complete quickly, and refuses only the excess.
     """
@@ -210,7 +213,8 @@ class OverloadController:
         self.changed_at = now
         if state is LoadState.OVERLOADED:
             recent = max(self.admitted_rate, self._admitted / max(now - self._window_start, 1e-3))
-            self.throttle = TokenBucket(recent / 2, 1.0, now)
+            floor = self.settings.min_new_per_second
+            self.throttle = TokenBucket(max(floor, recent / 2), 1.0, now)
             self.throttle.tokens = 0.0  # nothing saved up: the first admission waits its turn
             self._adjusted_at = now
         else:
@@ -228,7 +232,7 @@ class OverloadController:
     def _adjust(self, throttle: TokenBucket, sample: Sample, now: float) -> None:
         self._adjusted_at = now
         if sample is Sample.HIGH:
-            throttle.rate *= self.DECREASE
+            throttle.rate = max(self.settings.min_new_per_second, throttle.rate * self.DECREASE)
         elif sample is Sample.LOW:
             throttle.rate += max(1.0, throttle.rate * self.INCREASE)  # from nothing, too
         throttle.burst = max(1.0, throttle.rate * self.ADJUST_EVERY)
