@@ -208,6 +208,12 @@ class NewWorkTests(unittest.TestCase):
         for method in ("ACK", "CANCEL"):
             self.assertFalse(is_new_work(request(method), self.flow, self.registrations), method)
 
+    def test_core_side_initial_requests_are_new_work_too(self) -> None:
+        core = FakeWsFlow("udp-core", transport="UDP")
+        self.assertTrue(is_new_work(request("INVITE"), core, self.registrations))
+        self.assertFalse(is_new_work(request("INVITE", to_tag="b1"), core, self.registrations))
+        self.assertTrue(is_new_work(request("REGISTER", to="sip:alice@ims.localdomain"), core, self.registrations))
+
     def test_a_register_is_new_unless_its_aor_is_bound_on_this_flow(self) -> None:
         alice = "sip:alice@ims.localdomain"
         self.assertTrue(is_new_work(request("REGISTER", to=alice), self.flow, self.registrations))
