@@ -192,7 +192,7 @@ class Caller:
         lines.append(f"Content-Length: {len(body)}")
         return ("\r\n".join(lines) + "\r\n\r\n").encode() + body
 
-    async def final(self, cseq: int, method: str, timeout: float) -> bytes:
+    async def final(self, call_id: str, cseq: int, method: str, timeout: float) -> bytes:
         deadline = time.monotonic() + timeout
         while True:
             remaining = deadline - time.monotonic()
@@ -206,7 +206,10 @@ class Caller:
                 raise CallFailed("WebSocket closed")
             found = _CSEQ_RE.search(message)
             status = int(message[8:11])
-            if found and int(found.group(1)) == cseq and found.group(2).decode().upper() == method and status >= 200:
+            # The Call-ID too: a late answer to an earlier call of this WIC (given up on after
+            # STEP_TIMEOUT) has the same CSeq, and taking it would fail this call as well.
+            if (found and int(found.group(1)) == cseq and found.group(2).decode().upper() == method and status >= 200
+                    and call_id.encode() in message):
                 return message
 
     async def call(self, uas_port: int, full_ice: bool) -> float:
@@ -217,7 +220,7 @@ class Caller:
         uri, to = f"sip:service@127.0.0.1:{uas_port}", f"<sip:service@127.0.0.1:{uas_port}>"
         invite = self.request("INVITE", uri, call_id, from_tag, to, 1, body=self.offer())
         self.flow.send(invite)
-        ok = await self.final(1, "INVITE", STEP_TIMEOUT)
+        ok = await self.final(call_id, 1, "INVITE", STEP_TIMEOUT)
         if not ok.startswith(b"SIP/2.0 200"):
             self.flow.send(ack_for_failure(invite, ok))
             raise CallFailed(ok.split(b"\r\n", 1)[0].decode(errors="replace"))
@@ -243,7 +246,7 @@ class Caller:
             await asyncio.wait_for(self.ice.checked_by_peer.wait(), STEP_TIMEOUT)
         setup = time.perf_counter() - started
         self.flow.send(self.request("BYE", target, call_id, from_tag, to_value, 2, routes))
-        bye_ok = await self.final(2, "BYE", STEP_TIMEOUT)
+        bye_ok = await self.final(call_id, 2, "BYE", STEP_TIMEOUT)
         if not bye_ok.startswith(b"SIP/2.0 200"):
             raise CallFailed("BYE: " + bye_ok.split(b"\r\n", 1)[0].decode(errors="replace"))
         return setup
