@@ -32,6 +32,7 @@ import signal
 import sys
 import tempfile
 import time
+from collections import Counter
 from dataclasses import dataclass
 from typing import Any
 
@@ -193,11 +194,8 @@ def main(argv: list[str] | None = None) -> int:
           f"[{'PASS' if share >= FLOOR_SHARE else 'FAIL'} >= {100 * FLOOR_SHARE:g} %], p99 {1000 * p99:.0f} ms "
           f"[{'PASS' if p99 <= FLOOR_P99 else 'FAIL'} <= {1000 * FLOOR_P99:g} ms], refused {controlled.refused}")
     for row in rows:
-        kinds: dict[str, int] = {}
-        for failure in row.result.failures:
-            if not failure.startswith((REFUSED, NOT_SENT)):
-                kinds[failure] = kinds.get(failure, 0) + 1
-        for text, count in sorted(kinds.items(), key=lambda item: -item[1])[:3]:
+        other = Counter(f for f in row.result.failures if not f.startswith((REFUSED, NOT_SENT)))
+        for text, count in other.most_common(3):
             print(f"  {row.label}: {count} × {text}")
     shutil.rmtree(directory, ignore_errors=True)
     return 0
