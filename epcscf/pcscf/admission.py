@@ -4,7 +4,7 @@ Theory of operation
 -------------------
 A proxy that accepts every new call while it cannot keep up makes every call slow: setup
 latency grows for everybody, transactions time out and are retransmitted, and goodput falls
-below what the node could have carried.  The remedy (RFC 3261 §21.5.4, RFC 7339 §5) is to
+below what the node could have carried.  The remedy (RFC 3261 §21.5.4; RFC 7339 overload control) is to
 refuse the *excess* early and cheaply with ``503 Service Unavailable`` and ``Retry-After``
 while the work already admitted keeps flowing.
 
@@ -134,7 +134,7 @@ class OverloadController:
     """NORMAL / OVERLOADED from load samples (``TRANSITIONS``), and the rates new work is let in at.
 
     While OVERLOADED, new work is not refused wholesale: it is let in through a token bucket
-    whose rate follows the load, the rate-based scheme of RFC 7415 §5 with the event-loop lag
+    whose rate follows the load, the rate-based scheme of RFC 7415 with the event-loop lag
     as the feedback (multiplicative decrease while HIGH, additive increase while LOW, hold in
     between).  It starts at half the rate new work was admitted at in the last second, which
     is at most what the node just failed to carry, and never goes under ``min_new_per_second``
