@@ -346,7 +346,7 @@ class WwsfSection:
     )
     demo_users: bool = _option(_boolean, True, "prefill the page with the embedded core's users and passwords (labs only)")
     websocket_url: str = _option(_websocket_url, "", "eP-CSCF URL the page connects to (default: derived from the [ws] listeners)")
-    bundle_dir: str = _option(_path, "", "directory of the page's built script app.js (default: build/wwsf in the checkout; bin/setup builds it)")
+    bundle_dir: str = _option(_path, "", "directory of the page's script app.js (default: epcscf/wwsf/built in the package, where bin/setup builds it and a wheel carries it)")
 
 
 @dataclass(frozen=True)

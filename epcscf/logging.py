@@ -2,10 +2,16 @@
 
 One ``LogLevelFilterPredicate`` is shared by the process so that the console's
 ``set_log_level`` can change levels per namespace while running.
+
+Twisted's own port life-cycle lines ("WwsfSite starting on 8081", "(UDP Port 5060 Closed)")
+come through its legacy log at info level for every listener, whatever ``noisy`` says;
+epcscf logs each service's listeners in one line of its own, so those lines are written
+only when the level is debug.
 """
 
 from __future__ import annotations
 
+import re
 import sys
 from typing import IO, Any
 
@@ -14,6 +20,7 @@ from twisted.logger import (
     ILogObserver,
     LogLevel,
     LogLevelFilterPredicate,
+    PredicateResult,
     jsonFileLogObserver,
     textFileLogObserver,
 )
@@ -40,13 +47,29 @@ def set_log_level(namespace: str, level: str) -> None:
     level_predicate.setLogLevelForNamespace(namespace, LEVELS[level])
 
 
+#: twisted.internet.tcp/udp Port.startListening and connectionLost (legacy log.msg text)
+_PORT_LIFE_CYCLE = re.compile(r"\S+(?: \(\S+\))* starting on \d+|\(\w+ Port \d+ Closed\)")
+
+
+def port_life_cycle_at_debug(event: dict[str, Any]) -> PredicateResult:
+    """Drop Twisted's per-port start/close lines unless the level is debug (see the module docstring)."""
+    if event.get("log_namespace") != "log_legacy" or event.get("log_level") is not LogLevel.info:
+        return PredicateResult.maybe
+    message = event.get("message")
+    if not (isinstance(message, tuple) and len(message) == 1 and isinstance(message[0], str)):
+        return PredicateResult.maybe
+    if _PORT_LIFE_CYCLE.fullmatch(message[0]) and level_predicate.logLevelForNamespace("log_legacy") > LogLevel.debug:
+        return PredicateResult.no
+    return PredicateResult.maybe
+
+
 def make_observer(settings: LogSection, stream: IO[Any]) -> ILogObserver:
     set_log_level("", settings.level)
     if settings.format == "json":
         inner = jsonFileLogObserver(stream, recordSeparator="")
     else:
         inner = textFileLogObserver(stream)
-    return FilteringLogObserver(inner, [level_predicate])
+    return FilteringLogObserver(inner, [port_life_cycle_at_debug, level_predicate])
 
 
 _twistd_settings: tuple[LogSection, Any] | None = None

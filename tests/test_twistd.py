@@ -7,7 +7,8 @@ import signal
 
 from twisted.trial import unittest
 
-from tests.support.processes import TOP, VENV_BIN, process_alive, run, wait_for
+from tests.support.daemon import TWISTED_NOISE, Daemon, register_alice, write_daemon_config
+from tests.support.processes import TOP, VENV_BIN, child_env, process_alive, run, wait_for
 
 TWISTD = os.path.join(VENV_BIN, "twistd")
 
@@ -105,3 +106,15 @@ class TwistdTests(unittest.TestCase):
         events = [json.loads(line) for line in lines]
         # level = warn: the info lines of a normal start and stop are filtered out
         self.assertFalse([e for e in events if e.get("log_level", {}).get("name") == "info"], lines)
+
+    async def test_info_log_has_no_twisted_line_per_listener_socket_or_connection(self) -> None:
+        # Every kind of listener, an inbound WebSocket and an outbound TCP connection to the core.
+        directory = os.path.abspath(self.mktemp())
+        config = write_daemon_config(directory, os.path.join(TOP, "etc", "manhole.users"))
+        daemon = Daemon.start(TWISTD, config, directory, child_env())
+        self.addCleanup(daemon.kill)
+        self.assertEqual(await register_alice(await daemon.ws_url()), 200)
+        self.assertEqual(await daemon.stop(), (None, signal.SIGTERM), daemon.output)
+        self.assertIn("Server Shut Down.", daemon.output)
+        self.assertIn("drained after", daemon.output)
+        self.assertEqual([m.group(0) for m in TWISTED_NOISE.finditer(daemon.output)], [], daemon.output)

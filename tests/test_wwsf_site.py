@@ -6,6 +6,7 @@ import json
 import os
 
 from twisted.internet import defer
+from twisted.logger import LogLevel, capturedLogs, formatEvent
 from twisted.trial import unittest
 from twisted.web import client
 from twisted.web.http_headers import Headers
@@ -165,10 +166,19 @@ class WwsfSiteTests(unittest.TestCase):
 
     async def _missing(self) -> None:
         directory = os.path.abspath(self.mktemp())
-        origin = self.start(directory)
+        with capturedLogs() as events:
+            origin = self.start(directory)
+        # One error line at start, naming the key and what to do.
+        [error] = [formatEvent(e) for e in events if e["log_level"] >= LogLevel.warn]
+        self.assertEqual(
+            error,
+            f"[wwsf] bundle_dir: the page script {directory}/app.js is not built: run bin/setup in a checkout, "
+            f"or python -m epcscf.wwsf.bundle {directory} NODE_MODULES (npm's esbuild and jssip), "
+            "or set [wwsf] enabled = false",
+        )
         code, headers, body = await fetch(origin + "/app.js")
         self.assertEqual(code, 200)
-        self.assertIn(b"is not built: run bin/setup", body)
+        self.assertIn(f"[wwsf] bundle_dir: the page script {directory}/app.js is not built: run bin/setup".encode(), body)
         self.assertIn(b"page-status", body)
         # Built while running: served from then on.
         os.makedirs(directory)

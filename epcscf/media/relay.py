@@ -52,6 +52,8 @@ class MediaError(Exception):
 class CoreSocket(DatagramProtocol):
     """Hands every datagram of one core-side socket to a callable (the session's hot path)."""
 
+    noisy = False  # two sockets per call: no "Starting protocol" lines
+
     def __init__(self, on_datagram: Callable[[bytes, Address], None]) -> None:
         self.on_datagram = on_datagram
 

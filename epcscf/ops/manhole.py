@@ -103,6 +103,7 @@ class ManholeService(Service):
 
         realm.chainedProtocolFactory = chained_protocol
         factory = manhole_ssh.ConchFactory(Portal(realm, [BcryptChecker(read_users(self.users_file))]))
+        factory.noisy = False  # no "Starting factory" line; startService logs the console's address
         host_key = load_or_create_host_key(self.host_key_file)
         factory.publicKeys = {host_key.sshType(): host_key.public()}
         factory.privateKeys = {host_key.sshType(): host_key}

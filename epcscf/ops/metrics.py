@@ -320,6 +320,8 @@ class MetricsPage(Resource):
 class _QuietSite(Site):
     """No access-log line per scrape (one every 15 s would drown the daemon's log)."""
 
+    noisy = False  # no "Starting factory" line either
+
     def log(self, request: Request) -> None:
         pass
 

@@ -167,6 +167,9 @@ class PcscfPolicy:
         self.on_register_response: Callable[[int], None] | None = None
         #: observer of the same with the REGISTER (failed authentications per AOR)
         self.on_register_final: Callable[[Request, Response], None] | None = None
+        #: the configured core entry point as the operator wrote it (``[core] next_hop``, external
+        #: mode): named in the log when a registrar gives no Service-Route
+        self.core_entry: str | None = None
 
     @property
     def network_id(self) -> str:
@@ -321,7 +324,18 @@ class PcscfPolicy:
         info = context.data.get("register", {})
         flow = self.flows.find(context.connection.id)
         origin = flow.origin if flow is not None else None
-        self.registrations.record(register, response, context.connection.id, origin, bool(info.get("outbound")))
+        flow_id = context.connection.id
+        known = self.registrations.for_flow(flow_id) if self.core_entry else []
+        bindings = self.registrations.record(register, response, flow_id, origin, bool(info.get("outbound")))
+        if self.core_entry:
+            for binding in bindings:
+                if not binding.service_route and all(binding is not old for old in known):
+                    # Once per binding (a refresh keeps it): a plain RFC 3261 registrar gives no
+                    # Service-Route (RFC 3608), so say where originating requests will go.
+                    log.info(
+                        "registration of {aor} on flow {flow} has no Service-Route: its originating requests go to {next_hop}",
+                        aor=binding.aor, flow=flow_id, next_hop=self.core_entry,
+                    )
 
     def _add_charging_vector(self, request: Request) -> None:
         # RFC 7315 §4.6 / TS 24.229 §5.2.6.3.3: a globally unique ICID generated here.  The

@@ -254,6 +254,8 @@ class PcscfNode(Service):
             network_id=self.config.core.domain,
             next_hop_resolver=None if self._core_targets is not None else self._resolve_next_hop,
         )
+        if self.config.core.mode == "external":
+            self.policy.core_entry = ", ".join(self.config.core.next_hop)
         self.proxy = StatefulProxy(
             self.reactor,
             self.transports,

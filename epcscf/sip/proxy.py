@@ -11,7 +11,9 @@ it does not answer itself, and the client-transaction user of every branch it fo
   destination, Record-Route entries) or ``Reject`` (a response).  The decision may be a
   Deferred.  Forwarding makes one ``Branch`` per destination; a branch walks its list of
   ``Target``s in order (RFC 3263 §4.3 failover on 503, timeout or transport error), each try
-  a new client transaction with a new branch id.
+  a new client transaction with a new branch id.  A request too large for UDP goes over TCP
+  to the same address (RFC 3261 §18.1.1, ``TransportManager.connect_for_request``) and its
+  Via says so.
 * Responses (§16.7): our Via is popped; provisionals other than 100 and every 2xx go
   upstream at once; finals are kept until every branch is done, then the best one
   (``choose_best_response``, 401/407 challenges merged, a received 503 → 500; the 503
@@ -43,6 +45,7 @@ from epcscf.sip import proxy_rules as rules
 from epcscf.sip.connection import Address, Connection, ConnectionLost
 from epcscf.sip.message import Request, Response
 from epcscf.sip.resolver import DEFAULT_PORTS, Target
+from epcscf.sip.transport import UDP_REQUEST_LIMIT
 from epcscf.sip.uri import SipUri, UriError, parse_uri
 from epcscf.sip.validate import AnswerOptionsLocally, validate_request
 from epcscf.sip.proxy_policy import (
@@ -61,6 +64,9 @@ log = Logger()
 
 # RFC 3261 §16.6 step 11: Timer C "MUST be set to be greater than 3 minutes".
 TIMER_C = 181.0
+# The Via we add (§16.6 step 8), counted when sizing a request for RFC 3261 §18.1.1: our
+# branch is the prefix, the loop hash and a digest (16 hex digits each, rules.branch_for).
+OWN_VIA_LINE = "Via: SIP/2.0/UDP {sent_by};branch=" + rules.BRANCH_PREFIX + "0" * 16 + "." + "0" * 16 + "\r\n"
 
 
 @dataclass(frozen=True)
@@ -332,6 +338,12 @@ class StatefulProxy:
             log.info("cannot reach {target}: {why}", target=target, why=failure.value)
             self._branch_failed(context, branch, 503)  # RFC 3261 §16.9
 
+        size = self._udp_request_size(branch, target)
+        if size > UDP_REQUEST_LIMIT and hasattr(self.connector, "connect_for_request"):
+            # RFC 3261 §18.1.1: too large for UDP → TCP to the same address (UDP if that fails);
+            # _send_branch writes the Via for whichever connection this gives.
+            self.connector.connect_for_request(target, size).addCallbacks(connected, failed)
+            return
         existing = self.connector.connection_for(target) if hasattr(self.connector, "connection_for") else None
         if existing is not None:
             connected(existing)  # an open connection (always, for UDP): no Deferred needed
@@ -639,6 +651,17 @@ class StatefulProxy:
         host = self.settings.public_host or local.host
         host = f"[{host}]" if ":" in host else host
         return f"{host}:{local.port}"
+
+    def _udp_request_size(self, branch: Branch, target: Target) -> int:
+        """The size the branch's request will have on the wire toward a UDP ``target`` (0 for
+        other transports): RFC 3261 §18.1.1 counts the whole message, our Via included."""
+        if target.transport.upper() != "UDP":
+            return 0
+        sent_by = branch.via_sent_by
+        if not sent_by:
+            local = self.connector.local_address("UDP") or Address("", 0)
+            sent_by = f"{self.settings.public_host or local.host}:{local.port}"
+        return len(branch.request.serialize()) + len(OWN_VIA_LINE.format(sent_by=sent_by))
 
     def _is_own_sent_by(self, host: str, port: int | None) -> bool:
         for transport in ("UDP", "TCP", "TLS"):

@@ -9,9 +9,11 @@ layer).  Nothing here reads a message beyond what framing and RFC 3261 §18 need
 * UDP (``UdpTransport``): one socket per listener; a cheap ``UdpConnection`` per remote
   address, cached while in use and forgotten after ``udp_idle_timeout``.  A datagram that
   does not parse is answered with the parser's error response when one can be built
-  (RFC 3261 §18.3 / §16.3 step 1) and is otherwise dropped.  RFC 3261 §18.1.1 (switch to
-  TCP for requests within 200 bytes of the path MTU) is *not* implemented: requests are
-  sent over the transport the resolver chose.
+  (RFC 3261 §18.3 / §16.3 step 1) and is otherwise dropped.  RFC 3261 §18.1.1: a request
+  too large for UDP (``UDP_REQUEST_LIMIT``) goes over TCP to the same address instead
+  (``TransportManager.connect_for_request``), over UDP only when no TCP connection can be
+  made (then for ``UDP_ONLY_MEMORY`` seconds without a new try); responses keep their
+  transport (§18.2.2).
 * TCP/TLS (``StreamConnection``): ``StreamFramer`` handles partial reads, several messages
   per read and RFC 5626 §3.5.1 CRLFCRLF keep-alives (answered with CRLF); a framing error
   is answered (400 for a missing Content-Length, RFC 3261 §18.3) and, when fatal, the
@@ -55,6 +57,21 @@ from epcscf.sip.parser import (
 log = Logger()
 
 MessageSink = Callable[[Message, Connection], None]
+
+# RFC 3261 §18.1.1: a request within 200 bytes of the path MTU goes over a congestion-controlled
+# transport; with the MTU unknown (always, here) that is a request larger than 1300 bytes.
+UDP_REQUEST_LIMIT = 1300
+#: how long a next hop that refused TCP gets its large requests over UDP without a new try
+UDP_ONLY_MEMORY = 300.0
+
+
+def congestion_controlled_target(target: Target, size: int) -> Target | None:
+    """RFC 3261 §18.1.1: the TCP target (same address) to use instead of a UDP ``target`` for a
+    request of ``size`` bytes, or None when the request may go as the resolver chose."""
+    if size <= UDP_REQUEST_LIMIT or target.transport.upper() != "UDP":
+        return None
+    return Target("TCP", target.host, target.port)
+
 
 @dataclass(frozen=True)
 class ListenerSpec:
@@ -170,6 +187,8 @@ class UdpConnection:
 
 class UdpTransport(DatagramProtocol):
     """One UDP listener: datagrams in → messages to the sink; one UdpConnection per peer."""
+
+    noisy = False  # the node logs its listeners in one line; no "Starting protocol" per socket
 
     def __init__(self, clock: IReactorTime, sink: MessageSink, settings: TransportSettings) -> None:
         self.clock = clock
@@ -386,12 +405,26 @@ class SipStreamProtocol(Protocol):
 
 
 class _StreamFactory(Factory):
+    noisy = False  # no "Starting factory" line per listener
+
     def __init__(self, manager: "TransportManager", transport: str) -> None:
         self._manager = manager
         self._transport = transport
 
     def buildProtocol(self, addr: Any) -> SipStreamProtocol:
         return StreamConnection(self._manager, self._transport, outbound=False).protocol
+
+
+class _OutboundFactory(Factory):
+    """``endpoints.connectProtocol`` without its "Starting factory" line per connection."""
+
+    noisy = False
+
+    def __init__(self, protocol: SipStreamProtocol) -> None:
+        self._protocol = protocol
+
+    def buildProtocol(self, addr: Any) -> SipStreamProtocol:
+        return self._protocol
 
 
 # --- the manager -----------------------------------------------------------------------------
@@ -413,6 +446,8 @@ class TransportManager:
         self._ports: list[Any] = []
         self._pending: dict[Target, list[defer.Deferred]] = {}
         self._connecting: set[defer.Deferred] = set()  # outbound connects not yet established
+        #: RFC 3261 §18.1.1 fallback: UDP next hops that could not be reached over TCP, until when
+        self._udp_only: dict[Address, float] = {}
         self._server_tls: Any = None
         #: (transport, local address) of each listener, in the order they were started
         self.listening: list[tuple[str, Address]] = []
@@ -506,11 +541,37 @@ class TransportManager:
                 else:
                     waiter.callback(outcome)
 
-        connecting = endpoints.connectProtocol(endpoint, connection.protocol)
+        connecting = endpoint.connect(_OutboundFactory(connection.protocol))
         self._connecting.add(connecting)
         connecting.addBoth(lambda outcome: (self._connecting.discard(connecting), outcome)[1])
         connecting.addCallback(lambda _: connection.ready).addBoth(finished)
         return self._waiter(target)
+
+    def connect_for_request(self, target: Target, size: int) -> defer.Deferred:
+        """``connect(target)`` for a request of ``size`` bytes, with RFC 3261 §18.1.1: a request
+        too large for UDP goes over TCP to the same address, and over UDP only if that TCP
+        connection cannot be made (the RFC's own fallback).  The caller writes its Via for
+        the transport of the connection it gets."""
+        stream = congestion_controlled_target(target, size)
+        if stream is None or self._udp_only.get(target.address, 0.0) > self.clock.seconds():
+            return self.connect(target)
+
+        def fall_back(failure: Failure) -> defer.Deferred | Failure:
+            if failure.check(defer.CancelledError):
+                return failure  # shutting down: no fallback
+            log.info(
+                "no TCP connection to {host}:{port} for a {size}-byte request ({why}): sending it over UDP"
+                " (and large requests to it for {memory:.0f} s)",
+                host=target.host, port=target.port, size=size, why=failure.value, memory=UDP_ONLY_MEMORY,
+            )
+            # A next hop without TCP (or behind a firewall that drops the SYN) would cost every
+            # large request a connect attempt, up to connect_timeout each: remember it a while.
+            now = self.clock.seconds()
+            self._udp_only = {address: until for address, until in self._udp_only.items() if until > now}
+            self._udp_only[target.address] = now + UDP_ONLY_MEMORY
+            return self.connect(target)
+
+        return self.connect(stream).addErrback(fall_back)
 
     def _waiter(self, target: Target) -> defer.Deferred:
         waiter: defer.Deferred = defer.Deferred()

@@ -396,6 +396,7 @@ class SipWebSocketServerFactory(WebSocketServerFactory):
     """Builds ``SipWebSocketServerProtocol``s for one listener and relays to the sink."""
 
     protocol = SipWebSocketServerProtocol
+    noisy = False  # no "Starting factory" line per listener
 
     def __init__(self, settings: WsListenerSettings, sink: MessageSink, reactor: Any = None) -> None:
         super().__init__(url=None, protocols=[SIP_SUBPROTOCOL], server="epcscf", reactor=reactor)

@@ -1,8 +1,10 @@
 """Build the page's script: ``static/wic.js`` and JsSIP (from ``node_modules``) → ``app.js``.
 
 The WWSF serves a single script, bundled by esbuild; nothing of JsSIP is copied into the
-repository.  ``bin/setup`` runs ``python -m epcscf.wwsf.bundle`` (into ``build/wwsf``, which
-git ignores); tests build into a temporary directory the same way.
+repository.  ``bin/setup`` runs ``python -m epcscf.wwsf.bundle``, which builds into the
+package itself (``epcscf/wwsf/built/``, git-ignored): a wheel built afterwards ships the
+script as package data, so an installed package serves the page with no Node at all.
+Tests build into a temporary directory the same way.
 """
 
 from __future__ import annotations
@@ -17,8 +19,10 @@ from epcscf.wwsf.site import BUNDLE_NAME, STATIC
 __all__ = ["BundleError", "ENTRY", "BUNDLE_NAME", "default_bundle_dir", "esbuild_command", "build_bundle"]
 
 ENTRY = STATIC / "wic.js"
-#: the checkout this package runs from (the default place of node_modules and build/)
+#: the checkout this package runs from (the default place of node_modules)
 CHECKOUT = Path(__file__).resolve().parents[2]
+#: where ``bin/setup`` builds the script and where a wheel carries it (setup.cfg package_data)
+BUILT = Path(__file__).resolve().parent / "built"
 #: browsers with RTCPeerConnection.getStats() promises, RTCDtlsTransport and AudioContext
 TARGETS = "chrome100,firefox100,safari15"
 
@@ -28,7 +32,7 @@ class BundleError(Exception):
 
 
 def default_bundle_dir() -> str:
-    return str(CHECKOUT / "build" / "wwsf")
+    return str(BUILT)
 
 
 def esbuild_command(output_dir: str, node_modules: str | None = None) -> list[str]:

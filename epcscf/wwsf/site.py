@@ -128,6 +128,16 @@ class ConfigJson(resource.Resource):
         return json.dumps(body, indent=2).encode()
 
 
+def missing_bundle_advice(path: str) -> str:
+    """What to do about a missing page script, in one line (the start-up log and the page)."""
+    directory = os.path.dirname(path)
+    return (
+        f"[wwsf] bundle_dir: the page script {path} is not built: run bin/setup in a checkout, or "
+        f"python -m epcscf.wwsf.bundle {directory} NODE_MODULES (npm's esbuild and jssip), "
+        "or set [wwsf] enabled = false"
+    )
+
+
 class MissingBundle(resource.Resource):
     """``/app.js`` before ``bin/setup`` built it: a script that says so on the page."""
 
@@ -140,7 +150,7 @@ class MissingBundle(resource.Resource):
     def render_GET(self, request: server.Request) -> bytes:  # noqa: N802
         if os.path.isfile(self.path):  # built since the server started
             return static.File(self.path, defaultType="text/javascript").render_GET(request)
-        message = f"The page script {self.path} is not built: run bin/setup (it bundles JsSIP with esbuild)."
+        message = missing_bundle_advice(self.path)
         request.setHeader(b"Content-Type", b"text/javascript; charset=utf-8")
         script = (
             "const status = document.getElementById('page-status');"
@@ -162,7 +172,7 @@ def build_resource(settings: WwsfSettings) -> resource.Resource:
     root.putChild(b"style.css", _file(STATIC / "style.css", "text/css; charset=utf-8"))
     bundle = os.path.join(settings.bundle_dir, BUNDLE_NAME)
     if not os.path.isfile(bundle):
-        log.error("WWSF page script {path} is missing: run bin/setup to build it", path=bundle)
+        log.error("{advice}", advice=missing_bundle_advice(bundle))
         script: resource.Resource = MissingBundle(bundle)
     else:
         script = _file(bundle, "text/javascript; charset=utf-8")

@@ -6,40 +6,16 @@
 const fs = require('fs');
 const JsSIP = require('jssip');
 const NodeWebSocket = require('jssip-node-websocket');
+const { installStandInPeerConnection, NO_MEDIA } = require('./stand_in_peer_connection');
 
 const [url, user, password, domain, target, offerFile] = process.argv.slice(2);
 const OFFER = fs.readFileSync(offerFile, 'utf8').replace(/\r?\n/g, '\r\n');
 const say = (event, extra = {}) => console.log(JSON.stringify({ event, ...extra }));
 
-class StandInPeerConnection extends EventTarget {
-  constructor() {
-    super();
-    this.iceGatheringState = 'complete';
-    this.iceConnectionState = 'new';
-    this.connectionState = 'new';
-    this.signalingState = 'stable';
-    this.localDescription = null;
-    this.remoteDescription = null;
-  }
-  async createOffer() { return { type: 'offer', sdp: OFFER }; }
-  async createAnswer() { throw new Error('this peer only offers'); }
-  async setLocalDescription(description) { this.localDescription = description; this.signalingState = 'have-local-offer'; }
-  async setRemoteDescription(description) {
-    this.remoteDescription = description;
-    this.signalingState = 'stable';
-    say('remote-description', { type: description.type, sdp: description.sdp });
-  }
-  addTrack() {}
-  getSenders() { return []; }
-  getReceivers() { return []; }
-  getTransceivers() { return []; }
-  getLocalStreams() { return []; }
-  getRemoteStreams() { return []; }
-  close() { this.signalingState = 'closed'; }
-}
-global.window = global;
-global.RTCPeerConnection = StandInPeerConnection;
-global.RTCSessionDescription = class { constructor(init) { Object.assign(this, init); } };
+installStandInPeerConnection({
+  localSdp: (type) => { if (type !== 'offer') throw new Error('this peer only offers'); return OFFER; },
+  onRemoteDescription: (description) => say('remote-description', { type: description.type, sdp: description.sdp }),
+});
 
 JsSIP.debug.disable('JsSIP:*');
 const ua = new JsSIP.UA({
@@ -50,7 +26,7 @@ ua.on('registrationFailed', (e) => { say('registrationFailed', { cause: e.cause 
 ua.on('registered', () => {
   say('registered');
   const session = ua.call(target, {
-    mediaStream: { getTracks: () => [], getAudioTracks: () => [], getVideoTracks: () => [] },
+    mediaStream: NO_MEDIA,
     pcConfig: { iceServers: [] },
   });
   session.on('progress', (e) => say('progress', { status: e.response ? e.response.status_code : null }));

@@ -13,12 +13,18 @@ USERS = {"alice": "alice-secret", "bob": "bob-secret", "carol": "carol-secret"}
 DOMAIN = "ims.localdomain"
 
 
-def write_deployment_config(directory: str, users: dict[str, str] | None = None) -> str:
-    """An ini file like etc/epcscf.ini but with every port picked by the kernel."""
+def write_users(directory: str, users: dict[str, str] | None = None) -> str:
+    """The embedded core's users file (``user:password`` lines) in ``directory``; its path."""
     os.makedirs(directory, exist_ok=True)
     users_file = os.path.join(directory, "users")
     with open(users_file, "w") as handle:
         handle.write("".join(f"{name}:{password}\n" for name, password in (users or USERS).items()))
+    return users_file
+
+
+def write_deployment_config(directory: str, users: dict[str, str] | None = None) -> str:
+    """An ini file like etc/epcscf.ini but with every port picked by the kernel."""
+    users_file = write_users(directory, users)
     path = os.path.join(directory, "epcscf.ini")
     with open(path, "w") as handle:
         handle.write(

@@ -1,6 +1,6 @@
 // The demo WebRTC IMS Client (TS 24.371 WIC) that the WWSF serves: JsSIP for SIP over
 // WebSocket (RFC 7118) toward the eP-CSCF, the browser's own RTCPeerConnection for media.
-// Bundled with JsSIP by esbuild (bin/setup → build/wwsf/app.js); not served as is.
+// Bundled with JsSIP by esbuild (bin/setup → epcscf/wwsf/built/app.js); not served as is.
 //
 // Page states are written to data-state attributes (and to aria-live text) so that a person
 // and a test read the same thing:
