@@ -10,7 +10,8 @@ INVITE, ICE completed, BYE; a refused INVITE is ACKed, RFC 3261 §17.1.1.3).
 
 1. The sustainable rate S (unless ``--sustainable`` gives it): a ladder of offered rates (×1.25 from
    30 calls/s, ``--step-seconds`` each) against an epcscf with ``[overload] enabled = false``; S is the
-   highest rate at which ≥ 97 % of the offered calls completed with setup p99 ≤ 500 ms.
+   highest rate at which ≥ 97 % of the offered calls completed with setup p99 ≤ 1 s (the floor's
+   own latency bound: "sustainable" is what the node carries with the latency asked of it).
 2. 2×S for ``--seconds`` against that epcscf (no overload control: the baseline of the same run),
    then against a fresh epcscf with overload control (``[overload]`` defaults, or ``--overload``).
 
@@ -48,7 +49,7 @@ from w2_register import Deployment, EpcscfProcess, make_users, percentile  # noq
 FIRST_RATE = 30.0
 LADDER_STEP = 1.25
 SUSTAINED_SHARE = 0.97
-SUSTAINED_P99 = 0.5
+SUSTAINED_P99 = 1.0
 FLOOR_SHARE = 0.9
 FLOOR_P99 = 1.0
 REFUSED = "CallFailed: SIP/2.0 503"

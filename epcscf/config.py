@@ -319,10 +319,10 @@ class MetricsSection:
 class OverloadSection:
     enabled: bool = _option(_boolean, True, "refuse new dialogs and registrations with 503 + Retry-After while the event loop lags")
     lag_interval: float = _option(_seconds, 0.05, "seconds between event-loop lag samples")
-    lag_high: float = _option(_seconds, 0.2, "lag (seconds) that means overload after high_samples samples in a row")
-    lag_low: float = _option(_seconds, 0.05, "lag (seconds) under which the load counts as calm again")
+    lag_high: float = _option(_seconds, 0.1, "lag (seconds) that means overload after high_samples samples in a row")
+    lag_low: float = _option(_seconds, 0.03, "lag (seconds) under which the load counts as calm again")
     high_samples: int = _option(_integer(1, 100), 2, "lag samples in a row at or above lag_high before new work is refused")
-    recover: float = _option(_seconds, 0.25, "seconds of calm samples before new work is accepted again")
+    recover: float = _option(_seconds, 1.0, "seconds of calm samples before new work is accepted again")
     max_pending: int = _option(_integer(0, 1_000_000), 0, "overload when this many proxied requests await a final response (ringing calls count; 0: not watched)")
     max_new_per_second: float = _option(_rate, 0.0, "new dialogs + new registrations admitted per second (0: no cap)")
     min_new_per_second: float = _option(_rate, 10.0, "new dialogs + new registrations per second let in while overloaded, however bad the lag")

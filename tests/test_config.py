@@ -146,7 +146,7 @@ class ConfigTests(unittest.TestCase):
         )
         self.assertConfigError(
             ini({"overload": {"lag_low": "0.5"}}),
-            "[overload] lag_low: must be below lag_high (0.2 s): the band between them is the hysteresis",
+            "[overload] lag_low: must be below lag_high (0.1 s): the band between them is the hysteresis",
         )
 
     def test_wss_without_certificate(self) -> None:

@@ -65,10 +65,10 @@ class OverloadSettings:
 
     enabled: bool = True
     lag_interval: float = 0.05  # seconds between load samples
-    lag_high: float = 0.2  # lag at or above which a sample is HIGH
-    lag_low: float = 0.05  # lag below which a sample is LOW
+    lag_high: float = 0.1  # lag at or above which a sample is HIGH
+    lag_low: float = 0.03  # lag below which a sample is LOW
     high_samples: int = 2  # HIGH samples in a row that mean overload
-    recover: float = 0.25  # seconds of LOW samples before NORMAL again
+    recover: float = 1.0  # seconds of LOW samples before NORMAL again
     max_pending: int = 0  # proxied requests awaiting a final response (0: not watched)
     max_new_per_second: float = 0.0  # new dialogs + registrations per second (0: no cap)
     min_new_per_second: float = 10.0  # let in while OVERLOADED however bad the lag
