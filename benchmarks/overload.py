@@ -116,9 +116,16 @@ async def measure(epcscf: EpcscfProcess, callers: list[Caller], uas_port: int, r
 
 async def session(deployment: OverloadDeployment, name: str, uas_port: int, plan: Any) -> Any:
     """Start an epcscf, register the WICs, run ``plan(epcscf, callers)``, stop it."""
-    epcscf = EpcscfProcess(deployment, name)
+    for attempt in range(3):
+        epcscf = EpcscfProcess(deployment, name)
+        try:
+            epcscf.wait_listening()
+            break
+        except RuntimeError as error:  # a free port taken by someone else meanwhile: new ports
+            epcscf.stop()
+            if "Address already in use" not in str(error) or attempt == 2:
+                raise
     try:
-        epcscf.wait_listening()
         callers = await open_callers(epcscf.ws_port, deployment.users)
         try:
             await run_load(callers, uas_port, 20.0, 1.0, True)  # warm-up
