@@ -161,6 +161,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--wics", type=int, help="WebSocket WICs (default: 8 s worth of calls at 2×S (S = 50 while unknown), at least 300)")
     parser.add_argument("--overload", default="", help="[overload] keys for the controlled run, e.g. 'lag_high = 0.3, recover = 0.5'")
     parser.add_argument("--log-level", default="warn")
+    parser.add_argument("--keep", action="store_true", help="keep the run's directory (ini files, epcscf logs)")
     options = parser.parse_args(argv)
     raise_open_files_limit(40000)
     directory = tempfile.mkdtemp(prefix="epcscf-overload-bench-")
@@ -220,7 +221,10 @@ def main(argv: list[str] | None = None) -> int:
         other = Counter(f for f in row.result.failures if not f.startswith((REFUSED, NOT_SENT)))
         for text, count in other.most_common(3):
             print(f"  {row.label}: {count} × {text}")
-    shutil.rmtree(directory, ignore_errors=True)
+    if options.keep:
+        print(f"kept {directory}")
+    else:
+        shutil.rmtree(directory, ignore_errors=True)
     return 0
 
 
