@@ -237,6 +237,33 @@ class NewWorkTests(unittest.TestCase):
         self.assertIsNone(gate(context(request("ACK"), self.flow)))
 
 
+    def test_the_answer_to_a_challenge_finishes_a_registration_already_let_in(self) -> None:
+        controller = OverloadController(SETTINGS, self.clock)
+        gate = NewWorkGate(controller, self.registrations)
+        alice = "sip:alice@ims.localdomain"
+        first = request("REGISTER", to=alice)
+        self.assertIsNone(gate(context(first, self.flow)))  # NORMAL: let in, then challenged
+        gate.register_answered(context(first, self.flow), make_response(first, 401, to_tag="t"))
+        controller.sample(HIGH)
+        controller.sample(HIGH)
+        answer = request("REGISTER", to=alice, auth=True)
+        self.assertIsNone(gate(context(answer, self.flow)))  # finishes admitted work
+        self.assertIsNotNone(gate(context(request("REGISTER", to=alice), self.flow)))  # a new attempt
+        self.assertIsNotNone(gate(context(answer, ws_flow("flow-2"))))  # not challenged on that flow
+        gate.register_answered(context(answer, self.flow), make_response(answer, 403, to_tag="t"))
+        self.assertIsNotNone(gate(context(answer, self.flow)))  # the attempt ended
+        gate.register_answered(context(first, self.flow), make_response(first, 401, to_tag="t"))
+        self.clock.advance(NewWorkGate.CHALLENGE_TTL)
+        self.assertFalse(gate._answers_a_challenge(context(answer, self.flow)))  # too late
+
+    def test_a_register_with_made_up_credentials_is_new_work(self) -> None:
+        controller = OverloadController(SETTINGS, self.clock)
+        gate = NewWorkGate(controller, self.registrations)
+        controller.sample(HIGH)
+        controller.sample(HIGH)
+        self.assertIsNotNone(gate(context(request("REGISTER", to="sip:alice@ims.localdomain", auth=True), self.flow)))
+
+
 class AdmissionChainTests(unittest.TestCase):
     def test_first_refusal_wins_is_counted_and_becomes_a_reject(self) -> None:
         chain = AdmissionChain()

@@ -38,6 +38,7 @@ shutdown adds its own check to the same chain.
 
 from __future__ import annotations
 
+import collections
 import enum
 from dataclasses import dataclass
 from typing import Callable
@@ -373,16 +374,52 @@ class AdmissionChain:
 
 
 class NewWorkGate:
-    """The check that refuses new work while overloaded or over the new-work rate cap."""
+    """The check that refuses new work while overloaded or over the new-work rate cap.
+
+    A registration takes two REGISTERs (RFC 3261 §22.2: the first is challenged, the second
+    carries credentials).  Once the first was let in and challenged, the second finishes work
+    already admitted: refusing it would waste the first, so a REGISTER with credentials for an
+    AOR challenged on the same flow within ``CHALLENGE_TTL`` is not new work.
+    """
+
+    #: seconds a challenge keeps the answering REGISTER admitted (RFC 3261 Timer F at T1 0.5 s)
+    CHALLENGE_TTL = 32.0
+    MAX_CHALLENGED = 100_000  # registrations in progress remembered at most
 
     def __init__(self, controller: OverloadController, registrations: Registrations) -> None:
         self.controller = controller
         self.registrations = registrations
+        #: (flow id, AOR) → until when its answer to a challenge is admitted; oldest first
+        self._challenged: collections.OrderedDict[tuple[str, str], float] = collections.OrderedDict()
+
+    def register_answered(self, context: ProxiedRequest, response: Response) -> None:
+        """A final response to a WIC's REGISTER passed toward the WIC."""
+        aor = aor_of(context.request)
+        if aor is None:
+            return
+        key = (context.connection.id, aor)
+        self._challenged.pop(key, None)
+        if response.status in (401, 407):
+            now = self.controller.clock.seconds()
+            challenged = self._challenged
+            while challenged and (next(iter(challenged.values())) <= now or len(challenged) >= self.MAX_CHALLENGED):
+                challenged.popitem(last=False)
+            challenged[key] = now + self.CHALLENGE_TTL
+
+    def _answers_a_challenge(self, context: ProxiedRequest) -> bool:
+        request = context.request
+        if request.method != "REGISTER" or not self._challenged:
+            return False
+        headers = request.headers
+        if "authorization" not in headers and "proxy-authorization" not in headers:
+            return False
+        until = self._challenged.get((context.connection.id, aor_of(request) or ""))
+        return until is not None and self.controller.clock.seconds() < until
 
     def __call__(self, context: ProxiedRequest) -> Refusal | None:
         controller = self.controller
         request = context.request
-        if not is_new_work(request, context.connection, self.registrations):
+        if not is_new_work(request, context.connection, self.registrations) or self._answers_a_challenge(context):
             return None
         reason = controller.admit_new()
         if reason is None:

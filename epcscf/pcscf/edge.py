@@ -165,8 +165,9 @@ class PcscfPolicy:
         self.admission: Callable[[ProxiedRequest], Reject | None] | None = None
         #: observer of REGISTER final responses relayed to the WIC (metrics)
         self.on_register_response: Callable[[int], None] | None = None
-        #: observer of the same with the REGISTER (failed authentications per AOR)
-        self.on_register_final: Callable[[Request, Response], None] | None = None
+        #: observer of the same with the REGISTER's context (admission: failed authentications
+        #: per AOR, registrations in progress)
+        self.on_register_final: Callable[[ProxiedRequest, Response], None] | None = None
         #: the configured core entry point as the operator wrote it (``[core] next_hop``, external
         #: mode): named in the log when a registrar gives no Service-Route
         self.core_entry: str | None = None
@@ -208,7 +209,7 @@ class PcscfPolicy:
                 if self.on_register_response is not None:
                     self.on_register_response(response.status)
                 if self.on_register_final is not None:
-                    self.on_register_final(context.request, response)
+                    self.on_register_final(context, response)
         if context is not None and self.calls is not None and context.data.get("call") is not None:
             return self.calls.response(context, response)
         if context is None and self.calls is not None and hasattr(self.calls, "stray_response"):

@@ -204,7 +204,8 @@ class PcscfNode(Service):
         self.overload = OverloadController(self.overload_settings, reactor)
         self.auth_failures = AuthFailures(self.overload_settings, reactor)
         self.admission = AdmissionChain()
-        self.admission.add("overload", NewWorkGate(self.overload, self.registrations))
+        self.new_work_gate = NewWorkGate(self.overload, self.registrations)
+        self.admission.add("overload", self.new_work_gate)
         self.admission.add("auth_failures", self.auth_failures)
         self.flow_limiter = (
             FlowRateLimiter(self.overload_settings, reactor) if self.overload_settings.flow_messages_per_second > 0 else None
@@ -274,7 +275,7 @@ class PcscfNode(Service):
         )
         self.policy.calls = self.calls
         self.policy.admission = self.admission
-        self.policy.on_register_final = self.auth_failures.register_answered
+        self.policy.on_register_final = self._register_answered
         if self.overload_settings.enabled:
             proxy = self.proxy
             # Read only when watched: active() lists every request in progress.
@@ -309,6 +310,10 @@ class PcscfNode(Service):
         """Close the WebSocket listeners: no new WIC connections (drain); flows stay up."""
         ports, self._ws_ports = self._ws_ports, []
         return defer.DeferredList([defer.maybeDeferred(port.stopListening) for port in ports], consumeErrors=True)
+
+    def _register_answered(self, context: Any, response: Any) -> None:
+        self.auth_failures.register_answered(context.request, response)
+        self.new_work_gate.register_answered(context, response)
 
     def admission_refused(self, reason: str) -> None:
         """Count a refusal made outside the chain (the per-flow limit) like the chain's own."""
