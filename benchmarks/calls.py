@@ -112,8 +112,12 @@ class IceSocket(asyncio.DatagramProtocol):
                 waiter.set_result(message.message_class == stun.Class.RESPONSE)
 
     async def nominate(self, remote: tuple[str, int], remote_ufrag: str, remote_pwd: str, timeout: float) -> None:
-        """RFC 8445 §7.2.2 checks with USE-CANDIDATE every 50 ms until one succeeds."""
+        """RFC 8445 §7.2.2 checks with USE-CANDIDATE until one succeeds: the first waits 50 ms
+        for its answer, each next one twice as long up to 500 ms, the RTO RFC 8445 §14.3 gives a
+        single candidate pair.  (A check every 50 ms whatever happens turns a slow eP-CSCF into
+        one flooded with STUN by every call still connecting.)"""
         deadline = time.monotonic() + timeout
+        wait = 0.05
         while time.monotonic() < deadline:
             request = stun.Message(stun.Method.BINDING, stun.Class.REQUEST)
             request.attributes["USERNAME"] = f"{remote_ufrag}:{self.ufrag}"
@@ -126,15 +130,32 @@ class IceSocket(asyncio.DatagramProtocol):
             self.waiting[request.transaction_id] = waiter
             self.transport.sendto(bytes(request), remote)
             try:
-                if await asyncio.wait_for(waiter, 0.05):
+                if await asyncio.wait_for(waiter, wait):
                     return
             except asyncio.TimeoutError:
                 self.waiting.pop(request.transaction_id, None)
+            wait = min(2 * wait, 0.5)
         raise CallFailed("ICE: no success response to the nominating check")
 
     def reset(self) -> None:
         self.checked_by_peer = asyncio.Event()
         self.waiting.clear()
+
+
+def ack_for_failure(invite: bytes, final: bytes) -> bytes:
+    """RFC 3261 §17.1.1.3: the ACK of a non-2xx final response — the INVITE's Request-URI, top
+    Via, From, Call-ID and Route, the response's To (with its tag), CSeq with method ACK."""
+    lines = invite.split(b"\r\n\r\n", 1)[0].split(b"\r\n")
+    method, rest = lines[0].split(b" ", 1)
+    to = next((line for line in final.split(b"\r\n") if line.lower().startswith((b"to:", b"t:"))), b"")
+    ack = [b"ACK " + rest]
+    for line in lines[1:]:
+        name = line.split(b":", 1)[0].strip().lower()
+        if name in (b"via", b"max-forwards", b"from", b"call-id", b"route"):
+            ack.append(line)
+        elif name == b"cseq":
+            ack.append(line.replace(method, b"ACK"))
+    return b"\r\n".join(ack + [to, b"Content-Length: 0", b"", b""])
 
 
 # --- one WIC placing calls ---------------------------------------------------------------------
@@ -171,7 +192,7 @@ class Caller:
         lines.append(f"Content-Length: {len(body)}")
         return ("\r\n".join(lines) + "\r\n\r\n").encode() + body
 
-    async def final(self, cseq: int, method: str, timeout: float) -> bytes:
+    async def final(self, call_id: str, cseq: int, method: str, timeout: float) -> bytes:
         deadline = time.monotonic() + timeout
         while True:
             remaining = deadline - time.monotonic()
@@ -185,7 +206,10 @@ class Caller:
                 raise CallFailed("WebSocket closed")
             found = _CSEQ_RE.search(message)
             status = int(message[8:11])
-            if found and int(found.group(1)) == cseq and found.group(2).decode().upper() == method and status >= 200:
+            # The Call-ID too: a late answer to an earlier call of this WIC (given up on after
+            # STEP_TIMEOUT) has the same CSeq, and taking it would fail this call as well.
+            if (found and int(found.group(1)) == cseq and found.group(2).decode().upper() == method and status >= 200
+                    and call_id.encode() in message):
                 return message
 
     async def call(self, uas_port: int, full_ice: bool) -> float:
@@ -194,9 +218,11 @@ class Caller:
         self.ice.reset()
         call_id, from_tag = secrets.token_hex(10), secrets.token_hex(4)
         uri, to = f"sip:service@127.0.0.1:{uas_port}", f"<sip:service@127.0.0.1:{uas_port}>"
-        self.flow.send(self.request("INVITE", uri, call_id, from_tag, to, 1, body=self.offer()))
-        ok = await self.final(1, "INVITE", STEP_TIMEOUT)
+        invite = self.request("INVITE", uri, call_id, from_tag, to, 1, body=self.offer())
+        self.flow.send(invite)
+        ok = await self.final(call_id, 1, "INVITE", STEP_TIMEOUT)
         if not ok.startswith(b"SIP/2.0 200"):
+            self.flow.send(ack_for_failure(invite, ok))
             raise CallFailed(ok.split(b"\r\n", 1)[0].decode(errors="replace"))
         head, _, body = ok.partition(b"\r\n\r\n")
         headers = head.decode(errors="replace").split("\r\n")
@@ -220,7 +246,7 @@ class Caller:
             await asyncio.wait_for(self.ice.checked_by_peer.wait(), STEP_TIMEOUT)
         setup = time.perf_counter() - started
         self.flow.send(self.request("BYE", target, call_id, from_tag, to_value, 2, routes))
-        bye_ok = await self.final(2, "BYE", STEP_TIMEOUT)
+        bye_ok = await self.final(call_id, 2, "BYE", STEP_TIMEOUT)
         if not bye_ok.startswith(b"SIP/2.0 200"):
             raise CallFailed("BYE: " + bye_ok.split(b"\r\n", 1)[0].decode(errors="replace"))
         return setup

@@ -201,6 +201,16 @@ def _algorithm_list(value: str, base: Path) -> tuple[str, ...]:
     return algorithms
 
 
+def _rate(value: str, base: Path) -> float:
+    try:
+        number = float(value.strip())
+    except ValueError:
+        raise _Invalid(f"expected a number per second, got {value.strip()!r}") from None
+    if not 0 <= number < float("inf"):
+        raise _Invalid(f"must be 0 (no limit) or a positive number per second, got {value.strip()!r}")
+    return number
+
+
 def _port_range(value: str, base: Path) -> tuple[int, int]:
     low_text, sep, high_text = value.strip().partition("-")
     try:
@@ -358,6 +368,28 @@ class MetricsSection:
 
 
 @dataclass(frozen=True)
+class OverloadSection:
+    enabled: bool = _option(_boolean, True, "refuse new dialogs and registrations with 503 + Retry-After while the event loop lags")
+    lag_interval: float = _option(_seconds, 0.05, "seconds between event-loop lag samples")
+    lag_high: float = _option(_seconds, 0.1, "lag (seconds) that means overload after high_samples samples in a row")
+    lag_low: float = _option(_seconds, 0.03, "lag (seconds) under which the load counts as calm again")
+    high_samples: int = _option(_integer(1, 100), 2, "lag samples in a row at or above lag_high before new work is refused")
+    recover: float = _option(_seconds, 1.0, "seconds of calm samples before new work is accepted again")
+    max_pending: int = _option(_integer(0, 1_000_000), 0, "overload when this many proxied requests await a final response (ringing calls count; 0: not watched)")
+    max_new_per_second: float = _option(_rate, 0.0, "new dialogs + new registrations admitted per second (0: no cap)")
+    min_new_per_second: float = _option(_rate, 10.0, "new dialogs + new registrations per second let in while overloaded, however bad the lag")
+    retry_after: int = _option(_integer(1, 86400), 5, "Retry-After seconds in the 503s of overload and rate limits")
+    max_connections_per_ip: int = _option(_integer(0, 1_000_000), 10000, "WebSocket connections from one IP address (HTTP 503 beyond; 0: no limit)")
+    flow_messages_per_second: float = _option(_rate, 100.0, "SIP messages per second one WebSocket flow may send (0: no limit)")
+    flow_burst: int = _option(_integer(1, 1_000_000), 200, "messages a flow may send at once above flow_messages_per_second")
+    flow_close_after: int = _option(_integer(0, 1_000_000), 1000, "messages refused within flow_window before the flow is closed with 1008 (0: never)")
+    flow_window: float = _option(_seconds, 10.0, "window (seconds) of flow_close_after")
+    auth_failures: int = _option(_integer(0, 1_000_000), 10, "failed REGISTER authentications of one AOR within auth_window before it is refused locally (0: no limit)")
+    auth_window: float = _option(_seconds, 60.0, "window (seconds) of auth_failures")
+    auth_lockout: float = _option(_seconds, 300.0, "seconds an AOR over auth_failures is answered 403 without asking the core")
+
+
+@dataclass(frozen=True)
 class WwsfSection:
     enabled: bool = _option(_boolean, False, "serve the WebRTC Web Server Function: the demo WIC page (TS 24.371 WWSF)")
     listen: tuple[Listener, ...] = _option(
@@ -384,6 +416,7 @@ SECTIONS: dict[str, type] = {
     "manhole": ManholeSection,
     "calls": CallsSection,
     "metrics": MetricsSection,
+    "overload": OverloadSection,
     "wwsf": WwsfSection,
     "log": LogSection,
 }
@@ -400,6 +433,7 @@ class Config:
     manhole: ManholeSection
     calls: CallsSection
     metrics: MetricsSection
+    overload: OverloadSection
     wwsf: WwsfSection
     log: LogSection
 
@@ -495,6 +529,8 @@ def _check_consistency(config: Config, set_by: dict[tuple[str, str], str]) -> No
         _check_credentials(fail, "ws", ("certificate", "private_key"), (config.ws.certificate, config.ws.private_key))
     if config.manhole.enabled and not config.manhole.users:
         fail("manhole", "users", "enabled = true needs a users file (user:bcrypt-hash lines)")
+    if config.overload.lag_low >= config.overload.lag_high:
+        fail("overload", "lag_low", f"must be below lag_high ({config.overload.lag_high:g} s): the band between them is the hysteresis")
     low, high = config.media.port_range
     if high - low < 3:
         fail("media", "port_range", "needs at least 4 ports")

@@ -132,6 +132,7 @@ class EpcscfService(MultiService):
         self.pcscf.ws_factory.on_parse_error = self.metrics.parse_error
         self.pcscf.policy.on_register_response = self.metrics.register_response
         self.pcscf.policy.on_refused = self.metrics.request_refused
+        self.pcscf.admission.on_refused = self.metrics.overload_refused
         self._restore_sighup = install_sighup(self.reactor, self.reload)
 
     def stopService(self) -> defer.Deferred | None:  # noqa: N802

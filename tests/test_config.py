@@ -148,6 +148,25 @@ class ConfigTests(unittest.TestCase):
         missing = os.path.join(os.path.dirname(os.path.abspath(path)), "nowhere.users")
         self.assertEqual(str(error), f"{path}: [manhole] users: file {missing} does not exist")
 
+    def test_overload_section(self) -> None:
+        loaded = load([self.write(ini({"overload": {"lag_high": "0.3", "max_new_per_second": "250", "max_connections_per_ip": "0"}}))])
+        self.assertEqual(
+            (loaded.overload.lag_high, loaded.overload.max_new_per_second, loaded.overload.max_connections_per_ip),
+            (0.3, 250.0, 0),
+        )
+        self.assertTrue(load([self.write(ini())]).overload.enabled)  # on by default, generous limits
+        self.assertEqual(load([self.write(ini())]).overload.max_connections_per_ip, 10000)
+
+    def test_bad_overload_values(self) -> None:
+        self.assertConfigError(
+            ini({"overload": {"flow_messages_per_second": "-1"}}),
+            "[overload] flow_messages_per_second: must be 0 (no limit) or a positive number per second, got '-1'",
+        )
+        self.assertConfigError(
+            ini({"overload": {"lag_low": "0.5"}}),
+            "[overload] lag_low: must be below lag_high (0.1 s): the band between them is the hysteresis",
+        )
+
     def test_wss_without_certificate(self) -> None:
         self.assertConfigError(
             ini({"ws": {"listen": "wss:127.0.0.1:0"}}), "[ws] certificate: a wss listener needs a certificate"

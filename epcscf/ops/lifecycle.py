@@ -38,6 +38,7 @@ from twisted.logger import Logger
 
 from epcscf.config import Config, load
 from epcscf.logging import set_log_level
+from epcscf.pcscf.admission import Refusal
 from epcscf.sip.headers import to_tag
 from epcscf.sip.parser import ParserLimits
 from epcscf.sip.proxy_policy import Reject
@@ -213,6 +214,16 @@ def refuse_while_draining(request: Any, retry_after: int) -> Reject | None:
     return Reject(response)
 
 
+def draining_check(retry_after: int) -> Callable[[Any], Refusal | None]:
+    """``refuse_while_draining`` as a check of the node's admission chain."""
+
+    def check(context: Any) -> Refusal | None:
+        refused = refuse_while_draining(context.request, retry_after)
+        return None if refused is None else Refusal("draining", refused.response)
+
+    return check
+
+
 @dataclass(frozen=True)
 class DrainReport:
     waited: float  # seconds
@@ -268,8 +279,9 @@ class Drainer:
         started = self.clock.seconds()
         stopping = pcscf.stop_accepting()
         if pcscf.policy is not None:
-            retry_after = math.ceil(timeout)
-            pcscf.policy.admission = lambda request: refuse_while_draining(request, retry_after)
+            # One admission chain (epcscf.pcscf.admission): the drain's check goes first, the
+            # overload and per-source checks stay behind it.
+            pcscf.admission.add_first("draining", draining_check(math.ceil(timeout)))
         done: defer.Deferred[DrainReport] = defer.Deferred()
         self._done = done
         log.info(

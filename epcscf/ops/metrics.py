@@ -144,6 +144,12 @@ class EpcscfMetrics:
         self.loop_lag_histogram = Histogram(
             "epcscf_event_loop_lag_seconds", "how late the reactor ran a 1 s timer", buckets=LAG_BUCKETS, registry=self.registry
         )
+        self._overload_refusals = Counter(
+            "epcscf_overload_refusals",
+            "requests refused by admission control (503/403 before routing), by reason",
+            ["reason"],
+            registry=self.registry,
+        )
         self.live = LiveStateCollector(service)
         self.registry.register(self.live)
 
@@ -152,6 +158,11 @@ class EpcscfMetrics:
     def ws_refused(self, reason: str) -> None:
         """A WebSocket opening handshake was refused (``origin``, ``subprotocol``, ``draining``)."""
         self._ws_refused.labels(reason).inc()
+
+    def overload_refused(self, reason: str) -> None:
+        """Admission control refused a request (``overloaded``, ``new_work_rate``, ``flow_rate``,
+        ``auth_failures``, ``draining``)."""
+        self._overload_refusals.labels(reason).inc()
 
     def parse_error(self, transport: str) -> None:
         """A SIP message that did not parse arrived on ``transport`` (``ws``, ``udp``, ``tcp``…)."""
@@ -240,6 +251,10 @@ class LiveStateCollector:
         lifecycle = getattr(service, "lifecycle", None)
         draining.add_metric([], 1 if lifecycle is not None and lifecycle.draining else 0)
         yield draining
+        overloaded = GaugeMetricFamily("epcscf_overloaded", "1 while new dialogs and registrations are refused for load")
+        controller = getattr(pcscf, "overload", None)
+        overloaded.add_metric([], 1 if controller is not None and controller.overloaded else 0)
+        yield overloaded
 
     def _ws(self, pcscf: Any) -> Iterator[Metric]:
         factory = pcscf.ws_factory

@@ -170,10 +170,14 @@ class PcscfPolicy:
         self.calls = calls
         #: when no fixed next hop: Deferred[list[Target]] of the configured I-CSCF/S-CSCF URIs
         self.next_hop_resolver = next_hop_resolver
-        #: refuses new work before routing (the drain on shutdown answers new INVITEs 503)
-        self.admission: Callable[[Request], Reject | None] | None = None
+        #: refuses new work before routing (``epcscf.pcscf.admission.AdmissionChain``: overload,
+        #: per-source limits, and the drain on shutdown answering new INVITEs 503)
+        self.admission: Callable[[ProxiedRequest], Reject | None] | None = None
         #: observer of REGISTER final responses relayed to the WIC (metrics)
         self.on_register_response: Callable[[int], None] | None = None
+        #: observer of the same with the REGISTER's context (admission: failed authentications
+        #: per AOR, registrations in progress)
+        self.on_register_final: Callable[[ProxiedRequest, Response], None] | None = None
         #: the configured core entry point as the operator wrote it (``[core] next_hop``, external
         #: mode): named in the log when a registrar gives no Service-Route
         self.core_entry: str | None = None
@@ -201,7 +205,7 @@ class PcscfPolicy:
         return isinstance(parsed, SipUri) and self.addresses.is_own(parsed)
 
     def route_request(self, context: ProxiedRequest) -> Decision | defer.Deferred:
-        if self.admission is not None and (refusal := self.admission(context.request)) is not None:
+        if self.admission is not None and (refusal := self.admission(context)) is not None:
             return refusal
         if context.connection.transport in WEBSOCKET_TRANSPORTS:
             return self._from_wic(context)
@@ -218,6 +222,8 @@ class PcscfPolicy:
                     self._record_registration(context, response)
                 if self.on_register_response is not None:
                     self.on_register_response(response.status)
+                if self.on_register_final is not None:
+                    self.on_register_final(context, response)
         if context is not None and self.calls is not None and context.data.get("call") is not None:
             return self.calls.response(context, response)
         if context is None and self.calls is not None and hasattr(self.calls, "stray_response"):

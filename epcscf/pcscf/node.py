@@ -11,7 +11,7 @@ here, so the wiring can be read in one place:
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from typing import Any, Callable
 
 from twisted.application.service import Service
@@ -22,11 +22,13 @@ from twisted.logger import Logger
 from epcscf.config import Config, Listener, parse_trusted_source
 from epcscf.ice import IceAgentConfig
 from epcscf.media import MediaSessionConfig
+from epcscf.pcscf.admission import AdmissionChain, LoadProbe, NewWorkGate, OverloadController, OverloadSettings
 from epcscf.pcscf.call_media import CallMediaEngine, CallMediaSettings
 from epcscf.pcscf.calls import CallManager, CallSettings
 from epcscf.pcscf.edge import EdgeAddresses, PcscfPolicy
 from epcscf.pcscf.flows import Flow, FlowTable
 from epcscf.pcscf.guard import SourceRule, TrustedSources
+from epcscf.pcscf.limits import AuthFailures, FlowRateLimiter, FlowVerdict, answer_refused_message
 from epcscf.pcscf.registration import RegistrationBinding, Registrations
 from epcscf.sip.connection import Address, Connection
 from epcscf.sip.message import Message
@@ -63,7 +65,13 @@ def ws_settings(config: Config) -> WsListenerSettings:
         max_message_size=ws.max_message_size,
         ping_interval=ws.ping_interval,
         ping_timeout=ws.ping_timeout,
+        max_connections_per_ip=config.overload.max_connections_per_ip,
     )
+
+
+def overload_settings(config: Config) -> OverloadSettings:
+    """[overload] → the admission controller's settings (same names)."""
+    return OverloadSettings(**{f.name: getattr(config.overload, f.name) for f in fields(OverloadSettings)})
 
 
 def call_media_settings(config: Config) -> CallMediaSettings:
@@ -108,13 +116,39 @@ class _WsSink:
 
     def __init__(self, node: "PcscfNode") -> None:
         self.node = node
-        #: every message goes straight to the transaction layer: no frame of ours per message
+        #: every message goes straight to the transaction layer: no frame of ours per message,
+        #: unless each flow's message rate is limited
         self.message_received: Callable[[Message, WsConnection], None] = node.transactions.receive
+        if node.flow_limiter is not None:
+            self.message_received = self._limited
+
+    def _limited(self, message: Message, connection: WsConnection) -> None:
+        node = self.node
+        assert node.flow_limiter is not None
+        verdict = node.flow_limiter.arrived(connection.id)
+        if verdict is FlowVerdict.ADMIT:
+            node.transactions.receive(message, connection)
+            return
+        if verdict is FlowVerdict.DROP:
+            return
+        node.admission_refused("flow_rate")
+        answer = answer_refused_message(message, node.overload_settings.retry_after)
+        if answer is not None:
+            try:
+                connection.send_message(answer)
+            except Exception as error:  # the flow may be closing: nothing more to tell it
+                log.info("{connection}: 503 not sent: {error}", connection=connection, error=error)
+        if verdict is FlowVerdict.CLOSE:
+            # RFC 6455 §7.4.1: 1008, the peer broke our policy (it kept flooding after 503s).
+            log.info("{connection} closed: kept sending over the message rate limit", connection=connection)
+            connection.close(1008, "message rate limit exceeded")
 
     def connection_opened(self, connection: WsConnection) -> None:
         self.node.flows.open(connection, getattr(connection, "origin", None))
 
     def connection_closed(self, connection: WsConnection, reason: CloseReason) -> None:
+        if self.node.flow_limiter is not None:
+            self.node.flow_limiter.forget(connection.id)
         self.node.flows.close(connection.id, str(reason))
 
 
@@ -169,6 +203,18 @@ class PcscfNode(Service):
         self.calls: CallManager | None = None
         #: core-side sources served without a flow token (``[core] trusted_sources``)
         self.trusted_sources = TrustedSources()
+        # Admission control (epcscf.pcscf.admission): one chain of checks before routing.
+        self.overload_settings = overload_settings(config)
+        self.overload = OverloadController(self.overload_settings, reactor)
+        self.auth_failures = AuthFailures(self.overload_settings, reactor)
+        self.admission = AdmissionChain()
+        self.new_work_gate = NewWorkGate(self.overload, self.registrations)
+        self.admission.add("overload", self.new_work_gate)
+        self.admission.add("auth_failures", self.auth_failures)
+        self.flow_limiter = (
+            FlowRateLimiter(self.overload_settings, reactor) if self.overload_settings.flow_messages_per_second > 0 else None
+        )
+        self._load_probe: LoadProbe | None = None
 
     # --- TransactionUser: everything goes through the proxy ---------------------------------
 
@@ -234,6 +280,14 @@ class PcscfNode(Service):
             self.proxy,
         )
         self.policy.calls = self.calls
+        self.policy.admission = self.admission
+        self.policy.on_register_final = self._register_answered
+        if self.overload_settings.enabled:
+            proxy = self.proxy
+            # Read only when watched: active() lists every request in progress.
+            pending = (lambda: len(proxy.active())) if self.overload_settings.max_pending > 0 else (lambda: 0)
+            self._load_probe = LoadProbe(self.reactor, self.overload_settings.lag_interval, self.overload.sample, pending)
+            self._load_probe.start()
         log.info("eP-CSCF listening on {listeners}", listeners=", ".join(str(l) for l in self.listeners))
         super().startService()
 
@@ -263,8 +317,20 @@ class PcscfNode(Service):
         ports, self._ws_ports = self._ws_ports, []
         return defer.DeferredList([defer.maybeDeferred(port.stopListening) for port in ports], consumeErrors=True)
 
+    def _register_answered(self, context: Any, response: Any) -> None:
+        self.auth_failures.register_answered(context.request, response)
+        self.new_work_gate.register_answered(context, response)
+
+    def admission_refused(self, reason: str) -> None:
+        """Count a refusal made outside the chain (the per-flow limit) like the chain's own."""
+        if self.admission.on_refused is not None:
+            self.admission.on_refused(reason)
+
     def stopService(self) -> defer.Deferred:  # noqa: N802
         super().stopService()
+        if self._load_probe is not None:
+            self._load_probe.stop()
+            self._load_probe = None
         stopping = [self.stop_accepting()]
         if self.ws_factory is not None:
             for connection in list(self.ws_factory.connections):

@@ -72,6 +72,7 @@ DEFAULT_PORTS = {"http": 80, "https": 443}
 # HTTP answers to a refused opening handshake (the reason phrase is what the client sees)
 SUBPROTOCOL_REFUSED = 406
 ORIGIN_REFUSED = 403
+BUSY_REFUSED = 503  # too many connections from one address (RFC 7231 §6.6.4)
 
 
 def normalise_origin(origin: str) -> str:
@@ -125,6 +126,8 @@ class WsListenerSettings:
     open_handshake_timeout: float = 10.0
     #: give up waiting for the peer's Close frame after this many seconds
     close_handshake_timeout: float = 5.0
+    #: WebSocket connections from one IP address at once (0: no limit); more get HTTP 503
+    max_connections_per_ip: int = 0
     normalised_origins: frozenset[str] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -208,11 +211,17 @@ class SipWebSocketServerProtocol(WebSocketServerProtocol):
     connection: WsConnection | None = None
     _origin: str | None = None
     _failure: tuple[int, str] | None = None
+    _counted_peer: str | None = None  # the IP this connection is counted under (per-IP limit)
 
     # --- opening handshake ---
 
     def onConnect(self, request: ConnectionRequest) -> str:
         settings = self.factory.settings
+        if not self.factory.admit_peer(self):
+            # A per-source limit: one address may not hold every connection slot (HTTP 503
+            # before the upgrade, so the client never believes it has a flow).
+            self.factory.refused("per_ip_limit")
+            raise ConnectionDeny(BUSY_REFUSED, "Service Unavailable: too many connections from this address")
         if SIP_SUBPROTOCOL not in request.protocols:
             # RFC 7118 §4.1: the client MUST offer "sip"; without it there is no SIP to speak.
             offered = ", ".join(request.protocols) if request.protocols else "none"
@@ -389,6 +398,7 @@ class SipWebSocketServerProtocol(WebSocketServerProtocol):
 
     def connectionLost(self, reason: Any = None) -> None:
         super().connectionLost(reason)
+        self.factory.release_peer(self)
         # Autobahn leaves its close-handshake timer running when TCP goes away first.
         if self.closeHandshakeTimeoutCall is not None:
             self.closeHandshakeTimeoutCall.cancel()
@@ -407,6 +417,8 @@ class SipWebSocketServerFactory(WebSocketServerFactory):
         self.sink = sink
         self.limits = ParserLimits(max_message_size=settings.max_message_size)
         self.connections: set[WsConnection] = set()
+        #: connections past onConnect per remote IP (``max_connections_per_ip``)
+        self._per_ip: dict[str, int] = {}
         #: observers for metrics: a refused handshake ("subprotocol" | "origin"), an unparseable message
         self.on_refused: Callable[[str], None] | None = None
         self.on_parse_error: Callable[[str], None] | None = None
@@ -432,6 +444,28 @@ class SipWebSocketServerFactory(WebSocketServerFactory):
     def refused(self, reason: str) -> None:
         if self.on_refused is not None:
             self.on_refused(reason)
+
+    def admit_peer(self, protocol: SipWebSocketServerProtocol) -> bool:
+        """Count one more connection from the protocol's IP, unless that is over the limit."""
+        host = str(getattr(protocol.transport.getPeer(), "host", ""))
+        count = self._per_ip.get(host, 0)
+        limit = self.settings.max_connections_per_ip
+        if limit > 0 and count >= limit:
+            return False
+        self._per_ip[host] = count + 1
+        protocol._counted_peer = host
+        return True
+
+    def release_peer(self, protocol: SipWebSocketServerProtocol) -> None:
+        host = protocol._counted_peer
+        if host is None:
+            return
+        protocol._counted_peer = None
+        count = self._per_ip.get(host, 0) - 1
+        if count > 0:
+            self._per_ip[host] = count
+        else:
+            self._per_ip.pop(host, None)
 
     def connection_opened(self, connection: WsConnection) -> None:
         self.connections.add(connection)
