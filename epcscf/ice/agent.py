@@ -1,7 +1,7 @@
 """`IceAgent`: one ICE agent per media stream toward the WIC, for the call state machine.
 
 Theory of operation.  The agent is a Twisted object: its methods return Deferreds and its
-decisions (connect timeout REQ-O08, consent expiry RFC 7675) run on the injected `IReactorTime`,
+decisions (connect timeout, consent expiry RFC 7675) run on the injected `IReactorTime`,
 so tests drive them with `task.Clock`.  Socket work runs on the asyncio loop under the asyncio
 reactor (aioice, our lite responder), bridged with `Deferred.fromFuture(ensure_future(...))`;
 asyncio never leaks out of this package.
@@ -17,12 +17,12 @@ asyncio never leaks out of this package.
     yield agent.close()                                   # sockets, ports, tasks freed
 
 The mode comes from `config.mode`: "full" (aioice; controlling when we offer, controlled when
-the WIC offers, REQ-I03) or "lite" (our responder, always controlled, A1/REQ-I02).
+the WIC offers, RFC 8445 §6.1.1) or "lite" (our responder, always controlled).
 
 States (`IceState`, transitions in `types.ICE_TRANSITIONS`):
 NEW →gather→ GATHERED →start→ CHECKING →pair selected→ CONNECTED; checks failing, the connect
 timeout or lost consent → FAILED; close() → CLOSED from anywhere.  `on_consent_lost(reason)`
-fires once when a CONNECTED agent loses consent (REQ-B03: the call then sends BYE both ways).
+fires once when a CONNECTED agent loses consent (RFC 7675 §5.1: the call then sends BYE both ways).
 """
 
 from __future__ import annotations
@@ -103,7 +103,7 @@ def _usable(candidate: Candidate, local_scopes: frozenset[tuple[int, bool]]) -> 
     if candidate.component != 1:
         return "component 2 (we use rtcp-mux)"
     if candidate.transport.lower() != "udp":
-        return "not UDP (ICE-TCP is not supported, REQ-I11)"
+        return "not UDP (ICE-TCP, RFC 6544, is not supported)"
     if candidate.host.endswith(".local"):
         return "an mDNS name (a server cannot resolve it; the peer's checks reveal its address)"
     if candidate.type not in ("host", "srflx", "prflx", "relay"):
@@ -134,7 +134,7 @@ class IceAgent:
             raise ValueError("IceAgentConfig.port_range is set but no UdpPortPool was given")
         self.config = config
         self._local_scopes = frozenset(scope for a in config.bind_addresses if (scope := _scope(a)) is not None)
-        # A lite agent is always controlled (RFC 8445 §6.1.1, REQ-I02).
+        # A lite agent is always controlled (RFC 8445 §6.1.1).
         controlling = controlling if config.mode == "full" else False
         self._clock = clock
         self.stats = IceStats()
@@ -188,7 +188,7 @@ class IceAgent:
 
     @property
     def default_address(self) -> Address | None:
-        """The first (highest-priority) candidate's address, for c= and the m= port (REQ-D15)."""
+        """The first (highest-priority) candidate's address: the RFC 8839 default for c= and m=."""
         candidates = self._backend.candidates
         return (candidates[0].host, candidates[0].port) if candidates else None
 
@@ -267,7 +267,7 @@ class IceAgent:
 
         Checks begin as soon as local candidates are gathered and the remote description is set
         (whichever comes last).  Errbacks with `IceFailed` when the checks fail or no pair is
-        selected within `connect_timeout` (REQ-O08), and with `IceClosed` on close().
+        selected within `connect_timeout`, and with `IceClosed` on close().
         """
         if self._state in (IceState.CLOSED, IceState.FAILED):
             return fail(IceStateError(f"start() on a {self._state.name} agent"))
@@ -294,7 +294,7 @@ class IceAgent:
         end_of_candidates: bool = True,
         remote_is_lite: bool = False,
     ) -> Deferred[None]:
-        """ICE restart (RFC 8445 §9, REQ-I09): new local credentials (and, in full mode, new sockets).
+        """ICE restart (RFC 8445 §9): new local credentials (and, in full mode, new sockets).
 
         With the WIC's new ufrag/pwd (a re-offer that restarts ICE) they are applied as by
         set_remote() once the new local side is ready; without them (we restart in our own

@@ -6,8 +6,8 @@ Theory of operation.  Once a pair is selected, consent to send on it is "fresh" 
 - full ICE: we send a Binding request every `interval` randomised ×0.8–1.2 and never below
   `min_interval` (RFC 7675 §5.1: 5 s, at least 4 s), each with a new transaction id and no
   retransmission; an authenticated success response is evidence;
-- ICE-lite (REQ-I08): we send nothing; an authenticated Binding request from the peer on the
-  selected pair is evidence (browsers send one every ~5 s).
+- ICE-lite (RFC 7675 §5.1 mirrored): we send nothing; an authenticated Binding request from
+  the peer on the selected pair is evidence (browsers send one every ~5 s).
 
 An authenticated 403 revokes consent at once (RFC 7675 §5.2).  On expiry or revocation the
 owner stops sending on the 5-tuple and is told once; this object then stays inert.

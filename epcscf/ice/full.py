@@ -1,4 +1,4 @@
-"""Full ICE toward the WIC on aioice (RFC 8445, REQ-I03/I04/I05/I07/I09).
+"""Full ICE toward the WIC on aioice (RFC 8445, RFC 7675 consent).
 
 Theory of operation.  aioice runs the checks, pacing, role conflicts and nomination.  We extend
 `aioice.Connection` per instance (no fork, no import-time monkeypatching) where it does not fit
@@ -13,12 +13,12 @@ a media gateway:
 - data: non-STUN datagrams (RFC 7983) go straight to the agent for the selected pair only,
   instead of aioice's unbounded queue;
 - selection: `check_complete` reports every change of the nominated pair (renomination);
-- nomination: regular only (REQ-I03, RFC 8445 §8.1.1 — aggressive nomination is gone from
+- nomination: regular only (RFC 8445 §8.1.1 — aggressive nomination is gone from
   RFC 8445).  aioice 0.13 reads `remote_is_lite` in one place, `check_start`, to choose
   aggressive nomination when controlling a full peer; pinning it to True selects aioice's
   regular nomination path.  Nothing else in aioice 0.13 reads it.
 
-An ICE restart (REQ-I09) is a new `FullGeneration` (new credentials, sockets and Connection);
+An ICE restart (RFC 8445 §9) is a new `FullGeneration` (new credentials, sockets and Connection);
 `FullBackend` keeps the old one sending until the new one selects a pair.
 """
 
@@ -74,7 +74,7 @@ class _AgentConnection(aioice.ice.Connection):
         self.generation = generation
         super().__init__(
             ice_controlling=controlling,
-            components=1,  # rtcp-mux only (A3)
+            components=1,  # rtcp-mux only (RFC 5761; browsers require it)
             use_ipv4=False,  # aioice's interface enumeration is not used, see get_component_candidates
             use_ipv6=False,
             local_username=credentials.ufrag,
@@ -216,7 +216,7 @@ class FullGeneration:
             self._end_of_candidates = True
         else:
             locals_ = [c for c in self.candidates if c.can_pair_with(candidate)]
-            # REQ-I05: bound the check list (RFC 8445 §6.1.2.5 limit on candidate pairs).
+            # Bound the check list (RFC 8445 §6.1.2.5 limit on candidate pairs).
             if (self._remote_count + 1) * max(len(locals_), 1) > self.config.max_pairs:
                 log.info("ICE: remote candidate {candidate} ignored: more than {limit} pairs", candidate=candidate.to_sdp(), limit=self.config.max_pairs)
                 return
@@ -253,7 +253,7 @@ class FullGeneration:
         elif pair.protocol is protocol and pair.remote_addr == source:
             self._on_data(self, data)
         else:
-            # REQ-I06: media only on the selected pair.
+            # RFC 7675 §5.1: media only on the selected pair.
             self.stats.datagrams_dropped += 1
 
     def send(self, data: bytes) -> bool:
@@ -328,7 +328,7 @@ class FullGeneration:
 
 
 class FullBackend:
-    """The current generation, plus the previous one while an ICE restart is under way (REQ-I09)."""
+    """The current generation, plus the previous one while an ICE restart is under way (RFC 8445 §9)."""
 
     def __init__(
         self,

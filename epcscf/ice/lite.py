@@ -1,10 +1,10 @@
-"""ICE-lite toward the WIC (RFC 8445 §2.5, REQ-I01/I02/I04/I06/I08, choices A1 and A13).
+"""ICE-lite toward the WIC (RFC 8445 §2.5; lite is the TS 24.371 default).
 
 Theory of operation.  A lite agent sends no checks.  It answers the full peer's Binding requests
 on its host sockets and selects the pair on which a request carrying USE-CANDIDATE arrives
 (RFC 8445 §7.3.1.5, §8.2); a later USE-CANDIDATE on another pair moves the selection (the
-controlling side renominated).  Consent (REQ-I08): authenticated requests keep arriving on the
-selected pair; the agent's `ConsentFreshness` expires when they stop.
+controlling side renominated).  Consent (RFC 7675 §5.1, mirrored: we only listen): authenticated
+requests keep arriving on the selected pair; the agent's `ConsentFreshness` expires when they stop.
 
 `LiteResponder` is the sans-IO STUN part (message in → response out + what it meant);
 `LiteBackend` binds the sockets and routes datagrams.  STUN parsing, MESSAGE-INTEGRITY and
@@ -44,11 +44,11 @@ class LiteOutcome:
 
 
 class LiteResponder:
-    """Answers Binding requests with short-term credentials (REQ-I01)."""
+    """Answers Binding requests with short-term credentials (RFC 8445 §7.3)."""
 
     def __init__(self, credentials: IceCredentials) -> None:
         self.current = _CredentialGeneration(credentials)
-        # During an ICE restart the old credentials stay valid on the old pair (REQ-I09).
+        # During an ICE restart the old credentials stay valid on the old pair (RFC 8445 §9).
         self.previous: _CredentialGeneration | None = None
 
     def set_remote_ufrag(self, ufrag: str) -> None:
@@ -73,8 +73,9 @@ class LiteResponder:
         generation = self._authenticate(message)
         if generation is None:
             return LiteOutcome(_error(message, 401, "Unauthenticated"))
-        # A13: a lite agent is always controlled, yet it answers success even to a peer that also
-        # claims ICE-CONTROLLED (Chrome, webrtc bug 7478; mediasoup does the same) instead of 487.
+        # A lite agent is always controlled (RFC 8445 §6.1.1), yet it answers success even to a
+        # peer that also claims ICE-CONTROLLED (Chrome, webrtc bug 7478; mediasoup does the same)
+        # instead of 487 (RFC 8445 §7.3.1.1).
         response = stun.Message(
             message_method=stun.Method.BINDING,
             message_class=stun.Class.RESPONSE,
@@ -228,7 +229,7 @@ class LiteBackend:
         return True
 
     def send_consent_check(self) -> None:
-        # REQ-I08: lite only monitors the peer's checks.
+        # RFC 7675 §5.1 mirrored: lite only monitors the peer's checks.
         pass
 
     def received(self, sock: _LiteSocket, data: bytes, source: Address) -> None:
@@ -275,7 +276,7 @@ class LiteBackend:
         elif self._selected == (sock, source):
             self._deliver(data)
         else:
-            # REQ-I06: media only on the selected pair.
+            # RFC 7675 §5.1: media only on the selected pair.
             self._stats.datagrams_dropped += 1
 
     def _deliver(self, data: bytes) -> None:

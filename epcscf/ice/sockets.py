@@ -86,7 +86,7 @@ def _enlarge_receive_buffer(transport: asyncio.BaseTransport) -> None:
 
 
 def host_candidate(bound: Address, advertised_address: str | None, index: int) -> Candidate:
-    """Our UDP host candidate for component 1 (rtcp-mux, REQ-I05).
+    """Our UDP host candidate (RFC 8445 §5.1.1.1) for component 1 only (rtcp-mux, RFC 5761).
 
     RFC 8445 §5.1.2.1: the type preference of a host is 126; the local preference separates the
     addresses of a multihomed host, so each configured address gets its own (first = highest).

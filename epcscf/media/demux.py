@@ -1,4 +1,4 @@
-"""RFC 7983 demultiplexing of what arrives on the one WIC-side port (REQ-P03).
+"""RFC 7983 demultiplexing of what arrives on the one WIC-side port (eIMS-AGW, TS 23.334 §5.20).
 
 RFC 7983 §7 classifies a datagram by its first byte:
 

@@ -1,4 +1,4 @@
-"""DTLS-SRTP toward the WIC (RFC 5763/5764) on pyOpenSSL memory BIOs, sans-IO-ish (REQ-P01/P02).
+"""DTLS-SRTP toward the WIC (RFC 5763/5764) on pyOpenSSL memory BIOs, sans-IO-ish.
 
 Theory of operation.  A `DtlsEndpoint` owns one `SSL.Connection` with no socket: datagrams from
 the WIC are written into its read BIO (`datagram_received`), and whatever OpenSSL wants to send
@@ -15,13 +15,13 @@ The peer is authenticated only by the `a=fingerprint` of its SDP (RFC 5763 §5 /
 the verify callback accepts the self-signed certificate iff its digest, computed with the hash
 the SDP names, equals the signalled value; a mismatch aborts the handshake (OpenSSL sends a
 bad_certificate alert) and `on_failed` gets a reason naming both fingerprints.  As offerer with
-`a=setup:actpass` a ClientHello may arrive before the answer (REQ-P02): an endpoint may start
+`a=setup:actpass` a ClientHello may arrive before the answer (RFC 5763 §5): an endpoint may start
 without the fingerprint; the check then happens in `set_remote_fingerprint`.
 
 On success the SRTP master keys are exported (RFC 5764 §4.2) for the profile negotiated from
 `use_srtp` (RFC 5764 §4.1.2) and `on_connected(SrtpKeys)` fires once.  A close_notify or a
 fatal alert from the peer, the handshake timeout, or a local error fire `on_failed(reason)`
-once (REQ-B03: the call then ends).
+once (RFC 7675 §5.2: the call then ends).
 
 States (`DtlsState`, transitions in `DTLS_TRANSITIONS`):
 NEW →start→ CONNECTING →handshake done + fingerprint ok→ CONNECTED;
@@ -110,7 +110,8 @@ SRTP_PROFILES: dict[str, SrtpProfile] = {
 }
 
 # Our preference, strongest first.  As DTLS server OpenSSL picks by *our* order among what the
-# client offers; as client we offer these.  AES128_CM_SHA1_80 is what every WIC supports (REQ-P01).
+# client offers; as client we offer these.  AES128_CM_SHA1_80 (RFC 5764 §4.1.2) is what every
+# WIC supports.
 DEFAULT_SRTP_PROFILES: tuple[str, ...] = ("SRTP_AEAD_AES_256_GCM", "SRTP_AEAD_AES_128_GCM", "SRTP_AES128_CM_SHA1_80")
 
 

@@ -6,10 +6,11 @@ without a pool (tests) an ephemeral even/odd pair is searched.  Sockets are boun
 `socket` module first (so a failed pair costs no reactor round trip); under the asyncio reactor
 they are read straight from its event loop (the lean path), otherwise through Twisted UDP ports.
 
-Toward the core media is plain RTP/AVP (23.334 §5.20, REQ-P04).  Where to send: the address of
-the core's SDP (`MediaSession.set_core_remote`), or, with latching on (REQ-P07, RFC 4961 symmetric RTP), the
-source of the first packet received from the core on each socket; once latched, packets from
-other sources are dropped (they would otherwise let anyone inject media into the call).
+Toward the core media is plain RTP/AVP (TS 23.334 §5.20).  Where to send: the address of
+the core's SDP (`MediaSession.set_core_remote`), or, with latching on (TS 23.334 latching,
+RFC 4961 symmetric RTP), the source of the first packet received from the core on each
+socket; once latched, packets from other sources are dropped (they would otherwise let anyone
+inject media into the call).
 With latching off, media goes to the SDP address and is accepted from any source.
 """
 

@@ -1,6 +1,6 @@
 """`MediaSession`: one media stream of a call relayed between the WIC and the IMS core.
 
-Theory of operation (the eIMS-AGW role of TS 23.334 §5.20 / REQ-P01..P08).
+Theory of operation (the eIMS-AGW role of TS 23.334 §5.20).
 
     WIC ──ICE pair──▶ datagram_received ─┬─ DTLS (20..63) ─▶ DtlsEndpoint ─▶ keys ─▶ SrtpContext
                                         └─ SRTP/SRTCP (128..191, rtcp-mux) ─▶ unprotect ─▶ core RTP/RTCP port
@@ -14,13 +14,16 @@ Rules the relay keeps:
 - RFC 7983: demultiplex by first byte; RTCP vs RTP by the second (RFC 5761 §4).
 - Nothing reaches the WIC before DTLS is connected (there are no keys before), and nothing from
   the WIC reaches the core before then either.
-- SSRC, sequence number and timestamp pass unchanged (REQ-P05): the relay only re-encrypts.
-- rtcp-mux toward the WIC always (A3); toward the core only when the core's SDP says so.
-- Direction gating (REQ-P06) applies to RTP only: RFC 3264 §5.1 keeps RTCP flowing on hold.
+- SSRC, sequence number and timestamp pass unchanged (RFC 3711 protects the header, never
+  rewrites it): the relay only re-encrypts.
+- rtcp-mux toward the WIC always (RFC 5761; browsers require it); toward the core only when
+  the core's SDP says so.
+- Direction gating (TS 23.334 through-connection) applies to RTP only: RFC 3264 §5.1 keeps
+  RTCP flowing on hold.
 - Every packet the relay does not forward is counted in the stats of its direction.
 
 `close()` stops the DTLS association, both sockets and every timer, and gives the ports back
-to the pool; it is idempotent and safe from any state (REQ-P08).
+to the pool; it is idempotent and safe from any state.
 """
 
 from __future__ import annotations
@@ -49,7 +52,7 @@ from epcscf.media.srtp import SrtpContext, SrtpErrorCounts
 
 log = Logger()
 
-# DTLS datagrams from the WIC kept until start_dtls() knows our role (REQ-P02: a ClientHello
+# DTLS datagrams from the WIC kept until start_dtls() knows our role (RFC 5763 §5: a ClientHello
 # may beat the SDP answer); a handshake flight is a handful of datagrams.
 EARLY_DTLS_DATAGRAMS = 16
 
@@ -275,7 +278,7 @@ class MediaSession:
         self._rtp_latched = self._rtcp_latched = False
 
     def set_direction(self, direction: Direction | str) -> None:
-        """Gate RTP per the WIC stream's SDP direction (hold/resume, REQ-P06)."""
+        """Gate RTP per the WIC stream's SDP direction (hold/resume, RFC 3264 §5.1)."""
         self._direction = Direction(direction)
         self._to_core = self._direction.to_core
         self._to_wic = self._direction.to_wic

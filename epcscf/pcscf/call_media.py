@@ -5,8 +5,9 @@ Theory of operation
 ``CallMedia`` implements ``calls.CallMediaLike``: the call manager hands it every SDP body
 in the order offers and answers happen, and gets back the body for the other side.  Inside:
 
-* one ``Stream`` per accepted m= line (no BUNDLE, A2): an ``IceAgent`` toward the WIC and a
-  ``MediaSession`` whose core-side RTP/RTCP ports come from the same shared ``UdpPortPool``.
+* one ``Stream`` per accepted m= line (no BUNDLE: TS 24.371 lets the eP-CSCF omit it, and
+  Chrome's default ``balanced`` bundle policy works unbundled): an ``IceAgent`` toward the WIC
+  and a ``MediaSession`` whose core-side RTP/RTCP ports come from the same shared ``UdpPortPool``.
   The agent's datagrams feed the session; the session sends through the agent; a DTLS
   failure revokes ICE consent (RFC 7675 §5.2).
 * roles: when the WIC offers, our agent is controlled (full mode) and we answer
@@ -15,9 +16,10 @@ in the order offers and answers happen, and gets back the body for the other sid
   opposite of the WIC's answer.  DTLS starts when ICE has selected a pair.
 * the ``WicLeg``/``CoreLeg`` given to the SDP transformations are built from the live agents
   and sessions, and every body goes through one ``OriginVersioner`` per leg, so ICE
-  credentials, candidates, fingerprint and ports stay the same for the whole call (REQ-O04,
-  REQ-U01) and o= versions only move when the content does (REQ-D05, REQ-O05).  A re-offer
-  from the WIC with new ice-ufrag/pwd restarts ICE on that stream (REQ-I09).
+  credentials, candidates, fingerprint and ports stay the same for the whole call (new
+  ufrag/pwd would restart ICE, RFC 8445 §9; a WIC applies every 18x/2xx answer afresh) and o=
+  versions only move when the content does (RFC 3264 §8).  A re-offer from the WIC with new
+  ice-ufrag/pwd restarts ICE on that stream (RFC 8445 §9).
 * ``close()`` frees every agent (sockets, ports, asyncio tasks, timers) and session.
 
 ``CallMediaEngine`` is the per-process part: settings, the port pool and the one DTLS
@@ -73,7 +75,7 @@ class CallMediaSettings:
     ice: IceAgentConfig = field(default_factory=IceAgentConfig)
     media: MediaSessionConfig = field(default_factory=MediaSessionConfig)
     codecs: CodecPolicy = field(default_factory=CodecPolicy)
-    #: RFC 5763 §5 / A6: our a=setup when we answer an actpass offer
+    #: RFC 5763 §5: our a=setup when we answer an actpass offer (active is RECOMMENDED there)
     answer_setup: Literal["active", "passive"] = "active"
     origin_username: str = "epcscf"
 
@@ -174,7 +176,10 @@ class CallMedia:
         return ready.addCallback(build).addCallback(offer).addErrback(self._unwrap)
 
     def answer_from_core(self, sdp: bytes, fork: str | None = None) -> bytes:
-        """The core's answer (18x/2xx, any fork) → the WebRTC answer; media starts (REQ-O04/O06)."""
+        """The core's answer (18x/2xx, any fork) → the WebRTC answer; media starts.
+
+        Every fork's answer reuses our one WIC-side endpoint; the core-side relay follows the
+        latest answer."""
         if self._wic_offer is None:
             raise MediaRejected(488, "an answer from the core without a WIC offer")
         core_answer = _parse(sdp)
@@ -254,7 +259,7 @@ class CallMedia:
         return defer.gatherResults(applying, consumeErrors=True).addCallback(started).addErrback(self._unwrap)
 
     def offer_failed(self) -> None:
-        """REQ-U04: a re-offer was refused (488, 491): the previous offer/answer stays in force."""
+        """A re-offer was refused (488, 491): the previous offer/answer stays (RFC 3261 §14.1)."""
         self._wic_offer, self._core_offer = self._saved
 
     def add_trickle(self, sdpfrag: bytes) -> None:
@@ -307,7 +312,7 @@ class CallMedia:
             raise MediaRejected(400, error.reason) from None
 
     def _ensure_streams(self, indexes: tuple[int, ...]) -> defer.Deferred:
-        """Allocate (REQ-U05: also for m= lines added later) and gather the missing streams."""
+        """Allocate (also for m= lines added later, RFC 3264 §8.1) and gather the missing streams."""
         if self._closed:
             return defer.fail(MediaRejected(503, "the call's media is closed"))
         waiting = []
@@ -367,7 +372,7 @@ class CallMedia:
                 stream.agent.set_remote(params.ice_ufrag, params.ice_pwd, candidates, end, params.ice_lite)
                 return defer.succeed(None)
             if (current.ufrag, current.pwd) != (params.ice_ufrag, params.ice_pwd):
-                self._event("ice", f"m-line {stream.index}: ICE restart by the WIC")  # REQ-I09
+                self._event("ice", f"m-line {stream.index}: ICE restart by the WIC")  # RFC 8445 §9
                 stream.started = False
                 return stream.agent.restart(params.ice_ufrag, params.ice_pwd, candidates, end, params.ice_lite)
         except IceError as error:
@@ -375,7 +380,7 @@ class CallMedia:
         return defer.succeed(None)
 
     def _start(self, stream: Stream) -> None:
-        """ICE checks, then DTLS on the selected pair (REQ-O01, §7.4.3 a)."""
+        """ICE checks, then DTLS on the selected pair (TS 24.371 §7.4.2 a, §7.4.3 a)."""
         if stream.started or self._closed:
             return
         stream.started = True

@@ -4,7 +4,7 @@ Split from ``calls.py`` (the call manager) so that the manager's module holds on
 behaviour.  ``Call`` moves through the table of ``call_state``; ``CallMediaLike`` is the one
 small seam between a call and its media engine (``call_media.CallMedia`` here; another engine
 could sit behind it).  The SDP body helpers read and write ``application/sdp`` bodies and keep
-Content-Length exact (REQ-S12).
+Content-Length exact (RFC 3261 §20.14).
 """
 
 from __future__ import annotations
@@ -26,7 +26,9 @@ SDP = "application/sdp"
 TRICKLE_SDPFRAG = "application/trickle-ice-sdpfrag"  # RFC 8840 §9
 # The failing layer recorded with a release cause (for the console).
 LAYERS = ("ws", "sip", "ice", "dtls", "media", "core")
-WS_CLOSED_REASON = 'SIP;cause=480;text="WebSocket closed"'  # A15
+# RFC 3326 Reason on the BYE we send when the WIC's flow is lost: no spec fixes the cause, and
+# 480 (Temporarily Unavailable) says what happened: the WIC is gone.
+WS_CLOSED_REASON = 'SIP;cause=480;text="WebSocket closed"'
 
 
 class MediaRejected(Exception):
@@ -71,7 +73,7 @@ class CallMediaLike(Protocol):
 class CallSettings:
     timeline_length: int = 200  # entries kept per call
     keep_ended: float = 600.0  # seconds an ended call stays visible to the console
-    max_calls: int = 10000  # live calls; beyond → 503 (REQ-X05)
+    max_calls: int = 10000  # live calls; beyond → 503 + Retry-After (RFC 3261 §21.5.4)
     retry_after: int = 30  # seconds, in 503 responses
     warning_agent: str = "epcscf"  # warn-agent in Warning headers (RFC 3261 §20.43)
 
@@ -102,7 +104,7 @@ class Call:
     release_cause: str | None = None
     failing_layer: str | None = None
     pending_offer: Side | None = None  # whose offer awaits an answer (RFC 3264 §4)
-    last_wic_answer: bytes | None = None  # REQ-O05: repeated in a bodiless 2xx
+    last_wic_answer: bytes | None = None  # repeated in a bodiless 2xx: JsSIP fails a 2xx without SDP
     last_core_answer: bytes | None = None  # what a retransmitted 2xx from the WIC must carry
     released_early: bool = False
     media_stats: dict[str, Any] | None = None  # last snapshot, kept when the call ends
@@ -187,7 +189,7 @@ def sdp_body(message: Message) -> bytes | None:
 def set_sdp(message: Message, body: bytes) -> None:
     message.body = body
     message.headers.set("Content-Type", SDP)
-    message.headers.set("Content-Length", str(len(body)))  # REQ-S12
+    message.headers.set("Content-Length", str(len(body)))  # RFC 3261 §20.14
 
 
 def strip_body(message: Message) -> None:

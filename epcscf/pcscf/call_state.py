@@ -37,7 +37,7 @@ class CallDirection(enum.Enum):
 class CallState(enum.Enum):
     OFFER_RECEIVED = "offer-received"  # INVITE seen; media being allocated, SDP transformed
     OFFER_FORWARDED = "offer-forwarded"  # transformed INVITE sent on
-    EARLY = "early"  # an answer came in a provisional response (early media, REQ-E01)
+    EARLY = "early"  # an answer came in a provisional response (early media, RFC 3960)
     CONFIRMED = "confirmed"  # 2xx relayed; the dialog is up
     CANCELLING = "cancelling"  # CANCEL forwarded; waiting for the INVITE's final response
     TERMINATING = "terminating"  # we are releasing the call (BYE/CANCEL/4xx sent by us)
@@ -82,7 +82,7 @@ TRANSITIONS: dict[CallState, dict[CallEvent, CallState]] = {
     },
     S.EARLY: {
         E.PROVISIONAL: S.EARLY,
-        E.EARLY_ANSWER: S.EARLY,  # another fork, or the same answer again (REQ-O06)
+        E.EARLY_ANSWER: S.EARLY,  # another fork, or the same answer again (RFC 3261 §16.7 forking)
         E.FINAL_2XX: S.CONFIRMED,
         E.FINAL_FAILURE: S.TERMINATED,
         E.CANCEL: S.CANCELLING,
@@ -100,7 +100,7 @@ TRANSITIONS: dict[CallState, dict[CallEvent, CallState]] = {
         E.PROVISIONAL: S.CANCELLING,
         E.EARLY_ANSWER: S.CANCELLING,
         E.FINAL_FAILURE: S.TERMINATED,  # the 487
-        E.FINAL_2XX: S.CONFIRMED,  # CANCEL/200 race: the 2xx wins, the UAC sends BYE (REQ-C03)
+        E.FINAL_2XX: S.CONFIRMED,  # CANCEL/200 race: the 2xx wins, the UAC sends BYE (RFC 3261 §9.1)
         E.CANCEL: S.CANCELLING,
         E.RELEASE: S.TERMINATING,
     },

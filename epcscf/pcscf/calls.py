@@ -10,21 +10,23 @@ SIP side of the work:
 * **SDP rewriting** by RFC 3264 offer/answer rules, whatever the method: an SDP body from
   side X while the other side's offer is outstanding is an answer, otherwise it is an
   offer; SDP in 18x/2xx responses to an offer are answers (repeated for early media and
-  forks, REQ-O04/O06); an INVITE without an offer gets the offer in its 2xx and the answer
-  in the ACK (late offer, REQ-M03).  The transformations and the media they imply are the
-  ``CallMediaLike`` object's job (``epcscf.pcscf.call_media``): the call manager never
-  parses SDP.
+  forks, with the same ICE/DTLS parameters each time); an INVITE without an offer gets the
+  offer in its 2xx and the answer in the ACK (late offer, RFC 3261 §13.2.1).  The
+  transformations and the media they imply are the ``CallMediaLike`` object's job
+  (``epcscf.pcscf.call_media``): the call manager never parses SDP.
 * **Originating** (§7.4.2): the WIC's offer → media allocated → offer toward the core; the
-  INVITE is forwarded at once, ICE runs in parallel (A4).  Unusable offer → 488 + Warning,
-  malformed → 400, no ports → 503 + Retry-After (REQ-O02, REQ-X05); no core INVITE then.
-  A 2xx without SDP after an 18x answer gets the last WebRTC answer again (REQ-O05, A7).
+  INVITE is forwarded at once, ICE runs in parallel (waiting for ICE would delay setup and
+  break late or forked answers).  Unusable offer → 488 + Warning, malformed → 400, no ports
+  → 503 + Retry-After (RFC 3261 §21.4.26, §21.5.4); no core INVITE then.  A 2xx without SDP
+  after an 18x answer gets the last WebRTC answer again (a WIC such as JsSIP ends a call
+  whose 2xx has no SDP).
   An INVITE without SDP is a late offer: the core's offer in the 2xx, the answer in the ACK.
 * **Terminating** (§7.4.3): the core's offer → WebRTC offer to the WIC; the WIC's answer →
   answer toward the core.
-* **Release from the middle** (REQ-B02/B03, REQ-O08): WebSocket closed, ICE/DTLS failure or
-  the operator.  A confirmed call gets a BYE (built by ``dialogs.Dialog``, with a Reason
-  header, RFC 3326) toward each reachable side; an early one is CANCELled downstream and
-  answered upstream by the proxy; a 2xx racing the release is ACKed and BYEd.
+* **Release from the middle** (TS 23.228 §5.10, RFC 7675 §5.1): WebSocket closed, ICE/DTLS
+  failure or the operator.  A confirmed call gets a BYE (built by ``dialogs.Dialog``, with a
+  Reason header, RFC 3326) toward each reachable side; an early one is CANCELled downstream
+  and answered upstream by the proxy; a 2xx racing the release is ACKed and BYEd.
 * Every call's media is closed when it ends, whatever the path; an ended call stays in
   ``ended_calls()`` for ``CallSettings.keep_ended`` seconds (pruned lazily: no timer).
 """
@@ -144,7 +146,7 @@ class CallManager:
     # --- CallHooks: initial INVITEs -----------------------------------------------------------
 
     def originating_invite(self, context: ProxiedRequest, identity: str, forward: Forward) -> Decision | defer.Deferred:
-        """TS 24.371 §7.4.2: the WIC's INVITE with its offer (REQ-O01..O03)."""
+        """TS 24.371 §7.4.2: the WIC's INVITE with its offer."""
         request = context.request
         problem = self._unusable_body(request)
         if problem is not None:
@@ -168,7 +170,7 @@ class CallManager:
         )
 
     def terminating_invite(self, context: ProxiedRequest, flow: Connection, forward: Forward) -> Decision | defer.Deferred:
-        """TS 24.371 §7.4.3: the core's INVITE toward the WIC (REQ-M01..M03)."""
+        """TS 24.371 §7.4.3: the core's INVITE toward the WIC."""
         request = context.request
         problem = self._unusable_body(request)
         if problem is not None:
@@ -180,7 +182,7 @@ class CallManager:
         call.note("sip-in", "INVITE from the core")
         body = sdp_body(request)
         if body is None:
-            # REQ-M03 late offer: the WIC offers in its 2xx, the core answers in the ACK.
+            # Late offer (RFC 3261 §13.2.1): the WIC offers in its 2xx, the core answers in the ACK.
             context.data["offer_from"] = None
             return self._forward_initial(call, forward, None)
         context.data["offer_from"] = Side.CORE
@@ -255,13 +257,13 @@ class CallManager:
 
     def _overloaded(self, request: Request, why: str) -> Response:
         response = make_local_response(request, 503, "Service Unavailable (no media resources)")
-        response.headers.add("Retry-After", str(self.settings.retry_after))  # REQ-X05
+        response.headers.add("Retry-After", str(self.settings.retry_after))  # RFC 3261 §21.5.4
         log.info("503 for {call_id}: {why}", call_id=request.headers.get("Call-ID"), why=why)
         return response
 
     def _unusable_body(self, request: Request) -> Response | None:
         if request.body.strip() and content_type(request) != SDP:
-            # REQ-S12: a body we must read but cannot → 415 with Accept.
+            # RFC 3261 §21.4.13: a body we must read but cannot → 415 with Accept.
             response = make_local_response(request, 415)
             response.headers.add("Accept", SDP)
             return response
@@ -292,7 +294,7 @@ class CallManager:
         """The call was released while this response's SDP was being rewritten: its media was
         closed under the transformation (an ICE agent closed while gathering raises
         ``IceClosed``).  Not an error: the response is handled as one arriving after the
-        release (a 2xx to the initial INVITE is ACKed and BYEd, REQ-C03)."""
+        release (a 2xx to the initial INVITE is ACKed and BYEd, RFC 3261 §9.1)."""
         if not call.ended:
             return failure
         log.info("{call_id}: SDP of a {status} not rewritten, the call was released meanwhile ({why})",
@@ -311,7 +313,7 @@ class CallManager:
         status = response.status
         if status >= 300:
             if offer_from is not None and not initial and call.pending_offer is offer_from:
-                call.media.offer_failed()  # REQ-U04: the previous media stays
+                call.media.offer_failed()  # RFC 3261 §14.1: the previous media stays
                 call.pending_offer = None
             return False
         if status == 100:
@@ -319,7 +321,7 @@ class CallManager:
         body = sdp_body(response)
         if body is None:
             if initial and status < 300 and status >= 200 and offer_from is Side.WIC and call.last_wic_answer:
-                # REQ-O05 / A7: the WIC needs the answer in the 2xx; repeat the last one unchanged.
+                # A WIC (JsSIP) needs the answer in the 2xx: repeat the last one, same o= version.
                 set_sdp(response, call.last_wic_answer)
                 call.note("sip-out", "2xx without SDP: repeated the last WebRTC answer")
                 call.pending_offer = None
@@ -347,7 +349,7 @@ class CallManager:
 
             return d.addCallbacks(answered, bad_answer)
         if offer_from is None and _method_of(response) == "INVITE" and call.pending_offer is None:
-            # Offer in the 2xx/18x of an INVITE without SDP (REQ-M03).
+            # Offer in the 2xx/18x of an INVITE without SDP (RFC 3261 §13.2.1).
             call.pending_offer = responder
             transform = call.media.offer_from_core if responder is Side.CORE else call.media.offer_from_wic
             d = defer.maybeDeferred(transform, body)
@@ -411,7 +413,7 @@ class CallManager:
         call.note("sip-out", f"{status} {response.reason} toward the {context.data.get('sender', Side.WIC).value}")
 
     def _response_after_release(self, call: Call, response: Response, responder: Side) -> Response | None:
-        """A response to the initial INVITE after we released the call early (REQ-C03 race)."""
+        """A response to the initial INVITE after we released the call early (RFC 3261 §9.1 race)."""
         if 200 <= response.status < 300 and call.released_early and call.dialog is not None:
             call.dialog.confirm(response, self.is_own_uri)
             if call.direction is CallDirection.ORIGINATING and call.invite_context is not None:
@@ -468,14 +470,14 @@ class CallManager:
             if call.state is not CallState.TERMINATED:
                 call.fire_if_allowed(CallEvent.RELEASE)
                 call.fire_if_allowed(CallEvent.RELEASED)
-            self._finish(call, f"BYE from the {sender.value}", None)  # REQ-B01: media freed at the BYE
+            self._finish(call, f"BYE from the {sender.value}", None)  # media freed at the BYE (RFC 3261 §15)
             return forward
         if method == "ACK":
             call.fire_if_allowed(CallEvent.ACK)
         body = sdp_body(request)
         if body is None:
             if method in ("INVITE", "UPDATE"):
-                context.data.update(call=call, sender=sender, offer_from=None)  # REQ-U03
+                context.data.update(call=call, sender=sender, offer_from=None)  # no SDP: a refresh
             return forward
         assert call.media is not None
         if call.pending_offer is sender.other:
@@ -503,13 +505,13 @@ class CallManager:
             return Reject(make_local_response(context.request, 481, "Call/Transaction Does Not Exist (call released)"))
         call.pending_offer = None
         if call.media is not None:
-            call.media.offer_failed()  # REQ-U04: keep the previous media
+            call.media.offer_failed()  # RFC 3261 §14.1: keep the previous media
         response = self._rejection(context.request, failure)
         call.note("sip-out", f"{response.status} {response.reason} to the {context.request.method}")
         return Reject(response)
 
     def _trickle(self, call: Call, request: Request) -> Decision:
-        """RFC 8840 INFO from the WIC: candidates go to the ICE agents; never forwarded (REQ-I10)."""
+        """RFC 8840 INFO from the WIC: candidates go to the ICE agents; never forwarded to the core."""
         assert call.media is not None
         try:
             call.media.add_trickle(request.body)
@@ -557,7 +559,7 @@ class CallManager:
         return None
 
     def flow_closed(self, connection: Connection) -> None:
-        """REQ-B02: the WIC's WebSocket is gone: BYE (confirmed) or CANCEL/480 (early)."""
+        """TS 23.228 §5.10: the WIC's WebSocket flow is gone: BYE (confirmed) or CANCEL/480 (early)."""
         for call in [c for c in self._live.values() if c.wic_flow.id == connection.id]:
             self._release(call, WS_CLOSED_REASON, 480, (Side.CORE,), "WebSocket closed", "ws")
 
@@ -578,7 +580,7 @@ class CallManager:
     # --- releasing ---------------------------------------------------------------------------------
 
     def _media_failed(self, call: Call, layer: str, reason: str) -> None:
-        """REQ-O08 / REQ-B03: ICE failure, consent loss or DTLS failure ends the call."""
+        """RFC 7675 §5.1: ICE failure, consent loss or DTLS failure ends the call."""
         call.note(layer if layer in ("ice", "dtls") else "media", reason)
         self._release(call, f'SIP;cause=480;text="{_quoted(reason)}"', 480, (Side.WIC, Side.CORE), reason, layer)
 

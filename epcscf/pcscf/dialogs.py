@@ -5,7 +5,7 @@ Theory of operation
 We are a proxy, not a UA: normally both ends send their own BYE.  But when the WebSocket
 flow dies (RFC 5626 §5.3.1, TS 23.228 §5.10), ICE consent is lost (RFC 7675 §5.1) or the
 operator releases a call, the eP-CSCF must end the dialog itself and send a BYE toward one
-or both parties *as if it came from the other party* (REQ-B02/B03).  For that it needs,
+or both parties *as if it came from the other party*.  For that it needs,
 per party:
 
 * the party's From/To header value (with its tag) — a request from party X carries

@@ -265,7 +265,7 @@ class PcscfPolicy:
             return self._in_dialog_from_wic(context)
         binding = self.registrations.registration_for_request(flow.id)
         if binding is None:
-            # TS 24.229 §5.2.6.3.1 / REQ-R06: only registered WICs may originate.
+            # TS 24.229 §5.2.6.3.1: only registered WICs may originate.
             return self._refuse(context, "wic", guard.NOT_REGISTERED)
         strip_untrusted_headers(request)
         identity = assert_identity(request, list(binding.associated_uris))

@@ -2,15 +2,15 @@
 
 Theory of operation
 -------------------
-Every WebSocket connection from a WIC is one *flow* (RFC 5626 §3.2, REQ-T14).  The
+Every WebSocket connection from a WIC is one *flow* (RFC 5626 §3.2).  The
 ``FlowTable`` holds the open ones, keyed by the connection id, together with what the
 P-CSCF later binds to them (registrations, dialogs).  When the connection closes the flow
 is removed and every observer is told, so that registrations and dialogs on it fail
-(RFC 5626 §5.3.1 / REQ-B02).
+(RFC 5626 §5.3.1, TS 23.228 §5.10).
 
 The P-CSCF names a flow in the URIs it puts in ``Path`` and ``Record-Route`` by a *flow
-token* (RFC 5626 §5.2, REQ-R02): the user part of ``sip:<token>@pcscf;lr;ob``.  Requests
-from the core come back with that URI as top Route (REQ-X04, REQ-S07) and the token alone
+token* (RFC 5626 §5.2): the user part of ``sip:<token>@pcscf;lr;ob``.  Requests
+from the core come back with that URI as top Route (RFC 5626 §5.3.1) and the token alone
 says which connection to send them on.  Following the algorithm suggested in RFC 5626
 §5.2, a token is ``base64url(HMAC-SHA256-80(key, flow id) || flow id)``: decodable without
 state, unique per flow (ids are never reused, see ``epcscf.ws.connection``), and

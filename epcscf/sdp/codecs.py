@@ -1,4 +1,4 @@
-"""Payload-type selection under a `CodecPolicy` (REQ-D06, A8: no transcoding in v1)."""
+"""Payload-type selection under a `CodecPolicy` (no transcoding; IMS codecs per TS 26.114)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,8 @@ TELEPHONE_EVENT = "telephone-event"
 COMFORT_NOISE = "cn"
 
 #: what a rejected line shows in m= when the policy kept nothing: a codec of its media type
-#: the IMS side would know (example 2.3 `m=video 0 RTP/AVP 102`), else the first offered format.
+#: the IMS side would know (a rejected video line reads `m=video 0 RTP/AVP 102`), else the first
+#: offered format.
 _PLACEHOLDER_POLICY = CodecPolicy(audio=("PCMU", "PCMA", "G722", "opus", "AMR-WB", "AMR", "EVS"),
                                   video=("H264",))
 

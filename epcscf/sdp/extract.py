@@ -3,7 +3,7 @@
 `extract_wic_media_params` gives, per m= line, the peer's ICE credentials, candidates and DTLS
 parameters (media level first, session level as fallback, RFC 8839 §5 / RFC 8122 §5);
 `extract_core_media_params` gives the core's RTP/RTCP address per m= line.
-`require_usable_wic_media` turns the WebRTC defects of REQ-O02 into `SdpRejected`.
+`require_usable_wic_media` turns the WebRTC defects that earn a 488 into `SdpRejected`.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from epcscf.sdp.params import (
 
 # RFC 5764 §8 / RFC 8843: the RTP profiles a WebRTC endpoint uses.
 WEBRTC_RTP_PROTOS = ("UDP/TLS/RTP/SAVPF", "UDP/TLS/RTP/SAVP")
-# RFC 3551 / RFC 4585: the plain RTP profiles we accept from the core (no SDES crypto, REQ-D10).
+# RFC 3551 / RFC 4585: the plain RTP profiles we accept from the core (no SDES crypto).
 CORE_RTP_PROTOS = ("RTP/AVP", "RTP/AVPF")
 RTP_MEDIA = ("audio", "video")
 
@@ -186,7 +186,7 @@ def extract_wic_media_params(sdp: SessionDescription) -> list[WicMediaParams]:
 
 
 def require_usable_wic_media(params: WicMediaParams, *, answer: bool) -> None:
-    """REQ-O02: a WebRTC m= line we would accept must carry ICE and DTLS-SRTP parameters."""
+    """A WebRTC m= line we accept must carry ICE (RFC 8839) and DTLS-SRTP (RFC 5763 §5) parameters."""
     where = f"m={params.media} line {params.index}"
     if params.proto.upper() not in WEBRTC_RTP_PROTOS:
         raise SdpRejected(f"{where}: profile {params.proto} is not UDP/TLS/RTP/SAVP(F) (DTLS-SRTP required)",
@@ -196,7 +196,7 @@ def require_usable_wic_media(params: WicMediaParams, *, answer: bool) -> None:
     if params.fingerprint is None:
         raise SdpRejected(f"{where}: no a=fingerprint (DTLS-SRTP is required, RFC 5763)")
     if not params.rtcp_mux:
-        # A3 / REQ-D12: the WIC side always multiplexes RTP and RTCP (RFC 5761); we have no
+        # The WIC side always multiplexes RTP and RTCP (RFC 5761; browsers require it); we have no
         # component-2 candidates to offer instead.
         raise SdpRejected(f"{where}: no a=rtcp-mux (RTP/RTCP multiplexing is required, RFC 5761)")
     allowed = ("active", "passive") if answer else ("actpass", "active", "passive")

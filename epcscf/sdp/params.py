@@ -1,10 +1,11 @@
 """Parameters of the SDP transformations: the two legs of a call, codec policy, o= versioning, errors.
 
 A call holds one `WicLeg` and one `CoreLeg` for its whole life, so every SDP it sends the WIC
-carries the same ICE credentials, candidates, fingerprint and setup role (REQ-O04) and every SDP
-toward the core the same address and ports (REQ-U01).  Versions of o= are the job of
-`OriginVersioner`, one per leg (REQ-D05): the transformations copy `leg.origin` as given, and the
-call manager passes the result through `versioner.stamp()` before sending it.
+carries the same ICE credentials, candidates, fingerprint and setup role (new ICE credentials
+would mean an ICE restart, RFC 8445 §9) and every SDP toward the core the same address and ports
+(RFC 3264 §8).  Versions of o= are the job of `OriginVersioner`, one per leg (RFC 3264 §8): the
+transformations copy `leg.origin` as given, and the call manager passes the result through
+`versioner.stamp()` before sending it.
 """
 
 from __future__ import annotations
@@ -57,11 +58,11 @@ class IceCredentials:
 
 @dataclass(frozen=True)
 class WicTransport:
-    """Our ICE transport for one m= line toward the WIC (one ICE agent per stream, no BUNDLE, A2).
+    """Our ICE transport for one m= line toward the WIC (one ICE agent per stream, no BUNDLE).
 
     `candidates` are `a=candidate` values without the `candidate:` prefix, highest priority first,
     exactly as `IceAgent.local_candidates()` returns them; the first is the default candidate that
-    c= and the m= port show (REQ-D15).
+    c= and the m= port show (RFC 8839 default candidate).
     """
 
     ice: IceCredentials
@@ -84,14 +85,14 @@ class WicLeg:
     """What we put in every SDP sent to the WIC during one call.
 
     `transports[i]` serves m= line i; None (or a missing entry) for a line we reject.  When the
-    WIC or the core adds an m= line in a re-offer, the call manager extends the tuple (REQ-U05).
+    WIC or the core adds an m= line in a re-offer, the call manager extends the tuple (RFC 3264 §8.1).
     """
 
     origin: Origin
     transports: tuple[WicTransport | None, ...]
     fingerprint: str                      # "sha-256 AB:CD:..." of our DTLS certificate
-    answer_setup: Literal["active", "passive"] = "passive"  # A6; offers always say actpass
-    ice_lite: bool = True                 # A1: session-level a=ice-lite
+    answer_setup: Literal["active", "passive"] = "passive"  # RFC 5763 §5; offers always say actpass
+    ice_lite: bool = True                 # session-level a=ice-lite (TS 24.371 allows a lite eP-CSCF)
     tls_id: str | None = None             # RFC 8842 a=tls-id, when the DTLS layer provides one
 
     def __post_init__(self) -> None:
@@ -105,7 +106,7 @@ class WicLeg:
         return self.transports[index] if index < len(self.transports) else None
 
 
-#: REQ-D07: b=AS (kbit/s) toward the core per media type.
+#: TS 24.229 §6.1.1: b=AS (kbit/s) toward the core per media type.
 DEFAULT_BANDWIDTH_AS: Mapping[str, int] = MappingProxyType({"audio": 80, "video": 2000})
 
 
@@ -133,17 +134,17 @@ class CoreLeg:
 
 @dataclass(frozen=True)
 class CodecPolicy:
-    """Which codecs cross the eP-CSCF without transcoding (REQ-D06, A8).
+    """Which codecs cross the eP-CSCF without transcoding (there is no transcoder yet).
 
     Names are matched case-insensitively against a=rtpmap encoding names.  telephone-event and CN
     are kept only when their clock rate equals a kept codec's (RFC 4733 §2.5.1.1, RFC 3389 §4).
     """
 
     audio: tuple[str, ...] = ("PCMU", "PCMA", "G722")
-    video: tuple[str, ...] = ()           # e.g. ("H264",) to let video through (A12: RTP/AVPF)
+    video: tuple[str, ...] = ()           # e.g. ("H264",) to let video through (as RTP/AVPF)
     telephone_event: bool = True
     comfort_noise: bool = False
-    #: rtcp-fb values kept on video toward the core (A12)
+    #: rtcp-fb values kept on video toward the core (RFC 4585, on RTP/AVPF)
     video_feedback: tuple[str, ...] = ("nack", "nack pli", "ccm fir")
 
     @classmethod
@@ -159,7 +160,7 @@ class OriginVersioner:
     """One leg's o= line: fixed username/session id/address, version bumped only on change.
 
     RFC 3264 §8: a changed description carries version+1; an identical re-send keeps the version
-    (REQ-D05, and A7/REQ-O05: the 200 repeats the 183's answer unchanged).
+    (so a 200 that repeats the 183's answer carries it unchanged).
 
         versioner = OriginVersioner("epcscf", session_id="4000", address="192.0.2.10")
         body = versioner.stamp(offer_toward_core(...)).serialize()

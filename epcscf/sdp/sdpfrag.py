@@ -1,6 +1,7 @@
 """Trickle-ICE SDP fragments carried in SIP INFO (RFC 8840 `application/trickle-ice-sdpfrag`).
 
-We do not trickle ourselves (REQ-I10); a WIC that trickles anyway sends INFO bodies like
+We do not trickle ourselves (no a=ice-options:trickle in our SDP); a WIC that trickles anyway
+sends INFO bodies like
 
     a=ice-ufrag:EsAw
     a=ice-pwd:P2uYro0UCOQ4zxjKXaWCBui1

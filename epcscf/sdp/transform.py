@@ -7,11 +7,12 @@
 
 Every function takes the input description(s) and the leg parameters (addresses, ports, ICE
 credentials, fingerprint, o= line) and returns a new `SessionDescription`; nothing is random,
-nothing touches a socket.  The rules are the REQ-D* list of requirements.md §1.7 and the worked
-examples of its §2.  Attributes are copied by *whitelist*, so no ICE/DTLS/BUNDLE attribute and no
-browser address can reach the core (REQ-D02, D03) and no IMS-only attribute reaches the WIC
-(REQ-D14).  m= lines keep their number and order in both directions; a line we do not serve gets
-port 0 (RFC 3264 §6, REQ-D04, D13).
+nothing touches a socket.  The rules come from TS 23.228 Annex U.1 (WebRTC media-plane
+extensions stop at the eP-CSCF), TS 23.334 (IMS-ALG DTLS-SRTP: RTP/AVP toward the core,
+UDP/TLS/RTP/SAVPF toward the WIC) and RFC 3264.  Attributes are copied by *whitelist*, so no
+ICE/DTLS/BUNDLE attribute and no browser address can reach the core and no IMS-only attribute
+(preconditions, capability negotiation) reaches the WIC.  m= lines keep their number and order
+in both directions; a line we do not serve gets port 0 (RFC 3264 §6).
 
 Raises `SdpRejected` (488 + Warning) when the input cannot be served and `SdpError` (400) for a
 malformed candidate/fingerprint.  A leg without a port/transport for a line we would accept is a
@@ -62,9 +63,9 @@ from epcscf.sdp.params import (
     WicTransport,
 )
 
-#: REQ-D01 / A12: audio toward the core is RTP/AVP, video RTP/AVPF (keeps nack/pli feedback).
+#: TS 23.334: audio toward the core is RTP/AVP; video RTP/AVPF, which keeps nack/pli feedback (RFC 4585).
 CORE_PROTO = {"audio": "RTP/AVP", "video": "RTP/AVPF"}
-#: REQ-D10: what every RTP line toward the WIC uses (RFC 5764 §8).
+#: What every RTP line toward the WIC uses (RFC 5764 §8, TS 23.334).
 WIC_PROTO = "UDP/TLS/RTP/SAVPF"
 #: ptime we add toward the core when the WIC gave none (Chrome never does), 20 ms = one G.711 frame.
 DEFAULT_PTIME = "20"
@@ -108,10 +109,10 @@ def _timing_attributes(source: MediaDescription, *, add_default_ptime: bool, kee
 
 def _rejected_toward_core(media: MediaDescription) -> MediaDescription:
     if _is_rtp_line(media):
-        # Example 2.3: `m=video 0 RTP/AVP 102` (a rejected line needs no feedback profile).
+        # e.g. `m=video 0 RTP/AVP 102` (a rejected line needs no feedback profile).
         return MediaDescription(media.media, 0, "RTP/AVP", placeholder_formats(media))
     # Non-RTP lines (webrtc-datachannel, ...) keep their proto and formats: the core only needs to
-    # see the line exists, with port 0 (REQ-D04).
+    # see the line exists, with port 0 (RFC 3264 §6).
     return MediaDescription(media.media, 0, media.proto, list(media.formats))
 
 
@@ -145,7 +146,7 @@ def plan_offer_toward_core(wic_offer: SessionDescription, policy: CodecPolicy) -
 
 
 def offer_toward_core(wic_offer: SessionDescription, leg: CoreLeg, policy: CodecPolicy) -> SessionDescription:
-    """TS 24.371 §7.4.2 b): the IMS offer built from the WIC's WebRTC offer (example 2.3).
+    """TS 24.371 §7.4.2 b): the IMS offer built from the WIC's WebRTC offer.
 
     Raises SdpRejected when an RTP line lacks ICE/DTLS parameters or no stream keeps a codec.
     """
@@ -157,19 +158,19 @@ def offer_toward_core(wic_offer: SessionDescription, leg: CoreLeg, policy: Codec
         line = MediaDescription(media.media, _core_port(leg, index), CORE_PROTO.get(media.media, "RTP/AVP"), kept)
         bandwidth = leg.bandwidth_as.get(media.media)
         if bandwidth is not None:
-            line.bandwidths.append(Bandwidth("AS", bandwidth))  # REQ-D07
+            line.bandwidths.append(Bandwidth("AS", bandwidth))  # TS 24.229 §6.1.1
         line.attributes.extend(payload_attributes(media, media, kept))
         if line.proto == "RTP/AVPF":
             line.attributes.extend(feedback_attributes(media, kept, policy.video_feedback))
         line.attributes.extend(_timing_attributes(media, add_default_ptime=media.media == "audio", keep_maxptime=True))
-        line.direction = wic_offer.media_direction(media)  # REQ-D08
+        line.direction = wic_offer.media_direction(media)  # RFC 3264 §5.1
         out.media.append(line)
     return out
 
 
 def answer_toward_core(wic_answer: SessionDescription, core_offer: SessionDescription,
                        leg: CoreLeg) -> SessionDescription:
-    """TS 24.371 §7.4.3 b): the IMS answer built from the WIC's WebRTC answer (example 2.4)."""
+    """TS 24.371 §7.4.3 b): the IMS answer built from the WIC's WebRTC answer."""
     if len(wic_answer.media) != len(core_offer.media):
         raise SdpRejected(f"WIC answer has {len(wic_answer.media)} m= lines, the offer had "
                           f"{len(core_offer.media)} (RFC 3264 §6)", WARN_MISCELLANEOUS)
@@ -206,7 +207,7 @@ def answer_toward_core(wic_answer: SessionDescription, core_offer: SessionDescri
 # --- toward the WIC (IMS → WebRTC) ----------------------------------------------------------------
 
 def _transport_attributes(leg: WicLeg, transport: WicTransport, setup: str) -> list[Attribute]:
-    """REQ-D11/D12: our ICE and DTLS parameters; never a=ice-options:trickle (REQ-I10)."""
+    """Our ICE (RFC 8839) and DTLS (RFC 5763 §5) parameters, a=rtcp-mux; never a=ice-options:trickle."""
     attributes = [Attribute("ice-ufrag", transport.ice.ufrag), Attribute("ice-pwd", transport.ice.pwd)]
     attributes.extend(Attribute("candidate", candidate) for candidate in transport.candidates)
     attributes.append(Attribute("end-of-candidates"))
@@ -236,13 +237,13 @@ def _rejected_toward_wic(leg: WicLeg, media: MediaDescription, proto: str, forma
 def _wic_session(leg: WicLeg) -> SessionDescription:
     out = _session(leg, None)
     if leg.ice_lite:
-        out.add_attribute("ice-lite")  # RFC 8839 §5.3: session level only (REQ-I02)
+        out.add_attribute("ice-lite")  # RFC 8839 §5.3: session level only
     return out
 
 
 def answer_toward_wic(core_answer: SessionDescription, wic_offer: SessionDescription,
                       leg: WicLeg) -> SessionDescription:
-    """REQ-O04, D10–D15: the WebRTC answer to the WIC's offer, built from the core's answer.
+    """TS 24.371 §7.4.2: the WebRTC answer to the WIC's offer, built from the core's answer.
 
     Call it again for every answer of the call (183, 200, forks): the same `leg` gives the same
     ICE/DTLS lines, and `OriginVersioner.stamp` keeps the version when nothing changed.
@@ -266,11 +267,11 @@ def answer_toward_wic(core_answer: SessionDescription, wic_offer: SessionDescrip
         line = MediaDescription(offered.media, port, offered.proto, kept)
         line.connection = Connection.for_address(host)
         if mid is not None:
-            line.add_attribute("mid", mid)  # REQ-D13: echo the offer's mid
+            line.add_attribute("mid", mid)  # RFC 3264 §6, RFC 5888: echo the offer's mid
         line.attributes.extend(_transport_attributes(leg, transport, leg.answer_setup))
         line.attributes.extend(payload_attributes(offered, answered, kept))
         if answered.proto.upper() == "RTP/AVPF":
-            # RFC 4585 §4.2: feedback both sides listed (e.g. nack pli for H.264 video, A12).
+            # RFC 4585 §4.2: feedback both sides listed (e.g. nack pli for H.264 video).
             answered_feedback = tuple(v.partition(" ")[2] for v in answered.attribute_values("rtcp-fb"))
             line.attributes.extend(feedback_attributes(offered, kept, answered_feedback))
         line.attributes.extend(_timing_attributes(answered, add_default_ptime=False, keep_maxptime=True))
@@ -299,9 +300,9 @@ def plan_offer_toward_wic(core_offer: SessionDescription, policy: CodecPolicy) -
 
 
 def offer_toward_wic(core_offer: SessionDescription, leg: WicLeg, policy: CodecPolicy) -> SessionDescription:
-    """TS 24.371 §7.4.3 / REQ-M02, D10–D15: the WebRTC offer built from the core's offer (example 2.4).
+    """TS 24.371 §7.4.3: the WebRTC offer built from the core's offer.
 
-    m= line i gets mid "i" (stable across re-offers, REQ-U02).  Raises SdpRejected (305) when no
+    m= line i gets mid "i" (stable across re-offers, RFC 3264 §8).  Raises SdpRejected (305) when no
     stream keeps a codec the WIC can decode without transcoding (e.g. an AMR-WB-only offer).
     """
     out = _wic_session(leg)

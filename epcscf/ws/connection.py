@@ -4,7 +4,7 @@
 server protocol: the transaction layer and the P-CSCF only ever see this object, never
 Autobahn.  It also carries what the P-CSCF needs to know about the WebSocket itself: the
 browser Origin and when the connection was opened.  Each ``WsConnection`` is one RFC 5626
-flow (REQ-T14); its ``id`` is what flow tokens are made of, so it is unique for the life of
+flow (RFC 5626 §3.2); its ``id`` is what flow tokens are made of, so it is unique for the life of
 the process and never reused across restarts (it carries a random boot id).
 """
 
@@ -60,7 +60,7 @@ class CloseReason:
 
 # RFC 6455 §7.4.1 close codes used here
 CLOSE_NORMAL = 1000
-CLOSE_GOING_AWAY = 1001  # server shutdown (REQ-T12)
+CLOSE_GOING_AWAY = 1001  # server shutdown (RFC 6455 §7.4.1)
 
 
 class WsConnection:
@@ -104,7 +104,7 @@ class WsConnection:
     def send_message(self, message: Message) -> None:
         """Send one SIP message as one WebSocket message (RFC 7118 §5).
 
-        RFC 7118 §4.2 / REQ-T02: a text frame when the message is valid UTF-8, otherwise
+        RFC 7118 §4.2: a text frame when the message is valid UTF-8, otherwise
         a binary frame (a text frame must carry UTF-8, RFC 6455 §5.6).
         """
         if not self.connected:

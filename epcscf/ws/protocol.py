@@ -6,25 +6,26 @@ One ``SipWebSocketServerFactory`` per listener (``listen_ws``).  Autobahn does t
 WebSocket framing; this module only decides policy and moves messages:
 
 * Opening handshake (``onConnect``): the client must offer the ``sip`` subprotocol
-  (RFC 7118 §4.1, REQ-T01), else HTTP 406 and no upgrade; the ``Origin`` header is checked
-  against the configured WWSF origins (REQ-T10) and a disallowed origin gets HTTP 403
+  (RFC 7118 §4.1), else HTTP 406 and no upgrade; the ``Origin`` header is checked
+  against the configured WWSF origins (RFC 6455 §10.2) and a disallowed origin gets HTTP 403
   before any upgrade.  A request without ``Origin`` comes from a non-browser client and is
   accepted only if ``allow_missing_origin``.  We compare normalised origins ourselves
   (``scheme://host:port`` with the default port filled in) because Autobahn's own check
   answers 400 and matches patterns against a string it rebuilds.
-* Messages (``onMessage``): one WebSocket message is one SIP message (RFC 7118 §5,
-  REQ-T03), text or binary (REQ-T02), Content-Length optional.  ``\\r\\n\\r\\n`` is a
+* Messages (``onMessage``): one WebSocket message is one SIP message (RFC 7118 §5),
+  text or binary (RFC 7118 §4.2), Content-Length optional.  ``\\r\\n\\r\\n`` is a
   keep-alive ping answered with ``\\r\\n``; a lone ``\\r\\n`` (a pong) is ignored
-  (RFC 5626 §4.4.1, REQ-T07).  A message that does not parse is answered with the parser's
-  400/505/513 when a response can be routed, and the connection stays open (REQ-T12); a
-  WebSocket message holding more than one SIP message is answered 400 (REQ-T03, our
-  choice).  Every good message goes to the ``MessageSink`` with its ``WsConnection``.
-* Limits and close codes (REQ-T12/T13): Autobahn enforces ``max_message_size`` and
+  (RFC 5626 §4.4.1, RFC 7118 §6).  A message that does not parse is answered with the
+  parser's 400/505/513 when a response can be routed, and the connection stays open (a bad
+  SIP message is no WebSocket error); a WebSocket message holding more than one SIP message
+  is answered 400 (RFC 7118 §5 forbids it; the answer is our choice).  Every good message
+  goes to the ``MessageSink`` with its ``WsConnection``.
+* Limits and close codes (RFC 6455 §7.4.1): Autobahn enforces ``max_message_size`` and
   validates UTF-8 in text messages; with ``failByDrop=False`` it closes with 1009 and 1007
   instead of dropping TCP.  permessage-deflate is refused (a compression bomb would bypass
   the size limit, and SIP messages are small).
-* Liveness (REQ-T08): Autobahn answers Pings; with ``ping_interval`` > 0 it sends Pings and
-  drops the connection when no Pong arrives within ``ping_timeout``.  NB: Autobahn's
+* Liveness (RFC 7118 §6, RFC 6455 §5.5.2): Autobahn answers Pings; with ``ping_interval`` > 0
+  it sends Pings and drops the connection when no Pong arrives within ``ping_timeout``.  NB: Autobahn's
   timers are batched to whole seconds, so timeouts fire up to one second early.
 * The end of the connection (any cause) reaches the sink once as
   ``connection_closed(connection, CloseReason)``: that is the end of the RFC 5626 flow.
@@ -110,13 +111,13 @@ def normalise_origin(origin: str) -> str:
 class WsListenerSettings:
     """Policy of one WebSocket listener (the ``[ws]`` ini section)."""
 
-    #: browser origins allowed to connect (REQ-T10); default ports may be omitted
+    #: browser origins allowed to connect (RFC 6455 §10.2); default ports may be omitted
     allowed_origins: tuple[str, ...] = ()
     #: accept every Origin (labs only)
     allow_any_origin: bool = False
     #: accept clients that send no Origin at all (non-browser WICs, sipp, JsSIP in Node)
     allow_missing_origin: bool = True
-    #: largest WebSocket message accepted; bigger closes with 1009 (REQ-T13)
+    #: largest WebSocket message accepted; bigger closes with 1009 (RFC 6455 §7.4.1)
     max_message_size: int = 65536
     #: seconds between our Pings (0 = never ping)
     ping_interval: float = 25.0
@@ -233,7 +234,7 @@ class SipWebSocketServerProtocol(WebSocketServerProtocol):
         origin = request.headers.get("origin")
         allowed, why = settings.origin_decision(origin)
         if not allowed:
-            # REQ-T10 / RFC 6455 §10.2: refuse a foreign web page before upgrading.
+            # RFC 6455 §10.2: refuse a foreign web page before upgrading.
             self.factory.refused("origin")
             raise ConnectionDeny(ORIGIN_REFUSED, f"Forbidden: {why}")
         if origin is not None:
@@ -427,7 +428,7 @@ class SipWebSocketServerFactory(WebSocketServerFactory):
             utf8validateIncoming=True,  # RFC 6455 §8.1: invalid UTF-8 text → 1007
             maxMessagePayloadSize=settings.max_message_size,
             maxFramePayloadSize=settings.max_message_size,
-            failByDrop=False,  # send a Close frame with the code (1007/1009/1002), REQ-T12
+            failByDrop=False,  # send a Close frame with the code (1007/1009/1002), RFC 6455 §7.4.1
             openHandshakeTimeout=settings.open_handshake_timeout,
             closeHandshakeTimeout=settings.close_handshake_timeout,
             perMessageCompressionAccept=lambda offers: None,  # no permessage-deflate
