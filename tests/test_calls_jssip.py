@@ -17,7 +17,7 @@ from tests.support.processes import TOP, wait_for
 from tests.support.wic import as_deferred
 from tests.support.sipp import SCENARIOS, SippProcess, free_port, messages_in_trace, port_bound, require_sipp, spawn_sipp
 
-# Example 2.1 of the requirement notes, audio only, with a real fingerprint and loopback candidates.
+# A Chrome offer (as chrome_offer_2_1.sdp), audio only, with a real fingerprint and loopback candidates.
 CHROME_OFFER = os.path.join(TOP, "tests", "fixtures", "sdp", "chrome_offer_loopback.sdp")
 WEBRTC_ONLY = re.compile(r"^a=(ice-|candidate|end-of-candidates|fingerprint|setup|group|mid|msid|ssrc|extmap|rtcp-mux|rtcp-fb)", re.M)
 
@@ -52,7 +52,7 @@ class JsSipCallToSippTests(unittest.TestCase):
         await peer.wait_for("confirmed", timeout=20)
         await peer.wait_for("ended", timeout=20)
         self.assertEqual(await uas.ended.asFuture(asyncio.get_event_loop()), 0, uas.output[-2000:])
-        # What the core side saw: the IMS offer (TS 24.371 §7.4.2 b, REQ-D01..D08).
+        # What the core side saw: the IMS offer (TS 24.371 §7.4.2 b).
         invite = next(m for m in messages_in_trace(trace) if m.startswith("INVITE "))
         offer_text = invite.split("\n\n", 1)[1] if "\n\n" in invite else invite.split("\r\n\r\n", 1)[1]
         offer = SessionDescription.parse(offer_text.replace("\r\n", "\n").replace("\n", "\r\n"))
@@ -63,14 +63,14 @@ class JsSipCallToSippTests(unittest.TestCase):
         self.assertNotIn("54400", offer_text)  # the browser's transport never leaks to the core
         low, high = self.service.config.media.port_range
         self.assertTrue(low <= offer.media[0].port <= high and offer.media[0].port % 2 == 0)
-        # What the WIC got: a WebRTC answer with our ICE and DTLS (REQ-D10..D15).
+        # What the WIC got: a WebRTC answer with our ICE and DTLS (TS 23.334).
         sdp = answer["sdp"]
         self.assertEqual(answer["type"], "answer")
         for pattern in (r"^m=audio [1-9]\d* UDP/TLS/RTP/SAVPF ", r"^a=ice-ufrag:\S{4,}", r"^a=ice-pwd:\S{22,}",
                         r"^a=candidate:\S+ 1 udp \d+ 127\.0\.0\.1 \d+ typ host", r"^a=fingerprint:sha-256 ([0-9A-F]{2}:){31}[0-9A-F]{2}",
                         r"^a=setup:active", r"^a=rtcp-mux", r"^a=mid:0", r"^a=end-of-candidates"):
             self.assertRegex(sdp, re.compile(pattern, re.M))
-        self.assertNotIn("a=group:BUNDLE", sdp)  # never answer with BUNDLE (A2)
+        self.assertNotIn("a=group:BUNDLE", sdp)  # never answer with BUNDLE (not supported)
         # the call is over: nothing of it is left in the media pool
         await wait_for(lambda: not self.service.pcscf.calls.calls(), timeout=10)
 

@@ -246,7 +246,7 @@ class CallManagerTests(unittest.TestCase):
         self.assertIs(self.manager.calls()[0].state, CallState.CONFIRMED)
 
     def test_early_answer_then_bodiless_200_repeats_the_webrtc_answer(self) -> None:
-        # REQ-O05 / A7
+        # A WIC (JsSIP) ends a call whose 2xx has no SDP: the 200 repeats the 183's answer.
         context, _ = self.originate()
         early = self.respond(context, response_to(context.request, 183, CORE_SDP))
         self.assertEqual(early.body, b"v=0\r\nanswer_from_core\r\n")
@@ -275,7 +275,6 @@ class CallManagerTests(unittest.TestCase):
         self.assertEqual(self.log.count("answer_from_core"), 1)
 
     def test_final_failure_frees_the_media(self) -> None:
-        # REQ-O07
         context, _ = self.originate()
         busy = self.respond(context, response_to(context.request, 486))
         self.assertEqual(busy.status, 486)
@@ -304,7 +303,7 @@ class CallManagerTests(unittest.TestCase):
         self.assertTrue(self.medias[0].closed)
 
     def test_cancel_200_race_confirms_the_call(self) -> None:
-        # REQ-C03: the 2xx wins; the WIC will ACK and BYE.
+        # RFC 3261 §9.1: the 2xx wins; the WIC will ACK and BYE.
         context, _ = self.originate()
         self.manager.cancel_received(context)
         self.respond(context, response_to(context.request, 200, CORE_SDP))
@@ -313,7 +312,7 @@ class CallManagerTests(unittest.TestCase):
     # --- release from the middle -----------------------------------------------------------------
 
     def test_ws_closed_on_confirmed_call_sends_bye_to_the_core_with_reason(self) -> None:
-        # REQ-B02, A15
+        # TS 23.228 §5.10; RFC 3326 Reason with our cause 480
         context, call = self.confirmed_originating_call()
         self.manager.flow_closed(self.wic)
         [(bye, connection)] = self.proxy.transactions.sent
@@ -373,7 +372,7 @@ class CallManagerTests(unittest.TestCase):
         self.assertEqual(bye.method, "BYE")
 
     def test_consent_lost_sends_bye_both_ways(self) -> None:
-        # REQ-B03 / REQ-O08
+        # RFC 7675 §5.1
         context, call = self.confirmed_originating_call()
         self.medias[0].on_failure("ice", "ICE consent lost")
         sent = self.proxy.transactions.sent
@@ -417,7 +416,7 @@ class CallManagerTests(unittest.TestCase):
         return context, forward, decision
 
     def test_core_reoffer_refused_keeps_old_media(self) -> None:
-        # REQ-U02 / REQ-U04
+        # RFC 3261 §14.1
         self.confirmed_originating_call()
         context, forward, decision = self.in_dialog("INVITE", False, CORE_SDP)
         self.assertEqual(decision.request.body, b"v=0\r\noffer_from_core\r\n")
@@ -441,7 +440,7 @@ class CallManagerTests(unittest.TestCase):
         self.assertEqual(self.log, before)
 
     def test_trickle_info_is_consumed(self) -> None:
-        # REQ-I10
+        # RFC 8840
         self.confirmed_originating_call()
         _, _, decision = self.in_dialog("INFO", True, b"a=end-of-candidates\r\n", "application/trickle-ice-sdpfrag")
         self.assertIsInstance(decision, Reject)
@@ -449,7 +448,7 @@ class CallManagerTests(unittest.TestCase):
         self.assertEqual(self.log[-1], "trickle")
 
     def test_bye_from_the_wic_releases_media(self) -> None:
-        # REQ-B01
+        # RFC 3261 §15
         _, call = self.confirmed_originating_call()
         _, forward, decision = self.in_dialog("BYE", True)
         self.assertIs(decision, forward)
@@ -486,7 +485,7 @@ class CallManagerTests(unittest.TestCase):
         self.assertIsNone(bye.headers.get("Route"))
 
     def test_terminating_late_offer(self) -> None:
-        # REQ-M03: offer in the WIC's 200, answer in the core's ACK.
+        # RFC 3261 §13.2.1: offer in the WIC's 200, answer in the core's ACK.
         context, decision = self.terminate(b"")
         self.assertEqual(decision.request.body, b"")
         ok = self.respond(context, response_to(context.request, 200, WIC_OFFER))

@@ -209,7 +209,7 @@ class CallMediaTestCase(unittest.TestCase):
         wic.send_rtp(rtp(1))
         await self.until(lambda: bool(self.core.received))
         packet, source = self.core.received[0]
-        self.assertEqual(packet, rtp(1))  # decrypted, SSRC/seq/timestamp unchanged (REQ-P05)
+        self.assertEqual(packet, rtp(1))  # decrypted, SSRC/seq/timestamp unchanged (RFC 3711)
         self.assertEqual(source, (LOCAL, media.streams[0].session.core_rtp_port))
         self.core.transport.write(rtp(7, ssrc=0x55), source)
         await self.until(lambda: bool(wic.received))
@@ -240,11 +240,11 @@ class OriginatingMediaTests(CallMediaTestCase):
         self.assertEqual(line.attribute_value("fingerprint"), self.engine.certificate.fingerprint.to_sdp())
         self.assertEqual(line.attribute_value("mid"), "0")
         self.assertTrue(line.has_attribute("rtcp-mux"))
-        self.assertNotIn("trickle", parsed.to_text())  # REQ-I10
+        self.assertNotIn("trickle", parsed.to_text())  # we never trickle
         await self.assert_media_both_ways(media, wic)
 
     async def test_every_answer_keeps_credentials_and_same_content_keeps_the_version(self) -> None:
-        # REQ-O04 / REQ-O05
+        # Same ICE/DTLS in every answer (RFC 8445 §9); same content, same o= version (RFC 3264 §8)
         wic = await self.wic(controlling=True)
         media = self.media()
         await media.offer_from_wic(wic.sdp("actpass"))
@@ -318,7 +318,7 @@ class OriginatingMediaTests(CallMediaTestCase):
         self.assertEqual(self.failures, [])
 
     async def test_hold_reoffer_keeps_ports_credentials_and_dtls(self) -> None:
-        # REQ-U01 / REQ-D05 / REQ-P06
+        # RFC 3264 §8, §5.1
         media, wic, offer, answer = await self.originating_call()
         session = media.streams[0].session
         first_offer, first_answer = SessionDescription.parse(offer), SessionDescription.parse(answer)
@@ -343,7 +343,7 @@ class OriginatingMediaTests(CallMediaTestCase):
         self.assertEqual(wic.received, [])  # gated: on hold the core's RTP does not reach the WIC
 
     async def test_reoffer_adding_a_stream_allocates_it_and_keeps_the_first(self) -> None:
-        # REQ-U05: the new m= line gets its own ICE transport and core ports; the first is unchanged.
+        # RFC 3264 §8.1: the new m= line gets its own ICE transport and core ports; the first is unchanged.
         media, wic, offer, answer = await self.originating_call()
         first_port = SessionDescription.parse(offer).media[0].port
         text = wic.sdp("actpass").decode()
@@ -361,7 +361,7 @@ class OriginatingMediaTests(CallMediaTestCase):
         self.assertEqual([m.attribute_value("mid") for m in reanswer.media], ["0", "1"])
 
     async def test_refused_reoffer_keeps_the_previous_answer_base(self) -> None:
-        # REQ-U04
+        # RFC 3261 §14.1
         media, wic, offer, answer = await self.originating_call()
         await media.offer_from_wic(wic.sdp("actpass", direction="inactive"))
         media.offer_failed()
@@ -369,7 +369,7 @@ class OriginatingMediaTests(CallMediaTestCase):
         self.assertEqual(again.media[0].direction, "sendrecv")
 
     async def test_wic_ice_restart_gets_new_local_credentials(self) -> None:
-        # REQ-I09
+        # RFC 8445 §9
         media, wic, offer, answer = await self.originating_call()
         before = SessionDescription.parse(answer).media[0].attribute_value("ice-ufrag")
         await media.offer_from_wic(wic.sdp("actpass", ufrag="RestartedUfrag"))

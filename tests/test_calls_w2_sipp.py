@@ -197,7 +197,7 @@ class CallsThroughTheEdgeTests(unittest.TestCase):
         self.assertTrue(PORTS[0] <= core_offer.media[0].port <= PORTS[1])
         for forbidden in ("a=ice-", "a=candidate", "a=fingerprint", "a=setup", "a=group", "a=mid", "a=rtcp-mux"):
             self.assertNotIn(forbidden, core_invite)
-        # REQ-S06: our two Record-Route entries (core-facing, then WIC-facing with the flow token)
+        # RFC 5658 §4: our two Record-Route entries (core-facing, then WIC-facing with the flow token)
         record_route = ",".join(l.split(":", 1)[1] for l in core_invite.splitlines() if l.lower().startswith("record-route:"))
         core_side = self.service.pcscf.listener("UDP").address
         self.assertIn(f"sip:{core_side.host}:{core_side.port};transport=udp;lr", record_route)
@@ -256,7 +256,7 @@ class CallsThroughTheEdgeTests(unittest.TestCase):
         self.assert_everything_freed()
 
     async def test_consent_loss_sends_bye_to_both_sides_with_reason(self) -> None:
-        # REQ-B03 / REQ-O08 (short consent timers through the ICE configuration)
+        # RFC 7675 §5.1 (short consent timers through the ICE configuration)
         self.engine.settings = self.media_settings(consent_timeout=1.0, consent_interval=0.2, consent_min_interval=0.1)
         client, wic, invite, ok, uas, trace, _ = await self.established_originating_call()
         await as_deferred(wic.ice.close())  # the browser's media stack vanishes; signalling stays
@@ -275,7 +275,7 @@ class CallsThroughTheEdgeTests(unittest.TestCase):
         await self.assert_no_transaction_left()
 
     async def test_websocket_drop_mid_call_sends_bye_to_the_core(self) -> None:
-        # REQ-B02 / A15
+        # TS 23.228 §5.10; RFC 3326 Reason with our cause 480
         client, wic, invite, ok, uas, trace, _ = await self.established_originating_call()
         await as_deferred(client.drop())
         self.assertEqual(await uas.ended, 0, uas.output.decode(errors="replace")[-2000:])
@@ -303,7 +303,7 @@ class CallsThroughTheEdgeTests(unittest.TestCase):
         await self.assert_no_transaction_left()
 
     async def test_cancel_while_ringing_frees_everything(self) -> None:
-        # REQ-C01 (the IMS side is a bare UDP peer here: it must answer the INVITE's own Vias)
+        # RFC 3261 §9.1 (the IMS side is a bare UDP peer here: it must answer the INVITE's own Vias)
         peer = UdpSipPeer()
         port = peer.start()
         self.addCleanup(peer.stop)
@@ -343,7 +343,7 @@ class CallsThroughTheEdgeTests(unittest.TestCase):
         self.assertIs(ended.state, CallState.TERMINATED)
 
     async def test_unusable_offer_gets_488_and_nothing_reaches_the_core(self) -> None:
-        # REQ-O02
+        # RFC 3261 §21.4.26
         client = await self.registered("alice")
         offer = b"v=0\r\no=- 1 1 IN IP4 127.0.0.1\r\ns=-\r\nt=0 0\r\nm=audio 9 RTP/AVP 0\r\nc=IN IP4 127.0.0.1\r\n"
         invite = client.request("INVITE", f"sip:service@{LOCAL}:9", body=offer, content_type="application/sdp")
@@ -427,7 +427,7 @@ class CallsThroughTheEdgeTests(unittest.TestCase):
                                        "-rtp_echo", f"{core.host}:{core.port}"])
 
     async def test_ims_late_offer_gets_the_wic_offer_and_answers_in_the_ack(self) -> None:
-        # REQ-M03: INVITE without SDP; the WIC offers in its 200, the core answers in the ACK.
+        # RFC 3261 §13.2.1: INVITE without SDP; the WIC offers in its 200, the core answers in the ACK.
         client = await self.registered("alice")
         uac, trace = self.spawn_uac("calls_uac_late_offer.xml")
         invite = await self.next_request(client, "INVITE")
@@ -453,7 +453,7 @@ class CallsThroughTheEdgeTests(unittest.TestCase):
         self.assert_everything_freed()
 
     async def test_ims_hold_reinvite_keeps_credentials_and_media(self) -> None:
-        # REQ-U02: the core's re-offer (a=sendonly) → WebRTC re-offer, same ICE/DTLS, actpass.
+        # RFC 3264 §8: the core's re-offer (a=sendonly) → WebRTC re-offer, same ICE/DTLS, actpass.
         client = await self.registered("alice")
         uac, trace = self.spawn_uac("calls_uac_hold.xml")
         invite = await self.next_request(client, "INVITE")
@@ -474,8 +474,8 @@ class CallsThroughTheEdgeTests(unittest.TestCase):
         await as_deferred(client.send(self.wic_response(client, reinvite, wic.sdp("active", direction="recvonly"), "hold1")))
         await self.next_request(client, "ACK")
         self.assertIs(call.media.streams[0].session, session)
-        self.assertTrue(session.connected)  # no new DTLS association (REQ-P02)
-        self.assertEqual(session.direction.value, "recvonly")  # on hold: only core → WIC (REQ-P06)
+        self.assertTrue(session.connected)  # no new DTLS association (RFC 5763 §5)
+        self.assertEqual(session.direction.value, "recvonly")  # on hold: only core → WIC (RFC 3264 §5.1)
         bye = await self.next_request(client, "BYE")
         await as_deferred(client.answer(bye, 200))
         self.assertEqual(await uac.ended, 0, uac.output.decode(errors="replace")[-2000:])
@@ -488,7 +488,7 @@ class CallsThroughTheEdgeTests(unittest.TestCase):
 
 
     async def test_core_cancel_is_relayed_to_the_wic_and_its_487_back(self) -> None:
-        # REQ-C02
+        # RFC 3261 §9.1, §16.10
         client = await self.registered("alice")
         uac, trace = self.spawn_uac("calls_uac_cancel.xml")
         invite = await self.next_request(client, "INVITE")
@@ -507,7 +507,7 @@ class CallsThroughTheEdgeTests(unittest.TestCase):
         self.assertIn("CANCEL from the core", [entry.text for entry in ended.timeline])
 
     async def test_websocket_drop_while_ringing_answers_480_to_the_core(self) -> None:
-        # REQ-B02: an early terminating call whose flow dies gets 480 upstream; media freed.
+        # TS 23.228 §5.10: an early terminating call whose flow dies gets 480 upstream; media freed.
         client = await self.registered("alice")
         uac, trace = self.spawn_uac("calls_uac_unanswered.xml")
         invite = await self.next_request(client, "INVITE")

@@ -282,7 +282,7 @@ class UsersFileTests(unittest.TestCase):
 
 
 class RegistrarWithDigestTests(unittest.TestCase):
-    """The embedded registrar with the real authenticator and users file (REQ-R09 scenario 1)."""
+    """The embedded registrar with the real authenticator and users file (TS 24.371 SIP digest)."""
 
     def setUp(self) -> None:
         from epcscf.core.location import LocationService

@@ -1,4 +1,4 @@
-"""RFC 5626 flows and flow tokens (REQ-R02, REQ-S07, REQ-T14, REQ-X04)."""
+"""RFC 5626 flows and flow tokens (RFC 5626 §3.2, §5.2, §5.3.1)."""
 
 from __future__ import annotations
 

@@ -50,7 +50,7 @@ class IceTestCase(unittest.TestCase):
         if not isinstance(global_reactor, AsyncioSelectorReactor):
             raise unittest.SkipTest("needs trial --reactor=asyncio")
         self.loop: asyncio.AbstractEventLoop = global_reactor._asyncioEventloop
-        # aioice never offers loopback; the WIC side is told to use it (stack.md §4).
+        # aioice never offers loopback addresses as host candidates; here it must.
         self.patch(aioice.ice, "get_host_addresses", lambda use_ipv4, use_ipv6: ["127.0.0.1"])
         self.sockets_before = open_sockets()
         self.agents: list[IceAgent] = []
@@ -183,7 +183,7 @@ class FullIceTests(IceTestCase):
         wic.request_received = spy  # type: ignore[method-assign]
         await self.connect(agent, wic)
         await self.assert_data_both_ways(agent, wic)
-        # REQ-I03: regular nomination: a plain check first, USE-CANDIDATE only on a later one.
+        # RFC 8445 §8.1.1: regular nomination: a plain check first, USE-CANDIDATE only on a later one.
         self.assertFalse(seen[0])
         self.assertIn(True, seen)
         self.assertGreater(agent.stats.checks_sent, 1)
@@ -297,7 +297,7 @@ class FullIceTests(IceTestCase):
         await agent.restart()
         self.assertNotEqual(agent.local_credentials, old_credentials)
         self.assertEqual(pool.used_count, 2)
-        # REQ-I09: media keeps flowing on the old pair during the restart.
+        # RFC 8445 §9: media keeps flowing on the old pair during the restart.
         self.assertEqual(agent.selected_pair, old_pair)
         self.assertTrue(agent.send(RTP))
         self.assertEqual(await as_deferred(old_wic.recv()), RTP)
@@ -331,7 +331,7 @@ class FullIceTests(IceTestCase):
 
 
     async def test_role_conflict_is_repaired(self) -> None:
-        # REQ-I04: both sides think they are controlling; RFC 8445 §7.3.1.1 tie-breaking settles it.
+        # Both sides think they are controlling; RFC 8445 §7.3.1.1 tie-breaking settles it.
         agent = self.agent(controlling=True)
         wic = await self.wic(controlling=True)
         await self.connect(agent, wic)

@@ -1,4 +1,4 @@
-"""LiteResponder: the STUN Binding side of ICE-lite, fed crafted messages (REQ-I01, REQ-I04, A13)."""
+"""LiteResponder: the STUN Binding side of ICE-lite, fed crafted messages (RFC 8445 §7.3)."""
 
 from __future__ import annotations
 
@@ -51,7 +51,7 @@ class LiteResponderTests(unittest.TestCase):
         self.assertTrue(outcome.use_candidate and outcome.current_generation)
 
     def test_ice_controlled_peer_still_gets_success_not_487(self) -> None:
-        # A13: Chrome may claim controlled against a lite agent (webrtc bug 7478).
+        # Chrome may claim controlled against a lite agent (webrtc bug 7478).
         outcome = self.responder.answer(binding_request(**{"ICE-CONTROLLED": 5}), SOURCE)
         self.assertEqual(self.reparse(outcome.response).message_class, stun.Class.RESPONSE)
 
@@ -149,7 +149,7 @@ class _Listener:
 
 
 class LiteBackendRoutingTests(unittest.TestCase):
-    """REQ-I06: media only on the pair nominated by USE-CANDIDATE; renomination moves it."""
+    """RFC 7675 §5.1: media only on the pair nominated by USE-CANDIDATE; renomination moves it."""
 
     def setUp(self) -> None:
         from epcscf.ice.lite import LiteBackend

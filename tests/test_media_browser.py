@@ -1,11 +1,11 @@
-"""Real-browser media proof (issue 6 "Done when", REQ-P01..P04, P08; TS 24.371 §7):
+"""Real-browser media proof (TS 24.371 §7, TS 23.334 §5.20, RFC 5763/5764):
 
 1. headless Chromium (the WWSF demo page, real JsSIP and RTCPeerConnection) registers as alice
    through epcscf (embedded core) and calls a sipp UAS that answers with plain RTP/AVP PCMU and
    echoes RTP (``-rtp_echo``);
 2. a sipp UAC calls the browser registered as bob with a plain RTP/AVP PCMU offer and streams
    a PCMU tone of its own (``rtp_stream``); the page answers;
-3. as 1, then the browser holds (re-INVITE a=sendonly: the relay stops media toward it, REQ-P06)
+3. as 1, then the browser holds (re-INVITE a=sendonly: the relay stops media toward it, RFC 3264 §5.1)
    and resumes (media flows again on the same ICE/DTLS transport).
 
 Both ICE modes of [media] (full, lite) run every test.  Each call passes when the browser's RTCPeerConnection is connected (ICE + DTLS), its inbound
@@ -238,7 +238,7 @@ class BrowserMediaTests(unittest.TestCase):
 
     async def assert_dtls_roles(self, browser: Browser, user: str, browser_setup: str, ours: str,
                                 our_role: DtlsRole) -> None:
-        """RFC 5763 §5 / REQ-P02: the a=setup each side sent, and epcscf's DTLS role from them."""
+        """RFC 5763 §5: the a=setup each side sent, and epcscf's DTLS role from them."""
         setups = await browser.evaluate(user, """() => {
           const pc = window.wwsf.peerConnection;
           const setup = (sdp) => (sdp.match(/^a=setup:(\\w+)/m) || [null, null])[1];
@@ -250,7 +250,7 @@ class BrowserMediaTests(unittest.TestCase):
     def assert_relay_carried_media(self, sipp_media_port: int) -> None:
         """epcscf decrypted the browser's SRTP, sent it as RTP to sipp's SDP address, and relayed
         what came back: the core-side target is still sipp's -mp port after latching onto the
-        source of the returning RTP (REQ-P07), so the RTP came from sipp (and, with -rtp_echo,
+        source of the returning RTP (RFC 4961), so the RTP came from sipp (and, with -rtp_echo,
         sipp received the browser's audio)."""
         stats = self.relay_stats()
         self.assertEqual(stats.dtls_state.lower(), "connected", stats)
@@ -260,7 +260,7 @@ class BrowserMediaTests(unittest.TestCase):
         self.assertGreater(stats.core_to_wic.packets, 25, "sipp → browser: RTP encrypted and sent as SRTP")
 
     async def assert_released(self) -> None:
-        """No call left in epcscf, and every media port back in the pool (REQ-P08)."""
+        """No call left in epcscf, and every media port back in the pool."""
         calls = self.service.pcscf.calls
         await until(lambda: not calls.calls(), 10, f"calls released: {calls.calls()}")
         await calls.idle().asFuture(asyncio.get_event_loop())
@@ -308,7 +308,7 @@ class BrowserMediaTests(unittest.TestCase):
         return as_deferred(self._hold_and_resume())
 
     async def _hold_and_resume(self) -> None:
-        # REQ-P06 / REQ-U01: the browser's hold re-INVITE (a=sendonly) gates the relay toward it.
+        # RFC 3264 §5.1: the browser's hold re-INVITE (a=sendonly) gates the relay toward it.
         sip_port, media_port = free_udp_port(), free_udp_port()
         uas = self.spawn_sipp("uas", ["-sf", os.path.join(SCENARIOS, "media_uas_hold.xml"), "-i", LOCAL,
                                       "-p", str(sip_port), "-mi", LOCAL, "-mp", str(media_port), "-rtp_echo"])

@@ -178,7 +178,7 @@ class HandshakeOverMemoryTests(unittest.TestCase):
         self.assertIn(CERT_B.fingerprint.value, reason)  # what the peer presented
         self.assertIn(CERT_OTHER.fingerprint.value, reason)  # what the SDP said
         self.assertIn("does not match", reason)
-        # The server heard our fatal alert and failed too (REQ-P01: abort).
+        # The server heard our fatal alert and failed too (abort).
         self.assertEqual(pair.server.state, DtlsState.FAILED)
         self.assertIn("alert", pair.server_outcome.failures[0])
         self.assertEqual(pair.client_outcome.keys + pair.server_outcome.keys, [])
@@ -204,7 +204,7 @@ class HandshakeOverMemoryTests(unittest.TestCase):
             self.assertIn(f"a=fingerprint:{algorithm} ", pair.client_outcome.failures[0])
 
     def test_server_without_fingerprint_waits_then_verifies(self) -> None:
-        # REQ-P02: as offerer (actpass) the ClientHello may come before the SDP answer.
+        # RFC 5763 §5: as offerer (actpass) the ClientHello may come before the SDP answer.
         pair = MemoryPair(server_expects=None)
         pair.run()
         self.assertEqual(pair.server.state, DtlsState.CONNECTING)

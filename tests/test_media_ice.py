@@ -55,7 +55,7 @@ class MediaOverIceTests(unittest.TestCase):
         if not isinstance(global_reactor, AsyncioSelectorReactor):
             raise unittest.SkipTest("needs trial --reactor=asyncio")
         self.loop: asyncio.AbstractEventLoop = global_reactor._asyncioEventloop
-        # aioice never offers loopback (stack.md §4).
+        # aioice never offers loopback addresses as host candidates.
         self.patch(aioice.ice, "get_host_addresses", lambda use_ipv4, use_ipv6: ["127.0.0.1"])
         self.sockets_before = open_sockets()
 
@@ -91,7 +91,7 @@ class MediaOverIceTests(unittest.TestCase):
             await as_deferred(wic.connect())
             await started
 
-            # The WIC answered a=setup:active, we passive (A6): the WIC is the DTLS client.
+            # The WIC answered a=setup:active, we passive (RFC 5763 §5): the WIC is the DTLS client.
             simulator = WicSimulator(WIC_CERT, SERVER_CERT.fingerprint.value, "client")
             simulator.transport = AioiceWrite(wic)  # type: ignore[assignment]
             simulator.peer = ("wic-ice-pair", 0)  # unused: aioice sends on the selected pair

@@ -280,7 +280,7 @@ class RelayTests(MediaSessionTestCase):
         for packet in sent_up:
             wic.send_rtp(packet)
         yield wait_for(lambda: len(core_rtp.received) == 10)
-        # SSRC, sequence, timestamp and payload untouched (REQ-P05); sent from our RTP port.
+        # SSRC, sequence, timestamp and payload untouched (RFC 3711); sent from our RTP port.
         self.assertEqual(core_rtp.packets, sent_up)
         self.assertEqual({addr for _, addr in core_rtp.received}, {(LOCAL, session.core_rtp_port)})
 
@@ -341,7 +341,7 @@ class RelayTests(MediaSessionTestCase):
 
     @inlineCallbacks
     def test_telephone_events_and_repeated_packets_pass_unchanged(self):  # type: ignore[no-untyped-def]
-        # REQ-P05: RFC 4733 events (here PT 101, marker set) and CN are opaque to the relay.
+        # RFC 4733 events (here PT 101, marker set) and CN are opaque to the relay.
         session, wic, core_rtp, _, _ = yield self.connected_call()
         event = bytes([0x80, 0x80 | 101]) + rtp(50)[2:12] + bytes([5, 0x8A, 0x03, 0x20])
         comfort_noise = bytes([0x80, 13]) + rtp(51)[2:12] + b"\x40"
@@ -470,7 +470,7 @@ class GatingTests(MediaSessionTestCase):
 
     @inlineCallbacks
     def test_client_hello_before_start_dtls_is_kept(self):  # type: ignore[no-untyped-def]
-        # REQ-P02: with a=setup:actpass the WIC's ClientHello can beat the SDP answer.
+        # RFC 5763 §5: with a=setup:actpass the WIC's ClientHello can beat the SDP answer.
         session, wic_side = self.make_session()
         wic = self.make_wic(wic_side, "client")
         wic.start()
@@ -656,7 +656,7 @@ def open_descriptors() -> int:
 class CycleTests(MediaSessionTestCase):
     @inlineCallbacks
     def test_many_call_cycles_leave_pool_and_descriptors_unchanged(self):  # type: ignore[no-untyped-def]
-        # REQ-P08: ports, DTLS contexts and timers are freed whatever the path.
+        # Ports, DTLS contexts and timers are freed whatever the path.
         low = free_even_port_pair()
         pool = UdpPortPool(low, low + 1)
         wic_side = UdpWicTransport()

@@ -175,7 +175,7 @@ class ConsoleOverSshTests(unittest.TestCase):
                 break
             await asyncio.sleep(0.05)
         self.assertEqual(len(self.service.pcscf.flows), 0)
-        self.assertEqual(len(manager.calls()), 0)  # the WebSocket's end released call-one (REQ-B02)
+        self.assertEqual(len(manager.calls()), 0)  # the WebSocket's end released call-one (TS 23.228 §5.10)
 
 
 class ConsoleInProcessTests(unittest.TestCase):

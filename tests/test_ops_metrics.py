@@ -107,7 +107,7 @@ class ScrapeTests(unittest.TestCase):
         self.assertEqual(value(scraped, "epcscf_media_bytes_total", direction="wic_to_core"), 110 * 172)
         # A released call: counted once by cause, and its media stays in the totals.
         manager.release("b@core", "maintenance")
-        manager._media_failed(manager.find("a@wic")[0], "ice", "ICE failed")  # REQ-O08
+        manager._media_failed(manager.find("a@wic")[0], "ice", "ICE failed")
         for _ in range(2):  # two scrapes: each ended call is counted once
             scraped = await samples(self.service)
         self.assertEqual(value(scraped, "epcscf_calls", direction="originating"), 0)

@@ -1,9 +1,10 @@
-"""A real headless Chromium accepts the SDP we build (REQ-D11, D12, D13, M02).
+"""A real headless Chromium accepts the SDP we build (TS 24.371 §7.4.2, §7.4.3).
 
 Chromium offers audio + video + a datachannel; we run offer_toward_core, play an IMS core that
-answers PCMA, and give Chromium answer_toward_wic's result.  Then we offer example 2.2 through
-offer_toward_wic, let Chromium answer, and turn that into the IMS answer.  Only SDP is checked
-here (setRemoteDescription succeeds); media flow is the media layer's end-to-end test.
+answers PCMA, and give Chromium answer_toward_wic's result.  Then we offer the IMS example
+(ims_offer_2_2.sdp) through offer_toward_wic, let Chromium answer, and turn that into the IMS
+answer.  Only SDP is checked here (setRemoteDescription succeeds); media flow is the media
+layer's end-to-end test.
 
 `python -m tests.test_sdp_browser <mode>` is the transformation step the Node driver calls.
 """
@@ -50,7 +51,7 @@ def _wic_leg(indexes: tuple[int, ...], count: int) -> WicLeg:
 
 
 def _core_answer_for(core_offer: SessionDescription) -> str:
-    """An IMS UE answering with the first codec offered plus telephone-event, like example 2.3."""
+    """An IMS UE answering with the first codec offered plus telephone-event (as ims_answer_2_3.sdp)."""
     text = "v=0\r\no=- 1027 1027 IN IP4 127.0.0.2\r\ns=-\r\nc=IN IP4 127.0.0.2\r\nt=0 0\r\n"
     for index, media in enumerate(core_offer.media):
         if media.port == 0:

@@ -1,5 +1,5 @@
 """WebRTC offers toward the core: real Chrome/Firefox offers, datachannel, codec policy, rejections,
-re-INVITE versioning (REQ-O02, D01–D08, U01)."""
+re-INVITE versioning (RFC 3264 §8)."""
 
 from __future__ import annotations
 
@@ -186,7 +186,7 @@ class RejectionTests(SynchronousTestCase):
 
 
 class ReInviteTests(SynchronousTestCase):
-    """REQ-D05, U01: same o= username/session id per leg; version bumps only when the SDP changes."""
+    """RFC 3264 §8: same o= username/session id per leg; version bumps only when the SDP changes."""
 
     def setUp(self) -> None:
         self.versioner = OriginVersioner("epcscf", session_id="4000", address="192.0.2.10")

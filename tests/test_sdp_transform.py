@@ -1,4 +1,4 @@
-"""TS 24.371 §7.4 transformations against the worked examples of requirements.md §2 and real offers."""
+"""TS 24.371 §7.4 transformations against worked examples (``fixtures/sdp/*_2_*.sdp``), real offers."""
 
 from __future__ import annotations
 
@@ -41,7 +41,7 @@ def wic_leg(*transports: WicTransport | None, session_id: str = "4001", **option
                   fingerprint=FINGERPRINT, **options)  # type: ignore[arg-type]
 
 
-# REQ-D02: nothing of the WebRTC access edge may reach the core.
+# TS 23.228 Annex U.1: nothing of the WebRTC access edge may reach the core.
 WEBRTC_ATTRIBUTE = re.compile(
     r"^a=(ice-ufrag|ice-pwd|ice-options|ice-lite|candidate|end-of-candidates|remote-candidates|fingerprint|"
     r"setup|tls-id|group|bundle-only|rtcp-mux|rtcp-mux-only|rtcp-rsize|rtcp|msid|msid-semantic|ssrc|"
@@ -63,7 +63,7 @@ class CoreBoundLeakMixin:
 
 
 class WicOriginatedExampleTests(SynchronousTestCase, CoreBoundLeakMixin):
-    """Example 2.3: Chrome offer → IMS offer; IMS answer → WebRTC answer."""
+    """Fixtures ``*_2_1``, ``*_2_3``: Chrome offer → IMS offer; IMS answer → WebRTC answer."""
 
     def test_chrome_offer_becomes_the_example_ims_offer(self) -> None:
         offer = parse("chrome_offer_2_1.sdp")
@@ -88,7 +88,7 @@ class WicOriginatedExampleTests(SynchronousTestCase, CoreBoundLeakMixin):
         self.assertIsNone(audio.attribute("ice-lite"))
 
     def test_every_answer_of_the_call_repeats_the_same_ice_and_dtls_lines(self) -> None:
-        # REQ-O04: the 183 answer and the 200 answer (another codec) share ICE/DTLS parameters.
+        # The 183 answer and the 200 answer (another codec) share ICE/DTLS parameters.
         offer = parse("chrome_offer_2_1.sdp")
         leg = wic_leg(wic_transport(20000), None)
         early = answer_toward_wic(parse("ims_answer_2_3.sdp"), offer, leg)
@@ -130,7 +130,7 @@ class WicOriginatedExampleTests(SynchronousTestCase, CoreBoundLeakMixin):
 
 
 class WicTerminatedExampleTests(SynchronousTestCase, CoreBoundLeakMixin):
-    """Example 2.4: IMS offer → WebRTC offer; Chrome answer → IMS answer."""
+    """Fixtures ``*_2_2``, ``*_2_4``: IMS offer → WebRTC offer; Chrome answer → IMS answer."""
 
     def test_ims_offer_becomes_the_example_webrtc_offer(self) -> None:
         result = offer_toward_wic(parse("ims_offer_2_2.sdp"), wic_leg(
@@ -158,7 +158,7 @@ class WicTerminatedExampleTests(SynchronousTestCase, CoreBoundLeakMixin):
         text = result.to_text()
         self.assertIsNone(re.search(r"^a=(curr|des|conf|tcap|acap|pcfg|3ge2ae|maxptime)", text, re.M))
         self.assertNotIn("198.51.100.20", text)
-        self.assertNotIn("a=ice-options", text)  # REQ-I10: we never trickle
+        self.assertNotIn("a=ice-options", text)  # we never trickle
 
     def test_amr_wb_only_core_offer_is_rejected_with_488_naming_the_codec(self) -> None:
         error = self.assertRaises(SdpRejected, offer_toward_wic, parse("ims_offer_amrwb_only.sdp"),

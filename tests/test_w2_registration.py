@@ -192,7 +192,7 @@ class RegistrationThroughTheEdgeTests(unittest.TestCase):
 
 
 class SecureWebSocketTests(unittest.TestCase):
-    """REQ-T09: WSS with the certificate from [ws]; a client that trusts it registers."""
+    """RFC 7118 §9.1: WSS with the certificate from [ws]; a client that trusts it registers."""
 
     def setUp(self) -> None:
         import os

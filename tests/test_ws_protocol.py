@@ -242,7 +242,7 @@ class MessageTests(WsTestCase):
         self.assertEqual(message.body, b"")
         self.assertEqual(connection.messages_received, 1)
         answer = await client.recv()
-        self.assertIsInstance(answer, str)  # valid UTF-8 goes out as a text frame (REQ-T02)
+        self.assertIsInstance(answer, str)  # valid UTF-8 goes out as a text frame (RFC 7118 §4.2)
         self.assertTrue(answer.startswith("SIP/2.0 200 OK\r\n"))
         self.assertIn("branch=z9hG4bK1", answer)
 

@@ -58,7 +58,7 @@ class WwsfRegistrationTests(unittest.TestCase):
             self.assertFalse(await browser.evaluate(user, "document.getElementById('call').disabled"))
         bindings = self.service.pcscf.registrations.all()
         self.assertEqual(sorted(binding.aor for binding in bindings), [f"sip:alice@{DOMAIN}", f"sip:bob@{DOMAIN}"])
-        # Every flow came from the WWSF's page: the browser sent its Origin (REQ-T10).
+        # Every flow came from the WWSF's page: the browser sent its Origin (RFC 6455 §10.2).
         self.assertEqual({flow.origin for flow in self.service.pcscf.flows}, {self.page_url.rstrip("/")})
 
         shots = []
