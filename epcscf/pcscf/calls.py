@@ -477,7 +477,7 @@ class CallManager:
         body = sdp_body(request)
         if body is None:
             if method in ("INVITE", "UPDATE"):
-                context.data.update(call=call, sender=sender, offer_from=None)  # no SDP: a refresh
+                context.data.update(call=call, sender=sender, offer_from=None)  # a refresh (RFC 4028) or a late offer
             return forward
         assert call.media is not None
         if call.pending_offer is sender.other:
