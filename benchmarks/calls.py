@@ -25,7 +25,7 @@ Measured: calls/s completed, failures (any step wrong or slower than 10 s), setu
 (INVITE sent → ICE completed) p50/p99, epcscf CPU.  DTLS is not run by the generator: the
 eP-CSCF's ClientHello goes unanswered until the BYE (its cost per call is included).
 
-Floors (issue 5): ≥ 100 calls/s sustained for 30 s, < 1 % failures, p99 setup < 250 ms.
+Floors (the project's targets): ≥ 100 calls/s sustained for 30 s, < 1 % failures, p99 setup < 250 ms.
 The exit status is 0 whatever the figures (a measurement, not a test); non-zero only when the
 benchmark could not run.  Everything is on 127.0.0.1 and stopped on exit.
 """

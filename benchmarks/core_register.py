@@ -51,7 +51,7 @@ from epcscf.sip.parser import parse_message  # noqa: E402
 DOMAIN = "ims.localdomain"
 SERVICE_ROUTE = "sip:orig@127.0.0.1:39915;transport=tcp;lr"
 
-# Message 2 / 6 of a real capture (helpers/notes/registration_messages.txt), parameterised.
+# Message 2 / 6 of a real registration capture, parameterised.
 REGISTER = (
     "REGISTER sip:ims.localdomain SIP/2.0\r\n"
     "Path: <sip:cQ362nF-O8EMHHdzLThmN2U4MzU1LTE@127.0.0.1:40800;transport=udp;lr;ob>\r\n"

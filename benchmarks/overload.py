@@ -19,7 +19,7 @@ One table: offered, completed, refused (503 + Retry-After), failed (anything els
 calls/s completed (over the whole run, tail included), setup p50/p99 of the completed calls, epcscf
 CPU, the time epcscf's reactor thread was runnable but waited for a CPU (other processes' load:
 when it is comparable to epcscf's CPU the figures say more about the host than about epcscf), and
-the generator's own CPU.  Floor (issue 14): with overload control, completed/s ≥ 90 % of S
+the generator's own CPU.  Floor (the project's target): with overload control, completed/s ≥ 90 % of S
 and setup p99 ≤ 1 s, the excess refused, epcscf still running.  The exit status is 0 whatever the
 figures; non-zero only when the benchmark could not run.  Everything is on 127.0.0.1 and stopped
 on exit.  Figures depend on what else runs on the machine: on a shared host run it twice.

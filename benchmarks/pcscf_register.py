@@ -1,4 +1,4 @@
-"""In-process benchmark: CPU of the eP-CSCF policy layer per registration (issue 4).
+"""In-process benchmark: CPU of the eP-CSCF policy layer per registration.
 
 Run: ``.venv/bin/python benchmarks/pcscf_register.py [--wics 200] [--registrations 20000]
 [--fresh] [--profile]``.
@@ -7,9 +7,8 @@ One registration is what ``benchmarks/w2_register.py`` drives through the whole 
 (REGISTER → 401 → REGISTER with Authorization → 200), reduced to the work of the eP-CSCF
 policy (``epcscf.pcscf.edge.PcscfPolicy``, ``registration``, ``identity``, ``flows``): per
 registration, ``route_request`` for both REGISTERs and ``response_to_forward`` for the 401
-and the 200.  The messages are the real captured ones
-(``/work/helpers/notes/registration_messages.txt``), one user per WIC, parsed by the real
-parser and copied as the proxy copies them, outside the timed region; the proxy core,
+and the 200.  The messages are those of a real registration capture, one user per WIC, parsed
+by the real parser and copied as the proxy copies them, outside the timed region; the proxy core,
 transactions and transports are not involved (no sockets).  The clock is the real asyncio
 reactor (not run: the expiry timers are armed, reset and cancelled as in service).
 

@@ -1,4 +1,4 @@
-"""Benchmark (issue 4): REGISTER throughput and resident memory per idle registered connection.
+"""Benchmark: REGISTER throughput and resident memory per idle registered connection.
 
 Usage::
 
@@ -32,7 +32,7 @@ core keeps every completed REGISTER server transaction for Timer J = 64*T1 = 32 
 embedded core in a second epcscf process that the first reaches as an external core, to
 split the CPU per registration between the eP-CSCF and the core.
 
-Floors (issue 4): ≥ 1,000 registrations/s; ≤ 40 KiB per idle registered wss connection.
+Floors (the project's targets): ≥ 1,000 registrations/s; ≤ 40 KiB per idle registered wss connection.
 Every figure is printed with PASS/FAIL; the exit status is 0 whatever the figures (this is
 a measurement, not a test), non-zero only when the benchmark itself could not run.
 Everything is on 127.0.0.1, bounded in connections and time, and cleaned up on exit.
