@@ -30,9 +30,8 @@
 //   quit                                   close the browser and exit 0
 //
 // Chromium is always /usr/bin/chromium (never a downloaded browser), with a fresh profile
-// in USER_DATA_DIR and the flags a loopback-only WebRTC test needs (see
-// /work/shared/notes/testing.md): fake microphone (a beeping tone) and camera, media
-// permission granted, host candidates on 127.0.0.1, no mDNS names.
+// in USER_DATA_DIR and the flags a loopback-only WebRTC test needs: fake microphone (a beeping
+// tone) and camera, media permission granted, host candidates on 127.0.0.1, no mDNS names.
 'use strict';
 const fs = require('fs');
 const readline = require('readline');
