@@ -1,4 +1,4 @@
-"""ICE-lite toward the WIC (RFC 8445 §2.5; lite is the TS 24.371 default).
+"""ICE-lite toward the WIC (RFC 8445 §2.5; TS 24.371 allows an ICE-lite eP-CSCF).
 
 Theory of operation.  A lite agent sends no checks.  It answers the full peer's Binding requests
 on its host sockets and selects the pair on which a request carrying USE-CANDIDATE arrives
