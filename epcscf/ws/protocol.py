@@ -25,8 +25,8 @@ WebSocket framing; this module only decides policy and moves messages:
   instead of dropping TCP.  permessage-deflate is refused (a compression bomb would bypass
   the size limit, and SIP messages are small).
 * Liveness (RFC 7118 §6, RFC 6455 §5.5.2): Autobahn answers Pings; with ``ping_interval`` > 0
-  it sends Pings and drops the connection when no Pong arrives within ``ping_timeout``.  NB: Autobahn's
-  timers are batched to whole seconds, so timeouts fire up to one second early.
+  it sends Pings and drops the connection when no Pong arrives within ``ping_timeout``.
+  NB: Autobahn's timers are batched to whole seconds, so timeouts fire up to one second early.
 * The end of the connection (any cause) reaches the sink once as
   ``connection_closed(connection, CloseReason)``: that is the end of the RFC 5626 flow.
 """
