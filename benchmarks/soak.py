@@ -67,7 +67,6 @@ from calls import SCENARIO as ANSWER_SCENARIO  # noqa: E402
 from calls import CallFailed, Caller, IceSocket, sipp_pids  # noqa: E402
 from w2_register import DOMAIN, Deployment, EpcscfProcess, free_port, make_users  # noqa: E402
 
-CANCEL_SCENARIO = os.path.join(TOP, "tests", "sipp", "uas_cancel.xml")
 PROBE = os.path.join(HERE, "_soak_probe.py")
 OUTCOMES = ("answered", "rejected", "cancelled", "ws-dropped", "consent-lost")
 #: one cycle of outcomes: 40 % answered, 20 % rejected, 15 % cancelled, 15 % dropped, 10 % consent
@@ -98,6 +97,65 @@ BUSY_SCENARIO = """<?xml version="1.0" encoding="ISO-8859-1" ?>
       [last_To:];tag=[pid]SIPpTag01[call_number]
       [last_Call-ID:]
       [last_CSeq:]
+      Content-Length: 0
+
+    ]]>
+  </send>
+  <recv request="ACK"/>
+</scenario>
+"""
+
+
+# tests/sipp/uas_cancel.xml answers the INVITE with the CANCEL's one Via ([last_Via:]), right
+# for a UAC talking to it directly; through the edge and the core the 487 must carry the
+# INVITE's three Vias (core, edge, WIC: RFC 3261 §8.2.6.2), kept here from the INVITE.
+CANCEL_SCENARIO = """<?xml version="1.0" encoding="ISO-8859-1" ?>
+<!DOCTYPE scenario SYSTEM "sipp.dtd">
+<!-- IMS-side UAS that rings until CANCELled: 180, then 200 to the CANCEL and 487 to the INVITE. -->
+<scenario name="soak_uas_cancel">
+  <recv request="INVITE">
+    <action>
+      <ereg regexp=".*" search_in="hdr" header="Via:" occurrence="1" check_it="true" assign_to="via1"/>
+      <ereg regexp=".*" search_in="hdr" header="Via:" occurrence="2" check_it="true" assign_to="via2"/>
+      <ereg regexp=".*" search_in="hdr" header="Via:" occurrence="3" check_it="true" assign_to="via3"/>
+    </action>
+  </recv>
+  <send>
+    <![CDATA[
+      SIP/2.0 180 Ringing
+      [last_Via:]
+      [last_From:]
+      [last_To:];tag=[pid]SIPpTag01[call_number]
+      [last_Call-ID:]
+      [last_CSeq:]
+      Contact: <sip:[local_ip]:[local_port];transport=[transport]>
+      Content-Length: 0
+
+    ]]>
+  </send>
+  <recv request="CANCEL"/>
+  <send>
+    <![CDATA[
+      SIP/2.0 200 OK
+      [last_Via:]
+      [last_From:]
+      [last_To:];tag=[pid]SIPpTag01[call_number]
+      [last_Call-ID:]
+      [last_CSeq:]
+      Content-Length: 0
+
+    ]]>
+  </send>
+  <send>
+    <![CDATA[
+      SIP/2.0 487 Request Terminated
+      Via: [$via1]
+      Via: [$via2]
+      Via: [$via3]
+      [last_From:]
+      [last_To:];tag=[pid]SIPpTag01[call_number]
+      [last_Call-ID:]
+      CSeq: 1 INVITE
       Content-Length: 0
 
     ]]>
@@ -404,10 +462,11 @@ class Edge:
 
     def start(self) -> None:
         self.process.wait_listening(timeout=180.0)  # slow to import under tracemalloc on a busy machine
-        busy = os.path.join(self.directory, "busy.xml")
-        with open(busy, "w") as handle:
-            handle.write(BUSY_SCENARIO)
-        for name, scenario in (("answer", ANSWER_SCENARIO), ("busy", busy), ("cancel", CANCEL_SCENARIO)):
+        busy, cancel = os.path.join(self.directory, "busy.xml"), os.path.join(self.directory, "cancel.xml")
+        for path, text in ((busy, BUSY_SCENARIO), (cancel, CANCEL_SCENARIO)):
+            with open(path, "w") as handle:
+                handle.write(text)
+        for name, scenario in (("answer", ANSWER_SCENARIO), ("busy", busy), ("cancel", cancel)):
             port = free_port(socket.SOCK_DGRAM)
             self.ports[name] = port
             self.sipps.append(subprocess.Popen(

@@ -200,7 +200,7 @@ class CallManager:
             return Reject(self._overloaded(request, "too many calls"))
         call_id = request.headers.get("Call-ID") or ""
         call = Call(call_id, direction, flow, self.clock.seconds(), self.clock,
-                    collections.deque(maxlen=self.settings.timeline_length))
+                    timeline_limit=self.settings.timeline_length)
         received = context.request_as_received
         caller = Side.WIC if direction is CallDirection.ORIGINATING else Side.CORE
         call.dialog = Dialog.from_invite(received, caller)
