@@ -479,7 +479,7 @@ class Edge:
     def console(self, *lines: str) -> str:
         return run_lines(self.console_port, "soak", self.console_password, list(lines))
 
-    def counts(self, snapshot: str | None = None) -> dict[str, int]:
+    def counts(self, snapshot: str | None = None) -> dict[str, Any]:
         lines = [f"SOAK_SNAPSHOT = {snapshot!r}"] if snapshot else ["SOAK_SNAPSHOT = None"]
         screen = self.console(*lines, f"exec(open({PROBE!r}).read())")
         for line in screen.splitlines():
@@ -503,7 +503,7 @@ class Edge:
         self.process.stop()
 
 
-def back_to_baseline(baseline: dict[str, int], now: dict[str, int]) -> list[str]:
+def back_to_baseline(baseline: dict[str, Any], now: dict[str, Any]) -> list[str]:
     return [name for name in MUST_RETURN if now.get(name, 0) > baseline.get(name, 0)]
 
 
@@ -524,7 +524,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--calls", type=int, default=10000)
     parser.add_argument("--rate", type=float, default=25.0, help="calls started per second (bounded by --wics)")
     parser.add_argument("--wics", type=int, default=60)
-    parser.add_argument("--warm-up", type=int, default=200, help="calls before the baseline is taken")
+    parser.add_argument("--warm-up", type=int, default=1000,
+                        help="calls before the baseline is taken (enough to fill the parsers' bounded memos)")
     parser.add_argument("--drain-timeout", type=float, default=180.0)
     parser.add_argument("--tracemalloc", action="store_true", help="run the edge with PYTHONTRACEMALLOC=10")
     parser.add_argument("--malloc-trim", action="store_true", help="malloc_trim(0) in the edge after the drain")
@@ -570,8 +571,15 @@ class Report:
         print(f"    {'':28} {'baseline':>9} {'after':>9}")
         missing = back_to_baseline(baseline, after)
         for name in baseline:
+            if name == "detail":
+                continue
             flag = "  NOT BACK" if name in missing else ""
             print(f"    {name:28} {baseline[name]:>9} {after.get(name, 0):>9}{flag}")
+        for kind, label in (("delayed", "delayed calls"), ("objects", "objects")):
+            before, now = baseline["detail"][kind], after["detail"][kind]
+            grown = sorted(((now.get(k, 0) - before.get(k, 0), k) for k in set(before) | set(now)), reverse=True)
+            shown = ", ".join(f"{name} {delta:+d}" for delta, name in grown[:8] if delta > 0)
+            print(f"    {label} that grew: {shown or 'none'}")
         verdict = self.rss_after <= self.rss_before * (1 + RSS_TOLERANCE)
         print(f"  RSS: idle {self.rss_idle / 1024:.1f} MiB, after warm-up (baseline) {self.rss_before / 1024:.1f} MiB, "
               f"end of load {self.rss_loaded / 1024:.1f} MiB, drained {self.rss_after / 1024:.1f} MiB "

@@ -6,7 +6,8 @@ WebSocket stays named by ended calls and transactions, and an ended call stays i
 console's history for ``keep_ended`` seconds.  These tests check with weak references and
 ``gc.collect()`` that the big things (the SIP messages with their SDP, the Autobahn protocol,
 the call and its media) are let go as soon as nothing needs them, and that the history
-empties by itself once the traffic stops.
+empties by itself once the traffic stops.  What Python frees, glibc keeps in the process
+unless asked (``epcscf.ops.heap``): the last tests check that it is asked, once per burst.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from typing import Any
 from twisted.internet import task
 from twisted.trial import unittest
 
+from epcscf.ops.heap import HeapTrimmer, glibc_heap
 from epcscf.pcscf.calls import CallManager, CallSettings
 from epcscf.sip.connection import Address, ConnectionLost
 from epcscf.sip.message import Request, Response
@@ -178,3 +180,78 @@ class CallHistoryRetentionTests(unittest.TestCase):
         self.assertIsNone(call_held())
         self.assertIsNone(media_held())
         self.assertEqual(self.clock.getDelayedCalls(), [])
+
+
+class FakeHeap:
+    def __init__(self) -> None:
+        self.free = 0
+        self.trimmed = 0
+
+    def free_bytes(self) -> int:
+        return self.free
+
+    def trim(self) -> None:
+        self.trimmed += 1  # glibc keeps counting trimmed pages as free: ``free`` unchanged
+
+
+class HeapTrimmerTests(unittest.TestCase):
+    MIB = 1 << 20
+
+    def setUp(self) -> None:
+        self.clock = task.Clock()
+        self.heap = FakeHeap()
+        self.trimmer = HeapTrimmer(self.clock, self.heap, interval=10.0, threshold=16 * self.MIB)
+        self.trimmer.startService()
+        self.addCleanup(self.trimmer.stopService)
+
+    def test_a_burst_of_freed_memory_is_handed_back_once(self) -> None:
+        self.heap.free = 8 * self.MIB  # below the threshold: steady state
+        self.clock.advance(10)
+        self.assertEqual(self.heap.trimmed, 0)
+        self.heap.free = 60 * self.MIB  # a burst ended
+        self.clock.advance(10)
+        self.assertEqual(self.heap.trimmed, 1)
+        self.clock.advance(60)  # nothing new freed: no trim every 10 s
+        self.assertEqual(self.heap.trimmed, 1)
+
+    def test_reused_memory_lowers_the_floor_for_the_next_burst(self) -> None:
+        self.heap.free = 60 * self.MIB
+        self.clock.advance(10)
+        self.heap.free = 10 * self.MIB  # the next burst reuses the free chunks
+        self.clock.advance(10)
+        self.heap.free = 40 * self.MIB  # and frees them again
+        self.clock.advance(10)
+        self.assertEqual(self.heap.trimmed, 2)
+
+    def test_stopping_cancels_the_timer(self) -> None:
+        self.trimmer.stopService()
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+
+
+class GlibcHeapTests(unittest.TestCase):
+    def test_freed_c_memory_is_handed_back_by_a_trim(self) -> None:
+        heap = glibc_heap()
+        self.assertIsNotNone(heap, "this machine runs glibc >= 2.33 (Debian 12)")
+        assert heap is not None
+        heap.trim()
+        # Blocks above pymalloc's 512 bytes come from malloc; keep every 16th so that the
+        # freed ones are holes in the middle of the heap, not at its top.
+        blocks = [bytes(4000 + i % 7) for i in range(16000)]
+        kept = blocks[::16]
+        rss_full = _rss_kib()
+        free_before = heap.free_bytes()
+        del blocks
+        gc.collect()
+        self.assertGreater(heap.free_bytes() - free_before, 40 * (1 << 20))
+        rss_freed = _rss_kib()
+        heap.trim()
+        self.assertLess(_rss_kib(), rss_freed - 30 * 1024, f"RSS {rss_full} KiB full, {rss_freed} freed")
+        del kept
+
+
+def _rss_kib() -> int:
+    with open("/proc/self/status") as status:
+        for line in status:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    raise AssertionError("no VmRSS")
