@@ -9,33 +9,21 @@ line on every keystroke): to run more, write a file and type ``exec(open(path).r
 from __future__ import annotations
 
 import os
-import re
 import select
+import shutil
 import signal
 import subprocess
-import tempfile
+import sys
 import time
 
-PROMPT = b">>> "
-ANSI = re.compile(rb"\x1b\[[0-9;?]*[A-Za-z]|\x1b[()][A-Z0-9]|\x1b[=>]")
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from tests.support.ssh_console import ANSI, PROMPT, ssh_invocation  # noqa: E402
 
 
 def run_lines(port: int, user: str, password: str, lines: list[str], timeout: float = 60.0) -> str:
     """Log in, type ``lines`` one per prompt, hang up after the last prompt; the screen text."""
-    directory = tempfile.mkdtemp(prefix="epcscf-console-")
-    askpass = os.path.join(directory, "askpass")
-    with open(askpass, "w") as handle:
-        handle.write(f"#!/bin/sh\necho '{password}'\n")
-    os.chmod(askpass, 0o700)
-    env = {
-        "PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": directory, "SSH_ASKPASS": askpass,
-        "SSH_ASKPASS_REQUIRE": "force", "DISPLAY": ":0", "TERM": "dumb",
-    }
-    argv = [
-        "ssh", "-tt", "-p", str(port), "-o", "StrictHostKeyChecking=no", "-o", "UserKnownHostsFile=/dev/null",
-        "-o", "PreferredAuthentications=password", "-o", "PubkeyAuthentication=no",
-        "-o", "NumberOfPasswordPrompts=1", "-o", "LogLevel=ERROR", f"{user}@127.0.0.1",
-    ]
+    argv, env, directory = ssh_invocation(port, user, password)
     process = subprocess.Popen(argv, env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     pending = list(lines)
     output = b""
@@ -68,8 +56,7 @@ def run_lines(port: int, user: str, password: str, lines: list[str], timeout: fl
         except subprocess.TimeoutExpired:
             process.kill()
             process.wait()
-        os.remove(askpass)
-        os.rmdir(directory)
+        shutil.rmtree(directory, ignore_errors=True)
     if pending:
         raise RuntimeError(f"console: {len(pending)} line(s) not run within {timeout:g} s:\n"
                            + ANSI.sub(b"", output)[-2000:].decode(errors="replace"))

@@ -179,38 +179,6 @@ class SoakIce(IceSocket):
         if not self.mute:
             super().datagram_received(data, addr)
 
-    async def nominate(self, remote: tuple[str, int], remote_ufrag: str, remote_pwd: str, timeout: float) -> None:
-        """As ``IceSocket.nominate``, but a late success to any earlier check counts too (an
-        edge slowed down, e.g. under tracemalloc, answers after the next check left)."""
-        from aioice import stun
-
-        loop = asyncio.get_running_loop()
-        succeeded: asyncio.Future[bool] = loop.create_future()
-        sent: list[bytes] = []
-        deadline = time.monotonic() + timeout
-        try:
-            while time.monotonic() < deadline:
-                request = stun.Message(stun.Method.BINDING, stun.Class.REQUEST)
-                request.attributes["USERNAME"] = f"{remote_ufrag}:{self.ufrag}"
-                request.attributes["PRIORITY"] = 1853824767
-                request.attributes["ICE-CONTROLLING"] = 0x1234567890
-                request.attributes["USE-CANDIDATE"] = None
-                request.add_message_integrity(remote_pwd.encode())
-                request.add_fingerprint()
-                self.waiting[request.transaction_id] = succeeded
-                sent.append(request.transaction_id)
-                self.transport.sendto(bytes(request), remote)
-                try:
-                    if await asyncio.wait_for(asyncio.shield(succeeded), 0.05):
-                        return
-                except asyncio.TimeoutError:
-                    continue
-                succeeded = loop.create_future()  # an error response: try again
-        finally:
-            for transaction_id in sent:
-                self.waiting.pop(transaction_id, None)
-        raise CallFailed("ICE: no success response to the nominating check")
-
 
 class SoakFlow(WsSipFlow):
     """A WIC's WebSocket that also answers the edge's requests (a BYE on release) with 200."""
@@ -292,25 +260,7 @@ class SoakCaller(Caller):
         ok = await self._response(call_id, lambda status, method: status >= 200 and method == "INVITE")
         if not ok.startswith(b"SIP/2.0 200"):
             raise CallFailed(ok.split(b"\r\n", 1)[0].decode(errors="replace"))
-        head, _, body = ok.partition(b"\r\n\r\n")
-        headers = head.decode(errors="replace").split("\r\n")
-        to_value = self._to_of(ok)
-        contact = next(h.split(":", 1)[1].strip() for h in headers if h.lower().startswith(("contact:", "m:")))
-        target = contact[contact.index("<") + 1 : contact.index(">")] if "<" in contact else contact
-        record_route: list[str] = []
-        for h in headers:
-            if h.lower().startswith("record-route:"):
-                record_route += [v.strip() for v in h.split(":", 1)[1].split(",")]
-        routes = list(reversed(record_route))
-        self.flow.send(self.request("ACK", target, call_id, from_tag, to_value, 1, routes))
-        sdp = body.decode()
-        ufrag = re.search(r"a=ice-ufrag:(\S+)", sdp).group(1)  # type: ignore[union-attr]
-        pwd = re.search(r"a=ice-pwd:(\S+)", sdp).group(1)  # type: ignore[union-attr]
-        found = re.search(r"a=candidate:\S+ 1 udp \d+ (\S+) (\d+) typ host", sdp)
-        if found is None:
-            raise CallFailed("no host candidate in the answer")
-        await self.ice.nominate((found.group(1), int(found.group(2))), ufrag, pwd, STEP_TIMEOUT)
-        await asyncio.wait_for(self.ice.checked_by_peer.wait(), STEP_TIMEOUT)
+        target, to_value, routes = await self.ack_and_connect(ok, call_id, from_tag, True)
         self._from_tag = from_tag
         return target, to_value, routes
 
