@@ -16,7 +16,9 @@ import gc
 import weakref
 from typing import Any
 
+from twisted.internet import reactor as global_reactor
 from twisted.internet import task
+from twisted.internet.task import deferLater
 from twisted.trial import unittest
 
 from epcscf.ops.heap import HeapTrimmer, glibc_heap
@@ -25,6 +27,7 @@ from epcscf.sip.connection import Address, ConnectionLost
 from epcscf.sip.message import Request, Response
 from epcscf.sip.transaction import State, TimerSettings, TransactionLayer
 from epcscf.ws.connection import CloseReason, WsConnection
+from tests.test_calls_media import CallMediaTestCase
 from tests.test_calls_manager import ADDRESSES, FakeMedia, FakeProxy, FakeServerTransaction, invite, response_to
 from tests.test_calls_manager import FakeConnection as CallsConnection
 from tests.test_sip_transaction_fakes import FakeConnection, Recorder, request, response
@@ -255,3 +258,24 @@ def _rss_kib() -> int:
             if line.startswith("VmRSS:"):
                 return int(line.split()[1])
     raise AssertionError("no VmRSS")
+
+
+class MediaRetentionTests(CallMediaTestCase):
+    """Real sockets (the harness of ``test_calls_media``): a WIC with ICE, DTLS and SRTP."""
+
+    async def test_a_closed_call_media_leaves_nothing_of_the_call_reachable(self) -> None:
+        media, wic, _, _ = await self.originating_call()
+        await self.assert_media_both_ways(media, wic)
+        stream = media.streams[0]
+        held = {
+            "CallMedia": weakref.ref(media),
+            "MediaSession": weakref.ref(stream.session),
+            "IceAgent": weakref.ref(stream.agent),
+            "DtlsEndpoint": weakref.ref(stream.session._dtls),
+        }
+        await media.close()
+        self.medias.remove(media)
+        del media, stream
+        await deferLater(global_reactor, 0.05, lambda: None)  # the sockets' last callbacks
+        gc.collect()
+        self.assertEqual([name for name, ref in held.items() if ref() is not None], [])
