@@ -32,8 +32,9 @@ log = Logger(namespace="epcscf.ops.heap")
 
 #: seconds between two looks at the heap
 TRIM_INTERVAL = 10.0
-#: free bytes the heap may keep before they are handed back (a few calls' worth)
-TRIM_THRESHOLD = 16 * 1024 * 1024
+#: newly free bytes the heap may keep before they are handed back: a few percent of a
+#: ~100 MiB edge (a trim of that much costs a few milliseconds)
+TRIM_THRESHOLD = 4 * 1024 * 1024
 
 
 class Heap(Protocol):

@@ -39,12 +39,12 @@ class FrameSender(Protocol):
 
 class _Gone:
     """The sender of a closed connection.  Every send checks ``connected`` first, so this is
-    never called; it exists so that a closed ``WsConnection`` (still named by ended calls,
+    not reached; it exists so that a closed ``WsConnection`` (still named by ended calls,
     transactions in their last timers, the console) no longer keeps the whole Autobahn
     protocol, its transport and buffers alive."""
 
     def send_frame(self, payload: bytes, binary: bool) -> None:
-        raise AssertionError("send on a closed WebSocket")
+        raise ConnectionLost("the WebSocket is closed")
 
     def close_websocket(self, code: int, reason: str) -> None:
         pass
