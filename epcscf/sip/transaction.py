@@ -236,7 +236,7 @@ class TransactionLayer:
     def _answer_500(self, transaction: ServerTransaction) -> None:
         if transaction.last_response is not None and transaction.last_response.status >= 200:
             return
-        if transaction.state not in (State.TRYING, State.PROCEEDING):
+        if transaction.state not in (State.TRYING, State.PROCEEDING) or transaction.request is None:
             return
         transaction.respond(make_response(transaction.request, 500, to_tag=secrets.token_hex(4)))
 
@@ -257,8 +257,8 @@ class TransactionLayer:
                 continue
             if request.method == "ACK":
                 # §17.2.3: the ACK's To tag is the one of the response we sent.
-                if transaction.is_invite and transaction.last_response is not None:
-                    if identity.to_tag == to_tag(transaction.last_response):
+                if transaction.is_invite and transaction.final_to_tag is not None:
+                    if identity.to_tag == transaction.final_to_tag:
                         return transaction
             elif identity.to_tag == other.to_tag and identity.cseq_method == other.cseq_method:
                 return transaction
