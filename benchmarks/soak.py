@@ -15,7 +15,8 @@ lean client, full ICE).  Each call is one of, in turn:
 * rejected: INVITE → 486 → ACK (hop by hop, same branch: RFC 3261 §17.1.1.3);
 * cancelled: INVITE → 180 → CANCEL → 200 + 487 → ACK (RFC 3261 §9.1);
 * WebSocket dropped mid-call: answered, ICE completed, then the TCP connection is cut without a
-  close frame; the edge BYEs the core (TS 23.228 §5.10, Reason per RFC 3326); the WIC reconnects and registers again;
+  close frame; the edge BYEs the core (TS 23.228 §5.10, with an RFC 3326 Reason); the WIC
+  reconnects and registers again;
 * consent lost: answered, ICE completed, then the WIC stops answering the edge's STUN checks;
   the edge releases the call after ``consent_timeout`` (RFC 7675 §5.1) with a BYE both ways.
 
