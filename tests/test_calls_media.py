@@ -284,6 +284,28 @@ class OriginatingMediaTests(CallMediaTestCase):
         for port in range(PORTS[0], PORTS[1] + 1):
             self.pool.release(port)
 
+    async def test_ice_ports_held_by_another_process_is_503(self) -> None:
+        # Found by benchmarks/fuzz.py on a shared machine: the core-side pair binds, but every
+        # port the ICE agent tries is bound by someone else. That is a 503 like an exhausted
+        # pool (RFC 3261 §21.5.4), not a 500 with a traceback.
+        import socket
+
+        wic = await self.wic(controlling=True)
+        blockers = []
+        for port in range(PORTS[0] + 2, PORTS[1] + 1):  # the first pair stays free for RTP/RTCP
+            blocker = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+            blocker.bind((LOCAL, port))
+            blockers.append(blocker)
+        self.addCleanup(lambda: [blocker.close() for blocker in blockers])
+        media = self.media()
+        try:
+            await media.offer_from_wic(wic.sdp("actpass"))
+        except MediaRejected as error:
+            self.assertEqual(error.status, 503)
+        else:
+            self.fail("expected a 503")
+        await media.close()
+
     async def test_consent_loss_reports_an_ice_failure(self) -> None:
         self.engine = CallMediaEngine(global_reactor, self.settings(consent_interval=0.2, consent_min_interval=0.1,
                                                                     consent_timeout=1.0), self.pool)

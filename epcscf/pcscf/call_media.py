@@ -34,7 +34,7 @@ from twisted.internet import defer
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from epcscf.ice import IceAgent, IceAgentConfig, IceError, IceState, PortsExhausted, UdpPortPool
+from epcscf.ice import IceAgent, IceAgentConfig, IceClosed, IceError, IceState, PortsExhausted, UdpPortPool
 from epcscf.media import Certificate, DtlsRole, MediaError, MediaSession, MediaSessionConfig
 from epcscf.media.certificate import Fingerprint as DtlsFingerprint
 from epcscf.media.certificate import FingerprintError
@@ -352,6 +352,11 @@ class CallMedia:
         if isinstance(error, defer.FirstError):
             error = error.subFailure.value
         if isinstance(error, PortsExhausted):
+            raise MediaRejected(503, str(error))
+        if isinstance(error, IceError) and not isinstance(error, IceClosed):
+            # No socket could be bound (ports held by other processes): no media resources,
+            # the same 503 as an exhausted pool (RFC 3261 §21.5.4). An agent closed while
+            # gathering is the call's release, handled by the call manager.
             raise MediaRejected(503, str(error))
         return failure
 
