@@ -96,9 +96,31 @@ class CallMediaEngine:
             pool = UdpPortPool(*self.settings.ice.port_range)
         self.pool = pool
         self.certificate = certificate or Certificate.generate()  # one per process (RFC 5763 §5)
+        #: every CallMedia made and not yet fully closed (its sockets, tasks and timers freed)
+        self._live: set[CallMedia] = set()
 
     def __call__(self, call: Any) -> "CallMedia":
-        return CallMedia(self, getattr(call, "call_id", ""))
+        media = CallMedia(self, getattr(call, "call_id", ""))
+        self._live.add(media)
+        return media
+
+    def closed(self, media: "CallMedia") -> None:
+        """``media`` has freed everything it held (called once its close finished)."""
+        self._live.discard(media)
+
+    def resource_counts(self) -> dict[str, int]:
+        """What the calls' media hold now (leak accounting for ``/metrics`` and the console).
+
+        An agent or session counts from its creation until the close of its call's media has
+        finished, so one that is never closed shows here for as long as it lives.
+        """
+        streams = [stream for media in self._live for stream in media.streams.values()]
+        return {
+            "ice_agents": len(streams),
+            # DTLS started and not closed yet (a failed handshake still holds its endpoint)
+            "dtls_sessions": sum(1 for stream in streams if stream.session.state not in ("new", "closed")),
+            "media_ports_in_use": self.pool.used_count if self.pool is not None else 0,
+        }
 
 
 @dataclass(eq=False)
@@ -294,7 +316,7 @@ class CallMedia:
             stream.session.on_failed = None
             closing.append(defer.maybeDeferred(stream.session.close))
             closing.append(stream.agent.close())
-        return defer.DeferredList(closing, consumeErrors=True).addCallback(lambda _: None)
+        return defer.DeferredList(closing, consumeErrors=True).addCallback(lambda _: self.engine.closed(self))
 
     # --- streams -----------------------------------------------------------------------------
 
