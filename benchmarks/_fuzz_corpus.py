@@ -178,7 +178,7 @@ def byte_flips(message: bytes, rng: random.Random) -> bytes:
 
 
 def truncate(message: bytes, rng: random.Random) -> bytes:
-    return message[: rng.randrange(1, len(message))]
+    return message[: rng.randrange(1, len(message))] if len(message) > 1 else message
 
 
 def duplicate_header(message: bytes, rng: random.Random) -> bytes:
