@@ -165,6 +165,12 @@ Mutation = Callable[[bytes, random.Random], bytes]
 _HEADER_LINE = re.compile(rb"\r\n([A-Za-z-]+)[ \t]*:[^\r\n]*")
 
 
+def _random_header(message: bytes, rng: random.Random) -> "re.Match[bytes] | None":
+    """One header line of ``message`` (with its leading CRLF), chosen at random."""
+    lines = list(_HEADER_LINE.finditer(message))
+    return rng.choice(lines) if lines else None
+
+
 def _split(message: bytes) -> tuple[bytes, bytes]:
     head, separator, body = message.partition(b"\r\n\r\n")
     return head, body if separator else b""
@@ -182,12 +188,10 @@ def truncate(message: bytes, rng: random.Random) -> bytes:
 
 
 def duplicate_header(message: bytes, rng: random.Random) -> bytes:
-    lines = list(_HEADER_LINE.finditer(message))
-    if not lines:
+    line, place = _random_header(message, rng), _random_header(message, rng)
+    if line is None or place is None:
         return message
-    line = rng.choice(lines).group(0)
-    at = rng.choice(lines).end()
-    return message[:at] + line * rng.randint(1, 3) + message[at:]
+    return message[: place.end()] + line.group(0) * rng.randint(1, 3) + message[place.end():]
 
 
 def bad_content_length(message: bytes, rng: random.Random) -> bytes:
@@ -210,10 +214,9 @@ def nuls(message: bytes, rng: random.Random) -> bytes:
 
 def fold(message: bytes, rng: random.Random) -> bytes:
     """RFC 3261 §7.3.1 line folding, in places where it is legal and where it is not."""
-    lines = list(_HEADER_LINE.finditer(message))
-    if not lines:
+    line = _random_header(message, rng)
+    if line is None:
         return message
-    line = rng.choice(lines)
     text = line.group(0)
     cut = rng.randrange(2, len(text)) if len(text) > 2 else 2
     return message[: line.start()] + text[:cut] + rng.choice([b"\r\n ", b"\r\n\t", b"\r\n  \r\n ", b"\n "]) + text[cut:] + message[line.end():]
@@ -228,8 +231,10 @@ def uri_torture(message: bytes, rng: random.Random) -> bytes:
             return b" ".join([parts[0], uri, parts[2]]) + b"\r\n" + rest
     name = rng.choice([b"To", b"From", b"Contact", b"Route", b"Record-Route", b"Path", b"P-Asserted-Identity"])
     value = b"<" + uri + b">" if rng.random() < 0.7 else uri
-    return re.sub(rb"(?im)^(" + name + rb")[ \t]*:[^\r\n]*", name + b": " + value, message, count=1) if re.search(
-        rb"(?im)^" + name + rb"[ \t]*:", message) else message.replace(b"\r\n\r\n", b"\r\n" + name + b": " + value + b"\r\n\r\n", 1)
+    header = re.compile(rb"(?im)^" + name + rb"[ \t]*:[^\r\n]*")
+    if header.search(message):
+        return header.sub(lambda _: name + b": " + value, message, count=1)
+    return message.replace(b"\r\n\r\n", b"\r\n" + name + b": " + value + b"\r\n\r\n", 1)
 
 
 def sdp_torture(message: bytes, rng: random.Random) -> bytes:
@@ -255,10 +260,9 @@ def sdp_torture(message: bytes, rng: random.Random) -> bytes:
 
 
 def header_garbage(message: bytes, rng: random.Random) -> bytes:
-    lines = list(_HEADER_LINE.finditer(message))
-    if not lines:
+    line = _random_header(message, rng)
+    if line is None:
         return message
-    line = rng.choice(lines)
     name = line.group(1)
     choice = rng.randrange(4)
     if choice == 0:  # a mandatory header gone (RFC 3261 §8.1.1)
