@@ -64,6 +64,8 @@ REGISTERED_WICS = 4
 ANONYMOUS_WICS = 2
 TCP_CONNECTIONS = 4
 UDP_SOCKETS = 4
+#: a flow the edge does not read fast enough gets no more until it does (bounded generator memory)
+WRITE_BUFFER_LIMIT = 1 << 20
 MAX_MESSAGE_SIZE = 65536  # the edge's [ws]/[sip] max_message_size below
 LIVE_GAUGES = ("epcscf_sip_transactions", "epcscf_sip_timers", "epcscf_calls", "epcscf_ws_connections", "epcscf_registrations",
                "epcscf_ice_agents", "epcscf_dtls_sessions", "epcscf_media_ports_in_use", "epcscf_reactor_delayed_calls",
@@ -589,6 +591,9 @@ class Runner:
         if kind == "udp":
             message = self.fill(template, b"fuzz1")
             target = self.udp[number % UDP_SOCKETS]
+            if target.transport.get_write_buffer_size() > WRITE_BUFFER_LIMIT:
+                tally.sent["udp (not sent: socket buffer full)"] += 1
+                return
             message = message.replace(b"@PORT@", b"%d" % target.transport.get_extra_info("sockname")[1])
             target.transport.sendto(message[:65000], ("127.0.0.1", self.edge.udp))
         elif kind == "tcp":
@@ -611,7 +616,7 @@ class Runner:
                     self.spawn(again())
                 tally.sent["tcp (not sent: reconnecting)"] += 1
                 return
-            if stream.transport.get_write_buffer_size() > 1 << 20:
+            if stream.transport.get_write_buffer_size() > WRITE_BUFFER_LIMIT:
                 tally.sent["tcp (not sent: edge not reading)"] += 1
                 return
             stream.transport.write(self.fill(template, b"fuzz1"))
@@ -629,6 +634,9 @@ class Runner:
                 self.reopen(index)
             if flow is None:
                 tally.sent["ws (not sent: every flow reconnecting)"] += 1
+                return
+            if flow.transport.get_write_buffer_size() > WRITE_BUFFER_LIMIT:
+                tally.sent["ws (not sent: edge not reading)"] += 1
                 return
             user = flow.wic.user.encode()
             message = self.fill(template, user)
