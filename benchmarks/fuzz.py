@@ -3,7 +3,7 @@
 Usage::
 
     .venv/bin/python benchmarks/fuzz.py [--messages 1000000] [--seconds 1800] [--rate 3000]
-                                        [--settle 60] [--pool 20000] [--seed 1] [--keep]
+                                        [--settle 60[,140]] [--pool 20000] [--seed 1] [--keep]
 
 What it does, all on 127.0.0.1:
 
@@ -20,7 +20,7 @@ What it does, all on 127.0.0.1:
    re-registered); a UDP OPTIONS with Max-Forwards 0 every second checks the edge still answers;
 4. reports messages sent per transport, answers by status class, the rate, the generator's
    CPU (pool building apart), the edge's CPU, RSS and open fds before, right after and
-   ``--settle`` seconds after, the edge's own live counts from ``/metrics`` at those moments,
+   ``--settle`` seconds after (several moments: ``--settle 60,140``), the edge's own live counts from ``/metrics`` at those moments,
    and the tracebacks / "Unhandled error" / critical lines of the edge's log, grouped into
    families with the first lines of each.
 
@@ -698,7 +698,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--messages", type=int, default=1_000_000)
     parser.add_argument("--seconds", type=float, default=1800.0, help="cap on the sending time")
     parser.add_argument("--rate", type=float, default=3000.0, help="messages per second, all transports")
-    parser.add_argument("--settle", type=float, default=60.0, help="seconds to wait before the last measurement")
+    parser.add_argument("--settle", default="60", help="seconds after the traffic of the later measurements, e.g. 60,140 "
+                        "(140 s: past the WIC side's RFC 6026 Timer L, 64*T1 = 128 s)")
     parser.add_argument("--pool", type=int, default=20000, help="mutants built per transport")
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--keep", action="store_true", help="keep the run directory (ini, log)")
@@ -710,7 +711,8 @@ def main(argv: list[str] | None = None) -> int:
     sipp: subprocess.Popen | None = None
     try:
         edge.start(users)
-        sipp, sipp_port = start_sipp(directory, options.seconds + options.settle + 120)
+        settles = [float(text) for text in options.settle.split(",")]
+        sipp, sipp_port = start_sipp(directory, options.seconds + max(settles) + 120)
         pool_started = time.process_time()
         core = core_seeds()
         static = {b"@SIPP@": b"%d" % sipp_port, b"@EDGE@": b"%d" % edge.udp, b"@EDGEUDP@": b"%d" % edge.udp}
@@ -737,9 +739,11 @@ def main(argv: list[str] | None = None) -> int:
         elapsed = asyncio.run(runner.run(pools, fixed(wic_seeds(), {})))
         generator_cpu = time.process_time() - generator_started
         snapshots["after"] = edge.snapshot()
-        print(f"(settling {options.settle:g} s)", file=sys.stderr)
-        time.sleep(options.settle)
-        snapshots[f"after {options.settle:g} s"] = edge.snapshot()
+        stopped = time.monotonic()
+        for settle in sorted(float(text) for text in options.settle.split(",")):
+            print(f"(settling until {settle:g} s after the traffic)", file=sys.stderr)
+            time.sleep(max(0.0, stopped + settle - time.monotonic()))
+            snapshots[f"after {settle:g} s"] = edge.snapshot()
         if edge.process.poll() is not None:
             print(f"epcscf EXITED with {edge.process.returncode} during the run")
         print_report(options, runner.tally, elapsed, pool_cpu, generator_cpu, snapshots, log_findings(edge.log_path), edge.log_path)
