@@ -20,9 +20,9 @@ What it does, all on 127.0.0.1:
    re-registered); a UDP OPTIONS with Max-Forwards 0 every second checks the edge still answers;
 4. reports messages sent per transport, answers by status class, the rate, the generator's
    CPU (pool building apart), the edge's CPU, RSS and open fds before, right after and
-   ``--settle`` seconds after (several moments: ``--settle 60,140``), the edge's own live counts from ``/metrics`` at those moments,
-   and the tracebacks / "Unhandled error" / critical lines of the edge's log, grouped into
-   families with the first lines of each.
+   ``--settle`` seconds after (several moments: ``--settle 60,140``), the edge's own live
+   counts from ``/metrics`` at those moments, and the tracebacks / "Unhandled error" /
+   critical lines of the edge's log, grouped into families with the first lines of each.
 
 Bounded by ``--messages`` and ``--seconds``; stops everything it started on exit (``--keep``
 keeps the run directory and the log).  The exit status is 0 whatever was found (this is a
