@@ -252,8 +252,8 @@ def sdp_torture(message: bytes, rng: random.Random) -> bytes:
             del lines[at]
         elif action == 2:
             lines[at] = rng.choice(TORTURE_SDP_LINES)
-        else:
-            lines = lines * rng.randint(2, 20)  # many m= lines
+        elif len(lines) < 200:
+            lines = lines * rng.randint(2, 20)  # many m= lines (once: a body stays under ~100 KB)
     body = b"\r\n".join(lines)
     head = re.sub(rb"(?im)^(Content-Length|l)[ \t]*:[^\r\n]*", b"Content-Length: %d" % len(body), head, count=1)
     return head + b"\r\n\r\n" + body
@@ -309,12 +309,13 @@ def mutate(message: bytes, rng: random.Random) -> bytes:
     return message
 
 
-def build_pool(seeds: dict[str, bytes], size: int, seed: int, clean_share: float = 0.1) -> list[bytes]:
-    """``size`` templates: about ``clean_share`` of them the seeds as they are, the rest mutants."""
+def build_pool(seeds: dict[str, bytes], size: int, seed: int, limit: int, clean_share: float = 0.1) -> list[bytes]:
+    """``size`` templates: about ``clean_share`` of them the seeds as they are, the rest mutants,
+    each cut at ``limit`` bytes (over the edge's message size limit is tested, not 100 MB)."""
     rng = random.Random(seed)
     names = list(seeds)
     pool = []
     for _ in range(size):
         template = seeds[rng.choice(names)]
-        pool.append(template if rng.random() < clean_share else mutate(template, rng))
+        pool.append(template if rng.random() < clean_share else mutate(template, rng)[:limit])
     return pool

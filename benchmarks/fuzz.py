@@ -595,7 +595,7 @@ class Runner:
                 tally.sent["udp (not sent: socket buffer full)"] += 1
                 return
             message = message.replace(b"@PORT@", b"%d" % target.transport.get_extra_info("sockname")[1])
-            target.transport.sendto(message[:65000], ("127.0.0.1", self.edge.udp))
+            target.transport.sendto(message, ("127.0.0.1", self.edge.udp))
         elif kind == "tcp":
             index = number % TCP_CONNECTIONS
             stream = self.tcp[index]
@@ -726,10 +726,11 @@ def main(argv: list[str] | None = None) -> int:
             return out
 
         pools = {
-            "udp": build_pool(fixed(core, {b"@TRANSPORT@": b"UDP"}), options.pool, options.seed),
-            "tcp": build_pool(fixed(core, {b"@TRANSPORT@": b"TCP", b"@EDGE@": b"%d" % edge.tcp, b"@PORT@": b"9"}), options.pool, options.seed + 1),
+            "udp": build_pool(fixed(core, {b"@TRANSPORT@": b"UDP"}), options.pool, options.seed, 65000),  # one datagram
+            "tcp": build_pool(fixed(core, {b"@TRANSPORT@": b"TCP", b"@EDGE@": b"%d" % edge.tcp, b"@PORT@": b"9"}),
+                              options.pool, options.seed + 1, 2 * MAX_MESSAGE_SIZE),
             # Kept under [ws] max_message_size: a frame over it is a 1009 close (sent on purpose every 5,000).
-            "ws": [m[: MAX_MESSAGE_SIZE - 1024] for m in build_pool(fixed(wic_seeds(), {}), options.pool, options.seed + 2)],
+            "ws": build_pool(fixed(wic_seeds(), {}), options.pool, options.seed + 2, MAX_MESSAGE_SIZE - 1024),
         }
         pool_cpu = time.process_time() - pool_started
         time.sleep(1)
