@@ -424,3 +424,36 @@ class LiteOriginatingMediaTests(OriginatingMediaTests):
     async def test_lite_answer_says_ice_lite(self) -> None:
         media, wic, _, answer = await self.originating_call()
         self.assertIn(b"a=ice-lite", answer)
+
+
+class IceRestartCrossingTests(CallMediaTestCase):
+    """Full ICE only: a restart binds new sockets, so a crossing offer can find none gathered yet."""
+
+    async def test_core_reoffer_while_an_ice_restart_gathers_is_491(self) -> None:
+        # Found by benchmarks/fuzz.py: while a restart gathers (RFC 8445 §9) the stream has no
+        # local candidate to offer; a crossing offer from the core is refused with 491 (RFC 3261
+        # §14.2, try again later), not a 500 with a ValueError from the SDP transformation.
+        from epcscf.ice.full import FullGeneration
+
+        media, wic, _, _ = await self.originating_call()
+        agent = media.streams[0].agent
+        # Hold the new generation's gathering until the core's offer has been handled.
+        release: asyncio.Future = self.loop.create_future()
+        gather = FullGeneration.gather
+
+        async def held_gather(generation: FullGeneration) -> None:
+            await release
+            await gather(generation)
+
+        self.patch(FullGeneration, "gather", held_gather)
+        restarted = agent.restart()
+        await self.until(lambda: not agent.local_candidates())
+        try:
+            await media.offer_from_core(core_sdp(self.core_port.getHost().port))
+        except MediaRejected as error:
+            self.assertEqual(error.status, 491)
+        else:
+            self.fail("expected a 491")
+        release.set_result(None)
+        await restarted
+        self.assertTrue(agent.local_candidates())

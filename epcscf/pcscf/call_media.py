@@ -230,6 +230,11 @@ class CallMedia:
         self._save()
 
         def offer(_: object) -> bytes:
+            gathering = [i for i in accepted if not self.streams[i].agent.local_candidates()]
+            if gathering:
+                # An ICE restart (RFC 8445 §9) is still gathering the new local candidates: the
+                # offer crossed an exchange in progress, the core retries (RFC 3261 §14.2: 491).
+                raise MediaRejected(491, f"m-line {gathering[0]}: an ICE restart toward the WIC is in progress")
             try:
                 out = offer_toward_wic(core_offer, self._wic_leg(), policy)
                 self._set_core_remotes(extract_core_media_params(core_offer))
