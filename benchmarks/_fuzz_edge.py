@@ -195,7 +195,8 @@ def log_findings(path: str) -> tuple[collections.Counter, dict[str, tuple[int, l
         if not event:
             return
         text = "\n".join(event)
-        if "Traceback (most recent call last)" in text or "Unhandled error" in text:
+        # "Unhandled error in Deferred:" is an event of its own; its traceback is the next one.
+        if "Traceback (most recent call last)" in text:
             key = failure_family(event)
             count, sample = families.get(key, (0, []))
             families[key] = (count + 1, sample or event[:3] + ["\t..."] + event[-6:])

@@ -357,17 +357,19 @@ class Runner:
         sizes = {name: len(pool) for name, pool in pools.items()}
         rate, total, cap = self.options.rate, self.options.messages, self.options.seconds
         started = time.monotonic()
-        sent = 0
-        loop = asyncio.get_running_loop()
+        attempts = sent = 0  # --rate paces the attempts; --messages counts what was really sent
         while sent < total and time.monotonic() - started < cap:
-            due = min(total, int((time.monotonic() - started) * rate)) - sent
+            due = int((time.monotonic() - started) * rate) - attempts
             for _ in range(min(due, 2000)):
-                kind = schedule[sent % len(schedule)]
+                kind = schedule[attempts % len(schedule)]
                 index = position[kind]
                 position[kind] = index + 1
                 template = pools[kind][index % sizes[kind]]
-                sent += 1
-                self._send(kind, template, sent)
+                attempts += 1
+                if self._send(kind, template, attempts):
+                    sent += 1
+                    if sent >= total:
+                        break
             await asyncio.sleep(0.005)
         self.stopping = True
         elapsed = time.monotonic() - started
@@ -384,17 +386,17 @@ class Runner:
         for protocol in [*self.udp, self.probe]:
             protocol.transport.close()
         await asyncio.sleep(0.2)
-        del loop
         return elapsed
 
-    def _send(self, kind: str, template: bytes, number: int) -> None:
+    def _send(self, kind: str, template: bytes, number: int) -> bool:
+        """One mutant on ``kind``; False when it could not be sent (reconnecting, edge not reading)."""
         tally = self.tally
         if kind == "udp":
             message = self.fill(template, b"fuzz1")
             target = self.udp[number % UDP_SOCKETS]
             if target.transport.get_write_buffer_size() > WRITE_BUFFER_LIMIT:
                 tally.sent["udp (not sent: socket buffer full)"] += 1
-                return
+                return False
             message = message.replace(b"@PORT@", b"%d" % target.transport.get_extra_info("sockname")[1])
             target.transport.sendto(message, ("127.0.0.1", self.edge.udp))
         elif kind == "tcp":
@@ -416,10 +418,10 @@ class Runner:
 
                     self.spawn(again())
                 tally.sent["tcp (not sent: reconnecting)"] += 1
-                return
+                return False
             if stream.transport.get_write_buffer_size() > WRITE_BUFFER_LIMIT:
                 tally.sent["tcp (not sent: edge not reading)"] += 1
-                return
+                return False
             stream.transport.write(self.fill(template, b"fuzz1"))
         else:
             self.ws_sent += 1
@@ -435,19 +437,21 @@ class Runner:
                 self.reopen(index)
             if flow is None:
                 tally.sent["ws (not sent: every flow reconnecting)"] += 1
-                return
+                return False
             if flow.transport.get_write_buffer_size() > WRITE_BUFFER_LIMIT:
                 tally.sent["ws (not sent: edge not reading)"] += 1
-                return
+                return False
             user = flow.wic.user.encode()
             message = self.fill(template, user)
             roll = self.ws_sent % 5000
             if roll == 1:
                 flow.send_raw(b"x" * (MAX_MESSAGE_SIZE + 1), binary=True)  # RFC 6455 §7.4.1: 1009
                 tally.sent["ws oversize frame (1009 expected)"] += 1
+                return True
             elif roll == 2:
                 flow.transport.write(client_frame(b"\xff\xfe" + message, OPCODE_TEXT))  # RFC 6455 §8.1: 1007
                 tally.sent["ws text frame not UTF-8 (1007 expected)"] += 1
+                return True
             else:
                 try:
                     message.decode()
@@ -456,6 +460,7 @@ class Runner:
                     binary = True  # RFC 7118 §4.2: binary frames carry what is not UTF-8
                 flow.send_raw(message, binary)
         tally.sent[kind] += 1
+        return True
 
 
 # --- report -----------------------------------------------------------------------------------
