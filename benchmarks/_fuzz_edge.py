@@ -140,7 +140,7 @@ def start_sipp(directory: str, seconds: float) -> tuple[subprocess.Popen, int]:
     port = free_port(socket.SOCK_DGRAM)
     process = subprocess.Popen(
         [sipp, "-sf", SIPP_SCENARIO, "-i", "127.0.0.1", "-p", str(port), "-mi", "127.0.0.1", "-mp", str(free_port(socket.SOCK_DGRAM)),
-         "-nostdin", "-timeout", f"{int(seconds)}s", "-max_recv_loops", "10000"]  # no -trace_err: mutants make sipp write hundreds of MB,
+         "-nostdin", "-timeout", f"{int(seconds)}s", "-max_recv_loops", "10000"],  # no -trace_err: mutants make sipp write hundreds of MB
         cwd=directory, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )
     return process, port
