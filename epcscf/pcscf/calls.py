@@ -284,6 +284,14 @@ class CallManager:
         call.note("sip-in", f"{response.status} {response.reason} from the {responder.value}")
         if initial and call.state in (CallState.TERMINATING, CallState.TERMINATED):
             return self._response_after_release(call, response, responder)
+        if call.media is None:
+            # The call ended (a BYE crossing a re-INVITE, a new INVITE with its Call-ID) while
+            # this transaction was open: the response still ends the transaction, but its SDP
+            # can no longer be transformed and is never relayed as it is (TS 24.371 §7.4).
+            log.info("{status} for call {call_id}, which has ended: relayed without its body",
+                     status=response.status, call_id=call.call_id)
+            strip_body(response)
+            return response
         if call.dialog is not None:
             call.dialog.response_seen(response, responder)
         rewritten = defer.maybeDeferred(self._rewrite_response_sdp, call, context, response, responder, initial)

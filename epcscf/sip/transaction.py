@@ -380,6 +380,10 @@ class TransactionLayer:
         """Every live transaction (for tests and the console)."""
         return [*self._servers.values(), *self._rfc2543_servers, *self._clients.values()]
 
+    def pending_timers(self) -> int:
+        """RFC 3261 §17 timers armed now (they share one reactor call, see ``TimerQueue``)."""
+        return self._clock.pending()
+
     def close(self) -> None:
         """Cancel every timer and forget every transaction (service shutdown)."""
         for transaction in self.transactions():
