@@ -64,7 +64,11 @@ T = TypeVar("T")
 
 
 def as_deferred(coroutine: Coroutine[Any, Any, T]) -> Deferred[T]:
-    """Run an asyncio coroutine on the reactor's loop (stack.md §4: ensureDeferred cannot)."""
+    """Run an asyncio coroutine on the reactor's loop.
+
+    Not ``defer.ensureDeferred``: Twisted's coroutine driver cannot await asyncio futures
+    ("await wasn't used with future").
+    """
     return Deferred.fromFuture(asyncio.ensure_future(coroutine))
 
 

@@ -5,7 +5,7 @@ the WIC are written into its read BIO (`datagram_received`), and whatever OpenSS
 is read from its write BIO and handed to the injected `send` callable (the ICE agent's
 selected pair).  Twisted has no DTLS transport; this is the aiortc `RTCDtlsTransport` design.
 
-Timers are ours (stack.md §5): OpenSSL only *reports* its retransmission deadline
+Timers are ours: OpenSSL only *reports* its retransmission deadline
 (`DTLSv1_get_timeout`, RFC 6347 §4.2.4.1: 1 s, doubling, at most 60 s) and retransmits when
 asked (`DTLSv1_handle_timeout`).  After every step we re-arm one `callLater` on the injected
 `IReactorTime`.  OpenSSL measures the deadline on the real clock, so a timer that fires early
@@ -175,7 +175,7 @@ def _context(certificate: Certificate, srtp_profiles: tuple[str, ...]) -> SSL.Co
     # RFC 5763 §5: both sides present a certificate; the server must ask for the client's.
     context.set_verify(SSL.VERIFY_PEER | SSL.VERIFY_FAIL_IF_NO_PEER_CERT, _verify_for_endpoint)
     context.set_tlsext_use_srtp(":".join(srtp_profiles).encode("ascii"))
-    # stack.md §5: with OP_NO_QUERY_MTU the MTU must be set, or the handshake dies with EOF.
+    # With OP_NO_QUERY_MTU the MTU must be set, or the handshake dies with an unexpected EOF.
     context.set_options(SSL.OP_NO_QUERY_MTU)
     return context
 
