@@ -1,12 +1,15 @@
 """One eP-CSCF: listeners on both sides, the transaction layer, the proxy and its policy.
 
-``PcscfNode`` is what ``epcscf.service`` starts; tests start one directly with
-listeners on port 0.  Everything that moves messages is created here and only
-here, so the wiring can be read in one place:
+``PcscfNode`` is what ``epcscf.service`` (which wires the services together) builds and
+starts; tests start one directly with listeners on port 0.  Inside it, the message path:
 
     WS listener ──► WsSink ─┐                              ┌─► StatefulProxy ─► PcscfPolicy ─► CallManager
     UDP/TCP/TLS ──► TransportManager ─► TransactionLayer ─┤
                                                            └─ (responses, retransmissions, timers)
+
+Operations (console, metrics, drain, reload) see the node only through ``operations``
+(``epcscf.pcscf.operations.NodeOperations``); the metrics' event callbacks come in once,
+as the ``observers`` given at construction.
 """
 
 from __future__ import annotations
@@ -29,6 +32,7 @@ from epcscf.pcscf.edge import EdgeAddresses, PcscfPolicy
 from epcscf.pcscf.flows import Flow, FlowTable
 from epcscf.pcscf.guard import SourceRule, TrustedSources
 from epcscf.pcscf.limits import AuthFailures, FlowRateLimiter, FlowVerdict, answer_refused_message
+from epcscf.pcscf.operations import NodeObservers, PcscfOperations
 from epcscf.pcscf.registration import RegistrationBinding, Registrations
 from epcscf.sip.connection import Address, Connection
 from epcscf.sip.message import Message
@@ -163,6 +167,7 @@ class PcscfNode(Service):
         reactor: Any = None,
         core_targets: Callable[[], list[Target]] | None = None,
         dns_resolver: Any = None,
+        observers: NodeObservers | None = None,
     ) -> None:
         if reactor is None:
             from twisted.internet import reactor as default_reactor
@@ -170,6 +175,7 @@ class PcscfNode(Service):
             reactor = default_reactor
         self.config = config
         self.reactor = reactor
+        self.observers = observers if observers is not None else NodeObservers()
         #: fixed next hop toward the core (the embedded core); None: resolve [core] next_hop
         self._core_targets = core_targets
         self.flows = FlowTable(reactor)
@@ -208,6 +214,7 @@ class PcscfNode(Service):
         self.overload = OverloadController(self.overload_settings, reactor)
         self.auth_failures = AuthFailures(self.overload_settings, reactor)
         self.admission = AdmissionChain()
+        self.admission.on_refused = self.observers.admission_refused
         self.new_work_gate = NewWorkGate(self.overload, self.registrations)
         self.admission.add("overload", self.new_work_gate)
         self.admission.add("auth_failures", self.auth_failures)
@@ -215,6 +222,8 @@ class PcscfNode(Service):
             FlowRateLimiter(self.overload_settings, reactor) if self.overload_settings.flow_messages_per_second > 0 else None
         )
         self._load_probe: LoadProbe | None = None
+        #: the one interface operations use (plain data in and out)
+        self.operations = PcscfOperations(self)
 
     # --- TransactionUser: everything goes through the proxy ---------------------------------
 
@@ -239,6 +248,8 @@ class PcscfNode(Service):
     def startService(self) -> None:  # noqa: N802
         sip = [BoundListener(l.transport.upper(), self.transports.listen(l)) for l in self.config.sip.listen]
         self.ws_factory = SipWebSocketServerFactory(ws_settings(self.config), _WsSink(self), reactor=self.reactor)
+        self.ws_factory.on_refused = self.observers.ws_refused
+        self.ws_factory.on_parse_error = self.observers.parse_error
         ws = [self._listen_ws(listener) for listener in self.config.ws.listen]
         self.listeners = sip + ws
         core_side = self._public(sip[0])
@@ -262,6 +273,8 @@ class PcscfNode(Service):
         if self.config.core.mode == "external":
             self.policy.core_entry = ", ".join(self.config.core.next_hop)
         self.policy.trusted_sources = self.trusted_sources
+        self.policy.on_register_response = self.observers.register_response
+        self.policy.on_refused = self.observers.request_refused
         self._trust_core_sources()
         self.proxy = StatefulProxy(
             self.reactor,
@@ -398,11 +411,15 @@ class PcscfNode(Service):
 
     def _flow_closed(self, flow: Flow) -> None:
         log.info("flow {flow} closed ({reason})", flow=flow.id, reason=flow.close_reason)
+        if self.observers.flow_closed is not None:
+            self.observers.flow_closed()
         if self.calls is not None:
             self.calls.flow_closed(flow.connection)
 
     def _binding_removed(self, binding: RegistrationBinding, reason: str) -> None:
         log.info("registration of {aor} on flow {flow} ended: {reason}", aor=binding.aor, flow=binding.flow_id, reason=reason)
+        if self.observers.registration_ended is not None:
+            self.observers.registration_ended(reason)
 
     def listener(self, transport: str) -> BoundListener | None:
         return next((l for l in self.listeners if l.transport == transport.upper()), None)
