@@ -10,6 +10,7 @@ from typing import Any
 
 from twisted.trial import unittest
 
+from epcscf.ops.lifecycle import LIVE_KEYS
 from epcscf.pcscf.call_state import CallDirection
 from epcscf.pcscf.operations import NodeOperations, PcscfOperations
 from tests.support.deployment import DOMAIN, start_deployment
@@ -26,6 +27,11 @@ class InterfaceTests(unittest.TestCase):
             self.assertEqual(
                 inspect.signature(getattr(PcscfOperations, name)), inspect.signature(getattr(NodeOperations, name)), name
             )
+
+    def test_a_reload_has_one_parameter_per_live_key_of_ws_and_sip(self) -> None:
+        for section, operation in (("ws", NodeOperations.update_ws_settings), ("sip", NodeOperations.update_limits)):
+            parameters = set(inspect.signature(operation).parameters) - {"self"}
+            self.assertEqual(parameters, {key for live_section, key in LIVE_KEYS if live_section == section}, section)
 
 
 class RunningNodeTests(unittest.TestCase):

@@ -125,19 +125,11 @@ def apply_config(service: Any, new: Config) -> list[ConfigChange]:
     operations: NodeOperations = service.operations
     if ("log", "level") in touched:
         set_log_level("", config.log.level)
+    # The live keys of [ws] and [sip] are exactly the parameters of these two operations.
     if any(section == "ws" for section, _ in touched):
-        ws = config.ws
-        operations.update_ws_settings(
-            allowed_origins=ws.allowed_origins,
-            allow_any_origin=ws.allow_any_origin,
-            allow_missing_origin=ws.allow_missing_origin,
-            max_message_size=ws.max_message_size,
-            ping_interval=ws.ping_interval,
-            ping_timeout=ws.ping_timeout,
-        )
+        operations.update_ws_settings(**_live_values(config, "ws"))
     if any(section == "sip" for section, _ in touched):
-        sip = config.sip
-        operations.update_limits(sip.max_message_size, sip.max_headers, sip.max_line_length)
+        operations.update_limits(**_live_values(config, "sip"))
     # [core] next_hop is read from the node's config at each resolution (external mode).
     service.config = config
     operations.use_config(config)
@@ -151,6 +143,12 @@ def apply_config(service: Any, new: Config) -> list[ConfigChange]:
             how="applied" if change.applied else "restart needed",
         )
     return changes
+
+
+def _live_values(config: Config, section: str) -> dict[str, Any]:
+    """The values of ``section``'s keys in ``LIVE_KEYS``, by key."""
+    values = getattr(config, section)
+    return {key: getattr(values, key) for live_section, key in LIVE_KEYS if live_section == section}
 
 
 def reload_config(service: Any) -> list[ConfigChange]:
