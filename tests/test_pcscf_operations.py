@@ -64,7 +64,9 @@ class RunningNodeTests(unittest.TestCase):
         (call,) = self.operations.calls()
         self.assertEqual((call["call_id"], call["live"], call["packets"]), ("call-1@wic", True, {"wic_to_core": 7, "core_to_wic": 8}))
         self.assertEqual([entry["kind"] for entry in self.operations.call_timeline("call-1@wic")], ["sip-in", "state"])
-        for answer in (stats, self.operations.registrations(), self.operations.flows(), self.operations.calls()):
+        counts = self.operations.resource_counts()
+        self.assertEqual(counts["calls"], 1)
+        for answer in (stats, counts, self.operations.registrations(), self.operations.flows(), self.operations.calls()):
             self.assert_plain(answer)
         self.assertIsInstance(self.operations.pending_transactions(), int)
         self.assertIsInstance(self.operations.pending_client_transactions(), int)

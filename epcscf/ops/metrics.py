@@ -25,13 +25,19 @@ Counters derived from state:
   ``calls()`` (kept ``[calls] history`` seconds, far longer than any scrape interval), with
   their end cause, failing layer and final media figures; media packet/byte totals are
   those of the ended calls counted so far plus those of the live calls.
+
+Leak accounting: the gauges of ``resource_counts()`` (transactions, calls, ICE agents,
+DTLS sessions, media ports, SIP timers, reactor delayed calls, asyncio tasks) go back
+to their idle values once traffic stops and timers have run; open file descriptors and RSS
+come from prometheus-client's ``ProcessCollector`` (``process_open_fds``,
+``process_resident_memory_bytes``), registered on this registry as well.
 """
 
 from __future__ import annotations
 
 from typing import Any, Callable, Iterator
 
-from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client import CollectorRegistry, Counter, Histogram, ProcessCollector
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.exposition import choose_encoder
 from twisted.application.service import Service
@@ -46,6 +52,16 @@ from epcscf.pcscf.operations import MEDIA_DIRECTIONS, NodeObservers, NodeOperati
 log = Logger(namespace="epcscf.ops.metrics")
 
 MEDIA_FAILURE_LAYERS = ("ice", "dtls", "consent")
+#: (metric, key of ``NodeOperations.resource_counts()``, help) of the leak-accounting gauges; the open
+#: file descriptors are the process collector's ``process_open_fds``.
+RESOURCE_GAUGES = (
+    ("epcscf_sip_timers", "sip_timers", "RFC 3261 transaction timers armed now"),
+    ("epcscf_ice_agents", "ice_agents", "ICE agents toward WICs not yet closed"),
+    ("epcscf_dtls_sessions", "dtls_sessions", "DTLS-SRTP sessions started and not yet closed"),
+    ("epcscf_media_ports_in_use", "media_ports_in_use", "UDP ports of [media] port_range in use (ICE, RTP, RTCP)"),
+    ("epcscf_reactor_delayed_calls", "delayed_calls", "timers pending in the reactor (reactor.getDelayedCalls())"),
+    ("epcscf_asyncio_tasks", "asyncio_tasks", "asyncio tasks not done on the reactor's event loop (aioice)"),
+)
 LAG_BUCKETS = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
 
 
@@ -149,6 +165,13 @@ class EpcscfMetrics:
         )
         self.live = LiveStateCollector(operations)
         self.registry.register(self.live)
+        # process_open_fds, process_resident_memory_bytes, CPU…: the library's own collector,
+        # registered here too because this registry is not the process-global one.
+        self.process = ProcessCollector(registry=self.registry)
+
+    def process_figures(self) -> dict[str, float]:
+        """The process collector's samples by name (``process_open_fds``…), for the console."""
+        return {sample.name: sample.value for family in self.process.collect() for sample in family.samples}
 
     def observers(self) -> NodeObservers:
         """The callbacks the eP-CSCF is given at construction."""
@@ -246,10 +269,7 @@ class LiveStateCollector:
         registrations = GaugeMetricFamily("epcscf_registrations", "registration bindings held now")
         registrations.add_metric([], stats["registrations"])
         yield registrations
-        family = GaugeMetricFamily("epcscf_sip_transactions", "SIP transactions alive now", labels=["kind"])
-        family.add_metric(["server"], stats["server_transactions"])
-        family.add_metric(["client"], stats["client_transactions"])
-        yield family
+        yield from self._resources(operations.resource_counts())
         yield from self._calls(operations.calls())
         draining = GaugeMetricFamily("epcscf_draining", "1 while the service drains before stopping")
         draining.add_metric([], 1 if stats["draining"] else 0)
@@ -265,6 +285,17 @@ class LiveStateCollector:
         opened = CounterMetricFamily("epcscf_ws_connections_opened", "WebSocket connections (flows) opened")
         opened.add_metric([], self.flows_closed + stats["flows"])
         yield opened
+
+    def _resources(self, counts: dict[str, int]) -> Iterator[Metric]:
+        """Leak accounting: what calls and flows hold now (``NodeOperations.resource_counts``)."""
+        family = GaugeMetricFamily("epcscf_sip_transactions", "SIP transactions alive now", labels=["kind"])
+        family.add_metric(["server"], counts["server_transactions"])
+        family.add_metric(["client"], counts["client_transactions"])
+        yield family
+        for name, key, text in RESOURCE_GAUGES:
+            gauge = GaugeMetricFamily(name, text)
+            gauge.add_metric([], counts[key])
+            yield gauge
 
     def _calls(self, calls: list[dict[str, Any]]) -> Iterator[Metric]:
         ended_calls = [call for call in calls if not call["live"]]

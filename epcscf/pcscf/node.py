@@ -222,6 +222,7 @@ class PcscfNode(Service):
             FlowRateLimiter(self.overload_settings, reactor) if self.overload_settings.flow_messages_per_second > 0 else None
         )
         self._load_probe: LoadProbe | None = None
+        self.media_engine: CallMediaEngine | None = None
         #: the one interface operations use (plain data in and out)
         self.operations = PcscfOperations(self)
 
@@ -285,10 +286,11 @@ class PcscfNode(Service):
         )
         self.proxy.transactions = self.transactions
         # TS 24.371 §7: every INVITE dialog goes through the call manager (ICE, SDP, media).
+        self.media_engine = CallMediaEngine(self.reactor, call_media_settings(self.config))
         self.calls = CallManager(
             self.reactor,
             addresses,
-            CallMediaEngine(self.reactor, call_media_settings(self.config)),
+            self.media_engine,
             CallSettings(keep_ended=self.config.calls.history, warning_agent=addresses.core_host),
             self.proxy,
         )
@@ -421,5 +423,12 @@ class PcscfNode(Service):
         if self.observers.registration_ended is not None:
             self.observers.registration_ended(reason)
 
+    # --- leak accounting -------------------------------------------------------------------------
+
+    def resource_counts(self) -> dict[str, int]:
+        """Live counts of everything a call or a flow holds (``PcscfOperations.resource_counts``)."""
+        return self.operations.resource_counts()
+
     def listener(self, transport: str) -> BoundListener | None:
         return next((l for l in self.listeners if l.transport == transport.upper()), None)
+

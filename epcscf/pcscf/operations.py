@@ -15,6 +15,7 @@ construction and hands each callback to the layer that sees the event.
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any, Callable, Protocol
 
@@ -66,6 +67,8 @@ class NodeOperations(Protocol):
     def handles_calls(self) -> bool: ...
 
     def pending_transactions(self) -> int: ...
+
+    def resource_counts(self) -> dict[str, int]: ...
 
     def pending_client_transactions(self) -> int: ...
 
@@ -136,8 +139,7 @@ class PcscfOperations:
         factory = node.ws_factory
         live = call_view.live_calls(node.calls)
         directions = [call.summary()["direction"] for call in live]
-        transactions = node.transactions.transactions()
-        servers = sum(1 for transaction in transactions if isinstance(transaction, ServerTransaction))
+        servers, clients = self._transaction_counts()
         return {
             "ws_connections": len(factory.connections) if factory is not None else 0,
             "flows": len(node.flows),
@@ -146,7 +148,7 @@ class PcscfOperations:
             "calls_terminating": directions.count("terminating"),
             "calls_ended": len(call_view.ended_calls(node.calls)),
             "server_transactions": servers,
-            "client_transactions": len(transactions) - servers,
+            "client_transactions": clients,
             "pending_transactions": self.pending_transactions(),
             "draining": self.draining,
             "overloaded": node.overload.overloaded,
@@ -155,6 +157,33 @@ class PcscfOperations:
     def handles_calls(self) -> bool:
         """Whether calls go through a call manager here (the node has started)."""
         return self.node.calls is not None
+
+    def resource_counts(self) -> dict[str, int]:
+        """Live counts of everything a call or a flow holds, for ``/metrics`` and the console.
+
+        After traffic stops and the timers have run, every count returns to its idle value
+        (transactions, calls, agents, sessions and ports to zero); one that does not is a leak.
+        """
+        node = self.node
+        servers, clients = self._transaction_counts()
+        media = node.media_engine.resource_counts() if node.media_engine is not None else {}
+        return {
+            "server_transactions": servers,
+            "client_transactions": clients,
+            "sip_timers": node.transactions.pending_timers(),
+            "calls": len(node.calls.calls()) if node.calls is not None else 0,
+            "ice_agents": media.get("ice_agents", 0),
+            "dtls_sessions": media.get("dtls_sessions", 0),
+            "media_ports_in_use": media.get("media_ports_in_use", 0),
+            "delayed_calls": len(node.reactor.getDelayedCalls()),
+            "asyncio_tasks": _asyncio_tasks(),
+        }
+
+    def _transaction_counts(self) -> tuple[int, int]:
+        """(server, client) transactions alive now."""
+        transactions = self.node.transactions.transactions()
+        servers = sum(1 for transaction in transactions if isinstance(transaction, ServerTransaction))
+        return servers, len(transactions) - servers
 
     def pending_transactions(self) -> int:
         """Server transactions that have not sent their final response yet (RFC 3261 §17.2)."""
@@ -284,3 +313,12 @@ class PcscfOperations:
     def stop_accepting(self) -> defer.Deferred:
         """Close the WebSocket listeners: no new WIC connections; flows stay up."""
         return self.node.stop_accepting()
+
+
+def _asyncio_tasks() -> int:
+    """Tasks not done on the running asyncio loop (aioice's, under Twisted's asyncio reactor)."""
+    try:
+        loop = asyncio.get_running_loop()
+    except RuntimeError:
+        return 0  # not under a running loop (a test on task.Clock): nothing of aioice can run either
+    return len(asyncio.all_tasks(loop))
