@@ -294,6 +294,10 @@ class PcscfNode(Service):
         if listener.transport not in WEBSOCKET_TRANSPORTS and self.config.sip.public_address:
             host = self.config.sip.public_address
         if host in ("0.0.0.0", "::"):
+            # Only a [ws] listener gets here from a loaded config ([sip] needs public_address).
+            # A WIC sends every request over its own WebSocket (RFC 7118 §5), so the host in
+            # the Via and Record-Route we give it only has to be the one we recognise.
+            log.warn("{listener} is on every address: Via and Record-Route toward WICs name 127.0.0.1", listener=listener)
             host = "127.0.0.1"
         return BoundListener(listener.transport, Address(host, listener.address.port))
 
