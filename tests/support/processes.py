@@ -20,11 +20,15 @@ def child_env(**extra: str) -> dict[str, str]:
     return env
 
 
-async def wait_for(condition: Callable[[], bool], timeout: float = 10.0, interval: float = 0.05) -> None:
-    """Poll ``condition`` on the real reactor until true; fail after ``timeout`` seconds.
+async def wait_for(
+    condition: Callable[[], bool], timeout: float = 10.0, interval: float = 0.05, what: str = ""
+) -> None:
+    """Poll ``condition`` on the real reactor until true; fail after ``timeout`` seconds
+    (counted in ``interval`` steps) naming ``what`` (or the condition).
 
-    Works from a coroutine driven by Twisted (an ``async def`` test) and from one running
-    as an asyncio task (``Deferred.fromFuture(asyncio.ensure_future(...))``).
+    Works from a coroutine driven by Twisted (an ``async def`` test, or a coroutine yielded
+    by an ``inlineCallbacks`` test) and from one running as an asyncio task
+    (``Deferred.fromFuture(asyncio.ensure_future(...))``).
     """
     import asyncio
 
@@ -35,7 +39,7 @@ async def wait_for(condition: Callable[[], bool], timeout: float = 10.0, interva
     waited = 0.0
     while not condition():
         if waited >= timeout:
-            raise AssertionError(f"condition not met within {timeout} s: {condition}")
+            raise AssertionError(f"condition not met within {timeout} s: {what or condition}")
         if in_asyncio_task:
             await asyncio.sleep(interval)
         else:
