@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import inspect
 import os
 import sys
+from types import FrameType
 from typing import Callable
 
 from twisted.internet import defer, reactor, task
@@ -32,10 +34,7 @@ async def wait_for(
     """
     import asyncio
 
-    try:
-        in_asyncio_task = asyncio.current_task() is not None
-    except RuntimeError:
-        in_asyncio_task = False
+    in_asyncio_task = _driven_by_asyncio(sys._getframe())
     waited = 0.0
     while not condition():
         if waited >= timeout:
@@ -45,6 +44,19 @@ async def wait_for(
         else:
             await task.deferLater(reactor, interval, lambda: None)
         waited += interval
+
+
+def _driven_by_asyncio(frame: FrameType) -> bool:
+    """Whether the coroutine running ``frame`` (and those awaiting it) is an asyncio task's
+    rather than Twisted's: the first frame below the coroutines is the driver's.
+
+    ``asyncio.current_task()`` cannot tell: a Twisted-driven test resumed by a Deferred that an
+    asyncio task fired (aioice's reader, say) runs inside that task.
+    """
+    caller: FrameType | None = frame
+    while caller is not None and caller.f_code.co_flags & inspect.CO_COROUTINE:
+        caller = caller.f_back
+    return caller is None or caller.f_globals.get("__name__") != "twisted.internet.defer"
 
 
 def process_alive(pid: int) -> bool:
