@@ -517,10 +517,10 @@ def _check_consistency(config: Config, set_by: dict[tuple[str, str], str]) -> No
         fail("ws", "listen", "at least one ws or wss listener is needed: it is how WICs reach the eP-CSCF")
     if not config.sip.listen:
         fail("sip", "listen", "at least one core-facing SIP listener is needed")
-    wildcard = next((l for l in config.sip.listen if ipaddress.ip_address(l.address).is_unspecified), None)
+    wildcard = next((listener for listener in config.sip.listen if ipaddress.ip_address(listener.address).is_unspecified), None)
     if wildcard is not None and not config.sip.public_address:
-        # RFC 3261 §18.2.1 / §16.6 step 4, RFC 3327: the core sends responses and requests to
-        # the address we write in Via, Record-Route and Path; "every address" is none of them.
+        # RFC 3261 §18.2.2 (Via), §16.6 step 4 (Record-Route), RFC 3327 §5 (Path): the core
+        # sends responses and requests to the address we write there; 0.0.0.0 is none.
         fail("sip", "public_address", f"the listener {wildcard} is on every address: set the one the core reaches us at")
     if config.core.mode == "external" and not config.core.next_hop:
         fail("core", "next_hop", "mode = external needs next_hop (the I-CSCF or S-CSCF URI)")
