@@ -54,6 +54,11 @@ class FakeConnection:
     def close(self) -> None:
         self.connected = False
 
+    def clear(self) -> None:
+        """Forget what was sent (a real connection keeps nothing)."""
+        self.sent.clear()
+        self.sent_at.clear()
+
     # what tests read
     def times(self) -> list[float]:
         return list(self.sent_at)

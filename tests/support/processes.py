@@ -23,10 +23,11 @@ def child_env(**extra: str) -> dict[str, str]:
 
 
 async def wait_for(
-    condition: Callable[[], bool], timeout: float = 10.0, interval: float = 0.05, what: str = ""
+    condition: Callable[[], bool], timeout: float = 10.0, interval: float = 0.05, what: str | Callable[[], str] = ""
 ) -> None:
     """Poll ``condition`` on the real reactor until true; fail after ``timeout`` seconds
-    (counted in ``interval`` steps) naming ``what`` (or the condition).
+    (counted in ``interval`` steps) naming ``what`` (or the condition; a callable ``what`` is
+    asked at the failure, for the state the condition was waiting on).
 
     Works from a coroutine driven by Twisted (an ``async def`` test, or a coroutine yielded
     by an ``inlineCallbacks`` test) and from one running as an asyncio task
@@ -38,7 +39,7 @@ async def wait_for(
     waited = 0.0
     while not condition():
         if waited >= timeout:
-            raise AssertionError(f"condition not met within {timeout} s: {what or condition}")
+            raise AssertionError(f"condition not met within {timeout} s: {(what() if callable(what) else what) or condition}")
         if in_asyncio_task:
             await asyncio.sleep(interval)
         else:
