@@ -442,7 +442,7 @@ class IceRestartCrossingTests(CallMediaTestCase):
 
         self.patch(FullGeneration, "gather", held_gather)
         restarted = agent.restart()
-        await self.until(lambda: not agent.local_candidates())
+        await until(lambda: not agent.local_candidates())
         try:
             await media.offer_from_core(core_sdp(self.core_port.getHost().port))
         except MediaRejected as error:
