@@ -62,7 +62,7 @@ from epcscf.pcscf.call_model import (
 )
 from epcscf.pcscf.call_state import CallDirection, CallEvent, CallState
 from epcscf.pcscf.dialogs import Dialog, DialogError, Side
-from epcscf.sip.connection import Connection, ConnectionLost
+from epcscf.sip.connection import WEBSOCKET_TRANSPORTS, Connection, ConnectionLost
 from epcscf.sip.headers import HeaderError, cseq, to_tag, top_via
 from epcscf.sip.message import Message, Request, Response
 from epcscf.sip.proxy import Decision, Forward, ProxiedRequest, Reject
@@ -738,7 +738,7 @@ def _next_hop_is_websocket(response: Response) -> bool:
         via = top_via(response)
     except HeaderError:
         return False
-    return via is not None and via.transport.upper() in ("WS", "WSS")
+    return via is not None and via.transport.upper() in WEBSOCKET_TRANSPORTS
 
 
 def _got_2xx(context: ProxiedRequest) -> bool:
