@@ -34,7 +34,7 @@ feeds it events and does the SIP side of the work:
 from __future__ import annotations
 
 import collections
-from typing import Any, Iterable
+from typing import Iterable
 
 from twisted.internet import defer
 from twisted.internet.interfaces import IReactorTime
@@ -61,10 +61,11 @@ from epcscf.pcscf.call_model import (
     set_sdp,
     strip_body,
 )
+from epcscf.pcscf.call_requests import CallRequests, quoted
 from epcscf.pcscf.call_state import CallDirection, CallEvent, CallState
-from epcscf.pcscf.dialogs import Dialog, DialogError, Side
+from epcscf.pcscf.dialogs import Dialog, Side
 from epcscf.pcscf.edge import EdgeAddresses
-from epcscf.sip.connection import Connection, ConnectionLost
+from epcscf.sip.connection import Connection
 
 from epcscf.sip.message import Request, Response
 from epcscf.sip.proxy import Decision, Forward, ProxiedRequest, Reject
@@ -78,23 +79,6 @@ __all__ = [
 ]
 
 log = Logger(namespace="epcscf.pcscf.calls")
-class _RequestsWeSent:
-    """Client-transaction user of our own BYEs: the responses end here (noted on the timeline)."""
-
-    def __init__(self, call: Call, what: str) -> None:
-        self.call = call
-        self.what = what
-
-    def response_received(self, response: Response, transaction: Any) -> None:
-        if response.status >= 200:
-            self.call.note("sip-in", f"{response.status} to our {self.what}")
-
-    def timed_out(self, transaction: Any) -> None:
-        self.call.note("sip-in", f"no response to our {self.what}")
-
-    def transport_failed(self, transaction: Any, reason: str) -> None:
-        self.call.note("sip-in", f"our {self.what} could not be sent: {reason}")
-
 
 class CallManager:
     """``CallHooks`` of the edge policy (see module docstring)."""
@@ -112,6 +96,7 @@ class CallManager:
         self.media_factory = media_factory
         self.settings = settings or CallSettings()
         self.proxy = proxy
+        self._requests = CallRequests(addresses, proxy)
         #: events the call state or offer/answer tables do not allow (see ``_protocol_error``)
         self.protocol_errors = 0
         self._live: dict[tuple[str, str], Call] = {}
@@ -295,7 +280,7 @@ class CallManager:
 
     def _release_for_sdp(self, call: Call, reason: str, cause: str) -> None:
         """The dialog is up but has no usable media (RFC 3264 §6: 488): end it once the 2xx has gone."""
-        self.clock.callLater(0, self._release, call, f'SIP;cause=488;text="{_quoted(reason)}"',
+        self.clock.callLater(0, self._release, call, f'SIP;cause=488;text="{quoted(reason)}"',
                              488, (Side.WIC, Side.CORE), cause, "sip")
 
     def _response_during_release(self, failure: Failure, call: Call, response: Response, responder: Side,
@@ -345,7 +330,7 @@ class CallManager:
         call.dialog.confirm(response, self.is_own_uri)
         if call.direction is CallDirection.ORIGINATING and call.invite_context is not None:
             call.core_connection = _branch_connection(call.invite_context, response)
-        self._ack_and_bye(call, responder, call.release_cause or "released")
+        self._requests.ack_and_bye(call, responder, call.release_cause or "released")
 
     def stray_response(self, response: Response) -> Response | None:
         """A 2xx to an INVITE the proxy forwards without its transaction (a retransmission,
@@ -464,7 +449,7 @@ class CallManager:
         """Operator release: BYE both sides (or CANCEL/480 if early); returns how many calls."""
         calls = self.find(call_id)
         for call in calls:
-            self._release(call, f'SIP;cause=480;text="{_quoted(reason)}"', 480, (Side.WIC, Side.CORE), reason, None)
+            self._release(call, f'SIP;cause=480;text="{quoted(reason)}"', 480, (Side.WIC, Side.CORE), reason, None)
         return len(calls)
 
     def close(self) -> defer.Deferred:
@@ -494,7 +479,7 @@ class CallManager:
     def _media_failed(self, call: Call, layer: str, reason: str) -> None:
         """REQ-O08 / REQ-B03: ICE failure, consent loss or DTLS failure ends the call."""
         call.note(layer if layer in ("ice", "dtls") else "media", reason)
-        self._release(call, f'SIP;cause=480;text="{_quoted(reason)}"', 480, (Side.WIC, Side.CORE), reason, layer)
+        self._release(call, f'SIP;cause=480;text="{quoted(reason)}"', 480, (Side.WIC, Side.CORE), reason, layer)
 
     def _release(self, call: Call, reason_header: str, early_status: int, toward: Iterable[Side],
                  cause: str, layer: str | None) -> None:
@@ -507,7 +492,7 @@ class CallManager:
         try:
             if state is CallState.CONFIRMED:
                 for side in toward:
-                    self._send_bye(call, side, reason_header)
+                    self._requests.send_bye(call, side, reason_header)
             elif state is not CallState.OFFER_RECEIVED and call.invite_context is not None and self.proxy is not None:
                 # Early: CANCEL what is pending downstream and answer upstream ourselves.
                 call.released_early = True
@@ -522,40 +507,6 @@ class CallManager:
             # Whatever the signalling did, the call is over here: never keep its media.
             call.fire(CallEvent.RELEASED)
             self._finish(call, cause, layer)
-
-    def _send_bye(self, call: Call, toward: Side, reason: str) -> None:
-        connection, transport, sent_by = self._path_toward(call, toward)
-        if connection is None or call.dialog is None or self.proxy is None:
-            call.note("release", f"no BYE toward the {toward.value}: not reachable")
-            return
-        try:
-            bye = call.dialog.build_bye(toward, reason, transport, sent_by)
-            self.proxy.send_request(bye, connection, _RequestsWeSent(call, f"BYE to the {toward.value}"))
-        except (DialogError, ConnectionLost, ValueError) as error:
-            call.note("release", f"BYE toward the {toward.value} not sent: {error}")
-            return
-        call.note("sip-out", f"BYE toward the {toward.value} (Reason: {reason})")
-
-    def _ack_and_bye(self, call: Call, toward: Side, cause: str) -> None:
-        connection, transport, sent_by = self._path_toward(call, toward)
-        if connection is None or call.dialog is None:
-            return
-        try:
-            connection.send_message(call.dialog.build_ack(toward, transport, sent_by))  # RFC 3261 §13.2.2.4
-        except (DialogError, ConnectionLost) as error:
-            call.note("release", f"ACK toward the {toward.value} not sent: {error}")
-            return
-        call.note("sip-out", f"ACK toward the {toward.value} for a 2xx after the release")
-        self._send_bye(call, toward, f'SIP;cause=487;text="{_quoted(cause)}"')
-
-    def _path_toward(self, call: Call, toward: Side) -> tuple[Connection | None, str, str]:
-        if toward is Side.WIC:
-            flow = call.wic_flow
-            return (flow if flow.connected else None), flow.transport, self.addresses.wic_sent_by
-        connection = call.core_connection
-        if connection is None or not connection.connected:
-            return None, "UDP", self.addresses.core_sent_by
-        return connection, connection.transport, self.addresses.core_sent_by
 
     def _finish(self, call: Call, cause: str, layer: str | None) -> None:
         """The call is over: close its media (ports, sockets, agents, timers) and archive it."""
@@ -603,10 +554,6 @@ def _branch_connection(context: ProxiedRequest, response: Response | None) -> Co
 
 def _got_2xx(context: ProxiedRequest) -> bool:
     return any(b.final is not None and 200 <= b.final.status < 300 for b in context.branches)
-
-
-def _quoted(text: str) -> str:
-    return text.replace("\\", "\\\\").replace('"', '\\"').replace("\r", " ").replace("\n", " ")[:120]
 
 
 def _reason_phrase(status: int, detail: str) -> str:
