@@ -17,11 +17,13 @@ feeds it events and does the SIP side of the work:
 * **Initial INVITEs**, both directions by one path: originating (§7.4.2: the WIC's offer →
   media allocated → offer toward the core; the INVITE is forwarded at once, ICE runs in
   parallel) and terminating (§7.4.3: the core's offer → WebRTC offer to the WIC; the WIC's
-  answer → answer toward the core).  Unusable offer → 488 + Warning, malformed → 400, no
-  ports → 503 + Retry-After (TS 24.229 §5.2.7, RFC 3261 §21.5.4); no INVITE goes on then.
+  answer → answer toward the core).  Unusable offer → 488 + Warning (RFC 5763 §5, RFC 8839:
+  what WebRTC SDP must carry), malformed → 400, no ports → 503 + Retry-After (TS 24.229
+  §5.2.7.2); no INVITE goes on then.
   An INVITE without SDP is a late offer: the offer in the 2xx, the answer in the ACK.
-* **Release from the middle** (TS 24.371 §7.4.4): WebSocket closed, ICE/DTLS failure or
-  the operator.  A confirmed call gets a BYE (built by ``dialogs.Dialog``, with a Reason
+* **Release from the middle** (TS 23.228 §5.10, TS 24.229 §5.2.8: the P-CSCF releases a
+  session whose signalling is lost; RFC 7675 §5.1: consent lost): WebSocket closed, ICE/DTLS
+  failure or the operator.  A confirmed call gets a BYE (built by ``dialogs.Dialog``, with a Reason
   header, RFC 3326) toward each reachable side; an early one is CANCELled downstream and
   answered upstream by the proxy; a 2xx racing the release is ACKed and BYEd.
 * An event the call state table does not allow, or one RFC 3264 does not allow, is a
@@ -369,7 +371,7 @@ class CallManager:
                 # RFC 3261 §15: a BYE may also end an early dialog: the call is released.
                 call.fire(CallEvent.RELEASE)
                 call.fire(CallEvent.RELEASED)
-            self._finish(call, f"BYE from the {sender.value}", None)  # RFC 3261 §15.1.2: media freed at the BYE
+            self._finish(call, f"BYE from the {sender.value}", None)  # RFC 3261 §15: the session ends: media freed
             return forward
         if method == "ACK":
             self._fire(call, CallEvent.ACK)

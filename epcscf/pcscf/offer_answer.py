@@ -22,12 +22,12 @@ terminating (§7.4.3) direction share every row.  The events are what the messag
   offer made in a 2xx or reliable 18x; an ACK without SDP while that answer is owed is a
   protocol error (RFC 3261 §13.2.1: the answer MUST be in the ACK);
 * responses to a request that carried an offer: SDP in a 18x or 2xx is the answer (RFC
-  3264 §5; repeated in each 18x and the 2xx of every fork, RFC 6337 §3.1.1, and only the
-  2xx settles it); a 2xx without SDP to the initial INVITE makes us repeat the last answer
-  toward the WIC (a WebRTC endpoint needs it in the 2xx; RFC 6337 §3.1.1 allows a UAS to
-  have given it in an unreliable 18x only); an error response to a re-offer rolls the media
-  back to the previous offer/answer (RFC 3264 §8, RFC 3261 §14.1 / RFC 3311 §5.1: a refused
-  re-offer changes nothing);
+  3264 §5, RFC 3261 §13.2.1; each fork answers in its own 18x and 2xx, RFC 6337 §3, and
+  only the 2xx settles it here); a 2xx without SDP to the initial INVITE (its answer came in
+  a reliable 18x, RFC 3262) makes us repeat the last answer toward the WIC, whose WebRTC
+  stack wants it in the 2xx; an error response to a re-offer rolls the media back to the
+  previous offer/answer (RFC 3264 §8, RFC 3261 §14.1, RFC 3311 §5.1: a refused re-offer
+  changes nothing);
 * responses to a request that asked for an offer: SDP in a 18x/2xx of an INVITE is the
   responder's offer (RFC 3261 §13.2.1), the same offer again in a later 18x/2xx is
   transformed again; in a response to an UPDATE without offer it is SDP where RFC 3311 §5.2
@@ -105,7 +105,7 @@ def _rows() -> dict[tuple[Holder, OfferEvent], Step]:
     for h in _ANY:
         rows[h, V.OFFERLESS_REQUEST] = Step(A.FORWARD, h)  # the offer comes in the response
         rows[h, V.BARE_REQUEST] = Step(A.FORWARD, h)
-        # Every fork answers in its own 18x/2xx (RFC 6337 §3.1.1): each answer is transformed.
+        # Every fork answers in its own 18x/2xx (RFC 6337 §3): each answer is transformed.
         rows[h, V.ANSWER_18X] = Step(A.ANSWER, h)  # only the 2xx settles it
         rows[h, V.ANSWER_2XX] = Step(A.ANSWER, H.NOBODY)
         rows[h, V.BARE_2XX_TO_INITIAL_OFFER] = Step(A.REPEAT_ANSWER, H.NOBODY)
