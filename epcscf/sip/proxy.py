@@ -27,7 +27,9 @@ it does not answer itself, and the client-transaction user of every branch it fo
   branch is CANCELled (after a provisional) or treated as a 408 (§16.8).
 
 A ``ProxiedRequest`` is the per-request context (state, server transaction, branches,
-responses); its ``ProxyState`` only moves forward (see ``_TRANSITIONS``).
+responses); its ``ProxyState`` only moves forward (see ``_TRANSITIONS``).  The other way
+round, the proxy offers the policy's helpers (the eP-CSCF's call manager) ``ProxyOperations``:
+CANCEL an INVITE's pending branches, answer it upstream, send a request of their own.
 """
 
 from __future__ import annotations
@@ -45,13 +47,13 @@ from epcscf.sip import proxy_rules as rules
 from epcscf.sip.connection import Address, Connection, ConnectionLost
 from epcscf.sip.message import Request, Response, new_tag
 from epcscf.sip.resolver import DEFAULT_PORTS, Target
+from epcscf.sip.transaction_client import ClientTransactionUser
 from epcscf.sip.transport import UDP_REQUEST_LIMIT
 from epcscf.sip.uri import SipUri, UriError, parse_uri
 from epcscf.sip.validate import AnswerOptionsLocally, validate_request
 from epcscf.sip.proxy_policy import (
     Branch,
     BranchState,
-    ClientTransactionUser,
     Decision,
     Destination,
     Forward,

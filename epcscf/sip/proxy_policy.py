@@ -6,7 +6,10 @@ Via/Record-Route, how responses are rewritten — is asked of a ``ProxyPolicy``.
 method may return a plain value or a Deferred (``route_request``, ``response_to_forward``).
 
 The per-request context the policy is handed (``ProxiedRequest`` with its ``Branch``es and
-``ProxyState``) lives here too, so that policy modules need not import the proxy engine.
+``ProxyState``) lives here too, so that policy modules need not import the proxy engine; the
+policy keeps its own typed record of a request in ``ProxiedRequest.attached``.  What the
+policy side may ask of the proxy is ``ProxyOperations``; ``LateBoundProxy`` stands for the
+proxy until it exists (the proxy needs the policy first).
 
 ``DefaultRoutingPolicy`` is a plain proxy: route by the top Route, else a static next-hop
 list from config, else the Request-URI (RFC 3263), and record-route dialog-creating
@@ -27,6 +30,7 @@ from epcscf.sip import proxy_rules as rules
 from epcscf.sip.connection import Connection
 from epcscf.sip.message import Request, Response, make_response
 from epcscf.sip.resolver import DEFAULT_PORTS, Target
+from epcscf.sip.transaction_client import ClientTransactionUser
 from epcscf.sip.uri import SipUri, UriError, parse_uri
 
 Destination = Union[Target, Connection, Sequence[Target], None]
@@ -176,16 +180,6 @@ class ProxiedRequest:
         if self._loop_hash is None:
             self._loop_hash = rules.loop_hash(self.request_as_received)
         return rules.branch_for(self.request_as_received, next(self._branch_ids), secret, self._loop_hash)
-
-
-class ClientTransactionUser(Protocol):
-    """Who hears the responses to a request the eP-CSCF sends on its own (RFC 3261 §17.1)."""
-
-    def response_received(self, response: Response, transaction: Any) -> None: ...
-
-    def timed_out(self, transaction: Any) -> None: ...
-
-    def transport_failed(self, transaction: Any, reason: str) -> None: ...
 
 
 class ProxyOperations(Protocol):
