@@ -101,7 +101,7 @@ class Call:
     ended_at: float | None = None
     release_cause: str | None = None
     failing_layer: str | None = None
-    pending_offer: Side | None = None  # whose offer awaits an answer (RFC 3264 §4)
+    pending_offer: Side | None = None  # whose offer awaits an answer (RFC 3264 §4; see offer_answer)
     last_wic_answer: bytes | None = None  # REQ-O05: repeated in a bodiless 2xx
     last_core_answer: bytes | None = None  # what a retransmitted 2xx from the WIC must carry
     released_early: bool = False
