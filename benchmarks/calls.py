@@ -115,26 +115,35 @@ class IceSocket(asyncio.DatagramProtocol):
         """RFC 8445 §7.2.2 checks with USE-CANDIDATE until one succeeds: the first waits 50 ms
         for its answer, each next one twice as long up to 500 ms, the RTO RFC 8445 §14.3 gives a
         single candidate pair.  (A check every 50 ms whatever happens turns a slow eP-CSCF into
-        one flooded with STUN by every call still connecting.)"""
+        one flooded with STUN by every call still connecting.)  A late success to an earlier
+        check counts too (a loaded edge answers after the next check left)."""
+        loop = asyncio.get_running_loop()
+        succeeded: asyncio.Future[bool] = loop.create_future()
+        sent: list[bytes] = []
         deadline = time.monotonic() + timeout
         wait = 0.05
-        while time.monotonic() < deadline:
-            request = stun.Message(stun.Method.BINDING, stun.Class.REQUEST)
-            request.attributes["USERNAME"] = f"{remote_ufrag}:{self.ufrag}"
-            request.attributes["PRIORITY"] = 1853824767
-            request.attributes["ICE-CONTROLLING"] = 0x1234567890
-            request.attributes["USE-CANDIDATE"] = None
-            request.add_message_integrity(remote_pwd.encode())
-            request.add_fingerprint()
-            waiter = asyncio.get_running_loop().create_future()
-            self.waiting[request.transaction_id] = waiter
-            self.transport.sendto(bytes(request), remote)
-            try:
-                if await asyncio.wait_for(waiter, wait):
-                    return
-            except asyncio.TimeoutError:
-                self.waiting.pop(request.transaction_id, None)
-            wait = min(2 * wait, 0.5)
+        try:
+            while time.monotonic() < deadline:
+                request = stun.Message(stun.Method.BINDING, stun.Class.REQUEST)
+                request.attributes["USERNAME"] = f"{remote_ufrag}:{self.ufrag}"
+                request.attributes["PRIORITY"] = 1853824767
+                request.attributes["ICE-CONTROLLING"] = 0x1234567890
+                request.attributes["USE-CANDIDATE"] = None
+                request.add_message_integrity(remote_pwd.encode())
+                request.add_fingerprint()
+                self.waiting[request.transaction_id] = succeeded
+                sent.append(request.transaction_id)
+                self.transport.sendto(bytes(request), remote)
+                try:
+                    if await asyncio.wait_for(asyncio.shield(succeeded), wait):
+                        return
+                except asyncio.TimeoutError:
+                    wait = min(2 * wait, 0.5)
+                    continue
+                succeeded = loop.create_future()  # an error response: try again
+        finally:
+            for transaction_id in sent:
+                self.waiting.pop(transaction_id, None)
         raise CallFailed("ICE: no success response to the nominating check")
 
     def reset(self) -> None:
@@ -224,6 +233,16 @@ class Caller:
         if not ok.startswith(b"SIP/2.0 200"):
             self.flow.send(ack_for_failure(invite, ok))
             raise CallFailed(ok.split(b"\r\n", 1)[0].decode(errors="replace"))
+        target, to_value, routes = await self.ack_and_connect(ok, call_id, from_tag, full_ice)
+        setup = time.perf_counter() - started
+        self.flow.send(self.request("BYE", target, call_id, from_tag, to_value, 2, routes))
+        bye_ok = await self.final(call_id, 2, "BYE", STEP_TIMEOUT)
+        if not bye_ok.startswith(b"SIP/2.0 200"):
+            raise CallFailed("BYE: " + bye_ok.split(b"\r\n", 1)[0].decode(errors="replace"))
+        return setup
+
+    async def ack_and_connect(self, ok: bytes, call_id: str, from_tag: str, full_ice: bool) -> tuple[str, str, list[str]]:
+        """ACK the 200 and run ICE to completion; the dialog's (remote target, To, route set)."""
         head, _, body = ok.partition(b"\r\n\r\n")
         headers = head.decode(errors="replace").split("\r\n")
         to_value = next(h.split(":", 1)[1].strip() for h in headers if h.lower().startswith(("to:", "t:")))
@@ -244,12 +263,7 @@ class Caller:
         await self.ice.nominate((fields_.group(1), int(fields_.group(2))), ufrag, pwd, STEP_TIMEOUT)
         if full_ice:
             await asyncio.wait_for(self.ice.checked_by_peer.wait(), STEP_TIMEOUT)
-        setup = time.perf_counter() - started
-        self.flow.send(self.request("BYE", target, call_id, from_tag, to_value, 2, routes))
-        bye_ok = await self.final(call_id, 2, "BYE", STEP_TIMEOUT)
-        if not bye_ok.startswith(b"SIP/2.0 200"):
-            raise CallFailed("BYE: " + bye_ok.split(b"\r\n", 1)[0].decode(errors="replace"))
-        return setup
+        return target, to_value, routes
 
 
 async def open_callers(ws_port: int, users: list[tuple[str, str]]) -> list[Caller]:

@@ -14,6 +14,7 @@ from epcscf.config import Config, ConfigError
 from epcscf.core.service import EmbeddedCore, EmbeddedCoreSettings
 from epcscf.core.users import read_users
 from epcscf.ops.console import console_namespace as operator_commands
+from epcscf.ops.heap import HeapTrimmer, glibc_heap
 from epcscf.ops.lifecycle import Drainer, install_sighup, reload_config
 from epcscf.ops.manhole import ManholeService, UsersFileError
 from epcscf.ops.metrics import EpcscfMetrics, MetricsService
@@ -66,6 +67,11 @@ class EpcscfService(MultiService):
             self.metrics_service = MetricsService(self.metrics, config.metrics.address, config.metrics.port, reactor)
             self.metrics_service.setServiceParent(self)
         self.lifecycle = Drainer(self, reactor)
+        # After a burst of calls, hand the C heap's free pages back (see epcscf.ops.heap).
+        heap = glibc_heap()
+        self.heap_trimmer: HeapTrimmer | None = HeapTrimmer(reactor, heap) if heap is not None else None
+        if self.heap_trimmer is not None:
+            self.heap_trimmer.setServiceParent(self)
         self._restore_sighup: Any = None
         self._stopping: defer.Deferred | None = None
 

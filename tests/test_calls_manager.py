@@ -462,6 +462,30 @@ class CallManagerTests(unittest.TestCase):
         self.assertEqual(self.manager.calls(), [])
         self.assertEqual(call.summary()["cause_code"], "bye-wic")
 
+    def test_reoffer_answer_after_the_bye_is_relayed_without_its_sdp(self) -> None:
+        # Found by benchmarks/fuzz.py: a BYE crossing a re-INVITE ends the call (its media is
+        # released); the core's 200 to the re-INVITE still ends that transaction, never with
+        # the core's SDP untransformed and never with a traceback.
+        self.confirmed_originating_call()
+        context, _, _ = self.in_dialog("INVITE", True, WIC_OFFER)
+        self.in_dialog("BYE", True)
+        self.assertEqual(self.manager.calls(), [])
+        answer = self.respond(context, response_to(context.request, 200, CORE_SDP))
+        self.assertEqual(answer.status, 200)
+        self.assertEqual(answer.body, b"")
+        self.assertIsNone(answer.headers.get("Content-Type"))
+
+    def test_answer_to_an_invite_replaced_by_one_with_the_same_call_id_is_relayed_without_its_sdp(self) -> None:
+        # Found by benchmarks/fuzz.py: a second initial INVITE with the same Call-ID and tag
+        # replaces the first call; the first INVITE's answer must not reach its released media.
+        first, _ = self.originate()
+        self.originate()
+        answer = self.respond(first, response_to(first.request, 200, CORE_SDP))
+        self.assertEqual(answer.status, 200)
+        self.assertEqual(answer.body, b"")
+        [call] = self.manager.calls()
+        self.assertIs(call.state, CallState.OFFER_FORWARDED)
+
     # --- terminating -------------------------------------------------------------------------------
 
     def terminate(self, body: bytes) -> tuple[ProxiedRequest, Any]:

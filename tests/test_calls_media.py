@@ -273,6 +273,11 @@ class OriginatingMediaTests(CallMediaTestCase):
         self.pool.allocate_pair()  # leave too few ports: (ICE socket + RTP/RTCP pair) needs 3
         while self.pool.free_count > 1:
             self.pool.allocate()
+        await self.assert_offer_refused_503(wic)
+        for port in range(PORTS[0], PORTS[1] + 1):
+            self.pool.release(port)
+
+    async def assert_offer_refused_503(self, wic: SimulatedWic) -> None:
         media = self.media()
         try:
             await media.offer_from_wic(wic.sdp("actpass"))
@@ -281,8 +286,21 @@ class OriginatingMediaTests(CallMediaTestCase):
         else:
             self.fail("expected a 503")
         await media.close()
-        for port in range(PORTS[0], PORTS[1] + 1):
-            self.pool.release(port)
+
+    async def test_ice_ports_held_by_another_process_is_503(self) -> None:
+        # Found by benchmarks/fuzz.py on a shared machine: the core-side pair binds, but every
+        # port the ICE agent tries is bound by someone else. That is a 503 like an exhausted
+        # pool (RFC 3261 §21.5.4), not a 500 with a traceback.
+        import socket
+
+        wic = await self.wic(controlling=True)
+        blockers = []
+        for port in range(PORTS[0] + 2, PORTS[1] + 1):  # the first pair stays free for RTP/RTCP
+            blocker = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+            blocker.bind((LOCAL, port))
+            blockers.append(blocker)
+        self.addCleanup(lambda: [blocker.close() for blocker in blockers])
+        await self.assert_offer_refused_503(wic)
 
     async def test_consent_loss_reports_an_ice_failure(self) -> None:
         self.engine = CallMediaEngine(global_reactor, self.settings(consent_interval=0.2, consent_min_interval=0.1,
@@ -406,3 +424,36 @@ class LiteOriginatingMediaTests(OriginatingMediaTests):
     async def test_lite_answer_says_ice_lite(self) -> None:
         media, wic, _, answer = await self.originating_call()
         self.assertIn(b"a=ice-lite", answer)
+
+
+class IceRestartCrossingTests(CallMediaTestCase):
+    """Full ICE only: a restart binds new sockets, so a crossing offer can find none gathered yet."""
+
+    async def test_core_reoffer_while_an_ice_restart_gathers_is_491(self) -> None:
+        # Found by benchmarks/fuzz.py: while a restart gathers (RFC 8445 §9) the stream has no
+        # local candidate to offer; a crossing offer from the core is refused with 491 (RFC 3261
+        # §14.2, try again later), not a 500 with a ValueError from the SDP transformation.
+        from epcscf.ice.full import FullGeneration
+
+        media, wic, _, _ = await self.originating_call()
+        agent = media.streams[0].agent
+        # Hold the new generation's gathering until the core's offer has been handled.
+        release: asyncio.Future = self.loop.create_future()
+        gather = FullGeneration.gather
+
+        async def held_gather(generation: FullGeneration) -> None:
+            await release
+            await gather(generation)
+
+        self.patch(FullGeneration, "gather", held_gather)
+        restarted = agent.restart()
+        await self.until(lambda: not agent.local_candidates())
+        try:
+            await media.offer_from_core(core_sdp(self.core_port.getHost().port))
+        except MediaRejected as error:
+            self.assertEqual(error.status, 491)
+        else:
+            self.fail("expected a 491")
+        release.set_result(None)
+        await restarted
+        self.assertTrue(agent.local_candidates())

@@ -320,6 +320,17 @@ class FullIceTests(IceTestCase):
         self.assertRaises(IceCandidateError, agent.set_remote, "a", "p" * 22)
         self.assertRaises(IceCandidateError, agent.set_remote, "abcd", "short")
 
+    async def test_candidates_that_are_no_ip_address_are_ignored(self) -> None:
+        # Found by benchmarks/fuzz.py: a name (RFC 8839 §5.1 allows an FQDN) or a mangled
+        # address reached aioice's pairing, whose ipaddress.ip_address() raised ValueError.
+        agent = self.agent()
+        await agent.gather()
+        agent.set_remote("abcd", "p" * 22, ["1 1 udp 2122260223 wic.example.com 54400 typ host",
+                                            "2 1 udp 2122260223 127.0.0\x00.1 54401 typ host"])
+        agent.add_remote_candidate("candidate:3 1 udp 2122260223 127.0.0.1x 54402 typ host")
+        generation = agent._backend._current  # type: ignore[union-attr]
+        self.assertEqual(generation.connection.remote_candidates, [])
+
     async def test_max_pairs_bounds_the_check_list(self) -> None:
         agent = self.agent(controlling=True, max_pairs=2)
         await agent.gather()

@@ -225,3 +225,48 @@ class ConsoleInProcessTests(unittest.TestCase):
             render_table([{"a": "x", "bb": 1.25}, {"a": "long", "bb": None}]),
             "A     BB\nx     1.2\nlong  -",
         )
+
+
+class LeakAccountingLinesTests(unittest.TestCase):
+    """stats() lists what calls and flows hold; a real transaction between two registered WICs
+    shows up there and is gone once its timers have run (short timers through the ini)."""
+
+    def setUp(self) -> None:
+        self.service = start_deployment(self, "[sip]\nt1 = 0.05\nt2 = 0.4\nt4 = 0.2\nwic_t1 = 0.05\nwic_t2 = 0.4\nwic_t4 = 0.2\n")
+        self.console = Console(self.service)
+        self.patch(sys, "stdout", io.StringIO())
+
+    def figures(self) -> dict[str, Any]:
+        return {row["name"]: row["value"] for row in self.console.stats()}
+
+    async def until_idle(self) -> dict[str, Any]:
+        for _ in range(100):
+            figures = self.figures()
+            if figures["server transactions"] == figures["client transactions"] == figures["sip timers"] == 0:
+                return figures
+            await asyncio.sleep(0.05)
+        self.fail(f"transactions left: {self.figures()}")
+
+    @asyncio_test
+    async def test_a_message_between_two_wics_moves_the_counts_and_they_return_to_zero(self) -> None:
+        alice = await registered_wic(self, self.service, "alice")
+        bob = await registered_wic(self, self.service, "bob")
+        idle = await self.until_idle()
+        for label in ("ice agents", "dtls sessions", "media ports in use"):
+            self.assertEqual(idle[label], 0, label)
+        self.assertGreater(idle["open fds"], 0)  # prometheus-client's process_open_fds
+        self.assertGreater(idle["reactor delayed calls"], 0)  # registration expiry, lag probe…
+        self.assertGreater(idle["asyncio tasks"], 0)  # the websockets clients of this test
+
+        await alice.send(alice.request("MESSAGE", f"sip:bob@{DOMAIN}", content_type="text/plain", body=b"hi"))
+        received = await bob.next_message()
+        # alice's MESSAGE at the edge and the core's toward bob: a server and a client transaction each
+        during = self.figures()
+        self.assertEqual((during["server transactions"], during["client transactions"]), (2, 2))
+        self.assertGreater(during["sip timers"], 0)
+        await bob.answer(received, 200)
+        self.assertEqual((await alice.final_response()).status, 200)
+        after = await self.until_idle()
+        # nothing of the transaction stays behind (other timers, e.g. a registration's, may end meanwhile)
+        self.assertLessEqual(after["reactor delayed calls"], idle["reactor delayed calls"])
+        self.assertEqual(after["asyncio tasks"], idle["asyncio tasks"])

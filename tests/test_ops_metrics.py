@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import io
 import os
+import sys
+from typing import Any
 
 from prometheus_client import CollectorRegistry, Histogram
 from prometheus_client.parser import text_string_to_metric_families
-from twisted.internet import reactor, task
+from twisted.internet import defer, reactor, task
 from twisted.trial import unittest
 from twisted.web.client import Agent, readBody
 from twisted.web.http_headers import Headers
@@ -17,6 +20,7 @@ from epcscf.ops.metrics import EventLoopLag, registration_result
 from epcscf.pcscf.call_state import CallDirection
 from epcscf.service import EpcscfService, StartupError
 from tests.support.deployment import start_deployment, write_deployment_config
+from epcscf.ops.console import Console
 from tests.test_ops_console import add_call, asyncio_test, install_call_manager, registered_wic, wait
 
 METRICS = "[metrics]\nenabled = true\nport = 0\n"
@@ -236,3 +240,123 @@ class EventLoopLagTests(unittest.TestCase):
             [registration_result(status) for status in (200, 401, 407, 403, 423, 500, 503)],
             ["ok", "challenged", "challenged", "rejected", "interval_too_brief", "server_error", "server_error"],
         )
+
+
+# Short SIP timers so that every transaction visibly ends within the test (Timers K, L, M).
+SHORT_TIMERS = "[sip]\nt1 = 0.05\nt2 = 0.4\nt4 = 0.2\nwic_t1 = 0.05\nwic_t2 = 0.4\nwic_t4 = 0.2\n"
+#: the leak-accounting gauges that must come back to exactly zero once a call is over
+CALL_HELD = ("epcscf_ice_agents", "epcscf_dtls_sessions", "epcscf_media_ports_in_use", "epcscf_sip_timers")
+
+
+class LeakAccountingTests(unittest.TestCase):
+    """The live counts of what a call holds, over a real call: WIC (WebSocket, aioice, DTLS) →
+    epcscf → embedded core → sipp UAS, then BYE; every count returns to its idle value."""
+
+    timeout = 60
+
+    def setUp(self) -> None:
+        import aioice.ice
+        from twisted.internet.asyncioreactor import AsyncioSelectorReactor
+
+        from tests.support.sipp import require_sipp
+        from tests.test_calls_media import LOCAL
+
+        if not isinstance(reactor, AsyncioSelectorReactor):
+            raise unittest.SkipTest("needs trial --reactor=asyncio")
+        self.sipp = require_sipp(self)
+        self.patch(aioice.ice, "get_host_addresses", lambda use_ipv4, use_ipv6: [LOCAL])
+        self.service = start_deployment(self, METRICS + SHORT_TIMERS)
+        self.directory = os.path.abspath(self.mktemp())
+        os.makedirs(self.directory)
+
+    async def until(self, condition: Any, timeout: float = 10.0) -> None:
+        for _ in range(int(timeout / 0.05)):
+            if condition():
+                return
+            await asyncio.sleep(0.05)
+        self.fail(f"not within {timeout} s: {self.service.pcscf.resource_counts()}")
+
+    async def sipp_uas(self) -> int:
+        from tests.support.sipp import SCENARIOS, free_port, port_bound, spawn_sipp
+
+        port = free_port()
+        args = ["-sf", os.path.join(SCENARIOS, "calls_uas_answer.xml"), "-i", "127.0.0.1", "-p", str(port),
+                "-m", "1", "-timeout", "30s", "-timeout_error"]
+        spawn_sipp(self, self.sipp, args, self.directory, "uas")
+        await self.until(lambda: port_bound(port, "UDP"), 10)
+        return port
+
+    def stats(self) -> dict[str, Any]:
+        output = io.StringIO()
+        self.patch(sys, "stdout", output)
+        try:
+            return {row["name"]: row["value"] for row in Console(self.service).stats()}
+        finally:
+            self.patch(sys, "stdout", sys.__stdout__)
+
+    @asyncio_test
+    async def test_counts_follow_a_real_call_and_return_to_idle(self) -> None:
+        from epcscf.media import DtlsRole
+        from epcscf.sip.message import Response
+        from tests.test_calls_media import SimulatedWic
+        from tests.test_calls_w2_sipp import CallsThroughTheEdgeTests
+
+        node = self.service.pcscf
+        port = await self.sipp_uas()
+        client = await registered_wic(self, self.service)
+        await self.until(lambda: node.resource_counts()["server_transactions"] == node.resource_counts()["client_transactions"]
+                         == node.resource_counts()["sip_timers"] == 0)
+        idle = await samples(self.service)
+        for name in CALL_HELD:
+            self.assertEqual(value(idle, name), 0, name)
+        self.assertGreater(value(idle, "process_open_fds"), 0)  # prometheus-client's ProcessCollector
+
+        wic = SimulatedWic(controlling=True)
+        # SimulatedWic awaits Deferreds: it runs as a Deferred coroutine, this test as an asyncio task.
+        self.addCleanup(lambda: defer.ensureDeferred(wic.close()))
+        await wait(defer.ensureDeferred(wic.gather()))
+        invite = client.request("INVITE", f"sip:echo@127.0.0.1:{port}", body=wic.sdp("actpass"), content_type="application/sdp")
+        invite.headers.add("Contact", f"<sip:alice@{client.host};transport=ws;ob>")
+        await client.send(invite)
+        ok = await client.final_response(timeout=15)
+        self.assertEqual(ok.status, 200)
+        in_dialog = CallsThroughTheEdgeTests.in_dialog
+        await client.send(in_dialog(self, client, "ACK", invite, ok))
+        await wait(defer.ensureDeferred(wic.connect(ok.body, DtlsRole.SERVER)))  # we answered a=setup:active
+
+        during = await samples(self.service)
+        self.assertEqual(value(during, "epcscf_calls", direction="originating"), 1)
+        self.assertEqual(value(during, "epcscf_ice_agents"), 1)
+        self.assertEqual(value(during, "epcscf_dtls_sessions"), 1)
+        # one ICE host candidate socket toward the WIC, RTP and RTCP toward the core
+        self.assertEqual(value(during, "epcscf_media_ports_in_use"), 3)
+        self.assertGreater(value(during, "epcscf_sip_timers"), 0)  # RFC 6026 Timer L/M of the INVITE
+        self.assertGreater(value(during, "epcscf_asyncio_tasks"), value(idle, "epcscf_asyncio_tasks"))
+        self.assertGreater(value(during, "epcscf_reactor_delayed_calls"), value(idle, "epcscf_reactor_delayed_calls"))
+        self.assertGreaterEqual(value(during, "process_open_fds"), value(idle, "process_open_fds") + 3)
+        console = self.stats()
+        self.assertEqual((console["ice agents"], console["dtls sessions"], console["media ports in use"]), (1, 1, 3))
+        self.assertGreater(console["open fds"], 0)
+
+        await client.send(in_dialog(self, client, "BYE", invite, ok))
+        bye_answer = await client.final_response()
+        self.assertIsInstance(bye_answer, Response)
+        self.assertEqual(bye_answer.status, 200)
+        await wait(defer.ensureDeferred(wic.close()))
+        await self.until(lambda: all(node.resource_counts()[key] == 0 for key in
+                                     ("calls", "ice_agents", "dtls_sessions", "media_ports_in_use",
+                                      "server_transactions", "client_transactions", "sip_timers")), 15)
+        after = await samples(self.service)
+        self.assertEqual(value(after, "epcscf_calls", direction="originating"), 0)
+        for name in CALL_HELD:
+            self.assertEqual(value(after, name), 0, name)
+        self.assertEqual(value(after, "epcscf_sip_transactions", kind="server"), 0)
+        self.assertEqual(value(after, "epcscf_sip_transactions", kind="client"), 0)
+        self.assertEqual(value(after, "epcscf_asyncio_tasks"), value(idle, "epcscf_asyncio_tasks"))
+        # The scrapes' own HTTP connections (their timeouts, their sockets) live in this process too
+        # and come and go; nothing of the call stays.
+        self.assertLessEqual(value(after, "epcscf_reactor_delayed_calls"), value(idle, "epcscf_reactor_delayed_calls"))
+        self.assertLessEqual(value(after, "process_open_fds"), value(idle, "process_open_fds"))
+        console = self.stats()
+        for label in ("server transactions", "client transactions", "ice agents", "dtls sessions", "media ports in use"):
+            self.assertEqual(console[label], 0, label)

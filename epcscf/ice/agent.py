@@ -95,7 +95,12 @@ def _scope(address: str) -> tuple[int, bool] | None:
 def _usable(candidate: Candidate, local_scopes: frozenset[tuple[int, bool]]) -> str | None:
     """Why a remote candidate is skipped, or None when we can pair with it."""
     scope = _scope(candidate.host)
-    if scope is not None and local_scopes and scope not in local_scopes:
+    if scope is None:
+        if candidate.host.endswith(".local"):
+            return "an mDNS name (a server cannot resolve it; the peer's checks reveal its address)"
+        # RFC 8839 §5.1 allows a name here; we resolve none (and pairing needs an address).
+        return "not an IP address"
+    if local_scopes and scope not in local_scopes:
         # RFC 8445 §6.1.2.2 pairs only candidates of the same address family; a loopback
         # address and a routable one cannot reach each other either, and checks toward
         # such a pair would only send packets where no answer can come from.
@@ -104,8 +109,6 @@ def _usable(candidate: Candidate, local_scopes: frozenset[tuple[int, bool]]) -> 
         return "component 2 (we use rtcp-mux)"
     if candidate.transport.lower() != "udp":
         return "not UDP (ICE-TCP is not supported, REQ-I11)"
-    if candidate.host.endswith(".local"):
-        return "an mDNS name (a server cannot resolve it; the peer's checks reveal its address)"
     if candidate.type not in ("host", "srflx", "prflx", "relay"):
         return f"unknown type {candidate.type!r}"
     return None

@@ -22,6 +22,18 @@ from epcscf.logging import set_log_level as _set_log_level
 from epcscf.ops import callview
 from epcscf.ops.lifecycle import pending_server_transactions, reload_config
 
+#: stats() lines of PcscfNode.resource_counts(): (label, key)
+RESOURCE_LINES = (
+    ("server transactions", "server_transactions"),
+    ("client transactions", "client_transactions"),
+    ("sip timers", "sip_timers"),
+    ("ice agents", "ice_agents"),
+    ("dtls sessions", "dtls_sessions"),
+    ("media ports in use", "media_ports_in_use"),
+    ("reactor delayed calls", "delayed_calls"),
+    ("asyncio tasks", "asyncio_tasks"),
+)
+
 # RFC 6455 §7.4.1: 1000 is a normal closure; the WIC sees our reason text.
 OPERATOR_CLOSE = (1000, "closed by the operator")
 
@@ -191,11 +203,21 @@ class Console:
             ("calls ended (kept)", len(callview.ended_calls(manager))),
             ("sip transactions", len(pcscf.transactions.transactions())),
             ("sip transactions pending", pending_server_transactions(pcscf)),
+            *self._resource_figures(),
             ("event loop lag (s)", f"{lag.last:.4f}" if lag is not None and lag.last is not None else "-"),
             ("draining", "yes" if lifecycle is not None and lifecycle.draining else "no"),
             ("config files", ", ".join(service.config.files)),
         ]
         return self._table([{"name": name, "value": value} for name, value in figures])
+
+    def _resource_figures(self) -> list[tuple[str, Any]]:
+        """Leak accounting: what calls and flows hold now (the same figures as ``/metrics``)."""
+        counts = self.service.pcscf.resource_counts()
+        figures: list[tuple[str, Any]] = [(label, counts[key]) for label, key in RESOURCE_LINES]
+        metrics = getattr(self.service, "metrics", None)
+        process = metrics.process_figures() if metrics is not None else {}
+        figures.append(("open fds", int(process["process_open_fds"]) if "process_open_fds" in process else "-"))
+        return figures
 
     def reload(self) -> Rows:
         """Re-read the ini files; apply what can change live, list what needs a restart."""

@@ -26,6 +26,12 @@ Counters derived from state:
   interval), with their end cause, failing layer and final media figures
   (``Call.media_stats``); media packet/byte totals are those of the ended calls counted so
   far plus those of the live calls.
+
+Leak accounting: the gauges of ``PcscfNode.resource_counts()`` (transactions, calls, ICE
+agents, DTLS sessions, media ports, SIP timers, reactor delayed calls, asyncio tasks) go back
+to their idle values once traffic stops and timers have run; open file descriptors and RSS
+come from prometheus-client's ``ProcessCollector`` (``process_open_fds``,
+``process_resident_memory_bytes``), registered on this registry as well.
 """
 
 from __future__ import annotations
@@ -33,7 +39,7 @@ from __future__ import annotations
 import weakref
 from typing import Any, Iterator
 
-from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client import CollectorRegistry, Counter, Histogram, ProcessCollector
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.exposition import choose_encoder
 from twisted.application.service import Service
@@ -48,6 +54,16 @@ from epcscf.ops import callview
 log = Logger(namespace="epcscf.ops.metrics")
 
 MEDIA_FAILURE_LAYERS = ("ice", "dtls", "consent")
+#: (metric, key of ``PcscfNode.resource_counts()``, help) of the leak-accounting gauges; the open
+#: file descriptors are the process collector's ``process_open_fds``.
+RESOURCE_GAUGES = (
+    ("epcscf_sip_timers", "sip_timers", "RFC 3261 transaction timers armed now"),
+    ("epcscf_ice_agents", "ice_agents", "ICE agents toward WICs not yet closed"),
+    ("epcscf_dtls_sessions", "dtls_sessions", "DTLS-SRTP sessions started and not yet closed"),
+    ("epcscf_media_ports_in_use", "media_ports_in_use", "UDP ports of [media] port_range in use (ICE, RTP, RTCP)"),
+    ("epcscf_reactor_delayed_calls", "delayed_calls", "timers pending in the reactor (reactor.getDelayedCalls())"),
+    ("epcscf_asyncio_tasks", "asyncio_tasks", "asyncio tasks not done on the reactor's event loop (aioice)"),
+)
 LAG_BUCKETS = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
 
 
@@ -152,6 +168,13 @@ class EpcscfMetrics:
         )
         self.live = LiveStateCollector(service)
         self.registry.register(self.live)
+        # process_open_fds, process_resident_memory_bytes, CPU…: the library's own collector,
+        # registered here too because this registry is not the process-global one.
+        self.process = ProcessCollector(registry=self.registry)
+
+    def process_figures(self) -> dict[str, float]:
+        """The process collector's samples by name (``process_open_fds``…), for the console."""
+        return {sample.name: sample.value for family in self.process.collect() for sample in family.samples}
 
     # --- observer hooks (called by the layers that see the event) -----------------------------
 
@@ -245,7 +268,7 @@ class LiveStateCollector:
         registrations = GaugeMetricFamily("epcscf_registrations", "registration bindings held now")
         registrations.add_metric([], len(pcscf.registrations.all()))
         yield registrations
-        yield from self._transactions(pcscf)
+        yield from self._resources(pcscf)
         yield from self._calls(getattr(pcscf, "calls", None))
         draining = GaugeMetricFamily("epcscf_draining", "1 while the service drains before stopping")
         lifecycle = getattr(service, "lifecycle", None)
@@ -265,16 +288,17 @@ class LiveStateCollector:
         opened.add_metric([], self.flows_closed + len(pcscf.flows))
         yield opened
 
-    def _transactions(self, pcscf: Any) -> Iterator[Metric]:
-        from epcscf.sip.transaction_server import ServerTransaction
-
-        counts = {"server": 0, "client": 0}
-        for transaction in pcscf.transactions.transactions():
-            counts["server" if isinstance(transaction, ServerTransaction) else "client"] += 1
+    def _resources(self, pcscf: Any) -> Iterator[Metric]:
+        """Leak accounting: what calls and flows hold now (``PcscfNode.resource_counts``)."""
+        counts = pcscf.resource_counts()
         family = GaugeMetricFamily("epcscf_sip_transactions", "SIP transactions alive now", labels=["kind"])
-        for kind, count in counts.items():
-            family.add_metric([kind], count)
+        family.add_metric(["server"], counts["server_transactions"])
+        family.add_metric(["client"], counts["client_transactions"])
         yield family
+        for name, key, text in RESOURCE_GAUGES:
+            gauge = GaugeMetricFamily(name, text)
+            gauge.add_metric([], counts[key])
+            yield gauge
 
     def _calls(self, manager: Any) -> Iterator[Metric]:
         for call in callview.ended_calls(manager):

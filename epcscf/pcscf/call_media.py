@@ -34,7 +34,7 @@ from twisted.internet import defer
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from epcscf.ice import IceAgent, IceAgentConfig, IceError, IceState, PortsExhausted, UdpPortPool
+from epcscf.ice import IceAgent, IceAgentConfig, IceClosed, IceError, IceState, PortsExhausted, UdpPortPool
 from epcscf.media import Certificate, DtlsRole, MediaError, MediaSession, MediaSessionConfig
 from epcscf.media.certificate import Fingerprint as DtlsFingerprint
 from epcscf.media.certificate import FingerprintError
@@ -96,9 +96,31 @@ class CallMediaEngine:
             pool = UdpPortPool(*self.settings.ice.port_range)
         self.pool = pool
         self.certificate = certificate or Certificate.generate()  # one per process (RFC 5763 §5)
+        #: every CallMedia made and not yet fully closed (its sockets, tasks and timers freed)
+        self._live: set[CallMedia] = set()
 
     def __call__(self, call: Any) -> "CallMedia":
-        return CallMedia(self, getattr(call, "call_id", ""))
+        media = CallMedia(self, getattr(call, "call_id", ""))
+        self._live.add(media)
+        return media
+
+    def closed(self, media: "CallMedia") -> None:
+        """``media`` has freed everything it held (called once its close finished)."""
+        self._live.discard(media)
+
+    def resource_counts(self) -> dict[str, int]:
+        """What the calls' media hold now (leak accounting for ``/metrics`` and the console).
+
+        An agent or session counts from its creation until the close of its call's media has
+        finished, so one that is never closed shows here for as long as it lives.
+        """
+        streams = [stream for media in self._live for stream in media.streams.values()]
+        return {
+            "ice_agents": len(streams),
+            # DTLS started and not closed yet (a failed handshake still holds its endpoint)
+            "dtls_sessions": sum(1 for stream in streams if stream.session.state not in ("new", "closed")),
+            "media_ports_in_use": self.pool.used_count if self.pool is not None else 0,
+        }
 
 
 @dataclass(eq=False)
@@ -208,6 +230,11 @@ class CallMedia:
         self._save()
 
         def offer(_: object) -> bytes:
+            gathering = [i for i in accepted if not self.streams[i].agent.local_candidates()]
+            if gathering:
+                # An ICE restart (RFC 8445 §9) is still gathering the new local candidates: the
+                # offer crossed an exchange in progress, the core retries (RFC 3261 §14.2: 491).
+                raise MediaRejected(491, f"m-line {gathering[0]}: an ICE restart toward the WIC is in progress")
             try:
                 out = offer_toward_wic(core_offer, self._wic_leg(), policy)
                 self._set_core_remotes(extract_core_media_params(core_offer))
@@ -294,7 +321,7 @@ class CallMedia:
             stream.session.on_failed = None
             closing.append(defer.maybeDeferred(stream.session.close))
             closing.append(stream.agent.close())
-        return defer.DeferredList(closing, consumeErrors=True).addCallback(lambda _: None)
+        return defer.DeferredList(closing, consumeErrors=True).addCallback(lambda _: self.engine.closed(self))
 
     # --- streams -----------------------------------------------------------------------------
 
@@ -352,6 +379,11 @@ class CallMedia:
         if isinstance(error, defer.FirstError):
             error = error.subFailure.value
         if isinstance(error, PortsExhausted):
+            raise MediaRejected(503, str(error))
+        if isinstance(error, IceError) and not isinstance(error, IceClosed):
+            # No socket could be bound (ports held by other processes): no media resources,
+            # the same 503 as an exhausted pool (RFC 3261 §21.5.4). An agent closed while
+            # gathering is the call's release, handled by the call manager.
             raise MediaRejected(503, str(error))
         return failure
 

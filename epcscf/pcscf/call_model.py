@@ -9,7 +9,6 @@ Content-Length exact (REQ-S12).
 
 from __future__ import annotations
 
-import collections
 from dataclasses import dataclass, field
 from typing import Any, Callable, Protocol
 
@@ -76,7 +75,7 @@ class CallSettings:
     warning_agent: str = "epcscf"  # warn-agent in Warning headers (RFC 3261 §20.43)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)  # slots: an ended call keeps its timeline for [calls] history
 class TimelineEntry:
     at: float
     kind: str  # "sip-in", "sip-out", "state", "ice", "dtls", "media", "release"
@@ -92,7 +91,10 @@ class Call:
     wic_flow: Connection
     created: float
     clock: IReactorTime
-    timeline: collections.deque = field(default_factory=lambda: collections.deque(maxlen=200))
+    #: what happened, oldest first, at most ``timeline_limit`` entries (a list, not a bounded
+    #: deque: a deque's first block alone is ~600 bytes, most calls note about 10 entries)
+    timeline: list[TimelineEntry] = field(default_factory=list)
+    timeline_limit: int = 200
     state: CallState = CallState.OFFER_RECEIVED
     dialog: Dialog | None = None
     media: CallMediaLike | None = None
@@ -117,6 +119,8 @@ class Call:
 
     def note(self, kind: str, text: str) -> None:
         self.timeline.append(TimelineEntry(self.clock.seconds(), kind, text))
+        if len(self.timeline) > self.timeline_limit:
+            del self.timeline[0]
 
     def can(self, event: CallEvent) -> bool:
         return event in TRANSITIONS[self.state]

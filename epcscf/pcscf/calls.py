@@ -30,7 +30,9 @@ feeds it events and does the SIP side of the work:
   protocol error: a log line with the Call-ID, a timeline entry and ``protocol_errors``
   counted — never silently dropped.
 * Every call's media is closed when it ends, whatever the path; an ended call stays in
-  ``ended_calls()`` for ``CallSettings.keep_ended`` seconds (pruned lazily: no timer).
+  ``ended_calls()`` for ``CallSettings.keep_ended`` seconds.  One reactor timer, armed for
+  the oldest ended call, forgets them: after the last call, the history empties by itself
+  (pruning only when the next call ends would keep the last busy minutes for ever).
 """
 
 from __future__ import annotations
@@ -39,7 +41,7 @@ import collections
 from typing import Iterable
 
 from twisted.internet import defer
-from twisted.internet.interfaces import IReactorTime
+from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
@@ -104,6 +106,7 @@ class CallManager:
         self._live: dict[tuple[str, str], Call] = {}
         self._ended: collections.OrderedDict[int, Call] = collections.OrderedDict()
         self._closing: set[defer.Deferred] = set()
+        self._pruning: IDelayedCall | None = None
 
     # --- views for the console and tests ----------------------------------------------------
 
@@ -160,8 +163,8 @@ class CallManager:
             return Reject(self._overloaded(request, "too many calls"))
         call_id = request.headers.get("Call-ID") or ""
         call = Call(call_id, direction, flow, self.clock.seconds(), self.clock,
-                    collections.deque(maxlen=self.settings.timeline_length))
-        received = context.server_transaction.request if context.server_transaction is not None else request
+                    timeline_limit=self.settings.timeline_length)
+        received = context.request_as_received
         caller = Side.WIC if direction is CallDirection.ORIGINATING else Side.CORE
         call.dialog = Dialog.from_invite(received, caller)
         call.invite_context = context
@@ -271,6 +274,14 @@ class CallManager:
         call.note("sip-in", f"{response.status} {response.reason} from the {responder.value}")
         if initial and call.state in (CallState.TERMINATING, CallState.TERMINATED):
             return self._response_after_release(call, response, responder)
+        if call.media is None:
+            # The call ended (a BYE crossing a re-INVITE, a new INVITE with its Call-ID) while
+            # this transaction was open: the response still ends the transaction, but its SDP
+            # can no longer be transformed and is never relayed as it is (TS 24.371 §7.4).
+            log.info("{status} for call {call_id}, which has ended: relayed without its body",
+                     status=response.status, call_id=call.call_id)
+            strip_body(response)
+            return response
         if call.dialog is not None:
             call.dialog.response_seen(response, responder)
         rewritten = defer.maybeDeferred(call_sdp.rewrite_response, call, leg, response, initial,
@@ -459,6 +470,9 @@ class CallManager:
         for call in list(self._live.values()):
             self._release(call, 'SIP;cause=503;text="Service shutting down"', 503, (Side.WIC, Side.CORE),
                           "service shutting down", None)
+        if self._pruning is not None and self._pruning.active():
+            self._pruning.cancel()
+        self._pruning = None
         return self.idle()
 
     # --- events the tables do not allow ------------------------------------------------------------
@@ -524,6 +538,7 @@ class CallManager:
             del self._live[call.key]
         self._prune_ended()
         self._ended[id(call)] = call
+        self._arm_pruning()
         call.invite_context = None  # the proxy's context is not ours to keep alive
         media, call.media = call.media, None
         if media is not None:
@@ -538,12 +553,25 @@ class CallManager:
             closing.addBoth(lambda result: (self._closing.discard(closing), result)[1])
 
     def _prune_ended(self) -> None:
-        horizon = self.clock.seconds() - self.settings.keep_ended
+        now = self.clock.seconds() + 1e-6  # the timer's own arithmetic may round a hair early
         while self._ended:
             key, oldest = next(iter(self._ended.items()))
-            if oldest.ended_at is not None and oldest.ended_at >= horizon:
+            if oldest.ended_at is not None and oldest.ended_at + self.settings.keep_ended > now:
                 break
             del self._ended[key]
+
+    def _arm_pruning(self) -> None:
+        """One timer for the whole history: due when the oldest ended call expires."""
+        if self._pruning is not None or not self._ended:
+            return
+        oldest = next(iter(self._ended.values()))
+        due = (oldest.ended_at or 0.0) + self.settings.keep_ended - self.clock.seconds()
+        self._pruning = self.clock.callLater(max(0.0, due), self._pruning_due)
+
+    def _pruning_due(self) -> None:
+        self._pruning = None
+        self._prune_ended()
+        self._arm_pruning()
 
 
 def _branch_connection(context: ProxiedRequest, response: Response | None) -> Connection | None:

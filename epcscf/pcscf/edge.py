@@ -373,7 +373,7 @@ class PcscfPolicy:
         return self.next_hop_resolver().addCallback(lambda targets: Forward(request, targets, record_route, sent_by))
 
     def _record_registration(self, context: ProxiedRequest, response: Response) -> None:
-        register = context.server_transaction.request if context.server_transaction is not None else context.request
+        register = context.request_as_received
         leg = context.attached
         flow = self.flows.find(context.connection.id)
         origin = flow.origin if flow is not None else None

@@ -11,6 +11,7 @@ here, so the wiring can be read in one place:
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import dataclass, fields
 from typing import Any, Callable
 
@@ -38,6 +39,7 @@ from epcscf.sip.proxy_policy import LateBoundProxy
 from epcscf.sip.resolver import NextHopResolver, Target
 from epcscf.sip.tls import HTTP_PROTOCOLS, server_tls_from_files
 from epcscf.sip.transaction import TimerSettings, TransactionLayer
+from epcscf.sip.transaction_server import ServerTransaction
 from epcscf.sip.transport import TransportManager, TransportSettings
 from epcscf.sip.uri import SipUri, UriError, parse_uri
 from epcscf.ws.connection import CloseReason, WsConnection
@@ -216,6 +218,7 @@ class PcscfNode(Service):
             FlowRateLimiter(self.overload_settings, reactor) if self.overload_settings.flow_messages_per_second > 0 else None
         )
         self._load_probe: LoadProbe | None = None
+        self.media_engine: CallMediaEngine | None = None
 
     # --- TransactionUser: everything goes through the proxy ---------------------------------
 
@@ -256,11 +259,12 @@ class PcscfNode(Service):
         # the policy the call manager, the call manager the proxy: the call manager is given a
         # typed stand-in for the proxy, bound once the proxy exists.
         proxy_operations = LateBoundProxy()
+        self.media_engine = CallMediaEngine(self.reactor, call_media_settings(self.config))
         # TS 24.371 §7: every INVITE dialog goes through the call manager (ICE, SDP, media).
         self.calls = CallManager(
             self.reactor,
             addresses,
-            CallMediaEngine(self.reactor, call_media_settings(self.config)),
+            self.media_engine,
             CallSettings(keep_ended=self.config.calls.history, warning_agent=addresses.core_host),
             proxy_operations,
         )
@@ -410,5 +414,37 @@ class PcscfNode(Service):
     def _binding_removed(self, binding: RegistrationBinding, reason: str) -> None:
         log.info("registration of {aor} on flow {flow} ended: {reason}", aor=binding.aor, flow=binding.flow_id, reason=reason)
 
+    # --- leak accounting -------------------------------------------------------------------------
+
+    def resource_counts(self) -> dict[str, int]:
+        """Live counts of everything a call or a flow holds, for ``/metrics`` and the console.
+
+        After traffic stops and the timers have run, every count returns to its idle value
+        (transactions, calls, agents, sessions and ports to zero); one that does not is a leak.
+        """
+        transactions = self.transactions.transactions()
+        servers = sum(1 for transaction in transactions if isinstance(transaction, ServerTransaction))
+        media = self.media_engine.resource_counts() if self.media_engine is not None else {}
+        return {
+            "server_transactions": servers,
+            "client_transactions": len(transactions) - servers,
+            "sip_timers": self.transactions.pending_timers(),
+            "calls": len(self.calls.calls()) if self.calls is not None else 0,
+            "ice_agents": media.get("ice_agents", 0),
+            "dtls_sessions": media.get("dtls_sessions", 0),
+            "media_ports_in_use": media.get("media_ports_in_use", 0),
+            "delayed_calls": len(self.reactor.getDelayedCalls()),
+            "asyncio_tasks": _asyncio_tasks(),
+        }
+
     def listener(self, transport: str) -> BoundListener | None:
         return next((l for l in self.listeners if l.transport == transport.upper()), None)
+
+
+def _asyncio_tasks() -> int:
+    """Tasks not done on the running asyncio loop (aioice's, under Twisted's asyncio reactor)."""
+    try:
+        loop = asyncio.get_running_loop()
+    except RuntimeError:
+        return 0  # not under a running loop (a test on task.Clock): nothing of aioice can run either
+    return len(asyncio.all_tasks(loop))

@@ -235,7 +235,7 @@ class TransactionLayer:
     def _answer_500(self, transaction: ServerTransaction) -> None:
         if transaction.last_response is not None and transaction.last_response.status >= 200:
             return
-        if transaction.state not in (State.TRYING, State.PROCEEDING):
+        if transaction.state not in (State.TRYING, State.PROCEEDING) or transaction.request is None:
             return
         transaction.respond(make_response(transaction.request, 500, to_tag=new_tag()))
 
@@ -256,8 +256,8 @@ class TransactionLayer:
                 continue
             if request.method == "ACK":
                 # §17.2.3: the ACK's To tag is the one of the response we sent.
-                if transaction.is_invite and transaction.last_response is not None:
-                    if identity.to_tag == to_tag(transaction.last_response):
+                if transaction.is_invite and transaction.final_to_tag is not None:
+                    if identity.to_tag == transaction.final_to_tag:
                         return transaction
             elif identity.to_tag == other.to_tag and identity.cseq_method == other.cseq_method:
                 return transaction
@@ -378,6 +378,10 @@ class TransactionLayer:
     def transactions(self) -> list[ServerTransaction | ClientTransaction]:
         """Every live transaction (for tests and the console)."""
         return [*self._servers.values(), *self._rfc2543_servers, *self._clients.values()]
+
+    def pending_timers(self) -> int:
+        """RFC 3261 §17 timers armed now (they share one reactor call, see ``TimerQueue``)."""
+        return self._clock.pending()
 
     def close(self) -> None:
         """Cancel every timer and forget every transaction (service shutdown)."""

@@ -84,7 +84,9 @@ class ClientTransaction(TransactionMachine):
         branch: str,
         on_terminated: Callable[[TransactionMachine], None],
     ) -> None:
-        self.request = request
+        #: the request sent, until a final response arrived (then None, see ``_let_go``)
+        self.request: Request | None = request
+        self.method = request.method
         self.connection = connection
         self.user = user
         self.timers = timers
@@ -92,21 +94,24 @@ class ClientTransaction(TransactionMachine):
         self.is_invite = request.method == "INVITE"
         self.machine = "INVITE client" if self.is_invite else "non-INVITE client"
         self.table = INVITE_CLIENT if self.is_invite else NON_INVITE_CLIENT
-        #: the most recent response passed to the user
+        #: the most recent response passed to the user (None once the transaction lingers)
         self.last_response: Response | None = None
+        #: RFC 3261 §17.1.1.3: the ACK for our non-2xx final, re-sent for its retransmissions
+        self._ack: Request | None = None
         self._interval = timers.t1  # current value of Timer A or E
         super().__init__(clock, State.CALLING if self.is_invite else State.TRYING, on_terminated)
 
     def __repr__(self) -> str:
-        return f"<ClientTransaction {self.request.method} {self.branch} {self.state.value}>"
+        return f"<ClientTransaction {self.method} {self.branch} {self.state.value}>"
 
     @property
     def key(self) -> tuple[str, str]:
         """RFC 3261 §17.1.3: branch of the top Via and the CSeq method."""
-        return (self.branch, self.request.method)
+        return (self.branch, self.method)
 
     def start(self) -> None:
         """Send the request and arm the first timers (§17.1.1.2, §17.1.2.2)."""
+        assert self.request is not None
         self._send(self.connection, self.request)
         if self._send_failed:
             self._send_failed = False
@@ -144,10 +149,21 @@ class ClientTransaction(TransactionMachine):
 
     def _send_ack(self, response: object) -> None:
         assert isinstance(response, Response)
-        self._send(self.connection, ack_for_non_2xx(self.request, response))  # §17.1.1.3
+        if self._ack is None:
+            # §17.1.1.3: a retransmitted final has the same To tag, so the same ACK answers it.
+            assert self.request is not None
+            self._ack = ack_for_non_2xx(self.request, response)
+        self._send(self.connection, self._ack)
 
     def _retransmit_request(self, _: object) -> None:
+        assert self.request is not None  # Calling, Trying, Proceeding: not yet let go
         self._send(self.connection, self.request)
+
+    def _let_go(self) -> None:
+        # Once a final arrived the request is never sent again (Completed re-sends only the
+        # ACK, Accepted passes further 2xx up, RFC 6026 §7.2), and the response is the TU's.
+        self.request = None
+        self.last_response = None
 
     def _restart_timer_a(self, _: object) -> None:
         # §17.1.1.2: each time Timer A fires its value doubles (no T2 cap for INVITE).

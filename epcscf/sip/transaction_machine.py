@@ -341,6 +341,13 @@ TIMER_LIFETIME: Mapping[Event, frozenset[State]] = {
     E.TRANSPORT_ERROR: frozenset({S.CALLING, S.TRYING}),
 }
 
+#: States in which a transaction only lingers after its final response: it absorbs
+#: retransmissions (RFC 3261 §17.1.1.2, §17.1.2.2, §17.2.1, §17.2.2; RFC 6026 §7.1, §7.2)
+#: until Timer D, H, I, J, K, L or M ends it.  At 64*T1 with the WIC-side T1 of 2 s that is
+#: 128 s, thousands of transactions on a busy edge: in these states each machine lets go of
+#: the messages it no longer needs (``TransactionMachine._let_go``).
+LINGERING_STATES: frozenset[State] = frozenset({S.COMPLETED, S.CONFIRMED, S.ACCEPTED})
+
 del S, E, A, T
 
 
@@ -403,10 +410,16 @@ class TransactionMachine:
             timer = self._due_now.pop(0)
             if self.state in TIMER_LIFETIME[timer]:
                 self._handle(timer)
+        if self.state in LINGERING_STATES:
+            self._let_go()
         if self.state is State.TERMINATED and not self._finished:
             self._finished = True
             self._due_now.clear()
             self._on_terminated(self)
+
+    def _let_go(self) -> None:
+        """Drop what a transaction that only lingers no longer needs (see ``LINGERING_STATES``);
+        called after every event handled in one of those states."""
 
     def _send(self, connection: Connection, message: Message) -> None:
         """Hand ``message`` to the transport; a lost connection becomes a TRANSPORT_ERROR

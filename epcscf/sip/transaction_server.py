@@ -13,7 +13,7 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 
 from epcscf.sip.connection import Connection
-from epcscf.sip.headers import Via
+from epcscf.sip.headers import Via, to_tag
 from epcscf.sip.message import Request, Response, make_response
 from epcscf.sip.transaction_machine import (
     INVITE_SERVER,
@@ -88,22 +88,28 @@ class ServerTransaction(TransactionMachine):
         identity: RequestIdentity,
         on_terminated: Callable[[TransactionMachine], None],
     ) -> None:
-        self.request = request
+        #: the request as received, until the transaction has sent a final response (then it
+        #: only absorbs retransmissions and lets the request go: None, see ``_let_go``)
+        self.request: Request | None = request
+        self.method = request.method
         self.connection = connection
         self.timers = timers
         self.identity = identity
         self.is_invite = request.method == "INVITE"
         self.machine = "INVITE server" if self.is_invite else "non-INVITE server"
         self.table = INVITE_SERVER if self.is_invite else NON_INVITE_SERVER
-        #: the most recent response sent (the TU's, or the automatic 100 Trying)
+        #: the most recent response sent (the TU's, or the automatic 100 Trying); None in
+        #: Accepted, where the TU alone sends 2xx retransmissions (RFC 6026 §7.1)
         self.last_response: Response | None = None
+        #: the To tag of our final response (RFC 2543 matching of the ACK, §17.2.3)
+        self.final_to_tag: str | None = None
         self._tu = tu
         self._ack_connection: Connection = connection
         self._interval = timers.t1  # current value of Timer G
         super().__init__(clock, State.PROCEEDING if self.is_invite else State.TRYING, on_terminated)
 
     def __repr__(self) -> str:
-        return f"<ServerTransaction {self.request.method} {self.identity.branch} {self.state.value}>"
+        return f"<ServerTransaction {self.method} {self.identity.branch} {self.state.value}>"
 
     def start(self) -> None:
         """Arm the 100 Trying timer of an INVITE (RFC 3261 §17.2.1: 200 ms)."""
@@ -143,10 +149,22 @@ class ServerTransaction(TransactionMachine):
         assert isinstance(response, Response)
         self._cancel_timer(Event.TIMER_TRYING)  # the TU answered: no automatic 100
         self.last_response = response
+        if response.status >= 200:
+            self.final_to_tag = to_tag(response)
         self._send(self.connection, response)
+
+    def _let_go(self) -> None:
+        # After the final response the request is never read again (retransmissions are
+        # matched on ``identity``, §17.2.3), and in Accepted neither is the response: the TU
+        # retransmits its 2xx itself (RFC 6026 §7.1).  A 2xx with an SDP answer and the
+        # INVITE with its offer are most of the ~9 KB such a transaction held for 64*T1.
+        self.request = None
+        if self.state is State.ACCEPTED:
+            self.last_response = None
 
     def _send_trying(self, _: object) -> None:
         # RFC 3261 §17.2.1: the TU did not answer within 200 ms.
+        assert self.request is not None  # Proceeding: no final response yet
         trying = make_response(self.request, 100)
         timestamp = self.request.headers.get("timestamp")
         if timestamp is not None:

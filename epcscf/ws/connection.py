@@ -37,6 +37,22 @@ class FrameSender(Protocol):
     def close_websocket(self, code: int, reason: str) -> None: ...
 
 
+class _Gone:
+    """The sender of a closed connection.  Every send checks ``connected`` first, so this is
+    not reached; it exists so that a closed ``WsConnection`` (still named by ended calls,
+    transactions in their last timers, the console) no longer keeps the whole Autobahn
+    protocol, its transport and buffers alive."""
+
+    def send_frame(self, payload: bytes, binary: bool) -> None:
+        raise ConnectionLost("the WebSocket is closed")
+
+    def close_websocket(self, code: int, reason: str) -> None:
+        pass
+
+
+_GONE = _Gone()
+
+
 @dataclass(frozen=True)
 class CloseReason:
     """Why a WebSocket connection (a flow) ended.
@@ -133,3 +149,4 @@ class WsConnection:
         """Called by the protocol once the WebSocket is gone; later sends raise ``ConnectionLost``."""
         if self.closed_reason is None:
             self.closed_reason = reason
+            self._sender = _GONE

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 import tempfile
 
 from twisted.internet import defer, protocol, reactor
@@ -43,8 +44,9 @@ class _ConsoleSession(protocol.ProcessProtocol):
         self.finished.callback((code if code is not None else -1, ANSI.sub(b"", self.output)))
 
 
-def run_console(port: int, user: str, password: str, lines: list[str], timeout: float = 20.0) -> defer.Deferred:
-    """Log in over SSH, type ``lines`` one per prompt; fires with (exit code, screen text)."""
+def ssh_invocation(port: int, user: str, password: str) -> tuple[list[str], dict[str, str], str]:
+    """The OpenSSH client's argv and environment logging ``user`` in with ``password`` (through an
+    askpass script in a new directory, the third item: the caller removes it)."""
     directory = tempfile.mkdtemp(prefix="epcscf-ssh-")
     askpass = os.path.join(directory, "askpass")
     with open(askpass, "w") as handle:
@@ -65,6 +67,12 @@ def run_console(port: int, user: str, password: str, lines: list[str], timeout: 
         "-o", "NumberOfPasswordPrompts=1", "-o", "LogLevel=ERROR",
         f"{user}@127.0.0.1",
     ]
+    return argv, env, directory
+
+
+def run_console(port: int, user: str, password: str, lines: list[str], timeout: float = 20.0) -> defer.Deferred:
+    """Log in over SSH, type ``lines`` one per prompt; fires with (exit code, screen text)."""
+    argv, env, directory = ssh_invocation(port, user, password)
     session = _ConsoleSession(lines)
     process = reactor.spawnProcess(session, "/usr/bin/ssh", argv, env=env)
     guard = reactor.callLater(timeout, lambda: process.signalProcess("KILL"))
@@ -72,8 +80,7 @@ def run_console(port: int, user: str, password: str, lines: list[str], timeout: 
     def done(result):
         if guard.active():
             guard.cancel()
-        os.remove(askpass)
-        os.rmdir(directory)
+        shutil.rmtree(directory, ignore_errors=True)
         return result
 
     return session.finished.addBoth(done)

@@ -1,0 +1,220 @@
+"""The edge under fuzz for ``benchmarks/fuzz.py``: the ``twistd epcscf`` process it starts (ini,
+RSS, fds, live counts from ``/metrics``), the sipp UAS, and the reading of the edge's log
+into traceback families."""
+
+from __future__ import annotations
+
+import collections
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import time
+import urllib.request
+from dataclasses import dataclass, field
+from typing import Any
+
+from _load import raise_open_files_limit
+from w2_register import DOMAIN, cpu_seconds, free_port
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+TOP = os.path.dirname(HERE)
+SIPP_SCENARIO = os.path.join(TOP, "tests", "sipp", "calls_uas_answer.xml")
+MAX_MESSAGE_SIZE = 65536  # the edge's [ws]/[sip] max_message_size below
+LIVE_GAUGES = ("epcscf_sip_transactions", "epcscf_sip_timers", "epcscf_calls", "epcscf_ws_connections", "epcscf_registrations",
+               "epcscf_ice_agents", "epcscf_dtls_sessions", "epcscf_media_ports_in_use", "epcscf_reactor_delayed_calls",
+               "epcscf_asyncio_tasks", "process_open_fds")
+
+
+# --- the edge ---------------------------------------------------------------------------------
+
+
+@dataclass
+class Edge:
+    directory: str
+    udp: int = field(default_factory=lambda: free_port(socket.SOCK_DGRAM))
+    tcp: int = field(default_factory=free_port)
+    ws: int = field(default_factory=free_port)
+    core: int = field(default_factory=lambda: free_port(socket.SOCK_DGRAM))
+    metrics: int = field(default_factory=free_port)
+    process: Any = None
+
+    @property
+    def log_path(self) -> str:
+        return os.path.join(self.directory, "epcscf.log")
+
+    def start(self, users: dict[str, str]) -> None:
+        users_file = os.path.join(self.directory, "users")
+        with open(users_file, "w") as handle:
+            handle.write("".join(f"{user}:{password}\n" for user, password in users.items()))
+        ini = os.path.join(self.directory, "fuzz.ini")
+        with open(ini, "w") as handle:
+            handle.write(f"""\
+[service]
+state_dir = {self.directory}/var
+[sip]
+listen = udp:127.0.0.1:{self.udp}, tcp:127.0.0.1:{self.tcp}
+max_message_size = {MAX_MESSAGE_SIZE}
+[ws]
+listen = ws:127.0.0.1:{self.ws}
+allow_missing_origin = true
+max_message_size = {MAX_MESSAGE_SIZE}
+[core]
+mode = embedded
+domain = {DOMAIN}
+listen = udp:127.0.0.1:{self.core}
+users = {users_file}
+[media]
+port_range = 30000-39999
+[metrics]
+enabled = true
+port = {self.metrics}
+[manhole]
+enabled = false
+[log]
+level = warn
+""")
+        env = dict(os.environ, PYTHONPATH=TOP + os.pathsep + os.environ.get("PYTHONPATH", ""))
+        log = open(self.log_path, "wb")
+        self.process = subprocess.Popen(
+            [os.path.join(TOP, ".venv", "bin", "twistd"), "-n", "--pidfile=", "epcscf", "--config", ini],
+            cwd=TOP, env=env, stdout=log, stderr=subprocess.STDOUT, preexec_fn=lambda: raise_open_files_limit(20000),
+        )
+        deadline = time.monotonic() + 60
+        while True:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"epcscf exited with {self.process.returncode}; see {self.log_path}")
+            with socket.socket() as probe:
+                if probe.connect_ex(("127.0.0.1", self.ws)) == 0 and probe.close() is None:
+                    with socket.socket() as second:
+                        if second.connect_ex(("127.0.0.1", self.metrics)) == 0:
+                            return
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"epcscf did not start listening; see {self.log_path}")
+            time.sleep(0.1)
+
+    def rss_kib(self) -> int:
+        with open(f"/proc/{self.process.pid}/status") as status:
+            return next(int(line.split()[1]) for line in status if line.startswith("VmRSS:"))
+
+    def fds(self) -> int:
+        return len(os.listdir(f"/proc/{self.process.pid}/fd"))
+
+    def gauges(self) -> dict[str, float]:
+        """The live counts the edge exports (summed over labels), from one scrape."""
+        from prometheus_client.parser import text_string_to_metric_families
+
+        with urllib.request.urlopen(f"http://127.0.0.1:{self.metrics}/metrics", timeout=10) as response:
+            text = response.read().decode()
+        found: dict[str, float] = {}
+        for family in text_string_to_metric_families(text):
+            for sample in family.samples:
+                if sample.name in LIVE_GAUGES:
+                    key = sample.name + "".join(f"{{{v}}}" for k, v in sorted(sample.labels.items()) if k == "kind")
+                    found[key] = found.get(key, 0) + sample.value
+        return found
+
+    def snapshot(self) -> dict[str, Any]:
+        try:
+            gauges = self.gauges()
+        except OSError as error:
+            gauges = {"scrape failed": str(error)}
+        return {"rss_kib": self.rss_kib(), "fds": self.fds(), "cpu": cpu_seconds(self.process.pid), "gauges": gauges}
+
+    def stop(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(40)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait(5)
+
+
+def start_sipp(directory: str, seconds: float) -> tuple[subprocess.Popen, int]:
+    sipp = shutil.which("sipp")
+    if sipp is None:
+        raise RuntimeError("sipp is not installed (Debian package sip-tester)")
+    port = free_port(socket.SOCK_DGRAM)
+    process = subprocess.Popen(
+        [sipp, "-sf", SIPP_SCENARIO, "-i", "127.0.0.1", "-p", str(port), "-mi", "127.0.0.1", "-mp", str(free_port(socket.SOCK_DGRAM)),
+         "-nostdin", "-timeout", f"{int(seconds)}s", "-max_recv_loops", "10000"],  # no -trace_err: mutants make sipp write hundreds of MB
+        cwd=directory, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )
+    return process, port
+
+
+# --- the log ----------------------------------------------------------------------------------
+
+_NUMBERS = re.compile(r"0x[0-9a-f]+|\d+")
+
+
+_FRAME = re.compile(r'File "([^"]+)", line (\d+), in (\S+)|^\s*(/\S+):(\d+):(\S+)$')
+_EXCEPTION = re.compile(r"^\s*(?:Failure: )?([A-Za-z_][\w.]*(?:Error|Exception|Closed|Disconnected|Lost|Failure|Warning|Exit)\w*)(?::|$)(.*)")
+_INNER = re.compile(r"<class '([\w.]+)'>: ([^\n\]]*)")
+
+
+def failure_family(event: list[str]) -> str:
+    """``ExceptionType: message (numbers blanked) @ deepest epcscf frame`` of one logged traceback."""
+    frames = []
+    for line in event:
+        found = _FRAME.search(line)
+        if found:
+            path, number, function = (found.group(1), found.group(2), found.group(3)) if found.group(1) else found.group(4, 5, 6)
+            frames.append((path, number, function))
+    ours = [frame for frame in frames if "/epcscf/" in frame[0]]
+    where = ours[-1] if ours else (frames[-1] if frames else ("?", "", ""))
+    exception = "?"
+    for line in reversed(event):
+        inner = _INNER.search(line)
+        if inner:
+            exception = f"{inner.group(1)}: {inner.group(2)}"
+            break
+        found = _EXCEPTION.match(line)
+        if found and not line.strip().startswith("File "):
+            exception = f"{found.group(1)}:{found.group(2)}"
+            break
+    return _NUMBERS.sub("N", exception.strip())[:140] + f" @ {where[0].split('/epcscf/')[-1]}:{where[2]}"
+
+
+def log_findings(path: str) -> tuple[collections.Counter, dict[str, tuple[int, list[str]]]]:
+    """Counts of alarming lines and the traceback families: {key: (count, first lines)}.
+
+    ``textFileLogObserver`` writes one event per line, later lines of a multi-line event
+    (a traceback) indented with a tab; a family is the exception line (numbers blanked)
+    plus the innermost frame.
+    """
+    counts: collections.Counter = collections.Counter()
+    families: dict[str, tuple[int, list[str]]] = {}
+    event: list[str] = []
+
+    def close_event() -> None:
+        if not event:
+            return
+        text = "\n".join(event)
+        # "Unhandled error in Deferred:" is an event of its own; its traceback is the next one.
+        if "Traceback (most recent call last)" in text:
+            key = failure_family(event)
+            count, sample = families.get(key, (0, []))
+            families[key] = (count + 1, sample or event[:3] + ["\t..."] + event[-6:])
+
+    with open(path, errors="replace") as handle:
+        for line in handle:
+            line = line.rstrip("\n")
+            if "Traceback (most recent call last)" in line:
+                counts["traceback"] += 1
+            if "Unhandled error" in line:
+                counts["unhandled error"] += 1
+            if "#critical]" in line:
+                counts["critical"] += 1
+            elif "#error]" in line:
+                counts["error"] += 1
+            if line.startswith("\t"):
+                event.append(line)
+            else:
+                close_event()
+                event = [line]
+    close_event()
+    return counts, families

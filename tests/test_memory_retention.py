@@ -1,0 +1,281 @@
+"""What a finished exchange leaves behind: only what its remaining timers need, then nothing.
+
+A transaction lingers 64*T1 after its final response to absorb retransmissions (RFC 3261
+§17.1.1.2, §17.2.1, §17.2.2; RFC 6026 §7.1, §7.2: 128 s with the WIC-side T1 of 2 s), a closed
+WebSocket stays named by ended calls and transactions, and an ended call stays in the
+console's history for ``keep_ended`` seconds.  These tests check with weak references and
+``gc.collect()`` that the big things (the SIP messages with their SDP, the Autobahn protocol,
+the call and its media) are let go as soon as nothing needs them, and that the history
+empties by itself once the traffic stops.  What Python frees, glibc keeps in the process
+unless asked (``epcscf.ops.heap``): the last tests check that it is asked, once per burst.
+"""
+
+from __future__ import annotations
+
+import gc
+import weakref
+from typing import Any
+
+from twisted.internet import reactor as global_reactor
+from twisted.internet import task
+from twisted.internet.task import deferLater
+from twisted.trial import unittest
+
+from epcscf.ops.heap import HeapTrimmer, glibc_heap
+from epcscf.pcscf.calls import CallManager, CallSettings
+from epcscf.sip.connection import Address, ConnectionLost
+from epcscf.sip.message import Request, Response
+from epcscf.sip.transaction import State, TimerSettings, TransactionLayer
+from epcscf.ws.connection import CloseReason, WsConnection
+from tests.test_calls_media import CallMediaTestCase
+from tests.test_calls_manager import ADDRESSES, FakeMedia, FakeProxy, FakeServerTransaction, invite, response_to
+from tests.test_calls_manager import FakeConnection as CallsConnection
+from tests.test_sip_transaction_fakes import FakeConnection, Recorder, request, response
+
+SDP = b"v=0\r\no=- 1 1 IN IP4 127.0.0.1\r\ns=-\r\nt=0 0\r\nm=audio 9 UDP/TLS/RTP/SAVPF 111\r\n" * 8
+
+
+def with_sdp(message: Request | Response) -> Request | Response:
+    message.headers.add("Content-Type", "application/sdp")
+    message.body = SDP
+    message.headers.set("Content-Length", str(len(SDP)))
+    return message
+
+
+class TransactionRetentionTests(unittest.TestCase):
+    def setUp(self) -> None:
+        self.clock = task.Clock()
+        self.tu = Recorder(self.clock)
+        self.layer = TransactionLayer(self.clock, self.tu, lambda connection: TimerSettings())
+        self.connection = FakeConnection(self.clock)
+
+    def receive(self, message: Request) -> weakref.ref:
+        held = weakref.ref(message)
+        self.layer.receive(message, self.connection)
+        return held
+
+    def forget_sent(self) -> None:
+        # The fake connection records what was sent; a real one keeps nothing.
+        self.connection.sent.clear()
+        gc.collect()
+
+    def test_accepted_invite_server_transaction_lets_go_of_the_invite_and_its_2xx(self) -> None:
+        invite_held = self.receive(with_sdp(request("INVITE")))
+        [transaction] = self.tu.server_transactions
+        assert transaction.request is not None
+        ok = with_sdp(response(transaction.request, 200))
+        ok_held = weakref.ref(ok)
+        transaction.respond(ok)
+        del ok
+        self.forget_sent()
+        self.assertIs(transaction.state, State.ACCEPTED)
+        self.assertIsNone(invite_held())
+        self.assertIsNone(ok_held())
+        # RFC 6026 §7.1: it still absorbs the INVITE retransmission and passes the ACK up.
+        self.receive(with_sdp(request("INVITE")))
+        self.assertEqual(self.connection.sent, [])
+        self.receive(request("ACK", to_tag="bob1"))
+        self.assertEqual(self.tu.kinds(), ["request", "ack"])
+        self.clock.advance(TimerSettings().l)
+        self.assertEqual(self.layer.transactions(), [])
+
+    def test_completed_server_transactions_keep_only_the_response_they_repeat(self) -> None:
+        bye_held = self.receive(request("BYE"))
+        [transaction] = self.tu.server_transactions
+        assert transaction.request is not None
+        transaction.respond(response(transaction.request, 200))
+        self.forget_sent()
+        self.assertIs(transaction.state, State.COMPLETED)
+        self.assertIsNone(bye_held())
+        # RFC 3261 §17.2.2: a retransmission gets the last response again.
+        self.receive(request("BYE"))
+        self.assertEqual([m.start_line() for m in self.connection.messages()], ["SIP/2.0 200 OK"])
+
+    def test_rfc2543_ack_still_matches_an_accepted_invite_without_its_response(self) -> None:
+        self.receive(request("INVITE", branch="1"))
+        [transaction] = self.tu.server_transactions
+        assert transaction.request is not None
+        transaction.respond(response(transaction.request, 200))
+        self.forget_sent()
+        # RFC 3261 §17.2.3: without a magic cookie the ACK matches on the To tag of our response.
+        self.receive(request("ACK", branch="1", to_tag="bob1"))
+        self.assertEqual(self.tu.kinds(), ["request", "ack"])
+
+    def test_accepted_invite_client_transaction_lets_go_of_the_invite(self) -> None:
+        sent = with_sdp(request("INVITE", branch="z9hG4bK.client"))
+        sent_held = weakref.ref(sent)
+        transaction = self.layer.send_request(sent, self.connection, self.tu)
+        del sent
+        ok = with_sdp(response(transaction.request, 200))  # type: ignore[arg-type]
+        transaction.receive_response(ok)
+        del ok
+        self.forget_sent()
+        self.assertIs(transaction.state, State.ACCEPTED)
+        self.assertIsNone(sent_held())
+        self.assertIsNone(transaction.last_response)
+        self.assertEqual(transaction.key, ("z9hG4bK.client", "INVITE"))
+
+    def test_completed_invite_client_transaction_acks_retransmissions_without_the_invite(self) -> None:
+        sent = with_sdp(request("INVITE", branch="z9hG4bK.client"))
+        sent_held = weakref.ref(sent)
+        transaction = self.layer.send_request(sent, self.connection, self.tu)
+        busy = response(sent, 486)
+        del sent
+        self.connection.sent.clear()
+        transaction.receive_response(busy)
+        transaction.receive_response(response(busy, 486))  # retransmission
+        acks = self.connection.messages()
+        self.assertEqual([m.start_line() for m in acks], ["ACK sip:bob@example.com SIP/2.0"] * 2)
+        self.assertEqual(acks[0].serialize(), acks[1].serialize())  # RFC 3261 §17.1.1.3
+        del acks
+        self.forget_sent()
+        self.assertIsNone(sent_held())
+
+
+class FakeSender:
+    def send_frame(self, payload: bytes, binary: bool) -> None:
+        pass
+
+    def close_websocket(self, code: int, reason: str) -> None:
+        pass
+
+
+class WebSocketRetentionTests(unittest.TestCase):
+    def test_closed_connection_lets_go_of_its_protocol(self) -> None:
+        sender = FakeSender()
+        held = weakref.ref(sender)
+        connection = WsConnection(sender, "WS", Address("127.0.0.1", 8080), Address("127.0.0.1", 50000), None, 0.0)
+        del sender
+        connection.mark_closed(CloseReason(1006, "", clean=False, by_us=False))
+        gc.collect()
+        self.assertIsNone(held())
+        self.assertRaises(ConnectionLost, connection.send_raw, b"x")
+        connection.close()  # still harmless
+
+
+class CallHistoryRetentionTests(unittest.TestCase):
+    def setUp(self) -> None:
+        self.clock = task.Clock()
+        self.medias: list[FakeMedia] = []
+        self.manager = CallManager(self.clock, ADDRESSES, self._media, CallSettings(keep_ended=60), FakeProxy())
+        self.wic = CallsConnection("WSS", "wss-1")
+
+    def _media(self, call: Any) -> FakeMedia:
+        media = FakeMedia([])
+        self.medias.append(media)
+        return media
+
+    def test_an_ended_call_is_forgotten_after_keep_ended_without_anyone_looking(self) -> None:
+        from epcscf.sip.proxy import Branch, Forward, ProxiedRequest
+
+        received = invite(True)
+        context = ProxiedRequest(received.copy(), self.wic, FakeServerTransaction(received, self.wic))
+        forward = Forward(context.request, None, [], ADDRESSES.core_sent_by)
+        self.manager.originating_invite(context, "<sip:alice@example.com>", forward)
+        context.branches.append(Branch(context.request, [], connection=CallsConnection("UDP", "udp-1")))
+        busy = response_to(context.request, 486)
+        self.manager.response(context, busy)
+        [call] = self.manager.ended_calls()
+        call_held, media_held = weakref.ref(call), weakref.ref(self.medias.pop())
+        del call, context, busy, forward, received
+        self.clock.advance(61)  # no new call ends and nobody reads the history
+        gc.collect()
+        self.assertIsNone(call_held())
+        self.assertIsNone(media_held())
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+
+
+class FakeHeap:
+    def __init__(self) -> None:
+        self.free = 0
+        self.trimmed = 0
+
+    def free_bytes(self) -> int:
+        return self.free
+
+    def trim(self) -> None:
+        self.trimmed += 1  # glibc keeps counting trimmed pages as free: ``free`` unchanged
+
+
+class HeapTrimmerTests(unittest.TestCase):
+    MIB = 1 << 20
+
+    def setUp(self) -> None:
+        self.clock = task.Clock()
+        self.heap = FakeHeap()
+        self.trimmer = HeapTrimmer(self.clock, self.heap, interval=10.0, threshold=16 * self.MIB)
+        self.trimmer.startService()
+        self.addCleanup(self.trimmer.stopService)
+
+    def test_a_burst_of_freed_memory_is_handed_back_once(self) -> None:
+        self.heap.free = 8 * self.MIB  # below the threshold: steady state
+        self.clock.advance(10)
+        self.assertEqual(self.heap.trimmed, 0)
+        self.heap.free = 60 * self.MIB  # a burst ended
+        self.clock.advance(10)
+        self.assertEqual(self.heap.trimmed, 1)
+        self.clock.advance(60)  # nothing new freed: no trim every 10 s
+        self.assertEqual(self.heap.trimmed, 1)
+
+    def test_reused_memory_lowers_the_floor_for_the_next_burst(self) -> None:
+        self.heap.free = 60 * self.MIB
+        self.clock.advance(10)
+        self.heap.free = 10 * self.MIB  # the next burst reuses the free chunks
+        self.clock.advance(10)
+        self.heap.free = 40 * self.MIB  # and frees them again
+        self.clock.advance(10)
+        self.assertEqual(self.heap.trimmed, 2)
+
+    def test_stopping_cancels_the_timer(self) -> None:
+        self.trimmer.stopService()
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+
+
+class GlibcHeapTests(unittest.TestCase):
+    def test_freed_c_memory_is_handed_back_by_a_trim(self) -> None:
+        heap = glibc_heap()
+        self.assertIsNotNone(heap, "this machine runs glibc >= 2.33 (Debian 12)")
+        assert heap is not None
+        heap.trim()
+        # Blocks above pymalloc's 512 bytes come from malloc; keep every 16th so that the
+        # freed ones are holes in the middle of the heap, not at its top.
+        blocks = [bytes(4000 + i % 7) for i in range(16000)]
+        kept = blocks[::16]
+        rss_full = _rss_kib()
+        free_before = heap.free_bytes()
+        del blocks
+        gc.collect()
+        self.assertGreater(heap.free_bytes() - free_before, 40 * (1 << 20))
+        rss_freed = _rss_kib()
+        heap.trim()
+        self.assertLess(_rss_kib(), rss_freed - 30 * 1024, f"RSS {rss_full} KiB full, {rss_freed} freed")
+        del kept
+
+
+def _rss_kib() -> int:
+    with open("/proc/self/status") as status:
+        for line in status:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    raise AssertionError("no VmRSS")
+
+
+class MediaRetentionTests(CallMediaTestCase):
+    """Real sockets (the harness of ``test_calls_media``): a WIC with ICE, DTLS and SRTP."""
+
+    async def test_a_closed_call_media_leaves_nothing_of_the_call_reachable(self) -> None:
+        media, wic, _, _ = await self.originating_call()
+        await self.assert_media_both_ways(media, wic)
+        stream = media.streams[0]
+        held = {
+            "CallMedia": weakref.ref(media),
+            "MediaSession": weakref.ref(stream.session),
+            "IceAgent": weakref.ref(stream.agent),
+            "DtlsEndpoint": weakref.ref(stream.session._dtls),
+        }
+        await media.close()
+        self.medias.remove(media)
+        del media, stream
+        await deferLater(global_reactor, 0.05, lambda: None)  # the sockets' last callbacks
+        gc.collect()
+        self.assertEqual([name for name, ref in held.items() if ref() is not None], [])
