@@ -50,7 +50,7 @@ from epcscf.sip.message import Request, Response  # noqa: E402
 from epcscf.sip.parser import parse_message  # noqa: E402
 from epcscf.sip.proxy_policy import Forward, ProxiedRequest  # noqa: E402
 from epcscf.sip.resolver import Target  # noqa: E402
-from tests.support.fake_flow import FakeWsFlow  # noqa: E402
+from tests.support.fakes import FakeWsFlow  # noqa: E402
 
 # Messages 1, 4, 5 and 8 of the captured registration: what the policy is handed (the WIC's
 # REGISTERs; the core's responses after the proxy removed its own Via).

@@ -286,7 +286,9 @@ class SipSection:
     listen: tuple[Listener, ...] = _option(
         _listeners("udp", "tcp", "tls"), (), "core-facing SIP listeners, e.g. udp:127.0.0.1:5060, tcp:127.0.0.1:5060"
     )
-    public_address: str = _option(_optional_ip_address, "", "address written in Via/Record-Route/Path (default: listener address)")
+    public_address: str = _option(
+        _optional_ip_address, "", "address written in Via/Record-Route/Path (default: listener address; needed with a 0.0.0.0 or :: listener)"
+    )
     tls_certificate: str = _option(_existing_file, "", "PEM certificate for tls listeners: server certificate first, then intermediates")
     tls_private_key: str = _option(_existing_file, "", "PEM private key for tls listeners")
     t1: float = _option(_seconds, 0.5, "RFC 3261 T1 toward the core (TS 24.229 Table 7.7.1: 0.5 s)")
@@ -515,6 +517,11 @@ def _check_consistency(config: Config, set_by: dict[tuple[str, str], str]) -> No
         fail("ws", "listen", "at least one ws or wss listener is needed: it is how WICs reach the eP-CSCF")
     if not config.sip.listen:
         fail("sip", "listen", "at least one core-facing SIP listener is needed")
+    wildcard = next((listener for listener in config.sip.listen if ipaddress.ip_address(listener.address).is_unspecified), None)
+    if wildcard is not None and not config.sip.public_address:
+        # RFC 3261 §18.2.2 (Via), §16.6 step 4 (Record-Route), RFC 3327 §5 (Path): the core
+        # sends responses and requests to the address we write there; 0.0.0.0 is none.
+        fail("sip", "public_address", f"the listener {wildcard} is on every address: set the one the core reaches us at")
     if config.core.mode == "external" and not config.core.next_hop:
         fail("core", "next_hop", "mode = external needs next_hop (the I-CSCF or S-CSCF URI)")
     if config.core.mode == "embedded":

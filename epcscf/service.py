@@ -19,6 +19,7 @@ from epcscf.ops.lifecycle import Drainer, install_sighup, reload_config
 from epcscf.ops.manhole import ManholeService, UsersFileError
 from epcscf.ops.metrics import EpcscfMetrics, MetricsService
 from epcscf.pcscf.node import PcscfNode
+from epcscf.sip.connection import WEBSOCKET_TRANSPORTS
 from epcscf.sip.resolver import Target
 from epcscf.wwsf import DemoUser, WebSocketEndpoint, WwsfService, WwsfSettings
 from epcscf.wwsf.bundle import default_bundle_dir
@@ -103,7 +104,7 @@ class EpcscfService(MultiService):
             websocket_endpoints=lambda: [
                 WebSocketEndpoint(l.transport.lower(), l.address.host, l.address.port)
                 for l in self.pcscf.listeners
-                if l.transport in ("WS", "WSS")
+                if l.transport in WEBSOCKET_TRANSPORTS
             ],
             bundle_dir=wwsf.bundle_dir or default_bundle_dir(),
             demo_users=tuple(DemoUser(u.name, u.password, u.identities[0], u.identities) for u in users),

@@ -16,28 +16,13 @@ from epcscf.sip.connection import Address
 from epcscf.sip.message import Headers, Request, Response
 from epcscf.sip.proxy import Branch, Forward, ProxiedRequest, Reject
 from epcscf.sip.proxy_rules import make_local_response
+from tests.support.fakes import FakeConnection, FakeServerTransaction
 
 ADDRESSES = EdgeAddresses("192.0.2.10", 5060, "udp", "192.0.2.11", 443, "wss")
 WIC_OFFER = b"v=0\r\no=- 1 1 IN IP4 127.0.0.1\r\ns=-\r\nt=0 0\r\nm=audio 9 UDP/TLS/RTP/SAVPF 0\r\nc=IN IP4 0.0.0.0\r\n"
+ELEMENT_ADDRESS = Address("192.0.2.10", 5060)
+PEER_ADDRESS = Address("198.51.100.1", 5060)
 CORE_SDP = b"v=0\r\no=- 2 1 IN IP4 198.51.100.20\r\ns=-\r\nc=IN IP4 198.51.100.20\r\nt=0 0\r\nm=audio 40000 RTP/AVP 0\r\n"
-
-
-class FakeConnection:
-    reliable = True
-
-    def __init__(self, transport: str, id: str) -> None:
-        self.transport = transport
-        self.local = Address("192.0.2.10", 5060)
-        self.remote = Address("198.51.100.1", 5060)
-        self.id = id
-        self.connected = True
-        self.sent: list[Any] = []
-
-    def send_message(self, message: Any) -> None:
-        self.sent.append(message)
-
-    def close(self) -> None:
-        self.connected = False
 
 
 class FakeMedia:
@@ -106,12 +91,6 @@ class FakeProxy:
         self.transactions.send_request(request, connection, user)
 
 
-class FakeServerTransaction:
-    def __init__(self, request: Request, connection: Any) -> None:
-        self.request = request
-        self.connection = connection
-
-
 def invite(from_wic: bool, body: bytes = WIC_OFFER) -> Request:
     request = Request("INVITE", "sip:bob@example.com")
     via = "SIP/2.0/WSS abc.invalid;branch=z9hG4bK1" if from_wic else "SIP/2.0/UDP 198.51.100.1;branch=z9hG4bK2"
@@ -156,8 +135,8 @@ class CallManagerTests(unittest.TestCase):
             return media
 
         self.manager = CallManager(self.clock, ADDRESSES, factory, CallSettings(keep_ended=60), self.proxy)
-        self.wic = FakeConnection("WSS", "wss-1")
-        self.core = FakeConnection("UDP", "udp-1")
+        self.wic = FakeConnection("WSS", PEER_ADDRESS, ELEMENT_ADDRESS, "wss-1")
+        self.core = FakeConnection("UDP", PEER_ADDRESS, ELEMENT_ADDRESS, "udp-1")
 
     def originate(self, body: bytes = WIC_OFFER) -> tuple[ProxiedRequest, Any]:
         request = invite(True, body)

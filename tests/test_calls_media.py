@@ -4,7 +4,8 @@ a plain UDP "core" on the other (needs trial --reactor=asyncio)."""
 from __future__ import annotations
 
 import asyncio
-from typing import Any, Callable
+import functools
+from typing import Any
 
 import aioice.ice
 from aioice import Candidate
@@ -21,6 +22,11 @@ from epcscf.media.certificate import Fingerprint
 from epcscf.pcscf.call_media import CallMedia, CallMediaEngine, CallMediaSettings
 from epcscf.pcscf.calls import MediaRejected
 from epcscf.sdp import SessionDescription
+from tests.support.processes import wait_for
+from tests.support.reactor import asyncio_loop
+
+# Real sockets and DTLS: poll for the visible effect, fail after 5 s.
+until = functools.partial(wait_for, timeout=5.0, interval=0.02)
 
 LOCAL = "127.0.0.1"
 PORTS = (41000, 41019)
@@ -143,11 +149,7 @@ class CallMediaTestCase(unittest.TestCase):
     mode = "full"
 
     def setUp(self) -> None:
-        from twisted.internet.asyncioreactor import AsyncioSelectorReactor
-
-        if not isinstance(global_reactor, AsyncioSelectorReactor):
-            raise unittest.SkipTest("needs trial --reactor=asyncio")
-        self.loop = global_reactor._asyncioEventloop
+        self.loop = asyncio_loop()
         self.patch(aioice.ice, "get_host_addresses", lambda use_ipv4, use_ipv6: [LOCAL])
         self.pool = UdpPortPool(*PORTS)
         self.engine = CallMediaEngine(global_reactor, self.settings(), self.pool)
@@ -189,30 +191,23 @@ class CallMediaTestCase(unittest.TestCase):
 
         return defer.Deferred.fromCoroutine(self.cleanup()).addCallback(check)
 
-    async def until(self, condition: Callable[[], bool], timeout: float = 5.0) -> None:
-        for _ in range(int(timeout / 0.02)):
-            if condition():
-                return
-            await deferLater(global_reactor, 0.02, lambda: None)
-        self.fail("condition not met in time")
-
     async def originating_call(self) -> tuple[CallMedia, SimulatedWic, bytes, bytes]:
         wic = await self.wic(controlling=True)
         media = self.media()
         offer = await media.offer_from_wic(wic.sdp("actpass"))
         answer = media.answer_from_core(core_sdp(self.core_port.getHost().port), "fork1")
         await wic.connect(answer, DtlsRole.SERVER)
-        await self.until(lambda: media.streams[0].session.connected)
+        await until(lambda: media.streams[0].session.connected)
         return media, wic, offer, answer
 
     async def assert_media_both_ways(self, media: CallMedia, wic: SimulatedWic) -> None:
         wic.send_rtp(rtp(1))
-        await self.until(lambda: bool(self.core.received))
+        await until(lambda: bool(self.core.received))
         packet, source = self.core.received[0]
         self.assertEqual(packet, rtp(1))  # decrypted, SSRC/seq/timestamp unchanged (REQ-P05)
         self.assertEqual(source, (LOCAL, media.streams[0].session.core_rtp_port))
         self.core.transport.write(rtp(7, ssrc=0x55), source)
-        await self.until(lambda: bool(wic.received))
+        await until(lambda: bool(wic.received))
         self.assertEqual(wic.received[0], rtp(7, ssrc=0x55))
 
 
@@ -307,7 +302,7 @@ class OriginatingMediaTests(CallMediaTestCase):
                                                                     consent_timeout=1.0), self.pool)
         media, wic, _, _ = await self.originating_call()
         await as_deferred(wic.ice.close())  # the browser vanishes: no more consent responses
-        await self.until(lambda: bool(self.failures), timeout=5.0)
+        await until(lambda: bool(self.failures), timeout=5.0)
         self.assertEqual(self.failures[0][0], "ice")
         self.assertIn("consent", self.failures[0][1])
 
@@ -317,10 +312,10 @@ class OriginatingMediaTests(CallMediaTestCase):
         self.patch(call_media, "PEER_CLOSE_GRACE", 0.6)
         media, wic, _, _ = await self.originating_call()
         wic.dtls.close()  # close_notify, as a browser sends it while hanging up
-        await self.until(lambda: media.streams[0].session.dtls_closed_by_peer)
+        await until(lambda: media.streams[0].session.dtls_closed_by_peer)
         await deferLater(global_reactor, 0.3, lambda: None)
         self.assertEqual(self.failures, [])  # within the grace period the BYE is still expected
-        await self.until(lambda: bool(self.failures), timeout=3.0)
+        await until(lambda: bool(self.failures), timeout=3.0)
         self.assertEqual(self.failures[0][0], "dtls")
         self.assertIn("closed DTLS", self.failures[0][1])
 
@@ -330,7 +325,7 @@ class OriginatingMediaTests(CallMediaTestCase):
         self.patch(call_media, "PEER_CLOSE_GRACE", 0.6)
         media, wic, _, _ = await self.originating_call()
         wic.dtls.close()
-        await self.until(lambda: media.streams[0].session.dtls_closed_by_peer)
+        await until(lambda: media.streams[0].session.dtls_closed_by_peer)
         await media.close()  # the BYE arrived: the call ends and frees its media
         await deferLater(global_reactor, 0.8, lambda: None)
         self.assertEqual(self.failures, [])
@@ -355,7 +350,7 @@ class OriginatingMediaTests(CallMediaTestCase):
 
     async def assert_media_both_ways_on_hold(self, media: CallMedia, wic: SimulatedWic) -> None:
         wic.send_rtp(rtp(1))
-        await self.until(lambda: bool(self.core.received))
+        await until(lambda: bool(self.core.received))
         self.core.transport.write(rtp(9), self.core.received[0][1])
         await deferLater(global_reactor, 0.2, lambda: None)
         self.assertEqual(wic.received, [])  # gated: on hold the core's RTP does not reach the WIC
@@ -414,7 +409,7 @@ class TerminatingMediaTests(CallMediaTestCase):
         self.assertEqual(answer.media[0].proto, "RTP/AVP")
         self.assertEqual(answer.media[0].port, media.streams[0].session.core_rtp_port)
         await wic.connect(offer.serialize(), DtlsRole.CLIENT)
-        await self.until(lambda: media.streams[0].session.connected)
+        await until(lambda: media.streams[0].session.connected)
         await self.assert_media_both_ways(media, wic)
 
 
@@ -447,7 +442,7 @@ class IceRestartCrossingTests(CallMediaTestCase):
 
         self.patch(FullGeneration, "gather", held_gather)
         restarted = agent.restart()
-        await self.until(lambda: not agent.local_candidates())
+        await until(lambda: not agent.local_candidates())
         try:
             await media.offer_from_core(core_sdp(self.core_port.getHost().port))
         except MediaRejected as error:

@@ -10,6 +10,7 @@ full, no call, no asyncio task).  Needs ``--reactor=asyncio`` and sipp.
 
 from __future__ import annotations
 
+import functools
 import os
 import secrets
 import time
@@ -30,11 +31,16 @@ from epcscf.sdp import SessionDescription
 from epcscf.sip.message import Request, Response
 from epcscf.sip.proxy_rules import list_values, name_addr_uri
 from tests.support.deployment import DOMAIN, USERS, start_deployment, ws_url
+from tests.support.processes import wait_for
+from tests.support.reactor import asyncio_loop
 from tests.support.sipp import SippProcess, require_sipp, sipp_messages, spawn_sipp
 from tests.support.raw_ws import client_frame
 from tests.support.udp_peer import UdpSipPeer
 from tests.support.wic import WsSipClient, as_deferred
 from tests.test_calls_media import LOCAL, SimulatedWic, no_asyncio_tasks_left, rtp
+
+# Real sockets and sipp: poll for the visible effect, fail after 10 s.
+until = functools.partial(wait_for, timeout=10.0, interval=0.02)
 
 SCENARIOS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "sipp")
 PORTS = (42000, 42099)
@@ -53,12 +59,8 @@ class CallsThroughTheEdgeTests(unittest.TestCase):
     ice_mode = "lite"
 
     def setUp(self) -> None:
-        from twisted.internet.asyncioreactor import AsyncioSelectorReactor
-
-        if not isinstance(global_reactor, AsyncioSelectorReactor):
-            raise unittest.SkipTest("needs trial --reactor=asyncio")
         self.sipp = require_sipp(self)
-        self.loop = global_reactor._asyncioEventloop
+        self.loop = asyncio_loop()
         self.patch(aioice.ice, "get_host_addresses", lambda use_ipv4, use_ipv6: [LOCAL])
         self.directory = os.path.abspath(self.mktemp())
         os.makedirs(self.directory)
@@ -106,7 +108,7 @@ class CallsThroughTheEdgeTests(unittest.TestCase):
         port, media_port = free_udp_port(), free_udp_port()
         process, trace = self.spawn_sipp("uas", ["-sf", os.path.join(SCENARIOS, scenario), "-i", LOCAL, "-p", str(port),
                                                  "-mi", LOCAL, "-mp", str(media_port), "-rtp_echo"])
-        await self.until(lambda: _udp_bound(port), 5.0)
+        await until(lambda: _udp_bound(port), timeout=5.0)
         return process, trace, port, media_port
 
     async def registered(self, user: str) -> WsSipClient:
@@ -122,13 +124,6 @@ class CallsThroughTheEdgeTests(unittest.TestCase):
         self.wics.append(wic)
         await wic.gather()
         return wic
-
-    async def until(self, condition: Any, timeout: float = 10.0) -> None:
-        for _ in range(int(timeout / 0.02)):
-            if condition():
-                return
-            await deferLater(global_reactor, 0.02, lambda: None)
-        self.fail(f"condition not met within {timeout} s")
 
     async def call_sipp(self, client: WsSipClient, wic: SimulatedWic, uas_port: int) -> tuple[Request, Response]:
         invite = client.request("INVITE", f"sip:service@{LOCAL}:{uas_port}", body=wic.sdp("actpass"),
@@ -170,7 +165,7 @@ class CallsThroughTheEdgeTests(unittest.TestCase):
         invite, ok = await self.call_sipp(client, wic, port)
         await wic.connect(ok.body, DtlsRole.SERVER)  # we answered a=setup:active
         [call] = self.calls.calls()
-        await self.until(lambda: call.media is not None and call.media.streams[0].session.connected)
+        await until(lambda: call.media is not None and call.media.streams[0].session.connected)
         return client, wic, invite, ok, uas, trace, media_port
 
     def assert_everything_freed(self) -> None:
@@ -181,7 +176,7 @@ class CallsThroughTheEdgeTests(unittest.TestCase):
         """Every transaction of the eP-CSCF (ours and the proxy's) ends (Timer K = T4 on UDP)."""
         node = self.service.pcscf
         try:
-            await self.until(lambda: node.transactions.transactions() == [] and node.proxy.active() == [], 8.0)
+            await until(lambda: node.transactions.transactions() == [] and node.proxy.active() == [], timeout=8.0)
         except self.failureException:
             self.fail(f"left: {node.transactions.transactions()} {node.proxy.active()}")
 
@@ -213,7 +208,7 @@ class CallsThroughTheEdgeTests(unittest.TestCase):
         # Media: SRTP from the WIC → RTP to sipp (-rtp_echo) → back as SRTP to the WIC.
         for seq in range(1, 6):
             wic.send_rtp(rtp(seq))
-        await self.until(lambda: len(wic.received) >= 3)
+        await until(lambda: len(wic.received) >= 3)
         self.assertEqual(wic.received[0], rtp(1))
         [call] = self.calls.calls()
         self.assertIs(call.state, CallState.CONFIRMED)
@@ -386,9 +381,9 @@ class CallsThroughTheEdgeTests(unittest.TestCase):
         await as_deferred(client.send(ok))
         await wic.connect(invite.body, DtlsRole.CLIENT)
         [call] = self.calls.calls()
-        await self.until(lambda: call.media is not None and call.media.streams[0].session.connected)
+        await until(lambda: call.media is not None and call.media.streams[0].session.connected)
         wic.send_rtp(rtp(1))
-        await self.until(lambda: bool(wic.received))  # echoed by sipp through the relay
+        await until(lambda: bool(wic.received))  # echoed by sipp through the relay
         # sipp's BYE reaches the WIC; answering it ends the call.
         bye = await as_deferred(client.next_message(10))
         while not (isinstance(bye, Request) and bye.method == "BYE"):
@@ -440,9 +435,9 @@ class CallsThroughTheEdgeTests(unittest.TestCase):
         self.assertEqual(answer.media[0].attribute_value("setup"), "active")
         await wic.connect(ack.body, DtlsRole.SERVER)
         [call] = self.calls.calls()
-        await self.until(lambda: call.media is not None and call.media.streams[0].session.connected)
+        await until(lambda: call.media is not None and call.media.streams[0].session.connected)
         wic.send_rtp(rtp(1))
-        await self.until(lambda: bool(wic.received))
+        await until(lambda: bool(wic.received))
         bye = await self.next_request(client, "BYE")
         await as_deferred(client.answer(bye, 200))
         self.assertEqual(await uac.ended, 0, uac.output.decode(errors="replace")[-2000:])
@@ -461,7 +456,7 @@ class CallsThroughTheEdgeTests(unittest.TestCase):
         await as_deferred(client.send(self.wic_response(client, invite, wic.sdp("active"), "hold1")))
         await wic.connect(invite.body, DtlsRole.CLIENT)
         [call] = self.calls.calls()
-        await self.until(lambda: call.media is not None and call.media.streams[0].session.connected)
+        await until(lambda: call.media is not None and call.media.streams[0].session.connected)
         reinvite = await self.next_request(client, "INVITE")
         first, again = SessionDescription.parse(invite.body).media[0], SessionDescription.parse(reinvite.body).media[0]
         for name in ("ice-ufrag", "ice-pwd", "fingerprint", "candidate", "mid"):

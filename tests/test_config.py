@@ -178,6 +178,19 @@ class ConfigTests(unittest.TestCase):
             "[core] next_hop: mode = external needs next_hop (the I-CSCF or S-CSCF URI)",
         )
 
+    def test_sip_listener_on_every_address_needs_public_address(self) -> None:
+        # The core must be given an address it can reach in Via/Record-Route/Path, never 0.0.0.0.
+        self.assertConfigError(
+            ini({"sip": {"listen": "tcp:127.0.0.1:0, udp:0.0.0.0:5060"}}),
+            "[sip] public_address: the listener udp:0.0.0.0:5060 is on every address: set the one the core reaches us at",
+        )
+        self.assertConfigError(
+            ini({"sip": {"listen": "tcp:[::]:5060"}}),
+            "[sip] public_address: the listener tcp:[::]:5060 is on every address: set the one the core reaches us at",
+        )
+        loaded = load([self.write(ini({"sip": {"listen": "udp:0.0.0.0:5060", "public_address": "192.0.2.10"}}))])
+        self.assertEqual(loaded.sip.public_address, "192.0.2.10")
+
     def test_no_ws_listener(self) -> None:
         self.assertConfigError(
             ini({"ws": {"listen": None, "allow_any_origin": "true"}}),

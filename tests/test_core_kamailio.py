@@ -16,6 +16,7 @@ INVITE→180 and INVITE→200 as seen at the WIC are printed per originating cal
 from __future__ import annotations
 
 import atexit
+import functools
 import itertools
 import json
 import os
@@ -32,10 +33,15 @@ from epcscf.sdp import SessionDescription
 from tests.support.deployment import start_deployment
 from tests.support.kamailio import KamailioCore, start_kamailio
 from tests.support.node_peer import NodePeer, require_node_modules, start_node_peer
+from tests.support.processes import wait_for
+from tests.support.reactor import asyncio_loop
 from tests.support.udp_peer import UdpSipPeer
 from tests.support.sipp import SCENARIOS, SippProcess, free_port, port_bound, require_sipp, sipp_messages, spawn_sipp
 from tests.support.wic import as_deferred
 from tests.test_calls_media import LOCAL, SimulatedWic, no_asyncio_tasks_left, rtp
+
+# Kamailio, sipp and JsSIP: poll for the visible effect, fail after 10 s.
+until = functools.partial(wait_for, timeout=10.0, interval=0.02)
 
 DOMAIN = "ims.test"
 REGISTER_EXPIRES = 10  # JsSIP refreshes 5 s before expiry: one refresh within the test
@@ -76,13 +82,9 @@ class KamailioWithoutServiceRouteTests(unittest.TestCase):
             handle.write(line + "\n")
 
     def setUp(self) -> None:
-        from twisted.internet.asyncioreactor import AsyncioSelectorReactor
-
-        if not isinstance(global_reactor, AsyncioSelectorReactor):
-            raise unittest.SkipTest("needs trial --reactor=asyncio")
         self.sipp = require_sipp(self)
         require_node_modules(self, "jssip", "jssip-node-websocket")
-        self.loop = global_reactor._asyncioEventloop
+        self.loop = asyncio_loop()
         self.patch(aioice.ice, "get_host_addresses", lambda use_ipv4, use_ipv6: [LOCAL])
         self.directory = os.path.abspath(self.mktemp())
         os.makedirs(self.directory)
@@ -117,14 +119,6 @@ class KamailioWithoutServiceRouteTests(unittest.TestCase):
         url = f"ws://127.0.0.1:{self.service.pcscf.listener('WS').address.port}"
         return start_node_peer(self, "jssip_wic.js", url, user, DOMAIN, str(REGISTER_EXPIRES))
 
-    async def until(self, condition: Any, timeout: float = 10.0, what: str = "") -> None:
-        """Poll on the reactor (this coroutine is driven by Twisted, not by an asyncio task)."""
-        for _ in range(int(timeout / 0.02)):
-            if condition():
-                return
-            await task.deferLater(global_reactor, 0.02, lambda: None)
-        self.fail(f"not within {timeout} s: {what or condition}")
-
     @staticmethod
     def command(peer: NodePeer, **command: Any) -> None:
         peer.transport.write((json.dumps(command) + "\n").encode())
@@ -135,9 +129,9 @@ class KamailioWithoutServiceRouteTests(unittest.TestCase):
         def matching() -> list[dict[str, Any]]:
             return [e for e in peer.log if e.get("event") == name and all(e.get(k) == v for k, v in fields.items())]
 
-        await self.until(lambda: len(matching()) >= count, timeout,
-                         f"{name} {fields} (#{count}) from JsSIP: {peer.log[-12:]} {peer.stderr[-1500:]!r}\n"
-                         f"kamailio: {self.core.log()[-2500:]}")
+        await until(lambda: len(matching()) >= count, timeout=timeout,
+                    what=f"{name} {fields} (#{count}) from JsSIP: {peer.log[-12:]} {peer.stderr[-1500:]!r}\n"
+                    f"kamailio: {self.core.log()[-2500:]}")
         return matching()[count - 1]
 
     async def registered(self, user: str | None = None) -> NodePeer:
@@ -156,7 +150,7 @@ class KamailioWithoutServiceRouteTests(unittest.TestCase):
     async def start_uas(self, scenario: str) -> tuple[SippProcess, str]:
         uas, trace = self.spawn_sipp("uas", ["-sf", os.path.join(SCENARIOS, scenario), "-i", LOCAL, "-p", str(self.uas_port),
                                              "-mi", LOCAL, "-mp", str(free_port()), "-rtp_echo"])
-        await self.until(lambda: port_bound(self.uas_port, "UDP") or uas.ended.called)
+        await until(lambda: port_bound(self.uas_port, "UDP") or uas.ended.called)
         return uas, trace
 
     async def sipp_done(self, process: SippProcess) -> None:
@@ -173,12 +167,12 @@ class KamailioWithoutServiceRouteTests(unittest.TestCase):
         """SRTP from the WIC → RTP to sipp (-rtp_echo) → back as SRTP (TS 24.371 §7.4)."""
         for seq in range(1, 6):
             wic.send_rtp(rtp(seq))
-        await self.until(lambda: len(wic.received) >= 3, what="RTP echoed back to the WIC")
+        await until(lambda: len(wic.received) >= 3, what="RTP echoed back to the WIC")
         self.assertEqual(wic.received[0], rtp(1))
 
     async def calls_gone(self) -> None:
         calls = self.service.pcscf.calls
-        await self.until(lambda: not calls.calls(), what=f"calls ended: {calls.calls()}")
+        await until(lambda: not calls.calls(), what=f"calls ended: {calls.calls()}")
         await calls.idle()
         await self._close_wics_async()
         await task.deferLater(global_reactor, 0.05, lambda: None)
@@ -200,7 +194,7 @@ class KamailioWithoutServiceRouteTests(unittest.TestCase):
         # JsSIP refreshes by itself (RFC 3261 §10.2.4); the binding is refreshed in place.
         registered_at = binding.registered_at
         await self.event(peer, "registering", count=2, timeout=REGISTER_EXPIRES)
-        await self.until(lambda: binding.registered_at > registered_at, what="the refresh reaching the binding")
+        await until(lambda: binding.registered_at > registered_at, what="the refresh reaching the binding")
         self.assertEqual(self.service.pcscf.registrations.all(), [binding])
         # The hint names the next hop once per binding, and only when there is no Service-Route.
         expected = [f"sip:{self.user}@{DOMAIN}"] if not self.service_route else []
@@ -209,7 +203,7 @@ class KamailioWithoutServiceRouteTests(unittest.TestCase):
             self.assertIn(self.core.next_hop, self.hints()[0])
         self.command(peer, do="unregister")
         await self.event(peer, "unregistered")
-        await self.until(lambda: not self.service.pcscf.registrations.all(), what="the binding removed")
+        await until(lambda: not self.service.pcscf.registrations.all(), what="the binding removed")
         self.assertIn(f"REGISTER sip:{DOMAIN}", self.core.log())
 
     async def test_wic_calls_uas_with_media_and_hangs_up(self) -> None:

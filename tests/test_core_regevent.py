@@ -13,18 +13,14 @@ from epcscf.core.regevent import RegEventNotifier, is_reg_subscription
 from epcscf.sip.connection import Address
 from epcscf.sip.message import Headers, Request, Response
 from epcscf.sip.resolver import Target
+from tests.support.fakes import FakeConnection, FakeServerTransaction
 
 AOR = "sip:bob@ims.localdomain"
 
 
-class FakeConnection:
-    transport = "UDP"
-    local = Address("127.0.0.1", 5070)
-
-
 class FakeTransports:
     def connect(self, target: Target) -> defer.Deferred:
-        return defer.succeed(FakeConnection())
+        return defer.succeed(FakeConnection(local=Address("127.0.0.1", 5070)))
 
     def local_address(self, transport: str) -> Address:
         return Address("127.0.0.1", 5070)
@@ -41,14 +37,6 @@ class FakeTransactions:
 
     def send_request(self, request: Request, connection: Any, user: Any) -> None:
         self.sent.append((request, user))
-
-
-class FakeServerTransaction:
-    def __init__(self) -> None:
-        self.responses: list[Response] = []
-
-    def respond(self, response: Response) -> None:
-        self.responses.append(response)
 
 
 def subscribe(expires: int) -> Request:

@@ -22,6 +22,7 @@ from epcscf.sip.message import Headers, Request, Response
 from epcscf.sip.proxy import ProxiedRequest
 from epcscf.sip.proxy_policy import Forward, Reject
 from epcscf.sip.resolver import Target
+from tests.support.fakes import FakeConnection
 
 DOMAIN = "ims.localdomain"
 ALICE = f"sip:alice@{DOMAIN}"
@@ -131,10 +132,6 @@ class FakeResolver:
     def resolve_uri(self, uri):
         self.asked.append(str(uri))
         return defer.succeed([Target((uri.transport or "udp").upper(), uri.host, uri.port or 5060)])
-
-
-class FakeConnection:
-    transport = "UDP"
 
 
 class ProxyPolicyTests(unittest.TestCase):

@@ -9,31 +9,9 @@ from twisted.internet.task import Clock
 from twisted.trial import unittest
 
 from epcscf.pcscf.flows import Flow, FlowGone, FlowTable, FlowTokenCodec, TamperedToken
-from epcscf.sip.connection import Address, Connection, ConnectionLost
-from epcscf.sip.message import Message
+from epcscf.sip.connection import Connection
 from epcscf.sip.uri import parse_uri
-
-
-class FakeConnection:
-    transport = "WSS"
-    reliable = True
-
-    def __init__(self, connection_id: str, origin: str | None = None) -> None:
-        self.id = connection_id
-        self.local = Address("127.0.0.1", 8443)
-        self.remote = Address("127.0.0.1", 50000)
-        self.origin = origin
-        self.connected = True
-        self.sent: list[Message] = []
-
-    def send_message(self, message: Message) -> None:
-        if not self.connected:
-            raise ConnectionLost(self.id)
-        self.sent.append(message)
-
-    def close(self) -> None:
-        self.connected = False
-
+from tests.support.fakes import FakeConnection
 
 KEY = bytes(range(32))
 
@@ -99,7 +77,7 @@ class FlowTableTests(unittest.TestCase):
         self.table = FlowTable(self.clock, FlowTokenCodec(KEY))
 
     def test_open_flow_is_found_by_its_token(self) -> None:
-        connection = FakeConnection("wss-1f3a9c0b-1", origin="https://wic.example.com:443")
+        connection = FakeConnection("WSS", id="wss-1f3a9c0b-1", origin="https://wic.example.com:443")
         self.assertIsInstance(connection, Connection)
         flow = self.table.open(connection)
         self.assertEqual(flow.opened, 100)
@@ -110,7 +88,7 @@ class FlowTableTests(unittest.TestCase):
         self.assertIn("wss-1f3a9c0b-1", self.table)
 
     def test_closed_flow_gives_flow_gone_430(self) -> None:
-        connection = FakeConnection("wss-1f3a9c0b-2")
+        connection = FakeConnection("WSS", id="wss-1f3a9c0b-2")
         token = self.table.open(connection).token
         self.clock.advance(5)
         closed = self.table.close(connection.id, "closed by peer code 1000")
@@ -124,7 +102,7 @@ class FlowTableTests(unittest.TestCase):
         self.assertIsNone(self.table.close(connection.id))
 
     def test_flow_whose_connection_dropped_before_close_is_gone(self) -> None:
-        connection = FakeConnection("wss-1f3a9c0b-3")
+        connection = FakeConnection("WSS", id="wss-1f3a9c0b-3")
         token = self.table.open(connection).token
         connection.connected = False
         self.assertRaises(FlowGone, self.table.flow_for_token, token)
@@ -135,14 +113,14 @@ class FlowTableTests(unittest.TestCase):
         self.assertRaises(FlowGone, self.table.flow_for_token, token)
 
     def test_tampered_token_is_403_even_when_flows_exist(self) -> None:
-        flow = self.table.open(FakeConnection("wss-1f3a9c0b-4"))
+        flow = self.table.open(FakeConnection("WSS", id="wss-1f3a9c0b-4"))
         altered = ("B" if flow.token[0] == "A" else "A") + flow.token[1:]
         self.assertRaises(TamperedToken, self.table.flow_for_token, altered)
 
     def test_closing_tells_observers_with_the_bound_registrations(self) -> None:
         seen: list[tuple[Flow, set[object]]] = []
         self.table.on_close(lambda flow: seen.append((flow, set(flow.registrations))))
-        connection = FakeConnection("wss-1f3a9c0b-5")
+        connection = FakeConnection("WSS", id="wss-1f3a9c0b-5")
         self.table.open(connection)
         self.table.bind(connection.id, ("sip:alice@ims.localdomain", "<urn:uuid:1>", 1))
         self.table.bind(connection.id, ("sip:alice@ims.localdomain", "<urn:uuid:1>", 2))
@@ -157,12 +135,12 @@ class FlowTableTests(unittest.TestCase):
         self.assertRaises(FlowGone, self.table.bind, "wss-1f3a9c0b-6", "reg")
 
     def test_two_connections_cannot_share_an_id(self) -> None:
-        self.table.open(FakeConnection("same"))
-        self.assertRaises(ValueError, self.table.open, FakeConnection("same"))
+        self.table.open(FakeConnection("WSS", id="same"))
+        self.assertRaises(ValueError, self.table.open, FakeConnection("WSS", id="same"))
 
     def test_tokens_are_stable_and_distinct_per_flow(self) -> None:
-        a = self.table.open(FakeConnection("wss-1f3a9c0b-7"))
-        b = self.table.open(FakeConnection("wss-1f3a9c0b-8"))
+        a = self.table.open(FakeConnection("WSS", id="wss-1f3a9c0b-7"))
+        b = self.table.open(FakeConnection("WSS", id="wss-1f3a9c0b-8"))
         self.assertNotEqual(a.token, b.token)
         self.assertEqual(self.table.token_for("wss-1f3a9c0b-7"), a.token)
         self.assertTrue(re.fullmatch(r"[A-Za-z0-9_-]+", a.token))

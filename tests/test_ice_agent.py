@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import os
 import random
-from collections.abc import Callable
 
 import aioice.ice
 from aioice import Candidate, stun
@@ -25,6 +25,11 @@ from epcscf.ice import (
     UdpPortPool,
 )
 from epcscf.ice.agent import as_deferred
+from tests.support.processes import wait_for
+from tests.support.reactor import asyncio_loop
+
+# Real network work is asynchronous: poll for its visible effect (bounded).
+until = functools.partial(wait_for, timeout=3.0, interval=0.01)
 
 RTP = b"\x80\x00\x00\x01payload"
 DTLS = b"\x16\xfe\xfdhello"
@@ -45,11 +50,7 @@ class IceTestCase(unittest.TestCase):
     """Skips without the asyncio reactor; checks that no asyncio task or socket leaks."""
 
     def setUp(self) -> None:
-        from twisted.internet.asyncioreactor import AsyncioSelectorReactor
-
-        if not isinstance(global_reactor, AsyncioSelectorReactor):
-            raise unittest.SkipTest("needs trial --reactor=asyncio")
-        self.loop: asyncio.AbstractEventLoop = global_reactor._asyncioEventloop
+        self.loop = asyncio_loop()
         # aioice never offers loopback; the WIC side is told to use it (stack.md §4).
         self.patch(aioice.ice, "get_host_addresses", lambda use_ipv4, use_ipv6: ["127.0.0.1"])
         self.sockets_before = open_sockets()
@@ -125,19 +126,11 @@ class IceTestCase(unittest.TestCase):
         await a
         await b
 
-    async def until(self, condition: Callable[[], bool], timeout: float = 3.0) -> None:
-        """Real network work is asynchronous: poll for its visible effect (bounded)."""
-        for _ in range(int(timeout / 0.01)):
-            if condition():
-                return
-            await deferLater(global_reactor, 0.01, lambda: None)
-        self.fail("condition not met in time")
-
     async def assert_data_both_ways(self, agent: IceAgent, wic: aioice.ice.Connection) -> None:
         self.assertTrue(agent.send(RTP))
         self.assertEqual(await as_deferred(wic.recv()), RTP)
         await as_deferred(wic.send(DTLS))
-        await self.until(lambda: DTLS in agent.received)  # type: ignore[attr-defined]
+        await until(lambda: DTLS in agent.received)  # type: ignore[attr-defined]
 
     async def assert_wrong_password_rejected(self, agent: IceAgent) -> None:
         """A WIC using a wrong ice-pwd never gets a pair selected (RFC 8489 §9.1.3: 401 to its checks)."""
@@ -146,7 +139,7 @@ class IceTestCase(unittest.TestCase):
         await self.exchange(agent, wic, pwd="w" * 22)
         started = agent.start()
         wic_connect = as_deferred(wic.connect())
-        await self.until(lambda: agent.stats.checks_rejected >= 2)
+        await until(lambda: agent.stats.checks_rejected >= 2)
         self.assertIsNone(agent.selected_pair)
         self.assertEqual(agent.state, IceState.CHECKING)
         await as_deferred(wic.close())
@@ -240,7 +233,7 @@ class FullIceTests(IceTestCase):
             sent = agent.stats.consent_checks_sent
             clock.advance(6.0)
             self.assertEqual(agent.stats.consent_checks_sent, sent + 1)
-            await self.until(lambda: agent.stats.consent_responses == sent + 1)
+            await until(lambda: agent.stats.consent_responses == sent + 1)
         last = clock.seconds()
         await as_deferred(wic.close())
         clock.pump([1.0] * 29)
@@ -266,7 +259,7 @@ class FullIceTests(IceTestCase):
 
         wic.request_received = forbid  # type: ignore[method-assign]
         clock.advance(6.0)
-        await self.until(lambda: agent.state is IceState.FAILED)
+        await until(lambda: agent.state is IceState.FAILED)
         self.assertEqual(clock.seconds(), 6.0)
         self.assertIn("403", agent.consent_lost[0])  # type: ignore[attr-defined]
 
@@ -308,7 +301,7 @@ class FullIceTests(IceTestCase):
         self.assertNotEqual(agent.selected_pair, old_pair)
         self.assertEqual(agent.state, IceState.CONNECTED)
         await self.assert_data_both_ways(agent, new_wic)
-        await self.until(lambda: pool.used_count == 1)
+        await until(lambda: pool.used_count == 1)
         self.assertEqual(agent.stats.restarts, 1)
 
     async def test_malformed_remote_input_is_a_clear_error(self) -> None:
@@ -336,7 +329,7 @@ class FullIceTests(IceTestCase):
         await agent.gather()
         agent.set_remote("abcd", "p" * 22, [f"{n} 1 udp 2130706431 127.0.0.1 {9000 + n} typ host" for n in range(5)])
         generation = agent._backend._current  # type: ignore[union-attr]
-        await self.until(lambda: len(generation.connection.remote_candidates) == 2)
+        await until(lambda: len(generation.connection.remote_candidates) == 2)
         await deferLater(global_reactor, 0.05, lambda: None)
         self.assertEqual(len(generation.connection.remote_candidates), 2)
 
@@ -370,9 +363,9 @@ class FullIceTests(IceTestCase):
         await Deferred.fromCoroutine(self._both(full.start(), lite.start()))
         self.assertEqual(full.selected_pair, tuple(reversed(lite.selected_pair)))  # type: ignore[arg-type]
         self.assertTrue(full.send(RTP))
-        await self.until(lambda: RTP in lite.received)  # type: ignore[attr-defined]
+        await until(lambda: RTP in lite.received)  # type: ignore[attr-defined]
         self.assertTrue(lite.send(DTLS))
-        await self.until(lambda: DTLS in full.received)  # type: ignore[attr-defined]
+        await until(lambda: DTLS in full.received)  # type: ignore[attr-defined]
 
 
 class LiteIceTests(IceTestCase):

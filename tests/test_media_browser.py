@@ -26,7 +26,6 @@ import asyncio
 import math
 import os
 import socket
-import time
 from typing import Any
 
 from twisted.internet import defer, error, protocol, reactor
@@ -45,7 +44,7 @@ from tests.support.browser import (
     wait_for_inbound_audio,
 )
 from tests.support.deployment import DOMAIN
-from tests.support.processes import require_program
+from tests.support.processes import require_program, wait_for
 from tests.support.wic import as_deferred
 
 LOCAL = "127.0.0.1"
@@ -89,16 +88,6 @@ CONSENT_ANSWERED = """async (wanted) => {
   return { consentRequestsSent: pair.consentRequestsSent, requestsSent: pair.requestsSent,
            responsesReceived: pair.responsesReceived, requestsReceived: pair.requestsReceived };
 }"""
-
-
-async def until(condition: Any, timeout: float, what: str = "") -> None:
-    """Poll ``condition`` from an asyncio task (the browser helpers are asyncio, so Deferred-based
-    waits cannot be awaited here); fail after ``timeout`` seconds."""
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"not within {timeout} s: {what or condition}")
-        await asyncio.sleep(0.05)
 
 
 def pcmu_tone(seconds: float, frequency: float = 440.0, amplitude: int = 8000) -> bytes:
@@ -262,10 +251,10 @@ class BrowserMediaTests(unittest.TestCase):
     async def assert_released(self) -> None:
         """No call left in epcscf, and every media port back in the pool (REQ-P08)."""
         calls = self.service.pcscf.calls
-        await until(lambda: not calls.calls(), 10, f"calls released: {calls.calls()}")
+        await wait_for(lambda: not calls.calls(), 10, what=f"calls released: {calls.calls()}")
         await calls.idle().asFuture(asyncio.get_event_loop())
         pool = calls.media_factory.pool
-        await until(lambda: pool.free_count == pool.size, 10, f"media ports freed: {pool}")
+        await wait_for(lambda: pool.free_count == pool.size, 10, what=f"media ports freed: {pool}")
         self.assertEqual(pool.free_count, pool.size)
 
     async def browser_idle(self, browser: Browser, user: str) -> None:
@@ -283,7 +272,7 @@ class BrowserMediaTests(unittest.TestCase):
         sip_port, media_port = free_udp_port(), free_udp_port()
         uas = self.spawn_sipp("uas", ["-sf", os.path.join(SCENARIOS, "media_uas_echo.xml"), "-i", LOCAL,
                                       "-p", str(sip_port), "-mi", LOCAL, "-mp", str(media_port), "-rtp_echo"])
-        await until(lambda: udp_bound(sip_port) or uas.ended.done(), 10, "sipp UAS listening")
+        await wait_for(lambda: udp_bound(sip_port) or uas.ended.done(), 10, what="sipp UAS listening")
         self.assertFalse(uas.ended.done(), self.sipp_log("uas", uas))
 
         browser = await start_browser(self)
@@ -312,7 +301,7 @@ class BrowserMediaTests(unittest.TestCase):
         sip_port, media_port = free_udp_port(), free_udp_port()
         uas = self.spawn_sipp("uas", ["-sf", os.path.join(SCENARIOS, "media_uas_hold.xml"), "-i", LOCAL,
                                       "-p", str(sip_port), "-mi", LOCAL, "-mp", str(media_port), "-rtp_echo"])
-        await until(lambda: udp_bound(sip_port) or uas.ended.done(), 10, "sipp UAS listening")
+        await wait_for(lambda: udp_bound(sip_port) or uas.ended.done(), 10, what="sipp UAS listening")
         browser = await start_browser(self)
         await open_registered_page(browser, self.page_url, "alice")
         await call_from_page(browser, "alice", f"sip:echo@{LOCAL}:{sip_port}")
@@ -325,13 +314,13 @@ class BrowserMediaTests(unittest.TestCase):
         await browser.wait("alice", page_state("call-state", "held"), timeout=15000)
         # JsSIP shows hold/resume when it sends the re-INVITE; epcscf applies the direction (the
         # WIC's own) when sipp's answer passes through.
-        await until(lambda: stream.session.direction.value == "sendonly", 10, "hold applied in epcscf")
+        await wait_for(lambda: stream.session.direction.value == "sendonly", 10, what="hold applied in epcscf")
         # The browser still sends (sendonly) and sipp still echoes, but the relay drops what comes
         # back instead of sending it to the browser (Chrome itself drops its inbound-rtp stats
         # while sendonly, so the relay's counters are the evidence here).
         before = stream.session.stats()
-        await until(lambda: stream.session.stats().core_to_wic.dropped >= before.core_to_wic.dropped + 25, 10,
-                    "sipp's echo gated during the hold")
+        await wait_for(lambda: stream.session.stats().core_to_wic.dropped >= before.core_to_wic.dropped + 25, 10,
+                       what="sipp's echo gated during the hold")
         during = stream.session.stats()
         self.assertEqual(during.core_to_wic.packets, before.core_to_wic.packets, "RTP reached the held browser")
         self.assertGreater(during.wic_to_core.packets, before.wic_to_core.packets + 20)
@@ -339,7 +328,7 @@ class BrowserMediaTests(unittest.TestCase):
 
         await browser.click("alice", "#hold")
         await browser.wait("alice", page_state("call-state", "connected"), timeout=15000)
-        await until(lambda: stream.session.direction.value == "sendrecv", 10, "resume applied in epcscf")
+        await wait_for(lambda: stream.session.direction.value == "sendrecv", 10, what="resume applied in epcscf")
         await wait_for_inbound_audio(browser, "alice", packets=25, timeout=15000)
         self.assertEqual(stream.session.stats().core_rtp_target, ports)
 

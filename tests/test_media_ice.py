@@ -9,8 +9,8 @@ uses a plain UDP socket); this one proves the two fit as `epcscf.pcscf` will wir
 from __future__ import annotations
 
 import asyncio
+import functools
 import os
-from collections.abc import Callable
 
 import aioice.ice
 from aioice import Candidate
@@ -22,7 +22,12 @@ from twisted.trial import unittest
 from epcscf.ice import IceAgent, IceAgentConfig
 from epcscf.ice.agent import as_deferred
 from epcscf.media import MediaSession, MediaSessionConfig
+from tests.support.processes import wait_for
+from tests.support.reactor import asyncio_loop
 from tests.test_media_session import SERVER_CERT, WIC_CERT, CoreEndpoint, WicSimulator, rtcp_rr, rtp
+
+# Real ICE and DTLS: poll for the visible effect, fail after 5 s.
+until = functools.partial(wait_for, timeout=5.0, interval=0.01)
 
 LOCAL = "127.0.0.1"
 
@@ -50,21 +55,10 @@ class AioiceWrite:
 
 class MediaOverIceTests(unittest.TestCase):
     def setUp(self) -> None:
-        from twisted.internet.asyncioreactor import AsyncioSelectorReactor
-
-        if not isinstance(global_reactor, AsyncioSelectorReactor):
-            raise unittest.SkipTest("needs trial --reactor=asyncio")
-        self.loop: asyncio.AbstractEventLoop = global_reactor._asyncioEventloop
+        self.loop = asyncio_loop()
         # aioice never offers loopback (stack.md §4).
         self.patch(aioice.ice, "get_host_addresses", lambda use_ipv4, use_ipv6: ["127.0.0.1"])
         self.sockets_before = open_sockets()
-
-    async def until(self, condition: Callable[[], bool], timeout: float = 5.0) -> None:
-        for _ in range(int(timeout / 0.01)):
-            if condition():
-                return
-            await deferLater(global_reactor, 0.01, lambda: None)
-        self.fail("condition not met in time")
 
     async def test_dtls_srtp_and_relay_over_a_real_ice_pair(self) -> None:
         agent = IceAgent(IceAgentConfig(bind_addresses=(LOCAL,), mode="full"), controlling=False, clock=global_reactor)
@@ -107,14 +101,14 @@ class MediaOverIceTests(unittest.TestCase):
             session.start_dtls("server", WIC_CERT.fingerprint)
             simulator.start()
             profile = await simulator.connected
-            await self.until(lambda: bool(up))
+            await until(lambda: bool(up))
             self.assertEqual(profile, "SRTP_AES128_CM_SHA1_80")
 
             simulator.send_rtp(rtp(1))
             simulator.send_rtcp(rtcp_rr(1))
-            await self.until(lambda: rtp(1) in core.packets)
+            await until(lambda: rtp(1) in core.packets)
             core.send(rtp(9, ssrc=3), (LOCAL, session.core_rtp_port))
-            await self.until(lambda: simulator.rtp_received == [rtp(9, ssrc=3)])
+            await until(lambda: simulator.rtp_received == [rtp(9, ssrc=3)])
             stats = session.stats()
             self.assertEqual((stats.wic_to_core.packets, stats.core_to_wic.packets), (1, 1))
         finally:

@@ -4,9 +4,9 @@ the DTLS handshake itself needs no timer)."""
 
 from __future__ import annotations
 
+import functools
 import os
 import socket
-from collections.abc import Callable
 
 from cryptography.hazmat.primitives import hashes
 from OpenSSL import SSL, crypto
@@ -26,9 +26,12 @@ from epcscf.media import (
     MediaSession,
     MediaSessionConfig,
 )
+from tests.support.processes import wait_for
 
 Address = tuple[str, int]
 LOCAL = "127.0.0.1"
+# Real sockets need real reactor turns: poll often for the visible effect, fail after 5 s.
+until = functools.partial(wait_for, timeout=5.0, interval=0.005)
 
 # (key, salt) lengths of the profiles the simulator may offer (RFC 5764 §4.1.2, RFC 7714 §14.2).
 PROFILE_SIZES = {
@@ -197,16 +200,6 @@ class CoreEndpoint(DatagramProtocol):
 
 
 @inlineCallbacks
-def wait_for(predicate: Callable[[], bool], timeout: float = 5.0):  # type: ignore[no-untyped-def]
-    """Poll the reactor until predicate() holds (real sockets need real reactor turns)."""
-    deadline = global_reactor.seconds() + timeout
-    while not predicate():
-        if global_reactor.seconds() > deadline:
-            raise AssertionError("condition not met within the timeout")
-        yield deferLater(global_reactor, 0.005, lambda: None)
-
-
-@inlineCallbacks
 def settle():  # type: ignore[no-untyped-def]
     """Give in-flight loopback datagrams time to arrive (used before asserting an absence)."""
     yield deferLater(global_reactor, 0.1, lambda: None)
@@ -267,7 +260,7 @@ class MediaSessionTestCase(unittest.TestCase):
         session.start_dtls(DtlsRole(session_role), WIC_CERT.fingerprint)
         wic.start()
         profile = yield wic.connected
-        yield wait_for(lambda: bool(up))
+        yield until(lambda: bool(up))
         return session, wic, core_rtp, core_rtcp, profile
 
 
@@ -279,7 +272,7 @@ class RelayTests(MediaSessionTestCase):
         sent_up = [rtp(seq, payload=bytes([seq]) * 160) for seq in range(1, 11)]
         for packet in sent_up:
             wic.send_rtp(packet)
-        yield wait_for(lambda: len(core_rtp.received) == 10)
+        yield until(lambda: len(core_rtp.received) == 10)
         # SSRC, sequence, timestamp and payload untouched (REQ-P05); sent from our RTP port.
         self.assertEqual(core_rtp.packets, sent_up)
         self.assertEqual({addr for _, addr in core_rtp.received}, {(LOCAL, session.core_rtp_port)})
@@ -287,7 +280,7 @@ class RelayTests(MediaSessionTestCase):
         sent_down = [rtp(seq, ssrc=0xCAFE, pt=8) for seq in range(100, 110)]
         for packet in sent_down:
             core_rtp.send(packet, (LOCAL, session.core_rtp_port))
-        yield wait_for(lambda: len(wic.rtp_received) == 10)
+        yield until(lambda: len(wic.rtp_received) == 10)
         self.assertEqual(wic.rtp_received, sent_down)
         self.assertEqual(wic.undecryptable, 0)
 
@@ -308,18 +301,18 @@ class RelayTests(MediaSessionTestCase):
         self.assertEqual(profile, "SRTP_AEAD_AES_128_GCM")
         wic.send_rtp(rtp(1))
         core_rtp.send(rtp(7, ssrc=5), (LOCAL, session.core_rtp_port))
-        yield wait_for(lambda: len(core_rtp.received) == 1 and len(wic.rtp_received) == 1)
+        yield until(lambda: len(core_rtp.received) == 1 and len(wic.rtp_received) == 1)
         self.assertEqual((core_rtp.packets[0], wic.rtp_received[0]), (rtp(1), rtp(7, ssrc=5)))
 
     @inlineCallbacks
     def test_rtcp_is_translated_both_ways(self):  # type: ignore[no-untyped-def]
         session, wic, core_rtp, core_rtcp, _ = yield self.connected_call()
         wic.send_rtcp(rtcp_rr(1))  # SRTCP, multiplexed on the WIC's single port (RFC 5761)
-        yield wait_for(lambda: len(core_rtcp.received) == 1)
+        yield until(lambda: len(core_rtcp.received) == 1)
         self.assertEqual(core_rtcp.received[0], (rtcp_rr(1), (LOCAL, session.core_rtcp_port)))
         self.assertEqual(core_rtp.received, [])
         core_rtcp.send(rtcp_rr(2), (LOCAL, session.core_rtcp_port))
-        yield wait_for(lambda: len(wic.rtcp_received) == 1)
+        yield until(lambda: len(wic.rtcp_received) == 1)
         self.assertEqual(wic.rtcp_received, [rtcp_rr(2)])
         self.assertEqual(wic.rtp_received, [])
         stats = session.stats()
@@ -332,10 +325,10 @@ class RelayTests(MediaSessionTestCase):
         session.set_core_remote(LOCAL, rtp_port, rtcp_mux=True)
         wic.send_rtcp(rtcp_rr(1))
         wic.send_rtp(rtp(1))
-        yield wait_for(lambda: len(core_rtp.received) == 2)
+        yield until(lambda: len(core_rtp.received) == 2)
         self.assertEqual(sorted(core_rtp.packets), sorted([rtcp_rr(1), rtp(1)]))
         core_rtp.send(rtcp_rr(3), (LOCAL, session.core_rtp_port))
-        yield wait_for(lambda: len(wic.rtcp_received) == 1)
+        yield until(lambda: len(wic.rtcp_received) == 1)
         self.assertEqual(wic.rtcp_received, [rtcp_rr(3)])
         self.assertEqual(core_rtcp.received, [])
 
@@ -347,7 +340,7 @@ class RelayTests(MediaSessionTestCase):
         comfort_noise = bytes([0x80, 13]) + rtp(51)[2:12] + b"\x40"
         for packet in (event, comfort_noise, event):  # the same packet twice from the core
             core_rtp.send(packet, (LOCAL, session.core_rtp_port))
-        yield wait_for(lambda: len(wic.rtp_received) == 2)
+        yield until(lambda: len(wic.rtp_received) == 2)
         yield settle()
         # The WIC's replay protection drops the repeat; the relay re-encrypted it all the same.
         self.assertEqual(wic.rtp_received, [event, comfort_noise])
@@ -355,7 +348,7 @@ class RelayTests(MediaSessionTestCase):
         self.assertEqual(session.stats().srtp_errors.protect, 0)
         self.assertEqual(session.stats().core_to_wic.packets, 3)
         wic.send_rtp(event)
-        yield wait_for(lambda: len(core_rtp.received) == 1)
+        yield until(lambda: len(core_rtp.received) == 1)
         self.assertEqual(core_rtp.packets, [event])
 
     @inlineCallbacks
@@ -363,7 +356,7 @@ class RelayTests(MediaSessionTestCase):
         session, wic, core_rtp, _, _ = yield self.connected_call()
         for seq in (1, 2, 5, 6, 10):
             wic.send_rtp(rtp(seq))
-        yield wait_for(lambda: len(core_rtp.received) == 5)
+        yield until(lambda: len(core_rtp.received) == 5)
         self.assertEqual(session.stats().wic_to_core.lost, 5)  # 3, 4, 7, 8, 9
 
     @inlineCallbacks
@@ -374,7 +367,7 @@ class RelayTests(MediaSessionTestCase):
         wic.send_raw(b"\x40\x00\x00\x04abcd")  # TURN ChannelData
         wic.send_raw(b"\x10zrtp")  # ZRTP
         wic.send_rtp(rtp(2))
-        yield wait_for(lambda: len(core_rtp.received) == 1)
+        yield until(lambda: len(core_rtp.received) == 1)
         yield settle()
         self.assertEqual(core_rtp.packets, [rtp(2)])
         stats = session.stats()
@@ -411,14 +404,14 @@ class GatingTests(MediaSessionTestCase):
         core_rtp.send(rtp(1, ssrc=9), to_session)
         wic.send_rtcp(rtcp_rr(1))
         core_rtcp.send(rtcp_rr(2), (LOCAL, session.core_rtcp_port))
-        yield wait_for(lambda: len(core_rtp.received) == 1 and len(core_rtcp.received) == 1 and len(wic.rtcp_received) == 1)
+        yield until(lambda: len(core_rtp.received) == 1 and len(core_rtcp.received) == 1 and len(wic.rtcp_received) == 1)
         yield settle()
         self.assertEqual(wic.rtp_received, [])
 
         session.set_direction(Direction.RECVONLY)  # core holds the WIC: only core → WIC
         wic.send_rtp(rtp(2))
         core_rtp.send(rtp(2, ssrc=9), to_session)
-        yield wait_for(lambda: len(wic.rtp_received) == 1)
+        yield until(lambda: len(wic.rtp_received) == 1)
         yield settle()
         self.assertEqual(len(core_rtp.received), 1)
 
@@ -431,7 +424,7 @@ class GatingTests(MediaSessionTestCase):
         session.set_direction("sendrecv")  # resume
         wic.send_rtp(rtp(4))
         core_rtp.send(rtp(4, ssrc=9), to_session)
-        yield wait_for(lambda: len(core_rtp.received) == 2 and len(wic.rtp_received) == 2)
+        yield until(lambda: len(core_rtp.received) == 2 and len(wic.rtp_received) == 2)
         self.assertEqual(core_rtp.packets, [rtp(1), rtp(4)])
         self.assertEqual(wic.rtp_received, [rtp(2, ssrc=9), rtp(4, ssrc=9)])
         stats = session.stats()
@@ -460,7 +453,7 @@ class GatingTests(MediaSessionTestCase):
         session.start_dtls("server", WIC_CERT.fingerprint)
         wic.start()
         yield self.assertFailure(wic.connected, SSL.Error)
-        yield wait_for(lambda: bool(failures))
+        yield until(lambda: bool(failures))
         self.assertIn("does not match", failures[0])
         self.assertIn(OTHER_CERT.fingerprint.value, failures[0])
         self.assertEqual(session.state, "failed")
@@ -479,7 +472,7 @@ class GatingTests(MediaSessionTestCase):
         session.start_dtls("server", WIC_CERT.fingerprint)
         profile = yield wic.connected
         self.assertEqual(profile, "SRTP_AES128_CM_SHA1_80")
-        yield wait_for(lambda: session.connected)
+        yield until(lambda: session.connected)
 
 
 class LatchingTests(MediaSessionTestCase):
@@ -490,13 +483,13 @@ class LatchingTests(MediaSessionTestCase):
         real_address = self.listen(real_source)
         self.listen(intruder)
         real_source.send(rtp(1, ssrc=7), (LOCAL, session.core_rtp_port))
-        yield wait_for(lambda: len(wic.rtp_received) == 1)
+        yield until(lambda: len(wic.rtp_received) == 1)
         self.assertEqual(session.stats().core_rtp_target, real_address)
         wic.send_rtp(rtp(1))
-        yield wait_for(lambda: len(real_source.received) == 1)  # RFC 4961: back to where it came from
+        yield until(lambda: len(real_source.received) == 1)  # RFC 4961: back to where it came from
         intruder.send(rtp(2, ssrc=66), (LOCAL, session.core_rtp_port))
         real_source.send(rtp(2, ssrc=7), (LOCAL, session.core_rtp_port))
-        yield wait_for(lambda: len(wic.rtp_received) == 2)
+        yield until(lambda: len(wic.rtp_received) == 2)
         yield settle()
         self.assertEqual(wic.rtp_received, [rtp(1, ssrc=7), rtp(2, ssrc=7)])
         self.assertEqual(core_sdp.received, [])
@@ -508,9 +501,9 @@ class LatchingTests(MediaSessionTestCase):
         other = CoreEndpoint()
         self.listen(other)
         other.send(rtp(1, ssrc=7), (LOCAL, session.core_rtp_port))
-        yield wait_for(lambda: len(wic.rtp_received) == 1)
+        yield until(lambda: len(wic.rtp_received) == 1)
         wic.send_rtp(rtp(1))
-        yield wait_for(lambda: len(core_sdp.received) == 1)
+        yield until(lambda: len(core_sdp.received) == 1)
         yield settle()
         self.assertEqual(other.received, [])
 
@@ -521,12 +514,12 @@ class LatchingTests(MediaSessionTestCase):
         self.listen(first)
         second_address = self.listen(second)
         first.send(rtp(1), (LOCAL, session.core_rtp_port))
-        yield wait_for(lambda: len(wic.rtp_received) == 1)
+        yield until(lambda: len(wic.rtp_received) == 1)
         session.set_core_remote(*second_address)  # re-INVITE: the core moved
         second.send(rtp(2), (LOCAL, session.core_rtp_port))
-        yield wait_for(lambda: len(wic.rtp_received) == 2)
+        yield until(lambda: len(wic.rtp_received) == 2)
         wic.send_rtp(rtp(5))
-        yield wait_for(lambda: len(second.received) == 1)
+        yield until(lambda: len(second.received) == 1)
         self.assertEqual(first.received, [])
 
     def test_core_remote_must_be_an_ip_address(self) -> None:
@@ -574,7 +567,7 @@ class LifecycleTests(MediaSessionTestCase):
         self.assertTrue(can_bind(rtp_port))
         self.assertTrue(can_bind(rtcp_port))
         self.assertEqual(session.state, "closed")
-        yield wait_for(lambda: wic.closed_by_peer)  # close_notify reached the WIC
+        yield until(lambda: wic.closed_by_peer)  # close_notify reached the WIC
         yield session.close()  # idempotent
 
     @inlineCallbacks

@@ -28,9 +28,9 @@ from epcscf.sip.message import Request, Response
 from epcscf.sip.transaction import State, TimerSettings, TransactionLayer
 from epcscf.ws.connection import CloseReason, WsConnection
 from tests.test_calls_media import CallMediaTestCase
-from tests.test_calls_manager import ADDRESSES, FakeMedia, FakeProxy, FakeServerTransaction, invite, response_to
-from tests.test_calls_manager import FakeConnection as CallsConnection
-from tests.test_sip_transaction_fakes import FakeConnection, Recorder, request, response
+from tests.support.fakes import FakeConnection, FakeServerTransaction
+from tests.test_calls_manager import ADDRESSES, FakeMedia, FakeProxy, invite, response_to
+from tests.test_sip_transaction_fakes import Recorder, request, response
 
 SDP = b"v=0\r\no=- 1 1 IN IP4 127.0.0.1\r\ns=-\r\nt=0 0\r\nm=audio 9 UDP/TLS/RTP/SAVPF 111\r\n" * 8
 
@@ -47,7 +47,7 @@ class TransactionRetentionTests(unittest.TestCase):
         self.clock = task.Clock()
         self.tu = Recorder(self.clock)
         self.layer = TransactionLayer(self.clock, self.tu, lambda connection: TimerSettings())
-        self.connection = FakeConnection(self.clock)
+        self.connection = FakeConnection(clock=self.clock)
 
     def receive(self, message: Request) -> weakref.ref:
         held = weakref.ref(message)
@@ -56,7 +56,7 @@ class TransactionRetentionTests(unittest.TestCase):
 
     def forget_sent(self) -> None:
         # The fake connection records what was sent; a real one keeps nothing.
-        self.connection.sent.clear()
+        self.connection.clear()
         gc.collect()
 
     def test_accepted_invite_server_transaction_lets_go_of_the_invite_and_its_2xx(self) -> None:
@@ -121,7 +121,7 @@ class TransactionRetentionTests(unittest.TestCase):
         transaction = self.layer.send_request(sent, self.connection, self.tu)
         busy = response(sent, 486)
         del sent
-        self.connection.sent.clear()
+        self.connection.clear()
         transaction.receive_response(busy)
         transaction.receive_response(response(busy, 486))  # retransmission
         acks = self.connection.messages()
@@ -158,7 +158,7 @@ class CallHistoryRetentionTests(unittest.TestCase):
         self.clock = task.Clock()
         self.medias: list[FakeMedia] = []
         self.manager = CallManager(self.clock, ADDRESSES, self._media, CallSettings(keep_ended=60), FakeProxy())
-        self.wic = CallsConnection("WSS", "wss-1")
+        self.wic = FakeConnection("WSS", id="wss-1")
 
     def _media(self, call: Any) -> FakeMedia:
         media = FakeMedia([])
@@ -172,7 +172,7 @@ class CallHistoryRetentionTests(unittest.TestCase):
         context = ProxiedRequest(received.copy(), self.wic, FakeServerTransaction(received, self.wic))
         forward = Forward(context.request, None, [], ADDRESSES.core_sent_by)
         self.manager.originating_invite(context, "<sip:alice@example.com>", forward)
-        context.branches.append(Branch(context.request, [], connection=CallsConnection("UDP", "udp-1")))
+        context.branches.append(Branch(context.request, [], connection=FakeConnection("UDP", id="udp-1")))
         busy = response_to(context.request, 486)
         self.manager.response(context, busy)
         [call] = self.manager.ended_calls()

@@ -40,7 +40,6 @@ class RealCallOperationsTests(unittest.TestCase):
     start_uas = _helpers.start_uas
     registered = _helpers.registered
     wic = _helpers.wic
-    until = _helpers.until
     call_sipp = _helpers.call_sipp
     in_dialog = _helpers.in_dialog
     established_originating_call = _helpers.established_originating_call
@@ -50,7 +49,7 @@ class RealCallOperationsTests(unittest.TestCase):
         client, wic, invite, ok, uas, trace, _ = await self.established_originating_call()
         for seq in range(1, 6):
             wic.send_rtp(rtp(seq))
-        await self.until(lambda: len(wic.received) >= 3)
+        await w2.until(lambda: len(wic.received) >= 3)
         output = io.StringIO()
         self.patch(sys, "stdout", output)
         console = Console(self.service)
@@ -98,7 +97,7 @@ class RealCallOperationsTests(unittest.TestCase):
         # Still up while draining: media keeps flowing.
         [call] = self.calls.calls()
         wic.send_rtp(rtp(1))
-        await self.until(lambda: len(wic.received) >= 1)
+        await w2.until(lambda: len(wic.received) >= 1)
         self.assertFalse(stopped.called)
         clock.advance(1)
         bye = await as_deferred(client.next_message(10))
@@ -110,7 +109,7 @@ class RealCallOperationsTests(unittest.TestCase):
         self.assertEqual(call.release_cause, "service shutting down")
         self.assertFalse(stopped.called)  # the WebSockets stay open until the BYEs are answered
         # sipp may exit before its 200 to our BYE has been read here: wait for both answers.
-        await self.until(lambda: pending_client_transactions(self.service.pcscf) == 0)
+        await w2.until(lambda: pending_client_transactions(self.service.pcscf) == 0)
         clock.advance(0.5)
         await stopped
         await self.calls.idle()

@@ -25,7 +25,7 @@ from epcscf.pcscf.limits import AuthFailures, FlowRateLimiter, FlowVerdict, answ
 from epcscf.pcscf.registration import Registrations
 from epcscf.sip.message import Request, Response, make_response
 from epcscf.sip.proxy import ProxiedRequest, Reject
-from tests.support.fake_flow import FakeWsFlow
+from tests.support.fakes import FakeWsFlow
 
 SETTINGS = OverloadSettings(lag_high=0.2, lag_low=0.05, high_samples=2, recover=0.25, min_new_per_second=0)
 HIGH, MID, LOW = 0.3, 0.1, 0.01  # lags (seconds) of each kind under SETTINGS

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Any
 
 from twisted.internet import defer
@@ -16,7 +15,7 @@ from epcscf.sip.message import Request, Response
 from epcscf.sip.parser import parse_message
 from epcscf.sip.proxy_policy import Forward, ProxiedRequest, Reject
 from epcscf.sip.resolver import Target
-from tests.support.fake_flow import FakeWsFlow
+from tests.support.fakes import FakeServerTransaction, FakeWsFlow
 
 INSTANCE = '"<urn:uuid:ea2e7ade-0000-4000-8000-f41af516a1d8>"'
 CONTACT = f"<sip:alice@dee12855.invalid;transport=ws;ob>;reg-id=1;+sip.instance={INSTANCE};expires=600"
@@ -75,11 +74,6 @@ def accepted(cseq: int = 2, contact: str = CONTACT, service_route: str = "<sip:o
             "Content-Length: 0",
         ]
     )
-
-
-@dataclass
-class FakeServerTransaction:
-    request: Request
 
 
 class EdgeRegisterTests(unittest.TestCase):

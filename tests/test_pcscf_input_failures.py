@@ -25,13 +25,13 @@ import time
 from typing import Any
 
 from twisted.internet import defer
-from twisted.internet import reactor as global_reactor
 from twisted.trial import unittest
 
 from epcscf.sip.message import Request, Response, make_response
 from epcscf.sip.parser import parse_message
 from tests.support.deployment import DOMAIN, USERS, start_deployment, ws_url
 from tests.support.raw_ws import RawWsWic, client_frame
+from tests.support.reactor import asyncio_loop
 from tests.support.udp_peer import UdpSipPeer
 from tests.support.wic import WsSipClient, as_deferred
 
@@ -91,10 +91,7 @@ class EdgeInputFailureTests(unittest.TestCase):
     timeout = 30
 
     def setUp(self) -> None:
-        from twisted.internet.asyncioreactor import AsyncioSelectorReactor
-
-        if not isinstance(global_reactor, AsyncioSelectorReactor):
-            raise unittest.SkipTest("needs trial --reactor=asyncio")
+        asyncio_loop()
         self.core = CoreRegistrar()
         core_port = self.core.start()
         self.addCleanup(self.core.stop)

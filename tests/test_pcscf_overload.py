@@ -15,6 +15,7 @@ from twisted.trial import unittest
 
 from epcscf.sip.message import Request, Response, make_response
 from tests.support.deployment import DOMAIN, USERS, start_deployment, ws_url
+from tests.support.processes import wait_for
 from tests.support.wic import WsSipClient, as_deferred
 from tests.test_ops_console import asyncio_test, registered_wic
 from tests.test_ops_metrics import METRICS, samples, value
@@ -163,7 +164,7 @@ class PerSourceLimitTests(unittest.TestCase):
         self.assertEqual(refused.exception.response.status_code, 503)
         await first.close()
         factory = self.service.pcscf.ws_factory
-        await asyncio.wait_for(_until(lambda: len(factory._per_ip) == 1 and sum(factory._per_ip.values()) == 1), 5)
+        await wait_for(lambda: len(factory._per_ip) == 1 and sum(factory._per_ip.values()) == 1, 5, 0.02, "the closed connection's slot freed")
         await connected_wic(self, self.service, "carol")  # a slot is free again
         scraped = await samples(self.service)
         self.assertEqual(value(scraped, "epcscf_ws_connections_refused_total", reason="per_ip_limit"), 1)
@@ -185,8 +186,3 @@ class PerSourceLimitTests(unittest.TestCase):
         self.assertEqual((await bob.register()).status, 200)
         scraped = await samples(self.service)
         self.assertEqual(value(scraped, "epcscf_overload_refusals_total", reason="auth_failures"), 2)
-
-
-async def _until(condition: object, step: float = 0.02) -> None:
-    while not condition():  # type: ignore[operator]
-        await asyncio.sleep(step)

@@ -15,6 +15,7 @@ from epcscf.sip.parser import parse_message
 from epcscf.sip.proxy import ProxiedRequest, ProxySettings, StatefulProxy
 from epcscf.sip.proxy_policy import DefaultRoutingPolicy, Forward, Reject
 from epcscf.sip.resolver import NextHopResolver, Target
+from tests.support.fakes import FakeConnection, FakeServerTransaction
 from tests.test_sip_resolver import MemoryAuthority
 
 PROXY_UDP = Address("127.0.0.1", 5060)
@@ -22,41 +23,6 @@ PROXY_TCP = Address("127.0.0.1", 5062)
 UAC = Address("192.0.2.10", 5070)
 UAS = Target("UDP", "192.0.2.20", 5080)
 UAS2 = Target("UDP", "192.0.2.21", 5080)
-
-
-class FakeConnection:
-    def __init__(self, transport: str = "UDP", remote: Address = UAC, local: Address = PROXY_UDP) -> None:
-        self.transport = transport
-        self.remote = remote
-        self.local = local
-        self.id = f"{transport}:{remote}"
-        self.connected = True
-        self.sent: list[Any] = []
-
-    @property
-    def reliable(self) -> bool:
-        return self.transport != "UDP"
-
-    def send_message(self, message: Any) -> None:
-        self.sent.append(message)
-
-    def close(self) -> None:
-        self.connected = False
-
-
-class FakeServerTransaction:
-    def __init__(self, request: Request, connection: FakeConnection) -> None:
-        self.request = request
-        self.connection = connection
-        self.responses: list[Response] = []
-        self.is_invite = request.method == "INVITE"
-
-    def respond(self, response: Response) -> None:
-        self.responses.append(response)
-
-    @property
-    def statuses(self) -> list[int]:
-        return [r.status for r in self.responses]
 
 
 class FakeClientTransaction:
@@ -183,7 +149,7 @@ class ProxyTestCase(unittest.TestCase):
         self.proxy = StatefulProxy(self.clock, self.connector, self.resolver, self.policy, ProxySettings(), secret=b"k")
         self.transactions = FakeTransactions()
         self.proxy.transactions = self.transactions
-        self.inbound = FakeConnection()
+        self.inbound = FakeConnection(remote=UAC, local=PROXY_UDP)
 
     def receive(self, request: Request, connection: FakeConnection | None = None) -> FakeServerTransaction:
         tx = FakeServerTransaction(request, connection or self.inbound)

@@ -8,7 +8,8 @@ from epcscf.sip.headers import all_vias, cseq, to_tag
 from epcscf.sip.message import Request
 from epcscf.sip.transaction import ClientTransaction, State, TimerSettings
 
-from tests.test_sip_transaction_fakes import FakeConnection, harness, request, response, run_until
+from tests.support.fakes import FakeConnection
+from tests.test_sip_transaction_fakes import harness, request, response, run_until
 
 WIC_TIMERS = TimerSettings(t1=2.0, t2=16.0, t4=17.0, d=130.0)  # TS 24.229 Table 7.7.1 toward a UE
 
@@ -134,7 +135,7 @@ class InviteClientTransactionTests(unittest.TestCase):
 
     def test_invite_client_first_send_failure_is_reported_on_the_next_turn(self) -> None:
         # §17.1.4: the TU hears of it after send_request has returned.
-        self.h.udp.lost = True
+        self.h.udp.connected = False
         transaction = self.send()
         self.assertEqual(self.h.user.calls, [])
         self.h.clock.advance(0)
@@ -145,7 +146,7 @@ class InviteClientTransactionTests(unittest.TestCase):
 
     def test_invite_client_retransmission_failure_terminates(self) -> None:
         transaction = self.send()
-        self.h.udp.lost = True
+        self.h.udp.connected = False
         run_until(self.h.clock, 10)
         self.assertEqual(self.h.user.calls, [(0.5, "transport failed", "peer closed the connection")])
         self.assertTrue(transaction.terminated)
@@ -153,7 +154,7 @@ class InviteClientTransactionTests(unittest.TestCase):
 
     def test_invite_client_ack_send_failure_informs_tu(self) -> None:
         transaction = self.send()
-        self.h.udp.lost = True
+        self.h.udp.connected = False
         self.h.layer.receive(response(self.invite, 486), self.h.udp)
         self.assertEqual(self.h.user.kinds(), ["response", "transport failed"])
         self.assertTrue(transaction.terminated)
@@ -227,7 +228,7 @@ class NonInviteClientTransactionTests(unittest.TestCase):
     def test_non_invite_client_transport_failure_on_retransmission(self) -> None:
         transaction = self.send()
         run_until(self.h.clock, 1)
-        self.h.udp.lost = True
+        self.h.udp.connected = False
         run_until(self.h.clock, 10)
         self.assertEqual(self.h.user.calls, [(1.5, "transport failed", "peer closed the connection")])
         self.assertTrue(transaction.terminated)

@@ -1,58 +1,21 @@
 """Fakes shared by the transaction-layer tests (no tests here).
 
-``FakeConnection`` records every message with the clock time it was sent; ``Recorder``
-is both the ``TransactionUser`` and a ``ClientTransactionUser`` and records every call
-with its time.  ``run_until`` advances a ``task.Clock`` one due call at a time, so the
+``FakeConnection`` (``tests.support.fakes``) records every message with the clock time it
+was sent; ``Recorder`` is both the ``TransactionUser`` and a ``ClientTransactionUser`` and
+records every call with its time.  ``run_until`` advances a ``task.Clock`` one due call at a time, so the
 recorded times are the exact firing times of the timers.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from twisted.internet.task import Clock
 
-from epcscf.sip.connection import RELIABLE_TRANSPORTS, Address, ConnectionLost
-from epcscf.sip.message import Headers, Message, Request, Response, make_response
+from epcscf.sip.message import Headers, Request, Response, make_response
 from epcscf.sip.transaction import ClientTransaction, ServerTransaction, TimerSettings, TransactionLayer
-
-
-@dataclass
-class FakeConnection:
-    clock: Clock
-    transport: str = "UDP"
-    local: Address = Address("127.0.0.1", 5060)
-    remote: Address = Address("127.0.0.1", 5070)
-    id: str = "udp:127.0.0.1:5070"
-    lost: bool = False
-    sent: list[tuple[float, Message]] = field(default_factory=list)
-
-    @property
-    def reliable(self) -> bool:
-        return self.transport in RELIABLE_TRANSPORTS
-
-    @property
-    def connected(self) -> bool:
-        return not self.lost
-
-    def send_message(self, message: Message) -> None:
-        if self.lost:
-            raise ConnectionLost("peer closed the connection")
-        self.sent.append((self.clock.seconds(), message))
-
-    def close(self) -> None:
-        self.lost = True
-
-    # what tests read
-    def times(self) -> list[float]:
-        return [when for when, _ in self.sent]
-
-    def messages(self) -> list[Message]:
-        return [message for _, message in self.sent]
-
-    def start_lines(self) -> list[str]:
-        return [message.start_line() for _, message in self.sent]
+from tests.support.fakes import FakeConnection
 
 
 class Recorder:
@@ -153,6 +116,6 @@ def harness(timers: TimerSettings | None = None) -> Harness:
     user = Recorder(clock)
     settings = timers or TimerSettings()
     layer = TransactionLayer(clock, user, lambda connection: settings)
-    udp = FakeConnection(clock)
-    tcp = FakeConnection(clock, transport="TCP", id="tcp:127.0.0.1:5070")
+    udp = FakeConnection(clock=clock)
+    tcp = FakeConnection("TCP", id="tcp:127.0.0.1:5070", clock=clock)
     return Harness(clock, user, layer, udp, tcp)

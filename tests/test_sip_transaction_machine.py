@@ -34,6 +34,11 @@ class TimerSettingsTests(unittest.TestCase):
         self.assertEqual(timers.b, 128.0)
         self.assertEqual(timers.m, 128.0)
 
+    def test_timer_d_toward_a_ue_is_above_64_t1_and_never_under_32_s(self) -> None:
+        self.assertEqual(TimerSettings.toward_ue(2.0, 16.0, 17.0), TimerSettings(t1=2.0, t2=16.0, t4=17.0, d=130.0))
+        self.assertGreater(TimerSettings.toward_ue(2.0, 16.0, 17.0).d, 128.0)  # TS 24.229 Table 7.7.1
+        self.assertEqual(TimerSettings.toward_ue(0.1, 4.0, 5.0).d, 32.0)  # RFC 3261 §17.1.1.2
+
     def test_bad_values_are_refused_with_a_clear_message(self) -> None:
         with self.assertRaisesRegex(ValueError, "timer T1 must be positive"):
             TimerSettings(t1=0)

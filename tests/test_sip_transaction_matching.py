@@ -8,7 +8,8 @@ from twisted.trial import unittest
 from epcscf.sip.message import Headers, Request
 from epcscf.sip.transaction import State, TransactionLayer
 
-from tests.test_sip_transaction_fakes import FakeConnection, harness, request, response, run_until
+from tests.support.fakes import FakeConnection
+from tests.test_sip_transaction_fakes import harness, request, response, run_until
 
 
 class ResponseMatchingTests(unittest.TestCase):
@@ -238,7 +239,7 @@ class LayerLifecycleTests(unittest.TestCase):
         h.layer.receive(invite_in, h.udp)
         server = h.user.server_transactions[0]
         server.respond(response(invite_in, 100, to_tag=None))
-        core = FakeConnection(h.clock, remote=h.udp.local, id="udp:core")
+        core = FakeConnection(remote=h.udp.local, id="udp:core", clock=h.clock)
         invite_out = request("INVITE", branch="z9hG4bK.out")
         client = h.layer.send_request(invite_out, core, h.user)
         h.layer.receive(response(invite_out, 180), core)
@@ -255,7 +256,7 @@ class LayerLifecycleTests(unittest.TestCase):
         h.layer.receive(request("INVITE", branch="z9hG4bK.a"), h.udp)
         h.layer.receive(request("OPTIONS", branch="old"), h.udp)
         h.layer.send_request(request("REGISTER", branch="z9hG4bK.r"), h.udp, h.user)
-        h.udp.lost = True
+        h.udp.connected = False
         h.layer.send_request(request("MESSAGE", branch="z9hG4bK.m"), h.udp, h.user)
         self.assertEqual(len(h.layer.transactions()), 4)
         self.assertNotEqual(h.clock.getDelayedCalls(), [])
@@ -274,8 +275,8 @@ class LayerLifecycleTests(unittest.TestCase):
 
         clock = Clock()
         user = Recorder(clock)
-        wic = FakeConnection(clock, transport="UDP", id="wic")
-        core = FakeConnection(clock, transport="UDP", id="core")
+        wic = FakeConnection("UDP", id="wic", clock=clock)
+        core = FakeConnection("UDP", id="core", clock=clock)
         layer = TransactionLayer(clock, user, lambda c: TimerSettings(t1=2.0) if c.id == "wic" else TimerSettings())
         self.addCleanup(layer.close)
         layer.send_request(request("OPTIONS", branch="z9hG4bK.w"), wic, user)

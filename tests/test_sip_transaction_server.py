@@ -8,7 +8,8 @@ from epcscf.sip.headers import to_tag
 from epcscf.sip.message import Request, Response
 from epcscf.sip.transaction import ServerTransaction, State, TransactionStateError
 
-from tests.test_sip_transaction_fakes import FakeConnection, harness, request, response, run_until
+from tests.support.fakes import FakeConnection
+from tests.test_sip_transaction_fakes import harness, request, response, run_until
 
 
 class InviteServerTransactionTests(unittest.TestCase):
@@ -68,7 +69,7 @@ class InviteServerTransactionTests(unittest.TestCase):
         transaction.respond(ringing)
         run_until(self.h.clock, 1)
         self.h.layer.receive(self.invite, self.h.udp)
-        self.assertEqual(self.h.udp.sent, [(0, ringing), (1.0, ringing)])
+        self.assertEqual(self.h.udp.timed(), [(0, ringing), (1.0, ringing)])
         self.assertEqual(self.h.user.kinds(), ["request"])  # the TU saw the INVITE once
 
     def test_invite_server_timer_g_retransmits_non_2xx_until_timer_h(self) -> None:
@@ -98,7 +99,7 @@ class InviteServerTransactionTests(unittest.TestCase):
         transaction.respond(busy)
         run_until(self.h.clock, 0.3)
         self.h.layer.receive(self.invite, self.h.udp)
-        self.assertEqual(self.h.udp.sent, [(0, busy), (0.3, busy)])
+        self.assertEqual(self.h.udp.timed(), [(0, busy), (0.3, busy)])
 
     def test_invite_server_absorbs_the_ack_for_non_2xx_and_timer_i_is_t4(self) -> None:
         transaction = self.receive_invite()
@@ -181,7 +182,7 @@ class InviteServerTransactionTests(unittest.TestCase):
 
     def test_invite_server_transport_error_terminates_and_later_responses_are_dropped(self) -> None:
         transaction = self.receive_invite()
-        self.h.udp.lost = True
+        self.h.udp.connected = False
         transaction.respond(response(self.invite, 180))
         self.assertTrue(transaction.terminated)
         self.assertEqual(transaction.failure_reason, "peer closed the connection")
@@ -192,7 +193,7 @@ class InviteServerTransactionTests(unittest.TestCase):
 
     def test_invite_server_automatic_100_failure_terminates(self) -> None:
         transaction = self.receive_invite()
-        self.h.udp.lost = True
+        self.h.udp.connected = False
         run_until(self.h.clock, 1)
         self.assertTrue(transaction.terminated)
         self.assertEqual(self.h.layer.transactions(), [])
@@ -280,7 +281,7 @@ class NonInviteServerTransactionTests(unittest.TestCase):
 
     def test_non_invite_server_transport_error_terminates(self) -> None:
         transaction = self.receive()
-        self.h.udp.lost = True
+        self.h.udp.connected = False
         transaction.respond(response(self.options, 200))
         self.assertTrue(transaction.terminated)
         self.assertEqual(self.h.layer.transactions(), [])

@@ -20,6 +20,7 @@ from twisted.internet.interfaces import IStreamServerEndpoint
 from twisted.trial import unittest
 
 from tests.support.certificates import self_signed_certificate as support_certificate
+from tests.support.reactor import asyncio_loop
 
 from epcscf.sip.connection import Connection, ConnectionLost
 from epcscf.sip.message import Message, Request, Response, make_response
@@ -97,8 +98,7 @@ class WsTestCase(unittest.TestCase):
     def setUp(self) -> None:
         from twisted.internet import reactor
 
-        if type(reactor).__name__ != "AsyncioSelectorReactor":
-            raise unittest.SkipTest("needs --reactor=asyncio")
+        asyncio_loop()
         self.reactor = reactor
         self.sink = RecordingSink()
         self.clients: list[Any] = []

@@ -47,7 +47,7 @@ from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.logger import Logger
 
 from epcscf.pcscf.registration import Registrations
-from epcscf.sip.connection import Connection
+from epcscf.sip.connection import WEBSOCKET_TRANSPORTS, Connection
 from epcscf.sip.headers import HeaderError, to_tag, to_view
 from epcscf.sip.message import Request, Response
 from epcscf.sip.proxy import ProxiedRequest, Reject
@@ -55,7 +55,6 @@ from epcscf.sip.proxy_rules import make_local_response, with_to_tag
 
 log = Logger(namespace="epcscf.pcscf.admission")
 
-WEBSOCKET_TRANSPORTS = frozenset({"WS", "WSS"})
 #: RFC 3261 §17.2.3 / §9: these belong to a transaction already admitted
 NEVER_NEW = frozenset({"ACK", "CANCEL"})
 

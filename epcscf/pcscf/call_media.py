@@ -35,7 +35,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from epcscf.ice import IceAgent, IceAgentConfig, IceClosed, IceError, IceState, PortsExhausted, UdpPortPool
-from epcscf.media import Certificate, DtlsRole, MediaError, MediaSession, MediaSessionConfig
+from epcscf.media import Certificate, DtlsRole, MediaError, MediaSession, MediaSessionConfig, PacketKind, classify
 from epcscf.media.certificate import Fingerprint as DtlsFingerprint
 from epcscf.media.certificate import FingerprintError
 from epcscf.pcscf.call_model import MediaRejected
@@ -66,6 +66,8 @@ RTP_MEDIA = ("audio", "video")
 #: seconds a WIC's orderly DTLS close may precede its BYE before the call is released for it
 PEER_CLOSE_GRACE = 2.0
 REVERSED_DIRECTION = {"sendrecv": "sendrecv", "sendonly": "recvonly", "recvonly": "sendonly", "inactive": "inactive"}
+#: what counts as the first media packet of a stream (RFC 7983 §7, RFC 5761 §4: rtcp-mux)
+_MEDIA_KINDS = frozenset({PacketKind.RTP, PacketKind.RTCP})
 
 
 @dataclass(frozen=True)
@@ -359,8 +361,9 @@ class CallMedia:
         stream = Stream(index, agent, session, defer.Deferred())
 
         def first_datagram(data: bytes) -> None:
-            # For the timeline: note the first media packet, then hand datagrams straight over.
-            if data and 128 <= data[0] <= 191:
+            # For the timeline: note the first media packet (RFC 7983 §7 as the session
+            # demultiplexes it), then hand datagrams straight over.
+            if classify(data) in _MEDIA_KINDS:
                 self._event("media", f"m-line {index}: first RTP/RTCP packet from the WIC")
                 agent.datagram_received = session.datagram_received
             session.datagram_received(data)

@@ -18,6 +18,7 @@ from epcscf.pcscf import offer_answer as oa
 from epcscf.pcscf.call_model import Call, CallLeg, MediaRejected, sdp_body, set_sdp, strip_body
 from epcscf.pcscf.call_state import CallDirection
 from epcscf.pcscf.dialogs import Side
+from epcscf.sip.connection import WEBSOCKET_TRANSPORTS
 from epcscf.sip.headers import HeaderError, cseq, to_tag, top_via
 from epcscf.sip.message import Message, Response
 
@@ -163,4 +164,4 @@ def next_hop_is_websocket(response: Response) -> bool:
         via = top_via(response)
     except HeaderError:
         return False
-    return via is not None and via.transport.upper() in ("WS", "WSS")
+    return via is not None and via.transport.upper() in WEBSOCKET_TRANSPORTS

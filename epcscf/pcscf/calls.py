@@ -70,7 +70,6 @@ from epcscf.pcscf.call_state import CallDirection, CallEvent, CallState
 from epcscf.pcscf.dialogs import Dialog, Side
 from epcscf.pcscf.edge import EdgeAddresses
 from epcscf.sip.connection import Connection
-
 from epcscf.sip.message import Request, Response
 from epcscf.sip.proxy import Decision, Forward, ProxiedRequest, Reject
 from epcscf.sip.proxy_policy import ProxyOperations

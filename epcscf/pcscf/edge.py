@@ -34,7 +34,7 @@ from epcscf.pcscf.call_model import call_leg
 from epcscf.pcscf.flows import FlowGone, FlowTable, TamperedToken
 from epcscf.pcscf.identity import assert_identity, strip_core_only_headers, strip_untrusted_headers
 from epcscf.pcscf.registration import Registrations
-from epcscf.sip.connection import Connection
+from epcscf.sip.connection import WEBSOCKET_TRANSPORTS, Connection
 from epcscf.sip.headers import HeaderError, option_tags, parse_via, to_tag
 from epcscf.sip.message import Request, Response, new_tag
 from epcscf.sip.proxy import Decision, Forward, ProxiedRequest, Reject
@@ -45,7 +45,6 @@ from epcscf.sip.uri import SipUri, UriError, parse_uri
 
 log = Logger(namespace="epcscf.pcscf.edge")
 
-WEBSOCKET_TRANSPORTS = frozenset({"WS", "WSS"})
 
 
 def _asks_outbound(contacts: list[str]) -> bool:

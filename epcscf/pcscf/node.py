@@ -31,7 +31,7 @@ from epcscf.pcscf.flows import Flow, FlowTable
 from epcscf.pcscf.guard import SourceRule, TrustedSources
 from epcscf.pcscf.limits import AuthFailures, FlowRateLimiter, FlowVerdict, answer_refused_message
 from epcscf.pcscf.registration import RegistrationBinding, Registrations
-from epcscf.sip.connection import Address, Connection
+from epcscf.sip.connection import WEBSOCKET_TRANSPORTS, Address, Connection
 from epcscf.sip.message import Message
 from epcscf.sip.parser import ParserLimits
 from epcscf.sip.proxy import ProxySettings, StatefulProxy
@@ -46,8 +46,6 @@ from epcscf.ws.connection import CloseReason, WsConnection
 from epcscf.ws.protocol import SipWebSocketServerFactory, WsListenerSettings
 
 log = Logger(namespace="epcscf.pcscf")
-
-WEBSOCKET = frozenset({"WS", "WSS"})
 
 
 @dataclass(frozen=True)
@@ -195,8 +193,7 @@ class PcscfNode(Service):
         )
         self.resolver = NextHopResolver(dns_resolver if dns_resolver is not None else system_dns_resolver())
         self.core_timers = TimerSettings(t1=config.sip.t1, t2=config.sip.t2, t4=config.sip.t4)
-        # TS 24.229 Table 7.7.1: Timer D toward a UE is > 128 s (it only runs on unreliable transports).
-        self.wic_timers = TimerSettings(t1=config.sip.wic_t1, t2=config.sip.wic_t2, t4=config.sip.wic_t4, d=max(32.0, 64 * config.sip.wic_t1 + 2))
+        self.wic_timers = TimerSettings.toward_ue(config.sip.wic_t1, config.sip.wic_t2, config.sip.wic_t4)
         self.listeners: list[BoundListener] = []
         self._ws_ports: list[IListeningPort] = []
         self.ws_factory: SipWebSocketServerFactory | None = None
@@ -236,7 +233,7 @@ class PcscfNode(Service):
 
     def _timers_for(self, connection: Connection) -> TimerSettings:
         # TS 24.229 Table 7.7.1: toward a UE T1/T2/T4 are 2/16/17 s, between IMS nodes 0.5/4/5 s.
-        return self.wic_timers if connection.transport in WEBSOCKET else self.core_timers
+        return self.wic_timers if connection.transport in WEBSOCKET_TRANSPORTS else self.core_timers
 
     # --- lifecycle ---------------------------------------------------------------------------
 
@@ -304,9 +301,13 @@ class PcscfNode(Service):
     def _public(self, listener: BoundListener) -> BoundListener:
         """The address written in Path/Record-Route/Via for a listener (``public_address`` if set)."""
         host = listener.address.host
-        if listener.transport not in WEBSOCKET and self.config.sip.public_address:
+        if listener.transport not in WEBSOCKET_TRANSPORTS and self.config.sip.public_address:
             host = self.config.sip.public_address
         if host in ("0.0.0.0", "::"):
+            # Only a [ws] listener gets here from a loaded config ([sip] needs public_address).
+            # A WIC sends every request over its own WebSocket (RFC 7118 §5), so the host in
+            # the Via and Record-Route we give it only has to be the one we recognise.
+            log.warn("{listener} is on every address: Via and Record-Route toward WICs name 127.0.0.1", listener=listener)
             host = "127.0.0.1"
         return BoundListener(listener.transport, Address(host, listener.address.port))
 

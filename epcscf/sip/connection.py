@@ -14,9 +14,12 @@ from typing import Protocol, runtime_checkable
 
 from epcscf.sip.message import Message
 
+# RFC 7118 §5: the Via transport tokens of SIP over WebSocket (WSS: over TLS).  A
+# connection with one of these is a WIC's flow; every layer asks this set.
+WEBSOCKET_TRANSPORTS = frozenset({"WS", "WSS"})
 # RFC 3261 §18 / RFC 7118 §5: transports whose connections are reliable need no
 # retransmission timers (RFC 3261 Table 4, §17.1.1.2, §17.1.2.2).
-RELIABLE_TRANSPORTS = frozenset({"TCP", "TLS", "WS", "WSS", "SCTP"})
+RELIABLE_TRANSPORTS = frozenset({"TCP", "TLS", "SCTP"}) | WEBSOCKET_TRANSPORTS
 
 
 @dataclass(frozen=True)

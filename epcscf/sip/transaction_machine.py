@@ -40,6 +40,10 @@ from epcscf.sip.message import Message
 
 log = Logger()
 
+#: RFC 3261 §17.1.1.2: Timer D is at least 32 s on an unreliable transport (the time a
+#: retransmitted final response to an INVITE may still arrive).
+TIMER_D_MINIMUM = 32.0
+
 
 @dataclass(frozen=True)
 class TimerSettings:
@@ -54,7 +58,7 @@ class TimerSettings:
     t1: float = 0.5
     t2: float = 4.0
     t4: float = 5.0
-    d: float = 32.0
+    d: float = TIMER_D_MINIMUM
     #: RFC 3261 §17.2.1: the INVITE server transaction sends 100 Trying itself when the
     #: TU has not answered within 200 ms.
     trying_delay: float = 0.2
@@ -67,6 +71,15 @@ class TimerSettings:
             raise ValueError(f"timer T2 ({self.t2}) must not be shorter than T1 ({self.t1})")
         if self.d < 0 or self.trying_delay < 0:
             raise ValueError("timer D and the 100 Trying delay must not be negative")
+
+    @classmethod
+    def toward_ue(cls, t1: float, t2: float, t4: float) -> "TimerSettings":
+        """Timers on the path to a UE, Timer D derived from T1.
+
+        TS 24.229 Table 7.7.1 wants Timer D toward a UE above 128 s, which is 64*T1 with
+        the UE-facing T1 of 2 s: D is 64*T1 plus 2 s, and never under RFC 3261's 32 s.
+        """
+        return cls(t1=t1, t2=t2, t4=t4, d=max(TIMER_D_MINIMUM, 64 * t1 + 2))
 
     @property
     def b(self) -> float:

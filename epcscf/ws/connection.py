@@ -15,7 +15,7 @@ import secrets
 from dataclasses import dataclass
 from typing import Protocol
 
-from epcscf.sip.connection import Address, ConnectionLost
+from epcscf.sip.connection import WEBSOCKET_TRANSPORTS, Address, ConnectionLost
 from epcscf.sip.message import Message
 
 # Random per process: a connection id (and so a flow token) from before a restart can never
@@ -94,7 +94,7 @@ class WsConnection:
         origin: str | None,
         opened: float,
     ) -> None:
-        if transport not in ("WS", "WSS"):
+        if transport not in WEBSOCKET_TRANSPORTS:
             raise ValueError(f"WebSocket transport must be WS or WSS, not {transport!r}")
         self._sender = sender
         self.transport = transport

@@ -47,6 +47,7 @@ from twisted.logger import Logger
 from epcscf.sip.connection import Address, ConnectionLost
 from epcscf.sip.message import Message, Request, make_response
 from epcscf.sip.parser import ParserLimits, SipParseError, error_response_for, parse_message
+from epcscf.ws.autobahn_shim import LeanAutobahnProtocol
 from epcscf.ws.connection import CloseReason, WsConnection
 
 __all__ = [
@@ -188,24 +189,8 @@ def _more_than_one_message(payload: bytes, message: Message) -> bool:
     return bool(rest.strip(b"\r\n"))
 
 
-# Attributes of an Autobahn server protocol read only during the opening handshake.
-_HANDSHAKE_ONLY_ATTRIBUTES = (
-    "http_headers", "http_request_data", "http_response_data", "http_status_line", "http_request_uri",
-    "http_request_host", "http_request_path", "http_request_params", "_wskey", "websocket_protocols",
-    "websocket_extensions", "websocket_origin", "versions", "webStatus", "allowedOrigins",
-    "allowedOriginsPatterns", "allowNullOrigin", "maxConnections", "trustXForwardedFor",
-    "serveFlashSocketPolicy", "flashSocketPolicy", "perMessageCompressionAccept", "openHandshakeTimeout",
-)
-
-_EMPTY_HANDSHAKE_VALUES: dict[str, Any] = {
-    "http_headers": {}, "http_request_data": b"", "http_response_data": b"", "http_status_line": "",
-    "http_request_uri": "", "http_request_host": "", "http_request_path": "", "http_request_params": {},
-    "websocket_protocols": [], "websocket_extensions": [],
-}
-
-
-class SipWebSocketServerProtocol(WebSocketServerProtocol):
-    """One WebSocket connection from a WIC."""
+class SipWebSocketServerProtocol(LeanAutobahnProtocol, WebSocketServerProtocol):
+    """One WebSocket connection from a WIC (``LeanAutobahnProtocol``: what it saves per connection)."""
 
     factory: "SipWebSocketServerFactory"
     connection: WsConnection | None = None
@@ -254,54 +239,10 @@ class SipWebSocketServerProtocol(WebSocketServerProtocol):
             opened=self.factory.reactor.seconds(),
         )
         log.info("{connection} opened (origin {origin})", connection=self.connection, origin=self._origin)
-        self._release_handshake()
+        self.release_handshake()
         self.factory.connection_opened(self.connection)
 
-    def _release_handshake(self) -> None:
-        # Autobahn keeps the opening handshake's raw HTTP request and response, the parsed
-        # request, and a copy of every handshake-only factory option in each protocol instance
-        # for the whole life of the connection, but reads them only in processHandshake /
-        # succeedHandshake (autobahn/websocket/protocol.py), which are over when onOpen runs.
-        # Dropping them and rebuilding the instance dict (CPython never shrinks a dict in
-        # place) takes it from 96 keys in a 256-slot table to a 128-slot one: about 2.5 KiB per
-        # idle connection with the handshake data (benchmarks/w2_register.py).
-        attributes = self.__dict__
-        for name in _HANDSHAKE_ONLY_ATTRIBUTES:
-            attributes.pop(name, None)
-        self.__dict__ = dict(attributes)
-
-    # Autobahn gives every connection a deque (760 bytes) for the writes it queues when asked
-    # for ``sync`` or ``chopsize`` sends; epcscf never asks for either, so the queue stays
-    # empty for the connection's life.  An empty queue is kept as nothing and read as an empty
-    # tuple: Autobahn only takes its len() then, and an append (a sync/chopped send, which
-    # nothing here makes) would fail loudly instead of sharing a queue between connections.
-    @property
-    def send_queue(self) -> Any:
-        queue = self.__dict__.get("_queued_writes")
-        return queue if queue is not None else ()
-
-    @send_queue.setter
-    def send_queue(self, queue: Any) -> None:
-        self.__dict__["_queued_writes"] = queue if len(queue) else None
-
-    def __getattr__(self, name: str) -> Any:
-        # Reached only for a name the instance lacks.  Should Autobahn ever read one of the
-        # dropped handshake attributes after all, it gets the factory's option, or an empty
-        # value for the request data, rather than an AttributeError.
-        if name in _HANDSHAKE_ONLY_ATTRIBUTES:
-            factory = self.__dict__.get("factory")
-            if factory is not None and hasattr(factory, name):
-                return getattr(factory, name)
-            return _EMPTY_HANDSHAKE_VALUES.get(name)
-        raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
-
     # --- messages ---
-
-    def dataReceived(self, data: bytes) -> None:
-        # Autobahn's own dataReceived only adds a debug log call whose arguments (hltype,
-        # hlval) are built on every read even when debug is off: ~1.5 % of the CPU of a
-        # registration (benchmarks/w2_register.py).  Straight to the framing code instead.
-        self._dataReceived(data)
 
     def onMessage(self, payload: bytes, isBinary: bool) -> None:
         connection = self.connection

@@ -122,13 +122,19 @@ const operations = {
   },
   async wait_function(c) {
     required(c, 'page', 'expression');
-    const handle = await pageNamed(c.page).waitForFunction(pageFunction(c.expression), c.arg, {
-      timeout: c.timeout || DEFAULT_TIMEOUT,
-      polling: c.polling || 'raf',
-    });
-    const value = await handle.jsonValue();
-    await handle.dispose();
-    return value;
+    // Polled from here with evaluate(), so that an async predicate's result is the value its
+    // promise resolved to: under load page.waitForFunction() sometimes handed back `true`
+    // instead of the getStats() summary the predicate returned.
+    const page = pageNamed(c.page);
+    const timeout = c.timeout || DEFAULT_TIMEOUT;
+    const interval = typeof c.polling === 'number' ? c.polling : 100;
+    const deadline = Date.now() + timeout;
+    for (;;) {
+      const value = await page.evaluate(pageFunction(c.expression), c.arg);
+      if (value) return value;
+      if (Date.now() >= deadline) throw new Error(`wait_function: timeout ${timeout}ms exceeded`);
+      await new Promise((resolve) => setTimeout(resolve, interval));
+    }
   },
   async evaluate(c) {
     required(c, 'page', 'expression');

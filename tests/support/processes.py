@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import inspect
 import os
 import sys
+from types import FrameType
 from typing import Callable
 
 from twisted.internet import defer, reactor, task
@@ -20,27 +22,42 @@ def child_env(**extra: str) -> dict[str, str]:
     return env
 
 
-async def wait_for(condition: Callable[[], bool], timeout: float = 10.0, interval: float = 0.05) -> None:
-    """Poll ``condition`` on the real reactor until true; fail after ``timeout`` seconds.
+async def wait_for(
+    condition: Callable[[], bool], timeout: float = 10.0, interval: float = 0.05, what: str | Callable[[], str] = ""
+) -> None:
+    """Poll ``condition`` on the real reactor until true; fail after ``timeout`` seconds
+    (counted in ``interval`` steps) naming ``what`` (or the condition; a callable ``what`` is
+    asked at the failure, for the state the condition was waiting on).
 
-    Works from a coroutine driven by Twisted (an ``async def`` test) and from one running
-    as an asyncio task (``Deferred.fromFuture(asyncio.ensure_future(...))``).
+    Works from a coroutine driven by Twisted (an ``async def`` test, or a coroutine yielded
+    by an ``inlineCallbacks`` test) and from one running as an asyncio task
+    (``Deferred.fromFuture(asyncio.ensure_future(...))``).
     """
     import asyncio
 
-    try:
-        in_asyncio_task = asyncio.current_task() is not None
-    except RuntimeError:
-        in_asyncio_task = False
+    in_asyncio_task = _driven_by_asyncio(sys._getframe())
     waited = 0.0
     while not condition():
         if waited >= timeout:
-            raise AssertionError(f"condition not met within {timeout} s: {condition}")
+            raise AssertionError(f"condition not met within {timeout} s: {(what() if callable(what) else what) or condition}")
         if in_asyncio_task:
             await asyncio.sleep(interval)
         else:
             await task.deferLater(reactor, interval, lambda: None)
         waited += interval
+
+
+def _driven_by_asyncio(frame: FrameType) -> bool:
+    """Whether the coroutine running ``frame`` (and those awaiting it) is an asyncio task's
+    rather than Twisted's: the first frame below the coroutines is the driver's.
+
+    ``asyncio.current_task()`` cannot tell: a Twisted-driven test resumed by a Deferred that an
+    asyncio task fired (aioice's reader, say) runs inside that task.
+    """
+    caller: FrameType | None = frame
+    while caller is not None and caller.f_code.co_flags & inspect.CO_COROUTINE:
+        caller = caller.f_back
+    return caller is None or caller.f_globals.get("__name__") != "twisted.internet.defer"
 
 
 def process_alive(pid: int) -> bool:
