@@ -1,4 +1,10 @@
-"""The service tree: built from a ``Config``; the only place that wires layers together."""
+"""The service tree: built from a ``Config``; the one place that wires the object graph.
+
+Every service is given what it works with when it is constructed — the eP-CSCF its
+next hop toward the embedded core and the metrics' event callbacks (``NodeObservers``),
+the console, metrics and drain the node's ``NodeOperations`` — and nothing is attached
+after start.  (Inside the eP-CSCF, ``PcscfNode`` builds its own message path.)
+"""
 
 from __future__ import annotations
 
@@ -19,6 +25,7 @@ from epcscf.ops.lifecycle import Drainer, install_sighup, reload_config
 from epcscf.ops.manhole import ManholeService, UsersFileError
 from epcscf.ops.metrics import EpcscfMetrics, MetricsService
 from epcscf.pcscf.node import PcscfNode
+from epcscf.pcscf.operations import NodeOperations
 from epcscf.sip.connection import WEBSOCKET_TRANSPORTS
 from epcscf.sip.resolver import Target
 from epcscf.wwsf import DemoUser, WebSocketEndpoint, WwsfService, WwsfSettings
@@ -49,8 +56,12 @@ class EpcscfService(MultiService):
             self.core = EmbeddedCore(EmbeddedCoreSettings.from_config(config), reactor)
             self.core.setServiceParent(self)
             core_targets = self._embedded_core_targets
-        self.pcscf = PcscfNode(config, reactor, core_targets)
+        # Before the node: it is given the metrics' event callbacks at construction.
+        self.metrics = EpcscfMetrics(lambda: self.operations)
+        self.pcscf = PcscfNode(config, reactor, core_targets, observers=self.metrics.observers())
         self.pcscf.setServiceParent(self)
+        #: what the console, the metrics and the drain use of the eP-CSCF
+        self.operations: NodeOperations = self.pcscf.operations
         self.wwsf: WwsfService | None = None
         if config.wwsf.enabled:
             self.wwsf = WwsfService(self._wwsf_settings(), config.wwsf.listen, reactor, config.ws.certificate, config.ws.private_key)
@@ -60,14 +71,11 @@ class EpcscfService(MultiService):
             host_key = config.manhole.host_key or os.path.join(config.service.state_dir, "manhole_host_key")
             self.manhole = ManholeService(config.manhole.port, config.manhole.users, host_key, self.console_namespace)
             self.manhole.setServiceParent(self)
-        self.metrics = EpcscfMetrics(self)
-        self.pcscf.flows.on_close(self.metrics.flow_closed)
-        self.metrics.watch_registrations(self.pcscf.registrations)
         self.metrics_service: MetricsService | None = None
         if config.metrics.enabled:
             self.metrics_service = MetricsService(self.metrics, config.metrics.address, config.metrics.port, reactor)
             self.metrics_service.setServiceParent(self)
-        self.lifecycle = Drainer(self, reactor)
+        self.lifecycle = Drainer(self.operations, lambda: self.config.service.drain_timeout, reactor)
         # After a burst of calls, hand the C heap's free pages back (see epcscf.ops.heap).
         heap = glibc_heap()
         self.heap_trimmer: HeapTrimmer | None = HeapTrimmer(reactor, heap) if heap is not None else None
@@ -133,13 +141,6 @@ class EpcscfService(MultiService):
         except (UsersFileError, OSError) as error:
             log.critical("{message}", message=str(error))
             raise StartupError(str(error)) from None
-        # Observers for the metrics that count events rather than read live state.
-        assert self.pcscf.ws_factory is not None and self.pcscf.policy is not None
-        self.pcscf.ws_factory.on_refused = self.metrics.ws_refused
-        self.pcscf.ws_factory.on_parse_error = self.metrics.parse_error
-        self.pcscf.policy.on_register_response = self.metrics.register_response
-        self.pcscf.policy.on_refused = self.metrics.request_refused
-        self.pcscf.admission.on_refused = self.metrics.overload_refused
         self._restore_sighup = install_sighup(self.reactor, self.reload)
 
     def stopService(self) -> defer.Deferred | None:  # noqa: N802

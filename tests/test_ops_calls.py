@@ -11,7 +11,6 @@ from twisted.internet import task
 from twisted.trial import unittest
 
 from epcscf.ops.console import Console
-from epcscf.ops.lifecycle import pending_client_transactions
 from epcscf.sip.message import Request
 from tests.support.wic import as_deferred
 from tests.test_calls_media import rtp
@@ -109,7 +108,7 @@ class RealCallOperationsTests(unittest.TestCase):
         self.assertEqual(call.release_cause, "service shutting down")
         self.assertFalse(stopped.called)  # the WebSockets stay open until the BYEs are answered
         # sipp may exit before its 200 to our BYE has been read here: wait for both answers.
-        await w2.until(lambda: pending_client_transactions(self.service.pcscf) == 0)
+        await w2.until(lambda: self.service.operations.pending_client_transactions() == 0)
         clock.advance(0.5)
         await stopped
         await self.calls.idle()

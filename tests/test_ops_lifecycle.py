@@ -12,7 +12,6 @@ from twisted.trial import unittest
 
 from epcscf.logging import LEVELS, level_predicate, set_log_level
 from epcscf.ops.console import Console
-from epcscf.ops.lifecycle import pending_server_transactions
 from epcscf.pcscf.call_state import CallDirection
 from epcscf.service import EpcscfService
 from epcscf.sip.message import Request
@@ -151,7 +150,7 @@ class DrainTests(unittest.TestCase):
         received = await bob.next_message()
         self.assertIsInstance(received, Request)
         self.assertEqual(received.method, "MESSAGE")
-        self.assertEqual(pending_server_transactions(self.service.pcscf), 2)  # at the WIC edge and toward bob
+        self.assertEqual(self.service.operations.pending_transactions(), 2)  # at the WIC edge and toward bob
 
         stopped = self.service.stopService()
         self.assertTrue(self.service.lifecycle.draining)
@@ -173,7 +172,7 @@ class DrainTests(unittest.TestCase):
         await bob.answer(received, 200)
         delivered = await alice.final_response()
         self.assertEqual(delivered.status, 200)
-        self.assertEqual(pending_server_transactions(self.service.pcscf), 0)
+        self.assertEqual(self.service.operations.pending_transactions(), 0)
         # 5. the call may continue until drain_timeout, then it is released
         self.clock.advance(9.5)
         self.assertFalse(stopped.called)
@@ -187,7 +186,7 @@ class DrainTests(unittest.TestCase):
 
     @asyncio_test
     async def test_an_unanswered_transaction_holds_the_stop_no_longer_than_the_timeout_and_grace(self) -> None:
-        from epcscf.ops.lifecycle import RELEASE_GRACE, pending_client_transactions
+        from epcscf.ops.lifecycle import RELEASE_GRACE
 
         alice = await registered_wic(self, self.service, "alice")
         bob = await registered_wic(self, self.service, "bob")
@@ -196,7 +195,7 @@ class DrainTests(unittest.TestCase):
         stopped = self.service.stopService()
         self.clock.advance(10)  # drain_timeout: nothing to release, but a request is still out toward bob
         # alice's MESSAGE toward the core, and the core's toward bob: both through the eP-CSCF
-        self.assertEqual(pending_client_transactions(self.service.pcscf), 2)
+        self.assertEqual(self.service.operations.pending_client_transactions(), 2)
         self.clock.advance(RELEASE_GRACE - 0.5)
         self.assertFalse(stopped.called)
         self.clock.advance(0.5)

@@ -19,10 +19,10 @@ from typing import Any, Callable, Sequence
 from epcscf.config import ConfigError
 from epcscf.logging import LEVELS
 from epcscf.logging import set_log_level as _set_log_level
-from epcscf.ops import callview
-from epcscf.ops.lifecycle import pending_server_transactions, reload_config
+from epcscf.ops.lifecycle import reload_config
+from epcscf.pcscf.operations import NodeOperations
 
-#: stats() lines of PcscfNode.resource_counts(): (label, key)
+#: stats() lines of NodeOperations.resource_counts(): (label, key)
 RESOURCE_LINES = (
     ("server transactions", "server_transactions"),
     ("client transactions", "client_transactions"),
@@ -36,6 +36,7 @@ RESOURCE_LINES = (
 
 # RFC 6455 §7.4.1: 1000 is a normal closure; the WIC sees our reason text.
 OPERATOR_CLOSE = (1000, "closed by the operator")
+NO_CALL_MANAGER = "no call manager in this service"
 
 
 class Rows(list):
@@ -67,12 +68,30 @@ def _cell(value: Any) -> str:
     return str(value)
 
 
+def call_row(call: dict[str, Any], now: float) -> dict[str, Any]:
+    """One line of ``calls()`` from a ``NodeOperations.calls()`` record."""
+    ended = call.get("ended")
+    return {
+        "call_id": call["call_id"],
+        "direction": call["direction"],
+        "state": call["state"],
+        "age": round((ended if ended is not None else now) - call["created"], 1),
+        "flow": call.get("flow"),
+        "ice": call["ice"],
+        "dtls": call["dtls"],
+        "packets": sum(call["packets"].values()),
+        "cause": call.get("cause") or "",
+        "layer": call.get("layer") or "",
+    }
+
+
 class Console:
-    """The commands, bound to one running ``EpcscfService``."""
+    """The commands, bound to one running ``EpcscfService`` (its eP-CSCF's ``NodeOperations``)."""
 
     def __init__(self, service: Any, clock: Any = None) -> None:
         self.service = service
-        self.clock = clock if clock is not None else service.pcscf.reactor
+        self.operations: NodeOperations = service.operations
+        self.clock = clock if clock is not None else service.reactor
 
     # --- output ------------------------------------------------------------------------------
 
@@ -96,123 +115,111 @@ class Console:
         now = self.clock.seconds()
         rows = [
             {
-                "aor": binding.aor,
-                "identities": binding.associated_uris,
-                "flow": binding.flow_id,
-                "origin": binding.origin or "(none)",
-                "expires_in": int(binding.expires_at - now),
-                "instance": binding.instance_id or "-",
+                "aor": binding["aor"],
+                "identities": binding["identities"],
+                "flow": binding["flow"],
+                "origin": binding["origin"] or "(none)",
+                "expires_in": int(binding["expires_at"] - now),
+                "instance": binding["instance"] or "-",
             }
-            for binding in sorted(self.service.pcscf.registrations.all(), key=lambda b: (b.aor, b.registered_at))
+            for binding in self.operations.registrations()
         ]
         return self._table(rows, ["aor", "identities", "flow", "origin", "expires_in"])
 
     def flows(self) -> Rows:
         """Open WebSocket flows: connection id, peer, origin, age, state, registrations on it."""
         now = self.clock.seconds()
-        pcscf = self.service.pcscf
-        rows = []
-        for flow in sorted(pcscf.flows, key=lambda f: f.opened):
-            connection = flow.connection
-            rows.append(
-                {
-                    "flow": flow.id,
-                    "transport": connection.transport,
-                    "peer": str(connection.remote),
-                    "origin": flow.origin or "(none)",
-                    "age": round(now - flow.opened, 1),
-                    "state": "open" if flow.open else "closing",
-                    "registrations": len(pcscf.registrations.for_flow(flow.id)),
-                }
-            )
+        rows = [
+            {
+                "flow": flow["flow"],
+                "transport": flow["transport"],
+                "peer": flow["peer"],
+                "origin": flow["origin"] or "(none)",
+                "age": round(now - flow["opened"], 1),
+                "state": "open" if flow["open"] else "closing",
+                "registrations": flow["registrations"],
+            }
+            for flow in self.operations.flows()
+        ]
         return self._table(rows)
 
     def calls(self) -> Rows:
         """Live calls, then recently ended ones: id, direction, state, age, ICE/DTLS, packets."""
-        manager = self.service.pcscf.calls
-        if manager is None:
-            return self._refuse("no call manager in this service")
+        if not self.operations.handles_calls():
+            return self._refuse(NO_CALL_MANAGER)
         now = self.clock.seconds()
-        every = callview.live_calls(manager) + callview.ended_calls(manager)
-        rows = [callview.call_row(call, now) for call in every]
+        rows = [call_row(call, now) for call in self.operations.calls()]
         return self._table(rows, ["call_id", "direction", "state", "age", "ice", "dtls", "packets", "cause", "layer"])
 
     def call(self, call_id: str) -> Rows:
         """The timeline of one call (a Call-ID or its first characters)."""
-        manager = self.service.pcscf.calls
-        if manager is None:
-            return self._refuse("no call manager in this service")
-        found = callview.find_calls(manager, str(call_id))
+        if not self.operations.handles_calls():
+            return self._refuse(NO_CALL_MANAGER)
+        every = self.operations.calls()
+        wanted = str(call_id)
+        found = [call for call in every if call["call_id"] == wanted] or [c for c in every if c["call_id"].startswith(wanted)]
         if not found:
             return self._refuse(f"no call {call_id!r} (see calls())")
-        if len({call.call_id for call in found}) > 1:
-            return self._refuse(f"{call_id!r} matches several calls: {', '.join(sorted({c.call_id for c in found}))}")
-        rows: list[dict[str, Any]] = []
+        if len({call["call_id"] for call in found}) > 1:
+            return self._refuse(f"{call_id!r} matches several calls: {', '.join(sorted({c['call_id'] for c in found}))}")
         for call in found:
-            summary = callview.call_row(call, self.clock.seconds())
+            summary = call_row(call, self.clock.seconds())
             self._say(
                 f"call {summary['call_id']} {summary['direction']} {summary['state']}, flow {summary['flow']}, "
                 f"ICE {summary['ice']}, DTLS {summary['dtls']}, {summary['packets']} packets"
                 + (f", ended: {summary['cause']}" if summary["cause"] else "")
             )
-            rows.extend(callview.timeline_rows(call))
-        return self._table(rows, ["t", "kind", "event"])
+        return self._table(self.operations.call_timeline(found[0]["call_id"]), ["t", "kind", "event"])
 
     def release(self, call_id: str, reason: str = "released by the operator") -> Rows:
         """End a call from the middle: BYE both sides (CANCEL/480 if not answered yet)."""
-        manager = self.service.pcscf.calls
-        if manager is None:
-            return self._refuse("no call manager in this service")
-        live = [call for call in callview.live_calls(manager) if call.call_id == call_id]
-        if not live:
+        if not self.operations.handles_calls():
+            return self._refuse(NO_CALL_MANAGER)
+        count = self.operations.release_call(call_id, reason)
+        if count is None:
             return self._refuse(f"no live call {call_id!r} (see calls())")
-        count = manager.release(call_id, reason)
         rows = [{"call_id": call_id, "released": count, "reason": reason}]
         return self._table(rows)
 
     def disconnect(self, flow: Any) -> Rows:
         """Close a WIC's WebSocket (a flow id, its first characters, or a Flow)."""
-        flows = list(self.service.pcscf.flows)
+        flows = self.operations.flows()
         wanted = getattr(flow, "id", flow)
         if not isinstance(wanted, str) or not wanted:
             return self._refuse("disconnect() takes a flow id (see flows())")
-        matches = [f for f in flows if f.id == wanted] or [f for f in flows if f.id.startswith(wanted)]
+        matches = [f for f in flows if f["flow"] == wanted] or [f for f in flows if f["flow"].startswith(wanted)]
         if not matches:
             return self._refuse(f"no open flow {wanted!r} (see flows())")
         if len(matches) > 1:
-            return self._refuse(f"{wanted!r} matches {len(matches)} flows: {', '.join(f.id for f in matches)}")
+            return self._refuse(f"{wanted!r} matches {len(matches)} flows: {', '.join(f['flow'] for f in matches)}")
         target = matches[0]
-        target.connection.close(*OPERATOR_CLOSE)
-        return self._table([{"flow": target.id, "peer": str(target.connection.remote), "action": "closing"}])
+        self.operations.disconnect_flow(target["flow"], *OPERATOR_CLOSE)
+        return self._table([{"flow": target["flow"], "peer": target["peer"], "action": "closing"}])
 
     def stats(self) -> Rows:
         """One line per figure: connections, registrations, calls, transactions, loop lag."""
         service = self.service
-        pcscf = service.pcscf
-        manager = pcscf.calls
-        live = callview.live_calls(manager)
-        factory = pcscf.ws_factory
+        node = self.operations.stats()
         lag = getattr(getattr(service, "metrics_service", None), "lag", None)
-        lifecycle = getattr(service, "lifecycle", None)
         figures: list[tuple[str, Any]] = [
-            ("ws connections", len(factory.connections) if factory is not None else 0),
-            ("flows", len(pcscf.flows)),
-            ("registrations", len(pcscf.registrations.all())),
-            ("calls originating", sum(1 for c in live if c.summary()["direction"] == "originating")),
-            ("calls terminating", sum(1 for c in live if c.summary()["direction"] == "terminating")),
-            ("calls ended (kept)", len(callview.ended_calls(manager))),
-            ("sip transactions", len(pcscf.transactions.transactions())),
-            ("sip transactions pending", pending_server_transactions(pcscf)),
+            ("ws connections", node["ws_connections"]),
+            ("flows", node["flows"]),
+            ("registrations", node["registrations"]),
+            ("calls originating", node["calls_originating"]),
+            ("calls terminating", node["calls_terminating"]),
+            ("calls ended (kept)", node["calls_ended"]),
+            ("sip transactions", node["server_transactions"] + node["client_transactions"]),
+            ("sip transactions pending", node["pending_transactions"]),
             *self._resource_figures(),
             ("event loop lag (s)", f"{lag.last:.4f}" if lag is not None and lag.last is not None else "-"),
-            ("draining", "yes" if lifecycle is not None and lifecycle.draining else "no"),
+            ("draining", "yes" if node["draining"] else "no"),
             ("config files", ", ".join(service.config.files)),
         ]
         return self._table([{"name": name, "value": value} for name, value in figures])
 
     def _resource_figures(self) -> list[tuple[str, Any]]:
         """Leak accounting: what calls and flows hold now (the same figures as ``/metrics``)."""
-        counts = self.service.pcscf.resource_counts()
+        counts = self.operations.resource_counts()
         figures: list[tuple[str, Any]] = [(label, counts[key]) for label, key in RESOURCE_LINES]
         metrics = getattr(self.service, "metrics", None)
         process = metrics.process_figures() if metrics is not None else {}

@@ -22,6 +22,8 @@ raises the same one-line ``ConfigError`` and the running configuration stays unt
 Otherwise every changed key is listed; the keys in ``LIVE_KEYS`` take effect at once, the
 others are reported as needing a restart and are *not* taken into the running
 configuration (so no code reading the config later sees half a change).
+
+Both use only the eP-CSCF's ``NodeOperations`` (``epcscf.pcscf.operations``).
 """
 
 from __future__ import annotations
@@ -38,11 +40,7 @@ from twisted.logger import Logger
 
 from epcscf.config import Config, load
 from epcscf.logging import set_log_level
-from epcscf.pcscf.admission import Refusal
-from epcscf.sip.headers import to_tag
-from epcscf.sip.parser import ParserLimits
-from epcscf.sip.proxy_policy import Reject
-from epcscf.sip.proxy_rules import make_local_response
+from epcscf.pcscf.operations import NodeOperations
 
 log = Logger(namespace="epcscf.ops.lifecycle")
 
@@ -124,16 +122,17 @@ def apply_config(service: Any, new: Config) -> list[ConfigChange]:
         return changes
     config = effective_config(old, new, changes)
     touched = {(change.section, change.key) for change in changes if change.applied}
+    operations: NodeOperations = service.operations
     if ("log", "level") in touched:
         set_log_level("", config.log.level)
-    pcscf = service.pcscf
-    if any(section == "ws" for section, _ in touched) and pcscf.ws_factory is not None:
-        _apply_ws(pcscf.ws_factory, config)
+    # The live keys of [ws] and [sip] are exactly the parameters of these two operations.
+    if any(section == "ws" for section, _ in touched):
+        operations.update_ws_settings(**_live_values(config, "ws"))
     if any(section == "sip" for section, _ in touched):
-        _apply_sip_limits(pcscf.transports, config)
+        operations.update_limits(**_live_values(config, "sip"))
     # [core] next_hop is read from the node's config at each resolution (external mode).
     service.config = config
-    pcscf.config = config
+    operations.use_config(config)
     for change in changes:
         log.info(
             "reload: [{section}] {key} {old} → {new} ({how})",
@@ -146,32 +145,10 @@ def apply_config(service: Any, new: Config) -> list[ConfigChange]:
     return changes
 
 
-def _apply_ws(factory: Any, config: Config) -> None:
-    """New handshakes see the new Origin policy; new connections the new limits and pings."""
-    from epcscf.pcscf.node import ws_settings
-
-    settings = ws_settings(config)  # frozen: replaced whole, never mutated
-    factory.settings = settings
-    factory.limits = ParserLimits(max_message_size=settings.max_message_size)
-    factory.setProtocolOptions(
-        maxMessagePayloadSize=settings.max_message_size,
-        maxFramePayloadSize=settings.max_message_size,
-        autoPingInterval=settings.ping_interval,
-        autoPingTimeout=settings.ping_timeout if settings.ping_interval > 0 else 0,
-    )
-
-
-def _apply_sip_limits(transports: Any, config: Config) -> None:
-    limits = ParserLimits(
-        max_message_size=config.sip.max_message_size,
-        max_headers=config.sip.max_headers,
-        max_line_length=config.sip.max_line_length,
-    )
-    transports.settings = replace(transports.settings, limits=limits)  # new TCP/TLS connections
-    # UDP sockets keep the settings they were started with; TransportManager has no public
-    # setter yet (asked for), so the running UDP listeners are updated here.
-    for udp in getattr(transports, "_udp", ()):
-        udp._settings = transports.settings
+def _live_values(config: Config, section: str) -> dict[str, Any]:
+    """The values of ``section``'s keys in ``LIVE_KEYS``, by key."""
+    values = getattr(config, section)
+    return {key: getattr(values, key) for live_section, key in LIVE_KEYS if live_section == section}
 
 
 def reload_config(service: Any) -> list[ConfigChange]:
@@ -204,26 +181,6 @@ def install_sighup(reactor: Any, callback: Callable[[], None]) -> Callable[[], N
 # --- drain ----------------------------------------------------------------------------------
 
 
-def refuse_while_draining(request: Any, retry_after: int) -> Reject | None:
-    """The 503 for a dialog-creating INVITE (no To tag); None for everything else."""
-    if request.method != "INVITE" or to_tag(request) is not None:
-        return None
-    # RFC 3261 §21.5.4: 503 with Retry-After; the WIC's next attempt finds another eP-CSCF.
-    response = make_local_response(request, 503, "Service Unavailable (shutting down)")
-    response.headers.add("Retry-After", str(retry_after))
-    return Reject(response)
-
-
-def draining_check(retry_after: int) -> Callable[[Any], Refusal | None]:
-    """``refuse_while_draining`` as a check of the node's admission chain."""
-
-    def check(context: Any) -> Refusal | None:
-        refused = refuse_while_draining(context.request, retry_after)
-        return None if refused is None else Refusal("draining", refused.response)
-
-    return check
-
-
 @dataclass(frozen=True)
 class DrainReport:
     waited: float  # seconds
@@ -231,40 +188,17 @@ class DrainReport:
     timed_out: bool
 
 
-def pending_server_transactions(pcscf: Any) -> int:
-    """Server transactions that have not sent their final response yet."""
-    from epcscf.sip.transaction_machine import State
-    from epcscf.sip.transaction_server import ServerTransaction
-
-    return sum(
-        1
-        for transaction in pcscf.transactions.transactions()
-        if isinstance(transaction, ServerTransaction) and transaction.state in (State.TRYING, State.PROCEEDING)
-    )
-
-
-def pending_client_transactions(pcscf: Any) -> int:
-    """Client transactions still waiting for a final response (our BYEs among them)."""
-    from epcscf.sip.transaction_client import ClientTransaction
-    from epcscf.sip.transaction_machine import State
-
-    return sum(
-        1
-        for transaction in pcscf.transactions.transactions()
-        if isinstance(transaction, ClientTransaction) and transaction.state in (State.CALLING, State.TRYING, State.PROCEEDING)
-    )
-
-
-def live_call_ids(pcscf: Any) -> list[str]:
-    manager = getattr(pcscf, "calls", None)
-    return [call.call_id for call in manager.calls()] if manager is not None else []
+def live_call_ids(operations: NodeOperations) -> list[str]:
+    return [call["call_id"] for call in operations.calls() if call["live"]]
 
 
 class Drainer:
     """Drains one service before it stops (see the module docstring)."""
 
-    def __init__(self, service: Any, clock: IReactorTime) -> None:
-        self.service = service
+    def __init__(self, operations: NodeOperations, drain_timeout: Callable[[], float], clock: IReactorTime) -> None:
+        self.operations = operations
+        #: ``[service] drain_timeout``, read when the drain starts (a reload may change it)
+        self.drain_timeout = drain_timeout
         self.clock = clock
         self.draining = False
         self._done: defer.Deferred[DrainReport] | None = None
@@ -274,20 +208,17 @@ class Drainer:
         if self._done is not None:
             return _chain(self._done)
         self.draining = True
-        pcscf = self.service.pcscf
-        timeout = self.service.config.service.drain_timeout
+        operations = self.operations
+        timeout = self.drain_timeout()
         started = self.clock.seconds()
-        stopping = pcscf.stop_accepting()
-        if pcscf.policy is not None:
-            # One admission chain (epcscf.pcscf.admission): the drain's check goes first, the
-            # overload and per-source checks stay behind it.
-            pcscf.admission.add_first("draining", draining_check(math.ceil(timeout)))
+        stopping = operations.stop_accepting()
+        operations.set_draining(math.ceil(timeout))
         done: defer.Deferred[DrainReport] = defer.Deferred()
         self._done = done
         log.info(
             "draining: {calls} calls and {transactions} transactions in progress; waiting up to {timeout} s",
-            calls=len(live_call_ids(pcscf)),
-            transactions=pending_server_transactions(pcscf),
+            calls=len(live_call_ids(operations)),
+            transactions=operations.pending_transactions(),
             timeout=timeout,
         )
 
@@ -300,14 +231,14 @@ class Drainer:
             waited = now - started
             if released:
                 # Give the BYEs just sent a moment to be answered before the WebSockets close.
-                if not pending_client_transactions(pcscf) or now - released[1] >= RELEASE_GRACE:
+                if not operations.pending_client_transactions() or now - released[1] >= RELEASE_GRACE:
                     finish(DrainReport(waited, released[0], True))
                     return
                 self.clock.callLater(DRAIN_POLL_INTERVAL, check)
-            elif not live_call_ids(pcscf) and not pending_server_transactions(pcscf):
+            elif not live_call_ids(operations) and not operations.pending_transactions():
                 finish(DrainReport(waited, 0, False))
             elif waited >= timeout:
-                released.extend((self._release_calls(pcscf), now))
+                released.extend((self._release_calls(), now))
                 check()
             else:
                 self.clock.callLater(min(DRAIN_POLL_INTERVAL, timeout - waited), check)
@@ -324,12 +255,10 @@ class Drainer:
         check()
         return _chain(done)
 
-    @staticmethod
-    def _release_calls(pcscf: Any) -> int:
-        manager = getattr(pcscf, "calls", None)
+    def _release_calls(self) -> int:
         released = 0
-        for call_id in live_call_ids(pcscf):
-            released += manager.release(call_id, "service shutting down") or 0
+        for call_id in live_call_ids(self.operations):
+            released += self.operations.release_call(call_id, "service shutting down") or 0
         return released
 
 

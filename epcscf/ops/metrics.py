@@ -2,11 +2,11 @@
 
 Theory of operation
 -------------------
-Most figures are *read at scrape time* from the live objects (``LiveStateCollector``):
-the flow table, the registrations, the transaction layer, the WebSocket factory and the
-call manager.  Nothing in a hot path pays for them.  Events that leave no state behind
-(a refused WebSocket handshake, an unparseable message, a REGISTER's final status) are
-counted by the ``EpcscfMetrics`` observer methods, which the layers that see them call.
+Most figures are *read at scrape time* (``LiveStateCollector``) through the eP-CSCF's
+``NodeOperations`` (``stats()``, ``calls()``): nothing in a hot path pays for them.  Events
+that leave no state behind (a refused WebSocket handshake, an unparseable message, a
+REGISTER's final status) are counted by the ``EpcscfMetrics`` observer methods, handed
+to the node at its construction as ``NodeObservers``.
 
 Each service has its own ``CollectorRegistry`` (never the process-global one), so tests
 can run several services in one process.
@@ -19,16 +19,15 @@ so it is done where the objects live.
 
 Counters derived from state:
 
-* ``epcscf_ws_connections_opened_total`` = flows closed so far (counted by a
-  ``FlowTable.on_close`` observer) + flows open now;
+* ``epcscf_ws_connections_opened_total`` = flows closed so far (counted by the
+  ``flow_closed`` observer) + flows open now;
 * ended calls are counted once each the first time a scrape sees them in
-  ``CallManager.ended_calls()`` (kept ``[calls] history`` seconds, far longer than any scrape
-  interval), with their end cause, failing layer and final media figures
-  (``Call.media_stats``); media packet/byte totals are those of the ended calls counted so
-  far plus those of the live calls.
+  ``calls()`` (kept ``[calls] history`` seconds, far longer than any scrape interval), with
+  their end cause, failing layer and final media figures; media packet/byte totals are
+  those of the ended calls counted so far plus those of the live calls.
 
-Leak accounting: the gauges of ``PcscfNode.resource_counts()`` (transactions, calls, ICE
-agents, DTLS sessions, media ports, SIP timers, reactor delayed calls, asyncio tasks) go back
+Leak accounting: the gauges of ``resource_counts()`` (transactions, calls, ICE agents,
+DTLS sessions, media ports, SIP timers, reactor delayed calls, asyncio tasks) go back
 to their idle values once traffic stops and timers have run; open file descriptors and RSS
 come from prometheus-client's ``ProcessCollector`` (``process_open_fds``,
 ``process_resident_memory_bytes``), registered on this registry as well.
@@ -36,8 +35,7 @@ come from prometheus-client's ``ProcessCollector`` (``process_open_fds``,
 
 from __future__ import annotations
 
-import weakref
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, ProcessCollector
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
@@ -49,12 +47,12 @@ from twisted.logger import Logger
 from twisted.web.resource import Resource
 from twisted.web.server import Request, Site
 
-from epcscf.ops import callview
+from epcscf.pcscf.operations import MEDIA_DIRECTIONS, NodeObservers, NodeOperations
 
 log = Logger(namespace="epcscf.ops.metrics")
 
 MEDIA_FAILURE_LAYERS = ("ice", "dtls", "consent")
-#: (metric, key of ``PcscfNode.resource_counts()``, help) of the leak-accounting gauges; the open
+#: (metric, key of ``NodeOperations.resource_counts()``, help) of the leak-accounting gauges; the open
 #: file descriptors are the process collector's ``process_open_fds``.
 RESOURCE_GAUGES = (
     ("epcscf_sip_timers", "sip_timers", "RFC 3261 transaction timers armed now"),
@@ -131,8 +129,7 @@ class EventLoopLag:
 class EpcscfMetrics:
     """The registry of one service and the observer methods other layers call."""
 
-    def __init__(self, service: Any) -> None:
-        self.service = service
+    def __init__(self, operations: Callable[[], NodeOperations]) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
         self._ws_refused = Counter(
             "epcscf_ws_connections_refused", "WebSocket handshakes refused, by reason", ["reason"], registry=self.registry
@@ -166,7 +163,7 @@ class EpcscfMetrics:
             ["reason"],
             registry=self.registry,
         )
-        self.live = LiveStateCollector(service)
+        self.live = LiveStateCollector(operations)
         self.registry.register(self.live)
         # process_open_fds, process_resident_memory_bytes, CPU…: the library's own collector,
         # registered here too because this registry is not the process-global one.
@@ -175,6 +172,18 @@ class EpcscfMetrics:
     def process_figures(self) -> dict[str, float]:
         """The process collector's samples by name (``process_open_fds``…), for the console."""
         return {sample.name: sample.value for family in self.process.collect() for sample in family.samples}
+
+    def observers(self) -> NodeObservers:
+        """The callbacks the eP-CSCF is given at construction."""
+        return NodeObservers(
+            ws_refused=self.ws_refused,
+            parse_error=self.parse_error,
+            register_response=self.register_response,
+            request_refused=self.request_refused,
+            admission_refused=self.overload_refused,
+            flow_closed=self.flow_closed,
+            registration_ended=self.registration_ended,
+        )
 
     # --- observer hooks (called by the layers that see the event) -----------------------------
 
@@ -208,18 +217,7 @@ class EpcscfMetrics:
     def registration_ended(self, reason: str) -> None:
         self._registrations_ended.labels(reason).inc()
 
-    def watch_registrations(self, registrations: Any) -> None:
-        """Count ended bindings by reason, keeping the registrations' own removal callback."""
-        previous = registrations.on_removed
-
-        def removed(binding: Any, reason: str) -> None:
-            if previous is not None:
-                previous(binding, reason)
-            self.registration_ended(reason)
-
-        registrations.on_removed = removed
-
-    def flow_closed(self, flow: Any) -> None:
+    def flow_closed(self) -> None:
         self.live.flows_closed += 1
 
     # --- exposition ------------------------------------------------------------------------------
@@ -229,68 +227,67 @@ class EpcscfMetrics:
         return encoder(self.registry), content_type
 
 
-class LiveStateCollector:
-    """Reads the running objects at scrape time (see the module docstring)."""
+CallKey = tuple[str, str, float]  # Call-ID, direction, created
 
-    def __init__(self, service: Any) -> None:
-        self.service = service
+
+class LiveStateCollector:
+    """Reads the running eP-CSCF at scrape time (see the module docstring)."""
+
+    def __init__(self, operations: Callable[[], NodeOperations]) -> None:
+        self.operations = operations
         self.flows_closed = 0
-        self._counted: "weakref.WeakSet[Any]" = weakref.WeakSet()
+        #: ended calls already counted (those still in ``calls()``: the older ones are gone from it)
+        self._counted: set[CallKey] = set()
         self._ended: dict[tuple[str, str, str], int] = {}
         self._media_failures: dict[str, int] = {layer: 0 for layer in MEDIA_FAILURE_LAYERS}
-        self._ended_packets: dict[str, int] = {direction: 0 for direction in callview.DIRECTIONS}
-        self._ended_bytes: dict[str, int] = {direction: 0 for direction in callview.DIRECTIONS}
+        self._ended_packets: dict[str, int] = {direction: 0 for direction in MEDIA_DIRECTIONS}
+        self._ended_bytes: dict[str, int] = {direction: 0 for direction in MEDIA_DIRECTIONS}
 
     def describe(self) -> list[Metric]:
         return []  # collected lazily; nothing to check at registration
 
-    def account_ended(self, call: Any) -> None:
+    def account_ended(self, call: dict[str, Any]) -> None:
         """Count an ended call once: its end cause and layer, and its last media figures."""
-        if call in self._counted:
+        key = (call["call_id"], call["direction"], call["created"])
+        if key in self._counted:
             return
-        figures = callview.media_figures(call)
-        self._counted.add(call)
-        summary = call.summary()
-        layer = summary.get("layer") or ""
-        key = (summary["direction"], summary.get("cause") or "", layer)
-        self._ended[key] = self._ended.get(key, 0) + 1
-        kind = media_failure_kind(layer, summary.get("cause") or "")
+        self._counted.add(key)
+        layer = call.get("layer") or ""
+        ended = (call["direction"], call.get("cause") or "", layer)
+        self._ended[ended] = self._ended.get(ended, 0) + 1
+        kind = media_failure_kind(layer, call.get("cause") or "")
         if kind is not None:
             self._media_failures[kind] += 1
-        for direction in callview.DIRECTIONS:
-            self._ended_packets[direction] += (figures.packets or {}).get(direction, 0)
-            self._ended_bytes[direction] += (figures.bytes or {}).get(direction, 0)
+        for direction in MEDIA_DIRECTIONS:
+            self._ended_packets[direction] += call["packets"].get(direction, 0)
+            self._ended_bytes[direction] += call["bytes"].get(direction, 0)
 
     def collect(self) -> Iterator[Metric]:
-        service = self.service
-        pcscf = service.pcscf
-        yield from self._ws(pcscf)
+        operations = self.operations()
+        stats = operations.stats()
+        yield from self._ws(stats)
         registrations = GaugeMetricFamily("epcscf_registrations", "registration bindings held now")
-        registrations.add_metric([], len(pcscf.registrations.all()))
+        registrations.add_metric([], stats["registrations"])
         yield registrations
-        yield from self._resources(pcscf)
-        yield from self._calls(getattr(pcscf, "calls", None))
+        yield from self._resources(operations.resource_counts())
+        yield from self._calls(operations.calls())
         draining = GaugeMetricFamily("epcscf_draining", "1 while the service drains before stopping")
-        lifecycle = getattr(service, "lifecycle", None)
-        draining.add_metric([], 1 if lifecycle is not None and lifecycle.draining else 0)
+        draining.add_metric([], 1 if stats["draining"] else 0)
         yield draining
         overloaded = GaugeMetricFamily("epcscf_overloaded", "1 while new dialogs and registrations are refused for load")
-        controller = getattr(pcscf, "overload", None)
-        overloaded.add_metric([], 1 if controller is not None and controller.overloaded else 0)
+        overloaded.add_metric([], 1 if stats["overloaded"] else 0)
         yield overloaded
 
-    def _ws(self, pcscf: Any) -> Iterator[Metric]:
-        factory = pcscf.ws_factory
+    def _ws(self, stats: dict[str, Any]) -> Iterator[Metric]:
         current = GaugeMetricFamily("epcscf_ws_connections", "WebSocket connections open now")
-        current.add_metric([], len(factory.connections) if factory is not None else 0)
+        current.add_metric([], stats["ws_connections"])
         yield current
         opened = CounterMetricFamily("epcscf_ws_connections_opened", "WebSocket connections (flows) opened")
-        opened.add_metric([], self.flows_closed + len(pcscf.flows))
+        opened.add_metric([], self.flows_closed + stats["flows"])
         yield opened
 
-    def _resources(self, pcscf: Any) -> Iterator[Metric]:
-        """Leak accounting: what calls and flows hold now (``PcscfNode.resource_counts``)."""
-        counts = pcscf.resource_counts()
+    def _resources(self, counts: dict[str, int]) -> Iterator[Metric]:
+        """Leak accounting: what calls and flows hold now (``NodeOperations.resource_counts``)."""
         family = GaugeMetricFamily("epcscf_sip_transactions", "SIP transactions alive now", labels=["kind"])
         family.add_metric(["server"], counts["server_transactions"])
         family.add_metric(["client"], counts["client_transactions"])
@@ -300,20 +297,22 @@ class LiveStateCollector:
             gauge.add_metric([], counts[key])
             yield gauge
 
-    def _calls(self, manager: Any) -> Iterator[Metric]:
-        for call in callview.ended_calls(manager):
+    def _calls(self, calls: list[dict[str, Any]]) -> Iterator[Metric]:
+        ended_calls = [call for call in calls if not call["live"]]
+        for call in ended_calls:
             self.account_ended(call)  # once per call; adds its media to the ended totals
+        self._counted &= {(call["call_id"], call["direction"], call["created"]) for call in ended_calls}
         current = GaugeMetricFamily("epcscf_calls", "calls alive now, by direction", labels=["direction"])
         by_direction = {"originating": 0, "terminating": 0}
         packets = dict(self._ended_packets)
         octets = dict(self._ended_bytes)
-        for call in callview.live_calls(manager):
-            summary = call.summary()
-            by_direction[summary["direction"]] = by_direction.get(summary["direction"], 0) + 1
-            figures = callview.media_figures(call)
-            for direction in callview.DIRECTIONS:
-                packets[direction] += (figures.packets or {}).get(direction, 0)
-                octets[direction] += (figures.bytes or {}).get(direction, 0)
+        for call in calls:
+            if not call["live"]:
+                continue
+            by_direction[call["direction"]] = by_direction.get(call["direction"], 0) + 1
+            for direction in MEDIA_DIRECTIONS:
+                packets[direction] += call["packets"].get(direction, 0)
+                octets[direction] += call["bytes"].get(direction, 0)
         for direction, count in by_direction.items():
             current.add_metric([direction], count)
         yield current
@@ -329,7 +328,7 @@ class LiveStateCollector:
         yield failures
         packet_family = CounterMetricFamily("epcscf_media_packets", "RTP packets relayed, by direction", labels=["direction"])
         byte_family = CounterMetricFamily("epcscf_media_bytes", "RTP bytes relayed, by direction", labels=["direction"])
-        for direction in callview.DIRECTIONS:
+        for direction in MEDIA_DIRECTIONS:
             packet_family.add_metric([direction], packets[direction])
             byte_family.add_metric([direction], octets[direction])
         yield packet_family

@@ -1,17 +1,19 @@
 """One eP-CSCF: listeners on both sides, the transaction layer, the proxy and its policy.
 
-``PcscfNode`` is what ``epcscf.service`` starts; tests start one directly with
-listeners on port 0.  Everything that moves messages is created here and only
-here, so the wiring can be read in one place:
+``PcscfNode`` is what ``epcscf.service`` (which wires the services together) builds and
+starts; tests start one directly with listeners on port 0.  Inside it, the message path:
 
     WS listener ──► WsSink ─┐                              ┌─► StatefulProxy ─► PcscfPolicy ─► CallManager
     UDP/TCP/TLS ──► TransportManager ─► TransactionLayer ─┤
                                                            └─ (responses, retransmissions, timers)
+
+Operations (console, metrics, drain, reload) see the node only through ``operations``
+(``epcscf.pcscf.operations.NodeOperations``); the metrics' event callbacks come in once,
+as the ``observers`` given at construction.
 """
 
 from __future__ import annotations
 
-import asyncio
 from dataclasses import dataclass, fields
 from typing import Any, Callable
 
@@ -30,6 +32,7 @@ from epcscf.pcscf.edge import EdgeAddresses, PcscfPolicy
 from epcscf.pcscf.flows import Flow, FlowTable
 from epcscf.pcscf.guard import SourceRule, TrustedSources
 from epcscf.pcscf.limits import AuthFailures, FlowRateLimiter, FlowVerdict, answer_refused_message
+from epcscf.pcscf.operations import NodeObservers, PcscfOperations
 from epcscf.pcscf.registration import RegistrationBinding, Registrations
 from epcscf.sip.connection import WEBSOCKET_TRANSPORTS, Address, Connection
 from epcscf.sip.message import Message
@@ -39,7 +42,6 @@ from epcscf.sip.proxy_policy import LateBoundProxy
 from epcscf.sip.resolver import NextHopResolver, Target
 from epcscf.sip.tls import HTTP_PROTOCOLS, server_tls_from_files
 from epcscf.sip.transaction import TimerSettings, TransactionLayer
-from epcscf.sip.transaction_server import ServerTransaction
 from epcscf.sip.transport import TransportManager, TransportSettings
 from epcscf.sip.uri import SipUri, UriError, parse_uri
 from epcscf.ws.connection import CloseReason, WsConnection
@@ -164,6 +166,7 @@ class PcscfNode(Service):
         reactor: Any = None,
         core_targets: Callable[[], list[Target]] | None = None,
         dns_resolver: Any = None,
+        observers: NodeObservers | None = None,
     ) -> None:
         if reactor is None:
             from twisted.internet import reactor as default_reactor
@@ -171,6 +174,7 @@ class PcscfNode(Service):
             reactor = default_reactor
         self.config = config
         self.reactor = reactor
+        self.observers = observers if observers is not None else NodeObservers()
         #: fixed next hop toward the core (the embedded core); None: resolve [core] next_hop
         self._core_targets = core_targets
         self.flows = FlowTable(reactor)
@@ -208,6 +212,7 @@ class PcscfNode(Service):
         self.overload = OverloadController(self.overload_settings, reactor)
         self.auth_failures = AuthFailures(self.overload_settings, reactor)
         self.admission = AdmissionChain()
+        self.admission.on_refused = self.observers.admission_refused
         self.new_work_gate = NewWorkGate(self.overload, self.registrations)
         self.admission.add("overload", self.new_work_gate)
         self.admission.add("auth_failures", self.auth_failures)
@@ -216,6 +221,8 @@ class PcscfNode(Service):
         )
         self._load_probe: LoadProbe | None = None
         self.media_engine: CallMediaEngine | None = None
+        #: the one interface operations use (plain data in and out)
+        self.operations = PcscfOperations(self)
 
     # --- TransactionUser: everything goes through the proxy ---------------------------------
 
@@ -240,6 +247,8 @@ class PcscfNode(Service):
     def startService(self) -> None:  # noqa: N802
         sip = [BoundListener(l.transport.upper(), self.transports.listen(l)) for l in self.config.sip.listen]
         self.ws_factory = SipWebSocketServerFactory(ws_settings(self.config), _WsSink(self), reactor=self.reactor)
+        self.ws_factory.on_refused = self.observers.ws_refused
+        self.ws_factory.on_parse_error = self.observers.parse_error
         ws = [self._listen_ws(listener) for listener in self.config.ws.listen]
         self.listeners = sip + ws
         core_side = self._public(sip[0])
@@ -277,6 +286,8 @@ class PcscfNode(Service):
         if self.config.core.mode == "external":
             self.policy.core_entry = ", ".join(self.config.core.next_hop)
         self.policy.trusted_sources = self.trusted_sources
+        self.policy.on_register_response = self.observers.register_response
+        self.policy.on_refused = self.observers.request_refused
         self._trust_core_sources()
         self.proxy = StatefulProxy(
             self.reactor,
@@ -409,43 +420,22 @@ class PcscfNode(Service):
 
     def _flow_closed(self, flow: Flow) -> None:
         log.info("flow {flow} closed ({reason})", flow=flow.id, reason=flow.close_reason)
+        if self.observers.flow_closed is not None:
+            self.observers.flow_closed()
         if self.calls is not None:
             self.calls.flow_closed(flow.connection)
 
     def _binding_removed(self, binding: RegistrationBinding, reason: str) -> None:
         log.info("registration of {aor} on flow {flow} ended: {reason}", aor=binding.aor, flow=binding.flow_id, reason=reason)
+        if self.observers.registration_ended is not None:
+            self.observers.registration_ended(reason)
 
     # --- leak accounting -------------------------------------------------------------------------
 
     def resource_counts(self) -> dict[str, int]:
-        """Live counts of everything a call or a flow holds, for ``/metrics`` and the console.
-
-        After traffic stops and the timers have run, every count returns to its idle value
-        (transactions, calls, agents, sessions and ports to zero); one that does not is a leak.
-        """
-        transactions = self.transactions.transactions()
-        servers = sum(1 for transaction in transactions if isinstance(transaction, ServerTransaction))
-        media = self.media_engine.resource_counts() if self.media_engine is not None else {}
-        return {
-            "server_transactions": servers,
-            "client_transactions": len(transactions) - servers,
-            "sip_timers": self.transactions.pending_timers(),
-            "calls": len(self.calls.calls()) if self.calls is not None else 0,
-            "ice_agents": media.get("ice_agents", 0),
-            "dtls_sessions": media.get("dtls_sessions", 0),
-            "media_ports_in_use": media.get("media_ports_in_use", 0),
-            "delayed_calls": len(self.reactor.getDelayedCalls()),
-            "asyncio_tasks": _asyncio_tasks(),
-        }
+        """Live counts of everything a call or a flow holds (``PcscfOperations.resource_counts``)."""
+        return self.operations.resource_counts()
 
     def listener(self, transport: str) -> BoundListener | None:
         return next((l for l in self.listeners if l.transport == transport.upper()), None)
 
-
-def _asyncio_tasks() -> int:
-    """Tasks not done on the running asyncio loop (aioice's, under Twisted's asyncio reactor)."""
-    try:
-        loop = asyncio.get_running_loop()
-    except RuntimeError:
-        return 0  # not under a running loop (a test on task.Clock): nothing of aioice can run either
-    return len(asyncio.all_tasks(loop))

@@ -203,6 +203,10 @@ class UdpTransport(DatagramProtocol):
         self.local = Address("0.0.0.0", 0)
         self._sweep: Any = None
 
+    def use_settings(self, settings: TransportSettings) -> None:
+        """Parse the next datagrams with ``settings`` (a reload; see ``TransportManager.update_settings``)."""
+        self._settings = settings
+
     def startProtocol(self) -> None:
         host = self.transport.getHost()
         self.local = Address(host.host, host.port)
@@ -466,6 +470,13 @@ class TransportManager:
         self._server_tls: Any = None
         #: (transport, local address) of each listener, in the order they were started
         self.listening: list[tuple[str, Address]] = []
+
+    def update_settings(self, settings: TransportSettings) -> None:
+        """A configuration reload: new TCP/TLS connections and every running UDP listener
+        parse with the new settings (limits); connections already open keep theirs."""
+        self.settings = settings
+        for udp in self._udp:
+            udp.use_settings(settings)
 
     # listeners
     def listen(self, spec: "str | ListenerSpec | Any") -> Address:

@@ -379,6 +379,18 @@ class SipWebSocketServerFactory(WebSocketServerFactory):
             allowedOrigins=["*"],
         )
 
+    def update_settings(self, settings: WsListenerSettings) -> None:
+        """A configuration reload: new handshakes see the new Origin policy, new connections
+        the new limits and pings (Autobahn copies its protocol options at connection time)."""
+        self.settings = settings  # frozen: replaced whole, never mutated
+        self.limits = ParserLimits(max_message_size=settings.max_message_size)
+        self.setProtocolOptions(
+            maxMessagePayloadSize=settings.max_message_size,
+            maxFramePayloadSize=settings.max_message_size,
+            autoPingInterval=settings.ping_interval,
+            autoPingTimeout=settings.ping_timeout if settings.ping_interval > 0 else 0,
+        )
+
     # The sink is called through these so that one misbehaving sink call never takes the
     # connection (or Autobahn's state machine) down with it.
 

@@ -1,7 +1,8 @@
-"""Read-only views of the call manager for the console and the metrics.
+"""Read-only views of the call manager: each call as plain data for ``NodeOperations``.
 
 The call manager (``epcscf.pcscf.calls.CallManager``) owns the calls; operations only
-look at them.  Everything here reads through the manager's public views (``calls()``,
+look at them (``epcscf.pcscf.operations`` hands the records below to the console and the
+metrics, which never see a ``Call``).  Everything here reads through the manager's public views (``calls()``,
 ``ended_calls()``, ``find()``) and ``Call.summary()``/``Call.timeline``, and reads the
 media statistics defensively: a stream that is still being set up has no session yet,
 and a view must never raise into the console or a Prometheus scrape.
@@ -99,34 +100,22 @@ def ended_calls(manager: Any) -> list[Any]:
     return list(manager.ended_calls())
 
 
-def find_calls(manager: Any, call_id: str) -> list[Any]:
-    """Live and recently ended calls whose Call-ID is ``call_id`` (or starts with it)."""
-    every = live_calls(manager) + ended_calls(manager)
-    exact = [call for call in every if call.call_id == call_id]
-    return exact or [call for call in every if call.call_id.startswith(call_id)]
-
-
-def call_row(call: Any, now: float) -> dict[str, Any]:
-    """One line of ``calls()``: what an operator wants at a glance."""
-    summary = call.summary()
+def call_record(call: Any, live: bool) -> dict[str, Any]:
+    """One call as plain data: ``Call.summary()`` plus its media figures (see ``media_figures``)."""
+    record = dict(call.summary())
     figures = media_figures(call)
-    ended = summary.get("ended")
-    return {
-        "call_id": summary["call_id"],
-        "direction": summary["direction"],
-        "state": summary["state"],
-        "age": round((ended if ended is not None else now) - summary["created"], 1),
-        "flow": summary.get("flow"),
-        "ice": figures.ice,
-        "dtls": figures.dtls,
-        "packets": figures.total_packets,
-        "cause": summary.get("cause") or "",
-        "layer": summary.get("layer") or "",
-    }
+    record.update(
+        live=live,
+        ice=figures.ice,
+        dtls=figures.dtls,
+        packets=dict(figures.packets or {}),
+        bytes=dict(figures.bytes or {}),
+    )
+    return record
 
 
-def timeline_rows(call: Any) -> list[dict[str, Any]]:
-    """``call(id)``: the call's timeline, times relative to its creation."""
+def timeline_records(call: Any) -> list[dict[str, Any]]:
+    """A call's timeline, times relative to its creation."""
     start = call.created
     return [
         {"t": round(entry.at - start, 3), "kind": entry.kind, "event": entry.text}
