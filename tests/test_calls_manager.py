@@ -8,6 +8,7 @@ from twisted.internet import defer, task
 from twisted.trial import unittest
 
 from epcscf.ice import IceClosed
+from epcscf.pcscf.call_model import call_leg
 from epcscf.pcscf.call_state import CallState
 from epcscf.pcscf.calls import CallManager, CallSettings, MediaRejected
 from epcscf.pcscf.edge import EdgeAddresses
@@ -86,6 +87,9 @@ class FakeProxy:
     def respond_upstream(self, context: ProxiedRequest, response: Response) -> None:
         self.responded.append(response)
 
+    def send_request(self, request: Request, connection: Any, user: Any) -> None:
+        self.transactions.send_request(request, connection, user)
+
 
 def invite(from_wic: bool, body: bytes = WIC_OFFER) -> Request:
     request = Request("INVITE", "sip:bob@example.com")
@@ -161,7 +165,7 @@ class CallManagerTests(unittest.TestCase):
         self.assertEqual(decision.request.headers.get("Content-Length"), str(len(decision.request.body)))
         [call] = self.manager.calls()
         self.assertIs(call.state, CallState.OFFER_FORWARDED)
-        self.assertIs(context.data["call"], call)
+        self.assertIs(call_leg(context).call, call)  # type: ignore[union-attr]
 
     def test_unusable_offer_is_488_with_warning_and_frees_media(self) -> None:
         request = invite(True)

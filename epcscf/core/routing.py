@@ -45,7 +45,7 @@ from epcscf.core.randomness import random_hex
 from epcscf.sip import proxy_rules as rules
 from epcscf.sip.headers import HeaderError, to_tag
 from epcscf.sip.message import Request, Response, make_response
-from epcscf.sip.proxy_policy import RECORD_ROUTED_METHODS, DefaultRoutingPolicy, Forward, Reject
+from epcscf.sip.proxy_policy import DIALOG_CREATING_METHODS, DefaultRoutingPolicy, Forward, Reject
 from epcscf.sip.uri import SipUri, TelUri, Uri, UriError, parse_name_addr_list, parse_uri
 
 if TYPE_CHECKING:
@@ -79,6 +79,15 @@ class ForwardTo:
 @dataclass(frozen=True)
 class FollowRoute:
     """Proxy the request as it is: its Route set and Request-URI decide (RFC 3261 §16.6 step 6-7)."""
+
+
+@dataclass(frozen=True)
+class CoreBinding:
+    """Attached to a request forwarded to one registered contact (``ProxiedRequest.attached``):
+    the binding a 430 from the edge proxy removes (RFC 5626 §5.3)."""
+
+    aor: str
+    contact: str
 
 
 @dataclass(frozen=True)
@@ -182,7 +191,7 @@ class CoreProxyPolicy:
         branches = [self._branch_request(request, decision, destination) for destination in decision.destinations]
         if decision.aor is not None and len(decision.destinations) == 1:
             # Remembered so that a 430 from the edge proxy can remove this binding (RFC 5626).
-            context.data["core_binding"] = (decision.aor, decision.destinations[0].request_uri)
+            context.attached = CoreBinding(decision.aor, decision.destinations[0].request_uri)
         return self._forward(context, branches, record=True)
 
     @staticmethod
@@ -222,7 +231,7 @@ class CoreProxyPolicy:
                 if not targets:
                     continue
                 record_route: list[str] = []
-                if record and outgoing.method in RECORD_ROUTED_METHODS:
+                if record and outgoing.method in DIALOG_CREATING_METHODS:
                     # RFC 3261 §16.6 step 4: stay on the path of the dialog (RFC 5658 §4 if transports differ).
                     record_route = self._own.record_route_for(context.connection.transport, targets[0].transport)
                 forwards.append(Forward(outgoing, targets, record_route))
@@ -233,12 +242,11 @@ class CoreProxyPolicy:
         return defer.gatherResults(lookups, consumeErrors=True).addCallback(decide)
 
     def response_to_forward(self, context: "ProxiedRequest | None", response: Response) -> Response:
-        binding = context.data.get("core_binding") if context is not None else None
-        if response.status == 430 and binding is not None:
+        binding = context.attached if context is not None else None
+        if response.status == 430 and isinstance(binding, CoreBinding):
             # RFC 5626 §5.3/§7: the edge proxy says the flow behind this binding is gone: the
             # binding is stale, so drop it; upstream the user is simply unavailable.
-            aor, contact = binding
-            stale = self.router.location.find(aor, contact)
+            stale = self.router.location.find(binding.aor, binding.contact)
             if stale is not None:
                 self.router.location.remove(stale)
             response.status, response.reason = 480, "Temporarily Unavailable (Flow Failed)"

@@ -196,11 +196,11 @@ class EmbeddedCore(Service):
         self.transports = TransportManager(reactor, self._deliver)
         self.resolver = NextHopResolver(dns_resolver if dns_resolver is not None else _hosts_resolver())
         self.policy = CoreProxyPolicy(self.router, self.transports, self.resolver, self._service_route_hosts)
-        self.proxy = StatefulProxy(
-            reactor, self.transports, self.resolver, self.policy, ProxySettings(supported_option_tags=frozenset({"path", "outbound"}))
-        )
         self.transactions = TransactionLayer(reactor, CoreTransactionUser(self), lambda connection: settings.timers)
-        self.proxy.transactions = self.transactions
+        self.proxy = StatefulProxy(
+            reactor, self.transports, self.resolver, self.policy,
+            ProxySettings(supported_option_tags=frozenset({"path", "outbound"})), transactions=self.transactions,
+        )
         self.notifier = RegEventNotifier(
             reactor,
             self.location,

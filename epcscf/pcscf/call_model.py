@@ -105,7 +105,7 @@ class Call:
     ended_at: float | None = None
     release_cause: str | None = None
     failing_layer: str | None = None
-    pending_offer: Side | None = None  # whose offer awaits an answer (RFC 3264 §4)
+    pending_offer: Side | None = None  # whose offer awaits an answer (RFC 3264 §4; see offer_answer)
     last_wic_answer: bytes | None = None  # repeated in a bodiless 2xx: JsSIP fails a 2xx without SDP
     last_core_answer: bytes | None = None  # what a retransmitted 2xx from the WIC must carry
     released_early: bool = False
@@ -135,12 +135,6 @@ class Call:
         self.state = new
         return new
 
-    def fire_if_allowed(self, event: CallEvent) -> None:
-        if self.can(event):
-            self.fire(event)
-        else:
-            self.note("state", f"{event.value} ignored in {self.state.value}")
-
     def summary(self) -> dict[str, Any]:
         return {
             "call_id": self.call_id,
@@ -156,6 +150,24 @@ class Call:
 
 
 MediaFactory = Callable[[Call], CallMediaLike]
+
+
+@dataclass(eq=False)
+class CallLeg:
+    """What the call manager attaches to a proxied request of a call (``ProxiedRequest.attached``):
+    the call, who sent the request, whether it is the dialog's initial INVITE, and whose offer
+    it carried (None: none, the offer comes in the response, RFC 3261 §13.2.1)."""
+
+    call: Call
+    sender: Side
+    initial: bool = False
+    offer_from: Side | None = None
+
+
+def call_leg(context: ProxiedRequest) -> CallLeg | None:
+    """The call leg of a proxied request, if it belongs to a call."""
+    leg = context.attached
+    return leg if isinstance(leg, CallLeg) else None
 
 
 def cause_code(cause: str | None, layer: str | None) -> str | None:

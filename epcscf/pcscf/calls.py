@@ -3,30 +3,32 @@
 Theory of operation
 -------------------
 The edge policy (``epcscf.pcscf.edge``) hands us each INVITE dialog it proxies through the
-``CallHooks`` methods; the proxy core (RFC 3261 §16) still does all the forwarding.  A
-``Call`` follows the table of ``call_state``; this module feeds it events and does the
-SIP side of the work:
+``CallHooks`` methods; the proxy core (RFC 3261 §16) still does all the forwarding, and what
+we may ask of it is ``ProxyOperations`` (CANCEL branches, answer upstream, send a BYE of our
+own), given at construction.  A ``Call`` follows the table of ``call_state``; this module
+feeds it events and does the SIP side of the work:
 
-* **SDP rewriting** by RFC 3264 offer/answer rules, whatever the method: an SDP body from
-  side X while the other side's offer is outstanding is an answer, otherwise it is an
-  offer; SDP in 18x/2xx responses to an offer are answers (repeated for early media and
-  forks, with the same ICE/DTLS parameters each time); an INVITE without an offer gets the
-  offer in its 2xx and the answer in the ACK (late offer, RFC 3261 §13.2.1).  The
-  transformations and the media they imply are the ``CallMediaLike`` object's job
-  (``epcscf.pcscf.call_media``): the call manager never parses SDP.
-* **Originating** (§7.4.2): the WIC's offer → media allocated → offer toward the core; the
-  INVITE is forwarded at once, ICE runs in parallel (waiting for ICE would delay setup and
-  break late or forked answers).  Unusable offer → 488 + Warning, malformed → 400, no ports
-  → 503 + Retry-After (RFC 3261 §21.4.26, §21.5.4); no core INVITE then.  A 2xx without SDP
-  after an 18x answer gets the last WebRTC answer again (a WIC such as JsSIP ends a call
-  whose 2xx has no SDP).
-  An INVITE without SDP is a late offer: the core's offer in the 2xx, the answer in the ACK.
-* **Terminating** (§7.4.3): the core's offer → WebRTC offer to the WIC; the WIC's answer →
-  answer toward the core.
-* **Release from the middle** (TS 23.228 §5.10, RFC 7675 §5.1): WebSocket closed, ICE/DTLS
-  failure or the operator.  A confirmed call gets a BYE (built by ``dialogs.Dialog``, with a
-  Reason header, RFC 3326) toward each reachable side; an early one is CANCELled downstream
-  and answered upstream by the proxy; a 2xx racing the release is ACKed and BYEd.
+* **SDP** by RFC 3264 offer/answer, whatever the method: each message is classified and the
+  table of ``offer_answer`` says what its SDP is (an offer, an answer, nothing allowed) and
+  what to do; ``call_sdp`` does it with the call's media (``CallMediaLike``,
+  ``epcscf.pcscf.call_media``): the call manager never parses SDP.  A request of a call
+  carries a ``CallLeg`` (``ProxiedRequest.attached``) so that its responses are rewritten
+  by the same rules.
+* **Initial INVITEs**, both directions by one path: originating (§7.4.2: the WIC's offer →
+  media allocated → offer toward the core; the INVITE is forwarded at once, ICE runs in
+  parallel) and terminating (§7.4.3: the core's offer → WebRTC offer to the WIC; the WIC's
+  answer → answer toward the core).  Unusable offer → 488 + Warning (RFC 5763 §5, RFC 8839:
+  what WebRTC SDP must carry), malformed → 400, no ports → 503 + Retry-After (TS 24.229
+  §5.2.7.2); no INVITE goes on then.
+  An INVITE without SDP is a late offer: the offer in the 2xx, the answer in the ACK.
+* **Release from the middle** (TS 23.228 §5.10, TS 24.229 §5.2.8: the P-CSCF releases a
+  session whose signalling is lost; RFC 7675 §5.1: consent lost): WebSocket closed, ICE/DTLS
+  failure or the operator.  A confirmed call gets a BYE (built by ``dialogs.Dialog``, with a Reason
+  header, RFC 3326) toward each reachable side; an early one is CANCELled downstream and
+  answered upstream by the proxy; a 2xx racing the release is ACKed and BYEd.
+* An event the call state table does not allow, or one RFC 3264 does not allow, is a
+  protocol error: a log line with the Call-ID, a timeline entry and ``protocol_errors``
+  counted — never silently dropped.
 * Every call's media is closed when it ends, whatever the path; an ended call stays in
   ``ended_calls()`` for ``CallSettings.keep_ended`` seconds.  One reactor timer, armed for
   the oldest ended call, forgets them: after the last call, the history empties by itself
@@ -36,36 +38,41 @@ SIP side of the work:
 from __future__ import annotations
 
 import collections
-import secrets
-from typing import Any, Iterable
+from typing import Iterable
 
 from twisted.internet import defer
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
+from epcscf.pcscf import call_sdp
+from epcscf.pcscf import offer_answer as oa
 from epcscf.pcscf.call_model import (
     LAYERS,
-    SDP,
     TRICKLE_SDPFRAG,
     WS_CLOSED_REASON,
     Call,
+    CallLeg,
     CallMediaLike,
     CallSettings,
     MediaFactory,
     MediaRejected,
+    SDP,
     TimelineEntry,
+    call_leg,
     content_type,
     sdp_body,
     set_sdp,
     strip_body,
 )
+from epcscf.pcscf.call_requests import CallRequests, quoted
 from epcscf.pcscf.call_state import CallDirection, CallEvent, CallState
-from epcscf.pcscf.dialogs import Dialog, DialogError, Side
-from epcscf.sip.connection import WEBSOCKET_TRANSPORTS, Connection, ConnectionLost
-from epcscf.sip.headers import HeaderError, cseq, to_tag, top_via
-from epcscf.sip.message import Message, Request, Response
+from epcscf.pcscf.dialogs import Dialog, Side
+from epcscf.pcscf.edge import EdgeAddresses
+from epcscf.sip.connection import Connection
+from epcscf.sip.message import Request, Response
 from epcscf.sip.proxy import Decision, Forward, ProxiedRequest, Reject
+from epcscf.sip.proxy_policy import ProxyOperations
 from epcscf.sip.proxy_rules import make_local_response
 from epcscf.sip.uri import SipUri, UriError, parse_uri
 
@@ -76,48 +83,25 @@ __all__ = [
 
 log = Logger(namespace="epcscf.pcscf.calls")
 
-class _RequestsWeSent:
-    """Client-transaction user of our own BYEs: the responses end here (noted on the timeline)."""
-
-    def __init__(self, call: Call, what: str) -> None:
-        self.call = call
-        self.what = what
-
-    def response_received(self, response: Response, transaction: Any) -> None:
-        if response.status >= 200:
-            self.call.note("sip-in", f"{response.status} to our {self.what}")
-
-    def timed_out(self, transaction: Any) -> None:
-        self.call.note("sip-in", f"no response to our {self.what}")
-
-    def transport_failed(self, transaction: Any, reason: str) -> None:
-        self.call.note("sip-in", f"our {self.what} could not be sent: {reason}")
-
-
-def _method_of(response: Response) -> str:
-    try:
-        sequence = cseq(response)
-    except HeaderError:
-        return ""
-    return sequence.method if sequence is not None else ""
-
-
 class CallManager:
     """``CallHooks`` of the edge policy (see module docstring)."""
 
     def __init__(
         self,
         clock: IReactorTime,
-        addresses: Any,  # epcscf.pcscf.edge.EdgeAddresses
+        addresses: EdgeAddresses,
         media_factory: MediaFactory,
         settings: CallSettings | None = None,
-        proxy: Any = None,  # epcscf.sip.proxy.StatefulProxy; may be set after construction
+        proxy: ProxyOperations | None = None,  # None: nothing to CANCEL or BYE with (unit tests)
     ) -> None:
         self.clock = clock
         self.addresses = addresses
         self.media_factory = media_factory
         self.settings = settings or CallSettings()
         self.proxy = proxy
+        self._requests = CallRequests(addresses, proxy)
+        #: events the call state or offer/answer tables do not allow (see ``_protocol_error``)
+        self.protocol_errors = 0
         self._live: dict[tuple[str, str], Call] = {}
         self._ended: collections.OrderedDict[int, Call] = collections.OrderedDict()
         self._closing: set[defer.Deferred] = set()
@@ -150,51 +134,27 @@ class CallManager:
 
     def originating_invite(self, context: ProxiedRequest, identity: str, forward: Forward) -> Decision | defer.Deferred:
         """TS 24.371 §7.4.2: the WIC's INVITE with its offer."""
-        request = context.request
-        problem = self._unusable_body(request)
-        if problem is not None:
-            return Reject(problem)
-        call = self._new_call(context, CallDirection.ORIGINATING, context.connection)
-        if isinstance(call, Reject):
-            return call
-        call.note("sip-in", f"INVITE from the WIC ({identity})")
-        body = sdp_body(request)
-        if body is None:
-            # RFC 3261 §13.2.1 late offer (browsers' WICs do not, but SIP allows it): the core
-            # offers in its 2xx, the WIC answers in the ACK; both are rewritten on the way.
-            context.data["offer_from"] = None
-            return self._forward_initial(call, forward, None)
-        context.data["offer_from"] = Side.WIC
-        call.pending_offer = Side.WIC
-        transformed = defer.maybeDeferred(call.media.offer_from_wic, body)  # type: ignore[union-attr]
-        return transformed.addCallbacks(
-            lambda offer: self._forward_initial(call, forward, offer),
-            lambda failure: self._reject_initial(call, context, failure),
-        )
+        return self._initial_invite(context, CallDirection.ORIGINATING, context.connection, forward,
+                                    f"INVITE from the WIC ({identity})")
 
     def terminating_invite(self, context: ProxiedRequest, flow: Connection, forward: Forward) -> Decision | defer.Deferred:
         """TS 24.371 §7.4.3: the core's INVITE toward the WIC."""
-        request = context.request
-        problem = self._unusable_body(request)
+        return self._initial_invite(context, CallDirection.TERMINATING, flow, forward, "INVITE from the core")
+
+    def _initial_invite(self, context: ProxiedRequest, direction: CallDirection, flow: Connection, forward: Forward,
+                        what: str) -> Decision | defer.Deferred:
+        problem = self._unusable_body(context.request)
         if problem is not None:
             return Reject(problem)
-        call = self._new_call(context, CallDirection.TERMINATING, flow)
+        call = self._new_call(context, direction, flow)
         if isinstance(call, Reject):
             return call
-        call.core_connection = context.connection
-        call.note("sip-in", "INVITE from the core")
-        body = sdp_body(request)
-        if body is None:
-            # Late offer (RFC 3261 §13.2.1): the WIC offers in its 2xx, the core answers in the ACK.
-            context.data["offer_from"] = None
-            return self._forward_initial(call, forward, None)
-        context.data["offer_from"] = Side.CORE
-        call.pending_offer = Side.CORE
-        transformed = defer.maybeDeferred(call.media.offer_from_core, body)  # type: ignore[union-attr]
-        return transformed.addCallbacks(
-            lambda offer: self._forward_initial(call, forward, offer),
-            lambda failure: self._reject_initial(call, context, failure),
-        )
+        if direction is CallDirection.TERMINATING:
+            call.core_connection = context.connection
+        call.note("sip-in", what)
+        leg = call_leg(context)
+        assert leg is not None
+        return self._request_sdp(call, leg, context, forward)
 
     def _new_call(self, context: ProxiedRequest, direction: CallDirection, flow: Connection) -> Call | Reject:
         request = context.request
@@ -207,7 +167,7 @@ class CallManager:
         caller = Side.WIC if direction is CallDirection.ORIGINATING else Side.CORE
         call.dialog = Dialog.from_invite(received, caller)
         call.invite_context = context
-        context.data.update(call=call, sender=caller, initial=True)
+        context.attached = CallLeg(call, caller, initial=True)
         try:
             call.media = self.media_factory(call)
         except Exception as error:  # ports exhausted, socket errors: a 503, never a traceback
@@ -222,6 +182,35 @@ class CallManager:
             self._finish(previous, "replaced by a new INVITE with the same Call-ID", "sip")
         self._live[call.key] = call
         return call
+
+    def _request_sdp(self, call: Call, leg: CallLeg, context: ProxiedRequest, forward: Forward) -> Decision | defer.Deferred:
+        """Offer/answer in a request of ``leg`` (initial INVITE or in-dialog): the one path of
+        both directions (see ``offer_answer``)."""
+        request = context.request
+        body = sdp_body(request)
+        step = call_sdp.offer_step(call, leg.sender, oa.request_event(request.method, body is not None), self._protocol_error)
+        call.pending_offer = oa.pending_after(step, leg.sender)
+        action = step.action
+        if not leg.initial and request.method in ("INVITE", "UPDATE") and action is not oa.OfferAction.ANSWER:
+            context.attached = leg  # its responses are rewritten by the same rules
+            if action is oa.OfferAction.OFFER:
+                self._fire(call, CallEvent.REOFFER)  # hold, ICE restart, codec change
+        if action is oa.OfferAction.STRIP:
+            strip_body(forward.request)
+        if body is None or action not in (oa.OfferAction.OFFER, oa.OfferAction.ANSWER):
+            return self._forward_initial(call, forward, None) if leg.initial else forward
+        if action is oa.OfferAction.OFFER:
+            leg.offer_from = leg.sender
+            transformed = defer.maybeDeferred(call_sdp.transform_offer, call, leg.sender, body)
+        else:
+            transformed = call_sdp.transform_answer(call, leg.sender, body, request)
+        if leg.initial:
+            return transformed.addCallbacks(
+                lambda offer: self._forward_initial(call, forward, offer),
+                lambda failure: self._reject_initial(call, context, failure),
+            )
+        transformed.addCallback(lambda new_body: set_sdp(forward.request, new_body))
+        return transformed.addCallbacks(lambda _: forward, lambda failure: self._in_dialog_rejected(call, context, failure))
 
     def _forward_initial(self, call: Call, forward: Forward, offer: bytes | None) -> Decision:
         if call.state is not CallState.OFFER_RECEIVED:
@@ -240,7 +229,7 @@ class CallManager:
             # closed under the offer, which is why it failed.
             return Reject(make_local_response(context.request, 480, "Temporarily Unavailable (call released)"))
         response = self._rejection(context.request, failure)
-        call.fire_if_allowed(CallEvent.REJECTED)
+        self._fire(call, CallEvent.REJECTED)
         call.note("sip-out", f"{response.status} {response.reason}")
         self._finish(call, f"rejected: {response.status} {response.reason}", "media" if response.status == 503 else "sip")
         return Reject(response)
@@ -275,12 +264,12 @@ class CallManager:
     # --- CallHooks: responses -----------------------------------------------------------------
 
     def response(self, context: ProxiedRequest, response: Response) -> Response | None | defer.Deferred:
-        call: Call | None = context.data.get("call")
-        if call is None:
+        leg = call_leg(context)
+        if leg is None:
             return response
-        sender: Side = context.data.get("sender", Side.WIC)
-        responder = sender.other
-        initial = bool(context.data.get("initial")) and _method_of(response) == "INVITE"
+        call = leg.call
+        responder = leg.sender.other
+        initial = leg.initial and call_sdp.method_of(response) == "INVITE"
         call.note("sip-in", f"{response.status} {response.reason} from the {responder.value}")
         if initial and call.state in (CallState.TERMINATING, CallState.TERMINATED):
             return self._response_after_release(call, response, responder)
@@ -294,18 +283,24 @@ class CallManager:
             return response
         if call.dialog is not None:
             call.dialog.response_seen(response, responder)
-        rewritten = defer.maybeDeferred(self._rewrite_response_sdp, call, context, response, responder, initial)
+        rewritten = defer.maybeDeferred(call_sdp.rewrite_response, call, leg, response, initial,
+                                        self._protocol_error, self._release_for_sdp)
         if initial:
             rewritten.addCallback(lambda answered: self._initial_response(call, context, response, answered))
         rewritten.addCallback(lambda _: response)
         return rewritten.addErrback(self._response_during_release, call, response, responder, initial)
+
+    def _release_for_sdp(self, call: Call, reason: str, cause: str) -> None:
+        """The dialog is up but has no usable media (RFC 3264 §6: 488): end it once the 2xx has gone."""
+        self.clock.callLater(0, self._release, call, f'SIP;cause=488;text="{quoted(reason)}"',
+                             488, (Side.WIC, Side.CORE), cause, "sip")
 
     def _response_during_release(self, failure: Failure, call: Call, response: Response, responder: Side,
                                  initial: bool) -> Failure | Response | None:
         """The call was released while this response's SDP was being rewritten: its media was
         closed under the transformation (an ICE agent closed while gathering raises
         ``IceClosed``).  Not an error: the response is handled as one arriving after the
-        release (a 2xx to the initial INVITE is ACKed and BYEd, RFC 3261 §9.1)."""
+        release (a 2xx to the initial INVITE is ACKed and BYEd, RFC 3261 §15)."""
         if not call.ended:
             return failure
         log.info("{call_id}: SDP of a {status} not rewritten, the call was released meanwhile ({why})",
@@ -315,150 +310,53 @@ class CallManager:
             return self._response_after_release(call, response, responder)
         return response
 
-    def _rewrite_response_sdp(
-        self, call: Call, context: ProxiedRequest, response: Response, responder: Side, initial: bool
-    ) -> bool | defer.Deferred:
-        """Offer/answer in a response (RFC 3264); True when it carried an answer."""
-        assert call.media is not None
-        offer_from: Side | None = context.data.get("offer_from")
-        status = response.status
-        if status >= 300:
-            if offer_from is not None and not initial and call.pending_offer is offer_from:
-                call.media.offer_failed()  # RFC 3261 §14.1: the previous media stays
-                call.pending_offer = None
-            return False
-        if status == 100:
-            return False
-        body = sdp_body(response)
-        if body is None:
-            if initial and status < 300 and status >= 200 and offer_from is Side.WIC and call.last_wic_answer:
-                # A WIC (JsSIP) needs the answer in the 2xx: repeat the last one, same o= version.
-                set_sdp(response, call.last_wic_answer)
-                call.note("sip-out", "2xx without SDP: repeated the last WebRTC answer")
-                call.pending_offer = None
-                return True
-            return False
-        if offer_from is responder.other:
-            d = defer.maybeDeferred(self._transform_answer, call, responder, body, response)
-
-            def answered(new_body: bytes) -> bool:
-                set_sdp(response, new_body)
-                if status >= 200:
-                    call.pending_offer = None
-                return True
-
-            def bad_answer(failure: Failure) -> bool:
-                failure.trap(MediaRejected)
-                reason = failure.value.reason
-                call.note("media", f"unusable answer from the {responder.value}: {reason}")
-                strip_body(response)
-                if status >= 200:
-                    # The dialog is up but has no usable media: end it once the 2xx has gone.
-                    self.clock.callLater(0, self._release, call, f'SIP;cause=488;text="{_quoted(reason)}"',
-                                         488, (Side.WIC, Side.CORE), f"unusable SDP answer: {reason}", "sip")
-                return False
-
-            return d.addCallbacks(answered, bad_answer)
-        if offer_from is None and _method_of(response) == "INVITE" and call.pending_offer is None:
-            # Offer in the 2xx/18x of an INVITE without SDP (RFC 3261 §13.2.1).
-            call.pending_offer = responder
-            transform = call.media.offer_from_core if responder is Side.CORE else call.media.offer_from_wic
-            d = defer.maybeDeferred(transform, body)
-
-            def offered(new_body: bytes) -> bool:
-                set_sdp(response, new_body)
-                return False
-
-            def bad_offer(failure: Failure) -> bool:
-                failure.trap(MediaRejected)
-                call.pending_offer = None
-                strip_body(response)
-                if status >= 200:
-                    self.clock.callLater(0, self._release, call, f'SIP;cause=488;text="{_quoted(failure.value.reason)}"',
-                                         488, (Side.WIC, Side.CORE), f"unusable SDP offer: {failure.value.reason}", "sip")
-                return False
-
-            return d.addCallbacks(offered, bad_offer)
-        if offer_from is None and call.pending_offer is responder:
-            # The same late offer again (18x then 2xx): send the same transformed offer.
-            transform = call.media.offer_from_core if responder is Side.CORE else call.media.offer_from_wic
-            return defer.maybeDeferred(transform, body).addCallback(lambda new_body: set_sdp(response, new_body))
-        # SDP where RFC 3264 allows none: never let one side's SDP reach the other raw.
-        call.note("media", f"unexpected SDP in {status} from the {responder.value} dropped")
-        strip_body(response)
-        return False
-
-    def _transform_answer(self, call: Call, responder: Side, body: bytes, message: Message) -> bytes | defer.Deferred:
-        assert call.media is not None
-        if responder is Side.CORE:
-            try:
-                fork = to_tag(message)
-            except HeaderError:
-                fork = None
-
-            def remember(answer: bytes) -> bytes:
-                call.last_wic_answer = answer
-                return answer
-
-            return defer.maybeDeferred(call.media.answer_from_core, body, fork).addCallback(remember)
-        def remember_core(answer: bytes) -> bytes:
-            call.last_core_answer = answer
-            return answer
-
-        return defer.maybeDeferred(call.media.answer_from_wic, body).addCallback(remember_core)
-
     def _initial_response(self, call: Call, context: ProxiedRequest, response: Response, answered: bool) -> None:
         status = response.status
         if status < 200:
-            call.fire_if_allowed(CallEvent.EARLY_ANSWER if answered or call.state is CallState.EARLY else CallEvent.PROVISIONAL)
+            self._fire(call, CallEvent.EARLY_ANSWER if answered or call.state is CallState.EARLY else CallEvent.PROVISIONAL)
         elif status < 300:
             first = call.dialog is not None and not call.dialog.confirmed
-            call.fire_if_allowed(CallEvent.FINAL_2XX)
+            self._fire(call, CallEvent.FINAL_2XX)
             if first and call.dialog is not None:
                 call.dialog.confirm(response, self.is_own_uri)
                 if call.direction is CallDirection.ORIGINATING:
                     call.core_connection = _branch_connection(context, response)
         else:
-            call.fire_if_allowed(CallEvent.FINAL_FAILURE)
+            self._fire(call, CallEvent.FINAL_FAILURE)
             self._finish(call, f"{status} {response.reason}", None if status in (486, 487, 600, 603) else "sip")
-        call.note("sip-out", f"{status} {response.reason} toward the {context.data.get('sender', Side.WIC).value}")
+        leg = call_leg(context)
+        call.note("sip-out", f"{status} {response.reason} toward the {(leg.sender if leg else Side.WIC).value}")
 
     def _response_after_release(self, call: Call, response: Response, responder: Side) -> Response | None:
-        """A response to the initial INVITE after we released the call early (RFC 3261 §9.1 race)."""
+        """A response to the initial INVITE after we released the call early (CANCEL/2xx race,
+        RFC 3261 §9.1, §15: the 2xx is ACKed and the dialog BYEd)."""
         if 200 <= response.status < 300 and call.released_early and call.dialog is not None:
-            call.dialog.confirm(response, self.is_own_uri)
-            if call.direction is CallDirection.ORIGINATING and call.invite_context is not None:
-                call.core_connection = _branch_connection(call.invite_context, response)
-            self._ack_and_bye(call, responder, call.release_cause or "released")
+            self._ack_and_bye_late_2xx(call, response, responder)
             return None
         if response.status >= 300:
-            call.fire_if_allowed(CallEvent.FINAL_FAILURE)
+            self._fire(call, CallEvent.FINAL_FAILURE)
         return None if 200 <= response.status < 300 else response
+
+    def _ack_and_bye_late_2xx(self, call: Call, response: Response, responder: Side) -> None:
+        assert call.dialog is not None
+        call.dialog.confirm(response, self.is_own_uri)
+        if call.direction is CallDirection.ORIGINATING and call.invite_context is not None:
+            call.core_connection = _branch_connection(call.invite_context, response)
+        self._requests.ack_and_bye(call, responder, call.release_cause or "released")
 
     def stray_response(self, response: Response) -> Response | None:
         """A 2xx to an INVITE the proxy forwards without its transaction (a retransmission,
         another fork, or one that raced our release): its SDP must still be rewritten."""
-        if _method_of(response) != "INVITE" or not 200 <= response.status < 300:
+        if call_sdp.method_of(response) != "INVITE" or not 200 <= response.status < 300:
             return response
         call_id = response.headers.get("Call-ID") or ""
         for call in self.find(call_id) + [c for c in self._ended.values() if c.call_id == call_id]:
             if call.released_early and call.dialog is not None and not call.dialog.confirmed:
-                responder = call.dialog.callee
-                call.dialog.confirm(response, self.is_own_uri)
-                if call.direction is CallDirection.ORIGINATING and call.invite_context is not None:
-                    call.core_connection = _branch_connection(call.invite_context, response)
-                self._ack_and_bye(call, responder, call.release_cause or "released")
+                self._ack_and_bye_late_2xx(call, response, call.dialog.callee)
                 return None
-            if call.dialog is not None and call.dialog.matches(response):
-                # Only the initial INVITE's answer is remembered: the callee's 2xx retransmission.
-                toward_wic = _next_hop_is_websocket(response)
-                if call.direction is CallDirection.ORIGINATING:
-                    repeat = call.last_wic_answer if toward_wic else None
-                else:
-                    repeat = call.last_core_answer if not toward_wic else None
-                if repeat is not None and sdp_body(response) is not None:
-                    set_sdp(response, repeat)  # a retransmission carries the answer already sent
-                    return response
+            # Only the initial INVITE's answer is remembered: the callee's 2xx retransmission.
+            if call.dialog is not None and call.dialog.matches(response) and call_sdp.repeat_answer_in_retransmission(call, response):
+                return response
         strip_body(response)  # never relay one side's SDP to the other untransformed
         return response
 
@@ -477,36 +375,17 @@ class CallManager:
         if method == "INFO" and from_wic and content_type(request) == TRICKLE_SDPFRAG:
             return self._trickle(call, request)
         if method == "BYE":
-            call.fire_if_allowed(CallEvent.BYE)
+            if call.can(CallEvent.BYE):
+                call.fire(CallEvent.BYE)
             if call.state is not CallState.TERMINATED:
-                call.fire_if_allowed(CallEvent.RELEASE)
-                call.fire_if_allowed(CallEvent.RELEASED)
-            self._finish(call, f"BYE from the {sender.value}", None)  # media freed at the BYE (RFC 3261 §15)
+                # RFC 3261 §15: a BYE may also end an early dialog: the call is released.
+                call.fire(CallEvent.RELEASE)
+                call.fire(CallEvent.RELEASED)
+            self._finish(call, f"BYE from the {sender.value}", None)  # RFC 3261 §15: the session ends: media freed
             return forward
         if method == "ACK":
-            call.fire_if_allowed(CallEvent.ACK)
-        body = sdp_body(request)
-        if body is None:
-            if method in ("INVITE", "UPDATE"):
-                context.data.update(call=call, sender=sender, offer_from=None)  # a refresh (RFC 4028) or a late offer
-            return forward
-        assert call.media is not None
-        if call.pending_offer is sender.other:
-            # The answer to an offer the other side made in a 2xx or reliable 18x (ACK/PRACK).
-            call.pending_offer = None
-            d = defer.maybeDeferred(self._transform_answer, call, sender, body, request)
-            d.addCallback(lambda new_body: set_sdp(forward.request, new_body))
-            return d.addCallbacks(lambda _: forward, lambda failure: self._in_dialog_rejected(call, context, failure))
-        if method not in ("INVITE", "UPDATE"):
-            strip_body(forward.request)
-            return forward
-        call.fire_if_allowed(CallEvent.REOFFER)
-        context.data.update(call=call, sender=sender, offer_from=sender)
-        call.pending_offer = sender
-        transform = call.media.offer_from_wic if sender is Side.WIC else call.media.offer_from_core
-        d = defer.maybeDeferred(transform, body)
-        d.addCallback(lambda new_body: set_sdp(forward.request, new_body))
-        return d.addCallbacks(lambda _: forward, lambda failure: self._in_dialog_rejected(call, context, failure))
+            self._fire(call, CallEvent.ACK)
+        return self._request_sdp(call, CallLeg(call, sender), context, forward)
 
     def _in_dialog_rejected(self, call: Call, context: ProxiedRequest, failure: Failure) -> Decision:
         if call.ended:
@@ -516,7 +395,7 @@ class CallManager:
             return Reject(make_local_response(context.request, 481, "Call/Transaction Does Not Exist (call released)"))
         call.pending_offer = None
         if call.media is not None:
-            call.media.offer_failed()  # RFC 3261 §14.1: keep the previous media
+            call.media.offer_failed()  # RFC 3264 §8: a refused re-offer keeps the previous media
         response = self._rejection(context.request, failure)
         call.note("sip-out", f"{response.status} {response.reason} to the {context.request.method}")
         return Reject(response)
@@ -534,26 +413,30 @@ class CallManager:
     # --- CallHooks: CANCEL, end of transactions, flows ------------------------------------------
 
     def cancel_received(self, context: ProxiedRequest) -> None:
-        call: Call | None = context.data.get("call")
-        if call is None or not context.data.get("initial"):
+        leg = call_leg(context)
+        if leg is None or not leg.initial:
             return
-        call.note("sip-in", f"CANCEL from the {context.data.get('sender', Side.WIC).value}")
-        call.fire_if_allowed(CallEvent.CANCEL)
+        call = leg.call
+        call.note("sip-in", f"CANCEL from the {leg.sender.value}")
+        self._fire(call, CallEvent.CANCEL)
         if call.state is CallState.TERMINATED:
             self._finish(call, "cancelled", None)
 
     def transaction_ended(self, context: ProxiedRequest) -> None:
-        call: Call | None = context.data.get("call")
-        if call is None or not context.data.get("initial") or call.state is CallState.TERMINATING:
+        leg = call_leg(context)
+        if leg is None or not leg.initial or leg.call.state is CallState.TERMINATING:
             return
+        call = leg.call
         if call.state is CallState.CONFIRMED or _got_2xx(context):
             return  # a 2xx whose SDP is still being rewritten (late offer) confirms the call shortly
         # The initial INVITE ended without a 2xx (answered locally, abandoned): free everything.
         if call.state is not CallState.TERMINATED:
-            call.fire_if_allowed(CallEvent.FINAL_FAILURE)
+            if call.can(CallEvent.FINAL_FAILURE):
+                call.fire(CallEvent.FINAL_FAILURE)
             if call.state is not CallState.TERMINATED:
-                call.fire_if_allowed(CallEvent.RELEASE)
-                call.fire_if_allowed(CallEvent.RELEASED)
+                # Answered before it was forwarded (a proxy error, a release): nothing downstream.
+                call.fire(CallEvent.RELEASE)
+                call.fire(CallEvent.RELEASED)
         self._finish(call, call.release_cause or "INVITE transaction ended without a dialog", None)
 
     def wic_route_matches(self, request: Request, flow: Connection) -> bool | None:
@@ -578,7 +461,7 @@ class CallManager:
         """Operator release: BYE both sides (or CANCEL/480 if early); returns how many calls."""
         calls = self.find(call_id)
         for call in calls:
-            self._release(call, f'SIP;cause=480;text="{_quoted(reason)}"', 480, (Side.WIC, Side.CORE), reason, None)
+            self._release(call, f'SIP;cause=480;text="{quoted(reason)}"', 480, (Side.WIC, Side.CORE), reason, None)
         return len(calls)
 
     def close(self) -> defer.Deferred:
@@ -591,12 +474,27 @@ class CallManager:
         self._pruning = None
         return self.idle()
 
+    # --- events the tables do not allow ------------------------------------------------------------
+
+    def _fire(self, call: Call, event: CallEvent) -> None:
+        """Feed ``event`` to the call's state table; one it does not allow is a protocol error
+        (or a race the table does not know), reported, never silently dropped."""
+        if call.can(event):
+            call.fire(event)
+        else:
+            self._protocol_error(call, f"{event.value} not allowed in call state {call.state.value}, ignored")
+
+    def _protocol_error(self, call: Call, what: str) -> None:
+        self.protocol_errors += 1
+        call.note("state", f"protocol error: {what}")
+        log.info("protocol error in call {call_id}: {what}", call_id=call.call_id, what=what)
+
     # --- releasing ---------------------------------------------------------------------------------
 
     def _media_failed(self, call: Call, layer: str, reason: str) -> None:
         """RFC 7675 §5.1: ICE failure, consent loss or DTLS failure ends the call."""
         call.note(layer if layer in ("ice", "dtls") else "media", reason)
-        self._release(call, f'SIP;cause=480;text="{_quoted(reason)}"', 480, (Side.WIC, Side.CORE), reason, layer)
+        self._release(call, f'SIP;cause=480;text="{quoted(reason)}"', 480, (Side.WIC, Side.CORE), reason, layer)
 
     def _release(self, call: Call, reason_header: str, early_status: int, toward: Iterable[Side],
                  cause: str, layer: str | None) -> None:
@@ -609,55 +507,21 @@ class CallManager:
         try:
             if state is CallState.CONFIRMED:
                 for side in toward:
-                    self._send_bye(call, side, reason_header)
+                    self._requests.send_bye(call, side, reason_header)
             elif state is not CallState.OFFER_RECEIVED and call.invite_context is not None and self.proxy is not None:
                 # Early: CANCEL what is pending downstream and answer upstream ourselves.
                 call.released_early = True
                 context = call.invite_context
                 if call.core_connection is None and call.direction is CallDirection.ORIGINATING:
                     call.core_connection = _branch_connection(context, None)  # for a racing 2xx
-                _proxy_cancel_branches(self.proxy, context)
+                self.proxy.cancel_branches(context)
                 response = make_local_response(context.request_as_received, early_status)
                 response.headers.add("Reason", reason_header)
-                _proxy_respond_upstream(self.proxy, context, response)
+                self.proxy.respond_upstream(context, response)
         finally:
             # Whatever the signalling did, the call is over here: never keep its media.
             call.fire(CallEvent.RELEASED)
             self._finish(call, cause, layer)
-
-    def _send_bye(self, call: Call, toward: Side, reason: str) -> None:
-        connection, transport, sent_by = self._path_toward(call, toward)
-        if connection is None or call.dialog is None or self.proxy is None:
-            call.note("release", f"no BYE toward the {toward.value}: not reachable")
-            return
-        try:
-            bye = call.dialog.build_bye(toward, reason, transport, sent_by)
-            self.proxy.transactions.send_request(bye, connection, _RequestsWeSent(call, f"BYE to the {toward.value}"))
-        except (DialogError, ConnectionLost, ValueError) as error:
-            call.note("release", f"BYE toward the {toward.value} not sent: {error}")
-            return
-        call.note("sip-out", f"BYE toward the {toward.value} (Reason: {reason})")
-
-    def _ack_and_bye(self, call: Call, toward: Side, cause: str) -> None:
-        connection, transport, sent_by = self._path_toward(call, toward)
-        if connection is None or call.dialog is None:
-            return
-        try:
-            connection.send_message(call.dialog.build_ack(toward, transport, sent_by))  # RFC 3261 §13.2.2.4
-        except (DialogError, ConnectionLost) as error:
-            call.note("release", f"ACK toward the {toward.value} not sent: {error}")
-            return
-        call.note("sip-out", f"ACK toward the {toward.value} for a 2xx after the release")
-        self._send_bye(call, toward, f'SIP;cause=487;text="{_quoted(cause)}"')
-
-    def _path_toward(self, call: Call, toward: Side) -> tuple[Connection | None, str, str]:
-        if toward is Side.WIC:
-            flow = call.wic_flow
-            return (flow if flow.connected else None), flow.transport, self.addresses.wic_sent_by
-        connection = call.core_connection
-        if connection is None or not connection.connected:
-            return None, "UDP", self.addresses.core_sent_by
-        return connection, connection.transport, self.addresses.core_sent_by
 
     def _finish(self, call: Call, cause: str, layer: str | None) -> None:
         """The call is over: close its media (ports, sockets, agents, timers) and archive it."""
@@ -709,21 +573,6 @@ class CallManager:
         self._arm_pruning()
 
 
-def _proxy_cancel_branches(proxy: Any, context: ProxiedRequest) -> None:
-    method = getattr(proxy, "cancel_branches", None) or proxy._cancel_pending  # public wrapper when present
-    method(context)
-
-
-def _proxy_respond_upstream(proxy: Any, context: ProxiedRequest, response: Response) -> None:
-    method = getattr(proxy, "respond_upstream", None)
-    if method is not None:
-        method(context, response)
-        return
-    if ";tag=" not in (response.headers.get("To") or ""):
-        response.headers.set("To", f"{response.headers.get('To')};tag={secrets.token_hex(6)}")
-    proxy._respond_locally(context, response)
-
-
 def _branch_connection(context: ProxiedRequest, response: Response | None) -> Connection | None:
     """The connection toward the core of the branch that got this 2xx (else any branch's)."""
     for branch in context.branches:
@@ -732,21 +581,8 @@ def _branch_connection(context: ProxiedRequest, response: Response | None) -> Co
     return next((b.connection for b in context.branches if b.connection is not None), None)
 
 
-def _next_hop_is_websocket(response: Response) -> bool:
-    """True when the response's next Via (ours already removed) is a WIC's (RFC 7118 §5.2)."""
-    try:
-        via = top_via(response)
-    except HeaderError:
-        return False
-    return via is not None and via.transport.upper() in WEBSOCKET_TRANSPORTS
-
-
 def _got_2xx(context: ProxiedRequest) -> bool:
     return any(b.final is not None and 200 <= b.final.status < 300 for b in context.branches)
-
-
-def _quoted(text: str) -> str:
-    return text.replace("\\", "\\\\").replace('"', '\\"').replace("\r", " ").replace("\n", " ")[:120]
 
 
 def _reason_phrase(status: int, detail: str) -> str:

@@ -30,21 +30,21 @@ from twisted.internet import defer
 from twisted.logger import Logger
 
 from epcscf.pcscf import guard
+from epcscf.pcscf.call_model import call_leg
 from epcscf.pcscf.flows import FlowGone, FlowTable, TamperedToken
 from epcscf.pcscf.identity import assert_identity, strip_core_only_headers, strip_untrusted_headers
 from epcscf.pcscf.registration import Registrations
 from epcscf.sip.connection import WEBSOCKET_TRANSPORTS, Connection
 from epcscf.sip.headers import HeaderError, option_tags, parse_via, to_tag
-from epcscf.sip.message import Request, Response
+from epcscf.sip.message import Request, Response, new_tag
 from epcscf.sip.proxy import Decision, Forward, ProxiedRequest, Reject
+from epcscf.sip.proxy_policy import DIALOG_CREATING_METHODS
 from epcscf.sip.proxy_rules import list_values, make_local_response, name_addr_uri
 from epcscf.sip.resolver import Target
 from epcscf.sip.uri import SipUri, UriError, parse_uri
 
 log = Logger(namespace="epcscf.pcscf.edge")
 
-# RFC 3261 §12.1: requests that create dialogs, which we stay in (Record-Route).
-DIALOG_CREATING = frozenset({"INVITE", "SUBSCRIBE", "REFER", "NOTIFY"})
 
 
 def _asks_outbound(contacts: list[str]) -> bool:
@@ -53,10 +53,6 @@ def _asks_outbound(contacts: list[str]) -> bool:
         if "reg-id" in value or "reg-id" in value.lower():  # lower-case as written: no copy
             return True
     return False
-
-
-def _new_tag() -> str:
-    return secrets.token_hex(6)
 
 
 # RFC 7315 §4.6: the ICID must be globally unique.  A random 64-bit prefix per process and a
@@ -69,6 +65,13 @@ _icid_counter = itertools.count(1)
 def new_icid() -> str:
     """A fresh, globally unique ICID value (32 lower-case hex digits)."""
     return f"{_ICID_PREFIX}{next(_icid_counter):016x}"
+
+
+@dataclass(frozen=True)
+class RegisterLeg:
+    """Attached to a proxied REGISTER (``ProxiedRequest.attached``): what its 2xx needs."""
+
+    outbound: bool  # the UA asked for RFC 5626 outbound: the binding is kept per flow
 
 
 @dataclass(frozen=True)
@@ -223,9 +226,9 @@ class PcscfPolicy:
                     self.on_register_response(response.status)
                 if self.on_register_final is not None:
                     self.on_register_final(context, response)
-        if context is not None and self.calls is not None and context.data.get("call") is not None:
+        if context is not None and self.calls is not None and call_leg(context) is not None:
             return self.calls.response(context, response)
-        if context is None and self.calls is not None and hasattr(self.calls, "stray_response"):
+        if context is None and self.calls is not None:
             # A 2xx forwarded without its transaction (retransmission, fork, race with a release):
             # its SDP must be rewritten like the first one, never relayed raw.
             return self.calls.stray_response(response)
@@ -241,11 +244,11 @@ class PcscfPolicy:
         return None
 
     def transaction_ended(self, context: ProxiedRequest) -> None:
-        if self.calls is not None and context.data.get("call") is not None:
+        if self.calls is not None and call_leg(context) is not None:
             self.calls.transaction_ended(context)
 
     def cancel_received(self, context: ProxiedRequest, cancel: Request) -> None:
-        if self.calls is not None and context.data.get("call") is not None:
+        if self.calls is not None and call_leg(context) is not None:
             self.calls.cancel_received(context)
 
     # --- from the WIC -------------------------------------------------------------------------
@@ -270,7 +273,7 @@ class PcscfPolicy:
         identity = assert_identity(request, list(binding.associated_uris))
         self._add_charging_vector(request)
         record_route: list[str] = []
-        if request.method in DIALOG_CREATING:
+        if request.method in DIALOG_CREATING_METHODS:
             # RFC 5658 §4: one entry per side; the WIC-facing one carries the flow token.
             record_route = [self.addresses.core_uri(), self.addresses.wic_uri(token)]
         forward = self._initial_toward_core(request, binding.service_route, record_route)
@@ -317,8 +320,7 @@ class PcscfPolicy:
         """TS 24.229 §5.2.6.3: in an INVITE dialog the call manager holds, the Route set behind
         our entries (and, without one, the Request-URI) must be the saved one; in any other
         dialog the flow must hold a registration and the next hop must be the core."""
-        matches = getattr(self.calls, "wic_route_matches", None)
-        known = matches(request, flow) if matches is not None else None
+        known = self.calls.wic_route_matches(request, flow) if self.calls is not None else None
         if known is not None:
             return None if known else guard.ROUTE_SET
         binding = self.registrations.registration_for_request(flow.id)
@@ -344,7 +346,7 @@ class PcscfPolicy:
         )
         if self.on_refused is not None:
             self.on_refused(side, refusal.reason)
-        return Reject(make_local_response(request, 403, refusal.phrase, to_tag=_new_tag()))
+        return Reject(make_local_response(request, 403, refusal.phrase, to_tag=new_tag()))
 
     def _register(self, context: ProxiedRequest, token: str) -> Decision:
         request = context.request
@@ -359,7 +361,7 @@ class PcscfPolicy:
         # TS 24.229 §5.2.2.1: P-Visited-Network-ID and a fresh ICID on every REGISTER.
         headers.add("P-Visited-Network-ID", self._visited_network_id)
         self._add_charging_vector(request)
-        context.data["register"] = {"flow": context.connection.id, "outbound": outbound}
+        context.attached = RegisterLeg(outbound)
         return self._toward_core(request)
 
     def _toward_core(self, request: Request, record_route: Sequence[str] = ()) -> Decision | defer.Deferred:
@@ -371,12 +373,12 @@ class PcscfPolicy:
 
     def _record_registration(self, context: ProxiedRequest, response: Response) -> None:
         register = context.request_as_received
-        info = context.data.get("register", {})
+        leg = context.attached
         flow = self.flows.find(context.connection.id)
         origin = flow.origin if flow is not None else None
         flow_id = context.connection.id
         known = self.registrations.for_flow(flow_id) if self.core_entry else []
-        bindings = self.registrations.record(register, response, flow_id, origin, bool(info.get("outbound")))
+        bindings = self.registrations.record(register, response, flow_id, origin, isinstance(leg, RegisterLeg) and leg.outbound)
         if self.core_entry:
             for binding in bindings:
                 if not binding.service_route and all(binding is not old for old in known):
@@ -405,18 +407,18 @@ class PcscfPolicy:
             if context.server_transaction is None:
                 return Reject(make_local_response(request, 404))
             if request.method == "OPTIONS" and self.is_own_uri(received.uri):
-                return Reject(make_local_response(request, 200, to_tag=_new_tag()))  # keep-alive probes
-            return Reject(make_local_response(request, 404, "Not Found (no flow token)", to_tag=_new_tag()))
+                return Reject(make_local_response(request, 200, to_tag=new_tag()))  # keep-alive probes
+            return Reject(make_local_response(request, 404, "Not Found (no flow token)", to_tag=new_tag()))
         try:
             connection = self.flows.flow_for_token(token).connection
         except TamperedToken:
             return self._refuse(context, "core", guard.BAD_TOKEN)
         except FlowGone:
             # RFC 5626 §5.3.1: the flow the token names is gone.
-            return Reject(make_local_response(request, 430, to_tag=_new_tag()))
+            return Reject(make_local_response(request, 430, to_tag=new_tag()))
         strip_core_only_headers(request)
         record_route: list[str] = []
-        if request.method in DIALOG_CREATING and to_tag(request) is None:
+        if request.method in DIALOG_CREATING_METHODS and to_tag(request) is None:
             record_route = [self.addresses.wic_uri(token), self.addresses.core_uri()]
         forward = Forward(request, connection, record_route, self.addresses.wic_sent_by)
         if self.calls is not None:

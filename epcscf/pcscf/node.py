@@ -38,6 +38,7 @@ from epcscf.sip.connection import WEBSOCKET_TRANSPORTS, Address, Connection
 from epcscf.sip.message import Message
 from epcscf.sip.parser import ParserLimits
 from epcscf.sip.proxy import ProxySettings, StatefulProxy
+from epcscf.sip.proxy_policy import LateBoundProxy
 from epcscf.sip.resolver import NextHopResolver, Target
 from epcscf.sip.tls import HTTP_PROTOCOLS, server_tls_from_files
 from epcscf.sip.transaction import TimerSettings, TransactionLayer
@@ -260,12 +261,26 @@ class PcscfNode(Service):
             wic_port=wic_side.address.port,
             wic_transport=wic_side.transport.lower(),
         )
+        # The one place the proxy ⇄ call manager graph is built.  The proxy needs the policy,
+        # the policy the call manager, the call manager the proxy: the call manager is given a
+        # typed stand-in for the proxy, bound once the proxy exists.
+        proxy_operations = LateBoundProxy()
+        self.media_engine = CallMediaEngine(self.reactor, call_media_settings(self.config))
+        # TS 24.371 §7: every INVITE dialog goes through the call manager (ICE, SDP, media).
+        self.calls = CallManager(
+            self.reactor,
+            addresses,
+            self.media_engine,
+            CallSettings(keep_ended=self.config.calls.history, warning_agent=addresses.core_host),
+            proxy_operations,
+        )
         self.policy = PcscfPolicy(
             addresses,
             self.flows,
             self.registrations,
             self._core_targets() if self._core_targets is not None else None,
             network_id=self.config.core.domain,
+            calls=self.calls,
             next_hop_resolver=None if self._core_targets is not None else self._resolve_next_hop,
         )
         if self.config.core.mode == "external":
@@ -280,18 +295,9 @@ class PcscfNode(Service):
             self.resolver,
             self.policy,
             ProxySettings(timer_c=self.config.sip.timer_c, supported_option_tags=frozenset({"path", "outbound"})),
+            transactions=self.transactions,
         )
-        self.proxy.transactions = self.transactions
-        # TS 24.371 §7: every INVITE dialog goes through the call manager (ICE, SDP, media).
-        self.media_engine = CallMediaEngine(self.reactor, call_media_settings(self.config))
-        self.calls = CallManager(
-            self.reactor,
-            addresses,
-            self.media_engine,
-            CallSettings(keep_ended=self.config.calls.history, warning_agent=addresses.core_host),
-            self.proxy,
-        )
-        self.policy.calls = self.calls
+        proxy_operations.bind(self.proxy)
         self.policy.admission = self.admission
         self.policy.on_register_final = self._register_answered
         if self.overload_settings.enabled:

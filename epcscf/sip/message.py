@@ -12,6 +12,7 @@ Header names are case-insensitive and have compact forms (RFC 3261 §7.3.3); the
 
 from __future__ import annotations
 
+import secrets
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from typing import Iterable, Iterator, KeysView
@@ -425,6 +426,15 @@ REASON_PHRASES: dict[int, str] = {
     600: "Busy Everywhere", 603: "Decline", 604: "Does Not Exist Anywhere",
     606: "Not Acceptable", 607: "Unwanted", 608: "Rejected",
 }
+
+
+# RFC 3261 §19.3: a tag needs at least 32 bits of randomness; 48 bits, as 12 hex digits.
+TAG_BYTES = 6
+
+
+def new_tag() -> str:
+    """A fresh To/From tag (RFC 3261 §19.3): every tag this element makes comes from here."""
+    return secrets.token_hex(TAG_BYTES)
 
 
 def make_response(

@@ -26,7 +26,6 @@ memos hold verdicts and private parses only; what a caller gets is always its ow
 from __future__ import annotations
 
 import re
-import secrets
 from dataclasses import dataclass
 
 from epcscf.sip.headers import (
@@ -40,7 +39,7 @@ from epcscf.sip.headers import (
     parse_max_forwards,
     parse_via_list,
 )
-from epcscf.sip.message import COMPACT_FORMS, Request, Response, make_response
+from epcscf.sip.message import COMPACT_FORMS, Request, Response, make_response, new_tag
 from epcscf.sip.uri import TOKEN_RE, SipUri, UriError, parse_uri
 
 __all__ = [
@@ -401,7 +400,7 @@ def error_response_for(error: SipParseError) -> Response | None:
     to_tag = None
     try:
         if parse_address("To", headers.get("to") or "").tag is None:
-            to_tag = secrets.token_hex(6)  # RFC 3261 §8.2.6.2
+            to_tag = new_tag()  # RFC 3261 §8.2.6.2
     except HeaderError:
         pass  # a broken To is copied as it came (RFC 4475 §3.1.2.6); no tag is glued onto it
     response = make_response(request, error.status, error.reason or None, to_tag=to_tag)

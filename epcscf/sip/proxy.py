@@ -27,7 +27,9 @@ it does not answer itself, and the client-transaction user of every branch it fo
   branch is CANCELled (after a provisional) or treated as a 408 (§16.8).
 
 A ``ProxiedRequest`` is the per-request context (state, server transaction, branches,
-responses); its ``ProxyState`` only moves forward (see ``_TRANSITIONS``).
+responses); its ``ProxyState`` only moves forward (see ``_TRANSITIONS``).  The other way
+round, the proxy offers the policy's helpers (the eP-CSCF's call manager) ``ProxyOperations``:
+CANCEL an INVITE's pending branches, answer it upstream, send a request of their own.
 """
 
 from __future__ import annotations
@@ -43,8 +45,9 @@ from twisted.python.failure import Failure
 
 from epcscf.sip import proxy_rules as rules
 from epcscf.sip.connection import Address, Connection, ConnectionLost
-from epcscf.sip.message import Request, Response
+from epcscf.sip.message import Request, Response, new_tag
 from epcscf.sip.resolver import DEFAULT_PORTS, Target
+from epcscf.sip.transaction_client import ClientTransactionUser
 from epcscf.sip.transport import UDP_REQUEST_LIMIT
 from epcscf.sip.uri import SipUri, UriError, parse_uri
 from epcscf.sip.validate import AnswerOptionsLocally, validate_request
@@ -91,6 +94,14 @@ class NextHops(Protocol):
     def resolve_uri(self, uri: Any) -> defer.Deferred: ...
 
 
+class TransactionSender(Protocol):
+    """What the proxy asks of the transaction layer (``epcscf.sip.transaction.TransactionLayer``)."""
+
+    def send_request(self, request: Request, connection: Connection, user: ClientTransactionUser) -> Any: ...
+
+    def find_invite_server_transaction(self, cancel: Request) -> Any: ...
+
+
 class _AbsorbResponses:
     """Client-transaction user for our own CANCELs: their responses end here (§16.10)."""
 
@@ -119,13 +130,16 @@ class StatefulProxy:
         settings: ProxySettings | None = None,
         *,
         secret: bytes | None = None,
+        transactions: TransactionSender | None = None,
     ) -> None:
         self.clock = clock
         self.connector = connector
         self.resolver = resolver
         self.policy = policy
         self.settings = settings or ProxySettings()
-        self.transactions: Any = None  # the TransactionLayer; set after both exist
+        #: the transaction layer (given here, or set once when the layer is built with this
+        #: proxy as its user: then each needs the other)
+        self.transactions: TransactionSender | None = transactions
         self._secret = secret if secret is not None else secrets.token_bytes(16)
         self._by_server: dict[int, ProxiedRequest] = {}
         self._by_client: dict[int, tuple[ProxiedRequest, Branch]] = {}
@@ -160,13 +174,13 @@ class StatefulProxy:
         problem = validate_request(request, self.settings.supported_option_tags)
         if isinstance(problem, AnswerOptionsLocally):
             # §16.3 step 3: Max-Forwards 0 on an OPTIONS: we answer it as a UAS.
-            problem = rules.make_local_response(request, 200, to_tag=_new_tag())
+            problem = rules.make_local_response(request, 200, to_tag=new_tag())
         if problem is not None:
             self._respond_locally(context, rules.with_to_tag(problem))
             return
         # RFC 3261 §16.3 step 4 (optional): loop detection with our own branch hash.
         if self.settings.loop_detection and rules.is_loop(request, self._is_own_sent_by):
-            self._respond_locally(context, rules.make_local_response(request, 482, to_tag=_new_tag()))
+            self._respond_locally(context, rules.make_local_response(request, 482, to_tag=new_tag()))
             return
         working = request.copy()
         rules.mark_source(working, transaction.connection)  # RFC 3261 §18.2.1, RFC 3581 §4
@@ -314,7 +328,7 @@ class StatefulProxy:
     def _policy_failed(self, context: ProxiedRequest, failure: Failure) -> None:
         log.failure("routing {method} failed", failure, method=context.request.method)
         if context.state is ProxyState.ROUTING:
-            self._respond_locally(context, rules.make_local_response(context.request, 500, to_tag=_new_tag()))
+            self._respond_locally(context, rules.make_local_response(context.request, 500, to_tag=new_tag()))
 
     # ===== branches ==============================================================================
 
@@ -358,9 +372,7 @@ class StatefulProxy:
         if context.state is not ProxyState.FORWARDING:
             return
         outgoing = branch.request.copy()
-        if context._loop_hash is None:
-            context._loop_hash = rules.loop_hash(context.request_as_received)
-        branch_id = rules.branch_for(context.request_as_received, next(context._branch_ids), self._secret, context._loop_hash)
+        branch_id = context.next_branch_id(self._secret)
         rules.add_via(outgoing, connection.transport, branch.via_sent_by or self._sent_by(connection), branch_id)  # §16.6 step 8
         branch.sent_request = outgoing
         branch.attempt += 1
@@ -371,7 +383,7 @@ class StatefulProxy:
         # lets the callbacks find this branch before send_request has returned.
         self._sending = (context, branch)
         try:
-            transaction = self.transactions.send_request(outgoing, connection, self)  # §16.6 step 10
+            transaction = self._layer().send_request(outgoing, connection, self)  # §16.6 step 10
         except ConnectionLost as error:
             log.info("{call_id}: cannot send to {peer}: {why}", call_id=_call_id(context), peer=connection.remote, why=error)
             self._branch_failed(context, branch, self._transport_error_status(branch))
@@ -394,7 +406,7 @@ class StatefulProxy:
     def _synthetic(self, context: ProxiedRequest, status: int, reason: str | None = None) -> Response:
         """A response standing for a branch outcome we observed ourselves (timeout, transport
         failure, no route, cancelled before sending)."""
-        response = rules.make_local_response(context.request_as_received, status, reason, to_tag=_new_tag())
+        response = rules.make_local_response(context.request_as_received, status, reason, to_tag=new_tag())
         context.local_responses.add(id(response))
         return response
 
@@ -511,13 +523,13 @@ class StatefulProxy:
     def _forward_upstream(self, context: ProxiedRequest, response: Response) -> None:
         """§16.7 step 9: through the policy to the server transaction, in arrival order even
         when the policy answers with a Deferred (later responses queue behind it)."""
-        context._upstream.append(response)
-        if len(context._upstream) == 1:
+        context.upstream.append(response)
+        if len(context.upstream) == 1:
             self._drain_upstream(context)
 
     def _drain_upstream(self, context: ProxiedRequest) -> None:
-        while context._upstream:
-            response = context._upstream[0]
+        while context.upstream:
+            response = context.upstream[0]
             try:
                 rewritten = self.policy.response_to_forward(context, response)
             except Exception:
@@ -527,7 +539,7 @@ class StatefulProxy:
 
                 def done(result: Response | None) -> None:
                     self._send_upstream(context, result)
-                    context._upstream.pop(0)
+                    context.upstream.pop(0)
                     self._drain_upstream(context)
 
                 def failed(failure: Failure) -> None:
@@ -537,7 +549,7 @@ class StatefulProxy:
                 rewritten.addCallbacks(done, failed)
                 return
             self._send_upstream(context, rewritten)
-            context._upstream.pop(0)
+            context.upstream.pop(0)
 
     def _send_upstream(self, context: ProxiedRequest, response: Response | None) -> None:
         if response is None:
@@ -574,13 +586,13 @@ class StatefulProxy:
     # ===== CANCEL (§16.10) and Timer C (§16.6 step 11, §16.8) ======================================
 
     def _cancel_received(self, cancel: Request, transaction: Any) -> None:
-        invite_tx = self.transactions.find_invite_server_transaction(cancel)
+        invite_tx = self._layer().find_invite_server_transaction(cancel)
         if invite_tx is None:
             # RFC 3261 §16.10: no matching transaction → 481 (we do not forward it statelessly).
-            transaction.respond(rules.make_local_response(cancel, 481, to_tag=_new_tag()))
+            transaction.respond(rules.make_local_response(cancel, 481, to_tag=new_tag()))
             return
         # RFC 3261 §16.10 / §9.2: the CANCEL itself is answered 200 at once.
-        transaction.respond(rules.make_local_response(cancel, 200, to_tag=_new_tag()))
+        transaction.respond(rules.make_local_response(cancel, 200, to_tag=new_tag()))
         context = self._by_server.get(id(invite_tx))
         if context is None:
             return  # the INVITE already has its final response: nothing to cancel
@@ -592,15 +604,26 @@ class StatefulProxy:
         if context.state is ProxyState.FORWARDING:
             self._cancel_pending(context)
 
+    # ===== ProxyOperations: what the policy's call manager may ask ===============================
+
     def cancel_branches(self, context: ProxiedRequest) -> None:
-        """Public: CANCEL every pending branch of ``context`` (RFC 3261 §9.1; after the first
+        """CANCEL every pending branch of ``context`` (RFC 3261 §9.1; after the first
         provisional).  Used by the eP-CSCF's call manager to release an early call."""
         self._cancel_pending(context)
 
     def respond_upstream(self, context: ProxiedRequest, response: Response) -> None:
-        """Public: answer ``context`` ourselves now (ignored once it has a final response).
+        """Answer ``context`` ourselves now (ignored once it has a final response).
         Used by the call manager to end an early call it releases (WS closed, ICE failure)."""
         self._respond_locally(context, rules.with_to_tag(response))
+
+    def send_request(self, request: Request, connection: Connection, user: ClientTransactionUser) -> None:
+        """A request of the policy's own (a BYE ending a call) in its own client transaction."""
+        self._layer().send_request(request, connection, user)
+
+    def _layer(self) -> TransactionSender:
+        if self.transactions is None:
+            raise RuntimeError("StatefulProxy has no transaction layer")
+        return self.transactions
 
     def _cancel_pending(self, context: ProxiedRequest) -> None:
         """RFC 3261 §16.10 / §16.7 step 10: CANCEL every branch still without a final."""
@@ -621,7 +644,7 @@ class StatefulProxy:
         branch.cancelled = True
         branch.targets.clear()
         cancel = rules.make_cancel(branch.sent_request)
-        self.transactions.send_request(cancel, branch.connection, self._absorb)
+        self._layer().send_request(cancel, branch.connection, self._absorb)
 
     def _start_timer_c(self, context: ProxiedRequest, branch: Branch) -> None:
         if not context.is_invite:
@@ -711,10 +734,6 @@ class StatefulProxy:
             return self.connector.connect(first).addCallback(send)
         send(first)
         return None
-
-
-def _new_tag() -> str:
-    return secrets.token_hex(6)
 
 
 def _call_id(context: ProxiedRequest) -> str:

@@ -6,7 +6,10 @@ Via/Record-Route, how responses are rewritten — is asked of a ``ProxyPolicy``.
 method may return a plain value or a Deferred (``route_request``, ``response_to_forward``).
 
 The per-request context the policy is handed (``ProxiedRequest`` with its ``Branch``es and
-``ProxyState``) lives here too, so that policy modules need not import the proxy engine.
+``ProxyState``) lives here too, so that policy modules need not import the proxy engine; the
+policy keeps its own typed record of a request in ``ProxiedRequest.attached``.  What the
+policy side may ask of the proxy is ``ProxyOperations``; ``LateBoundProxy`` stands for the
+proxy until it exists (the proxy needs the policy first).
 
 ``DefaultRoutingPolicy`` is a plain proxy: route by the top Route, else a static next-hop
 list from config, else the Request-URI (RFC 3263), and record-route dialog-creating
@@ -18,7 +21,7 @@ from __future__ import annotations
 import enum
 import itertools
 from dataclasses import dataclass, field
-from typing import Any, Protocol, Sequence, Union
+from typing import Any, Iterator, Protocol, Sequence, Union
 
 from twisted.internet import defer
 from twisted.internet.interfaces import IDelayedCall
@@ -27,6 +30,7 @@ from epcscf.sip import proxy_rules as rules
 from epcscf.sip.connection import Connection
 from epcscf.sip.message import Request, Response, make_response
 from epcscf.sip.resolver import DEFAULT_PORTS, Target
+from epcscf.sip.transaction_client import ClientTransactionUser
 from epcscf.sip.uri import SipUri, UriError, parse_uri
 
 Destination = Union[Target, Connection, Sequence[Target], None]
@@ -141,10 +145,12 @@ class ProxiedRequest:
     responses: list[Response] = field(default_factory=list)  # finals received, in order
     cancelled: bool = False
     decision: Decision | None = None
-    #: free for the policy (e.g. the Call this INVITE belongs to)
-    data: dict[str, Any] = field(default_factory=dict)
-    _upstream: list[Response] = field(default_factory=list)  # responses waiting to go upstream
-    _branch_ids: Any = field(default_factory=itertools.count)
+    #: the policy's own typed record of this request (the eP-CSCF: the call leg or REGISTER it
+    #: belongs to, ``epcscf.pcscf.call_model.CallLeg``); the proxy never reads it
+    attached: object | None = None
+    #: responses waiting to go upstream, in arrival order (RFC 3261 §16.7 step 9)
+    upstream: list[Response] = field(default_factory=list)
+    _branch_ids: Iterator[int] = field(default_factory=itertools.count)
     _loop_hash: str | None = None
     #: ids of the responses the proxy made up for its branches (see ``StatefulProxy._synthetic``)
     local_responses: set[int] = field(default_factory=set)
@@ -167,10 +173,68 @@ class ProxiedRequest:
     def is_invite(self) -> bool:
         return self.request.method == "INVITE"
 
+    def next_branch_id(self, secret: bytes) -> str:
+        """The Via branch of this request's next client transaction (RFC 3261 §16.6 step 8):
+        the loop hash of the request as received (§16.3 step 4, computed once) and a fresh
+        per-request counter."""
+        if self._loop_hash is None:
+            self._loop_hash = rules.loop_hash(self.request_as_received)
+        return rules.branch_for(self.request_as_received, next(self._branch_ids), secret, self._loop_hash)
 
 
-# RFC 3261 §12.1 (dialog-creating) and RFC 6665 §4.1.2 / RFC 3515: requests we Record-Route.
-RECORD_ROUTED_METHODS = frozenset({"INVITE", "SUBSCRIBE", "REFER", "NOTIFY", "UPDATE", "PRACK", "INFO", "MESSAGE", "BYE"})
+class ProxyOperations(Protocol):
+    """What the policy's call manager (``epcscf.pcscf.calls``) may ask of the proxy core:
+    the proxy → policy direction is ``ProxyPolicy``; this is the other one."""
+
+    def cancel_branches(self, context: ProxiedRequest) -> None:
+        """CANCEL every pending branch of ``context`` (RFC 3261 §9.1, after a provisional)."""
+
+    def respond_upstream(self, context: ProxiedRequest, response: Response) -> None:
+        """Answer ``context`` ourselves now, with a To tag (ignored once it has a final)."""
+
+    def send_request(self, request: Request, connection: Connection, user: ClientTransactionUser) -> None:
+        """A request of our own (a BYE ending a call): its own client transaction (§17.1)."""
+
+
+class LateBoundProxy:
+    """``ProxyOperations`` handed out before the proxy exists: the proxy needs the policy,
+    the policy needs the call manager, and the call manager needs the proxy.  Created first
+    and typed; ``bind`` is called once, by whoever builds the graph (``epcscf.pcscf.node``)."""
+
+    def __init__(self) -> None:
+        self._proxy: ProxyOperations | None = None
+
+    def bind(self, proxy: ProxyOperations) -> None:
+        if self._proxy is not None:
+            raise RuntimeError("LateBoundProxy is already bound")
+        self._proxy = proxy
+
+    @property
+    def proxy(self) -> ProxyOperations:
+        if self._proxy is None:
+            raise RuntimeError("LateBoundProxy used before the proxy was built")
+        return self._proxy
+
+    def cancel_branches(self, context: ProxiedRequest) -> None:
+        self.proxy.cancel_branches(context)
+
+    def respond_upstream(self, context: ProxiedRequest, response: Response) -> None:
+        self.proxy.respond_upstream(context, response)
+
+    def send_request(self, request: Request, connection: Connection, user: ClientTransactionUser) -> None:
+        self.proxy.send_request(request, connection, user)
+
+
+
+# The requests that create dialogs: INVITE (RFC 3261 §12.1), SUBSCRIBE and NOTIFY (RFC 6665
+# §4.1.2, §4.2.1), REFER (RFC 3515 §2.4.4, its implicit subscription).  Both the eP-CSCF and the
+# default proxy Record-Route exactly these (RFC 3261 §16.6 step 4: to stay "on the path of
+# future requests in a dialog created by this request").  Decision: no other method.  An
+# in-dialog request's Record-Route is ignored, the route set being fixed when the dialog is
+# created (RFC 3261 §12.2.1.2: a target refresh does not change it); UPDATE, PRACK, INFO and
+# BYE only occur in dialogs, and MESSAGE creates none (RFC 3428 §4), so adding it there would
+# only lengthen messages.
+DIALOG_CREATING_METHODS = frozenset({"INVITE", "SUBSCRIBE", "REFER", "NOTIFY"})
 
 
 class DefaultRoutingPolicy:
@@ -253,7 +317,7 @@ class DefaultRoutingPolicy:
 
     def _decide(self, context: "ProxiedRequest", targets: list[Target]) -> Decision:
         record_route: list[str] = []
-        if self._record_route and context.request.method in RECORD_ROUTED_METHODS and targets:
+        if self._record_route and context.request.method in DIALOG_CREATING_METHODS and targets:
             record_route = self.record_route_for(context.connection.transport, targets[0].transport)
         return Forward(context.request, list(targets), record_route)
 

@@ -7,13 +7,12 @@ unit-tested on its own.
 from __future__ import annotations
 
 import hashlib
-import secrets
 import re
 from typing import Callable, Iterable, Sequence
 
 from epcscf.sip.headers import HeaderError, Via, cached_view, parse_via
 from epcscf.sip.connection import Connection
-from epcscf.sip.message import Headers, Message, Request, Response, canonical_name, make_response
+from epcscf.sip.message import Headers, Message, Request, Response, canonical_name, make_response, new_tag
 from epcscf.sip.resolver import DEFAULT_PORTS, Target
 from epcscf.sip.uri import Params, UriError, parse_name_addr, parse_uri, split_list
 
@@ -408,5 +407,5 @@ def with_to_tag(response: Response) -> Response:
     """RFC 3261 §8.2.6.2: a response we generate carries a To tag (except 100)."""
     to = response.headers.get("to")
     if response.status > 100 and to is not None and ";tag=" not in to.replace(" ", "").lower():
-        response.headers.set("To", f"{to};tag={secrets.token_hex(6)}")
+        response.headers.set("To", f"{to};tag={new_tag()}")
     return response

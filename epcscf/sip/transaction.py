@@ -39,7 +39,6 @@ asks ``is_merged_request``; a proxy does not merge, §16.6).
 
 from __future__ import annotations
 
-import secrets
 from typing import Callable
 
 from twisted.internet.interfaces import IReactorTime
@@ -47,7 +46,7 @@ from twisted.logger import Logger
 
 from epcscf.sip.connection import Connection, ConnectionLost
 from epcscf.sip.headers import HeaderError, Via, cseq, from_tag, to_tag, top_via_view
-from epcscf.sip.message import Message, Request, Response, make_response
+from epcscf.sip.message import Message, Request, Response, make_response, new_tag
 from epcscf.sip.transaction_client import ClientTransaction, ClientTransactionUser, ack_for_non_2xx
 from epcscf.sip.transaction_machine import (
     Event,
@@ -227,7 +226,7 @@ class TransactionLayer:
         if request.method == "ACK" or "via" not in request.headers:
             return
         detail = str(error).replace("\r", " ").replace("\n", " ")[:80]
-        response = make_response(request, 400, f"Bad Request ({detail})", to_tag=secrets.token_hex(4))
+        response = make_response(request, 400, f"Bad Request ({detail})", to_tag=new_tag())
         try:
             connection.send_message(response)
         except ConnectionLost:
@@ -238,7 +237,7 @@ class TransactionLayer:
             return
         if transaction.state not in (State.TRYING, State.PROCEEDING) or transaction.request is None:
             return
-        transaction.respond(make_response(transaction.request, 500, to_tag=secrets.token_hex(4)))
+        transaction.respond(make_response(transaction.request, 500, to_tag=new_tag()))
 
     def _call_tu(self, method: Callable[..., None], message: Message, connection: Connection) -> None:
         try:
