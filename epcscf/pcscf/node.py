@@ -26,12 +26,13 @@ from epcscf.config import Config, Listener, parse_trusted_source
 from epcscf.ice import IceAgentConfig
 from epcscf.media import MediaSessionConfig
 from epcscf.pcscf.admission import AdmissionChain, LoadProbe, NewWorkGate, OverloadController, OverloadSettings
-from epcscf.pcscf.call_media import CallMediaEngine, CallMediaSettings
+from epcscf.pcscf.call_media import CallMediaSettings
 from epcscf.pcscf.calls import CallManager, CallSettings
 from epcscf.pcscf.edge import EdgeAddresses, PcscfPolicy
 from epcscf.pcscf.flows import Flow, FlowTable
 from epcscf.pcscf.guard import SourceRule, TrustedSources
 from epcscf.pcscf.limits import AuthFailures, FlowRateLimiter, FlowVerdict, answer_refused_message
+from epcscf.pcscf.media_engine import build_media_engine, start_media_engine, stop_media_engine
 from epcscf.pcscf.operations import NodeObservers, PcscfOperations
 from epcscf.pcscf.registration import RegistrationBinding, Registrations
 from epcscf.sip.connection import WEBSOCKET_TRANSPORTS, Address, Connection
@@ -220,7 +221,7 @@ class PcscfNode(Service):
             FlowRateLimiter(self.overload_settings, reactor) if self.overload_settings.flow_messages_per_second > 0 else None
         )
         self._load_probe: LoadProbe | None = None
-        self.media_engine: CallMediaEngine | None = None
+        self.media_engine: Any = None  # media_engine.MediaEngine, by [media] engine
         #: the one interface operations use (plain data in and out)
         self.operations = PcscfOperations(self)
 
@@ -265,7 +266,8 @@ class PcscfNode(Service):
         # the policy the call manager, the call manager the proxy: the call manager is given a
         # typed stand-in for the proxy, bound once the proxy exists.
         proxy_operations = LateBoundProxy()
-        self.media_engine = CallMediaEngine(self.reactor, call_media_settings(self.config))
+        self.media_engine = build_media_engine(self.config, self.reactor, call_media_settings(self.config))
+        start_media_engine(self.media_engine)
         # TS 24.371 §7: every INVITE dialog goes through the call manager (ICE, SDP, media).
         self.calls = CallManager(
             self.reactor,
@@ -358,7 +360,9 @@ class PcscfNode(Service):
             for connection in list(self.ws_factory.connections):
                 connection.close(1001, "server shutting down")  # RFC 6455 §7.4.1: going away
         if self.calls is not None:
-            stopping.append(self.calls.close())
+            # the calls' media close first: with rtpengine, their delete commands need the client
+            engine = self.media_engine
+            stopping.append(self.calls.close().addBoth(lambda _: stop_media_engine(engine)))
         self.registrations.close()
         self.transactions.close()
         stopping.append(self.transports.close())
