@@ -144,7 +144,9 @@ class RtpengineCallMedia:
         self._answered = False  # both monologues exist in rtpengine (to-tag known)
         self._closed = False
         self._query: task.LoopingCall | None = None
-        self._last_stats: dict[str, Any] = {}
+        #: packet/byte counts from the last query or delete reply; ``stats()`` hands out this very
+        #: dict, so the snapshot the call keeps at its end gets the totals of the delete reply
+        self._last_stats: dict[str, Any] = {"dtls_state": "", **_directions({"tags": {}})}
 
     # --- CallMediaLike ---------------------------------------------------------------------
 
@@ -224,8 +226,7 @@ class RtpengineCallMedia:
 
     def stats(self) -> dict[str, Any]:
         node = str(self.node) if self.node is not None else ""
-        return {0: {"engine": "rtpengine", "node": node, "ice": self._last_stats.get("ice", ""),
-                    "media": {"dtls_state": "", **{k: v for k, v in self._last_stats.items() if k != "ice"}}}}
+        return {0: {"engine": "rtpengine", "node": node, "ice": "", "media": self._last_stats}}
 
     def close(self) -> defer.Deferred:
         """``delete`` the call on its node (idempotent); the reply's totals become the stats."""
@@ -249,9 +250,18 @@ class RtpengineCallMedia:
             # rtpengine's own timeout ([rtpengine] documents it) removes what we could not.
             log.info("call {call_id}: rtpengine delete failed: {error}", call_id=self.call_id, error=failure.getErrorMessage())
 
-        message = {"command": "delete", "call-id": self.ng_call_id}
-        return engine.client.command(self.node, message).addCallbacks(deleted, failed).addBoth(
-            lambda _: engine.closed(self))
+        client, node = engine.client, self.node
+
+        def delete(_: object) -> defer.Deferred:
+            message = {"command": "delete", "call-id": self.ng_call_id}
+            return client.command(node, message).addCallbacks(deleted, failed)
+
+        # The final counts come from a query just before the delete (rtpengine 10.5's delete
+        # reply carries none); a node that does not answer is not asked twice.
+        return client.command(node, {"command": "query", "call-id": self.ng_call_id}).addCallbacks(
+            lambda reply: self._last_stats.update(_directions(reply)),
+            lambda failure: failure if failure.check(NgTimeout) else None,
+        ).addCallbacks(delete, failed).addBoth(lambda _: engine.closed(self))
 
     # --- failures --------------------------------------------------------------------------
 
