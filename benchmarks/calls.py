@@ -388,7 +388,7 @@ def main(argv: list[str] | None = None) -> int:
         real_popen = subprocess.Popen
 
         def profiled(args: list[str], **kwargs: Any) -> subprocess.Popen:
-            if "epcscf" in args:
+            if "epcscf" in args and not any(str(arg).endswith("core.ini") for arg in args):  # the edge only
                 at = args.index("epcscf")
                 args = args[:at] + [f"--profile={os.path.abspath(options.profile)}", "--profiler=cprofile", "--savestats"] + args[at:]
             return real_popen(args, **kwargs)
@@ -406,7 +406,7 @@ def main(argv: list[str] | None = None) -> int:
         path = written[0]
         with open(path) as handle:
             text = handle.read()
-        text = text.replace("port_range = 41000-41999", f"port_range = 30000-39999\nice_mode = {options.ice_mode}")
+        text = text.replace("port_range = 41000-41999", f"port_range = 30000-39999\nice_mode = {options.ice_mode}") + "[overload]\nenabled = false\n"
         with open(path, "w") as handle:
             handle.write(text)
         return written
