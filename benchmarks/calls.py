@@ -291,6 +291,8 @@ class Result:
     cpu: float = 0.0
     generator_cpu: float = 0.0
     sipp_cpu: float = 0.0
+    user: float = 0.0  # of cpu: in epcscf itself
+    system: float = 0.0  # of cpu: in the kernel (sockets; on loopback, delivery to the peer too)
 
     @property
     def rate(self) -> float:
@@ -354,6 +356,14 @@ def cpu_of(pid: int) -> float:
         return cpu_seconds(pid)
     except OSError:
         return 0.0
+
+
+def user_system(pid: int) -> tuple[float, float]:
+    """(user, system) CPU seconds of one process (/proc/<pid>/stat utime, stime)."""
+    with open(f"/proc/{pid}/stat") as stat:
+        fields_ = stat.read().rsplit(")", 1)[1].split()
+    tick = os.sysconf("SC_CLK_TCK")
+    return int(fields_[11]) / tick, int(fields_[12]) / tick
 
 
 def sipp_pids(port: int) -> list[int]:
@@ -431,9 +441,12 @@ def main(argv: list[str] | None = None) -> int:
             try:
                 await run_load(callers, uas_port, min(options.rate, 20.0), 1.0, options.ice_mode == "full")  # warm-up
                 cpu_before, own_before = epcscf.cpu_seconds(), time.process_time()
+                split_before = user_system(epcscf.pid)
                 sipp_before = sum(cpu_of(pid) for pid in sipp_pids(uas_port))
                 result = await run_load(callers, uas_port, options.rate, seconds, options.ice_mode == "full")
                 result.cpu = epcscf.cpu_seconds() - cpu_before
+                split_after = user_system(epcscf.pid)
+                result.user, result.system = split_after[0] - split_before[0], split_after[1] - split_before[1]
                 result.generator_cpu = time.process_time() - own_before
                 result.sipp_cpu = sum(cpu_of(pid) for pid in sipp_pids(uas_port)) - sipp_before
                 return result
@@ -465,6 +478,8 @@ def main(argv: list[str] | None = None) -> int:
     if result.completed:
         print(f"  epcscf CPU {result.cpu:.1f} s = {1000 * result.cpu / result.completed:.1f} ms per call; "
               f"generator {result.generator_cpu:.1f} s, sipp {result.sipp_cpu:.1f} s")
+        print(f"    (user {1000 * result.user / result.completed:.1f} + system {1000 * result.system / result.completed:.1f} ms per call; "
+              f"loadavg {open('/proc/loadavg').read().split(' ', 3)[:3]})")
     if result.failures:
         kinds: dict[str, int] = {}
         for failure in result.failures:

@@ -21,7 +21,9 @@ Peers, all on 127.0.0.1:
 
 Printed: REGISTER/s, p50/p99, failures, and CPU seconds divided by refreshes for epcscf, the
 Node generator and sipp — all measured over the same timed phase, with ``/proc/loadavg``.
-With ``--profile FILE`` epcscf runs under cProfile (``twistd --profiler=cprofile``) and FILE is
+With ``--py-spy FILE`` epcscf is sampled by py-spy (``pip install py-spy`` into .venv) during the
+timed phase, collapsed stacks written to FILE (``benchmarks/spy_top.py FILE`` prints the top
+functions).  With ``--profile FILE`` epcscf runs under cProfile (``twistd --profiler=cprofile``) and FILE is
 its pstats dump (the figures are then cProfile's, not the edge's).
 """
 
@@ -44,7 +46,7 @@ TOP = os.path.dirname(HERE)
 sys.path.insert(0, HERE)
 sys.path.insert(0, TOP)
 
-from calls import cpu_of, sipp_pids  # noqa: E402
+from calls import cpu_of, sipp_pids, user_system  # noqa: E402
 from w2_register import DOMAIN, Deployment, EpcscfProcess, free_port, make_users  # noqa: E402
 
 REGISTRAR = os.path.join(HERE, "sipp", "registrar.xml")
@@ -92,6 +94,14 @@ def profiled_popen(path: str) -> None:
     subprocess.Popen = popen  # type: ignore[misc]
 
 
+def start_py_spy(path: str, pid: int, seconds: float) -> subprocess.Popen:
+    """py-spy (a sampling profiler: no cost in the profiled process) on ``pid`` for ``seconds``."""
+    py_spy = os.path.join(TOP, ".venv", "bin", "py-spy")
+    return subprocess.Popen([py_spy, "record", "--pid", str(pid), "--duration", str(max(1, int(seconds) - 1)),
+                             "--rate", "250", "--format", "raw", "--output", path, "--nonblocking"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
 def loadavg() -> str:
     with open("/proc/loadavg") as handle:
         return " ".join(handle.read().split()[:3])
@@ -103,6 +113,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seconds", type=float, default=10.0)
     parser.add_argument("--rate", type=float, default=0.0, help="REGISTERs/s offered (0: closed loop, as fast as answered)")
     parser.add_argument("--profile", metavar="FILE")
+    parser.add_argument("--py-spy", metavar="FILE", help="sample epcscf with py-spy during the timed phase (collapsed stacks to FILE)")
     parser.add_argument("--log-level", default="warn")
     options = parser.parse_args(argv)
     if shutil.which("node") is None:
@@ -126,14 +137,20 @@ def main(argv: list[str] | None = None) -> int:
         time.sleep(0.5)
         load_before = loadavg()
         edge_before = epcscf.cpu_seconds()
+        split_before = user_system(epcscf.pid)
         sipp_before = sum(cpu_of(pid) for pid in sipp_pids(core_port))
         generator.stdin.write("go\n")
         generator.stdin.flush()
+        sampler = start_py_spy(options.py_spy, epcscf.pid, options.seconds) if options.py_spy else None
         result = json.loads(generator.stdout.readline() or "{}")
         edge_cpu = epcscf.cpu_seconds() - edge_before
+        split_after = user_system(epcscf.pid)
+        user, system = split_after[0] - split_before[0], split_after[1] - split_before[1]
         sipp_cpu = sum(cpu_of(pid) for pid in sipp_pids(core_port)) - sipp_before
         load_after = loadavg()
         generator.wait(30)
+        if sampler is not None:
+            sampler.wait(60)
     finally:
         if generator is not None and generator.poll() is None:
             generator.kill()
@@ -152,7 +169,8 @@ def main(argv: list[str] | None = None) -> int:
           f"{' [epcscf under cProfile]' if options.profile else ''}")
     print(f"  {done} refreshes = {done / result['seconds']:.0f}/s; p50 {result['p50_ms']:.1f} ms, p99 {result['p99_ms']:.1f} ms; "
           f"failures {sum(result['errors'].values())} {result['errors'] or ''}")
-    print(f"  epcscf CPU {edge_cpu:.2f} s = {per_ms:.3f} ms per refresh [{'PASS' if per_ms <= CPU_FLOOR_MS else 'FAIL'} <= {CPU_FLOOR_MS} ms]")
+    print(f"  epcscf CPU {edge_cpu:.2f} s = {per_ms:.3f} ms per refresh [{'PASS' if per_ms <= CPU_FLOOR_MS else 'FAIL'} <= {CPU_FLOOR_MS} ms] "
+          f"(user {1000 * user / done:.3f} + system {1000 * system / done:.3f} ms)")
     print(f"  generator (node) CPU {result['cpu_s']:.2f} s = {1000 * result['cpu_s'] / done:.3f} ms per refresh; "
           f"sipp {sipp_cpu:.2f} s = {1000 * sipp_cpu / done:.3f} ms")
     print(f"  loadavg before {load_before}, after {load_after}")
