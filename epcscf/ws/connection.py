@@ -106,6 +106,8 @@ class WsConnection:
         self.opened = opened
         self.id = new_connection_id(transport)
         self.closed_reason: CloseReason | None = None
+        #: what the opening handshake's credentials granted (``epcscf.pcscf.web_auth``), if any
+        self.credentials: object | None = None
         self.messages_sent = 0
         self.messages_received = 0
 
