@@ -28,6 +28,7 @@ from dataclasses import dataclass
 from typing import Any, Callable, Mapping, Sequence
 
 import jwt
+from cryptography.hazmat.primitives.asymmetric import ec, ed448, ed25519, rsa
 from cryptography.hazmat.primitives.serialization import load_pem_public_key
 from twisted.logger import Logger
 
@@ -44,6 +45,13 @@ MODES = ("digest", "token", "both")
 #: RFC 6750 §2.3: the query parameter a bearer token travels in
 QUERY_PARAMETER = "access_token"
 _PHRASES = {401: "Unauthorized", 403: "Forbidden"}
+#: the first two letters of a JWS "alg" → the public key types that verify it
+_KEY_FAMILIES: dict[str, tuple[type, ...]] = {
+    "ES": (ec.EllipticCurvePublicKey,),
+    "RS": (rsa.RSAPublicKey,),
+    "PS": (rsa.RSAPublicKey,),
+    "Ed": (ed25519.Ed25519PublicKey, ed448.Ed448PublicKey),
+}
 
 
 @dataclass(frozen=True)
@@ -152,7 +160,9 @@ class TokenVerifier:
         if header.get("alg") not in self.settings.algorithms:
             raise TokenRejected(401, "token algorithm not accepted", "algorithm")
         kid = header.get("kid")
-        keys = self._keys
+        # Only keys of the algorithm's family (RFC 7518 §3.1, RFC 8037 §3.1): PyJWT refuses the others.
+        family = _KEY_FAMILIES.get(header["alg"][:2], ())
+        keys = [key for key in self._keys if isinstance(key.key if isinstance(key, jwt.PyJWK) else key, family)]
         if kid is not None:
             named = [key for key in keys if getattr(key, "key_id", None) == kid]
             if named:
@@ -183,8 +193,8 @@ class TokenVerifier:
                 raise TokenRejected(401, "token not for this eP-CSCF", "audience") from None
             except jwt.MissingRequiredClaimError as error:
                 raise TokenRejected(401, f"token without {error.claim}", "malformed") from None
-            except (jwt.InvalidKeyError, jwt.InvalidAlgorithmError):
-                continue  # a key of another type than the token's algorithm
+            except (jwt.InvalidKeyError, jwt.InvalidAlgorithmError, TypeError):
+                continue  # a key PyJWT cannot use with this algorithm (another curve…)
             except jwt.InvalidTokenError:
                 raise TokenRejected(401, "malformed token", "malformed") from None
         if claims is None:
