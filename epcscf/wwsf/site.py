@@ -126,9 +126,9 @@ class ConfigJson(resource.Resource):
             "websocket_url": url,
             "domain": settings.domain,
             "users": [asdict(user) for user in settings.demo_users],
-            # the page offers "Log in" (a token from /login, no SIP password) when the WWSF issues tokens
-            "login": settings.token_issuer is not None,
         }
+        if settings.token_issuer is not None:
+            body["login"] = True  # the page offers "Log in": a token from /login, no SIP password
         request.setHeader(b"Content-Type", b"application/json; charset=utf-8")
         request.setHeader(b"Cache-Control", b"no-store")  # it may hold demo passwords
         return json.dumps(body, indent=2).encode()
