@@ -303,3 +303,20 @@ class AuthConfigTests(unittest.TestCase):
             load(self.write("[auth]\nmode = tokens\n"))
         self.assertIn("[auth] mode: must be one of digest, token, both", str(caught.exception))
         self.assertEqual(load(self.write("[auth]\nmode = both\n[wwsf]\nenabled = true\n")).auth.mode, "both")
+
+
+class DocsExampleTests(unittest.TestCase):
+    def test_the_docs_issuer_makes_tokens_the_ep_cscf_accepts(self) -> None:
+        import runpy
+
+        from epcscf.pcscf.web_auth import TokenSettings, TokenVerifier
+        from tests.support.processes import TOP
+
+        example = runpy.run_path(os.path.join(TOP, "docs", "wwsf-token-issuer.py"))
+        directory = os.path.abspath(self.mktemp())
+        key = ec.generate_private_key(ec.SECP256R1())
+        pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+        settings = TokenSettings("token", write_keys(directory, key), example["AUDIENCE"], (example["ISSUER"],))
+        identity = TokenVerifier(settings).verify(example["issue"]("sip:alice@ims.example.com", pem))
+        self.assertTrue(identity.allows("sip:alice@ims.example.com"))
+        self.assertEqual(identity.private_identity, "alice@ims.example.com")
