@@ -201,6 +201,20 @@ def _algorithm_list(value: str, base: Path) -> tuple[str, ...]:
     return algorithms
 
 
+#: RFC 7518 §3.1 / RFC 8037: the public-key JWS algorithms (never "none" nor a shared secret)
+JWS_ALGORITHMS = ("ES256", "ES384", "ES512", "RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "EdDSA")
+
+
+def _jws_algorithms(value: str, base: Path) -> tuple[str, ...]:
+    names = _words(value)
+    for name in names:
+        if name not in JWS_ALGORITHMS:
+            raise _Invalid(f"{name!r} is not a public-key JWS algorithm (known: {', '.join(JWS_ALGORITHMS)})")
+    if not names:
+        raise _Invalid("name at least one algorithm")
+    return tuple(names)
+
+
 def _rate(value: str, base: Path) -> float:
     try:
         number = float(value.strip())
@@ -414,7 +428,7 @@ class AuthSection:
         "how WICs authenticate: digest (the core challenges), token (a WWSF-issued JWT, RFC 8898 Bearer), both",
     )
     keys: str = _option(_existing_file, "", "PEM public key(s) or JWKS file verifying the tokens (re-read on SIGHUP); default with mode token/both: the WWSF's own key in state_dir")
-    algorithms: tuple[str, ...] = _option(_string_list, ("ES256", "RS256", "EdDSA"), "JWS algorithms accepted (RFC 7518/8037)")
+    algorithms: tuple[str, ...] = _option(_jws_algorithms, ("ES256", "RS256", "EdDSA"), "JWS algorithms accepted (RFC 7518/8037; public-key ones only)")
     audience: str = _option(_text, "", "the tokens' aud: this eP-CSCF (default: the [core] domain)")
     issuers: tuple[str, ...] = _option(_string_list, (), "iss values accepted (default: the demo WWSF's issuer, epcscf-wwsf)")
     identity_claim: str = _option(_text, "sub", "claim naming the IMPU(s) a token may register (a string or a list)")

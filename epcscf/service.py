@@ -26,13 +26,13 @@ from epcscf.ops.manhole import ManholeService, UsersFileError
 from epcscf.ops.metrics import EpcscfMetrics, MetricsService
 from epcscf.pcscf.node import PcscfNode
 from epcscf.pcscf.operations import NodeOperations
+from epcscf.pcscf.web_auth import KeyFileError
 from epcscf.sip.connection import WEBSOCKET_TRANSPORTS
 from epcscf.sip.resolver import Target
 from epcscf.wwsf import DemoUser, WebSocketEndpoint, WwsfService, WwsfSettings
 from epcscf.wwsf.bundle import default_bundle_dir
 from epcscf.wwsf.login import LoginAccount
 from epcscf.wwsf.tokens import TokenIssuer, ensure_signing_key
-from epcscf.pcscf.web_auth import KeyFileError
 
 log = Logger(namespace="epcscf.service")
 

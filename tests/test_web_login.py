@@ -235,6 +235,8 @@ class DefectiveTokensTests(WebLoginCase):
         await self.assert_refused(token(iss="https://evil.example.com"), 401, "Unauthorized (token issuer not trusted)", "issuer")
         await self.assert_refused(token("bob"), 403, "Forbidden (identity not in token)", "identity")
         await self.assert_refused("not.a.jwt", 401, "Unauthorized (malformed token)", "malformed")
+        # Signed, but its impi would break out of the quoted username toward the core.
+        await self.assert_refused(token(impi='alice", integrity-protected="yes'), 401, "Unauthorized (token with an unusable impi)", "malformed")
         await self.assert_refused(token(algorithm="HS256", key="a-shared-secret-of-32-bytes-long!"), 401, "Unauthorized (token algorithm not accepted)", "algorithm")
         await asyncio.sleep(0.3)
         self.assertTrue(self.core.received.empty(), "a refused REGISTER reached the core")
@@ -303,6 +305,9 @@ class AuthConfigTests(unittest.TestCase):
             load(self.write("[auth]\nmode = tokens\n"))
         self.assertIn("[auth] mode: must be one of digest, token, both", str(caught.exception))
         self.assertEqual(load(self.write("[auth]\nmode = both\n[wwsf]\nenabled = true\n")).auth.mode, "both")
+        with self.assertRaises(ConfigError) as caught:
+            load(self.write("[auth]\nalgorithms = ES256, HS256\n"))
+        self.assertIn("[auth] algorithms: 'HS256' is not a public-key JWS algorithm", str(caught.exception))
 
 
 class DocsExampleTests(unittest.TestCase):

@@ -23,6 +23,7 @@ does not name) and replaces the WIC's credentials with the trusted node's assert
 from __future__ import annotations
 
 import json
+import re
 import time
 from dataclasses import dataclass
 from typing import Any, Callable, Mapping, Sequence
@@ -45,6 +46,7 @@ MODES = ("digest", "token", "both")
 #: RFC 6750 §2.3: the query parameter a bearer token travels in
 QUERY_PARAMETER = "access_token"
 _PHRASES = {401: "Unauthorized", 403: "Forbidden"}
+_QUOTABLE = re.compile(r'[^"\\\x00-\x1f\x7f]{1,256}')
 #: the first two letters of a JWS "alg" → the public key types that verify it
 _KEY_FAMILIES: dict[str, tuple[type, ...]] = {
     "ES": (ec.EllipticCurvePublicKey,),
@@ -170,6 +172,16 @@ class TokenVerifier:
         return keys
 
     def verify(self, token: str) -> WebIdentity:
+        """What ``token`` grants; ``TokenRejected`` saying why not."""
+        try:
+            return self._verify(token)
+        except TokenRejected:
+            raise
+        except (jwt.PyJWTError, ValueError, TypeError, KeyError, AttributeError):
+            # Whatever else a hostile token makes the library or the claims trip over.
+            raise TokenRejected(401, "malformed token", "malformed") from None
+
+    def _verify(self, token: str) -> WebIdentity:
         settings = self.settings
         claims: dict[str, Any] | None = None
         for key in self._candidates(token):
@@ -210,6 +222,9 @@ class TokenVerifier:
         impi = claims.get("impi")
         if not isinstance(impi, str) or not impi:
             impi = identities[0].split(":", 1)[1]  # TS 23.003 §13.3: user@realm
+        if not _QUOTABLE.fullmatch(impi):
+            # It goes into a quoted-string toward the core (RFC 3261 §25.1): no quote, escape or CTL.
+            raise TokenRejected(401, "token with an unusable impi", "malformed")
         return WebIdentity(identities, impi, issuer, str(claims.get("sub", "")), float(claims["exp"]))
 
 
