@@ -26,7 +26,6 @@ from epcscf.ops.manhole import ManholeService, UsersFileError
 from epcscf.ops.metrics import EpcscfMetrics, MetricsService
 from epcscf.pcscf.node import PcscfNode
 from epcscf.pcscf.operations import NodeOperations
-from epcscf.pcscf.web_auth import KeyFileError
 from epcscf.sip.connection import WEBSOCKET_TRANSPORTS
 from epcscf.sip.resolver import Target
 from epcscf.wwsf import DemoUser, WebSocketEndpoint, WwsfService, WwsfSettings
@@ -113,12 +112,6 @@ class EpcscfService(MultiService):
             reload_config(self)
         except ConfigError as error:
             log.error("reload refused, running configuration kept: {error}", error=str(error))
-        verifier = self.pcscf.token_access.verifier
-        if verifier is not None:
-            try:
-                verifier.reload()  # key rotation: the key file is re-read whatever the ini says
-            except KeyFileError as error:
-                log.error("token keys not re-read, the keys in use kept: {error}", error=str(error))
 
     def _wwsf_settings(self) -> WwsfSettings:
         """The demo page's settings; its demo users are the embedded core's (a lab), never an external core's."""

@@ -269,6 +269,19 @@ class DefectiveTokensTests(WebLoginCase):
         self.assertEqual(arrived.method, "REGISTER")
         self.core.reply(arrived, addr, 200)
         self.assertEqual((await alice.final_response()).status, 200)
+        # A broken key file at the next SIGHUP: one error line, the keys in use are kept.
+        with open(self.keys_file, "w") as handle:
+            handle.write("-----BEGIN PUBLIC KEY-----\ngarbage\n-----END PUBLIC KEY-----\n")
+        os.kill(os.getpid(), signal.SIGHUP)
+        await wait_for(
+            lambda: any("token keys not re-read" in str(event.get("log_format", "")) for event in self.log_events),
+            what="the refused reload",
+        )
+        bob = await self.wic("alice", token(key=KEYS.next))
+        await bob.send(bob.register_request())
+        arrived, addr = await self.core.next_request()
+        self.core.reply(arrived, addr, 200)
+        self.assertEqual((await bob.final_response()).status, 200)
 
 
 class HandshakeRequiredTests(WebLoginCase):

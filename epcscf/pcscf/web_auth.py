@@ -22,6 +22,7 @@ does not name) and replaces the WIC's credentials with the trusted node's assert
 
 from __future__ import annotations
 
+import hashlib
 import json
 import re
 import time
@@ -30,7 +31,7 @@ from typing import Any, Callable, Mapping, Sequence
 
 import jwt
 from cryptography.hazmat.primitives.asymmetric import ec, ed448, ed25519, rsa
-from cryptography.hazmat.primitives.serialization import load_pem_public_key
+from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat, load_pem_public_key
 from twisted.logger import Logger
 
 from epcscf.sip.headers import HeaderError, to_view
@@ -115,6 +116,15 @@ def _as_uri(value: str) -> str:
     return value if ":" in value else f"sip:{value}"
 
 
+def _fingerprint(keys: list[Any]) -> str:
+    """A short name for a set of public keys (the SHA-256 of their SubjectPublicKeyInfo DER)."""
+    digest = hashlib.sha256()
+    for key in keys:
+        public = key.key if isinstance(key, jwt.PyJWK) else key
+        digest.update(public.public_bytes(Encoding.DER, PublicFormat.SubjectPublicKeyInfo))
+    return f"{len(keys)} key(s) sha256:{digest.hexdigest()[:16]}"
+
+
 def load_keys(path: str) -> list[Any]:
     """The public keys in a JWKS (JSON) or PEM file: PyJWK objects or cryptography keys."""
     try:
@@ -147,12 +157,22 @@ class TokenVerifier:
         self.settings = settings
         self.now = now
         self._keys: list[Any] = load_keys(settings.keys)
+        self.fingerprint = _fingerprint(self._keys)
 
-    def reload(self) -> int:
-        """Re-read the key file (key rotation, SIGHUP); a bad file keeps the keys in use."""
-        self._keys = load_keys(self.settings.keys)
-        log.info("token keys re-read from {path}: {count} key(s)", path=self.settings.keys, count=len(self._keys))
-        return len(self._keys)
+    def reload(self) -> tuple[str, str] | None:
+        """Re-read the key file (key rotation: SIGHUP, the console's reload()); (before, after)
+        fingerprints when its keys changed, else None.  A bad file keeps the keys in use."""
+        try:
+            keys = load_keys(self.settings.keys)
+        except KeyFileError as error:
+            log.error("token keys not re-read, the keys in use kept: {error}", error=str(error))
+            return None
+        before, after = self.fingerprint, _fingerprint(keys)
+        self._keys, self.fingerprint = keys, after
+        if before == after:
+            return None
+        log.info("token keys re-read from {path}: {count} key(s), {after}", path=self.settings.keys, count=len(keys), after=after)
+        return before, after
 
     def _candidates(self, token: str) -> list[Any]:
         try:
