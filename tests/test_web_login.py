@@ -66,10 +66,10 @@ def token(user: str = "alice", key: Any = None, algorithm: str = "ES256", **over
     return jwt.encode(claims, key if key is not None else KEYS.wwsf, algorithm=algorithm)
 
 
-def auth_config(keys_file: str, core: str = "", auth: str = "") -> str:
+def auth_config(keys_file: str, core: str = "", auth: str = "", mode: str = "token") -> str:
     return f"""\
 [auth]
-mode = token
+mode = {mode}
 keys = {keys_file}
 issuers = {ISSUER}, https://other-wwsf.example.com
 {auth}
@@ -282,6 +282,26 @@ class DefectiveTokensTests(WebLoginCase):
         arrived, addr = await self.core.next_request()
         self.core.reply(arrived, addr, 200)
         self.assertEqual((await bob.final_response()).status, 200)
+
+
+class BothModesTests(WebLoginCase):
+    def setUp(self) -> None:
+        super().setUp()
+        self.service = start_deployment(self, auth_config(self.keys_file, mode="both"))
+
+    @asyncio_test
+    async def test_digest_wics_are_challenged_as_before_and_token_wics_are_not(self) -> None:
+        digest = WsSipClient(self.url(), "bob", USERS["bob"], DOMAIN)
+        await digest.connect()
+        self.clients.append(digest)
+        await digest.send(digest.register_request())
+        self.assertEqual((await digest.final_response()).status, 401)  # the core's digest challenge
+        self.assertEqual((await digest.register()).status, 200)
+        alice = await self.wic("alice", token())
+        self.assertEqual((await alice.register()).status, 200)
+        # A bad token is still refused here, not passed on as if it were digest.
+        carol = await self.wic("carol", token("carol", key=KEYS.stranger))
+        self.assertEqual((await carol.register()).reason, "Unauthorized (bad token signature)")
 
 
 class HandshakeRequiredTests(WebLoginCase):
