@@ -358,3 +358,39 @@ class DocsExampleTests(unittest.TestCase):
         identity = TokenVerifier(settings).verify(example["issue"]("sip:alice@ims.example.com", pem))
         self.assertTrue(identity.allows("sip:alice@ims.example.com"))
         self.assertEqual(identity.private_identity, "alice@ims.example.com")
+
+
+class VerifierTests(unittest.TestCase):
+    """The verifier alone: a JWKS key file (RS256, chosen by kid), nbf, and a list of IMPUs."""
+
+    def test_jwks_rs256_by_kid_nbf_and_identity_lists(self) -> None:
+        import json
+
+        from cryptography.hazmat.primitives.asymmetric import rsa
+
+        from epcscf.pcscf.web_auth import TokenRejected, TokenSettings, TokenVerifier
+
+        rsa_key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+        jwks = {"keys": []}
+        for kid, key in (("old", ec.generate_private_key(ec.SECP256R1())), ("2026", rsa_key)):
+            algorithm = jwt.algorithms.RSAAlgorithm if kid == "2026" else jwt.algorithms.ECAlgorithm
+            jwk = json.loads(algorithm.to_jwk(key.public_key()))
+            jwk["kid"] = kid
+            jwks["keys"].append(jwk)
+        path = os.path.join(os.path.abspath(self.mktemp()) + ".jwks")
+        with open(path, "w") as handle:
+            json.dump(jwks, handle)
+        settings = TokenSettings("token", path, DOMAIN, (ISSUER,), identity_claim="impu")
+        verifier = TokenVerifier(settings)
+        impus = [f"sip:alice@{DOMAIN}", "tel:+15550001"]
+        signed = token(key=rsa_key, algorithm="RS256", impu=impus)
+        identity = verifier.verify(jwt.encode(jwt.decode(signed, options={"verify_signature": False}), rsa_key, "RS256", headers={"kid": "2026"}))
+        self.assertEqual(identity.identities, tuple(impus))
+        self.assertTrue(identity.allows("tel:+15550001"))
+        self.assertFalse(identity.allows(f"sip:bob@{DOMAIN}"))
+        with self.assertRaises(TokenRejected) as caught:
+            verifier.verify(token(key=rsa_key, algorithm="RS256", impu=impus, nbf=int(time.time()) + 600))
+        self.assertEqual((caught.exception.status, caught.exception.reason), (401, "not_yet_valid"))
+        with self.assertRaises(TokenRejected) as caught:
+            verifier.verify(token(key=rsa_key, algorithm="RS256"))  # no impu claim
+        self.assertEqual(caught.exception.phrase, "token without impu")
