@@ -73,6 +73,11 @@ def ws_settings(config: Config) -> WsListenerSettings:
     )
 
 
+#: the ``iss`` of the tokens the demo WWSF issues (``epcscf.wwsf.tokens.DEMO_ISSUER``: the WWSF
+#: knows nothing of the eP-CSCF, so the name is written in both places)
+DEMO_TOKEN_ISSUER = "epcscf-wwsf"
+
+
 def token_settings(config: Config, default_keys: str = "") -> TokenSettings:
     """[auth] → web-credential access; the defaults name the demo WWSF of this process."""
     auth = config.auth
@@ -87,10 +92,6 @@ def token_settings(config: Config, default_keys: str = "") -> TokenSettings:
         handshake=auth.handshake,
         realm=config.core.domain,
     )
-
-
-#: the ``iss`` of the tokens the demo WWSF (``epcscf.wwsf.tokens``) issues
-DEMO_TOKEN_ISSUER = "epcscf-wwsf"
 
 
 def overload_settings(config: Config) -> OverloadSettings:

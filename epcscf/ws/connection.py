@@ -84,6 +84,9 @@ class WsConnection:
 
     # RFC 7118 §5: WebSocket is a reliable transport (RFC 3261 Table 4 reliable timers).
     reliable = True
+    #: what the opening handshake's credentials granted (``epcscf.pcscf.web_auth``); set on the
+    #: instance only when there were some (no cost per connection otherwise)
+    credentials: object | None = None
 
     def __init__(
         self,
@@ -106,8 +109,6 @@ class WsConnection:
         self.opened = opened
         self.id = new_connection_id(transport)
         self.closed_reason: CloseReason | None = None
-        #: what the opening handshake's credentials granted (``epcscf.pcscf.web_auth``), if any
-        self.credentials: object | None = None
         self.messages_sent = 0
         self.messages_received = 0
 

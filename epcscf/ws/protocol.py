@@ -244,7 +244,8 @@ class SipWebSocketServerProtocol(LeanAutobahnProtocol, WebSocketServerProtocol):
             if isinstance(verdict, HandshakeRefusal):
                 self.factory.refused("token")
                 raise ConnectionDeny(verdict.status, verdict.phrase)
-            self._credentials = verdict
+            if verdict is not None:
+                self._credentials = verdict
         return SIP_SUBPROTOCOL
 
     def onOpen(self) -> None:
@@ -257,7 +258,8 @@ class SipWebSocketServerProtocol(LeanAutobahnProtocol, WebSocketServerProtocol):
             origin=self._origin,
             opened=self.factory.reactor.seconds(),
         )
-        self.connection.credentials = self._credentials
+        if self._credentials is not None:
+            self.connection.credentials = self._credentials
         log.info("{connection} opened (origin {origin})", connection=self.connection, origin=self._origin)
         self.release_handshake()
         self.factory.connection_opened(self.connection)
