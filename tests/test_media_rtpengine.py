@@ -23,6 +23,7 @@ from twisted.trial import unittest
 
 from epcscf.media.rtpengine_ng import NgClient, NgNode, NgSettings, NodeState
 from epcscf.pcscf.rtpengine_media import RtpengineEngine, RtpengineSettings
+from tests import test_calls_w2_sipp as w2
 from tests import test_media_browser as browser_media
 from tests.support.browser import call_from_page, open_registered_page, page_state, require_browser, start_browser, start_wwsf_deployment
 from tests.support.deployment import DOMAIN
@@ -202,3 +203,90 @@ class TwoNodesTests(unittest.TestCase):
             medias.append(media)
         await settled(defer.DeferredList([m.close() for m in medias]))
         self.assertEqual(self.daemons[0].calls(), [])
+
+
+class ReleasePathsTests(unittest.TestCase):
+    """WS drop and CANCEL with engine = rtpengine: the call's session leaves rtpengine (``list``).
+    The WIC is the simulated one of tests.test_calls_w2_sipp (real WebSocket, aioice candidates)."""
+
+    timeout = 60
+
+    def setUp(self) -> None:
+        self.sipp = w2.require_sipp(self)
+        self.loop = w2.asyncio_loop()
+        self.patch(w2.aioice.ice, "get_host_addresses", lambda use_ipv4, use_ipv6: [LOCAL])
+        self.directory = os.path.abspath(self.mktemp())
+        os.makedirs(self.directory)
+        self.rtpengine = daemon(0)
+        self.service = w2.start_deployment(
+            self, extra=f"[sip]\nt1 = 0.05\nt2 = 0.4\nt4 = 0.2\nwic_t1 = 0.05\nwic_t2 = 0.4\nwic_t4 = 0.2\n"
+                        f"[media]\nengine = rtpengine\n[rtpengine]\nnodes = {self.rtpengine.node}\n")
+        self.calls = self.service.pcscf.calls
+        self.clients: list[Any] = []
+        self.wics: list[Any] = []
+
+    def tearDown(self) -> defer.Deferred:
+        return defer.Deferred.fromCoroutine(self._cleanup())
+
+    async def _cleanup(self) -> None:
+        for wic in self.wics:
+            await wic.close()
+        for client in self.clients:
+            await as_deferred(client.close())
+
+    spawn_sipp = w2.CallsThroughTheEdgeTests.spawn_sipp
+    start_uas = w2.CallsThroughTheEdgeTests.start_uas
+    registered = w2.CallsThroughTheEdgeTests.registered
+    wic = w2.CallsThroughTheEdgeTests.wic
+    call_sipp = w2.CallsThroughTheEdgeTests.call_sipp
+    in_dialog = w2.CallsThroughTheEdgeTests.in_dialog
+
+    async def test_websocket_drop_mid_call_deletes_the_session(self) -> None:
+        uas, trace, port, _ = await self.start_uas()
+        client = await self.registered("alice")
+        wic = await self.wic(controlling=True)
+        await self.call_sipp(client, wic, port)
+        self.assertEqual(len(self.rtpengine.calls()), 1)
+        await as_deferred(client.drop())
+        self.assertEqual(await uas.ended, 0, uas.output.decode(errors="replace")[-2000:])
+        [core_bye] = [m for m in w2.sipp_messages(trace, "received") if m.startswith("BYE")]
+        self.assertIn('Reason: SIP;cause=480;text="WebSocket closed"', core_bye)
+        await self.calls.idle()
+        self.assertEqual(self.calls.calls(), [])
+        self.assertEqual(self.rtpengine.calls(), [])
+
+    async def test_cancel_while_ringing_deletes_the_session(self) -> None:
+        peer = w2.UdpSipPeer()
+        port = peer.start()
+        self.addCleanup(peer.stop)
+        client = await self.registered("alice")
+        wic = await self.wic(controlling=True)
+        invite = client.request("INVITE", f"sip:service@{LOCAL}:{port}", body=wic.sdp("actpass"), content_type="application/sdp")
+        invite.headers.add("Contact", f"<sip:alice@{client.host};transport=ws;ob>")
+        await as_deferred(client.send(invite))
+        core_invite, addr = await as_deferred(peer.next_request())
+        self.assertIn(b"RTP/AVP", core_invite.body)
+        self.assertNotIn(b"a=candidate", core_invite.body)
+        peer.reply(core_invite, addr, 180)
+        while True:
+            message = await as_deferred(client.next_message(10))
+            if isinstance(message, w2.Response) and message.status == 180:
+                break
+        self.assertEqual(len(self.rtpengine.calls()), 1)
+        cancel = w2.Request("CANCEL", invite.uri)
+        for name in ("Via", "From", "To", "Call-ID", "Max-Forwards"):
+            cancel.headers.add(name, invite.headers.get(name) or "")
+        cancel.headers.add("CSeq", f"{invite.headers.get('CSeq').split()[0]} CANCEL")
+        await as_deferred(client.send(cancel))
+        core_cancel, addr = await as_deferred(peer.next_request())
+        self.assertEqual(core_cancel.method, "CANCEL")
+        peer.reply(core_cancel, addr, 200)
+        peer.reply(core_invite, addr, 487)
+        statuses = set()
+        while 487 not in statuses:
+            message = await as_deferred(client.next_message(10))
+            if isinstance(message, w2.Response):
+                statuses.add(message.status)
+        await self.calls.idle()
+        self.assertEqual(self.calls.calls(), [])
+        self.assertEqual(self.rtpengine.calls(), [])
