@@ -18,10 +18,12 @@ import asyncio
 import os
 from typing import Any
 
+from prometheus_client import CollectorRegistry, generate_latest
 from twisted.internet import defer, reactor
 from twisted.trial import unittest
 
 from epcscf.media.rtpengine_ng import NgClient, NgNode, NgSettings, NodeState
+from epcscf.ops.metrics import LiveStateCollector
 from epcscf.pcscf.rtpengine_media import RtpengineEngine, RtpengineSettings
 from tests import test_calls_w2_sipp as w2
 from tests import test_media_browser as browser_media
@@ -124,6 +126,16 @@ class BrowserThroughRtpengineTests(unittest.TestCase):
         self.assertEqual(ended.release_cause, "BYE from the wic")
         self.assertGreater(ended.media_stats[0]["media"]["wic_to_core"]["packets"], 25)
         self.assertGreater(ended.media_stats[0]["media"]["core_to_wic"]["packets"], 25)
+        # /metrics: the engine, the node's health and its ng commands (a registry of our collector only)
+        registry = CollectorRegistry()
+        registry.register(LiveStateCollector(lambda: self.service.pcscf.operations))
+        text = generate_latest(registry).decode()
+        node = self.rtpengine.node
+        self.assertIn('epcscf_media_engine{engine="rtpengine"} 1.0', text)
+        self.assertIn(f'epcscf_rtpengine_node_up{{node="{node}"}} 1.0', text)
+        for command in ("offer", "answer", "query", "delete"):
+            self.assertIn(f'epcscf_rtpengine_commands_total{{command="{command}",node="{node}"}} 1.0', text)
+        self.assertIn('epcscf_rtpengine_deletes_total{result="ok"} 1.0', text)
 
     def test_sipp_calls_the_browser(self) -> defer.Deferred:
         return as_deferred(self._sipp_calls_browser())
@@ -204,6 +216,31 @@ class TwoNodesTests(unittest.TestCase):
         await settled(defer.DeferredList([m.close() for m in medias]))
         self.assertEqual(self.daemons[0].calls(), [])
 
+
+    def test_a_call_rtpengine_dropped_is_released(self) -> defer.Deferred:
+        return as_deferred(self._dropped_by_rtpengine())
+
+    async def _dropped_by_rtpengine(self) -> None:
+        # rtpengine's own media timeout deletes a call; the next query finds it gone and the call
+        # is released (the call manager sends BYE/CANCEL with this Reason).
+        engine = RtpengineEngine(reactor, self.client, RtpengineSettings(query_interval=0.2))
+        media = engine(FakeCall("dropped@test"))
+        failures: list[tuple[str, str]] = []
+        media.on_failure = lambda layer, reason: failures.append((layer, reason))
+        with open(CHROME_OFFER, "rb") as handle:
+            await settled(media.offer_from_wic(handle.read()))
+        core_answer = (b"v=0\r\no=- 1 1 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\n"
+                       b"m=audio 6000 RTP/AVP 0\r\na=rtpmap:0 PCMU/8000\r\n")
+        answer = (await settled(media.answer_from_core(core_answer))).decode()
+        self.assertIn("UDP/TLS/RTP/SAVPF", answer)
+        self.assertIn("a=ice-ufrag:", answer)
+        self.assertIn("a=rtcp-mux", answer)
+        node = next(d for d in self.daemons if d.node == str(media.node))
+        node.ng({"command": "delete", "call-id": media.ng_call_id})
+        await wait_for(lambda: failures, 5, what="the dropped call released")
+        self.assertEqual(failures[0][0], "media")
+        self.assertIn("no longer has the call", failures[0][1])
+        await settled(media.close())
 
 class ReleasePathsTests(unittest.TestCase):
     """WS drop and CANCEL with engine = rtpengine: the call's session leaves rtpengine (``list``).
@@ -290,3 +327,4 @@ class ReleasePathsTests(unittest.TestCase):
         await self.calls.idle()
         self.assertEqual(self.calls.calls(), [])
         self.assertEqual(self.rtpengine.calls(), [])
+
