@@ -16,13 +16,14 @@ from __future__ import annotations
 
 import asyncio
 import os
+import random
 from typing import Any
 
 from prometheus_client import CollectorRegistry, generate_latest
 from twisted.internet import defer, reactor
 from twisted.trial import unittest
 
-from epcscf.media.rtpengine_ng import NgClient, NgNode, NgSettings, NodeState
+from epcscf.media.rtpengine_ng import NgClient, NgNode, NgSettings, NodeState, decode, encode
 from epcscf.ops.metrics import LiveStateCollector
 from epcscf.pcscf.rtpengine_media import RtpengineEngine, RtpengineSettings
 from tests import test_calls_w2_sipp as w2
@@ -328,3 +329,35 @@ class ReleasePathsTests(unittest.TestCase):
         self.assertEqual(self.calls.calls(), [])
         self.assertEqual(self.rtpengine.calls(), [])
 
+
+
+class NgCodecTests(unittest.TestCase):
+    """The ng datagram codec over bencode.py: replies as rtpengine writes them (keys in any
+    order), and anything else a ValueError — never another exception — so that a stray or
+    hostile datagram on the client's socket is one log line."""
+
+    def test_rtpengine_reply_with_unsorted_keys(self) -> None:
+        cookie, reply = decode(b"5_1 d6:result2:ok5:callsl2:x1ee")
+        self.assertEqual((cookie, reply), (b"5_1", {"result": "ok", "calls": ["x1"]}))
+
+    def test_round_trip(self) -> None:
+        message = {"command": "offer", "call-id": "a b", "flags": ["trust-address"], "sdp": b"v=0\r\n\xff"}
+        cookie, decoded = decode(encode(b"c1", message))
+        self.assertEqual(cookie, b"c1")
+        self.assertEqual(decoded["flags"], ["trust-address"])
+        self.assertEqual(decoded["sdp"], b"v=0\r\n\xff")  # not UTF-8: stays bytes
+
+    def test_garbage_is_a_value_error(self) -> None:
+        samples = [b"", b"nospace", b" d4:testi1ee", b"c i12e", b"c l1:ae", b"c d", b"c di1e1:ae", b"c 9999999:a"]
+        rng = random.Random(7)
+        valid = encode(b"c", {"result": "ok", "sdp": "v=0", "totals": {"RTP": {"packets": 3}}})
+        for _ in range(3000):
+            data = bytearray(valid)
+            for _ in range(rng.randint(1, 4)):
+                data[rng.randrange(len(data))] = rng.randrange(256)
+            samples.append(bytes(data[: rng.randint(1, len(data))]))
+        for sample in samples:
+            try:
+                decode(sample)
+            except ValueError:
+                pass
