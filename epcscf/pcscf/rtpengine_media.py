@@ -153,14 +153,14 @@ class RtpengineCallMedia:
     def offer_from_wic(self, sdp: bytes) -> defer.Deferred:
         """TS 24.371 §7.4.2: the WIC's offer → rtpengine → the offer toward the core."""
         wic_offer = _parse(sdp)
-        accepted = _planned(lambda: sdp_transform.plan_offer_toward_core(wic_offer, self.settings.codecs))
+        accepted = _transformed(lambda: sdp_transform.plan_offer_toward_core(wic_offer, self.settings.codecs))
         self._saved = (self._wic_offer, self._core_offer)
 
         def build(reply: dict[str, Any]) -> bytes:
             leg = self._core_leg(_parse_reply(reply), accepted)
             out = _transformed(lambda: offer_toward_core(wic_offer, leg, self.settings.codecs))
             self._wic_offer = wic_offer
-            return self._stamp_core(out, leg.address)
+            return self._stamp_core(out)
 
         return self._command("offer", WIC, sdp, TOWARD_CORE).addCallback(build)
 
@@ -179,21 +179,21 @@ class RtpengineCallMedia:
             if fork:
                 self._event("media", f"core answer from fork {fork}")
             self._watch()
-            return self._stamp_wic(out, leg)
+            return self._stamp_wic(out)
 
         return self._command("answer", WIC, sdp, TOWARD_WIC, to_tag=CORE).addCallback(build)
 
     def offer_from_core(self, sdp: bytes) -> defer.Deferred:
         """TS 24.371 §7.4.3: the core's offer → rtpengine → the WebRTC offer toward the WIC."""
         core_offer = _parse(sdp)
-        _planned(lambda: sdp_transform.plan_offer_toward_wic(core_offer, self.settings.codecs))
+        _transformed(lambda: sdp_transform.plan_offer_toward_wic(core_offer, self.settings.codecs))
         self._saved = (self._wic_offer, self._core_offer)
 
         def build(reply: dict[str, Any]) -> bytes:
             leg = self._wic_leg(_parse_reply(reply))
             out = _transformed(lambda: offer_toward_wic(core_offer, leg, self.settings.codecs))
             self._core_offer = core_offer
-            return self._stamp_wic(out, leg)
+            return self._stamp_wic(out)
 
         return self._command("offer", CORE, sdp, TOWARD_WIC).addCallback(build)
 
@@ -211,7 +211,7 @@ class RtpengineCallMedia:
             self._answered = True
             self._saved = (self._wic_offer, self._core_offer)
             self._watch()
-            return self._stamp_core(out, leg.address)
+            return self._stamp_core(out)
 
         return self._command("answer", CORE, sdp, TOWARD_CORE, to_tag=WIC).addCallback(build)
 
@@ -385,11 +385,11 @@ class RtpengineCallMedia:
         except ValueError as error:
             raise MediaRejected(503, f"rtpengine's WebRTC side: {error}") from None
 
-    def _stamp_core(self, sdp: SessionDescription, address: str) -> bytes:
+    def _stamp_core(self, sdp: SessionDescription) -> bytes:
         assert self._core_versioner is not None
         return self._core_versioner.stamp(sdp).serialize()
 
-    def _stamp_wic(self, sdp: SessionDescription, leg: WicLeg) -> bytes:
+    def _stamp_wic(self, sdp: SessionDescription) -> bytes:
         assert self._wic_versioner is not None
         return self._wic_versioner.stamp(sdp).serialize()
 
@@ -411,10 +411,6 @@ def _parse_reply(reply: dict[str, Any]) -> SessionDescription:
         return SessionDescription.parse(body)
     except SdpError as error:
         raise MediaRejected(503, f"rtpengine's SDP: {error.reason}") from None
-
-
-def _planned(plan: Callable[[], tuple[int, ...]]) -> tuple[int, ...]:
-    return _transformed(plan)
 
 
 def _transformed(build: Callable[[], Any]) -> Any:
