@@ -125,6 +125,8 @@ class BrowserThroughRtpengineTests(unittest.TestCase):
         await self.sipp_finished("uas", uas)
         ended = await self.assert_released()
         self.assertEqual(ended.release_cause, "BYE from the wic")
+        deleted = [entry.text for entry in ended.timeline if "call deleted after" in entry.text]
+        self.assertEqual(len(deleted), 1, [entry.text for entry in ended.timeline])
         self.assertGreater(ended.media_stats[0]["media"]["wic_to_core"]["packets"], 25)
         self.assertGreater(ended.media_stats[0]["media"]["core_to_wic"]["packets"], 25)
         # /metrics: the engine, the node's health and its ng commands (a registry of our collector only)

@@ -243,7 +243,9 @@ class RtpengineCallMedia:
         def deleted(reply: dict[str, Any]) -> None:
             engine.deleted += 1
             self._last_stats.update(_directions(reply))
-            self._event("media", f"rtpengine {self.node}: call deleted")
+            sent, back = self._last_stats["wic_to_core"], self._last_stats["core_to_wic"]
+            self._event("media", f"rtpengine {self.node}: call deleted after {sent['packets']} packets "
+                                 f"WIC → core, {back['packets']} core → WIC")
 
         def failed(failure: Failure) -> None:
             engine.delete_failures += 1
