@@ -295,6 +295,27 @@ class ReleasePathsTests(unittest.TestCase):
         self.assertEqual(self.calls.calls(), [])
         self.assertEqual(self.rtpengine.calls(), [])
 
+    async def test_node_killed_mid_call_releases_it_with_a_reason(self) -> None:
+        # A second daemon, killed mid-call: the ping finds it silent, the call ends with BYEs
+        # carrying the Reason (RFC 3326), and nothing is sent to the dead node any more.
+        victim = daemon(1)
+        await self.service.stopService()
+        self.service = w2.start_deployment(
+            self, extra=f"[media]\nengine = rtpengine\n[rtpengine]\nnodes = {victim.node}\n"
+                        f"timeout = 0.3\nping_interval = 0.3\n")
+        self.calls = self.service.pcscf.calls
+        uas, trace, port, _ = await self.start_uas()
+        client = await self.registered("alice")
+        wic = await self.wic(controlling=True)
+        await self.call_sipp(client, wic, port)
+        self.assertEqual(len(victim.calls()), 1)
+        victim.kill()
+        self.assertEqual(await uas.ended, 0, uas.output.decode(errors="replace")[-2000:])
+        [core_bye] = [m for m in w2.sipp_messages(trace, "received") if m.startswith("BYE")]
+        self.assertIn(f'Reason: SIP;cause=480;text="rtpengine {victim.node} stopped answering"', core_bye)
+        await self.calls.idle()
+        self.assertEqual(self.calls.calls(), [])
+
     async def test_cancel_while_ringing_deletes_the_session(self) -> None:
         peer = w2.UdpSipPeer()
         port = peer.start()
