@@ -1,0 +1,279 @@
+"""The eP-CSCF's reg-event duties on real sockets (TS 24.229 §5.2.3, §5.2.5; RFC 3680, RFC 6665).
+
+Against the embedded core (its ``RegEventNotifier`` is the other side): the subscription is
+created after the WIC registers, refreshed, and ended when the WIC de-registers, as the core
+sees it; the core ending a registration closes the WIC's WebSocket; a forged NOTIFY is
+refused.  Against sipp playing a core (registrar + notifier): the SUBSCRIBE as a core receives
+it, a ``rejected`` contact ends the binding.  The WIC's own reg subscription is routed to the
+core and its NOTIFYs reach the WIC over its flow.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import secrets
+
+from twisted.trial import unittest
+
+from epcscf.sip.message import Request, Response
+from epcscf.pcscf.reg_event import SubscriptionState
+from tests.support.deployment import DOMAIN, USERS, start_deployment, ws_url
+from tests.support.processes import wait_for
+from tests.support.sipp import SCENARIOS, free_port, port_bound, require_sipp, sipp_messages, spawn_sipp
+from tests.support.udp_peer import UdpSipPeer
+from tests.support.wic import WsSipClient, as_deferred
+from tests.test_ops_metrics import METRICS, samples
+
+
+def asyncio_test(method):
+    def wrapper(self):
+        return as_deferred(method(self))
+
+    wrapper.__name__ = method.__name__
+    return wrapper
+
+
+def reg_event_counts(figures: dict) -> dict[str, float]:
+    return {dict(labels)["event"]: value for (name, labels), value in figures.items() if name == "epcscf_reg_event_total"}
+
+
+async def ended(process) -> int | None:
+    return await process.ended.asFuture(asyncio.get_running_loop())
+
+
+class WicsMixin:
+    service: object
+
+    async def registered(self, user: str = "alice") -> WsSipClient:
+        client = WsSipClient(ws_url(self.service), user, USERS[user], DOMAIN)
+        await client.connect()
+        self.clients.append(client)
+        response = await client.register()
+        self.assertEqual(response.status, 200, response.serialize())
+        return client
+
+    async def close_clients(self) -> None:
+        for client in self.clients:
+            await client.close()
+
+    def forged_notify(self, to_tag: str, call_id: str, port: int) -> Request:
+        core_side = self.service.pcscf.listener("UDP").address
+        notify = Request("NOTIFY", f"sip:{core_side.host}:{core_side.port};transport=udp")
+        notify.headers.add("Via", f"SIP/2.0/UDP 127.0.0.1:{port};branch=z9hG4bK{secrets.token_hex(6)}")
+        notify.headers.add("Max-Forwards", "70")
+        notify.headers.add("From", f"<sip:alice@{DOMAIN}>;tag=forger")
+        notify.headers.add("To", f"<sip:127.0.0.1>;tag={to_tag}")
+        notify.headers.add("Call-ID", call_id)
+        notify.headers.add("CSeq", "7 NOTIFY")
+        notify.headers.add("Event", "reg")
+        notify.headers.add("Subscription-State", "terminated;reason=rejected")
+        return notify
+
+
+class RegEventWithTheEmbeddedCoreTests(WicsMixin, unittest.TestCase):
+    timeout = 30
+
+    def setUp(self) -> None:
+        self.service = start_deployment(
+            self, extra="[reg_event]\nsubscribe = yes\nexpires = 2\nclose_grace = 0.2\n" + METRICS
+        )
+        self.clients: list[WsSipClient] = []
+
+    def tearDown(self):
+        return as_deferred(self.close_clients())
+
+    def core_subscriptions(self) -> list:
+        return list(self.service.core.notifier.subscriptions.values())
+
+    async def subscribed(self) -> tuple[object, object]:
+        node = self.service.pcscf
+        await wait_for(lambda: len(self.core_subscriptions()) == 1, what="the core's subscription")
+        await wait_for(lambda: [s.state for s in node.reg_events.subscriptions()] == [SubscriptionState.ACTIVE])
+        [ours] = node.reg_events.subscriptions()
+        [theirs] = self.core_subscriptions()
+        return ours, theirs
+
+    @asyncio_test
+    async def test_subscription_created_refreshed_and_ended_as_the_core_sees_it(self) -> None:
+        client = await self.registered()
+        ours, theirs = await self.subscribed()
+        self.assertEqual(theirs.aor, f"sip:alice@{DOMAIN}")
+        self.assertEqual(theirs.call_id, ours.call_id)
+        core_side = self.service.pcscf.listener("UDP").address
+        self.assertEqual(theirs.remote_target, f"sip:{core_side.host}:{core_side.port};transport=udp")
+        await wait_for(lambda: ours.version is not None, what="the first NOTIFY")  # RFC 6665 §4.2.1.2
+        # Granted 2 s: refreshed at half (TS 24.229 §5.2.3), the same dialog at the core.
+        first_expiry = theirs.expires_at
+        await wait_for(lambda: theirs.expires_at > first_expiry + 0.5, timeout=5.0, what="a refresh")
+        self.assertEqual(self.core_subscriptions(), [theirs])
+        # The WIC de-registers: the core ends its subscription, and ours is gone.
+        response = await client.transact(client.register_request(expires=0))
+        self.assertEqual(response.status, 200)
+        await wait_for(lambda: self.core_subscriptions() == [] and self.service.pcscf.reg_events.subscriptions() == [])
+        self.assertIsNone(client.socket.close_code)  # its own de-registration: the flow stays
+        counts = reg_event_counts(await samples(self.service))
+        self.assertEqual(counts["subscribed"], 1.0)
+        self.assertGreaterEqual(counts["refreshed"], 1.0)
+        self.assertGreaterEqual(counts["notify"], 2.0)
+
+    @asyncio_test
+    async def test_the_core_ending_the_registration_closes_the_flow(self) -> None:
+        client = await self.registered()
+        await self.subscribed()
+        location = self.service.core.location
+        [aor] = list(location.aors())
+        for binding in location.bindings(aor):
+            location.remove(binding)  # the network de-registers (TS 24.229 §5.4.1.5)
+        await wait_for(lambda: self.service.pcscf.registrations.all() == [], what="the binding removed")
+        await wait_for(lambda: client.socket.close_code is not None, what="the WebSocket closed")
+        self.assertEqual((client.socket.close_code, client.socket.close_reason), (1000, "de-registered by the network"))
+        figures = await samples(self.service)
+        ended = {dict(labels)["reason"]: v for (name, labels), v in figures.items() if name == "epcscf_registrations_ended_total"}
+        self.assertEqual(ended.get("network_unregistered"), 1.0)
+
+    @asyncio_test
+    async def test_a_forged_notify_is_refused(self) -> None:
+        await self.registered()
+        ours, _ = await self.subscribed()
+        forger = UdpSipPeer()
+        port = forger.start()
+        self.addCleanup(forger.stop)
+        core_side = self.service.pcscf.listener("UDP").address
+        forger.send(self.forged_notify(ours.local_tag, ours.call_id, port), (core_side.host, core_side.port))
+        response, _ = await asyncio.wait_for(forger.received.get(), 5.0)
+        self.assertEqual(response.status, 403)  # not the core's address: a border element trusts nobody
+        self.assertEqual(len(self.service.pcscf.registrations.all()), 1)
+
+    @asyncio_test
+    async def test_the_wics_own_reg_subscription_goes_to_the_core_and_its_notify_comes_back(self) -> None:
+        client = await self.registered()
+        await self.subscribed()
+        subscribe = client.request("SUBSCRIBE", client.aor)
+        subscribe.headers.add("Contact", f"<sip:alice@{client.host};transport=ws;ob>")
+        subscribe.headers.add("Event", "reg")
+        subscribe.headers.add("Expires", "600")
+        await client.send(subscribe)
+        notify = None
+        ok = None
+        while notify is None or ok is None:
+            message = await client.next_message()
+            if isinstance(message, Response) and message.status >= 200:
+                ok = message
+            elif isinstance(message, Request) and message.method == "NOTIFY":
+                notify = message
+                await client.answer(message)
+        self.assertEqual(ok.status, 200)
+        self.assertEqual(notify.headers.get("Event"), "reg")
+        self.assertIn(b"urn:ietf:params:xml:ns:reginfo", notify.body)
+        self.assertIn(client.host.encode(), notify.body)
+        self.assertEqual(len(self.core_subscriptions()), 2)  # ours and the WIC's
+
+
+class RegEventWithSippAsTheCoreTests(WicsMixin, unittest.TestCase):
+    """A core other than ours: sipp as registrar and notifier (tests/sipp/uas_reg_event_core.xml)."""
+
+    timeout = 40
+
+    def setUp(self) -> None:
+        self.sipp = require_sipp(self)
+        self.directory = os.path.abspath(self.mktemp())
+        os.makedirs(self.directory)
+        self.port = free_port()
+        self.service = start_deployment(
+            self,
+            extra=f"[core]\nmode = external\nnext_hop = sip:127.0.0.1:{self.port}\n"
+            "[reg_event]\nsubscribe = yes\nclose_grace = 0.2\n" + METRICS,
+        )
+        self.clients: list[WsSipClient] = []
+
+    def tearDown(self):
+        return as_deferred(self.close_clients())
+
+    async def core(self, scenario: str, replacements: dict[str, str], calls: int):
+        with open(os.path.join(SCENARIOS, scenario)) as handle:
+            text = handle.read()
+        for key, value in replacements.items():
+            text = text.replace(key, value)
+        path = os.path.join(self.directory, scenario)
+        with open(path, "w") as handle:
+            handle.write(text)
+        errors = os.path.join(self.directory, "errors.log")
+        process, trace = spawn_sipp(
+            self, self.sipp,
+            ["-sf", path, "-i", "127.0.0.1", "-p", str(self.port), "-m", str(calls), "-timeout", "20s", "-timeout_error",
+             "-trace_err", "-error_file", errors],
+            self.directory, "core",
+        )
+        await wait_for(lambda: port_bound(self.port, "UDP"), timeout=5.0)
+        return process, trace
+
+    @asyncio_test
+    async def test_a_rejected_contact_ends_the_binding_and_the_flow(self) -> None:
+        client = WsSipClient(ws_url(self.service), "alice", USERS["alice"], DOMAIN)
+        contact = f"sip:alice@{client.host};transport=ws;ob"
+        process, trace = await self.core("uas_reg_event_core.xml", {"@CONTACT@": contact, "@AOR@": client.aor}, 2)
+        await client.connect()
+        self.clients.append(client)
+        response = await client.register()
+        self.assertEqual(response.status, 200)
+        await wait_for(lambda: client.socket.close_code is not None, timeout=10.0, what="the WebSocket closed")
+        self.assertEqual((client.socket.close_code, client.socket.close_reason), (1000, "de-registered by the network"))
+        self.assertEqual(self.service.pcscf.registrations.all(), [])
+        self.assertEqual(await ended(process), 0, process.output.decode(errors="replace")[-2000:])
+        [subscribe] = [m for m in sipp_messages(trace, "received") if m.startswith("SUBSCRIBE")]
+        lines = subscribe.splitlines()
+        self.assertEqual(lines[0], f"SUBSCRIBE {client.aor} SIP/2.0")  # TS 24.229 §5.2.3: the IMPU
+        for header in ("Event: reg", "Expires: 600000", f"To: <{client.aor}>"):
+            self.assertIn(header, lines)
+        counts = reg_event_counts(await samples(self.service))
+        self.assertEqual((counts["subscribed"], counts["notify"]), (1.0, 2.0))
+
+    @asyncio_test
+    async def test_a_notify_of_a_trusted_source_for_no_subscription_of_ours_gets_481(self) -> None:
+        await wait_for(lambda: len(self.service.pcscf.trusted_sources) > 0)
+        peer = UdpSipPeer()
+        port = peer.start()
+        self.addCleanup(peer.stop)
+        core_side = self.service.pcscf.listener("UDP").address
+        peer.send(self.forged_notify("nosuchtag", "nosuchcall", port), (core_side.host, core_side.port))
+        response, _ = await asyncio.wait_for(peer.received.get(), 5.0)
+        self.assertEqual(response.status, 481)  # RFC 6665 §4.1.3
+        counts = reg_event_counts(await samples(self.service))
+        self.assertEqual(counts["notify_unknown"], 1.0)
+
+    @asyncio_test
+    async def test_ims_aka_keys_are_stripped_from_the_challenge_and_the_answer_passes_untouched(self) -> None:
+        process, trace = await self.core("uas_aka_register.xml", {}, 1)
+        client = WsSipClient(ws_url(self.service), "alice", USERS["alice"], DOMAIN)
+        await client.connect()
+        self.clients.append(client)
+        await client.send(client.register_request())
+        challenge = await client.final_response()
+        self.assertEqual(challenge.status, 401)
+        [sent] = [m for m in sipp_messages(trace, "sent") if m.startswith("SIP/2.0 401")]
+        [core_value] = [l.split(":", 1)[1].strip() for l in sent.splitlines() if l.startswith("WWW-Authenticate:")]
+        self.assertIn('ck="', core_value)
+        # TS 24.229 §5.2.2.1: ck and ik removed, every other parameter as the core wrote it.
+        self.assertEqual(
+            challenge.headers.get_all("WWW-Authenticate"),
+            ['Digest realm="ims.localdomain", nonce="CjPk9mRqNuT25eRkajM09uTl9nM09uTl9nMz5OX25PZz==", '
+             'algorithm=AKAv1-MD5, qop="auth,auth-int", opaque="5ccc069c403ebaf9f0171e9517f40e41"'],
+        )
+        retry = client.register_request()
+        answer = (
+            'Digest username="alice@ims.localdomain", realm="ims.localdomain", '
+            'nonce="CjPk9mRqNuT25eRkajM09uTl9nM09uTl9nMz5OX25PZz==", uri="sip:ims.localdomain", '
+            'response="6629fae49393a05397450978507c4ef1", algorithm=AKAv1-MD5, qop=auth-int, nc=00000001, '
+            'cnonce="0a4f113b", opaque="5ccc069c403ebaf9f0171e9517f40e41"'
+        )
+        retry.headers.add("Authorization", answer)
+        retry.headers.add("Security-Client", "ipsec-3gpp; alg=hmac-sha-1-96; spi-c=1111; spi-s=2222; port-c=5062; port-s=5064")
+        await client.send(retry)
+        self.assertEqual((await client.final_response()).status, 200)
+        self.assertEqual(await ended(process), 0, process.output.decode(errors="replace")[-2000:])
+        registers = [m for m in sipp_messages(trace, "received") if m.startswith("REGISTER")]
+        self.assertEqual(len(registers), 2)
+        self.assertIn(f"Authorization: {answer}", registers[1].splitlines())
+        # TS 24.371 §6: TLS on W2, no sec-agree with the core.
+        self.assertNotIn("Security-Client", registers[1])
