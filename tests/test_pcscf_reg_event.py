@@ -16,7 +16,7 @@ import secrets
 
 from twisted.trial import unittest
 
-from epcscf.sip.message import Request, Response
+from epcscf.sip.message import Request, Response, make_response
 from epcscf.pcscf.reg_event import SubscriptionState
 from tests.support.deployment import DOMAIN, USERS, start_deployment, ws_url
 from tests.support.processes import wait_for
@@ -277,3 +277,86 @@ class RegEventWithSippAsTheCoreTests(WicsMixin, unittest.TestCase):
         self.assertIn(f"Authorization: {answer}", registers[1].splitlines())
         # TS 24.371 §6: TLS on W2, no sec-agree with the core.
         self.assertNotIn("Security-Client", registers[1])
+
+
+class RegEventWithABareCoreTests(WicsMixin, unittest.TestCase):
+    """The core is a bare UDP peer the test drives message by message (``UdpSipPeer``)."""
+
+    timeout = 30
+
+    def setUp(self) -> None:
+        self.core = UdpSipPeer()
+        port = self.core.start()
+        self.addCleanup(self.core.stop)
+        self.service = start_deployment(
+            self, extra=f"[core]\nmode = external\nnext_hop = sip:127.0.0.1:{port}\n[reg_event]\nsubscribe = yes\n" + METRICS
+        )
+        self.clients: list[WsSipClient] = []
+
+    def tearDown(self):
+        return as_deferred(self.close_clients())
+
+    async def subscribed_wic(self) -> tuple[WsSipClient, Request, tuple[str, int]]:
+        client = WsSipClient(ws_url(self.service), "alice", USERS["alice"], DOMAIN)
+        await client.connect()
+        self.clients.append(client)
+        await client.send(client.register_request())
+        register, address = await self.core.next_request()
+        ok = make_response(register, 200, to_tag="core1")
+        ok.headers.add("Contact", (register.headers.get("Contact") or "").replace(";expires=600", "") + ";expires=600")
+        self.core.send(ok, address)
+        self.assertEqual((await client.final_response()).status, 200)
+        subscribe, address = await self.core.next_request()
+        self.assertEqual((subscribe.method, subscribe.headers.get("Event")), ("SUBSCRIBE", "reg"))
+        accepted = make_response(subscribe, 200, to_tag="core2")
+        accepted.headers.add("Contact", f"<sip:127.0.0.1:{self.core.port.getHost().port}>")
+        accepted.headers.add("Expires", "600000")
+        self.core.send(accepted, address)
+        await wait_for(lambda: [s.state for s in self.service.pcscf.reg_events.subscriptions()] == [SubscriptionState.ACTIVE])
+        return client, subscribe, address
+
+    def notify(self, subscribe: Request, body: bytes, content_type: str = "application/reginfo+xml") -> Request:
+        contact = subscribe.headers.get("Contact") or ""
+        notify = Request("NOTIFY", contact.strip("<>"))
+        notify.headers.add("Via", f"SIP/2.0/UDP 127.0.0.1:{self.core.port.getHost().port};branch=z9hG4bK{secrets.token_hex(6)}")
+        notify.headers.add("Max-Forwards", "70")
+        notify.headers.add("From", (subscribe.headers.get("To") or "") + ";tag=core2")
+        notify.headers.add("To", subscribe.headers.get("From") or "")
+        notify.headers.add("Call-ID", subscribe.headers.get("Call-ID") or "")
+        notify.headers.add("CSeq", "1 NOTIFY")
+        notify.headers.add("Event", "reg")
+        notify.headers.add("Subscription-State", "active;expires=600000")
+        notify.headers.add("Content-Type", content_type)
+        notify.body = body
+        return notify
+
+    async def answer_to(self, notify: Request, address: tuple[str, int]) -> Response:
+        core_side = self.service.pcscf.listener("UDP").address
+        self.core.send(notify, (core_side.host, core_side.port))
+        while True:
+            message, _ = await asyncio.wait_for(self.core.received.get(), 5.0)
+            if isinstance(message, Response) and message.headers.get("CSeq") == notify.headers.get("CSeq"):
+                return message
+
+    @asyncio_test
+    async def test_shortened_moves_the_expiry_and_a_body_that_is_not_reginfo_gets_400(self) -> None:
+        client, subscribe, address = await self.subscribed_wic()
+        [binding] = self.service.pcscf.registrations.all()
+        self.assertGreater(binding.expires_at - self.service.pcscf.reactor.seconds(), 500)
+        shortened = (
+            '<?xml version="1.0"?><reginfo xmlns="urn:ietf:params:xml:ns:reginfo" version="0" state="full">'
+            f'<registration aor="{client.aor}" id="a1" state="active">'
+            f'<contact id="c1" state="active" event="shortened" expires="30"><uri>sip:alice@{client.host};transport=ws;ob</uri></contact>'
+            "</registration></reginfo>"
+        ).encode()
+        self.assertEqual((await self.answer_to(self.notify(subscribe, shortened), address)).status, 200)
+        left = binding.expires_at - self.service.pcscf.reactor.seconds()
+        self.assertTrue(25 < left <= 30, left)  # TS 24.229 §5.2.5.2
+        entity = b'<?xml version="1.0"?><!DOCTYPE r [<!ENTITY a "aaaa">]><reginfo>&a;</reginfo>'
+        for body, content_type in ((entity, "application/reginfo+xml"), (b"<reginfo", "application/reginfo+xml"), (b"{}", "application/json")):
+            notify = self.notify(subscribe, body, content_type)
+            notify.headers.set("CSeq", f"{secrets.randbelow(1000) + 2} NOTIFY")
+            self.assertEqual((await self.answer_to(notify, address)).status, 400)
+        self.assertEqual(len(self.service.pcscf.registrations.all()), 1)
+        counts = reg_event_counts(await samples(self.service))
+        self.assertEqual((counts["shortened"], counts["notify_bad"]), (1.0, 3.0))
