@@ -220,15 +220,13 @@ class RegEventSubscriber:
         return self.connect(targets[0]).addCallback(send)
 
     def _not_sent(self, failure: Any, subscription: RegSubscription) -> None:
-        log.info("reg SUBSCRIBE for {aor} not sent: {why}", aor=subscription.aor, why=failure.value)
-        self._failed(subscription, "not sent")
+        self._failed(subscription, f"not sent: {failure.value}")
 
     def _answered(self, subscription: RegSubscription, response: Response, expires: int) -> None:
         if subscription.state is SubscriptionState.TERMINATED or expires == 0:
             return
         if response.status >= 300:
-            log.info("reg SUBSCRIBE for {aor}: {status} {reason}", aor=subscription.aor, status=response.status, reason=response.reason)
-            self._failed(subscription, str(response.status))
+            self._failed(subscription, f"{response.status} {response.reason}")
             return
         refresh, subscription.confirmed = subscription.confirmed, True
         self._learn_dialog(subscription, response, response.headers.get_all("record-route"))
@@ -272,6 +270,9 @@ class RegEventSubscriber:
             self._send(subscription, self.settings.expires)
 
     def _failed(self, subscription: RegSubscription, why: str) -> None:
+        if subscription.state is SubscriptionState.TERMINATED:
+            return  # an un-SUBSCRIBE (Expires: 0) that failed: nothing left to end
+        log.info("reg subscription to {aor} failed ({why}); tried again at the next registration", aor=subscription.aor, why=why)
         self._count("subscribe_failed")
         self._end(subscription)
 
@@ -363,14 +364,12 @@ class _SubscribeUser:
             self.subscriber._answered(self.subscription, response, self.expires)
 
     def timed_out(self, transaction: Any) -> None:
-        log.info("reg SUBSCRIBE for {aor}: no response", aor=self.subscription.aor)
         if self.expires:
             self.subscriber._failed(self.subscription, "timeout")
 
     def transport_failed(self, transaction: Any, reason: Any) -> None:
-        log.info("reg SUBSCRIBE for {aor} not delivered: {why}", aor=self.subscription.aor, why=reason)
         if self.expires:
-            self.subscriber._failed(self.subscription, "transport")
+            self.subscriber._failed(self.subscription, f"transport: {reason}")
 
 
 def list_values_of(line: str) -> list[str]:
