@@ -133,6 +133,40 @@ class RegEventWithTheEmbeddedCoreTests(WicsMixin, unittest.TestCase):
         self.assertEqual(ended.get("network_unregistered"), 1.0)
 
     @asyncio_test
+    async def test_a_wic_subscribed_to_its_reg_event_hears_of_the_end_before_its_flow_closes(self) -> None:
+        client = await self.registered()
+        await self.subscribed()
+        await self.own_subscription(client)
+        location = self.service.core.location
+        [aor] = list(location.aors())
+        for binding in location.bindings(aor):
+            location.remove(binding)
+        notify = await client.next_message()
+        self.assertEqual((notify.method, notify.headers.get("Subscription-State")), ("NOTIFY", "terminated;reason=noresource"))
+        self.assertIn(b'state="terminated"', notify.body)
+        await client.answer(notify)
+        await wait_for(lambda: client.socket.close_code is not None, what="the WebSocket closed")
+        self.assertEqual(client.socket.close_reason, "de-registered by the network")
+
+    async def own_subscription(self, client: WsSipClient) -> tuple[Response, Request]:
+        """The WIC subscribes to its own reg event (TS 24.229 §5.1.1.3): the 200 and first NOTIFY."""
+        subscribe = client.request("SUBSCRIBE", client.aor)
+        subscribe.headers.add("Contact", f"<sip:alice@{client.host};transport=ws;ob>")
+        subscribe.headers.add("Event", "reg")
+        subscribe.headers.add("Expires", "600")
+        await client.send(subscribe)
+        notify = None
+        ok = None
+        while notify is None or ok is None:
+            message = await client.next_message()
+            if isinstance(message, Response) and message.status >= 200:
+                ok = message
+            elif isinstance(message, Request) and message.method == "NOTIFY":
+                notify = message
+                await client.answer(message)
+        return ok, notify
+
+    @asyncio_test
     async def test_a_forged_notify_is_refused(self) -> None:
         await self.registered()
         ours, _ = await self.subscribed()
@@ -149,20 +183,7 @@ class RegEventWithTheEmbeddedCoreTests(WicsMixin, unittest.TestCase):
     async def test_the_wics_own_reg_subscription_goes_to_the_core_and_its_notify_comes_back(self) -> None:
         client = await self.registered()
         await self.subscribed()
-        subscribe = client.request("SUBSCRIBE", client.aor)
-        subscribe.headers.add("Contact", f"<sip:alice@{client.host};transport=ws;ob>")
-        subscribe.headers.add("Event", "reg")
-        subscribe.headers.add("Expires", "600")
-        await client.send(subscribe)
-        notify = None
-        ok = None
-        while notify is None or ok is None:
-            message = await client.next_message()
-            if isinstance(message, Response) and message.status >= 200:
-                ok = message
-            elif isinstance(message, Request) and message.method == "NOTIFY":
-                notify = message
-                await client.answer(message)
+        ok, notify = await self.own_subscription(client)
         self.assertEqual(ok.status, 200)
         self.assertEqual(notify.headers.get("Event"), "reg")
         self.assertIn(b"urn:ietf:params:xml:ns:reginfo", notify.body)
