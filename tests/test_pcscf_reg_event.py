@@ -147,6 +147,7 @@ class RegEventWithTheEmbeddedCoreTests(WicsMixin, unittest.TestCase):
         await client.answer(notify)
         await wait_for(lambda: client.socket.close_code is not None, what="the WebSocket closed")
         self.assertEqual(client.socket.close_reason, "de-registered by the network")
+        self.assertTrue(client.received.empty(), "the core ended the WIC's subscription: no NOTIFY of ours")
 
     async def own_subscription(self, client: WsSipClient) -> tuple[Response, Request]:
         """The WIC subscribes to its own reg event (TS 24.229 §5.1.1.3): the 200 and first NOTIFY."""
@@ -310,7 +311,7 @@ class RegEventWithABareCoreTests(WicsMixin, unittest.TestCase):
         port = self.core.start()
         self.addCleanup(self.core.stop)
         self.service = start_deployment(
-            self, extra=f"[core]\nmode = external\nnext_hop = sip:127.0.0.1:{port}\n[reg_event]\nsubscribe = yes\n" + METRICS
+            self, extra=f"[core]\nmode = external\nnext_hop = sip:127.0.0.1:{port}\n[reg_event]\nsubscribe = yes\nclose_grace = 0.2\n" + METRICS
         )
         self.clients: list[WsSipClient] = []
 
@@ -381,3 +382,64 @@ class RegEventWithABareCoreTests(WicsMixin, unittest.TestCase):
         self.assertEqual(len(self.service.pcscf.registrations.all()), 1)
         counts = reg_event_counts(await samples(self.service))
         self.assertEqual((counts["shortened"], counts["notify_bad"]), (1.0, 3.0))
+
+    @asyncio_test
+    async def test_a_core_that_does_not_tell_the_wic_leaves_it_to_the_edge_before_the_flow_closes(self) -> None:
+        client, subscribe, address = await self.subscribed_wic()
+        # The WIC subscribes to its own reg event; the core answers and notifies it once.
+        own = client.request("SUBSCRIBE", client.aor)
+        own.headers.add("Contact", f"<sip:alice@{client.host};transport=ws;ob>")
+        own.headers.add("Event", "reg")
+        own.headers.add("Expires", "600")
+        await client.send(own)
+        at_core, wic_address = await self.core.next_request()
+        accepted = make_response(at_core, 200, to_tag="wicsub")
+        for value in at_core.headers.get_all("Record-Route"):
+            accepted.headers.add("Record-Route", value)
+        accepted.headers.add("Contact", f"<sip:127.0.0.1:{self.core.port.getHost().port}>")
+        self.core.send(accepted, wic_address)
+        self.assertEqual((await client.final_response()).status, 200)
+        notify = Request("NOTIFY", f"sip:alice@{client.host};transport=ws;ob")
+        notify.headers.add("Via", f"SIP/2.0/UDP 127.0.0.1:{self.core.port.getHost().port};branch=z9hG4bK{secrets.token_hex(6)}")
+        for value in at_core.headers.get_all("Record-Route"):
+            notify.headers.add("Route", value)
+        notify.headers.add("Max-Forwards", "70")
+        notify.headers.add("From", f"<{client.aor}>;tag=wicsub")
+        notify.headers.add("To", at_core.headers.get("From") or "")
+        notify.headers.add("Call-ID", at_core.headers.get("Call-ID") or "")
+        notify.headers.add("CSeq", "5 NOTIFY")
+        notify.headers.add("Event", "reg")
+        notify.headers.add("Subscription-State", "active;expires=600")
+        notify.headers.add("Content-Type", "application/reginfo+xml")
+        notify.body = (
+            '<?xml version="1.0"?><reginfo xmlns="urn:ietf:params:xml:ns:reginfo" version="3" state="full">'
+            f'<registration aor="{client.aor}" id="a1" state="active">'
+            f'<contact id="c1" state="active" event="registered"><uri>sip:alice@{client.host};transport=ws;ob</uri></contact>'
+            "</registration></reginfo>"
+        ).encode()
+        core_side = self.service.pcscf.listener("UDP").address
+        self.core.send(notify, (core_side.host, core_side.port))
+        relayed = await client.next_message()
+        self.assertEqual((relayed.method, relayed.headers.get("CSeq")), ("NOTIFY", "5 NOTIFY"))
+        await client.answer(relayed)
+        # The network de-registers the WIC, but tells only the eP-CSCF.
+        ended = (
+            '<?xml version="1.0"?><reginfo xmlns="urn:ietf:params:xml:ns:reginfo" version="1" state="full">'
+            f'<registration aor="{client.aor}" id="a1" state="terminated">'
+            f'<contact id="c1" state="terminated" event="deactivated"><uri>sip:alice@{client.host};transport=ws;ob</uri></contact>'
+            "</registration></reginfo>"
+        ).encode()
+        self.assertEqual((await self.answer_to(self.notify(subscribe, ended), address)).status, 200)
+        final = await client.next_message()
+        self.assertEqual(final.method, "NOTIFY")
+        self.assertEqual(final.headers.get("CSeq"), "6 NOTIFY")  # after the core's 5 (RFC 3261 §12.2.1.1)
+        self.assertEqual(final.headers.get("Call-ID"), at_core.headers.get("Call-ID"))
+        self.assertEqual(final.headers.get("To"), at_core.headers.get("From"))
+        self.assertTrue((final.headers.get("From") or "").endswith(";tag=wicsub"))
+        self.assertEqual(final.headers.get("Subscription-State"), "terminated;reason=rejected")
+        self.assertIn(b'version="4"', final.body)
+        self.assertIn(b'state="terminated" event="deactivated"', final.body)
+        self.assertIsNone(client.socket.close_code)
+        await client.answer(final)
+        await wait_for(lambda: client.socket.close_code is not None, what="the WebSocket closed")
+        self.assertEqual((client.socket.close_code, client.socket.close_reason), (1000, "de-registered by the network"))

@@ -35,6 +35,7 @@ from epcscf.pcscf.call_model import call_leg
 from epcscf.pcscf.flows import FlowGone, FlowTable, TamperedToken
 from epcscf.pcscf.identity import assert_identity, strip_core_only_headers, strip_untrusted_headers
 from epcscf.pcscf.registration import RegistrationBinding, Registrations
+from epcscf.pcscf.wic_reg_subscriptions import WicRegSubscriptions
 from epcscf.sip.connection import WEBSOCKET_TRANSPORTS, Connection
 from epcscf.sip.headers import HeaderError, option_tags, parse_via, to_tag
 from epcscf.sip.message import Request, Response, new_tag
@@ -193,6 +194,8 @@ class PcscfPolicy:
         #: answers a NOTIFY addressed to our own URI by a trusted core source (our reg-event
         #: subscriptions, ``epcscf.pcscf.reg_event``); None: no subscriptions of ours
         self.own_notify: Callable[[Request], Response] | None = None
+        #: the WICs' own reg-event subscriptions as they pass (``epcscf.pcscf.wic_reg_subscriptions``)
+        self.wic_subscriptions: WicRegSubscriptions | None = None
 
     @property
     def network_id(self) -> str:
@@ -234,6 +237,11 @@ class PcscfPolicy:
                     self.on_register_response(response.status)
                 if self.on_register_final is not None:
                     self.on_register_final(context, response)
+            elif (
+                context is not None and self.wic_subscriptions is not None and 200 <= response.status < 300
+                and context.request.method == "SUBSCRIBE"
+            ):
+                self.wic_subscriptions.subscribe_answered(context.request_as_received, response, context.connection.id)
         if context is not None and self.calls is not None and call_leg(context) is not None:
             return self.calls.response(context, response)
         if context is None and self.calls is not None:
@@ -431,6 +439,8 @@ class PcscfPolicy:
             # RFC 5626 §5.3.1: the flow the token names is gone.
             return Reject(make_local_response(request, 430, to_tag=new_tag()))
         strip_core_only_headers(request)
+        if request.method == "NOTIFY" and self.wic_subscriptions is not None:
+            self.wic_subscriptions.notify_passing(request, connection.id)
         record_route: list[str] = []
         if request.method in DIALOG_CREATING_METHODS and to_tag(request) is None:
             record_route = [self.addresses.wic_uri(token), self.addresses.core_uri()]

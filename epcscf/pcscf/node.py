@@ -36,6 +36,7 @@ from epcscf.pcscf.operations import NodeObservers, PcscfOperations
 from epcscf.pcscf.deregistration import RegistrationEnd
 from epcscf.pcscf.reg_event import RegEventSettings, RegEventSubscriber
 from epcscf.pcscf.registration import RegistrationBinding, Registrations
+from epcscf.pcscf.wic_reg_subscriptions import WicRegSubscriptions
 from epcscf.sip.connection import WEBSOCKET_TRANSPORTS, Address, Connection
 from epcscf.sip.message import Message
 from epcscf.sip.parser import ParserLimits
@@ -185,6 +186,8 @@ class PcscfNode(Service):
         self.registration_end = RegistrationEnd(
             reactor, self.registrations, self.flows, lambda: self.calls, config.reg_event.close_grace
         )
+        #: the WICs' own reg-event subscriptions, watched as they pass (TS 24.229 §5.2.5.1)
+        self.wic_subscriptions = WicRegSubscriptions()
         #: our reg-event subscriptions (TS 24.229 §5.2.3), built with the proxy
         self.reg_events: RegEventSubscriber | None = None
         self.transactions = TransactionLayer(reactor, self, self._timers_for)
@@ -337,6 +340,10 @@ class PcscfNode(Service):
         if settings.enabled:
             self.policy.on_registered = self.reg_events.registered
             self.policy.own_notify = self.reg_events.handle_notify
+            self.policy.wic_subscriptions = self.wic_subscriptions
+            self.registration_end.wic_subscriptions = self.wic_subscriptions
+            self.registration_end.proxy = proxy
+            self.registration_end.wic_sent_by = addresses.wic_sent_by
 
     def _public(self, listener: BoundListener) -> BoundListener:
         """The address written in Path/Record-Route/Via for a listener (``public_address`` if set)."""
@@ -456,6 +463,7 @@ class PcscfNode(Service):
             self.observers.flow_closed()
         if self.calls is not None:
             self.calls.flow_closed(flow.connection)
+        self.wic_subscriptions.flow_closed(flow.id)
 
     def _binding_removed(self, binding: RegistrationBinding, reason: str) -> None:
         log.info("registration of {aor} on flow {flow} ended: {reason}", aor=binding.aor, flow=binding.flow_id, reason=reason)
