@@ -72,6 +72,8 @@ class RegistrationEnd:
 
     def network_deregistered(self, binding: RegistrationBinding, event: str) -> None:
         """The core ended the binding (reg-event contact ``event``: expired, rejected…)."""
+        if all(live is not binding for live in self.registrations.for_aor(binding.aor)):
+            return  # already gone (an implicit set lists the same contact once per identity)
         log.info("network de-registration of {aor} on flow {flow}: {event}", aor=binding.aor, flow=binding.flow_id, event=event)
         self.registrations.remove(binding, NETWORK_PREFIX + event)
 
