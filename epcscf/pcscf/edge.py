@@ -196,6 +196,9 @@ class PcscfPolicy:
         self.own_notify: Callable[[Request], Response] | None = None
         #: the WICs' own reg-event subscriptions as they pass (``epcscf.pcscf.wic_reg_subscriptions``)
         self.wic_subscriptions: WicRegSubscriptions | None = None
+        #: web-credential access (``epcscf.pcscf.web_auth.TokenAccess.register``): may refuse a
+        #: WIC's REGISTER or replace its credentials by the trusted node's assertion
+        self.register_access: Callable[[ProxiedRequest], Reject | None] | None = None
 
     @property
     def network_id(self) -> str:
@@ -365,6 +368,8 @@ class PcscfPolicy:
         return Reject(make_local_response(request, 403, refusal.phrase, to_tag=new_tag()))
 
     def _register(self, context: ProxiedRequest, token: str) -> Decision:
+        if self.register_access is not None and (refusal := self.register_access(context)) is not None:
+            return refusal
         request = context.request
         strip_untrusted_headers(request)
         strip_sec_agree(request)  # TS 24.371 §6: TLS protects W2, no RFC 3329 agreement with the core
