@@ -41,7 +41,7 @@ class StartupError(Exception):
 class EpcscfService(MultiService):
     """The whole eP-CSCF: listeners, the proxy, the embedded core and the console."""
 
-    def __init__(self, config: Config, reactor: Any = None) -> None:
+    def __init__(self, config: Config, reactor: Any = None, ws_port_opener: Any = None) -> None:
         super().__init__()
         if reactor is None:
             from twisted.internet import reactor as default_reactor
@@ -58,7 +58,7 @@ class EpcscfService(MultiService):
             core_targets = self._embedded_core_targets
         # Before the node: it is given the metrics' event callbacks at construction.
         self.metrics = EpcscfMetrics(lambda: self.operations)
-        self.pcscf = PcscfNode(config, reactor, core_targets, observers=self.metrics.observers())
+        self.pcscf = PcscfNode(config, reactor, core_targets, observers=self.metrics.observers(), ws_port_opener=ws_port_opener)
         self.pcscf.setServiceParent(self)
         #: what the console, the metrics and the drain use of the eP-CSCF
         self.operations: NodeOperations = self.pcscf.operations
