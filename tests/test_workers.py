@@ -278,3 +278,39 @@ class WorkerPlanTests(unittest.TestCase):
         Chunked().toBox(b"text", strings, {"text": ""}, None)
         Chunked().fromBox(b"text", strings, objects, None)
         self.assertEqual(objects["text"], "")
+
+
+class WorkersConfigTests(unittest.TestCase):
+    def write(self, name: str, text: str) -> str:
+        directory = os.path.abspath(self.mktemp())
+        os.makedirs(directory, exist_ok=True)
+        path = os.path.join(directory, name)
+        with open(path, "w") as handle:
+            handle.write(text)
+        return path
+
+    def test_production_example_uses_one_worker_per_cpu(self) -> None:
+        from tests.support.certificates import self_signed_certificate
+
+        certificate, private_key, _ = self_signed_certificate(os.path.abspath(self.mktemp()))
+        local = self.write("local.ini", f"[ws]\ncertificate = {certificate}\nprivate_key = {private_key}\n[manhole]\nusers = {TOP}/etc/manhole.users\n")
+        config = load([os.path.join(TOP, "etc", "epcscf-production.ini"), local])
+        self.assertEqual(config.service.workers, len(os.sched_getaffinity(0)))
+        self.assertEqual([l.transport for l in config.ws.listen], ["wss"])
+        self.assertEqual(config.core.mode, "external")
+        self.assertEqual(load([os.path.join(TOP, "etc", "epcscf.ini")]).service.workers, 1)
+
+    def test_bad_workers_values_are_one_line(self) -> None:
+        from epcscf.config import ConfigError
+
+        base = "[ws]\nlisten = ws:127.0.0.1:0\n[core]\nmode = external\nnext_hop = sip:127.0.0.1\n"
+        for text, reason in [
+            ("[service]\nworkers = many\n[sip]\nlisten = udp:127.0.0.1:5060\n", "[service] workers: expected a whole number, got 'many'"),
+            ("[service]\nworkers = 0\n[sip]\nlisten = udp:127.0.0.1:5060\n", "[service] workers: must be between 1 and 64, got 0"),
+            ("[service]\nworkers = 4\n[sip]\nlisten = udp:127.0.0.1:5060\n[media]\nport_range = 20000-20010\n", "[media] port_range: each of the 4 workers needs at least 4 ports of it"),
+            ("[service]\nworkers = 4\n[sip]\nlisten = udp:127.0.0.1:65534\n", "[sip] listen: worker i listens on the port + i: 65534 + 3 is past 65535"),
+        ]:
+            path = self.write("bad.ini", base + text)
+            with self.assertRaises(ConfigError) as raised:
+                load([path])
+            self.assertEqual(str(raised.exception), f"{path}: {reason}")
