@@ -314,3 +314,28 @@ class WorkersConfigTests(unittest.TestCase):
             with self.assertRaises(ConfigError) as raised:
                 load([path])
             self.assertEqual(str(raised.exception), f"{path}: {reason}")
+
+
+class WorkerStartupFailureTests(unittest.TestCase):
+    async def test_a_worker_that_cannot_listen_stops_the_supervisor_with_one_line(self) -> None:
+        import socket
+
+        directory = os.path.abspath(self.mktemp())
+        os.makedirs(directory)
+        override = os.path.join(directory, "local.ini")
+        config = workers_config(directory, override)
+        taken = socket.socket()
+        taken.bind(("127.0.0.1", 0))
+        self.addCleanup(taken.close)
+        port = taken.getsockname()[1]
+        with open(override, "w") as handle:
+            # worker 1 listens on port + 1: take it
+            handle.write(f"[sip]\nlisten = tcp:127.0.0.1:{port - 1}\n[manhole]\nenabled = false\n[metrics]\nenabled = false\n")
+        taken.listen(1)
+        argv = [TWISTD, "--nodaemon", "--pidfile=", "epcscf", "--config", config, "--config", override]
+        daemon = Daemon()
+        daemon.process = reactor.spawnProcess(daemon, TWISTD, argv, env=child_env(), path=directory)
+        self.addCleanup(daemon.kill)
+        code, sig = await daemon.ended
+        self.assertEqual(code, 3, daemon.output)
+        self.assertIn(f"twistd epcscf: worker 1 could not start: cannot listen on 127.0.0.1:{port}: Address already in use\n", daemon.output)

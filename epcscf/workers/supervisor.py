@@ -13,12 +13,14 @@ the last of them.
 
 from __future__ import annotations
 
+import atexit
 import os
 import socket
 from typing import Any
 
 from twisted.application.service import MultiService
 from twisted.internet import defer
+from twisted.internet.error import CannotListenError
 from twisted.internet.interfaces import IListeningPort
 from twisted.logger import Logger
 from twisted.web.resource import Resource
@@ -28,7 +30,7 @@ from epcscf.core.service import EmbeddedCore, EmbeddedCoreSettings
 from epcscf.core.users import read_users
 from epcscf.logging import set_log_level
 from epcscf.ops.lifecycle import install_sighup
-from epcscf.ops.manhole import ManholeService
+from epcscf.ops.manhole import ManholeService, UsersFileError
 from epcscf.ops.metrics import _QuietSite
 from epcscf.wwsf import DemoUser, WebSocketEndpoint, WwsfService, WwsfSettings
 from epcscf.wwsf.bundle import default_bundle_dir
@@ -39,6 +41,14 @@ from epcscf.workers.pool import WorkerPool
 from epcscf.workers.sockets import listening_socket, reserve_reuseport
 
 log = Logger(namespace="epcscf.workers.supervisor")
+
+STARTUP_FAILED = 3  # exit status when a worker could not start
+
+
+def _exit_with(line: str, status: int) -> None:
+    # To descriptor 2 itself: twistd has replaced sys.stderr by a logger, stopped by now.
+    os.write(2, line.encode("utf-8", "replace"))
+    os._exit(status)
 
 
 class SupervisorService(MultiService):
@@ -90,8 +100,15 @@ class SupervisorService(MultiService):
                 root.putChild(b"metrics", MergedMetricsPage(self, self.metrics, self.reactor))
                 self._metrics_port = self.reactor.listenTCP(self.config.metrics.port, _QuietSite(root), interface=self.config.metrics.address)
                 log.info("Prometheus metrics of all workers on http://{address}:{port}/metrics", address=self.config.metrics.address, port=self.metrics_port)
-        except OSError as error:
-            message = f"cannot listen: {getattr(error, 'socketError', None) or error}"
+        except CannotListenError as error:
+            reason = error.socketError.strerror if hasattr(error.socketError, "strerror") else error.socketError
+            message = f"cannot listen on {error.interface or '*'}:{error.port}: {reason}"
+            log.critical("{message}", message=message)
+            raise StartupError(message) from None
+        except (UsersFileError, OSError) as error:
+            message = str(error)
+            if isinstance(error, OSError) and error.strerror:
+                message = f"cannot listen on the [ws] ports: {error.strerror}"
             log.critical("{message}", message=message)
             raise StartupError(message) from None
         self.pool = WorkerPool(
@@ -140,7 +157,12 @@ class SupervisorService(MultiService):
         ]
 
     def _worker_failed_to_start(self, message: str) -> None:
+        """A worker could not start (its SIP port in use…): stop everything and exit non-zero
+        with one line, as the one-process service does when its own start fails."""
         self.startup_failure = message
+        # twistd has no exit status for a failure after start: set ours once it has cleaned up
+        # (pidfile removed) and Python is exiting.
+        atexit.register(_exit_with, f"twistd epcscf: {message}\n", STARTUP_FAILED)
         if self.reactor.running:
             self.reactor.stop()
 

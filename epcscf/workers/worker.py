@@ -154,7 +154,7 @@ def main(argv: list[str] | None = None) -> None:
         try:
             service.startService()
         except Exception as error:  # StartupError and friends: one line, then a non-zero exit
-            sys.stderr.write(f"worker {plan.index}: {error}\n")
+            sys.stderr.write(f"{error}\n")  # the supervisor names the worker
             sys.stderr.flush()
             os._exit(3)
         reactor.addSystemEventTrigger("before", "shutdown", service.stopService)
