@@ -383,7 +383,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--profile", metavar="FILE", help="run epcscf under cProfile, stats saved to FILE")
     parser.add_argument("--separate-core", action="store_true",
                         help="run the embedded core in a second epcscf process (the eP-CSCF's own cost without the core's)")
+    parser.add_argument("--epcscf-workers", type=int, default=1,
+                        help="[service] workers of the eP-CSCF (more than 1: the core runs in its own process)")
     options = parser.parse_args(argv)
+    options.separate_core = options.separate_core or options.epcscf_workers > 1
     if options.profile:
         real_popen = subprocess.Popen
 
@@ -417,10 +420,11 @@ def main(argv: list[str] | None = None) -> int:
         # The embedded core in its own process, reached by the eP-CSCF as an external core.
         core = EpcscfProcess(deployment, "core")
         core.wait_listening()
-        epcscf = EpcscfProcess(deployment, "calls", f"sip:127.0.0.1:{core.core_port};transport=udp")
+        epcscf = EpcscfProcess(deployment, "calls", f"sip:127.0.0.1:{core.core_port};transport=udp", options.epcscf_workers)
     else:
         epcscf = EpcscfProcess(deployment, "calls")
     sipp, uas_port = None, 0
+    shares: list[int] = []  # WICs per worker
     try:
         epcscf.wait_listening()
         sipp, uas_port = start_sipp(directory)
@@ -428,6 +432,7 @@ def main(argv: list[str] | None = None) -> int:
 
         async def scenario() -> Result:
             callers = await open_callers(epcscf.ws_port, users)
+            shares[:] = epcscf.connection_shares()
             try:
                 await run_load(callers, uas_port, min(options.rate, 20.0), 1.0, options.ice_mode == "full")  # warm-up
                 cpu_before, own_before = epcscf.cpu_seconds(), time.process_time()
@@ -456,6 +461,8 @@ def main(argv: list[str] | None = None) -> int:
     p50, p99 = (percentile(setups, 0.5), percentile(setups, 0.99)) if setups else (float("nan"), float("nan"))
     where = "core in its own process" if options.separate_core else "core embedded in the same process"
     print(f"calls (ICE {options.ice_mode}, {where}): target {options.rate:g}/s for {seconds:g} s, {options.wics} WICs")
+    if shares:
+        print(f"  {options.epcscf_workers} workers; WICs per worker: {shares}; epcscf CPU below is the supervisor's and the workers' together")
     print(f"  completed {result.completed}/{result.attempted} in {result.elapsed:.1f} s = {result.rate:.1f} calls/s "
           f"[{'PASS' if result.rate >= RATE_FLOOR else 'FAIL'} >= {RATE_FLOOR:g}]")
     print(f"  failures {len(result.failures)} ({100 * failure_ratio:.2f} %) "
