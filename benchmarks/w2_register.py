@@ -188,11 +188,11 @@ class EpcscfProcess:
 
     def wait_listening(self, timeout: float = 30.0) -> None:
         deadline = time.monotonic() + timeout
-        while self.workers > 1 and self.count_in_log(b"ready on ") < self.workers:
+        while self.workers > 1 and self.workers_running() < self.workers:
             # The supervisor holds the ws port from the start; the workers listen a moment later.
             if self.process.poll() is not None or time.monotonic() > deadline:
                 raise RuntimeError(f"epcscf workers not ready; see {self.log_path}:\n{self.tail()}")
-            time.sleep(0.05)
+            time.sleep(0.1)
         for port in (self.ws_port, self.wss_port):
             while True:
                 if self.process.poll() is not None:
@@ -222,15 +222,30 @@ class EpcscfProcess:
     def cpu_seconds(self) -> float:
         return sum(cpu_seconds(pid) for pid in self.pids())
 
+    def metrics(self) -> str:
+        """The supervisor's merged /metrics ("" while it does not answer yet)."""
+        import urllib.error
+        import urllib.request
+
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{self.metrics_port}/metrics", timeout=10) as response:
+                return response.read().decode()
+        except (urllib.error.URLError, ConnectionError):
+            return ""
+
+    def workers_running(self) -> int:
+        import re
+
+        found = re.search(r'^epcscf_workers_running\{worker="supervisor"\} (\S+)$', self.metrics(), re.MULTILINE)
+        return int(float(found.group(1))) if found else 0
+
     def connection_shares(self) -> list[int]:
         """Open WebSocket connections of each worker, from the supervisor's merged /metrics."""
         if self.workers == 1:
             return []
         import re
-        import urllib.request
 
-        with urllib.request.urlopen(f"http://127.0.0.1:{self.metrics_port}/metrics", timeout=10) as response:
-            body = response.read().decode()
+        body = self.metrics()
         found = dict(re.findall(r'^epcscf_ws_connections\{worker="(\d+)"\} (\S+)$', body, re.MULTILINE))
         return [int(float(found.get(str(index), "0"))) for index in range(self.workers)]
 
