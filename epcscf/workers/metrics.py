@@ -7,7 +7,7 @@ built without), cannot express the gauges read from the live node at scrape time
 renders its own registry when asked (``control.Scrape``); the supervisor adds a
 ``worker="N"`` label to every sample (its own figures carry ``worker="supervisor"``) and
 writes each family once, so the page is one consistent exposition.  A worker that does
-not answer within ``SCRAPE_TIMEOUT`` is left out of that scrape and ``epcscf_workers_answering``
+not answer within ``epcscf.workers.pool.ASK_TIMEOUT`` is left out of that scrape and ``epcscf_workers_answering``
 says so.
 """
 
@@ -25,8 +25,6 @@ from twisted.web.server import NOT_DONE_YET, Request
 from epcscf.workers import control
 
 log = Logger(namespace="epcscf.workers.metrics")
-
-SCRAPE_TIMEOUT = 5.0
 
 
 class Family:
@@ -100,8 +98,7 @@ class MergedMetricsPage(Resource):
         self.reactor = reactor
 
     def render_GET(self, request: Request) -> Any:  # noqa: N802
-        scraping = self.pool.ask(control.Scrape)
-        scraping.addTimeout(SCRAPE_TIMEOUT, self.reactor)
+        scraping = self.pool.ask(control.Scrape)  # each worker's answer bounded by ASK_TIMEOUT
         scraping.addErrback(lambda failure: [])
         scraping.addCallback(self._write, request)
         return NOT_DONE_YET

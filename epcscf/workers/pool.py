@@ -34,6 +34,7 @@ log = Logger(namespace="epcscf.workers")
 QUICK_CRASH = 10.0  # seconds: a worker dying sooner than this after its start is restarted later
 FIRST_BACKOFF = 0.25
 MAX_BACKOFF = 10.0
+ASK_TIMEOUT = 5.0  # seconds a worker has to answer a console or metrics command
 STOP_GRACE = 10.0  # seconds beyond [service] drain_timeout before a stopping worker gets SIGKILL
 
 
@@ -294,7 +295,8 @@ class WorkerPool(Service):
     def ask(self, command: type[amp.Command], **arguments: Any) -> defer.Deferred:
         """``command`` to every ready worker: fires with [(index, answer dict or None on failure)]."""
         workers = self.live()
-        asking = [worker.link.callRemote(command, **arguments) for worker in workers]
+        # A worker stuck in a long computation must not hang the console or the scrape.
+        asking = [worker.link.callRemote(command, **arguments).addTimeout(ASK_TIMEOUT, self.reactor) for worker in workers]
 
         def pair(results: list[tuple[bool, Any]]) -> list[tuple[int, Any]]:
             answers = []
@@ -310,4 +312,4 @@ class WorkerPool(Service):
         worker = self.processes.get(index)
         if worker is None or not worker.ready:
             return defer.fail(KeyError(f"worker {index} is not running"))
-        return worker.link.callRemote(command, **arguments)
+        return worker.link.callRemote(command, **arguments).addTimeout(ASK_TIMEOUT, self.reactor)
