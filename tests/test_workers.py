@@ -11,11 +11,13 @@ import secrets
 import signal
 import time
 
-from twisted.internet import reactor
+from twisted.internet import defer, reactor
 from twisted.trial import unittest
 from twisted.web.client import Agent, readBody
 
 from epcscf.config import Listener, load
+from epcscf.sip.message import Request, Response, make_response
+from epcscf.sip.proxy_rules import name_addr_uri
 from epcscf.workers.control import Chunked, Json
 from epcscf.workers.metrics import merge_expositions
 from epcscf.workers.plan import WorkerPlan, media_slice, worker_config, worker_sip_listeners
@@ -23,7 +25,9 @@ from tests.support.daemon import Daemon
 from tests.support.deployment import DOMAIN, write_users
 from tests.support.processes import TOP, child_env, process_alive, wait_for
 from tests.support.ssh_console import _ConsoleSession, ssh_invocation
+from tests.support.udp_peer import UdpSipPeer
 from tests.support.wic import WsSipClient, as_deferred
+from tests.test_calls_media import SimulatedWic
 from tests.test_twistd import TWISTD
 
 USERS = {f"user{n}": f"secret-{n}" for n in range(12)}
@@ -195,7 +199,30 @@ class WorkerProcessesTests(unittest.TestCase):
         for index in workers:
             await wait_for(lambda: f"[worker{index}/epcscf.ops.lifecycle#info] reload: [ws] ping_interval 25.0 → 20.0 (applied)" in daemon.output)
 
-        # kill -9 of worker 0 with WICs registered on it.
+        # A call from a WIC of worker 0 to an IMS party (a bare UDP peer behind the embedded core),
+        # answered and acknowledged: worker 0 then dies mid-call.
+        ims = UdpSipPeer()
+        ims_port = ims.start()
+        self.addCleanup(ims.stop)
+        caller = clients[on[0][0]]
+        wic = SimulatedWic(controlling=True)
+        await wic.gather()
+        self.addCleanup(lambda: defer.ensureDeferred(wic.close()))
+        invite = caller.request("INVITE", f"sip:ims@127.0.0.1:{ims_port}", body=wic.sdp("actpass"), content_type="application/sdp")
+        invite.headers.add("Contact", f"<sip:{caller.user}@{caller.host};transport=ws;ob>")
+        await as_deferred(caller.send(invite))
+        core_invite, core_address = await as_deferred(ims.next_request(10))
+        ok = make_response(core_invite, 200, to_tag="ims1")
+        for route in core_invite.headers.get_all("Record-Route"):
+            ok.headers.add("Record-Route", route)
+        ok.headers.add("Contact", f"<sip:ims@127.0.0.1:{ims_port}>")
+        ok.headers.add("Content-Type", "application/sdp")
+        ok.body = b"v=0\r\no=- 1 1 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\nm=audio 40000 RTP/AVP 0\r\na=rtpmap:0 PCMU/8000\r\n"
+        ims.send(ok, core_address)
+        answer = await as_deferred(caller.final_response(10))
+        self.assertEqual(answer.status, 200)
+
+        # kill -9 of worker 0 with WICs registered on it, one of them in that call.
         dead_pid, dead_port = workers[0]
         dead_path = dict((name, path) for name, (_, _, path) in zip(USERS, registered))[on[0][0]]
         os.kill(dead_pid, signal.SIGKILL)
@@ -207,7 +234,27 @@ class WorkerProcessesTests(unittest.TestCase):
         workers[0] = (int(restarted[1]), dead_port)
         self.assertEqual(daemon.output.count(f"(pid {dead_pid}) died"), 1)  # logged once
 
-        # The core's next in-dialog request for a flow of the dead worker: 430 at once (RFC 5626 §5.3.1).
+        # The IMS party hangs up: its BYE follows the dialog's route set (RFC 3261 §12.2.1.1) through
+        # the embedded core to worker 0's address, where the restarted worker answers 430 at once.
+        routes = [value for header in core_invite.headers.get_all("Record-Route") for value in header.split(",")]
+        bye = Request("BYE", name_addr_uri(core_invite.headers.get("Contact") or ""))
+        bye.headers.add("Via", f"SIP/2.0/UDP 127.0.0.1:{ims_port};branch=z9hG4bK{secrets.token_hex(6)}")
+        bye.headers.add("Max-Forwards", "70")
+        for route in routes:
+            bye.headers.add("Route", route.strip())
+        bye.headers.add("From", (core_invite.headers.get("To") or "") + ";tag=ims1")
+        bye.headers.add("To", core_invite.headers.get("From") or "")
+        bye.headers.add("Call-ID", core_invite.headers.get("Call-ID") or "")
+        bye.headers.add("CSeq", "1 BYE")
+        started = time.monotonic()
+        ims.send(bye, core_address)
+        while True:
+            message, _ = await as_deferred(asyncio.wait_for(ims.received.get(), 10))
+            if isinstance(message, Response) and message.status >= 200:
+                break
+        self.assertEqual((message.status, time.monotonic() - started < 2.0), (430, True), message.status)
+
+        # The core's next request straight to a flow of the dead worker: 430 at once (RFC 5626 §5.3.1).
         status, elapsed = await as_deferred(in_dialog_request(dead_port, dead_path.split(",")[0].strip()))
         self.assertEqual(status, "SIP/2.0 430 Flow Failed")
         self.assertLess(elapsed, 2.0)
