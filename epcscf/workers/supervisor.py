@@ -31,11 +31,10 @@ from epcscf.core.users import read_users
 from epcscf.logging import set_log_level
 from epcscf.ops.lifecycle import install_sighup
 from epcscf.ops.manhole import ManholeService, UsersFileError
-from epcscf.ops.metrics import _QuietSite
 from epcscf.wwsf import DemoUser, WebSocketEndpoint, WwsfService, WwsfSettings
 from epcscf.wwsf.bundle import default_bundle_dir
 from epcscf.workers.console import SupervisorConsole
-from epcscf.workers.metrics import MergedMetricsPage, SupervisorMetrics, scrape_once
+from epcscf.workers.metrics import MergedMetricsPage, QuietSite, SupervisorMetrics, scrape_once
 from epcscf.workers.plan import WorkerPlan, worker_sip_listeners
 from epcscf.workers.pool import WorkerPool
 from epcscf.workers.sockets import listening_socket, reserve_reuseport
@@ -98,7 +97,7 @@ class SupervisorService(MultiService):
             if self.config.metrics.enabled:
                 root = Resource()
                 root.putChild(b"metrics", MergedMetricsPage(self, self.metrics, self.reactor))
-                self._metrics_port = self.reactor.listenTCP(self.config.metrics.port, _QuietSite(root), interface=self.config.metrics.address)
+                self._metrics_port = self.reactor.listenTCP(self.config.metrics.port, QuietSite(root), interface=self.config.metrics.address)
                 log.info("Prometheus metrics of all workers on http://{address}:{port}/metrics", address=self.config.metrics.address, port=self.metrics_port)
         except CannotListenError as error:
             reason = error.socketError.strerror if hasattr(error.socketError, "strerror") else error.socketError
