@@ -16,15 +16,17 @@ import argparse
 import gc
 import os
 import sys
+import traceback
 from typing import Any
 
+from twisted.internet.error import ReactorNotRunning
 from twisted.logger import Logger
 
 from epcscf.config import Config, ConfigError, load
 from epcscf.ops.lifecycle import ConfigChange, apply_config
 from epcscf.ops.metrics import EventLoopLag
 from epcscf.pcscf.flows import FlowTokenCodec
-from epcscf.service import EpcscfService
+from epcscf.service import EpcscfService, StartupError
 from epcscf.workers import control
 from epcscf.workers.plan import WorkerPlan, worker_config
 from epcscf.workers.sockets import WsPortOpener, inherited_opener, reuseport_opener
@@ -143,9 +145,11 @@ def main(argv: list[str] | None = None) -> None:
     service = WorkerService(config, plan, reactor, opener, flow_key)
 
     def supervisor_gone() -> None:
-        if reactor.running:
-            log.warn("worker {index}: the supervisor is gone; stopping", index=plan.index)
+        log.warn("worker {index}: the supervisor is gone; stopping", index=plan.index)
+        try:
             reactor.stop()
+        except ReactorNotRunning:
+            pass  # already stopping (SIGTERM came first)
 
     link = WorkerControl(service, supervisor_gone)
     StandardIO(link, stdin=control.COMMANDS_FD, stdout=control.ANSWERS_FD, reactor=reactor)
@@ -154,6 +158,8 @@ def main(argv: list[str] | None = None) -> None:
         try:
             service.startService()
         except Exception as error:  # StartupError and friends: one line, then a non-zero exit
+            if not isinstance(error, StartupError):
+                traceback.print_exc()  # a defect: the supervisor logs the traceback's lines
             sys.stderr.write(f"{error}\n")  # the supervisor names the worker
             sys.stderr.flush()
             os._exit(3)
