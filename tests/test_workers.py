@@ -178,27 +178,6 @@ class WorkerProcessesTests(unittest.TestCase):
         self.assertEqual(sample(body, "epcscf_workers_running", "supervisor"), 2.0)
         self.assertEqual(body.count("# TYPE epcscf_ws_connections gauge"), 1)
 
-        # The console in the supervisor lists the registrations of both workers and closes a
-        # flow in whichever worker has it.
-        victim = on[1][0]
-        screen = await console(
-            console_port,
-            ["registrations()", f"flows().addCallback(lambda rows: disconnect([r for r in rows if r['worker'] == 1][0]['flow']))"],
-            expected=2,
-        )
-        for name in USERS:
-            self.assertRegex(screen, rf"\n{owner[name]} +sip:{name}@{DOMAIN} ")
-        self.assertRegex(screen, r"\n1 +ws-\S+ +127\.0\.0\.1:\d+ +closing")
-        await as_deferred(clients[victim]._reader)  # the WIC sees its WebSocket closed
-        self.assertEqual(clients[victim].socket.close_code, 1000)
-
-        # SIGHUP: checked by the supervisor, re-read by every worker.
-        with open(override, "w") as handle:
-            handle.write("[ws]\nping_interval = 20\n")
-        os.kill(daemon.process.pid, signal.SIGHUP)
-        for index in workers:
-            await wait_for(lambda: f"[worker{index}/epcscf.ops.lifecycle#info] reload: [ws] ping_interval 25.0 → 20.0 (applied)" in daemon.output)
-
         # A call from a WIC of worker 0 to an IMS party (a bare UDP peer behind the embedded core),
         # answered and acknowledged: worker 0 then dies mid-call.
         ims = UdpSipPeer()
@@ -222,7 +201,33 @@ class WorkerProcessesTests(unittest.TestCase):
         answer = await as_deferred(caller.final_response(10))
         self.assertEqual(answer.status, 200)
 
-        # kill -9 of worker 0 with WICs registered on it, one of them in that call.
+        # The console in the supervisor lists the registrations and calls of both workers and
+        # closes a flow in whichever worker has it.
+        victim = on[1][0]
+        screen = await console(
+            console_port,
+            [
+                "registrations()",
+                "calls()",
+                f"flows().addCallback(lambda rows: disconnect([r for r in rows if r['worker'] == 1][0]['flow']))",
+            ],
+            expected=3,
+        )
+        self.assertRegex(screen, rf"\n0 +{re.escape(invite.headers.get('Call-ID') or '')} +originating +\w+")
+        for name in USERS:
+            self.assertRegex(screen, rf"\n{owner[name]} +sip:{name}@{DOMAIN} ")
+        self.assertRegex(screen, r"\n1 +ws-\S+ +127\.0\.0\.1:\d+ +closing")
+        await as_deferred(clients[victim]._reader)  # the WIC sees its WebSocket closed
+        self.assertEqual(clients[victim].socket.close_code, 1000)
+
+        # SIGHUP: checked by the supervisor, re-read by every worker.
+        with open(override, "w") as handle:
+            handle.write("[ws]\nping_interval = 20\n")
+        os.kill(daemon.process.pid, signal.SIGHUP)
+        for index in workers:
+            await wait_for(lambda: f"[worker{index}/epcscf.ops.lifecycle#info] reload: [ws] ping_interval 25.0 → 20.0 (applied)" in daemon.output)
+
+        # kill -9 of worker 0 with WICs registered on it, one of them in the call.
         dead_pid, dead_port = workers[0]
         dead_path = dict((name, path) for name, (_, _, path) in zip(USERS, registered))[on[0][0]]
         os.kill(dead_pid, signal.SIGKILL)
