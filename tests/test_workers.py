@@ -24,7 +24,7 @@ from epcscf.workers.plan import WorkerPlan, media_slice, worker_config, worker_s
 from tests.support.daemon import Daemon
 from tests.support.deployment import DOMAIN, write_users
 from tests.support.processes import TOP, child_env, process_alive, wait_for
-from tests.support.ssh_console import _ConsoleSession, ssh_invocation
+from tests.support.ssh_console import ANSI, PROMPT, _ConsoleSession, ssh_invocation
 from tests.support.udp_peer import UdpSipPeer
 from tests.support.wic import WsSipClient, as_deferred
 from tests.test_calls_media import SimulatedWic
@@ -70,17 +70,26 @@ port = 0
 
 
 class _AsyncConsole(_ConsoleSession):
-    """The console session, hanging up only once ``expected`` Deferred results have been shown."""
+    """The console session, typing a line at each fresh prompt and hanging up only once every
+    line is typed and ``expected`` Deferred results have been shown (the supervisor's commands
+    answer after the prompt is back)."""
 
     def __init__(self, lines: list[str], expected: int) -> None:
         super().__init__(lines)
         self.expected = expected
 
     def outReceived(self, data: bytes) -> None:  # noqa: N802
-        if not self.lines and self.output.count(b"called back:") + data.count(b"called back:") < self.expected:
-            self.output += data  # wait for the answers before the next prompt ends the session
-            return
-        super().outReceived(data)
+        self.output += data
+        screen = ANSI.sub(b"", self.output)
+        prompts = int(PROMPT in screen.split(b"\n", 1)[0]) + screen.count(b"\n" + PROMPT)
+        while prompts > self.prompts_seen:
+            self.prompts_seen += 1
+            if self.lines:
+                self.transport.write(self.lines.pop(0).encode() + b"\r")
+        if not self.lines and screen.count(b"called back:") >= self.expected and screen.endswith(PROMPT):
+            self.transport.signalProcess("TERM")
+
+    errReceived = outReceived
 
 
 async def console(port: int, lines: list[str], expected: int) -> str:
@@ -89,10 +98,6 @@ async def console(port: int, lines: list[str], expected: int) -> str:
     process = reactor.spawnProcess(session, "/usr/bin/ssh", argv, env=env)
     guard = reactor.callLater(20, lambda: process.signalProcess("KILL"))
     try:
-        await wait_for(lambda: session.finished.called or session.output.count(b"called back:") >= expected, timeout=20)
-        if not session.finished.called:
-            await wait_for(lambda: session.prompts_seen > len(lines), timeout=5)
-            process.signalProcess("TERM")
         _, screen = await session.finished
     finally:
         if guard.active():
