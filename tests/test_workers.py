@@ -214,10 +214,12 @@ class WorkerProcessesTests(unittest.TestCase):
             [
                 "registrations()",
                 "calls()",
+                "release('no-such-call')",
                 f"flows().addCallback(lambda rows: disconnect([r for r in rows if r['worker'] == 1][0]['flow']))",
             ],
-            expected=3,
+            expected=4,
         )
+        self.assertIn("no live call 'no-such-call' (see calls())", screen)
         self.assertRegex(screen, rf"\n0 +{re.escape(invite.headers.get('Call-ID') or '')} +originating +\w+")
         for name in USERS:
             self.assertRegex(screen, rf"\n{owner[name]} +sip:{name}@{DOMAIN} ")
