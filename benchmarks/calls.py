@@ -3,7 +3,7 @@
 Usage::
 
     .venv/bin/python benchmarks/calls.py [--rate 100] [--seconds 30] [--wics 60] [--ice-mode full|lite]
-                                         [--quick] [--log-level warn]
+                                         [--quick] [--log-level warn] [--epcscf-workers 2]
 
 epcscf runs as its own process (``twistd -n epcscf`` on a generated ini, the embedded core, the
 same ``Deployment``/``EpcscfProcess`` as ``benchmarks/w2_register.py``); a sipp UAS
@@ -24,6 +24,10 @@ One call, as the generator does it (open loop: a call starts every 1/``--rate`` 
 Measured: calls/s completed, failures (any step wrong or slower than 10 s), setup time
 (INVITE sent → ICE completed) p50/p99, epcscf CPU.  DTLS is not run by the generator: the
 eP-CSCF's ClientHello goes unanswered until the BYE (its cost per call is included).
+
+``--epcscf-workers N`` (N > 1) runs epcscf with ``[service] workers = N`` and the core in its own
+process (as ``--separate-core``); the WICs per worker are read from the supervisor's ``/metrics``
+and epcscf CPU is the supervisor's and the workers' together.
 
 Floors (the project's targets): ≥ 100 calls/s sustained for 30 s, < 1 % failures, p99 setup < 250 ms.
 The exit status is 0 whatever the figures (a measurement, not a test); non-zero only when the
