@@ -398,3 +398,18 @@ class WorkerStartupFailureTests(unittest.TestCase):
         code, sig = await daemon.ended
         self.assertEqual(code, 3, daemon.output)
         self.assertIn(f"twistd epcscf: worker 1 could not start: cannot listen on 127.0.0.1:{port}: Address already in use\n", daemon.output)
+
+
+class WorkersLayeringTests(unittest.TestCase):
+    def test_the_supervisor_side_sees_workers_only_through_amp_like_ops(self) -> None:
+        """The supervisor's modules follow ``epcscf/ops``'s rules: no eP-CSCF internals, no other
+        object's private attributes (``worker.py`` builds a worker's service, as ``service.py`` does)."""
+        from tests.test_layering import PACKAGE, ops_findings
+
+        directory = os.path.join(PACKAGE, "workers")
+        findings = [
+            f for f in ops_findings(directory)
+            if os.path.basename(f.path) not in ("worker.py", "run.py") and "os._exit" not in f.what  # os._exit is public API
+        ]
+        self.assertEqual([str(f) for f in findings], [])
+        self.assertTrue(ops_findings(directory))  # worker.py imports epcscf.pcscf.flows: the check sees it

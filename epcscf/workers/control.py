@@ -22,11 +22,16 @@ ANSWERS_FD = 4
 _CHUNK = 0xFFFF
 
 
+def _python_name(name: bytes) -> str:
+    """An AMP argument's wire name → the keyword it is passed as (as AMP itself converts it)."""
+    return name.decode("ascii").replace("-", "_")
+
+
 class Chunked(amp.Argument):
     """UTF-8 text of any length, split over keys ``name.0``, ``name.1``… (AMP's 64 KiB limit)."""
 
     def toBox(self, name: bytes, strings: dict, objects: dict, proto: Any) -> None:  # noqa: N802
-        data = self.encode(objects[amp._wireNameToPythonIdentifier(name)])
+        data = self.encode(objects[_python_name(name)])
         for index, start in enumerate(range(0, max(len(data), 1), _CHUNK)):
             strings[b"%s.%d" % (name, index)] = data[start : start + _CHUNK]
 
@@ -37,7 +42,7 @@ class Chunked(amp.Argument):
             if part is None:
                 break
             parts.append(part)
-        objects[amp._wireNameToPythonIdentifier(name)] = self.decode(b"".join(parts))
+        objects[_python_name(name)] = self.decode(b"".join(parts))
 
     def encode(self, value: Any) -> bytes:
         return value.encode("utf-8")

@@ -97,7 +97,7 @@ class WorkerProcess(protocol.ProcessProtocol):
         self.started = started
         self.pid: int | None = None
         self.ready = False
-        self.link = WorkerLink(pool._worker_ready)
+        self.link = WorkerLink(pool.worker_ready)
         self._log_buffer = b""
         self._stderr_buffer = b""
         self._stderr_tail: list[str] = []
@@ -148,7 +148,7 @@ class WorkerProcess(protocol.ProcessProtocol):
             self._republish(self._log_buffer)
         if self._stderr_buffer:
             self._stderr_line(self._stderr_buffer)
-        self.pool._worker_exited(self, reason)
+        self.pool.worker_exited(self, reason)
 
     def last_error(self) -> str:
         return self._stderr_tail[-1] if self._stderr_tail else ""
@@ -209,7 +209,7 @@ class WorkerPool(Service):
         transport.closeChildFD(0)
         self.processes[plan.index] = process
 
-    def _worker_ready(self, index: int, pid: int, listeners: list[str]) -> None:
+    def worker_ready(self, index: int, pid: int, listeners: list[str]) -> None:
         process = self.processes.get(index)
         if process is None:
             return
@@ -232,7 +232,7 @@ class WorkerPool(Service):
         self._all_ready.addCallback(lambda value: (result.callback(None), value)[1])
         return result
 
-    def _worker_exited(self, process: WorkerProcess, reason: Failure) -> None:
+    def worker_exited(self, process: WorkerProcess, reason: Failure) -> None:
         index = process.plan.index
         if self.processes.get(index) is process:
             del self.processes[index]
