@@ -33,6 +33,8 @@ from epcscf.ops.lifecycle import install_sighup
 from epcscf.ops.manhole import ManholeService, UsersFileError
 from epcscf.wwsf import DemoUser, WebSocketEndpoint, WwsfService, WwsfSettings
 from epcscf.wwsf.bundle import default_bundle_dir
+from epcscf.wwsf.login import LoginAccount
+from epcscf.wwsf.tokens import TokenIssuer, ensure_signing_key
 from epcscf.workers.console import SupervisorConsole
 from epcscf.workers.metrics import MergedMetricsPage, QuietSite, SupervisorMetrics, scrape_once
 from epcscf.workers.plan import WorkerPlan, worker_sip_listeners
@@ -69,6 +71,11 @@ class SupervisorService(MultiService):
         if config.core.mode == "embedded":
             self.core = EmbeddedCore(EmbeddedCoreSettings.from_config(config), reactor)
             self.core.setServiceParent(self)
+        # Web login: the key the demo WWSF signs with is made here, before any worker starts, so
+        # that every worker finds the same file in state_dir (as EpcscfService decides it).
+        self.token_key: tuple[str, str] | None = None
+        if config.auth.mode != "digest" and (config.wwsf.enabled or not config.auth.keys):
+            self.token_key = ensure_signing_key(config.service.state_dir)
         self.wwsf: WwsfService | None = None
         if config.wwsf.enabled:
             self.wwsf = WwsfService(self._wwsf_settings(), config.wwsf.listen, reactor, config.ws.certificate, config.ws.private_key)
@@ -231,4 +238,17 @@ class SupervisorService(MultiService):
             bundle_dir=wwsf.bundle_dir or default_bundle_dir(),
             demo_users=tuple(DemoUser(u.name, u.password, u.identities[0], u.identities) for u in users),
             websocket_url=wwsf.websocket_url,
+            **self._login_settings(),
         )
+
+    def _login_settings(self) -> dict[str, Any]:
+        """As ``EpcscfService``'s: with [auth] mode token or both, the embedded core's users log in."""
+        if self.token_key is None or self.core is None:
+            return {}
+        config = self.config
+        issuer = TokenIssuer(self.token_key[0], config.auth.audience or config.core.domain, config.auth.token_lifetime)
+        accounts = {
+            user.name: LoginAccount(user.name, user.password, tuple(user.identities), f"{user.name}@{config.core.domain}")
+            for user in read_users(config.core.users, config.core.domain)
+        }
+        return {"token_issuer": issuer, "login_accounts": accounts.get}
