@@ -409,6 +409,15 @@ class LogSection:
     format: str = _option(_choice("text", "json"), "text", "text lines or JSON lines (one event per line)")
 
 
+@dataclass(frozen=True)
+class NonsipSection:
+    listen: tuple[Listener, ...] = _option(
+        _listeners("ws", "wss"), (),
+        "non-SIP WIC listeners (Janus JSON API, subprotocol janus-protocol), e.g. ws:127.0.0.1:8188; none by default",
+    )
+    session_timeout: float = _option(_seconds, 60.0, "end a Janus session (its calls and registrations) after this long without a request")
+
+
 SECTIONS: dict[str, type] = {
     "service": ServiceSection,
     "sip": SipSection,
@@ -421,6 +430,7 @@ SECTIONS: dict[str, type] = {
     "overload": OverloadSection,
     "wwsf": WwsfSection,
     "log": LogSection,
+    "nonsip": NonsipSection,
 }
 
 
@@ -438,6 +448,7 @@ class Config:
     overload: OverloadSection
     wwsf: WwsfSection
     log: LogSection
+    nonsip: NonsipSection = field(default_factory=NonsipSection)
 
 
 def load(paths: Iterable[str | os.PathLike[str]]) -> Config:
@@ -534,6 +545,8 @@ def _check_consistency(config: Config, set_by: dict[tuple[str, str], str]) -> No
             fail("wwsf", "listen", "an https listener uses the [ws] certificate and private_key: set both")
     if config.ws.certificate and config.ws.private_key:
         _check_credentials(fail, "ws", ("certificate", "private_key"), (config.ws.certificate, config.ws.private_key))
+    if any(listener.transport == "wss" for listener in config.nonsip.listen) and not (config.ws.certificate and config.ws.private_key):
+        fail("nonsip", "listen", "a wss listener uses the [ws] certificate and private_key: set both")
     if config.manhole.enabled and not config.manhole.users:
         fail("manhole", "users", "enabled = true needs a users file (user:bcrypt-hash lines)")
     if config.overload.lag_low >= config.overload.lag_high:

@@ -221,6 +221,8 @@ class PcscfNode(Service):
         )
         self._load_probe: LoadProbe | None = None
         self.media_engine: CallMediaEngine | None = None
+        #: the non-SIP WIC front end (``[nonsip] listen``), None when not configured
+        self.janus: Any = None
         #: the one interface operations use (plain data in and out)
         self.operations = PcscfOperations(self)
 
@@ -306,8 +308,28 @@ class PcscfNode(Service):
             pending = (lambda: len(proxy.active())) if self.overload_settings.max_pending > 0 else (lambda: 0)
             self._load_probe = LoadProbe(self.reactor, self.overload_settings.lag_interval, self.overload.sample, pending)
             self._load_probe.start()
+        self._start_nonsip()
         log.info("eP-CSCF listening on {listeners}", listeners=", ".join(str(l) for l in self.listeners))
         super().startService()
+
+    def _start_nonsip(self) -> None:
+        """TS 24.371 §7.2.1 non-SIP WICs: the Janus API listeners, onto the same flows sink."""
+        if not self.config.nonsip.listen:
+            return
+        from epcscf.nonsip.websocket import JanusWebSocketFactory
+        from epcscf.pcscf.nonsip_gateway import JanusGateway
+
+        self.janus = JanusGateway(self.reactor, _WsSink(self), self.wic_timers, self.config.nonsip.session_timeout)
+        factory = JanusWebSocketFactory(ws_settings(self.config), self.janus, reactor=self.reactor)
+        for listener in self.config.nonsip.listen:
+            if listener.transport == "wss":
+                options = server_tls_from_files(self.config.ws.certificate, self.config.ws.private_key, HTTP_PROTOCOLS)
+                port = self.reactor.listenSSL(listener.port, factory, options, interface=listener.address)
+            else:
+                port = self.reactor.listenTCP(listener.port, factory, interface=listener.address)
+            self._ws_ports.append(port)
+            host = port.getHost()
+            self.listeners.append(BoundListener(f"JANUS-{listener.transport.upper()}", Address(host.host, host.port)))
 
     def _public(self, listener: BoundListener) -> BoundListener:
         """The address written in Path/Record-Route/Via for a listener (``public_address`` if set)."""
@@ -357,6 +379,8 @@ class PcscfNode(Service):
         if self.ws_factory is not None:
             for connection in list(self.ws_factory.connections):
                 connection.close(1001, "server shutting down")  # RFC 6455 §7.4.1: going away
+        if self.janus is not None:
+            self.janus.close()
         if self.calls is not None:
             stopping.append(self.calls.close())
         self.registrations.close()

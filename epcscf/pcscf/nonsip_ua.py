@@ -1,0 +1,612 @@
+"""The SIP user agent the eP-CSCF runs for one non-SIP WIC (TS 24.371 §7.2.1, §7.4.1).
+
+A non-SIP WIC sends only RFC 3264 offers and answers; this UA turns its wishes into SIP and
+sends them over its own in-process flow (``epcscf.pcscf.nonsip_flow``) into the unchanged
+P-CSCF: REGISTER with ``+sip.instance``/``reg-id`` (RFC 5626 §4.2) so the core reaches the
+flow through our Path, digest challenges answered with the WIC's credentials (RFC 3261
+§22.2, RFC 7616), INVITE/ACK/CANCEL/BYE as UAC and UAS (RFC 3261 §13-15) on ``epcscf.sip``
+transactions.  The SDP it sends is the WIC's own WebRTC description, so the call manager
+transforms it, runs ICE and DTLS-SRTP exactly as for a SIP WIC (§7.4.2, §7.4.3).
+
+What the WIC sees is a stream of ``UaEvent`` (the Janus SIP plugin's event names).
+"""
+
+from __future__ import annotations
+
+import enum
+import secrets
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+from twisted.logger import Logger
+
+from epcscf.core.digest import ALGORITHMS, DigestParseError, compute_response, parse_digest
+from epcscf.pcscf.nonsip_flow import FlowPair, FlowSink, PipeEnd
+from epcscf.sip.connection import Address
+from epcscf.sip.headers import cseq, from_tag, to_tag
+from epcscf.sip.message import Message, Request, Response, make_response, new_tag
+from epcscf.sip.proxy_rules import list_values, name_addr_uri
+from epcscf.sip.transaction import ClientTransaction, ServerTransaction, TimerSettings, TransactionLayer
+
+__all__ = ["Credentials", "RegState", "CallPhase", "UaEvent", "NonSipUserAgent"]
+
+log = Logger(namespace="epcscf.pcscf.nonsip")
+
+REGISTER_EXPIRES = 600
+
+
+class RegState(enum.Enum):
+    UNREGISTERED = "unregistered"
+    REGISTERING = "registering"
+    REGISTERED = "registered"
+    UNREGISTERING = "unregistering"
+
+
+class CallPhase(enum.Enum):
+    IDLE = "idle"
+    CALLING = "calling"  # our INVITE awaits its final response (UAC)
+    INCOMING = "incoming"  # an INVITE awaits the WIC's accept or decline (UAS)
+    CONFIRMED = "confirmed"
+    ENDING = "ending"  # our BYE or CANCEL is out
+
+
+@dataclass(frozen=True)
+class Credentials:
+    aor: str  # sip:user@domain, the public identity
+    user: str
+    domain: str
+    authuser: str
+    secret: str
+    display_name: str = ""
+
+
+@dataclass(frozen=True)
+class UaEvent:
+    """One event for the WIC: ``result`` is the Janus SIP plugin's ``result`` object."""
+
+    result: dict[str, Any]
+    sdp: tuple[str, str] | None = None  # (jsep type, sdp)
+    call_id: str | None = None
+
+
+@dataclass
+class _Dialog:
+    """RFC 3261 §12: what in-dialog requests need."""
+
+    call_id: str
+    local_tag: str
+    remote_tag: str | None
+    local_uri: str
+    remote_uri: str
+    remote_target: str
+    route_set: list[str]
+    local_cseq: int
+    invite: Request
+    transaction: ClientTransaction | ServerTransaction | None = None
+    answered_sdp: bool = False
+    acks: dict[str, Request] = field(default_factory=dict)
+
+
+class NonSipUserAgent:
+    """One Janus SIP handle's UA: at most one registration and one call (as Janus's)."""
+
+    def __init__(
+        self,
+        reactor: Any,
+        sink: FlowSink,
+        emit: Callable[[UaEvent], None],
+        local: Address,
+        remote: Address,
+        origin: str | None,
+        timers: TimerSettings,
+    ) -> None:
+        self._reactor = reactor
+        self._emit = emit
+        self.transactions = TransactionLayer(reactor, self, lambda connection: timers)
+        self.flow = FlowPair(reactor, sink, self.transactions.receive, local, remote, origin)
+        self.host = f"{secrets.token_hex(5)}.invalid"  # RFC 7118 §5.2: a WIC has no reachable host
+        self.instance = f"<urn:uuid:{secrets.token_hex(4)}-{secrets.token_hex(2)}-4{secrets.token_hex(2)[1:]}-8{secrets.token_hex(2)[1:]}-{secrets.token_hex(6)}>"
+        self.credentials: Credentials | None = None
+        self.reg_state = RegState.UNREGISTERED
+        self.phase = CallPhase.IDLE
+        self.dialog: _Dialog | None = None
+        self._register_call_id = secrets.token_hex(10)
+        self._register_cseq = 0
+        self._register_refresh: Any = None
+        self._challenge_answered = False
+        self._closing = False
+
+    @property
+    def connection(self) -> PipeEnd:
+        return self.flow.ua_end
+
+    # --- requests we build (RFC 3261 §8.1.1) --------------------------------------------------
+
+    def _via(self) -> str:
+        return f"SIP/2.0/WS {self.host};branch=z9hG4bK{secrets.token_hex(8)}"
+
+    def _contact(self) -> str:
+        assert self.credentials is not None
+        return f"<sip:{self.credentials.user}@{self.host};transport=ws;ob>"
+
+    def _send(self, request: Request, user: Any) -> ClientTransaction:
+        request.headers.set("Content-Length", str(len(request.body)))
+        return self.transactions.send_request(request, self.connection, user)
+
+    # --- registration -------------------------------------------------------------------------
+
+    def register(self, credentials: Credentials) -> None:
+        self.credentials = credentials
+        self.reg_state = RegState.REGISTERING
+        self._emit(UaEvent({"event": "registering"}))
+        self._send_register(REGISTER_EXPIRES, authorization=None)
+
+    def unregister(self) -> None:
+        if self.reg_state is not RegState.REGISTERED:
+            return
+        self.reg_state = RegState.UNREGISTERING
+        self._emit(UaEvent({"event": "unregistering"}))
+        self._send_register(0, authorization=None)
+
+    def _send_register(self, expires: int, authorization: tuple[str, str] | None) -> None:
+        assert self.credentials is not None
+        if self._register_refresh is not None and self._register_refresh.active():
+            self._register_refresh.cancel()
+        self._register_refresh = None
+        self._register_cseq += 1
+        c = self.credentials
+        request = Request("REGISTER", f"sip:{c.domain}")
+        request.headers.add("Via", self._via())
+        request.headers.add("Max-Forwards", "70")
+        request.headers.add("From", f"<{c.aor}>;tag={new_tag()}")
+        request.headers.add("To", f"<{c.aor}>")
+        request.headers.add("Call-ID", self._register_call_id)
+        request.headers.add("CSeq", f"{self._register_cseq} REGISTER")
+        # RFC 5626 §4.2: instance id and reg-id ask for outbound: the binding lives on this flow.
+        request.headers.add("Contact", f'{self._contact()};+sip.instance="{self.instance}";reg-id=1;expires={expires}')
+        request.headers.add("Supported", "path, outbound")
+        request.headers.add("Expires", str(expires))
+        if authorization is not None:
+            request.headers.add(*authorization)
+        self._send(request, _RegisterUser(self, request, expires))
+
+    def _register_answered(self, request: Request, expires: int, response: Response) -> None:
+        if response.status < 200:
+            return
+        if response.status in (401, 407) and not self._challenge_answered:
+            authorization = self._answer_challenge(request, response)
+            if authorization is not None:
+                self._challenge_answered = True
+                name = "Authorization" if response.status == 401 else "Proxy-Authorization"
+                self._send_register(expires, (name, authorization))
+                return
+        self._challenge_answered = False
+        if expires == 0:
+            self.reg_state = RegState.UNREGISTERED
+            self._emit(UaEvent({"event": "unregistered", "username": self.credentials.aor if self.credentials else ""}))
+            return
+        if 200 <= response.status < 300:
+            first = self.reg_state is not RegState.REGISTERED
+            self.reg_state = RegState.REGISTERED
+            granted = _granted_expires(response, expires)
+            # refresh at half the granted time (RFC 3261 §10.2.4 leaves the moment to the UA)
+            self._register_refresh = self._reactor.callLater(max(granted / 2, 1.0), self._send_register, expires, None)
+            if first:
+                assert self.credentials is not None
+                self._emit(UaEvent({"event": "registered", "username": self.credentials.user, "register_sent": True}))
+            return
+        self.reg_state = RegState.UNREGISTERED
+        self._emit(UaEvent({"event": "registration_failed", "code": response.status, "reason": response.reason}))
+
+    def _answer_challenge(self, request: Request, response: Response) -> str | None:
+        """RFC 7616 §3.4 / RFC 8760: answer the strongest algorithm we know (qop=auth)."""
+        assert self.credentials is not None
+        header = "WWW-Authenticate" if response.status == 401 else "Proxy-Authenticate"
+        best: dict[str, str] | None = None
+        for value in response.headers.get_all(header):
+            try:
+                params = parse_digest(value)
+            except DigestParseError:
+                continue
+            algorithm = params.get("algorithm", "MD5").upper()
+            if algorithm not in ALGORITHMS or "nonce" not in params or "realm" not in params:
+                continue
+            if best is None or (best.get("algorithm", "MD5").upper() == "MD5" and algorithm != "MD5"):
+                best = {**params, "algorithm": algorithm}
+        if best is None:
+            return None
+        c = self.credentials
+        cnonce, nc = secrets.token_hex(8), "00000001"
+        qop = "auth" if "auth" in (best.get("qop") or "").replace(" ", "").split(",") else None
+        digest = compute_response(
+            best["algorithm"], c.authuser, best["realm"], c.secret, request.method, request.uri, best["nonce"],
+            nc if qop else None, cnonce if qop else None, qop,
+        )
+        value = (
+            f'Digest username="{c.authuser}", realm="{best["realm"]}", nonce="{best["nonce"]}", uri="{request.uri}", '
+            f'response="{digest}", algorithm={best["algorithm"]}'
+        )
+        if "opaque" in best:
+            value += f', opaque="{best["opaque"]}"'
+        if qop:
+            value += f", qop={qop}, nc={nc}, cnonce=\"{cnonce}\""
+        return value
+
+    # --- outgoing call (UAC, RFC 3261 §13.2) ---------------------------------------------------
+
+    def call(self, uri: str, sdp: str) -> str:
+        """Send the INVITE; the call's Call-ID."""
+        assert self.credentials is not None and self.phase is CallPhase.IDLE
+        c = self.credentials
+        call_id = secrets.token_hex(12)
+        tag = new_tag()
+        invite = Request("INVITE", uri)
+        invite.headers.add("Via", self._via())
+        invite.headers.add("Max-Forwards", "70")
+        display = f'"{c.display_name}" ' if c.display_name else ""
+        invite.headers.add("From", f"{display}<{c.aor}>;tag={tag}")
+        invite.headers.add("To", f"<{uri}>")
+        invite.headers.add("Call-ID", call_id)
+        invite.headers.add("CSeq", "1 INVITE")
+        invite.headers.add("Contact", self._contact())
+        invite.headers.add("Content-Type", "application/sdp")
+        invite.body = sdp.encode("utf-8")
+        self.dialog = _Dialog(call_id, tag, None, f"<{c.aor}>", f"<{uri}>", uri, [], 1, invite)
+        self.phase = CallPhase.CALLING
+        self.dialog.transaction = self._send(invite, _InviteUser(self, self.dialog))
+        self._emit(UaEvent({"event": "calling", "call_id": call_id}, call_id=call_id))
+        return call_id
+
+    def _invite_response(self, dialog: _Dialog, response: Response) -> None:
+        if dialog is not self.dialog:
+            if 200 <= response.status < 300:
+                self._ack_and_bye_stray(dialog, response)
+            return
+        status = response.status
+        if status == 100:
+            return
+        if status < 200:
+            if status == 180:
+                self._emit(UaEvent({"event": "ringing"}, call_id=dialog.call_id))
+            elif response.body and not dialog.answered_sdp and to_tag(response):
+                dialog.answered_sdp = True
+                self._emit(UaEvent({"event": "progress", "username": dialog.remote_target}, ("answer", _text(response.body)), dialog.call_id))
+            return
+        if status >= 300:
+            self.dialog = None
+            self.phase = CallPhase.IDLE
+            self._emit(UaEvent({"event": "hangup", "code": status, "reason": response.reason}, call_id=dialog.call_id))
+            return
+        # 2xx: RFC 3261 §12.1.2 the dialog from the 2xx; §13.2.2.4 ACK every 2xx retransmission
+        remote = to_tag(response) or ""
+        if dialog.remote_tag is None or self.phase is CallPhase.CALLING:
+            dialog.remote_tag = remote
+            dialog.route_set = list(reversed(list_values(response.headers, "Record-Route")))
+            contacts = list_values(response.headers, "Contact")
+            if contacts:
+                dialog.remote_target = name_addr_uri(contacts[0])
+            dialog.remote_uri = response.headers.get("To") or dialog.remote_uri
+        if self.phase is CallPhase.CALLING:
+            self.phase = CallPhase.CONFIRMED
+            self._send_ack(dialog)
+            jsep = None if dialog.answered_sdp or not response.body else ("answer", _text(response.body))
+            self._emit(UaEvent({"event": "accepted", "username": dialog.invite.uri}, jsep, dialog.call_id))
+        elif remote in dialog.acks:
+            self._resend(dialog.acks[remote])
+        elif self.phase is CallPhase.ENDING and not dialog.acks:
+            # the 2xx crossed our CANCEL (RFC 3261 §9.1): confirm, then end with BYE
+            self._send_ack(dialog)
+            self._send_bye(dialog)
+
+    def _send_ack(self, dialog: _Dialog) -> None:
+        ack = self._in_dialog(dialog, "ACK", cseq_number=1)  # RFC 3261 §13.2.2.4: the INVITE's CSeq number
+        dialog.acks[dialog.remote_tag or ""] = ack
+        self._resend(ack)
+
+    def _resend(self, request: Request) -> None:
+        request.headers.set("Content-Length", str(len(request.body)))
+        try:
+            self.connection.send_message(request)
+        except Exception as error:  # the flow is closing
+            log.info("non-SIP UA: {method} not sent: {error}", method=request.method, error=error)
+
+    def _ack_and_bye_stray(self, dialog: _Dialog, response: Response) -> None:
+        """RFC 3261 §13.2.2.4: a 2xx for a call we already gave up: ACK it, then BYE."""
+        dialog.remote_tag = to_tag(response) or ""
+        dialog.route_set = list(reversed(list_values(response.headers, "Record-Route")))
+        contacts = list_values(response.headers, "Contact")
+        if contacts:
+            dialog.remote_target = name_addr_uri(contacts[0])
+        if dialog.remote_tag not in dialog.acks:
+            self._send_ack(dialog)
+            self._send_bye(dialog)
+
+    def _in_dialog(self, dialog: _Dialog, method: str, cseq_number: int | None = None) -> Request:
+        """RFC 3261 §12.2.1.1: Request-URI, Route, To/From tags, Call-ID and CSeq of the dialog."""
+        request = Request(method, dialog.remote_target)
+        request.headers.add("Via", self._via())
+        request.headers.add("Max-Forwards", "70")
+        for route in dialog.route_set:
+            request.headers.add("Route", route)
+        local_tag = f";tag={dialog.local_tag}"
+        remote_tag = f";tag={dialog.remote_tag}" if dialog.remote_tag else ""
+        local_uri = dialog.local_uri.split(";tag=")[0]
+        remote_uri = dialog.remote_uri.split(";tag=")[0]
+        request.headers.add("From", f"{local_uri}{local_tag}")
+        request.headers.add("To", f"{remote_uri}{remote_tag}")
+        request.headers.add("Call-ID", dialog.call_id)
+        if cseq_number is None:
+            dialog.local_cseq += 1
+            cseq_number = dialog.local_cseq
+        request.headers.add("CSeq", f"{cseq_number} {method}")
+        return request
+
+    def _send_bye(self, dialog: _Dialog) -> None:
+        self._send(self._in_dialog(dialog, "BYE"), _ByeUser(self, dialog))
+
+    # --- hangup, decline ------------------------------------------------------------------------
+
+    def hangup(self) -> bool:
+        """End the call whatever its phase; False when there is none."""
+        dialog = self.dialog
+        if dialog is None or self.phase in (CallPhase.IDLE, CallPhase.ENDING):
+            return False
+        self._emit(UaEvent({"event": "hangingup"}, call_id=dialog.call_id))
+        if self.phase is CallPhase.INCOMING:
+            self._answer_invite(480, "Temporarily Unavailable")
+            return True
+        if self.phase is CallPhase.CALLING:
+            self.phase = CallPhase.ENDING
+            self._send_cancel(dialog)
+            return True
+        self.phase = CallPhase.ENDING
+        self._send_bye(dialog)
+        return True
+
+    def _send_cancel(self, dialog: _Dialog) -> None:
+        """RFC 3261 §9.1: same Request-URI, Call-ID, To, From, CSeq number and top Via."""
+        invite = dialog.invite
+        cancel = Request("CANCEL", invite.uri)
+        for name in ("Via", "Max-Forwards", "From", "To", "Call-ID"):
+            value = invite.headers.get(name)
+            if value is not None:
+                cancel.headers.add(name, value)
+        cancel.headers.add("CSeq", "1 CANCEL")
+        self._send(cancel, _IgnoreUser())
+
+    def decline(self, code: int) -> bool:
+        if self.phase is not CallPhase.INCOMING or self.dialog is None:
+            return False
+        self._emit(UaEvent({"event": "declining", "code": code}, call_id=self.dialog.call_id))
+        self._answer_invite(code, None)
+        return True
+
+    def _answer_invite(self, status: int, reason: str | None) -> None:
+        dialog = self.dialog
+        assert dialog is not None and isinstance(dialog.transaction, ServerTransaction)
+        response = make_response(dialog.invite, status, reason, to_tag=dialog.local_tag)
+        self._respond(dialog.transaction, response)
+        self.dialog = None
+        self.phase = CallPhase.IDLE
+        self._emit(UaEvent({"event": "hangup", "code": status, "reason": response.reason}, call_id=dialog.call_id))
+
+    def _respond(self, transaction: ServerTransaction, response: Response) -> None:
+        response.headers.set("Content-Length", str(len(response.body)))
+        try:
+            transaction.respond(response)
+        except Exception as error:
+            log.info("non-SIP UA: response {status} not sent: {error}", status=response.status, error=error)
+
+    # --- incoming requests (TransactionUser) ----------------------------------------------------
+
+    def request_received(self, request: Request, transaction: ServerTransaction) -> None:
+        method = request.method
+        if method == "INVITE" and to_tag(request) is None:
+            self._incoming_invite(request, transaction)
+        elif method == "CANCEL":
+            self._incoming_cancel(request, transaction)
+        elif method == "BYE":
+            self._incoming_bye(request, transaction)
+        elif method == "INVITE":
+            # re-INVITE: the WIC's description stands (RFC 3261 §14.2 lets a UAS refuse changes)
+            self._respond(transaction, make_response(request, 488, "Not Acceptable Here"))
+        elif method == "OPTIONS":
+            self._respond(transaction, make_response(request, 200, to_tag=new_tag()))
+        else:
+            answer = make_response(request, 405, to_tag=new_tag())
+            answer.headers.add("Allow", "INVITE, ACK, CANCEL, BYE, OPTIONS")
+            self._respond(transaction, answer)
+
+    def _incoming_invite(self, invite: Request, transaction: ServerTransaction) -> None:
+        caller = invite.headers.get("From") or ""
+        if self.phase is not CallPhase.IDLE or self.reg_state is not RegState.REGISTERED or self._closing:
+            busy = make_response(invite, 486, to_tag=new_tag())
+            self._respond(transaction, busy)
+            self._emit(UaEvent({"event": "missed_call", "caller": name_addr_uri(caller) if caller else ""}, call_id=invite.call_id))
+            return
+        if not invite.body:
+            # an offerless INVITE would need our offer in the 200 (RFC 3264 §4): not in this subset
+            self._respond(transaction, make_response(invite, 488, "Not Acceptable Here (an offer is required)", to_tag=new_tag()))
+            return
+        contacts = list_values(invite.headers, "Contact")
+        tag = new_tag()
+        self.dialog = _Dialog(
+            call_id=invite.call_id or "",
+            local_tag=tag,
+            remote_tag=from_tag(invite),
+            local_uri=(invite.headers.get("To") or "").split(";tag=")[0],
+            remote_uri=caller,
+            remote_target=name_addr_uri(contacts[0]) if contacts else "",
+            route_set=list_values(invite.headers, "Record-Route"),  # RFC 3261 §12.1.1: in order
+            local_cseq=0,
+            invite=invite,
+            transaction=transaction,
+        )
+        self.phase = CallPhase.INCOMING
+        ringing = make_response(invite, 180, to_tag=tag)
+        for value in invite.headers.get_all("Record-Route"):
+            ringing.headers.add("Record-Route", value)
+        ringing.headers.add("Contact", self._contact())
+        self._respond(transaction, ringing)
+        result = {
+            "event": "incomingcall",
+            "username": name_addr_uri(caller) if caller else "",
+            "callee": name_addr_uri(invite.headers.get("To") or "") if invite.headers.get("To") else "",
+        }
+        display = caller.split("<")[0].strip().strip('"') if "<" in caller else ""
+        if display:
+            result["displayname"] = display
+        self._emit(UaEvent(result, ("offer", _text(invite.body)), self.dialog.call_id))
+
+    def accept(self, sdp: str) -> bool:
+        dialog = self.dialog
+        if self.phase is not CallPhase.INCOMING or dialog is None or not isinstance(dialog.transaction, ServerTransaction):
+            return False
+        ok = make_response(dialog.invite, 200, to_tag=dialog.local_tag)
+        for value in dialog.invite.headers.get_all("Record-Route"):
+            ok.headers.add("Record-Route", value)
+        ok.headers.add("Contact", self._contact())
+        ok.headers.add("Content-Type", "application/sdp")
+        ok.body = sdp.encode("utf-8")
+        self._emit(UaEvent({"event": "accepting"}, call_id=dialog.call_id))
+        self._respond(dialog.transaction, ok)
+        self.phase = CallPhase.CONFIRMED
+        self._emit(UaEvent({"event": "accepted"}, call_id=dialog.call_id))
+        return True
+
+    def _incoming_cancel(self, cancel: Request, transaction: ServerTransaction) -> None:
+        invite_transaction = self.transactions.find_invite_server_transaction(cancel)
+        if invite_transaction is None:
+            self._respond(transaction, make_response(cancel, 481, to_tag=new_tag()))
+            return
+        self._respond(transaction, make_response(cancel, 200, to_tag=new_tag()))
+        dialog = self.dialog
+        if dialog is not None and dialog.transaction is invite_transaction and self.phase is CallPhase.INCOMING:
+            self._respond(invite_transaction, make_response(dialog.invite, 487, to_tag=dialog.local_tag))
+            self.dialog = None
+            self.phase = CallPhase.IDLE
+            self._emit(UaEvent({"event": "hangup", "code": 487, "reason": "Request Terminated"}, call_id=dialog.call_id))
+
+    def _incoming_bye(self, bye: Request, transaction: ServerTransaction) -> None:
+        dialog = self.dialog
+        if dialog is None or bye.call_id != dialog.call_id:
+            self._respond(transaction, make_response(bye, 481, to_tag=new_tag()))
+            return
+        self._respond(transaction, make_response(bye, 200))
+        self.dialog = None
+        self.phase = CallPhase.IDLE
+        self._emit(UaEvent({"event": "hangup", "code": 200, "reason": "BYE"}, call_id=dialog.call_id))
+
+    def ack_received(self, request: Request, connection: Any) -> None:
+        pass  # the ACK of our 2xx: nothing more to do on a reliable flow (RFC 3261 §13.3.1.4)
+
+    def stray_response_received(self, response: Response, connection: Any) -> None:
+        sequence = cseq(response)
+        dialog = self.dialog
+        if sequence is not None and sequence.method == "INVITE" and dialog is not None and response.call_id == dialog.call_id:
+            self._invite_response(dialog, response)  # a 2xx retransmission after Timer M
+
+    # --- our client transactions' outcomes -------------------------------------------------------
+
+    def _bye_answered(self, dialog: _Dialog, status: int, reason: str) -> None:
+        if self.dialog is dialog:
+            self.dialog = None
+            self.phase = CallPhase.IDLE
+            self._emit(UaEvent({"event": "hangup", "code": 200, "reason": "Session Terminated"}, call_id=dialog.call_id))
+
+    # --- shutdown -------------------------------------------------------------------------------
+
+    def close(self, reason: str) -> None:
+        """The Janus handle is gone: end the call, unregister, then end the flow."""
+        if self._closing:
+            return
+        self._closing = True
+        self.hangup()
+        if self._register_refresh is not None and self._register_refresh.active():
+            self._register_refresh.cancel()
+        self._register_refresh = None
+        waiting = 0.0
+        if self.reg_state is RegState.REGISTERED:
+            self.reg_state = RegState.UNREGISTERING
+            self._send_register(0, authorization=None)
+            waiting = 2.0
+        if self.phase is CallPhase.ENDING:
+            waiting = 2.0
+        # The flow outlives our last requests briefly so that their answers can come back.
+        self._reactor.callLater(waiting, self._end_flow, reason)
+
+    def _end_flow(self, reason: str) -> None:
+        if self._register_refresh is not None and self._register_refresh.active():
+            self._register_refresh.cancel()
+        self.flow.close(reason)
+        self.transactions.close()
+
+
+def _text(body: bytes) -> str:
+    return body.decode("utf-8", errors="replace")
+
+
+def _granted_expires(response: Response, asked: int) -> int:
+    for value in list_values(response.headers, "Contact"):
+        for param in value.split(";")[1:]:
+            name, _, number = param.strip().partition("=")
+            if name.lower() == "expires" and number.isdigit():
+                return int(number)
+    header = response.headers.get("Expires")
+    return int(header) if header and header.isdigit() else asked
+
+
+class _RegisterUser:
+    def __init__(self, ua: NonSipUserAgent, request: Request, expires: int) -> None:
+        self.ua, self.request, self.expires = ua, request, expires
+
+    def response_received(self, response: Response, transaction: ClientTransaction) -> None:
+        self.ua._register_answered(self.request, self.expires, response)
+
+    def timed_out(self, transaction: ClientTransaction) -> None:
+        self.ua._register_answered(self.request, self.expires, Response(408, "Request Timeout"))
+
+    def transport_failed(self, transaction: ClientTransaction, reason: str) -> None:
+        self.ua._register_answered(self.request, self.expires, Response(503, "Service Unavailable"))
+
+
+class _InviteUser:
+    def __init__(self, ua: NonSipUserAgent, dialog: _Dialog) -> None:
+        self.ua, self.dialog = ua, dialog
+
+    def response_received(self, response: Response, transaction: ClientTransaction) -> None:
+        self.ua._invite_response(self.dialog, response)
+
+    def timed_out(self, transaction: ClientTransaction) -> None:
+        self.ua._invite_response(self.dialog, Response(408, "Request Timeout"))
+
+    def transport_failed(self, transaction: ClientTransaction, reason: str) -> None:
+        self.ua._invite_response(self.dialog, Response(503, "Service Unavailable"))
+
+
+class _ByeUser:
+    def __init__(self, ua: NonSipUserAgent, dialog: _Dialog) -> None:
+        self.ua, self.dialog = ua, dialog
+
+    def response_received(self, response: Response, transaction: ClientTransaction) -> None:
+        if response.status >= 200:
+            self.ua._bye_answered(self.dialog, response.status, response.reason)
+
+    def timed_out(self, transaction: ClientTransaction) -> None:
+        self.ua._bye_answered(self.dialog, 408, "Request Timeout")
+
+    def transport_failed(self, transaction: ClientTransaction, reason: str) -> None:
+        self.ua._bye_answered(self.dialog, 503, "Service Unavailable")
+
+
+class _IgnoreUser:
+    """CANCEL: its own answer tells nothing; the INVITE's 487 (or 2xx) does (RFC 3261 §9.1)."""
+
+    def response_received(self, response: Response, transaction: ClientTransaction) -> None:
+        pass
+
+    def timed_out(self, transaction: ClientTransaction) -> None:
+        pass
+
+    def transport_failed(self, transaction: ClientTransaction, reason: str) -> None:
+        pass
