@@ -41,7 +41,10 @@ def parse_jsep(value: Any) -> Jsep:
         raise JsepError(f"unknown jsep type {str(kind)[:20]!r}")
     if not isinstance(sdp, str) or not sdp.startswith("v=0") or "\nm=" not in sdp:
         raise JsepError("jsep sdp is not a session description")
-    return Jsep(kind, sdp, value.get("trickle") is not False and "a=end-of-candidates" not in sdp)
+    # janus.js forwards only type and sdp: a description that already holds candidates was
+    # made after gathering (non-trickle); one without any will have them trickled.
+    trickle = value.get("trickle") is not False and "a=end-of-candidates" not in sdp and "a=candidate:" not in sdp
+    return Jsep(kind, sdp, trickle)
 
 
 def parse_trickle(value: Any) -> TrickleCandidate | None:

@@ -68,6 +68,7 @@ class JanusConnection(WebSocketServerProtocol):
         self.local = Address(str(getattr(host, "host", "")), int(getattr(host, "port", 0)))
         self.remote = Address(str(getattr(peer, "host", "")), int(getattr(peer, "port", 0)))
         self.open = True
+        self.factory.connections.add(self)
         log.info("Janus API connection from {peer} opened (origin {origin})", peer=self.remote, origin=self.origin)
 
     def onMessage(self, payload: bytes, isBinary: bool) -> None:
@@ -89,7 +90,13 @@ class JanusConnection(WebSocketServerProtocol):
         except Disconnected:
             pass
 
+    def going_away(self) -> None:
+        """Server shutdown: close with 1001 (RFC 6455 §7.4.1)."""
+        if self.state == self.STATE_OPEN:
+            self.sendCloseFrame(code=1001, reasonUtf8=b"server shutting down", isReply=False)
+
     def onClose(self, wasClean: bool, code: int | None, reason: str | None) -> None:
+        self.factory.connections.discard(self)
         if not self.open:
             return
         self.open = False
@@ -108,6 +115,7 @@ class JanusWebSocketFactory(WebSocketServerFactory):
         super().__init__(url=None, protocols=[SUBPROTOCOL], server="epcscf", reactor=reactor)
         self.settings = settings
         self.sink = sink
+        self.connections: set[JanusConnection] = set()
         hard = settings.max_message_size * HARD_LIMIT_FACTOR
         self.setProtocolOptions(
             webStatus=False,

@@ -223,6 +223,7 @@ class PcscfNode(Service):
         self.media_engine: CallMediaEngine | None = None
         #: the non-SIP WIC front end (``[nonsip] listen``), None when not configured
         self.janus: Any = None
+        self.janus_factory: Any = None
         #: the one interface operations use (plain data in and out)
         self.operations = PcscfOperations(self)
 
@@ -321,6 +322,7 @@ class PcscfNode(Service):
 
         self.janus = JanusGateway(self.reactor, _WsSink(self), self.wic_timers, self.config.nonsip.session_timeout)
         factory = JanusWebSocketFactory(ws_settings(self.config), self.janus, reactor=self.reactor)
+        self.janus_factory = factory
         for listener in self.config.nonsip.listen:
             if listener.transport == "wss":
                 options = server_tls_from_files(self.config.ws.certificate, self.config.ws.private_key, HTTP_PROTOCOLS)
@@ -381,6 +383,8 @@ class PcscfNode(Service):
                 connection.close(1001, "server shutting down")  # RFC 6455 §7.4.1: going away
         if self.janus is not None:
             self.janus.close()
+            for janus_connection in list(self.janus_factory.connections):
+                janus_connection.going_away()
         if self.calls is not None:
             stopping.append(self.calls.close())
         self.registrations.close()

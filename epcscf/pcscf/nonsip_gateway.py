@@ -67,6 +67,8 @@ class JanusGateway:
         self.sessions: dict[int, _Session] = {}
         #: refused Janus requests by error code (for tests and the log)
         self.errors: dict[int, int] = {}
+        #: every UA whose flow is still open (attached, or ending after its handle went)
+        self.user_agents: set[NonSipUserAgent] = set()
 
     # --- JanusSink ---------------------------------------------------------------------------
 
@@ -92,6 +94,8 @@ class JanusGateway:
     def close(self) -> None:
         for session in list(self.sessions.values()):
             self._destroy(session, "service stopping")
+        for ua in list(self.user_agents):
+            ua.end_now("service stopping")
 
     # --- replies -------------------------------------------------------------------------------
 
@@ -189,6 +193,8 @@ class JanusGateway:
             self._reactor, self._flow_sink, lambda event: self._ua_event(session, handle_id, event),
             connection.local, connection.remote, connection.origin, self._timers,
         )
+        ua.on_ended = self.user_agents.discard
+        self.user_agents.add(ua)
         session.handles[handle_id] = _Handle(handle_id, ua)
         self._send(connection, api.reply("success", request.transaction, session.id, data={"id": handle_id}))
 
@@ -276,8 +282,11 @@ class JanusGateway:
         elif what == "decline":
             ua.decline(int(body.get("code", 486)))
         elif what == "hangup":
-            self._cancel_pending(handle)
-            if not ua.hangup():
+            if handle.pending is not None:
+                # a call still waiting for the browser's candidates: it never left us
+                self._cancel_pending(handle)
+                self._ua_event(session, handle.id, UaEvent({"event": "hangup", "code": 487, "reason": "Request Terminated"}))
+            elif not ua.hangup():
                 self._plugin_error(session, handle, transaction, api.SIP_WRONG_STATE, "Wrong state (no call)")
 
     def _check(self, handle: _Handle, what: Any, body: dict[str, Any], jsep: Any) -> tuple[int, str] | None:

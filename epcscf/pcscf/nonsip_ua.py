@@ -115,6 +115,9 @@ class NonSipUserAgent:
         self._register_refresh: Any = None
         self._challenge_answered = False
         self._closing = False
+        self._flow_ending: Any = None
+        #: called once the flow has ended (the UA is then inert)
+        self.on_ended: Callable[["NonSipUserAgent"], None] = lambda ua: None
 
     @property
     def connection(self) -> PipeEnd:
@@ -533,13 +536,21 @@ class NonSipUserAgent:
         if self.phase is CallPhase.ENDING:
             waiting = 2.0
         # The flow outlives our last requests briefly so that their answers can come back.
-        self._reactor.callLater(waiting, self._end_flow, reason)
+        self._flow_ending = self._reactor.callLater(waiting, self.end_now, reason)
 
-    def _end_flow(self, reason: str) -> None:
+    def end_now(self, reason: str) -> None:
+        """End the flow at once (service stopping, or the linger after ``close`` is over)."""
+        if self._flow_ending is not None and self._flow_ending.active():
+            self._flow_ending.cancel()
+        self._flow_ending = None
         if self._register_refresh is not None and self._register_refresh.active():
             self._register_refresh.cancel()
+        self._register_refresh = None
+        if not self.flow.open:
+            return
         self.flow.close(reason)
         self.transactions.close()
+        self.on_ended(self)
 
 
 def _text(body: bytes) -> str:

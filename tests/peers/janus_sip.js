@@ -1,0 +1,85 @@
+// The real janus.js (npm janus-gateway) in Node, driving epcscf's Janus API as a non-SIP WIC
+// (TS 24.371 §7.2.1) with the SIP plugin's requests.  Node has no WebRTC: the descriptions
+// are given to handle.send() as jsep, as a page does after createOffer/createAnswer.
+// Prints JSON lines.
+//   node janus_sip.js JANUS_URL USER PASSWORD DOMAIN call TARGET OFFER_FILE
+//   node janus_sip.js JANUS_URL USER PASSWORD DOMAIN answer ANSWER_FILE
+const fs = require('fs');
+const path = require('path');
+const vm = require('vm');
+const { w3cwebsocket: W3CWebSocket } = require('websocket');
+
+const [url, user, password, domain, mode, ...rest] = process.argv.slice(2);
+const say = (event, extra = {}) => console.log(JSON.stringify({ event, ...extra }));
+const sdpFile = (file) => fs.readFileSync(file, 'utf8').replace(/\r?\n/g, '\r\n');
+
+// janus.js is a browser script (an ES module build whose UMD wrapper looks for window):
+// give it the few globals it reads and load it as the page would.
+globalThis.window = globalThis;
+window.RTCPeerConnection = function RTCPeerConnection() {};
+globalThis.navigator = { userAgent: 'Node', platform: 'Linux', mediaDevices: undefined };
+window.addEventListener = () => {};
+const source = fs.readFileSync(path.join(__dirname, '..', '..', 'node_modules', 'janus-gateway', 'npm', 'dist', 'janus.es.js'), 'utf8')
+  .replace(/export\s*\{\s*Janus as default\s*\};?\s*$/, '');
+vm.runInThisContext(`${source}\n;globalThis.Janus = Janus;`, { filename: 'janus.es.js' });
+const Janus = globalThis.Janus;
+
+const timeout = setTimeout(() => { say('timeout'); process.exit(3); }, 25000);
+let janus = null;
+const finish = (code) => {
+  clearTimeout(timeout);
+  if (janus) janus.destroy({ success: () => process.exit(code), error: () => process.exit(code) });
+  else process.exit(code);
+};
+
+Janus.init({
+  debug: false,
+  dependencies: Janus.useDefaultDependencies({ WebSocket: W3CWebSocket, adapter: { browserDetails: { browser: 'chrome', version: 120 } } }),
+  callback: () => {
+    janus = new Janus({
+      server: url,
+      error: (cause) => { say('error', { cause: String(cause) }); process.exit(2); },
+      success: () => janus.attach({
+        plugin: 'janus.plugin.sip',
+        error: (cause) => { say('error', { cause: String(cause) }); process.exit(2); },
+        success: (handle) => run(handle),
+        onmessage: (message, jsep) => onMessage(message, jsep),
+      }),
+    });
+  },
+});
+
+let sip = null;
+function run(handle) {
+  sip = handle;
+  say('attached');
+  sip.send({ message: { request: 'register', username: `sip:${user}@${domain}`, secret: password, display_name: user } });
+}
+
+function onMessage(message, jsep) {
+  if (message.error_code) { say('plugin-error', { code: message.error_code, reason: message.error }); return; }
+  const result = message.result || {};
+  const event = result.event;
+  say('sip-event', { name: event, code: result.code, call_id: message.call_id, jsep: jsep || null });
+  if (event === 'registration_failed') { say('error', { cause: `registration failed ${result.code}` }); process.exit(2); }
+  if (event === 'registered') {
+    say('registered');
+    if (mode === 'call') {
+      const [target, offerFile] = rest;
+      sip.send({ message: { request: 'call', uri: target }, jsep: { type: 'offer', sdp: sdpFile(offerFile) } });
+    } else {
+      say('waiting');
+    }
+  } else if (event === 'accepted' && mode === 'call') {
+    say('accepted', { sdp: jsep ? jsep.sdp : null });
+    setTimeout(() => sip.send({ message: { request: 'hangup' } }), 300);
+  } else if (event === 'incomingcall') {
+    say('incomingcall', { sdp: jsep.sdp, username: result.username, callee: result.callee });
+    sip.send({ message: { request: 'accept' }, jsep: { type: 'answer', sdp: sdpFile(rest[0]) } });
+  } else if (event === 'hangup') {
+    say('ended', { code: result.code, reason: result.reason });
+    sip.send({ message: { request: 'unregister' } });
+  } else if (event === 'unregistered') {
+    finish(0);
+  }
+}

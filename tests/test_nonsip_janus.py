@@ -1,0 +1,200 @@
+"""The non-SIP WIC of TS 24.371 §7.2.1: the real ``janus.js`` (npm ``janus-gateway``, in Node)
+speaks the Janus API with the SIP plugin's requests to epcscf, which is the SIP UA toward the
+embedded core on its behalf.  The sipp party must see exactly what a SIP WIC's call gives it
+(plain RTP/AVP, no WebRTC attribute), and the calls and registrations show in operations."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import re
+from typing import Any
+
+import websockets
+from twisted.trial import unittest
+
+from epcscf.sdp import SessionDescription
+from tests.support.deployment import DOMAIN, USERS, start_deployment
+from tests.support.node_peer import require_node_modules, start_node_peer
+from tests.support.processes import TOP, wait_for
+from tests.support.sipp import SCENARIOS, SippProcess, free_port, messages_in_trace, port_bound, require_sipp, spawn_sipp
+from tests.support.wic import as_deferred
+
+CHROME_OFFER = os.path.join(TOP, "tests", "fixtures", "sdp", "chrome_offer_loopback.sdp")
+CHROME_ANSWER = os.path.join(TOP, "tests", "fixtures", "sdp", "chrome_answer_2_4.sdp")
+WEBRTC_ONLY = re.compile(r"^a=(ice-|candidate|end-of-candidates|fingerprint|setup|group|mid|msid|ssrc|extmap|rtcp-mux|rtcp-fb)", re.M)
+NONSIP = "[nonsip]\nlisten = ws:127.0.0.1:0\n"
+
+
+def janus_url(service: Any) -> str:
+    listener = service.pcscf.listener("JANUS-WS")
+    assert listener is not None
+    return f"ws://127.0.0.1:{listener.address.port}"
+
+
+def body_of(message: str) -> str:
+    text = message.replace("\r\n", "\n")
+    return text.split("\n\n", 1)[1] if "\n\n" in text else ""
+
+
+class JanusJsThroughEpcscfTests(unittest.TestCase):
+    timeout = 60
+
+    def setUp(self) -> None:
+        self.sipp = require_sipp(self)
+        require_node_modules(self, "janus-gateway", "websocket")
+        self.service = start_deployment(self, extra=NONSIP)
+        self.directory = os.path.abspath(self.mktemp())
+        os.makedirs(self.directory)
+
+    def spawn_sipp(self, name: str, args: list[str]) -> tuple[SippProcess, str]:
+        return spawn_sipp(self, self.sipp, [*args, "-m", "1", "-timeout", "30s", "-timeout_error"], self.directory, name)
+
+    def assert_plain_ims_sdp(self, text: str) -> None:
+        """What sipp gets from a SIP WIC's call too (TS 24.371 §7.4.2 b, §7.4.3)."""
+        description = SessionDescription.parse(text.replace("\n", "\r\n"))
+        self.assertEqual([m.proto for m in description.media], ["RTP/AVP"])
+        self.assertIsNone(WEBRTC_ONLY.search(text), text)
+        self.assertNotIn("54400", text)  # the browser's transport never reaches the core
+        low, high = self.service.config.media.port_range
+        self.assertTrue(low <= description.media[0].port <= high)
+
+    def test_janus_js_registers_calls_a_sipp_uas_and_hangs_up(self):
+        return as_deferred(self._outgoing())
+
+    async def _outgoing(self) -> None:
+        port = free_port()
+        uas, trace = self.spawn_sipp("uas", ["-sf", os.path.join(SCENARIOS, "calls_uas_answer.xml"), "-i", "127.0.0.1", "-p", str(port)])
+        await wait_for(lambda: port_bound(port, "UDP") or uas.ended.called, timeout=10)
+        peer = start_node_peer(self, "janus_sip.js", janus_url(self.service), "alice", USERS["alice"], DOMAIN,
+                               "call", f"sip:echo@127.0.0.1:{port}", CHROME_OFFER)
+        await peer.wait_for("registered", timeout=20)
+        [binding] = self.service.pcscf.registrations.all()
+        self.assertEqual(binding.aor, f"sip:alice@{DOMAIN}")
+        accepted = await peer.wait_for("accepted", timeout=20)
+        # The WIC gets our WebRTC answer (ICE and DTLS of the eP-CSCF), as a SIP WIC would.
+        for pattern in (r"^m=audio [1-9]\d* UDP/TLS/RTP/SAVPF ", r"^a=ice-ufrag:\S{4,}", r"^a=fingerprint:sha-256 ",
+                        r"^a=setup:active", r"^a=candidate:\S+ 1 udp \d+ 127\.0\.0\.1 \d+ typ host"):
+            self.assertRegex(accepted["sdp"], re.compile(pattern, re.M))
+        ended = await peer.wait_for("ended", timeout=20)
+        self.assertEqual(ended["code"], 200)
+        self.assertEqual(await peer.ended, 0)
+        self.assertEqual(await uas.ended.asFuture(asyncio.get_event_loop()), 0, uas.output[-2000:])
+        invite = next(m for m in messages_in_trace(trace) if m.startswith("INVITE "))
+        self.assert_plain_ims_sdp(body_of(invite))
+        self.assertIn("BYE ", "\n".join(m.split("\n", 1)[0] for m in messages_in_trace(trace)))
+        # the call shows in operations like any other, and nothing of it is left
+        [record] = self.service.pcscf.operations.calls()
+        self.assertFalse(record["live"])
+        await wait_for(lambda: not self.service.pcscf.registrations.all() and not self.service.pcscf.flows.__len__(), timeout=10)
+
+    def test_janus_js_receives_a_call_from_a_sipp_uac_and_accepts_it(self):
+        return as_deferred(self._incoming())
+
+    async def _incoming(self) -> None:
+        peer = start_node_peer(self, "janus_sip.js", janus_url(self.service), "alice", USERS["alice"], DOMAIN, "answer", CHROME_ANSWER)
+        await peer.wait_for("waiting", timeout=20)
+        core = self.service.core.addresses[0][1]
+        uac, trace = self.spawn_sipp("uac", ["-sf", os.path.join(SCENARIOS, "calls_uac_offer.xml"), "-s", "alice",
+                                             "-set", "domain", DOMAIN, "-i", "127.0.0.1", "-p", str(free_port()),
+                                             f"{core.host}:{core.port}"])
+        incoming = await peer.wait_for("incomingcall", timeout=20)
+        self.assertEqual(incoming["username"], f"sip:ims-caller@{DOMAIN}")
+        offer = SessionDescription.parse(incoming["sdp"])
+        self.assertEqual(offer.media[0].proto, "UDP/TLS/RTP/SAVPF")
+        self.assertEqual(offer.media[0].attribute_value("setup"), "actpass")
+        ended = await peer.wait_for("ended", timeout=20)  # sipp's BYE
+        self.assertEqual(ended["code"], 200)
+        self.assertEqual(await uac.ended.asFuture(asyncio.get_event_loop()), 0, uac.output[-2000:])
+        [ok] = [m for m in messages_in_trace(trace) if m.startswith("SIP/2.0 200") and "INVITE" in m.split("\n\n")[0]]
+        self.assert_plain_ims_sdp(body_of(ok))
+        self.assertEqual(await peer.ended, 0)
+        await wait_for(lambda: not self.service.pcscf.registrations.all(), timeout=10)
+
+
+class JanusClient:
+    """A raw Janus API client (the ``websockets`` package): what janus.js cannot be made to send."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self.socket: Any = None
+        self.counter = 0
+
+    async def connect(self) -> None:
+        self.socket = await websockets.connect(self.url, subprotocols=["janus-protocol"])
+
+    async def send(self, frame: dict[str, Any] | str | bytes) -> None:
+        await self.socket.send(frame if isinstance(frame, (str, bytes)) else json.dumps(frame))
+
+    async def receive(self, timeout: float = 5.0) -> dict[str, Any]:
+        return json.loads(await asyncio.wait_for(self.socket.recv(), timeout))
+
+    async def request(self, frame: dict[str, Any]) -> dict[str, Any]:
+        self.counter += 1
+        frame = {**frame, "transaction": f"t{self.counter}"}
+        await self.send(frame)
+        return await self.receive()
+
+    async def event(self, timeout: float = 10.0) -> dict[str, Any]:
+        while True:
+            reply = await self.receive(timeout)
+            if reply["janus"] == "event":
+                return reply["plugindata"]["data"]
+
+
+class JanusBadInputTests(unittest.TestCase):
+    timeout = 60
+
+    def setUp(self) -> None:
+        self.service = start_deployment(self, extra=NONSIP + "session_timeout = 1.5\n")
+        self.core_requests: list[str] = []
+
+    async def session(self) -> tuple[JanusClient, int, int]:
+        client = JanusClient(janus_url(self.service))
+        await client.connect()
+        self.addCleanup(lambda: as_deferred(client.socket.close()))
+        created = await client.request({"janus": "create"})
+        session = created["data"]["id"]
+        attached = await client.request({"janus": "attach", "plugin": "janus.plugin.sip", "session_id": session})
+        return client, session, attached["data"]["id"]
+
+    def test_bad_requests_get_janus_errors_nothing_reaches_the_core_and_the_session_survives(self):
+        return as_deferred(self._bad())
+
+    async def _bad(self) -> None:
+        client, session, handle = await self.session()
+        ids = {"session_id": session, "handle_id": handle}
+        await client.send(b"{not json")
+        self.assertEqual((await client.receive())["error"]["code"], 454)
+        await client.send("x" * 70000)  # over [ws] max_message_size
+        self.assertEqual((await client.receive())["error"]["code"], 454)
+        self.assertEqual((await client.request({"janus": "frobnicate", "session_id": session}))["error"]["code"], 453)
+        self.assertEqual((await client.request({"janus": "keepalive", "session_id": 1}))["error"]["code"], 458)
+        self.assertEqual((await client.request({"janus": "message", "session_id": session, "handle_id": 1, "body": {}}))["error"]["code"], 459)
+        self.assertEqual((await client.request({"janus": "attach", "plugin": "janus.plugin.echotest", "session_id": session}))["error"]["code"], 460)
+        self.assertEqual((await client.request({"janus": "message", **ids, "body": {"request": "transfer"}}))["janus"], "ack")
+        self.assertEqual((await client.event())["error_code"], 442)
+        await client.request({"janus": "message", **ids, "body": {"request": "call", "uri": f"sip:bob@{DOMAIN}"}})
+        self.assertEqual((await client.event())["error_code"], 447)  # not registered
+        await client.request({"janus": "message", **ids, "body": {"request": "register", "username": f"sip:alice@{DOMAIN}", "secret": USERS["alice"]}})
+        self.assertEqual((await client.event())["result"]["event"], "registering")
+        self.assertEqual((await client.event())["result"]["event"], "registered")
+        await client.request({"janus": "message", **ids, "body": {"request": "call", "uri": f"sip:bob@{DOMAIN}"}})
+        self.assertEqual((await client.event())["error_code"], 448)  # no jsep
+        # a call waiting for its browser's candidates (none in the offer yet) is a call in progress
+        offer = open(CHROME_OFFER).read().replace("a=candidate:1 1 udp 2122260223 127.0.0.1 54400 typ host generation 0\n", "")
+        await client.request({"janus": "message", **ids, "body": {"request": "call", "uri": f"sip:bob@{DOMAIN}"}, "jsep": {"type": "offer", "sdp": offer}})
+        await client.request({"janus": "message", **ids, "body": {"request": "call", "uri": f"sip:bob@{DOMAIN}"}, "jsep": {"type": "offer", "sdp": offer}})
+        self.assertEqual((await client.event())["error_code"], 447)  # already in a call
+        await client.request({"janus": "message", **ids, "body": {"request": "hangup"}})
+        self.assertEqual((await client.event())["result"]["event"], "hangup")
+        self.assertEqual(self.service.pcscf.operations.calls(), [])  # no INVITE left the UA
+        self.assertEqual((await client.request({"janus": "keepalive", "session_id": session}))["janus"], "ack")
+        # Janus's session timeout: no request for session_timeout → timeout, registration gone
+        reply = await client.receive(timeout=5)
+        while reply["janus"] != "timeout":
+            reply = await client.receive(timeout=5)
+        self.assertEqual(reply["session_id"], session)
+        await wait_for(lambda: not self.service.pcscf.registrations.all() and not len(self.service.pcscf.flows), timeout=10)
+        self.assertEqual((await client.request({"janus": "keepalive", "session_id": session}))["error"]["code"], 458)
