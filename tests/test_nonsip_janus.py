@@ -89,6 +89,28 @@ class JanusJsThroughEpcscfTests(unittest.TestCase):
         self.assertFalse(record["live"])
         await wait_for(lambda: not self.service.pcscf.registrations.all() and not self.service.pcscf.flows.__len__(), timeout=10)
 
+    def test_janus_js_holds_resumes_and_sends_dtmf_in_a_call(self):
+        return as_deferred(self._hold())
+
+    async def _hold(self) -> None:
+        port = free_port()
+        uas, trace = self.spawn_sipp("uas", ["-sf", os.path.join(SCENARIOS, "nonsip_uas_hold_dtmf.xml"), "-i", "127.0.0.1", "-p", str(port)])
+        await wait_for(lambda: port_bound(port, "UDP") or uas.ended.called, timeout=10)
+        peer = start_node_peer(self, "janus_sip.js", janus_url(self.service), "alice", USERS["alice"], DOMAIN,
+                               "call-hold", f"sip:echo@127.0.0.1:{port}", CHROME_OFFER)
+        ended = await peer.wait_for("ended", timeout=25)
+        self.assertEqual(ended["code"], 200)
+        self.assertEqual(await peer.ended, 0)
+        self.assertEqual(await uas.ended.asFuture(asyncio.get_event_loop()), 0, uas.output[-2000:])
+        requests = [m for m in messages_in_trace(trace) if not m.startswith("SIP/2.0")]
+        self.assertEqual([m.split(" ", 1)[0] for m in requests], ["INVITE", "ACK", "INVITE", "ACK", "INVITE", "ACK", "INFO", "BYE"])
+        hold, resume, info = body_of(requests[2]), body_of(requests[4]), requests[6]
+        self.assert_plain_ims_sdp(hold)
+        self.assertIn("a=sendonly", hold)  # RFC 3264 §8.4
+        self.assertNotIn("a=sendonly", resume)
+        self.assertIn("application/dtmf-relay", info)
+        self.assertIn("Signal=5", body_of(info))
+
     def test_janus_js_receives_a_call_from_a_sipp_uac_and_accepts_it(self):
         return as_deferred(self._incoming())
 

@@ -107,3 +107,32 @@ class TrickleBuffer:
                 if "a=end-of-candidates" not in section:
                     section.append("a=end-of-candidates")
         return "\r\n".join(line for section in sections for line in section) + "\r\n"
+
+
+DIRECTIONS = ("sendrecv", "sendonly", "recvonly", "inactive")
+
+
+def next_version(sdp: str, direction: str | None = None) -> str:
+    """The same description as a new offer (RFC 3264 §8: o= version + 1), with every m= section's
+    direction set to ``direction`` when given (RFC 3264 §8.4 hold: sendonly, recvonly or inactive)."""
+    lines = [line for line in sdp.replace("\r\n", "\n").split("\n") if line]
+    out: list[str] = []
+    in_media = False
+    for line in lines:
+        if line.startswith("o="):
+            fields = line.split(" ")
+            if len(fields) >= 3 and fields[2].isdigit():
+                fields[2] = str(int(fields[2]) + 1)
+            line = " ".join(fields)
+        if line.startswith("m="):
+            if in_media and direction is not None and not any(l[2:] in DIRECTIONS for l in out[media_start:]):
+                out.append(f"a={direction}")
+            in_media = True
+            media_start = len(out)
+        if direction is not None and line.startswith("a=") and line[2:] in DIRECTIONS:
+            line = f"a={direction}" if in_media else ""
+        if line:
+            out.append(line)
+    if in_media and direction is not None and not any(l[2:] in DIRECTIONS for l in out[media_start:]):
+        out.append(f"a={direction}")
+    return "\r\n".join(out) + "\r\n"

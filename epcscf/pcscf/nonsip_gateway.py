@@ -281,6 +281,14 @@ class JanusGateway:
             self._defer_until_gathered(handle, "accept", "", jsep.sdp, jsep.trickle)
         elif what == "decline":
             ua.decline(int(body.get("code", 486)))
+        elif what in ("hold", "unhold"):
+            if not ua.hold(body.get("direction", "sendonly") if what == "hold" else None):
+                self._plugin_error(session, handle, transaction, api.SIP_WRONG_STATE, "Wrong state (not in a call, or an update is in progress)")
+        elif what == "dtmf_info":
+            duration = body.get("duration")
+            if not isinstance(duration, int) or isinstance(duration, bool) or not 0 < duration <= 5000:
+                duration = 160  # janus_sip.c's default
+            ua.dtmf_info(body["digit"], duration)
         elif what == "hangup":
             if handle.pending is not None:
                 # a call still waiting for the browser's candidates: it never left us
@@ -348,6 +356,19 @@ class JanusGateway:
             return None if ua.phase is CallPhase.INCOMING else (api.SIP_WRONG_STATE, "Wrong state (no incoming call)")
         if what == "hangup":
             return None
+        if what == "hold":
+            if body.get("direction", "sendonly") not in ("sendonly", "recvonly", "inactive"):
+                return api.SIP_INVALID_ELEMENT, "Invalid element (direction should be sendonly, recvonly or inactive)"
+            return None if ua.phase is CallPhase.CONFIRMED else (api.SIP_WRONG_STATE, "Wrong state (not in a call?)")
+        if what == "unhold":
+            return None if ua.phase is CallPhase.CONFIRMED else (api.SIP_WRONG_STATE, "Wrong state (not in a call?)")
+        if what == "dtmf_info":
+            digit = body.get("digit")
+            if not isinstance(digit, str):
+                return api.SIP_MISSING_ELEMENT, "Missing element (digit)"
+            if len(digit) != 1 or digit not in "0123456789*#ABCD":
+                return api.SIP_INVALID_ELEMENT, "Invalid element (digit should be one character)"
+            return None if ua.phase is CallPhase.CONFIRMED else (api.SIP_WRONG_STATE, "Wrong state (not in a call?)")
         return api.SIP_INVALID_REQUEST, f"Unknown request '{what[:40]}' (not in epcscf's subset of the SIP plugin)"
 
     def _credentials(self, body: dict[str, Any]) -> Credentials:

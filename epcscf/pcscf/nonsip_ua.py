@@ -20,6 +20,7 @@ from typing import Any, Callable
 
 from twisted.logger import Logger
 
+from epcscf.nonsip.jsep import next_version
 from epcscf.core.digest import ALGORITHMS, DigestParseError, compute_response, parse_digest
 from epcscf.pcscf.nonsip_flow import FlowPair, FlowSink, PipeEnd
 from epcscf.sip.connection import Address
@@ -85,6 +86,10 @@ class _Dialog:
     transaction: ClientTransaction | ServerTransaction | None = None
     answered_sdp: bool = False
     acks: dict[str, Request] = field(default_factory=dict)
+    #: the WIC's description as last sent (offer as UAC, answer as UAS), for hold and resume
+    local_sdp: str = ""
+    held: bool = False
+    reinvite: Request | None = None  # our re-INVITE awaiting its final response
 
 
 class NonSipUserAgent:
@@ -254,7 +259,7 @@ class NonSipUserAgent:
         invite.headers.add("Contact", self._contact())
         invite.headers.add("Content-Type", "application/sdp")
         invite.body = sdp.encode("utf-8")
-        self.dialog = _Dialog(call_id, tag, None, f"<{c.aor}>", f"<{uri}>", uri, [], 1, invite)
+        self.dialog = _Dialog(call_id, tag, None, f"<{c.aor}>", f"<{uri}>", uri, [], 1, invite, local_sdp=sdp)
         self.phase = CallPhase.CALLING
         self.dialog.transaction = self._send(invite, _InviteUser(self, self.dialog))
         self._emit(UaEvent({"event": "calling", "call_id": call_id}, call_id=call_id))
@@ -343,6 +348,51 @@ class NonSipUserAgent:
             cseq_number = dialog.local_cseq
         request.headers.add("CSeq", f"{cseq_number} {method}")
         return request
+
+    # --- in-dialog requests of a confirmed call -------------------------------------------------
+
+    def hold(self, direction: str | None) -> bool:
+        """re-INVITE with our last description, its directions set to ``direction`` (RFC 3264
+        §8.4); ``None`` resumes with the directions the WIC gave.  False if not possible now."""
+        dialog = self.dialog
+        if self.phase is not CallPhase.CONFIRMED or dialog is None or dialog.reinvite is not None:
+            return False
+        dialog.held = direction is not None
+        sdp = next_version(dialog.local_sdp, direction)
+        dialog.local_sdp = next_version(dialog.local_sdp) if direction is not None else sdp
+        reinvite = self._in_dialog(dialog, "INVITE")
+        reinvite.headers.add("Contact", self._contact())
+        reinvite.headers.add("Content-Type", "application/sdp")
+        reinvite.body = sdp.encode("utf-8")
+        dialog.reinvite = reinvite
+        self._send(reinvite, _ReinviteUser(self, dialog, reinvite))
+        self._emit(UaEvent({"event": "holding" if direction is not None else "resuming"}, call_id=dialog.call_id))
+        return True
+
+    def _reinvite_answered(self, dialog: _Dialog, reinvite: Request, response: Response) -> None:
+        if response.status < 200:
+            return
+        if dialog.reinvite is reinvite:
+            dialog.reinvite = None
+        if response.status < 300 and self.dialog is dialog:
+            sequence = cseq(reinvite)
+            ack = self._in_dialog(dialog, "ACK", cseq_number=sequence.number if sequence else dialog.local_cseq)
+            self._resend(ack)  # RFC 3261 §13.2.2.4 (a retransmitted 2xx gets the same ACK again)
+        elif response.status >= 300:
+            # RFC 3261 §14.1: the session stays as it was before the re-INVITE
+            log.info("non-SIP UA: re-INVITE of {call_id} refused: {status}", call_id=dialog.call_id, status=response.status)
+
+    def dtmf_info(self, digit: str, duration: int) -> bool:
+        """INFO application/dtmf-relay (as Janus's SIP plugin sends it) in the confirmed call."""
+        dialog = self.dialog
+        if self.phase is not CallPhase.CONFIRMED or dialog is None:
+            return False
+        info = self._in_dialog(dialog, "INFO")
+        info.headers.add("Content-Type", "application/dtmf-relay")
+        info.body = f"Signal={digit}\r\nDuration={duration}".encode("ascii")
+        self._send(info, _IgnoreUser())
+        self._emit(UaEvent({"event": "dtmfsent"}, call_id=dialog.call_id))
+        return True
 
     def _send_bye(self, dialog: _Dialog) -> None:
         self._send(self._in_dialog(dialog, "BYE"), _ByeUser(self, dialog))
@@ -471,6 +521,7 @@ class NonSipUserAgent:
         ok.headers.add("Contact", self._contact())
         ok.headers.add("Content-Type", "application/sdp")
         ok.body = sdp.encode("utf-8")
+        dialog.local_sdp = sdp
         self._emit(UaEvent({"event": "accepting"}, call_id=dialog.call_id))
         self._respond(dialog.transaction, ok)
         self.phase = CallPhase.CONFIRMED
@@ -593,6 +644,20 @@ class _InviteUser:
 
     def transport_failed(self, transaction: ClientTransaction, reason: str) -> None:
         self.ua._invite_response(self.dialog, Response(503, "Service Unavailable"))
+
+
+class _ReinviteUser:
+    def __init__(self, ua: NonSipUserAgent, dialog: _Dialog, reinvite: Request) -> None:
+        self.ua, self.dialog, self.reinvite = ua, dialog, reinvite
+
+    def response_received(self, response: Response, transaction: ClientTransaction) -> None:
+        self.ua._reinvite_answered(self.dialog, self.reinvite, response)
+
+    def timed_out(self, transaction: ClientTransaction) -> None:
+        self.ua._reinvite_answered(self.dialog, self.reinvite, Response(408, "Request Timeout"))
+
+    def transport_failed(self, transaction: ClientTransaction, reason: str) -> None:
+        self.ua._reinvite_answered(self.dialog, self.reinvite, Response(503, "Service Unavailable"))
 
 
 class _ByeUser:

@@ -3,6 +3,8 @@
 // are given to handle.send() as jsep, as a page does after createOffer/createAnswer.
 // Prints JSON lines.
 //   node janus_sip.js JANUS_URL USER PASSWORD DOMAIN call TARGET OFFER_FILE
+//   node janus_sip.js JANUS_URL USER PASSWORD DOMAIN call-hold TARGET OFFER_FILE
+//     (once accepted: hold, unhold, dtmf_info 5, then hangup)
 //   node janus_sip.js JANUS_URL USER PASSWORD DOMAIN answer ANSWER_FILE
 const fs = require('fs');
 const path = require('path');
@@ -56,15 +58,31 @@ function run(handle) {
   sip.send({ message: { request: 'register', username: `sip:${user}@${domain}`, secret: password, display_name: user } });
 }
 
+// call-hold: one step after the other; a step refused with 447 (the previous re-INVITE is
+// still out) is tried again a little later.
+const HOLD_STEPS = [
+  { request: 'hold', direction: 'sendonly' }, { request: 'unhold' }, { request: 'dtmf_info', digit: '5', duration: 120 },
+  { request: 'hangup' },
+];
+let step = -1;
+function nextStep(again = false) {
+  if (!again) step += 1;
+  setTimeout(() => sip.send({ message: HOLD_STEPS[step] }), 300);
+}
+
 function onMessage(message, jsep) {
-  if (message.error_code) { say('plugin-error', { code: message.error_code, reason: message.error }); return; }
+  if (message.error_code) {
+    say('plugin-error', { code: message.error_code, reason: message.error });
+    if (mode === 'call-hold' && message.error_code === 447 && step >= 0) nextStep(true);
+    return;
+  }
   const result = message.result || {};
   const event = result.event;
   say('sip-event', { name: event, code: result.code, call_id: message.call_id, jsep: jsep || null });
   if (event === 'registration_failed') { say('error', { cause: `registration failed ${result.code}` }); process.exit(2); }
   if (event === 'registered') {
     say('registered');
-    if (mode === 'call') {
+    if (mode === 'call' || mode === 'call-hold') {
       const [target, offerFile] = rest;
       sip.send({ message: { request: 'call', uri: target }, jsep: { type: 'offer', sdp: sdpFile(offerFile) } });
     } else {
@@ -73,6 +91,8 @@ function onMessage(message, jsep) {
   } else if (event === 'accepted' && mode === 'call') {
     say('accepted', { sdp: jsep ? jsep.sdp : null });
     setTimeout(() => sip.send({ message: { request: 'hangup' } }), 300);
+  } else if (mode === 'call-hold' && ['accepted', 'holding', 'resuming', 'dtmfsent'].includes(event)) {
+    nextStep();
   } else if (event === 'incomingcall') {
     say('incomingcall', { sdp: jsep.sdp, username: result.username, callee: result.callee });
     sip.send({ message: { request: 'accept' }, jsep: { type: 'answer', sdp: sdpFile(rest[0]) } });
