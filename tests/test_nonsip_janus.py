@@ -84,9 +84,18 @@ class JanusJsThroughEpcscfTests(unittest.TestCase):
         invite = next(m for m in messages_in_trace(trace) if m.startswith("INVITE "))
         self.assert_plain_ims_sdp(body_of(invite))
         self.assertIn("BYE ", "\n".join(m.split("\n", 1)[0] for m in messages_in_trace(trace)))
-        # the call shows in operations like any other, and nothing of it is left
+        # the call and the registration show in operations and /metrics like any other
         [record] = self.service.pcscf.operations.calls()
         self.assertFalse(record["live"])
+        self.assertEqual(record["direction"], "originating")
+        self.assertTrue(self.service.pcscf.operations.call_timeline(record["call_id"]))
+        registry = self.service.metrics.registry
+        # REGISTER and un-REGISTER: each challenged once (RFC 3261 §22.2), then accepted
+        self.assertEqual(registry.get_sample_value("epcscf_registration_results_total", {"result": "challenged"}), 2.0)
+        self.assertEqual(registry.get_sample_value("epcscf_registration_results_total", {"result": "ok"}), 2.0)
+        ended = [sample for metric in registry.collect() if metric.name == "epcscf_calls_ended" for sample in metric.samples
+                 if sample.labels.get("direction") == "originating"]
+        self.assertEqual(sum(sample.value for sample in ended), 1.0, ended)
         await wait_for(lambda: not self.service.pcscf.registrations.all() and not self.service.pcscf.flows.__len__(), timeout=10)
 
     def test_janus_js_holds_resumes_and_sends_dtmf_in_a_call(self):
