@@ -222,6 +222,15 @@ class JanusBadInputTests(unittest.TestCase):
         self.assertEqual((await client.event())["result"]["event"], "hangup")
         self.assertEqual(self.service.pcscf.operations.calls(), [])  # no INVITE left the UA
         self.assertEqual((await client.request({"janus": "keepalive", "session_id": session}))["janus"], "ack")
+        # the operator ends the handle's flow (console disconnect): the WIC hears of it, may register again
+        [flow] = self.service.pcscf.operations.flows()
+        self.assertTrue(self.service.pcscf.operations.disconnect_flow(flow["flow"], 1000, "operator"))
+        self.assertEqual((await client.event())["result"], {"event": "registration_failed", "code": 430, "reason": "Flow Failed"})
+        await client.request({"janus": "message", **ids, "body": {"request": "register", "username": f"sip:alice@{DOMAIN}", "secret": USERS["alice"]}})
+        self.assertEqual((await client.event())["result"]["event"], "registering")
+        self.assertEqual((await client.event())["result"]["event"], "registered")
+        [binding] = self.service.pcscf.registrations.all()  # RFC 5626 §6: moved to the new flow
+        self.assertNotEqual(binding.flow_id, flow["flow"])
         # Janus's session timeout: no request for session_timeout → timeout, registration gone
         reply = await client.receive(timeout=5)
         while reply["janus"] != "timeout":

@@ -53,6 +53,8 @@ class PipeEnd:
         self.messages_sent = 0
         self.messages_received = 0
         self.deliver: Callable[[bytes], None] = lambda octets: None
+        #: what ``close`` asks for (the pair ends both ends)
+        self.on_close: Callable[[int, str], None] = lambda code, reason: None
 
     def __repr__(self) -> str:
         return f"<PipeEnd {self.id} {'open' if self.connected else 'closed'}>"
@@ -68,8 +70,9 @@ class PipeEnd:
         self.deliver(message.serialize())
 
     def close(self, code: int = 1000, reason: str = "") -> None:
+        """Operations (disconnect a flow) or a rate limit ending this flow, like a WebSocket close."""
         if self.connected:
-            self.closed_reason = CloseReason(code, reason, clean=True, by_us=True)
+            self.on_close(code, reason)
 
 
 class FlowPair:
@@ -83,6 +86,7 @@ class FlowPair:
         local: Address,
         remote: Address,
         origin: str | None,
+        on_lost: Callable[[str], None] = lambda reason: None,
     ) -> None:
         self._reactor = reactor
         self._sink = sink
@@ -92,6 +96,9 @@ class FlowPair:
         self.ua_end = PipeEnd(remote, local, origin, now)
         self.pcscf_end.deliver = lambda octets: reactor.callLater(0, self._to_ua, octets)
         self.ua_end.deliver = lambda octets: reactor.callLater(0, self._to_pcscf, octets)
+        #: told when the P-CSCF side ends the flow (not when the UA does)
+        self._on_lost = on_lost
+        self.pcscf_end.on_close = self._closed_by_pcscf
         sink.connection_opened(self.pcscf_end)
 
     @property
@@ -120,6 +127,10 @@ class FlowPair:
         except SipParseError as error:  # our own UA wrote it: a defect, logged, never raised
             log.error("non-SIP flow {flow}: unparsable message dropped: {error}", flow=self.pcscf_end.id, error=error)
             return None
+
+    def _closed_by_pcscf(self, code: int, reason: str) -> None:
+        self.close(f"closed by the eP-CSCF ({code} {reason})".strip())
+        self._on_lost(reason)
 
     def close(self, reason: str) -> None:
         """End the flow: the P-CSCF fails its registrations and calls (RFC 5626 §5.3.1)."""

@@ -107,8 +107,8 @@ class NonSipUserAgent:
     ) -> None:
         self._reactor = reactor
         self._emit = emit
-        self.transactions = TransactionLayer(reactor, self, lambda connection: timers)
-        self.flow = FlowPair(reactor, sink, self.transactions.receive, local, remote, origin)
+        self._flow_args = (sink, local, remote, origin, timers)
+        self.transactions, self.flow = self._new_flow()
         self.host = f"{secrets.token_hex(5)}.invalid"  # RFC 7118 §5.2: a WIC has no reachable host
         self.instance = f"<urn:uuid:{secrets.token_hex(4)}-{secrets.token_hex(2)}-4{secrets.token_hex(2)[1:]}-8{secrets.token_hex(2)[1:]}-{secrets.token_hex(6)}>"
         self.credentials: Credentials | None = None
@@ -123,6 +123,31 @@ class NonSipUserAgent:
         self._flow_ending: Any = None
         #: called once the flow has ended (the UA is then inert)
         self.on_ended: Callable[["NonSipUserAgent"], None] = lambda ua: None
+
+    def _new_flow(self) -> tuple[TransactionLayer, FlowPair]:
+        sink, local, remote, origin, timers = self._flow_args
+        transactions = TransactionLayer(self._reactor, self, lambda connection: timers)
+        return transactions, FlowPair(self._reactor, sink, transactions.receive, local, remote, origin, self._flow_lost)
+
+    def _flow_lost(self, reason: str) -> None:
+        """The eP-CSCF ended our flow (operator, rate limit): its registration and call are gone
+        (RFC 5626 §5.3.1); the handle may register again, on a new flow."""
+        self.transactions.close()
+        if self._register_refresh is not None and self._register_refresh.active():
+            self._register_refresh.cancel()
+        self._register_refresh = None
+        dialog, self.dialog = self.dialog, None
+        self.phase = CallPhase.IDLE
+        if dialog is not None:
+            self._emit(UaEvent({"event": "hangup", "code": 430, "reason": "Flow Failed"}, call_id=dialog.call_id))
+        if self.reg_state is not RegState.UNREGISTERED:
+            self.reg_state = RegState.UNREGISTERED
+            self._emit(UaEvent({"event": "registration_failed", "code": 430, "reason": "Flow Failed"}))
+        if not self._closing:
+            self.transactions, self.flow = self._new_flow()
+        else:
+            self.end_now(reason)
+            self.on_ended(self)
 
     @property
     def connection(self) -> PipeEnd:
