@@ -238,3 +238,16 @@ class JanusBadInputTests(unittest.TestCase):
         self.assertEqual(reply["session_id"], session)
         await wait_for(lambda: not self.service.pcscf.registrations.all() and not len(self.service.pcscf.flows), timeout=10)
         self.assertEqual((await client.request({"janus": "keepalive", "session_id": session}))["error"]["code"], 458)
+
+    def test_handshake_needs_janus_protocol_and_an_allowed_origin(self):
+        return as_deferred(self._handshakes())
+
+    async def _handshakes(self) -> None:
+        url = janus_url(self.service)
+        for subprotocols, headers, status in ((["sip"], None, 406), (["janus-protocol"], {"Origin": "http://evil.example"}, 403)):
+            with self.assertRaises(websockets.InvalidStatus) as caught:
+                await websockets.connect(url, subprotocols=subprotocols, additional_headers=headers)
+            self.assertEqual(caught.exception.response.status_code, status)
+        allowed = await websockets.connect(url, subprotocols=["janus-protocol"], additional_headers={"Origin": "http://127.0.0.1:8081"})
+        self.assertEqual(allowed.subprotocol, "janus-protocol")
+        await allowed.close()
