@@ -14,7 +14,6 @@ from twisted.web.server import Site
 from twisted.web.static import File
 
 from tests.support.browser import (
-    call_from_page,  # noqa: F401  (the demo page's own helpers, for symmetry with test_wwsf_call)
     open_registered_page,
     page_state,
     require_browser,

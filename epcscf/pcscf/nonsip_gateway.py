@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import secrets
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 from twisted.logger import Logger
 
@@ -22,7 +22,8 @@ from epcscf.nonsip.janus_api import JanusError, JanusRequest
 from epcscf.nonsip.jsep import JsepError, TrickleBuffer, parse_jsep, parse_trickle
 from epcscf.nonsip.websocket import JanusConnection
 from epcscf.pcscf.nonsip_flow import FlowSink
-from epcscf.pcscf.nonsip_ua import CallPhase, Credentials, NonSipUserAgent, RegState, UaEvent
+from epcscf.pcscf.nonsip_register import Credentials, RegState, UaEvent
+from epcscf.pcscf.nonsip_ua import CallPhase, NonSipUserAgent
 from epcscf.sip.transaction import TimerSettings
 from epcscf.sip.uri import SipUri, UriError, parse_uri
 
@@ -43,7 +44,7 @@ class _Handle:
     id: int
     ua: NonSipUserAgent
     trickle: TrickleBuffer = field(default_factory=TrickleBuffer)
-    #: a call or accept waiting for the browser's last candidate: (what, argument)
+    #: a call or accept waiting for the browser's last candidate
     pending: tuple[str, str, str] | None = None  # (action, uri or "", sdp)
     pending_timer: Any = None
 

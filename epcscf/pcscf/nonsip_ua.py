@@ -2,9 +2,9 @@
 
 A non-SIP WIC sends only RFC 3264 offers and answers; this UA turns its wishes into SIP and
 sends them over its own in-process flow (``epcscf.pcscf.nonsip_flow``) into the unchanged
-P-CSCF: REGISTER with ``+sip.instance``/``reg-id`` (RFC 5626 §4.2) so the core reaches the
-flow through our Path, digest challenges answered with the WIC's credentials (RFC 3261
-§22.2, RFC 7616), INVITE/ACK/CANCEL/BYE as UAC and UAS (RFC 3261 §13-15) on ``epcscf.sip``
+P-CSCF: REGISTER (``epcscf.pcscf.nonsip_register``: RFC 5626 outbound, so the core reaches the
+flow through our Path, digest challenges answered with the WIC's credentials, RFC 3261
+§22.2), INVITE/ACK/CANCEL/BYE as UAC and UAS (RFC 3261 §13-15) on ``epcscf.sip``
 transactions.  The SDP it sends is the WIC's own WebRTC description, so the call manager
 transforms it, runs ICE and DTLS-SRTP exactly as for a SIP WIC (§7.4.2, §7.4.3).
 
@@ -21,27 +21,17 @@ from typing import Any, Callable
 from twisted.logger import Logger
 
 from epcscf.nonsip.jsep import next_version
-from epcscf.core.digest import ALGORITHMS, DigestParseError, compute_response, parse_digest
 from epcscf.pcscf.nonsip_flow import FlowPair, FlowSink, PipeEnd
+from epcscf.pcscf.nonsip_register import Credentials, Registration, RegState, TransactionOutcome, UaEvent
 from epcscf.sip.connection import Address
 from epcscf.sip.headers import cseq, from_tag, to_tag
-from epcscf.sip.message import Message, Request, Response, make_response, new_tag
+from epcscf.sip.message import Request, Response, make_response, new_tag
 from epcscf.sip.proxy_rules import list_values, name_addr_uri
 from epcscf.sip.transaction import ClientTransaction, ServerTransaction, TimerSettings, TransactionLayer
 
-__all__ = ["Credentials", "RegState", "CallPhase", "UaEvent", "NonSipUserAgent"]
+__all__ = ["CallPhase", "NonSipUserAgent"]
 
 log = Logger(namespace="epcscf.pcscf.nonsip")
-
-REGISTER_EXPIRES = 600
-
-
-class RegState(enum.Enum):
-    UNREGISTERED = "unregistered"
-    REGISTERING = "registering"
-    REGISTERED = "registered"
-    UNREGISTERING = "unregistering"
-
 
 class CallPhase(enum.Enum):
     IDLE = "idle"
@@ -49,25 +39,6 @@ class CallPhase(enum.Enum):
     INCOMING = "incoming"  # an INVITE awaits the WIC's accept or decline (UAS)
     CONFIRMED = "confirmed"
     ENDING = "ending"  # our BYE or CANCEL is out
-
-
-@dataclass(frozen=True)
-class Credentials:
-    aor: str  # sip:user@domain, the public identity
-    user: str
-    domain: str
-    authuser: str
-    secret: str
-    display_name: str = ""
-
-
-@dataclass(frozen=True)
-class UaEvent:
-    """One event for the WIC: ``result`` is the Janus SIP plugin's ``result`` object."""
-
-    result: dict[str, Any]
-    sdp: tuple[str, str] | None = None  # (jsep type, sdp)
-    call_id: str | None = None
 
 
 @dataclass
@@ -88,7 +59,6 @@ class _Dialog:
     acks: dict[str, Request] = field(default_factory=dict)
     #: the WIC's description as last sent (offer as UAC, answer as UAS), for hold and resume
     local_sdp: str = ""
-    held: bool = False
     reinvite: Request | None = None  # our re-INVITE awaiting its final response
 
 
@@ -106,19 +76,13 @@ class NonSipUserAgent:
         timers: TimerSettings,
     ) -> None:
         self._reactor = reactor
-        self._emit = emit
+        self.emit: Callable[[UaEvent], None] = emit
         self._flow_args = (sink, local, remote, origin, timers)
         self.transactions, self.flow = self._new_flow()
         self.host = f"{secrets.token_hex(5)}.invalid"  # RFC 7118 §5.2: a WIC has no reachable host
-        self.instance = f"<urn:uuid:{secrets.token_hex(4)}-{secrets.token_hex(2)}-4{secrets.token_hex(2)[1:]}-8{secrets.token_hex(2)[1:]}-{secrets.token_hex(6)}>"
-        self.credentials: Credentials | None = None
-        self.reg_state = RegState.UNREGISTERED
+        self.registration = Registration(reactor, self)
         self.phase = CallPhase.IDLE
         self.dialog: _Dialog | None = None
-        self._register_call_id = secrets.token_hex(10)
-        self._register_cseq = 0
-        self._register_refresh: Any = None
-        self._challenge_answered = False
         self._closing = False
         self._flow_ending: Any = None
         #: called once the flow has ended (the UA is then inert)
@@ -133,16 +97,11 @@ class NonSipUserAgent:
         """The eP-CSCF ended our flow (operator, rate limit): its registration and call are gone
         (RFC 5626 §5.3.1); the handle may register again, on a new flow."""
         self.transactions.close()
-        if self._register_refresh is not None and self._register_refresh.active():
-            self._register_refresh.cancel()
-        self._register_refresh = None
         dialog, self.dialog = self.dialog, None
         self.phase = CallPhase.IDLE
         if dialog is not None:
-            self._emit(UaEvent({"event": "hangup", "code": 430, "reason": "Flow Failed"}, call_id=dialog.call_id))
-        if self.reg_state is not RegState.UNREGISTERED:
-            self.reg_state = RegState.UNREGISTERED
-            self._emit(UaEvent({"event": "registration_failed", "code": 430, "reason": "Flow Failed"}))
+            self.emit(UaEvent({"event": "hangup", "code": 430, "reason": "Flow Failed"}, call_id=dialog.call_id))
+        self.registration.flow_lost()
         if not self._closing:
             self.transactions, self.flow = self._new_flow()
         else:
@@ -153,117 +112,32 @@ class NonSipUserAgent:
     def connection(self) -> PipeEnd:
         return self.flow.ua_end
 
-    # --- requests we build (RFC 3261 §8.1.1) --------------------------------------------------
+    # --- RegisterHost: requests we build (RFC 3261 §8.1.1) ------------------------------------
 
-    def _via(self) -> str:
+    @property
+    def credentials(self) -> Credentials | None:
+        return self.registration.credentials
+
+    @property
+    def reg_state(self) -> RegState:
+        return self.registration.state
+
+    def via(self) -> str:
         return f"SIP/2.0/WS {self.host};branch=z9hG4bK{secrets.token_hex(8)}"
 
-    def _contact(self) -> str:
+    def contact(self) -> str:
         assert self.credentials is not None
         return f"<sip:{self.credentials.user}@{self.host};transport=ws;ob>"
 
-    def _send(self, request: Request, user: Any) -> ClientTransaction:
+    def send(self, request: Request, user: Any) -> ClientTransaction:
         request.headers.set("Content-Length", str(len(request.body)))
         return self.transactions.send_request(request, self.connection, user)
 
-    # --- registration -------------------------------------------------------------------------
-
     def register(self, credentials: Credentials) -> None:
-        self.credentials = credentials
-        self.reg_state = RegState.REGISTERING
-        self._emit(UaEvent({"event": "registering"}))
-        self._send_register(REGISTER_EXPIRES, authorization=None)
+        self.registration.register(credentials)
 
     def unregister(self) -> None:
-        if self.reg_state is not RegState.REGISTERED:
-            return
-        self.reg_state = RegState.UNREGISTERING
-        self._emit(UaEvent({"event": "unregistering"}))
-        self._send_register(0, authorization=None)
-
-    def _send_register(self, expires: int, authorization: tuple[str, str] | None) -> None:
-        assert self.credentials is not None
-        if self._register_refresh is not None and self._register_refresh.active():
-            self._register_refresh.cancel()
-        self._register_refresh = None
-        self._register_cseq += 1
-        c = self.credentials
-        request = Request("REGISTER", f"sip:{c.domain}")
-        request.headers.add("Via", self._via())
-        request.headers.add("Max-Forwards", "70")
-        request.headers.add("From", f"<{c.aor}>;tag={new_tag()}")
-        request.headers.add("To", f"<{c.aor}>")
-        request.headers.add("Call-ID", self._register_call_id)
-        request.headers.add("CSeq", f"{self._register_cseq} REGISTER")
-        # RFC 5626 §4.2: instance id and reg-id ask for outbound: the binding lives on this flow.
-        request.headers.add("Contact", f'{self._contact()};+sip.instance="{self.instance}";reg-id=1;expires={expires}')
-        request.headers.add("Supported", "path, outbound")
-        request.headers.add("Expires", str(expires))
-        if authorization is not None:
-            request.headers.add(*authorization)
-        self._send(request, _RegisterUser(self, request, expires))
-
-    def _register_answered(self, request: Request, expires: int, response: Response) -> None:
-        if response.status < 200:
-            return
-        if response.status in (401, 407) and not self._challenge_answered:
-            authorization = self._answer_challenge(request, response)
-            if authorization is not None:
-                self._challenge_answered = True
-                name = "Authorization" if response.status == 401 else "Proxy-Authorization"
-                self._send_register(expires, (name, authorization))
-                return
-        self._challenge_answered = False
-        if expires == 0:
-            self.reg_state = RegState.UNREGISTERED
-            self._emit(UaEvent({"event": "unregistered", "username": self.credentials.aor if self.credentials else ""}))
-            return
-        if 200 <= response.status < 300:
-            first = self.reg_state is not RegState.REGISTERED
-            self.reg_state = RegState.REGISTERED
-            granted = _granted_expires(response, expires)
-            # refresh at half the granted time (RFC 3261 §10.2.4 leaves the moment to the UA)
-            self._register_refresh = self._reactor.callLater(max(granted / 2, 1.0), self._send_register, expires, None)
-            if first:
-                assert self.credentials is not None
-                self._emit(UaEvent({"event": "registered", "username": self.credentials.user, "register_sent": True}))
-            return
-        self.reg_state = RegState.UNREGISTERED
-        self._emit(UaEvent({"event": "registration_failed", "code": response.status, "reason": response.reason}))
-
-    def _answer_challenge(self, request: Request, response: Response) -> str | None:
-        """RFC 7616 §3.4 / RFC 8760: answer the strongest algorithm we know (qop=auth)."""
-        assert self.credentials is not None
-        header = "WWW-Authenticate" if response.status == 401 else "Proxy-Authenticate"
-        best: dict[str, str] | None = None
-        for value in response.headers.get_all(header):
-            try:
-                params = parse_digest(value)
-            except DigestParseError:
-                continue
-            algorithm = params.get("algorithm", "MD5").upper()
-            if algorithm not in ALGORITHMS or "nonce" not in params or "realm" not in params:
-                continue
-            if best is None or (best.get("algorithm", "MD5").upper() == "MD5" and algorithm != "MD5"):
-                best = {**params, "algorithm": algorithm}
-        if best is None:
-            return None
-        c = self.credentials
-        cnonce, nc = secrets.token_hex(8), "00000001"
-        qop = "auth" if "auth" in (best.get("qop") or "").replace(" ", "").split(",") else None
-        digest = compute_response(
-            best["algorithm"], c.authuser, best["realm"], c.secret, request.method, request.uri, best["nonce"],
-            nc if qop else None, cnonce if qop else None, qop,
-        )
-        value = (
-            f'Digest username="{c.authuser}", realm="{best["realm"]}", nonce="{best["nonce"]}", uri="{request.uri}", '
-            f'response="{digest}", algorithm={best["algorithm"]}'
-        )
-        if "opaque" in best:
-            value += f', opaque="{best["opaque"]}"'
-        if qop:
-            value += f", qop={qop}, nc={nc}, cnonce=\"{cnonce}\""
-        return value
+        self.registration.unregister()
 
     # --- outgoing call (UAC, RFC 3261 §13.2) ---------------------------------------------------
 
@@ -274,20 +148,20 @@ class NonSipUserAgent:
         call_id = secrets.token_hex(12)
         tag = new_tag()
         invite = Request("INVITE", uri)
-        invite.headers.add("Via", self._via())
+        invite.headers.add("Via", self.via())
         invite.headers.add("Max-Forwards", "70")
         display = f'"{c.display_name}" ' if c.display_name else ""
         invite.headers.add("From", f"{display}<{c.aor}>;tag={tag}")
         invite.headers.add("To", f"<{uri}>")
         invite.headers.add("Call-ID", call_id)
         invite.headers.add("CSeq", "1 INVITE")
-        invite.headers.add("Contact", self._contact())
+        invite.headers.add("Contact", self.contact())
         invite.headers.add("Content-Type", "application/sdp")
         invite.body = sdp.encode("utf-8")
         self.dialog = _Dialog(call_id, tag, None, f"<{c.aor}>", f"<{uri}>", uri, [], 1, invite, local_sdp=sdp)
         self.phase = CallPhase.CALLING
-        self.dialog.transaction = self._send(invite, _InviteUser(self, self.dialog))
-        self._emit(UaEvent({"event": "calling", "call_id": call_id}, call_id=call_id))
+        self.dialog.transaction = self.send(invite, TransactionOutcome(lambda response, dialog=self.dialog: self._invite_response(dialog, response)))
+        self.emit(UaEvent({"event": "calling", "call_id": call_id}, call_id=call_id))
         return call_id
 
     def _invite_response(self, dialog: _Dialog, response: Response) -> None:
@@ -300,15 +174,15 @@ class NonSipUserAgent:
             return
         if status < 200:
             if status == 180:
-                self._emit(UaEvent({"event": "ringing"}, call_id=dialog.call_id))
+                self.emit(UaEvent({"event": "ringing"}, call_id=dialog.call_id))
             elif response.body and not dialog.answered_sdp and to_tag(response):
                 dialog.answered_sdp = True
-                self._emit(UaEvent({"event": "progress", "username": dialog.remote_target}, ("answer", _text(response.body)), dialog.call_id))
+                self.emit(UaEvent({"event": "progress", "username": dialog.remote_target}, ("answer", _text(response.body)), dialog.call_id))
             return
         if status >= 300:
             self.dialog = None
             self.phase = CallPhase.IDLE
-            self._emit(UaEvent({"event": "hangup", "code": status, "reason": response.reason}, call_id=dialog.call_id))
+            self.emit(UaEvent({"event": "hangup", "code": status, "reason": response.reason}, call_id=dialog.call_id))
             return
         # 2xx: RFC 3261 §12.1.2 the dialog from the 2xx; §13.2.2.4 ACK every 2xx retransmission
         remote = to_tag(response) or ""
@@ -323,7 +197,7 @@ class NonSipUserAgent:
             self.phase = CallPhase.CONFIRMED
             self._send_ack(dialog)
             jsep = None if dialog.answered_sdp or not response.body else ("answer", _text(response.body))
-            self._emit(UaEvent({"event": "accepted", "username": dialog.invite.uri}, jsep, dialog.call_id))
+            self.emit(UaEvent({"event": "accepted", "username": dialog.invite.uri}, jsep, dialog.call_id))
         elif remote in dialog.acks:
             self._resend(dialog.acks[remote])
         elif self.phase is CallPhase.ENDING and not dialog.acks:
@@ -357,7 +231,7 @@ class NonSipUserAgent:
     def _in_dialog(self, dialog: _Dialog, method: str, cseq_number: int | None = None) -> Request:
         """RFC 3261 §12.2.1.1: Request-URI, Route, To/From tags, Call-ID and CSeq of the dialog."""
         request = Request(method, dialog.remote_target)
-        request.headers.add("Via", self._via())
+        request.headers.add("Via", self.via())
         request.headers.add("Max-Forwards", "70")
         for route in dialog.route_set:
             request.headers.add("Route", route)
@@ -382,16 +256,15 @@ class NonSipUserAgent:
         dialog = self.dialog
         if self.phase is not CallPhase.CONFIRMED or dialog is None or dialog.reinvite is not None:
             return False
-        dialog.held = direction is not None
         sdp = next_version(dialog.local_sdp, direction)
         dialog.local_sdp = next_version(dialog.local_sdp) if direction is not None else sdp
         reinvite = self._in_dialog(dialog, "INVITE")
-        reinvite.headers.add("Contact", self._contact())
+        reinvite.headers.add("Contact", self.contact())
         reinvite.headers.add("Content-Type", "application/sdp")
         reinvite.body = sdp.encode("utf-8")
         dialog.reinvite = reinvite
-        self._send(reinvite, _ReinviteUser(self, dialog, reinvite))
-        self._emit(UaEvent({"event": "holding" if direction is not None else "resuming"}, call_id=dialog.call_id))
+        self.send(reinvite, TransactionOutcome(lambda response: self._reinvite_answered(dialog, reinvite, response)))
+        self.emit(UaEvent({"event": "holding" if direction is not None else "resuming"}, call_id=dialog.call_id))
         return True
 
     def _reinvite_answered(self, dialog: _Dialog, reinvite: Request, response: Response) -> None:
@@ -415,12 +288,12 @@ class NonSipUserAgent:
         info = self._in_dialog(dialog, "INFO")
         info.headers.add("Content-Type", "application/dtmf-relay")
         info.body = f"Signal={digit}\r\nDuration={duration}".encode("ascii")
-        self._send(info, _IgnoreUser())
-        self._emit(UaEvent({"event": "dtmfsent"}, call_id=dialog.call_id))
+        self.send(info, TransactionOutcome(lambda response: None))
+        self.emit(UaEvent({"event": "dtmfsent"}, call_id=dialog.call_id))
         return True
 
     def _send_bye(self, dialog: _Dialog) -> None:
-        self._send(self._in_dialog(dialog, "BYE"), _ByeUser(self, dialog))
+        self.send(self._in_dialog(dialog, "BYE"), TransactionOutcome(lambda response: self._bye_answered(dialog, response)))
 
     # --- hangup, decline ------------------------------------------------------------------------
 
@@ -429,7 +302,7 @@ class NonSipUserAgent:
         dialog = self.dialog
         if dialog is None or self.phase in (CallPhase.IDLE, CallPhase.ENDING):
             return False
-        self._emit(UaEvent({"event": "hangingup"}, call_id=dialog.call_id))
+        self.emit(UaEvent({"event": "hangingup"}, call_id=dialog.call_id))
         if self.phase is CallPhase.INCOMING:
             self._answer_invite(480, "Temporarily Unavailable")
             return True
@@ -450,12 +323,13 @@ class NonSipUserAgent:
             if value is not None:
                 cancel.headers.add(name, value)
         cancel.headers.add("CSeq", "1 CANCEL")
-        self._send(cancel, _IgnoreUser())
+        # its own answer tells nothing: the INVITE's 487 (or 2xx) does (RFC 3261 §9.1)
+        self.send(cancel, TransactionOutcome(lambda response: None))
 
     def decline(self, code: int) -> bool:
         if self.phase is not CallPhase.INCOMING or self.dialog is None:
             return False
-        self._emit(UaEvent({"event": "declining", "code": code}, call_id=self.dialog.call_id))
+        self.emit(UaEvent({"event": "declining", "code": code}, call_id=self.dialog.call_id))
         self._answer_invite(code, None)
         return True
 
@@ -466,7 +340,7 @@ class NonSipUserAgent:
         self._respond(dialog.transaction, response)
         self.dialog = None
         self.phase = CallPhase.IDLE
-        self._emit(UaEvent({"event": "hangup", "code": status, "reason": response.reason}, call_id=dialog.call_id))
+        self.emit(UaEvent({"event": "hangup", "code": status, "reason": response.reason}, call_id=dialog.call_id))
 
     def _respond(self, transaction: ServerTransaction, response: Response) -> None:
         response.headers.set("Content-Length", str(len(response.body)))
@@ -500,7 +374,7 @@ class NonSipUserAgent:
         if self.phase is not CallPhase.IDLE or self.reg_state is not RegState.REGISTERED or self._closing:
             busy = make_response(invite, 486, to_tag=new_tag())
             self._respond(transaction, busy)
-            self._emit(UaEvent({"event": "missed_call", "caller": name_addr_uri(caller) if caller else ""}, call_id=invite.call_id))
+            self.emit(UaEvent({"event": "missed_call", "caller": name_addr_uri(caller) if caller else ""}, call_id=invite.call_id))
             return
         if not invite.body:
             # an offerless INVITE would need our offer in the 200 (RFC 3264 §4): not in this subset
@@ -524,7 +398,7 @@ class NonSipUserAgent:
         ringing = make_response(invite, 180, to_tag=tag)
         for value in invite.headers.get_all("Record-Route"):
             ringing.headers.add("Record-Route", value)
-        ringing.headers.add("Contact", self._contact())
+        ringing.headers.add("Contact", self.contact())
         self._respond(transaction, ringing)
         result = {
             "event": "incomingcall",
@@ -534,7 +408,7 @@ class NonSipUserAgent:
         display = caller.split("<")[0].strip().strip('"') if "<" in caller else ""
         if display:
             result["displayname"] = display
-        self._emit(UaEvent(result, ("offer", _text(invite.body)), self.dialog.call_id))
+        self.emit(UaEvent(result, ("offer", _text(invite.body)), self.dialog.call_id))
 
     def accept(self, sdp: str) -> bool:
         dialog = self.dialog
@@ -543,14 +417,14 @@ class NonSipUserAgent:
         ok = make_response(dialog.invite, 200, to_tag=dialog.local_tag)
         for value in dialog.invite.headers.get_all("Record-Route"):
             ok.headers.add("Record-Route", value)
-        ok.headers.add("Contact", self._contact())
+        ok.headers.add("Contact", self.contact())
         ok.headers.add("Content-Type", "application/sdp")
         ok.body = sdp.encode("utf-8")
         dialog.local_sdp = sdp
-        self._emit(UaEvent({"event": "accepting"}, call_id=dialog.call_id))
+        self.emit(UaEvent({"event": "accepting"}, call_id=dialog.call_id))
         self._respond(dialog.transaction, ok)
         self.phase = CallPhase.CONFIRMED
-        self._emit(UaEvent({"event": "accepted"}, call_id=dialog.call_id))
+        self.emit(UaEvent({"event": "accepted"}, call_id=dialog.call_id))
         return True
 
     def _incoming_cancel(self, cancel: Request, transaction: ServerTransaction) -> None:
@@ -564,7 +438,7 @@ class NonSipUserAgent:
             self._respond(invite_transaction, make_response(dialog.invite, 487, to_tag=dialog.local_tag))
             self.dialog = None
             self.phase = CallPhase.IDLE
-            self._emit(UaEvent({"event": "hangup", "code": 487, "reason": "Request Terminated"}, call_id=dialog.call_id))
+            self.emit(UaEvent({"event": "hangup", "code": 487, "reason": "Request Terminated"}, call_id=dialog.call_id))
 
     def _incoming_bye(self, bye: Request, transaction: ServerTransaction) -> None:
         dialog = self.dialog
@@ -574,7 +448,7 @@ class NonSipUserAgent:
         self._respond(transaction, make_response(bye, 200))
         self.dialog = None
         self.phase = CallPhase.IDLE
-        self._emit(UaEvent({"event": "hangup", "code": 200, "reason": "BYE"}, call_id=dialog.call_id))
+        self.emit(UaEvent({"event": "hangup", "code": 200, "reason": "BYE"}, call_id=dialog.call_id))
 
     def ack_received(self, request: Request, connection: Any) -> None:
         pass  # the ACK of our 2xx: nothing more to do on a reliable flow (RFC 3261 §13.3.1.4)
@@ -587,11 +461,11 @@ class NonSipUserAgent:
 
     # --- our client transactions' outcomes -------------------------------------------------------
 
-    def _bye_answered(self, dialog: _Dialog, status: int, reason: str) -> None:
-        if self.dialog is dialog:
+    def _bye_answered(self, dialog: _Dialog, response: Response) -> None:
+        if response.status >= 200 and self.dialog is dialog:
             self.dialog = None
             self.phase = CallPhase.IDLE
-            self._emit(UaEvent({"event": "hangup", "code": 200, "reason": "Session Terminated"}, call_id=dialog.call_id))
+            self.emit(UaEvent({"event": "hangup", "code": 200, "reason": "Session Terminated"}, call_id=dialog.call_id))
 
     # --- shutdown -------------------------------------------------------------------------------
 
@@ -601,13 +475,9 @@ class NonSipUserAgent:
             return
         self._closing = True
         self.hangup()
-        if self._register_refresh is not None and self._register_refresh.active():
-            self._register_refresh.cancel()
-        self._register_refresh = None
+        self.registration.stop_refreshing()
         waiting = 0.0
-        if self.reg_state is RegState.REGISTERED:
-            self.reg_state = RegState.UNREGISTERING
-            self._send_register(0, authorization=None)
+        if self.registration.unregister(quietly=True):
             waiting = 2.0
         if self.phase is CallPhase.ENDING:
             waiting = 2.0
@@ -619,9 +489,7 @@ class NonSipUserAgent:
         if self._flow_ending is not None and self._flow_ending.active():
             self._flow_ending.cancel()
         self._flow_ending = None
-        if self._register_refresh is not None and self._register_refresh.active():
-            self._register_refresh.cancel()
-        self._register_refresh = None
+        self.registration.stop_refreshing()
         if not self.flow.open:
             return
         self.flow.close(reason)
@@ -631,83 +499,3 @@ class NonSipUserAgent:
 
 def _text(body: bytes) -> str:
     return body.decode("utf-8", errors="replace")
-
-
-def _granted_expires(response: Response, asked: int) -> int:
-    for value in list_values(response.headers, "Contact"):
-        for param in value.split(";")[1:]:
-            name, _, number = param.strip().partition("=")
-            if name.lower() == "expires" and number.isdigit():
-                return int(number)
-    header = response.headers.get("Expires")
-    return int(header) if header and header.isdigit() else asked
-
-
-class _RegisterUser:
-    def __init__(self, ua: NonSipUserAgent, request: Request, expires: int) -> None:
-        self.ua, self.request, self.expires = ua, request, expires
-
-    def response_received(self, response: Response, transaction: ClientTransaction) -> None:
-        self.ua._register_answered(self.request, self.expires, response)
-
-    def timed_out(self, transaction: ClientTransaction) -> None:
-        self.ua._register_answered(self.request, self.expires, Response(408, "Request Timeout"))
-
-    def transport_failed(self, transaction: ClientTransaction, reason: str) -> None:
-        self.ua._register_answered(self.request, self.expires, Response(503, "Service Unavailable"))
-
-
-class _InviteUser:
-    def __init__(self, ua: NonSipUserAgent, dialog: _Dialog) -> None:
-        self.ua, self.dialog = ua, dialog
-
-    def response_received(self, response: Response, transaction: ClientTransaction) -> None:
-        self.ua._invite_response(self.dialog, response)
-
-    def timed_out(self, transaction: ClientTransaction) -> None:
-        self.ua._invite_response(self.dialog, Response(408, "Request Timeout"))
-
-    def transport_failed(self, transaction: ClientTransaction, reason: str) -> None:
-        self.ua._invite_response(self.dialog, Response(503, "Service Unavailable"))
-
-
-class _ReinviteUser:
-    def __init__(self, ua: NonSipUserAgent, dialog: _Dialog, reinvite: Request) -> None:
-        self.ua, self.dialog, self.reinvite = ua, dialog, reinvite
-
-    def response_received(self, response: Response, transaction: ClientTransaction) -> None:
-        self.ua._reinvite_answered(self.dialog, self.reinvite, response)
-
-    def timed_out(self, transaction: ClientTransaction) -> None:
-        self.ua._reinvite_answered(self.dialog, self.reinvite, Response(408, "Request Timeout"))
-
-    def transport_failed(self, transaction: ClientTransaction, reason: str) -> None:
-        self.ua._reinvite_answered(self.dialog, self.reinvite, Response(503, "Service Unavailable"))
-
-
-class _ByeUser:
-    def __init__(self, ua: NonSipUserAgent, dialog: _Dialog) -> None:
-        self.ua, self.dialog = ua, dialog
-
-    def response_received(self, response: Response, transaction: ClientTransaction) -> None:
-        if response.status >= 200:
-            self.ua._bye_answered(self.dialog, response.status, response.reason)
-
-    def timed_out(self, transaction: ClientTransaction) -> None:
-        self.ua._bye_answered(self.dialog, 408, "Request Timeout")
-
-    def transport_failed(self, transaction: ClientTransaction, reason: str) -> None:
-        self.ua._bye_answered(self.dialog, 503, "Service Unavailable")
-
-
-class _IgnoreUser:
-    """CANCEL: its own answer tells nothing; the INVITE's 487 (or 2xx) does (RFC 3261 §9.1)."""
-
-    def response_received(self, response: Response, transaction: ClientTransaction) -> None:
-        pass
-
-    def timed_out(self, transaction: ClientTransaction) -> None:
-        pass
-
-    def transport_failed(self, transaction: ClientTransaction, reason: str) -> None:
-        pass
