@@ -238,6 +238,9 @@ class JanusBadInputTests(unittest.TestCase):
         self.assertEqual(reply["session_id"], session)
         await wait_for(lambda: not self.service.pcscf.registrations.all() and not len(self.service.pcscf.flows), timeout=10)
         self.assertEqual((await client.request({"janus": "keepalive", "session_id": session}))["error"]["code"], 458)
+        registry = self.service.metrics.registry
+        for code, count in ((454, 2), (453, 1), (458, 2), (459, 1), (460, 1), (442, 1), (447, 2), (448, 1)):
+            self.assertEqual(registry.get_sample_value("epcscf_janus_requests_refused_total", {"code": str(code)}), count, code)
 
     def test_handshake_needs_janus_protocol_and_an_allowed_origin(self):
         return as_deferred(self._handshakes())
@@ -248,6 +251,9 @@ class JanusBadInputTests(unittest.TestCase):
             with self.assertRaises(websockets.InvalidStatus) as caught:
                 await websockets.connect(url, subprotocols=subprotocols, additional_headers=headers)
             self.assertEqual(caught.exception.response.status_code, status)
+        registry = self.service.metrics.registry
+        for reason in ("subprotocol", "origin"):
+            self.assertEqual(registry.get_sample_value("epcscf_ws_connections_refused_total", {"reason": reason}), 1.0, reason)
         allowed = await websockets.connect(url, subprotocols=["janus-protocol"], additional_headers={"Origin": "http://127.0.0.1:8081"})
         self.assertEqual(allowed.subprotocol, "janus-protocol")
         await allowed.close()

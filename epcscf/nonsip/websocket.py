@@ -11,7 +11,7 @@ One WebSocket message is one JSON request; replies and events are text messages.
 
 from __future__ import annotations
 
-from typing import Any, Protocol
+from typing import Any, Callable, Protocol
 
 from autobahn.exception import Disconnected
 from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerProtocol
@@ -50,11 +50,13 @@ class JanusConnection(WebSocketServerProtocol):
 
     def onConnect(self, request: ConnectionRequest) -> str:
         if SUBPROTOCOL not in request.protocols:
+            self.factory.refused("subprotocol")
             offered = ", ".join(request.protocols) or "none"
             raise ConnectionDeny(SUBPROTOCOL_REFUSED, f"Not Acceptable: WebSocket subprotocol '{SUBPROTOCOL}' required, offered: {offered}"[:200])
         origin = request.headers.get("origin")
         allowed, why = self.factory.settings.origin_decision(origin)
         if not allowed:
+            self.factory.refused("origin")
             raise ConnectionDeny(ORIGIN_REFUSED, f"Forbidden: {why}")
         if origin is not None:
             try:
@@ -111,11 +113,17 @@ class JanusWebSocketFactory(WebSocketServerFactory):
     protocol = JanusConnection
     noisy = False
 
+    def refused(self, reason: str) -> None:
+        if self.on_refused is not None:
+            self.on_refused(reason)
+
     def __init__(self, settings: WsListenerSettings, sink: JanusSink, reactor: Any = None) -> None:
         super().__init__(url=None, protocols=[SUBPROTOCOL], server="epcscf", reactor=reactor)
         self.settings = settings
         self.sink = sink
         self.connections: set[JanusConnection] = set()
+        #: metrics: a refused opening handshake (``subprotocol`` | ``origin``)
+        self.on_refused: Callable[[str], None] | None = None
         hard = settings.max_message_size * HARD_LIMIT_FACTOR
         self.setProtocolOptions(
             webStatus=False,

@@ -323,6 +323,8 @@ class PcscfNode(Service):
         self.janus = JanusGateway(self.reactor, _WsSink(self), self.wic_timers, self.config.nonsip.session_timeout)
         factory = JanusWebSocketFactory(ws_settings(self.config), self.janus, reactor=self.reactor)
         self.janus_factory = factory
+        self.janus.on_refused = self.observers.janus_refused
+        factory.on_refused = self.observers.ws_refused
         for listener in self.config.nonsip.listen:
             if listener.transport == "wss":
                 options = server_tls_from_files(self.config.ws.certificate, self.config.ws.private_key, HTTP_PROTOCOLS)

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import secrets
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Callable
 
 from twisted.logger import Logger
 
@@ -68,6 +68,8 @@ class JanusGateway:
         self.sessions: dict[int, _Session] = {}
         #: refused Janus requests by error code (for tests and the log)
         self.errors: dict[int, int] = {}
+        #: metrics: one call per refused request, with its Janus error code
+        self.on_refused: Callable[[int], None] | None = None
         #: every UA whose flow is still open (attached, or ending after its handle went)
         self.user_agents: set[NonSipUserAgent] = set()
 
@@ -103,13 +105,18 @@ class JanusGateway:
     def _send(self, connection: JanusConnection, message: dict[str, Any]) -> None:
         connection.send_json(api.encode(message))
 
+    def _count(self, code: int) -> None:
+        self.errors[code] = self.errors.get(code, 0) + 1
+        if self.on_refused is not None:
+            self.on_refused(code)
+
     def _refuse(self, connection: JanusConnection, transaction: str | None, session_id: int | None, error: JanusError) -> None:
-        self.errors[error.code] = self.errors.get(error.code, 0) + 1
+        self._count(error.code)
         log.info("Janus request from {peer} refused: {code} {reason}", peer=connection.remote, code=error.code, reason=error.reason)
         self._send(connection, api.error(transaction, session_id, error.code, error.reason))
 
     def _plugin_error(self, session: _Session, handle: _Handle, transaction: str | None, code: int, reason: str) -> None:
-        self.errors[code] = self.errors.get(code, 0) + 1
+        self._count(code)
         log.info("Janus SIP request on handle {handle} refused: {code} {reason}", handle=handle.id, code=code, reason=reason)
         self._send(session.connection, api.plugin_event(session.id, handle.id, transaction, api.sip_error(code, reason)))
 

@@ -57,6 +57,8 @@ class NodeObservers:
     flow_closed: Callable[[], None] | None = None
     #: a registration binding ended, by reason
     registration_ended: Callable[[str], None] | None = None
+    #: a non-SIP WIC's Janus API request refused, by Janus error code (``epcscf.pcscf.nonsip_gateway``)
+    janus_refused: Callable[[int], None] | None = None
 
 
 class NodeOperations(Protocol):
