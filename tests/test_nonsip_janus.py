@@ -257,3 +257,32 @@ class JanusBadInputTests(unittest.TestCase):
         allowed = await websockets.connect(url, subprotocols=["janus-protocol"], additional_headers={"Origin": "http://127.0.0.1:8081"})
         self.assertEqual(allowed.subprotocol, "janus-protocol")
         await allowed.close()
+
+    def test_a_connection_cannot_make_sessions_handles_or_headers_without_end(self):
+        return as_deferred(self._limits())
+
+    async def _limits(self) -> None:
+        client, session, handle = await self.session()
+        for _ in range(3):
+            self.assertEqual((await client.request({"janus": "attach", "plugin": "janus.plugin.sip", "session_id": session}))["janus"], "success")
+        refused = await client.request({"janus": "attach", "plugin": "janus.plugin.sip", "session_id": session})
+        self.assertEqual(refused["error"]["code"], 461)
+        self.assertEqual(len(self.service.pcscf.operations.flows()), 4)  # one flow per handle, no more
+        for _ in range(3):
+            self.assertEqual((await client.request({"janus": "create"}))["janus"], "success")
+        self.assertEqual((await client.request({"janus": "create"}))["error"]["code"], 472)
+        ids = {"session_id": session, "handle_id": handle}
+        for bad in ({"display_name": "alice\r\nP-Asserted-Identity: <sip:boss@x>"}, {"authuser": 'al"ice'}, {"authuser": 7}):
+            body = {"request": "register", "username": f"sip:alice@{DOMAIN}", "secret": USERS["alice"], **bad}
+            await client.request({"janus": "message", **ids, "body": body})
+            self.assertEqual((await client.event())["error_code"], 444, bad)
+        for bad_uri in ("sip:bob@x>;evil", "tel:+123", "mailto:bob@x"):
+            body = {"request": "register", "username": bad_uri, "secret": "x"}
+            await client.request({"janus": "message", **ids, "body": body})
+            self.assertEqual((await client.event())["error_code"], 446, bad_uri)
+        self.assertEqual(self.service.pcscf.registrations.all(), [])
+        # a display name with quotes is written as a quoted-pair (RFC 3261 §25.1): the WIC registers
+        body = {"request": "register", "username": f"sip:alice@{DOMAIN}", "secret": USERS["alice"], "display_name": 'Alice "A" \\ Smith'}
+        await client.request({"janus": "message", **ids, "body": body})
+        self.assertEqual((await client.event())["result"]["event"], "registering")
+        self.assertEqual((await client.event())["result"]["event"], "registered")

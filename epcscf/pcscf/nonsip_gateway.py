@@ -33,6 +33,15 @@ log = Logger(namespace="epcscf.nonsip")
 
 #: how long a trickling browser may take to finish gathering before we send what we have
 TRICKLE_WAIT = 2.0
+#: a janus.js page uses one session and a handle or two; these bound what one WebSocket can make
+MAX_SESSIONS_PER_CONNECTION = 4
+MAX_HANDLES_PER_SESSION = 4
+
+
+def _header_safe(text: str, quotes_allowed: bool) -> bool:
+    if len(text) > 128 or any(ord(c) < 0x20 or ord(c) == 0x7F for c in text):
+        return False
+    return quotes_allowed or ('"' not in text and "\\" not in text)
 
 
 def _new_id() -> int:
@@ -132,6 +141,8 @@ class JanusGateway:
                                               plugins={api.SIP_PLUGIN: {"name": "SIP (epcscf)"}}))
             return
         if verb == "create":
+            if sum(1 for s in self.sessions.values() if s.connection is connection) >= MAX_SESSIONS_PER_CONNECTION:
+                raise JanusError(api.NOT_ACCEPTING_SESSIONS, f"Not accepting new sessions (at most {MAX_SESSIONS_PER_CONNECTION} per connection)")
             session = _Session(_new_id(), connection)
             self.sessions[session.id] = session
             self._touch(session)
@@ -195,6 +206,9 @@ class JanusGateway:
             raise JanusError(api.MISSING_MANDATORY_ELEMENT, "Missing mandatory element (plugin)")
         if plugin != api.SIP_PLUGIN:
             raise JanusError(api.PLUGIN_NOT_FOUND, f"No such plugin '{plugin[:60]}'")
+        if len(session.handles) >= MAX_HANDLES_PER_SESSION:
+            # each handle is a SIP UA with its own flow: a client may not make them without end
+            raise JanusError(api.PLUGIN_ATTACH, f"Couldn't attach to plugin (at most {MAX_HANDLES_PER_SESSION} handles per session)")
         handle_id = _new_id()
         connection = session.connection
         ua = NonSipUserAgent(
@@ -325,6 +339,10 @@ class JanusGateway:
             for name in ("authuser", "display_name"):
                 if name in body and not isinstance(body[name], str):
                     return api.SIP_INVALID_ELEMENT, f"Invalid element ({name} should be a string)"
+                if name in body and not _header_safe(body[name], quotes_allowed=name == "display_name"):
+                    # it goes into a SIP header (From, Authorization): no line breaks, no control
+                    # characters (RFC 3261 §25.1 quoted-string), at most 128 characters
+                    return api.SIP_INVALID_ELEMENT, f"Invalid element ({name} has characters a SIP header cannot carry)"
             if ua.reg_state is not RegState.UNREGISTERED:
                 return api.SIP_ALREADY_REGISTERED, "Already registered"
             return None

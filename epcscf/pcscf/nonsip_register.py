@@ -20,7 +20,7 @@ from epcscf.sip.message import Request, Response, new_tag
 from epcscf.sip.proxy_rules import list_values
 from epcscf.sip.transaction import ClientTransaction
 
-__all__ = ["Credentials", "RegState", "UaEvent", "Registration", "TransactionOutcome", "REGISTER_EXPIRES"]
+__all__ = ["Credentials", "RegState", "UaEvent", "Registration", "TransactionOutcome", "identity_name_addr", "REGISTER_EXPIRES"]
 
 REGISTER_EXPIRES = 600
 
@@ -49,6 +49,14 @@ class UaEvent:
     result: dict[str, Any]
     sdp: tuple[str, str] | None = None  # (jsep type, sdp)
     call_id: str | None = None
+
+
+def identity_name_addr(credentials: Credentials) -> str:
+    """``"Display" <sip:user@domain>`` for From (RFC 3261 §25.1: ``"`` and ``\\`` as quoted-pairs)."""
+    if not credentials.display_name:
+        return f"<{credentials.aor}>"
+    quoted = credentials.display_name.replace("\\", "\\\\").replace('"', '\\"')
+    return f'"{quoted}" <{credentials.aor}>'
 
 
 class TransactionOutcome:
@@ -175,7 +183,7 @@ class Registration:
         request = Request("REGISTER", f"sip:{c.domain}")
         request.headers.add("Via", self._host.via())
         request.headers.add("Max-Forwards", "70")
-        request.headers.add("From", f"<{c.aor}>;tag={new_tag()}")
+        request.headers.add("From", f"{identity_name_addr(c)};tag={new_tag()}")
         request.headers.add("To", f"<{c.aor}>")
         request.headers.add("Call-ID", self._call_id)
         request.headers.add("CSeq", f"{self._cseq} REGISTER")

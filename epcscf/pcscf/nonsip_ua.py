@@ -22,7 +22,7 @@ from twisted.logger import Logger
 
 from epcscf.nonsip.jsep import next_version
 from epcscf.pcscf.nonsip_flow import FlowPair, FlowSink, PipeEnd
-from epcscf.pcscf.nonsip_register import Credentials, Registration, RegState, TransactionOutcome, UaEvent
+from epcscf.pcscf.nonsip_register import Credentials, Registration, RegState, TransactionOutcome, UaEvent, identity_name_addr
 from epcscf.sip.connection import Address
 from epcscf.sip.headers import cseq, from_tag, to_tag
 from epcscf.sip.message import Request, Response, make_response, new_tag
@@ -150,8 +150,7 @@ class NonSipUserAgent:
         invite = Request("INVITE", uri)
         invite.headers.add("Via", self.via())
         invite.headers.add("Max-Forwards", "70")
-        display = f'"{c.display_name}" ' if c.display_name else ""
-        invite.headers.add("From", f"{display}<{c.aor}>;tag={tag}")
+        invite.headers.add("From", f"{identity_name_addr(c)};tag={tag}")
         invite.headers.add("To", f"<{uri}>")
         invite.headers.add("Call-ID", call_id)
         invite.headers.add("CSeq", "1 INVITE")
