@@ -273,6 +273,8 @@ class JanusGateway:
         if action == "call":
             if handle.ua.phase is CallPhase.IDLE and handle.ua.reg_state is RegState.REGISTERED:
                 handle.ua.call(uri, sdp)
+            else:  # an incoming call, or the loss of the registration, came first
+                handle.ua.emit(UaEvent({"event": "hangup", "code": 486, "reason": "Busy Here"}))
         elif action == "accept":
             handle.ua.accept(sdp)
 
