@@ -6,7 +6,7 @@ from __future__ import annotations
 from twisted.trial import unittest
 
 from epcscf.nonsip import janus_api as api
-from epcscf.nonsip.jsep import JsepError, TrickleBuffer, next_version, parse_jsep, parse_trickle
+from epcscf.nonsip.jsep import JsepError, TrickleBuffer, answer_direction, as_answer, next_version, parse_jsep, parse_trickle
 
 OFFER = (
     "v=0\r\no=- 42 2 IN IP4 127.0.0.1\r\ns=-\r\nt=0 0\r\n"
@@ -80,3 +80,14 @@ class JsepTests(unittest.TestCase):
         resumed = next_version(held.replace("a=sendonly", "a=sendrecv"))
         self.assertIn("o=- 42 4 IN IP4", resumed)
         self.assertEqual(next_version(OFFER).split("\r\n")[4:], OFFER.split("\r\n")[4:])
+
+    def test_a_re_offer_is_answered_with_the_mirrored_direction_and_a_settled_dtls_role(self) -> None:
+        self.assertEqual(answer_direction(OFFER.replace("a=sendrecv", "a=sendonly")), "recvonly")
+        self.assertEqual(answer_direction(OFFER.replace("a=sendrecv", "a=recvonly")), "sendonly")
+        self.assertEqual(answer_direction(OFFER.replace("a=sendrecv", "a=inactive")), "inactive")
+        self.assertIsNone(answer_direction(OFFER))
+        offer = OFFER + "a=setup:actpass\r\n"
+        self.assertIn("a=setup:passive", as_answer(offer, "v=0\r\na=setup:active\r\n"))  # RFC 5763 §5
+        self.assertIn("a=setup:active", as_answer(offer, "v=0\r\na=setup:passive\r\n"))
+        answer = OFFER + "a=setup:active\r\n"
+        self.assertEqual(as_answer(answer, ""), answer)

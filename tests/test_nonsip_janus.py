@@ -18,7 +18,7 @@ from epcscf.sdp import SessionDescription
 from tests.support.deployment import DOMAIN, USERS, start_deployment
 from tests.support.node_peer import require_node_modules, start_node_peer
 from tests.support.processes import TOP, wait_for
-from tests.support.sipp import SCENARIOS, SippProcess, free_port, messages_in_trace, port_bound, require_sipp, spawn_sipp
+from tests.support.sipp import SCENARIOS, SippProcess, free_port, messages_in_trace, port_bound, require_sipp, sipp_messages, spawn_sipp
 from tests.support.wic import as_deferred
 
 CHROME_OFFER = os.path.join(TOP, "tests", "fixtures", "sdp", "chrome_offer_loopback.sdp")
@@ -120,6 +120,23 @@ class JanusJsThroughEpcscfTests(unittest.TestCase):
         self.assertIn("application/dtmf-relay", info)
         self.assertIn("Signal=5", body_of(info))
 
+    def test_a_hold_from_the_far_end_is_accepted_on_the_wics_behalf(self):
+        return as_deferred(self._held_by_far_end())
+
+    async def _held_by_far_end(self) -> None:
+        port = free_port()
+        uas, trace = self.spawn_sipp("uas", ["-sf", os.path.join(SCENARIOS, "nonsip_uas_reinvite.xml"), "-i", "127.0.0.1", "-p", str(port)])
+        await wait_for(lambda: port_bound(port, "UDP") or uas.ended.called, timeout=10)
+        peer = start_node_peer(self, "janus_sip.js", janus_url(self.service), "alice", USERS["alice"], DOMAIN,
+                               "call-wait", f"sip:echo@127.0.0.1:{port}", CHROME_OFFER)
+        ended = await peer.wait_for("ended", timeout=25)  # sipp's BYE after its re-INVITE
+        self.assertEqual(ended["code"], 200)
+        self.assertEqual(await uas.ended.asFuture(asyncio.get_event_loop()), 0, uas.output[-2000:])
+        self.assertEqual(await peer.ended, 0)
+        [ok] = [m for m in sipp_messages(trace, "received") if m.startswith("SIP/2.0 200") and "1 INVITE" in m]
+        self.assert_plain_ims_sdp(body_of(ok))
+        self.assertIn("a=recvonly", body_of(ok))  # RFC 3264 §6.1: sendonly answered recvonly
+
     def test_janus_js_receives_a_call_from_a_sipp_uac_and_accepts_it(self):
         return as_deferred(self._incoming())
 
@@ -127,7 +144,8 @@ class JanusJsThroughEpcscfTests(unittest.TestCase):
         peer = start_node_peer(self, "janus_sip.js", janus_url(self.service), "alice", USERS["alice"], DOMAIN, "answer", CHROME_ANSWER)
         await peer.wait_for("waiting", timeout=20)
         core = self.service.core.addresses[0][1]
-        uac, trace = self.spawn_sipp("uac", ["-sf", os.path.join(SCENARIOS, "calls_uac_offer.xml"), "-s", "alice",
+        # the IMS caller also puts the WIC on hold (re-INVITE a=sendonly) before its BYE
+        uac, trace = self.spawn_sipp("uac", ["-sf", os.path.join(SCENARIOS, "calls_uac_hold.xml"), "-s", "alice",
                                              "-set", "domain", DOMAIN, "-i", "127.0.0.1", "-p", str(free_port()),
                                              f"{core.host}:{core.port}"])
         incoming = await peer.wait_for("incomingcall", timeout=20)
@@ -138,8 +156,10 @@ class JanusJsThroughEpcscfTests(unittest.TestCase):
         ended = await peer.wait_for("ended", timeout=20)  # sipp's BYE
         self.assertEqual(ended["code"], 200)
         self.assertEqual(await uac.ended.asFuture(asyncio.get_event_loop()), 0, uac.output[-2000:])
-        [ok] = [m for m in messages_in_trace(trace) if m.startswith("SIP/2.0 200") and "INVITE" in m.split("\n\n")[0]]
+        ok, held = [m for m in sipp_messages(trace, "received") if m.startswith("SIP/2.0 200") and "INVITE" in m.split("\n\n")[0]]
         self.assert_plain_ims_sdp(body_of(ok))
+        self.assert_plain_ims_sdp(body_of(held))
+        self.assertIn("a=recvonly", body_of(held))  # RFC 3264 §6.1: sendonly answered recvonly
         self.assertEqual(await peer.ended, 0)
         await wait_for(lambda: not self.service.pcscf.registrations.all(), timeout=10)
 

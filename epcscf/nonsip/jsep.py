@@ -136,3 +136,27 @@ def next_version(sdp: str, direction: str | None = None) -> str:
     if in_media and direction is not None and not any(l[2:] in DIRECTIONS for l in out[media_start:]):
         out.append(f"a={direction}")
     return "\r\n".join(out) + "\r\n"
+
+
+_MIRRORED = {"sendonly": "recvonly", "recvonly": "sendonly", "inactive": "inactive"}
+
+
+def answer_direction(offer: str) -> str | None:
+    """The direction an answer gives to ``offer``'s (RFC 3264 §6.1: sendonly → recvonly, recvonly →
+    sendonly, inactive → inactive); None for sendrecv (the answerer keeps its own)."""
+    direction = "sendrecv"
+    for line in offer.replace("\r\n", "\n").split("\n"):
+        if line.startswith("a=") and line[2:] in DIRECTIONS:
+            direction = line[2:]  # the first one that is not sendrecv decides (audio-first offers)
+            if direction != "sendrecv":
+                break
+    return _MIRRORED.get(direction)
+
+
+def as_answer(description: str, remote_answer: str) -> str:
+    """An offer we made, reusable as an answer: ``a=setup:actpass`` becomes the role the other
+    side's answer left us (RFC 5763 §5: its ``active`` makes us ``passive``, and the reverse)."""
+    if "a=setup:actpass" not in description:
+        return description
+    role = "passive" if "a=setup:active" in remote_answer else "active"
+    return description.replace("a=setup:actpass", f"a=setup:{role}")

@@ -20,7 +20,7 @@ from typing import Any, Callable
 
 from twisted.logger import Logger
 
-from epcscf.nonsip.jsep import next_version
+from epcscf.nonsip.jsep import answer_direction, as_answer, next_version
 from epcscf.pcscf.nonsip_flow import FlowPair, FlowSink, PipeEnd
 from epcscf.pcscf.nonsip_register import Credentials, Registration, RegState, TransactionOutcome, UaEvent, identity_name_addr
 from epcscf.sip.connection import Address
@@ -59,6 +59,8 @@ class _Dialog:
     acks: dict[str, Request] = field(default_factory=dict)
     #: the WIC's description as last sent (offer as UAC, answer as UAS), for hold and resume
     local_sdp: str = ""
+    #: the far end's description as last received (our offer's answer, or the offer we answered)
+    remote_sdp: str = ""
     reinvite: Request | None = None  # our re-INVITE awaiting its final response
 
 
@@ -176,6 +178,7 @@ class NonSipUserAgent:
                 self.emit(UaEvent({"event": "ringing"}, call_id=dialog.call_id))
             elif response.body and not dialog.answered_sdp and to_tag(response):
                 dialog.answered_sdp = True
+                dialog.remote_sdp = _text(response.body)
                 self.emit(UaEvent({"event": "progress", "username": dialog.remote_target}, ("answer", _text(response.body)), dialog.call_id))
             return
         if status >= 300:
@@ -194,6 +197,8 @@ class NonSipUserAgent:
             dialog.remote_uri = response.headers.get("To") or dialog.remote_uri
         if self.phase is CallPhase.CALLING:
             self.phase = CallPhase.CONFIRMED
+            if response.body and not dialog.answered_sdp:
+                dialog.remote_sdp = _text(response.body)
             self._send_ack(dialog)
             jsep = None if dialog.answered_sdp or not response.body else ("answer", _text(response.body))
             self.emit(UaEvent({"event": "accepted", "username": dialog.invite.uri}, jsep, dialog.call_id))
@@ -359,8 +364,7 @@ class NonSipUserAgent:
         elif method == "BYE":
             self._incoming_bye(request, transaction)
         elif method == "INVITE":
-            # re-INVITE: the WIC's description stands (RFC 3261 §14.2 lets a UAS refuse changes)
-            self._respond(transaction, make_response(request, 488, "Not Acceptable Here"))
+            self._incoming_reinvite(request, transaction)
         elif method == "OPTIONS":
             self._respond(transaction, make_response(request, 200, to_tag=new_tag()))
         else:
@@ -392,6 +396,7 @@ class NonSipUserAgent:
             local_cseq=0,
             invite=invite,
             transaction=transaction,
+            remote_sdp=_text(invite.body),
         )
         self.phase = CallPhase.INCOMING
         ringing = make_response(invite, 180, to_tag=tag)
@@ -408,6 +413,31 @@ class NonSipUserAgent:
         if display:
             result["displayname"] = display
         self.emit(UaEvent(result, ("offer", _text(invite.body)), self.dialog.call_id))
+
+    def _incoming_reinvite(self, reinvite: Request, transaction: ServerTransaction) -> None:
+        """Accepted at once with the WIC's description, its direction answering the offer's
+        (RFC 3264 §6.1, §8.4: a hold from the far end), as Janus's SIP plugin does by default
+        (``autoaccept_reinvites``): the browser's own session is unchanged."""
+        dialog = self.dialog
+        if dialog is None or reinvite.call_id != dialog.call_id or self.phase is not CallPhase.CONFIRMED:
+            self._respond(transaction, make_response(reinvite, 481, to_tag=new_tag()))
+            return
+        if dialog.reinvite is not None or not reinvite.body:
+            # RFC 3261 §14.2: our own re-INVITE is out (491); an offerless one needs an offer we do not make
+            status = 491 if dialog.reinvite is not None else 488
+            self._respond(transaction, make_response(reinvite, status))
+            return
+        offer = _text(reinvite.body)
+        answer = next_version(as_answer(dialog.local_sdp, dialog.remote_sdp), answer_direction(offer))
+        dialog.local_sdp = next_version(dialog.local_sdp)
+        contacts = list_values(reinvite.headers, "Contact")
+        if contacts:
+            dialog.remote_target = name_addr_uri(contacts[0])  # RFC 3261 §12.2.2 target refresh
+        ok = make_response(reinvite, 200)
+        ok.headers.add("Contact", self.contact())
+        ok.headers.add("Content-Type", "application/sdp")
+        ok.body = answer.encode("utf-8")
+        self._respond(transaction, ok)
 
     def accept(self, sdp: str) -> bool:
         dialog = self.dialog

@@ -3,6 +3,7 @@
 // are given to handle.send() as jsep, as a page does after createOffer/createAnswer.
 // Prints JSON lines.
 //   node janus_sip.js JANUS_URL USER PASSWORD DOMAIN call TARGET OFFER_FILE
+//   node janus_sip.js JANUS_URL USER PASSWORD DOMAIN call-wait TARGET OFFER_FILE   (the far end hangs up)
 //   node janus_sip.js JANUS_URL USER PASSWORD DOMAIN call-hold TARGET OFFER_FILE
 //     (once accepted: hold, unhold, dtmf_info 5, then hangup)
 //   node janus_sip.js JANUS_URL USER PASSWORD DOMAIN answer ANSWER_FILE
@@ -82,12 +83,14 @@ function onMessage(message, jsep) {
   if (event === 'registration_failed') { say('error', { cause: `registration failed ${result.code}` }); process.exit(2); }
   if (event === 'registered') {
     say('registered');
-    if (mode === 'call' || mode === 'call-hold') {
+    if (mode.startsWith('call')) {
       const [target, offerFile] = rest;
       sip.send({ message: { request: 'call', uri: target }, jsep: { type: 'offer', sdp: sdpFile(offerFile) } });
     } else {
       say('waiting');
     }
+  } else if (event === 'accepted' && mode === 'call-wait') {
+    say('accepted', { sdp: jsep ? jsep.sdp : null });
   } else if (event === 'accepted' && mode === 'call') {
     say('accepted', { sdp: jsep ? jsep.sdp : null });
     setTimeout(() => sip.send({ message: { request: 'hangup' } }), 300);
