@@ -19,6 +19,7 @@ from tests.support.deployment import DOMAIN, USERS, start_deployment
 from tests.support.node_peer import require_node_modules, start_node_peer
 from tests.support.processes import TOP, wait_for
 from tests.support.sipp import SCENARIOS, SippProcess, free_port, messages_in_trace, port_bound, require_sipp, sipp_messages, spawn_sipp
+from tests.support.udp_peer import UdpSipPeer
 from tests.support.wic import as_deferred
 
 CHROME_OFFER = os.path.join(TOP, "tests", "fixtures", "sdp", "chrome_offer_loopback.sdp")
@@ -162,6 +163,48 @@ class JanusJsThroughEpcscfTests(unittest.TestCase):
         self.assertIn("a=recvonly", body_of(held))  # RFC 3264 §6.1: sendonly answered recvonly
         self.assertEqual(await peer.ended, 0)
         await wait_for(lambda: not self.service.pcscf.registrations.all(), timeout=10)
+
+
+    def test_hangup_while_ringing_cancels_the_invite(self):
+        return as_deferred(self._cancel())
+
+    async def _cancel(self) -> None:
+        # The IMS side is a bare UDP peer: its 487 must carry the INVITE's own Vias (RFC 3261 §9.2),
+        # which sipp's CANCEL scenario cannot give back through a proxy.
+        ims = UdpSipPeer()
+        port = ims.start()
+        self.addCleanup(ims.stop)
+        peer = start_node_peer(self, "janus_sip.js", janus_url(self.service), "alice", USERS["alice"], DOMAIN,
+                               "call-cancel", f"sip:echo@127.0.0.1:{port}", CHROME_OFFER)
+        invite, address = await ims.next_request(timeout=20)
+        self.assertEqual(invite.method, "INVITE")
+        ims.reply(invite, address, 180)
+        cancel, address = await ims.next_request(timeout=10)
+        self.assertEqual(cancel.method, "CANCEL")  # janus.js hung up on "ringing": RFC 3261 §9.1
+        ims.reply(cancel, address, 200)
+        ims.reply(invite, address, 487)
+        ack, _ = await ims.next_request(timeout=10)
+        self.assertEqual(ack.method, "ACK")
+        self.assertEqual((await peer.wait_for("ended", timeout=20))["code"], 487)
+        self.assertEqual(await peer.ended, 0)
+        await wait_for(lambda: not any(record["live"] for record in self.service.pcscf.operations.calls()), timeout=10)
+
+    def test_a_ringing_non_sip_wic_is_cancelled_then_declines(self):
+        return as_deferred(self._ringing())
+
+    async def _ringing(self) -> None:
+        peer = start_node_peer(self, "janus_sip.js", janus_url(self.service), "alice", USERS["alice"], DOMAIN, "ring")
+        await peer.wait_for("waiting", timeout=20)
+        core = self.service.core.addresses[0][1]
+        for scenario, status in (("calls_uac_cancel.xml", 487), ("calls_uac_unanswered.xml", 480)):
+            # RFC 3261 §9.2: the caller's CANCEL ends the ringing call with 487; then `decline` 480
+            uac, _ = self.spawn_sipp(f"uac-{status}", ["-sf", os.path.join(SCENARIOS, scenario), "-s", "alice", "-set", "domain", DOMAIN,
+                                                       "-i", "127.0.0.1", "-p", str(free_port()), f"{core.host}:{core.port}"])
+            await peer.wait_for("incomingcall", timeout=20)
+            self.assertEqual((await peer.wait_for("ended", timeout=20))["code"], status)
+            self.assertEqual(await uac.ended.asFuture(asyncio.get_event_loop()), 0, uac.output[-2000:])
+        self.assertEqual(await peer.ended, 0)
+        await wait_for(lambda: not any(record["live"] for record in self.service.pcscf.operations.calls()), timeout=10)
 
 
 class JanusClient:

@@ -4,9 +4,12 @@
 // Prints JSON lines.
 //   node janus_sip.js JANUS_URL USER PASSWORD DOMAIN call TARGET OFFER_FILE
 //   node janus_sip.js JANUS_URL USER PASSWORD DOMAIN call-wait TARGET OFFER_FILE   (the far end hangs up)
+//   node janus_sip.js JANUS_URL USER PASSWORD DOMAIN call-cancel TARGET OFFER_FILE (hangup while ringing)
 //   node janus_sip.js JANUS_URL USER PASSWORD DOMAIN call-hold TARGET OFFER_FILE
 //     (once accepted: hold, unhold, dtmf_info 5, then hangup)
 //   node janus_sip.js JANUS_URL USER PASSWORD DOMAIN answer ANSWER_FILE
+//   node janus_sip.js JANUS_URL USER PASSWORD DOMAIN ring
+//     (lets the first incoming call ring until the caller cancels, declines the second with 480)
 const fs = require('fs');
 const path = require('path');
 const vm = require('vm');
@@ -53,6 +56,7 @@ Janus.init({
 });
 
 let sip = null;
+let incoming = 0;
 function run(handle) {
   sip = handle;
   say('attached');
@@ -89,6 +93,8 @@ function onMessage(message, jsep) {
     } else {
       say('waiting');
     }
+  } else if (event === 'ringing' && mode === 'call-cancel') {
+    sip.send({ message: { request: 'hangup' } });
   } else if (event === 'accepted' && mode === 'call-wait') {
     say('accepted', { sdp: jsep ? jsep.sdp : null });
   } else if (event === 'accepted' && mode === 'call') {
@@ -97,11 +103,13 @@ function onMessage(message, jsep) {
   } else if (mode === 'call-hold' && ['accepted', 'holding', 'resuming', 'dtmfsent'].includes(event)) {
     nextStep();
   } else if (event === 'incomingcall') {
+    incoming += 1;
     say('incomingcall', { sdp: jsep.sdp, username: result.username, callee: result.callee });
-    sip.send({ message: { request: 'accept' }, jsep: { type: 'answer', sdp: sdpFile(rest[0]) } });
+    if (mode === 'answer') sip.send({ message: { request: 'accept' }, jsep: { type: 'answer', sdp: sdpFile(rest[0]) } });
+    else if (incoming === 2) sip.send({ message: { request: 'decline', code: 480 } });
   } else if (event === 'hangup') {
     say('ended', { code: result.code, reason: result.reason });
-    sip.send({ message: { request: 'unregister' } });
+    if (mode !== 'ring' || incoming === 2) sip.send({ message: { request: 'unregister' } });
   } else if (event === 'unregistered') {
     finish(0);
   }
