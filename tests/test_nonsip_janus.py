@@ -320,6 +320,12 @@ class JanusBadInputTests(unittest.TestCase):
         allowed = await websockets.connect(url, subprotocols=["janus-protocol"], additional_headers={"Origin": "http://127.0.0.1:8081"})
         self.assertEqual(allowed.subprotocol, "janus-protocol")
         await allowed.close()
+        # a reload of [ws] (the console's reload) changes the Janus listener's Origin policy too
+        ws = self.service.config.ws
+        self.service.pcscf.operations.update_ws_settings(("http://evil.example",), False, ws.allow_missing_origin,
+                                                          ws.max_message_size, ws.ping_interval, ws.ping_timeout)
+        now_allowed = await websockets.connect(url, subprotocols=["janus-protocol"], additional_headers={"Origin": "http://evil.example"})
+        await now_allowed.close()
 
     def test_a_connection_cannot_make_sessions_handles_or_headers_without_end(self):
         return as_deferred(self._limits())

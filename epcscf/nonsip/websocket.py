@@ -119,23 +119,30 @@ class JanusWebSocketFactory(WebSocketServerFactory):
 
     def __init__(self, settings: WsListenerSettings, sink: JanusSink, reactor: Any = None) -> None:
         super().__init__(url=None, protocols=[SUBPROTOCOL], server="epcscf", reactor=reactor)
-        self.settings = settings
         self.sink = sink
         self.connections: set[JanusConnection] = set()
         #: metrics: a refused opening handshake (``subprotocol`` | ``origin``)
         self.on_refused: Callable[[str], None] | None = None
-        hard = settings.max_message_size * HARD_LIMIT_FACTOR
         self.setProtocolOptions(
             webStatus=False,
             utf8validateIncoming=True,
-            maxMessagePayloadSize=hard,
-            maxFramePayloadSize=hard,
             failByDrop=False,
             openHandshakeTimeout=settings.open_handshake_timeout,
             closeHandshakeTimeout=settings.close_handshake_timeout,
             perMessageCompressionAccept=lambda offers: None,
-            autoPingInterval=settings.ping_interval,
-            autoPingTimeout=settings.ping_timeout if settings.ping_interval > 0 else 0,
             allowNullOrigin=True,
             allowedOrigins=["*"],
+        )
+        self.update_settings(settings)
+
+    def update_settings(self, settings: WsListenerSettings) -> None:
+        """The [ws] rules (at start, and after a reload): new handshakes see the Origin policy, new
+        connections the size limits and pings (Autobahn copies its options at connection time)."""
+        self.settings = settings
+        hard = settings.max_message_size * HARD_LIMIT_FACTOR
+        self.setProtocolOptions(
+            maxMessagePayloadSize=hard,
+            maxFramePayloadSize=hard,
+            autoPingInterval=settings.ping_interval,
+            autoPingTimeout=settings.ping_timeout if settings.ping_interval > 0 else 0,
         )

@@ -31,7 +31,9 @@ from epcscf.pcscf.calls import CallManager, CallSettings
 from epcscf.pcscf.edge import EdgeAddresses, PcscfPolicy
 from epcscf.pcscf.flows import Flow, FlowTable
 from epcscf.pcscf.guard import SourceRule, TrustedSources
+from epcscf.nonsip.websocket import JanusWebSocketFactory
 from epcscf.pcscf.limits import AuthFailures, FlowRateLimiter, FlowVerdict, answer_refused_message
+from epcscf.pcscf.nonsip_gateway import JanusGateway
 from epcscf.pcscf.operations import NodeObservers, PcscfOperations
 from epcscf.pcscf.registration import RegistrationBinding, Registrations
 from epcscf.sip.connection import WEBSOCKET_TRANSPORTS, Address, Connection
@@ -222,8 +224,8 @@ class PcscfNode(Service):
         self._load_probe: LoadProbe | None = None
         self.media_engine: CallMediaEngine | None = None
         #: the non-SIP WIC front end (``[nonsip] listen``), None when not configured
-        self.janus: Any = None
-        self.janus_factory: Any = None
+        self.janus: JanusGateway | None = None
+        self.janus_factory: JanusWebSocketFactory | None = None
         #: the one interface operations use (plain data in and out)
         self.operations = PcscfOperations(self)
 
@@ -317,9 +319,6 @@ class PcscfNode(Service):
         """TS 24.371 §7.2.1 non-SIP WICs: the Janus API listeners, onto the same flows sink."""
         if not self.config.nonsip.listen:
             return
-        from epcscf.nonsip.websocket import JanusWebSocketFactory
-        from epcscf.pcscf.nonsip_gateway import JanusGateway
-
         self.janus = JanusGateway(self.reactor, _WsSink(self), self.wic_timers, self.config.nonsip.session_timeout)
         factory = JanusWebSocketFactory(ws_settings(self.config), self.janus, reactor=self.reactor)
         self.janus_factory = factory
@@ -383,7 +382,7 @@ class PcscfNode(Service):
         if self.ws_factory is not None:
             for connection in list(self.ws_factory.connections):
                 connection.close(1001, "server shutting down")  # RFC 6455 §7.4.1: going away
-        if self.janus is not None:
+        if self.janus is not None and self.janus_factory is not None:
             self.janus.close()
             for janus_connection in list(self.janus_factory.connections):
                 janus_connection.going_away()

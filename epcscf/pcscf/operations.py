@@ -298,6 +298,8 @@ class PcscfOperations:
             ping_timeout=ping_timeout,
         )
         factory.update_settings(settings)
+        if self.node.janus_factory is not None:
+            self.node.janus_factory.update_settings(settings)  # the non-SIP listener keeps the [ws] rules
 
     def use_config(self, config: Config) -> None:
         """The running configuration after a reload (``[core] next_hop`` is read from it at each
