@@ -59,6 +59,8 @@ class NodeObservers:
     registration_ended: Callable[[str], None] | None = None
     #: a non-SIP WIC's Janus API request refused, by Janus error code (``epcscf.pcscf.nonsip_gateway``)
     janus_refused: Callable[[int], None] | None = None
+    #: a WIC's token refused (``epcscf.pcscf.web_auth``), by reason
+    token_refused: Callable[[str], None] | None = None
 
 
 class NodeOperations(Protocol):
@@ -99,6 +101,9 @@ class NodeOperations(Protocol):
     ) -> None: ...
 
     def use_config(self, config: Config) -> None: ...
+
+    def reload_token_keys(self) -> tuple[str, str] | None:
+        """Re-read the web login's key file; (before, after) when its keys changed, else None."""
 
     def set_draining(self, retry_after: int) -> None: ...
 
@@ -305,6 +310,10 @@ class PcscfOperations:
         """The running configuration after a reload (``[core] next_hop`` is read from it at each
         resolution); the settings held by live objects change through the ``update_…`` calls."""
         self.node.config = config
+
+    def reload_token_keys(self) -> tuple[str, str] | None:
+        verifier = self.node.token_access.verifier
+        return verifier.reload() if verifier is not None else None
 
     def set_draining(self, retry_after: int) -> None:
         """Refuse new dialogs from now on: 503 with ``Retry-After: retry_after`` to a new INVITE."""
