@@ -355,3 +355,51 @@ class JanusBadInputTests(unittest.TestCase):
         await client.request({"janus": "message", **ids, "body": body})
         self.assertEqual((await client.event())["result"]["event"], "registering")
         self.assertEqual((await client.event())["result"]["event"], "registered")
+
+
+class JanusWebLoginTests(unittest.TestCase):
+    """A non-SIP WIC logged in at its WWSF ([auth] mode = token): janus.js's ``token`` option
+    carries the WWSF's JWT, which the UA sends as ``Authorization: Bearer`` (RFC 8898 §2.1) for
+    the eP-CSCF's web-credential access to verify; no password anywhere."""
+
+    timeout = 60
+
+    def setUp(self) -> None:
+        from tests.test_web_login import KEYS, auth_config, write_keys
+
+        directory = os.path.abspath(self.mktemp())
+        self.keys = KEYS
+        self.service = start_deployment(self, extra=NONSIP + auth_config(write_keys(directory, KEYS.wwsf)))
+
+    def test_a_token_registers_and_a_foreign_one_is_refused_before_the_core(self):
+        return as_deferred(self._tokens())
+
+    async def _tokens(self) -> None:
+        from tests.test_web_login import token
+
+        client = JanusClient(janus_url(self.service))
+        await client.connect()
+        self.addCleanup(lambda: as_deferred(client.socket.close()))
+        session = (await client.request({"janus": "create"}))["data"]["id"]
+        handles = []
+        for _ in range(2):
+            handles.append((await client.request({"janus": "attach", "plugin": "janus.plugin.sip", "session_id": session}))["data"]["id"])
+        register = {"request": "register", "username": f"sip:alice@{DOMAIN}"}
+        # a token signed by a stranger: 401 from the eP-CSCF, nothing registered at the core
+        foreign = token("alice", key=self.keys.stranger)
+        await client.request({"janus": "message", "session_id": session, "handle_id": handles[0], "body": register, "token": foreign})
+        self.assertEqual((await client.event())["result"]["event"], "registering")
+        failed = (await client.event())["result"]
+        self.assertEqual((failed["event"], failed["code"]), ("registration_failed", 401))
+        self.assertEqual(self.service.pcscf.registrations.all(), [])
+        await client.request({"janus": "message", "session_id": session, "handle_id": handles[1], "body": register, "token": "not a jwt\r\nX: y"})
+        self.assertEqual((await client.event())["error_code"], 444)
+        # the WWSF's own token: registered, with no digest exchange
+        await client.request({"janus": "message", "session_id": session, "handle_id": handles[1], "body": register, "token": token("alice")})
+        self.assertEqual((await client.event())["result"]["event"], "registering")
+        self.assertEqual((await client.event())["result"]["event"], "registered")
+        [binding] = self.service.pcscf.registrations.all()
+        self.assertEqual(binding.aor, f"sip:alice@{DOMAIN}")
+        registry = self.service.metrics.registry
+        self.assertEqual(registry.get_sample_value("epcscf_registration_results_total", {"result": "challenged"}), 0.0)
+        self.assertEqual(registry.get_sample_value("epcscf_token_refusals_total", {"reason": "signature"}), 1.0)

@@ -11,6 +11,7 @@ every handle's call and registration end with it.
 
 from __future__ import annotations
 
+import re
 import secrets
 from dataclasses import dataclass, field
 from typing import Any, Callable
@@ -36,6 +37,11 @@ TRICKLE_WAIT = 2.0
 #: a janus.js page uses one session and a handle or two; these bound what one WebSocket can make
 MAX_SESSIONS_PER_CONNECTION = 4
 MAX_HANDLES_PER_SESSION = 4
+
+
+#: a JWT (RFC 7519 §7.2: three base64url parts); it goes into an Authorization header as it is
+_TOKEN_RE = re.compile(r"[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]*", re.ASCII)
+_TOKEN_RE_LIMIT = 8192
 
 
 def _header_safe(text: str, quotes_allowed: bool) -> bool:
@@ -289,12 +295,12 @@ class JanusGateway:
         # Janus answers every plugin message with an ack, and the outcome as an event.
         self._send(session.connection, api.reply("ack", transaction, session.id))
         ua = handle.ua
-        error = self._check(handle, what, body, request.body.get("jsep"))
+        error = self._check(handle, what, body, request.body.get("jsep"), request.body.get("token"))
         if error is not None:
             self._plugin_error(session, handle, transaction, *error)
             return
         if what == "register":
-            ua.register(self._credentials(body))
+            ua.register(self._credentials(body, request.body.get("token")))
         elif what == "unregister":
             ua.unregister()
         elif what == "call":
@@ -321,7 +327,7 @@ class JanusGateway:
             elif not ua.hangup():
                 self._plugin_error(session, handle, transaction, api.SIP_WRONG_STATE, "Wrong state (no call)")
 
-    def _check(self, handle: _Handle, what: Any, body: dict[str, Any], jsep: Any) -> tuple[int, str] | None:
+    def _check(self, handle: _Handle, what: Any, body: dict[str, Any], jsep: Any, token: Any = None) -> tuple[int, str] | None:
         """Janus SIP plugin's answer to a request that cannot be done, else None."""
         ua = handle.ua
         if not isinstance(what, str):
@@ -336,7 +342,9 @@ class JanusGateway:
                 return api.SIP_INVALID_ADDRESS, f"Invalid user address {username[:80]}"
             if not isinstance(uri, SipUri) or not uri.user:
                 return api.SIP_INVALID_ADDRESS, f"Invalid user address {username[:80]}"
-            if not isinstance(body.get("secret"), str):
+            if token is not None and not (isinstance(token, str) and len(token) <= _TOKEN_RE_LIMIT and _TOKEN_RE.fullmatch(token)):
+                return api.SIP_INVALID_ELEMENT, "Invalid element (token should be a JWT)"
+            if not isinstance(body.get("secret"), str) and token is None:
                 return api.SIP_MISSING_ELEMENT, "Missing element (secret)"
             for name in ("authuser", "display_name"):
                 if name in body and not isinstance(body[name], str):
@@ -399,7 +407,7 @@ class JanusGateway:
             return None if ua.phase is CallPhase.CONFIRMED else (api.SIP_WRONG_STATE, "Wrong state (not in a call?)")
         return api.SIP_INVALID_REQUEST, f"Unknown request '{what[:40]}' (not in epcscf's subset of the SIP plugin)"
 
-    def _credentials(self, body: dict[str, Any]) -> Credentials:
+    def _credentials(self, body: dict[str, Any], token: str | None) -> Credentials:
         uri = parse_uri(body["username"])
         assert isinstance(uri, SipUri) and uri.user
         return Credentials(
@@ -407,6 +415,7 @@ class JanusGateway:
             user=uri.user,
             domain=uri.host,
             authuser=body.get("authuser") or uri.user,
-            secret=body["secret"],
+            secret=body.get("secret") or "",
             display_name=body.get("display_name") or "",
+            token=token,
         )

@@ -40,6 +40,9 @@ class Credentials:
     authuser: str
     secret: str
     display_name: str = ""
+    #: a token from the WIC's web login (the Janus request's ``token``): sent as ``Authorization:
+    #: Bearer`` (RFC 8898 §2.1) for the eP-CSCF's web-credential access to verify
+    token: str | None = None
 
 
 @dataclass(frozen=True)
@@ -193,12 +196,14 @@ class Registration:
         request.headers.add("Expires", str(expires))
         if authorization is not None:
             request.headers.add(*authorization)
+        elif c.token is not None:
+            request.headers.add("Authorization", f"Bearer {c.token}")
         self._host.send(request, TransactionOutcome(lambda response: self._answered(request, expires, response)))
 
     def _answered(self, request: Request, expires: int, response: Response) -> None:
         if response.status < 200 or self.credentials is None:
             return
-        if response.status in (401, 407) and not self._challenge_answered:
+        if response.status in (401, 407) and not self._challenge_answered and self.credentials.secret:
             authorization = answer_challenge(request, response, self.credentials)
             if authorization is not None:
                 self._challenge_answered = True
