@@ -179,7 +179,8 @@ class JanusGateway:
             elif verb == "trickle":
                 self._trickle(session, handle, request)
             elif verb == "hangup":
-                handle.pending = None
+                # janus.js's handle.hangup(): the PeerConnection ends, and with it the SIP call
+                self._cancel_pending(handle)
                 handle.ua.hangup()
                 self._send(connection, api.reply("success", transaction, session.id))
             else:
