@@ -455,6 +455,13 @@ class NonsipSection:
     session_timeout: float = _option(_seconds, 60.0, "end a Janus session (its calls and registrations) after this long without a request")
 
 
+@dataclass(frozen=True)
+class RegEventSection:
+    subscribe: bool = _option(_boolean, False, "after a WIC's initial registration, subscribe to the reg event of its IMPU at the core (TS 24.229 §5.2.3)")
+    expires: int = _option(_integer(1, 2**31 - 1), 600000, "Expires of our reg-event SUBSCRIBE (TS 24.229 §5.2.3: 600000)")
+    close_grace: float = _option(_seconds, 1.0, "seconds between a network de-registration and closing the WIC's WebSocket")
+
+
 SECTIONS: dict[str, type] = {
     "service": ServiceSection,
     "sip": SipSection,
@@ -469,6 +476,7 @@ SECTIONS: dict[str, type] = {
     "log": LogSection,
     "nonsip": NonsipSection,
     "auth": AuthSection,
+    "reg_event": RegEventSection,
 }
 
 
@@ -488,6 +496,7 @@ class Config:
     log: LogSection
     auth: AuthSection
     nonsip: NonsipSection = field(default_factory=NonsipSection)
+    reg_event: RegEventSection = RegEventSection()
 
 
 def load(paths: Iterable[str | os.PathLike[str]]) -> Config:

@@ -59,6 +59,8 @@ class NodeObservers:
     registration_ended: Callable[[str], None] | None = None
     #: a non-SIP WIC's Janus API request refused, by Janus error code (``epcscf.pcscf.nonsip_gateway``)
     janus_refused: Callable[[int], None] | None = None
+    #: a step of our reg-event subscriptions (``epcscf.pcscf.reg_event``): subscribed, notify…
+    reg_event: Callable[[str], None] | None = None
     #: a WIC's token refused (``epcscf.pcscf.web_auth``), by reason
     token_refused: Callable[[str], None] | None = None
 
