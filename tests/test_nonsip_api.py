@@ -3,6 +3,8 @@ candidates made into one SDP (RFC 8838/8839), the hold offer (RFC 3264 §8.4).""
 
 from __future__ import annotations
 
+import os
+
 from twisted.trial import unittest
 
 from epcscf.nonsip import janus_api as api
@@ -91,3 +93,26 @@ class JsepTests(unittest.TestCase):
         self.assertIn("a=setup:active", as_answer(offer, "v=0\r\na=setup:passive\r\n"))
         answer = OFFER + "a=setup:active\r\n"
         self.assertEqual(as_answer(answer, ""), answer)
+
+
+class ConfigTests(unittest.TestCase):
+    def test_nonsip_listeners_are_refused_with_worker_processes_and_wss_needs_the_ws_certificate(self) -> None:
+        from tests.support.deployment import write_deployment_config
+
+        from epcscf.config import ConfigError, load
+
+        directory = os.path.abspath(self.mktemp())
+        base = write_deployment_config(directory)
+        for text, key in (("[service]\nworkers = 2\n[nonsip]\nlisten = ws:127.0.0.1:0\n", "listen"),
+                          ("[nonsip]\nlisten = wss:127.0.0.1:0\n", "listen"),
+                          ("[nonsip]\nlisten = udp:127.0.0.1:0\n", "listen"),
+                          ("[nonsip]\nsession_timeout = soon\n", "session_timeout")):
+            extra = os.path.join(directory, "extra.ini")
+            with open(extra, "w") as handle:
+                handle.write(text)
+            with self.assertRaises(ConfigError) as caught:
+                load([base, extra])
+            self.assertIn(f"[nonsip] {key}", str(caught.exception))
+        with open(extra, "w") as handle:
+            handle.write("[nonsip]\nlisten = ws:127.0.0.1:0\nsession_timeout = 30\n")
+        self.assertEqual(load([base, extra]).nonsip.session_timeout, 30.0)

@@ -195,6 +195,7 @@ class PcscfNode(Service):
         dns_resolver: Any = None,
         observers: NodeObservers | None = None,
         token_keys: str = "",
+        ws_port_opener: Callable[[Listener, Any, Any], IListeningPort] | None = None,
     ) -> None:
         if reactor is None:
             from twisted.internet import reactor as default_reactor
@@ -238,6 +239,8 @@ class PcscfNode(Service):
         self.wic_timers = TimerSettings.toward_ue(config.sip.wic_t1, config.sip.wic_t2, config.sip.wic_t4)
         self.listeners: list[BoundListener] = []
         self._ws_ports: list[IListeningPort] = []
+        #: (listener, factory, TLS options or None) → port; None: listenTCP/listenSSL (one process)
+        self._ws_port_opener = ws_port_opener
         self.ws_factory: SipWebSocketServerFactory | None = None
         self.policy: PcscfPolicy | None = None
         self.proxy: StatefulProxy | None = None
@@ -418,7 +421,15 @@ class PcscfNode(Service):
 
     def _listen_ws(self, listener: Listener) -> BoundListener:
         assert self.ws_factory is not None
-        if listener.transport == "wss":
+        if self._ws_port_opener is not None:
+            # A worker process: the port is shared with the other workers (epcscf.workers.sockets).
+            options = (
+                server_tls_from_files(self.config.ws.certificate, self.config.ws.private_key, HTTP_PROTOCOLS)
+                if listener.transport == "wss"
+                else None
+            )
+            port = self._ws_port_opener(listener, self.ws_factory, options)
+        elif listener.transport == "wss":
             # RFC 7118 §5 / RFC 6455 §4.1: the opening handshake is HTTP/1.1, which browsers offer by ALPN.
             options = server_tls_from_files(self.config.ws.certificate, self.config.ws.private_key, HTTP_PROTOCOLS)
             port = self.reactor.listenSSL(listener.port, self.ws_factory, options, interface=listener.address)
