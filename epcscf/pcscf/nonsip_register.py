@@ -15,7 +15,7 @@ import uuid
 from dataclasses import dataclass
 from typing import Any, Callable, Protocol
 
-from epcscf.core.digest import ALGORITHMS, DigestParseError, compute_response, parse_digest
+from epcscf.sip.digest import ALGORITHMS, DigestParseError, compute_response, parse_digest
 from epcscf.sip.message import Request, Response, new_tag
 from epcscf.sip.proxy_rules import list_values
 from epcscf.sip.transaction import ClientTransaction
