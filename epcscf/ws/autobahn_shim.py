@@ -38,6 +38,7 @@ from __future__ import annotations
 
 from typing import Any, Callable
 
+from epcscf.sip.tcp_write import write_now
 from epcscf.ws.frames import data_frame, read_data_frame
 
 __all__ = ["AUTOBAHN_CHECKED", "HANDSHAKE_ONLY_ATTRIBUTES", "LeanAutobahnProtocol"]
@@ -148,4 +149,4 @@ class LeanAutobahnProtocol:
         ):
             self.sendMessage(payload, isBinary=binary)  # Autobahn's options apply (or it refuses)
             return
-        self.transport.write(data_frame(payload, binary))
+        write_now(self.transport, data_frame(payload, binary))
