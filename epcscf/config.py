@@ -446,6 +446,13 @@ class LogSection:
     format: str = _option(_choice("text", "json"), "text", "text lines or JSON lines (one event per line)")
 
 
+@dataclass(frozen=True)
+class RegEventSection:
+    subscribe: bool = _option(_boolean, False, "after a WIC's initial registration, subscribe to the reg event of its IMPU at the core (TS 24.229 §5.2.3)")
+    expires: int = _option(_integer(1, 2**31 - 1), 600000, "Expires of our reg-event SUBSCRIBE (TS 24.229 §5.2.3: 600000)")
+    close_grace: float = _option(_seconds, 1.0, "seconds between a network de-registration and closing the WIC's WebSocket")
+
+
 SECTIONS: dict[str, type] = {
     "service": ServiceSection,
     "sip": SipSection,
@@ -459,6 +466,7 @@ SECTIONS: dict[str, type] = {
     "wwsf": WwsfSection,
     "log": LogSection,
     "auth": AuthSection,
+    "reg_event": RegEventSection,
 }
 
 
@@ -477,6 +485,7 @@ class Config:
     wwsf: WwsfSection
     log: LogSection
     auth: AuthSection
+    reg_event: RegEventSection = RegEventSection()
 
 
 def load(paths: Iterable[str | os.PathLike[str]]) -> Config:
