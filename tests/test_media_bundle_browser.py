@@ -32,7 +32,8 @@ from twisted.trial import unittest
 from tests.support.browser import Browser, page_state, require_browser, start_browser, start_wwsf_deployment
 from tests.support.processes import require_program, wait_for
 from tests.support.wic import as_deferred
-from tests.test_media_browser import LOCAL, MEDIA_PORTS, SCENARIOS, BrowserMediaTests, free_udp_port, udp_bound
+from tests import test_media_browser  # its sipp helpers (the module, so trial does not run its tests here)
+from tests.test_media_browser import LOCAL, SCENARIOS, free_udp_port, udp_bound
 
 MEDIA_CONFIG = "[media]\nvideo_codecs = H264, VP8\n"
 
@@ -158,7 +159,7 @@ class BundleVideoDtmfBrowserTests(unittest.TestCase):
         self.service, self.page_url = start_wwsf_deployment(self, MEDIA_CONFIG)
         self.directory = os.path.abspath(self.mktemp())
         os.makedirs(self.directory)
-        self.helper = BrowserMediaTests("test_browser_calls_sipp_echo")
+        self.helper = test_media_browser.BrowserMediaTests("test_browser_calls_sipp_echo")
         self.helper.directory = self.directory
         self.helper.sipp = self.sipp
         self.helper.service = self.service
@@ -224,6 +225,15 @@ class BundleVideoDtmfBrowserTests(unittest.TestCase):
                 await browser.wait_function(user, "() => { const h = window.wwsf.meter.history.slice(-30);"
                                             " return h.length > 10 && Math.max(...h) > 0.02; }", timeout=10000)
             self.assert_bundled_in_epcscf()
+            if (caller, callee) == ("max-bundle", "max-bundle"):
+                # Hold and resume re-offer the group (RFC 8843 §7.5.1) on the same transports.
+                agents = {call.direction: call.media.streams[0].agent for call in self.service.pcscf.calls.calls()}
+                for state in ("held", "connected"):
+                    await browser.click("alice", "#hold")
+                    await browser.wait("bob", page_state("call-state", state), timeout=15000)
+                await self.av_flows(browser, "bob", frames=1)
+                self.assertEqual(agents, {call.direction: call.media.streams[0].agent
+                                          for call in self.service.pcscf.calls.calls()})
             await self.hang_up(browser, "alice", ("bob",))
             for user in ("alice", "bob"):  # the next pair of pages, with their own policies
                 await browser.click(user, "#unregister")
@@ -261,6 +271,10 @@ class BundleVideoDtmfBrowserTests(unittest.TestCase):
         await browser.click("alice", "#call")
         stats = await self.av_flows(browser, "alice", frames=0)
         self.assertGreater(stats["inbound"]["video"]["packets"], 10, stats)
+        # Chromium offered H.264 (packetization-mode 1) and sipp took it, or VP8 without it.
+        remote = await browser.evaluate("alice", "() => window.wwsf.peerConnection.remoteDescription.sdp")
+        codec = "H264" if offered.get("H264/90000") else "VP8"
+        self.assertRegex(remote, rf"m=video \d+ UDP/TLS/RTP/SAVPF \d+\r\n(.*\r\n)*a=rtpmap:\d+ {codec}/90000")
         self.assert_bundled_in_epcscf()
         await self.hang_up(browser, "alice")
         await self.helper.sipp_finished("echo", uas)
