@@ -9,6 +9,10 @@ tell the lines apart (RFC 8843 §9.2): each line's mid, the SSRCs the WIC signal
 
 from __future__ import annotations
 
+from typing import Any
+
+from twisted.internet import defer
+
 from epcscf.media.bundle import BundleDemux, BundleLine
 from epcscf.sdp import SessionDescription
 
@@ -34,3 +38,23 @@ def wic_bundle_demux(sdp: SessionDescription, indexes: tuple[int, ...]) -> Bundl
     The MID header extension is not negotiated toward the WIC (a=extmap does not cross the
     eP-CSCF), so SSRC and payload type decide (RFC 8843 §9.2)."""
     return BundleDemux(wic_bundle_lines(sdp, indexes))
+
+
+def bundle_sessions(streams: dict[int, Any], bundle: tuple[int, ...], wic_sdp: SessionDescription) -> None:
+    """Point the group's relay sessions at one demultiplexer built from the WIC's SDP."""
+    members = {index: streams[index].session for index in bundle if index in streams}
+    if len(members) > 1:
+        streams[bundle[0]].session.bundle(wic_bundle_demux(wic_sdp, tuple(members)), members)
+
+
+def join_bundle(streams: list[Any]) -> list[defer.Deferred]:
+    """The streams after the first leave their own ICE agents for the first one's (RFC 8843
+    §7.3: the answerer accepted the group); the closing of the agents they leave."""
+    owner, closing = streams[0], []
+    for stream in streams[1:]:
+        if stream.owns_transport:
+            stream.agent.on_consent_lost = None
+            stream.agent.on_state_change = None
+            closing.append(stream.agent.close())
+            stream.agent, stream.owns_transport = owner.agent, False
+    return closing

@@ -40,7 +40,7 @@ from epcscf.ice import IceAgent, IceAgentConfig, IceClosed, IceError, IceState, 
 from epcscf.media import Certificate, DtlsRole, MediaError, MediaSession, MediaSessionConfig, PacketKind, classify
 from epcscf.media.certificate import Fingerprint as DtlsFingerprint
 from epcscf.media.certificate import FingerprintError
-from epcscf.pcscf.call_bundle import wic_bundle_demux
+from epcscf.pcscf.call_bundle import bundle_sessions, join_bundle
 from epcscf.pcscf.call_model import MediaRejected
 from epcscf.sdp import (
     CodecPolicy,
@@ -180,12 +180,13 @@ class CallMedia:
             self._controlling = False  # the WIC offered: it controls (RFC 8445 §6.1.1)
         self._save()
         bundled = tuple(i for i in group if i in accepted)
-        if not self.streams and len(bundled) > 1:
+        if not self.streams and (len(bundled) > 1 or bundled[:1] != group[:1]):
+            # A lone line is grouped only when it was bundle-only (no transport of its own).
             self.bundle = bundled
         ready = self._ensure_streams(accepted)
 
         def build(_: object) -> defer.Deferred:
-            self._bundle_sessions(wic_offer)
+            bundle_sessions(self.streams, self.bundle, wic_offer)
             restarts = [self._apply_remote_ice(self.streams[i], params[i]) for i in accepted
                         if i in self.streams and self.streams[i].owns_transport]
             return defer.gatherResults(restarts, consumeErrors=True).addCallback(lambda _: None)
@@ -277,8 +278,9 @@ class CallMedia:
         params = _wic_params(wic_answer)
         bundled = tuple(i for i in group if i in self.streams)
         if not self.bundle and len(bundled) > 1:
-            self._join_bundle(bundled)  # RFC 8843 §7.3: the WIC accepted our BUNDLE group
-        self._bundle_sessions(wic_answer)
+            self.bundle = bundled  # RFC 8843 §7.3: the WIC accepted our group; its lines move
+            self._retired.extend(join_bundle([self.streams[i] for i in bundled]))
+        bundle_sessions(self.streams, self.bundle, wic_answer)
         try:
             out = answer_toward_core(wic_answer, self._core_offer, self._core_leg())
         except SdpRejected as error:
@@ -411,25 +413,6 @@ class CallMedia:
         self.streams[index] = stream
         agent.gather().chainDeferred(stream.gathered)
         return stream
-
-    def _join_bundle(self, bundled: tuple[int, ...]) -> None:
-        """The lines of ``bundled`` leave their own transports for the first one's (RFC 8843 §7.3)."""
-        self.bundle = bundled
-        owner = self.streams[bundled[0]]
-        for index in bundled[1:]:
-            stream = self.streams[index]
-            if stream.owns_transport:
-                stream.agent.on_consent_lost = None
-                stream.agent.on_state_change = None
-                self._retired.append(stream.agent.close())
-                stream.agent, stream.owns_transport = owner.agent, False
-
-    def _bundle_sessions(self, wic_sdp: SessionDescription) -> None:
-        """Point the group's relay sessions at one demultiplexer built from the WIC's SDP."""
-        members = {index: self.streams[index].session for index in self.bundle if index in self.streams}
-        if len(members) > 1:
-            owner = self.streams[self.bundle[0]].session
-            owner.bundle(wic_bundle_demux(wic_sdp, tuple(members)), members)
 
     def _gather_failed(self, failure: Failure) -> Failure:
         error = failure.value
