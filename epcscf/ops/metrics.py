@@ -134,6 +134,9 @@ class EpcscfMetrics:
         self._ws_refused = Counter(
             "epcscf_ws_connections_refused", "WebSocket handshakes refused, by reason", ["reason"], registry=self.registry
         )
+        self._janus_refused = Counter(
+            "epcscf_janus_requests_refused", "non-SIP WIC (Janus API) requests refused, by Janus error code", ["code"], registry=self.registry
+        )
         self._parse_errors = Counter(
             "epcscf_sip_parse_errors", "SIP messages that did not parse, by transport", ["transport"], registry=self.registry
         )
@@ -153,6 +156,12 @@ class EpcscfMetrics:
         )
         self._registrations_ended = Counter(
             "epcscf_registrations_ended", "registration bindings that ended, by reason", ["reason"], registry=self.registry
+        )
+        self._reg_events = Counter(
+            "epcscf_reg_event",
+            "steps of the eP-CSCF's own reg-event subscriptions (TS 24.229 §5.2.3), by event",
+            ["event"],
+            registry=self.registry,
         )
         self.loop_lag_histogram = Histogram(
             "epcscf_event_loop_lag_seconds", "how late the reactor ran a 1 s timer", buckets=LAG_BUCKETS, registry=self.registry
@@ -189,6 +198,8 @@ class EpcscfMetrics:
             admission_refused=self.overload_refused,
             flow_closed=self.flow_closed,
             registration_ended=self.registration_ended,
+            janus_refused=self.janus_refused,
+            reg_event=self.reg_event,
             token_refused=self.token_refused,
         )
 
@@ -197,6 +208,10 @@ class EpcscfMetrics:
     def ws_refused(self, reason: str) -> None:
         """A WebSocket opening handshake was refused (``origin``, ``subprotocol``, ``draining``)."""
         self._ws_refused.labels(reason).inc()
+
+    def janus_refused(self, code: int) -> None:
+        """A non-SIP WIC's Janus API request was answered with Janus error ``code``."""
+        self._janus_refused.labels(str(code)).inc()
 
     def overload_refused(self, reason: str) -> None:
         """Admission control refused a request (``overloaded``, ``new_work_rate``, ``flow_rate``,
@@ -223,6 +238,11 @@ class EpcscfMetrics:
 
     def registration_ended(self, reason: str) -> None:
         self._registrations_ended.labels(reason).inc()
+
+    def reg_event(self, event: str) -> None:
+        """A step of our reg-event subscriptions: subscribe_sent, subscribed, refreshed,
+        subscribe_failed, notify, notify_unknown, notify_bad, shortened, terminated."""
+        self._reg_events.labels(event).inc()
 
     def flow_closed(self) -> None:
         self.live.flows_closed += 1

@@ -32,9 +32,14 @@ from epcscf.pcscf.calls import CallManager, CallSettings
 from epcscf.pcscf.edge import EdgeAddresses, PcscfPolicy
 from epcscf.pcscf.flows import Flow, FlowTable
 from epcscf.pcscf.guard import SourceRule, TrustedSources
+from epcscf.nonsip.websocket import JanusWebSocketFactory
 from epcscf.pcscf.limits import AuthFailures, FlowRateLimiter, FlowVerdict, answer_refused_message
+from epcscf.pcscf.nonsip_gateway import JanusGateway
 from epcscf.pcscf.operations import NodeObservers, PcscfOperations
+from epcscf.pcscf.deregistration import RegistrationEnd
+from epcscf.pcscf.reg_event import RegEventSettings, RegEventSubscriber
 from epcscf.pcscf.registration import RegistrationBinding, Registrations
+from epcscf.pcscf.wic_reg_subscriptions import WicRegSubscriptions
 from epcscf.pcscf.web_auth import TokenAccess, TokenSettings, TokenVerifier
 from epcscf.sip.connection import WEBSOCKET_TRANSPORTS, Address, Connection
 from epcscf.sip.message import Message
@@ -192,6 +197,7 @@ class PcscfNode(Service):
         dns_resolver: Any = None,
         observers: NodeObservers | None = None,
         token_keys: str = "",
+        ws_port_opener: Callable[[Listener, Any, Any], IListeningPort] | None = None,
     ) -> None:
         if reactor is None:
             from twisted.internet import reactor as default_reactor
@@ -204,6 +210,14 @@ class PcscfNode(Service):
         self._core_targets = core_targets
         self.flows = FlowTable(reactor)
         self.registrations = Registrations(reactor, self._binding_removed)
+        #: TS 24.229 §5.2.5: calls released and the WIC told when a registration ends
+        self.registration_end = RegistrationEnd(
+            reactor, self.registrations, self.flows, lambda: self.calls, config.reg_event.close_grace
+        )
+        #: the WICs' own reg-event subscriptions, watched as they pass (TS 24.229 §5.2.5.1)
+        self.wic_subscriptions = WicRegSubscriptions()
+        #: our reg-event subscriptions (TS 24.229 §5.2.3), built with the proxy
+        self.reg_events: RegEventSubscriber | None = None
         self.transactions = TransactionLayer(reactor, self, self._timers_for)
         limits = ParserLimits(
             max_message_size=config.sip.max_message_size,
@@ -227,6 +241,8 @@ class PcscfNode(Service):
         self.wic_timers = TimerSettings.toward_ue(config.sip.wic_t1, config.sip.wic_t2, config.sip.wic_t4)
         self.listeners: list[BoundListener] = []
         self._ws_ports: list[IListeningPort] = []
+        #: (listener, factory, TLS options or None) → port; None: listenTCP/listenSSL (one process)
+        self._ws_port_opener = ws_port_opener
         self.ws_factory: SipWebSocketServerFactory | None = None
         self.policy: PcscfPolicy | None = None
         self.proxy: StatefulProxy | None = None
@@ -248,6 +264,9 @@ class PcscfNode(Service):
         )
         self._load_probe: LoadProbe | None = None
         self.media_engine: CallMediaEngine | None = None
+        #: the non-SIP WIC front end (``[nonsip] listen``), None when not configured
+        self.janus: JanusGateway | None = None
+        self.janus_factory: JanusWebSocketFactory | None = None
         #: web-credential access ([auth] mode = token | both; in digest mode it only refuses forged
         #: integrity-protected parameters)
         settings = token_settings(config, token_keys)
@@ -333,6 +352,7 @@ class PcscfNode(Service):
             transactions=self.transactions,
         )
         proxy_operations.bind(self.proxy)
+        self._subscribe_reg_events(addresses, proxy_operations)
         self.policy.admission = self.admission
         self.policy.on_register_final = self._register_answered
         if self.overload_settings.enabled:
@@ -341,8 +361,52 @@ class PcscfNode(Service):
             pending = (lambda: len(proxy.active())) if self.overload_settings.max_pending > 0 else (lambda: 0)
             self._load_probe = LoadProbe(self.reactor, self.overload_settings.lag_interval, self.overload.sample, pending)
             self._load_probe.start()
+        self._start_nonsip()
         log.info("eP-CSCF listening on {listeners}", listeners=", ".join(str(l) for l in self.listeners))
         super().startService()
+
+    def _start_nonsip(self) -> None:
+        """TS 24.371 §7.2.1 non-SIP WICs: the Janus API listeners, onto the same flows sink."""
+        if not self.config.nonsip.listen:
+            return
+        self.janus = JanusGateway(self.reactor, _WsSink(self), self.wic_timers, self.config.nonsip.session_timeout)
+        factory = JanusWebSocketFactory(ws_settings(self.config), self.janus, reactor=self.reactor)
+        self.janus_factory = factory
+        self.janus.on_refused = self.observers.janus_refused
+        factory.on_refused = self.observers.ws_refused
+        for listener in self.config.nonsip.listen:
+            if listener.transport == "wss":
+                options = server_tls_from_files(self.config.ws.certificate, self.config.ws.private_key, HTTP_PROTOCOLS)
+                port = self.reactor.listenSSL(listener.port, factory, options, interface=listener.address)
+            else:
+                port = self.reactor.listenTCP(listener.port, factory, interface=listener.address)
+            self._ws_ports.append(port)
+            host = port.getHost()
+            self.listeners.append(BoundListener(f"JANUS-{listener.transport.upper()}", Address(host.host, host.port)))
+
+    def _subscribe_reg_events(self, addresses: EdgeAddresses, proxy: LateBoundProxy) -> None:
+        """[reg_event]: our SUBSCRIBEs go through the proxy's client transactions."""
+        assert self.policy is not None
+        section = self.config.reg_event
+        settings = RegEventSettings(section.subscribe, section.expires, section.close_grace)
+
+        def core_entry() -> defer.Deferred:
+            if self._core_targets is not None:
+                return defer.succeed(self._core_targets())
+            return self._resolve_next_hop()
+
+        self.reg_events = RegEventSubscriber(
+            self.reactor, settings, addresses, self.registrations, proxy, self.transports.connect,
+            self.resolver.resolve_uri, core_entry, self.registration_end.network_deregistered, self.observers.reg_event,
+        )
+        self.registration_end.subscriptions = self.reg_events
+        if settings.enabled:
+            self.policy.on_registered = self.reg_events.registered
+            self.policy.own_notify = self.reg_events.handle_notify
+            self.policy.wic_subscriptions = self.wic_subscriptions
+            self.registration_end.wic_subscriptions = self.wic_subscriptions
+            self.registration_end.proxy = proxy
+            self.registration_end.wic_sent_by = addresses.wic_sent_by
 
     def _public(self, listener: BoundListener) -> BoundListener:
         """The address written in Path/Record-Route/Via for a listener (``public_address`` if set)."""
@@ -359,7 +423,15 @@ class PcscfNode(Service):
 
     def _listen_ws(self, listener: Listener) -> BoundListener:
         assert self.ws_factory is not None
-        if listener.transport == "wss":
+        if self._ws_port_opener is not None:
+            # A worker process: the port is shared with the other workers (epcscf.workers.sockets).
+            options = (
+                server_tls_from_files(self.config.ws.certificate, self.config.ws.private_key, HTTP_PROTOCOLS)
+                if listener.transport == "wss"
+                else None
+            )
+            port = self._ws_port_opener(listener, self.ws_factory, options)
+        elif listener.transport == "wss":
             # RFC 7118 §5 / RFC 6455 §4.1: the opening handshake is HTTP/1.1, which browsers offer by ALPN.
             options = server_tls_from_files(self.config.ws.certificate, self.config.ws.private_key, HTTP_PROTOCOLS)
             port = self.reactor.listenSSL(listener.port, self.ws_factory, options, interface=listener.address)
@@ -392,8 +464,15 @@ class PcscfNode(Service):
         if self.ws_factory is not None:
             for connection in list(self.ws_factory.connections):
                 connection.close(1001, "server shutting down")  # RFC 6455 §7.4.1: going away
+        if self.janus is not None and self.janus_factory is not None:
+            self.janus.close()
+            for janus_connection in list(self.janus_factory.connections):
+                janus_connection.going_away()
         if self.calls is not None:
             stopping.append(self.calls.close())
+        if self.reg_events is not None:
+            self.reg_events.close()
+        self.registration_end.close()
         self.registrations.close()
         self.transactions.close()
         stopping.append(self.transports.close())
@@ -488,11 +567,13 @@ class PcscfNode(Service):
             self.observers.flow_closed()
         if self.calls is not None:
             self.calls.flow_closed(flow.connection)
+        self.wic_subscriptions.flow_closed(flow.id)
 
     def _binding_removed(self, binding: RegistrationBinding, reason: str) -> None:
         log.info("registration of {aor} on flow {flow} ended: {reason}", aor=binding.aor, flow=binding.flow_id, reason=reason)
         if self.observers.registration_ended is not None:
             self.observers.registration_ended(reason)
+        self.registration_end.binding_removed(binding, reason)
 
     # --- leak accounting -------------------------------------------------------------------------
 
