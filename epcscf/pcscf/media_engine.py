@@ -12,6 +12,7 @@ accounting, ``snapshot()`` for operations, ``start()``/``stop()`` around the nod
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any, Protocol
 
 from twisted.internet import defer
@@ -43,6 +44,7 @@ def rtpengine_settings(config: Config) -> tuple[tuple[NgNode, ...], NgSettings, 
 def build_media_engine(config: Config, reactor: Any, builtin: CallMediaSettings) -> CallMediaEngine | RtpengineEngine:
     if config.media.engine == "rtpengine":
         nodes, ng, settings = rtpengine_settings(config)
+        settings = replace(settings, codecs=builtin.codecs)  # one SDP policy whichever engine relays
         return RtpengineEngine(reactor, NgClient(reactor, nodes, ng), settings)
     return CallMediaEngine(reactor, builtin)
 
