@@ -261,7 +261,7 @@ class Caller:
         sdp = body.decode()
         ufrag = re.search(r"a=ice-ufrag:(\S+)", sdp).group(1)  # type: ignore[union-attr]
         pwd = re.search(r"a=ice-pwd:(\S+)", sdp).group(1)  # type: ignore[union-attr]
-        fields_ = re.search(r"a=candidate:\S+ 1 udp \d+ (\S+) (\d+) typ host", sdp)
+        fields_ = re.search(r"a=candidate:\S+ 1 udp \d+ (\S+) (\d+) typ host", sdp, re.IGNORECASE)
         if fields_ is None:
             raise CallFailed("no host candidate in the answer")
         await self.ice.nominate((fields_.group(1), int(fields_.group(2))), ufrag, pwd, STEP_TIMEOUT)
@@ -295,6 +295,7 @@ class Result:
     cpu: float = 0.0
     generator_cpu: float = 0.0
     sipp_cpu: float = 0.0
+    rtpengine_cpu: float = 0.0  # [media] engine = rtpengine: the daemon's own CPU in the run
     user: float = 0.0  # of cpu: in epcscf itself
     system: float = 0.0  # of cpu: in the kernel (sockets; on loopback, delivery to the peer too)
 
@@ -398,6 +399,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seconds", type=float, default=30.0)
     parser.add_argument("--wics", type=int, default=60)
     parser.add_argument("--ice-mode", choices=("full", "lite"), default="full")
+    parser.add_argument("--engine", choices=("builtin", "rtpengine", "both"), default="builtin",
+                        help="[media] engine; both: builtin then rtpengine in one run (rtpengine-daemon, userspace)")
     parser.add_argument("--quick", action="store_true", help="5 s at the requested rate")
     parser.add_argument("--log-level", default="warn")
     parser.add_argument("--profile", metavar="FILE", help="run epcscf under cProfile, stats saved to FILE")
@@ -419,6 +422,19 @@ def main(argv: list[str] | None = None) -> int:
         subprocess.Popen = profiled  # type: ignore[misc]
     seconds = 5.0 if options.quick else options.seconds
     raise_open_files_limit(20000)
+    engines = ("builtin", "rtpengine") if options.engine == "both" else (options.engine,)
+    for engine in engines:
+        run_engine(options, engine, seconds)
+    return 0
+
+
+def run_engine(options: argparse.Namespace, engine: str, seconds: float) -> None:
+    """One deployment and one load run with ``[media] engine = engine``; prints its figures."""
+    rtpengine = None
+    if engine == "rtpengine":
+        from tests.support.rtpengine import start_rtpengine
+
+        rtpengine = start_rtpengine(30000, 39999)
     directory = tempfile.mkdtemp(prefix="epcscf-calls-bench-")
     users = make_users(options.wics)
     deployment = Deployment(directory, users, options.log_level)
@@ -429,7 +445,12 @@ def main(argv: list[str] | None = None) -> int:
         path = written[0]
         with open(path) as handle:
             text = handle.read()
-        text = text.replace("port_range = 41000-41999", f"port_range = 30000-39999\nice_mode = {options.ice_mode}") + "[overload]\nenabled = false\n"
+        media = f"port_range = 30000-39999\nice_mode = {options.ice_mode}"
+        if rtpengine is not None:
+            media += "\nengine = rtpengine"
+        text = text.replace("port_range = 41000-41999", media) + "[overload]\nenabled = false\n"
+        if rtpengine is not None:
+            text += f"[rtpengine]\nnodes = {rtpengine.node}\n"
         with open(path, "w") as handle:
             handle.write(text)
         return written
@@ -458,12 +479,15 @@ def main(argv: list[str] | None = None) -> int:
                 cpu_before, own_before = epcscf.cpu_seconds(), time.process_time()
                 split_before = process_tree_user_system(epcscf)
                 sipp_before = sum(cpu_of(pid) for pid in sipp_pids(uas_port))
+                rtpengine_before = cpu_of(rtpengine.process.pid) if rtpengine is not None else 0.0
                 result = await run_load(callers, uas_port, options.rate, seconds, options.ice_mode == "full")
                 result.cpu = epcscf.cpu_seconds() - cpu_before
                 split_after = process_tree_user_system(epcscf)
                 result.user, result.system = split_after[0] - split_before[0], split_after[1] - split_before[1]
                 result.generator_cpu = time.process_time() - own_before
                 result.sipp_cpu = sum(cpu_of(pid) for pid in sipp_pids(uas_port)) - sipp_before
+                if rtpengine is not None:
+                    result.rtpengine_cpu = cpu_of(rtpengine.process.pid) - rtpengine_before
                 return result
             finally:
                 for caller in callers:
@@ -479,11 +503,13 @@ def main(argv: list[str] | None = None) -> int:
         epcscf.stop()
         if core is not None:
             core.stop()
+        if rtpengine is not None:
+            rtpengine.stop()
     setups = sorted(result.setups)
     failure_ratio = len(result.failures) / result.attempted if result.attempted else 1.0
     p50, p99 = (percentile(setups, 0.5), percentile(setups, 0.99)) if setups else (float("nan"), float("nan"))
     where = "core in its own process" if options.separate_core else "core embedded in the same process"
-    print(f"calls (ICE {options.ice_mode}, {where}): target {options.rate:g}/s for {seconds:g} s, {options.wics} WICs")
+    print(f"calls ([media] engine = {engine}, ICE {options.ice_mode}, {where}): target {options.rate:g}/s for {seconds:g} s, {options.wics} WICs")
     if shares:
         print(f"  {options.epcscf_workers} workers; WICs per worker: {shares}; epcscf CPU below is the supervisor's and the workers' together")
     print(f"  completed {result.completed}/{result.attempted} in {result.elapsed:.1f} s = {result.rate:.1f} calls/s "
@@ -494,7 +520,9 @@ def main(argv: list[str] | None = None) -> int:
           f"[{'PASS' if p99 < P99_FLOOR else 'FAIL'} p99 < {1000 * P99_FLOOR:g} ms]")
     if result.completed:
         print(f"  epcscf CPU {result.cpu:.1f} s = {1000 * result.cpu / result.completed:.1f} ms per call; "
-              f"generator {result.generator_cpu:.1f} s, sipp {result.sipp_cpu:.1f} s")
+              f"generator {result.generator_cpu:.1f} s, sipp {result.sipp_cpu:.1f} s"
+              + (f", rtpengine {result.rtpengine_cpu:.1f} s = {1000 * result.rtpengine_cpu / result.completed:.1f} ms per call"
+                 if rtpengine is not None else ""))
         print(f"    (user {1000 * result.user / result.completed:.1f} + system {1000 * result.system / result.completed:.1f} ms per call; "
               f"loadavg {open('/proc/loadavg').read().split(' ', 3)[:3]})")
     if result.failures:
@@ -504,7 +532,6 @@ def main(argv: list[str] | None = None) -> int:
         for text, count in sorted(kinds.items(), key=lambda item: -item[1])[:5]:
             print(f"    {count} × {text}")
     shutil.rmtree(directory, ignore_errors=True)
-    return 0
 
 
 if __name__ == "__main__":

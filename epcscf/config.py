@@ -257,6 +257,30 @@ def _port_range(value: str, base: Path) -> tuple[int, int]:
     return low, high
 
 
+def _rtpengine_nodes(value: str, base: Path) -> tuple[tuple[str, int, int], ...]:
+    """``udp:10.0.0.5:2223, udp:[2001:db8::5]:2223=2`` → ((host, port, weight), ...)."""
+    nodes = []
+    for item in _words(value):
+        text, _, weight_text = item.partition("=")
+        scheme, sep, rest = text.strip().partition(":")
+        if scheme.lower() != "udp" or not sep:
+            raise _Invalid(f"{item!r} is not a node like udp:127.0.0.1:2223 (weight: udp:127.0.0.1:2223=2)")
+        try:
+            host, port, _network = parse_trusted_source(rest)
+            ipaddress.ip_address(host)
+        except ValueError:
+            raise _Invalid(f"{item!r}: the node must be an IP address and port, like udp:127.0.0.1:2223") from None
+        if port is None:
+            raise _Invalid(f"{item!r} has no port (rtpengine's listen-ng port, e.g. 2223)")
+        weight = 1
+        if weight_text:
+            if not weight_text.strip().isdigit() or not 1 <= int(weight_text) <= 1000:
+                raise _Invalid(f"{item!r}: the weight must be 1-1000")
+            weight = int(weight_text)
+        nodes.append((host, port, weight))
+    return tuple(nodes)
+
+
 @dataclass(frozen=True)
 class Listener:
     """One listening socket: ``transport:address:port`` in the ini file."""
@@ -391,9 +415,19 @@ class MediaSection:
     consent_interval: float = _option(_seconds, 5.0, "RFC 7675 consent check interval (randomised ±20 %)")
     consent_timeout: float = _option(_seconds, 30.0, "RFC 7675: release the call after this long without consent")
     connect_timeout: float = _option(_seconds, 10.0, "release the call when ICE/DTLS is not up this long after the answer")
+    engine: str = _option(_choice("builtin", "rtpengine"), "builtin", "who terminates ICE, DTLS-SRTP and relays media: builtin (in-process) or rtpengine ([rtpengine] nodes)")
     video_codecs: tuple[str, ...] = _option(
         _video_codec_list, (), "video codecs relayed (no transcoding), e.g. H264, VP8; empty rejects video"
     )
+
+
+@dataclass(frozen=True)
+class RtpengineSection:
+    nodes: tuple[tuple[str, int, int], ...] = _option(_rtpengine_nodes, (), "rtpengine ng control addresses, e.g. udp:127.0.0.1:2223, udp:10.0.0.5:2223=2 (=weight); calls spread by Call-ID")
+    timeout: float = _option(_seconds, 1.0, "seconds an ng command waits for its reply (3 transmissions) before the node is marked down")
+    ping_interval: float = _option(_seconds, 5.0, "seconds between ng pings of every node (a node that answers again is used again)")
+    query_interval: float = _option(_seconds, 10.0, "seconds between ng queries of a live call (a call rtpengine dropped is released)")
+    flags: tuple[str, ...] = _option(_string_list, (), "extra entries of the ng flags list of every offer/answer (e.g. strict-source)")
 
 
 @dataclass(frozen=True)
@@ -497,6 +531,7 @@ SECTIONS: dict[str, type] = {
     "ws": WsSection,
     "core": CoreSection,
     "media": MediaSection,
+    "rtpengine": RtpengineSection,
     "manhole": ManholeSection,
     "calls": CallsSection,
     "metrics": MetricsSection,
@@ -517,6 +552,7 @@ class Config:
     ws: WsSection
     core: CoreSection
     media: MediaSection
+    rtpengine: RtpengineSection
     manhole: ManholeSection
     calls: CallsSection
     metrics: MetricsSection
@@ -633,6 +669,8 @@ def _check_consistency(config: Config, set_by: dict[tuple[str, str], str]) -> No
         fail("overload", "lag_low", f"must be below lag_high ({config.overload.lag_high:g} s): the band between them is the hysteresis")
     if config.auth.mode != "digest" and not config.auth.keys and not config.wwsf.enabled:
         fail("auth", "keys", f"mode = {config.auth.mode} needs keys: the WWSF's public key(s), a PEM or JWKS file")
+    if config.media.engine == "rtpengine" and not config.rtpengine.nodes:
+        fail("rtpengine", "nodes", "[media] engine = rtpengine needs at least one node")
     low, high = config.media.port_range
     if high - low < 3:
         fail("media", "port_range", "needs at least 4 ports")

@@ -82,7 +82,7 @@ class ConfigTests(unittest.TestCase):
         self.assertConfigError(ini() + "[mdia]\n", f"[mdia]: unknown section (known: {known})")
 
     def test_unknown_key(self) -> None:
-        error = self.assertConfigError(ini({"media": {"bind_adress": "127.0.0.1"}}), "[media] bind_adress: unknown key (known: advertised_address, bind_address, connect_timeout, consent_interval, consent_timeout, core_address, ice_mode, port_range, video_codecs)")
+        error = self.assertConfigError(ini({"media": {"bind_adress": "127.0.0.1"}}), "[media] bind_adress: unknown key (known: advertised_address, bind_address, connect_timeout, consent_interval, consent_timeout, core_address, engine, ice_mode, port_range, video_codecs)")
         self.assertEqual((error.section, error.key), ("media", "bind_adress"))
 
     def test_bad_number(self) -> None:
@@ -214,3 +214,28 @@ class ConfigTests(unittest.TestCase):
             self.assertIn(f"[{name}]", reference)
             for f in config.fields(cls):
                 self.assertIn(f"  {f.name} = ", reference)
+
+
+class RtpengineConfigTests(unittest.TestCase):
+    """[media] engine and [rtpengine] (the ng control addresses of the rtpengine nodes)."""
+
+    write = ConfigTests.write
+    assertConfigError = ConfigTests.assertConfigError
+
+    def test_rtpengine_nodes_with_weights(self) -> None:
+        path = self.write(ini({"media": {"engine": "rtpengine"},
+                               "rtpengine": {"nodes": "udp:127.0.0.1:2223, udp:[::1]:2224=3", "flags": "strict-source"}}))
+        config = load([path])
+        self.assertEqual(config.media.engine, "rtpengine")
+        self.assertEqual(config.rtpengine.nodes, (("127.0.0.1", 2223, 1), ("::1", 2224, 3)))
+        self.assertEqual(config.rtpengine.flags, ("strict-source",))
+
+    def test_rtpengine_engine_needs_nodes(self) -> None:
+        self.assertConfigError(ini({"media": {"engine": "rtpengine"}}),
+                               "[rtpengine] nodes: [media] engine = rtpengine needs at least one node")
+
+    def test_rtpengine_node_must_be_udp_address_and_port(self) -> None:
+        self.assertConfigError(ini({"rtpengine": {"nodes": "tcp:127.0.0.1:2223"}}),
+                               "[rtpengine] nodes: 'tcp:127.0.0.1:2223' is not a node like udp:127.0.0.1:2223 (weight: udp:127.0.0.1:2223=2)")
+        self.assertConfigError(ini({"rtpengine": {"nodes": "udp:127.0.0.1"}}),
+                               "[rtpengine] nodes: 'udp:127.0.0.1' has no port (rtpengine's listen-ng port, e.g. 2223)")

@@ -303,6 +303,7 @@ class LiveStateCollector:
         yield registrations
         yield from self._resources(operations.resource_counts())
         yield from self._calls(operations.calls())
+        yield from self._media_engine(operations.media_engine())
         draining = GaugeMetricFamily("epcscf_draining", "1 while the service drains before stopping")
         draining.add_metric([], 1 if stats["draining"] else 0)
         yield draining
@@ -328,6 +329,33 @@ class LiveStateCollector:
             gauge = GaugeMetricFamily(name, text)
             gauge.add_metric([], counts[key])
             yield gauge
+
+    def _media_engine(self, engine: dict[str, Any]) -> Iterator[Metric]:
+        """Which engine relays media; for rtpengine, per node: up, ng commands, errors, timeouts."""
+        info = GaugeMetricFamily("epcscf_media_engine", "the [media] engine in use (value 1)", labels=["engine"])
+        info.add_metric([engine["engine"]], 1)
+        yield info
+        nodes = engine.get("nodes")
+        if not nodes:
+            return
+        up = GaugeMetricFamily("epcscf_rtpengine_node_up", "1 while the rtpengine node answers ng commands", labels=["node"])
+        sent = CounterMetricFamily("epcscf_rtpengine_commands", "ng commands sent, by node and command", labels=["node", "command"])
+        errors = CounterMetricFamily("epcscf_rtpengine_errors", "ng replies with result error, by node", labels=["node"])
+        timeouts = CounterMetricFamily("epcscf_rtpengine_timeouts", "ng commands unanswered after every retransmission", labels=["node"])
+        for node, figures in nodes.items():
+            up.add_metric([node], 1 if figures["state"] == "up" else 0)
+            for command, count in figures["sent"].items():
+                sent.add_metric([node, command], count)
+            errors.add_metric([node], figures["errors"])
+            timeouts.add_metric([node], figures["timeouts"])
+        calls = GaugeMetricFamily("epcscf_rtpengine_calls", "calls whose media rtpengine relays now")
+        calls.add_metric([], engine["calls"])
+        deletes = CounterMetricFamily("epcscf_rtpengine_deletes", "ng delete commands of ended calls, by result", labels=["result"])
+        deletes.add_metric(["ok"], engine["deleted"])
+        deletes.add_metric(["failed"], engine["delete_failures"])
+        queries = CounterMetricFamily("epcscf_rtpengine_queries", "ng query commands of live calls (media watch)")
+        queries.add_metric([], engine["queries"])
+        yield from (up, sent, errors, timeouts, calls, deletes, queries)
 
     def _calls(self, calls: list[dict[str, Any]]) -> Iterator[Metric]:
         ended_calls = [call for call in calls if not call["live"]]

@@ -26,7 +26,7 @@ from epcscf.config import Config, Listener, parse_trusted_source
 from epcscf.ice import IceAgentConfig
 from epcscf.media import MediaSessionConfig
 from epcscf.pcscf.admission import AdmissionChain, LoadProbe, NewWorkGate, OverloadController, OverloadSettings
-from epcscf.pcscf.call_media import CallMediaEngine, CallMediaSettings
+from epcscf.pcscf.call_media import CallMediaSettings
 from epcscf.sdp import CodecPolicy
 from epcscf.pcscf.calls import CallManager, CallSettings
 from epcscf.pcscf.edge import EdgeAddresses, PcscfPolicy
@@ -34,6 +34,7 @@ from epcscf.pcscf.flows import Flow, FlowTable
 from epcscf.pcscf.guard import SourceRule, TrustedSources
 from epcscf.nonsip.websocket import JanusWebSocketFactory
 from epcscf.pcscf.limits import AuthFailures, FlowRateLimiter, FlowVerdict, answer_refused_message
+from epcscf.pcscf.media_engine import build_media_engine, start_media_engine, stop_media_engine
 from epcscf.pcscf.nonsip_gateway import JanusGateway
 from epcscf.pcscf.operations import NodeObservers, PcscfOperations
 from epcscf.pcscf.deregistration import RegistrationEnd
@@ -263,7 +264,7 @@ class PcscfNode(Service):
             FlowRateLimiter(self.overload_settings, reactor) if self.overload_settings.flow_messages_per_second > 0 else None
         )
         self._load_probe: LoadProbe | None = None
-        self.media_engine: CallMediaEngine | None = None
+        self.media_engine: Any = None  # media_engine.MediaEngine, by [media] engine
         #: the non-SIP WIC front end (``[nonsip] listen``), None when not configured
         self.janus: JanusGateway | None = None
         self.janus_factory: JanusWebSocketFactory | None = None
@@ -318,7 +319,8 @@ class PcscfNode(Service):
         # the policy the call manager, the call manager the proxy: the call manager is given a
         # typed stand-in for the proxy, bound once the proxy exists.
         proxy_operations = LateBoundProxy()
-        self.media_engine = CallMediaEngine(self.reactor, call_media_settings(self.config))
+        self.media_engine = build_media_engine(self.config, self.reactor, call_media_settings(self.config))
+        start_media_engine(self.media_engine)
         # TS 24.371 §7: every INVITE dialog goes through the call manager (ICE, SDP, media).
         self.calls = CallManager(
             self.reactor,
@@ -469,7 +471,9 @@ class PcscfNode(Service):
             for janus_connection in list(self.janus_factory.connections):
                 janus_connection.going_away()
         if self.calls is not None:
-            stopping.append(self.calls.close())
+            # the calls' media close first: with rtpengine, their delete commands need the client
+            engine = self.media_engine
+            stopping.append(self.calls.close().addBoth(lambda _: stop_media_engine(engine)))
         if self.reg_events is not None:
             self.reg_events.close()
         self.registration_end.close()

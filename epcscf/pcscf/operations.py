@@ -24,6 +24,7 @@ from twisted.internet import defer
 from epcscf.config import Config
 from epcscf.pcscf import call_view
 from epcscf.pcscf.admission import Refusal
+from epcscf.pcscf.media_engine import engine_snapshot
 from epcscf.sip.headers import to_tag
 from epcscf.sip.parser import ParserLimits
 from epcscf.sip.proxy_policy import Reject
@@ -75,6 +76,8 @@ class NodeOperations(Protocol):
     def pending_transactions(self) -> int: ...
 
     def resource_counts(self) -> dict[str, int]: ...
+
+    def media_engine(self) -> dict[str, Any]: ...
 
     def pending_client_transactions(self) -> int: ...
 
@@ -166,6 +169,10 @@ class PcscfOperations:
     def handles_calls(self) -> bool:
         """Whether calls go through a call manager here (the node has started)."""
         return self.node.calls is not None
+
+    def media_engine(self) -> dict[str, Any]:
+        """The media engine ([media] engine) and, for rtpengine, each node's state and ng counts."""
+        return engine_snapshot(self.node.media_engine)
 
     def resource_counts(self) -> dict[str, int]:
         """Live counts of everything a call or a flow holds, for ``/metrics`` and the console.
