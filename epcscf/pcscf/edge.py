@@ -31,7 +31,7 @@ from twisted.logger import Logger
 
 from epcscf.pcscf import guard
 from epcscf.pcscf.call_model import call_leg
-from epcscf.pcscf.flows import FlowGone, FlowTable, TamperedToken
+from epcscf.pcscf.flows import FlowTable, TamperedToken
 from epcscf.pcscf.identity import assert_identity, strip_core_only_headers, strip_untrusted_headers
 from epcscf.pcscf.registration import Registrations
 from epcscf.sip.connection import WEBSOCKET_TRANSPORTS, Connection
@@ -150,6 +150,15 @@ class CallHooks(Protocol):
     def stray_response(self, response: Response) -> Response | None: ...
 
 
+class FlowReconnections(Protocol):
+    """Dialogs of a lost flow that a new flow of the same UA instance adopted
+    (``epcscf.pcscf.call_suspension``)."""
+
+    def route_for(self, flow_id: str, request: Request) -> Connection | Response | None: ...
+
+    def adopted(self, flow_id: str, request: Request, connection: Connection) -> bool: ...
+
+
 class PcscfPolicy:
     """``ProxyPolicy`` of the eP-CSCF (see module docstring)."""
 
@@ -187,6 +196,8 @@ class PcscfPolicy:
         self.trusted_sources: guard.TrustedSources | None = None
         #: observer of refused requests, ``(side, reason)`` with side "wic" or "core" (metrics)
         self.on_refused: Callable[[str, str], None] | None = None
+        #: dialogs of lost flows, suspended or adopted ([calls] reconnect_grace); None: none kept
+        self.reconnections: FlowReconnections | None = None
 
     @property
     def network_id(self) -> str:
@@ -305,7 +316,9 @@ class PcscfPolicy:
         request = context.request
         flow = context.connection
         received = context.request_as_received  # an ACK for a 2xx has no server transaction: its own copy
-        refusal = guard.check_wic_route(received, flow.id, self.addresses.is_wic_side, self.flows.codec)
+        reconnections = self.reconnections
+        adopted = None if reconnections is None else (lambda named: reconnections.adopted(named, received, flow))
+        refusal = guard.check_wic_route(received, flow.id, self.addresses.is_wic_side, self.flows.codec, adopted)
         if refusal is None:
             refusal = self._dialog_route_refusal(request, flow)
         if refusal is not None:
@@ -410,12 +423,21 @@ class PcscfPolicy:
                 return Reject(make_local_response(request, 200, to_tag=new_tag()))  # keep-alive probes
             return Reject(make_local_response(request, 404, "Not Found (no flow token)", to_tag=new_tag()))
         try:
-            connection = self.flows.flow_for_token(token).connection
+            flow_id = self.flows.codec.decode(token)
         except TamperedToken:
             return self._refuse(context, "core", guard.BAD_TOKEN)
-        except FlowGone:
-            # RFC 5626 §5.3.1: the flow the token names is gone.
-            return Reject(make_local_response(request, 430, to_tag=new_tag()))
+        flow = self.flows.find(flow_id)
+        if flow is not None:
+            connection = flow.connection
+        else:
+            # A dialog of a lost flow may wait for its WIC, or live on on the flow that adopted it.
+            moved = self.reconnections.route_for(flow_id, received) if self.reconnections is not None else None
+            if isinstance(moved, Response):
+                return Reject(moved)
+            if moved is None:
+                # RFC 5626 §5.3.1: the flow the token names is gone.
+                return Reject(make_local_response(request, 430, to_tag=new_tag()))
+            connection = moved
         strip_core_only_headers(request)
         record_route: list[str] = []
         if request.method in DIALOG_CREATING_METHODS and to_tag(request) is None:
