@@ -209,8 +209,18 @@ class CallReconnectTooLateTests(_ReconnectFixture):
         self.assertEqual(len(waited), 1, call.timeline)
         self.assertGreaterEqual(float(waited[0].split()[3]), self.grace - 0.05)
         self.assertEqual(call.summary()["cause_code"], "ws-closed")
-        # Too late: the same instance registers, there is nothing to adopt, the old token is 430.
-        await self.client(instance=client.instance)
+        # Too late: the same instance registers again; nothing to adopt, but its dialog gets the
+        # BYE it could not get before (so that the WIC closes its media too); the old token is 430.
+        again, _ = await self.client(instance=client.instance)
+        try:
+            bye = await as_deferred(again.next_message(5))
+        except Exception:
+            self.fail("\n".join(e.text for e in call.timeline))
+        self.assertIsInstance(bye, Request)
+        self.assertEqual((bye.method, bye.headers.get("Call-ID")), ("BYE", invite.headers.get("Call-ID")))
+        self.assertEqual(bye.headers.get("Reason"), 'SIP;cause=480;text="WebSocket closed"')
+        await as_deferred(again.answer(bye, 200))
+        self.assertEqual(self.calls.calls(), [])
         gone = await self.from_core(self.core_request("INFO", invite, ok))
         self.assertEqual(gone.status, 430)
 
@@ -224,7 +234,8 @@ class SuspensionTimerTests(unittest.TestCase):
         clock = Clock()
         released: list[tuple[object, str]] = []
         suspensions = CallSuspensions(clock, 10.0, lambda call, connection: None,
-                                      lambda call, cause: released.append((call, cause)), lambda *a: None)
+                                      lambda call, cause: released.append((call, cause)), lambda *a: None,
+                                      lambda *a: None)
         timeline: list[str] = []
         make = lambda: SimpleNamespace(state=CallState.CONFIRMED, media=object(), call_id=secrets.token_hex(4),  # noqa: E731
                                        ended=False, suspended_since=None, dialog=None,

@@ -29,7 +29,10 @@ reconnect_grace`` that release waits for the grace period:
   ``epcscf.pcscf.guard`` hold for everything else.  The WIC then re-INVITEs with an ICE
   restart (RFC 8445 §9), which ``call_media`` already handles.
 * **grace over** (``_expired``): no adoption in time → released as before, toward the core
-  only, with ``Reason: SIP;cause=480;text="WebSocket closed"`` and how long it waited.
+  only, with ``Reason: SIP;cause=480;text="WebSocket closed"`` and how long it waited.  The
+  WIC could not be told; if the same instance registers again within ``LATE_WINDOW`` seconds
+  its dialogs get that BYE on the new flow, so that its RTCPeerConnection is closed too
+  (RFC 3261 §15: the BYE is matched by Call-ID and tags, whatever the transport).
 """
 
 from __future__ import annotations
@@ -40,8 +43,9 @@ from typing import Callable, Iterable
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.logger import Logger
 
-from epcscf.pcscf.call_model import Call
+from epcscf.pcscf.call_model import WS_CLOSED_REASON, Call
 from epcscf.pcscf.call_state import CallEvent, CallState
+from epcscf.pcscf.dialogs import Side
 from epcscf.pcscf.registration import RegistrationBinding
 from epcscf.sip.connection import Connection
 from epcscf.sip.message import Request, Response
@@ -53,6 +57,10 @@ log = Logger(namespace="epcscf.pcscf.call_suspension")
 
 #: what the console and the timeline show for a suspended call
 SUSPENDED_STATE = "suspended (flow lost)"
+
+#: how long a call released for want of a reconnection is remembered, to BYE its WIC should
+#: the same instance register again (a WIC's reconnection back-off reaches tens of seconds)
+LATE_WINDOW = 300.0
 
 #: (AOR, +sip.instance, reg-id) of one registration: one UA instance's flow (RFC 5626 §4.2)
 InstanceKey = tuple[str, str, str]
@@ -88,12 +96,16 @@ class CallSuspensions:
         move: Callable[[Call, Connection], None],
         release: Callable[[Call, str], None],
         finish: Callable[[Call, str, str | None], None],
+        send_bye: Callable[[Call, Side, str], None],
     ) -> None:
         self.clock = clock
         self.grace = grace
         self._move = move  # rekeys a live call onto a new flow (the call manager's index)
         self._release = release  # releases toward the core with the WebSocket-closed Reason
         self._finish = finish  # closes a call's media and archives it
+        self._send_bye = send_bye  # a BYE of ours in the call's dialog (``call_requests``)
+        #: calls released for want of a reconnection, by the instances that may still come back
+        self._late: dict[InstanceKey, tuple[float, list[Call]]] = {}
         self._lost: dict[str, _LostFlow] = {}
         #: (former flow id, Call-ID) → the call that flow's token still names in its route set
         self._aliases: dict[tuple[str, str], Call] = {}
@@ -125,7 +137,11 @@ class CallSuspensions:
     def _expired(self, lost: _LostFlow) -> None:
         lost.timer = None
         self._lost.pop(lost.flow_id, None)
-        waited = self.clock.seconds() - lost.since
+        now = self.clock.seconds()
+        waited = now - lost.since
+        self._prune_late(now)
+        for key in lost.instances:
+            self._late[key] = (now, [call for call in lost.calls if not call.ended])
         for call in list(lost.calls):
             if call.ended:
                 continue
@@ -142,6 +158,9 @@ class CallSuspensions:
         """A 2xx to a REGISTER from ``connection``: its bindings adopt the calls suspended for
         the same AOR, instance and reg-id (RFC 5626 §4.2, §6).  Returns how many were moved."""
         keys = instance_keys(b for b in bindings if b.flow_id == connection.id)
+        if keys and self._late:
+            # After the 2xx has gone on to the WIC: its registration completes first.
+            self.clock.callLater(0, self._bye_released, keys, connection)
         if not keys or not self._lost:
             return 0
         moved = 0
@@ -162,6 +181,22 @@ class CallSuspensions:
                 moved += 1
         self.adopted_total += moved
         return moved
+
+    def _bye_released(self, keys: frozenset[InstanceKey], connection: Connection) -> None:
+        """The instance is back, too late: BYE its released dialogs on its new flow."""
+        self._prune_late(self.clock.seconds())
+        for key in keys & self._late.keys():
+            _, calls = self._late.pop(key)
+            for call in calls:
+                if call.wic_flow.id == connection.id or not connection.connected:
+                    continue
+                call.wic_flow = connection  # ended: only for this BYE's path
+                call.note("release", f"the WIC registered again on flow {connection.id} after the release: BYE to it")
+                self._send_bye(call, Side.WIC, WS_CLOSED_REASON)
+
+    def _prune_late(self, now: float) -> None:
+        for key in [key for key, (at, _) in self._late.items() if at + LATE_WINDOW <= now]:
+            del self._late[key]
 
     # --- requests naming a lost flow ---------------------------------------------------------------
 
@@ -221,3 +256,4 @@ class CallSuspensions:
                 lost.timer.cancel()
         self._lost.clear()
         self._aliases.clear()
+        self._late.clear()

@@ -111,7 +111,7 @@ class CallManager:
         self.suspensions = CallSuspensions(
             clock, self.settings.reconnect_grace, self._move,
             lambda call, cause: self._release(call, WS_CLOSED_REASON, 480, (Side.CORE,), cause, "ws"),
-            self._finish,
+            self._finish, self._requests.send_bye,
         ) if self.settings.reconnect_grace > 0 else None
 
     # --- views for the console and tests ----------------------------------------------------
