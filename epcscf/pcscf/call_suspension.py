@@ -26,7 +26,10 @@ reconnect_grace`` that release waits for the grace period:
   a request from the core naming the old token is delivered on the call's current flow
   (``route_for``) and a request from the WIC's current flow naming it is accepted
   (``adopted``).  No other WIC, and no other dialog, can use it: the guarantees of
-  ``epcscf.pcscf.guard`` hold for everything else.  The WIC then re-INVITEs with an ICE
+  ``epcscf.pcscf.guard`` hold for everything else.  The same holds when the instance
+  registers on a new flow while its old WebSocket still looks open (a dead network is only
+  found at the ping timeout): its fresh registration says that flow is lost to it, and its
+  calls are adopted at once.  The WIC then re-INVITEs with an ICE
   restart (RFC 8445 §9), which ``call_media`` already handles.
 * **grace over** (``_expired``): no adoption in time → released as before, toward the core
   only, with ``Reason: SIP;cause=480;text="WebSocket closed"`` and how long it waited.  The
@@ -97,6 +100,7 @@ class CallSuspensions:
         release: Callable[[Call, str], None],
         finish: Callable[[Call, str, str | None], None],
         send_bye: Callable[[Call, Side, str], None],
+        calls_on: Callable[[str], list[Call]],
     ) -> None:
         self.clock = clock
         self.grace = grace
@@ -104,6 +108,10 @@ class CallSuspensions:
         self._release = release  # releases toward the core with the WebSocket-closed Reason
         self._finish = finish  # closes a call's media and archives it
         self._send_bye = send_bye  # a BYE of ours in the call's dialog (``call_requests``)
+        self._calls_on = calls_on  # the live calls of a flow
+        #: the flow each outbound instance last registered on, and the reverse index
+        self._instance_flow: dict[InstanceKey, str] = {}
+        self._flow_instances: dict[str, set[InstanceKey]] = {}
         #: calls released for want of a reconnection, by the instances that may still come back
         self._late: dict[InstanceKey, tuple[float, list[Call]]] = {}
         self._lost: dict[str, _LostFlow] = {}
@@ -117,22 +125,37 @@ class CallSuspensions:
 
     # --- the flow closes ------------------------------------------------------------------------
 
+    def instances_of(self, flow_id: str) -> frozenset[InstanceKey]:
+        """The outbound instances that registered on ``flow_id`` (forgotten: the flow closed)."""
+        keys = self._flow_instances.pop(flow_id, set())
+        for key in keys:
+            if self._instance_flow.get(key) == flow_id:
+                del self._instance_flow[key]
+        return frozenset(keys)
+
     def suspend(self, flow_id: str, instances: frozenset[InstanceKey], calls: list[Call]) -> list[Call]:
         """Hold the confirmed calls of a closed flow; returns those to release now."""
+        instances = instances | self.instances_of(flow_id)
         if not instances:
             return calls
+        lost = self._hold(flow_id, instances, calls)
+        if lost is None:
+            return calls
+        lost.timer = self.clock.callLater(self.grace, self._expired, lost)
+        log.info("flow {flow} lost: {count} call(s) suspended for {grace} s", flow=flow_id, count=len(lost.calls), grace=self.grace)
+        return [call for call in calls if call not in lost.calls]
+
+    def _hold(self, flow_id: str, instances: frozenset[InstanceKey], calls: list[Call]) -> _LostFlow | None:
         held = [call for call in calls if call.state is CallState.CONFIRMED and call.media is not None]
         if not held:
-            return calls
+            return None
         lost = _LostFlow(flow_id, instances, self.clock.seconds(), held)
         for call in held:
             call.suspended_since = lost.since
             call.note("state", f"{SUSPENDED_STATE}: waiting {self.grace:g} s for the WIC to register again")
             self._aliases[(flow_id, call.call_id)] = call
-        lost.timer = self.clock.callLater(self.grace, self._expired, lost)
         self._lost[flow_id] = lost
-        log.info("flow {flow} lost: {count} call(s) suspended for {grace} s", flow=flow_id, count=len(held), grace=self.grace)
-        return [call for call in calls if call not in held]
+        return lost
 
     def _expired(self, lost: _LostFlow) -> None:
         lost.timer = None
@@ -158,10 +181,23 @@ class CallSuspensions:
         """A 2xx to a REGISTER from ``connection``: its bindings adopt the calls suspended for
         the same AOR, instance and reg-id (RFC 5626 §4.2, §6).  Returns how many were moved."""
         keys = instance_keys(b for b in bindings if b.flow_id == connection.id)
-        if keys and self._late:
+        if not keys:
+            return 0
+        if self._late:
             # After the 2xx has gone on to the WIC: its registration completes first.
             self.clock.callLater(0, self._bye_released, keys, connection)
-        if not keys or not self._lost:
+        for key in keys:
+            previous = self._instance_flow.get(key)
+            self._instance_flow[key] = connection.id
+            self._flow_instances.setdefault(connection.id, set()).add(key)
+            if previous is not None and previous != connection.id:
+                self._flow_instances.get(previous, set()).discard(key)
+                if previous not in self._lost:
+                    # RFC 5626 §4.4.1: the instance is on a new flow while its old one still
+                    # looks open (a dead network ends a WebSocket only at the ping timeout):
+                    # for this instance, the old flow is lost now.
+                    self._hold(previous, frozenset({key}), self._calls_on(previous))
+        if not self._lost:
             return 0
         moved = 0
         for lost in [lost for lost in self._lost.values() if lost.instances & keys and lost.flow_id != connection.id]:
@@ -207,9 +243,10 @@ class CallSuspensions:
         return call
 
     def route_for(self, flow_id: str, request: Request) -> Connection | Response | None:
-        """A request from the core whose flow token names the closed flow ``flow_id``: the
-        connection to deliver it on (its call was adopted), the response to answer it with
-        (its call is suspended), or None (not a dialog of ours: 430, RFC 5626 §5.3.1)."""
+        """A request from the core whose flow token names ``flow_id``: the connection to deliver
+        it on (its dialog was adopted by another flow), the response to answer it with (its
+        call is suspended), or None (not such a dialog: the flow itself, or 430 when it has
+        closed, RFC 5626 §5.3.1)."""
         call = self._call_of(flow_id, request)
         if call is None:
             return None
@@ -257,3 +294,5 @@ class CallSuspensions:
         self._lost.clear()
         self._aliases.clear()
         self._late.clear()
+        self._instance_flow.clear()
+        self._flow_instances.clear()

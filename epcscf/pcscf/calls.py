@@ -112,6 +112,7 @@ class CallManager:
             clock, self.settings.reconnect_grace, self._move,
             lambda call, cause: self._release(call, WS_CLOSED_REASON, 480, (Side.CORE,), cause, "ws"),
             self._finish, self._requests.send_bye,
+            lambda flow_id: [call for call in self._live.values() if call.wic_flow.id == flow_id],
         ) if self.settings.reconnect_grace > 0 else None
 
     # --- views for the console and tests ----------------------------------------------------
@@ -459,11 +460,11 @@ class CallManager:
             return call.wic_flow
         return None
 
-    def flow_closed(self, connection: Connection, instances: frozenset[InstanceKey] = frozenset()) -> None:
+    def flow_closed(self, connection: Connection, instances: frozenset[InstanceKey] = frozenset(), suspend: bool = True) -> None:
         """TS 23.228 §5.10: the WIC's WebSocket flow is gone: BYE (confirmed) or CANCEL/480 (early),
         unless its confirmed calls wait for the same ``instances`` to register again."""
         calls = [c for c in self._live.values() if c.wic_flow.id == connection.id]
-        if self.suspensions is not None:
+        if self.suspensions is not None and suspend:
             calls = self.suspensions.suspend(connection.id, instances, calls)
         for call in calls:
             self._release(call, WS_CLOSED_REASON, 480, (Side.CORE,), "WebSocket closed", "ws")

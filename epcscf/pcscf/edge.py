@@ -426,18 +426,18 @@ class PcscfPolicy:
             flow_id = self.flows.codec.decode(token)
         except TamperedToken:
             return self._refuse(context, "core", guard.BAD_TOKEN)
-        flow = self.flows.find(flow_id)
-        if flow is not None:
+        # A dialog of a lost flow may wait for its WIC, or live on on the flow that adopted it.
+        moved = self.reconnections.route_for(flow_id, received) if self.reconnections is not None else None
+        if isinstance(moved, Response):
+            return Reject(moved)
+        flow = self.flows.find(flow_id) if moved is None else None
+        if moved is not None:
+            connection = moved
+        elif flow is not None:
             connection = flow.connection
         else:
-            # A dialog of a lost flow may wait for its WIC, or live on on the flow that adopted it.
-            moved = self.reconnections.route_for(flow_id, received) if self.reconnections is not None else None
-            if isinstance(moved, Response):
-                return Reject(moved)
-            if moved is None:
-                # RFC 5626 §5.3.1: the flow the token names is gone.
-                return Reject(make_local_response(request, 430, to_tag=new_tag()))
-            connection = moved
+            # RFC 5626 §5.3.1: the flow the token names is gone.
+            return Reject(make_local_response(request, 430, to_tag=new_tag()))
         strip_core_only_headers(request)
         record_route: list[str] = []
         if request.method in DIALOG_CREATING_METHODS and to_tag(request) is None:

@@ -264,6 +264,9 @@ class PcscfOperations:
         flow = next((f for f in self.node.flows if f.id == flow_id), None)
         if flow is None:
             return False
+        if self.node.calls is not None:
+            # The operator ends the calls with the flow: no [calls] reconnect_grace for them.
+            self.node.calls.flow_closed(flow.connection, suspend=False)
         flow.connection.close(code, reason)
         return True
 
