@@ -113,6 +113,16 @@ class _ReconnectFixture(unittest.TestCase):
         await as_deferred(client.send(request))
         return await as_deferred(client.final_response())
 
+    def scrape(self) -> str:
+        """What /metrics would show of the running node (the metrics' own collector)."""
+        from prometheus_client import CollectorRegistry, generate_latest
+
+        from epcscf.ops.metrics import LiveStateCollector
+
+        registry = CollectorRegistry()
+        registry.register(LiveStateCollector(lambda: self.service.pcscf.operations))
+        return generate_latest(registry).decode()
+
     async def from_core_response(self) -> Response:
         while True:
             message, _ = await as_deferred(self.core_next())
@@ -130,6 +140,7 @@ class CallReconnectTests(_ReconnectFixture):
         self.assertEqual(call.summary()["state"], "suspended (flow lost)")
         self.assertIn("suspended (flow lost)", call.timeline[-1].text)
         self.assertIsNotNone(call.media, "media keeps running while suspended")
+        self.assertEqual(self.service.pcscf.operations.stats()["calls_suspended"], 1)
 
         # The core's in-dialog request meanwhile: 500 + Retry-After (RFC 3261 §14.2).
         busy = await self.from_core(self.core_request("INFO", invite, ok))
@@ -152,6 +163,9 @@ class CallReconnectTests(_ReconnectFixture):
         self.assertNotEqual(call.wic_flow.id, old_flow)
         self.assertEqual(call.summary()["state"], CallState.CONFIRMED.value)
         self.assertTrue(any("adopted by flow" in entry.text for entry in call.timeline))
+        scrape = self.scrape()
+        self.assertIn("epcscf_calls_suspended 0.0", scrape)
+        self.assertIn('epcscf_call_reconnections_total{result="adopted"} 1.0', scrape)
 
         # The core's request with the old token reaches the new flow; another Call-ID with that
         # token does not (430: the old flow is gone for every other dialog).
@@ -236,6 +250,7 @@ class CallReconnectTooLateTests(_ReconnectFixture):
         self.assertEqual(len(waited), 1, call.timeline)
         self.assertGreaterEqual(float(waited[0].split()[3]), self.grace - 0.05)
         self.assertEqual(call.summary()["cause_code"], "ws-closed")
+        self.assertIn('epcscf_call_reconnections_total{result="expired"} 1.0', self.scrape())
         # Too late: the same instance registers again; nothing to adopt, but its dialog gets the
         # BYE it could not get before (so that the WIC closes its media too); the old token is 430.
         again, _ = await self.client(instance=client.instance)

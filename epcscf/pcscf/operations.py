@@ -152,7 +152,16 @@ class PcscfOperations:
             "pending_transactions": self.pending_transactions(),
             "draining": self.draining,
             "overloaded": node.overload.overloaded,
+            **self._reconnection_counts(),
         }
+
+    def _reconnection_counts(self) -> dict[str, int]:
+        """Calls waiting for their WIC to come back, and how such waits ended ([calls] reconnect_grace)."""
+        suspensions = node_calls.suspensions if (node_calls := self.node.calls) is not None else None
+        if suspensions is None:
+            return {"calls_suspended": 0, "calls_reconnected": 0, "calls_not_reconnected": 0}
+        return {"calls_suspended": len(suspensions), "calls_reconnected": suspensions.adopted_total,
+                "calls_not_reconnected": suspensions.expired_total}
 
     def handles_calls(self) -> bool:
         """Whether calls go through a call manager here (the node has started)."""
