@@ -82,9 +82,13 @@ def _seconds(value: str, base: Path) -> float:
 
 
 def _seconds_or_zero(value: str, base: Path) -> float:
-    if value.strip() in ("0", "0.0"):
-        return 0.0
-    return _seconds(value, base)
+    try:
+        number = float(value.strip())
+    except ValueError:
+        raise _Invalid(f"expected a number of seconds, got {value.strip()!r}") from None
+    if not 0 <= number < float("inf"):
+        raise _Invalid(f"must be 0 (off) or a positive number of seconds, got {value.strip()!r}")
+    return number
 
 
 def _choice(*choices: str) -> Callable[[str, Path], str]:

@@ -214,3 +214,19 @@ class ConfigTests(unittest.TestCase):
             self.assertIn(f"[{name}]", reference)
             for f in config.fields(cls):
                 self.assertIn(f"  {f.name} = ", reference)
+
+
+class ReconnectGraceTests(unittest.TestCase):
+    """[calls] reconnect_grace: 10 s by default, 0 switches it off, anything else is one line."""
+
+    write = ConfigTests.write
+    assertConfigError = ConfigTests.assertConfigError
+
+    def test_default_off_and_bad_values(self) -> None:
+        self.assertEqual(load([self.write(ini())]).calls.reconnect_grace, 10.0)
+        self.assertEqual(load([self.write(ini({"calls": {"reconnect_grace": "0"}}))]).calls.reconnect_grace, 0.0)
+        self.assertEqual(load([self.write(ini({"calls": {"reconnect_grace": "2.5"}}))]).calls.reconnect_grace, 2.5)
+        self.assertConfigError(ini({"calls": {"reconnect_grace": "-1"}}),
+                               "[calls] reconnect_grace: must be 0 (off) or a positive number of seconds, got '-1'")
+        self.assertConfigError(ini({"calls": {"reconnect_grace": "soon"}}),
+                               "[calls] reconnect_grace: expected a number of seconds, got 'soon'")
