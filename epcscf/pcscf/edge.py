@@ -198,6 +198,9 @@ class PcscfPolicy:
         self.on_refused: Callable[[str, str], None] | None = None
         #: dialogs of lost flows, suspended or adopted ([calls] reconnect_grace); None: none kept
         self.reconnections: FlowReconnections | None = None
+        #: web-credential access (``epcscf.pcscf.web_auth.TokenAccess.register``): may refuse a
+        #: WIC's REGISTER or replace its credentials by the trusted node's assertion
+        self.register_access: Callable[[ProxiedRequest], Reject | None] | None = None
 
     @property
     def network_id(self) -> str:
@@ -362,6 +365,8 @@ class PcscfPolicy:
         return Reject(make_local_response(request, 403, refusal.phrase, to_tag=new_tag()))
 
     def _register(self, context: ProxiedRequest, token: str) -> Decision:
+        if self.register_access is not None and (refusal := self.register_access(context)) is not None:
+            return refusal
         request = context.request
         strip_untrusted_headers(request)
         headers = request.headers

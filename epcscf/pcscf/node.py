@@ -35,6 +35,7 @@ from epcscf.pcscf.guard import SourceRule, TrustedSources
 from epcscf.pcscf.limits import AuthFailures, FlowRateLimiter, FlowVerdict, answer_refused_message
 from epcscf.pcscf.operations import NodeObservers, PcscfOperations
 from epcscf.pcscf.registration import RegistrationBinding, Registrations
+from epcscf.pcscf.web_auth import TokenAccess, TokenSettings, TokenVerifier
 from epcscf.sip.connection import WEBSOCKET_TRANSPORTS, Address, Connection
 from epcscf.sip.message import Message
 from epcscf.sip.parser import ParserLimits
@@ -70,6 +71,27 @@ def ws_settings(config: Config) -> WsListenerSettings:
         ping_interval=ws.ping_interval,
         ping_timeout=ws.ping_timeout,
         max_connections_per_ip=config.overload.max_connections_per_ip,
+    )
+
+
+#: the ``iss`` of the tokens the demo WWSF issues (``epcscf.wwsf.tokens.DEMO_ISSUER``: the WWSF
+#: knows nothing of the eP-CSCF, so the name is written in both places)
+DEMO_TOKEN_ISSUER = "epcscf-wwsf"
+
+
+def token_settings(config: Config, default_keys: str = "") -> TokenSettings:
+    """[auth] → web-credential access; the defaults name the demo WWSF of this process."""
+    auth = config.auth
+    return TokenSettings(
+        mode=auth.mode,
+        keys=auth.keys or default_keys,
+        audience=auth.audience or config.core.domain,
+        issuers=auth.issuers or (DEMO_TOKEN_ISSUER,),
+        algorithms=auth.algorithms,
+        identity_claim=auth.identity_claim,
+        leeway=auth.leeway,
+        handshake=auth.handshake,
+        realm=config.core.domain,
     )
 
 
@@ -168,6 +190,7 @@ class PcscfNode(Service):
         core_targets: Callable[[], list[Target]] | None = None,
         dns_resolver: Any = None,
         observers: NodeObservers | None = None,
+        token_keys: str = "",
     ) -> None:
         if reactor is None:
             from twisted.internet import reactor as default_reactor
@@ -222,6 +245,11 @@ class PcscfNode(Service):
         )
         self._load_probe: LoadProbe | None = None
         self.media_engine: CallMediaEngine | None = None
+        #: web-credential access ([auth] mode = token | both; in digest mode it only refuses forged
+        #: integrity-protected parameters)
+        settings = token_settings(config, token_keys)
+        self.token_access = TokenAccess(settings, TokenVerifier(settings) if settings.mode != "digest" else None)
+        self.token_access.on_refused = self.observers.token_refused
         #: the one interface operations use (plain data in and out)
         self.operations = PcscfOperations(self)
 
@@ -250,6 +278,8 @@ class PcscfNode(Service):
         self.ws_factory = SipWebSocketServerFactory(ws_settings(self.config), _WsSink(self), reactor=self.reactor)
         self.ws_factory.on_refused = self.observers.ws_refused
         self.ws_factory.on_parse_error = self.observers.parse_error
+        if self.token_access.verifier is not None:
+            self.ws_factory.authenticate = self.token_access.handshake
         ws = [self._listen_ws(listener) for listener in self.config.ws.listen]
         self.listeners = sip + ws
         core_side = self._public(sip[0])
@@ -291,6 +321,7 @@ class PcscfNode(Service):
         self.policy.reconnections = self.calls.suspensions
         self.policy.on_register_response = self.observers.register_response
         self.policy.on_refused = self.observers.request_refused
+        self.policy.register_access = self.token_access.register
         self._trust_core_sources()
         self.proxy = StatefulProxy(
             self.reactor,
