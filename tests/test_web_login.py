@@ -149,7 +149,9 @@ class TokenAgainstTheEmbeddedCoreTests(WebLoginCase):
         # The core holds alice's binding, registered on the eP-CSCF's assertion.
         self.assertEqual([b.aor for b in self.service.pcscf.registrations.all()], [f"sip:alice@{DOMAIN}"])
         # bob's WWSF signed with EdDSA (RFC 8037): also accepted.
-        bob = await self.wic("bob", token("bob", key=KEYS.wwsf_eddsa, algorithm="EdDSA"))
+        # ... and sent in the access_token="…" parameter form of TS 24.371 §7.2.1.
+        bob_token = token("bob", key=KEYS.wwsf_eddsa, algorithm="EdDSA")
+        bob = await self.wic("bob", f'access_token="{bob_token}"')
         self.assertEqual((await bob.register()).status, 200)
         message = alice.request("MESSAGE", f"sip:bob@{DOMAIN}", body=b"hello bob", content_type="text/plain")
         await alice.send(message)
@@ -394,3 +396,15 @@ class VerifierTests(unittest.TestCase):
         with self.assertRaises(TokenRejected) as caught:
             verifier.verify(token(key=rsa_key, algorithm="RS256"))  # no impu claim
         self.assertEqual(caught.exception.phrase, "token without impu")
+
+
+class BearerCredentialsTests(unittest.TestCase):
+    def test_both_credential_forms_give_the_token(self) -> None:
+        from epcscf.pcscf.web_auth import bearer_token
+
+        self.assertEqual(bearer_token(["Bearer eyJa.b.c"]), "eyJa.b.c")
+        self.assertEqual(bearer_token(['Bearer access_token="eyJa.b.c"']), "eyJa.b.c")
+        self.assertEqual(bearer_token(["Bearer  abc=="]), "abc==")  # b64token padding is not a parameter
+        self.assertIsNone(bearer_token(['Bearer access_token=""']))
+        self.assertIsNone(bearer_token(['Digest username="alice"', "Bearer"]))
+        self.assertEqual(bearer_token(['Digest username="alice"', "bearer t1"]), "t1")

@@ -249,11 +249,21 @@ class TokenVerifier:
 
 
 def bearer_token(values: Sequence[str]) -> str | None:
-    """The token of the first ``Bearer`` credentials among Authorization values (RFC 6750 §2.1)."""
+    """The token of the first ``Bearer`` credentials among Authorization values: the b64token
+    of RFC 8898 §2 / RFC 6750 §2.1, or the ``access_token="…"`` parameter form a Gm WIC may
+    send (TS 24.371 §7.2.1 writes the credentials that way)."""
     for value in values:
         scheme, _, token = value.strip().partition(" ")
-        if scheme.lower() == "bearer" and token.strip():
-            return token.strip()
+        token = token.strip()
+        if scheme.lower() != "bearer" or not token:
+            continue
+        name, equals, quoted = token.partition("=")
+        if equals and name.strip().lower() == "access_token":
+            quoted = quoted.strip()
+            if len(quoted) >= 2 and quoted[0] == quoted[-1] == '"':
+                quoted = quoted[1:-1]
+            return quoted or None
+        return token
     return None
 
 
