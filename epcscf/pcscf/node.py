@@ -220,6 +220,8 @@ class PcscfNode(Service):
             ),
         )
         self.resolver = NextHopResolver(dns_resolver if dns_resolver is not None else system_dns_resolver())
+        #: ([core] next_hop, its targets or None when one needs DNS): config is reloadable
+        self._numeric_next_hop_cache: tuple[tuple[str, ...], tuple[Target, ...] | None] | None = None
         self.core_timers = TimerSettings(t1=config.sip.t1, t2=config.sip.t2, t4=config.sip.t4)
         self.wic_timers = TimerSettings.toward_ue(config.sip.wic_t1, config.sip.wic_t2, config.sip.wic_t4)
         self.listeners: list[BoundListener] = []
@@ -407,6 +409,14 @@ class PcscfNode(Service):
 
     def _resolve_next_hop(self) -> defer.Deferred:
         """[core] next_hop URIs → Targets in order (RFC 3263 §4; failover follows the list)."""
+        numeric = self._numeric_next_hops()
+        if numeric is not None:
+            # RFC 3263 §4.2: numeric hosts need no DNS; answered at once, with no coroutine
+            # per request (this runs for every request toward the core).
+            resolved = defer.succeed(numeric)
+            if not self.config.core.trusted_sources:
+                resolved.addCallback(self._trust_next_hops)
+            return resolved
 
         async def resolve() -> list[Target]:
             targets: list[Target] = []
@@ -424,6 +434,27 @@ class PcscfNode(Service):
         if not self.config.core.trusted_sources:
             resolving.addCallback(self._trust_next_hops)
         return resolving
+
+    def _numeric_next_hops(self) -> list[Target] | None:
+        """The targets of ``[core] next_hop`` when every URI has a numeric host; else None."""
+        next_hops = tuple(self.config.core.next_hop)
+        cached = self._numeric_next_hop_cache
+        if cached is not None and cached[0] == next_hops:
+            return list(cached[1]) if cached[1] is not None else None
+        targets: list[Target] | None = []
+        for text in next_hops:
+            try:
+                uri = parse_uri(text)
+            except UriError:
+                targets = None  # logged by the general path
+                break
+            found = self.resolver.resolve_numeric(uri) if isinstance(uri, SipUri) else None
+            if found is None:
+                targets = None
+                break
+            targets.extend(found)
+        self._numeric_next_hop_cache = (next_hops, tuple(targets) if targets is not None else None)
+        return targets
 
     def _trust_next_hops(self, targets: list[Target]) -> list[Target]:
         for target in targets:
