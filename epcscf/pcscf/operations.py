@@ -57,6 +57,8 @@ class NodeObservers:
     flow_closed: Callable[[], None] | None = None
     #: a registration binding ended, by reason
     registration_ended: Callable[[str], None] | None = None
+    #: a non-SIP WIC's Janus API request refused, by Janus error code (``epcscf.pcscf.nonsip_gateway``)
+    janus_refused: Callable[[int], None] | None = None
     #: a step of our reg-event subscriptions (``epcscf.pcscf.reg_event``): subscribed, notify…
     reg_event: Callable[[str], None] | None = None
     #: a WIC's token refused (``epcscf.pcscf.web_auth``), by reason
@@ -315,6 +317,8 @@ class PcscfOperations:
             ping_timeout=ping_timeout,
         )
         factory.update_settings(settings)
+        if self.node.janus_factory is not None:
+            self.node.janus_factory.update_settings(settings)  # the non-SIP listener keeps the [ws] rules
 
     def use_config(self, config: Config) -> None:
         """The running configuration after a reload (``[core] next_hop`` is read from it at each
