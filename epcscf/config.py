@@ -81,6 +81,16 @@ def _seconds(value: str, base: Path) -> float:
     return number
 
 
+def _seconds_or_zero(value: str, base: Path) -> float:
+    try:
+        number = float(value.strip())
+    except ValueError:
+        raise _Invalid(f"expected a number of seconds, got {value.strip()!r}") from None
+    if not 0 <= number < float("inf"):
+        raise _Invalid(f"must be 0 (off) or a positive number of seconds, got {value.strip()!r}")
+    return number
+
+
 def _choice(*choices: str) -> Callable[[str, Path], str]:
     def convert(value: str, base: Path) -> str:
         lowered = value.strip().lower()
@@ -441,6 +451,7 @@ class ManholeSection:
 @dataclass(frozen=True)
 class CallsSection:
     history: float = _option(_seconds, 300.0, "how long an ended call stays inspectable in the console (calls(), call(id))")
+    reconnect_grace: float = _option(_seconds_or_zero, 10.0, "seconds a call outlives its WIC's lost WebSocket, waiting for the same instance (+sip.instance, reg-id) to register again on a new one (0: release at once)")
 
 
 @dataclass(frozen=True)

@@ -239,3 +239,19 @@ class RtpengineConfigTests(unittest.TestCase):
                                "[rtpengine] nodes: 'tcp:127.0.0.1:2223' is not a node like udp:127.0.0.1:2223 (weight: udp:127.0.0.1:2223=2)")
         self.assertConfigError(ini({"rtpengine": {"nodes": "udp:127.0.0.1"}}),
                                "[rtpengine] nodes: 'udp:127.0.0.1' has no port (rtpengine's listen-ng port, e.g. 2223)")
+
+
+class ReconnectGraceTests(unittest.TestCase):
+    """[calls] reconnect_grace: 10 s by default, 0 switches it off, anything else is one line."""
+
+    write = ConfigTests.write
+    assertConfigError = ConfigTests.assertConfigError
+
+    def test_default_off_and_bad_values(self) -> None:
+        self.assertEqual(load([self.write(ini())]).calls.reconnect_grace, 10.0)
+        self.assertEqual(load([self.write(ini({"calls": {"reconnect_grace": "0"}}))]).calls.reconnect_grace, 0.0)
+        self.assertEqual(load([self.write(ini({"calls": {"reconnect_grace": "2.5"}}))]).calls.reconnect_grace, 2.5)
+        self.assertConfigError(ini({"calls": {"reconnect_grace": "-1"}}),
+                               "[calls] reconnect_grace: must be 0 (off) or a positive number of seconds, got '-1'")
+        self.assertConfigError(ini({"calls": {"reconnect_grace": "soon"}}),
+                               "[calls] reconnect_grace: expected a number of seconds, got 'soon'")

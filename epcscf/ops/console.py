@@ -208,6 +208,7 @@ class Console:
             ("calls originating", node["calls_originating"]),
             ("calls terminating", node["calls_terminating"]),
             ("calls ended (kept)", node["calls_ended"]),
+            ("calls suspended (flow lost)", node["calls_suspended"]),
             ("sip transactions", node["server_transactions"] + node["client_transactions"]),
             ("sip transactions pending", node["pending_transactions"]),
             *self._resource_figures(),

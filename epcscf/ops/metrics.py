@@ -310,6 +310,17 @@ class LiveStateCollector:
         overloaded = GaugeMetricFamily("epcscf_overloaded", "1 while new dialogs and registrations are refused for load")
         overloaded.add_metric([], 1 if stats["overloaded"] else 0)
         yield overloaded
+        yield from self._reconnections(stats)
+
+    def _reconnections(self, stats: dict[str, Any]) -> Iterator[Metric]:
+        """[calls] reconnect_grace: calls waiting for their WIC now, and how the waits ended."""
+        suspended = GaugeMetricFamily("epcscf_calls_suspended", "calls whose WIC lost its WebSocket, waiting for it to register again")
+        suspended.add_metric([], stats["calls_suspended"])
+        yield suspended
+        ended = CounterMetricFamily("epcscf_call_reconnections", "suspended calls by outcome: adopted by a new flow, or released at the end of the grace period", labels=["result"])
+        ended.add_metric(["adopted"], stats["calls_reconnected"])
+        ended.add_metric(["expired"], stats["calls_not_reconnected"])
+        yield ended
 
     def _ws(self, stats: dict[str, Any]) -> Iterator[Metric]:
         current = GaugeMetricFamily("epcscf_ws_connections", "WebSocket connections open now")

@@ -75,6 +75,9 @@ class CallSettings:
     max_calls: int = 10000  # live calls; beyond → 503 + Retry-After (RFC 3261 §21.5.4)
     retry_after: int = 30  # seconds, in 503 responses
     warning_agent: str = "epcscf"  # warn-agent in Warning headers (RFC 3261 §20.43)
+    #: seconds a confirmed call outlives its WIC's lost flow, waiting for the same instance to
+    #: register again (RFC 5626 §4.2; ``call_suspension``); 0: released at once
+    reconnect_grace: float = 0.0
 
 
 @dataclass(frozen=True, slots=True)  # slots: an ended call keeps its timeline for [calls] history
@@ -110,6 +113,9 @@ class Call:
     last_core_answer: bytes | None = None  # what a retransmitted 2xx from the WIC must carry
     released_early: bool = False
     media_stats: dict[str, Any] | None = None  # last snapshot, kept when the call ends
+    #: when its WIC's flow was lost, while the call waits for the WIC to come back
+    #: (``call_suspension``); None otherwise
+    suspended_since: float | None = None
 
     @property
     def key(self) -> tuple[str, str]:
@@ -139,7 +145,7 @@ class Call:
         return {
             "call_id": self.call_id,
             "direction": self.direction.value,
-            "state": self.state.value,
+            "state": self.state.value if self.suspended_since is None else "suspended (flow lost)",
             "flow": self.wic_flow.id,
             "created": self.created,
             "ended": self.ended_at,

@@ -67,6 +67,7 @@ from epcscf.pcscf.call_model import (
 )
 from epcscf.pcscf.call_requests import CallRequests, quoted
 from epcscf.pcscf.call_state import CallDirection, CallEvent, CallState
+from epcscf.pcscf.call_suspension import CallSuspensions, InstanceKey
 from epcscf.pcscf.dialogs import Dialog, Side
 from epcscf.pcscf.edge import EdgeAddresses
 from epcscf.sip.connection import Connection
@@ -106,6 +107,13 @@ class CallManager:
         self._ended: collections.OrderedDict[int, Call] = collections.OrderedDict()
         self._closing: set[defer.Deferred] = set()
         self._pruning: IDelayedCall | None = None
+        #: calls outliving a lost flow until their WIC registers again (``call_suspension``)
+        self.suspensions = CallSuspensions(
+            clock, self.settings.reconnect_grace, self._move,
+            lambda call, cause: self._release(call, WS_CLOSED_REASON, 480, (Side.CORE,), cause, "ws"),
+            self._finish, self._requests.send_bye,
+            lambda flow_id: [call for call in self._live.values() if call.wic_flow.id == flow_id],
+        ) if self.settings.reconnect_grace > 0 else None
 
     # --- views for the console and tests ----------------------------------------------------
 
@@ -452,10 +460,21 @@ class CallManager:
             return call.wic_flow
         return None
 
-    def flow_closed(self, connection: Connection) -> None:
-        """TS 23.228 §5.10: the WIC's WebSocket flow is gone: BYE (confirmed) or CANCEL/480 (early)."""
-        for call in [c for c in self._live.values() if c.wic_flow.id == connection.id]:
+    def flow_closed(self, connection: Connection, instances: frozenset[InstanceKey] = frozenset(), suspend: bool = True) -> None:
+        """TS 23.228 §5.10: the WIC's WebSocket flow is gone: BYE (confirmed) or CANCEL/480 (early),
+        unless its confirmed calls wait for the same ``instances`` to register again."""
+        calls = [c for c in self._live.values() if c.wic_flow.id == connection.id]
+        if self.suspensions is not None and suspend:
+            calls = self.suspensions.suspend(connection.id, instances, calls)
+        for call in calls:
             self._release(call, WS_CLOSED_REASON, 480, (Side.CORE,), "WebSocket closed", "ws")
+
+    def _move(self, call: Call, connection: Connection) -> None:
+        """The call's WIC is now on ``connection`` (``call_suspension``: adopted by a new flow)."""
+        if self._live.get(call.key) is call:
+            del self._live[call.key]
+        call.wic_flow = connection
+        self._live[call.key] = call
 
     def release_flow(self, flow_id: str, reason_header: str, cause: str) -> int:
         """TS 24.229 §5.2.5.1: the WIC's registration is over: BYE both sides (CANCEL/503 if early)."""
@@ -479,6 +498,8 @@ class CallManager:
         if self._pruning is not None and self._pruning.active():
             self._pruning.cancel()
         self._pruning = None
+        if self.suspensions is not None:
+            self.suspensions.close()
         return self.idle()
 
     # --- events the tables do not allow ------------------------------------------------------------
@@ -542,6 +563,8 @@ class CallManager:
         call.note("release", f"ended: {call.release_cause}" + (f" [{layer}]" if layer else ""))
         if self._live.get(call.key) is call:
             del self._live[call.key]
+        if self.suspensions is not None:
+            self.suspensions.forget(call)
         self._prune_ended()
         self._ended[id(call)] = call
         self._arm_pruning()

@@ -32,7 +32,7 @@ from twisted.logger import Logger
 from epcscf.pcscf import guard
 from epcscf.pcscf.aka import strip_aka_keys, strip_sec_agree
 from epcscf.pcscf.call_model import call_leg
-from epcscf.pcscf.flows import FlowGone, FlowTable, TamperedToken
+from epcscf.pcscf.flows import FlowTable, TamperedToken
 from epcscf.pcscf.identity import assert_identity, strip_core_only_headers, strip_untrusted_headers
 from epcscf.pcscf.registration import RegistrationBinding, Registrations
 from epcscf.pcscf.wic_reg_subscriptions import WicRegSubscriptions
@@ -152,6 +152,15 @@ class CallHooks(Protocol):
     def stray_response(self, response: Response) -> Response | None: ...
 
 
+class FlowReconnections(Protocol):
+    """Dialogs of a lost flow that a new flow of the same UA instance adopted
+    (``epcscf.pcscf.call_suspension``)."""
+
+    def route_for(self, flow_id: str, request: Request) -> Connection | Response | None: ...
+
+    def adopted(self, flow_id: str, request: Request, connection: Connection) -> bool: ...
+
+
 class PcscfPolicy:
     """``ProxyPolicy`` of the eP-CSCF (see module docstring)."""
 
@@ -189,6 +198,8 @@ class PcscfPolicy:
         self.trusted_sources: guard.TrustedSources | None = None
         #: observer of refused requests, ``(side, reason)`` with side "wic" or "core" (metrics)
         self.on_refused: Callable[[str, str], None] | None = None
+        #: dialogs of lost flows, suspended or adopted ([calls] reconnect_grace); None: none kept
+        self.reconnections: FlowReconnections | None = None
         #: bindings just recorded from a 2xx to a REGISTER (the reg-event subscriber)
         self.on_registered: Callable[[list[RegistrationBinding]], None] | None = None
         #: answers a NOTIFY addressed to our own URI by a trusted core source (our reg-event
@@ -324,7 +335,9 @@ class PcscfPolicy:
         request = context.request
         flow = context.connection
         received = context.request_as_received  # an ACK for a 2xx has no server transaction: its own copy
-        refusal = guard.check_wic_route(received, flow.id, self.addresses.is_wic_side, self.flows.codec)
+        reconnections = self.reconnections
+        adopted = None if reconnections is None else (lambda named: reconnections.adopted(named, received, flow))
+        refusal = guard.check_wic_route(received, flow.id, self.addresses.is_wic_side, self.flows.codec, adopted)
         if refusal is None:
             refusal = self._dialog_route_refusal(request, flow)
         if refusal is not None:
@@ -437,10 +450,19 @@ class PcscfPolicy:
                 return Reject(make_local_response(request, 200, to_tag=new_tag()))  # keep-alive probes
             return Reject(make_local_response(request, 404, "Not Found (no flow token)", to_tag=new_tag()))
         try:
-            connection = self.flows.flow_for_token(token).connection
+            flow_id = self.flows.codec.decode(token)
         except TamperedToken:
             return self._refuse(context, "core", guard.BAD_TOKEN)
-        except FlowGone:
+        # A dialog of a lost flow may wait for its WIC, or live on on the flow that adopted it.
+        moved = self.reconnections.route_for(flow_id, received) if self.reconnections is not None else None
+        if isinstance(moved, Response):
+            return Reject(moved)
+        flow = self.flows.find(flow_id) if moved is None else None
+        if moved is not None:
+            connection = moved
+        elif flow is not None:
+            connection = flow.connection
+        else:
             # RFC 5626 §5.3.1: the flow the token names is gone.
             return Reject(make_local_response(request, 430, to_tag=new_tag()))
         strip_core_only_headers(request)

@@ -15,7 +15,9 @@ must show that it belongs here:
   the flow the request arrived on (``check_wic_route``).  Anything else is not a dialog
   through this proxy: 403 (an ACK is dropped: it is never answered, RFC 3261 §17.1.1.3).
   A token of another flow, live or closed, is refused like a forged one: it names another
-  WebSocket, and only the connection a dialog was set up on may use it.
+  WebSocket, and only the connection a dialog was set up on may use it — or the flow that
+  adopted that very dialog when the same UA instance registered again after its flow was
+  lost (``epcscf.pcscf.call_suspension``; per Call-ID and tags, never for other dialogs).
 * What follows our entries is the dialog's route set (RFC 3261 §16.4, §16.12).  A WIC
   holding a genuine token of its own could still write any Route or Request-URI behind it;
   TS 24.229 §5.2.6.3 has the P-CSCF verify a subsequent request's Route set against the one
@@ -80,9 +82,14 @@ NOT_REGISTERED = Refusal("not_registered", "Forbidden (not registered)")
 UNTRUSTED_SOURCE = Refusal("untrusted_source", "Forbidden (not a trusted core address)")
 
 
-def check_wic_route(received: Request, flow_id: str, is_wic_side: Callable[[SipUri], bool], codec: FlowTokenCodec) -> Refusal | None:
+def check_wic_route(
+    received: Request, flow_id: str, is_wic_side: Callable[[SipUri], bool], codec: FlowTokenCodec,
+    adopted: Callable[[str], bool] | None = None,
+) -> Refusal | None:
     """None when the top Route of an in-dialog request from the WIC, as received, is our
-    WIC-side Record-Route URI with a token that verifies and names ``flow_id``."""
+    WIC-side Record-Route URI with a token that verifies and names ``flow_id`` — or names a
+    closed flow whose dialog this very request belongs to and ``flow_id`` adopted (``adopted``
+    of the named flow id: ``epcscf.pcscf.call_suspension``, RFC 5626 §4.2 same instance)."""
     routes = list_values(received.headers, "Route")
     if not routes:
         return NOT_IN_DIALOG
@@ -98,7 +105,9 @@ def check_wic_route(received: Request, flow_id: str, is_wic_side: Callable[[SipU
         named = codec.decode(top.user)
     except TamperedToken:
         return BAD_TOKEN
-    return None if named == flow_id else OTHER_FLOW
+    if named == flow_id or (adopted is not None and adopted(named)):
+        return None
+    return OTHER_FLOW
 
 
 def next_hop_is_core(

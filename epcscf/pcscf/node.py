@@ -27,6 +27,7 @@ from epcscf.ice import IceAgentConfig
 from epcscf.media import MediaSessionConfig
 from epcscf.pcscf.admission import AdmissionChain, LoadProbe, NewWorkGate, OverloadController, OverloadSettings
 from epcscf.pcscf.call_media import CallMediaSettings
+from epcscf.pcscf.call_suspension import instance_keys
 from epcscf.sdp import CodecPolicy
 from epcscf.pcscf.calls import CallManager, CallSettings
 from epcscf.pcscf.edge import EdgeAddresses, PcscfPolicy
@@ -326,7 +327,8 @@ class PcscfNode(Service):
             self.reactor,
             addresses,
             self.media_engine,
-            CallSettings(keep_ended=self.config.calls.history, warning_agent=addresses.core_host),
+            CallSettings(keep_ended=self.config.calls.history, warning_agent=addresses.core_host,
+                         reconnect_grace=self.config.calls.reconnect_grace),
             proxy_operations,
         )
         self.policy = PcscfPolicy(
@@ -341,6 +343,7 @@ class PcscfNode(Service):
         if self.config.core.mode == "external":
             self.policy.core_entry = ", ".join(self.config.core.next_hop)
         self.policy.trusted_sources = self.trusted_sources
+        self.policy.reconnections = self.calls.suspensions
         self.policy.on_register_response = self.observers.register_response
         self.policy.on_refused = self.observers.request_refused
         self.policy.register_access = self.token_access.register
@@ -451,6 +454,11 @@ class PcscfNode(Service):
     def _register_answered(self, context: Any, response: Any) -> None:
         self.auth_failures.register_answered(context.request, response)
         self.new_work_gate.register_answered(context, response)
+        suspensions = self.calls.suspensions if self.calls is not None else None
+        if suspensions is not None and 200 <= response.status < 300:
+            # RFC 5626 §4.2: the same instance, authenticated afresh by the core, adopts its calls.
+            connection = context.connection
+            suspensions.registered(connection, self.registrations.for_flow(connection.id))
 
     def admission_refused(self, reason: str) -> None:
         """Count a refusal made outside the chain (the per-flow limit) like the chain's own."""
@@ -570,7 +578,7 @@ class PcscfNode(Service):
         if self.observers.flow_closed is not None:
             self.observers.flow_closed()
         if self.calls is not None:
-            self.calls.flow_closed(flow.connection)
+            self.calls.flow_closed(flow.connection, instance_keys(self.registrations.for_flow(flow.id)))
         self.wic_subscriptions.flow_closed(flow.id)
 
     def _binding_removed(self, binding: RegistrationBinding, reason: str) -> None:

@@ -164,7 +164,16 @@ class PcscfOperations:
             "pending_transactions": self.pending_transactions(),
             "draining": self.draining,
             "overloaded": node.overload.overloaded,
+            **self._reconnection_counts(),
         }
+
+    def _reconnection_counts(self) -> dict[str, int]:
+        """Calls waiting for their WIC to come back, and how such waits ended ([calls] reconnect_grace)."""
+        suspensions = node_calls.suspensions if (node_calls := self.node.calls) is not None else None
+        if suspensions is None:
+            return {"calls_suspended": 0, "calls_reconnected": 0, "calls_not_reconnected": 0}
+        return {"calls_suspended": len(suspensions), "calls_reconnected": suspensions.adopted_total,
+                "calls_not_reconnected": suspensions.expired_total}
 
     def handles_calls(self) -> bool:
         """Whether calls go through a call manager here (the node has started)."""
@@ -280,6 +289,9 @@ class PcscfOperations:
         flow = next((f for f in self.node.flows if f.id == flow_id), None)
         if flow is None:
             return False
+        if self.node.calls is not None:
+            # The operator ends the calls with the flow: no [calls] reconnect_grace for them.
+            self.node.calls.flow_closed(flow.connection, suspend=False)
         flow.connection.close(code, reason)
         return True
 

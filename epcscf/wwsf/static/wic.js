@@ -28,6 +28,8 @@ const page = {
   ua: null,
   unregistering: false, // the user asked to unregister (not a dropped connection)
   session: null,
+  resumeAfterReconnect: false, // the WebSocket dropped during a call: ICE restart once registered again
+  iceRestart: null, // {started, answered} of the last ICE restart (performance.now() times)
   token: null, // the web login's token (never a SIP password)
   tokenTimer: null,
   peerConnection: null,
@@ -213,12 +215,18 @@ function register(grant = null) {
   ua.on('connected', () => log('WebSocket connected'));
   ua.on('disconnected', (e) => {
     log(`WebSocket disconnected${e && e.code ? ` (code ${e.code})` : ''}`);
+    // The call outlives the WebSocket in the eP-CSCF ([calls] reconnect_grace): keep it.
+    if (page.ua === ua && page.session && page.session.isEstablished()) page.resumeAfterReconnect = true;
     if (page.ua === ua && !ua.isRegistered()) refreshControls();
   });
   ua.on('registered', (e) => {
     showState('registration-state', 'registered', `registered as ${uri}`);
     log(`registered (${e.response.status_code}); Service-Route: ${e.response.getHeader('Service-Route') || 'none'}`);
     refreshControls();
+    if (page.resumeAfterReconnect) {
+      page.resumeAfterReconnect = false;
+      restartIce();
+    }
   });
   ua.on('unregistered', () => {
     log('unregistered');
@@ -364,11 +372,27 @@ function toggleHold() {
   else session.hold();
 }
 
+// Registered again on a new WebSocket with the same +sip.instance and reg-id (RFC 5626 §4.4.1):
+// the eP-CSCF moved the call to it.  The network path may have changed too, so re-INVITE with an
+// ICE restart (RFC 8445 §9) on the same RTCPeerConnection (same DTLS certificate and association).
+function restartIce() {
+  const session = page.session;
+  if (!session || !session.isEstablished()) return;
+  const restart = { started: performance.now(), answered: null };
+  page.iceRestart = restart;
+  const sent = session.renegotiate({ rtcOfferConstraints: { iceRestart: true } }, () => {
+    restart.answered = performance.now();
+    log('call resumed on the new connection (ICE restarted)');
+  });
+  log(sent ? 're-INVITE with an ICE restart after the reconnection' : 'ICE restart not sent: a renegotiation is in progress');
+}
+
 function endSession(reason) {
   log(`call ${reason}`);
   $('incoming').hidden = true;
   $('peer').textContent = `(last call ${reason})`;
   page.session = null;
+  page.resumeAfterReconnect = false;
   page.peerConnection = null;
   if (page.statsTimer !== null) clearInterval(page.statsTimer);
   page.statsTimer = null;
@@ -426,6 +450,8 @@ window.wwsf = {
   get session() { return page.session; },
   get peerConnection() { return page.peerConnection; },
   get config() { return page.config; },
+  /** the last ICE restart after a reconnection: {started, answered} (performance.now()), or null */
+  get iceRestart() { return page.iceRestart; },
   /** the remote level meter: {level, history} */
   get meter() { return { level: page.meter.level, history: page.meter.history.slice() }; },
   /** a fresh getStats() summary of the current call, or null */
