@@ -8,7 +8,7 @@ import signal
 from twisted.trial import unittest
 
 from tests.support.daemon import TWISTED_NOISE, Daemon, register_alice, write_daemon_config
-from tests.support.processes import TOP, VENV_BIN, child_env, process_alive, run, wait_for
+from tests.support.processes import TOP, VENV_BIN, catches_signal, child_env, process_alive, run, wait_for
 
 TWISTD = os.path.join(VENV_BIN, "twistd")
 
@@ -82,6 +82,7 @@ class TwistdTests(unittest.TestCase):
 
         await wait_for(lambda: "manhole SSH console on 127.0.0.1:" in log_text())
         self.assertIn("reactor class: twisted.internet.asyncioreactor.AsyncioSelectorReactor", log_text())
+        await wait_for(lambda: catches_signal(pid, signal.SIGTERM))
         os.kill(pid, signal.SIGTERM)
         await wait_for(lambda: not process_alive(pid))
         self.assertFalse(os.path.exists(pidfile))
@@ -98,6 +99,7 @@ class TwistdTests(unittest.TestCase):
         self.assertEqual(code, 0, err)
         pid = int(open(pidfile).read())
         self.addCleanup(lambda: process_alive(pid) and os.kill(pid, signal.SIGKILL))
+        await wait_for(lambda: catches_signal(pid, signal.SIGTERM))
         os.kill(pid, signal.SIGTERM)
         await wait_for(lambda: not process_alive(pid))
         import json

@@ -68,6 +68,20 @@ def process_alive(pid: int) -> bool:
     return True
 
 
+def catches_signal(pid: int, signum: int) -> bool:
+    """Whether process ``pid`` has installed a handler for ``signum`` (``SigCgt`` in
+    /proc/PID/status): a daemon that logs it is up may not have reached ``reactor.run``,
+    which installs Twisted's SIGTERM handler, yet."""
+    try:
+        with open(f"/proc/{pid}/status") as status:
+            for line in status:
+                if line.startswith("SigCgt:"):
+                    return bool(int(line.split()[1], 16) >> (signum - 1) & 1)
+    except OSError:
+        pass
+    return False
+
+
 def run(argv: list[str], env: dict[str, str] | None = None, path: str | None = None) -> defer.Deferred:
     """(stdout, stderr, exit code) of a program run to completion."""
     from twisted.internet.utils import getProcessOutputAndValue
