@@ -15,6 +15,7 @@ Run alone with
 from __future__ import annotations
 
 import asyncio
+import atexit
 import os
 import random
 from typing import Any
@@ -53,13 +54,9 @@ def daemon(index: int) -> RtpengineDaemon:
     current = _daemons[index]
     if current is None or current.stopped:
         current = _daemons[index] = start_rtpengine(*NODE_PORTS[index])
+        # trial calls no tearDownModule: the daemon goes when the test process does
+        atexit.register(current.stop)
     return current
-
-
-def tearDownModule() -> None:  # noqa: N802
-    for running in _daemons:
-        if running is not None:
-            running.stop()
 
 
 class BrowserThroughRtpengineTests(unittest.TestCase):
