@@ -218,6 +218,11 @@ def main(argv: list[str] | None = None) -> int:
           f"[{'PASS' if share >= FLOOR_SHARE else 'FAIL'} >= {100 * FLOOR_SHARE:g} %], p99 {1000 * p99:.0f} ms "
           f"[{'PASS' if p99 <= FLOOR_P99 else 'FAIL'} <= {1000 * FLOOR_P99:g} ms], refused {controlled.refused}")
     for row in rows:
+        answers = sorted(row.result.answers)
+        if answers:
+            print(f"  {row.label}: INVITE → 200 p50 {1000 * percentile(answers, 0.5):.0f} ms, "
+                  f"p99 {1000 * percentile(answers, 0.99):.0f} ms (the rest of the setup: ACK and ICE)")
+    for row in rows:
         other = Counter(f for f in row.result.failures if not f.startswith((REFUSED, NOT_SENT)))
         for text, count in other.most_common(3):
             print(f"  {row.label}: {count} × {text}")

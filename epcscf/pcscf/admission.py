@@ -47,6 +47,7 @@ from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.logger import Logger
 
 from epcscf.pcscf.registration import Registrations
+from epcscf.pcscf.setup_window import SetupWindow
 from epcscf.sip.connection import WEBSOCKET_TRANSPORTS, Connection
 from epcscf.sip.headers import HeaderError, to_tag, to_view
 from epcscf.sip.message import Request, Response
@@ -81,6 +82,9 @@ class OverloadSettings:
     auth_failures: int = 10  # failed REGISTER authentications per AOR within auth_window (0: no limit)
     auth_window: float = 60.0  # seconds
     auth_lockout: float = 300.0  # seconds an AOR is answered 403 locally
+    setup_target: float = 0.25  # seconds in the edge's part of a call's setup (``setup_window``; 0: no window)
+    min_calls_in_setup: int = 20  # the window never below this
+    max_calls_in_setup: int = 0  # nor above this (0: no cap)
 
 
 # --- the load state machine ----------------------------------------------------------------
@@ -385,9 +389,12 @@ class NewWorkGate:
     CHALLENGE_TTL = 32.0
     MAX_CHALLENGED = 100_000  # registrations in progress remembered at most
 
-    def __init__(self, controller: OverloadController, registrations: Registrations) -> None:
+    def __init__(self, controller: OverloadController, registrations: Registrations,
+                 window: "SetupWindow | None" = None) -> None:
         self.controller = controller
         self.registrations = registrations
+        #: the bound on calls in setup (``epcscf.pcscf.setup_window``): new INVITEs pass it too
+        self.window = window
         #: (flow id, AOR) → until when its answer to a challenge is admitted; oldest first
         self._challenged: collections.OrderedDict[tuple[str, str], float] = collections.OrderedDict()
 
@@ -422,5 +429,8 @@ class NewWorkGate:
             return None
         reason = controller.admit_new()
         if reason is None:
-            return None
+            window = self.window
+            if window is None or request.method != "INVITE" or window.admit(context):
+                return None
+            reason = "calls_in_setup"
         return Refusal(reason, service_unavailable(request, controller.settings.retry_after, "overloaded"))
