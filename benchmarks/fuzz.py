@@ -509,11 +509,27 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--pool", type=int, default=20000, help="mutants built per transport")
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--keep", action="store_true", help="keep the run directory (ini, log)")
+    parser.add_argument("--probe", action="store_true", help="also count the edge's live objects by class through "
+                        "its SSH console at each moment (gc.collect() first) and print what grew")
+    parser.add_argument("--tracemalloc", type=int, default=0, metavar="FRAMES",
+                        help="with --probe: run the edge under PYTHONTRACEMALLOC=FRAMES and print the biggest differences")
     options = parser.parse_args(argv)
     raise_open_files_limit(4096)
     directory = tempfile.mkdtemp(prefix="epcscf-fuzz-")
     users = {f"fuzz{i}": f"fuzz-secret-{i}" for i in range(1, REGISTERED_WICS + 1)} | {"bob": "bob-secret"}
     edge = Edge(directory)
+    if options.probe:
+        edge.enable_console()
+        edge.trace_frames = options.tracemalloc
+    probes: dict[str, dict[str, Any]] = {}
+
+    def probe(moment: str) -> None:
+        if options.probe:
+            name = os.path.join(directory, moment.replace(" ", "_") + ".tracemalloc") if options.tracemalloc else None
+            probes[moment] = edge.probe(name)
+            probes[moment]["snapshot"] = name
+            probes[moment]["rss_kib"] = edge.rss_kib()
+
     sipp: subprocess.Popen | None = None
     try:
         edge.start(users)
@@ -541,6 +557,7 @@ def main(argv: list[str] | None = None) -> int:
         pool_cpu = time.process_time() - pool_started
         time.sleep(1)
         snapshots = {"before": edge.snapshot()}
+        probe("before")
         runner = Runner(options, edge, sipp_port, users)
         generator_started = time.process_time()
         elapsed = asyncio.run(runner.run(pools, fixed(wic_seeds(), {})))
@@ -551,9 +568,11 @@ def main(argv: list[str] | None = None) -> int:
             print(f"(settling until {settle:g} s after the traffic)", file=sys.stderr)
             time.sleep(max(0.0, stopped + settle - time.monotonic()))
             snapshots[f"after {settle:g} s"] = edge.snapshot()
+            probe(f"after {settle:g} s")
         if edge.process.poll() is not None:
             print(f"epcscf EXITED with {edge.process.returncode} during the run")
         print_report(options, runner.tally, elapsed, pool_cpu, generator_cpu, snapshots, log_findings(edge.log_path), edge.log_path)
+        print_probes(probes)
     finally:
         if sipp is not None and sipp.poll() is None:
             sipp.kill()
@@ -562,6 +581,26 @@ def main(argv: list[str] | None = None) -> int:
         if not options.keep:
             shutil.rmtree(directory, ignore_errors=True)
     return 0
+
+
+def print_probes(probes: dict[str, dict[str, Any]], top: int = 25) -> None:
+    """What grew between the first probe and each later one: objects by class, delayed calls,
+    and (under tracemalloc) the biggest differences by allocation site."""
+    if len(probes) < 2:
+        return
+    moments = list(probes)
+    first = probes[moments[0]]
+    for moment in moments[1:]:
+        now = probes[moment]
+        print(f"live objects {moment} versus {moments[0]} (RSS {first['rss_kib'] / 1024:.1f} → {now['rss_kib'] / 1024:.1f} MiB):")
+        for kind in ("objects", "delayed"):
+            before, after = first["detail"][kind], now["detail"][kind]
+            grown = sorted(((after.get(name, 0) - before.get(name, 0), name) for name in set(before) | set(after)), reverse=True)
+            print(f"  {kind}: " + ", ".join(f"{name} {delta:+d}" for delta, name in grown[:top] if delta > 0))
+        if first.get("snapshot") and now.get("snapshot"):
+            from soak import print_tracemalloc
+
+            print_tracemalloc(first["snapshot"], now["snapshot"], top)
 
 
 if __name__ == "__main__":

@@ -245,11 +245,13 @@ class OverloadController:
     def overloaded(self) -> bool:
         return self.state is LoadState.OVERLOADED
 
-    def admit_new(self) -> str | None:
-        """None to admit one unit of new work, else the reason it is refused."""
+    def admit_new(self, throttled: bool = True) -> str | None:
+        """None to admit one unit of new work, else the reason it is refused; ``throttled=False``
+        for work another bound governs while overloaded (``setup_window``): only the configured
+        rate cap applies to it."""
         now = self.clock.seconds()
         throttle = self.throttle
-        if throttle is not None and not throttle.take(now):
+        if throttled and throttle is not None and not throttle.take(now):
             return "overloaded"
         if self._arrivals is not None and not self._arrivals.take(now):
             return "new_work_rate"
@@ -427,10 +429,12 @@ class NewWorkGate:
         request = context.request
         if not is_new_work(request, context.connection, self.registrations) or self._answers_a_challenge(context):
             return None
-        reason = controller.admit_new()
+        # A new call is bounded by the window of calls in setup, which follows the node's own
+        # throughput without delay; the lag-driven throttle governs the rest of the new work.
+        window = self.window if request.method == "INVITE" and self.window is not None and self.window.enabled else None
+        reason = controller.admit_new(throttled=window is None)
         if reason is None:
-            window = self.window
-            if window is None or request.method != "INVITE" or window.admit(context):
+            if window is None or window.admit(context):
                 return None
             reason = "calls_in_setup"
         return Refusal(reason, service_unavailable(request, controller.settings.retry_after, "overloaded"))
