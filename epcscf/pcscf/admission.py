@@ -174,6 +174,13 @@ class OverloadController:
         #: observer of state changes (log, metrics)
         self.on_change: Callable[[LoadState], None] | None = None
 
+    def reconfigure(self, settings: OverloadSettings) -> None:
+        """New settings (SIGHUP): the state and throttle are kept, the thresholds and caps change."""
+        if settings.max_new_per_second != self.settings.max_new_per_second:
+            rate = settings.max_new_per_second
+            self._arrivals = TokenBucket(rate, max(1.0, rate), self.clock.seconds()) if rate > 0 else None
+        self.settings = settings
+
     def classify(self, lag: float, pending: int) -> Sample:
         settings = self.settings
         watch_pending = settings.max_pending > 0

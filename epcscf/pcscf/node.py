@@ -14,7 +14,7 @@ as the ``observers`` given at construction.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, fields, replace
 from typing import Any, Callable
 
 from twisted.application.service import Service
@@ -349,6 +349,16 @@ class PcscfNode(Service):
         """Close the WebSocket listeners: no new WIC connections (drain); flows stay up."""
         ports, self._ws_ports = self._ws_ports, []
         return defer.DeferredList([defer.maybeDeferred(port.stopListening) for port in ports], consumeErrors=True)
+
+    def update_overload(self, values: dict[str, Any]) -> None:
+        """New [overload] values (SIGHUP): every holder of the settings gets the new ones."""
+        settings = replace(self.overload_settings, **values)
+        self.overload_settings = settings
+        self.overload.reconfigure(settings)
+        self.auth_failures.settings = settings
+        if self.flow_limiter is not None:
+            self.flow_limiter.settings = settings
+        self.setup_window.reconfigure(window_settings(settings))
 
     def _load_sample(self, lag: float, pending: int) -> None:
         # The window's throughput is measured on the probe's clock too, not only when INVITEs come.

@@ -96,6 +96,8 @@ class NodeOperations(Protocol):
         ping_timeout: float,
     ) -> None: ...
 
+    def update_overload(self, **settings: Any) -> None: ...
+
     def use_config(self, config: Config) -> None: ...
 
     def set_draining(self, retry_after: int) -> None: ...
@@ -296,6 +298,11 @@ class PcscfOperations:
             ping_timeout=ping_timeout,
         )
         factory.update_settings(settings)
+
+    def update_overload(self, **settings: Any) -> None:
+        """[overload] keys a reload may change (``epcscf.ops.lifecycle.LIVE_KEYS``): the next
+        admission decision uses them."""
+        self.node.update_overload(settings)
 
     def use_config(self, config: Config) -> None:
         """The running configuration after a reload (``[core] next_hop`` is read from it at each
