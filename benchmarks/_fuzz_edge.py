@@ -132,6 +132,23 @@ level = warn
                 return json.loads(line.split(" ", 1)[1])
         raise RuntimeError("the console printed no counts:\n" + screen[-2000:])
 
+    def heap(self, forget_history: bool = False, trim: bool = False) -> dict[str, Any]:
+        """The allocators' figures (``_heap_probe.py``); optionally after forgetting the ended
+        calls kept for the console, and with a ``malloc_trim(0)`` after the reading."""
+        import json
+
+        from _console import run_lines
+
+        probe = os.path.join(HERE, "_heap_probe.py")
+        lines = [f"HEAP_FORGET = {forget_history!r}", f"HEAP_TRIM = {trim!r}", f"exec(open({probe!r}).read())"]
+        screen = run_lines(self.console_port, "fuzz", self.console_password, lines, timeout=300.0)
+        for line in screen.splitlines():
+            if line.startswith("HEAP-FIGURES "):
+                figures = json.loads(line.split(" ", 1)[1])
+                figures["rss_kib"] = self.rss_kib()
+                return figures
+        raise RuntimeError("the console printed no heap figures:\n" + screen[-2000:])
+
     def rss_kib(self) -> int:
         with open(f"/proc/{self.process.pid}/status") as status:
             return next(int(line.split()[1]) for line in status if line.startswith("VmRSS:"))

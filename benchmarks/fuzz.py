@@ -529,6 +529,7 @@ def main(argv: list[str] | None = None) -> int:
             probes[moment] = edge.probe(name)
             probes[moment]["snapshot"] = name
             probes[moment]["rss_kib"] = edge.rss_kib()
+            probes[moment]["heap"] = edge.heap()
 
     sipp: subprocess.Popen | None = None
     try:
@@ -573,6 +574,15 @@ def main(argv: list[str] | None = None) -> int:
             print(f"epcscf EXITED with {edge.process.returncode} during the run")
         print_report(options, runner.tally, elapsed, pool_cpu, generator_cpu, snapshots, log_findings(edge.log_path), edge.log_path)
         print_probes(probes)
+        if options.probe:
+            # What the allocators keep once the last timers have run: with a trim, then with the
+            # ended calls the console keeps ([calls] history) forgotten and another trim.
+            edge.heap(trim=True)
+            trimmed = edge.heap()
+            edge.heap(forget_history=True, trim=True)
+            forgotten = edge.heap()
+            print(f"heap after a malloc_trim(0): {_heap_line(trimmed)}")
+            print(f"heap after forgetting the ended calls and a malloc_trim(0): {_heap_line(forgotten)}")
     finally:
         if sipp is not None and sipp.poll() is None:
             sipp.kill()
@@ -581,6 +591,14 @@ def main(argv: list[str] | None = None) -> int:
         if not options.keep:
             shutil.rmtree(directory, ignore_errors=True)
     return 0
+
+
+def _heap_line(heap: dict[str, Any]) -> str:
+    mib = 1024 * 1024
+    return (f"RSS {heap['rss_kib'] / 1024:.1f} MiB; pymalloc {heap['arenas']} arenas (highwater {heap['arenas highwater']}), "
+            f"{(heap['pymalloc used bytes'] or 0) / mib:.1f} MiB in blocks used, {(heap['pymalloc free bytes'] or 0) / mib:.1f} MiB free; "
+            f"glibc heap {heap.get('glibc heap', 0) / mib:.1f} MiB ({heap.get('glibc in use', 0) / mib:.1f} in use, "
+            f"{heap.get('glibc free', 0) / mib:.1f} free), mmapped {heap.get('glibc mmapped', 0) / mib:.1f} MiB")
 
 
 def print_probes(probes: dict[str, dict[str, Any]], top: int = 25) -> None:
@@ -593,6 +611,8 @@ def print_probes(probes: dict[str, dict[str, Any]], top: int = 25) -> None:
     for moment in moments[1:]:
         now = probes[moment]
         print(f"live objects {moment} versus {moments[0]} (RSS {first['rss_kib'] / 1024:.1f} → {now['rss_kib'] / 1024:.1f} MiB):")
+        print(f"  heap {moments[0]}: {_heap_line(first['heap'])}")
+        print(f"  heap {moment}: {_heap_line(now['heap'])}")
         for kind in ("objects", "delayed"):
             before, after = first["detail"][kind], now["detail"][kind]
             grown = sorted(((after.get(name, 0) - before.get(name, 0), name) for name in set(before) | set(after)), reverse=True)
