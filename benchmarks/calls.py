@@ -294,6 +294,8 @@ class Result:
     cpu: float = 0.0
     generator_cpu: float = 0.0
     sipp_cpu: float = 0.0
+    user: float = 0.0  # of cpu: in epcscf itself
+    system: float = 0.0  # of cpu: in the kernel (sockets; on loopback, delivery to the peer too)
 
     @property
     def rate(self) -> float:
@@ -360,6 +362,14 @@ def cpu_of(pid: int) -> float:
         return 0.0
 
 
+def user_system(pid: int) -> tuple[float, float]:
+    """(user, system) CPU seconds of one process (/proc/<pid>/stat utime, stime)."""
+    with open(f"/proc/{pid}/stat") as stat:
+        fields_ = stat.read().rsplit(")", 1)[1].split()
+    tick = os.sysconf("SC_CLK_TCK")
+    return int(fields_[11]) / tick, int(fields_[12]) / tick
+
+
 def sipp_pids(port: int) -> list[int]:
     """sipp -bg forks: find the background sipp by its port in its command line."""
     found = []
@@ -392,7 +402,7 @@ def main(argv: list[str] | None = None) -> int:
         real_popen = subprocess.Popen
 
         def profiled(args: list[str], **kwargs: Any) -> subprocess.Popen:
-            if "epcscf" in args:
+            if "epcscf" in args and not any(str(arg).endswith("core.ini") for arg in args):  # the edge only
                 at = args.index("epcscf")
                 args = args[:at] + [f"--profile={os.path.abspath(options.profile)}", "--profiler=cprofile", "--savestats"] + args[at:]
             return real_popen(args, **kwargs)
@@ -410,7 +420,7 @@ def main(argv: list[str] | None = None) -> int:
         path = written[0]
         with open(path) as handle:
             text = handle.read()
-        text = text.replace("port_range = 41000-41999", f"port_range = 30000-39999\nice_mode = {options.ice_mode}")
+        text = text.replace("port_range = 41000-41999", f"port_range = 30000-39999\nice_mode = {options.ice_mode}") + "[overload]\nenabled = false\n"
         with open(path, "w") as handle:
             handle.write(text)
         return written
@@ -435,9 +445,12 @@ def main(argv: list[str] | None = None) -> int:
             try:
                 await run_load(callers, uas_port, min(options.rate, 20.0), 1.0, options.ice_mode == "full")  # warm-up
                 cpu_before, own_before = epcscf.cpu_seconds(), time.process_time()
+                split_before = user_system(epcscf.pid)
                 sipp_before = sum(cpu_of(pid) for pid in sipp_pids(uas_port))
                 result = await run_load(callers, uas_port, options.rate, seconds, options.ice_mode == "full")
                 result.cpu = epcscf.cpu_seconds() - cpu_before
+                split_after = user_system(epcscf.pid)
+                result.user, result.system = split_after[0] - split_before[0], split_after[1] - split_before[1]
                 result.generator_cpu = time.process_time() - own_before
                 result.sipp_cpu = sum(cpu_of(pid) for pid in sipp_pids(uas_port)) - sipp_before
                 return result
@@ -469,6 +482,8 @@ def main(argv: list[str] | None = None) -> int:
     if result.completed:
         print(f"  epcscf CPU {result.cpu:.1f} s = {1000 * result.cpu / result.completed:.1f} ms per call; "
               f"generator {result.generator_cpu:.1f} s, sipp {result.sipp_cpu:.1f} s")
+        print(f"    (user {1000 * result.user / result.completed:.1f} + system {1000 * result.system / result.completed:.1f} ms per call; "
+              f"loadavg {open('/proc/loadavg').read().split(' ', 3)[:3]})")
     if result.failures:
         kinds: dict[str, int] = {}
         for failure in result.failures:

@@ -201,6 +201,20 @@ def _algorithm_list(value: str, base: Path) -> tuple[str, ...]:
     return algorithms
 
 
+#: RFC 7518 §3.1 / RFC 8037: the public-key JWS algorithms (never "none" nor a shared secret)
+JWS_ALGORITHMS = ("ES256", "ES384", "ES512", "RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "EdDSA")
+
+
+def _jws_algorithms(value: str, base: Path) -> tuple[str, ...]:
+    names = _words(value)
+    for name in names:
+        if name not in JWS_ALGORITHMS:
+            raise _Invalid(f"{name!r} is not a public-key JWS algorithm (known: {', '.join(JWS_ALGORITHMS)})")
+    if not names:
+        raise _Invalid("name at least one algorithm")
+    return tuple(names)
+
+
 def _rate(value: str, base: Path) -> float:
     try:
         number = float(value.strip())
@@ -342,6 +356,10 @@ class CoreSection:
     digest_algorithms: tuple[str, ...] = _option(
         _algorithm_list, ("SHA-256", "MD5"), "embedded core: digest algorithms challenged, in order (RFC 8760)"
     )
+    trust_asserted_identity: bool = _option(
+        _boolean, False,
+        'embedded core: register without a challenge what the eP-CSCF marks integrity-protected="auth-done" (web login, [auth] mode = token|both)',
+    )
 
 
 @dataclass(frozen=True)
@@ -414,6 +432,25 @@ class WwsfSection:
 
 
 @dataclass(frozen=True)
+class AuthSection:
+    mode: str = _option(
+        _choice("digest", "token", "both"), "digest",
+        "how WICs authenticate: digest (the core challenges), token (a WWSF-issued JWT, RFC 8898 Bearer), both",
+    )
+    keys: str = _option(_existing_file, "", "PEM public key(s) or JWKS file verifying the tokens (re-read on SIGHUP); default with mode token/both: the WWSF's own key in state_dir")
+    algorithms: tuple[str, ...] = _option(_jws_algorithms, ("ES256", "RS256", "EdDSA"), "JWS algorithms accepted (RFC 7518/8037; public-key ones only)")
+    audience: str = _option(_text, "", "the tokens' aud: this eP-CSCF (default: the [core] domain)")
+    issuers: tuple[str, ...] = _option(_string_list, (), "iss values accepted (default: the demo WWSF's issuer, epcscf-wwsf)")
+    identity_claim: str = _option(_text, "sub", "claim naming the IMPU(s) a token may register (a string or a list)")
+    leeway: float = _option(_seconds, 30.0, "clock skew allowed on exp and nbf, seconds")
+    handshake: str = _option(
+        _choice("off", "optional", "required"), "optional",
+        "token at the WebSocket handshake (?access_token=): off, optional (checked when given) or required (refused before any SIP)",
+    )
+    token_lifetime: float = _option(_seconds, 300.0, "the demo WWSF: seconds its tokens live")
+
+
+@dataclass(frozen=True)
 class LogSection:
     level: str = _option(_choice("debug", "info", "warn", "error", "critical"), "info", "lowest level written")
     format: str = _option(_choice("text", "json"), "text", "text lines or JSON lines (one event per line)")
@@ -431,6 +468,7 @@ SECTIONS: dict[str, type] = {
     "overload": OverloadSection,
     "wwsf": WwsfSection,
     "log": LogSection,
+    "auth": AuthSection,
 }
 
 
@@ -448,6 +486,7 @@ class Config:
     overload: OverloadSection
     wwsf: WwsfSection
     log: LogSection
+    auth: AuthSection
 
 
 def load(paths: Iterable[str | os.PathLike[str]]) -> Config:
@@ -548,6 +587,8 @@ def _check_consistency(config: Config, set_by: dict[tuple[str, str], str]) -> No
         fail("manhole", "users", "enabled = true needs a users file (user:bcrypt-hash lines)")
     if config.overload.lag_low >= config.overload.lag_high:
         fail("overload", "lag_low", f"must be below lag_high ({config.overload.lag_high:g} s): the band between them is the hysteresis")
+    if config.auth.mode != "digest" and not config.auth.keys and not config.wwsf.enabled:
+        fail("auth", "keys", f"mode = {config.auth.mode} needs keys: the WWSF's public key(s), a PEM or JWKS file")
     low, high = config.media.port_range
     if high - low < 3:
         fail("media", "port_range", "needs at least 4 ports")

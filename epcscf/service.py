@@ -30,6 +30,8 @@ from epcscf.sip.connection import WEBSOCKET_TRANSPORTS
 from epcscf.sip.resolver import Target
 from epcscf.wwsf import DemoUser, WebSocketEndpoint, WwsfService, WwsfSettings
 from epcscf.wwsf.bundle import default_bundle_dir
+from epcscf.wwsf.login import LoginAccount
+from epcscf.wwsf.tokens import TokenIssuer, ensure_signing_key
 
 log = Logger(namespace="epcscf.service")
 
@@ -56,9 +58,17 @@ class EpcscfService(MultiService):
             self.core = EmbeddedCore(EmbeddedCoreSettings.from_config(config), reactor)
             self.core.setServiceParent(self)
             core_targets = self._embedded_core_targets
+        # Web login: the demo WWSF signs tokens with a key of state_dir, which the eP-CSCF trusts
+        # unless [auth] keys names the operator's WWSF keys.
+        self.token_key: tuple[str, str] | None = None
+        if config.auth.mode != "digest" and (config.wwsf.enabled or not config.auth.keys):
+            self.token_key = ensure_signing_key(config.service.state_dir)
         # Before the node: it is given the metrics' event callbacks at construction.
         self.metrics = EpcscfMetrics(lambda: self.operations)
-        self.pcscf = PcscfNode(config, reactor, core_targets, observers=self.metrics.observers())
+        self.pcscf = PcscfNode(
+            config, reactor, core_targets, observers=self.metrics.observers(),
+            token_keys=self.token_key[1] if self.token_key is not None else "",
+        )
         self.pcscf.setServiceParent(self)
         #: what the console, the metrics and the drain use of the eP-CSCF
         self.operations: NodeOperations = self.pcscf.operations
@@ -117,7 +127,20 @@ class EpcscfService(MultiService):
             bundle_dir=wwsf.bundle_dir or default_bundle_dir(),
             demo_users=tuple(DemoUser(u.name, u.password, u.identities[0], u.identities) for u in users),
             websocket_url=wwsf.websocket_url,
+            **self._login_settings(),
         )
+
+    def _login_settings(self) -> dict[str, Any]:
+        """The WWSF's web login ([auth] mode token or both): the embedded core's users log in."""
+        if self.token_key is None or self.core is None:
+            return {}
+        config = self.config
+        issuer = TokenIssuer(self.token_key[0], config.auth.audience or config.core.domain, config.auth.token_lifetime)
+        accounts = {
+            user.name: LoginAccount(user.name, user.password, tuple(user.identities), f"{user.name}@{config.core.domain}")
+            for user in read_users(config.core.users, config.core.domain)
+        }
+        return {"token_issuer": issuer, "login_accounts": accounts.get}
 
     def _embedded_core_targets(self) -> list[Target]:
         assert self.core is not None

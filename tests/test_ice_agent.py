@@ -204,6 +204,16 @@ class FullIceTests(IceTestCase):
         self.assertEqual(line.split()[1], "1")  # component 1 only (rtcp-mux)
         self.assertEqual(agent.default_address[0], "192.0.2.10")  # type: ignore[index]
 
+    async def test_gathering_does_not_enumerate_the_host_interfaces(self) -> None:
+        # Only the configured addresses are bound: walking every interface (aioice's
+        # get_host_addresses, ifaddr) per call is work thrown away before the INVITE is forwarded.
+        walked: list[object] = []
+        self.patch(aioice.ice, "get_host_addresses", lambda use_ipv4, use_ipv6: walked.append(1) or ["127.0.0.1"])
+        agent = self.agent()
+        await agent.gather()
+        self.assertEqual(len(agent.local_candidates()), 1)
+        self.assertEqual(walked, [])
+
     async def test_wrong_password_is_rejected(self) -> None:
         await self.assert_wrong_password_rejected(self.agent(controlling=False, clock=Clock()))
 

@@ -149,3 +149,47 @@ class ErrorTests(SynchronousTestCase):
         error = SdpError("line 3: broken")
         self.assertIsInstance(error, ValueError)
         self.assertEqual(str(error), "line 3: broken")
+
+
+class CopyTests(SynchronousTestCase):
+    """``copy()`` is the hand-written deep copy the SDP transforms use instead of copy.deepcopy."""
+
+    def test_copy_equals_deepcopy_and_shares_no_mutable_part(self) -> None:
+        import copy
+        from dataclasses import fields, is_dataclass
+
+        def mutable_parts(value: object) -> list[object]:
+            found: list[object] = []
+            if isinstance(value, list):
+                found.append(value)
+                for item in value:
+                    found += mutable_parts(item)
+            elif is_dataclass(value):
+                found.append(value)
+                for f in fields(value):
+                    found += mutable_parts(getattr(value, f.name))
+            return found
+
+        for name in sorted(p.name for p in FIXTURES.glob("*.sdp")):
+            sdp = SessionDescription.parse(fixture(name))
+            copied = sdp.copy()
+            self.assertEqual(copied, copy.deepcopy(sdp), name)
+            originals = {id(part) for part in mutable_parts(sdp)}
+            self.assertFalse(originals & {id(part) for part in mutable_parts(copied)}, name)
+
+    def test_copy_knows_every_field(self) -> None:
+        # A field added to the model must be added to copy() too (else it would be dropped).
+        from dataclasses import fields
+
+        from epcscf.sdp.model import MediaDescription
+
+        self.assertEqual(
+            [f.name for f in fields(SessionDescription)],
+            ["origin", "session_name", "version", "information", "uri", "emails", "phones", "connection",
+             "bandwidths", "timings", "time_zones", "key", "attributes", "media"],
+        )
+        self.assertEqual(
+            [f.name for f in fields(MediaDescription)],
+            ["media", "port", "proto", "formats", "port_count", "information", "connections", "bandwidths",
+             "key", "attributes"],
+        )

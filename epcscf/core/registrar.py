@@ -15,7 +15,10 @@ RFC 3261 §10.3 in order, with the IMS additions of TS 24.229 §5.4.1:
 4. digest authentication (step 3, RFC 8760): no credentials → 401 with SHA-256
    and MD5 challenges; a stale nonce → 401 ``stale=true``; wrong credentials, or
    credentials of another user → 403 (step 4: the authenticated user must own
-   the AOR);
+   the AOR).  A REGISTER from a trusted node (``trusted_node``: the eP-CSCF, when so
+   configured) marked ``integrity-protected="auth-done"`` is not challenged: that node
+   authenticated the user itself (web-credential access, TS 33.203 Annex U; TS 24.229
+   §5.4.1.1), and the username it asserts must still own the AOR;
 5. Contact processing (steps 6-7): ``*`` with ``Expires: 0`` removes every
    binding; each contact's expiry comes from its ``expires`` parameter, else the
    ``Expires`` header, else the default, is answered with 423 + ``Min-Expires``
@@ -38,6 +41,7 @@ from email.utils import formatdate
 from typing import Protocol
 
 from epcscf.core.addresses import address_aor, first_uri_has_param
+from epcscf.core.digest import DigestParseError, parse_digest
 from epcscf.core.location import Binding, LocationService
 from epcscf.core.randomness import random_hex
 from epcscf.sip.headers import HeaderError, cseq, option_tags
@@ -133,11 +137,12 @@ class Registrar:
         #: Request-URI text → whether it names our domain (a handful of distinct values)
         self._served_uris: dict[str, bool] = {}
 
-    def register(self, request: Request) -> Response:
-        """The final response to ``request`` (a REGISTER)."""
+    def register(self, request: Request, trusted_node: bool = False) -> Response:
+        """The final response to ``request`` (a REGISTER); ``trusted_node``: it came from a node
+        whose ``integrity-protected="auth-done"`` assertion is believed."""
         to_tag = random_hex(6)
         try:
-            return self._register(request, to_tag)
+            return self._register(request, to_tag, trusted_node)
         except Rejection as rejection:
             response = make_response(request, rejection.status, rejection.reason, to_tag=to_tag)
             for name, value in rejection.headers:
@@ -149,13 +154,14 @@ class Registrar:
 
     # --- the steps ---
 
-    def _register(self, request: Request, to_tag: str) -> Response:
+    def _register(self, request: Request, to_tag: str, trusted_node: bool = False) -> Response:
         if request.method != "REGISTER":
             raise Rejection(405, headers=[("Allow", "REGISTER")])
         self._check_domain(request)
         self._check_require(request)
         aor, user, identities = self._check_identity(request)
-        self._authenticate(request, user)
+        if not (trusted_node and self._asserted(request, user)):
+            self._authenticate(request, user)
         updates, wildcard = self._contact_updates(request, aor)
         call_id = request.headers.get("call-id") or ""
         outbound = self._apply(request, aor, updates, wildcard, call_id, _cseq_number(request))
@@ -217,6 +223,23 @@ class Registrar:
         if result.username is None or result.username != to_user:
             # RFC 3261 §10.3 step 4: the authenticated user must be allowed to modify this AOR.
             raise Rejection(403, "Credentials Belong To Another User")
+
+    def _asserted(self, request: Request, to_user: str) -> bool:
+        """TS 24.229 §5.4.1.1: an ``integrity-protected="auth-done"`` REGISTER skips the challenge;
+        its username (``user`` or ``user@domain``) must own the AOR (RFC 3261 §10.3 step 4)."""
+        credentials = request.headers.get_all("authorization")
+        if not credentials:
+            return False
+        try:
+            params = parse_digest(credentials[0])
+        except DigestParseError:
+            return False
+        if params.get("integrity-protected", "").lower() != "auth-done":
+            return False
+        username = params.get("username", "")
+        if username not in (to_user, f"{to_user}@{self._domain}"):
+            raise Rejection(403, "Asserted Identity Belongs To Another User")
+        return True
 
     def _contact_updates(self, request: Request, aor: str) -> tuple[list[ContactUpdate], bool]:
         values = [item for value in request.headers.get_all("contact") for item in split_list(value)]

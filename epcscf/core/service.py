@@ -77,6 +77,9 @@ class EmbeddedCoreSettings:
     digest_algorithms: tuple[str, ...] = ("MD5", "SHA-256")
     timers: TimerSettings = TimerSettings()
     purge_interval: float = 60.0
+    #: hosts whose REGISTERs marked integrity-protected="auth-done" are not challenged (the
+    #: eP-CSCF's core-side addresses when ``[core] trust_asserted_identity``; TS 33.203 Annex U)
+    trusted_nodes: tuple[str, ...] = ()
 
     @classmethod
     def from_config(cls, config: Any) -> "EmbeddedCoreSettings":
@@ -90,7 +93,16 @@ class EmbeddedCoreSettings:
             default_expires=core.registration_max_expires,
             digest_algorithms=core.digest_algorithms,
             timers=TimerSettings(t1=config.sip.t1, t2=config.sip.t2, t4=config.sip.t4),
+            trusted_nodes=_pcscf_hosts(config) if core.trust_asserted_identity else (),
         )
+
+
+def _pcscf_hosts(config: Any) -> tuple[str, ...]:
+    """The addresses the eP-CSCF's requests reach the core from: its [sip] listeners' hosts."""
+    hosts = {listener.address for listener in config.sip.listen if listener.address not in ("0.0.0.0", "::")}
+    if config.sip.public_address:
+        hosts.add(config.sip.public_address)
+    return tuple(sorted(hosts))
 
 
 def _debug_logged() -> bool:
@@ -112,7 +124,8 @@ class CoreTransactionUser:
                 # RFC 3261 §8.2.2.2: the same request arrived on another path: 482.
                 server_transaction.respond(make_response(request, 482, to_tag=_tag()))
                 return
-            response = core.registrar.register(request)
+            trusted = server_transaction.connection.remote.host in core.settings.trusted_nodes
+            response = core.registrar.register(request, trusted)
             if response.status >= 200 and response.status != 401 and (response.status >= 300 or _debug_logged()):
                 # A success is debug, not info, and not even built unless debug is on: one line
                 # per registration costs a few % of the core's CPU at registration rates

@@ -27,6 +27,7 @@ fires once when a CONNECTED agent loses consent (RFC 7675 §5.1: the call then s
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 
 import asyncio
@@ -87,6 +88,7 @@ def parse_candidate(line: str) -> Candidate:
     return candidate
 
 
+@functools.lru_cache(maxsize=1024)  # bounded: candidate addresses come from peers
 def _scope(address: str) -> tuple[int, bool] | None:
     """(IP version, is loopback) of a literal address; None for a name."""
     try:

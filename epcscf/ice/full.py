@@ -6,7 +6,7 @@ a media gateway:
 
 - binding: `get_component_candidates` binds only the configured addresses, on ports from the
   shared `UdpPortPool`, and writes the advertised (1:1 NAT) address into the candidates; aioice's
-  interface enumeration is ignored;
+  interface enumeration is skipped (`gather_candidates`);
 - consent: aioice's own `query_consent` (module-global timing, close as the only signal) is
   replaced by the agent's clock-driven `ConsentFreshness`, which sends its checks through
   `send_consent_check` below;
@@ -89,6 +89,19 @@ class _AgentConnection(aioice.ice.Connection):
     @remote_is_lite.setter
     def remote_is_lite(self, value: bool) -> None:
         pass
+
+    async def gather_candidates(self) -> None:
+        """aioice's gathering without its interface enumeration (``ifaddr`` lists every
+        interface and address of the host, a syscall-heavy walk, on every call): the addresses
+        it would hand over are ignored by `get_component_candidates` anyway."""
+        if self._local_candidates_start:
+            return
+        self._local_candidates_start = True
+        for candidates in await asyncio.gather(
+            *(self.get_component_candidates(component=component, addresses=[]) for component in self._components)
+        ):
+            self._local_candidates += candidates
+        self._local_candidates_end = True
 
     async def get_component_candidates(self, component: int, addresses: list[str], timeout: int = 5) -> list[Candidate]:
         config = self.generation.config

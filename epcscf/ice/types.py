@@ -123,10 +123,12 @@ class IceCredentials:
 
     @classmethod
     def generate(cls) -> IceCredentials:
-        return cls(
-            ufrag="".join(secrets.choice(ICE_CHARS) for _ in range(UFRAG_LENGTH)),
-            pwd="".join(secrets.choice(ICE_CHARS) for _ in range(PASSWORD_LENGTH)),
-        )
+        # One CSPRNG read for both (secrets.choice reads once per character): 64 ice-chars, so
+        # the low 6 bits of each random byte pick one uniformly (256 is a multiple of 64).
+        assert len(ICE_CHARS) == 64
+        random = secrets.token_bytes(UFRAG_LENGTH + PASSWORD_LENGTH)
+        text = "".join(ICE_CHARS[byte & 63] for byte in random)
+        return cls(ufrag=text[:UFRAG_LENGTH], pwd=text[UFRAG_LENGTH:])
 
     def validate_remote(self) -> None:
         """RFC 8839 §5.4 grammar: ufrag 4*256 ice-char, pwd 22*256 ice-char."""

@@ -17,6 +17,7 @@ With latching off, media goes to the SDP address and is accepted from any source
 from __future__ import annotations
 
 import asyncio
+import functools
 import ipaddress
 import socket
 from collections.abc import Callable
@@ -71,6 +72,7 @@ class CoreRemote:
     rtcp_mux: bool
 
 
+@functools.lru_cache(maxsize=1024)  # a few core media addresses, read at every offer/answer
 def parse_ip(host: str) -> str:
     try:
         return str(ipaddress.ip_address(host))
@@ -78,6 +80,7 @@ def parse_ip(host: str) -> str:
         raise MediaError(f"core media address {host!r} is not an IP address") from None
 
 
+@functools.lru_cache(maxsize=1024)
 def _family(address: str) -> socket.AddressFamily:
     return socket.AF_INET6 if ipaddress.ip_address(address).version == 6 else socket.AF_INET
 

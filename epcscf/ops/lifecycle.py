@@ -163,7 +163,12 @@ def _live_values(config: Config, section: str) -> dict[str, Any]:
 def reload_config(service: Any) -> list[ConfigChange]:
     """Re-read the service's ini files and apply them; ``ConfigError`` leaves everything as it was."""
     new = load(service.config.files)
-    return apply_config(service, new)
+    changes = apply_config(service, new)
+    # The web login's key file is re-read whatever the ini says: that is how keys rotate.
+    rotated = service.operations.reload_token_keys()
+    if rotated is not None:
+        changes.append(ConfigChange("auth", "keys", rotated[0], rotated[1], True))
+    return changes
 
 
 # --- SIGHUP ---------------------------------------------------------------------------------

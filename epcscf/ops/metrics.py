@@ -163,6 +163,12 @@ class EpcscfMetrics:
             ["reason"],
             registry=self.registry,
         )
+        self._token_refusals = Counter(
+            "epcscf_token_refusals",
+            "WIC tokens refused (web-credential access: REGISTER 401/403, WebSocket handshake), by reason",
+            ["reason"],
+            registry=self.registry,
+        )
         self.live = LiveStateCollector(operations)
         self.registry.register(self.live)
         # process_open_fds, process_resident_memory_bytes, CPU…: the library's own collector,
@@ -183,6 +189,7 @@ class EpcscfMetrics:
             admission_refused=self.overload_refused,
             flow_closed=self.flow_closed,
             registration_ended=self.registration_ended,
+            token_refused=self.token_refused,
         )
 
     # --- observer hooks (called by the layers that see the event) -----------------------------
@@ -219,6 +226,11 @@ class EpcscfMetrics:
 
     def flow_closed(self) -> None:
         self.live.flows_closed += 1
+
+    def token_refused(self, reason: str) -> None:
+        """A WIC's token refused (``missing``, ``signature``, ``expired``, ``audience``, ``issuer``,
+        ``identity``…)."""
+        self._token_refusals.labels(reason).inc()
 
     # --- exposition ------------------------------------------------------------------------------
 

@@ -33,6 +33,7 @@ from typing import Callable
 
 from epcscf.sip.headers import HeaderError, cseq
 from epcscf.sip.message import Request, Response
+from epcscf.sip.params import memoised_by_text
 from epcscf.sip.proxy_rules import BRANCH_PREFIX, DEFAULT_MAX_FORWARDS, add_via, apply_strict_route, list_values, name_addr_uri
 from epcscf.sip.uri import SipUri, UriError, parse_name_addr, parse_uri
 
@@ -67,12 +68,10 @@ def _contact_uri(message: Request | Response) -> str | None:
     values = list_values(message.headers, "Contact")
     if not values:
         return None
-    try:
-        return str(parse_name_addr(values[0]).uri)
-    except UriError:
-        return name_addr_uri(values[0])
+    return name_addr_uri(values[0])  # the URI text, or the text between < > when it does not parse
 
 
+@memoised_by_text  # text → text: each party's From/To recur in every message of the dialog
 def _tag_of(value: str) -> str | None:
     try:
         return parse_name_addr(value).tag

@@ -187,6 +187,9 @@ class PcscfPolicy:
         self.trusted_sources: guard.TrustedSources | None = None
         #: observer of refused requests, ``(side, reason)`` with side "wic" or "core" (metrics)
         self.on_refused: Callable[[str, str], None] | None = None
+        #: web-credential access (``epcscf.pcscf.web_auth.TokenAccess.register``): may refuse a
+        #: WIC's REGISTER or replace its credentials by the trusted node's assertion
+        self.register_access: Callable[[ProxiedRequest], Reject | None] | None = None
 
     @property
     def network_id(self) -> str:
@@ -349,6 +352,8 @@ class PcscfPolicy:
         return Reject(make_local_response(request, 403, refusal.phrase, to_tag=new_tag()))
 
     def _register(self, context: ProxiedRequest, token: str) -> Decision:
+        if self.register_access is not None and (refusal := self.register_access(context)) is not None:
+            return refusal
         request = context.request
         strip_untrusted_headers(request)
         headers = request.headers

@@ -134,6 +134,9 @@ def _host_port(text: str) -> tuple[str, int] | None:
 # --- trusted core sources ----------------------------------------------------------------
 
 
+_VERDICTS_KEPT = 1024
+
+
 @dataclass(frozen=True)
 class SourceRule:
     """A network and, optionally, the one source port allowed from it."""
@@ -152,6 +155,9 @@ class TrustedSources:
         self._rules: list[SourceRule] = []
         #: (host, port) already added with ``add``: the next hops are re-added at every resolution
         self._hosts: set[tuple[str, int | None]] = set()
+        #: verdicts of ``allows`` by (host, port), forgotten whenever the rules change; bounded,
+        #: as sources are whatever the network sends from
+        self._verdicts: dict[tuple[str, int], bool] = {}
         for rule in rules:
             self.add_rule(rule)
 
@@ -161,6 +167,7 @@ class TrustedSources:
     def add_rule(self, rule: SourceRule) -> None:
         if rule not in self._rules:
             self._rules.append(rule)
+            self._verdicts.clear()
 
     def add(self, host: str, port: int | None = None) -> None:
         """Trust one numeric host (any source port when ``port`` is None)."""
@@ -170,6 +177,15 @@ class TrustedSources:
         self.add_rule(SourceRule(ipaddress.ip_network(ipaddress.ip_address(host.strip("[]"))), port))
 
     def allows(self, source: Address) -> bool:
+        key = (source.host, source.port)
+        verdict = self._verdicts.get(key)
+        if verdict is None:
+            if len(self._verdicts) >= _VERDICTS_KEPT:
+                self._verdicts.clear()
+            verdict = self._verdicts[key] = self._allows(source)
+        return verdict
+
+    def _allows(self, source: Address) -> bool:
         try:
             host = ipaddress.ip_address(source.host.strip("[]"))
         except ValueError:

@@ -35,6 +35,7 @@ from epcscf.pcscf.guard import SourceRule, TrustedSources
 from epcscf.pcscf.limits import AuthFailures, FlowRateLimiter, FlowVerdict, answer_refused_message
 from epcscf.pcscf.operations import NodeObservers, PcscfOperations
 from epcscf.pcscf.registration import RegistrationBinding, Registrations
+from epcscf.pcscf.web_auth import TokenAccess, TokenSettings, TokenVerifier
 from epcscf.sip.connection import WEBSOCKET_TRANSPORTS, Address, Connection
 from epcscf.sip.message import Message
 from epcscf.sip.parser import ParserLimits
@@ -70,6 +71,27 @@ def ws_settings(config: Config) -> WsListenerSettings:
         ping_interval=ws.ping_interval,
         ping_timeout=ws.ping_timeout,
         max_connections_per_ip=config.overload.max_connections_per_ip,
+    )
+
+
+#: the ``iss`` of the tokens the demo WWSF issues (``epcscf.wwsf.tokens.DEMO_ISSUER``: the WWSF
+#: knows nothing of the eP-CSCF, so the name is written in both places)
+DEMO_TOKEN_ISSUER = "epcscf-wwsf"
+
+
+def token_settings(config: Config, default_keys: str = "") -> TokenSettings:
+    """[auth] → web-credential access; the defaults name the demo WWSF of this process."""
+    auth = config.auth
+    return TokenSettings(
+        mode=auth.mode,
+        keys=auth.keys or default_keys,
+        audience=auth.audience or config.core.domain,
+        issuers=auth.issuers or (DEMO_TOKEN_ISSUER,),
+        algorithms=auth.algorithms,
+        identity_claim=auth.identity_claim,
+        leeway=auth.leeway,
+        handshake=auth.handshake,
+        realm=config.core.domain,
     )
 
 
@@ -177,6 +199,7 @@ class PcscfNode(Service):
         core_targets: Callable[[], list[Target]] | None = None,
         dns_resolver: Any = None,
         observers: NodeObservers | None = None,
+        token_keys: str = "",
     ) -> None:
         if reactor is None:
             from twisted.internet import reactor as default_reactor
@@ -206,6 +229,8 @@ class PcscfNode(Service):
             ),
         )
         self.resolver = NextHopResolver(dns_resolver if dns_resolver is not None else system_dns_resolver())
+        #: ([core] next_hop, its targets or None when one needs DNS): config is reloadable
+        self._numeric_next_hop_cache: tuple[tuple[str, ...], tuple[Target, ...] | None] | None = None
         self.core_timers = TimerSettings(t1=config.sip.t1, t2=config.sip.t2, t4=config.sip.t4)
         self.wic_timers = TimerSettings.toward_ue(config.sip.wic_t1, config.sip.wic_t2, config.sip.wic_t4)
         self.listeners: list[BoundListener] = []
@@ -232,6 +257,11 @@ class PcscfNode(Service):
         )
         self._load_probe: LoadProbe | None = None
         self.media_engine: CallMediaEngine | None = None
+        #: web-credential access ([auth] mode = token | both; in digest mode it only refuses forged
+        #: integrity-protected parameters)
+        settings = token_settings(config, token_keys)
+        self.token_access = TokenAccess(settings, TokenVerifier(settings) if settings.mode != "digest" else None)
+        self.token_access.on_refused = self.observers.token_refused
         #: the one interface operations use (plain data in and out)
         self.operations = PcscfOperations(self)
 
@@ -260,6 +290,8 @@ class PcscfNode(Service):
         self.ws_factory = SipWebSocketServerFactory(ws_settings(self.config), _WsSink(self), reactor=self.reactor)
         self.ws_factory.on_refused = self.observers.ws_refused
         self.ws_factory.on_parse_error = self.observers.parse_error
+        if self.token_access.verifier is not None:
+            self.ws_factory.authenticate = self.token_access.handshake
         ws = [self._listen_ws(listener) for listener in self.config.ws.listen]
         self.listeners = sip + ws
         core_side = self._public(sip[0])
@@ -299,6 +331,7 @@ class PcscfNode(Service):
         self.policy.trusted_sources = self.trusted_sources
         self.policy.on_register_response = self.observers.register_response
         self.policy.on_refused = self.observers.request_refused
+        self.policy.register_access = self.token_access.register
         self._trust_core_sources()
         self.proxy = StatefulProxy(
             self.reactor,
@@ -394,6 +427,14 @@ class PcscfNode(Service):
 
     def _resolve_next_hop(self) -> defer.Deferred:
         """[core] next_hop URIs → Targets in order (RFC 3263 §4; failover follows the list)."""
+        numeric = self._numeric_next_hops()
+        if numeric is not None:
+            # RFC 3263 §4.2: numeric hosts need no DNS; answered at once, with no coroutine
+            # per request (this runs for every request toward the core).
+            resolved = defer.succeed(numeric)
+            if not self.config.core.trusted_sources:
+                resolved.addCallback(self._trust_next_hops)
+            return resolved
 
         async def resolve() -> list[Target]:
             targets: list[Target] = []
@@ -411,6 +452,27 @@ class PcscfNode(Service):
         if not self.config.core.trusted_sources:
             resolving.addCallback(self._trust_next_hops)
         return resolving
+
+    def _numeric_next_hops(self) -> list[Target] | None:
+        """The targets of ``[core] next_hop`` when every URI has a numeric host; else None."""
+        next_hops = tuple(self.config.core.next_hop)
+        cached = self._numeric_next_hop_cache
+        if cached is not None and cached[0] == next_hops:
+            return list(cached[1]) if cached[1] is not None else None
+        targets: list[Target] | None = []
+        for text in next_hops:
+            try:
+                uri = parse_uri(text)
+            except UriError:
+                targets = None  # logged by the general path
+                break
+            found = self.resolver.resolve_numeric(uri) if isinstance(uri, SipUri) else None
+            if found is None:
+                targets = None
+                break
+            targets.extend(found)
+        self._numeric_next_hop_cache = (next_hops, tuple(targets) if targets is not None else None)
+        return targets
 
     def _trust_next_hops(self, targets: list[Target]) -> list[Target]:
         for target in targets:

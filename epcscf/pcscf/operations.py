@@ -57,6 +57,8 @@ class NodeObservers:
     flow_closed: Callable[[], None] | None = None
     #: a registration binding ended, by reason
     registration_ended: Callable[[str], None] | None = None
+    #: a WIC's token refused (``epcscf.pcscf.web_auth``), by reason
+    token_refused: Callable[[str], None] | None = None
 
 
 class NodeOperations(Protocol):
@@ -99,6 +101,9 @@ class NodeOperations(Protocol):
     def update_overload(self, **settings: Any) -> None: ...
 
     def use_config(self, config: Config) -> None: ...
+
+    def reload_token_keys(self) -> tuple[str, str] | None:
+        """Re-read the web login's key file; (before, after) when its keys changed, else None."""
 
     def set_draining(self, retry_after: int) -> None: ...
 
@@ -308,6 +313,10 @@ class PcscfOperations:
         """The running configuration after a reload (``[core] next_hop`` is read from it at each
         resolution); the settings held by live objects change through the ``update_…`` calls."""
         self.node.config = config
+
+    def reload_token_keys(self) -> tuple[str, str] | None:
+        verifier = self.node.token_access.verifier
+        return verifier.reload() if verifier is not None else None
 
     def set_draining(self, retry_after: int) -> None:
         """Refuse new dialogs from now on: 503 with ``Retry-After: retry_after`` to a new INVITE."""

@@ -217,6 +217,16 @@ class MediaDescription(_Attributes):
     def connection(self, value: Connection | None) -> None:
         self.connections = [] if value is None else [value]
 
+    def copy(self) -> MediaDescription:
+        """A deep copy (see `SessionDescription.copy`)."""
+        return MediaDescription(
+            self.media, self.port, self.proto, list(self.formats), self.port_count, self.information,
+            [Connection(c.address, c.nettype, c.addrtype) for c in self.connections],
+            [Bandwidth(b.bwtype, b.value) for b in self.bandwidths],
+            self.key,
+            [Attribute(a.name, a.value) for a in self.attributes],
+        )
+
     @property
     def rejected(self) -> bool:
         """RFC 3264 §6: port 0 rejects (or, in an offer, disables) the stream."""
@@ -287,6 +297,22 @@ class SessionDescription(_Attributes):
     @classmethod
     def parse(cls, text: str | bytes) -> SessionDescription:
         return _parse(text)
+
+    def copy(self) -> SessionDescription:
+        """A deep copy, written out: ``copy.deepcopy``'s generic walk cost ~0.5 ms per SDP body,
+        several times per call.  Every field is a str/int/None or a list of the small
+        dataclasses above, each copied here (tests.test_sdp_model checks this against deepcopy)."""
+        o, c = self.origin, self.connection
+        return SessionDescription(
+            Origin(o.username, o.session_id, o.session_version, o.nettype, o.addrtype, o.address),
+            self.session_name, self.version, self.information, self.uri, list(self.emails), list(self.phones),
+            None if c is None else Connection(c.address, c.nettype, c.addrtype),
+            [Bandwidth(b.bwtype, b.value) for b in self.bandwidths],
+            [Timing(t.start, t.stop, list(t.repeats)) for t in self.timings],
+            self.time_zones, self.key,
+            [Attribute(a.name, a.value) for a in self.attributes],
+            [m.copy() for m in self.media],
+        )
 
     def serialize(self) -> bytes:
         return self.to_text().encode("utf-8")

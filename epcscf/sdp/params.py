@@ -10,7 +10,6 @@ transformations copy `leg.origin` as given, and the call manager passes the resu
 
 from __future__ import annotations
 
-import copy
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
@@ -176,6 +175,6 @@ class OriginVersioner:
         if self._last_content is not None and content != self._last_content:
             self.origin = replace(self.origin, session_version=self.origin.session_version + 1)
         self._last_content = content
-        stamped = copy.deepcopy(sdp)  # the caller may keep editing its input
+        stamped = sdp.copy()  # the caller may keep editing its input
         stamped.origin = self.origin
         return stamped

@@ -13,6 +13,7 @@ from typing import Callable, Iterable, Sequence
 from epcscf.sip.headers import HeaderError, Via, cached_view, parse_via
 from epcscf.sip.connection import Connection
 from epcscf.sip.message import Headers, Message, Request, Response, canonical_name, make_response, new_tag
+from epcscf.sip.params import memoised_by_text
 from epcscf.sip.resolver import DEFAULT_PORTS, Target
 from epcscf.sip.uri import Params, UriError, parse_name_addr, parse_uri, split_list
 
@@ -56,6 +57,7 @@ def replace_first_value(headers: Headers, name: str, value: str) -> None:
     headers.replace_all(name, [value] + values[1:])
 
 
+@memoised_by_text  # text → text: a dialog's Route, Record-Route and Contact values recur in every message
 def name_addr_uri(value: str) -> str:
     """The URI text of a name-addr / addr-spec (``"Bob" <sip:b@x;lr>;p=1`` → ``sip:b@x;lr``)."""
     try:

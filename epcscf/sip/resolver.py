@@ -25,6 +25,7 @@ failure of a lookup (a DNS error, a timeout, an ``OSError`` of the socket) is "n
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import random
 from dataclasses import dataclass
@@ -70,7 +71,9 @@ class SrvRecord:
     target: str
 
 
+@functools.lru_cache(maxsize=1024)
 def is_numeric_host(host: str) -> bool:
+    # Memoised: asked several times per request, mostly of the same few hosts (bounded).
     try:
         ipaddress.ip_address(host.strip("[]"))
     except ValueError:

@@ -84,6 +84,9 @@ class WsConnection:
 
     # RFC 7118 §5: WebSocket is a reliable transport (RFC 3261 Table 4 reliable timers).
     reliable = True
+    #: what the opening handshake's credentials granted (``epcscf.pcscf.web_auth``); set on the
+    #: instance only when there were some (no cost per connection otherwise)
+    credentials: object | None = None
 
     def __init__(
         self,

@@ -34,7 +34,7 @@ WebSocket framing; this module only decides policy and moves messages:
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Callable, Protocol
+from typing import Any, Callable, Mapping, Protocol, Sequence
 from urllib.parse import urlsplit
 
 from autobahn.exception import Disconnected
@@ -59,6 +59,7 @@ __all__ = [
     "SipWebSocketServerFactory",
     "listen_ws",
     "normalise_origin",
+    "HandshakeRefusal",
 ]
 
 log = Logger()
@@ -75,6 +76,14 @@ DEFAULT_PORTS = {"http": 80, "https": 443}
 SUBPROTOCOL_REFUSED = 406
 ORIGIN_REFUSED = 403
 BUSY_REFUSED = 503  # too many connections from one address (RFC 7231 §6.6.4)
+
+
+@dataclass(frozen=True)
+class HandshakeRefusal:
+    """The HTTP answer to a handshake whose credentials do not admit it (401/403)."""
+
+    status: int
+    phrase: str
 
 
 def normalise_origin(origin: str) -> str:
@@ -198,6 +207,7 @@ class SipWebSocketServerProtocol(LeanAutobahnProtocol, WebSocketServerProtocol):
     _origin: str | None = None
     _failure: tuple[int, str] | None = None
     _counted_peer: str | None = None  # the IP this connection is counted under (per-IP limit)
+    _credentials: object | None = None  # what the handshake's credentials granted
 
     # --- opening handshake ---
 
@@ -227,6 +237,15 @@ class SipWebSocketServerProtocol(LeanAutobahnProtocol, WebSocketServerProtocol):
                 self._origin = normalise_origin(origin)
             except ValueError:
                 self._origin = origin.strip()  # allow_any_origin lets odd ones ("null") in
+        authenticate = self.factory.authenticate
+        if authenticate is not None:
+            # Web-credential access: a socket without a good token is refused before any SIP.
+            verdict = authenticate(request.params, request.headers)
+            if isinstance(verdict, HandshakeRefusal):
+                self.factory.refused("token")
+                raise ConnectionDeny(verdict.status, verdict.phrase)
+            if verdict is not None:
+                self._credentials = verdict
         return SIP_SUBPROTOCOL
 
     def onOpen(self) -> None:
@@ -239,6 +258,8 @@ class SipWebSocketServerProtocol(LeanAutobahnProtocol, WebSocketServerProtocol):
             origin=self._origin,
             opened=self.factory.reactor.seconds(),
         )
+        if self._credentials is not None:
+            self.connection.credentials = self._credentials
         log.info("{connection} opened (origin {origin})", connection=self.connection, origin=self._origin)
         self.release_handshake()
         self.factory.connection_opened(self.connection)
@@ -361,6 +382,9 @@ class SipWebSocketServerFactory(WebSocketServerFactory):
         self.connections: set[WsConnection] = set()
         #: connections past onConnect per remote IP (``max_connections_per_ip``)
         self._per_ip: dict[str, int] = {}
+        #: checks the handshake's credentials (query parameters, headers): what they grant (kept
+        #: as the connection's ``credentials``) or a ``HandshakeRefusal``; None: no check
+        self.authenticate: Callable[[Mapping[str, Sequence[str]], Mapping[str, str]], object] | None = None
         #: observers for metrics: a refused handshake ("subprotocol" | "origin"), an unparseable message
         self.on_refused: Callable[[str], None] | None = None
         self.on_parse_error: Callable[[str], None] | None = None

@@ -5,8 +5,9 @@
     /app.js       its script: static/wic.js + JsSIP, bundled by esbuild (``epcscf.wwsf.bundle``)
     /config.json  what the page needs to reach the eP-CSCF: the WebSocket URL (from the ``[ws]``
                   listeners), the home domain and, in a lab, the embedded core's demo users
+    /login /token the web login, when ``[auth] mode`` is token or both (``epcscf.wwsf.login``)
 
-Only GET and HEAD; every response carries a Content-Security-Policy that lets the page talk
+Only GET and HEAD (POST for the login); every response carries a Content-Security-Policy that lets the page talk
 to nothing but its own origin and WebSocket servers, and is never framed.
 """
 
@@ -17,7 +18,7 @@ import json
 import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
 
 from twisted.logger import Logger
 from twisted.web import resource, server, static
@@ -78,6 +79,9 @@ class WwsfSettings:
     demo_users: tuple[DemoUser, ...] = ()
     #: fixed WebSocket URL for the page ("" = derived from the listeners and the request)
     websocket_url: str = ""
+    #: web login (``epcscf.wwsf.login``): the token issuer and the accounts; None: no login
+    token_issuer: Any = None
+    login_accounts: Callable[[str], Any] | None = None
 
 
 def _unspecified(host: str) -> bool:
@@ -123,6 +127,8 @@ class ConfigJson(resource.Resource):
             "domain": settings.domain,
             "users": [asdict(user) for user in settings.demo_users],
         }
+        if settings.token_issuer is not None:
+            body["login"] = True  # the page offers "Log in": a token from /login, no SIP password
         request.setHeader(b"Content-Type", b"application/json; charset=utf-8")
         request.setHeader(b"Cache-Control", b"no-store")  # it may hold demo passwords
         return json.dumps(body, indent=2).encode()
@@ -178,6 +184,11 @@ def build_resource(settings: WwsfSettings) -> resource.Resource:
         script = _file(bundle, "text/javascript; charset=utf-8")
     root.putChild(BUNDLE_NAME.encode(), resource.EncodingResourceWrapper(script, [GzipEncoderFactory()]))
     root.putChild(b"config.json", ConfigJson(settings))
+    if settings.token_issuer is not None and settings.login_accounts is not None:
+        from epcscf.wwsf.login import Login, Refresh
+
+        root.putChild(b"login", Login(settings.token_issuer, settings.login_accounts))
+        root.putChild(b"token", Refresh(settings.token_issuer))
     return root
 
 

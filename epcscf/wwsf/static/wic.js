@@ -26,6 +26,8 @@ const page = {
   ua: null,
   unregistering: false, // the user asked to unregister (not a dropped connection)
   session: null,
+  token: null, // the web login's token (never a SIP password)
+  tokenTimer: null,
   peerConnection: null,
   statsTimer: null,
   lastStats: null,
@@ -69,6 +71,7 @@ function refreshControls() {
   const accountBusy = Boolean(page.ua);
   for (const id of ['identity', 'password', 'demo-user', 'websocket-url']) $(id).disabled = accountBusy;
   $('register').disabled = accountBusy;
+  $('login').disabled = accountBusy;
   $('unregister').disabled = !page.ua;
   $('call').disabled = !registered || Boolean(session);
   $('hangup').disabled = !session;
@@ -104,6 +107,7 @@ async function loadConfig() {
     throw new Error(`no eP-CSCF WebSocket listener is usable from ${location.protocol}// pages`);
   }
   $('websocket-url').value = page.config.websocket_url;
+  $('login').hidden = !page.config.login;
   const select = $('demo-user');
   for (const user of page.config.users) {
     const option = document.createElement('option');
@@ -119,9 +123,59 @@ async function loadConfig() {
 
 // --- registration ---------------------------------------------------------------------------
 
-function register() {
+// Web login (TS 24.371 §5, RFC 8898): the page trades the user's web password for a short-lived
+// token at the WWSF (/login), registers with "Authorization: Bearer <token>" and keeps no SIP
+// password; before the token expires it trades it for a fresh one (/token) for the next REGISTER.
+async function tokenFrom(path, init) {
+  const response = await fetch(path, { method: 'POST', cache: 'no-store', ...init });
+  const body = await response.json().catch(() => ({}));
+  if (!response.ok) throw new Error(`${body.error || 'refused'} (HTTP ${response.status})`);
+  return body;
+}
+
+function useToken(grant) {
+  page.token = grant.token;
+  if (page.ua) page.ua.registrator().setExtraHeaders([`Authorization: Bearer ${grant.token}`]);
+  clearTimeout(page.tokenTimer);
+  page.tokenTimer = setTimeout(refreshToken, Math.max(5, grant.expires_in / 2) * 1000);
+}
+
+async function refreshToken() {
+  try {
+    useToken(await tokenFrom('token', { headers: { Authorization: `Bearer ${page.token}` } }));
+    log('token refreshed');
+  } catch (error) {
+    log(`token not refreshed: ${error.message}`);
+  }
+}
+
+async function login() {
+  page.meter.unlock();
+  const parsed = JsSIP.URI.parse(userUri($('identity').value));
+  if (!parsed) {
+    showState('registration-state', 'failed', 'failed: the identity is not a SIP URI');
+    return;
+  }
+  showState('registration-state', 'registering', `logging in as ${parsed.user}…`);
+  let grant;
+  try {
+    grant = await tokenFrom('login', {
+      headers: { 'Content-Type': 'application/json' },
+      body: JSON.stringify({ user: parsed.user, password: $('password').value }),
+    });
+  } catch (error) {
+    showState('registration-state', 'failed', `failed: login ${error.message}`);
+    log(`login failed: ${error.message}`);
+    return;
+  }
+  log(`logged in: token for ${grant.identity}, valid ${grant.expires_in} s`);
+  $('password').value = ''; // the SIP side never sees it
+  register(grant);
+}
+
+function register(grant = null) {
   page.meter.unlock(); // a user gesture: the AudioContext may start now (autoplay policy)
-  const uri = userUri($('identity').value);
+  const uri = grant ? grant.identity : userUri($('identity').value);
   let parsed;
   try {
     parsed = JsSIP.URI.parse(uri);
@@ -134,11 +188,11 @@ function register() {
   let ua;
   try {
     socket = new JsSIP.WebSocketInterface($('websocket-url').value.trim());
+    const credentials = grant ? {} : { authorization_user: parsed.user, password: $('password').value };
     ua = new JsSIP.UA({
       sockets: [socket],
       uri,
-      authorization_user: parsed.user,
-      password: $('password').value,
+      ...credentials,
       register: true,
       register_expires: 600,
       session_timers: false,
@@ -151,6 +205,7 @@ function register() {
     return;
   }
   page.ua = ua;
+  if (grant) useToken(grant);
   showState('registration-state', 'registering', `registering ${uri}…`);
   ua.on('connecting', () => log(`connecting to ${socket.url}`));
   ua.on('connected', () => log('WebSocket connected'));
@@ -197,6 +252,8 @@ function stopUa(showUnregistered = true) {
   const ua = page.ua;
   page.ua = null;
   page.unregistering = false;
+  clearTimeout(page.tokenTimer);
+  page.token = null;
   if (page.session) page.session.terminate();
   if (ua) ua.stop();
   if (showUnregistered) showState('registration-state', 'unregistered');
@@ -379,6 +436,7 @@ window.wwsf = {
 function bind() {
   $('account-form').addEventListener('submit', (e) => { e.preventDefault(); register(); });
   $('unregister').addEventListener('click', unregister);
+  $('login').addEventListener('click', login);
   $('dial-form').addEventListener('submit', (e) => { e.preventDefault(); call(); });
   $('hangup').addEventListener('click', hangup);
   $('mute').addEventListener('click', toggleMute);
