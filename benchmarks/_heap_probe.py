@@ -2,7 +2,8 @@
 # one line "HEAP-FIGURES {json}": pymalloc's arenas (``sys._debugmallocstats``, written to C
 # stderr, so fd 2 is pointed at a file meanwhile) and glibc's heap (``mallinfo2``), to tell live
 # Python objects from memory the allocators keep.  ``HEAP_FORGET`` (set before the exec) first
-# forgets the ended calls kept for the console and collects: what they alone hold.
+# forgets the ended calls kept for the console and empties every lru_cache memo, then collects:
+# what they alone hold.
 import ctypes as _ctypes
 import gc as _gc
 import json as _json
@@ -17,6 +18,13 @@ def _heap_figures():
         manager = service.pcscf.calls  # noqa: F821 - the console's namespace
         if manager is not None:
             manager._ended.clear()
+        # and every memo (functools.lru_cache): entries refreshed during a burst are scattered
+        # over the arenas the burst filled
+        import functools as _functools
+
+        for thing in _gc.get_objects():
+            if isinstance(thing, _functools._lru_cache_wrapper):
+                thing.cache_clear()
     _gc.collect()
     figures = {}
     with _tempfile.TemporaryFile() as out:

@@ -582,7 +582,7 @@ def main(argv: list[str] | None = None) -> int:
             edge.heap(forget_history=True, trim=True)
             forgotten = edge.heap()
             print(f"heap after a malloc_trim(0): {_heap_line(trimmed)}")
-            print(f"heap after forgetting the ended calls and a malloc_trim(0): {_heap_line(forgotten)}")
+            print(f"heap after forgetting the ended calls and the memos, and a malloc_trim(0): {_heap_line(forgotten)}")
     finally:
         if sipp is not None and sipp.poll() is None:
             sipp.kill()
