@@ -3,7 +3,7 @@
 Usage::
 
     .venv/bin/python benchmarks/calls.py [--rate 100] [--seconds 30] [--wics 60] [--ice-mode full|lite]
-                                         [--quick] [--log-level warn]
+                                         [--quick] [--log-level warn] [--epcscf-workers 2]
 
 epcscf runs as its own process (``twistd -n epcscf`` on a generated ini, the embedded core, the
 same ``Deployment``/``EpcscfProcess`` as ``benchmarks/w2_register.py``); a sipp UAS
@@ -24,6 +24,10 @@ One call, as the generator does it (open loop: a call starts every 1/``--rate`` 
 Measured: calls/s completed, failures (any step wrong or slower than 10 s), setup time
 (INVITE sent → ICE completed) p50/p99, epcscf CPU.  DTLS is not run by the generator: the
 eP-CSCF's ClientHello goes unanswered until the BYE (its cost per call is included).
+
+``--epcscf-workers N`` (N > 1) runs epcscf with ``[service] workers = N`` and the core in its own
+process (as ``--separate-core``); the WICs per worker are read from the supervisor's ``/metrics``
+and epcscf CPU is the supervisor's and the workers' together.
 
 Floors (the project's targets): ≥ 100 calls/s sustained for 30 s, < 1 % failures, p99 setup < 250 ms.
 The exit status is 0 whatever the figures (a measurement, not a test); non-zero only when the
@@ -370,6 +374,12 @@ def user_system(pid: int) -> tuple[float, float]:
     return int(fields_[11]) / tick, int(fields_[12]) / tick
 
 
+def process_tree_user_system(epcscf: EpcscfProcess) -> tuple[float, float]:
+    """(user, system) CPU seconds of epcscf: the process, and its workers when it has any."""
+    pairs = [user_system(pid) for pid in epcscf.pids()]
+    return sum(user for user, _ in pairs), sum(system for _, system in pairs)
+
+
 def sipp_pids(port: int) -> list[int]:
     """sipp -bg forks: find the background sipp by its port in its command line."""
     found = []
@@ -397,7 +407,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--profile", metavar="FILE", help="run epcscf under cProfile, stats saved to FILE")
     parser.add_argument("--separate-core", action="store_true",
                         help="run the embedded core in a second epcscf process (the eP-CSCF's own cost without the core's)")
+    parser.add_argument("--epcscf-workers", type=int, default=1,
+                        help="[service] workers of the eP-CSCF (more than 1: the core runs in its own process)")
     options = parser.parse_args(argv)
+    options.separate_core = options.separate_core or options.epcscf_workers > 1
     if options.profile:
         real_popen = subprocess.Popen
 
@@ -431,10 +444,11 @@ def main(argv: list[str] | None = None) -> int:
         # The embedded core in its own process, reached by the eP-CSCF as an external core.
         core = EpcscfProcess(deployment, "core")
         core.wait_listening()
-        epcscf = EpcscfProcess(deployment, "calls", f"sip:127.0.0.1:{core.core_port};transport=udp")
+        epcscf = EpcscfProcess(deployment, "calls", f"sip:127.0.0.1:{core.core_port};transport=udp", options.epcscf_workers)
     else:
         epcscf = EpcscfProcess(deployment, "calls")
     sipp, uas_port = None, 0
+    shares: list[int] = []  # WICs per worker
     try:
         epcscf.wait_listening()
         sipp, uas_port = start_sipp(directory)
@@ -442,14 +456,15 @@ def main(argv: list[str] | None = None) -> int:
 
         async def scenario() -> Result:
             callers = await open_callers(epcscf.ws_port, users)
+            shares[:] = epcscf.connection_shares()
             try:
                 await run_load(callers, uas_port, min(options.rate, 20.0), 1.0, options.ice_mode == "full")  # warm-up
                 cpu_before, own_before = epcscf.cpu_seconds(), time.process_time()
-                split_before = user_system(epcscf.pid)
+                split_before = process_tree_user_system(epcscf)
                 sipp_before = sum(cpu_of(pid) for pid in sipp_pids(uas_port))
                 result = await run_load(callers, uas_port, options.rate, seconds, options.ice_mode == "full")
                 result.cpu = epcscf.cpu_seconds() - cpu_before
-                split_after = user_system(epcscf.pid)
+                split_after = process_tree_user_system(epcscf)
                 result.user, result.system = split_after[0] - split_before[0], split_after[1] - split_before[1]
                 result.generator_cpu = time.process_time() - own_before
                 result.sipp_cpu = sum(cpu_of(pid) for pid in sipp_pids(uas_port)) - sipp_before
@@ -473,6 +488,8 @@ def main(argv: list[str] | None = None) -> int:
     p50, p99 = (percentile(setups, 0.5), percentile(setups, 0.99)) if setups else (float("nan"), float("nan"))
     where = "core in its own process" if options.separate_core else "core embedded in the same process"
     print(f"calls (ICE {options.ice_mode}, {where}): target {options.rate:g}/s for {seconds:g} s, {options.wics} WICs")
+    if shares:
+        print(f"  {options.epcscf_workers} workers; WICs per worker: {shares}; epcscf CPU below is the supervisor's and the workers' together")
     print(f"  completed {result.completed}/{result.attempted} in {result.elapsed:.1f} s = {result.rate:.1f} calls/s "
           f"[{'PASS' if result.rate >= RATE_FLOOR else 'FAIL'} >= {RATE_FLOOR:g}]")
     print(f"  failures {len(result.failures)} ({100 * failure_ratio:.2f} %) "

@@ -6,6 +6,7 @@ Usage::
                                                [--workers 2] [--sizes 1000,5000] [--log-level info]
                                                [--core-transport udp|tcp] [--separate-core]
                                                [--only throughput|memory] [--keep]
+                                               [--epcscf-workers 1,2] [--ws-socket-sharing reuseport|inherit]
 
 epcscf runs as its own process (``twistd -n epcscf`` on a generated ini: ws and wss listeners
 on free 127.0.0.1 ports, the embedded core with generated users ``user0001``…, a self-signed
@@ -31,6 +32,13 @@ core keeps every completed REGISTER server transaction for Timer J = 64*T1 = 32 
 §17.2.2), so the figure also includes what a registration burst leaves behind.  ``--separate-core`` runs the
 embedded core in a second epcscf process that the first reaches as an external core, to
 split the CPU per registration between the eP-CSCF and the core.
+
+``--epcscf-workers 1,2`` measures each transport once per ``[service] workers`` count, in the
+same run, with the core in its own process (as ``--separate-core``: in a supervisor the
+embedded core would share the supervisor's one core): registrations/s of each, the ratio,
+and each worker's share of the connections (from the supervisor's ``/metrics``,
+``epcscf_ws_connections{worker="N"}``).  CPU and RSS are then summed over the supervisor
+and its workers.
 
 Floors (the project's targets): ≥ 1,000 registrations/s; ≤ 40 KiB per idle registered wss connection.
 Every figure is printed with PASS/FAIL; the exit status is 0 whatever the figures (this is
@@ -104,6 +112,7 @@ class Deployment:
     users: list[tuple[str, str]]
     log_level: str
     core_transport: str = "udp"
+    ws_sharing: str = "reuseport"  # [service] ws_socket_sharing with several workers
     cert: str = ""
     key: str = ""
 
@@ -113,7 +122,7 @@ class Deployment:
         with open(self.users_file, "w") as handle:
             handle.write("".join(f"{name}:{password}\n" for name, password in self.users))
 
-    def write_ini(self, name: str, core_next_hop: str | None = None) -> tuple[str, int, int, int]:
+    def write_ini(self, name: str, core_next_hop: str | None = None, workers: int = 1) -> tuple[str, int, int, int]:
         """A fresh ini with new free ports: (path, ws port, wss port, embedded core port).
 
         With ``core_next_hop`` the eP-CSCF uses that external core (``[core] mode = external``)
@@ -127,13 +136,17 @@ class Deployment:
         else:
             core = f"mode = embedded\ndomain = {DOMAIN}\nlisten = {self.core_transport}:127.0.0.1:{core_port}\nusers = {self.users_file}"
         path = os.path.join(self.directory, f"{name}.ini")
+        # Worker i listens on the SIP port + i: with several, let each take any free port.
+        sip_port = free_port(kind) if workers == 1 else 0
+        self.metrics_port = free_port() if workers > 1 else 0
+        multi = f"workers = {workers}\nws_socket_sharing = {self.ws_sharing}\n[metrics]\nenabled = true\nport = {self.metrics_port}\n" if workers > 1 else ""
         with open(path, "w") as handle:
             handle.write(
                 f"""\
 [service]
 state_dir = {self.directory}/var-{name}
-[sip]
-listen = {self.core_transport}:127.0.0.1:{free_port(kind)}
+{multi}[sip]
+listen = {self.core_transport}:127.0.0.1:{sip_port}
 [ws]
 listen = ws:127.0.0.1:{ws_port}, wss:127.0.0.1:{wss_port}
 certificate = {self.cert}
@@ -155,8 +168,10 @@ level = {self.log_level}
 class EpcscfProcess:
     """``twistd -n --pidfile= epcscf --config <ini>`` as a child process with a raised open-files limit."""
 
-    def __init__(self, deployment: Deployment, name: str, core_next_hop: str | None = None) -> None:
-        self.ini, self.ws_port, self.wss_port, self.core_port = deployment.write_ini(name, core_next_hop)
+    def __init__(self, deployment: Deployment, name: str, core_next_hop: str | None = None, workers: int = 1) -> None:
+        self.ini, self.ws_port, self.wss_port, self.core_port = deployment.write_ini(name, core_next_hop, workers)
+        self.workers = workers
+        self.metrics_port = deployment.metrics_port
         self.log_path = os.path.join(deployment.directory, f"{name}.log")
         self.log = open(self.log_path, "wb")
         env = dict(os.environ)
@@ -173,6 +188,11 @@ class EpcscfProcess:
 
     def wait_listening(self, timeout: float = 30.0) -> None:
         deadline = time.monotonic() + timeout
+        while self.workers > 1 and self.workers_running() < self.workers:
+            # The supervisor holds the ws port from the start; the workers listen a moment later.
+            if self.process.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"epcscf workers not ready; see {self.log_path}:\n{self.tail()}")
+            time.sleep(0.1)
         for port in (self.ws_port, self.wss_port):
             while True:
                 if self.process.poll() is not None:
@@ -184,15 +204,50 @@ class EpcscfProcess:
                     raise RuntimeError(f"epcscf not listening on {port} after {timeout} s; see {self.log_path}")
                 time.sleep(0.05)
 
+    def pids(self) -> list[int]:
+        """The process and, with workers, its worker processes (its children)."""
+        if self.workers == 1:
+            return [self.pid]
+        with open(f"/proc/{self.pid}/task/{self.pid}/children") as children:
+            return [self.pid] + [int(pid) for pid in children.read().split()]
+
     def rss_kib(self) -> int:
-        with open(f"/proc/{self.pid}/status") as status:
-            for line in status:
-                if line.startswith("VmRSS:"):
-                    return int(line.split()[1])
-        raise RuntimeError("no VmRSS")
+        """VmRSS, summed over the supervisor and its workers."""
+        total = 0
+        for pid in self.pids():
+            with open(f"/proc/{pid}/status") as status:
+                total += next(int(line.split()[1]) for line in status if line.startswith("VmRSS:"))
+        return total
 
     def cpu_seconds(self) -> float:
-        return cpu_seconds(self.pid)
+        return sum(cpu_seconds(pid) for pid in self.pids())
+
+    def metrics(self) -> str:
+        """The supervisor's merged /metrics ("" while it does not answer yet)."""
+        import urllib.error
+        import urllib.request
+
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{self.metrics_port}/metrics", timeout=10) as response:
+                return response.read().decode()
+        except (urllib.error.URLError, ConnectionError):
+            return ""
+
+    def workers_running(self) -> int:
+        import re
+
+        found = re.search(r'^epcscf_workers_running\{worker="supervisor"\} (\S+)$', self.metrics(), re.MULTILINE)
+        return int(float(found.group(1))) if found else 0
+
+    def connection_shares(self) -> list[int]:
+        """Open WebSocket connections of each worker, from the supervisor's merged /metrics."""
+        if self.workers == 1:
+            return []
+        import re
+
+        body = self.metrics()
+        found = dict(re.findall(r'^epcscf_ws_connections\{worker="(\d+)"\} (\S+)$', body, re.MULTILINE))
+        return [int(float(found.get(str(index), "0"))) for index in range(self.workers)]
 
     def tail(self, lines: int = 15) -> str:
         self.log.flush()
@@ -320,6 +375,8 @@ class ThroughputResult:
     server_cpu: float  # fraction of one core used by epcscf during the run
     generator_cpu: float  # fraction of one core used by all generator processes together
     core_cpu: float | None = None  # fraction of one core used by a separate core process (--separate-core)
+    epcscf_workers: int = 1  # [service] workers
+    shares: tuple[int, ...] = ()  # open connections of each worker
 
     @property
     def rate(self) -> float:
@@ -341,6 +398,7 @@ class MemoryResult:
     after_kib: int
     open_seconds: float
     errors: dict[str, int]
+    epcscf_workers: int = 1
 
     @property
     def per_connection_kib(self) -> float:
@@ -369,6 +427,7 @@ def measure_transport(
     workers: int,
     settle: float,
     separate_core: bool = False,
+    epcscf_workers: int = 1,
 ) -> tuple[list[MemoryResult], ThroughputResult | None]:
     """One fresh epcscf: RSS per idle registered connection for each N in ``sizes``, then
     registrations/s with ``connections`` of those WICs re-registering back to back
@@ -377,10 +436,10 @@ def measure_transport(
     core: EpcscfProcess | None = None
     if separate_core:
         # The same embedded core, but in its own process: the eP-CSCF reaches it as an external core.
-        core = EpcscfProcess(deployment, f"{transport}-core")
+        core = EpcscfProcess(deployment, f"{transport}-{epcscf_workers}-core")
         core.wait_listening()
         next_hop = f"sip:127.0.0.1:{core.core_port};transport={deployment.core_transport}"
-    epcscf = EpcscfProcess(deployment, transport, next_hop if core else None)
+    epcscf = EpcscfProcess(deployment, f"{transport}-{epcscf_workers}", next_hop if core else None, epcscf_workers)
     memories: list[MemoryResult] = []
     throughput: ThroughputResult | None = None
     try:
@@ -404,7 +463,10 @@ def measure_transport(
                     break
                 after = settled_rss(epcscf, settle, 3 * settle + 0.5)
                 memories.append(
-                    MemoryResult(transport, deployment.core_transport, opened_total, size, baseline, after, open_seconds, dict(errors_total))
+                    MemoryResult(
+                        transport, deployment.core_transport, opened_total, size, baseline, after, open_seconds, dict(errors_total),
+                        epcscf_workers,
+                    )
                 )
                 print(
                     f"  {transport}: {opened_total}/{size} registered in {open_seconds:.1f} s, "
@@ -414,8 +476,10 @@ def measure_transport(
             if seconds > 0:
                 if opened_total == 0:
                     raise RuntimeError(f"no {transport} WIC could register: {errors_total}")
+                shares = tuple(epcscf.connection_shares())
                 throughput = run_throughput(epcscf, gen, transport, min(connections, opened_total), seconds, core)
-                print(f"  {transport}: {throughput.rate:.0f} registrations/s", flush=True)
+                throughput.epcscf_workers, throughput.shares = epcscf_workers, shares
+                print(f"  {transport}, {epcscf_workers} worker(s): {throughput.rate:.0f} registrations/s", flush=True)
     finally:
         epcscf.stop()
         if core is not None:
@@ -460,7 +524,7 @@ def report(throughputs: list[ThroughputResult], memories: list[MemoryResult], qu
     print()
     print("REGISTER throughput (REGISTER → 401 → REGISTER+Authorization → 200, epcscf + embedded core)")
     print(
-        f"{'transport':<10}{'conns':>7}{'registrations':>15}{'seconds':>9}{'reg/s':>9}{'p50 ms':>9}{'p99 ms':>9}"
+        f"{'transport':<10}{'workers':>8}{'conns':>7}{'registrations':>15}{'seconds':>9}{'reg/s':>9}{'p50 ms':>9}{'p99 ms':>9}"
         f"{'epcscf CPU':>12}{'CPU ms/reg':>12}{'gen CPU':>9}{'errors':>8}  floor ≥ {REGISTRATIONS_FLOOR:.0f}/s"
     )
     all_ok = True
@@ -468,20 +532,31 @@ def report(throughputs: list[ThroughputResult], memories: list[MemoryResult], qu
         ok = t.rate >= REGISTRATIONS_FLOOR
         all_ok &= ok
         print(
-            f"{t.transport:<10}{t.connections:>7}{t.registrations:>15}{t.seconds:>9.1f}{t.rate:>9.0f}"
+            f"{t.transport:<10}{t.epcscf_workers:>8}{t.connections:>7}{t.registrations:>15}{t.seconds:>9.1f}{t.rate:>9.0f}"
             f"{t.p50_ms:>9.1f}{t.p99_ms:>9.1f}{t.server_cpu * 100:>11.0f}%{t.cpu_ms_per_registration:>12.2f}{t.generator_cpu * 100:>8.0f}%"
             f"{sum(t.errors.values()):>8}  {verdict(ok)}"
         )
         if t.core_cpu is not None:
             print(f"    (the core ran in its own process: {t.core_cpu * 100:.0f}% CPU, {t.core_cpu * 1000 / t.rate:.2f} ms per registration)")
+        if t.shares:
+            total = sum(t.shares) or 1
+            shares = ", ".join(f"worker {i}: {n} ({n * 100 / total:.0f} %)" for i, n in enumerate(t.shares))
+            print(f"    connections per worker: {shares}")
         for key, n in t.errors.items():
             print(f"    {n} × {key}")
+    for t in throughputs:
+        single = next((s for s in throughputs if s.transport == t.transport and s.epcscf_workers == 1), None)
+        if t.epcscf_workers > 1 and single is not None and single.rate:
+            print(
+                f"  {t.transport}: workers = {t.epcscf_workers} / workers = 1: {t.rate / single.rate:.2f}× registrations/s, "
+                f"{t.cpu_ms_per_registration:.2f} vs {single.cpu_ms_per_registration:.2f} ms epcscf CPU per registration"
+            )
     print()
     print("Resident memory per idle registered connection (epcscf VmRSS, after − before) / N")
     print(f"{'transport':<10}{'N':>7}{'registered':>12}{'RSS before':>12}{'RSS after':>12}{'per conn':>11}{'open s':>8}  floor")
     for m in memories:
         line = (
-            f"{m.transport:<10}{m.wanted:>7}{m.connections:>12}{m.baseline_kib / 1024:>8.1f} MiB{m.after_kib / 1024:>8.1f} MiB"
+            f"{m.transport + ('' if m.epcscf_workers == 1 else f' ×{m.epcscf_workers}'):<10}{m.wanted:>7}{m.connections:>12}{m.baseline_kib / 1024:>8.1f} MiB{m.after_kib / 1024:>8.1f} MiB"
             f"{m.per_connection_kib:>7.1f} KiB{m.open_seconds:>8.1f}"
         )
         if m.transport == "wss":
@@ -526,6 +601,14 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--only", choices=("throughput", "memory"), help="run only one of the two measurements")
     parser.add_argument("--keep", action="store_true", help="keep the temporary directory (ini, logs)")
+    parser.add_argument(
+        "--ws-socket-sharing", default="reuseport", choices=("reuseport", "inherit"),
+        help="with --epcscf-workers > 1: [service] ws_socket_sharing (SO_REUSEPORT, or one inherited socket)",
+    )
+    parser.add_argument(
+        "--epcscf-workers", default="1",
+        help="[service] workers counts to measure in this run, e.g. 1,2 (more than 1: the core runs in its own process)",
+    )
     args = parser.parse_args(argv)
     seconds = args.seconds or (1.0 if args.quick else 10.0)
     connections = args.connections or (50 if args.quick else 200)
@@ -539,7 +622,7 @@ def main(argv: list[str] | None = None) -> int:
 
     started = time.monotonic()
     directory = tempfile.mkdtemp(prefix="w2_register-")
-    deployment = Deployment(directory, make_users(max(max(sizes), connections) + WARM_UP_WICS), args.log_level, args.core_transport)
+    deployment = Deployment(directory, make_users(max(max(sizes), connections) + WARM_UP_WICS), args.log_level, args.core_transport, args.ws_socket_sharing)
     print(
         f"epcscf: twistd -n epcscf, embedded core{' in its own process' if args.separate_core else ''} over {args.core_transport}, {len(deployment.users)} users, log level {args.log_level}; "
         f"generator: {args.workers} processes; files in {directory}",
@@ -547,20 +630,23 @@ def main(argv: list[str] | None = None) -> int:
     )
     throughputs: list[ThroughputResult] = []
     memories: list[MemoryResult] = []
+    counts = [int(n) for n in args.epcscf_workers.split(",")]
     try:
         for secure in (False, True):
-            memory, throughput = measure_transport(
-                deployment,
-                secure,
-                sizes if args.only in (None, "memory") else [],
-                connections,
-                seconds if args.only in (None, "throughput") else 0.0,
-                args.workers,
-                settle,
-                args.separate_core,
-            )
-            memories.extend(memory)
-            throughputs.extend([throughput] if throughput else [])
+            for count in counts:
+                memory, throughput = measure_transport(
+                    deployment,
+                    secure,
+                    sizes if args.only in (None, "memory") else [],
+                    connections,
+                    seconds if args.only in (None, "throughput") else 0.0,
+                    args.workers,
+                    settle,
+                    args.separate_core or max(counts) > 1,
+                    count,
+                )
+                memories.extend(memory)
+                throughputs.extend([throughput] if throughput else [])
     finally:
         if args.keep:
             print(f"kept {directory}")

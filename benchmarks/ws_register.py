@@ -3,7 +3,7 @@
 Usage::
 
     .venv/bin/python benchmarks/ws_register.py [--users 200] [--seconds 10] [--rate 0]
-                                               [--profile FILE] [--log-level warn]
+                                               [--profile FILE] [--log-level warn] [--epcscf-workers 1,2]
 
 Run it in a private loopback-only network namespace on a shared machine::
 
@@ -18,6 +18,11 @@ Peers, all on 127.0.0.1:
   not within a nonce's life;
 * the WICs: ``benchmarks/wic_register.mjs`` in Node (npm ``ws``), one persistent WebSocket per
   user; each registers once (not timed), then refreshes closed loop (``--rate 0``) or open loop.
+
+``--epcscf-workers 1,2`` measures each ``[service] workers`` count in turn in the same run (a fresh
+epcscf, sipp and generator each), prints each worker's share of the WICs (the supervisor's
+``/metrics``) and the ratio of the REGISTER/s; epcscf CPU is then the supervisor's and the
+workers' together.
 
 Printed: REGISTER/s, p50/p99, failures, and CPU seconds divided by refreshes for epcscf, the
 Node generator and sipp — all measured over the same timed phase, with ``/proc/loadavg``.
@@ -115,16 +120,37 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--profile", metavar="FILE")
     parser.add_argument("--py-spy", metavar="FILE", help="sample epcscf with py-spy during the timed phase (collapsed stacks to FILE)")
     parser.add_argument("--log-level", default="warn")
+    parser.add_argument("--epcscf-workers", default="1", help="[service] workers counts to measure in turn, e.g. 1,2")
     options = parser.parse_args(argv)
     if shutil.which("node") is None:
         raise RuntimeError("node is not installed (bin/setup installs it)")
     if options.profile:
         profiled_popen(options.profile)
+    rates: dict[int, float] = {}
+    for workers in [int(n) for n in options.epcscf_workers.split(",")]:
+        status, rates[workers] = measure(options, workers)
+        if status:
+            return status
+    if 1 in rates and len(rates) > 1:
+        for workers, rate in rates.items():
+            if workers > 1 and rates[1]:
+                print(f"workers = {workers} / workers = 1: {rate / rates[1]:.2f}× REGISTER/s")
+    return 0
+
+
+def tree_user_system(epcscf: EpcscfProcess) -> tuple[float, float]:
+    pairs = [user_system(pid) for pid in epcscf.pids()]
+    return sum(user for user, _ in pairs), sum(system for _, system in pairs)
+
+
+def measure(options: Any, workers: int) -> tuple[int, float]:
+    """One fresh epcscf with ``[service] workers = workers``: (exit status, REGISTER/s)."""
     directory = tempfile.mkdtemp(prefix="epcscf-ws-register-")
     deployment = external_core_deployment(directory, options.users, options.log_level)
     sipp, core_port = start_registrar(directory)
-    epcscf = EpcscfProcess(deployment, "edge", f"sip:127.0.0.1:{core_port};transport=udp")
+    epcscf = EpcscfProcess(deployment, "edge", f"sip:127.0.0.1:{core_port};transport=udp", workers)
     generator = None
+    shares: list[int] = []
     try:
         epcscf.wait_listening()
         command = ["node", GENERATOR, "--url", f"ws://127.0.0.1:{epcscf.ws_port}", "--users", str(options.users),
@@ -135,16 +161,17 @@ def main(argv: list[str] | None = None) -> int:
         if "ready" not in ready:
             raise RuntimeError(f"the generator did not register its WICs; see {epcscf.log_path}:\n{epcscf.tail()}")
         time.sleep(0.5)
+        shares = epcscf.connection_shares()
         load_before = loadavg()
         edge_before = epcscf.cpu_seconds()
-        split_before = user_system(epcscf.pid)
+        split_before = tree_user_system(epcscf)
         sipp_before = sum(cpu_of(pid) for pid in sipp_pids(core_port))
         generator.stdin.write("go\n")
         generator.stdin.flush()
         sampler = start_py_spy(options.py_spy, epcscf.pid, options.seconds) if options.py_spy else None
         result = json.loads(generator.stdout.readline() or "{}")
         edge_cpu = epcscf.cpu_seconds() - edge_before
-        split_after = user_system(epcscf.pid)
+        split_after = tree_user_system(epcscf)
         user, system = split_after[0] - split_before[0], split_after[1] - split_before[1]
         sipp_cpu = sum(cpu_of(pid) for pid in sipp_pids(core_port)) - sipp_before
         load_after = loadavg()
@@ -162,9 +189,9 @@ def main(argv: list[str] | None = None) -> int:
     done = result.get("registered", 0)
     if not done:
         print(f"no refresh completed: {result}")
-        return 1
+        return 1, 0.0
     per_ms = 1000 * edge_cpu / done
-    print(f"REGISTER refresh over WS, external core (sipp registrar, no challenge), {options.users} WICs, "
+    print(f"REGISTER refresh over WS, external core (sipp registrar, no challenge), {options.users} WICs, workers = {workers}, "
           f"{'closed loop' if not options.rate else f'{options.rate:g}/s offered'}, {result['seconds']:.1f} s"
           f"{' [epcscf under cProfile]' if options.profile else ''}")
     print(f"  {done} refreshes = {done / result['seconds']:.0f}/s; p50 {result['p50_ms']:.1f} ms, p99 {result['p99_ms']:.1f} ms; "
@@ -173,9 +200,11 @@ def main(argv: list[str] | None = None) -> int:
           f"(user {1000 * user / done:.3f} + system {1000 * system / done:.3f} ms)")
     print(f"  generator (node) CPU {result['cpu_s']:.2f} s = {1000 * result['cpu_s'] / done:.3f} ms per refresh; "
           f"sipp {sipp_cpu:.2f} s = {1000 * sipp_cpu / done:.3f} ms")
+    if shares:
+        print(f"  WICs per worker: {' / '.join(str(n) for n in shares)}")
     print(f"  loadavg before {load_before}, after {load_after}")
     shutil.rmtree(directory, ignore_errors=True)
-    return 0
+    return 0, done / result["seconds"]
 
 
 if __name__ == "__main__":

@@ -15,7 +15,7 @@ from __future__ import annotations
 import configparser
 import ipaddress
 import os
-from dataclasses import MISSING, dataclass, field, fields
+from dataclasses import MISSING, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any, Callable, Iterable, Union
 
@@ -232,6 +232,14 @@ def _seconds_or_off(value: str, base: Path) -> float:
     return _seconds(value, base)
 
 
+def _workers(value: str, base: Path) -> int:
+    """``auto`` (one per CPU this process may run on) or a count; 1 is one process, no supervisor."""
+    text = value.strip().lower()
+    if text == "auto":
+        return max(1, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1))
+    return _integer(1, 64)(text, base)
+
+
 def _port_range(value: str, base: Path) -> tuple[int, int]:
     low_text, sep, high_text = value.strip().partition("-")
     try:
@@ -300,6 +308,11 @@ def _option(convert: Callable[[str, Path], Any], default: Any, doc: str) -> Any:
 class ServiceSection:
     state_dir: str = _option(_path, "", "directory for generated state (manhole host key); default: var/ beside the ini file")
     drain_timeout: float = _option(_seconds, 30.0, "on SIGTERM, how long established calls may continue")
+    workers: int = _option(_workers, 1, "eP-CSCF worker processes: auto (one per CPU) or a number; 1 = one process, no supervisor")
+    ws_socket_sharing: str = _option(
+        _choice("reuseport", "inherit"), "reuseport",
+        "workers > 1: each worker binds the [ws] ports with SO_REUSEPORT, or all accept on the supervisor's inherited socket",
+    )
 
 
 @dataclass(frozen=True)
@@ -456,6 +469,13 @@ class LogSection:
     format: str = _option(_choice("text", "json"), "text", "text lines or JSON lines (one event per line)")
 
 
+@dataclass(frozen=True)
+class RegEventSection:
+    subscribe: bool = _option(_boolean, False, "after a WIC's initial registration, subscribe to the reg event of its IMPU at the core (TS 24.229 §5.2.3)")
+    expires: int = _option(_integer(1, 2**31 - 1), 600000, "Expires of our reg-event SUBSCRIBE (TS 24.229 §5.2.3: 600000)")
+    close_grace: float = _option(_seconds, 1.0, "seconds between a network de-registration and closing the WIC's WebSocket")
+
+
 SECTIONS: dict[str, type] = {
     "service": ServiceSection,
     "sip": SipSection,
@@ -469,6 +489,7 @@ SECTIONS: dict[str, type] = {
     "wwsf": WwsfSection,
     "log": LogSection,
     "auth": AuthSection,
+    "reg_event": RegEventSection,
 }
 
 
@@ -487,6 +508,7 @@ class Config:
     wwsf: WwsfSection
     log: LogSection
     auth: AuthSection
+    reg_event: RegEventSection = RegEventSection()
 
 
 def load(paths: Iterable[str | os.PathLike[str]]) -> Config:
@@ -539,7 +561,7 @@ def _build_section(cls: type, given: dict[str, tuple[str, str, Path]], files: li
     # Defaults that depend on where the first file lives.
     if cls is ServiceSection and not instance.state_dir:
         base = Path(files[0]).resolve().parent if files else Path.cwd()
-        instance = ServiceSection(str(base / "var"), instance.drain_timeout)
+        instance = replace(instance, state_dir=str(base / "var"))
     return instance
 
 
@@ -592,6 +614,12 @@ def _check_consistency(config: Config, set_by: dict[tuple[str, str], str]) -> No
     low, high = config.media.port_range
     if high - low < 3:
         fail("media", "port_range", "needs at least 4 ports")
+    if config.service.workers > 1 and (high - low + 1) // config.service.workers < 4:
+        fail("media", "port_range", f"each of the {config.service.workers} workers needs at least 4 ports of it")
+    if config.service.workers > 1:
+        top = max(listener.port for listener in config.sip.listen)
+        if top + config.service.workers - 1 > 65535:
+            fail("sip", "listen", f"worker i listens on the port + i: {top} + {config.service.workers - 1} is past 65535")
 
 
 def _check_credentials(

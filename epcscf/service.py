@@ -43,7 +43,7 @@ class StartupError(Exception):
 class EpcscfService(MultiService):
     """The whole eP-CSCF: listeners, the proxy, the embedded core and the console."""
 
-    def __init__(self, config: Config, reactor: Any = None) -> None:
+    def __init__(self, config: Config, reactor: Any = None, ws_port_opener: Any = None) -> None:
         super().__init__()
         if reactor is None:
             from twisted.internet import reactor as default_reactor
@@ -68,6 +68,7 @@ class EpcscfService(MultiService):
         self.pcscf = PcscfNode(
             config, reactor, core_targets, observers=self.metrics.observers(),
             token_keys=self.token_key[1] if self.token_key is not None else "",
+            ws_port_opener=ws_port_opener,
         )
         self.pcscf.setServiceParent(self)
         #: what the console, the metrics and the drain use of the eP-CSCF

@@ -112,6 +112,11 @@ def makeService(options: Options):  # noqa: N802 (twistd's name)
     from epcscf.service import EpcscfService
 
     assert options.config is not None
+    if options.config.service.workers > 1:
+        from epcscf.workers.supervisor import SupervisorService
+
+        # The supervisor handles no SIP: its collector thresholds can stay Python's.
+        return SupervisorService(options.config)
     service = EpcscfService(options.config)
     # Collector pauses of 100–400 ms were measured at 1,000 SIP transactions/s with the
     # default thresholds (benchmarks/sip_proxy.py): collect the young generation less often

@@ -103,6 +103,7 @@ class InstalledWheelTests(unittest.TestCase):
         self.assertIn("epcscf-0.1.0.data/data/etc/epcscf/epcscf.ini", names)
         self.assertIn("epcscf-0.1.0.data/data/share/epcscf/epcscf.service", names)
         self.assertIn("epcscf-0.1.0.data/data/share/doc/epcscf/README.md", names)  # the unit's Documentation=
+        self.assertIn("epcscf-0.1.0.data/data/share/epcscf/examples/epcscf-production.ini", names)
         # twisted/plugins is a directory shared with Twisted's own plugins: no __init__.py of ours
         # (it would shadow Twisted's package), no cache, no bytecode.
         self.assertEqual([n for n in names if n.startswith("twisted/") and n != "twisted/plugins/epcscf_plugin.py"], [])

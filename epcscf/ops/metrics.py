@@ -154,6 +154,12 @@ class EpcscfMetrics:
         self._registrations_ended = Counter(
             "epcscf_registrations_ended", "registration bindings that ended, by reason", ["reason"], registry=self.registry
         )
+        self._reg_events = Counter(
+            "epcscf_reg_event",
+            "steps of the eP-CSCF's own reg-event subscriptions (TS 24.229 §5.2.3), by event",
+            ["event"],
+            registry=self.registry,
+        )
         self.loop_lag_histogram = Histogram(
             "epcscf_event_loop_lag_seconds", "how late the reactor ran a 1 s timer", buckets=LAG_BUCKETS, registry=self.registry
         )
@@ -189,6 +195,7 @@ class EpcscfMetrics:
             admission_refused=self.overload_refused,
             flow_closed=self.flow_closed,
             registration_ended=self.registration_ended,
+            reg_event=self.reg_event,
             token_refused=self.token_refused,
         )
 
@@ -223,6 +230,11 @@ class EpcscfMetrics:
 
     def registration_ended(self, reason: str) -> None:
         self._registrations_ended.labels(reason).inc()
+
+    def reg_event(self, event: str) -> None:
+        """A step of our reg-event subscriptions: subscribe_sent, subscribed, refreshed,
+        subscribe_failed, notify, notify_unknown, notify_bad, shortened, terminated."""
+        self._reg_events.labels(event).inc()
 
     def flow_closed(self) -> None:
         self.live.flows_closed += 1

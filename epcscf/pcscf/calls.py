@@ -457,6 +457,13 @@ class CallManager:
         for call in [c for c in self._live.values() if c.wic_flow.id == connection.id]:
             self._release(call, WS_CLOSED_REASON, 480, (Side.CORE,), "WebSocket closed", "ws")
 
+    def release_flow(self, flow_id: str, reason_header: str, cause: str) -> int:
+        """TS 24.229 §5.2.5.1: the WIC's registration is over: BYE both sides (CANCEL/503 if early)."""
+        calls = [c for c in self._live.values() if c.wic_flow.id == flow_id]
+        for call in calls:
+            self._release(call, reason_header, 503, (Side.WIC, Side.CORE), cause, None)
+        return len(calls)
+
     def release(self, call_id: str, reason: str = "released by the operator") -> int:
         """Operator release: BYE both sides (or CANCEL/480 if early); returns how many calls."""
         calls = self.find(call_id)

@@ -30,10 +30,12 @@ from twisted.internet import defer
 from twisted.logger import Logger
 
 from epcscf.pcscf import guard
+from epcscf.pcscf.aka import strip_aka_keys, strip_sec_agree
 from epcscf.pcscf.call_model import call_leg
 from epcscf.pcscf.flows import FlowGone, FlowTable, TamperedToken
 from epcscf.pcscf.identity import assert_identity, strip_core_only_headers, strip_untrusted_headers
-from epcscf.pcscf.registration import Registrations
+from epcscf.pcscf.registration import RegistrationBinding, Registrations
+from epcscf.pcscf.wic_reg_subscriptions import WicRegSubscriptions
 from epcscf.sip.connection import WEBSOCKET_TRANSPORTS, Connection
 from epcscf.sip.headers import HeaderError, option_tags, parse_via, to_tag
 from epcscf.sip.message import Request, Response, new_tag
@@ -187,6 +189,13 @@ class PcscfPolicy:
         self.trusted_sources: guard.TrustedSources | None = None
         #: observer of refused requests, ``(side, reason)`` with side "wic" or "core" (metrics)
         self.on_refused: Callable[[str, str], None] | None = None
+        #: bindings just recorded from a 2xx to a REGISTER (the reg-event subscriber)
+        self.on_registered: Callable[[list[RegistrationBinding]], None] | None = None
+        #: answers a NOTIFY addressed to our own URI by a trusted core source (our reg-event
+        #: subscriptions, ``epcscf.pcscf.reg_event``); None: no subscriptions of ours
+        self.own_notify: Callable[[Request], Response] | None = None
+        #: the WICs' own reg-event subscriptions as they pass (``epcscf.pcscf.wic_reg_subscriptions``)
+        self.wic_subscriptions: WicRegSubscriptions | None = None
         #: web-credential access (``epcscf.pcscf.web_auth.TokenAccess.register``): may refuse a
         #: WIC's REGISTER or replace its credentials by the trusted node's assertion
         self.register_access: Callable[[ProxiedRequest], Reject | None] | None = None
@@ -223,12 +232,19 @@ class PcscfPolicy:
         if toward_wic:
             strip_core_only_headers(response)
             if context is not None and context.request.method == "REGISTER" and response.status >= 200:
+                if response.status in (401, 407):
+                    strip_aka_keys(response)  # TS 24.229 §5.2.2.1: ck/ik are the P-CSCF's, never the UE's
                 if response.status < 300:
                     self._record_registration(context, response)
                 if self.on_register_response is not None:
                     self.on_register_response(response.status)
                 if self.on_register_final is not None:
                     self.on_register_final(context, response)
+            elif (
+                context is not None and self.wic_subscriptions is not None and 200 <= response.status < 300
+                and context.request.method == "SUBSCRIBE"
+            ):
+                self.wic_subscriptions.subscribe_answered(context.request_as_received, response, context.connection.id)
         if context is not None and self.calls is not None and call_leg(context) is not None:
             return self.calls.response(context, response)
         if context is None and self.calls is not None:
@@ -356,6 +372,7 @@ class PcscfPolicy:
             return refusal
         request = context.request
         strip_untrusted_headers(request)
+        strip_sec_agree(request)  # TS 24.371 §6: TLS protects W2, no RFC 3329 agreement with the core
         headers = request.headers
         # RFC 5626 §5.1: an edge proxy adds ;ob to its Path URI when the UA asked for outbound.
         outbound = _asks_outbound(headers.get_all("contact"))
@@ -384,6 +401,8 @@ class PcscfPolicy:
         flow_id = context.connection.id
         known = self.registrations.for_flow(flow_id) if self.core_entry else []
         bindings = self.registrations.record(register, response, flow_id, origin, isinstance(leg, RegisterLeg) and leg.outbound)
+        if bindings and self.on_registered is not None:
+            self.on_registered(bindings)
         if self.core_entry:
             for binding in bindings:
                 if not binding.service_route and all(binding is not old for old in known):
@@ -408,6 +427,9 @@ class PcscfPolicy:
         if token is None and self.trusted_sources is not None and not self.trusted_sources.allows(context.connection.remote):
             # A border element: only the core, or a request that followed our Path/Record-Route.
             return self._refuse(context, "core", guard.UNTRUSTED_SOURCE)
+        if token is None and request.method == "NOTIFY" and self.own_notify is not None and self.is_own_uri(received.uri):
+            # TS 24.229 §5.2.3: a NOTIFY of our own reg-event subscription is answered here.
+            return Reject(self.own_notify(received))
         if token is None:
             if context.server_transaction is None:
                 return Reject(make_local_response(request, 404))
@@ -422,6 +444,8 @@ class PcscfPolicy:
             # RFC 5626 §5.3.1: the flow the token names is gone.
             return Reject(make_local_response(request, 430, to_tag=new_tag()))
         strip_core_only_headers(request)
+        if request.method == "NOTIFY" and self.wic_subscriptions is not None:
+            self.wic_subscriptions.notify_passing(request, connection.id)
         record_route: list[str] = []
         if request.method in DIALOG_CREATING_METHODS and to_tag(request) is None:
             record_route = [self.addresses.wic_uri(token), self.addresses.core_uri()]

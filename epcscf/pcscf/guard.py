@@ -36,6 +36,9 @@ must show that it belongs here:
   address (``[core] trusted_sources``; by default the resolved ``next_hop`` hosts, or the
   embedded core's listeners), or the request must carry one of our flow tokens that passes
   its HMAC check (it followed a Path or Record-Route we issued, RFC 3327, RFC 5626 §5.3.1).
+  A NOTIFY of our own reg-event subscription (TS 24.229 §5.2.3) is addressed to our URI without
+  a token: it too must come from a trusted core address, and must then match a subscription
+  dialog of ours (Call-ID and our tag), else 481 (``epcscf.pcscf.reg_event``).
 
 Every refusal is one info log line (flow or peer, Call-ID, reason) and one count of
 ``epcscf_requests_refused_total{side,reason}``; no refusal sends anything onward or

@@ -34,7 +34,10 @@ from epcscf.pcscf.flows import Flow, FlowTable
 from epcscf.pcscf.guard import SourceRule, TrustedSources
 from epcscf.pcscf.limits import AuthFailures, FlowRateLimiter, FlowVerdict, answer_refused_message
 from epcscf.pcscf.operations import NodeObservers, PcscfOperations
+from epcscf.pcscf.deregistration import RegistrationEnd
+from epcscf.pcscf.reg_event import RegEventSettings, RegEventSubscriber
 from epcscf.pcscf.registration import RegistrationBinding, Registrations
+from epcscf.pcscf.wic_reg_subscriptions import WicRegSubscriptions
 from epcscf.pcscf.web_auth import TokenAccess, TokenSettings, TokenVerifier
 from epcscf.sip.connection import WEBSOCKET_TRANSPORTS, Address, Connection
 from epcscf.sip.message import Message
@@ -200,6 +203,7 @@ class PcscfNode(Service):
         dns_resolver: Any = None,
         observers: NodeObservers | None = None,
         token_keys: str = "",
+        ws_port_opener: Callable[[Listener, Any, Any], IListeningPort] | None = None,
     ) -> None:
         if reactor is None:
             from twisted.internet import reactor as default_reactor
@@ -212,6 +216,14 @@ class PcscfNode(Service):
         self._core_targets = core_targets
         self.flows = FlowTable(reactor)
         self.registrations = Registrations(reactor, self._binding_removed)
+        #: TS 24.229 §5.2.5: calls released and the WIC told when a registration ends
+        self.registration_end = RegistrationEnd(
+            reactor, self.registrations, self.flows, lambda: self.calls, config.reg_event.close_grace
+        )
+        #: the WICs' own reg-event subscriptions, watched as they pass (TS 24.229 §5.2.5.1)
+        self.wic_subscriptions = WicRegSubscriptions()
+        #: our reg-event subscriptions (TS 24.229 §5.2.3), built with the proxy
+        self.reg_events: RegEventSubscriber | None = None
         self.transactions = TransactionLayer(reactor, self, self._timers_for)
         limits = ParserLimits(
             max_message_size=config.sip.max_message_size,
@@ -235,6 +247,8 @@ class PcscfNode(Service):
         self.wic_timers = TimerSettings.toward_ue(config.sip.wic_t1, config.sip.wic_t2, config.sip.wic_t4)
         self.listeners: list[BoundListener] = []
         self._ws_ports: list[IListeningPort] = []
+        #: (listener, factory, TLS options or None) → port; None: listenTCP/listenSSL (one process)
+        self._ws_port_opener = ws_port_opener
         self.ws_factory: SipWebSocketServerFactory | None = None
         self.policy: PcscfPolicy | None = None
         self.proxy: StatefulProxy | None = None
@@ -342,6 +356,7 @@ class PcscfNode(Service):
             transactions=self.transactions,
         )
         proxy_operations.bind(self.proxy)
+        self._subscribe_reg_events(addresses, proxy_operations)
         self.policy.admission = self.admission
         self.policy.on_register_final = self._register_answered
         if self.overload_settings.enabled:
@@ -352,6 +367,30 @@ class PcscfNode(Service):
             self._load_probe.start()
         log.info("eP-CSCF listening on {listeners}", listeners=", ".join(str(l) for l in self.listeners))
         super().startService()
+
+    def _subscribe_reg_events(self, addresses: EdgeAddresses, proxy: LateBoundProxy) -> None:
+        """[reg_event]: our SUBSCRIBEs go through the proxy's client transactions."""
+        assert self.policy is not None
+        section = self.config.reg_event
+        settings = RegEventSettings(section.subscribe, section.expires, section.close_grace)
+
+        def core_entry() -> defer.Deferred:
+            if self._core_targets is not None:
+                return defer.succeed(self._core_targets())
+            return self._resolve_next_hop()
+
+        self.reg_events = RegEventSubscriber(
+            self.reactor, settings, addresses, self.registrations, proxy, self.transports.connect,
+            self.resolver.resolve_uri, core_entry, self.registration_end.network_deregistered, self.observers.reg_event,
+        )
+        self.registration_end.subscriptions = self.reg_events
+        if settings.enabled:
+            self.policy.on_registered = self.reg_events.registered
+            self.policy.own_notify = self.reg_events.handle_notify
+            self.policy.wic_subscriptions = self.wic_subscriptions
+            self.registration_end.wic_subscriptions = self.wic_subscriptions
+            self.registration_end.proxy = proxy
+            self.registration_end.wic_sent_by = addresses.wic_sent_by
 
     def _public(self, listener: BoundListener) -> BoundListener:
         """The address written in Path/Record-Route/Via for a listener (``public_address`` if set)."""
@@ -368,7 +407,15 @@ class PcscfNode(Service):
 
     def _listen_ws(self, listener: Listener) -> BoundListener:
         assert self.ws_factory is not None
-        if listener.transport == "wss":
+        if self._ws_port_opener is not None:
+            # A worker process: the port is shared with the other workers (epcscf.workers.sockets).
+            options = (
+                server_tls_from_files(self.config.ws.certificate, self.config.ws.private_key, HTTP_PROTOCOLS)
+                if listener.transport == "wss"
+                else None
+            )
+            port = self._ws_port_opener(listener, self.ws_factory, options)
+        elif listener.transport == "wss":
             # RFC 7118 §5 / RFC 6455 §4.1: the opening handshake is HTTP/1.1, which browsers offer by ALPN.
             options = server_tls_from_files(self.config.ws.certificate, self.config.ws.private_key, HTTP_PROTOCOLS)
             port = self.reactor.listenSSL(listener.port, self.ws_factory, options, interface=listener.address)
@@ -418,6 +465,9 @@ class PcscfNode(Service):
                 connection.close(1001, "server shutting down")  # RFC 6455 §7.4.1: going away
         if self.calls is not None:
             stopping.append(self.calls.close())
+        if self.reg_events is not None:
+            self.reg_events.close()
+        self.registration_end.close()
         self.registrations.close()
         self.transactions.close()
         stopping.append(self.transports.close())
@@ -512,11 +562,13 @@ class PcscfNode(Service):
             self.observers.flow_closed()
         if self.calls is not None:
             self.calls.flow_closed(flow.connection)
+        self.wic_subscriptions.flow_closed(flow.id)
 
     def _binding_removed(self, binding: RegistrationBinding, reason: str) -> None:
         log.info("registration of {aor} on flow {flow} ended: {reason}", aor=binding.aor, flow=binding.flow_id, reason=reason)
         if self.observers.registration_ended is not None:
             self.observers.registration_ended(reason)
+        self.registration_end.binding_removed(binding, reason)
 
     # --- leak accounting -------------------------------------------------------------------------
 

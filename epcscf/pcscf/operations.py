@@ -57,6 +57,8 @@ class NodeObservers:
     flow_closed: Callable[[], None] | None = None
     #: a registration binding ended, by reason
     registration_ended: Callable[[str], None] | None = None
+    #: a step of our reg-event subscriptions (``epcscf.pcscf.reg_event``): subscribed, notify…
+    reg_event: Callable[[str], None] | None = None
     #: a WIC's token refused (``epcscf.pcscf.web_auth``), by reason
     token_refused: Callable[[str], None] | None = None
 

@@ -360,6 +360,15 @@ class Registrations:
     def remove(self, binding: RegistrationBinding, reason: str = "removed") -> None:
         self._remove(binding, reason)
 
+    def reschedule(self, binding: RegistrationBinding, expires: int) -> None:
+        """The network moved the binding's expiry to ``expires`` seconds from now (TS 24.229
+        §5.2.5.2, reg-event ``shortened``); the next refresh with the same texts re-arms it."""
+        if self._bindings.get(binding.key()) is not binding:
+            return
+        self._cancel_timer(binding)
+        binding.expires_at = self.clock.seconds() + expires
+        binding._timer = self.clock.callLater(expires, self._expire, binding)
+
     def close(self) -> None:
         """Cancel every expiry timer (service stop)."""
         for binding in self._bindings.values():
