@@ -470,6 +470,15 @@ class LogSection:
 
 
 @dataclass(frozen=True)
+class NonsipSection:
+    listen: tuple[Listener, ...] = _option(
+        _listeners("ws", "wss"), (),
+        "non-SIP WIC listeners (Janus JSON API, subprotocol janus-protocol), e.g. ws:127.0.0.1:8188; none by default",
+    )
+    session_timeout: float = _option(_seconds, 60.0, "end a Janus session (its calls and registrations) after this long without a request")
+
+
+@dataclass(frozen=True)
 class RegEventSection:
     subscribe: bool = _option(_boolean, False, "after a WIC's initial registration, subscribe to the reg event of its IMPU at the core (TS 24.229 §5.2.3)")
     expires: int = _option(_integer(1, 2**31 - 1), 600000, "Expires of our reg-event SUBSCRIBE (TS 24.229 §5.2.3: 600000)")
@@ -488,6 +497,7 @@ SECTIONS: dict[str, type] = {
     "overload": OverloadSection,
     "wwsf": WwsfSection,
     "log": LogSection,
+    "nonsip": NonsipSection,
     "auth": AuthSection,
     "reg_event": RegEventSection,
 }
@@ -508,6 +518,7 @@ class Config:
     wwsf: WwsfSection
     log: LogSection
     auth: AuthSection
+    nonsip: NonsipSection = field(default_factory=NonsipSection)
     reg_event: RegEventSection = RegEventSection()
 
 
@@ -605,6 +616,11 @@ def _check_consistency(config: Config, set_by: dict[tuple[str, str], str]) -> No
             fail("wwsf", "listen", "an https listener uses the [ws] certificate and private_key: set both")
     if config.ws.certificate and config.ws.private_key:
         _check_credentials(fail, "ws", ("certificate", "private_key"), (config.ws.certificate, config.ws.private_key))
+    if any(listener.transport == "wss" for listener in config.nonsip.listen) and not (config.ws.certificate and config.ws.private_key):
+        fail("nonsip", "listen", "a wss listener uses the [ws] certificate and private_key: set both")
+    if config.nonsip.listen and config.service.workers > 1:
+        # each worker would bind the Janus port on its own; only the [ws] ports are shared so far
+        fail("nonsip", "listen", "non-SIP listeners need [service] workers = 1 (they are not shared between worker processes)")
     if config.manhole.enabled and not config.manhole.users:
         fail("manhole", "users", "enabled = true needs a users file (user:bcrypt-hash lines)")
     if config.overload.lag_low >= config.overload.lag_high:

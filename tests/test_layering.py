@@ -119,3 +119,43 @@ class OpsUsesTheOperationsInterfaceTests(unittest.TestCase):
                 "touches node.transports._udp (a private attribute of another object)",
             ],
         )
+
+
+#: package → epcscf packages it must not import (each layer knows only the ones below it)
+LOWER_LAYERS_MAY_NOT_IMPORT: dict[str, tuple[str, ...]] = {
+    "sip": ("epcscf.ws", "epcscf.sdp", "epcscf.ice", "epcscf.media", "epcscf.pcscf", "epcscf.core",
+            "epcscf.ops", "epcscf.nonsip", "epcscf.workers", "epcscf.wwsf"),
+    "sdp": ("epcscf.sip", "epcscf.ws", "epcscf.ice", "epcscf.media", "epcscf.pcscf", "epcscf.core",
+            "epcscf.ops", "epcscf.nonsip", "epcscf.workers"),
+    # the embedded core is a peer across the network, not a library of the eP-CSCF
+    "pcscf": ("epcscf.core", "epcscf.ops", "epcscf.workers"),
+}
+
+
+def upward_imports(directory: str, forbidden: tuple[str, ...]) -> list[Finding]:
+    findings = []
+    for path in python_files(directory):
+        with open(path, encoding="utf-8") as handle:
+            tree = ast.parse(handle.read(), path)
+        for line, names in imported_modules(tree):
+            if any(name == bad or name.startswith(bad + ".") for name in names[:1] for bad in forbidden):
+                findings.append(Finding(path, line, f"imports {names[0]}"))
+    return findings
+
+
+class EachLayerKnowsOnlyTheOnesBelowTests(unittest.TestCase):
+    def test_no_layer_imports_a_higher_one(self) -> None:
+        findings = [
+            str(finding)
+            for package, forbidden in LOWER_LAYERS_MAY_NOT_IMPORT.items()
+            for finding in upward_imports(os.path.join(PACKAGE, package), forbidden)
+        ]
+        self.assertEqual(findings, [])
+
+    def test_the_check_sees_an_upward_import(self) -> None:
+        directory = self.mktemp()
+        os.makedirs(directory)
+        with open(os.path.join(directory, "bad.py"), "w") as handle:
+            handle.write("import os\nfrom epcscf.core.digest import parse_digest\nfrom epcscf.sip import digest\n")
+        whats = [finding.what for finding in upward_imports(directory, LOWER_LAYERS_MAY_NOT_IMPORT["pcscf"])]
+        self.assertEqual(whats, ["imports epcscf.core.digest"])

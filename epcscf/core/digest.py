@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import base64
 import binascii
-import functools
 import hashlib
 import hmac
 import re
@@ -39,11 +38,19 @@ import struct
 from collections import OrderedDict
 from dataclasses import dataclass
 from enum import Enum
-from typing import Any, Callable, Protocol, Sequence
+from typing import Protocol, Sequence
 
 from twisted.internet.interfaces import IReactorTime
 
 from epcscf.core.randomness import random_bytes
+from epcscf.sip.digest import (
+    ALGORITHMS,
+    DigestParseError,
+    compute_response,
+    digest_hash,
+    parse_digest,
+    response_from_hashes,
+)
 
 __all__ = [
     "ALGORITHMS",
@@ -57,8 +64,6 @@ __all__ = [
     "parse_digest",
 ]
 
-# RFC 7616 §3.2 / IANA "HTTP Digest Hash Algorithms" → hashlib names
-ALGORITHMS: dict[str, str] = {"MD5": "md5", "SHA-256": "sha256", "SHA-512-256": "sha512_256"}
 # RFC 8760 §2.3: challenge with the preferred algorithm first; MD5 stays for old clients (JsSIP).
 DEFAULT_ALGORITHMS: tuple[str, ...] = ("SHA-256", "MD5")
 DEFAULT_NONCE_LIFETIME = 300.0
@@ -70,21 +75,8 @@ _HA2_KEPT = 256
 _NONCE_RANDOM = 8
 _NONCE_TAG = 16
 _NONCE_LENGTH = 8 + _NONCE_RANDOM + _NONCE_TAG
-_MAX_HEADER = 4096
-_TOKEN = r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+"
-# quoted-string (RFC 7230 §3.2.6) in runs of plain characters, possessive: half the time of
-# one alternation per character on the long nonce and response values.
-_PARAM_RE = re.compile(rf'[ \t]*({_TOKEN})[ \t]*=[ \t]*(?:"((?:[^"\\]++|\\.)*+)"|([^\s,"]+))[ \t]*(,|\Z)')
-# One pass over the whole list: a parameter as above (its quoted-string unrolled, the same
-# language) or, in the last group, any character no parameter starts at.  When no such
-# character turns up and the last parameter ends the text, the parameters found are
-# exactly those of the one-at-a-time loop; otherwise the loop runs and names the problem.
-_SCAN_RE = re.compile(
-    rf'[ \t]*({_TOKEN})[ \t]*=[ \t]*(?:"([^"\\]*+(?:\\.[^"\\]*+)*+)"|([^\s,"]+))[ \t]*(,|\Z)|([\s\S])'
-)
 _NC_RE = re.compile(r"[0-9A-Fa-f]{8}\Z")
 _QUOTABLE_RE = re.compile(r'[^"\\\r\n]*\Z')
-_QUOTED_PAIR_RE = re.compile(r"\\(.)")
 
 
 class AuthStatus(Enum):
@@ -117,91 +109,6 @@ class AuthResult:
 
 class PasswordSource(Protocol):
     def password(self, name: str) -> str | None: ...
-
-
-class DigestParseError(ValueError):
-    pass
-
-
-def parse_digest(value: str) -> dict[str, str]:
-    """Parameters of a ``Digest`` challenge or credentials (names lower-cased, values unquoted)."""
-    if len(value) > _MAX_HEADER:
-        raise DigestParseError(f"longer than {_MAX_HEADER} characters")
-    scheme, _, rest = value.strip().partition(" ")
-    if scheme.lower() != "digest":
-        raise DigestParseError(f"scheme is {scheme[:20]!r}, not Digest")
-    rest = rest.strip()
-    params: dict[str, str]
-    found = _SCAN_RE.findall(rest)
-    if found and not found[-1][3]:
-        params = {}
-        for name, quoted, token, _, junk in found:
-            if junk:
-                break
-            if token:
-                params[name.lower()] = token
-            else:  # RFC 7230 §3.2.6 quoted-pair; rare, so only then through the regex
-                params[name.lower()] = _QUOTED_PAIR_RE.sub(r"\1", quoted) if "\\" in quoted else quoted
-        else:
-            if len(params) == len(found):
-                return params
-        # something else, or a parameter given twice: the loop below names the problem
-    params = {}
-    position = 0
-    while position < len(rest):
-        match = _PARAM_RE.match(rest, position)
-        if match is None:
-            raise DigestParseError(f"cannot parse parameters at {rest[position:position + 30]!r}")
-        name = match.group(1).lower()
-        if name in params:
-            raise DigestParseError(f"parameter {name} given twice")
-        quoted, token = match.group(2), match.group(3)
-        if quoted is None:
-            params[name] = token
-        else:  # RFC 7230 §3.2.6 quoted-pair; rare, so only then through the regex
-            params[name] = _QUOTED_PAIR_RE.sub(r"\1", quoted) if "\\" in quoted else quoted
-        position = match.end()
-        if match.group(4) == "," and position >= len(rest):
-            raise DigestParseError("trailing comma")
-    return params
-
-
-# The hashlib constructors themselves: ``hashlib.new(name)`` looks the name up on every call.
-# (sha512_256 has no named constructor: it keeps hashlib.new.)
-_HASH_CONSTRUCTORS: dict[str, Callable[[bytes], Any]] = {
-    name: getattr(hashlib, hash_name, None) or functools.partial(hashlib.new, hash_name)
-    for name, hash_name in ALGORITHMS.items()
-}
-
-
-def _hash(algorithm: str, text: str) -> str:
-    # RFC 8760 §2.2: lower-case hex of the digest
-    return _HASH_CONSTRUCTORS[algorithm](text.encode("utf-8")).hexdigest()
-
-
-def compute_response(
-    algorithm: str,
-    username: str,
-    realm: str,
-    password: str,
-    method: str,
-    uri: str,
-    nonce: str,
-    nc: str | None = None,
-    cnonce: str | None = None,
-    qop: str | None = "auth",
-) -> str:
-    """The ``response`` value (RFC 7616 §3.4.1; RFC 2069 form when ``qop`` is None)."""
-    ha1 = _hash(algorithm, f"{username}:{realm}:{password}")  # RFC 7616 §3.4.2
-    ha2 = _hash(algorithm, f"{method}:{uri}")  # RFC 7616 §3.4.3, qop=auth
-    return _response(algorithm, ha1, ha2, nonce, nc, cnonce, qop)
-
-
-def _response(algorithm: str, ha1: str, ha2: str, nonce: str, nc: str | None, cnonce: str | None, qop: str | None) -> str:
-    """RFC 7616 §3.4.1 (RFC 2069 form when ``qop`` is None) from H(A1) and H(A2)."""
-    if qop is None:
-        return _hash(algorithm, f"{ha1}:{nonce}:{ha2}")
-    return _hash(algorithm, f"{ha1}:{nonce}:{nc}:{cnonce}:{qop}:{ha2}")
 
 
 class DigestAuthenticator:
@@ -309,8 +216,8 @@ class DigestAuthenticator:
             return AuthResult(AuthStatus.UNKNOWN_USER, username, algorithm, f"no user {username!r}")
         nonce, nc = params["nonce"], params["nc"]
         # compute_response(..., qop="auth"), with H(A2) remembered per method and URI
-        ha1 = _hash(algorithm, f"{username}:{self.realm}:{password}")  # RFC 7616 §3.4.2
-        expected = _response(algorithm, ha1, self._ha2_of(algorithm, method, params["uri"]), nonce, nc, params["cnonce"], "auth")
+        ha1 = digest_hash(algorithm, f"{username}:{self.realm}:{password}")  # RFC 7616 §3.4.2
+        expected = response_from_hashes(algorithm, ha1, self._ha2_of(algorithm, method, params["uri"]), nonce, nc, params["cnonce"], "auth")
         if not hmac.compare_digest(params["response"].lower().encode("ascii", "replace"), expected.encode("ascii")):
             return AuthResult(AuthStatus.WRONG_PASSWORD, username, algorithm, "response digest does not match")
         return self._check_nonce(nonce, int(nc, 16), username, algorithm)
@@ -321,7 +228,7 @@ class DigestAuthenticator:
         if ha2 is None:
             if len(self._ha2) >= _HA2_KEPT:
                 self._ha2.clear()
-            ha2 = self._ha2[key] = _hash(algorithm, f"{method}:{uri}")  # RFC 7616 §3.4.3, qop=auth
+            ha2 = self._ha2[key] = digest_hash(algorithm, f"{method}:{uri}")  # RFC 7616 §3.4.3, qop=auth
         return ha2
 
     def _check_parameters(self, params: dict[str, str], algorithm: str, request_uri: str | None) -> str:

@@ -41,7 +41,7 @@ from email.utils import formatdate
 from typing import Protocol
 
 from epcscf.core.addresses import address_aor, first_uri_has_param
-from epcscf.core.digest import DigestParseError, parse_digest
+from epcscf.sip.digest import DigestParseError, parse_digest
 from epcscf.core.location import Binding, LocationService
 from epcscf.core.randomness import random_hex
 from epcscf.sip.headers import HeaderError, cseq, option_tags

@@ -134,6 +134,9 @@ class EpcscfMetrics:
         self._ws_refused = Counter(
             "epcscf_ws_connections_refused", "WebSocket handshakes refused, by reason", ["reason"], registry=self.registry
         )
+        self._janus_refused = Counter(
+            "epcscf_janus_requests_refused", "non-SIP WIC (Janus API) requests refused, by Janus error code", ["code"], registry=self.registry
+        )
         self._parse_errors = Counter(
             "epcscf_sip_parse_errors", "SIP messages that did not parse, by transport", ["transport"], registry=self.registry
         )
@@ -195,6 +198,7 @@ class EpcscfMetrics:
             admission_refused=self.overload_refused,
             flow_closed=self.flow_closed,
             registration_ended=self.registration_ended,
+            janus_refused=self.janus_refused,
             reg_event=self.reg_event,
             token_refused=self.token_refused,
         )
@@ -204,6 +208,10 @@ class EpcscfMetrics:
     def ws_refused(self, reason: str) -> None:
         """A WebSocket opening handshake was refused (``origin``, ``subprotocol``, ``draining``)."""
         self._ws_refused.labels(reason).inc()
+
+    def janus_refused(self, code: int) -> None:
+        """A non-SIP WIC's Janus API request was answered with Janus error ``code``."""
+        self._janus_refused.labels(str(code)).inc()
 
     def overload_refused(self, reason: str) -> None:
         """Admission control refused a request (``overloaded``, ``new_work_rate``, ``flow_rate``,

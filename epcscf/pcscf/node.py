@@ -32,7 +32,9 @@ from epcscf.pcscf.calls import CallManager, CallSettings
 from epcscf.pcscf.edge import EdgeAddresses, PcscfPolicy
 from epcscf.pcscf.flows import Flow, FlowTable
 from epcscf.pcscf.guard import SourceRule, TrustedSources
+from epcscf.nonsip.websocket import JanusWebSocketFactory
 from epcscf.pcscf.limits import AuthFailures, FlowRateLimiter, FlowVerdict, answer_refused_message
+from epcscf.pcscf.nonsip_gateway import JanusGateway
 from epcscf.pcscf.operations import NodeObservers, PcscfOperations
 from epcscf.pcscf.deregistration import RegistrationEnd
 from epcscf.pcscf.reg_event import RegEventSettings, RegEventSubscriber
@@ -271,6 +273,9 @@ class PcscfNode(Service):
         )
         self._load_probe: LoadProbe | None = None
         self.media_engine: CallMediaEngine | None = None
+        #: the non-SIP WIC front end (``[nonsip] listen``), None when not configured
+        self.janus: JanusGateway | None = None
+        self.janus_factory: JanusWebSocketFactory | None = None
         #: web-credential access ([auth] mode = token | both; in digest mode it only refuses forged
         #: integrity-protected parameters)
         settings = token_settings(config, token_keys)
@@ -365,8 +370,28 @@ class PcscfNode(Service):
             pending = (lambda: len(proxy.active())) if self.overload_settings.max_pending > 0 else (lambda: 0)
             self._load_probe = LoadProbe(self.reactor, self.overload_settings.lag_interval, self._load_sample, pending)
             self._load_probe.start()
+        self._start_nonsip()
         log.info("eP-CSCF listening on {listeners}", listeners=", ".join(str(l) for l in self.listeners))
         super().startService()
+
+    def _start_nonsip(self) -> None:
+        """TS 24.371 §7.2.1 non-SIP WICs: the Janus API listeners, onto the same flows sink."""
+        if not self.config.nonsip.listen:
+            return
+        self.janus = JanusGateway(self.reactor, _WsSink(self), self.wic_timers, self.config.nonsip.session_timeout)
+        factory = JanusWebSocketFactory(ws_settings(self.config), self.janus, reactor=self.reactor)
+        self.janus_factory = factory
+        self.janus.on_refused = self.observers.janus_refused
+        factory.on_refused = self.observers.ws_refused
+        for listener in self.config.nonsip.listen:
+            if listener.transport == "wss":
+                options = server_tls_from_files(self.config.ws.certificate, self.config.ws.private_key, HTTP_PROTOCOLS)
+                port = self.reactor.listenSSL(listener.port, factory, options, interface=listener.address)
+            else:
+                port = self.reactor.listenTCP(listener.port, factory, interface=listener.address)
+            self._ws_ports.append(port)
+            host = port.getHost()
+            self.listeners.append(BoundListener(f"JANUS-{listener.transport.upper()}", Address(host.host, host.port)))
 
     def _subscribe_reg_events(self, addresses: EdgeAddresses, proxy: LateBoundProxy) -> None:
         """[reg_event]: our SUBSCRIBEs go through the proxy's client transactions."""
@@ -463,6 +488,10 @@ class PcscfNode(Service):
         if self.ws_factory is not None:
             for connection in list(self.ws_factory.connections):
                 connection.close(1001, "server shutting down")  # RFC 6455 §7.4.1: going away
+        if self.janus is not None and self.janus_factory is not None:
+            self.janus.close()
+            for janus_connection in list(self.janus_factory.connections):
+                janus_connection.going_away()
         if self.calls is not None:
             stopping.append(self.calls.close())
         if self.reg_events is not None:

@@ -57,6 +57,8 @@ class NodeObservers:
     flow_closed: Callable[[], None] | None = None
     #: a registration binding ended, by reason
     registration_ended: Callable[[str], None] | None = None
+    #: a non-SIP WIC's Janus API request refused, by Janus error code (``epcscf.pcscf.nonsip_gateway``)
+    janus_refused: Callable[[int], None] | None = None
     #: a step of our reg-event subscriptions (``epcscf.pcscf.reg_event``): subscribed, notify…
     reg_event: Callable[[str], None] | None = None
     #: a WIC's token refused (``epcscf.pcscf.web_auth``), by reason
@@ -305,6 +307,8 @@ class PcscfOperations:
             ping_timeout=ping_timeout,
         )
         factory.update_settings(settings)
+        if self.node.janus_factory is not None:
+            self.node.janus_factory.update_settings(settings)  # the non-SIP listener keeps the [ws] rules
 
     def update_overload(self, **settings: Any) -> None:
         """[overload] keys a reload may change (``epcscf.ops.lifecycle.LIVE_KEYS``): the next

@@ -232,12 +232,15 @@ def free_tcp_port() -> int:
         return probe.getsockname()[1]
 
 
-def start_wwsf_deployment(test: Any, extra: str = "", tls: CertificateChain | None = None) -> tuple[EpcscfService, str]:
+def start_wwsf_deployment(
+    test: Any, extra: str = "", tls: CertificateChain | None = None, extra_origins: Sequence[str] = ()
+) -> tuple[EpcscfService, str]:
     """epcscf + embedded core + WWSF on 127.0.0.1; (service, page URL).  The WWSF's origin is the
     only allowed ``[ws]`` origin, as in etc/epcscf.ini.  ``extra``: a further ini file's text
     whose keys override the deployment's (e.g. ``"[media]\\nice_mode = lite\\n"``).  ``tls``:
     serve the page over https and the WICs over wss only, with this certificate (the browser
-    needs ``trust_certificate_flags``).  Stopped when the test ends."""
+    needs ``trust_certificate_flags``).  ``extra_origins``: more allowed ``[ws]`` origins (another
+    test page's server).  Stopped when the test ends."""
     directory = os.path.abspath(test.mktemp())
     base = write_deployment_config(directory)
     port = free_tcp_port()
@@ -248,7 +251,7 @@ def start_wwsf_deployment(test: Any, extra: str = "", tls: CertificateChain | No
     overlay = os.path.join(directory, "wwsf.ini")
     with open(overlay, "w") as handle:
         handle.write(
-            f"[ws]\nallowed_origins = {scheme}://127.0.0.1:{port}\nallow_missing_origin = false\n{wss}"
+            f"[ws]\nallowed_origins = {', '.join([f'{scheme}://127.0.0.1:{port}', *extra_origins])}\nallow_missing_origin = false\n{wss}"
             f"[wwsf]\nenabled = true\nlisten = {scheme}:127.0.0.1:{port}\nbundle_dir = {page_bundle_dir()}\n"
         )
     files = [base, overlay]
