@@ -201,6 +201,19 @@ def _algorithm_list(value: str, base: Path) -> tuple[str, ...]:
     return algorithms
 
 
+#: video codecs the relay passes without transcoding (TS 26.114 §5.2.2 H.264; RFC 7742 VP8)
+VIDEO_CODECS = ("H264", "VP8")
+
+
+def _video_codec_list(value: str, base: Path) -> tuple[str, ...]:
+    by_name = {codec.upper(): codec for codec in VIDEO_CODECS}
+    codecs = tuple(by_name.get(word.upper(), word) for word in _words(value))
+    unknown = [codec for codec in codecs if codec not in VIDEO_CODECS]
+    if unknown:
+        raise _Invalid(f"expected some of {', '.join(VIDEO_CODECS)} (or nothing), got {value.strip()!r}")
+    return codecs
+
+
 #: RFC 7518 §3.1 / RFC 8037: the public-key JWS algorithms (never "none" nor a shared secret)
 JWS_ALGORITHMS = ("ES256", "ES384", "ES512", "RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "EdDSA")
 
@@ -385,6 +398,9 @@ class MediaSection:
     consent_interval: float = _option(_seconds, 5.0, "RFC 7675 consent check interval (randomised ±20 %)")
     consent_timeout: float = _option(_seconds, 30.0, "RFC 7675: release the call after this long without consent")
     connect_timeout: float = _option(_seconds, 10.0, "release the call when ICE/DTLS is not up this long after the answer")
+    video_codecs: tuple[str, ...] = _option(
+        _video_codec_list, (), "video codecs relayed (no transcoding), e.g. H264, VP8; empty rejects video"
+    )
 
 
 @dataclass(frozen=True)

@@ -82,7 +82,7 @@ class ConfigTests(unittest.TestCase):
         self.assertConfigError(ini() + "[mdia]\n", f"[mdia]: unknown section (known: {known})")
 
     def test_unknown_key(self) -> None:
-        error = self.assertConfigError(ini({"media": {"bind_adress": "127.0.0.1"}}), "[media] bind_adress: unknown key (known: advertised_address, bind_address, connect_timeout, consent_interval, consent_timeout, core_address, ice_mode, port_range)")
+        error = self.assertConfigError(ini({"media": {"bind_adress": "127.0.0.1"}}), "[media] bind_adress: unknown key (known: advertised_address, bind_address, connect_timeout, consent_interval, consent_timeout, core_address, ice_mode, port_range, video_codecs)")
         self.assertEqual((error.section, error.key), ("media", "bind_adress"))
 
     def test_bad_number(self) -> None:

@@ -150,3 +150,37 @@ class AutobahnShimTests(unittest.TestCase):
         self.assertEqual(list(framing.parameters), ["self", "data"])
         # Ours is the one Twisted calls.
         self.assertIs(SipWebSocketServerProtocol.dataReceived, LeanAutobahnProtocol.dataReceived)
+
+    def test_the_frame_fast_path_reads_state_autobahn_keeps(self) -> None:
+        # Every attribute the fast path reads is one Autobahn assigns, defines, or copies from
+        # the factory's options at connection time (CONFIG_ATTRS).
+        assigned = set(SipWebSocketServerProtocol.CONFIG_ATTRS) | {
+            target.attr
+            for method in every_autobahn_method()
+            for node in ast.walk(method)
+            if isinstance(node, (ast.Assign, ast.AugAssign))
+            for target in (node.targets if isinstance(node, ast.Assign) else [node.target])
+            if isinstance(target, ast.Attribute) and isinstance(target.value, ast.Name) and target.value.id == "self"
+        }
+        defined = {name for cls in SipWebSocketServerProtocol.__mro__ if cls.__module__.startswith("autobahn.") for name in vars(cls)}
+        read = (
+            "state", "data", "current_frame", "inside_message", "_perMessageCompress", "maxFramePayloadSize",
+            "maxMessagePayloadSize", "autoFragmentSize", "maskServerFrames", "autoPingTimeoutCall",
+            "autoPingRestartOnAnyTraffic",
+        )
+        self.assertEqual([name for name in read if name not in assigned], [])
+        self.assertEqual([name for name in ("STATE_OPEN", "_cancelAutoPingTimeoutCall", "sendMessage") if name not in defined], [])
+
+    def test_a_whole_message_costs_autobahn_only_the_hooks_the_fast_path_skips(self) -> None:
+        # What Autobahn does at a message's end besides calling onMessage: counters (trafficStats),
+        # timing/frame logs (off here), the ping-timeout restart (done by the fast path too) and
+        # the "message" observers (none registered).  A new side effect must be re-checked.
+        source = inspect.getsource(autobahn_source_class())
+        for needle in ("self._onMessage(payload, self.message_is_binary)", 'self.fire("message"', "self._cancelAutoPingTimeoutCall()"):
+            self.assertIn(needle, source)
+
+
+def autobahn_source_class() -> type:
+    from autobahn.websocket.protocol import WebSocketProtocol
+
+    return WebSocketProtocol

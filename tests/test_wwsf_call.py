@@ -50,7 +50,9 @@ class WwsfCallTests(unittest.TestCase):
     async def _media_flows(self, browser: Browser, user: str) -> dict:
         stats = await wait_for_inbound_audio(browser, user)
         self.assertEqual(stats["dtlsState"], "connected", user)
-        self.assertEqual(stats["selectedPair"]["state"], "succeeded", user)
+        # Media flows on the selected pair; Chrome may still report it "in-progress" (one of its own
+        # checks on it outstanding), as tests.test_media_browser allows.
+        self.assertIn(stats["selectedPair"]["state"], ("succeeded", "in-progress"), user)
         return stats
 
     async def _call(self) -> None:

@@ -38,6 +38,7 @@ from twisted.internet.interfaces import IReactorSocket, IReactorTime
 from twisted.logger import Logger
 
 from epcscf.ice.ports import UdpPortPool
+from epcscf.media.bundle import BundleDemux
 from epcscf.media.certificate import Certificate, Fingerprint
 from epcscf.media.dtls import (
     DEFAULT_HANDSHAKE_TIMEOUT,
@@ -191,6 +192,11 @@ class MediaSession:
         self._rtcp_latched = False
         self._closed: Deferred[None] | None = None
         self._srtp_errors = SrtpErrorCounts()
+        # RFC 8843: on the transport owner, the demultiplexer and the sessions of its group (by
+        # m= line); on every member, the demultiplexer and its own m= line (core SSRCs it sees).
+        self._bundle: BundleDemux | None = None
+        self._bundle_index = -1
+        self._members: dict[int, MediaSession] = {}
         # Binding last: a PortsExhausted/MediaError leaves nothing to clean up.
         self._ports = CorePorts(reactor, config.core_address, pool, self._core_rtp_received, self._core_rtcp_received)
 
@@ -258,6 +264,27 @@ class MediaSession:
                 break
             self._dtls.datagram_received(datagram)
 
+    def bundle(self, demux: BundleDemux, members: dict[int, MediaSession]) -> None:
+        """Carry the m= lines of one BUNDLE group on this session's transport (RFC 8843).
+
+        This session (one of ``members``, by m= line) owns the DTLS association and its SRTP
+        keys; every packet from the WIC goes, once SRTP is removed, to the member ``demux``
+        names, which relays it to its own core port.  Members send toward the WIC through this
+        session's transport with the shared keys (one SRTP context per transport, RFC 5764 §4.1).
+        """
+        self._bundle = demux
+        self._members = dict(members)
+        for index, member in members.items():
+            member._bundle = demux
+            member._bundle_index = index
+            if member is not self:
+                member._wic_send = self._wic_send
+                member._srtp = self._srtp
+
+    @property
+    def bundled(self) -> bool:
+        return self._bundle is not None
+
     def set_remote_fingerprint(self, fingerprint: Fingerprint) -> None:
         if self._dtls is None:
             raise MediaError("start_dtls() first")
@@ -316,6 +343,7 @@ class MediaSession:
                     log.failure("closing DTLS of {session}", session=self)
             self.on_connected = None
             self.on_failed = None
+            self._members = {}
             self._closed = self._ports.close()
             self._closed.addErrback(lambda failure: log.failure("closing core ports", failure))
         if self._closed.called:
@@ -337,29 +365,30 @@ class MediaSession:
             if srtp is None:
                 stats.dropped += 1
                 return
+            bundle = self._bundle
             if len(data) > 1 and 192 <= data[1] <= 223:  # RFC 5761 §4: RTCP on the muxed port
-                target = self._rtcp_target
-                if target is None:
-                    stats.dropped += 1
-                    return
                 rtcp = srtp.unprotect_rtcp(data)
                 if rtcp is None:
                     stats.dropped += 1
                     return
-                stats.count_rtcp(rtcp, self._clock.seconds())
-                send = self._ports.send_rtp if self._remote is not None and self._remote.rtcp_mux else self._ports.send_rtcp
-                self._send_core(send, rtcp, target, stats)
-                return
-            target = self._rtp_target
-            if target is None or not self._to_core:
-                stats.dropped += 1
+                if bundle is None:
+                    self._rtcp_to_core(rtcp)
+                    return
+                member = self._members.get(bundle.route_rtcp(rtcp))
+                (member if member is not None else self)._rtcp_to_core(rtcp)
                 return
             rtp = srtp.unprotect(data)
             if rtp is None or len(rtp) < 12:
                 stats.dropped += 1
                 return
-            stats.count_rtp(rtp, self._clock.seconds())
-            self._send_core(self._ports.send_rtp, rtp, target, stats)
+            if bundle is None:
+                self._rtp_to_core(rtp)
+                return
+            member = self._members.get(bundle.route_rtp(rtp))  # type: ignore[arg-type]
+            if member is None:
+                stats.dropped += 1  # RFC 8843 §9.2: no m= line of the group claims it
+                return
+            member._rtp_to_core(rtp)
         elif 20 <= first <= 63:  # RFC 7983: DTLS
             dtls = self._dtls
             if dtls is not None:
@@ -369,6 +398,25 @@ class MediaSession:
         else:
             # STUN belongs to the ICE agent; ZRTP, TURN channels and the rest are not ours.
             self.wic_to_core.dropped += 1
+
+    def _rtp_to_core(self, rtp: bytes) -> None:
+        stats = self.wic_to_core
+        target = self._rtp_target
+        if target is None or not self._to_core:
+            stats.dropped += 1
+            return
+        stats.count_rtp(rtp, self._clock.seconds())
+        self._send_core(self._ports.send_rtp, rtp, target, stats)
+
+    def _rtcp_to_core(self, rtcp: bytes) -> None:
+        stats = self.wic_to_core
+        target = self._rtcp_target
+        if target is None:
+            stats.dropped += 1
+            return
+        stats.count_rtcp(rtcp, self._clock.seconds())
+        send = self._ports.send_rtp if self._remote is not None and self._remote.rtcp_mux else self._ports.send_rtcp
+        self._send_core(send, rtcp, target, stats)
 
     @staticmethod
     def _send_core(send: Callable[[bytes, Address], int], packet: bytes, target: Address, stats: DirectionStats) -> None:
@@ -387,6 +435,8 @@ class MediaSession:
 
     def _dtls_connected(self, keys: SrtpKeys) -> None:
         self._srtp = SrtpContext(keys)
+        for member in self._members.values():
+            member._srtp = self._srtp  # one SRTP context per BUNDLE transport (RFC 8843 §9)
         log.info("media: DTLS-SRTP up ({profile})", profile=keys.profile.name)
         callback = self.on_connected
         if callback is not None:
@@ -401,6 +451,8 @@ class MediaSession:
         if self._srtp is not None:
             self._srtp_errors = self._srtp.errors
         self._srtp = None  # RFC 5764: no keys, no media
+        for member in self._members.values():
+            member._srtp = None
         callback = self.on_failed
         if callback is not None:
             callback(reason)
@@ -427,6 +479,11 @@ class MediaSession:
         if srtp is None or not self._to_wic:
             stats.dropped += 1
             return
+        bundle = self._bundle
+        if bundle is not None:
+            ssrc = int.from_bytes(data[8:12], "big")
+            if ssrc not in bundle.core_ssrcs:
+                bundle.bind_core_ssrc(ssrc, self._bundle_index)
         now = self._clock.seconds()
         srtp_packet = srtp.protect(data)
         if srtp_packet is None:

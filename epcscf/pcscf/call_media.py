@@ -40,6 +40,7 @@ from epcscf.ice import IceAgent, IceAgentConfig, IceClosed, IceError, IceState, 
 from epcscf.media import Certificate, DtlsRole, MediaError, MediaSession, MediaSessionConfig, PacketKind, classify
 from epcscf.media.certificate import Fingerprint as DtlsFingerprint
 from epcscf.media.certificate import FingerprintError
+from epcscf.pcscf.call_bundle import bundle_sessions, join_bundle
 from epcscf.pcscf.call_model import MediaRejected
 from epcscf.sdp import (
     CodecPolicy,
@@ -61,10 +62,10 @@ from epcscf.sdp import (
     parse_sdpfrag,
 )
 from epcscf.sdp import transform as sdp_transform
+from epcscf.sdp.bundle import add_bundle_group, resolve_bundled_lines
 
 log = Logger(namespace="epcscf.pcscf.call_media")
 
-RTP_MEDIA = ("audio", "video")
 #: seconds a WIC's orderly DTLS close may precede its BYE before the call is released for it
 PEER_CLOSE_GRACE = 2.0
 REVERSED_DIRECTION = {"sendrecv": "sendrecv", "sendonly": "recvonly", "recvonly": "sendonly", "inactive": "inactive"}
@@ -120,7 +121,7 @@ class CallMediaEngine:
         """
         streams = [stream for media in self._live for stream in media.streams.values()]
         return {
-            "ice_agents": len(streams),
+            "ice_agents": len({id(stream.agent) for stream in streams}),  # a BUNDLE group shares one
             # DTLS started and not closed yet (a failed handshake still holds its endpoint)
             "dtls_sessions": sum(1 for stream in streams if stream.session.state not in ("new", "closed")),
             "media_ports_in_use": self.pool.used_count if self.pool is not None else 0,
@@ -139,6 +140,8 @@ class Stream:
     dtls_started: bool = False
     dtls_role: DtlsRole | None = None
     remote_fingerprint: DtlsFingerprint | None = None
+    #: False for a bundled line riding on another line's agent and DTLS (RFC 8843)
+    owns_transport: bool = True
 
 
 #: ICE states after the connectivity checks (RFC 8445 §8: nominated, failed, or given up)
@@ -164,23 +167,32 @@ class CallMedia:
         self._controlling: bool | None = None  # decided by who offers first (RFC 8445 §6.1.1)
         self._closed = False
         self._peer_close_timer: Any = None
+        #: the m= lines of the BUNDLE group toward the WIC, transport owner first (RFC 8843)
+        self.bundle: tuple[int, ...] = ()
+        self._retired: list[defer.Deferred] = []  # agents of lines that joined a group
 
     # --- CallMediaLike: the four transformations -----------------------------------------------
 
     def offer_from_wic(self, sdp: bytes) -> defer.Deferred:
         """§7.4.2: the WIC's offer → the offer toward the core."""
-        wic_offer = _parse(sdp)
+        # RFC 8843: bundle-only lines read as the tagged line's transport; the group is answered.
+        wic_offer, group = resolve_bundled_lines(_parse(sdp))
         params = _wic_params(wic_offer)
         policy = self.settings.codecs
-        accepted = self._plan(lambda: sdp_transform.plan_offer_toward_core(wic_offer, policy) if hasattr(sdp_transform, "plan_offer_toward_core")
-                              else tuple(i for i, m in enumerate(wic_offer.media) if m.port and m.media in RTP_MEDIA))
+        accepted = self._plan(lambda: sdp_transform.plan_offer_toward_core(wic_offer, policy))
         if self._controlling is None:
             self._controlling = False  # the WIC offered: it controls (RFC 8445 §6.1.1)
         self._save()
+        bundled = tuple(i for i in group if i in accepted)
+        if not self.streams and (len(bundled) > 1 or bundled[:1] != group[:1]):
+            # A lone line is grouped only when it was bundle-only (no transport of its own).
+            self.bundle = bundled
         ready = self._ensure_streams(accepted)
 
         def build(_: object) -> defer.Deferred:
-            restarts = [self._apply_remote_ice(self.streams[i], params[i]) for i in accepted if i in self.streams]
+            bundle_sessions(self.streams, self.bundle, wic_offer)
+            restarts = [self._apply_remote_ice(self.streams[i], params[i]) for i in accepted
+                        if i in self.streams and self.streams[i].owns_transport]
             return defer.gatherResults(restarts, consumeErrors=True).addCallback(lambda _: None)
 
         def offer(_: object) -> bytes:
@@ -219,12 +231,14 @@ class CallMedia:
         except SdpError as error:
             raise MediaRejected(400, error.reason) from None
         self._set_core_remotes(core)
+        add_bundle_group(out, tuple(i for i in self.bundle if out.media[i].port != 0))
         for index, media in enumerate(out.media):
             stream = self.streams.get(index)
             if stream is not None:
                 # The WIC's own direction is the reverse of what our answer says (RFC 3264 §6.1).
                 stream.session.set_direction(REVERSED_DIRECTION.get(out.media_direction(media), "sendrecv"))
-                self._start(stream)
+                if stream.owns_transport:
+                    self._start(stream)
         self._saved = (self._wic_offer, self._core_offer)
         if fork:
             self._event("media", f"core answer from fork {fork}")
@@ -234,8 +248,7 @@ class CallMedia:
         """§7.4.3: the core's offer → the WebRTC offer toward the WIC (actpass, our ICE)."""
         core_offer = _parse(sdp)
         policy = self.settings.codecs
-        accepted = self._plan(lambda: sdp_transform.plan_offer_toward_wic(core_offer, policy) if hasattr(sdp_transform, "plan_offer_toward_wic")
-                              else tuple(i for i, m in enumerate(core_offer.media) if m.port and m.media in RTP_MEDIA))
+        accepted = self._plan(lambda: sdp_transform.plan_offer_toward_wic(core_offer, policy))
         if self._controlling is None:
             self._controlling = True  # we offer to the WIC: we control (RFC 8445 §6.1.1)
         self._save()
@@ -254,6 +267,9 @@ class CallMedia:
             except SdpError as error:
                 raise MediaRejected(400, error.reason) from None
             self._core_offer = core_offer
+            # RFC 8843 §7.2: every line with its own transport (a WIC may refuse BUNDLE), grouped;
+            # a group already agreed keeps its lines on one transport (§7.5.1 subsequent offers).
+            add_bundle_group(out, self.bundle or (accepted if len(accepted) > 1 else ()))
             return self._wic_stamp(out)
 
         return self._ensure_streams(accepted).addCallback(offer).addErrback(self._unwrap)
@@ -262,8 +278,13 @@ class CallMedia:
         """The WIC's answer → the answer toward the core; ICE and DTLS start (§7.4.3 a)."""
         if self._core_offer is None:
             return defer.fail(MediaRejected(488, "an answer from the WIC without a core offer"))
-        wic_answer = _parse(sdp)
+        wic_answer, group = resolve_bundled_lines(_parse(sdp))
         params = _wic_params(wic_answer)
+        bundled = tuple(i for i in group if i in self.streams)
+        if not self.bundle and len(bundled) > 1:
+            self.bundle = bundled  # RFC 8843 §7.3: the WIC accepted our group; its lines move
+            self._retired.extend(join_bundle([self.streams[i] for i in bundled]))
+        bundle_sessions(self.streams, self.bundle, wic_answer)
         try:
             out = answer_toward_core(wic_answer, self._core_offer, self._core_leg())
         except SdpRejected as error:
@@ -272,7 +293,7 @@ class CallMedia:
             return defer.fail(MediaRejected(400, error.reason))
         applying = []
         for index, stream in self.streams.items():
-            if index >= len(params) or params[index].port == 0:
+            if index >= len(params) or params[index].port == 0 or not stream.owns_transport:
                 continue
             param = params[index]
             stream.remote_fingerprint = _dtls_fingerprint(param.fingerprint)
@@ -284,7 +305,7 @@ class CallMedia:
 
         def started(_: object) -> bytes:
             for index, stream in self.streams.items():
-                if index < len(params) and params[index].port != 0:
+                if index < len(params) and params[index].port != 0 and stream.owns_transport:
                     self._start(stream)
             self._saved = (self._wic_offer, self._core_offer)
             return self._core_versioner.stamp(out).serialize()
@@ -305,8 +326,8 @@ class CallMedia:
             indexes = list(self.streams) if entry.mline_index is None else [_mline(entry, self._wic_offer)]
             for index in indexes:
                 stream = self.streams.get(index) if index is not None else None
-                if stream is None:
-                    continue
+                if stream is None or not stream.owns_transport:
+                    continue  # a bundled line's candidates are its transport owner's (RFC 8843)
                 try:
                     stream.agent.add_remote_candidate(None if entry.candidate is None else entry.candidate.raw)
                 except IceError as error:
@@ -330,14 +351,15 @@ class CallMedia:
         if self._peer_close_timer is not None and self._peer_close_timer.active():
             self._peer_close_timer.cancel()
         self._peer_close_timer = None
-        closing = []
+        closing = list(self._retired)
         for stream in self.streams.values():
             stream.gathered.addErrback(lambda failure: None)  # closed while gathering: nobody waits any more
             stream.agent.on_consent_lost = None
             stream.agent.on_state_change = None
             stream.session.on_failed = None
             closing.append(defer.maybeDeferred(stream.session.close))
-            closing.append(stream.agent.close())
+            if stream.owns_transport:
+                closing.append(stream.agent.close())
         return defer.DeferredList(closing, consumeErrors=True).addCallback(lambda _: self.engine.closed(self))
 
     # --- streams -----------------------------------------------------------------------------
@@ -355,7 +377,8 @@ class CallMedia:
         if self._closed:
             return defer.fail(MediaRejected(503, "the call's media is closed"))
         waiting = []
-        for index in indexes:
+        owner = self.bundle[0] if self.bundle else None
+        for index in sorted(indexes, key=lambda i: i != owner):  # a group's transport first
             stream = self.streams.get(index)
             if stream is None:
                 try:
@@ -367,6 +390,15 @@ class CallMedia:
 
     def _new_stream(self, index: int) -> Stream:
         engine = self.engine
+        owner = self.streams.get(self.bundle[0]) if self.bundle and index != self.bundle[0] else None
+        if owner is not None and index in self.bundle:
+            # RFC 8843: a bundled line rides on its group's transport; only its core port is its own.
+            session = MediaSession(engine.reactor, engine.clock, self.settings.media, engine.certificate,
+                                   owner.agent, engine.pool)
+            stream = Stream(index, owner.agent, session, defer.Deferred(), owns_transport=False)
+            self.streams[index] = stream
+            owner.gathered.addBoth(lambda outcome: (stream.gathered.callback(None), outcome)[1])
+            return stream
         agent = IceAgent(self.settings.ice, bool(self._controlling), engine.clock, engine.pool)
         try:
             session = MediaSession(engine.reactor, engine.clock, self.settings.media, engine.certificate, agent, engine.pool)

@@ -28,6 +28,7 @@ from epcscf.media import MediaSessionConfig
 from epcscf.pcscf.admission import AdmissionChain, LoadProbe, NewWorkGate, OverloadController, OverloadSettings
 from epcscf.pcscf.setup_window import SetupWindow, WindowSettings
 from epcscf.pcscf.call_media import CallMediaEngine, CallMediaSettings
+from epcscf.sdp import CodecPolicy
 from epcscf.pcscf.calls import CallManager, CallSettings
 from epcscf.pcscf.edge import EdgeAddresses, PcscfPolicy
 from epcscf.pcscf.flows import Flow, FlowTable
@@ -128,6 +129,7 @@ def call_media_settings(config: Config) -> CallMediaSettings:
             connect_timeout=media.connect_timeout,
         ),
         media=MediaSessionConfig(core_address=media.core_address),
+        codecs=CodecPolicy(video=media.video_codecs),
     )
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from epcscf.sdp import h264
 from epcscf.sdp.model import Attribute, MediaDescription, RtpMap
 from epcscf.sdp.params import CodecPolicy
 
@@ -30,6 +31,10 @@ def select_payload_types(media: MediaDescription, policy: CodecPolicy) -> list[s
     codecs = media.rtpmap()
     main = [pt for pt in media.formats
             if pt in codecs and not is_auxiliary(codecs[pt]) and policy.allows(media.media, codecs[pt].encoding)]
+    h264_types = [pt for pt in main if codecs[pt].encoding.upper() == "H264"]
+    if h264_types:
+        dropped = h264.redundant_mode_0(media.fmtp(), h264_types)  # RFC 6184 §8.2.2
+        main = [pt for pt in main if pt not in dropped]
     if not main:
         return []
     clocks = {codecs[pt].clock_rate for pt in main}
@@ -59,6 +64,17 @@ def same_codec(left: RtpMap | None, right: RtpMap | None) -> bool:
     if left is None or right is None:
         return left is right
     return (left.encoding.lower() == right.encoding.lower() and left.clock_rate == right.clock_rate)
+
+
+def same_format(offered: MediaDescription, answered: MediaDescription, pt: str) -> bool:
+    """The answer's payload type ``pt`` is the offer's codec with compatible parameters
+    (RFC 3264 §6.1; for H.264 the packetization mode and profile, RFC 6184 §8.2.2)."""
+    offered_codec, answered_codec = offered.rtpmap().get(pt), answered.rtpmap().get(pt)
+    if not same_codec(offered_codec, answered_codec):
+        return False
+    if offered_codec is not None and offered_codec.encoding.upper() == "H264":
+        return h264.compatible(offered.fmtp().get(pt), answered.fmtp().get(pt))
+    return True
 
 
 def payload_attributes(rtpmap_source: MediaDescription, fmtp_source: MediaDescription,

@@ -36,7 +36,7 @@ from epcscf.sdp.codecs import (
     main_payload_types,
     payload_attributes,
     placeholder_formats,
-    same_codec,
+    same_format,
     select_payload_types,
 )
 from epcscf.sdp.extract import (
@@ -183,9 +183,8 @@ def answer_toward_core(wic_answer: SessionDescription, core_offer: SessionDescri
             out.media.append(rejected)
             continue
         require_usable_wic_media(params[index], answer=True)
-        offered_codecs, answered_codecs = offered.rtpmap(), answered.rtpmap()
         kept = [pt for pt in answered.formats
-                if pt in offered.formats and same_codec(offered_codecs.get(pt), answered_codecs.get(pt))]
+                if pt in offered.formats and same_format(offered, answered, pt)]
         if not main_payload_types(offered, kept):
             out.media.append(rejected)
             continue
@@ -255,9 +254,8 @@ def answer_toward_wic(core_answer: SessionDescription, wic_offer: SessionDescrip
     for index, (offered, answered) in enumerate(zip(wic_offer.media, core_answer.media)):
         mid = offered.attribute_value("mid")
         transport = leg.transport(index)
-        offered_codecs, answered_codecs = offered.rtpmap(), answered.rtpmap()
         kept = [pt for pt in answered.formats
-                if pt in offered.formats and same_codec(offered_codecs.get(pt), answered_codecs.get(pt))]
+                if pt in offered.formats and same_format(offered, answered, pt)]
         if offered.port == 0 or answered.port == 0 or transport is None or not _is_rtp_line(offered) \
                 or offered.proto.upper() not in WEBRTC_RTP_PROTOS or not main_payload_types(offered, kept):
             formats = [pt for pt in answered.formats if pt in offered.formats][:1] or offered.formats[:1]

@@ -53,6 +53,7 @@ from epcscf.sip.parser import (
     error_response_for,
     parse_message,
 )
+from epcscf.sip.tcp_write import write_now
 from epcscf.sip.tls import describe_tls_error, server_tls_from_files
 
 log = Logger()
@@ -320,7 +321,7 @@ class StreamConnection:
                 return
             raise ConnectionLost(f"{self.transport} connection to {self.remote} is closed")
         self._touch()
-        self.protocol.transport.write(message.serialize())
+        write_now(self.protocol.transport, message.serialize())  # TLS and backlogs: Twisted's write
 
     def close(self) -> None:
         if self._open:

@@ -23,11 +23,23 @@ holding.  Three savings per connection, all of them invisible to Autobahn:
 * **Reads** (``dataReceived``).  Autobahn's own ``dataReceived`` only adds a debug log call
   whose arguments are built on every read even when debug is off (~1.5 % of the CPU of a
   registration, ``benchmarks/w2_register.py``); this one goes straight to ``_dataReceived``.
+* **Frames** (``dataReceived``, ``send_data_frame``).  An open connection's whole, final,
+  masked text or binary frames (every SIP message a WIC sends, RFC 7118 §5) are read by
+  ``epcscf.ws.frames`` and handed to ``onMessage`` directly; whatever else arrives (control
+  frames, fragments, partial or faulty frames) goes through Autobahn's state machine, which
+  answers it as RFC 6455 says.  A message is sent as one frame written to the transport when
+  no Autobahn option would change that frame (masking, fragmentation, compression, size
+  limit).  This skips Autobahn's per-frame objects, hooks and debug-log arguments (about 5 %
+  of the CPU of a registration, ``docs/performance.md``); Autobahn's ``trafficStats`` then
+  count only the frames it handled itself (nothing here reads them).
 """
 
 from __future__ import annotations
 
 from typing import Any, Callable
+
+from epcscf.sip.tcp_write import write_now
+from epcscf.ws.frames import data_frame, read_data_frame
 
 __all__ = ["AUTOBAHN_CHECKED", "HANDSHAKE_ONLY_ATTRIBUTES", "LeanAutobahnProtocol"]
 
@@ -54,6 +66,23 @@ class LeanAutobahnProtocol:
     """Mix in before Autobahn's ``WebSocketServerProtocol``; call ``release_handshake`` in ``onOpen``."""
 
     _dataReceived: Callable[[bytes], None]  # Autobahn's framing entry point (WebSocketProtocol)
+    # Autobahn's (WebSocketProtocol) state read by the frame fast path
+    STATE_OPEN: int
+    state: int
+    data: bytes
+    current_frame: Any
+    inside_message: bool
+    _perMessageCompress: Any
+    maxFramePayloadSize: int
+    maxMessagePayloadSize: int
+    autoFragmentSize: int
+    maskServerFrames: bool
+    autoPingTimeoutCall: Any
+    autoPingRestartOnAnyTraffic: bool
+    _cancelAutoPingTimeoutCall: Callable[[], None]
+    transport: Any
+    onMessage: Callable[[bytes, bool], None]
+    sendMessage: Callable[..., None]
 
     def release_handshake(self) -> None:
         attributes = self.__dict__
@@ -80,4 +109,44 @@ class LeanAutobahnProtocol:
         raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
 
     def dataReceived(self, data: bytes) -> None:  # noqa: N802 - Twisted's name
+        if (
+            self.state == self.STATE_OPEN
+            and self.current_frame is None
+            and not self.inside_message
+            and not self.data
+            and self._perMessageCompress is None
+        ):
+            data = self._read_whole_frames(data)
+            if not data:
+                return
         self._dataReceived(data)
+
+    def _read_whole_frames(self, data: bytes) -> bytes:
+        """Deliver the whole data frames at the start of ``data``; return what is left."""
+        frame_limit, message_limit = self.maxFramePayloadSize, self.maxMessagePayloadSize
+        limit = min(frame_limit, message_limit) if frame_limit > 0 and message_limit > 0 else frame_limit or message_limit
+        start = 0
+        while True:
+            frame = read_data_frame(data, start, limit)
+            if frame is None:
+                break
+            start = frame.end
+            if self.autoPingTimeoutCall and self.autoPingRestartOnAnyTraffic:
+                self._cancelAutoPingTimeoutCall()  # traffic proves the peer alive, as in Autobahn's onFrameEnd
+            self.onMessage(frame.payload, frame.binary)
+            if start == len(data) or self.state != self.STATE_OPEN:
+                break  # a close started from inside: Autobahn handles the rest in its new state
+        return data[start:] if start else data
+
+    def send_data_frame(self, payload: bytes, binary: bool) -> None:
+        """Send one message as one frame (the caller has checked the connection is open)."""
+        size = len(payload)
+        if (
+            self.maskServerFrames
+            or self._perMessageCompress is not None
+            or 0 < self.autoFragmentSize < size
+            or 0 < self.maxMessagePayloadSize < size
+        ):
+            self.sendMessage(payload, isBinary=binary)  # Autobahn's options apply (or it refuses)
+            return
+        write_now(self.transport, data_frame(payload, binary))

@@ -323,7 +323,7 @@ class SipWebSocketServerProtocol(LeanAutobahnProtocol, WebSocketServerProtocol):
         if self.state != self.STATE_OPEN:
             raise ConnectionLost(f"WebSocket to {self.connection.remote if self.connection else '?'} is closing")
         try:
-            self.sendMessage(payload, isBinary=binary)
+            self.send_data_frame(payload, binary)
         except Disconnected as error:
             raise ConnectionLost(f"WebSocket is gone: {error}") from error
 

@@ -44,7 +44,7 @@ SECURITY_HEADERS = {
     b"Content-Security-Policy": CONTENT_SECURITY_POLICY.encode(),
     b"X-Content-Type-Options": b"nosniff",
     b"Referrer-Policy": b"no-referrer",
-    b"Permissions-Policy": b"microphone=(self), camera=(), geolocation=()",
+    b"Permissions-Policy": b"microphone=(self), camera=(self), geolocation=()",  # camera: the ?video=1 page
     # The page and its script change with the checkout (bin/setup rebuilds app.js): revalidate.
     b"Cache-Control": b"no-cache",
 }

@@ -13,8 +13,10 @@ import { LevelMeter } from './meter.js';
 import { summariseStats } from './stats.js';
 
 // No STUN/TURN: the eP-CSCF is an ICE peer with its own host candidates (TS 24.371 §7.3).
-const PC_CONFIG = { iceServers: [], rtcpMuxPolicy: 'require' };
-const MEDIA_CONSTRAINTS = { audio: true, video: false };
+// ?bundle=max-bundle|balanced|max-compat (RFC 8843 policies, W3C webrtc-pc §4.2.5) and ?video=1.
+const QUERY = new URLSearchParams(location.search);
+const PC_CONFIG = { iceServers: [], rtcpMuxPolicy: 'require', bundlePolicy: QUERY.get('bundle') || 'balanced' };
+const MEDIA_CONSTRAINTS = { audio: true, video: QUERY.get('video') === '1' };
 const STATS_INTERVAL_MS = 500;
 const LOG_LIMIT = 200;
 
