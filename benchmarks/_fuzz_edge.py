@@ -40,6 +40,10 @@ class Edge:
     core: int = field(default_factory=lambda: free_port(socket.SOCK_DGRAM))
     metrics: int = field(default_factory=free_port)
     process: Any = None
+    #: with a console (``--probe``): its port and password; tracemalloc frames (0: off)
+    console_port: int = 0
+    console_password: str = ""
+    trace_frames: int = 0
 
     @property
     def log_path(self) -> str:
@@ -71,12 +75,13 @@ port_range = 30000-39999
 [metrics]
 enabled = true
 port = {self.metrics}
-[manhole]
-enabled = false
+{self._manhole()}
 [log]
 level = warn
 """)
         env = dict(os.environ, PYTHONPATH=TOP + os.pathsep + os.environ.get("PYTHONPATH", ""))
+        if self.trace_frames:
+            env["PYTHONTRACEMALLOC"] = str(self.trace_frames)
         log = open(self.log_path, "wb")
         self.process = subprocess.Popen(
             [os.path.join(TOP, ".venv", "bin", "twistd"), "-n", "--pidfile=", "epcscf", "--config", ini],
@@ -94,6 +99,55 @@ level = warn
             if time.monotonic() > deadline:
                 raise RuntimeError(f"epcscf did not start listening; see {self.log_path}")
             time.sleep(0.1)
+
+    def enable_console(self) -> None:
+        """An SSH console for ``probe`` (the soak's counts by class, tracemalloc snapshots)."""
+        import secrets
+
+        self.console_port = free_port()
+        self.console_password = secrets.token_hex(8)
+
+    def _manhole(self) -> str:
+        if not self.console_port:
+            return "[manhole]\nenabled = false"
+        import bcrypt
+
+        users_file = os.path.join(self.directory, "manhole_users")
+        with open(users_file, "w") as handle:
+            handle.write(f"fuzz:{bcrypt.hashpw(self.console_password.encode(), bcrypt.gensalt(4)).decode()}\n")
+        return f"[manhole]\nenabled = true\nport = {self.console_port}\nusers = {users_file}"
+
+    def probe(self, snapshot: str | None = None) -> dict[str, Any]:
+        """Live objects by class after ``gc.collect()`` (``_soak_probe.py``), and a tracemalloc
+        snapshot into ``snapshot`` when the edge traces."""
+        import json
+
+        from _console import run_lines
+
+        probe = os.path.join(HERE, "_soak_probe.py")
+        lines = [f"SOAK_SNAPSHOT = {snapshot!r}", f"exec(open({probe!r}).read())"]
+        screen = run_lines(self.console_port, "fuzz", self.console_password, lines, timeout=300.0)
+        for line in screen.splitlines():
+            if line.startswith("SOAK-COUNTS "):
+                return json.loads(line.split(" ", 1)[1])
+        raise RuntimeError("the console printed no counts:\n" + screen[-2000:])
+
+    def heap(self, forget_history: bool = False, trim: bool = False) -> dict[str, Any]:
+        """The allocators' figures (``_heap_probe.py``); optionally after forgetting the ended
+        calls kept for the console, and with a ``malloc_trim(0)`` after the reading."""
+        import json
+
+        from _console import run_lines
+
+        probe = os.path.join(HERE, "_heap_probe.py")
+        lines = [f"HEAP_FORGET = {forget_history!r}", f"HEAP_TRIM = {trim!r}", f"exec(open({probe!r}).read())"]
+        screen = run_lines(self.console_port, "fuzz", self.console_password, lines, timeout=300.0)
+        for line in screen.splitlines():
+            if line.startswith("HEAP-FIGURES "):
+                figures = json.loads(line.split(" ", 1)[1])
+                figures["rss_kib"] = self.rss_kib()
+                return figures
+        raise RuntimeError("the console printed no heap figures:\n" + screen[-2000:])
 
     def rss_kib(self) -> int:
         with open(f"/proc/{self.process.pid}/status") as status:

@@ -180,6 +180,7 @@ class Caller:
     ice: IceSocket
     wic: Wic
     busy: bool = False
+    answered_after: float = 0.0  # seconds from the last INVITE to its 200
     requests: asyncio.Queue = field(default_factory=asyncio.Queue)
 
     def offer(self) -> bytes:
@@ -237,6 +238,7 @@ class Caller:
         if not ok.startswith(b"SIP/2.0 200"):
             self.flow.send(ack_for_failure(invite, ok))
             raise CallFailed(ok.split(b"\r\n", 1)[0].decode(errors="replace"))
+        self.answered_after = time.perf_counter() - started  # INVITE → 200 (the rest is ACK and ICE)
         target, to_value, routes = await self.ack_and_connect(ok, call_id, from_tag, full_ice)
         setup = time.perf_counter() - started
         self.flow.send(self.request("BYE", target, call_id, from_tag, to_value, 2, routes))
@@ -291,6 +293,7 @@ class Result:
     completed: int = 0
     failures: list[str] = field(default_factory=list)
     setups: list[float] = field(default_factory=list)
+    answers: list[float] = field(default_factory=list)  # INVITE → 200 of the completed calls
     elapsed: float = 0.0
     cpu: float = 0.0
     generator_cpu: float = 0.0
@@ -311,6 +314,7 @@ async def run_load(callers: list[Caller], uas_port: int, rate: float, seconds: f
     async def one(caller: Caller) -> None:
         try:
             result.setups.append(await caller.call(uas_port, full_ice))
+            result.answers.append(caller.answered_after)
             result.completed += 1
         except (CallFailed, RegistrationFailed, asyncio.TimeoutError, AttributeError, StopIteration) as error:
             result.failures.append(f"{type(error).__name__}: {error}")

@@ -509,11 +509,28 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--pool", type=int, default=20000, help="mutants built per transport")
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--keep", action="store_true", help="keep the run directory (ini, log)")
+    parser.add_argument("--probe", action="store_true", help="also count the edge's live objects by class through "
+                        "its SSH console at each moment (gc.collect() first) and print what grew")
+    parser.add_argument("--tracemalloc", type=int, default=0, metavar="FRAMES",
+                        help="with --probe: run the edge under PYTHONTRACEMALLOC=FRAMES and print the biggest differences")
     options = parser.parse_args(argv)
     raise_open_files_limit(4096)
     directory = tempfile.mkdtemp(prefix="epcscf-fuzz-")
     users = {f"fuzz{i}": f"fuzz-secret-{i}" for i in range(1, REGISTERED_WICS + 1)} | {"bob": "bob-secret"}
     edge = Edge(directory)
+    if options.probe:
+        edge.enable_console()
+        edge.trace_frames = options.tracemalloc
+    probes: dict[str, dict[str, Any]] = {}
+
+    def probe(moment: str) -> None:
+        if options.probe:
+            name = os.path.join(directory, moment.replace(" ", "_") + ".tracemalloc") if options.tracemalloc else None
+            probes[moment] = edge.probe(name)
+            probes[moment]["snapshot"] = name
+            probes[moment]["rss_kib"] = edge.rss_kib()
+            probes[moment]["heap"] = edge.heap()
+
     sipp: subprocess.Popen | None = None
     try:
         edge.start(users)
@@ -541,6 +558,7 @@ def main(argv: list[str] | None = None) -> int:
         pool_cpu = time.process_time() - pool_started
         time.sleep(1)
         snapshots = {"before": edge.snapshot()}
+        probe("before")
         runner = Runner(options, edge, sipp_port, users)
         generator_started = time.process_time()
         elapsed = asyncio.run(runner.run(pools, fixed(wic_seeds(), {})))
@@ -551,9 +569,20 @@ def main(argv: list[str] | None = None) -> int:
             print(f"(settling until {settle:g} s after the traffic)", file=sys.stderr)
             time.sleep(max(0.0, stopped + settle - time.monotonic()))
             snapshots[f"after {settle:g} s"] = edge.snapshot()
+            probe(f"after {settle:g} s")
         if edge.process.poll() is not None:
             print(f"epcscf EXITED with {edge.process.returncode} during the run")
         print_report(options, runner.tally, elapsed, pool_cpu, generator_cpu, snapshots, log_findings(edge.log_path), edge.log_path)
+        print_probes(probes)
+        if options.probe:
+            # What the allocators keep once the last timers have run: with a trim, then with the
+            # ended calls the console keeps ([calls] history) forgotten and another trim.
+            edge.heap(trim=True)
+            trimmed = edge.heap()
+            edge.heap(forget_history=True, trim=True)
+            forgotten = edge.heap()
+            print(f"heap after a malloc_trim(0): {_heap_line(trimmed)}")
+            print(f"heap after forgetting the ended calls and the memos, and a malloc_trim(0): {_heap_line(forgotten)}")
     finally:
         if sipp is not None and sipp.poll() is None:
             sipp.kill()
@@ -562,6 +591,36 @@ def main(argv: list[str] | None = None) -> int:
         if not options.keep:
             shutil.rmtree(directory, ignore_errors=True)
     return 0
+
+
+def _heap_line(heap: dict[str, Any]) -> str:
+    mib = 1024 * 1024
+    return (f"RSS {heap['rss_kib'] / 1024:.1f} MiB; pymalloc {heap['arenas']} arenas (highwater {heap['arenas highwater']}), "
+            f"{(heap['pymalloc used bytes'] or 0) / mib:.1f} MiB in blocks used, {(heap['pymalloc free bytes'] or 0) / mib:.1f} MiB free; "
+            f"glibc heap {heap.get('glibc heap', 0) / mib:.1f} MiB ({heap.get('glibc in use', 0) / mib:.1f} in use, "
+            f"{heap.get('glibc free', 0) / mib:.1f} free), mmapped {heap.get('glibc mmapped', 0) / mib:.1f} MiB")
+
+
+def print_probes(probes: dict[str, dict[str, Any]], top: int = 25) -> None:
+    """What grew between the first probe and each later one: objects by class, delayed calls,
+    and (under tracemalloc) the biggest differences by allocation site."""
+    if len(probes) < 2:
+        return
+    moments = list(probes)
+    first = probes[moments[0]]
+    for moment in moments[1:]:
+        now = probes[moment]
+        print(f"live objects {moment} versus {moments[0]} (RSS {first['rss_kib'] / 1024:.1f} → {now['rss_kib'] / 1024:.1f} MiB):")
+        print(f"  heap {moments[0]}: {_heap_line(first['heap'])}")
+        print(f"  heap {moment}: {_heap_line(now['heap'])}")
+        for kind in ("objects", "delayed"):
+            before, after = first["detail"][kind], now["detail"][kind]
+            grown = sorted(((after.get(name, 0) - before.get(name, 0), name) for name in set(before) | set(after)), reverse=True)
+            print(f"  {kind}: " + ", ".join(f"{name} {delta:+d}" for delta, name in grown[:top] if delta > 0))
+        if first.get("snapshot") and now.get("snapshot"):
+            from soak import print_tracemalloc
+
+            print_tracemalloc(first["snapshot"], now["snapshot"], top)
 
 
 if __name__ == "__main__":

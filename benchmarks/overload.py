@@ -30,13 +30,15 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
+import re
 import shutil
 import signal
 import sys
 import tempfile
 import time
+import urllib.request
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -44,7 +46,7 @@ sys.path.insert(0, HERE)
 
 from _load import raise_open_files_limit  # noqa: E402
 from calls import Caller, Result, open_callers, run_load, sipp_pids, start_sipp  # noqa: E402
-from w2_register import Deployment, EpcscfProcess, make_users, percentile  # noqa: E402
+from w2_register import Deployment, EpcscfProcess, free_port, make_users, percentile  # noqa: E402
 
 FIRST_RATE = 30.0
 LADDER_STEP = 1.25
@@ -60,14 +62,31 @@ class OverloadDeployment(Deployment):
     """``Deployment`` whose ini also sets the media ports of calls.py and an ``[overload]`` section."""
 
     overload = ""
+    metrics_port = 0
 
     def write_ini(self, name: str, core_next_hop: str | None = None) -> tuple[str, int, int, int]:
         written = super().write_ini(name, core_next_hop)
         with open(written[0]) as handle:
             text = handle.read().replace("port_range = 41000-41999", "port_range = 30000-39999")
+        self.metrics_port = free_port()
         with open(written[0], "w") as handle:
-            handle.write(text + "[overload]\n" + self.overload)
+            handle.write(text + f"[metrics]\nenabled = true\nport = {self.metrics_port}\n[overload]\n" + self.overload)
         return written
+
+
+def refusals_by_reason(port: int) -> Counter:
+    """``epcscf_overload_refusals_total`` by reason, from the edge's /metrics."""
+    found: Counter = Counter()
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as response:
+            text = response.read().decode()
+    except OSError:
+        return found
+    for line in text.splitlines():
+        match = re.match(r'epcscf_overload_refusals_total\{reason="([^"]+)"\} ([0-9.e+]+)', line)
+        if match:
+            found[match.group(1)] += int(float(match.group(2)))
+    return found
 
 
 @dataclass
@@ -75,6 +94,7 @@ class Row:
     label: str
     result: Result
     cpu_wait: float = float("nan")  # seconds epcscf was runnable but had no CPU
+    reasons: Counter = field(default_factory=Counter)  # the edge's refusals by reason
 
     def count(self, prefix: str) -> int:
         return sum(1 for failure in self.result.failures if failure.startswith(prefix))
@@ -106,12 +126,15 @@ def runqueue_wait(pid: int) -> float:
         return float("nan")
 
 
-async def measure(epcscf: EpcscfProcess, callers: list[Caller], uas_port: int, rate: float, seconds: float, label: str = "") -> Row:
+async def measure(epcscf: EpcscfProcess, callers: list[Caller], uas_port: int, rate: float, seconds: float, label: str = "",
+                  metrics_port: int = 0) -> Row:
     cpu_before, own_before, wait_before = epcscf.cpu_seconds(), time.process_time(), runqueue_wait(epcscf.pid)
+    refused_before = refusals_by_reason(metrics_port) if metrics_port else Counter()
     result = await run_load(callers, uas_port, rate, seconds, True)
     result.cpu = epcscf.cpu_seconds() - cpu_before
     result.generator_cpu = time.process_time() - own_before
-    return Row(label, result, runqueue_wait(epcscf.pid) - wait_before)
+    reasons = refusals_by_reason(metrics_port) - refused_before if metrics_port else Counter()
+    return Row(label, result, runqueue_wait(epcscf.pid) - wait_before, reasons)
 
 
 async def session(deployment: OverloadDeployment, name: str, uas_port: int, plan: Any) -> Any:
@@ -194,7 +217,8 @@ def main(argv: list[str] | None = None) -> int:
                 return await measure(epcscf, callers, uas_port, 2 * sustainable, options.seconds, "without overload control")
 
             async def controlled(epcscf: EpcscfProcess, callers: list[Caller]) -> Row:
-                return await measure(epcscf, callers, uas_port, 2 * sustainable, options.seconds, "with overload control")
+                return await measure(epcscf, callers, uas_port, 2 * sustainable, options.seconds, "with overload control",
+                                     deployment.metrics_port)
 
             baseline = await session(deployment, "uncontrolled", uas_port, uncontrolled)
             deployment.overload = "".join(f"{item.strip()}\n" for item in options.overload.split(",") if item.strip())
@@ -217,6 +241,14 @@ def main(argv: list[str] | None = None) -> int:
     print(f"floor with overload control: completed {controlled.result.rate:.1f}/s = {100 * share:.0f} % of S "
           f"[{'PASS' if share >= FLOOR_SHARE else 'FAIL'} >= {100 * FLOOR_SHARE:g} %], p99 {1000 * p99:.0f} ms "
           f"[{'PASS' if p99 <= FLOOR_P99 else 'FAIL'} <= {1000 * FLOOR_P99:g} ms], refused {controlled.refused}")
+    for row in rows:
+        answers = sorted(row.result.answers)
+        if answers:
+            print(f"  {row.label}: INVITE → 200 p50 {1000 * percentile(answers, 0.5):.0f} ms, "
+                  f"p99 {1000 * percentile(answers, 0.99):.0f} ms (the rest of the setup: ACK and ICE)")
+    for row in rows:
+        if row.reasons:
+            print(f"  {row.label}: refused by " + ", ".join(f"{reason} {count}" for reason, count in row.reasons.most_common()))
     for row in rows:
         other = Counter(f for f in row.result.failures if not f.startswith((REFUSED, NOT_SENT)))
         for text, count in other.most_common(3):

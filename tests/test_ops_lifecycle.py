@@ -105,6 +105,25 @@ class ReloadTests(unittest.TestCase):
         self.assertEqual(level_predicate.logLevelForNamespace(""), LEVELS["warn"])
 
     @asyncio_test
+    async def test_sighup_applies_overload_thresholds_and_the_window_of_calls_in_setup(self) -> None:
+        node = self.service.pcscf
+        self.rewrite("[overload]\nlag_high = 0.4\nlag_low = 0.2\nretry_after = 17\nsetup_target = 0\n"
+                     "max_calls_in_setup = 3\nauth_failures = 4\nlag_interval = 0.5\n")
+        os.kill(os.getpid(), signal.SIGHUP)
+        for _ in range(100):
+            if self.service.config.overload.retry_after == 17:
+                break
+            await asyncio.sleep(0.01)
+        # What the next decision reads changed at once …
+        self.assertEqual((node.overload.settings.lag_high, node.overload.settings.lag_low), (0.4, 0.2))
+        self.assertEqual(node.new_work_gate.controller.settings.retry_after, 17)
+        self.assertEqual(node.auth_failures.settings.auth_failures, 4)
+        self.assertEqual(node.setup_window.limit, 3)  # a configured capacity alone
+        # … the probe's interval needs a restart.
+        self.assertEqual(self.service.config.overload.lag_interval, 0.05)
+        self.assertEqual(node.overload_settings.lag_interval, 0.05)
+
+    @asyncio_test
     async def test_sighup_with_a_bad_file_keeps_running(self) -> None:
         before = self.service.config
         self.rewrite("[sip]\nmax_headers = lots\n")

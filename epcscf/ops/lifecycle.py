@@ -58,6 +58,13 @@ LIVE_KEYS = frozenset(
         ("sip", "max_headers"),
         ("sip", "max_line_length"),
         ("core", "next_hop"),
+        # [overload]: thresholds, rates and limits are read at each decision (a restart is needed
+        # only to switch control on/off, change the probe's interval, what it watches, or the
+        # per-connection and per-flow budgets the listeners were built with)
+        *(("overload", key) for key in (
+            "lag_high", "lag_low", "high_samples", "recover", "max_new_per_second", "min_new_per_second", "retry_after",
+            "auth_failures", "auth_window", "auth_lockout", "setup_target", "min_calls_in_setup", "max_calls_in_setup",
+        )),
         ("service", "drain_timeout"),
     }
 )
@@ -130,6 +137,8 @@ def apply_config(service: Any, new: Config) -> list[ConfigChange]:
         operations.update_ws_settings(**_live_values(config, "ws"))
     if any(section == "sip" for section, _ in touched):
         operations.update_limits(**_live_values(config, "sip"))
+    if any(section == "overload" for section, _ in touched):
+        operations.update_overload(**_live_values(config, "overload"))
     # [core] next_hop is read from the node's config at each resolution (external mode).
     service.config = config
     operations.use_config(config)

@@ -47,6 +47,7 @@ from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.logger import Logger
 
 from epcscf.pcscf.registration import Registrations
+from epcscf.pcscf.setup_window import SetupWindow
 from epcscf.sip.connection import WEBSOCKET_TRANSPORTS, Connection
 from epcscf.sip.headers import HeaderError, to_tag, to_view
 from epcscf.sip.message import Request, Response
@@ -81,6 +82,9 @@ class OverloadSettings:
     auth_failures: int = 10  # failed REGISTER authentications per AOR within auth_window (0: no limit)
     auth_window: float = 60.0  # seconds
     auth_lockout: float = 300.0  # seconds an AOR is answered 403 locally
+    setup_target: float = 0.25  # seconds in the edge's part of a call's setup (``setup_window``; 0: no window)
+    min_calls_in_setup: int = 20  # the window never below this
+    max_calls_in_setup: int = 0  # nor above this (0: no cap)
 
 
 # --- the load state machine ----------------------------------------------------------------
@@ -170,6 +174,13 @@ class OverloadController:
         #: observer of state changes (log, metrics)
         self.on_change: Callable[[LoadState], None] | None = None
 
+    def reconfigure(self, settings: OverloadSettings) -> None:
+        """New settings (SIGHUP): the state and throttle are kept, the thresholds and caps change."""
+        if settings.max_new_per_second != self.settings.max_new_per_second:
+            rate = settings.max_new_per_second
+            self._arrivals = TokenBucket(rate, max(1.0, rate), self.clock.seconds()) if rate > 0 else None
+        self.settings = settings
+
     def classify(self, lag: float, pending: int) -> Sample:
         settings = self.settings
         watch_pending = settings.max_pending > 0
@@ -241,11 +252,13 @@ class OverloadController:
     def overloaded(self) -> bool:
         return self.state is LoadState.OVERLOADED
 
-    def admit_new(self) -> str | None:
-        """None to admit one unit of new work, else the reason it is refused."""
+    def admit_new(self, throttled: bool = True) -> str | None:
+        """None to admit one unit of new work, else the reason it is refused; ``throttled=False``
+        for work another bound governs while overloaded (``setup_window``): only the configured
+        rate cap applies to it."""
         now = self.clock.seconds()
         throttle = self.throttle
-        if throttle is not None and not throttle.take(now):
+        if throttled and throttle is not None and not throttle.take(now):
             return "overloaded"
         if self._arrivals is not None and not self._arrivals.take(now):
             return "new_work_rate"
@@ -385,9 +398,12 @@ class NewWorkGate:
     CHALLENGE_TTL = 32.0
     MAX_CHALLENGED = 100_000  # registrations in progress remembered at most
 
-    def __init__(self, controller: OverloadController, registrations: Registrations) -> None:
+    def __init__(self, controller: OverloadController, registrations: Registrations,
+                 window: "SetupWindow | None" = None) -> None:
         self.controller = controller
         self.registrations = registrations
+        #: the bound on calls in setup (``epcscf.pcscf.setup_window``): new INVITEs pass it too
+        self.window = window
         #: (flow id, AOR) → until when its answer to a challenge is admitted; oldest first
         self._challenged: collections.OrderedDict[tuple[str, str], float] = collections.OrderedDict()
 
@@ -420,7 +436,12 @@ class NewWorkGate:
         request = context.request
         if not is_new_work(request, context.connection, self.registrations) or self._answers_a_challenge(context):
             return None
-        reason = controller.admit_new()
+        # A new call is bounded by the window of calls in setup, which follows the node's own
+        # throughput without delay; the lag-driven throttle governs the rest of the new work.
+        window = self.window if request.method == "INVITE" and self.window is not None and self.window.enabled else None
+        reason = controller.admit_new(throttled=window is None)
         if reason is None:
-            return None
+            if window is None or window.admit(context):
+                return None
+            reason = "calls_in_setup"
         return Refusal(reason, service_unavailable(request, controller.settings.retry_after, "overloaded"))

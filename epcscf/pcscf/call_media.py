@@ -144,6 +144,10 @@ class Stream:
     owns_transport: bool = True
 
 
+#: ICE states after the connectivity checks (RFC 8445 §8: nominated, failed, or given up)
+_ICE_SETTLED = frozenset({IceState.CONNECTED, IceState.FAILED, IceState.CLOSED})
+
+
 class CallMedia:
     """``calls.CallMediaLike`` for one call (see module docstring)."""
 
@@ -328,6 +332,12 @@ class CallMedia:
                     stream.agent.add_remote_candidate(None if entry.candidate is None else entry.candidate.raw)
                 except IceError as error:
                     raise MediaRejected(400, str(error)) from None
+
+    @property
+    def ice_settled(self) -> bool:
+        """Whether every stream's ICE is past its checks (connected, failed or closed): the end
+        of the edge's part of a call's setup (``epcscf.pcscf.setup_window``)."""
+        return self._closed or all(stream.agent.state in _ICE_SETTLED for stream in self.streams.values())
 
     def stats(self) -> dict[str, Any]:
         return {

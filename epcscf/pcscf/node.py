@@ -14,7 +14,7 @@ as the ``observers`` given at construction.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, fields, replace
 from typing import Any, Callable
 
 from twisted.application.service import Service
@@ -28,6 +28,7 @@ from epcscf.media import MediaSessionConfig
 from epcscf.pcscf.admission import AdmissionChain, LoadProbe, NewWorkGate, OverloadController, OverloadSettings
 from epcscf.pcscf.call_media import CallMediaSettings
 from epcscf.pcscf.call_suspension import instance_keys
+from epcscf.pcscf.setup_window import SetupWindow, WindowSettings
 from epcscf.sdp import CodecPolicy
 from epcscf.pcscf.calls import CallManager, CallSettings
 from epcscf.pcscf.edge import EdgeAddresses, PcscfPolicy
@@ -105,6 +106,15 @@ def token_settings(config: Config, default_keys: str = "") -> TokenSettings:
 def overload_settings(config: Config) -> OverloadSettings:
     """[overload] → the admission controller's settings (same names)."""
     return OverloadSettings(**{f.name: getattr(config.overload, f.name) for f in fields(OverloadSettings)})
+
+
+def window_settings(settings: OverloadSettings) -> WindowSettings:
+    """[overload] → the bound on calls in setup (none while overload control is off)."""
+    if not settings.enabled:
+        return WindowSettings(target=0.0, max_calls=0)
+    return WindowSettings(
+        target=settings.setup_target, min_calls=settings.min_calls_in_setup, max_calls=settings.max_calls_in_setup
+    )
 
 
 def call_media_settings(config: Config) -> CallMediaSettings:
@@ -258,7 +268,8 @@ class PcscfNode(Service):
         self.auth_failures = AuthFailures(self.overload_settings, reactor)
         self.admission = AdmissionChain()
         self.admission.on_refused = self.observers.admission_refused
-        self.new_work_gate = NewWorkGate(self.overload, self.registrations)
+        self.setup_window = SetupWindow(window_settings(self.overload_settings), reactor)
+        self.new_work_gate = NewWorkGate(self.overload, self.registrations, self.setup_window)
         self.admission.add("overload", self.new_work_gate)
         self.admission.add("auth_failures", self.auth_failures)
         self.flow_limiter = (
@@ -364,7 +375,7 @@ class PcscfNode(Service):
             proxy = self.proxy
             # Read only when watched: active() lists every request in progress.
             pending = (lambda: len(proxy.active())) if self.overload_settings.max_pending > 0 else (lambda: 0)
-            self._load_probe = LoadProbe(self.reactor, self.overload_settings.lag_interval, self.overload.sample, pending)
+            self._load_probe = LoadProbe(self.reactor, self.overload_settings.lag_interval, self._load_sample, pending)
             self._load_probe.start()
         self._start_nonsip()
         log.info("eP-CSCF listening on {listeners}", listeners=", ".join(str(l) for l in self.listeners))
@@ -450,6 +461,21 @@ class PcscfNode(Service):
         """Close the WebSocket listeners: no new WIC connections (drain); flows stay up."""
         ports, self._ws_ports = self._ws_ports, []
         return defer.DeferredList([defer.maybeDeferred(port.stopListening) for port in ports], consumeErrors=True)
+
+    def update_overload(self, values: dict[str, Any]) -> None:
+        """New [overload] values (SIGHUP): every holder of the settings gets the new ones."""
+        settings = replace(self.overload_settings, **values)
+        self.overload_settings = settings
+        self.overload.reconfigure(settings)
+        self.auth_failures.settings = settings
+        if self.flow_limiter is not None:
+            self.flow_limiter.settings = settings
+        self.setup_window.reconfigure(window_settings(settings))
+
+    def _load_sample(self, lag: float, pending: int) -> None:
+        # The window's throughput is measured on the probe's clock too, not only when INVITEs come.
+        self.setup_window.refresh()
+        self.overload.sample(lag, pending)
 
     def _register_answered(self, context: Any, response: Any) -> None:
         self.auth_failures.register_answered(context.request, response)

@@ -105,6 +105,8 @@ class NodeOperations(Protocol):
         ping_timeout: float,
     ) -> None: ...
 
+    def update_overload(self, **settings: Any) -> None: ...
+
     def use_config(self, config: Config) -> None: ...
 
     def reload_token_keys(self) -> tuple[str, str] | None:
@@ -326,6 +328,11 @@ class PcscfOperations:
         factory.update_settings(settings)
         if self.node.janus_factory is not None:
             self.node.janus_factory.update_settings(settings)  # the non-SIP listener keeps the [ws] rules
+
+    def update_overload(self, **settings: Any) -> None:
+        """[overload] keys a reload may change (``epcscf.ops.lifecycle.LIVE_KEYS``): the next
+        admission decision uses them."""
+        self.node.update_overload(settings)
 
     def use_config(self, config: Config) -> None:
         """The running configuration after a reload (``[core] next_hop`` is read from it at each

@@ -1,0 +1,178 @@
+"""The bound on calls in setup, sans-IO (``epcscf.pcscf.setup_window``): which part of a setup
+counts, the window sized by Little's law from the measured throughput, and the 503 the gate
+answers beyond it — on a ``task.Clock`` with the call model's own ``Call``."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from twisted.internet.task import Clock
+from twisted.trial import unittest
+
+from epcscf.pcscf.admission import NewWorkGate, OverloadController, OverloadSettings
+from epcscf.pcscf.call_model import Call, CallLeg
+from epcscf.pcscf.call_state import CallDirection, CallState
+from epcscf.pcscf.dialogs import Side
+from epcscf.pcscf.registration import Registrations
+from epcscf.pcscf.setup_window import SetupPhase, SetupWindow, WindowSettings, phase
+from epcscf.sip.proxy_policy import ProxiedRequest, ProxyState
+from tests.support.fakes import FakeWsFlow
+from tests.test_pcscf_admission import request
+
+
+@dataclass
+class Media:
+    """What the window reads of a call's media: whether ICE is past its checks."""
+
+    ice_settled: bool = False
+
+
+class Setup:
+    """One admitted initial INVITE and, once routed, its call."""
+
+    def __init__(self, clock: Clock, number: int) -> None:
+        self.flow = FakeWsFlow(f"flow-{number}")
+        self.context = ProxiedRequest(request("INVITE"), self.flow)  # type: ignore[arg-type]
+        self.clock = clock
+        self.call: Call | None = None
+
+    def routed(self) -> "Setup":
+        """The call manager made a call of it and is gathering (OFFER_RECEIVED)."""
+        self.call = Call("c", CallDirection.ORIGINATING, self.flow, self.clock.seconds(), self.clock)  # type: ignore[arg-type]
+        self.call.media = Media()  # type: ignore[assignment]
+        self.context.attached = CallLeg(self.call, Side.WIC, initial=True)
+        self.context.state = ProxyState.FORWARDING
+        return self
+
+    def at(self, state: CallState, settled: bool = False) -> "Setup":
+        assert self.call is not None
+        self.call.state = state
+        self.call.media.ice_settled = settled  # type: ignore[union-attr]
+        return self
+
+
+class PhaseTests(unittest.TestCase):
+    def setUp(self) -> None:
+        self.clock = Clock()
+
+    def test_the_edges_part_is_routing_and_from_the_answer_until_ice_is_up(self) -> None:
+        setup = Setup(self.clock, 1)
+        self.assertIs(phase(setup.context), SetupPhase.EDGE)  # being routed
+        self.assertIs(phase(setup.routed().context), SetupPhase.EDGE)  # gathering, rewriting the offer
+        self.assertIs(phase(setup.at(CallState.OFFER_FORWARDED).context), SetupPhase.CALLEE)  # ringing
+        self.assertIs(phase(setup.at(CallState.EARLY).context), SetupPhase.EDGE)  # early answer, ICE checks
+        self.assertIs(phase(setup.at(CallState.CONFIRMED).context), SetupPhase.EDGE)
+        self.assertIs(phase(setup.at(CallState.CONFIRMED, settled=True).context), SetupPhase.DONE)
+        self.assertIs(phase(setup.at(CallState.TERMINATED).context), SetupPhase.DONE)
+
+    def test_a_request_answered_before_it_became_a_call_is_done(self) -> None:
+        setup = Setup(self.clock, 1)
+        setup.context.state = ProxyState.COMPLETED  # e.g. 488 for an unusable offer
+        self.assertIs(phase(setup.context), SetupPhase.DONE)
+
+
+class WindowTests(unittest.TestCase):
+    def setUp(self) -> None:
+        self.clock = Clock()
+        self.clock.advance(1000)
+        self.number = 0
+
+    def window(self, **settings: object) -> SetupWindow:
+        return SetupWindow(WindowSettings(**settings), self.clock)  # type: ignore[arg-type]
+
+    def offer(self, window: SetupWindow) -> Setup | None:
+        self.number += 1
+        setup = Setup(self.clock, self.number)
+        return setup.routed() if window.admit(setup.context) else None
+
+    def test_new_calls_beyond_the_window_are_refused_until_one_is_through(self) -> None:
+        window = self.window(target=0.25, min_calls=3)
+        admitted = [self.offer(window) for _ in range(3)]
+        self.assertNotIn(None, admitted)
+        self.assertIsNone(self.offer(window))
+        self.assertEqual((window.in_setup, window.refused), (3, 1))
+        admitted[0].at(CallState.CONFIRMED, settled=True)  # type: ignore[union-attr]
+        self.assertIsNotNone(self.offer(window))  # a full window looks again before refusing
+        self.assertEqual(window.in_setup, 3)
+
+    def test_calls_waiting_for_their_callee_do_not_count_and_come_back_with_the_answer(self) -> None:
+        window = self.window(target=0.25, min_calls=2)
+        first, second = self.offer(window), self.offer(window)
+        assert first is not None and second is not None
+        first.at(CallState.OFFER_FORWARDED)
+        second.at(CallState.OFFER_FORWARDED)
+        third = self.offer(window)  # both ring: neither is the edge's work
+        self.assertIsNotNone(third)
+        self.assertEqual((window.in_setup, window.waiting), (1, 2))
+        first.at(CallState.CONFIRMED)  # answered: the edge rewrites the answer and runs ICE
+        self.clock.advance(SetupWindow.CALLEE_REFRESH)
+        window.refresh()
+        self.assertEqual((window.in_setup, window.waiting), (2, 1))
+        self.assertIsNone(self.offer(window))
+
+    def test_the_window_is_throughput_times_target_and_never_below_its_minimum(self) -> None:
+        window = self.window(target=0.25, min_calls=5)
+        self.assertEqual(window.limit, 5)
+        for _ in range(8):  # 100 calls/s through their setup, for 4 s
+            for _ in range(50):
+                setup = self.offer(window)
+                assert setup is not None
+                setup.at(CallState.CONFIRMED, settled=True)
+                self.clock.advance(0.01)
+                window.refresh()
+        self.assertAlmostEqual(window.throughput, 100, delta=5)
+        self.assertEqual(window.limit, int(window.throughput * 0.25))
+        self.clock.advance(5)  # idle: nothing finishes any more
+        for _ in range(10):
+            self.clock.advance(SetupWindow.PERIOD)
+            window.refresh()
+        self.assertEqual(window.limit, 5)
+
+    def test_a_configured_capacity_caps_the_window(self) -> None:
+        self.assertEqual(self.window(target=0.25, min_calls=5, max_calls=4).limit, 4)
+        fixed = self.window(target=0.0, max_calls=7)
+        self.assertEqual(fixed.limit, 7)
+        self.assertEqual(sum(self.offer(fixed) is not None for _ in range(10)), 7)
+        off = self.window(target=0.0, max_calls=0)
+        self.assertFalse(off.enabled)
+        self.assertEqual(sum(self.offer(off) is not None for _ in range(100)), 100)
+
+    def test_a_call_stuck_in_setup_is_forgotten_after_max_age(self) -> None:
+        window = self.window(target=0.25, min_calls=1, max_age=10.0)
+        self.assertIsNotNone(self.offer(window))
+        self.assertIsNone(self.offer(window))
+        self.clock.advance(10.0)
+        self.assertIsNotNone(self.offer(window))
+
+    def test_reconfigure_resizes_the_window(self) -> None:
+        window = self.window(target=0.25, min_calls=1)
+        self.assertIsNotNone(self.offer(window))
+        self.assertIsNone(self.offer(window))
+        window.reconfigure(WindowSettings(target=0.25, min_calls=2))
+        self.assertEqual(window.limit, 2)
+        self.assertIsNotNone(self.offer(window))
+
+
+class GateTests(unittest.TestCase):
+    """``NewWorkGate`` with a window: only new INVITEs pass through it."""
+
+    def setUp(self) -> None:
+        self.clock = Clock()
+        self.window = SetupWindow(WindowSettings(target=0.25, min_calls=1), self.clock)
+        controller = OverloadController(OverloadSettings(retry_after=7), self.clock)
+        self.gate = NewWorkGate(controller, Registrations(self.clock), self.window)
+        self.flow = FakeWsFlow("flow-1")
+
+    def check(self, method: str, to_tag: str | None = None) -> object:
+        return self.gate(ProxiedRequest(request(method, to_tag), self.flow))  # type: ignore[arg-type]
+
+    def test_a_full_window_refuses_new_invites_with_503_and_retry_after(self) -> None:
+        self.assertIsNone(self.check("INVITE"))
+        refusal = self.check("INVITE")
+        self.assertIsNotNone(refusal)
+        self.assertEqual(refusal.reason, "calls_in_setup")  # type: ignore[attr-defined]
+        response = refusal.response  # type: ignore[attr-defined]
+        self.assertEqual((response.status, response.headers.get("Retry-After")), (503, "7"))
+        # What finishes admitted work, and new work that is not a call, is not the window's.
+        for method, to_tag in (("INVITE", "b1"), ("BYE", "b1"), ("ACK", None), ("CANCEL", None), ("MESSAGE", None)):
+            self.assertIsNone(self.check(method, to_tag), method)
