@@ -64,8 +64,8 @@ class OverloadDeployment(Deployment):
     overload = ""
     metrics_port = 0
 
-    def write_ini(self, name: str, core_next_hop: str | None = None) -> tuple[str, int, int, int]:
-        written = super().write_ini(name, core_next_hop)
+    def write_ini(self, name: str, core_next_hop: str | None = None, workers: int = 1) -> tuple[str, int, int, int]:
+        written = super().write_ini(name, core_next_hop, workers)
         with open(written[0]) as handle:
             text = handle.read().replace("port_range = 41000-41999", "port_range = 30000-39999")
         self.metrics_port = free_port()

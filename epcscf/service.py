@@ -9,7 +9,7 @@ after start.  (Inside the eP-CSCF, ``PcscfNode`` builds its own message path.)
 from __future__ import annotations
 
 import os
-from typing import Any
+from typing import Any, Callable
 
 from twisted.application.service import MultiService
 from twisted.internet import defer
@@ -115,33 +115,16 @@ class EpcscfService(MultiService):
             log.error("reload refused, running configuration kept: {error}", error=str(error))
 
     def _wwsf_settings(self) -> WwsfSettings:
-        """The demo page's settings; its demo users are the embedded core's (a lab), never an external core's."""
-        wwsf = self.config.wwsf
-        users = read_users(self.config.core.users, self.config.core.domain) if self.core is not None and wwsf.demo_users else []
-        return WwsfSettings(
-            domain=self.config.core.domain,
-            websocket_endpoints=lambda: [
+        return demo_wwsf_settings(
+            self.config,
+            self.core is not None,
+            self.token_key,
+            lambda: [
                 WebSocketEndpoint(l.transport.lower(), l.address.host, l.address.port)
                 for l in self.pcscf.listeners
                 if l.transport in WEBSOCKET_TRANSPORTS
             ],
-            bundle_dir=wwsf.bundle_dir or default_bundle_dir(),
-            demo_users=tuple(DemoUser(u.name, u.password, u.identities[0], u.identities) for u in users),
-            websocket_url=wwsf.websocket_url,
-            **self._login_settings(),
         )
-
-    def _login_settings(self) -> dict[str, Any]:
-        """The WWSF's web login ([auth] mode token or both): the embedded core's users log in."""
-        if self.token_key is None or self.core is None:
-            return {}
-        config = self.config
-        issuer = TokenIssuer(self.token_key[0], config.auth.audience or config.core.domain, config.auth.token_lifetime)
-        accounts = {
-            user.name: LoginAccount(user.name, user.password, tuple(user.identities), f"{user.name}@{config.core.domain}")
-            for user in read_users(config.core.users, config.core.domain)
-        }
-        return {"token_issuer": issuer, "login_accounts": accounts.get}
 
     def _embedded_core_targets(self) -> list[Target]:
         assert self.core is not None
@@ -183,3 +166,33 @@ class EpcscfService(MultiService):
         draining.addBoth(lambda result: (stopped.callback(None), result)[1])
         self._stopping = stopped
         return draining
+
+
+def demo_wwsf_settings(
+    config: Config,
+    embedded_core: bool,
+    token_key: tuple[str, str] | None,
+    websocket_endpoints: Callable[[], list[WebSocketEndpoint]],
+) -> WwsfSettings:
+    """The WWSF's settings (one process or the supervisor of workers).  Its demo users, and
+    the accounts of its web login ([auth] mode token or both), are the embedded core's users
+    — a lab's — never an external core's."""
+    wwsf = config.wwsf
+    users = read_users(config.core.users, config.core.domain) if embedded_core else []
+    login: dict[str, Any] = {}
+    if token_key is not None and embedded_core:
+        issuer = TokenIssuer(token_key[0], config.auth.audience or config.core.domain, config.auth.token_lifetime)
+        accounts = {
+            user.name: LoginAccount(user.name, user.password, tuple(user.identities), f"{user.name}@{config.core.domain}")
+            for user in users
+        }
+        login = {"token_issuer": issuer, "login_accounts": accounts.get}
+    shown = users if wwsf.demo_users else []
+    return WwsfSettings(
+        domain=config.core.domain,
+        websocket_endpoints=websocket_endpoints,
+        bundle_dir=wwsf.bundle_dir or default_bundle_dir(),
+        demo_users=tuple(DemoUser(u.name, u.password, u.identities[0], u.identities) for u in shown),
+        websocket_url=wwsf.websocket_url,
+        **login,
+    )

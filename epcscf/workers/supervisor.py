@@ -27,14 +27,12 @@ from twisted.web.resource import Resource
 
 from epcscf.config import Config, ConfigError, Listener, load
 from epcscf.core.service import EmbeddedCore, EmbeddedCoreSettings
-from epcscf.core.users import read_users
 from epcscf.logging import set_log_level
 from epcscf.ops.lifecycle import install_sighup
 from epcscf.ops.manhole import ManholeService, UsersFileError
-from epcscf.wwsf import DemoUser, WebSocketEndpoint, WwsfService, WwsfSettings
-from epcscf.wwsf.bundle import default_bundle_dir
-from epcscf.wwsf.login import LoginAccount
-from epcscf.wwsf.tokens import TokenIssuer, ensure_signing_key
+from epcscf.service import demo_wwsf_settings
+from epcscf.wwsf import WebSocketEndpoint, WwsfService, WwsfSettings
+from epcscf.wwsf.tokens import ensure_signing_key
 from epcscf.workers.console import SupervisorConsole
 from epcscf.workers.metrics import MergedMetricsPage, QuietSite, SupervisorMetrics, scrape_once
 from epcscf.workers.plan import WorkerPlan, worker_sip_listeners
@@ -226,29 +224,13 @@ class SupervisorService(MultiService):
             self.pool.signal_all("HUP")
 
     def _wwsf_settings(self) -> WwsfSettings:
-        """As ``EpcscfService``'s: the demo users are the embedded core's, the endpoints the shared [ws] ports."""
-        wwsf = self.config.wwsf
-        users = read_users(self.config.core.users, self.config.core.domain) if self.core is not None and wwsf.demo_users else []
-        return WwsfSettings(
-            domain=self.config.core.domain,
-            websocket_endpoints=lambda: [
+        """The endpoints the page names are the shared [ws] ports."""
+        return demo_wwsf_settings(
+            self.config,
+            self.core is not None,
+            self.token_key,
+            lambda: [
                 WebSocketEndpoint(l.transport, "127.0.0.1" if l.address in ("0.0.0.0", "::") else l.address, l.port)
                 for l in self.ws_listeners
             ],
-            bundle_dir=wwsf.bundle_dir or default_bundle_dir(),
-            demo_users=tuple(DemoUser(u.name, u.password, u.identities[0], u.identities) for u in users),
-            websocket_url=wwsf.websocket_url,
-            **self._login_settings(),
         )
-
-    def _login_settings(self) -> dict[str, Any]:
-        """As ``EpcscfService``'s: with [auth] mode token or both, the embedded core's users log in."""
-        if self.token_key is None or self.core is None:
-            return {}
-        config = self.config
-        issuer = TokenIssuer(self.token_key[0], config.auth.audience or config.core.domain, config.auth.token_lifetime)
-        accounts = {
-            user.name: LoginAccount(user.name, user.password, tuple(user.identities), f"{user.name}@{config.core.domain}")
-            for user in read_users(config.core.users, config.core.domain)
-        }
-        return {"token_issuer": issuer, "login_accounts": accounts.get}
