@@ -91,7 +91,7 @@ class Wic {
         return;
       }
     }
-    this.settle(status === 200 ? null : new Error(`status ${status}`));
+    this.settle(status === 200 ? null : new Error(`status ${status} ${text.slice(12, text.indexOf("\r\n")).trim()}`));
   }
 
   settle(error) {
@@ -147,7 +147,7 @@ async function main() {
         const due = Math.floor(((now - start) / 1000) * rate) - offered;
         for (let i = 0; i < due; i++) {
           offered += 1;
-          const wic = idle.pop();
+          const wic = idle.shift(); // the longest idle: spread over every WIC, as real refreshes are
           if (!wic) {
             skipped += 1;
             continue;
