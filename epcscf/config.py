@@ -82,6 +82,7 @@ def _seconds(value: str, base: Path) -> float:
 
 
 def _seconds_or_zero(value: str, base: Path) -> float:
+    """0 (off) or a positive number of seconds."""
     try:
         number = float(value.strip())
     except ValueError:
@@ -246,13 +247,6 @@ def _rate(value: str, base: Path) -> float:
     if not 0 <= number < float("inf"):
         raise _Invalid(f"must be 0 (no limit) or a positive number per second, got {value.strip()!r}")
     return number
-
-
-def _seconds_or_off(value: str, base: Path) -> float:
-    """0 (off) or a positive number of seconds."""
-    if value.strip() in ("0", "0.0"):
-        return 0.0
-    return _seconds(value, base)
 
 
 def _workers(value: str, base: Path) -> int:
@@ -488,7 +482,7 @@ class OverloadSection:
     auth_failures: int = _option(_integer(0, 1_000_000), 10, "failed REGISTER authentications of one AOR within auth_window before it is refused locally (0: no limit)")
     auth_window: float = _option(_seconds, 60.0, "window (seconds) of auth_failures")
     auth_lockout: float = _option(_seconds, 300.0, "seconds an AOR over auth_failures is answered 403 without asking the core")
-    setup_target: float = _option(_seconds_or_off, 0.25, "mean seconds a call may spend in the edge's part of its setup; new INVITEs beyond throughput × this many calls in setup get 503 (0: no window)")
+    setup_target: float = _option(_seconds_or_zero, 0.25, "mean seconds a call may spend in the edge's part of its setup; new INVITEs beyond throughput × this many calls in setup get 503 (0: no window)")
     min_calls_in_setup: int = _option(_integer(1, 1_000_000), 20, "the window of calls in setup never shrinks below this")
     max_calls_in_setup: int = _option(_integer(0, 1_000_000), 0, "and never grows above this (a known capacity; 0: only the measured throughput bounds it)")
 

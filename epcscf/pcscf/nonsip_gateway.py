@@ -337,11 +337,7 @@ class JanusGateway:
             username = body.get("username")
             if not isinstance(username, str):
                 return api.SIP_MISSING_ELEMENT, "Missing element (username)"
-            try:
-                uri = parse_uri(username)
-            except UriError:
-                return api.SIP_INVALID_ADDRESS, f"Invalid user address {username[:80]}"
-            if not isinstance(uri, SipUri) or not uri.user:
+            if not _is_sip_uri(username, needs_user=True):
                 return api.SIP_INVALID_ADDRESS, f"Invalid user address {username[:80]}"
             if token is not None and not (isinstance(token, str) and len(token) <= _TOKEN_RE_LIMIT and _TOKEN_RE.fullmatch(token)):
                 return api.SIP_INVALID_ELEMENT, "Invalid element (token should be a JWT)"
@@ -364,11 +360,7 @@ class JanusGateway:
                 uri_text = body.get("uri")
                 if not isinstance(uri_text, str):
                     return api.SIP_MISSING_ELEMENT, "Missing element (uri)"
-                try:
-                    uri = parse_uri(uri_text)
-                except UriError:
-                    return api.SIP_INVALID_ADDRESS, f"Invalid user address {uri_text[:80]}"
-                if not isinstance(uri, SipUri):
+                if not _is_sip_uri(uri_text, needs_user=False):
                     return api.SIP_INVALID_ADDRESS, f"Invalid user address {uri_text[:80]}"
                 if ua.reg_state is not RegState.REGISTERED:
                     return api.SIP_WRONG_STATE, "Wrong state (register first)"
@@ -420,3 +412,13 @@ class JanusGateway:
             display_name=body.get("display_name") or "",
             token=token,
         )
+
+
+def _is_sip_uri(text: str, needs_user: bool) -> bool:
+    """Whether ``text`` is a sip:/sips: URI (with a user part if ``needs_user``), as the Janus
+    SIP plugin requires of ``username`` and ``uri``."""
+    try:
+        uri = parse_uri(text)
+    except UriError:
+        return False
+    return isinstance(uri, SipUri) and (bool(uri.user) or not needs_user)
