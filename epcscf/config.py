@@ -453,6 +453,7 @@ class ManholeSection:
 class CallsSection:
     history: float = _option(_seconds, 300.0, "how long an ended call stays inspectable in the console (calls(), call(id))")
     reconnect_grace: float = _option(_seconds_or_zero, 10.0, "seconds a call outlives its WIC's lost WebSocket, waiting for the same instance (+sip.instance, reg-id) to register again on a new one (0: release at once)")
+    history_unanswered: float = _option(_seconds_or_zero, 60.0, "how long an ended call that never got a 2xx stays inspectable (at most history)")
 
 
 @dataclass(frozen=True)

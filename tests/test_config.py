@@ -255,3 +255,29 @@ class ReconnectGraceTests(unittest.TestCase):
                                "[calls] reconnect_grace: must be 0 (off) or a positive number of seconds, got '-1'")
         self.assertConfigError(ini({"calls": {"reconnect_grace": "soon"}}),
                                "[calls] reconnect_grace: expected a number of seconds, got 'soon'")
+
+
+class MemoryConfigTests(unittest.TestCase):
+    """[memory] allocator: malloc by default, pymalloc on request, anything else is one line."""
+
+    write = ConfigTests.write
+    assertConfigError = ConfigTests.assertConfigError
+
+    def test_default_choice_and_bad_value(self) -> None:
+        self.assertEqual(load([self.write(ini())]).memory.allocator, "malloc")
+        self.assertEqual(load([self.write(ini({"memory": {"allocator": "pymalloc"}}))]).memory.allocator, "pymalloc")
+        self.assertConfigError(ini({"memory": {"allocator": "jemalloc"}}),
+                               "[memory] allocator: must be one of malloc, pymalloc, got 'jemalloc'")
+
+
+class HistoryUnansweredTests(unittest.TestCase):
+    """[calls] history_unanswered: 60 s by default, 0 allowed, anything else is one line."""
+
+    write = ConfigTests.write
+    assertConfigError = ConfigTests.assertConfigError
+
+    def test_default_and_bad_values(self) -> None:
+        self.assertEqual(load([self.write(ini())]).calls.history_unanswered, 60.0)
+        self.assertEqual(load([self.write(ini({"calls": {"history_unanswered": "0"}}))]).calls.history_unanswered, 0.0)
+        self.assertConfigError(ini({"calls": {"history_unanswered": "-5"}}),
+                               "[calls] history_unanswered: must be 0 (off) or a positive number of seconds, got '-5'")

@@ -36,6 +36,7 @@ from epcscf.ws.connection import CloseReason, WsConnection
 from tests.support.processes import child_env
 from tests.test_calls_media import CallMediaTestCase
 from tests.support.fakes import FakeConnection, FakeServerTransaction
+from tests import test_calls_manager
 from tests.test_calls_manager import ADDRESSES, FakeMedia, FakeProxy, invite, response_to
 from tests.test_sip_transaction_fakes import Recorder, request, response
 
@@ -189,6 +190,33 @@ class CallHistoryRetentionTests(unittest.TestCase):
         gc.collect()
         self.assertIsNone(call_held())
         self.assertIsNone(media_held())
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+
+
+class UnansweredHistoryTests(unittest.TestCase):
+    """``[calls] history_unanswered``: a call that never got a 2xx is kept a shorter time than an
+    answered one, and the one pruning timer is brought forward for it."""
+
+    # the call manager's own test harness (not imported by name: trial would run its tests here)
+    setUp = test_calls_manager.CallManagerTests.setUp
+    originate = test_calls_manager.CallManagerTests.originate
+    respond = test_calls_manager.CallManagerTests.respond
+    confirmed_originating_call = test_calls_manager.CallManagerTests.confirmed_originating_call
+
+    def test_a_refused_call_goes_after_keep_unanswered_an_answered_one_after_keep_ended(self) -> None:
+        self.manager.settings = dataclasses.replace(self.manager.settings, keep_ended=600, keep_unanswered=30)
+        _, answered = self.confirmed_originating_call()
+        self.manager.release(answered.call_id)
+        self.clock.advance(5)
+        context, _ = self.originate()
+        self.respond(context, response_to(context.request, 486))
+        self.assertEqual([call.summary()["cause_code"] for call in self.manager.ended_calls()],
+                         ["released", "final-486"])
+        self.clock.advance(30)  # the timer was armed for the answered call (600 s): moved to 30 s
+        self.assertEqual([call.summary()["cause_code"] for call in self.manager.ended_calls()], ["released"])
+        self.assertEqual([call.getTime() for call in self.clock.getDelayedCalls()], [600.0])
+        self.clock.advance(565)
+        self.assertEqual(self.manager.ended_calls(), [])
         self.assertEqual(self.clock.getDelayedCalls(), [])
 
 
