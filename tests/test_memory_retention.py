@@ -32,6 +32,7 @@ from epcscf.pcscf.calls import CallManager, CallSettings
 from epcscf.sip.connection import Address, ConnectionLost
 from epcscf.sip.message import Request, Response
 from epcscf.sip.transaction import State, TimerSettings, TransactionLayer
+from epcscf.sip.transaction_server import SentResponse
 from epcscf.ws.connection import CloseReason, WsConnection
 from tests.support.processes import child_env
 from tests.test_calls_media import CallMediaTestCase
@@ -98,6 +99,25 @@ class TransactionRetentionTests(unittest.TestCase):
         # RFC 3261 §17.2.2: a retransmission gets the last response again.
         self.receive(request("BYE"))
         self.assertEqual([m.start_line() for m in self.connection.messages()], ["SIP/2.0 200 OK"])
+
+    def test_a_udp_invite_completed_keeps_only_the_bytes_of_its_final_and_still_absorbs(self) -> None:
+        self.receive(request("INVITE"))
+        [transaction] = self.tu.server_transactions
+        assert transaction.request is not None
+        busy = with_sdp(response(transaction.request, 486))
+        busy_held, wire = weakref.ref(busy), busy.serialize()
+        transaction.respond(busy)
+        del busy
+        self.forget_sent()
+        self.assertIsNone(busy_held())  # the parsed Response is gone, its bytes stay
+        self.assertEqual(transaction.last_response, SentResponse(486, wire))
+        # RFC 3261 §17.2.1: a retransmitted INVITE gets the same final, byte for byte
+        self.receive(request("INVITE"))
+        self.assertEqual([m.serialize() for m in self.connection.messages()], [wire])
+        # and the ACK is absorbed: Confirmed, nothing for the TU
+        self.receive(request("ACK", cseq_method="ACK"))
+        self.assertIs(transaction.state, State.CONFIRMED)
+        self.assertEqual(self.tu.kinds(), ["request"])
 
     def test_rfc2543_ack_still_matches_an_accepted_invite_without_its_response(self) -> None:
         self.receive(request("INVITE", branch="1"))
