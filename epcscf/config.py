@@ -541,14 +541,6 @@ class RegEventSection:
     close_grace: float = _option(_seconds, 1.0, "seconds between a network de-registration and closing the WIC's WebSocket")
 
 
-@dataclass(frozen=True)
-class MemorySection:
-    allocator: str = _option(
-        _choice("malloc", "pymalloc"), "malloc",
-        "allocator of Python objects (PYTHONMALLOC, set when twistd or a worker starts): malloc lets the edge hand "
-        "freed pages back after a burst (docs/performance.md), pymalloc is CPython's default",
-    )
-
 
 SECTIONS: dict[str, type] = {
     "service": ServiceSection,
@@ -566,7 +558,6 @@ SECTIONS: dict[str, type] = {
     "nonsip": NonsipSection,
     "auth": AuthSection,
     "reg_event": RegEventSection,
-    "memory": MemorySection,
 }
 
 
@@ -588,7 +579,6 @@ class Config:
     auth: AuthSection
     nonsip: NonsipSection = field(default_factory=NonsipSection)
     reg_event: RegEventSection = RegEventSection()
-    memory: MemorySection = MemorySection()
 
 
 def load(paths: Iterable[str | os.PathLike[str]]) -> Config:

@@ -20,7 +20,7 @@ from epcscf.config import Config, ConfigError
 from epcscf.core.service import EmbeddedCore, EmbeddedCoreSettings
 from epcscf.core.users import read_users
 from epcscf.ops.console import console_namespace as operator_commands
-from epcscf.ops.heap import HeapTrimmer, glibc_heap, running_allocator
+from epcscf.ops.heap import HeapTrimmer, glibc_heap
 from epcscf.ops.lifecycle import Drainer, install_sighup, reload_config
 from epcscf.ops.manhole import ManholeService, UsersFileError
 from epcscf.ops.metrics import EpcscfMetrics, MetricsService
@@ -138,13 +138,6 @@ class EpcscfService(MultiService):
             reactor=f"{type(reactor).__module__}.{type(reactor).__qualname__}",
             files=", ".join(self.config.files),
         )
-        allocator = running_allocator()
-        if allocator == self.config.memory.allocator:
-            log.info("Python objects allocated by {allocator}", allocator=allocator)
-        else:
-            # epcscf.tap leaves a PYTHONMALLOC set by the operator alone
-            log.warn("Python objects allocated by {allocator}, not by [memory] allocator = {wanted} "
-                     "(PYTHONMALLOC in the environment)", allocator=allocator, wanted=self.config.memory.allocator)
         try:
             super().startService()
         except CannotListenError as error:

@@ -10,12 +10,9 @@ from __future__ import annotations
 import os
 import sys
 
-from typing import Callable
-
 from twisted.python import usage
 
 from epcscf.config import Config, ConfigError, describe, load
-from epcscf.ops.heap import ALLOCATOR_VARIABLE, allocator_environment, running_allocator
 
 # Where the default config is found when --config is not given: the checkout's
 # etc/ (running from source) or the data_files installed beside the package.
@@ -65,17 +62,15 @@ class Options(usage.Options):
     opt_c = opt_config
 
     def postOptions(self) -> None:
+        try:
+            install_asyncio_reactor()
+        except usage.UsageError as error:
+            _fail(f"usage error: {error}")
         paths = self["configs"] or [next((p for p in DEFAULT_CONFIGS if os.path.exists(p)), DEFAULT_CONFIGS[0])]
         try:
             self.config = load(paths)
         except ConfigError as error:
             _fail(f"configuration error: {error}")
-        if getattr(self, "parent", None) is not None:  # run by twistd (not parsed inside another program)
-            start_on_allocator(self.config)
-        try:
-            install_asyncio_reactor()
-        except usage.UsageError as error:
-            _fail(f"usage error: {error}")
         from epcscf.logging import use_for_twistd
 
         _report_startup_errors_in_one_line()
@@ -86,21 +81,6 @@ class Options(usage.Options):
             # writing where twistd would have written (-l/--logfile, stdout with -n).
             # (twistd resolves the option by name after this method returns.)
             parent["logger"] = use_for_twistd(self.config.log, parent)
-
-
-def start_on_allocator(config: Config, execute: Callable[[str, list[str], dict[str, str]], object] = os.execve) -> None:
-    """``[memory] allocator``: CPython reads ``PYTHONMALLOC`` only when it starts, so a twistd
-    started without it starts again with it (same command line) while it is still parsing its
-    options: before any reactor, socket, thread, log file or daemonisation.  Nothing happens when
-    the process already runs on it, when the environment names an allocator (the operator's
-    choice wins, and it cannot loop), or for a supervisor (``workers > 1``: it handles no SIP and
-    gives each worker the allocator itself, ``epcscf.workers.pool``)."""
-    environment = allocator_environment(os.environ, config.memory.allocator)
-    if config.service.workers > 1 or ALLOCATOR_VARIABLE in os.environ or running_allocator() == config.memory.allocator:
-        return
-    sys.stdout.flush()
-    sys.stderr.flush()
-    execute(sys.executable, list(sys.orig_argv), environment)
 
 
 def _fail(message: str) -> None:

@@ -257,19 +257,6 @@ class ReconnectGraceTests(unittest.TestCase):
                                "[calls] reconnect_grace: expected a number of seconds, got 'soon'")
 
 
-class MemoryConfigTests(unittest.TestCase):
-    """[memory] allocator: malloc by default, pymalloc on request, anything else is one line."""
-
-    write = ConfigTests.write
-    assertConfigError = ConfigTests.assertConfigError
-
-    def test_default_choice_and_bad_value(self) -> None:
-        self.assertEqual(load([self.write(ini())]).memory.allocator, "malloc")
-        self.assertEqual(load([self.write(ini({"memory": {"allocator": "pymalloc"}}))]).memory.allocator, "pymalloc")
-        self.assertConfigError(ini({"memory": {"allocator": "jemalloc"}}),
-                               "[memory] allocator: must be one of malloc, pymalloc, got 'jemalloc'")
-
-
 class HistoryUnansweredTests(unittest.TestCase):
     """[calls] history_unanswered: 60 s by default, 0 allowed, anything else is one line."""
 

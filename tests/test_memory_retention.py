@@ -14,9 +14,6 @@ from __future__ import annotations
 
 import dataclasses
 import gc
-import os
-import subprocess
-import sys
 import weakref
 from typing import Any
 
@@ -25,19 +22,16 @@ from twisted.internet import task
 from twisted.internet.task import deferLater
 from twisted.trial import unittest
 
-from epcscf import tap
-from epcscf.config import load
-from epcscf.ops.heap import HeapTrimmer, glibc_heap, running_allocator
+from epcscf.ops.heap import HeapTrimmer, glibc_heap
 from epcscf.pcscf.calls import CallManager, CallSettings
 from epcscf.sip.connection import Address, ConnectionLost
 from epcscf.sip.message import Request, Response
 from epcscf.sip.transaction import State, TimerSettings, TransactionLayer
 from epcscf.sip.transaction_server import SentResponse
 from epcscf.ws.connection import CloseReason, WsConnection
-from tests.support.processes import child_env
+from tests import test_calls_manager
 from tests.test_calls_media import CallMediaTestCase
 from tests.support.fakes import FakeConnection, FakeServerTransaction
-from tests import test_calls_manager
 from tests.test_calls_manager import ADDRESSES, FakeMedia, FakeProxy, invite, response_to
 from tests.test_sip_transaction_fakes import Recorder, request, response
 
@@ -347,52 +341,3 @@ class MediaRetentionTests(CallMediaTestCase):
         await deferLater(global_reactor, 0.05, lambda: None)  # the sockets' last callbacks
         gc.collect()
         self.assertEqual([name for name, ref in held.items() if ref() is not None], [])
-
-
-class AllocatorChoiceTests(unittest.TestCase):
-    """``[memory] allocator``: CPython reads PYTHONMALLOC once, when it starts; ``twistd epcscf``
-    started without it starts again with it (``epcscf.tap.start_on_allocator``), before it has
-    opened anything.  (``tests.test_twistd`` runs real daemons through that path.)"""
-
-    def config(self, **memory: str) -> Any:
-        directory = self.mktemp()
-        os.makedirs(directory)
-        path = os.path.join(directory, "epcscf.ini")
-        with open(path, "w") as handle:
-            handle.write("[sip]\nlisten = udp:127.0.0.1:0\n[ws]\nlisten = ws:127.0.0.1:0\n"
-                         "[core]\nmode = external\nnext_hop = sip:127.0.0.1:5999\n")
-            handle.write("[memory]\n" + "".join(f"{key} = {value}\n" for key, value in memory.items()))
-        return load([path])
-
-    def start(self, config: Any, running: str, **environment: str) -> list[tuple[str, list[str], dict[str, str]]]:
-        self.patch(tap, "running_allocator", lambda: running)
-        self.patch(os, "environ", {"HOME": "/nowhere", **environment})
-        started: list[tuple[str, list[str], dict[str, str]]] = []
-        tap.start_on_allocator(config, execute=lambda *call: started.append(call))
-        return started
-
-    def test_pymalloc_process_starts_again_on_malloc_with_the_same_command_line(self) -> None:
-        started = self.start(self.config(), "pymalloc")
-        self.assertEqual(started, [(sys.executable, list(sys.orig_argv), {"HOME": "/nowhere", "PYTHONMALLOC": "malloc"})])
-
-    def test_pymalloc_chosen_in_the_ini_is_honoured_too(self) -> None:
-        started = self.start(self.config(allocator="pymalloc"), "malloc")
-        self.assertEqual([env["PYTHONMALLOC"] for _, _, env in started], ["pymalloc"])
-
-    def test_no_second_start_when_already_on_it_or_when_the_environment_chose(self) -> None:
-        self.assertEqual(self.start(self.config(), "malloc"), [])
-        # the operator's PYTHONMALLOC wins, and a start that ignored it cannot loop
-        self.assertEqual(self.start(self.config(), "pymalloc_debug", PYTHONMALLOC="pymalloc_debug"), [])
-
-    def test_a_supervisor_does_not_start_again(self) -> None:
-        config = self.config()
-        config = dataclasses.replace(config, service=dataclasses.replace(config.service, workers=2))
-        self.assertEqual(self.start(config, "pymalloc"), [])
-
-    def test_running_allocator_names_what_pythonmalloc_chose(self) -> None:
-        self.assertIn(running_allocator(), ("pymalloc", "malloc", "pymalloc_debug", "malloc_debug"))
-        code = "from epcscf.ops.heap import running_allocator; print(running_allocator())"
-        for name in ("malloc", "pymalloc"):
-            env = child_env(PYTHONMALLOC=name)
-            out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True).stdout
-            self.assertEqual(out.strip(), name)

@@ -119,6 +119,4 @@ class TwistdTests(unittest.TestCase):
         self.assertEqual(await daemon.stop(), (None, signal.SIGTERM), daemon.output)
         self.assertIn("Server Shut Down.", daemon.output)
         self.assertIn("drained after", daemon.output)
-        # started without PYTHONMALLOC: twistd started again on [memory] allocator (epcscf.tap)
-        self.assertIn("Python objects allocated by malloc", daemon.output)
         self.assertEqual([m.group(0) for m in TWISTED_NOISE.finditer(daemon.output)], [], daemon.output)

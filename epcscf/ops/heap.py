@@ -14,7 +14,8 @@ trimmer looks every ``interval`` seconds at how much the heap holds free (``mall
 few microseconds) and trims only when that grew by more than ``threshold`` since the lowest
 figure seen after the last trim (glibc still counts trimmed pages as free, and reuses them
 first): during steady load the free memory is reused and does not grow, after a burst it is
-returned within ``interval``.
+returned within ``interval``.  While the process is busy (more than ``busy_share`` of a CPU
+since the last look) the trim waits: pages handed back then are faulted in again at once.
 On a C library without ``mallinfo2``/``malloc_trim`` (musl, macOS) nothing is done.
 """
 
@@ -22,9 +23,8 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
-import os
 import time
-from typing import Callable, Mapping, Protocol
+from typing import Callable, Protocol
 
 from twisted.application.service import Service
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
@@ -40,29 +40,6 @@ TRIM_THRESHOLD = 4 * 1024 * 1024
 #: share of one CPU above which the node is busy and the trim waits: pages handed back under
 #: load are faulted in again by the next messages (a page fault each), for nothing
 BUSY_SHARE = 0.25
-
-
-#: the environment variable CPython reads its object allocator from, once, at start-up
-ALLOCATOR_VARIABLE = "PYTHONMALLOC"
-
-
-def running_allocator() -> str:
-    """The allocator CPython gives Python objects in this process: "pymalloc", "malloc",
-    "pymalloc_debug" ... (CPython's own name for it; what ``PYTHONMALLOC`` asked for when the
-    interpreter lacks the function)."""
-    try:
-        name = ctypes.pythonapi._PyMem_GetCurrentAllocatorName
-    except AttributeError:
-        return os.environ.get(ALLOCATOR_VARIABLE, "pymalloc")
-    name.restype = ctypes.c_char_p
-    answer = name()
-    return answer.decode("ascii") if answer else "custom"
-
-
-def allocator_environment(environ: Mapping[str, str], allocator: str) -> dict[str, str]:
-    """``environ`` for a Python process that is to run on ``allocator`` ([memory] allocator).
-    A ``PYTHONMALLOC`` already in ``environ`` wins: the operator chose (e.g. ``pymalloc_debug``)."""
-    return {ALLOCATOR_VARIABLE: allocator, **environ}
 
 
 class Heap(Protocol):

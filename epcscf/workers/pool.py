@@ -26,7 +26,6 @@ from twisted.logger import Logger, eventFromJSON, globalLogPublisher
 from twisted.protocols import amp
 from twisted.python.failure import Failure
 
-from epcscf.ops.heap import allocator_environment
 from epcscf.workers import control
 from epcscf.workers.plan import WorkerPlan
 
@@ -169,11 +168,8 @@ class WorkerPool(Service):
         inherited_fds: tuple[int, ...] = (),
         on_restart: Callable[[int, str], None] | None = None,
         on_startup_failure: Callable[[str], None] | None = None,
-        allocator: str | None = None,
     ) -> None:
         self.plans = list(plans)
-        #: [memory] allocator of the workers (PYTHONMALLOC, read when a worker's interpreter starts)
-        self.allocator = allocator
         self.config_files = tuple(os.path.abspath(path) for path in config_files)
         self.reactor = reactor
         self.drain_timeout = drain_timeout
@@ -207,8 +203,7 @@ class WorkerPool(Service):
             argv += ["--config", path]
         child_fds: dict[int, Any] = {0: "w", 1: "r", 2: "r", control.COMMANDS_FD: "w", control.ANSWERS_FD: "r"}
         child_fds.update({fd: fd for fd in self.inherited_fds})
-        env = allocator_environment(os.environ, self.allocator) if self.allocator else dict(os.environ)
-        transport = self.reactor.spawnProcess(process, sys.executable, argv, env=env, childFDs=child_fds)
+        transport = self.reactor.spawnProcess(process, sys.executable, argv, env=dict(os.environ), childFDs=child_fds)
         # The flow-token key on stdin (not in argv, which every local user can read).
         transport.writeToChild(0, self.flow_key.hex().encode("ascii") + b"\n")
         transport.closeChildFD(0)

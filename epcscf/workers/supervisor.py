@@ -123,7 +123,6 @@ class SupervisorService(MultiService):
             inherited_fds=tuple(sock.fileno() for sock in self._ws_sockets) if self._inherit else (),
             on_restart=self.metrics.restarted,
             on_startup_failure=self._worker_failed_to_start,
-            allocator=self.config.memory.allocator,
         )
         self.console = SupervisorConsole(self.pool, self.reactor, self.scrape)
         self.pool.startService()
