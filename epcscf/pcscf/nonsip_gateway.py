@@ -23,6 +23,7 @@ from epcscf.nonsip.janus_api import JanusError, JanusRequest
 from epcscf.nonsip.jsep import JsepError, TrickleBuffer, parse_jsep, parse_trickle
 from epcscf.nonsip.websocket import JanusConnection
 from epcscf.pcscf.nonsip_flow import FlowSink
+from epcscf.pcscf.nonsip_messages import DEFAULT_MESSAGE_TYPE, MAX_CONTENT, TextBody, media_type_ok
 from epcscf.pcscf.nonsip_register import Credentials, RegState, UaEvent
 from epcscf.pcscf.nonsip_ua import CallPhase, NonSipUserAgent
 from epcscf.sip.transaction import TimerSettings
@@ -320,6 +321,11 @@ class JanusGateway:
             if not isinstance(duration, int) or isinstance(duration, bool) or not 0 < duration <= 5000:
                 duration = 160  # janus_sip.c's default
             ua.dtmf_info(body["digit"], duration)
+        elif what == "message":
+            text = TextBody(body.get("content_type") or DEFAULT_MESSAGE_TYPE, body["content"])
+            ua.messaging.send_message(text, body.get("uri"), body.get("call_id"))
+        elif what == "info":
+            ua.messaging.send_info(TextBody(body["type"], body["content"]))
         elif what == "hangup":
             if handle.pending is not None:
                 # a call still waiting for the browser's candidates: it never left us
@@ -398,6 +404,8 @@ class JanusGateway:
             if len(digit) != 1 or digit not in "0123456789*#ABCD":
                 return api.SIP_INVALID_ELEMENT, "Invalid element (digit should be one character)"
             return None if ua.phase is CallPhase.CONFIRMED else (api.SIP_WRONG_STATE, "Wrong state (not in a call?)")
+        if what in ("message", "info"):
+            return _check_text_request(what, body, ua)
         return api.SIP_INVALID_REQUEST, f"Unknown request '{what[:40]}' (not in epcscf's subset of the SIP plugin)"
 
     def _credentials(self, body: dict[str, Any], token: str | None) -> Credentials:
@@ -412,6 +420,37 @@ class JanusGateway:
             display_name=body.get("display_name") or "",
             token=token,
         )
+
+
+#: RFC 3261 §25.1 callid = word [ "@" word ] (what a WIC may choose as its MESSAGE's Call-ID)
+_CALL_ID_RE = re.compile(r"[A-Za-z0-9\-.!%*_+`'~()<>:\\\"/\[\]?{}]{1,64}(@[A-Za-z0-9\-.!%*_+`'~()<>:\\\"/\[\]?{}]{1,64})?", re.ASCII)
+
+
+def _check_text_request(what: str, body: dict[str, Any], ua: NonSipUserAgent) -> tuple[int, str] | None:
+    """janus_sip.c's checks of ``message`` (content, content_type, uri, call_id) and ``info``
+    (type, content); what goes into a header is checked so that a WIC writes no header of its own."""
+    if "headers" in body:
+        return api.SIP_INVALID_ELEMENT, "Invalid element (custom headers are not supported by epcscf)"
+    type_key = "content_type" if what == "message" else "type"
+    for key, required in ((type_key, what == "info"), ("content", True)):
+        if key not in body:
+            if required:
+                return api.SIP_MISSING_ELEMENT, f"Missing element ({key})"
+        elif not isinstance(body[key], str):
+            return api.SIP_INVALID_ELEMENT, f"Invalid element ({key} should be a string)"
+    if type_key in body and not media_type_ok(body[type_key]):
+        return api.SIP_INVALID_ELEMENT, f"Invalid element ({type_key} should be a media type such as text/plain)"
+    if len(body["content"]) > MAX_CONTENT:
+        return api.SIP_INVALID_ELEMENT, f"Invalid element (content longer than {MAX_CONTENT} characters)"
+    uri = body.get("uri") if what == "message" else None
+    if uri is None:  # in the call's dialog (RFC 6086 §4.2.1: INFO always is)
+        return None if ua.phase is CallPhase.CONFIRMED else (api.SIP_WRONG_STATE, "Wrong state (not in a call?)")
+    if not isinstance(uri, str) or not _is_sip_uri(uri, needs_user=False):
+        return api.SIP_INVALID_ADDRESS, f"Invalid user address {str(uri)[:80]}"
+    call_id = body.get("call_id")
+    if call_id is not None and not (isinstance(call_id, str) and _CALL_ID_RE.fullmatch(call_id)):
+        return api.SIP_INVALID_ELEMENT, "Invalid element (call_id should be a SIP Call-ID)"
+    return None if ua.reg_state is RegState.REGISTERED else (api.SIP_WRONG_STATE, "Wrong state (not registered)")
 
 
 def _is_sip_uri(text: str, needs_user: bool) -> bool:

@@ -22,6 +22,7 @@ from twisted.logger import Logger
 
 from epcscf.nonsip.jsep import answer_direction, as_answer, next_version
 from epcscf.pcscf.nonsip_flow import FlowPair, FlowSink, PipeEnd
+from epcscf.pcscf.nonsip_messages import Messaging, body_text, sender_fields
 from epcscf.pcscf.nonsip_register import Credentials, Registration, RegState, TransactionOutcome, UaEvent, identity_name_addr
 from epcscf.sip.connection import Address
 from epcscf.sip.headers import cseq, from_tag, to_tag
@@ -85,6 +86,8 @@ class NonSipUserAgent:
         self.registration = Registration(reactor, self)
         self.phase = CallPhase.IDLE
         self.dialog: _Dialog | None = None
+        #: MESSAGE and INFO, in and out of the call's dialog
+        self.messaging = Messaging(self)
         self._closing = False
         self._flow_ending: Any = None
         #: called once the flow has ended (the UA is then inert)
@@ -178,8 +181,8 @@ class NonSipUserAgent:
                 self.emit(UaEvent({"event": "ringing"}, call_id=dialog.call_id))
             elif response.body and not dialog.answered_sdp and to_tag(response):
                 dialog.answered_sdp = True
-                dialog.remote_sdp = _text(response.body)
-                self.emit(UaEvent({"event": "progress", "username": dialog.remote_target}, ("answer", _text(response.body)), dialog.call_id))
+                dialog.remote_sdp = body_text(response.body)
+                self.emit(UaEvent({"event": "progress", "username": dialog.remote_target}, ("answer", body_text(response.body)), dialog.call_id))
             return
         if status >= 300:
             self.dialog = None
@@ -198,9 +201,9 @@ class NonSipUserAgent:
         if self.phase is CallPhase.CALLING:
             self.phase = CallPhase.CONFIRMED
             if response.body and not dialog.answered_sdp:
-                dialog.remote_sdp = _text(response.body)
+                dialog.remote_sdp = body_text(response.body)
             self._send_ack(dialog)
-            jsep = None if dialog.answered_sdp or not response.body else ("answer", _text(response.body))
+            jsep = None if dialog.answered_sdp or not response.body else ("answer", body_text(response.body))
             self.emit(UaEvent({"event": "accepted", "username": dialog.invite.uri}, jsep, dialog.call_id))
         elif remote in dialog.acks:
             self._resend(dialog.acks[remote])
@@ -254,6 +257,15 @@ class NonSipUserAgent:
 
     # --- in-dialog requests of a confirmed call -------------------------------------------------
 
+    def in_dialog_request(self, method: str) -> Request | None:
+        """A ``method`` request in the confirmed call's dialog, None when there is none."""
+        if self.phase is not CallPhase.CONFIRMED or self.dialog is None:
+            return None
+        return self._in_dialog(self.dialog, method)
+
+    def dialog_call_id(self) -> str | None:
+        return self.dialog.call_id if self.phase is CallPhase.CONFIRMED and self.dialog is not None else None
+
     def hold(self, direction: str | None) -> bool:
         """re-INVITE with our last description, its directions set to ``direction`` (RFC 3264
         §8.4); ``None`` resumes with the directions the WIC gave.  False if not possible now."""
@@ -286,14 +298,13 @@ class NonSipUserAgent:
 
     def dtmf_info(self, digit: str, duration: int) -> bool:
         """INFO application/dtmf-relay (as Janus's SIP plugin sends it) in the confirmed call."""
-        dialog = self.dialog
-        if self.phase is not CallPhase.CONFIRMED or dialog is None:
+        info = self.in_dialog_request("INFO")
+        if info is None:
             return False
-        info = self._in_dialog(dialog, "INFO")
         info.headers.add("Content-Type", "application/dtmf-relay")
         info.body = f"Signal={digit}\r\nDuration={duration}".encode("ascii")
         self.send(info, TransactionOutcome(lambda response: None))
-        self.emit(UaEvent({"event": "dtmfsent"}, call_id=dialog.call_id))
+        self.emit(UaEvent({"event": "dtmfsent"}, call_id=info.call_id))
         return True
 
     def _send_bye(self, dialog: _Dialog) -> None:
@@ -341,12 +352,12 @@ class NonSipUserAgent:
         dialog = self.dialog
         assert dialog is not None and isinstance(dialog.transaction, ServerTransaction)
         response = make_response(dialog.invite, status, reason, to_tag=dialog.local_tag)
-        self._respond(dialog.transaction, response)
+        self.respond(dialog.transaction, response)
         self.dialog = None
         self.phase = CallPhase.IDLE
         self.emit(UaEvent({"event": "hangup", "code": status, "reason": response.reason}, call_id=dialog.call_id))
 
-    def _respond(self, transaction: ServerTransaction, response: Response) -> None:
+    def respond(self, transaction: ServerTransaction, response: Response) -> None:
         response.headers.set("Content-Length", str(len(response.body)))
         try:
             transaction.respond(response)
@@ -365,23 +376,27 @@ class NonSipUserAgent:
             self._incoming_bye(request, transaction)
         elif method == "INVITE":
             self._incoming_reinvite(request, transaction)
+        elif method == "MESSAGE":
+            self.messaging.message_received(request, transaction)
+        elif method == "INFO":
+            self.messaging.info_received(request, transaction)
         elif method == "OPTIONS":
-            self._respond(transaction, make_response(request, 200, to_tag=new_tag()))
+            self.respond(transaction, make_response(request, 200, to_tag=new_tag()))
         else:
             answer = make_response(request, 405, to_tag=new_tag())
-            answer.headers.add("Allow", "INVITE, ACK, CANCEL, BYE, OPTIONS")
-            self._respond(transaction, answer)
+            answer.headers.add("Allow", "INVITE, ACK, CANCEL, BYE, OPTIONS, MESSAGE, INFO")
+            self.respond(transaction, answer)
 
     def _incoming_invite(self, invite: Request, transaction: ServerTransaction) -> None:
         caller = invite.headers.get("From") or ""
         if self.phase is not CallPhase.IDLE or self.reg_state is not RegState.REGISTERED or self._closing:
             busy = make_response(invite, 486, to_tag=new_tag())
-            self._respond(transaction, busy)
+            self.respond(transaction, busy)
             self.emit(UaEvent({"event": "missed_call", "caller": name_addr_uri(caller) if caller else ""}, call_id=invite.call_id))
             return
         if not invite.body:
             # an offerless INVITE would need our offer in the 200 (RFC 3264 §4): not in this subset
-            self._respond(transaction, make_response(invite, 488, "Not Acceptable Here (an offer is required)", to_tag=new_tag()))
+            self.respond(transaction, make_response(invite, 488, "Not Acceptable Here (an offer is required)", to_tag=new_tag()))
             return
         contacts = list_values(invite.headers, "Contact")
         tag = new_tag()
@@ -396,23 +411,20 @@ class NonSipUserAgent:
             local_cseq=0,
             invite=invite,
             transaction=transaction,
-            remote_sdp=_text(invite.body),
+            remote_sdp=body_text(invite.body),
         )
         self.phase = CallPhase.INCOMING
         ringing = make_response(invite, 180, to_tag=tag)
         for value in invite.headers.get_all("Record-Route"):
             ringing.headers.add("Record-Route", value)
         ringing.headers.add("Contact", self.contact())
-        self._respond(transaction, ringing)
+        self.respond(transaction, ringing)
         result = {
             "event": "incomingcall",
-            "username": name_addr_uri(caller) if caller else "",
+            **sender_fields(caller, "username"),
             "callee": name_addr_uri(invite.headers.get("To") or "") if invite.headers.get("To") else "",
         }
-        display = caller.split("<")[0].strip().strip('"') if "<" in caller else ""
-        if display:
-            result["displayname"] = display
-        self.emit(UaEvent(result, ("offer", _text(invite.body)), self.dialog.call_id))
+        self.emit(UaEvent(result, ("offer", body_text(invite.body)), self.dialog.call_id))
 
     def _incoming_reinvite(self, reinvite: Request, transaction: ServerTransaction) -> None:
         """Accepted at once with the WIC's description, its direction answering the offer's
@@ -420,14 +432,14 @@ class NonSipUserAgent:
         (``autoaccept_reinvites``): the browser's own session is unchanged."""
         dialog = self.dialog
         if dialog is None or reinvite.call_id != dialog.call_id or self.phase is not CallPhase.CONFIRMED:
-            self._respond(transaction, make_response(reinvite, 481, to_tag=new_tag()))
+            self.respond(transaction, make_response(reinvite, 481, to_tag=new_tag()))
             return
         if dialog.reinvite is not None or not reinvite.body:
             # RFC 3261 §14.2: our own re-INVITE is out (491); an offerless one needs an offer we do not make
             status = 491 if dialog.reinvite is not None else 488
-            self._respond(transaction, make_response(reinvite, status))
+            self.respond(transaction, make_response(reinvite, status))
             return
-        offer = _text(reinvite.body)
+        offer = body_text(reinvite.body)
         answer = next_version(as_answer(dialog.local_sdp, dialog.remote_sdp), answer_direction(offer))
         dialog.local_sdp = next_version(dialog.local_sdp)
         contacts = list_values(reinvite.headers, "Contact")
@@ -437,7 +449,7 @@ class NonSipUserAgent:
         ok.headers.add("Contact", self.contact())
         ok.headers.add("Content-Type", "application/sdp")
         ok.body = answer.encode("utf-8")
-        self._respond(transaction, ok)
+        self.respond(transaction, ok)
 
     def accept(self, sdp: str) -> bool:
         dialog = self.dialog
@@ -451,7 +463,7 @@ class NonSipUserAgent:
         ok.body = sdp.encode("utf-8")
         dialog.local_sdp = sdp
         self.emit(UaEvent({"event": "accepting"}, call_id=dialog.call_id))
-        self._respond(dialog.transaction, ok)
+        self.respond(dialog.transaction, ok)
         self.phase = CallPhase.CONFIRMED
         self.emit(UaEvent({"event": "accepted"}, call_id=dialog.call_id))
         return True
@@ -459,12 +471,12 @@ class NonSipUserAgent:
     def _incoming_cancel(self, cancel: Request, transaction: ServerTransaction) -> None:
         invite_transaction = self.transactions.find_invite_server_transaction(cancel)
         if invite_transaction is None:
-            self._respond(transaction, make_response(cancel, 481, to_tag=new_tag()))
+            self.respond(transaction, make_response(cancel, 481, to_tag=new_tag()))
             return
-        self._respond(transaction, make_response(cancel, 200, to_tag=new_tag()))
+        self.respond(transaction, make_response(cancel, 200, to_tag=new_tag()))
         dialog = self.dialog
         if dialog is not None and dialog.transaction is invite_transaction and self.phase is CallPhase.INCOMING:
-            self._respond(invite_transaction, make_response(dialog.invite, 487, to_tag=dialog.local_tag))
+            self.respond(invite_transaction, make_response(dialog.invite, 487, to_tag=dialog.local_tag))
             self.dialog = None
             self.phase = CallPhase.IDLE
             self.emit(UaEvent({"event": "hangup", "code": 487, "reason": "Request Terminated"}, call_id=dialog.call_id))
@@ -472,9 +484,9 @@ class NonSipUserAgent:
     def _incoming_bye(self, bye: Request, transaction: ServerTransaction) -> None:
         dialog = self.dialog
         if dialog is None or bye.call_id != dialog.call_id:
-            self._respond(transaction, make_response(bye, 481, to_tag=new_tag()))
+            self.respond(transaction, make_response(bye, 481, to_tag=new_tag()))
             return
-        self._respond(transaction, make_response(bye, 200))
+        self.respond(transaction, make_response(bye, 200))
         self.dialog = None
         self.phase = CallPhase.IDLE
         self.emit(UaEvent({"event": "hangup", "code": 200, "reason": "BYE"}, call_id=dialog.call_id))
@@ -524,7 +536,3 @@ class NonSipUserAgent:
         self.flow.close(reason)
         self.transactions.close()
         self.on_ended(self)
-
-
-def _text(body: bytes) -> str:
-    return body.decode("utf-8", errors="replace")

@@ -1,0 +1,175 @@
+"""Text between a non-SIP WIC and the IMS (the Janus SIP plugin's ``message`` and ``info``,
+janus_sip.c): MESSAGE (RFC 3428) out of a dialog and in the call's, INFO (RFC 6086) in the
+call's, both ways, with sipp as the IMS party behind the embedded core; and the plugin's
+error codes for what cannot be sent, with nothing reaching the core."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from typing import Any
+
+from twisted.trial import unittest
+
+from tests.support.deployment import DOMAIN, USERS, start_deployment
+from tests.support.processes import wait_for
+from tests.support.sipp import SCENARIOS, SippProcess, free_port, port_bound, require_sipp, sipp_messages, spawn_sipp
+from tests.support.wic import as_deferred
+from tests.test_nonsip_janus import CHROME_OFFER, NONSIP, JanusClient, body_of, janus_url
+
+
+def header(message: str, name: str) -> str:
+    for line in message.replace("\r\n", "\n").split("\n\n", 1)[0].split("\n")[1:]:
+        key, _, value = line.partition(":")
+        if key.strip().lower() == name.lower():
+            return value.strip()
+    return ""
+
+
+class JanusMessageAndInfoTests(unittest.TestCase):
+    timeout = 60
+
+    def setUp(self) -> None:
+        self.sipp = require_sipp(self)
+        self.service = start_deployment(self, extra=NONSIP)
+        self.directory = os.path.abspath(self.mktemp())
+        os.makedirs(self.directory)
+
+    def spawn_sipp(self, name: str, args: list[str]) -> tuple[SippProcess, str]:
+        return spawn_sipp(self, self.sipp, [*args, "-m", "1", "-timeout", "30s", "-timeout_error"], self.directory, name)
+
+    async def sipp_done(self, process: SippProcess) -> None:
+        self.assertEqual(await process.ended.asFuture(asyncio.get_event_loop()), 0, process.output[-2000:])
+
+    async def handle(self) -> tuple[JanusClient, dict[str, int]]:
+        client = JanusClient(janus_url(self.service))
+        await client.connect()
+        self.addCleanup(lambda: as_deferred(client.socket.close()))
+        session = (await client.request({"janus": "create"}))["data"]["id"]
+        handle = (await client.request({"janus": "attach", "plugin": "janus.plugin.sip", "session_id": session}))["data"]["id"]
+        return client, {"session_id": session, "handle_id": handle}
+
+    async def send(self, client: JanusClient, ids: dict[str, int], body: dict[str, Any], jsep: dict[str, str] | None = None) -> None:
+        frame: dict[str, Any] = {"janus": "message", **ids, "body": body}
+        if jsep is not None:
+            frame["jsep"] = jsep
+        self.assertEqual((await client.request(frame))["janus"], "ack")
+
+    async def next_event(self, client: JanusClient, name: str) -> dict[str, Any]:
+        """The next plugin event named ``name`` (its whole data), skipping the others."""
+        while True:
+            data = await client.event(timeout=15)
+            if data.get("result", {}).get("event") == name or (name == "error" and "error_code" in data):
+                return data
+
+    def test_message_and_info_both_ways_in_and_out_of_a_call(self):
+        return as_deferred(self._both_ways())
+
+    async def _both_ways(self) -> None:
+        client, ids = await self.handle()
+        # Not registered yet: an out-of-dialog MESSAGE has nowhere to come from (447).
+        await self.send(client, ids, {"request": "message", "uri": f"sip:bob@{DOMAIN}", "content": "hi"})
+        self.assertEqual((await client.event())["error_code"], 447)
+        await self.send(client, ids, {"request": "register", "username": f"sip:alice@{DOMAIN}", "secret": USERS["alice"]})
+        await self.next_event(client, "registered")
+
+        # IMS → WIC, out of dialog, through the core: a `message` event, then sipp's 200.
+        core = self.service.core.addresses[0][1]
+        uac, uac_trace = self.spawn_sipp("uac", ["-sf", os.path.join(SCENARIOS, "nonsip_uac_message.xml"), "-s", "alice",
+                                                 "-set", "domain", DOMAIN, "-i", "127.0.0.1", "-p", str(free_port()),
+                                                 f"{core.host}:{core.port}"])
+        incoming = await self.next_event(client, "message")
+        self.assertEqual(incoming["result"], {"event": "message", "sender": f"sip:ims-caller@{DOMAIN}", "displayname": "IMS Caller",
+                                              "content_type": "text/plain", "content": "hello alice\r\n"})  # sipp ends its body with CRLF
+        await self.sipp_done(uac)
+        [sent] = [m for m in sipp_messages(uac_trace, "sent") if m.startswith("MESSAGE ")]
+        self.assertEqual(incoming["call_id"], header(sent, "Call-ID"))
+
+        # WIC → IMS, out of dialog, with the Call-ID the WIC chose: messagesent, then the
+        # delivery report carrying sipp's status.
+        port = free_port()
+        uas, uas_trace = self.spawn_sipp("uas-message", ["-sf", os.path.join(SCENARIOS, "uas_message.xml"), "-i", "127.0.0.1", "-p", str(port)])
+        await wait_for(lambda: port_bound(port, "UDP") or uas.ended.called, timeout=10)
+        await self.send(client, ids, {"request": "message", "uri": f"sip:echo@127.0.0.1:{port}", "content": "héllo ims",
+                                      "content_type": "text/plain;charset=UTF-8", "call_id": "wic-chosen-1@alice"})
+        sent_event = await self.next_event(client, "messagesent")
+        self.assertEqual((sent_event["result"]["call_id"], sent_event["call_id"]), ("wic-chosen-1@alice", "wic-chosen-1@alice"))
+        delivery = await self.next_event(client, "messagedelivery")
+        self.assertEqual((delivery["result"]["code"], delivery["call_id"]), (200, "wic-chosen-1@alice"))
+        await self.sipp_done(uas)
+        [message] = [m for m in sipp_messages(uas_trace, "received") if m.startswith("MESSAGE ")]
+        self.assertEqual(header(message, "Call-ID"), "wic-chosen-1@alice")
+        self.assertEqual(header(message, "Content-Type"), "text/plain;charset=UTF-8")
+        self.assertEqual(body_of(message).strip(), "héllo ims")
+        self.assertIn(f"sip:alice@{DOMAIN}", header(message, "P-Asserted-Identity"))  # the core asserted who sent it
+        # A MESSAGE nobody takes: the delivery report says so.
+        await self.send(client, ids, {"request": "message", "uri": f"sip:nobody@{DOMAIN}", "content": "anyone?"})
+        self.assertGreaterEqual((await self.next_event(client, "messagedelivery"))["result"]["code"], 400)
+
+        # In a call: MESSAGE and INFO from the WIC along the dialog, then the far end's own.
+        port = free_port()
+        call, call_trace = self.spawn_sipp("uas-call", ["-sf", os.path.join(SCENARIOS, "nonsip_uas_messaging.xml"), "-i", "127.0.0.1", "-p", str(port)])
+        await wait_for(lambda: port_bound(port, "UDP") or call.ended.called, timeout=10)
+        with open(CHROME_OFFER) as handle:
+            offer = handle.read()
+        await self.send(client, ids, {"request": "call", "uri": f"sip:echo@127.0.0.1:{port}"}, {"type": "offer", "sdp": offer})
+        accepted = await self.next_event(client, "accepted")
+        await self.send(client, ids, {"request": "message", "content": "in the call"})
+        self.assertEqual((await self.next_event(client, "messagesent"))["call_id"], accepted["call_id"])
+        self.assertEqual((await self.next_event(client, "messagedelivery"))["result"]["code"], 200)
+        await self.send(client, ids, {"request": "info", "type": "application/x-epcscf-test", "content": "ping"})
+        await self.next_event(client, "infosent")
+        info = await self.next_event(client, "info")
+        self.assertEqual(info["result"], {"event": "info", "sender": f"sip:echo@127.0.0.1:{port}", "displayname": "IMS Echo",
+                                          "type": "application/dtmf-relay", "content": "Signal=7\r\nDuration=160\r\n"})
+        self.assertEqual(info["call_id"], accepted["call_id"])
+        text = await self.next_event(client, "message")
+        self.assertEqual((text["result"]["content"], text["result"]["content_type"]), ("hello from the IMS side\r\n", "text/plain;charset=UTF-8"))
+        self.assertEqual((await self.next_event(client, "hangup"))["result"]["code"], 200)  # sipp's BYE
+        await self.sipp_done(call)
+        received = [m for m in sipp_messages(call_trace, "received") if not m.startswith("SIP/2.0")]
+        self.assertEqual([m.split(" ", 1)[0] for m in received], ["INVITE", "ACK", "MESSAGE", "INFO"])
+        in_call_message, in_call_info = received[2], received[3]
+        for request in (in_call_message, in_call_info):
+            self.assertEqual(header(request, "Call-ID"), accepted["call_id"])  # in the dialog (RFC 3261 §12.2.1.1)
+            self.assertIn(";tag=", header(request, "To"))
+        self.assertEqual(body_of(in_call_message).strip(), "in the call")
+        self.assertEqual(header(in_call_info, "Content-Type"), "application/x-epcscf-test")
+        # the far end's requests were answered 200 by the eP-CSCF's UA
+        answers = [m.split("\n", 1)[0].strip() + " " + header(m, "CSeq") for m in sipp_messages(call_trace, "received") if m.startswith("SIP/2.0")]
+        self.assertIn("SIP/2.0 200 OK 1 INFO", answers)
+        self.assertIn("SIP/2.0 200 OK 2 MESSAGE", answers)
+
+    def test_what_cannot_be_sent_gets_the_plugins_errors_and_nothing_reaches_the_core(self):
+        return as_deferred(self._refused())
+
+    async def _refused(self) -> None:
+        client, ids = await self.handle()
+        await self.send(client, ids, {"request": "register", "username": f"sip:alice@{DOMAIN}", "secret": USERS["alice"]})
+        await self.next_event(client, "registered")
+        # what the handle's UA has sent into the P-CSCF so far (its REGISTERs)
+        [flow] = self.service.pcscf.flows
+        sent_before = flow.connection.messages_received
+        uri = f"sip:bob@{DOMAIN}"
+        for body, code in (
+            ({"request": "info", "type": "text/plain", "content": "x"}, 447),  # no call (RFC 6086 §4.2.1)
+            ({"request": "message", "content": "x"}, 447),  # in-dialog without a call
+            ({"request": "message", "uri": uri}, 443),
+            ({"request": "info", "content": "x"}, 443),
+            ({"request": "message", "uri": uri, "content": 5}, 444),
+            ({"request": "message", "uri": uri, "content": "x", "content_type": "text/plain\r\nP-Asserted-Identity: <sip:boss@x>"}, 444),
+            ({"request": "message", "uri": uri, "content": "x", "call_id": "a b\r\nVia: x"}, 444),
+            ({"request": "message", "uri": uri, "content": "x", "headers": {"X-Foo": "bar"}}, 444),
+            ({"request": "message", "uri": uri, "content": "x" * 16385}, 444),
+            ({"request": "message", "uri": "tel:+1234", "content": "x"}, 446),
+            ({"request": "update"}, 442),
+            ({"request": "subscribe", "event": "message-summary"}, 442),
+        ):
+            await self.send(client, ids, body)
+            self.assertEqual((await client.event())["error_code"], code, body)
+        # the refused requests never left the UA: the P-CSCF got nothing more from the flow
+        self.assertEqual(flow.connection.messages_received, sent_before)
+        self.assertEqual((await client.request({"janus": "keepalive", "session_id": ids["session_id"]}))["janus"], "ack")
+        registry = self.service.metrics.registry
+        for code, count in ((447, 2), (443, 2), (444, 5), (446, 1), (442, 2)):
+            self.assertEqual(registry.get_sample_value("epcscf_janus_requests_refused_total", {"code": str(code)}), count, code)
