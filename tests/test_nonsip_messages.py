@@ -11,11 +11,13 @@ from typing import Any
 
 from twisted.trial import unittest
 
+from epcscf.sdp import SessionDescription
+
 from tests.support.deployment import DOMAIN, USERS, start_deployment
 from tests.support.processes import wait_for
 from tests.support.sipp import SCENARIOS, SippProcess, free_port, port_bound, require_sipp, sipp_messages, spawn_sipp
 from tests.support.wic import as_deferred
-from tests.test_nonsip_janus import CHROME_OFFER, NONSIP, JanusClient, body_of, janus_url
+from tests.test_nonsip_janus import CHROME_ANSWER, CHROME_OFFER, NONSIP, JanusClient, body_of, janus_url
 
 
 def header(message: str, name: str) -> str:
@@ -26,7 +28,14 @@ def header(message: str, name: str) -> str:
     return ""
 
 
-class JanusMessageAndInfoTests(unittest.TestCase):
+def updated_jsep(event: dict[str, Any]) -> str:
+    """The SDP of the jsep that came with an event from ``JanusHandleTestCase.next_event``."""
+    return event["_jsep"]["sdp"]
+
+
+class JanusHandleTestCase(unittest.TestCase):
+    """epcscf with the embedded core and a Janus listener; a raw Janus client's SIP handle; sipp."""
+
     timeout = 60
 
     def setUp(self) -> None:
@@ -56,11 +65,18 @@ class JanusMessageAndInfoTests(unittest.TestCase):
         self.assertEqual((await client.request(frame))["janus"], "ack")
 
     async def next_event(self, client: JanusClient, name: str) -> dict[str, Any]:
-        """The next plugin event named ``name`` (its whole data), skipping the others."""
+        """The next plugin event named ``name`` (its data, and its jsep as ``_jsep``), skipping the others."""
         while True:
-            data = await client.event(timeout=15)
-            if data.get("result", {}).get("event") == name or (name == "error" and "error_code" in data):
+            reply = await client.receive(timeout=15)
+            if reply["janus"] != "event":
+                continue
+            data = {**reply["plugindata"]["data"], "_jsep": reply.get("jsep")}
+            if data.get("result", {}).get("event") == name:
                 return data
+
+
+class JanusMessageAndInfoTests(JanusHandleTestCase):
+    """MESSAGE, INFO and update with sipp on the IMS side; refusals that reach nothing."""
 
     def test_message_and_info_both_ways_in_and_out_of_a_call(self):
         return as_deferred(self._both_ways())
@@ -79,6 +95,7 @@ class JanusMessageAndInfoTests(unittest.TestCase):
                                                  "-set", "domain", DOMAIN, "-i", "127.0.0.1", "-p", str(free_port()),
                                                  f"{core.host}:{core.port}"])
         incoming = await self.next_event(client, "message")
+        self.assertIsNone(incoming.pop("_jsep"))
         self.assertEqual(incoming["result"], {"event": "message", "sender": f"sip:ims-caller@{DOMAIN}", "displayname": "IMS Caller",
                                               "content_type": "text/plain", "content": "hello alice\r\n"})  # sipp ends its body with CRLF
         await self.sipp_done(uac)
@@ -117,6 +134,21 @@ class JanusMessageAndInfoTests(unittest.TestCase):
         await self.send(client, ids, {"request": "message", "content": "in the call"})
         self.assertEqual((await self.next_event(client, "messagesent"))["call_id"], accepted["call_id"])
         self.assertEqual((await self.next_event(client, "messagedelivery"))["result"]["code"], 200)
+        # The plugin's update: the WIC's new offer (an ICE restart) as a re-INVITE; our answer
+        # comes back in `accepted`, the core side sees a plain RTP/AVP re-offer.
+        reoffer = offer.replace(" 2 IN IP4", " 3 IN IP4").replace("a=ice-ufrag:Ep9W", "a=ice-ufrag:Rs7X").replace(
+            "a=ice-pwd:Lk3ll9AbOLM1XbHSzn0BldiN", "a=ice-pwd:Qw8mm2CdPKN4YcJTao1CmejO")
+        await self.send(client, ids, {"request": "update"}, {"type": "answer", "sdp": reoffer})
+        self.assertEqual((await client.event())["error_code"], 448)  # an update carries an offer
+        await self.send(client, ids, {"request": "update"}, {"type": "offer", "sdp": reoffer})
+        await self.next_event(client, "updating")
+        updated = await self.next_event(client, "accepted")
+        self.assertEqual(updated["call_id"], accepted["call_id"])
+        answer = SessionDescription.parse(updated_jsep(updated))
+        self.assertEqual(answer.media[0].proto, "UDP/TLS/RTP/SAVPF")
+        # RFC 8839 §4.4.1.1.1: an ICE restart is answered with new credentials of ours too
+        first_answer = SessionDescription.parse(updated_jsep(accepted))
+        self.assertNotEqual(answer.media[0].attribute_value("ice-ufrag"), first_answer.media[0].attribute_value("ice-ufrag"))
         await self.send(client, ids, {"request": "info", "type": "application/x-epcscf-test", "content": "ping"})
         await self.next_event(client, "infosent")
         info = await self.next_event(client, "info")
@@ -128,8 +160,12 @@ class JanusMessageAndInfoTests(unittest.TestCase):
         self.assertEqual((await self.next_event(client, "hangup"))["result"]["code"], 200)  # sipp's BYE
         await self.sipp_done(call)
         received = [m for m in sipp_messages(call_trace, "received") if not m.startswith("SIP/2.0")]
-        self.assertEqual([m.split(" ", 1)[0] for m in received], ["INVITE", "ACK", "MESSAGE", "INFO"])
-        in_call_message, in_call_info = received[2], received[3]
+        self.assertEqual([m.split(" ", 1)[0] for m in received], ["INVITE", "ACK", "MESSAGE", "INVITE", "ACK", "INFO"])
+        in_call_message, reinvite, in_call_info = received[2], received[3], received[5]
+        self.assertEqual(header(reinvite, "Call-ID"), accepted["call_id"])
+        reoffer_at_core = SessionDescription.parse(body_of(reinvite).replace("\n", "\r\n"))
+        self.assertEqual([m.proto for m in reoffer_at_core.media], ["RTP/AVP"])
+        self.assertNotIn("ice-ufrag", body_of(reinvite))
         for request in (in_call_message, in_call_info):
             self.assertEqual(header(request, "Call-ID"), accepted["call_id"])  # in the dialog (RFC 3261 §12.2.1.1)
             self.assertIn(";tag=", header(request, "To"))
@@ -162,7 +198,7 @@ class JanusMessageAndInfoTests(unittest.TestCase):
             ({"request": "message", "uri": uri, "content": "x", "headers": {"X-Foo": "bar"}}, 444),
             ({"request": "message", "uri": uri, "content": "x" * 16385}, 444),
             ({"request": "message", "uri": "tel:+1234", "content": "x"}, 446),
-            ({"request": "update"}, 442),
+            ({"request": "update"}, 447),  # no call to update
             ({"request": "subscribe", "event": "message-summary"}, 442),
         ):
             await self.send(client, ids, body)
@@ -171,5 +207,30 @@ class JanusMessageAndInfoTests(unittest.TestCase):
         self.assertEqual(flow.connection.messages_received, sent_before)
         self.assertEqual((await client.request({"janus": "keepalive", "session_id": ids["session_id"]}))["janus"], "ack")
         registry = self.service.metrics.registry
-        for code, count in ((447, 2), (443, 2), (444, 5), (446, 1), (442, 2)):
+        for code, count in ((447, 3), (443, 2), (444, 5), (446, 1), (442, 1)):
             self.assertEqual(registry.get_sample_value("epcscf_janus_requests_refused_total", {"code": str(code)}), count, code)
+
+
+class JanusHangupWhileAcceptWaitsTests(JanusHandleTestCase):
+    """Found on the way: a ``hangup`` while an ``accept`` still waited for the browser's
+    candidates used to report 487 to the WIC and leave the caller's INVITE unanswered; the UA
+    now answers it (480), as for a hangup while ringing."""
+
+    def test_hangup_before_the_answer_is_gathered_answers_the_callers_invite(self):
+        return as_deferred(self._hangup())
+
+    async def _hangup(self) -> None:
+        client, ids = await self.handle()
+        await self.send(client, ids, {"request": "register", "username": f"sip:alice@{DOMAIN}", "secret": USERS["alice"]})
+        await self.next_event(client, "registered")
+        core = self.service.core.addresses[0][1]
+        uac, _ = self.spawn_sipp("uac", ["-sf", os.path.join(SCENARIOS, "calls_uac_unanswered.xml"), "-s", "alice",
+                                         "-set", "domain", DOMAIN, "-i", "127.0.0.1", "-p", str(free_port()), f"{core.host}:{core.port}"])
+        await self.next_event(client, "incomingcall")
+        with open(CHROME_ANSWER) as handle:
+            trickling = "".join(line for line in handle if not line.startswith("a=candidate"))  # candidates to come
+        await self.send(client, ids, {"request": "accept"}, {"type": "answer", "sdp": trickling})
+        await self.send(client, ids, {"request": "hangup"})
+        self.assertEqual((await self.next_event(client, "hangup"))["result"]["code"], 480)
+        await self.sipp_done(uac)  # sipp got its 480
+        await wait_for(lambda: not any(record["live"] for record in self.service.pcscf.operations.calls()), timeout=10)

@@ -285,6 +285,8 @@ class JanusGateway:
                 handle.ua.emit(UaEvent({"event": "hangup", "code": 486, "reason": "Busy Here"}))
         elif action == "accept":
             handle.ua.accept(sdp)
+        elif action == "update":
+            handle.ua.update(sdp)  # a call ended meanwhile has already said so (hangup)
 
     # --- SIP plugin requests (janus_sip.c) ---------------------------------------------------------
 
@@ -311,6 +313,9 @@ class JanusGateway:
         elif what == "accept":
             jsep = parse_jsep(request.body.get("jsep"))
             self._defer_until_gathered(handle, "accept", "", jsep.sdp, jsep.trickle)
+        elif what == "update":
+            jsep = parse_jsep(request.body.get("jsep"))
+            self._defer_until_gathered(handle, "update", "", jsep.sdp, jsep.trickle)
         elif what == "decline":
             ua.decline(int(body.get("code", 486)))
         elif what in ("hold", "unhold"):
@@ -327,12 +332,14 @@ class JanusGateway:
         elif what == "info":
             ua.messaging.send_info(TextBody(body["type"], body["content"]))
         elif what == "hangup":
-            if handle.pending is not None:
+            if handle.pending is not None and handle.pending[0] == "call":
                 # a call still waiting for the browser's candidates: it never left us
                 self._cancel_pending(handle)
                 self._ua_event(session, handle.id, UaEvent({"event": "hangup", "code": 487, "reason": "Request Terminated"}))
-            elif not ua.hangup():
-                self._plugin_error(session, handle, transaction, api.SIP_WRONG_STATE, "Wrong state (no call)")
+            else:
+                self._cancel_pending(handle)  # an update still waiting for candidates ends with its call
+                if not ua.hangup():
+                    self._plugin_error(session, handle, transaction, api.SIP_WRONG_STATE, "Wrong state (no call)")
 
     def _check(self, handle: _Handle, what: Any, body: dict[str, Any], jsep: Any, token: Any = None) -> tuple[int, str] | None:
         """Janus SIP plugin's answer to a request that cannot be done, else None."""
@@ -361,7 +368,7 @@ class JanusGateway:
             return None
         if what == "unregister":
             return None if ua.reg_state is RegState.REGISTERED else (api.SIP_WRONG_STATE, "Wrong state (not registered)")
-        if what in ("call", "accept"):
+        if what in ("call", "accept", "update"):
             if what == "call":
                 uri_text = body.get("uri")
                 if not isinstance(uri_text, str):
@@ -372,6 +379,9 @@ class JanusGateway:
                     return api.SIP_WRONG_STATE, "Wrong state (register first)"
                 if ua.phase is not CallPhase.IDLE or handle.pending is not None:
                     return api.SIP_WRONG_STATE, "Wrong state (already in a call?)"
+            elif what == "update":
+                if ua.phase is not CallPhase.CONFIRMED or handle.pending is not None or (ua.dialog and ua.dialog.reinvite):
+                    return api.SIP_WRONG_STATE, "Wrong state (not in a call, or an update is in progress)"
             elif ua.phase is not CallPhase.INCOMING or handle.pending is not None:
                 return api.SIP_WRONG_STATE, "Wrong state (no incoming call?)"
             if jsep is None:
@@ -380,7 +390,7 @@ class JanusGateway:
                 parsed = parse_jsep(jsep)
             except JsepError as error:
                 return api.SIP_MISSING_SDP, f"Missing SDP ({error})"
-            wanted = "offer" if what == "call" else "answer"
+            wanted = "answer" if what == "accept" else "offer"
             if parsed.type != wanted:
                 return api.SIP_MISSING_SDP, f"Missing SDP ({wanted} expected)"
             return None

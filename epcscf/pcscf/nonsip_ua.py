@@ -274,27 +274,55 @@ class NonSipUserAgent:
             return False
         sdp = next_version(dialog.local_sdp, direction)
         dialog.local_sdp = next_version(dialog.local_sdp) if direction is not None else sdp
+        self._send_reinvite(dialog, sdp, renegotiation=False)
+        self.emit(UaEvent({"event": "holding" if direction is not None else "resuming"}, call_id=dialog.call_id))
+        return True
+
+    def update(self, sdp: str) -> bool:
+        """The plugin's ``update``: a re-INVITE with the WIC's new offer (RFC 3261 §14.1: a
+        renegotiation, e.g. an ICE restart, RFC 8839 §4.4.1.1); the answer goes back to the
+        WIC in ``accepted``, as janus_sip.c does.  False if not possible now."""
+        dialog = self.dialog
+        if self.phase is not CallPhase.CONFIRMED or dialog is None or dialog.reinvite is not None:
+            return False
+        self._send_reinvite(dialog, sdp, renegotiation=True)
+        self.emit(UaEvent({"event": "updating"}, call_id=dialog.call_id))
+        return True
+
+    def _send_reinvite(self, dialog: _Dialog, sdp: str, renegotiation: bool) -> None:
         reinvite = self._in_dialog(dialog, "INVITE")
         reinvite.headers.add("Contact", self.contact())
         reinvite.headers.add("Content-Type", "application/sdp")
         reinvite.body = sdp.encode("utf-8")
         dialog.reinvite = reinvite
-        self.send(reinvite, TransactionOutcome(lambda response: self._reinvite_answered(dialog, reinvite, response)))
-        self.emit(UaEvent({"event": "holding" if direction is not None else "resuming"}, call_id=dialog.call_id))
-        return True
+        outcome = TransactionOutcome(lambda response: self._reinvite_answered(dialog, reinvite, response, renegotiation))
+        self.send(reinvite, outcome)
 
-    def _reinvite_answered(self, dialog: _Dialog, reinvite: Request, response: Response) -> None:
+    def _reinvite_answered(self, dialog: _Dialog, reinvite: Request, response: Response, renegotiation: bool) -> None:
         if response.status < 200:
             return
-        if dialog.reinvite is reinvite:
+        first = dialog.reinvite is reinvite  # not a 2xx retransmission, nor one overtaken
+        if first:
             dialog.reinvite = None
         if response.status < 300 and self.dialog is dialog:
             sequence = cseq(reinvite)
             ack = self._in_dialog(dialog, "ACK", cseq_number=sequence.number if sequence else dialog.local_cseq)
             self._resend(ack)  # RFC 3261 §13.2.2.4 (a retransmitted 2xx gets the same ACK again)
+            if renegotiation and first:
+                dialog.local_sdp = body_text(reinvite.body)
+                answer = body_text(response.body) if response.body else None
+                if answer is not None:
+                    dialog.remote_sdp = answer
+                jsep = ("answer", answer) if answer is not None else None
+                self.emit(UaEvent({"event": "accepted", "username": dialog.remote_target}, jsep, dialog.call_id))
         elif response.status >= 300:
             # RFC 3261 §14.1: the session stays as it was before the re-INVITE
             log.info("non-SIP UA: re-INVITE of {call_id} refused: {status}", call_id=dialog.call_id, status=response.status)
+            if renegotiation and first and self.dialog is dialog:
+                # janus_sip.c tells nothing; the WIC's offer is pending in its PeerConnection,
+                # so it hears that it was refused (to roll back, RFC 8829 §4.1.10.2)
+                failed = {"event": "updatefailed", "code": response.status, "reason": response.reason}
+                self.emit(UaEvent(failed, call_id=dialog.call_id))
 
     def dtmf_info(self, digit: str, duration: int) -> bool:
         """INFO application/dtmf-relay (as Janus's SIP plugin sends it) in the confirmed call."""
