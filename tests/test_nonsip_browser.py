@@ -95,9 +95,10 @@ class JanusPageCallsJsSipPageTests(unittest.TestCase):
         # the originating leg (alice's, from the non-SIP WIC) and the terminating one (bob's)
         live = [record for record in self.service.pcscf.operations.calls() if record["live"]]
         self.assertEqual(len(live), 2, live)
-        # alice's handle flow came from the https page's origin (over the Janus wss listener)
-        origins = sorted(flow["origin"] for flow in self.service.pcscf.operations.flows())
-        self.assertEqual(origins, sorted([self.page.rsplit("/", 1)[0], self.wwsf_url.rstrip("/")]))
+        # alice's handle flow came from the https page's origin over the Janus wss listener:
+        # a WSS flow (RFC 7118 §5.2), as bob's from the WWSF page
+        flows = {flow["origin"]: flow["transport"] for flow in self.service.pcscf.operations.flows()}
+        self.assertEqual(flows, {self.page.rsplit("/", 1)[0]: "WSS", self.wwsf_url.rstrip("/"): "WSS"})
         await browser.evaluate("alice", "() => window.janusWic.hangup()")
         await browser.wait("bob", page_state("call-state", "idle"), timeout=20000)
         await browser.wait_function("alice", "() => window.janusWic.state === 'ended'", timeout=20000)

@@ -16,6 +16,7 @@ from typing import Any, Callable, Protocol
 from autobahn.exception import Disconnected
 from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerProtocol
 from autobahn.websocket.types import ConnectionDeny, ConnectionRequest
+from twisted.internet.interfaces import ISSLTransport
 from twisted.logger import Logger
 
 from epcscf.nonsip.janus_api import SUBPROTOCOL
@@ -46,6 +47,8 @@ class JanusConnection(WebSocketServerProtocol):
     origin: str | None = None
     local: Address = Address("", 0)
     remote: Address = Address("", 0)
+    #: the WebSocket runs over TLS (wss): the handle's SIP flow is then a WSS one (RFC 7118 §5.2)
+    secure: bool = False
     open = False
 
     def onConnect(self, request: ConnectionRequest) -> str:
@@ -69,6 +72,7 @@ class JanusConnection(WebSocketServerProtocol):
         host, peer = self.transport.getHost(), self.transport.getPeer()
         self.local = Address(str(getattr(host, "host", "")), int(getattr(host, "port", 0)))
         self.remote = Address(str(getattr(peer, "host", "")), int(getattr(peer, "port", 0)))
+        self.secure = ISSLTransport.providedBy(self.transport)
         self.open = True
         self.factory.connections.add(self)
         log.info("Janus API connection from {peer} opened (origin {origin})", peer=self.remote, origin=self.origin)

@@ -77,8 +77,11 @@ class NonSipUserAgent:
         remote: Address,
         origin: str | None,
         timers: TimerSettings,
+        secure: bool = False,
     ) -> None:
         self._reactor = reactor
+        #: RFC 7118 §5.2: the Via transport of a flow over TLS is WSS
+        self.transport = "WSS" if secure else "WS"
         self.emit: Callable[[UaEvent], None] = emit
         self._flow_args = (sink, local, remote, origin, timers)
         self.transactions, self.flow = self._new_flow()
@@ -96,7 +99,8 @@ class NonSipUserAgent:
     def _new_flow(self) -> tuple[TransactionLayer, FlowPair]:
         sink, local, remote, origin, timers = self._flow_args
         transactions = TransactionLayer(self._reactor, self, lambda connection: timers)
-        return transactions, FlowPair(self._reactor, sink, transactions.receive, local, remote, origin, self._flow_lost)
+        pair = FlowPair(self._reactor, sink, transactions.receive, local, remote, origin, self._flow_lost, self.transport)
+        return transactions, pair
 
     def _flow_lost(self, reason: str) -> None:
         """The eP-CSCF ended our flow (operator, rate limit): its registration and call are gone
@@ -128,7 +132,7 @@ class NonSipUserAgent:
         return self.registration.state
 
     def via(self) -> str:
-        return f"SIP/2.0/WS {self.host};branch=z9hG4bK{secrets.token_hex(8)}"
+        return f"SIP/2.0/{self.transport} {self.host};branch=z9hG4bK{secrets.token_hex(8)}"
 
     def contact(self) -> str:
         assert self.credentials is not None
