@@ -58,6 +58,16 @@ class JanusHandleTestCase(unittest.TestCase):
         handle = (await client.request({"janus": "attach", "plugin": "janus.plugin.sip", "session_id": session}))["data"]["id"]
         return client, {"session_id": session, "handle_id": handle}
 
+    async def registered_handle(self) -> tuple[JanusClient, dict[str, int]]:
+        """A handle registered as alice (digest answered by the eP-CSCF's UA)."""
+        client, ids = await self.handle()
+        await self.register(client, ids)
+        return client, ids
+
+    async def register(self, client: JanusClient, ids: dict[str, int]) -> None:
+        await self.send(client, ids, {"request": "register", "username": f"sip:alice@{DOMAIN}", "secret": USERS["alice"]})
+        await self.next_event(client, "registered")
+
     async def send(self, client: JanusClient, ids: dict[str, int], body: dict[str, Any], jsep: dict[str, str] | None = None) -> None:
         frame: dict[str, Any] = {"janus": "message", **ids, "body": body}
         if jsep is not None:
@@ -86,8 +96,7 @@ class JanusMessageAndInfoTests(JanusHandleTestCase):
         # Not registered yet: an out-of-dialog MESSAGE has nowhere to come from (447).
         await self.send(client, ids, {"request": "message", "uri": f"sip:bob@{DOMAIN}", "content": "hi"})
         self.assertEqual((await client.event())["error_code"], 447)
-        await self.send(client, ids, {"request": "register", "username": f"sip:alice@{DOMAIN}", "secret": USERS["alice"]})
-        await self.next_event(client, "registered")
+        await self.register(client, ids)
 
         # IMS → WIC, out of dialog, through the core: a `message` event, then sipp's 200.
         core = self.service.core.addresses[0][1]
@@ -180,9 +189,7 @@ class JanusMessageAndInfoTests(JanusHandleTestCase):
         return as_deferred(self._refused())
 
     async def _refused(self) -> None:
-        client, ids = await self.handle()
-        await self.send(client, ids, {"request": "register", "username": f"sip:alice@{DOMAIN}", "secret": USERS["alice"]})
-        await self.next_event(client, "registered")
+        client, ids = await self.registered_handle()
         # what the handle's UA has sent into the P-CSCF so far (its REGISTERs)
         [flow] = self.service.pcscf.flows
         sent_before = flow.connection.messages_received
@@ -220,9 +227,7 @@ class JanusHangupWhileAcceptWaitsTests(JanusHandleTestCase):
         return as_deferred(self._hangup())
 
     async def _hangup(self) -> None:
-        client, ids = await self.handle()
-        await self.send(client, ids, {"request": "register", "username": f"sip:alice@{DOMAIN}", "secret": USERS["alice"]})
-        await self.next_event(client, "registered")
+        client, ids = await self.registered_handle()
         core = self.service.core.addresses[0][1]
         uac, _ = self.spawn_sipp("uac", ["-sf", os.path.join(SCENARIOS, "calls_uac_unanswered.xml"), "-s", "alice",
                                          "-set", "domain", DOMAIN, "-i", "127.0.0.1", "-p", str(free_port()), f"{core.host}:{core.port}"])
