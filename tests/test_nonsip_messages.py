@@ -1,7 +1,8 @@
-"""Text between a non-SIP WIC and the IMS (the Janus SIP plugin's ``message`` and ``info``,
-janus_sip.c): MESSAGE (RFC 3428) out of a dialog and in the call's, INFO (RFC 6086) in the
-call's, both ways, with sipp as the IMS party behind the embedded core; and the plugin's
-error codes for what cannot be sent, with nothing reaching the core."""
+"""The Janus SIP plugin's requests beyond calls (janus_sip.c): ``message`` (RFC 3428 MESSAGE
+out of a dialog and in the call's) and ``info`` (RFC 6086 INFO in the call's), both ways, and
+``update`` (a re-INVITE with the WIC's new offer), with sipp as the IMS party behind the
+embedded core; the plugin's error codes for what cannot be sent, with nothing reaching the
+core; and ``[auth] handshake = required`` on the Janus listener."""
 
 from __future__ import annotations
 
@@ -9,10 +10,10 @@ import asyncio
 import os
 from typing import Any
 
+import websockets
 from twisted.trial import unittest
 
 from epcscf.sdp import SessionDescription
-
 from tests.support.deployment import DOMAIN, USERS, start_deployment
 from tests.support.processes import wait_for
 from tests.support.sipp import SCENARIOS, SippProcess, free_port, port_bound, require_sipp, sipp_messages, spawn_sipp
@@ -239,3 +240,57 @@ class JanusHangupWhileAcceptWaitsTests(JanusHandleTestCase):
         self.assertEqual((await self.next_event(client, "hangup"))["result"]["code"], 480)
         await self.sipp_done(uac)  # sipp got its 480
         await wait_for(lambda: not any(record["live"] for record in self.service.pcscf.operations.calls()), timeout=10)
+
+
+class JanusHandshakeTokenTests(unittest.TestCase):
+    """``[auth] handshake = required`` covers the Janus listener too, the other door of a WIC:
+    janus.js opens its WebSocket with the WWSF's token in the URL (``new Janus({ server:
+    'wss://…/?access_token=…' })``, RFC 6750 §2.3); without one, or with a bad one, HTTP 401
+    before any Janus request; with one, a handle registers on it with no password (the flow
+    carries the handshake's grant, as a SIP WIC's WebSocket does)."""
+
+    timeout = 30
+
+    def setUp(self) -> None:
+        from tests.test_web_login import KEYS, auth_config, write_keys
+
+        directory = os.path.abspath(self.mktemp())
+        self.keys = KEYS
+        config = auth_config(write_keys(directory, KEYS.wwsf), auth="handshake = required\n")
+        self.service = start_deployment(self, extra=NONSIP + config)
+
+    def test_a_janus_socket_needs_a_good_token_and_registers_on_it(self):
+        return as_deferred(self._handshakes())
+
+    async def _handshakes(self) -> None:
+        from tests.test_web_login import token
+
+        url = janus_url(self.service)
+        for query in ("", "?access_token=forged.token.value", f"?access_token={token('alice', key=self.keys.stranger)}"):
+            with self.assertRaises(websockets.InvalidStatus) as caught:
+                await websockets.connect(f"{url}/{query}", subprotocols=["janus-protocol"])
+            self.assertEqual(caught.exception.response.status_code, 401, query)
+        registry = self.service.metrics.registry
+        self.assertEqual(registry.get_sample_value("epcscf_ws_connections_refused_total", {"reason": "token"}), 3.0)
+        self.assertEqual(registry.get_sample_value("epcscf_token_refusals_total", {"reason": "missing"}), 1.0)
+        self.assertEqual(self.service.pcscf.janus.sessions, {})
+        client = JanusClient(f"{url}/?access_token={token('alice')}")
+        await client.connect()
+        self.addCleanup(lambda: as_deferred(client.socket.close()))
+        session = (await client.request({"janus": "create"}))["data"]["id"]
+        handle = (await client.request({"janus": "attach", "plugin": "janus.plugin.sip", "session_id": session}))["data"]["id"]
+        # no token in the request and no password: the handshake's grant admits the REGISTER
+        body = {"request": "register", "username": f"sip:alice@{DOMAIN}", "secret": ""}
+        await client.request({"janus": "message", "session_id": session, "handle_id": handle, "body": body})
+        self.assertEqual((await client.event())["result"]["event"], "registering")
+        self.assertEqual((await client.event())["result"]["event"], "registered")
+        [binding] = self.service.pcscf.registrations.all()
+        self.assertEqual(binding.aor, f"sip:alice@{DOMAIN}")
+        self.assertEqual(registry.get_sample_value("epcscf_registration_results_total", {"result": "challenged"}), 0.0)
+        # the grant names alice only: bob's identity on the same socket is refused (403)
+        bob = (await client.request({"janus": "attach", "plugin": "janus.plugin.sip", "session_id": session}))["data"]["id"]
+        body = {"request": "register", "username": f"sip:bob@{DOMAIN}", "secret": ""}
+        await client.request({"janus": "message", "session_id": session, "handle_id": bob, "body": body})
+        self.assertEqual((await client.event())["result"]["event"], "registering")
+        failed = (await client.event())["result"]
+        self.assertEqual((failed["event"], failed["code"]), ("registration_failed", 403))

@@ -21,7 +21,7 @@ from twisted.logger import Logger
 
 from epcscf.nonsip.janus_api import SUBPROTOCOL
 from epcscf.sip.connection import Address
-from epcscf.ws.protocol import ORIGIN_REFUSED, SUBPROTOCOL_REFUSED, WsListenerSettings, normalise_origin
+from epcscf.ws.protocol import ORIGIN_REFUSED, SUBPROTOCOL_REFUSED, Authenticate, WsListenerSettings, handshake_credentials, normalise_origin
 
 __all__ = ["JanusConnection", "JanusSink", "JanusWebSocketFactory", "HARD_LIMIT_FACTOR"]
 
@@ -49,6 +49,8 @@ class JanusConnection(WebSocketServerProtocol):
     remote: Address = Address("", 0)
     #: the WebSocket runs over TLS (wss): the handle's SIP flow is then a WSS one (RFC 7118 §5.2)
     secure: bool = False
+    #: what the handshake's token granted ([auth] handshake), for the handles' REGISTERs
+    credentials: object | None = None
     open = False
 
     def onConnect(self, request: ConnectionRequest) -> str:
@@ -66,6 +68,7 @@ class JanusConnection(WebSocketServerProtocol):
                 self.origin = normalise_origin(origin)
             except ValueError:
                 self.origin = origin.strip()
+        self.credentials = handshake_credentials(self.factory.authenticate, self.factory.refused, request)
         return SUBPROTOCOL
 
     def onOpen(self) -> None:
@@ -125,8 +128,10 @@ class JanusWebSocketFactory(WebSocketServerFactory):
         super().__init__(url=None, protocols=[SUBPROTOCOL], server="epcscf", reactor=reactor)
         self.sink = sink
         self.connections: set[JanusConnection] = set()
-        #: metrics: a refused opening handshake (``subprotocol`` | ``origin``)
+        #: metrics: a refused opening handshake (``subprotocol`` | ``origin`` | ``token``)
         self.on_refused: Callable[[str], None] | None = None
+        #: the same web-credential check as the SIP listener's (None: no check)
+        self.authenticate: Authenticate | None = None
         self.setProtocolOptions(
             webStatus=False,
             utf8validateIncoming=True,

@@ -50,6 +50,8 @@ class PipeEnd:
         self.origin = origin
         self.opened = opened
         self.id = new_connection_id("ws")
+        #: what the WIC's handshake token granted (``epcscf.pcscf.web_auth``), as a WebSocket's
+        self.credentials: object | None = None
         self.closed_reason: CloseReason | None = None
         self.messages_sent = 0
         self.messages_received = 0
@@ -89,6 +91,7 @@ class FlowPair:
         origin: str | None,
         on_lost: Callable[[str], None] = lambda reason: None,
         transport: str = "WS",
+        credentials: object | None = None,
     ) -> None:
         self._reactor = reactor
         self._sink = sink
@@ -96,6 +99,7 @@ class FlowPair:
         now = reactor.seconds()
         self.pcscf_end = PipeEnd(local, remote, origin, now, transport)
         self.ua_end = PipeEnd(remote, local, origin, now, transport)
+        self.pcscf_end.credentials = credentials
         self.pcscf_end.deliver = lambda octets: reactor.callLater(0, self._to_ua, octets)
         self.ua_end.deliver = lambda octets: reactor.callLater(0, self._to_pcscf, octets)
         #: told when the P-CSCF side ends the flow (not when the UA does)

@@ -221,7 +221,7 @@ class JanusGateway:
         connection = session.connection
         ua = NonSipUserAgent(
             self._reactor, self._flow_sink, lambda event: self._ua_event(session, handle_id, event),
-            connection.local, connection.remote, connection.origin, self._timers, connection.secure,
+            connection.local, connection.remote, connection.origin, self._timers, connection.secure, connection.credentials,
         )
         ua.on_ended = self.user_agents.discard
         self.user_agents.add(ua)

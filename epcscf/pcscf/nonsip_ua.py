@@ -78,10 +78,14 @@ class NonSipUserAgent:
         origin: str | None,
         timers: TimerSettings,
         secure: bool = False,
+        credentials: object | None = None,
     ) -> None:
         self._reactor = reactor
         #: RFC 7118 §5.2: the Via transport of a flow over TLS is WSS
         self.transport = "WSS" if secure else "WS"
+        #: the Janus WebSocket's handshake grant: each of our flows carries it, as a WIC's own
+        #: WebSocket does, so that a REGISTER without a Bearer token is admitted on it
+        self._handshake_credentials = credentials
         self.emit: Callable[[UaEvent], None] = emit
         self._flow_args = (sink, local, remote, origin, timers)
         self.transactions, self.flow = self._new_flow()
@@ -99,7 +103,9 @@ class NonSipUserAgent:
     def _new_flow(self) -> tuple[TransactionLayer, FlowPair]:
         sink, local, remote, origin, timers = self._flow_args
         transactions = TransactionLayer(self._reactor, self, lambda connection: timers)
-        pair = FlowPair(self._reactor, sink, transactions.receive, local, remote, origin, self._flow_lost, self.transport)
+        pair = FlowPair(
+            self._reactor, sink, transactions.receive, local, remote, origin, self._flow_lost, self.transport, self._handshake_credentials
+        )
         return transactions, pair
 
     def _flow_lost(self, reason: str) -> None:

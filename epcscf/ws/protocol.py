@@ -86,6 +86,24 @@ class HandshakeRefusal:
     phrase: str
 
 
+#: checks an opening handshake's credentials (query parameters, headers): what they grant, or
+#: a ``HandshakeRefusal``; None: nothing granted (no token, and none required)
+Authenticate = Callable[[Mapping[str, Sequence[str]], Mapping[str, str]], object]
+
+
+def handshake_credentials(authenticate: Authenticate | None, refused: Callable[[str], None], request: ConnectionRequest) -> object | None:
+    """Web-credential access at the opening handshake (TS 24.371 §5, RFC 6750 §2.3): what the
+    token grants, None without a check or a token; a socket without a good one, when one is
+    required, is refused here (``ConnectionDeny``), before any SIP or Janus request."""
+    if authenticate is None:
+        return None
+    verdict = authenticate(request.params, request.headers)
+    if isinstance(verdict, HandshakeRefusal):
+        refused("token")
+        raise ConnectionDeny(verdict.status, verdict.phrase)
+    return verdict
+
+
 def normalise_origin(origin: str) -> str:
     """``scheme://host:port`` with a lower-case host and the default port made explicit.
 
@@ -237,15 +255,7 @@ class SipWebSocketServerProtocol(LeanAutobahnProtocol, WebSocketServerProtocol):
                 self._origin = normalise_origin(origin)
             except ValueError:
                 self._origin = origin.strip()  # allow_any_origin lets odd ones ("null") in
-        authenticate = self.factory.authenticate
-        if authenticate is not None:
-            # Web-credential access: a socket without a good token is refused before any SIP.
-            verdict = authenticate(request.params, request.headers)
-            if isinstance(verdict, HandshakeRefusal):
-                self.factory.refused("token")
-                raise ConnectionDeny(verdict.status, verdict.phrase)
-            if verdict is not None:
-                self._credentials = verdict
+        self._credentials = handshake_credentials(self.factory.authenticate, self.factory.refused, request)
         return SIP_SUBPROTOCOL
 
     def onOpen(self) -> None:
