@@ -294,3 +294,31 @@ class JanusHandshakeTokenTests(unittest.TestCase):
         self.assertEqual((await client.event())["result"]["event"], "registering")
         failed = (await client.event())["result"]
         self.assertEqual((failed["event"], failed["code"]), ("registration_failed", 403))
+
+
+class JanusPerAddressLimitTests(unittest.TestCase):
+    """``[overload] max_connections_per_ip`` holds on the Janus listener as on the SIP one: each
+    Janus connection may make 16 handles, each a SIP UA with a flow, so one address may not hold
+    every slot (HTTP 503 before the upgrade); a closed connection frees its slot."""
+
+    timeout = 30
+
+    def setUp(self) -> None:
+        self.service = start_deployment(self, extra=NONSIP + "[overload]\nmax_connections_per_ip = 2\n")
+
+    def test_a_third_janus_socket_from_one_address_is_refused_until_one_closes(self):
+        return as_deferred(self._limit())
+
+    async def _limit(self) -> None:
+        url = janus_url(self.service)
+        first, second = [await websockets.connect(url, subprotocols=["janus-protocol"]) for _ in range(2)]
+        with self.assertRaises(websockets.InvalidStatus) as caught:
+            await websockets.connect(url, subprotocols=["janus-protocol"])
+        self.assertEqual(caught.exception.response.status_code, 503)
+        registry = self.service.metrics.registry
+        self.assertEqual(registry.get_sample_value("epcscf_ws_connections_refused_total", {"reason": "per_ip_limit"}), 1.0)
+        await first.close()
+        await wait_for(lambda: list(self.service.pcscf.janus_factory.peers.hosts().values()) == [1], timeout=5)
+        third = await websockets.connect(url, subprotocols=["janus-protocol"])
+        for socket in (second, third):
+            await socket.close()

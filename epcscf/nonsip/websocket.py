@@ -21,7 +21,16 @@ from twisted.logger import Logger
 
 from epcscf.nonsip.janus_api import SUBPROTOCOL
 from epcscf.sip.connection import Address
-from epcscf.ws.protocol import ORIGIN_REFUSED, SUBPROTOCOL_REFUSED, Authenticate, WsListenerSettings, handshake_credentials, normalise_origin
+from epcscf.ws.protocol import (
+    BUSY_REFUSED,
+    ORIGIN_REFUSED,
+    SUBPROTOCOL_REFUSED,
+    Authenticate,
+    PeerCounter,
+    WsListenerSettings,
+    handshake_credentials,
+    normalise_origin,
+)
 
 __all__ = ["JanusConnection", "JanusSink", "JanusWebSocketFactory", "HARD_LIMIT_FACTOR"]
 
@@ -51,9 +60,15 @@ class JanusConnection(WebSocketServerProtocol):
     secure: bool = False
     #: what the handshake's token granted ([auth] handshake), for the handles' REGISTERs
     credentials: object | None = None
+    _counted_peer: str | None = None  # the IP this connection is counted under (per-IP limit)
     open = False
 
     def onConnect(self, request: ConnectionRequest) -> str:
+        if not self.factory.peers.admit(self, self.factory.settings.max_connections_per_ip):
+            # [overload] max_connections_per_ip on this door too: each connection may make up to 16
+            # handles, each a SIP UA with a flow of its own (HTTP 503 before the upgrade)
+            self.factory.refused("per_ip_limit")
+            raise ConnectionDeny(BUSY_REFUSED, "Service Unavailable: too many connections from this address")
         if SUBPROTOCOL not in request.protocols:
             self.factory.refused("subprotocol")
             offered = ", ".join(request.protocols) or "none"
@@ -115,6 +130,10 @@ class JanusConnection(WebSocketServerProtocol):
         except Exception:
             log.failure("Janus adapter failed on the end of {peer}", peer=self.remote)
 
+    def connectionLost(self, reason: Any = None) -> None:  # noqa: N802 (Twisted's name)
+        super().connectionLost(reason)
+        self.factory.peers.release(self)
+
 
 class JanusWebSocketFactory(WebSocketServerFactory):
     protocol = JanusConnection
@@ -128,6 +147,8 @@ class JanusWebSocketFactory(WebSocketServerFactory):
         super().__init__(url=None, protocols=[SUBPROTOCOL], server="epcscf", reactor=reactor)
         self.sink = sink
         self.connections: set[JanusConnection] = set()
+        #: connections past onConnect per remote IP (``[overload] max_connections_per_ip``)
+        self.peers = PeerCounter()
         #: metrics: a refused opening handshake (``subprotocol`` | ``origin`` | ``token``)
         self.on_refused: Callable[[str], None] | None = None
         #: the same web-credential check as the SIP listener's (None: no check)
