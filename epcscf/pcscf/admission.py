@@ -133,6 +133,10 @@ class TokenBucket:
         self.tokens = tokens
         return False
 
+    def has_token(self, now: float) -> bool:
+        """Whether ``take(now)`` would succeed (nothing spent)."""
+        return min(self.burst, self.tokens + (now - self.stamp) * self.rate) >= 1.0
+
 
 class OverloadController:
     """NORMAL / OVERLOADED from load samples (``TRANSITIONS``), and the rates new work is let in at.
@@ -263,6 +267,18 @@ class OverloadController:
         if self._arrivals is not None and not self._arrivals.take(now):
             return "new_work_rate"
         self._admitted += 1
+        return None
+
+
+    def refuses_new(self, throttled: bool = True) -> str | None:
+        """The reason ``admit_new(throttled)`` would refuse now, or None; nothing is spent, so
+        new work this lets through is still counted by ``admit_new`` on its way."""
+        now = self.clock.seconds()
+        throttle = self.throttle
+        if throttled and throttle is not None and not throttle.has_token(now):
+            return "overloaded"
+        if self._arrivals is not None and not self._arrivals.has_token(now):
+            return "new_work_rate"
         return None
 
 

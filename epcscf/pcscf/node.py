@@ -28,6 +28,7 @@ from epcscf.media import MediaSessionConfig
 from epcscf.pcscf.admission import AdmissionChain, LoadProbe, NewWorkGate, OverloadController, OverloadSettings
 from epcscf.pcscf.call_media import CallMediaSettings
 from epcscf.pcscf.call_suspension import instance_keys
+from epcscf.pcscf.early_refusal import EarlyInviteGate
 from epcscf.pcscf.setup_window import SetupWindow, WindowSettings
 from epcscf.sdp import CodecPolicy
 from epcscf.pcscf.calls import CallManager, CallSettings
@@ -272,6 +273,9 @@ class PcscfNode(Service):
         self.new_work_gate = NewWorkGate(self.overload, self.registrations, self.setup_window)
         self.admission.add("overload", self.new_work_gate)
         self.admission.add("auth_failures", self.auth_failures)
+        #: the same decision for new INVITEs, made before a transaction exists (stateless 503)
+        self.early_invites = EarlyInviteGate(self.overload, self.setup_window, self.admission_refused)
+        self.transactions.early_admission = self.early_invites
         self.flow_limiter = (
             FlowRateLimiter(self.overload_settings, reactor) if self.overload_settings.flow_messages_per_second > 0 else None
         )
