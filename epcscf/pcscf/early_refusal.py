@@ -20,54 +20,23 @@ gate's; only its cost moves.  Everything else — in-dialog requests, ACK, BYE, 
 REGISTER and other new work — takes the ordinary path, where the gate and the guard judge it.
 
 Refusals are counted by reason (``epcscf_overload_refusals_total``) and logged by
-``RefusalSampler``: at most one info line a second, naming the Call-ID of one refused INVITE
-and how many were refused since the last line (a line for each would itself cost a refusal's
-worth of CPU at these rates).
+``admission.RefusalSampler``: at most one info line a second, naming the Call-ID of one refused
+INVITE and how many were refused since the last line (a line for each would itself cost a
+refusal's worth of CPU at these rates).
 """
 
 from __future__ import annotations
 
 from typing import Callable
 
-from twisted.internet.interfaces import IReactorTime
-from twisted.logger import Logger
-
-from epcscf.pcscf.admission import OverloadController
+from epcscf.pcscf.admission import OverloadController, RefusalSampler
 from epcscf.pcscf.setup_window import SetupWindow
 from epcscf.sip.connection import Connection
 from epcscf.sip.early_admission import EarlyRefusal
 from epcscf.sip.message import Request
 from epcscf.sip.transaction_server import RequestIdentity
 
-log = Logger(namespace="epcscf.pcscf.admission")
-
-__all__ = ["EarlyInviteGate", "RefusalSampler"]
-
-
-class RefusalSampler:
-    """One info line per ``interval`` at most about the refusals made early (see the docstring)."""
-
-    def __init__(self, clock: IReactorTime, interval: float = 1.0) -> None:
-        self.clock = clock
-        self.interval = interval
-        self._unlogged = 0
-        self._next = 0.0
-
-    def refused(self, call_id: str | None, reason: str, peer: object) -> None:
-        self._unlogged += 1
-        now = self.clock.seconds()
-        if now < self._next:
-            return
-        log.info(
-            "INVITE {call_id} from {peer} refused 503 ({reason}) without a transaction; "
-            "{count} INVITEs refused so since the last such line",
-            call_id=call_id,
-            peer=peer,
-            reason=reason,
-            count=self._unlogged,
-        )
-        self._unlogged = 0
-        self._next = now + self.interval
+__all__ = ["EarlyInviteGate"]
 
 
 class EarlyInviteGate:
@@ -95,6 +64,6 @@ class EarlyInviteGate:
             reason = "calls_in_setup"
         if self.on_refused is not None:
             self.on_refused(reason)
-        self.sampler.refused(identity.call_id, reason, connection.remote)
+        self.sampler.refused("INVITE", identity.call_id, reason, connection.remote)
         retry_after = str(self.controller.settings.retry_after)
         return EarlyRefusal(503, "Service Unavailable (overloaded)", (("Retry-After", retry_after),))
