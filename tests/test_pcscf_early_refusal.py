@@ -13,9 +13,20 @@ from __future__ import annotations
 import asyncio
 import secrets
 
+from twisted.internet.task import Clock
+from twisted.trial import unittest
+
+from epcscf.pcscf.admission import OverloadController, OverloadSettings
+from epcscf.pcscf.early_refusal import EarlyInviteGate
+from epcscf.pcscf.limits import FlowRateLimiter, FlowVerdict
+from epcscf.pcscf.setup_window import SetupWindow, WindowSettings
+from epcscf.sip.early_admission import EarlyRefusal, StatelessResponder
 from epcscf.sip.message import Request, Response
 from epcscf.sip.proxy_policy import ProxiedRequest
+from epcscf.sip.transaction import request_identity
+from tests.support.fakes import FakeWsFlow
 from tests.support.udp_peer import UdpSipPeer
+from tests.test_pcscf_admission import request
 from tests.test_pcscf_border import BorderTestCase, asyncio_test
 from tests.test_pcscf_overload import answered_by, dialog_request
 
@@ -165,3 +176,99 @@ class UntrustedSourceRateTests(BorderTestCase):
         [logged] = [e for e in self.log_events if "without a transaction" in e.get("log_format", "")]
         self.assertEqual((logged["what"], logged["reason"], logged["log_level"].name), ("OPTIONS", "source_rate", "info"))
         await self.assert_sink_silent()
+
+
+class StatelessResponderTests(unittest.TestCase):
+    """The To tag of a stateless response, and the ACKs it lets the layer absorb (sans-IO)."""
+
+    def setUp(self) -> None:
+        self.responder = StatelessResponder(b"k" * 16)
+        self.refusal = EarlyRefusal(503, "Service Unavailable (overloaded)", (("Retry-After", "5"),))
+
+    def answer(self, invite: Request) -> Response:
+        return self.responder.response(invite, request_identity(invite), self.refusal)
+
+    def test_a_retransmission_gets_the_same_tag_another_branch_or_call_another(self) -> None:
+        invite = request("INVITE")
+        first, again = self.answer(invite), self.answer(invite.copy())
+        self.assertEqual(first.serialize(), again.serialize())
+        self.assertEqual((first.status, first.headers.get("Retry-After")), (503, "5"))
+        other_branch = request("INVITE")
+        other_branch.headers.replace_first("Via", "SIP/2.0/WS abc.invalid;branch=z9hG4bK9999")
+        self.assertNotEqual(other_branch_tag := self.answer(other_branch).headers.get("To"), first.headers.get("To"))
+        self.assertIn(";tag=", other_branch_tag or "")
+        other_key = StatelessResponder(b"j" * 16).response(invite, request_identity(invite), self.refusal)
+        self.assertNotEqual(other_key.headers.get("To"), first.headers.get("To"))  # unguessable without the key
+
+    def test_only_the_ack_of_our_response_is_absorbed(self) -> None:
+        invite = request("INVITE")
+        tag = (self.answer(invite).headers.get("To") or "").rsplit("tag=", 1)[1]
+        ours = request("ACK", to_tag=tag)
+        self.assertTrue(self.responder.absorbs_ack(request_identity(ours)))
+        for other_tag in (None, "b1", tag.upper() if tag.upper() != tag else tag + "0", "\u00e9" * 12):
+            self.assertFalse(self.responder.absorbs_ack(request_identity(request("ACK", to_tag=other_tag))), other_tag)
+        rfc2543 = request("INVITE")
+        rfc2543.headers.replace_first("Via", "SIP/2.0/UDP 10.0.0.1;branch=old")
+        self.assertFalse(self.responder.can_answer(request_identity(rfc2543)))  # no RFC 3261 branch: ordinary path
+        self.assertEqual(self.responder.acks_absorbed, 1)
+
+
+class EarlyInviteGateTests(unittest.TestCase):
+    """The gate asks NewWorkGate's questions without spending what it lets through (sans-IO)."""
+
+    def setUp(self) -> None:
+        self.clock = Clock()
+        self.clock.advance(1000)
+        self.refused: list[str] = []
+        self.flow = FakeWsFlow("flow-1")
+
+    def gate(self, settings: OverloadSettings, window: WindowSettings) -> EarlyInviteGate:
+        self.controller = OverloadController(settings, self.clock)
+        self.window = SetupWindow(window, self.clock)
+        return EarlyInviteGate(self.controller, self.window, self.refused.append)
+
+    def ask(self, gate: EarlyInviteGate, method: str = "INVITE", to_tag: str | None = None) -> EarlyRefusal | None:
+        message = request(method, to_tag)
+        return gate(message, request_identity(message), self.flow)  # type: ignore[arg-type]
+
+    def test_a_full_window_refuses_new_invites_only(self) -> None:
+        gate = self.gate(OverloadSettings(retry_after=9), WindowSettings(target=0.25, min_calls=1, max_calls=1))
+        self.assertIsNone(self.ask(gate))  # room: the ordinary path admits it …
+        self.assertTrue(self.window.admit(ProxiedRequest(request("INVITE"), self.flow)))  # … as the gate does
+        refusal = self.ask(gate)
+        assert refusal is not None
+        self.assertEqual((refusal.status, refusal.headers), (503, (("Retry-After", "9"),)))
+        for method, to_tag in (("INVITE", "b1"), ("BYE", "b1"), ("REGISTER", None), ("MESSAGE", None), ("CANCEL", None)):
+            self.assertIsNone(self.ask(gate, method, to_tag), method)
+        self.assertEqual((self.refused, self.window.refused), (["calls_in_setup"], 1))
+
+    def test_without_a_window_the_lag_throttle_decides_and_nothing_is_spent_on_admitted_invites(self) -> None:
+        gate = self.gate(OverloadSettings(high_samples=1, min_new_per_second=1.0), WindowSettings(target=0.0, max_calls=0))
+        self.assertIsNone(self.ask(gate))
+        self.controller.sample(1.0)  # overloaded: the throttle starts with no token saved
+        self.assertEqual(self.ask(gate).status, 503)  # type: ignore[union-attr]
+        self.clock.advance(1.0)  # one token: the gate lets the INVITE by and leaves the token …
+        self.assertIsNone(self.ask(gate))
+        self.assertIsNone(self.controller.admit_new())  # … to the admission chain
+        self.assertEqual(self.refused, ["overloaded"])
+
+
+class SourceRateTests(unittest.TestCase):
+    """A source that cannot be closed (UDP) is ignored for a window, then heard again; the
+    sources remembered are bounded."""
+
+    def test_a_flooding_source_is_dropped_for_the_window_then_heard_again(self) -> None:
+        clock = Clock()
+        settings = OverloadSettings(flow_burst=1, flow_close_after=2, flow_window=10.0, untrusted_source_messages_per_second=1.0)
+        limiter = FlowRateLimiter(settings, clock, lambda s: s.untrusted_source_messages_per_second)
+        verdicts = [limiter.arrived("udp:a") for _ in range(4)]
+        self.assertEqual(verdicts, [FlowVerdict.ADMIT, FlowVerdict.REFUSE, FlowVerdict.CLOSE, FlowVerdict.DROP])
+        clock.advance(10.0)
+        self.assertIs(limiter.arrived("udp:a"), FlowVerdict.ADMIT)
+
+    def test_the_sources_remembered_are_bounded(self) -> None:
+        limiter = FlowRateLimiter(OverloadSettings(), Clock())
+        limiter.MAX_FLOWS = 3  # type: ignore[misc]
+        for number in range(5):
+            limiter.arrived(f"udp:{number}")
+        self.assertEqual(len(limiter), 3)
