@@ -27,7 +27,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
-import signal
 import sys
 import tempfile
 import time
@@ -37,7 +36,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 
 from _load import raise_open_files_limit  # noqa: E402
-from calls import STEP_TIMEOUT, Caller, ack_for_failure, open_callers, run_load, sipp_pids, start_sipp  # noqa: E402
+from calls import STEP_TIMEOUT, Caller, ack_for_failure, open_callers, run_load, start_sipp, stop_sipp  # noqa: E402
 from overload import OverloadDeployment, refusals_by_reason  # noqa: E402
 from w2_register import EpcscfProcess, make_users  # noqa: E402
 from ws_register import start_py_spy  # noqa: E402
@@ -116,10 +115,7 @@ def with_edge(deployment: PinnedDeployment, name: str, scenario: Any) -> None:
         time.sleep(0.5)
         asyncio.run(scenario(epcscf, uas_port))
     finally:
-        for pid in sipp_pids(uas_port) if uas_port else []:
-            os.kill(pid, signal.SIGKILL)
-        if sipp is not None and sipp.poll() is None:
-            sipp.kill()
+        stop_sipp(sipp, uas_port)
         epcscf.stop()
 
 

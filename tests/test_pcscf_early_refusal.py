@@ -28,7 +28,7 @@ from tests.support.fakes import FakeWsFlow
 from tests.support.udp_peer import UdpSipPeer
 from tests.test_pcscf_admission import request
 from tests.test_pcscf_border import BorderTestCase, asyncio_test
-from tests.test_pcscf_overload import answered_by, dialog_request
+from tests.test_pcscf_overload import answered_by, dialog_request, presence_dialog
 
 
 def ack_for(invite: Request, final: Response) -> Request:
@@ -103,12 +103,7 @@ class EarlyRefusalTests(BorderTestCase):
     async def test_in_dialog_requests_and_registration_refreshes_still_flow_while_full(self) -> None:
         alice = await self.registered("alice")
         bob = await self.registered("bob")
-        subscribe = alice.request("SUBSCRIBE", bob.aor)
-        subscribe.headers.add("Event", "presence")
-        subscribe.headers.add("Contact", f"<sip:alice@{alice.host};transport=ws>")
-        await alice.send(subscribe)
-        await answered_by(bob, "SUBSCRIBE")
-        ok = await alice.final_response()
+        subscribe, ok = await presence_dialog(alice, bob)
         self.assertEqual(ok.status, 200)
         self.fill_window()
         await alice.send(alice.request("INVITE", bob.aor))

@@ -261,25 +261,21 @@ class OverloadController:
         """None to admit one unit of new work, else the reason it is refused; ``throttled=False``
         for work another bound governs while overloaded (``setup_window``): only the configured
         rate cap applies to it."""
-        now = self.clock.seconds()
-        throttle = self.throttle
-        if throttled and throttle is not None and not throttle.take(now):
-            return "overloaded"
-        if self._arrivals is not None and not self._arrivals.take(now):
-            return "new_work_rate"
-        self._admitted += 1
-        return None
-
+        reason = self._limited(throttled, spend=True)
+        if reason is None:
+            self._admitted += 1
+        return reason
 
     def refuses_new(self, throttled: bool = True) -> str | None:
         """The reason ``admit_new(throttled)`` would refuse now, or None; nothing is spent, so
         new work this lets through is still counted by ``admit_new`` on its way."""
+        return self._limited(throttled, spend=False)
+
+    def _limited(self, throttled: bool, spend: bool) -> str | None:
         now = self.clock.seconds()
-        throttle = self.throttle
-        if throttled and throttle is not None and not throttle.has_token(now):
-            return "overloaded"
-        if self._arrivals is not None and not self._arrivals.has_token(now):
-            return "new_work_rate"
+        for bucket, reason in ((self.throttle if throttled else None, "overloaded"), (self._arrivals, "new_work_rate")):
+            if bucket is not None and not (bucket.take(now) if spend else bucket.has_token(now)):
+                return reason
         return None
 
 
