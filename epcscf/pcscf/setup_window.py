@@ -157,9 +157,9 @@ class SetupWindow:
 
     def _current(self) -> float:
         """Now, after a look at the calls' states if the last is ``REFRESH`` old.  Not at every
-        arrival while full: a look reads every call in setup, and at twice the sustainable rate
-        that cost on each refused INVITE was most of the refusal's; a slot freed waits at most
-        ``REFRESH`` to be seen, against a ``setup_target`` fifty times longer."""
+        arrival while full: a look reads every call in setup, and on each refused INVITE that was
+        a quarter of the refusal's CPU with 60 calls in setup (docs/performance.md); a place
+        freed waits at most ``REFRESH`` to be seen, against a ``setup_target`` fifty times longer."""
         now = self.clock.seconds()
         if now >= self._refreshed + self.REFRESH:
             self.refresh(now)
