@@ -28,6 +28,7 @@ from epcscf.media import MediaSessionConfig
 from epcscf.pcscf.admission import AdmissionChain, LoadProbe, NewWorkGate, OverloadController, OverloadSettings
 from epcscf.pcscf.call_media import CallMediaSettings
 from epcscf.pcscf.call_suspension import instance_keys
+from epcscf.pcscf.early_refusal import EarlyInviteGate
 from epcscf.pcscf.setup_window import SetupWindow, WindowSettings
 from epcscf.sdp import CodecPolicy
 from epcscf.pcscf.calls import CallManager, CallSettings
@@ -35,7 +36,7 @@ from epcscf.pcscf.edge import EdgeAddresses, PcscfPolicy
 from epcscf.pcscf.flows import Flow, FlowTable
 from epcscf.pcscf.guard import SourceRule, TrustedSources
 from epcscf.nonsip.websocket import JanusWebSocketFactory
-from epcscf.pcscf.limits import AuthFailures, FlowRateLimiter, FlowVerdict, answer_refused_message
+from epcscf.pcscf.limits import AuthFailures, FlowRateLimiter, FlowVerdict, RateRefusals
 from epcscf.pcscf.media_engine import build_media_engine, start_media_engine, stop_media_engine
 from epcscf.pcscf.nonsip_gateway import JanusGateway
 from epcscf.pcscf.operations import NodeObservers, PcscfOperations
@@ -172,19 +173,8 @@ class _WsSink:
         verdict = node.flow_limiter.arrived(connection.id)
         if verdict is FlowVerdict.ADMIT:
             node.transactions.receive(message, connection)
-            return
-        if verdict is FlowVerdict.DROP:
-            return
-        node.admission_refused("flow_rate")
-        answer = answer_refused_message(message, node.overload_settings.retry_after)
-        if answer is not None:
-            try:
-                connection.send_message(answer)
-            except Exception as error:  # the flow may be closing: nothing more to tell it
-                log.info("{connection}: 503 not sent: {error}", connection=connection, error=error)
-        if verdict is FlowVerdict.CLOSE:
+        elif node.refused_over_rate(message, connection, verdict, "flow_rate"):
             # RFC 6455 §7.4.1: 1008, the peer broke our policy (it kept flooding after 503s).
-            log.info("{connection} closed: kept sending over the message rate limit", connection=connection)
             connection.close(1008, "message rate limit exceeded")
 
     def connection_opened(self, connection: WsConnection) -> None:
@@ -194,6 +184,27 @@ class _WsSink:
         if self.node.flow_limiter is not None:
             self.node.flow_limiter.forget(connection.id)
         self.node.flows.close(connection.id, str(reason))
+
+
+class _CoreSink:
+    """Core-side listeners' messages → the transaction layer.  A source that is no trusted core
+    address (``guard.TrustedSources``) has a message rate, as a WIC's flow has: per UDP address
+    and port, per TCP/TLS connection (``[overload] untrusted_source_messages_per_second``)."""
+
+    def __init__(self, node: "PcscfNode") -> None:
+        self.node = node
+
+    def __call__(self, message: Message, connection: Connection) -> None:
+        node = self.node
+        limiter = node.source_limiter
+        if limiter is None or node.trusted_sources.allows(connection.remote):
+            node.transactions.receive(message, connection)
+            return
+        verdict = limiter.arrived(connection.id)
+        if verdict is FlowVerdict.ADMIT:
+            node.transactions.receive(message, connection)
+        elif node.refused_over_rate(message, connection, verdict, "source_rate") and connection.reliable:
+            connection.close()  # a TCP/TLS connection that kept flooding; a UDP source is just ignored
 
 
 class PcscfNode(Service):
@@ -238,7 +249,7 @@ class PcscfNode(Service):
         )
         self.transports = TransportManager(
             reactor,
-            self.transactions.receive,  # every message from the core straight to the transactions
+            _CoreSink(self),  # every message from the core to the transactions; untrusted sources rate-limited
             TransportSettings(
                 limits=limits,
                 idle_timeout=config.sip.idle_timeout,
@@ -272,9 +283,18 @@ class PcscfNode(Service):
         self.new_work_gate = NewWorkGate(self.overload, self.registrations, self.setup_window)
         self.admission.add("overload", self.new_work_gate)
         self.admission.add("auth_failures", self.auth_failures)
+        #: the same decision for new INVITEs, made before a transaction exists (stateless 503)
+        self.early_invites = EarlyInviteGate(self.overload, self.setup_window, self.admission_refused)
+        self.transactions.early_admission = self.early_invites
         self.flow_limiter = (
             FlowRateLimiter(self.overload_settings, reactor) if self.overload_settings.flow_messages_per_second > 0 else None
         )
+        self.source_limiter = (
+            FlowRateLimiter(self.overload_settings, reactor, lambda settings: settings.untrusted_source_messages_per_second)
+            if self.overload_settings.untrusted_source_messages_per_second > 0 else None
+        )
+        #: what a message over its flow's or source's rate gets (503 or nothing), counted
+        self.refused_over_rate = RateRefusals(reactor, self.admission_refused, lambda: self.overload_settings.retry_after)
         self._load_probe: LoadProbe | None = None
         self.media_engine: Any = None  # media_engine.MediaEngine, by [media] engine
         #: the non-SIP WIC front end (``[nonsip] listen``), None when not configured
@@ -472,6 +492,8 @@ class PcscfNode(Service):
         self.auth_failures.settings = settings
         if self.flow_limiter is not None:
             self.flow_limiter.settings = settings
+        if self.source_limiter is not None:
+            self.source_limiter.settings = settings
         self.setup_window.reconfigure(window_settings(settings))
 
     def _load_sample(self, lag: float, pending: int) -> None:
