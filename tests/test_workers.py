@@ -31,7 +31,7 @@ from tests.test_calls_media import SimulatedWic
 from tests.test_twistd import TWISTD
 
 USERS = {f"user{n}": f"secret-{n}" for n in range(12)}
-READY = re.compile(r"worker (\d) \(pid (\d+)\) (?:ready|restarted and ready) on tcp:127\.0\.0\.1:(\d+)")
+READY = re.compile(r"worker (\d) \(pid (\d+)\) (?:ready|restarted and ready) on tcp:127\.0\.0\.1:(\d+), udp:127\.0\.0\.1:(\d+)")
 
 
 def workers_config(directory: str, override: str) -> str:
@@ -115,7 +115,7 @@ def sample(body: str, name: str, worker: str) -> float:
     return float(match.group(1)) if match else float("nan")
 
 
-async def in_dialog_request(port: int, route: str) -> tuple[str, float]:
+async def in_dialog_request(port: int, route: str, timeout: float = 5.0) -> tuple[str, float]:
     """A BYE from "the core" over TCP with ``route`` on top; (status line of the answer, seconds)."""
     reader, writer = await asyncio.open_connection("127.0.0.1", port)
     local = writer.get_extra_info("sockname")
@@ -128,10 +128,23 @@ async def in_dialog_request(port: int, route: str) -> tuple[str, float]:
     )
     started = time.monotonic()
     writer.write(request.encode())
-    head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
+    head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), timeout)
     elapsed = time.monotonic() - started
     writer.close()
     return head.split(b"\r\n", 1)[0].decode(), elapsed
+
+
+def in_dialog_bye(port: int, route: str) -> Request:
+    """A BYE from "the core" over UDP (its Via: ``port``) with ``route`` on top."""
+    bye = Request("BYE", "sip:user@127.0.0.1;transport=ws")
+    bye.headers.add("Via", f"SIP/2.0/UDP 127.0.0.1:{port};branch=z9hG4bK{secrets.token_hex(6)}")
+    bye.headers.add("Max-Forwards", "70")
+    bye.headers.add("Route", route)
+    bye.headers.add("From", f"<sip:peer@{DOMAIN}>;tag=a1")
+    bye.headers.add("To", f"<sip:user0@{DOMAIN}>;tag=b2")
+    bye.headers.add("Call-ID", secrets.token_hex(8))
+    bye.headers.add("CSeq", "2 BYE")
+    return bye
 
 
 class WorkerProcessesTests(unittest.TestCase):
@@ -146,7 +159,8 @@ class WorkerProcessesTests(unittest.TestCase):
         self.addCleanup(daemon.kill)
         await wait_for(lambda: len(READY.findall(daemon.output)) >= 2 or daemon.ended.called, timeout=30)
         self.assertFalse(daemon.ended.called, daemon.output)
-        workers = {int(i): (int(pid), int(port)) for i, pid, port in READY.findall(daemon.output)}
+        workers = {int(i): (int(pid), int(port)) for i, pid, port, _ in READY.findall(daemon.output)}
+        udp_ports = {int(i): int(port) for i, _, _, port in READY.findall(daemon.output)}
         self.addCleanup(lambda: [process_alive(pid) and os.kill(pid, signal.SIGKILL) for pid, _ in workers.values()])
         self.assertEqual(sorted(workers), [0, 1])
         self.assertNotEqual(workers[0][1], workers[1][1])  # each its own core-facing SIP port
@@ -239,9 +253,25 @@ class WorkerProcessesTests(unittest.TestCase):
         dead_path = dict((name, path) for name, (_, _, path) in zip(USERS, registered))[on[0][0]]
         os.kill(dead_pid, signal.SIGKILL)
         await wait_for(lambda: f"worker 0 (pid {dead_pid}) died: killed by SIGKILL; restarting it" in daemon.output)
+        # While it restarts, the core sends to its ports: the supervisor holds them open, so the
+        # UDP request and the TCP connection wait in the kernel for the new worker, which answers
+        # 430 (RFC 5626 §5.3) — no port unreachable, no refused connection, nothing lost.
+        core = UdpSipPeer()
+        core_port = core.start()
+        self.addCleanup(core.stop)
+        window_bye = in_dialog_bye(core_port, dead_path.split(",")[0].strip())
+        core.send(window_bye, ("127.0.0.1", udp_ports[0]))
+        window_tcp = asyncio.ensure_future(in_dialog_request(dead_port, dead_path.split(",")[0].strip(), timeout=15))
+        await asyncio.sleep(0)
+        # Sent inside the window: the new worker has not started yet (≥ 0.25 s back-off, then Python).
+        self.assertEqual(daemon.output.count("[worker0/epcscf.pcscf#info] eP-CSCF listening"), 1)
+        window_udp = await as_deferred(asyncio.wait_for(core.received.get(), 15))
+        self.assertEqual((type(window_udp[0]), window_udp[0].status), (Response, 430))
+        self.assertEqual(window_udp[0].headers.get("Call-ID"), window_bye.headers.get("Call-ID"))
+        self.assertEqual((await as_deferred(window_tcp))[0], "SIP/2.0 430 Flow Failed")
         await wait_for(lambda: "restarted and ready" in daemon.output, timeout=15)
         restarted = READY.findall(daemon.output)[-1]
-        self.assertEqual((restarted[0], int(restarted[2])), ("0", dead_port))  # the same SIP port
+        self.assertEqual((restarted[0], int(restarted[2]), int(restarted[3])), ("0", dead_port, udp_ports[0]))  # the same SIP ports
         self.assertNotEqual(int(restarted[1]), dead_pid)
         workers[0] = (int(restarted[1]), dead_port)
         self.assertEqual(daemon.output.count(f"(pid {dead_pid}) died"), 1)  # logged once
@@ -376,7 +406,9 @@ class WorkersConfigTests(unittest.TestCase):
 
 
 class WorkerStartupFailureTests(unittest.TestCase):
-    async def test_a_worker_that_cannot_listen_stops_the_supervisor_with_one_line(self) -> None:
+    async def test_a_worker_sip_port_in_use_stops_the_supervisor_with_one_line(self) -> None:
+        """The supervisor binds every worker's SIP ports (it holds them across restarts): a port
+        in use ends it before any worker starts."""
         import socket
 
         directory = os.path.abspath(self.mktemp())
@@ -396,8 +428,9 @@ class WorkerStartupFailureTests(unittest.TestCase):
         daemon.process = reactor.spawnProcess(daemon, TWISTD, argv, env=child_env(), path=directory)
         self.addCleanup(daemon.kill)
         code, sig = await daemon.ended
-        self.assertEqual(code, 3, daemon.output)
-        self.assertIn(f"twistd epcscf: worker 1 could not start: cannot listen on 127.0.0.1:{port}: Address already in use\n", daemon.output)
+        self.assertEqual(code, 1, daemon.output)
+        self.assertIn(f"twistd epcscf: cannot listen on 127.0.0.1:{port}: Address already in use\n", daemon.output)
+        self.assertNotIn("worker 0", daemon.output)
 
 
 class WorkersLayeringTests(unittest.TestCase):

@@ -15,7 +15,7 @@ as the ``observers`` given at construction.
 from __future__ import annotations
 
 from dataclasses import dataclass, fields, replace
-from typing import Any, Callable
+from typing import Any, Callable, Mapping
 
 from twisted.application.service import Service
 from twisted.internet import defer
@@ -210,6 +210,7 @@ class PcscfNode(Service):
         observers: NodeObservers | None = None,
         token_keys: str = "",
         ws_port_opener: Callable[[Listener, Any, Any], IListeningPort] | None = None,
+        sip_fds: Mapping[str, int] | None = None,
     ) -> None:
         if reactor is None:
             from twisted.internet import reactor as default_reactor
@@ -255,6 +256,9 @@ class PcscfNode(Service):
         self._ws_ports: list[IListeningPort] = []
         #: (listener, factory, TLS options or None) → port; None: listenTCP/listenSSL (one process)
         self._ws_port_opener = ws_port_opener
+        #: inherited, already bound [sip] sockets by listener text (``udp:127.0.0.1:5061``): a worker
+        #: process adopts the ones its supervisor holds open across restarts (epcscf.workers.sockets)
+        self._sip_fds: Mapping[str, int] = sip_fds or {}
         self.ws_factory: SipWebSocketServerFactory | None = None
         self.policy: PcscfPolicy | None = None
         self.proxy: StatefulProxy | None = None
@@ -309,7 +313,7 @@ class PcscfNode(Service):
     # --- lifecycle ---------------------------------------------------------------------------
 
     def startService(self) -> None:  # noqa: N802
-        sip = [BoundListener(l.transport.upper(), self.transports.listen(l)) for l in self.config.sip.listen]
+        sip = [BoundListener(l.transport.upper(), self.transports.listen(l, self._sip_fds.get(str(l)))) for l in self.config.sip.listen]
         self.ws_factory = SipWebSocketServerFactory(ws_settings(self.config), _WsSink(self), reactor=self.reactor)
         self.ws_factory.on_refused = self.observers.ws_refused
         self.ws_factory.on_parse_error = self.observers.parse_error

@@ -30,6 +30,9 @@ class WorkerPlan:
     ws_socket_sharing: str = "reuseport"
     ws_ports: tuple[int, ...] = ()
     ws_fds: tuple[int, ...] = ()
+    #: the supervisor's sockets for ``sip_listen``, in its order, inherited and adopted
+    #: (epcscf.workers.sockets.sip_socket); () = the worker binds them itself
+    sip_fds: tuple[int, ...] = ()
 
     def to_json(self) -> str:
         return json.dumps(asdict(self))
@@ -38,6 +41,11 @@ class WorkerPlan:
     def from_json(cls, text: str) -> "WorkerPlan":
         data = json.loads(text)
         return cls(**{key: tuple(value) if isinstance(value, list) else value for key, value in data.items()})
+
+
+def inherited_sip_fds(plan: WorkerPlan) -> dict[str, int]:
+    """``plan.sip_fds`` by listener text, as ``PcscfNode`` looks them up."""
+    return {str(parse_listener(text)): fd for text, fd in zip(plan.sip_listen, plan.sip_fds)}
 
 
 def worker_sip_listeners(config: Config, index: int) -> tuple[Listener, ...]:

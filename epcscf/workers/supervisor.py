@@ -37,7 +37,7 @@ from epcscf.workers.console import SupervisorConsole
 from epcscf.workers.metrics import MergedMetricsPage, QuietSite, SupervisorMetrics, scrape_once
 from epcscf.workers.plan import WorkerPlan, worker_sip_listeners
 from epcscf.workers.pool import WorkerPool
-from epcscf.workers.sockets import listening_socket, reserve_reuseport
+from epcscf.workers.sockets import listening_socket, reserve_reuseport, sip_socket
 
 log = Logger(namespace="epcscf.workers.supervisor")
 
@@ -65,6 +65,8 @@ class SupervisorService(MultiService):
         #: the [ws] listeners with their ports resolved (port 0 → the one all workers share)
         self.ws_listeners: list[Listener] = list(config.ws.listen)
         self._ws_sockets: list[socket.socket] = []
+        #: each worker's core-facing [sip] sockets, held here across its restarts (epcscf.workers.sockets)
+        self._sip_sockets: list[list[tuple[Listener, socket.socket]]] = []
         self.core: EmbeddedCore | None = None
         if config.core.mode == "embedded":
             self.core = EmbeddedCore(EmbeddedCoreSettings.from_config(config), reactor)
@@ -98,6 +100,7 @@ class SupervisorService(MultiService):
         log.info("epcscf supervisor starting {count} workers with {files}", count=self.count, files=", ".join(self.config.files))
         try:
             self._share_ws_ports()
+            self._hold_sip_ports()
             super().startService()
             if self.config.metrics.enabled:
                 root = Resource()
@@ -140,6 +143,19 @@ class SupervisorService(MultiService):
             self._ws_sockets.append(sock)
             self.ws_listeners[index] = Listener(listener.transport, listener.address, sock.getsockname()[1])
 
+    def _hold_sip_ports(self) -> None:
+        for index in range(self.count):
+            held = []
+            self._sip_sockets.append(held)
+            for listener in worker_sip_listeners(self.config, index):
+                sock = sip_socket(listener)
+                held.append((Listener(listener.transport, listener.address, sock.getsockname()[1]), sock))
+
+    def _close_held_sockets(self) -> None:
+        for sock in self._ws_sockets + [sock for held in self._sip_sockets for _, sock in held]:
+            sock.close()
+        self._ws_sockets, self._sip_sockets = [], []
+
     def _plans(self) -> list[WorkerPlan]:
         next_hop = source = ""
         if self.core is not None:
@@ -150,7 +166,8 @@ class SupervisorService(MultiService):
             WorkerPlan(
                 index=index,
                 count=self.count,
-                sip_listen=tuple(str(listener) for listener in worker_sip_listeners(self.config, index)),
+                sip_listen=tuple(str(listener) for listener, _ in self._sip_sockets[index]),
+                sip_fds=tuple(sock.fileno() for _, sock in self._sip_sockets[index]),
                 core_next_hop=next_hop,
                 core_source=source,
                 ws_socket_sharing=self.config.service.ws_socket_sharing,
@@ -177,9 +194,7 @@ class SupervisorService(MultiService):
         stopping = self.pool.stopService() if self.pool is not None else defer.succeed(None)
 
         def rest(_: Any) -> defer.Deferred:
-            for sock in self._ws_sockets:
-                sock.close()
-            self._ws_sockets = []
+            self._close_held_sockets()
             port, self._metrics_port = self._metrics_port, None
             done = [defer.maybeDeferred(super(SupervisorService, self).stopService)]
             if port is not None:
