@@ -53,6 +53,8 @@ mode = embedded
 domain = {DOMAIN}
 listen = tcp:127.0.0.1:0, udp:127.0.0.1:0
 users = {users}
+[nonsip]
+listen = ws:127.0.0.1:0
 [media]
 port_range = 42000-42099
 [manhole]
@@ -134,6 +136,21 @@ async def in_dialog_request(port: int, route: str, timeout: float = 5.0) -> tupl
     return head.split(b"\r\n", 1)[0].decode(), elapsed
 
 
+async def janus_register(port: int, name: str) -> "JanusClient":
+    """A non-SIP WIC (Janus API) registering ``name``; the client, once registered."""
+    from tests.test_nonsip_janus import JanusClient
+
+    client = JanusClient(f"ws://127.0.0.1:{port}")
+    await client.connect()
+    session = (await client.request({"janus": "create"}))["data"]["id"]
+    handle = (await client.request({"janus": "attach", "plugin": "janus.plugin.sip", "session_id": session}))["data"]["id"]
+    body = {"request": "register", "username": f"sip:{name}@{DOMAIN}", "secret": USERS[name]}
+    await client.request({"janus": "message", "session_id": session, "handle_id": handle, "body": body})
+    events = [(await client.event())["result"]["event"] for _ in range(2)]
+    assert events == ["registering", "registered"], events
+    return client
+
+
 def in_dialog_bye(port: int, route: str) -> Request:
     """A BYE from "the core" over UDP (its Via: ``port``) with ``route`` on top."""
     bye = Request("BYE", "sip:user@127.0.0.1;transport=ws")
@@ -164,7 +181,7 @@ class WorkerProcessesTests(unittest.TestCase):
         self.addCleanup(lambda: [process_alive(pid) and os.kill(pid, signal.SIGKILL) for pid, _ in workers.values()])
         self.assertEqual(sorted(workers), [0, 1])
         self.assertNotEqual(workers[0][1], workers[1][1])  # each its own core-facing SIP port
-        ws_port = int(re.search(r"worker 0 \(pid \d+\) ready on .*\bws:127\.0\.0\.1:(\d+)", daemon.output).group(1))
+        ws_port = int(re.search(r"worker 0 \(pid \d+\) ready on .*, ws:127\.0\.0\.1:(\d+)", daemon.output).group(1))
         self.assertIn(f"worker 1 (pid {workers[1][0]}) ready on", daemon.output)
         self.assertIn(f"ws:127.0.0.1:{ws_port}", daemon.output.split(f"worker 1 (pid {workers[1][0]}) ready on", 1)[1].split("\n")[0])
         metrics_port = int(re.search(r"metrics of all workers on http://127\.0\.0\.1:(\d+)/", daemon.output).group(1))
@@ -312,6 +329,18 @@ class WorkerProcessesTests(unittest.TestCase):
         survivors = len(on[1]) - 1
         moved = sample(body, "epcscf_ws_connections", "1") - survivors
         self.assertEqual(sample(body, "epcscf_ws_connections", "0") + moved, len(on[0]))
+
+        # [nonsip]: the Janus API port is shared like the [ws] one; each worker's per-handle SIP UA
+        # registers through that worker's own core-side port (the 200 comes back by its Via).
+        janus_port = int(re.search(r"worker 0 \(pid \d+\) .*ready on .*, janus-ws:127\.0\.0\.1:(\d+)", daemon.output).group(1))
+        before = {w: sample(body, "epcscf_registrations", w) for w in ("0", "1")}
+        janus = [await as_deferred(janus_register(janus_port, name)) for name in USERS]
+        self.addCleanup(lambda: as_deferred(asyncio.gather(*(c.socket.close() for c in janus), return_exceptions=True)))
+        body = await scrape(metrics_port)
+        gained = {w: sample(body, "epcscf_registrations", w) - before[w] for w in ("0", "1")}
+        self.assertEqual(sum(gained.values()), len(USERS), body)
+        self.assertTrue(gained["0"] and gained["1"], f"SO_REUSEPORT sent all Janus connections to one worker: {gained}")
+        await as_deferred(asyncio.gather(*(c.socket.close() for c in janus), return_exceptions=True))
 
         # SIGTERM: both workers drain, the supervisor ends after them.
         await as_deferred(asyncio.gather(*(c.close() for c in clients.values()), return_exceptions=True))

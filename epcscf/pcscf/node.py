@@ -395,14 +395,8 @@ class PcscfNode(Service):
         self.janus.on_refused = self.observers.janus_refused
         factory.on_refused = self.observers.ws_refused
         for listener in self.config.nonsip.listen:
-            if listener.transport == "wss":
-                options = server_tls_from_files(self.config.ws.certificate, self.config.ws.private_key, HTTP_PROTOCOLS)
-                port = self.reactor.listenSSL(listener.port, factory, options, interface=listener.address)
-            else:
-                port = self.reactor.listenTCP(listener.port, factory, interface=listener.address)
-            self._ws_ports.append(port)
-            host = port.getHost()
-            self.listeners.append(BoundListener(f"JANUS-{listener.transport.upper()}", Address(host.host, host.port)))
+            bound = self._listen_ws(listener, factory)
+            self.listeners.append(BoundListener(f"JANUS-{bound.transport}", bound.address))
 
     def _subscribe_reg_events(self, addresses: EdgeAddresses, proxy: LateBoundProxy) -> None:
         """[reg_event]: our SUBSCRIBEs go through the proxy's client transactions."""
@@ -441,8 +435,11 @@ class PcscfNode(Service):
             host = "127.0.0.1"
         return BoundListener(listener.transport, Address(host, listener.address.port))
 
-    def _listen_ws(self, listener: Listener) -> BoundListener:
-        assert self.ws_factory is not None
+    def _listen_ws(self, listener: Listener, factory: Any = None) -> BoundListener:
+        """A [ws] listener (``factory`` None: the SIP one) or a [nonsip] one (the Janus factory)."""
+        if factory is None:
+            factory = self.ws_factory
+        assert factory is not None
         if self._ws_port_opener is not None:
             # A worker process: the port is shared with the other workers (epcscf.workers.sockets).
             options = (
@@ -450,13 +447,13 @@ class PcscfNode(Service):
                 if listener.transport == "wss"
                 else None
             )
-            port = self._ws_port_opener(listener, self.ws_factory, options)
+            port = self._ws_port_opener(listener, factory, options)
         elif listener.transport == "wss":
             # RFC 7118 §5 / RFC 6455 §4.1: the opening handshake is HTTP/1.1, which browsers offer by ALPN.
             options = server_tls_from_files(self.config.ws.certificate, self.config.ws.private_key, HTTP_PROTOCOLS)
-            port = self.reactor.listenSSL(listener.port, self.ws_factory, options, interface=listener.address)
+            port = self.reactor.listenSSL(listener.port, factory, options, interface=listener.address)
         else:
-            port = self.reactor.listenTCP(listener.port, self.ws_factory, interface=listener.address)
+            port = self.reactor.listenTCP(listener.port, factory, interface=listener.address)
         self._ws_ports.append(port)
         host = port.getHost()
         return BoundListener(listener.transport.upper(), Address(host.host, host.port))

@@ -64,6 +64,8 @@ class SupervisorService(MultiService):
         self.count = config.service.workers
         #: the [ws] listeners with their ports resolved (port 0 → the one all workers share)
         self.ws_listeners: list[Listener] = list(config.ws.listen)
+        #: the [nonsip] (Janus API) listeners, shared the same way
+        self.nonsip_listeners: list[Listener] = list(config.nonsip.listen)
         self._ws_sockets: list[socket.socket] = []
         #: each worker's core-facing [sip] sockets, held here across its restarts (epcscf.workers.sockets)
         self._sip_sockets: list[list[tuple[Listener, socket.socket]]] = []
@@ -136,12 +138,14 @@ class SupervisorService(MultiService):
         return self.config.service.ws_socket_sharing == "inherit"
 
     def _share_ws_ports(self) -> None:
-        for index, listener in enumerate(self.config.ws.listen):
-            sock = listening_socket(listener) if self._inherit else reserve_reuseport(listener)
-            if self._inherit:
-                os.set_inheritable(sock.fileno(), True)
-            self._ws_sockets.append(sock)
-            self.ws_listeners[index] = Listener(listener.transport, listener.address, sock.getsockname()[1])
+        """The [ws] ports, then the [nonsip] ones: both are WebSocket listeners of every worker."""
+        for listeners in (self.ws_listeners, self.nonsip_listeners):
+            for index, listener in enumerate(listeners):
+                sock = listening_socket(listener) if self._inherit else reserve_reuseport(listener)
+                if self._inherit:
+                    os.set_inheritable(sock.fileno(), True)
+                self._ws_sockets.append(sock)
+                listeners[index] = Listener(listener.transport, listener.address, sock.getsockname()[1])
 
     def _hold_sip_ports(self) -> None:
         for index in range(self.count):
@@ -172,6 +176,7 @@ class SupervisorService(MultiService):
                 core_source=source,
                 ws_socket_sharing=self.config.service.ws_socket_sharing,
                 ws_ports=tuple(listener.port for listener in self.ws_listeners),
+                nonsip_ports=tuple(listener.port for listener in self.nonsip_listeners),
                 ws_fds=tuple(sock.fileno() for sock in self._ws_sockets) if self._inherit else (),
             )
             for index in range(self.count)

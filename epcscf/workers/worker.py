@@ -139,7 +139,7 @@ def main(argv: list[str] | None = None) -> None:
         redirectStandardIO=False,
     )
     if plan.ws_socket_sharing == "inherit":
-        opener = inherited_opener(reactor, dict(zip(plan.ws_ports, plan.ws_fds)))
+        opener = inherited_opener(reactor, dict(zip(plan.ws_ports + plan.nonsip_ports, plan.ws_fds)))
     else:
         opener = reuseport_opener(reactor)
     service = WorkerService(config, plan, reactor, opener, flow_key)
