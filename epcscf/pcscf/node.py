@@ -335,7 +335,9 @@ class PcscfNode(Service):
         # the policy the call manager, the call manager the proxy: the call manager is given a
         # typed stand-in for the proxy, bound once the proxy exists.
         proxy_operations = LateBoundProxy()
-        self.media_engine = build_media_engine(self.config, self.reactor, call_media_settings(self.config))
+        # The core-facing address marks our rtpengine calls: a restarted process has it again.
+        owner = f"{core_side.transport.lower()}:{core_side.address.host}:{core_side.address.port}"
+        self.media_engine = build_media_engine(self.config, self.reactor, call_media_settings(self.config), owner)
         start_media_engine(self.media_engine)
         # TS 24.371 §7: every INVITE dialog goes through the call manager (ICE, SDP, media).
         self.calls = CallManager(
