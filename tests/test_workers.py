@@ -9,9 +9,10 @@ import os
 import re
 import secrets
 import signal
+import socket
 import time
 
-from twisted.internet import defer, reactor
+from twisted.internet import defer, reactor, task
 from twisted.trial import unittest
 from twisted.web.client import Agent, readBody
 
@@ -438,7 +439,6 @@ class WorkerStartupFailureTests(unittest.TestCase):
     async def test_a_worker_sip_port_in_use_stops_the_supervisor_with_one_line(self) -> None:
         """The supervisor binds every worker's SIP ports (it holds them across restarts): a port
         in use ends it before any worker starts."""
-        import socket
 
         directory = os.path.abspath(self.mktemp())
         os.makedirs(directory)
@@ -475,3 +475,65 @@ class WorkersLayeringTests(unittest.TestCase):
         ]
         self.assertEqual([str(f) for f in findings], [])
         self.assertTrue(ops_findings(directory))  # worker.py imports epcscf.pcscf.flows: the check sees it
+
+
+class HeldSipSocketsTests(unittest.TestCase):
+    """``[sip]`` sockets bound by the supervisor (``sip_socket``) and adopted by a worker's
+    ``TransportManager``: what arrives while no worker holds them waits for the next one."""
+
+    async def test_a_datagram_sent_between_two_holders_is_read_by_the_second(self) -> None:
+        from epcscf.sip.transport import TransportManager
+        from epcscf.workers.sockets import sip_socket
+        from tests.test_sip_transport import Collector, options_request
+
+        held = sip_socket(Listener("udp", "127.0.0.1", 0))
+        self.addCleanup(held.close)
+        spec = f"udp:127.0.0.1:{held.getsockname()[1]}"
+        sender = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        self.addCleanup(sender.close)
+        first, second = Collector(), Collector()
+        worker = TransportManager(reactor, first)
+        self.assertEqual(worker.listen(spec, held.fileno()).port, held.getsockname()[1])
+        sender.sendto(options_request("z9hG4bK-a"), held.getsockname())
+        await wait_for(lambda: first.received)
+        await worker.close()  # the worker is gone; the supervisor's copy keeps the port
+        sender.sendto(options_request("z9hG4bK-b"), held.getsockname())
+        successor = TransportManager(reactor, second)
+        successor.listen(spec, held.fileno())
+        self.addCleanup(successor.close)
+        await wait_for(lambda: second.received)
+        self.assertEqual(second.received[0][0].headers.get("Call-ID"), "z9hG4bK-b@test")
+
+    async def test_a_connection_made_between_two_holders_is_accepted_by_the_second_also_over_tls(self) -> None:
+        import ssl
+
+        from epcscf.sip.transport import TransportManager, TransportSettings
+        from epcscf.workers.sockets import sip_socket
+        from tests.support.certificates import self_signed_certificate
+        from tests.test_sip_transport import Collector, options_request
+
+        certificate, private_key, _ = self_signed_certificate(os.path.abspath(self.mktemp()))
+        settings = TransportSettings(tls_certificate=certificate, tls_private_key=private_key)
+        for transport in ("tcp", "tls"):
+            held = sip_socket(Listener(transport, "127.0.0.1", 0))
+            self.addCleanup(held.close)
+            port = held.getsockname()[1]
+            worker = TransportManager(reactor, Collector(), settings)
+            worker.listen(f"{transport}:127.0.0.1:{port}", held.fileno())
+            await worker.close()
+            # Nobody accepts now: the connection waits in the held socket's backlog.
+            context = None
+            if transport == "tls":
+                context = ssl.create_default_context()
+                context.check_hostname, context.verify_mode = False, ssl.CERT_NONE
+            opening = asyncio.ensure_future(asyncio.open_connection("127.0.0.1", port, ssl=context))
+            await task.deferLater(reactor, 0.05, lambda: None)
+            received = Collector()
+            successor = TransportManager(reactor, received, settings)
+            successor.listen(f"{transport}:127.0.0.1:{port}", held.fileno())
+            self.addCleanup(successor.close)
+            _, writer = await as_deferred(asyncio.wait_for(opening, 5))
+            writer.write(options_request(f"z9hG4bK-{transport}", via=f"SIP/2.0/{transport.upper()} 127.0.0.1:5999"))
+            await wait_for(lambda: received.received, what=f"the OPTIONS over {transport}")
+            self.assertEqual(received.received[0][1].transport, transport.upper())
+            writer.close()
