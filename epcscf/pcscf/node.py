@@ -313,7 +313,10 @@ class PcscfNode(Service):
     # --- lifecycle ---------------------------------------------------------------------------
 
     def startService(self) -> None:  # noqa: N802
-        sip = [BoundListener(l.transport.upper(), self.transports.listen(l, self._sip_fds.get(str(l)))) for l in self.config.sip.listen]
+        sip = [
+            BoundListener(l.transport.upper(), self.transports.listen(l, self._sip_fds.get(str(l))))
+            for l in self.config.sip.listen
+        ]
         self.ws_factory = SipWebSocketServerFactory(ws_settings(self.config), _WsSink(self), reactor=self.reactor)
         self.ws_factory.on_refused = self.observers.ws_refused
         self.ws_factory.on_parse_error = self.observers.parse_error

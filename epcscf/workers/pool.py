@@ -5,9 +5,10 @@ its stdout carries JSON log events (re-published here, namespace ``workerN/…``
 stderr whatever Python prints when it dies, and descriptors 3/4 the AMP control channel.
 
 A worker that exits while the pool runs is logged once with its exit reason, counted
-(``restarts``) and started again with the *same* SIP ports, so that the core's next
-in-dialog request for one of its flows reaches the new worker, which knows no such flow
-and answers 430 Flow Failed (RFC 5626 §5.3) at once, instead of the core's transaction
+(``restarts``) and started again with the *same* SIP sockets (the supervisor's, handed
+down: ``WorkerPlan.sip_fds``), so that the core's next in-dialog request for one of its
+flows — even one sent while no worker ran — reaches the new worker, which knows no such
+flow and answers 430 Flow Failed (RFC 5626 §5.3), instead of the core's transaction
 timing out.  Restarts that follow quick crashes back off up to ``MAX_BACKOFF``.
 """
 

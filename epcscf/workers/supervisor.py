@@ -1,8 +1,9 @@
 """``twistd epcscf`` with ``[service] workers`` > 1: the supervisor.
 
 It runs what must exist once — the embedded core (when ``[core] mode = embedded``), the
-WWSF page, the SSH console and ``/metrics`` — holds the shared WebSocket ports
-(``epcscf.workers.sockets``) and keeps N worker processes running (``WorkerPool``).  It
+WWSF page, the SSH console and ``/metrics`` — holds the shared WebSocket ports and every
+worker's own SIP sockets (``epcscf.workers.sockets``: they stay open while a worker is
+restarted) and keeps N worker processes running (``WorkerPool``).  It
 handles no SIP itself: a WIC's WebSocket is accepted by one worker, which writes its own
 core-facing address in Path, Record-Route and Via, so the core sends everything for that
 flow straight back to it.  SIGHUP is checked here (a bad file changes nothing anywhere)
