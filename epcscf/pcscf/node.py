@@ -399,6 +399,8 @@ class PcscfNode(Service):
         self.janus_factory = factory
         self.janus.on_refused = self.observers.janus_refused
         factory.on_refused = self.observers.ws_refused
+        if self.token_access.verifier is not None:
+            factory.authenticate = self.token_access.handshake  # [auth] handshake: this door too
         for listener in self.config.nonsip.listen:
             bound = self._listen_ws(listener, factory)
             self.listeners.append(BoundListener(f"JANUS-{bound.transport}", bound.address))
