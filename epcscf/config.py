@@ -676,9 +676,6 @@ def _check_consistency(config: Config, set_by: dict[tuple[str, str], str]) -> No
         _check_credentials(fail, "ws", ("certificate", "private_key"), (config.ws.certificate, config.ws.private_key))
     if any(listener.transport == "wss" for listener in config.nonsip.listen) and not (config.ws.certificate and config.ws.private_key):
         fail("nonsip", "listen", "a wss listener uses the [ws] certificate and private_key: set both")
-    if config.nonsip.listen and config.service.workers > 1:
-        # each worker would bind the Janus port on its own; only the [ws] ports are shared so far
-        fail("nonsip", "listen", "non-SIP listeners need [service] workers = 1 (they are not shared between worker processes)")
     if config.manhole.enabled and not config.manhole.users:
         fail("manhole", "users", "enabled = true needs a users file (user:bcrypt-hash lines)")
     if config.overload.lag_low >= config.overload.lag_high:

@@ -15,7 +15,7 @@ as the ``observers`` given at construction.
 from __future__ import annotations
 
 from dataclasses import dataclass, fields, replace
-from typing import Any, Callable
+from typing import Any, Callable, Mapping
 
 from twisted.application.service import Service
 from twisted.internet import defer
@@ -221,6 +221,7 @@ class PcscfNode(Service):
         observers: NodeObservers | None = None,
         token_keys: str = "",
         ws_port_opener: Callable[[Listener, Any, Any], IListeningPort] | None = None,
+        sip_fds: Mapping[str, int] | None = None,
     ) -> None:
         if reactor is None:
             from twisted.internet import reactor as default_reactor
@@ -266,6 +267,9 @@ class PcscfNode(Service):
         self._ws_ports: list[IListeningPort] = []
         #: (listener, factory, TLS options or None) → port; None: listenTCP/listenSSL (one process)
         self._ws_port_opener = ws_port_opener
+        #: inherited, already bound [sip] sockets by listener text (``udp:127.0.0.1:5061``): a worker
+        #: process adopts the ones its supervisor holds open across restarts (epcscf.workers.sockets)
+        self._sip_fds: Mapping[str, int] = sip_fds or {}
         self.ws_factory: SipWebSocketServerFactory | None = None
         self.policy: PcscfPolicy | None = None
         self.proxy: StatefulProxy | None = None
@@ -329,7 +333,10 @@ class PcscfNode(Service):
     # --- lifecycle ---------------------------------------------------------------------------
 
     def startService(self) -> None:  # noqa: N802
-        sip = [BoundListener(l.transport.upper(), self.transports.listen(l)) for l in self.config.sip.listen]
+        sip = [
+            BoundListener(l.transport.upper(), self.transports.listen(l, self._sip_fds.get(str(l))))
+            for l in self.config.sip.listen
+        ]
         self.ws_factory = SipWebSocketServerFactory(ws_settings(self.config), _WsSink(self), reactor=self.reactor)
         self.ws_factory.on_refused = self.observers.ws_refused
         self.ws_factory.on_parse_error = self.observers.parse_error
@@ -351,7 +358,9 @@ class PcscfNode(Service):
         # the policy the call manager, the call manager the proxy: the call manager is given a
         # typed stand-in for the proxy, bound once the proxy exists.
         proxy_operations = LateBoundProxy()
-        self.media_engine = build_media_engine(self.config, self.reactor, call_media_settings(self.config))
+        # The core-facing address marks our rtpengine calls: a restarted process has it again.
+        owner = f"{core_side.transport.lower()}:{core_side.address.host}:{core_side.address.port}"
+        self.media_engine = build_media_engine(self.config, self.reactor, call_media_settings(self.config), owner)
         start_media_engine(self.media_engine)
         # TS 24.371 §7: every INVITE dialog goes through the call manager (ICE, SDP, media).
         self.calls = CallManager(
@@ -413,14 +422,8 @@ class PcscfNode(Service):
         if self.token_access.verifier is not None:
             factory.authenticate = self.token_access.handshake  # [auth] handshake: this door too
         for listener in self.config.nonsip.listen:
-            if listener.transport == "wss":
-                options = server_tls_from_files(self.config.ws.certificate, self.config.ws.private_key, HTTP_PROTOCOLS)
-                port = self.reactor.listenSSL(listener.port, factory, options, interface=listener.address)
-            else:
-                port = self.reactor.listenTCP(listener.port, factory, interface=listener.address)
-            self._ws_ports.append(port)
-            host = port.getHost()
-            self.listeners.append(BoundListener(f"JANUS-{listener.transport.upper()}", Address(host.host, host.port)))
+            bound = self._listen_ws(listener, factory)
+            self.listeners.append(BoundListener(f"JANUS-{bound.transport}", bound.address))
 
     def _subscribe_reg_events(self, addresses: EdgeAddresses, proxy: LateBoundProxy) -> None:
         """[reg_event]: our SUBSCRIBEs go through the proxy's client transactions."""
@@ -459,8 +462,11 @@ class PcscfNode(Service):
             host = "127.0.0.1"
         return BoundListener(listener.transport, Address(host, listener.address.port))
 
-    def _listen_ws(self, listener: Listener) -> BoundListener:
-        assert self.ws_factory is not None
+    def _listen_ws(self, listener: Listener, factory: Any = None) -> BoundListener:
+        """A [ws] listener (``factory`` None: the SIP one) or a [nonsip] one (the Janus factory)."""
+        if factory is None:
+            factory = self.ws_factory
+        assert factory is not None
         if self._ws_port_opener is not None:
             # A worker process: the port is shared with the other workers (epcscf.workers.sockets).
             options = (
@@ -468,13 +474,13 @@ class PcscfNode(Service):
                 if listener.transport == "wss"
                 else None
             )
-            port = self._ws_port_opener(listener, self.ws_factory, options)
+            port = self._ws_port_opener(listener, factory, options)
         elif listener.transport == "wss":
             # RFC 7118 §5 / RFC 6455 §4.1: the opening handshake is HTTP/1.1, which browsers offer by ALPN.
             options = server_tls_from_files(self.config.ws.certificate, self.config.ws.private_key, HTTP_PROTOCOLS)
-            port = self.reactor.listenSSL(listener.port, self.ws_factory, options, interface=listener.address)
+            port = self.reactor.listenSSL(listener.port, factory, options, interface=listener.address)
         else:
-            port = self.reactor.listenTCP(listener.port, self.ws_factory, interface=listener.address)
+            port = self.reactor.listenTCP(listener.port, factory, interface=listener.address)
         self._ws_ports.append(port)
         host = port.getHost()
         return BoundListener(listener.transport.upper(), Address(host.host, host.port))
