@@ -99,8 +99,8 @@ class BrowserReconnectTests(unittest.TestCase):
 
     async def assert_released(self) -> None:
         await wait_for(lambda: not self.calls.calls(), 10, what="calls released")
-        # this coroutine runs as an asyncio task (as_deferred): a Deferred still pending is awaited as a Future
-        await self.calls.idle().asFuture(asyncio.get_running_loop())
+        # An asyncio task (as_deferred) cannot await a Deferred that has not fired yet.
+        await self.calls.idle().asFuture(asyncio.get_event_loop())
         pool = self.calls.media_factory.pool
         await wait_for(lambda: pool.free_count == pool.size, 10, what=f"media ports freed: {pool}")
 
