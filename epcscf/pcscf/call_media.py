@@ -179,7 +179,7 @@ class CallMedia:
         wic_offer, group = resolve_bundled_lines(_parse(sdp))
         params = _wic_params(wic_offer)
         policy = self.settings.codecs
-        accepted = self._plan(lambda: sdp_transform.plan_offer_toward_core(wic_offer, policy))
+        accepted = self._plan(lambda: sdp_transform.plan_offer_toward_core(wic_offer, policy, params))
         if self._controlling is None:
             self._controlling = False  # the WIC offered: it controls (RFC 8445 §6.1.1)
         self._save()
@@ -197,7 +197,7 @@ class CallMedia:
 
         def offer(_: object) -> bytes:
             try:
-                out = offer_toward_core(wic_offer, self._core_leg(), policy)
+                out = offer_toward_core(wic_offer, self._core_leg(), policy, params)
             except SdpRejected as error:
                 raise MediaRejected(error.status, error.warning, error.warn_code) from None
             except SdpError as error:
