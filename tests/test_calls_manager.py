@@ -561,8 +561,8 @@ class CallManagerTests(unittest.TestCase):
 
 
 class CallIdLookupTests(unittest.TestCase):
-    """Calls are found by Call-ID through an index, live and kept-ended alike, and the index
-    forgets a call with the history (``keep_ended``)."""
+    """Calls are found by Call-ID, live ones and kept-ended ones (through an index of the
+    history), and the index forgets a call with the history (``keep_ended``)."""
 
     setUp = CallManagerTests.setUp
     respond = CallManagerTests.respond
@@ -602,4 +602,4 @@ class CallIdLookupTests(unittest.TestCase):
         self.assertIsNotNone(late)
         self.assertEqual(late.body, b"")
         self.assertEqual(self.core.sent, [])  # no ACK: the call is forgotten
-        self.assertEqual(self.manager._by_call_id, {})  # the index holds nothing after the history
+        self.assertEqual(self.manager._ended_by_call_id, {})  # the index forgets with the history

@@ -105,9 +105,9 @@ class CallManager:
         self.protocol_errors = 0
         self._live: dict[tuple[str, str], Call] = {}
         self._ended: collections.OrderedDict[int, Call] = collections.OrderedDict()
-        #: every call in ``_live`` or ``_ended`` by Call-ID: a stray 2xx or an operator's release
-        #: looks its calls up here, not by walking ``keep_ended`` seconds of history per message
-        self._by_call_id: dict[str, list[Call]] = {}
+        #: the calls of ``_ended`` by Call-ID, oldest end first: a stray 2xx looks its call up
+        #: here instead of walking ``keep_ended`` seconds of history (600 s × the call rate)
+        self._ended_by_call_id: dict[str, list[Call]] = {}
         self._closing: set[defer.Deferred] = set()
         self._pruning: IDelayedCall | None = None
         #: calls outliving a lost flow until their WIC registers again (``call_suspension``)
@@ -128,27 +128,16 @@ class CallManager:
         return list(self._ended.values())
 
     def find(self, call_id: str) -> list[Call]:
-        return [call for call in self._by_call_id.get(call_id, ()) if self._live.get(call.key) is call]
+        return [call for call in self._live.values() if call.call_id == call_id]
 
-    def _ended_with(self, call_id: str) -> list[Call]:
-        """Ended calls of ``call_id`` still kept, oldest end first (the order of ``_ended``)."""
-        ended = [call for call in self._by_call_id.get(call_id, ()) if id(call) in self._ended]
-        ended.sort(key=lambda call: call.ended_at or 0.0)
-        return ended
-
-    def _index(self, call: Call) -> None:
-        calls = self._by_call_id.setdefault(call.call_id, [])
-        if not any(known is call for known in calls):
-            calls.append(call)
-
-    def _unindex(self, call: Call) -> None:
-        calls = self._by_call_id.get(call.call_id, [])
+    def _forget_ended(self, call: Call) -> None:
+        calls = self._ended_by_call_id.get(call.call_id, [])
         for position, known in enumerate(calls):
             if known is call:
                 del calls[position]
                 break
         if not calls:
-            self._by_call_id.pop(call.call_id, None)
+            self._ended_by_call_id.pop(call.call_id, None)
 
     def idle(self) -> defer.Deferred:
         """Fires once every media close started so far has finished (tests, shutdown)."""
@@ -212,7 +201,6 @@ class CallManager:
         if previous is not None:
             self._finish(previous, "replaced by a new INVITE with the same Call-ID", "sip")
         self._live[call.key] = call
-        self._index(call)
         return call
 
     def _request_sdp(self, call: Call, leg: CallLeg, context: ProxiedRequest, forward: Forward) -> Decision | defer.Deferred:
@@ -382,7 +370,7 @@ class CallManager:
         if call_sdp.method_of(response) != "INVITE" or not 200 <= response.status < 300:
             return response
         call_id = response.headers.get("Call-ID") or ""
-        for call in self.find(call_id) + self._ended_with(call_id):
+        for call in self.find(call_id) + self._ended_by_call_id.get(call_id, []):
             if call.released_early and call.dialog is not None and not call.dialog.confirmed:
                 self._ack_and_bye_late_2xx(call, response, call.dialog.callee)
                 return None
@@ -591,7 +579,7 @@ class CallManager:
             self.suspensions.forget(call)
         self._prune_ended()
         self._ended[id(call)] = call
-        self._index(call)
+        self._ended_by_call_id.setdefault(call.call_id, []).append(call)
         self._arm_pruning()
         call.invite_context = None  # the proxy's context is not ours to keep alive
         media, call.media = call.media, None
@@ -613,7 +601,7 @@ class CallManager:
             if oldest.ended_at is not None and oldest.ended_at + self.settings.keep_ended > now:
                 break
             del self._ended[key]
-            self._unindex(oldest)
+            self._forget_ended(oldest)
 
     def _arm_pruning(self) -> None:
         """One timer for the whole history: due when the oldest ended call expires."""
