@@ -211,7 +211,7 @@ class CallMedia:
                 setup = params[index].setup or "actpass"
                 active = self.settings.answer_setup == "active" if setup == "actpass" else setup == "passive"
                 stream.dtls_role = DtlsRole.CLIENT if active else DtlsRole.SERVER
-            return self._core_versioner.stamp(out).serialize()
+            return self._core_versioner.stamp_serialized(out)
 
         return ready.addCallback(build).addCallback(offer).addErrback(self._unwrap)
 
@@ -308,7 +308,7 @@ class CallMedia:
                 if index < len(params) and params[index].port != 0 and stream.owns_transport:
                     self._start(stream)
             self._saved = (self._wic_offer, self._core_offer)
-            return self._core_versioner.stamp(out).serialize()
+            return self._core_versioner.stamp_serialized(out)
 
         return gather(applying).addCallback(started).addErrback(self._unwrap)
 
@@ -539,7 +539,7 @@ class CallMedia:
 
     def _wic_stamp(self, sdp: SessionDescription) -> bytes:
         assert self._wic_versioner is not None
-        return self._wic_versioner.stamp(sdp).serialize()
+        return self._wic_versioner.stamp_serialized(sdp)
 
     def _save(self) -> None:
         self._saved = (self._wic_offer, self._core_offer)
