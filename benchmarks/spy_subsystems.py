@@ -1,4 +1,4 @@
-"""Inclusive share per subsystem of a py-spy profile (``py-spy record --format raw``: collapsed stacks).
+"""Inclusive share per subsystem of a collapsed-stack profile (``benchmarks/cpu_sampler``, py-spy raw).
 
 Usage: ``.venv/bin/python benchmarks/spy_subsystems.py FILE [FILE ...]``
 
