@@ -14,7 +14,7 @@ from __future__ import annotations
 import argparse
 from collections import Counter
 
-from spy_top import frame_key
+from spy_top import read_stacks
 
 #: (row, substrings of ``frame_key`` that place a frame in it); first match per frame wins.
 SUBSYSTEMS: tuple[tuple[str, tuple[str, ...]], ...] = (
@@ -54,20 +54,14 @@ def shares(path: str) -> tuple[int, Counter[str]]:
     """(busy samples, samples per row) of one collapsed-stack file."""
     rows: Counter[str] = Counter()
     total = 0
-    with open(path) as handle:
-        for line in handle:
-            stack, _, count_text = line.rstrip("\n").rpartition(" ")
-            if not stack:
-                continue
-            count = int(count_text)
-            frames = [frame_key(f) for f in stack.split(";") if f]
-            if frames and ("select" in frames[-1] and "selectors" in frames[-1]):
-                continue
-            total += count
-            hit = {row for row, markers in SUBSYSTEMS for frame in frames if markers and any(m in frame for m in markers)}
-            hit |= {row for row, markers in SELF_ROWS.items() if frames and any(m in frames[-1] for m in markers)}
-            for row in hit:
-                rows[row] += count
+    for frames, count in read_stacks(path):
+        if not frames:
+            continue  # idle
+        total += count
+        hit = {row for row, markers in SUBSYSTEMS for frame in frames if markers and any(m in frame for m in markers)}
+        hit |= {row for row, markers in SELF_ROWS.items() if any(m in frames[-1] for m in markers)}
+        for row in hit:
+            rows[row] += count
     return total, rows
 
 
