@@ -17,8 +17,8 @@ system), so samples fall in proportion to CPU spent, whatever else runs on the h
 handler runs at the next bytecode boundary, so time in a C call or a syscall is counted to the
 Python frame that made it (inclusive shares are right; a long C call's self time lands on its
 caller).  Signals arriving while one is pending merge, so counts are a sample, not a total.
-``EDGE_SAMPLES_DELAY`` (seconds, default 4) skips the start-up; the file is rewritten every
-100 samples.
+Sampling starts when the reactor runs (not the start-up's imports), or ``EDGE_SAMPLES_DELAY``
+seconds after start if later; the file is rewritten every 100 samples.
 """
 
 from __future__ import annotations
@@ -37,7 +37,7 @@ if _OUT and _IS_EDGE:
 
     _counts: collections.Counter[str] = collections.Counter()
     _started = time.monotonic()
-    _delay = float(os.environ.get("EDGE_SAMPLES_DELAY", "4"))
+    _delay = float(os.environ.get("EDGE_SAMPLES_DELAY", "0"))
     _state = {"samples": 0, "writing": False}
 
     def _write() -> None:
@@ -49,6 +49,9 @@ if _OUT and _IS_EDGE:
     def _sample(signum: int, frame: FrameType | None) -> None:
         if _state["writing"] or time.monotonic() - _started < _delay:
             return
+        reactor = sys.modules.get("twisted.internet.reactor")
+        if reactor is None or not getattr(reactor, "running", False):
+            return  # start-up (imports, configuration) is not what a benchmark measures
         stack = []
         while frame is not None:
             code = frame.f_code
