@@ -9,9 +9,9 @@ config) samples itself::
     .venv/bin/python benchmarks/spy_subsystems.py /tmp/edge.samples
     .venv/bin/python benchmarks/spy_top.py /tmp/edge.samples
 
-Why not py-spy: on this shared host ``py-spy record --nonblocking`` kept a tenth of its samples
-(the others failed to read a consistent stack while the process ran, so the kept ones lean to
-the idle moments), and without ``--nonblocking`` it stopped the edge for each sample.  Here
+Why not py-spy: on this shared host ``py-spy record --nonblocking`` kept a tenth to a third of
+its samples (the others failed to read a consistent stack while the process ran, so the kept
+ones lean to the idle moments), and without ``--nonblocking`` it stopped the edge for each sample.  Here
 ``ITIMER_PROF`` raises SIGPROF after each millisecond of the process's own CPU time (user and
 system), so samples fall in proportion to CPU spent, whatever else runs on the host; the
 handler runs at the next bytecode boundary, so time in a C call or a syscall is counted to the
