@@ -38,12 +38,11 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import os
 import re
 import secrets
 import shutil
-import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -58,14 +57,16 @@ sys.path.insert(0, TOP)
 
 from aioice import stun  # noqa: E402
 
+import _call_cores  # noqa: E402
 from _load import RegistrationFailed, Wic, WsSipFlow, raise_open_files_limit  # noqa: E402
-from w2_register import DOMAIN, Deployment, EpcscfProcess, free_port, make_users, percentile  # noqa: E402
+from w2_register import DOMAIN, Deployment, EpcscfProcess, make_users, percentile  # noqa: E402
 
 RATE_FLOOR = 100.0
 FAILURE_FLOOR = 0.01
 P99_FLOOR = 0.250
 STEP_TIMEOUT = 10.0
-SCENARIO = os.path.join(TOP, "tests", "sipp", "calls_uas_answer.xml")
+SCENARIO = _call_cores.UAS_SCENARIO
+NODE_GENERATOR = os.path.join(HERE, "wic_calls.mjs")
 FINGERPRINT = "sha-256 " + ":".join(f"{b:02X}" for b in secrets.token_bytes(32))
 _CSEQ_RE = re.compile(rb"\r\nCSeq\s*:\s*(\d+)\s+(\w+)", re.IGNORECASE)
 
@@ -226,12 +227,14 @@ class Caller:
                     and call_id.encode() in message):
                 return message
 
-    async def call(self, uas_port: int, full_ice: bool) -> float:
-        """One whole call; returns its setup time (INVITE → ICE completed)."""
+    async def call(self, target: int | str, full_ice: bool, hold: float = 0.0) -> float:
+        """One whole call to ``target`` (a Request-URI, or the port of a UAS on 127.0.0.1 that the
+        embedded core routes to), held ``hold`` seconds; returns its setup time (INVITE → ICE completed)."""
         started = time.perf_counter()
         self.ice.reset()
         call_id, from_tag = secrets.token_hex(10), secrets.token_hex(4)
-        uri, to = f"sip:service@127.0.0.1:{uas_port}", f"<sip:service@127.0.0.1:{uas_port}>"
+        uri = target if isinstance(target, str) else f"sip:service@127.0.0.1:{target}"
+        to = f"<{uri}>"
         invite = self.request("INVITE", uri, call_id, from_tag, to, 1, body=self.offer())
         self.flow.send(invite)
         ok = await self.final(call_id, 1, "INVITE", STEP_TIMEOUT)
@@ -241,6 +244,8 @@ class Caller:
         self.answered_after = time.perf_counter() - started  # INVITE → 200 (the rest is ACK and ICE)
         target, to_value, routes = await self.ack_and_connect(ok, call_id, from_tag, full_ice)
         setup = time.perf_counter() - started
+        if hold:
+            await asyncio.sleep(hold)
         self.flow.send(self.request("BYE", target, call_id, from_tag, to_value, 2, routes))
         bye_ok = await self.final(call_id, 2, "BYE", STEP_TIMEOUT)
         if not bye_ok.startswith(b"SIP/2.0 200"):
@@ -307,13 +312,14 @@ class Result:
         return self.completed / self.elapsed if self.elapsed else 0.0
 
 
-async def run_load(callers: list[Caller], uas_port: int, rate: float, seconds: float, full_ice: bool) -> Result:
+async def run_load(callers: list[Caller], target: int | str, rate: float, seconds: float, full_ice: bool,
+                   hold: float = 0.0) -> Result:
     result = Result(rate, seconds)
     tasks: set[asyncio.Task] = set()
 
     async def one(caller: Caller) -> None:
         try:
-            result.setups.append(await caller.call(uas_port, full_ice))
+            result.setups.append(await caller.call(target, full_ice, hold))
             result.answers.append(caller.answered_after)
             result.completed += 1
         except (CallFailed, RegistrationFailed, asyncio.TimeoutError, AttributeError, StopIteration) as error:
@@ -344,27 +350,13 @@ async def run_load(callers: list[Caller], uas_port: int, rate: float, seconds: f
     return result
 
 
-def start_sipp(directory: str) -> tuple[subprocess.Popen, int]:
-    sipp = shutil.which("sipp")
-    if sipp is None:
-        raise RuntimeError("sipp is not installed (Debian package sip-tester)")
-    port = free_port(socket.SOCK_DGRAM)
-    process = subprocess.Popen(
-        [sipp, "-sf", SCENARIO, "-i", "127.0.0.1", "-p", str(port), "-mi", "127.0.0.1",
-         "-mp", str(free_port(socket.SOCK_DGRAM)), "-nostdin", "-bg", "-trace_err",
-         "-error_file", os.path.join(directory, "sipp_errors.log"), "-max_recv_loops", "10000"],
-        cwd=directory, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-    )
-    return process, port
+def start_sipp(directory: str) -> tuple[subprocess.Popen | None, int]:
+    """The sipp UAS in the background (for benchmarks/overload.py); its port."""
+    return None, _call_cores.start_sipp(directory, SCENARIO)
 
 
-def cpu_of(pid: int) -> float:
-    from w2_register import cpu_seconds
-
-    try:
-        return cpu_seconds(pid)
-    except OSError:
-        return 0.0
+sipp_pids = _call_cores.sipp_pids
+cpu_of = _call_cores.cpu_of
 
 
 def user_system(pid: int) -> tuple[float, float]:
@@ -381,20 +373,124 @@ def process_tree_user_system(epcscf: EpcscfProcess) -> tuple[float, float]:
     return sum(user for user, _ in pairs), sum(system for _, system in pairs)
 
 
-def sipp_pids(port: int) -> list[int]:
-    """sipp -bg forks: find the background sipp by its port in its command line."""
-    found = []
-    for pid in os.listdir("/proc"):
-        if not pid.isdigit():
-            continue
+# --- one run: a deployment, a generator, the figures -------------------------------------------
+
+
+@dataclass
+class Figures:
+    """What one run printed, whichever generator placed the calls (times in seconds)."""
+
+    workers: int
+    offered: int = 0
+    completed: int = 0
+    elapsed: float = 0.0
+    failures: dict[str, int] = field(default_factory=dict)
+    setup_p50: float = float("nan")
+    setup_p99: float = float("nan")
+    answer_p50: float = float("nan")  # INVITE → 200
+    answer_p99: float = float("nan")
+    epcscf_cpu: float = 0.0  # supervisor and workers
+    user: float = 0.0  # of epcscf_cpu: in epcscf itself
+    system: float = 0.0  # of epcscf_cpu: in the kernel (sockets; on loopback, delivery to the peer too)
+    generator_cpu: float = 0.0
+    core_cpu: float = 0.0
+    uas_cpu: float = 0.0
+    rtpengine_cpu: float = 0.0
+    shares: list[int] = field(default_factory=list)  # WICs per worker
+    loadavg: str = ""
+
+    @property
+    def rate(self) -> float:
+        return self.completed / self.elapsed if self.elapsed else 0.0
+
+    @property
+    def failed(self) -> int:
+        return sum(self.failures.values())
+
+
+@dataclass
+class Counters:
+    """CPU seconds of every process of a run, read before and after the timed phase."""
+
+    epcscf: EpcscfProcess
+    ims: _call_cores.Ims
+    rtpengine: Any
+
+    def read(self) -> tuple[float, ...]:
+        user, system = process_tree_user_system(self.epcscf)
+        rtpengine = cpu_of(self.rtpengine.process.pid) if self.rtpengine is not None else 0.0
+        return user, system, self.ims.core_cpu(), self.ims.uas_cpu(), rtpengine
+
+    def fill(self, figures: Figures, before: tuple[float, ...]) -> None:
+        after = self.read()
+        user, system, core, uas, rtpengine = (a - b for a, b in zip(after, before))
+        figures.user, figures.system, figures.epcscf_cpu = user, system, user + system
+        figures.core_cpu, figures.uas_cpu, figures.rtpengine_cpu = core, uas, rtpengine
+        figures.loadavg = " ".join(open("/proc/loadavg").read().split()[:3])
+
+
+def run_python(options: argparse.Namespace, users: list[tuple[str, str]], ws_port: int, target: str,
+               counters: Counters, figures: Figures) -> None:
+    """The asyncio generator of this module, in this process."""
+    full_ice = options.ice_mode == "full"
+
+    async def scenario() -> None:
+        callers = await open_callers(ws_port, users)
+        figures.shares = counters.epcscf.connection_shares()
         try:
-            with open(f"/proc/{pid}/cmdline", "rb") as handle:
-                argv = handle.read().split(b"\0")
-        except OSError:
-            continue
-        if argv and argv[0].endswith(b"sipp") and str(port).encode() in argv:
-            found.append(int(pid))
-    return found
+            await run_load(callers, target, min(options.rate, 20.0), 1.0, full_ice, options.hold)  # warm-up
+            before, own_before = counters.read(), time.process_time()
+            result = await run_load(callers, target, options.rate, options.seconds, full_ice, options.hold)
+            figures.generator_cpu = time.process_time() - own_before
+            counters.fill(figures, before)
+        finally:
+            for caller in callers:
+                caller.flow.close()
+                caller.ice.transport.close()
+        figures.offered, figures.completed, figures.elapsed = result.attempted, result.completed, result.elapsed
+        for failure in result.failures:
+            figures.failures[failure] = figures.failures.get(failure, 0) + 1
+        setups, answers = sorted(result.setups), sorted(result.answers)
+        if setups:
+            figures.setup_p50, figures.setup_p99 = percentile(setups, 0.5), percentile(setups, 0.99)
+            figures.answer_p50, figures.answer_p99 = percentile(answers, 0.5), percentile(answers, 0.99)
+
+    asyncio.run(scenario())
+
+
+def run_node(options: argparse.Namespace, ws_port: int, target: str, counters: Counters, figures: Figures) -> None:
+    """``benchmarks/wic_calls.mjs``: registers, warms up, then starts the timed phase on our "go"."""
+    if shutil.which("node") is None:
+        raise RuntimeError("node is not installed (bin/setup installs it)")
+    command = ["node", NODE_GENERATOR, "--url", f"ws://127.0.0.1:{ws_port}", "--target", target,
+               "--wics", str(options.wics), "--rate", str(options.rate), "--seconds", str(options.seconds),
+               "--hold", str(options.hold), "--ice", options.ice_mode, "--domain", DOMAIN,
+               "--timeout", str(STEP_TIMEOUT), "--wait", "1"]
+    generator = subprocess.Popen(command, cwd=TOP, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+                                 preexec_fn=lambda: raise_open_files_limit(20000))
+    assert generator.stdout is not None and generator.stdin is not None
+    try:
+        ready = json.loads(generator.stdout.readline() or "{}")
+        if ready.get("ready") != options.wics:
+            raise RuntimeError(f"the Node generator did not get ready: {ready!r} (exit {generator.poll()})")
+        figures.shares = counters.epcscf.connection_shares()
+        before = counters.read()
+        generator.stdin.write("go\n")
+        generator.stdin.flush()
+        result = json.loads(generator.stdout.readline() or "{}")
+        counters.fill(figures, before)
+        if "completed" not in result:
+            raise RuntimeError(f"the Node generator ended without a result (exit {generator.wait(5)})")
+    finally:
+        if generator.poll() is None:
+            generator.kill()
+        generator.wait()
+    figures.offered, figures.completed, figures.elapsed = result["offered"], result["completed"], result["seconds"]
+    figures.failures = result["failures"]
+    ms = lambda key: (result.get(key) or float("nan")) / 1000  # noqa: E731  (JSON has null for NaN)
+    figures.setup_p50, figures.setup_p99 = ms("setup_p50_ms"), ms("setup_p99_ms")
+    figures.answer_p50, figures.answer_p99 = ms("answer_p50_ms"), ms("answer_p99_ms")
+    figures.generator_cpu = result["cpu_s"]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -402,7 +498,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rate", type=float, default=100.0)
     parser.add_argument("--seconds", type=float, default=30.0)
     parser.add_argument("--wics", type=int, default=60)
+    parser.add_argument("--hold", type=float, default=0.0, help="seconds between ICE completed and the BYE")
     parser.add_argument("--ice-mode", choices=("full", "lite"), default="full")
+    parser.add_argument("--generator", choices=("node", "python"), default="node",
+                        help="node: benchmarks/wic_calls.mjs (cheap); python: this process (asyncio)")
+    parser.add_argument("--core", choices=("embedded", "kamailio", "sipp"), default="embedded",
+                        help="the core the eP-CSCF forwards to (see benchmarks/_call_cores.py)")
     parser.add_argument("--engine", choices=("builtin", "rtpengine", "both"), default="builtin",
                         help="[media] engine; both: builtin then rtpengine in one run (rtpengine-daemon, userspace)")
     parser.add_argument("--quick", action="store_true", help="5 s at the requested rate")
@@ -410,10 +511,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--profile", metavar="FILE", help="run epcscf under cProfile, stats saved to FILE")
     parser.add_argument("--separate-core", action="store_true",
                         help="run the embedded core in a second epcscf process (the eP-CSCF's own cost without the core's)")
-    parser.add_argument("--epcscf-workers", type=int, default=1,
-                        help="[service] workers of the eP-CSCF (more than 1: the core runs in its own process)")
+    parser.add_argument("--epcscf-workers", default="1",
+                        help="[service] workers of the eP-CSCF, or a list (1,2) for one deployment each in this run; "
+                             "more than 1 with the embedded core: the core runs in its own process")
     options = parser.parse_args(argv)
-    options.separate_core = options.separate_core or options.epcscf_workers > 1
+    try:
+        workers_list = [int(n) for n in options.epcscf_workers.split(",")]
+    except ValueError:
+        parser.error("--epcscf-workers: a number or a comma-separated list of numbers")
     if options.profile:
         real_popen = subprocess.Popen
 
@@ -424,16 +529,19 @@ def main(argv: list[str] | None = None) -> int:
             return real_popen(args, **kwargs)
 
         subprocess.Popen = profiled  # type: ignore[misc]
-    seconds = 5.0 if options.quick else options.seconds
+    if options.quick:
+        options.seconds = 5.0
     raise_open_files_limit(20000)
     engines = ("builtin", "rtpengine") if options.engine == "both" else (options.engine,)
     for engine in engines:
-        run_engine(options, engine, seconds)
+        runs = [run_engine(options, engine, workers) for workers in workers_list]
+        if len(runs) > 1 and runs[0].rate:
+            print(f"calls/s with {runs[-1].workers} workers ÷ with {runs[0].workers}: {runs[-1].rate / runs[0].rate:.2f}×")
     return 0
 
 
-def run_engine(options: argparse.Namespace, engine: str, seconds: float) -> None:
-    """One deployment and one load run with ``[media] engine = engine``; prints its figures."""
+def run_engine(options: argparse.Namespace, engine: str, workers: int) -> Figures:
+    """One deployment and one load run with ``[media] engine = engine`` and ``workers``; prints its figures."""
     rtpengine = None
     if engine == "rtpengine":
         from tests.support.rtpengine import start_rtpengine
@@ -460,82 +568,52 @@ def run_engine(options: argparse.Namespace, engine: str, seconds: float) -> None
         return written
 
     deployment.write_ini = write_ini  # type: ignore[method-assign]
-    core: EpcscfProcess | None = None
-    if options.separate_core:
-        # The embedded core in its own process, reached by the eP-CSCF as an external core.
-        core = EpcscfProcess(deployment, "core")
-        core.wait_listening()
-        epcscf = EpcscfProcess(deployment, "calls", f"sip:127.0.0.1:{core.core_port};transport=udp", options.epcscf_workers)
-    else:
-        epcscf = EpcscfProcess(deployment, "calls")
-    sipp, uas_port = None, 0
-    shares: list[int] = []  # WICs per worker
+    separate = options.separate_core or workers > 1
+    figures = Figures(workers)
+    ims = _call_cores.start_ims(options.core, separate, deployment, directory)
+    epcscf: EpcscfProcess | None = None
     try:
+        epcscf = EpcscfProcess(deployment, "calls", ims.next_hop, workers)
         epcscf.wait_listening()
-        sipp, uas_port = start_sipp(directory)
         time.sleep(0.5)
-
-        async def scenario() -> Result:
-            callers = await open_callers(epcscf.ws_port, users)
-            shares[:] = epcscf.connection_shares()
-            try:
-                await run_load(callers, uas_port, min(options.rate, 20.0), 1.0, options.ice_mode == "full")  # warm-up
-                cpu_before, own_before = epcscf.cpu_seconds(), time.process_time()
-                split_before = process_tree_user_system(epcscf)
-                sipp_before = sum(cpu_of(pid) for pid in sipp_pids(uas_port))
-                rtpengine_before = cpu_of(rtpengine.process.pid) if rtpengine is not None else 0.0
-                result = await run_load(callers, uas_port, options.rate, seconds, options.ice_mode == "full")
-                result.cpu = epcscf.cpu_seconds() - cpu_before
-                split_after = process_tree_user_system(epcscf)
-                result.user, result.system = split_after[0] - split_before[0], split_after[1] - split_before[1]
-                result.generator_cpu = time.process_time() - own_before
-                result.sipp_cpu = sum(cpu_of(pid) for pid in sipp_pids(uas_port)) - sipp_before
-                if rtpengine is not None:
-                    result.rtpengine_cpu = cpu_of(rtpengine.process.pid) - rtpengine_before
-                return result
-            finally:
-                for caller in callers:
-                    caller.flow.close()
-                    caller.ice.transport.close()
-
-        result = asyncio.run(scenario())
+        counters = Counters(epcscf, ims, rtpengine)
+        if options.generator == "node":
+            run_node(options, epcscf.ws_port, ims.target, counters, figures)
+        else:
+            run_python(options, users, epcscf.ws_port, ims.target, counters, figures)
     finally:
-        for pid in sipp_pids(uas_port) if uas_port else []:
-            os.kill(pid, signal.SIGKILL)
-        if sipp is not None and sipp.poll() is None:
-            sipp.kill()
-        epcscf.stop()
-        if core is not None:
-            core.stop()
+        if epcscf is not None:
+            epcscf.stop()
+        ims.stop()
         if rtpengine is not None:
             rtpengine.stop()
-    setups = sorted(result.setups)
-    failure_ratio = len(result.failures) / result.attempted if result.attempted else 1.0
-    p50, p99 = (percentile(setups, 0.5), percentile(setups, 0.99)) if setups else (float("nan"), float("nan"))
-    where = "core in its own process" if options.separate_core else "core embedded in the same process"
-    print(f"calls ([media] engine = {engine}, ICE {options.ice_mode}, {where}): target {options.rate:g}/s for {seconds:g} s, {options.wics} WICs")
-    if shares:
-        print(f"  {options.epcscf_workers} workers; WICs per worker: {shares}; epcscf CPU below is the supervisor's and the workers' together")
-    print(f"  completed {result.completed}/{result.attempted} in {result.elapsed:.1f} s = {result.rate:.1f} calls/s "
-          f"[{'PASS' if result.rate >= RATE_FLOOR else 'FAIL'} >= {RATE_FLOOR:g}]")
-    print(f"  failures {len(result.failures)} ({100 * failure_ratio:.2f} %) "
-          f"[{'PASS' if failure_ratio < FAILURE_FLOOR else 'FAIL'} < {100 * FAILURE_FLOOR:g} %]")
-    print(f"  setup (INVITE → ICE completed) p50 {1000 * p50:.1f} ms, p99 {1000 * p99:.1f} ms "
-          f"[{'PASS' if p99 < P99_FLOOR else 'FAIL'} p99 < {1000 * P99_FLOOR:g} ms]")
-    if result.completed:
-        print(f"  epcscf CPU {result.cpu:.1f} s = {1000 * result.cpu / result.completed:.1f} ms per call; "
-              f"generator {result.generator_cpu:.1f} s, sipp {result.sipp_cpu:.1f} s"
-              + (f", rtpengine {result.rtpengine_cpu:.1f} s = {1000 * result.rtpengine_cpu / result.completed:.1f} ms per call"
-                 if rtpengine is not None else ""))
-        print(f"    (user {1000 * result.user / result.completed:.1f} + system {1000 * result.system / result.completed:.1f} ms per call; "
-              f"loadavg {open('/proc/loadavg').read().split(' ', 3)[:3]})")
-    if result.failures:
-        kinds: dict[str, int] = {}
-        for failure in result.failures:
-            kinds[failure] = kinds.get(failure, 0) + 1
-        for text, count in sorted(kinds.items(), key=lambda item: -item[1])[:5]:
-            print(f"    {count} × {text}")
+    report(options, engine, ims, figures)
     shutil.rmtree(directory, ignore_errors=True)
+    return figures
+
+
+def report(options: argparse.Namespace, engine: str, ims: _call_cores.Ims, f: Figures) -> None:
+    failure_ratio = f.failed / f.offered if f.offered else 1.0
+    print(f"calls ([media] engine = {engine}, ICE {options.ice_mode}, {ims.described}, generator {options.generator}): "
+          f"target {options.rate:g}/s for {options.seconds:g} s, {options.wics} WICs, hold {options.hold:g} s")
+    if f.shares:
+        print(f"  {f.workers} workers; WICs per worker: {f.shares}; epcscf CPU below is the supervisor's and the workers' together")
+    print(f"  completed {f.completed}/{f.offered} in {f.elapsed:.1f} s = {f.rate:.1f} calls/s "
+          f"[{'PASS' if f.rate >= RATE_FLOOR else 'FAIL'} >= {RATE_FLOOR:g}]")
+    print(f"  failures {f.failed} ({100 * failure_ratio:.2f} %) "
+          f"[{'PASS' if failure_ratio < FAILURE_FLOOR else 'FAIL'} < {100 * FAILURE_FLOOR:g} %]")
+    print(f"  setup (INVITE → ICE completed) p50 {1000 * f.setup_p50:.1f} ms, p99 {1000 * f.setup_p99:.1f} ms "
+          f"[{'PASS' if f.setup_p99 < P99_FLOOR else 'FAIL'} p99 < {1000 * P99_FLOOR:g} ms]; "
+          f"INVITE → 200 p50 {1000 * f.answer_p50:.1f} ms, p99 {1000 * f.answer_p99:.1f} ms")
+    if f.completed:
+        per_call = lambda seconds: f"{seconds:.2f} s = {1000 * seconds / f.completed:.2f} ms/call"  # noqa: E731
+        print(f"  CPU: epcscf {per_call(f.epcscf_cpu)} (user {1000 * f.user / f.completed:.2f} + system "
+              f"{1000 * f.system / f.completed:.2f}); core {per_call(f.core_cpu) if ims.kind != 'embedded' or ims.next_hop else 'in epcscf'}; "
+              f"UAS sipp {per_call(f.uas_cpu) if ims.kind != 'sipp' else 'is the core'}; generator {per_call(f.generator_cpu)}"
+              + (f"; rtpengine {per_call(f.rtpengine_cpu)}" if engine == "rtpengine" else ""))
+        print(f"    loadavg {f.loadavg}")
+    for text, count in sorted(f.failures.items(), key=lambda item: -item[1])[:6]:
+        print(f"    {count} × {text}")
 
 
 if __name__ == "__main__":

@@ -1,0 +1,159 @@
+"""The IMS side of ``benchmarks/calls.py``: the core the eP-CSCF forwards to, and the sipp UAS.
+
+``--core`` chooses the core (issue 16: "the Kamailio core of the interop tests, or the embedded
+core with a benchmark switch"):
+
+- ``embedded``: epcscf's embedded core, in the eP-CSCF's process (or, with ``--separate-core`` or
+  several workers, in a second epcscf process).  It challenges the initial registrations only;
+  every INVITE/ACK/BYE goes through its Python proxy.
+- ``kamailio``: the interop tests' Kamailio (``tests/peers/kamailio/core.cfg`` with ``QUIET``: no
+  log line per request): registrar with Path, no authentication, stateful proxy with
+  Record-Route toward the sipp UAS for ``uas*`` Request-URIs.  Its worker processes are one
+  process group; its CPU is the group's.
+- ``sipp``: one sipp (``benchmarks/sipp/core_uas.xml``) that is registrar and IMS party at once,
+  no proxying: the floor of what any core can cost.
+
+Every process here is on 127.0.0.1 and stopped by ``Core.stop``.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import time
+from dataclasses import dataclass, field
+from typing import Callable
+
+from w2_register import DOMAIN, Deployment, EpcscfProcess, cpu_seconds, free_port
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+TOP = os.path.dirname(HERE)
+UAS_SCENARIO = os.path.join(TOP, "tests", "sipp", "calls_uas_answer.xml")
+CORE_UAS_SCENARIO = os.path.join(HERE, "sipp", "core_uas.xml")
+KAMAILIO_CHILDREN = 4  # UDP worker processes: two per core of this machine, as Kamailio's default 8 is for bigger hosts
+
+
+def cpu_of(pid: int) -> float:
+    try:
+        return cpu_seconds(pid)
+    except OSError:
+        return 0.0  # gone meanwhile
+
+
+def sipp_pids(port: int) -> list[int]:
+    """sipp -bg forks: find the background sipp by its port in its command line."""
+    found = []
+    for pid in os.listdir("/proc"):
+        if not pid.isdigit():
+            continue
+        try:
+            with open(f"/proc/{pid}/cmdline", "rb") as handle:
+                argv = handle.read().split(b"\0")
+        except OSError:
+            continue
+        if argv and argv[0].endswith(b"sipp") and str(port).encode() in argv:
+            found.append(int(pid))
+    return found
+
+
+def group_pids(pgid: int) -> list[int]:
+    """Every process of one process group (Kamailio's main process and the workers it forks)."""
+    found = []
+    for pid in os.listdir("/proc"):
+        if not pid.isdigit():
+            continue
+        try:
+            with open(f"/proc/{pid}/stat") as stat:
+                fields_ = stat.read().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields_[2]) == pgid:
+            found.append(int(pid))
+    return found
+
+
+def start_sipp(directory: str, scenario: str, timeout: float = 10.0) -> int:
+    """A background sipp UAS on a free UDP port of 127.0.0.1; its port once it listens (find its
+    process with ``sipp_pids``: ``-bg`` forks and the parent exits)."""
+    from tests.support.sipp import port_bound
+
+    sipp = shutil.which("sipp")
+    if sipp is None:
+        raise RuntimeError("sipp is not installed (Debian package sip-tester)")
+    port = free_port(socket.SOCK_DGRAM)
+    subprocess.Popen(
+        [sipp, "-sf", scenario, "-i", "127.0.0.1", "-p", str(port), "-mi", "127.0.0.1",
+         "-mp", str(free_port(socket.SOCK_DGRAM)), "-nostdin", "-bg", "-trace_err",
+         "-error_file", os.path.join(directory, f"sipp_errors_{port}.log"), "-max_recv_loops", "10000"],
+        cwd=directory, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    ).wait()
+    deadline = time.monotonic() + timeout
+    while not port_bound(port, "UDP"):
+        if time.monotonic() > deadline:
+            stop_sipp(port)
+            raise RuntimeError(f"sipp ({os.path.basename(scenario)}) did not listen on {port}")
+        time.sleep(0.05)
+    return port
+
+
+def stop_sipp(port: int) -> None:
+    for pid in sipp_pids(port):
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+
+
+@dataclass
+class Ims:
+    """The core and the UAS of one run: where the eP-CSCF sends, what the WICs call, their CPU."""
+
+    kind: str
+    target: str  # the Request-URI of every call
+    next_hop: str | None  # [core] next_hop of the eP-CSCF; None: it embeds the core
+    core_cpu: Callable[[], float]  # CPU seconds so far of the core's own processes (0: in epcscf)
+    uas_cpu: Callable[[], float]  # of the sipp UAS (0: the core is the UAS)
+    described: str
+    stoppers: list[Callable[[], None]] = field(default_factory=list)
+
+    def stop(self) -> None:
+        for stop in reversed(self.stoppers):
+            stop()
+
+
+def start_ims(kind: str, separate: bool, deployment: Deployment, directory: str) -> Ims:
+    """Start the UAS and the core of ``kind``; stops what it started when something fails."""
+    if kind == "sipp":
+        port = start_sipp(directory, CORE_UAS_SCENARIO)
+        cpu = lambda: sum(cpu_of(pid) for pid in sipp_pids(port))  # noqa: E731
+        return Ims(kind, f"sip:uas@{DOMAIN}", f"sip:127.0.0.1:{port};transport=udp", cpu, lambda: 0.0,
+                   "core: sipp, registrar and UAS in one (no proxying)", [lambda: stop_sipp(port)])
+    uas_port = start_sipp(directory, UAS_SCENARIO)
+    uas_cpu = lambda: sum(cpu_of(pid) for pid in sipp_pids(uas_port))  # noqa: E731
+    ims = Ims(kind, "", None, lambda: 0.0, uas_cpu, "", [lambda: stop_sipp(uas_port)])
+    try:
+        if kind == "kamailio":
+            from tests.support.kamailio import start_kamailio
+
+            kamailio = start_kamailio(f"sip:127.0.0.1:{uas_port}", defines=("QUIET",), children=KAMAILIO_CHILDREN, shared_mb=256)
+            ims.stoppers.append(kamailio.stop)
+            ims.target, ims.next_hop = f"sip:uas@{DOMAIN}", kamailio.next_hop
+            ims.core_cpu = lambda: sum(cpu_of(pid) for pid in group_pids(kamailio.process.pid))
+            ims.described = f"core: Kamailio ({KAMAILIO_CHILDREN} UDP workers, no authentication) in its own processes"
+        elif separate:
+            core = EpcscfProcess(deployment, "core")
+            ims.stoppers.append(core.stop)
+            core.wait_listening()
+            ims.target, ims.next_hop = f"sip:service@127.0.0.1:{uas_port}", f"sip:127.0.0.1:{core.core_port};transport=udp"
+            ims.core_cpu = core.cpu_seconds
+            ims.described = "core: embedded, in its own epcscf process"
+        else:
+            ims.target = f"sip:service@127.0.0.1:{uas_port}"
+            ims.described = "core: embedded in the eP-CSCF's process (its CPU is in epcscf's)"
+    except BaseException:
+        ims.stop()
+        raise
+    return ims
