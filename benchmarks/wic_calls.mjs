@@ -67,14 +67,12 @@ const CRC_TABLE = Int32Array.from({ length: 256 }, (_, n) => {
   for (let k = 0; k < 8; k++) c = c & 1 ? 0xedb88320 ^ (c >>> 1) : c >>> 1;
   return c;
 });
-const crc32 =
-  typeof zlib.crc32 === "function"
-    ? (buffer) => zlib.crc32(buffer)
-    : (buffer) => {
-        let c = -1;
-        for (let i = 0; i < buffer.length; i++) c = CRC_TABLE[(c ^ buffer[i]) & 0xff] ^ (c >>> 8);
-        return (c ^ -1) >>> 0;
-      };
+export function tableCrc32(buffer) {
+  let c = -1;
+  for (let i = 0; i < buffer.length; i++) c = CRC_TABLE[(c ^ buffer[i]) & 0xff] ^ (c >>> 8);
+  return (c ^ -1) >>> 0;
+}
+const crc32 = typeof zlib.crc32 === "function" ? zlib.crc32 : tableCrc32;
 
 /** One STUN message: attributes as [type, Buffer] in order; MESSAGE-INTEGRITY (RFC 8489 §14.5,
  * HMAC-SHA1 keyed with the short-term password) and FINGERPRINT appended last, each computed over
