@@ -75,6 +75,29 @@ def group_pids(pgid: int) -> list[int]:
     return found
 
 
+def udp_drops_by_process(groups: dict[str, list[int]]) -> dict[str, int]:
+    """Datagrams each group of processes lost on full UDP receive buffers so far: the ``drops``
+    column of /proc/net/udp for the sockets (by inode) open in those processes."""
+    drops_by_inode: dict[str, int] = {}
+    with open("/proc/net/udp") as table:
+        for line in list(table)[1:]:
+            fields_ = line.split()
+            drops_by_inode[fields_[9]] = int(fields_[12])
+    found: dict[str, int] = {}
+    for name, pids in groups.items():
+        inodes: set[str] = set()
+        for pid in pids:
+            try:
+                for fd in os.listdir(f"/proc/{pid}/fd"):
+                    target = os.readlink(f"/proc/{pid}/fd/{fd}")
+                    if target.startswith("socket:["):
+                        inodes.add(target[8:-1])
+            except OSError:
+                continue  # gone meanwhile
+        found[name] = sum(drops_by_inode.get(inode, 0) for inode in inodes)
+    return found
+
+
 def start_sipp(directory: str, scenario: str, timeout: float = 10.0) -> int:
     """A background sipp UAS on a free UDP port of 127.0.0.1; its port once it listens (find its
     process with ``sipp_pids``: ``-bg`` forks and the parent exits)."""
@@ -114,10 +137,16 @@ class Ims:
     kind: str
     target: str  # the Request-URI of every call
     next_hop: str | None  # [core] next_hop of the eP-CSCF; None: it embeds the core
-    core_cpu: Callable[[], float]  # CPU seconds so far of the core's own processes (0: in epcscf)
-    uas_cpu: Callable[[], float]  # of the sipp UAS (0: the core is the UAS)
+    core_pids: Callable[[], list[int]]  # the core's own processes (none: it is in epcscf)
+    uas_pids: Callable[[], list[int]]  # the sipp UAS (none: the core is the UAS)
     described: str
     stoppers: list[Callable[[], None]] = field(default_factory=list)
+
+    def core_cpu(self) -> float:
+        return sum(cpu_of(pid) for pid in self.core_pids())
+
+    def uas_cpu(self) -> float:
+        return sum(cpu_of(pid) for pid in self.uas_pids())
 
     def stop(self) -> None:
         for stop in reversed(self.stoppers):
@@ -128,12 +157,10 @@ def start_ims(kind: str, separate: bool, deployment: Deployment, directory: str)
     """Start the UAS and the core of ``kind``; stops what it started when something fails."""
     if kind == "sipp":
         port = start_sipp(directory, CORE_UAS_SCENARIO)
-        cpu = lambda: sum(cpu_of(pid) for pid in sipp_pids(port))  # noqa: E731
-        return Ims(kind, f"sip:uas@{DOMAIN}", f"sip:127.0.0.1:{port};transport=udp", cpu, lambda: 0.0,
+        return Ims(kind, f"sip:uas@{DOMAIN}", f"sip:127.0.0.1:{port};transport=udp", lambda: sipp_pids(port), list,
                    "core: sipp, registrar and UAS in one (no proxying)", [lambda: stop_sipp(port)])
     uas_port = start_sipp(directory, UAS_SCENARIO)
-    uas_cpu = lambda: sum(cpu_of(pid) for pid in sipp_pids(uas_port))  # noqa: E731
-    ims = Ims(kind, "", None, lambda: 0.0, uas_cpu, "", [lambda: stop_sipp(uas_port)])
+    ims = Ims(kind, "", None, list, lambda: sipp_pids(uas_port), "", [lambda: stop_sipp(uas_port)])
     try:
         if kind == "kamailio":
             from tests.support.kamailio import start_kamailio
@@ -141,14 +168,14 @@ def start_ims(kind: str, separate: bool, deployment: Deployment, directory: str)
             kamailio = start_kamailio(f"sip:127.0.0.1:{uas_port}", defines=("QUIET",), children=KAMAILIO_CHILDREN, shared_mb=256)
             ims.stoppers.append(kamailio.stop)
             ims.target, ims.next_hop = f"sip:uas@{DOMAIN}", kamailio.next_hop
-            ims.core_cpu = lambda: sum(cpu_of(pid) for pid in group_pids(kamailio.process.pid))
+            ims.core_pids = lambda: group_pids(kamailio.process.pid)
             ims.described = f"core: Kamailio ({KAMAILIO_CHILDREN} UDP workers, no authentication) in its own processes"
         elif separate:
             core = EpcscfProcess(deployment, "core")
             ims.stoppers.append(core.stop)
             core.wait_listening()
             ims.target, ims.next_hop = f"sip:service@127.0.0.1:{uas_port}", f"sip:127.0.0.1:{core.core_port};transport=udp"
-            ims.core_cpu = core.cpu_seconds
+            ims.core_pids = core.pids
             ims.described = "core: embedded, in its own epcscf process"
         else:
             ims.target = f"sip:service@127.0.0.1:{uas_port}"

@@ -302,6 +302,7 @@ class Result:
     elapsed: float = 0.0
     cpu: float = 0.0
     generator_cpu: float = 0.0
+    generator_user: float = 0.0  # of generator_cpu, outside the kernel
     sipp_cpu: float = 0.0
     rtpengine_cpu: float = 0.0  # [media] engine = rtpengine: the daemon's own CPU in the run
     user: float = 0.0  # of cpu: in epcscf itself
@@ -393,10 +394,13 @@ class Figures:
     user: float = 0.0  # of epcscf_cpu: in epcscf itself
     system: float = 0.0  # of epcscf_cpu: in the kernel (sockets; on loopback, delivery to the peer too)
     generator_cpu: float = 0.0
+    generator_user: float = 0.0  # of generator_cpu, outside the kernel
     core_cpu: float = 0.0
     uas_cpu: float = 0.0
     rtpengine_cpu: float = 0.0
     shares: list[int] = field(default_factory=list)  # WICs per worker
+    udp_drops: int = 0  # datagrams dropped on a full socket receive buffer, in this network namespace
+    udp_drops_by_process: dict[str, int] = field(default_factory=dict)  # of those, by receiving process
     loadavg: str = ""
 
     @property
@@ -415,33 +419,51 @@ class Counters:
     epcscf: EpcscfProcess
     ims: _call_cores.Ims
     rtpengine: Any
+    generator_pid: int = 0
 
     def read(self) -> tuple[float, ...]:
         user, system = process_tree_user_system(self.epcscf)
         rtpengine = cpu_of(self.rtpengine.process.pid) if self.rtpengine is not None else 0.0
-        return user, system, self.ims.core_cpu(), self.ims.uas_cpu(), rtpengine
+        return user, system, self.ims.core_cpu(), self.ims.uas_cpu(), rtpengine, udp_receive_drops(), *self.drops().values()
+
+    def drops(self) -> dict[str, int]:
+        return _call_cores.udp_drops_by_process({
+            "epcscf": self.epcscf.pids(), "core": self.ims.core_pids(), "UAS": self.ims.uas_pids(),
+            "generator": [self.generator_pid], "rtpengine": [self.rtpengine.process.pid] if self.rtpengine else []})
 
     def fill(self, figures: Figures, before: tuple[float, ...]) -> None:
         after = self.read()
-        user, system, core, uas, rtpengine = (a - b for a, b in zip(after, before))
+        user, system, core, uas, rtpengine, drops, *by_process = (a - b for a, b in zip(after, before))
         figures.user, figures.system, figures.epcscf_cpu = user, system, user + system
         figures.core_cpu, figures.uas_cpu, figures.rtpengine_cpu = core, uas, rtpengine
+        figures.udp_drops = int(drops)
+        figures.udp_drops_by_process = {name: int(n) for name, n in zip(self.drops(), by_process) if n}
         figures.loadavg = " ".join(open("/proc/loadavg").read().split()[:3])
+
+
+def udp_receive_drops() -> int:
+    """Udp RcvbufErrors of /proc/net/snmp: every UDP socket of this network namespace (with
+    ``unshare -n``, of this run only) — SIP lost on loopback and then retransmitted, or not."""
+    with open("/proc/net/snmp") as snmp:
+        names, values = [line.split() for line in snmp if line.startswith("Udp:")][:2]
+    return int(values[names.index("RcvbufErrors")])
 
 
 def run_python(options: argparse.Namespace, users: list[tuple[str, str]], ws_port: int, target: str,
                counters: Counters, figures: Figures) -> None:
     """The asyncio generator of this module, in this process."""
     full_ice = options.ice_mode == "full"
+    counters.generator_pid = os.getpid()
 
     async def scenario() -> None:
         callers = await open_callers(ws_port, users)
         figures.shares = counters.epcscf.connection_shares()
         try:
             await run_load(callers, target, min(options.rate, 20.0), 1.0, full_ice, options.hold)  # warm-up
-            before, own_before = counters.read(), time.process_time()
+            before, own_before, user_before = counters.read(), time.process_time(), os.times().user
             result = await run_load(callers, target, options.rate, options.seconds, full_ice, options.hold)
             figures.generator_cpu = time.process_time() - own_before
+            figures.generator_user = os.times().user - user_before
             counters.fill(figures, before)
         finally:
             for caller in callers:
@@ -462,12 +484,14 @@ def run_node(options: argparse.Namespace, ws_port: int, target: str, counters: C
     """``benchmarks/wic_calls.mjs``: registers, warms up, then starts the timed phase on our "go"."""
     if shutil.which("node") is None:
         raise RuntimeError("node is not installed (bin/setup installs it)")
-    command = ["node", NODE_GENERATOR, "--url", f"ws://127.0.0.1:{ws_port}", "--target", target,
+    profile = ["--cpu-prof", "--cpu-prof-dir", os.path.abspath(options.generator_profile)] if options.generator_profile else []
+    command = ["node", *profile, NODE_GENERATOR, "--url", f"ws://127.0.0.1:{ws_port}", "--target", target,
                "--wics", str(options.wics), "--rate", str(options.rate), "--seconds", str(options.seconds),
                "--hold", str(options.hold), "--ice", options.ice_mode, "--domain", DOMAIN,
                "--timeout", str(STEP_TIMEOUT), "--wait", "1"]
     generator = subprocess.Popen(command, cwd=TOP, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
                                  preexec_fn=lambda: raise_open_files_limit(20000))
+    counters.generator_pid = generator.pid
     assert generator.stdout is not None and generator.stdin is not None
     try:
         ready = json.loads(generator.stdout.readline() or "{}")
@@ -482,15 +506,17 @@ def run_node(options: argparse.Namespace, ws_port: int, target: str, counters: C
         if "completed" not in result:
             raise RuntimeError(f"the Node generator ended without a result (exit {generator.wait(5)})")
     finally:
-        if generator.poll() is None:
+        try:
+            generator.wait(10 if generator.poll() is None and options.generator_profile else 1)  # it writes the profile on exit
+        except subprocess.TimeoutExpired:
             generator.kill()
-        generator.wait()
+            generator.wait()
     figures.offered, figures.completed, figures.elapsed = result["offered"], result["completed"], result["seconds"]
     figures.failures = result["failures"]
     ms = lambda key: (result.get(key) or float("nan")) / 1000  # noqa: E731  (JSON has null for NaN)
     figures.setup_p50, figures.setup_p99 = ms("setup_p50_ms"), ms("setup_p99_ms")
     figures.answer_p50, figures.answer_p99 = ms("answer_p50_ms"), ms("answer_p99_ms")
-    figures.generator_cpu = result["cpu_s"]
+    figures.generator_cpu, figures.generator_user = result["cpu_s"], result["cpu_user_s"]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -502,6 +528,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--ice-mode", choices=("full", "lite"), default="full")
     parser.add_argument("--generator", choices=("node", "python"), default="node",
                         help="node: benchmarks/wic_calls.mjs (cheap); python: this process (asyncio)")
+    parser.add_argument("--generator-profile", metavar="DIR",
+                        help="node --cpu-prof: the Node generator's CPU profile (.cpuprofile, for Chrome DevTools) in DIR")
     parser.add_argument("--core", choices=("embedded", "kamailio", "sipp"), default="embedded",
                         help="the core the eP-CSCF forwards to (see benchmarks/_call_cores.py)")
     parser.add_argument("--engine", choices=("builtin", "rtpengine", "both"), default="builtin",
@@ -609,9 +637,10 @@ def report(options: argparse.Namespace, engine: str, ims: _call_cores.Ims, f: Fi
         per_call = lambda seconds: f"{seconds:.2f} s = {1000 * seconds / f.completed:.2f} ms/call"  # noqa: E731
         print(f"  CPU: epcscf {per_call(f.epcscf_cpu)} (user {1000 * f.user / f.completed:.2f} + system "
               f"{1000 * f.system / f.completed:.2f}); core {per_call(f.core_cpu) if ims.kind != 'embedded' or ims.next_hop else 'in epcscf'}; "
-              f"UAS sipp {per_call(f.uas_cpu) if ims.kind != 'sipp' else 'is the core'}; generator {per_call(f.generator_cpu)}"
+              f"UAS sipp {per_call(f.uas_cpu) if ims.kind != 'sipp' else 'is the core'}; generator {per_call(f.generator_cpu)} (user {1000 * f.generator_user / f.completed:.2f})"
               + (f"; rtpengine {per_call(f.rtpengine_cpu)}" if engine == "rtpengine" else ""))
-        print(f"    loadavg {f.loadavg}")
+        print(f"    loadavg {f.loadavg}; UDP datagrams dropped on full receive buffers: {f.udp_drops} "
+              f"{f.udp_drops_by_process or ''}")
     for text, count in sorted(f.failures.items(), key=lambda item: -item[1])[:6]:
         print(f"    {count} × {text}")
 

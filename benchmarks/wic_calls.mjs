@@ -153,6 +153,7 @@ class Wic {
     this.waiter = null; // {callId, cseq, method, resolve, reject, timer}: one final response awaited
     this.checks = new Map(); // transaction id (hex) → settle(success: boolean)
     this.call = null; // the call in progress: {callId, checkedByPeer, onChecked, onBye}
+    this.lastAck = null; // {callId, text}: the ACK of the last 2xx, sent again for its retransmissions
     this.closed = false;
   }
 
@@ -210,7 +211,13 @@ class Wic {
     }
     const status = Number(text.slice(8, 11));
     const waiter = this.waiter;
-    if (status < 200 || !waiter) return;
+    if (status < 200) return;
+    if (status < 300 && this.lastAck && header(text, "Call-ID", "i") === this.lastAck.callId && / INVITE\b/.test(header(text, "CSeq", "CSeq"))) {
+      // RFC 3261 §13.2.2.4: a retransmitted 2xx (its ACK was lost on the core's UDP side) gets the ACK again.
+      this.send(this.lastAck.text);
+      return;
+    }
+    if (!waiter) return;
     const cseq = header(text, "CSeq", "CSeq").split(/\s+/);
     // The Call-ID too: a late answer to an earlier call of this WIC (given up on after the step
     // timeout) has the same CSeq, and taking it would fail this call as well.
@@ -326,7 +333,8 @@ class Wic {
       const remoteTarget = contact.includes("<") ? contact.slice(contact.indexOf("<") + 1, contact.indexOf(">")) : contact;
       const recordRoute = [...head.matchAll(/\r\nRecord-Route[ \t]*:[ \t]*([^\r\n]*)/gi)].flatMap((m) => m[1].split(",").map((v) => v.trim()));
       const routes = recordRoute.reverse();
-      this.send(this.request("ACK", remoteTarget, callId, fromTag, toValue, 1, routes));
+      this.lastAck = { callId, text: this.request("ACK", remoteTarget, callId, fromTag, toValue, 1, routes) };
+      this.send(this.lastAck.text);
       const ufrag = body.match(/a=ice-ufrag:(\S+)/)?.[1];
       const pwd = body.match(/a=ice-pwd:(\S+)/)?.[1];
       const candidate = body.match(/a=candidate:\S+ 1 udp \d+ (\S+) (\d+) typ host/i);
@@ -504,7 +512,7 @@ async function main() {
   const cpu0 = process.cpuUsage();
   const result = await run(wics, idle, rate, seconds);
   const cpu = process.cpuUsage(cpu0);
-  process.stdout.write(JSON.stringify({ ...result, cpu_s: (cpu.user + cpu.system) / 1e6 }) + "\n");
+  process.stdout.write(JSON.stringify({ ...result, cpu_s: (cpu.user + cpu.system) / 1e6, cpu_user_s: cpu.user / 1e6 }) + "\n");
   for (const wic of wics) wic.close();
   process.exit(0); // stdin, read for the driver's "go", would keep the loop alive
 }
