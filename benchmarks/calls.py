@@ -1,15 +1,22 @@
-"""Benchmark: whole calls per second, WIC (WebSocket + ICE) → epcscf → sipp UAS, ICE completed on every call.
+"""Benchmark: whole calls per second, WIC (WebSocket + ICE) → epcscf → core → sipp UAS, ICE completed on every call.
 
 Usage::
 
     .venv/bin/python benchmarks/calls.py [--rate 100] [--seconds 30] [--wics 60] [--ice-mode full|lite]
-                                         [--quick] [--log-level warn] [--epcscf-workers 2]
+                                         [--generator node|python] [--core embedded|kamailio|sipp]
+                                         [--epcscf-workers 1,2] [--hold 0] [--quick] [--log-level warn]
 
-epcscf runs as its own process (``twistd -n epcscf`` on a generated ini, the embedded core, the
-same ``Deployment``/``EpcscfProcess`` as ``benchmarks/w2_register.py``); a sipp UAS
+epcscf runs as its own process (``twistd -n epcscf`` on a generated ini, the same
+``Deployment``/``EpcscfProcess`` as ``benchmarks/w2_register.py``); a sipp UAS
 (``tests/sipp/calls_uas_answer.xml``: 180, 200 with plain RTP/AVP SDP, ACK, BYE) is the IMS
-party; this process is the load generator: ``--wics`` registered WebSocket WICs (the lean
-raw-asyncio client of ``benchmarks/_load.py``), each with a UDP socket playing its ICE agent.
+party.  ``--core`` (``benchmarks/_call_cores.py``) is what the eP-CSCF forwards to: its embedded
+core (default; challenges the initial registrations), the interop tests' Kamailio (registrar +
+stateful proxy, no authentication, its own processes) or one sipp that is registrar and UAS.
+
+The load generator (``--generator``): ``node`` (default) is ``benchmarks/wic_calls.mjs``, npm
+``ws``, a process of its own; ``python`` is the asyncio one below, in this process, kept for
+comparison.  Both run ``--wics`` registered WebSocket WICs, each with a UDP socket playing its
+ICE agent, and place the same calls.
 
 One call, as the generator does it (open loop: a call starts every 1/``--rate`` s on a free WIC):
 
@@ -19,15 +26,23 @@ One call, as the generator does it (open loop: a call starts every 1/``--rate`` 
    nomination as a controlling full agent) to the eP-CSCF's candidate and answers the
    eP-CSCF's own checks (full mode); the call's ICE is *completed* when the WIC's nominating
    check got its success response and, in full mode, the eP-CSCF's check was answered;
-3. BYE → 200.
+3. ``--hold`` seconds (0 by default), then BYE → 200.
 
-Measured: calls/s completed, failures (any step wrong or slower than 10 s), setup time
-(INVITE sent → ICE completed) p50/p99, epcscf CPU.  DTLS is not run by the generator: the
-eP-CSCF's ClientHello goes unanswered until the BYE (its cost per call is included).
+The Node generator also ACKs every retransmitted 2xx (RFC 3261 §13.2.2.4: the first ACK was lost
+on the core's UDP side) and answers requests from the edge (a BYE from the core side) with 200;
+the Python one does neither.
 
-``--epcscf-workers N`` (N > 1) runs epcscf with ``[service] workers = N`` and the core in its own
-process (as ``--separate-core``); the WICs per worker are read from the supervisor's ``/metrics``
-and epcscf CPU is the supervisor's and the workers' together.
+Measured: calls/s completed, failures by step (any step wrong or slower than 10 s), setup time
+(INVITE sent → ICE completed) and INVITE → 200 p50/p99, and the CPU per call of every process:
+epcscf (split user/system), the core, the UAS, the generator; UDP datagrams lost on full socket
+receive buffers (run it in a private network namespace: the counters are then this run's).
+DTLS is not run by the generator: the eP-CSCF's ClientHello goes unanswered until the BYE (its
+cost per call is included).
+
+``--epcscf-workers N`` (N > 1) runs epcscf with ``[service] workers = N`` and an embedded core in
+its own process (as ``--separate-core``); the WICs per worker are read from the supervisor's
+``/metrics`` and epcscf CPU is the supervisor's and the workers' together.  A list (``1,2``) runs
+one deployment after the other in the same invocation and prints the ratio of calls/s.
 
 Floors (the project's targets): ≥ 100 calls/s sustained for 30 s, < 1 % failures, p99 setup < 250 ms.
 The exit status is 0 whatever the figures (a measurement, not a test); non-zero only when the
@@ -67,6 +82,7 @@ P99_FLOOR = 0.250
 STEP_TIMEOUT = 10.0
 SCENARIO = _call_cores.UAS_SCENARIO
 NODE_GENERATOR = os.path.join(HERE, "wic_calls.mjs")
+NO_IDLE_WIC = "no idle WIC (calls are piling up)"  # the same text in wic_calls.mjs
 FINGERPRINT = "sha-256 " + ":".join(f"{b:02X}" for b in secrets.token_bytes(32))
 _CSEQ_RE = re.compile(rb"\r\nCSeq\s*:\s*(\d+)\s+(\w+)", re.IGNORECASE)
 
@@ -339,7 +355,7 @@ async def run_load(callers: list[Caller], target: int | str, rate: float, second
         caller = next((c for c in callers if not c.busy), None)
         result.attempted += 1
         if caller is None:
-            result.failures.append("no idle WIC (calls are piling up)")
+            result.failures.append(NO_IDLE_WIC)
             continue
         caller.busy = True
         task = asyncio.ensure_future(one(caller))
@@ -386,6 +402,7 @@ class Figures:
     completed: int = 0
     elapsed: float = 0.0
     failures: dict[str, int] = field(default_factory=dict)
+    failure_calls: dict[str, list[str]] = field(default_factory=dict)  # a few Call-IDs of each failure (node)
     setup_p50: float = float("nan")
     setup_p99: float = float("nan")
     answer_p50: float = float("nan")  # INVITE → 200
@@ -399,6 +416,7 @@ class Figures:
     uas_cpu: float = 0.0
     rtpengine_cpu: float = 0.0
     shares: list[int] = field(default_factory=list)  # WICs per worker
+    epcscf_waited: float = 0.0  # epcscf's main threads runnable but waiting for a CPU (another's load)
     udp_drops: int = 0  # datagrams dropped on a full socket receive buffer, in this network namespace
     udp_drops_by_process: dict[str, int] = field(default_factory=dict)  # of those, by receiving process
     loadavg: str = ""
@@ -424,7 +442,8 @@ class Counters:
     def read(self) -> tuple[float, ...]:
         user, system = process_tree_user_system(self.epcscf)
         rtpengine = cpu_of(self.rtpengine.process.pid) if self.rtpengine is not None else 0.0
-        return user, system, self.ims.core_cpu(), self.ims.uas_cpu(), rtpengine, udp_receive_drops(), *self.drops().values()
+        waited = _call_cores.runqueue_wait(self.epcscf.pids())
+        return user, system, self.ims.core_cpu(), self.ims.uas_cpu(), rtpengine, waited, udp_receive_drops(), *self.drops().values()
 
     def drops(self) -> dict[str, int]:
         return _call_cores.udp_drops_by_process({
@@ -433,7 +452,8 @@ class Counters:
 
     def fill(self, figures: Figures, before: tuple[float, ...]) -> None:
         after = self.read()
-        user, system, core, uas, rtpengine, drops, *by_process = (a - b for a, b in zip(after, before))
+        user, system, core, uas, rtpengine, waited, drops, *by_process = (a - b for a, b in zip(after, before))
+        figures.epcscf_waited = waited
         figures.user, figures.system, figures.epcscf_cpu = user, system, user + system
         figures.core_cpu, figures.uas_cpu, figures.rtpengine_cpu = core, uas, rtpengine
         figures.udp_drops = int(drops)
@@ -512,7 +532,7 @@ def run_node(options: argparse.Namespace, ws_port: int, target: str, counters: C
             generator.kill()
             generator.wait()
     figures.offered, figures.completed, figures.elapsed = result["offered"], result["completed"], result["seconds"]
-    figures.failures = result["failures"]
+    figures.failures, figures.failure_calls = result["failures"], result.get("failure_calls", {})
     ms = lambda key: (result.get(key) or float("nan")) / 1000  # noqa: E731  (JSON has null for NaN)
     figures.setup_p50, figures.setup_p99 = ms("setup_p50_ms"), ms("setup_p99_ms")
     figures.answer_p50, figures.answer_p99 = ms("answer_p50_ms"), ms("answer_p99_ms")
@@ -616,7 +636,10 @@ def run_engine(options: argparse.Namespace, engine: str, workers: int) -> Figure
         if rtpengine is not None:
             rtpengine.stop()
     report(options, engine, ims, figures)
-    shutil.rmtree(directory, ignore_errors=True)
+    if figures.failed and figures.failed != figures.failures.get(NO_IDLE_WIC):
+        print(f"    logs kept for the failures: {directory} (epcscf: calls.log, sipp: sipp_errors_*.log)")
+    else:
+        shutil.rmtree(directory, ignore_errors=True)
     return figures
 
 
@@ -639,10 +662,11 @@ def report(options: argparse.Namespace, engine: str, ims: _call_cores.Ims, f: Fi
               f"{1000 * f.system / f.completed:.2f}); core {per_call(f.core_cpu) if ims.kind != 'embedded' or ims.next_hop else 'in epcscf'}; "
               f"UAS sipp {per_call(f.uas_cpu) if ims.kind != 'sipp' else 'is the core'}; generator {per_call(f.generator_cpu)} (user {1000 * f.generator_user / f.completed:.2f})"
               + (f"; rtpengine {per_call(f.rtpengine_cpu)}" if engine == "rtpengine" else ""))
-        print(f"    loadavg {f.loadavg}; UDP datagrams dropped on full receive buffers: {f.udp_drops} "
+        print(f"    epcscf waited {f.epcscf_waited:.2f} s for a CPU while runnable; loadavg {f.loadavg}; UDP datagrams dropped on full receive buffers: {f.udp_drops} "
               f"{f.udp_drops_by_process or ''}")
     for text, count in sorted(f.failures.items(), key=lambda item: -item[1])[:6]:
-        print(f"    {count} × {text}")
+        examples = f.failure_calls.get(text)
+        print(f"    {count} × {text}" + (f" (e.g. Call-ID {', '.join(examples)})" if examples else ""))
 
 
 if __name__ == "__main__":

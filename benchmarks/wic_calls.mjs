@@ -357,6 +357,9 @@ class Wic {
       const byeOk = await byeAnswered;
       if (!byeOk.startsWith("SIP/2.0 200")) throw new CallFailed(`BYE: ${byeOk.split("\r\n", 1)[0]}`);
       return { setup, answered: answeredAfter };
+    } catch (error) {
+      error.callId = callId; // to find the call in the edge's and sipp's logs
+      throw error;
     } finally {
       this.call = null;
       this.checks.clear();
@@ -451,7 +454,11 @@ async function run(wics, idle, callRate, duration) {
   const setups = [];
   const answers = [];
   const failures = {};
-  const failed = (text) => (failures[text] = (failures[text] ?? 0) + 1);
+  const examples = {}; // failure → the Call-IDs of its first three calls
+  const failed = (text, callId) => {
+    failures[text] = (failures[text] ?? 0) + 1;
+    if (callId && (examples[text] ??= []).length < 3) examples[text].push(callId);
+  };
   const inProgress = new Set();
   let offered = 0;
   const start = performance.now();
@@ -474,7 +481,7 @@ async function run(wics, idle, callRate, duration) {
             setups.push(setup);
             answers.push(answered);
           })
-          .catch((error) => failed(error instanceof CallFailed ? error.message : `${error.name}: ${error.message}`))
+          .catch((error) => failed(error instanceof CallFailed ? error.message : `${error.name}: ${error.message}`, error.callId))
           .finally(() => {
             inProgress.delete(placed);
             if (!wic.closed) idle.push(wic);
@@ -498,6 +505,7 @@ async function run(wics, idle, callRate, duration) {
     answer_p50_ms: percentile(answers, 0.5),
     answer_p99_ms: percentile(answers, 0.99),
     failures,
+    failure_calls: examples,
   };
 }
 
