@@ -44,36 +44,34 @@ def cpu_of(pid: int) -> float:
         return 0.0  # gone meanwhile
 
 
-def sipp_pids(port: int) -> list[int]:
-    """sipp -bg forks: find the background sipp by its port in its command line."""
+def pids_where(name: str, matches: Callable[[bytes], bool]) -> list[int]:
+    """The processes whose /proc/PID/``name`` file satisfies ``matches``."""
     found = []
     for pid in os.listdir("/proc"):
         if not pid.isdigit():
             continue
         try:
-            with open(f"/proc/{pid}/cmdline", "rb") as handle:
-                argv = handle.read().split(b"\0")
+            with open(f"/proc/{pid}/{name}", "rb") as handle:
+                if matches(handle.read()):
+                    found.append(int(pid))
         except OSError:
-            continue
-        if argv and argv[0].endswith(b"sipp") and str(port).encode() in argv:
-            found.append(int(pid))
+            continue  # gone meanwhile
     return found
+
+
+def sipp_pids(port: int) -> list[int]:
+    """sipp -bg forks: find the background sipp by its port in its command line."""
+
+    def is_it(cmdline: bytes) -> bool:
+        argv = cmdline.split(b"\0")
+        return argv[0].endswith(b"sipp") and str(port).encode() in argv
+
+    return pids_where("cmdline", is_it)
 
 
 def group_pids(pgid: int) -> list[int]:
     """Every process of one process group (Kamailio's main process and the workers it forks)."""
-    found = []
-    for pid in os.listdir("/proc"):
-        if not pid.isdigit():
-            continue
-        try:
-            with open(f"/proc/{pid}/stat") as stat:
-                fields_ = stat.read().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        if int(fields_[2]) == pgid:
-            found.append(int(pid))
-    return found
+    return pids_where("stat", lambda stat: int(stat.rsplit(b")", 1)[1].split()[2]) == pgid)
 
 
 def runqueue_wait(pids: list[int]) -> float:

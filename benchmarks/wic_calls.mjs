@@ -27,10 +27,11 @@
 // --wait the timed phase then starts on a line on stdin), then the result: offered, completed,
 // failures by step, setup and INVITE→200 p50/p99 in ms, and this process's own CPU seconds
 // (process.cpuUsage) for the timed phase.
-import { createHash, createHmac, randomBytes } from "node:crypto";
+import { createHmac, randomBytes } from "node:crypto";
 import dgram from "node:dgram";
 import zlib from "node:zlib";
 import WebSocket from "ws";
+import { digestAuthorization, openLoop } from "./_wic_common.mjs";
 
 const args = Object.fromEntries(
   process.argv.slice(2).reduce((pairs, arg, i, all) => (arg.startsWith("--") ? [...pairs, [arg.slice(2), all[i + 1]]] : pairs), []),
@@ -258,18 +259,9 @@ class Wic {
   }
 
   digest(challenge) {
-    const params = {};
-    for (const [, key, value] of challenge.matchAll(/(\w+)="?([^",]*)"?/g)) params[key] = value;
-    const algorithm = (params.algorithm ?? "MD5").toUpperCase();
-    const hash = (text) => createHash(algorithm === "SHA-256" ? "sha256" : "md5").update(text).digest("hex");
-    const uri = `sip:${domain}`;
-    const ha1 = hash(`${this.user}:${params.realm}:${this.password}`);
-    const ha2 = hash(`REGISTER:${uri}`);
-    const cnonce = hex(8);
-    const response = hash(`${ha1}:${params.nonce}:00000001:${cnonce}:auth:${ha2}`);
-    const opaque = params.opaque !== undefined ? `, opaque="${params.opaque}"` : "";
-    return `Digest username="${this.user}", realm="${params.realm}", nonce="${params.nonce}", uri="${uri}", response="${response}", algorithm=${algorithm}${opaque}, qop=auth, nc=00000001, cnonce="${cnonce}"`;
+    return digestAuthorization(challenge, this.user, this.password, domain);
   }
+
 
   /** REGISTER → (401 → REGISTER with Authorization) → 200; a 503 (RFC 3261 §21.5.4) is retried
    * after half a second, up to 20 times. */
@@ -450,7 +442,7 @@ const percentile = (sorted, p) => (sorted.length ? sorted[Math.min(sorted.length
 
 /** Calls at `callRate` per second for `duration` s, each on the longest-idle WIC; waits for the
  * calls in progress at the end (they count as the timed phase's). */
-async function run(wics, idle, callRate, duration) {
+async function run(idle, callRate, duration) {
   const setups = [];
   const answers = [];
   const failures = {};
@@ -459,40 +451,17 @@ async function run(wics, idle, callRate, duration) {
     failures[text] = (failures[text] ?? 0) + 1;
     if (callId && (examples[text] ??= []).length < 3) examples[text].push(callId);
   };
-  const inProgress = new Set();
-  let offered = 0;
   const start = performance.now();
-  const end = start + duration * 1000;
-  await new Promise((done) => {
-    const tick = () => {
-      const now = performance.now();
-      if (now >= end) return done();
-      const due = Math.floor(((now - start) / 1000) * callRate) - offered;
-      for (let i = 0; i < due; i++) {
-        offered += 1;
-        const wic = idle.shift();
-        if (!wic) {
-          failed("no idle WIC (calls are piling up)");
-          continue;
-        }
-        const placed = wic
-          .placeCall()
-          .then(({ setup, answered }) => {
-            setups.push(setup);
-            answers.push(answered);
-          })
-          .catch((error) => failed(error instanceof CallFailed ? error.message : `${error.name}: ${error.message}`, error.callId))
-          .finally(() => {
-            inProgress.delete(placed);
-            if (!wic.closed) idle.push(wic);
-          });
-        inProgress.add(placed);
-      }
-      setTimeout(tick, 2);
-    };
-    tick();
-  });
-  await Promise.all(inProgress);
+  const place = (wic) =>
+    wic
+      .placeCall()
+      .then(({ setup, answered }) => {
+        setups.push(setup);
+        answers.push(answered);
+      })
+      .catch((error) => failed(error instanceof CallFailed ? error.message : `${error.name}: ${error.message}`, error.callId));
+  const { offered, skipped } = await openLoop(idle, callRate, duration, place);
+  if (skipped) failures["no idle WIC (calls are piling up)"] = skipped;
   const elapsed = (performance.now() - start) / 1000;
   setups.sort((a, b) => a - b);
   answers.sort((a, b) => a - b);
@@ -514,11 +483,11 @@ async function main() {
   for (let i = 0; i < wics.length; i += 100) await Promise.all(wics.slice(i, i + 100).map((w) => w.open()));
   for (let i = 0; i < wics.length; i += 100) await Promise.all(wics.slice(i, i + 100).map((w) => w.register()));
   const idle = [...wics];
-  if (warmupSeconds > 0 && warmupRate > 0) await run(wics, idle, Math.min(rate, warmupRate), warmupSeconds);
+  if (warmupSeconds > 0 && warmupRate > 0) await run(idle, Math.min(rate, warmupRate), warmupSeconds);
   process.stdout.write(JSON.stringify({ ready: wics.length }) + "\n");
   if (args.wait !== undefined) await new Promise((go) => process.stdin.once("data", go)); // the driver's "go"
   const cpu0 = process.cpuUsage();
-  const result = await run(wics, idle, rate, seconds);
+  const result = await run(idle, rate, seconds);
   const cpu = process.cpuUsage(cpu0);
   process.stdout.write(JSON.stringify({ ...result, cpu_s: (cpu.user + cpu.system) / 1e6, cpu_user_s: cpu.user / 1e6 }) + "\n");
   for (const wic of wics) wic.close();
