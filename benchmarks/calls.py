@@ -174,6 +174,9 @@ class Counters:
         figures.core_cpu, figures.uas_cpu, figures.rtpengine_cpu = core, uas, rtpengine
         figures.udp_drops = int(drops)
         figures.udp_drops_by_process = {name: int(n) for name, n in zip(self.drops(), by_process) if n}
+        closed = figures.udp_drops - sum(figures.udp_drops_by_process.values())
+        if closed > 0:  # on sockets gone by now: the edge's per-call media sockets, mostly
+            figures.udp_drops_by_process["closed sockets"] = closed
         figures.loadavg = " ".join(open("/proc/loadavg").read().split()[:3])
 
 
