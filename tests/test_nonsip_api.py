@@ -1,14 +1,19 @@
 """The sans-IO parts of the non-SIP front end: Janus frames and errors, JSEP with trickled
-candidates made into one SDP (RFC 8838/8839), the hold offer (RFC 3264 §8.4)."""
+candidates made into one SDP (RFC 8838/8839), the hold offer (RFC 3264 §8.4), MESSAGE/INFO
+handling (RFC 3428, RFC 6086)."""
 
 from __future__ import annotations
 
 import os
+from typing import Any
 
 from twisted.trial import unittest
 
 from epcscf.nonsip import janus_api as api
 from epcscf.nonsip.jsep import JsepError, TrickleBuffer, answer_direction, as_answer, next_version, parse_jsep, parse_trickle
+from epcscf.pcscf.nonsip_messages import Messaging, TextBody
+from epcscf.pcscf.nonsip_register import Credentials
+from epcscf.sip.parser import parse_message
 
 OFFER = (
     "v=0\r\no=- 42 2 IN IP4 127.0.0.1\r\ns=-\r\nt=0 0\r\n"
@@ -116,3 +121,79 @@ class ConfigTests(unittest.TestCase):
         with open(extra, "w") as handle:
             handle.write("[nonsip]\nlisten = ws:127.0.0.1:0\nsession_timeout = 30\n")
         self.assertEqual(load([base, extra]).nonsip.session_timeout, 30.0)
+
+
+class _FakeMessagingUa:
+    """A ``MessagingUa`` that records what messaging sends, answers and emits."""
+
+    def __init__(self, call_id: str | None) -> None:
+        self.credentials = Credentials("sip:alice@ims.test", "alice", "ims.test", "alice", "", "", None)
+        self.call_id = call_id
+        self.events: list[Any] = []
+        self.sent: list[Any] = []
+        self.answers: list[Any] = []
+
+    def emit(self, event: Any) -> None:
+        self.events.append(event)
+
+    def via(self) -> str:
+        return "SIP/2.0/WS abc.invalid;branch=z9hG4bKtest"
+
+    def send(self, request: Any, user: Any) -> Any:
+        self.sent.append((request, user))
+
+    def respond(self, transaction: Any, response: Any) -> None:
+        self.answers.append(response)
+
+    def in_dialog_request(self, method: str) -> Any:
+        return None  # no confirmed call
+
+    def dialog_call_id(self) -> str | None:
+        return self.call_id
+
+
+class MessagingTests(unittest.TestCase):
+    """``epcscf.pcscf.nonsip_messages`` fed parsed requests: what the network sends that cannot
+    be delivered is answered (RFC 6086 §4.2.2, RFC 3428 §7), and what the WIC sends carries its
+    text in the body only."""
+
+    def request(self, method: str, body: str = "", to_tag: str = ";tag=t1", content_type: str = "text/plain") -> Any:
+        headers = f"Content-Type: {content_type}\r\n" if body else ""
+        return parse_message(
+            f"{method} sip:alice@abc.invalid;transport=ws SIP/2.0\r\nVia: SIP/2.0/WS p.example;branch=z9hG4bK1\r\n"
+            f"From: \"Bob\" <sip:bob@ims.test>;tag=f1\r\nTo: <sip:alice@ims.test>{to_tag}\r\nCall-ID: c1\r\n"
+            f"CSeq: 5 {method}\r\nMax-Forwards: 70\r\n{headers}Content-Length: {len(body.encode())}\r\n\r\n{body}".encode()
+        )
+
+    def test_info_outside_our_dialog_gets_481_and_requests_without_a_body_400(self) -> None:
+        ua = _FakeMessagingUa(call_id="another-call")
+        messaging = Messaging(ua)
+        messaging.info_received(self.request("INFO", "Signal=1"), None)
+        ua.call_id = "c1"
+        messaging.info_received(self.request("INFO", "Signal=1", to_tag=""), None)  # no To tag: no dialog
+        messaging.info_received(self.request("INFO"), None)
+        messaging.message_received(self.request("MESSAGE", to_tag=""), None)
+        self.assertEqual([answer.status for answer in ua.answers], [481, 481, 400, 400])
+        self.assertEqual(ua.events, [])
+        messaging.info_received(self.request("INFO", "Signal=1"), None)
+        messaging.message_received(self.request("MESSAGE", "hé", to_tag=""), None)
+        self.assertEqual([answer.status for answer in ua.answers[4:]], [200, 200])
+        self.assertEqual([event.result for event in ua.events], [
+            {"event": "info", "sender": "sip:bob@ims.test", "displayname": "Bob", "type": "text/plain", "content": "Signal=1"},
+            {"event": "message", "sender": "sip:bob@ims.test", "displayname": "Bob", "content_type": "text/plain", "content": "hé"},
+        ])
+
+    def test_without_a_call_in_dialog_requests_are_not_sent_and_out_of_dialog_ones_are(self) -> None:
+        ua = _FakeMessagingUa(call_id=None)
+        messaging = Messaging(ua)
+        self.assertFalse(messaging.send_info(TextBody("text/plain", "x")))
+        self.assertIsNone(messaging.send_message(TextBody("text/plain", "x"), None, None))
+        self.assertEqual(ua.sent, [])
+        call_id = messaging.send_message(TextBody("text/plain;charset=UTF-8", "hi\r\nVia: x"), "sip:bob@ims.test", "chosen@alice")
+        self.assertEqual(call_id, "chosen@alice")
+        [(request, outcome)] = ua.sent
+        self.assertEqual((request.method, request.uri, request.call_id), ("MESSAGE", "sip:bob@ims.test", "chosen@alice"))
+        self.assertEqual(request.headers.get_all("Via"), ["SIP/2.0/WS abc.invalid;branch=z9hG4bKtest"])  # the text stays in the body
+        self.assertEqual(request.body, b"hi\r\nVia: x")
+        outcome.timed_out(None)  # RFC 3261 §8.1.3.1: a timeout is a 408 for the WIC
+        self.assertEqual(ua.events[-1].result, {"event": "messagedelivery", "code": 408, "reason": "Request Timeout"})

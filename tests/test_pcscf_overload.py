@@ -164,7 +164,7 @@ class PerSourceLimitTests(unittest.TestCase):
         self.assertEqual(refused.exception.response.status_code, 503)
         await first.close()
         factory = self.service.pcscf.ws_factory
-        await wait_for(lambda: len(factory._per_ip) == 1 and sum(factory._per_ip.values()) == 1, 5, 0.02, "the closed connection's slot freed")
+        await wait_for(lambda: list(factory.peers.hosts().values()) == [1], 5, 0.02, "the closed connection's slot freed")
         await connected_wic(self, self.service, "carol")  # a slot is free again
         scraped = await samples(self.service)
         self.assertEqual(value(scraped, "epcscf_ws_connections_refused_total", reason="per_ip_limit"), 1)

@@ -1,10 +1,17 @@
-"""The WWSF's web login in headless Chromium ([auth] mode = token): alice and bob log in at the
-WWSF, get a token, register with ``Authorization: Bearer`` (no SIP password in the page) and
-alice calls bob with audio both ways.  The browser's own WebSocket carries a token at the
-handshake in its URL (what a browser can send), and a bad one is refused before any SIP."""
+"""The WWSF's web login in headless Chromium, as deployed: the page comes over https and its
+WICs use wss only ([auth] mode = token, handshake = required).  Alice and bob log in at the
+WWSF, get a token, open their WebSocket with it in the URL (``?access_token=``, RFC 6750 §2.3:
+what a browser can send at the handshake), register with ``Authorization: Bearer`` (no SIP
+password in the page) and alice calls bob with audio both ways.  A socket without a token, or
+with a bad one, is refused with HTTP 401 before any SIP.  The certificate is the test PKI's,
+pinned for Chromium as in tests.test_wwsf_https."""
 
 from __future__ import annotations
 
+import os
+import ssl
+
+import websockets
 from twisted.trial import unittest
 
 from tests.support.browser import (
@@ -14,13 +21,15 @@ from tests.support.browser import (
     require_browser,
     start_browser,
     start_wwsf_deployment,
+    trust_certificate_flags,
     wait_for_inbound_audio,
 )
+from tests.support.certificates import certificate_chain
 from tests.support.deployment import DOMAIN
 from tests.support.wic import as_deferred
 
 USERS = ("alice", "bob")
-TOKEN_MODE = "[auth]\nmode = token\n[core]\ntrust_asserted_identity = true\n"
+TOKEN_MODE = "[auth]\nmode = token\nhandshake = required\n[core]\ntrust_asserted_identity = true\n"
 
 # In the page: open a WebSocket to the eP-CSCF with this URL; "open" or "refused".
 OPEN_SOCKET = """(url) => new Promise((resolve) => {
@@ -39,7 +48,8 @@ LOGIN = """async (user) => {
 class WwsfLoginTests(unittest.TestCase):
     def setUp(self) -> None:
         require_browser(self)
-        self.service, self.page_url = start_wwsf_deployment(self, TOKEN_MODE)
+        self.tls = certificate_chain(os.path.abspath(self.mktemp()))
+        self.service, self.page_url = start_wwsf_deployment(self, TOKEN_MODE, tls=self.tls)
 
     def test_users_log_in_with_a_token_and_call_without_a_sip_password(self):
         return as_deferred(self._login_and_call())
@@ -53,10 +63,20 @@ class WwsfLoginTests(unittest.TestCase):
         self.assertEqual(await browser.evaluate(user, "() => document.getElementById('password').value"), "")
         self.assertIsNone(await browser.evaluate(user, "() => window.wwsf.ua._configuration.password || null"))
 
+    async def _refused_status(self, url: str) -> int:
+        """The HTTP status of a refused wss handshake (a browser's WebSocket API hides it)."""
+        context = ssl.create_default_context(cafile=self.tls.root_path)
+        with self.assertRaises(websockets.InvalidStatus) as caught:
+            await websockets.connect(url, subprotocols=["sip"], ssl=context, server_hostname="localhost",
+                                     additional_headers={"Origin": self.page_url.rstrip("/")})
+        return caught.exception.response.status_code
+
     async def _login_and_call(self) -> None:
-        browser = await start_browser(self)
+        self.assertTrue(self.page_url.startswith("https://"))
+        browser = await start_browser(self, flags=trust_certificate_flags(self.tls))
         for user in USERS:
             await self._log_in(browser, user)
+        self.assertEqual({flow.connection.transport for flow in self.service.pcscf.flows}, {"WSS"})
         self.assertEqual(
             sorted(binding.aor for binding in self.service.pcscf.registrations.all()), [f"sip:{u}@{DOMAIN}" for u in USERS]
         )
@@ -64,12 +84,20 @@ class WwsfLoginTests(unittest.TestCase):
         refused = await browser.evaluate("alice", LOGIN.replace("user + '-secret'", "'guess'"), "alice")
         self.assertEqual(refused["status"], 403)
 
-        # The browser's WebSocket: a token in the URL is checked at the handshake.
+        # The browser's WebSocket: a token in the URL is checked at the handshake, and none is
+        # no entry (handshake = required): refused before any SIP, counted.
         url = await browser.evaluate("alice", "() => document.getElementById('websocket-url').value")
+        self.assertTrue(url.startswith("wss://127.0.0.1:"), url)
         grant = await browser.evaluate("alice", LOGIN, "alice")
         self.assertEqual(grant["status"], 200)
         self.assertEqual(await browser.evaluate("alice", OPEN_SOCKET, f"{url}/?access_token={grant['body']['token']}"), "open")
         self.assertEqual(await browser.evaluate("alice", OPEN_SOCKET, f"{url}/?access_token=forged.token.value"), "refused")
+        self.assertEqual(await browser.evaluate("alice", OPEN_SOCKET, url), "refused")
+        self.assertEqual(await self._refused_status(url), 401)
+        self.assertEqual(await self._refused_status(f"{url}/?access_token=forged.token.value"), 401)
+        registry = self.service.metrics.registry
+        self.assertEqual(registry.get_sample_value("epcscf_token_refusals_total", {"reason": "missing"}), 2.0)
+        self.assertEqual(len(self.service.pcscf.flows), 2)  # the refused sockets made no flow
 
         await call_from_page(browser, "alice", "bob")
         await browser.wait("bob", page_state("call-state", "incoming"))

@@ -16,11 +16,21 @@ from typing import Any, Callable, Protocol
 from autobahn.exception import Disconnected
 from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerProtocol
 from autobahn.websocket.types import ConnectionDeny, ConnectionRequest
+from twisted.internet.interfaces import ISSLTransport
 from twisted.logger import Logger
 
 from epcscf.nonsip.janus_api import SUBPROTOCOL
 from epcscf.sip.connection import Address
-from epcscf.ws.protocol import ORIGIN_REFUSED, SUBPROTOCOL_REFUSED, WsListenerSettings, normalise_origin
+from epcscf.ws.protocol import (
+    BUSY_REFUSED,
+    ORIGIN_REFUSED,
+    SUBPROTOCOL_REFUSED,
+    Authenticate,
+    PeerCounter,
+    WsListenerSettings,
+    handshake_credentials,
+    normalise_origin,
+)
 
 __all__ = ["JanusConnection", "JanusSink", "JanusWebSocketFactory", "HARD_LIMIT_FACTOR"]
 
@@ -46,9 +56,19 @@ class JanusConnection(WebSocketServerProtocol):
     origin: str | None = None
     local: Address = Address("", 0)
     remote: Address = Address("", 0)
+    #: the WebSocket runs over TLS (wss): the handle's SIP flow is then a WSS one (RFC 7118 §5.2)
+    secure: bool = False
+    #: what the handshake's token granted ([auth] handshake), for the handles' REGISTERs
+    credentials: object | None = None
+    _counted_peer: str | None = None  # the IP this connection is counted under (per-IP limit)
     open = False
 
     def onConnect(self, request: ConnectionRequest) -> str:
+        if not self.factory.peers.admit(self, self.factory.settings.max_connections_per_ip):
+            # [overload] max_connections_per_ip on this door too: each connection may make up to 16
+            # handles, each a SIP UA with a flow of its own (HTTP 503 before the upgrade)
+            self.factory.refused("per_ip_limit")
+            raise ConnectionDeny(BUSY_REFUSED, "Service Unavailable: too many connections from this address")
         if SUBPROTOCOL not in request.protocols:
             self.factory.refused("subprotocol")
             offered = ", ".join(request.protocols) or "none"
@@ -63,12 +83,14 @@ class JanusConnection(WebSocketServerProtocol):
                 self.origin = normalise_origin(origin)
             except ValueError:
                 self.origin = origin.strip()
+        self.credentials = handshake_credentials(self.factory.authenticate, self.factory.refused, request)
         return SUBPROTOCOL
 
     def onOpen(self) -> None:
         host, peer = self.transport.getHost(), self.transport.getPeer()
         self.local = Address(str(getattr(host, "host", "")), int(getattr(host, "port", 0)))
         self.remote = Address(str(getattr(peer, "host", "")), int(getattr(peer, "port", 0)))
+        self.secure = ISSLTransport.providedBy(self.transport)
         self.open = True
         self.factory.connections.add(self)
         log.info("Janus API connection from {peer} opened (origin {origin})", peer=self.remote, origin=self.origin)
@@ -108,6 +130,10 @@ class JanusConnection(WebSocketServerProtocol):
         except Exception:
             log.failure("Janus adapter failed on the end of {peer}", peer=self.remote)
 
+    def connectionLost(self, reason: Any = None) -> None:  # noqa: N802 (Twisted's name)
+        super().connectionLost(reason)
+        self.factory.peers.release(self)
+
 
 class JanusWebSocketFactory(WebSocketServerFactory):
     protocol = JanusConnection
@@ -121,8 +147,12 @@ class JanusWebSocketFactory(WebSocketServerFactory):
         super().__init__(url=None, protocols=[SUBPROTOCOL], server="epcscf", reactor=reactor)
         self.sink = sink
         self.connections: set[JanusConnection] = set()
-        #: metrics: a refused opening handshake (``subprotocol`` | ``origin``)
+        #: connections past onConnect per remote IP (``[overload] max_connections_per_ip``)
+        self.peers = PeerCounter()
+        #: metrics: a refused opening handshake (``subprotocol`` | ``origin`` | ``token``)
         self.on_refused: Callable[[str], None] | None = None
+        #: the same web-credential check as the SIP listener's (None: no check)
+        self.authenticate: Authenticate | None = None
         self.setProtocolOptions(
             webStatus=False,
             utf8validateIncoming=True,

@@ -390,6 +390,8 @@ class PcscfNode(Service):
         self.janus_factory = factory
         self.janus.on_refused = self.observers.janus_refused
         factory.on_refused = self.observers.ws_refused
+        if self.token_access.verifier is not None:
+            factory.authenticate = self.token_access.handshake  # [auth] handshake: this door too
         for listener in self.config.nonsip.listen:
             if listener.transport == "wss":
                 options = server_tls_from_files(self.config.ws.certificate, self.config.ws.private_key, HTTP_PROTOCOLS)

@@ -41,14 +41,17 @@ class PipeEnd:
 
     # RFC 7118 §5: a WebSocket flow is reliable (RFC 3261 Table 4 timers).
     reliable = True
-    transport = "WS"
 
-    def __init__(self, local: Address, remote: Address, origin: str | None, opened: float) -> None:
+    def __init__(self, local: Address, remote: Address, origin: str | None, opened: float, transport: str = "WS") -> None:
+        #: "WSS" when the WIC's Janus WebSocket is TLS: what the P-CSCF and operations see
+        self.transport = transport
         self.local = local
         self.remote = remote
         self.origin = origin
         self.opened = opened
         self.id = new_connection_id("ws")
+        #: what the WIC's handshake token granted (``epcscf.pcscf.web_auth``), as a WebSocket's
+        self.credentials: object | None = None
         self.closed_reason: CloseReason | None = None
         self.messages_sent = 0
         self.messages_received = 0
@@ -87,13 +90,16 @@ class FlowPair:
         remote: Address,
         origin: str | None,
         on_lost: Callable[[str], None] = lambda reason: None,
+        transport: str = "WS",
+        credentials: object | None = None,
     ) -> None:
         self._reactor = reactor
         self._sink = sink
         self._ua_receive = ua_receive
         now = reactor.seconds()
-        self.pcscf_end = PipeEnd(local, remote, origin, now)
-        self.ua_end = PipeEnd(remote, local, origin, now)
+        self.pcscf_end = PipeEnd(local, remote, origin, now, transport)
+        self.ua_end = PipeEnd(remote, local, origin, now, transport)
+        self.pcscf_end.credentials = credentials
         self.pcscf_end.deliver = lambda octets: reactor.callLater(0, self._to_ua, octets)
         self.ua_end.deliver = lambda octets: reactor.callLater(0, self._to_pcscf, octets)
         #: told when the P-CSCF side ends the flow (not when the UA does)

@@ -23,6 +23,7 @@ from epcscf.nonsip.janus_api import JanusError, JanusRequest
 from epcscf.nonsip.jsep import JsepError, TrickleBuffer, parse_jsep, parse_trickle
 from epcscf.nonsip.websocket import JanusConnection
 from epcscf.pcscf.nonsip_flow import FlowSink
+from epcscf.pcscf.nonsip_messages import DEFAULT_MESSAGE_TYPE, MAX_CONTENT, TextBody, media_type_ok
 from epcscf.pcscf.nonsip_register import Credentials, RegState, UaEvent
 from epcscf.pcscf.nonsip_ua import CallPhase, NonSipUserAgent
 from epcscf.sip.transaction import TimerSettings
@@ -220,7 +221,7 @@ class JanusGateway:
         connection = session.connection
         ua = NonSipUserAgent(
             self._reactor, self._flow_sink, lambda event: self._ua_event(session, handle_id, event),
-            connection.local, connection.remote, connection.origin, self._timers,
+            connection.local, connection.remote, connection.origin, self._timers, connection.secure, connection.credentials,
         )
         ua.on_ended = self.user_agents.discard
         self.user_agents.add(ua)
@@ -284,6 +285,8 @@ class JanusGateway:
                 handle.ua.emit(UaEvent({"event": "hangup", "code": 486, "reason": "Busy Here"}))
         elif action == "accept":
             handle.ua.accept(sdp)
+        elif action == "update":
+            handle.ua.update(sdp)  # a call ended meanwhile has already said so (hangup)
 
     # --- SIP plugin requests (janus_sip.c) ---------------------------------------------------------
 
@@ -310,6 +313,9 @@ class JanusGateway:
         elif what == "accept":
             jsep = parse_jsep(request.body.get("jsep"))
             self._defer_until_gathered(handle, "accept", "", jsep.sdp, jsep.trickle)
+        elif what == "update":
+            jsep = parse_jsep(request.body.get("jsep"))
+            self._defer_until_gathered(handle, "update", "", jsep.sdp, jsep.trickle)
         elif what == "decline":
             ua.decline(int(body.get("code", 486)))
         elif what in ("hold", "unhold"):
@@ -320,13 +326,20 @@ class JanusGateway:
             if not isinstance(duration, int) or isinstance(duration, bool) or not 0 < duration <= 5000:
                 duration = 160  # janus_sip.c's default
             ua.dtmf_info(body["digit"], duration)
+        elif what == "message":
+            text = TextBody(body.get("content_type") or DEFAULT_MESSAGE_TYPE, body["content"])
+            ua.messaging.send_message(text, body.get("uri"), body.get("call_id"))
+        elif what == "info":
+            ua.messaging.send_info(TextBody(body["type"], body["content"]))
         elif what == "hangup":
-            if handle.pending is not None:
+            if handle.pending is not None and handle.pending[0] == "call":
                 # a call still waiting for the browser's candidates: it never left us
                 self._cancel_pending(handle)
                 self._ua_event(session, handle.id, UaEvent({"event": "hangup", "code": 487, "reason": "Request Terminated"}))
-            elif not ua.hangup():
-                self._plugin_error(session, handle, transaction, api.SIP_WRONG_STATE, "Wrong state (no call)")
+            else:
+                self._cancel_pending(handle)  # an update still waiting for candidates ends with its call
+                if not ua.hangup():
+                    self._plugin_error(session, handle, transaction, api.SIP_WRONG_STATE, "Wrong state (no call)")
 
     def _check(self, handle: _Handle, what: Any, body: dict[str, Any], jsep: Any, token: Any = None) -> tuple[int, str] | None:
         """Janus SIP plugin's answer to a request that cannot be done, else None."""
@@ -355,7 +368,7 @@ class JanusGateway:
             return None
         if what == "unregister":
             return None if ua.reg_state is RegState.REGISTERED else (api.SIP_WRONG_STATE, "Wrong state (not registered)")
-        if what in ("call", "accept"):
+        if what in ("call", "accept", "update"):
             if what == "call":
                 uri_text = body.get("uri")
                 if not isinstance(uri_text, str):
@@ -366,6 +379,9 @@ class JanusGateway:
                     return api.SIP_WRONG_STATE, "Wrong state (register first)"
                 if ua.phase is not CallPhase.IDLE or handle.pending is not None:
                     return api.SIP_WRONG_STATE, "Wrong state (already in a call?)"
+            elif what == "update":
+                if ua.phase is not CallPhase.CONFIRMED or handle.pending is not None or (ua.dialog and ua.dialog.reinvite):
+                    return api.SIP_WRONG_STATE, "Wrong state (not in a call, or an update is in progress)"
             elif ua.phase is not CallPhase.INCOMING or handle.pending is not None:
                 return api.SIP_WRONG_STATE, "Wrong state (no incoming call?)"
             if jsep is None:
@@ -374,7 +390,7 @@ class JanusGateway:
                 parsed = parse_jsep(jsep)
             except JsepError as error:
                 return api.SIP_MISSING_SDP, f"Missing SDP ({error})"
-            wanted = "offer" if what == "call" else "answer"
+            wanted = "answer" if what == "accept" else "offer"
             if parsed.type != wanted:
                 return api.SIP_MISSING_SDP, f"Missing SDP ({wanted} expected)"
             return None
@@ -398,6 +414,8 @@ class JanusGateway:
             if len(digit) != 1 or digit not in "0123456789*#ABCD":
                 return api.SIP_INVALID_ELEMENT, "Invalid element (digit should be one character)"
             return None if ua.phase is CallPhase.CONFIRMED else (api.SIP_WRONG_STATE, "Wrong state (not in a call?)")
+        if what in ("message", "info"):
+            return _check_text_request(what, body, ua)
         return api.SIP_INVALID_REQUEST, f"Unknown request '{what[:40]}' (not in epcscf's subset of the SIP plugin)"
 
     def _credentials(self, body: dict[str, Any], token: str | None) -> Credentials:
@@ -412,6 +430,37 @@ class JanusGateway:
             display_name=body.get("display_name") or "",
             token=token,
         )
+
+
+#: RFC 3261 §25.1 callid = word [ "@" word ] (what a WIC may choose as its MESSAGE's Call-ID)
+_CALL_ID_RE = re.compile(r"[A-Za-z0-9\-.!%*_+`'~()<>:\\\"/\[\]?{}]{1,64}(@[A-Za-z0-9\-.!%*_+`'~()<>:\\\"/\[\]?{}]{1,64})?", re.ASCII)
+
+
+def _check_text_request(what: str, body: dict[str, Any], ua: NonSipUserAgent) -> tuple[int, str] | None:
+    """janus_sip.c's checks of ``message`` (content, content_type, uri, call_id) and ``info``
+    (type, content); what goes into a header is checked so that a WIC writes no header of its own."""
+    if "headers" in body:
+        return api.SIP_INVALID_ELEMENT, "Invalid element (custom headers are not supported by epcscf)"
+    type_key = "content_type" if what == "message" else "type"
+    for key, required in ((type_key, what == "info"), ("content", True)):
+        if key not in body:
+            if required:
+                return api.SIP_MISSING_ELEMENT, f"Missing element ({key})"
+        elif not isinstance(body[key], str):
+            return api.SIP_INVALID_ELEMENT, f"Invalid element ({key} should be a string)"
+    if type_key in body and not media_type_ok(body[type_key]):
+        return api.SIP_INVALID_ELEMENT, f"Invalid element ({type_key} should be a media type such as text/plain)"
+    if len(body["content"]) > MAX_CONTENT:
+        return api.SIP_INVALID_ELEMENT, f"Invalid element (content longer than {MAX_CONTENT} characters)"
+    uri = body.get("uri") if what == "message" else None
+    if uri is None:  # in the call's dialog (RFC 6086 §4.2.1: INFO always is)
+        return None if ua.phase is CallPhase.CONFIRMED else (api.SIP_WRONG_STATE, "Wrong state (not in a call?)")
+    if not isinstance(uri, str) or not _is_sip_uri(uri, needs_user=False):
+        return api.SIP_INVALID_ADDRESS, f"Invalid user address {str(uri)[:80]}"
+    call_id = body.get("call_id")
+    if call_id is not None and not (isinstance(call_id, str) and _CALL_ID_RE.fullmatch(call_id)):
+        return api.SIP_INVALID_ELEMENT, "Invalid element (call_id should be a SIP Call-ID)"
+    return None if ua.reg_state is RegState.REGISTERED else (api.SIP_WRONG_STATE, "Wrong state (not registered)")
 
 
 def _is_sip_uri(text: str, needs_user: bool) -> bool:

@@ -22,6 +22,7 @@ from twisted.logger import Logger
 
 from epcscf.nonsip.jsep import answer_direction, as_answer, next_version
 from epcscf.pcscf.nonsip_flow import FlowPair, FlowSink, PipeEnd
+from epcscf.pcscf.nonsip_messages import Messaging, body_text, sender_fields
 from epcscf.pcscf.nonsip_register import Credentials, Registration, RegState, TransactionOutcome, UaEvent, identity_name_addr
 from epcscf.sip.connection import Address
 from epcscf.sip.headers import cseq, from_tag, to_tag
@@ -76,8 +77,15 @@ class NonSipUserAgent:
         remote: Address,
         origin: str | None,
         timers: TimerSettings,
+        secure: bool = False,
+        credentials: object | None = None,
     ) -> None:
         self._reactor = reactor
+        #: RFC 7118 §5.2: the Via transport of a flow over TLS is WSS
+        self.transport = "WSS" if secure else "WS"
+        #: the Janus WebSocket's handshake grant: each of our flows carries it, as a WIC's own
+        #: WebSocket does, so that a REGISTER without a Bearer token is admitted on it
+        self._handshake_credentials = credentials
         self.emit: Callable[[UaEvent], None] = emit
         self._flow_args = (sink, local, remote, origin, timers)
         self.transactions, self.flow = self._new_flow()
@@ -85,6 +93,8 @@ class NonSipUserAgent:
         self.registration = Registration(reactor, self)
         self.phase = CallPhase.IDLE
         self.dialog: _Dialog | None = None
+        #: MESSAGE and INFO, in and out of the call's dialog
+        self.messaging = Messaging(self)
         self._closing = False
         self._flow_ending: Any = None
         #: called once the flow has ended (the UA is then inert)
@@ -93,7 +103,10 @@ class NonSipUserAgent:
     def _new_flow(self) -> tuple[TransactionLayer, FlowPair]:
         sink, local, remote, origin, timers = self._flow_args
         transactions = TransactionLayer(self._reactor, self, lambda connection: timers)
-        return transactions, FlowPair(self._reactor, sink, transactions.receive, local, remote, origin, self._flow_lost)
+        pair = FlowPair(
+            self._reactor, sink, transactions.receive, local, remote, origin, self._flow_lost, self.transport, self._handshake_credentials
+        )
+        return transactions, pair
 
     def _flow_lost(self, reason: str) -> None:
         """The eP-CSCF ended our flow (operator, rate limit): its registration and call are gone
@@ -125,7 +138,7 @@ class NonSipUserAgent:
         return self.registration.state
 
     def via(self) -> str:
-        return f"SIP/2.0/WS {self.host};branch=z9hG4bK{secrets.token_hex(8)}"
+        return f"SIP/2.0/{self.transport} {self.host};branch=z9hG4bK{secrets.token_hex(8)}"
 
     def contact(self) -> str:
         assert self.credentials is not None
@@ -178,8 +191,8 @@ class NonSipUserAgent:
                 self.emit(UaEvent({"event": "ringing"}, call_id=dialog.call_id))
             elif response.body and not dialog.answered_sdp and to_tag(response):
                 dialog.answered_sdp = True
-                dialog.remote_sdp = _text(response.body)
-                self.emit(UaEvent({"event": "progress", "username": dialog.remote_target}, ("answer", _text(response.body)), dialog.call_id))
+                dialog.remote_sdp = body_text(response.body)
+                self.emit(UaEvent({"event": "progress", "username": dialog.remote_target}, ("answer", body_text(response.body)), dialog.call_id))
             return
         if status >= 300:
             self.dialog = None
@@ -198,9 +211,9 @@ class NonSipUserAgent:
         if self.phase is CallPhase.CALLING:
             self.phase = CallPhase.CONFIRMED
             if response.body and not dialog.answered_sdp:
-                dialog.remote_sdp = _text(response.body)
+                dialog.remote_sdp = body_text(response.body)
             self._send_ack(dialog)
-            jsep = None if dialog.answered_sdp or not response.body else ("answer", _text(response.body))
+            jsep = None if dialog.answered_sdp or not response.body else ("answer", body_text(response.body))
             self.emit(UaEvent({"event": "accepted", "username": dialog.invite.uri}, jsep, dialog.call_id))
         elif remote in dialog.acks:
             self._resend(dialog.acks[remote])
@@ -254,6 +267,15 @@ class NonSipUserAgent:
 
     # --- in-dialog requests of a confirmed call -------------------------------------------------
 
+    def in_dialog_request(self, method: str) -> Request | None:
+        """A ``method`` request in the confirmed call's dialog, None when there is none."""
+        if self.phase is not CallPhase.CONFIRMED or self.dialog is None:
+            return None
+        return self._in_dialog(self.dialog, method)
+
+    def dialog_call_id(self) -> str | None:
+        return self.dialog.call_id if self.phase is CallPhase.CONFIRMED and self.dialog is not None else None
+
     def hold(self, direction: str | None) -> bool:
         """re-INVITE with our last description, its directions set to ``direction`` (RFC 3264
         §8.4); ``None`` resumes with the directions the WIC gave.  False if not possible now."""
@@ -262,38 +284,65 @@ class NonSipUserAgent:
             return False
         sdp = next_version(dialog.local_sdp, direction)
         dialog.local_sdp = next_version(dialog.local_sdp) if direction is not None else sdp
+        self._send_reinvite(dialog, sdp, renegotiation=False)
+        self.emit(UaEvent({"event": "holding" if direction is not None else "resuming"}, call_id=dialog.call_id))
+        return True
+
+    def update(self, sdp: str) -> bool:
+        """The plugin's ``update``: a re-INVITE with the WIC's new offer (RFC 3261 §14.1: a
+        renegotiation, e.g. an ICE restart, RFC 8839 §4.4.1.1); the answer goes back to the
+        WIC in ``accepted``, as janus_sip.c does.  False if not possible now."""
+        dialog = self.dialog
+        if self.phase is not CallPhase.CONFIRMED or dialog is None or dialog.reinvite is not None:
+            return False
+        self._send_reinvite(dialog, sdp, renegotiation=True)
+        self.emit(UaEvent({"event": "updating"}, call_id=dialog.call_id))
+        return True
+
+    def _send_reinvite(self, dialog: _Dialog, sdp: str, renegotiation: bool) -> None:
         reinvite = self._in_dialog(dialog, "INVITE")
         reinvite.headers.add("Contact", self.contact())
         reinvite.headers.add("Content-Type", "application/sdp")
         reinvite.body = sdp.encode("utf-8")
         dialog.reinvite = reinvite
-        self.send(reinvite, TransactionOutcome(lambda response: self._reinvite_answered(dialog, reinvite, response)))
-        self.emit(UaEvent({"event": "holding" if direction is not None else "resuming"}, call_id=dialog.call_id))
-        return True
+        outcome = TransactionOutcome(lambda response: self._reinvite_answered(dialog, reinvite, response, renegotiation))
+        self.send(reinvite, outcome)
 
-    def _reinvite_answered(self, dialog: _Dialog, reinvite: Request, response: Response) -> None:
+    def _reinvite_answered(self, dialog: _Dialog, reinvite: Request, response: Response, renegotiation: bool) -> None:
         if response.status < 200:
             return
-        if dialog.reinvite is reinvite:
+        first = dialog.reinvite is reinvite  # not a 2xx retransmission, nor one overtaken
+        if first:
             dialog.reinvite = None
         if response.status < 300 and self.dialog is dialog:
             sequence = cseq(reinvite)
             ack = self._in_dialog(dialog, "ACK", cseq_number=sequence.number if sequence else dialog.local_cseq)
             self._resend(ack)  # RFC 3261 §13.2.2.4 (a retransmitted 2xx gets the same ACK again)
+            if renegotiation and first:
+                dialog.local_sdp = body_text(reinvite.body)
+                answer = body_text(response.body) if response.body else None
+                if answer is not None:
+                    dialog.remote_sdp = answer
+                jsep = ("answer", answer) if answer is not None else None
+                self.emit(UaEvent({"event": "accepted", "username": dialog.remote_target}, jsep, dialog.call_id))
         elif response.status >= 300:
             # RFC 3261 §14.1: the session stays as it was before the re-INVITE
             log.info("non-SIP UA: re-INVITE of {call_id} refused: {status}", call_id=dialog.call_id, status=response.status)
+            if renegotiation and first and self.dialog is dialog:
+                # janus_sip.c tells nothing; the WIC's offer is pending in its PeerConnection,
+                # so it hears that it was refused (to roll back, RFC 8829 §4.1.10.2)
+                failed = {"event": "updatefailed", "code": response.status, "reason": response.reason}
+                self.emit(UaEvent(failed, call_id=dialog.call_id))
 
     def dtmf_info(self, digit: str, duration: int) -> bool:
         """INFO application/dtmf-relay (as Janus's SIP plugin sends it) in the confirmed call."""
-        dialog = self.dialog
-        if self.phase is not CallPhase.CONFIRMED or dialog is None:
+        info = self.in_dialog_request("INFO")
+        if info is None:
             return False
-        info = self._in_dialog(dialog, "INFO")
         info.headers.add("Content-Type", "application/dtmf-relay")
         info.body = f"Signal={digit}\r\nDuration={duration}".encode("ascii")
         self.send(info, TransactionOutcome(lambda response: None))
-        self.emit(UaEvent({"event": "dtmfsent"}, call_id=dialog.call_id))
+        self.emit(UaEvent({"event": "dtmfsent"}, call_id=info.call_id))
         return True
 
     def _send_bye(self, dialog: _Dialog) -> None:
@@ -341,12 +390,12 @@ class NonSipUserAgent:
         dialog = self.dialog
         assert dialog is not None and isinstance(dialog.transaction, ServerTransaction)
         response = make_response(dialog.invite, status, reason, to_tag=dialog.local_tag)
-        self._respond(dialog.transaction, response)
+        self.respond(dialog.transaction, response)
         self.dialog = None
         self.phase = CallPhase.IDLE
         self.emit(UaEvent({"event": "hangup", "code": status, "reason": response.reason}, call_id=dialog.call_id))
 
-    def _respond(self, transaction: ServerTransaction, response: Response) -> None:
+    def respond(self, transaction: ServerTransaction, response: Response) -> None:
         response.headers.set("Content-Length", str(len(response.body)))
         try:
             transaction.respond(response)
@@ -365,23 +414,27 @@ class NonSipUserAgent:
             self._incoming_bye(request, transaction)
         elif method == "INVITE":
             self._incoming_reinvite(request, transaction)
+        elif method == "MESSAGE":
+            self.messaging.message_received(request, transaction)
+        elif method == "INFO":
+            self.messaging.info_received(request, transaction)
         elif method == "OPTIONS":
-            self._respond(transaction, make_response(request, 200, to_tag=new_tag()))
+            self.respond(transaction, make_response(request, 200, to_tag=new_tag()))
         else:
             answer = make_response(request, 405, to_tag=new_tag())
-            answer.headers.add("Allow", "INVITE, ACK, CANCEL, BYE, OPTIONS")
-            self._respond(transaction, answer)
+            answer.headers.add("Allow", "INVITE, ACK, CANCEL, BYE, OPTIONS, MESSAGE, INFO")
+            self.respond(transaction, answer)
 
     def _incoming_invite(self, invite: Request, transaction: ServerTransaction) -> None:
         caller = invite.headers.get("From") or ""
         if self.phase is not CallPhase.IDLE or self.reg_state is not RegState.REGISTERED or self._closing:
             busy = make_response(invite, 486, to_tag=new_tag())
-            self._respond(transaction, busy)
+            self.respond(transaction, busy)
             self.emit(UaEvent({"event": "missed_call", "caller": name_addr_uri(caller) if caller else ""}, call_id=invite.call_id))
             return
         if not invite.body:
             # an offerless INVITE would need our offer in the 200 (RFC 3264 §4): not in this subset
-            self._respond(transaction, make_response(invite, 488, "Not Acceptable Here (an offer is required)", to_tag=new_tag()))
+            self.respond(transaction, make_response(invite, 488, "Not Acceptable Here (an offer is required)", to_tag=new_tag()))
             return
         contacts = list_values(invite.headers, "Contact")
         tag = new_tag()
@@ -396,23 +449,20 @@ class NonSipUserAgent:
             local_cseq=0,
             invite=invite,
             transaction=transaction,
-            remote_sdp=_text(invite.body),
+            remote_sdp=body_text(invite.body),
         )
         self.phase = CallPhase.INCOMING
         ringing = make_response(invite, 180, to_tag=tag)
         for value in invite.headers.get_all("Record-Route"):
             ringing.headers.add("Record-Route", value)
         ringing.headers.add("Contact", self.contact())
-        self._respond(transaction, ringing)
+        self.respond(transaction, ringing)
         result = {
             "event": "incomingcall",
-            "username": name_addr_uri(caller) if caller else "",
+            **sender_fields(caller, "username"),
             "callee": name_addr_uri(invite.headers.get("To") or "") if invite.headers.get("To") else "",
         }
-        display = caller.split("<")[0].strip().strip('"') if "<" in caller else ""
-        if display:
-            result["displayname"] = display
-        self.emit(UaEvent(result, ("offer", _text(invite.body)), self.dialog.call_id))
+        self.emit(UaEvent(result, ("offer", body_text(invite.body)), self.dialog.call_id))
 
     def _incoming_reinvite(self, reinvite: Request, transaction: ServerTransaction) -> None:
         """Accepted at once with the WIC's description, its direction answering the offer's
@@ -420,14 +470,14 @@ class NonSipUserAgent:
         (``autoaccept_reinvites``): the browser's own session is unchanged."""
         dialog = self.dialog
         if dialog is None or reinvite.call_id != dialog.call_id or self.phase is not CallPhase.CONFIRMED:
-            self._respond(transaction, make_response(reinvite, 481, to_tag=new_tag()))
+            self.respond(transaction, make_response(reinvite, 481, to_tag=new_tag()))
             return
         if dialog.reinvite is not None or not reinvite.body:
             # RFC 3261 §14.2: our own re-INVITE is out (491); an offerless one needs an offer we do not make
             status = 491 if dialog.reinvite is not None else 488
-            self._respond(transaction, make_response(reinvite, status))
+            self.respond(transaction, make_response(reinvite, status))
             return
-        offer = _text(reinvite.body)
+        offer = body_text(reinvite.body)
         answer = next_version(as_answer(dialog.local_sdp, dialog.remote_sdp), answer_direction(offer))
         dialog.local_sdp = next_version(dialog.local_sdp)
         contacts = list_values(reinvite.headers, "Contact")
@@ -437,7 +487,7 @@ class NonSipUserAgent:
         ok.headers.add("Contact", self.contact())
         ok.headers.add("Content-Type", "application/sdp")
         ok.body = answer.encode("utf-8")
-        self._respond(transaction, ok)
+        self.respond(transaction, ok)
 
     def accept(self, sdp: str) -> bool:
         dialog = self.dialog
@@ -451,7 +501,7 @@ class NonSipUserAgent:
         ok.body = sdp.encode("utf-8")
         dialog.local_sdp = sdp
         self.emit(UaEvent({"event": "accepting"}, call_id=dialog.call_id))
-        self._respond(dialog.transaction, ok)
+        self.respond(dialog.transaction, ok)
         self.phase = CallPhase.CONFIRMED
         self.emit(UaEvent({"event": "accepted"}, call_id=dialog.call_id))
         return True
@@ -459,12 +509,12 @@ class NonSipUserAgent:
     def _incoming_cancel(self, cancel: Request, transaction: ServerTransaction) -> None:
         invite_transaction = self.transactions.find_invite_server_transaction(cancel)
         if invite_transaction is None:
-            self._respond(transaction, make_response(cancel, 481, to_tag=new_tag()))
+            self.respond(transaction, make_response(cancel, 481, to_tag=new_tag()))
             return
-        self._respond(transaction, make_response(cancel, 200, to_tag=new_tag()))
+        self.respond(transaction, make_response(cancel, 200, to_tag=new_tag()))
         dialog = self.dialog
         if dialog is not None and dialog.transaction is invite_transaction and self.phase is CallPhase.INCOMING:
-            self._respond(invite_transaction, make_response(dialog.invite, 487, to_tag=dialog.local_tag))
+            self.respond(invite_transaction, make_response(dialog.invite, 487, to_tag=dialog.local_tag))
             self.dialog = None
             self.phase = CallPhase.IDLE
             self.emit(UaEvent({"event": "hangup", "code": 487, "reason": "Request Terminated"}, call_id=dialog.call_id))
@@ -472,9 +522,9 @@ class NonSipUserAgent:
     def _incoming_bye(self, bye: Request, transaction: ServerTransaction) -> None:
         dialog = self.dialog
         if dialog is None or bye.call_id != dialog.call_id:
-            self._respond(transaction, make_response(bye, 481, to_tag=new_tag()))
+            self.respond(transaction, make_response(bye, 481, to_tag=new_tag()))
             return
-        self._respond(transaction, make_response(bye, 200))
+        self.respond(transaction, make_response(bye, 200))
         self.dialog = None
         self.phase = CallPhase.IDLE
         self.emit(UaEvent({"event": "hangup", "code": 200, "reason": "BYE"}, call_id=dialog.call_id))
@@ -524,7 +574,3 @@ class NonSipUserAgent:
         self.flow.close(reason)
         self.transactions.close()
         self.on_ended(self)
-
-
-def _text(body: bytes) -> str:
-    return body.decode("utf-8", errors="replace")

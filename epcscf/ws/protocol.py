@@ -86,6 +86,24 @@ class HandshakeRefusal:
     phrase: str
 
 
+#: checks an opening handshake's credentials (query parameters, headers): what they grant, or
+#: a ``HandshakeRefusal``; None: nothing granted (no token, and none required)
+Authenticate = Callable[[Mapping[str, Sequence[str]], Mapping[str, str]], object]
+
+
+def handshake_credentials(authenticate: Authenticate | None, refused: Callable[[str], None], request: ConnectionRequest) -> object | None:
+    """Web-credential access at the opening handshake (TS 24.371 §5, RFC 6750 §2.3): what the
+    token grants, None without a check or a token; a socket without a good one, when one is
+    required, is refused here (``ConnectionDeny``), before any SIP or Janus request."""
+    if authenticate is None:
+        return None
+    verdict = authenticate(request.params, request.headers)
+    if isinstance(verdict, HandshakeRefusal):
+        refused("token")
+        raise ConnectionDeny(verdict.status, verdict.phrase)
+    return verdict
+
+
 def normalise_origin(origin: str) -> str:
     """``scheme://host:port`` with a lower-case host and the default port made explicit.
 
@@ -237,15 +255,7 @@ class SipWebSocketServerProtocol(LeanAutobahnProtocol, WebSocketServerProtocol):
                 self._origin = normalise_origin(origin)
             except ValueError:
                 self._origin = origin.strip()  # allow_any_origin lets odd ones ("null") in
-        authenticate = self.factory.authenticate
-        if authenticate is not None:
-            # Web-credential access: a socket without a good token is refused before any SIP.
-            verdict = authenticate(request.params, request.headers)
-            if isinstance(verdict, HandshakeRefusal):
-                self.factory.refused("token")
-                raise ConnectionDeny(verdict.status, verdict.phrase)
-            if verdict is not None:
-                self._credentials = verdict
+        self._credentials = handshake_credentials(self.factory.authenticate, self.factory.refused, request)
         return SIP_SUBPROTOCOL
 
     def onOpen(self) -> None:
@@ -368,6 +378,40 @@ class SipWebSocketServerProtocol(LeanAutobahnProtocol, WebSocketServerProtocol):
             self.closeHandshakeTimeoutCall = None
 
 
+class PeerCounter:
+    """Connections past the opening handshake's start, per remote IP address: one address may
+    not hold every connection slot of a listener (``[overload] max_connections_per_ip``)."""
+
+    def __init__(self) -> None:
+        self._per_ip: dict[str, int] = {}
+
+    def admit(self, protocol: Any, limit: int) -> bool:
+        """Count one more connection from the protocol's IP, unless that is over ``limit`` (0: none)."""
+        host = str(getattr(protocol.transport.getPeer(), "host", ""))
+        count = self._per_ip.get(host, 0)
+        if limit > 0 and count >= limit:
+            return False
+        self._per_ip[host] = count + 1
+        protocol._counted_peer = host
+        return True
+
+    def release(self, protocol: Any) -> None:
+        """The protocol's connection ended: uncount it (once; never counted, nothing)."""
+        host = protocol._counted_peer
+        if host is None:
+            return
+        protocol._counted_peer = None
+        count = self._per_ip.get(host, 0) - 1
+        if count > 0:
+            self._per_ip[host] = count
+        else:
+            self._per_ip.pop(host, None)
+
+    def hosts(self) -> dict[str, int]:
+        """Counted connections by IP address (a copy)."""
+        return dict(self._per_ip)
+
+
 class SipWebSocketServerFactory(WebSocketServerFactory):
     """Builds ``SipWebSocketServerProtocol``s for one listener and relays to the sink."""
 
@@ -381,7 +425,7 @@ class SipWebSocketServerFactory(WebSocketServerFactory):
         self.limits = ParserLimits(max_message_size=settings.max_message_size)
         self.connections: set[WsConnection] = set()
         #: connections past onConnect per remote IP (``max_connections_per_ip``)
-        self._per_ip: dict[str, int] = {}
+        self.peers = PeerCounter()
         #: checks the handshake's credentials (query parameters, headers): what they grant (kept
         #: as the connection's ``credentials``) or a ``HandshakeRefusal``; None: no check
         self.authenticate: Callable[[Mapping[str, Sequence[str]], Mapping[str, str]], object] | None = None
@@ -425,25 +469,10 @@ class SipWebSocketServerFactory(WebSocketServerFactory):
 
     def admit_peer(self, protocol: SipWebSocketServerProtocol) -> bool:
         """Count one more connection from the protocol's IP, unless that is over the limit."""
-        host = str(getattr(protocol.transport.getPeer(), "host", ""))
-        count = self._per_ip.get(host, 0)
-        limit = self.settings.max_connections_per_ip
-        if limit > 0 and count >= limit:
-            return False
-        self._per_ip[host] = count + 1
-        protocol._counted_peer = host
-        return True
+        return self.peers.admit(protocol, self.settings.max_connections_per_ip)
 
     def release_peer(self, protocol: SipWebSocketServerProtocol) -> None:
-        host = protocol._counted_peer
-        if host is None:
-            return
-        protocol._counted_peer = None
-        count = self._per_ip.get(host, 0) - 1
-        if count > 0:
-            self._per_ip[host] = count
-        else:
-            self._per_ip.pop(host, None)
+        self.peers.release(protocol)
 
     def connection_opened(self, connection: WsConnection) -> None:
         self.connections.add(connection)

@@ -177,6 +177,28 @@ async function login() {
   register(grant);
 }
 
+// A logged-in page's WebSocket carries the token at the opening handshake as
+// ?access_token= (RFC 6750 §2.3; a browser's WebSocket API can set no header), so that an
+// eP-CSCF with [auth] handshake = required admits it.  JsSIP reconnects with its socket's
+// URL: the URL is made at each connect from the page's current token, not the first one.
+class TokenWebSocket extends JsSIP.WebSocketInterface {
+  constructor(url) {
+    super(url);
+    this.baseUrl = url;
+  }
+
+  connect() {
+    if (!this.isConnected() && !this.isConnecting()) this._url = withToken(this.baseUrl, page.token);
+    super.connect();
+  }
+}
+
+function withToken(url, token) {
+  const parsed = new URL(url);
+  if (token) parsed.searchParams.set('access_token', token);
+  return parsed.toString();
+}
+
 function register(grant = null) {
   page.meter.unlock(); // a user gesture: the AudioContext may start now (autoplay policy)
   const uri = grant ? grant.identity : userUri($('identity').value);
@@ -191,7 +213,8 @@ function register(grant = null) {
   let socket;
   let ua;
   try {
-    socket = new JsSIP.WebSocketInterface($('websocket-url').value.trim());
+    const url = $('websocket-url').value.trim();
+    socket = grant ? new TokenWebSocket(url) : new JsSIP.WebSocketInterface(url);
     const credentials = grant ? {} : { authorization_user: parsed.user, password: $('password').value };
     ua = new JsSIP.UA({
       sockets: [socket],
@@ -211,7 +234,8 @@ function register(grant = null) {
   page.ua = ua;
   if (grant) useToken(grant);
   showState('registration-state', 'registering', `registering ${uri}…`);
-  ua.on('connecting', () => log(`connecting to ${socket.url}`));
+  // the base URL: a token in the page log would be one more place to leak it
+  ua.on('connecting', () => log(`connecting to ${socket.baseUrl || socket.url}`));
   ua.on('connected', () => log('WebSocket connected'));
   ua.on('disconnected', (e) => {
     log(`WebSocket disconnected${e && e.code ? ` (code ${e.code})` : ''}`);
