@@ -88,6 +88,14 @@ def start_sipp(directory: str) -> tuple[subprocess.Popen | None, int]:
     return None, _call_cores.start_sipp(directory, SCENARIO)
 
 
+def stop_sipp(sipp: subprocess.Popen | None, uas_port: int) -> None:
+    """Stop the sipp UAS of ``start_sipp`` (for benchmarks/refusal_cost.py)."""
+    if uas_port:
+        _call_cores.stop_sipp(uas_port)
+    if sipp is not None and sipp.poll() is None:
+        sipp.kill()
+
+
 sipp_pids = _call_cores.sipp_pids
 cpu_of = _call_cores.cpu_of
 

@@ -99,9 +99,8 @@ class BrowserReconnectTests(unittest.TestCase):
 
     async def assert_released(self) -> None:
         await wait_for(lambda: not self.calls.calls(), 10, what="calls released")
-        # A Deferred awaited in an asyncio Task must go through a Future: one still pending
-        # (media closes not finished, as on a loaded host) is a "bad yield" otherwise.
-        await self.calls.idle().asFuture(asyncio.get_running_loop())
+        # An asyncio task (as_deferred) cannot await a Deferred that has not fired yet.
+        await self.calls.idle().asFuture(asyncio.get_event_loop())
         pool = self.calls.media_factory.pool
         await wait_for(lambda: pool.free_count == pool.size, 10, what=f"media ports freed: {pool}")
 
