@@ -149,6 +149,21 @@ level = warn
                 return figures
         raise RuntimeError("the console printed no heap figures:\n" + screen[-2000:])
 
+    def arenas(self, baseline: bool = False) -> dict[str, Any]:
+        """The live objects in the arenas the run added since the ``baseline`` call
+        (``_arena_probe.py``): by type and, under tracemalloc, by allocation site."""
+        import json
+
+        from _console import run_lines
+
+        probe = os.path.join(HERE, "_arena_probe.py")
+        lines = [f"ARENA_BASELINE = {baseline!r}", f"exec(open({probe!r}).read())"]
+        screen = run_lines(self.console_port, "fuzz", self.console_password, lines, timeout=300.0)
+        for line in screen.splitlines():
+            if line.startswith("ARENA-FIGURES "):
+                return json.loads(line.split(" ", 1)[1])
+        raise RuntimeError("the console printed no arena figures:\n" + screen[-2000:])
+
     def rss_kib(self) -> int:
         with open(f"/proc/{self.process.pid}/status") as status:
             return next(int(line.split()[1]) for line in status if line.startswith("VmRSS:"))
