@@ -46,6 +46,8 @@ def _arena_figures():
     arenas_by_site = _collections.defaultdict(set)
     new_arenas = _collections.Counter()
     new_pools = set()
+    #: arena → types of the objects in it: an arena with a handful of survivors is held by them alone
+    types_in_arena = _collections.defaultdict(_collections.Counter)
     for key, thing in found.items():
         arena = key >> 20
         if arena in arenas:
@@ -58,10 +60,20 @@ def _arena_figures():
         arenas_by_type[name].add(arena)
         new_arenas[arena] += 1
         new_pools.add(key >> 14)
+        types_in_arena[arena][name] += 1
         site = _site(thing)
         by_site[site] += 1
         arenas_by_site[site].add(arena)
+    sparse = _collections.Counter()
+    sparse_arenas = 0
+    for arena, names in types_in_arena.items():
+        if sum(names.values()) <= 50:
+            sparse_arenas += 1
+            for name in names:
+                sparse[name] += 1
     return {
+        "arenas with at most 50 objects": sparse_arenas,
+        "types pinning those (arenas each)": sparse.most_common(30),
         "new arenas": len(new_arenas),
         "new pools": len(new_pools),
         "objects in new arenas": sum(new_arenas.values()),
