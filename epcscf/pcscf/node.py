@@ -59,7 +59,8 @@ from epcscf.sip.proxy_policy import LateBoundProxy
 from epcscf.sip.resolver import NextHopResolver, Target
 from epcscf.sip.tls import HTTP_PROTOCOLS, server_tls_from_files
 from epcscf.sip.transaction import TimerSettings, TransactionLayer
-from epcscf.sip.transport import TransportManager, TransportSettings
+from epcscf.sip.transport import TransportManager
+from epcscf.sip.transport_specs import TransportSettings
 from epcscf.ws.protocol import SipWebSocketServerFactory
 
 log = Logger(namespace="epcscf.pcscf")
