@@ -7,6 +7,11 @@ starts; tests start one directly with listeners on port 0.  Inside it, the messa
     UDP/TCP/TLS ──► TransportManager ─► TransactionLayer ─┤
                                                            └─ (responses, retransmissions, timers)
 
+The node wires; the parts live in their own modules: ``node_settings`` (config sections →
+settings), ``ingress`` (the WebSocket and core-side sinks with their message rates),
+``core_entry`` (next hop toward the core, trusted core sources), ``edge_collaborators``
+(everything the policy consults, given to it at construction).
+
 Operations (console, metrics, drain, reload) see the node only through ``operations``
 (``epcscf.pcscf.operations.NodeOperations``); the metrics' event callbacks come in once,
 as the ``observers`` given at construction.
@@ -106,7 +111,7 @@ class PcscfNode(Service):
         )
         #: the WICs' own reg-event subscriptions, watched as they pass (TS 24.229 §5.2.5.1)
         self.wic_subscriptions = WicRegSubscriptions()
-        #: our reg-event subscriptions (TS 24.229 §5.2.3), built with the proxy
+        #: our reg-event subscriptions (TS 24.229 §5.2.3), built before the policy (startService)
         self.reg_events: RegEventSubscriber | None = None
         self.transactions = TransactionLayer(reactor, self, self._timers_for)
         limits = ParserLimits(
