@@ -173,6 +173,8 @@ class FlowRateLimiter:
 
     def arrived(self, flow_id: str) -> FlowVerdict:
         now = self.clock.seconds()
+        if now - self._swept_at >= self.SWEEP_INTERVAL:
+            self.sweep()  # also without [overload] enabled (no load probe to call it)
         budget = self._flows.get(flow_id)
         if budget is None:
             settings = self.settings
