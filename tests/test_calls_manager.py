@@ -296,6 +296,7 @@ class CallManagerTests(unittest.TestCase):
         self.assertEqual(len(ended.timeline), len(entries))
         ended.note("sip-in", "a late 2xx \x1f\n\"quoted\"")  # a note after the end still works
         self.assertEqual(ended.timeline[-1].text, "a late 2xx \x1f\n\"quoted\"")
+        self.assertIsInstance(ended.timeline, PackedTimeline)  # and still packed
 
     def test_cancel_before_answer_ends_the_call_on_the_487(self) -> None:
         context, _ = self.originate()

@@ -168,9 +168,12 @@ class Call:
         return self.ended_at is not None
 
     def note(self, kind: str, text: str) -> None:
+        entry = TimelineEntry(self.clock.seconds(), kind, text)
         if isinstance(self.timeline, PackedTimeline):
-            self.timeline = list(self.timeline)  # a late note on an ended call (rare)
-        self.timeline.append(TimelineEntry(self.clock.seconds(), kind, text))
+            # a late note on an ended call (an ACK, a retransmission): packed again with it
+            self.timeline = PackedTimeline([*self.timeline, entry][-self.timeline_limit:])
+            return
+        self.timeline.append(entry)
         if len(self.timeline) > self.timeline_limit:
             del self.timeline[0]
 
