@@ -19,6 +19,7 @@ import os
 import re
 
 from twisted.internet import defer
+from twisted.python import log
 from twisted.trial import unittest
 
 from tests.support.browser import (
@@ -88,6 +89,8 @@ class BrowserReconnectTests(unittest.TestCase):
         await browser.wait("alice", page_state("call-state", "connected"), timeout=20000)
         await wait_for_inbound_audio(browser, "alice", packets=25, timeout=20000)
         [call] = self.calls.calls()
+        # The edge's side of the story, next to its log in the test log (what a failure needs).
+        self.addCleanup(lambda: log.msg("call timeline:\n" + "\n".join(f"{e.at:.3f} {e.kind} {e.text}" for e in call.timeline)))
         return browser, uas, trace, call
 
     def cut_websocket(self, call) -> str:
