@@ -162,11 +162,13 @@ class BrowserReconnectTests(unittest.TestCase):
         await browser.wait("alice", page_state("registration-state", "registered"), timeout=20000)
         await wait_for(lambda: call.wic_flow.id != old_flow and call.suspended_since is None, 10,
                        what=lambda: f"call adopted: {[e.text for e in call.timeline[-5:]]}")
+        await browser.wait_function("alice", "() => window.wwsf.iceRestart && window.wwsf.iceRestart.answered !== null",
+                                    timeout=20000, polling=100)
+        after = await browser.evaluate("alice", FINGERPRINT)
+        self.assertNotEqual(before, after, "a new RTCPeerConnection, a new certificate")
         result = await browser.wait_function("alice", ICE_RESTARTED, timeout=20000, polling=100)
         self.assertIsNotNone(result["resumed"], result)
         self.assertEqual(result["connectionState"], "connected")
-        after = await browser.evaluate("alice", FINGERPRINT)
-        self.assertNotEqual(before, after, "a new RTCPeerConnection, a new certificate")
         texts = [e.text for e in call.timeline]
         self.assertEqual(len([t for t in texts if "new DTLS association" in t]), 1, texts)
         self.assertEqual(len([t for t in texts if t.endswith("DTLS connected")]), 2, texts)
