@@ -22,7 +22,9 @@ from twisted.internet import defer
 from twisted.python import log
 from twisted.trial import unittest
 
+from epcscf.pcscf.call_model import Call
 from tests.support.browser import (
+    Browser,
     call_from_page,
     open_registered_page,
     page_state,
@@ -32,7 +34,7 @@ from tests.support.browser import (
     wait_for_inbound_audio,
 )
 from tests.support.processes import require_program, wait_for
-from tests.support.sipp import headers_named, sipp_messages, spawn_sipp
+from tests.support.sipp import SippProcess, headers_named, sipp_messages, spawn_sipp
 from tests.support.wic import as_deferred
 from tests.test_media_browser import LOCAL, free_udp_port, udp_bound
 
@@ -110,6 +112,21 @@ class BrowserReconnectTests(unittest.TestCase):
         pool = self.calls.media_factory.pool
         await wait_for(lambda: pool.free_count == pool.size, 10, what=f"media ports freed: {pool}")
 
+    def assert_core_saw_one_sdp_and_no_bye(self, trace: str) -> None:
+        """The core saw no BYE, and at most re-INVITEs whose SDP is the first one's (RFC 3264 §8)."""
+        received = sipp_messages(trace, "received")
+        self.assertEqual([m for m in received if m.startswith("BYE")], [])
+        invites = [m for m in received if m.startswith("INVITE")]
+        bodies = {re.sub(r"\s+", " ", m.split("\n\n", 1)[1]).strip() for m in invites}
+        self.assertEqual(len(bodies), 1, invites)
+
+    async def hang_up(self, browser: Browser, uas: SippProcess, call: Call) -> None:
+        await browser.click("alice", "#hangup")
+        await browser.wait("alice", page_state("call-state", "idle"), timeout=15000)
+        await self.sipp_ended(uas)
+        await self.assert_released()
+        self.assertEqual(call.release_cause, "BYE from the wic")
+
     def test_call_survives_a_websocket_reconnection_with_an_ice_restart(self) -> defer.Deferred:
         return as_deferred(self._survives())
 
@@ -136,18 +153,8 @@ class BrowserReconnectTests(unittest.TestCase):
         self.assertNotEqual(before["remote"], after["remote"], "epcscf restarted ICE too")
         self.assertIn("m-line 0: ICE restart by the WIC", [e.text for e in call.timeline])
 
-        # The core saw no BYE, and at most re-INVITEs whose SDP is the first one's (RFC 3264 §8).
-        received = sipp_messages(trace, "received")
-        self.assertEqual([m for m in received if m.startswith("BYE")], [])
-        invites = [m for m in received if m.startswith("INVITE")]
-        bodies = {re.sub(r"\s+", " ", m.split("\n\n", 1)[1]).strip() for m in invites}
-        self.assertEqual(len(bodies), 1, invites)
-
-        await browser.click("alice", "#hangup")
-        await browser.wait("alice", page_state("call-state", "idle"), timeout=15000)
-        await self.sipp_ended(uas)
-        await self.assert_released()
-        self.assertEqual(call.release_cause, "BYE from the wic")
+        self.assert_core_saw_one_sdp_and_no_bye(trace)
+        await self.hang_up(browser, uas, call)
 
     def test_call_survives_a_new_peer_connection_with_a_new_dtls_association(self) -> defer.Deferred:
         return as_deferred(self._new_peer_connection())
@@ -174,17 +181,8 @@ class BrowserReconnectTests(unittest.TestCase):
         self.assertEqual(len([t for t in texts if t.endswith("DTLS connected")]), 2, texts)
         [stream] = call.media.streams.values()
         self.assertEqual(stream.session.state, "connected")
-        # The core saw neither a BYE nor another SDP: the new association is the edge's business.
-        received = sipp_messages(trace, "received")
-        self.assertEqual([m for m in received if m.startswith("BYE")], [])
-        bodies = {re.sub(r"\s+", " ", m.split("\n\n", 1)[1]).strip() for m in received if m.startswith("INVITE")}
-        self.assertEqual(len(bodies), 1, bodies)
-
-        await browser.click("alice", "#hangup")
-        await browser.wait("alice", page_state("call-state", "idle"), timeout=15000)
-        await self.sipp_ended(uas)
-        await self.assert_released()
-        self.assertEqual(call.release_cause, "BYE from the wic")
+        self.assert_core_saw_one_sdp_and_no_bye(trace)  # the new association is the edge's business
+        await self.hang_up(browser, uas, call)
 
     def test_call_released_on_both_sides_when_the_page_comes_back_too_late(self) -> defer.Deferred:
         return as_deferred(self._too_late())
