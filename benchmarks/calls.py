@@ -358,6 +358,14 @@ def start_sipp(directory: str) -> tuple[subprocess.Popen, int]:
     return process, port
 
 
+def stop_sipp(sipp: subprocess.Popen | None, uas_port: int) -> None:
+    """Stop the sipp UAS of ``start_sipp`` and whatever it left listening on ``uas_port``."""
+    for pid in sipp_pids(uas_port) if uas_port else []:
+        os.kill(pid, signal.SIGKILL)
+    if sipp is not None and sipp.poll() is None:
+        sipp.kill()
+
+
 def cpu_of(pid: int) -> float:
     from w2_register import cpu_seconds
 
@@ -500,10 +508,7 @@ def run_engine(options: argparse.Namespace, engine: str, seconds: float) -> None
 
         result = asyncio.run(scenario())
     finally:
-        for pid in sipp_pids(uas_port) if uas_port else []:
-            os.kill(pid, signal.SIGKILL)
-        if sipp is not None and sipp.poll() is None:
-            sipp.kill()
+        stop_sipp(sipp, uas_port)
         epcscf.stop()
         if core is not None:
             core.stop()

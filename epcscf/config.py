@@ -485,6 +485,7 @@ class OverloadSection:
     setup_target: float = _option(_seconds_or_zero, 0.25, "mean seconds a call may spend in the edge's part of its setup; new INVITEs beyond throughput × this many calls in setup get 503 (0: no window)")
     min_calls_in_setup: int = _option(_integer(1, 1_000_000), 20, "the window of calls in setup never shrinks below this")
     max_calls_in_setup: int = _option(_integer(0, 1_000_000), 0, "and never grows above this (a known capacity; 0: only the measured throughput bounds it)")
+    untrusted_source_messages_per_second: float = _option(_rate, 200.0, "SIP messages per second one core-side source that is no trusted core address may send: per UDP address and port, per TCP/TLS connection (0: no limit)")
 
 
 @dataclass(frozen=True)
@@ -675,9 +676,6 @@ def _check_consistency(config: Config, set_by: dict[tuple[str, str], str]) -> No
         _check_credentials(fail, "ws", ("certificate", "private_key"), (config.ws.certificate, config.ws.private_key))
     if any(listener.transport == "wss" for listener in config.nonsip.listen) and not (config.ws.certificate and config.ws.private_key):
         fail("nonsip", "listen", "a wss listener uses the [ws] certificate and private_key: set both")
-    if config.nonsip.listen and config.service.workers > 1:
-        # each worker would bind the Janus port on its own; only the [ws] ports are shared so far
-        fail("nonsip", "listen", "non-SIP listeners need [service] workers = 1 (they are not shared between worker processes)")
     if config.manhole.enabled and not config.manhole.users:
         fail("manhole", "users", "enabled = true needs a users file (user:bcrypt-hash lines)")
     if config.overload.lag_low >= config.overload.lag_high:

@@ -9,7 +9,7 @@ after start.  (Inside the eP-CSCF, ``PcscfNode`` builds its own message path.)
 from __future__ import annotations
 
 import os
-from typing import Any, Callable
+from typing import Any, Callable, Mapping
 
 from twisted.application.service import MultiService
 from twisted.internet import defer
@@ -43,7 +43,9 @@ class StartupError(Exception):
 class EpcscfService(MultiService):
     """The whole eP-CSCF: listeners, the proxy, the embedded core and the console."""
 
-    def __init__(self, config: Config, reactor: Any = None, ws_port_opener: Any = None) -> None:
+    def __init__(
+        self, config: Config, reactor: Any = None, ws_port_opener: Any = None, sip_fds: Mapping[str, int] | None = None
+    ) -> None:
         super().__init__()
         if reactor is None:
             from twisted.internet import reactor as default_reactor
@@ -68,7 +70,7 @@ class EpcscfService(MultiService):
         self.pcscf = PcscfNode(
             config, reactor, core_targets, observers=self.metrics.observers(),
             token_keys=self.token_key[1] if self.token_key is not None else "",
-            ws_port_opener=ws_port_opener,
+            ws_port_opener=ws_port_opener, sip_fds=sip_fds,
         )
         self.pcscf.setServiceParent(self)
         #: what the console, the metrics and the drain use of the eP-CSCF

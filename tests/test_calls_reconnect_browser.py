@@ -107,7 +107,7 @@ class BrowserReconnectTests(unittest.TestCase):
 
     async def assert_released(self) -> None:
         await wait_for(lambda: not self.calls.calls(), 10, what="calls released")
-        # A Deferred not fired yet cannot be awaited from an asyncio task (as_deferred): as a Future.
+        # An asyncio task (as_deferred) cannot await a Deferred that has not fired yet.
         await self.calls.idle().asFuture(asyncio.get_event_loop())
         pool = self.calls.media_factory.pool
         await wait_for(lambda: pool.free_count == pool.size, 10, what=f"media ports freed: {pool}")

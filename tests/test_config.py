@@ -255,3 +255,19 @@ class ReconnectGraceTests(unittest.TestCase):
                                "[calls] reconnect_grace: must be 0 (off) or a positive number of seconds, got '-1'")
         self.assertConfigError(ini({"calls": {"reconnect_grace": "soon"}}),
                                "[calls] reconnect_grace: expected a number of seconds, got 'soon'")
+
+
+class UntrustedSourceRateTests(unittest.TestCase):
+    """[overload] untrusted_source_messages_per_second: 200 by default, 0 switches it off."""
+
+    write = ConfigTests.write
+    assertConfigError = ConfigTests.assertConfigError
+
+    def test_default_off_and_bad_values(self) -> None:
+        self.assertEqual(load([self.write(ini())]).overload.untrusted_source_messages_per_second, 200.0)
+        off = load([self.write(ini({"overload": {"untrusted_source_messages_per_second": "0"}}))])
+        self.assertEqual(off.overload.untrusted_source_messages_per_second, 0.0)
+        self.assertConfigError(ini({"overload": {"untrusted_source_messages_per_second": "-5"}}),
+                               "[overload] untrusted_source_messages_per_second: must be 0 (no limit) or a positive number per second, got '-5'")
+        self.assertConfigError(ini({"overload": {"untrusted_source_messages_per_second": "lots"}}),
+                               "[overload] untrusted_source_messages_per_second: expected a number per second, got 'lots'")

@@ -101,15 +101,14 @@ class JsepTests(unittest.TestCase):
 
 
 class ConfigTests(unittest.TestCase):
-    def test_nonsip_listeners_are_refused_with_worker_processes_and_wss_needs_the_ws_certificate(self) -> None:
+    def test_a_wss_nonsip_listener_needs_the_ws_certificate_and_bad_values_are_refused(self) -> None:
         from tests.support.deployment import write_deployment_config
 
         from epcscf.config import ConfigError, load
 
         directory = os.path.abspath(self.mktemp())
         base = write_deployment_config(directory)
-        for text, key in (("[service]\nworkers = 2\n[nonsip]\nlisten = ws:127.0.0.1:0\n", "listen"),
-                          ("[nonsip]\nlisten = wss:127.0.0.1:0\n", "listen"),
+        for text, key in (("[nonsip]\nlisten = wss:127.0.0.1:0\n", "listen"),
                           ("[nonsip]\nlisten = udp:127.0.0.1:0\n", "listen"),
                           ("[nonsip]\nsession_timeout = soon\n", "session_timeout")):
             extra = os.path.join(directory, "extra.ini")
@@ -121,6 +120,9 @@ class ConfigTests(unittest.TestCase):
         with open(extra, "w") as handle:
             handle.write("[nonsip]\nlisten = ws:127.0.0.1:0\nsession_timeout = 30\n")
         self.assertEqual(load([base, extra]).nonsip.session_timeout, 30.0)
+        with open(extra, "w") as handle:  # shared by the workers like [ws] (tests.test_workers)
+            handle.write("[service]\nworkers = 2\n[nonsip]\nlisten = ws:127.0.0.1:0\n")
+        self.assertEqual(load([base, extra]).service.workers, 2)
 
 
 class _FakeMessagingUa:

@@ -75,6 +75,16 @@ async def answered_by(callee: WsSipClient, method: str) -> None:
     await callee.send(response)
 
 
+async def presence_dialog(subscriber: WsSipClient, notifier: WsSipClient) -> tuple[Request, Response]:
+    """A SUBSCRIBE from ``subscriber`` answered 200 by ``notifier``: the request and its final response."""
+    subscribe = subscriber.request("SUBSCRIBE", notifier.aor)
+    subscribe.headers.add("Event", "presence")
+    subscribe.headers.add("Contact", f"<sip:{subscriber.user}@{subscriber.host};transport=ws>")
+    await subscriber.send(subscribe)
+    await answered_by(notifier, "SUBSCRIBE")
+    return subscribe, await subscriber.final_response()
+
+
 class OverloadTests(unittest.TestCase):
     timeout = 30
 
@@ -89,12 +99,7 @@ class OverloadTests(unittest.TestCase):
     async def test_overload_refuses_new_work_while_dialogs_and_refreshes_flow(self) -> None:
         alice = await registered_wic(self, self.service, "alice")
         bob = await registered_wic(self, self.service, "bob")
-        subscribe = alice.request("SUBSCRIBE", bob.aor)
-        subscribe.headers.add("Event", "presence")
-        subscribe.headers.add("Contact", f"<sip:alice@{alice.host};transport=ws>")
-        await alice.send(subscribe)
-        await answered_by(bob, "SUBSCRIBE")
-        ok = await alice.final_response()
+        subscribe, ok = await presence_dialog(alice, bob)
         self.assertEqual(ok.status, 200)
         self.assertEqual(value(await samples(self.service), "epcscf_overloaded"), 0)
 

@@ -92,7 +92,9 @@ class WindowTests(unittest.TestCase):
         self.assertIsNone(self.offer(window))
         self.assertEqual((window.in_setup, window.refused), (3, 1))
         admitted[0].at(CallState.CONFIRMED, settled=True)  # type: ignore[union-attr]
-        self.assertIsNotNone(self.offer(window))  # a full window looks again before refusing
+        self.assertIsNone(self.offer(window))  # a full window looks again only every REFRESH
+        self.clock.advance(SetupWindow.REFRESH)
+        self.assertIsNotNone(self.offer(window))  # and then sees the slot freed
         self.assertEqual(window.in_setup, 3)
 
     def test_calls_waiting_for_their_callee_do_not_count_and_come_back_with_the_answer(self) -> None:
@@ -101,6 +103,7 @@ class WindowTests(unittest.TestCase):
         assert first is not None and second is not None
         first.at(CallState.OFFER_FORWARDED)
         second.at(CallState.OFFER_FORWARDED)
+        self.clock.advance(SetupWindow.REFRESH)  # the window's next look at the calls' states
         third = self.offer(window)  # both ring: neither is the edge's work
         self.assertIsNotNone(third)
         self.assertEqual((window.in_setup, window.waiting), (1, 2))

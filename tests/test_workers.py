@@ -9,9 +9,10 @@ import os
 import re
 import secrets
 import signal
+import socket
 import time
 
-from twisted.internet import defer, reactor
+from twisted.internet import defer, reactor, task
 from twisted.trial import unittest
 from twisted.web.client import Agent, readBody
 
@@ -31,7 +32,7 @@ from tests.test_calls_media import SimulatedWic
 from tests.test_twistd import TWISTD
 
 USERS = {f"user{n}": f"secret-{n}" for n in range(12)}
-READY = re.compile(r"worker (\d) \(pid (\d+)\) (?:ready|restarted and ready) on tcp:127\.0\.0\.1:(\d+)")
+READY = re.compile(r"worker (\d) \(pid (\d+)\) (?:ready|restarted and ready) on tcp:127\.0\.0\.1:(\d+), udp:127\.0\.0\.1:(\d+)")
 
 
 def workers_config(directory: str, override: str) -> str:
@@ -53,6 +54,8 @@ mode = embedded
 domain = {DOMAIN}
 listen = tcp:127.0.0.1:0, udp:127.0.0.1:0
 users = {users}
+[nonsip]
+listen = ws:127.0.0.1:0
 [media]
 port_range = 42000-42099
 [manhole]
@@ -115,7 +118,7 @@ def sample(body: str, name: str, worker: str) -> float:
     return float(match.group(1)) if match else float("nan")
 
 
-async def in_dialog_request(port: int, route: str) -> tuple[str, float]:
+async def in_dialog_request(port: int, route: str, timeout: float = 5.0) -> tuple[str, float]:
     """A BYE from "the core" over TCP with ``route`` on top; (status line of the answer, seconds)."""
     reader, writer = await asyncio.open_connection("127.0.0.1", port)
     local = writer.get_extra_info("sockname")
@@ -128,10 +131,38 @@ async def in_dialog_request(port: int, route: str) -> tuple[str, float]:
     )
     started = time.monotonic()
     writer.write(request.encode())
-    head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
+    head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), timeout)
     elapsed = time.monotonic() - started
     writer.close()
     return head.split(b"\r\n", 1)[0].decode(), elapsed
+
+
+async def janus_register(port: int, name: str) -> "JanusClient":
+    """A non-SIP WIC (Janus API) registering ``name``; the client, once registered."""
+    from tests.test_nonsip_janus import JanusClient
+
+    client = JanusClient(f"ws://127.0.0.1:{port}")
+    await client.connect()
+    session = (await client.request({"janus": "create"}))["data"]["id"]
+    handle = (await client.request({"janus": "attach", "plugin": "janus.plugin.sip", "session_id": session}))["data"]["id"]
+    body = {"request": "register", "username": f"sip:{name}@{DOMAIN}", "secret": USERS[name]}
+    await client.request({"janus": "message", "session_id": session, "handle_id": handle, "body": body})
+    events = [(await client.event())["result"]["event"] for _ in range(2)]
+    assert events == ["registering", "registered"], events
+    return client
+
+
+def in_dialog_bye(port: int, route: str) -> Request:
+    """A BYE from "the core" over UDP (its Via: ``port``) with ``route`` on top."""
+    bye = Request("BYE", "sip:user@127.0.0.1;transport=ws")
+    bye.headers.add("Via", f"SIP/2.0/UDP 127.0.0.1:{port};branch=z9hG4bK{secrets.token_hex(6)}")
+    bye.headers.add("Max-Forwards", "70")
+    bye.headers.add("Route", route)
+    bye.headers.add("From", f"<sip:peer@{DOMAIN}>;tag=a1")
+    bye.headers.add("To", f"<sip:user0@{DOMAIN}>;tag=b2")
+    bye.headers.add("Call-ID", secrets.token_hex(8))
+    bye.headers.add("CSeq", "2 BYE")
+    return bye
 
 
 class WorkerProcessesTests(unittest.TestCase):
@@ -146,11 +177,12 @@ class WorkerProcessesTests(unittest.TestCase):
         self.addCleanup(daemon.kill)
         await wait_for(lambda: len(READY.findall(daemon.output)) >= 2 or daemon.ended.called, timeout=30)
         self.assertFalse(daemon.ended.called, daemon.output)
-        workers = {int(i): (int(pid), int(port)) for i, pid, port in READY.findall(daemon.output)}
+        workers = {int(i): (int(pid), int(port)) for i, pid, port, _ in READY.findall(daemon.output)}
+        udp_ports = {int(i): int(port) for i, _, _, port in READY.findall(daemon.output)}
         self.addCleanup(lambda: [process_alive(pid) and os.kill(pid, signal.SIGKILL) for pid, _ in workers.values()])
         self.assertEqual(sorted(workers), [0, 1])
         self.assertNotEqual(workers[0][1], workers[1][1])  # each its own core-facing SIP port
-        ws_port = int(re.search(r"worker 0 \(pid \d+\) ready on .*\bws:127\.0\.0\.1:(\d+)", daemon.output).group(1))
+        ws_port = int(re.search(r"worker 0 \(pid \d+\) ready on .*, ws:127\.0\.0\.1:(\d+)", daemon.output).group(1))
         self.assertIn(f"worker 1 (pid {workers[1][0]}) ready on", daemon.output)
         self.assertIn(f"ws:127.0.0.1:{ws_port}", daemon.output.split(f"worker 1 (pid {workers[1][0]}) ready on", 1)[1].split("\n")[0])
         metrics_port = int(re.search(r"metrics of all workers on http://127\.0\.0\.1:(\d+)/", daemon.output).group(1))
@@ -239,9 +271,25 @@ class WorkerProcessesTests(unittest.TestCase):
         dead_path = dict((name, path) for name, (_, _, path) in zip(USERS, registered))[on[0][0]]
         os.kill(dead_pid, signal.SIGKILL)
         await wait_for(lambda: f"worker 0 (pid {dead_pid}) died: killed by SIGKILL; restarting it" in daemon.output)
+        # While it restarts, the core sends to its ports: the supervisor holds them open, so the
+        # UDP request and the TCP connection wait in the kernel for the new worker, which answers
+        # 430 (RFC 5626 §5.3) — no port unreachable, no refused connection, nothing lost.
+        core = UdpSipPeer()
+        core_port = core.start()
+        self.addCleanup(core.stop)
+        window_bye = in_dialog_bye(core_port, dead_path.split(",")[0].strip())
+        core.send(window_bye, ("127.0.0.1", udp_ports[0]))
+        window_tcp = asyncio.ensure_future(in_dialog_request(dead_port, dead_path.split(",")[0].strip(), timeout=15))
+        await asyncio.sleep(0)
+        # Sent inside the window: the new worker has not started yet (≥ 0.25 s back-off, then Python).
+        self.assertEqual(daemon.output.count("[worker0/epcscf.pcscf#info] eP-CSCF listening"), 1)
+        window_udp = await as_deferred(asyncio.wait_for(core.received.get(), 15))
+        self.assertEqual((type(window_udp[0]), window_udp[0].status), (Response, 430))
+        self.assertEqual(window_udp[0].headers.get("Call-ID"), window_bye.headers.get("Call-ID"))
+        self.assertEqual((await as_deferred(window_tcp))[0], "SIP/2.0 430 Flow Failed")
         await wait_for(lambda: "restarted and ready" in daemon.output, timeout=15)
         restarted = READY.findall(daemon.output)[-1]
-        self.assertEqual((restarted[0], int(restarted[2])), ("0", dead_port))  # the same SIP port
+        self.assertEqual((restarted[0], int(restarted[2]), int(restarted[3])), ("0", dead_port, udp_ports[0]))  # the same SIP ports
         self.assertNotEqual(int(restarted[1]), dead_pid)
         workers[0] = (int(restarted[1]), dead_port)
         self.assertEqual(daemon.output.count(f"(pid {dead_pid}) died"), 1)  # logged once
@@ -282,6 +330,18 @@ class WorkerProcessesTests(unittest.TestCase):
         survivors = len(on[1]) - 1
         moved = sample(body, "epcscf_ws_connections", "1") - survivors
         self.assertEqual(sample(body, "epcscf_ws_connections", "0") + moved, len(on[0]))
+
+        # [nonsip]: the Janus API port is shared like the [ws] one; each worker's per-handle SIP UA
+        # registers through that worker's own core-side port (the 200 comes back by its Via).
+        janus_port = int(re.search(r"worker 0 \(pid \d+\) .*ready on .*, janus-ws:127\.0\.0\.1:(\d+)", daemon.output).group(1))
+        before = {w: sample(body, "epcscf_registrations", w) for w in ("0", "1")}
+        janus = [await as_deferred(janus_register(janus_port, name)) for name in USERS]
+        self.addCleanup(lambda: as_deferred(asyncio.gather(*(c.socket.close() for c in janus), return_exceptions=True)))
+        body = await scrape(metrics_port)
+        gained = {w: sample(body, "epcscf_registrations", w) - before[w] for w in ("0", "1")}
+        self.assertEqual(sum(gained.values()), len(USERS), body)
+        self.assertTrue(gained["0"] and gained["1"], f"SO_REUSEPORT sent all Janus connections to one worker: {gained}")
+        await as_deferred(asyncio.gather(*(c.socket.close() for c in janus), return_exceptions=True))
 
         # SIGTERM: both workers drain, the supervisor ends after them.
         await as_deferred(asyncio.gather(*(c.close() for c in clients.values()), return_exceptions=True))
@@ -376,8 +436,9 @@ class WorkersConfigTests(unittest.TestCase):
 
 
 class WorkerStartupFailureTests(unittest.TestCase):
-    async def test_a_worker_that_cannot_listen_stops_the_supervisor_with_one_line(self) -> None:
-        import socket
+    async def test_a_worker_sip_port_in_use_stops_the_supervisor_with_one_line(self) -> None:
+        """The supervisor binds every worker's SIP ports (it holds them across restarts): a port
+        in use ends it before any worker starts."""
 
         directory = os.path.abspath(self.mktemp())
         os.makedirs(directory)
@@ -396,8 +457,9 @@ class WorkerStartupFailureTests(unittest.TestCase):
         daemon.process = reactor.spawnProcess(daemon, TWISTD, argv, env=child_env(), path=directory)
         self.addCleanup(daemon.kill)
         code, sig = await daemon.ended
-        self.assertEqual(code, 3, daemon.output)
-        self.assertIn(f"twistd epcscf: worker 1 could not start: cannot listen on 127.0.0.1:{port}: Address already in use\n", daemon.output)
+        self.assertEqual(code, 1, daemon.output)
+        self.assertIn(f"twistd epcscf: cannot listen on 127.0.0.1:{port}: Address already in use\n", daemon.output)
+        self.assertNotIn("worker 0", daemon.output)
 
 
 class WorkersLayeringTests(unittest.TestCase):
@@ -413,3 +475,65 @@ class WorkersLayeringTests(unittest.TestCase):
         ]
         self.assertEqual([str(f) for f in findings], [])
         self.assertTrue(ops_findings(directory))  # worker.py imports epcscf.pcscf.flows: the check sees it
+
+
+class HeldSipSocketsTests(unittest.TestCase):
+    """``[sip]`` sockets bound by the supervisor (``sip_socket``) and adopted by a worker's
+    ``TransportManager``: what arrives while no worker holds them waits for the next one."""
+
+    async def test_a_datagram_sent_between_two_holders_is_read_by_the_second(self) -> None:
+        from epcscf.sip.transport import TransportManager
+        from epcscf.workers.sockets import sip_socket
+        from tests.test_sip_transport import Collector, options_request
+
+        held = sip_socket(Listener("udp", "127.0.0.1", 0))
+        self.addCleanup(held.close)
+        spec = f"udp:127.0.0.1:{held.getsockname()[1]}"
+        sender = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        self.addCleanup(sender.close)
+        first, second = Collector(), Collector()
+        worker = TransportManager(reactor, first)
+        self.assertEqual(worker.listen(spec, held.fileno()).port, held.getsockname()[1])
+        sender.sendto(options_request("z9hG4bK-a"), held.getsockname())
+        await wait_for(lambda: first.received)
+        await worker.close()  # the worker is gone; the supervisor's copy keeps the port
+        sender.sendto(options_request("z9hG4bK-b"), held.getsockname())
+        successor = TransportManager(reactor, second)
+        successor.listen(spec, held.fileno())
+        self.addCleanup(successor.close)
+        await wait_for(lambda: second.received)
+        self.assertEqual(second.received[0][0].headers.get("Call-ID"), "z9hG4bK-b@test")
+
+    async def test_a_connection_made_between_two_holders_is_accepted_by_the_second_also_over_tls(self) -> None:
+        import ssl
+
+        from epcscf.sip.transport import TransportManager, TransportSettings
+        from epcscf.workers.sockets import sip_socket
+        from tests.support.certificates import self_signed_certificate
+        from tests.test_sip_transport import Collector, options_request
+
+        certificate, private_key, _ = self_signed_certificate(os.path.abspath(self.mktemp()))
+        settings = TransportSettings(tls_certificate=certificate, tls_private_key=private_key)
+        for transport in ("tcp", "tls"):
+            held = sip_socket(Listener(transport, "127.0.0.1", 0))
+            self.addCleanup(held.close)
+            port = held.getsockname()[1]
+            worker = TransportManager(reactor, Collector(), settings)
+            worker.listen(f"{transport}:127.0.0.1:{port}", held.fileno())
+            await worker.close()
+            # Nobody accepts now: the connection waits in the held socket's backlog.
+            context = None
+            if transport == "tls":
+                context = ssl.create_default_context()
+                context.check_hostname, context.verify_mode = False, ssl.CERT_NONE
+            opening = asyncio.ensure_future(asyncio.open_connection("127.0.0.1", port, ssl=context))
+            await task.deferLater(reactor, 0.05, lambda: None)
+            received = Collector()
+            successor = TransportManager(reactor, received, settings)
+            successor.listen(f"{transport}:127.0.0.1:{port}", held.fileno())
+            self.addCleanup(successor.close)
+            _, writer = await as_deferred(asyncio.wait_for(opening, 5))
+            writer.write(options_request(f"z9hG4bK-{transport}", via=f"SIP/2.0/{transport.upper()} 127.0.0.1:5999"))
+            await wait_for(lambda: received.received, what=f"the OPTIONS over {transport}")
+            self.assertEqual(received.received[0][1].transport, transport.upper())
+            writer.close()

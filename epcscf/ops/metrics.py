@@ -310,6 +310,12 @@ class LiveStateCollector:
         overloaded = GaugeMetricFamily("epcscf_overloaded", "1 while new dialogs and registrations are refused for load")
         overloaded.add_metric([], 1 if stats["overloaded"] else 0)
         yield overloaded
+        stateless = CounterMetricFamily(
+            "epcscf_stateless", "new INVITEs answered 503 before any transaction (overload), and the ACKs of those 503s absorbed",
+            labels=["what"])
+        stateless.add_metric(["responses"], stats["stateless_responses"])
+        stateless.add_metric(["acks_absorbed"], stats["stateless_acks_absorbed"])
+        yield stateless
         yield from self._reconnections(stats)
 
     def _reconnections(self, stats: dict[str, Any]) -> Iterator[Metric]:

@@ -85,6 +85,7 @@ class OverloadSettings:
     setup_target: float = 0.25  # seconds in the edge's part of a call's setup (``setup_window``; 0: no window)
     min_calls_in_setup: int = 20  # the window never below this
     max_calls_in_setup: int = 0  # nor above this (0: no cap)
+    untrusted_source_messages_per_second: float = 200.0  # per core-side source not trusted (0: no limit)
 
 
 # --- the load state machine ----------------------------------------------------------------
@@ -132,6 +133,10 @@ class TokenBucket:
             return True
         self.tokens = tokens
         return False
+
+    def has_token(self, now: float) -> bool:
+        """Whether ``take(now)`` would succeed (nothing spent)."""
+        return min(self.burst, self.tokens + (now - self.stamp) * self.rate) >= 1.0
 
 
 class OverloadController:
@@ -256,13 +261,21 @@ class OverloadController:
         """None to admit one unit of new work, else the reason it is refused; ``throttled=False``
         for work another bound governs while overloaded (``setup_window``): only the configured
         rate cap applies to it."""
+        reason = self._limited(throttled, spend=True)
+        if reason is None:
+            self._admitted += 1
+        return reason
+
+    def refuses_new(self, throttled: bool = True) -> str | None:
+        """The reason ``admit_new(throttled)`` would refuse now, or None; nothing is spent, so
+        new work this lets through is still counted by ``admit_new`` on its way."""
+        return self._limited(throttled, spend=False)
+
+    def _limited(self, throttled: bool, spend: bool) -> str | None:
         now = self.clock.seconds()
-        throttle = self.throttle
-        if throttled and throttle is not None and not throttle.take(now):
-            return "overloaded"
-        if self._arrivals is not None and not self._arrivals.take(now):
-            return "new_work_rate"
-        self._admitted += 1
+        for bucket, reason in ((self.throttle if throttled else None, "overloaded"), (self._arrivals, "new_work_rate")):
+            if bucket is not None and not (bucket.take(now) if spend else bucket.has_token(now)):
+                return reason
         return None
 
 
@@ -329,6 +342,35 @@ def service_unavailable(request: Request, retry_after: int, why: str) -> Respons
     response = with_to_tag(make_local_response(request, 503, f"Service Unavailable ({why})"))
     response.headers.add("Retry-After", str(retry_after))
     return response
+
+
+class RefusalSampler:
+    """At most one info line per ``interval`` about refusals made in bulk (before a transaction,
+    or by a per-source limit): the Call-ID of one, and how many there were since the last line.
+    At the rates these refusals come, a line each would cost as much CPU as the refusal."""
+
+    def __init__(self, clock: IReactorTime, interval: float = 1.0) -> None:
+        self.clock = clock
+        self.interval = interval
+        self._unlogged = 0
+        self._next = 0.0
+
+    def refused(self, what: str, call_id: str | None, reason: str, peer: object) -> None:
+        self._unlogged += 1
+        now = self.clock.seconds()
+        if now < self._next:
+            return
+        log.info(
+            "{what} {call_id} from {peer} refused ({reason}) without a transaction; "
+            "{count} refused so since the last such line",
+            what=what,
+            call_id=call_id,
+            peer=peer,
+            reason=reason,
+            count=self._unlogged,
+        )
+        self._unlogged = 0
+        self._next = now + self.interval
 
 
 # --- the chain the policy calls --------------------------------------------------------------

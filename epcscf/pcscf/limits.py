@@ -2,7 +2,11 @@
 
 * Messages per second per WebSocket flow (``FlowRateLimiter``): a token bucket each, checked
   before a message reaches the transaction layer; the excess is refused
-  (``answer_refused_message``) and a flow that keeps flooding is closed with 1008.
+  (``answer_refused_message``, ``RateRefusals``) and a flow that keeps flooding is closed with 1008.
+  The core side's sources that are no trusted core address get the same, per UDP address and
+  port and per TCP/TLS connection (``[overload] untrusted_source_messages_per_second``; a
+  flooding TCP/TLS connection is closed, a UDP source ignored for ``flow_window``); trusted
+  core addresses carry every WIC's traffic and are not limited.
 * Failed REGISTER authentications per AOR (``AuthFailures``): above a count in a window the
   AOR is answered 403 locally for a while, without asking the core — password guessing costs
   the core nothing more.
@@ -15,11 +19,13 @@ from __future__ import annotations
 
 import collections
 import enum
+from typing import Callable
 
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 
-from epcscf.pcscf.admission import OverloadSettings, Refusal, TokenBucket, aor_of, service_unavailable
+from epcscf.pcscf.admission import OverloadSettings, Refusal, RefusalSampler, TokenBucket, aor_of, service_unavailable
+from epcscf.sip.connection import Connection
 from epcscf.sip.headers import HeaderError
 from epcscf.sip.message import Message, Request, Response
 from epcscf.sip.proxy import ProxiedRequest
@@ -142,11 +148,20 @@ class _FlowBudget:
 
 
 class FlowRateLimiter:
-    """Messages per second per flow (a token bucket each); a flow that keeps flooding is closed."""
+    """Messages per second per flow (a token bucket each); a flow that keeps flooding is closed.
 
-    def __init__(self, settings: OverloadSettings, clock: IReactorTime) -> None:
+    ``rate`` reads the limit from the settings (by default ``flow_messages_per_second``, the
+    WebSocket flows'); the core side's untrusted sources have a limiter of their own.  At most
+    ``MAX_FLOWS`` flows are remembered: UDP sources are whatever the network sends from, and the
+    longest known is forgotten first (a forgotten source starts again with a full bucket)."""
+
+    MAX_FLOWS = 100_000
+
+    def __init__(self, settings: OverloadSettings, clock: IReactorTime,
+                 rate: Callable[[OverloadSettings], float] = lambda settings: settings.flow_messages_per_second) -> None:
         self.settings = settings
         self.clock = clock
+        self.rate = rate
         self._flows: dict[str, _FlowBudget] = {}
 
     def __len__(self) -> int:
@@ -157,12 +172,14 @@ class FlowRateLimiter:
         budget = self._flows.get(flow_id)
         if budget is None:
             settings = self.settings
-            budget = self._flows[flow_id] = _FlowBudget(
-                TokenBucket(settings.flow_messages_per_second, settings.flow_burst, now), now
-            )
+            if len(self._flows) >= self.MAX_FLOWS:
+                del self._flows[next(iter(self._flows))]
+            budget = self._flows[flow_id] = _FlowBudget(TokenBucket(self.rate(settings), settings.flow_burst, now), now)
         close_after = self.settings.flow_close_after
         if close_after > 0 and budget.refused >= close_after:
-            return FlowVerdict.DROP  # told to close already
+            if now - budget.window_start < self.settings.flow_window:
+                return FlowVerdict.DROP  # told to close already (a UDP source: ignored for the window)
+            budget.window_start, budget.refused = now, 0  # a source that cannot be closed is heard again
         if budget.bucket.take(now):
             return FlowVerdict.ADMIT
         if now - budget.window_start >= self.settings.flow_window:
@@ -192,3 +209,32 @@ def answer_refused_message(message: Message, retry_after: int) -> Response | Non
         return service_unavailable(message, retry_after, "message rate limit")
     except (HeaderError, ValueError):
         return None
+
+
+class RateRefusals:
+    """What a message over its flow's or source's rate gets (``answer_refused_message``),
+    counted by reason and logged by sample (``admission.RefusalSampler``: a flood of refusals
+    must not become a flood of log lines)."""
+
+    def __init__(self, clock: IReactorTime, on_refused: Callable[[str], None], retry_after: Callable[[], int]) -> None:
+        self.on_refused = on_refused
+        self.retry_after = retry_after
+        self.sampler = RefusalSampler(clock)
+
+    def __call__(self, message: Message, connection: Connection, verdict: FlowVerdict, reason: str) -> bool:
+        """Refuse ``message``; True when its source kept flooding and its connection is to close."""
+        if verdict is FlowVerdict.DROP:
+            return False
+        self.on_refused(reason)
+        what = message.method if isinstance(message, Request) else "response"
+        self.sampler.refused(what, message.headers.get("call-id"), reason, connection.remote)
+        answer = answer_refused_message(message, self.retry_after())
+        if answer is not None:
+            try:
+                connection.send_message(answer)
+            except Exception as error:  # the flow may be closing: nothing more to tell it
+                log.info("{connection}: 503 not sent: {error}", connection=connection, error=error)
+        if verdict is not FlowVerdict.CLOSE:
+            return False
+        log.info("{connection} closed: kept sending over the message rate limit", connection=connection)
+        return True

@@ -41,10 +41,14 @@ def rtpengine_settings(config: Config) -> tuple[tuple[NgNode, ...], NgSettings, 
     )
 
 
-def build_media_engine(config: Config, reactor: Any, builtin: CallMediaSettings) -> CallMediaEngine | RtpengineEngine:
+def build_media_engine(
+    config: Config, reactor: Any, builtin: CallMediaSettings, owner: str = ""
+) -> CallMediaEngine | RtpengineEngine:
+    """``owner``: what marks this process's rtpengine calls (its core-facing SIP address)."""
     if config.media.engine == "rtpengine":
         nodes, ng, settings = rtpengine_settings(config)
-        settings = replace(settings, codecs=builtin.codecs)  # one SDP policy whichever engine relays
+        # one SDP policy whichever engine relays
+        settings = replace(settings, codecs=builtin.codecs, owner=owner)
         return RtpengineEngine(reactor, NgClient(reactor, nodes, ng), settings)
     return CallMediaEngine(reactor, builtin)
 

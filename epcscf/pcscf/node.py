@@ -15,7 +15,7 @@ as the ``observers`` given at construction.
 from __future__ import annotations
 
 from dataclasses import dataclass, fields, replace
-from typing import Any, Callable
+from typing import Any, Callable, Mapping
 
 from twisted.application.service import Service
 from twisted.internet import defer
@@ -28,6 +28,7 @@ from epcscf.media import MediaSessionConfig
 from epcscf.pcscf.admission import AdmissionChain, LoadProbe, NewWorkGate, OverloadController, OverloadSettings
 from epcscf.pcscf.call_media import CallMediaSettings
 from epcscf.pcscf.call_suspension import instance_keys
+from epcscf.pcscf.early_refusal import EarlyInviteGate
 from epcscf.pcscf.setup_window import SetupWindow, WindowSettings
 from epcscf.sdp import CodecPolicy
 from epcscf.pcscf.calls import CallManager, CallSettings
@@ -35,7 +36,7 @@ from epcscf.pcscf.edge import EdgeAddresses, PcscfPolicy
 from epcscf.pcscf.flows import Flow, FlowTable
 from epcscf.pcscf.guard import SourceRule, TrustedSources
 from epcscf.nonsip.websocket import JanusWebSocketFactory
-from epcscf.pcscf.limits import AuthFailures, FlowRateLimiter, FlowVerdict, answer_refused_message
+from epcscf.pcscf.limits import AuthFailures, FlowRateLimiter, FlowVerdict, RateRefusals
 from epcscf.pcscf.media_engine import build_media_engine, start_media_engine, stop_media_engine
 from epcscf.pcscf.nonsip_gateway import JanusGateway
 from epcscf.pcscf.operations import NodeObservers, PcscfOperations
@@ -172,19 +173,8 @@ class _WsSink:
         verdict = node.flow_limiter.arrived(connection.id)
         if verdict is FlowVerdict.ADMIT:
             node.transactions.receive(message, connection)
-            return
-        if verdict is FlowVerdict.DROP:
-            return
-        node.admission_refused("flow_rate")
-        answer = answer_refused_message(message, node.overload_settings.retry_after)
-        if answer is not None:
-            try:
-                connection.send_message(answer)
-            except Exception as error:  # the flow may be closing: nothing more to tell it
-                log.info("{connection}: 503 not sent: {error}", connection=connection, error=error)
-        if verdict is FlowVerdict.CLOSE:
+        elif node.refused_over_rate(message, connection, verdict, "flow_rate"):
             # RFC 6455 §7.4.1: 1008, the peer broke our policy (it kept flooding after 503s).
-            log.info("{connection} closed: kept sending over the message rate limit", connection=connection)
             connection.close(1008, "message rate limit exceeded")
 
     def connection_opened(self, connection: WsConnection) -> None:
@@ -194,6 +184,27 @@ class _WsSink:
         if self.node.flow_limiter is not None:
             self.node.flow_limiter.forget(connection.id)
         self.node.flows.close(connection.id, str(reason))
+
+
+class _CoreSink:
+    """Core-side listeners' messages → the transaction layer.  A source that is no trusted core
+    address (``guard.TrustedSources``) has a message rate, as a WIC's flow has: per UDP address
+    and port, per TCP/TLS connection (``[overload] untrusted_source_messages_per_second``)."""
+
+    def __init__(self, node: "PcscfNode") -> None:
+        self.node = node
+
+    def __call__(self, message: Message, connection: Connection) -> None:
+        node = self.node
+        limiter = node.source_limiter
+        if limiter is None or node.trusted_sources.allows(connection.remote):
+            node.transactions.receive(message, connection)
+            return
+        verdict = limiter.arrived(connection.id)
+        if verdict is FlowVerdict.ADMIT:
+            node.transactions.receive(message, connection)
+        elif node.refused_over_rate(message, connection, verdict, "source_rate") and connection.reliable:
+            connection.close()  # a TCP/TLS connection that kept flooding; a UDP source is just ignored
 
 
 class PcscfNode(Service):
@@ -210,6 +221,7 @@ class PcscfNode(Service):
         observers: NodeObservers | None = None,
         token_keys: str = "",
         ws_port_opener: Callable[[Listener, Any, Any], IListeningPort] | None = None,
+        sip_fds: Mapping[str, int] | None = None,
     ) -> None:
         if reactor is None:
             from twisted.internet import reactor as default_reactor
@@ -238,7 +250,7 @@ class PcscfNode(Service):
         )
         self.transports = TransportManager(
             reactor,
-            self.transactions.receive,  # every message from the core straight to the transactions
+            _CoreSink(self),  # every message from the core to the transactions; untrusted sources rate-limited
             TransportSettings(
                 limits=limits,
                 idle_timeout=config.sip.idle_timeout,
@@ -255,6 +267,9 @@ class PcscfNode(Service):
         self._ws_ports: list[IListeningPort] = []
         #: (listener, factory, TLS options or None) → port; None: listenTCP/listenSSL (one process)
         self._ws_port_opener = ws_port_opener
+        #: inherited, already bound [sip] sockets by listener text (``udp:127.0.0.1:5061``): a worker
+        #: process adopts the ones its supervisor holds open across restarts (epcscf.workers.sockets)
+        self._sip_fds: Mapping[str, int] = sip_fds or {}
         self.ws_factory: SipWebSocketServerFactory | None = None
         self.policy: PcscfPolicy | None = None
         self.proxy: StatefulProxy | None = None
@@ -272,9 +287,18 @@ class PcscfNode(Service):
         self.new_work_gate = NewWorkGate(self.overload, self.registrations, self.setup_window)
         self.admission.add("overload", self.new_work_gate)
         self.admission.add("auth_failures", self.auth_failures)
+        #: the same decision for new INVITEs, made before a transaction exists (stateless 503)
+        self.early_invites = EarlyInviteGate(self.overload, self.setup_window, self.admission_refused)
+        self.transactions.early_admission = self.early_invites
         self.flow_limiter = (
             FlowRateLimiter(self.overload_settings, reactor) if self.overload_settings.flow_messages_per_second > 0 else None
         )
+        self.source_limiter = (
+            FlowRateLimiter(self.overload_settings, reactor, lambda settings: settings.untrusted_source_messages_per_second)
+            if self.overload_settings.untrusted_source_messages_per_second > 0 else None
+        )
+        #: what a message over its flow's or source's rate gets (503 or nothing), counted
+        self.refused_over_rate = RateRefusals(reactor, self.admission_refused, lambda: self.overload_settings.retry_after)
         self._load_probe: LoadProbe | None = None
         self.media_engine: Any = None  # media_engine.MediaEngine, by [media] engine
         #: the non-SIP WIC front end (``[nonsip] listen``), None when not configured
@@ -309,7 +333,10 @@ class PcscfNode(Service):
     # --- lifecycle ---------------------------------------------------------------------------
 
     def startService(self) -> None:  # noqa: N802
-        sip = [BoundListener(l.transport.upper(), self.transports.listen(l)) for l in self.config.sip.listen]
+        sip = [
+            BoundListener(l.transport.upper(), self.transports.listen(l, self._sip_fds.get(str(l))))
+            for l in self.config.sip.listen
+        ]
         self.ws_factory = SipWebSocketServerFactory(ws_settings(self.config), _WsSink(self), reactor=self.reactor)
         self.ws_factory.on_refused = self.observers.ws_refused
         self.ws_factory.on_parse_error = self.observers.parse_error
@@ -331,7 +358,9 @@ class PcscfNode(Service):
         # the policy the call manager, the call manager the proxy: the call manager is given a
         # typed stand-in for the proxy, bound once the proxy exists.
         proxy_operations = LateBoundProxy()
-        self.media_engine = build_media_engine(self.config, self.reactor, call_media_settings(self.config))
+        # The core-facing address marks our rtpengine calls: a restarted process has it again.
+        owner = f"{core_side.transport.lower()}:{core_side.address.host}:{core_side.address.port}"
+        self.media_engine = build_media_engine(self.config, self.reactor, call_media_settings(self.config), owner)
         start_media_engine(self.media_engine)
         # TS 24.371 §7: every INVITE dialog goes through the call manager (ICE, SDP, media).
         self.calls = CallManager(
@@ -393,14 +422,8 @@ class PcscfNode(Service):
         if self.token_access.verifier is not None:
             factory.authenticate = self.token_access.handshake  # [auth] handshake: this door too
         for listener in self.config.nonsip.listen:
-            if listener.transport == "wss":
-                options = server_tls_from_files(self.config.ws.certificate, self.config.ws.private_key, HTTP_PROTOCOLS)
-                port = self.reactor.listenSSL(listener.port, factory, options, interface=listener.address)
-            else:
-                port = self.reactor.listenTCP(listener.port, factory, interface=listener.address)
-            self._ws_ports.append(port)
-            host = port.getHost()
-            self.listeners.append(BoundListener(f"JANUS-{listener.transport.upper()}", Address(host.host, host.port)))
+            bound = self._listen_ws(listener, factory)
+            self.listeners.append(BoundListener(f"JANUS-{bound.transport}", bound.address))
 
     def _subscribe_reg_events(self, addresses: EdgeAddresses, proxy: LateBoundProxy) -> None:
         """[reg_event]: our SUBSCRIBEs go through the proxy's client transactions."""
@@ -439,8 +462,11 @@ class PcscfNode(Service):
             host = "127.0.0.1"
         return BoundListener(listener.transport, Address(host, listener.address.port))
 
-    def _listen_ws(self, listener: Listener) -> BoundListener:
-        assert self.ws_factory is not None
+    def _listen_ws(self, listener: Listener, factory: Any = None) -> BoundListener:
+        """A [ws] listener (``factory`` None: the SIP one) or a [nonsip] one (the Janus factory)."""
+        if factory is None:
+            factory = self.ws_factory
+        assert factory is not None
         if self._ws_port_opener is not None:
             # A worker process: the port is shared with the other workers (epcscf.workers.sockets).
             options = (
@@ -448,13 +474,13 @@ class PcscfNode(Service):
                 if listener.transport == "wss"
                 else None
             )
-            port = self._ws_port_opener(listener, self.ws_factory, options)
+            port = self._ws_port_opener(listener, factory, options)
         elif listener.transport == "wss":
             # RFC 7118 §5 / RFC 6455 §4.1: the opening handshake is HTTP/1.1, which browsers offer by ALPN.
             options = server_tls_from_files(self.config.ws.certificate, self.config.ws.private_key, HTTP_PROTOCOLS)
-            port = self.reactor.listenSSL(listener.port, self.ws_factory, options, interface=listener.address)
+            port = self.reactor.listenSSL(listener.port, factory, options, interface=listener.address)
         else:
-            port = self.reactor.listenTCP(listener.port, self.ws_factory, interface=listener.address)
+            port = self.reactor.listenTCP(listener.port, factory, interface=listener.address)
         self._ws_ports.append(port)
         host = port.getHost()
         return BoundListener(listener.transport.upper(), Address(host.host, host.port))
@@ -472,6 +498,8 @@ class PcscfNode(Service):
         self.auth_failures.settings = settings
         if self.flow_limiter is not None:
             self.flow_limiter.settings = settings
+        if self.source_limiter is not None:
+            self.source_limiter.settings = settings
         self.setup_window.reconfigure(window_settings(settings))
 
     def _load_sample(self, lag: float, pending: int) -> None:

@@ -166,6 +166,9 @@ class PcscfOperations:
             "pending_transactions": self.pending_transactions(),
             "draining": self.draining,
             "overloaded": node.overload.overloaded,
+            # new INVITEs refused before a transaction (epcscf.pcscf.early_refusal), their ACKs absorbed
+            "stateless_responses": node.transactions.stateless.responses,
+            "stateless_acks_absorbed": node.transactions.stateless.acks_absorbed,
             **self._reconnection_counts(),
         }
 

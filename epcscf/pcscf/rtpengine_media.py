@@ -21,7 +21,17 @@ DTLS-SRTP and the relay: an rtpengine node, driven over the ng protocol
 Tags: rtpengine keys a call's two monologues by SIP tags; the eP-CSCF's one media leg per side
 is named by side ("wic", "core"), so forks, re-offers from either side and UPDATEs all reach the
 same two monologues.  The ng call-id is the SIP Call-ID plus the WIC flow (a call forked to two
-registrations of one user is two calls here); the node is chosen by the SIP Call-ID alone.
+registrations of one user is two calls here) plus the process's ``owner`` mark; the node is
+chosen by the SIP Call-ID alone.  A call between two WICs of one eP-CSCF passes it twice with
+one SIP Call-ID (originating and terminating leg, perhaps in two worker processes): the flow
+and the mark keep the two ng calls apart.
+
+Orphans: a process that dies (kill -9 of a worker) cannot send its calls' ``delete``.  Its
+``owner`` mark is its core-facing SIP address, which its replacement has again and no other
+eP-CSCF process in the network has; so at start the engine asks every node for its calls
+(``list``) and deletes those with its mark that it does not itself hold.  ``list`` answers in
+one datagram, so at most ``SWEEP_LIMIT`` calls per node are looked at; beyond that
+rtpengine's own ``--timeout`` (no media) and ``--final-timeout`` end what is left.
 
 Consent freshness (RFC 7675), ICE restarts and DTLS are rtpengine's.  What epcscf still checks:
 every ``query_interval`` a ``query`` — a call rtpengine no longer knows (its own media timeout
@@ -76,6 +86,14 @@ class RtpengineSettings:
     flags: tuple[str, ...] = ()
     #: seconds between ``query`` commands of a live call (0: never)
     query_interval: float = 10.0
+    #: this process's mark at the end of every ng call-id ("" = none, no sweep at start); the
+    #: node sets its core-facing SIP address (see the module docstring, Orphans)
+    owner: str = ""
+
+
+#: call-ids asked of a node by the sweep at start: its ``list`` reply (~100 bytes a call) must
+#: fit one UDP datagram
+SWEEP_LIMIT = 500
 
 
 class RtpengineEngine:
@@ -93,10 +111,46 @@ class RtpengineEngine:
         self.deleted = 0  # delete commands answered
         self.delete_failures = 0
         self.queries = 0
+        self.swept = 0  # a predecessor's sessions deleted at start (see the module docstring)
         client.on_node_down = self._node_down
 
-    def start(self) -> None:
+    def start(self) -> defer.Deferred:
+        """Start the ng client; fires when the sweep of a predecessor's sessions is done."""
         self.client.start()
+        if not self.settings.owner:
+            return defer.succeed(0)
+        return defer.gatherResults([self._sweep(node) for node in self.client.nodes]).addCallback(sum)
+
+    def _sweep(self, node: NgNode) -> defer.Deferred:
+        mark = f" {self.settings.owner}"
+
+        def listed(reply: dict[str, Any]) -> defer.Deferred:
+            calls = reply.get("calls")
+            ours = {media.ng_call_id for media in self._live}
+            orphans = [
+                call for call in (c.decode("utf-8", "replace") if isinstance(c, bytes) else str(c) for c in calls or ())
+                if call.endswith(mark) and call not in ours
+            ] if isinstance(calls, list) else []
+            deletes = [
+                self.client.command(node, {"command": "delete", "call-id": call}).addCallbacks(lambda _: 1, lambda _: 0)
+                for call in orphans
+            ]
+            return defer.gatherResults(deletes).addCallback(report)
+
+        def report(results: list[int]) -> int:
+            if results:
+                self.swept += sum(results)
+                log.info("rtpengine {node}: deleted {count} sessions a previous process of {owner} left",
+                         node=node, count=sum(results), owner=self.settings.owner)
+            return sum(results)
+
+        def failed(failure: Failure) -> int:
+            # A node down now: what it holds of ours ends by its own --timeout.
+            log.info("rtpengine {node}: no sweep of a previous process's sessions: {why}", node=node, why=failure.value)
+            return 0
+
+        message = {"command": "list", "limit": SWEEP_LIMIT}
+        return self.client.command(node, message).addCallback(listed).addErrback(failed)
 
     def stop(self) -> defer.Deferred:
         return self.client.stop()
@@ -104,7 +158,7 @@ class RtpengineEngine:
     def __call__(self, call: Any) -> "RtpengineCallMedia":
         call_id = getattr(call, "call_id", "") or secrets.token_hex(8)
         flow = getattr(getattr(call, "wic_flow", None), "id", "")
-        media = RtpengineCallMedia(self, call_id, f"{call_id} {flow}".strip())
+        media = RtpengineCallMedia(self, call_id, " ".join(part for part in (call_id, flow, self.settings.owner) if part))
         self._live.add(media)
         return media
 

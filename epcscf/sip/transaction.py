@@ -45,6 +45,7 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 
 from epcscf.sip.connection import Connection, ConnectionLost
+from epcscf.sip.early_admission import EarlyAdmission, StatelessResponder
 from epcscf.sip.headers import HeaderError, Via, cseq, from_tag, to_tag, top_via_view
 from epcscf.sip.message import Message, Request, Response, make_response, new_tag
 from epcscf.sip.transaction_client import ClientTransaction, ClientTransactionUser, ack_for_non_2xx
@@ -158,6 +159,10 @@ class TransactionLayer:
         self._rfc2543_servers: list[ServerTransaction] = []
         self._by_merge_key: dict[tuple[str | None, str | None, int, str], list[ServerTransaction]] = {}
         self._clients: dict[tuple[str, str], ClientTransaction] = {}
+        #: asked about every request that matched no transaction, before one is made
+        #: (``epcscf.sip.early_admission``); None: every such request gets a transaction
+        self.early_admission: EarlyAdmission | None = None
+        self.stateless = StatelessResponder()
 
     # ----- from the transports -------------------------------------------------------------
 
@@ -180,11 +185,14 @@ class TransactionLayer:
         if request.method == "ACK":
             if transaction is not None:
                 transaction.receive_request(request, connection)
-            else:
+            elif not (self.stateless.responses and self.stateless.absorbs_ack(identity)):
+                # §17.1.1.3: the ACK of a stateless non-2xx of ours ends here; any other goes on
                 self._call_tu(self._tu.ack_received, request, connection)  # §17.2.3, §16.7
             return
         if transaction is not None:
             transaction.receive_request(request, connection)  # a retransmission: absorbed
+            return
+        if self.early_admission is not None and self._refused_early(request, identity, connection):
             return
         transaction = ServerTransaction(
             self._clock,
@@ -202,6 +210,22 @@ class TransactionLayer:
         except Exception:
             log.failure("transaction user failed on {request}", request=request.start_line())
             self._answer_500(transaction)
+
+    def _refused_early(self, request: Request, identity: RequestIdentity, connection: Connection) -> bool:
+        """Ask the early-admission hook; a refusal is answered statelessly (RFC 3261 §16.3, §8.2)."""
+        stateless = self.stateless
+        if not stateless.can_answer(identity):
+            return False
+        assert self.early_admission is not None
+        refusal = self.early_admission(request, identity, connection)
+        if refusal is None:
+            return False
+        stateless.responses += 1
+        try:
+            connection.send_message(stateless.response(request, identity, refusal))
+        except ConnectionLost:
+            pass  # the flow is gone: nobody to tell
+        return True
 
     def _receive_response(self, response: Response, connection: Connection) -> None:
         try:

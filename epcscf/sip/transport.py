@@ -27,7 +27,7 @@ layer).  Nothing here reads a message beyond what framing and RFC 3261 §18 need
 from __future__ import annotations
 
 import itertools
-from socket import SO_RCVBUF, SOL_SOCKET
+from socket import AF_INET, AF_INET6, SO_RCVBUF, SOL_SOCKET
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable
 
@@ -36,6 +36,7 @@ from twisted.internet.error import InvalidAddressError, MessageLengthError
 from twisted.internet.interfaces import IHandshakeListener, IReactorTime
 from twisted.internet.protocol import DatagramProtocol, Factory, Protocol
 from twisted.logger import Logger
+from twisted.protocols.tls import TLSMemoryBIOFactory
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
@@ -480,19 +481,34 @@ class TransportManager:
             udp.use_settings(settings)
 
     # listeners
-    def listen(self, spec: "str | ListenerSpec | Any") -> Address:
-        """Start one listener; returns the bound address (useful with port 0)."""
+    def listen(self, spec: "str | ListenerSpec | Any", fd: int | None = None) -> Address:
+        """Start one listener; returns the bound address (useful with port 0).
+
+        ``fd``: a socket already bound (and, for TCP/TLS, listening) for ``spec`` that this
+        process inherited, adopted instead of binding anew.  A parent that keeps its own copy
+        keeps the port open while this process is replaced: datagrams and connections that
+        arrive meanwhile wait in the kernel for the next process instead of being refused.
+        """
         listener = ListenerSpec.of(spec)
+        family = AF_INET6 if ":" in listener.host else AF_INET
         if listener.transport == "UDP":
             protocol = UdpTransport(self.clock, self.deliver, self.settings)
-            port = self.reactor.listenUDP(listener.port, protocol, interface=listener.host)
+            if fd is None:
+                port = self.reactor.listenUDP(listener.port, protocol, interface=listener.host)
+            else:
+                port = self.reactor.adoptDatagramPort(fd, family, protocol)
             self._udp.append(protocol)
-        elif listener.transport == "TCP":
-            port = self.reactor.listenTCP(listener.port, _StreamFactory(self, "TCP"), interface=listener.host)
-        elif listener.transport == "TLS":
-            port = self.reactor.listenSSL(
-                listener.port, _StreamFactory(self, "TLS"), self._server_tls_options(), interface=listener.host
-            )
+        elif listener.transport in ("TCP", "TLS"):
+            factory: Any = _StreamFactory(self, listener.transport)
+            if fd is not None:
+                if listener.transport == "TLS":
+                    # What listenSSL does: TLS in memory over a plain TCP port.
+                    factory = TLSMemoryBIOFactory(self._server_tls_options(), False, factory)
+                port = self.reactor.adoptStreamPort(fd, family, factory)
+            elif listener.transport == "TCP":
+                port = self.reactor.listenTCP(listener.port, factory, interface=listener.host)
+            else:
+                port = self.reactor.listenSSL(listener.port, factory, self._server_tls_options(), interface=listener.host)
         else:
             raise ValueError(f"unknown transport {listener.transport!r}")
         self._ports.append(port)

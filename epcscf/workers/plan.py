@@ -26,10 +26,16 @@ class WorkerPlan:
     #: ``[core] next_hop`` and trusted source of the supervisor's embedded core ("" = use the ini)
     core_next_hop: str = ""
     core_source: str = ""
-    #: "reuseport": bind each [ws] listener's port; "inherit": adopt these descriptors, in [ws] order
+    #: "reuseport": bind each [ws] and [nonsip] listener's port; "inherit": adopt these
+    #: descriptors, in [ws] then [nonsip] order
     ws_socket_sharing: str = "reuseport"
     ws_ports: tuple[int, ...] = ()
     ws_fds: tuple[int, ...] = ()
+    #: the supervisor's sockets for ``sip_listen``, in its order, inherited and adopted
+    #: (epcscf.workers.sockets.sip_socket); () = the worker binds them itself
+    sip_fds: tuple[int, ...] = ()
+    #: the [nonsip] (Janus API) ports, shared as the [ws] ones
+    nonsip_ports: tuple[int, ...] = ()
 
     def to_json(self) -> str:
         return json.dumps(asdict(self))
@@ -38,6 +44,11 @@ class WorkerPlan:
     def from_json(cls, text: str) -> "WorkerPlan":
         data = json.loads(text)
         return cls(**{key: tuple(value) if isinstance(value, list) else value for key, value in data.items()})
+
+
+def inherited_sip_fds(plan: WorkerPlan) -> dict[str, int]:
+    """``plan.sip_fds`` by listener text, as ``PcscfNode`` looks them up."""
+    return {str(parse_listener(text)): fd for text, fd in zip(plan.sip_listen, plan.sip_fds)}
 
 
 def worker_sip_listeners(config: Config, index: int) -> tuple[Listener, ...]:
@@ -60,19 +71,26 @@ def parse_listener(text: str) -> Listener:
     return Listener(transport, host.strip("[]"), int(port))
 
 
+def _with_ports(listeners: tuple[Listener, ...], ports: tuple[int, ...]) -> tuple[Listener, ...]:
+    """``listeners`` on the ports the supervisor resolved (port 0 → the one all workers share)."""
+    if not ports:
+        return listeners
+    return tuple(replace(listener, port=port) for listener, port in zip(listeners, ports))
+
+
 def worker_config(config: Config, plan: WorkerPlan) -> Config:
     """The operator's ``config`` as worker ``plan.index`` runs it."""
     core = config.core
     if plan.core_next_hop:
         core = replace(core, mode="external", next_hop=(plan.core_next_hop,), trusted_sources=core.trusted_sources or (plan.core_source,))
-    ws = config.ws
-    if plan.ws_ports:
-        ws = replace(ws, listen=tuple(replace(listener, port=port) for listener, port in zip(ws.listen, plan.ws_ports)))
+    ws = replace(config.ws, listen=_with_ports(config.ws.listen, plan.ws_ports))
+    nonsip = replace(config.nonsip, listen=_with_ports(config.nonsip.listen, plan.nonsip_ports))
     return replace(
         config,
         service=replace(config.service, workers=1),
         sip=replace(config.sip, listen=tuple(parse_listener(text) for text in plan.sip_listen)),
         ws=ws,
+        nonsip=nonsip,
         core=core,
         media=replace(config.media, port_range=media_slice(config.media.port_range, plan.index, plan.count)),
         manhole=replace(config.manhole, enabled=False),

@@ -5,9 +5,10 @@ its stdout carries JSON log events (re-published here, namespace ``workerN/…``
 stderr whatever Python prints when it dies, and descriptors 3/4 the AMP control channel.
 
 A worker that exits while the pool runs is logged once with its exit reason, counted
-(``restarts``) and started again with the *same* SIP ports, so that the core's next
-in-dialog request for one of its flows reaches the new worker, which knows no such flow
-and answers 430 Flow Failed (RFC 5626 §5.3) at once, instead of the core's transaction
+(``restarts``) and started again with the *same* SIP sockets (the supervisor's, handed
+down: ``WorkerPlan.sip_fds``), so that the core's next in-dialog request for one of its
+flows — even one sent while no worker ran — reaches the new worker, which knows no such
+flow and answers 430 Flow Failed (RFC 5626 §5.3), instead of the core's transaction
 timing out.  Restarts that follow quick crashes back off up to ``MAX_BACKOFF``.
 """
 
@@ -202,7 +203,7 @@ class WorkerPool(Service):
         for path in self.config_files:
             argv += ["--config", path]
         child_fds: dict[int, Any] = {0: "w", 1: "r", 2: "r", control.COMMANDS_FD: "w", control.ANSWERS_FD: "r"}
-        child_fds.update({fd: fd for fd in self.inherited_fds})
+        child_fds.update({fd: fd for fd in self.inherited_fds + plan.sip_fds})
         transport = self.reactor.spawnProcess(process, sys.executable, argv, env=dict(os.environ), childFDs=child_fds)
         # The flow-token key on stdin (not in argv, which every local user can read).
         transport.writeToChild(0, self.flow_key.hex().encode("ascii") + b"\n")
@@ -214,9 +215,10 @@ class WorkerPool(Service):
         if process is None:
             return
         process.ready = True
-        # The SIP ports it bound (port 0 in the ini: any) are the ones it gets again after a restart.
-        sip = tuple(text for text in listeners if text.split(":", 1)[0] in ("udp", "tcp", "tls"))
-        self.plans[index] = replace(self.plans[index], sip_listen=sip)
+        if not self.plans[index].sip_fds:
+            # The SIP ports it bound (port 0 in the ini: any) are the ones it gets again after a restart.
+            sip = tuple(text for text in listeners if text.split(":", 1)[0] in ("udp", "tcp", "tls"))
+            self.plans[index] = replace(self.plans[index], sip_listen=sip)
         first = index not in self._ever_ready
         self._ever_ready.add(index)
         log.info(

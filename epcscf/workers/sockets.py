@@ -1,4 +1,4 @@
-"""Sharing the WebSocket ports between worker processes.
+"""Sharing the WebSocket ports between worker processes; holding each worker's SIP ports.
 
 Two ways, chosen by ``[service] ws_socket_sharing``:
 
@@ -12,14 +12,24 @@ Two ways, chosen by ``[service] ws_socket_sharing``:
 ``inherit``
     the supervisor opens the listening socket and every worker adopts its descriptor
     (``adopt``): one accept queue, whichever worker wakes first takes the connection.
+
+A worker's core-facing ``[sip]`` sockets (``sip_socket``) are bound by the supervisor too,
+once, and handed to that worker and to every worker that replaces it.  The supervisor
+keeps its copy and never reads it, so the port is never closed: while a killed worker is
+being restarted the core's datagrams wait in the socket's receive queue, its new TCP
+connections in the accept queue, and the new worker serves them — with 430 Flow Failed
+for the flows that died with its predecessor (RFC 5626 §5.3) — instead of the kernel
+answering port unreachable or a reset, which the core could only take as a dead node.
 """
 
 from __future__ import annotations
 
+import os
 import socket
 from typing import Any, Callable, Optional
 
 from twisted.internet import tcp
+from twisted.internet.error import CannotListenError
 from twisted.internet.interfaces import IListeningPort, IProtocolFactory
 from twisted.protocols.tls import TLSMemoryBIOFactory
 
@@ -81,4 +91,23 @@ def listening_socket(listener: Listener, backlog: int = 1024) -> socket.socket:
     sock.bind((listener.address, listener.port))
     sock.listen(backlog)
     sock.setblocking(False)
+    return sock
+
+
+def sip_socket(listener: Listener, backlog: int = 128) -> socket.socket:
+    """A worker's core-facing ``[sip]`` socket (see the module docstring): bound, listening for
+    tcp/tls, non-blocking (Twisted adopts only such), inheritable by the worker processes."""
+    kind = socket.SOCK_DGRAM if listener.transport == "udp" else socket.SOCK_STREAM
+    sock = socket.socket(_family(listener.address), kind)
+    try:
+        if kind == socket.SOCK_STREAM:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as listenTCP does
+        sock.bind((listener.address, listener.port))
+        if kind == socket.SOCK_STREAM:
+            sock.listen(backlog)
+    except OSError as error:
+        sock.close()
+        raise CannotListenError(listener.address, listener.port, error) from None
+    sock.setblocking(False)
+    os.set_inheritable(sock.fileno(), True)
     return sock

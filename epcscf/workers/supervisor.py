@@ -1,8 +1,9 @@
 """``twistd epcscf`` with ``[service] workers`` > 1: the supervisor.
 
 It runs what must exist once — the embedded core (when ``[core] mode = embedded``), the
-WWSF page, the SSH console and ``/metrics`` — holds the shared WebSocket ports
-(``epcscf.workers.sockets``) and keeps N worker processes running (``WorkerPool``).  It
+WWSF page, the SSH console and ``/metrics`` — holds the shared WebSocket ports and every
+worker's own SIP sockets (``epcscf.workers.sockets``: they stay open while a worker is
+restarted) and keeps N worker processes running (``WorkerPool``).  It
 handles no SIP itself: a WIC's WebSocket is accepted by one worker, which writes its own
 core-facing address in Path, Record-Route and Via, so the core sends everything for that
 flow straight back to it.  SIGHUP is checked here (a bad file changes nothing anywhere)
@@ -37,7 +38,7 @@ from epcscf.workers.console import SupervisorConsole
 from epcscf.workers.metrics import MergedMetricsPage, QuietSite, SupervisorMetrics, scrape_once
 from epcscf.workers.plan import WorkerPlan, worker_sip_listeners
 from epcscf.workers.pool import WorkerPool
-from epcscf.workers.sockets import listening_socket, reserve_reuseport
+from epcscf.workers.sockets import listening_socket, reserve_reuseport, sip_socket
 
 log = Logger(namespace="epcscf.workers.supervisor")
 
@@ -64,7 +65,11 @@ class SupervisorService(MultiService):
         self.count = config.service.workers
         #: the [ws] listeners with their ports resolved (port 0 → the one all workers share)
         self.ws_listeners: list[Listener] = list(config.ws.listen)
+        #: the [nonsip] (Janus API) listeners, shared the same way
+        self.nonsip_listeners: list[Listener] = list(config.nonsip.listen)
         self._ws_sockets: list[socket.socket] = []
+        #: each worker's core-facing [sip] sockets, held here across its restarts (epcscf.workers.sockets)
+        self._sip_sockets: list[list[tuple[Listener, socket.socket]]] = []
         self.core: EmbeddedCore | None = None
         if config.core.mode == "embedded":
             self.core = EmbeddedCore(EmbeddedCoreSettings.from_config(config), reactor)
@@ -98,6 +103,7 @@ class SupervisorService(MultiService):
         log.info("epcscf supervisor starting {count} workers with {files}", count=self.count, files=", ".join(self.config.files))
         try:
             self._share_ws_ports()
+            self._hold_sip_ports()
             super().startService()
             if self.config.metrics.enabled:
                 root = Resource()
@@ -133,12 +139,27 @@ class SupervisorService(MultiService):
         return self.config.service.ws_socket_sharing == "inherit"
 
     def _share_ws_ports(self) -> None:
-        for index, listener in enumerate(self.config.ws.listen):
-            sock = listening_socket(listener) if self._inherit else reserve_reuseport(listener)
-            if self._inherit:
-                os.set_inheritable(sock.fileno(), True)
-            self._ws_sockets.append(sock)
-            self.ws_listeners[index] = Listener(listener.transport, listener.address, sock.getsockname()[1])
+        """The [ws] ports, then the [nonsip] ones: both are WebSocket listeners of every worker."""
+        for listeners in (self.ws_listeners, self.nonsip_listeners):
+            for index, listener in enumerate(listeners):
+                sock = listening_socket(listener) if self._inherit else reserve_reuseport(listener)
+                if self._inherit:
+                    os.set_inheritable(sock.fileno(), True)
+                self._ws_sockets.append(sock)
+                listeners[index] = Listener(listener.transport, listener.address, sock.getsockname()[1])
+
+    def _hold_sip_ports(self) -> None:
+        for index in range(self.count):
+            held = []
+            self._sip_sockets.append(held)
+            for listener in worker_sip_listeners(self.config, index):
+                sock = sip_socket(listener)
+                held.append((Listener(listener.transport, listener.address, sock.getsockname()[1]), sock))
+
+    def _close_held_sockets(self) -> None:
+        for sock in self._ws_sockets + [sock for held in self._sip_sockets for _, sock in held]:
+            sock.close()
+        self._ws_sockets, self._sip_sockets = [], []
 
     def _plans(self) -> list[WorkerPlan]:
         next_hop = source = ""
@@ -150,11 +171,13 @@ class SupervisorService(MultiService):
             WorkerPlan(
                 index=index,
                 count=self.count,
-                sip_listen=tuple(str(listener) for listener in worker_sip_listeners(self.config, index)),
+                sip_listen=tuple(str(listener) for listener, _ in self._sip_sockets[index]),
+                sip_fds=tuple(sock.fileno() for _, sock in self._sip_sockets[index]),
                 core_next_hop=next_hop,
                 core_source=source,
                 ws_socket_sharing=self.config.service.ws_socket_sharing,
                 ws_ports=tuple(listener.port for listener in self.ws_listeners),
+                nonsip_ports=tuple(listener.port for listener in self.nonsip_listeners),
                 ws_fds=tuple(sock.fileno() for sock in self._ws_sockets) if self._inherit else (),
             )
             for index in range(self.count)
@@ -177,9 +200,7 @@ class SupervisorService(MultiService):
         stopping = self.pool.stopService() if self.pool is not None else defer.succeed(None)
 
         def rest(_: Any) -> defer.Deferred:
-            for sock in self._ws_sockets:
-                sock.close()
-            self._ws_sockets = []
+            self._close_held_sockets()
             port, self._metrics_port = self._metrics_port, None
             done = [defer.maybeDeferred(super(SupervisorService, self).stopService)]
             if port is not None:

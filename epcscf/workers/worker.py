@@ -28,7 +28,7 @@ from epcscf.ops.metrics import EventLoopLag
 from epcscf.pcscf.flows import FlowTokenCodec
 from epcscf.service import EpcscfService, StartupError
 from epcscf.workers import control
-from epcscf.workers.plan import WorkerPlan, worker_config
+from epcscf.workers.plan import WorkerPlan, inherited_sip_fds, worker_config
 from epcscf.workers.sockets import WsPortOpener, inherited_opener, reuseport_opener
 
 log = Logger(namespace="epcscf.workers.worker")
@@ -41,7 +41,7 @@ class WorkerService(EpcscfService):
         self, config: Config, plan: WorkerPlan, reactor: Any, ws_port_opener: WsPortOpener, flow_key: bytes | None = None
     ) -> None:
         self.plan = plan
-        super().__init__(worker_config(config, plan), reactor, ws_port_opener=ws_port_opener)
+        super().__init__(worker_config(config, plan), reactor, ws_port_opener=ws_port_opener, sip_fds=inherited_sip_fds(plan))
         if flow_key is not None:
             # The supervisor's key (see epcscf.workers.pool): set before any token is issued.
             self.pcscf.flows.codec = FlowTokenCodec(flow_key)
@@ -139,7 +139,7 @@ def main(argv: list[str] | None = None) -> None:
         redirectStandardIO=False,
     )
     if plan.ws_socket_sharing == "inherit":
-        opener = inherited_opener(reactor, dict(zip(plan.ws_ports, plan.ws_fds)))
+        opener = inherited_opener(reactor, dict(zip(plan.ws_ports + plan.nonsip_ports, plan.ws_fds)))
     else:
         opener = reuseport_opener(reactor)
     service = WorkerService(config, plan, reactor, opener, flow_key)
