@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import re
 from collections import Counter
+from collections.abc import Iterator
 
 _FRAME = re.compile(r"^(?P<name>.*?) \((?P<file>[^()]*?)(?::\d+)?\)$")
 
@@ -29,6 +30,19 @@ def frame_key(frame: str) -> str:
     return f"{path}:{match.group('name')}"
 
 
+def read_stacks(path: str) -> Iterator[tuple[list[str], int]]:
+    """(frames outermost first, as ``frame_key``s; samples) per line of a collapsed-stack file;
+    an idle sample (the event loop waiting in ``epoll``) comes with no frames."""
+    with open(path) as handle:
+        for line in handle:
+            stack, _, count_text = line.rstrip("\n").rpartition(" ")
+            if not stack:
+                continue
+            frames = [frame_key(f) for f in stack.split(";") if f]
+            idle = bool(frames) and "select" in frames[-1] and "selectors" in frames[-1]
+            yield ([] if idle else frames), int(count_text)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("file")
@@ -39,20 +53,14 @@ def main() -> None:
     own: Counter[str] = Counter()
     inclusive: Counter[str] = Counter()
     total = idle = 0
-    with open(options.file) as handle:
-        for line in handle:
-            stack, _, count_text = line.rstrip("\n").rpartition(" ")
-            if not stack:
-                continue
-            count = int(count_text)
-            frames = [frame_key(f) for f in stack.split(";") if f]
-            if frames and ("select" in frames[-1] and "selectors" in frames[-1]):
-                idle += count
-                continue
-            total += count
-            own[frames[-1]] += count
-            for key in set(frames):
-                inclusive[key] += count
+    for frames, count in read_stacks(options.file):
+        if not frames:
+            idle += count
+            continue
+        total += count
+        own[frames[-1]] += count
+        for key in set(frames):
+            inclusive[key] += count
     print(f"{total} busy samples, {idle} idle")
     per_op = 1e6 / options.rate / options.ops if options.ops else 0.0
     header = "self %   incl %" + ("   self µs/op  incl µs/op" if per_op else "") + "   function"

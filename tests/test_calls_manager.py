@@ -558,3 +558,48 @@ class CallManagerTests(unittest.TestCase):
         self.manager.flow_closed(self.wic)
         self.assertEqual(self.proxy.responded[0].status, 480)
         self.assertEqual(self.proxy.cancelled, [context])
+
+
+class CallIdLookupTests(unittest.TestCase):
+    """Calls are found by Call-ID, live ones and kept-ended ones (through an index of the
+    history), and the index forgets a call with the history (``keep_ended``)."""
+
+    setUp = CallManagerTests.setUp
+    respond = CallManagerTests.respond
+
+    def originate(self, call_id: str) -> ProxiedRequest:
+        request = invite(True, WIC_OFFER)
+        request.headers.set("Call-ID", call_id)
+        context = ProxiedRequest(request.copy(), self.wic, FakeServerTransaction(request, self.wic))
+        forward = Forward(context.request, None, [], ADDRESSES.core_sent_by)
+        self.successResultOf(defer.maybeDeferred(self.manager.originating_invite, context, "<sip:alice@example.com>", forward))
+        context.branches.append(Branch(context.request, [], connection=self.core))
+        return context
+
+    def test_find_returns_the_live_calls_of_one_call_id_only(self) -> None:
+        contexts = [self.originate(f"call-{n}") for n in range(5)]
+        self.respond(contexts[1], response_to(contexts[1].request, 486))  # call-1 ended
+        self.assertEqual([call.call_id for call in self.manager.find("call-3")], ["call-3"])
+        self.assertEqual(self.manager.find("call-1"), [])
+        self.assertEqual(self.manager.find("no-such-call"), [])
+        self.assertIs(self.manager.flow_for_call("call-4"), self.wic)
+
+    def test_a_2xx_racing_an_early_release_is_matched_among_many_ended_calls(self) -> None:
+        for n in range(20):
+            context = self.originate(f"other-{n}")
+            self.respond(context, response_to(context.request, 486))
+        context = self.originate("late")
+        self.manager.flow_closed(self.wic)
+        self.assertIsNone(self.manager.stray_response(response_to(context.request, 200, CORE_SDP)))
+        self.assertEqual([request.method for request, _ in self.proxy.transactions.sent], ["BYE"])
+
+    def test_after_keep_ended_a_stray_2xx_finds_nothing_and_only_loses_its_body(self) -> None:
+        context = self.originate("late")
+        self.manager.flow_closed(self.wic)
+        self.clock.advance(61)
+        self.assertEqual(self.manager.ended_calls(), [])
+        late = self.manager.stray_response(response_to(context.request, 200, CORE_SDP))
+        self.assertIsNotNone(late)
+        self.assertEqual(late.body, b"")
+        self.assertEqual(self.core.sent, [])  # no ACK: the call is forgotten
+        self.assertEqual(self.manager._ended_by_call_id, {})  # the index forgets with the history

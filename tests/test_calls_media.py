@@ -19,7 +19,7 @@ from epcscf.ice import IceAgentConfig, UdpPortPool
 from epcscf.ice.agent import as_deferred
 from epcscf.media import Certificate, DtlsEndpoint, DtlsRole, MediaSessionConfig, SrtpContext
 from epcscf.media.certificate import Fingerprint
-from epcscf.pcscf.call_media import CallMedia, CallMediaEngine, CallMediaSettings
+from epcscf.pcscf.call_media import CallMedia, CallMediaEngine, CallMediaSettings, gather
 from epcscf.pcscf.calls import MediaRejected
 from epcscf.sdp import SessionDescription
 from tests.support.processes import wait_for
@@ -514,3 +514,47 @@ class NewDtlsAssociationTests(CallMediaTestCase):
         await until(lambda: bool(self.failures), timeout=3.0)
         self.assertEqual(self.failures[0][0], "dtls")
         self.assertIn("closed DTLS", self.failures[0][1])
+
+
+class GatherTests(unittest.TestCase):
+    """``call_media.gather`` behaves as ``defer.gatherResults(consumeErrors=True)``."""
+
+    @staticmethod
+    def reference(deferreds: list[defer.Deferred]) -> defer.Deferred:
+        return defer.gatherResults(deferreds, consumeErrors=True)
+
+    @staticmethod
+    def outcome(gatherer: Any, fire: Any) -> tuple[list[Any], list[Any]]:
+        """(what the gathered Deferred gives, what is left on the inner one afterwards)."""
+        inner: defer.Deferred = defer.Deferred()
+        gathered = gatherer([inner])
+        results: list[Any] = []
+        gathered.addBoth(results.append)
+        fire(inner)
+        left: list[Any] = []
+        inner.addBoth(left.append)
+        return results, left
+
+    def test_one_deferred_succeeds_like_gather_results(self) -> None:
+        self.assertEqual(self.outcome(gather, lambda d: d.callback(7)), ([[7]], [7]))
+        self.assertEqual(self.outcome(self.reference, lambda d: d.callback(7)), ([[7]], [7]))
+
+    def test_one_deferred_fails_like_gather_results(self) -> None:
+        for gatherer in (gather, self.reference):
+            [failure], left = self.outcome(gatherer, lambda d: d.errback(ValueError("no port")))
+            self.assertIsInstance(failure.value, defer.FirstError)
+            self.assertEqual((failure.value.index, str(failure.value.subFailure.value)), (0, "no port"))
+            self.assertEqual(left, [None])  # consumed: no unhandled error left behind
+
+    def test_cancelling_cancels_the_one_deferred(self) -> None:
+        for gatherer in (gather, self.reference):
+            inner: defer.Deferred = defer.Deferred()
+            gathered = gatherer([inner])
+            gathered.cancel()
+            failure = self.failureResultOf(gathered, defer.FirstError)
+            self.assertTrue(failure.value.subFailure.check(defer.CancelledError))
+            self.assertIsNone(self.successResultOf(inner))  # cancelled, and its failure consumed
+
+    def test_none_or_several_go_to_gather_results(self) -> None:
+        self.assertEqual(self.successResultOf(gather([])), [])
+        self.assertEqual(self.successResultOf(gather([defer.succeed(1), defer.succeed(2)])), [1, 2])

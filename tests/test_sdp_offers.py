@@ -231,3 +231,23 @@ class ReInviteTests(SynchronousTestCase):
         self.assertIn("c=IN IP6 2001:db8::1", offer_toward_core(
             parse("chrome_offer_2_1.sdp"), CoreLeg(Origin("e", "1", 1), "2001:db8::1", (30000,)),
             CodecPolicy()).to_text())
+
+
+class StampSerializedTests(SynchronousTestCase):
+    """``OriginVersioner.stamp_serialized`` gives the octets of ``stamp(...).serialize()``, with
+    the same version bumps (RFC 3264 §8), for a sequence of changed and repeated offers."""
+
+    def test_same_octets_and_versions_as_stamp_then_serialize(self) -> None:
+        by_copy = OriginVersioner("epcscf", session_id="4000", address="192.0.2.10")
+        at_once = OriginVersioner("epcscf", session_id="4000", address="192.0.2.10")
+        leg = CoreLeg(by_copy.origin, "192.0.2.10", (30000, 30002))
+        for direction in (None, None, "sendonly", "sendonly", "sendrecv", "inactive"):
+            wic_offer = parse("chrome_offer_2_1.sdp")
+            if direction is not None:
+                wic_offer.media[0].direction = direction
+            offer = offer_toward_core(wic_offer, leg, CodecPolicy())
+            before = offer.to_text()
+            self.assertEqual(at_once.stamp_serialized(offer), by_copy.stamp(offer).serialize(), direction)
+            self.assertEqual(at_once.origin, by_copy.origin)
+            self.assertEqual(offer.to_text(), before)  # the input is left as it was
+        self.assertEqual(at_once.origin.session_version, 4)

@@ -224,3 +224,20 @@ class WicTerminatedExampleTests(SynchronousTestCase, CoreBoundLeakMixin):
         answer.media[0].direction = "recvonly"
         result = answer_toward_core(answer, parse("ims_offer_2_2.sdp"), core_leg((30002,)))
         self.assertEqual(result.media[0].direction, "recvonly")
+
+
+class OfferTowardCoreWithParamsTests(SynchronousTestCase):
+    """The WIC offer's parameters read once per offer (``params``) give the same plan and offer
+    as reading them again in each step."""
+
+    def test_same_plan_and_offer_with_params_given(self) -> None:
+        from epcscf.sdp.extract import extract_wic_media_params
+        from epcscf.sdp.transform import plan_offer_toward_core
+
+        for name in ("chrome_offer_2_1.sdp", "chrome_offer_real.sdp"):
+            offer = parse(name)
+            params = extract_wic_media_params(offer)
+            self.assertEqual(plan_offer_toward_core(offer, CodecPolicy(), params), plan_offer_toward_core(offer, CodecPolicy()))
+            leg = core_leg((30000, 30002, 30004)[:len(offer.media)])
+            self.assertEqual(offer_toward_core(offer, leg, CodecPolicy(), params).to_text(),
+                             offer_toward_core(offer, leg, CodecPolicy()).to_text())

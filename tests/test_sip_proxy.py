@@ -690,3 +690,26 @@ class RuleTests(unittest.TestCase):
         self.assertEqual(rules.pop_first_value(request.headers, "route"), "<sip:d;lr>")
         self.assertIsNone(rules.pop_first_value(request.headers, "route"))
         self.assertNotIn("route", request.headers)
+
+
+class TimerCQueueTests(ProxyTestCase):
+    """Timer C of every INVITE branch shares one reactor call (``TimerQueue``), each still
+    firing at its own deadline (RFC 3261 §16.6 step 11, §16.8)."""
+
+    def test_three_branches_one_reactor_call_each_timer_on_time(self) -> None:
+        tx_1 = self.receive(request_text(call_id="c1", via="SIP/2.0/UDP 192.0.2.10:5070;branch=z9hG4bK-1"))
+        self.clock.advance(10)
+        tx_2 = self.receive(request_text(call_id="c2", via="SIP/2.0/UDP 192.0.2.10:5070;branch=z9hG4bK-2"))
+        self.clock.advance(10)
+        tx_3 = self.receive(request_text(call_id="c3", via="SIP/2.0/UDP 192.0.2.10:5070;branch=z9hG4bK-3"))
+        self.assertEqual(len(self.transactions.of("INVITE")), 3)
+        self.assertEqual(len(self.clock.getDelayedCalls()), 1)
+        self.clock.advance(10)
+        self.transactions.of("INVITE")[1].reply(180)  # t = 30: the second branch's Timer C starts again
+        self.clock.advance(151)  # t = 181: the first branch's, with no provisional: 408
+        self.assertEqual([tx_1.statuses, tx_2.statuses, tx_3.statuses], [[100, 408], [100, 180], [100]])
+        self.clock.advance(20)  # t = 201: the third's
+        self.assertEqual(tx_3.statuses, [100, 408])
+        self.assertEqual(self.transactions.of("CANCEL"), [])
+        self.clock.advance(10)  # t = 211: the second's, after its 180: CANCEL
+        self.assertEqual(len(self.transactions.of("CANCEL")), 1)

@@ -216,3 +216,29 @@ class HostsThatAreNoDnsNamesTests(unittest.TestCase):
                 return lookup
 
         self.assertEqual(self.successResultOf(NextHopResolver(Raising()).resolve("ims.example", 5060)), [])
+
+
+class NumericUriWithoutCoroutineTests(unittest.TestCase):
+    """``resolve_uri`` of a numeric URI answers like ``resolve`` (RFC 3263 §4.2), at once and
+    without the resolver's coroutine."""
+
+    URIS = ("sip:192.0.2.9", "sip:192.0.2.9:5080;transport=tcp", "sips:[2001:db8::5]", "sips:192.0.2.9;transport=udp",
+            "sips:192.0.2.9;transport=tcp", "sip:bob@b.ims.example;maddr=192.0.2.7", "sip:192.0.2.9;transport=ws")
+
+    def test_same_targets_as_resolve_and_no_coroutine(self) -> None:
+        from epcscf.sip.uri import parse_uri
+
+        for text in self.URIS:
+            uri = parse_uri(text)
+            resolver = resolver_for([])
+            params = {k.lower(): v for k, v in uri.params.items()}
+            expected = self.successResultOf(resolver.resolve(params.get("maddr") or uri.host, uri.port, params.get("transport"),
+                                                             uri.scheme == "sips"))
+            resolver._resolve = None  # type: ignore[assignment]  # any use of the coroutine fails
+            self.assertEqual(self.successResultOf(resolver.resolve_uri(uri)), expected, text)
+
+    def test_a_name_still_goes_through_dns(self) -> None:
+        from epcscf.sip.uri import parse_uri
+
+        targets = self.successResultOf(resolver_for([]).resolve_uri(parse_uri("sip:a.ims.example:5070")))
+        self.assertEqual(targets, [Target("UDP", "192.0.2.1", 5070, "a.ims.example")])

@@ -8,6 +8,7 @@ to be provisioned.  `Certificate` is immutable and shared by every `DtlsEndpoint
 from __future__ import annotations
 
 import datetime
+import functools
 import secrets
 from dataclasses import dataclass
 
@@ -102,7 +103,8 @@ class Certificate:
         )
         return cls(certificate, key)
 
-    @property
+    @functools.cached_property
     def fingerprint(self) -> Fingerprint:
-        """Our `a=fingerprint` (sha-256, RFC 8122 §5)."""
+        """Our `a=fingerprint` (sha-256, RFC 8122 §5), worked out once: every call's answer
+        carries it (a hash of the DER certificate and 32 hex octets each time before)."""
         return certificate_fingerprint(self.certificate, "sha-256")

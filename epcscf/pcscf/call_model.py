@@ -10,7 +10,7 @@ Content-Length exact (RFC 3261 §20.14).
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Callable, Protocol
+from typing import Any, Callable, NamedTuple, Protocol
 
 from twisted.internet import defer
 from twisted.internet.interfaces import IReactorTime
@@ -82,8 +82,11 @@ class CallSettings:
     reconnect_grace: float = 0.0
 
 
-@dataclass(frozen=True, slots=True)  # slots: an ended call keeps its timeline for [calls] history
-class TimelineEntry:
+class TimelineEntry(NamedTuple):
+    """One line of a call's timeline: immutable and small (an ended call keeps its timeline for
+    [calls] history); a NamedTuple because ~20 are built per call and a frozen dataclass's
+    ``__init__`` pays ``object.__setattr__`` for every field."""
+
     at: float
     kind: str  # "sip-in", "sip-out", "state", "ice", "dtls", "media", "release"
     text: str

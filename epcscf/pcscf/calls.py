@@ -105,6 +105,9 @@ class CallManager:
         self.protocol_errors = 0
         self._live: dict[tuple[str, str], Call] = {}
         self._ended: collections.OrderedDict[int, Call] = collections.OrderedDict()
+        #: the calls of ``_ended`` by Call-ID, oldest end first: a stray 2xx looks its call up
+        #: here instead of walking ``keep_ended`` seconds of history (600 s × the call rate)
+        self._ended_by_call_id: dict[str, list[Call]] = {}
         self._closing: set[defer.Deferred] = set()
         self._pruning: IDelayedCall | None = None
         #: calls outliving a lost flow until their WIC registers again (``call_suspension``)
@@ -126,6 +129,15 @@ class CallManager:
 
     def find(self, call_id: str) -> list[Call]:
         return [call for call in self._live.values() if call.call_id == call_id]
+
+    def _forget_ended(self, call: Call) -> None:
+        calls = self._ended_by_call_id.get(call.call_id, [])
+        for position, known in enumerate(calls):
+            if known is call:
+                del calls[position]
+                break
+        if not calls:
+            self._ended_by_call_id.pop(call.call_id, None)
 
     def idle(self) -> defer.Deferred:
         """Fires once every media close started so far has finished (tests, shutdown)."""
@@ -359,7 +371,7 @@ class CallManager:
         if call_sdp.method_of(response) != "INVITE" or not 200 <= response.status < 300:
             return response
         call_id = response.headers.get("Call-ID") or ""
-        for call in self.find(call_id) + [c for c in self._ended.values() if c.call_id == call_id]:
+        for call in self.find(call_id) + self._ended_by_call_id.get(call_id, []):
             if call.released_early and call.dialog is not None and not call.dialog.confirmed:
                 self._ack_and_bye_late_2xx(call, response, call.dialog.callee)
                 return None
@@ -568,6 +580,7 @@ class CallManager:
             self.suspensions.forget(call)
         self._prune_ended()
         self._ended[id(call)] = call
+        self._ended_by_call_id.setdefault(call.call_id, []).append(call)
         self._arm_pruning()
         call.invite_context = None  # the proxy's context is not ours to keep alive
         media, call.media = call.media, None
@@ -590,6 +603,7 @@ class CallManager:
             if oldest.ended_at is not None and oldest.ended_at + self.settings.keep_ended > now:
                 break
             del self._ended[key]
+            self._forget_ended(oldest)
 
     def _arm_pruning(self) -> None:
         """One timer for the whole history: due when the oldest ended call expires."""

@@ -444,11 +444,11 @@ class RtpengineCallMedia:
 
     def _stamp_core(self, sdp: SessionDescription) -> bytes:
         assert self._core_versioner is not None
-        return self._core_versioner.stamp(sdp).serialize()
+        return self._core_versioner.stamp_serialized(sdp)
 
     def _stamp_wic(self, sdp: SessionDescription) -> bytes:
         assert self._wic_versioner is not None
-        return self._wic_versioner.stamp(sdp).serialize()
+        return self._wic_versioner.stamp_serialized(sdp)
 
 
 def _parse(sdp: bytes) -> SessionDescription:

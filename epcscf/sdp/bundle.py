@@ -10,8 +10,6 @@ alike; ``add_bundle_group`` writes the group into what we send to the WIC.
 
 from __future__ import annotations
 
-import copy
-
 from epcscf.sdp.model import Attribute, SessionDescription
 
 #: RFC 8859 TRANSPORT and IDENTICAL attributes a bundled m= line takes from the tagged line.
@@ -55,7 +53,7 @@ def resolve_bundled_lines(sdp: SessionDescription) -> tuple[SessionDescription, 
     tagged = tagged_line(sdp, group)
     if tagged is None:
         return sdp, ()
-    out = copy.deepcopy(sdp)
+    out = sdp.copy()  # written-out deep copy: copy.deepcopy's walk was ~5 % of a call
     source = out.media[tagged]
     borrowed = [attribute for attribute in source.attributes if attribute.name in TRANSPORT_ATTRIBUTES]
     for index in group:

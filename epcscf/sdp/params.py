@@ -171,10 +171,23 @@ class OriginVersioner:
 
     def stamp(self, sdp: SessionDescription) -> SessionDescription:
         """A copy of `sdp` with our o= line; the version goes up when anything else changed."""
+        self._compare(sdp)
+        stamped = sdp.copy()  # the caller may keep editing its input
+        stamped.origin = self.origin
+        return stamped
+
+    def stamp_serialized(self, sdp: SessionDescription) -> bytes:
+        """``stamp(sdp).serialize()``, serialising once: the comparison's text with our o= line
+        put in (the o= line is always the second, RFC 4566 §5), and no copy of ``sdp``."""
+        content = self._compare(sdp)
+        version_line, _, rest = content.partition(b"\r\n")
+        _, _, after_origin = rest.partition(b"\r\n")
+        return b"".join((version_line, b"\r\n", f"o={self.origin}".encode("utf-8"), b"\r\n", after_origin))
+
+    def _compare(self, sdp: SessionDescription) -> bytes:
+        """RFC 3264 §8: bump the version when anything but o= changed; the text compared."""
         content = replace(sdp, origin=Origin("-", "0", 0)).serialize()
         if self._last_content is not None and content != self._last_content:
             self.origin = replace(self.origin, session_version=self.origin.session_version + 1)
         self._last_content = content
-        stamped = sdp.copy()  # the caller may keep editing its input
-        stamped.origin = self.origin
-        return stamped
+        return content

@@ -43,6 +43,7 @@ from epcscf.sdp.extract import (
     CORE_RTP_PROTOS,
     RTP_MEDIA,
     WEBRTC_RTP_PROTOS,
+    WicMediaParams,
     extract_wic_media_params,
     require_usable_wic_media,
 )
@@ -123,9 +124,12 @@ def _core_port(leg: CoreLeg, index: int) -> int:
     return port
 
 
-def _core_bound_payload_types(wic_offer: SessionDescription, policy: CodecPolicy) -> list[list[str]]:
-    """Per WIC m= line, the PTs offered to the core ([] = rejected); validates the WebRTC lines."""
-    params = extract_wic_media_params(wic_offer)
+def _core_bound_payload_types(wic_offer: SessionDescription, policy: CodecPolicy,
+                              params: list[WicMediaParams] | None = None) -> list[list[str]]:
+    """Per WIC m= line, the PTs offered to the core ([] = rejected); validates the WebRTC lines.
+    ``params``: ``extract_wic_media_params(wic_offer)`` when the caller has it already."""
+    if params is None:
+        params = extract_wic_media_params(wic_offer)
     kept: list[list[str]] = []
     for index, media in enumerate(wic_offer.media):
         if media.port == 0 or not _is_rtp_line(media):
@@ -138,20 +142,23 @@ def _core_bound_payload_types(wic_offer: SessionDescription, policy: CodecPolicy
     return kept
 
 
-def plan_offer_toward_core(wic_offer: SessionDescription, policy: CodecPolicy) -> tuple[int, ...]:
+def plan_offer_toward_core(wic_offer: SessionDescription, policy: CodecPolicy,
+                           params: list[WicMediaParams] | None = None) -> tuple[int, ...]:
     """Indexes of the WIC's m= lines `offer_toward_core` will accept: allocate a core port (and a
     WIC-side ICE transport) for exactly these, then build the offer.  Raises like offer_toward_core,
     so a 488 is known before anything is allocated."""
-    return tuple(i for i, kept in enumerate(_core_bound_payload_types(wic_offer, policy)) if kept)
+    return tuple(i for i, kept in enumerate(_core_bound_payload_types(wic_offer, policy, params)) if kept)
 
 
-def offer_toward_core(wic_offer: SessionDescription, leg: CoreLeg, policy: CodecPolicy) -> SessionDescription:
+def offer_toward_core(wic_offer: SessionDescription, leg: CoreLeg, policy: CodecPolicy,
+                      params: list[WicMediaParams] | None = None) -> SessionDescription:
     """TS 24.371 §7.4.2 b): the IMS offer built from the WIC's WebRTC offer.
 
     Raises SdpRejected when an RTP line lacks ICE/DTLS parameters or no stream keeps a codec.
+    ``params`` as in ``plan_offer_toward_core`` (the WIC offer's, read once per offer).
     """
     out = _session(leg, Connection.for_address(leg.address))
-    for index, (media, kept) in enumerate(zip(wic_offer.media, _core_bound_payload_types(wic_offer, policy))):
+    for index, (media, kept) in enumerate(zip(wic_offer.media, _core_bound_payload_types(wic_offer, policy, params))):
         if not kept:
             out.media.append(_rejected_toward_core(media))
             continue

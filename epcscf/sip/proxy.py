@@ -47,6 +47,7 @@ from epcscf.sip import proxy_rules as rules
 from epcscf.sip.connection import Address, Connection, ConnectionLost
 from epcscf.sip.message import Request, Response, new_tag
 from epcscf.sip.resolver import DEFAULT_PORTS, Target
+from epcscf.sip.timers import TimerQueue
 from epcscf.sip.transaction_client import ClientTransactionUser
 from epcscf.sip.transport import UDP_REQUEST_LIMIT
 from epcscf.sip.uri import SipUri, UriError, parse_uri
@@ -133,6 +134,9 @@ class StatefulProxy:
         transactions: TransactionSender | None = None,
     ) -> None:
         self.clock = clock
+        # Timer C (RFC 3261 §16.6 step 11): armed per INVITE branch and re-armed on every
+        # provisional, almost never fired; one reactor call for all of them (``TimerQueue``).
+        self._timers_c = TimerQueue(clock)
         self.connector = connector
         self.resolver = resolver
         self.policy = policy
@@ -650,7 +654,7 @@ class StatefulProxy:
         if not context.is_invite:
             return
         self._stop_timer_c(branch)
-        branch.timer_c = self.clock.callLater(self.settings.timer_c, self._timer_c_fired, context, branch)
+        branch.timer_c = self._timers_c.callLater(self.settings.timer_c, self._timer_c_fired, context, branch)
 
     def _stop_timer_c(self, branch: Branch) -> None:
         if branch.timer_c is not None and branch.timer_c.active():
@@ -665,7 +669,7 @@ class StatefulProxy:
             # RFC 3261 §16.8: after a provisional, CANCEL the branch (its 487 ends it).
             self._send_cancel(branch)
             # The downstream UAS may never answer the CANCEL: bound the wait with another Timer C.
-            branch.timer_c = self.clock.callLater(self.settings.timer_c, self._give_up, context, branch)
+            branch.timer_c = self._timers_c.callLater(self.settings.timer_c, self._give_up, context, branch)
         else:
             # RFC 3261 §16.8: no provisional → as if a 408 was received.
             branch.targets.clear()

@@ -142,6 +142,11 @@ class NextHopResolver:
 
     def resolve_uri(self, uri: Any) -> defer.Deferred:
         """Targets for a parsed SIP URI (``epcscf.sip.uri.SipUri``): maddr, port, transport."""
+        numeric = self.resolve_numeric(uri)
+        if numeric is not None:
+            # RFC 3263 §4.2: no DNS, so no coroutine either (in-dialog requests to a numeric
+            # Contact or Route: several per call).
+            return defer.succeed(numeric)
         params = {k.lower(): v for k, v in (getattr(uri, "params", None) or {}).items()}
         host = params.get("maddr") or uri.host  # RFC 3263 §4: maddr replaces the host
         transport = params.get("transport")
