@@ -172,7 +172,7 @@ class PcscfPolicy:
         core_next_hop: Sequence[Target] | None,
         network_id: str,
         calls: CallHooks | None = None,
-        next_hop_resolver: Callable[[], defer.Deferred] | None = None,
+        next_hop_resolver: Callable[[], list[Target] | defer.Deferred] | None = None,
     ) -> None:
         self.addresses = addresses
         self.flows = flows
@@ -181,7 +181,8 @@ class PcscfPolicy:
         self.core_next_hop = list(core_next_hop) if core_next_hop else None
         self.network_id = network_id
         self.calls = calls
-        #: when no fixed next hop: Deferred[list[Target]] of the configured I-CSCF/S-CSCF URIs
+        #: when no fixed next hop: the configured I-CSCF/S-CSCF URIs' targets, at once when
+        #: they are numeric, else as a Deferred[list[Target]]
         self.next_hop_resolver = next_hop_resolver
         #: refuses new work before routing (``epcscf.pcscf.admission.AdmissionChain``: overload,
         #: per-source limits, and the drain on shutdown answering new INVITEs 503)
@@ -404,7 +405,10 @@ class PcscfPolicy:
         sent_by = self.addresses.core_sent_by
         if self.core_next_hop is not None or self.next_hop_resolver is None:
             return Forward(request, self.core_next_hop, record_route, sent_by)
-        return self.next_hop_resolver().addCallback(lambda targets: Forward(request, targets, record_route, sent_by))
+        targets = self.next_hop_resolver()
+        if isinstance(targets, defer.Deferred):
+            return targets.addCallback(lambda found: Forward(request, found, record_route, sent_by))
+        return Forward(request, targets, record_route, sent_by)  # the proxy goes on synchronously
 
     def _record_registration(self, context: ProxiedRequest, response: Response) -> None:
         register = context.request_as_received

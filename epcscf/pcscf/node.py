@@ -378,7 +378,7 @@ class PcscfNode(Service):
             self._core_targets() if self._core_targets is not None else None,
             network_id=self.config.core.domain,
             calls=self.calls,
-            next_hop_resolver=None if self._core_targets is not None else self._resolve_next_hop,
+            next_hop_resolver=None if self._core_targets is not None else self._next_hop_targets,
         )
         if self.config.core.mode == "external":
             self.policy.core_entry = ", ".join(self.config.core.next_hop)
@@ -550,14 +550,18 @@ class PcscfNode(Service):
 
     def _resolve_next_hop(self) -> defer.Deferred:
         """[core] next_hop URIs → Targets in order (RFC 3263 §4; failover follows the list)."""
+        found = self._next_hop_targets()
+        return found if isinstance(found, defer.Deferred) else defer.succeed(found)
+
+    def _next_hop_targets(self) -> list[Target] | defer.Deferred:
+        """``_resolve_next_hop`` for the policy, which forwards every REGISTER and every request
+        without a Service-Route by it: numeric hosts (RFC 3263 §4.2: no DNS) come back as the
+        list itself, so such a request is routed with no Deferred (nor coroutine) at all."""
         numeric = self._numeric_next_hops()
         if numeric is not None:
-            # RFC 3263 §4.2: numeric hosts need no DNS; answered at once, with no coroutine
-            # per request (this runs for every request toward the core).
-            resolved = defer.succeed(numeric)
             if not self.config.core.trusted_sources:
-                resolved.addCallback(self._trust_next_hops)
-            return resolved
+                self._trust_next_hops(numeric)
+            return numeric
 
         async def resolve() -> list[Target]:
             targets: list[Target] = []
