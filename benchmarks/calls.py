@@ -1,15 +1,22 @@
-"""Benchmark: whole calls per second, WIC (WebSocket + ICE) → epcscf → sipp UAS, ICE completed on every call.
+"""Benchmark: whole calls per second, WIC (WebSocket + ICE) → epcscf → core → sipp UAS, ICE completed on every call.
 
 Usage::
 
     .venv/bin/python benchmarks/calls.py [--rate 100] [--seconds 30] [--wics 60] [--ice-mode full|lite]
-                                         [--quick] [--log-level warn] [--epcscf-workers 2]
+                                         [--generator node|python] [--core embedded|kamailio|sipp]
+                                         [--epcscf-workers 1,2] [--hold 0] [--quick] [--log-level warn]
 
-epcscf runs as its own process (``twistd -n epcscf`` on a generated ini, the embedded core, the
-same ``Deployment``/``EpcscfProcess`` as ``benchmarks/w2_register.py``); a sipp UAS
+epcscf runs as its own process (``twistd -n epcscf`` on a generated ini, the same
+``Deployment``/``EpcscfProcess`` as ``benchmarks/w2_register.py``); a sipp UAS
 (``tests/sipp/calls_uas_answer.xml``: 180, 200 with plain RTP/AVP SDP, ACK, BYE) is the IMS
-party; this process is the load generator: ``--wics`` registered WebSocket WICs (the lean
-raw-asyncio client of ``benchmarks/_load.py``), each with a UDP socket playing its ICE agent.
+party.  ``--core`` (``benchmarks/_call_cores.py``) is what the eP-CSCF forwards to: its embedded
+core (default; challenges the initial registrations), the interop tests' Kamailio (registrar +
+stateful proxy, no authentication, its own processes) or one sipp that is registrar and UAS.
+
+The load generator (``--generator``): ``node`` (default) is ``benchmarks/wic_calls.mjs``, npm
+``ws``, a process of its own; ``python`` is the asyncio one below, in this process, kept for
+comparison.  Both run ``--wics`` registered WebSocket WICs, each with a UDP socket playing its
+ICE agent, and place the same calls.
 
 One call, as the generator does it (open loop: a call starts every 1/``--rate`` s on a free WIC):
 
@@ -19,15 +26,23 @@ One call, as the generator does it (open loop: a call starts every 1/``--rate`` 
    nomination as a controlling full agent) to the eP-CSCF's candidate and answers the
    eP-CSCF's own checks (full mode); the call's ICE is *completed* when the WIC's nominating
    check got its success response and, in full mode, the eP-CSCF's check was answered;
-3. BYE → 200.
+3. ``--hold`` seconds (0 by default), then BYE → 200.
 
-Measured: calls/s completed, failures (any step wrong or slower than 10 s), setup time
-(INVITE sent → ICE completed) p50/p99, epcscf CPU.  DTLS is not run by the generator: the
-eP-CSCF's ClientHello goes unanswered until the BYE (its cost per call is included).
+The Node generator also ACKs every retransmitted 2xx (RFC 3261 §13.2.2.4: the first ACK was lost
+on the core's UDP side) and answers requests from the edge (a BYE from the core side) with 200;
+the Python one does neither.
 
-``--epcscf-workers N`` (N > 1) runs epcscf with ``[service] workers = N`` and the core in its own
-process (as ``--separate-core``); the WICs per worker are read from the supervisor's ``/metrics``
-and epcscf CPU is the supervisor's and the workers' together.
+Measured: calls/s completed, failures by step (any step wrong or slower than 10 s), setup time
+(INVITE sent → ICE completed) and INVITE → 200 p50/p99, and the CPU per call of every process:
+epcscf (split user/system), the core, the UAS, the generator; UDP datagrams lost on full socket
+receive buffers (run it in a private network namespace: the counters are then this run's).
+DTLS is not run by the generator: the eP-CSCF's ClientHello goes unanswered until the BYE (its
+cost per call is included).
+
+``--epcscf-workers N`` (N > 1) runs epcscf with ``[service] workers = N`` and an embedded core in
+its own process (as ``--separate-core``); the WICs per worker are read from the supervisor's
+``/metrics`` and epcscf CPU is the supervisor's and the workers' together.  A list (``1,2``) runs
+one deployment after the other in the same invocation and prints the ratio of calls/s.
 
 Floors (the project's targets): ≥ 100 calls/s sustained for 30 s, < 1 % failures, p99 setup < 250 ms.
 The exit status is 0 whatever the figures (a measurement, not a test); non-zero only when the
@@ -38,12 +53,9 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import os
-import re
-import secrets
 import shutil
-import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -56,323 +68,36 @@ TOP = os.path.dirname(HERE)
 sys.path.insert(0, HERE)
 sys.path.insert(0, TOP)
 
-from aioice import stun  # noqa: E402
-
-from _load import RegistrationFailed, Wic, WsSipFlow, raise_open_files_limit  # noqa: E402
-from w2_register import DOMAIN, Deployment, EpcscfProcess, free_port, make_users, percentile  # noqa: E402
+import _call_cores  # noqa: E402
+from _load import raise_open_files_limit  # noqa: E402
+# The Python generator, also imported from here by overload.py, soak.py and idle_call.py.
+from _py_calls import (  # noqa: E402,F401
+    NO_IDLE_WIC, STEP_TIMEOUT, CallFailed, Caller, IceSocket, Result, ack_for_failure, open_callers, run_load,
+)
+from w2_register import DOMAIN, Deployment, EpcscfProcess, make_users, percentile  # noqa: E402
 
 RATE_FLOOR = 100.0
 FAILURE_FLOOR = 0.01
 P99_FLOOR = 0.250
-STEP_TIMEOUT = 10.0
-SCENARIO = os.path.join(TOP, "tests", "sipp", "calls_uas_answer.xml")
-FINGERPRINT = "sha-256 " + ":".join(f"{b:02X}" for b in secrets.token_bytes(32))
-_CSEQ_RE = re.compile(rb"\r\nCSeq\s*:\s*(\d+)\s+(\w+)", re.IGNORECASE)
+SCENARIO = _call_cores.UAS_SCENARIO
+NODE_GENERATOR = os.path.join(HERE, "wic_calls.mjs")
 
 
-class CallFailed(Exception):
-    pass
-
-
-# --- the WIC's ICE side: one UDP socket answering and sending STUN -----------------------------
-
-
-class IceSocket(asyncio.DatagramProtocol):
-    """The WIC's host candidate: sends nominating checks, answers the eP-CSCF's checks."""
-
-    def __init__(self) -> None:
-        self.transport: Any = None
-        self.ufrag = secrets.token_hex(4)
-        self.pwd = secrets.token_hex(12)
-        self.remote_pwd = ""
-        self.waiting: dict[bytes, asyncio.Future] = {}
-        self.checked_by_peer: asyncio.Event = asyncio.Event()
-
-    def connection_made(self, transport: Any) -> None:
-        self.transport = transport
-
-    @property
-    def port(self) -> int:
-        return self.transport.get_extra_info("sockname")[1]
-
-    def datagram_received(self, data: bytes, addr: Any) -> None:
-        if not data or data[0] > 3:
-            return  # DTLS ClientHello etc.: the generator does not run DTLS
-        try:
-            message = stun.parse_message(data)
-        except ValueError:
-            return
-        if message.message_class == stun.Class.REQUEST:
-            # RFC 8445 §7.3: answer with the source address, integrity with our password.
-            response = stun.Message(stun.Method.BINDING, stun.Class.RESPONSE, transaction_id=message.transaction_id)
-            response.attributes["XOR-MAPPED-ADDRESS"] = addr
-            response.add_message_integrity(self.pwd.encode())
-            response.add_fingerprint()
-            self.transport.sendto(bytes(response), addr)
-            self.checked_by_peer.set()
-        else:
-            waiter = self.waiting.pop(message.transaction_id, None)
-            if waiter is not None and not waiter.done():
-                waiter.set_result(message.message_class == stun.Class.RESPONSE)
-
-    async def nominate(self, remote: tuple[str, int], remote_ufrag: str, remote_pwd: str, timeout: float) -> None:
-        """RFC 8445 §7.2.2 checks with USE-CANDIDATE until one succeeds: the first waits 50 ms
-        for its answer, each next one twice as long up to 500 ms, the RTO RFC 8445 §14.3 gives a
-        single candidate pair.  (A check every 50 ms whatever happens turns a slow eP-CSCF into
-        one flooded with STUN by every call still connecting.)  A late success to an earlier
-        check counts too (a loaded edge answers after the next check left)."""
-        loop = asyncio.get_running_loop()
-        succeeded: asyncio.Future[bool] = loop.create_future()
-        sent: list[bytes] = []
-        deadline = time.monotonic() + timeout
-        wait = 0.05
-        try:
-            while time.monotonic() < deadline:
-                request = stun.Message(stun.Method.BINDING, stun.Class.REQUEST)
-                request.attributes["USERNAME"] = f"{remote_ufrag}:{self.ufrag}"
-                request.attributes["PRIORITY"] = 1853824767
-                request.attributes["ICE-CONTROLLING"] = 0x1234567890
-                request.attributes["USE-CANDIDATE"] = None
-                request.add_message_integrity(remote_pwd.encode())
-                request.add_fingerprint()
-                self.waiting[request.transaction_id] = succeeded
-                sent.append(request.transaction_id)
-                self.transport.sendto(bytes(request), remote)
-                try:
-                    if await asyncio.wait_for(asyncio.shield(succeeded), wait):
-                        return
-                except asyncio.TimeoutError:
-                    wait = min(2 * wait, 0.5)
-                    continue
-                succeeded = loop.create_future()  # an error response: try again
-        finally:
-            for transaction_id in sent:
-                self.waiting.pop(transaction_id, None)
-        raise CallFailed("ICE: no success response to the nominating check")
-
-    def reset(self) -> None:
-        self.checked_by_peer = asyncio.Event()
-        self.waiting.clear()
-
-
-def ack_for_failure(invite: bytes, final: bytes) -> bytes:
-    """RFC 3261 §17.1.1.3: the ACK of a non-2xx final response — the INVITE's Request-URI, top
-    Via, From, Call-ID and Route, the response's To (with its tag), CSeq with method ACK."""
-    lines = invite.split(b"\r\n\r\n", 1)[0].split(b"\r\n")
-    method, rest = lines[0].split(b" ", 1)
-    to = next((line for line in final.split(b"\r\n") if line.lower().startswith((b"to:", b"t:"))), b"")
-    ack = [b"ACK " + rest]
-    for line in lines[1:]:
-        name = line.split(b":", 1)[0].strip().lower()
-        if name in (b"via", b"max-forwards", b"from", b"call-id", b"route"):
-            ack.append(line)
-        elif name == b"cseq":
-            ack.append(line.replace(method, b"ACK"))
-    return b"\r\n".join(ack + [to, b"Content-Length: 0", b"", b""])
-
-
-# --- one WIC placing calls ---------------------------------------------------------------------
-
-
-@dataclass
-class Caller:
-    flow: WsSipFlow
-    ice: IceSocket
-    wic: Wic
-    busy: bool = False
-    answered_after: float = 0.0  # seconds from the last INVITE to its 200
-    requests: asyncio.Queue = field(default_factory=asyncio.Queue)
-
-    def offer(self) -> bytes:
-        lines = [
-            "v=0", f"o=- {secrets.randbelow(10**15)} 2 IN IP4 127.0.0.1", "s=-", "t=0 0",
-            "a=group:BUNDLE 0", "m=audio 9 UDP/TLS/RTP/SAVPF 111 0 8 126", "c=IN IP4 0.0.0.0",
-            f"a=candidate:1 1 udp 2122260223 127.0.0.1 {self.ice.port} typ host",
-            f"a=ice-ufrag:{self.ice.ufrag}", f"a=ice-pwd:{self.ice.pwd}", f"a=fingerprint:{FINGERPRINT}",
-            "a=setup:actpass", "a=mid:0", "a=sendrecv", "a=rtcp-mux", "a=rtpmap:111 opus/48000/2",
-            "a=rtpmap:0 PCMU/8000", "a=rtpmap:8 PCMA/8000", "a=rtpmap:126 telephone-event/8000",
-        ]
-        return ("\r\n".join(lines) + "\r\n").encode()
-
-    def request(self, method: str, uri: str, call_id: str, from_tag: str, to: str, cseq: int,
-                routes: list[str] = (), body: bytes = b"") -> bytes:  # type: ignore[assignment]
-        aor = f"sip:{self.wic.user}@{DOMAIN}"
-        lines = [f"{method} {uri} SIP/2.0", f"Via: SIP/2.0/WS {self.wic.host};branch=z9hG4bK{secrets.token_hex(8)}",
-                 "Max-Forwards: 70", f"From: <{aor}>;tag={from_tag}", f"To: {to}", f"Call-ID: {call_id}",
-                 f"CSeq: {cseq} {method}"]
-        lines += [f"Route: {route}" for route in routes]
-        if method == "INVITE":
-            lines += [f"Contact: <sip:{self.wic.user}@{self.wic.host};transport=ws;ob>", "Content-Type: application/sdp"]
-        lines.append(f"Content-Length: {len(body)}")
-        return ("\r\n".join(lines) + "\r\n\r\n").encode() + body
-
-    async def final(self, call_id: str, cseq: int, method: str, timeout: float) -> bytes:
-        deadline = time.monotonic() + timeout
-        while True:
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                raise CallFailed(f"no final response to {method}")
-            try:
-                message = await asyncio.wait_for(self.flow.responses.get(), remaining)
-            except asyncio.TimeoutError:
-                raise CallFailed(f"no final response to {method}") from None
-            if not message:
-                raise CallFailed("WebSocket closed")
-            found = _CSEQ_RE.search(message)
-            status = int(message[8:11])
-            # The Call-ID too: a late answer to an earlier call of this WIC (given up on after
-            # STEP_TIMEOUT) has the same CSeq, and taking it would fail this call as well.
-            if (found and int(found.group(1)) == cseq and found.group(2).decode().upper() == method and status >= 200
-                    and call_id.encode() in message):
-                return message
-
-    async def call(self, uas_port: int, full_ice: bool) -> float:
-        """One whole call; returns its setup time (INVITE → ICE completed)."""
-        started = time.perf_counter()
-        self.ice.reset()
-        call_id, from_tag = secrets.token_hex(10), secrets.token_hex(4)
-        uri, to = f"sip:service@127.0.0.1:{uas_port}", f"<sip:service@127.0.0.1:{uas_port}>"
-        invite = self.request("INVITE", uri, call_id, from_tag, to, 1, body=self.offer())
-        self.flow.send(invite)
-        ok = await self.final(call_id, 1, "INVITE", STEP_TIMEOUT)
-        if not ok.startswith(b"SIP/2.0 200"):
-            self.flow.send(ack_for_failure(invite, ok))
-            raise CallFailed(ok.split(b"\r\n", 1)[0].decode(errors="replace"))
-        self.answered_after = time.perf_counter() - started  # INVITE → 200 (the rest is ACK and ICE)
-        target, to_value, routes = await self.ack_and_connect(ok, call_id, from_tag, full_ice)
-        setup = time.perf_counter() - started
-        self.flow.send(self.request("BYE", target, call_id, from_tag, to_value, 2, routes))
-        bye_ok = await self.final(call_id, 2, "BYE", STEP_TIMEOUT)
-        if not bye_ok.startswith(b"SIP/2.0 200"):
-            raise CallFailed("BYE: " + bye_ok.split(b"\r\n", 1)[0].decode(errors="replace"))
-        return setup
-
-    async def ack_and_connect(self, ok: bytes, call_id: str, from_tag: str, full_ice: bool) -> tuple[str, str, list[str]]:
-        """ACK the 200 and run ICE to completion; the dialog's (remote target, To, route set)."""
-        head, _, body = ok.partition(b"\r\n\r\n")
-        headers = head.decode(errors="replace").split("\r\n")
-        to_value = next(h.split(":", 1)[1].strip() for h in headers if h.lower().startswith(("to:", "t:")))
-        contact = next(h.split(":", 1)[1].strip() for h in headers if h.lower().startswith(("contact:", "m:")))
-        target = contact[contact.index("<") + 1 : contact.index(">")] if "<" in contact else contact
-        record_route: list[str] = []
-        for h in headers:
-            if h.lower().startswith("record-route:"):
-                record_route += [v.strip() for v in h.split(":", 1)[1].split(",")]
-        routes = list(reversed(record_route))
-        self.flow.send(self.request("ACK", target, call_id, from_tag, to_value, 1, routes))
-        sdp = body.decode()
-        ufrag = re.search(r"a=ice-ufrag:(\S+)", sdp).group(1)  # type: ignore[union-attr]
-        pwd = re.search(r"a=ice-pwd:(\S+)", sdp).group(1)  # type: ignore[union-attr]
-        fields_ = re.search(r"a=candidate:\S+ 1 udp \d+ (\S+) (\d+) typ host", sdp, re.IGNORECASE)
-        if fields_ is None:
-            raise CallFailed("no host candidate in the answer")
-        await self.ice.nominate((fields_.group(1), int(fields_.group(2))), ufrag, pwd, STEP_TIMEOUT)
-        if full_ice:
-            await asyncio.wait_for(self.ice.checked_by_peer.wait(), STEP_TIMEOUT)
-        return target, to_value, routes
-
-
-async def open_callers(ws_port: int, users: list[tuple[str, str]]) -> list[Caller]:
-    loop = asyncio.get_running_loop()
-    callers = []
-    for user, password in users:
-        wic = Wic(user, password, DOMAIN)
-        _, flow = await loop.create_connection(lambda w=wic: WsSipFlow(w, f"127.0.0.1:{ws_port}"), "127.0.0.1", ws_port)
-        await flow.opened
-        await flow.register()
-        _, ice = await loop.create_datagram_endpoint(IceSocket, local_addr=("127.0.0.1", 0))
-        callers.append(Caller(flow, ice, wic))
-    return callers
-
-
-@dataclass
-class Result:
-    rate_target: float
-    seconds: float
-    attempted: int = 0
-    completed: int = 0
-    failures: list[str] = field(default_factory=list)
-    setups: list[float] = field(default_factory=list)
-    answers: list[float] = field(default_factory=list)  # INVITE → 200 of the completed calls
-    elapsed: float = 0.0
-    cpu: float = 0.0
-    generator_cpu: float = 0.0
-    sipp_cpu: float = 0.0
-    rtpengine_cpu: float = 0.0  # [media] engine = rtpengine: the daemon's own CPU in the run
-    user: float = 0.0  # of cpu: in epcscf itself
-    system: float = 0.0  # of cpu: in the kernel (sockets; on loopback, delivery to the peer too)
-
-    @property
-    def rate(self) -> float:
-        return self.completed / self.elapsed if self.elapsed else 0.0
-
-
-async def run_load(callers: list[Caller], uas_port: int, rate: float, seconds: float, full_ice: bool) -> Result:
-    result = Result(rate, seconds)
-    tasks: set[asyncio.Task] = set()
-
-    async def one(caller: Caller) -> None:
-        try:
-            result.setups.append(await caller.call(uas_port, full_ice))
-            result.answers.append(caller.answered_after)
-            result.completed += 1
-        except (CallFailed, RegistrationFailed, asyncio.TimeoutError, AttributeError, StopIteration) as error:
-            result.failures.append(f"{type(error).__name__}: {error}")
-        finally:
-            caller.busy = False
-
-    started = time.perf_counter()
-    interval = 1.0 / rate
-    next_start = started
-    while time.perf_counter() - started < seconds:
-        now = time.perf_counter()
-        if now < next_start:
-            await asyncio.sleep(next_start - now)
-        next_start += interval
-        caller = next((c for c in callers if not c.busy), None)
-        result.attempted += 1
-        if caller is None:
-            result.failures.append("no idle WIC (calls are piling up)")
-            continue
-        caller.busy = True
-        task = asyncio.ensure_future(one(caller))
-        tasks.add(task)
-        task.add_done_callback(tasks.discard)
-    if tasks:
-        await asyncio.wait(tasks, timeout=STEP_TIMEOUT * 3)
-    result.elapsed = time.perf_counter() - started
-    return result
-
-
-def start_sipp(directory: str) -> tuple[subprocess.Popen, int]:
-    sipp = shutil.which("sipp")
-    if sipp is None:
-        raise RuntimeError("sipp is not installed (Debian package sip-tester)")
-    port = free_port(socket.SOCK_DGRAM)
-    process = subprocess.Popen(
-        [sipp, "-sf", SCENARIO, "-i", "127.0.0.1", "-p", str(port), "-mi", "127.0.0.1",
-         "-mp", str(free_port(socket.SOCK_DGRAM)), "-nostdin", "-bg", "-trace_err",
-         "-error_file", os.path.join(directory, "sipp_errors.log"), "-max_recv_loops", "10000"],
-        cwd=directory, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-    )
-    return process, port
+def start_sipp(directory: str) -> tuple[subprocess.Popen | None, int]:
+    """The sipp UAS in the background (for benchmarks/overload.py); its port."""
+    return None, _call_cores.start_sipp(directory, SCENARIO)
 
 
 def stop_sipp(sipp: subprocess.Popen | None, uas_port: int) -> None:
-    """Stop the sipp UAS of ``start_sipp`` and whatever it left listening on ``uas_port``."""
-    for pid in sipp_pids(uas_port) if uas_port else []:
-        os.kill(pid, signal.SIGKILL)
+    """Stop the sipp UAS of ``start_sipp`` (for benchmarks/refusal_cost.py)."""
+    if uas_port:
+        _call_cores.stop_sipp(uas_port)
     if sipp is not None and sipp.poll() is None:
         sipp.kill()
 
 
-def cpu_of(pid: int) -> float:
-    from w2_register import cpu_seconds
-
-    try:
-        return cpu_seconds(pid)
-    except OSError:
-        return 0.0
+sipp_pids = _call_cores.sipp_pids
+cpu_of = _call_cores.cpu_of
 
 
 def user_system(pid: int) -> tuple[float, float]:
@@ -389,20 +114,156 @@ def process_tree_user_system(epcscf: EpcscfProcess) -> tuple[float, float]:
     return sum(user for user, _ in pairs), sum(system for _, system in pairs)
 
 
-def sipp_pids(port: int) -> list[int]:
-    """sipp -bg forks: find the background sipp by its port in its command line."""
-    found = []
-    for pid in os.listdir("/proc"):
-        if not pid.isdigit():
-            continue
+# --- one run: a deployment, a generator, the figures -------------------------------------------
+
+
+@dataclass
+class Figures:
+    """What one run printed, whichever generator placed the calls (times in seconds)."""
+
+    workers: int
+    offered: int = 0
+    completed: int = 0
+    elapsed: float = 0.0
+    failures: dict[str, int] = field(default_factory=dict)
+    failure_calls: dict[str, list[str]] = field(default_factory=dict)  # a few Call-IDs of each failure (node)
+    setup_p50: float = float("nan")
+    setup_p99: float = float("nan")
+    answer_p50: float = float("nan")  # INVITE → 200
+    answer_p99: float = float("nan")
+    epcscf_cpu: float = 0.0  # supervisor and workers
+    user: float = 0.0  # of epcscf_cpu: in epcscf itself
+    system: float = 0.0  # of epcscf_cpu: in the kernel (sockets; on loopback, delivery to the peer too)
+    generator_cpu: float = 0.0
+    generator_user: float = 0.0  # of generator_cpu, outside the kernel
+    core_cpu: float = 0.0
+    uas_cpu: float = 0.0
+    rtpengine_cpu: float = 0.0
+    shares: list[int] = field(default_factory=list)  # WICs per worker
+    epcscf_waited: float = 0.0  # epcscf's main threads runnable but waiting for a CPU (another's load)
+    udp_drops: int = 0  # datagrams dropped on a full socket receive buffer, in this network namespace
+    udp_drops_by_process: dict[str, int] = field(default_factory=dict)  # of those, by receiving process
+    loadavg: str = ""
+
+    @property
+    def rate(self) -> float:
+        return self.completed / self.elapsed if self.elapsed else 0.0
+
+    @property
+    def failed(self) -> int:
+        return sum(self.failures.values())
+
+
+@dataclass
+class Counters:
+    """CPU seconds of every process of a run, read before and after the timed phase."""
+
+    epcscf: EpcscfProcess
+    ims: _call_cores.Ims
+    rtpengine: Any
+    generator_pid: int = 0
+
+    def read(self) -> tuple[float, ...]:
+        user, system = process_tree_user_system(self.epcscf)
+        rtpengine = cpu_of(self.rtpengine.process.pid) if self.rtpengine is not None else 0.0
+        waited = _call_cores.runqueue_wait(self.epcscf.pids())
+        return user, system, self.ims.core_cpu(), self.ims.uas_cpu(), rtpengine, waited, udp_receive_drops(), *self.drops().values()
+
+    def drops(self) -> dict[str, int]:
+        return _call_cores.udp_drops_by_process({
+            "epcscf": self.epcscf.pids(), "core": self.ims.core_pids(), "UAS": self.ims.uas_pids(),
+            "generator": [self.generator_pid], "rtpengine": [self.rtpengine.process.pid] if self.rtpengine else []})
+
+    def fill(self, figures: Figures, before: tuple[float, ...]) -> None:
+        after = self.read()
+        user, system, core, uas, rtpengine, waited, drops, *by_process = (a - b for a, b in zip(after, before))
+        figures.epcscf_waited = waited
+        figures.user, figures.system, figures.epcscf_cpu = user, system, user + system
+        figures.core_cpu, figures.uas_cpu, figures.rtpengine_cpu = core, uas, rtpengine
+        figures.udp_drops = int(drops)
+        figures.udp_drops_by_process = {name: int(n) for name, n in zip(self.drops(), by_process) if n}
+        closed = figures.udp_drops - sum(figures.udp_drops_by_process.values())
+        if closed > 0:  # on sockets gone by now: the edge's per-call media sockets, mostly
+            figures.udp_drops_by_process["closed sockets"] = closed
+        figures.loadavg = " ".join(open("/proc/loadavg").read().split()[:3])
+
+
+def udp_receive_drops() -> int:
+    """Udp RcvbufErrors of /proc/net/snmp: every UDP socket of this network namespace (with
+    ``unshare -n``, of this run only) — SIP lost on loopback and then retransmitted, or not."""
+    with open("/proc/net/snmp") as snmp:
+        names, values = [line.split() for line in snmp if line.startswith("Udp:")][:2]
+    return int(values[names.index("RcvbufErrors")])
+
+
+def run_python(options: argparse.Namespace, users: list[tuple[str, str]], ws_port: int, target: str,
+               counters: Counters, figures: Figures) -> None:
+    """The asyncio generator of this module, in this process."""
+    full_ice = options.ice_mode == "full"
+    counters.generator_pid = os.getpid()
+
+    async def scenario() -> None:
+        callers = await open_callers(ws_port, users)
+        figures.shares = counters.epcscf.connection_shares()
         try:
-            with open(f"/proc/{pid}/cmdline", "rb") as handle:
-                argv = handle.read().split(b"\0")
-        except OSError:
-            continue
-        if argv and argv[0].endswith(b"sipp") and str(port).encode() in argv:
-            found.append(int(pid))
-    return found
+            await run_load(callers, target, min(options.rate, 20.0), 1.0, full_ice, options.hold)  # warm-up
+            before, own_before, user_before = counters.read(), time.process_time(), os.times().user
+            result = await run_load(callers, target, options.rate, options.seconds, full_ice, options.hold)
+            figures.generator_cpu = time.process_time() - own_before
+            figures.generator_user = os.times().user - user_before
+            counters.fill(figures, before)
+        finally:
+            for caller in callers:
+                caller.flow.close()
+                caller.ice.transport.close()
+        figures.offered, figures.completed, figures.elapsed = result.attempted, result.completed, result.elapsed
+        for failure in result.failures:
+            figures.failures[failure] = figures.failures.get(failure, 0) + 1
+        setups, answers = sorted(result.setups), sorted(result.answers)
+        if setups:
+            figures.setup_p50, figures.setup_p99 = percentile(setups, 0.5), percentile(setups, 0.99)
+            figures.answer_p50, figures.answer_p99 = percentile(answers, 0.5), percentile(answers, 0.99)
+
+    asyncio.run(scenario())
+
+
+def run_node(options: argparse.Namespace, ws_port: int, target: str, counters: Counters, figures: Figures) -> None:
+    """``benchmarks/wic_calls.mjs``: registers, warms up, then starts the timed phase on our "go"."""
+    if shutil.which("node") is None:
+        raise RuntimeError("node is not installed (bin/setup installs it)")
+    profile = ["--cpu-prof", "--cpu-prof-dir", os.path.abspath(options.generator_profile)] if options.generator_profile else []
+    command = ["node", *profile, NODE_GENERATOR, "--url", f"ws://127.0.0.1:{ws_port}", "--target", target,
+               "--wics", str(options.wics), "--rate", str(options.rate), "--seconds", str(options.seconds),
+               "--hold", str(options.hold), "--ice", options.ice_mode, "--domain", DOMAIN,
+               "--timeout", str(STEP_TIMEOUT), "--wait", "1"]
+    generator = subprocess.Popen(command, cwd=TOP, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+                                 preexec_fn=lambda: raise_open_files_limit(20000))
+    counters.generator_pid = generator.pid
+    assert generator.stdout is not None and generator.stdin is not None
+    try:
+        ready = json.loads(generator.stdout.readline() or "{}")
+        if ready.get("ready") != options.wics:
+            raise RuntimeError(f"the Node generator did not get ready: {ready!r} (exit {generator.poll()})")
+        figures.shares = counters.epcscf.connection_shares()
+        before = counters.read()
+        generator.stdin.write("go\n")
+        generator.stdin.flush()
+        result = json.loads(generator.stdout.readline() or "{}")
+        counters.fill(figures, before)
+        if "completed" not in result:
+            raise RuntimeError(f"the Node generator ended without a result (exit {generator.wait(5)})")
+    finally:
+        try:
+            generator.wait(10 if generator.poll() is None and options.generator_profile else 1)  # it writes the profile on exit
+        except subprocess.TimeoutExpired:
+            generator.kill()
+            generator.wait()
+    figures.offered, figures.completed, figures.elapsed = result["offered"], result["completed"], result["seconds"]
+    figures.failures, figures.failure_calls = result["failures"], result.get("failure_calls", {})
+    ms = lambda key: (result.get(key) or float("nan")) / 1000  # noqa: E731  (JSON has null for NaN)
+    figures.setup_p50, figures.setup_p99 = ms("setup_p50_ms"), ms("setup_p99_ms")
+    figures.answer_p50, figures.answer_p99 = ms("answer_p50_ms"), ms("answer_p99_ms")
+    figures.generator_cpu, figures.generator_user = result["cpu_s"], result["cpu_user_s"]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -410,7 +271,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rate", type=float, default=100.0)
     parser.add_argument("--seconds", type=float, default=30.0)
     parser.add_argument("--wics", type=int, default=60)
+    parser.add_argument("--hold", type=float, default=0.0, help="seconds between ICE completed and the BYE")
     parser.add_argument("--ice-mode", choices=("full", "lite"), default="full")
+    parser.add_argument("--generator", choices=("node", "python"), default="node",
+                        help="node: benchmarks/wic_calls.mjs (cheap); python: this process (asyncio)")
+    parser.add_argument("--generator-profile", metavar="DIR",
+                        help="node --cpu-prof: the Node generator's CPU profile (.cpuprofile, for Chrome DevTools) in DIR")
+    parser.add_argument("--core", choices=("embedded", "kamailio", "sipp"), default="embedded",
+                        help="the core the eP-CSCF forwards to (see benchmarks/_call_cores.py)")
     parser.add_argument("--engine", choices=("builtin", "rtpengine", "both"), default="builtin",
                         help="[media] engine; both: builtin then rtpengine in one run (rtpengine-daemon, userspace)")
     parser.add_argument("--quick", action="store_true", help="5 s at the requested rate")
@@ -418,10 +286,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--profile", metavar="FILE", help="run epcscf under cProfile, stats saved to FILE")
     parser.add_argument("--separate-core", action="store_true",
                         help="run the embedded core in a second epcscf process (the eP-CSCF's own cost without the core's)")
-    parser.add_argument("--epcscf-workers", type=int, default=1,
-                        help="[service] workers of the eP-CSCF (more than 1: the core runs in its own process)")
+    parser.add_argument("--epcscf-workers", default="1",
+                        help="[service] workers of the eP-CSCF, or a list (1,2) for one deployment each in this run; "
+                             "more than 1 with the embedded core: the core runs in its own process")
     options = parser.parse_args(argv)
-    options.separate_core = options.separate_core or options.epcscf_workers > 1
+    try:
+        workers_list = [int(n) for n in options.epcscf_workers.split(",")]
+    except ValueError:
+        parser.error("--epcscf-workers: a number or a comma-separated list of numbers")
     if options.profile:
         real_popen = subprocess.Popen
 
@@ -432,16 +304,19 @@ def main(argv: list[str] | None = None) -> int:
             return real_popen(args, **kwargs)
 
         subprocess.Popen = profiled  # type: ignore[misc]
-    seconds = 5.0 if options.quick else options.seconds
+    if options.quick:
+        options.seconds = 5.0
     raise_open_files_limit(20000)
     engines = ("builtin", "rtpengine") if options.engine == "both" else (options.engine,)
     for engine in engines:
-        run_engine(options, engine, seconds)
+        runs = [run_engine(options, engine, workers) for workers in workers_list]
+        if len(runs) > 1 and runs[0].rate:
+            print(f"calls/s with {runs[-1].workers} workers ÷ with {runs[0].workers}: {runs[-1].rate / runs[0].rate:.2f}×")
     return 0
 
 
-def run_engine(options: argparse.Namespace, engine: str, seconds: float) -> None:
-    """One deployment and one load run with ``[media] engine = engine``; prints its figures."""
+def run_engine(options: argparse.Namespace, engine: str, workers: int) -> Figures:
+    """One deployment and one load run with ``[media] engine = engine`` and ``workers``; prints its figures."""
     rtpengine = None
     if engine == "rtpengine":
         from tests.support.rtpengine import start_rtpengine
@@ -468,79 +343,57 @@ def run_engine(options: argparse.Namespace, engine: str, seconds: float) -> None
         return written
 
     deployment.write_ini = write_ini  # type: ignore[method-assign]
-    core: EpcscfProcess | None = None
-    if options.separate_core:
-        # The embedded core in its own process, reached by the eP-CSCF as an external core.
-        core = EpcscfProcess(deployment, "core")
-        core.wait_listening()
-        epcscf = EpcscfProcess(deployment, "calls", f"sip:127.0.0.1:{core.core_port};transport=udp", options.epcscf_workers)
-    else:
-        epcscf = EpcscfProcess(deployment, "calls")
-    sipp, uas_port = None, 0
-    shares: list[int] = []  # WICs per worker
+    separate = options.separate_core or workers > 1
+    figures = Figures(workers)
+    ims = _call_cores.start_ims(options.core, separate, deployment, directory)
+    epcscf: EpcscfProcess | None = None
     try:
+        epcscf = EpcscfProcess(deployment, "calls", ims.next_hop, workers)
         epcscf.wait_listening()
-        sipp, uas_port = start_sipp(directory)
         time.sleep(0.5)
-
-        async def scenario() -> Result:
-            callers = await open_callers(epcscf.ws_port, users)
-            shares[:] = epcscf.connection_shares()
-            try:
-                await run_load(callers, uas_port, min(options.rate, 20.0), 1.0, options.ice_mode == "full")  # warm-up
-                cpu_before, own_before = epcscf.cpu_seconds(), time.process_time()
-                split_before = process_tree_user_system(epcscf)
-                sipp_before = sum(cpu_of(pid) for pid in sipp_pids(uas_port))
-                rtpengine_before = cpu_of(rtpengine.process.pid) if rtpengine is not None else 0.0
-                result = await run_load(callers, uas_port, options.rate, seconds, options.ice_mode == "full")
-                result.cpu = epcscf.cpu_seconds() - cpu_before
-                split_after = process_tree_user_system(epcscf)
-                result.user, result.system = split_after[0] - split_before[0], split_after[1] - split_before[1]
-                result.generator_cpu = time.process_time() - own_before
-                result.sipp_cpu = sum(cpu_of(pid) for pid in sipp_pids(uas_port)) - sipp_before
-                if rtpengine is not None:
-                    result.rtpengine_cpu = cpu_of(rtpengine.process.pid) - rtpengine_before
-                return result
-            finally:
-                for caller in callers:
-                    caller.flow.close()
-                    caller.ice.transport.close()
-
-        result = asyncio.run(scenario())
+        counters = Counters(epcscf, ims, rtpengine)
+        if options.generator == "node":
+            run_node(options, epcscf.ws_port, ims.target, counters, figures)
+        else:
+            run_python(options, users, epcscf.ws_port, ims.target, counters, figures)
     finally:
-        stop_sipp(sipp, uas_port)
-        epcscf.stop()
-        if core is not None:
-            core.stop()
+        if epcscf is not None:
+            epcscf.stop()
+        ims.stop()
         if rtpengine is not None:
             rtpengine.stop()
-    setups = sorted(result.setups)
-    failure_ratio = len(result.failures) / result.attempted if result.attempted else 1.0
-    p50, p99 = (percentile(setups, 0.5), percentile(setups, 0.99)) if setups else (float("nan"), float("nan"))
-    where = "core in its own process" if options.separate_core else "core embedded in the same process"
-    print(f"calls ([media] engine = {engine}, ICE {options.ice_mode}, {where}): target {options.rate:g}/s for {seconds:g} s, {options.wics} WICs")
-    if shares:
-        print(f"  {options.epcscf_workers} workers; WICs per worker: {shares}; epcscf CPU below is the supervisor's and the workers' together")
-    print(f"  completed {result.completed}/{result.attempted} in {result.elapsed:.1f} s = {result.rate:.1f} calls/s "
-          f"[{'PASS' if result.rate >= RATE_FLOOR else 'FAIL'} >= {RATE_FLOOR:g}]")
-    print(f"  failures {len(result.failures)} ({100 * failure_ratio:.2f} %) "
+    report(options, engine, ims, figures)
+    if figures.failed and figures.failed != figures.failures.get(NO_IDLE_WIC):
+        print(f"    logs kept for the failures: {directory} (epcscf: calls.log, sipp: sipp_errors_*.log)")
+    else:
+        shutil.rmtree(directory, ignore_errors=True)
+    return figures
+
+
+def report(options: argparse.Namespace, engine: str, ims: _call_cores.Ims, f: Figures) -> None:
+    failure_ratio = f.failed / f.offered if f.offered else 1.0
+    print(f"calls ([media] engine = {engine}, ICE {options.ice_mode}, {ims.described}, generator {options.generator}): "
+          f"target {options.rate:g}/s for {options.seconds:g} s, {options.wics} WICs, hold {options.hold:g} s")
+    if f.shares:
+        print(f"  {f.workers} workers; WICs per worker: {f.shares}; epcscf CPU below is the supervisor's and the workers' together")
+    print(f"  completed {f.completed}/{f.offered} in {f.elapsed:.1f} s = {f.rate:.1f} calls/s "
+          f"[{'PASS' if f.rate >= RATE_FLOOR else 'FAIL'} >= {RATE_FLOOR:g}]")
+    print(f"  failures {f.failed} ({100 * failure_ratio:.2f} %) "
           f"[{'PASS' if failure_ratio < FAILURE_FLOOR else 'FAIL'} < {100 * FAILURE_FLOOR:g} %]")
-    print(f"  setup (INVITE → ICE completed) p50 {1000 * p50:.1f} ms, p99 {1000 * p99:.1f} ms "
-          f"[{'PASS' if p99 < P99_FLOOR else 'FAIL'} p99 < {1000 * P99_FLOOR:g} ms]")
-    if result.completed:
-        print(f"  epcscf CPU {result.cpu:.1f} s = {1000 * result.cpu / result.completed:.1f} ms per call; "
-              f"generator {result.generator_cpu:.1f} s, sipp {result.sipp_cpu:.1f} s"
-              + (f", rtpengine {result.rtpengine_cpu:.1f} s = {1000 * result.rtpengine_cpu / result.completed:.1f} ms per call"
-                 if rtpengine is not None else ""))
-        print(f"    (user {1000 * result.user / result.completed:.1f} + system {1000 * result.system / result.completed:.1f} ms per call; "
-              f"loadavg {open('/proc/loadavg').read().split(' ', 3)[:3]})")
-    if result.failures:
-        kinds: dict[str, int] = {}
-        for failure in result.failures:
-            kinds[failure] = kinds.get(failure, 0) + 1
-        for text, count in sorted(kinds.items(), key=lambda item: -item[1])[:5]:
-            print(f"    {count} × {text}")
-    shutil.rmtree(directory, ignore_errors=True)
+    print(f"  setup (INVITE → ICE completed) p50 {1000 * f.setup_p50:.1f} ms, p99 {1000 * f.setup_p99:.1f} ms "
+          f"[{'PASS' if f.setup_p99 < P99_FLOOR else 'FAIL'} p99 < {1000 * P99_FLOOR:g} ms]; "
+          f"INVITE → 200 p50 {1000 * f.answer_p50:.1f} ms, p99 {1000 * f.answer_p99:.1f} ms")
+    if f.completed:
+        per_call = lambda seconds: f"{seconds:.2f} s = {1000 * seconds / f.completed:.2f} ms/call"  # noqa: E731
+        print(f"  CPU: epcscf {per_call(f.epcscf_cpu)} (user {1000 * f.user / f.completed:.2f} + system "
+              f"{1000 * f.system / f.completed:.2f}); core {per_call(f.core_cpu) if ims.kind != 'embedded' or ims.next_hop else 'in epcscf'}; "
+              f"UAS sipp {per_call(f.uas_cpu) if ims.kind != 'sipp' else 'is the core'}; generator {per_call(f.generator_cpu)} (user {1000 * f.generator_user / f.completed:.2f})"
+              + (f"; rtpengine {per_call(f.rtpengine_cpu)}" if engine == "rtpengine" else ""))
+        print(f"    epcscf waited {f.epcscf_waited:.2f} s for a CPU while runnable; loadavg {f.loadavg}; UDP datagrams dropped on full receive buffers: {f.udp_drops} "
+              f"{f.udp_drops_by_process or ''}")
+    for text, count in sorted(f.failures.items(), key=lambda item: -item[1])[:6]:
+        examples = f.failure_calls.get(text)
+        print(f"    {count} × {text}" + (f" (e.g. Call-ID {', '.join(examples)})" if examples else ""))
 
 
 if __name__ == "__main__":

@@ -10,8 +10,9 @@
 // answered with RFC 7616 digest (MD5/SHA-256, qop=auth) from password "secret-NNNN", as the
 // users file of the benchmarks has it.  With --wait the timed phase starts on a line on stdin.  The result is one JSON line on stdout, with this
 // process's own CPU seconds (process.cpuUsage) for the timed phase.
-import { createHash, randomBytes } from "node:crypto";
+import { randomBytes } from "node:crypto";
 import WebSocket from "ws";
+import { digestAuthorization, openLoop } from "./_wic_common.mjs";
 
 const args = Object.fromEntries(
   process.argv.slice(2).reduce((pairs, arg, i, all) => (arg.startsWith("--") ? [...pairs, [arg.slice(2), all[i + 1]]] : pairs), []),
@@ -56,18 +57,9 @@ class Wic {
   }
 
   answer(challenge) {
-    const params = {};
-    for (const [, key, value] of challenge.matchAll(/(\w+)="?([^",]*)"?/g)) params[key] = value;
-    const algorithm = (params.algorithm ?? "MD5").toUpperCase();
-    const hash = (text) => createHash(algorithm === "SHA-256" ? "sha256" : "md5").update(text).digest("hex");
-    const uri = `sip:${domain}`;
-    const ha1 = hash(`${this.user}:${params.realm}:${this.password}`);
-    const ha2 = hash(`REGISTER:${uri}`);
-    const cnonce = hex(8);
-    const response = hash(`${ha1}:${params.nonce}:00000001:${cnonce}:auth:${ha2}`);
-    const opaque = params.opaque !== undefined ? `, opaque="${params.opaque}"` : "";
-    return `Digest username="${this.user}", realm="${params.realm}", nonce="${params.nonce}", uri="${uri}", response="${response}", algorithm=${algorithm}${opaque}, qop=auth, nc=00000001, cnonce="${cnonce}"`;
+    return digestAuthorization(challenge, this.user, this.password, domain);
   }
+
 
   open() {
     return new Promise((resolve, reject) => {
@@ -137,28 +129,9 @@ async function main() {
   };
   let offered = 0;
   if (rate > 0) {
-    const idle = [...wics];
-    const busy = [];
-    let skipped = 0;
-    await new Promise((done) => {
-      const tick = () => {
-        const now = performance.now();
-        if (now >= end) return done();
-        const due = Math.floor(((now - start) / 1000) * rate) - offered;
-        for (let i = 0; i < due; i++) {
-          offered += 1;
-          const wic = idle.shift(); // the longest idle: spread over every WIC, as real refreshes are
-          if (!wic) {
-            skipped += 1;
-            continue;
-          }
-          busy.push(one(wic).then(() => idle.push(wic)));
-        }
-        setTimeout(tick, 2);
-      };
-      tick();
-    });
-    await Promise.all(busy);
+    const loop = await openLoop([...wics], rate, seconds, one);
+    offered = loop.offered;
+    const skipped = loop.skipped;
     if (skipped) errors["no idle WIC"] = skipped;
   } else {
     await Promise.all(

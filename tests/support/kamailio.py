@@ -64,11 +64,14 @@ class KamailioCore:
         shutil.rmtree(self.directory, ignore_errors=True)
 
 
-def start_kamailio(uas_uri: str, service_route: bool = False, timeout: float = 10.0) -> KamailioCore:
+def start_kamailio(uas_uri: str, service_route: bool = False, timeout: float = 10.0, defines: tuple[str, ...] = (),
+                   children: int | None = None, shared_mb: int = 64) -> KamailioCore:
     """Start Kamailio on a free port of 127.0.0.1 (UDP + TCP); blocks until both listen.
 
     ``uas_uri``: where calls to ``uas*`` go (a sipp UAS).  ``service_route``: the variant that
     returns a Service-Route on registration and routes originating requests along it.
+    ``defines``: more ``-A`` defines of core.cfg (e.g. ``QUIET``); ``children``: UDP/TCP worker
+    processes (``-n``, the config's 2 when None); ``shared_mb``: shared memory (``-m``).
     Raises ``RuntimeError`` with Kamailio's log when it does not come up.
     """
     binary = kamailio_binary()
@@ -79,13 +82,17 @@ def start_kamailio(uas_uri: str, service_route: bool = False, timeout: float = 1
     log_path = os.path.join(directory, "kamailio.log")
     argv = [
         binary, "-f", CONFIG, "-DD", "-E",
-        "-m", "64", "-M", "8",  # shared / private memory, MB: plenty for a handful of calls
+        "-m", str(shared_mb), "-M", "8",  # shared / private memory, MB: 64 is plenty for a handful of calls
         "-Y", directory, "-P", os.path.join(directory, "kamailio.pid"), "-w", directory,
         "-l", f"udp:127.0.0.1:{port}", "-l", f"tcp:127.0.0.1:{port}",
         "-A", f'UAS_URI="{uas_uri}"',
     ]
     if service_route:
         argv += ["-A", "WITH_SERVICE_ROUTE"]
+    for define in defines:
+        argv += ["-A", define]
+    if children is not None:
+        argv += ["-n", str(children)]
     with open(log_path, "wb") as log:
         process = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                    cwd=directory, start_new_session=True)
