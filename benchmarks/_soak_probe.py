@@ -25,7 +25,7 @@ def _soak_counts():
         "sip transactions (objects)": classes["ServerTransaction"] + classes["ClientTransaction"],
         "proxied requests": classes["ProxiedRequest"],
         "calls live": len(manager.calls()) if manager else 0,
-        "calls ended kept": len(manager._ended) if manager else 0,
+        "calls ended kept": len(manager.ended_calls()) if manager else 0,
         "Call objects": classes["Call"],
         "dialogs": classes["Dialog"],
         "call media": classes["CallMedia"],

@@ -453,6 +453,7 @@ class ManholeSection:
 class CallsSection:
     history: float = _option(_seconds, 300.0, "how long an ended call stays inspectable in the console (calls(), call(id))")
     reconnect_grace: float = _option(_seconds_or_zero, 10.0, "seconds a call outlives its WIC's lost WebSocket, waiting for the same instance (+sip.instance, reg-id) to register again on a new one (0: release at once)")
+    history_unanswered: float = _option(_seconds_or_zero, 60.0, "how long an ended call that never got a 2xx stays inspectable (at most history)")
 
 
 @dataclass(frozen=True)
@@ -539,6 +540,7 @@ class RegEventSection:
     subscribe: bool = _option(_boolean, False, "after a WIC's initial registration, subscribe to the reg event of its IMPU at the core (TS 24.229 §5.2.3)")
     expires: int = _option(_integer(1, 2**31 - 1), 600000, "Expires of our reg-event SUBSCRIBE (TS 24.229 §5.2.3: 600000)")
     close_grace: float = _option(_seconds, 1.0, "seconds between a network de-registration and closing the WIC's WebSocket")
+
 
 
 SECTIONS: dict[str, type] = {

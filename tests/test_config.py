@@ -271,3 +271,16 @@ class UntrustedSourceRateTests(unittest.TestCase):
                                "[overload] untrusted_source_messages_per_second: must be 0 (no limit) or a positive number per second, got '-5'")
         self.assertConfigError(ini({"overload": {"untrusted_source_messages_per_second": "lots"}}),
                                "[overload] untrusted_source_messages_per_second: expected a number per second, got 'lots'")
+
+
+class HistoryUnansweredTests(unittest.TestCase):
+    """[calls] history_unanswered: 60 s by default, 0 allowed, anything else is one line."""
+
+    write = ConfigTests.write
+    assertConfigError = ConfigTests.assertConfigError
+
+    def test_default_and_bad_values(self) -> None:
+        self.assertEqual(load([self.write(ini())]).calls.history_unanswered, 60.0)
+        self.assertEqual(load([self.write(ini({"calls": {"history_unanswered": "0"}}))]).calls.history_unanswered, 0.0)
+        self.assertConfigError(ini({"calls": {"history_unanswered": "-5"}}),
+                               "[calls] history_unanswered: must be 0 (off) or a positive number of seconds, got '-5'")

@@ -12,6 +12,7 @@ unless asked (``epcscf.ops.heap``): the last tests check that it is asked, once 
 
 from __future__ import annotations
 
+import dataclasses
 import gc
 import weakref
 from typing import Any
@@ -26,7 +27,9 @@ from epcscf.pcscf.calls import CallManager, CallSettings
 from epcscf.sip.connection import Address, ConnectionLost
 from epcscf.sip.message import Request, Response
 from epcscf.sip.transaction import State, TimerSettings, TransactionLayer
+from epcscf.sip.transaction_server import SentResponse
 from epcscf.ws.connection import CloseReason, WsConnection
+from tests import test_calls_manager
 from tests.test_calls_media import CallMediaTestCase
 from tests.support.fakes import FakeConnection, FakeServerTransaction
 from tests.test_calls_manager import ADDRESSES, FakeMedia, FakeProxy, invite, response_to
@@ -90,6 +93,25 @@ class TransactionRetentionTests(unittest.TestCase):
         # RFC 3261 §17.2.2: a retransmission gets the last response again.
         self.receive(request("BYE"))
         self.assertEqual([m.start_line() for m in self.connection.messages()], ["SIP/2.0 200 OK"])
+
+    def test_a_udp_invite_completed_keeps_only_the_bytes_of_its_final_and_still_absorbs(self) -> None:
+        self.receive(request("INVITE"))
+        [transaction] = self.tu.server_transactions
+        assert transaction.request is not None
+        busy = with_sdp(response(transaction.request, 486))
+        busy_held, wire = weakref.ref(busy), busy.serialize()
+        transaction.respond(busy)
+        del busy
+        self.forget_sent()
+        self.assertIsNone(busy_held())  # the parsed Response is gone, its bytes stay
+        self.assertEqual(transaction.last_response, SentResponse(486, wire))
+        # RFC 3261 §17.2.1: a retransmitted INVITE gets the same final, byte for byte
+        self.receive(request("INVITE"))
+        self.assertEqual([m.serialize() for m in self.connection.messages()], [wire])
+        # and the ACK is absorbed: Confirmed, nothing for the TU
+        self.receive(request("ACK", cseq_method="ACK"))
+        self.assertIs(transaction.state, State.CONFIRMED)
+        self.assertEqual(self.tu.kinds(), ["request"])
 
     def test_rfc2543_ack_still_matches_an_accepted_invite_without_its_response(self) -> None:
         self.receive(request("INVITE", branch="1"))
@@ -185,6 +207,34 @@ class CallHistoryRetentionTests(unittest.TestCase):
         self.assertEqual(self.clock.getDelayedCalls(), [])
 
 
+class UnansweredHistoryTests(unittest.TestCase):
+    """``[calls] history_unanswered``: a call that never got a 2xx is kept a shorter time than an
+    answered one, and the one pruning timer is brought forward for it."""
+
+    # the call manager's own test harness (not imported by name: trial would run its tests here)
+    setUp = test_calls_manager.CallManagerTests.setUp
+    originate = test_calls_manager.CallManagerTests.originate
+    respond = test_calls_manager.CallManagerTests.respond
+    confirmed_originating_call = test_calls_manager.CallManagerTests.confirmed_originating_call
+
+    def test_a_refused_call_goes_after_keep_unanswered_an_answered_one_after_keep_ended(self) -> None:
+        self.manager.settings = dataclasses.replace(self.manager.settings, keep_ended=600, keep_unanswered=30)
+        _, answered = self.confirmed_originating_call()
+        self.manager.release(answered.call_id)
+        self.clock.advance(5)
+        context, _ = self.originate()
+        self.respond(context, response_to(context.request, 486))
+        self.assertEqual([call.summary()["cause_code"] for call in self.manager.ended_calls()],
+                         ["released", "final-486"])
+        self.clock.advance(30)  # the timer was armed for the answered call (600 s): moved to 30 s
+        self.assertEqual([call.summary()["cause_code"] for call in self.manager.ended_calls()], ["released"])
+        self.assertEqual([call.getTime() for call in self.clock.getDelayedCalls()], [600.0])
+        self.clock.advance(565)
+        self.assertEqual(self.manager.ended_calls(), [])
+        self.assertEqual(self.manager._ended_by_call_id, {})  # the stray-2xx index forgets them too
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+
+
 class FakeHeap:
     def __init__(self) -> None:
         self.free = 0
@@ -203,7 +253,9 @@ class HeapTrimmerTests(unittest.TestCase):
     def setUp(self) -> None:
         self.clock = task.Clock()
         self.heap = FakeHeap()
-        self.trimmer = HeapTrimmer(self.clock, self.heap, interval=10.0, threshold=16 * self.MIB)
+        self.cpu_seconds = 0.0  # the process's CPU time, as HeapTrimmer reads it
+        self.trimmer = HeapTrimmer(self.clock, self.heap, interval=10.0, threshold=16 * self.MIB,
+                                   cpu=lambda: self.cpu_seconds, busy_share=0.25)
         self.trimmer.startService()
         self.addCleanup(self.trimmer.stopService)
 
@@ -229,6 +281,17 @@ class HeapTrimmerTests(unittest.TestCase):
     def test_stopping_cancels_the_timer(self) -> None:
         self.trimmer.stopService()
         self.assertEqual(self.clock.getDelayedCalls(), [])
+
+    def test_a_busy_node_trims_only_once_it_is_quiet(self) -> None:
+        self.heap.free = 60 * self.MIB  # plenty freed, but the node works: 5 s of CPU in 10 s
+        self.cpu_seconds += 5.0
+        self.clock.advance(10)
+        self.cpu_seconds += 3.0
+        self.clock.advance(10)
+        self.assertEqual((self.heap.trimmed, self.trimmer.deferred_trims), (0, 2))
+        self.cpu_seconds += 0.5  # the burst is over: 5 % of a CPU
+        self.clock.advance(10)
+        self.assertEqual((self.heap.trimmed, self.trimmer.deferred_trims), (1, 2))
 
 
 class GlibcHeapTests(unittest.TestCase):

@@ -14,7 +14,8 @@ trimmer looks every ``interval`` seconds at how much the heap holds free (``mall
 few microseconds) and trims only when that grew by more than ``threshold`` since the lowest
 figure seen after the last trim (glibc still counts trimmed pages as free, and reuses them
 first): during steady load the free memory is reused and does not grow, after a burst it is
-returned within ``interval``.
+returned within ``interval``.  While the process is busy (more than ``busy_share`` of a CPU
+since the last look) the trim waits: pages handed back then are faulted in again at once.
 On a C library without ``mallinfo2``/``malloc_trim`` (musl, macOS) nothing is done.
 """
 
@@ -22,7 +23,8 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
-from typing import Protocol
+import time
+from typing import Callable, Protocol
 
 from twisted.application.service import Service
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
@@ -35,6 +37,9 @@ TRIM_INTERVAL = 10.0
 #: newly free bytes the heap may keep before they are handed back: a few percent of a
 #: ~100 MiB edge (a trim of that much costs a few milliseconds)
 TRIM_THRESHOLD = 4 * 1024 * 1024
+#: share of one CPU above which the node is busy and the trim waits: pages handed back under
+#: load are faulted in again by the next messages (a page fault each), for nothing
+BUSY_SHARE = 0.25
 
 
 class Heap(Protocol):
@@ -80,21 +85,30 @@ def glibc_heap() -> GlibcHeap | None:
 
 
 class HeapTrimmer(Service):
-    """Every ``interval`` s: when the heap holds more than ``threshold`` bytes free, trim it."""
+    """Every ``interval`` s: when the heap holds more than ``threshold`` bytes free, and the
+    process used less than ``busy_share`` of a CPU since the last look, trim it."""
 
     def __init__(self, clock: IReactorTime, heap: Heap, interval: float = TRIM_INTERVAL,
-                 threshold: int = TRIM_THRESHOLD) -> None:
+                 threshold: int = TRIM_THRESHOLD, cpu: Callable[[], float] = time.process_time,
+                 busy_share: float = BUSY_SHARE) -> None:
         self.clock = clock
         self.heap = heap
         self.interval = interval
         self.threshold = threshold
+        #: the process's CPU seconds so far, and the share of one CPU above which it is busy
+        self.cpu = cpu
+        self.busy_share = busy_share
         self.trims = 0
+        #: looks that would have trimmed but found the node busy
+        self.deferred_trims = 0
+        self._cpu_then = 0.0
         self._timer: IDelayedCall | None = None
         #: free bytes already handed back, or reused since (the floor the growth counts from)
         self._floor = 0
 
     def startService(self) -> None:  # noqa: N802
         super().startService()
+        self._cpu_then = self.cpu()
         self._timer = self.clock.callLater(self.interval, self._look)
 
     def stopService(self) -> None:  # noqa: N802
@@ -105,9 +119,15 @@ class HeapTrimmer(Service):
 
     def _look(self) -> None:
         self._timer = self.clock.callLater(self.interval, self._look)
+        cpu_now = self.cpu()
+        busy = cpu_now - self._cpu_then > self.busy_share * self.interval
+        self._cpu_then = cpu_now
         free = self.heap.free_bytes()
         self._floor = min(self._floor, free)
         if free - self._floor <= self.threshold:
+            return
+        if busy:
+            self.deferred_trims += 1
             return
         self.heap.trim()
         self.trims += 1

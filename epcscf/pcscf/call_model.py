@@ -72,6 +72,7 @@ class CallMediaLike(Protocol):
 class CallSettings:
     timeline_length: int = 200  # entries kept per call
     keep_ended: float = 600.0  # seconds an ended call stays visible to the console
+    keep_unanswered: float = 60.0  # same for a call that never got a 2xx (at most keep_ended)
     max_calls: int = 10000  # live calls; beyond → 503 + Retry-After (RFC 3261 §21.5.4)
     retry_after: int = 30  # seconds, in 503 responses
     warning_agent: str = "epcscf"  # warn-agent in Warning headers (RFC 3261 §20.43)

@@ -30,9 +30,13 @@ feeds it events and does the SIP side of the work:
   protocol error: a log line with the Call-ID, a timeline entry and ``protocol_errors``
   counted — never silently dropped.
 * Every call's media is closed when it ends, whatever the path; an ended call stays in
-  ``ended_calls()`` for ``CallSettings.keep_ended`` seconds.  One reactor timer, armed for
-  the oldest ended call, forgets them: after the last call, the history empties by itself
-  (pruning only when the next call ends would keep the last busy minutes for ever).
+  ``ended_calls()`` for ``CallSettings.keep_ended`` seconds, one that never got a 2xx for
+  ``keep_unanswered`` (at most as long): refused, cancelled and garbage INVITEs are most of a
+  burst, and each kept call is ~4 KB of objects allocated all over the heap while the burst ran,
+  which keep the allocator's pages from going back to the system (docs/performance.md, "RSS
+  after a burst").  One reactor timer, armed for the first ended call due, forgets them: after
+  the last call, the history empties by itself (pruning only when the next call ends would
+  keep the last busy minutes for ever).
 """
 
 from __future__ import annotations
@@ -104,8 +108,10 @@ class CallManager:
         #: events the call state or offer/answer tables do not allow (see ``_protocol_error``)
         self.protocol_errors = 0
         self._live: dict[tuple[str, str], Call] = {}
+        #: ended calls, oldest first: answered ones (kept ``keep_ended``) and the others
         self._ended: collections.OrderedDict[int, Call] = collections.OrderedDict()
-        #: the calls of ``_ended`` by Call-ID, oldest end first: a stray 2xx looks its call up
+        self._ended_unanswered: collections.OrderedDict[int, Call] = collections.OrderedDict()
+        #: the calls of both histories by Call-ID, oldest end first: a stray 2xx looks its call up
         #: here instead of walking ``keep_ended`` seconds of history (600 s × the call rate)
         self._ended_by_call_id: dict[str, list[Call]] = {}
         self._closing: set[defer.Deferred] = set()
@@ -125,7 +131,7 @@ class CallManager:
 
     def ended_calls(self) -> list[Call]:
         self._prune_ended()
-        return list(self._ended.values())
+        return sorted([*self._ended.values(), *self._ended_unanswered.values()], key=lambda call: call.ended_at or 0.0)
 
     def find(self, call_id: str) -> list[Call]:
         return [call for call in self._live.values() if call.call_id == call_id]
@@ -578,7 +584,8 @@ class CallManager:
         if self.suspensions is not None:
             self.suspensions.forget(call)
         self._prune_ended()
-        self._ended[id(call)] = call
+        answered = call.dialog is not None and call.dialog.confirmed
+        (self._ended if answered else self._ended_unanswered)[id(call)] = call
         self._ended_by_call_id.setdefault(call.call_id, []).append(call)
         self._arm_pruning()
         call.invite_context = None  # the proxy's context is not ours to keep alive
@@ -594,22 +601,32 @@ class CallManager:
             self._closing.add(closing)
             closing.addBoth(lambda result: (self._closing.discard(closing), result)[1])
 
+    def _histories(self) -> tuple[tuple[collections.OrderedDict[int, Call], float], ...]:
+        """Each history, oldest first, with how long it keeps a call."""
+        keep = self.settings.keep_ended
+        return (self._ended, keep), (self._ended_unanswered, min(keep, self.settings.keep_unanswered))
+
     def _prune_ended(self) -> None:
         now = self.clock.seconds() + 1e-6  # the timer's own arithmetic may round a hair early
-        while self._ended:
-            key, oldest = next(iter(self._ended.items()))
-            if oldest.ended_at is not None and oldest.ended_at + self.settings.keep_ended > now:
-                break
-            del self._ended[key]
-            self._forget_ended(oldest)
+        for history, keep in self._histories():
+            while history:
+                key, oldest = next(iter(history.items()))
+                if oldest.ended_at is not None and oldest.ended_at + keep > now:
+                    break
+                del history[key]
+                self._forget_ended(oldest)
 
     def _arm_pruning(self) -> None:
-        """One timer for the whole history: due when the oldest ended call expires."""
-        if self._pruning is not None or not self._ended:
+        """One timer for the whole history: due when the first ended call expires."""
+        dues = [(next(iter(history.values())).ended_at or 0.0) + keep for history, keep in self._histories() if history]
+        if not dues:
             return
-        oldest = next(iter(self._ended.values()))
-        due = (oldest.ended_at or 0.0) + self.settings.keep_ended - self.clock.seconds()
-        self._pruning = self.clock.callLater(max(0.0, due), self._pruning_due)
+        due = min(dues)
+        if self._pruning is not None:
+            if self._pruning.getTime() <= due:
+                return
+            self._pruning.cancel()  # an unanswered call ended: due before the oldest answered one
+        self._pruning = self.clock.callLater(max(0.0, due - self.clock.seconds()), self._pruning_due)
 
     def _pruning_due(self) -> None:
         self._pruning = None

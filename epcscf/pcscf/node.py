@@ -368,7 +368,8 @@ class PcscfNode(Service):
             addresses,
             self.media_engine,
             CallSettings(keep_ended=self.config.calls.history, warning_agent=addresses.core_host,
-                         reconnect_grace=self.config.calls.reconnect_grace),
+                         reconnect_grace=self.config.calls.reconnect_grace,
+                         keep_unanswered=self.config.calls.history_unanswered),
             proxy_operations,
         )
         self.policy = PcscfPolicy(

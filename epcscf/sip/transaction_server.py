@@ -7,6 +7,7 @@ retransmissions, and arms timers G, H, I, J and L plus the 200 ms 100-Trying tim
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Callable, NamedTuple, Protocol
 
 from twisted.internet.interfaces import IReactorTime
@@ -75,6 +76,23 @@ class RequestIdentity(NamedTuple):
         return (self.from_tag, self.call_id, self.cseq_number, self.cseq_method)
 
 
+@dataclass(frozen=True, slots=True)
+class SentResponse:
+    """A final response as it went out: what a Completed server transaction on an unreliable
+    transport repeats for each retransmitted request until Timer H/J (RFC 3261 §17.2.1,
+    §17.2.2).  Its bytes are a few hundred; the parsed ``Response`` with its header views is
+    ~2.5 KB, held 64*T1 by every such transaction (thousands during a burst over UDP)."""
+
+    status: int
+    wire: bytes
+
+    def serialize(self) -> bytes:
+        return self.wire
+
+    def start_line(self) -> str:
+        return self.wire.split(b"\r\n", 1)[0].decode("utf-8", "replace")  # for logs, as Message's
+
+
 class ServerTransaction(TransactionMachine):
     """One request we received and the responses we give it (RFC 3261 §17.2)."""
 
@@ -100,7 +118,7 @@ class ServerTransaction(TransactionMachine):
         self.table = INVITE_SERVER if self.is_invite else NON_INVITE_SERVER
         #: the most recent response sent (the TU's, or the automatic 100 Trying); None in
         #: Accepted, where the TU alone sends 2xx retransmissions (RFC 6026 §7.1)
-        self.last_response: Response | None = None
+        self.last_response: Response | SentResponse | None = None
         #: the To tag of our final response (RFC 2543 matching of the ACK, §17.2.3)
         self.final_to_tag: str | None = None
         self._tu = tu
@@ -161,6 +179,10 @@ class ServerTransaction(TransactionMachine):
         self.request = None
         if self.state is State.ACCEPTED:
             self.last_response = None
+        elif isinstance(self.last_response, Response) and not self.connection.reliable:
+            # UDP: sent again as it is (a connection serialises a message and writes the bytes);
+            # on a reliable transport it may have to go elsewhere (§18.2.2) and needs its Via.
+            self.last_response = SentResponse(self.last_response.status, self.last_response.serialize())
 
     def _send_trying(self, _: object) -> None:
         # RFC 3261 §17.2.1: the TU did not answer within 200 ms.
@@ -174,7 +196,7 @@ class ServerTransaction(TransactionMachine):
 
     def _resend_last_response(self, _: object) -> None:
         if self.last_response is not None:
-            self._send(self.connection, self.last_response)
+            self._send(self.connection, self.last_response)  # type: ignore[arg-type] # SentResponse: serialize() is all a UDP path uses
 
     def _discard_response(self, response: object) -> None:
         status = response.status if isinstance(response, Response) else "?"
