@@ -43,6 +43,7 @@ asyncioreactor.install()
 from twisted.internet import reactor  # noqa: E402
 
 from epcscf.pcscf.edge import EdgeAddresses, PcscfPolicy  # noqa: E402
+from epcscf.pcscf.edge_collaborators import EdgeCollaborators  # noqa: E402
 from epcscf.pcscf.flows import FlowTable  # noqa: E402
 from epcscf.pcscf.registration import Registrations  # noqa: E402
 from epcscf.sip.message import Request, Response  # noqa: E402
@@ -135,11 +136,11 @@ class Bench:
         self.flows = FlowTable(reactor)
         self.registrations = Registrations(reactor)
         addresses = EdgeAddresses("127.0.0.1", 40800, "tcp", "127.0.0.1", 40801, "ws")
-        self.policy = PcscfPolicy(
-            addresses, self.flows, self.registrations, [Target("TCP", "127.0.0.1", 39915)], network_id="ims.localdomain"
-        )
         self.statuses: list[int] = []
-        self.policy.on_register_response = self.statuses.append  # as the metrics observer is
+        self.policy = PcscfPolicy(
+            addresses, self.flows, self.registrations, [Target("TCP", "127.0.0.1", 39915)], network_id="ims.localdomain",
+            collaborators=EdgeCollaborators(on_register_response=self.statuses.append),  # as the metrics observer is
+        )
         self.serial = 0
 
     def open_wic(self, number: int) -> FakeWsFlow:

@@ -25,7 +25,7 @@ SUBSYSTEMS: tuple[tuple[str, tuple[str, ...]], ...] = (
                                              "twisted/internet/udp.py:Port.write", "selector_events.py:_SelectorDatagramTransport.sendto")),
     ("transaction layer", ("epcscf/sip/transaction",)),
     ("proxy core", ("epcscf/sip/proxy.py", "epcscf/sip/proxy_rules.py")),
-    ("P-CSCF policy (edge, guard, admission, registrations)", ("epcscf/pcscf/edge.py", "epcscf/pcscf/guard.py",
+    ("P-CSCF policy (edge, guard, admission, registrations)", ("epcscf/pcscf/edge", "epcscf/pcscf/guard.py",  # edge.py, edge_collaborators.py
                                                                 "epcscf/pcscf/admission.py", "epcscf/pcscf/registration.py",
                                                                 "epcscf/pcscf/flows.py", "epcscf/pcscf/identity.py")),
     ("calls (state, dialogs, SDP rewrite glue)", ("epcscf/pcscf/call", "epcscf/pcscf/dialogs.py", "epcscf/pcscf/offer_answer.py")),

@@ -8,6 +8,7 @@ The core side is played by a bare UDP peer (requests carrying the old flow token
 from __future__ import annotations
 
 import secrets
+from dataclasses import replace
 
 from twisted.internet import reactor as global_reactor
 from twisted.internet.task import Clock
@@ -55,7 +56,7 @@ class _ReconnectFixture(unittest.TestCase):
                                  CallSettings(reconnect_grace=self.grace), node.proxy)
         node.policy.calls = self.calls
         node.calls = self.calls
-        node.policy.reconnections = self.calls.suspensions
+        node.policy.collaborators = replace(node.policy.collaborators, reconnections=self.calls.suspensions)
         self.core = UdpSipPeer()
         self.core.start()
         self.addCleanup(self.core.stop)

@@ -9,6 +9,7 @@ from twisted.internet.task import Clock
 from twisted.trial import unittest
 
 from epcscf.pcscf.edge import EdgeAddresses, PcscfPolicy
+from epcscf.pcscf.edge_collaborators import EdgeCollaborators
 from epcscf.pcscf.flows import FlowTable, FlowTokenCodec
 from epcscf.pcscf.registration import Registrations
 from epcscf.sip.message import Request, Response
@@ -82,9 +83,11 @@ class EdgeRegisterTests(unittest.TestCase):
         self.flows = FlowTable(self.clock, FlowTokenCodec(bytes(range(32))))
         self.registrations = Registrations(self.clock)
         self.addresses = EdgeAddresses("127.0.0.1", 40800, "tcp", "127.0.0.1", 40801, "ws")
-        self.policy = PcscfPolicy(self.addresses, self.flows, self.registrations, CORE, network_id="ims.localdomain")
         self.statuses: list[int] = []
-        self.policy.on_register_response = self.statuses.append
+        self.policy = PcscfPolicy(
+            self.addresses, self.flows, self.registrations, CORE, network_id="ims.localdomain",
+            collaborators=EdgeCollaborators(on_register_response=self.statuses.append),
+        )
         self.wic = FakeWsFlow("ws-test-1")
         self.flows.open(self.wic)
         self.token = self.flows.token_for(self.wic)

@@ -16,7 +16,9 @@ from epcscf.sip.connection import Address, Connection, ConnectionLost
 from epcscf.sip.message import Message, Request, make_response
 from epcscf.sip.parser import ParserLimits, parse_message
 from epcscf.sip.resolver import Target
-from epcscf.sip.transport import ListenerSpec, TransportManager, TransportSettings, UdpTransport
+from epcscf.sip.transport import TransportManager
+from epcscf.sip.transport_specs import ListenerSpec, TransportSettings
+from epcscf.sip.transport_udp import UdpTransport
 from tests.support.processes import wait_for
 
 

@@ -19,7 +19,8 @@ from epcscf.sip.proxy_policy import DefaultRoutingPolicy
 from epcscf.sip.resolver import NextHopResolver, Target
 from epcscf.sip.transaction import TransactionLayer
 from epcscf.sip.transaction_machine import TimerSettings
-from epcscf.sip.transport import UDP_ONLY_MEMORY, UDP_REQUEST_LIMIT, TransportManager, congestion_controlled_target
+from epcscf.sip.transport import TransportManager
+from epcscf.sip.transport_udp import UDP_ONLY_MEMORY, UDP_REQUEST_LIMIT, congestion_controlled_target
 from tests.support.processes import wait_for
 from tests.support.sipp import free_port
 from tests.test_sip_resolver import MemoryAuthority

@@ -507,7 +507,8 @@ class HeldSipSocketsTests(unittest.TestCase):
     async def test_a_connection_made_between_two_holders_is_accepted_by_the_second_also_over_tls(self) -> None:
         import ssl
 
-        from epcscf.sip.transport import TransportManager, TransportSettings
+        from epcscf.sip.transport import TransportManager
+        from epcscf.sip.transport_specs import TransportSettings
         from epcscf.workers.sockets import sip_socket
         from tests.support.certificates import self_signed_certificate
         from tests.test_sip_transport import Collector, options_request

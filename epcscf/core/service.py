@@ -48,7 +48,8 @@ from epcscf.sip.message import Request, Response, make_response
 from epcscf.sip.proxy import ProxySettings, StatefulProxy
 from epcscf.sip.resolver import NextHopResolver
 from epcscf.sip.transaction import ServerTransaction, TimerSettings, TransactionLayer
-from epcscf.sip.transport import ListenerSpec, TransportManager
+from epcscf.sip.transport import TransportManager
+from epcscf.sip.transport_specs import ListenerSpec
 from epcscf.sip.uri import SipUri, UriError, parse_uri
 
 log = Logger(namespace="epcscf.core")

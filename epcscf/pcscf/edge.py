@@ -32,10 +32,10 @@ from twisted.logger import Logger
 from epcscf.pcscf import guard
 from epcscf.pcscf.aka import strip_aka_keys, strip_sec_agree
 from epcscf.pcscf.call_model import call_leg
+from epcscf.pcscf.edge_collaborators import EdgeCollaborators
 from epcscf.pcscf.flows import FlowTable, TamperedToken
 from epcscf.pcscf.identity import assert_identity, strip_core_only_headers, strip_untrusted_headers
-from epcscf.pcscf.registration import RegistrationBinding, Registrations
-from epcscf.pcscf.wic_reg_subscriptions import WicRegSubscriptions
+from epcscf.pcscf.registration import Registrations
 from epcscf.sip.connection import WEBSOCKET_TRANSPORTS, Connection
 from epcscf.sip.headers import HeaderError, option_tags, parse_via, to_tag
 from epcscf.sip.message import Request, Response, new_tag
@@ -152,15 +152,6 @@ class CallHooks(Protocol):
     def stray_response(self, response: Response) -> Response | None: ...
 
 
-class FlowReconnections(Protocol):
-    """Dialogs of a lost flow that a new flow of the same UA instance adopted
-    (``epcscf.pcscf.call_suspension``)."""
-
-    def route_for(self, flow_id: str, request: Request) -> Connection | Response | None: ...
-
-    def adopted(self, flow_id: str, request: Request, connection: Connection) -> bool: ...
-
-
 class PcscfPolicy:
     """``ProxyPolicy`` of the eP-CSCF (see module docstring)."""
 
@@ -173,6 +164,7 @@ class PcscfPolicy:
         network_id: str,
         calls: CallHooks | None = None,
         next_hop_resolver: Callable[[], list[Target] | defer.Deferred] | None = None,
+        collaborators: EdgeCollaborators = EdgeCollaborators(),
     ) -> None:
         self.addresses = addresses
         self.flows = flows
@@ -184,33 +176,8 @@ class PcscfPolicy:
         #: when no fixed next hop: the configured I-CSCF/S-CSCF URIs' targets, at once when
         #: they are numeric, else as a Deferred[list[Target]]
         self.next_hop_resolver = next_hop_resolver
-        #: refuses new work before routing (``epcscf.pcscf.admission.AdmissionChain``: overload,
-        #: per-source limits, and the drain on shutdown answering new INVITEs 503)
-        self.admission: Callable[[ProxiedRequest], Reject | None] | None = None
-        #: observer of REGISTER final responses relayed to the WIC (metrics)
-        self.on_register_response: Callable[[int], None] | None = None
-        #: observer of the same with the REGISTER's context (admission: failed authentications
-        #: per AOR, registrations in progress)
-        self.on_register_final: Callable[[ProxiedRequest, Response], None] | None = None
-        #: the configured core entry point as the operator wrote it (``[core] next_hop``, external
-        #: mode): named in the log when a registrar gives no Service-Route
-        self.core_entry: str | None = None
-        #: core-side sources whose requests need no flow token (None: every source, unit tests)
-        self.trusted_sources: guard.TrustedSources | None = None
-        #: observer of refused requests, ``(side, reason)`` with side "wic" or "core" (metrics)
-        self.on_refused: Callable[[str, str], None] | None = None
-        #: dialogs of lost flows, suspended or adopted ([calls] reconnect_grace); None: none kept
-        self.reconnections: FlowReconnections | None = None
-        #: bindings just recorded from a 2xx to a REGISTER (the reg-event subscriber)
-        self.on_registered: Callable[[list[RegistrationBinding]], None] | None = None
-        #: answers a NOTIFY addressed to our own URI by a trusted core source (our reg-event
-        #: subscriptions, ``epcscf.pcscf.reg_event``); None: no subscriptions of ours
-        self.own_notify: Callable[[Request], Response] | None = None
-        #: the WICs' own reg-event subscriptions as they pass (``epcscf.pcscf.wic_reg_subscriptions``)
-        self.wic_subscriptions: WicRegSubscriptions | None = None
-        #: web-credential access (``epcscf.pcscf.web_auth.TokenAccess.register``): may refuse a
-        #: WIC's REGISTER or replace its credentials by the trusted node's assertion
-        self.register_access: Callable[[ProxiedRequest], Reject | None] | None = None
+        #: admission, observers, reconnections, reg-event hooks: each with a no-op default
+        self.collaborators = collaborators
 
     @property
     def network_id(self) -> str:
@@ -231,7 +198,7 @@ class PcscfPolicy:
         return isinstance(parsed, SipUri) and self.addresses.is_own(parsed)
 
     def route_request(self, context: ProxiedRequest) -> Decision | defer.Deferred:
-        if self.admission is not None and (refusal := self.admission(context)) is not None:
+        if (refusal := self.collaborators.admission(context)) is not None:
             return refusal
         if context.connection.transport in WEBSOCKET_TRANSPORTS:
             return self._from_wic(context)
@@ -248,15 +215,11 @@ class PcscfPolicy:
                     strip_aka_keys(response)  # TS 24.229 §5.2.2.1: ck/ik are the P-CSCF's, never the UE's
                 if response.status < 300:
                     self._record_registration(context, response)
-                if self.on_register_response is not None:
-                    self.on_register_response(response.status)
-                if self.on_register_final is not None:
-                    self.on_register_final(context, response)
-            elif (
-                context is not None and self.wic_subscriptions is not None and 200 <= response.status < 300
-                and context.request.method == "SUBSCRIBE"
-            ):
-                self.wic_subscriptions.subscribe_answered(context.request_as_received, response, context.connection.id)
+                collaborators = self.collaborators
+                collaborators.on_register_response(response.status)
+                collaborators.on_register_final(context, response)
+            elif context is not None and 200 <= response.status < 300 and context.request.method == "SUBSCRIBE":
+                self.collaborators.wic_subscriptions.subscribe_answered(context.request_as_received, response, context.connection.id)
         if context is not None and self.calls is not None and call_leg(context) is not None:
             return self.calls.response(context, response)
         if context is None and self.calls is not None:
@@ -336,9 +299,11 @@ class PcscfPolicy:
         request = context.request
         flow = context.connection
         received = context.request_as_received  # an ACK for a 2xx has no server transaction: its own copy
-        reconnections = self.reconnections
-        adopted = None if reconnections is None else (lambda named: reconnections.adopted(named, received, flow))
-        refusal = guard.check_wic_route(received, flow.id, self.addresses.is_wic_side, self.flows.codec, adopted)
+        reconnections = self.collaborators.reconnections
+        refusal = guard.check_wic_route(
+            received, flow.id, self.addresses.is_wic_side, self.flows.codec,
+            lambda named: reconnections.adopted(named, received, flow),
+        )
         if refusal is None:
             refusal = self._dialog_route_refusal(request, flow)
         if refusal is not None:
@@ -359,7 +324,7 @@ class PcscfPolicy:
         binding = self.registrations.registration_for_request(flow.id)
         if binding is None:
             return guard.NOT_REGISTERED
-        if not guard.next_hop_is_core(request, binding.service_route, self.trusted_sources, self.core_next_hop or ()):
+        if not guard.next_hop_is_core(request, binding.service_route, self.collaborators.trusted_sources, self.core_next_hop or ()):
             return guard.NOT_TOWARD_CORE
         return None
 
@@ -377,12 +342,11 @@ class PcscfPolicy:
             reason=refusal.reason,
             call_id=request.headers.get("Call-ID") or "",
         )
-        if self.on_refused is not None:
-            self.on_refused(side, refusal.reason)
+        self.collaborators.on_refused(side, refusal.reason)
         return Reject(make_local_response(request, 403, refusal.phrase, to_tag=new_tag()))
 
     def _register(self, context: ProxiedRequest, token: str) -> Decision:
-        if self.register_access is not None and (refusal := self.register_access(context)) is not None:
+        if (refusal := self.collaborators.register_access(context)) is not None:
             return refusal
         request = context.request
         strip_untrusted_headers(request)
@@ -416,18 +380,19 @@ class PcscfPolicy:
         flow = self.flows.find(context.connection.id)
         origin = flow.origin if flow is not None else None
         flow_id = context.connection.id
-        known = self.registrations.for_flow(flow_id) if self.core_entry else []
+        core_entry = self.collaborators.core_entry
+        known = self.registrations.for_flow(flow_id) if core_entry else []
         bindings = self.registrations.record(register, response, flow_id, origin, isinstance(leg, RegisterLeg) and leg.outbound)
-        if bindings and self.on_registered is not None:
-            self.on_registered(bindings)
-        if self.core_entry:
+        if bindings:
+            self.collaborators.on_registered(bindings)
+        if core_entry:
             for binding in bindings:
                 if not binding.service_route and all(binding is not old for old in known):
                     # Once per binding (a refresh keeps it): a plain RFC 3261 registrar gives no
                     # Service-Route (RFC 3608), so say where originating requests will go.
                     log.info(
                         "registration of {aor} on flow {flow} has no Service-Route: its originating requests go to {next_hop}",
-                        aor=binding.aor, flow=flow_id, next_hop=self.core_entry,
+                        aor=binding.aor, flow=flow_id, next_hop=core_entry,
                     )
 
     def _add_charging_vector(self, request: Request) -> None:
@@ -441,12 +406,14 @@ class PcscfPolicy:
         request = context.request
         received = context.request_as_received  # an ACK for a 2xx has no server transaction: its own copy
         token = self._flow_token(received)
-        if token is None and self.trusted_sources is not None and not self.trusted_sources.allows(context.connection.remote):
+        collaborators = self.collaborators
+        trusted = collaborators.trusted_sources
+        if token is None and trusted is not None and not trusted.allows(context.connection.remote):
             # A border element: only the core, or a request that followed our Path/Record-Route.
             return self._refuse(context, "core", guard.UNTRUSTED_SOURCE)
-        if token is None and request.method == "NOTIFY" and self.own_notify is not None and self.is_own_uri(received.uri):
+        if token is None and request.method == "NOTIFY" and self.is_own_uri(received.uri):
             # TS 24.229 §5.2.3: a NOTIFY of our own reg-event subscription is answered here.
-            return Reject(self.own_notify(received))
+            return Reject(collaborators.own_notify(received))
         if token is None:
             if context.server_transaction is None:
                 return Reject(make_local_response(request, 404))
@@ -458,7 +425,7 @@ class PcscfPolicy:
         except TamperedToken:
             return self._refuse(context, "core", guard.BAD_TOKEN)
         # A dialog of a lost flow may wait for its WIC, or live on on the flow that adopted it.
-        moved = self.reconnections.route_for(flow_id, received) if self.reconnections is not None else None
+        moved = collaborators.reconnections.route_for(flow_id, received)
         if isinstance(moved, Response):
             return Reject(moved)
         flow = self.flows.find(flow_id) if moved is None else None
@@ -470,8 +437,8 @@ class PcscfPolicy:
             # RFC 5626 §5.3.1: the flow the token names is gone.
             return Reject(make_local_response(request, 430, to_tag=new_tag()))
         strip_core_only_headers(request)
-        if request.method == "NOTIFY" and self.wic_subscriptions is not None:
-            self.wic_subscriptions.notify_passing(request, connection.id)
+        if request.method == "NOTIFY":
+            collaborators.wic_subscriptions.notify_passing(request, connection.id)
         record_route: list[str] = []
         if request.method in DIALOG_CREATING_METHODS and to_tag(request) is None:
             record_route = [self.addresses.wic_uri(token), self.addresses.core_uri()]

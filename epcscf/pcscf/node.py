@@ -7,6 +7,11 @@ starts; tests start one directly with listeners on port 0.  Inside it, the messa
     UDP/TCP/TLS ──► TransportManager ─► TransactionLayer ─┤
                                                            └─ (responses, retransmissions, timers)
 
+The node wires; the parts live in their own modules: ``node_settings`` (config sections →
+settings), ``ingress`` (the WebSocket and core-side sinks with their message rates),
+``core_entry`` (next hop toward the core, trusted core sources), ``edge_collaborators``
+(everything the policy consults, given to it at construction).
+
 Operations (console, metrics, drain, reload) see the node only through ``operations``
 (``epcscf.pcscf.operations.NodeOperations``); the metrics' event callbacks come in once,
 as the ``observers`` given at construction.
@@ -14,7 +19,7 @@ as the ``observers`` given at construction.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, fields, replace
+from dataclasses import dataclass, replace
 from typing import Any, Callable, Mapping
 
 from twisted.application.service import Service
@@ -22,41 +27,46 @@ from twisted.internet import defer
 from twisted.internet.interfaces import IListeningPort
 from twisted.logger import Logger
 
-from epcscf.config import Config, Listener, parse_trusted_source
-from epcscf.ice import IceAgentConfig
-from epcscf.media import MediaSessionConfig
-from epcscf.pcscf.admission import AdmissionChain, LoadProbe, NewWorkGate, OverloadController, OverloadSettings
-from epcscf.pcscf.call_media import CallMediaSettings
-from epcscf.pcscf.call_suspension import instance_keys
-from epcscf.pcscf.early_refusal import EarlyInviteGate
-from epcscf.pcscf.setup_window import SetupWindow, WindowSettings
-from epcscf.sdp import CodecPolicy
-from epcscf.pcscf.calls import CallManager, CallSettings
-from epcscf.pcscf.edge import EdgeAddresses, PcscfPolicy
-from epcscf.pcscf.flows import Flow, FlowTable
-from epcscf.pcscf.guard import SourceRule, TrustedSources
+from epcscf.config import Config, Listener
 from epcscf.nonsip.websocket import JanusWebSocketFactory
-from epcscf.pcscf.limits import AuthFailures, FlowRateLimiter, FlowVerdict, RateRefusals
+from epcscf.pcscf.admission import AdmissionChain, LoadProbe, NewWorkGate, OverloadController
+from epcscf.pcscf.call_suspension import instance_keys
+from epcscf.pcscf.calls import CallManager, CallSettings
+from epcscf.pcscf.core_entry import CoreEntry
+from epcscf.pcscf.deregistration import RegistrationEnd
+from epcscf.pcscf.early_refusal import EarlyInviteGate
+from epcscf.pcscf.edge import EdgeAddresses, PcscfPolicy
+from epcscf.pcscf.edge_collaborators import EdgeCollaborators
+from epcscf.pcscf.flows import Flow, FlowTable
+from epcscf.pcscf.guard import TrustedSources
+from epcscf.pcscf.ingress import CoreSink, WsSink
+from epcscf.pcscf.limits import AuthFailures, FlowRateLimiter, RateRefusals
 from epcscf.pcscf.media_engine import build_media_engine, start_media_engine, stop_media_engine
+from epcscf.pcscf.node_settings import (
+    call_media_settings,
+    overload_settings,
+    system_dns_resolver,
+    token_settings,
+    window_settings,
+    ws_settings,
+)
 from epcscf.pcscf.nonsip_gateway import JanusGateway
 from epcscf.pcscf.operations import NodeObservers, PcscfOperations
-from epcscf.pcscf.deregistration import RegistrationEnd
 from epcscf.pcscf.reg_event import RegEventSettings, RegEventSubscriber
 from epcscf.pcscf.registration import RegistrationBinding, Registrations
+from epcscf.pcscf.setup_window import SetupWindow
+from epcscf.pcscf.web_auth import TokenAccess, TokenVerifier
 from epcscf.pcscf.wic_reg_subscriptions import WicRegSubscriptions
-from epcscf.pcscf.web_auth import TokenAccess, TokenSettings, TokenVerifier
 from epcscf.sip.connection import WEBSOCKET_TRANSPORTS, Address, Connection
-from epcscf.sip.message import Message
 from epcscf.sip.parser import ParserLimits
 from epcscf.sip.proxy import ProxySettings, StatefulProxy
 from epcscf.sip.proxy_policy import LateBoundProxy
 from epcscf.sip.resolver import NextHopResolver, Target
 from epcscf.sip.tls import HTTP_PROTOCOLS, server_tls_from_files
 from epcscf.sip.transaction import TimerSettings, TransactionLayer
-from epcscf.sip.transport import TransportManager, TransportSettings
-from epcscf.sip.uri import SipUri, UriError, parse_uri
-from epcscf.ws.connection import CloseReason, WsConnection
-from epcscf.ws.protocol import SipWebSocketServerFactory, WsListenerSettings
+from epcscf.sip.transport import TransportManager
+from epcscf.sip.transport_specs import TransportSettings
+from epcscf.ws.protocol import SipWebSocketServerFactory
 
 log = Logger(namespace="epcscf.pcscf")
 
@@ -68,143 +78,6 @@ class BoundListener:
 
     def __str__(self) -> str:
         return f"{self.transport.lower()}:{self.address}"
-
-
-def ws_settings(config: Config) -> WsListenerSettings:
-    ws = config.ws
-    return WsListenerSettings(
-        allowed_origins=ws.allowed_origins,
-        allow_any_origin=ws.allow_any_origin,
-        allow_missing_origin=ws.allow_missing_origin,
-        max_message_size=ws.max_message_size,
-        ping_interval=ws.ping_interval,
-        ping_timeout=ws.ping_timeout,
-        max_connections_per_ip=config.overload.max_connections_per_ip,
-    )
-
-
-#: the ``iss`` of the tokens the demo WWSF issues (``epcscf.wwsf.tokens.DEMO_ISSUER``: the WWSF
-#: knows nothing of the eP-CSCF, so the name is written in both places)
-DEMO_TOKEN_ISSUER = "epcscf-wwsf"
-
-
-def token_settings(config: Config, default_keys: str = "") -> TokenSettings:
-    """[auth] → web-credential access; the defaults name the demo WWSF of this process."""
-    auth = config.auth
-    return TokenSettings(
-        mode=auth.mode,
-        keys=auth.keys or default_keys,
-        audience=auth.audience or config.core.domain,
-        issuers=auth.issuers or (DEMO_TOKEN_ISSUER,),
-        algorithms=auth.algorithms,
-        identity_claim=auth.identity_claim,
-        leeway=auth.leeway,
-        handshake=auth.handshake,
-        realm=config.core.domain,
-    )
-
-
-def overload_settings(config: Config) -> OverloadSettings:
-    """[overload] → the admission controller's settings (same names)."""
-    return OverloadSettings(**{f.name: getattr(config.overload, f.name) for f in fields(OverloadSettings)})
-
-
-def window_settings(settings: OverloadSettings) -> WindowSettings:
-    """[overload] → the bound on calls in setup (none while overload control is off)."""
-    if not settings.enabled:
-        return WindowSettings(target=0.0, max_calls=0)
-    return WindowSettings(
-        target=settings.setup_target, min_calls=settings.min_calls_in_setup, max_calls=settings.max_calls_in_setup
-    )
-
-
-def call_media_settings(config: Config) -> CallMediaSettings:
-    """[media] → the ICE agents and media sessions of every call."""
-    media = config.media
-    return CallMediaSettings(
-        ice=IceAgentConfig(
-            bind_addresses=(media.bind_address,),
-            advertised_address=media.advertised_address or None,
-            port_range=media.port_range,
-            mode=media.ice_mode,  # type: ignore[arg-type]
-            consent_interval=media.consent_interval,
-            consent_timeout=media.consent_timeout,
-            connect_timeout=media.connect_timeout,
-        ),
-        media=MediaSessionConfig(core_address=media.core_address),
-        codecs=CodecPolicy(video=media.video_codecs),
-    )
-
-
-def system_dns_resolver(resolv_conf: str = "/etc/resolv.conf") -> Any:
-    """/etc/hosts, then the name servers of resolv.conf (read once: twisted.names' own
-    resolv.conf watcher would keep a 60 s timer running for the life of the resolver)."""
-    from twisted.names import client, hosts, resolve
-
-    servers: list[tuple[str, int]] = []
-    try:
-        with open(resolv_conf) as handle:
-            for line in handle:
-                fields = line.split()
-                if len(fields) >= 2 and fields[0] == "nameserver":
-                    servers.append((fields[1], 53))
-    except OSError:
-        pass
-    chain = [hosts.Resolver()]
-    if servers:
-        chain.append(client.Resolver(servers=servers))
-    return resolve.ResolverChain(chain)
-
-
-class _WsSink:
-    """WebSocket events → flows and the transaction layer."""
-
-    def __init__(self, node: "PcscfNode") -> None:
-        self.node = node
-        #: every message goes straight to the transaction layer: no frame of ours per message,
-        #: unless each flow's message rate is limited
-        self.message_received: Callable[[Message, WsConnection], None] = node.transactions.receive
-        if node.flow_limiter is not None:
-            self.message_received = self._limited
-
-    def _limited(self, message: Message, connection: WsConnection) -> None:
-        node = self.node
-        assert node.flow_limiter is not None
-        verdict = node.flow_limiter.arrived(connection.id)
-        if verdict is FlowVerdict.ADMIT:
-            node.transactions.receive(message, connection)
-        elif node.refused_over_rate(message, connection, verdict, "flow_rate"):
-            # RFC 6455 §7.4.1: 1008, the peer broke our policy (it kept flooding after 503s).
-            connection.close(1008, "message rate limit exceeded")
-
-    def connection_opened(self, connection: WsConnection) -> None:
-        self.node.flows.open(connection, getattr(connection, "origin", None))
-
-    def connection_closed(self, connection: WsConnection, reason: CloseReason) -> None:
-        if self.node.flow_limiter is not None:
-            self.node.flow_limiter.forget(connection.id)
-        self.node.flows.close(connection.id, str(reason))
-
-
-class _CoreSink:
-    """Core-side listeners' messages → the transaction layer.  A source that is no trusted core
-    address (``guard.TrustedSources``) has a message rate, as a WIC's flow has: per UDP address
-    and port, per TCP/TLS connection (``[overload] untrusted_source_messages_per_second``)."""
-
-    def __init__(self, node: "PcscfNode") -> None:
-        self.node = node
-
-    def __call__(self, message: Message, connection: Connection) -> None:
-        node = self.node
-        limiter = node.source_limiter
-        if limiter is None or node.trusted_sources.allows(connection.remote):
-            node.transactions.receive(message, connection)
-            return
-        verdict = limiter.arrived(connection.id)
-        if verdict is FlowVerdict.ADMIT:
-            node.transactions.receive(message, connection)
-        elif node.refused_over_rate(message, connection, verdict, "source_rate") and connection.reliable:
-            connection.close()  # a TCP/TLS connection that kept flooding; a UDP source is just ignored
 
 
 class PcscfNode(Service):
@@ -230,8 +103,6 @@ class PcscfNode(Service):
         self.config = config
         self.reactor = reactor
         self.observers = observers if observers is not None else NodeObservers()
-        #: fixed next hop toward the core (the embedded core); None: resolve [core] next_hop
-        self._core_targets = core_targets
         self.flows = FlowTable(reactor)
         self.registrations = Registrations(reactor, self._binding_removed)
         #: TS 24.229 §5.2.5: calls released and the WIC told when a registration ends
@@ -240,7 +111,7 @@ class PcscfNode(Service):
         )
         #: the WICs' own reg-event subscriptions, watched as they pass (TS 24.229 §5.2.5.1)
         self.wic_subscriptions = WicRegSubscriptions()
-        #: our reg-event subscriptions (TS 24.229 §5.2.3), built with the proxy
+        #: our reg-event subscriptions (TS 24.229 §5.2.3), built before the policy (startService)
         self.reg_events: RegEventSubscriber | None = None
         self.transactions = TransactionLayer(reactor, self, self._timers_for)
         limits = ParserLimits(
@@ -250,7 +121,7 @@ class PcscfNode(Service):
         )
         self.transports = TransportManager(
             reactor,
-            _CoreSink(self),  # every message from the core to the transactions; untrusted sources rate-limited
+            CoreSink(self),  # every message from the core to the transactions; untrusted sources rate-limited
             TransportSettings(
                 limits=limits,
                 idle_timeout=config.sip.idle_timeout,
@@ -259,8 +130,6 @@ class PcscfNode(Service):
             ),
         )
         self.resolver = NextHopResolver(dns_resolver if dns_resolver is not None else system_dns_resolver())
-        #: ([core] next_hop, its targets or None when one needs DNS): config is reloadable
-        self._numeric_next_hop_cache: tuple[tuple[str, ...], tuple[Target, ...] | None] | None = None
         self.core_timers = TimerSettings(t1=config.sip.t1, t2=config.sip.t2, t4=config.sip.t4)
         self.wic_timers = TimerSettings.toward_ue(config.sip.wic_t1, config.sip.wic_t2, config.sip.wic_t4)
         self.listeners: list[BoundListener] = []
@@ -277,6 +146,8 @@ class PcscfNode(Service):
         self.calls: CallManager | None = None
         #: core-side sources served without a flow token (``[core] trusted_sources``)
         self.trusted_sources = TrustedSources()
+        #: the next hop toward the core ([core] next_hop, or the embedded core's listeners)
+        self.core_entry = CoreEntry(lambda: self.config, self.resolver, self.trusted_sources, core_targets)
         # Admission control (epcscf.pcscf.admission): one chain of checks before routing.
         self.overload_settings = overload_settings(config)
         self.overload = OverloadController(self.overload_settings, reactor)
@@ -337,7 +208,7 @@ class PcscfNode(Service):
             BoundListener(l.transport.upper(), self.transports.listen(l, self._sip_fds.get(str(l))))
             for l in self.config.sip.listen
         ]
-        self.ws_factory = SipWebSocketServerFactory(ws_settings(self.config), _WsSink(self), reactor=self.reactor)
+        self.ws_factory = SipWebSocketServerFactory(ws_settings(self.config), WsSink(self), reactor=self.reactor)
         self.ws_factory.on_refused = self.observers.ws_refused
         self.ws_factory.on_parse_error = self.observers.parse_error
         if self.token_access.verifier is not None:
@@ -354,9 +225,11 @@ class PcscfNode(Service):
             wic_port=wic_side.address.port,
             wic_transport=wic_side.transport.lower(),
         )
-        # The one place the proxy ⇄ call manager graph is built.  The proxy needs the policy,
-        # the policy the call manager, the call manager the proxy: the call manager is given a
-        # typed stand-in for the proxy, bound once the proxy exists.
+        # The one place the proxy ⇄ policy graph is built.  The proxy needs the policy; the
+        # policy needs the call manager and the reg-event subscriber; both of those send
+        # requests through the proxy.  That cycle is broken here, once: the call manager and
+        # the subscriber get a typed stand-in for the proxy (``LateBoundProxy``), bound when
+        # the proxy exists, so the policy is built whole, with every collaborator, before it.
         proxy_operations = LateBoundProxy()
         # The core-facing address marks our rtpengine calls: a restarted process has it again.
         owner = f"{core_side.transport.lower()}:{core_side.address.host}:{core_side.address.port}"
@@ -372,23 +245,19 @@ class PcscfNode(Service):
                          keep_unanswered=self.config.calls.history_unanswered),
             proxy_operations,
         )
+        self.reg_events = self._reg_event_subscriber(addresses, proxy_operations)
+        core_entry = self.core_entry
         self.policy = PcscfPolicy(
             addresses,
             self.flows,
             self.registrations,
-            self._core_targets() if self._core_targets is not None else None,
+            core_entry.fixed_targets(),
             network_id=self.config.core.domain,
             calls=self.calls,
-            next_hop_resolver=None if self._core_targets is not None else self._next_hop_targets,
+            next_hop_resolver=None if core_entry.core_targets is not None else core_entry.next_hop_targets,
+            collaborators=self._edge_collaborators(self.calls, self.reg_events),
         )
-        if self.config.core.mode == "external":
-            self.policy.core_entry = ", ".join(self.config.core.next_hop)
-        self.policy.trusted_sources = self.trusted_sources
-        self.policy.reconnections = self.calls.suspensions
-        self.policy.on_register_response = self.observers.register_response
-        self.policy.on_refused = self.observers.request_refused
-        self.policy.register_access = self.token_access.register
-        self._trust_core_sources()
+        core_entry.trust_core_sources()
         self.proxy = StatefulProxy(
             self.reactor,
             self.transports,
@@ -398,9 +267,6 @@ class PcscfNode(Service):
             transactions=self.transactions,
         )
         proxy_operations.bind(self.proxy)
-        self._subscribe_reg_events(addresses, proxy_operations)
-        self.policy.admission = self.admission
-        self.policy.on_register_final = self._register_answered
         if self.overload_settings.enabled:
             proxy = self.proxy
             # Read only when watched: active() lists every request in progress.
@@ -415,7 +281,7 @@ class PcscfNode(Service):
         """TS 24.371 §7.2.1 non-SIP WICs: the Janus API listeners, onto the same flows sink."""
         if not self.config.nonsip.listen:
             return
-        self.janus = JanusGateway(self.reactor, _WsSink(self), self.wic_timers, self.config.nonsip.session_timeout)
+        self.janus = JanusGateway(self.reactor, WsSink(self), self.wic_timers, self.config.nonsip.session_timeout)
         factory = JanusWebSocketFactory(ws_settings(self.config), self.janus, reactor=self.reactor)
         self.janus_factory = factory
         self.janus.on_refused = self.observers.janus_refused
@@ -426,29 +292,45 @@ class PcscfNode(Service):
             bound = self._listen_ws(listener, factory)
             self.listeners.append(BoundListener(f"JANUS-{bound.transport}", bound.address))
 
-    def _subscribe_reg_events(self, addresses: EdgeAddresses, proxy: LateBoundProxy) -> None:
+    def _reg_event_subscriber(self, addresses: EdgeAddresses, proxy: LateBoundProxy) -> RegEventSubscriber:
         """[reg_event]: our SUBSCRIBEs go through the proxy's client transactions."""
-        assert self.policy is not None
         section = self.config.reg_event
         settings = RegEventSettings(section.subscribe, section.expires, section.close_grace)
-
-        def core_entry() -> defer.Deferred:
-            if self._core_targets is not None:
-                return defer.succeed(self._core_targets())
-            return self._resolve_next_hop()
-
-        self.reg_events = RegEventSubscriber(
+        reg_events = RegEventSubscriber(
             self.reactor, settings, addresses, self.registrations, proxy, self.transports.connect,
-            self.resolver.resolve_uri, core_entry, self.registration_end.network_deregistered, self.observers.reg_event,
+            self.resolver.resolve_uri, self.core_entry.targets, self.registration_end.network_deregistered,
+            self.observers.reg_event,
         )
-        self.registration_end.subscriptions = self.reg_events
+        self.registration_end.subscriptions = reg_events
         if settings.enabled:
-            self.policy.on_registered = self.reg_events.registered
-            self.policy.own_notify = self.reg_events.handle_notify
-            self.policy.wic_subscriptions = self.wic_subscriptions
             self.registration_end.wic_subscriptions = self.wic_subscriptions
             self.registration_end.proxy = proxy
             self.registration_end.wic_sent_by = addresses.wic_sent_by
+        return reg_events
+
+    def _edge_collaborators(self, calls: CallManager, reg_events: RegEventSubscriber) -> EdgeCollaborators:
+        """Everything the edge policy consults besides flows and registrations; what is off
+        in the config keeps the collaborator's no-op default."""
+        observers = self.observers
+        hooks = EdgeCollaborators(
+            admission=self.admission,
+            register_access=self.token_access.register,
+            trusted_sources=self.trusted_sources,
+            core_entry=", ".join(self.config.core.next_hop) if self.config.core.mode == "external" else "",
+            on_register_final=self._register_answered,
+        )
+        if calls.suspensions is not None:
+            hooks = replace(hooks, reconnections=calls.suspensions)
+        if observers.register_response is not None:
+            hooks = replace(hooks, on_register_response=observers.register_response)
+        if observers.request_refused is not None:
+            hooks = replace(hooks, on_refused=observers.request_refused)
+        if reg_events.settings.enabled:
+            hooks = replace(
+                hooks, on_registered=reg_events.registered, own_notify=reg_events.handle_notify,
+                wic_subscriptions=self.wic_subscriptions,
+            )
+        return hooks
 
     def _public(self, listener: BoundListener) -> BoundListener:
         """The address written in Path/Record-Route/Via for a listener (``public_address`` if set)."""
@@ -546,91 +428,6 @@ class PcscfNode(Service):
         self.transactions.close()
         stopping.append(self.transports.close())
         return defer.DeferredList(stopping, consumeErrors=True)
-
-    # --- next hop toward the core (external mode) ---------------------------------------------
-
-    def _resolve_next_hop(self) -> defer.Deferred:
-        """[core] next_hop URIs → Targets in order (RFC 3263 §4; failover follows the list)."""
-        found = self._next_hop_targets()
-        return found if isinstance(found, defer.Deferred) else defer.succeed(found)
-
-    def _next_hop_targets(self) -> list[Target] | defer.Deferred:
-        """``_resolve_next_hop`` for the policy, which forwards every REGISTER and every request
-        without a Service-Route by it: numeric hosts (RFC 3263 §4.2: no DNS) come back as the
-        list itself, so such a request is routed with no Deferred (nor coroutine) at all."""
-        numeric = self._numeric_next_hops()
-        if numeric is not None:
-            if not self.config.core.trusted_sources:
-                self._trust_next_hops(numeric)
-            return numeric
-
-        async def resolve() -> list[Target]:
-            targets: list[Target] = []
-            for text in self.config.core.next_hop:
-                try:
-                    uri = parse_uri(text)
-                except UriError:
-                    log.error("[core] next_hop {uri!r} is not a SIP URI", uri=text)
-                    continue
-                if isinstance(uri, SipUri):
-                    targets.extend(await self.resolver.resolve_uri(uri))
-            return targets
-
-        resolving = defer.ensureDeferred(resolve())
-        if not self.config.core.trusted_sources:
-            resolving.addCallback(self._trust_next_hops)
-        return resolving
-
-    def _numeric_next_hops(self) -> list[Target] | None:
-        """The targets of ``[core] next_hop`` when every URI has a numeric host; else None."""
-        next_hops = tuple(self.config.core.next_hop)
-        cached = self._numeric_next_hop_cache
-        if cached is not None and cached[0] == next_hops:
-            return list(cached[1]) if cached[1] is not None else None
-        targets: list[Target] | None = []
-        for text in next_hops:
-            try:
-                uri = parse_uri(text)
-            except UriError:
-                targets = None  # logged by the general path
-                break
-            found = self.resolver.resolve_numeric(uri) if isinstance(uri, SipUri) else None
-            if found is None:
-                targets = None
-                break
-            targets.extend(found)
-        self._numeric_next_hop_cache = (next_hops, tuple(targets) if targets is not None else None)
-        return targets
-
-    def _trust_next_hops(self, targets: list[Target]) -> list[Target]:
-        for target in targets:
-            self.trusted_sources.add(target.host)
-        return targets
-
-    def _trust_core_sources(self) -> None:
-        """``[core] trusted_sources``, else the embedded core's listeners (host and port), else
-        the hosts of the ``[core] next_hop`` URIs (any source port: a core opens TCP connections
-        from ephemeral ports).  Names are resolved (A/AAAA) and added when the answers come."""
-        configured = self.config.core.trusted_sources
-        if configured:
-            for text in configured:
-                host, port, network = parse_trusted_source(text)
-                if network is not None:
-                    self.trusted_sources.add_rule(SourceRule(network, port))
-                else:
-                    self._trust_resolved(self.resolver.resolve(host, port or 5060), port)
-        elif self._core_targets is not None:
-            for target in self._core_targets():
-                self.trusted_sources.add(target.host, target.port)
-        else:
-            self._trust_resolved(self._resolve_next_hop(), None)  # (also trusted at each later resolution)
-
-    def _trust_resolved(self, resolving: defer.Deferred, port: int | None) -> None:
-        def trust(targets: list[Target]) -> None:
-            for target in targets:
-                self.trusted_sources.add(target.host, port)
-
-        resolving.addCallback(trust).addErrback(lambda failure: log.error("trusted core source not resolved: {why}", why=failure.value))
 
     # --- flows and registrations --------------------------------------------------------------
 
