@@ -454,6 +454,68 @@ class IceRestartCrossingTests(CallMediaTestCase):
         self.assertTrue(agent.local_candidates())
 
 
+class NewDtlsAssociationTests(CallMediaTestCase):
+    """A WIC with a new RTCPeerConnection (a new certificate) in the same call: RFC 8842 §5.5."""
+
+    async def replaced_wic(self, media: CallMedia, old: SimulatedWic) -> SimulatedWic:
+        """The page's old connection closes (close_notify, ICE gone); its new one re-offers with
+        new ICE credentials and a new certificate; the core answers as before."""
+        old.dtls.close()
+        await until(lambda: media.streams[0].session.dtls_closed_by_peer)
+        new = await self.wic(controlling=True)
+        self.assertNotEqual(new.certificate.fingerprint, old.certificate.fingerprint)
+        await media.offer_from_wic(new.sdp("actpass"))
+        answer = media.answer_from_core(core_sdp(self.core_port.getHost().port), None)
+        await new.connect(answer, DtlsRole.SERVER)
+        await until(lambda: media.streams[0].session.connected)
+        return new
+
+    async def test_reoffer_with_a_new_fingerprint_gets_a_new_association_and_new_keys(self) -> None:
+        media, old, _, _ = await self.originating_call()
+        events: list[str] = []
+        media.on_event = lambda kind, text: events.append(text)
+        media.wic_flow = lambda: None  # the page is away: its close_notify does not end the call
+        session = media.streams[0].session
+        new = await self.replaced_wic(media, old)
+        self.assertIs(media.streams[0].session, session, "the same relay and core ports")
+        self.assertEqual(len([e for e in events if "new DTLS association (client)" in e]), 1, events)
+        await self.assert_media_both_ways(media, new)
+        self.assertEqual(self.failures, [])
+
+    async def test_reoffer_with_the_same_fingerprint_keeps_the_association(self) -> None:
+        media, wic, _, _ = await self.originating_call()
+        endpoint = media.streams[0].session._dtls
+        await media.offer_from_wic(wic.sdp("actpass", direction="sendonly"))
+        media.answer_from_core(core_sdp(self.core_port.getHost().port, "recvonly"), None)
+        self.assertIs(media.streams[0].session._dtls, endpoint)
+        self.assertIsNone(media.streams[0].next_association)
+
+    async def test_refused_reoffer_forgets_the_new_association(self) -> None:
+        media, wic, _, _ = await self.originating_call()
+        other = await self.wic(controlling=True)
+        await media.offer_from_wic(other.sdp("actpass"))
+        self.assertIsNotNone(media.streams[0].next_association)
+        media.offer_failed()  # the core refused it (488, 491): the old association goes on
+        self.assertIsNone(media.streams[0].next_association)
+        self.assertTrue(media.streams[0].session.connected)
+
+    async def test_dtls_closed_while_away_ends_the_call_only_if_no_reoffer_follows_the_return(self) -> None:
+        from epcscf.pcscf import call_media
+
+        self.patch(call_media, "PEER_CLOSE_GRACE", 0.3)
+        media, wic, _, _ = await self.originating_call()
+        flow: list[str | None] = [None]  # suspended: no flow
+        media.wic_flow = lambda: flow[0]
+        wic.dtls.close()
+        await until(lambda: media.streams[0].session.dtls_closed_by_peer)
+        await deferLater(global_reactor, 1.0, lambda: None)
+        self.assertEqual(self.failures, [], "while away, the grace period of the suspension decides")
+        flow[0] = "ws-2"  # back on a new flow, and no re-offer with a new association
+        await until(lambda: bool(self.failures), timeout=3.0)
+        self.assertEqual(self.failures[0][0], "dtls")
+        self.assertIn("closed DTLS", self.failures[0][1])
+
+
 class GatherTests(unittest.TestCase):
     """``call_media.gather`` behaves as ``defer.gatherResults(consumeErrors=True)``."""
 

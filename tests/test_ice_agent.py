@@ -25,6 +25,7 @@ from epcscf.ice import (
     UdpPortPool,
 )
 from epcscf.ice.agent import as_deferred
+from epcscf.ice.sockets import HostCandidate, host_candidate
 from tests.support.processes import wait_for
 from tests.support.reactor import asyncio_loop
 
@@ -511,3 +512,36 @@ class RemoteCandidateScopeTests(unittest.TestCase):
         self.assertIsNone(_usable(local, loopback))
         self.assertIn("not reachable", _usable(six, loopback))
         self.assertIsNone(_usable(public, frozenset({_scope("198.51.100.1")})))
+
+
+class HostCandidatePairingTests(unittest.SynchronousTestCase):
+    """Our host candidate pairs exactly as aioice's own `Candidate` would (RFC 8445 §6.1.2.2)."""
+
+    def test_pairs_like_aioice(self) -> None:
+        ours = [host_candidate(("127.0.0.1", 40000), None, 0), host_candidate(("::1", 40002), None, 0),
+                host_candidate(("10.0.0.1", 40004), "192.0.2.7", 1)]
+        for candidate in ours:
+            self.assertIsInstance(candidate, HostCandidate)
+        theirs = [
+            Candidate.from_sdp("1 1 udp 2122260223 192.0.2.10 50000 typ host"),
+            Candidate.from_sdp("1 2 udp 2122260222 192.0.2.10 50001 typ host"),
+            Candidate.from_sdp("1 1 UDP 2122260223 192.0.2.11 50002 typ host"),
+            Candidate.from_sdp("1 1 tcp 1518280447 192.0.2.10 9 typ host tcptype active"),
+            Candidate.from_sdp("1 1 udp 2122262783 2001:db8::5 50004 typ host"),
+        ]
+        answers = []
+        for local in ours:
+            plain = Candidate(local.foundation, local.component, local.transport, local.priority,
+                              local.host, local.port, local.type)
+            for remote in theirs:
+                expected = plain.can_pair_with(remote)
+                self.assertEqual(local.can_pair_with(remote), expected, (local, remote))
+                answers.append(expected)
+        self.assertIn(True, answers)
+        self.assertIn(False, answers)
+        # The foundation is aioice's (RFC 8445 §5.1.1.3), worked out once per address.
+        self.assertEqual(ours[0].foundation, host_candidate(("127.0.0.1", 40010), None, 0).foundation)
+        self.assertNotEqual(ours[0].foundation, ours[2].foundation)
+        name = Candidate.from_sdp("1 1 udp 2122260223 peer.invalid 50000 typ host")
+        with self.assertRaises(ValueError):  # as aioice: a name is not an address
+            ours[0].can_pair_with(name)

@@ -216,6 +216,15 @@ class EdgeRegisterTests(unittest.TestCase):
         resolved.callback(CORE)
         [forward] = results
         self.assertEqual((forward.destination, forward.via_sent_by), (CORE, "127.0.0.1:40800"))
+
+    def test_register_is_routed_at_once_when_the_core_targets_are_known(self) -> None:
+        # Numeric [core] next_hop: the node hands over the targets themselves, and the
+        # decision is a Forward, not a Deferred (no Deferred machinery per REGISTER).
+        policy = PcscfPolicy(self.addresses, self.flows, self.registrations, None, "ims.localdomain", next_hop_resolver=lambda: list(CORE))
+        forward = policy.route_request(self.context(register()))
+        self.assertIsInstance(forward, Forward)
+        assert isinstance(forward, Forward)
+        self.assertEqual((forward.destination, forward.via_sent_by), (CORE, "127.0.0.1:40800"))
         self.assertEqual(forward.request.headers.get_all("Path"), [f"<sip:{self.token}@127.0.0.1:40800;transport=tcp;lr;ob>"])
 
 

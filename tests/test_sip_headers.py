@@ -18,10 +18,13 @@ from epcscf.sip.headers import (
     parse_via,
     parse_via_list,
     split_header_list,
+    to_aor,
     to_tag,
     top_via,
+    top_via_view,
 )
 from epcscf.sip.message import Headers, Request
+from epcscf.sip.parser import parse_message
 
 
 def request(*pairs: tuple[str, str]) -> Request:
@@ -155,3 +158,37 @@ class ListHelperTests(SynchronousTestCase):
     def test_option_tags(self) -> None:
         message = request(("Proxy-Require", "sec-agree, foo"), ("Proxy-Require", "bar"))
         self.assertEqual(option_tags(message, "proxy-require"), ["sec-agree", "foo", "bar"])
+
+
+class OncePerMessageViewTests(SynchronousTestCase):
+    """Views that several layers ask for per message are worked out once and follow edits."""
+
+    def test_to_aor_once_per_message_and_follows_a_new_to(self) -> None:
+        message = request(("To", '"Alice" <sip:alice@example.com;user=phone>;tag=x1'))
+        first = to_aor(message)
+        self.assertEqual(first, "sip:alice@example.com;user=phone")
+        self.assertIs(to_aor(message), first)  # kept on the message, not worked out again
+        message.headers.set("To", "<sip:bob@example.com>")
+        self.assertEqual(to_aor(message), "sip:bob@example.com")
+        self.assertIsNone(to_aor(request(("From", "<sip:a@b>"))))
+        with self.assertRaises(HeaderError):
+            to_aor(request(("To", "<sip:alice@example.com")))
+
+    def test_parser_leaves_the_top_via_view(self) -> None:
+        data = (
+            b"OPTIONS sip:bob@example.com SIP/2.0\r\n"
+            b"Via: SIP/2.0/WSS abc.invalid;branch=z9hG4bKv1;rport\r\n"
+            b"Via: SIP/2.0/UDP 192.0.2.1:5060;branch=z9hG4bKv0\r\n"
+            b"From: <sip:alice@example.com>;tag=1\r\nTo: <sip:bob@example.com>\r\n"
+            b"Call-ID: c1\r\nCSeq: 1 OPTIONS\r\nMax-Forwards: 70\r\nContent-Length: 0\r\n\r\n"
+        )
+        message = parse_message(data)
+        line = message.headers.get("via")
+        kept = message.headers._views.get(("top-via", line))
+        self.assertIsNotNone(kept)
+        view = top_via_view(message)
+        self.assertIs(view, kept)
+        assert view is not None
+        self.assertEqual((view.transport, view.host, view.branch), ("WSS", "abc.invalid", "z9hG4bKv1"))
+        # The view is the message's own copy: the parse memo's object is not handed out.
+        self.assertIsNot(view, parse_message(data).headers._views[("top-via", line)])

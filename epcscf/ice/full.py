@@ -97,10 +97,10 @@ class _AgentConnection(aioice.ice.Connection):
         if self._local_candidates_start:
             return
         self._local_candidates_start = True
-        for candidates in await asyncio.gather(
-            *(self.get_component_candidates(component=component, addresses=[]) for component in self._components)
-        ):
-            self._local_candidates += candidates
+        # Awaited in turn rather than through ``asyncio.gather`` (a task and a gathering future
+        # per call): there is one component (rtcp-mux, RFC 5761), so nothing runs in parallel.
+        for component in sorted(self._components):
+            self._local_candidates += await self.get_component_candidates(component=component, addresses=[])
         self._local_candidates_end = True
 
     async def get_component_candidates(self, component: int, addresses: list[str], timeout: int = 5) -> list[Candidate]:

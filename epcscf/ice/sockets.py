@@ -5,6 +5,8 @@ datagram buffer, and the small interface through which a back-end reports to its
 from __future__ import annotations
 
 import asyncio
+import functools
+import ipaddress
 import socket
 from collections import deque
 from collections.abc import Callable
@@ -93,8 +95,8 @@ def host_candidate(bound: Address, advertised_address: str | None, index: int) -
     With a 1:1 NAT the advertised (public) address is written instead of the bound one.
     """
     written = advertised_address or bound[0]
-    return Candidate(
-        foundation=candidate_foundation("host", "udp", bound[0]),
+    return HostCandidate(
+        foundation=_host_foundation(bound[0]),
         component=1,
         transport="udp",
         priority=candidate_priority(1, "host", local_pref=65535 - index),
@@ -102,6 +104,30 @@ def host_candidate(bound: Address, advertised_address: str | None, index: int) -
         port=bound[1],
         type="host",
     )
+
+
+@functools.lru_cache(maxsize=64)  # our bind addresses: a few, from the configuration
+def _host_foundation(address: str) -> str:
+    # RFC 8445 §5.1.1.3: the same for every call on one address (aioice hashes it each time).
+    return candidate_foundation("host", "udp", address)
+
+
+@functools.lru_cache(maxsize=1024)  # bounded: remote candidate addresses come from peers
+def _ip_version(host: str) -> int:
+    return ipaddress.ip_address(host).version
+
+
+class HostCandidate(Candidate):
+    """Our host candidate, pairing as aioice's `Candidate.can_pair_with` does (RFC 8445
+    §6.1.2.2: same component, transport and address family) without parsing both addresses
+    with `ipaddress` for every pair it is asked about."""
+
+    def can_pair_with(self, other: Candidate) -> bool:
+        return (
+            self.component == other.component
+            and self.transport.lower() == other.transport.lower()
+            and _ip_version(self._network_host) == _ip_version(other._network_host)
+        )
 
 
 class EarlyDatagrams:

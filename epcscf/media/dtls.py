@@ -290,11 +290,13 @@ class DtlsEndpoint:
         if self._handshake_done and self._state is DtlsState.CONNECTING:
             self._finish_handshake()
 
-    def close(self) -> None:
-        """Send close_notify if connected, stop timers, free the context (idempotent)."""
+    def close(self, notify: bool = True) -> None:
+        """Send close_notify if connected (and ``notify``), stop timers, free the context
+        (idempotent).  ``notify=False``: the peer is gone (a replaced association, RFC 8842
+        §5.5), an alert would only reach its successor."""
         if self._state is DtlsState.CLOSED:
             return
-        if self._state is DtlsState.CONNECTED:
+        if notify and self._state is DtlsState.CONNECTED:
             try:
                 self._ssl.shutdown()
             except SSL.Error:

@@ -264,6 +264,25 @@ class MediaSession:
                 break
             self._dtls.datagram_received(datagram)
 
+    def drop_dtls(self) -> None:
+        """Forget the DTLS association and its SRTP keys, so that ``start_dtls`` can begin a new
+        one: the WIC's re-offer changed its a=fingerprint or a=setup role (RFC 8842 §5.5; a new
+        RTCPeerConnection brings a new certificate).  No close_notify: the old association's
+        peer is gone.  Nothing is relayed until the new handshake gives keys (RFC 5764 §4.1)."""
+        if self._closed is not None:
+            raise MediaError("media session is closed")
+        dtls, self._dtls = self._dtls, None
+        if dtls is not None:
+            dtls.on_connected = None
+            dtls.on_failed = None
+            dtls.close(notify=False)
+        if self._srtp is not None:
+            self._srtp_errors = self._srtp.errors
+        self._srtp = None
+        for member in self._members.values():
+            member._srtp = None
+        self._early_dtls = []
+
     def bundle(self, demux: BundleDemux, members: dict[int, MediaSession]) -> None:
         """Carry the m= lines of one BUNDLE group on this session's transport (RFC 8843).
 

@@ -49,7 +49,7 @@ from twisted.logger import Logger
 from epcscf.pcscf.registration import Registrations
 from epcscf.pcscf.setup_window import SetupWindow
 from epcscf.sip.connection import WEBSOCKET_TRANSPORTS, Connection
-from epcscf.sip.headers import HeaderError, to_tag, to_view
+from epcscf.sip.headers import HeaderError, to_aor, to_tag
 from epcscf.sip.message import Request, Response
 from epcscf.sip.proxy import ProxiedRequest, Reject
 from epcscf.sip.proxy_rules import make_local_response, with_to_tag
@@ -315,10 +315,9 @@ class LoadProbe:
 def aor_of(request: Request) -> str | None:
     """The To URI of a REGISTER, as ``Registrations`` keys bindings by it."""
     try:
-        address = to_view(request)
+        return to_aor(request)  # once per message: three checks ask per REGISTER
     except (HeaderError, ValueError):
         return None
-    return None if address is None else str(address.uri)
 
 
 def is_new_work(request: Request, connection: Connection, registrations: Registrations) -> bool:

@@ -128,6 +128,14 @@ class CallMediaEngine:
         }
 
 
+@dataclass(frozen=True)
+class DtlsAssociation:
+    """Our role and the WIC's certificate fingerprint of one DTLS association (RFC 5763 §5)."""
+
+    role: DtlsRole
+    remote_fingerprint: DtlsFingerprint | None
+
+
 @dataclass(eq=False)
 class Stream:
     """One m= line's transport toward the WIC and relay toward the core."""
@@ -140,6 +148,10 @@ class Stream:
     dtls_started: bool = False
     dtls_role: DtlsRole | None = None
     remote_fingerprint: DtlsFingerprint | None = None
+    #: ICE selected a pair since the last (re)start: DTLS can run on it
+    pair_selected: bool = False
+    #: the association a re-offer/answer asked for, taken up once it is answered (RFC 8842 §5.5)
+    next_association: DtlsAssociation | None = None
     #: False for a bundled line riding on another line's agent and DTLS (RFC 8843)
     owns_transport: bool = True
 
@@ -157,6 +169,8 @@ class CallMedia:
         self.call_id = call_id
         self.on_failure: Callable[[str, str], None] | None = None
         self.on_event: Callable[[str, str], None] | None = None
+        #: set by the call manager: the id of the WIC's flow, None while it has none (suspended)
+        self.wic_flow: Callable[[], str | None] | None = None
         self.streams: dict[int, Stream] = {}
         self._session_id = str(secrets.randbelow(10**12) + 1)
         self._core_versioner = OriginVersioner(self.settings.origin_username, self._session_id, self.settings.media.core_address)
@@ -205,12 +219,12 @@ class CallMedia:
             self._wic_offer = wic_offer
             for index in accepted:
                 stream = self.streams[index]
-                fingerprint = params[index].fingerprint
-                stream.remote_fingerprint = _dtls_fingerprint(fingerprint)
                 # RFC 5763 §5: answering actpass (or passive) we are active; answering active, passive.
                 setup = params[index].setup or "actpass"
                 active = self.settings.answer_setup == "active" if setup == "actpass" else setup == "passive"
-                stream.dtls_role = DtlsRole.CLIENT if active else DtlsRole.SERVER
+                self._offered_association(stream, DtlsAssociation(
+                    DtlsRole.CLIENT if active else DtlsRole.SERVER, _dtls_fingerprint(params[index].fingerprint)),
+                    role_changed=setup != "actpass" and active != (stream.dtls_role is DtlsRole.CLIENT))
             return self._core_versioner.stamp_serialized(out)
 
         return ready.addCallback(build).addCallback(offer).addErrback(self._unwrap)
@@ -238,6 +252,7 @@ class CallMedia:
                 # The WIC's own direction is the reverse of what our answer says (RFC 3264 §6.1).
                 stream.session.set_direction(REVERSED_DIRECTION.get(out.media_direction(media), "sendrecv"))
                 if stream.owns_transport:
+                    self._renew_association(stream)
                     self._start(stream)
         self._saved = (self._wic_offer, self._core_offer)
         if fork:
@@ -296,16 +311,17 @@ class CallMedia:
             if index >= len(params) or params[index].port == 0 or not stream.owns_transport:
                 continue
             param = params[index]
-            stream.remote_fingerprint = _dtls_fingerprint(param.fingerprint)
             # RFC 5763 §5: the WIC answered our actpass: active → we are the server.
-            if not stream.dtls_started:
-                stream.dtls_role = DtlsRole.CLIENT if param.setup == "passive" else DtlsRole.SERVER
+            role = DtlsRole.CLIENT if param.setup == "passive" else DtlsRole.SERVER
+            self._offered_association(stream, DtlsAssociation(role, _dtls_fingerprint(param.fingerprint)),
+                                      role_changed=role is not stream.dtls_role)
             stream.session.set_direction(param.direction)
             applying.append(self._apply_remote_ice(stream, param))
 
         def started(_: object) -> bytes:
             for index, stream in self.streams.items():
                 if index < len(params) and params[index].port != 0 and stream.owns_transport:
+                    self._renew_association(stream)
                     self._start(stream)
             self._saved = (self._wic_offer, self._core_offer)
             return self._core_versioner.stamp_serialized(out)
@@ -315,6 +331,8 @@ class CallMedia:
     def offer_failed(self) -> None:
         """A re-offer was refused (488, 491): the previous offer/answer stays (RFC 3261 §14.1)."""
         self._wic_offer, self._core_offer = self._saved
+        for stream in self.streams.values():
+            stream.next_association = None
 
     def add_trickle(self, sdpfrag: bytes) -> None:
         """RFC 8840 candidates trickled by the WIC (INFO), handed to the stream's agent."""
@@ -450,7 +468,7 @@ class CallMedia:
                 return defer.succeed(None)
             if (current.ufrag, current.pwd) != (params.ice_ufrag, params.ice_pwd):
                 self._event("ice", f"m-line {stream.index}: ICE restart by the WIC")  # RFC 8445 §9
-                stream.started = False
+                stream.started = stream.pair_selected = False
                 return stream.agent.restart(params.ice_ufrag, params.ice_pwd, candidates, end, params.ice_lite)
         except IceError as error:
             return defer.fail(MediaRejected(488, f"m-line {stream.index}: {error}"))
@@ -464,13 +482,8 @@ class CallMedia:
 
         def selected(pair: Any) -> None:
             self._event("ice", f"m-line {stream.index}: pair {pair.local} → {pair.remote} selected")
-            if stream.dtls_started or stream.dtls_role is None:
-                return
-            stream.dtls_started = True
-            try:
-                stream.session.start_dtls(stream.dtls_role, stream.remote_fingerprint)
-            except MediaError as error:
-                self._fail("dtls", f"m-line {stream.index}: {error}")
+            stream.pair_selected = True
+            self._start_dtls(stream)
 
         def failed(failure: Failure) -> None:
             if self._closed or stream.agent.state is IceState.CLOSED:
@@ -479,20 +492,75 @@ class CallMedia:
 
         stream.agent.start().addCallbacks(selected, failed)
 
+    def _start_dtls(self, stream: Stream) -> None:
+        if stream.dtls_started or stream.dtls_role is None or self._closed:
+            return
+        stream.dtls_started = True
+        try:
+            stream.session.start_dtls(stream.dtls_role, stream.remote_fingerprint)
+        except MediaError as error:
+            self._fail("dtls", f"m-line {stream.index}: {error}")
+
+    def _offered_association(self, stream: Stream, association: DtlsAssociation, role_changed: bool) -> None:
+        """The DTLS parameters of the WIC's offer or answer for ``stream``.  Before DTLS runs they
+        are simply ours; once it runs, a changed a=fingerprint (a new RTCPeerConnection: a new
+        certificate) or a=setup role asks for a new association (RFC 8842 §5.5), kept for when
+        the exchange completes; otherwise the running association goes on."""
+        if not stream.dtls_started:
+            stream.dtls_role, stream.remote_fingerprint = association.role, association.remote_fingerprint
+        elif stream.owns_transport and (role_changed or association.remote_fingerprint != stream.remote_fingerprint):
+            stream.next_association = association
+
+    def _renew_association(self, stream: Stream) -> None:
+        """The exchange asking for a new DTLS association completed: drop the old one (and its
+        SRTP keys) and start the new one on the selected pair, or when ICE selects one (after
+        an ICE restart).  Our certificate stays; the core side is untouched."""
+        association, stream.next_association = stream.next_association, None
+        if association is None or self._closed:
+            return
+        stream.dtls_role, stream.remote_fingerprint = association.role, association.remote_fingerprint
+        try:
+            stream.session.drop_dtls()
+        except MediaError as error:
+            self._fail("dtls", f"m-line {stream.index}: {error}")
+            return
+        stream.dtls_started = False
+        if self._peer_close_timer is not None and self._peer_close_timer.active():
+            self._peer_close_timer.cancel()  # the closed association is replaced
+        self._peer_close_timer = None
+        self._event("dtls", f"m-line {stream.index}: new DTLS association ({association.role.value}): "
+                            "the WIC changed its a=fingerprint or a=setup role (RFC 8842 §5.5)")
+        if stream.started and stream.pair_selected:
+            self._start_dtls(stream)  # no ICE restart: the pair stays
+
+    def _wic_flow(self) -> str | None:
+        return self.wic_flow() if self.wic_flow is not None else ""
+
     def _dtls_failed(self, stream: Stream, reason: str) -> None:
         if stream.session.dtls_closed_by_peer and self._peer_close_timer is None:
             # A browser closes DTLS (close_notify) as it hangs up, and its BYE usually arrives a
             # moment later: that is the end of the call, not a DTLS failure. Only if no BYE
             # follows within the grace period is the call released for it.
             self._peer_close_timer = self.engine.clock.callLater(
-                PEER_CLOSE_GRACE, self._peer_closed, stream, reason
+                PEER_CLOSE_GRACE, self._peer_closed, stream, reason, self._wic_flow()
             )
             return
         stream.agent.revoke_consent(f"DTLS: {reason}")  # RFC 7675 §5.2
         self._fail("dtls", f"DTLS failed on m-line {stream.index}: {reason}")
 
-    def _peer_closed(self, stream: Stream, reason: str) -> None:
+    def _peer_closed(self, stream: Stream, reason: str, flow: str | None) -> None:
+        """No BYE followed the WIC's close_notify within ``PEER_CLOSE_GRACE``; ``flow``: the
+        WIC's flow then (None: it had none, its call suspended)."""
         self._peer_close_timer = None
+        now = self._wic_flow()
+        if now is None or now != flow:
+            # The WIC closed DTLS as its page went away with its WebSocket: while the call is
+            # suspended its grace period decides; back on a new flow, the WIC re-offers with a
+            # new association for a new RTCPeerConnection (RFC 8842 §5.5): one more grace for that.
+            if now is None:
+                self._event("dtls", f"m-line {stream.index}: the WIC closed DTLS while away: waiting for its re-offer")
+            self._peer_close_timer = self.engine.clock.callLater(PEER_CLOSE_GRACE, self._peer_closed, stream, reason, now)
+            return
         self._fail("dtls", f"the WIC closed DTLS on m-line {stream.index} and sent no BYE")
         stream.agent.revoke_consent(f"DTLS: {reason}")  # RFC 7675 §5.2: the peer ended it
 

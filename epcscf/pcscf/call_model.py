@@ -52,6 +52,8 @@ class CallMediaLike(Protocol):
 
     on_failure: Callable[[str, str], None] | None
     on_event: Callable[[str, str], None] | None
+    #: set by the call manager: the id of the WIC's flow, None while it has none (suspended)
+    wic_flow: Callable[[], str | None] | None
 
     def offer_from_wic(self, sdp: bytes) -> bytes | defer.Deferred: ...
 

@@ -206,6 +206,7 @@ class CallManager:
             return Reject(self._overloaded(request, str(error)))
         call.media.on_failure = lambda layer, reason: self._media_failed(call, layer, reason)
         call.media.on_event = call.note
+        call.media.wic_flow = lambda: None if call.suspended_since is not None else call.wic_flow.id
         previous = self._live.get(call.key)
         if previous is not None:
             self._finish(previous, "replaced by a new INVITE with the same Call-ID", "sip")
@@ -599,6 +600,7 @@ class CallManager:
             except Exception:
                 log.failure("media stats of {call_id}", call_id=call.call_id)
             media.on_failure = None
+            media.wic_flow = None
             closing = defer.maybeDeferred(media.close)
             closing.addErrback(lambda failure: log.failure("closing media of {call_id}", failure, call_id=call.call_id))
             self._closing.add(closing)

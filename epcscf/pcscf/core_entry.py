@@ -53,14 +53,18 @@ class CoreEntry:
 
     def resolve_next_hop(self) -> defer.Deferred:
         """[core] next_hop URIs → Targets in order (RFC 3263 §4; failover follows the list)."""
+        found = self.next_hop_targets()
+        return found if isinstance(found, defer.Deferred) else defer.succeed(found)
+
+    def next_hop_targets(self) -> list[Target] | defer.Deferred:
+        """``resolve_next_hop`` for the policy, which forwards every REGISTER and every request
+        without a Service-Route by it: numeric hosts (RFC 3263 §4.2: no DNS) come back as the
+        list itself, so such a request is routed with no Deferred (nor coroutine) at all."""
         numeric = self._numeric_next_hops()
         if numeric is not None:
-            # RFC 3263 §4.2: numeric hosts need no DNS; answered at once, with no coroutine
-            # per request (this runs for every request toward the core).
-            resolved = defer.succeed(numeric)
             if not self.config().core.trusted_sources:
-                resolved.addCallback(self._trust_next_hops)
-            return resolved
+                self._trust_next_hops(numeric)
+            return numeric
 
         async def resolve() -> list[Target]:
             targets: list[Target] = []

@@ -163,7 +163,7 @@ class PcscfPolicy:
         core_next_hop: Sequence[Target] | None,
         network_id: str,
         calls: CallHooks | None = None,
-        next_hop_resolver: Callable[[], defer.Deferred] | None = None,
+        next_hop_resolver: Callable[[], list[Target] | defer.Deferred] | None = None,
         collaborators: EdgeCollaborators = EdgeCollaborators(),
     ) -> None:
         self.addresses = addresses
@@ -173,7 +173,8 @@ class PcscfPolicy:
         self.core_next_hop = list(core_next_hop) if core_next_hop else None
         self.network_id = network_id
         self.calls = calls
-        #: when no fixed next hop: Deferred[list[Target]] of the configured I-CSCF/S-CSCF URIs
+        #: when no fixed next hop: the configured I-CSCF/S-CSCF URIs' targets, at once when
+        #: they are numeric, else as a Deferred[list[Target]]
         self.next_hop_resolver = next_hop_resolver
         #: admission, observers, reconnections, reg-event hooks: each with a no-op default
         self.collaborators = collaborators
@@ -368,7 +369,10 @@ class PcscfPolicy:
         sent_by = self.addresses.core_sent_by
         if self.core_next_hop is not None or self.next_hop_resolver is None:
             return Forward(request, self.core_next_hop, record_route, sent_by)
-        return self.next_hop_resolver().addCallback(lambda targets: Forward(request, targets, record_route, sent_by))
+        targets = self.next_hop_resolver()
+        if isinstance(targets, defer.Deferred):
+            return targets.addCallback(lambda found: Forward(request, found, record_route, sent_by))
+        return Forward(request, targets, record_route, sent_by)  # the proxy goes on synchronously
 
     def _record_registration(self, context: ProxiedRequest, response: Response) -> None:
         register = context.request_as_received

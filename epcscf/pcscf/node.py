@@ -254,7 +254,7 @@ class PcscfNode(Service):
             core_entry.fixed_targets(),
             network_id=self.config.core.domain,
             calls=self.calls,
-            next_hop_resolver=None if core_entry.core_targets is not None else core_entry.resolve_next_hop,
+            next_hop_resolver=None if core_entry.core_targets is not None else core_entry.next_hop_targets,
             collaborators=self._edge_collaborators(self.calls, self.reg_events),
         )
         core_entry.trust_core_sources()

@@ -23,7 +23,7 @@ from typing import Callable
 
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 
-from epcscf.sip.headers import split_header_list, to_view
+from epcscf.sip.headers import split_header_list, to_aor
 from epcscf.sip.message import Request, Response
 from epcscf.sip.uri import NameAddr, UriError, parse_name_addr, parse_name_addr_list, uris_equal
 
@@ -248,11 +248,10 @@ class Registrations:
         return True
 
     def _record(self, source: RegisterSource, request: Request, response: Response) -> list[RegistrationBinding]:
-        address = to_view(request)  # read-only, parsed once per message
-        if address is None:
+        aor = to_aor(request)  # worked out once per message (admission asked already)
+        if aor is None:
             return []
         flow_id = source.flow_id
-        aor = str(address.uri)
         associated = tuple(value for header in source.associated_uris for value in split_header_list(header))
         service_route = tuple(value for header in source.service_route for value in split_header_list(header))
         now = self.clock.seconds()

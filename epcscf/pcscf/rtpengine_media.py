@@ -188,6 +188,7 @@ class RtpengineCallMedia:
         self.ng_call_id = ng_call_id
         self.on_failure: Callable[[str, str], None] | None = None
         self.on_event: Callable[[str, str], None] | None = None
+        self.wic_flow: Callable[[], str | None] | None = None  # unused: rtpengine ends no call on a DTLS close
         self.node: NgNode | None = None
         self._session_id = str(secrets.randbelow(10**12) + 1)
         self._core_versioner: OriginVersioner | None = None

@@ -205,14 +205,19 @@ def _read_first_via(line: str) -> Via:
 _first_via_memo = memoised_by_text(_read_first_via)
 
 
-def check_via_line(value: str) -> None:
+def check_via_line(value: str, headers: Headers | None = None) -> None:
     """Raises ``HeaderError`` exactly when ``parse_via_list(value)`` does, without building
-    every Via: the parser's check of each Via line."""
+    every Via: the parser's check of each Via line.  Given the message's ``headers`` (for its
+    first Via line), a valid one-Via line becomes its ``top_via_view`` here, so the memo is
+    asked once per message rather than twice."""
     if "," not in value:
         try:
-            _first_via_memo(value)  # a valid one-Via line: its parse is then the top-Via view's
+            parsed = _first_via_memo(value)
         except HeaderError:
             parse_via_list(value)  # names the problem
+            return
+        if headers is not None:
+            headers._views[("top-via", value)] = parsed.copy()  # what ``_parse_first_via`` gives
         return
     items = split_header_list(value)
     if not items:
@@ -365,6 +370,20 @@ def to_view(message: Message) -> NameAddr | None:
     headers = message.headers
     value = headers.get("to")
     return None if value is None else cached_view(headers, "to", value, _parse_to)
+
+
+def to_aor(message: Message) -> str | None:
+    """The To URI as text (what registrations key bindings by), worked out once per message:
+    admission, limits and the registrations each ask for it per REGISTER.  Raises
+    ``HeaderError`` for a malformed To, as ``to_view`` does."""
+    headers = message.headers
+    value = headers.get("to")
+    if value is None:
+        return None
+    found = headers._views.get(("to-aor", value), _MISSING)
+    if found is _MISSING:
+        found = headers._views[("to-aor", value)] = str(cached_view(headers, "to", value, _parse_to).uri)
+    return found  # type: ignore[return-value]
 
 
 ADDRESS_MEMO_ENTRIES = 2048

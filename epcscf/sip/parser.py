@@ -311,8 +311,10 @@ def _check_headers(message: Request | Response, values: dict[str, list[str]]) ->
         raise SipParseError(400, _bad("missing " + ", ".join(missing)), message)
     views = message.headers._views
     try:
-        for value in values["via"]:
-            check_via_line(value)  # a one-Via line: memoised, and the top-Via view's parse
+        first_via, *more_vias = values["via"]
+        check_via_line(first_via, message.headers)  # a one-Via line: memoised, and the top-Via view
+        for value in more_vias:
+            check_via_line(value)
         cseq_text = values["cseq"][0]
         cseq_value = views[("cseq", cseq_text)] = parse_cseq(cseq_text)  # kept: headers.cseq
         for key, spelling, tag_view in (("from", "From", "from-tag"), ("to", "To", "to-tag")):

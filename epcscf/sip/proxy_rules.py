@@ -395,14 +395,20 @@ def via_target(via_text: str) -> Target | None:
 
 
 def mark_source(request: Request, connection: Connection) -> None:
-    vias = list_values(request.headers, "via")
-    if vias:
-        try:
-            marked = mark_received(vias[0], connection.remote.host, connection.remote.port)
-        except HeaderError:
+    first = request.headers.get("via")
+    if first is not None and "," not in first and first.strip(" \t"):
+        top = first.strip(" \t")  # one Via on the line (a WIC's usual request): no list split
+    else:
+        vias = list_values(request.headers, "via")
+        if not vias:
             return
-        if marked != vias[0]:
-            replace_first_value(request.headers, "Via", marked)
+        top = vias[0]
+    try:
+        marked = mark_received(top, connection.remote.host, connection.remote.port)
+    except HeaderError:
+        return
+    if marked != top:
+        replace_first_value(request.headers, "Via", marked)
 
 
 def with_to_tag(response: Response) -> Response:

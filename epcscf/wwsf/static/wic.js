@@ -47,6 +47,7 @@ function log(text) {
   list.append(item);
   while (list.children.length > LOG_LIMIT) list.firstElementChild.remove();
   list.scrollTop = list.scrollHeight;
+  console.info(`[wwsf] ${text}`); // the same line where a test or a developer's console reads it
 }
 
 function showState(id, state, text = state) {
@@ -411,6 +412,25 @@ function restartIce() {
   log(sent ? 're-INVITE with an ICE restart after the reconnection' : 'ICE restart not sent: a renegotiation is in progress');
 }
 
+// A new RTCPeerConnection for the call in progress, as a page does that lost its own (closed
+// with the page's WebSocket, a crashed media process): same SIP dialog, same microphone track.
+// The next offer (restartIce, once registered again) carries the new connection's certificate
+// (a new a=fingerprint) and ICE credentials: the eP-CSCF starts a new DTLS association with new
+// SRTP keys (RFC 8842 §5.5) and the call goes on.  JsSIP has no public call for this: its own
+// _createRTCConnection makes the new connection (and emits 'peerconnection' for this page).
+function replacePeerConnection() {
+  const session = page.session;
+  if (!session || !session.isEstablished() || !session.connection) return false;
+  const old = session.connection;
+  const tracks = old.getSenders().map((sender) => sender.track).filter(Boolean);
+  session._createRTCConnection(PC_CONFIG, {});
+  const local = new MediaStream(tracks);
+  for (const track of tracks) session.connection.addTrack(track, local);
+  old.close();
+  log('RTCPeerConnection replaced: a new certificate and ICE credentials at the next offer');
+  return true;
+}
+
 function endSession(reason) {
   log(`call ${reason}`);
   $('incoming').hidden = true;
@@ -478,6 +498,8 @@ window.wwsf = {
   get iceRestart() { return page.iceRestart; },
   /** the remote level meter: {level, history} */
   get meter() { return { level: page.meter.level, history: page.meter.history.slice() }; },
+  /** drop the call's RTCPeerConnection for a new one (see replacePeerConnection); false: no call */
+  replacePeerConnection,
   /** a fresh getStats() summary of the current call, or null */
   async stats() {
     return page.peerConnection ? summariseStats(await page.peerConnection.getStats()) : null;
