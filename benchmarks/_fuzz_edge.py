@@ -117,37 +117,36 @@ level = warn
             handle.write(f"fuzz:{bcrypt.hashpw(self.console_password.encode(), bcrypt.gensalt(4)).decode()}\n")
         return f"[manhole]\nenabled = true\nport = {self.console_port}\nusers = {users_file}"
 
-    def probe(self, snapshot: str | None = None) -> dict[str, Any]:
-        """Live objects by class after ``gc.collect()`` (``_soak_probe.py``), and a tracemalloc
-        snapshot into ``snapshot`` when the edge traces."""
+    def _run_probe(self, script: str, settings: dict[str, Any], marker: str) -> dict[str, Any]:
+        """Type ``settings`` and ``exec`` of ``script`` into the console; the JSON after ``marker``."""
         import json
 
         from _console import run_lines
 
-        probe = os.path.join(HERE, "_soak_probe.py")
-        lines = [f"SOAK_SNAPSHOT = {snapshot!r}", f"exec(open({probe!r}).read())"]
+        probe = os.path.join(HERE, script)
+        lines = [f"{name} = {value!r}" for name, value in settings.items()] + [f"exec(open({probe!r}).read())"]
         screen = run_lines(self.console_port, "fuzz", self.console_password, lines, timeout=300.0)
         for line in screen.splitlines():
-            if line.startswith("SOAK-COUNTS "):
+            if line.startswith(marker + " "):
                 return json.loads(line.split(" ", 1)[1])
-        raise RuntimeError("the console printed no counts:\n" + screen[-2000:])
+        raise RuntimeError(f"the console printed no {marker}:\n" + screen[-2000:])
+
+    def probe(self, snapshot: str | None = None) -> dict[str, Any]:
+        """Live objects by class after ``gc.collect()`` (``_soak_probe.py``), and a tracemalloc
+        snapshot into ``snapshot`` when the edge traces."""
+        return self._run_probe("_soak_probe.py", {"SOAK_SNAPSHOT": snapshot}, "SOAK-COUNTS")
 
     def heap(self, forget_history: bool = False, trim: bool = False) -> dict[str, Any]:
         """The allocators' figures (``_heap_probe.py``); optionally after forgetting the ended
         calls kept for the console, and with a ``malloc_trim(0)`` after the reading."""
-        import json
+        figures = self._run_probe("_heap_probe.py", {"HEAP_FORGET": forget_history, "HEAP_TRIM": trim}, "HEAP-FIGURES")
+        figures["rss_kib"] = self.rss_kib()
+        return figures
 
-        from _console import run_lines
-
-        probe = os.path.join(HERE, "_heap_probe.py")
-        lines = [f"HEAP_FORGET = {forget_history!r}", f"HEAP_TRIM = {trim!r}", f"exec(open({probe!r}).read())"]
-        screen = run_lines(self.console_port, "fuzz", self.console_password, lines, timeout=300.0)
-        for line in screen.splitlines():
-            if line.startswith("HEAP-FIGURES "):
-                figures = json.loads(line.split(" ", 1)[1])
-                figures["rss_kib"] = self.rss_kib()
-                return figures
-        raise RuntimeError("the console printed no heap figures:\n" + screen[-2000:])
+    def arenas(self, baseline: bool = False) -> dict[str, Any]:
+        """The live objects in the arenas the run added since the ``baseline`` call
+        (``_arena_probe.py``): by type and, under tracemalloc, by allocation site."""
+        return self._run_probe("_arena_probe.py", {"ARENA_BASELINE": baseline}, "ARENA-FIGURES")
 
     def rss_kib(self) -> int:
         with open(f"/proc/{self.process.pid}/status") as status:

@@ -530,6 +530,7 @@ def main(argv: list[str] | None = None) -> int:
             probes[moment]["snapshot"] = name
             probes[moment]["rss_kib"] = edge.rss_kib()
             probes[moment]["heap"] = edge.heap()
+            probes[moment]["arenas"] = edge.arenas(baseline=moment == "before")
 
     sipp: subprocess.Popen | None = None
     try:
@@ -608,6 +609,15 @@ def print_probes(probes: dict[str, dict[str, Any]], top: int = 25) -> None:
         return
     moments = list(probes)
     first = probes[moments[0]]
+    for moment in moments[1:]:
+        print(f"live objects in the arenas added since {moments[0]}, at {moment}:")
+        for key, value in probes[moment].get("arenas", {}).items():
+            if isinstance(value, list) and value and isinstance(value[0], list):
+                print(f"  {key}:")
+                for row in value:
+                    print("    " + "  ".join(str(item) for item in row))
+            else:
+                print(f"  {key}: {value}")
     for moment in moments[1:]:
         now = probes[moment]
         print(f"live objects {moment} versus {moments[0]} (RSS {first['rss_kib'] / 1024:.1f} → {now['rss_kib'] / 1024:.1f} MiB):")

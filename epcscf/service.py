@@ -27,6 +27,7 @@ from epcscf.ops.metrics import EpcscfMetrics, MetricsService
 from epcscf.pcscf.node import PcscfNode
 from epcscf.pcscf.operations import NodeOperations
 from epcscf.sip.connection import WEBSOCKET_TRANSPORTS
+from epcscf.sip.params import clear_memos
 from epcscf.sip.resolver import Target
 from epcscf.wwsf import DemoUser, WebSocketEndpoint, WwsfService, WwsfSettings
 from epcscf.wwsf.bundle import default_bundle_dir
@@ -91,7 +92,9 @@ class EpcscfService(MultiService):
         self.lifecycle = Drainer(self.operations, lambda: self.config.service.drain_timeout, reactor)
         # After a burst of calls, hand the C heap's free pages back (see epcscf.ops.heap).
         heap = glibc_heap()
-        self.heap_trimmer: HeapTrimmer | None = HeapTrimmer(reactor, heap) if heap is not None else None
+        self.heap_trimmer: HeapTrimmer | None = (
+            HeapTrimmer(reactor, heap, before_trim=clear_memos) if heap is not None else None
+        )
         if self.heap_trimmer is not None:
             self.heap_trimmer.setServiceParent(self)
         self._restore_sighup: Any = None

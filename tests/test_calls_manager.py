@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import gc
 from typing import Any
 
 from twisted.internet import defer, task
 from twisted.trial import unittest
 
 from epcscf.ice import IceClosed
-from epcscf.pcscf.call_model import call_leg
+from epcscf.pcscf.call_model import PackedTimeline, call_leg
 from epcscf.pcscf.call_state import CallState
 from epcscf.pcscf.calls import CallManager, CallSettings, MediaRejected
 from epcscf.pcscf.edge import EdgeAddresses
@@ -275,6 +276,27 @@ class CallManagerTests(unittest.TestCase):
         self.clock.advance(2)
         self.assertEqual(self.manager.ended_calls(), [])
         self.assertEqual(self.clock.getDelayedCalls(), [])
+
+    def test_an_ended_call_keeps_its_timeline_as_one_string(self) -> None:
+        # What an ended call holds for [calls] history must not be ~60 small objects spread over
+        # the memory of the burst that made it (docs/performance.md, "What pins a fuzz burst's memory").
+        context, _ = self.originate()
+        [live] = self.manager.calls()
+        noted = [(entry.kind, entry.text) for entry in live.timeline]
+        self.assertIsInstance(live.timeline, list)
+        self.respond(context, response_to(context.request, 486))
+        [ended] = self.manager.ended_calls()
+        self.assertIsInstance(ended.timeline, PackedTimeline)
+        held = [thing for thing in gc.get_referents(ended.timeline) if not isinstance(thing, type)]
+        self.assertEqual([type(thing) for thing in held], [str])  # one string, whatever the entries
+        entries = list(ended.timeline)
+        self.assertEqual([(entry.kind, entry.text) for entry in entries[:len(noted)]], noted)
+        self.assertEqual([entry.kind for entry in entries[-2:]], ["release", "sip-out"])  # the 486 noted after the end
+        self.assertEqual(ended.timeline[-1], entries[-1])
+        self.assertEqual(len(ended.timeline), len(entries))
+        ended.note("sip-in", "a late 2xx \x1f\n\"quoted\"")  # a note after the end still works
+        self.assertEqual(ended.timeline[-1].text, "a late 2xx \x1f\n\"quoted\"")
+        self.assertIsInstance(ended.timeline, PackedTimeline)  # and still packed
 
     def test_cancel_before_answer_ends_the_call_on_the_487(self) -> None:
         context, _ = self.originate()

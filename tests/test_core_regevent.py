@@ -9,7 +9,7 @@ from twisted.internet.task import Clock
 from twisted.trial import unittest
 
 from epcscf.core.location import Binding, LocationService
-from epcscf.core.regevent import RegEventNotifier, is_reg_subscription
+from epcscf.core.regevent import MAX_SUBSCRIPTIONS_PER_AOR, RegEventNotifier, is_reg_subscription
 from epcscf.sip.connection import Address
 from epcscf.sip.message import Headers, Request, Response
 from epcscf.sip.resolver import Target
@@ -109,6 +109,20 @@ class NotifierTimerTests(unittest.TestCase):
         self.assertEqual(self.notifies()[-1].headers.get("subscription-state"), "terminated;reason=timeout")
         self.assertEqual(self.notifier.subscriptions, {})
         self.assertEqual(self.clock.getDelayedCalls(), [])
+
+    def test_subscriptions_per_aor_are_capped_and_a_fetch_still_answered(self) -> None:
+        answers = []
+        for number in range(MAX_SUBSCRIPTIONS_PER_AOR + 3):
+            request = subscribe(3600)
+            request.headers.set("Call-ID", f"sub-{number}")
+            server = FakeServerTransaction()
+            self.notifier.subscribe(request, server, AOR)
+            answers.append(server.responses[0].status)
+        self.assertEqual(answers, [200] * MAX_SUBSCRIPTIONS_PER_AOR + [403] * 3)
+        self.assertEqual(len(self.notifier.subscriptions), MAX_SUBSCRIPTIONS_PER_AOR)
+        fetch = FakeServerTransaction()
+        self.notifier.subscribe(subscribe(0), fetch, AOR)  # RFC 6665 §4.2.1.1: a fetch keeps no state
+        self.assertEqual(fetch.responses[0].status, 200)
 
     def test_481_to_a_notify_ends_the_subscription(self) -> None:
         self.notifier.subscribe(subscribe(3600), FakeServerTransaction(), AOR)

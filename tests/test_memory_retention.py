@@ -294,6 +294,35 @@ class HeapTrimmerTests(unittest.TestCase):
         self.assertEqual((self.heap.trimmed, self.trimmer.deferred_trims), (1, 2))
 
 
+class QuietTimeClearingTests(unittest.TestCase):
+    """After a burst, the memos it filled are emptied before the trim (what pins a burst's memory)."""
+
+    def test_the_text_memos_are_emptied_just_before_a_trim_only(self) -> None:
+        clock, heap, cleared = task.Clock(), FakeHeap(), []
+        trimmer = HeapTrimmer(clock, heap, interval=10.0, threshold=1 << 20, cpu=lambda: 0.0,
+                              before_trim=lambda: cleared.append(heap.trimmed))
+        trimmer.startService()
+        self.addCleanup(trimmer.stopService)
+        clock.advance(10)
+        self.assertEqual(cleared, [])  # nothing freed: nothing to clear
+        heap.free = 8 << 20
+        clock.advance(10)
+        self.assertEqual(cleared, [0])  # before the first trim
+
+    def test_clear_memos_forgets_every_text_memo(self) -> None:
+        import sys
+
+        from epcscf.sip import params
+        from epcscf.sip.uri import parse_name_addr
+
+        text = "".join(["<sip:fuzz@example.com>", ";tag=", "1x"])  # one object of our own
+        alone = sys.getrefcount(text)
+        parse_name_addr(text)
+        self.assertGreater(sys.getrefcount(text), alone)  # the memo keeps it (and its parse)
+        params.clear_memos()
+        self.assertEqual(sys.getrefcount(text), alone)
+
+
 class GlibcHeapTests(unittest.TestCase):
     def test_freed_c_memory_is_handed_back_by_a_trim(self) -> None:
         heap = glibc_heap()

@@ -354,6 +354,37 @@ class FlowRateTests(unittest.TestCase):
         limiter.forget("other")
         self.assertEqual(len(limiter), 0)
 
+    def test_resting_sources_are_forgotten_and_busy_ones_kept(self) -> None:
+        # A fuzzer's sources (one per UDP port or TCP connection) must not outlive their burst.
+        clock = Clock()
+        limiter = FlowRateLimiter(replace(SETTINGS, flow_messages_per_second=10, flow_burst=5, flow_close_after=3,
+                                          flow_window=30), clock)
+        for number in range(1000):
+            limiter.arrived(f"fuzz{number}")
+        for _ in range(9):
+            limiter.arrived("flooding")  # 5 admitted, then 3 refusals: told to close
+        self.assertIs(limiter.arrived("flooding"), FlowVerdict.DROP)
+        clock.advance(0.05)
+        limiter.sweep()  # not yet: at most one sweep per SWEEP_INTERVAL
+        self.assertEqual(len(limiter), 1001)
+        clock.advance(limiter.SWEEP_INTERVAL)
+        limiter.sweep()
+        self.assertEqual(len(limiter), 1)  # full buckets forgotten; the flooding one is still closing
+        self.assertIs(limiter.arrived("flooding"), FlowVerdict.DROP)
+        clock.advance(30)
+        limiter.sweep()
+        self.assertEqual(len(limiter), 0)
+        self.assertIs(limiter.arrived("fuzz1"), FlowVerdict.ADMIT)  # a forgotten source starts afresh
+
+    def test_a_source_with_spent_tokens_is_kept_by_the_sweep(self) -> None:
+        clock = Clock()
+        limiter = FlowRateLimiter(replace(SETTINGS, flow_messages_per_second=0.01, flow_burst=2, flow_close_after=0), clock)
+        limiter.arrived("slow")
+        limiter.arrived("slow")
+        clock.advance(limiter.SWEEP_INTERVAL)
+        limiter.sweep()
+        self.assertIs(limiter.arrived("slow"), FlowVerdict.REFUSE)  # its bucket was not refilled by a sweep
+
     def test_refusals_are_counted_per_window(self) -> None:
         clock = Clock()
         limiter = FlowRateLimiter(replace(SETTINGS, flow_messages_per_second=1, flow_burst=1, flow_close_after=3), clock)

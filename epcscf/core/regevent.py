@@ -53,6 +53,11 @@ REGINFO_TYPE = "application/reginfo+xml"
 # RFC 3680 §6.4: the default subscription duration; TS 24.229 P-CSCFs ask for 600000 s.
 DEFAULT_SUBSCRIPTION_EXPIRES = 3761
 MAX_SUBSCRIPTION_EXPIRES = 2**31 - 1
+#: live reg-event subscriptions per AOR: its P-CSCF, its UEs and an application server or two
+#: (TS 24.229 §5.4.2.1.2); more are refused.  Without a cap one user could make the core keep a
+#: dialog and a timer per SUBSCRIBE (a fuzz burst left ~530 of them, docs/performance.md,
+#: "What pins a fuzz burst's memory").
+MAX_SUBSCRIPTIONS_PER_AOR = 8
 
 
 def is_reg_subscription(request: Request) -> bool:
@@ -134,8 +139,13 @@ class RegEventNotifier:
             # RFC 6665 §4.1.2.1 / RFC 3261 §12.1.2: a dialog needs a From tag and one Contact.
             server_transaction.respond(make_response(request, 400, "Bad Request (From tag and one Contact needed)", to_tag=local_tag))
             return
-        identities = self.identities_of(aor) or (aor,)
         expires = self._expires(request)
+        if expires and self._subscribed.get(aor, 0) >= MAX_SUBSCRIPTIONS_PER_AOR:
+            # RFC 6665 §4.2.1.1: the notifier's policy may refuse a subscription (403).
+            log.info("reg subscription to {aor} refused: {count} already", aor=aor, count=self._subscribed[aor])
+            server_transaction.respond(make_response(request, 403, "Forbidden (too many reg subscriptions)", to_tag=local_tag))
+            return
+        identities = self.identities_of(aor) or (aor,)
         subscription = Subscription(
             aor=aor,
             identities=identities,

@@ -90,8 +90,11 @@ class HeapTrimmer(Service):
 
     def __init__(self, clock: IReactorTime, heap: Heap, interval: float = TRIM_INTERVAL,
                  threshold: int = TRIM_THRESHOLD, cpu: Callable[[], float] = time.process_time,
-                 busy_share: float = BUSY_SHARE) -> None:
+                 busy_share: float = BUSY_SHARE, before_trim: Callable[[], None] | None = None) -> None:
         self.clock = clock
+        #: run just before a trim (the node just went quiet after a burst): caches the burst
+        #: filled are emptied so that their entries do not hold its memory
+        self.before_trim = before_trim
         self.heap = heap
         self.interval = interval
         self.threshold = threshold
@@ -129,6 +132,8 @@ class HeapTrimmer(Service):
         if busy:
             self.deferred_trims += 1
             return
+        if self.before_trim is not None:
+            self.before_trim()
         self.heap.trim()
         self.trims += 1
         log.debug("heap: {mib:.1f} MiB freed since the last trim handed back to the kernel",

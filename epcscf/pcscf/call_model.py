@@ -9,8 +9,10 @@ Content-Length exact (RFC 3261 §20.14).
 
 from __future__ import annotations
 
+import json
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, Callable, NamedTuple, Protocol
+from typing import Any, Callable, NamedTuple, Protocol, overload
 
 from twisted.internet import defer
 from twisted.internet.interfaces import IReactorTime
@@ -93,6 +95,42 @@ class TimelineEntry(NamedTuple):
     text: str
 
 
+class PackedTimeline(Sequence[TimelineEntry]):
+    """An ended call's timeline as one string (JSON), read back entry by entry on demand.
+
+    An ended call is kept ``[calls] history`` seconds, and its ~20 entries were three objects
+    each (tuple, float, text) allocated over the whole call: after a burst they, with the
+    other survivors, kept the burst's memory pages from going back (docs/performance.md, "What
+    pins a fuzz burst's memory").  One string per call, allocated when the call ends, does not.
+    """
+
+    __slots__ = ("_text",)
+
+    def __init__(self, entries: Sequence[TimelineEntry]) -> None:
+        self._text = json.dumps([[entry.at, entry.kind, entry.text] for entry in entries], ensure_ascii=False)
+
+    def _entries(self) -> list[TimelineEntry]:
+        return [TimelineEntry(at, kind, text) for at, kind, text in json.loads(self._text)]
+
+    @overload
+    def __getitem__(self, index: int) -> TimelineEntry: ...
+
+    @overload
+    def __getitem__(self, index: slice) -> list[TimelineEntry]: ...
+
+    def __getitem__(self, index: int | slice) -> TimelineEntry | list[TimelineEntry]:
+        return self._entries()[index]
+
+    def __len__(self) -> int:
+        return len(self._entries())
+
+    def __iter__(self) -> Any:
+        return iter(self._entries())
+
+    def __repr__(self) -> str:
+        return f"PackedTimeline({self._entries()!r})"
+
+
 @dataclass(eq=False)
 class Call:
     """One INVITE dialog through the eP-CSCF (see ``call_state`` for its states)."""
@@ -104,7 +142,7 @@ class Call:
     clock: IReactorTime
     #: what happened, oldest first, at most ``timeline_limit`` entries (a list, not a bounded
     #: deque: a deque's first block alone is ~600 bytes, most calls note about 10 entries)
-    timeline: list[TimelineEntry] = field(default_factory=list)
+    timeline: list[TimelineEntry] | PackedTimeline = field(default_factory=list)
     timeline_limit: int = 200
     state: CallState = CallState.OFFER_RECEIVED
     dialog: Dialog | None = None
@@ -132,9 +170,19 @@ class Call:
         return self.ended_at is not None
 
     def note(self, kind: str, text: str) -> None:
-        self.timeline.append(TimelineEntry(self.clock.seconds(), kind, text))
+        entry = TimelineEntry(self.clock.seconds(), kind, text)
+        if isinstance(self.timeline, PackedTimeline):
+            # a late note on an ended call (an ACK, a retransmission): packed again with it
+            self.timeline = PackedTimeline([*self.timeline, entry][-self.timeline_limit:])
+            return
+        self.timeline.append(entry)
         if len(self.timeline) > self.timeline_limit:
             del self.timeline[0]
+
+    def pack(self) -> None:
+        """The call has ended: keep its timeline as one string (``PackedTimeline``)."""
+        if not isinstance(self.timeline, PackedTimeline):
+            self.timeline = PackedTimeline(self.timeline)
 
     def can(self, event: CallEvent) -> bool:
         return event in TRANSITIONS[self.state]

@@ -116,6 +116,9 @@ class CallManager:
         self._ended_by_call_id: dict[str, list[Call]] = {}
         self._closing: set[defer.Deferred] = set()
         self._pruning: IDelayedCall | None = None
+        #: calls ended since the history was last looked at, their timelines not yet packed
+        #: (``Call.pack``): the final response of a call is noted just after it ends
+        self._to_pack: list[Call] = []
         #: calls outliving a lost flow until their WIC registers again (``call_suspension``)
         self.suspensions = CallSuspensions(
             clock, self.settings.reconnect_grace, self._move,
@@ -602,6 +605,7 @@ class CallManager:
             closing.addErrback(lambda failure: log.failure("closing media of {call_id}", failure, call_id=call.call_id))
             self._closing.add(closing)
             closing.addBoth(lambda result: (self._closing.discard(closing), result)[1])
+        self._to_pack.append(call)
 
     def _histories(self) -> tuple[tuple[collections.OrderedDict[int, Call], float], ...]:
         """Each history, oldest first, with how long it keeps a call."""
@@ -609,6 +613,9 @@ class CallManager:
         return (self._ended, keep), (self._ended_unanswered, min(keep, self.settings.keep_unanswered))
 
     def _prune_ended(self) -> None:
+        for call in self._to_pack:
+            call.pack()
+        self._to_pack.clear()
         now = self.clock.seconds() + 1e-6  # the timer's own arithmetic may round a hair early
         for history, keep in self._histories():
             while history:

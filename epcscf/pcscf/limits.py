@@ -156,6 +156,9 @@ class FlowRateLimiter:
     longest known is forgotten first (a forgotten source starts again with a full bucket)."""
 
     MAX_FLOWS = 100_000
+    #: seconds between two sweeps of the resting sources (``sweep``): at the ``MAX_FLOWS`` cap a
+    #: sweep takes ~50 ms, 0.5 % of a CPU; at a few thousand, a millisecond
+    SWEEP_INTERVAL = 10.0
 
     def __init__(self, settings: OverloadSettings, clock: IReactorTime,
                  rate: Callable[[OverloadSettings], float] = lambda settings: settings.flow_messages_per_second) -> None:
@@ -163,12 +166,15 @@ class FlowRateLimiter:
         self.clock = clock
         self.rate = rate
         self._flows: dict[str, _FlowBudget] = {}
+        self._swept_at = clock.seconds()
 
     def __len__(self) -> int:
         return len(self._flows)
 
     def arrived(self, flow_id: str) -> FlowVerdict:
         now = self.clock.seconds()
+        if now - self._swept_at >= self.SWEEP_INTERVAL:
+            self.sweep()  # also without [overload] enabled (no load probe to call it)
         budget = self._flows.get(flow_id)
         if budget is None:
             settings = self.settings
@@ -191,6 +197,29 @@ class FlowRateLimiter:
 
     def forget(self, flow_id: str) -> None:
         self._flows.pop(flow_id, None)
+
+    def sweep(self) -> None:
+        """Every ``SWEEP_INTERVAL`` (called often, from the load probe): forget the resting sources.
+
+        A budget whose bucket is full again and that has no refusals in a current window is
+        replaced, if its source comes back, by the fresh one ``arrived`` makes: the same
+        verdicts (its window at most starts later).  Without this a fuzzing or port-scanning
+        peer leaves an entry per source address and port or per TCP connection (up to
+        ``MAX_FLOWS``), allocated all through its burst: they kept the burst's memory from going
+        back (docs/performance.md, "What pins a fuzz burst's memory").  The table is built anew,
+        as a dict never shrinks.
+        """
+        now = self.clock.seconds()
+        if now - self._swept_at < self.SWEEP_INTERVAL:
+            return
+        self._swept_at = now
+        window = self.settings.flow_window
+        self._flows = {
+            flow_id: budget for flow_id, budget in self._flows.items()
+            # refused in a current window, or tokens spent: not what a fresh budget would be
+            if (budget.refused and now - budget.window_start < window)
+            or budget.bucket.tokens + (now - budget.bucket.stamp) * budget.bucket.rate < budget.bucket.burst
+        }
 
 
 def answer_refused_message(message: Message, retry_after: int) -> Response | None:

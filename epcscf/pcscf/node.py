@@ -389,6 +389,9 @@ class PcscfNode(Service):
         # The window's throughput is measured on the probe's clock too, not only when INVITEs come.
         self.setup_window.refresh()
         self.overload.sample(lag, pending)
+        for limiter in (self.flow_limiter, self.source_limiter):
+            if limiter is not None:
+                limiter.sweep()
 
     def _register_answered(self, context: Any, response: Any) -> None:
         self.auth_failures.register_answered(context.request, response)

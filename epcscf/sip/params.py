@@ -106,6 +106,21 @@ MEMO_ENTRIES = 512
 
 _Result = TypeVar("_Result")
 
+#: every memo made by ``memoised_by_text`` (their ``cache_clear``), for ``clear_memos``
+_MEMOS: list[Callable[[], None]] = []
+
+
+def clear_memos() -> None:
+    """Forget every text memo: called once a burst is over and the node is quiet.
+
+    A memo keeps its last ``MEMO_ENTRIES`` texts; after a burst they are hostile or one-off
+    texts, made throughout it and scattered over the memory it used, which they keep from
+    going back (docs/performance.md, "What pins a fuzz burst's memory").  The next messages
+    fill the memos again at the cost of a parse each.
+    """
+    for clear in _MEMOS:
+        clear()
+
 
 def memoised_by_text(parse: Callable[[str], _Result], entries: int = MEMO_ENTRIES) -> Callable[[str], _Result]:
     """``parse`` remembered for the last ``entries`` texts up to ``MEMO_TEXT_LENGTH`` long.
@@ -117,6 +132,7 @@ def memoised_by_text(parse: Callable[[str], _Result], entries: int = MEMO_ENTRIE
     raises again each time.
     """
     remembered = lru_cache(maxsize=entries)(parse)
+    _MEMOS.append(remembered.cache_clear)
 
     @wraps(parse)
     def memoised(text: str) -> _Result:
