@@ -29,7 +29,7 @@ from epcscf.pcscf.call_state import CallState
 from epcscf.pcscf.calls import CallManager, CallSettings
 from epcscf.sdp import SessionDescription
 from epcscf.sip.message import Request, Response
-from epcscf.sip.proxy_rules import list_values, name_addr_uri
+from epcscf.sip.proxy_rules import list_values, make_cancel, name_addr_uri
 from tests.support.deployment import DOMAIN, USERS, start_deployment, ws_url
 from tests.support.processes import wait_for
 from tests.support.reactor import asyncio_loop
@@ -315,10 +315,7 @@ class CallsThroughTheEdgeTests(unittest.TestCase):
             if isinstance(message, Response) and message.status == 180:
                 break
         self.assertEqual(self.pool.used_count, 3)  # ICE socket + RTP/RTCP pair while ringing
-        cancel = Request("CANCEL", invite.uri)
-        for name in ("Via", "From", "To", "Call-ID", "Max-Forwards"):
-            cancel.headers.add(name, invite.headers.get(name) or "")
-        cancel.headers.add("CSeq", f"{invite.headers.get('CSeq').split()[0]} CANCEL")
+        cancel = make_cancel(invite)  # RFC 3261 §9.1
         await as_deferred(client.send(cancel))
         core_cancel, addr = await as_deferred(peer.next_request())
         self.assertEqual(core_cancel.method, "CANCEL")

@@ -27,6 +27,7 @@ from twisted.trial import unittest
 from epcscf.media.rtpengine_ng import NgClient, NgNode, NgSettings, NodeState, decode, encode
 from epcscf.ops.metrics import LiveStateCollector
 from epcscf.pcscf.rtpengine_media import RtpengineEngine, RtpengineSettings
+from epcscf.sip.proxy_rules import make_cancel
 from tests import test_calls_w2_sipp as w2
 from tests import test_media_browser as browser_media
 from tests.support.browser import call_from_page, open_registered_page, page_state, require_browser, start_browser, start_wwsf_deployment
@@ -335,10 +336,7 @@ class ReleasePathsTests(unittest.TestCase):
             if isinstance(message, w2.Response) and message.status == 180:
                 break
         self.assertEqual(len(self.rtpengine.calls()), 1)
-        cancel = w2.Request("CANCEL", invite.uri)
-        for name in ("Via", "From", "To", "Call-ID", "Max-Forwards"):
-            cancel.headers.add(name, invite.headers.get(name) or "")
-        cancel.headers.add("CSeq", f"{invite.headers.get('CSeq').split()[0]} CANCEL")
+        cancel = make_cancel(invite)  # RFC 3261 §9.1
         await as_deferred(client.send(cancel))
         core_cancel, addr = await as_deferred(peer.next_request())
         self.assertEqual(core_cancel.method, "CANCEL")
