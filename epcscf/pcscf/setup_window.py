@@ -25,14 +25,31 @@ toward the WIC (TS 24.371 §7.4.2, §7.4.3: the answer rewritten, the connectivi
 time in between is the callee's (ringing can last a minute): such a call is remembered but not
 counted, so a busy site with many phones ringing is not taken for an overloaded one.
 
-Sans-IO: fed admissions and a clock; it reads the calls' states (``call_model``) when asked.
+Only a busy node shrinks its window.  The time in the edge's phases is not only the edge's: from
+the answer until ICE is up the WIC's round trips count too (its ACK, its checks, its answers to
+ours; RFC 8445 §7.2), and a WIC behind a 200 ms mobile path spends longer there than ``target``
+however idle the edge is.  Sized by Little's law alone, such a window refuses calls, the measured
+throughput falls, the window with it — down to ``min_calls`` / that round trip, whatever the node
+could carry.  So at each period the window also reads how much of a CPU the node wanted
+(``usage``: its reactor thread's CPU time plus the time it waited, runnable, for a CPU): while
+under ``BUSY``, the node has CPU to spare and what holds calls in setup is outside it, so the
+window opens by ``GROWTH`` if it refused calls in the period, and otherwise shrinks no further than
+twice the most calls it held in setup in the period (room for a burst, none kept from long ago);
+once busy, the
+Little's-law size applies as before (and on a host that starves the node of CPU, the wait counts as
+busy: the node is overloaded for its callers either way).
+
+Sans-IO: fed admissions, a clock and a usage counter; it reads the calls' states (``call_model``)
+when asked.
 """
 
 from __future__ import annotations
 
 import enum
+import math
+import time
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Callable
 
 from twisted.internet.interfaces import IReactorTime
 
@@ -78,6 +95,17 @@ def phase(context: ProxiedRequest) -> SetupPhase:
     return SetupPhase.DONE
 
 
+def reactor_thread_usage() -> float:
+    """Seconds the calling thread (the reactor's) has run on a CPU plus waited for one while
+    runnable (``/proc/thread-self/schedstat``, Linux); elsewhere its CPU time alone."""
+    try:
+        with open("/proc/thread-self/schedstat", "rb") as handle:
+            ran, waited = handle.read().split()[:2]
+        return (int(ran) + int(waited)) / 1e9
+    except (OSError, ValueError):
+        return time.thread_time()
+
+
 @dataclass(frozen=True)
 class WindowSettings:
     """The ``[overload]`` keys of the window (see ``epcscf.config``)."""
@@ -95,10 +123,18 @@ class SetupWindow:
     SMOOTHING = 0.5  # weight of the newest period in the throughput estimate
     REFRESH = 0.005  # seconds between two looks at the calls' states on the admission path
     CALLEE_REFRESH = 0.25  # seconds between two looks at the calls waiting for their callee
+    BUSY = 0.9  # share of a CPU the node wanted in a period from which its window may shrink
+    GROWTH = 1.25  # how much a window the idle node refused calls through opens in a period
 
-    def __init__(self, settings: WindowSettings, clock: IReactorTime) -> None:
+    def __init__(self, settings: WindowSettings, clock: IReactorTime, usage: Callable[[], float] | None = None) -> None:
+        """``usage``: seconds of CPU the node used plus waited for, a counter (``reactor_thread_usage``);
+        None: the window is sized by Little's law alone, busy or not."""
         self.settings = settings
         self.clock = clock
+        self._usage = usage
+        self._used = usage() if usage is not None else 0.0  # at the start of this period
+        self._refused_before = 0  # ``refused`` at the start of this period
+        self._peak = 0  # the most calls in the edge's phases at once, this period
         now = clock.seconds()
         #: admitted initial INVITEs in the edge's phase: id → (context, admitted at)
         self._edge: dict[int, tuple[ProxiedRequest, float]] = {}
@@ -142,6 +178,7 @@ class SetupWindow:
             self.refused += 1
             return False
         self._edge[id(context)] = (context, now)
+        self._peak = max(self._peak, len(self._edge))
         return True
 
     def refuses(self) -> bool:
@@ -191,17 +228,34 @@ class SetupWindow:
                 self._finished += 1  # a call through its setup (not one refused while routed)
         elapsed = now - self._period_start
         if elapsed >= self.PERIOD:
-            measured = self._finished / elapsed
-            self.throughput = measured if self.throughput == 0.0 else (
-                self.SMOOTHING * measured + (1 - self.SMOOTHING) * self.throughput)
-            self._finished, self._period_start = 0, now
-            self.limit = self._bounded(self.throughput)
+            self._resize(now, elapsed)
+
+    def _resize(self, now: float, elapsed: float) -> None:
+        """The end of a period: throughput measured, the window sized (see the module docstring)."""
+        measured = self._finished / elapsed
+        self.throughput = measured if self.throughput == 0.0 else (
+            self.SMOOTHING * measured + (1 - self.SMOOTHING) * self.throughput)
+        self._finished, self._period_start = 0, now
+        limit = self._bounded(self.throughput)
+        if self._usage is not None:
+            used = self._usage()
+            demand, self._used = (used - self._used) / elapsed, used
+            if demand < self.BUSY:  # CPU to spare: what holds calls in setup is not the node
+                if self.refused > self._refused_before:
+                    kept = math.ceil(self.limit * self.GROWTH)
+                else:
+                    kept = min(self.limit, 2 * self._peak)
+                limit = max(limit, self._capped(kept))
+        self._refused_before, self._peak = self.refused, len(self._edge)
+        self.limit = limit
 
     def _bounded(self, throughput: float) -> int:
         settings = self.settings
         if settings.target <= 0:
             return settings.max_calls  # a configured capacity only
-        limit = max(settings.min_calls, int(throughput * settings.target))
-        if settings.max_calls > 0:
-            limit = min(limit, settings.max_calls)
+        return self._capped(max(settings.min_calls, int(throughput * settings.target)))
+
+    def _capped(self, limit: int) -> int:
+        if self.settings.max_calls > 0:
+            limit = min(limit, self.settings.max_calls)
         return max(1, limit)
