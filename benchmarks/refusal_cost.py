@@ -21,7 +21,8 @@ of calls in setup pinned to ``--hold`` calls (``[overload] min_calls_in_setup = 
    over its many WICs): one message per wake-up of the edge, none batched with another.
 
 Figures: CPU-seconds per operation (comparable on a loaded host), /proc/loadavg, the generator's
-own CPU.  Bounded (``--refusals``, a 120 s cap) and self-stopping; 127.0.0.1 only.
+own CPU.  With ``EDGE_SAMPLES=FILE EDGE_SAMPLES_ON_SIGNAL=1 PYTHONPATH=benchmarks/cpu_sampler`` the pinned
+edge samples its CPU while it refuses, and only then.  Bounded (``--refusals``, a 120 s cap) and self-stopping; 127.0.0.1 only.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
+import signal
 import sys
 import tempfile
 import time
@@ -197,6 +199,8 @@ def main(argv: list[str] | None = None) -> int:
             if options.py_spy:
                 expected = options.refusals / 400.0  # seconds, roughly
                 sampler = start_py_spy(options.py_spy, epcscf.pid, max(2.0, 0.8 * expected))
+            if os.environ.get("EDGE_SAMPLES") and os.environ.get("EDGE_SAMPLES_ON_SIGNAL"):
+                os.kill(epcscf.pid, signal.SIGUSR2)  # benchmarks/cpu_sampler: the refusals only
             cpu1, own1, t1 = epcscf.cpu_seconds(), time.process_time(), time.monotonic()
             if options.rate:
                 await asyncio.wait_for(refuse_paced(blasters, uas_port, options.rate, budget, statuses), CAP_SECONDS)

@@ -97,6 +97,34 @@ class WindowTests(unittest.TestCase):
         self.assertIsNotNone(self.offer(window))  # and then sees the slot freed
         self.assertEqual(window.in_setup, 3)
 
+    def test_a_full_window_reads_its_oldest_calls_not_every_call_to_find_a_freed_place(self) -> None:
+        window = self.window(target=0.25, min_calls=50)
+        admitted = [self.offer(window) for _ in range(50)]
+        reads = [0]
+
+        class CountedMedia:
+            def __init__(self, settled: bool = False) -> None:
+                self.settled = settled
+
+            @property
+            def ice_settled(self) -> bool:
+                reads[0] += 1
+                return self.settled
+
+        for setup in admitted:  # all answered, ICE under way: the edge's work
+            setup.at(CallState.CONFIRMED)  # type: ignore[union-attr]
+            setup.call.media = CountedMedia()  # type: ignore[union-attr]
+        self.clock.advance(SetupWindow.FULL_REFRESH)
+        window.refresh()
+        self.assertEqual((window.in_setup, reads[0]), (50, 50))  # a full look reads every call
+        admitted[0].call.media.settled = True  # type: ignore[union-attr]  # the oldest is through
+        self.clock.advance(SetupWindow.REFRESH)
+        reads[0] = 0
+        self.assertIsNotNone(self.offer(window))  # its place is seen...
+        self.assertEqual(reads[0], 2)  # ...from the head: it, and the next one still in setup
+        self.assertIsNone(self.offer(window))
+        self.assertEqual(window.in_setup, 50)
+
     def test_calls_waiting_for_their_callee_do_not_count_and_come_back_with_the_answer(self) -> None:
         window = self.window(target=0.25, min_calls=2)
         first, second = self.offer(window), self.offer(window)

@@ -35,9 +35,8 @@ could carry.  So at each period the window also reads how much of a CPU the node
 under ``BUSY``, the node has CPU to spare and what holds calls in setup is outside it, so the
 window opens by ``GROWTH`` if it refused calls in the period, and otherwise shrinks no further than
 twice the most calls it held in setup in the period (room for a burst, none kept from long ago);
-once busy, the
-Little's-law size applies as before (and on a host that starves the node of CPU, the wait counts as
-busy: the node is overloaded for its callers either way).
+once busy, the Little's-law size applies as before.  On a host that starves the node of CPU the
+wait counts as busy: the node is overloaded for its callers either way.
 
 Sans-IO: fed admissions, a clock and a usage counter; it reads the calls' states (``call_model``)
 when asked.
@@ -121,7 +120,8 @@ class SetupWindow:
 
     PERIOD = 0.5  # seconds over which throughput is measured
     SMOOTHING = 0.5  # weight of the newest period in the throughput estimate
-    REFRESH = 0.005  # seconds between two looks at the calls' states on the admission path
+    REFRESH = 0.005  # seconds between two looks at a full window's oldest calls on the admission path
+    FULL_REFRESH = 0.05  # seconds between two looks at every call's state on the admission path
     CALLEE_REFRESH = 0.25  # seconds between two looks at the calls waiting for their callee
     BUSY = 0.9  # share of a CPU the node wanted in a period from which its window may shrink
     GROWTH = 1.25  # how much a window the idle node refused calls through opens in a period
@@ -140,7 +140,7 @@ class SetupWindow:
         self._edge: dict[int, tuple[ProxiedRequest, float]] = {}
         #: admitted initial INVITEs waiting for their callee
         self._callee: dict[int, tuple[ProxiedRequest, float]] = {}
-        self._refreshed = self._callee_refreshed = now
+        self._refreshed = self._looked = self._callee_refreshed = now
         #: calls that left the edge's phases for good, this period
         self._finished = 0
         self._period_start = now
@@ -193,20 +193,49 @@ class SetupWindow:
         return False
 
     def _current(self) -> float:
-        """Now, after a look at the calls' states if the last is ``REFRESH`` old.  Not at every
-        arrival while full: a look reads every call in setup, and on each refused INVITE that was
-        a quarter of the refusal's CPU with 60 calls in setup (docs/performance.md); a place
-        freed waits at most ``REFRESH`` to be seen, against a ``setup_target`` fifty times longer."""
+        """Now, after a look at the calls' states if one is due.  Not a look at every call on every
+        arrival: with 60 calls in setup that was a quarter of a refused INVITE's CPU, and at most
+        one every ``REFRESH`` was still a third of it when INVITEs came one at a time
+        (docs/performance.md).  So every call is read at most every ``FULL_REFRESH``, and in between a
+        full window reads its oldest calls only (``_look``); a place freed waits at most
+        ``REFRESH`` to be seen, against a ``setup_target`` fifty times longer."""
         now = self.clock.seconds()
-        if now >= self._refreshed + self.REFRESH:
+        if now >= self._refreshed + self.FULL_REFRESH:
             self.refresh(now)
+        elif now >= self._looked + self.REFRESH and len(self._edge) >= self.limit:
+            self._look(now)
         return now
+
+    def _look(self, now: float) -> None:
+        """The oldest calls in the edge's phases, until one still in them once a place is free:
+        calls leave in about the order they came (an answer's ICE takes about as long for each),
+        so the calls a full window needs to see leaving are at its head."""
+        self._looked = now
+        oldest = now - self.settings.max_age
+        leaving: list[tuple[int, ProxiedRequest, float, SetupPhase]] = []
+        for key, (context, admitted) in self._edge.items():
+            current = phase(context)
+            if current is SetupPhase.EDGE and admitted > oldest:
+                if len(self._edge) - len(leaving) < self.limit:
+                    break
+                continue
+            leaving.append((key, context, admitted, current))
+        for key, context, admitted, current in leaving:
+            self._leave(key, context, admitted, current)
+
+    def _leave(self, key: int, context: ProxiedRequest, admitted: float, current: SetupPhase) -> None:
+        """A call out of the edge's phases: to its callee's, or through its setup."""
+        del self._edge[key]
+        if current is SetupPhase.CALLEE:
+            self._callee[key] = (context, admitted)
+        elif current is SetupPhase.DONE and call_leg(context) is not None:
+            self._finished += 1  # a call through its setup (not one refused while routed)
 
     def refresh(self, now: float | None = None) -> None:
         """Look at the calls' states: move them between phases, count those done, resize."""
         if now is None:
             now = self.clock.seconds()
-        self._refreshed = now
+        self._refreshed = self._looked = now
         oldest = now - self.settings.max_age
         if now - self._callee_refreshed >= self.CALLEE_REFRESH:
             self._callee_refreshed = now
@@ -219,13 +248,8 @@ class SetupWindow:
                     del self._callee[key]  # ended while ringing: the edge never worked on an answer
         for key, (context, admitted) in list(self._edge.items()):
             current = phase(context)
-            if current is SetupPhase.EDGE and admitted > oldest:
-                continue
-            del self._edge[key]
-            if current is SetupPhase.CALLEE:
-                self._callee[key] = (context, admitted)
-            elif current is SetupPhase.DONE and call_leg(context) is not None:
-                self._finished += 1  # a call through its setup (not one refused while routed)
+            if current is not SetupPhase.EDGE or admitted <= oldest:
+                self._leave(key, context, admitted, current)
         elapsed = now - self._period_start
         if elapsed >= self.PERIOD:
             self._resize(now, elapsed)
