@@ -281,9 +281,12 @@ def refusal_arithmetic(search: Search, controlled: Row) -> str | None:
     per_call = sum(row.result.cpu for row in search.at_s) / sum(row.result.completed for row in search.at_s)
     r = controlled.result
     left = r.cpu - r.completed * per_call
-    return (f"CPU arithmetic: at S a call cost {1000 * per_call:.2f} ms; under control {r.completed} calls at that "
-            f"price leave {left:.1f} s of the {r.cpu:.1f} s for {controlled.refused} refusals = "
-            f"{1000 * left / controlled.refused:.3f} ms each (if admitted calls cost what they cost at S)")
+    text = (f"CPU arithmetic: at S a call cost {1000 * per_call:.2f} ms; under control {1000 * controlled.cpu_per_call:.2f} ms "
+            f"per completed call, its {controlled.refused} refusals included")
+    if left <= 0:
+        return text + " (less than at S: a call's CPU moves with the load more than refusals cost)"
+    return (text + f"; {r.completed} calls at the price of S leave {left:.1f} s for the refusals = "
+            f"{1000 * left / controlled.refused:.3f} ms each, if admitted calls cost what they cost at S")
 
 
 def main(argv: list[str] | None = None) -> int:
