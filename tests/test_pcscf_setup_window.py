@@ -97,26 +97,31 @@ class WindowTests(unittest.TestCase):
         self.assertIsNotNone(self.offer(window))  # and then sees the slot freed
         self.assertEqual(window.in_setup, 3)
 
-    def test_a_full_window_reads_its_oldest_calls_not_every_call_to_find_a_freed_place(self) -> None:
-        window = self.window(target=0.25, min_calls=50)
-        admitted = [self.offer(window) for _ in range(50)]
-        reads = [0]
+    def full_of_answered_calls(self, window: SetupWindow, reads: list[int]) -> list[Setup]:
+        """``window.limit`` calls answered, ICE under way (the edge's work), their media's
+        ``ice_settled`` reads counted in ``reads``."""
 
         class CountedMedia:
-            def __init__(self, settled: bool = False) -> None:
-                self.settled = settled
+            settled = False
 
             @property
             def ice_settled(self) -> bool:
                 reads[0] += 1
                 return self.settled
 
-        for setup in admitted:  # all answered, ICE under way: the edge's work
+        admitted = [self.offer(window) for _ in range(window.limit)]
+        for setup in admitted:
             setup.at(CallState.CONFIRMED)  # type: ignore[union-attr]
             setup.call.media = CountedMedia()  # type: ignore[union-attr]
         self.clock.advance(SetupWindow.FULL_REFRESH)
         window.refresh()
-        self.assertEqual((window.in_setup, reads[0]), (50, 50))  # a full look reads every call
+        self.assertEqual((window.in_setup, reads[0]), (window.limit, window.limit))  # a full look reads every call
+        return admitted  # type: ignore[return-value]
+
+    def test_a_full_window_reads_its_oldest_calls_not_every_call_to_find_a_freed_place(self) -> None:
+        window = self.window(target=0.25, min_calls=50)
+        reads = [0]
+        admitted = self.full_of_answered_calls(window, reads)
         admitted[0].call.media.settled = True  # type: ignore[union-attr]  # the oldest is through
         self.clock.advance(SetupWindow.REFRESH)
         reads[0] = 0
@@ -124,6 +129,21 @@ class WindowTests(unittest.TestCase):
         self.assertEqual(reads[0], 2)  # ...from the head: it, and the next one still in setup
         self.assertIsNone(self.offer(window))
         self.assertEqual(window.in_setup, 50)
+
+    def test_a_head_stuck_in_setup_costs_a_few_reads_a_look_and_every_call_is_read_in_turn(self) -> None:
+        window = self.window(target=0.25, min_calls=50)
+        reads = [0]
+        admitted = self.full_of_answered_calls(window, reads)
+        admitted[30].call.media.settled = True  # type: ignore[union-attr]  # not at the head
+        looks = 0
+        while True:
+            self.clock.advance(SetupWindow.REFRESH)
+            reads[0] = 0
+            looks += 1
+            if self.offer(window) is not None:
+                break
+            self.assertLessEqual(reads[0], SetupWindow.LOOK_CALLS)
+        self.assertEqual(looks, 30 // SetupWindow.LOOK_CALLS + 1)  # found in turn, before the next full look
 
     def test_calls_waiting_for_their_callee_do_not_count_and_come_back_with_the_answer(self) -> None:
         window = self.window(target=0.25, min_calls=2)

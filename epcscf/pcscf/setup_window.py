@@ -46,6 +46,7 @@ from __future__ import annotations
 
 import enum
 import math
+from collections import OrderedDict
 import time
 from dataclasses import dataclass
 from typing import Any, Callable
@@ -122,6 +123,7 @@ class SetupWindow:
     SMOOTHING = 0.5  # weight of the newest period in the throughput estimate
     REFRESH = 0.005  # seconds between two looks at a full window's oldest calls on the admission path
     FULL_REFRESH = 0.05  # seconds between two looks at every call's state on the admission path
+    LOOK_CALLS = 8  # calls a look at a full window reads at most
     CALLEE_REFRESH = 0.25  # seconds between two looks at the calls waiting for their callee
     BUSY = 0.9  # share of a CPU the node wanted in a period from which its window may shrink
     GROWTH = 1.25  # how much a window the idle node refused calls through opens in a period
@@ -137,7 +139,7 @@ class SetupWindow:
         self._peak = 0  # the most calls in the edge's phases at once, this period
         now = clock.seconds()
         #: admitted initial INVITEs in the edge's phase: id → (context, admitted at)
-        self._edge: dict[int, tuple[ProxiedRequest, float]] = {}
+        self._edge: OrderedDict[int, tuple[ProxiedRequest, float]] = OrderedDict()
         #: admitted initial INVITEs waiting for their callee
         self._callee: dict[int, tuple[ProxiedRequest, float]] = {}
         self._refreshed = self._looked = self._callee_refreshed = now
@@ -197,8 +199,9 @@ class SetupWindow:
         arrival: with 60 calls in setup that was a quarter of a refused INVITE's CPU, and at most
         one every ``REFRESH`` was still a third of it when INVITEs came one at a time
         (docs/performance.md).  So every call is read at most every ``FULL_REFRESH``, and in between a
-        full window reads its oldest calls only (``_look``); a place freed waits at most
-        ``REFRESH`` to be seen, against a ``setup_target`` fifty times longer."""
+        full window reads a few of its oldest calls only (``_look``); a place freed at the head waits
+        at most ``REFRESH`` to be seen, any other at most ``FULL_REFRESH``, against a
+        ``setup_target`` five times longer."""
         now = self.clock.seconds()
         if now >= self._refreshed + self.FULL_REFRESH:
             self.refresh(now)
@@ -207,21 +210,24 @@ class SetupWindow:
         return now
 
     def _look(self, now: float) -> None:
-        """The oldest calls in the edge's phases, until one still in them once a place is free:
-        calls leave in about the order they came (an answer's ICE takes about as long for each),
-        so the calls a full window needs to see leaving are at its head."""
+        """At most ``LOOK_CALLS`` calls from the head of the edge's phases, until one still in them
+        once a place is free.  Calls leave in about the order they came (an answer's ICE takes
+        about as long for each), so the places a full window waits for are at its head; a call read
+        and still in setup goes to the back, so a head stuck in setup (ICE that never completes)
+        costs no more than ``LOOK_CALLS`` reads a look, and every call is read in turn."""
         self._looked = now
         oldest = now - self.settings.max_age
-        leaving: list[tuple[int, ProxiedRequest, float, SetupPhase]] = []
-        for key, (context, admitted) in self._edge.items():
+        edge = self._edge
+        for _ in range(min(self.LOOK_CALLS, len(edge))):
+            key = next(iter(edge))
+            context, admitted = edge[key]
             current = phase(context)
             if current is SetupPhase.EDGE and admitted > oldest:
-                if len(self._edge) - len(leaving) < self.limit:
+                edge.move_to_end(key)
+                if len(edge) < self.limit:
                     break
-                continue
-            leaving.append((key, context, admitted, current))
-        for key, context, admitted, current in leaving:
-            self._leave(key, context, admitted, current)
+            else:
+                self._leave(key, context, admitted, current)
 
     def _leave(self, key: int, context: ProxiedRequest, admitted: float, current: SetupPhase) -> None:
         """A call out of the edge's phases: to its callee's, or through its setup."""
