@@ -121,6 +121,36 @@ class JanusJsThroughEpcscfTests(unittest.TestCase):
         self.assertIn("application/dtmf-relay", info)
         self.assertIn("Signal=5", body_of(info))
 
+    def test_an_update_the_far_end_refuses_is_reported_and_the_call_goes_on(self):
+        return as_deferred(self._refused_update())
+
+    async def _refused_update(self) -> None:
+        port = free_port()
+        uas, trace = self.spawn_sipp("uas", ["-sf", os.path.join(SCENARIOS, "nonsip_uas_refuse_update.xml"), "-i", "127.0.0.1", "-p", str(port)])
+        await wait_for(lambda: port_bound(port, "UDP") or uas.ended.called, timeout=10)
+        peer = start_node_peer(self, "janus_sip.js", janus_url(self.service), "alice", USERS["alice"], DOMAIN,
+                               "call-update", f"sip:echo@127.0.0.1:{port}", CHROME_OFFER)
+        await peer.wait_for("accepted", timeout=20)
+        failed = await peer.wait_for("updatefailed", timeout=10)
+        names = [e.get("name") for e in peer.log if e.get("event") == "sip-event"]
+        self.assertEqual(names[names.index("accepted"):], ["accepted", "updating", "updatefailed"])
+        self.assertEqual((failed["code"], failed["reason"]), (488, "Not Acceptable Here"))
+        [accepted] = [e for e in peer.log if e.get("event") == "sip-event" and e.get("name") == "accepted"]
+        self.assertEqual(failed["call_id"], accepted["call_id"])
+        # RFC 3261 §14.1: the session stays as it was; no answer, no hangup, until the WIC's own
+        self.assertIsNone(next(e for e in peer.log if e.get("name") == "updatefailed")["jsep"])
+        ended = await peer.wait_for("ended", timeout=10)
+        self.assertEqual(ended["code"], 200)
+        self.assertEqual(await peer.ended, 0)
+        self.assertEqual(await uas.ended.asFuture(asyncio.get_event_loop()), 0, uas.output[-2000:])
+        requests = [m for m in messages_in_trace(trace) if not m.startswith("SIP/2.0")]
+        self.assertEqual([m.split(" ", 1)[0] for m in requests], ["INVITE", "ACK", "INVITE", "ACK", "BYE"])
+        self.assert_plain_ims_sdp(body_of(requests[2]))  # the re-offer as any SIP WIC's (ICE restart gone)
+        [record] = self.service.pcscf.operations.calls()
+        self.assertEqual(record["direction"], "originating")
+        timeline = " ".join(str(entry) for entry in self.service.pcscf.operations.call_timeline(record["call_id"]))
+        self.assertIn("488", timeline)
+
     def test_a_hold_from_the_far_end_is_accepted_on_the_wics_behalf(self):
         return as_deferred(self._held_by_far_end())
 

@@ -7,6 +7,8 @@
 //   node janus_sip.js JANUS_URL USER PASSWORD DOMAIN call-cancel TARGET OFFER_FILE (hangup while ringing)
 //   node janus_sip.js JANUS_URL USER PASSWORD DOMAIN call-hold TARGET OFFER_FILE
 //     (once accepted: hold, unhold, dtmf_info 5, then hangup)
+//   node janus_sip.js JANUS_URL USER PASSWORD DOMAIN call-update TARGET OFFER_FILE
+//     (once accepted: update with an ICE-restart re-offer; once that is refused, hangup)
 //   node janus_sip.js JANUS_URL USER PASSWORD DOMAIN answer ANSWER_FILE
 //   node janus_sip.js JANUS_URL USER PASSWORD DOMAIN ring
 //     (lets the first incoming call ring until the caller cancels, declines the second with 480)
@@ -99,6 +101,16 @@ function onMessage(message, jsep) {
     say('accepted', { sdp: jsep ? jsep.sdp : null });
   } else if (event === 'accepted' && mode === 'call') {
     say('accepted', { sdp: jsep ? jsep.sdp : null });
+    setTimeout(() => sip.send({ message: { request: 'hangup' } }), 300);
+  } else if (event === 'accepted' && mode === 'call-update') {
+    say('accepted', { sdp: jsep ? jsep.sdp : null });
+    // What a page's createOffer({ iceRestart: true }) gives: o= version up, new ufrag and pwd
+    const reoffer = sdpFile(rest[1]).replace(/^(o=\S+ \S+ )(\d+)/m, (_, head, version) => `${head}${Number(version) + 1}`)
+      .replace(/^a=ice-ufrag:.*$/gm, 'a=ice-ufrag:Rs7X').replace(/^a=ice-pwd:.*$/gm, 'a=ice-pwd:Qw8mm2CdPKN4YcJTao1CmejO');
+    sip.send({ message: { request: 'update' }, jsep: { type: 'offer', sdp: reoffer } });
+  } else if (event === 'updatefailed') {
+    // A page rolls its PeerConnection back here: pc.setLocalDescription({ type: 'rollback' })
+    say('updatefailed', { code: result.code, reason: result.reason, call_id: message.call_id });
     setTimeout(() => sip.send({ message: { request: 'hangup' } }), 300);
   } else if (mode === 'call-hold' && ['accepted', 'holding', 'resuming', 'dtmfsent'].includes(event)) {
     nextStep();
