@@ -22,10 +22,12 @@ from typing import Any
 
 from prometheus_client import CollectorRegistry, generate_latest
 from twisted.internet import defer, reactor
+from twisted.internet.protocol import DatagramProtocol
 from twisted.trial import unittest
 
 from epcscf.media.rtpengine_ng import NgClient, NgNode, NgSettings, NodeState, decode, encode
 from epcscf.ops.metrics import LiveStateCollector
+from epcscf.pcscf.call_model import MediaRejected
 from epcscf.pcscf.rtpengine_media import RtpengineEngine, RtpengineSettings
 from epcscf.sip.proxy_rules import make_cancel
 from tests import test_calls_w2_sipp as w2
@@ -246,6 +248,59 @@ class TwoNodesTests(unittest.TestCase):
         self.assertEqual(failures[0][0], "media")
         self.assertIn("no longer has the call", failures[0][1])
         await settled(media.close())
+
+class _Datagrams(DatagramProtocol):
+    def __init__(self) -> None:
+        self.received: list[tuple[bytes, Any]] = []
+
+    def datagramReceived(self, data: bytes, address: Any) -> None:  # noqa: N802
+        self.received.append((data, address))
+
+
+class TrickleToRtpengineTests(unittest.TestCase):
+    """RFC 8840 candidates the WIC trickles (INFO) reach rtpengine's ICE agent: a candidate
+    that is in no SDP is checked by rtpengine itself (a STUN Binding request arrives there)."""
+
+    timeout = 30
+
+    def setUp(self) -> None:
+        self.rtpengine = daemon(0)
+        client = NgClient(reactor, (NgNode("127.0.0.1", self.rtpengine.ng_port),), NgSettings(timeout=0.5, ping_interval=5))
+        self.engine = RtpengineEngine(reactor, client, RtpengineSettings(query_interval=0))
+        self.engine.start()
+        self.addCleanup(self.engine.stop)
+
+    def test_a_trickled_candidate_is_checked_by_rtpengine(self) -> defer.Deferred:
+        return as_deferred(self._trickled())
+
+    async def _trickled(self) -> None:
+        wic = _Datagrams()
+        port = reactor.listenUDP(0, wic, interface=LOCAL)
+        self.addCleanup(port.stopListening)
+        media = self.engine(FakeCall("trickle@test"))
+        events: list[str] = []
+        media.on_event = lambda kind, text: events.append(text)
+        with open(CHROME_OFFER, "rb") as handle:  # a trickling browser's offer: no candidate yet
+            offer = b"".join(line for line in handle.read().replace(b"\r\n", b"\n").splitlines(keepends=True)
+                             if not line.startswith(b"a=candidate")).replace(b"\n", b"\r\n")
+        await settled(media.offer_from_wic(offer))
+        core_answer = (b"v=0\r\no=- 1 1 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\n"
+                       b"m=audio 6000 RTP/AVP 0\r\na=rtpmap:0 PCMU/8000\r\n")
+        await settled(media.answer_from_core(core_answer))
+        with self.assertRaises(MediaRejected) as refused:
+            media.add_trickle(b"not an sdpfrag")
+        self.assertEqual(refused.exception.status, 400)
+        # RFC 8840 §4.3 / RFC 8839 §5.1: the candidate of a socket only this INFO names
+        fragment = (f"a=ice-ufrag:Ep9W\r\na=ice-pwd:Lk3ll9AbOLM1XbHSzn0BldiN\r\nm=audio 9 UDP/TLS/RTP/SAVPF 111\r\n"
+                    f"a=mid:0\r\na=candidate:2 1 udp 2122260223 {LOCAL} {port.getHost().port} typ host\r\n").encode()
+        media.add_trickle(fragment)
+        stun = lambda: [data for data, _ in wic.received if data[:2] == b"\x00\x01" and data[4:8] == b"\x21\x12\xa4\x42"]
+        await wait_for(stun, 5, what=lambda: f"no STUN request from rtpengine to the trickled candidate: {events}")
+        self.assertIn(b"Ep9W:", stun()[0])  # RFC 8445 §7.2.2: USERNAME is the WIC's ufrag first
+        self.assertTrue(any("trickled candidates forwarded" in text for text in events), events)
+        await settled(media.close())
+        self.assertEqual(self.rtpengine.calls(), [])
+
 
 class ReleasePathsTests(unittest.TestCase):
     """WS drop and CANCEL with engine = rtpengine: the call's session leaves rtpengine (``list``).

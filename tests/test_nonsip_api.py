@@ -10,6 +10,7 @@ from typing import Any
 from twisted.trial import unittest
 
 from epcscf.nonsip import janus_api as api
+from epcscf.sdp import parse_sdpfrag
 from epcscf.nonsip.jsep import JsepError, TrickleBuffer, answer_direction, as_answer, next_version, parse_jsep, parse_trickle
 from epcscf.pcscf.nonsip_messages import Messaging, TextBody
 from epcscf.pcscf.nonsip_register import Credentials
@@ -78,6 +79,21 @@ class JsepTests(unittest.TestCase):
         for bad in ({"candidate": "evil\r\nm=audio"}, {"candidate": 5}, "candidate:1", {}):
             with self.assertRaises(JsepError):
                 parse_trickle(bad)
+
+    def test_late_candidates_make_an_rfc8840_fragment_of_their_sections(self) -> None:
+        offer = OFFER.replace("t=0 0\r\n", "t=0 0\r\na=ice-ufrag:Ep9W\r\na=ice-pwd:Lk3ll9AbOLM1XbHSzn0BldiN\r\n")
+        buffer = TrickleBuffer()
+        self.assertIsNone(buffer.fragment(offer))  # nothing trickled: no INFO
+        buffer.add(parse_trickle({"candidate": "candidate:1 1 udp 2122260223 127.0.0.1 5000 typ host", "sdpMid": "1"}))
+        fragment = parse_sdpfrag(buffer.fragment(offer))
+        [entry] = fragment.entries
+        self.assertEqual((entry.mid, entry.candidate.port), ("1", 5000))  # only the video section
+        # the ICE generation the candidate belongs to (RFC 8840 §4.4.1)
+        self.assertEqual((fragment.ice_ufrag, fragment.ice_pwd), ("Ep9W", "Lk3ll9AbOLM1XbHSzn0BldiN"))
+        buffer.add(None)
+        text = buffer.fragment(offer)
+        self.assertEqual(text.count("a=end-of-candidates"), 2)  # gathering over: every section says so
+        self.assertEqual([line.split(" ")[1] for line in text.splitlines() if line.startswith("m=")], ["9", "9"])
 
     def test_hold_offer_sets_every_direction_and_bumps_the_version(self) -> None:
         held = next_version(OFFER, "sendonly")

@@ -11,6 +11,8 @@ import os
 from typing import Any
 
 import websockets
+from twisted.internet import reactor
+from twisted.internet.protocol import DatagramProtocol
 from twisted.trial import unittest
 
 from epcscf.sdp import SessionDescription
@@ -217,6 +219,50 @@ class JanusMessageAndInfoTests(JanusHandleTestCase):
         registry = self.service.metrics.registry
         for code, count in ((447, 3), (443, 2), (444, 5), (446, 1), (442, 1)):
             self.assertEqual(registry.get_sample_value("epcscf_janus_requests_refused_total", {"code": str(code)}), count, code)
+
+
+class _Datagrams(DatagramProtocol):
+    def __init__(self) -> None:
+        self.received: list[bytes] = []
+
+    def datagramReceived(self, data: bytes, address: Any) -> None:  # noqa: N802
+        self.received.append(data)
+
+
+class JanusLateTrickleTests(JanusHandleTestCase):
+    """A candidate the browser trickles after its offer went out (janus.js sends each as it is
+    gathered; the UA waits for them at most 2 s) reaches the eP-CSCF's ICE agent in an RFC 8840
+    INFO: the agent checks it (a STUN Binding request arrives there), and the INFO stays at the
+    P-CSCF (the core never sees it, RFC 8840 §5: the trickle-ice package is between the ICE peers)."""
+
+    def test_a_late_candidate_is_checked_by_our_ice_agent_and_never_reaches_the_core(self):
+        return as_deferred(self._late())
+
+    async def _late(self) -> None:
+        client, ids = await self.registered_handle()
+        port = free_port()
+        uas, trace = self.spawn_sipp("uas", ["-sf", os.path.join(SCENARIOS, "calls_uas_answer.xml"), "-i", "127.0.0.1", "-p", str(port)])
+        await wait_for(lambda: port_bound(port, "UDP") or uas.ended.called, timeout=10)
+        browser = _Datagrams()
+        socket = reactor.listenUDP(0, browser, interface="127.0.0.1")
+        self.addCleanup(socket.stopListening)
+        with open(CHROME_OFFER) as handle:
+            offer = handle.read()  # gathered already: it goes out at once, later candidates are late
+        await self.send(client, ids, {"request": "call", "uri": f"sip:echo@127.0.0.1:{port}"}, {"type": "offer", "sdp": offer})
+        accepted = await self.next_event(client, "accepted")
+        candidate = {"candidate": f"candidate:2 1 udp 2122260223 127.0.0.1 {socket.getHost().port} typ host", "sdpMid": "0", "sdpMLineIndex": 0}
+        self.assertEqual((await client.request({"janus": "trickle", **ids, "candidate": candidate}))["janus"], "ack")
+        stun = lambda: [d for d in browser.received if d[:2] == b"\x00\x01" and d[4:8] == b"\x21\x12\xa4\x42"]
+        await wait_for(stun, timeout=10, what="our ICE agent's STUN Binding request to the late candidate")
+        self.assertIn(b"Ep9W:", stun()[0])  # RFC 8445 §7.2.2: the WIC's ufrag first
+        [record] = self.service.pcscf.operations.calls()
+        timeline = " ".join(str(entry) for entry in self.service.pcscf.operations.call_timeline(record["call_id"]))
+        self.assertIn("trickled candidates from the WIC", timeline)
+        await self.send(client, ids, {"request": "hangup"})
+        self.assertEqual((await self.next_event(client, "hangup"))["call_id"], accepted["call_id"])
+        await self.sipp_done(uas)
+        requests = [m.split(" ", 1)[0] for m in sipp_messages(trace, "received") if not m.startswith("SIP/2.0")]
+        self.assertEqual(requests, ["INVITE", "ACK", "BYE"])
 
 
 class JanusHangupWhileAcceptWaitsTests(JanusHandleTestCase):

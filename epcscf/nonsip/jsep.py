@@ -108,6 +108,45 @@ class TrickleBuffer:
                     section.append("a=end-of-candidates")
         return "\r\n".join(line for section in sections for line in section) + "\r\n"
 
+    def fragment(self, description: str) -> str | None:
+        """RFC 8840 §4.4 ``application/trickle-ice-sdpfrag`` for the candidates trickled after
+        ``description`` (the WIC's offer or answer as sent) went out: its ICE credentials (the
+        generation the candidates belong to, RFC 8840 §4.4.1), and per m= section (RFC 8840
+        §9: port 9, the section's a=mid) the candidates, with ``a=end-of-candidates`` once
+        gathering completed.  None when there is nothing to send."""
+        lines = [line for line in description.replace("\r\n", "\n").split("\n") if line]
+        sections: list[list[str]] = [[]]
+        for line in lines:
+            if line.startswith("m="):
+                sections.append([])
+            sections[-1].append(line)
+        session, media = sections[0], sections[1:]
+        mids = [next((l[6:] for l in section if l.startswith("a=mid:")), None) for section in media]
+        wanted: dict[int, list[str]] = {}
+        for candidate in self.candidates:
+            if candidate.mid is not None and candidate.mid in mids:
+                index = mids.index(candidate.mid)
+            elif candidate.mline_index is not None and 0 <= candidate.mline_index < len(media):
+                index = candidate.mline_index
+            else:
+                continue
+            wanted.setdefault(index, []).append(f"a={candidate.candidate}")
+        if self.completed:
+            for index in range(len(media)):
+                wanted.setdefault(index, [])
+        if not wanted:
+            return None
+        credentials = ("a=ice-ufrag:", "a=ice-pwd:")
+        out = ["a=ice-options:trickle", *(l for l in session if l.startswith(credentials))]
+        for index in sorted(wanted):
+            kind, _, rest = media[index][0][2:].partition(" ")
+            out.append(f"m={kind} 9 {' '.join(rest.split(' ')[1:])}")
+            out.extend(l for l in media[index] if l.startswith(("a=mid:", *credentials)))
+            out.extend(wanted[index])
+            if self.completed:
+                out.append("a=end-of-candidates")
+        return "\r\n".join(out) + "\r\n"
+
 
 DIRECTIONS = ("sendrecv", "sendonly", "recvonly", "inactive")
 

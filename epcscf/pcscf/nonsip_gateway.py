@@ -63,6 +63,10 @@ class _Handle:
     #: a call or accept waiting for the browser's last candidate
     pending: tuple[str, str, str] | None = None  # (action, uri or "", sdp)
     pending_timer: Any = None
+    #: the description the trickled candidates belong to has gone out: later ones are "late"
+    described: bool = False
+    #: late candidates, sent in an RFC 8840 INFO once the call is confirmed
+    late: TrickleBuffer = field(default_factory=TrickleBuffer)
 
 
 @dataclass(eq=False)
@@ -239,6 +243,12 @@ class JanusGateway:
         jsep = {"type": event.sdp[0], "sdp": event.sdp[1]} if event.sdp is not None else None
         data = api.sip_result(event.result, event.call_id)
         self._send(session.connection, api.plugin_event(session.id, handle_id, None, data, jsep))
+        handle = session.handles[handle_id]
+        if event.result.get("event") == "accepted" and handle.described:
+            self._send_late(handle)  # candidates that came while the call was being set up
+        elif event.result.get("event") == "hangup":
+            handle.described = False
+            handle.late.clear()
 
     # --- trickle (RFC 8838) ----------------------------------------------------------------------
 
@@ -253,9 +263,23 @@ class JanusGateway:
             raise JanusError(api.INVALID_ELEMENT_TYPE, f"Invalid element type ({error})") from None
         self._send(session.connection, api.reply("ack", request.transaction, session.id))
         for candidate in parsed:
-            handle.trickle.add(candidate)
-        if handle.trickle.completed and handle.pending is not None:
+            (handle.late if handle.described else handle.trickle).add(candidate)
+        if handle.described:
+            self._send_late(handle)
+        elif handle.trickle.completed and handle.pending is not None:
             self._run_pending(handle)
+
+    def _send_late(self, handle: _Handle) -> None:
+        """Candidates trickled after the description went out (the 2 s wait was over): an RFC
+        8840 INFO in the confirmed call's dialog, so that the ICE agent (or rtpengine) checks
+        them too; kept until the call is confirmed, dropped with it."""
+        ua = handle.ua
+        if ua.phase is not CallPhase.CONFIRMED or ua.dialog is None:
+            return
+        fragment = handle.late.fragment(ua.dialog.local_sdp)
+        handle.late.clear()
+        if fragment is not None:
+            ua.messaging.send_trickle(fragment)
 
     def _cancel_pending(self, handle: _Handle) -> None:
         handle.pending = None
@@ -265,6 +289,8 @@ class JanusGateway:
 
     def _defer_until_gathered(self, handle: _Handle, action: str, uri: str, sdp: str, trickle: bool) -> None:
         handle.pending = (action, uri, sdp)
+        handle.described = False  # the candidates now trickled belong to this new description
+        handle.late.clear()
         if not trickle or handle.trickle.completed:
             self._run_pending(handle)
         else:
@@ -278,6 +304,7 @@ class JanusGateway:
         action, uri, sdp = pending
         sdp = handle.trickle.complete_sdp(sdp)
         handle.trickle.clear()
+        handle.described = True
         if action == "call":
             if handle.ua.phase is CallPhase.IDLE and handle.ua.reg_state is RegState.REGISTERED:
                 handle.ua.call(uri, sdp)

@@ -25,6 +25,7 @@ from typing import Any, Callable, Protocol
 
 from twisted.logger import Logger
 
+from epcscf.pcscf.call_model import TRICKLE_SDPFRAG
 from epcscf.pcscf.nonsip_register import Credentials, TransactionOutcome, UaEvent, identity_name_addr
 from epcscf.sip.headers import to_tag
 from epcscf.sip.message import Request, Response, make_response, new_tag
@@ -133,6 +134,22 @@ class Messaging:
         call_id = request.call_id
         ua.send(request, TransactionOutcome(lambda response: self._info_answered(call_id, response)))
         ua.emit(UaEvent({"event": "infosent"}, call_id=call_id))
+        return True
+
+    def send_trickle(self, fragment: str) -> bool:
+        """RFC 8840 §5 (Info-Package ``trickle-ice``): candidates the browser found after its
+        description went out, in the confirmed call's dialog; the P-CSCF hands them to the
+        media engine and sends nothing on to the core.  False without a confirmed call."""
+        ua = self._ua
+        request = ua.in_dialog_request("INFO")
+        if request is None:
+            return False
+        request.headers.add("Info-Package", "trickle-ice")
+        request.headers.add("Content-Type", TRICKLE_SDPFRAG)
+        request.headers.add("Content-Disposition", "info")  # RFC 8840 §5.2
+        request.body = fragment.encode("utf-8")
+        call_id = request.call_id
+        ua.send(request, TransactionOutcome(lambda response: self._info_answered(call_id, response)))
         return True
 
     @staticmethod

@@ -66,6 +66,7 @@ from epcscf.sdp import (
     extract_wic_media_params,
     offer_toward_core,
     offer_toward_wic,
+    parse_sdpfrag,
 )
 from epcscf.sdp import transform as sdp_transform
 
@@ -90,6 +91,11 @@ class RtpengineSettings:
     #: node sets its core-facing SIP address (see the module docstring, Orphans)
     owner: str = ""
 
+
+#: put before an RFC 8840 fragment sent to rtpengine: its SDP parser starts a description at
+#: ``v=`` and, without one, reads no candidate of the fragment (rtpengine 10.5; the ng protocol's
+#: ``fragment`` flag takes the fragment's m= sections and ICE lines, the rest is ignored)
+FRAGMENT_SESSION = b"v=0\r\no=- 0 0 IN IP4 0.0.0.0\r\ns=-\r\nt=0 0\r\n"
 
 #: call-ids asked of a node by the sweep at start: its ``list`` reply (~100 bytes a call) must
 #: fit one UDP datagram
@@ -275,9 +281,32 @@ class RtpengineCallMedia:
         self._wic_offer, self._core_offer = self._saved
 
     def add_trickle(self, sdpfrag: bytes) -> None:
-        # rtpengine learns a trickled candidate as peer-reflexive from its first check
-        # (RFC 8445 §7.3.1.3), so the INFO is answered and nothing is forwarded.
-        self._event("ice", "trickled candidates left to rtpengine's peer-reflexive learning")
+        """RFC 8840 candidates trickled by the WIC (INFO), forwarded to rtpengine as the ng
+        protocol asks: an ``offer`` from the WIC's monologue with the ``fragment`` flag and the
+        fragment as its ``sdp`` (rtpengine adds the candidates to that side's ICE agent, and
+        queues a fragment that comes before the call's offer).  Without it rtpengine would
+        learn a trickled address only as peer-reflexive, from the WIC's own checks (RFC 8445
+        §7.3.1.3), and never check toward it itself."""
+        try:
+            fragment = parse_sdpfrag(sdpfrag)
+        except SdpError as error:
+            raise MediaRejected(400, error.reason) from None
+        if self._closed or self.node is None or not fragment.entries:
+            return  # nothing for rtpengine yet (no offer went to it) or nothing in the fragment
+        message: dict[str, Any] = {"command": "offer", "call-id": self.ng_call_id, "from-tag": WIC,
+                                   "sdp": FRAGMENT_SESSION + sdpfrag, "flags": ["fragment"]}
+        if self._answered:
+            message["to-tag"] = CORE
+        node = self.node
+
+        def forwarded(_: object) -> None:
+            self._event("ice", f"rtpengine {node}: trickled candidates forwarded (fragment)")
+
+        def failed(failure: Failure) -> None:
+            # The INFO is answered already; the WIC's checks still reach rtpengine (peer-reflexive).
+            self._event("ice", f"rtpengine {node}: trickled candidates not taken: {failure.getErrorMessage()}")
+
+        self.engine.client.command(node, message).addCallbacks(forwarded, failed)
 
     def stats(self) -> dict[str, Any]:
         node = str(self.node) if self.node is not None else ""
