@@ -28,6 +28,7 @@ from twisted.trial import unittest
 from epcscf.media.rtpengine_ng import NgClient, NgNode, NgSettings, NodeState, decode, encode
 from epcscf.ops.metrics import LiveStateCollector
 from epcscf.pcscf.call_model import MediaRejected
+from epcscf.pcscf import rtpengine_media
 from epcscf.pcscf.rtpengine_media import RtpengineEngine, RtpengineSettings
 from epcscf.sip.proxy_rules import make_cancel
 from tests import test_calls_w2_sipp as w2
@@ -35,6 +36,7 @@ from tests import test_media_browser as browser_media
 from tests.support.browser import call_from_page, open_registered_page, page_state, require_browser, start_browser, start_wwsf_deployment
 from tests.support.deployment import DOMAIN
 from tests.support.processes import require_program, wait_for
+from tests.support.sipp import free_port
 from tests.support.rtpengine import RtpengineDaemon, start_rtpengine
 from tests.support.wic import as_deferred
 
@@ -300,6 +302,67 @@ class TrickleToRtpengineTests(unittest.TestCase):
         self.assertTrue(any("trickled candidates forwarded" in text for text in events), events)
         await settled(media.close())
         self.assertEqual(self.rtpengine.calls(), [])
+
+
+class SweepAtStartTests(unittest.TestCase):
+    """A restarted process deletes the sessions its predecessor left on a node (ng call-ids
+    ending in its mark), however many: the ng ``list`` has no offset and a UDP reply holds a
+    page only (``SWEEP_LIMIT``, made 5 here), so the whole list is read over TCP
+    (``tcp_ng_port``), or page after page over UDP."""
+
+    timeout = 30
+    OWNER = "127.0.0.1:45999"
+
+    def setUp(self) -> None:
+        self.rtpengine = daemon(0)
+        self.patch(rtpengine_media, "SWEEP_LIMIT", 5)
+        self.addCleanup(self._delete_left_overs)
+
+    def _delete_left_overs(self) -> None:
+        for call in self.rtpengine.calls():
+            if "sweep-" in call:
+                self.rtpengine.ng({"command": "delete", "call-id": call})
+
+    def session(self, call_id: str) -> None:
+        offer = "v=0\r\no=- 1 1 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\nm=audio 6000 RTP/AVP 0\r\n"
+        self.assertEqual(self.rtpengine.ng({"command": "offer", "call-id": call_id, "from-tag": "wic", "sdp": offer})["result"], b"ok")
+
+    def engine(self, tcp_ng_port: int) -> RtpengineEngine:
+        client = NgClient(reactor, (NgNode("127.0.0.1", self.rtpengine.ng_port),), NgSettings(timeout=0.5, ping_interval=5))
+        engine = RtpengineEngine(reactor, client, RtpengineSettings(query_interval=0, owner=self.OWNER, tcp_ng_port=tcp_ng_port))
+        self.addCleanup(engine.stop)
+        return engine
+
+    def test_the_whole_list_is_read_over_tcp(self) -> defer.Deferred:
+        return as_deferred(self._over_tcp())
+
+    async def _over_tcp(self) -> None:
+        engine = self.engine(self.rtpengine.tcp_ng_port)
+        live = engine(FakeCall("sweep-live@test"))  # a call this process holds is not an orphan
+        keep = [live.ng_call_id] + [f"sweep-other-{n}@test ws-1 10.9.9.9:5060" for n in range(6)]  # another process's
+        orphans = [f"sweep-orphan-{n}@test ws-{n} {self.OWNER}" for n in range(12)]
+        for call_id in keep + orphans:
+            self.session(call_id)
+        self.assertEqual(await settled(engine.start()), 12)
+        self.assertEqual(sorted(c for c in self.rtpengine.calls() if "sweep-" in c), sorted(keep))
+        self.assertEqual(engine.swept, 12)
+        self.assertEqual(self.client_sent(engine, "list"), 0)  # no UDP page was needed
+
+    def test_udp_pages_when_tcp_is_not_there(self) -> defer.Deferred:
+        return as_deferred(self._over_udp())
+
+    async def _over_udp(self) -> None:
+        engine = self.engine(free_port())  # nothing listens there: UDP pages instead
+        orphans = [f"sweep-orphan-{n}@test ws-{n} {self.OWNER}" for n in range(12)]
+        for call_id in orphans:
+            self.session(call_id)
+        self.assertEqual(await settled(engine.start()), 12)  # three pages of 5, emptied one after the other
+        self.assertEqual([c for c in self.rtpengine.calls() if "sweep-" in c], [])
+        self.assertEqual(self.client_sent(engine, "list"), 3)
+
+    @staticmethod
+    def client_sent(engine: RtpengineEngine, command: str) -> int:
+        return engine.client.snapshot()[str(engine.client.nodes[0])]["sent"][command]
 
 
 class ReleasePathsTests(unittest.TestCase):
