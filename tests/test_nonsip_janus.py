@@ -68,8 +68,10 @@ class JanusJsThroughEpcscfTests(unittest.TestCase):
         port = free_port()
         uas, trace = self.spawn_sipp("uas", ["-sf", os.path.join(SCENARIOS, "calls_uas_answer.xml"), "-i", "127.0.0.1", "-p", str(port)])
         await wait_for(lambda: port_bound(port, "UDP") or uas.ended.called, timeout=10)
+        # the plugin's custom headers: the allowed ones reach the far end (epcscf.pcscf.nonsip_headers)
+        headers = {"Subject": "Quarterly review", "user-to-user": "56a390f3d2b7310023a2;encoding=hex"}
         peer = start_node_peer(self, "janus_sip.js", janus_url(self.service), "alice", USERS["alice"], DOMAIN,
-                               "call", f"sip:echo@127.0.0.1:{port}", CHROME_OFFER)
+                               "call", f"sip:echo@127.0.0.1:{port}", CHROME_OFFER, json.dumps(headers))
         await peer.wait_for("registered", timeout=20)
         [binding] = self.service.pcscf.registrations.all()
         self.assertEqual(binding.aor, f"sip:alice@{DOMAIN}")
@@ -84,6 +86,8 @@ class JanusJsThroughEpcscfTests(unittest.TestCase):
         self.assertEqual(await uas.ended.asFuture(asyncio.get_event_loop()), 0, uas.output[-2000:])
         invite = next(m for m in messages_in_trace(trace) if m.startswith("INVITE "))
         self.assert_plain_ims_sdp(body_of(invite))
+        self.assertRegex(invite, re.compile(r"^Subject: Quarterly review\r?$", re.M))
+        self.assertRegex(invite, re.compile(r"^User-to-User: 56a390f3d2b7310023a2;encoding=hex\r?$", re.M))
         self.assertIn("BYE ", "\n".join(m.split("\n", 1)[0] for m in messages_in_trace(trace)))
         # the call and the registration show in operations and /metrics like any other
         [record] = self.service.pcscf.operations.calls()
@@ -172,7 +176,8 @@ class JanusJsThroughEpcscfTests(unittest.TestCase):
         return as_deferred(self._incoming())
 
     async def _incoming(self) -> None:
-        peer = start_node_peer(self, "janus_sip.js", janus_url(self.service), "alice", USERS["alice"], DOMAIN, "answer", CHROME_ANSWER)
+        peer = start_node_peer(self, "janus_sip.js", janus_url(self.service), "alice", USERS["alice"], DOMAIN, "answer", CHROME_ANSWER,
+                               json.dumps({"Accept-Language": "fr, en;q=0.8"}))
         await peer.wait_for("waiting", timeout=20)
         core = self.service.core.addresses[0][1]
         # the IMS caller also puts the WIC on hold (re-INVITE a=sendonly) before its BYE
@@ -189,6 +194,7 @@ class JanusJsThroughEpcscfTests(unittest.TestCase):
         self.assertEqual(await uac.ended.asFuture(asyncio.get_event_loop()), 0, uac.output[-2000:])
         ok, held = [m for m in sipp_messages(trace, "received") if m.startswith("SIP/2.0 200") and "INVITE" in m.split("\n\n")[0]]
         self.assert_plain_ims_sdp(body_of(ok))
+        self.assertRegex(ok, re.compile(r"^Accept-Language: fr, en;q=0.8\r?$", re.M))  # accept's custom header
         self.assert_plain_ims_sdp(body_of(held))
         self.assertIn("a=recvonly", body_of(held))  # RFC 3264 §6.1: sendonly answered recvonly
         self.assertEqual(await peer.ended, 0)

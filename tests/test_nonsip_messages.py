@@ -210,6 +210,12 @@ class JanusMessageAndInfoTests(JanusHandleTestCase):
             ({"request": "message", "uri": "tel:+1234", "content": "x"}, 446),
             ({"request": "update"}, 447),  # no call to update
             ({"request": "subscribe", "event": "message-summary"}, 442),
+            # custom headers: a short allow-list, on call and accept only (epcscf.pcscf.nonsip_headers)
+            ({"request": "call", "uri": uri, "headers": {"P-Asserted-Identity": "<sip:boss@x>"}}, 444),
+            ({"request": "call", "uri": uri, "headers": {"X-Billing": "free"}}, 444),
+            ({"request": "call", "uri": uri, "headers": {"Subject": "a\r\nVia: x"}}, 444),
+            ({"request": "register", "username": f"sip:alice@{DOMAIN}", "secret": "x", "headers": {"Subject": "x"}}, 444),
+            ({"request": "hangup", "headers": {"Subject": "bye"}}, 444),
         ):
             await self.send(client, ids, body)
             self.assertEqual((await client.event())["error_code"], code, body)
@@ -217,7 +223,7 @@ class JanusMessageAndInfoTests(JanusHandleTestCase):
         self.assertEqual(flow.connection.messages_received, sent_before)
         self.assertEqual((await client.request({"janus": "keepalive", "session_id": ids["session_id"]}))["janus"], "ack")
         registry = self.service.metrics.registry
-        for code, count in ((447, 3), (443, 2), (444, 5), (446, 1), (442, 1)):
+        for code, count in ((447, 3), (443, 2), (444, 10), (446, 1), (442, 1)):
             self.assertEqual(registry.get_sample_value("epcscf_janus_requests_refused_total", {"code": str(code)}), count, code)
 
 

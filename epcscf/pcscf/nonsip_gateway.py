@@ -23,6 +23,7 @@ from epcscf.nonsip.janus_api import JanusError, JanusRequest
 from epcscf.nonsip.jsep import JsepError, TrickleBuffer, parse_jsep, parse_trickle
 from epcscf.nonsip.websocket import JanusConnection
 from epcscf.pcscf.nonsip_flow import FlowSink
+from epcscf.pcscf.nonsip_headers import CustomHeaderError, custom_headers
 from epcscf.pcscf.nonsip_messages import DEFAULT_MESSAGE_TYPE, MAX_CONTENT, TextBody, media_type_ok
 from epcscf.pcscf.nonsip_register import Credentials, RegState, UaEvent
 from epcscf.pcscf.nonsip_ua import CallPhase, NonSipUserAgent
@@ -61,7 +62,7 @@ class _Handle:
     ua: NonSipUserAgent
     trickle: TrickleBuffer = field(default_factory=TrickleBuffer)
     #: a call or accept waiting for the browser's last candidate
-    pending: tuple[str, str, str] | None = None  # (action, uri or "", sdp)
+    pending: tuple[str, str, str, tuple[tuple[str, str], ...]] | None = None  # (action, uri or "", sdp, custom headers)
     pending_timer: Any = None
     #: the description the trickled candidates belong to has gone out: later ones are "late"
     described: bool = False
@@ -287,8 +288,9 @@ class JanusGateway:
             handle.pending_timer.cancel()
         handle.pending_timer = None
 
-    def _defer_until_gathered(self, handle: _Handle, action: str, uri: str, sdp: str, trickle: bool) -> None:
-        handle.pending = (action, uri, sdp)
+    def _defer_until_gathered(self, handle: _Handle, action: str, uri: str, sdp: str, trickle: bool,
+                              headers: tuple[tuple[str, str], ...] = ()) -> None:
+        handle.pending = (action, uri, sdp, headers)
         handle.described = False  # the candidates now trickled belong to this new description
         handle.late.clear()
         if not trickle or handle.trickle.completed:
@@ -301,17 +303,17 @@ class JanusGateway:
         self._cancel_pending(handle)
         if pending is None:
             return
-        action, uri, sdp = pending
+        action, uri, sdp, headers = pending
         sdp = handle.trickle.complete_sdp(sdp)
         handle.trickle.clear()
         handle.described = True
         if action == "call":
             if handle.ua.phase is CallPhase.IDLE and handle.ua.reg_state is RegState.REGISTERED:
-                handle.ua.call(uri, sdp)
+                handle.ua.call(uri, sdp, headers)
             else:  # an incoming call, or the loss of the registration, came first
                 handle.ua.emit(UaEvent({"event": "hangup", "code": 486, "reason": "Busy Here"}))
         elif action == "accept":
-            handle.ua.accept(sdp)
+            handle.ua.accept(sdp, headers)
         elif action == "update":
             handle.ua.update(sdp)  # a call ended meanwhile has already said so (hangup)
 
@@ -336,10 +338,12 @@ class JanusGateway:
             ua.unregister()
         elif what == "call":
             jsep = parse_jsep(request.body.get("jsep"))
-            self._defer_until_gathered(handle, "call", body["uri"], jsep.sdp, jsep.trickle)
+            headers = custom_headers(body.get("headers", {}))
+            self._defer_until_gathered(handle, "call", body["uri"], jsep.sdp, jsep.trickle, headers)
         elif what == "accept":
             jsep = parse_jsep(request.body.get("jsep"))
-            self._defer_until_gathered(handle, "accept", "", jsep.sdp, jsep.trickle)
+            headers = custom_headers(body.get("headers", {}))
+            self._defer_until_gathered(handle, "accept", "", jsep.sdp, jsep.trickle, headers)
         elif what == "update":
             jsep = parse_jsep(request.body.get("jsep"))
             self._defer_until_gathered(handle, "update", "", jsep.sdp, jsep.trickle)
@@ -373,6 +377,14 @@ class JanusGateway:
         ua = handle.ua
         if not isinstance(what, str):
             return api.SIP_MISSING_ELEMENT, "Missing element (request)"
+        if "headers" in body:
+            # a short allow-list, on the INVITE and its 200 only (epcscf.pcscf.nonsip_headers)
+            if what not in ("call", "accept"):
+                return api.SIP_INVALID_ELEMENT, "Invalid element (custom headers: only on call and accept)"
+            try:
+                custom_headers(body["headers"])
+            except CustomHeaderError as error:
+                return api.SIP_INVALID_ELEMENT, f"Invalid element ({error})"
         if what == "register":
             username = body.get("username")
             if not isinstance(username, str):
@@ -466,8 +478,6 @@ _CALL_ID_RE = re.compile(r"[A-Za-z0-9\-.!%*_+`'~()<>:\\\"/\[\]?{}]{1,64}(@[A-Za-
 def _check_text_request(what: str, body: dict[str, Any], ua: NonSipUserAgent) -> tuple[int, str] | None:
     """janus_sip.c's checks of ``message`` (content, content_type, uri, call_id) and ``info``
     (type, content); what goes into a header is checked so that a WIC writes no header of its own."""
-    if "headers" in body:
-        return api.SIP_INVALID_ELEMENT, "Invalid element (custom headers are not supported by epcscf)"
     type_key = "content_type" if what == "message" else "type"
     for key, required in ((type_key, what == "info"), ("content", True)):
         if key not in body:

@@ -156,8 +156,8 @@ class NonSipUserAgent:
 
     # --- outgoing call (UAC, RFC 3261 §13.2) ---------------------------------------------------
 
-    def call(self, uri: str, sdp: str) -> str:
-        """Send the INVITE; the call's Call-ID."""
+    def call(self, uri: str, sdp: str, headers: tuple[tuple[str, str], ...] = ()) -> str:
+        """Send the INVITE (with the allowed custom ``headers``); the call's Call-ID."""
         assert self.credentials is not None and self.phase is CallPhase.IDLE
         c = self.credentials
         call_id = secrets.token_hex(12)
@@ -170,6 +170,8 @@ class NonSipUserAgent:
         invite.headers.add("Call-ID", call_id)
         invite.headers.add("CSeq", "1 INVITE")
         invite.headers.add("Contact", self.contact())
+        for name, value in headers:
+            invite.headers.add(name, value)
         invite.headers.add("Content-Type", "application/sdp")
         invite.body = sdp.encode("utf-8")
         self.dialog = _Dialog(call_id, tag, None, f"<{c.aor}>", f"<{uri}>", uri, [], 1, invite, local_sdp=sdp)
@@ -489,7 +491,7 @@ class NonSipUserAgent:
         ok.body = answer.encode("utf-8")
         self.respond(transaction, ok)
 
-    def accept(self, sdp: str) -> bool:
+    def accept(self, sdp: str, headers: tuple[tuple[str, str], ...] = ()) -> bool:
         dialog = self.dialog
         if self.phase is not CallPhase.INCOMING or dialog is None or not isinstance(dialog.transaction, ServerTransaction):
             return False
@@ -497,6 +499,8 @@ class NonSipUserAgent:
         for value in dialog.invite.headers.get_all("Record-Route"):
             ok.headers.add("Record-Route", value)
         ok.headers.add("Contact", self.contact())
+        for name, value in headers:
+            ok.headers.add(name, value)
         ok.headers.add("Content-Type", "application/sdp")
         ok.body = sdp.encode("utf-8")
         dialog.local_sdp = sdp

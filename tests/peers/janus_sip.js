@@ -2,14 +2,15 @@
 // (TS 24.371 §7.2.1) with the SIP plugin's requests.  Node has no WebRTC: the descriptions
 // are given to handle.send() as jsep, as a page does after createOffer/createAnswer.
 // Prints JSON lines.
-//   node janus_sip.js JANUS_URL USER PASSWORD DOMAIN call TARGET OFFER_FILE
+//   node janus_sip.js JANUS_URL USER PASSWORD DOMAIN call TARGET OFFER_FILE [HEADERS_JSON]
 //   node janus_sip.js JANUS_URL USER PASSWORD DOMAIN call-wait TARGET OFFER_FILE   (the far end hangs up)
 //   node janus_sip.js JANUS_URL USER PASSWORD DOMAIN call-cancel TARGET OFFER_FILE (hangup while ringing)
 //   node janus_sip.js JANUS_URL USER PASSWORD DOMAIN call-hold TARGET OFFER_FILE
 //     (once accepted: hold, unhold, dtmf_info 5, then hangup)
 //   node janus_sip.js JANUS_URL USER PASSWORD DOMAIN call-update TARGET OFFER_FILE
 //     (once accepted: update with an ICE-restart re-offer; once that is refused, hangup)
-//   node janus_sip.js JANUS_URL USER PASSWORD DOMAIN answer ANSWER_FILE
+//   node janus_sip.js JANUS_URL USER PASSWORD DOMAIN answer ANSWER_FILE [HEADERS_JSON]
+//     (HEADERS_JSON: the plugin's custom `headers` object, sent with call / accept)
 //   node janus_sip.js JANUS_URL USER PASSWORD DOMAIN ring
 //     (lets the first incoming call ring until the caller cancels, declines the second with 480)
 const fs = require('fs');
@@ -90,8 +91,9 @@ function onMessage(message, jsep) {
   if (event === 'registered') {
     say('registered');
     if (mode.startsWith('call')) {
-      const [target, offerFile] = rest;
-      sip.send({ message: { request: 'call', uri: target }, jsep: { type: 'offer', sdp: sdpFile(offerFile) } });
+      const [target, offerFile, headers] = rest;
+      const call = { request: 'call', uri: target, ...(headers ? { headers: JSON.parse(headers) } : {}) };
+      sip.send({ message: call, jsep: { type: 'offer', sdp: sdpFile(offerFile) } });
     } else {
       say('waiting');
     }
@@ -117,7 +119,8 @@ function onMessage(message, jsep) {
   } else if (event === 'incomingcall') {
     incoming += 1;
     say('incomingcall', { sdp: jsep.sdp, username: result.username, callee: result.callee });
-    if (mode === 'answer') sip.send({ message: { request: 'accept' }, jsep: { type: 'answer', sdp: sdpFile(rest[0]) } });
+    const accept = { request: 'accept', ...(rest[1] ? { headers: JSON.parse(rest[1]) } : {}) };
+    if (mode === 'answer') sip.send({ message: accept, jsep: { type: 'answer', sdp: sdpFile(rest[0]) } });
     else if (incoming === 2) sip.send({ message: { request: 'decline', code: 480 } });
   } else if (event === 'hangup') {
     say('ended', { code: result.code, reason: result.reason });
