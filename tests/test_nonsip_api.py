@@ -10,10 +10,12 @@ from typing import Any
 from twisted.trial import unittest
 
 from epcscf.nonsip import janus_api as api
-from epcscf.sdp import parse_sdpfrag
 from epcscf.nonsip.jsep import JsepError, TrickleBuffer, answer_direction, as_answer, next_version, parse_jsep, parse_trickle
 from epcscf.pcscf.nonsip_messages import Messaging, TextBody
 from epcscf.pcscf.nonsip_register import Credentials
+from epcscf.pcscf.nonsip_transfer import Transfers, replaces_value
+from epcscf.sdp import parse_sdpfrag
+from epcscf.sip.message import Request
 from epcscf.sip.parser import parse_message
 
 OFFER = (
@@ -215,3 +217,54 @@ class MessagingTests(unittest.TestCase):
         self.assertEqual(request.body, b"hi\r\nVia: x")
         outcome.timed_out(None)  # RFC 3261 §8.1.3.1: a timeout is a 408 for the WIC
         self.assertEqual(ua.events[-1].result, {"event": "messagedelivery", "code": 408, "reason": "Request Timeout"})
+
+
+class _FakeTransferUa(_FakeMessagingUa):
+    """A confirmed call: in-dialog requests are made (the UA's own is RFC 3261 §12.2.1.1)."""
+
+    def contact(self) -> str:
+        return "<sip:alice@abc.invalid;transport=ws;ob>"
+
+    def in_dialog_request(self, method: str) -> Any:
+        if self.call_id is None:
+            return None
+        request = Request(method, "sip:bob@ims.test")
+        request.headers.add("Call-ID", self.call_id)
+        return request
+
+
+class TransferTests(unittest.TestCase):
+    """``epcscf.pcscf.nonsip_transfer``: the plugin's ``transfer`` as a REFER (RFC 3515), an
+    attended one with an escaped Replaces (RFC 3891 §5), and the transferee's NOTIFYs."""
+
+    request = MessagingTests.request
+
+    def test_refer_to_carries_the_replaced_dialog_escaped(self) -> None:
+        ua = _FakeTransferUa(call_id=None)
+        transfers = Transfers(ua)
+        self.assertFalse(transfers.refer("sip:carol@ims.test"))  # no call: nothing sent
+        ua.call_id = "c1"
+        self.assertTrue(transfers.refer("sip:carol@ims.test", replaces_value("c2@h", "ours", "theirs")))
+        [(refer, _)] = ua.sent
+        self.assertEqual(refer.method, "REFER")
+        self.assertEqual(refer.headers.get("Refer-To"), "<sip:carol@ims.test?Replaces=c2%40h%3Bto-tag%3Dtheirs%3Bfrom-tag%3Dours>")
+        self.assertEqual(refer.headers.get("Contact"), ua.contact())
+        self.assertEqual([event.result for event in ua.events], [{"event": "transferring"}])
+
+    def test_notifies_in_our_dialog_of_the_refer_package_become_events(self) -> None:
+        ua = _FakeTransferUa(call_id="another-call")
+        transfers = Transfers(ua)
+        sipfrag = "message/sipfrag;version=2.0"
+        transfers.notify_received(self.request("NOTIFY", "SIP/2.0 200 OK", content_type=sipfrag), None)  # not our call
+        ua.call_id = "c1"
+        other = self.request("NOTIFY", "x", content_type="application/dialog-info+xml")
+        other.headers.add("Event", "dialog")
+        transfers.notify_received(other, None)
+        notify = self.request("NOTIFY", "SIP/2.0 180 Ringing", content_type=sipfrag)
+        notify.headers.add("Event", "refer")
+        notify.headers.add("Subscription-State", "active;expires=60")
+        transfers.notify_received(notify, None)
+        self.assertEqual([answer.status for answer in ua.answers], [481, 489, 200])
+        self.assertEqual([event.result for event in ua.events], [
+            {"event": "notify", "notify": "refer", "substate": "active", "content-type": sipfrag, "content": "SIP/2.0 180 Ringing"},
+        ])

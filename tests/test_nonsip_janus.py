@@ -155,6 +155,34 @@ class JanusJsThroughEpcscfTests(unittest.TestCase):
         timeline = " ".join(str(entry) for entry in self.service.pcscf.operations.call_timeline(record["call_id"]))
         self.assertIn("488", timeline)
 
+    def test_janus_js_transfers_the_call_and_hears_how_it_went(self):
+        return as_deferred(self._transfer())
+
+    async def _transfer(self) -> None:
+        port = free_port()
+        uas, trace = self.spawn_sipp("uas", ["-sf", os.path.join(SCENARIOS, "nonsip_uas_refer.xml"), "-i", "127.0.0.1", "-p", str(port)])
+        await wait_for(lambda: port_bound(port, "UDP") or uas.ended.called, timeout=10)
+        target = f"sip:carol@{DOMAIN}"
+        peer = start_node_peer(self, "janus_sip.js", janus_url(self.service), "alice", USERS["alice"], DOMAIN,
+                               "call-transfer", f"sip:echo@127.0.0.1:{port}", CHROME_OFFER, target)
+        # RFC 3515 §2.4.4-2.4.5: the transferee's NOTIFYs (message/sipfrag), as the plugin's notify events
+        trying = await peer.wait_for("notify", timeout=20)
+        self.assertIn("transferring", [e.get("name") for e in peer.log if e.get("event") == "sip-event"])
+        self.assertEqual((trying["notify"], trying["substate"], trying["content"].strip()), ("refer", "active", "SIP/2.0 100 Trying"))
+        done = await peer.wait_for("notify", timeout=10)
+        self.assertEqual((done["substate"], done["content_type"], done["content"].strip()),
+                         ("terminated", "message/sipfrag;version=2.0", "SIP/2.0 200 OK"))
+        self.assertEqual((await peer.wait_for("ended", timeout=10))["code"], 200)  # the transferee's BYE
+        self.assertEqual(await peer.ended, 0)
+        self.assertEqual(await uas.ended.asFuture(asyncio.get_event_loop()), 0, uas.output[-2000:])
+        requests = [m for m in messages_in_trace(trace) if not m.startswith("SIP/2.0")]
+        self.assertEqual([m.split(" ", 1)[0] for m in requests], ["INVITE", "ACK", "REFER", "NOTIFY", "NOTIFY", "BYE"])
+        refer = requests[2]
+        self.assertRegex(refer, re.compile(rf"^Refer-To: <{re.escape(target)}>\r?$", re.M))
+        self.assertRegex(refer, re.compile(r"^Contact: <sip:alice@\S+;transport=ws;ob>\r?$", re.M))  # RFC 3515 §2.4.1
+        answers = [m.split("\n", 1)[0].strip() for m in sipp_messages(trace, "received") if m.startswith("SIP/2.0")]
+        self.assertEqual(answers.count("SIP/2.0 200 OK"), 3)  # the two NOTIFYs and the BYE, answered by the eP-CSCF's UA
+
     def test_a_hold_from_the_far_end_is_accepted_on_the_wics_behalf(self):
         return as_deferred(self._held_by_far_end())
 
@@ -303,7 +331,7 @@ class JanusBadInputTests(unittest.TestCase):
         self.assertEqual((await client.request({"janus": "keepalive", "session_id": 1}))["error"]["code"], 458)
         self.assertEqual((await client.request({"janus": "message", "session_id": session, "handle_id": 1, "body": {}}))["error"]["code"], 459)
         self.assertEqual((await client.request({"janus": "attach", "plugin": "janus.plugin.echotest", "session_id": session}))["error"]["code"], 460)
-        self.assertEqual((await client.request({"janus": "message", **ids, "body": {"request": "transfer"}}))["janus"], "ack")
+        self.assertEqual((await client.request({"janus": "message", **ids, "body": {"request": "subscribe"}}))["janus"], "ack")
         self.assertEqual((await client.event())["error_code"], 442)
         await client.request({"janus": "message", **ids, "body": {"request": "call", "uri": f"sip:bob@{DOMAIN}"}})
         self.assertEqual((await client.event())["error_code"], 447)  # not registered

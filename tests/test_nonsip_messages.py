@@ -143,6 +143,9 @@ class JanusMessageAndInfoTests(JanusHandleTestCase):
             offer = handle.read()
         await self.send(client, ids, {"request": "call", "uri": f"sip:echo@127.0.0.1:{port}"}, {"type": "offer", "sdp": offer})
         accepted = await self.next_event(client, "accepted")
+        # an attended transfer must name a call of this session (janus_sip.c's 454): none here
+        await self.send(client, ids, {"request": "transfer", "uri": f"sip:carol@{DOMAIN}", "replace": "not-a-call"})
+        self.assertEqual((await client.event())["error_code"], 454)
         await self.send(client, ids, {"request": "message", "content": "in the call"})
         self.assertEqual((await self.next_event(client, "messagesent"))["call_id"], accepted["call_id"])
         self.assertEqual((await self.next_event(client, "messagedelivery"))["result"]["code"], 200)
@@ -216,6 +219,10 @@ class JanusMessageAndInfoTests(JanusHandleTestCase):
             ({"request": "call", "uri": uri, "headers": {"Subject": "a\r\nVia: x"}}, 444),
             ({"request": "register", "username": f"sip:alice@{DOMAIN}", "secret": "x", "headers": {"Subject": "x"}}, 444),
             ({"request": "hangup", "headers": {"Subject": "bye"}}, 444),
+            ({"request": "transfer"}, 443),  # RFC 3515: a REFER needs its target
+            ({"request": "transfer", "uri": "tel:+123"}, 446),
+            ({"request": "transfer", "uri": f"{uri}?Replaces=forged"}, 446),  # the UA writes Replaces itself
+            ({"request": "transfer", "uri": uri}, 447),  # no call to transfer
         ):
             await self.send(client, ids, body)
             self.assertEqual((await client.event())["error_code"], code, body)
@@ -223,7 +230,7 @@ class JanusMessageAndInfoTests(JanusHandleTestCase):
         self.assertEqual(flow.connection.messages_received, sent_before)
         self.assertEqual((await client.request({"janus": "keepalive", "session_id": ids["session_id"]}))["janus"], "ack")
         registry = self.service.metrics.registry
-        for code, count in ((447, 3), (443, 2), (444, 10), (446, 1), (442, 1)):
+        for code, count in ((447, 4), (443, 3), (444, 10), (446, 3), (442, 1)):
             self.assertEqual(registry.get_sample_value("epcscf_janus_requests_refused_total", {"code": str(code)}), count, code)
 
 

@@ -26,6 +26,7 @@ from epcscf.pcscf.nonsip_flow import FlowSink
 from epcscf.pcscf.nonsip_headers import CustomHeaderError, custom_headers
 from epcscf.pcscf.nonsip_messages import DEFAULT_MESSAGE_TYPE, MAX_CONTENT, TextBody, media_type_ok
 from epcscf.pcscf.nonsip_register import Credentials, RegState, UaEvent
+from epcscf.pcscf.nonsip_transfer import replaces_value
 from epcscf.pcscf.nonsip_ua import CallPhase, NonSipUserAgent
 from epcscf.sip.transaction import TimerSettings
 from epcscf.sip.uri import SipUri, UriError, parse_uri
@@ -328,7 +329,7 @@ class JanusGateway:
         # Janus answers every plugin message with an ack, and the outcome as an event.
         self._send(session.connection, api.reply("ack", transaction, session.id))
         ua = handle.ua
-        error = self._check(handle, what, body, request.body.get("jsep"), request.body.get("token"))
+        error = self._check(session, handle, what, body, request.body.get("jsep"), request.body.get("token"))
         if error is not None:
             self._plugin_error(session, handle, transaction, *error)
             return
@@ -362,6 +363,9 @@ class JanusGateway:
             ua.messaging.send_message(text, body.get("uri"), body.get("call_id"))
         elif what == "info":
             ua.messaging.send_info(TextBody(body["type"], body["content"]))
+        elif what == "transfer":
+            replaced = self._call_to_replace(session, handle, body.get("replace"))
+            ua.transfers.refer(body["uri"], replaced)
         elif what == "hangup":
             if handle.pending is not None and handle.pending[0] == "call":
                 # a call still waiting for the browser's candidates: it never left us
@@ -372,7 +376,8 @@ class JanusGateway:
                 if not ua.hangup():
                     self._plugin_error(session, handle, transaction, api.SIP_WRONG_STATE, "Wrong state (no call)")
 
-    def _check(self, handle: _Handle, what: Any, body: dict[str, Any], jsep: Any, token: Any = None) -> tuple[int, str] | None:
+    def _check(self, session: _Session, handle: _Handle, what: Any, body: dict[str, Any], jsep: Any,
+               token: Any = None) -> tuple[int, str] | None:
         """Janus SIP plugin's answer to a request that cannot be done, else None."""
         ua = handle.ua
         if not isinstance(what, str):
@@ -455,7 +460,36 @@ class JanusGateway:
             return None if ua.phase is CallPhase.CONFIRMED else (api.SIP_WRONG_STATE, "Wrong state (not in a call?)")
         if what in ("message", "info"):
             return _check_text_request(what, body, ua)
+        if what == "transfer":
+            return self._check_transfer(session, handle, body)
         return api.SIP_INVALID_REQUEST, f"Unknown request '{what[:40]}' (not in epcscf's subset of the SIP plugin)"
+
+    def _check_transfer(self, session: _Session, handle: _Handle, body: dict[str, Any]) -> tuple[int, str] | None:
+        """janus_sip.c's checks of ``transfer``: a SIP ``uri``, a confirmed call, and a ``replace``
+        naming a confirmed call of this session (its other handles)."""
+        uri = body.get("uri")
+        if not isinstance(uri, str):
+            return api.SIP_MISSING_ELEMENT, "Missing element (uri)"
+        if not _is_sip_uri(uri, needs_user=False) or "?" in uri:
+            return api.SIP_INVALID_ADDRESS, f"Invalid user address {uri[:80]}"
+        if handle.ua.phase is not CallPhase.CONFIRMED:
+            return api.SIP_WRONG_STATE, "Wrong state (not in a call?)"
+        replace = body.get("replace")
+        if replace is not None:
+            if self._call_to_replace(session, handle, replace) is None:
+                return api.SIP_NO_SUCH_CALLID, f"No such call-ID {str(replace)[:80]}"
+        return None
+
+    @staticmethod
+    def _call_to_replace(session: _Session, handle: _Handle, call_id: Any) -> str | None:
+        """RFC 3891 Replaces for the confirmed call ``call_id`` of another handle of ``session``."""
+        if not isinstance(call_id, str):
+            return None
+        for other in session.handles.values():
+            dialog = other.ua.dialog
+            if other is not handle and dialog is not None and other.ua.dialog_call_id() == call_id and dialog.remote_tag:
+                return replaces_value(call_id, dialog.local_tag, dialog.remote_tag)
+        return None
 
     def _credentials(self, body: dict[str, Any], token: str | None) -> Credentials:
         uri = parse_uri(body["username"])

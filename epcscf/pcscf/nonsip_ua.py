@@ -24,6 +24,7 @@ from epcscf.nonsip.jsep import answer_direction, as_answer, next_version
 from epcscf.pcscf.nonsip_flow import FlowPair, FlowSink, PipeEnd
 from epcscf.pcscf.nonsip_messages import Messaging, body_text, sender_fields
 from epcscf.pcscf.nonsip_register import Credentials, Registration, RegState, TransactionOutcome, UaEvent, identity_name_addr
+from epcscf.pcscf.nonsip_transfer import Transfers
 from epcscf.sip.connection import Address
 from epcscf.sip.headers import cseq, from_tag, to_tag
 from epcscf.sip.message import Request, Response, make_response, new_tag
@@ -95,6 +96,8 @@ class NonSipUserAgent:
         self.dialog: _Dialog | None = None
         #: MESSAGE and INFO, in and out of the call's dialog
         self.messaging = Messaging(self)
+        #: REFER and its NOTIFYs (RFC 3515)
+        self.transfers = Transfers(self)
         self._closing = False
         self._flow_ending: Any = None
         #: called once the flow has ended (the UA is then inert)
@@ -420,11 +423,13 @@ class NonSipUserAgent:
             self.messaging.message_received(request, transaction)
         elif method == "INFO":
             self.messaging.info_received(request, transaction)
+        elif method == "NOTIFY":
+            self.transfers.notify_received(request, transaction)
         elif method == "OPTIONS":
             self.respond(transaction, make_response(request, 200, to_tag=new_tag()))
         else:
             answer = make_response(request, 405, to_tag=new_tag())
-            answer.headers.add("Allow", "INVITE, ACK, CANCEL, BYE, OPTIONS, MESSAGE, INFO")
+            answer.headers.add("Allow", "INVITE, ACK, CANCEL, BYE, OPTIONS, MESSAGE, INFO, NOTIFY")
             self.respond(transaction, answer)
 
     def _incoming_invite(self, invite: Request, transaction: ServerTransaction) -> None:

@@ -7,6 +7,8 @@
 //   node janus_sip.js JANUS_URL USER PASSWORD DOMAIN call-cancel TARGET OFFER_FILE (hangup while ringing)
 //   node janus_sip.js JANUS_URL USER PASSWORD DOMAIN call-hold TARGET OFFER_FILE
 //     (once accepted: hold, unhold, dtmf_info 5, then hangup)
+//   node janus_sip.js JANUS_URL USER PASSWORD DOMAIN call-transfer TARGET OFFER_FILE TRANSFER_TARGET
+//     (once accepted: transfer to TRANSFER_TARGET; reports the NOTIFYs, waits for the far end's BYE)
 //   node janus_sip.js JANUS_URL USER PASSWORD DOMAIN call-update TARGET OFFER_FILE
 //     (once accepted: update with an ICE-restart re-offer; once that is refused, hangup)
 //   node janus_sip.js JANUS_URL USER PASSWORD DOMAIN answer ANSWER_FILE [HEADERS_JSON]
@@ -91,7 +93,8 @@ function onMessage(message, jsep) {
   if (event === 'registered') {
     say('registered');
     if (mode.startsWith('call')) {
-      const [target, offerFile, headers] = rest;
+      const [target, offerFile] = rest;
+      const headers = mode === 'call' ? rest[2] : undefined;  // call-transfer's third argument is its target
       const call = { request: 'call', uri: target, ...(headers ? { headers: JSON.parse(headers) } : {}) };
       sip.send({ message: call, jsep: { type: 'offer', sdp: sdpFile(offerFile) } });
     } else {
@@ -104,6 +107,11 @@ function onMessage(message, jsep) {
   } else if (event === 'accepted' && mode === 'call') {
     say('accepted', { sdp: jsep ? jsep.sdp : null });
     setTimeout(() => sip.send({ message: { request: 'hangup' } }), 300);
+  } else if (event === 'accepted' && mode === 'call-transfer') {
+    say('accepted', { sdp: jsep ? jsep.sdp : null });
+    sip.send({ message: { request: 'transfer', uri: rest[2] } });
+  } else if (event === 'notify') {
+    say('notify', { notify: result.notify, substate: result.substate, content_type: result['content-type'], content: result.content });
   } else if (event === 'accepted' && mode === 'call-update') {
     say('accepted', { sdp: jsep ? jsep.sdp : null });
     // What a page's createOffer({ iceRestart: true }) gives: o= version up, new ufrag and pwd
