@@ -7,15 +7,17 @@ from __future__ import annotations
 import os
 from typing import Any
 
+from twisted.internet import task
 from twisted.trial import unittest
 
 from epcscf.nonsip import janus_api as api
 from epcscf.nonsip.jsep import JsepError, TrickleBuffer, answer_direction, as_answer, next_version, parse_jsep, parse_trickle
 from epcscf.pcscf.nonsip_messages import Messaging, TextBody
 from epcscf.pcscf.nonsip_register import Credentials
+from epcscf.pcscf.nonsip_subscribe import Subscriptions
 from epcscf.pcscf.nonsip_transfer import Transfers, replaces_value
 from epcscf.sdp import parse_sdpfrag
-from epcscf.sip.message import Request
+from epcscf.sip.message import Request, make_response
 from epcscf.sip.parser import parse_message
 
 OFFER = (
@@ -268,3 +270,41 @@ class TransferTests(unittest.TestCase):
         self.assertEqual([event.result for event in ua.events], [
             {"event": "notify", "notify": "refer", "substate": "active", "content-type": sipfrag, "content": "SIP/2.0 180 Ringing"},
         ])
+
+
+class _FakeSubscribingUa(_FakeMessagingUa):
+    def contact(self) -> str:
+        return "<sip:alice@abc.invalid;transport=ws;ob>"
+
+
+class SubscriptionTests(unittest.TestCase):
+    """``epcscf.pcscf.nonsip_subscribe`` on a clock: a granted subscription is refreshed in its
+    dialog before it lapses (RFC 6665 §4.1.2.2); a NOTIFY of another package gets 489."""
+
+    def test_refreshed_in_its_dialog_before_it_lapses(self) -> None:
+        clock = task.Clock()
+        ua = _FakeSubscribingUa(call_id=None)
+        subscriptions = Subscriptions(clock, ua)
+        subscriptions.subscribe("message-summary", "sip:mwi@ims.test", None, 600, "sub-1")
+        [(first, outcome)] = ua.sent
+        self.assertEqual((first.method, first.uri, first.headers.get("Expires")), ("SUBSCRIBE", "sip:mwi@ims.test", "600"))
+        ok = make_response(first, 200, to_tag="n1")
+        ok.headers.add("Expires", "100")
+        ok.headers.add("Contact", "<sip:notifier@192.0.2.9:5060>")
+        ok.headers.add("Record-Route", "<sip:core.ims.test;lr>")
+        outcome.response_received(ok, None)
+        self.assertEqual(ua.events[-1].result["expires"], 100)
+        clock.advance(79)
+        self.assertEqual(len(ua.sent), 1)
+        clock.advance(2)  # 80 % of the granted 100 s
+        refresh = ua.sent[-1][0]
+        self.assertEqual((refresh.uri, refresh.headers.get("Route"), refresh.headers.get("Call-ID")),
+                         ("sip:notifier@192.0.2.9:5060", "<sip:core.ims.test;lr>", "sub-1"))
+        self.assertTrue(refresh.headers.get("To").endswith(";tag=n1"))
+        notify = MessagingTests.request(self, "NOTIFY", "x", to_tag=f";tag={first.headers.get('From').split('tag=')[1]}")
+        notify.headers.set("Call-ID", "sub-1")
+        notify.headers.add("Event", "presence")
+        self.assertTrue(subscriptions.notify_received(notify, None))
+        self.assertEqual(ua.answers[-1].status, 489)
+        subscriptions.close()
+        self.assertEqual(clock.getDelayedCalls(), [])

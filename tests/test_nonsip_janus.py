@@ -331,7 +331,7 @@ class JanusBadInputTests(unittest.TestCase):
         self.assertEqual((await client.request({"janus": "keepalive", "session_id": 1}))["error"]["code"], 458)
         self.assertEqual((await client.request({"janus": "message", "session_id": session, "handle_id": 1, "body": {}}))["error"]["code"], 459)
         self.assertEqual((await client.request({"janus": "attach", "plugin": "janus.plugin.echotest", "session_id": session}))["error"]["code"], 460)
-        self.assertEqual((await client.request({"janus": "message", **ids, "body": {"request": "subscribe"}}))["janus"], "ack")
+        self.assertEqual((await client.request({"janus": "message", **ids, "body": {"request": "recording"}}))["janus"], "ack")
         self.assertEqual((await client.event())["error_code"], 442)
         await client.request({"janus": "message", **ids, "body": {"request": "call", "uri": f"sip:bob@{DOMAIN}"}})
         self.assertEqual((await client.event())["error_code"], 447)  # not registered

@@ -212,7 +212,7 @@ class JanusMessageAndInfoTests(JanusHandleTestCase):
             ({"request": "message", "uri": uri, "content": "x" * 16385}, 444),
             ({"request": "message", "uri": "tel:+1234", "content": "x"}, 446),
             ({"request": "update"}, 447),  # no call to update
-            ({"request": "subscribe", "event": "message-summary"}, 442),
+            ({"request": "recording", "action": "start"}, 442),
             # custom headers: a short allow-list, on call and accept only (epcscf.pcscf.nonsip_headers)
             ({"request": "call", "uri": uri, "headers": {"P-Asserted-Identity": "<sip:boss@x>"}}, 444),
             ({"request": "call", "uri": uri, "headers": {"X-Billing": "free"}}, 444),
@@ -276,6 +276,57 @@ class JanusLateTrickleTests(JanusHandleTestCase):
         await self.sipp_done(uas)
         requests = [m.split(" ", 1)[0] for m in sipp_messages(trace, "received") if not m.startswith("SIP/2.0")]
         self.assertEqual(requests, ["INVITE", "ACK", "BYE"])
+
+
+class JanusSubscribeTests(JanusHandleTestCase):
+    """The plugin's ``subscribe``/``unsubscribe`` (RFC 6665) with sipp as the IMS notifier
+    (RFC 3842 message-summary): SUBSCRIBE out of a dialog through the P-CSCF and the core, its
+    NOTIFYs back over the flow as ``notify`` events, the un-SUBSCRIBE in the dialog."""
+
+    def test_a_subscription_its_notifies_and_its_end(self):
+        return as_deferred(self._subscribe())
+
+    async def _subscribe(self) -> None:
+        client, ids = await self.handle()
+        await self.send(client, ids, {"request": "subscribe", "event": "message-summary"})
+        self.assertEqual((await client.event())["error_code"], 447)  # not registered yet
+        await self.register(client, ids)
+        port = free_port()
+        uas, trace = self.spawn_sipp("notifier", ["-sf", os.path.join(SCENARIOS, "nonsip_uas_subscribe.xml"), "-i", "127.0.0.1", "-p", str(port)])
+        await wait_for(lambda: port_bound(port, "UDP") or uas.ended.called, timeout=10)
+        for bad, code in (({"event": "message-summary\r\nX: y"}, 444), ({"event": "presence", "accept": "a\r\nb"}, 444),
+                          ({"event": "presence", "subscribe_ttl": 5}, 444), ({"event": "presence", "to": "tel:+1"}, 446),
+                          ({"event": "presence", "content": "x"}, 444)):
+            await self.send(client, ids, {"request": "subscribe", **bad})
+            self.assertEqual((await client.event())["error_code"], code, bad)
+        await self.send(client, ids, {"request": "unsubscribe", "event": "presence"})
+        self.assertEqual((await client.event())["error_code"], 447)  # nothing to end
+        await self.send(client, ids, {"request": "subscribe", "event": "message-summary", "to": f"sip:mwi@127.0.0.1:{port}",
+                                      "accept": "application/simple-message-summary", "subscribe_ttl": 600})
+        subscribing = await self.next_event(client, "subscribing")
+        succeeded = await self.next_event(client, "subscribe_succeeded")
+        self.assertEqual((succeeded["result"]["code"], succeeded["result"]["expires"]), (200, 600))
+        notify = await self.next_event(client, "notify")
+        self.assertEqual({k: notify["result"][k] for k in ("notify", "substate", "content-type")},
+                         {"notify": "message-summary", "substate": "active", "content-type": "application/simple-message-summary"})
+        self.assertIn("Messages-Waiting: yes", notify["result"]["content"])
+        self.assertEqual(notify["call_id"], subscribing["call_id"])
+        await self.send(client, ids, {"request": "unsubscribe", "event": "message-summary"})
+        await self.next_event(client, "unsubscribing")
+        last = await self.next_event(client, "notify")
+        self.assertEqual(last["result"]["substate"], "terminated")
+        await self.sipp_done(uas)
+        first, again = [m for m in sipp_messages(trace, "received") if m.startswith("SUBSCRIBE ")]
+        self.assertEqual((header(first, "Event"), header(first, "Accept"), header(first, "Expires")),
+                         ("message-summary", "application/simple-message-summary", "600"))
+        self.assertIn(f"sip:alice@{DOMAIN}", header(first, "P-Asserted-Identity"))  # asserted by the core
+        self.assertEqual((header(again, "Call-ID"), header(again, "Expires")), (subscribing["call_id"], "0"))
+        self.assertIn(";tag=", header(again, "To"))  # RFC 6665 §4.1.2.3: in the subscription's dialog
+        answers = [m.split("\n", 1)[0].strip() for m in sipp_messages(trace, "received") if m.startswith("SIP/2.0")]
+        self.assertEqual(answers, ["SIP/2.0 200 OK", "SIP/2.0 200 OK"])  # both NOTIFYs, by the eP-CSCF's UA
+        # nothing left to refresh or to end
+        await self.send(client, ids, {"request": "unsubscribe", "event": "message-summary"})
+        self.assertEqual((await client.event())["error_code"], 447)
 
 
 class JanusHangupWhileAcceptWaitsTests(JanusHandleTestCase):

@@ -26,6 +26,7 @@ from epcscf.pcscf.nonsip_flow import FlowSink
 from epcscf.pcscf.nonsip_headers import CustomHeaderError, custom_headers
 from epcscf.pcscf.nonsip_messages import DEFAULT_MESSAGE_TYPE, MAX_CONTENT, TextBody, media_type_ok
 from epcscf.pcscf.nonsip_register import Credentials, RegState, UaEvent
+from epcscf.pcscf.nonsip_subscribe import DEFAULT_TTL, MAX_SUBSCRIPTIONS, MAX_TTL, MIN_TTL, accept_ok, event_ok
 from epcscf.pcscf.nonsip_transfer import replaces_value
 from epcscf.pcscf.nonsip_ua import CallPhase, NonSipUserAgent
 from epcscf.sip.transaction import TimerSettings
@@ -366,6 +367,11 @@ class JanusGateway:
         elif what == "transfer":
             replaced = self._call_to_replace(session, handle, body.get("replace"))
             ua.transfers.refer(body["uri"], replaced)
+        elif what == "subscribe":
+            ttl = body.get("subscribe_ttl", DEFAULT_TTL)
+            ua.subscriptions.subscribe(body["event"], body.get("to"), body.get("accept"), ttl, body.get("call_id"))
+        elif what == "unsubscribe":
+            ua.subscriptions.unsubscribe(body["event"])
         elif what == "hangup":
             if handle.pending is not None and handle.pending[0] == "call":
                 # a call still waiting for the browser's candidates: it never left us
@@ -462,6 +468,8 @@ class JanusGateway:
             return _check_text_request(what, body, ua)
         if what == "transfer":
             return self._check_transfer(session, handle, body)
+        if what in ("subscribe", "unsubscribe"):
+            return _check_subscription(what, body, ua)
         return api.SIP_INVALID_REQUEST, f"Unknown request '{what[:40]}' (not in epcscf's subset of the SIP plugin)"
 
     def _check_transfer(self, session: _Session, handle: _Handle, body: dict[str, Any]) -> tuple[int, str] | None:
@@ -532,6 +540,34 @@ def _check_text_request(what: str, body: dict[str, Any], ua: NonSipUserAgent) ->
     if call_id is not None and not (isinstance(call_id, str) and _CALL_ID_RE.fullmatch(call_id)):
         return api.SIP_INVALID_ELEMENT, "Invalid element (call_id should be a SIP Call-ID)"
     return None if ua.reg_state is RegState.REGISTERED else (api.SIP_WRONG_STATE, "Wrong state (not registered)")
+
+
+def _check_subscription(what: str, body: dict[str, Any], ua: NonSipUserAgent) -> tuple[int, str] | None:
+    """janus_sip.c's checks of ``subscribe``/``unsubscribe``; what goes into a header is checked
+    against its grammar (``epcscf.pcscf.nonsip_subscribe``)."""
+    event = body.get("event")
+    if not isinstance(event, str):
+        return api.SIP_MISSING_ELEMENT, "Missing element (event)"
+    if not event_ok(event):
+        return api.SIP_INVALID_ELEMENT, "Invalid element (event should be an event package such as message-summary)"
+    if ua.reg_state is not RegState.REGISTERED:
+        return api.SIP_WRONG_STATE, "Wrong state (not registered)"
+    if what == "unsubscribe":
+        return None if ua.subscriptions.has(event) else (api.SIP_WRONG_STATE, "Wrong state (not subscribed to this event)")
+    to, accept, ttl, call_id = body.get("to"), body.get("accept"), body.get("subscribe_ttl", DEFAULT_TTL), body.get("call_id")
+    if to is not None and not (isinstance(to, str) and _is_sip_uri(to, needs_user=False) and "?" not in to):
+        return api.SIP_INVALID_ADDRESS, f"Invalid user address {str(to)[:80]}"
+    if accept is not None and not (isinstance(accept, str) and accept_ok(accept)):
+        return api.SIP_INVALID_ELEMENT, "Invalid element (accept should be media types such as application/simple-message-summary)"
+    if not isinstance(ttl, int) or isinstance(ttl, bool) or not MIN_TTL <= ttl <= MAX_TTL:
+        return api.SIP_INVALID_ELEMENT, f"Invalid element (subscribe_ttl should be {MIN_TTL}-{MAX_TTL} seconds)"
+    if call_id is not None and not (isinstance(call_id, str) and _CALL_ID_RE.fullmatch(call_id)):
+        return api.SIP_INVALID_ELEMENT, "Invalid element (call_id should be a SIP Call-ID)"
+    if "content" in body or "content_type" in body:
+        return api.SIP_INVALID_ELEMENT, "Invalid element (a SUBSCRIBE body is not supported by epcscf)"
+    if not ua.subscriptions.has(event) and len(ua.subscriptions) >= MAX_SUBSCRIPTIONS:
+        return api.SIP_WRONG_STATE, f"Wrong state (at most {MAX_SUBSCRIPTIONS} subscriptions per handle)"
+    return None
 
 
 def _is_sip_uri(text: str, needs_user: bool) -> bool:

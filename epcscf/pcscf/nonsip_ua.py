@@ -24,6 +24,7 @@ from epcscf.nonsip.jsep import answer_direction, as_answer, next_version
 from epcscf.pcscf.nonsip_flow import FlowPair, FlowSink, PipeEnd
 from epcscf.pcscf.nonsip_messages import Messaging, body_text, sender_fields
 from epcscf.pcscf.nonsip_register import Credentials, Registration, RegState, TransactionOutcome, UaEvent, identity_name_addr
+from epcscf.pcscf.nonsip_subscribe import Subscriptions
 from epcscf.pcscf.nonsip_transfer import Transfers
 from epcscf.sip.connection import Address
 from epcscf.sip.headers import cseq, from_tag, to_tag
@@ -98,6 +99,8 @@ class NonSipUserAgent:
         self.messaging = Messaging(self)
         #: REFER and its NOTIFYs (RFC 3515)
         self.transfers = Transfers(self)
+        #: SUBSCRIBE and their NOTIFYs (RFC 6665)
+        self.subscriptions = Subscriptions(reactor, self)
         self._closing = False
         self._flow_ending: Any = None
         #: called once the flow has ended (the UA is then inert)
@@ -423,8 +426,8 @@ class NonSipUserAgent:
             self.messaging.message_received(request, transaction)
         elif method == "INFO":
             self.messaging.info_received(request, transaction)
-        elif method == "NOTIFY":
-            self.transfers.notify_received(request, transaction)
+        elif method == "NOTIFY" and not self.subscriptions.notify_received(request, transaction):
+            self.transfers.notify_received(request, transaction)  # else the call's refer subscription
         elif method == "OPTIONS":
             self.respond(transaction, make_response(request, 200, to_tag=new_tag()))
         else:
@@ -578,6 +581,7 @@ class NonSipUserAgent:
             self._flow_ending.cancel()
         self._flow_ending = None
         self.registration.stop_refreshing()
+        self.subscriptions.close()
         if not self.flow.open:
             return
         self.flow.close(reason)
