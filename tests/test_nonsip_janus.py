@@ -52,6 +52,13 @@ class JanusJsThroughEpcscfTests(unittest.TestCase):
     def spawn_sipp(self, name: str, args: list[str]) -> tuple[SippProcess, str]:
         return spawn_sipp(self, self.sipp, [*args, "-m", "1", "-timeout", "30s", "-timeout_error"], self.directory, name)
 
+    async def start_uas(self, scenario: str) -> tuple[SippProcess, str, int]:
+        """A sipp UAS on a free port running ``scenario``, listening: (process, trace, port)."""
+        port = free_port()
+        uas, trace = self.spawn_sipp("uas", ["-sf", os.path.join(SCENARIOS, scenario), "-i", "127.0.0.1", "-p", str(port)])
+        await wait_for(lambda: port_bound(port, "UDP") or uas.ended.called, timeout=10)
+        return uas, trace, port
+
     def assert_plain_ims_sdp(self, text: str) -> None:
         """What sipp gets from a SIP WIC's call too (TS 24.371 §7.4.2 b, §7.4.3)."""
         description = SessionDescription.parse(text.replace("\n", "\r\n"))
@@ -65,9 +72,7 @@ class JanusJsThroughEpcscfTests(unittest.TestCase):
         return as_deferred(self._outgoing())
 
     async def _outgoing(self) -> None:
-        port = free_port()
-        uas, trace = self.spawn_sipp("uas", ["-sf", os.path.join(SCENARIOS, "calls_uas_answer.xml"), "-i", "127.0.0.1", "-p", str(port)])
-        await wait_for(lambda: port_bound(port, "UDP") or uas.ended.called, timeout=10)
+        uas, trace, port = await self.start_uas("calls_uas_answer.xml")
         # the plugin's custom headers: the allowed ones reach the far end (epcscf.pcscf.nonsip_headers)
         headers = {"Subject": "Quarterly review", "user-to-user": "56a390f3d2b7310023a2;encoding=hex"}
         peer = start_node_peer(self, "janus_sip.js", janus_url(self.service), "alice", USERS["alice"], DOMAIN,
@@ -107,9 +112,7 @@ class JanusJsThroughEpcscfTests(unittest.TestCase):
         return as_deferred(self._hold())
 
     async def _hold(self) -> None:
-        port = free_port()
-        uas, trace = self.spawn_sipp("uas", ["-sf", os.path.join(SCENARIOS, "nonsip_uas_hold_dtmf.xml"), "-i", "127.0.0.1", "-p", str(port)])
-        await wait_for(lambda: port_bound(port, "UDP") or uas.ended.called, timeout=10)
+        uas, trace, port = await self.start_uas("nonsip_uas_hold_dtmf.xml")
         peer = start_node_peer(self, "janus_sip.js", janus_url(self.service), "alice", USERS["alice"], DOMAIN,
                                "call-hold", f"sip:echo@127.0.0.1:{port}", CHROME_OFFER)
         ended = await peer.wait_for("ended", timeout=25)
@@ -129,9 +132,7 @@ class JanusJsThroughEpcscfTests(unittest.TestCase):
         return as_deferred(self._refused_update())
 
     async def _refused_update(self) -> None:
-        port = free_port()
-        uas, trace = self.spawn_sipp("uas", ["-sf", os.path.join(SCENARIOS, "nonsip_uas_refuse_update.xml"), "-i", "127.0.0.1", "-p", str(port)])
-        await wait_for(lambda: port_bound(port, "UDP") or uas.ended.called, timeout=10)
+        uas, trace, port = await self.start_uas("nonsip_uas_refuse_update.xml")
         peer = start_node_peer(self, "janus_sip.js", janus_url(self.service), "alice", USERS["alice"], DOMAIN,
                                "call-update", f"sip:echo@127.0.0.1:{port}", CHROME_OFFER)
         await peer.wait_for("accepted", timeout=20)
@@ -159,9 +160,7 @@ class JanusJsThroughEpcscfTests(unittest.TestCase):
         return as_deferred(self._transfer())
 
     async def _transfer(self) -> None:
-        port = free_port()
-        uas, trace = self.spawn_sipp("uas", ["-sf", os.path.join(SCENARIOS, "nonsip_uas_refer.xml"), "-i", "127.0.0.1", "-p", str(port)])
-        await wait_for(lambda: port_bound(port, "UDP") or uas.ended.called, timeout=10)
+        uas, trace, port = await self.start_uas("nonsip_uas_refer.xml")
         target = f"sip:carol@{DOMAIN}"
         peer = start_node_peer(self, "janus_sip.js", janus_url(self.service), "alice", USERS["alice"], DOMAIN,
                                "call-transfer", f"sip:echo@127.0.0.1:{port}", CHROME_OFFER, target)
@@ -187,9 +186,7 @@ class JanusJsThroughEpcscfTests(unittest.TestCase):
         return as_deferred(self._held_by_far_end())
 
     async def _held_by_far_end(self) -> None:
-        port = free_port()
-        uas, trace = self.spawn_sipp("uas", ["-sf", os.path.join(SCENARIOS, "nonsip_uas_reinvite.xml"), "-i", "127.0.0.1", "-p", str(port)])
-        await wait_for(lambda: port_bound(port, "UDP") or uas.ended.called, timeout=10)
+        uas, trace, port = await self.start_uas("nonsip_uas_reinvite.xml")
         peer = start_node_peer(self, "janus_sip.js", janus_url(self.service), "alice", USERS["alice"], DOMAIN,
                                "call-wait", f"sip:echo@127.0.0.1:{port}", CHROME_OFFER)
         ended = await peer.wait_for("ended", timeout=25)  # sipp's BYE after its re-INVITE

@@ -29,8 +29,9 @@ from typing import Any, Callable, Protocol
 
 from twisted.logger import Logger
 
-from epcscf.pcscf.nonsip_messages import body_text, media_type_ok
+from epcscf.pcscf.nonsip_messages import media_type_ok
 from epcscf.pcscf.nonsip_register import Credentials, TransactionOutcome, UaEvent, identity_name_addr
+from epcscf.pcscf.nonsip_transfer import notify_event, subscription_state
 from epcscf.sip.headers import to_tag
 from epcscf.sip.message import Request, Response, make_response, new_tag
 from epcscf.sip.proxy_rules import list_values, name_addr_uri
@@ -213,12 +214,9 @@ class Subscriptions:
             self._ua.respond(transaction, make_response(request, 489))  # RFC 6665 §4.1.3
             return True
         self._ua.respond(transaction, make_response(request, 200))
-        state = (request.headers.get("Subscription-State") or "").split(";")[0].strip().lower()
         if request.body:
-            result = {"event": "notify", "notify": event, "substate": state,
-                      "content-type": request.headers.get("Content-Type") or "", "content": body_text(request.body)}
-            self._ua.emit(UaEvent(result, call_id=request.call_id))
-        if state == "terminated":
+            self._ua.emit(notify_event(request, event))
+        if subscription_state(request) == "terminated":
             self._forget(subscription)  # RFC 6665 §4.1.3: the subscription is over
         return True
 

@@ -29,7 +29,7 @@ from epcscf.sip.headers import to_tag
 from epcscf.sip.message import Request, Response, make_response, new_tag
 from epcscf.sip.transaction import ClientTransaction, ServerTransaction
 
-__all__ = ["Transfers", "replaces_value"]
+__all__ = ["Transfers", "notify_event", "replaces_value", "subscription_state"]
 
 log = Logger(namespace="epcscf.pcscf.nonsip")
 
@@ -93,9 +93,17 @@ class Transfers:
             ua.respond(transaction, make_response(request, 489))
             return
         ua.respond(transaction, make_response(request, 200))
-        if not request.body:
-            return  # as the plugin: nothing to tell the page
-        state = (request.headers.get("Subscription-State") or "").split(";")[0].strip()
-        result = {"event": "notify", "notify": event, "substate": state,
-                  "content-type": request.headers.get("Content-Type") or "", "content": body_text(request.body)}
-        ua.emit(UaEvent(result, call_id=request.call_id))
+        if request.body:  # as the plugin: one without a body tells the page nothing
+            ua.emit(notify_event(request, event))
+
+
+def subscription_state(request: Request) -> str:
+    """The state of a NOTIFY's Subscription-State (RFC 6665 §8.2.3), lower case."""
+    return (request.headers.get("Subscription-State") or "").split(";")[0].strip().lower()
+
+
+def notify_event(request: Request, event: str) -> UaEvent:
+    """janus_sip.c's ``notify`` event for a NOTIFY of package ``event``."""
+    result = {"event": "notify", "notify": event, "substate": subscription_state(request),
+              "content-type": request.headers.get("Content-Type") or "", "content": body_text(request.body)}
+    return UaEvent(result, call_id=request.call_id)
