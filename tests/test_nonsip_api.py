@@ -15,7 +15,7 @@ from epcscf.nonsip.jsep import JsepError, TrickleBuffer, answer_direction, as_an
 from epcscf.pcscf.nonsip_messages import Messaging, TextBody
 from epcscf.pcscf.nonsip_register import Credentials
 from epcscf.pcscf.nonsip_subscribe import Subscriptions
-from epcscf.pcscf.nonsip_transfer import Transfers, replaces_value
+from epcscf.pcscf.nonsip_transfer import Transfers, parse_refer_to, replaces_value
 from epcscf.sdp import parse_sdpfrag
 from epcscf.sip.message import Request, make_response
 from epcscf.sip.parser import parse_message
@@ -252,6 +252,13 @@ class TransferTests(unittest.TestCase):
         self.assertEqual(refer.headers.get("Refer-To"), "<sip:carol@ims.test?Replaces=c2%40h%3Bto-tag%3Dtheirs%3Bfrom-tag%3Dours>")
         self.assertEqual(refer.headers.get("Contact"), ua.contact())
         self.assertEqual([event.result for event in ua.events], [{"event": "transferring"}])
+
+    def test_refer_to_of_an_incoming_refer(self) -> None:
+        self.assertEqual(parse_refer_to("<sip:carol@ims.test>"), ("sip:carol@ims.test", None))
+        self.assertEqual(parse_refer_to('"Carol" <sip:carol@ims.test?Replaces=c2%40h%3Bto-tag%3D1%3Bfrom-tag%3D2&Subject=x>'),
+                         ("sip:carol@ims.test", "c2@h;to-tag=1;from-tag=2"))  # RFC 3891 §5, unescaped
+        self.assertIsNone(parse_refer_to("<tel:+123>"))
+        self.assertIsNone(parse_refer_to("<http://evil.example/>"))
 
     def test_notifies_in_our_dialog_of_the_refer_package_become_events(self) -> None:
         ua = _FakeTransferUa(call_id="another-call")

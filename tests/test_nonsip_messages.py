@@ -329,6 +329,52 @@ class JanusSubscribeTests(JanusHandleTestCase):
         self.assertEqual((await client.event())["error_code"], 447)
 
 
+class JanusTransfereeTests(JanusHandleTestCase):
+    """The WIC as transferee (RFC 3515): sipp calls it and REFERs it to a second sipp; the WIC
+    hears ``transfer``, calls the target from another handle of its session with the
+    ``refer_id`` (as the plugin's helpers do), and the transferor gets the NOTIFYs."""
+
+    def test_a_refer_is_told_followed_from_another_handle_and_reported(self):
+        return as_deferred(self._transferee())
+
+    async def _transferee(self) -> None:
+        client, alice = await self.registered_handle()
+        bob = {"session_id": alice["session_id"],
+               "handle_id": (await client.request({"janus": "attach", "plugin": "janus.plugin.sip", "session_id": alice["session_id"]}))["data"]["id"]}
+        await self.send(client, bob, {"request": "register", "username": f"sip:bob@{DOMAIN}", "secret": USERS["bob"]})
+        await self.next_event(client, "registered")
+        port = free_port()
+        target, target_trace = self.spawn_sipp("target", ["-sf", os.path.join(SCENARIOS, "calls_uas_answer.xml"), "-i", "127.0.0.1", "-p", str(port)])
+        await wait_for(lambda: port_bound(port, "UDP") or target.ended.called, timeout=10)
+        core = self.service.core.addresses[0][1]
+        refer_to = f"sip:carol@127.0.0.1:{port}"
+        uac, uac_trace = self.spawn_sipp("transferor", ["-sf", os.path.join(SCENARIOS, "nonsip_uac_refer.xml"), "-s", "alice",
+                                                        "-set", "domain", DOMAIN, "-set", "target", refer_to,
+                                                        "-i", "127.0.0.1", "-p", str(free_port()), f"{core.host}:{core.port}"])
+        await self.next_event(client, "incomingcall")
+        with open(CHROME_ANSWER) as handle:
+            await self.send(client, alice, {"request": "accept"}, {"type": "answer", "sdp": handle.read()})
+        transfer = (await self.next_event(client, "transfer"))["result"]
+        self.assertEqual((transfer["refer_to"], transfer["referred_by"]), (refer_to, f"sip:ims-caller@{DOMAIN}"))
+        with open(CHROME_OFFER) as handle:
+            offer = {"type": "offer", "sdp": handle.read()}
+        await self.send(client, bob, {"request": "call", "uri": refer_to, "refer_id": transfer["refer_id"] + 1}, offer)
+        self.assertEqual((await client.event())["error_code"], 444)  # no such transfer
+        await self.send(client, bob, {"request": "call", "uri": refer_to, "refer_id": transfer["refer_id"]}, offer)
+        await self.next_event(client, "accepted")
+        self.assertEqual((await self.next_event(client, "hangup"))["result"]["code"], 200)  # the transferor's BYE
+        await self.sipp_done(uac)
+        await self.send(client, bob, {"request": "hangup"})
+        await self.sipp_done(target)
+        received = sipp_messages(uac_trace, "received")
+        self.assertIn("SIP/2.0 202", "\n".join(m.split("\n", 1)[0] for m in received))
+        notifies = [m for m in received if m.startswith("NOTIFY ")]
+        self.assertEqual([(header(m, "Event"), header(m, "Subscription-State").split(";")[0], body_of(m).strip()) for m in notifies],
+                         [("refer", "active", "SIP/2.0 100 Trying"), ("refer", "terminated", "SIP/2.0 200 OK")])
+        [invite] = [m for m in sipp_messages(target_trace, "received") if m.startswith("INVITE ")]
+        self.assertEqual(header(invite, "Referred-By"), f"<sip:ims-caller@{DOMAIN}>")  # RFC 3892
+
+
 class JanusHangupWhileAcceptWaitsTests(JanusHandleTestCase):
     """Found on the way: a ``hangup`` while an ``accept`` still waited for the browser's
     candidates used to report 487 to the WIC and leave the caller's INVITE unanswered; the UA

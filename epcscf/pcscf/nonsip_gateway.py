@@ -24,13 +24,13 @@ from epcscf.nonsip.jsep import JsepError, TrickleBuffer, parse_jsep, parse_trick
 from epcscf.nonsip.websocket import JanusConnection
 from epcscf.pcscf.nonsip_flow import FlowSink
 from epcscf.pcscf.nonsip_headers import CustomHeaderError, custom_headers
-from epcscf.pcscf.nonsip_messages import DEFAULT_MESSAGE_TYPE, MAX_CONTENT, TextBody, media_type_ok
+from epcscf.pcscf.nonsip_messages import CALL_ID_RE, DEFAULT_MESSAGE_TYPE, MAX_CONTENT, TextBody, is_sip_uri, media_type_ok
 from epcscf.pcscf.nonsip_register import Credentials, RegState, UaEvent
-from epcscf.pcscf.nonsip_subscribe import DEFAULT_TTL, MAX_SUBSCRIPTIONS, MAX_TTL, MIN_TTL, accept_ok, event_ok
-from epcscf.pcscf.nonsip_transfer import replaces_value
+from epcscf.pcscf.nonsip_subscribe import DEFAULT_TTL, check_subscription
+from epcscf.pcscf.nonsip_transfer import Referral, Transfers, referral_headers, replaces_value
 from epcscf.pcscf.nonsip_ua import CallPhase, NonSipUserAgent
 from epcscf.sip.transaction import TimerSettings
-from epcscf.sip.uri import SipUri, UriError, parse_uri
+from epcscf.sip.uri import SipUri, parse_uri
 
 __all__ = ["JanusGateway"]
 
@@ -70,6 +70,8 @@ class _Handle:
     described: bool = False
     #: late candidates, sent in an RFC 8840 INFO once the call is confirmed
     late: TrickleBuffer = field(default_factory=TrickleBuffer)
+    #: the transfer this handle's call was made for: its outcome is NOTIFYed (RFC 3515 §2.4.5)
+    referral: tuple[Transfers, int] | None = None
 
 
 @dataclass(eq=False)
@@ -247,9 +249,14 @@ class JanusGateway:
         data = api.sip_result(event.result, event.call_id)
         self._send(session.connection, api.plugin_event(session.id, handle_id, None, data, jsep))
         handle = session.handles[handle_id]
-        if event.result.get("event") == "accepted" and handle.described:
+        name = event.result.get("event")
+        if handle.referral is not None and name in ("accepted", "hangup"):
+            (transfers, refer_id), handle.referral = handle.referral, None
+            code, reason = (200, "OK") if name == "accepted" else (event.result.get("code", 487), event.result.get("reason", ""))
+            transfers.report(refer_id, code, reason)
+        if name == "accepted" and handle.described:
             self._send_late(handle)  # candidates that came while the call was being set up
-        elif event.result.get("event") == "hangup":
+        elif name == "hangup":
             handle.described = False
             handle.late.clear()
 
@@ -341,6 +348,10 @@ class JanusGateway:
         elif what == "call":
             jsep = parse_jsep(request.body.get("jsep"))
             headers = custom_headers(body.get("headers", {}))
+            found = _referral(session, body.get("refer_id"))
+            if found is not None:  # the call a transfer asked for (RFC 3515): its outcome is reported
+                handle.referral = (found[0], found[1].refer_id)
+                headers += referral_headers(found[1])
             self._defer_until_gathered(handle, "call", body["uri"], jsep.sdp, jsep.trickle, headers)
         elif what == "accept":
             jsep = parse_jsep(request.body.get("jsep"))
@@ -349,6 +360,12 @@ class JanusGateway:
         elif what == "update":
             jsep = parse_jsep(request.body.get("jsep"))
             self._defer_until_gathered(handle, "update", "", jsep.sdp, jsep.trickle)
+        elif what == "decline" and "refer_id" in body:
+            transfers, referral = _referral(session, body["refer_id"]) or (None, None)
+            assert transfers is not None and referral is not None
+            code = int(body.get("code", 603))
+            transfers.report(referral.refer_id, code, "Declined" if code == 603 else "")
+            self._ua_event(session, handle.id, UaEvent({"event": "declining", "code": code}))
         elif what == "decline":
             ua.decline(int(body.get("code", 486)))
         elif what in ("hold", "unhold"):
@@ -400,7 +417,7 @@ class JanusGateway:
             username = body.get("username")
             if not isinstance(username, str):
                 return api.SIP_MISSING_ELEMENT, "Missing element (username)"
-            if not _is_sip_uri(username, needs_user=True):
+            if not is_sip_uri(username, needs_user=True):
                 return api.SIP_INVALID_ADDRESS, f"Invalid user address {username[:80]}"
             if token is not None and not (isinstance(token, str) and len(token) <= _TOKEN_RE_LIMIT and _TOKEN_RE.fullmatch(token)):
                 return api.SIP_INVALID_ELEMENT, "Invalid element (token should be a JWT)"
@@ -423,12 +440,14 @@ class JanusGateway:
                 uri_text = body.get("uri")
                 if not isinstance(uri_text, str):
                     return api.SIP_MISSING_ELEMENT, "Missing element (uri)"
-                if not _is_sip_uri(uri_text, needs_user=False):
+                if not is_sip_uri(uri_text, needs_user=False):
                     return api.SIP_INVALID_ADDRESS, f"Invalid user address {uri_text[:80]}"
                 if ua.reg_state is not RegState.REGISTERED:
                     return api.SIP_WRONG_STATE, "Wrong state (register first)"
                 if ua.phase is not CallPhase.IDLE or handle.pending is not None:
                     return api.SIP_WRONG_STATE, "Wrong state (already in a call?)"
+                if "refer_id" in body and _referral(session, body["refer_id"]) is None:
+                    return api.SIP_INVALID_ELEMENT, "Invalid element (no such refer_id)"
             elif what == "update":
                 if ua.phase is not CallPhase.CONFIRMED or handle.pending is not None or (ua.dialog and ua.dialog.reinvite):
                     return api.SIP_WRONG_STATE, "Wrong state (not in a call, or an update is in progress)"
@@ -448,6 +467,8 @@ class JanusGateway:
             code = body.get("code", 486)
             if not isinstance(code, int) or isinstance(code, bool) or not 400 <= code <= 699:
                 return api.SIP_INVALID_ELEMENT, "Invalid SIP response code"
+            if "refer_id" in body:  # declining a transfer (the plugin's NOTIFY with 603)
+                return None if _referral(session, body["refer_id"]) else (api.SIP_INVALID_ELEMENT, "Invalid element (no such refer_id)")
             return None if ua.phase is CallPhase.INCOMING else (api.SIP_WRONG_STATE, "Wrong state (no incoming call)")
         if what == "hangup":
             return None
@@ -469,7 +490,7 @@ class JanusGateway:
         if what == "transfer":
             return self._check_transfer(session, handle, body)
         if what in ("subscribe", "unsubscribe"):
-            return _check_subscription(what, body, ua)
+            return check_subscription(what, body, ua)
         return api.SIP_INVALID_REQUEST, f"Unknown request '{what[:40]}' (not in epcscf's subset of the SIP plugin)"
 
     def _check_transfer(self, session: _Session, handle: _Handle, body: dict[str, Any]) -> tuple[int, str] | None:
@@ -478,7 +499,7 @@ class JanusGateway:
         uri = body.get("uri")
         if not isinstance(uri, str):
             return api.SIP_MISSING_ELEMENT, "Missing element (uri)"
-        if not _is_sip_uri(uri, needs_user=False) or "?" in uri:
+        if not is_sip_uri(uri, needs_user=False) or "?" in uri:
             return api.SIP_INVALID_ADDRESS, f"Invalid user address {uri[:80]}"
         if handle.ua.phase is not CallPhase.CONFIRMED:
             return api.SIP_WRONG_STATE, "Wrong state (not in a call?)"
@@ -513,9 +534,6 @@ class JanusGateway:
         )
 
 
-#: RFC 3261 §25.1 callid = word [ "@" word ] (what a WIC may choose as its MESSAGE's Call-ID)
-_CALL_ID_RE = re.compile(r"[A-Za-z0-9\-.!%*_+`'~()<>:\\\"/\[\]?{}]{1,64}(@[A-Za-z0-9\-.!%*_+`'~()<>:\\\"/\[\]?{}]{1,64})?", re.ASCII)
-
 
 def _check_text_request(what: str, body: dict[str, Any], ua: NonSipUserAgent) -> tuple[int, str] | None:
     """janus_sip.c's checks of ``message`` (content, content_type, uri, call_id) and ``info``
@@ -534,47 +552,19 @@ def _check_text_request(what: str, body: dict[str, Any], ua: NonSipUserAgent) ->
     uri = body.get("uri") if what == "message" else None
     if uri is None:  # in the call's dialog (RFC 6086 §4.2.1: INFO always is)
         return None if ua.phase is CallPhase.CONFIRMED else (api.SIP_WRONG_STATE, "Wrong state (not in a call?)")
-    if not isinstance(uri, str) or not _is_sip_uri(uri, needs_user=False):
+    if not isinstance(uri, str) or not is_sip_uri(uri, needs_user=False):
         return api.SIP_INVALID_ADDRESS, f"Invalid user address {str(uri)[:80]}"
     call_id = body.get("call_id")
-    if call_id is not None and not (isinstance(call_id, str) and _CALL_ID_RE.fullmatch(call_id)):
+    if call_id is not None and not (isinstance(call_id, str) and CALL_ID_RE.fullmatch(call_id)):
         return api.SIP_INVALID_ELEMENT, "Invalid element (call_id should be a SIP Call-ID)"
     return None if ua.reg_state is RegState.REGISTERED else (api.SIP_WRONG_STATE, "Wrong state (not registered)")
 
 
-def _check_subscription(what: str, body: dict[str, Any], ua: NonSipUserAgent) -> tuple[int, str] | None:
-    """janus_sip.c's checks of ``subscribe``/``unsubscribe``; what goes into a header is checked
-    against its grammar (``epcscf.pcscf.nonsip_subscribe``)."""
-    event = body.get("event")
-    if not isinstance(event, str):
-        return api.SIP_MISSING_ELEMENT, "Missing element (event)"
-    if not event_ok(event):
-        return api.SIP_INVALID_ELEMENT, "Invalid element (event should be an event package such as message-summary)"
-    if ua.reg_state is not RegState.REGISTERED:
-        return api.SIP_WRONG_STATE, "Wrong state (not registered)"
-    if what == "unsubscribe":
-        return None if ua.subscriptions.has(event) else (api.SIP_WRONG_STATE, "Wrong state (not subscribed to this event)")
-    to, accept, ttl, call_id = body.get("to"), body.get("accept"), body.get("subscribe_ttl", DEFAULT_TTL), body.get("call_id")
-    if to is not None and not (isinstance(to, str) and _is_sip_uri(to, needs_user=False) and "?" not in to):
-        return api.SIP_INVALID_ADDRESS, f"Invalid user address {str(to)[:80]}"
-    if accept is not None and not (isinstance(accept, str) and accept_ok(accept)):
-        return api.SIP_INVALID_ELEMENT, "Invalid element (accept should be media types such as application/simple-message-summary)"
-    if not isinstance(ttl, int) or isinstance(ttl, bool) or not MIN_TTL <= ttl <= MAX_TTL:
-        return api.SIP_INVALID_ELEMENT, f"Invalid element (subscribe_ttl should be {MIN_TTL}-{MAX_TTL} seconds)"
-    if call_id is not None and not (isinstance(call_id, str) and _CALL_ID_RE.fullmatch(call_id)):
-        return api.SIP_INVALID_ELEMENT, "Invalid element (call_id should be a SIP Call-ID)"
-    if "content" in body or "content_type" in body:
-        return api.SIP_INVALID_ELEMENT, "Invalid element (a SUBSCRIBE body is not supported by epcscf)"
-    if not ua.subscriptions.has(event) and len(ua.subscriptions) >= MAX_SUBSCRIPTIONS:
-        return api.SIP_WRONG_STATE, f"Wrong state (at most {MAX_SUBSCRIPTIONS} subscriptions per handle)"
+def _referral(session: _Session, refer_id: Any) -> tuple[Transfers, Referral] | None:
+    """The transfer ``refer_id`` one of the session's handles was asked for (janus_sip.c keeps
+    them across handles, for its helpers)."""
+    for other in session.handles.values():
+        referral = other.ua.transfers.referral(refer_id)
+        if referral is not None:
+            return other.ua.transfers, referral
     return None
-
-
-def _is_sip_uri(text: str, needs_user: bool) -> bool:
-    """Whether ``text`` is a sip:/sips: URI (with a user part if ``needs_user``), as the Janus
-    SIP plugin requires of ``username`` and ``uri``."""
-    try:
-        uri = parse_uri(text)
-    except UriError:
-        return False
-    return isinstance(uri, SipUri) and (bool(uri.user) or not needs_user)

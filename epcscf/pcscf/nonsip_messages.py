@@ -31,8 +31,9 @@ from epcscf.sip.headers import to_tag
 from epcscf.sip.message import Request, Response, make_response, new_tag
 from epcscf.sip.proxy_rules import name_addr_uri
 from epcscf.sip.transaction import ClientTransaction, ServerTransaction
+from epcscf.sip.uri import SipUri, UriError, parse_uri
 
-__all__ = ["MAX_CONTENT", "Messaging", "TextBody", "body_text", "media_type_ok", "sender_fields"]
+__all__ = ["CALL_ID_RE", "MAX_CONTENT", "Messaging", "TextBody", "body_text", "is_sip_uri", "media_type_ok", "sender_fields"]
 
 log = Logger(namespace="epcscf.pcscf.nonsip")
 
@@ -204,3 +205,17 @@ def sender_fields(name_addr: str, key: str = "sender") -> dict[str, str]:
 
 def body_text(body: bytes) -> str:
     return body.decode("utf-8", errors="replace")
+
+
+#: RFC 3261 §25.1 callid = word [ "@" word ] (what a WIC may choose as its MESSAGE's Call-ID)
+CALL_ID_RE = re.compile(r"[A-Za-z0-9\-.!%*_+`'~()<>:\\\"/\[\]?{}]{1,64}(@[A-Za-z0-9\-.!%*_+`'~()<>:\\\"/\[\]?{}]{1,64})?", re.ASCII)
+
+
+def is_sip_uri(text: str, needs_user: bool) -> bool:
+    """Whether ``text`` is a sip:/sips: URI (with a user part if ``needs_user``), as the Janus
+    SIP plugin requires of ``username`` and ``uri``."""
+    try:
+        uri = parse_uri(text)
+    except UriError:
+        return False
+    return isinstance(uri, SipUri) and (bool(uri.user) or not needs_user)

@@ -29,15 +29,16 @@ from typing import Any, Callable, Protocol
 
 from twisted.logger import Logger
 
-from epcscf.pcscf.nonsip_messages import media_type_ok
-from epcscf.pcscf.nonsip_register import Credentials, TransactionOutcome, UaEvent, identity_name_addr
+from epcscf.nonsip import janus_api as api
+from epcscf.pcscf.nonsip_messages import CALL_ID_RE, is_sip_uri, media_type_ok
+from epcscf.pcscf.nonsip_register import Credentials, RegState, TransactionOutcome, UaEvent, identity_name_addr
 from epcscf.pcscf.nonsip_transfer import notify_event, subscription_state
 from epcscf.sip.headers import to_tag
 from epcscf.sip.message import Request, Response, make_response, new_tag
 from epcscf.sip.proxy_rules import list_values, name_addr_uri
 from epcscf.sip.transaction import ClientTransaction, ServerTransaction
 
-__all__ = ["DEFAULT_TTL", "Subscriptions", "event_ok", "accept_ok"]
+__all__ = ["DEFAULT_TTL", "Subscriptions", "accept_ok", "check_subscription", "event_ok"]
 
 log = Logger(namespace="epcscf.pcscf.nonsip")
 
@@ -230,3 +231,31 @@ class Subscriptions:
         if subscription.refresh is not None and subscription.refresh.active():
             subscription.refresh.cancel()
         subscription.refresh = None
+
+
+def check_subscription(what: str, body: dict[str, Any], ua: Any) -> tuple[int, str] | None:
+    """janus_sip.c's checks of ``subscribe``/``unsubscribe``; what goes into a header is checked
+    against its grammar (``epcscf.pcscf.nonsip_subscribe``)."""
+    event = body.get("event")
+    if not isinstance(event, str):
+        return api.SIP_MISSING_ELEMENT, "Missing element (event)"
+    if not event_ok(event):
+        return api.SIP_INVALID_ELEMENT, "Invalid element (event should be an event package such as message-summary)"
+    if ua.reg_state is not RegState.REGISTERED:
+        return api.SIP_WRONG_STATE, "Wrong state (not registered)"
+    if what == "unsubscribe":
+        return None if ua.subscriptions.has(event) else (api.SIP_WRONG_STATE, "Wrong state (not subscribed to this event)")
+    to, accept, ttl, call_id = body.get("to"), body.get("accept"), body.get("subscribe_ttl", DEFAULT_TTL), body.get("call_id")
+    if to is not None and not (isinstance(to, str) and is_sip_uri(to, needs_user=False) and "?" not in to):
+        return api.SIP_INVALID_ADDRESS, f"Invalid user address {str(to)[:80]}"
+    if accept is not None and not (isinstance(accept, str) and accept_ok(accept)):
+        return api.SIP_INVALID_ELEMENT, "Invalid element (accept should be media types such as application/simple-message-summary)"
+    if not isinstance(ttl, int) or isinstance(ttl, bool) or not MIN_TTL <= ttl <= MAX_TTL:
+        return api.SIP_INVALID_ELEMENT, f"Invalid element (subscribe_ttl should be {MIN_TTL}-{MAX_TTL} seconds)"
+    if call_id is not None and not (isinstance(call_id, str) and CALL_ID_RE.fullmatch(call_id)):
+        return api.SIP_INVALID_ELEMENT, "Invalid element (call_id should be a SIP Call-ID)"
+    if "content" in body or "content_type" in body:
+        return api.SIP_INVALID_ELEMENT, "Invalid element (a SUBSCRIBE body is not supported by epcscf)"
+    if not ua.subscriptions.has(event) and len(ua.subscriptions) >= MAX_SUBSCRIPTIONS:
+        return api.SIP_WRONG_STATE, f"Wrong state (at most {MAX_SUBSCRIPTIONS} subscriptions per handle)"
+    return None

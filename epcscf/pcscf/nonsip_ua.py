@@ -428,11 +428,13 @@ class NonSipUserAgent:
             self.messaging.info_received(request, transaction)
         elif method == "NOTIFY" and not self.subscriptions.notify_received(request, transaction):
             self.transfers.notify_received(request, transaction)  # else the call's refer subscription
+        elif method == "REFER":
+            self.transfers.refer_received(request, transaction)
         elif method == "OPTIONS":
             self.respond(transaction, make_response(request, 200, to_tag=new_tag()))
         else:
             answer = make_response(request, 405, to_tag=new_tag())
-            answer.headers.add("Allow", "INVITE, ACK, CANCEL, BYE, OPTIONS, MESSAGE, INFO, NOTIFY")
+            answer.headers.add("Allow", "INVITE, ACK, CANCEL, BYE, OPTIONS, MESSAGE, INFO, NOTIFY, REFER")
             self.respond(transaction, answer)
 
     def _incoming_invite(self, invite: Request, transaction: ServerTransaction) -> None:
