@@ -328,7 +328,8 @@ class SweepAtStartTests(unittest.TestCase):
         self.assertEqual(self.rtpengine.ng({"command": "offer", "call-id": call_id, "from-tag": "wic", "sdp": offer})["result"], b"ok")
 
     def engine(self, tcp_ng_port: int) -> RtpengineEngine:
-        client = NgClient(reactor, (NgNode("127.0.0.1", self.rtpengine.ng_port),), NgSettings(timeout=0.5, ping_interval=5))
+        # a generous ng timeout: on a loaded host a page lost to a timeout would end the sweep early
+        client = NgClient(reactor, (NgNode("127.0.0.1", self.rtpengine.ng_port),), NgSettings(timeout=3, ping_interval=5))
         engine = RtpengineEngine(reactor, client, RtpengineSettings(query_interval=0, owner=self.OWNER, tcp_ng_port=tcp_ng_port))
         self.addCleanup(engine.stop)
         return engine
