@@ -507,8 +507,12 @@ class CallsThroughTheEdgeTests(unittest.TestCase):
         self.assertEqual(len(self.calls.calls()), 1)
         await as_deferred(client.drop())
         self.assertEqual(await uac.ended, 0, uac.output.decode(errors="replace")[-2000:])
-        [final] = [m for m in sipp_messages(trace, "received") if m.startswith("SIP/2.0 480")]
-        self.assertIn('Reason: SIP;cause=480;text="WebSocket closed"', final)
+        # Over UDP the 480 is retransmitted (Timer G, RFC 3261 §17.2.1) until sipp's ACK arrives, which
+        # under a loaded host can take more than T1; every copy is the same response.
+        finals = [m for m in sipp_messages(trace, "received") if m.startswith("SIP/2.0 480")]
+        self.assertGreaterEqual(len(finals), 1)
+        self.assertEqual(len(set(finals)), 1, finals)
+        self.assertIn('Reason: SIP;cause=480;text="WebSocket closed"', finals[0])
         await self.calls.idle()
         self.assert_everything_freed()
         [ended] = self.calls.ended_calls()
