@@ -46,8 +46,8 @@ from __future__ import annotations
 
 import enum
 import math
-from collections import OrderedDict
 import time
+from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any, Callable
 
