@@ -222,7 +222,17 @@ def check_via_line(value: str, headers: Headers | None = None) -> None:
     items = split_header_list(value)
     if not items:
         parse_via_list(value)  # raises: empty value
-    for item in items:  # what parse_via_list checks, with the fast pattern first
+    rest = items
+    if headers is not None and '"' not in value and "<" not in value and value.split(",", 1)[0].strip(" \t"):
+        # The first item is then the text before the first comma, which ``_parse_first_via``
+        # reads: one read serves as its check and as the top-Via view.  (On a response this
+        # line usually holds our own Via and the requester's, RFC 3261 §8.2.6.2.)
+        try:
+            headers._views[("top-via", value)] = _first_via_memo(value).copy()
+            rest = items[1:]
+        except HeaderError:
+            pass  # checked below, which names the problem
+    for item in rest:  # what parse_via_list checks, with the fast pattern first
         if "ttl" in item or FAST_VIA_RE.match(item) is None:
             parse_via(item)
 

@@ -89,6 +89,8 @@ class ProxyPolicy(Protocol):
 
 
 class ProxyState(enum.Enum):
+    __hash__ = object.__hash__  # members are singletons: identity hash (Enum's is Python code)
+
     ROUTING = "routing"  # waiting for the policy
     FORWARDING = "forwarding"  # branches pending
     COMPLETED = "completed"  # a final response went upstream
@@ -104,6 +106,8 @@ _TRANSITIONS: dict[ProxyState, frozenset[ProxyState]] = {
 
 
 class BranchState(enum.Enum):
+    __hash__ = object.__hash__  # identity, as ProxyState
+
     CONNECTING = "connecting"  # resolving / connecting / no response yet
     CALLING = "calling"  # request sent, no response yet
     PROCEEDING = "proceeding"  # a provisional arrived

@@ -156,6 +156,8 @@ class Event(enum.Enum):
 class Action(enum.Enum):
     """What a transition does; the value is the method that does it."""
 
+    __hash__ = object.__hash__  # identity, as for State (looked up on every transition)
+
     # client side
     PASS_RESPONSE_TO_TU = "pass_response_to_tu"
     SEND_ACK = "send_ack"  # RFC 3261 §17.1.1.3
