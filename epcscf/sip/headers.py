@@ -392,8 +392,15 @@ def to_aor(message: Message) -> str | None:
         return None
     found = headers._views.get(("to-aor", value), _MISSING)
     if found is _MISSING:
-        found = headers._views[("to-aor", value)] = str(cached_view(headers, "to", value, _parse_to).uri)
+        found = headers._views[("to-aor", value)] = _aor_of_to(value)
     return found  # type: ignore[return-value]
+
+
+@memoised_by_text
+def _aor_of_to(value: str) -> str:
+    # Text to text (immutable), so the bounded memo may share it: a WIC's every REGISTER
+    # carries the same To, which would otherwise be parsed and written out again each time.
+    return str(_parse_to(value).uri)
 
 
 ADDRESS_MEMO_ENTRIES = 2048

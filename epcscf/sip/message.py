@@ -15,7 +15,7 @@ from __future__ import annotations
 import secrets
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
-from typing import Iterable, Iterator, KeysView
+from typing import Iterable, Iterator, KeysView, Sequence
 
 # RFC 3261 §7.3.3 compact forms, plus the ones later RFCs registered
 # (RFC 3515 Refer-To "r", RFC 3892 Referred-By "b", RFC 3841 "a"/"j"/"d",
@@ -193,6 +193,13 @@ class Headers:
         index = self._index if self._index is not None else self._lookup()
         values = index.get(_CANONICAL_CACHE.get(name) or canonical_name(name))
         return list(values) if values else []
+
+    def lines(self, name: str) -> Sequence[str]:
+        """``get_all(name)`` without the copy, for readers on every message's path: the
+        values in order, read-only (the sequence is the index's own)."""
+        index = self._index if self._index is not None else self._lookup()
+        values = index.get(_CANONICAL_CACHE.get(name) or canonical_name(name))
+        return values if values else ()
 
     def count(self, name: str) -> int:
         index = self._index if self._index is not None else self._lookup()
