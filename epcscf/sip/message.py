@@ -13,7 +13,6 @@ Header names are case-insensitive and have compact forms (RFC 3261 §7.3.3); the
 from __future__ import annotations
 
 import secrets
-from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from typing import Iterable, Iterator, KeysView, Sequence
 
@@ -309,7 +308,10 @@ class Headers:
 
 
 @dataclass
-class Message(ABC):
+class Message:
+    # Not an ABC: ``isinstance(x, Request)`` runs many times per message, and against a class
+    # with ABCMeta it goes through ``ABCMeta.__instancecheck__`` (Python code) instead of the
+    # interpreter's own test.  Only ``Request`` and ``Response`` are ever made.
     headers: Headers
     body: bytes
 
@@ -344,9 +346,9 @@ class Message(ABC):
         head = "\r\n".join(lines)
         return head.encode("utf-8", "surrogateescape") + self.body
 
-    @abstractmethod
     def start_line(self) -> str:
         """``METHOD uri SIP/2.0`` or ``SIP/2.0 status reason``."""
+        raise NotImplementedError
 
 
 @dataclass
