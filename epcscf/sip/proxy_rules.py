@@ -53,6 +53,13 @@ def pop_first_value(headers: Headers, name: str) -> str | None:
     if first is not None and "," not in first and first.strip(" \t"):
         headers.replace_first(name, None)  # the first line is one value: drop just that line
         return first.strip(" \t")
+    if first is not None and '"' not in first and "<" not in first:
+        # Several plain values on the first line (a response's Via line, RFC 3261 §8.2.6.2,
+        # as some UASes write it): cut the first off that line; the rest stay as they are.
+        pieces = first.split(",")
+        if all(piece.strip(" \t") for piece in pieces):
+            headers.replace_first(name, ",".join(pieces[1:]).strip(" \t"))
+            return pieces[0].strip(" \t")
     values = list_values(headers, name)
     if not values:
         return None
