@@ -340,7 +340,7 @@ class SerializeTests(SynchronousTestCase):
             message = parse_message(data)
             change(message)
             self.assertEqual(message.serialize(), _serialize_line_by_line(message))
-            copied = message.copy()  # no lookup index yet: the general rule
+            copied = message.copy()  # with its own copy of the lookup index
             self.assertEqual(copied.serialize(), _serialize_line_by_line(message))
 
 
@@ -409,6 +409,21 @@ class PerRefreshShortcutTests(SynchronousTestCase):
             self.assertEqual(list(message.headers.lines(name)), message.headers.get_all(name))
         message.headers.add("Contact", "<sip:c@h>")
         self.assertEqual(list(message.headers.lines("contact")), message.headers.get_all("contact"))
+
+    def test_a_copy_s_header_index_is_its_own(self) -> None:
+        message = parse_message(_registration_messages()[0])
+        copied = message.copy()
+        copied.headers.add("Contact", "<sip:c@h>")
+        copied.headers.insert_first("Via", "SIP/2.0/UDP p.example;branch=z9hG4bK-p")
+        copied.headers.remove("to")
+        self.assertEqual(message.headers.get_all("contact"), [v for n, v in message.headers if n.lower() in ("contact", "m")])
+        self.assertNotIn("SIP/2.0/UDP p.example;branch=z9hG4bK-p", message.headers.get_all("via"))
+        self.assertIn("to", message.headers)
+        for headers in (message.headers, copied.headers):
+            rebuilt = headers.copy()
+            rebuilt._index = None  # built again from the lines
+            for name in ("via", "contact", "to", "call-id", "cseq"):
+                self.assertEqual(headers.get_all(name), rebuilt.get_all(name))
 
 
 def list_values_of(line: str) -> list[str]:
