@@ -203,7 +203,11 @@ class Registrations:
     def has_aor_on_flow(self, flow_id: str, aor: str | None) -> bool:
         """Whether a binding of ``aor`` lives on the flow (``for_flow`` without the list)."""
         on_flow = self._by_flow.get(flow_id)
-        return on_flow is not None and any(binding.aor == aor for binding in on_flow.values())
+        if on_flow:
+            for binding in on_flow.values():  # one binding per flow, usually: no generator
+                if binding.aor == aor:
+                    return True
+        return False
 
     def for_aor(self, aor: str) -> list[RegistrationBinding]:
         return [binding for binding in self._bindings.values() if binding.aor == aor]

@@ -413,7 +413,8 @@ class TransactionMachine:
         if transition is None:
             raise TransactionStateError(self.machine, self.state, event)
         self.state = transition.next_state
-        self._cancel_timers_outside(self.state)
+        if self._timers:
+            self._cancel_timers_outside(self.state)
         for action in transition.actions:
             getattr(self, ACTION_METHODS[action])(message)
         if self._send_failed:
