@@ -169,13 +169,6 @@ def parse_uri(text: str) -> Uri:
     return _parsed_uri(text).copy()
 
 
-def shared_uri(text: str) -> Uri:
-    """``parse_uri(text)`` without the copy: the memo's own object, shared with every other
-    reader of the same text, so it must never be changed (for read-only views such as the
-    Request-URI view the parser leaves on each request)."""
-    return _parsed_uri(text)
-
-
 def _parse_uri(text: str) -> Uri:
     match = _FAST_SIP_URI_RE.fullmatch(text)
     if match is not None:
