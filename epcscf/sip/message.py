@@ -120,7 +120,7 @@ LIST_HEADERS: frozenset[str] = frozenset(
 )
 
 
-@dataclass
+@dataclass(slots=True)
 class Headers:
     """Ordered, multi-valued, case-insensitive header fields.
 
@@ -311,7 +311,7 @@ class Headers:
         self._items = rest
 
 
-@dataclass
+@dataclass(slots=True, weakref_slot=True)  # slots: no __dict__ per message; weakrefs: tests of what is let go
 class Message:
     # Not an ABC: ``isinstance(x, Request)`` runs many times per message, and against a class
     # with ABCMeta it goes through ``ABCMeta.__instancecheck__`` (Python code) instead of the
@@ -355,7 +355,7 @@ class Message:
         raise NotImplementedError
 
 
-@dataclass
+@dataclass(slots=True)
 class Request(Message):
     method: str = ""
     uri: str = ""
@@ -382,7 +382,7 @@ class Request(Message):
         return Request(self.method, self.uri, self.headers.copy(), self.body, self.version)
 
 
-@dataclass
+@dataclass(slots=True)
 class Response(Message):
     status: int = 0
     reason: str = ""
