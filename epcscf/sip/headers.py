@@ -113,7 +113,7 @@ _VIA_RE = re.compile(
 )
 
 
-@dataclass
+@dataclass(slots=True)  # made for every message (and copied): no __dict__
 class Via:
     """One Via value: ``SIP/2.0/UDP host:port;branch=...;received=...;rport``."""
 

@@ -114,7 +114,7 @@ class BranchState(enum.Enum):
     DONE = "done"  # a final response (or a synthetic one) arrived
 
 
-@dataclass(eq=False)
+@dataclass(eq=False, slots=True)  # one per request forwarded: no __dict__
 class Branch:
     """One forwarded copy of the request (RFC 3261 §16.6) and its failover targets."""
 
@@ -134,7 +134,7 @@ class Branch:
     on_flow: bool = False
 
 
-@dataclass(eq=False)
+@dataclass(eq=False, slots=True)
 class ProxiedRequest:
     """The per-request context handed to the policy."""
 

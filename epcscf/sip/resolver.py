@@ -43,7 +43,7 @@ log = Logger()
 DEFAULT_PORTS = {"UDP": 5060, "TCP": 5060, "TLS": 5061}
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Target:
     """Where to send a request: one transport, one resolved address (RFC 3263 §4)."""
 
