@@ -383,6 +383,10 @@ class TransactionMachine:
     state, and one method per ``Action`` value they use.
     """
 
+    # Slots: two machines are made and freed per request proxied, with no __dict__ each.
+    __slots__ = ("state", "_clock", "_on_terminated", "_timers", "_due_now", "_send_failed", "_finished",
+                 "failure_reason", "machine", "table", "__weakref__")
+
     machine: str
     table: Table
 
