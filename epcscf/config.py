@@ -439,6 +439,7 @@ class RtpengineSection:
     ping_interval: float = _option(_seconds, 5.0, "seconds between ng pings of every node (a node that answers again is used again)")
     query_interval: float = _option(_seconds, 10.0, "seconds between ng queries of a live call (a call rtpengine dropped is released)")
     flags: tuple[str, ...] = _option(_string_list, (), "extra entries of the ng flags list of every offer/answer (e.g. strict-source)")
+    tcp_ng_port: int = _option(_integer(0, 65535), 0, "each node's --listen-tcp-ng port (at its nodes address): the sweep at start reads its whole call list over TCP; 0: UDP pages of 500")
 
 
 @dataclass(frozen=True)

@@ -284,3 +284,18 @@ class HistoryUnansweredTests(unittest.TestCase):
         self.assertEqual(load([self.write(ini({"calls": {"history_unanswered": "0"}}))]).calls.history_unanswered, 0.0)
         self.assertConfigError(ini({"calls": {"history_unanswered": "-5"}}),
                                "[calls] history_unanswered: must be 0 (off) or a positive number of seconds, got '-5'")
+
+
+class RtpengineTcpNgPortTests(unittest.TestCase):
+    """[rtpengine] tcp_ng_port: 0 (UDP pages) by default, a port number, anything else one line."""
+
+    write = ConfigTests.write
+    assertConfigError = ConfigTests.assertConfigError
+
+    def test_default_a_port_and_bad_values(self) -> None:
+        self.assertEqual(load([self.write(ini())]).rtpengine.tcp_ng_port, 0)
+        self.assertEqual(load([self.write(ini({"rtpengine": {"tcp_ng_port": "2224"}}))]).rtpengine.tcp_ng_port, 2224)
+        self.assertConfigError(ini({"rtpengine": {"tcp_ng_port": "70000"}}),
+                               "[rtpengine] tcp_ng_port: must be between 0 and 65535, got 70000")
+        self.assertConfigError(ini({"rtpengine": {"tcp_ng_port": "tcp"}}),
+                               "[rtpengine] tcp_ng_port: expected a whole number, got 'tcp'")

@@ -22,10 +22,13 @@ from typing import Any
 
 from prometheus_client import CollectorRegistry, generate_latest
 from twisted.internet import defer, reactor
+from twisted.internet.protocol import DatagramProtocol
 from twisted.trial import unittest
 
 from epcscf.media.rtpengine_ng import NgClient, NgNode, NgSettings, NodeState, decode, encode
 from epcscf.ops.metrics import LiveStateCollector
+from epcscf.pcscf.call_model import MediaRejected
+from epcscf.pcscf import rtpengine_media
 from epcscf.pcscf.rtpengine_media import RtpengineEngine, RtpengineSettings
 from epcscf.sip.proxy_rules import make_cancel
 from tests import test_calls_w2_sipp as w2
@@ -33,6 +36,7 @@ from tests import test_media_browser as browser_media
 from tests.support.browser import call_from_page, open_registered_page, page_state, require_browser, start_browser, start_wwsf_deployment
 from tests.support.deployment import DOMAIN
 from tests.support.processes import require_program, wait_for
+from tests.support.sipp import free_port
 from tests.support.rtpengine import RtpengineDaemon, start_rtpengine
 from tests.support.wic import as_deferred
 
@@ -246,6 +250,121 @@ class TwoNodesTests(unittest.TestCase):
         self.assertEqual(failures[0][0], "media")
         self.assertIn("no longer has the call", failures[0][1])
         await settled(media.close())
+
+class _Datagrams(DatagramProtocol):
+    def __init__(self) -> None:
+        self.received: list[tuple[bytes, Any]] = []
+
+    def datagramReceived(self, data: bytes, address: Any) -> None:  # noqa: N802
+        self.received.append((data, address))
+
+
+class TrickleToRtpengineTests(unittest.TestCase):
+    """RFC 8840 candidates the WIC trickles (INFO) reach rtpengine's ICE agent: a candidate
+    that is in no SDP is checked by rtpengine itself (a STUN Binding request arrives there)."""
+
+    timeout = 30
+
+    def setUp(self) -> None:
+        self.rtpengine = daemon(0)
+        client = NgClient(reactor, (NgNode("127.0.0.1", self.rtpengine.ng_port),), NgSettings(timeout=0.5, ping_interval=5))
+        self.engine = RtpengineEngine(reactor, client, RtpengineSettings(query_interval=0))
+        self.engine.start()
+        self.addCleanup(self.engine.stop)
+
+    def test_a_trickled_candidate_is_checked_by_rtpengine(self) -> defer.Deferred:
+        return as_deferred(self._trickled())
+
+    async def _trickled(self) -> None:
+        wic = _Datagrams()
+        port = reactor.listenUDP(0, wic, interface=LOCAL)
+        self.addCleanup(port.stopListening)
+        media = self.engine(FakeCall("trickle@test"))
+        events: list[str] = []
+        media.on_event = lambda kind, text: events.append(text)
+        with open(CHROME_OFFER, "rb") as handle:  # a trickling browser's offer: no candidate yet
+            offer = b"".join(line for line in handle.read().replace(b"\r\n", b"\n").splitlines(keepends=True)
+                             if not line.startswith(b"a=candidate")).replace(b"\n", b"\r\n")
+        await settled(media.offer_from_wic(offer))
+        core_answer = (b"v=0\r\no=- 1 1 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\n"
+                       b"m=audio 6000 RTP/AVP 0\r\na=rtpmap:0 PCMU/8000\r\n")
+        await settled(media.answer_from_core(core_answer))
+        with self.assertRaises(MediaRejected) as refused:
+            media.add_trickle(b"not an sdpfrag")
+        self.assertEqual(refused.exception.status, 400)
+        # RFC 8840 §4.3 / RFC 8839 §5.1: the candidate of a socket only this INFO names
+        fragment = (f"a=ice-ufrag:Ep9W\r\na=ice-pwd:Lk3ll9AbOLM1XbHSzn0BldiN\r\nm=audio 9 UDP/TLS/RTP/SAVPF 111\r\n"
+                    f"a=mid:0\r\na=candidate:2 1 udp 2122260223 {LOCAL} {port.getHost().port} typ host\r\n").encode()
+        media.add_trickle(fragment)
+        stun = lambda: [data for data, _ in wic.received if data[:2] == b"\x00\x01" and data[4:8] == b"\x21\x12\xa4\x42"]
+        await wait_for(stun, 5, what=lambda: f"no STUN request from rtpengine to the trickled candidate: {events}")
+        self.assertIn(b"Ep9W:", stun()[0])  # RFC 8445 §7.2.2: USERNAME is the WIC's ufrag first
+        self.assertTrue(any("trickled candidates forwarded" in text for text in events), events)
+        await settled(media.close())
+        self.assertEqual(self.rtpengine.calls(), [])
+
+
+class SweepAtStartTests(unittest.TestCase):
+    """A restarted process deletes the sessions its predecessor left on a node (ng call-ids
+    ending in its mark), however many: the ng ``list`` has no offset and a UDP reply holds a
+    page only (``SWEEP_LIMIT``, made 5 here), so the whole list is read over TCP
+    (``tcp_ng_port``), or page after page over UDP."""
+
+    timeout = 30
+    OWNER = "127.0.0.1:45999"
+
+    def setUp(self) -> None:
+        self.rtpengine = daemon(0)
+        self.patch(rtpengine_media, "SWEEP_LIMIT", 5)
+        self.addCleanup(self._delete_left_overs)
+
+    def _delete_left_overs(self) -> None:
+        for call in self.rtpengine.calls():
+            if "sweep-" in call:
+                self.rtpengine.ng({"command": "delete", "call-id": call})
+
+    def session(self, call_id: str) -> None:
+        offer = "v=0\r\no=- 1 1 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\nm=audio 6000 RTP/AVP 0\r\n"
+        self.assertEqual(self.rtpengine.ng({"command": "offer", "call-id": call_id, "from-tag": "wic", "sdp": offer})["result"], b"ok")
+
+    def engine(self, tcp_ng_port: int) -> RtpengineEngine:
+        # a generous ng timeout: on a loaded host a page lost to a timeout would end the sweep early
+        client = NgClient(reactor, (NgNode("127.0.0.1", self.rtpengine.ng_port),), NgSettings(timeout=3, ping_interval=5))
+        engine = RtpengineEngine(reactor, client, RtpengineSettings(query_interval=0, owner=self.OWNER, tcp_ng_port=tcp_ng_port))
+        self.addCleanup(engine.stop)
+        return engine
+
+    def test_the_whole_list_is_read_over_tcp(self) -> defer.Deferred:
+        return as_deferred(self._over_tcp())
+
+    async def _over_tcp(self) -> None:
+        engine = self.engine(self.rtpengine.tcp_ng_port)
+        live = engine(FakeCall("sweep-live@test"))  # a call this process holds is not an orphan
+        keep = [live.ng_call_id] + [f"sweep-other-{n}@test ws-1 10.9.9.9:5060" for n in range(6)]  # another process's
+        orphans = [f"sweep-orphan-{n}@test ws-{n} {self.OWNER}" for n in range(12)]
+        for call_id in keep + orphans:
+            self.session(call_id)
+        self.assertEqual(await settled(engine.start()), 12)
+        self.assertEqual(sorted(c for c in self.rtpengine.calls() if "sweep-" in c), sorted(keep))
+        self.assertEqual(engine.swept, 12)
+        self.assertEqual(self.client_sent(engine, "list"), 0)  # no UDP page was needed
+
+    def test_udp_pages_when_tcp_is_not_there(self) -> defer.Deferred:
+        return as_deferred(self._over_udp())
+
+    async def _over_udp(self) -> None:
+        engine = self.engine(free_port())  # nothing listens there: UDP pages instead
+        orphans = [f"sweep-orphan-{n}@test ws-{n} {self.OWNER}" for n in range(12)]
+        for call_id in orphans:
+            self.session(call_id)
+        self.assertEqual(await settled(engine.start()), 12)  # three pages of 5, emptied one after the other
+        self.assertEqual([c for c in self.rtpengine.calls() if "sweep-" in c], [])
+        self.assertEqual(self.client_sent(engine, "list"), 3)
+
+    @staticmethod
+    def client_sent(engine: RtpengineEngine, command: str) -> int:
+        return engine.client.snapshot()[str(engine.client.nodes[0])]["sent"][command]
+
 
 class ReleasePathsTests(unittest.TestCase):
     """WS drop and CANCEL with engine = rtpengine: the call's session leaves rtpengine (``list``).

@@ -7,12 +7,17 @@ from __future__ import annotations
 import os
 from typing import Any
 
+from twisted.internet import task
 from twisted.trial import unittest
 
 from epcscf.nonsip import janus_api as api
 from epcscf.nonsip.jsep import JsepError, TrickleBuffer, answer_direction, as_answer, next_version, parse_jsep, parse_trickle
 from epcscf.pcscf.nonsip_messages import Messaging, TextBody
 from epcscf.pcscf.nonsip_register import Credentials
+from epcscf.pcscf.nonsip_subscribe import Subscriptions
+from epcscf.pcscf.nonsip_transfer import Transfers, parse_refer_to, replaces_value
+from epcscf.sdp import parse_sdpfrag
+from epcscf.sip.message import Request, make_response
 from epcscf.sip.parser import parse_message
 
 OFFER = (
@@ -78,6 +83,21 @@ class JsepTests(unittest.TestCase):
         for bad in ({"candidate": "evil\r\nm=audio"}, {"candidate": 5}, "candidate:1", {}):
             with self.assertRaises(JsepError):
                 parse_trickle(bad)
+
+    def test_late_candidates_make_an_rfc8840_fragment_of_their_sections(self) -> None:
+        offer = OFFER.replace("t=0 0\r\n", "t=0 0\r\na=ice-ufrag:Ep9W\r\na=ice-pwd:Lk3ll9AbOLM1XbHSzn0BldiN\r\n")
+        buffer = TrickleBuffer()
+        self.assertIsNone(buffer.fragment(offer))  # nothing trickled: no INFO
+        buffer.add(parse_trickle({"candidate": "candidate:1 1 udp 2122260223 127.0.0.1 5000 typ host", "sdpMid": "1"}))
+        fragment = parse_sdpfrag(buffer.fragment(offer))
+        [entry] = fragment.entries
+        self.assertEqual((entry.mid, entry.candidate.port), ("1", 5000))  # only the video section
+        # the ICE generation the candidate belongs to (RFC 8840 §4.4.1)
+        self.assertEqual((fragment.ice_ufrag, fragment.ice_pwd), ("Ep9W", "Lk3ll9AbOLM1XbHSzn0BldiN"))
+        buffer.add(None)
+        text = buffer.fragment(offer)
+        self.assertEqual(text.count("a=end-of-candidates"), 2)  # gathering over: every section says so
+        self.assertEqual([line.split(" ")[1] for line in text.splitlines() if line.startswith("m=")], ["9", "9"])
 
     def test_hold_offer_sets_every_direction_and_bumps_the_version(self) -> None:
         held = next_version(OFFER, "sendonly")
@@ -199,3 +219,99 @@ class MessagingTests(unittest.TestCase):
         self.assertEqual(request.body, b"hi\r\nVia: x")
         outcome.timed_out(None)  # RFC 3261 §8.1.3.1: a timeout is a 408 for the WIC
         self.assertEqual(ua.events[-1].result, {"event": "messagedelivery", "code": 408, "reason": "Request Timeout"})
+
+
+class _FakeTransferUa(_FakeMessagingUa):
+    """A confirmed call: in-dialog requests are made (the UA's own is RFC 3261 §12.2.1.1)."""
+
+    def contact(self) -> str:
+        return "<sip:alice@abc.invalid;transport=ws;ob>"
+
+    def in_dialog_request(self, method: str) -> Any:
+        if self.call_id is None:
+            return None
+        request = Request(method, "sip:bob@ims.test")
+        request.headers.add("Call-ID", self.call_id)
+        return request
+
+
+class TransferTests(unittest.TestCase):
+    """``epcscf.pcscf.nonsip_transfer``: the plugin's ``transfer`` as a REFER (RFC 3515), an
+    attended one with an escaped Replaces (RFC 3891 §5), and the transferee's NOTIFYs."""
+
+    request = MessagingTests.request
+
+    def test_refer_to_carries_the_replaced_dialog_escaped(self) -> None:
+        ua = _FakeTransferUa(call_id=None)
+        transfers = Transfers(ua)
+        self.assertFalse(transfers.refer("sip:carol@ims.test"))  # no call: nothing sent
+        ua.call_id = "c1"
+        self.assertTrue(transfers.refer("sip:carol@ims.test", replaces_value("c2@h", "ours", "theirs")))
+        [(refer, _)] = ua.sent
+        self.assertEqual(refer.method, "REFER")
+        self.assertEqual(refer.headers.get("Refer-To"), "<sip:carol@ims.test?Replaces=c2%40h%3Bto-tag%3Dtheirs%3Bfrom-tag%3Dours>")
+        self.assertEqual(refer.headers.get("Contact"), ua.contact())
+        self.assertEqual([event.result for event in ua.events], [{"event": "transferring"}])
+
+    def test_refer_to_of_an_incoming_refer(self) -> None:
+        self.assertEqual(parse_refer_to("<sip:carol@ims.test>"), ("sip:carol@ims.test", None))
+        self.assertEqual(parse_refer_to('"Carol" <sip:carol@ims.test?Replaces=c2%40h%3Bto-tag%3D1%3Bfrom-tag%3D2&Subject=x>'),
+                         ("sip:carol@ims.test", "c2@h;to-tag=1;from-tag=2"))  # RFC 3891 §5, unescaped
+        self.assertIsNone(parse_refer_to("<tel:+123>"))
+        self.assertIsNone(parse_refer_to("<http://evil.example/>"))
+
+    def test_notifies_in_our_dialog_of_the_refer_package_become_events(self) -> None:
+        ua = _FakeTransferUa(call_id="another-call")
+        transfers = Transfers(ua)
+        sipfrag = "message/sipfrag;version=2.0"
+        transfers.notify_received(self.request("NOTIFY", "SIP/2.0 200 OK", content_type=sipfrag), None)  # not our call
+        ua.call_id = "c1"
+        other = self.request("NOTIFY", "x", content_type="application/dialog-info+xml")
+        other.headers.add("Event", "dialog")
+        transfers.notify_received(other, None)
+        notify = self.request("NOTIFY", "SIP/2.0 180 Ringing", content_type=sipfrag)
+        notify.headers.add("Event", "refer")
+        notify.headers.add("Subscription-State", "active;expires=60")
+        transfers.notify_received(notify, None)
+        self.assertEqual([answer.status for answer in ua.answers], [481, 489, 200])
+        self.assertEqual([event.result for event in ua.events], [
+            {"event": "notify", "notify": "refer", "substate": "active", "content-type": sipfrag, "content": "SIP/2.0 180 Ringing"},
+        ])
+
+
+class _FakeSubscribingUa(_FakeMessagingUa):
+    def contact(self) -> str:
+        return "<sip:alice@abc.invalid;transport=ws;ob>"
+
+
+class SubscriptionTests(unittest.TestCase):
+    """``epcscf.pcscf.nonsip_subscribe`` on a clock: a granted subscription is refreshed in its
+    dialog before it lapses (RFC 6665 §4.1.2.2); a NOTIFY of another package gets 489."""
+
+    def test_refreshed_in_its_dialog_before_it_lapses(self) -> None:
+        clock = task.Clock()
+        ua = _FakeSubscribingUa(call_id=None)
+        subscriptions = Subscriptions(clock, ua)
+        subscriptions.subscribe("message-summary", "sip:mwi@ims.test", None, 600, "sub-1")
+        [(first, outcome)] = ua.sent
+        self.assertEqual((first.method, first.uri, first.headers.get("Expires")), ("SUBSCRIBE", "sip:mwi@ims.test", "600"))
+        ok = make_response(first, 200, to_tag="n1")
+        ok.headers.add("Expires", "100")
+        ok.headers.add("Contact", "<sip:notifier@192.0.2.9:5060>")
+        ok.headers.add("Record-Route", "<sip:core.ims.test;lr>")
+        outcome.response_received(ok, None)
+        self.assertEqual(ua.events[-1].result["expires"], 100)
+        clock.advance(79)
+        self.assertEqual(len(ua.sent), 1)
+        clock.advance(2)  # 80 % of the granted 100 s
+        refresh = ua.sent[-1][0]
+        self.assertEqual((refresh.uri, refresh.headers.get("Route"), refresh.headers.get("Call-ID")),
+                         ("sip:notifier@192.0.2.9:5060", "<sip:core.ims.test;lr>", "sub-1"))
+        self.assertTrue(refresh.headers.get("To").endswith(";tag=n1"))
+        notify = MessagingTests.request(self, "NOTIFY", "x", to_tag=f";tag={first.headers.get('From').split('tag=')[1]}")
+        notify.headers.set("Call-ID", "sub-1")
+        notify.headers.add("Event", "presence")
+        self.assertTrue(subscriptions.notify_received(notify, None))
+        self.assertEqual(ua.answers[-1].status, 489)
+        subscriptions.close()
+        self.assertEqual(clock.getDelayedCalls(), [])

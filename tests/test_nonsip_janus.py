@@ -52,6 +52,13 @@ class JanusJsThroughEpcscfTests(unittest.TestCase):
     def spawn_sipp(self, name: str, args: list[str]) -> tuple[SippProcess, str]:
         return spawn_sipp(self, self.sipp, [*args, "-m", "1", "-timeout", "30s", "-timeout_error"], self.directory, name)
 
+    async def start_uas(self, scenario: str) -> tuple[SippProcess, str, int]:
+        """A sipp UAS on a free port running ``scenario``, listening: (process, trace, port)."""
+        port = free_port()
+        uas, trace = self.spawn_sipp("uas", ["-sf", os.path.join(SCENARIOS, scenario), "-i", "127.0.0.1", "-p", str(port)])
+        await wait_for(lambda: port_bound(port, "UDP") or uas.ended.called, timeout=10)
+        return uas, trace, port
+
     def assert_plain_ims_sdp(self, text: str) -> None:
         """What sipp gets from a SIP WIC's call too (TS 24.371 §7.4.2 b, §7.4.3)."""
         description = SessionDescription.parse(text.replace("\n", "\r\n"))
@@ -65,11 +72,11 @@ class JanusJsThroughEpcscfTests(unittest.TestCase):
         return as_deferred(self._outgoing())
 
     async def _outgoing(self) -> None:
-        port = free_port()
-        uas, trace = self.spawn_sipp("uas", ["-sf", os.path.join(SCENARIOS, "calls_uas_answer.xml"), "-i", "127.0.0.1", "-p", str(port)])
-        await wait_for(lambda: port_bound(port, "UDP") or uas.ended.called, timeout=10)
+        uas, trace, port = await self.start_uas("calls_uas_answer.xml")
+        # the plugin's custom headers: the allowed ones reach the far end (epcscf.pcscf.nonsip_headers)
+        headers = {"Subject": "Quarterly review", "user-to-user": "56a390f3d2b7310023a2;encoding=hex"}
         peer = start_node_peer(self, "janus_sip.js", janus_url(self.service), "alice", USERS["alice"], DOMAIN,
-                               "call", f"sip:echo@127.0.0.1:{port}", CHROME_OFFER)
+                               "call", f"sip:echo@127.0.0.1:{port}", CHROME_OFFER, json.dumps(headers))
         await peer.wait_for("registered", timeout=20)
         [binding] = self.service.pcscf.registrations.all()
         self.assertEqual(binding.aor, f"sip:alice@{DOMAIN}")
@@ -84,6 +91,8 @@ class JanusJsThroughEpcscfTests(unittest.TestCase):
         self.assertEqual(await uas.ended.asFuture(asyncio.get_event_loop()), 0, uas.output[-2000:])
         invite = next(m for m in messages_in_trace(trace) if m.startswith("INVITE "))
         self.assert_plain_ims_sdp(body_of(invite))
+        self.assertRegex(invite, re.compile(r"^Subject: Quarterly review\r?$", re.M))
+        self.assertRegex(invite, re.compile(r"^User-to-User: 56a390f3d2b7310023a2;encoding=hex\r?$", re.M))
         self.assertIn("BYE ", "\n".join(m.split("\n", 1)[0] for m in messages_in_trace(trace)))
         # the call and the registration show in operations and /metrics like any other
         [record] = self.service.pcscf.operations.calls()
@@ -103,9 +112,7 @@ class JanusJsThroughEpcscfTests(unittest.TestCase):
         return as_deferred(self._hold())
 
     async def _hold(self) -> None:
-        port = free_port()
-        uas, trace = self.spawn_sipp("uas", ["-sf", os.path.join(SCENARIOS, "nonsip_uas_hold_dtmf.xml"), "-i", "127.0.0.1", "-p", str(port)])
-        await wait_for(lambda: port_bound(port, "UDP") or uas.ended.called, timeout=10)
+        uas, trace, port = await self.start_uas("nonsip_uas_hold_dtmf.xml")
         peer = start_node_peer(self, "janus_sip.js", janus_url(self.service), "alice", USERS["alice"], DOMAIN,
                                "call-hold", f"sip:echo@127.0.0.1:{port}", CHROME_OFFER)
         ended = await peer.wait_for("ended", timeout=25)
@@ -121,13 +128,65 @@ class JanusJsThroughEpcscfTests(unittest.TestCase):
         self.assertIn("application/dtmf-relay", info)
         self.assertIn("Signal=5", body_of(info))
 
+    def test_an_update_the_far_end_refuses_is_reported_and_the_call_goes_on(self):
+        return as_deferred(self._refused_update())
+
+    async def _refused_update(self) -> None:
+        uas, trace, port = await self.start_uas("nonsip_uas_refuse_update.xml")
+        peer = start_node_peer(self, "janus_sip.js", janus_url(self.service), "alice", USERS["alice"], DOMAIN,
+                               "call-update", f"sip:echo@127.0.0.1:{port}", CHROME_OFFER)
+        await peer.wait_for("accepted", timeout=20)
+        failed = await peer.wait_for("updatefailed", timeout=10)
+        names = [e.get("name") for e in peer.log if e.get("event") == "sip-event"]
+        self.assertEqual(names[names.index("accepted"):], ["accepted", "updating", "updatefailed"])
+        self.assertEqual((failed["code"], failed["reason"]), (488, "Not Acceptable Here"))
+        [accepted] = [e for e in peer.log if e.get("event") == "sip-event" and e.get("name") == "accepted"]
+        self.assertEqual(failed["call_id"], accepted["call_id"])
+        # RFC 3261 §14.1: the session stays as it was; no answer, no hangup, until the WIC's own
+        self.assertIsNone(next(e for e in peer.log if e.get("name") == "updatefailed")["jsep"])
+        ended = await peer.wait_for("ended", timeout=10)
+        self.assertEqual(ended["code"], 200)
+        self.assertEqual(await peer.ended, 0)
+        self.assertEqual(await uas.ended.asFuture(asyncio.get_event_loop()), 0, uas.output[-2000:])
+        requests = [m for m in messages_in_trace(trace) if not m.startswith("SIP/2.0")]
+        self.assertEqual([m.split(" ", 1)[0] for m in requests], ["INVITE", "ACK", "INVITE", "ACK", "BYE"])
+        self.assert_plain_ims_sdp(body_of(requests[2]))  # the re-offer as any SIP WIC's (ICE restart gone)
+        [record] = self.service.pcscf.operations.calls()
+        self.assertEqual(record["direction"], "originating")
+        timeline = " ".join(str(entry) for entry in self.service.pcscf.operations.call_timeline(record["call_id"]))
+        self.assertIn("488", timeline)
+
+    def test_janus_js_transfers_the_call_and_hears_how_it_went(self):
+        return as_deferred(self._transfer())
+
+    async def _transfer(self) -> None:
+        uas, trace, port = await self.start_uas("nonsip_uas_refer.xml")
+        target = f"sip:carol@{DOMAIN}"
+        peer = start_node_peer(self, "janus_sip.js", janus_url(self.service), "alice", USERS["alice"], DOMAIN,
+                               "call-transfer", f"sip:echo@127.0.0.1:{port}", CHROME_OFFER, target)
+        # RFC 3515 §2.4.4-2.4.5: the transferee's NOTIFYs (message/sipfrag), as the plugin's notify events
+        trying = await peer.wait_for("notify", timeout=20)
+        self.assertIn("transferring", [e.get("name") for e in peer.log if e.get("event") == "sip-event"])
+        self.assertEqual((trying["notify"], trying["substate"], trying["content"].strip()), ("refer", "active", "SIP/2.0 100 Trying"))
+        done = await peer.wait_for("notify", timeout=10)
+        self.assertEqual((done["substate"], done["content_type"], done["content"].strip()),
+                         ("terminated", "message/sipfrag;version=2.0", "SIP/2.0 200 OK"))
+        self.assertEqual((await peer.wait_for("ended", timeout=10))["code"], 200)  # the transferee's BYE
+        self.assertEqual(await peer.ended, 0)
+        self.assertEqual(await uas.ended.asFuture(asyncio.get_event_loop()), 0, uas.output[-2000:])
+        requests = [m for m in messages_in_trace(trace) if not m.startswith("SIP/2.0")]
+        self.assertEqual([m.split(" ", 1)[0] for m in requests], ["INVITE", "ACK", "REFER", "NOTIFY", "NOTIFY", "BYE"])
+        refer = requests[2]
+        self.assertRegex(refer, re.compile(rf"^Refer-To: <{re.escape(target)}>\r?$", re.M))
+        self.assertRegex(refer, re.compile(r"^Contact: <sip:alice@\S+;transport=ws;ob>\r?$", re.M))  # RFC 3515 §2.4.1
+        answers = [m.split("\n", 1)[0].strip() for m in sipp_messages(trace, "received") if m.startswith("SIP/2.0")]
+        self.assertEqual(answers.count("SIP/2.0 200 OK"), 3)  # the two NOTIFYs and the BYE, answered by the eP-CSCF's UA
+
     def test_a_hold_from_the_far_end_is_accepted_on_the_wics_behalf(self):
         return as_deferred(self._held_by_far_end())
 
     async def _held_by_far_end(self) -> None:
-        port = free_port()
-        uas, trace = self.spawn_sipp("uas", ["-sf", os.path.join(SCENARIOS, "nonsip_uas_reinvite.xml"), "-i", "127.0.0.1", "-p", str(port)])
-        await wait_for(lambda: port_bound(port, "UDP") or uas.ended.called, timeout=10)
+        uas, trace, port = await self.start_uas("nonsip_uas_reinvite.xml")
         peer = start_node_peer(self, "janus_sip.js", janus_url(self.service), "alice", USERS["alice"], DOMAIN,
                                "call-wait", f"sip:echo@127.0.0.1:{port}", CHROME_OFFER)
         ended = await peer.wait_for("ended", timeout=25)  # sipp's BYE after its re-INVITE
@@ -142,7 +201,8 @@ class JanusJsThroughEpcscfTests(unittest.TestCase):
         return as_deferred(self._incoming())
 
     async def _incoming(self) -> None:
-        peer = start_node_peer(self, "janus_sip.js", janus_url(self.service), "alice", USERS["alice"], DOMAIN, "answer", CHROME_ANSWER)
+        peer = start_node_peer(self, "janus_sip.js", janus_url(self.service), "alice", USERS["alice"], DOMAIN, "answer", CHROME_ANSWER,
+                               json.dumps({"Accept-Language": "fr, en;q=0.8"}))
         await peer.wait_for("waiting", timeout=20)
         core = self.service.core.addresses[0][1]
         # the IMS caller also puts the WIC on hold (re-INVITE a=sendonly) before its BYE
@@ -159,6 +219,7 @@ class JanusJsThroughEpcscfTests(unittest.TestCase):
         self.assertEqual(await uac.ended.asFuture(asyncio.get_event_loop()), 0, uac.output[-2000:])
         ok, held = [m for m in sipp_messages(trace, "received") if m.startswith("SIP/2.0 200") and "INVITE" in m.split("\n\n")[0]]
         self.assert_plain_ims_sdp(body_of(ok))
+        self.assertRegex(ok, re.compile(r"^Accept-Language: fr, en;q=0.8\r?$", re.M))  # accept's custom header
         self.assert_plain_ims_sdp(body_of(held))
         self.assertIn("a=recvonly", body_of(held))  # RFC 3264 §6.1: sendonly answered recvonly
         self.assertEqual(await peer.ended, 0)
@@ -267,7 +328,7 @@ class JanusBadInputTests(unittest.TestCase):
         self.assertEqual((await client.request({"janus": "keepalive", "session_id": 1}))["error"]["code"], 458)
         self.assertEqual((await client.request({"janus": "message", "session_id": session, "handle_id": 1, "body": {}}))["error"]["code"], 459)
         self.assertEqual((await client.request({"janus": "attach", "plugin": "janus.plugin.echotest", "session_id": session}))["error"]["code"], 460)
-        self.assertEqual((await client.request({"janus": "message", **ids, "body": {"request": "transfer"}}))["janus"], "ack")
+        self.assertEqual((await client.request({"janus": "message", **ids, "body": {"request": "recording"}}))["janus"], "ack")
         self.assertEqual((await client.event())["error_code"], 442)
         await client.request({"janus": "message", **ids, "body": {"request": "call", "uri": f"sip:bob@{DOMAIN}"}})
         self.assertEqual((await client.event())["error_code"], 447)  # not registered

@@ -11,6 +11,8 @@ import os
 from typing import Any
 
 import websockets
+from twisted.internet import reactor
+from twisted.internet.protocol import DatagramProtocol
 from twisted.trial import unittest
 
 from epcscf.sdp import SessionDescription
@@ -141,6 +143,9 @@ class JanusMessageAndInfoTests(JanusHandleTestCase):
             offer = handle.read()
         await self.send(client, ids, {"request": "call", "uri": f"sip:echo@127.0.0.1:{port}"}, {"type": "offer", "sdp": offer})
         accepted = await self.next_event(client, "accepted")
+        # an attended transfer must name a call of this session (janus_sip.c's 454): none here
+        await self.send(client, ids, {"request": "transfer", "uri": f"sip:carol@{DOMAIN}", "replace": "not-a-call"})
+        self.assertEqual((await client.event())["error_code"], 454)
         await self.send(client, ids, {"request": "message", "content": "in the call"})
         self.assertEqual((await self.next_event(client, "messagesent"))["call_id"], accepted["call_id"])
         self.assertEqual((await self.next_event(client, "messagedelivery"))["result"]["code"], 200)
@@ -207,7 +212,17 @@ class JanusMessageAndInfoTests(JanusHandleTestCase):
             ({"request": "message", "uri": uri, "content": "x" * 16385}, 444),
             ({"request": "message", "uri": "tel:+1234", "content": "x"}, 446),
             ({"request": "update"}, 447),  # no call to update
-            ({"request": "subscribe", "event": "message-summary"}, 442),
+            ({"request": "recording", "action": "start"}, 442),
+            # custom headers: a short allow-list, on call and accept only (epcscf.pcscf.nonsip_headers)
+            ({"request": "call", "uri": uri, "headers": {"P-Asserted-Identity": "<sip:boss@x>"}}, 444),
+            ({"request": "call", "uri": uri, "headers": {"X-Billing": "free"}}, 444),
+            ({"request": "call", "uri": uri, "headers": {"Subject": "a\r\nVia: x"}}, 444),
+            ({"request": "register", "username": f"sip:alice@{DOMAIN}", "secret": "x", "headers": {"Subject": "x"}}, 444),
+            ({"request": "hangup", "headers": {"Subject": "bye"}}, 444),
+            ({"request": "transfer"}, 443),  # RFC 3515: a REFER needs its target
+            ({"request": "transfer", "uri": "tel:+123"}, 446),
+            ({"request": "transfer", "uri": f"{uri}?Replaces=forged"}, 446),  # the UA writes Replaces itself
+            ({"request": "transfer", "uri": uri}, 447),  # no call to transfer
         ):
             await self.send(client, ids, body)
             self.assertEqual((await client.event())["error_code"], code, body)
@@ -215,8 +230,149 @@ class JanusMessageAndInfoTests(JanusHandleTestCase):
         self.assertEqual(flow.connection.messages_received, sent_before)
         self.assertEqual((await client.request({"janus": "keepalive", "session_id": ids["session_id"]}))["janus"], "ack")
         registry = self.service.metrics.registry
-        for code, count in ((447, 3), (443, 2), (444, 5), (446, 1), (442, 1)):
+        for code, count in ((447, 4), (443, 3), (444, 10), (446, 3), (442, 1)):
             self.assertEqual(registry.get_sample_value("epcscf_janus_requests_refused_total", {"code": str(code)}), count, code)
+
+
+class _Datagrams(DatagramProtocol):
+    def __init__(self) -> None:
+        self.received: list[bytes] = []
+
+    def datagramReceived(self, data: bytes, address: Any) -> None:  # noqa: N802
+        self.received.append(data)
+
+
+class JanusLateTrickleTests(JanusHandleTestCase):
+    """A candidate the browser trickles after its offer went out (janus.js sends each as it is
+    gathered; the UA waits for them at most 2 s) reaches the eP-CSCF's ICE agent in an RFC 8840
+    INFO: the agent checks it (a STUN Binding request arrives there), and the INFO stays at the
+    P-CSCF (the core never sees it, RFC 8840 §5: the trickle-ice package is between the ICE peers)."""
+
+    def test_a_late_candidate_is_checked_by_our_ice_agent_and_never_reaches_the_core(self):
+        return as_deferred(self._late())
+
+    async def _late(self) -> None:
+        client, ids = await self.registered_handle()
+        port = free_port()
+        uas, trace = self.spawn_sipp("uas", ["-sf", os.path.join(SCENARIOS, "calls_uas_answer.xml"), "-i", "127.0.0.1", "-p", str(port)])
+        await wait_for(lambda: port_bound(port, "UDP") or uas.ended.called, timeout=10)
+        browser = _Datagrams()
+        socket = reactor.listenUDP(0, browser, interface="127.0.0.1")
+        self.addCleanup(socket.stopListening)
+        with open(CHROME_OFFER) as handle:
+            offer = handle.read()  # gathered already: it goes out at once, later candidates are late
+        await self.send(client, ids, {"request": "call", "uri": f"sip:echo@127.0.0.1:{port}"}, {"type": "offer", "sdp": offer})
+        accepted = await self.next_event(client, "accepted")
+        candidate = {"candidate": f"candidate:2 1 udp 2122260223 127.0.0.1 {socket.getHost().port} typ host", "sdpMid": "0", "sdpMLineIndex": 0}
+        self.assertEqual((await client.request({"janus": "trickle", **ids, "candidate": candidate}))["janus"], "ack")
+        stun = lambda: [d for d in browser.received if d[:2] == b"\x00\x01" and d[4:8] == b"\x21\x12\xa4\x42"]
+        await wait_for(stun, timeout=10, what="our ICE agent's STUN Binding request to the late candidate")
+        self.assertIn(b"Ep9W:", stun()[0])  # RFC 8445 §7.2.2: the WIC's ufrag first
+        [record] = self.service.pcscf.operations.calls()
+        timeline = " ".join(str(entry) for entry in self.service.pcscf.operations.call_timeline(record["call_id"]))
+        self.assertIn("trickled candidates from the WIC", timeline)
+        await self.send(client, ids, {"request": "hangup"})
+        self.assertEqual((await self.next_event(client, "hangup"))["call_id"], accepted["call_id"])
+        await self.sipp_done(uas)
+        requests = [m.split(" ", 1)[0] for m in sipp_messages(trace, "received") if not m.startswith("SIP/2.0")]
+        self.assertEqual(requests, ["INVITE", "ACK", "BYE"])
+
+
+class JanusSubscribeTests(JanusHandleTestCase):
+    """The plugin's ``subscribe``/``unsubscribe`` (RFC 6665) with sipp as the IMS notifier
+    (RFC 3842 message-summary): SUBSCRIBE out of a dialog through the P-CSCF and the core, its
+    NOTIFYs back over the flow as ``notify`` events, the un-SUBSCRIBE in the dialog."""
+
+    def test_a_subscription_its_notifies_and_its_end(self):
+        return as_deferred(self._subscribe())
+
+    async def _subscribe(self) -> None:
+        client, ids = await self.handle()
+        await self.send(client, ids, {"request": "subscribe", "event": "message-summary"})
+        self.assertEqual((await client.event())["error_code"], 447)  # not registered yet
+        await self.register(client, ids)
+        port = free_port()
+        uas, trace = self.spawn_sipp("notifier", ["-sf", os.path.join(SCENARIOS, "nonsip_uas_subscribe.xml"), "-i", "127.0.0.1", "-p", str(port)])
+        await wait_for(lambda: port_bound(port, "UDP") or uas.ended.called, timeout=10)
+        for bad, code in (({"event": "message-summary\r\nX: y"}, 444), ({"event": "presence", "accept": "a\r\nb"}, 444),
+                          ({"event": "presence", "subscribe_ttl": 5}, 444), ({"event": "presence", "to": "tel:+1"}, 446),
+                          ({"event": "presence", "content": "x"}, 444)):
+            await self.send(client, ids, {"request": "subscribe", **bad})
+            self.assertEqual((await client.event())["error_code"], code, bad)
+        await self.send(client, ids, {"request": "unsubscribe", "event": "presence"})
+        self.assertEqual((await client.event())["error_code"], 447)  # nothing to end
+        await self.send(client, ids, {"request": "subscribe", "event": "message-summary", "to": f"sip:mwi@127.0.0.1:{port}",
+                                      "accept": "application/simple-message-summary", "subscribe_ttl": 600})
+        subscribing = await self.next_event(client, "subscribing")
+        succeeded = await self.next_event(client, "subscribe_succeeded")
+        self.assertEqual((succeeded["result"]["code"], succeeded["result"]["expires"]), (200, 600))
+        notify = await self.next_event(client, "notify")
+        self.assertEqual({k: notify["result"][k] for k in ("notify", "substate", "content-type")},
+                         {"notify": "message-summary", "substate": "active", "content-type": "application/simple-message-summary"})
+        self.assertIn("Messages-Waiting: yes", notify["result"]["content"])
+        self.assertEqual(notify["call_id"], subscribing["call_id"])
+        await self.send(client, ids, {"request": "unsubscribe", "event": "message-summary"})
+        await self.next_event(client, "unsubscribing")
+        last = await self.next_event(client, "notify")
+        self.assertEqual(last["result"]["substate"], "terminated")
+        await self.sipp_done(uas)
+        first, again = [m for m in sipp_messages(trace, "received") if m.startswith("SUBSCRIBE ")]
+        self.assertEqual((header(first, "Event"), header(first, "Accept"), header(first, "Expires")),
+                         ("message-summary", "application/simple-message-summary", "600"))
+        self.assertIn(f"sip:alice@{DOMAIN}", header(first, "P-Asserted-Identity"))  # asserted by the core
+        self.assertEqual((header(again, "Call-ID"), header(again, "Expires")), (subscribing["call_id"], "0"))
+        self.assertIn(";tag=", header(again, "To"))  # RFC 6665 §4.1.2.3: in the subscription's dialog
+        answers = [m.split("\n", 1)[0].strip() for m in sipp_messages(trace, "received") if m.startswith("SIP/2.0")]
+        self.assertEqual(answers, ["SIP/2.0 200 OK", "SIP/2.0 200 OK"])  # both NOTIFYs, by the eP-CSCF's UA
+        # nothing left to refresh or to end
+        await self.send(client, ids, {"request": "unsubscribe", "event": "message-summary"})
+        self.assertEqual((await client.event())["error_code"], 447)
+
+
+class JanusTransfereeTests(JanusHandleTestCase):
+    """The WIC as transferee (RFC 3515): sipp calls it and REFERs it to a second sipp; the WIC
+    hears ``transfer``, calls the target from another handle of its session with the
+    ``refer_id`` (as the plugin's helpers do), and the transferor gets the NOTIFYs."""
+
+    def test_a_refer_is_told_followed_from_another_handle_and_reported(self):
+        return as_deferred(self._transferee())
+
+    async def _transferee(self) -> None:
+        client, alice = await self.registered_handle()
+        bob = {"session_id": alice["session_id"],
+               "handle_id": (await client.request({"janus": "attach", "plugin": "janus.plugin.sip", "session_id": alice["session_id"]}))["data"]["id"]}
+        await self.send(client, bob, {"request": "register", "username": f"sip:bob@{DOMAIN}", "secret": USERS["bob"]})
+        await self.next_event(client, "registered")
+        port = free_port()
+        target, target_trace = self.spawn_sipp("target", ["-sf", os.path.join(SCENARIOS, "calls_uas_answer.xml"), "-i", "127.0.0.1", "-p", str(port)])
+        await wait_for(lambda: port_bound(port, "UDP") or target.ended.called, timeout=10)
+        core = self.service.core.addresses[0][1]
+        refer_to = f"sip:carol@127.0.0.1:{port}"
+        uac, uac_trace = self.spawn_sipp("transferor", ["-sf", os.path.join(SCENARIOS, "nonsip_uac_refer.xml"), "-s", "alice",
+                                                        "-set", "domain", DOMAIN, "-set", "target", refer_to,
+                                                        "-i", "127.0.0.1", "-p", str(free_port()), f"{core.host}:{core.port}"])
+        await self.next_event(client, "incomingcall")
+        with open(CHROME_ANSWER) as handle:
+            await self.send(client, alice, {"request": "accept"}, {"type": "answer", "sdp": handle.read()})
+        transfer = (await self.next_event(client, "transfer"))["result"]
+        self.assertEqual((transfer["refer_to"], transfer["referred_by"]), (refer_to, f"sip:ims-caller@{DOMAIN}"))
+        with open(CHROME_OFFER) as handle:
+            offer = {"type": "offer", "sdp": handle.read()}
+        await self.send(client, bob, {"request": "call", "uri": refer_to, "refer_id": transfer["refer_id"] + 1}, offer)
+        self.assertEqual((await client.event())["error_code"], 444)  # no such transfer
+        await self.send(client, bob, {"request": "call", "uri": refer_to, "refer_id": transfer["refer_id"]}, offer)
+        await self.next_event(client, "accepted")
+        self.assertEqual((await self.next_event(client, "hangup"))["result"]["code"], 200)  # the transferor's BYE
+        await self.sipp_done(uac)
+        await self.send(client, bob, {"request": "hangup"})
+        await self.sipp_done(target)
+        received = sipp_messages(uac_trace, "received")
+        self.assertIn("SIP/2.0 202", "\n".join(m.split("\n", 1)[0] for m in received))
+        notifies = [m for m in received if m.startswith("NOTIFY ")]
+        self.assertEqual([(header(m, "Event"), header(m, "Subscription-State").split(";")[0], body_of(m).strip()) for m in notifies],
+                         [("refer", "active", "SIP/2.0 100 Trying"), ("refer", "terminated", "SIP/2.0 200 OK")])
+        [invite] = [m for m in sipp_messages(target_trace, "received") if m.startswith("INVITE ")]
+        self.assertEqual(header(invite, "Referred-By"), f"<sip:ims-caller@{DOMAIN}>")  # RFC 3892
 
 
 class JanusHangupWhileAcceptWaitsTests(JanusHandleTestCase):

@@ -12,6 +12,9 @@ that is what makes retrying an ``offer`` safe.
 the node of a call by weighted rendezvous hashing of the Call-ID over the nodes that are up, so
 every command of a call reaches the same node without shared state between epcscf instances,
 and when a node goes down only its own calls would hash elsewhere.
+
+``list_over_tcp`` sends one command over rtpengine's TCP ng port (``--listen-tcp-ng``: the same
+``<cookie> <bencode>`` framing on a stream), for a reply too big for a datagram (``list``).
 """
 
 from __future__ import annotations
@@ -25,7 +28,9 @@ from typing import Any, Callable
 
 import bencodepy
 from twisted.internet import defer, task
-from twisted.internet.protocol import DatagramProtocol
+from twisted.internet.endpoints import TCP4ClientEndpoint, TCP6ClientEndpoint, connectProtocol
+from twisted.internet.protocol import DatagramProtocol, Protocol
+from twisted.python.failure import Failure
 from twisted.logger import Logger
 
 log = Logger(namespace="epcscf.media.rtpengine")
@@ -285,3 +290,85 @@ class NgClient:
                         "timeouts": stats.timeouts, "retransmissions": stats.retransmissions}
             for node, stats in self.stats.items()
         }
+
+
+#: the largest ``list`` reply read over TCP (16 MiB: ~150 000 call-ids of ~100 bytes)
+TCP_REPLY_LIMIT = 16 * 1024 * 1024
+
+
+class _TcpCommand(Protocol):
+    """One command and its reply on a TCP ng connection, then the connection is closed."""
+
+    def __init__(self, node: NgNode, name: str, request: bytes, done: defer.Deferred) -> None:
+        self.node = node
+        self.name = name
+        self.request = request
+        self.done = done
+        self.buffer = bytearray()
+
+    def connectionMade(self) -> None:  # noqa: N802
+        if self.done.called:  # timed out while connecting
+            self.transport.loseConnection()
+            return
+        self.transport.write(self.request)
+
+    def dataReceived(self, data: bytes) -> None:  # noqa: N802
+        if self.done.called:
+            self.transport.loseConnection()
+            return
+        self.buffer += data
+        if len(self.buffer) > TCP_REPLY_LIMIT:
+            self._finish(NgError(self.node, self.name, f"TCP reply over {TCP_REPLY_LIMIT} bytes"))
+            return
+        if not self.buffer.endswith(b"e"):
+            return  # a bencoded dictionary ends with "e": not all of it yet
+        try:
+            _cookie, reply = decode(bytes(self.buffer))
+        except ValueError:
+            return  # an "e" inside the reply; more to come
+        result = reply.get("result")
+        if result == "ok":
+            self._finish(reply)
+        else:
+            self._finish(NgError(self.node, self.name, str(reply.get("error-reason") or f"result {result!r}")))
+
+    def connectionLost(self, reason: Failure) -> None:  # noqa: N802
+        self._finish(NgError(self.node, self.name, f"TCP connection closed before the reply: {reason.getErrorMessage()}"))
+
+    def _finish(self, outcome: Reply | NgError) -> None:
+        if self.done.called:
+            return
+        if isinstance(outcome, NgError):
+            self.done.errback(outcome)
+        else:
+            self.done.callback(outcome)
+        if self.transport is not None:
+            self.transport.loseConnection()
+
+
+def list_over_tcp(reactor: Any, node: NgNode, port: int, timeout: float, limit: int = 10_000_000) -> defer.Deferred:
+    """Every call-id ``node`` holds (``list`` with a ``limit`` no datagram could carry), over its
+    TCP ng ``port`` on the node's address: a Deferred of the list of call-ids (text), NgError
+    when the node refuses, cannot be reached or does not answer within ``timeout``."""
+    done: defer.Deferred = defer.Deferred()
+    message = encode(os.urandom(6).hex().encode(), {"command": "list", "limit": limit})
+    endpoint_type = TCP6ClientEndpoint if ":" in node.host else TCP4ClientEndpoint
+    endpoint = endpoint_type(reactor, node.host, port, timeout=max(1, int(timeout)))
+    protocol = _TcpCommand(node, "list", message, done)
+    timer = reactor.callLater(timeout, lambda: protocol._finish(NgError(node, "list", f"no TCP reply in {timeout:g} s")))
+
+    def not_connected(failure: Failure) -> None:
+        protocol._finish(NgError(node, "list", f"TCP port {port}: {failure.getErrorMessage()}"))
+
+    connectProtocol(endpoint, protocol).addErrback(not_connected)
+
+    def calls(reply: Reply) -> list[str]:
+        listed = reply.get("calls")
+        return [c if isinstance(c, str) else c.decode("utf-8", "replace") for c in listed] if isinstance(listed, list) else []
+
+    def stop_timer(result: Any) -> Any:
+        if timer.active():
+            timer.cancel()
+        return result
+
+    return done.addBoth(stop_timer).addCallback(calls)

@@ -82,16 +82,11 @@ class TrickleBuffer:
         self.candidates.clear()
         self.completed = False
 
-    def complete_sdp(self, sdp: str) -> str:
-        """``sdp`` with the trickled candidates in their m= sections (and end-of-candidates)."""
-        lines = [line for line in sdp.replace("\r\n", "\n").split("\n") if line]
-        sections: list[list[str]] = [[]]
-        for line in lines:
-            if line.startswith("m="):
-                sections.append([])
-            sections[-1].append(line)
-        media = sections[1:]
+    def _by_section(self, media: list[list[str]]) -> dict[int, list[str]]:
+        """The trickled candidates' ``a=candidate`` lines by m= section (mid first, else index;
+        a candidate for no section of ``media`` is dropped)."""
         mids = [next((l[6:] for l in section if l.startswith("a=mid:")), None) for section in media]
+        placed: dict[int, list[str]] = {}
         for candidate in self.candidates:
             if candidate.mid is not None and candidate.mid in mids:
                 index = mids.index(candidate.mid)
@@ -99,14 +94,54 @@ class TrickleBuffer:
                 index = candidate.mline_index
             else:
                 continue
-            line = f"a={candidate.candidate}"
-            if line not in media[index]:
-                media[index].append(line)
+            placed.setdefault(index, []).append(f"a={candidate.candidate}")
+        return placed
+
+    def complete_sdp(self, sdp: str) -> str:
+        """``sdp`` with the trickled candidates in their m= sections (and end-of-candidates)."""
+        session, media = _sections(sdp)
+        for index, lines in self._by_section(media).items():
+            media[index].extend(line for line in lines if line not in media[index])
         if self.completed:
             for section in media:
                 if "a=end-of-candidates" not in section:
                     section.append("a=end-of-candidates")
-        return "\r\n".join(line for section in sections for line in section) + "\r\n"
+        return "\r\n".join(line for section in (session, *media) for line in section) + "\r\n"
+
+    def fragment(self, description: str) -> str | None:
+        """RFC 8840 §4.4 ``application/trickle-ice-sdpfrag`` for the candidates trickled after
+        ``description`` (the WIC's offer or answer as sent) went out: its ICE credentials (the
+        generation the candidates belong to, RFC 8840 §4.4.1), and per m= section (RFC 8840
+        §9: port 9, the section's a=mid) the candidates, with ``a=end-of-candidates`` once
+        gathering completed.  None when there is nothing to send."""
+        session, media = _sections(description)
+        wanted = self._by_section(media)
+        if self.completed:
+            for index in range(len(media)):
+                wanted.setdefault(index, [])
+        if not wanted:
+            return None
+        credentials = ("a=ice-ufrag:", "a=ice-pwd:")
+        out = ["a=ice-options:trickle", *(l for l in session if l.startswith(credentials))]
+        for index in sorted(wanted):
+            kind, _, rest = media[index][0][2:].partition(" ")
+            out.append(f"m={kind} 9 {' '.join(rest.split(' ')[1:])}")
+            out.extend(l for l in media[index] if l.startswith(("a=mid:", *credentials)))
+            out.extend(wanted[index])
+            if self.completed:
+                out.append("a=end-of-candidates")
+        return "\r\n".join(out) + "\r\n"
+
+
+def _sections(sdp: str) -> tuple[list[str], list[list[str]]]:
+    """The session lines and each m= section's lines of ``sdp``."""
+    sections: list[list[str]] = [[]]
+    for line in sdp.replace("\r\n", "\n").split("\n"):
+        if line.startswith("m="):
+            sections.append([])
+        if line:
+            sections[-1].append(line)
+    return sections[0], sections[1:]
 
 
 DIRECTIONS = ("sendrecv", "sendonly", "recvonly", "inactive")

@@ -37,7 +37,7 @@ def rtpengine_settings(config: Config) -> tuple[tuple[NgNode, ...], NgSettings, 
     return (
         nodes,
         NgSettings(timeout=section.timeout, ping_interval=section.ping_interval),
-        RtpengineSettings(flags=section.flags, query_interval=section.query_interval),
+        RtpengineSettings(flags=section.flags, query_interval=section.query_interval, tcp_ng_port=section.tcp_ng_port),
     )
 
 

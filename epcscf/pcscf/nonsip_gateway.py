@@ -23,11 +23,14 @@ from epcscf.nonsip.janus_api import JanusError, JanusRequest
 from epcscf.nonsip.jsep import JsepError, TrickleBuffer, parse_jsep, parse_trickle
 from epcscf.nonsip.websocket import JanusConnection
 from epcscf.pcscf.nonsip_flow import FlowSink
-from epcscf.pcscf.nonsip_messages import DEFAULT_MESSAGE_TYPE, MAX_CONTENT, TextBody, media_type_ok
+from epcscf.pcscf.nonsip_headers import CustomHeaderError, custom_headers
+from epcscf.pcscf.nonsip_messages import CALL_ID_RE, DEFAULT_MESSAGE_TYPE, MAX_CONTENT, TextBody, is_sip_uri, media_type_ok
 from epcscf.pcscf.nonsip_register import Credentials, RegState, UaEvent
+from epcscf.pcscf.nonsip_subscribe import DEFAULT_TTL, check_subscription
+from epcscf.pcscf.nonsip_transfer import Referral, Transfers, referral_headers, replaces_value
 from epcscf.pcscf.nonsip_ua import CallPhase, NonSipUserAgent
 from epcscf.sip.transaction import TimerSettings
-from epcscf.sip.uri import SipUri, UriError, parse_uri
+from epcscf.sip.uri import SipUri, parse_uri
 
 __all__ = ["JanusGateway"]
 
@@ -61,8 +64,14 @@ class _Handle:
     ua: NonSipUserAgent
     trickle: TrickleBuffer = field(default_factory=TrickleBuffer)
     #: a call or accept waiting for the browser's last candidate
-    pending: tuple[str, str, str] | None = None  # (action, uri or "", sdp)
+    pending: tuple[str, str, str, tuple[tuple[str, str], ...]] | None = None  # (action, uri or "", sdp, custom headers)
     pending_timer: Any = None
+    #: the description the trickled candidates belong to has gone out: later ones are "late"
+    described: bool = False
+    #: late candidates, sent in an RFC 8840 INFO once the call is confirmed
+    late: TrickleBuffer = field(default_factory=TrickleBuffer)
+    #: the transfer this handle's call was made for: its outcome is NOTIFYed (RFC 3515 §2.4.5)
+    referral: tuple[Transfers, int] | None = None
 
 
 @dataclass(eq=False)
@@ -239,6 +248,17 @@ class JanusGateway:
         jsep = {"type": event.sdp[0], "sdp": event.sdp[1]} if event.sdp is not None else None
         data = api.sip_result(event.result, event.call_id)
         self._send(session.connection, api.plugin_event(session.id, handle_id, None, data, jsep))
+        handle = session.handles[handle_id]
+        name = event.result.get("event")
+        if handle.referral is not None and name in ("accepted", "hangup"):
+            (transfers, refer_id), handle.referral = handle.referral, None
+            code, reason = (200, "OK") if name == "accepted" else (event.result.get("code", 487), event.result.get("reason", ""))
+            transfers.report(refer_id, code, reason)
+        if name == "accepted" and handle.described:
+            self._send_late(handle)  # candidates that came while the call was being set up
+        elif name == "hangup":
+            handle.described = False
+            handle.late.clear()
 
     # --- trickle (RFC 8838) ----------------------------------------------------------------------
 
@@ -253,9 +273,23 @@ class JanusGateway:
             raise JanusError(api.INVALID_ELEMENT_TYPE, f"Invalid element type ({error})") from None
         self._send(session.connection, api.reply("ack", request.transaction, session.id))
         for candidate in parsed:
-            handle.trickle.add(candidate)
-        if handle.trickle.completed and handle.pending is not None:
+            (handle.late if handle.described else handle.trickle).add(candidate)
+        if handle.described:
+            self._send_late(handle)
+        elif handle.trickle.completed and handle.pending is not None:
             self._run_pending(handle)
+
+    def _send_late(self, handle: _Handle) -> None:
+        """Candidates trickled after the description went out (the 2 s wait was over): an RFC
+        8840 INFO in the confirmed call's dialog, so that the ICE agent (or rtpengine) checks
+        them too; kept until the call is confirmed, dropped with it."""
+        ua = handle.ua
+        if ua.phase is not CallPhase.CONFIRMED or ua.dialog is None:
+            return
+        fragment = handle.late.fragment(ua.dialog.local_sdp)
+        handle.late.clear()
+        if fragment is not None:
+            ua.messaging.send_trickle(fragment)
 
     def _cancel_pending(self, handle: _Handle) -> None:
         handle.pending = None
@@ -263,8 +297,11 @@ class JanusGateway:
             handle.pending_timer.cancel()
         handle.pending_timer = None
 
-    def _defer_until_gathered(self, handle: _Handle, action: str, uri: str, sdp: str, trickle: bool) -> None:
-        handle.pending = (action, uri, sdp)
+    def _defer_until_gathered(self, handle: _Handle, action: str, uri: str, sdp: str, trickle: bool,
+                              headers: tuple[tuple[str, str], ...] = ()) -> None:
+        handle.pending = (action, uri, sdp, headers)
+        handle.described = False  # the candidates now trickled belong to this new description
+        handle.late.clear()
         if not trickle or handle.trickle.completed:
             self._run_pending(handle)
         else:
@@ -275,16 +312,17 @@ class JanusGateway:
         self._cancel_pending(handle)
         if pending is None:
             return
-        action, uri, sdp = pending
+        action, uri, sdp, headers = pending
         sdp = handle.trickle.complete_sdp(sdp)
         handle.trickle.clear()
+        handle.described = True
         if action == "call":
             if handle.ua.phase is CallPhase.IDLE and handle.ua.reg_state is RegState.REGISTERED:
-                handle.ua.call(uri, sdp)
+                handle.ua.call(uri, sdp, headers)
             else:  # an incoming call, or the loss of the registration, came first
                 handle.ua.emit(UaEvent({"event": "hangup", "code": 486, "reason": "Busy Here"}))
         elif action == "accept":
-            handle.ua.accept(sdp)
+            handle.ua.accept(sdp, headers)
         elif action == "update":
             handle.ua.update(sdp)  # a call ended meanwhile has already said so (hangup)
 
@@ -299,7 +337,7 @@ class JanusGateway:
         # Janus answers every plugin message with an ack, and the outcome as an event.
         self._send(session.connection, api.reply("ack", transaction, session.id))
         ua = handle.ua
-        error = self._check(handle, what, body, request.body.get("jsep"), request.body.get("token"))
+        error = self._check(session, handle, what, body, request.body.get("jsep"), request.body.get("token"))
         if error is not None:
             self._plugin_error(session, handle, transaction, *error)
             return
@@ -309,13 +347,25 @@ class JanusGateway:
             ua.unregister()
         elif what == "call":
             jsep = parse_jsep(request.body.get("jsep"))
-            self._defer_until_gathered(handle, "call", body["uri"], jsep.sdp, jsep.trickle)
+            headers = custom_headers(body.get("headers", {}))
+            found = _referral(session, body.get("refer_id"))
+            if found is not None:  # the call a transfer asked for (RFC 3515): its outcome is reported
+                handle.referral = (found[0], found[1].refer_id)
+                headers += referral_headers(found[1])
+            self._defer_until_gathered(handle, "call", body["uri"], jsep.sdp, jsep.trickle, headers)
         elif what == "accept":
             jsep = parse_jsep(request.body.get("jsep"))
-            self._defer_until_gathered(handle, "accept", "", jsep.sdp, jsep.trickle)
+            headers = custom_headers(body.get("headers", {}))
+            self._defer_until_gathered(handle, "accept", "", jsep.sdp, jsep.trickle, headers)
         elif what == "update":
             jsep = parse_jsep(request.body.get("jsep"))
             self._defer_until_gathered(handle, "update", "", jsep.sdp, jsep.trickle)
+        elif what == "decline" and "refer_id" in body:
+            transfers, referral = _referral(session, body["refer_id"]) or (None, None)
+            assert transfers is not None and referral is not None
+            code = int(body.get("code", 603))
+            transfers.report(referral.refer_id, code, "Declined" if code == 603 else "")
+            self._ua_event(session, handle.id, UaEvent({"event": "declining", "code": code}))
         elif what == "decline":
             ua.decline(int(body.get("code", 486)))
         elif what in ("hold", "unhold"):
@@ -331,6 +381,14 @@ class JanusGateway:
             ua.messaging.send_message(text, body.get("uri"), body.get("call_id"))
         elif what == "info":
             ua.messaging.send_info(TextBody(body["type"], body["content"]))
+        elif what == "transfer":
+            replaced = self._call_to_replace(session, handle, body.get("replace"))
+            ua.transfers.refer(body["uri"], replaced)
+        elif what == "subscribe":
+            ttl = body.get("subscribe_ttl", DEFAULT_TTL)
+            ua.subscriptions.subscribe(body["event"], body.get("to"), body.get("accept"), ttl, body.get("call_id"))
+        elif what == "unsubscribe":
+            ua.subscriptions.unsubscribe(body["event"])
         elif what == "hangup":
             if handle.pending is not None and handle.pending[0] == "call":
                 # a call still waiting for the browser's candidates: it never left us
@@ -341,16 +399,25 @@ class JanusGateway:
                 if not ua.hangup():
                     self._plugin_error(session, handle, transaction, api.SIP_WRONG_STATE, "Wrong state (no call)")
 
-    def _check(self, handle: _Handle, what: Any, body: dict[str, Any], jsep: Any, token: Any = None) -> tuple[int, str] | None:
+    def _check(self, session: _Session, handle: _Handle, what: Any, body: dict[str, Any], jsep: Any,
+               token: Any = None) -> tuple[int, str] | None:
         """Janus SIP plugin's answer to a request that cannot be done, else None."""
         ua = handle.ua
         if not isinstance(what, str):
             return api.SIP_MISSING_ELEMENT, "Missing element (request)"
+        if "headers" in body:
+            # a short allow-list, on the INVITE and its 200 only (epcscf.pcscf.nonsip_headers)
+            if what not in ("call", "accept"):
+                return api.SIP_INVALID_ELEMENT, "Invalid element (custom headers: only on call and accept)"
+            try:
+                custom_headers(body["headers"])
+            except CustomHeaderError as error:
+                return api.SIP_INVALID_ELEMENT, f"Invalid element ({error})"
         if what == "register":
             username = body.get("username")
             if not isinstance(username, str):
                 return api.SIP_MISSING_ELEMENT, "Missing element (username)"
-            if not _is_sip_uri(username, needs_user=True):
+            if not is_sip_uri(username, needs_user=True):
                 return api.SIP_INVALID_ADDRESS, f"Invalid user address {username[:80]}"
             if token is not None and not (isinstance(token, str) and len(token) <= _TOKEN_RE_LIMIT and _TOKEN_RE.fullmatch(token)):
                 return api.SIP_INVALID_ELEMENT, "Invalid element (token should be a JWT)"
@@ -373,12 +440,14 @@ class JanusGateway:
                 uri_text = body.get("uri")
                 if not isinstance(uri_text, str):
                     return api.SIP_MISSING_ELEMENT, "Missing element (uri)"
-                if not _is_sip_uri(uri_text, needs_user=False):
+                if not is_sip_uri(uri_text, needs_user=False):
                     return api.SIP_INVALID_ADDRESS, f"Invalid user address {uri_text[:80]}"
                 if ua.reg_state is not RegState.REGISTERED:
                     return api.SIP_WRONG_STATE, "Wrong state (register first)"
                 if ua.phase is not CallPhase.IDLE or handle.pending is not None:
                     return api.SIP_WRONG_STATE, "Wrong state (already in a call?)"
+                if "refer_id" in body and _referral(session, body["refer_id"]) is None:
+                    return api.SIP_INVALID_ELEMENT, "Invalid element (no such refer_id)"
             elif what == "update":
                 if ua.phase is not CallPhase.CONFIRMED or handle.pending is not None or (ua.dialog and ua.dialog.reinvite):
                     return api.SIP_WRONG_STATE, "Wrong state (not in a call, or an update is in progress)"
@@ -398,6 +467,8 @@ class JanusGateway:
             code = body.get("code", 486)
             if not isinstance(code, int) or isinstance(code, bool) or not 400 <= code <= 699:
                 return api.SIP_INVALID_ELEMENT, "Invalid SIP response code"
+            if "refer_id" in body:  # declining a transfer (the plugin's NOTIFY with 603)
+                return None if _referral(session, body["refer_id"]) else (api.SIP_INVALID_ELEMENT, "Invalid element (no such refer_id)")
             return None if ua.phase is CallPhase.INCOMING else (api.SIP_WRONG_STATE, "Wrong state (no incoming call)")
         if what == "hangup":
             return None
@@ -416,7 +487,38 @@ class JanusGateway:
             return None if ua.phase is CallPhase.CONFIRMED else (api.SIP_WRONG_STATE, "Wrong state (not in a call?)")
         if what in ("message", "info"):
             return _check_text_request(what, body, ua)
+        if what == "transfer":
+            return self._check_transfer(session, handle, body)
+        if what in ("subscribe", "unsubscribe"):
+            return check_subscription(what, body, ua)
         return api.SIP_INVALID_REQUEST, f"Unknown request '{what[:40]}' (not in epcscf's subset of the SIP plugin)"
+
+    def _check_transfer(self, session: _Session, handle: _Handle, body: dict[str, Any]) -> tuple[int, str] | None:
+        """janus_sip.c's checks of ``transfer``: a SIP ``uri``, a confirmed call, and a ``replace``
+        naming a confirmed call of this session (its other handles)."""
+        uri = body.get("uri")
+        if not isinstance(uri, str):
+            return api.SIP_MISSING_ELEMENT, "Missing element (uri)"
+        if not is_sip_uri(uri, needs_user=False) or "?" in uri:
+            return api.SIP_INVALID_ADDRESS, f"Invalid user address {uri[:80]}"
+        if handle.ua.phase is not CallPhase.CONFIRMED:
+            return api.SIP_WRONG_STATE, "Wrong state (not in a call?)"
+        replace = body.get("replace")
+        if replace is not None:
+            if self._call_to_replace(session, handle, replace) is None:
+                return api.SIP_NO_SUCH_CALLID, f"No such call-ID {str(replace)[:80]}"
+        return None
+
+    @staticmethod
+    def _call_to_replace(session: _Session, handle: _Handle, call_id: Any) -> str | None:
+        """RFC 3891 Replaces for the confirmed call ``call_id`` of another handle of ``session``."""
+        if not isinstance(call_id, str):
+            return None
+        for other in session.handles.values():
+            dialog = other.ua.dialog
+            if other is not handle and dialog is not None and other.ua.dialog_call_id() == call_id and dialog.remote_tag:
+                return replaces_value(call_id, dialog.local_tag, dialog.remote_tag)
+        return None
 
     def _credentials(self, body: dict[str, Any], token: str | None) -> Credentials:
         uri = parse_uri(body["username"])
@@ -432,15 +534,10 @@ class JanusGateway:
         )
 
 
-#: RFC 3261 §25.1 callid = word [ "@" word ] (what a WIC may choose as its MESSAGE's Call-ID)
-_CALL_ID_RE = re.compile(r"[A-Za-z0-9\-.!%*_+`'~()<>:\\\"/\[\]?{}]{1,64}(@[A-Za-z0-9\-.!%*_+`'~()<>:\\\"/\[\]?{}]{1,64})?", re.ASCII)
-
 
 def _check_text_request(what: str, body: dict[str, Any], ua: NonSipUserAgent) -> tuple[int, str] | None:
     """janus_sip.c's checks of ``message`` (content, content_type, uri, call_id) and ``info``
     (type, content); what goes into a header is checked so that a WIC writes no header of its own."""
-    if "headers" in body:
-        return api.SIP_INVALID_ELEMENT, "Invalid element (custom headers are not supported by epcscf)"
     type_key = "content_type" if what == "message" else "type"
     for key, required in ((type_key, what == "info"), ("content", True)):
         if key not in body:
@@ -455,19 +552,19 @@ def _check_text_request(what: str, body: dict[str, Any], ua: NonSipUserAgent) ->
     uri = body.get("uri") if what == "message" else None
     if uri is None:  # in the call's dialog (RFC 6086 §4.2.1: INFO always is)
         return None if ua.phase is CallPhase.CONFIRMED else (api.SIP_WRONG_STATE, "Wrong state (not in a call?)")
-    if not isinstance(uri, str) or not _is_sip_uri(uri, needs_user=False):
+    if not isinstance(uri, str) or not is_sip_uri(uri, needs_user=False):
         return api.SIP_INVALID_ADDRESS, f"Invalid user address {str(uri)[:80]}"
     call_id = body.get("call_id")
-    if call_id is not None and not (isinstance(call_id, str) and _CALL_ID_RE.fullmatch(call_id)):
+    if call_id is not None and not (isinstance(call_id, str) and CALL_ID_RE.fullmatch(call_id)):
         return api.SIP_INVALID_ELEMENT, "Invalid element (call_id should be a SIP Call-ID)"
     return None if ua.reg_state is RegState.REGISTERED else (api.SIP_WRONG_STATE, "Wrong state (not registered)")
 
 
-def _is_sip_uri(text: str, needs_user: bool) -> bool:
-    """Whether ``text`` is a sip:/sips: URI (with a user part if ``needs_user``), as the Janus
-    SIP plugin requires of ``username`` and ``uri``."""
-    try:
-        uri = parse_uri(text)
-    except UriError:
-        return False
-    return isinstance(uri, SipUri) and (bool(uri.user) or not needs_user)
+def _referral(session: _Session, refer_id: Any) -> tuple[Transfers, Referral] | None:
+    """The transfer ``refer_id`` one of the session's handles was asked for (janus_sip.c keeps
+    them across handles, for its helpers)."""
+    for other in session.handles.values():
+        referral = other.ua.transfers.referral(refer_id)
+        if referral is not None:
+            return other.ua.transfers, referral
+    return None

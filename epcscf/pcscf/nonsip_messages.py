@@ -25,13 +25,15 @@ from typing import Any, Callable, Protocol
 
 from twisted.logger import Logger
 
+from epcscf.pcscf.call_model import TRICKLE_SDPFRAG
 from epcscf.pcscf.nonsip_register import Credentials, TransactionOutcome, UaEvent, identity_name_addr
 from epcscf.sip.headers import to_tag
 from epcscf.sip.message import Request, Response, make_response, new_tag
 from epcscf.sip.proxy_rules import name_addr_uri
 from epcscf.sip.transaction import ClientTransaction, ServerTransaction
+from epcscf.sip.uri import SipUri, UriError, parse_uri
 
-__all__ = ["MAX_CONTENT", "Messaging", "TextBody", "body_text", "media_type_ok", "sender_fields"]
+__all__ = ["CALL_ID_RE", "MAX_CONTENT", "Messaging", "TextBody", "body_text", "is_sip_uri", "media_type_ok", "sender_fields"]
 
 log = Logger(namespace="epcscf.pcscf.nonsip")
 
@@ -135,6 +137,22 @@ class Messaging:
         ua.emit(UaEvent({"event": "infosent"}, call_id=call_id))
         return True
 
+    def send_trickle(self, fragment: str) -> bool:
+        """RFC 8840 §5 (Info-Package ``trickle-ice``): candidates the browser found after its
+        description went out, in the confirmed call's dialog; the P-CSCF hands them to the
+        media engine and sends nothing on to the core.  False without a confirmed call."""
+        ua = self._ua
+        request = ua.in_dialog_request("INFO")
+        if request is None:
+            return False
+        request.headers.add("Info-Package", "trickle-ice")
+        request.headers.add("Content-Type", TRICKLE_SDPFRAG)
+        request.headers.add("Content-Disposition", "info")  # RFC 8840 §5.2
+        request.body = fragment.encode("utf-8")
+        call_id = request.call_id
+        ua.send(request, TransactionOutcome(lambda response: self._info_answered(call_id, response)))
+        return True
+
     @staticmethod
     def _info_answered(call_id: str | None, response: Response) -> None:
         if response.status >= 300:
@@ -187,3 +205,17 @@ def sender_fields(name_addr: str, key: str = "sender") -> dict[str, str]:
 
 def body_text(body: bytes) -> str:
     return body.decode("utf-8", errors="replace")
+
+
+#: RFC 3261 §25.1 callid = word [ "@" word ] (what a WIC may choose as its MESSAGE's Call-ID)
+CALL_ID_RE = re.compile(r"[A-Za-z0-9\-.!%*_+`'~()<>:\\\"/\[\]?{}]{1,64}(@[A-Za-z0-9\-.!%*_+`'~()<>:\\\"/\[\]?{}]{1,64})?", re.ASCII)
+
+
+def is_sip_uri(text: str, needs_user: bool) -> bool:
+    """Whether ``text`` is a sip:/sips: URI (with a user part if ``needs_user``), as the Janus
+    SIP plugin requires of ``username`` and ``uri``."""
+    try:
+        uri = parse_uri(text)
+    except UriError:
+        return False
+    return isinstance(uri, SipUri) and (bool(uri.user) or not needs_user)

@@ -24,6 +24,8 @@ from epcscf.nonsip.jsep import answer_direction, as_answer, next_version
 from epcscf.pcscf.nonsip_flow import FlowPair, FlowSink, PipeEnd
 from epcscf.pcscf.nonsip_messages import Messaging, body_text, sender_fields
 from epcscf.pcscf.nonsip_register import Credentials, Registration, RegState, TransactionOutcome, UaEvent, identity_name_addr
+from epcscf.pcscf.nonsip_subscribe import Subscriptions
+from epcscf.pcscf.nonsip_transfer import Transfers
 from epcscf.sip.connection import Address
 from epcscf.sip.headers import cseq, from_tag, to_tag
 from epcscf.sip.message import Request, Response, make_response, new_tag
@@ -95,6 +97,10 @@ class NonSipUserAgent:
         self.dialog: _Dialog | None = None
         #: MESSAGE and INFO, in and out of the call's dialog
         self.messaging = Messaging(self)
+        #: REFER and its NOTIFYs (RFC 3515)
+        self.transfers = Transfers(self)
+        #: SUBSCRIBE and their NOTIFYs (RFC 6665)
+        self.subscriptions = Subscriptions(reactor, self)
         self._closing = False
         self._flow_ending: Any = None
         #: called once the flow has ended (the UA is then inert)
@@ -156,8 +162,8 @@ class NonSipUserAgent:
 
     # --- outgoing call (UAC, RFC 3261 §13.2) ---------------------------------------------------
 
-    def call(self, uri: str, sdp: str) -> str:
-        """Send the INVITE; the call's Call-ID."""
+    def call(self, uri: str, sdp: str, headers: tuple[tuple[str, str], ...] = ()) -> str:
+        """Send the INVITE (with the allowed custom ``headers``); the call's Call-ID."""
         assert self.credentials is not None and self.phase is CallPhase.IDLE
         c = self.credentials
         call_id = secrets.token_hex(12)
@@ -170,6 +176,8 @@ class NonSipUserAgent:
         invite.headers.add("Call-ID", call_id)
         invite.headers.add("CSeq", "1 INVITE")
         invite.headers.add("Contact", self.contact())
+        for name, value in headers:
+            invite.headers.add(name, value)
         invite.headers.add("Content-Type", "application/sdp")
         invite.body = sdp.encode("utf-8")
         self.dialog = _Dialog(call_id, tag, None, f"<{c.aor}>", f"<{uri}>", uri, [], 1, invite, local_sdp=sdp)
@@ -418,11 +426,15 @@ class NonSipUserAgent:
             self.messaging.message_received(request, transaction)
         elif method == "INFO":
             self.messaging.info_received(request, transaction)
+        elif method == "NOTIFY" and not self.subscriptions.notify_received(request, transaction):
+            self.transfers.notify_received(request, transaction)  # else the call's refer subscription
+        elif method == "REFER":
+            self.transfers.refer_received(request, transaction)
         elif method == "OPTIONS":
             self.respond(transaction, make_response(request, 200, to_tag=new_tag()))
         else:
             answer = make_response(request, 405, to_tag=new_tag())
-            answer.headers.add("Allow", "INVITE, ACK, CANCEL, BYE, OPTIONS, MESSAGE, INFO")
+            answer.headers.add("Allow", "INVITE, ACK, CANCEL, BYE, OPTIONS, MESSAGE, INFO, NOTIFY, REFER")
             self.respond(transaction, answer)
 
     def _incoming_invite(self, invite: Request, transaction: ServerTransaction) -> None:
@@ -489,7 +501,7 @@ class NonSipUserAgent:
         ok.body = answer.encode("utf-8")
         self.respond(transaction, ok)
 
-    def accept(self, sdp: str) -> bool:
+    def accept(self, sdp: str, headers: tuple[tuple[str, str], ...] = ()) -> bool:
         dialog = self.dialog
         if self.phase is not CallPhase.INCOMING or dialog is None or not isinstance(dialog.transaction, ServerTransaction):
             return False
@@ -497,6 +509,8 @@ class NonSipUserAgent:
         for value in dialog.invite.headers.get_all("Record-Route"):
             ok.headers.add("Record-Route", value)
         ok.headers.add("Contact", self.contact())
+        for name, value in headers:
+            ok.headers.add(name, value)
         ok.headers.add("Content-Type", "application/sdp")
         ok.body = sdp.encode("utf-8")
         dialog.local_sdp = sdp
@@ -569,6 +583,7 @@ class NonSipUserAgent:
             self._flow_ending.cancel()
         self._flow_ending = None
         self.registration.stop_refreshing()
+        self.subscriptions.close()
         if not self.flow.open:
             return
         self.flow.close(reason)

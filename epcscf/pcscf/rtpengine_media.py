@@ -29,9 +29,13 @@ and the mark keep the two ng calls apart.
 Orphans: a process that dies (kill -9 of a worker) cannot send its calls' ``delete``.  Its
 ``owner`` mark is its core-facing SIP address, which its replacement has again and no other
 eP-CSCF process in the network has; so at start the engine asks every node for its calls
-(``list``) and deletes those with its mark that it does not itself hold.  ``list`` answers in
-one datagram, so at most ``SWEEP_LIMIT`` calls per node are looked at; beyond that
-rtpengine's own ``--timeout`` (no media) and ``--final-timeout`` end what is left.
+(``list``) and deletes those with its mark that it does not itself hold.  The ng ``list`` has
+a ``limit`` and no offset, and over UDP its reply must fit one datagram (``SWEEP_LIMIT``
+call-ids).  With ``tcp_ng_port`` (each node's ``--listen-tcp-ng``) the whole list is read over
+TCP at once.  Over UDP the sweep deletes the orphans of a page at once (``delete delay`` 0, so
+they leave the node's table) and asks again while a full page still held orphans: that reaches
+every orphan unless a full page holds none — other processes' live calls filling it — and then
+rtpengine's own ``--timeout`` (no media) and ``--final-timeout`` end what is left (logged).
 
 Consent freshness (RFC 7675), ICE restarts and DTLS are rtpengine's.  What epcscf still checks:
 every ``query_interval`` a ``query`` — a call rtpengine no longer knows (its own media timeout
@@ -49,7 +53,7 @@ from twisted.internet import defer, task
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from epcscf.media.rtpengine_ng import NgClient, NgError, NgNode, NgTimeout
+from epcscf.media.rtpengine_ng import NgClient, NgError, NgNode, NgTimeout, list_over_tcp
 from epcscf.pcscf.call_model import MediaRejected
 from epcscf.sdp import (
     CodecPolicy,
@@ -66,6 +70,7 @@ from epcscf.sdp import (
     extract_wic_media_params,
     offer_toward_core,
     offer_toward_wic,
+    parse_sdpfrag,
 )
 from epcscf.sdp import transform as sdp_transform
 
@@ -89,11 +94,20 @@ class RtpengineSettings:
     #: this process's mark at the end of every ng call-id ("" = none, no sweep at start); the
     #: node sets its core-facing SIP address (see the module docstring, Orphans)
     owner: str = ""
+    #: each node's TCP ng port (``--listen-tcp-ng``), for the sweep's whole ``list``; 0: UDP pages
+    tcp_ng_port: int = 0
 
+
+#: put before an RFC 8840 fragment sent to rtpengine: its SDP parser starts a description at
+#: ``v=`` and, without one, reads no candidate of the fragment (rtpengine 10.5; the ng protocol's
+#: ``fragment`` flag takes the fragment's m= sections and ICE lines, the rest is ignored)
+FRAGMENT_SESSION = b"v=0\r\no=- 0 0 IN IP4 0.0.0.0\r\ns=-\r\nt=0 0\r\n"
 
 #: call-ids asked of a node by the sweep at start: its ``list`` reply (~100 bytes a call) must
 #: fit one UDP datagram
 SWEEP_LIMIT = 500
+#: UDP pages the sweep asks for at most per node (500 × 200: 100 000 orphans)
+SWEEP_PAGES = 200
 
 
 class RtpengineEngine:
@@ -122,35 +136,66 @@ class RtpengineEngine:
         return defer.gatherResults([self._sweep(node) for node in self.client.nodes]).addCallback(sum)
 
     def _sweep(self, node: NgNode) -> defer.Deferred:
-        mark = f" {self.settings.owner}"
+        """Delete the sessions on ``node`` a previous process with our mark left (module doc,
+        Orphans); fires with how many."""
+        port = self.settings.tcp_ng_port
+        if not port:
+            return self._sweep_pages(node, 0, 0).addCallback(self._report, node)
 
-        def listed(reply: dict[str, Any]) -> defer.Deferred:
+        def over_udp(failure: Failure) -> defer.Deferred:
+            log.info("rtpengine {node}: no call list over TCP port {port} ({why}): UDP pages instead",
+                     node=node, port=port, why=failure.getErrorMessage())
+            return self._sweep_pages(node, 0, 0)
+
+        timeout = max(5.0, self.client.settings.timeout * 5)
+        listed = list_over_tcp(self.reactor, node, port, timeout)
+        return listed.addCallbacks(lambda calls: self._delete_orphans(node, calls), over_udp).addCallback(self._report, node)
+
+    def _sweep_pages(self, node: NgNode, deleted: int, pages: int) -> defer.Deferred:
+        """``list`` over UDP, a page of at most ``SWEEP_LIMIT`` call-ids at a time (see the
+        module docstring for what it cannot reach)."""
+
+        def listed(reply: dict[str, Any]) -> defer.Deferred | int:
             calls = reply.get("calls")
-            ours = {media.ng_call_id for media in self._live}
-            orphans = [
-                call for call in (c.decode("utf-8", "replace") if isinstance(c, bytes) else str(c) for c in calls or ())
-                if call.endswith(mark) and call not in ours
-            ] if isinstance(calls, list) else []
-            deletes = [
-                self.client.command(node, {"command": "delete", "call-id": call}).addCallbacks(lambda _: 1, lambda _: 0)
-                for call in orphans
-            ]
-            return defer.gatherResults(deletes).addCallback(report)
+            calls = [c.decode("utf-8", "replace") if isinstance(c, bytes) else str(c) for c in calls] if isinstance(calls, list) else []
+            return self._delete_orphans(node, calls).addCallback(next_page, len(calls))
 
-        def report(results: list[int]) -> int:
-            if results:
-                self.swept += sum(results)
-                log.info("rtpengine {node}: deleted {count} sessions a previous process of {owner} left",
-                         node=node, count=sum(results), owner=self.settings.owner)
-            return sum(results)
+        def next_page(count: int, listed_count: int) -> defer.Deferred | int:
+            if listed_count < SWEEP_LIMIT:
+                return deleted + count  # the whole table was in the page
+            if count and pages + 1 < SWEEP_PAGES:
+                return self._sweep_pages(node, deleted + count, pages + 1)
+            log.warn("rtpengine {node} lists more calls than one ng reply holds and the last page had {count} of "
+                     "ours: what is left is ended by its --timeout ([rtpengine] tcp_ng_port reads the whole list)",
+                     node=node, count=count)
+            return deleted + count
 
         def failed(failure: Failure) -> int:
             # A node down now: what it holds of ours ends by its own --timeout.
             log.info("rtpengine {node}: no sweep of a previous process's sessions: {why}", node=node, why=failure.value)
-            return 0
+            return deleted
 
         message = {"command": "list", "limit": SWEEP_LIMIT}
         return self.client.command(node, message).addCallback(listed).addErrback(failed)
+
+    def _delete_orphans(self, node: NgNode, calls: list[str]) -> defer.Deferred:
+        """``delete`` (at once: ``delete delay`` 0) the listed calls with our mark that we do not
+        hold; fires with how many were deleted."""
+        mark = f" {self.settings.owner}"
+        ours = {media.ng_call_id for media in self._live}
+        orphans = [call for call in calls if call.endswith(mark) and call not in ours]
+        deletes = [
+            self.client.command(node, {"command": "delete", "call-id": call, "delete delay": 0}).addCallbacks(lambda _: 1, lambda _: 0)
+            for call in orphans
+        ]
+        return defer.gatherResults(deletes).addCallback(sum)
+
+    def _report(self, count: int, node: NgNode) -> int:
+        if count:
+            self.swept += count
+            log.info("rtpengine {node}: deleted {count} sessions a previous process of {owner} left",
+                     node=node, count=count, owner=self.settings.owner)
+        return count
 
     def stop(self) -> defer.Deferred:
         return self.client.stop()
@@ -275,9 +320,32 @@ class RtpengineCallMedia:
         self._wic_offer, self._core_offer = self._saved
 
     def add_trickle(self, sdpfrag: bytes) -> None:
-        # rtpengine learns a trickled candidate as peer-reflexive from its first check
-        # (RFC 8445 §7.3.1.3), so the INFO is answered and nothing is forwarded.
-        self._event("ice", "trickled candidates left to rtpengine's peer-reflexive learning")
+        """RFC 8840 candidates trickled by the WIC (INFO), forwarded to rtpengine as the ng
+        protocol asks: an ``offer`` from the WIC's monologue with the ``fragment`` flag and the
+        fragment as its ``sdp`` (rtpengine adds the candidates to that side's ICE agent, and
+        queues a fragment that comes before the call's offer).  Without it rtpengine would
+        learn a trickled address only as peer-reflexive, from the WIC's own checks (RFC 8445
+        §7.3.1.3), and never check toward it itself."""
+        try:
+            fragment = parse_sdpfrag(sdpfrag)
+        except SdpError as error:
+            raise MediaRejected(400, error.reason) from None
+        if self._closed or self.node is None or not fragment.entries:
+            return  # nothing for rtpengine yet (no offer went to it) or nothing in the fragment
+        message: dict[str, Any] = {"command": "offer", "call-id": self.ng_call_id, "from-tag": WIC,
+                                   "sdp": FRAGMENT_SESSION + sdpfrag, "flags": ["fragment"]}
+        if self._answered:
+            message["to-tag"] = CORE
+        node = self.node
+
+        def forwarded(_: object) -> None:
+            self._event("ice", f"rtpengine {node}: trickled candidates forwarded (fragment)")
+
+        def failed(failure: Failure) -> None:
+            # The INFO is answered already; the WIC's checks still reach rtpengine (peer-reflexive).
+            self._event("ice", f"rtpengine {node}: trickled candidates not taken: {failure.getErrorMessage()}")
+
+        self.engine.client.command(node, message).addCallbacks(forwarded, failed)
 
     def stats(self) -> dict[str, Any]:
         node = str(self.node) if self.node is not None else ""

@@ -2,12 +2,17 @@
 // (TS 24.371 §7.2.1) with the SIP plugin's requests.  Node has no WebRTC: the descriptions
 // are given to handle.send() as jsep, as a page does after createOffer/createAnswer.
 // Prints JSON lines.
-//   node janus_sip.js JANUS_URL USER PASSWORD DOMAIN call TARGET OFFER_FILE
+//   node janus_sip.js JANUS_URL USER PASSWORD DOMAIN call TARGET OFFER_FILE [HEADERS_JSON]
 //   node janus_sip.js JANUS_URL USER PASSWORD DOMAIN call-wait TARGET OFFER_FILE   (the far end hangs up)
 //   node janus_sip.js JANUS_URL USER PASSWORD DOMAIN call-cancel TARGET OFFER_FILE (hangup while ringing)
 //   node janus_sip.js JANUS_URL USER PASSWORD DOMAIN call-hold TARGET OFFER_FILE
 //     (once accepted: hold, unhold, dtmf_info 5, then hangup)
-//   node janus_sip.js JANUS_URL USER PASSWORD DOMAIN answer ANSWER_FILE
+//   node janus_sip.js JANUS_URL USER PASSWORD DOMAIN call-transfer TARGET OFFER_FILE TRANSFER_TARGET
+//     (once accepted: transfer to TRANSFER_TARGET; reports the NOTIFYs, waits for the far end's BYE)
+//   node janus_sip.js JANUS_URL USER PASSWORD DOMAIN call-update TARGET OFFER_FILE
+//     (once accepted: update with an ICE-restart re-offer; once that is refused, hangup)
+//   node janus_sip.js JANUS_URL USER PASSWORD DOMAIN answer ANSWER_FILE [HEADERS_JSON]
+//     (HEADERS_JSON: the plugin's custom `headers` object, sent with call / accept)
 //   node janus_sip.js JANUS_URL USER PASSWORD DOMAIN ring
 //     (lets the first incoming call ring until the caller cancels, declines the second with 480)
 const fs = require('fs');
@@ -89,7 +94,9 @@ function onMessage(message, jsep) {
     say('registered');
     if (mode.startsWith('call')) {
       const [target, offerFile] = rest;
-      sip.send({ message: { request: 'call', uri: target }, jsep: { type: 'offer', sdp: sdpFile(offerFile) } });
+      const headers = mode === 'call' ? rest[2] : undefined;  // call-transfer's third argument is its target
+      const call = { request: 'call', uri: target, ...(headers ? { headers: JSON.parse(headers) } : {}) };
+      sip.send({ message: call, jsep: { type: 'offer', sdp: sdpFile(offerFile) } });
     } else {
       say('waiting');
     }
@@ -100,12 +107,28 @@ function onMessage(message, jsep) {
   } else if (event === 'accepted' && mode === 'call') {
     say('accepted', { sdp: jsep ? jsep.sdp : null });
     setTimeout(() => sip.send({ message: { request: 'hangup' } }), 300);
+  } else if (event === 'accepted' && mode === 'call-transfer') {
+    say('accepted', { sdp: jsep ? jsep.sdp : null });
+    sip.send({ message: { request: 'transfer', uri: rest[2] } });
+  } else if (event === 'notify') {
+    say('notify', { notify: result.notify, substate: result.substate, content_type: result['content-type'], content: result.content });
+  } else if (event === 'accepted' && mode === 'call-update') {
+    say('accepted', { sdp: jsep ? jsep.sdp : null });
+    // What a page's createOffer({ iceRestart: true }) gives: o= version up, new ufrag and pwd
+    const reoffer = sdpFile(rest[1]).replace(/^(o=\S+ \S+ )(\d+)/m, (_, head, version) => `${head}${Number(version) + 1}`)
+      .replace(/^a=ice-ufrag:.*$/gm, 'a=ice-ufrag:Rs7X').replace(/^a=ice-pwd:.*$/gm, 'a=ice-pwd:Qw8mm2CdPKN4YcJTao1CmejO');
+    sip.send({ message: { request: 'update' }, jsep: { type: 'offer', sdp: reoffer } });
+  } else if (event === 'updatefailed') {
+    // A page rolls its PeerConnection back here: pc.setLocalDescription({ type: 'rollback' })
+    say('updatefailed', { code: result.code, reason: result.reason, call_id: message.call_id });
+    setTimeout(() => sip.send({ message: { request: 'hangup' } }), 300);
   } else if (mode === 'call-hold' && ['accepted', 'holding', 'resuming', 'dtmfsent'].includes(event)) {
     nextStep();
   } else if (event === 'incomingcall') {
     incoming += 1;
     say('incomingcall', { sdp: jsep.sdp, username: result.username, callee: result.callee });
-    if (mode === 'answer') sip.send({ message: { request: 'accept' }, jsep: { type: 'answer', sdp: sdpFile(rest[0]) } });
+    const accept = { request: 'accept', ...(rest[1] ? { headers: JSON.parse(rest[1]) } : {}) };
+    if (mode === 'answer') sip.send({ message: accept, jsep: { type: 'answer', sdp: sdpFile(rest[0]) } });
     else if (incoming === 2) sip.send({ message: { request: 'decline', code: 480 } });
   } else if (event === 'hangup') {
     say('ended', { code: result.code, reason: result.reason });

@@ -29,6 +29,8 @@ class RtpengineDaemon:
     process: subprocess.Popen
     log_path: str
     stopped: bool = field(default=False)
+    #: its --listen-tcp-ng port on 127.0.0.1 (ng over TCP: replies of any size)
+    tcp_ng_port: int = 0
 
     @property
     def node(self) -> str:
@@ -78,15 +80,16 @@ def start_rtpengine(port_min: int, port_max: int, timeout: float = 10.0) -> Rtpe
         raise RuntimeError("rtpengine is missing (Debian package rtpengine-daemon): bin/test installs it")
     directory = tempfile.mkdtemp(prefix="epcscf-rtpengine-")
     ng_port = free_port()
+    tcp_ng_port = free_port()
     log_path = os.path.join(directory, "rtpengine.log")
     argv = [binary, "--config-file=none", "--table=-1", "--foreground", "--log-stderr", "--log-level=5",
-            "--interface=127.0.0.1", f"--listen-ng=127.0.0.1:{ng_port}", f"--port-min={port_min}",
+            "--interface=127.0.0.1", f"--listen-ng=127.0.0.1:{ng_port}", f"--listen-tcp-ng=127.0.0.1:{tcp_ng_port}", f"--port-min={port_min}",
             f"--port-max={port_max}", "--delete-delay=0", "--timeout=60", "--num-threads=1",
             f"--pidfile={directory}/rtpengine.pid"]
     with open(log_path, "wb") as log:
         process = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                    cwd=directory, start_new_session=True)
-    daemon = RtpengineDaemon(ng_port, (port_min, port_max), directory, process, log_path)
+    daemon = RtpengineDaemon(ng_port, (port_min, port_max), directory, process, log_path, tcp_ng_port=tcp_ng_port)
     deadline = time.monotonic() + timeout
     while True:
         if process.poll() is not None or time.monotonic() > deadline:
