@@ -22,7 +22,8 @@ SUBSYSTEMS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("WebSocket in (framing, Autobahn)", ("epcscf/ws/autobahn_shim.py:LeanAutobahnProtocol._read", "epcscf/ws/frames.py",
                                           "autobahn/websocket/protocol.py:WebSocketProtocol.processData")),
     ("sends (WS frame out, TCP/UDP write)", ("epcscf/sip/tcp_write.py", "autobahn_shim.py:LeanAutobahnProtocol.send",
-                                             "twisted/internet/udp.py:Port.write", "selector_events.py:_SelectorDatagramTransport.sendto")),
+                                             "twisted/internet/udp.py:Port.write", "selector_events.py:_SelectorDatagramTransport.sendto",
+                                             "transport_udp.py:UdpConnection.send_bytes")),  # its own sendto since issue 16's fifth pass
     ("transaction layer", ("epcscf/sip/transaction",)),
     ("proxy core", ("epcscf/sip/proxy.py", "epcscf/sip/proxy_rules.py")),
     ("P-CSCF policy (edge, guard, admission, registrations)", ("epcscf/pcscf/edge", "epcscf/pcscf/guard.py",  # edge.py, edge_collaborators.py

@@ -340,5 +340,91 @@ class SerializeTests(SynchronousTestCase):
             message = parse_message(data)
             change(message)
             self.assertEqual(message.serialize(), _serialize_line_by_line(message))
-            copied = message.copy()  # no lookup index yet: the general rule
+            copied = message.copy()  # with its own copy of the lookup index
             self.assertEqual(copied.serialize(), _serialize_line_by_line(message))
+
+
+class PerRefreshShortcutTests(SynchronousTestCase):
+    """The per-message shortcuts of issue 16 (fourth pass of the REGISTER refresh) give what
+    the general rules give."""
+
+    def test_first_via_line_check_with_headers_leaves_the_top_via_top_via_gives(self) -> None:
+        texts = _random_texts(11, _via_line, 4000) + [
+            "a, SIP/2.0/UDP h",
+            ", SIP/2.0/UDP h",
+            "SIP/2.0/UDP h;ttl=300, SIP/2.0/UDP h",
+            "SIP/2.0/UDP 127.0.0.1:5070;branch=z9hG4bK-1;rport=5070, SIP/2.0/WS x.invalid;branch=z9hG4bK2;received=127.0.0.1;rport=1",
+        ]
+        several = 0
+        for text in texts:
+            expected = _outcome(parse_via_list, text)
+            message = Response(200)
+            outcome = _outcome(lambda line: check_via_line(line, message.headers), text)
+            self.assertEqual(outcome[0], expected[0], text)
+            if expected[0] == "error":
+                self.assertEqual(outcome, expected, text)
+                continue
+            message.headers.add("Via", text)
+            self.assertEqual(_outcome(lambda _: top_via_view(message), text), _outcome(top_via_of, text), text)
+            several += "," in text
+        self.assertGreater(several, 20)
+
+    def test_popping_the_first_of_several_plain_values_keeps_the_rest_in_order(self) -> None:
+        from epcscf.sip.proxy_rules import list_values, pop_first_value
+
+        rng = random.Random(12)
+        for _ in range(500):
+            values = [f"SIP/2.0/UDP h{rng.randint(0, 9)};branch=z9hG4bK{rng.randint(0, 99)}" for _ in range(rng.randint(1, 4))]
+            first_line = rng.choice([", ", ",", " ,\t"]).join(values[: rng.randint(1, len(values))])
+            rest_lines = values[len(list_values_of(first_line)) :]
+            message = Response(200)
+            message.headers.add("v", first_line)
+            for line in rest_lines:
+                message.headers.add("Via", line)
+            self.assertEqual(pop_first_value(message.headers, "via"), values[0])
+            self.assertEqual(list_values(message.headers, "via"), values[1:])
+            self.assertEqual(message.headers.count("via"), len(values) - 1 if "," not in first_line else 1 + len(rest_lines))
+        # An empty item keeps the general rule (one line per remaining value).
+        message = Response(200)
+        message.headers.add("Via", "SIP/2.0/UDP a,, SIP/2.0/UDP b")
+        self.assertEqual(pop_first_value(message.headers, "via"), "SIP/2.0/UDP a")
+        self.assertEqual(message.headers.get_all("via"), ["SIP/2.0/UDP b"])
+
+    def test_to_aor_is_the_to_uri_text_for_every_message_carrying_that_to(self) -> None:
+        from epcscf.sip.headers import to_aor
+
+        for to in ("<sip:alice@h.example>", "Alice <sip:alice@h.example;user=phone>;tag=1", "sip:bob@h.example"):
+            for _ in range(2):  # the second time from the memo
+                message = Request("REGISTER", "sip:h.example")
+                message.headers.add("To", to)
+                self.assertEqual(to_aor(message), str(parse_address("To", to).uri))
+        message = Request("REGISTER", "sip:h.example")
+        message.headers.add("To", "<sip:alice@>")
+        for _ in range(2):  # an error is never kept: raised every time
+            self.assertRaises(HeaderError, to_aor, message)
+
+    def test_lines_is_get_all_without_a_copy(self) -> None:
+        message = parse_message(_registration_messages()[0])
+        for name in ("via", "contact", "Contact", "m", "x-absent"):
+            self.assertEqual(list(message.headers.lines(name)), message.headers.get_all(name))
+        message.headers.add("Contact", "<sip:c@h>")
+        self.assertEqual(list(message.headers.lines("contact")), message.headers.get_all("contact"))
+
+    def test_a_copy_s_header_index_is_its_own(self) -> None:
+        message = parse_message(_registration_messages()[0])
+        copied = message.copy()
+        copied.headers.add("Contact", "<sip:c@h>")
+        copied.headers.insert_first("Via", "SIP/2.0/UDP p.example;branch=z9hG4bK-p")
+        copied.headers.remove("to")
+        self.assertEqual(message.headers.get_all("contact"), [v for n, v in message.headers if n.lower() in ("contact", "m")])
+        self.assertNotIn("SIP/2.0/UDP p.example;branch=z9hG4bK-p", message.headers.get_all("via"))
+        self.assertIn("to", message.headers)
+        for headers in (message.headers, copied.headers):
+            rebuilt = headers.copy()
+            rebuilt._index = None  # built again from the lines
+            for name in ("via", "contact", "to", "call-id", "cseq"):
+                self.assertEqual(headers.get_all(name), rebuilt.get_all(name))
+
+
+def list_values_of(line: str) -> list[str]:
+    return [item.strip(" \t") for item in line.split(",")]

@@ -329,3 +329,22 @@ def _tempdir(case: unittest.TestCase) -> str:
     path = case.mktemp()
     os.makedirs(path)
     return path
+
+
+class UdpDirectSendTests(unittest.TestCase):
+    """A UDP connection sends with the socket's own ``sendto`` (issue 16): what Twisted's
+    ``Port.write`` refused per datagram is refused once per connection, still as ConnectionLost."""
+
+    setUp = UdpTests.setUp  # the same listener and peer (not UdpTests' tests again)
+
+    def test_an_address_port_write_refuses_is_connection_lost(self) -> None:
+        udp = self.manager._udp[0]
+        self.assertIsNotNone(udp.sendto)  # the direct path is the one taken here
+        for host in ("::1", "not-an-address.invalid"):  # IPv6 from an IPv4 socket; a name
+            with self.assertRaises(ConnectionLost):
+                udp.connection_to(Address(host, 5060)).send_bytes(b"x")
+
+    async def test_the_direct_send_arrives(self) -> None:
+        self.manager._udp[0].connection_to(self.peer_address).send_bytes(b"OPTIONS sip:x SIP/2.0\r\n\r\n")
+        await wait_for(lambda: len(self.peer.datagrams) == 1)
+        self.assertEqual(self.peer.datagrams[0], b"OPTIONS sip:x SIP/2.0\r\n\r\n")

@@ -328,8 +328,7 @@ def is_new_work(request: Request, connection: Connection, registrations: Registr
     if method == "REGISTER":
         if connection.transport not in WEBSOCKET_TRANSPORTS:
             return True
-        aor = aor_of(request)
-        return not any(binding.aor == aor for binding in registrations.for_flow(connection.id))
+        return not registrations.has_aor_on_flow(connection.id, aor_of(request))
     try:
         return to_tag(request) is None
     except (HeaderError, ValueError):

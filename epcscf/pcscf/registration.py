@@ -19,7 +19,7 @@ exactly what parsing it again would have produced.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import Callable, Sequence
 
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 
@@ -106,16 +106,21 @@ class RegisterSource:
         no parse and no copy; a REGISTER/2xx that differs usually stops at the first test."""
         asked, granted = request.headers, response.headers
         return (
-            self.granted_contacts == granted.get_all("contact")
-            and self.contacts == asked.get_all("contact")
+            _same_lines(self.granted_contacts, granted.lines("contact"))
+            and _same_lines(self.contacts, asked.lines("contact"))
             and self.to == asked.get("to")
-            and self.service_route == granted.get_all("service-route")
-            and self.associated_uris == granted.get_all("p-associated-uri")
+            and _same_lines(self.service_route, granted.lines("service-route"))
+            and _same_lines(self.associated_uris, granted.lines("p-associated-uri"))
             and self.granted_expires == granted.get("expires")
             and self.expires == asked.get("expires")
             and self.outbound == outbound
             and self.origin == origin
         )
+
+
+def _same_lines(kept: list[str], lines: Sequence[str]) -> bool:
+    # ``Headers.lines`` gives the index's own list, or () for none: compared as get_all's copy would be.
+    return kept == lines if lines else not kept
 
 
 @dataclass(eq=False, slots=True)
@@ -194,6 +199,15 @@ class Registrations:
     def for_flow(self, flow_id: str) -> list[RegistrationBinding]:
         on_flow = self._by_flow.get(flow_id)
         return list(on_flow.values()) if on_flow else []
+
+    def has_aor_on_flow(self, flow_id: str, aor: str | None) -> bool:
+        """Whether a binding of ``aor`` lives on the flow (``for_flow`` without the list)."""
+        on_flow = self._by_flow.get(flow_id)
+        if on_flow:
+            for binding in on_flow.values():  # one binding per flow, usually: no generator
+                if binding.aor == aor:
+                    return True
+        return False
 
     def for_aor(self, aor: str) -> list[RegistrationBinding]:
         return [binding for binding in self._bindings.values() if binding.aor == aor]

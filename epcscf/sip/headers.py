@@ -113,7 +113,7 @@ _VIA_RE = re.compile(
 )
 
 
-@dataclass
+@dataclass(slots=True)  # made for every message (and copied): no __dict__
 class Via:
     """One Via value: ``SIP/2.0/UDP host:port;branch=...;received=...;rport``."""
 
@@ -222,7 +222,17 @@ def check_via_line(value: str, headers: Headers | None = None) -> None:
     items = split_header_list(value)
     if not items:
         parse_via_list(value)  # raises: empty value
-    for item in items:  # what parse_via_list checks, with the fast pattern first
+    rest = items
+    if headers is not None and '"' not in value and "<" not in value and value.split(",", 1)[0].strip(" \t"):
+        # The first item is then the text before the first comma, which ``_parse_first_via``
+        # reads: one read serves as its check and as the top-Via view.  (On a response this
+        # line usually holds our own Via and the requester's, RFC 3261 §8.2.6.2.)
+        try:
+            headers._views[("top-via", value)] = _first_via_memo(value).copy()
+            rest = items[1:]
+        except HeaderError:
+            pass  # checked below, which names the problem
+    for item in rest:  # what parse_via_list checks, with the fast pattern first
         if "ttl" in item or FAST_VIA_RE.match(item) is None:
             parse_via(item)
 
@@ -382,8 +392,15 @@ def to_aor(message: Message) -> str | None:
         return None
     found = headers._views.get(("to-aor", value), _MISSING)
     if found is _MISSING:
-        found = headers._views[("to-aor", value)] = str(cached_view(headers, "to", value, _parse_to).uri)
+        found = headers._views[("to-aor", value)] = _aor_of_to(value)
     return found  # type: ignore[return-value]
+
+
+@memoised_by_text
+def _aor_of_to(value: str) -> str:
+    # Text to text (immutable), so the bounded memo may share it: a WIC's every REGISTER
+    # carries the same To, which would otherwise be parsed and written out again each time.
+    return str(_parse_to(value).uri)
 
 
 ADDRESS_MEMO_ENTRIES = 2048

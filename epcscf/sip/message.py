@@ -13,9 +13,8 @@ Header names are case-insensitive and have compact forms (RFC 3261 §7.3.3); the
 from __future__ import annotations
 
 import secrets
-from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
-from typing import Iterable, Iterator, KeysView
+from typing import Iterable, Iterator, KeysView, Sequence
 
 # RFC 3261 §7.3.3 compact forms, plus the ones later RFCs registered
 # (RFC 3515 Refer-To "r", RFC 3892 Referred-By "b", RFC 3841 "a"/"j"/"d",
@@ -121,7 +120,7 @@ LIST_HEADERS: frozenset[str] = frozenset(
 )
 
 
-@dataclass
+@dataclass(slots=True)
 class Headers:
     """Ordered, multi-valued, case-insensitive header fields.
 
@@ -179,8 +178,12 @@ class Headers:
         return index.keys()
 
     def copy(self) -> "Headers":
-        # Views are immutable facts about value texts: the copy may reuse them.
-        return Headers(list(self._items), None, dict(self._views))
+        # Views are immutable facts about value texts: the copy may reuse them.  The index is
+        # copied too (its lists, not its texts): the proxy reads both copies it makes of every
+        # request, and a copied index costs a third of one built again from the lines.
+        index = self._index
+        copied = None if index is None else {key: [*values] for key, values in index.items()}
+        return Headers(list(self._items), copied, dict(self._views))
 
     def get(self, name: str, default: str | None = None) -> str | None:
         """First value of a header line named ``name``, or ``default``."""
@@ -193,6 +196,13 @@ class Headers:
         index = self._index if self._index is not None else self._lookup()
         values = index.get(_CANONICAL_CACHE.get(name) or canonical_name(name))
         return list(values) if values else []
+
+    def lines(self, name: str) -> Sequence[str]:
+        """``get_all(name)`` without the copy, for readers on every message's path: the
+        values in order, read-only (the sequence is the index's own)."""
+        index = self._index if self._index is not None else self._lookup()
+        values = index.get(_CANONICAL_CACHE.get(name) or canonical_name(name))
+        return values if values else ()
 
     def count(self, name: str) -> int:
         index = self._index if self._index is not None else self._lookup()
@@ -301,8 +311,11 @@ class Headers:
         self._items = rest
 
 
-@dataclass
-class Message(ABC):
+@dataclass(slots=True, weakref_slot=True)  # slots: no __dict__ per message; weakrefs: tests of what is let go
+class Message:
+    # Not an ABC: ``isinstance(x, Request)`` runs many times per message, and against a class
+    # with ABCMeta it goes through ``ABCMeta.__instancecheck__`` (Python code) instead of the
+    # interpreter's own test.  Only ``Request`` and ``Response`` are ever made.
     headers: Headers
     body: bytes
 
@@ -337,12 +350,12 @@ class Message(ABC):
         head = "\r\n".join(lines)
         return head.encode("utf-8", "surrogateescape") + self.body
 
-    @abstractmethod
     def start_line(self) -> str:
         """``METHOD uri SIP/2.0`` or ``SIP/2.0 status reason``."""
+        raise NotImplementedError
 
 
-@dataclass
+@dataclass(slots=True)
 class Request(Message):
     method: str = ""
     uri: str = ""
@@ -369,7 +382,7 @@ class Request(Message):
         return Request(self.method, self.uri, self.headers.copy(), self.body, self.version)
 
 
-@dataclass
+@dataclass(slots=True)
 class Response(Message):
     status: int = 0
     reason: str = ""

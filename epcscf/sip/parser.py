@@ -184,6 +184,7 @@ def _parse(data: bytes, limits: ParserLimits, require_content_length: bool) -> R
     max_line = limits.max_line_length
     check_length = len(head) > max_line  # else no line can be too long
     folded = False
+    repeated = False  # some name has two lines (only then can a single-valued one, §7.3.1)
     names = _NAME_CACHE
     for line in lines[1:]:
         if check_length and len(line) > max_line and not errors:
@@ -215,6 +216,7 @@ def _parse(data: bytes, limits: ParserLimits, require_content_length: bool) -> R
             values[key] = [value]
         else:
             found.append(value)
+            repeated = True
 
     if errors:
         _raise_first(errors, message)
@@ -225,7 +227,7 @@ def _parse(data: bytes, limits: ParserLimits, require_content_length: bool) -> R
         for name, value in items:
             values.setdefault(_canonical(name), []).append(value)
     headers._index = values
-    _check_headers(message, values)
+    _check_headers(message, values, repeated)
     _take_body(message, values, data, body_start, n, limits, require_content_length)
     return message
 
@@ -299,11 +301,12 @@ def _check_address(header: str, value: str) -> None:
         raise HeaderError(header, problem)  # what parse_address raises
 
 
-def _check_headers(message: Request | Response, values: dict[str, list[str]]) -> None:
-    for key in SINGLE_VALUE_HEADERS:
-        found = values.get(key)
-        if found is not None and len(found) > 1:
-            _raise_first_duplicate(message)
+def _check_headers(message: Request | Response, values: dict[str, list[str]], repeated: bool = True) -> None:
+    if repeated:
+        for key in SINGLE_VALUE_HEADERS:
+            found = values.get(key)
+            if found is not None and len(found) > 1:
+                _raise_first_duplicate(message)
     is_request = isinstance(message, Request)
     if not values.keys() >= _MANDATORY_KEYS:
         mandatory = MANDATORY_REQUEST_HEADERS if is_request else MANDATORY_RESPONSE_HEADERS

@@ -89,6 +89,8 @@ class ProxyPolicy(Protocol):
 
 
 class ProxyState(enum.Enum):
+    __hash__ = object.__hash__  # members are singletons: identity hash (Enum's is Python code)
+
     ROUTING = "routing"  # waiting for the policy
     FORWARDING = "forwarding"  # branches pending
     COMPLETED = "completed"  # a final response went upstream
@@ -104,13 +106,15 @@ _TRANSITIONS: dict[ProxyState, frozenset[ProxyState]] = {
 
 
 class BranchState(enum.Enum):
+    __hash__ = object.__hash__  # identity, as ProxyState
+
     CONNECTING = "connecting"  # resolving / connecting / no response yet
     CALLING = "calling"  # request sent, no response yet
     PROCEEDING = "proceeding"  # a provisional arrived
     DONE = "done"  # a final response (or a synthetic one) arrived
 
 
-@dataclass(eq=False)
+@dataclass(eq=False, slots=True)  # one per request forwarded: no __dict__
 class Branch:
     """One forwarded copy of the request (RFC 3261 §16.6) and its failover targets."""
 
@@ -130,7 +134,7 @@ class Branch:
     on_flow: bool = False
 
 
-@dataclass(eq=False)
+@dataclass(eq=False, slots=True)
 class ProxiedRequest:
     """The per-request context handed to the policy."""
 

@@ -35,12 +35,31 @@ def list_values(headers: Headers, name: str) -> list[str]:
     return values
 
 
+def _first_value(headers: Headers, name: str) -> str | None:
+    """The first value of a list header (``list_values(...)[0]``), without splitting every
+    line when the first line holds one value."""
+    first = headers.get(name)
+    if first is not None and "," not in first:
+        stripped = first.strip(" \t")
+        if stripped:
+            return stripped
+    values = list_values(headers, name)
+    return values[0] if values else None
+
+
 def pop_first_value(headers: Headers, name: str) -> str | None:
     """Remove and return the first value of a list header (the rest stay, one per line)."""
     first = headers.get(name)
     if first is not None and "," not in first and first.strip(" \t"):
         headers.replace_first(name, None)  # the first line is one value: drop just that line
         return first.strip(" \t")
+    if first is not None and '"' not in first and "<" not in first:
+        # Several plain values on the first line (a response's Via line, RFC 3261 §8.2.6.2,
+        # as some UASes write it): cut the first off that line; the rest stay as they are.
+        pieces = first.split(",")
+        if all(piece.strip(" \t") for piece in pieces):
+            headers.replace_first(name, ",".join(pieces[1:]).strip(" \t"))
+            return pieces[0].strip(" \t")
     values = list_values(headers, name)
     if not values:
         return None
@@ -165,15 +184,17 @@ def loop_hash(request: Request) -> str:
     coming back unchanged (a loop) hashes the same; a spiral (changed R-URI, …) does not.
     Route is among them: an in-dialog request between two WICs of one eP-CSCF passes it twice
     with the same R-URI, and only its Route set (shorter the second time) tells the spiral."""
+    lines = request.headers.lines  # each field read once, no copies: this runs per request
+    to, from_, call_id, sequence = lines("to"), lines("from"), lines("call-id"), lines("cseq")
     fields = [
         request.uri,
-        ",".join(request.headers.get_all("route")),
-        tag_of(request.headers.get("to")),
-        tag_of(request.headers.get("from")),
-        request.headers.get("call-id") or "",
-        (request.headers.get("cseq") or "").split()[0] if request.headers.get("cseq") else "",
-        ",".join(request.headers.get_all("proxy-require")),
-        ",".join(request.headers.get_all("proxy-authorization")),
+        ",".join(lines("route")),
+        tag_of(to[0] if to else None),
+        tag_of(from_[0] if from_ else None),
+        call_id[0] if call_id else "",
+        sequence[0].split()[0] if sequence and sequence[0] else "",
+        ",".join(lines("proxy-require")),
+        ",".join(lines("proxy-authorization")),
     ]
     return hashlib.blake2s("\x00".join(fields).encode("utf-8", "surrogateescape"), digest_size=8).hexdigest()
 
@@ -182,7 +203,7 @@ def branch_for(request: Request, index: int, secret: bytes = b"", loop: str | No
     """A new RFC 3261 §8.1.1.7 branch: our prefix, the loop hash, and a part that depends only
     on the incoming top Via (so it is unique per transaction and stateless-computable,
     §16.11) and the branch index (parallel/serial branches of one transaction differ)."""
-    top = (list_values(request.headers, "via") or [""])[0]
+    top = _first_value(request.headers, "via") or ""
     incoming = branch_of(top) or top
     # RFC 3261 §9.1 / §16.10: a CANCEL carries its INVITE's branch, so it hashes like its INVITE.
     method = "INVITE" if request.method == "CANCEL" else request.method
@@ -395,14 +416,9 @@ def via_target(via_text: str) -> Target | None:
 
 
 def mark_source(request: Request, connection: Connection) -> None:
-    first = request.headers.get("via")
-    if first is not None and "," not in first and first.strip(" \t"):
-        top = first.strip(" \t")  # one Via on the line (a WIC's usual request): no list split
-    else:
-        vias = list_values(request.headers, "via")
-        if not vias:
-            return
-        top = vias[0]
+    top = _first_value(request.headers, "via")  # a WIC's usual request: one Via, no list split
+    if top is None:
+        return
     try:
         marked = mark_received(top, connection.remote.host, connection.remote.port)
     except HeaderError:

@@ -28,7 +28,7 @@ from __future__ import annotations
 import functools
 import ipaddress
 import random
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, Sequence
 
 from twisted.internet import defer
@@ -43,7 +43,7 @@ log = Logger()
 DEFAULT_PORTS = {"UDP": 5060, "TCP": 5060, "TLS": 5061}
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Target:
     """Where to send a request: one transport, one resolved address (RFC 3263 §4)."""
 
@@ -52,10 +52,16 @@ class Target:
     port: int
     #: name the TLS server certificate must match (RFC 5922 §4); the host when None
     tls_server_name: str | None = None
+    _address: Address | None = field(default=None, init=False, repr=False, compare=False)
 
     @property
     def address(self) -> Address:
-        return Address(self.host, self.port)
+        # Made once per target: a numeric next hop's targets are kept and asked per request.
+        found = self._address
+        if found is None:
+            found = Address(self.host, self.port)
+            object.__setattr__(self, "_address", found)  # frozen: a cache, not a field value
+        return found
 
 
 # RFC 3263 §4.1 NAPTR service fields and §4.2 SRV prefixes, per transport.

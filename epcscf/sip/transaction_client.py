@@ -74,6 +74,9 @@ class ClientTransaction(TransactionMachine):
     branch, which (with the CSeq method) is the key responses are matched on (§17.1.3).
     """
 
+    __slots__ = ("request", "method", "connection", "user", "timers", "branch", "is_invite", "last_response",
+                 "_ack", "_interval")
+
     def __init__(
         self,
         clock: IReactorTime,

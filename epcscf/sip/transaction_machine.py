@@ -156,6 +156,8 @@ class Event(enum.Enum):
 class Action(enum.Enum):
     """What a transition does; the value is the method that does it."""
 
+    __hash__ = object.__hash__  # identity, as for State (looked up on every transition)
+
     # client side
     PASS_RESPONSE_TO_TU = "pass_response_to_tu"
     SEND_ACK = "send_ack"  # RFC 3261 §17.1.1.3
@@ -381,6 +383,10 @@ class TransactionMachine:
     state, and one method per ``Action`` value they use.
     """
 
+    # Slots: two machines are made and freed per request proxied, with no __dict__ each.
+    __slots__ = ("state", "_clock", "_on_terminated", "_timers", "_due_now", "_send_failed", "_finished",
+                 "failure_reason", "machine", "table", "__weakref__")
+
     machine: str
     table: Table
 
@@ -411,7 +417,8 @@ class TransactionMachine:
         if transition is None:
             raise TransactionStateError(self.machine, self.state, event)
         self.state = transition.next_state
-        self._cancel_timers_outside(self.state)
+        if self._timers:
+            self._cancel_timers_outside(self.state)
         for action in transition.actions:
             getattr(self, ACTION_METHODS[action])(message)
         if self._send_failed:

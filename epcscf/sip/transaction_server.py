@@ -96,6 +96,9 @@ class SentResponse:
 class ServerTransaction(TransactionMachine):
     """One request we received and the responses we give it (RFC 3261 §17.2)."""
 
+    __slots__ = ("request", "method", "connection", "timers", "identity", "is_invite", "last_response",
+                 "final_to_tag", "_tu", "_ack_connection", "_interval")
+
     def __init__(
         self,
         clock: IReactorTime,

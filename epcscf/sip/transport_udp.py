@@ -10,9 +10,12 @@ too large for UDP (``UDP_REQUEST_LIMIT``) goes over TCP to the same address inst
 
 from __future__ import annotations
 
-from socket import SO_RCVBUF, SOL_SOCKET
-from typing import Any
+from errno import ECONNREFUSED, EMSGSIZE
+from socket import AF_INET, AF_INET6, SO_RCVBUF, SOL_SOCKET
+from typing import Any, Callable
 
+from twisted.internet import udp
+from twisted.internet.abstract import isIPAddress, isIPv6Address
 from twisted.internet.error import InvalidAddressError, MessageLengthError
 from twisted.internet.interfaces import IReactorTime
 from twisted.internet.protocol import DatagramProtocol
@@ -42,6 +45,14 @@ def congestion_controlled_target(target: Target, size: int) -> Target | None:
     return Target("TCP", target.host, target.port)
 
 
+def _writable(host: str, family: int) -> bool:
+    """Whether Twisted's ``Port.write`` would send to ``host`` from a socket of ``family``
+    (rather than raise ``InvalidAddressError``)."""
+    if family == AF_INET:
+        return isIPAddress(host)
+    return family == AF_INET6 and isIPv6Address(host)
+
+
 class UdpConnection:
     """The path (our UDP socket, one peer address); stateless, so it never really closes."""
 
@@ -54,6 +65,10 @@ class UdpConnection:
         self.local = socket.local
         self.id = f"udp:{self.local}:{remote}"
         self.last_used = socket.clock.seconds()
+        self._to = (remote.host, remote.port)
+        # What Twisted's ``Port.write`` checks on every datagram (an IP address of the
+        # socket's family), checked once: the remote never changes.
+        self._sendto = socket.sendto if _writable(remote.host, socket.family) else None
 
     @property
     def connected(self) -> bool:
@@ -66,8 +81,21 @@ class UdpConnection:
         if not self._socket.listening:
             raise ConnectionLost(f"UDP socket {self.local} is closed")
         self.last_used = self._socket.clock.seconds()
+        sendto = self._sendto
         try:
-            self._socket.transport.write(data, (self.remote.host, self.remote.port))
+            if sendto is None:
+                self._socket.transport.write(data, self._to)
+            else:
+                # Port.write's send without its per-datagram address checks (done in __init__);
+                # its error handling kept: PEP 475 retries EINTR, a refusal is ignored.
+                try:
+                    sendto(data, self._to)
+                except OSError as error:
+                    if error.errno == ECONNREFUSED:
+                        return
+                    if error.errno == EMSGSIZE:
+                        raise MessageLengthError("message too long") from error
+                    raise
         except (OSError, MessageLengthError, InvalidAddressError, OverflowError, ValueError) as error:
             # RFC 3261 §18.4: a send failure is a transport error for the transaction layer
             # (§17.1.4, §17.2.4).  Besides socket errors: an address of the other family than
@@ -95,6 +123,10 @@ class UdpTransport(DatagramProtocol):
         self.listening = False
         self.local = Address("0.0.0.0", 0)
         self._sweep: Any = None
+        #: the listening socket's ``sendto`` and address family when it is Twisted's UDP
+        #: ``Port`` (what ``UdpConnection`` sends with); None: send through ``transport.write``
+        self.sendto: Callable[[bytes, tuple[str, int]], int] | None = None
+        self.family = AF_INET
 
     def use_settings(self, settings: TransportSettings) -> None:
         """Parse the next datagrams with ``settings`` (a reload; see ``TransportManager.update_settings``)."""
@@ -108,11 +140,15 @@ class UdpTransport(DatagramProtocol):
             # A bigger kernel buffer rides out bursts instead of dropping datagrams (the
             # kernel caps it at net.core.rmem_max).
             socket.setsockopt(SOL_SOCKET, SO_RCVBUF, self._settings.udp_receive_buffer)
+        if socket is not None and isinstance(self.transport, udp.Port) and not self.transport._connectedAddr:
+            self.sendto = socket.sendto
+            self.family = self.transport.addressFamily
         self.listening = True
         self._schedule_sweep()
 
     def stopProtocol(self) -> None:
         self.listening = False
+        self.sendto = None
         if self._sweep is not None and self._sweep.active():
             self._sweep.cancel()
         self._sweep = None

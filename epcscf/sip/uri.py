@@ -65,7 +65,7 @@ def parse_params(text: str, what: str, value_re: re.Pattern[str] | None = PARAMC
     return params
 
 
-@dataclass
+@dataclass(slots=True)
 class SipUri:
     """A sip: or sips: URI (RFC 3261 §19.1.1).  Text fields keep their %-escapes."""
 
@@ -112,7 +112,7 @@ class SipUri:
         )
 
 
-@dataclass
+@dataclass(slots=True)
 class TelUri:
     """A tel: URI (RFC 3966): a number plus parameters."""
 
@@ -131,7 +131,7 @@ class TelUri:
         return TelUri(self.number, self.params.copy(), self.scheme)
 
 
-@dataclass
+@dataclass(slots=True)
 class AbsoluteUri:
     """Any other scheme (RFC 3261 §25.1 absoluteURI), kept as text; the proxy answers 416 later."""
 
@@ -314,7 +314,7 @@ def uris_equal(a: Uri, b: Uri) -> bool:
 _DISPLAY_TOKENS_RE = re.compile(r"[A-Za-z0-9\-.!%*_+`'~ \t]*\Z")
 
 
-@dataclass
+@dataclass(slots=True)
 class NameAddr:
     """``"Display" <uri>;param=value`` (or a bare addr-spec) as in From, To, Contact, Route."""
 

@@ -74,7 +74,7 @@ def read_data_frame(buffer: bytes, start: int, limit: int) -> DataFrame | None:
     mask = buffer[start + header - 4 : start + header]
     payload = unmask(buffer[start + header : end], mask)
     binary = first == _BINARY_FINAL
-    if not binary:
+    if not binary and not payload.isascii():  # ASCII (nearly every SIP message) is UTF-8
         try:
             payload.decode("utf-8")  # strict: no surrogates, no overlongs (RFC 3629)
         except UnicodeDecodeError:

@@ -209,12 +209,16 @@ def _more_than_one_message(payload: bytes, message: Message) -> bool:
     """True when octets beyond the message's body follow it (a second SIP message)."""
     if "content-length" not in message.headers:
         return False  # without Content-Length the body runs to the end of the WS message
-    start = len(payload) - len(payload.lstrip(b"\r\n"))
+    start = 0
+    while payload[start : start + 1] in (b"\r", b"\n"):
+        start += 1
     head_end = payload.find(b"\r\n\r\n", start)
     if head_end < 0:
         return False
-    rest = payload[head_end + 4 + len(message.body) :]
-    return bool(rest.strip(b"\r\n"))
+    end = head_end + 4 + len(message.body)
+    if end >= len(payload):
+        return False  # the usual case: nothing follows (no copy of the payload made)
+    return bool(payload[end:].strip(b"\r\n"))
 
 
 class SipWebSocketServerProtocol(LeanAutobahnProtocol, WebSocketServerProtocol):
