@@ -42,6 +42,9 @@ class IceSocket(asyncio.DatagramProtocol):
         self.remote_pwd = ""
         self.waiting: dict[bytes, asyncio.Future] = {}
         self.checked_by_peer: asyncio.Event = asyncio.Event()
+        #: since start: nominating checks sent, and checks from the eP-CSCF answered (their
+        #: retransmissions included: how much STUN a slow edge costs both sides)
+        self.checks_sent = self.peer_checks = 0
 
     def connection_made(self, transport: Any) -> None:
         self.transport = transport
@@ -64,6 +67,7 @@ class IceSocket(asyncio.DatagramProtocol):
             response.add_message_integrity(self.pwd.encode())
             response.add_fingerprint()
             self.transport.sendto(bytes(response), addr)
+            self.peer_checks += 1
             self.checked_by_peer.set()
         else:
             waiter = self.waiting.pop(message.transaction_id, None)
@@ -93,6 +97,7 @@ class IceSocket(asyncio.DatagramProtocol):
                 self.waiting[request.transaction_id] = succeeded
                 sent.append(request.transaction_id)
                 self.transport.sendto(bytes(request), remote)
+                self.checks_sent += 1
                 try:
                     if await asyncio.wait_for(asyncio.shield(succeeded), wait):
                         return
@@ -253,6 +258,8 @@ class Result:
     failures: list[str] = field(default_factory=list)
     setups: list[float] = field(default_factory=list)
     answers: list[float] = field(default_factory=list)  # INVITE → 200 of the completed calls
+    checks_sent: int = 0  # STUN checks the WICs sent in the completed calls
+    peer_checks: int = 0  # STUN checks from the eP-CSCF the WICs answered in the completed calls
     elapsed: float = 0.0
     cpu: float = 0.0
     generator_cpu: float = 0.0
@@ -273,10 +280,13 @@ async def run_load(callers: list[Caller], target: int | str, rate: float, second
     tasks: set[asyncio.Task] = set()
 
     async def one(caller: Caller) -> None:
+        sent, checked = caller.ice.checks_sent, caller.ice.peer_checks
         try:
             result.setups.append(await caller.call(target, full_ice, hold))
             result.answers.append(caller.answered_after)
             result.completed += 1
+            result.checks_sent += caller.ice.checks_sent - sent
+            result.peer_checks += caller.ice.peer_checks - checked
         except (CallFailed, RegistrationFailed, asyncio.TimeoutError, AttributeError, StopIteration) as error:
             result.failures.append(f"{type(error).__name__}: {error}")
         finally:

@@ -2,7 +2,7 @@
 
 Usage::
 
-    .venv/bin/python benchmarks/refusal_cost.py [--refusals 5000] [--wics 40] [--calls 150] [--py-spy FILE]
+    .venv/bin/python benchmarks/refusal_cost.py [--refusals 5000] [--wics 40] [--calls 150] [--rate R] [--py-spy FILE]
 
 Run it in a private loopback namespace (``unshare -n sh -c 'ip link set lo up && exec …'``).
 
@@ -16,10 +16,13 @@ of calls in setup pinned to ``--hold`` calls (``[overload] min_calls_in_setup = 
    (raised to 120 s here), so the window stays full.  The idle CPU of that state is measured.
 3. ``--wics`` WICs send new INVITEs as fast as they are answered, each answered 503 and ACKed
    (RFC 3261 §17.1.1.3), until ``--refusals`` were refused: epcscf CPU per refusal, the idle CPU
-   subtracted.  Refusals by reason come from the edge's /metrics.
+   subtracted.  Refusals by reason come from the edge's /metrics.  With ``--rate R`` the INVITEs
+   are paced instead, R a second, each from the WIC idle longest (as ``overload.py`` spreads them
+   over its many WICs): one message per wake-up of the edge, none batched with another.
 
 Figures: CPU-seconds per operation (comparable on a loaded host), /proc/loadavg, the generator's
-own CPU.  Bounded (``--refusals``, a 120 s cap) and self-stopping; 127.0.0.1 only.
+own CPU.  With ``EDGE_SAMPLES=FILE EDGE_SAMPLES_ON_SIGNAL=1 PYTHONPATH=benchmarks/cpu_sampler`` the pinned
+edge samples its CPU while it refuses, and only then.  Bounded (``--refusals``, a 120 s cap) and self-stopping; 127.0.0.1 only.
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
+import signal
 import sys
 import tempfile
 import time
@@ -90,6 +94,34 @@ async def refuse_loop(caller: Caller, uas_port: int, budget: list[int], statuses
             raise RuntimeError("an INVITE was admitted while the window was meant to be full")
 
 
+async def refuse_paced(callers: list[Caller], uas_port: int, rate: float, budget: list[int], statuses: dict[str, int]) -> None:
+    """``refuse_loop``'s INVITEs, one every 1/``rate`` s (open loop), round robin over ``callers``."""
+    idle = list(callers)
+    tasks: set[asyncio.Task] = set()
+
+    async def one(caller: Caller) -> None:
+        try:
+            await refuse_loop(caller, uas_port, [1], statuses)
+        finally:
+            idle.append(caller)
+
+    start, sent = time.monotonic(), 0
+    while budget[0] > 0:
+        sent += 1
+        delay = start + sent / rate - time.monotonic()
+        if delay > 0:
+            await asyncio.sleep(delay)
+        if not idle:
+            statuses["no idle WIC"] = statuses.get("no idle WIC", 0) + 1
+            continue
+        budget[0] -= 1
+        task = asyncio.ensure_future(one(idle.pop(0)))
+        tasks.add(task)
+        task.add_done_callback(tasks.discard)
+    if tasks:
+        await asyncio.wait(tasks, timeout=STEP_TIMEOUT)
+
+
 class PinnedDeployment(OverloadDeployment):
     """The deployment of ``overload.py``; ``pinned``: the window held at ``hold`` calls, ICE given 120 s."""
 
@@ -125,6 +157,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--wics", type=int, default=40, help="WICs sending the INVITEs that are refused")
     parser.add_argument("--hold", type=int, default=4, help="the window: calls held in setup")
     parser.add_argument("--calls", type=int, default=150, help="admitted calls of the baseline")
+    parser.add_argument("--rate", type=float, default=0.0, help="pace the refused INVITEs at this many a second (0: as fast as answered)")
     parser.add_argument("--log-level", default="warn")
     parser.add_argument("--py-spy", metavar="FILE",
                         help="sample epcscf with py-spy while it refuses (collapsed stacks; read with benchmarks/spy_top.py)")
@@ -166,9 +199,14 @@ def main(argv: list[str] | None = None) -> int:
             if options.py_spy:
                 expected = options.refusals / 400.0  # seconds, roughly
                 sampler = start_py_spy(options.py_spy, epcscf.pid, max(2.0, 0.8 * expected))
+            if os.environ.get("EDGE_SAMPLES") and os.environ.get("EDGE_SAMPLES_ON_SIGNAL"):
+                os.kill(epcscf.pid, signal.SIGUSR2)  # benchmarks/cpu_sampler: the refusals only
             cpu1, own1, t1 = epcscf.cpu_seconds(), time.process_time(), time.monotonic()
-            await asyncio.wait_for(
-                asyncio.gather(*(refuse_loop(b, uas_port, budget, statuses) for b in blasters)), CAP_SECONDS)
+            if options.rate:
+                await asyncio.wait_for(refuse_paced(blasters, uas_port, options.rate, budget, statuses), CAP_SECONDS)
+            else:
+                await asyncio.wait_for(
+                    asyncio.gather(*(refuse_loop(b, uas_port, budget, statuses) for b in blasters)), CAP_SECONDS)
             elapsed = time.monotonic() - t1
             cpu = epcscf.cpu_seconds() - cpu1 - figures["idle_cpu_per_s"] * elapsed
             refused = statuses.get("503", 0)

@@ -97,6 +97,54 @@ class WindowTests(unittest.TestCase):
         self.assertIsNotNone(self.offer(window))  # and then sees the slot freed
         self.assertEqual(window.in_setup, 3)
 
+    def full_of_answered_calls(self, window: SetupWindow, reads: list[int]) -> list[Setup]:
+        """``window.limit`` calls answered, ICE under way (the edge's work), their media's
+        ``ice_settled`` reads counted in ``reads``."""
+
+        class CountedMedia:
+            settled = False
+
+            @property
+            def ice_settled(self) -> bool:
+                reads[0] += 1
+                return self.settled
+
+        admitted = [self.offer(window) for _ in range(window.limit)]
+        for setup in admitted:
+            setup.at(CallState.CONFIRMED)  # type: ignore[union-attr]
+            setup.call.media = CountedMedia()  # type: ignore[union-attr]
+        self.clock.advance(SetupWindow.FULL_REFRESH)
+        window.refresh()
+        self.assertEqual((window.in_setup, reads[0]), (window.limit, window.limit))  # a full look reads every call
+        return admitted  # type: ignore[return-value]
+
+    def test_a_full_window_reads_its_oldest_calls_not_every_call_to_find_a_freed_place(self) -> None:
+        window = self.window(target=0.25, min_calls=50)
+        reads = [0]
+        admitted = self.full_of_answered_calls(window, reads)
+        admitted[0].call.media.settled = True  # type: ignore[union-attr]  # the oldest is through
+        self.clock.advance(SetupWindow.REFRESH)
+        reads[0] = 0
+        self.assertIsNotNone(self.offer(window))  # its place is seen...
+        self.assertEqual(reads[0], 2)  # ...from the head: it, and the next one still in setup
+        self.assertIsNone(self.offer(window))
+        self.assertEqual(window.in_setup, 50)
+
+    def test_a_head_stuck_in_setup_costs_a_few_reads_a_look_and_every_call_is_read_in_turn(self) -> None:
+        window = self.window(target=0.25, min_calls=50)
+        reads = [0]
+        admitted = self.full_of_answered_calls(window, reads)
+        admitted[30].call.media.settled = True  # type: ignore[union-attr]  # not at the head
+        looks = 0
+        while True:
+            self.clock.advance(SetupWindow.REFRESH)
+            reads[0] = 0
+            looks += 1
+            if self.offer(window) is not None:
+                break
+            self.assertLessEqual(reads[0], SetupWindow.LOOK_CALLS)
+        self.assertEqual(looks, 30 // SetupWindow.LOOK_CALLS + 1)  # found in turn, before the next full look
+
     def test_calls_waiting_for_their_callee_do_not_count_and_come_back_with_the_answer(self) -> None:
         window = self.window(target=0.25, min_calls=2)
         first, second = self.offer(window), self.offer(window)
@@ -154,6 +202,77 @@ class WindowTests(unittest.TestCase):
         window.reconfigure(WindowSettings(target=0.25, min_calls=2))
         self.assertEqual(window.limit, 2)
         self.assertIsNotNone(self.offer(window))
+
+
+class BusyNodeTests(unittest.TestCase):
+    """Only a busy node shrinks its window: WICs whose round trips keep their calls in the edge's
+    phases longer than ``setup_target`` must not starve an idle node of calls."""
+
+    RATE = 100.0  # new INVITEs a second
+    IN_SETUP = 0.5  # seconds each spends in the edge's phases (twice the target: far-away WICs)
+
+    def setUp(self) -> None:
+        self.clock = Clock()
+        self.clock.advance(1000)
+        self.used = 0.0  # the node's CPU used + waited for, as ``reactor_thread_usage`` counts it
+        self.number = 0
+        self.pending: list[tuple[float, Setup]] = []
+
+    def window(self, with_usage: bool = True) -> SetupWindow:
+        return SetupWindow(WindowSettings(target=0.25, min_calls=5), self.clock, (lambda: self.used) if with_usage else None)
+
+    def offer_for(self, window: SetupWindow, seconds: float, demand: float) -> tuple[int, int]:
+        """``RATE`` new INVITEs a second for ``seconds`` while the node wants ``demand`` of a CPU;
+        each admitted one leaves the edge's phases ``IN_SETUP`` later.  (admitted, refused)."""
+        admitted = refused = 0
+        step = 1.0 / self.RATE
+        for _ in range(int(seconds * self.RATE)):
+            self.clock.advance(step)
+            self.used += demand * step
+            now = self.clock.seconds()
+            while self.pending and self.pending[0][0] <= now:
+                self.pending.pop(0)[1].at(CallState.CONFIRMED, settled=True)
+            self.number += 1
+            setup = Setup(self.clock, self.number)
+            if window.admit(setup.context):
+                admitted += 1
+                self.pending.append((now + self.IN_SETUP, setup.routed()))
+            else:
+                refused += 1
+        return admitted, refused
+
+    def test_an_idle_node_opens_its_window_to_calls_its_wics_keep_in_setup_longer_than_the_target(self) -> None:
+        window = self.window()
+        self.offer_for(window, 10.0, demand=0.3)
+        admitted, refused = self.offer_for(window, 5.0, demand=0.3)
+        self.assertEqual((admitted, refused), (500, 0))
+        self.assertGreaterEqual(window.limit, self.RATE * self.IN_SETUP)
+        # Little's law alone, the same calls: the window shrinks with the throughput it refuses.
+        little = self.window(with_usage=False)
+        self.pending.clear()
+        self.offer_for(little, 10.0, demand=0.3)
+        admitted, refused = self.offer_for(little, 5.0, demand=0.3)
+        self.assertGreater(refused, admitted)
+
+    def test_a_busy_node_sizes_its_window_by_littles_law_again(self) -> None:
+        window = self.window()
+        self.offer_for(window, 10.0, demand=0.3)
+        self.offer_for(window, 2 * SetupWindow.PERIOD + 0.05, demand=1.0)  # a whole period busy
+        self.assertEqual(window.limit, max(5, int(window.throughput * 0.25)))
+        admitted, refused = self.offer_for(window, 5.0, demand=1.0)
+        self.assertGreater(refused, admitted)
+
+    def test_an_idle_window_comes_back_to_its_minimum_once_the_calls_stop(self) -> None:
+        window = self.window()
+        self.offer_for(window, 10.0, demand=0.3)
+        self.assertGreater(window.limit, 5)
+        for _ in range(10):  # no INVITEs; the admitted calls finish
+            self.offer_for(window, 0.0, demand=0.0)
+            self.clock.advance(SetupWindow.PERIOD)
+            for _, setup in self.pending:
+                setup.at(CallState.CONFIRMED, settled=True)
+            window.refresh()
+        self.assertEqual(window.limit, 5)
 
 
 class GateTests(unittest.TestCase):

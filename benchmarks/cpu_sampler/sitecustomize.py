@@ -18,7 +18,10 @@ handler runs at the next bytecode boundary, so time in a C call or a syscall is 
 Python frame that made it (inclusive shares are right; a long C call's self time lands on its
 caller).  Signals arriving while one is pending merge, so counts are a sample, not a total.
 Sampling starts when the reactor runs (not the start-up's imports), or ``EDGE_SAMPLES_DELAY``
-seconds after start if later; the file is rewritten every 100 samples.
+seconds after start if later; the file is rewritten every 100 samples.  With
+``EDGE_SAMPLES_ON_SIGNAL=1`` it samples nothing until the process gets SIGUSR2, and each SIGUSR2
+starts afresh (the counts so far dropped): a benchmark signals the edge when the part it measures
+begins (``benchmarks/overload.py`` does, at each 2×S run), so registrations and ramp-up stay out.
 """
 
 from __future__ import annotations
@@ -38,7 +41,7 @@ if _OUT and _IS_EDGE:
     _counts: collections.Counter[str] = collections.Counter()
     _started = time.monotonic()
     _delay = float(os.environ.get("EDGE_SAMPLES_DELAY", "0"))
-    _state = {"samples": 0, "writing": False}
+    _state = {"samples": 0, "writing": False, "armed": not os.environ.get("EDGE_SAMPLES_ON_SIGNAL")}
 
     def _write() -> None:
         with open(_OUT + ".tmp", "w") as handle:
@@ -47,7 +50,7 @@ if _OUT and _IS_EDGE:
         os.replace(_OUT + ".tmp", _OUT)
 
     def _sample(signum: int, frame: FrameType | None) -> None:
-        if _state["writing"] or time.monotonic() - _started < _delay:
+        if _state["writing"] or not _state["armed"] or time.monotonic() - _started < _delay:
             return
         reactor = sys.modules.get("twisted.internet.reactor")
         if reactor is None or not getattr(reactor, "running", False):
@@ -68,5 +71,11 @@ if _OUT and _IS_EDGE:
             finally:
                 _state["writing"] = False
 
+    def _restart(signum: int, frame: FrameType | None) -> None:
+        _counts.clear()
+        _state["samples"], _state["armed"] = 0, True
+
+    if not _state["armed"]:
+        signal.signal(signal.SIGUSR2, _restart)
     signal.signal(signal.SIGPROF, _sample)
     signal.setitimer(signal.ITIMER_PROF, 0.001, 0.001)

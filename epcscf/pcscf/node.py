@@ -54,7 +54,7 @@ from epcscf.pcscf.nonsip_gateway import JanusGateway
 from epcscf.pcscf.operations import NodeObservers, PcscfOperations
 from epcscf.pcscf.reg_event import RegEventSettings, RegEventSubscriber
 from epcscf.pcscf.registration import RegistrationBinding, Registrations
-from epcscf.pcscf.setup_window import SetupWindow
+from epcscf.pcscf.setup_window import SetupWindow, reactor_thread_usage
 from epcscf.pcscf.web_auth import TokenAccess, TokenVerifier
 from epcscf.pcscf.wic_reg_subscriptions import WicRegSubscriptions
 from epcscf.sip.connection import WEBSOCKET_TRANSPORTS, Address, Connection
@@ -154,7 +154,7 @@ class PcscfNode(Service):
         self.auth_failures = AuthFailures(self.overload_settings, reactor)
         self.admission = AdmissionChain()
         self.admission.on_refused = self.observers.admission_refused
-        self.setup_window = SetupWindow(window_settings(self.overload_settings), reactor)
+        self.setup_window = SetupWindow(window_settings(self.overload_settings), reactor, reactor_thread_usage)
         self.new_work_gate = NewWorkGate(self.overload, self.registrations, self.setup_window)
         self.admission.add("overload", self.new_work_gate)
         self.admission.add("auth_failures", self.auth_failures)

@@ -25,14 +25,31 @@ toward the WIC (TS 24.371 §7.4.2, §7.4.3: the answer rewritten, the connectivi
 time in between is the callee's (ringing can last a minute): such a call is remembered but not
 counted, so a busy site with many phones ringing is not taken for an overloaded one.
 
-Sans-IO: fed admissions and a clock; it reads the calls' states (``call_model``) when asked.
+Only a busy node shrinks its window.  The time in the edge's phases is not only the edge's: from
+the answer until ICE is up the WIC's round trips count too (its ACK, its checks, its answers to
+ours; RFC 8445 §7.2), and a WIC behind a 200 ms mobile path spends longer there than ``target``
+however idle the edge is.  Sized by Little's law alone, such a window refuses calls, the measured
+throughput falls, the window with it — down to ``min_calls`` / that round trip, whatever the node
+could carry.  So at each period the window also reads how much of a CPU the node wanted
+(``usage``: its reactor thread's CPU time plus the time it waited, runnable, for a CPU): while
+under ``BUSY``, the node has CPU to spare and what holds calls in setup is outside it, so the
+window opens by ``GROWTH`` if it refused calls in the period, and otherwise shrinks no further than
+twice the most calls it held in setup in the period (room for a burst, none kept from long ago);
+once busy, the Little's-law size applies as before.  On a host that starves the node of CPU the
+wait counts as busy: the node is overloaded for its callers either way.
+
+Sans-IO: fed admissions, a clock and a usage counter; it reads the calls' states (``call_model``)
+when asked.
 """
 
 from __future__ import annotations
 
 import enum
+import math
+import time
+from collections import OrderedDict
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Callable
 
 from twisted.internet.interfaces import IReactorTime
 
@@ -78,6 +95,17 @@ def phase(context: ProxiedRequest) -> SetupPhase:
     return SetupPhase.DONE
 
 
+def reactor_thread_usage() -> float:
+    """Seconds the calling thread (the reactor's) has run on a CPU plus waited for one while
+    runnable (``/proc/thread-self/schedstat``, Linux); elsewhere its CPU time alone."""
+    try:
+        with open("/proc/thread-self/schedstat", "rb") as handle:
+            ran, waited = handle.read().split()[:2]
+        return (int(ran) + int(waited)) / 1e9
+    except (OSError, ValueError):
+        return time.thread_time()
+
+
 @dataclass(frozen=True)
 class WindowSettings:
     """The ``[overload]`` keys of the window (see ``epcscf.config``)."""
@@ -93,18 +121,28 @@ class SetupWindow:
 
     PERIOD = 0.5  # seconds over which throughput is measured
     SMOOTHING = 0.5  # weight of the newest period in the throughput estimate
-    REFRESH = 0.005  # seconds between two looks at the calls' states on the admission path
+    REFRESH = 0.005  # seconds between two looks at a full window's oldest calls on the admission path
+    FULL_REFRESH = 0.05  # seconds between two looks at every call's state on the admission path
+    LOOK_CALLS = 8  # calls a look at a full window reads at most
     CALLEE_REFRESH = 0.25  # seconds between two looks at the calls waiting for their callee
+    BUSY = 0.9  # share of a CPU the node wanted in a period from which its window may shrink
+    GROWTH = 1.25  # how much a window the idle node refused calls through opens in a period
 
-    def __init__(self, settings: WindowSettings, clock: IReactorTime) -> None:
+    def __init__(self, settings: WindowSettings, clock: IReactorTime, usage: Callable[[], float] | None = None) -> None:
+        """``usage``: seconds of CPU the node used plus waited for, a counter (``reactor_thread_usage``);
+        None: the window is sized by Little's law alone, busy or not."""
         self.settings = settings
         self.clock = clock
+        self._usage = usage
+        self._used = usage() if usage is not None else 0.0  # at the start of this period
+        self._refused_before = 0  # ``refused`` at the start of this period
+        self._peak = 0  # the most calls in the edge's phases at once, this period
         now = clock.seconds()
         #: admitted initial INVITEs in the edge's phase: id → (context, admitted at)
-        self._edge: dict[int, tuple[ProxiedRequest, float]] = {}
+        self._edge: OrderedDict[int, tuple[ProxiedRequest, float]] = OrderedDict()
         #: admitted initial INVITEs waiting for their callee
         self._callee: dict[int, tuple[ProxiedRequest, float]] = {}
-        self._refreshed = self._callee_refreshed = now
+        self._refreshed = self._looked = self._callee_refreshed = now
         #: calls that left the edge's phases for good, this period
         self._finished = 0
         self._period_start = now
@@ -142,6 +180,7 @@ class SetupWindow:
             self.refused += 1
             return False
         self._edge[id(context)] = (context, now)
+        self._peak = max(self._peak, len(self._edge))
         return True
 
     def refuses(self) -> bool:
@@ -156,20 +195,53 @@ class SetupWindow:
         return False
 
     def _current(self) -> float:
-        """Now, after a look at the calls' states if the last is ``REFRESH`` old.  Not at every
-        arrival while full: a look reads every call in setup, and on each refused INVITE that was
-        a quarter of the refusal's CPU with 60 calls in setup (docs/performance.md); a place
-        freed waits at most ``REFRESH`` to be seen, against a ``setup_target`` fifty times longer."""
+        """Now, after a look at the calls' states if one is due.  Not a look at every call on every
+        arrival: with 60 calls in setup that was a quarter of a refused INVITE's CPU, and at most
+        one every ``REFRESH`` was still a third of it when INVITEs came one at a time
+        (docs/performance.md).  So every call is read at most every ``FULL_REFRESH``, and in between a
+        full window reads a few of its oldest calls only (``_look``); a place freed at the head waits
+        at most ``REFRESH`` to be seen, any other at most ``FULL_REFRESH``, against a
+        ``setup_target`` five times longer."""
         now = self.clock.seconds()
-        if now >= self._refreshed + self.REFRESH:
+        if now >= self._refreshed + self.FULL_REFRESH:
             self.refresh(now)
+        elif now >= self._looked + self.REFRESH and len(self._edge) >= self.limit:
+            self._look(now)
         return now
+
+    def _look(self, now: float) -> None:
+        """At most ``LOOK_CALLS`` calls from the head of the edge's phases, until one still in them
+        once a place is free.  Calls leave in about the order they came (an answer's ICE takes
+        about as long for each), so the places a full window waits for are at its head; a call read
+        and still in setup goes to the back, so a head stuck in setup (ICE that never completes)
+        costs no more than ``LOOK_CALLS`` reads a look, and every call is read in turn."""
+        self._looked = now
+        oldest = now - self.settings.max_age
+        edge = self._edge
+        for _ in range(min(self.LOOK_CALLS, len(edge))):
+            key = next(iter(edge))
+            context, admitted = edge[key]
+            current = phase(context)
+            if current is SetupPhase.EDGE and admitted > oldest:
+                edge.move_to_end(key)
+                if len(edge) < self.limit:
+                    break
+            else:
+                self._leave(key, context, admitted, current)
+
+    def _leave(self, key: int, context: ProxiedRequest, admitted: float, current: SetupPhase) -> None:
+        """A call out of the edge's phases: to its callee's, or through its setup."""
+        del self._edge[key]
+        if current is SetupPhase.CALLEE:
+            self._callee[key] = (context, admitted)
+        elif current is SetupPhase.DONE and call_leg(context) is not None:
+            self._finished += 1  # a call through its setup (not one refused while routed)
 
     def refresh(self, now: float | None = None) -> None:
         """Look at the calls' states: move them between phases, count those done, resize."""
         if now is None:
             now = self.clock.seconds()
-        self._refreshed = now
+        self._refreshed = self._looked = now
         oldest = now - self.settings.max_age
         if now - self._callee_refreshed >= self.CALLEE_REFRESH:
             self._callee_refreshed = now
@@ -182,26 +254,38 @@ class SetupWindow:
                     del self._callee[key]  # ended while ringing: the edge never worked on an answer
         for key, (context, admitted) in list(self._edge.items()):
             current = phase(context)
-            if current is SetupPhase.EDGE and admitted > oldest:
-                continue
-            del self._edge[key]
-            if current is SetupPhase.CALLEE:
-                self._callee[key] = (context, admitted)
-            elif current is SetupPhase.DONE and call_leg(context) is not None:
-                self._finished += 1  # a call through its setup (not one refused while routed)
+            if current is not SetupPhase.EDGE or admitted <= oldest:
+                self._leave(key, context, admitted, current)
         elapsed = now - self._period_start
         if elapsed >= self.PERIOD:
-            measured = self._finished / elapsed
-            self.throughput = measured if self.throughput == 0.0 else (
-                self.SMOOTHING * measured + (1 - self.SMOOTHING) * self.throughput)
-            self._finished, self._period_start = 0, now
-            self.limit = self._bounded(self.throughput)
+            self._resize(now, elapsed)
+
+    def _resize(self, now: float, elapsed: float) -> None:
+        """The end of a period: throughput measured, the window sized (see the module docstring)."""
+        measured = self._finished / elapsed
+        self.throughput = measured if self.throughput == 0.0 else (
+            self.SMOOTHING * measured + (1 - self.SMOOTHING) * self.throughput)
+        self._finished, self._period_start = 0, now
+        limit = self._bounded(self.throughput)
+        if self._usage is not None:
+            used = self._usage()
+            demand, self._used = (used - self._used) / elapsed, used
+            if demand < self.BUSY:  # CPU to spare: what holds calls in setup is not the node
+                if self.refused > self._refused_before:
+                    kept = math.ceil(self.limit * self.GROWTH)
+                else:
+                    kept = min(self.limit, 2 * self._peak)
+                limit = max(limit, self._capped(kept))
+        self._refused_before, self._peak = self.refused, len(self._edge)
+        self.limit = limit
 
     def _bounded(self, throughput: float) -> int:
         settings = self.settings
         if settings.target <= 0:
             return settings.max_calls  # a configured capacity only
-        limit = max(settings.min_calls, int(throughput * settings.target))
-        if settings.max_calls > 0:
-            limit = min(limit, settings.max_calls)
+        return self._capped(max(settings.min_calls, int(throughput * settings.target)))
+
+    def _capped(self, limit: int) -> int:
+        if self.settings.max_calls > 0:
+            limit = min(limit, self.settings.max_calls)
         return max(1, limit)
