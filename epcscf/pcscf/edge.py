@@ -40,7 +40,7 @@ from epcscf.sip.connection import WEBSOCKET_TRANSPORTS, Connection
 from epcscf.sip.headers import HeaderError, option_tags, parse_via, to_tag
 from epcscf.sip.message import Request, Response, new_tag
 from epcscf.sip.proxy import Decision, Forward, ProxiedRequest, Reject
-from epcscf.sip.proxy_policy import DIALOG_CREATING_METHODS
+from epcscf.sip.proxy_policy import DIALOG_CREATING_METHODS, is_deferred
 from epcscf.sip.proxy_rules import list_values, make_local_response, name_addr_uri
 from epcscf.sip.resolver import Target
 from epcscf.sip.uri import SipUri, UriError, parse_uri
@@ -273,7 +273,7 @@ class PcscfPolicy:
         forward = self._initial_toward_core(request, binding.service_route, record_route)
         if request.method == "INVITE" and self.calls is not None:
             calls = self.calls
-            if isinstance(forward, defer.Deferred):
+            if is_deferred(forward):
                 return forward.addCallback(lambda resolved: calls.originating_invite(context, identity, resolved))
             return calls.originating_invite(context, identity, forward)
         return forward
@@ -370,7 +370,7 @@ class PcscfPolicy:
         if self.core_next_hop is not None or self.next_hop_resolver is None:
             return Forward(request, self.core_next_hop, record_route, sent_by)
         targets = self.next_hop_resolver()
-        if isinstance(targets, defer.Deferred):
+        if is_deferred(targets):
             return targets.addCallback(lambda found: Forward(request, found, record_route, sent_by))
         return Forward(request, targets, record_route, sent_by)  # the proxy goes on synchronously
 

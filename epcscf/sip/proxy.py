@@ -62,6 +62,7 @@ from epcscf.sip.proxy_policy import (
     ProxyPolicy,
     ProxyState,
     Reject,
+    is_deferred,
 )
 
 log = Logger()
@@ -197,7 +198,7 @@ class StatefulProxy:
         except Exception:
             self._policy_failed(context, Failure())
             return
-        if isinstance(decided, defer.Deferred):
+        if is_deferred(decided):
             decided.addCallback(lambda decision: self._apply_decision(context, decision))
             decided.addErrback(lambda f: self._policy_failed(context, f))
         else:
@@ -583,7 +584,7 @@ class StatefulProxy:
             except Exception:
                 log.failure("policy.response_to_forward failed; response dropped")
                 rewritten = None
-            if isinstance(rewritten, defer.Deferred):
+            if is_deferred(rewritten):
 
                 def done(result: Response | None) -> None:
                     self._send_upstream(context, result)
