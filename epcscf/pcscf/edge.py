@@ -76,6 +76,10 @@ class RegisterLeg:
     outbound: bool  # the UA asked for RFC 5626 outbound: the binding is kept per flow
 
 
+#: the two RegisterLegs (frozen: shared; a frozen dataclass costs a ``__setattr__`` per field to make)
+_REGISTER_LEGS = {False: RegisterLeg(False), True: RegisterLeg(True)}
+
+
 @dataclass(frozen=True)
 class EdgeAddresses:
     """The URIs the eP-CSCF puts in Path, Record-Route and Via, per side."""
@@ -361,7 +365,7 @@ class PcscfPolicy:
         # TS 24.229 §5.2.2.1: P-Visited-Network-ID and a fresh ICID on every REGISTER.
         headers.add("P-Visited-Network-ID", self._visited_network_id)
         self._add_charging_vector(request)
-        context.attached = RegisterLeg(outbound)
+        context.attached = _REGISTER_LEGS[outbound]
         return self._toward_core(request)
 
     def _toward_core(self, request: Request, record_route: Sequence[str] = ()) -> Decision | defer.Deferred:
