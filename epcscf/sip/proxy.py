@@ -379,6 +379,8 @@ class StatefulProxy:
                 return
             # Too large for UDP → TCP to the same address (UDP if that fails), with the same
             # branch id; _send_branch writes the Via for whichever connection this gives.
+            if outgoing is branch.request:
+                outgoing.headers.replace_first("Via", None)  # the UDP Via just added: gone again
             self.connector.connect_for_request(target, len(wire)).addCallbacks(
                 lambda connection: connected(connection, branch_id), failed
             )
@@ -395,9 +397,13 @@ class StatefulProxy:
             self.connector.connect(target).addCallbacks(connected, failed)
 
     def _with_own_via(self, branch: Branch, connection: Connection, branch_id: str) -> Request:
-        """The branch's request as it goes out on ``connection``: a copy with our Via on top
-        (RFC 3261 §16.6 step 8; the branch keeps its request for the next target)."""
-        outgoing = branch.request.copy()
+        """The branch's request as it goes out on ``connection``, with our Via on top (RFC 3261
+        §16.6 step 8).  The branch keeps its request for the next target (RFC 3263 §4.3), so
+        the Via goes on a copy, unless no target is left: then nothing sends the branch's
+        request again, and it is the request sent (not for an INVITE, whose request the call
+        manager keeps reading)."""
+        request = branch.request
+        outgoing = request if not branch.targets and request.method != "INVITE" else request.copy()
         rules.add_via(outgoing, connection.transport, branch.via_sent_by or self._sent_by(connection), branch_id)
         return outgoing
 
