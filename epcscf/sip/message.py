@@ -221,7 +221,7 @@ class Headers:
         self._items.append((name, value))
         index = self._index
         if index is not None:
-            key = canonical_name(name)
+            key = _CANONICAL_CACHE.get(name) or canonical_name(name)  # inlined: several per message
             existing = index.get(key)
             index[key] = [value] if existing is None else [*existing, value]  # a new list: see ``copy``
 
@@ -230,7 +230,7 @@ class Headers:
 
         If the header is absent it goes first of all, where a proxy puts its Via.
         """
-        key = canonical_name(name)
+        key = _CANONICAL_CACHE.get(name) or canonical_name(name)
         lookup = self._index
         if lookup is not None:  # kept up to date: the proxy adds Via and Record-Route to every request
             existing = lookup.get(key)
@@ -250,7 +250,7 @@ class Headers:
         """Replace the first line of ``name`` by ``value`` where it stands, or delete that
         line when ``value`` is None; False when there is no such line.  (The proxy's Via
         work on every message: RFC 3261 §16.7 step 3, §18.2.1.)"""
-        key = canonical_name(name)
+        key = _CANONICAL_CACHE.get(name) or canonical_name(name)
         cache = _CANONICAL_CACHE
         items = self._items
         for position, (n, _) in enumerate(items):
