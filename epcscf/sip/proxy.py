@@ -351,13 +351,13 @@ class StatefulProxy:
             self._by_client.pop(id(branch.client_transaction), None)  # the failed try is over
             branch.client_transaction = None
 
-        def connected(connection: Connection, branch_id: str | None = None) -> None:
+        def connected(connection: Connection, branch_id: str | None = None, prepared: Any = None) -> None:
             branch.connection = connection
             if branch.cancel_wanted or context.state is not ProxyState.FORWARDING:
                 # Cancelled (or answered elsewhere) while connecting: never sent, so no CANCEL.
                 self._branch_final(context, branch, self._synthetic(context, 487))
                 return
-            self._send_branch(context, branch, connection, branch_id)
+            self._send_branch(context, branch, connection, branch_id, prepared)
 
         def failed(failure: Failure) -> None:
             log.info("cannot reach {target}: {why}", target=target, why=failure.value)
@@ -371,11 +371,7 @@ class StatefulProxy:
             outgoing = self._with_own_via(branch, existing, branch_id)
             wire = outgoing.serialize()
             if len(wire) <= UDP_REQUEST_LIMIT or not hasattr(self.connector, "connect_for_request"):
-                branch.connection = existing
-                if branch.cancel_wanted or context.state is not ProxyState.FORWARDING:
-                    self._branch_final(context, branch, self._synthetic(context, 487))  # as ``connected``
-                    return
-                self._send_branch(context, branch, existing, branch_id, (outgoing, wire))
+                connected(existing, branch_id, (outgoing, wire))
                 return
             # Too large for UDP → TCP to the same address (UDP if that fails), with the same
             # branch id; _send_branch writes the Via for whichever connection this gives.
