@@ -11,7 +11,7 @@ from twisted.internet import reactor as global_reactor
 from twisted.internet.task import Clock, deferLater
 from twisted.trial import unittest
 
-from epcscf.ice import UdpPortPool
+from epcscf.ice import IceAgent, IceState, UdpPortPool
 from epcscf.ice.shelf import PARK_QUARANTINE, SocketShelf
 from epcscf.media.relay import CorePorts
 from epcscf.pcscf.call_media import CallMediaEngine, CallMediaSettings
@@ -166,6 +166,17 @@ class ParkedCallSocketsTests(CallMediaTestCase):
         self.assertEqual(self.core.received, [])
         self.assertEqual(media.streams[0].session.wic_to_core.packets, 0)
         await self.assert_media_both_ways(media, wic)
+
+    async def test_a_call_on_parked_sockets_is_gathered_at_once(self) -> None:
+        media, _, _, _ = await self.originating_call()
+        await media.close()
+        self.shelf_clock.advance(PARK_QUARANTINE)
+        agent = IceAgent(self.engine.settings.ice, False, global_reactor, self.pool, shelf=self.engine.shelf)
+        gathered = agent.gather()
+        self.assertIsNone(self.successResultOf(gathered))  # no socket to bind: nothing to wait for
+        self.assertEqual(agent.state, IceState.GATHERED)
+        self.assertEqual(self.pool.parked_count, 2)  # the RTP/RTCP pair is still parked
+        await agent.close()
 
     async def test_a_socket_in_quarantine_is_not_reused(self) -> None:
         media, _, _, _ = await self.originating_call()

@@ -228,6 +228,10 @@ class IceAgent:
                 self._transition(IceState.FAILED)
             return failure
 
+        if self._backend.gather_now():
+            # From parked sockets (`epcscf.ice.shelf`): no socket to bind, nothing to wait for.
+            gathered(None)
+            return succeed(None)
         return as_deferred(self._backend.gather()).addCallbacks(gathered, failed)
 
     def set_remote(

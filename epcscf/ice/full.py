@@ -29,11 +29,11 @@ from __future__ import annotations
 
 import asyncio
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from typing import Any
 
 import aioice.ice
-from aioice import stun
+from aioice import mdns, stun
 from aioice.candidate import Candidate
 from twisted.logger import Logger
 
@@ -147,6 +147,34 @@ class _AgentConnection(aioice.ice.Connection):
             self._local_candidates += await self.get_component_candidates(component=component, addresses=[])
         self._local_candidates_end = True
 
+    def gather_from_shelf(self) -> bool:
+        """Gathering at once, without an await, when the shelf holds a socket out of quarantine
+        for every bind address (the usual call on a busy node); False: `gather_candidates`."""
+        shelf = self.generation.shelf
+        addresses = self.generation.config.bind_addresses
+        if shelf is None or self._local_candidates_start or not all(shelf.ready((SHELF_KIND, a)) for a in addresses):
+            return False
+        self._local_candidates_start = True
+        for index, address in enumerate(addresses):
+            parked = shelf.take((SHELF_KIND, address))
+            assert isinstance(parked, _ParkedHostSocket)
+            self._local_candidates.append(self._adopt(parked, address, index))
+        self._local_candidates_end = True
+        return True
+
+    def _adopt(self, parked: _ParkedHostSocket, address: str, index: int) -> Candidate:
+        """A parked socket becomes this call's: a new protocol, nothing of the old call's."""
+        protocol = _StunSocket(self, address)
+        parked.transport.set_protocol(protocol)
+        protocol.connection_made(parked.transport)
+        protocol.pool_port = parked.port
+        return self._host(protocol, index)
+
+    def _host(self, protocol: _StunSocket, index: int) -> Candidate:
+        protocol.local_candidate = host_candidate(protocol.transport.get_extra_info("sockname"), self.generation.config.advertised_address, index)
+        self._protocols.append(protocol)
+        return protocol.local_candidate
+
     async def get_component_candidates(self, component: int, addresses: list[str], timeout: int = 5) -> list[Candidate]:
         config = self.generation.config
         candidates = []
@@ -154,12 +182,9 @@ class _AgentConnection(aioice.ice.Connection):
         for index, address in enumerate(config.bind_addresses):
             parked = shelf.take((SHELF_KIND, address)) if shelf is not None else None
             if isinstance(parked, _ParkedHostSocket):
-                transport, port = parked.transport, parked.port
-                protocol = _StunSocket(self, address)
-                transport.set_protocol(protocol)
-                protocol.connection_made(transport)
-            else:
-                transport, protocol, port = await bind_udp(lambda: _StunSocket(self, address), address, self.generation.pool)
+                candidates.append(self._adopt(parked, address, index))
+                continue
+            transport, protocol, port = await bind_udp(lambda: _StunSocket(self, address), address, self.generation.pool)
             protocol.pool_port = port
             if self.generation.closing:
                 # close() ran while we were binding: this socket must not outlive it.
@@ -167,9 +192,7 @@ class _AgentConnection(aioice.ice.Connection):
                 if port is not None and self.generation.pool is not None and not protocol.parked:
                     self.generation.pool.release(port)
                 raise IceClosed("the ICE agent was closed while gathering")
-            protocol.local_candidate = host_candidate(transport.get_extra_info("sockname"), config.advertised_address, index)
-            self._protocols.append(protocol)
-            candidates.append(protocol.local_candidate)
+            candidates.append(self._host(protocol, index))
         return candidates
 
     async def query_consent(self) -> None:
@@ -200,6 +223,16 @@ class _AgentConnection(aioice.ice.Connection):
         if self.generation.pool is not None:
             # A parked socket's port stays bound (the shelf's now).
             self.generation.pool.release(*(s.pool_port for s in sockets if not s.parked and s.pool_port is not None))
+
+
+def _run_without_waiting(coroutine: Coroutine[Any, Any, None]) -> None:
+    """Run a coroutine that never awaits to its end, here and now."""
+    try:
+        coroutine.send(None)
+    except StopIteration:
+        return
+    coroutine.close()
+    raise RuntimeError("a coroutine expected to finish without waiting waited")
 
 
 class _ConsentTransaction:
@@ -269,6 +302,11 @@ class FullGeneration:
         await self.connection.gather_candidates()
         self._gathered = True
 
+    def gather_now(self) -> bool:
+        """Gathered at once from parked sockets (True), or `gather` is needed."""
+        self._gathered = self.connection.gather_from_shelf()
+        return self._gathered
+
     def set_remote(self, credentials: IceCredentials, remote_is_lite: bool) -> None:
         self.remote = credentials
         self.connection.remote_username = credentials.ufrag
@@ -289,7 +327,13 @@ class FullGeneration:
                 log.info("ICE: remote candidate {candidate} ignored: more than {limit} pairs", candidate=candidate.to_sdp(), limit=self.config.max_pairs)
                 return
             self._remote_count += 1
-        self._spawn(self.connection.add_remote_candidate(candidate))
+        adding = self.connection.add_remote_candidate(candidate)
+        if candidate is None or not mdns.is_mdns_hostname(candidate.host):
+            # An address, or end-of-candidates: aioice adds it without waiting (only an mDNS
+            # name is resolved), so it runs here rather than as one asyncio task per candidate.
+            _run_without_waiting(adding)
+        else:
+            self._spawn(adding)
 
     def begin_checks(self) -> None:
         if self._connect_task is None and self.remote is not None and self._gathered and not self._closing:
@@ -451,6 +495,9 @@ class FullBackend:
 
     async def gather(self) -> None:
         await self._current.gather()
+
+    def gather_now(self) -> bool:
+        return self._current.gather_now()
 
     def set_remote(self, credentials: IceCredentials, remote_is_lite: bool) -> None:
         self._current.set_remote(credentials, remote_is_lite)

@@ -91,6 +91,11 @@ class SocketShelf:
         items.append((self._clock.seconds(), item))
         return True
 
+    def ready(self, key: Hashable) -> bool:
+        """Whether `take(key)` would hand out an item now."""
+        items = self._parked.get(key)
+        return bool(items) and self._clock.seconds() - items[0][0] >= self.quarantine
+
     def take(self, key: Hashable) -> ShelvedSocket | None:
         """The oldest item of `key` out of quarantine, or None (bind a fresh one)."""
         items = self._parked.get(key)
