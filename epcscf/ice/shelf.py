@@ -32,8 +32,8 @@ from twisted.internet.interfaces import IReactorTime
 
 from epcscf.ice.ports import UdpPortPool
 
-#: RFC-free engineering choice: longer than a WIC needs to stop sending once its call ends
-#: (one round trip for the BYE and its 200), short enough that a busy node reuses sockets.
+#: seconds a parked socket rests before reuse (no RFC sets it): well over the round trip a WIC
+#: needs to stop sending once the BYE or its 200 arrives, short enough for a busy node to reuse.
 PARK_QUARANTINE = 1.0
 #: parked sockets per kind and address (each one an open descriptor)
 PARK_LIMIT = 256
