@@ -59,6 +59,7 @@ RESOURCE_GAUGES = (
     ("epcscf_ice_agents", "ice_agents", "ICE agents toward WICs not yet closed"),
     ("epcscf_dtls_sessions", "dtls_sessions", "DTLS-SRTP sessions started and not yet closed"),
     ("epcscf_media_ports_in_use", "media_ports_in_use", "UDP ports of [media] port_range in use (ICE, RTP, RTCP)"),
+    ("epcscf_media_ports_parked", "media_ports_parked", "UDP ports of [media] port_range bound by sockets kept for the next calls"),
     ("epcscf_reactor_delayed_calls", "delayed_calls", "timers pending in the reactor (reactor.getDelayedCalls())"),
     ("epcscf_asyncio_tasks", "asyncio_tasks", "asyncio tasks not done on the reactor's event loop (aioice)"),
 )
