@@ -5,9 +5,10 @@ Theory of operation
 ``CallMedia`` implements ``calls.CallMediaLike``: the call manager hands it every SDP body
 in the order offers and answers happen, and gets back the body for the other side.  Inside:
 
-* one ``Stream`` per accepted m= line (no BUNDLE: TS 24.371 lets the eP-CSCF omit it, and
-  Chrome's default ``balanced`` bundle policy works unbundled): an ``IceAgent`` toward the WIC
-  and a ``MediaSession`` whose core-side RTP/RTCP ports come from the same shared ``UdpPortPool``.
+* one ``Stream`` per accepted m= line: an ``IceAgent`` toward the WIC and a ``MediaSession``
+  whose core-side RTP/RTCP ports come from the same shared ``UdpPortPool``.  The lines of a
+  BUNDLE group (RFC 8843) share the agent and DTLS association of the group's first line
+  (``call_bundle``); toward the core every line stays unbundled.
   The agent's datagrams feed the session; the session sends through the agent; a DTLS
   failure revokes ICE consent (RFC 7675 §5.2).  Made, gathered, given the WIC's ICE and
   closed by ``call_streams.CallStreams``.
