@@ -11,6 +11,7 @@ from __future__ import annotations
 import random
 from pathlib import Path
 
+from twisted.internet.defer import Deferred, succeed
 from twisted.trial.unittest import SynchronousTestCase
 
 from epcscf.sip import headers as header_views
@@ -28,6 +29,7 @@ from epcscf.sip.headers import (
     top_via_view,
 )
 from epcscf.sip.message import Request, Response
+from epcscf.sip.proxy_policy import Forward, is_deferred
 from epcscf.sip.params import Params, _scan_header_params, parse_header_params
 from epcscf.sip.parser import SipParseError, parse_message
 from epcscf.sip.uri import (
@@ -424,6 +426,13 @@ class PerRefreshShortcutTests(SynchronousTestCase):
             rebuilt._index = None  # built again from the lines
             for name in ("via", "contact", "to", "call-id", "cseq"):
                 self.assertEqual(headers.get_all(name), rebuilt.get_all(name))
+
+    def test_is_deferred_answers_as_isinstance(self) -> None:
+        class Subclass(Deferred):  # type: ignore[type-arg]
+            pass
+
+        for value in (Deferred(), Subclass(), succeed(1), Forward(Request("REGISTER", "sip:h"), None), None, [], "x"):
+            self.assertEqual(is_deferred(value), isinstance(value, Deferred), value)
 
 
 def list_values_of(line: str) -> list[str]:

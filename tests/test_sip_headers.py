@@ -192,3 +192,32 @@ class OncePerMessageViewTests(SynchronousTestCase):
         self.assertEqual((view.transport, view.host, view.branch), ("WSS", "abc.invalid", "z9hG4bKv1"))
         # The view is the message's own copy: the parse memo's object is not handed out.
         self.assertIsNot(view, parse_message(data).headers._views[("top-via", line)])
+
+    def test_a_via_line_is_memoised_from_its_second_reading_and_every_view_is_its_own(self) -> None:
+        import sys
+
+        from epcscf.sip import params
+
+        params.clear_memos()
+        line = "".join(["SIP/2.0/WSS once.invalid;branch=z9hG4bK", "once1;rport"])  # an object of our own
+        request = Request("OPTIONS", "sip:bob@example.com", Headers([("Via", line)]))
+        request.headers.get("via")  # the header index holds the line too
+        alone = sys.getrefcount(line)
+        first = top_via(request)
+        # Read once (an edge in front of an external core reads every Via line once): not kept.
+        self.assertEqual(sys.getrefcount(line), alone)
+        second = top_via(request)
+        self.assertGreater(sys.getrefcount(line), alone)  # read again (the embedded core): memoised
+        third = top_via(request)
+        for via in (first, second, third):
+            assert via is not None
+            self.assertEqual((via.transport, via.host, via.branch, "rport" in via.params),
+                             ("WSS", "once.invalid", "z9hG4bKonce1", True))
+        assert first is not None and second is not None and third is not None
+        first.params["received"] = "192.0.2.9"  # a view changed by mistake spoils no other
+        second.params["received"] = "192.0.2.8"
+        self.assertNotIn("received", third.params)
+        params.clear_memos()  # forgets the memo's parse, and that the line was read
+        self.assertEqual(sys.getrefcount(line), alone)
+        top_via(request)
+        self.assertEqual(sys.getrefcount(line), alone)  # a first reading again

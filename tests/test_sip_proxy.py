@@ -46,7 +46,9 @@ class FakeTransactions:
         self.sent: list[FakeClientTransaction] = []
         self.servers: list[FakeServerTransaction] = []
 
-    def send_request(self, request: Request, connection: Any, user: Any, timers: Any = None) -> FakeClientTransaction:
+    def send_request(
+        self, request: Request, connection: Any, user: Any, timers: Any = None, *, wire: bytes | None = None
+    ) -> FakeClientTransaction:
         transaction = FakeClientTransaction(request, connection, user)
         self.sent.append(transaction)
         return transaction

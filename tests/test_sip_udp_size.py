@@ -141,6 +141,21 @@ class LargeRequestsTakeTcpTests(unittest.TestCase):
         self.assertEqual(connection.transport, "UDP")
         self.assertTrue(request.headers.get("Via").startswith("SIP/2.0/UDP 127.0.0.1:"), request.headers.get("Via"))
 
+    async def test_the_limit_counts_the_request_as_it_goes_out_with_our_via(self) -> None:
+        # RFC 3261 §18.1.1: a request of exactly 1300 bytes on the wire (our Via and the
+        # received parameter included) stays on UDP; one byte more takes TCP.
+        self.downstream.listen(f"tcp:127.0.0.1:{self.next_hop_port}")
+        self.send(body_size=200)
+        small, _ = await self.forwarded()
+        at_limit = 200 + UDP_REQUEST_LIMIT - len(small.serialize())
+        self.send(body_size=at_limit)
+        request, connection = await self.forwarded()
+        self.assertEqual((connection.transport, len(request.serialize())), ("UDP", UDP_REQUEST_LIMIT))
+        self.send(body_size=at_limit + 1)
+        request, connection = await self.forwarded()
+        self.assertEqual(connection.transport, "TCP")
+        self.assertEqual(len(request.headers.get_all("Via")), 2)  # ours (TCP) and the sender's: one Via of ours
+
     async def test_without_a_tcp_listener_the_large_request_falls_back_to_udp(self) -> None:
         self.send(body_size=1200)
         request, connection = await self.forwarded()

@@ -40,7 +40,7 @@ from epcscf.sip.connection import WEBSOCKET_TRANSPORTS, Connection
 from epcscf.sip.headers import HeaderError, option_tags, parse_via, to_tag
 from epcscf.sip.message import Request, Response, new_tag
 from epcscf.sip.proxy import Decision, Forward, ProxiedRequest, Reject
-from epcscf.sip.proxy_policy import DIALOG_CREATING_METHODS
+from epcscf.sip.proxy_policy import DIALOG_CREATING_METHODS, is_deferred
 from epcscf.sip.proxy_rules import list_values, make_local_response, name_addr_uri
 from epcscf.sip.resolver import Target
 from epcscf.sip.uri import SipUri, UriError, parse_uri
@@ -74,6 +74,10 @@ class RegisterLeg:
     """Attached to a proxied REGISTER (``ProxiedRequest.attached``): what its 2xx needs."""
 
     outbound: bool  # the UA asked for RFC 5626 outbound: the binding is kept per flow
+
+
+#: the two RegisterLegs (frozen: shared; a frozen dataclass costs a ``__setattr__`` per field to make)
+_REGISTER_LEGS = {False: RegisterLeg(False), True: RegisterLeg(True)}
 
 
 @dataclass(frozen=True)
@@ -273,7 +277,7 @@ class PcscfPolicy:
         forward = self._initial_toward_core(request, binding.service_route, record_route)
         if request.method == "INVITE" and self.calls is not None:
             calls = self.calls
-            if isinstance(forward, defer.Deferred):
+            if is_deferred(forward):
                 return forward.addCallback(lambda resolved: calls.originating_invite(context, identity, resolved))
             return calls.originating_invite(context, identity, forward)
         return forward
@@ -361,7 +365,7 @@ class PcscfPolicy:
         # TS 24.229 §5.2.2.1: P-Visited-Network-ID and a fresh ICID on every REGISTER.
         headers.add("P-Visited-Network-ID", self._visited_network_id)
         self._add_charging_vector(request)
-        context.attached = RegisterLeg(outbound)
+        context.attached = _REGISTER_LEGS[outbound]
         return self._toward_core(request)
 
     def _toward_core(self, request: Request, record_route: Sequence[str] = ()) -> Decision | defer.Deferred:
@@ -370,7 +374,7 @@ class PcscfPolicy:
         if self.core_next_hop is not None or self.next_hop_resolver is None:
             return Forward(request, self.core_next_hop, record_route, sent_by)
         targets = self.next_hop_resolver()
-        if isinstance(targets, defer.Deferred):
+        if is_deferred(targets):
             return targets.addCallback(lambda found: Forward(request, found, record_route, sent_by))
         return Forward(request, targets, record_route, sent_by)  # the proxy goes on synchronously
 

@@ -104,23 +104,29 @@ class RegisterSource:
 
         Compared one by one, cheapest and likeliest to differ first, so that a refresh costs
         no parse and no copy; a REGISTER/2xx that differs usually stops at the first test."""
-        asked, granted = request.headers, response.headers
+        # Each header index read once, by canonical name (a refresh on every flow comes here).
+        asked, granted = request.headers.lookup_index(), response.headers.lookup_index()
         return (
-            _same_lines(self.granted_contacts, granted.lines("contact"))
-            and _same_lines(self.contacts, asked.lines("contact"))
-            and self.to == asked.get("to")
-            and _same_lines(self.service_route, granted.lines("service-route"))
-            and _same_lines(self.associated_uris, granted.lines("p-associated-uri"))
-            and self.granted_expires == granted.get("expires")
-            and self.expires == asked.get("expires")
+            _same_lines(self.granted_contacts, granted.get("contact"))
+            and _same_lines(self.contacts, asked.get("contact"))
+            and self.to == _first(asked.get("to"))
+            and _same_lines(self.service_route, granted.get("service-route"))
+            and _same_lines(self.associated_uris, granted.get("p-associated-uri"))
+            and self.granted_expires == _first(granted.get("expires"))
+            and self.expires == _first(asked.get("expires"))
             and self.outbound == outbound
             and self.origin == origin
         )
 
 
-def _same_lines(kept: list[str], lines: Sequence[str]) -> bool:
-    # ``Headers.lines`` gives the index's own list, or () for none: compared as get_all's copy would be.
+def _same_lines(kept: list[str], lines: Sequence[str] | None) -> bool:
+    # The index's own list, or None for none: compared as ``get_all``'s copy would be.
     return kept == lines if lines else not kept
+
+
+def _first(lines: Sequence[str] | None) -> str | None:
+    """``Headers.get`` of an index entry."""
+    return lines[0] if lines else None
 
 
 @dataclass(eq=False, slots=True)

@@ -13,7 +13,7 @@ from functools import partial
 from typing import Callable, TypeVar
 
 from epcscf.sip.message import Headers, Message
-from epcscf.sip.params import memoised_by_text, read_matched_header_params
+from epcscf.sip.params import clear_with_memos, memoised_by_text, read_matched_header_params
 from epcscf.sip.uri import (
     HOSTNAME_RE,
     IPV6_RE,
@@ -185,9 +185,11 @@ _FAST_VIA_PARTS_RE = re.compile(
 
 def _parse_first_via(line: str) -> Via:
     """The first Via of a header line: a new object every call.  The parse behind it is
-    memoised by text (bounded), since a Via line recurs in the request and its responses, at
-    the eP-CSCF and at the core; the memo's objects never leave it."""
-    return _first_via_memo(line).copy()
+    memoised by text (bounded) from its second reading, since a Via line recurs in the
+    request and its responses, at the eP-CSCF and at the core; the memo's objects never
+    leave it."""
+    parsed, shared = _first_via_of_line(line)
+    return parsed.copy() if shared else parsed
 
 
 def _read_first_via(line: str) -> Via:
@@ -204,6 +206,30 @@ def _read_first_via(line: str) -> Via:
 
 _first_via_memo = memoised_by_text(_read_first_via)
 
+# A Via line goes into the memo on its second reading, not its first.  At an edge in front of
+# an external core every Via line is read once (each request has a new branch: the WIC's
+# REGISTER, the core's response), and there a memo only costs: the insertion, the eviction
+# of an older parse and a copy for the message.  In front of the embedded core the same text
+# is read again within a few reactor turns (the core reads the lines the edge read, the edge
+# reads its response's): from the second reading on it is memoised as before.  The texts
+# read once are remembered by hash only (a collision merely sends a text to the memo).
+VIA_SEEN_ENTRIES = 1024
+_via_lines_seen: set[int] = set()
+clear_with_memos(_via_lines_seen.clear)
+
+
+def _first_via_of_line(line: str) -> tuple[Via, bool]:
+    """``_read_first_via(line)`` and whether the object is the memo's (shared: copy it
+    before it leaves this module) or a parse of its own.  Raises ``HeaderError`` as it."""
+    key = hash(line)
+    seen = _via_lines_seen
+    if key in seen:
+        return _first_via_memo(line), True
+    if len(seen) >= VIA_SEEN_ENTRIES:
+        seen.clear()
+    seen.add(key)
+    return _read_first_via(line), False
+
 
 def check_via_line(value: str, headers: Headers | None = None) -> None:
     """Raises ``HeaderError`` exactly when ``parse_via_list(value)`` does, without building
@@ -212,12 +238,12 @@ def check_via_line(value: str, headers: Headers | None = None) -> None:
     asked once per message rather than twice."""
     if "," not in value:
         try:
-            parsed = _first_via_memo(value)
+            parsed, shared = _first_via_of_line(value)
         except HeaderError:
             parse_via_list(value)  # names the problem
             return
         if headers is not None:
-            headers._views[("top-via", value)] = parsed.copy()  # what ``_parse_first_via`` gives
+            headers._views[("top-via", value)] = parsed.copy() if shared else parsed  # what ``_parse_first_via`` gives
         return
     items = split_header_list(value)
     if not items:
@@ -228,7 +254,8 @@ def check_via_line(value: str, headers: Headers | None = None) -> None:
         # reads: one read serves as its check and as the top-Via view.  (On a response this
         # line usually holds our own Via and the requester's, RFC 3261 §8.2.6.2.)
         try:
-            headers._views[("top-via", value)] = _first_via_memo(value).copy()
+            parsed, shared = _first_via_of_line(value)
+            headers._views[("top-via", value)] = parsed.copy() if shared else parsed
             rest = items[1:]
         except HeaderError:
             pass  # checked below, which names the problem

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import secrets
 from dataclasses import dataclass, field
-from typing import Iterable, Iterator, KeysView, Sequence
+from typing import Iterable, Iterator, KeysView, Mapping, Sequence
 
 # RFC 3261 §7.3.3 compact forms, plus the ones later RFCs registered
 # (RFC 3515 Refer-To "r", RFC 3892 Referred-By "b", RFC 3841 "a"/"j"/"d",
@@ -129,7 +129,7 @@ class Headers:
 
     Lookups go through an index (canonical name → values in order) built on the first
     lookup (or handed over by the parser) and kept up to date by every method that
-    changes the lines, so a message costs one pass over its header lines however often
+    changes the lines (always by putting a new list in: copies share the lists), so a message costs one pass over its header lines however often
     it is read.  Only these methods may change ``_items``.  ``_views`` holds typed views parsed from header
     values (``epcscf.sip.headers.cached_view``), keyed by the value text itself, so a
     changed value is simply parsed again: nothing there can go stale.
@@ -164,6 +164,12 @@ class Headers:
             self._index = index
         return index
 
+    def lookup_index(self) -> Mapping[str, Sequence[str]]:
+        """The index itself, read-only: canonical name (lower-case long form) → the values of
+        its lines in order.  For readers of several fields on every message's path."""
+        index = self._index
+        return index if index is not None else self._lookup()
+
     # The readers below inline ``_lookup``'s first test: they run for every view of every message.
 
     def __contains__(self, name: object) -> bool:
@@ -179,11 +185,12 @@ class Headers:
 
     def copy(self) -> "Headers":
         # Views are immutable facts about value texts: the copy may reuse them.  The index is
-        # copied too (its lists, not its texts): the proxy reads both copies it makes of every
-        # request, and a copied index costs a third of one built again from the lines.
+        # copied too: the proxy reads both copies it makes of every request, and a copied
+        # index costs a fraction of one built again from the lines.  Its lists are shared:
+        # no method changes an index list in place (each puts a new list in), so a copy
+        # never sees the other's changes.
         index = self._index
-        copied = None if index is None else {key: [*values] for key, values in index.items()}
-        return Headers(list(self._items), copied, dict(self._views))
+        return Headers(list(self._items), None if index is None else index.copy(), dict(self._views))
 
     def get(self, name: str, default: str | None = None) -> str | None:
         """First value of a header line named ``name``, or ``default``."""
@@ -214,14 +221,16 @@ class Headers:
         self._items.append((name, value))
         index = self._index
         if index is not None:
-            index.setdefault(canonical_name(name), []).append(value)
+            key = _CANONICAL_CACHE.get(name) or canonical_name(name)  # inlined: several per message
+            existing = index.get(key)
+            index[key] = [value] if existing is None else [*existing, value]  # a new list: see ``copy``
 
     def insert_first(self, name: str, value: str) -> None:
         """Put a header line before every other line of the same name (Via, Record-Route).
 
         If the header is absent it goes first of all, where a proxy puts its Via.
         """
-        key = canonical_name(name)
+        key = _CANONICAL_CACHE.get(name) or canonical_name(name)
         lookup = self._index
         if lookup is not None:  # kept up to date: the proxy adds Via and Record-Route to every request
             existing = lookup.get(key)
@@ -241,7 +250,7 @@ class Headers:
         """Replace the first line of ``name`` by ``value`` where it stands, or delete that
         line when ``value`` is None; False when there is no such line.  (The proxy's Via
         work on every message: RFC 3261 §16.7 step 3, §18.2.1.)"""
-        key = canonical_name(name)
+        key = _CANONICAL_CACHE.get(name) or canonical_name(name)
         cache = _CANONICAL_CACHE
         items = self._items
         for position, (n, _) in enumerate(items):

@@ -122,6 +122,11 @@ def clear_memos() -> None:
         clear()
 
 
+def clear_with_memos(clear: Callable[[], None]) -> None:
+    """Have ``clear_memos`` call ``clear`` too (a memo-like table kept outside ``memoised_by_text``)."""
+    _MEMOS.append(clear)
+
+
 def memoised_by_text(parse: Callable[[str], _Result], entries: int = MEMO_ENTRIES) -> Callable[[str], _Result]:
     """``parse`` remembered for the last ``entries`` texts up to ``MEMO_TEXT_LENGTH`` long.
 

@@ -62,6 +62,7 @@ from epcscf.sip.proxy_policy import (
     ProxyPolicy,
     ProxyState,
     Reject,
+    is_deferred,
 )
 
 log = Logger()
@@ -98,7 +99,9 @@ class NextHops(Protocol):
 class TransactionSender(Protocol):
     """What the proxy asks of the transaction layer (``epcscf.sip.transaction.TransactionLayer``)."""
 
-    def send_request(self, request: Request, connection: Connection, user: ClientTransactionUser) -> Any: ...
+    def send_request(
+        self, request: Request, connection: Connection, user: ClientTransactionUser, *, wire: bytes | None = None
+    ) -> Any: ...
 
     def find_invite_server_transaction(self, cancel: Request) -> Any: ...
 
@@ -195,7 +198,7 @@ class StatefulProxy:
         except Exception:
             self._policy_failed(context, Failure())
             return
-        if isinstance(decided, defer.Deferred):
+        if is_deferred(decided):
             decided.addCallback(lambda decision: self._apply_decision(context, decision))
             decided.addErrback(lambda f: self._policy_failed(context, f))
         else:
@@ -348,36 +351,76 @@ class StatefulProxy:
             self._by_client.pop(id(branch.client_transaction), None)  # the failed try is over
             branch.client_transaction = None
 
-        def connected(connection: Connection) -> None:
+        def connected(connection: Connection, branch_id: str | None = None, prepared: Any = None) -> None:
             branch.connection = connection
             if branch.cancel_wanted or context.state is not ProxyState.FORWARDING:
                 # Cancelled (or answered elsewhere) while connecting: never sent, so no CANCEL.
                 self._branch_final(context, branch, self._synthetic(context, 487))
                 return
-            self._send_branch(context, branch, connection)
+            self._send_branch(context, branch, connection, branch_id, prepared)
 
         def failed(failure: Failure) -> None:
             log.info("cannot reach {target}: {why}", target=target, why=failure.value)
             self._branch_failed(context, branch, 503)  # RFC 3261 §16.9
 
+        existing = self.connector.connection_for(target) if hasattr(self.connector, "connection_for") else None
+        if existing is not None and existing.transport == "UDP" and target.transport.upper() == "UDP":
+            # RFC 3261 §18.1.1 counts the request as it goes out, our Via included: make it for
+            # this UDP connection and serialise it once, for the size check and for the send.
+            branch_id = context.next_branch_id(self._secret)
+            outgoing = self._with_own_via(branch, existing, branch_id)
+            wire = outgoing.serialize()
+            if len(wire) <= UDP_REQUEST_LIMIT or not hasattr(self.connector, "connect_for_request"):
+                connected(existing, branch_id, (outgoing, wire))
+                return
+            # Too large for UDP → TCP to the same address (UDP if that fails), with the same
+            # branch id; _send_branch writes the Via for whichever connection this gives.
+            if outgoing is branch.request:
+                outgoing.headers.replace_first("Via", None)  # the UDP Via just added: gone again
+            self.connector.connect_for_request(target, len(wire)).addCallbacks(
+                lambda connection: connected(connection, branch_id), failed
+            )
+            return
         size = self._udp_request_size(branch, target)
         if size > UDP_REQUEST_LIMIT and hasattr(self.connector, "connect_for_request"):
             # RFC 3261 §18.1.1: too large for UDP → TCP to the same address (UDP if that fails);
             # _send_branch writes the Via for whichever connection this gives.
             self.connector.connect_for_request(target, size).addCallbacks(connected, failed)
             return
-        existing = self.connector.connection_for(target) if hasattr(self.connector, "connection_for") else None
         if existing is not None:
-            connected(existing)  # an open connection (always, for UDP): no Deferred needed
+            connected(existing)  # an open connection: no Deferred needed
         else:
             self.connector.connect(target).addCallbacks(connected, failed)
 
-    def _send_branch(self, context: ProxiedRequest, branch: Branch, connection: Connection) -> None:
+    def _with_own_via(self, branch: Branch, connection: Connection, branch_id: str) -> Request:
+        """The branch's request as it goes out on ``connection``, with our Via on top (RFC 3261
+        §16.6 step 8).  The branch keeps its request for the next target (RFC 3263 §4.3), so
+        the Via goes on a copy, unless no target is left: then nothing sends the branch's
+        request again, and it is the request sent (not for an INVITE, whose request the call
+        manager keeps reading)."""
+        request = branch.request
+        outgoing = request if not branch.targets and request.method != "INVITE" else request.copy()
+        rules.add_via(outgoing, connection.transport, branch.via_sent_by or self._sent_by(connection), branch_id)
+        return outgoing
+
+    def _send_branch(
+        self,
+        context: ProxiedRequest,
+        branch: Branch,
+        connection: Connection,
+        branch_id: str | None = None,
+        prepared: tuple[Request, bytes] | None = None,
+    ) -> None:
+        """Send the branch's request on ``connection`` in a new client transaction; ``prepared``
+        is that request already made (``_with_own_via``) and serialised for a UDP connection."""
         if context.state is not ProxyState.FORWARDING:
             return
-        outgoing = branch.request.copy()
-        branch_id = context.next_branch_id(self._secret)
-        rules.add_via(outgoing, connection.transport, branch.via_sent_by or self._sent_by(connection), branch_id)  # §16.6 step 8
+        if prepared is not None:
+            outgoing, wire = prepared
+        else:
+            if branch_id is None:
+                branch_id = context.next_branch_id(self._secret)
+            outgoing, wire = self._with_own_via(branch, connection, branch_id), None
         branch.sent_request = outgoing
         branch.attempt += 1
         branch.state = BranchState.CALLING
@@ -387,7 +430,11 @@ class StatefulProxy:
         # lets the callbacks find this branch before send_request has returned.
         self._sending = (context, branch)
         try:
-            transaction = self._layer().send_request(outgoing, connection, self)  # §16.6 step 10
+            layer = self._layer()
+            if wire is None:
+                transaction = layer.send_request(outgoing, connection, self)  # §16.6 step 10
+            else:
+                transaction = layer.send_request(outgoing, connection, self, wire=wire)
         except ConnectionLost as error:
             log.info("{call_id}: cannot send to {peer}: {why}", call_id=_call_id(context), peer=connection.remote, why=error)
             self._branch_failed(context, branch, self._transport_error_status(branch))
@@ -539,7 +586,7 @@ class StatefulProxy:
             except Exception:
                 log.failure("policy.response_to_forward failed; response dropped")
                 rewritten = None
-            if isinstance(rewritten, defer.Deferred):
+            if is_deferred(rewritten):
 
                 def done(result: Response | None) -> None:
                     self._send_upstream(context, result)

@@ -186,6 +186,14 @@ class ProxiedRequest:
         return rules.branch_for(self.request_as_received, next(self._branch_ids), secret, self._loop_hash)
 
 
+def is_deferred(value: object) -> bool:
+    """``isinstance(value, Deferred)``, asked of every routing decision and every response the
+    policy rewrites: ``Deferred`` is an ``Awaitable`` ABC, so ``isinstance`` with it runs
+    ``ABCMeta.__instancecheck__`` (Python code) for every plain answer.  A Deferred's class
+    has ``Deferred`` in its MRO (nothing registers virtual subclasses of it)."""
+    return defer.Deferred in type(value).__mro__
+
+
 class ProxyOperations(Protocol):
     """What the policy's call manager (``epcscf.pcscf.calls``) may ask of the proxy core:
     the proxy → policy direction is ``ProxyPolicy``; this is the other one."""

@@ -184,17 +184,18 @@ def loop_hash(request: Request) -> str:
     coming back unchanged (a loop) hashes the same; a spiral (changed R-URI, …) does not.
     Route is among them: an in-dialog request between two WICs of one eP-CSCF passes it twice
     with the same R-URI, and only its Route set (shorter the second time) tells the spiral."""
-    lines = request.headers.lines  # each field read once, no copies: this runs per request
-    to, from_, call_id, sequence = lines("to"), lines("from"), lines("call-id"), lines("cseq")
+    index = request.headers.lookup_index()  # each field read once, no copies: this runs per request
+    none: tuple[str, ...] = ()
+    to, from_, call_id, sequence = index.get("to"), index.get("from"), index.get("call-id"), index.get("cseq")
     fields = [
         request.uri,
-        ",".join(lines("route")),
+        ",".join(index.get("route", none)),
         tag_of(to[0] if to else None),
         tag_of(from_[0] if from_ else None),
         call_id[0] if call_id else "",
         sequence[0].split()[0] if sequence and sequence[0] else "",
-        ",".join(lines("proxy-require")),
-        ",".join(lines("proxy-authorization")),
+        ",".join(index.get("proxy-require", none)),
+        ",".join(index.get("proxy-authorization", none)),
     ]
     return hashlib.blake2s("\x00".join(fields).encode("utf-8", "surrogateescape"), digest_size=8).hexdigest()
 

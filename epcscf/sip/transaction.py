@@ -336,13 +336,18 @@ class TransactionLayer:
         connection: Connection,
         user: ClientTransactionUser,
         timers: TimerSettings | None = None,
+        *,
+        wire: bytes | None = None,
     ) -> ClientTransaction:
         """Send ``request`` in a new client transaction (RFC 3261 §17.1).
 
         The request must carry our top Via with an RFC 3261 branch, unique among our
         client transactions of the same method.  ``timers`` defaults to
         ``timers_for(connection)``.  If the first send fails, ``user.transport_failed``
-        is called on the next reactor turn, never before this method returns.
+        is called on the next reactor turn, never before this method returns.  ``wire`` is
+        ``request.serialize()`` when the caller already has it (the proxy sizes a request
+        toward UDP on its wire form, RFC 3261 §18.1.1): sent as it is, and for each
+        retransmission, instead of serialising the request again.
         """
         if request.method == "ACK":
             raise ValueError(
@@ -366,6 +371,7 @@ class TransactionLayer:
             timers if timers is not None else self._timers_for(connection),
             via.branch,
             self._client_terminated,
+            wire,
         )
         self._clients[key] = transaction
         transaction.start()

@@ -67,6 +67,19 @@ def ack_for_non_2xx(request: Request, response: Response) -> Request:
     return ack
 
 
+class SerializedRequest:
+    """A request's wire form, sent in its place (``TransactionLayer.send_request(wire=...)``):
+    a connection only asks a message for ``serialize()``."""
+
+    __slots__ = ("wire",)
+
+    def __init__(self, wire: bytes) -> None:
+        self.wire = wire
+
+    def serialize(self) -> bytes:
+        return self.wire
+
+
 class ClientTransaction(TransactionMachine):
     """One request we send and the responses that belong to it (RFC 3261 §17.1).
 
@@ -75,7 +88,7 @@ class ClientTransaction(TransactionMachine):
     """
 
     __slots__ = ("request", "method", "connection", "user", "timers", "branch", "is_invite", "last_response",
-                 "_ack", "_interval")
+                 "_ack", "_interval", "_sent")
 
     def __init__(
         self,
@@ -86,9 +99,12 @@ class ClientTransaction(TransactionMachine):
         timers: TimerSettings,
         branch: str,
         on_terminated: Callable[[TransactionMachine], None],
+        wire: bytes | None = None,
     ) -> None:
         #: the request sent, until a final response arrived (then None, see ``_let_go``)
         self.request: Request | None = request
+        #: what goes on the wire for it: the request, or its bytes when the sender has them
+        self._sent: Request | SerializedRequest | None = request if wire is None else SerializedRequest(wire)
         self.method = request.method
         self.connection = connection
         self.user = user
@@ -114,8 +130,8 @@ class ClientTransaction(TransactionMachine):
 
     def start(self) -> None:
         """Send the request and arm the first timers (§17.1.1.2, §17.1.2.2)."""
-        assert self.request is not None
-        self._send(self.connection, self.request)
+        assert self._sent is not None
+        self._send(self.connection, self._sent)  # type: ignore[arg-type] # SerializedRequest: serialize() is all a send uses
         if self._send_failed:
             self._send_failed = False
             self._timers[Event.TRANSPORT_ERROR] = self._clock.callLater(0, self._timer_fired, Event.TRANSPORT_ERROR)
@@ -159,13 +175,14 @@ class ClientTransaction(TransactionMachine):
         self._send(self.connection, self._ack)
 
     def _retransmit_request(self, _: object) -> None:
-        assert self.request is not None  # Calling, Trying, Proceeding: not yet let go
-        self._send(self.connection, self.request)
+        assert self._sent is not None  # Calling, Trying, Proceeding: not yet let go
+        self._send(self.connection, self._sent)  # type: ignore[arg-type]
 
     def _let_go(self) -> None:
         # Once a final arrived the request is never sent again (Completed re-sends only the
         # ACK, Accepted passes further 2xx up, RFC 6026 §7.2), and the response is the TU's.
         self.request = None
+        self._sent = None
         self.last_response = None
 
     def _restart_timer_a(self, _: object) -> None:

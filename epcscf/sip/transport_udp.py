@@ -33,6 +33,8 @@ log = Logger(namespace="epcscf.sip.transport")
 # RFC 3261 §18.1.1: a request within 200 bytes of the path MTU goes over a congestion-controlled
 # transport; with the MTU unknown (always, here) that is a request larger than 1300 bytes.
 UDP_REQUEST_LIMIT = 1300
+#: at most this many source addresses keep their ``Address`` between idle sweeps
+_SOURCES_KEPT = 4096
 #: how long a next hop that refused TCP gets its large requests over UDP without a new try
 UDP_ONLY_MEMORY = 300.0
 
@@ -120,6 +122,9 @@ class UdpTransport(DatagramProtocol):
         self._sink = sink
         self._settings = settings
         self._peers: dict[Address, UdpConnection] = {}
+        #: the ``Address`` of each recent source address (a frozen dataclass is dear to make for
+        #: every datagram); emptied with each idle sweep, and bounded like ``_peers`` in use
+        self._sources: dict[tuple[str, int], Address] = {}
         self.listening = False
         self.local = Address("0.0.0.0", 0)
         self._sweep: Any = None
@@ -170,6 +175,7 @@ class UdpTransport(DatagramProtocol):
         self._sweep = self.clock.callLater(self._settings.udp_idle_timeout / 2, self._expire_idle_peers)
 
     def _expire_idle_peers(self) -> None:
+        self._sources.clear()
         deadline = self.clock.seconds() - self._settings.udp_idle_timeout
         for remote, connection in list(self._peers.items()):
             if connection.last_used <= deadline:
@@ -177,7 +183,11 @@ class UdpTransport(DatagramProtocol):
         self._schedule_sweep()
 
     def datagramReceived(self, data: bytes, addr: tuple[str, int]) -> None:  # type: ignore[override]
-        source = Address(addr[0], addr[1])
+        source = self._sources.get(addr)
+        if source is None:
+            source = Address(addr[0], addr[1])
+            if len(self._sources) < _SOURCES_KEPT:
+                self._sources[addr] = source
         if data[:1] in (b"\r", b"\n", b"\x00", b" ", b"") and not data.strip(b"\r\n\x00 "):
             return  # RFC 5626 §3.5.1 / common practice: CRLF keep-alive datagrams carry no message
         try:

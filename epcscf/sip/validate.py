@@ -18,6 +18,7 @@ from epcscf.sip.uri import SipUri, TelUri, UriError, parse_uri
 # RFC 3261 §16.3 step 2: the schemes this proxy can route; anything else gets 416.
 SUPPORTED_SCHEMES = frozenset({"sip", "sips", "tel"})
 _MANDATORY = (("via", "Via"), ("from", "From"), ("to", "To"), ("call-id", "Call-ID"), ("cseq", "CSeq"))
+_MANDATORY_KEYS = frozenset(key for key, _ in _MANDATORY)
 _SINGLE = ("from", "to", "call-id", "cseq", "max-forwards", "content-length", "content-type")
 
 
@@ -38,23 +39,27 @@ def validate_request(
 ) -> Response | AnswerOptionsLocally | None:
     # Step 1: reasonable syntax - the fields the proxy needs are present, single and parse.
     headers = request.headers
-    missing = [spelling for key, spelling in _MANDATORY if key not in headers]
-    if missing:
+    # Read through the index by canonical name (the keys below are canonical): one dict
+    # look-up per field, on every request proxied.
+    index = headers.lookup_index()
+    if not index.keys() >= _MANDATORY_KEYS:
+        missing = [spelling for key, spelling in _MANDATORY if key not in index]
         return _bad_request(request, "missing " + ", ".join(missing))
     for key in _SINGLE:
-        if headers.count(key) > 1:
+        found = index.get(key)
+        if found is not None and len(found) > 1:
             return _bad_request(request, f"duplicate {display_name(key)}")
     # The parses are the message's shared views: what the parser and the transaction layer
     # already read is not parsed again.
     try:
-        for line in headers.get_all("via"):
+        for line in index["via"]:
             via_line_view(headers, line)
         cseq_value = cseq(request)
         assert cseq_value is not None  # present: checked above
         from_tag(request)  # raises HeaderError for a malformed From, like parse_address
         to_tag(request)
-        max_forwards_text = headers.get("max-forwards")
-        max_forwards = parse_max_forwards(max_forwards_text) if max_forwards_text is not None else None
+        max_forwards_lines = index.get("max-forwards")
+        max_forwards = parse_max_forwards(max_forwards_lines[0]) if max_forwards_lines else None
     except HeaderError as error:
         return _bad_request(request, f"malformed {error.header}: {error.reason}"[:200])
     if cseq_value.method != request.method:
@@ -72,7 +77,7 @@ def validate_request(
             return AnswerOptionsLocally(request)
         return make_response(request, 483)
     # Step 5: Proxy-Require (RFC 4475 §3.3.5 bext01); Require is for the UAS, not us.
-    required = option_tags(request, "proxy-require") if "proxy-require" in headers else ()
+    required = option_tags(request, "proxy-require") if "proxy-require" in index else ()
     if not required:
         return None
     supported = {tag.lower() for tag in supported_option_tags}
