@@ -270,7 +270,7 @@ class UnansweredHistoryTests(unittest.TestCase):
         self.assertEqual([call.getTime() for call in self.clock.getDelayedCalls()], [600.0])
         self.clock.advance(565)
         self.assertEqual(self.manager.ended_calls(), [])
-        self.assertEqual(self.manager._ended_by_call_id, {})  # the stray-2xx index forgets them too
+        self.assertEqual(self.manager.history._by_call_id, {})  # the stray-2xx index forgets them too
         self.assertEqual(self.clock.getDelayedCalls(), [])
 
 
