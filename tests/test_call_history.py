@@ -10,9 +10,9 @@ from typing import Any
 from twisted.trial import unittest
 
 from epcscf.pcscf import call_view
-from epcscf.pcscf.call_history import EndedCall
-from epcscf.pcscf.call_model import Call
-from epcscf.pcscf.call_state import CallState
+from epcscf.pcscf.call_history import CallHistory, EndedCall
+from epcscf.pcscf.call_model import Call, CallSettings
+from epcscf.pcscf.call_state import CallDirection, CallState
 from tests import test_calls_manager
 from tests.test_calls_manager import CORE_SDP, FakeMedia, response_to
 
@@ -103,3 +103,15 @@ class EndedCallRecordTests(unittest.TestCase):
         [ended] = self.manager.ended_calls()
         self.assertIsInstance(ended, Call)  # RFC 3261 §9.1, §15: its dialog ACKs and BYEs a late 2xx
         self.assertIsNone(self.manager.stray_response(response_to(context.request, 200, CORE_SDP)))
+
+    def test_every_ended_call_is_kept_though_a_freed_call_s_address_is_reused(self) -> None:
+        history = CallHistory(self.clock, lambda: CallSettings())
+        for number in range(50):
+            call = Call(f"call-{number}", CallDirection.ORIGINATING, self.wic, self.clock.seconds(), self.clock)
+            call.ended_at = self.clock.seconds()
+            call.release_cause = "cancelled"
+            history.add(call)
+            del call
+            history.calls()  # compacted: the Call is freed, the next one may get its address
+        self.assertEqual(len(history.calls()), 50)
+        history.close()

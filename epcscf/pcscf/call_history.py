@@ -24,6 +24,7 @@ must still be ACKed and BYEd through its dialog (RFC 3261 §9.1, §15).  Such ca
 from __future__ import annotations
 
 import collections
+import itertools
 import json
 from typing import Any, Callable
 
@@ -183,6 +184,8 @@ class CallHistory:
         #: response of a call is noted just after it ends
         self._to_compact: list[tuple[collections.OrderedDict[int, HistoryEntry], int]] = []
         self._pruning: IDelayedCall | None = None
+        #: history keys: not ``id(call)``, which a new call reuses once a compacted one is freed
+        self._numbers = itertools.count()
 
     def __len__(self) -> int:
         return len(self._answered) + len(self._unanswered)
@@ -192,9 +195,10 @@ class CallHistory:
         self.prune()
         answered = call.dialog is not None and call.dialog.confirmed
         history = self._answered if answered else self._unanswered
-        history[id(call)] = call
+        number = next(self._numbers)
+        history[number] = call
         self._by_call_id.setdefault(call.call_id, []).append(call)
-        self._to_compact.append((history, id(call)))
+        self._to_compact.append((history, number))
         self._arm_pruning()
 
     def calls(self) -> list[HistoryEntry]:
