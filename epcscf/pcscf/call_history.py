@@ -93,7 +93,7 @@ class EndedCall:
             call.state.value,
             [figures.ice, figures.dtls, figures.packets, figures.bytes],
             None if dialog is None else [dialog.confirmed, dialog.wic.tag, dialog.core.tag],
-        ], ensure_ascii=False)
+        ])  # ASCII, as ``PackedTimeline``: 1 byte a character
         # RFC 3261 §13.3.1.4: the only answer ``call_sdp.repeat_answer_in_retransmission`` reads
         originating = call.direction is CallDirection.ORIGINATING
         self._answer = call.last_wic_answer if originating else call.last_core_answer

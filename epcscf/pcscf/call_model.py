@@ -96,7 +96,8 @@ class TimelineEntry(NamedTuple):
 
 
 def _packed_text(entries: Sequence[TimelineEntry]) -> str:
-    return json.dumps([[entry.at, entry.kind, entry.text] for entry in entries], ensure_ascii=False)
+    # ASCII (escapes for the rest): one "→" would make the whole str 2 bytes a character (PEP 393)
+    return json.dumps([[entry.at, entry.kind, entry.text] for entry in entries])
 
 
 class PackedTimeline(Sequence[TimelineEntry]):
