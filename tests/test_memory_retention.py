@@ -62,6 +62,20 @@ class TransactionRetentionTests(unittest.TestCase):
         self.connection.clear()
         gc.collect()
 
+    def busy_invite_lingering(self) -> tuple[Any, bytes]:
+        """An INVITE answered 486 with a body: its transaction in Completed, holding only the bytes."""
+        self.receive(request("INVITE"))
+        [transaction] = self.tu.server_transactions
+        assert transaction.request is not None
+        busy = with_sdp(response(transaction.request, 486))
+        busy_held, wire = weakref.ref(busy), busy.serialize()
+        transaction.respond(busy)
+        del busy
+        self.forget_sent()
+        self.assertIsNone(busy_held())  # the parsed Response is gone, its bytes stay
+        self.assertEqual(transaction.last_response, SentResponse(486, wire))
+        return transaction, wire
+
     def test_accepted_invite_server_transaction_lets_go_of_the_invite_and_its_2xx(self) -> None:
         invite_held = self.receive(with_sdp(request("INVITE")))
         [transaction] = self.tu.server_transactions
@@ -95,16 +109,7 @@ class TransactionRetentionTests(unittest.TestCase):
         self.assertEqual([m.start_line() for m in self.connection.messages()], ["SIP/2.0 200 OK"])
 
     def test_a_udp_invite_completed_keeps_only_the_bytes_of_its_final_and_still_absorbs(self) -> None:
-        self.receive(request("INVITE"))
-        [transaction] = self.tu.server_transactions
-        assert transaction.request is not None
-        busy = with_sdp(response(transaction.request, 486))
-        busy_held, wire = weakref.ref(busy), busy.serialize()
-        transaction.respond(busy)
-        del busy
-        self.forget_sent()
-        self.assertIsNone(busy_held())  # the parsed Response is gone, its bytes stay
-        self.assertEqual(transaction.last_response, SentResponse(486, wire))
+        transaction, wire = self.busy_invite_lingering()
         # RFC 3261 §17.2.1: a retransmitted INVITE gets the same final, byte for byte
         self.receive(request("INVITE"))
         self.assertEqual([m.serialize() for m in self.connection.messages()], [wire])
@@ -136,16 +141,7 @@ class TransactionRetentionTests(unittest.TestCase):
         # RFC 3261 §18.2.2: on a stream whose connection closed the transport sends a Response to
         # the Via's sent-by, so a retransmitted request there gets the final parsed back.
         self.connection.transport = "TCP"
-        self.receive(request("INVITE"))
-        [transaction] = self.tu.server_transactions
-        assert transaction.request is not None
-        busy = with_sdp(response(transaction.request, 486))
-        busy_held, wire = weakref.ref(busy), busy.serialize()
-        transaction.respond(busy)
-        del busy
-        self.forget_sent()
-        self.assertIsNone(busy_held())
-        self.assertEqual(transaction.last_response, SentResponse(486, wire))
+        _, wire = self.busy_invite_lingering()
         self.receive(request("INVITE"))
         [again] = self.connection.messages()
         self.assertIsInstance(again, Response)
