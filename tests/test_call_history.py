@@ -7,6 +7,7 @@ import gc
 import weakref
 from typing import Any
 
+from twisted.internet import defer
 from twisted.trial import unittest
 
 from epcscf.pcscf import call_view
@@ -115,3 +116,28 @@ class EndedCallRecordTests(unittest.TestCase):
             history.calls()  # compacted: the Call is freed, the next one may get its address
         self.assertEqual(len(history.calls()), 50)
         history.close()
+
+    def test_a_call_is_compacted_only_once_its_media_closed_with_the_engine_s_last_totals(self) -> None:
+        # rtpengine's totals come with the reply to its delete (``rtpengine_media``), after the end.
+        closed: defer.Deferred = defer.Deferred()
+        totals = {"wic_to_core": {"packets": 1, "bytes": 100}, "core_to_wic": {"packets": 1, "bytes": 100}}
+
+        class EngineMedia(FakeMedia):
+            def stats(self) -> dict:
+                return {0: {"engine": "rtpengine", "node": "node-1", "ice": "", "media": totals}}
+
+            def close(self) -> defer.Deferred:
+                return closed
+
+        self.manager.media_factory = lambda call: EngineMedia(self.log)
+        context, _ = self.originate()
+        self.respond(context, response_to(context.request, 200, CORE_SDP))
+        [call] = self.manager.calls()
+        self.manager.release(call.call_id)
+        self.assertIs(self.manager.ended_calls()[0], call)  # its media is still closing
+        totals["wic_to_core"] = {"packets": 700, "bytes": 70000}
+        closed.callback(None)
+        [ended] = self.manager.ended_calls()
+        self.assertIsInstance(ended, EndedCall)
+        self.assertEqual(ended.media_stats[0]["engine"], "rtpengine")
+        self.assertEqual(call_view.call_record(ended, False)["packets"], {"wic_to_core": 700, "core_to_wic": 1})

@@ -8,8 +8,9 @@ refused, cancelled and garbage INVITEs are most of a fuzz burst.  One reactor ti
 the first call due, forgets them, so after the last call the history empties by itself (pruning
 only when the next call ends would keep the last busy minutes for ever).
 
-At the next look at the history (the final response of a call is noted just after it ends) each
-call is replaced by an ``EndedCall``: its summary, media totals and dialog tags in one string,
+At the next look at the history once its media has closed (the final response of a call is noted
+just after it ends, an engine's last totals come with its close) each call is replaced by an
+``EndedCall``: its summary, media statistics (as plain data) and dialog tags in one string,
 its timeline in another (``PackedTimeline``), and the one SDP answer a retransmitted 2xx must
 carry again (RFC 3261 §13.3.1.4).  A live ``Call`` with its ``Dialog``, two ``Party``, the media
 statistics and the timeline entries is ~30 objects allocated all over the heap while the call
@@ -24,15 +25,17 @@ must still be ACKed and BYEd through its dialog (RFC 3261 §9.1, §15).  Such ca
 from __future__ import annotations
 
 import collections
+import dataclasses
+import enum
 import itertools
 import json
 from typing import Any, Callable
 
+from twisted.internet import defer
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 
 from epcscf.pcscf.call_model import Call, CallSettings, PackedTimeline
 from epcscf.pcscf.call_state import CallDirection, CallState
-from epcscf.pcscf.call_view import media_figures
 from epcscf.sip.message import Message
 from epcscf.sip.uri import UriError, parse_name_addr
 
@@ -65,7 +68,23 @@ class EndedDialog:
 
 
 # Positions in an ``EndedCall``'s packed text (a JSON list).
-_SUMMARY, _STATE, _FIGURES, _DIALOG = range(4)
+_SUMMARY, _STATE, _MEDIA, _DIALOG = range(4)
+
+
+def _plain(value: Any) -> Any:
+    """Media statistics (dicts of dataclasses and enums) as JSON data, read back as dicts:
+    ``call_view`` reads a field of either the same way."""
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return {field.name: _plain(getattr(value, field.name)) for field in dataclasses.fields(value)}
+    if isinstance(value, dict):
+        return {str(key): _plain(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(item) for item in value]
+    if isinstance(value, enum.Enum):
+        return _plain(value.value)
+    if value is None or isinstance(value, (str, int, float, bool)):
+        return value
+    return str(value)
 
 
 class EndedCall:
@@ -86,12 +105,13 @@ class EndedCall:
         self.timeline: PackedTimeline = call.timeline
         self.timeline_limit = call.timeline_limit
         self.clock = call.clock
-        figures = media_figures(call)
+        stats = call.media_stats
         dialog = call.dialog
         self._packed = json.dumps([
             call.summary(),
             call.state.value,
-            [figures.ice, figures.dtls, figures.packets, figures.bytes],
+            # streams as [index, stream] pairs: a JSON object's keys would come back as str
+            [[index, _plain(stream)] for index, stream in stats.items()] if isinstance(stats, dict) else _plain(stats),
             None if dialog is None else [dialog.confirmed, dialog.wic.tag, dialog.core.tag],
         ])  # ASCII, as ``PackedTimeline``: 1 byte a character
         # RFC 3261 §13.3.1.4: the only answer ``call_sdp.repeat_answer_in_retransmission`` reads
@@ -125,16 +145,10 @@ class EndedCall:
         return self._unpacked(_SUMMARY)["layer"]  # type: ignore[no-any-return]
 
     @property
-    def media_stats(self) -> dict[int, dict[str, Any]] | None:
-        """The media totals as one stream in ``CallMediaLike.stats()``'s shape, so that
-        ``call_view.media_figures`` reads the same figures as it did from the call."""
-        ice, dtls, packets, octets = self._unpacked(_FIGURES)
-        if packets is None:
-            return None
-        session = {"dtls_state": None if dtls == "-" else dtls}
-        for direction in packets:
-            session[direction] = {"packets": packets[direction], "bytes": octets[direction]}
-        return {0: {"ice": None if ice == "-" else ice, "media": session}}
+    def media_stats(self) -> Any:
+        """The call's last media statistics (``Call.media_stats``), dataclasses read back as dicts."""
+        stats = self._unpacked(_MEDIA)
+        return {index: stream for index, stream in stats} if isinstance(stats, list) else stats
 
     @property
     def dialog(self) -> EndedDialog | None:
@@ -182,7 +196,7 @@ class CallHistory:
         self._by_call_id: dict[str, list[HistoryEntry]] = {}
         #: calls ended since the history was last looked at, not yet compacted: the final
         #: response of a call is noted just after it ends
-        self._to_compact: list[tuple[collections.OrderedDict[int, HistoryEntry], int]] = []
+        self._to_compact: list[tuple[collections.OrderedDict[int, HistoryEntry], int, defer.Deferred | None]] = []
         self._pruning: IDelayedCall | None = None
         #: history keys: not ``id(call)``, which a new call reuses once a compacted one is freed
         self._numbers = itertools.count()
@@ -190,15 +204,16 @@ class CallHistory:
     def __len__(self) -> int:
         return len(self._answered) + len(self._unanswered)
 
-    def add(self, call: Call) -> None:
-        """``call`` has just ended (``ended_at`` set)."""
+    def add(self, call: Call, media_closed: defer.Deferred | None = None) -> None:
+        """``call`` has just ended (``ended_at`` set); ``media_closed`` fires once its media has
+        closed (an engine may note its last totals then): it is not compacted before."""
         self.prune()
         answered = call.dialog is not None and call.dialog.confirmed
         history = self._answered if answered else self._unanswered
         number = next(self._numbers)
         history[number] = call
         self._by_call_id.setdefault(call.call_id, []).append(call)
-        self._to_compact.append((history, number))
+        self._to_compact.append((history, number, media_closed))
         self._arm_pruning()
 
     def calls(self) -> list[HistoryEntry]:
@@ -224,10 +239,14 @@ class CallHistory:
     # --- compaction and pruning ----------------------------------------------------------
 
     def _compact(self) -> None:
-        for history, key in self._to_compact:
+        waiting = []
+        for history, key, media_closed in self._to_compact:
             call = history.get(key)
             if not isinstance(call, Call):
                 continue  # already pruned
+            if media_closed is not None and not media_closed.called:
+                waiting.append((history, key, media_closed))
+                continue
             if _kept_whole(call):
                 call.pack()
                 continue
@@ -237,7 +256,7 @@ class CallHistory:
             for position, known in enumerate(siblings):
                 if known is call:
                     siblings[position] = record
-        self._to_compact.clear()
+        self._to_compact = waiting
 
     def _histories(self) -> tuple[tuple[collections.OrderedDict[int, HistoryEntry], float], ...]:
         """Each history, oldest first, with how long it keeps a call."""

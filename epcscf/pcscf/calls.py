@@ -562,9 +562,9 @@ class CallManager:
             del self._live[call.key]
         if self.suspensions is not None:
             self.suspensions.forget(call)
-        self.history.add(call)
         call.invite_context = None  # the proxy's context is not ours to keep alive
         media, call.media = call.media, None
+        closing: defer.Deferred | None = None
         if media is not None:
             try:
                 call.media_stats = media.stats()  # the console still shows them after the end
@@ -576,6 +576,7 @@ class CallManager:
             closing.addErrback(lambda failure: log.failure("closing media of {call_id}", failure, call_id=call.call_id))
             self._closing.add(closing)
             closing.addBoth(lambda result: (self._closing.discard(closing), result)[1])
+        self.history.add(call, closing)
 
 
 def _branch_connection(context: ProxiedRequest, response: Response | None) -> Connection | None:
