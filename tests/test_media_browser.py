@@ -254,8 +254,9 @@ class BrowserMediaTests(unittest.TestCase):
         await wait_for(lambda: not calls.calls(), 10, what=f"calls released: {calls.calls()}")
         await calls.idle().asFuture(asyncio.get_event_loop())
         pool = calls.media_factory.pool
-        await wait_for(lambda: pool.free_count == pool.size, 10, what=f"media ports freed: {pool}")
-        self.assertEqual(pool.free_count, pool.size)
+        # No port held by a call; the ended calls' sockets may be parked for the next calls (epcscf.ice.shelf).
+        await wait_for(lambda: pool.used_count == 0, 10, what=f"media ports freed: {pool}")
+        self.assertEqual(pool.free_count + pool.parked_count, pool.size)
 
     async def browser_idle(self, browser: Browser, user: str) -> None:
         await browser.wait(user, page_state("call-state", "idle"), timeout=15000)

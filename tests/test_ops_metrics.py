@@ -344,6 +344,8 @@ class LeakAccountingTests(unittest.TestCase):
         self.assertEqual(value(after, "epcscf_calls", direction="originating"), 0)
         for name in CALL_HELD:
             self.assertEqual(value(after, name), 0, name)
+        # the call's ICE socket and RTP/RTCP pair stay bound for the next calls (epcscf.ice.shelf)
+        self.assertEqual(value(after, "epcscf_media_ports_parked"), 3)
         self.assertEqual(value(after, "epcscf_sip_transactions", kind="server"), 0)
         self.assertEqual(value(after, "epcscf_sip_transactions", kind="client"), 0)
         self.assertEqual(value(after, "epcscf_asyncio_tasks"), value(idle, "epcscf_asyncio_tasks"))

@@ -17,7 +17,7 @@ from twisted.internet.task import Clock
 from twisted.trial import unittest
 
 from epcscf.pcscf.admission import OverloadController, OverloadSettings
-from epcscf.pcscf.early_refusal import EarlyInviteGate
+from epcscf.pcscf.early_refusal import EarlyInviteGate, RetryAfter
 from epcscf.pcscf.limits import FlowRateLimiter, FlowVerdict
 from epcscf.pcscf.setup_window import SetupWindow, WindowSettings
 from epcscf.sip.early_admission import EarlyRefusal, StatelessResponder
@@ -144,6 +144,28 @@ class EarlyRefusalTests(BorderTestCase):
 
 
 
+class SpreadRetryAfterTests(BorderTestCase):
+    """``[overload] retry_after_spread``: WICs refused together are told different delays."""
+
+    extra_config = "[overload]\nmin_calls_in_setup = 1\nmax_calls_in_setup = 1\nretry_after = 7\nretry_after_spread = 2\n"
+    timeout = 30
+    fill_window = EarlyRefusalTests.fill_window
+
+    @asyncio_test
+    async def test_refused_invites_get_retry_after_values_spread_over_the_configured_range(self) -> None:
+        alice = await self.registered("alice")
+        self.fill_window()
+        delays = []
+        for _ in range(12):
+            await alice.send(alice.request("INVITE", f"sip:bob@{alice.domain}"))
+            response = await alice.final_response()
+            self.assertEqual(response.status, 503)
+            delays.append(int(response.headers.get("Retry-After") or "0"))
+        self.assertTrue(set(delays) <= {7, 8, 9}, delays)
+        self.assertGreater(len(set(delays)), 1, delays)  # all alike: (1/3)^11 by chance
+        await self.assert_sink_silent()
+
+
 class UntrustedSourceRateTests(BorderTestCase):
     """A core-side UDP source that is no trusted core address has a message rate
     (``[overload] untrusted_source_messages_per_second``): beyond it, 503 + Retry-After without a
@@ -236,6 +258,24 @@ class EarlyInviteGateTests(unittest.TestCase):
         for method, to_tag in (("INVITE", "b1"), ("BYE", "b1"), ("REGISTER", None), ("MESSAGE", None), ("CANCEL", None)):
             self.assertIsNone(self.ask(gate, method, to_tag), method)
         self.assertEqual((self.refused, self.window.refused), (["calls_in_setup"], 1))
+
+    def test_retry_after_is_drawn_over_retry_after_to_retry_after_plus_spread(self) -> None:
+        draws = iter([0.0, 0.26, 0.5, 0.99, 0.74])
+        self.controller = OverloadController(OverloadSettings(retry_after=5, retry_after_spread=3), self.clock)
+        self.window = SetupWindow(WindowSettings(target=0.25, min_calls=1, max_calls=1), self.clock)
+        gate = EarlyInviteGate(self.controller, self.window, self.refused.append, uniform=lambda: next(draws))
+        self.assertTrue(self.window.admit(ProxiedRequest(request("INVITE"), self.flow)))  # type: ignore[arg-type]
+        values = [dict(self.ask(gate).headers)["Retry-After"] for _ in range(5)]  # type: ignore[union-attr]
+        self.assertEqual(values, ["5", "6", "7", "8", "7"])
+        # SIGHUP: new settings, new refusals; no spread: always retry_after.
+        self.controller.settings = OverloadSettings(retry_after=9, retry_after_spread=0)
+        self.assertEqual({dict(self.ask(gate).headers)["Retry-After"] for _ in range(20)}, {"9"})  # type: ignore[union-attr]
+
+    def test_retry_after_spread_covers_its_range_and_stays_in_it(self) -> None:
+        spread = RetryAfter(5, 5)
+        drawn = {spread.seconds() for _ in range(2000)}
+        self.assertEqual(drawn, set(range(5, 11)))
+        self.assertEqual({RetryAfter(5).seconds() for _ in range(100)}, {5})
 
     def test_without_a_window_the_lag_throttle_decides_and_nothing_is_spent_on_admitted_invites(self) -> None:
         gate = self.gate(OverloadSettings(high_samples=1, min_new_per_second=1.0), WindowSettings(target=0.0, max_calls=0))

@@ -145,6 +145,25 @@ class WindowTests(unittest.TestCase):
             self.assertLessEqual(reads[0], SetupWindow.LOOK_CALLS)
         self.assertEqual(looks, 30 // SetupWindow.LOOK_CALLS + 1)  # found in turn, before the next full look
 
+    def test_the_probes_ticks_read_every_call_once_a_full_refresh_and_still_measure_the_throughput(self) -> None:
+        window = self.window(target=0.25, min_calls=50)
+        reads = [0]
+        admitted = self.full_of_answered_calls(window, reads)
+        reads[0] = 0
+        ticks = int(1.0 / 0.05)  # a second of the load probe at [overload] lag_interval = 0.05
+        for _ in range(ticks):
+            self.clock.advance(0.05)
+            window.tick()
+        full_looks = round(1.0 / SetupWindow.FULL_REFRESH)  # a second's worth (ticks drift: one fewer may fit)
+        self.assertIn(reads[0], (50 * (full_looks - 1), 50 * full_looks))  # not 50 at each of the 20 ticks
+        for setup in admitted:  # every call through its setup while no INVITE comes
+            setup.call.media.settled = True  # type: ignore[union-attr]
+        for _ in range(int(SetupWindow.PERIOD / 0.05) + round(SetupWindow.FULL_REFRESH / 0.05)):
+            self.clock.advance(0.05)
+            window.tick()
+        self.assertEqual(window.in_setup, 0)
+        self.assertGreater(window.throughput, 0.0)  # measured on the probe's clock alone
+
     def test_calls_waiting_for_their_callee_do_not_count_and_come_back_with_the_answer(self) -> None:
         window = self.window(target=0.25, min_calls=2)
         first, second = self.offer(window), self.offer(window)

@@ -44,6 +44,7 @@ from epcscf.ice.consent import ConsentFreshness
 from epcscf.ice.full import FullBackend
 from epcscf.ice.lite import LiteBackend
 from epcscf.ice.ports import UdpPortPool
+from epcscf.ice.shelf import SocketShelf
 from epcscf.ice.types import (
     ICE_TRANSITIONS,
     Address,
@@ -135,6 +136,7 @@ class IceAgent:
         clock: IReactorTime,
         pool: UdpPortPool | None = None,
         *,
+        shelf: SocketShelf | None = None,
         datagram_received: Callable[[bytes], None] | None = None,
         on_state_change: Callable[[IceState], None] | None = None,
         on_consent_lost: Callable[[str], None] | None = None,
@@ -153,7 +155,7 @@ class IceAgent:
         self._state = IceState.NEW
         credentials = IceCredentials.generate()
         if config.mode == "full":
-            self._backend: FullBackend | LiteBackend = FullBackend(config, credentials, controlling, pool, self, self.stats)
+            self._backend: FullBackend | LiteBackend = FullBackend(config, credentials, controlling, pool, self, self.stats, shelf if pool is not None else None)
         else:
             self._backend = LiteBackend(config, credentials, pool, self, self.stats)
         self._remote: IceCredentials | None = None
@@ -226,6 +228,10 @@ class IceAgent:
                 self._transition(IceState.FAILED)
             return failure
 
+        if self._backend.gather_now():
+            # From parked sockets (`epcscf.ice.shelf`): no socket to bind, nothing to wait for.
+            gathered(None)
+            return succeed(None)
         return as_deferred(self._backend.gather()).addCallbacks(gathered, failed)
 
     def set_remote(

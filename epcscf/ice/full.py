@@ -6,7 +6,10 @@ a media gateway:
 
 - binding: `get_component_candidates` binds only the configured addresses, on ports from the
   shared `UdpPortPool`, and writes the advertised (1:1 NAT) address into the candidates; aioice's
-  interface enumeration is skipped (`gather_candidates`);
+  interface enumeration is skipped (`gather_candidates`).  With a `SocketShelf`, a socket parked
+  by an earlier call is taken instead of binding, and a closing socket is parked instead of
+  closed (`_StunSocket.close`); the new call puts a new protocol on it, so nothing but the bound
+  socket crosses calls;
 - consent: aioice's own `query_consent` (module-global timing, close as the only signal) is
   replaced by the agent's clock-driven `ConsentFreshness`, which sends its checks through
   `send_consent_check` below;
@@ -26,15 +29,16 @@ from __future__ import annotations
 
 import asyncio
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from typing import Any
 
 import aioice.ice
-from aioice import stun
+from aioice import mdns, stun
 from aioice.candidate import Candidate
 from twisted.logger import Logger
 
 from epcscf.ice.ports import UdpPortPool
+from epcscf.ice.shelf import SocketShelf
 from epcscf.ice.sockets import BackendListener, EarlyDatagrams, bind_udp, host_candidate, is_stun
 from epcscf.ice.types import Address, IceAgentConfig, IceClosed, IceCredentials, IceStats, SelectedPair
 
@@ -44,15 +48,42 @@ log = Logger()
 # matter until the next response or the 30 s expiry, RFC 7675 §5.1).
 CONSENT_OUTSTANDING = 16
 
+# The shelf key of our host sockets toward the WIC, with the bind address.
+SHELF_KIND = "ice-host"
+
+
+class _ParkedHostSocket(asyncio.DatagramProtocol):
+    """An ICE host socket between calls: still bound and read, everything it gets dropped
+    (the tail of the call that closed it)."""
+
+    def __init__(self, transport: asyncio.DatagramTransport, port: int) -> None:
+        self.transport = transport
+        self.port = port
+
+    @property
+    def ports(self) -> tuple[int, ...]:
+        return (self.port,)
+
+    def datagram_received(self, data: bytes, addr: tuple[Any, ...]) -> None:
+        pass
+
+    def error_received(self, exc: Exception) -> None:
+        pass  # an ICMP error for a datagram of the old call
+
+    def close(self) -> None:
+        self.transport.close()
+
 
 class _StunSocket(aioice.ice.StunProtocol):
     """aioice's socket protocol, demultiplexing data by first byte (RFC 7983) and counting checks."""
 
     receiver: _AgentConnection
 
-    def __init__(self, receiver: _AgentConnection) -> None:
+    def __init__(self, receiver: _AgentConnection, bind_address: str) -> None:
         super().__init__(receiver)
         self.pool_port: int | None = None
+        self.bind_address = bind_address
+        self.parked = False
 
     def datagram_received(self, data: bytes | str, addr: tuple[Any, ...]) -> None:
         data = bytes(data) if not isinstance(data, bytes) else data
@@ -65,6 +96,19 @@ class _StunSocket(aioice.ice.StunProtocol):
         if message.message_class == stun.Class.REQUEST:
             self.receiver.generation.stats.checks_sent += 1
         super().send_stun(message, addr)
+
+    async def close(self) -> None:
+        shelf = self.receiver.generation.shelf
+        port = self.pool_port
+        if shelf is not None and port is not None and not self.transport.is_closing():
+            parked = _ParkedHostSocket(self.transport, port)
+            if shelf.park((SHELF_KIND, self.bind_address), parked):
+                self.transport.set_protocol(parked)
+                self.parked = True
+                # What the loop would call after a real close: aioice's bookkeeping of a lost socket.
+                self.connection_lost(None)
+                return
+        await super().close()
 
 
 class _AgentConnection(aioice.ice.Connection):
@@ -103,21 +147,52 @@ class _AgentConnection(aioice.ice.Connection):
             self._local_candidates += await self.get_component_candidates(component=component, addresses=[])
         self._local_candidates_end = True
 
+    def gather_from_shelf(self) -> bool:
+        """Gathering at once, without an await, when the shelf holds a socket out of quarantine
+        for every bind address (the usual call on a busy node); False: `gather_candidates`."""
+        shelf = self.generation.shelf
+        addresses = self.generation.config.bind_addresses
+        if shelf is None or self._local_candidates_start or not all(shelf.ready((SHELF_KIND, a)) for a in addresses):
+            return False
+        self._local_candidates_start = True
+        for index, address in enumerate(addresses):
+            parked = shelf.take((SHELF_KIND, address))
+            assert isinstance(parked, _ParkedHostSocket)
+            self._local_candidates.append(self._adopt(parked, address, index))
+        self._local_candidates_end = True
+        return True
+
+    def _adopt(self, parked: _ParkedHostSocket, address: str, index: int) -> Candidate:
+        """A parked socket becomes this call's: a new protocol, nothing of the old call's."""
+        protocol = _StunSocket(self, address)
+        parked.transport.set_protocol(protocol)
+        protocol.connection_made(parked.transport)
+        protocol.pool_port = parked.port
+        return self._host(protocol, index)
+
+    def _host(self, protocol: _StunSocket, index: int) -> Candidate:
+        protocol.local_candidate = host_candidate(protocol.transport.get_extra_info("sockname"), self.generation.config.advertised_address, index)
+        self._protocols.append(protocol)
+        return protocol.local_candidate
+
     async def get_component_candidates(self, component: int, addresses: list[str], timeout: int = 5) -> list[Candidate]:
         config = self.generation.config
         candidates = []
+        shelf = self.generation.shelf
         for index, address in enumerate(config.bind_addresses):
-            transport, protocol, port = await bind_udp(lambda: _StunSocket(self), address, self.generation.pool)
+            parked = shelf.take((SHELF_KIND, address)) if shelf is not None else None
+            if isinstance(parked, _ParkedHostSocket):
+                candidates.append(self._adopt(parked, address, index))
+                continue
+            transport, protocol, port = await bind_udp(lambda: _StunSocket(self, address), address, self.generation.pool)
             protocol.pool_port = port
             if self.generation.closing:
                 # close() ran while we were binding: this socket must not outlive it.
                 await protocol.close()
-                if port is not None and self.generation.pool is not None:
+                if port is not None and self.generation.pool is not None and not protocol.parked:
                     self.generation.pool.release(port)
                 raise IceClosed("the ICE agent was closed while gathering")
-            protocol.local_candidate = host_candidate(transport.get_extra_info("sockname"), config.advertised_address, index)
-            self._protocols.append(protocol)
-            candidates.append(protocol.local_candidate)
+            candidates.append(self._host(protocol, index))
         return candidates
 
     async def query_consent(self) -> None:
@@ -143,10 +218,21 @@ class _AgentConnection(aioice.ice.Connection):
             self.generation.nominated(nominated)
 
     async def close(self) -> None:
-        ports = [p.pool_port for p in self._protocols if isinstance(p, _StunSocket) and p.pool_port is not None]
+        sockets = [p for p in self._protocols if isinstance(p, _StunSocket) and p.pool_port is not None]
         await super().close()
         if self.generation.pool is not None:
-            self.generation.pool.release(*ports)
+            # A parked socket's port stays bound (the shelf's now).
+            self.generation.pool.release(*(s.pool_port for s in sockets if not s.parked and s.pool_port is not None))
+
+
+def _run_without_waiting(coroutine: Coroutine[Any, Any, None]) -> None:
+    """Run a coroutine that never awaits to its end, here and now."""
+    try:
+        coroutine.send(None)
+    except StopIteration:
+        return
+    coroutine.close()
+    raise RuntimeError("a coroutine expected to finish without waiting waited")
 
 
 class _ConsentTransaction:
@@ -170,6 +256,7 @@ class FullGeneration:
         controlling: bool,
         pool: UdpPortPool | None,
         stats: IceStats,
+        shelf: SocketShelf | None,
         on_selected: Callable[[FullGeneration, SelectedPair], None],
         on_failed: Callable[[FullGeneration, str], None],
         on_data: Callable[[FullGeneration, bytes], None],
@@ -178,6 +265,7 @@ class FullGeneration:
         self.config = config
         self.credentials = credentials
         self.pool = pool
+        self.shelf = shelf
         self.stats = stats
         self._on_selected = on_selected
         self._on_failed = on_failed
@@ -214,6 +302,11 @@ class FullGeneration:
         await self.connection.gather_candidates()
         self._gathered = True
 
+    def gather_now(self) -> bool:
+        """Gathered at once from parked sockets (True), or `gather` is needed."""
+        self._gathered = self.connection.gather_from_shelf()
+        return self._gathered
+
     def set_remote(self, credentials: IceCredentials, remote_is_lite: bool) -> None:
         self.remote = credentials
         self.connection.remote_username = credentials.ufrag
@@ -234,7 +327,13 @@ class FullGeneration:
                 log.info("ICE: remote candidate {candidate} ignored: more than {limit} pairs", candidate=candidate.to_sdp(), limit=self.config.max_pairs)
                 return
             self._remote_count += 1
-        self._spawn(self.connection.add_remote_candidate(candidate))
+        adding = self.connection.add_remote_candidate(candidate)
+        if candidate is None or not mdns.is_mdns_hostname(candidate.host):
+            # An address, or end-of-candidates: aioice adds it without waiting (only an mDNS
+            # name is resolved), so it runs here rather than as one asyncio task per candidate.
+            _run_without_waiting(adding)
+        else:
+            self._spawn(adding)
 
     def begin_checks(self) -> None:
         if self._connect_task is None and self.remote is not None and self._gathered and not self._closing:
@@ -351,8 +450,10 @@ class FullBackend:
         pool: UdpPortPool | None,
         listener: BackendListener,
         stats: IceStats,
+        shelf: SocketShelf | None = None,
     ) -> None:
         self._config = config
+        self._shelf = shelf
         self._controlling = controlling
         self._pool = pool
         self._listener = listener
@@ -363,7 +464,7 @@ class FullBackend:
 
     def _generation(self, credentials: IceCredentials) -> FullGeneration:
         return FullGeneration(
-            self._config, credentials, self._controlling, self._pool, self._stats,
+            self._config, credentials, self._controlling, self._pool, self._stats, self._shelf,
             on_selected=self._selected, on_failed=self._failed, on_data=self._data, on_consent=self._consent,
         )
 
@@ -394,6 +495,9 @@ class FullBackend:
 
     async def gather(self) -> None:
         await self._current.gather()
+
+    def gather_now(self) -> bool:
+        return self._current.gather_now()
 
     def set_remote(self, credentials: IceCredentials, remote_is_lite: bool) -> None:
         self._current.set_remote(credentials, remote_is_lite)

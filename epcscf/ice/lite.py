@@ -183,6 +183,9 @@ class LiteBackend:
         sock, remote = self._selected
         return SelectedPair(sock.local_address, remote)
 
+    def gather_now(self) -> bool:
+        return False  # the lite responder binds its sockets (no parking, see epcscf.ice.shelf)
+
     async def gather(self) -> None:
         try:
             for index, address in enumerate(self._config.bind_addresses):

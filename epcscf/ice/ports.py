@@ -30,6 +30,8 @@ class UdpPortPool:
         # Insertion order is the order ports became free: allocation pops from the front.
         self._free: OrderedDict[int, None] = OrderedDict((port, None) for port in range(low, high + 1))
         self._used: set[int] = set()
+        # Bound by a socket parked between calls (`epcscf.ice.shelf`): neither free nor a call's.
+        self._parked: set[int] = set()
 
     def __repr__(self) -> str:
         return f"UdpPortPool({self.low}-{self.high}, free={self.free_count})"
@@ -45,6 +47,10 @@ class UdpPortPool:
     @property
     def used_count(self) -> int:
         return len(self._used)
+
+    @property
+    def parked_count(self) -> int:
+        return len(self._parked)
 
     def is_used(self, port: int) -> bool:
         return port in self._used
@@ -70,6 +76,21 @@ class UdpPortPool:
     def release(self, *ports: int) -> None:
         """Give ports back (idempotent: releasing a free port is ignored)."""
         for port in ports:
+            if port in self._used or port in self._parked:
+                self._used.discard(port)
+                self._parked.discard(port)
+                self._free[port] = None
+
+    def park(self, *ports: int) -> None:
+        """Ports of a call's socket kept bound for a later call (no longer the call's)."""
+        for port in ports:
             if port in self._used:
                 self._used.discard(port)
-                self._free[port] = None
+                self._parked.add(port)
+
+    def unpark(self, *ports: int) -> None:
+        """Parked ports taken by a new call."""
+        for port in ports:
+            if port in self._parked:
+                self._parked.discard(port)
+                self._used.add(port)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import datetime
 import functools
+import re
 import secrets
 from dataclasses import dataclass
 
@@ -28,6 +29,8 @@ FINGERPRINT_HASHES: dict[str, type[hashes.HashAlgorithm]] = {
 }
 
 DEFAULT_VALIDITY = datetime.timedelta(days=30)
+# RFC 8122 §5: fingerprint = 2UHEX *(":" 2UHEX), compared case-insensitively (upper-cased first).
+_HEX_OCTETS = re.compile(r"[0-9A-F]{2}(?::[0-9A-F]{2})*")
 
 
 class FingerprintError(ValueError):
@@ -48,9 +51,10 @@ class Fingerprint:
         if name not in FINGERPRINT_HASHES:
             known = ", ".join(FINGERPRINT_HASHES)
             raise FingerprintError(f"unsupported fingerprint hash {algorithm!r} (supported: {known})")
-        octets = value.strip().upper().split(":")
+        text = value.strip().upper()
+        octets = text.split(":")
         size = FINGERPRINT_HASHES[name].digest_size
-        if len(octets) != size or any(len(o) != 2 or any(c not in "0123456789ABCDEF" for c in o) for o in octets):
+        if len(octets) != size or _HEX_OCTETS.fullmatch(text) is None:
             raise FingerprintError(f"{name} fingerprint must be {size} colon-separated hex octets, got {value!r}")
         return cls(name, ":".join(octets))
 

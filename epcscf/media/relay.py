@@ -5,6 +5,9 @@ RFC 3550 §11: RTP on an even port, RTCP on the next (odd) one.  The pair comes 
 without a pool (tests) an ephemeral even/odd pair is searched.  Sockets are bound with the
 `socket` module first (so a failed pair costs no reactor round trip); under the asyncio reactor
 they are read straight from its event loop (the lean path), otherwise through Twisted UDP ports.
+On the lean path, with a `SocketShelf`, a closed pair is parked (still bound and read, into a
+sink) and a later call takes it instead of binding: the call gets new readers' callbacks and
+nothing else of the old call (`epcscf.ice.shelf` for the quarantine).
 
 Toward the core media is plain RTP/AVP (TS 23.334 §5.20).  Where to send: the address of
 the core's SDP (`MediaSession.set_core_remote`), or, with latching on (TS 23.334 latching,
@@ -23,12 +26,13 @@ import socket
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from twisted.internet.defer import Deferred, DeferredList
+from twisted.internet.defer import Deferred, DeferredList, succeed
 from twisted.internet.interfaces import IListeningPort, IReactorSocket
 from twisted.internet.protocol import DatagramProtocol
 from twisted.logger import Logger
 
 from epcscf.ice.ports import PortsExhausted, UdpPortPool
+from epcscf.ice.shelf import SocketShelf
 
 Address = tuple[str, int]
 
@@ -45,6 +49,13 @@ MAX_PACKET_SIZE = 65535
 
 # Datagrams read from one socket per wakeup before the loop serves the others.
 READ_BATCH = 64
+
+# The shelf key of core-side RTP/RTCP pairs, with the bind address.
+SHELF_KIND = "core-rtp"
+
+
+def _drop(data: bytes, source: Address) -> None:
+    """A parked socket's reader: the tail of the call that closed it is dropped."""
 
 
 class MediaError(Exception):
@@ -150,6 +161,10 @@ class _LoopReader:
         self._on_datagram = on_datagram
         loop.add_reader(self._fd, self._readable)
 
+    def retarget(self, on_datagram: Callable[[bytes, Address], None]) -> None:
+        """Hand what this socket reads to someone else (parking, or the next call)."""
+        self._on_datagram = on_datagram
+
     def _readable(self) -> None:
         recvfrom = self._sock.recvfrom
         on_datagram = self._on_datagram
@@ -192,8 +207,28 @@ class _TwistedReader:
         return self._stopped
 
 
+class _ParkedPair:
+    """A core-side RTP/RTCP pair between calls (`SocketShelf` item)."""
+
+    __slots__ = ("rtp", "rtcp", "readers", "ports")
+
+    def __init__(self, sockets: tuple[socket.socket, socket.socket], readers: tuple[_LoopReader, _LoopReader], ports: tuple[int, int]) -> None:
+        self.rtp, self.rtcp = sockets
+        self.readers = readers
+        self.ports = ports
+
+    def close(self) -> None:
+        for reader in self.readers:
+            reader.close()
+
+
 class CorePorts:
     """The bound RTP and RTCP sockets of one media stream toward the core."""
+
+    rtp_port: int
+    rtcp_port: int
+    send_rtp: Callable[[bytes, Address], int]
+    send_rtcp: Callable[[bytes, Address], int]
 
     def __init__(
         self,
@@ -202,21 +237,35 @@ class CorePorts:
         pool: UdpPortPool | None,
         on_rtp: Callable[[bytes, Address], None],
         on_rtcp: Callable[[bytes, Address], None],
+        shelf: SocketShelf | None = None,
     ) -> None:
         self.address = parse_ip(address)
         self._pool = pool
-        rtp_sock, rtcp_sock, from_pool = bind_rtp_pair(self.address, pool)
-        self.rtp_port: int = rtp_sock.getsockname()[1]
-        self.rtcp_port: int = rtcp_sock.getsockname()[1]
-        self._from_pool = from_pool
-        self._closed: Deferred[None] | None = None
         loop = getattr(reactor, "_asyncioEventloop", None)
+        # Parking needs the loop's readers (retargetable) and pool ports (to keep them out of it).
+        self._shelf = shelf if pool is not None and isinstance(loop, asyncio.AbstractEventLoop) else None
+        self._closed: Deferred[None] | None = None
         self._readers: tuple[_LoopReader | _TwistedReader, _LoopReader | _TwistedReader]
+        parked = self._shelf.take((SHELF_KIND, self.address)) if self._shelf is not None else None
+        if isinstance(parked, _ParkedPair):
+            self.rtp_port, self.rtcp_port = parked.ports
+            self._from_pool = True
+            self._sockets = (parked.rtp, parked.rtcp)
+            self.send_rtp, self.send_rtcp = parked.rtp.sendto, parked.rtcp.sendto
+            parked.readers[0].retarget(on_rtp)
+            parked.readers[1].retarget(on_rtcp)
+            self._readers = parked.readers
+            return
+        rtp_sock, rtcp_sock, from_pool = bind_rtp_pair(self.address, pool)
+        self._sockets = (rtp_sock, rtcp_sock)
+        self.rtp_port = rtp_sock.getsockname()[1]
+        self.rtcp_port = rtcp_sock.getsockname()[1]
+        self._from_pool = from_pool
         if isinstance(loop, asyncio.AbstractEventLoop):
             # The hot path writes with the socket's own sendto: Port.write re-validates the
             # address on every packet, which set_remote has already done once.
-            self.send_rtp: Callable[[bytes, Address], int] = rtp_sock.sendto
-            self.send_rtcp: Callable[[bytes, Address], int] = rtcp_sock.sendto
+            self.send_rtp = rtp_sock.sendto
+            self.send_rtcp = rtcp_sock.sendto
             self._readers = (_LoopReader(loop, rtp_sock, on_rtp), _LoopReader(loop, rtcp_sock, on_rtcp))
         else:
             rtp_reader = _TwistedReader(reactor, rtp_sock, on_rtp)
@@ -227,6 +276,8 @@ class CorePorts:
     def close(self) -> Deferred[None]:
         """Close both sockets; the Deferred fires when they are closed and the ports are back
         in the pool (idempotent: later calls get a Deferred for the same moment)."""
+        if self._closed is None and self._park():
+            self._closed = succeed(None)
         if self._closed is None:
             stopping = [d for d in (reader.close() for reader in self._readers) if d is not None]
             closed: Deferred[None] = DeferredList(stopping, consumeErrors=True).addCallback(self._release)
@@ -234,6 +285,16 @@ class CorePorts:
         result: Deferred[None] = Deferred()
         self._closed.addBoth(lambda outcome: (result.callback(None), outcome)[1])
         return result
+
+    def _park(self) -> bool:
+        readers = self._readers
+        if self._shelf is None or not (isinstance(readers[0], _LoopReader) and isinstance(readers[1], _LoopReader)):
+            return False
+        if not self._shelf.park((SHELF_KIND, self.address), _ParkedPair(self._sockets, (readers[0], readers[1]), (self.rtp_port, self.rtcp_port))):
+            return False
+        for reader in readers:
+            reader.retarget(_drop)
+        return True
 
     def _release(self, _: object) -> None:
         if self._pool is not None and self._from_pool:

@@ -38,6 +38,7 @@ from twisted.internet.interfaces import IReactorSocket, IReactorTime
 from twisted.logger import Logger
 
 from epcscf.ice.ports import UdpPortPool
+from epcscf.ice.shelf import SocketShelf
 from epcscf.media.bundle import BundleDemux
 from epcscf.media.certificate import Certificate, Fingerprint
 from epcscf.media.dtls import (
@@ -169,6 +170,7 @@ class MediaSession:
         certificate: Certificate,
         wic: DatagramTransportLike,
         pool: UdpPortPool | None = None,
+        shelf: SocketShelf | None = None,
     ) -> None:
         self.config = config
         self.certificate = certificate
@@ -198,7 +200,7 @@ class MediaSession:
         self._bundle_index = -1
         self._members: dict[int, MediaSession] = {}
         # Binding last: a PortsExhausted/MediaError leaves nothing to clean up.
-        self._ports = CorePorts(reactor, config.core_address, pool, self._core_rtp_received, self._core_rtcp_received)
+        self._ports = CorePorts(reactor, config.core_address, pool, self._core_rtp_received, self._core_rtcp_received, shelf)
 
     def __repr__(self) -> str:
         return f"<MediaSession core {self.core_address}:{self.core_rtp_port} {self.state}>"

@@ -30,6 +30,7 @@ RESOURCE_LINES = (
     ("ice agents", "ice_agents"),
     ("dtls sessions", "dtls_sessions"),
     ("media ports in use", "media_ports_in_use"),
+    ("media ports parked", "media_ports_parked"),
     ("reactor delayed calls", "delayed_calls"),
     ("asyncio tasks", "asyncio_tasks"),
 )

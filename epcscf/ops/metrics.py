@@ -59,6 +59,7 @@ RESOURCE_GAUGES = (
     ("epcscf_ice_agents", "ice_agents", "ICE agents toward WICs not yet closed"),
     ("epcscf_dtls_sessions", "dtls_sessions", "DTLS-SRTP sessions started and not yet closed"),
     ("epcscf_media_ports_in_use", "media_ports_in_use", "UDP ports of [media] port_range in use (ICE, RTP, RTCP)"),
+    ("epcscf_media_ports_parked", "media_ports_parked", "UDP ports of [media] port_range bound by sockets kept for the next calls"),
     ("epcscf_reactor_delayed_calls", "delayed_calls", "timers pending in the reactor (reactor.getDelayedCalls())"),
     ("epcscf_asyncio_tasks", "asyncio_tasks", "asyncio tasks not done on the reactor's event loop (aioice)"),
 )
@@ -172,6 +173,7 @@ class EpcscfMetrics:
             ["reason"],
             registry=self.registry,
         )
+        self._overload_refusals_by_reason: dict[str, Any] = {}
         self._token_refusals = Counter(
             "epcscf_token_refusals",
             "WIC tokens refused (web-credential access: REGISTER 401/403, WebSocket handshake), by reason",
@@ -216,7 +218,12 @@ class EpcscfMetrics:
     def overload_refused(self, reason: str) -> None:
         """Admission control refused a request (``overloaded``, ``new_work_rate``, ``flow_rate``,
         ``auth_failures``, ``draining``)."""
-        self._overload_refusals.labels(reason).inc()
+        # Called for each refused INVITE at twice the sustainable rate: the labelled child is
+        # looked up once per reason, not per call (``labels`` validates and locks each time).
+        child = self._overload_refusals_by_reason.get(reason)
+        if child is None:
+            child = self._overload_refusals_by_reason[reason] = self._overload_refusals.labels(reason)
+        child.inc()
 
     def parse_error(self, transport: str) -> None:
         """A SIP message that did not parse arrived on ``transport`` (``ws``, ``udp``, ``tcp``…)."""

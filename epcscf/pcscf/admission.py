@@ -86,6 +86,7 @@ class OverloadSettings:
     min_calls_in_setup: int = 20  # the window never below this
     max_calls_in_setup: int = 0  # nor above this (0: no cap)
     untrusted_source_messages_per_second: float = 200.0  # per core-side source not trusted (0: no limit)
+    retry_after_spread: int = 0  # seconds added at random to a stateless 503's Retry-After (``early_refusal``)
 
 
 # --- the load state machine ----------------------------------------------------------------

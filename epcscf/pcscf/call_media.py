@@ -37,6 +37,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from epcscf.ice import IceAgent, IceAgentConfig, IceClosed, IceError, IceState, PortsExhausted, UdpPortPool
+from epcscf.ice.shelf import SocketShelf
 from epcscf.media import Certificate, DtlsRole, MediaError, MediaSession, MediaSessionConfig, PacketKind, classify
 from epcscf.media.certificate import Fingerprint as DtlsFingerprint
 from epcscf.media.certificate import FingerprintError
@@ -63,6 +64,7 @@ from epcscf.sdp import (
 )
 from epcscf.sdp import transform as sdp_transform
 from epcscf.sdp.bundle import add_bundle_group, resolve_bundled_lines
+from epcscf.sip.timers import TimerQueue
 
 log = Logger(namespace="epcscf.pcscf.call_media")
 
@@ -81,6 +83,11 @@ class CallMediaSettings:
     #: RFC 5763 §5: our a=setup when we answer an actpass offer (active is RECOMMENDED there)
     answer_setup: Literal["active", "passive"] = "active"
     origin_username: str = "epcscf"
+    #: keep the media sockets of ended calls bound for the next calls (`epcscf.ice.shelf`);
+    #: needs a port range (`ice.port_range`), whose ports the parked sockets hold.  On in a node
+    #: (`node_settings.call_media_settings`, which also closes them at stop); an engine made
+    #: alone leaves it off unless it calls `CallMediaEngine.close()` itself.
+    park_sockets: bool = False
 
 
 class CallMediaEngine:
@@ -96,10 +103,15 @@ class CallMediaEngine:
     ) -> None:
         self.reactor = reactor
         self.clock = clock if clock is not None else reactor
+        #: the calls' media timers (ICE connect timeout, RFC 7675 consent checks and expiry, DTLS
+        #: retransmission and handshake timeouts, the peer-close grace): nearly all of them are
+        #: cancelled, so they are entries of one queue rather than a reactor call each
+        self.timers = TimerQueue(self.clock)
         self.settings = settings or CallMediaSettings()
         if pool is None and self.settings.ice.port_range is not None:
             pool = UdpPortPool(*self.settings.ice.port_range)
         self.pool = pool
+        self.shelf = SocketShelf(pool, self.clock) if pool is not None and self.settings.park_sockets else None
         self.certificate = certificate or Certificate.generate()  # one per process (RFC 5763 §5)
         #: every CallMedia made and not yet fully closed (its sockets, tasks and timers freed)
         self._live: set[CallMedia] = set()
@@ -108,6 +120,11 @@ class CallMediaEngine:
         media = CallMedia(self, getattr(call, "call_id", ""))
         self._live.add(media)
         return media
+
+    def close(self) -> None:
+        """Shutdown: close the parked media sockets (the calls' own close with their calls)."""
+        if self.shelf is not None:
+            self.shelf.close()
 
     def closed(self, media: "CallMedia") -> None:
         """``media`` has freed everything it held (called once its close finished)."""
@@ -125,6 +142,8 @@ class CallMediaEngine:
             # DTLS started and not closed yet (a failed handshake still holds its endpoint)
             "dtls_sessions": sum(1 for stream in streams if stream.session.state not in ("new", "closed")),
             "media_ports_in_use": self.pool.used_count if self.pool is not None else 0,
+            # bound by sockets parked for the next calls (not a call's; closed at shutdown)
+            "media_ports_parked": self.pool.parked_count if self.pool is not None else 0,
         }
 
 
@@ -411,15 +430,15 @@ class CallMedia:
         owner = self.streams.get(self.bundle[0]) if self.bundle and index != self.bundle[0] else None
         if owner is not None and index in self.bundle:
             # RFC 8843: a bundled line rides on its group's transport; only its core port is its own.
-            session = MediaSession(engine.reactor, engine.clock, self.settings.media, engine.certificate,
-                                   owner.agent, engine.pool)
+            session = MediaSession(engine.reactor, engine.timers, self.settings.media, engine.certificate,
+                                   owner.agent, engine.pool, engine.shelf)
             stream = Stream(index, owner.agent, session, defer.Deferred(), owns_transport=False)
             self.streams[index] = stream
             owner.gathered.addBoth(lambda outcome: (stream.gathered.callback(None), outcome)[1])
             return stream
-        agent = IceAgent(self.settings.ice, bool(self._controlling), engine.clock, engine.pool)
+        agent = IceAgent(self.settings.ice, bool(self._controlling), engine.timers, engine.pool, shelf=engine.shelf)
         try:
-            session = MediaSession(engine.reactor, engine.clock, self.settings.media, engine.certificate, agent, engine.pool)
+            session = MediaSession(engine.reactor, engine.timers, self.settings.media, engine.certificate, agent, engine.pool, engine.shelf)
         except Exception:
             agent.close()
             raise
@@ -541,7 +560,7 @@ class CallMedia:
             # A browser closes DTLS (close_notify) as it hangs up, and its BYE usually arrives a
             # moment later: that is the end of the call, not a DTLS failure. Only if no BYE
             # follows within the grace period is the call released for it.
-            self._peer_close_timer = self.engine.clock.callLater(
+            self._peer_close_timer = self.engine.timers.callLater(
                 PEER_CLOSE_GRACE, self._peer_closed, stream, reason, self._wic_flow()
             )
             return
@@ -559,7 +578,7 @@ class CallMedia:
             # new association for a new RTCPeerConnection (RFC 8842 §5.5): one more grace for that.
             if now is None:
                 self._event("dtls", f"m-line {stream.index}: the WIC closed DTLS while away: waiting for its re-offer")
-            self._peer_close_timer = self.engine.clock.callLater(PEER_CLOSE_GRACE, self._peer_closed, stream, reason, now)
+            self._peer_close_timer = self.engine.timers.callLater(PEER_CLOSE_GRACE, self._peer_closed, stream, reason, now)
             return
         self._fail("dtls", f"the WIC closed DTLS on m-line {stream.index} and sent no BYE")
         stream.agent.revoke_consent(f"DTLS: {reason}")  # RFC 7675 §5.2: the peer ended it

@@ -22,21 +22,49 @@ REGISTER and other new work — takes the ordinary path, where the gate and the 
 Refusals are counted by reason (``epcscf_overload_refusals_total``) and logged by
 ``admission.RefusalSampler``: at most one info line a second, naming the Call-ID of one refused
 INVITE and how many were refused since the last line (a line for each would itself cost a
-refusal's worth of CPU at these rates).
+refusal's worth of CPU at these rates).  Nothing else is done per refusal: the refusals
+themselves (status, reason, Retry-After) are made once per setting, not once per INVITE.
+
+Retry-After (RFC 3261 §21.5.4) is spread (``RetryAfter``): WICs refused in the same second and
+told the same delay would all come back in the same second, a burst the node refuses again
+(RFC 6357 §4: synchronised retries).  Each refusal draws a whole number of seconds in
+``retry_after`` … ``retry_after + retry_after_spread``.
 """
 
 from __future__ import annotations
 
+import random
 from typing import Callable
 
-from epcscf.pcscf.admission import OverloadController, RefusalSampler
+from epcscf.pcscf.admission import OverloadController, OverloadSettings, RefusalSampler
 from epcscf.pcscf.setup_window import SetupWindow
 from epcscf.sip.connection import Connection
 from epcscf.sip.early_admission import EarlyRefusal
 from epcscf.sip.message import Request
 from epcscf.sip.transaction_server import RequestIdentity
 
-__all__ = ["EarlyInviteGate"]
+__all__ = ["EarlyInviteGate", "RetryAfter"]
+
+REASON = "Service Unavailable (overloaded)"
+
+
+class RetryAfter:
+    """Retry-After seconds for overload 503s, spread so that refused clients do not come back in
+    step (see the module docstring): uniform over ``base`` … ``base + spread``, whole seconds."""
+
+    def __init__(self, base: int, spread: int = 0, uniform: Callable[[], float] = random.random) -> None:
+        self.base = base
+        self.spread = max(0, spread)
+        self._uniform = uniform  # [0, 1): the draw, replaceable in tests
+
+    @classmethod
+    def of(cls, settings: OverloadSettings, uniform: Callable[[], float] = random.random) -> "RetryAfter":
+        return cls(settings.retry_after, settings.retry_after_spread, uniform)
+
+    def seconds(self) -> int:
+        if not self.spread:
+            return self.base
+        return self.base + int(self._uniform() * (self.spread + 1))
 
 
 class EarlyInviteGate:
@@ -44,12 +72,17 @@ class EarlyInviteGate:
     full to take (see the module docstring)."""
 
     def __init__(self, controller: OverloadController, window: SetupWindow,
-                 on_refused: Callable[[str], None] | None = None, sampler: RefusalSampler | None = None) -> None:
+                 on_refused: Callable[[str], None] | None = None, sampler: RefusalSampler | None = None,
+                 uniform: Callable[[], float] = random.random) -> None:
         self.controller = controller
         self.window = window
         #: observer of every refusal, by reason (metrics)
         self.on_refused = on_refused
         self.sampler = sampler if sampler is not None else RefusalSampler(controller.clock)
+        self._uniform = uniform
+        self._settings: OverloadSettings | None = None  # those ``_refusals`` were made for
+        self._retry_after = RetryAfter(1)
+        self._refusals: tuple[EarlyRefusal, ...] = ()  # by Retry-After, from its base
 
     def __call__(self, request: Request, identity: RequestIdentity, connection: Connection) -> EarlyRefusal | None:
         if request.method != "INVITE" or identity.to_tag is not None:
@@ -65,5 +98,15 @@ class EarlyInviteGate:
         if self.on_refused is not None:
             self.on_refused(reason)
         self.sampler.refused("INVITE", identity.call_id, reason, connection.remote)
-        retry_after = str(self.controller.settings.retry_after)
-        return EarlyRefusal(503, "Service Unavailable (overloaded)", (("Retry-After", retry_after),))
+        return self.refusal()
+
+    def refusal(self) -> EarlyRefusal:
+        """A 503 whose Retry-After is drawn from ``[overload] retry_after`` … ``+ retry_after_spread``."""
+        settings = self.controller.settings
+        if settings is not self._settings:  # made once per setting (start, SIGHUP), not per INVITE
+            self._retry_after = RetryAfter.of(settings, self._uniform)
+            base = self._retry_after.base
+            self._refusals = tuple(EarlyRefusal(503, REASON, (("Retry-After", str(base + extra)),))
+                                   for extra in range(self._retry_after.spread + 1))
+            self._settings = settings
+        return self._refusals[self._retry_after.seconds() - self._retry_after.base]

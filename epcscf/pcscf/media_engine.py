@@ -61,6 +61,8 @@ def start_media_engine(engine: Any) -> None:
 def stop_media_engine(engine: Any) -> defer.Deferred:
     if isinstance(engine, RtpengineEngine):
         return engine.stop()
+    if isinstance(engine, CallMediaEngine):
+        engine.close()
     return defer.succeed(None)
 
 

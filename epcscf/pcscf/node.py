@@ -34,7 +34,7 @@ from epcscf.pcscf.call_suspension import instance_keys
 from epcscf.pcscf.calls import CallManager, CallSettings
 from epcscf.pcscf.core_entry import CoreEntry
 from epcscf.pcscf.deregistration import RegistrationEnd
-from epcscf.pcscf.early_refusal import EarlyInviteGate
+from epcscf.pcscf.early_refusal import EarlyInviteGate, RetryAfter
 from epcscf.pcscf.edge import EdgeAddresses, PcscfPolicy
 from epcscf.pcscf.edge_collaborators import EdgeCollaborators
 from epcscf.pcscf.flows import Flow, FlowTable
@@ -159,7 +159,8 @@ class PcscfNode(Service):
         self.admission.add("overload", self.new_work_gate)
         self.admission.add("auth_failures", self.auth_failures)
         #: the same decision for new INVITEs, made before a transaction exists (stateless 503)
-        self.early_invites = EarlyInviteGate(self.overload, self.setup_window, self.admission_refused)
+        # The observer itself, not ``admission_refused``'s indirection: it is called for each refused INVITE.
+        self.early_invites = EarlyInviteGate(self.overload, self.setup_window, self.observers.admission_refused)
         self.transactions.early_admission = self.early_invites
         self.flow_limiter = (
             FlowRateLimiter(self.overload_settings, reactor) if self.overload_settings.flow_messages_per_second > 0 else None
@@ -169,7 +170,7 @@ class PcscfNode(Service):
             if self.overload_settings.untrusted_source_messages_per_second > 0 else None
         )
         #: what a message over its flow's or source's rate gets (503 or nothing), counted
-        self.refused_over_rate = RateRefusals(reactor, self.admission_refused, lambda: self.overload_settings.retry_after)
+        self.refused_over_rate = RateRefusals(reactor, self.admission_refused, lambda: RetryAfter.of(self.overload_settings).seconds())
         self._load_probe: LoadProbe | None = None
         self.media_engine: Any = None  # media_engine.MediaEngine, by [media] engine
         #: the non-SIP WIC front end (``[nonsip] listen``), None when not configured
@@ -387,7 +388,7 @@ class PcscfNode(Service):
 
     def _load_sample(self, lag: float, pending: int) -> None:
         # The window's throughput is measured on the probe's clock too, not only when INVITEs come.
-        self.setup_window.refresh()
+        self.setup_window.tick()
         self.overload.sample(lag, pending)
         for limiter in (self.flow_limiter, self.source_limiter):
             if limiter is not None:

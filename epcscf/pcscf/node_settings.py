@@ -83,6 +83,7 @@ def call_media_settings(config: Config) -> CallMediaSettings:
         ),
         media=MediaSessionConfig(core_address=media.core_address),
         codecs=CodecPolicy(video=media.video_codecs),
+        park_sockets=True,  # closed by stop_media_engine at the node's stop
     )
 
 

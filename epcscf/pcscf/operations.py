@@ -205,6 +205,7 @@ class PcscfOperations:
             "ice_agents": media.get("ice_agents", 0),
             "dtls_sessions": media.get("dtls_sessions", 0),
             "media_ports_in_use": media.get("media_ports_in_use", 0),
+            "media_ports_parked": media.get("media_ports_parked", 0),
             "delayed_calls": len(node.reactor.getDelayedCalls()),
             "asyncio_tasks": _asyncio_tasks(),
         }

@@ -64,11 +64,6 @@ class SetupPhase(enum.Enum):
     DONE = "done"  # ICE is up, or the call ended, or the request was no call after all
 
 
-#: call states in which the answer has not come yet (RFC 3261 §13.2.1: offer in the INVITE)
-_WAITING_STATES = frozenset({CallState.OFFER_FORWARDED, CallState.CANCELLING})
-_ANSWERED_STATES = frozenset({CallState.EARLY, CallState.CONFIRMED})
-
-
 def media_connected(media: Any) -> bool:
     """Whether the call's ICE is done toward the WIC (``CallMedia.ice_settled``); a media
     without that notion (a test double) counts as connected."""
@@ -76,23 +71,27 @@ def media_connected(media: Any) -> bool:
 
 
 def phase(context: ProxiedRequest) -> SetupPhase:
-    """Where the setup of an admitted initial INVITE stands."""
+    """Where the setup of an admitted initial INVITE stands.
+
+    Read for every call in setup several times a second: states are compared by identity, not
+    looked up in sets (an ``Enum``'s hash is a Python-level call)."""
     leg = call_leg(context)
     if leg is None:
         # Not (yet) a call: still being routed is ours; anything else (rejected before a call
         # was made, or a request the call manager does not handle) is over.
         return SetupPhase.EDGE if context.state is ProxyState.ROUTING else SetupPhase.DONE
     call = leg.call
-    state = call.state
-    if call.ended or state in (CallState.TERMINATING, CallState.TERMINATED):
+    if call.ended:
         return SetupPhase.DONE
+    state = call.state
+    if state is CallState.EARLY or state is CallState.CONFIRMED:  # answered (RFC 3261 §13.2.1)
+        media = call.media
+        return SetupPhase.DONE if media is None or media_connected(media) else SetupPhase.EDGE
     if state is CallState.OFFER_RECEIVED:
         return SetupPhase.EDGE
-    if state in _WAITING_STATES:
+    if state is CallState.OFFER_FORWARDED or state is CallState.CANCELLING:  # the answer not yet come
         return SetupPhase.CALLEE
-    if state in _ANSWERED_STATES:
-        return SetupPhase.DONE if call.media is None or media_connected(call.media) else SetupPhase.EDGE
-    return SetupPhase.DONE
+    return SetupPhase.DONE  # TERMINATING, TERMINATED
 
 
 def reactor_thread_usage() -> float:
@@ -122,7 +121,7 @@ class SetupWindow:
     PERIOD = 0.5  # seconds over which throughput is measured
     SMOOTHING = 0.5  # weight of the newest period in the throughput estimate
     REFRESH = 0.005  # seconds between two looks at a full window's oldest calls on the admission path
-    FULL_REFRESH = 0.05  # seconds between two looks at every call's state on the admission path
+    FULL_REFRESH = 0.2  # seconds between two looks at every call's state (the head's are looked at every REFRESH)
     LOOK_CALLS = 8  # calls a look at a full window reads at most
     CALLEE_REFRESH = 0.25  # seconds between two looks at the calls waiting for their callee
     BUSY = 0.9  # share of a CPU the node wanted in a period from which its window may shrink
@@ -200,14 +199,25 @@ class SetupWindow:
         one every ``REFRESH`` was still a third of it when INVITEs came one at a time
         (docs/performance.md).  So every call is read at most every ``FULL_REFRESH``, and in between a
         full window reads a few of its oldest calls only (``_look``); a place freed at the head waits
-        at most ``REFRESH`` to be seen, any other at most ``FULL_REFRESH``, against a
-        ``setup_target`` five times longer."""
+        at most ``REFRESH`` to be seen, any other at most the ``LOOK_CALLS``-a-look turn through
+        the calls (40 ms for 60 calls) or ``FULL_REFRESH``, against a ``setup_target`` of 250 ms.
+        A window that is not full refuses nothing, so what it has not seen yet costs no call."""
         now = self.clock.seconds()
         if now >= self._refreshed + self.FULL_REFRESH:
             self.refresh(now)
         elif now >= self._looked + self.REFRESH and len(self._edge) >= self.limit:
             self._look(now)
         return now
+
+    def tick(self) -> None:
+        """The load probe's clock (every ``[overload] lag_interval``): a look at every call if one
+        is due, so that the throughput is measured and the window resized while no INVITE comes.
+        Not a look at each tick: at 20 ticks a second and 60 calls in setup, those reads were a
+        sixth of the node's CPU while it refused paced INVITEs (docs/performance.md)."""
+        if self.enabled:
+            now = self.clock.seconds()
+            if now >= self._refreshed + self.FULL_REFRESH:
+                self.refresh(now)
 
     def _look(self, now: float) -> None:
         """At most ``LOOK_CALLS`` calls from the head of the edge's phases, until one still in them

@@ -58,7 +58,10 @@ class StatelessResponder:
     """Responses made without a transaction, and recognition of the ACKs they get."""
 
     def __init__(self, secret: bytes | None = None) -> None:
-        self._secret = secret if secret is not None else secrets.token_bytes(16)
+        # Keyed once: a copy of the keyed state skips hashing the key's block for each tag
+        # (two tags per refusal: the 503's and its ACK's check).
+        key = secret if secret is not None else secrets.token_bytes(16)
+        self._keyed = hashlib.blake2b(digest_size=TAG_BYTES, key=key)
         #: stateless final responses sent, and ACKs for them absorbed, since start
         self.responses = 0
         self.acks_absorbed = 0
@@ -67,8 +70,9 @@ class StatelessResponder:
         """Deterministic per (Call-ID, branch) and unguessable without the secret, so no peer
         can make us swallow the ACK of a response it did not get from us (RFC 3261 §19.3
         asks only for global uniqueness, which a keyed hash of both gives)."""
-        data = f"{call_id}\x00{branch}".encode("utf-8", "surrogateescape")
-        return hashlib.blake2b(data, digest_size=TAG_BYTES, key=self._secret).hexdigest()
+        keyed = self._keyed.copy()
+        keyed.update(f"{call_id}\x00{branch}".encode("utf-8", "surrogateescape"))
+        return keyed.hexdigest()
 
     def can_answer(self, identity: RequestIdentity) -> bool:
         """Whether a request with this identity may be refused statelessly (see the docstring)."""
