@@ -19,7 +19,8 @@ from epcscf.ice import IceAgentConfig, UdpPortPool
 from epcscf.ice.agent import as_deferred
 from epcscf.media import Certificate, DtlsEndpoint, DtlsRole, MediaSessionConfig, SrtpContext
 from epcscf.media.certificate import Fingerprint
-from epcscf.pcscf.call_media import CallMedia, CallMediaEngine, CallMediaSettings, gather
+from epcscf.pcscf.call_media import CallMedia, CallMediaEngine, CallMediaSettings
+from epcscf.pcscf.call_streams import gather
 from epcscf.pcscf.calls import MediaRejected
 from epcscf.sdp import SessionDescription
 from tests.support.processes import wait_for
@@ -307,9 +308,9 @@ class OriginatingMediaTests(CallMediaTestCase):
         self.assertIn("consent", self.failures[0][1])
 
     async def test_wic_dtls_close_is_a_failure_only_if_no_bye_follows(self) -> None:
-        from epcscf.pcscf import call_media
+        from epcscf.pcscf import call_dtls
 
-        self.patch(call_media, "PEER_CLOSE_GRACE", 0.6)
+        self.patch(call_dtls, "PEER_CLOSE_GRACE", 0.6)
         media, wic, _, _ = await self.originating_call()
         wic.dtls.close()  # close_notify, as a browser sends it while hanging up
         await until(lambda: media.streams[0].session.dtls_closed_by_peer)
@@ -320,9 +321,9 @@ class OriginatingMediaTests(CallMediaTestCase):
         self.assertIn("closed DTLS", self.failures[0][1])
 
     async def test_wic_dtls_close_followed_by_the_end_of_the_call_reports_nothing(self) -> None:
-        from epcscf.pcscf import call_media
+        from epcscf.pcscf import call_dtls
 
-        self.patch(call_media, "PEER_CLOSE_GRACE", 0.6)
+        self.patch(call_dtls, "PEER_CLOSE_GRACE", 0.6)
         media, wic, _, _ = await self.originating_call()
         wic.dtls.close()
         await until(lambda: media.streams[0].session.dtls_closed_by_peer)
@@ -500,9 +501,9 @@ class NewDtlsAssociationTests(CallMediaTestCase):
         self.assertTrue(media.streams[0].session.connected)
 
     async def test_dtls_closed_while_away_ends_the_call_only_if_no_reoffer_follows_the_return(self) -> None:
-        from epcscf.pcscf import call_media
+        from epcscf.pcscf import call_dtls
 
-        self.patch(call_media, "PEER_CLOSE_GRACE", 0.3)
+        self.patch(call_dtls, "PEER_CLOSE_GRACE", 0.3)
         media, wic, _, _ = await self.originating_call()
         flow: list[str | None] = [None]  # suspended: no flow
         media.wic_flow = lambda: flow[0]
@@ -517,7 +518,7 @@ class NewDtlsAssociationTests(CallMediaTestCase):
 
 
 class GatherTests(unittest.TestCase):
-    """``call_media.gather`` behaves as ``defer.gatherResults(consumeErrors=True)``."""
+    """``call_streams.gather`` behaves as ``defer.gatherResults(consumeErrors=True)``."""
 
     @staticmethod
     def reference(deferreds: list[defer.Deferred]) -> defer.Deferred:

@@ -55,13 +55,13 @@ from twisted.python.failure import Failure
 
 from epcscf.media.rtpengine_ng import NgClient, NgError, NgNode, NgTimeout, list_over_tcp
 from epcscf.pcscf.call_model import MediaRejected
+from epcscf.pcscf.sdp_refusals import parse_sdp, transformed
 from epcscf.sdp import (
     CodecPolicy,
     CoreLeg,
     IceCredentials,
     OriginVersioner,
     SdpError,
-    SdpRejected,
     SessionDescription,
     WicLeg,
     WicTransport,
@@ -252,13 +252,13 @@ class RtpengineCallMedia:
 
     def offer_from_wic(self, sdp: bytes) -> defer.Deferred:
         """TS 24.371 §7.4.2: the WIC's offer → rtpengine → the offer toward the core."""
-        wic_offer = _parse(sdp)
-        accepted = _transformed(lambda: sdp_transform.plan_offer_toward_core(wic_offer, self.settings.codecs))
+        wic_offer = parse_sdp(sdp)
+        accepted = transformed(lambda: sdp_transform.plan_offer_toward_core(wic_offer, self.settings.codecs))
         self._saved = (self._wic_offer, self._core_offer)
 
         def build(reply: dict[str, Any]) -> bytes:
             leg = self._core_leg(_parse_reply(reply), accepted)
-            out = _transformed(lambda: offer_toward_core(wic_offer, leg, self.settings.codecs))
+            out = transformed(lambda: offer_toward_core(wic_offer, leg, self.settings.codecs))
             self._wic_offer = wic_offer
             return self._stamp_core(out)
 
@@ -269,11 +269,11 @@ class RtpengineCallMedia:
         if self._wic_offer is None:
             return defer.fail(MediaRejected(488, "an answer from the core without a WIC offer"))
         wic_offer = self._wic_offer
-        core_answer = _parse(sdp)
+        core_answer = parse_sdp(sdp)
 
         def build(reply: dict[str, Any]) -> bytes:
             leg = self._wic_leg(_parse_reply(reply))
-            out = _transformed(lambda: answer_toward_wic(core_answer, wic_offer, leg))
+            out = transformed(lambda: answer_toward_wic(core_answer, wic_offer, leg))
             self._answered = True
             self._saved = (self._wic_offer, self._core_offer)
             if fork:
@@ -285,13 +285,13 @@ class RtpengineCallMedia:
 
     def offer_from_core(self, sdp: bytes) -> defer.Deferred:
         """TS 24.371 §7.4.3: the core's offer → rtpengine → the WebRTC offer toward the WIC."""
-        core_offer = _parse(sdp)
-        _transformed(lambda: sdp_transform.plan_offer_toward_wic(core_offer, self.settings.codecs))
+        core_offer = parse_sdp(sdp)
+        transformed(lambda: sdp_transform.plan_offer_toward_wic(core_offer, self.settings.codecs))
         self._saved = (self._wic_offer, self._core_offer)
 
         def build(reply: dict[str, Any]) -> bytes:
             leg = self._wic_leg(_parse_reply(reply))
-            out = _transformed(lambda: offer_toward_wic(core_offer, leg, self.settings.codecs))
+            out = transformed(lambda: offer_toward_wic(core_offer, leg, self.settings.codecs))
             self._core_offer = core_offer
             return self._stamp_wic(out)
 
@@ -302,12 +302,12 @@ class RtpengineCallMedia:
         if self._core_offer is None:
             return defer.fail(MediaRejected(488, "an answer from the WIC without a core offer"))
         core_offer = self._core_offer
-        wic_answer = _parse(sdp)
+        wic_answer = parse_sdp(sdp)
 
         def build(reply: dict[str, Any]) -> bytes:
             answered = tuple(i for i, media in enumerate(wic_answer.media) if media.port)
             leg = self._core_leg(_parse_reply(reply), answered)
-            out = _transformed(lambda: answer_toward_core(wic_answer, core_offer, leg))
+            out = transformed(lambda: answer_toward_core(wic_answer, core_offer, leg))
             self._answered = True
             self._saved = (self._wic_offer, self._core_offer)
             self._watch()
@@ -519,13 +519,6 @@ class RtpengineCallMedia:
         return self._wic_versioner.stamp_serialized(sdp)
 
 
-def _parse(sdp: bytes) -> SessionDescription:
-    try:
-        return SessionDescription.parse(sdp)
-    except SdpError as error:
-        raise MediaRejected(400, f"malformed SDP: {error.reason}") from None
-
-
 def _parse_reply(reply: dict[str, Any]) -> SessionDescription:
     body = reply.get("sdp")
     if isinstance(body, str):
@@ -536,15 +529,6 @@ def _parse_reply(reply: dict[str, Any]) -> SessionDescription:
         return SessionDescription.parse(body)
     except SdpError as error:
         raise MediaRejected(503, f"rtpengine's SDP: {error.reason}") from None
-
-
-def _transformed(build: Callable[[], Any]) -> Any:
-    try:
-        return build()
-    except SdpRejected as error:
-        raise MediaRejected(error.status, error.warning, error.warn_code) from None
-    except SdpError as error:
-        raise MediaRejected(400, error.reason) from None
 
 
 def _directions(reply: dict[str, Any]) -> dict[str, Any]:
