@@ -30,6 +30,12 @@ A ``ProxiedRequest`` is the per-request context (state, server transaction, bran
 responses); its ``ProxyState`` only moves forward (see ``_TRANSITIONS``).  The other way
 round, the proxy offers the policy's helpers (the eP-CSCF's call manager) ``ProxyOperations``:
 CANCEL an INVITE's pending branches, answer it upstream, send a request of their own.
+
+Where the parts live: requests, branches and responses here; stateless forwarding in
+``proxy_stateless``, CANCEL in ``proxy_cancel``, Timer C in ``proxy_timer_c`` and our Via
+in ``proxy_via`` (mixins of ``StatefulProxy``, so the per-message path makes the same calls
+as before); settings and collaborators in ``proxy_ports``; the policy side and the
+per-request state in ``proxy_policy``; the pure §16 rules in ``proxy_rules``.
 """
 
 from __future__ import annotations
@@ -93,11 +99,7 @@ log = Logger()
 
 
 class StatefulProxy(StatelessForwarding, Cancelling, TimerC, OwnVia):
-    """RFC 3261 §16 transaction-stateful proxy (TransactionUser + ClientTransactionUser).
-
-    Its parts by what they are: stateless forwarding (``proxy_stateless``), CANCEL
-    (``proxy_cancel``), Timer C (``proxy_timer_c``) and our Via (``proxy_via``) are mixins;
-    request, branch and response handling are here."""
+    """RFC 3261 §16 transaction-stateful proxy (TransactionUser + ClientTransactionUser)."""
 
     def __init__(
         self,
