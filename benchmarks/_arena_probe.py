@@ -5,7 +5,8 @@
 # are 16 KiB).  ``ARENA_BASELINE`` (set before the exec) records the buckets in use then; later
 # runs print one line "ARENA-FIGURES {json}": the objects in buckets that only exist since then,
 # by type and, when tracemalloc traces, by allocation site (the newest frames under epcscf/) --
-# the survivors that keep the burst's arenas from going back.
+# the survivors that keep the burst's arenas from going back.  It also lists the modules first
+# imported since the baseline: their code objects and classes land in the burst's arenas.
 import collections as _collections
 import gc as _gc
 import json as _json
@@ -36,6 +37,7 @@ def _arena_figures():
     found = _arena_objects()
     if globals().get("ARENA_BASELINE"):
         _sys.epcscf_arena_baseline = ({key >> 20 for key in found}, {key >> 14 for key in found})
+        _sys.epcscf_modules_baseline = frozenset(_sys.modules)
         return {"objects": len(found), "arenas": len(_sys.epcscf_arena_baseline[0]),
                 "pools": len(_sys.epcscf_arena_baseline[1])}
     arenas, pools = getattr(_sys, "epcscf_arena_baseline", (set(), set()))
@@ -72,6 +74,7 @@ def _arena_figures():
             for name in names:
                 sparse[name] += 1
     return {
+        "modules imported since": sorted(set(_sys.modules) - getattr(_sys, "epcscf_modules_baseline", set(_sys.modules))),
         "arenas with at most 50 objects": sparse_arenas,
         "types pinning those (arenas each)": sparse.most_common(30),
         "new arenas": len(new_arenas),

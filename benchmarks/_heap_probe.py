@@ -17,9 +17,7 @@ def _heap_figures():
     if globals().get("HEAP_FORGET"):
         manager = service.pcscf.calls  # noqa: F821 - the console's namespace
         if manager is not None:
-            manager._ended.clear()
-            manager._ended_unanswered.clear()
-            manager._ended_by_call_id.clear()
+            manager.history.clear()
         # and every memo (functools.lru_cache): entries refreshed during a burst are scattered
         # over the arenas the burst filled
         import functools as _functools

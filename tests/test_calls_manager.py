@@ -624,4 +624,4 @@ class CallIdLookupTests(unittest.TestCase):
         self.assertIsNotNone(late)
         self.assertEqual(late.body, b"")
         self.assertEqual(self.core.sent, [])  # no ACK: the call is forgotten
-        self.assertEqual(self.manager._ended_by_call_id, {})  # the index forgets with the history
+        self.assertEqual(self.manager.history._by_call_id, {})  # the index forgets with the history

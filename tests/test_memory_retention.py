@@ -62,6 +62,20 @@ class TransactionRetentionTests(unittest.TestCase):
         self.connection.clear()
         gc.collect()
 
+    def busy_invite_lingering(self) -> tuple[Any, bytes]:
+        """An INVITE answered 486 with a body: its transaction in Completed, holding only the bytes."""
+        self.receive(request("INVITE"))
+        [transaction] = self.tu.server_transactions
+        assert transaction.request is not None
+        busy = with_sdp(response(transaction.request, 486))
+        busy_held, wire = weakref.ref(busy), busy.serialize()
+        transaction.respond(busy)
+        del busy
+        self.forget_sent()
+        self.assertIsNone(busy_held())  # the parsed Response is gone, its bytes stay
+        self.assertEqual(transaction.last_response, SentResponse(486, wire))
+        return transaction, wire
+
     def test_accepted_invite_server_transaction_lets_go_of_the_invite_and_its_2xx(self) -> None:
         invite_held = self.receive(with_sdp(request("INVITE")))
         [transaction] = self.tu.server_transactions
@@ -95,16 +109,7 @@ class TransactionRetentionTests(unittest.TestCase):
         self.assertEqual([m.start_line() for m in self.connection.messages()], ["SIP/2.0 200 OK"])
 
     def test_a_udp_invite_completed_keeps_only_the_bytes_of_its_final_and_still_absorbs(self) -> None:
-        self.receive(request("INVITE"))
-        [transaction] = self.tu.server_transactions
-        assert transaction.request is not None
-        busy = with_sdp(response(transaction.request, 486))
-        busy_held, wire = weakref.ref(busy), busy.serialize()
-        transaction.respond(busy)
-        del busy
-        self.forget_sent()
-        self.assertIsNone(busy_held())  # the parsed Response is gone, its bytes stay
-        self.assertEqual(transaction.last_response, SentResponse(486, wire))
+        transaction, wire = self.busy_invite_lingering()
         # RFC 3261 §17.2.1: a retransmitted INVITE gets the same final, byte for byte
         self.receive(request("INVITE"))
         self.assertEqual([m.serialize() for m in self.connection.messages()], [wire])
@@ -112,6 +117,36 @@ class TransactionRetentionTests(unittest.TestCase):
         self.receive(request("ACK", cseq_method="ACK"))
         self.assertIs(transaction.state, State.CONFIRMED)
         self.assertEqual(self.tu.kinds(), ["request"])
+
+    def test_a_lingering_transaction_lets_go_of_the_parsed_top_via_and_is_still_matched(self) -> None:
+        self.receive(request("INVITE"))
+        [transaction] = self.tu.server_transactions
+        assert transaction.request is not None
+        via = transaction.identity.via  # type: ignore[union-attr]
+        transaction.respond(response(transaction.request, 486))
+        self.forget_sent()
+        # only RFC 2543 matching would read the parsed Via (and the rest of the request's fields)
+        self.assertNotIn(transaction.identity, gc.get_referrers(via))
+        self.assertEqual(transaction.identity.key, ("z9hG4bK.1", "127.0.0.1:5070", "INVITE"))
+        self.receive(request("INVITE"))  # RFC 3261 §17.2.1: still matched on branch and sent-by
+        self.assertEqual([m.start_line() for m in self.connection.messages()], ["SIP/2.0 486 Busy Here"])
+        self.receive(request("ACK", cseq_method="ACK"))
+        self.assertIs(transaction.state, State.CONFIRMED)
+        self.assertEqual(self.tu.kinds(), ["request"])
+        self.clock.advance(TimerSettings().t4)  # Timer I
+        self.assertEqual(self.layer.transactions(), [])
+        self.assertFalse(self.layer.is_merged_request(request("INVITE", branch="z9hG4bK.2")))  # the merge key is gone too
+
+    def test_a_reliable_completed_transaction_keeps_bytes_and_still_resends_a_response_object(self) -> None:
+        # RFC 3261 §18.2.2: on a stream whose connection closed the transport sends a Response to
+        # the Via's sent-by, so a retransmitted request there gets the final parsed back.
+        self.connection.transport = "TCP"
+        _, wire = self.busy_invite_lingering()
+        self.receive(request("INVITE"))
+        [again] = self.connection.messages()
+        self.assertIsInstance(again, Response)
+        self.assertEqual(again.serialize(), wire)
+        self.assertEqual(again.headers.get("Via"), "SIP/2.0/UDP 127.0.0.1:5070;branch=z9hG4bK.1")
 
     def test_rfc2543_ack_still_matches_an_accepted_invite_without_its_response(self) -> None:
         self.receive(request("INVITE", branch="1"))
@@ -231,7 +266,7 @@ class UnansweredHistoryTests(unittest.TestCase):
         self.assertEqual([call.getTime() for call in self.clock.getDelayedCalls()], [600.0])
         self.clock.advance(565)
         self.assertEqual(self.manager.ended_calls(), [])
-        self.assertEqual(self.manager._ended_by_call_id, {})  # the stray-2xx index forgets them too
+        self.assertEqual(self.manager.history._by_call_id, {})  # the stray-2xx index forgets them too
         self.assertEqual(self.clock.getDelayedCalls(), [])
 
 

@@ -95,6 +95,11 @@ class TimelineEntry(NamedTuple):
     text: str
 
 
+def _packed_text(entries: Sequence[TimelineEntry]) -> str:
+    # ASCII (escapes for the rest): one "→" would make the whole str 2 bytes a character (PEP 393)
+    return json.dumps([[entry.at, entry.kind, entry.text] for entry in entries])
+
+
 class PackedTimeline(Sequence[TimelineEntry]):
     """An ended call's timeline as one string (JSON), read back entry by entry on demand.
 
@@ -107,7 +112,12 @@ class PackedTimeline(Sequence[TimelineEntry]):
     __slots__ = ("_text",)
 
     def __init__(self, entries: Sequence[TimelineEntry]) -> None:
-        self._text = json.dumps([[entry.at, entry.kind, entry.text] for entry in entries], ensure_ascii=False)
+        self._text = _packed_text(entries)
+
+    def add(self, at: float, kind: str, text: str, limit: int) -> None:
+        """A late note (an ACK, a retransmission after the end): packed again with it, in place,
+        so that the history's record of the call (``call_history.EndedCall``) shows it too."""
+        self._text = _packed_text([*self._entries(), TimelineEntry(at, kind, text)][-limit:])
 
     def _entries(self) -> list[TimelineEntry]:
         return [TimelineEntry(at, kind, text) for at, kind, text in json.loads(self._text)]
@@ -170,12 +180,10 @@ class Call:
         return self.ended_at is not None
 
     def note(self, kind: str, text: str) -> None:
-        entry = TimelineEntry(self.clock.seconds(), kind, text)
         if isinstance(self.timeline, PackedTimeline):
-            # a late note on an ended call (an ACK, a retransmission): packed again with it
-            self.timeline = PackedTimeline([*self.timeline, entry][-self.timeline_limit:])
+            self.timeline.add(self.clock.seconds(), kind, text, self.timeline_limit)  # a late note, after the end
             return
-        self.timeline.append(entry)
+        self.timeline.append(TimelineEntry(self.clock.seconds(), kind, text))
         if len(self.timeline) > self.timeline_limit:
             del self.timeline[0]
 

@@ -31,26 +31,21 @@ feeds it events and does the SIP side of the work:
   counted — never silently dropped.
 * Every call's media is closed when it ends, whatever the path; an ended call stays in
   ``ended_calls()`` for ``CallSettings.keep_ended`` seconds, one that never got a 2xx for
-  ``keep_unanswered`` (at most as long): refused, cancelled and garbage INVITEs are most of a
-  burst, and each kept call is ~4 KB of objects allocated all over the heap while the burst ran,
-  which keep the allocator's pages from going back to the system (docs/performance.md, "RSS
-  after a burst").  One reactor timer, armed for the first ended call due, forgets them: after
-  the last call, the history empties by itself (pruning only when the next call ends would
-  keep the last busy minutes for ever).
+  ``keep_unanswered``, as a compact record (``call_history``).
 """
 
 from __future__ import annotations
 
-import collections
 from typing import Iterable
 
 from twisted.internet import defer
-from twisted.internet.interfaces import IDelayedCall, IReactorTime
+from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from epcscf.pcscf import call_sdp
 from epcscf.pcscf import offer_answer as oa
+from epcscf.pcscf.call_history import CallHistory, HistoryEntry
 from epcscf.pcscf.call_model import (
     LAYERS,
     TRICKLE_SDPFRAG,
@@ -108,17 +103,9 @@ class CallManager:
         #: events the call state or offer/answer tables do not allow (see ``_protocol_error``)
         self.protocol_errors = 0
         self._live: dict[tuple[str, str], Call] = {}
-        #: ended calls, oldest first: answered ones (kept ``keep_ended``) and the others
-        self._ended: collections.OrderedDict[int, Call] = collections.OrderedDict()
-        self._ended_unanswered: collections.OrderedDict[int, Call] = collections.OrderedDict()
-        #: the calls of both histories by Call-ID, oldest end first: a stray 2xx looks its call up
-        #: here instead of walking ``keep_ended`` seconds of history (600 s × the call rate)
-        self._ended_by_call_id: dict[str, list[Call]] = {}
+        #: ended calls, kept for the console (``call_history``)
+        self.history = CallHistory(clock, lambda: self.settings)
         self._closing: set[defer.Deferred] = set()
-        self._pruning: IDelayedCall | None = None
-        #: calls ended since the history was last looked at, their timelines not yet packed
-        #: (``Call.pack``): the final response of a call is noted just after it ends
-        self._to_pack: list[Call] = []
         #: calls outliving a lost flow until their WIC registers again (``call_suspension``)
         self.suspensions = CallSuspensions(
             clock, self.settings.reconnect_grace, self._move,
@@ -132,21 +119,11 @@ class CallManager:
     def calls(self) -> list[Call]:
         return list(self._live.values())
 
-    def ended_calls(self) -> list[Call]:
-        self._prune_ended()
-        return sorted([*self._ended.values(), *self._ended_unanswered.values()], key=lambda call: call.ended_at or 0.0)
+    def ended_calls(self) -> list[HistoryEntry]:
+        return self.history.calls()
 
     def find(self, call_id: str) -> list[Call]:
         return [call for call in self._live.values() if call.call_id == call_id]
-
-    def _forget_ended(self, call: Call) -> None:
-        calls = self._ended_by_call_id.get(call.call_id, [])
-        for position, known in enumerate(calls):
-            if known is call:
-                del calls[position]
-                break
-        if not calls:
-            self._ended_by_call_id.pop(call.call_id, None)
 
     def idle(self) -> defer.Deferred:
         """Fires once every media close started so far has finished (tests, shutdown)."""
@@ -380,7 +357,7 @@ class CallManager:
         if call_sdp.method_of(response) != "INVITE" or not 200 <= response.status < 300:
             return response
         call_id = response.headers.get("Call-ID") or ""
-        for call in self.find(call_id) + self._ended_by_call_id.get(call_id, []):
+        for call in [*self.find(call_id), *self.history.with_call_id(call_id)]:
             if call.released_early and call.dialog is not None and not call.dialog.confirmed:
                 self._ack_and_bye_late_2xx(call, response, call.dialog.callee)
                 return None
@@ -517,9 +494,7 @@ class CallManager:
         for call in list(self._live.values()):
             self._release(call, 'SIP;cause=503;text="Service shutting down"', 503, (Side.WIC, Side.CORE),
                           "service shutting down", None)
-        if self._pruning is not None and self._pruning.active():
-            self._pruning.cancel()
-        self._pruning = None
+        self.history.close()
         if self.suspensions is not None:
             self.suspensions.close()
         return self.idle()
@@ -587,13 +562,9 @@ class CallManager:
             del self._live[call.key]
         if self.suspensions is not None:
             self.suspensions.forget(call)
-        self._prune_ended()
-        answered = call.dialog is not None and call.dialog.confirmed
-        (self._ended if answered else self._ended_unanswered)[id(call)] = call
-        self._ended_by_call_id.setdefault(call.call_id, []).append(call)
-        self._arm_pruning()
         call.invite_context = None  # the proxy's context is not ours to keep alive
         media, call.media = call.media, None
+        closing: defer.Deferred | None = None
         if media is not None:
             try:
                 call.media_stats = media.stats()  # the console still shows them after the end
@@ -605,42 +576,7 @@ class CallManager:
             closing.addErrback(lambda failure: log.failure("closing media of {call_id}", failure, call_id=call.call_id))
             self._closing.add(closing)
             closing.addBoth(lambda result: (self._closing.discard(closing), result)[1])
-        self._to_pack.append(call)
-
-    def _histories(self) -> tuple[tuple[collections.OrderedDict[int, Call], float], ...]:
-        """Each history, oldest first, with how long it keeps a call."""
-        keep = self.settings.keep_ended
-        return (self._ended, keep), (self._ended_unanswered, min(keep, self.settings.keep_unanswered))
-
-    def _prune_ended(self) -> None:
-        for call in self._to_pack:
-            call.pack()
-        self._to_pack.clear()
-        now = self.clock.seconds() + 1e-6  # the timer's own arithmetic may round a hair early
-        for history, keep in self._histories():
-            while history:
-                key, oldest = next(iter(history.items()))
-                if oldest.ended_at is not None and oldest.ended_at + keep > now:
-                    break
-                del history[key]
-                self._forget_ended(oldest)
-
-    def _arm_pruning(self) -> None:
-        """One timer for the whole history: due when the first ended call expires."""
-        dues = [(next(iter(history.values())).ended_at or 0.0) + keep for history, keep in self._histories() if history]
-        if not dues:
-            return
-        due = min(dues)
-        if self._pruning is not None:
-            if self._pruning.getTime() <= due:
-                return
-            self._pruning.cancel()  # an unanswered call ended: due before the oldest answered one
-        self._pruning = self.clock.callLater(max(0.0, due - self.clock.seconds()), self._pruning_due)
-
-    def _pruning_due(self) -> None:
-        self._pruning = None
-        self._prune_ended()
-        self._arm_pruning()
+        self.history.add(call, closing)
 
 
 def _branch_connection(context: ProxiedRequest, response: Response | None) -> Connection | None:

@@ -16,6 +16,7 @@ from twisted.logger import Logger
 from epcscf.sip.connection import Connection
 from epcscf.sip.headers import Via, to_tag
 from epcscf.sip.message import Request, Response, make_response
+from epcscf.sip.parser import parse_message
 from epcscf.sip.transaction_machine import (
     INVITE_SERVER,
     NON_INVITE_SERVER,
@@ -76,12 +77,31 @@ class RequestIdentity(NamedTuple):
         return (self.from_tag, self.call_id, self.cseq_number, self.cseq_method)
 
 
+class SettledIdentity(NamedTuple):
+    """What a lingering server transaction with an RFC 3261 branch is still matched and filed
+    by: the §17.2.3 key and the §8.2.2.2 merge key, nothing else.  The ``RequestIdentity`` it
+    replaces also holds the parsed top Via, the Request-URI and the tags, which only
+    RFC 2543 matching reads (~600 B); thousands linger 64*T1 during a burst (docs/performance.md,
+    "Compact lingering state")."""
+
+    key: tuple[str, str, str]
+    merge_key: tuple[str | None, str | None, int, str]
+
+    @property
+    def branch(self) -> str:
+        return self.key[0]
+
+    @property
+    def has_rfc3261_branch(self) -> bool:
+        return True
+
+
 @dataclass(frozen=True, slots=True)
 class SentResponse:
-    """A final response as it went out: what a Completed server transaction on an unreliable
-    transport repeats for each retransmitted request until Timer H/J (RFC 3261 §17.2.1,
-    §17.2.2).  Its bytes are a few hundred; the parsed ``Response`` with its header views is
-    ~2.5 KB, held 64*T1 by every such transaction (thousands during a burst over UDP)."""
+    """A final response as it went out: what a Completed server transaction repeats for each
+    retransmitted request until Timer H/J (RFC 3261 §17.2.1, §17.2.2).  Its bytes are a few
+    hundred; the parsed ``Response`` with its header views is ~2.5 KB, held 64*T1 by every
+    such transaction (thousands during a burst)."""
 
     status: int
     wire: bytes
@@ -91,6 +111,14 @@ class SentResponse:
 
     def start_line(self) -> str:
         return self.wire.split(b"\r\n", 1)[0].decode("utf-8", "replace")  # for logs, as Message's
+
+    def parsed(self) -> Response:
+        """The response again as a message: on a reliable transport whose connection is gone,
+        §18.2.2 sends it to the top Via's sent-by, which the transport reads from a ``Response``.
+        (Only a retransmitted request over TCP/TLS/WS gets here: nothing else resends there.)"""
+        response = parse_message(self.wire)
+        assert isinstance(response, Response)
+        return response
 
 
 class ServerTransaction(TransactionMachine):
@@ -115,7 +143,8 @@ class ServerTransaction(TransactionMachine):
         self.method = request.method
         self.connection = connection
         self.timers = timers
-        self.identity = identity
+        #: the §17.2.3 matching fields; a ``SettledIdentity`` once the transaction lingers
+        self.identity: RequestIdentity | SettledIdentity = identity
         self.is_invite = request.method == "INVITE"
         self.machine = "INVITE server" if self.is_invite else "non-INVITE server"
         self.table = INVITE_SERVER if self.is_invite else NON_INVITE_SERVER
@@ -182,10 +211,15 @@ class ServerTransaction(TransactionMachine):
         self.request = None
         if self.state is State.ACCEPTED:
             self.last_response = None
-        elif isinstance(self.last_response, Response) and not self.connection.reliable:
-            # UDP: sent again as it is (a connection serialises a message and writes the bytes);
-            # on a reliable transport it may have to go elsewhere (§18.2.2) and needs its Via.
+        elif isinstance(self.last_response, Response):
+            # Sent again as it is (a connection serialises a message and writes the bytes);
+            # on a reliable transport ``_resend_last_response`` parses it back when needed.
             self.last_response = SentResponse(self.last_response.status, self.last_response.serialize())
+        identity = self.identity
+        if isinstance(identity, RequestIdentity) and identity.has_rfc3261_branch:
+            # Only RFC 2543 matching reads the rest of the identity, and the To tag of our final.
+            self.identity = SettledIdentity(identity.key, identity.merge_key)
+            self.final_to_tag = None
 
     def _send_trying(self, _: object) -> None:
         # RFC 3261 §17.2.1: the TU did not answer within 200 ms.
@@ -198,8 +232,12 @@ class ServerTransaction(TransactionMachine):
         self._send(self.connection, trying)
 
     def _resend_last_response(self, _: object) -> None:
-        if self.last_response is not None:
-            self._send(self.connection, self.last_response)  # type: ignore[arg-type] # SentResponse: serialize() is all a UDP path uses
+        response = self.last_response
+        if isinstance(response, SentResponse) and self.connection.reliable:
+            # §18.2.2: a stream transport whose connection closed sends a Response elsewhere.
+            response = response.parsed()
+        if response is not None:
+            self._send(self.connection, response)  # type: ignore[arg-type] # SentResponse: serialize() is all a UDP path uses
 
     def _discard_response(self, response: object) -> None:
         status = response.status if isinstance(response, Response) else "?"

@@ -1,0 +1,143 @@
+"""The ended-call history (``epcscf.pcscf.call_history``): an ended call is kept as a compact
+record that the console, ``/metrics`` and a stray 2xx read as they read the call."""
+
+from __future__ import annotations
+
+import gc
+import weakref
+from typing import Any
+
+from twisted.internet import defer
+from twisted.trial import unittest
+
+from epcscf.pcscf import call_view
+from epcscf.pcscf.call_history import CallHistory, EndedCall
+from epcscf.pcscf.call_model import Call, CallSettings
+from epcscf.pcscf.call_state import CallDirection, CallState
+from tests import test_calls_manager
+from tests.test_calls_manager import CORE_SDP, FakeMedia, response_to
+
+STREAMS = {
+    0: {"ice": "connected", "media": {"dtls_state": "connected", "wic_to_core": {"packets": 500, "bytes": 80000},
+                                     "core_to_wic": {"packets": 498, "bytes": 79680}}},
+    1: {"ice": "closed", "media": None},
+}
+
+
+class MediaWithTraffic(FakeMedia):
+    def stats(self) -> dict:
+        return STREAMS
+
+
+class EndedCallRecordTests(unittest.TestCase):
+    # the call manager's own harness (not imported by name: trial would run its tests here)
+    setUp = test_calls_manager.CallManagerTests.setUp
+    originate = test_calls_manager.CallManagerTests.originate
+    respond = test_calls_manager.CallManagerTests.respond
+
+    def confirmed_call(self) -> tuple[Any, Call, Any]:
+        self.manager.media_factory = lambda call: MediaWithTraffic(self.log)
+        context, _ = self.originate()
+        ok = self.respond(context, response_to(context.request, 200, CORE_SDP))
+        [call] = self.manager.calls()
+        return context, call, ok
+
+    def test_the_console_and_metrics_see_the_same_call_after_it_is_compacted(self) -> None:
+        _, call, _ = self.confirmed_call()
+        self.clock.advance(12)
+        self.manager.release(call.call_id)
+        # what the views read from the call itself, at its end
+        expected_record = call_view.call_record(call, False)
+        expected_timeline = call_view.timeline_records(call)
+        [ended] = self.manager.ended_calls()
+        self.assertIsInstance(ended, EndedCall)
+        self.assertEqual(call_view.call_record(ended, False), expected_record)
+        self.assertEqual(call_view.timeline_records(ended), expected_timeline)
+        self.assertEqual(expected_record["packets"], {"wic_to_core": 500, "core_to_wic": 498})
+        self.assertEqual((expected_record["ice"], expected_record["dtls"]), ("closed", "connected"))
+        self.assertIs(ended.state, CallState.TERMINATED)
+        self.assertEqual(ended.release_cause, call.release_cause)
+
+    def test_a_refused_call_without_media_shows_no_figures(self) -> None:
+        context, _ = self.originate()
+        [call] = self.manager.calls()
+        self.respond(context, response_to(context.request, 486))
+        expected = call_view.call_record(call, False)
+        [ended] = self.manager.ended_calls()
+        self.assertEqual(call_view.call_record(ended, False), expected)
+        self.assertTrue(ended.dialog.matches(response_to(context.request, 200, tag="any")))  # unconfirmed: as Dialog.matches
+
+    def test_the_record_lets_go_of_the_call_its_dialog_and_its_media(self) -> None:
+        _, call, _ = self.confirmed_call()
+        self.manager.release(call.call_id)
+        held = [weakref.ref(thing) for thing in (call, call.dialog, call.dialog.wic, call.dialog.core)]  # type: ignore[union-attr]
+        del call
+        [ended] = self.manager.ended_calls()
+        gc.collect()
+        self.assertEqual([ref() for ref in held], [None] * 4)
+        owned = [thing for thing in gc.get_referents(ended) if not isinstance(thing, type)]
+        self.assertLessEqual(len(owned), 7)  # call-id, end time, timeline, limit, clock, text, answer
+
+    def test_a_retransmitted_2xx_of_an_ended_call_still_carries_the_same_answer(self) -> None:
+        # RFC 3261 §13.3.1.4: the callee's 2xx retransmissions carry the answer already sent.
+        context, call, first = self.confirmed_call()
+        self.manager.release(call.call_id)
+        del call
+        self.assertIsInstance(self.manager.ended_calls()[0], EndedCall)
+        again = self.manager.stray_response(response_to(context.request, 200, CORE_SDP))
+        self.assertEqual(again.body, first.body)
+        other_fork = self.manager.stray_response(response_to(context.request, 200, CORE_SDP, tag="fork2"))
+        self.assertEqual(other_fork.body, b"")
+
+    def test_a_late_note_on_the_call_shows_in_the_record(self) -> None:
+        _, call, _ = self.confirmed_call()
+        self.manager.release(call.call_id)
+        [ended] = self.manager.ended_calls()
+        call.note("sip-in", "a late ACK")
+        self.assertEqual(ended.timeline[-1].text, "a late ACK")
+        ended.note("sip-in", "another")
+        self.assertEqual([entry.text for entry in call.timeline][-2:], ["a late ACK", "another"])
+
+    def test_a_call_released_before_its_2xx_stays_whole_for_the_racing_2xx(self) -> None:
+        context, _ = self.originate()
+        self.manager.flow_closed(self.wic)
+        [ended] = self.manager.ended_calls()
+        self.assertIsInstance(ended, Call)  # RFC 3261 §9.1, §15: its dialog ACKs and BYEs a late 2xx
+        self.assertIsNone(self.manager.stray_response(response_to(context.request, 200, CORE_SDP)))
+
+    def test_every_ended_call_is_kept_though_a_freed_call_s_address_is_reused(self) -> None:
+        history = CallHistory(self.clock, lambda: CallSettings())
+        for number in range(50):
+            call = Call(f"call-{number}", CallDirection.ORIGINATING, self.wic, self.clock.seconds(), self.clock)
+            call.ended_at = self.clock.seconds()
+            call.release_cause = "cancelled"
+            history.add(call)
+            del call
+            history.calls()  # compacted: the Call is freed, the next one may get its address
+        self.assertEqual(len(history.calls()), 50)
+        history.close()
+
+    def test_a_call_is_compacted_only_once_its_media_closed_with_the_engine_s_last_totals(self) -> None:
+        # rtpengine's totals come with the reply to its delete (``rtpengine_media``), after the end.
+        closed: defer.Deferred = defer.Deferred()
+        totals = {"wic_to_core": {"packets": 1, "bytes": 100}, "core_to_wic": {"packets": 1, "bytes": 100}}
+
+        class EngineMedia(FakeMedia):
+            def stats(self) -> dict:
+                return {0: {"engine": "rtpengine", "node": "node-1", "ice": "", "media": totals}}
+
+            def close(self) -> defer.Deferred:
+                return closed
+
+        self.manager.media_factory = lambda call: EngineMedia(self.log)
+        context, _ = self.originate()
+        self.respond(context, response_to(context.request, 200, CORE_SDP))
+        [call] = self.manager.calls()
+        self.manager.release(call.call_id)
+        self.assertIs(self.manager.ended_calls()[0], call)  # its media is still closing
+        totals["wic_to_core"] = {"packets": 700, "bytes": 70000}
+        closed.callback(None)
+        [ended] = self.manager.ended_calls()
+        self.assertIsInstance(ended, EndedCall)
+        self.assertEqual(ended.media_stats[0]["engine"], "rtpengine")
+        self.assertEqual(call_view.call_record(ended, False)["packets"], {"wic_to_core": 700, "core_to_wic": 1})
