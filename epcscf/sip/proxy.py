@@ -30,13 +30,18 @@ A ``ProxiedRequest`` is the per-request context (state, server transaction, bran
 responses); its ``ProxyState`` only moves forward (see ``_TRANSITIONS``).  The other way
 round, the proxy offers the policy's helpers (the eP-CSCF's call manager) ``ProxyOperations``:
 CANCEL an INVITE's pending branches, answer it upstream, send a request of their own.
+
+Where the parts live: requests, branches and responses here; stateless forwarding in
+``proxy_stateless``, CANCEL in ``proxy_cancel``, Timer C in ``proxy_timer_c`` and our Via
+in ``proxy_via`` (mixins of ``StatefulProxy``, so the per-message path makes the same calls
+as before); settings and collaborators in ``proxy_ports``; the policy side and the
+per-request state in ``proxy_policy``; the pure §16 rules in ``proxy_rules``.
 """
 
 from __future__ import annotations
 
 import secrets
-from dataclasses import dataclass
-from typing import Any, Protocol, Sequence
+from typing import Any, Sequence
 
 from twisted.internet import defer
 from twisted.internet.interfaces import IReactorTime
@@ -44,14 +49,15 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from epcscf.sip import proxy_rules as rules
-from epcscf.sip.connection import Address, Connection, ConnectionLost
+from epcscf.sip.connection import Connection, ConnectionLost
 from epcscf.sip.message import Request, Response, new_tag
-from epcscf.sip.resolver import DEFAULT_PORTS, Target
+from epcscf.sip.resolver import Target
 from epcscf.sip.timers import TimerQueue
 from epcscf.sip.transaction_client import ClientTransactionUser
 from epcscf.sip.transport import UDP_REQUEST_LIMIT
 from epcscf.sip.uri import SipUri, UriError, parse_uri
 from epcscf.sip.validate import AnswerOptionsLocally, validate_request
+from epcscf.sip.proxy_cancel import AbsorbResponses, Cancelling
 from epcscf.sip.proxy_policy import (
     Branch,
     BranchState,
@@ -64,65 +70,35 @@ from epcscf.sip.proxy_policy import (
     Reject,
     is_deferred,
 )
+from epcscf.sip.proxy_ports import Connector, NextHops, ProxySettings, TransactionSender
+from epcscf.sip.proxy_stateless import StatelessForwarding
+from epcscf.sip.proxy_timer_c import TIMER_C, TimerC
+from epcscf.sip.proxy_via import OWN_VIA_LINE, OwnVia
+
+# Re-exported: other modules import these from here.
+__all__ = [
+    "OWN_VIA_LINE",
+    "TIMER_C",
+    "Branch",
+    "BranchState",
+    "Connector",
+    "Decision",
+    "Destination",
+    "Forward",
+    "NextHops",
+    "ProxiedRequest",
+    "ProxyPolicy",
+    "ProxySettings",
+    "ProxyState",
+    "Reject",
+    "StatefulProxy",
+    "TransactionSender",
+]
 
 log = Logger()
 
-# RFC 3261 §16.6 step 11: Timer C "MUST be set to be greater than 3 minutes".
-TIMER_C = 181.0
-# The Via we add (§16.6 step 8), counted when sizing a request for RFC 3261 §18.1.1: our
-# branch is the prefix, the loop hash and a digest (16 hex digits each, rules.branch_for).
-OWN_VIA_LINE = "Via: SIP/2.0/UDP {sent_by};branch=" + rules.BRANCH_PREFIX + "0" * 16 + "." + "0" * 16 + "\r\n"
 
-
-@dataclass(frozen=True)
-class ProxySettings:
-    timer_c: float = TIMER_C
-    #: option tags we support (RFC 3261 §16.3 step 5 checks Proxy-Require against them)
-    supported_option_tags: frozenset[str] = frozenset()
-    loop_detection: bool = True
-    #: public address written in Via instead of the listener's (NAT/public IP)
-    public_host: str = ""
-
-
-class Connector(Protocol):
-    def connect(self, target: Target) -> defer.Deferred: ...
-
-    def connection_for(self, target: Target) -> Connection | None: ...
-
-    def local_address(self, transport: str) -> Address | None: ...
-
-
-class NextHops(Protocol):
-    def resolve_uri(self, uri: Any) -> defer.Deferred: ...
-
-
-class TransactionSender(Protocol):
-    """What the proxy asks of the transaction layer (``epcscf.sip.transaction.TransactionLayer``)."""
-
-    def send_request(
-        self, request: Request, connection: Connection, user: ClientTransactionUser, *, wire: bytes | None = None
-    ) -> Any: ...
-
-    def find_invite_server_transaction(self, cancel: Request) -> Any: ...
-
-
-class _AbsorbResponses:
-    """Client-transaction user for our own CANCELs: their responses end here (§16.10)."""
-
-    def response_received(self, response: Response, transaction: Any) -> None:
-        pass
-
-    def timed_out(self, transaction: Any) -> None:
-        pass
-
-    def transport_failed(self, transaction: Any, reason: Any) -> None:
-        pass
-
-
-# --- the proxy ----------------------------------------------------------------------------------
-
-
-class StatefulProxy:
+class StatefulProxy(StatelessForwarding, Cancelling, TimerC, OwnVia):
     """RFC 3261 §16 transaction-stateful proxy (TransactionUser + ClientTransactionUser)."""
 
     def __init__(
@@ -150,7 +126,7 @@ class StatefulProxy:
         self._secret = secret if secret is not None else secrets.token_bytes(16)
         self._by_server: dict[int, ProxiedRequest] = {}
         self._by_client: dict[int, tuple[ProxiedRequest, Branch]] = {}
-        self._absorb = _AbsorbResponses()
+        self._absorb = AbsorbResponses()
         self._sending: tuple[ProxiedRequest, Branch] | None = None
 
     def active(self) -> list[ProxiedRequest]:
@@ -207,60 +183,6 @@ class StatefulProxy:
                 self._apply_decision(context, decided)
             except Exception:
                 self._policy_failed(context, Failure())
-
-    def ack_received(self, request: Request, connection: Connection) -> None:
-        """RFC 3261 §16.11 / §13.2.2.4: an ACK for a 2xx is its own transaction: forward it
-        statelessly along its Route set."""
-        if (request.headers.get("max-forwards") or "").strip() == "0":
-            return  # RFC 3261 §16.3 step 3: cannot go further, and an ACK is never answered
-        branch_id = rules.branch_for(request, 0, self._secret)  # §16.11: stateless branch
-        working = request.copy()
-        rules.mark_source(working, connection)
-        removed = rules.process_own_routes(working, self.policy.is_own_uri)  # §16.4
-        context = ProxiedRequest(working, connection, None, original=request, own_routes_removed=removed)
-        decided = defer.maybeDeferred(self.policy.route_request, context)
-
-        def forward(decision: Decision) -> Any:
-            if not isinstance(decision, Forward):
-                return None  # an ACK is never answered
-            outgoing = decision.request
-            rules.decrement_max_forwards(outgoing)  # §16.6 step 3
-            rules.apply_strict_route(outgoing)  # §16.6 step 6
-            return self._destinations(decision.destination, outgoing).addCallback(
-                lambda candidates: self._send_stateless(outgoing, candidates, decision.via_sent_by, branch_id)
-            )
-
-        decided.addCallback(forward).addErrback(lambda f: log.info("ACK not forwarded: {why}", why=f.value))
-
-    def stray_response_received(self, response: Response, connection: Connection) -> None:
-        """RFC 3261 §16.7 step 1 / §16.11: a response with no transaction (retransmitted 2xx
-        of an INVITE, typically) is forwarded statelessly if the top Via is ours."""
-        vias = rules.list_values(response.headers, "via")
-        if len(vias) < 2 or not self._is_own_via(vias[0]):
-            return  # RFC 3261 §18.1.2: not ours → discard
-        rules.strip_own_via(response)
-        self._forward_statelessly(response)
-
-    def _forward_statelessly(self, response: Response) -> None:
-        """Send a response (our Via already removed) to its next Via (RFC 3261 §18.2.2)."""
-        destination = self.policy.response_destination(response)
-        if destination is None:
-            vias = rules.list_values(response.headers, "via")
-            destination = rules.via_target(vias[0]) if vias else None
-        if destination is None:
-            return
-        target = destination
-        outgoing = defer.maybeDeferred(self.policy.response_to_forward, None, response)
-
-        def send(rewritten: Response | None) -> Any:
-            if rewritten is None:
-                return None
-            if isinstance(target, Target):
-                return self.connector.connect(target).addCallback(lambda c: c.send_message(rewritten))
-            target.send_message(rewritten)
-            return None
-
-        outgoing.addCallback(send).addErrback(lambda f: log.info("response not forwarded: {why}", why=f.value))
 
     # ===== routing decisions =====================================================================
 
@@ -391,17 +313,6 @@ class StatefulProxy:
             connected(existing)  # an open connection: no Deferred needed
         else:
             self.connector.connect(target).addCallbacks(connected, failed)
-
-    def _with_own_via(self, branch: Branch, connection: Connection, branch_id: str) -> Request:
-        """The branch's request as it goes out on ``connection``, with our Via on top (RFC 3261
-        §16.6 step 8).  The branch keeps its request for the next target (RFC 3263 §4.3), so
-        the Via goes on a copy, unless no target is left: then nothing sends the branch's
-        request again, and it is the request sent (not for an INVITE, whose request the call
-        manager keeps reading)."""
-        request = branch.request
-        outgoing = request if not branch.targets and request.method != "INVITE" else request.copy()
-        rules.add_via(outgoing, connection.transport, branch.via_sent_by or self._sent_by(connection), branch_id)
-        return outgoing
 
     def _send_branch(
         self,
@@ -634,27 +545,6 @@ class StatefulProxy:
             self._stop_timer_c(branch)
         context.move_to(ProxyState.TERMINATED) if context.state is ProxyState.COMPLETED else None
 
-    # ===== CANCEL (§16.10) and Timer C (§16.6 step 11, §16.8) ======================================
-
-    def _cancel_received(self, cancel: Request, transaction: Any) -> None:
-        invite_tx = self._layer().find_invite_server_transaction(cancel)
-        if invite_tx is None:
-            # RFC 3261 §16.10: no matching transaction → 481 (we do not forward it statelessly).
-            transaction.respond(rules.make_local_response(cancel, 481, to_tag=new_tag()))
-            return
-        # RFC 3261 §16.10 / §9.2: the CANCEL itself is answered 200 at once.
-        transaction.respond(rules.make_local_response(cancel, 200, to_tag=new_tag()))
-        context = self._by_server.get(id(invite_tx))
-        if context is None:
-            return  # the INVITE already has its final response: nothing to cancel
-        context.cancelled = True
-        try:
-            self.policy.cancel_received(context, cancel)
-        except Exception:
-            log.failure("policy.cancel_received failed")
-        if context.state is ProxyState.FORWARDING:
-            self._cancel_pending(context)
-
     # ===== ProxyOperations: what the policy's call manager may ask ===============================
 
     def cancel_branches(self, context: ProxiedRequest) -> None:
@@ -675,116 +565,6 @@ class StatefulProxy:
         if self.transactions is None:
             raise RuntimeError("StatefulProxy has no transaction layer")
         return self.transactions
-
-    def _cancel_pending(self, context: ProxiedRequest) -> None:
-        """RFC 3261 §16.10 / §16.7 step 10: CANCEL every branch still without a final."""
-        if not context.is_invite:
-            return
-        for branch in context.branches:
-            if branch.state is BranchState.DONE or branch.cancelled:
-                continue
-            if branch.state is BranchState.PROCEEDING:
-                self._send_cancel(branch)
-            else:
-                branch.cancel_wanted = True  # RFC 3261 §9.1: wait for a provisional
-                branch.targets.clear()  # no failover for a cancelled branch
-
-    def _send_cancel(self, branch: Branch) -> None:
-        if branch.sent_request is None or branch.connection is None or branch.cancelled:
-            return
-        branch.cancelled = True
-        branch.targets.clear()
-        cancel = rules.make_cancel(branch.sent_request)
-        self._layer().send_request(cancel, branch.connection, self._absorb)
-
-    def _start_timer_c(self, context: ProxiedRequest, branch: Branch) -> None:
-        if not context.is_invite:
-            return
-        self._stop_timer_c(branch)
-        branch.timer_c = self._timers_c.callLater(self.settings.timer_c, self._timer_c_fired, context, branch)
-
-    def _stop_timer_c(self, branch: Branch) -> None:
-        if branch.timer_c is not None and branch.timer_c.active():
-            branch.timer_c.cancel()
-        branch.timer_c = None
-
-    def _timer_c_fired(self, context: ProxiedRequest, branch: Branch) -> None:
-        branch.timer_c = None
-        if branch.state is BranchState.DONE:
-            return
-        if branch.state is BranchState.PROCEEDING:
-            # RFC 3261 §16.8: after a provisional, CANCEL the branch (its 487 ends it).
-            self._send_cancel(branch)
-            # The downstream UAS may never answer the CANCEL: bound the wait with another Timer C.
-            branch.timer_c = self._timers_c.callLater(self.settings.timer_c, self._give_up, context, branch)
-        else:
-            # RFC 3261 §16.8: no provisional → as if a 408 was received.
-            branch.targets.clear()
-            self._branch_final(context, branch, self._synthetic(context, 408))
-
-    def _give_up(self, context: ProxiedRequest, branch: Branch) -> None:
-        branch.timer_c = None
-        self._branch_final(context, branch, self._synthetic(context, 408))
-
-    # ===== helpers ===============================================================================
-
-    def _sent_by(self, connection: Connection) -> str:
-        """Our Via sent-by: the public host, else the listener of that transport (responses
-        over UDP come back to the listening socket), else the connection's local end."""
-        listener = self.connector.local_address(connection.transport)
-        local = listener or connection.local
-        host = self.settings.public_host or local.host
-        host = f"[{host}]" if ":" in host else host
-        return f"{host}:{local.port}"
-
-    def _udp_request_size(self, branch: Branch, target: Target) -> int:
-        """The size the branch's request will have on the wire toward a UDP ``target`` (0 for
-        other transports): RFC 3261 §18.1.1 counts the whole message, our Via included."""
-        if target.transport.upper() != "UDP":
-            return 0
-        sent_by = branch.via_sent_by
-        if not sent_by:
-            local = self.connector.local_address("UDP") or Address("", 0)
-            sent_by = f"{self.settings.public_host or local.host}:{local.port}"
-        return len(branch.request.serialize()) + len(OWN_VIA_LINE.format(sent_by=sent_by))
-
-    def _is_own_sent_by(self, host: str, port: int | None) -> bool:
-        for transport in ("UDP", "TCP", "TLS"):
-            local = self.connector.local_address(transport)
-            if local is None:
-                continue
-            hosts = {local.host, self.settings.public_host}
-            if host.strip("[]") in hosts and (port or DEFAULT_PORTS[transport]) == local.port:
-                return True
-        return False
-
-    def _is_own_via(self, via_text: str) -> bool:
-        branch = rules.via_param(via_text, "branch") or ""
-        return branch.startswith(rules.BRANCH_PREFIX)
-
-    def _destinations(self, destination: Destination, request: Request) -> defer.Deferred:
-        if isinstance(destination, Target):
-            return defer.succeed([destination])
-        if destination is not None and not isinstance(destination, (list, tuple)):
-            return defer.succeed([destination])
-        if destination is not None:
-            return defer.succeed(list(destination))
-        return self._resolve(rules.next_hop_uri(request))
-
-    def _send_stateless(self, request: Request, candidates: list[Any], via_sent_by: str | None, branch_id: str) -> Any:
-        """Send a request without a transaction (ACK for 2xx): the first reachable candidate."""
-        if not candidates:
-            return None
-        first = candidates[0]
-
-        def send(connection: Connection) -> None:
-            rules.add_via(request, connection.transport, via_sent_by or self._sent_by(connection), branch_id)
-            connection.send_message(request)
-
-        if isinstance(first, Target):
-            return self.connector.connect(first).addCallback(send)
-        send(first)
-        return None
 
 
 def _call_id(context: ProxiedRequest) -> str:

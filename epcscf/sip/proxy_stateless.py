@@ -1,0 +1,118 @@
+"""Stateless forwarding in the stateful proxy (RFC 3261 §16.11), a mixin of ``StatefulProxy``.
+
+What goes through with no transaction of ours: an ACK for a 2xx (its own transaction,
+§13.2.2.4), forwarded along its Route set, and a response no client transaction claims
+(a retransmitted 2xx, §16.7 step 1; a later 2xx of a fork, RFC 6026), sent to its next Via.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from twisted.internet import defer
+from twisted.logger import Logger
+
+from epcscf.sip import proxy_rules as rules
+from epcscf.sip.connection import Connection
+from epcscf.sip.message import Request, Response
+from epcscf.sip.proxy_policy import Decision, Destination, Forward, ProxiedRequest, ProxyPolicy
+from epcscf.sip.resolver import Target
+
+if TYPE_CHECKING:
+    from epcscf.sip.proxy_ports import Connector
+
+# The proxy's log namespace: these lines read as they did before the split.
+log = Logger(namespace="epcscf.sip.proxy")
+
+
+class StatelessForwarding:
+    """ACKs for 2xx and stray responses, for ``StatefulProxy``."""
+
+    if TYPE_CHECKING:
+        connector: Connector
+        policy: ProxyPolicy
+        _secret: bytes
+
+        def _is_own_via(self, via_text: str) -> bool: ...
+
+        def _sent_by(self, connection: Connection) -> str: ...
+
+        def _resolve(self, uri_text: str) -> defer.Deferred: ...
+
+    def ack_received(self, request: Request, connection: Connection) -> None:
+        """RFC 3261 §16.11 / §13.2.2.4: an ACK for a 2xx is its own transaction: forward it
+        statelessly along its Route set."""
+        if (request.headers.get("max-forwards") or "").strip() == "0":
+            return  # RFC 3261 §16.3 step 3: cannot go further, and an ACK is never answered
+        branch_id = rules.branch_for(request, 0, self._secret)  # §16.11: stateless branch
+        working = request.copy()
+        rules.mark_source(working, connection)
+        removed = rules.process_own_routes(working, self.policy.is_own_uri)  # §16.4
+        context = ProxiedRequest(working, connection, None, original=request, own_routes_removed=removed)
+        decided = defer.maybeDeferred(self.policy.route_request, context)
+
+        def forward(decision: Decision) -> Any:
+            if not isinstance(decision, Forward):
+                return None  # an ACK is never answered
+            outgoing = decision.request
+            rules.decrement_max_forwards(outgoing)  # §16.6 step 3
+            rules.apply_strict_route(outgoing)  # §16.6 step 6
+            return self._destinations(decision.destination, outgoing).addCallback(
+                lambda candidates: self._send_stateless(outgoing, candidates, decision.via_sent_by, branch_id)
+            )
+
+        decided.addCallback(forward).addErrback(lambda f: log.info("ACK not forwarded: {why}", why=f.value))
+
+    def stray_response_received(self, response: Response, connection: Connection) -> None:
+        """RFC 3261 §16.7 step 1 / §16.11: a response with no transaction (retransmitted 2xx
+        of an INVITE, typically) is forwarded statelessly if the top Via is ours."""
+        vias = rules.list_values(response.headers, "via")
+        if len(vias) < 2 or not self._is_own_via(vias[0]):
+            return  # RFC 3261 §18.1.2: not ours → discard
+        rules.strip_own_via(response)
+        self._forward_statelessly(response)
+
+    def _forward_statelessly(self, response: Response) -> None:
+        """Send a response (our Via already removed) to its next Via (RFC 3261 §18.2.2)."""
+        destination = self.policy.response_destination(response)
+        if destination is None:
+            vias = rules.list_values(response.headers, "via")
+            destination = rules.via_target(vias[0]) if vias else None
+        if destination is None:
+            return
+        target = destination
+        outgoing = defer.maybeDeferred(self.policy.response_to_forward, None, response)
+
+        def send(rewritten: Response | None) -> Any:
+            if rewritten is None:
+                return None
+            if isinstance(target, Target):
+                return self.connector.connect(target).addCallback(lambda c: c.send_message(rewritten))
+            target.send_message(rewritten)
+            return None
+
+        outgoing.addCallback(send).addErrback(lambda f: log.info("response not forwarded: {why}", why=f.value))
+
+    def _destinations(self, destination: Destination, request: Request) -> defer.Deferred:
+        if isinstance(destination, Target):
+            return defer.succeed([destination])
+        if destination is not None and not isinstance(destination, (list, tuple)):
+            return defer.succeed([destination])
+        if destination is not None:
+            return defer.succeed(list(destination))
+        return self._resolve(rules.next_hop_uri(request))
+
+    def _send_stateless(self, request: Request, candidates: list[Any], via_sent_by: str | None, branch_id: str) -> Any:
+        """Send a request without a transaction (ACK for 2xx): the first reachable candidate."""
+        if not candidates:
+            return None
+        first = candidates[0]
+
+        def send(connection: Connection) -> None:
+            rules.add_via(request, connection.transport, via_sent_by or self._sent_by(connection), branch_id)
+            connection.send_message(request)
+
+        if isinstance(first, Target):
+            return self.connector.connect(first).addCallback(send)
+        send(first)
+        return None
