@@ -487,7 +487,7 @@ class OverloadSection:
     setup_target: float = _option(_seconds_or_zero, 0.25, "mean seconds a call may spend in the edge's part of its setup; new INVITEs beyond throughput × this many calls in setup get 503 (0: no window)")
     min_calls_in_setup: int = _option(_integer(1, 1_000_000), 20, "the window of calls in setup never shrinks below this")
     max_calls_in_setup: int = _option(_integer(0, 1_000_000), 0, "and never grows above this (a known capacity; 0: only the measured throughput bounds it)")
-    retry_after_spread: int = _option(_integer(0, 86400), 0, "a new INVITE refused for overload gets a Retry-After drawn at random from retry_after … retry_after + this many seconds, so refused WICs do not all come back in the same second (RFC 3261 §21.5.4)")
+    retry_after_spread: int = _option(_integer(0, 86400), 0, "a 503 for overload or a rate limit gets a Retry-After drawn at random from retry_after … retry_after + this many seconds, so refused WICs do not all come back in the same second (RFC 3261 §21.5.4)")
     untrusted_source_messages_per_second: float = _option(_rate, 200.0, "SIP messages per second one core-side source that is no trusted core address may send: per UDP address and port, per TCP/TLS connection (0: no limit)")
 
 

@@ -21,7 +21,7 @@ from epcscf.sip.message import Request
 from tests import test_calls_w2_sipp as w2
 from tests.support.deployment import start_deployment
 from tests.support.reactor import asyncio_loop
-from tests.support.sipp import require_sipp, sipp_messages
+from tests.support.sipp import received_requests, require_sipp, sipp_messages
 from tests.support.wic import as_deferred
 
 
@@ -80,7 +80,7 @@ class DeregistrationMidCallTests(unittest.TestCase):
         self.assertEqual(bye.headers.get("Reason"), 'SIP;cause=503;text="de-registered"')
         await as_deferred(client.answer(bye, 200))
         self.assertEqual(await uas.ended, 0, uas.output.decode(errors="replace")[-2000:])
-        [core_bye] = [m for m in sipp_messages(trace, "received") if m.startswith("BYE")]
+        [core_bye] = received_requests(trace, "BYE")
         self.assertIn('Reason: SIP;cause=503;text="de-registered"', core_bye.splitlines())
         await self.calls.idle()
         self.assert_everything_freed()

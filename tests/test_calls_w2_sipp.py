@@ -33,7 +33,7 @@ from epcscf.sip.proxy_rules import list_values, make_cancel, name_addr_uri
 from tests.support.deployment import DOMAIN, USERS, start_deployment, ws_url
 from tests.support.processes import wait_for
 from tests.support.reactor import asyncio_loop
-from tests.support.sipp import SippProcess, require_sipp, sipp_messages, spawn_sipp
+from tests.support.sipp import SippProcess, received_requests, require_sipp, sipp_messages, spawn_sipp
 from tests.support.raw_ws import client_frame
 from tests.support.udp_peer import UdpSipPeer
 from tests.support.wic import WsSipClient, as_deferred
@@ -185,7 +185,7 @@ class CallsThroughTheEdgeTests(unittest.TestCase):
     async def test_wic_calls_ims_ice_dtls_srtp_to_plain_rtp_and_bye_frees_everything(self) -> None:
         client, wic, invite, ok, uas, trace, media_port = await self.established_originating_call()
         # What the IMS side received: a plain RTP/AVP offer on our core-side port.
-        [core_invite] = [m for m in sipp_messages(trace, "received") if m.startswith("INVITE")]
+        [core_invite] = received_requests(trace, "INVITE")
         core_offer = SessionDescription.parse(core_invite.split("\n\n", 1)[1].replace("\n", "\r\n"))
         self.assertEqual([(m.media, m.proto) for m in core_offer.media], [("audio", "RTP/AVP")])
         self.assertEqual(core_offer.connection.host, LOCAL)
@@ -261,7 +261,7 @@ class CallsThroughTheEdgeTests(unittest.TestCase):
         self.assertIn("consent", bye.headers.get("Reason") or "")
         await as_deferred(client.answer(bye, 200))
         self.assertEqual(await uas.ended, 0, uas.output.decode(errors="replace")[-2000:])
-        [core_bye] = [m for m in sipp_messages(trace, "received") if m.startswith("BYE")]
+        [core_bye] = received_requests(trace, "BYE")
         self.assertRegex(core_bye, r'(?im)^Reason: SIP;cause=480;text=".*consent')
         await self.calls.idle()
         self.assert_everything_freed()
@@ -274,7 +274,7 @@ class CallsThroughTheEdgeTests(unittest.TestCase):
         client, wic, invite, ok, uas, trace, _ = await self.established_originating_call()
         await as_deferred(client.drop())
         self.assertEqual(await uas.ended, 0, uas.output.decode(errors="replace")[-2000:])
-        [core_bye] = [m for m in sipp_messages(trace, "received") if m.startswith("BYE")]
+        [core_bye] = received_requests(trace, "BYE")
         self.assertIn('Reason: SIP;cause=480;text="WebSocket closed"', core_bye)
         await self.calls.idle()
         self.assert_everything_freed()
@@ -291,7 +291,7 @@ class CallsThroughTheEdgeTests(unittest.TestCase):
         global_reactor.callLater(0, self.calls.release, call.call_id, "operator")
         time.sleep(0.1)  # holds the loop: the next turn reads the frame, then runs the release
         self.assertEqual(await uas.ended, 0, uas.output.decode(errors="replace")[-2000:])
-        [core_bye] = [m for m in sipp_messages(trace, "received") if m.startswith("BYE")]
+        [core_bye] = received_requests(trace, "BYE")
         self.assertIn("operator", core_bye)
         await self.calls.idle()
         self.assert_everything_freed()

@@ -236,6 +236,22 @@ class NewWorkTests(unittest.TestCase):
         self.assertIsNone(gate(context(request("BYE", to_tag="b1"), self.flow)))
         self.assertIsNone(gate(context(request("ACK"), self.flow)))
 
+    def test_gate_draws_retry_after_over_the_configured_spread(self) -> None:
+        # [overload] retry_after_spread holds for every overload 503, not only the stateless ones.
+        draws = iter([0.0, 0.34, 0.67, 0.99, 0.5])
+        settings = replace(SETTINGS, max_new_per_second=1, retry_after=5, retry_after_spread=2)
+        controller = OverloadController(settings, self.clock, uniform=lambda: next(draws))
+        gate = NewWorkGate(controller, self.registrations)
+        self.assertIsNone(gate(context(request("MESSAGE"), self.flow)))  # the one token
+        refusals = [gate(context(request("MESSAGE"), self.flow)) for _ in range(5)]
+        delays = [refusal.response.headers.get("Retry-After") for refusal in refusals if refusal is not None]
+        self.assertEqual(delays, ["5", "6", "7", "7", "6"])
+        # SIGHUP: the new settings' range, no spread: always retry_after.
+        controller.reconfigure(replace(settings, retry_after=9, retry_after_spread=0))
+        refusal = gate(context(request("MESSAGE"), self.flow))
+        assert refusal is not None
+        self.assertEqual(refusal.response.headers.get("Retry-After"), "9")
+
 
     def test_the_answer_to_a_challenge_finishes_a_registration_already_let_in(self) -> None:
         controller = OverloadController(SETTINGS, self.clock)

@@ -126,6 +126,28 @@ class OverloadTests(unittest.TestCase):
         self.assertEqual(value(scraped, "epcscf_overload_refusals_total", reason="overloaded"), len(unavailable))
 
 
+class SpreadRetryAfterOverRateTests(unittest.TestCase):
+    """``[overload] retry_after_spread`` holds for the admission gate's 503s too (RFC 6357 §4)."""
+
+    timeout = 30
+
+    @asyncio_test
+    async def test_new_work_over_the_rate_cap_gets_retry_after_spread_over_the_range(self) -> None:
+        # One token in ten seconds: the REGISTER's first (challenged) request takes it; the
+        # answer to the challenge is not new work (NewWorkGate); every MESSAGE then is.
+        self.service = start_deployment(
+            self, "[overload]\nmax_new_per_second = 0.1\nretry_after = 7\nretry_after_spread = 2\n"
+        )
+        alice = await registered_wic(self, self.service, "alice")
+        for _ in range(12):
+            await alice.send(alice.request("MESSAGE", f"sip:nobody@{DOMAIN}", body=b"hi", content_type="text/plain"))
+        refused = [await alice.final_response() for _ in range(12)]
+        self.assertEqual([r.status for r in refused], [503] * 12)
+        delays = [int(r.headers.get("Retry-After") or "0") for r in refused]
+        self.assertTrue(set(delays) <= {7, 8, 9}, delays)
+        self.assertGreater(len(set(delays)), 1, delays)  # all alike: (1/3)^11 by chance
+
+
 class PerSourceLimitTests(unittest.TestCase):
     timeout = 30
 

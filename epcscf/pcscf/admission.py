@@ -40,6 +40,7 @@ from __future__ import annotations
 
 import collections
 import enum
+import random
 from dataclasses import dataclass
 from typing import Callable
 
@@ -86,7 +87,28 @@ class OverloadSettings:
     min_calls_in_setup: int = 20  # the window never below this
     max_calls_in_setup: int = 0  # nor above this (0: no cap)
     untrusted_source_messages_per_second: float = 200.0  # per core-side source not trusted (0: no limit)
-    retry_after_spread: int = 0  # seconds added at random to a stateless 503's Retry-After (``early_refusal``)
+    retry_after_spread: int = 0  # seconds added at random to every overload 503's Retry-After (``RetryAfter``)
+
+
+class RetryAfter:
+    """Retry-After seconds for overload 503s, spread so that refused clients do not come back in
+    step: uniform over ``base`` … ``base + spread``, whole seconds.  WICs refused in the same
+    second and told the same delay would all come back in the same second, a burst the node
+    refuses again (RFC 3261 §21.5.4; RFC 6357 §4: synchronised retries)."""
+
+    def __init__(self, base: int, spread: int = 0, uniform: Callable[[], float] = random.random) -> None:
+        self.base = base
+        self.spread = max(0, spread)
+        self._uniform = uniform  # [0, 1): the draw, replaceable in tests
+
+    @classmethod
+    def of(cls, settings: OverloadSettings, uniform: Callable[[], float] = random.random) -> "RetryAfter":
+        return cls(settings.retry_after, settings.retry_after_spread, uniform)
+
+    def seconds(self) -> int:
+        if not self.spread:
+            return self.base
+        return self.base + int(self._uniform() * (self.spread + 1))
 
 
 # --- the load state machine ----------------------------------------------------------------
@@ -158,9 +180,12 @@ class OverloadController:
     DECREASE = 0.85  # factor per change while HIGH
     INCREASE = 0.05  # share of the rate added per change while LOW
 
-    def __init__(self, settings: OverloadSettings, clock: IReactorTime) -> None:
+    def __init__(self, settings: OverloadSettings, clock: IReactorTime,
+                 uniform: Callable[[], float] = random.random) -> None:
         self.settings = settings
         self.clock = clock
+        self._uniform = uniform
+        self._retry_after = RetryAfter.of(settings, uniform)
         self.state = LoadState.NORMAL
         self.last_lag = 0.0
         self.last_pending = 0
@@ -186,6 +211,15 @@ class OverloadController:
             rate = settings.max_new_per_second
             self._arrivals = TokenBucket(rate, max(1.0, rate), self.clock.seconds()) if rate > 0 else None
         self.settings = settings
+
+    def retry_after(self) -> int:
+        """Seconds for the Retry-After of an overload 503, drawn from the current settings
+        (``RetryAfter``): every refusal for load or rate says it this way."""
+        settings = self.settings
+        drawn = self._retry_after
+        if drawn.base != settings.retry_after or drawn.spread != max(0, settings.retry_after_spread):
+            drawn = self._retry_after = RetryAfter.of(settings, self._uniform)
+        return drawn.seconds()
 
     def classify(self, lag: float, pending: int) -> Sample:
         settings = self.settings
@@ -485,4 +519,4 @@ class NewWorkGate:
             if window is None or window.admit(context):
                 return None
             reason = "calls_in_setup"
-        return Refusal(reason, service_unavailable(request, controller.settings.retry_after, "overloaded"))
+        return Refusal(reason, service_unavailable(request, controller.retry_after(), "overloaded"))

@@ -25,10 +25,10 @@ INVITE and how many were refused since the last line (a line for each would itse
 refusal's worth of CPU at these rates).  Nothing else is done per refusal: the refusals
 themselves (status, reason, Retry-After) are made once per setting, not once per INVITE.
 
-Retry-After (RFC 3261 §21.5.4) is spread (``RetryAfter``): WICs refused in the same second and
-told the same delay would all come back in the same second, a burst the node refuses again
-(RFC 6357 §4: synchronised retries).  Each refusal draws a whole number of seconds in
-``retry_after`` … ``retry_after + retry_after_spread``.
+Retry-After (RFC 3261 §21.5.4) is spread (``admission.RetryAfter``, the draw every overload 503
+uses): WICs refused in the same second and told the same delay would all come back in the same
+second, a burst the node refuses again (RFC 6357 §4: synchronised retries).  Each refusal draws
+a whole number of seconds in ``retry_after`` … ``retry_after + retry_after_spread``.
 """
 
 from __future__ import annotations
@@ -36,35 +36,16 @@ from __future__ import annotations
 import random
 from typing import Callable
 
-from epcscf.pcscf.admission import OverloadController, OverloadSettings, RefusalSampler
+from epcscf.pcscf.admission import OverloadController, OverloadSettings, RefusalSampler, RetryAfter
 from epcscf.pcscf.setup_window import SetupWindow
 from epcscf.sip.connection import Connection
 from epcscf.sip.early_admission import EarlyRefusal
 from epcscf.sip.message import Request
 from epcscf.sip.transaction_server import RequestIdentity
 
-__all__ = ["EarlyInviteGate", "RetryAfter"]
+__all__ = ["EarlyInviteGate", "RetryAfter"]  # RetryAfter: re-exported from admission
 
 REASON = "Service Unavailable (overloaded)"
-
-
-class RetryAfter:
-    """Retry-After seconds for overload 503s, spread so that refused clients do not come back in
-    step (see the module docstring): uniform over ``base`` … ``base + spread``, whole seconds."""
-
-    def __init__(self, base: int, spread: int = 0, uniform: Callable[[], float] = random.random) -> None:
-        self.base = base
-        self.spread = max(0, spread)
-        self._uniform = uniform  # [0, 1): the draw, replaceable in tests
-
-    @classmethod
-    def of(cls, settings: OverloadSettings, uniform: Callable[[], float] = random.random) -> "RetryAfter":
-        return cls(settings.retry_after, settings.retry_after_spread, uniform)
-
-    def seconds(self) -> int:
-        if not self.spread:
-            return self.base
-        return self.base + int(self._uniform() * (self.spread + 1))
 
 
 class EarlyInviteGate:

@@ -34,7 +34,7 @@ from epcscf.pcscf.call_suspension import instance_keys
 from epcscf.pcscf.calls import CallManager, CallSettings
 from epcscf.pcscf.core_entry import CoreEntry
 from epcscf.pcscf.deregistration import RegistrationEnd
-from epcscf.pcscf.early_refusal import EarlyInviteGate, RetryAfter
+from epcscf.pcscf.early_refusal import EarlyInviteGate
 from epcscf.pcscf.edge import EdgeAddresses, PcscfPolicy
 from epcscf.pcscf.edge_collaborators import EdgeCollaborators
 from epcscf.pcscf.flows import Flow, FlowTable
@@ -170,7 +170,7 @@ class PcscfNode(Service):
             if self.overload_settings.untrusted_source_messages_per_second > 0 else None
         )
         #: what a message over its flow's or source's rate gets (503 or nothing), counted
-        self.refused_over_rate = RateRefusals(reactor, self.admission_refused, lambda: RetryAfter.of(self.overload_settings).seconds())
+        self.refused_over_rate = RateRefusals(reactor, self.admission_refused, self.overload.retry_after)
         self._load_probe: LoadProbe | None = None
         self.media_engine: Any = None  # media_engine.MediaEngine, by [media] engine
         #: the non-SIP WIC front end (``[nonsip] listen``), None when not configured

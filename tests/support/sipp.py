@@ -82,6 +82,23 @@ def headers_named(message: str, name: str) -> list[str]:
     return [line for line in message.splitlines() if line.lower().startswith(name.lower() + ":")]
 
 
+def received_requests(path: str, method: str) -> list[str]:
+    """The ``method`` requests sipp received, one per transaction: over UDP a request is sent
+    again until its final response arrives (RFC 3261 §17.1.2.2 Timer E; T1 is 50 ms in many
+    tests), and each copy is in the trace.  A copy has the same CSeq and top Via branch
+    (§17.2.3); another transaction has not."""
+    seen: set[tuple[str, ...]] = set()
+    requests = []
+    for message in sipp_messages(path, "received"):
+        if not message.startswith(method + " "):
+            continue
+        key = tuple(headers_named(message, "CSeq") + headers_named(message, "Via")[:1])
+        if key not in seen:
+            seen.add(key)
+            requests.append(message)
+    return requests
+
+
 
 def spawn_sipp(test: Any, sipp: str, args: list[str], directory: str, name: str) -> tuple[SippProcess, str]:
     """Start sipp with a message trace in ``directory``; killed when the test ends."""
