@@ -75,6 +75,40 @@ class SocketShelfTests(unittest.SynchronousTestCase):
         self.assertEqual(self.pool.used_count, 1)  # still the caller's to close and release
         self.assertEqual(len(self.shelf), 2)
 
+    def test_a_socket_nobody_takes_is_closed_after_the_idle_time(self) -> None:
+        shelf = SocketShelf(self.pool, self.clock, limit=4, quarantine=1.0, idle=60.0)
+        first = FakeSocket(self.pool.allocate())
+        shelf.park("k", first)
+        self.clock.advance(30)
+        second = FakeSocket(self.pool.allocate())
+        shelf.park("other", second)
+        self.assertEqual(len(self.clock.getDelayedCalls()), 1)
+        self.clock.advance(29.9)
+        self.assertEqual((first.closed, len(shelf)), (False, 2))
+        self.clock.advance(0.2)
+        self.assertEqual((first.closed, second.closed, len(shelf), shelf.expired), (True, False, 1, 1))
+        self.assertEqual(self.pool.parked_count, len(second.ports))
+        self.clock.advance(30)
+        self.assertEqual((second.closed, len(shelf), shelf.expired, self.pool.parked_count), (True, 0, 2, 0))
+        self.assertEqual((self.pool.used_count, self.pool.free_count), (0, self.pool.size))
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+
+    def test_a_socket_taken_in_time_is_not_closed_by_the_idle_timer(self) -> None:
+        shelf = SocketShelf(self.pool, self.clock, limit=4, quarantine=1.0, idle=60.0)
+        item = FakeSocket(self.pool.allocate())
+        shelf.park("k", item)
+        self.clock.advance(2)
+        self.assertIs(shelf.take("k"), item)
+        self.clock.advance(120)
+        self.assertEqual((item.closed, shelf.expired), (False, 0))
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+
+    def test_closing_the_shelf_cancels_the_idle_timer(self) -> None:
+        shelf = SocketShelf(self.pool, self.clock, idle=60.0)
+        shelf.park("k", FakeSocket(self.pool.allocate()))
+        shelf.close()
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+
     def test_close_closes_every_parked_socket_and_frees_its_ports(self) -> None:
         items = [self.parked(), self.parked("other")]
         self.shelf.close()

@@ -15,6 +15,9 @@ still read by the loop (into a sink that drops everything), and a later call *ta
   accepted only from the new selected pair's remote address (RFC 7675 §5.1).
 - Bounded: at most `limit` sockets per kind and address; past that a closing call's socket is
   closed for real.  Oldest parked first (least recently used port, as `UdpPortPool` does).
+- Idle ones go: a socket parked `idle` seconds without being taken is closed for real, so after a
+  busy hour the node does not keep its peak's descriptors and ports for ever (one reactor timer,
+  armed only while something is parked).
 - The ports stay out of `UdpPortPool`'s free list while parked (`UdpPortPool.park`); `close()`
   (at shutdown) closes every parked socket and gives its ports back.
 
@@ -28,7 +31,7 @@ from collections import OrderedDict, deque
 from collections.abc import Hashable
 from typing import Protocol
 
-from twisted.internet.interfaces import IReactorTime
+from twisted.internet.interfaces import IDelayedCall, IReactorTime
 
 from epcscf.ice.ports import UdpPortPool
 
@@ -37,6 +40,9 @@ from epcscf.ice.ports import UdpPortPool
 PARK_QUARANTINE = 1.0
 #: parked sockets per kind and address (each one an open descriptor)
 PARK_LIMIT = 256
+#: seconds a parked socket waits for a taker before it is closed (no RFC sets it either): long
+#: enough to ride out a lull between bursts, short enough that an idle node gives its ports back.
+PARK_IDLE = 60.0
 
 
 class ShelvedSocket(Protocol):
@@ -59,16 +65,20 @@ class SocketShelf:
         *,
         limit: int = PARK_LIMIT,
         quarantine: float = PARK_QUARANTINE,
+        idle: float = PARK_IDLE,
     ) -> None:
-        if limit < 0 or quarantine < 0:
-            raise ValueError("SocketShelf: limit and quarantine must not be negative")
+        if limit < 0 or quarantine < 0 or idle < quarantine:
+            raise ValueError("SocketShelf: limit and quarantine must not be negative, idle not below quarantine")
         self._pool = pool
         self._clock = clock
         self.limit = limit
         self.quarantine = quarantine
         self._parked: OrderedDict[Hashable, deque[tuple[float, ShelvedSocket]]] = OrderedDict()
+        self.idle = idle
         self._closed = False
+        self._expiry: IDelayedCall | None = None
         self.reused = 0
+        self.expired = 0
 
     def __len__(self) -> int:
         return sum(len(items) for items in self._parked.values())
@@ -89,7 +99,29 @@ class SocketShelf:
             return False
         self._pool.park(*item.ports)
         items.append((self._clock.seconds(), item))
+        if self._expiry is None:
+            self._expiry = self._clock.callLater(self.idle, self._expire)
         return True
+
+    def _expire(self) -> None:
+        """Close what waited `idle` seconds; re-arm for the oldest item left, if any."""
+        self._expiry = None
+        now = self._clock.seconds()
+        for key in list(self._parked):
+            items = self._parked[key]
+            while items and now - items[0][0] >= self.idle:
+                _, item = items.popleft()
+                self._discard(item)
+                self.expired += 1
+            if not items:
+                del self._parked[key]
+        if self._parked:
+            oldest = min(items[0][0] for items in self._parked.values())
+            self._expiry = self._clock.callLater(max(0.0, oldest + self.idle - now), self._expire)
+
+    def _discard(self, item: ShelvedSocket) -> None:
+        item.close()
+        self._pool.release(*item.ports)
 
     def ready(self, key: Hashable) -> bool:
         """Whether `take(key)` would hand out an item now."""
@@ -109,8 +141,10 @@ class SocketShelf:
     def close(self) -> None:
         """Shutdown: close every parked socket and give its ports back; nothing is parked after."""
         self._closed = True
+        if self._expiry is not None and self._expiry.active():
+            self._expiry.cancel()
+        self._expiry = None
         parked, self._parked = self._parked, OrderedDict()
         for items in parked.values():
             for _, item in items:
-                item.close()
-                self._pool.release(*item.ports)
+                self._discard(item)
