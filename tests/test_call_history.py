@@ -141,3 +141,25 @@ class EndedCallRecordTests(unittest.TestCase):
         self.assertIsInstance(ended, EndedCall)
         self.assertEqual(ended.media_stats[0]["engine"], "rtpengine")
         self.assertEqual(call_view.call_record(ended, False)["packets"], {"wic_to_core": 700, "core_to_wic": 1})
+
+    def test_a_call_is_compacted_when_its_media_closes_though_nobody_looks_at_the_history(self) -> None:
+        closed: defer.Deferred = defer.Deferred()
+
+        class SlowMedia(MediaWithTraffic):
+            def close(self) -> defer.Deferred:
+                return closed
+
+        self.manager.media_factory = lambda call: SlowMedia(self.log)
+        context, _ = self.originate()
+        self.respond(context, response_to(context.request, 200, CORE_SDP))
+        [call] = self.manager.calls()
+        self.manager.release(call.call_id)
+        held = weakref.ref(call)
+        del call, context
+        self.assertIsNotNone(held())  # kept whole while its media closes
+        closed.callback("closed")
+        gc.collect()
+        self.assertIsNone(held())  # the next look may be keep_ended (600 s) away: compacted now
+        self.assertEqual(closed.result, "closed")  # the closing's result is passed on unchanged
+        [ended] = self.manager.ended_calls()
+        self.assertIsInstance(ended, EndedCall)
