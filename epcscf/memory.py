@@ -7,9 +7,10 @@ container objects: what became garbage meanwhile stays allocated until then.  At
 was 99,000 objects and 18.6 MiB of cyclic garbage at the end of a 1,550 messages/s fuzz burst
 (24 MiB with the C buffers they held): memory the burst took from the system for nothing, and
 pages the survivors of the burst then kept (docs/performance.md, "Fuzz burst peak: what it
-was made of").  A young collection costs about the same per object whatever the threshold;
-the 100–400 ms pauses measured with Python's defaults (700, 10, 10) came from full collections
-of the whole heap, which ``gc.freeze`` at start and the older generations' factors keep rare.
+was made of").  A young collection costs about the same per object whatever the threshold.
+The 100–400 ms pauses that made the earlier setting were measured with Python's defaults
+(700, 10, 10), where a full collection may come every 70,000 allocations; here it may come every
+1,000,000, and the start-up objects are frozen out of it.
 """
 
 from __future__ import annotations
@@ -19,10 +20,12 @@ import gc
 from twisted.internet.interfaces import IReactorCore
 
 #: young, middle and old generation: a young collection every 10,000 net allocations (~2 MiB of
-#: garbage in cycles at most), a middle one every 10 of those (what outlived one young collection
-#: -- a call, an ICE agent -- and then died: 10 MiB at 50), a full one every 100 middle ones (and
-#: only when a quarter of what the last one kept is new, Python's own rule)
-COLLECTOR_THRESHOLDS = (10_000, 10, 100)
+#: garbage in cycles at most), a middle one every 10 of those, a full one every 10 middle ones --
+#: and only when a quarter of what the last full one kept is new (Python's own rule), so its
+#: cost stays in proportion.  What outlived a young and a middle collection (a call with its SDP
+#: and ICE agent, a TCP connection) and then died waits for a full one: 46 MiB of such garbage
+#: at the end of a 1,000,000-message burst with a factor of 100 there, 4 MiB (200,000) with 10.
+COLLECTOR_THRESHOLDS = (10_000, 10, 10)
 
 
 def tune_collector(reactor: IReactorCore) -> None:
