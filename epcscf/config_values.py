@@ -76,15 +76,22 @@ def _seconds(value: str, base: Path) -> float:
     return number
 
 
-def _seconds_or_zero(value: str, base: Path) -> float:
-    """0 (off) or a positive number of seconds."""
-    try:
-        number = float(value.strip())
-    except ValueError:
-        raise _Invalid(f"expected a number of seconds, got {value.strip()!r}") from None
-    if not 0 <= number < float("inf"):
-        raise _Invalid(f"must be 0 (off) or a positive number of seconds, got {value.strip()!r}")
-    return number
+def _zero_or_positive(unit: str, zero_means: str) -> Callable[[str, Path], float]:
+    """0 (``zero_means``) or a positive number ``unit``, e.g. "of seconds", "per second"."""
+
+    def convert(value: str, base: Path) -> float:
+        try:
+            number = float(value.strip())
+        except ValueError:
+            raise _Invalid(f"expected a number {unit}, got {value.strip()!r}") from None
+        if not 0 <= number < float("inf"):
+            raise _Invalid(f"must be 0 ({zero_means}) or a positive number {unit}, got {value.strip()!r}")
+        return number
+
+    return convert
+
+
+_seconds_or_zero = _zero_or_positive("of seconds", "off")
 
 
 def _choice(*choices: str) -> Callable[[str, Path], str]:
@@ -234,14 +241,7 @@ def _jws_algorithms(value: str, base: Path) -> tuple[str, ...]:
     return tuple(names)
 
 
-def _rate(value: str, base: Path) -> float:
-    try:
-        number = float(value.strip())
-    except ValueError:
-        raise _Invalid(f"expected a number per second, got {value.strip()!r}") from None
-    if not 0 <= number < float("inf"):
-        raise _Invalid(f"must be 0 (no limit) or a positive number per second, got {value.strip()!r}")
-    return number
+_rate = _zero_or_positive("per second", "no limit")
 
 
 def _workers(value: str, base: Path) -> int:
