@@ -16,14 +16,7 @@ from tests.support.node_peer import require_node_modules, start_node_peer
 from tests.support.processes import TOP, wait_for
 from tests.support.wic import as_deferred
 from tests.support.sipp import (
-    SCENARIOS,
-    SippProcess,
-    free_port,
-    messages_in_trace,
-    one_per_transaction,
-    port_bound,
-    require_sipp,
-    spawn_sipp,
+    SCENARIOS, SippProcess, free_port, messages_in_trace, one_per_transaction, port_bound, require_sipp, spawn_sipp,
 )
 
 # A Chrome offer (as chrome_offer_2_1.sdp), audio only, with a real fingerprint and loopback candidates.

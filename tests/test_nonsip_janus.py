@@ -19,16 +19,8 @@ from tests.support.deployment import DOMAIN, USERS, start_deployment
 from tests.support.node_peer import require_node_modules, start_node_peer
 from tests.support.processes import TOP, wait_for
 from tests.support.sipp import (
-    SCENARIOS,
-    SippProcess,
-    free_port,
-    messages_in_trace,
-    one_per_transaction,
-    port_bound,
-    received_responses,
-    require_sipp,
-    sipp_messages,
-    spawn_sipp,
+    SCENARIOS, SippProcess, free_port, messages_in_trace, one_per_transaction, port_bound, received_responses,
+    require_sipp, sipp_messages, spawn_sipp,
 )
 from tests.support.udp_peer import UdpSipPeer
 from tests.support.wic import as_deferred

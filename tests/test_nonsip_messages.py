@@ -19,15 +19,8 @@ from epcscf.sdp import SessionDescription
 from tests.support.deployment import DOMAIN, USERS, start_deployment
 from tests.support.processes import wait_for
 from tests.support.sipp import (
-    SCENARIOS,
-    SippProcess,
-    free_port,
-    one_per_transaction,
-    port_bound,
-    received_requests,
-    require_sipp,
-    sipp_messages,
-    spawn_sipp,
+    SCENARIOS, SippProcess, free_port, one_per_transaction, port_bound, received_requests, require_sipp,
+    sipp_messages, spawn_sipp,
 )
 from tests.support.wic import as_deferred
 from tests.test_nonsip_janus import CHROME_ANSWER, CHROME_OFFER, NONSIP, JanusClient, body_of, janus_url

@@ -20,7 +20,10 @@ from epcscf.sip.message import Request, Response, make_response
 from epcscf.pcscf.reg_event import SubscriptionState
 from tests.support.deployment import DOMAIN, USERS, start_deployment, ws_url
 from tests.support.processes import wait_for
-from tests.support.sipp import SCENARIOS, free_port, one_per_transaction, port_bound, received_requests, require_sipp, sipp_messages, spawn_sipp
+from tests.support.sipp import (
+    SCENARIOS, free_port, one_per_transaction, port_bound, received_requests, require_sipp, sipp_messages,
+    spawn_sipp,
+)
 from tests.support.udp_peer import UdpSipPeer
 from tests.support.wic import WsSipClient, as_deferred
 from tests.test_ops_metrics import METRICS, samples

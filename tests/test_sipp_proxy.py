@@ -22,13 +22,7 @@ from epcscf.sip.transaction_machine import TimerSettings
 from epcscf.sip.transport import TransportManager
 from tests.support.processes import wait_for
 from tests.support.sipp import (
-    SippProcess,
-    free_port,
-    headers_named,
-    messages_in_trace,
-    one_per_transaction,
-    port_bound,
-    require_sipp,
+    SippProcess, free_port, headers_named, messages_in_trace, one_per_transaction, port_bound, require_sipp,
     spawn_sipp,
 )
 from tests.test_sip_resolver import MemoryAuthority
