@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Union
 
+
 class ConfigError(Exception):
     """A bad ini file: one line naming file, section, key and reason."""
 
