@@ -11,7 +11,8 @@ carry their namespace instead.  It costs about 14,500 instructions per event, as
 whole stdlib loop saves over uvloop (``benchmarks/event_loop_cost.py``), and about 3 % of a
 REGISTER refresh's CPU (its self time in the edge's profile).
 
-``EdgeReactor`` registers ``_readOrWrite`` with the loop itself.  ``_readOrWrite`` is unchanged:
+``EdgeReactor`` registers ``_readOrWrite`` with the loop itself (in a try that logs what escapes it,
+as ``callWithLogger`` did).  ``_readOrWrite`` is unchanged:
 it still logs a ``doRead``/``doWrite`` that raises and disconnects that selectable.  What changes:
 a legacy ``twisted.python.log`` line written during an I/O event shows ``[-]`` where it showed the
 protocol's logPrefix (such lines are Twisted's port and factory start/stop notices, shown at debug).
@@ -38,12 +39,24 @@ class EdgeReactor(AsyncioSelectorReactor):
     including the continuous polling of descriptors epoll refuses, is inherited.
     """
 
+    def _dispatch(self, selectable: Any, read: bool) -> None:
+        """Run one I/O event; log what escapes ``_readOrWrite`` itself.
+
+        ``_readOrWrite`` logs a failing ``doRead``/``doWrite``, but not a ``connectionLost``
+        that raises while it disconnects the selectable. ``callWithLogger`` logged that one;
+        without this it would reach asyncio's exception handler, outside the edge's log.
+        """
+        try:
+            self._readOrWrite(selectable, read)
+        except Exception:
+            self._log.failure("I/O event of {selectable!r} failed", selectable=selectable)
+
     def addReader(self, reader: Any) -> None:  # noqa: N802 (Twisted's name)
         if reader in self._readers.keys() or reader in self._continuousPolling._readers:
             return
         fd = reader.fileno()
         try:
-            self._asyncioEventloop.add_reader(fd, self._readOrWrite, reader, True)
+            self._asyncioEventloop.add_reader(fd, self._dispatch, reader, True)
             self._readers[reader] = fd
         except OSError as error:
             self._unregisterFDInAsyncio(fd)
@@ -57,7 +70,7 @@ class EdgeReactor(AsyncioSelectorReactor):
             return
         fd = writer.fileno()
         try:
-            self._asyncioEventloop.add_writer(fd, self._readOrWrite, writer, False)
+            self._asyncioEventloop.add_writer(fd, self._dispatch, writer, False)
             self._writers[writer] = fd
         except PermissionError:
             self._unregisterFDInAsyncio(fd)

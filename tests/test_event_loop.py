@@ -28,6 +28,7 @@ class Descriptor(FileDescriptor):
         self.read: list[bytes] = []
         self.writable = 0
         self.lost: list[Failure] = []
+        self.raise_on_loss = False
 
     def fileno(self) -> int:
         return self.fd
@@ -48,6 +49,8 @@ class Descriptor(FileDescriptor):
 
     def connectionLost(self, reason: Failure) -> None:  # noqa: N802
         self.lost.append(reason)
+        if self.raise_on_loss:
+            raise ValueError("connectionLost failed")
 
 
 class EdgeReactorTests(unittest.TestCase):
@@ -78,6 +81,27 @@ class EdgeReactorTests(unittest.TestCase):
         self.assertEqual(len(self.flushLoggedErrors(RuntimeError)), 1)
         self.assertEqual([reason.type for reason in self.descriptor.lost], [RuntimeError])
         self.assertNotIn(self.descriptor, self.reactor.getReaders())
+
+    def test_a_connectionLost_that_raises_is_logged_and_the_loop_goes_on(self) -> None:
+        # What escapes _readOrWrite (here connectionLost, run by its disconnect) is logged
+        # through Twisted's logger, not handed to asyncio's handler, and the loop keeps serving.
+        handled: list[dict[str, Any]] = []
+        self.loop.set_exception_handler(lambda loop, context: handled.append(context))
+        self.descriptor.raise_on_loss = True
+        self.descriptor.startReading()
+        self.theirs.close()
+        self.turn()
+        self.assertEqual(len(self.flushLoggedErrors(ValueError)), 1)
+        self.assertEqual(handled, [])
+        self.assertNotIn(self.descriptor, self.reactor.getReaders())
+        left, right = socket.socketpair()
+        self.addCleanup(left.close)
+        self.addCleanup(right.close)
+        other = Descriptor(self.reactor, left.fileno())
+        other.startReading()
+        right.send(b"still served")
+        self.turn()
+        self.assertEqual(other.read, [b"still served"])
 
     def test_a_doRead_that_returns_a_reason_disconnects_with_it(self) -> None:
         self.descriptor.startReading()
