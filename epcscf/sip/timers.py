@@ -201,22 +201,20 @@ class TimerQueue:
             fixed = self._earliest_fixed() if self._fixed_live else None
             heap_due = self._heap[0][0] if self._heap else None
             fixed_due = fixed[0][0] if fixed else None
+            callback: Callable[..., None]
             if heap_due is not None and heap_due <= now and (fixed_due is None or heap_due <= fixed_due):
                 call = heapq.heappop(self._heap)[2]
                 self._live -= 1
-                run: Callable[[], None] = call._run
+                callback, args = call._run, ()
             elif fixed is not None and fixed_due is not None and fixed_due <= now:
                 entry = fixed.popleft()
-                owner, token = entry[1], entry[2]
+                callback, args = entry[1].fixed_timer_fired, (entry[2],)
                 entry[1] = None
                 self._fixed_live -= 1
-
-                def run() -> None:
-                    owner.fixed_timer_fired(token)
             else:
                 break
             try:
-                run()
+                callback(*args)
             except Exception:
                 log.failure("timer callback failed")
         dues = [due for due in (heap_due, fixed_due) if due is not None]
