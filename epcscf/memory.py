@@ -24,7 +24,7 @@ from twisted.internet.interfaces import IReactorCore
 #: and only when a quarter of what the last full one kept is new (Python's own rule), so its
 #: cost stays in proportion.  What outlived a young and a middle collection (a call with its SDP
 #: and ICE agent, a TCP connection) and then died waits for a full one: 46 MiB of such garbage
-#: at the end of a 1,000,000-message burst with a factor of 100 there, 4 MiB (200,000) with 10.
+#: at the end of a 1,000,000-message burst with a factor of 100 there, 18 MiB with 10 (4 at 200,000).
 COLLECTOR_THRESHOLDS = (10_000, 10, 10)
 
 
