@@ -28,7 +28,6 @@ import cProfile
 import gc
 import os
 import pstats
-import re
 import secrets
 import socket
 import sys
@@ -115,20 +114,23 @@ class Wic:
         ).encode()
 
 
-_ECHOED = re.compile(rb"^(Via|v|From|f|To|t|Call-ID|i|CSeq|Path|Contact|m)[ \t]*:[ \t]*([^\r\n]*)\r\n", re.M | re.I)
+_LONG_NAMES = {b"v": b"via", b"f": b"from", b"t": b"to", b"i": b"call-id", b"m": b"contact"}
+_ECHOED = frozenset((b"via", b"from", b"to", b"call-id", b"cseq", b"path", b"contact"))
 
 
 def registrar_answer(request: bytes, number: int) -> bytes:
-    """What ``benchmarks/sipp/registrar.xml`` sends for ``request``."""
+    """What ``benchmarks/sipp/registrar.xml`` sends for ``request`` (its ``[last_…:]`` fields:
+    the first line of each, every Via value on one line)."""
     vias: list[bytes] = []
     fields: dict[bytes, bytes] = {}
-    for match in _ECHOED.finditer(request[: request.index(b"\r\n\r\n") + 2]):
-        name, value = match.group(1).lower(), match.group(2)
-        name = {b"v": b"via", b"f": b"from", b"t": b"to", b"i": b"call-id", b"m": b"contact"}.get(name, name)
+    for line in request[: request.index(b"\r\n\r\n")].split(b"\r\n")[1:]:
+        name, _, value = line.partition(b":")
+        name = name.strip().lower()
+        name = _LONG_NAMES.get(name, name)
         if name == b"via":
-            vias.append(value)
-        else:
-            fields.setdefault(name, value)
+            vias.append(value.strip())
+        elif name in _ECHOED and name not in fields:
+            fields[name] = value.strip()
     return (
         b"SIP/2.0 200 OK\r\nVia: " + b", ".join(vias) + b"\r\n"
         b"From: " + fields[b"from"] + b"\r\n"
