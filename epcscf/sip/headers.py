@@ -125,7 +125,8 @@ class Via:
 
     @property
     def branch(self) -> str | None:
-        return self.params.get("branch")
+        item = self.params._items.get("branch")  # ``params.get("branch")``: read per message, several times
+        return None if item is None else item[1]
 
     @property
     def received(self) -> str | None:
@@ -272,13 +273,29 @@ def top_via(message: Message) -> Via | None:
     return _parse_first_via(value)
 
 
+def _first_line(headers: Headers, key: str) -> str | None:
+    """``headers.get(key)`` for a canonical ``key``, without the name's canonical look-up."""
+    index = headers._index
+    values = (index if index is not None else headers._lookup()).get(key)
+    return values[0] if values else None
+
+
+# The views below are read several times per message on every message's path: each inlines
+# ``Headers.get`` (by canonical key) and ``cached_view``, which it is equal to.
+
 def top_via_view(message: Message) -> Via | None:
     """``top_via`` parsed once per message (``cached_view``): shared, read-only."""
     headers = message.headers
-    value = headers.get("via")
-    if value is None:
+    index = headers._index
+    values = (index if index is not None else headers._lookup()).get("via")
+    if not values:
         return None
-    return cached_view(headers, "top-via", value, _parse_first_via)
+    key = ("top-via", values[0])
+    views = headers._views
+    found = views.get(key, _MISSING)
+    if found is _MISSING:
+        found = views[key] = _parse_first_via(values[0])
+    return found  # type: ignore[return-value]
 
 
 def via_line_view(headers: Headers, line: str) -> list[Via]:
@@ -334,9 +351,17 @@ def parse_cseq(value: str) -> CSeq:
 
 def cseq(message: Message) -> CSeq | None:
     headers = message.headers
-    value = headers.get("cseq")
+    index = headers._index
+    values = (index if index is not None else headers._lookup()).get("cseq")
+    if not values:
+        return None
     # CSeq is frozen: one parse per message, shared (the parser leaves its parse here).
-    return None if value is None else cached_view(headers, "cseq", value, parse_cseq)
+    key = ("cseq", values[0])
+    views = headers._views
+    found = views.get(key, _MISSING)
+    if found is _MISSING:
+        found = views[key] = parse_cseq(values[0])
+    return found  # type: ignore[return-value]
 
 
 def parse_max_forwards(value: str) -> int:
@@ -414,7 +439,7 @@ def to_aor(message: Message) -> str | None:
     admission, limits and the registrations each ask for it per REGISTER.  Raises
     ``HeaderError`` for a malformed To, as ``to_view`` does."""
     headers = message.headers
-    value = headers.get("to")
+    value = _first_line(headers, "to")
     if value is None:
         return None
     found = headers._views.get(("to-aor", value), _MISSING)
@@ -479,15 +504,31 @@ def _to_tag(value: str) -> str | None:
 def from_tag(message: Message) -> str | None:
     """The From tag, read once per message; raises ``HeaderError`` for a malformed From."""
     headers = message.headers
-    value = headers.get("from")
-    return None if value is None else cached_view(headers, "from-tag", value, _from_tag)
+    index = headers._index
+    values = (index if index is not None else headers._lookup()).get("from")
+    if not values:
+        return None
+    key = ("from-tag", values[0])
+    views = headers._views
+    found = views.get(key, _MISSING)
+    if found is _MISSING:
+        found = views[key] = _from_tag(values[0])
+    return found  # type: ignore[return-value]
 
 
 def to_tag(message: Message) -> str | None:
     """The To tag, read once per message; raises ``HeaderError`` for a malformed To."""
     headers = message.headers
-    value = headers.get("to")
-    return None if value is None else cached_view(headers, "to-tag", value, _to_tag)
+    index = headers._index
+    values = (index if index is not None else headers._lookup()).get("to")
+    if not values:
+        return None
+    key = ("to-tag", values[0])
+    views = headers._views
+    found = views.get(key, _MISSING)
+    if found is _MISSING:
+        found = views[key] = _to_tag(values[0])
+    return found  # type: ignore[return-value]
 
 
 def option_tags(message: Message, name: str) -> list[str]:

@@ -241,11 +241,17 @@ def is_loop(request: Request, own_sent_by: Callable[[str, int | None], bool]) ->
 
 def decrement_max_forwards(request: Request) -> None:
     """RFC 3261 §16.6 step 3: decrement, or add 70 when absent."""
-    value = request.headers.get("max-forwards")
+    headers = request.headers
+    lines = headers.lookup_index().get("max-forwards")
+    value = lines[0] if lines else None
     if value is None or not value.strip().isdigit():
-        request.headers.set("Max-Forwards", str(DEFAULT_MAX_FORWARDS))
+        new = str(DEFAULT_MAX_FORWARDS)
     else:
-        request.headers.set("Max-Forwards", str(max(int(value) - 1, 0)))
+        new = str(max(int(value) - 1, 0))
+    if lines is not None and len(lines) == 1:
+        headers.replace_first("Max-Forwards", new)  # ``set`` for the one line there is: in place
+    else:
+        headers.set("Max-Forwards", new)
 
 
 def process_own_routes(request: Request, is_own: Callable[[str], bool]) -> int:

@@ -461,7 +461,9 @@ class TransactionMachine:
 
     def _start_timer(self, timer: Event, delay: float) -> None:
         """Arm ``timer``; a zero delay fires it as soon as the current transition is done."""
-        self._cancel_timer(timer)
+        call = self._timers.pop(timer, None)  # ``_cancel_timer``, inlined: several per transaction
+        if call is not None and call.active():
+            call.cancel()
         if delay <= 0:
             self._due_now.append(timer)
         else:
