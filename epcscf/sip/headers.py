@@ -219,9 +219,54 @@ _via_lines_seen: set[int] = set()
 clear_with_memos(_via_lines_seen.clear)
 
 
+# Our own Via (RFC 3261 §16.6 step 8) comes back first on every response to a request we
+# forwarded (§8.2.6.2: the UAS copies the Vias as they came).  The proxy tells this module each
+# Via it writes (``remember_own_via``), so that the response's check and top-Via view take the
+# fields kept with the text instead of running the Via pattern again.  The part before the
+# branch is read once per distinct text by ``_read_first_via`` itself, and the branch must be
+# a plain token: a kept text then reads exactly as ``_read_first_via`` reads it.  Bounded like
+# ``_via_lines_seen`` (responses come back within a few reactor turns).
+OWN_VIA_ENTRIES = 1024
+_own_vias: dict[str, tuple[str, str, int | None, str]] = {}
+_own_via_prefixes: dict[str, tuple[str, str, int | None] | None] = {}
+_PLAIN_BRANCH_RE = re.compile(r"[A-Za-z0-9.\-]+\Z")
+clear_with_memos(_own_vias.clear)
+clear_with_memos(_own_via_prefixes.clear)
+
+
+def remember_own_via(text: str, branch: str) -> None:
+    """``text`` is a Via we write: ``SIP/2.0/<transport> <sent-by>;branch=<branch>``."""
+    if not text.endswith(";branch=" + branch) or not _PLAIN_BRANCH_RE.match(branch):
+        return
+    prefix = text[: len(text) - len(branch)]
+    fields = _own_via_prefixes.get(prefix, _MISSING)
+    if fields is _MISSING:
+        fields = None
+        try:
+            sample = _read_first_via(prefix + "z9hG4bK")
+            if list(sample.params.items()) == [("branch", "z9hG4bK")] and sample.protocol == "SIP/2.0":
+                fields = (sample.transport, sample.host, sample.port)
+        except HeaderError:
+            pass
+        if len(_own_via_prefixes) >= 64:  # a handful per node: one per transport and sent-by
+            _own_via_prefixes.clear()
+        _own_via_prefixes[prefix] = fields
+    if fields is None:
+        return
+    if len(_own_vias) >= OWN_VIA_ENTRIES:
+        _own_vias.clear()
+    _own_vias[text] = (*fields, branch)  # type: ignore[misc]
+
+
 def _first_via_of_line(line: str) -> tuple[Via, bool]:
     """``_read_first_via(line)`` and whether the object is the memo's (shared: copy it
     before it leaves this module) or a parse of its own.  Raises ``HeaderError`` as it."""
+    if _own_vias:
+        # The first item as ``_read_first_via`` cuts it (a kept text has no quote, '<' or LWS).
+        own = _own_vias.get(line.partition(",")[0])
+        if own is not None:
+            transport, host, port, branch = own
+            return Via(transport, host, port, Params.from_found([("branch", branch)])), False
     key = hash(line)
     seen = _via_lines_seen
     if key in seen:

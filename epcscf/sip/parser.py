@@ -31,7 +31,6 @@ from dataclasses import dataclass
 from epcscf.sip.headers import (
     HeaderError,
     address_facts,
-    address_problem,
     check_via_line,
     parse_address,
     split_header_list,
@@ -295,12 +294,6 @@ def _parse_status_line(line: str) -> tuple[Response, SipParseError | None]:
     return response, _check_version(version)
 
 
-def _check_address(header: str, value: str) -> None:
-    problem = address_problem(value)  # memoised: the core re-checks the eP-CSCF's texts
-    if problem is not None:
-        raise HeaderError(header, problem)  # what parse_address raises
-
-
 def _check_headers(message: Request | Response, values: dict[str, list[str]], repeated: bool = True) -> None:
     if repeated:
         for key in SINGLE_VALUE_HEADERS:
@@ -330,7 +323,9 @@ def _check_headers(message: Request | Response, values: dict[str, list[str]], re
         for value in values.get("contact", ()):
             if value.strip() != "*":
                 for item in split_header_list(value) if "," in value else (value,):
-                    _check_address("Contact", item)
+                    problem = address_facts(item)[0]  # ``_check_address``, inlined: every REGISTER
+                    if problem is not None:
+                        raise HeaderError("Contact", problem)
         if "max-forwards" in values:
             parse_max_forwards(values["max-forwards"][0])
     except HeaderError as error:

@@ -10,7 +10,7 @@ import hashlib
 import re
 from typing import Callable, Iterable, Sequence
 
-from epcscf.sip.headers import HeaderError, Via, cached_view, parse_via
+from epcscf.sip.headers import HeaderError, Via, cached_view, parse_via, remember_own_via
 from epcscf.sip.connection import Connection
 from epcscf.sip.message import Headers, Message, Request, Response, canonical_name, make_response, new_tag
 from epcscf.sip.params import memoised_by_text
@@ -216,7 +216,10 @@ def branch_for(request: Request, index: int, secret: bytes = b"", loop: str | No
 
 def is_loop(request: Request, own_sent_by: Callable[[str, int | None], bool]) -> bool:
     """RFC 3261 §16.3 step 4: a Via of ours whose loop hash equals this request's → a loop."""
-    if not any(BRANCH_PREFIX in line for line in request.headers.get_all("via")):
+    for line in request.headers.lines("via"):
+        if BRANCH_PREFIX in line:
+            break
+    else:
         return False  # none of our branches: no Via of ours (the common case)
     current: str | None = None  # computed only when one of our Vias is present
     for via in list_values(request.headers, "via"):
@@ -309,6 +312,7 @@ def add_via(request: Request, transport: str, sent_by: str, branch: str) -> str:
     """RFC 3261 §16.6 step 8: our Via on top."""
     via = f"SIP/2.0/{transport} {sent_by};branch={branch}"
     request.headers.insert_first("Via", via)
+    remember_own_via(via, branch)  # its responses bring it back first (§16.7 step 3)
     # The transaction layer reads the top Via's branch of every request it sends: hand it
     # the view of the Via we just wrote instead of having it parse our own text back.
     host, port = sent_by, None

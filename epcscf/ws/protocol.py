@@ -207,7 +207,7 @@ def _address(address: Any) -> Address:
 
 def _more_than_one_message(payload: bytes, message: Message) -> bool:
     """True when octets beyond the message's body follow it (a second SIP message)."""
-    if "content-length" not in message.headers:
+    if "content-length" not in message.headers.lookup_index():
         return False  # without Content-Length the body runs to the end of the WS message
     start = 0
     while payload[start : start + 1] in (b"\r", b"\n"):
