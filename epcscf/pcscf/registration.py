@@ -19,7 +19,7 @@ exactly what parsing it again would have produced.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Callable, Sequence
+from typing import Callable
 
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 
@@ -106,27 +106,30 @@ class RegisterSource:
         no parse and no copy; a REGISTER/2xx that differs usually stops at the first test."""
         # Each header index read once, by canonical name (a refresh on every flow comes here).
         asked, granted = request.headers.lookup_index(), response.headers.lookup_index()
-        return (
-            _same_lines(self.granted_contacts, granted.get("contact"))
-            and _same_lines(self.contacts, asked.get("contact"))
-            and self.to == _first(asked.get("to"))
-            and _same_lines(self.service_route, granted.get("service-route"))
-            and _same_lines(self.associated_uris, granted.get("p-associated-uri"))
-            and self.granted_expires == _first(granted.get("expires"))
-            and self.expires == _first(asked.get("expires"))
-            and self.outbound == outbound
-            and self.origin == origin
-        )
-
-
-def _same_lines(kept: list[str], lines: Sequence[str] | None) -> bool:
-    # The index's own list, or None for none: compared as ``get_all``'s copy would be.
-    return kept == lines if lines else not kept
-
-
-def _first(lines: Sequence[str] | None) -> str | None:
-    """``Headers.get`` of an index entry."""
-    return lines[0] if lines else None
+        # ``_same_lines`` and ``_first`` written out: a list of an index (or None for none)
+        # against what ``get_all`` / ``get`` gave when the bindings were made.
+        lines = granted.get("contact")
+        if not (self.granted_contacts == lines if lines else not self.granted_contacts):
+            return False
+        lines = asked.get("contact")
+        if not (self.contacts == lines if lines else not self.contacts):
+            return False
+        lines = asked.get("to")
+        if self.to != (lines[0] if lines else None):
+            return False
+        lines = granted.get("service-route")
+        if not (self.service_route == lines if lines else not self.service_route):
+            return False
+        lines = granted.get("p-associated-uri")
+        if not (self.associated_uris == lines if lines else not self.associated_uris):
+            return False
+        lines = granted.get("expires")
+        if self.granted_expires != (lines[0] if lines else None):
+            return False
+        lines = asked.get("expires")
+        if self.expires != (lines[0] if lines else None):
+            return False
+        return self.outbound == outbound and self.origin == origin
 
 
 @dataclass(eq=False, slots=True)

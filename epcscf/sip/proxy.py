@@ -533,7 +533,10 @@ class StatefulProxy(StatelessForwarding, Cancelling, TimerC, OwnVia):
 
     def _ended(self, context: ProxiedRequest) -> None:
         self._by_server.pop(id(context.server_transaction), None)
-        if all(b.state is BranchState.DONE or b.cancelled for b in context.branches):
+        for branch in context.branches:  # ``all(...)`` without a generator: once per request
+            if not (branch.state is BranchState.DONE or branch.cancelled):
+                break
+        else:
             self._forget_branches(context)
         try:
             self.policy.transaction_ended(context)

@@ -57,7 +57,10 @@ def pop_first_value(headers: Headers, name: str) -> str | None:
         # Several plain values on the first line (a response's Via line, RFC 3261 §8.2.6.2,
         # as some UASes write it): cut the first off that line; the rest stay as they are.
         pieces = first.split(",")
-        if all(piece.strip(" \t") for piece in pieces):
+        for piece in pieces:  # ``all(...)`` without a generator: every response passes here
+            if not piece.strip(" \t"):
+                break
+        else:
             headers.replace_first(name, ",".join(pieces[1:]).strip(" \t"))
             return pieces[0].strip(" \t")
     values = list_values(headers, name)
