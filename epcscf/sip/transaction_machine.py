@@ -479,10 +479,14 @@ class TransactionMachine:
             call.cancel()
 
     def _cancel_timers_outside(self, state: State) -> None:
-        if not self._timers:
+        timers = self._timers
+        if not timers:
             return
-        for timer in [t for t in self._timers if state not in TIMER_LIFETIME[t]]:
-            self._cancel_timer(timer)
+        for timer, call in list(timers.items()):  # ``_cancel_timer`` of each, written out
+            if state not in TIMER_LIFETIME[timer]:
+                del timers[timer]
+                if call.active():
+                    call.cancel()
 
     def timer_deadlines(self) -> dict[str, float]:
         """When each armed timer fires (clock seconds): for the console and tests."""
