@@ -355,21 +355,22 @@ class TransactionLayer:
                 "for a non-2xx, the TU sends the ACK for a 2xx with connection.send_message"
             )
         via = top_via_view(request)
-        if via is None or via.branch is None or not via.branch.startswith(MAGIC_COOKIE):
+        branch = via.branch if via is not None else None  # read once: this runs per request sent
+        if branch is None or not branch.startswith(MAGIC_COOKIE):
             raise ValueError(f"{request.method} must carry our top Via with a branch starting {MAGIC_COOKIE!r}")
         sequence = cseq(request)
         if sequence is None or sequence.method != request.method:
             raise ValueError(f"{request.method} needs a CSeq header with method {request.method}")
-        key = (via.branch, request.method)
+        key = (branch, request.method)
         if key in self._clients:
-            raise ValueError(f"branch {via.branch} is already used by a {request.method} client transaction")
+            raise ValueError(f"branch {branch} is already used by a {request.method} client transaction")
         transaction = ClientTransaction(
             self._clock,
             request,
             connection,
             user,
             timers if timers is not None else self._timers_for(connection),
-            via.branch,
+            branch,
             self._client_terminated,
             wire,
         )

@@ -290,8 +290,8 @@ class SipWebSocketServerProtocol(LeanAutobahnProtocol, WebSocketServerProtocol):
             except ConnectionLost:
                 pass  # closing under us: the flow's end is reported by onClose
             return
-        if not payload.strip(b"\r\n"):
-            return  # a pong (lone CRLF) or empty padding: nothing to do
+        if not payload or (payload[:1] in (b"\r", b"\n") and not payload.strip(b"\r\n")):
+            return  # a pong (lone CRLF) or empty padding: nothing to do (no copy of a message made)
         connection.messages_received += 1
         try:
             message = parse_message(payload, self.factory.limits)
