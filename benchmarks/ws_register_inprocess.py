@@ -66,10 +66,9 @@ class _LazyCall(_Call):
 
 class LazyHeapClock(HeapClock):
     def callLater(self, delay: float, function: Any, *args: Any, **kw: Any) -> _LazyCall:  # noqa: N802
-        call = _LazyCall(self, self.now + delay, function, args)
-        self._seq += 1
-        heapq.heappush(self._heap, (call.time, self._seq, call))
-        return call
+        call = super().callLater(delay, function, *args, **kw)
+        call.__class__ = _LazyCall  # the same slots: only ``reset`` differs
+        return call  # type: ignore[return-value]
 
     def advance(self, seconds: float) -> None:
         self.now += seconds

@@ -106,29 +106,20 @@ class RegisterSource:
         no parse and no copy; a REGISTER/2xx that differs usually stops at the first test."""
         # Each header index read once, by canonical name (a refresh on every flow comes here).
         asked, granted = request.headers.lookup_index(), response.headers.lookup_index()
-        # ``_same_lines`` and ``_first`` written out: a list of an index (or None for none)
-        # against what ``get_all`` / ``get`` gave when the bindings were made.
-        lines = granted.get("contact")
-        if not (self.granted_contacts == lines if lines else not self.granted_contacts):
-            return False
-        lines = asked.get("contact")
-        if not (self.contacts == lines if lines else not self.contacts):
-            return False
-        lines = asked.get("to")
-        if self.to != (lines[0] if lines else None):
-            return False
-        lines = granted.get("service-route")
-        if not (self.service_route == lines if lines else not self.service_route):
-            return False
-        lines = granted.get("p-associated-uri")
-        if not (self.associated_uris == lines if lines else not self.associated_uris):
-            return False
-        lines = granted.get("expires")
-        if self.granted_expires != (lines[0] if lines else None):
-            return False
-        lines = asked.get("expires")
-        if self.expires != (lines[0] if lines else None):
-            return False
+        # Each index list (or None for none) against what ``get_all`` gave when the bindings
+        # were made, and each first line against what ``get`` gave: no helper call per field.
+        for kept, lines in (
+            (self.granted_contacts, granted.get("contact")),
+            (self.contacts, asked.get("contact")),
+            (self.service_route, granted.get("service-route")),
+            (self.associated_uris, granted.get("p-associated-uri")),
+        ):
+            if not (kept == lines if lines else not kept):
+                return False
+        for first, lines in ((self.to, asked.get("to")), (self.granted_expires, granted.get("expires")),
+                             (self.expires, asked.get("expires"))):
+            if first != (lines[0] if lines else None):
+                return False
         return self.outbound == outbound and self.origin == origin
 
 

@@ -318,29 +318,25 @@ def top_via(message: Message) -> Via | None:
     return _parse_first_via(value)
 
 
-def _first_line(headers: Headers, key: str) -> str | None:
-    """``headers.get(key)`` for a canonical ``key``, without the name's canonical look-up."""
+def view_of_first(headers: Headers, key: str, kind: str, parse: Callable[[str], _View]) -> _View | None:
+    """``cached_view(headers, kind, value, parse)`` of the first line of the canonical ``key``
+    (None without one): ``Headers.get`` and ``cached_view`` in one call, for the views read
+    several times per message on every message's path."""
     index = headers._index
     values = (index if index is not None else headers._lookup()).get(key)
-    return values[0] if values else None
+    if not values:
+        return None
+    view_key = (kind, values[0])
+    views = headers._views
+    found = views.get(view_key, _MISSING)
+    if found is _MISSING:
+        found = views[view_key] = parse(values[0])
+    return found  # type: ignore[return-value]
 
-
-# The views below are read several times per message on every message's path: each inlines
-# ``Headers.get`` (by canonical key) and ``cached_view``, which it is equal to.
 
 def top_via_view(message: Message) -> Via | None:
     """``top_via`` parsed once per message (``cached_view``): shared, read-only."""
-    headers = message.headers
-    index = headers._index
-    values = (index if index is not None else headers._lookup()).get("via")
-    if not values:
-        return None
-    key = ("top-via", values[0])
-    views = headers._views
-    found = views.get(key, _MISSING)
-    if found is _MISSING:
-        found = views[key] = _parse_first_via(values[0])
-    return found  # type: ignore[return-value]
+    return view_of_first(message.headers, "via", "top-via", _parse_first_via)
 
 
 def via_line_view(headers: Headers, line: str) -> list[Via]:
@@ -395,18 +391,8 @@ def parse_cseq(value: str) -> CSeq:
 
 
 def cseq(message: Message) -> CSeq | None:
-    headers = message.headers
-    index = headers._index
-    values = (index if index is not None else headers._lookup()).get("cseq")
-    if not values:
-        return None
     # CSeq is frozen: one parse per message, shared (the parser leaves its parse here).
-    key = ("cseq", values[0])
-    views = headers._views
-    found = views.get(key, _MISSING)
-    if found is _MISSING:
-        found = views[key] = parse_cseq(values[0])
-    return found  # type: ignore[return-value]
+    return view_of_first(message.headers, "cseq", "cseq", parse_cseq)
 
 
 def parse_max_forwards(value: str) -> int:
@@ -483,14 +469,7 @@ def to_aor(message: Message) -> str | None:
     """The To URI as text (what registrations key bindings by), worked out once per message:
     admission, limits and the registrations each ask for it per REGISTER.  Raises
     ``HeaderError`` for a malformed To, as ``to_view`` does."""
-    headers = message.headers
-    value = _first_line(headers, "to")
-    if value is None:
-        return None
-    found = headers._views.get(("to-aor", value), _MISSING)
-    if found is _MISSING:
-        found = headers._views[("to-aor", value)] = _aor_of_to(value)
-    return found  # type: ignore[return-value]
+    return view_of_first(message.headers, "to", "to-aor", _aor_of_to)
 
 
 @memoised_by_text
@@ -548,32 +527,12 @@ def _to_tag(value: str) -> str | None:
 
 def from_tag(message: Message) -> str | None:
     """The From tag, read once per message; raises ``HeaderError`` for a malformed From."""
-    headers = message.headers
-    index = headers._index
-    values = (index if index is not None else headers._lookup()).get("from")
-    if not values:
-        return None
-    key = ("from-tag", values[0])
-    views = headers._views
-    found = views.get(key, _MISSING)
-    if found is _MISSING:
-        found = views[key] = _from_tag(values[0])
-    return found  # type: ignore[return-value]
+    return view_of_first(message.headers, "from", "from-tag", _from_tag)
 
 
 def to_tag(message: Message) -> str | None:
     """The To tag, read once per message; raises ``HeaderError`` for a malformed To."""
-    headers = message.headers
-    index = headers._index
-    values = (index if index is not None else headers._lookup()).get("to")
-    if not values:
-        return None
-    key = ("to-tag", values[0])
-    views = headers._views
-    found = views.get(key, _MISSING)
-    if found is _MISSING:
-        found = views[key] = _to_tag(values[0])
-    return found  # type: ignore[return-value]
+    return view_of_first(message.headers, "to", "to-tag", _to_tag)
 
 
 def option_tags(message: Message, name: str) -> list[str]:
