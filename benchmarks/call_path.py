@@ -158,6 +158,8 @@ async def run(calls: int, profile: bool, top: int) -> None:
         for (path, line, name), (_cc, ncalls, _tt, _ct, _callers) in rows:
             short = re.sub(r".*/(site-packages|lib/python3\.\d+|epcscf)/", r"", path)
             print(f"  {ncalls / calls:7.1f}  {short}:{line} {name}")
+        if os.environ.get("CALL_PATH_PSTATS"):
+            stats.dump_stats(os.environ["CALL_PATH_PSTATS"])
     engine.close()
     wic.stop()
 

@@ -318,7 +318,7 @@ class SessionDescription(_Attributes):
         return self.to_text().encode("utf-8")
 
     def to_text(self) -> str:
-        return "".join(line + CRLF for line in self.lines())
+        return CRLF.join(self.lines()) + CRLF
 
     def __str__(self) -> str:
         return self.to_text()
