@@ -19,6 +19,8 @@ ICE_CHARS = string.ascii_letters + string.digits + "+/"
 # a test per character).
 _UFRAG = re.compile(r"[A-Za-z0-9+/]{4,256}")
 _PWD = re.compile(r"[A-Za-z0-9+/]{22,256}")
+# byte → the ice-char its low 6 bits pick (`IceCredentials.generate`), for bytes.translate
+_ICE_CHAR_OF_BYTE = bytes(ord(ICE_CHARS[byte & 63]) for byte in range(256))
 
 # RFC 8839 §5.4: the ufrag carries at least 24 bits of randomness, the password at least 128.
 # 64 symbols give 6 bits each: 8 characters = 48 bits, 24 characters = 144 bits.
@@ -132,7 +134,7 @@ class IceCredentials:
         # the low 6 bits of each random byte pick one uniformly (256 is a multiple of 64).
         assert len(ICE_CHARS) == 64
         random = secrets.token_bytes(UFRAG_LENGTH + PASSWORD_LENGTH)
-        text = "".join(ICE_CHARS[byte & 63] for byte in random)
+        text = random.translate(_ICE_CHAR_OF_BYTE).decode("ascii")
         return cls(ufrag=text[:UFRAG_LENGTH], pwd=text[UFRAG_LENGTH:])
 
     def validate_remote(self) -> None:
