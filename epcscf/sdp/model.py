@@ -320,6 +320,13 @@ class SessionDescription(_Attributes):
     def to_text(self) -> str:
         return CRLF.join(self.lines()) + CRLF
 
+    def serialize_with_origin(self, origin: Origin) -> bytes:
+        """``serialize()`` of this description with ``origin`` as its o= line (itself unchanged,
+        nothing copied): the o= line is always the second (RFC 8866 §5)."""
+        lines = list(self.lines())
+        lines[1] = f"o={origin}"
+        return (CRLF.join(lines) + CRLF).encode("utf-8")
+
     def __str__(self) -> str:
         return self.to_text()
 
