@@ -271,8 +271,7 @@ class MediaDescription(_Attributes):
             yield f"b={bandwidth}"
         if self.key is not None:
             yield f"k={self.key}"
-        for attribute in self.attributes:
-            yield f"a={attribute}"
+        yield from _attribute_lines(self.attributes)
 
 
 @dataclass
@@ -350,7 +349,7 @@ class SessionDescription(_Attributes):
             yield f"z={self.time_zones}"
         if self.key is not None:
             yield f"k={self.key}"
-        yield from (f"a={attribute}" for attribute in self.attributes)
+        yield from _attribute_lines(self.attributes)
         for media in self.media:
             yield from media.lines()
 
@@ -366,6 +365,11 @@ class SessionDescription(_Attributes):
         """A media-level attribute, falling back to the session level (ICE/DTLS attributes, RFC 8839 §5)."""
         value = media.attribute_value(name)
         return self.attribute_value(name) if value is None else value
+
+
+def _attribute_lines(attributes: list[Attribute]) -> list[str]:
+    # str(Attribute) written out: one Python call fewer per line, ~20 lines per body, every body.
+    return [f"a={a.name}" if a.value is None else f"a={a.name}:{a.value}" for a in attributes]
 
 
 # --- parsing -----------------------------------------------------------------------------------
@@ -446,6 +450,9 @@ def _parse(text: str | bytes) -> SessionDescription:
     for number, kind, value in lines[1:]:
         try:
             if current is not None:
+                if kind == "a":  # most lines of a body: straight to the m= section's attributes
+                    current.attributes.append(parse_attribute(value))
+                    continue
                 _parse_media_level(current, number, kind, value)
                 if kind == "m":
                     current = parse_media_line(number, value)
