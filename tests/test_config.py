@@ -7,7 +7,7 @@ import tempfile
 
 from twisted.trial import unittest
 
-from epcscf import config
+from epcscf import config, config_values
 from epcscf.config import ConfigError, Listener, load
 
 TOP = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -214,6 +214,12 @@ class ConfigTests(unittest.TestCase):
             self.assertIn(f"[{name}]", reference)
             for f in config.fields(cls):
                 self.assertIn(f"  {f.name} = ", reference)
+
+    def test_the_converters_public_names_are_importable_from_epcscf_config(self) -> None:
+        # callers import from epcscf.config only; epcscf.config_values is where these live
+        for name in ("ConfigError", "Listener", "Network", "parse_trusted_source", "DIGEST_ALGORITHMS", "JWS_ALGORITHMS", "VIDEO_CODECS"):
+            self.assertIs(getattr(config, name, None), getattr(config_values, name), name)
+            self.assertIn(name, config.__all__)
 
 
 class RtpengineConfigTests(unittest.TestCase):

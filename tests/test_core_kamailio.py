@@ -36,7 +36,7 @@ from tests.support.node_peer import NodePeer, require_node_modules, start_node_p
 from tests.support.processes import wait_for
 from tests.support.reactor import asyncio_loop
 from tests.support.udp_peer import UdpSipPeer
-from tests.support.sipp import SCENARIOS, SippProcess, free_port, port_bound, require_sipp, sipp_messages, spawn_sipp
+from tests.support.sipp import SCENARIOS, SippProcess, free_port, port_bound, received_requests, received_responses, require_sipp, spawn_sipp
 from tests.support.wic import as_deferred
 from tests.test_calls_media import LOCAL, SimulatedWic, no_asyncio_tasks_left, rtp
 
@@ -221,7 +221,7 @@ class KamailioWithoutServiceRouteTests(unittest.TestCase):
         await wic.connect(answer["sdp"].encode(), DtlsRole.SERVER)  # we answered a=setup:active
         await self.media_flows(wic)
         self.report("WIC → sipp UAS", ringing["ms"], accepted["ms"])
-        [core_invite] = [m for m in sipp_messages(trace, "received") if m.startswith("INVITE")]
+        [core_invite] = received_requests(trace, "INVITE")
         self.assert_route_taken(core_invite)
         offer = SessionDescription.parse(core_invite.split("\n\n", 1)[1].replace("\n", "\r\n"))
         self.assertEqual([m.proto for m in offer.media], ["RTP/AVP"])  # TS 24.371 §7.4.2
@@ -250,7 +250,7 @@ class KamailioWithoutServiceRouteTests(unittest.TestCase):
         ended = await self.event(peer, "ended")  # sipp's BYE, through Kamailio
         self.assertEqual(ended["originator"], "remote")
         await self.sipp_done(uac)
-        [core_ok] = [m for m in sipp_messages(trace, "received") if m.startswith("SIP/2.0 200") and "INVITE" in m.split("\n\n")[0]]
+        [core_ok] = received_responses(trace, 200, "INVITE")
         self.assertIn("RTP/AVP", core_ok)
         self.assertNotIn("a=ice-", core_ok)
         await self.calls_gone()

@@ -18,7 +18,10 @@ from epcscf.sdp import SessionDescription
 from tests.support.deployment import DOMAIN, USERS, start_deployment
 from tests.support.node_peer import require_node_modules, start_node_peer
 from tests.support.processes import TOP, wait_for
-from tests.support.sipp import SCENARIOS, SippProcess, free_port, messages_in_trace, port_bound, require_sipp, sipp_messages, spawn_sipp
+from tests.support.sipp import (
+    SCENARIOS, SippProcess, free_port, messages_in_trace, one_per_transaction, port_bound, received_responses,
+    require_sipp, sipp_messages, spawn_sipp,
+)
 from tests.support.udp_peer import UdpSipPeer
 from tests.support.wic import as_deferred
 
@@ -119,7 +122,7 @@ class JanusJsThroughEpcscfTests(unittest.TestCase):
         self.assertEqual(ended["code"], 200)
         self.assertEqual(await peer.ended, 0)
         self.assertEqual(await uas.ended.asFuture(asyncio.get_event_loop()), 0, uas.output[-2000:])
-        requests = [m for m in messages_in_trace(trace) if not m.startswith("SIP/2.0")]
+        requests = [m for m in one_per_transaction(messages_in_trace(trace)) if not m.startswith("SIP/2.0")]
         self.assertEqual([m.split(" ", 1)[0] for m in requests], ["INVITE", "ACK", "INVITE", "ACK", "INVITE", "ACK", "INFO", "BYE"])
         hold, resume, info = body_of(requests[2]), body_of(requests[4]), requests[6]
         self.assert_plain_ims_sdp(hold)
@@ -148,7 +151,7 @@ class JanusJsThroughEpcscfTests(unittest.TestCase):
         self.assertEqual(ended["code"], 200)
         self.assertEqual(await peer.ended, 0)
         self.assertEqual(await uas.ended.asFuture(asyncio.get_event_loop()), 0, uas.output[-2000:])
-        requests = [m for m in messages_in_trace(trace) if not m.startswith("SIP/2.0")]
+        requests = [m for m in one_per_transaction(messages_in_trace(trace)) if not m.startswith("SIP/2.0")]
         self.assertEqual([m.split(" ", 1)[0] for m in requests], ["INVITE", "ACK", "INVITE", "ACK", "BYE"])
         self.assert_plain_ims_sdp(body_of(requests[2]))  # the re-offer as any SIP WIC's (ICE restart gone)
         [record] = self.service.pcscf.operations.calls()
@@ -174,12 +177,12 @@ class JanusJsThroughEpcscfTests(unittest.TestCase):
         self.assertEqual((await peer.wait_for("ended", timeout=10))["code"], 200)  # the transferee's BYE
         self.assertEqual(await peer.ended, 0)
         self.assertEqual(await uas.ended.asFuture(asyncio.get_event_loop()), 0, uas.output[-2000:])
-        requests = [m for m in messages_in_trace(trace) if not m.startswith("SIP/2.0")]
+        requests = [m for m in one_per_transaction(messages_in_trace(trace)) if not m.startswith("SIP/2.0")]
         self.assertEqual([m.split(" ", 1)[0] for m in requests], ["INVITE", "ACK", "REFER", "NOTIFY", "NOTIFY", "BYE"])
         refer = requests[2]
         self.assertRegex(refer, re.compile(rf"^Refer-To: <{re.escape(target)}>\r?$", re.M))
         self.assertRegex(refer, re.compile(r"^Contact: <sip:alice@\S+;transport=ws;ob>\r?$", re.M))  # RFC 3515 §2.4.1
-        answers = [m.split("\n", 1)[0].strip() for m in sipp_messages(trace, "received") if m.startswith("SIP/2.0")]
+        answers = [m.split("\n", 1)[0].strip() for m in one_per_transaction(sipp_messages(trace, "received")) if m.startswith("SIP/2.0")]
         self.assertEqual(answers.count("SIP/2.0 200 OK"), 3)  # the two NOTIFYs and the BYE, answered by the eP-CSCF's UA
 
     def test_a_hold_from_the_far_end_is_accepted_on_the_wics_behalf(self):
@@ -193,7 +196,7 @@ class JanusJsThroughEpcscfTests(unittest.TestCase):
         self.assertEqual(ended["code"], 200)
         self.assertEqual(await uas.ended.asFuture(asyncio.get_event_loop()), 0, uas.output[-2000:])
         self.assertEqual(await peer.ended, 0)
-        [ok] = [m for m in sipp_messages(trace, "received") if m.startswith("SIP/2.0 200") and "1 INVITE" in m]
+        [ok] = received_responses(trace, 200, "INVITE")  # to sipp's re-INVITE
         self.assert_plain_ims_sdp(body_of(ok))
         self.assertIn("a=recvonly", body_of(ok))  # RFC 3264 §6.1: sendonly answered recvonly
 
@@ -217,7 +220,7 @@ class JanusJsThroughEpcscfTests(unittest.TestCase):
         ended = await peer.wait_for("ended", timeout=20)  # sipp's BYE
         self.assertEqual(ended["code"], 200)
         self.assertEqual(await uac.ended.asFuture(asyncio.get_event_loop()), 0, uac.output[-2000:])
-        ok, held = [m for m in sipp_messages(trace, "received") if m.startswith("SIP/2.0 200") and "INVITE" in m.split("\n\n")[0]]
+        ok, held = received_responses(trace, 200, "INVITE")
         self.assert_plain_ims_sdp(body_of(ok))
         self.assertRegex(ok, re.compile(r"^Accept-Language: fr, en;q=0.8\r?$", re.M))  # accept's custom header
         self.assert_plain_ims_sdp(body_of(held))

@@ -18,7 +18,10 @@ from twisted.trial import unittest
 from epcscf.sdp import SessionDescription
 from tests.support.deployment import DOMAIN, USERS, start_deployment
 from tests.support.processes import wait_for
-from tests.support.sipp import SCENARIOS, SippProcess, free_port, port_bound, require_sipp, sipp_messages, spawn_sipp
+from tests.support.sipp import (
+    SCENARIOS, SippProcess, free_port, one_per_transaction, port_bound, received_requests, require_sipp,
+    sipp_messages, spawn_sipp,
+)
 from tests.support.wic import as_deferred
 from tests.test_nonsip_janus import CHROME_ANSWER, CHROME_OFFER, NONSIP, JanusClient, body_of, janus_url
 
@@ -111,7 +114,7 @@ class JanusMessageAndInfoTests(JanusHandleTestCase):
         self.assertEqual(incoming["result"], {"event": "message", "sender": f"sip:ims-caller@{DOMAIN}", "displayname": "IMS Caller",
                                               "content_type": "text/plain", "content": "hello alice\r\n"})  # sipp ends its body with CRLF
         await self.sipp_done(uac)
-        [sent] = [m for m in sipp_messages(uac_trace, "sent") if m.startswith("MESSAGE ")]
+        [sent] = [m for m in one_per_transaction(sipp_messages(uac_trace, "sent")) if m.startswith("MESSAGE ")]
         self.assertEqual(incoming["call_id"], header(sent, "Call-ID"))
 
         # WIC → IMS, out of dialog, with the Call-ID the WIC chose: messagesent, then the
@@ -126,7 +129,7 @@ class JanusMessageAndInfoTests(JanusHandleTestCase):
         delivery = await self.next_event(client, "messagedelivery")
         self.assertEqual((delivery["result"]["code"], delivery["call_id"]), (200, "wic-chosen-1@alice"))
         await self.sipp_done(uas)
-        [message] = [m for m in sipp_messages(uas_trace, "received") if m.startswith("MESSAGE ")]
+        [message] = received_requests(uas_trace, "MESSAGE")
         self.assertEqual(header(message, "Call-ID"), "wic-chosen-1@alice")
         self.assertEqual(header(message, "Content-Type"), "text/plain;charset=UTF-8")
         self.assertEqual(body_of(message).strip(), "héllo ims")
@@ -174,7 +177,7 @@ class JanusMessageAndInfoTests(JanusHandleTestCase):
         self.assertEqual((text["result"]["content"], text["result"]["content_type"]), ("hello from the IMS side\r\n", "text/plain;charset=UTF-8"))
         self.assertEqual((await self.next_event(client, "hangup"))["result"]["code"], 200)  # sipp's BYE
         await self.sipp_done(call)
-        received = [m for m in sipp_messages(call_trace, "received") if not m.startswith("SIP/2.0")]
+        received = [m for m in one_per_transaction(sipp_messages(call_trace, "received")) if not m.startswith("SIP/2.0")]
         self.assertEqual([m.split(" ", 1)[0] for m in received], ["INVITE", "ACK", "MESSAGE", "INVITE", "ACK", "INFO"])
         in_call_message, reinvite, in_call_info = received[2], received[3], received[5]
         self.assertEqual(header(reinvite, "Call-ID"), accepted["call_id"])
@@ -274,7 +277,7 @@ class JanusLateTrickleTests(JanusHandleTestCase):
         await self.send(client, ids, {"request": "hangup"})
         self.assertEqual((await self.next_event(client, "hangup"))["call_id"], accepted["call_id"])
         await self.sipp_done(uas)
-        requests = [m.split(" ", 1)[0] for m in sipp_messages(trace, "received") if not m.startswith("SIP/2.0")]
+        requests = [m.split(" ", 1)[0] for m in one_per_transaction(sipp_messages(trace, "received")) if not m.startswith("SIP/2.0")]
         self.assertEqual(requests, ["INVITE", "ACK", "BYE"])
 
 
@@ -316,13 +319,13 @@ class JanusSubscribeTests(JanusHandleTestCase):
         last = await self.next_event(client, "notify")
         self.assertEqual(last["result"]["substate"], "terminated")
         await self.sipp_done(uas)
-        first, again = [m for m in sipp_messages(trace, "received") if m.startswith("SUBSCRIBE ")]
+        first, again = received_requests(trace, "SUBSCRIBE")
         self.assertEqual((header(first, "Event"), header(first, "Accept"), header(first, "Expires")),
                          ("message-summary", "application/simple-message-summary", "600"))
         self.assertIn(f"sip:alice@{DOMAIN}", header(first, "P-Asserted-Identity"))  # asserted by the core
         self.assertEqual((header(again, "Call-ID"), header(again, "Expires")), (subscribing["call_id"], "0"))
         self.assertIn(";tag=", header(again, "To"))  # RFC 6665 §4.1.2.3: in the subscription's dialog
-        answers = [m.split("\n", 1)[0].strip() for m in sipp_messages(trace, "received") if m.startswith("SIP/2.0")]
+        answers = [m.split("\n", 1)[0].strip() for m in one_per_transaction(sipp_messages(trace, "received")) if m.startswith("SIP/2.0")]
         self.assertEqual(answers, ["SIP/2.0 200 OK", "SIP/2.0 200 OK"])  # both NOTIFYs, by the eP-CSCF's UA
         # nothing left to refresh or to end
         await self.send(client, ids, {"request": "unsubscribe", "event": "message-summary"})
@@ -366,12 +369,12 @@ class JanusTransfereeTests(JanusHandleTestCase):
         await self.sipp_done(uac)
         await self.send(client, bob, {"request": "hangup"})
         await self.sipp_done(target)
-        received = sipp_messages(uac_trace, "received")
+        received = one_per_transaction(sipp_messages(uac_trace, "received"))
         self.assertIn("SIP/2.0 202", "\n".join(m.split("\n", 1)[0] for m in received))
         notifies = [m for m in received if m.startswith("NOTIFY ")]
         self.assertEqual([(header(m, "Event"), header(m, "Subscription-State").split(";")[0], body_of(m).strip()) for m in notifies],
                          [("refer", "active", "SIP/2.0 100 Trying"), ("refer", "terminated", "SIP/2.0 200 OK")])
-        [invite] = [m for m in sipp_messages(target_trace, "received") if m.startswith("INVITE ")]
+        [invite] = received_requests(target_trace, "INVITE")
         self.assertEqual(header(invite, "Referred-By"), f"<sip:ims-caller@{DOMAIN}>")  # RFC 3892
 
 

@@ -20,7 +20,10 @@ from epcscf.sip.message import Request, Response, make_response
 from epcscf.pcscf.reg_event import SubscriptionState
 from tests.support.deployment import DOMAIN, USERS, start_deployment, ws_url
 from tests.support.processes import wait_for
-from tests.support.sipp import SCENARIOS, free_port, port_bound, require_sipp, sipp_messages, spawn_sipp
+from tests.support.sipp import (
+    SCENARIOS, free_port, one_per_transaction, port_bound, received_requests, require_sipp, sipp_messages,
+    spawn_sipp,
+)
 from tests.support.udp_peer import UdpSipPeer
 from tests.support.wic import WsSipClient, as_deferred
 from tests.test_ops_metrics import METRICS, samples
@@ -243,7 +246,7 @@ class RegEventWithSippAsTheCoreTests(WicsMixin, unittest.TestCase):
         self.assertEqual((client.socket.close_code, client.socket.close_reason), (1000, "de-registered by the network"))
         self.assertEqual(self.service.pcscf.registrations.all(), [])
         self.assertEqual(await ended(process), 0, process.output.decode(errors="replace")[-2000:])
-        [subscribe] = [m for m in sipp_messages(trace, "received") if m.startswith("SUBSCRIBE")]
+        [subscribe] = received_requests(trace, "SUBSCRIBE")
         lines = subscribe.splitlines()
         self.assertEqual(lines[0], f"SUBSCRIBE {client.aor} SIP/2.0")  # TS 24.229 §5.2.3: the IMPU
         for header in ("Event: reg", "Expires: 600000", f"To: <{client.aor}>"):
@@ -292,10 +295,10 @@ class RegEventWithSippAsTheCoreTests(WicsMixin, unittest.TestCase):
         self.assertEqual((await client.final_response()).status, 200)
         self.assertEqual(await ended(process), 0, process.output.decode(errors="replace")[-2000:])
         # sipp's message trace is complete once it has exited (it writes it buffered)
-        [sent] = [m for m in sipp_messages(trace, "sent") if m.startswith("SIP/2.0 401")]
+        [sent] = [m for m in one_per_transaction(sipp_messages(trace, "sent")) if m.startswith("SIP/2.0 401")]
         [core_value] = [l.split(":", 1)[1].strip() for l in sent.splitlines() if l.startswith("WWW-Authenticate:")]
         self.assertIn('ck="', core_value)  # the core did send the keys that the WIC never saw
-        registers = [m for m in sipp_messages(trace, "received") if m.startswith("REGISTER")]
+        registers = received_requests(trace, "REGISTER")
         self.assertEqual(len(registers), 2)
         self.assertIn(f"Authorization: {answer}", registers[1].splitlines())
         # TS 24.371 §6: TLS on W2, no sec-agree with the core.

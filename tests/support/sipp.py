@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import re
 import socket
-from typing import Any
+from typing import Any, Iterable
 
 from twisted.internet import defer, error, protocol, reactor
 
@@ -82,22 +82,45 @@ def headers_named(message: str, name: str) -> list[str]:
     return [line for line in message.splitlines() if line.lower().startswith(name.lower() + ":")]
 
 
-def received_requests(path: str, method: str) -> list[str]:
-    """The ``method`` requests sipp received, one per transaction: over UDP a request is sent
-    again until its final response arrives (RFC 3261 §17.1.2.2 Timer E; T1 is 50 ms in many
-    tests), and each copy is in the trace.  A copy has the same CSeq and top Via branch
-    (§17.2.3); another transaction has not."""
+def transaction_key(message: str) -> tuple[str, ...]:
+    """What every copy of one message shares and no other message has.  Over UDP a request is
+    sent again until its final response arrives (RFC 3261 §17.1.1.2 Timer A, §17.1.2.2 Timer E;
+    T1 is 50 ms in many tests), a UAS sends its final response again for each copy of the request
+    (§17.2.1, §17.2.2) and a 2xx to an INVITE until the ACK (§13.3.1.4); a proxy passes each copy
+    on, and sipp's trace holds them all.  A request's copy has the same Call-ID, CSeq and top Via
+    branch (§17.2.3); a response's copy the same status and To tag too (a 180 and a 200, or the 200s of
+    two forks (§13.2.2.4), are different answers)."""
+    key = headers_named(message, "Call-ID") + headers_named(message, "CSeq") + headers_named(message, "Via")[:1]
+    if message.startswith("SIP/2.0 "):
+        key = [message.split(None, 2)[1], *key, *headers_named(message, "To")]
+    return tuple(key)
+
+
+def one_per_transaction(messages: Iterable[str]) -> list[str]:
+    """``messages`` without their retransmitted copies (``transaction_key``), in the order of
+    each one's first copy."""
     seen: set[tuple[str, ...]] = set()
-    requests = []
-    for message in sipp_messages(path, "received"):
-        if not message.startswith(method + " "):
-            continue
-        key = tuple(headers_named(message, "CSeq") + headers_named(message, "Via")[:1])
+    unique = []
+    for message in messages:
+        key = transaction_key(message)
         if key not in seen:
             seen.add(key)
-            requests.append(message)
-    return requests
+            unique.append(message)
+    return unique
 
+
+def received_requests(path: str, method: str) -> list[str]:
+    """The ``method`` requests sipp received, one per transaction (``transaction_key``)."""
+    return [m for m in one_per_transaction(sipp_messages(path, "received")) if m.startswith(method + " ")]
+
+
+def received_responses(path: str, status: int, method: str) -> list[str]:
+    """The ``status`` responses to ``method`` requests that sipp received, one per answer: a
+    retransmitted copy (``transaction_key``) is not a second answer."""
+    return [
+        m for m in one_per_transaction(sipp_messages(path, "received"))
+        if m.startswith(f"SIP/2.0 {status} ") and headers_named(m, "CSeq")[0].split()[-1] == method
+    ]
 
 
 def spawn_sipp(test: Any, sipp: str, args: list[str], directory: str, name: str) -> tuple[SippProcess, str]:
