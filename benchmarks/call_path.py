@@ -46,7 +46,7 @@ from twisted.python.failure import Failure  # noqa: E402
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from _py_calls import IceSocket  # noqa: E402
+from _py_calls import IceSocket, webrtc_offer  # noqa: E402
 
 from epcscf.ice import IceAgentConfig, UdpPortPool  # noqa: E402
 from epcscf.media import MediaSessionConfig  # noqa: E402
@@ -57,19 +57,6 @@ PORTS = (42000, 43999)
 FINGERPRINT = "sha-256 " + ":".join(f"{b:02X}" for b in range(32))  # fixed: the same SDP every run
 _ANSWER_ICE = re.compile(r"a=ice-ufrag:(\S+)\r\n.*a=ice-pwd:(\S+)\r\n", re.S)
 _ANSWER_CANDIDATE = re.compile(r"a=candidate:\S+ 1 udp \d+ (\S+) (\d+) typ host")
-
-
-def wic_offer(ice: IceSocket, serial: int) -> bytes:
-    """The Chrome-like offer of ``benchmarks/_py_calls.py`` (o= fixed per call number)."""
-    lines = [
-        "v=0", f"o=- {4611731400430051336 + serial} 2 IN IP4 127.0.0.1", "s=-", "t=0 0",
-        "a=group:BUNDLE 0", "m=audio 9 UDP/TLS/RTP/SAVPF 111 0 8 126", "c=IN IP4 0.0.0.0",
-        f"a=candidate:1 1 udp 2122260223 127.0.0.1 {ice.port} typ host",
-        f"a=ice-ufrag:{ice.ufrag}", f"a=ice-pwd:{ice.pwd}", f"a=fingerprint:{FINGERPRINT}",
-        "a=setup:actpass", "a=mid:0", "a=sendrecv", "a=rtcp-mux", "a=rtpmap:111 opus/48000/2",
-        "a=rtpmap:0 PCMU/8000", "a=rtpmap:8 PCMA/8000", "a=rtpmap:126 telephone-event/8000",
-    ]
-    return ("\r\n".join(lines) + "\r\n").encode()
 
 
 def core_answer(port: int) -> bytes:
@@ -116,7 +103,7 @@ async def reset(wic: IceSocket) -> None:
 async def one_call(engine: CallMediaEngine, wic: WicThread, serial: int) -> None:
     wic.run_here(reset(wic.ice))
     media = engine(None)
-    await media.offer_from_wic(wic_offer(wic.ice, serial))
+    await media.offer_from_wic(webrtc_offer(wic.ice, 4611731400430051336 + serial, FINGERPRINT))
     answer = media.answer_from_core(core_answer(9), "fork").decode()
     ufrag, pwd = _ANSWER_ICE.search(answer).groups()  # type: ignore[union-attr]
     host, port = _ANSWER_CANDIDATE.search(answer).groups()  # type: ignore[union-attr]
