@@ -5,13 +5,17 @@ per-message SIP/WebSocket stack of ``benchmarks/calls.py`` around it, and repeat
 
 Usage::
 
-    .venv/bin/python benchmarks/call_path.py [--calls 200] [--profile] [--top 25]
+    .venv/bin/python benchmarks/call_path.py [--calls 200] [--manager] [--profile] [--top 25]
 
 The eP-CSCF side is a node's ``CallMediaEngine`` (full ICE, sockets parked between calls as in a
 node, ``park_sockets=True``) on the asyncio reactor.  The WIC side is the Python generator's
 ``IceSocket`` (``benchmarks/_py_calls.py``): a raw UDP socket that sends nominating checks and
 answers the eP-CSCF's own, as the Node WIC of ``calls.py`` does; like it, it never answers DTLS
 (the eP-CSCF's ClientHello and its retransmission timer are part of the cost).
+
+``--manager`` drives each call through the call manager as well, as the proxy hands it the WIC's
+INVITE, the core's 200, then the WIC's ACK and BYE (fakes for the proxy and transports below it):
+dialog, timeline and offer/answer glue are then counted too.
 
 Calls run one after the other: ``--calls`` of warm-up (which leave parked sockets), a pause past
 the shelf's quarantine, then ``--calls`` measured, so that every measured call takes parked
@@ -51,6 +55,9 @@ from _py_calls import IceSocket, webrtc_offer  # noqa: E402
 from epcscf.ice import IceAgentConfig, UdpPortPool  # noqa: E402
 from epcscf.media import MediaSessionConfig  # noqa: E402
 from epcscf.pcscf.call_media import CallMediaEngine, CallMediaSettings  # noqa: E402
+from epcscf.sip.message import Headers, Request  # noqa: E402
+from epcscf.sip.proxy import Branch, Forward, ProxiedRequest  # noqa: E402
+from epcscf.sip.proxy_rules import make_local_response  # noqa: E402
 
 LOCAL = "127.0.0.1"
 PORTS = (42000, 43999)
@@ -108,30 +115,106 @@ async def one_call(engine: CallMediaEngine, wic: WicThread, serial: int) -> None
     ufrag, pwd = _ANSWER_ICE.search(answer).groups()  # type: ignore[union-attr]
     host, port = _ANSWER_CANDIDATE.search(answer).groups()  # type: ignore[union-attr]
     await wic.connect(host, int(port), ufrag, pwd)
-    deadline = time.monotonic() + 5.0
-    # The WIC has our check's answer; the edge selects its pair on reading it (RFC 8445 §7.3.1.5).
-    while media.streams[0].agent.selected_pair is None:
-        if time.monotonic() > deadline:
-            raise RuntimeError("ICE did not complete")
-        await deferLater(reactor, 0.0005, lambda: None)
+    await selected(media.streams[0].agent)
     await media.close()
 
 
-async def run(calls: int, profile: bool, top: int) -> None:
+class ManagedCalls:
+    """``--manager``: the same call through the call manager, as the proxy hands it the WIC's
+    INVITE, the core's 200, the WIC's ACK and BYE (fakes stand in for the proxy and transport
+    below it, as in ``tests/test_calls_manager.py``): dialog, timeline, offer/answer glue too."""
+
+    def __init__(self, engine: CallMediaEngine) -> None:
+        from epcscf.pcscf.calls import CallManager, CallSettings
+        from epcscf.pcscf.edge import EdgeAddresses
+        from epcscf.sip.connection import Address
+        from tests.support.fakes import FakeConnection
+
+        self.addresses = EdgeAddresses(LOCAL, 5060, "udp", LOCAL, 443, "wss")
+        self.manager = CallManager(reactor, self.addresses, engine, CallSettings(keep_ended=60))
+        self.wic_flow = FakeConnection("WSS", Address(LOCAL, 50000), Address(LOCAL, 443), "wss-1")
+        self.core = FakeConnection("UDP", Address(LOCAL, 5070), Address(LOCAL, 5060), "udp-1")
+
+    def request(self, method: str, serial: int, cseq: str, body: bytes = b"", to_tag: str = "") -> Request:
+        request = Request(method, "sip:bob@example.com")
+        request.headers = Headers.from_pairs([
+            ("Via", f"SIP/2.0/WSS abc.invalid;branch=z9hG4bK{serial}{method}"),
+            ("From", f"<sip:alice@example.com>;tag=a{serial}"),
+            ("To", f"<sip:bob@example.com>{to_tag}"),
+            ("Call-ID", f"call-{serial}"),
+            ("CSeq", cseq),
+            ("Contact", "<sip:alice@abc.invalid;transport=ws;ob>"),
+            ("Max-Forwards", "70"),
+        ])
+        if body:
+            request.headers.add("Content-Type", "application/sdp")
+            request.body = body
+        return request
+
+    def context(self, request: Request) -> ProxiedRequest:
+        from tests.support.fakes import FakeServerTransaction
+
+        return ProxiedRequest(request.copy(), self.wic_flow, FakeServerTransaction(request, self.wic_flow))
+
+    async def call(self, wic: WicThread, serial: int) -> None:
+        wic.run_here(reset(wic.ice))
+        offer = webrtc_offer(wic.ice, 4611731400430051336 + serial, FINGERPRINT)
+        context = self.context(self.request("INVITE", serial, "1 INVITE", offer))
+        forward = Forward(context.request, None, [], self.addresses.core_sent_by)
+        await defer.maybeDeferred(self.manager.originating_invite, context, "<sip:alice@example.com>", forward)
+        context.branches.append(Branch(context.request, [], connection=self.core))
+        ok = make_local_response(context.request, 200, to_tag=f"b{serial}")
+        ok.headers.add("Contact", "<sip:bob@127.0.0.1:5070>")
+        ok.headers.add("Record-Route", "<sip:127.0.0.1:5060;transport=udp;lr>, <sip:tok@127.0.0.1:443;transport=wss;lr>")
+        ok.headers.add("Content-Type", "application/sdp")
+        ok.body = core_answer(9)
+        for branch in context.branches:
+            branch.final = ok
+        await defer.maybeDeferred(self.manager.response, context, ok)
+        answer = ok.body.decode()
+        ufrag, pwd = _ANSWER_ICE.search(answer).groups()  # type: ignore[union-attr]
+        host, port = _ANSWER_CANDIDATE.search(answer).groups()  # type: ignore[union-attr]
+        [call] = self.manager.find(f"call-{serial}")
+        await wic.connect(host, int(port), ufrag, pwd)
+        await selected(call.media.streams[0].agent)  # type: ignore[union-attr]
+        for method, cseq in (("ACK", "1 ACK"), ("BYE", "2 BYE")):
+            request = self.context(self.request(method, serial, cseq, to_tag=f";tag=b{serial}"))
+            await defer.maybeDeferred(self.manager.in_dialog_request, request, Forward(request.request), True)
+        if self.manager.find(f"call-{serial}") or call.state.value != "terminated":
+            raise RuntimeError(f"call-{serial} did not end on the BYE ({call.state.value})")
+        await self.manager.idle()
+
+
+async def selected(agent: Any) -> None:
+    """The WIC has our check's answer; the edge selects its pair on reading it (RFC 8445 §7.3.1.5)."""
+    deadline = time.monotonic() + 5.0
+    while agent.selected_pair is None:
+        if time.monotonic() > deadline:
+            raise RuntimeError("ICE did not complete")
+        await deferLater(reactor, 0.0005, lambda: None)
+
+
+async def run(calls: int, profile: bool, top: int, managed: bool) -> None:
     wic = WicThread()
     settings = CallMediaSettings(
         ice=IceAgentConfig(bind_addresses=(LOCAL,), port_range=PORTS, mode="full", connect_timeout=5.0),
         media=MediaSessionConfig(core_address=LOCAL), park_sockets=True)
     engine = CallMediaEngine(reactor, settings, UdpPortPool(*PORTS))
+    if managed:
+        manager = ManagedCalls(engine)
+        place = manager.call
+    else:
+        async def place(wic: WicThread, serial: int) -> None:
+            await one_call(engine, wic, serial)
     for serial in range(calls):  # warm-up: imports, memos, and parked sockets for what follows
-        await one_call(engine, wic, serial)
+        await place(wic, serial)
     await deferLater(reactor, 1.2, lambda: None)  # past the shelf's quarantine
     profiler = cProfile.Profile() if profile else None
     started = time.thread_time()
     if profiler is not None:
         profiler.enable()
     for serial in range(calls):
-        await one_call(engine, wic, calls + serial)
+        await place(wic, calls + serial)
     if profiler is not None:
         profiler.disable()
     cpu = time.thread_time() - started
@@ -156,6 +239,8 @@ def main() -> None:
     parser.add_argument("--calls", type=int, default=200)
     parser.add_argument("--profile", action="store_true", help="count Python function calls (cProfile)")
     parser.add_argument("--top", type=int, default=25)
+    parser.add_argument("--manager", action="store_true",
+                        help="drive each call through the call manager (INVITE, 200, ACK, BYE) as well")
     args = parser.parse_args()
     failure: list[BaseException] = []
 
@@ -165,7 +250,7 @@ def main() -> None:
             print(result.getTraceback(), file=sys.stderr)
         reactor.stop()
 
-    reactor.callWhenRunning(reactor.callLater, 0, lambda: defer.Deferred.fromCoroutine(run(args.calls, args.profile, args.top)).addBoth(done))
+    reactor.callWhenRunning(reactor.callLater, 0, lambda: defer.Deferred.fromCoroutine(run(args.calls, args.profile, args.top, args.manager)).addBoth(done))
     reactor.run()
     sys.exit(1 if failure else 0)
 
