@@ -1,7 +1,8 @@
-"""Benchmark: one call's own media path in process, without SIP — the WIC's offer → the offer toward
+"""Benchmark: one call's own path in process — the WIC's offer → the offer toward
 the core → the core's answer → the WebRTC answer → full ICE with a WIC → close (what a BYE does to
-the media).  The per-call CPU of ICE, SDP, DTLS start and media sockets, with none of the
-per-message SIP/WebSocket stack of ``benchmarks/calls.py`` around it, and repeatable.
+the media).  The per-call CPU of ICE, SDP, DTLS start and media sockets (with ``--manager``, the
+call manager's glue too), with none of the per-message SIP/WebSocket stack of
+``benchmarks/calls.py`` around it, and repeatable.
 
 Usage::
 
