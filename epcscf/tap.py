@@ -1,8 +1,9 @@
 """``twistd epcscf``: command-line options and the service maker.
 
 Nothing here imports the reactor at module level: twistd imports this module
-before deciding on a reactor, and ``Options.postOptions`` installs the asyncio
-reactor (aioice needs an asyncio loop) unless the user already chose one.
+before deciding on a reactor, and ``Options.postOptions`` installs the edge's
+asyncio reactor (aioice needs an asyncio loop; ``epcscf.event_loop``) unless the
+user already chose an asyncio one.
 """
 
 from __future__ import annotations
@@ -23,17 +24,17 @@ DEFAULT_CONFIGS = (
 
 
 def install_asyncio_reactor() -> None:
-    """Install Twisted's asyncio reactor, or fail if another reactor is already installed."""
+    """Install the edge's asyncio reactor, or fail if a non-asyncio reactor is already installed."""
     if "twisted.internet.reactor" not in sys.modules:
-        from twisted.internet import asyncioreactor
+        from epcscf import event_loop
 
-        asyncioreactor.install()
+        event_loop.install()
         return
     from twisted.internet import reactor
+    from twisted.internet.asyncioreactor import AsyncioSelectorReactor
 
-    name = type(reactor).__name__
-    if name != "AsyncioSelectorReactor":
-        raise usage.UsageError(f"epcscf needs the asyncio reactor (-r asyncio); got {name}")
+    if not isinstance(reactor, AsyncioSelectorReactor):
+        raise usage.UsageError(f"epcscf needs the asyncio reactor (-r asyncio); got {type(reactor).__name__}")
 
 
 class Options(usage.Options):

@@ -81,7 +81,7 @@ class TwistdTests(unittest.TestCase):
             return open(logfile).read() if os.path.exists(logfile) else ""
 
         await wait_for(lambda: "manhole SSH console on 127.0.0.1:" in log_text())
-        self.assertIn("reactor class: twisted.internet.asyncioreactor.AsyncioSelectorReactor", log_text())
+        self.assertIn("reactor class: epcscf.event_loop.EdgeReactor", log_text())
         await wait_for(lambda: catches_signal(pid, signal.SIGTERM))
         os.kill(pid, signal.SIGTERM)
         await wait_for(lambda: not process_alive(pid))

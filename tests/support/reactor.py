@@ -1,4 +1,5 @@
-"""The asyncio reactor the suite runs on (``bin/test`` runs trial with ``--reactor=asyncio``)."""
+"""The asyncio reactor the suite runs on (``bin/test`` runs trial with ``--reactor=epcscf``, the edge's
+asyncio reactor; ``EPCSCF_TEST_REACTOR=asyncio`` for Twisted's stock one)."""
 
 from __future__ import annotations
 
@@ -14,5 +15,5 @@ def asyncio_loop() -> asyncio.AbstractEventLoop:
     from twisted.internet.asyncioreactor import AsyncioSelectorReactor
 
     if not isinstance(reactor, AsyncioSelectorReactor):
-        raise unittest.SkipTest("needs trial --reactor=asyncio")
+        raise unittest.SkipTest("needs an asyncio reactor (trial --reactor=epcscf or asyncio)")
     return reactor._asyncioEventloop
