@@ -40,7 +40,6 @@ from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from epcscf.logging import info_logged
 from epcscf.ice.consent import ConsentFreshness
 from epcscf.ice.full import FullBackend
 from epcscf.ice.lite import LiteBackend
@@ -60,6 +59,7 @@ from epcscf.ice.types import (
     IceStats,
     SelectedPair,
 )
+from epcscf.logging import info_logged
 
 log = Logger()
 
