@@ -115,6 +115,19 @@ class IceSocket(asyncio.DatagramProtocol):
         self.waiting.clear()
 
 
+def webrtc_offer(ice: IceSocket, session_id: int, fingerprint: str = FINGERPRINT) -> bytes:
+    """A Chrome-like audio offer on ``ice``'s host candidate (one line in a BUNDLE group, actpass)."""
+    lines = [
+        "v=0", f"o=- {session_id} 2 IN IP4 127.0.0.1", "s=-", "t=0 0",
+        "a=group:BUNDLE 0", "m=audio 9 UDP/TLS/RTP/SAVPF 111 0 8 126", "c=IN IP4 0.0.0.0",
+        f"a=candidate:1 1 udp 2122260223 127.0.0.1 {ice.port} typ host",
+        f"a=ice-ufrag:{ice.ufrag}", f"a=ice-pwd:{ice.pwd}", f"a=fingerprint:{fingerprint}",
+        "a=setup:actpass", "a=mid:0", "a=sendrecv", "a=rtcp-mux", "a=rtpmap:111 opus/48000/2",
+        "a=rtpmap:0 PCMU/8000", "a=rtpmap:8 PCMA/8000", "a=rtpmap:126 telephone-event/8000",
+    ]
+    return ("\r\n".join(lines) + "\r\n").encode()
+
+
 def ack_for_failure(invite: bytes, final: bytes) -> bytes:
     """RFC 3261 §17.1.1.3: the ACK of a non-2xx final response — the INVITE's Request-URI, top
     Via, From, Call-ID and Route, the response's To (with its tag), CSeq with method ACK."""
@@ -144,15 +157,7 @@ class Caller:
     requests: asyncio.Queue = field(default_factory=asyncio.Queue)
 
     def offer(self) -> bytes:
-        lines = [
-            "v=0", f"o=- {secrets.randbelow(10**15)} 2 IN IP4 127.0.0.1", "s=-", "t=0 0",
-            "a=group:BUNDLE 0", "m=audio 9 UDP/TLS/RTP/SAVPF 111 0 8 126", "c=IN IP4 0.0.0.0",
-            f"a=candidate:1 1 udp 2122260223 127.0.0.1 {self.ice.port} typ host",
-            f"a=ice-ufrag:{self.ice.ufrag}", f"a=ice-pwd:{self.ice.pwd}", f"a=fingerprint:{FINGERPRINT}",
-            "a=setup:actpass", "a=mid:0", "a=sendrecv", "a=rtcp-mux", "a=rtpmap:111 opus/48000/2",
-            "a=rtpmap:0 PCMU/8000", "a=rtpmap:8 PCMA/8000", "a=rtpmap:126 telephone-event/8000",
-        ]
-        return ("\r\n".join(lines) + "\r\n").encode()
+        return webrtc_offer(self.ice, secrets.randbelow(10**15))
 
     def request(self, method: str, uri: str, call_id: str, from_tag: str, to: str, cseq: int,
                 routes: list[str] = (), body: bytes = b"") -> bytes:  # type: ignore[assignment]

@@ -47,6 +47,13 @@ def set_log_level(namespace: str, level: str) -> None:
     level_predicate.setLogLevelForNamespace(namespace, LEVELS[level])
 
 
+def info_logged(namespace: str) -> bool:
+    """Whether the process filter lets ``namespace``'s info events through: a line written for
+    every call is then not built only to be dropped (``Logger.emit`` and the observer chain
+    cost more than the check)."""
+    return level_predicate({"log_level": LogLevel.info, "log_namespace": namespace}) is not PredicateResult.no
+
+
 #: twisted.internet.tcp/udp Port.startListening and connectionLost (legacy log.msg text)
 _PORT_LIFE_CYCLE = re.compile(r"\S+(?: \(\S+\))* starting on \d+|\(\w+ Port \d+ Closed\)")
 

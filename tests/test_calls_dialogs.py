@@ -180,3 +180,30 @@ class SubsequentRouteTests(unittest.TestCase):
     def test_an_early_dialog_has_no_saved_route_set_yet(self) -> None:
         dialog = Dialog.from_invite(invite(True), Side.WIC)
         self.assertTrue(dialog.wic_route_matches(self.request("sip:bob@198.51.100.20:5070", [])))
+
+
+class TagReadingTests(unittest.SynchronousTestCase):
+    """A dialog's tags are read through the SIP layer's memoised ``address_facts``: the same tag
+    as a full parse of the From/To (the last tag counts), None exactly when it has none or the
+    text is no name-addr/addr-spec."""
+
+    TEXTS = [
+        "<sip:alice@example.com>;tag=a73kszlfl", "\"Alice\" <sip:alice@example.com>;tag=1928301774",
+        "Alice <sip:alice@example.com;transport=ws>;tag=x;tag=y", "sip:bob@example.com;tag=abc",
+        "<sip:bob@example.com>;TAG=Up", "<sip:bob@example.com>", "<sip:bob@example.com>;tag=",
+        "<sip:bob@example.com>;tag", "<sip:bob@example.com>;tag=\"q\"", "<tel:+15551234>;tag=t1",
+        "  <sip:bob@example.com> ; tag = spaced ", "<sip:bob@example.com;tag=in-uri>", "",
+        "not an address", "<sip:bob@example.com", "\"unterminated <sip:bob@example.com>;tag=z",
+        "<sip:[::1]:5060>;tag=v6", "<sips:bob@example.com>;foo=bar;tag=last;x",
+    ]
+
+    def test_same_tag_as_a_full_parse(self) -> None:
+        from epcscf.pcscf.dialogs import _tag_of
+        from epcscf.sip.uri import UriError, parse_name_addr
+
+        for text in self.TEXTS:
+            try:
+                expected = parse_name_addr(text).tag
+            except UriError:
+                expected = None
+            self.assertEqual(_tag_of(text), expected, text)

@@ -20,7 +20,7 @@ from epcscf.ice.agent import as_deferred
 from epcscf.media import Certificate, DtlsEndpoint, DtlsRole, MediaSessionConfig, SrtpContext
 from epcscf.media.certificate import Fingerprint
 from epcscf.pcscf.call_media import CallMedia, CallMediaEngine, CallMediaSettings
-from epcscf.pcscf.call_streams import gather
+from epcscf.pcscf.call_streams import all_done, gather
 from epcscf.pcscf.calls import MediaRejected
 from epcscf.sdp import SessionDescription
 from tests.support.processes import wait_for
@@ -559,3 +559,37 @@ class GatherTests(unittest.TestCase):
     def test_none_or_several_go_to_gather_results(self) -> None:
         self.assertEqual(self.successResultOf(gather([])), [])
         self.assertEqual(self.successResultOf(gather([defer.succeed(1), defer.succeed(2)])), [1, 2])
+
+
+class AllDoneTests(unittest.TestCase):
+    """``call_streams.all_done`` fires when ``DeferredList(consumeErrors=True)`` does, and
+    leaves the same behind on the Deferreds it waited for."""
+
+    @staticmethod
+    def reference(deferreds: list[defer.Deferred]) -> defer.Deferred:
+        return defer.DeferredList(deferreds, consumeErrors=True)
+
+    def test_fires_after_the_last_whatever_their_results(self) -> None:
+        for waiter in (all_done, self.reference):
+            first, second, third = defer.Deferred(), defer.Deferred(), defer.Deferred()
+            done = waiter([first, second, third])
+            first.callback(1)
+            second.errback(ValueError("socket"))
+            self.assertNoResult(done)
+            third.callback(None)
+            self.successResultOf(done)
+            # results left as they were, failures consumed
+            self.assertEqual([self.successResultOf(d) for d in (first, second, third)], [1, None, None])
+
+    def test_already_fired_and_none(self) -> None:
+        for waiter in (all_done, self.reference):
+            self.successResultOf(waiter([defer.succeed(1), defer.fail(ValueError("x"))]))
+            self.successResultOf(waiter([]))
+
+    def test_cancelling_cancels_those_still_waiting(self) -> None:
+        for waiter in (all_done, self.reference):
+            fired, waiting = defer.succeed(1), defer.Deferred()
+            done = waiter([fired, waiting])
+            done.cancel()
+            self.successResultOf(done)  # the cancelled one fired it, with its failure consumed
+            self.assertIsNone(self.successResultOf(waiting))

@@ -545,3 +545,19 @@ class HostCandidatePairingTests(unittest.SynchronousTestCase):
         name = Candidate.from_sdp("1 1 udp 2122260223 peer.invalid 50000 typ host")
         with self.assertRaises(ValueError):  # as aioice: a name is not an address
             ours[0].can_pair_with(name)
+
+
+class RemoteCredentialsGrammarTests(unittest.SynchronousTestCase):
+    """RFC 8839 §5.4: ice-ufrag is 4 to 256 ice-chars, ice-pwd 22 to 256 (ALPHA / DIGIT / "+" / "/")."""
+
+    def test_bounds_and_characters(self) -> None:
+        from epcscf.ice.types import ICE_CHARS, IceCredentials
+
+        good = [("abcd", "p" * 22), ("a" * 256, "b" * 256), ("+/09", "AZaz09+/" * 3), (ICE_CHARS[:4], ICE_CHARS[-22:])]
+        bad = [("abc", "p" * 22), ("a" * 257, "p" * 22), ("abcd", "p" * 21), ("abcd", "p" * 257),
+               ("ab-d", "p" * 22), ("abcd", "p" * 21 + "="), ("abcd\n", "p" * 22), ("abcd", "p" * 22 + "\n"),
+               ("abcé", "p" * 22), ("abc١", "p" * 22), ("", "")]
+        for ufrag, pwd in good:
+            IceCredentials(ufrag, pwd).validate_remote()
+        for ufrag, pwd in bad:
+            self.assertRaises(IceCandidateError, IceCredentials(ufrag, pwd).validate_remote)

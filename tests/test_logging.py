@@ -45,3 +45,25 @@ class PortLifeCycleLinesTests(unittest.TestCase):
         text = self.written("debug")
         for line in PORT_LINES:
             self.assertIn(line, text)
+
+
+class InfoLoggedTests(unittest.TestCase):
+    """``info_logged``: the filter's own answer for an info event of a namespace, so a per-call
+    line skipped when it is False would have been dropped anyway."""
+
+    def test_follows_the_filter_per_namespace(self) -> None:
+        from twisted.logger import LogLevel
+
+        from epcscf.logging import info_logged, level_predicate
+
+        self.addCleanup(set_log_level, "", "info")
+        self.addCleanup(level_predicate.clearLogLevels)
+        for default, ice, expected in (("info", None, True), ("warn", None, False), ("warn", "info", True),
+                                       ("info", "warn", False), ("debug", None, True)):
+            level_predicate.clearLogLevels()
+            set_log_level("", default)
+            if ice is not None:
+                set_log_level("epcscf.ice", ice)
+            self.assertEqual(info_logged("epcscf.ice.agent"), expected, (default, ice))
+            event = {"log_level": LogLevel.info, "log_namespace": "epcscf.ice.agent"}
+            self.assertEqual(level_predicate(event).name != "no", expected)

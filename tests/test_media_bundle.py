@@ -138,6 +138,15 @@ class SdpBundleTests(unittest.TestCase):
         plain = SessionDescription.parse(OFFER.replace("a=group:BUNDLE 0 1\n", ""))
         self.assertEqual(resolve_bundled_lines(plain), (plain, ()))
 
+    def test_a_group_of_the_tagged_line_alone_is_no_change(self) -> None:
+        # One audio line in "a=group:BUNDLE 0", as a browser offers an audio call.
+        offer = SessionDescription.parse(OFFER.replace("a=group:BUNDLE 0 1\n", "a=group:BUNDLE 0\n"))
+        text = offer.to_text()
+        resolved, group = resolve_bundled_lines(offer)
+        self.assertEqual(group, (0,))
+        self.assertEqual(resolved.to_text(), text)
+        self.assertEqual(resolved.media[1].port, 0)  # the line outside the group is left alone
+
     def test_group_written_from_mids_and_lines_read_for_the_demultiplexer(self) -> None:
         offer = SessionDescription.parse(OFFER)
         offer.attributes = []

@@ -241,3 +241,22 @@ class OfferTowardCoreWithParamsTests(SynchronousTestCase):
             leg = core_leg((30000, 30002, 30004)[:len(offer.media)])
             self.assertEqual(offer_toward_core(offer, leg, CodecPolicy(), params).to_text(),
                              offer_toward_core(offer, leg, CodecPolicy()).to_text())
+
+    def test_same_offer_with_the_planned_payload_types_given(self) -> None:
+        from epcscf.sdp.extract import extract_wic_media_params
+        from epcscf.sdp.transform import accepted_lines, core_bound_payload_types, plan_offer_toward_core
+
+        policies = (CodecPolicy(), CodecPolicy.with_opus(), CodecPolicy(video=("H264",)), CodecPolicy(telephone_event=False))
+        for name in ("chrome_offer_2_1.sdp", "chrome_offer_real.sdp", "chrome_offer_datachannel.sdp", "firefox_offer.sdp"):
+            for policy in policies:
+                offer = parse(name)
+                params = extract_wic_media_params(offer)
+                try:
+                    planned = core_bound_payload_types(offer, policy, params)
+                except SdpRejected:
+                    self.assertRaises(SdpRejected, offer_toward_core, offer, core_leg(), policy)
+                    continue
+                self.assertEqual(accepted_lines(planned), plan_offer_toward_core(offer, policy))
+                leg = core_leg((30000, 30002, 30004, 30006)[:len(offer.media)])
+                self.assertEqual(offer_toward_core(offer, leg, policy, params, planned).to_text(),
+                                 offer_toward_core(offer, leg, policy).to_text())

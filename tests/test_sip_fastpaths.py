@@ -29,6 +29,7 @@ from epcscf.sip.headers import (
     top_via_view,
 )
 from epcscf.sip.message import Request, Response
+from epcscf.sip import proxy_rules
 from epcscf.sip.proxy_policy import Forward, is_deferred
 from epcscf.sip.params import Params, _scan_header_params, parse_header_params
 from epcscf.sip.parser import SipParseError, parse_message
@@ -437,3 +438,61 @@ class PerRefreshShortcutTests(SynchronousTestCase):
 
 def list_values_of(line: str) -> list[str]:
     return [item.strip(" \t") for item in line.split(",")]
+
+
+class OwnViaTests(SynchronousTestCase):
+    """A Via the proxy wrote comes back first on its responses (RFC 3261 §8.2.6.2): read from
+    the fields kept when it was written, it must read exactly as the Via pattern reads it."""
+
+    SENT_BYS = ["127.0.0.1:5060", "127.0.0.1:40800", "edge.example.net:5061", "edge.example.net", "[::1]:5060",
+                "[2001:db8::1]", "shuttle.example:5060", "h-1.example:1", "x:65536", "-bad:5060", "h h:5060"]
+    BRANCHES = ["z9hG4bK-epc-0123456789abcdef.fedcba9876543210", "z9hG4bK1", "z9hG4bK-epc-ttl.1",
+                'z9hG4bK"quoted"', "z9hG4bK;x=1", "z9hG4bK,2", ""]
+    AFTER = ["", ", SIP/2.0/WS d915fba3.invalid;branch=z9hG4bK1c86e721684c2508;received=127.0.0.1",
+             ' , SIP/2.0/WS a.invalid;branch=z9hG4bK2;x="q,uoted"', ",", ", SIP/2.0/UDP h;ttl=300"]
+
+    def tearDown(self) -> None:
+        header_views._own_vias.clear()
+        header_views._own_via_prefixes.clear()
+
+    def test_a_remembered_via_reads_as_the_pattern_reads_it(self) -> None:
+        checked = 0
+        for transport in ("UDP", "TCP", "tls", "WS"):
+            for sent_by in self.SENT_BYS:
+                for branch in self.BRANCHES:
+                    text = f"SIP/2.0/{transport} {sent_by};branch={branch}"
+                    for after in self.AFTER:
+                        line = text + after
+                        header_views._own_vias.clear()
+                        expected_check = _outcome(lambda value: check_via_line(value, Response(200).headers), line)
+                        expected_top = _outcome(top_via_of, line)
+                        header_views.remember_own_via(text, branch)
+                        message = Response(200)
+                        self.assertEqual(_outcome(lambda value: check_via_line(value, message.headers), line), expected_check, line)
+                        self.assertEqual(_outcome(top_via_of, line), expected_top, line)
+                        if expected_check[0] == "ok":
+                            message.headers.add("Via", line)
+                            self.assertEqual(_outcome(lambda _: top_via_view(message), line), expected_top, line)
+                        checked += 1
+        self.assertGreater(checked, 1000)
+
+    def test_the_proxy_s_via_is_remembered_and_each_reading_is_a_new_object(self) -> None:
+        request = Request("MESSAGE", "sip:b@h")
+        text = proxy_rules.add_via(request, "UDP", "127.0.0.1:5060", "z9hG4bK-epc-1.2")
+        self.assertIn(text, header_views._own_vias)
+        first, second = top_via_of(text + ", SIP/2.0/WS x.invalid;branch=z9hG4bK3"), top_via_of(text)
+        assert first is not None and second is not None
+        self.assertIsNot(first, second)
+        first.params["received"] = "192.0.2.1"
+        self.assertEqual(_parts(second), _parts(parse_via_list(text)[0]))
+
+    def test_a_via_that_is_not_a_plain_token_branch_is_not_remembered(self) -> None:
+        for branch in ('z9hG4bK"q"', "z9hG4bK;x", ""):
+            header_views.remember_own_via(f"SIP/2.0/UDP h:5060;branch={branch}", branch)
+        header_views.remember_own_via("SIP/2.0/UDP h h:5060;branch=z9hG4bK1", "z9hG4bK1")  # not a Via at all
+        self.assertEqual(header_views._own_vias, {})
+
+    def test_the_table_stays_bounded(self) -> None:
+        for i in range(header_views.OWN_VIA_ENTRIES + 10):
+            header_views.remember_own_via(f"SIP/2.0/UDP h:5060;branch=z9hG4bK{i}", f"z9hG4bK{i}")
+        self.assertLessEqual(len(header_views._own_vias), header_views.OWN_VIA_ENTRIES)

@@ -80,6 +80,14 @@ class FrameReaderTests(unittest.TestCase):
         assert read is not None
         self.assertEqual(read.payload, b"\xff\xfe\xc3\x28")
 
+    def test_unmask_is_the_octet_by_octet_xor(self) -> None:
+        # RFC 6455 §5.3: octet i XOR mask octet i mod 4, for every length mod 4.
+        for size in [*range(0, 70), 125, 126, 450, 1023, 4095, 4096, 4097, 65535]:
+            for mask in (b"\x00\x00\x00\x00", b"\xff\xff\xff\xff", b"\x01\x02\x03\x04", os.urandom(4)):
+                payload = os.urandom(size)
+                expected = bytes(octet ^ mask[i % 4] for i, octet in enumerate(payload))
+                self.assertEqual(unmask(payload, mask), expected, (size, mask))
+
     def test_unmask_agrees_with_autobahn(self) -> None:
         for size in (1, 2, 3, 4, 5, 127, 1023):
             payload, mask = os.urandom(size), os.urandom(4)

@@ -266,6 +266,8 @@ class MessageTests(WsTestCase):
         await client.send("\r\n\r\n")
         self.assertEqual(await client.recv(), "\r\n")
         await client.send("\r\n")  # a pong: no answer
+        await client.send("")  # empty padding: nothing either
+        await client.send("\n\r\n")
         await client.send(register())
         self.assertTrue((await client.recv()).startswith("SIP/2.0 200 OK"))
         self.assertEqual(self.sink.messages.qsize(), 1)

@@ -59,6 +59,7 @@ from epcscf.ice.types import (
     IceStats,
     SelectedPair,
 )
+from epcscf.logging import info_logged
 
 log = Logger()
 
@@ -400,7 +401,8 @@ class IceAgent:
             self.stats.pair_changes += 1
             self._consent.refreshed()
         self._restarting = False
-        log.info("ICE: {agent} selected {local} -> {remote}", agent=self, local=pair.local, remote=pair.remote)
+        if info_logged(log.namespace):  # one line per call: not built when [log] level drops it
+            log.info("ICE: {agent} selected {local} -> {remote}", agent=self, local=pair.local, remote=pair.remote)
         waiters, self._waiting = self._waiting, []
         for waiter in waiters:
             waiter.callback(pair)

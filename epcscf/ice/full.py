@@ -28,6 +28,8 @@ An ICE restart (RFC 8445 §9) is a new `FullGeneration` (new credentials, socket
 from __future__ import annotations
 
 import asyncio
+import functools
+import ipaddress
 from collections import OrderedDict
 from collections.abc import Callable, Coroutine
 from typing import Any
@@ -225,6 +227,19 @@ class _AgentConnection(aioice.ice.Connection):
             self.generation.pool.release(*(s.pool_port for s in sockets if not s.parked and s.pool_port is not None))
 
 
+@functools.lru_cache(maxsize=1024)  # bounded: remote addresses come from peers
+def _ip_version(address: str) -> int:
+    return ipaddress.ip_address(address).version
+
+
+def _can_pair(local: Candidate, remote: Candidate) -> bool:
+    """aioice's `Candidate.can_pair_with` (RFC 8445 §6.1.2.2: same component, transport and
+    address family) with each address's family worked out once, not parsed twice per test."""
+    return (local.component == remote.component
+            and local.transport.lower() == remote.transport.lower()
+            and _ip_version(local._network_host) == _ip_version(remote._network_host))
+
+
 def _run_without_waiting(coroutine: Coroutine[Any, Any, None]) -> None:
     """Run a coroutine that never awaits to its end, here and now."""
     try:
@@ -321,7 +336,7 @@ class FullGeneration:
         if candidate is None:
             self._end_of_candidates = True
         else:
-            locals_ = [c for c in self.candidates if c.can_pair_with(candidate)]
+            locals_ = [c for c in self.connection._local_candidates if _can_pair(c, candidate)]
             # Bound the check list (RFC 8445 §6.1.2.5 limit on candidate pairs).
             if (self._remote_count + 1) * max(len(locals_), 1) > self.config.max_pairs:
                 log.info("ICE: remote candidate {candidate} ignored: more than {limit} pairs", candidate=candidate.to_sdp(), limit=self.config.max_pairs)

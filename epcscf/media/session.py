@@ -28,9 +28,10 @@ to the pool; it is idempotent and safe from any state.
 
 from __future__ import annotations
 
+import copy
 import enum
 from collections.abc import Callable
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Protocol
 
 from twisted.internet.defer import Deferred, succeed
@@ -338,9 +339,10 @@ class MediaSession:
     def stats(self) -> MediaStats:
         srtp = self._srtp
         return MediaStats(
-            wic_to_core=replace(self.wic_to_core),
-            core_to_wic=replace(self.core_to_wic),
-            srtp_errors=replace(srtp.errors if srtp is not None else self._srtp_errors),
+            # Snapshots of the live counters (copy.copy: dataclasses.replace walks the fields).
+            wic_to_core=copy.copy(self.wic_to_core),
+            core_to_wic=copy.copy(self.core_to_wic),
+            srtp_errors=copy.copy(srtp.errors if srtp is not None else self._srtp_errors),
             dtls_state=self.state,
             srtp_profile=srtp.keys.profile.name if srtp is not None else None,
             direction=self._direction.value,

@@ -484,6 +484,8 @@ class NewWorkGate:
 
     def register_answered(self, context: ProxiedRequest, response: Response) -> None:
         """A final response to a WIC's REGISTER passed toward the WIC."""
+        if not self._challenged and response.status not in (401, 407):
+            return  # nothing to forget or remember (the usual refresh)
         aor = aor_of(context.request)
         if aor is None:
             return

@@ -36,12 +36,12 @@ class CallLegs:
         transports: list[WicTransport | None] = []
         for index in range(max(streams, default=-1) + 1):
             stream = streams.get(index)
-            if stream is None or not stream.agent.local_candidates():
+            candidates = stream.agent.local_candidates() if stream is not None else []
+            if stream is None or not candidates:
                 transports.append(None)
                 continue
             credentials = stream.agent.local_credentials
-            transports.append(WicTransport(IceCredentials(credentials.ufrag, credentials.pwd),
-                                           tuple(stream.agent.local_candidates())))
+            transports.append(WicTransport(IceCredentials(credentials.ufrag, credentials.pwd), tuple(candidates)))
         if self._wic_versioner is None:
             first = next((t for t in transports if t is not None), None)
             address = first.default_address[0] if first else "0.0.0.0"

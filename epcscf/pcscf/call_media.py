@@ -175,7 +175,10 @@ class CallMedia:
         wic_offer, group = resolve_bundled_lines(parse_sdp(sdp))
         params = wic_params(wic_offer)
         policy = self.settings.codecs
-        accepted = transformed(lambda: sdp_transform.plan_offer_toward_core(wic_offer, policy, params))
+        # The payload types per line, selected once: they decide the lines allocated here and
+        # are the offer's m= formats below.
+        payload_types = transformed(lambda: sdp_transform.core_bound_payload_types(wic_offer, policy, params))
+        accepted = sdp_transform.accepted_lines(payload_types)
         if self._controlling is None:
             self._controlling = False  # the WIC offered: it controls (RFC 8445 §6.1.1)
         self._save()
@@ -192,7 +195,8 @@ class CallMedia:
             return gather(restarts).addCallback(lambda _: None)
 
         def offer(_: object) -> bytes:
-            out = transformed(lambda: offer_toward_core(wic_offer, self._legs.core(self.streams), policy, params))
+            out = transformed(lambda: offer_toward_core(wic_offer, self._legs.core(self.streams), policy, params,
+                                                             payload_types))
             self._wic_offer = wic_offer
             for index in accepted:
                 self._dtls.offered_by_wic(self.streams[index], params[index])

@@ -180,12 +180,16 @@ class Call:
         return self.ended_at is not None
 
     def note(self, kind: str, text: str) -> None:
-        if isinstance(self.timeline, PackedTimeline):
-            self.timeline.add(self.clock.seconds(), kind, text, self.timeline_limit)  # a late note, after the end
+        timeline = self.timeline
+        # A type test, not isinstance: PackedTimeline is a Sequence, and isinstance against an
+        # ABC goes through ABCMeta.__instancecheck__ for every note (~20 a call).
+        if type(timeline) is not list:
+            assert isinstance(timeline, PackedTimeline)
+            timeline.add(self.clock.seconds(), kind, text, self.timeline_limit)  # a late note, after the end
             return
-        self.timeline.append(TimelineEntry(self.clock.seconds(), kind, text))
-        if len(self.timeline) > self.timeline_limit:
-            del self.timeline[0]
+        timeline.append(TimelineEntry(self.clock.seconds(), kind, text))
+        if len(timeline) > self.timeline_limit:
+            del timeline[0]
 
     def pack(self) -> None:
         """The call has ended: keep its timeline as one string (``PackedTimeline``)."""

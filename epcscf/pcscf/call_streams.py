@@ -206,10 +206,42 @@ class CallStreams:
             stream.agent.on_consent_lost = None
             stream.agent.on_state_change = None
             stream.session.on_failed = None
-            closing.append(defer.maybeDeferred(stream.session.close))
+            try:
+                closing.append(stream.session.close())
+            except Exception:  # as maybeDeferred would: a failure among the others, consumed
+                closing.append(defer.fail())
             if stream.owns_transport:
                 closing.append(stream.agent.close())
-        return defer.DeferredList(closing, consumeErrors=True)
+        return all_done(closing)
+
+
+def all_done(deferreds: list[defer.Deferred]) -> defer.Deferred[None]:
+    """Fires with None once each of ``deferreds`` has fired, its failure consumed: what
+    ``DeferredList(deferreds, consumeErrors=True)`` gives a caller that ignores the result list,
+    without its per-result bookkeeping (see ``gather``) for the two or three closings of a call.
+    Cancelling it cancels those still waiting, as cancelling a DeferredList does."""
+    done: defer.Deferred[None] = defer.Deferred(lambda _: [d.cancel() for d in deferreds if not d.called])
+    remaining = len(deferreds)
+
+    def one_fired() -> None:
+        nonlocal remaining
+        remaining -= 1
+        if remaining == 0 and not done.called:
+            done.callback(None)
+
+    def succeeded(result: object) -> object:
+        one_fired()
+        return result  # left on the Deferred, as DeferredList leaves it
+
+    def failed(_: Failure) -> None:
+        one_fired()
+        return None  # consumed (consumeErrors=True)
+
+    if not deferreds:
+        done.callback(None)
+    for deferred in deferreds:
+        deferred.addCallbacks(succeeded, failed)
+    return done
 
 
 def gather(deferreds: list[defer.Deferred]) -> defer.Deferred:

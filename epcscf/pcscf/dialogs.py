@@ -31,7 +31,7 @@ import secrets
 from dataclasses import dataclass, field
 from typing import Callable
 
-from epcscf.sip.headers import HeaderError, cseq
+from epcscf.sip.headers import HeaderError, address_facts, cseq
 from epcscf.sip.message import Request, Response
 from epcscf.sip.params import memoised_by_text
 from epcscf.sip.proxy_rules import BRANCH_PREFIX, DEFAULT_MAX_FORWARDS, add_via, apply_strict_route, list_values, name_addr_uri
@@ -71,8 +71,22 @@ def _contact_uri(message: Request | Response) -> str | None:
     return name_addr_uri(values[0])  # the URI text, or the text between < > when it does not parse
 
 
-@memoised_by_text  # text → text: each party's From/To recur in every message of the dialog
 def _tag_of(value: str) -> str | None:
+    """The tag of a From/To text, None when it has none or does not parse.
+
+    Read through the SIP layer's ``address_facts``, which the transaction layer has already
+    memoised for this very text (its from-tag/to-tag views of the same message), rather than by
+    a parse and copy of the whole name-addr per new dialog.  Its tag is the parser's (the same
+    "last tag counts" reading) and its problem is set exactly when ``parse_name_addr`` raises;
+    an address without a tag (or with an empty one) is left to the parser's own reading."""
+    problem, tag = address_facts(value)
+    if problem is not None:
+        return None
+    return tag if tag is not None else _parsed_tag_of(value)
+
+
+@memoised_by_text  # text → text: each party's From/To recur in every message of the dialog
+def _parsed_tag_of(value: str) -> str | None:
     try:
         return parse_name_addr(value).tag
     except UriError:

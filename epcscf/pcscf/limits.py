@@ -69,6 +69,8 @@ class AuthFailures:
             return
         status = response.status
         if 200 <= status < 300:
+            if not self._failures:
+                return  # nothing to forget (the usual refresh): no AOR to work out
             aor = aor_of(request)
             if aor is not None:
                 self._failures.pop(aor, None)

@@ -19,7 +19,7 @@ exactly what parsing it again would have produced.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Callable, Sequence
+from typing import Callable
 
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 
@@ -106,27 +106,21 @@ class RegisterSource:
         no parse and no copy; a REGISTER/2xx that differs usually stops at the first test."""
         # Each header index read once, by canonical name (a refresh on every flow comes here).
         asked, granted = request.headers.lookup_index(), response.headers.lookup_index()
-        return (
-            _same_lines(self.granted_contacts, granted.get("contact"))
-            and _same_lines(self.contacts, asked.get("contact"))
-            and self.to == _first(asked.get("to"))
-            and _same_lines(self.service_route, granted.get("service-route"))
-            and _same_lines(self.associated_uris, granted.get("p-associated-uri"))
-            and self.granted_expires == _first(granted.get("expires"))
-            and self.expires == _first(asked.get("expires"))
-            and self.outbound == outbound
-            and self.origin == origin
-        )
-
-
-def _same_lines(kept: list[str], lines: Sequence[str] | None) -> bool:
-    # The index's own list, or None for none: compared as ``get_all``'s copy would be.
-    return kept == lines if lines else not kept
-
-
-def _first(lines: Sequence[str] | None) -> str | None:
-    """``Headers.get`` of an index entry."""
-    return lines[0] if lines else None
+        # Each index list (or None for none) against what ``get_all`` gave when the bindings
+        # were made, and each first line against what ``get`` gave: no helper call per field.
+        for kept, lines in (
+            (self.granted_contacts, granted.get("contact")),
+            (self.contacts, asked.get("contact")),
+            (self.service_route, granted.get("service-route")),
+            (self.associated_uris, granted.get("p-associated-uri")),
+        ):
+            if not (kept == lines if lines else not kept):
+                return False
+        for first, lines in ((self.to, asked.get("to")), (self.granted_expires, granted.get("expires")),
+                             (self.expires, asked.get("expires"))):
+            if first != (lines[0] if lines else None):
+                return False
+        return self.outbound == outbound and self.origin == origin
 
 
 @dataclass(eq=False, slots=True)

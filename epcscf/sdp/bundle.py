@@ -47,12 +47,14 @@ def resolve_bundled_lines(sdp: SessionDescription) -> tuple[SessionDescription, 
     A ``bundle-only`` line with port 0 takes the tagged line's port (RFC 8843 §6: port 0 there
     does not reject it); a bundled line without TRANSPORT/IDENTICAL attributes takes the tagged
     line's (RFC 8859 §5.4, §5.5).  Without a group, or without a tagged line, ``sdp`` is
-    returned as it is with the group ().
+    returned as it is with the group (); a group of the tagged line alone returns ``sdp`` too.
     """
     group = bundle_group(sdp)
     tagged = tagged_line(sdp, group)
     if tagged is None:
         return sdp, ()
+    if group == (tagged,):
+        return sdp, group  # the tagged line alone (one audio line, the usual call): nothing to resolve
     out = sdp.copy()  # written-out deep copy: copy.deepcopy's walk was ~5 % of a call
     source = out.media[tagged]
     borrowed = [attribute for attribute in source.attributes if attribute.name in TRANSPORT_ATTRIBUTES]

@@ -49,8 +49,11 @@ def select_payload_types(media: MediaDescription, policy: CodecPolicy) -> list[s
     return [pt for pt in media.formats if pt in keep]
 
 
-def main_payload_types(media: MediaDescription, payload_types: list[str]) -> list[str]:
-    codecs = media.rtpmap()
+def main_payload_types(media: MediaDescription, payload_types: list[str],
+                       codecs: dict[str, RtpMap] | None = None) -> list[str]:
+    """``codecs``: ``media.rtpmap()`` when the caller has it already."""
+    if codecs is None:
+        codecs = media.rtpmap()
     return [pt for pt in payload_types if pt in codecs and not is_auxiliary(codecs[pt])]
 
 
@@ -66,10 +69,18 @@ def same_codec(left: RtpMap | None, right: RtpMap | None) -> bool:
     return (left.encoding.lower() == right.encoding.lower() and left.clock_rate == right.clock_rate)
 
 
-def same_format(offered: MediaDescription, answered: MediaDescription, pt: str) -> bool:
+def same_format(offered: MediaDescription, answered: MediaDescription, pt: str,
+                offered_codecs: dict[str, RtpMap] | None = None,
+                answered_codecs: dict[str, RtpMap] | None = None) -> bool:
     """The answer's payload type ``pt`` is the offer's codec with compatible parameters
-    (RFC 3264 §6.1; for H.264 the packetization mode and profile, RFC 6184 §8.2.2)."""
-    offered_codec, answered_codec = offered.rtpmap().get(pt), answered.rtpmap().get(pt)
+    (RFC 3264 §6.1; for H.264 the packetization mode and profile, RFC 6184 §8.2.2).
+    ``offered_codecs``/``answered_codecs``: the lines' ``rtpmap()`` when the caller has them
+    (an answer's formats are compared one by one, each line's map read once)."""
+    if offered_codecs is None:
+        offered_codecs = offered.rtpmap()
+    if answered_codecs is None:
+        answered_codecs = answered.rtpmap()
+    offered_codec, answered_codec = offered_codecs.get(pt), answered_codecs.get(pt)
     if not same_codec(offered_codec, answered_codec):
         return False
     if offered_codec is not None and offered_codec.encoding.upper() == "H264":

@@ -271,8 +271,7 @@ class MediaDescription(_Attributes):
             yield f"b={bandwidth}"
         if self.key is not None:
             yield f"k={self.key}"
-        for attribute in self.attributes:
-            yield f"a={attribute}"
+        yield from _attribute_lines(self.attributes)
 
 
 @dataclass
@@ -318,7 +317,14 @@ class SessionDescription(_Attributes):
         return self.to_text().encode("utf-8")
 
     def to_text(self) -> str:
-        return "".join(line + CRLF for line in self.lines())
+        return CRLF.join(self.lines()) + CRLF
+
+    def serialize_with_origin(self, origin: Origin) -> bytes:
+        """``serialize()`` of this description with ``origin`` as its o= line (itself unchanged,
+        nothing copied): the o= line is always the second (RFC 8866 §5)."""
+        lines = list(self.lines())
+        lines[1] = f"o={origin}"
+        return (CRLF.join(lines) + CRLF).encode("utf-8")
 
     def __str__(self) -> str:
         return self.to_text()
@@ -343,7 +349,7 @@ class SessionDescription(_Attributes):
             yield f"z={self.time_zones}"
         if self.key is not None:
             yield f"k={self.key}"
-        yield from (f"a={attribute}" for attribute in self.attributes)
+        yield from _attribute_lines(self.attributes)
         for media in self.media:
             yield from media.lines()
 
@@ -359,6 +365,11 @@ class SessionDescription(_Attributes):
         """A media-level attribute, falling back to the session level (ICE/DTLS attributes, RFC 8839 §5)."""
         value = media.attribute_value(name)
         return self.attribute_value(name) if value is None else value
+
+
+def _attribute_lines(attributes: list[Attribute]) -> list[str]:
+    # str(Attribute) written out: one Python call fewer per line, ~20 lines per body, every body.
+    return [f"a={a.name}" if a.value is None else f"a={a.name}:{a.value}" for a in attributes]
 
 
 # --- parsing -----------------------------------------------------------------------------------
@@ -439,6 +450,9 @@ def _parse(text: str | bytes) -> SessionDescription:
     for number, kind, value in lines[1:]:
         try:
             if current is not None:
+                if kind == "a":  # most lines of a body: straight to the m= section's attributes
+                    current.attributes.append(parse_attribute(value))
+                    continue
                 _parse_media_level(current, number, kind, value)
                 if kind == "m":
                     current = parse_media_line(number, value)

@@ -10,6 +10,7 @@ transformations copy `leg.origin` as given, and the call manager passes the resu
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
@@ -40,6 +41,10 @@ class SdpRejected(Exception):
         return f'{self.warn_code} {host} "{text}"'
 
 
+_UFRAG = re.compile(r"[A-Za-z0-9+/]{4,256}")
+_PWD = re.compile(r"[A-Za-z0-9+/]{22,256}")
+
+
 @dataclass(frozen=True)
 class IceCredentials:
     """Our ice-ufrag / ice-pwd for one media stream (RFC 8839 §5.4)."""
@@ -49,9 +54,9 @@ class IceCredentials:
 
     def __post_init__(self) -> None:
         # RFC 8839 §5.4: ufrag 4-256 ice-chars, pwd 22-256 ice-chars.
-        if not re.fullmatch(r"[A-Za-z0-9+/]{4,256}", self.ufrag):
+        if not _UFRAG.fullmatch(self.ufrag):
             raise ValueError(f"ice-ufrag must be 4-256 ice-chars: {self.ufrag!r}")
-        if not re.fullmatch(r"[A-Za-z0-9+/]{22,256}", self.pwd):
+        if not _PWD.fullmatch(self.pwd):
             raise ValueError("ice-pwd must be 22-256 ice-chars")
 
 
@@ -151,8 +156,21 @@ class CodecPolicy:
         return cls(audio=("PCMU", "PCMA", "G722", "opus"))
 
     def allows(self, media: str, encoding: str) -> bool:
-        names = self.audio if media == "audio" else self.video if media == "video" else ()
-        return encoding.lower() in (name.lower() for name in names)
+        names = self._allowed_audio if media == "audio" else self._allowed_video if media == "video" else ()
+        return encoding.lower() in names
+
+    # Lowered once per policy (a policy is built at configuration; `allows` runs per codec per offer).
+    @functools.cached_property
+    def _allowed_audio(self) -> frozenset[str]:
+        return frozenset(name.lower() for name in self.audio)
+
+    @functools.cached_property
+    def _allowed_video(self) -> frozenset[str]:
+        return frozenset(name.lower() for name in self.video)
+
+
+#: the o= line two descriptions are compared with (RFC 3264 §8: every other line counts)
+_COMPARED_ORIGIN = Origin("-", "0", 0)
 
 
 class OriginVersioner:
@@ -186,7 +204,7 @@ class OriginVersioner:
 
     def _compare(self, sdp: SessionDescription) -> bytes:
         """RFC 3264 §8: bump the version when anything but o= changed; the text compared."""
-        content = replace(sdp, origin=Origin("-", "0", 0)).serialize()
+        content = sdp.serialize_with_origin(_COMPARED_ORIGIN)
         if self._last_content is not None and content != self._last_content:
             self.origin = replace(self.origin, session_version=self.origin.session_version + 1)
         self._last_content = content

@@ -52,6 +52,7 @@ from epcscf.sdp.model import (
     Bandwidth,
     Connection,
     MediaDescription,
+    RtpMap,
     SessionDescription,
 )
 from epcscf.sdp.params import (
@@ -72,7 +73,8 @@ WIC_PROTO = "UDP/TLS/RTP/SAVPF"
 DEFAULT_PTIME = "20"
 
 __all__ = ["offer_toward_core", "answer_toward_wic", "offer_toward_wic", "answer_toward_core",
-           "plan_offer_toward_core", "plan_offer_toward_wic", "hold_direction"]
+           "plan_offer_toward_core", "plan_offer_toward_wic", "core_bound_payload_types", "accepted_lines",
+           "hold_direction"]
 
 
 def hold_direction(direction: str, hold_address: bool) -> str:
@@ -124,8 +126,8 @@ def _core_port(leg: CoreLeg, index: int) -> int:
     return port
 
 
-def _core_bound_payload_types(wic_offer: SessionDescription, policy: CodecPolicy,
-                              params: list[WicMediaParams] | None = None) -> list[list[str]]:
+def core_bound_payload_types(wic_offer: SessionDescription, policy: CodecPolicy,
+                             params: list[WicMediaParams] | None = None) -> list[list[str]]:
     """Per WIC m= line, the PTs offered to the core ([] = rejected); validates the WebRTC lines.
     ``params``: ``extract_wic_media_params(wic_offer)`` when the caller has it already."""
     if params is None:
@@ -147,18 +149,28 @@ def plan_offer_toward_core(wic_offer: SessionDescription, policy: CodecPolicy,
     """Indexes of the WIC's m= lines `offer_toward_core` will accept: allocate a core port (and a
     WIC-side ICE transport) for exactly these, then build the offer.  Raises like offer_toward_core,
     so a 488 is known before anything is allocated."""
-    return tuple(i for i, kept in enumerate(_core_bound_payload_types(wic_offer, policy, params)) if kept)
+    return accepted_lines(core_bound_payload_types(wic_offer, policy, params))
+
+
+def accepted_lines(payload_types: list[list[str]]) -> tuple[int, ...]:
+    """The indexes of the m= lines that keep payload types (the others are rejected)."""
+    return tuple(i for i, kept in enumerate(payload_types) if kept)
 
 
 def offer_toward_core(wic_offer: SessionDescription, leg: CoreLeg, policy: CodecPolicy,
-                      params: list[WicMediaParams] | None = None) -> SessionDescription:
+                      params: list[WicMediaParams] | None = None,
+                      payload_types: list[list[str]] | None = None) -> SessionDescription:
     """TS 24.371 §7.4.2 b): the IMS offer built from the WIC's WebRTC offer.
 
     Raises SdpRejected when an RTP line lacks ICE/DTLS parameters or no stream keeps a codec.
-    ``params`` as in ``plan_offer_toward_core`` (the WIC offer's, read once per offer).
+    ``params`` as in ``plan_offer_toward_core`` (the WIC offer's, read once per offer);
+    ``payload_types``: ``core_bound_payload_types`` of the same offer, policy and params when the
+    caller planned with it (the selection and its checks then run once per offer, not twice).
     """
+    if payload_types is None:
+        payload_types = core_bound_payload_types(wic_offer, policy, params)
     out = _session(leg, Connection.for_address(leg.address))
-    for index, (media, kept) in enumerate(zip(wic_offer.media, _core_bound_payload_types(wic_offer, policy, params))):
+    for index, (media, kept) in enumerate(zip(wic_offer.media, payload_types)):
         if not kept:
             out.media.append(_rejected_toward_core(media))
             continue
@@ -173,6 +185,14 @@ def offer_toward_core(wic_offer: SessionDescription, leg: CoreLeg, policy: Codec
         line.direction = wic_offer.media_direction(media)  # RFC 3264 §5.1
         out.media.append(line)
     return out
+
+
+def _answered_formats(offered: MediaDescription, answered: MediaDescription,
+                      offered_codecs: dict[str, RtpMap]) -> list[str]:
+    """The answer's payload types that are the offer's, with compatible formats (RFC 3264 §6.1)."""
+    answered_codecs = answered.rtpmap()
+    return [pt for pt in answered.formats
+            if pt in offered.formats and same_format(offered, answered, pt, offered_codecs, answered_codecs)]
 
 
 def answer_toward_core(wic_answer: SessionDescription, core_offer: SessionDescription,
@@ -190,9 +210,9 @@ def answer_toward_core(wic_answer: SessionDescription, core_offer: SessionDescri
             out.media.append(rejected)
             continue
         require_usable_wic_media(params[index], answer=True)
-        kept = [pt for pt in answered.formats
-                if pt in offered.formats and same_format(offered, answered, pt)]
-        if not main_payload_types(offered, kept):
+        offered_codecs = offered.rtpmap()
+        kept = _answered_formats(offered, answered, offered_codecs)
+        if not main_payload_types(offered, kept, offered_codecs):
             out.media.append(rejected)
             continue
         line = MediaDescription(offered.media, _core_port(leg, index), offered.proto, kept)
@@ -261,10 +281,10 @@ def answer_toward_wic(core_answer: SessionDescription, wic_offer: SessionDescrip
     for index, (offered, answered) in enumerate(zip(wic_offer.media, core_answer.media)):
         mid = offered.attribute_value("mid")
         transport = leg.transport(index)
-        kept = [pt for pt in answered.formats
-                if pt in offered.formats and same_format(offered, answered, pt)]
+        offered_codecs = offered.rtpmap()
+        kept = _answered_formats(offered, answered, offered_codecs)
         if offered.port == 0 or answered.port == 0 or transport is None or not _is_rtp_line(offered) \
-                or offered.proto.upper() not in WEBRTC_RTP_PROTOS or not main_payload_types(offered, kept):
+                or offered.proto.upper() not in WEBRTC_RTP_PROTOS or not main_payload_types(offered, kept, offered_codecs):
             formats = [pt for pt in answered.formats if pt in offered.formats][:1] or offered.formats[:1]
             out.media.append(_rejected_toward_wic(leg, offered, offered.proto, formats, mid))
             continue

@@ -125,7 +125,8 @@ class Via:
 
     @property
     def branch(self) -> str | None:
-        return self.params.get("branch")
+        item = self.params._items.get("branch")  # ``params.get("branch")``: read per message, several times
+        return None if item is None else item[1]
 
     @property
     def received(self) -> str | None:
@@ -218,9 +219,54 @@ _via_lines_seen: set[int] = set()
 clear_with_memos(_via_lines_seen.clear)
 
 
+# Our own Via (RFC 3261 §16.6 step 8) comes back first on every response to a request we
+# forwarded (§8.2.6.2: the UAS copies the Vias as they came).  The proxy tells this module each
+# Via it writes (``remember_own_via``), so that the response's check and top-Via view take the
+# fields kept with the text instead of running the Via pattern again.  The part before the
+# branch is read once per distinct text by ``_read_first_via`` itself, and the branch must be
+# a plain token: a kept text then reads exactly as ``_read_first_via`` reads it.  Bounded like
+# ``_via_lines_seen`` (responses come back within a few reactor turns).
+OWN_VIA_ENTRIES = 1024
+_own_vias: dict[str, tuple[str, str, int | None, str]] = {}
+_own_via_prefixes: dict[str, tuple[str, str, int | None] | None] = {}
+_PLAIN_BRANCH_RE = re.compile(r"[A-Za-z0-9.\-]+\Z")
+clear_with_memos(_own_vias.clear)
+clear_with_memos(_own_via_prefixes.clear)
+
+
+def remember_own_via(text: str, branch: str) -> None:
+    """``text`` is a Via we write: ``SIP/2.0/<transport> <sent-by>;branch=<branch>``."""
+    if not text.endswith(";branch=" + branch) or not _PLAIN_BRANCH_RE.match(branch):
+        return
+    prefix = text[: len(text) - len(branch)]
+    fields = _own_via_prefixes.get(prefix, _MISSING)
+    if fields is _MISSING:
+        fields = None
+        try:
+            sample = _read_first_via(prefix + "z9hG4bK")
+            if list(sample.params.items()) == [("branch", "z9hG4bK")] and sample.protocol == "SIP/2.0":
+                fields = (sample.transport, sample.host, sample.port)
+        except HeaderError:
+            pass
+        if len(_own_via_prefixes) >= 64:  # a handful per node: one per transport and sent-by
+            _own_via_prefixes.clear()
+        _own_via_prefixes[prefix] = fields
+    if fields is None:
+        return
+    if len(_own_vias) >= OWN_VIA_ENTRIES:
+        _own_vias.clear()
+    _own_vias[text] = (*fields, branch)  # type: ignore[misc]
+
+
 def _first_via_of_line(line: str) -> tuple[Via, bool]:
     """``_read_first_via(line)`` and whether the object is the memo's (shared: copy it
     before it leaves this module) or a parse of its own.  Raises ``HeaderError`` as it."""
+    if _own_vias:
+        # The first item as ``_read_first_via`` cuts it (a kept text has no quote, '<' or LWS).
+        own = _own_vias.get(line.partition(",")[0])
+        if own is not None:
+            transport, host, port, branch = own
+            return Via(transport, host, port, Params.from_found([("branch", branch)])), False
     key = hash(line)
     seen = _via_lines_seen
     if key in seen:
@@ -272,13 +318,25 @@ def top_via(message: Message) -> Via | None:
     return _parse_first_via(value)
 
 
+def view_of_first(headers: Headers, key: str, kind: str, parse: Callable[[str], _View]) -> _View | None:
+    """``cached_view(headers, kind, value, parse)`` of the first line of the canonical ``key``
+    (None without one): ``Headers.get`` and ``cached_view`` in one call, for the views read
+    several times per message on every message's path."""
+    index = headers._index
+    values = (index if index is not None else headers._lookup()).get(key)
+    if not values:
+        return None
+    view_key = (kind, values[0])
+    views = headers._views
+    found = views.get(view_key, _MISSING)
+    if found is _MISSING:
+        found = views[view_key] = parse(values[0])
+    return found  # type: ignore[return-value]
+
+
 def top_via_view(message: Message) -> Via | None:
     """``top_via`` parsed once per message (``cached_view``): shared, read-only."""
-    headers = message.headers
-    value = headers.get("via")
-    if value is None:
-        return None
-    return cached_view(headers, "top-via", value, _parse_first_via)
+    return view_of_first(message.headers, "via", "top-via", _parse_first_via)
 
 
 def via_line_view(headers: Headers, line: str) -> list[Via]:
@@ -333,10 +391,8 @@ def parse_cseq(value: str) -> CSeq:
 
 
 def cseq(message: Message) -> CSeq | None:
-    headers = message.headers
-    value = headers.get("cseq")
     # CSeq is frozen: one parse per message, shared (the parser leaves its parse here).
-    return None if value is None else cached_view(headers, "cseq", value, parse_cseq)
+    return view_of_first(message.headers, "cseq", "cseq", parse_cseq)
 
 
 def parse_max_forwards(value: str) -> int:
@@ -413,14 +469,7 @@ def to_aor(message: Message) -> str | None:
     """The To URI as text (what registrations key bindings by), worked out once per message:
     admission, limits and the registrations each ask for it per REGISTER.  Raises
     ``HeaderError`` for a malformed To, as ``to_view`` does."""
-    headers = message.headers
-    value = headers.get("to")
-    if value is None:
-        return None
-    found = headers._views.get(("to-aor", value), _MISSING)
-    if found is _MISSING:
-        found = headers._views[("to-aor", value)] = _aor_of_to(value)
-    return found  # type: ignore[return-value]
+    return view_of_first(message.headers, "to", "to-aor", _aor_of_to)
 
 
 @memoised_by_text
@@ -478,16 +527,12 @@ def _to_tag(value: str) -> str | None:
 
 def from_tag(message: Message) -> str | None:
     """The From tag, read once per message; raises ``HeaderError`` for a malformed From."""
-    headers = message.headers
-    value = headers.get("from")
-    return None if value is None else cached_view(headers, "from-tag", value, _from_tag)
+    return view_of_first(message.headers, "from", "from-tag", _from_tag)
 
 
 def to_tag(message: Message) -> str | None:
     """The To tag, read once per message; raises ``HeaderError`` for a malformed To."""
-    headers = message.headers
-    value = headers.get("to")
-    return None if value is None else cached_view(headers, "to-tag", value, _to_tag)
+    return view_of_first(message.headers, "to", "to-tag", _to_tag)
 
 
 def option_tags(message: Message, name: str) -> list[str]:

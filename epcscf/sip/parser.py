@@ -31,7 +31,6 @@ from dataclasses import dataclass
 from epcscf.sip.headers import (
     HeaderError,
     address_facts,
-    address_problem,
     check_via_line,
     parse_address,
     split_header_list,
@@ -41,6 +40,7 @@ from epcscf.sip.headers import (
 )
 from epcscf.sip.message import COMPACT_FORMS, Request, Response, make_response, new_tag
 from epcscf.sip.uri import TOKEN_RE, SipUri, UriError, parse_uri
+from epcscf.sip.params import MEMO_TEXT_LENGTH
 
 __all__ = [
     "ParserLimits",
@@ -152,7 +152,11 @@ def _parse(data: bytes, limits: ParserLimits, require_content_length: bool) -> R
         start += 1
     if start >= n:
         raise SipParseError(400, _bad("empty message"), None)
-    head_end, body_start = _find_head_end(data, start)
+    head_end = data.find(b"\r\n\r\n", start)  # ``_find_head_end``'s common case, inlined
+    if head_end >= 0:
+        body_start = head_end + 4
+    else:
+        head_end, body_start = _find_head_end(data, start)
     oversize = n - start > limits.max_message_size
     if oversize and (head_end < 0 or head_end - start > limits.max_message_size):
         # RFC 3261 §21.5.14 (513); the header section alone is too big to read for an answer.
@@ -264,8 +268,7 @@ def _parse_start_line(line: str, limits: ParserLimits) -> tuple[Request | Respon
     # RFC 3261 §19.1.1 Table 1: escaped headers are not allowed in a Request-URI (RFC 4475 §3.1.2.11).
     if isinstance(uri, SipUri) and uri.headers:
         return request, SipParseError(400, _bad("Request-URI must not contain headers"))
-    version_error = _check_version(version)
-    return request, version_error
+    return request, None if version == "SIP/2.0" else _check_version(version)
 
 
 def _check_version(version: str) -> SipParseError | None:
@@ -292,13 +295,11 @@ def _parse_status_line(line: str) -> tuple[Response, SipParseError | None]:
     if not 100 <= response.status <= 699:
         # RFC 4475 §3.1.2.19: 1xx-6xx only
         return response, SipParseError(400, _bad(f"Status-Code {code_text} out of range"))
-    return response, _check_version(version)
+    return response, None if version == "SIP/2.0" else _check_version(version)
 
 
-def _check_address(header: str, value: str) -> None:
-    problem = address_problem(value)  # memoised: the core re-checks the eP-CSCF's texts
-    if problem is not None:
-        raise HeaderError(header, problem)  # what parse_address raises
+_cseq_memo = parse_cseq.remembered  # type: ignore[attr-defined]
+_address_memo = address_facts.remembered  # type: ignore[attr-defined]
 
 
 def _check_headers(message: Request | Response, values: dict[str, list[str]], repeated: bool = True) -> None:
@@ -318,11 +319,15 @@ def _check_headers(message: Request | Response, values: dict[str, list[str]], re
         check_via_line(first_via, message.headers)  # a one-Via line: memoised, and the top-Via view
         for value in more_vias:
             check_via_line(value)
+        # The memos asked directly for texts they keep (``memoised_by_text``'s wrapper inlined).
         cseq_text = values["cseq"][0]
-        cseq_value = views[("cseq", cseq_text)] = parse_cseq(cseq_text)  # kept: headers.cseq
+        cseq_value = views[("cseq", cseq_text)] = (  # kept: headers.cseq
+            _cseq_memo(cseq_text) if len(cseq_text) <= MEMO_TEXT_LENGTH else parse_cseq(cseq_text)
+        )
         for key, spelling, tag_view in (("from", "From", "from-tag"), ("to", "To", "to-tag")):
             text = values[key][0]
-            problem, tag = address_facts(text)  # memoised: the core re-checks the eP-CSCF's texts
+            # memoised: the core re-checks the eP-CSCF's texts
+            problem, tag = _address_memo(text) if len(text) <= MEMO_TEXT_LENGTH else address_facts(text)
             if problem is not None:
                 raise HeaderError(spelling, problem)  # what parse_address raises
             views[(tag_view, text)] = tag  # kept: headers.from_tag / to_tag
@@ -330,7 +335,9 @@ def _check_headers(message: Request | Response, values: dict[str, list[str]], re
         for value in values.get("contact", ()):
             if value.strip() != "*":
                 for item in split_header_list(value) if "," in value else (value,):
-                    _check_address("Contact", item)
+                    problem = (_address_memo(item) if len(item) <= MEMO_TEXT_LENGTH else address_facts(item))[0]
+                    if problem is not None:
+                        raise HeaderError("Contact", problem)
         if "max-forwards" in values:
             parse_max_forwards(values["max-forwards"][0])
     except HeaderError as error:

@@ -406,7 +406,8 @@ class StatefulProxy(StatelessForwarding, Cancelling, TimerC, OwnVia):
             # Retransmissions of it (RFC 6026 Accepted state) then find no mapping and are
             # forwarded statelessly, so the mapping goes now: nothing outlives the transaction.
             self._by_client.pop(id(transaction), None)
-            self._stop_timer_c(branch)
+            if branch.timer_c is not None:  # only an INVITE branch has one
+                self._stop_timer_c(branch)
             branch.state = BranchState.DONE
             branch.final = response
             if context.state is ProxyState.FORWARDING:
@@ -533,7 +534,10 @@ class StatefulProxy(StatelessForwarding, Cancelling, TimerC, OwnVia):
 
     def _ended(self, context: ProxiedRequest) -> None:
         self._by_server.pop(id(context.server_transaction), None)
-        if all(b.state is BranchState.DONE or b.cancelled for b in context.branches):
+        for branch in context.branches:  # ``all(...)`` without a generator: once per request
+            if not (branch.state is BranchState.DONE or branch.cancelled):
+                break
+        else:
             self._forget_branches(context)
         try:
             self.policy.transaction_ended(context)
@@ -542,7 +546,8 @@ class StatefulProxy(StatelessForwarding, Cancelling, TimerC, OwnVia):
 
     def _forget_branches(self, context: ProxiedRequest) -> None:
         for branch in context.branches:
-            self._stop_timer_c(branch)
+            if branch.timer_c is not None:  # only an INVITE branch has one
+                self._stop_timer_c(branch)
         context.move_to(ProxyState.TERMINATED) if context.state is ProxyState.COMPLETED else None
 
     # ===== ProxyOperations: what the policy's call manager may ask ===============================

@@ -181,9 +181,11 @@ class ProxiedRequest:
         """The Via branch of this request's next client transaction (RFC 3261 §16.6 step 8):
         the loop hash of the request as received (§16.3 step 4, computed once) and a fresh
         per-request counter."""
+        received = self.original  # ``request_as_received``: set since __post_init__
+        assert received is not None
         if self._loop_hash is None:
-            self._loop_hash = rules.loop_hash(self.request_as_received)
-        return rules.branch_for(self.request_as_received, next(self._branch_ids), secret, self._loop_hash)
+            self._loop_hash = rules.loop_hash(received)
+        return rules.branch_for(received, next(self._branch_ids), secret, self._loop_hash)
 
 
 def is_deferred(value: object) -> bool:

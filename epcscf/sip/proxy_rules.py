@@ -10,7 +10,7 @@ import hashlib
 import re
 from typing import Callable, Iterable, Sequence
 
-from epcscf.sip.headers import HeaderError, Via, cached_view, parse_via
+from epcscf.sip.headers import HeaderError, Via, cached_view, parse_via, remember_own_via
 from epcscf.sip.connection import Connection
 from epcscf.sip.message import Headers, Message, Request, Response, canonical_name, make_response, new_tag
 from epcscf.sip.params import memoised_by_text
@@ -57,7 +57,10 @@ def pop_first_value(headers: Headers, name: str) -> str | None:
         # Several plain values on the first line (a response's Via line, RFC 3261 §8.2.6.2,
         # as some UASes write it): cut the first off that line; the rest stay as they are.
         pieces = first.split(",")
-        if all(piece.strip(" \t") for piece in pieces):
+        for piece in pieces:  # ``all(...)`` without a generator: every response passes here
+            if not piece.strip(" \t"):
+                break
+        else:
             headers.replace_first(name, ",".join(pieces[1:]).strip(" \t"))
             return pieces[0].strip(" \t")
     values = list_values(headers, name)
@@ -216,7 +219,10 @@ def branch_for(request: Request, index: int, secret: bytes = b"", loop: str | No
 
 def is_loop(request: Request, own_sent_by: Callable[[str, int | None], bool]) -> bool:
     """RFC 3261 §16.3 step 4: a Via of ours whose loop hash equals this request's → a loop."""
-    if not any(BRANCH_PREFIX in line for line in request.headers.get_all("via")):
+    for line in request.headers.lines("via"):
+        if BRANCH_PREFIX in line:
+            break
+    else:
         return False  # none of our branches: no Via of ours (the common case)
     current: str | None = None  # computed only when one of our Vias is present
     for via in list_values(request.headers, "via"):
@@ -241,11 +247,17 @@ def is_loop(request: Request, own_sent_by: Callable[[str, int | None], bool]) ->
 
 def decrement_max_forwards(request: Request) -> None:
     """RFC 3261 §16.6 step 3: decrement, or add 70 when absent."""
-    value = request.headers.get("max-forwards")
+    headers = request.headers
+    lines = headers.lookup_index().get("max-forwards")
+    value = lines[0] if lines else None
     if value is None or not value.strip().isdigit():
-        request.headers.set("Max-Forwards", str(DEFAULT_MAX_FORWARDS))
+        new = str(DEFAULT_MAX_FORWARDS)
     else:
-        request.headers.set("Max-Forwards", str(max(int(value) - 1, 0)))
+        new = str(max(int(value) - 1, 0))
+    if lines is not None and len(lines) == 1:
+        headers.replace_first("Max-Forwards", new)  # ``set`` for the one line there is: in place
+    else:
+        headers.set("Max-Forwards", new)
 
 
 def process_own_routes(request: Request, is_own: Callable[[str], bool]) -> int:
@@ -303,6 +315,7 @@ def add_via(request: Request, transport: str, sent_by: str, branch: str) -> str:
     """RFC 3261 §16.6 step 8: our Via on top."""
     via = f"SIP/2.0/{transport} {sent_by};branch={branch}"
     request.headers.insert_first("Via", via)
+    remember_own_via(via, branch)  # its responses bring it back first (§16.7 step 3)
     # The transaction layer reads the top Via's branch of every request it sends: hand it
     # the view of the Via we just wrote instead of having it parse our own text back.
     host, port = sent_by, None

@@ -18,9 +18,12 @@ from twisted.internet import tcp
 __all__ = ["write_now"]
 
 
-def _idle_plain_tcp(transport: Any) -> bool:
-    return (
-        isinstance(transport, tcp.Connection)
+def write_now(transport: Any, data: bytes) -> None:
+    """``transport.write(data)``, sending at once when that cannot reorder or lose anything."""
+    # A plain TCP connection with nothing queued, not closing, no producer: send now.
+    if not (
+        data
+        and isinstance(transport, tcp.Connection)
         and not transport.TLS
         and transport.connected
         and not transport.disconnecting
@@ -28,12 +31,7 @@ def _idle_plain_tcp(transport: Any) -> bool:
         and transport.producer is None
         and not transport._tempDataBuffer
         and len(transport.dataBuffer) == transport.offset
-    )
-
-
-def write_now(transport: Any, data: bytes) -> None:
-    """``transport.write(data)``, sending at once when that cannot reorder or lose anything."""
-    if not data or not _idle_plain_tcp(transport):
+    ):
         transport.write(data)
         return
     try:

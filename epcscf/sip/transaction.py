@@ -355,21 +355,22 @@ class TransactionLayer:
                 "for a non-2xx, the TU sends the ACK for a 2xx with connection.send_message"
             )
         via = top_via_view(request)
-        if via is None or via.branch is None or not via.branch.startswith(MAGIC_COOKIE):
+        branch = via.branch if via is not None else None  # read once: this runs per request sent
+        if branch is None or not branch.startswith(MAGIC_COOKIE):
             raise ValueError(f"{request.method} must carry our top Via with a branch starting {MAGIC_COOKIE!r}")
         sequence = cseq(request)
         if sequence is None or sequence.method != request.method:
             raise ValueError(f"{request.method} needs a CSeq header with method {request.method}")
-        key = (via.branch, request.method)
+        key = (branch, request.method)
         if key in self._clients:
-            raise ValueError(f"branch {via.branch} is already used by a {request.method} client transaction")
+            raise ValueError(f"branch {branch} is already used by a {request.method} client transaction")
         transaction = ClientTransaction(
             self._clock,
             request,
             connection,
             user,
             timers if timers is not None else self._timers_for(connection),
-            via.branch,
+            branch,
             self._client_terminated,
             wire,
         )
@@ -379,26 +380,36 @@ class TransactionLayer:
 
     # ----- bookkeeping ---------------------------------------------------------------------
 
+    # ``key`` and ``merge_key`` build a tuple per reading: each is read once below (these run
+    # for every request received).
+
     def _add_server(self, transaction: ServerTransaction) -> None:
         identity = transaction.identity
         if identity.has_rfc3261_branch:
             self._servers[identity.key] = transaction
         else:
             self._rfc2543_servers.append(transaction)
-        self._by_merge_key.setdefault(identity.merge_key, []).append(transaction)
+        merge_key = identity.merge_key
+        siblings = self._by_merge_key.get(merge_key)
+        if siblings is None:
+            self._by_merge_key[merge_key] = [transaction]
+        else:
+            siblings.append(transaction)
 
     def _server_terminated(self, machine: TransactionMachine) -> None:
         assert isinstance(machine, ServerTransaction)
         identity = machine.identity
-        if self._servers.get(identity.key) is machine:
-            del self._servers[identity.key]
-        if machine in self._rfc2543_servers:
+        key = identity.key
+        if self._servers.get(key) is machine:
+            del self._servers[key]
+        if self._rfc2543_servers and machine in self._rfc2543_servers:
             self._rfc2543_servers.remove(machine)
-        siblings = self._by_merge_key.get(identity.merge_key)
+        merge_key = identity.merge_key
+        siblings = self._by_merge_key.get(merge_key)
         if siblings is not None and machine in siblings:
             siblings.remove(machine)
             if not siblings:
-                del self._by_merge_key[identity.merge_key]
+                del self._by_merge_key[merge_key]
 
     def _client_terminated(self, machine: TransactionMachine) -> None:
         assert isinstance(machine, ClientTransaction)

@@ -137,14 +137,16 @@ class ClientTransaction(TransactionMachine):
             self._timers[Event.TRANSPORT_ERROR] = self._clock.callLater(0, self._timer_fired, Event.TRANSPORT_ERROR)
             return
         reliable = self.connection.reliable
+        # Nothing is armed yet: each timer goes in as ``_start_timer`` would put it.
+        timers, call_later, fired = self._timers, self._clock.callLater, self._timer_fired
         if self.is_invite:
             if not reliable:
-                self._start_timer(Event.TIMER_A, self._interval)  # §17.1.1.2: Timer A = T1
-            self._start_timer(Event.TIMER_B, self.timers.b)  # §17.1.1.2: Timer B = 64*T1
+                timers[Event.TIMER_A] = call_later(self._interval, fired, Event.TIMER_A)  # §17.1.1.2: Timer A = T1
+            timers[Event.TIMER_B] = call_later(self.timers.b, fired, Event.TIMER_B)  # §17.1.1.2: Timer B = 64*T1
         else:
             if not reliable:
-                self._start_timer(Event.TIMER_E, self._interval)  # §17.1.2.2: Timer E = T1
-            self._start_timer(Event.TIMER_F, self.timers.f)  # §17.1.2.2: Timer F = 64*T1
+                timers[Event.TIMER_E] = call_later(self._interval, fired, Event.TIMER_E)  # §17.1.2.2: Timer E = T1
+            timers[Event.TIMER_F] = call_later(self.timers.f, fired, Event.TIMER_F)  # §17.1.2.2: Timer F = 64*T1
 
     def receive_response(self, response: Response) -> None:
         """A response matched to this transaction by the layer (§17.1.3)."""

@@ -461,7 +461,9 @@ class TransactionMachine:
 
     def _start_timer(self, timer: Event, delay: float) -> None:
         """Arm ``timer``; a zero delay fires it as soon as the current transition is done."""
-        self._cancel_timer(timer)
+        call = self._timers.pop(timer, None)  # ``_cancel_timer``, inlined: several per transaction
+        if call is not None and call.active():
+            call.cancel()
         if delay <= 0:
             self._due_now.append(timer)
         else:
@@ -477,10 +479,14 @@ class TransactionMachine:
             call.cancel()
 
     def _cancel_timers_outside(self, state: State) -> None:
-        if not self._timers:
+        timers = self._timers
+        if not timers:
             return
-        for timer in [t for t in self._timers if state not in TIMER_LIFETIME[t]]:
-            self._cancel_timer(timer)
+        for timer, call in list(timers.items()):  # ``_cancel_timer`` of each, written out
+            if state not in TIMER_LIFETIME[timer]:
+                del timers[timer]
+                if call.active():
+                    call.cancel()
 
     def timer_deadlines(self) -> dict[str, float]:
         """When each armed timer fires (clock seconds): for the console and tests."""

@@ -420,8 +420,13 @@ def split_list(text: str) -> list[str]:
                     pending = None
             if pending is not None:
                 pieces.append(pending)
-        return [item for item in (piece.strip(_LWS) for piece in pieces) if item]
-    items: list[str] = []
+        items = []
+        for piece in pieces:  # a loop, not a generator: this runs for every Via line of a response
+            piece = piece.strip(_LWS)
+            if piece:
+                items.append(piece)
+        return items
+    items = []
     start = 0
     i = 0
     n = len(text)

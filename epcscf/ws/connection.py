@@ -126,13 +126,13 @@ class WsConnection:
         RFC 7118 §4.2: a text frame when the message is valid UTF-8, otherwise
         a binary frame (a text frame must carry UTF-8, RFC 6455 §5.6).
         """
-        if not self.connected:
+        if self.closed_reason is not None:  # ``connected``, inlined: every message sent
             raise ConnectionLost(f"{self.id} to {self.remote} is closed ({self.closed_reason})")
         self.send_raw(message.serialize())
 
     def send_raw(self, payload: bytes) -> None:
         """Send bytes as one WebSocket message (keep-alive answers, pre-serialised messages)."""
-        if not self.connected:
+        if self.closed_reason is not None:
             raise ConnectionLost(f"{self.id} to {self.remote} is closed ({self.closed_reason})")
         binary = False
         if not payload.isascii():  # SIP is nearly always ASCII: skip the UTF-8 decode then

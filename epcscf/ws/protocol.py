@@ -207,7 +207,7 @@ def _address(address: Any) -> Address:
 
 def _more_than_one_message(payload: bytes, message: Message) -> bool:
     """True when octets beyond the message's body follow it (a second SIP message)."""
-    if "content-length" not in message.headers:
+    if "content-length" not in message.headers.lookup_index():
         return False  # without Content-Length the body runs to the end of the WS message
     start = 0
     while payload[start : start + 1] in (b"\r", b"\n"):
@@ -290,8 +290,8 @@ class SipWebSocketServerProtocol(LeanAutobahnProtocol, WebSocketServerProtocol):
             except ConnectionLost:
                 pass  # closing under us: the flow's end is reported by onClose
             return
-        if not payload.strip(b"\r\n"):
-            return  # a pong (lone CRLF) or empty padding: nothing to do
+        if not payload or (payload[:1] in (b"\r", b"\n") and not payload.strip(b"\r\n")):
+            return  # a pong (lone CRLF) or empty padding: nothing to do (no copy of a message made)
         connection.messages_received += 1
         try:
             message = parse_message(payload, self.factory.limits)
