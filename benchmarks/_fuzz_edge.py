@@ -134,12 +134,14 @@ level = warn
     def probe(self, snapshot: str | None = None) -> dict[str, Any]:
         """Live objects by class after ``gc.collect()`` (``_soak_probe.py``), and a tracemalloc
         snapshot into ``snapshot`` when the edge traces."""
-        return self._run_probe("_soak_probe.py", {"SOAK_SNAPSHOT": snapshot}, "SOAK-COUNTS")
+        return self._run_probe("_soak_probe.py", {"SOAK_SNAPSHOT": snapshot, "SOAK_GARBAGE": True}, "SOAK-COUNTS")
 
-    def heap(self, forget_history: bool = False, trim: bool = False) -> dict[str, Any]:
+    def heap(self, forget_history: bool = False, trim: bool = False, as_is: bool = False) -> dict[str, Any]:
         """The allocators' figures (``_heap_probe.py``); optionally after forgetting the ended
-        calls kept for the console, and with a ``malloc_trim(0)`` after the reading."""
-        figures = self._run_probe("_heap_probe.py", {"HEAP_FORGET": forget_history, "HEAP_TRIM": trim}, "HEAP-FIGURES")
+        calls kept for the console, and with a ``malloc_trim(0)`` after the reading; ``as_is``:
+        without the ``gc.collect()`` before it (what the cyclic garbage adds)."""
+        settings = {"HEAP_FORGET": forget_history, "HEAP_TRIM": trim, "HEAP_AS_IS": as_is}
+        figures = self._run_probe("_heap_probe.py", settings, "HEAP-FIGURES")
         figures["rss_kib"] = self.rss_kib()
         return figures
 

@@ -25,7 +25,8 @@ def _heap_figures():
         for thing in _gc.get_objects():
             if isinstance(thing, _functools._lru_cache_wrapper):
                 thing.cache_clear()
-    _gc.collect()
+    if not globals().get("HEAP_AS_IS"):
+        _gc.collect()
     figures = {}
     with _tempfile.TemporaryFile() as out:
         saved = _os.dup(2)
@@ -44,6 +45,23 @@ def _heap_figures():
                          ("pymalloc empty pools", r"# empty pools\s*=\s*([\d,]+)")):
         found = _re.search(pattern, text)
         figures[key] = int(found.group(1).replace(",", "")) if found else None
+    # Under tracemalloc: traced now and the highest since the last reading (a transient peak
+    # between two readings shows here, not in what is live at either).
+    import tracemalloc as _tracemalloc
+
+    if _tracemalloc.is_tracing():
+        figures["traced"], figures["traced peak"] = _tracemalloc.get_traced_memory()
+        _tracemalloc.reset_peak()
+    # What the kernel counts (anonymous pages, file pages, swap): /proc/self/smaps_rollup.
+    try:
+        with open("/proc/self/smaps_rollup") as _rollup:
+            for _line in _rollup:
+                _parts = _line.split()
+                if len(_parts) == 3 and _parts[2] == "kB" and _parts[0].rstrip(":") in (
+                        "Rss", "Anonymous", "Private_Dirty", "Shared_Clean", "Private_Clean", "Swap"):
+                    figures["smaps " + _parts[0].rstrip(":")] = int(_parts[1]) * 1024
+    except OSError:
+        pass
     try:
         class _Mallinfo2(_ctypes.Structure):
             _fields_ = [(name, _ctypes.c_size_t) for name in (

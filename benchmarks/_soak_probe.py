@@ -14,7 +14,36 @@ import tracemalloc as _tracemalloc
 from twisted.internet import reactor as _reactor
 
 
+def _cyclic_garbage():
+    """What the first full collection frees: objects in reference cycles that nothing reaches
+    any more, by type (count, bytes as ``sys.getsizeof`` counts them).  They stay allocated
+    until a collection of their generation; with the daemon's thresholds (``tap.py``) the
+    oldest generation is collected rarely, so during a burst they add to the peak."""
+    import sys as _sys
+
+    _gc.set_debug(_gc.DEBUG_SAVEALL)
+    try:
+        _gc.collect()
+        garbage = list(_gc.garbage)
+        _gc.garbage.clear()
+    finally:
+        _gc.set_debug(0)
+    by_type = _collections.Counter()
+    size_by_type = _collections.Counter()
+    for thing in garbage:
+        name = type(thing).__name__
+        by_type[name] += 1
+        size_by_type[name] += _sys.getsizeof(thing, 0)
+    # the untracked str/bytes only those cycles refer to go with them
+    referred = {id(thing): thing for thing in _gc.get_referents(*garbage) if not _gc.is_tracked(thing)}
+    referred_bytes = sum(_sys.getsizeof(thing, 0) for thing in referred.values())
+    del garbage
+    return {"objects": sum(by_type.values()), "bytes": sum(size_by_type.values()) + referred_bytes,
+            "by type": [(name, count, size_by_type[name]) for name, count in by_type.most_common(25)]}
+
+
 def _soak_counts():
+    garbage = _cyclic_garbage() if globals().get("SOAK_GARBAGE") else None
     _gc.collect()
     classes = _collections.Counter(type(o).__name__ for o in _gc.get_objects())
     pcscf = service.pcscf  # noqa: F821 - the console's namespace
@@ -53,6 +82,8 @@ def _soak_counts():
         "delayed": dict(_collections.Counter(
             getattr(call.func, "__qualname__", type(call.func).__name__) for call in _reactor.getDelayedCalls())),
     }
+    if garbage is not None:
+        counts["cyclic garbage"] = garbage
     snapshot = globals().get("SOAK_SNAPSHOT")
     if snapshot and _tracemalloc.is_tracing():
         _tracemalloc.take_snapshot().dump(snapshot)

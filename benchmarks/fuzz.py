@@ -526,7 +526,9 @@ def main(argv: list[str] | None = None) -> int:
     def probe(moment: str) -> None:
         if options.probe:
             name = os.path.join(directory, moment.replace(" ", "_") + ".tracemalloc") if options.tracemalloc else None
+            as_is = edge.heap(as_is=True)  # before any collection: what cyclic garbage adds
             probes[moment] = edge.probe(name)
+            probes[moment]["heap as is"] = as_is
             probes[moment]["snapshot"] = name
             probes[moment]["rss_kib"] = edge.rss_kib()
             probes[moment]["heap"] = edge.heap()
@@ -566,6 +568,7 @@ def main(argv: list[str] | None = None) -> int:
         generator_cpu = time.process_time() - generator_started
         snapshots["after"] = edge.snapshot()
         stopped = time.monotonic()
+        probe("after")  # the peak: what the burst holds when the traffic stops
         for settle in sorted(float(text) for text in options.settle.split(",")):
             print(f"(settling until {settle:g} s after the traffic)", file=sys.stderr)
             time.sleep(max(0.0, stopped + settle - time.monotonic()))
@@ -599,7 +602,11 @@ def _heap_line(heap: dict[str, Any]) -> str:
     return (f"RSS {heap['rss_kib'] / 1024:.1f} MiB; pymalloc {heap['arenas']} arenas (highwater {heap['arenas highwater']}), "
             f"{(heap['pymalloc used bytes'] or 0) / mib:.1f} MiB in blocks used, {(heap['pymalloc free bytes'] or 0) / mib:.1f} MiB free; "
             f"glibc heap {heap.get('glibc heap', 0) / mib:.1f} MiB ({heap.get('glibc in use', 0) / mib:.1f} in use, "
-            f"{heap.get('glibc free', 0) / mib:.1f} free), mmapped {heap.get('glibc mmapped', 0) / mib:.1f} MiB")
+            f"{heap.get('glibc free', 0) / mib:.1f} free), mmapped {heap.get('glibc mmapped', 0) / mib:.1f} MiB; "
+            f"anonymous {heap.get('smaps Anonymous', 0) / mib:.1f} MiB, file-backed "
+            f"{(heap.get('smaps Shared_Clean', 0) + heap.get('smaps Private_Clean', 0)) / mib:.1f} MiB"
+            + (f"; traced {heap['traced'] / mib:.1f} MiB, highest since the last reading {heap['traced peak'] / mib:.1f}"
+               if "traced" in heap else ""))
 
 
 def print_probes(probes: dict[str, dict[str, Any]], top: int = 25) -> None:
@@ -622,7 +629,13 @@ def print_probes(probes: dict[str, dict[str, Any]], top: int = 25) -> None:
         now = probes[moment]
         print(f"live objects {moment} versus {moments[0]} (RSS {first['rss_kib'] / 1024:.1f} → {now['rss_kib'] / 1024:.1f} MiB):")
         print(f"  heap {moments[0]}: {_heap_line(first['heap'])}")
+        print(f"  heap {moment}, before any collection: {_heap_line(now['heap as is'])}")
         print(f"  heap {moment}: {_heap_line(now['heap'])}")
+        garbage = now.get("cyclic garbage")
+        if garbage:
+            print(f"  cyclic garbage the first collection freed: {garbage['objects']:,} objects, "
+                  f"{garbage['bytes'] / 1024 / 1024:.1f} MiB: " + ", ".join(f"{name} {count:,} ({size / 1024:.0f} KiB)"
+                                                                     for name, count, size in garbage["by type"][:20]))
         for kind in ("objects", "delayed"):
             before, after = first["detail"][kind], now["detail"][kind]
             grown = sorted(((after.get(name, 0) - before.get(name, 0), name) for name in set(before) | set(after)), reverse=True)
@@ -631,6 +644,50 @@ def print_probes(probes: dict[str, dict[str, Any]], top: int = 25) -> None:
             from soak import print_tracemalloc
 
             print_tracemalloc(first["snapshot"], now["snapshot"], top)
+            print_owners(first["snapshot"], now["snapshot"])
+
+
+def _owner(traceback: Any) -> str:
+    """The newest frame of ours (or of the library that allocated) in a trace: who owns it."""
+    frames = list(traceback)[::-1]  # tracemalloc lists the oldest frame first
+    for frame in frames:
+        name = frame.filename
+        if "/epcscf/" in name and "/benchmarks/" not in name:
+            return f"{name.rsplit('/epcscf/', 1)[-1]}:{frame.lineno}"
+    for frame in frames:
+        for library in ("/twisted/", "/autobahn/", "/txaio/", "/asyncio/", "/OpenSSL/", "/aioice/", "/logging/"):
+            if library in frame.filename:
+                return f"{library.strip('/')}:{frame.filename.rsplit(library, 1)[-1]}:{frame.lineno}"
+    return f"{frames[0].filename.rsplit('/', 1)[-1]}:{frames[0].lineno}" if frames else "?"
+
+
+def print_owners(before: str, after: str, top: int = 40) -> None:
+    """Traced memory grown since ``before``, by owner (the newest epcscf frame of each trace)
+    and by module: the peak's accounting."""
+    import tracemalloc
+
+    first, second = tracemalloc.Snapshot.load(before), tracemalloc.Snapshot.load(after)
+    keep = (tracemalloc.Filter(False, tracemalloc.__file__),)
+    grown: collections.Counter = collections.Counter()
+    blocks: collections.Counter = collections.Counter()
+    large: collections.Counter = collections.Counter()  # blocks over 512 B: glibc's, not pymalloc's
+    for difference in second.filter_traces(keep).compare_to(first.filter_traces(keep), "traceback"):
+        owner = _owner(difference.traceback)
+        grown[owner] += difference.size_diff
+        blocks[owner] += difference.count_diff
+        if difference.count and difference.size / difference.count > 512:
+            large[owner] += difference.size_diff
+    modules: collections.Counter = collections.Counter()
+    for owner, size in grown.items():
+        modules[owner.rsplit(":", 1)[0]] += size
+    mib = 1024 * 1024
+    print(f"traced growth by owner (newest epcscf frame): {sum(grown.values()) / mib:+.1f} MiB in all, "
+          f"{sum(large.values()) / mib:+.1f} MiB of it in blocks over 512 B")
+    for owner, size in grown.most_common(top):
+        print(f"  {size / mib:+8.2f} MiB {blocks[owner]:+8d} blocks ({large[owner] / mib:+.2f} large)  {owner}")
+    print("traced growth by module:")
+    for module, size in modules.most_common(25):
+        print(f"  {size / mib:+8.2f} MiB  {module}")
 
 
 if __name__ == "__main__":

@@ -106,10 +106,9 @@ def _report_startup_errors_in_one_line() -> None:
 
 
 def makeService(options: Options):  # noqa: N802 (twistd's name)
-    import gc
-
     from twisted.internet import reactor
 
+    from epcscf.memory import tune_collector
     from epcscf.service import EpcscfService
 
     assert options.config is not None
@@ -120,8 +119,6 @@ def makeService(options: Options):  # noqa: N802 (twistd's name)
         return SupervisorService(options.config)
     service = EpcscfService(options.config)
     # Collector pauses of 100–400 ms were measured at 1,000 SIP transactions/s with the
-    # default thresholds (benchmarks/sip_proxy.py): collect the young generation less often
-    # and keep everything that exists once the daemon runs out of the collector's way.
-    gc.set_threshold(100_000, 50, 100)
-    reactor.callWhenRunning(gc.freeze)
+    # default thresholds (benchmarks/sip_proxy.py): see epcscf.memory.
+    tune_collector(reactor)
     return service

@@ -42,6 +42,15 @@ class EndedCallRecordTests(unittest.TestCase):
         [call] = self.manager.calls()
         return context, call, ok
 
+    def answered_call_released(self, media: type[FakeMedia]) -> Call:
+        """A call answered with ``media`` and released by the operator (its media closing)."""
+        self.manager.media_factory = lambda call: media(self.log)
+        context, _ = self.originate()
+        self.respond(context, response_to(context.request, 200, CORE_SDP))
+        [call] = self.manager.calls()
+        self.manager.release(call.call_id)
+        return call  # type: ignore[no-any-return]
+
     def test_the_console_and_metrics_see_the_same_call_after_it_is_compacted(self) -> None:
         _, call, _ = self.confirmed_call()
         self.clock.advance(12)
@@ -129,11 +138,7 @@ class EndedCallRecordTests(unittest.TestCase):
             def close(self) -> defer.Deferred:
                 return closed
 
-        self.manager.media_factory = lambda call: EngineMedia(self.log)
-        context, _ = self.originate()
-        self.respond(context, response_to(context.request, 200, CORE_SDP))
-        [call] = self.manager.calls()
-        self.manager.release(call.call_id)
+        call = self.answered_call_released(EngineMedia)
         self.assertIs(self.manager.ended_calls()[0], call)  # its media is still closing
         totals["wic_to_core"] = {"packets": 700, "bytes": 70000}
         closed.callback(None)
@@ -141,3 +146,19 @@ class EndedCallRecordTests(unittest.TestCase):
         self.assertIsInstance(ended, EndedCall)
         self.assertEqual(ended.media_stats[0]["engine"], "rtpengine")
         self.assertEqual(call_view.call_record(ended, False)["packets"], {"wic_to_core": 700, "core_to_wic": 1})
+
+    def test_a_call_is_compacted_when_its_media_closes_though_nobody_looks_at_the_history(self) -> None:
+        closed: defer.Deferred = defer.Deferred()
+
+        class SlowMedia(MediaWithTraffic):
+            def close(self) -> defer.Deferred:
+                return closed
+
+        held = weakref.ref(self.answered_call_released(SlowMedia))
+        self.assertIsNotNone(held())  # kept whole while its media closes
+        closed.callback("closed")
+        gc.collect()
+        self.assertIsNone(held())  # the next look may be keep_ended (600 s) away: compacted now
+        self.assertEqual(closed.result, "closed")  # the closing's result is passed on unchanged
+        [ended] = self.manager.ended_calls()
+        self.assertIsInstance(ended, EndedCall)

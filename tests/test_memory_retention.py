@@ -148,6 +148,60 @@ class TransactionRetentionTests(unittest.TestCase):
         self.assertEqual(again.serialize(), wire)
         self.assertEqual(again.headers.get("Via"), "SIP/2.0/UDP 127.0.0.1:5070;branch=z9hG4bK.1")
 
+    def test_a_settled_transaction_runs_its_64_t1_timer_from_the_layer_fixed_delay_queue(self) -> None:
+        self.receive(request("BYE"))
+        [transaction] = self.tu.server_transactions
+        assert transaction.request is not None
+        transaction.respond(response(transaction.request, 200))
+        # no QueuedCall and no entry in the machine's own timer dict: one deque entry of the layer
+        self.assertEqual(transaction._timers, {})
+        self.assertEqual(transaction.timer_deadlines(), {"Timer J": TimerSettings().j})
+        self.assertEqual(self.layer.pending_timers(), 1)
+        self.clock.advance(TimerSettings().j - 0.001)
+        self.assertIs(transaction.state, State.COMPLETED)
+        self.clock.advance(0.001)  # RFC 3261 §17.2.2: Timer J ends it
+        self.assertIs(transaction.state, State.TERMINATED)
+        self.assertEqual(self.layer.transactions(), [])
+        self.assertEqual(self.layer.pending_timers(), 0)
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+
+    def test_an_acked_reliable_invite_is_let_go_at_once_not_at_timer_h(self) -> None:
+        self.connection.transport = "TCP"
+        transaction, _ = self.busy_invite_lingering()
+        self.assertEqual(list(transaction.timer_deadlines()), ["Timer H"])
+        held = weakref.ref(transaction)
+        del transaction
+        # RFC 3261 §17.2.1: the ACK moves it to Confirmed, and Timer I is zero on a reliable transport
+        self.receive(request("ACK", cseq_method="ACK"))
+        self.tu.server_transactions.clear()
+        gc.collect()
+        self.assertIsNone(held())  # Timer H's entry let go of it
+        self.assertEqual(self.layer.transactions(), [])
+        self.assertEqual(self.layer.pending_timers(), 0)
+        self.clock.advance(TimerSettings().h)
+        self.assertEqual(self.tu.kinds(), ["request"])
+
+    def test_timer_h_still_ends_an_unacked_invite_and_timer_i_a_confirmed_one(self) -> None:
+        transaction, wire = self.busy_invite_lingering()
+        self.clock.advance(TimerSettings().h)  # RFC 3261 §17.2.1: no ACK within Timer H
+        self.assertIs(transaction.state, State.TERMINATED)
+        # Timer G resent the final (UDP) until then, byte for byte
+        self.assertTrue(self.connection.messages())
+        self.assertTrue(all(m.serialize() == wire for m in self.connection.messages()))
+        self.tu.server_transactions.clear()
+        second, _ = self.busy_invite_lingering()
+        self.receive(request("ACK", cseq_method="ACK"))
+        self.assertEqual(list(second.timer_deadlines()), ["Timer I"])
+        self.clock.advance(TimerSettings().t4)
+        self.assertIs(second.state, State.TERMINATED)
+        self.assertEqual(self.layer.pending_timers(), 0)
+
+    def test_closing_the_layer_cancels_the_fixed_delay_timers(self) -> None:
+        self.busy_invite_lingering()
+        self.layer.close()
+        self.assertEqual(self.layer.pending_timers(), 0)
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+
     def test_rfc2543_ack_still_matches_an_accepted_invite_without_its_response(self) -> None:
         self.receive(request("INVITE", branch="1"))
         [transaction] = self.tu.server_transactions

@@ -108,3 +108,87 @@ class TimerQueueTests(unittest.TestCase):
         self.clock.advance(1)
         self.assertEqual(self.fired, [("after", 1.0)])
         self.assertEqual(len(self.flushLoggedErrors(RuntimeError)), 1)
+
+
+class FixedDelayOwner:
+    """What ``call_fixed`` calls back: records the token and when."""
+
+    def __init__(self, clock: Clock, fired: list[tuple[str, float]]) -> None:
+        self.clock, self.fired = clock, fired
+
+    def fixed_timer_fired(self, token: str) -> None:
+        self.fired.append((token, self.clock.seconds()))
+
+
+class FixedDelayTests(unittest.TestCase):
+    """``call_fixed``: the 64*T1 and T4 timers of settled transactions, one deque per delay."""
+
+    def setUp(self) -> None:
+        self.clock = Clock()
+        self.queue = TimerQueue(self.clock)
+        self.fired: list[tuple[str, float]] = []
+        self.owner = FixedDelayOwner(self.clock, self.fired)
+
+    def note(self, name: str) -> None:
+        self.fired.append((name, self.clock.seconds()))
+
+    def test_fixed_delay_entries_fire_at_their_deadlines_among_the_heap_entries(self) -> None:
+        self.queue.call_fixed(32, self.owner, "J1")
+        self.clock.advance(1)
+        self.queue.call_fixed(32, self.owner, "J2")
+        self.queue.call_fixed(5, self.owner, "I")
+        self.queue.callLater(20, self.note, "G")
+        self.queue.callLater(32, self.note, "F")  # the same deadline as J2, armed after it
+        self.assertEqual(self.queue.pending(), 5)
+        self.assertEqual(len(self.clock.getDelayedCalls()), 1)
+        self.clock.advance(5)
+        self.assertEqual(self.fired, [("I", 6.0)])
+        self.clock.advance(15)
+        self.assertEqual(self.fired[1:], [("G", 21.0)])
+        self.clock.advance(10.99)
+        self.assertEqual(len(self.fired), 2)
+        self.clock.advance(0.01)
+        self.assertEqual(self.fired[2:], [("J1", 32.0)])
+        self.clock.advance(1)
+        self.assertEqual(self.fired[3:], [("F", 33.0), ("J2", 33.0)])  # on a tie the heap's first
+        self.assertEqual(self.queue.pending(), 0)
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+
+    def test_a_cancelled_entry_lets_go_of_its_owner_and_never_fires(self) -> None:
+        import weakref
+
+        owner = FixedDelayOwner(self.clock, self.fired)
+        held = weakref.ref(owner)
+        entry = self.queue.call_fixed(128, owner, "H")
+        keep = self.queue.call_fixed(128, self.owner, "L")
+        self.queue.cancel_fixed(entry)
+        self.queue.cancel_fixed(entry)  # twice: nothing more
+        del owner
+        self.assertIsNone(held())  # the deque keeps only the deadline until it comes up
+        self.assertEqual(self.queue.pending(), 1)
+        self.clock.advance(128)
+        self.assertEqual(self.fired, [("L", 128.0)])
+        self.queue.cancel_fixed(keep)  # after it fired: nothing
+        self.assertEqual(self.queue.pending(), 0)
+
+    def test_cancelling_every_entry_leaves_nothing_scheduled(self) -> None:
+        entries = [self.queue.call_fixed(32, self.owner, str(i)) for i in range(100)]
+        call = self.queue.callLater(1, self.note, "A")
+        for entry in entries:
+            self.queue.cancel_fixed(entry)
+        self.assertEqual(len(self.clock.getDelayedCalls()), 1)  # still armed for A
+        call.cancel()
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+        self.assertEqual(self.queue._fixed, {})
+        self.clock.advance(100)
+        self.assertEqual(self.fired, [])
+
+    def test_a_callback_may_arm_a_fixed_timer_that_is_already_due(self) -> None:
+        def again(name: str) -> None:
+            self.note(name)
+            self.queue.call_fixed(0, self.owner, "zero")  # due now: run in the same turn
+
+        self.queue.callLater(2, again, "A")
+        self.clock.advance(2)
+        self.assertEqual(self.fired, [("A", 2.0), ("zero", 2.0)])
+        self.assertEqual(self.clock.getDelayedCalls(), [])

@@ -214,7 +214,17 @@ class CallHistory:
         history[number] = call
         self._by_call_id.setdefault(call.call_id, []).append(call)
         self._to_compact.append((history, number, media_closed))
+        if media_closed is not None and not media_closed.called:
+            media_closed.addBoth(self._media_closed)
         self._arm_pruning()
+
+    def _media_closed(self, result: object) -> object:
+        # Compact as soon as the media is closed, not at the next look at the history: that may
+        # be ``keep_ended`` seconds away, and a whole call kept that long sits on the pages of
+        # the burst it ended in (39 of them after a 1,000,000-message fuzz run).
+        if self._to_compact:
+            self._compact()
+        return result  # the closing's own result goes on down its chain
 
     def calls(self) -> list[HistoryEntry]:
         """Every kept call, by the time it ended."""

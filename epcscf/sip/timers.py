@@ -9,13 +9,22 @@ heap is compacted when dead entries outnumber live ones, and the reactor call is
 cancelled as soon as no entry is live (so an idle element leaves nothing scheduled).
 
 Entries fire at exactly their deadline on the wrapped clock (``task.Clock`` in tests).
+
+Timers of a fixed delay (``call_fixed``: RFC 3261 Timers H, I, J and RFC 6026 Timer L, which a
+settled server transaction runs for 64*T1 or T4 whatever happens) are not heap entries: all of
+one delay are armed in deadline order, so one deque per delay holds them, each entry a small list
+``[deadline, owner, token]``.  A lingering transaction then costs ~100 B of timer instead of a
+``QueuedCall``, a heap tuple, a bound method and its arguments (~500 B; thousands linger during a
+burst, docs/performance.md "Fuzz burst peak").  A cancelled entry lets go of its owner at once and
+leaves its deadline behind until it comes up.
 """
 
 from __future__ import annotations
 
 import heapq
+from collections import deque
 from itertools import count
-from typing import Any, Callable
+from typing import Any, Callable, Protocol
 
 from twisted.internet.error import AlreadyCalled, AlreadyCancelled
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
@@ -33,6 +42,16 @@ _COMPACT_AT = 64
 
 def _nothing() -> None:
     pass
+
+
+class FixedDelayOwner(Protocol):
+    """What a ``call_fixed`` entry calls when its deadline comes."""
+
+    def fixed_timer_fired(self, token: Any) -> None: ...
+
+
+#: one ``call_fixed`` timer: [deadline, owner (None once cancelled or fired), token]
+FixedEntry = list[Any]
 
 
 @implementer(IDelayedCall)
@@ -93,6 +112,9 @@ class TimerQueue:
         self._live = 0
         self._armed: IDelayedCall | None = None
         self._armed_at = 0.0
+        #: ``call_fixed`` entries, one deque per delay, each in deadline order
+        self._fixed: dict[float, deque[FixedEntry]] = {}
+        self._fixed_live = 0
 
     def seconds(self) -> float:
         return self._clock.seconds()
@@ -105,9 +127,28 @@ class TimerQueue:
             self._arm(call.time)
         return call
 
+    def call_fixed(self, delay: float, owner: FixedDelayOwner, token: Any) -> FixedEntry:
+        """Call ``owner.fixed_timer_fired(token)`` in ``delay`` seconds, as ``callLater`` would;
+        for delays many timers share (see the module docstring).  ``cancel_fixed`` the entry."""
+        entry = [self._clock.seconds() + delay, owner, token]
+        queue = self._fixed.get(delay)
+        if queue is None:
+            queue = self._fixed[delay] = deque()
+        queue.append(entry)
+        self._fixed_live += 1
+        if self._armed is None or entry[0] < self._armed_at:
+            self._arm(entry[0])
+        return entry
+
+    def cancel_fixed(self, entry: FixedEntry) -> None:
+        if entry[1] is not None:
+            entry[1] = None
+            self._fixed_live -= 1
+            self._forget_if_idle()
+
     def pending(self) -> int:
         """How many entries are armed (for tests and the console)."""
-        return self._live
+        return self._live + self._fixed_live
 
     def _arm(self, when: float) -> None:
         if self._armed is not None and self._armed.active():
@@ -124,28 +165,60 @@ class TimerQueue:
         self._live -= 1
         if self._live == 0:
             self._heap.clear()
-            if self._armed is not None and self._armed.active():
-                self._armed.cancel()
-            self._armed = None
+            self._forget_if_idle()
         elif len(self._heap) - self._live > max(_COMPACT_AT, self._live):
             self._heap = [entry for entry in self._heap if entry[2]._is_entry(entry)]
             heapq.heapify(self._heap)
 
+    def _forget_if_idle(self) -> None:
+        """Nothing armed: leave nothing scheduled and no dead entry behind."""
+        if self._live or self._fixed_live:
+            return
+        self._heap.clear()
+        self._fixed.clear()
+        if self._armed is not None and self._armed.active():
+            self._armed.cancel()
+        self._armed = None
+
+    def _earliest_fixed(self) -> deque[FixedEntry] | None:
+        """The deque whose first live entry is due first (dead first entries are dropped)."""
+        earliest: deque[FixedEntry] | None = None
+        for queue in self._fixed.values():
+            while queue and queue[0][1] is None:
+                queue.popleft()
+            if queue and (earliest is None or queue[0][0] < earliest[0][0]):
+                earliest = queue
+        return earliest
+
     def _fire(self) -> None:
         self._armed = None
         now = self._clock.seconds() + _EPSILON
-        # self._heap, not a local: a callback may arm, cancel or compact.
-        while self._heap and self._heap[0][0] <= now:
-            entry = heapq.heappop(self._heap)
-            call = entry[2]
-            if not call._is_entry(entry):
-                continue
-            self._live -= 1
+        # self._heap, not a local: a callback may arm, cancel or compact.  Heap and fixed
+        # entries are run in deadline order, the heap's first on a tie.
+        while True:
+            while self._heap and not self._heap[0][2]._is_entry(self._heap[0]):
+                heapq.heappop(self._heap)
+            fixed = self._earliest_fixed() if self._fixed_live else None
+            heap_due = self._heap[0][0] if self._heap else None
+            fixed_due = fixed[0][0] if fixed else None
+            callback: Callable[..., None]
+            if heap_due is not None and heap_due <= now and (fixed_due is None or heap_due <= fixed_due):
+                call = heapq.heappop(self._heap)[2]
+                self._live -= 1
+                callback, args = call._run, ()
+            elif fixed is not None and fixed_due is not None and fixed_due <= now:
+                entry = fixed.popleft()
+                callback, args = entry[1].fixed_timer_fired, (entry[2],)
+                entry[1] = None
+                self._fixed_live -= 1
+            else:
+                break
             try:
-                call._run()
+                callback(*args)
             except Exception:
                 log.failure("timer callback failed")
-        while self._heap and not self._heap[0][2]._is_entry(self._heap[0]):
-            heapq.heappop(self._heap)
-        if self._heap and (self._armed is None or self._heap[0][0] < self._armed_at):
-            self._arm(self._heap[0][0])
+        dues = [due for due in (heap_due, fixed_due) if due is not None]
+        if dues and (self._armed is None or min(dues) < self._armed_at):
+            self._arm(min(dues))
+        elif not dues:
+            self._forget_if_idle()

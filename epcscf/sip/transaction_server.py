@@ -17,9 +17,11 @@ from epcscf.sip.connection import Connection
 from epcscf.sip.headers import Via, to_tag
 from epcscf.sip.message import Request, Response, make_response
 from epcscf.sip.parser import parse_message
+from epcscf.sip.timers import FixedEntry, TimerQueue
 from epcscf.sip.transaction_machine import (
     INVITE_SERVER,
     NON_INVITE_SERVER,
+    TIMER_LIFETIME,
     Event,
     State,
     TimerSettings,
@@ -30,6 +32,11 @@ log = Logger()
 
 #: RFC 3261 §8.1.1.7: branches of RFC 3261 implementations start with this.
 MAGIC_COOKIE = "z9hG4bK"
+
+#: The timers a settled server transaction runs for a delay every transaction of its path
+#: shares: H, J (64*T1, RFC 3261 §17.2.1/§17.2.2), L (64*T1, RFC 6026 §7.1) and I (T4).  They go to
+#: the layer's ``TimerQueue.call_fixed`` (a deque entry, not a heap entry and a ``QueuedCall``).
+_FIXED_DELAY_TIMERS = frozenset({Event.TIMER_H, Event.TIMER_I, Event.TIMER_J, Event.TIMER_L})
 
 
 class TransactionUser(Protocol):
@@ -79,21 +86,31 @@ class RequestIdentity(NamedTuple):
 
 class SettledIdentity(NamedTuple):
     """What a lingering server transaction with an RFC 3261 branch is still matched and filed
-    by: the §17.2.3 key and the §8.2.2.2 merge key, nothing else.  The ``RequestIdentity`` it
-    replaces also holds the parsed top Via, the Request-URI and the tags, which only
-    RFC 2543 matching reads (~600 B); thousands linger 64*T1 during a burst (docs/performance.md,
-    "Compact lingering state")."""
+    by: the fields of the §17.2.3 key and of the §8.2.2.2 merge key, nothing else.  The
+    ``RequestIdentity`` it replaces also holds the parsed top Via, the Request-URI and the tags,
+    which only RFC 2543 matching reads (~600 B); thousands linger 64*T1 during a burst
+    (docs/performance.md, "Compact lingering state").  One flat tuple: the keys are built when
+    asked for, as ``RequestIdentity`` builds them (the layer asks once, when the transaction ends)."""
 
-    key: tuple[str, str, str]
-    merge_key: tuple[str | None, str | None, int, str]
-
-    @property
-    def branch(self) -> str:
-        return self.key[0]
+    branch: str
+    sent_by: str
+    method: str
+    from_tag: str | None
+    call_id: str | None
+    cseq_number: int
+    cseq_method: str
 
     @property
     def has_rfc3261_branch(self) -> bool:
         return True
+
+    @property
+    def key(self) -> tuple[str, str, str]:
+        return (self.branch, self.sent_by, self.method)
+
+    @property
+    def merge_key(self) -> tuple[str | None, str | None, int, str]:
+        return (self.from_tag, self.call_id, self.cseq_number, self.cseq_method)
 
 
 @dataclass(frozen=True, slots=True)
@@ -125,7 +142,7 @@ class ServerTransaction(TransactionMachine):
     """One request we received and the responses we give it (RFC 3261 §17.2)."""
 
     __slots__ = ("request", "method", "connection", "timers", "identity", "is_invite", "last_response",
-                 "final_to_tag", "_tu", "_ack_connection", "_interval")
+                 "final_to_tag", "_tu", "_ack_connection", "_interval", "_fixed_timer")
 
     def __init__(
         self,
@@ -156,6 +173,8 @@ class ServerTransaction(TransactionMachine):
         self._tu = tu
         self._ack_connection: Connection = connection
         self._interval = timers.t1  # current value of Timer G
+        #: the armed timer of ``_FIXED_DELAY_TIMERS`` (at most one: their states differ), if any
+        self._fixed_timer: FixedEntry | None = None
         super().__init__(clock, State.PROCEEDING if self.is_invite else State.TRYING, on_terminated)
 
     def __repr__(self) -> str:
@@ -218,8 +237,59 @@ class ServerTransaction(TransactionMachine):
         identity = self.identity
         if isinstance(identity, RequestIdentity) and identity.has_rfc3261_branch:
             # Only RFC 2543 matching reads the rest of the identity, and the To tag of our final.
-            self.identity = SettledIdentity(identity.key, identity.merge_key)
+            self.identity = SettledIdentity(identity.branch or "", identity.sent_by, identity.method,
+                                            identity.from_tag, identity.call_id, identity.cseq_number,
+                                            identity.cseq_method)
             self.final_to_tag = None
+        if not self._timers:
+            # A dict keeps the table its 100 Trying timer needed (224 B); an empty one is 64 B.
+            self._timers = {}
+
+    # ----- timers of a fixed delay (see ``_FIXED_DELAY_TIMERS``) -----------------------------
+
+    def _start_timer(self, timer: Event, delay: float) -> None:
+        if delay > 0 and timer in _FIXED_DELAY_TIMERS and isinstance(self._clock, TimerQueue):
+            self._cancel_timer(timer)
+            self._cancel_fixed_timer()  # I replaces H (Confirmed): the layer may not have cancelled it
+            self._fixed_timer = self._clock.call_fixed(delay, self, timer)
+        else:
+            super()._start_timer(timer, delay)
+
+    def fixed_timer_fired(self, timer: Event) -> None:
+        """``TimerQueue.call_fixed``'s callback: as ``_timer_fired`` for the other timers."""
+        self._fixed_timer = None
+        if self.state in TIMER_LIFETIME[timer]:
+            self._handle(timer)
+
+    def _cancel_fixed_timer(self) -> None:
+        entry = self._fixed_timer
+        if entry is not None:
+            self._fixed_timer = None
+            assert isinstance(self._clock, TimerQueue)
+            self._clock.cancel_fixed(entry)
+
+    def _cancel_timer(self, timer: Event) -> None:
+        entry = self._fixed_timer
+        if entry is not None and entry[2] is timer:
+            self._cancel_fixed_timer()
+        else:
+            super()._cancel_timer(timer)
+
+    def _cancel_timers_outside(self, state: State) -> None:
+        super()._cancel_timers_outside(state)
+        entry = self._fixed_timer
+        if entry is not None and state not in TIMER_LIFETIME[entry[2]]:
+            self._cancel_fixed_timer()
+
+    def timer_deadlines(self) -> dict[str, float]:
+        deadlines = super().timer_deadlines()
+        if self._fixed_timer is not None:
+            deadlines[self._fixed_timer[2].value] = self._fixed_timer[0]
+        return deadlines
+
+    def shut_down(self) -> None:
+        self._cancel_fixed_timer()
+        super().shut_down()
 
     def _send_trying(self, _: object) -> None:
         # RFC 3261 §17.2.1: the TU did not answer within 200 ms.
@@ -267,7 +337,9 @@ class ServerTransaction(TransactionMachine):
         self._start_timer(Event.TIMER_G, self._interval)
 
     def _start_timer_i(self, _: object) -> None:
-        # §17.2.1: Timer I = T4 on unreliable transports, zero on reliable ones.
+        # §17.2.1: Timer I = T4 on unreliable transports, zero on reliable ones.  The ACK ended
+        # Timer H (Confirmed).
+        self._cancel_fixed_timer()
         self._start_timer(Event.TIMER_I, 0 if self.connection.reliable else self.timers.t4)
 
     def _start_timer_j(self, _: object) -> None:
@@ -286,6 +358,7 @@ class ServerTransaction(TransactionMachine):
 
     def _log_transport_error(self, _: object) -> None:
         # RFC 3261 §17.2.4: the transport already tried §18.2.2's fallbacks.
+        self._cancel_fixed_timer()
         log.info(
             "{machine} transaction {branch} ends: {reason}",
             machine=self.machine,

@@ -13,7 +13,6 @@ worker stops: a worker never runs unsupervised.
 from __future__ import annotations
 
 import argparse
-import gc
 import os
 import sys
 import traceback
@@ -23,6 +22,7 @@ from twisted.internet.error import ReactorNotRunning
 from twisted.logger import Logger
 
 from epcscf.config import Config, ConfigError, load
+from epcscf.memory import tune_collector
 from epcscf.ops.lifecycle import ConfigChange, apply_config
 from epcscf.ops.metrics import EventLoopLag
 from epcscf.pcscf.flows import FlowTokenCodec
@@ -169,9 +169,8 @@ def main(argv: list[str] | None = None) -> None:
             lambda failure: None
         )
 
-    # As in epcscf.tap: collect the young generation less often, keep the start-up objects out of it.
-    gc.set_threshold(100_000, 50, 100)
     reactor.callWhenRunning(start)
-    reactor.callWhenRunning(gc.freeze)
+    # As in epcscf.tap (epcscf.memory): the collector's thresholds; what start made is frozen too.
+    tune_collector(reactor)
     reactor.run()
 
