@@ -150,6 +150,13 @@ level = warn
         (``_arena_probe.py``): by type and, under tracemalloc, by allocation site."""
         return self._run_probe("_arena_probe.py", {"ARENA_BASELINE": baseline}, "ARENA-FIGURES")
 
+    def call_referrers(self) -> dict[str, Any]:
+        """The whole ``Call`` objects alive, where the call manager has them, and who refers to
+        those it does not (``_call_referrers_probe.py``)."""
+        found = self._run_probe("_call_referrers_probe.py", {}, "CALL-REFERRERS")
+        found["fan out"] = self._run_probe("_call_referrers_probe.py", {}, "CALL-FANOUT")
+        return found
+
     def rss_kib(self) -> int:
         with open(f"/proc/{self.process.pid}/status") as status:
             return next(int(line.split()[1]) for line in status if line.startswith("VmRSS:"))

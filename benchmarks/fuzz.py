@@ -35,6 +35,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import collections
+import json
 import os
 import random
 import re
@@ -533,6 +534,8 @@ def main(argv: list[str] | None = None) -> int:
             probes[moment]["rss_kib"] = edge.rss_kib()
             probes[moment]["heap"] = edge.heap()
             probes[moment]["arenas"] = edge.arenas(baseline=moment == "before")
+            referrers = edge.call_referrers()
+            print(f"whole calls {moment}: {json.dumps(referrers)}", file=sys.stderr)
 
     sipp: subprocess.Popen | None = None
     try:

@@ -15,7 +15,7 @@ from twisted.internet.task import Clock
 from twisted.trial import unittest
 
 from epcscf.pcscf.call_state import CallState
-from epcscf.pcscf.call_suspension import CallSuspensions
+from epcscf.pcscf.call_suspension import LATE_WINDOW, CallSuspensions
 from epcscf.pcscf.calls import CallManager, CallSettings
 from epcscf.sip.message import Request, Response
 from epcscf.sip.proxy_rules import list_values
@@ -294,12 +294,44 @@ class SuspensionTimerTests(unittest.TestCase):
         self.assertEqual(released, [])
         clock.advance(0.2)
         self.assertEqual([(call, cause.split(" (")[0]) for call, cause in released], [(first, "WebSocket closed")])
-        self.assertEqual(len(clock.getDelayedCalls()), 0)
+        [late_window] = clock.getDelayedCalls()  # the grace timer is gone; the released call's window is left
+        self.assertAlmostEqual(late_window.getTime(), clock.seconds() + LATE_WINDOW)
         third = make()
         suspensions.suspend("flow-c", keys, [third])
         suspensions.forget(third)
-        self.assertEqual(clock.getDelayedCalls(), [])
+        self.assertEqual(clock.getDelayedCalls(), [late_window])
         self.assertEqual(len(suspensions), 0)
+
+    def test_a_call_released_for_want_of_a_reconnection_is_let_go_after_the_late_window(self) -> None:
+        """Issue 14: it was forgotten only at the next expiry or registration, so the calls of a
+        burst's last lost flows stayed whole for good."""
+        import gc
+        import weakref
+
+        class _Call:
+            def __init__(self) -> None:
+                self.state, self.media, self.call_id = CallState.CONFIRMED, object(), secrets.token_hex(4)
+                self.ended, self.suspended_since, self.dialog = False, None, None
+
+            def note(self, kind: str, text: str) -> None:
+                pass
+
+        clock = Clock()
+        # Released as the call manager does: the call ends and is forgotten (``CallManager._finish``).
+        suspensions = CallSuspensions(clock, 10.0, lambda call, connection: None, lambda call, cause: suspensions.forget(call),
+                                      lambda *a: None, lambda *a: None, lambda flow_id: [])
+        keys = frozenset({("sip:alice@example.com", '"<urn:uuid:1>"', "1")})
+        call = _Call()
+        suspensions.suspend("flow-a", keys, [call])
+        released = weakref.ref(call)
+        del call
+        clock.advance(10.0)  # grace over: released, remembered for a late registration
+        gc.collect()
+        self.assertIsNotNone(released(), "kept for a registration within the late window")
+        clock.advance(LATE_WINDOW)
+        gc.collect()
+        self.assertIsNone(released(), "nothing refers to the call once the late window is over")
+        self.assertEqual(clock.getDelayedCalls(), [])
 
 
 del CallsThroughTheEdgeTests  # imported for its fixture only: its tests run in their own module

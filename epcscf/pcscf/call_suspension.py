@@ -35,7 +35,9 @@ reconnect_grace`` that release waits for the grace period:
   only, with ``Reason: SIP;cause=480;text="WebSocket closed"`` and how long it waited.  The
   WIC could not be told; if the same instance registers again within ``LATE_WINDOW`` seconds
   its dialogs get that BYE on the new flow, so that its RTCPeerConnection is closed too
-  (RFC 3261 §15: the BYE is matched by Call-ID and tags, whatever the transport).
+  (RFC 3261 §15: the BYE is matched by Call-ID and tags, whatever the transport).  A timer
+  forgets them when that window is over: pruned only at the next expiry or registration,
+  the calls of a burst's last lost flows stayed whole for good (issue 14).
 """
 
 from __future__ import annotations
@@ -114,6 +116,8 @@ class CallSuspensions:
         self._flow_instances: dict[str, set[InstanceKey]] = {}
         #: calls released for want of a reconnection, by the instances that may still come back
         self._late: dict[InstanceKey, tuple[float, list[Call]]] = {}
+        #: due when the oldest entry of ``_late`` is over its ``LATE_WINDOW``
+        self._late_pruning: IDelayedCall | None = None
         self._lost: dict[str, _LostFlow] = {}
         #: (former flow id, Call-ID) → the call that flow's token still names in its route set
         self._aliases: dict[tuple[str, str], Call] = {}
@@ -165,6 +169,7 @@ class CallSuspensions:
         self._prune_late(now)
         for key in lost.instances:
             self._late[key] = (now, [call for call in lost.calls if not call.ended])
+        self._arm_late_pruning()
         for call in list(lost.calls):
             if call.ended:
                 continue
@@ -234,6 +239,18 @@ class CallSuspensions:
         for key in [key for key, (at, _) in self._late.items() if at + LATE_WINDOW <= now]:
             del self._late[key]
 
+    def _arm_late_pruning(self) -> None:
+        """One timer for ``_late``: due when its oldest entry is over the window."""
+        if self._late_pruning is not None or not self._late:
+            return
+        due = min(at for at, _ in self._late.values()) + LATE_WINDOW
+        self._late_pruning = self.clock.callLater(max(0.0, due - self.clock.seconds()), self._late_due)
+
+    def _late_due(self) -> None:
+        self._late_pruning = None
+        self._prune_late(self.clock.seconds() + 1e-6)  # the timer's own arithmetic may round a hair early
+        self._arm_late_pruning()
+
     # --- requests naming a lost flow ---------------------------------------------------------------
 
     def _call_of(self, flow_id: str, request: Request) -> Call | None:
@@ -294,5 +311,8 @@ class CallSuspensions:
         self._lost.clear()
         self._aliases.clear()
         self._late.clear()
+        if self._late_pruning is not None and self._late_pruning.active():
+            self._late_pruning.cancel()
+        self._late_pruning = None
         self._instance_flow.clear()
         self._flow_instances.clear()
