@@ -38,6 +38,13 @@ MAGIC_COOKIE = "z9hG4bK"
 #: the layer's ``TimerQueue.call_fixed`` (a deque entry, not a heap entry and a ``QueuedCall``).
 _FIXED_DELAY_TIMERS = frozenset({Event.TIMER_H, Event.TIMER_I, Event.TIMER_J, Event.TIMER_L})
 
+#: What a lingering transaction holds in place of its own empty timer table and due-now list
+#: (64 + 56 B each, thousands of them during a burst).  Shared, so never added to: ``_start_timer``
+#: gives the transaction its own again before it arms a timer (docs/performance.md, "Fuzz burst
+#: survivors at +60 s").
+_NO_TIMERS: dict[Event, object] = {}
+_NOTHING_DUE: list[Event] = []
+
 
 class TransactionUser(Protocol):
     """The proxy, registrar or embedded core: what the server side hands up."""
@@ -242,8 +249,10 @@ class ServerTransaction(TransactionMachine):
                                             identity.cseq_method)
             self.final_to_tag = None
         if not self._timers:
-            # A dict keeps the table its 100 Trying timer needed (224 B); an empty one is 64 B.
-            self._timers = {}
+            # A dict keeps the table its 100 Trying timer needed (224 B); the shared empty one is 0 B.
+            self._timers = _NO_TIMERS  # type: ignore[assignment]
+        if not self._due_now:
+            self._due_now = _NOTHING_DUE
 
     # ----- timers of a fixed delay (see ``_FIXED_DELAY_TIMERS``) -----------------------------
 
@@ -252,8 +261,13 @@ class ServerTransaction(TransactionMachine):
             self._cancel_timer(timer)
             self._cancel_fixed_timer()  # I replaces H (Confirmed): the layer may not have cancelled it
             self._fixed_timer = self._clock.call_fixed(delay, self, timer)
-        else:
-            super()._start_timer(timer, delay)
+            return
+        # The machine adds to these two: a lingering transaction's are the shared empty ones.
+        if self._timers is _NO_TIMERS:
+            self._timers = {}
+        if self._due_now is _NOTHING_DUE:
+            self._due_now = []
+        super()._start_timer(timer, delay)
 
     def fixed_timer_fired(self, timer: Event) -> None:
         """``TimerQueue.call_fixed``'s callback: as ``_timer_fired`` for the other timers."""
