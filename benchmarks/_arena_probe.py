@@ -187,6 +187,9 @@ def _owners(found, old_arenas):
     rows.append(["(reached by none of these)", len(unowned), len(unowned_arenas),
                  sum(1 for arena in unowned_arenas if owner_of_arena[arena] == {"(none of these)"}),
                  " ".join(f"{t}:{c}" for t, c in _collections.Counter(type(found[key]).__name__ for key in unowned).most_common(8))])
+    # Which owners share each arena: the arenas a set of owners would give back by going together.
+    together = _collections.Counter(" + ".join(sorted(names)) for names in owner_of_arena.values())
+    rows.append(["(arenas by the owners in them)", together.most_common(25)])
     return rows
 
 
