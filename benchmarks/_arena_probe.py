@@ -187,6 +187,13 @@ def _owners(found, old_arenas):
     rows.append(["(reached by none of these)", len(unowned), len(unowned_arenas),
                  sum(1 for arena in unowned_arenas if owner_of_arena[arena] == {"(none of these)"}),
                  " ".join(f"{t}:{c}" for t, c in _collections.Counter(type(found[key]).__name__ for key in unowned).most_common(8))])
+    if _tracemalloc.is_tracing():
+        # Who made what no owner reaches (the console session running this probe is among them).
+        sites = _collections.defaultdict(_collections.Counter)
+        for key in unowned:
+            sites[_site(found[key])][type(found[key]).__name__] += 1
+        top = sorted(sites.items(), key=lambda item: -sum(item[1].values()))[:30]
+        rows.append(["(unreached, by site)", [[site, sum(names.values()), dict(names.most_common(4))] for site, names in top]])
     # Which owners share each arena: the arenas a set of owners would give back by going together.
     together = _collections.Counter(" + ".join(sorted(names)) for names in owner_of_arena.values())
     rows.append(["(arenas by the owners in them)", together.most_common(25)])
