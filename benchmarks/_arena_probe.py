@@ -6,7 +6,10 @@
 # runs print one line "ARENA-FIGURES {json}": the objects in buckets that only exist since then,
 # by type and, when tracemalloc traces, by allocation site (the newest frames under epcscf/) --
 # the survivors that keep the burst's arenas from going back.  It also lists the modules first
-# imported since the baseline: their code objects and classes land in the burst's arenas.
+# imported since the baseline: their code objects and classes land in the burst's arenas.  And it
+# charges those objects to their owners (``_owner_roots``: transactions, ended calls, registrations,
+# subscriptions, memos, delayed calls ...), with the arenas each owner holds alone and the arenas
+# by the set of owners in them: what giving up one owner's records would give back.
 import collections as _collections
 import gc as _gc
 import json as _json
