@@ -333,6 +333,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--profile", metavar="FILE", help="run epcscf under cProfile, stats saved to FILE")
     parser.add_argument("--separate-core", action="store_true",
                         help="run the embedded core in a second epcscf process (the eP-CSCF's own cost without the core's)")
+    parser.add_argument("--edge-tree", metavar="DIR",
+                        help="run the eP-CSCF of another checkout (its .venv), e.g. /work/main, with this "
+                             "benchmark, generator and core: a paired comparison where only the edge differs")
     parser.add_argument("--counts", action="store_true",
                         help="count each worker's SIP, STUN and collector passes in the timed phase (benchmarks/edge_counts; "
                              "costs the edge a little CPU per message)")
@@ -356,6 +359,13 @@ def main(argv: list[str] | None = None) -> int:
         subprocess.Popen = profiled  # type: ignore[misc]
     if options.quick:
         options.seconds = 5.0
+    if options.edge_tree:
+        import w2_register
+
+        tree = os.path.abspath(options.edge_tree)
+        if not os.access(os.path.join(tree, ".venv", "bin", "twistd"), os.X_OK):
+            parser.error(f"--edge-tree: no {tree}/.venv/bin/twistd (run bin/setup there)")
+        w2_register.TOP = tree  # EpcscfProcess starts twistd from there, with that tree on PYTHONPATH
     raise_open_files_limit(20000)
     engines = ("builtin", "rtpengine") if options.engine == "both" else (options.engine,)
     for engine in engines:
@@ -427,6 +437,8 @@ def run_engine(options: argparse.Namespace, engine: str, workers: int) -> Figure
 
 def report(options: argparse.Namespace, engine: str, ims: _call_cores.Ims, f: Figures) -> None:
     failure_ratio = f.failed / f.offered if f.offered else 1.0
+    if options.edge_tree:
+        print(f"eP-CSCF from {os.path.abspath(options.edge_tree)}")
     print(f"calls ([media] engine = {engine}, ICE {options.ice_mode}, {ims.described}, generator {options.generator}): "
           f"target {options.rate:g}/s for {options.seconds:g} s, {options.wics} WICs, hold {options.hold:g} s")
     if f.shares:
