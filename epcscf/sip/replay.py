@@ -32,6 +32,7 @@ decision that waits for a Deferred is not), and only the first send for it.
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from collections.abc import Callable, Hashable
 from dataclasses import dataclass
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
@@ -79,7 +80,9 @@ class StatelessReplays:
         self._clock = clock
         self._window = window
         self._limit = entries
-        self._entries: dict[tuple[bytes, Hashable], _Entry] = {}  # oldest first (same window for all)
+        # Oldest first (the same window for all), and dropped from the front: an OrderedDict, as a
+        # dict whose first items keep being deleted walks past their empty slots at every ``next(iter())``.
+        self._entries: OrderedDict[tuple[bytes, Hashable], _Entry] = OrderedDict()
         self._receiving: tuple[bytes, Hashable] | None = None
         self._expiry: IDelayedCall | None = None
         self.replayed = 0  # copies sent on from here (for tests and the benchmark's counts)
@@ -139,7 +142,7 @@ class StatelessReplays:
         now = self._clock.seconds()
         self._forget_expired(now)
         while len(entries) >= self._limit:
-            del entries[next(iter(entries))]
+            entries.popitem(last=False)
         entries[key] = _Entry(send, connection, message.serialize(), now + self._window, REPLAYS_PER_ENTRY)
         if self._expiry is None:
             self._expiry = self._clock.callLater(self._window, self._expire)
@@ -152,7 +155,7 @@ class StatelessReplays:
             key = next(iter(entries))
             if entries[key].expires > now:
                 return
-            del entries[key]
+            entries.popitem(last=False)
 
     def _expire(self) -> None:
         self._expiry = None
