@@ -118,6 +118,15 @@ class StatelessReplaysTests(unittest.TestCase):
         self.assertTrue(self.replays.replay(ok_bytes("INVITE"), CORE))
         self.assertEqual(len(wic.raw), 1)
 
+    def test_a_2xx_forwarded_without_its_body_is_not_remembered(self) -> None:
+        # A copy that came before the answer toward the WIC was known went on without SDP; the
+        # next copy must be worked out again, to carry the answer.
+        with_sdp = ok_bytes().replace(b"Content-Length: 0\r\n\r\n", b"Content-Length: 4\r\n\r\nv=0\n")
+        wic = RawConnection("WS", Address("192.0.2.9", 40000))
+        self.replays.receiving(with_sdp, CORE)
+        self.replays.forwarded(parse_message(ok_bytes()), wic)
+        self.assertFalse(self.replays.replay(with_sdp, CORE))
+
     def test_entries_are_forgotten_after_64_t1_by_one_timer(self) -> None:
         self.forward_ack()
         self.clock.advance(REPLAY_WINDOW - 1)

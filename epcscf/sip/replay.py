@@ -135,6 +135,10 @@ class StatelessReplays:
         call_id = message.headers.get("call-id")
         if not call_id or call_id.encode("utf-8", "replace") not in raw:
             return
+        if not message.body and raw.partition(b"\r\n\r\n")[2]:
+            # Its body was taken out (a 2xx copy that came before the answer toward the WIC was
+            # known goes on without SDP, call_sdp): the next copy is worked out again.
+            return
         send = raw_sender(connection)
         if send is None:
             return
