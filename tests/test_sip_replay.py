@@ -16,6 +16,7 @@ from epcscf.sip.connection import Address, ConnectionLost
 from epcscf.sip.message import Message, make_response
 from epcscf.sip.parser import parse_message
 from epcscf.sip.proxy import ProxySettings, StatefulProxy
+from epcscf.sip.proxy_policy import DefaultRoutingPolicy
 from epcscf.sip.replay import ENTRIES, REPLAY_WINDOW, REPLAYS_PER_ENTRY, StatelessReplays
 from epcscf.sip.resolver import NextHopResolver
 from epcscf.sip.transport_specs import TransportSettings
@@ -225,4 +226,19 @@ class ProxyReplayTests(unittest.TestCase):
         self.assertEqual(server.statuses, [100, 200])
         self.assertTrue(self.replays.replay(raw, CORE))
         self.assertEqual(inbound.raw, [server.responses[-1].serialize()])
+        self.replays.close()
+
+    def test_an_ack_forwarded_statelessly_is_remembered_as_the_bytes_sent(self) -> None:
+        core = RawConnection("UDP", UAS.address, PROXY_UDP)
+        self.connector.connections[UAS] = core
+        self.proxy.policy = DefaultRoutingPolicy(self.connector, self.proxy.resolver)
+        raw = ack_bytes().replace(b"Max-Forwards: 70\r\n", b"Max-Forwards: 70\r\nRoute: <sip:192.0.2.20:5080;lr>\r\n")
+        wic = RawConnection("WS", Address("192.0.2.9", 40000))
+        self.replays.receiving(raw, wic)
+        self.proxy.ack_received(parse_message(raw), wic)
+        self.replays.received()
+        (sent,) = core.raw  # sent once, as bytes serialised once
+        self.assertTrue(sent.startswith(b"ACK ") and b"Max-Forwards: 69" in sent)
+        self.assertTrue(self.replays.replay(raw, wic))
+        self.assertEqual(core.raw, [sent, sent])
         self.replays.close()

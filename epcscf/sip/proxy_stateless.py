@@ -116,9 +116,10 @@ class StatelessForwarding:
 
         def send(connection: Connection) -> None:
             rules.add_via(request, connection.transport, via_sent_by or self._sent_by(connection), branch_id)
-            connection.send_message(request)
-            if self.replays is not None:
-                self.replays.forwarded(request, connection)  # its copies go the same way (§16.11)
+            if self.replays is None:
+                connection.send_message(request)
+            else:
+                self.replays.send(request, connection)  # and its copies the same way (§16.11)
 
         if isinstance(first, Target):
             return self.connector.connect(first).addCallback(send)

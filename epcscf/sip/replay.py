@@ -11,8 +11,9 @@ is late makes the UAS retransmit, and the copies make it later still: at 400 cal
 handled about 3 copies of each 200 and of each ACK instead of one (``docs/performance.md``, "400
 calls/s: the two modes").
 
-``StatelessReplays`` remembers, for a message forwarded statelessly and at once, the bytes it came
-in as (with where it came from) and the bytes it went out as (with where they went).  A transport
+``StatelessReplays`` remembers, for a message forwarded at once (an ACK for a 2xx, a 2xx copy, and
+the first 2xx to an INVITE, which the stateful proxy forwards through its server transaction), the
+bytes it came in as (with where it came from) and the bytes it went out as (with where they went).  A transport
 asks ``replay`` before parsing anything: an identical copy from the same peer is sent on as the same
 bytes to the same connection, which is what forwarding it in full would do (§16.11: a stateless
 proxy forwards a retransmission the same way, down to the branch).  What bounds it:
@@ -27,7 +28,9 @@ proxy forwards a retransmission the same way, down to the branch).  What bounds 
   takes the full path, which finds the new flow.
 
 Only a forward that happens while the transport is still handing over the message is remembered (a
-decision that waits for a Deferred is not), and only the first send for it.
+decision that waits for a Deferred is not), only the first send for it, only the message itself (an
+ACK for an ACK, a 2xx to an INVITE for a 2xx, same Call-ID), and not a 2xx whose body was taken out
+(a copy that came before the answer toward the WIC was known: the next one must carry it).
 """
 
 from __future__ import annotations
@@ -120,8 +123,21 @@ class StatelessReplays:
 
     # --- from the stateless forwarder ------------------------------------------------------
 
-    def forwarded(self, message: Message, connection: Connection) -> None:
-        """``message`` (the one being received, forwarded statelessly) was sent on ``connection``."""
+    def send(self, message: Message, connection: Connection) -> None:
+        """Send ``message`` (the one being received, forwarded statelessly) on ``connection``,
+        serialised once for the wire and for its copies."""
+        sender = raw_sender(connection)
+        if sender is None or self._receiving is None:
+            connection.send_message(message)
+            self.forwarded(message, connection)
+            return
+        payload = message.serialize()
+        sender(payload)
+        self.forwarded(message, connection, payload)
+
+    def forwarded(self, message: Message, connection: Connection, payload: bytes | None = None) -> None:
+        """``message`` (the one being received, forwarded statelessly) was sent on ``connection``
+        (as ``payload``, when the caller has it)."""
         key = self._receiving
         if key is None:
             return  # forwarded later (a Deferred), or not while a transport hands one over
@@ -135,7 +151,7 @@ class StatelessReplays:
         call_id = message.headers.get("call-id")
         if not call_id or call_id.encode("utf-8", "replace") not in raw:
             return
-        if not message.body and raw.partition(b"\r\n\r\n")[2]:
+        if not message.body and raw.find(b"\r\n\r\n") + 4 < len(raw):
             # Its body was taken out (a 2xx copy that came before the answer toward the WIC was
             # known goes on without SDP, call_sdp): the next copy is worked out again.
             return
@@ -147,7 +163,9 @@ class StatelessReplays:
         self._forget_expired(now)
         while len(entries) >= self._limit:
             entries.popitem(last=False)
-        entries[key] = _Entry(send, connection, message.serialize(), now + self._window, REPLAYS_PER_ENTRY)
+        if payload is None:
+            payload = message.serialize()
+        entries[key] = _Entry(send, connection, payload, now + self._window, REPLAYS_PER_ENTRY)
         if self._expiry is None:
             self._expiry = self._clock.callLater(self._window, self._expire)
 
