@@ -96,23 +96,20 @@ def _install() -> None:
 
         transaction.receive_request = counted
 
-    def patch_udp(module: Any) -> None:
-        send_bytes = module.UdpConnection.send_bytes
+    def count_sends(class_name: str, method_name: str, transport: str) -> Callable[[Any], None]:
+        """A patch counting what ``class_name.method_name`` (bytes already serialised) sends."""
 
-        def counted(self: Any, data: bytes) -> None:
-            counts[f"sip out udp {first_word(data)}"] += 1
-            send_bytes(self, data)
+        def patch(module: Any) -> None:
+            cls = getattr(module, class_name)
+            send = getattr(cls, method_name)
 
-        module.UdpConnection.send_bytes = counted
+            def counted(self: Any, data: bytes) -> None:
+                counts[f"sip out {transport} {first_word(data)}"] += 1
+                send(self, data)
 
-    def patch_ws(module: Any) -> None:
-        send_raw = module.WsConnection.send_raw
+            setattr(cls, method_name, counted)
 
-        def counted(self: Any, payload: bytes) -> None:
-            counts[f"sip out ws {first_word(payload)}"] += 1
-            send_raw(self, payload)
-
-        module.WsConnection.send_raw = counted
+        return patch
 
     def patch_ice(module: Any) -> None:
         socket = module._StunSocket
@@ -147,8 +144,8 @@ def _install() -> None:
         "epcscf.sip.replay": patch_replay,
         "epcscf.sip.transaction": patch_transaction,
         "epcscf.sip.transaction_server": patch_server_transaction,
-        "epcscf.sip.transport_udp": patch_udp,
-        "epcscf.ws.connection": patch_ws,
+        "epcscf.sip.transport_udp": count_sends("UdpConnection", "send_bytes", "udp"),
+        "epcscf.ws.connection": count_sends("WsConnection", "send_raw", "ws"),
         "epcscf.ice.full": patch_ice,
     }
 
