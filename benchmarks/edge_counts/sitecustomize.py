@@ -119,6 +119,8 @@ def _install() -> None:
             data_bytes = bytes(data)
             if module.is_stun(data_bytes):
                 counts[f"stun in {'request' if data_bytes[0] == 0 and data_bytes[1] == 1 else 'response'}"] += 1
+                if getattr(self.receiver, "_closing", False):
+                    counts["stun in while the agent closes (aioice drops it after parsing)"] += 1
             else:
                 counts["non-stun datagram in (ICE socket)"] += 1
             received(self, data, addr)
