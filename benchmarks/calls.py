@@ -5,6 +5,7 @@ Usage::
     .venv/bin/python benchmarks/calls.py [--rate 100] [--seconds 30] [--wics 60] [--ice-mode full|lite]
                                          [--generator node|python] [--core embedded|kamailio|sipp]
                                          [--epcscf-workers 1,2] [--hold 0] [--quick] [--log-level warn]
+                                         [--counts] [--edge-tree /work/main]
 
 epcscf runs as its own process (``twistd -n epcscf`` on a generated ini, the same
 ``Deployment``/``EpcscfProcess`` as ``benchmarks/w2_register.py``); a sipp UAS
@@ -43,6 +44,11 @@ cost per call is included).
 its own process (as ``--separate-core``); the WICs per worker are read from the supervisor's
 ``/metrics`` and epcscf CPU is the supervisor's and the workers' together.  A list (``1,2``) runs
 one deployment after the other in the same invocation and prints the ratio of calls/s.
+
+``--counts`` prints, per worker, what the edge received, sent, absorbed and sent on unparsed in the
+timed phase, its STUN and its collector passes (``benchmarks/edge_counts``), and sipp's message counts; the
+Node generator always prints its retransmissions and event-loop delay.  ``--edge-tree DIR`` runs another
+checkout's edge with this harness (paired runs where only the edge differs).
 
 Floors (the project's targets): ≥ 100 calls/s sustained for 30 s, < 1 % failures, p99 setup < 250 ms.
 The exit status is 0 whatever the figures (a measurement, not a test); non-zero only when the
