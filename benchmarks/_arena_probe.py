@@ -111,6 +111,7 @@ def _owner_roots():
             getattr(layer, "_by_merge_key", None))
         add(f"{label}: client transactions", getattr(layer, "_clients", None))
         add(f"{label}: stateless responses", getattr(layer, "stateless", None))
+    add("edge: stateless 2xx/ACK replays (64*T1)", getattr(node, "replays", None))
     calls = getattr(node, "calls", None)
     add("edge: ended-call history", getattr(calls, "history", None))
     add("edge: calls released, late window", getattr(calls, "suspensions", None))
