@@ -237,6 +237,7 @@ def _parse(data: bytes, limits: ParserLimits, require_content_length: bool) -> R
     headers._index = values
     _check_headers(message, values, repeated)
     _take_body(message, values, data, body_start, n, limits, require_content_length)
+    headers._as_parsed = True
     return message
 
 
