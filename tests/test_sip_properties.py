@@ -13,7 +13,6 @@ from hypothesis import strategies as st
 from twisted.trial.unittest import SynchronousTestCase
 
 from epcscf.sip import headers as sip_headers
-from epcscf.sip import parser as sip_parser
 from epcscf.sip.headers import HeaderError
 from epcscf.sip.message import Request, Response
 from epcscf.sip.parser import SipParseError, StreamFramer, error_response_for, parse_message
@@ -100,33 +99,6 @@ def mutated(draw: st.DrawFn, messages: st.SearchStrategy[bytes]) -> bytes:
     return bytes(data)
 
 
-@st.composite
-def folded_or_repeated_messages(draw: st.DrawFn) -> bytes:
-    """A valid message with a header on two lines, a folded line, compact names or odd spacing."""
-    lines = draw(valid_messages()).split(b"\r\n")
-    at = draw(st.integers(1, max(1, len(lines) - 3)))
-    kind = draw(st.sampled_from(["repeat", "fold", "compact", "space"]))
-    if kind == "repeat":
-        lines.insert(at, lines[at])
-    elif kind == "fold":
-        lines.insert(at + 1, b" \t" + draw(st.sampled_from([b"x", b";a=b", b""])))
-    elif kind == "compact":
-        for long, short in ((b"Via:", b"v:"), (b"From:", b"f:"), (b"To:", b"t:"), (b"Call-ID:", b"i:")):
-            lines = [short + line[len(long):] if line.startswith(long) else line for line in lines]
-    else:
-        lines[at] = lines[at].replace(b": ", draw(st.sampled_from([b" : ", b":", b":\t ", b"\t:  "])), 1)
-    return b"\r\n".join(lines)
-
-
-def _parse_outcome(data: bytes) -> tuple[object, ...]:
-    """What a parse gives, comparable: the error's status and reason, or the message's parts."""
-    try:
-        message = parse_message(data)
-    except SipParseError as error:
-        return ("error", error.status, error.reason)
-    return (type(message).__name__, message.start_line(), list(message.headers), message.headers._index, message.body)
-
-
 any_text = st.text(max_size=120) | st.text("sip:@;=<>\"',.[]%?&0123456789abc \t\\", max_size=80)
 
 
@@ -177,23 +149,6 @@ class ParserProperties(SynchronousTestCase):
         self.assertEqual(type(again), type(message))
         if isinstance(message, Response):
             self.assertEqual(again.status, message.status)
-
-    @BOUNDED
-    @given(mutated(valid_messages()) | valid_messages() | folded_or_repeated_messages())
-    @example(b"MESSAGE sip:a@b SIP/2.0\r\nVia: SIP/2.0/UDP h;branch=z9hG4bK1\r\nVia: SIP/2.0/UDP g;branch=z9hG4bK2\r\n"
-             b"From: <sip:a@b>;tag=1\r\nTo: <sip:a@b>\r\nCall-ID: c\r\nCSeq: 1 MESSAGE\r\nCall-ID: d\r\n\r\n")
-    @example(b"MESSAGE sip:a@b SIP/2.0\r\nv: SIP/2.0/UDP h;branch=z9hG4bK1\nf: <sip:a@b>;tag=1\r\n\r\n")
-    def test_the_header_lines_read_at_c_speed_read_as_the_line_loop_reads_them(self, data: bytes) -> None:
-        # Parsed twice: the first parse puts the names in the parser's name cache, so that the
-        # second takes ``_read_plain_lines`` wherever it can; the line loop alone must agree.
-        first = _parse_outcome(data)
-        self.assertEqual(_parse_outcome(data), first)
-        original = sip_parser._read_plain_lines
-        sip_parser._read_plain_lines = lambda lines, items: None
-        try:
-            self.assertEqual(_parse_outcome(data), first)
-        finally:
-            sip_parser._read_plain_lines = original
 
     @BOUNDED
     @given(st.lists(mutated(valid_messages()) | st.binary(max_size=80), min_size=1, max_size=4), st.data())
