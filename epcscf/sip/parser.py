@@ -39,7 +39,7 @@ from epcscf.sip.headers import (
     parse_via_list,
 )
 from epcscf.sip.message import COMPACT_FORMS, Request, Response, make_response, new_tag
-from epcscf.sip.uri import TOKEN_RE, SipUri, UriError, parse_uri
+from epcscf.sip.uri import TOKEN_RE, SipUri, UriError, shared_uri
 from epcscf.sip.params import MEMO_TEXT_LENGTH
 
 __all__ = [
@@ -262,7 +262,7 @@ def _parse_start_line(line: str, limits: ParserLimits) -> tuple[Request | Respon
     if uri_text.startswith("<"):
         return request, SipParseError(400, _bad("Request-URI enclosed in angle brackets"))
     try:
-        uri = parse_uri(uri_text)
+        uri = shared_uri(uri_text)  # read only, here and by validate_request: no copy needed
     except UriError as error:
         return request, SipParseError(400, _bad(f"malformed Request-URI: {error}"))
     request.headers._views[("uri", uri_text)] = uri  # validate_request reads it again

@@ -13,7 +13,7 @@ from typing import Iterable, Mapping, Sequence
 
 from epcscf.sip.headers import HeaderError, cached_view, cseq, from_tag, option_tags, parse_max_forwards, to_tag, via_line_view
 from epcscf.sip.message import Request, Response, display_name, make_response
-from epcscf.sip.uri import SipUri, TelUri, UriError, parse_uri
+from epcscf.sip.uri import SipUri, TelUri, UriError, shared_uri
 
 # RFC 3261 §16.3 step 2: the schemes this proxy can route; anything else gets 416.
 SUPPORTED_SCHEMES = frozenset({"sip", "sips", "tel"})
@@ -56,7 +56,7 @@ def validate_request(
         return _bad_request(request, "CSeq method does not match the request method")
     # Step 2: URI scheme (RFC 4475 §3.3.2 unkscm, §3.3.3 novelsc).
     try:
-        uri = cached_view(headers, "uri", request.uri, parse_uri)
+        uri = cached_view(headers, "uri", request.uri, shared_uri)  # read only
     except UriError as error:
         return _bad_request(request, f"malformed Request-URI: {error}")
     if not isinstance(uri, (SipUri, TelUri)) or uri.scheme.lower() not in SUPPORTED_SCHEMES:
