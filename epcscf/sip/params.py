@@ -127,6 +127,38 @@ def clear_with_memos(clear: Callable[[], None]) -> None:
     _MEMOS.append(clear)
 
 
+# RFC 3261 §25.1 token characters, for ``str.strip``: ``not text.strip(TOKEN_CHARACTERS)``
+# says a text is made of them only.
+TOKEN_CHARACTERS = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-.!%*_+`'~"
+#: what ``cut_param_value`` puts in place of the value it takes out (a token, so that a text
+#: and its shape read alike; texts holding it are not cut)
+VALUE_PLACEHOLDER = "x-epcscf-value"
+
+
+def cut_param_value(text: str, mark: str) -> tuple[str, str] | None:
+    """``(shape, value)`` for a header text holding ``mark`` (``";branch="``, ``";tag="``)
+    followed by a token up to the next ``;`` or the end: ``shape`` is the text with that
+    value replaced by ``VALUE_PLACEHOLDER``.  None for anything else (no mark, an empty or
+    non-token value, a quote or a comma anywhere, the placeholder already in the text).
+
+    A branch (RFC 3261 §8.1.1.7) or tag (§19.3) is new in every transaction or dialog, so
+    a memo keyed by the whole text never meets it twice; keyed by the shape it does.  A
+    pattern whose verdict does not depend on which token fills a parameter value reads a
+    text and its shape alike, and the placeholder, found in no cut text, marks where the
+    value goes back."""
+    at = text.find(mark)
+    if at < 0 or '"' in text or "," in text or VALUE_PLACEHOLDER in text:
+        return None
+    start = at + len(mark)
+    end = text.find(";", start)
+    if end < 0:
+        end = len(text)
+    value = text[start:end]
+    if not value or value.strip(TOKEN_CHARACTERS):
+        return None
+    return text[:start] + VALUE_PLACEHOLDER + text[end:], value
+
+
 def memoised_by_text(parse: Callable[[str], _Result], entries: int = MEMO_ENTRIES) -> Callable[[str], _Result]:
     """``parse`` remembered for the last ``entries`` texts up to ``MEMO_TEXT_LENGTH`` long.
 
