@@ -545,19 +545,46 @@ def address_facts(value: str) -> tuple[str | None, str | None]:
     (RFC 3261 §20.10; None when it is one: ``parse_address`` raises exactly then, with this
     reason) and its tag parameter.  A pure reading of the text, so memoised: the parser's
     check and the tag views share it."""
-    match = FAST_ADDRESS_RE.match(value)
-    if match is not None:
-        # A valid address (the pattern accepts a subset of the grammar): only its header
-        # parameters need reading, no URI parse.  The last "tag" counts, as in ``Params``.
-        found = read_matched_header_params(match.group("params") or match.group("spec_params") or "")
-        for name, param_value in reversed(found):
-            if name.lower() == "tag":
-                return None, param_value or None
-        return None, None
+    cut = cut_param_value(value, ";tag=")
+    if cut is not None and value.rfind(">") < value.find(";tag="):
+        # A tag among the header parameters (after any '>'): read by the text's shape, asked
+        # once per shape, since a tag is new in every dialog (``cut_param_value``).
+        shape, tag = cut
+        facts = _address_facts_by_shape.get(shape)
+        if facts is None:
+            facts = _fast_address_facts(shape)
+            if facts is not None:
+                if len(_address_facts_by_shape) >= ADDRESS_MEMO_ENTRIES:
+                    _address_facts_by_shape.clear()
+                _address_facts_by_shape[shape] = facts
+        if facts is not None:
+            return None, tag if facts[1] == VALUE_PLACEHOLDER else facts[1]
+    facts = _fast_address_facts(value)
+    if facts is not None:
+        return facts
     try:
         return None, parse_name_addr(value).tag
     except UriError as error:
         return str(error), None
+
+
+def _fast_address_facts(value: str) -> tuple[None, str | None] | None:
+    """``address_facts`` of a text ``FAST_ADDRESS_RE`` accepts (a valid address: the pattern
+    accepts a subset of the grammar), None for any other: only its header parameters need
+    reading, no URI parse.  The last "tag" counts, as in ``Params``."""
+    match = FAST_ADDRESS_RE.match(value)
+    if match is None:
+        return None
+    found = read_matched_header_params(match.group("params") or match.group("spec_params") or "")
+    for name, param_value in reversed(found):
+        if name.lower() == "tag":
+            return None, param_value or None
+    return None, None
+
+
+#: ``_fast_address_facts`` of From/To/Contact shapes (``cut_param_value`` at ";tag=")
+_address_facts_by_shape: dict[str, tuple[None, str | None]] = {}
+clear_with_memos(_address_facts_by_shape.clear)
 
 
 def address_problem(value: str) -> str | None:
