@@ -133,3 +133,32 @@ class AddressShapeTests(SynchronousTestCase):
     def test_an_address_read_by_its_shape_reads_as_the_whole_text(self, text: str) -> None:
         for _ in range(2):  # the second reading comes from the shape memo
             self.assertEqual(header_views.address_facts.__wrapped__(text), address_facts_of_whole(text), text)
+
+
+class PatternFreeChecksTests(SynchronousTestCase):
+    """Checks written with string methods instead of a pattern accept exactly what it accepts."""
+
+    def test_the_call_id_check_is_the_pattern_s(self) -> None:
+        from epcscf.sip.parser import _CALL_ID_RE, SipParseError, parse_message
+
+        texts = ["", "a", "a b", "é", "aé", "a\x7f", "\u00a0", "\u2028x"] + [f"x{chr(code)}y" for code in range(0, 0x90) if code not in (10, 13)]
+        for text in texts:
+            wire = (f"OPTIONS sip:a@b SIP/2.0\r\nVia: SIP/2.0/UDP h;branch=z9hG4bK1\r\nFrom: <sip:a@b>;tag=1\r\n"
+                    f"To: <sip:a@b>\r\nCall-ID: {text}\r\nCSeq: 1 OPTIONS\r\n\r\n").encode("utf-8", "surrogateescape")
+            try:
+                parse_message(wire)
+                accepted = True
+            except SipParseError as error:
+                accepted = "Call-ID" not in error.reason
+            expected = _CALL_ID_RE.match(text.strip(" \t")) is not None
+            self.assertEqual(accepted, expected, repr(text))
+
+    def test_our_own_branches_are_kept_exactly_when_plain(self) -> None:
+        import re
+
+        plain = re.compile(r"[A-Za-z0-9.\-]+\Z")
+        for branch in ["z9hG4bK-epc-1a.2b", "", "z9hG4bK_1", "z9hG4bK 1", "z9hG4bK\n", "é", "a;b", "A-Z.09"]:
+            header_views._own_vias.clear()
+            text = f"SIP/2.0/UDP 127.0.0.1:5060;branch={branch}"
+            header_views.remember_own_via(text, branch)
+            self.assertEqual(text in header_views._own_vias, plain.match(branch) is not None, repr(branch))

@@ -285,14 +285,14 @@ clear_with_memos(_via_lines_seen.clear)
 OWN_VIA_ENTRIES = 1024
 _own_vias: dict[str, tuple[str, str, int | None, str]] = {}
 _own_via_prefixes: dict[str, tuple[str, str, int | None] | None] = {}
-_PLAIN_BRANCH_RE = re.compile(r"[A-Za-z0-9.\-]+\Z")
+_PLAIN_BRANCH_CHARACTERS = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789.-"  # [A-Za-z0-9.-]+
 clear_with_memos(_own_vias.clear)
 clear_with_memos(_own_via_prefixes.clear)
 
 
 def remember_own_via(text: str, branch: str) -> None:
     """``text`` is a Via we write: ``SIP/2.0/<transport> <sent-by>;branch=<branch>``."""
-    if not text.endswith(";branch=" + branch) or not _PLAIN_BRANCH_RE.match(branch):
+    if not branch or branch.strip(_PLAIN_BRANCH_CHARACTERS) or not text.endswith(";branch=" + branch):
         return
     prefix = text[: len(text) - len(branch)]
     fields = _own_via_prefixes.get(prefix, _MISSING)

@@ -344,7 +344,12 @@ def _check_headers(message: Request | Response, values: dict[str, list[str]], re
     except HeaderError as error:
         raise SipParseError(400, _bad(f"malformed {error.header}: {error.reason}"[:200]), message) from None
     call_id = values["call-id"][0]
-    if not _CALL_ID_RE.match(call_id):
+    if call_id.isascii():
+        # ``_CALL_ID_RE`` for ASCII text, without the pattern: non-empty, printable (0x20-0x7e), no space
+        good = bool(call_id) and call_id.isprintable() and " " not in call_id
+    else:
+        good = _CALL_ID_RE.match(call_id) is not None
+    if not good:
         raise SipParseError(400, _bad("malformed Call-ID"), message)
     if is_request and cseq_value.method != message.method:
         # RFC 3261 §8.1.1.5 / RFC 4475 §3.1.2.17, §3.1.2.18
