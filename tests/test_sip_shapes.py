@@ -15,6 +15,7 @@ from hypothesis import strategies as st
 from twisted.trial.unittest import SynchronousTestCase
 
 from epcscf.sip import headers as header_views
+from epcscf.sip import proxy_rules
 from epcscf.sip.headers import FAST_VIA_RE, HeaderError, Via, parse_via
 from epcscf.sip.params import VALUE_PLACEHOLDER, Params, clear_memos, cut_param_value, read_matched_header_params
 from tests.support.properties import BOUNDED
@@ -162,3 +163,47 @@ class PatternFreeChecksTests(SynchronousTestCase):
             text = f"SIP/2.0/UDP 127.0.0.1:5060;branch={branch}"
             header_views.remember_own_via(text, branch)
             self.assertEqual(text in header_views._own_vias, plain.match(branch) is not None, repr(branch))
+
+
+def mark_received_of_whole(via_text: str, source_host: str, source_port: int) -> str:
+    """``proxy_rules.mark_received`` as it read every text before shapes."""
+    marked = proxy_rules._mark_received_quickly(via_text, source_host, source_port)
+    return marked if marked is not None else proxy_rules._mark_received_parsed(via_text, source_host, source_port)
+
+
+class ProxyRuleShapeTests(SynchronousTestCase):
+    def setUp(self) -> None:
+        clear_memos()
+
+    @BOUNDED
+    @given(via_texts(), st.sampled_from(["127.0.0.1", "h.invalid", "::1", "10.0.0.7"]), st.sampled_from([5060, 40123]))
+    @example("SIP/2.0/WS h.invalid;branch=z9hG4bK1", "127.0.0.1", 40123)
+    @example("SIP/2.0/WS h.invalid;rport;branch=z9hG4bK1", "127.0.0.1", 40123)
+    @example("SIP/2.0/WS h.invalid;branch=z9hG4bK1;received=10.0.0.1;rport=", "127.0.0.1", 40123)
+    @example("SIP/2.0/WS h.invalid;BRANCH=a;branch=z9hG4bK1", "127.0.0.1", 40123)
+    def test_branch_and_received_by_shape_read_as_the_whole_text(self, text: str, host: str, port: int) -> None:
+        for _ in range(2):  # the second reading comes from the shape memos
+            self.assertEqual(proxy_rules.branch_of(text), proxy_rules._branch_by_pattern(text), text)
+            try:
+                expected: object = mark_received_of_whole(text, host, port)
+            except HeaderError as error:
+                expected = error
+            try:
+                marked: object = proxy_rules.mark_received(text, host, port)
+            except HeaderError as error:
+                marked = error
+            self.assertEqual(str(marked), str(expected), text)
+            self.assertEqual(type(marked), type(expected), text)
+
+    @BOUNDED
+    @given(address_texts() | st.none() | st.text(max_size=30))
+    def test_tag_of_is_its_pattern_s_reading(self, text: str | None) -> None:
+        def whole(value: str | None) -> str:
+            if not value:
+                return ""
+            gt = value.rfind(">")
+            match = proxy_rules._TAG_RE.search(value, gt + 1 if gt >= 0 else 0)
+            return match.group(1) if match else ""
+
+        for _ in range(2):
+            self.assertEqual(proxy_rules.tag_of(text), whole(text), text)
