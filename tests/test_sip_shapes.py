@@ -164,6 +164,13 @@ class PatternFreeChecksTests(SynchronousTestCase):
             header_views.remember_own_via(text, branch)
             self.assertEqual(text in header_views._own_vias, plain.match(branch) is not None, repr(branch))
 
+    def test_the_methods_known_without_the_pattern_are_tokens(self) -> None:
+        from epcscf.sip.parser import _KNOWN_METHODS
+        from epcscf.sip.uri import TOKEN_RE
+
+        for method in _KNOWN_METHODS:
+            self.assertIsNotNone(TOKEN_RE.match(method), method)
+
 
 def mark_received_of_whole(via_text: str, source_host: str, source_port: int) -> str:
     """``proxy_rules.mark_received`` as it read every text before shapes."""
