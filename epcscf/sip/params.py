@@ -130,16 +130,17 @@ def clear_with_memos(clear: Callable[[], None]) -> None:
 # RFC 3261 §25.1 token characters, for ``str.strip``: ``not text.strip(TOKEN_CHARACTERS)``
 # says a text is made of them only.
 TOKEN_CHARACTERS = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-.!%*_+`'~"
-#: what ``cut_param_value`` puts in place of the value it takes out (a token, so that a text
-#: and its shape read alike; texts holding it are not cut)
-VALUE_PLACEHOLDER = "x-epcscf-value"
+#: what ``cut_param_value`` puts in place of the value it takes out: a token (so that a text
+#: and its shape read alike) of one character, so that one search tells a text holding it
+#: (not cut) and ``str.replace`` puts the value back
+VALUE_PLACEHOLDER = "~"
 
 
 def cut_param_value(text: str, mark: str) -> tuple[str, str] | None:
     """``(shape, value)`` for a header text holding ``mark`` (``";branch="``, ``";tag="``)
     followed by a token up to the next ``;`` or the end: ``shape`` is the text with that
     value replaced by ``VALUE_PLACEHOLDER``.  None for anything else (no mark, an empty or
-    non-token value, a quote or a comma anywhere, the placeholder already in the text).
+    non-token value, a quote anywhere, the placeholder already in the text).
 
     A branch (RFC 3261 §8.1.1.7) or tag (§19.3) is new in every transaction or dialog, so
     a memo keyed by the whole text never meets it twice; keyed by the shape it does.  A
@@ -147,14 +148,17 @@ def cut_param_value(text: str, mark: str) -> tuple[str, str] | None:
     text and its shape alike, and the placeholder, found in no cut text, marks where the
     value goes back."""
     at = text.find(mark)
-    if at < 0 or '"' in text or "," in text or VALUE_PLACEHOLDER in text:
+    if at < 0:
         return None
     start = at + len(mark)
     end = text.find(";", start)
     if end < 0:
         end = len(text)
     value = text[start:end]
-    if not value or value.strip(TOKEN_CHARACTERS):
+    # a token: ASCII letters and digits (the usual branch or tag) or else only token characters
+    if not (value.isascii() and (value.isalnum() or (value and not value.strip(TOKEN_CHARACTERS)))):
+        return None
+    if VALUE_PLACEHOLDER in text or '"' in text:
         return None
     return text[:start] + VALUE_PLACEHOLDER + text[end:], value
 
