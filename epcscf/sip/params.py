@@ -130,6 +130,7 @@ def clear_with_memos(clear: Callable[[], None]) -> None:
 # RFC 3261 §25.1 token characters, for ``str.strip``: ``not text.strip(TOKEN_CHARACTERS)``
 # says a text is made of them only.
 TOKEN_CHARACTERS = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-.!%*_+`'~"
+_TOKEN_OCTETS = TOKEN_CHARACTERS.encode()
 #: what ``cut_param_value`` puts in place of the value it takes out: a token (so that a text
 #: and its shape read alike) of one character, so that one search tells a text holding it
 #: (not cut) and ``str.replace`` puts the value back
@@ -155,8 +156,12 @@ def cut_param_value(text: str, mark: str) -> tuple[str, str] | None:
     if end < 0:
         end = len(text)
     value = text[start:end]
-    # a token: ASCII letters and digits (the usual branch or tag) or else only token characters
-    if not (value.isascii() and (value.isalnum() or (value and not value.strip(TOKEN_CHARACTERS)))):
+    if not value.isascii():
+        return None
+    # A token: ASCII letters and digits (the usual branch or tag), else token characters only
+    # (the octets' tests: ``str.isalnum`` asks Unicode's tables for every character).
+    octets = value.encode()
+    if not (octets.isalnum() or (octets and not octets.translate(None, _TOKEN_OCTETS))):
         return None
     if VALUE_PLACEHOLDER in text or '"' in text:
         return None
