@@ -18,6 +18,7 @@ from epcscf.sip.params import (
     clear_with_memos,
     cut_param_value,
     memoised_by_text,
+    read_by_shape,
     read_matched_header_params,
 )
 from epcscf.sip.uri import (
@@ -205,13 +206,7 @@ def _read_first_via(line: str) -> Via:
         cut = cut_param_value(first, ";branch=")
         if cut is not None:
             shape, branch = cut
-            parts = _via_parts_by_shape.get(shape)
-            if parts is None:
-                parts = _read_via_parts(shape)
-                if parts is not None:
-                    if len(_via_parts_by_shape) >= VIA_SHAPE_ENTRIES:
-                        _via_parts_by_shape.clear()
-                    _via_parts_by_shape[shape] = parts
+            parts = read_by_shape(_via_parts_by_shape, shape, _read_via_parts, VIA_SHAPE_ENTRIES)
             if parts is not None:
                 transport, host, port, found = parts
                 found = [(name, branch if value == VALUE_PLACEHOLDER else value) for name, value in found]
@@ -550,13 +545,7 @@ def address_facts(value: str) -> tuple[str | None, str | None]:
         # A tag among the header parameters (after any '>'): read by the text's shape, asked
         # once per shape, since a tag is new in every dialog (``cut_param_value``).
         shape, tag = cut
-        facts = _address_facts_by_shape.get(shape)
-        if facts is None:
-            facts = _fast_address_facts(shape)
-            if facts is not None:
-                if len(_address_facts_by_shape) >= ADDRESS_MEMO_ENTRIES:
-                    _address_facts_by_shape.clear()
-                _address_facts_by_shape[shape] = facts
+        facts = read_by_shape(_address_facts_by_shape, shape, _fast_address_facts, ADDRESS_MEMO_ENTRIES)
         if facts is not None:
             return None, tag if facts[1] == VALUE_PLACEHOLDER else facts[1]
     facts = _fast_address_facts(value)

@@ -168,6 +168,18 @@ def cut_param_value(text: str, mark: str) -> tuple[str, str] | None:
     return text[:start] + VALUE_PLACEHOLDER + text[end:], value
 
 
+def read_by_shape(memo: dict[str, _Result], shape: str, read: Callable[[str], _Result | None], entries: int) -> _Result | None:
+    """``read(shape)``, kept in ``memo`` (emptied when it holds ``entries``); a None is not kept."""
+    found = memo.get(shape)
+    if found is None:
+        found = read(shape)
+        if found is not None:
+            if len(memo) >= entries:
+                memo.clear()
+            memo[shape] = found
+    return found
+
+
 def memoised_by_text(parse: Callable[[str], _Result], entries: int = MEMO_ENTRIES) -> Callable[[str], _Result]:
     """``parse`` remembered for the last ``entries`` texts up to ``MEMO_TEXT_LENGTH`` long.
 
