@@ -73,7 +73,8 @@ class TransactionRetentionTests(unittest.TestCase):
         del busy
         self.forget_sent()
         self.assertIsNone(busy_held())  # the parsed Response is gone, its bytes stay
-        self.assertEqual(transaction.last_response, SentResponse(486, wire))
+        self.assertEqual(transaction.last_response, wire)  # its bytes alone
+        self.assertEqual(SentResponse.from_wire(wire), SentResponse(486, wire))
         return transaction, wire
 
     def test_accepted_invite_server_transaction_lets_go_of_the_invite_and_its_2xx(self) -> None:
@@ -164,6 +165,37 @@ class TransactionRetentionTests(unittest.TestCase):
         self.assertEqual(self.layer.transactions(), [])
         self.assertEqual(self.layer.pending_timers(), 0)
         self.assertEqual(self.clock.getDelayedCalls(), [])
+
+    def test_lingering_transactions_arm_timers_of_their_own_and_not_each_other_s(self) -> None:
+        # A lingering transaction holds the shared empty timer table and due list, not its own
+        # (120 B less each); arming a timer again, from the heap (Timer G on UDP) or at once
+        # (Timer I on a reliable transport), must give it its own, never touch the other's.
+        udp_busy, _ = self.busy_invite_lingering()  # ACKed at once: Confirmed, then ended by Timer I
+        self.tu.server_transactions.clear()
+        self.receive(request("INVITE", branch="z9hG4bK.udp"))
+        [on_udp] = self.tu.server_transactions
+        assert on_udp.request is not None
+        on_udp.respond(response(on_udp.request, 486))  # Completed: Timer G (heap) and H (queue)
+        tcp = FakeConnection("TCP", id="tcp:1", clock=self.clock)
+        self.layer.receive(request("INVITE", branch="z9hG4bK.tcp"), tcp)
+        on_tcp = self.tu.server_transactions[1]
+        assert on_tcp.request is not None
+        on_tcp.respond(response(on_tcp.request, 486))  # Completed: Timer H only
+        self.assertEqual(list(on_tcp.timer_deadlines()), ["Timer H"])
+        self.assertEqual(sorted(on_udp.timer_deadlines()), ["Timer G", "Timer H"])
+        self.clock.advance(TimerSettings().t1)  # Timer G fires and is armed again (RFC 3261 §17.2.1)
+        self.assertEqual(sorted(on_udp.timer_deadlines()), ["Timer G", "Timer H"])
+        self.assertEqual(list(on_tcp.timer_deadlines()), ["Timer H"])
+        # RFC 3261 §17.2.1: the ACK over TCP → Confirmed, Timer I = 0 → over at once
+        self.layer.receive(request("ACK", branch="z9hG4bK.tcp", cseq_method="ACK"), tcp)
+        self.assertIs(on_tcp.state, State.TERMINATED)
+        self.assertIs(on_udp.state, State.COMPLETED)
+        self.assertEqual(sorted(on_udp.timer_deadlines()), ["Timer G", "Timer H"])
+        self.clock.advance(TimerSettings().h)
+        self.assertIs(on_udp.state, State.TERMINATED)
+        self.assertEqual(self.layer.transactions(), [])
+        self.assertEqual(self.layer.pending_timers(), 0)
+        self.assertIs(udp_busy.state, State.TERMINATED)
 
     def test_an_acked_reliable_invite_is_let_go_at_once_not_at_timer_h(self) -> None:
         self.connection.transport = "TCP"

@@ -6,7 +6,7 @@ from __future__ import annotations
 from twisted.trial import unittest
 
 from epcscf.sip.message import Headers, Request
-from epcscf.sip.transaction import State, TransactionLayer
+from epcscf.sip.transaction import State, TimerSettings, TransactionLayer
 
 from tests.support.fakes import FakeConnection
 from tests.test_sip_transaction_fakes import harness, request, response, run_until
@@ -228,6 +228,24 @@ class MergedRequestTests(unittest.TestCase):
         self.h.layer.receive(first, self.h.tcp)
         self.h.user.server_transactions[0].respond(response(first, 200))  # J = 0 on TCP
         self.assertFalse(self.h.layer.is_merged_request(request("MESSAGE", branch="z9hG4bK.p2")))
+
+    def test_a_merged_request_stays_merged_while_either_of_two_siblings_is_ongoing(self) -> None:
+        # Two transactions on one merge key (the second answered 482 by a UAS, still lingering),
+        # then either ends: a third copy is merged as long as one of them is ongoing.
+        first = request("MESSAGE", branch="z9hG4bK.p1")
+        second = request("MESSAGE", branch="z9hG4bK.p2")
+        self.h.layer.receive(first, self.h.udp)
+        self.h.layer.receive(second, self.h.tcp)
+        [own_first, own_second] = self.h.user.server_transactions
+        self.assertTrue(self.h.layer.is_merged_request(second, own_second))
+        own_second.respond(response(second, 482))  # Timer J = 0 on TCP: over at once
+        third = request("MESSAGE", branch="z9hG4bK.p3")
+        self.assertTrue(self.h.layer.is_merged_request(third))
+        self.assertFalse(self.h.layer.is_merged_request(first, own_first))
+        own_first.respond(response(first, 200))  # UDP: lingers 64*T1 (Timer J), still ongoing
+        self.assertTrue(self.h.layer.is_merged_request(third))
+        self.h.clock.advance(TimerSettings().j)
+        self.assertFalse(self.h.layer.is_merged_request(third))
 
 
 class LayerLifecycleTests(unittest.TestCase):

@@ -262,7 +262,7 @@ class NonInviteServerTransactionTests(unittest.TestCase):
         transaction.respond(response(self.options, 200))
         transaction.respond(response(self.options, 500))
         self.assertEqual(self.h.udp.start_lines(), ["SIP/2.0 200 OK"])
-        self.assertEqual(transaction.last_response.status, 200)
+        self.assertEqual(transaction.last_status, 200)
 
     def test_non_invite_server_refuses_a_provisional_after_the_final(self) -> None:
         transaction = self.receive()

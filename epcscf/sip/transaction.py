@@ -39,6 +39,7 @@ asks ``is_merged_request``; a proxy does not merge, §16.6).
 
 from __future__ import annotations
 
+import functools
 from typing import Callable
 
 from twisted.internet.interfaces import IReactorTime
@@ -141,6 +142,30 @@ def _rfc2543_same_dialog_request(a: RequestIdentity, b: RequestIdentity) -> bool
     )
 
 
+def _forget_server_transaction(
+    servers: dict[tuple[str, str, str], ServerTransaction],
+    rfc2543_servers: list[ServerTransaction],
+    by_merge_key: dict[tuple[str | None, str | None, int, str], ServerTransaction | list[ServerTransaction]],
+    machine: TransactionMachine,
+) -> None:
+    """A server transaction ended: drop it from the layer's indexes (``TransactionLayer``)."""
+    assert isinstance(machine, ServerTransaction)
+    identity = machine.identity
+    key = identity.key
+    if servers.get(key) is machine:
+        del servers[key]
+    if rfc2543_servers and machine in rfc2543_servers:
+        rfc2543_servers.remove(machine)
+    merge_key = identity.merge_key
+    known = by_merge_key.get(merge_key)
+    if known is machine:
+        del by_merge_key[merge_key]
+    elif isinstance(known, list) and machine in known:
+        known.remove(machine)
+        if len(known) == 1:
+            by_merge_key[merge_key] = known[0]
+
+
 class TransactionLayer:
     """All client and server transactions of one SIP element."""
 
@@ -157,7 +182,14 @@ class TransactionLayer:
         self._timers_for = timers_for
         self._servers: dict[tuple[str, str, str], ServerTransaction] = {}
         self._rfc2543_servers: list[ServerTransaction] = []
-        self._by_merge_key: dict[tuple[str | None, str | None, int, str], list[ServerTransaction]] = {}
+        #: §8.2.2.2 merge key → its server transaction, or a list when several share it (rare:
+        #: a list of one is 100 B more per lingering transaction)
+        self._by_merge_key: dict[tuple[str | None, str | None, int, str], ServerTransaction | list[ServerTransaction]] = {}
+        #: made once (a bound method per transaction was 64 B more for as long as it lingered),
+        #: on the indexes rather than on the layer, which would then refer to itself
+        self._on_server_terminated = functools.partial(
+            _forget_server_transaction, self._servers, self._rfc2543_servers, self._by_merge_key
+        )
         self._clients: dict[tuple[str, str], ClientTransaction] = {}
         #: asked about every request that matched no transaction, before one is made
         #: (``epcscf.sip.early_admission``); None: every such request gets a transaction
@@ -201,7 +233,7 @@ class TransactionLayer:
             self._tu,
             self._timers_for(connection),
             identity,
-            self._server_terminated,
+            self._on_server_terminated,
         )
         self._add_server(transaction)
         transaction.start()
@@ -326,7 +358,10 @@ class TransactionLayer:
             return False
         if own is None:
             own = self._match_request(request, identity)
-        return any(t is not own for t in self._by_merge_key.get(identity.merge_key, ()))
+        known = self._by_merge_key.get(identity.merge_key)
+        if isinstance(known, list):
+            return any(t is not own for t in known)
+        return known is not None and known is not own
 
     # ----- client side ---------------------------------------------------------------------
 
@@ -390,26 +425,13 @@ class TransactionLayer:
         else:
             self._rfc2543_servers.append(transaction)
         merge_key = identity.merge_key
-        siblings = self._by_merge_key.get(merge_key)
-        if siblings is None:
-            self._by_merge_key[merge_key] = [transaction]
+        known = self._by_merge_key.get(merge_key)
+        if known is None:
+            self._by_merge_key[merge_key] = transaction
+        elif isinstance(known, list):
+            known.append(transaction)
         else:
-            siblings.append(transaction)
-
-    def _server_terminated(self, machine: TransactionMachine) -> None:
-        assert isinstance(machine, ServerTransaction)
-        identity = machine.identity
-        key = identity.key
-        if self._servers.get(key) is machine:
-            del self._servers[key]
-        if self._rfc2543_servers and machine in self._rfc2543_servers:
-            self._rfc2543_servers.remove(machine)
-        merge_key = identity.merge_key
-        siblings = self._by_merge_key.get(merge_key)
-        if siblings is not None and machine in siblings:
-            siblings.remove(machine)
-            if not siblings:
-                del self._by_merge_key[merge_key]
+            self._by_merge_key[merge_key] = [known, transaction]
 
     def _client_terminated(self, machine: TransactionMachine) -> None:
         assert isinstance(machine, ClientTransaction)

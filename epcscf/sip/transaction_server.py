@@ -38,6 +38,13 @@ MAGIC_COOKIE = "z9hG4bK"
 #: the layer's ``TimerQueue.call_fixed`` (a deque entry, not a heap entry and a ``QueuedCall``).
 _FIXED_DELAY_TIMERS = frozenset({Event.TIMER_H, Event.TIMER_I, Event.TIMER_J, Event.TIMER_L})
 
+#: What a lingering transaction holds in place of its own empty timer table and due-now list
+#: (64 + 56 B each, thousands of them during a burst).  Shared, so never added to: ``_start_timer``
+#: gives the transaction its own again before it arms a timer (docs/performance.md, "Fuzz burst
+#: survivors at +60 s").
+_NO_TIMERS: dict[Event, object] = {}
+_NOTHING_DUE: list[Event] = []
+
 
 class TransactionUser(Protocol):
     """The proxy, registrar or embedded core: what the server side hands up."""
@@ -118,7 +125,8 @@ class SentResponse:
     """A final response as it went out: what a Completed server transaction repeats for each
     retransmitted request until Timer H/J (RFC 3261 §17.2.1, §17.2.2).  Its bytes are a few
     hundred; the parsed ``Response`` with its header views is ~2.5 KB, held 64*T1 by every
-    such transaction (thousands during a burst)."""
+    such transaction (thousands during a burst).  The transaction keeps the bytes alone and
+    wraps them in this when it sends them again (rare)."""
 
     status: int
     wire: bytes
@@ -128,6 +136,11 @@ class SentResponse:
 
     def start_line(self) -> str:
         return self.wire.split(b"\r\n", 1)[0].decode("utf-8", "replace")  # for logs, as Message's
+
+    @classmethod
+    def from_wire(cls, wire: bytes) -> "SentResponse":
+        """Wrap bytes a lingering transaction kept: the status is the start line's (§7.2)."""
+        return cls(int(wire[8:11]), wire)
 
     def parsed(self) -> Response:
         """The response again as a message: on a reliable transport whose connection is gone,
@@ -165,9 +178,11 @@ class ServerTransaction(TransactionMachine):
         self.is_invite = request.method == "INVITE"
         self.machine = "INVITE server" if self.is_invite else "non-INVITE server"
         self.table = INVITE_SERVER if self.is_invite else NON_INVITE_SERVER
-        #: the most recent response sent (the TU's, or the automatic 100 Trying); None in
-        #: Accepted, where the TU alone sends 2xx retransmissions (RFC 6026 §7.1)
-        self.last_response: Response | SentResponse | None = None
+        #: the most recent response sent (the TU's, or the automatic 100 Trying); once the
+        #: transaction lingers, the final's bytes alone (a ``SentResponse`` around them was 48 B
+        #: more each, made again only to resend); None in Accepted, where the TU alone sends
+        #: 2xx retransmissions (RFC 6026 §7.1)
+        self.last_response: Response | bytes | None = None
         #: the To tag of our final response (RFC 2543 matching of the ACK, §17.2.3)
         self.final_to_tag: str | None = None
         self._tu = tu
@@ -233,7 +248,7 @@ class ServerTransaction(TransactionMachine):
         elif isinstance(self.last_response, Response):
             # Sent again as it is (a connection serialises a message and writes the bytes);
             # on a reliable transport ``_resend_last_response`` parses it back when needed.
-            self.last_response = SentResponse(self.last_response.status, self.last_response.serialize())
+            self.last_response = self.last_response.serialize()
         identity = self.identity
         if isinstance(identity, RequestIdentity) and identity.has_rfc3261_branch:
             # Only RFC 2543 matching reads the rest of the identity, and the To tag of our final.
@@ -242,8 +257,10 @@ class ServerTransaction(TransactionMachine):
                                             identity.cseq_method)
             self.final_to_tag = None
         if not self._timers:
-            # A dict keeps the table its 100 Trying timer needed (224 B); an empty one is 64 B.
-            self._timers = {}
+            # A dict keeps the table its 100 Trying timer needed (224 B); the shared empty one is 0 B.
+            self._timers = _NO_TIMERS  # type: ignore[assignment]
+        if not self._due_now:
+            self._due_now = _NOTHING_DUE
 
     # ----- timers of a fixed delay (see ``_FIXED_DELAY_TIMERS``) -----------------------------
 
@@ -252,8 +269,13 @@ class ServerTransaction(TransactionMachine):
             self._cancel_timer(timer)
             self._cancel_fixed_timer()  # I replaces H (Confirmed): the layer may not have cancelled it
             self._fixed_timer = self._clock.call_fixed(delay, self, timer)
-        else:
-            super()._start_timer(timer, delay)
+            return
+        # The machine adds to these two: a lingering transaction's are the shared empty ones.
+        if self._timers is _NO_TIMERS:
+            self._timers = {}
+        if self._due_now is _NOTHING_DUE:
+            self._due_now = []
+        super()._start_timer(timer, delay)
 
     def fixed_timer_fired(self, timer: Event) -> None:
         """``TimerQueue.call_fixed``'s callback: as ``_timer_fired`` for the other timers."""
@@ -302,10 +324,15 @@ class ServerTransaction(TransactionMachine):
         self._send(self.connection, trying)
 
     def _resend_last_response(self, _: object) -> None:
-        response = self.last_response
-        if isinstance(response, SentResponse) and self.connection.reliable:
-            # §18.2.2: a stream transport whose connection closed sends a Response elsewhere.
-            response = response.parsed()
+        kept = self.last_response
+        response: Response | SentResponse | None
+        if isinstance(kept, bytes):
+            response = SentResponse.from_wire(kept)
+            if self.connection.reliable:
+                # §18.2.2: a stream transport whose connection closed sends a Response elsewhere.
+                response = response.parsed()
+        else:
+            response = kept
         if response is not None:
             self._send(self.connection, response)  # type: ignore[arg-type] # SentResponse: serialize() is all a UDP path uses
 
@@ -352,9 +379,17 @@ class ServerTransaction(TransactionMachine):
     def _log_no_ack(self, _: object) -> None:
         log.info(
             "no ACK for the {status} to INVITE {branch} within Timer H",
-            status=self.last_response.status if self.last_response else "?",
+            status=self.last_status or "?",
             branch=self.identity.branch,
         )
+
+    @property
+    def last_status(self) -> int | None:
+        """The status of the most recent response sent (None before any, and in Accepted)."""
+        kept = self.last_response
+        if isinstance(kept, bytes):
+            return SentResponse.from_wire(kept).status
+        return kept.status if kept is not None else None
 
     def _log_transport_error(self, _: object) -> None:
         # RFC 3261 §17.2.4: the transport already tried §18.2.2's fallbacks.
