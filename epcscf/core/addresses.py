@@ -23,14 +23,8 @@ from __future__ import annotations
 
 import re
 
-from epcscf.sip.headers import (
-    HOSTNAME_PATTERN,
-    PARAMCHARS_PATTERN,
-    PORT_PATTERN,
-    TOKEN_PATTERN,
-    HeaderError,
-    parse_address,
-)
+from epcscf.sip.header_patterns import HOSTNAME_PATTERN, PARAMCHARS_PATTERN, PORT_PATTERN, TOKEN_PATTERN
+from epcscf.sip.headers import HeaderError, parse_address
 from epcscf.sip.uri import SipUri, TelUri, UriError, parse_name_addr_list
 
 __all__ = ["ADDRESS_RE", "address_aor", "first_uri_has_param"]
