@@ -18,6 +18,9 @@ answers the eP-CSCF's own, as the Node WIC of ``calls.py`` does; like it, it nev
 INVITE, the core's 200, then the WIC's ACK and BYE (fakes for the proxy and transports below it):
 dialog, timeline and offer/answer glue are then counted too.
 
+The collector runs as in a node (``epcscf.memory.tune_collector``: its thresholds, the
+start-up objects frozen); ``--python-gc`` keeps Python's defaults, as the seventh pass measured.
+
 Calls run one after the other: ``--calls`` of warm-up (which leave parked sockets), a pause past
 the shelf's quarantine, then ``--calls`` measured, so that every measured call takes parked
 sockets, as on a busy node.  The WIC runs in a thread of its own (its own asyncio loop), so
@@ -55,6 +58,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from _py_calls import IceSocket, webrtc_offer  # noqa: E402
 
 from epcscf.ice import IceAgentConfig, UdpPortPool  # noqa: E402
+from epcscf.memory import tune_collector  # noqa: E402
 from epcscf.media import MediaSessionConfig  # noqa: E402
 from epcscf.pcscf.call_media import CallMediaEngine, CallMediaSettings  # noqa: E402
 from epcscf.sip.message import Headers, Request  # noqa: E402
@@ -252,8 +256,11 @@ async def selected(agent: Any) -> None:
         await agent.start()  # errbacks after the agent's connect_timeout (5 s here)
 
 
-async def run(calls: int, profile: bool, top: int, managed: bool, bytecodes: bool = False, objects: bool = False) -> None:
+async def run(calls: int, profile: bool, top: int, managed: bool, bytecodes: bool = False, objects: bool = False,
+              python_gc: bool = False) -> None:
     wic = WicThread()
+    if not python_gc:
+        tune_collector(reactor)  # the collector as a node runs it (thresholds, start-up objects frozen)
     settings = CallMediaSettings(
         ice=IceAgentConfig(bind_addresses=(LOCAL,), port_range=PORTS, mode="full", connect_timeout=5.0),
         media=MediaSessionConfig(core_address=LOCAL), park_sockets=True)
@@ -308,6 +315,8 @@ def main() -> None:
                         help="count the bytecodes the eP-CSCF's thread runs per call, by function (sys.settrace)")
     parser.add_argument("--objects", action="store_true",
                         help="count the objects built per call, by class (their __init__ runs)")
+    parser.add_argument("--python-gc", action="store_true",
+                        help="keep Python's default collector thresholds (the seventh pass's figures) instead of a node's")
     parser.add_argument("--manager", action="store_true",
                         help="drive each call through the call manager (INVITE, 200, ACK, BYE) as well")
     args = parser.parse_args()
@@ -319,7 +328,8 @@ def main() -> None:
             print(result.getTraceback(), file=sys.stderr)
         reactor.stop()
 
-    reactor.callWhenRunning(reactor.callLater, 0, lambda: defer.Deferred.fromCoroutine(run(args.calls, args.profile, args.top, args.manager, args.bytecodes, args.objects)).addBoth(done))
+    calls = run(args.calls, args.profile, args.top, args.manager, args.bytecodes, args.objects, args.python_gc)
+    reactor.callWhenRunning(reactor.callLater, 0, lambda: defer.Deferred.fromCoroutine(calls).addBoth(done))
     reactor.run()
     sys.exit(1 if failure else 0)
 
