@@ -193,3 +193,15 @@ class CopyTests(SynchronousTestCase):
             ["media", "port", "proto", "formats", "port_count", "information", "connections", "bandwidths",
              "key", "attributes"],
         )
+
+
+class RtpMapMemoTests(SynchronousTestCase):
+    def test_the_memoised_rtpmap_parse_gives_what_the_parse_gives(self) -> None:
+        from epcscf.sdp.model import _parse_rtpmap
+
+        for value in ("111 opus/48000/2", "0 PCMU/8000", " 126  telephone-event/8000 ", "96 VP8/90000",
+                      "x opus/48000", "97 H264", "98 /90000", "99 L16/8000/x", ""):
+            self.assertEqual(_parse_rtpmap(value), _parse_rtpmap.__wrapped__(value))
+            self.assertEqual(_parse_rtpmap(value), _parse_rtpmap(value))  # from the memo this time
+        self.assertEqual(_parse_rtpmap("111 opus/48000/2"), ("111", RtpMap("opus", 48000, 2)))
+        self.assertLessEqual(_parse_rtpmap.cache_info().maxsize, 256)  # bounded: values from the network

@@ -13,6 +13,7 @@ Nothing here knows about WebRTC or IMS: that is `transform.py`.
 
 from __future__ import annotations
 
+import functools
 import operator
 import re
 from collections.abc import Iterable, Iterator
@@ -376,7 +377,10 @@ def _attribute_lines(attributes: list[Attribute]) -> list[str]:
 
 # --- parsing -----------------------------------------------------------------------------------
 
+@functools.lru_cache(maxsize=256)
 def _parse_rtpmap(value: str) -> tuple[str, RtpMap] | None:
+    # Memoised: the same few values ("111 opus/48000/2") in every browser's offer, read several
+    # times a call; the result is immutable.  Bounded: the values come from the network.
     pt, _, rest = value.strip().partition(" ")
     parts = rest.strip().split("/")
     if not pt.isdigit() or len(parts) < 2 or not parts[0] or not parts[1].isdigit():
