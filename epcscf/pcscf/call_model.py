@@ -300,8 +300,12 @@ def sdp_body(message: Message) -> bytes | None:
 
 def set_sdp(message: Message, body: bytes) -> None:
     message.body = body
-    message.headers.set("Content-Type", SDP)
-    message.headers.set("Content-Length", str(len(body)))  # RFC 3261 §20.14
+    headers = message.headers
+    # An SDP answer or offer replacing one already has the one Content-Type line: ``set`` would
+    # rewrite it with the same text, after a walk of every header line (issue 16).
+    if headers.lines("Content-Type") != [SDP]:
+        headers.set("Content-Type", SDP)
+    headers.set("Content-Length", str(len(body)))  # RFC 3261 §20.14
 
 
 def strip_body(message: Message) -> None:
