@@ -18,6 +18,9 @@ answers the eP-CSCF's own, as the Node WIC of ``calls.py`` does; like it, it nev
 INVITE, the core's 200, then the WIC's ACK and BYE (fakes for the proxy and transports below it):
 dialog, timeline and offer/answer glue are then counted too.
 
+The collector runs as in a node (``epcscf.memory.tune_collector``: its thresholds, the
+start-up objects frozen); ``--python-gc`` keeps Python's defaults, as the seventh pass measured.
+
 Calls run one after the other: ``--calls`` of warm-up (which leave parked sockets), a pause past
 the shelf's quarantine, then ``--calls`` measured, so that every measured call takes parked
 sockets, as on a busy node.  The WIC runs in a thread of its own (its own asyncio loop), so
@@ -31,6 +34,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import collections
 import cProfile
 import os
 import pstats
@@ -54,6 +58,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from _py_calls import IceSocket, webrtc_offer  # noqa: E402
 
 from epcscf.ice import IceAgentConfig, UdpPortPool  # noqa: E402
+from epcscf.memory import tune_collector  # noqa: E402
 from epcscf.media import MediaSessionConfig  # noqa: E402
 from epcscf.pcscf.call_media import CallMediaEngine, CallMediaSettings  # noqa: E402
 from epcscf.sip.message import Headers, Request  # noqa: E402
@@ -186,17 +191,76 @@ class ManagedCalls:
         await self.manager.idle()
 
 
+_LIBRARY_PREFIX = re.compile(r".*/(site-packages|lib/python3\.\d+|epcscf)/")
+
+
+def _short(filename: str, line: int, name: str) -> str:
+    return f"{_LIBRARY_PREFIX.sub('', filename)}:{line} {name}"
+
+
+class Counting:
+    """``--bytecodes`` / ``--objects``: deterministic counts of the measured calls, in this
+    thread only (``sys.settrace`` is per thread, so the WIC's thread is not counted).
+
+    Bytecodes: every opcode the interpreter runs, by function (its own, not its callees'); a
+    proxy for the interpreter's share of instructions that is the same whatever the load.
+    Objects: each Python-level ``__init__`` run, by the class of ``self`` (dataclasses included;
+    objects built in C, as a tuple or a dict, are not counted)."""
+
+    def __init__(self, bytecodes: bool, objects: bool) -> None:
+        self.bytecodes = bytecodes
+        self.objects = objects
+        self.opcodes: collections.Counter[tuple[str, int, str]] = collections.Counter()
+        self.built: collections.Counter[str] = collections.Counter()
+
+    def _trace(self, frame: Any, event: str, arg: Any) -> Any:
+        code = frame.f_code
+        if event == "opcode":
+            self.opcodes[code.co_filename, code.co_firstlineno, code.co_name] += 1
+        elif event == "call":
+            if self.objects and code.co_name == "__init__" and code.co_argcount:
+                instance = frame.f_locals.get(code.co_varnames[0])
+                if instance is not None:
+                    kind = type(instance)
+                    self.built[f"{kind.__module__}.{kind.__qualname__}"] += 1
+            if self.bytecodes:
+                frame.f_trace_opcodes = True
+                frame.f_trace_lines = False
+                return self._trace
+        return self._trace if self.bytecodes else None
+
+    def start(self) -> None:
+        sys.settrace(self._trace)
+
+    def stop(self) -> None:
+        sys.settrace(None)
+
+    def report(self, calls: int, top: int) -> None:
+        if self.bytecodes:
+            print(f"{sum(self.opcodes.values()) / calls:.0f} bytecodes per call")
+            for (filename, line, name), count in self.opcodes.most_common(top):
+                print(f"  {count / calls:7.1f}  {_short(filename, line, name)}")
+        if self.objects:
+            print(f"{sum(self.built.values()) / calls:.1f} objects built per call (Python __init__ runs)")
+            for name, count in self.built.most_common(top):
+                print(f"  {count / calls:7.2f}  {name}")
+
+
 async def selected(agent: Any) -> None:
-    """The WIC has our check's answer; the edge selects its pair on reading it (RFC 8445 §7.3.1.5)."""
-    deadline = time.monotonic() + 5.0
-    while agent.selected_pair is None:
-        if time.monotonic() > deadline:
-            raise RuntimeError("ICE did not complete")
-        await deferLater(reactor, 0.0005, lambda: None)
+    """The WIC has our check's answer; the edge selects its pair on reading it (RFC 8445 §7.3.1.5).
+
+    Waited for on the agent's own ``start()`` (which the call has already called: a second
+    call only adds a waiter), not polled: a poll's timers and loop turns were counted as the
+    call's, more of them the slower the host (under callgrind, many)."""
+    if agent.selected_pair is None:
+        await agent.start()  # errbacks after the agent's connect_timeout (5 s here)
 
 
-async def run(calls: int, profile: bool, top: int, managed: bool) -> None:
+async def run(calls: int, profile: bool, top: int, managed: bool, bytecodes: bool = False, objects: bool = False,
+              python_gc: bool = False) -> None:
     wic = WicThread()
+    if not python_gc:
+        tune_collector(reactor)  # the collector as a node runs it (thresholds, start-up objects frozen)
     settings = CallMediaSettings(
         ice=IceAgentConfig(bind_addresses=(LOCAL,), port_range=PORTS, mode="full", connect_timeout=5.0),
         media=MediaSessionConfig(core_address=LOCAL), park_sockets=True)
@@ -211,11 +275,16 @@ async def run(calls: int, profile: bool, top: int, managed: bool) -> None:
         await place(wic, serial)
     await deferLater(reactor, 1.2, lambda: None)  # past the shelf's quarantine
     profiler = cProfile.Profile() if profile else None
+    counter = Counting(bytecodes, objects) if bytecodes or objects else None
     started = time.thread_time()
     if profiler is not None:
         profiler.enable()
+    if counter is not None:
+        counter.start()
     for serial in range(calls):
         await place(wic, calls + serial)
+    if counter is not None:
+        counter.stop()
     if profiler is not None:
         profiler.disable()
     cpu = time.thread_time() - started
@@ -227,10 +296,12 @@ async def run(calls: int, profile: bool, top: int, managed: bool) -> None:
         print(f"{total / calls:.0f} Python function calls per call")
         rows = sorted(stats.stats.items(), key=lambda item: -item[1][1])[:top]  # type: ignore[attr-defined]
         for (path, line, name), (_cc, ncalls, _tt, _ct, _callers) in rows:
-            short = re.sub(r".*/(site-packages|lib/python3\.\d+|epcscf)/", r"", path)
+            short = _LIBRARY_PREFIX.sub("", path)
             print(f"  {ncalls / calls:7.1f}  {short}:{line} {name}")
         if os.environ.get("CALL_PATH_PSTATS"):
             stats.dump_stats(os.environ["CALL_PATH_PSTATS"])
+    if counter is not None:
+        counter.report(calls, top)
     engine.close()
     wic.stop()
 
@@ -240,6 +311,12 @@ def main() -> None:
     parser.add_argument("--calls", type=int, default=200)
     parser.add_argument("--profile", action="store_true", help="count Python function calls (cProfile)")
     parser.add_argument("--top", type=int, default=25)
+    parser.add_argument("--bytecodes", action="store_true",
+                        help="count the bytecodes the eP-CSCF's thread runs per call, by function (sys.settrace)")
+    parser.add_argument("--objects", action="store_true",
+                        help="count the objects built per call, by class (their __init__ runs)")
+    parser.add_argument("--python-gc", action="store_true",
+                        help="keep Python's default collector thresholds (the seventh pass's figures) instead of a node's")
     parser.add_argument("--manager", action="store_true",
                         help="drive each call through the call manager (INVITE, 200, ACK, BYE) as well")
     args = parser.parse_args()
@@ -251,7 +328,8 @@ def main() -> None:
             print(result.getTraceback(), file=sys.stderr)
         reactor.stop()
 
-    reactor.callWhenRunning(reactor.callLater, 0, lambda: defer.Deferred.fromCoroutine(run(args.calls, args.profile, args.top, args.manager)).addBoth(done))
+    calls = run(args.calls, args.profile, args.top, args.manager, args.bytecodes, args.objects, args.python_gc)
+    reactor.callWhenRunning(reactor.callLater, 0, lambda: defer.Deferred.fromCoroutine(calls).addBoth(done))
     reactor.run()
     sys.exit(1 if failure else 0)
 

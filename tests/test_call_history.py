@@ -3,6 +3,8 @@ record that the console, ``/metrics`` and a stray 2xx read as they read the call
 
 from __future__ import annotations
 
+import dataclasses
+import enum
 import gc
 import weakref
 from typing import Any
@@ -10,6 +12,9 @@ from typing import Any
 from twisted.internet import defer
 from twisted.trial import unittest
 
+from epcscf.ice.types import IceState, IceStats
+from epcscf.media.session import DirectionStats, MediaStats
+from epcscf.media.srtp import SrtpErrorCounts
 from epcscf.pcscf import call_view
 from epcscf.pcscf.call_history import CallHistory, EndedCall
 from epcscf.pcscf.call_model import Call, CallSettings
@@ -22,6 +27,33 @@ STREAMS = {
                                      "core_to_wic": {"packets": 498, "bytes": 79680}}},
     1: {"ice": "closed", "media": None},
 }
+
+
+def walked(value: Any) -> Any:
+    """The record's media statistics as the whole snapshot was walked in Python before
+    ``json.dumps(default=...)`` did the walk: the reference the record must still equal."""
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return {field.name: walked(getattr(value, field.name)) for field in dataclasses.fields(value)}
+    if isinstance(value, dict):
+        return {str(key): walked(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [walked(item) for item in value]
+    if isinstance(value, enum.Enum):
+        return walked(value.value)
+    if value is None or isinstance(value, (str, int, float, bool)):
+        return value
+    return str(value)
+
+
+def builtin_engine_streams() -> dict[int, Any]:
+    """A snapshot as the builtin engine's ``CallStreams.stats()`` gives it: dataclasses,
+    tuples, enums, floats and None nested in dicts."""
+    sent = DirectionStats(packets=500, bytes=80000, lost=2, first_packet_time=12.25, last_packet_time=31.5)
+    media = MediaStats(sent, DirectionStats(), SrtpErrorCounts(unprotect=3, last_error="replay check failed"),
+                       "connected", "SRTP_AES128_CM_SHA1_80", "sendrecv", ("192.0.2.7", 49170), None, 1)
+    return {0: {"ice": IceState.CONNECTED.value, "ice_stats": IceStats(checks_sent=3, connect_time=0.0123),
+                "media": media},
+            1: {"ice": IceState.CLOSED, "ice_stats": IceStats(), "media": None}}
 
 
 class MediaWithTraffic(FakeMedia):
@@ -66,6 +98,22 @@ class EndedCallRecordTests(unittest.TestCase):
         self.assertEqual((expected_record["ice"], expected_record["dtls"]), ("closed", "connected"))
         self.assertIs(ended.state, CallState.TERMINATED)
         self.assertEqual(ended.release_cause, call.release_cause)
+
+    def test_the_record_s_media_statistics_are_the_snapshot_walked_field_by_field(self) -> None:
+        for streams in (builtin_engine_streams(), STREAMS,
+                        {0: {"engine": "rtpengine", "node": "udp:192.0.2.1:2223", "ice": "",
+                             "media": {"dtls_state": "", "wic_to_core": {"packets": 7, "bytes": 1120}}}}):
+            call = Call("call-1", CallDirection.ORIGINATING, self.wic, 1.0, self.clock)
+            call.ended_at = 2.0
+            call.media_stats = streams
+            expected = {index: walked(stream) for index, stream in streams.items()}
+            self.assertEqual(EndedCall(call).media_stats, expected)
+            if streams is not STREAMS and "engine" not in streams[0]:  # the builtin engine's
+                self.assertEqual(expected[0]["media"]["core_rtp_target"], ["192.0.2.7", 49170])
+                self.assertEqual(expected[0]["ice_stats"]["connect_time"], 0.0123)
+                self.assertEqual(expected[1]["ice"], "closed")
+        self.assertEqual(expected[0]["media"]["wic_to_core"]["packets"], 7)
+        self.assertEqual(EndedCall(call).media_stats[0]["media"], streams[0]["media"])
 
     def test_a_refused_call_without_media_shows_no_figures(self) -> None:
         context, _ = self.originate()

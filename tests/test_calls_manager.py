@@ -288,7 +288,7 @@ class CallManagerTests(unittest.TestCase):
         [ended] = self.manager.ended_calls()
         self.assertIsInstance(ended.timeline, PackedTimeline)
         held = [thing for thing in gc.get_referents(ended.timeline) if not isinstance(thing, type)]
-        self.assertEqual([type(thing) for thing in held], [str])  # one string, whatever the entries
+        self.assertEqual([type(thing) for thing in held], [bytes])  # one object (bytes), whatever the entries
         entries = list(ended.timeline)
         self.assertEqual([(entry.kind, entry.text) for entry in entries[:len(noted)]], noted)
         self.assertEqual([entry.kind for entry in entries[-2:]], ["release", "sip-out"])  # the 486 noted after the end

@@ -677,3 +677,24 @@ class CycleTests(MediaSessionTestCase):
 
 class TwistedPortCycleTests(CycleTests):
     session_reactor = PlainSocketReactor()
+
+
+class StatsSnapshotTests(unittest.SynchronousTestCase):
+    def test_a_snapshot_is_what_copy_copy_gave_and_does_not_follow_the_live_counters(self) -> None:
+        import copy
+
+        from epcscf.media.session import DirectionStats, _snapshot
+        from epcscf.media.srtp import SrtpErrorCounts
+
+        live = DirectionStats(packets=5, bytes=800, lost=1, first_packet_time=3.5)
+        live._ssrc, live._highest_seq = 0x1234, 77
+        errors = SrtpErrorCounts(unprotect=2, last_error="replay")
+        for counters in (live, errors, DirectionStats()):
+            snapshot = _snapshot(counters)
+            self.assertIs(type(snapshot), type(counters))
+            self.assertEqual(snapshot, copy.copy(counters))
+            self.assertEqual(vars(snapshot), vars(copy.copy(counters)))
+            self.assertIsNot(snapshot, counters)
+        snapshot = _snapshot(live)
+        live.packets += 1
+        self.assertEqual((snapshot.packets, live.packets), (5, 6))

@@ -193,3 +193,36 @@ class CopyTests(SynchronousTestCase):
             ["media", "port", "proto", "formats", "port_count", "information", "connections", "bandwidths",
              "key", "attributes"],
         )
+
+
+class RtpMapMemoTests(SynchronousTestCase):
+    def test_the_memoised_rtpmap_parse_gives_what_the_parse_gives(self) -> None:
+        from epcscf.sdp.model import _parse_rtpmap
+
+        for value in ("111 opus/48000/2", "0 PCMU/8000", " 126  telephone-event/8000 ", "96 VP8/90000",
+                      "x opus/48000", "97 H264", "98 /90000", "99 L16/8000/x", ""):
+            self.assertEqual(_parse_rtpmap(value), _parse_rtpmap.__wrapped__(value))
+            self.assertEqual(_parse_rtpmap(value), _parse_rtpmap(value))  # from the memo this time
+        self.assertEqual(_parse_rtpmap("111 opus/48000/2"), ("111", RtpMap("opus", 48000, 2)))
+        self.assertLessEqual(_parse_rtpmap.cache_info().maxsize, 256)  # bounded: values from the network
+
+
+class SplitLinesTests(SynchronousTestCase):
+    def test_a_plain_crlf_body_splits_as_the_repairing_split_does(self) -> None:
+        from epcscf.sdp.model import _PLAIN_BODY, _split_lines, _split_repairing
+
+        bodies = [crlf(fixture(path.name)).decode("utf-8") for path in sorted(FIXTURES.glob("*.sdp"))]
+        bodies += ["v=0\r\ns=\r\n", "v=0\r\na=x:\x0c\r\nb=AS:64\r\n", "é=x\r\n", "v=0\r\ns= \r\n", "v=0\ns=-\n",
+                   "v=0\r\n\r\ns=-\r\n", "v=0\r\ns=-", "v=0\r\ns=-\r\r\n", "v=0\r\na=x\t\r\n", "v=0\r\na=\u2028\r\n"]
+        plain = 0
+        for body in bodies:
+            plain += bool(_PLAIN_BODY.fullmatch(body))
+            self.assertEqual(_split_lines(body), _split_repairing(body), body)
+            self.assertEqual(_split_lines(body.encode("utf-8")), _split_repairing(body), body)
+        self.assertGreaterEqual(plain, len(bodies) - 7)  # the fixtures and four others take the plain way
+
+    def test_lines_the_plain_way_refuses_still_get_their_errors(self) -> None:
+        for body, line in (("v=0\r\nxx\r\n", 2), ("v=0\r\n=x\r\n", 2), ("v=0\r\n1=x\r\n", 2)):
+            with self.assertRaises(SdpError) as raised:
+                SessionDescription.parse(body)
+            self.assertTrue(raised.exception.reason.startswith(f"line {line}:"), raised.exception.reason)

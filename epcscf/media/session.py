@@ -28,11 +28,10 @@ to the pool; it is idempotent and safe from any state.
 
 from __future__ import annotations
 
-import copy
 import enum
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Protocol, TypeVar
 
 from twisted.internet.defer import Deferred, succeed
 from twisted.internet.interfaces import IReactorSocket, IReactorTime
@@ -131,6 +130,17 @@ class DirectionStats:
         if self.first_packet_time is None:
             self.first_packet_time = now
         self.last_packet_time = now
+
+
+_Counters = TypeVar("_Counters", DirectionStats, SrtpErrorCounts)
+
+
+def _snapshot(counters: _Counters) -> _Counters:
+    """A copy of a plain dataclass of counters (no slots, no __post_init__): what ``copy.copy``
+    gives, without its generic ``__reduce_ex__`` round (tests.test_media_session checks both)."""
+    snapshot = object.__new__(type(counters))
+    snapshot.__dict__.update(counters.__dict__)
+    return snapshot
 
 
 @dataclass(frozen=True)
@@ -339,10 +349,11 @@ class MediaSession:
     def stats(self) -> MediaStats:
         srtp = self._srtp
         return MediaStats(
-            # Snapshots of the live counters (copy.copy: dataclasses.replace walks the fields).
-            wic_to_core=copy.copy(self.wic_to_core),
-            core_to_wic=copy.copy(self.core_to_wic),
-            srtp_errors=copy.copy(srtp.errors if srtp is not None else self._srtp_errors),
+            # Snapshots of the live counters (dataclasses.replace walks the fields, copy.copy
+            # goes through __reduce_ex__: ``_snapshot`` copies the instance dict).
+            wic_to_core=_snapshot(self.wic_to_core),
+            core_to_wic=_snapshot(self.core_to_wic),
+            srtp_errors=_snapshot(srtp.errors if srtp is not None else self._srtp_errors),
             dtls_state=self.state,
             srtp_profile=srtp.keys.profile.name if srtp is not None else None,
             direction=self._direction.value,

@@ -71,20 +71,26 @@ class EndedDialog:
 _SUMMARY, _STATE, _MEDIA, _DIALOG = range(4)
 
 
-def _plain(value: Any) -> Any:
-    """Media statistics (dicts of dataclasses and enums) as JSON data, read back as dicts:
-    ``call_view`` reads a field of either the same way."""
-    if dataclasses.is_dataclass(value) and not isinstance(value, type):
-        return {field.name: _plain(getattr(value, field.name)) for field in dataclasses.fields(value)}
-    if isinstance(value, dict):
-        return {str(key): _plain(item) for key, item in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_plain(item) for item in value]
-    if isinstance(value, enum.Enum):
-        return _plain(value.value)
-    if value is None or isinstance(value, (str, int, float, bool)):
-        return value
-    return str(value)
+_FIELD_NAMES: dict[type, tuple[str, ...]] = {}
+
+
+def _json_leaf(value: Any) -> Any:
+    """``json.dumps``'s ``default``: media statistics (dicts of dataclasses and enums) as JSON
+    data, read back as dicts (``call_view`` reads a field of either the same way).  The encoder
+    walks the dicts, lists and tuples itself (in C) and calls this only for what it cannot
+    write: a dataclass (its fields, as a dict), an enum (its value) or anything else (its str).
+    A walk of the whole snapshot in Python was most of an ended call's record (issue 16).  The
+    statistics' dict keys are str (field names, directions), which json writes as they are."""
+    kind = type(value)
+    names = _FIELD_NAMES.get(kind)
+    if names is None:
+        if dataclasses.is_dataclass(kind):
+            names = _FIELD_NAMES[kind] = tuple(field.name for field in dataclasses.fields(kind))
+        elif isinstance(value, enum.Enum):
+            return value.value
+        else:
+            return str(value)
+    return {name: getattr(value, name) for name in names}
 
 
 class EndedCall:
@@ -111,9 +117,9 @@ class EndedCall:
             call.summary(),
             call.state.value,
             # streams as [index, stream] pairs: a JSON object's keys would come back as str
-            [[index, _plain(stream)] for index, stream in stats.items()] if isinstance(stats, dict) else _plain(stats),
+            [[index, stream] for index, stream in stats.items()] if isinstance(stats, dict) else stats,
             None if dialog is None else [dialog.confirmed, dialog.wic.tag, dialog.core.tag],
-        ])  # ASCII, as ``PackedTimeline``: 1 byte a character
+        ], default=_json_leaf)  # ASCII: 1 byte a character
         # RFC 3261 §13.3.1.4: the only answer ``call_sdp.repeat_answer_in_retransmission`` reads
         originating = call.direction is CallDirection.ORIGINATING
         self._answer = call.last_wic_answer if originating else call.last_core_answer
