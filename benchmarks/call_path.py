@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import cProfile
 import os
 import pstats
@@ -51,6 +52,7 @@ from twisted.python.failure import Failure  # noqa: E402
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from _cycle_probe import CycleCensus  # noqa: E402
 from _py_calls import IceSocket, webrtc_offer  # noqa: E402
 
 from epcscf.ice import IceAgentConfig, UdpPortPool  # noqa: E402
@@ -195,7 +197,7 @@ async def selected(agent: Any) -> None:
         await deferLater(reactor, 0.0005, lambda: None)
 
 
-async def run(calls: int, profile: bool, top: int, managed: bool) -> None:
+async def run(calls: int, profile: bool, top: int, managed: bool, cycles: bool = False) -> None:
     wic = WicThread()
     settings = CallMediaSettings(
         ice=IceAgentConfig(bind_addresses=(LOCAL,), port_range=PORTS, mode="full", connect_timeout=5.0),
@@ -211,14 +213,20 @@ async def run(calls: int, profile: bool, top: int, managed: bool) -> None:
         await place(wic, serial)
     await deferLater(reactor, 1.2, lambda: None)  # past the shelf's quarantine
     profiler = cProfile.Profile() if profile else None
+    census = CycleCensus() if cycles else contextlib.nullcontext()
     started = time.thread_time()
     if profiler is not None:
         profiler.enable()
-    for serial in range(calls):
-        await place(wic, calls + serial)
+    with census:
+        for serial in range(calls):
+            await place(wic, calls + serial)
+        if cycles and managed:
+            manager.manager.history.clear()  # the ended calls kept for the console: their end is part of a call
     if profiler is not None:
         profiler.disable()
     cpu = time.thread_time() - started
+    if isinstance(census, CycleCensus):
+        census.report(calls, "call")
     print(f"{calls} calls: {1000 * cpu / calls:.3f} ms CPU per call{' (under cProfile)' if profile else ''}; "
           f"loadavg {open('/proc/loadavg').read().split(' ', 3)[:3]}")
     if profiler is not None:
@@ -242,6 +250,8 @@ def main() -> None:
     parser.add_argument("--top", type=int, default=25)
     parser.add_argument("--manager", action="store_true",
                         help="drive each call through the call manager (INVITE, 200, ACK, BYE) as well")
+    parser.add_argument("--cycles", action="store_true",
+                        help="count what dies in reference cycles per measured call (benchmarks/_cycle_probe.py)")
     args = parser.parse_args()
     failure: list[BaseException] = []
 
@@ -251,7 +261,7 @@ def main() -> None:
             print(result.getTraceback(), file=sys.stderr)
         reactor.stop()
 
-    reactor.callWhenRunning(reactor.callLater, 0, lambda: defer.Deferred.fromCoroutine(run(args.calls, args.profile, args.top, args.manager)).addBoth(done))
+    reactor.callWhenRunning(reactor.callLater, 0, lambda: defer.Deferred.fromCoroutine(run(args.calls, args.profile, args.top, args.manager, args.cycles)).addBoth(done))
     reactor.run()
     sys.exit(1 if failure else 0)
 
