@@ -93,12 +93,88 @@ def saving_collection() -> list[object]:
     return garbage
 
 
+def _edge_name(source: object, target: object) -> str:
+    """How ``source`` refers to ``target``: an attribute or key name where there is one."""
+    names = getattr(source, "__dict__", None)
+    if isinstance(names, dict):
+        for name, value in names.items():
+            if value is target:
+                return f".{name}"
+    for cls in type(source).__mro__:
+        for name in getattr(cls, "__slots__", ()):
+            if getattr(source, name, None) is target:
+                return f".{name}"
+    if isinstance(source, dict):
+        for key, value in source.items():
+            if value is target:
+                return f"[{str(key)[:20]}]"
+    if isinstance(source, (list, tuple, set, frozenset)):
+        return "[]"
+    for name in ("__self__", "__func__", "cell_contents", "f_back", "tb_frame", "tb_next", "__closure__"):
+        if getattr(source, name, None) is target:
+            return f".{name}"
+    return "->"
+
+
+def cycle_edges(garbage: list[object]) -> collections.Counter:
+    """The references that close cycles among ``garbage``: edges inside its strongly connected
+    components (Tarjan's, iterative), named ``Type.attribute -> Type``.  Breaking one edge of each
+    cycle lets reference counting free the rest."""
+    index_of = {id(thing): number for number, thing in enumerate(garbage)}
+    edges = [[index_of[id(r)] for r in gc.get_referents(thing) if id(r) in index_of] for thing in garbage]
+    order = [-1] * len(garbage)
+    low = [0] * len(garbage)
+    on_stack = [False] * len(garbage)
+    stack: list[int] = []
+    component = [-1] * len(garbage)
+    counter = components = 0
+    for root in range(len(garbage)):
+        if order[root] >= 0:
+            continue
+        work = [(root, 0)]
+        while work:
+            node, child = work.pop()
+            if child == 0:
+                order[node] = low[node] = counter
+                counter += 1
+                stack.append(node)
+                on_stack[node] = True
+            if child < len(edges[node]):
+                work.append((node, child + 1))
+                nxt = edges[node][child]
+                if order[nxt] < 0:
+                    work.append((nxt, 0))
+                elif on_stack[nxt]:
+                    low[node] = min(low[node], order[nxt])
+                continue
+            if low[node] == order[node]:
+                while True:
+                    member = stack.pop()
+                    on_stack[member] = False
+                    component[member] = components
+                    if member == node:
+                        break
+                components += 1
+            if work:
+                parent = work[-1][0]
+                low[parent] = min(low[parent], low[node])
+    named: collections.Counter = collections.Counter()
+    for source, targets in enumerate(edges):
+        for target in targets:
+            if component[source] == component[target]:
+                named[f"{type(garbage[source]).__qualname__}{_edge_name(garbage[source], garbage[target])}"
+                      f" -> {type(garbage[target]).__qualname__}"] += 1
+    return named
+
+
 class CycleCensus:
     """The objects that died in reference cycles between ``__enter__`` and ``__exit__``."""
 
-    def __init__(self) -> None:
+    def __init__(self, edges: bool = False) -> None:
         self.by_type: collections.Counter = collections.Counter()
         self.by_site: collections.Counter = collections.Counter()
+        #: with ``edges=True``: the references that close the cycles (``cycle_edges``)
+        self.edges: collections.Counter | None = collections.Counter() if edges else None
         self.was_enabled = True
 
     def __enter__(self) -> "CycleCensus":
@@ -110,6 +186,8 @@ class CycleCensus:
     def __exit__(self, *exc_info: object) -> None:
         garbage = saving_collection()
         tally(garbage, self.by_type, self.by_site)
+        if self.edges is not None:
+            self.edges.update(cycle_edges(garbage))
         del garbage
         gc.collect()  # now free them for real
         if self.was_enabled:
@@ -127,6 +205,10 @@ class CycleCensus:
             print("  by allocation site (newest epcscf/ frame):")
             for (name, site), count in self.by_site.most_common(top):
                 print(f"  {count / operations:8.2f}  {name:28s} {site}")
+        if self.edges:
+            print("  references inside the cycles (break one per cycle):")
+            for edge, count in self.edges.most_common(2 * top):
+                print(f"  {count / operations:8.2f}  {edge}")
 
 
 # -- inside a running edge (typed into its console) ------------------------------------------------

@@ -212,8 +212,14 @@ async def run(calls: int, profile: bool, top: int, managed: bool, cycles: bool =
     for serial in range(calls):  # warm-up: imports, memos, and parked sockets for what follows
         await place(wic, serial)
     await deferLater(reactor, 1.2, lambda: None)  # past the shelf's quarantine
+    if cycles:
+        # Twisted buffers every log event until logging begins (a daemon begins it at start):
+        # the buffered events would keep each call's ICE agent, and so the call, alive.
+        from twisted.logger import globalLogBeginner
+
+        globalLogBeginner.beginLoggingTo([lambda event: None], discardBuffer=True, redirectStandardIO=False)
     profiler = cProfile.Profile() if profile else None
-    census = CycleCensus() if cycles else contextlib.nullcontext()
+    census = CycleCensus(edges=True) if cycles else contextlib.nullcontext()
     started = time.thread_time()
     if profiler is not None:
         profiler.enable()

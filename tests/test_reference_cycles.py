@@ -12,9 +12,11 @@ from typing import Any, Callable
 from twisted.internet import endpoints, reactor, task
 from twisted.trial import unittest
 
+
 from epcscf.sip.parser import FramingError, ParserLimits, StreamFramer
 from epcscf.sip.transport import TransportManager
 from tests.support.processes import wait_for
+from tests.test_calls_media import CallMediaTestCase
 from tests.test_sip_transport import Collector, RawClient, options_request
 
 
@@ -71,3 +73,19 @@ class ClosedConnectionTests(unittest.TestCase):
         await task.deferLater(reactor, 0.01, lambda: None)  # the reactor lets go of its selectable
         self.assertIsNone(connection())
         self.assertIsNone(protocol())
+
+
+class ClosedCallMediaTests(CallMediaTestCase):
+    async def test_a_closed_calls_media_is_freed_without_the_collector(self) -> None:
+        media, _, _, _ = await self.originating_call()
+        self.medias.remove(media)
+        freed = weakref.ref(media)
+        streams = weakref.ref(media._streams)
+        gc.collect()
+        gc.disable()
+        self.addCleanup(gc.enable)
+        await media.close()
+        del media
+        await task.deferLater(reactor, 0.01, lambda: None)
+        self.assertIsNone(freed())  # its DTLS and streams parts let go of its callbacks
+        self.assertIsNone(streams())  # and each agent of the closure holding them (first_datagram)
