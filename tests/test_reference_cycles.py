@@ -17,6 +17,7 @@ from epcscf.sip.parser import FramingError, ParserLimits, StreamFramer
 from epcscf.sip.transport import TransportManager
 from tests.support.processes import wait_for
 from tests.test_calls_media import CallMediaTestCase
+from tests.test_ice_agent import IceTestCase
 from tests.test_sip_transport import Collector, RawClient, options_request
 
 
@@ -89,3 +90,19 @@ class ClosedCallMediaTests(CallMediaTestCase):
         await task.deferLater(reactor, 0.01, lambda: None)
         self.assertIsNone(freed())  # its DTLS and streams parts let go of its callbacks
         self.assertIsNone(streams())  # and each agent of the closure holding them (first_datagram)
+
+
+class ClosedIceAgentTests(IceTestCase):
+    async def test_a_closed_full_ice_agent_is_freed_without_the_collector(self) -> None:
+        agent = self.agent(controlling=False)
+        wic = await self.wic(controlling=True)
+        await self.connect(agent, wic)
+        self.agents.remove(agent)
+        freed = weakref.ref(agent)
+        gc.collect()
+        gc.disable()
+        self.addCleanup(gc.enable)
+        await agent.close()  # the back-end, its aioice connection and pairs, consent: no cycle left
+        del agent
+        await task.deferLater(reactor, 0.01, lambda: None)
+        self.assertIsNone(freed())
