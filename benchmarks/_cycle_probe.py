@@ -1,6 +1,6 @@
 """What the cyclic collector frees, by type and by creation site, and what its work costs.
 
-Three ways to use it:
+Two ways to use it:
 
 * **In process, around N operations** (``call_path.py --cycles``, ``ws_register_inprocess.py
   --cycles``): ``with CycleCensus() as census: …`` disables the collector and sets
@@ -9,14 +9,15 @@ Three ways to use it:
   prints them per operation by type, and -- when ``tracemalloc`` traces (``PYTHONTRACEMALLOC=8``)
   -- by the newest ``epcscf/`` (or else the newest) frame of their allocation.  Objects freed by
   reference counting never reach the collector and are not counted: they are what we want.
+  ``CycleCensus(edges=True)`` also names the references inside the cycles (``cycle_edges``):
+  breaking one per cycle is the fix.
 * **Inside a running edge** (``fuzz.py --cycles`` types ``exec(open(this).read())`` into its
   console with ``CYCLE_PROBE = "start"``, later ``"read"``): "start" installs a ``gc.callbacks``
   watch (collections, objects collected, time in the collector) and, with ``CYCLE_SAMPLE``, a
   1-second sampler that runs a saving collection and tallies the garbage by type (this adds a
   full collection per second: use it for the types, not for the CPU figures); "read" prints one
-  line ``CYCLE-PROBE {json}``.
-* **The collector's CPU share of any edge**: ``EPCSCF_GC_LOG=path`` in an edge's environment
-  (``epcscf.memory.tune_collector``) writes the same watch's totals every 5 s and at shutdown.
+  line ``CYCLE-PROBE {json}``.  ``CYCLE_TRACE = N`` starts ``tracemalloc`` with N frames then
+  (from the start, it slows the edge's start-up past ``fuzz.py``'s 60 s).
 """
 
 from __future__ import annotations
