@@ -106,3 +106,21 @@ class ClosedIceAgentTests(IceTestCase):
         del agent
         await task.deferLater(reactor, 0.01, lambda: None)
         self.assertIsNone(freed())
+
+    async def test_an_agent_closed_while_its_checks_are_in_flight_is_freed_without_the_collector(self) -> None:
+        agent = self.agent(controlling=True)
+        silent = await self.wic(controlling=False)  # bound, never told our credentials: never answers
+        await agent.gather()
+        agent.set_remote("silentwic", "s" * 22, [c.to_sdp() for c in silent.local_candidates])
+        agent.start().addErrback(lambda _: None)
+        await task.deferLater(reactor, 0.1, lambda: None)  # a check sent, its answer awaited
+        self.agents.remove(agent)
+        # the aioice connection: its pairs, sockets and queues hang off it
+        freed = weakref.ref(agent._backend._current.connection)  # type: ignore[attr-defined]
+        gc.collect()
+        gc.disable()
+        self.addCleanup(gc.enable)
+        await agent.close()  # cancels the check: its task's exception has frames that refer to the pair
+        del agent
+        await task.deferLater(reactor, 0.01, lambda: None)
+        self.assertIsNone(freed())

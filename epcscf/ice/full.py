@@ -232,7 +232,10 @@ class _AgentConnection(aioice.ice.Connection):
             # A parked socket's port stays bound (the shelf's now).
             self.generation.pool.release(*(s.pool_port for s in sockets if not s.parked and s.pool_port is not None))
         # aioice keeps its pairs after closing, each with its socket, whose receiver is this
-        # connection: a cycle per agent that only the collector would free.
+        # connection, and with its cancelled check task, whose exception's frames refer to the
+        # pair: cycles per agent that only the collector would free.
+        for pair in self._check_list:
+            pair.task = None
         self._check_list.clear()
 
 
