@@ -122,6 +122,9 @@ def start_sipp(directory: str, scenario: str, timeout: float = 10.0) -> int:
     subprocess.Popen(
         [sipp, "-sf", scenario, "-i", "127.0.0.1", "-p", str(port), "-mi", "127.0.0.1",
          "-mp", str(free_port(socket.SOCK_DGRAM)), "-nostdin", "-bg", "-trace_err",
+         # Its message counts (received, sent, retransmitted, unexpected; by scenario step) once a
+         # second in <scenario>_<pid>_counts.csv, for calls.py's per-run counts.
+         "-trace_counts", "-fd", "1",
          # A message out of order (an ACK overtaken by a retransmitted INVITE) is dropped, not
          # the call: the peer's retransmission comes again, as a real UAS would wait for it.
          "-default_behaviors", "all,-abortunexp",
@@ -135,6 +138,25 @@ def start_sipp(directory: str, scenario: str, timeout: float = 10.0) -> int:
             raise RuntimeError(f"sipp ({os.path.basename(scenario)}) did not listen on {port}")
         time.sleep(0.05)
     return port
+
+
+def sipp_counts(directory: str) -> dict[str, int]:
+    """The latest message counts of every sipp that runs in ``directory`` (``-trace_counts``), summed
+    by column over the scenario's steps: ``Recv``, ``Sent``, ``Retrans``, ``Unexp`` … (one second old
+    at most)."""
+    totals: dict[str, int] = {}
+    for name in os.listdir(directory):
+        if not name.endswith("_counts.csv"):
+            continue
+        with open(os.path.join(directory, name)) as handle:
+            lines = [line.rstrip("\n") for line in handle if line.strip()]
+        if len(lines) < 2:
+            continue
+        for column, value in zip(lines[0].split(";"), lines[-1].split(";")):
+            if "_" in column and value.strip().isdigit():
+                kind = column.rsplit("_", 1)[1]
+                totals[kind] = totals.get(kind, 0) + int(value)
+    return totals
 
 
 def stop_sipp(port: int) -> None:

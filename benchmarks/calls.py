@@ -5,6 +5,7 @@ Usage::
     .venv/bin/python benchmarks/calls.py [--rate 100] [--seconds 30] [--wics 60] [--ice-mode full|lite]
                                          [--generator node|python] [--core embedded|kamailio|sipp]
                                          [--epcscf-workers 1,2] [--hold 0] [--quick] [--log-level warn]
+                                         [--counts] [--edge-tree /work/main]
 
 epcscf runs as its own process (``twistd -n epcscf`` on a generated ini, the same
 ``Deployment``/``EpcscfProcess`` as ``benchmarks/w2_register.py``); a sipp UAS
@@ -44,6 +45,11 @@ its own process (as ``--separate-core``); the WICs per worker are read from the 
 ``/metrics`` and epcscf CPU is the supervisor's and the workers' together.  A list (``1,2``) runs
 one deployment after the other in the same invocation and prints the ratio of calls/s.
 
+``--counts`` prints, per worker, what the edge received, sent, absorbed and sent on unparsed in the
+timed phase, its STUN and its collector passes (``benchmarks/edge_counts``), and sipp's message counts; the
+Node generator always prints its retransmissions and event-loop delay.  ``--edge-tree DIR`` runs another
+checkout's edge with this harness (paired runs where only the edge differs).
+
 Floors (the project's targets): ≥ 100 calls/s sustained for 30 s, < 1 % failures, p99 setup < 250 ms.
 The exit status is 0 whatever the figures (a measurement, not a test); non-zero only when the
 benchmark could not run.  Everything is on 127.0.0.1 and stopped on exit.
@@ -56,6 +62,7 @@ import asyncio
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -144,6 +151,10 @@ class Figures:
     udp_drops: int = 0  # datagrams dropped on a full socket receive buffer, in this network namespace
     udp_drops_by_process: dict[str, int] = field(default_factory=dict)  # of those, by receiving process
     loadavg: str = ""
+    generator_tally: dict[str, int] = field(default_factory=dict)  # node: its retransmissions and checks
+    generator_lag: dict[str, float] = field(default_factory=dict)  # node: its event loop's delay, ms
+    edge_counts: list[dict[str, float]] = field(default_factory=list)  # --counts: per worker, timed phase
+    sipp_counts: dict[str, int] = field(default_factory=dict)  # every sipp of the run, timed phase (±1 s)
 
     @property
     def rate(self) -> float:
@@ -162,6 +173,45 @@ class Counters:
     ims: _call_cores.Ims
     rtpengine: Any
     generator_pid: int = 0
+    counts_directory: str = ""  # --counts: where the edge's processes write theirs (EDGE_COUNTS)
+    sipp_directory: str = ""  # where the sipps write their -trace_counts files
+
+    def worker_pids(self) -> list[int]:
+        pids = self.epcscf.pids()
+        return pids[1:] if len(pids) > 1 else pids
+
+    def edge_counts(self) -> list[dict[str, float]]:
+        """Each worker's counts so far (benchmarks/edge_counts): asked for by SIGUSR1, read from its file."""
+        if not self.counts_directory:
+            return []
+        pids = self.worker_pids()
+        for pid in pids:
+            try:
+                os.remove(os.path.join(self.counts_directory, f"{pid}.json"))
+            except FileNotFoundError:
+                pass
+            os.kill(pid, signal.SIGUSR1)
+        found = []
+        for pid in pids:
+            path = os.path.join(self.counts_directory, f"{pid}.json")
+            deadline = time.monotonic() + 10
+            while not os.path.exists(path) and time.monotonic() < deadline:
+                time.sleep(0.02)
+            with open(path) as handle:
+                found.append(json.load(handle))
+        return found
+
+    def snapshot(self) -> tuple[list[dict[str, float]], dict[str, int]]:
+        return self.edge_counts(), _call_cores.sipp_counts(self.sipp_directory) if self.sipp_directory else {}
+
+    def fill_counts(self, figures: Figures, before: tuple[list[dict[str, float]], dict[str, int]]) -> None:
+        time.sleep(1.1)  # sipp writes its counts once a second
+        edge_after, sipp_after = self.snapshot()
+        edge_before, sipp_before = before
+        figures.edge_counts = [{key: value - old.get(key, 0) for key, value in new.items() if value != old.get(key, 0)}
+                               for old, new in zip(edge_before, edge_after)]
+        figures.sipp_counts = {key: value - sipp_before.get(key, 0) for key, value in sipp_after.items()
+                               if value != sipp_before.get(key, 0)}
 
     def read(self) -> tuple[float, ...]:
         user, system = process_tree_user_system(self.epcscf)
@@ -245,11 +295,13 @@ def run_node(options: argparse.Namespace, ws_port: int, target: str, counters: C
         if ready.get("ready") != options.wics:
             raise RuntimeError(f"the Node generator did not get ready: {ready!r} (exit {generator.poll()})")
         figures.shares = counters.epcscf.connection_shares()
+        counts_before = counters.snapshot()
         before = counters.read()
         generator.stdin.write("go\n")
         generator.stdin.flush()
         result = json.loads(generator.stdout.readline() or "{}")
         counters.fill(figures, before)
+        counters.fill_counts(figures, counts_before)
         if "completed" not in result:
             raise RuntimeError(f"the Node generator ended without a result (exit {generator.wait(5)})")
     finally:
@@ -264,6 +316,7 @@ def run_node(options: argparse.Namespace, ws_port: int, target: str, counters: C
     figures.setup_p50, figures.setup_p99 = ms("setup_p50_ms"), ms("setup_p99_ms")
     figures.answer_p50, figures.answer_p99 = ms("answer_p50_ms"), ms("answer_p99_ms")
     figures.generator_cpu, figures.generator_user = result["cpu_s"], result["cpu_user_s"]
+    figures.generator_tally, figures.generator_lag = result.get("tally", {}), result.get("loop_lag", {})
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -286,6 +339,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--profile", metavar="FILE", help="run epcscf under cProfile, stats saved to FILE")
     parser.add_argument("--separate-core", action="store_true",
                         help="run the embedded core in a second epcscf process (the eP-CSCF's own cost without the core's)")
+    parser.add_argument("--edge-tree", metavar="DIR",
+                        help="run the eP-CSCF of another checkout (its .venv), e.g. /work/main, with this "
+                             "benchmark, generator and core: a paired comparison where only the edge differs")
+    parser.add_argument("--counts", action="store_true",
+                        help="count each worker's SIP, STUN and collector passes in the timed phase (benchmarks/edge_counts; "
+                             "costs the edge a little CPU per message)")
     parser.add_argument("--epcscf-workers", default="1",
                         help="[service] workers of the eP-CSCF, or a list (1,2) for one deployment each in this run; "
                              "more than 1 with the embedded core: the core runs in its own process")
@@ -306,6 +365,13 @@ def main(argv: list[str] | None = None) -> int:
         subprocess.Popen = profiled  # type: ignore[misc]
     if options.quick:
         options.seconds = 5.0
+    if options.edge_tree:
+        import w2_register
+
+        tree = os.path.abspath(options.edge_tree)
+        if not os.access(os.path.join(tree, ".venv", "bin", "twistd"), os.X_OK):
+            parser.error(f"--edge-tree: no {tree}/.venv/bin/twistd (run bin/setup there)")
+        w2_register.TOP = tree  # EpcscfProcess starts twistd from there, with that tree on PYTHONPATH
     raise_open_files_limit(20000)
     engines = ("builtin", "rtpengine") if options.engine == "both" else (options.engine,)
     for engine in engines:
@@ -345,13 +411,18 @@ def run_engine(options: argparse.Namespace, engine: str, workers: int) -> Figure
     deployment.write_ini = write_ini  # type: ignore[method-assign]
     separate = options.separate_core or workers > 1
     figures = Figures(workers)
+    counts_directory = os.path.join(directory, "edge-counts") if options.counts else ""
+    if counts_directory:
+        os.mkdir(counts_directory)
+        os.environ["EDGE_COUNTS"] = counts_directory
+        os.environ["PYTHONPATH"] = os.path.join(HERE, "edge_counts") + os.pathsep + os.environ.get("PYTHONPATH", "")
     ims = _call_cores.start_ims(options.core, separate, deployment, directory)
     epcscf: EpcscfProcess | None = None
     try:
         epcscf = EpcscfProcess(deployment, "calls", ims.next_hop, workers)
         epcscf.wait_listening()
         time.sleep(0.5)
-        counters = Counters(epcscf, ims, rtpengine)
+        counters = Counters(epcscf, ims, rtpengine, counts_directory=counts_directory, sipp_directory=directory)
         if options.generator == "node":
             run_node(options, epcscf.ws_port, ims.target, counters, figures)
         else:
@@ -372,6 +443,8 @@ def run_engine(options: argparse.Namespace, engine: str, workers: int) -> Figure
 
 def report(options: argparse.Namespace, engine: str, ims: _call_cores.Ims, f: Figures) -> None:
     failure_ratio = f.failed / f.offered if f.offered else 1.0
+    if options.edge_tree:
+        print(f"eP-CSCF from {os.path.abspath(options.edge_tree)}")
     print(f"calls ([media] engine = {engine}, ICE {options.ice_mode}, {ims.described}, generator {options.generator}): "
           f"target {options.rate:g}/s for {options.seconds:g} s, {options.wics} WICs, hold {options.hold:g} s")
     if f.shares:
@@ -391,6 +464,15 @@ def report(options: argparse.Namespace, engine: str, ims: _call_cores.Ims, f: Fi
               + (f"; rtpengine {per_call(f.rtpengine_cpu)}" if engine == "rtpengine" else ""))
         print(f"    epcscf waited {f.epcscf_waited:.2f} s for a CPU while runnable; loadavg {f.loadavg}; UDP datagrams dropped on full receive buffers: {f.udp_drops} "
               f"{f.udp_drops_by_process or ''}")
+    if f.generator_tally:
+        lag = ", ".join(f"{key} {value:.1f}" for key, value in f.generator_lag.items())
+        print(f"  generator: {json.dumps(f.generator_tally)}; its event loop's delay (ms): {lag}")
+    if f.sipp_counts:
+        print(f"  sipp (UAS/core) message counts, timed phase ±1 s: {json.dumps(f.sipp_counts)}")
+    for index, counts in enumerate(f.edge_counts):
+        print(f"  edge worker {index} counts:")
+        for key, value in sorted(counts.items()):
+            print(f"    {key}: {value:g}" + (f" ({value / f.completed:.3f}/call)" if f.completed and not key.startswith("gc") else ""))
     for text, count in sorted(f.failures.items(), key=lambda item: -item[1])[:6]:
         examples = f.failure_calls.get(text)
         print(f"    {count} × {text}" + (f" (e.g. Call-ID {', '.join(examples)})" if examples else ""))

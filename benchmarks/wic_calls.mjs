@@ -29,6 +29,7 @@
 // (process.cpuUsage) for the timed phase.
 import { createHmac, randomBytes } from "node:crypto";
 import dgram from "node:dgram";
+import { monitorEventLoopDelay } from "node:perf_hooks";
 import zlib from "node:zlib";
 import WebSocket from "ws";
 import { digestAuthorization, openLoop } from "./_wic_common.mjs";
@@ -65,6 +66,10 @@ const stunTransactionId = () => {
 const FINGERPRINT = "sha-256 " + [...randomBytes(32)].map((b) => b.toString(16).padStart(2, "0").toUpperCase()).join(":");
 
 class CallFailed extends Error {}
+
+// What this generator sent and received beyond one of each per call (printed with the result): the
+// retransmitted 2xx it ACKed again, its ICE checks (first and resent), the edge's checks it answered.
+const tally = { retransmitted_2xx: 0, checks_sent: 0, checks_resent: 0, check_responses: 0, edge_checks_answered: 0, dtls_ignored: 0 };
 
 // --- STUN (RFC 8489) for ICE (RFC 8445 §7.1.1, §7.1.2) -------------------------------------------
 
@@ -234,6 +239,7 @@ class Wic {
     if (status < 200) return;
     if (status < 300 && this.lastAck && header(text, "Call-ID", "i") === this.lastAck.callId && / INVITE\b/.test(header(text, "CSeq", "CSeq"))) {
       // RFC 3261 §13.2.2.4: a retransmitted 2xx (its ACK was lost on the core's UDP side) gets the ACK again.
+      tally.retransmitted_2xx += 1;
       this.send(this.lastAck.text);
       return;
     }
@@ -406,6 +412,7 @@ class Wic {
             check();
           }
         });
+        tally[wait === 50 ? "checks_sent" : "checks_resent"] += 1;
         this.udp.send(bindingCheck(id, remoteUfrag, this.ufrag, remotePwd, this.tieBreaker), port, address);
         timer = setTimeout(() => {
           wait = Math.min(2 * wait, 500);
@@ -417,12 +424,16 @@ class Wic {
   }
 
   stunReceived(data, rinfo) {
-    if (data.length < 20 || data[0] > 3) return; // DTLS ClientHello etc.: no DTLS here
+    if (data.length < 20 || data[0] > 3) {
+      tally.dtls_ignored += 1;
+      return; // DTLS ClientHello etc.: no DTLS here
+    }
     if (data.readUInt32BE(4) !== MAGIC_COOKIE) return;
     const type = data.readUInt16BE(0);
     const id = data.subarray(8, 20);
     if (type === BINDING_REQUEST) {
       // RFC 8445 §7.3: answer from the source address, integrity with our password.
+      tally.edge_checks_answered += 1;
       this.udp.send(bindingSuccess(Buffer.from(id), rinfo.address, rinfo.port, this.pwd), rinfo.port, rinfo.address);
       const call = this.call;
       if (call && !call.checkedByPeer) {
@@ -431,6 +442,7 @@ class Wic {
       }
     } else if (type === BINDING_SUCCESS || type === BINDING_ERROR) {
       const settle = this.checks.get(id.toString("hex"));
+      tally.check_responses += 1;
       if (settle) {
         this.checks.delete(id.toString("hex"));
         settle(type === BINDING_SUCCESS);
@@ -509,10 +521,15 @@ async function main() {
   if (warmupSeconds > 0 && warmupRate > 0) await run(idle, Math.min(rate, warmupRate), warmupSeconds);
   process.stdout.write(JSON.stringify({ ready: wics.length }) + "\n");
   if (args.wait !== undefined) await new Promise((go) => process.stdin.once("data", go)); // the driver's "go"
+  for (const key of Object.keys(tally)) tally[key] = 0;
+  const lag = monitorEventLoopDelay({ resolution: 10 });
+  lag.enable();
   const cpu0 = process.cpuUsage();
   const result = await run(idle, rate, seconds);
   const cpu = process.cpuUsage(cpu0);
-  process.stdout.write(JSON.stringify({ ...result, cpu_s: (cpu.user + cpu.system) / 1e6, cpu_user_s: cpu.user / 1e6 }) + "\n");
+  lag.disable();
+  const loopLag = { p50_ms: lag.percentile(50) / 1e6, p99_ms: lag.percentile(99) / 1e6, max_ms: lag.max / 1e6 };
+  process.stdout.write(JSON.stringify({ ...result, cpu_s: (cpu.user + cpu.system) / 1e6, cpu_user_s: cpu.user / 1e6, tally, loop_lag: loopLag }) + "\n");
   for (const wic of wics) wic.close();
   process.exit(0); // stdin, read for the driver's "go", would keep the loop alive
 }

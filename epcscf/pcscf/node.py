@@ -61,6 +61,7 @@ from epcscf.sip.connection import WEBSOCKET_TRANSPORTS, Address, Connection
 from epcscf.sip.parser import ParserLimits
 from epcscf.sip.proxy import ProxySettings, StatefulProxy
 from epcscf.sip.proxy_policy import LateBoundProxy
+from epcscf.sip.replay import StatelessReplays
 from epcscf.sip.resolver import NextHopResolver, Target
 from epcscf.sip.tls import HTTP_PROTOCOLS, server_tls_from_files
 from epcscf.sip.transaction import TimerSettings, TransactionLayer
@@ -129,6 +130,10 @@ class PcscfNode(Service):
                 tls_private_key=config.sip.tls_private_key,
             ),
         )
+        #: copies of statelessly forwarded 2xx and ACKs, sent on unparsed (a late edge's UAS
+        #: retransmits its 2xx and each copy brings an ACK again; epcscf.sip.replay)
+        self.replays = StatelessReplays(reactor)
+        self.transports.replays = self.replays
         self.resolver = NextHopResolver(dns_resolver if dns_resolver is not None else system_dns_resolver())
         self.core_timers = TimerSettings(t1=config.sip.t1, t2=config.sip.t2, t4=config.sip.t4)
         self.wic_timers = TimerSettings.toward_ue(config.sip.wic_t1, config.sip.wic_t2, config.sip.wic_t4)
@@ -212,6 +217,7 @@ class PcscfNode(Service):
         self.ws_factory = SipWebSocketServerFactory(ws_settings(self.config), WsSink(self), reactor=self.reactor)
         self.ws_factory.on_refused = self.observers.ws_refused
         self.ws_factory.on_parse_error = self.observers.parse_error
+        self.ws_factory.replays = self.replays
         if self.token_access.verifier is not None:
             self.ws_factory.authenticate = self.token_access.handshake
         ws = [self._listen_ws(listener) for listener in self.config.ws.listen]
@@ -267,6 +273,7 @@ class PcscfNode(Service):
             ProxySettings(timer_c=self.config.sip.timer_c, supported_option_tags=frozenset({"path", "outbound"})),
             transactions=self.transactions,
         )
+        self.proxy.replays = self.replays
         proxy_operations.bind(self.proxy)
         if self.overload_settings.enabled:
             proxy = self.proxy
@@ -430,6 +437,7 @@ class PcscfNode(Service):
         self.registration_end.close()
         self.registrations.close()
         self.transactions.close()
+        self.replays.close()
         stopping.append(self.transports.close())
         return defer.DeferredList(stopping, consumeErrors=True)
 

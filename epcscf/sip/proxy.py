@@ -521,6 +521,10 @@ class StatefulProxy(StatelessForwarding, Cancelling, TimerC, OwnVia):
             context.server_transaction.respond(response)
         except Exception:
             log.failure("response {status} not forwarded", status=response.status)
+            return
+        if self.replays is not None and 200 <= response.status < 300 and context.is_invite:
+            # Its retransmissions (RFC 3261 §13.3.1.4) will be copies of it: sent on the same way.
+            self.replays.forwarded(response, context.connection)
 
     def _respond_locally(self, context: ProxiedRequest, response: Response) -> None:
         if context.state in (ProxyState.COMPLETED, ProxyState.TERMINATED):

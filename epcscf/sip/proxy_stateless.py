@@ -16,6 +16,7 @@ from epcscf.sip import proxy_rules as rules
 from epcscf.sip.connection import Connection
 from epcscf.sip.message import Request, Response
 from epcscf.sip.proxy_policy import Decision, Destination, Forward, ProxiedRequest, ProxyPolicy
+from epcscf.sip.replay import StatelessReplays
 from epcscf.sip.resolver import Target
 
 if TYPE_CHECKING:
@@ -27,6 +28,9 @@ log = Logger(namespace="epcscf.sip.proxy")
 
 class StatelessForwarding:
     """ACKs for 2xx and stray responses, for ``StatefulProxy``."""
+
+    #: copies of what is forwarded here, sent on by the transports unparsed (None: none kept)
+    replays: StatelessReplays | None = None
 
     if TYPE_CHECKING:
         connector: Connector
@@ -89,6 +93,8 @@ class StatelessForwarding:
             if isinstance(target, Target):
                 return self.connector.connect(target).addCallback(lambda c: c.send_message(rewritten))
             target.send_message(rewritten)
+            if self.replays is not None:
+                self.replays.forwarded(rewritten, target)  # its copies go the same way (§16.11)
             return None
 
         outgoing.addCallback(send).addErrback(lambda f: log.info("response not forwarded: {why}", why=f.value))
@@ -110,7 +116,10 @@ class StatelessForwarding:
 
         def send(connection: Connection) -> None:
             rules.add_via(request, connection.transport, via_sent_by or self._sent_by(connection), branch_id)
-            connection.send_message(request)
+            if self.replays is None:
+                connection.send_message(request)
+            else:
+                self.replays.send(request, connection)  # and its copies the same way (§16.11)
 
         if isinstance(first, Target):
             return self.connector.connect(first).addCallback(send)

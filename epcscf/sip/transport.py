@@ -37,6 +37,7 @@ from twisted.python.failure import Failure
 from epcscf.sip.connection import Address, Connection, ConnectionLost
 from epcscf.sip.headers import top_via
 from epcscf.sip.message import Message, Response
+from epcscf.sip.replay import StatelessReplays
 from epcscf.sip.resolver import DEFAULT_PORTS, Target
 from epcscf.sip.tls import server_tls_from_files
 from epcscf.sip.transport_specs import ListenerSpec, MessageSink, TransportSettings
@@ -70,6 +71,8 @@ class TransportManager:
         self._server_tls: Any = None
         #: (transport, local address) of each listener, in the order they were started
         self.listening: list[tuple[str, Address]] = []
+        #: given to each UDP listener started after it is set (``epcscf.sip.replay``; None: none)
+        self.replays: StatelessReplays | None = None
 
     def update_settings(self, settings: TransportSettings) -> None:
         """A configuration reload: new TCP/TLS connections and every running UDP listener
@@ -91,6 +94,7 @@ class TransportManager:
         family = AF_INET6 if ":" in listener.host else AF_INET
         if listener.transport == "UDP":
             protocol = UdpTransport(self.clock, self.deliver, self.settings)
+            protocol.replays = self.replays
             if fd is None:
                 port = self.reactor.listenUDP(listener.port, protocol, interface=listener.host)
             else:

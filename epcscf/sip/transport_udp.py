@@ -25,6 +25,7 @@ from epcscf.sip.connection import Address, ConnectionLost
 from epcscf.sip.headers import top_via
 from epcscf.sip.message import Message, Request
 from epcscf.sip.parser import SipParseError, error_response_for, parse_message
+from epcscf.sip.replay import StatelessReplays
 from epcscf.sip.resolver import DEFAULT_PORTS, Target
 from epcscf.sip.transport_specs import MessageSink, TransportSettings
 
@@ -132,6 +133,8 @@ class UdpTransport(DatagramProtocol):
         #: ``Port`` (what ``UdpConnection`` sends with); None: send through ``transport.write``
         self.sendto: Callable[[bytes, tuple[str, int]], int] | None = None
         self.family = AF_INET
+        #: copies of statelessly forwarded messages, sent on unparsed (None: none kept)
+        self.replays: StatelessReplays | None = None
 
     def use_settings(self, settings: TransportSettings) -> None:
         """Parse the next datagrams with ``settings`` (a reload; see ``TransportManager.update_settings``)."""
@@ -190,6 +193,9 @@ class UdpTransport(DatagramProtocol):
                 self._sources[addr] = source
         if data[:1] in (b"\r", b"\n", b"\x00", b" ", b"") and not data.strip(b"\r\n\x00 "):
             return  # RFC 5626 §3.5.1 / common practice: CRLF keep-alive datagrams carry no message
+        replays = self.replays
+        if replays is not None and replays.replay(data, addr):
+            return  # a copy of a 2xx or ACK forwarded statelessly: sent on as before (epcscf.sip.replay)
         try:
             message = parse_message(data, self._settings.limits)
         except SipParseError as error:
@@ -204,7 +210,14 @@ class UdpTransport(DatagramProtocol):
             return
         connection = self.connection_to(self._reply_address(message, source))
         connection.last_used = self.clock.seconds()
-        self._sink(message, connection)
+        if replays is None:
+            self._sink(message, connection)
+            return
+        replays.receiving(data, addr)
+        try:
+            self._sink(message, connection)
+        finally:
+            replays.received()
 
     @staticmethod
     def _reply_address(message: Message, source: Address) -> Address:

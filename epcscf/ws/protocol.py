@@ -48,6 +48,7 @@ from twisted.logger import Logger
 from epcscf.sip.connection import Address, ConnectionLost
 from epcscf.sip.message import Message, Request, make_response
 from epcscf.sip.parser import ParserLimits, SipParseError, error_response_for, parse_message
+from epcscf.sip.replay import StatelessReplays
 from epcscf.ws.autobahn_shim import LeanAutobahnProtocol
 from epcscf.ws.connection import CloseReason, WsConnection
 
@@ -293,6 +294,9 @@ class SipWebSocketServerProtocol(LeanAutobahnProtocol, WebSocketServerProtocol):
         if not payload or (payload[:1] in (b"\r", b"\n") and not payload.strip(b"\r\n")):
             return  # a pong (lone CRLF) or empty padding: nothing to do (no copy of a message made)
         connection.messages_received += 1
+        replays = self.factory.replays
+        if replays is not None and replays.replay(payload, connection):
+            return  # a copy of an ACK forwarded statelessly: sent on as before (epcscf.sip.replay)
         try:
             message = parse_message(payload, self.factory.limits)
         except SipParseError as error:
@@ -305,7 +309,14 @@ class SipWebSocketServerProtocol(LeanAutobahnProtocol, WebSocketServerProtocol):
             )
             self._send_quietly(connection, response)
             return
-        self.factory.message_received(message, connection)
+        if replays is None:
+            self.factory.message_received(message, connection)
+            return
+        replays.receiving(payload, connection)
+        try:
+            self.factory.message_received(message, connection)
+        finally:
+            replays.received()
 
     def _reject(self, connection: WsConnection, error: SipParseError) -> None:
         if self.factory.on_parse_error is not None:
@@ -436,6 +447,8 @@ class SipWebSocketServerFactory(WebSocketServerFactory):
         #: observers for metrics: a refused handshake ("subprotocol" | "origin"), an unparseable message
         self.on_refused: Callable[[str], None] | None = None
         self.on_parse_error: Callable[[str], None] | None = None
+        #: copies of statelessly forwarded ACKs, sent on unparsed (``epcscf.sip.replay``; None: none)
+        self.replays: StatelessReplays | None = None
         self.setProtocolOptions(
             webStatus=False,  # no HTML status page on plain GET
             utf8validateIncoming=True,  # RFC 6455 §8.1: invalid UTF-8 text → 1007
