@@ -41,6 +41,7 @@ from epcscf.sip.uri import (
     parse_name_addr,
     parse_name_addr_list,
     parse_uri,
+    shared_uri,
 )
 
 FIXTURE = Path(__file__).parent / "fixtures" / "sip" / "registration_messages.txt"
@@ -189,6 +190,13 @@ class UriFastPathTests(SynchronousTestCase):
         first = parse_uri("sip:alice@h;transport=ws")
         first.params["transport"] = "tcp"  # type: ignore[union-attr]
         self.assertEqual(str(parse_uri("sip:alice@h;transport=ws")), "sip:alice@h;transport=ws")
+
+    def test_shared_uri_is_parse_uri_s_reading_kept_once_per_text(self) -> None:
+        for text in ("sip:alice@h;transport=ws", "SIP:cQ36@127.0.0.1:40800;lr", "tel:+15551234", "urn:x:y"):
+            self.assertEqual(shared_uri(text), parse_uri(text))
+            self.assertIs(shared_uri(text), shared_uri(text))  # read only: one object per text
+        with self.assertRaises(UriError):
+            shared_uri("sip:alice@")
 
     def test_fast_uri_reads_every_part(self) -> None:
         uri = parse_uri("SIP:cQ36@127.0.0.1:40800;transport=udp;lr;ob")

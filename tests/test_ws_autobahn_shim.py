@@ -184,3 +184,26 @@ def autobahn_source_class() -> type:
     from autobahn.websocket.protocol import WebSocketProtocol
 
     return WebSocketProtocol
+
+    def test_a_dropped_attribute_reads_as_the_factory_option_or_empty(self) -> None:
+        class Factory:
+            allowedOrigins = ["https://wwsf.example"]
+
+        protocol = SipWebSocketServerProtocol()
+        protocol.factory = Factory()
+        protocol.http_headers = {"host": "edge"}
+        protocol.allowedOrigins = ["*"]
+        self.assertEqual(protocol.http_headers, {"host": "edge"})  # its own, during the handshake
+        protocol.release_handshake()
+        self.assertEqual(protocol.http_headers, {})
+        self.assertEqual(protocol.allowedOrigins, ["https://wwsf.example"])
+        self.assertIsNone(protocol._wskey)
+        protocol.http_headers = {"again": "1"}  # Autobahn may still assign one
+        self.assertEqual(protocol.http_headers, {"again": "1"})
+        with self.assertRaises(AttributeError):
+            protocol.no_such_attribute  # noqa: B018 - other names are not made up
+
+    def test_no_class_of_ours_hooks_attribute_reads(self) -> None:
+        # A ``__getattr__`` anywhere in the MRO sends every attribute read of a connection
+        # through the slower hook (the frame fast path reads a dozen per message).
+        self.assertFalse(any("__getattr__" in vars(cls) for cls in SipWebSocketServerProtocol.__mro__))

@@ -13,7 +13,7 @@ import struct
 from autobahn.websocket.xormasker import create_xor_masker
 from twisted.trial import unittest
 
-from epcscf.ws.frames import data_frame, read_data_frame, unmask
+from epcscf.ws.frames import data_frame, read_data_frame, unmask, unmask_with_integers
 from tests.test_ws_protocol import WsTestCase, asyncio_test, register
 
 
@@ -87,6 +87,13 @@ class FrameReaderTests(unittest.TestCase):
                 payload = os.urandom(size)
                 expected = bytes(octet ^ mask[i % 4] for i, octet in enumerate(payload))
                 self.assertEqual(unmask(payload, mask), expected, (size, mask))
+                self.assertEqual(unmask_with_integers(payload, mask), expected, (size, mask))
+
+    def test_unmask_is_websockets_c_helper_when_installed(self) -> None:
+        # the fast helper is the one used when it is there (setup.cfg requires websockets)
+        from websockets.speedups import apply_mask
+
+        self.assertIs(unmask, apply_mask)
 
     def test_unmask_agrees_with_autobahn(self) -> None:
         for size in (1, 2, 3, 4, 5, 127, 1023):

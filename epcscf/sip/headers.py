@@ -13,7 +13,14 @@ from functools import partial
 from typing import Callable, TypeVar
 
 from epcscf.sip.message import Headers, Message
-from epcscf.sip.params import clear_with_memos, memoised_by_text, read_matched_header_params
+from epcscf.sip.params import (
+    VALUE_PLACEHOLDER,
+    clear_with_memos,
+    cut_param_value,
+    memoised_by_text,
+    read_by_shape,
+    read_matched_header_params,
+)
 from epcscf.sip.uri import (
     HOSTNAME_RE,
     IPV6_RE,
@@ -196,13 +203,57 @@ def _parse_first_via(line: str) -> Via:
 def _read_first_via(line: str) -> Via:
     first = line.split(",", 1)[0] if '"' not in line else split_header_list(line)[0]
     if "ttl" not in first:  # RFC 3261 §18.2.1 ttl has its own range check: full parse
-        match = _FAST_VIA_PARTS_RE.match(first)
-        if match is not None:
-            # The common shape, read without the general pattern (same result as parse_via).
-            transport, host, port_text, param_text = match.groups()
-            params = Params.from_found(read_matched_header_params(param_text)) if param_text else Params()
-            return Via(transport.upper(), host, int(port_text) if port_text else None, params)
+        cut = cut_param_value(first, ";branch=")
+        if cut is not None:
+            shape, branch = cut
+            parts = read_by_shape(_via_parts_by_shape, shape, _read_via_parts, VIA_SHAPE_ENTRIES)
+            if parts is not None:
+                transport, host, port, found = parts
+                found = [(name, branch if value == VALUE_PLACEHOLDER else value) for name, value in found]
+                return Via(transport, host, port, Params.from_found(found))
+        else:
+            parts = _read_via_parts(first)
+            if parts is not None:
+                transport, host, port, found = parts
+                return Via(transport, host, port, Params.from_found(found) if found else Params())
     return parse_via(first)
+
+
+def _read_via_parts(text: str) -> tuple[str, str, int | None, list[tuple[str, str]]] | None:
+    """The fields of a Via of the common shape (transport, host, port, the parameters as
+    ``read_matched_header_params`` gives them), read without the general pattern, with the
+    same result as ``parse_via``; None for any other shape."""
+    match = _FAST_VIA_PARTS_RE.match(text)
+    if match is None:
+        return None
+    transport, host, port_text, param_text = match.groups()
+    return transport.upper(), host, int(port_text) if port_text else None, read_matched_header_params(param_text) if param_text else []
+
+
+# The fields of a Via read by its shape (``cut_param_value``): a WIC's or a core's Vias differ
+# only in their branch, new in every transaction, which a memo by text never meets twice.
+# The pattern reads a branch of any token alike, and the branch goes back into the fields.
+VIA_SHAPE_ENTRIES = 1024
+_via_parts_by_shape: dict[str, tuple[str, str, int | None, list[tuple[str, str]]]] = {}
+_valid_via_shapes: set[str] = set()  # shapes FAST_VIA_RE accepts
+clear_with_memos(_via_parts_by_shape.clear)
+clear_with_memos(_valid_via_shapes.clear)
+
+
+def _fast_via_accepts(item: str) -> bool:
+    """``FAST_VIA_RE.match(item) is not None``, asked once per shape of Via."""
+    cut = cut_param_value(item, ";branch=")
+    if cut is None:
+        return FAST_VIA_RE.match(item) is not None
+    shape = cut[0]
+    if shape in _valid_via_shapes:
+        return True
+    if FAST_VIA_RE.match(shape) is None:
+        return False
+    if len(_valid_via_shapes) >= VIA_SHAPE_ENTRIES:
+        _valid_via_shapes.clear()
+    _valid_via_shapes.add(shape)
+    return True
 
 
 _first_via_memo = memoised_by_text(_read_first_via)
@@ -229,14 +280,14 @@ clear_with_memos(_via_lines_seen.clear)
 OWN_VIA_ENTRIES = 1024
 _own_vias: dict[str, tuple[str, str, int | None, str]] = {}
 _own_via_prefixes: dict[str, tuple[str, str, int | None] | None] = {}
-_PLAIN_BRANCH_RE = re.compile(r"[A-Za-z0-9.\-]+\Z")
+_PLAIN_BRANCH_CHARACTERS = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789.-"  # [A-Za-z0-9.-]+
 clear_with_memos(_own_vias.clear)
 clear_with_memos(_own_via_prefixes.clear)
 
 
 def remember_own_via(text: str, branch: str) -> None:
     """``text`` is a Via we write: ``SIP/2.0/<transport> <sent-by>;branch=<branch>``."""
-    if not text.endswith(";branch=" + branch) or not _PLAIN_BRANCH_RE.match(branch):
+    if not branch or branch.strip(_PLAIN_BRANCH_CHARACTERS) or not text.endswith(";branch=" + branch):
         return
     prefix = text[: len(text) - len(branch)]
     fields = _own_via_prefixes.get(prefix, _MISSING)
@@ -306,7 +357,7 @@ def check_via_line(value: str, headers: Headers | None = None) -> None:
         except HeaderError:
             pass  # checked below, which names the problem
     for item in rest:  # what parse_via_list checks, with the fast pattern first
-        if "ttl" in item or FAST_VIA_RE.match(item) is None:
+        if "ttl" in item or not _fast_via_accepts(item):
             parse_via(item)
 
 
@@ -489,19 +540,40 @@ def address_facts(value: str) -> tuple[str | None, str | None]:
     (RFC 3261 §20.10; None when it is one: ``parse_address`` raises exactly then, with this
     reason) and its tag parameter.  A pure reading of the text, so memoised: the parser's
     check and the tag views share it."""
-    match = FAST_ADDRESS_RE.match(value)
-    if match is not None:
-        # A valid address (the pattern accepts a subset of the grammar): only its header
-        # parameters need reading, no URI parse.  The last "tag" counts, as in ``Params``.
-        found = read_matched_header_params(match.group("params") or match.group("spec_params") or "")
-        for name, param_value in reversed(found):
-            if name.lower() == "tag":
-                return None, param_value or None
-        return None, None
+    cut = cut_param_value(value, ";tag=")
+    if cut is not None and value.rfind(">") < value.find(";tag="):
+        # A tag among the header parameters (after any '>'): read by the text's shape, asked
+        # once per shape, since a tag is new in every dialog (``cut_param_value``).
+        shape, tag = cut
+        facts = read_by_shape(_address_facts_by_shape, shape, _fast_address_facts, ADDRESS_MEMO_ENTRIES)
+        if facts is not None:
+            return None, tag if facts[1] == VALUE_PLACEHOLDER else facts[1]
+    facts = _fast_address_facts(value)
+    if facts is not None:
+        return facts
     try:
         return None, parse_name_addr(value).tag
     except UriError as error:
         return str(error), None
+
+
+def _fast_address_facts(value: str) -> tuple[None, str | None] | None:
+    """``address_facts`` of a text ``FAST_ADDRESS_RE`` accepts (a valid address: the pattern
+    accepts a subset of the grammar), None for any other: only its header parameters need
+    reading, no URI parse.  The last "tag" counts, as in ``Params``."""
+    match = FAST_ADDRESS_RE.match(value)
+    if match is None:
+        return None
+    found = read_matched_header_params(match.group("params") or match.group("spec_params") or "")
+    for name, param_value in reversed(found):
+        if name.lower() == "tag":
+            return None, param_value or None
+    return None, None
+
+
+#: ``_fast_address_facts`` of From/To/Contact shapes (``cut_param_value`` at ";tag=")
+_address_facts_by_shape: dict[str, tuple[None, str | None]] = {}
+clear_with_memos(_address_facts_by_shape.clear)
 
 
 def address_problem(value: str) -> str | None:

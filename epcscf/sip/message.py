@@ -138,6 +138,10 @@ class Headers:
     _items: list[tuple[str, str]] = field(default_factory=list)
     _index: dict[str, list[str]] | None = field(default=None, repr=False, compare=False)
     _views: dict[tuple[str, str], object] = field(default_factory=dict, repr=False, compare=False)
+    #: True while the lines are those ``epcscf.sip.parser`` accepted (a copy's too): every
+    #: method that changes a line makes it False.  A reader may then skip what the parser
+    #: checked (RFC 3261 §16.3 step 1 in ``validate_request``).
+    _as_parsed: bool = field(default=False, repr=False, compare=False)
 
     @classmethod
     def from_pairs(cls, pairs: Iterable[tuple[str, str]]) -> "Headers":
@@ -190,7 +194,7 @@ class Headers:
         # no method changes an index list in place (each puts a new list in), so a copy
         # never sees the other's changes.
         index = self._index
-        return Headers(list(self._items), None if index is None else index.copy(), dict(self._views))
+        return Headers(list(self._items), None if index is None else index.copy(), dict(self._views), self._as_parsed)
 
     def get(self, name: str, default: str | None = None) -> str | None:
         """First value of a header line named ``name``, or ``default``."""
@@ -218,6 +222,7 @@ class Headers:
 
     def add(self, name: str, value: str) -> None:
         """Append a header line at the end."""
+        self._as_parsed = False
         self._items.append((name, value))
         index = self._index
         if index is not None:
@@ -230,6 +235,7 @@ class Headers:
 
         If the header is absent it goes first of all, where a proxy puts its Via.
         """
+        self._as_parsed = False
         key = _CANONICAL_CACHE.get(name) or canonical_name(name)
         lookup = self._index
         if lookup is not None:  # kept up to date: the proxy adds Via and Record-Route to every request
@@ -262,6 +268,7 @@ class Headers:
                 break
         else:
             return False
+        self._as_parsed = False
         index = self._index
         if index is not None:
             rest = index[key][1:]
@@ -275,6 +282,7 @@ class Headers:
 
     def set(self, name: str, value: str) -> None:
         """Replace every line of ``name`` by one line, kept at the first one's place."""
+        self._as_parsed = False
         key = canonical_name(name)
         if self._index is not None:
             self._index[key] = [value]
@@ -289,6 +297,7 @@ class Headers:
 
     def remove(self, name: str) -> int:
         """Delete every line of ``name``; returns how many were removed."""
+        self._as_parsed = False
         key = canonical_name(name)
         if self._index is not None:
             self._index.pop(key, None)
@@ -298,6 +307,7 @@ class Headers:
 
     def replace_all(self, name: str, values: list[str]) -> None:
         """Replace all lines of ``name`` with one line per value, at the first one's place."""
+        self._as_parsed = False
         key = canonical_name(name)
         if self._index is not None:
             if values:

@@ -127,6 +127,59 @@ def clear_with_memos(clear: Callable[[], None]) -> None:
     _MEMOS.append(clear)
 
 
+# RFC 3261 §25.1 token characters, for ``str.strip``: ``not text.strip(TOKEN_CHARACTERS)``
+# says a text is made of them only.
+TOKEN_CHARACTERS = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-.!%*_+`'~"
+_TOKEN_OCTETS = TOKEN_CHARACTERS.encode()
+#: what ``cut_param_value`` puts in place of the value it takes out: a token (so that a text
+#: and its shape read alike) of one character, so that one search tells a text holding it
+#: (not cut) and ``str.replace`` puts the value back
+VALUE_PLACEHOLDER = "~"
+
+
+def cut_param_value(text: str, mark: str) -> tuple[str, str] | None:
+    """``(shape, value)`` for a header text holding ``mark`` (``";branch="``, ``";tag="``)
+    followed by a token up to the next ``;`` or the end: ``shape`` is the text with that
+    value replaced by ``VALUE_PLACEHOLDER``.  None for anything else (no mark, an empty or
+    non-token value, a quote anywhere, the placeholder already in the text).
+
+    A branch (RFC 3261 §8.1.1.7) or tag (§19.3) is new in every transaction or dialog, so
+    a memo keyed by the whole text never meets it twice; keyed by the shape it does.  A
+    pattern whose verdict does not depend on which token fills a parameter value reads a
+    text and its shape alike, and the placeholder, found in no cut text, marks where the
+    value goes back."""
+    at = text.find(mark)
+    if at < 0:
+        return None
+    start = at + len(mark)
+    end = text.find(";", start)
+    if end < 0:
+        end = len(text)
+    value = text[start:end]
+    if not value.isascii():
+        return None
+    # A token: ASCII letters and digits (the usual branch or tag), else token characters only
+    # (the octets' tests: ``str.isalnum`` asks Unicode's tables for every character).
+    octets = value.encode()
+    if not (octets.isalnum() or (octets and not octets.translate(None, _TOKEN_OCTETS))):
+        return None
+    if VALUE_PLACEHOLDER in text or '"' in text:
+        return None
+    return text[:start] + VALUE_PLACEHOLDER + text[end:], value
+
+
+def read_by_shape(memo: dict[str, _Result], shape: str, read: Callable[[str], _Result | None], entries: int) -> _Result | None:
+    """``read(shape)``, kept in ``memo`` (emptied when it holds ``entries``); a None is not kept."""
+    found = memo.get(shape)
+    if found is None:
+        found = read(shape)
+        if found is not None:
+            if len(memo) >= entries:
+                memo.clear()
+            memo[shape] = found
+    return found
+
+
 def memoised_by_text(parse: Callable[[str], _Result], entries: int = MEMO_ENTRIES) -> Callable[[str], _Result]:
     """``parse`` remembered for the last ``entries`` texts up to ``MEMO_TEXT_LENGTH`` long.
 

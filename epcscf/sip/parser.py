@@ -39,7 +39,7 @@ from epcscf.sip.headers import (
     parse_via_list,
 )
 from epcscf.sip.message import COMPACT_FORMS, Request, Response, make_response, new_tag
-from epcscf.sip.uri import TOKEN_RE, SipUri, UriError, parse_uri
+from epcscf.sip.uri import TOKEN_RE, SipUri, UriError, shared_uri
 from epcscf.sip.params import MEMO_TEXT_LENGTH
 
 __all__ = [
@@ -104,6 +104,11 @@ _HEADER_NAME_RE = TOKEN_RE
 _LINE_SPLIT_RE = re.compile(r"\r?\n")
 _WS = " \t"
 _CALL_ID_RE = re.compile(r"[^\x00-\x20\x7f]+\Z")
+# Tokens (RFC 3261 §7.1, §27.4) every method check meets: known good without the pattern.
+_KNOWN_METHODS = frozenset(
+    {"INVITE", "ACK", "BYE", "CANCEL", "REGISTER", "OPTIONS", "PRACK", "UPDATE", "INFO", "SUBSCRIBE", "NOTIFY",
+     "REFER", "MESSAGE", "PUBLISH"}
+)
 
 
 # Header names seen before, as written before the colon, with their spelling (trailing
@@ -170,7 +175,7 @@ def _parse(data: bytes, limits: ParserLimits, require_content_length: bool) -> R
             head_end = n - 1
     head = data[start:head_end].decode("utf-8", "surrogateescape")
     lines = head.split("\r\n")
-    if head.count("\n") != len(lines) - 1:
+    if "\n" in "".join(lines):  # a bare LF (RFC 3261 §7.5): one search of the joined lines costs less than a count
         lines = _LINE_SPLIT_RE.split(head)
 
     message, start_error = _parse_start_line(lines[0], limits)
@@ -233,6 +238,7 @@ def _parse(data: bytes, limits: ParserLimits, require_content_length: bool) -> R
     headers._index = values
     _check_headers(message, values, repeated)
     _take_body(message, values, data, body_start, n, limits, require_content_length)
+    headers._as_parsed = True
     return message
 
 
@@ -256,12 +262,12 @@ def _parse_start_line(line: str, limits: ParserLimits) -> tuple[Request | Respon
         )
     method, uri_text, version = parts
     request = Request(method, uri_text, version=version)
-    if not TOKEN_RE.match(method):
+    if method not in _KNOWN_METHODS and not TOKEN_RE.match(method):
         return request, SipParseError(400, _bad(f"method is not a token: {method[:20]!r}"), None)
     if uri_text.startswith("<"):
         return request, SipParseError(400, _bad("Request-URI enclosed in angle brackets"))
     try:
-        uri = parse_uri(uri_text)
+        uri = shared_uri(uri_text)  # read only, here and by validate_request: no copy needed
     except UriError as error:
         return request, SipParseError(400, _bad(f"malformed Request-URI: {error}"))
     request.headers._views[("uri", uri_text)] = uri  # validate_request reads it again
@@ -343,7 +349,12 @@ def _check_headers(message: Request | Response, values: dict[str, list[str]], re
     except HeaderError as error:
         raise SipParseError(400, _bad(f"malformed {error.header}: {error.reason}"[:200]), message) from None
     call_id = values["call-id"][0]
-    if not _CALL_ID_RE.match(call_id):
+    if call_id.isascii():
+        # ``_CALL_ID_RE`` for ASCII text, without the pattern: non-empty, printable (0x20-0x7e), no space
+        good = bool(call_id) and call_id.isprintable() and " " not in call_id
+    else:
+        good = _CALL_ID_RE.match(call_id) is not None
+    if not good:
         raise SipParseError(400, _bad("malformed Call-ID"), message)
     if is_request and cseq_value.method != message.method:
         # RFC 3261 §8.1.1.5 / RFC 4475 §3.1.2.17, §3.1.2.18

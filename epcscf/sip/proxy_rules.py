@@ -13,7 +13,7 @@ from typing import Callable, Iterable, Sequence
 from epcscf.sip.headers import HeaderError, Via, cached_view, parse_via, remember_own_via
 from epcscf.sip.connection import Connection
 from epcscf.sip.message import Headers, Message, Request, Response, canonical_name, make_response, new_tag
-from epcscf.sip.params import memoised_by_text
+from epcscf.sip.params import VALUE_PLACEHOLDER, clear_with_memos, cut_param_value, memoised_by_text
 from epcscf.sip.resolver import DEFAULT_PORTS, Target
 from epcscf.sip.uri import Params, UriError, parse_name_addr, parse_uri, split_list
 
@@ -110,6 +110,22 @@ _TAG_RE = re.compile(r";\s*tag\s*=\s*([^;,\s>]+)", re.I)
 
 def branch_of(via_text: str) -> str:
     """The branch parameter of one Via value ("" when absent), without a full parse."""
+    cut = cut_param_value(via_text, ";branch=")
+    if cut is None:
+        return _branch_by_pattern(via_text)
+    # By the text's shape (a branch is new in every transaction): the pattern finds the same
+    # parameter in both, and no value holds ';', ',' or LWS, so it reads a token alike.
+    shape, branch = cut
+    found = _branch_by_shape.get(shape)
+    if found is None:
+        found = _branch_by_pattern(shape)
+        if len(_branch_by_shape) >= SHAPE_ENTRIES:
+            _branch_by_shape.clear()
+        _branch_by_shape[shape] = found
+    return branch if found == VALUE_PLACEHOLDER else found
+
+
+def _branch_by_pattern(via_text: str) -> str:
     match = _BRANCH_RE.search(via_text)
     return match.group(1) if match else ""
 
@@ -118,9 +134,24 @@ def tag_of(address_value: str | None) -> str:
     """The ``tag`` parameter of a From/To value ("" when absent), without a full parse."""
     if not address_value:
         return ""
-    gt = address_value.rfind(">")
-    match = _TAG_RE.search(address_value, gt + 1 if gt >= 0 else 0)
-    return match.group(1) if match else ""
+    tag = _tags.get(address_value)
+    if tag is None:
+        # Memoised by text: a dialog's (and a WIC's REGISTERs') From and To repeat in every request.
+        gt = address_value.rfind(">")
+        match = _TAG_RE.search(address_value, gt + 1 if gt >= 0 else 0)
+        tag = match.group(1) if match else ""
+        if len(_tags) >= SHAPE_ENTRIES:
+            _tags.clear()
+        _tags[address_value] = tag
+    return tag
+
+
+SHAPE_ENTRIES = 1024  # each memo below: bounded, cleared with the text memos
+_branch_by_shape: dict[str, str] = {}
+_tags: dict[str, str] = {}
+_marked_by_shape: dict[tuple[str, str, int], str] = {}
+for _memo in (_branch_by_shape, _tags, _marked_by_shape):
+    clear_with_memos(_memo.clear)
 
 
 def via_param(via_text: str, name: str) -> str | None:
@@ -147,9 +178,31 @@ def mark_received(via_text: str, source_host: str, source_port: int) -> str:
 
     Edits the text in place (parameter order is not significant) so that the common cases
     need no full Via parse; a Via whose params the quick patterns cannot read is parsed."""
+    cut = cut_param_value(via_text, ";branch=")
+    if cut is not None:
+        # By the text's shape (a branch is new in every transaction): the quick patterns look
+        # at the sent-by and at ';'-led parameters only, so they read and edit a text and its
+        # shape alike, and the branch goes back in where the placeholder is.
+        shape, branch = cut
+        key = (shape, source_host, source_port)
+        marked = _marked_by_shape.get(key)
+        if marked is None:
+            marked = _mark_received_quickly(shape, source_host, source_port)
+            if marked is not None:
+                if len(_marked_by_shape) >= SHAPE_ENTRIES:
+                    _marked_by_shape.clear()
+                _marked_by_shape[key] = marked
+        if marked is not None:
+            return marked.replace(VALUE_PLACEHOLDER, branch)
+    marked = _mark_received_quickly(via_text, source_host, source_port)
+    return marked if marked is not None else _mark_received_parsed(via_text, source_host, source_port)
+
+
+def _mark_received_quickly(via_text: str, source_host: str, source_port: int) -> str | None:
+    """``mark_received`` by the quick patterns; None for a Via they cannot read."""
     quick = _SENT_BY_RE.match(via_text)
     if quick is None or '"' in via_text or "," in via_text:
-        return _mark_received_parsed(via_text, source_host, source_port)
+        return None
     rport = _RPORT_RE.search(via_text)
     if rport is not None and rport.group(1) is None:
         text = f"{via_text[: rport.start()]};rport={source_port}{via_text[rport.end():]}"

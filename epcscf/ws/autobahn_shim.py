@@ -12,8 +12,9 @@ holding.  Three savings per connection, all of them invisible to Autobahn:
   ``succeedHandshake``, which are over when ``onOpen`` runs.  Dropping them and rebuilding the
   instance dict (CPython never shrinks a dict in place) takes it from 96 keys in a 256-slot
   table to a 128-slot one: about 2.5 KiB per idle connection with the handshake data
-  (``benchmarks/w2_register.py``).  Should Autobahn read one after all, ``__getattr__`` gives
-  the factory's option or an empty value rather than an ``AttributeError``.
+  (``benchmarks/w2_register.py``).  Should Autobahn read one after all, a class attribute of
+  that name (``_HandshakeOnly``) gives the factory's option or an empty value rather than an
+  ``AttributeError``.
 * **The write queue** (``send_queue``).  Autobahn gives every connection a deque (760 bytes)
   for the writes it queues when asked for ``sync`` or ``chopsize`` sends; epcscf never asks
   for either, so the queue stays empty for the connection's life.  An empty queue is kept as
@@ -62,6 +63,28 @@ _EMPTY_HANDSHAKE_VALUES: dict[str, Any] = {
 }
 
 
+class _HandshakeOnly:
+    """A handshake-only attribute once ``release_handshake`` dropped it from the instance: the
+    factory's option of that name, or an empty value.  Not a data descriptor, so the
+    instance's own value is read while it has one (during the handshake).  One per name
+    rather than a ``__getattr__`` on the class: that would make every attribute read of a
+    connection go through the slower hook (and keep the interpreter from specialising it)."""
+
+    __slots__ = ("name",)
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+    def __get__(self, instance: Any, owner: type | None = None) -> Any:
+        if instance is None:
+            return self
+        name = self.name
+        factory = instance.__dict__.get("factory")
+        if factory is not None and hasattr(factory, name):
+            return getattr(factory, name)
+        return _EMPTY_HANDSHAKE_VALUES.get(name)
+
+
 class LeanAutobahnProtocol:
     """Mix in before Autobahn's ``WebSocketServerProtocol``; call ``release_handshake`` in ``onOpen``."""
 
@@ -98,15 +121,6 @@ class LeanAutobahnProtocol:
     @send_queue.setter
     def send_queue(self, queue: Any) -> None:
         self.__dict__["_queued_writes"] = queue if len(queue) else None
-
-    def __getattr__(self, name: str) -> Any:
-        # Reached only for a name the instance lacks.
-        if name in HANDSHAKE_ONLY_ATTRIBUTES:
-            factory = self.__dict__.get("factory")
-            if factory is not None and hasattr(factory, name):
-                return getattr(factory, name)
-            return _EMPTY_HANDSHAKE_VALUES.get(name)
-        raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
 
     def dataReceived(self, data: bytes) -> None:  # noqa: N802 - Twisted's name
         if (
@@ -150,3 +164,8 @@ class LeanAutobahnProtocol:
             self.sendMessage(payload, isBinary=binary)  # Autobahn's options apply (or it refuses)
             return
         write_now(self.transport, data_frame(payload, binary))
+
+
+for _name in HANDSHAKE_ONLY_ATTRIBUTES:
+    setattr(LeanAutobahnProtocol, _name, _HandshakeOnly(_name))
+del _name

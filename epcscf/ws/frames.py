@@ -14,7 +14,7 @@ from __future__ import annotations
 import struct
 from typing import NamedTuple
 
-__all__ = ["DataFrame", "data_frame", "read_data_frame"]
+__all__ = ["DataFrame", "data_frame", "read_data_frame", "unmask", "unmask_with_integers"]
 
 _TEXT_FINAL = 0x81  # FIN, RSV1-3 clear, opcode 1 (RFC 6455 §5.2)
 _BINARY_FINAL = 0x82  # FIN, RSV1-3 clear, opcode 2
@@ -30,13 +30,22 @@ class DataFrame(NamedTuple):
     end: int
 
 
-def unmask(payload: bytes, mask: bytes) -> bytes:
-    """RFC 6455 §5.3: XOR with the 4-octet key, repeated.  One big-integer XOR (C speed)."""
+def unmask_with_integers(payload: bytes, mask: bytes) -> bytes:
+    """RFC 6455 §5.3: XOR with the 4-octet key, repeated.  One big-integer XOR (C speed):
+    ``unmask`` when websockets' C helper is not there."""
     size = len(payload)
     if size == 0:
         return b""
     key = (mask * ((size + 3) >> 2))[:size]
     return (int.from_bytes(payload, "little") ^ int.from_bytes(key, "little")).to_bytes(size, "little")
+
+
+try:
+    # websockets' C helper does the same XOR in one pass over the octets: about a tenth of the
+    # big-integer way's work for a SIP message (two conversions to an int and one back).
+    from websockets.speedups import apply_mask as unmask
+except ImportError:  # websockets absent, or built without its C extension
+    unmask = unmask_with_integers
 
 
 def read_data_frame(buffer: bytes, start: int, limit: int) -> DataFrame | None:
