@@ -35,6 +35,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import collections
+import contextlib
 import cProfile
 import os
 import pstats
@@ -55,6 +56,7 @@ from twisted.python.failure import Failure  # noqa: E402
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from _cycle_probe import CycleCensus  # noqa: E402
 from _py_calls import IceSocket, webrtc_offer  # noqa: E402
 
 from epcscf.ice import IceAgentConfig, UdpPortPool  # noqa: E402
@@ -257,7 +259,7 @@ async def selected(agent: Any) -> None:
 
 
 async def run(calls: int, profile: bool, top: int, managed: bool, bytecodes: bool = False, objects: bool = False,
-              python_gc: bool = False) -> None:
+              python_gc: bool = False, cycles: bool = False) -> None:
     wic = WicThread()
     if not python_gc:
         tune_collector(reactor)  # the collector as a node runs it (thresholds, start-up objects frozen)
@@ -274,20 +276,32 @@ async def run(calls: int, profile: bool, top: int, managed: bool, bytecodes: boo
     for serial in range(calls):  # warm-up: imports, memos, and parked sockets for what follows
         await place(wic, serial)
     await deferLater(reactor, 1.2, lambda: None)  # past the shelf's quarantine
+    if cycles:
+        # Twisted buffers every log event until logging begins (a daemon begins it at start):
+        # the buffered events would keep each call's ICE agent, and so the call, alive.
+        from twisted.logger import globalLogBeginner
+
+        globalLogBeginner.beginLoggingTo([lambda event: None], discardBuffer=True, redirectStandardIO=False)
     profiler = cProfile.Profile() if profile else None
     counter = Counting(bytecodes, objects) if bytecodes or objects else None
+    census = CycleCensus(edges=True) if cycles else contextlib.nullcontext()
     started = time.thread_time()
     if profiler is not None:
         profiler.enable()
     if counter is not None:
         counter.start()
-    for serial in range(calls):
-        await place(wic, calls + serial)
+    with census:
+        for serial in range(calls):
+            await place(wic, calls + serial)
+        if cycles and managed:
+            manager.manager.history.clear()  # the ended calls kept for the console: their end is part of a call
     if counter is not None:
         counter.stop()
     if profiler is not None:
         profiler.disable()
     cpu = time.thread_time() - started
+    if isinstance(census, CycleCensus):
+        census.report(calls, "call")
     print(f"{calls} calls: {1000 * cpu / calls:.3f} ms CPU per call{' (under cProfile)' if profile else ''}; "
           f"loadavg {open('/proc/loadavg').read().split(' ', 3)[:3]}")
     if profiler is not None:
@@ -319,6 +333,8 @@ def main() -> None:
                         help="keep Python's default collector thresholds (the seventh pass's figures) instead of a node's")
     parser.add_argument("--manager", action="store_true",
                         help="drive each call through the call manager (INVITE, 200, ACK, BYE) as well")
+    parser.add_argument("--cycles", action="store_true",
+                        help="count what dies in reference cycles per measured call (benchmarks/_cycle_probe.py)")
     args = parser.parse_args()
     failure: list[BaseException] = []
 
@@ -328,7 +344,8 @@ def main() -> None:
             print(result.getTraceback(), file=sys.stderr)
         reactor.stop()
 
-    calls = run(args.calls, args.profile, args.top, args.manager, args.bytecodes, args.objects, args.python_gc)
+    calls = run(args.calls, args.profile, args.top, args.manager, args.bytecodes, args.objects, args.python_gc,
+                args.cycles)
     reactor.callWhenRunning(reactor.callLater, 0, lambda: defer.Deferred.fromCoroutine(calls).addBoth(done))
     reactor.run()
     sys.exit(1 if failure else 0)

@@ -514,13 +514,18 @@ def main(argv: list[str] | None = None) -> int:
                         "its SSH console at each moment (gc.collect() first) and print what grew")
     parser.add_argument("--tracemalloc", type=int, default=0, metavar="FRAMES",
                         help="with --probe: run the edge under PYTHONTRACEMALLOC=FRAMES and print the biggest differences")
+    parser.add_argument("--cycles", choices=("watch", "types"), default="",
+                        help="what the cyclic collector did during the traffic (benchmarks/_cycle_probe.py): 'watch' "
+                        "(collections, objects freed, time in them), 'types' (and what it freed by type, by a saving "
+                        "collection every second; with --tracemalloc by site)")
     options = parser.parse_args(argv)
     raise_open_files_limit(4096)
     directory = tempfile.mkdtemp(prefix="epcscf-fuzz-")
     users = {f"fuzz{i}": f"fuzz-secret-{i}" for i in range(1, REGISTERED_WICS + 1)} | {"bob": "bob-secret"}
     edge = Edge(directory)
-    if options.probe:
+    if options.probe or options.cycles:
         edge.enable_console()
+    if options.probe:
         edge.trace_frames = options.tracemalloc
     probes: dict[str, dict[str, Any]] = {}
 
@@ -565,12 +570,17 @@ def main(argv: list[str] | None = None) -> int:
         time.sleep(1)
         snapshots = {"before": edge.snapshot()}
         probe("before")
+        if options.cycles:
+            edge._run_probe("_cycle_probe.py", {"CYCLE_PROBE": "start", "CYCLE_SAMPLE": options.cycles == "types",
+                                                "CYCLE_TRACE": 0 if options.probe else options.tracemalloc}, "CYCLE-PROBE")
         runner = Runner(options, edge, sipp_port, users)
         generator_started = time.process_time()
         elapsed = asyncio.run(runner.run(pools, fixed(wic_seeds(), {})))
         generator_cpu = time.process_time() - generator_started
         snapshots["after"] = edge.snapshot()
         stopped = time.monotonic()
+        if options.cycles:
+            print_cycles(edge._run_probe("_cycle_probe.py", {"CYCLE_PROBE": "read"}, "CYCLE-PROBE"), runner.tally)
         probe("after")  # the peak: what the burst holds when the traffic stops
         for settle in sorted(float(text) for text in options.settle.split(",")):
             print(f"(settling until {settle:g} s after the traffic)", file=sys.stderr)
@@ -598,6 +608,19 @@ def main(argv: list[str] | None = None) -> int:
         if not options.keep:
             shutil.rmtree(directory, ignore_errors=True)
     return 0
+
+
+def print_cycles(found: dict[str, Any], tally: Any) -> None:
+    """``--cycles``: the collector's work during the traffic, per mutant."""
+    mutants = max(1, sum(tally.sent.values()))
+    print(f"cyclic collector during the traffic: collections by generation {found['collections']}, "
+          f"{found['collected']} objects freed ({found['collected'] / mutants:.2f} per mutant), "
+          f"{found['gc_seconds']:.2f} s inside it of the edge's {found['process_cpu']:.1f} s CPU meanwhile "
+          f"({1e6 * found['gc_seconds'] / mutants:.1f} µs per mutant)")
+    for name, count in found.get("by type", []):
+        print(f"  {count / mutants:8.3f}  {name}")
+    for name, site, count in found.get("by site", []):
+        print(f"  {count / mutants:8.3f}  {name:28s} {site}")
 
 
 def _heap_line(heap: dict[str, Any]) -> str:

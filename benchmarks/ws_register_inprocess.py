@@ -50,6 +50,7 @@ sys.path.insert(0, os.path.dirname(os.path.realpath(__file__)))
 
 import heapq  # noqa: E402
 
+from _cycle_probe import CycleCensus  # noqa: E402
 from sip_proxy_inprocess import HeapClock, _Call  # noqa: E402
 from twisted.internet import reactor as real_reactor  # noqa: E402
 
@@ -273,6 +274,8 @@ def main() -> None:
     parser.add_argument("--users", type=int, default=50)
     parser.add_argument("--rate", type=float, default=2000.0, help="simulated arrival rate (clock step)")
     parser.add_argument("--profile", action="store_true", help="print a cProfile of the run")
+    parser.add_argument("--cycles", action="store_true",
+                        help="count what dies in reference cycles per refresh (benchmarks/_cycle_probe.py)")
     args = parser.parse_args()
     bench = Bench(args.users, args.rate)
     if os.environ.get("BENCH_GC", "tuned") == "tuned":  # as the edge process runs (epcscf.memory)
@@ -287,6 +290,10 @@ def main() -> None:
         elapsed = bench.run(args.count)
         profiler.disable()
         pstats.Stats(profiler).sort_stats(os.environ.get("BENCH_SORT", "tottime")).print_stats(int(os.environ.get("BENCH_LINES", "40")))
+    elif args.cycles:
+        with CycleCensus() as census:
+            elapsed = bench.run(args.count)
+        census.report(args.count, "refresh")
     else:
         # Through ``sys.call_tracing`` (a plain call when nothing traces): a C function that runs
         # nothing else, for callgrind's ``--toggle-collect=sys_call_tracing`` to count exactly

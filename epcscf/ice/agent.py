@@ -379,6 +379,7 @@ class IceAgent:
 
     def _closed_now(self, result: object) -> None:
         self._closed = True
+        self._consent.release()
         if isinstance(result, Failure):
             log.failure("ICE: error while closing {agent}", result, agent=self)
 

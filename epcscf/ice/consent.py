@@ -79,6 +79,12 @@ class ConsentFreshness:
         self._expiry = None
         self._next_check = None
 
+    def release(self) -> None:
+        """The agent is closed for good: stop, and let go of its callbacks (a cycle otherwise)."""
+        self.stop()
+        self._on_lost = _ignore
+        self._send_check = None
+
     def next_interval(self) -> float:
         # RFC 7675 §5.1: randomised between 0.8 and 1.2 times the interval, never below 4 s.
         return max(self._min_interval, self._interval * (0.8 + 0.4 * self._random_fraction()))
@@ -104,3 +110,7 @@ class ConsentFreshness:
         self.lost_reason = reason
         self.stop()
         self._on_lost(reason)
+
+
+def _ignore(reason: str) -> None:
+    """A closed agent's consent: nobody listens any more."""

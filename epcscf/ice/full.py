@@ -30,6 +30,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import ipaddress
+import weakref
 from collections import OrderedDict
 from collections.abc import Callable, Coroutine
 from typing import Any
@@ -117,7 +118,8 @@ class _AgentConnection(aioice.ice.Connection):
     """One aioice Connection, bound and reporting the way `FullGeneration` needs."""
 
     def __init__(self, generation: FullGeneration, controlling: bool, credentials: IceCredentials) -> None:
-        self.generation = generation
+        # Weak: the generation owns this connection, a strong reference back would be a cycle.
+        self._generation = weakref.ref(generation)
         super().__init__(
             ice_controlling=controlling,
             components=1,  # rtcp-mux only (RFC 5761; browsers require it)
@@ -219,12 +221,35 @@ class _AgentConnection(aioice.ice.Connection):
         if nominated is not None:
             self.generation.nominated(nominated)
 
+    @property
+    def generation(self) -> FullGeneration:
+        return self._generation()  # type: ignore[return-value]  # alive while it owns this connection
+
     async def close(self) -> None:
         sockets = [p for p in self._protocols if isinstance(p, _StunSocket) and p.pool_port is not None]
         await super().close()
         if self.generation.pool is not None:
             # A parked socket's port stays bound (the shelf's now).
             self.generation.pool.release(*(s.pool_port for s in sockets if not s.parked and s.pool_port is not None))
+        # aioice keeps its pairs after closing, each with its socket, whose receiver is this
+        # connection, and with its cancelled check task, whose exception's frames refer to the
+        # pair: cycles per agent that only the collector would free.
+        for pair in self._check_list:
+            pair.task = None
+        self._check_list.clear()
+
+
+def _ignore(*_: object) -> None:
+    """A closed generation's report: nobody listens any more."""
+
+
+class _ClosedListener:
+    """``BackendListener`` of a closed back-end."""
+
+    pair_selected = checks_failed = datagram = consent_evidence = consent_revoked = staticmethod(_ignore)
+
+
+_CLOSED_LISTENER: BackendListener = _ClosedListener()
 
 
 @functools.lru_cache(maxsize=1024)  # bounded: remote addresses come from peers
@@ -452,6 +477,8 @@ class FullGeneration:
         while self._tasks:
             await asyncio.wait(list(self._tasks))
         self._selected = None
+        # Closed: nothing is reported any more, and the back-end's bound methods would make cycles.
+        self._on_selected = self._on_failed = self._on_data = self._on_consent = _ignore
 
 
 class FullBackend:
@@ -586,3 +613,4 @@ class FullBackend:
         self._previous = None
         while self._retiring:
             await asyncio.wait(list(self._retiring))
+        self._listener = _CLOSED_LISTENER  # nothing is reported once closed: no cycle with the agent

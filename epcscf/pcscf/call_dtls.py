@@ -150,6 +150,20 @@ class CallDtls:
             self._peer_close_timer.cancel()
         self._peer_close_timer = None
 
+    def release(self) -> None:
+        """The call's media has finished closing: drop the callbacks into it (a cycle per call
+        that only the collector would otherwise free)."""
+        self._event = self._fail = _ignore
+        self._wic_flow = _no_flow
+
+
+def _ignore(*_: object) -> None:
+    """A closed call's report: nobody listens any more."""
+
+
+def _no_flow() -> str | None:
+    return None
+
 
 def dtls_fingerprint(fingerprint: Any) -> DtlsFingerprint | None:
     """An SDP a=fingerprint as the DTLS layer checks it (488 when it cannot)."""

@@ -319,7 +319,11 @@ class CallMedia:
         """Free every agent and session (sockets, ports, tasks, timers); idempotent."""
         self._closed = True
         self._dtls.close()
-        return self._streams.close().addCallback(lambda _: self.engine.closed(self))
+        return self._streams.close().addCallback(self._released)
+
+    def _released(self, _: object) -> None:
+        self._dtls.release()  # nothing calls back once closed: no cycle through this media
+        self.engine.closed(self)
 
     # --- steps ---------------------------------------------------------------------------------
 

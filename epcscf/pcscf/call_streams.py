@@ -212,7 +212,21 @@ class CallStreams:
                 closing.append(defer.fail())
             if stream.owns_transport:
                 closing.append(stream.agent.close())
-        return all_done(closing)
+        return all_done(closing).addCallback(self._release)
+
+    def _release(self, result: None) -> None:
+        """Once closed, nothing reports any more: the callbacks into the call's media and the
+        closures tying each agent to its session (``first_datagram``) are dropped -- cycles
+        that only the collector would otherwise free, per call."""
+        self._event = self._fail = self._pair_selected = self._dtls_failed = _ignore
+        for stream in self.streams.values():
+            stream.agent.datagram_received = None  # the agent drops what comes once closed
+            stream.session.on_connected = None
+        return result
+
+
+def _ignore(*_: object) -> None:
+    """A closed call's report: nobody listens any more."""
 
 
 def all_done(deferreds: list[defer.Deferred]) -> defer.Deferred[None]:

@@ -530,7 +530,9 @@ class StreamFramer:
         try:
             return MessageFramed(parse_message(chunk, self.limits, require_content_length=True))
         except SipParseError as error:
-            return FramingError(error, fatal=False)
+            # A copy without traceback, cause or context: their frames reach ``feed``'s list of
+            # events, which holds this FramingError -- a cycle only the collector frees.
+            return FramingError(SipParseError(error.status, error.reason, error.partial), fatal=False)
 
     def _partial(self, head: bytes) -> Request | Response | None:
         try:

@@ -158,6 +158,10 @@ class StreamConnection:
             self.ready.errback(reason)
         if not self.closed.called:
             self.closed.callback(None)
+        if self.ready.called:
+            # ``ready`` fired with this connection: once gone it need not keep it (a cycle that
+            # only the cyclic collector would free, per closed connection).
+            self.ready.addCallback(lambda _: None)
 
     # idle timeout (clock-driven)
     def _touch(self) -> None:
@@ -199,7 +203,11 @@ class SipStreamProtocol(Protocol):
         self.connection._received(self._framer.feed(data))
 
     def connectionLost(self, reason: Failure = None) -> None:  # type: ignore[assignment]
-        self.connection._lost(reason if reason is not None else Failure(ConnectionLost("closed")))
+        connection = self.connection
+        # Nothing reaches this protocol after its connection is lost (Twisted drops the transport's
+        # reference as well): the back-reference would only make the pair a cycle.
+        del self.connection
+        connection._lost(reason if reason is not None else Failure(ConnectionLost("closed")))
 
 
 class StreamFactory(Factory):
