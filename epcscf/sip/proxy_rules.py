@@ -8,12 +8,13 @@ from __future__ import annotations
 
 import hashlib
 import re
+from functools import partial
 from typing import Callable, Iterable, Sequence
 
 from epcscf.sip.headers import HeaderError, Via, cached_view, parse_via, remember_own_via
 from epcscf.sip.connection import Connection
 from epcscf.sip.message import Headers, Message, Request, Response, canonical_name, make_response, new_tag
-from epcscf.sip.params import VALUE_PLACEHOLDER, clear_with_memos, cut_param_value, memoised_by_text
+from epcscf.sip.params import VALUE_PLACEHOLDER, clear_with_memos, cut_param_value, memoised_by_text, read_by_shape
 from epcscf.sip.resolver import DEFAULT_PORTS, Target
 from epcscf.sip.uri import Params, UriError, parse_name_addr, parse_uri, split_list
 
@@ -116,12 +117,7 @@ def branch_of(via_text: str) -> str:
     # By the text's shape (a branch is new in every transaction): the pattern finds the same
     # parameter in both, and no value holds ';', ',' or LWS, so it reads a token alike.
     shape, branch = cut
-    found = _branch_by_shape.get(shape)
-    if found is None:
-        found = _branch_by_pattern(shape)
-        if len(_branch_by_shape) >= SHAPE_ENTRIES:
-            _branch_by_shape.clear()
-        _branch_by_shape[shape] = found
+    found = read_by_shape(_branch_by_shape, shape, _branch_by_pattern, SHAPE_ENTRIES)
     return branch if found == VALUE_PLACEHOLDER else found
 
 
@@ -132,25 +128,23 @@ def _branch_by_pattern(via_text: str) -> str:
 
 def tag_of(address_value: str | None) -> str:
     """The ``tag`` parameter of a From/To value ("" when absent), without a full parse."""
-    if not address_value:
-        return ""
-    tag = _tags.get(address_value)
-    if tag is None:
-        # Memoised by text: a dialog's (and a WIC's REGISTERs') From and To repeat in every request.
-        gt = address_value.rfind(">")
-        match = _TAG_RE.search(address_value, gt + 1 if gt >= 0 else 0)
-        tag = match.group(1) if match else ""
-        if len(_tags) >= SHAPE_ENTRIES:
-            _tags.clear()
-        _tags[address_value] = tag
-    return tag
+    return _tag_of_text(address_value) if address_value else ""
 
 
 SHAPE_ENTRIES = 1024  # each memo below: bounded, cleared with the text memos
+
+
+# Memoised by text: a dialog's (and a WIC's REGISTERs') From and To repeat in every request.
+@partial(memoised_by_text, entries=SHAPE_ENTRIES)
+def _tag_of_text(address_value: str) -> str:
+    gt = address_value.rfind(">")
+    match = _TAG_RE.search(address_value, gt + 1 if gt >= 0 else 0)
+    return match.group(1) if match else ""
+
+
 _branch_by_shape: dict[str, str] = {}
-_tags: dict[str, str] = {}
 _marked_by_shape: dict[tuple[str, str, int], str] = {}
-for _memo in (_branch_by_shape, _tags, _marked_by_shape):
+for _memo in (_branch_by_shape, _marked_by_shape):
     clear_with_memos(_memo.clear)
 
 
