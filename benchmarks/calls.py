@@ -208,7 +208,8 @@ class Counters:
         time.sleep(1.1)  # sipp writes its counts once a second
         edge_after, sipp_after = self.snapshot()
         edge_before, sipp_before = before
-        figures.edge_counts = [{key: value - old.get(key, 0) for key, value in new.items() if value != old.get(key, 0)}
+        figures.edge_counts = [{key: value if key.endswith("(max)") else value - old.get(key, 0)
+                                for key, value in new.items() if value != old.get(key, 0)}
                                for old, new in zip(edge_before, edge_after)]
         figures.sipp_counts = {key: value - sipp_before.get(key, 0) for key, value in sipp_after.items()
                                if value != sipp_before.get(key, 0)}
@@ -471,8 +472,14 @@ def report(options: argparse.Namespace, engine: str, ims: _call_cores.Ims, f: Fi
         print(f"  sipp (UAS/core) message counts, timed phase ±1 s: {json.dumps(f.sipp_counts)}")
     for index, counts in enumerate(f.edge_counts):
         print(f"  edge worker {index} counts:")
+        long_turns = sorted(((value, key) for key, value in counts.items() if key.startswith("long turn")), reverse=True)
         for key, value in sorted(counts.items()):
-            print(f"    {key}: {value:g}" + (f" ({value / f.completed:.3f}/call)" if f.completed and not key.startswith("gc") else ""))
+            if key.startswith("long turn"):
+                continue
+            per_call = f.completed and not key.startswith(("gc", "loop"))
+            print(f"    {key}: {value:g}" + (f" ({value / f.completed:.3f}/call)" if per_call else ""))
+        for value, key in long_turns[:12]:
+            print(f"    {value:7.1f} ms  {key.split(': ', 1)[1]}")
     for text, count in sorted(f.failures.items(), key=lambda item: -item[1])[:6]:
         examples = f.failure_calls.get(text)
         print(f"    {count} × {text}" + (f" (e.g. Call-ID {', '.join(examples)})" if examples else ""))
