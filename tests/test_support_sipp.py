@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from twisted.trial import unittest
 
-from tests.support.sipp import one_per_transaction, received_requests, received_responses, sipp_messages
+from tests.support.sipp import messages_in_trace, one_per_transaction, received_requests, received_responses, sipp_messages
 
 INVITE = (
     "INVITE sip:service@127.0.0.1:5090 SIP/2.0\r\n"
@@ -47,6 +47,17 @@ class SippTraceTests(unittest.TestCase):
         path = self.trace(("received", invite), ("received", invite), ("sent", OK.format(branch="z9hG4bK-1", tag="u1", cseq=1, method="INVITE")))
         self.assertEqual(len(sipp_messages(path, "received")), 2)
         self.assertEqual(received_requests(path, "INVITE"), [as_read(invite)])
+
+    def test_a_copy_that_reached_a_dead_call_is_not_glued_to_the_message_before_it(self) -> None:
+        # Under load the edge's BYE and its Timer E copy (T1 50 ms) reach sipp together: sipp logs
+        # the copy, answers the first, ends the call, then logs the copy again as a dead call's.
+        bye = INVITE.format(branch="z9hG4bK-1", cseq=2).replace("INVITE", "BYE")
+        path = self.trace(("received", bye), ("sent", OK.format(branch="z9hG4bK-1", tag="u1", cseq=2, method="BYE")), ("received", bye))
+        with open(path, "a", newline="") as handle:
+            handle.write(f"-----------------------------------------------\nDead call call-1 received a UDP message:\n\n{bye}\n")
+        self.assertEqual(sipp_messages(path, "received"), [as_read(bye), as_read(bye)])
+        self.assertEqual(received_requests(path, "BYE"), [as_read(bye)])
+        self.assertEqual(len(messages_in_trace(path)), 3)
 
     def test_a_new_transaction_counts_again(self) -> None:
         # RFC 3261 §17.2.3: another branch is another transaction, even with the same CSeq
