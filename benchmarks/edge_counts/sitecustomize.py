@@ -304,6 +304,10 @@ def _install() -> None:
         for generation in range(3):  # what the next pass of each generation would traverse (max: "now")
             counts[f"gc gen{generation} tracked objects now (max)"] = len(gc.get_objects(generation))
         counts["gc frozen objects now (max)"] = gc.get_freeze_count()
+        if os.environ.get("EDGE_COUNTS_TYPES"):  # what the young passes keep traversing, by type
+            young = collections.Counter(type(obj).__qualname__ for generation in (0, 1) for obj in gc.get_objects(generation))
+            for name, number in young.most_common(25):
+                counts[f"gc young tracked {name} now (max)"] = number
         path = os.path.join(_DIRECTORY or ".", f"{os.getpid()}.json")
         with open(path + ".tmp", "w") as handle:
             json.dump(dict(counts), handle)
