@@ -46,7 +46,8 @@ its own process (as ``--separate-core``); the WICs per worker are read from the 
 one deployment after the other in the same invocation and prints the ratio of calls/s.
 
 ``--counts`` prints, per worker, what the edge received, sent, absorbed and sent on unparsed in the
-timed phase, its STUN and its collector passes (``benchmarks/edge_counts``), and sipp's message counts; the
+timed phase, its STUN, its collector passes with their pauses, its event loop's turns and lag with the longest
+turns by name (``benchmarks/edge_counts``; ``EDGE_COUNTS_TYPES=1``: the young survivors by type), and sipp's message counts; the
 Node generator always prints its retransmissions and event-loop delay.  ``--edge-tree DIR`` runs another
 checkout's edge with this harness (paired runs where only the edge differs).
 
@@ -442,6 +443,18 @@ def run_engine(options: argparse.Namespace, engine: str, workers: int) -> Figure
     return figures
 
 
+def histogram_order(key: str) -> tuple[str, float, str]:
+    """Sort key of an edge count: a histogram's buckets ("… <=20 ms", "… >500 ms") by their bound."""
+    for marker, offset in (("<=", 0.0), (">", 0.5)):
+        head, found, tail = key.rpartition(f" {marker}")
+        if found and tail.endswith(" ms"):
+            try:
+                return head, float(tail[:-3]) + offset, ""
+            except ValueError:
+                break
+    return key, 0.0, key
+
+
 def report(options: argparse.Namespace, engine: str, ims: _call_cores.Ims, f: Figures) -> None:
     failure_ratio = f.failed / f.offered if f.offered else 1.0
     if options.edge_tree:
@@ -473,7 +486,7 @@ def report(options: argparse.Namespace, engine: str, ims: _call_cores.Ims, f: Fi
     for index, counts in enumerate(f.edge_counts):
         print(f"  edge worker {index} counts:")
         long_turns = sorted(((value, key) for key, value in counts.items() if key.startswith("long turn")), reverse=True)
-        for key, value in sorted(counts.items()):
+        for key, value in sorted(counts.items(), key=lambda item: histogram_order(item[0])):
             if key.startswith("long turn"):
                 continue
             per_call = f.completed and not key.startswith(("gc", "loop"))
