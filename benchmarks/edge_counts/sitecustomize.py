@@ -57,11 +57,9 @@ def _install_loop_probes(counts: Any, turn: dict[str, Any], bucket: Any) -> Any:
     handle_run = asyncio.events.Handle._run
 
     def name_of(function: Any) -> str:
-        """What a callback is: the Twisted timer's function inside ``callLater``'s closure, a
-        selectable's class for an I/O event."""
+        """What a callback or a Twisted timer's function is: its qualified name."""
         target = getattr(function, "__func__", function)
-        qualname = getattr(target, "__qualname__", type(target).__name__)
-        return qualname
+        return getattr(target, "__qualname__", type(target).__name__)
 
     def timed_run(self: Any) -> None:
         turn["gc_ms"], turn["timers"] = 0.0, []
