@@ -63,6 +63,7 @@ def _install_loop_probes(counts: Any, turn: dict[str, Any], bucket: Any) -> Any:
 
     def timed_run(self: Any) -> None:
         turn["gc_ms"], turn["timers"] = 0.0, []
+        callback, args = self._callback, self._args  # Twisted's _onTimer cancels its own handle: read them first
         started = time.perf_counter()
         handle_run(self)
         ms = 1000 * (time.perf_counter() - started)
@@ -70,10 +71,9 @@ def _install_loop_probes(counts: Any, turn: dict[str, Any], bucket: Any) -> Any:
         counts["loop turn ms (sum)"] += ms
         if ms < LONG_TURN_MS:
             return
-        callback = self._callback
         what = name_of(callback)
-        if what.endswith("_dispatch") and self._args:
-            what = f"I/O {type(self._args[0]).__name__}"
+        if what.endswith("_dispatch") and args:
+            what = f"I/O {type(args[0]).__name__}"
         timers = sorted(turn["timers"], key=lambda part: -part[1])
         if timers:
             what += f" ({len(turn['timers'])} timers > 1 ms: " + ", ".join(f"{name} {t:.0f}" for name, t in timers[:3]) + ")"
