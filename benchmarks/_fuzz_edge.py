@@ -49,6 +49,8 @@ class Edge:
     #: edge's process) and ``[service] workers`` (worker i listens on the SIP ports + i)
     core_next_hop: str | None = None
     workers: int = 1
+    #: more ini lines by section (``fuzz.py --edge-option``), for experiments only
+    extra: dict[str, list[str]] = field(default_factory=dict)
 
     @property
     def log_path(self) -> str:
@@ -86,6 +88,15 @@ port = {self.metrics}
 [log]
 level = warn
 """)
+        if self.extra:
+            with open(ini) as handle:
+                text = handle.read()
+            for section, lines in self.extra.items():
+                added = "".join(line + "\n" for line in lines)
+                header = f"[{section}]\n"
+                text = text.replace(header, header + added, 1) if header in text else text + header + added
+            with open(ini, "w") as handle:
+                handle.write(text)
         env = dict(os.environ, PYTHONPATH=TOP + os.pathsep + os.environ.get("PYTHONPATH", ""))
         if self.trace_frames:
             env["PYTHONTRACEMALLOC"] = str(self.trace_frames)

@@ -554,6 +554,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="embedded: in the edge's process; separate: epcscf's embedded core in its own twistd; "
                         "kamailio: the interop tests' Kamailio (both: the edge's [core] mode = external, as deployed)")
     parser.add_argument("--epcscf-workers", type=int, default=1, help="the edge's [service] workers")
+    parser.add_argument("--edge-option", action="append", default=[], metavar="SECTION.KEY=VALUE",
+                        help="an experiment's setting in the edge's ini (e.g. sip.wic_t1=0.05); repeatable")
     options = parser.parse_args(argv)
     if options.epcscf_workers > 1 and (options.probe or options.cycles):
         parser.error("--probe and --cycles read one process through its console: not with --epcscf-workers > 1")
@@ -561,6 +563,10 @@ def main(argv: list[str] | None = None) -> int:
     directory = tempfile.mkdtemp(prefix="epcscf-fuzz-")
     users = {f"fuzz{i}": f"fuzz-secret-{i}" for i in range(1, REGISTERED_WICS + 1)} | {"bob": "bob-secret"}
     edge = Edge(directory, workers=options.epcscf_workers)
+    for setting in options.edge_option:
+        name, _, value = setting.partition("=")
+        section, _, key = name.partition(".")
+        edge.extra.setdefault(section, []).append(f"{key} = {value}")
     if options.probe or options.cycles:
         edge.enable_console()
     if options.probe:
