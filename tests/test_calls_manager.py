@@ -9,6 +9,7 @@ from twisted.internet import defer, task
 from twisted.trial import unittest
 
 from epcscf.ice import IceClosed
+from epcscf.pcscf import call_sdp
 from epcscf.pcscf.call_model import PackedTimeline, call_leg
 from epcscf.pcscf.call_state import CallState
 from epcscf.pcscf.calls import CallManager, CallSettings, MediaRejected
@@ -625,3 +626,45 @@ class CallIdLookupTests(unittest.TestCase):
         self.assertEqual(late.body, b"")
         self.assertEqual(self.core.sent, [])  # no ACK: the call is forgotten
         self.assertEqual(self.manager.history._by_call_id, {})  # the index forgets with the history
+
+
+class ResponseRewrittenAtOnceTests(unittest.TestCase):
+    """A response whose SDP step finishes at once (1xx or 2xx without SDP) is handled without a
+    Deferred chain: the same response, call state and timeline as through the chain."""
+
+    setUp = CallManagerTests.setUp
+    originate = CallManagerTests.originate
+    respond = CallManagerTests.respond
+
+    def outcome(self, through_deferred: bool, statuses: tuple[int, ...]) -> list[Any]:
+        rewrite = call_sdp.rewrite_response
+        if through_deferred:  # the way of before: every rewrite as a Deferred
+            call_sdp.rewrite_response = lambda *args: defer.maybeDeferred(rewrite, *args)  # type: ignore[assignment]
+            self.addCleanup(setattr, call_sdp, "rewrite_response", rewrite)
+        context, _ = self.originate()
+        [call] = self.manager.calls()
+        seen = []
+        for status in statuses:
+            response = response_to(context.request, status, CORE_SDP if status == 200 else b"")
+            returned = self.manager.response(context, response)
+            self.assertEqual(isinstance(returned, defer.Deferred), through_deferred or status == 200, status)
+            result = self.successResultOf(defer.maybeDeferred(lambda: returned))
+            seen.append((None if result is None else (result.status, result.body), call.state))
+        call_sdp.rewrite_response = rewrite
+        return seen + [[(entry.kind, entry.text) for entry in call.timeline]]
+
+    def test_provisional_responses_and_the_2xx_as_through_a_deferred(self) -> None:
+        for statuses in ((100, 180, 180, 200), (180, 486), (183, 200)):
+            at_once = self.outcome(False, statuses)
+            self.setUp()
+            self.assertEqual(at_once, self.outcome(True, statuses))
+            self.setUp()
+
+    def test_a_failure_while_handling_fails_the_same_way(self) -> None:
+        def broken(*args: Any) -> bool:
+            raise RuntimeError("broken rewrite")
+
+        self.patch(call_sdp, "rewrite_response", broken)
+        context, _ = self.originate()
+        failure = self.failureResultOf(self.manager.response(context, response_to(context.request, 180)), RuntimeError)
+        self.assertEqual(str(failure.value), "broken rewrite")

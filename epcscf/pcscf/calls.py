@@ -290,8 +290,15 @@ class CallManager:
             return response
         if call.dialog is not None:
             call.dialog.response_seen(response, responder)
-        rewritten = defer.maybeDeferred(call_sdp.rewrite_response, call, leg, response, initial,
-                                        self._protocol_error, self._release_for_sdp)
+        try:
+            rewritten = call_sdp.rewrite_response(call, leg, response, initial, self._protocol_error, self._release_for_sdp)
+            if not isinstance(rewritten, defer.Deferred):  # at once (1xx, 2xx without SDP): no Deferred chain
+                if initial:
+                    self._initial_response(call, context, response, rewritten)
+                return response
+        except Exception:  # as the errback below would have it
+            outcome = self._response_during_release(Failure(), call, response, responder, initial)
+            return defer.fail(outcome) if isinstance(outcome, Failure) else outcome
         if initial:
             rewritten.addCallback(lambda answered: self._initial_response(call, context, response, answered))
         rewritten.addCallback(lambda _: response)
