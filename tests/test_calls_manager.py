@@ -18,6 +18,7 @@ from epcscf.sip.connection import Address
 from epcscf.sip.message import Headers, Request, Response
 from epcscf.sip.proxy import Branch, Forward, ProxiedRequest, Reject
 from epcscf.sip.proxy_rules import make_local_response
+from epcscf.sip.uri import SipUri, UriError, parse_uri
 from tests.support.fakes import FakeConnection, FakeServerTransaction
 
 ADDRESSES = EdgeAddresses("192.0.2.10", 5060, "udp", "192.0.2.11", 443, "wss")
@@ -668,3 +669,23 @@ class ResponseRewrittenAtOnceTests(unittest.TestCase):
         context, _ = self.originate()
         failure = self.failureResultOf(self.manager.response(context, response_to(context.request, 180)), RuntimeError)
         self.assertEqual(str(failure.value), "broken rewrite")
+
+
+class OwnUriTests(unittest.TestCase):
+    setUp = CallManagerTests.setUp
+
+    def test_own_uris_read_from_the_shared_parse_as_from_a_copy(self) -> None:
+        texts = ["sip:192.0.2.10:5060;transport=udp;lr", "sip:tok@192.0.2.11:443;transport=wss;lr", "sip:192.0.2.10;lr",
+                 "sip:scscf.example.com;lr", "sip:192.0.2.10:5061;lr", "tel:+15551234567", "sips:192.0.2.11", "not a uri",
+                 "sip:[2001:db8::1]:5060;lr", "<sip:192.0.2.10;lr>"]
+
+        def by_copy(text: str) -> bool:
+            try:
+                parsed = parse_uri(text)
+            except UriError:
+                return False
+            return isinstance(parsed, SipUri) and self.manager.addresses.is_own(parsed)
+
+        self.assertEqual([self.manager.is_own_uri(text) for text in texts], [by_copy(text) for text in texts])
+        self.assertIn(True, [by_copy(text) for text in texts])
+        self.assertIn(False, [by_copy(text) for text in texts])

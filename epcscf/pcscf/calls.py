@@ -74,7 +74,7 @@ from epcscf.sip.message import Request, Response
 from epcscf.sip.proxy import Decision, Forward, ProxiedRequest, Reject
 from epcscf.sip.proxy_policy import ProxyOperations
 from epcscf.sip.proxy_rules import make_local_response
-from epcscf.sip.uri import SipUri, UriError, parse_uri
+from epcscf.sip.uri import SipUri, UriError, shared_uri
 
 __all__ = [
     "LAYERS", "Call", "CallManager", "CallMediaLike", "CallSettings", "MediaFactory", "MediaRejected",
@@ -131,7 +131,7 @@ class CallManager:
 
     def is_own_uri(self, uri: str) -> bool:
         try:
-            parsed = parse_uri(uri)
+            parsed = shared_uri(uri)  # read only: the memo's object, not a copy of it
         except UriError:
             return False
         return isinstance(parsed, SipUri) and self.addresses.is_own(parsed)
