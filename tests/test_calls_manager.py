@@ -637,28 +637,35 @@ class ResponseRewrittenAtOnceTests(unittest.TestCase):
     originate = CallManagerTests.originate
     respond = CallManagerTests.respond
 
-    def outcome(self, through_deferred: bool, statuses: tuple[int, ...]) -> list[Any]:
+    def outcome(self, through_deferred: bool, statuses: tuple[int, ...], answer_refused: bool = False) -> list[Any]:
         rewrite = call_sdp.rewrite_response
         if through_deferred:  # the way of before: every rewrite as a Deferred
             call_sdp.rewrite_response = lambda *args: defer.maybeDeferred(rewrite, *args)  # type: ignore[assignment]
             self.addCleanup(setattr, call_sdp, "rewrite_response", rewrite)
         context, _ = self.originate()
         [call] = self.manager.calls()
+        if answer_refused:
+            def refuse(sdp: bytes, fork: str | None = None) -> bytes:
+                raise MediaRejected(488, "no common codec")
+
+            self.medias[0].answer_from_core = refuse  # type: ignore[method-assign]
         seen = []
         for status in statuses:
             response = response_to(context.request, status, CORE_SDP if status == 200 else b"")
             returned = self.manager.response(context, response)
-            self.assertEqual(isinstance(returned, defer.Deferred), through_deferred or status == 200, status)
+            self.assertEqual(isinstance(returned, defer.Deferred), through_deferred, status)
             result = self.successResultOf(defer.maybeDeferred(lambda: returned))
             seen.append((None if result is None else (result.status, result.body), call.state))
         call_sdp.rewrite_response = rewrite
-        return seen + [[(entry.kind, entry.text) for entry in call.timeline]]
+        self.clock.advance(1)  # a refused answer's release
+        return seen + [call.state, call.release_cause, [(entry.kind, entry.text) for entry in call.timeline]]
 
     def test_provisional_responses_and_the_2xx_as_through_a_deferred(self) -> None:
-        for statuses in ((100, 180, 180, 200), (180, 486), (183, 200)):
-            at_once = self.outcome(False, statuses)
+        for statuses, refused in (((100, 180, 180, 200), False), ((180, 486), False), ((183, 200), False),
+                                  ((180, 200), True)):
+            at_once = self.outcome(False, statuses, refused)
             self.setUp()
-            self.assertEqual(at_once, self.outcome(True, statuses))
+            self.assertEqual(at_once, self.outcome(True, statuses, refused))
             self.setUp()
 
     def test_a_failure_while_handling_fails_the_same_way(self) -> None:
@@ -689,3 +696,21 @@ class OwnUriTests(unittest.TestCase):
         self.assertEqual([self.manager.is_own_uri(text) for text in texts], [by_copy(text) for text in texts])
         self.assertIn(True, [by_copy(text) for text in texts])
         self.assertIn(False, [by_copy(text) for text in texts])
+
+    def test_then_gives_what_maybe_deferred_and_add_callbacks_give(self) -> None:
+        def on_failure(failure: Any) -> bool:
+            failure.trap(MediaRejected)
+            return False
+
+        def rejected() -> bytes:
+            raise MediaRejected(488, "no")
+
+        def broken() -> bytes:
+            raise KeyError("broken")
+
+        for thunk in (lambda: b"v=0", rejected, lambda: defer.succeed(b"v=0"), lambda: defer.fail(MediaRejected(488, "x"))):
+            expected = self.successResultOf(defer.maybeDeferred(thunk).addCallbacks(lambda body: body == b"v=0", on_failure))
+            got = call_sdp._then(thunk, lambda body: body == b"v=0", on_failure)
+            self.assertEqual(self.successResultOf(got) if isinstance(got, defer.Deferred) else got, expected)
+        self.failureResultOf(defer.maybeDeferred(broken).addCallbacks(bool, on_failure), KeyError)
+        self.assertRaises(KeyError, call_sdp._then, broken, bool, on_failure)  # the caller's errback gets it
