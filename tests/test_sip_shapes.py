@@ -243,7 +243,7 @@ def _cut_as_before(text: str, mark: str) -> tuple[str, str] | None:
     return text[:start] + VALUE_PLACEHOLDER + text[end:], value
 
 
-class CutParamValueTests(SynchronousTestCase):
+class CutParamValueAsBeforeTests(SynchronousTestCase):
     @given(via_texts(), st.sampled_from([";branch=", ";tag=", ";received="]))
     @BOUNDED
     def test_the_cut_is_the_one_the_find_calls_made(self, text: str, mark: str) -> None:
