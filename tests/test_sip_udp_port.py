@@ -12,7 +12,7 @@ from twisted.internet import reactor, udp
 from twisted.internet.protocol import DatagramProtocol
 from twisted.trial import unittest
 
-from epcscf.sip.transport_udp import UdpPort, listen_udp
+from epcscf.sip.transport_udp import UdpPort, adopt_udp, listen_udp
 
 
 class Collector(DatagramProtocol):
@@ -112,3 +112,17 @@ class UdpPortTests(unittest.TestCase):
         port.doRead()
         self.assertEqual(calls, [b"first", b"second"])
         self.assertEqual(len(self.flushLoggedErrors(RuntimeError)), 1)
+
+    def test_an_adopted_socket_reads_the_same_way(self) -> None:
+        bound = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        bound.bind(("127.0.0.1", 0))
+        bound.setblocking(False)
+        self.addCleanup(bound.close)  # the parent's copy (a supervisor keeps one)
+        collector = Collector()
+        port = adopt_udp(reactor, bound.fileno(), socket.AF_INET, collector)
+        self.assertIsInstance(port, UdpPort)
+        port.stopReading()
+        self.addCleanup(port.stopListening)
+        self.sender().sendto(b"OPTIONS", ("127.0.0.1", bound.getsockname()[1]))
+        port.doRead()
+        self.assertEqual([data for data, _ in collector.datagrams], [b"OPTIONS"])
