@@ -21,6 +21,10 @@ or, counting the measured refreshes only (start-up, warm-up and exit left out; o
         .venv/bin/python benchmarks/ws_register_inprocess.py 2000
     # instructions per refresh = I refs / 2000
 
+and with ``--edge-only`` the same counts the edge's own steps (its reads of the WebSocket and
+UDP sockets and all they lead to, its queued writes, its timers) without the harness's WICs,
+masking and registrar.
+
 The core answers as ``benchmarks/sipp/registrar.xml`` does (the request's Vias on one line,
 From, To with a tag, Call-ID, CSeq, Path, Contact with expires, Service-Route).  Timers go to a
 heap clock advanced by the simulated rate (``--rate``), so that the transactions' timers are
@@ -248,17 +252,26 @@ class Bench:
 
     def refresh(self, wic: Wic) -> None:
         assert wic.socket is not None
+        edge = self.edge_step
         wic.socket.sendall(masked_frame(wic.register()))
-        wic.transport.doRead()
+        edge(wic.transport.doRead, ())
         forwarded, _ = self.core.recvfrom(65536)
         self.answered += 1
         self.core.sendto(registrar_answer(forwarded, self.answered), self.edge_udp)
-        self.udp_port.doRead()
-        self.flush(wic)
+        edge(self.udp_port.doRead, ())
+        edge(self.flush, (wic,))
         answer = frame_payload(wic.socket.recv(65536))
         if not answer.startswith(b"SIP/2.0 200"):
             raise SystemExit(f"{wic.user}: {answer[:80]!r}")
-        self.clock.advance(self.step)
+        edge(self.clock.advance, (self.step,))
+
+    @staticmethod
+    def _call(function: Any, args: tuple[Any, ...]) -> None:
+        function(*args)
+
+    #: how the edge's steps of a refresh are called: ``--edge-only`` makes it ``sys.call_tracing``
+    #: (see ``main``), so that callgrind counts the edge's work without the WICs' and the core's
+    edge_step = _call
 
     def run(self, count: int) -> float:
         wics = self.wics
@@ -274,6 +287,8 @@ def main() -> None:
     parser.add_argument("--users", type=int, default=50)
     parser.add_argument("--rate", type=float, default=2000.0, help="simulated arrival rate (clock step)")
     parser.add_argument("--profile", action="store_true", help="print a cProfile of the run")
+    parser.add_argument("--edge-only", action="store_true",
+                        help="call only the edge's steps through sys.call_tracing (callgrind: the edge without the harness)")
     parser.add_argument("--cycles", action="store_true",
                         help="count what dies in reference cycles per refresh (benchmarks/_cycle_probe.py)")
     args = parser.parse_args()
@@ -298,7 +313,11 @@ def main() -> None:
         # Through ``sys.call_tracing`` (a plain call when nothing traces): a C function that runs
         # nothing else, for callgrind's ``--toggle-collect=sys_call_tracing`` to count exactly
         # the measured refreshes.
-        elapsed = sys.call_tracing(bench.run, (args.count,))
+        if args.edge_only:  # each of the edge's steps through it instead: the edge alone
+            bench.edge_step = sys.call_tracing  # type: ignore[method-assign]
+            elapsed = bench.run(args.count)
+        else:
+            elapsed = sys.call_tracing(bench.run, (args.count,))
     print(f"{args.count} REGISTER refreshes through the edge in {elapsed:.2f} s CPU: {elapsed / args.count * 1e6:.1f} µs each "
           f"(the WICs' and the core's side included)")
 

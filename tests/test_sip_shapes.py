@@ -17,7 +17,14 @@ from twisted.trial.unittest import SynchronousTestCase
 from epcscf.sip import headers as header_views
 from epcscf.sip import proxy_rules
 from epcscf.sip.headers import FAST_VIA_RE, HeaderError, Via, parse_via
-from epcscf.sip.params import VALUE_PLACEHOLDER, Params, clear_memos, cut_param_value, read_matched_header_params
+from epcscf.sip.params import (
+    TOKEN_CHARACTERS,
+    VALUE_PLACEHOLDER,
+    Params,
+    clear_memos,
+    cut_param_value,
+    read_matched_header_params,
+)
 from tests.support.properties import BOUNDED
 
 TOKEN = "abcXYZ019-.!%*_+`'~"
@@ -214,3 +221,35 @@ class ProxyRuleShapeTests(SynchronousTestCase):
 
         for _ in range(2):
             self.assertEqual(proxy_rules.tag_of(text), whole(text), text)
+
+
+def _cut_as_before(text: str, mark: str) -> tuple[str, str] | None:
+    """``cut_param_value`` as the eighth pass wrote it (two ``find`` calls and slices)."""
+    at = text.find(mark)
+    if at < 0:
+        return None
+    start = at + len(mark)
+    end = text.find(";", start)
+    if end < 0:
+        end = len(text)
+    value = text[start:end]
+    if not value.isascii():
+        return None
+    octets = value.encode()
+    if not (octets.isalnum() or (octets and not octets.translate(None, TOKEN_CHARACTERS.encode()))):
+        return None
+    if VALUE_PLACEHOLDER in text or '"' in text:
+        return None
+    return text[:start] + VALUE_PLACEHOLDER + text[end:], value
+
+
+class CutParamValueAsBeforeTests(SynchronousTestCase):
+    @given(via_texts(), st.sampled_from([";branch=", ";tag=", ";received="]))
+    @BOUNDED
+    def test_the_cut_is_the_one_the_find_calls_made(self, text: str, mark: str) -> None:
+        self.assertEqual(cut_param_value(text, mark), _cut_as_before(text, mark))
+
+    @given(st.text(st.sampled_from("ab;=~\"é tag"), max_size=20))
+    @BOUNDED
+    def test_odd_texts_cut_alike(self, text: str) -> None:
+        self.assertEqual(cut_param_value(text, ";tag="), _cut_as_before(text, ";tag="))

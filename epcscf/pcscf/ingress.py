@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Callable
 
-from epcscf.pcscf.limits import FlowVerdict
+from epcscf.pcscf.limits import ADMIT
 from epcscf.sip.connection import Connection
 from epcscf.sip.message import Message
 from epcscf.ws.connection import CloseReason, WsConnection
@@ -33,7 +33,7 @@ class WsSink:
         node = self.node
         assert node.flow_limiter is not None
         verdict = node.flow_limiter.arrived(connection.id)
-        if verdict is FlowVerdict.ADMIT:
+        if verdict is ADMIT:
             node.transactions.receive(message, connection)
         elif node.refused_over_rate(message, connection, verdict, "flow_rate"):
             # RFC 6455 §7.4.1: 1008, the peer broke our policy (it kept flooding after 503s).
@@ -63,7 +63,7 @@ class CoreSink:
             node.transactions.receive(message, connection)
             return
         verdict = limiter.arrived(connection.id)
-        if verdict is FlowVerdict.ADMIT:
+        if verdict is ADMIT:
             node.transactions.receive(message, connection)
         elif node.refused_over_rate(message, connection, verdict, "source_rate") and connection.reliable:
             connection.close()  # a TCP/TLS connection that kept flooding; a UDP source is just ignored

@@ -140,6 +140,11 @@ class FlowVerdict(enum.Enum):
     DROP = "drop"  # what still arrives while that flow closes: ignored
 
 
+#: read for every message a flow brings, as a module constant (``EnumType`` has a slow
+#: ``__getattr__`` hook in Python 3.11: ``epcscf.sip.transaction_machine.TERMINATED``)
+ADMIT = FlowVerdict.ADMIT
+
+
 class _FlowBudget:
     __slots__ = ("bucket", "window_start", "refused")
 
@@ -189,7 +194,7 @@ class FlowRateLimiter:
                 return FlowVerdict.DROP  # told to close already (a UDP source: ignored for the window)
             budget.window_start, budget.refused = now, 0  # a source that cannot be closed is heard again
         if budget.bucket.take(now):
-            return FlowVerdict.ADMIT
+            return ADMIT
         if now - budget.window_start >= self.settings.flow_window:
             budget.window_start, budget.refused = now, 0
         budget.refused += 1

@@ -283,17 +283,28 @@ class Headers:
     def set(self, name: str, value: str) -> None:
         """Replace every line of ``name`` by one line, kept at the first one's place."""
         self._as_parsed = False
-        key = canonical_name(name)
-        if self._index is not None:
-            self._index[key] = [value]
-        for index, (n, _) in enumerate(self._items):
-            if canonical_name(n) == key:
-                self._items[index] = (n, value)
-                self._items[index + 1 :] = [
-                    item for item in self._items[index + 1 :] if canonical_name(item[0]) != key
-                ]
+        cache = _CANONICAL_CACHE  # inlined as in ``replace_all``
+        key = cache.get(name) or canonical_name(name)
+        index = self._index
+        existing: list[str] | None = None
+        if index is not None:
+            # The index says how many lines there are: none → append without a walk; one → no
+            # later line to drop.
+            existing = index.get(key)
+            index[key] = [value]
+            if existing is None:
+                self._items.append((name, value))
                 return
-        self._items.append((name, value))
+        items = self._items
+        for position, (n, _) in enumerate(items):
+            if (cache.get(n) or canonical_name(n)) == key:
+                items[position] = (n, value)
+                if existing is None or len(existing) > 1:
+                    items[position + 1 :] = [
+                        item for item in items[position + 1 :] if (cache.get(item[0]) or canonical_name(item[0])) != key
+                    ]
+                return
+        items.append((name, value))
 
     def remove(self, name: str) -> int:
         """Delete every line of ``name``; returns how many were removed."""

@@ -97,6 +97,17 @@ __all__ = [
 
 log = Logger()
 
+# Members read on every message, as module constants (``transaction_machine.TERMINATED`` says
+# why).
+_BRANCH_CALLING = BranchState.CALLING
+_BRANCH_CONNECTING = BranchState.CONNECTING
+_BRANCH_DONE = BranchState.DONE
+_BRANCH_PROCEEDING = BranchState.PROCEEDING
+_PROXY_COMPLETED = ProxyState.COMPLETED
+_PROXY_FORWARDING = ProxyState.FORWARDING
+_PROXY_ROUTING = ProxyState.ROUTING
+_PROXY_TERMINATED = ProxyState.TERMINATED
+
 
 class StatefulProxy(StatelessForwarding, Cancelling, TimerC, OwnVia):
     """RFC 3261 §16 transaction-stateful proxy (TransactionUser + ClientTransactionUser)."""
@@ -188,7 +199,7 @@ class StatefulProxy(StatelessForwarding, Cancelling, TimerC, OwnVia):
 
     def _apply_decision(self, context: ProxiedRequest, decision: "Decision | Sequence[Forward]") -> None:
         context.decision = decision  # type: ignore[assignment]
-        if context.state is not ProxyState.ROUTING:
+        if context.state is not _PROXY_ROUTING:
             return  # answered meanwhile
         if isinstance(decision, Reject):
             self._respond_locally(context, rules.with_to_tag(decision.response))
@@ -202,7 +213,7 @@ class StatefulProxy(StatelessForwarding, Cancelling, TimerC, OwnVia):
         if not forwards:
             self._respond_locally(context, self._synthetic(context, 480))
             return
-        context.move_to(ProxyState.FORWARDING)
+        context.move_to(_PROXY_FORWARDING)
         seen: set[int] = set()
         for forward in forwards:
             outgoing = forward.request if id(forward.request) not in seen else forward.request.copy()
@@ -256,14 +267,14 @@ class StatefulProxy(StatelessForwarding, Cancelling, TimerC, OwnVia):
 
     def _policy_failed(self, context: ProxiedRequest, failure: Failure) -> None:
         log.failure("routing {method} failed", failure, method=context.request.method)
-        if context.state is ProxyState.ROUTING:
+        if context.state is _PROXY_ROUTING:
             self._respond_locally(context, rules.make_local_response(context.request, 500, to_tag=new_tag()))
 
     # ===== branches ==============================================================================
 
     def _try_next_target(self, context: ProxiedRequest, branch: Branch) -> None:
         """RFC 3263 §4.3: next target of this branch, or its failure when none is left."""
-        if branch.cancelled or context.state is not ProxyState.FORWARDING:
+        if branch.cancelled or context.state is not _PROXY_FORWARDING:
             self._branch_final(context, branch, self._synthetic(context, 487))
             return
         if not branch.targets:
@@ -275,7 +286,7 @@ class StatefulProxy(StatelessForwarding, Cancelling, TimerC, OwnVia):
 
         def connected(connection: Connection, branch_id: str | None = None, prepared: Any = None) -> None:
             branch.connection = connection
-            if branch.cancel_wanted or context.state is not ProxyState.FORWARDING:
+            if branch.cancel_wanted or context.state is not _PROXY_FORWARDING:
                 # Cancelled (or answered elsewhere) while connecting: never sent, so no CANCEL.
                 self._branch_final(context, branch, self._synthetic(context, 487))
                 return
@@ -324,7 +335,7 @@ class StatefulProxy(StatelessForwarding, Cancelling, TimerC, OwnVia):
     ) -> None:
         """Send the branch's request on ``connection`` in a new client transaction; ``prepared``
         is that request already made (``_with_own_via``) and serialised for a UDP connection."""
-        if context.state is not ProxyState.FORWARDING:
+        if context.state is not _PROXY_FORWARDING:
             return
         if prepared is not None:
             outgoing, wire = prepared
@@ -334,7 +345,7 @@ class StatefulProxy(StatelessForwarding, Cancelling, TimerC, OwnVia):
             outgoing, wire = self._with_own_via(branch, connection, branch_id), None
         branch.sent_request = outgoing
         branch.attempt += 1
-        branch.state = BranchState.CALLING
+        branch.state = _BRANCH_CALLING
         if branch.attempt > 1:
             self._start_timer_c(context, branch)  # a new client transaction, a new Timer C
         # The layer may report a transport error from inside send_request: ``_sending``
@@ -352,14 +363,14 @@ class StatefulProxy(StatelessForwarding, Cancelling, TimerC, OwnVia):
             return
         finally:
             self._sending = None
-        if branch.state is BranchState.DONE or branch.client_transaction is not None:
+        if branch.state is _BRANCH_DONE or branch.client_transaction is not None:
             return  # already failed over or finished from inside send_request
         branch.client_transaction = transaction
         self._by_client[id(transaction)] = (context, branch)
 
     def _branch_failed(self, context: ProxiedRequest, branch: Branch, status: int) -> None:
         """Timeout (408, §16.8) or transport error (503, §16.9): failover or give up."""
-        if branch.targets and not branch.cancelled and context.state is ProxyState.FORWARDING:
+        if branch.targets and not branch.cancelled and context.state is _PROXY_FORWARDING:
             context.responses.append(self._synthetic(context, status))  # still a candidate (§16.7 step 6)
             self._try_next_target(context, branch)
             return
@@ -392,13 +403,13 @@ class StatefulProxy(StatelessForwarding, Cancelling, TimerC, OwnVia):
         context, branch = found
         status = response.status
         if status < 200:
-            if branch.state in (BranchState.CALLING, BranchState.CONNECTING):
-                branch.state = BranchState.PROCEEDING
-            if context.is_invite and branch.state is not BranchState.DONE:
+            if branch.state in (_BRANCH_CALLING, _BRANCH_CONNECTING):
+                branch.state = _BRANCH_PROCEEDING
+            if context.is_invite and branch.state is not _BRANCH_DONE:
                 self._start_timer_c(context, branch)  # §16.7 step 2: a provisional resets Timer C
             if branch.cancel_wanted and not branch.cancelled:
                 self._send_cancel(branch)  # RFC 3261 §9.1: CANCEL after the first provisional
-            if status != 100 and context.state is ProxyState.FORWARDING:
+            if status != 100 and context.state is _PROXY_FORWARDING:
                 self._forward_upstream(context, response)  # §16.7 step 5
             return
         if 200 <= status < 300:
@@ -408,11 +419,11 @@ class StatefulProxy(StatelessForwarding, Cancelling, TimerC, OwnVia):
             self._by_client.pop(id(transaction), None)
             if branch.timer_c is not None:  # only an INVITE branch has one
                 self._stop_timer_c(branch)
-            branch.state = BranchState.DONE
+            branch.state = _BRANCH_DONE
             branch.final = response
-            if context.state is ProxyState.FORWARDING:
+            if context.state is _PROXY_FORWARDING:
                 self._forward_upstream(context, response)
-                context.move_to(ProxyState.COMPLETED)
+                context.move_to(_PROXY_COMPLETED)
                 self._cancel_pending(context)  # §16.7 step 10
                 self._ended(context)
             else:
@@ -420,7 +431,7 @@ class StatefulProxy(StatelessForwarding, Cancelling, TimerC, OwnVia):
                 # or a retransmission) goes statelessly (RFC 3261 §16.7 step 5, RFC 6026).
                 self._forward_statelessly(response)
             return
-        if status == 503 and branch.targets and not branch.cancelled and context.state is ProxyState.FORWARDING:
+        if status == 503 and branch.targets and not branch.cancelled and context.state is _PROXY_FORWARDING:
             # RFC 3263 §4.3: a 503 sends the request to the next target.
             context.responses.append(response)  # still a candidate if every target fails
             self._try_next_target(context, branch)
@@ -432,7 +443,7 @@ class StatefulProxy(StatelessForwarding, Cancelling, TimerC, OwnVia):
         if found is None:
             return
         context, branch = found
-        if branch.state is BranchState.DONE:
+        if branch.state is _BRANCH_DONE:
             return
         # RFC 3261 §16.8: no response → as if a 408 was received (after failover).
         self._branch_failed(context, branch, 408)
@@ -442,7 +453,7 @@ class StatefulProxy(StatelessForwarding, Cancelling, TimerC, OwnVia):
         if found is None:
             return
         context, branch = found
-        if branch.state is BranchState.DONE:
+        if branch.state is _BRANCH_DONE:
             return
         log.info("{call_id}: {method} not delivered to {peer}: {why}", call_id=_call_id(context),
                  method=branch.request.method, peer=branch.connection.remote if branch.connection else "?", why=reason)
@@ -457,19 +468,19 @@ class StatefulProxy(StatelessForwarding, Cancelling, TimerC, OwnVia):
     # ===== final responses (§16.7 steps 4, 6–10) ==================================================
 
     def _branch_final(self, context: ProxiedRequest, branch: Branch, response: Response) -> None:
-        if branch.state is BranchState.DONE:
+        if branch.state is _BRANCH_DONE:
             return
         if branch.client_transaction is not None:
             self._by_client.pop(id(branch.client_transaction), None)  # this try is over
         self._stop_timer_c(branch)
-        branch.state = BranchState.DONE
+        branch.state = _BRANCH_DONE
         branch.final = response
         context.responses.append(response)  # §16.7 step 4
-        if context.state is not ProxyState.FORWARDING:
+        if context.state is not _PROXY_FORWARDING:
             return
         if response.status >= 600:
             self._cancel_pending(context)  # §16.7 step 5: a 6xx cancels the other branches
-        if all(b.state is BranchState.DONE for b in context.branches):
+        if all(b.state is _BRANCH_DONE for b in context.branches):
             best = rules.choose_best_response(context.responses)  # §16.7 step 6
             if best is None:
                 best = self._synthetic(context, 408)
@@ -479,7 +490,7 @@ class StatefulProxy(StatelessForwarding, Cancelling, TimerC, OwnVia):
                 # (§16.9: the next hop is unreachable or unresolvable) is forwarded as is: that
                 # we cannot reach it holds for any request, which is when a 503 may go up.
                 best = rules.outgoing_final(best)
-            context.move_to(ProxyState.COMPLETED)
+            context.move_to(_PROXY_COMPLETED)
             self._forward_upstream(context, best)
             self._ended(context)
 
@@ -527,9 +538,9 @@ class StatefulProxy(StatelessForwarding, Cancelling, TimerC, OwnVia):
             self.replays.forwarded(response, context.connection)
 
     def _respond_locally(self, context: ProxiedRequest, response: Response) -> None:
-        if context.state in (ProxyState.COMPLETED, ProxyState.TERMINATED):
+        if context.state in (_PROXY_COMPLETED, _PROXY_TERMINATED):
             return
-        context.move_to(ProxyState.COMPLETED)
+        context.move_to(_PROXY_COMPLETED)
         try:
             context.server_transaction.respond(response)
         except Exception:
@@ -539,7 +550,7 @@ class StatefulProxy(StatelessForwarding, Cancelling, TimerC, OwnVia):
     def _ended(self, context: ProxiedRequest) -> None:
         self._by_server.pop(id(context.server_transaction), None)
         for branch in context.branches:  # ``all(...)`` without a generator: once per request
-            if not (branch.state is BranchState.DONE or branch.cancelled):
+            if not (branch.state is _BRANCH_DONE or branch.cancelled):
                 break
         else:
             self._forget_branches(context)
@@ -552,7 +563,7 @@ class StatefulProxy(StatelessForwarding, Cancelling, TimerC, OwnVia):
         for branch in context.branches:
             if branch.timer_c is not None:  # only an INVITE branch has one
                 self._stop_timer_c(branch)
-        context.move_to(ProxyState.TERMINATED) if context.state is ProxyState.COMPLETED else None
+        context.move_to(_PROXY_TERMINATED) if context.state is _PROXY_COMPLETED else None
 
     # ===== ProxyOperations: what the policy's call manager may ask ===============================
 

@@ -98,8 +98,11 @@ class StatelessReplays:
     def replay(self, raw: bytes, source: Hashable) -> bool:
         """Send on a copy of a message already forwarded statelessly; False when ``raw`` from
         ``source`` is not one (the transport then parses it and hands it over as usual)."""
+        entries = self._entries
+        if not entries:
+            return False  # nothing kept (no 2xx to an INVITE or ACK lately): no hash of ``raw`` needed
         key = (raw, source)
-        entry = self._entries.get(key)
+        entry = entries.get(key)
         if entry is None:
             return False
         if entry.replays_left <= 0 or entry.expires <= self._clock.seconds() or not entry.connection.connected:

@@ -27,6 +27,12 @@ from epcscf.sip.transaction_machine import (
 
 log = Logger()
 
+# Members read for every request sent, as module constants (``transaction_machine.TERMINATED``
+# says why).
+_CALLING, _TRYING = State.CALLING, State.TRYING
+_TIMER_A, _TIMER_B, _TIMER_E, _TIMER_F, _TIMER_K = Event.TIMER_A, Event.TIMER_B, Event.TIMER_E, Event.TIMER_F, Event.TIMER_K
+_RESPONSE_1XX, _RESPONSE_2XX, _RESPONSE_3XX_6XX = Event.RESPONSE_1XX, Event.RESPONSE_2XX, Event.RESPONSE_3XX_6XX
+
 
 class ClientTransactionUser(Protocol):
     """Whoever sent the request: the proxy's branch, or a UA core."""
@@ -118,7 +124,7 @@ class ClientTransaction(TransactionMachine):
         #: RFC 3261 §17.1.1.3: the ACK for our non-2xx final, re-sent for its retransmissions
         self._ack: Request | None = None
         self._interval = timers.t1  # current value of Timer A or E
-        super().__init__(clock, State.CALLING if self.is_invite else State.TRYING, on_terminated)
+        super().__init__(clock, _CALLING if self.is_invite else _TRYING, on_terminated)
 
     def __repr__(self) -> str:
         return f"<ClientTransaction {self.method} {self.branch} {self.state.value}>"
@@ -141,21 +147,21 @@ class ClientTransaction(TransactionMachine):
         timers, call_later, fired = self._timers, self._clock.callLater, self._timer_fired
         if self.is_invite:
             if not reliable:
-                timers[Event.TIMER_A] = call_later(self._interval, fired, Event.TIMER_A)  # §17.1.1.2: Timer A = T1
-            timers[Event.TIMER_B] = call_later(self.timers.b, fired, Event.TIMER_B)  # §17.1.1.2: Timer B = 64*T1
+                timers[_TIMER_A] = call_later(self._interval, fired, _TIMER_A)  # §17.1.1.2: Timer A = T1
+            timers[_TIMER_B] = call_later(self.timers.b, fired, _TIMER_B)  # §17.1.1.2: Timer B = 64*T1
         else:
             if not reliable:
-                timers[Event.TIMER_E] = call_later(self._interval, fired, Event.TIMER_E)  # §17.1.2.2: Timer E = T1
-            timers[Event.TIMER_F] = call_later(self.timers.f, fired, Event.TIMER_F)  # §17.1.2.2: Timer F = 64*T1
+                timers[_TIMER_E] = call_later(self._interval, fired, _TIMER_E)  # §17.1.2.2: Timer E = T1
+            timers[_TIMER_F] = call_later(self.timers.f, fired, _TIMER_F)  # §17.1.2.2: Timer F = 64*T1
 
     def receive_response(self, response: Response) -> None:
         """A response matched to this transaction by the layer (§17.1.3)."""
         if response.status < 200:
-            event = Event.RESPONSE_1XX
+            event = _RESPONSE_1XX
         elif response.status < 300:
-            event = Event.RESPONSE_2XX
+            event = _RESPONSE_2XX
         else:
-            event = Event.RESPONSE_3XX_6XX
+            event = _RESPONSE_3XX_6XX
         self._handle(event, response)
 
     # ----- actions -------------------------------------------------------------------------
@@ -206,7 +212,7 @@ class ClientTransaction(TransactionMachine):
 
     def _start_timer_k(self, _: object) -> None:
         # §17.1.2.2: Timer K = T4 on unreliable transports, zero on reliable ones.
-        self._start_timer(Event.TIMER_K, 0 if self.connection.reliable else self.timers.t4)
+        self._start_timer(_TIMER_K, 0 if self.connection.reliable else self.timers.t4)
 
     def _start_timer_m(self, _: object) -> None:
         self._start_timer(Event.TIMER_M, self.timers.m)  # RFC 6026 §7.2: Timer M = 64*T1

@@ -30,6 +30,11 @@ from epcscf.sip.transaction_machine import (
 
 log = Logger()
 
+# Members read for every request received, as module constants (``transaction_machine.TERMINATED``
+# says why).
+_PROCEEDING, _TRYING = State.PROCEEDING, State.TRYING
+_TU_2XX, _TIMER_TRYING, _TIMER_J = Event.TU_2XX, Event.TIMER_TRYING, Event.TIMER_J
+
 #: RFC 3261 §8.1.1.7: branches of RFC 3261 implementations start with this.
 MAGIC_COOKIE = "z9hG4bK"
 
@@ -190,7 +195,7 @@ class ServerTransaction(TransactionMachine):
         self._interval = timers.t1  # current value of Timer G
         #: the armed timer of ``_FIXED_DELAY_TIMERS`` (at most one: their states differ), if any
         self._fixed_timer: FixedEntry | None = None
-        super().__init__(clock, State.PROCEEDING if self.is_invite else State.TRYING, on_terminated)
+        super().__init__(clock, _PROCEEDING if self.is_invite else _TRYING, on_terminated)
 
     def __repr__(self) -> str:
         return f"<ServerTransaction {self.method} {self.identity.branch} {self.state.value}>"
@@ -214,7 +219,7 @@ class ServerTransaction(TransactionMachine):
         if response.status < 200:
             event = Event.TU_1XX
         elif response.status < 300:
-            event = Event.TU_2XX
+            event = _TU_2XX
         else:
             event = Event.TU_3XX_6XX
         self._handle(event, response)
@@ -231,7 +236,7 @@ class ServerTransaction(TransactionMachine):
 
     def _send_response(self, response: object) -> None:
         assert isinstance(response, Response)
-        self._cancel_timer(Event.TIMER_TRYING)  # the TU answered: no automatic 100
+        self._cancel_timer(_TIMER_TRYING)  # the TU answered: no automatic 100
         self.last_response = response
         if response.status >= 200:
             self.final_to_tag = to_tag(response)
@@ -371,7 +376,7 @@ class ServerTransaction(TransactionMachine):
 
     def _start_timer_j(self, _: object) -> None:
         # §17.2.2: Timer J = 64*T1 on unreliable transports, zero on reliable ones.
-        self._start_timer(Event.TIMER_J, 0 if self.connection.reliable else self.timers.j)
+        self._start_timer(_TIMER_J, 0 if self.connection.reliable else self.timers.j)
 
     def _start_timer_l(self, _: object) -> None:
         self._start_timer(Event.TIMER_L, self.timers.l)  # RFC 6026 §7.1: Timer L = 64*T1

@@ -43,7 +43,14 @@ from epcscf.sip.tls import server_tls_from_files
 from epcscf.sip.transport_specs import ListenerSpec, MessageSink, TransportSettings
 from epcscf.sip.transport_stream import ConnectionTable, OutboundFactory, StreamConnection, StreamFactory
 # UDP_REQUEST_LIMIT is imported from here by the proxy (epcscf.sip.proxy)
-from epcscf.sip.transport_udp import UDP_ONLY_MEMORY, UDP_REQUEST_LIMIT, UdpTransport, congestion_controlled_target
+from epcscf.sip.transport_udp import (
+    UDP_ONLY_MEMORY,
+    UDP_REQUEST_LIMIT,
+    UdpTransport,
+    adopt_udp,
+    congestion_controlled_target,
+    listen_udp,
+)
 
 __all__ = ["TransportManager", "UDP_REQUEST_LIMIT"]
 
@@ -96,9 +103,9 @@ class TransportManager:
             protocol = UdpTransport(self.clock, self.deliver, self.settings)
             protocol.replays = self.replays
             if fd is None:
-                port = self.reactor.listenUDP(listener.port, protocol, interface=listener.host)
+                port = listen_udp(self.reactor, listener.port, protocol, listener.host)
             else:
-                port = self.reactor.adoptDatagramPort(fd, family, protocol)
+                port = adopt_udp(self.reactor, fd, family, protocol)
             self._udp.append(protocol)
         elif listener.transport in ("TCP", "TLS"):
             factory: Any = StreamFactory(self, listener.transport)

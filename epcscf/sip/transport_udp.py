@@ -10,6 +10,7 @@ too large for UDP (``UDP_REQUEST_LIMIT``) goes over TCP to the same address inst
 
 from __future__ import annotations
 
+import select
 from errno import ECONNREFUSED, EMSGSIZE
 from socket import AF_INET, AF_INET6, SO_RCVBUF, SOL_SOCKET
 from typing import Any, Callable
@@ -236,3 +237,55 @@ class UdpTransport(DatagramProtocol):
             return source
         return Address(source.host, via.port or DEFAULT_PORTS["UDP"])
 
+
+
+class UdpPort(udp.Port):
+    """Twisted's UDP port without the failing read that ends nearly every wake-up.
+
+    ``udp.Port.doRead`` reads until ``recvfrom`` raises ``BlockingIOError`` (EAGAIN): one
+    exception per reactor wake-up, ~9,000 instructions and ~4 µs with Twisted's handling,
+    where the edge usually finds one datagram.  This port reads the first datagram, then asks
+    ``poll`` with a zero timeout (a plain answer, ~1 µs) whether another waits, and only
+    then hands over to Twisted's loop, which reads the rest up to the same ``maxThroughput``
+    as before.  The same datagrams are read in the same order: a wake-up with one datagram
+    costs less, one with several about 1 µs more.  (RFC-neutral: nothing a peer sees changes.)
+    """
+
+    _waiting: Any = None  # ``select.poll`` on this socket, made at the first read
+
+    def doRead(self) -> None:  # noqa: N802 (Twisted's name)
+        try:
+            data, address = self.socket.recvfrom(self.maxPacketSize)
+        except OSError:
+            # Nothing to read after all, or an error: Twisted's handling of either (it reads
+            # once more, which returns at once or meets the error as it would have).
+            udp.Port.doRead(self)
+            return
+        if self.addressFamily == AF_INET6:
+            address = address[:2]  # as Twisted: (host, port) without flow and scope ids
+        try:
+            self.protocol.datagramReceived(data, address)
+        except BaseException:
+            log.failure("UDP datagram from {address} not handled", address=address)
+        waiting = self._waiting
+        if waiting is None:
+            waiting = self._waiting = select.poll()
+            waiting.register(self.socket.fileno(), select.POLLIN)
+        if self.connected and waiting.poll(0):
+            udp.Port.doRead(self)
+
+
+def listen_udp(reactor: Any, port: int, protocol: DatagramProtocol, interface: str) -> UdpPort:
+    """What ``reactor.listenUDP`` does (Twisted's ``posixbase``), with a ``UdpPort``."""
+    listening = UdpPort(port, protocol, interface, reactor=reactor)
+    listening.startListening()
+    return listening
+
+
+def adopt_udp(reactor: Any, fd: int, family: int, protocol: DatagramProtocol) -> Any:
+    """What ``reactor.adoptDatagramPort`` does (Twisted's ``posixbase``), with a ``UdpPort``."""
+    if family not in (AF_INET, AF_INET6):
+        return reactor.adoptDatagramPort(fd, family, protocol)  # raises UnsupportedAddressFamily
+    listening = UdpPort._fromListeningDescriptor(reactor, fd, family, protocol, maxPacketSize=8192)
+    listening.startListening()
+    return listening
