@@ -15,7 +15,7 @@ from twisted.trial import unittest
 from epcscf.ice import IceAgentConfig, IceCredentials, IceStats
 from epcscf.ice.full import FullGeneration
 from epcscf.ice.host_socket import _StunSocket
-from epcscf.ice.stun_wire import encode, sign
+from epcscf.ice.stun_wire import encode, parse, sign
 from tests.support.reactor import asyncio_loop
 
 KEY = b"an-ice-pwd-of-22-chars"
@@ -235,3 +235,93 @@ class AnswersTests(unittest.TestCase):
             self.assertEqual((ours.transactions, ours._signed), ({}, {}))
 
         return Deferred.fromFuture(asyncio.ensure_future(run()))  # type: ignore[return-value]
+
+
+class PacingTests(unittest.TestCase):
+    """`_AgentConnection._check_periodic`: aioice's Ta tick, without a last tick that has nothing to start."""
+
+    def setUp(self) -> None:
+        self.loop = asyncio_loop()
+
+    def connection(self, states: list[aioice.ice.CandidatePair.State], end_of_candidates: bool) -> tuple[Any, list[Any]]:
+        generation = FullGeneration(
+            IceAgentConfig(bind_addresses=("127.0.0.1",), mode="full"), CREDENTIALS, False, None, IceStats(), None,
+            on_selected=lambda *_: None, on_failed=lambda *_: None, on_data=lambda *_: None, on_consent=lambda *_: None)
+        self.addCleanup(lambda: generation)  # the connection refers to it weakly
+        connection = generation.connection
+        started: list[Any] = []
+        self.patch(connection, "check_start_task", lambda pair: (started.append(pair), setattr(pair, "state", aioice.ice.CandidatePair.State.IN_PROGRESS)))
+        protocol = _StunSocket(connection, "127.0.0.1")
+        for port, state in enumerate(states, 5000):
+            pair = aioice.ice.CandidatePair(protocol, Candidate(foundation=str(port), component=1, transport="udp",
+                                                                priority=1, host="127.0.0.1", port=port, type="host"))
+            pair.state = state
+            connection._check_list.append(pair)
+        connection._remote_candidates_end = end_of_candidates
+        return connection, started
+
+    def test_the_last_startable_pair_ends_the_pacing(self) -> None:
+        State = aioice.ice.CandidatePair.State
+        connection, started = self.connection([State.WAITING], end_of_candidates=True)
+        self.assertFalse(connection._check_periodic())
+        self.assertEqual(started, connection._check_list)  # and it was started
+
+    def test_pacing_goes_on_while_a_pair_or_a_candidate_may_still_come(self) -> None:
+        State = aioice.ice.CandidatePair.State
+        for states, end in (([State.WAITING, State.FROZEN], True), ([State.WAITING, State.WAITING], True),
+                            ([State.WAITING], False), ([], False)):
+            connection, started = self.connection(states, end_of_candidates=end)
+            self.assertTrue(connection._check_periodic(), (states, end))
+            self.assertEqual(len(started), 1 if states else 0)
+
+    def test_nothing_to_start_and_nothing_to_come_is_aioices_false(self) -> None:
+        State = aioice.ice.CandidatePair.State
+        connection, started = self.connection([State.SUCCEEDED, State.FAILED], end_of_candidates=True)
+        self.assertFalse(connection._check_periodic())
+        self.assertEqual(started, [])
+
+
+def datagrams() -> list[bytes]:
+    """Signed and unsigned messages of every kind we send, and broken ones."""
+    signed = [sign(message, KEY) for message in messages()]
+    unsigned = [bytes(message) for message in messages()]
+    fingerprinted = []
+    for message in messages():
+        message.add_fingerprint()
+        fingerprinted.append(bytes(message))
+    check = signed[1]
+    unknown = stun.Message(stun.Method.BINDING, stun.Class.REQUEST, transaction_id=TID)
+    unknown.attributes["USERNAME"] = "abcd:efgh"
+    with_unknown = bytearray(bytes(unknown))
+    with_unknown[2:4] = (len(with_unknown) - 20 + 8).to_bytes(2, "big")
+    with_unknown += b"\xc0\x57\x00\x03abc\x00"  # an unknown comprehension-optional attribute, padded
+    after_integrity = bytearray(signed[0][:-8])  # PRIORITY after MESSAGE-INTEGRITY: ignored
+    after_integrity[2:4] = (len(after_integrity) - 20 + 8).to_bytes(2, "big")
+    after_integrity += b"\x00\x24\x00\x04\x00\x00\x00\x07"
+    short_address = bytearray(unsigned[3])
+    short_address[25] = 2  # an IPv4 address claimed as IPv6: the wrong length
+    unknown_method = bytearray(unsigned[0])
+    unknown_method[1] = 0x0F
+    bad_fingerprint = bytearray(check)
+    bad_fingerprint[-1] ^= 1
+    return signed + unsigned + fingerprinted + [
+        bytes(with_unknown), bytes(after_integrity), bytes(short_address), bytes(unknown_method),
+        bytes(bad_fingerprint), check[:19], check[:-1], check + b"\x00\x00\x00\x00", b"",
+    ]
+
+
+class ParseTests(unittest.TestCase):
+    def test_parse_gives_aioices_message_or_its_error(self) -> None:
+        for data in datagrams():
+            try:
+                theirs = stun.parse_message(data)
+            except ValueError:
+                with self.assertRaises(ValueError, msg=data):
+                    parse(data)
+                continue
+            ours = parse(data)
+            self.assertEqual(
+                (ours.message_method, ours.message_class, ours.transaction_id, ours.attributes, ours._integrity_data),
+                (theirs.message_method, theirs.message_class, theirs.transaction_id, theirs.attributes, theirs._integrity_data),
+                data)
+            self.assertEqual(list(ours.attributes), list(theirs.attributes))

@@ -138,6 +138,17 @@ class _AgentConnection(aioice.ice.Connection):
             candidates.append(self._host(protocol, index))
         return candidates
 
+    def _check_periodic(self) -> bool:
+        """aioice's Ta tick (RFC 8445 §6.1.4.2: start the next Waiting, else Frozen, pair), which
+        asks for another tick 20 ms later whenever it started one.  With no pair left Waiting or
+        Frozen and every remote candidate known, that tick has nothing to start (triggered checks
+        start on their own, RFC 8445 §7.3.1.4): connect() goes on to wait for the check list
+        instead of sleeping once more (a timer and a loop turn per call)."""
+        if not super()._check_periodic():
+            return False
+        return self._remote_candidates_expected() or any(
+            pair.state in _STARTABLE for pair in self._check_list)
+
     async def query_consent(self) -> None:
         # Replaced by the agent's ConsentFreshness (RFC 7675 timing from config, on the clock).
         return None
@@ -216,6 +227,10 @@ class _ClosedListener:
 
 
 _CLOSED_LISTENER: BackendListener = _ClosedListener()
+
+
+# The pair states aioice's Ta tick starts a check from.
+_STARTABLE = (aioice.ice.CandidatePair.State.WAITING, aioice.ice.CandidatePair.State.FROZEN)
 
 
 @functools.lru_cache(maxsize=1024)  # bounded: remote addresses come from peers

@@ -1,11 +1,14 @@
-"""aioice STUN messages to the wire in one pass: the same bytes as aioice, less work per message.
+"""aioice STUN messages to and from the wire in one pass: the same bytes and messages as aioice,
+less work per message.
 
 aioice signs a message (`Message.add_message_integrity`) by serialising it three times: once for
 the MESSAGE-INTEGRITY input, once for the FINGERPRINT input, and once more to send (``bytes()``),
 each time packing every attribute again (an ``ipaddress`` parse and a byte-by-byte XOR per
 XOR-MAPPED-ADDRESS).  `sign` packs the attributes once and derives all three from that: a full
 ICE session sends two signed messages (our check, our answer to the WIC's), and a loaded WIC's
-resent checks one more answer each.  Parsing and integrity checks of what arrives stay aioice's.
+resent checks one more answer each.  `parse` is aioice's `parse_message` with an IPv4
+XOR-MAPPED-ADDRESS (the answer to each of our checks) read without the byte loop and the
+``ipaddress`` object; integrity checks of what arrives stay aioice's.
 
 The message model stays aioice's `stun.Message`: `sign` leaves it exactly as
 `add_message_integrity` would (MESSAGE-INTEGRITY and FINGERPRINT last, `_integrity_data` set), so
@@ -35,6 +38,10 @@ _FINGERPRINT_ATTRIBUTE_LENGTH = 4 + 4  # RFC 5389 §15.5: CRC-32
 # transaction id) are XORed with (RFC 5389 §15.2), as aioice's ``xor_data`` lays it out.
 _XOR_PAD = (stun.COOKIE >> 16).to_bytes(2, "big") + stun.COOKIE.to_bytes(4, "big")
 _PADDING = (b"", b"\x00\x00\x00", b"\x00\x00", b"\x00")
+_PADDING_LENGTH = (0, 3, 2, 1)
+_METHODS = {method.value: method for method in stun.Method}
+_CLASSES = {kind.value: kind for kind in stun.Class}
+_XOR_PORT = stun.COOKIE >> 16
 
 
 @functools.lru_cache(maxsize=1024)  # bounded: the addresses are our peers'
@@ -106,3 +113,43 @@ def sign(message: stun.Message, key: bytes) -> bytes:
     attributes["FINGERPRINT"] = fingerprint
     message._integrity_data = integrity_data
     return header + signed_body + _FINGERPRINT_ATTRIBUTE.pack(_FINGERPRINT_TYPE, 4, fingerprint)
+
+
+def parse(data: bytes) -> stun.Message:
+    """``stun.parse_message(data)``: the same message, or the same ValueError (RFC 5389 §6, §15;
+    attributes after MESSAGE-INTEGRITY but FINGERPRINT are ignored, §15.4)."""
+    if len(data) < stun.HEADER_LENGTH:
+        raise ValueError("STUN message length is less than 20 bytes")
+    message_type, length, _, transaction_id = _HEADER.unpack_from(data)
+    if len(data) != stun.HEADER_LENGTH + length:
+        raise ValueError("STUN message length does not match")
+    attributes: dict[str, object] = {}
+    integrity_data = None
+    position = stun.HEADER_LENGTH
+    last = len(data) - 4
+    while position <= last:
+        attribute_type, attribute_length = _ATTRIBUTE_HEADER.unpack_from(data, position)
+        entry = stun.ATTRIBUTES_BY_TYPE.get(attribute_type)
+        if entry is not None:
+            name = entry[1]
+            if integrity_data is None or name == "FINGERPRINT":
+                value = data[position + 4:position + 4 + attribute_length]
+                if attribute_type == _XOR_MAPPED_ADDRESS_TYPE and len(value) == 8 and value[1] == stun.IPV4_PROTOCOL:
+                    xored = int.from_bytes(value[4:8], "big") ^ stun.COOKIE
+                    attributes[name] = (socket.inet_ntoa(xored.to_bytes(4, "big")), int.from_bytes(value[2:4], "big") ^ _XOR_PORT)
+                elif entry[3] is stun.unpack_xor_address:
+                    attributes[name] = entry[3](value, transaction_id=transaction_id)
+                else:
+                    attributes[name] = entry[3](value)
+                if name == "FINGERPRINT":
+                    if attributes[name] != stun.message_fingerprint(data[0:position]):
+                        raise ValueError("STUN message fingerprint does not match")
+                elif name == "MESSAGE-INTEGRITY":
+                    integrity_data = data[0:position]
+        position += 4 + attribute_length + _PADDING_LENGTH[attribute_length % 4]
+    method = _METHODS.get(message_type & 0x3EEF)
+    if method is None:
+        raise ValueError(f"{message_type & 0x3EEF} is not a valid Method")
+    message = stun.Message(method, _CLASSES[message_type & 0x0110], transaction_id, attributes)
+    message._integrity_data = integrity_data
+    return message
