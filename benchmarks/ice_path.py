@@ -5,7 +5,7 @@ nominated → closed.  The ICE share of a call alone, repeatable, for callgrind.
 Usage::
 
     .venv/bin/python benchmarks/ice_path.py [--sessions 200] [--peer wic|aioice]
-        [--resends 0] [--rto 0.05] [--hold 0.01] [--profile] [--top 25]
+        [--resends 0] [--rto 0.05] [--hold 0.05] [--profile] [--top 25]
 
 The eP-CSCF side is what a node runs per call: an ``IceAgent`` in full mode with a port pool and a
 ``SocketShelf`` (sockets parked between sessions, so a measured session takes a parked socket, as
@@ -219,7 +219,7 @@ def main() -> None:
     parser.add_argument("--resends", type=int, default=0, help="extra nominating checks per session (WIC peer)")
     parser.add_argument("--rto", type=float, default=0.05,
                         help="the WIC peer's first check timeout, s (RFC 8445 §14.3; longer under callgrind: no resend)")
-    parser.add_argument("--hold", type=float, default=0.01, help="s from the pair selected to the close (the BYE)")
+    parser.add_argument("--hold", type=float, default=0.05, help="s from the pair selected to the close (the BYE)")
     parser.add_argument("--profile", action="store_true", help="count Python function calls (cProfile)")
     parser.add_argument("--top", type=int, default=25)
     options = parser.parse_args()

@@ -250,7 +250,8 @@ class PacingTests(unittest.TestCase):
         self.addCleanup(lambda: generation)  # the connection refers to it weakly
         connection = generation.connection
         started: list[Any] = []
-        self.patch(connection, "check_start_task", lambda pair: (started.append(pair), setattr(pair, "state", aioice.ice.CandidatePair.State.IN_PROGRESS)))
+        # As aioice's: the pair gets its task, and stays Waiting until the task runs.
+        self.patch(connection, "check_start_task", lambda pair: (started.append(pair), setattr(pair, "task", "a task")))
         protocol = _StunSocket(connection, "127.0.0.1")
         for port, state in enumerate(states, 5000):
             pair = aioice.ice.CandidatePair(protocol, Candidate(foundation=str(port), component=1, transport="udp",

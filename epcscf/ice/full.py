@@ -146,8 +146,9 @@ class _AgentConnection(aioice.ice.Connection):
         instead of sleeping once more (a timer and a loop turn per call)."""
         if not super()._check_periodic():
             return False
+        # A pair just handed to `check_start_task` is still Waiting until its task runs.
         return self._remote_candidates_expected() or any(
-            pair.state in _STARTABLE for pair in self._check_list)
+            pair.state in _STARTABLE and pair.task is None for pair in self._check_list)
 
     async def query_consent(self) -> None:
         # Replaced by the agent's ConsentFreshness (RFC 7675 timing from config, on the clock).
