@@ -326,3 +326,75 @@ class ParseTests(unittest.TestCase):
                 (theirs.message_method, theirs.message_class, theirs.transaction_id, theirs.attributes, theirs._integrity_data),
                 data)
             self.assertEqual(list(ours.attributes), list(theirs.attributes))
+
+
+class RemoteCandidateTests(unittest.TestCase):
+    """`_AgentConnection.add_remote_now` against aioice's own `add_remote_candidate`."""
+
+    def setUp(self) -> None:
+        self.loop = asyncio_loop()
+
+    def connection(self) -> Any:
+        generation = FullGeneration(
+            IceAgentConfig(bind_addresses=("127.0.0.1",), mode="full"), CREDENTIALS, False, None, IceStats(), None,
+            on_selected=lambda *_: None, on_failed=lambda *_: None, on_data=lambda *_: None, on_consent=lambda *_: None)
+        self.addCleanup(lambda: generation)  # the connection refers to it weakly
+        protocol = _StunSocket(generation.connection, "127.0.0.1")
+        protocol.local_candidate = Candidate(foundation="1", component=1, transport="udp", priority=2130706431,
+                                             host="127.0.0.1", port=40000, type="host")
+        generation.connection._protocols.append(protocol)
+        return generation.connection
+
+    @staticmethod
+    def aioice_adds(connection: Any, candidate: Candidate | None) -> None:
+        adding = connection.add_remote_candidate(candidate)
+        try:
+            adding.send(None)
+        except StopIteration:
+            return
+        raise AssertionError("aioice waited")
+
+    @staticmethod
+    def state(connection: Any) -> tuple[Any, ...]:
+        return (
+            [(c.to_sdp(), c._network_host) for c in connection._remote_candidates],
+            [(p.local_addr, p.remote_addr, p.state) for p in connection._check_list],
+            connection._remote_candidates_end, connection._components,
+        )
+
+    def test_the_same_candidates_and_pairs_as_aioice(self) -> None:
+        def candidates() -> list[Candidate | None]:
+            return [Candidate.from_sdp(line) for line in (
+                "1 1 udp 2122260223 127.0.0.1 50000 typ host",
+                "2 1 udp 1686052607 127.0.0.2 50001 typ srflx raddr 127.0.0.1 rport 50000",
+                "3 1 udp 2122260223 127.0.0.1 50000 typ host",  # the same address again: ignored
+                "4 1 udp 2122262783 ::1 50002 typ host",  # no IPv6 local candidate: no pair
+            )] + [None]
+
+        ours, theirs = self.connection(), self.connection()
+        for mine, aioices in zip(candidates(), candidates()):
+            ours.add_remote_now(mine)
+            self.aioice_adds(theirs, aioices)
+            self.assertEqual(self.state(ours), self.state(theirs))
+        with self.assertRaises(ValueError):
+            ours.add_remote_now(None)
+        with self.assertRaises(ValueError):
+            self.aioice_adds(theirs, None)
+
+    def test_a_peer_reflexive_candidate_signalled_later_is_updated_as_aioice_does(self) -> None:
+        line = "7 1 udp 2122260223 127.0.0.1 50000 typ host"
+        ours, theirs = self.connection(), self.connection()
+        for connection in (ours, theirs):
+            connection._remote_candidates.append(Candidate(foundation="x", component=1, transport="udp", priority=5,
+                                                           host="127.0.0.1", port=50000, type="prflx"))
+            connection._remote_candidates[0]._network_host = "127.0.0.1"
+        ours.add_remote_now(Candidate.from_sdp(line))
+        self.aioice_adds(theirs, Candidate.from_sdp(line))
+        self.assertEqual(self.state(ours), self.state(theirs))
+        self.assertEqual(ours._remote_candidates[0].type, "host")
+
+    def test_a_closing_connection_takes_no_candidate(self) -> None:
+        connection = self.connection()
+        connection._closing = True
+        connection.add_remote_now(Candidate.from_sdp("1 1 udp 2122260223 127.0.0.1 50000 typ host"))
+        self.assertEqual(connection._remote_candidates, [])

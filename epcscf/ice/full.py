@@ -32,7 +32,7 @@ import functools
 import ipaddress
 import weakref
 from collections import OrderedDict
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable
 from typing import Any
 
 import aioice.ice
@@ -150,6 +150,21 @@ class _AgentConnection(aioice.ice.Connection):
         return self._remote_candidates_expected() or any(
             pair.state in _STARTABLE and pair.task is None for pair in self._check_list)
 
+    def add_remote_now(self, candidate: Candidate | None) -> None:
+        """aioice's `add_remote_candidate` for an address or end-of-candidates, which has
+        nothing to wait for (only an mDNS name is resolved), run as a plain call and without
+        aioice's copy of the candidate: ours was parsed from the WIC's SDP for this agent alone."""
+        if self._remote_candidates_end:
+            raise ValueError("Cannot add remote candidate after end-of-candidates.")
+        if self._closing:
+            return
+        if candidate is None:
+            self._remote_candidates_end = True
+            if not self._remote_candidates_resolving:
+                self._end_remote_candidates()
+            return
+        self._add_remote_candidate(candidate, candidate.host)
+
     async def query_consent(self) -> None:
         # Replaced by the agent's ConsentFreshness (RFC 7675 timing from config, on the clock).
         return None
@@ -247,16 +262,6 @@ def _can_pair(local: Candidate, remote: Candidate) -> bool:
             and _ip_version(local._network_host) == _ip_version(remote._network_host))
 
 
-def _run_without_waiting(coroutine: Coroutine[Any, Any, None]) -> None:
-    """Run a coroutine that never awaits to its end, here and now."""
-    try:
-        coroutine.send(None)
-    except StopIteration:
-        return
-    coroutine.close()
-    raise RuntimeError("a coroutine expected to finish without waiting waited")
-
-
 class _ConsentTransaction:
     """Stands in an aioice `StunProtocol.transactions` slot for one consent check (no retransmission)."""
 
@@ -351,13 +356,11 @@ class FullGeneration:
                 log.info("ICE: remote candidate {candidate} ignored: more than {limit} pairs", candidate=candidate.to_sdp(), limit=self.config.max_pairs)
                 return
             self._remote_count += 1
-        adding = self.connection.add_remote_candidate(candidate)
         if candidate is None or not mdns.is_mdns_hostname(candidate.host):
-            # An address, or end-of-candidates: aioice adds it without waiting (only an mDNS
-            # name is resolved), so it runs here rather than as one asyncio task per candidate.
-            _run_without_waiting(adding)
+            # An address, or end-of-candidates: nothing to wait for, so no task per candidate.
+            self.connection.add_remote_now(candidate)
         else:
-            self._spawn(adding)
+            self._spawn(self.connection.add_remote_candidate(candidate))
 
     def begin_checks(self) -> None:
         if self._connect_task is None and self.remote is not None and self._gathered and not self._closing:
