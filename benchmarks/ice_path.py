@@ -89,17 +89,17 @@ class WicPeer:
     def credentials(self) -> tuple[str, str, str]:
         return self.ice.ufrag, self.ice.pwd, f"1 1 udp 2122260223 {LOCAL} {self.ice.port} typ host"
 
-    async def _reset(self) -> None:
-        self.ice.reset()
-
     def begin(self) -> None:
-        self.run_here(self._reset())
+        pass  # the same socket and credentials every session: reset on the WIC's loop after each
 
     async def _connect(self, host: str, port: int, ufrag: str, pwd: str, resends: int) -> None:
-        await self.ice.nominate((host, port), ufrag, pwd, 5.0, self.rto)
-        await asyncio.wait_for(self.ice.checked_by_peer.wait(), 5.0)
-        for _ in range(resends):
+        try:
             await self.ice.nominate((host, port), ufrag, pwd, 5.0, self.rto)
+            await asyncio.wait_for(self.ice.checked_by_peer.wait(), 5.0)
+            for _ in range(resends):
+                await self.ice.nominate((host, port), ufrag, pwd, 5.0, self.rto)
+        finally:
+            self.ice.reset()  # for the next session (whose check may come before its connect)
 
     def connect(self, host: str, port: int, ufrag: str, pwd: str, resends: int) -> defer.Deferred:
         future = asyncio.run_coroutine_threadsafe(self._connect(host, port, ufrag, pwd, resends), self.loop)

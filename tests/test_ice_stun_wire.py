@@ -326,6 +326,8 @@ class ParseTests(unittest.TestCase):
                 (theirs.message_method, theirs.message_class, theirs.transaction_id, theirs.attributes, theirs._integrity_data),
                 data)
             self.assertEqual(list(ours.attributes), list(theirs.attributes))
+            for key in (KEY, b"another key", b""):
+                self.assertEqual(ours.check_message_integrity(key), theirs.check_message_integrity(key), data)
 
 
 class RemoteCandidateTests(unittest.TestCase):
