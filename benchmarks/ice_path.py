@@ -77,14 +77,8 @@ class WicPeer:
     def __init__(self, loop: asyncio.AbstractEventLoop, rto: float) -> None:
         self.loop = loop
         self.rto = rto
-        self.ice: IceSocket = self.run_here(self._bind())
-
-    async def _bind(self) -> IceSocket:
-        _, ice = await asyncio.get_running_loop().create_datagram_endpoint(IceSocket, local_addr=(LOCAL, 0))
-        return ice
-
-    def run_here(self, coroutine: Any) -> Any:
-        return asyncio.run_coroutine_threadsafe(coroutine, self.loop).result()
+        binding = loop.create_datagram_endpoint(IceSocket, local_addr=(LOCAL, 0))
+        self.ice: IceSocket = asyncio.run_coroutine_threadsafe(binding, loop).result()[1]
 
     def credentials(self) -> tuple[str, str, str]:
         return self.ice.ufrag, self.ice.pwd, f"1 1 udp 2122260223 {LOCAL} {self.ice.port} typ host"
