@@ -40,7 +40,6 @@ import asyncio
 import cProfile
 import os
 import pstats
-import re
 import sys
 import threading
 import time
@@ -51,8 +50,8 @@ from twisted.internet import asyncioreactor
 asyncioreactor.install(asyncio.new_event_loop())
 
 from twisted.internet import defer, reactor  # noqa: E402
+from twisted.internet import task  # noqa: E402
 from twisted.internet.task import deferLater  # noqa: E402
-from twisted.python.failure import Failure  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -68,7 +67,6 @@ from epcscf.sip.timers import TimerQueue  # noqa: E402
 
 LOCAL = "127.0.0.1"
 PORTS = (44000, 45999)
-_LIBRARY_PREFIX = re.compile(r"^.*/(site-packages|lib/python3\.\d+)/")
 
 
 class WicPeer:
@@ -197,10 +195,8 @@ async def run(sessions: int, peer_kind: str, resends: int, profile: bool, top: i
     if profiler is not None:
         stats = pstats.Stats(profiler)
         total = sum(entry[1] for entry in stats.stats.values())  # type: ignore[attr-defined]
-        print(f"{total / sessions:.0f} Python function calls per session")
-        rows = sorted(stats.stats.items(), key=lambda item: -item[1][1])[:top]  # type: ignore[attr-defined]
-        for (path, line, name), (_cc, ncalls, _tt, _ct, _callers) in rows:
-            print(f"  {ncalls / sessions:7.1f}  {_LIBRARY_PREFIX.sub('', path)}:{line} {name}")
+        print(f"{total / sessions:.0f} Python function calls per session; the top by calls ({sessions} sessions):")
+        stats.strip_dirs().sort_stats("ncalls").print_stats(top)
         if os.environ.get("ICE_PATH_PSTATS"):
             stats.dump_stats(os.environ["ICE_PATH_PSTATS"])
     peer.close()
@@ -221,19 +217,10 @@ def main() -> None:
     parser.add_argument("--profile", action="store_true", help="count Python function calls (cProfile)")
     parser.add_argument("--top", type=int, default=25)
     options = parser.parse_args()
-    failure: list[BaseException] = []
-
-    def done(result: object) -> None:
-        if isinstance(result, Failure):
-            failure.append(result.value)
-            print(result.getTraceback(), file=sys.stderr)
-        reactor.stop()
-
     sessions = run(options.sessions, options.peer, options.resends, options.profile, options.top, options.rto, options.hold)
-    reactor.callWhenRunning(reactor.callLater, 0, lambda: defer.Deferred.fromCoroutine(sessions).addBoth(done))
-    reactor.run()
-    sys.exit(1 if failure else 0)
-
+    # task.react runs the reactor until the Deferred fires, and exits non-zero (traceback logged) if it
+    # failed; the sessions start once the reactor runs (asyncio code needs its running loop).
+    task.react(lambda _: deferLater(reactor, 0, defer.Deferred.fromCoroutine, sessions))
 
 if __name__ == "__main__":
     main()
