@@ -1,6 +1,7 @@
 """The edge under fuzz for ``benchmarks/fuzz.py``: the ``twistd epcscf`` process it starts (ini,
-RSS, fds, live counts from ``/metrics``), the sipp UAS, and the reading of the edge's log
-into traceback families."""
+RSS, fds, live counts from ``/metrics``), the core it forwards to when that is not embedded
+(``start_core``: the embedded core in its own ``twistd``, or Kamailio), the sipp UAS, and the
+reading of the edge's log into traceback families."""
 
 from __future__ import annotations
 
@@ -44,6 +45,12 @@ class Edge:
     console_port: int = 0
     console_password: str = ""
     trace_frames: int = 0
+    #: the deployed shapes: an external core (``[core] mode = external``; None: embedded in the
+    #: edge's process) and ``[service] workers`` (worker i listens on the SIP ports + i)
+    core_next_hop: str | None = None
+    workers: int = 1
+    #: more ini lines by section (``fuzz.py --edge-option``), for experiments only
+    extra: dict[str, list[str]] = field(default_factory=dict)
 
     @property
     def log_path(self) -> str:
@@ -54,11 +61,16 @@ class Edge:
         with open(users_file, "w") as handle:
             handle.write("".join(f"{user}:{password}\n" for user, password in users.items()))
         ini = os.path.join(self.directory, "fuzz.ini")
+        if self.core_next_hop:
+            core = f"mode = external\nnext_hop = {self.core_next_hop}\ndomain = {DOMAIN}"
+        else:
+            core = f"mode = embedded\ndomain = {DOMAIN}\nlisten = udp:127.0.0.1:{self.core}\nusers = {users_file}"
+        workers = f"workers = {self.workers}\nws_socket_sharing = reuseport\n" if self.workers > 1 else ""
         with open(ini, "w") as handle:
             handle.write(f"""\
 [service]
 state_dir = {self.directory}/var
-[sip]
+{workers}[sip]
 listen = udp:127.0.0.1:{self.udp}, tcp:127.0.0.1:{self.tcp}
 max_message_size = {MAX_MESSAGE_SIZE}
 [ws]
@@ -66,10 +78,7 @@ listen = ws:127.0.0.1:{self.ws}
 allow_missing_origin = true
 max_message_size = {MAX_MESSAGE_SIZE}
 [core]
-mode = embedded
-domain = {DOMAIN}
-listen = udp:127.0.0.1:{self.core}
-users = {users_file}
+{core}
 [media]
 port_range = 30000-39999
 [metrics]
@@ -79,6 +88,15 @@ port = {self.metrics}
 [log]
 level = warn
 """)
+        if self.extra:
+            with open(ini) as handle:
+                text = handle.read()
+            for section, lines in self.extra.items():
+                added = "".join(line + "\n" for line in lines)
+                header = f"[{section}]\n"
+                text = text.replace(header, header + added, 1) if header in text else text + header + added
+            with open(ini, "w") as handle:
+                handle.write(text)
         env = dict(os.environ, PYTHONPATH=TOP + os.pathsep + os.environ.get("PYTHONPATH", ""))
         if self.trace_frames:
             env["PYTHONTRACEMALLOC"] = str(self.trace_frames)
@@ -94,11 +112,31 @@ level = warn
             with socket.socket() as probe:
                 if probe.connect_ex(("127.0.0.1", self.ws)) == 0 and probe.close() is None:
                     with socket.socket() as second:
-                        if second.connect_ex(("127.0.0.1", self.metrics)) == 0:
+                        if second.connect_ex(("127.0.0.1", self.metrics)) == 0 and self._workers_ready():
                             return
             if time.monotonic() > deadline:
                 raise RuntimeError(f"epcscf did not start listening; see {self.log_path}")
             time.sleep(0.1)
+
+    def _workers_ready(self) -> bool:
+        """With workers: every one of them reported running to the supervisor's /metrics."""
+        if self.workers == 1:
+            return True
+        with urllib.request.urlopen(f"http://127.0.0.1:{self.metrics}/metrics", timeout=10) as response:
+            found = re.search(r'^epcscf_workers_running\{worker="supervisor"\} (\S+)$', response.read().decode(), re.MULTILINE)
+        return found is not None and int(float(found.group(1))) >= self.workers
+
+    def worker_pids(self) -> list[int]:
+        """The processes that hold the edge's state: itself, or with workers the supervisor's children."""
+        if self.workers == 1:
+            return [self.process.pid]
+        with open(f"/proc/{self.process.pid}/task/{self.process.pid}/children") as children:
+            return sorted(int(pid) for pid in children.read().split())
+
+    def sip_ports(self, transport: str) -> list[int]:
+        """The core-facing SIP port of each worker (``epcscf.workers.plan``: the configured port + index)."""
+        port = self.udp if transport == "udp" else self.tcp
+        return [port + index for index in range(self.workers)]
 
     def enable_console(self) -> None:
         """An SSH console for ``probe`` (the soak's counts by class, tracemalloc snapshots)."""
@@ -158,11 +196,11 @@ level = warn
         return found
 
     def rss_kib(self) -> int:
-        with open(f"/proc/{self.process.pid}/status") as status:
-            return next(int(line.split()[1]) for line in status if line.startswith("VmRSS:"))
+        """VmRSS of the edge's state: the process, or the workers summed (the supervisor apart)."""
+        return sum(rss_kib_of(pid) for pid in self.worker_pids())
 
     def fds(self) -> int:
-        return len(os.listdir(f"/proc/{self.process.pid}/fd"))
+        return sum(len(os.listdir(f"/proc/{pid}/fd")) for pid in self.worker_pids())
 
     def gauges(self) -> dict[str, float]:
         """The live counts the edge exports (summed over labels), from one scrape."""
@@ -183,7 +221,13 @@ level = warn
             gauges = self.gauges()
         except OSError as error:
             gauges = {"scrape failed": str(error)}
-        return {"rss_kib": self.rss_kib(), "fds": self.fds(), "cpu": cpu_seconds(self.process.pid), "gauges": gauges}
+        pids = self.worker_pids()
+        found = {"rss_kib": sum(rss_kib_of(pid) for pid in pids), "fds": self.fds(), "gauges": gauges,
+                 "cpu": sum(cpu_seconds(pid) for pid in {self.process.pid, *pids})}
+        if self.workers > 1:
+            found["rss_kib by worker"] = [rss_kib_of(pid) for pid in pids]
+            found["supervisor rss_kib"] = rss_kib_of(self.process.pid)
+        return found
 
     def stop(self) -> None:
         if self.process is not None and self.process.poll() is None:
@@ -193,6 +237,56 @@ level = warn
             except subprocess.TimeoutExpired:
                 self.process.kill()
                 self.process.wait(5)
+
+
+def rss_kib_of(pid: int) -> int:
+    with open(f"/proc/{pid}/status") as status:
+        return next(int(line.split()[1]) for line in status if line.startswith("VmRSS:"))
+
+
+# --- the core, when it is not embedded in the edge's process ----------------------------------
+
+
+@dataclass
+class Core:
+    """A core in processes of its own: where the edge sends, its RSS, how to stop it."""
+
+    kind: str
+    next_hop: str
+    pids: Any  # () -> list[int]
+    stop: Any  # () -> None
+
+    def rss_kib(self) -> int:
+        total = 0
+        for pid in self.pids():
+            try:
+                total += rss_kib_of(pid)
+            except (OSError, StopIteration):
+                continue  # gone meanwhile
+        return total
+
+
+def start_core(kind: str, directory: str, users: dict[str, str], uas_port: int) -> Core:
+    """``separate``: epcscf's embedded core in its own ``twistd`` (as ``calls.py --separate-core``);
+    ``kamailio``: the interop tests' Kamailio (``_call_cores``: registrar with Path, no
+    authentication, calls to ``uas*`` relayed to the sipp UAS at ``uas_port``)."""
+    if kind == "kamailio":
+        from _call_cores import KAMAILIO_CHILDREN, group_pids
+        from tests.support.kamailio import start_kamailio
+
+        kamailio = start_kamailio(f"sip:127.0.0.1:{uas_port}", defines=("QUIET",), children=KAMAILIO_CHILDREN, shared_mb=256)
+        return Core(kind, kamailio.next_hop, lambda: group_pids(kamailio.process.pid), kamailio.stop)
+    from w2_register import Deployment, EpcscfProcess
+
+    own = os.path.join(directory, "core")  # its users file, certificate and log apart from the edge's
+    os.makedirs(own, exist_ok=True)
+    process = EpcscfProcess(Deployment(own, sorted(users.items()), "warn"), "core")
+    try:
+        process.wait_listening()
+    except BaseException:
+        process.stop()
+        raise
+    return Core(kind, f"sip:127.0.0.1:{process.core_port};transport=udp", process.pids, process.stop)
 
 
 def start_sipp(directory: str, seconds: float) -> tuple[subprocess.Popen, int]:

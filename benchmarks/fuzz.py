@@ -4,6 +4,7 @@ Usage::
 
     .venv/bin/python benchmarks/fuzz.py [--messages 1000000] [--seconds 1800] [--rate 3000]
                                         [--settle 60[,140]] [--pool 20000] [--seed 1] [--keep]
+                                        [--core embedded|separate|kamailio] [--epcscf-workers 1]
 
 What it does, all on 127.0.0.1:
 
@@ -23,6 +24,14 @@ What it does, all on 127.0.0.1:
    ``--settle`` seconds after (several moments: ``--settle 60,140``), the edge's own live
    counts from ``/metrics`` at those moments, and the tracebacks / "Unhandled error" /
    critical lines of the edge's log, grouped into families with the first lines of each.
+
+The deployed shapes (issue 14; default: one process holding the edge and the embedded core):
+``--core separate`` runs the embedded core in its own ``twistd`` and ``--core kamailio`` the
+interop tests' Kamailio, the edge using either as ``[core] mode = external``; ``--epcscf-workers N``
+runs the edge as ``[service] workers = N`` (WebSocket port shared, each worker's core-facing SIP
+ports at the configured port + its index, the UDP and TCP mutants spread over them). RSS, fds and
+CPU are then the workers' (summed, and RSS by worker; the supervisor's apart), the core's RSS
+apart. ``--probe`` reads one process's objects through its console, so not with workers.
 
 Bounded by ``--messages`` and ``--seconds``; stops everything it started on exit (``--keep``
 keeps the run directory and the log).  The exit status is 0 whatever was found (this is a
@@ -53,7 +62,7 @@ sys.path.insert(0, HERE)
 sys.path.insert(0, TOP)
 
 from _fuzz_corpus import SERIAL, build_pool, core_seeds, wic_seeds  # noqa: E402
-from _fuzz_edge import MAX_MESSAGE_SIZE, Edge, log_findings, start_sipp  # noqa: E402
+from _fuzz_edge import MAX_MESSAGE_SIZE, Core, Edge, log_findings, start_core, start_sipp  # noqa: E402
 from _load import OPCODE_BINARY, OPCODE_TEXT, RegistrationFailed, Wic, WsSipFlow, client_frame, raise_open_files_limit  # noqa: E402
 from w2_register import DOMAIN  # noqa: E402
 
@@ -233,7 +242,8 @@ class Runner:
 
     async def open_tcp(self, index: int | None = None) -> None:
         loop = asyncio.get_running_loop()
-        _, protocol = await loop.create_connection(lambda: Stream(self.tally), "127.0.0.1", self.edge.tcp)
+        port = self.edge.sip_ports("tcp")[self.worker_of(len(self.tcp) if index is None else index)]
+        _, protocol = await loop.create_connection(lambda: Stream(self.tally), "127.0.0.1", port)
         if index is None:
             self.tcp.append(protocol)
         else:
@@ -389,17 +399,32 @@ class Runner:
         await asyncio.sleep(0.2)
         return elapsed
 
+    def worker_of(self, index: int) -> int:
+        """The worker the UDP socket or TCP connection ``index`` talks to."""
+        return index % self.edge.workers
+
+    def for_worker(self, message: bytes, index: int) -> bytes:
+        """A core-side mutant addressed to the worker it goes to: the pools are built once with
+        worker 0's ports (the same mutants whatever the shape), worker i's are those + i."""
+        worker = self.worker_of(index)
+        if worker == 0:
+            return message
+        for port in (self.edge.udp, self.edge.tcp):
+            message = message.replace(b":%d" % port, b":%d" % (port + worker))
+        return message
+
     def _send(self, kind: str, template: bytes, number: int) -> bool:
         """One mutant on ``kind``; False when it could not be sent (reconnecting, edge not reading)."""
         tally = self.tally
         if kind == "udp":
             message = self.fill(template, b"fuzz1")
-            target = self.udp[number % UDP_SOCKETS]
+            index = number % UDP_SOCKETS
+            target = self.udp[index]
             if target.transport.get_write_buffer_size() > WRITE_BUFFER_LIMIT:
                 tally.sent["udp (not sent: socket buffer full)"] += 1
                 return False
             message = message.replace(b"@PORT@", b"%d" % target.transport.get_extra_info("sockname")[1])
-            target.transport.sendto(message, ("127.0.0.1", self.edge.udp))
+            target.transport.sendto(self.for_worker(message, index), ("127.0.0.1", self.edge.sip_ports("udp")[self.worker_of(index)]))
         elif kind == "tcp":
             index = number % TCP_CONNECTIONS
             stream = self.tcp[index]
@@ -423,7 +448,7 @@ class Runner:
             if stream.transport.get_write_buffer_size() > WRITE_BUFFER_LIMIT:
                 tally.sent["tcp (not sent: edge not reading)"] += 1
                 return False
-            stream.transport.write(self.fill(template, b"fuzz1"))
+            stream.transport.write(self.for_worker(self.fill(template, b"fuzz1"), index))
         else:
             self.ws_sent += 1
             flow = None
@@ -487,7 +512,14 @@ def print_report(options: argparse.Namespace, tally: Tally, elapsed: float, pool
           f"({1e6 * generator_cpu / max(sent, 1):.0f} µs/message) plus {pool_cpu:.1f} s building the pool")
     names = sorted({key for snapshot in snapshots.values() for key in snapshot["gauges"]})
     print(f"  {'edge':<40}" + "".join(f"{moment:>14}" for moment in snapshots))
-    print(f"  {'RSS (MiB)':<40}" + "".join(f"{s['rss_kib'] / 1024:>14.1f}" for s in snapshots.values()))
+    first = next(iter(snapshots.values()))
+    print(f"  {'RSS (MiB)' + (', workers summed' if 'rss_kib by worker' in first else ''):<40}"
+          + "".join(f"{s['rss_kib'] / 1024:>14.1f}" for s in snapshots.values()))
+    for index in range(len(first.get("rss_kib by worker", []))):
+        print(f"  {f'  RSS worker {index} (MiB)':<40}" + "".join(f"{s['rss_kib by worker'][index] / 1024:>14.1f}" for s in snapshots.values()))
+    for key, label in (("supervisor rss_kib", "RSS supervisor (MiB)"), ("core rss_kib", "RSS core, its own processes (MiB)")):
+        if key in first:
+            print(f"  {label:<40}" + "".join(f"{s[key] / 1024:>14.1f}" for s in snapshots.values()))
     print(f"  {'open fds (/proc)':<40}" + "".join(f"{s['fds']:>14}" for s in snapshots.values()))
     for name in names:
         print(f"  {name:<40}" + "".join(f"{str(s['gauges'].get(name, '-')).removesuffix('.0'):>14}" for s in snapshots.values()))
@@ -518,11 +550,23 @@ def main(argv: list[str] | None = None) -> int:
                         help="what the cyclic collector did during the traffic (benchmarks/_cycle_probe.py): 'watch' "
                         "(collections, objects freed, time in them), 'types' (and what it freed by type, by a saving "
                         "collection every second; with --tracemalloc by site)")
+    parser.add_argument("--core", choices=("embedded", "separate", "kamailio"), default="embedded",
+                        help="embedded: in the edge's process; separate: epcscf's embedded core in its own twistd; "
+                        "kamailio: the interop tests' Kamailio (both: the edge's [core] mode = external, as deployed)")
+    parser.add_argument("--epcscf-workers", type=int, default=1, help="the edge's [service] workers")
+    parser.add_argument("--edge-option", action="append", default=[], metavar="SECTION.KEY=VALUE",
+                        help="an experiment's setting in the edge's ini (e.g. sip.wic_t1=0.05); repeatable")
     options = parser.parse_args(argv)
+    if options.epcscf_workers > 1 and (options.probe or options.cycles):
+        parser.error("--probe and --cycles read one process through its console: not with --epcscf-workers > 1")
     raise_open_files_limit(4096)
     directory = tempfile.mkdtemp(prefix="epcscf-fuzz-")
     users = {f"fuzz{i}": f"fuzz-secret-{i}" for i in range(1, REGISTERED_WICS + 1)} | {"bob": "bob-secret"}
-    edge = Edge(directory)
+    edge = Edge(directory, workers=options.epcscf_workers)
+    for setting in options.edge_option:
+        name, _, value = setting.partition("=")
+        section, _, key = name.partition(".")
+        edge.extra.setdefault(section, []).append(f"{key} = {value}")
     if options.probe or options.cycles:
         edge.enable_console()
     if options.probe:
@@ -543,12 +587,25 @@ def main(argv: list[str] | None = None) -> int:
             print(f"whole calls {moment}: {json.dumps(referrers)}", file=sys.stderr)
 
     sipp: subprocess.Popen | None = None
+    core: Core | None = None
+
+    def snapshot() -> dict[str, Any]:
+        found = edge.snapshot()
+        if core is not None:
+            found["core rss_kib"] = core.rss_kib()
+        return found
+
     try:
-        edge.start(users)
         settles = [float(text) for text in options.settle.split(",")]
         sipp, sipp_port = start_sipp(directory, options.seconds + max(settles) + 120)
+        if options.core != "embedded":
+            core = start_core(options.core, directory, users, sipp_port)
+            edge.core_next_hop = core.next_hop
+        edge.start(users)
+        print(f"shape: core {options.core}" + (f" ({core.next_hop})" if core else " (in the edge's process)")
+              + f", edge workers {options.epcscf_workers}", file=sys.stderr)
         pool_started = time.process_time()
-        core = core_seeds()
+        core_side = core_seeds()
         static = {b"@SIPP@": b"%d" % sipp_port, b"@EDGE@": b"%d" % edge.udp, b"@EDGEUDP@": b"%d" % edge.udp}
 
         def fixed(seeds: dict[str, bytes], extra: dict[bytes, bytes]) -> dict[str, bytes]:
@@ -560,15 +617,15 @@ def main(argv: list[str] | None = None) -> int:
             return out
 
         pools = {
-            "udp": build_pool(fixed(core, {b"@TRANSPORT@": b"UDP"}), options.pool, options.seed, 65000),  # one datagram
-            "tcp": build_pool(fixed(core, {b"@TRANSPORT@": b"TCP", b"@EDGE@": b"%d" % edge.tcp, b"@PORT@": b"9"}),
+            "udp": build_pool(fixed(core_side, {b"@TRANSPORT@": b"UDP"}), options.pool, options.seed, 65000),  # one datagram
+            "tcp": build_pool(fixed(core_side, {b"@TRANSPORT@": b"TCP", b"@EDGE@": b"%d" % edge.tcp, b"@PORT@": b"9"}),
                               options.pool, options.seed + 1, 2 * MAX_MESSAGE_SIZE),
             # Kept under [ws] max_message_size: a frame over it is a 1009 close (sent on purpose every 5,000).
             "ws": build_pool(fixed(wic_seeds(), {}), options.pool, options.seed + 2, MAX_MESSAGE_SIZE - 1024),
         }
         pool_cpu = time.process_time() - pool_started
         time.sleep(1)
-        snapshots = {"before": edge.snapshot()}
+        snapshots = {"before": snapshot()}
         probe("before")
         if options.cycles:
             edge._run_probe("_cycle_probe.py", {"CYCLE_PROBE": "start", "CYCLE_SAMPLE": options.cycles == "types",
@@ -577,7 +634,7 @@ def main(argv: list[str] | None = None) -> int:
         generator_started = time.process_time()
         elapsed = asyncio.run(runner.run(pools, fixed(wic_seeds(), {})))
         generator_cpu = time.process_time() - generator_started
-        snapshots["after"] = edge.snapshot()
+        snapshots["after"] = snapshot()
         stopped = time.monotonic()
         if options.cycles:
             print_cycles(edge._run_probe("_cycle_probe.py", {"CYCLE_PROBE": "read"}, "CYCLE-PROBE"), runner.tally)
@@ -585,7 +642,7 @@ def main(argv: list[str] | None = None) -> int:
         for settle in sorted(float(text) for text in options.settle.split(",")):
             print(f"(settling until {settle:g} s after the traffic)", file=sys.stderr)
             time.sleep(max(0.0, stopped + settle - time.monotonic()))
-            snapshots[f"after {settle:g} s"] = edge.snapshot()
+            snapshots[f"after {settle:g} s"] = snapshot()
             probe(f"after {settle:g} s")
         if edge.process.poll() is not None:
             print(f"epcscf EXITED with {edge.process.returncode} during the run")
@@ -605,6 +662,8 @@ def main(argv: list[str] | None = None) -> int:
             sipp.kill()
             sipp.wait(5)
         edge.stop()
+        if core is not None:
+            core.stop()
         if not options.keep:
             shutil.rmtree(directory, ignore_errors=True)
     return 0
