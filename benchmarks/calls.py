@@ -46,7 +46,8 @@ its own process (as ``--separate-core``); the WICs per worker are read from the 
 one deployment after the other in the same invocation and prints the ratio of calls/s.
 
 ``--counts`` prints, per worker, what the edge received, sent, absorbed and sent on unparsed in the
-timed phase, its STUN and its collector passes (``benchmarks/edge_counts``), and sipp's message counts; the
+timed phase, its STUN, its collector passes with their pauses, its event loop's turns and lag with the longest
+turns by name (``benchmarks/edge_counts``; ``EDGE_COUNTS_TYPES=1``: the young survivors by type), and sipp's message counts; the
 Node generator always prints its retransmissions and event-loop delay.  ``--edge-tree DIR`` runs another
 checkout's edge with this harness (paired runs where only the edge differs).
 
@@ -208,7 +209,8 @@ class Counters:
         time.sleep(1.1)  # sipp writes its counts once a second
         edge_after, sipp_after = self.snapshot()
         edge_before, sipp_before = before
-        figures.edge_counts = [{key: value - old.get(key, 0) for key, value in new.items() if value != old.get(key, 0)}
+        figures.edge_counts = [{key: value if key.endswith("(max)") else value - old.get(key, 0)
+                                for key, value in new.items() if value != old.get(key, 0)}
                                for old, new in zip(edge_before, edge_after)]
         figures.sipp_counts = {key: value - sipp_before.get(key, 0) for key, value in sipp_after.items()
                                if value != sipp_before.get(key, 0)}
@@ -441,6 +443,18 @@ def run_engine(options: argparse.Namespace, engine: str, workers: int) -> Figure
     return figures
 
 
+def histogram_order(key: str) -> tuple[str, float, str]:
+    """Sort key of an edge count: a histogram's buckets ("… <=20 ms", "… >500 ms") by their bound."""
+    for marker, offset in (("<=", 0.0), (">", 0.5)):
+        head, found, tail = key.rpartition(f" {marker}")
+        if found and tail.endswith(" ms"):
+            try:
+                return head, float(tail[:-3]) + offset, ""
+            except ValueError:
+                break
+    return key, 0.0, key
+
+
 def report(options: argparse.Namespace, engine: str, ims: _call_cores.Ims, f: Figures) -> None:
     failure_ratio = f.failed / f.offered if f.offered else 1.0
     if options.edge_tree:
@@ -471,8 +485,14 @@ def report(options: argparse.Namespace, engine: str, ims: _call_cores.Ims, f: Fi
         print(f"  sipp (UAS/core) message counts, timed phase ±1 s: {json.dumps(f.sipp_counts)}")
     for index, counts in enumerate(f.edge_counts):
         print(f"  edge worker {index} counts:")
-        for key, value in sorted(counts.items()):
-            print(f"    {key}: {value:g}" + (f" ({value / f.completed:.3f}/call)" if f.completed and not key.startswith("gc") else ""))
+        long_turns = sorted(((value, key) for key, value in counts.items() if key.startswith("long turn")), reverse=True)
+        for key, value in sorted(counts.items(), key=lambda item: histogram_order(item[0])):
+            if key.startswith("long turn"):
+                continue
+            per_call = f.completed and not key.startswith(("gc", "loop"))
+            print(f"    {key}: {value:g}" + (f" ({value / f.completed:.3f}/call)" if per_call else ""))
+        for value, key in long_turns[:12]:
+            print(f"    {value:7.1f} ms  {key.split(': ', 1)[1]}")
     for text, count in sorted(f.failures.items(), key=lambda item: -item[1])[:6]:
         examples = f.failure_calls.get(text)
         print(f"    {count} × {text}" + (f" (e.g. Call-ID {', '.join(examples)})" if examples else ""))

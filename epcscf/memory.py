@@ -20,12 +20,17 @@ import gc
 from twisted.internet.interfaces import IReactorCore
 
 #: young, middle and old generation: a young collection every 10,000 net allocations (~2 MiB of
-#: garbage in cycles at most), a middle one every 10 of those, a full one every 10 middle ones --
-#: and only when a quarter of what the last full one kept is new (Python's own rule), so its
-#: cost stays in proportion.  What outlived a young and a middle collection (a call with its SDP
-#: and ICE agent, a TCP connection) and then died waits for a full one: 46 MiB of such garbage
-#: at the end of a 1,000,000-message burst with a factor of 100 there, 18 MiB with 10 (4 at 200,000).
-COLLECTOR_THRESHOLDS = (10_000, 10, 10)
+#: garbage in cycles at most), a middle one every 10 of those, a full one every 100 middle ones --
+#: and only when a quarter of what the last full one kept is new (Python's own rule).
+#: A full collection traverses every object not frozen (the registrations, the calls in progress,
+#: the ended calls kept for operations, lingering transactions): at 400 calls/s with 2 workers it
+#: took 115-155 ms of CPU in one pause, against 7-10 ms for a young one (docs/performance.md, "400
+#: calls/s in every run").  With a factor of 10 it came every ~45 s of such traffic in each worker,
+#: so in about one 10 s run in two; with 100, every ~7 minutes.  The factor of 10 was set while a
+#: call, a closed connection and a bad message each left cycles that outlived a middle collection
+#: (46 MiB of such garbage at the end of a 1,000,000-message burst with 100, 18 MiB with 10); they
+#: no longer do (1,557 objects, 0.3 MiB, at the end of that burst: "Reference cycles at their source").
+COLLECTOR_THRESHOLDS = (10_000, 10, 100)
 
 
 def tune_collector(reactor: IReactorCore) -> None:

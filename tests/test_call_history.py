@@ -3,9 +3,12 @@ record that the console, ``/metrics`` and a stray 2xx read as they read the call
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import enum
 import gc
+import json
+import marshal
 import weakref
 from typing import Any
 
@@ -15,7 +18,7 @@ from twisted.trial import unittest
 from epcscf.ice.types import IceState, IceStats
 from epcscf.media.session import DirectionStats, MediaStats
 from epcscf.media.srtp import SrtpErrorCounts
-from epcscf.pcscf import call_view
+from epcscf.pcscf import call_history, call_view
 from epcscf.pcscf.call_history import CallHistory, EndedCall
 from epcscf.pcscf.call_model import Call, CallSettings
 from epcscf.pcscf.call_state import CallDirection, CallState
@@ -54,6 +57,16 @@ def builtin_engine_streams() -> dict[int, Any]:
     return {0: {"ice": IceState.CONNECTED.value, "ice_stats": IceStats(checks_sent=3, connect_time=0.0123),
                 "media": media},
             1: {"ice": IceState.CLOSED, "ice_stats": IceStats(), "media": None}}
+
+
+def json_leaf(value: Any) -> Any:
+    """The ``default`` the record's ``json.dumps`` had (a dataclass as its fields, an enum as
+    its value, anything else as its str): the reference for ``call_history._plain``."""
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return {field.name: getattr(value, field.name) for field in dataclasses.fields(value)}
+    if isinstance(value, enum.Enum):
+        return value.value
+    return str(value)
 
 
 class MediaWithTraffic(FakeMedia):
@@ -114,6 +127,41 @@ class EndedCallRecordTests(unittest.TestCase):
                 self.assertEqual(expected[1]["ice"], "closed")
         self.assertEqual(expected[0]["media"]["wic_to_core"]["packets"], 7)
         self.assertEqual(EndedCall(call).media_stats[0]["media"], streams[0]["media"])
+
+    def test_the_record_s_plain_data_is_what_json_wrote_and_read_back(self) -> None:
+        """The record (``marshal`` of ``call_history._plain``) reads back as the JSON record of
+        before did: dataclasses as dicts, enums as values, tuples as lists, keys as JSON text."""
+        class Colour(enum.Enum):
+            RED = "red"
+
+        class Level(enum.IntEnum):
+            HIGH = 3
+
+        class Note(str, enum.Enum):
+            LATE = "late"
+
+        @dataclasses.dataclass(frozen=True, slots=True)
+        class Slotted:
+            at: float
+            colour: Colour
+
+        @dataclasses.dataclass
+        class Grown:
+            count: int = 0
+
+        grown = Grown(2)
+        grown.extra = "not a field"  # type: ignore[attr-defined]
+        odd = {"colour": Colour.RED, "level": Level.HIGH, "note": Note.LATE, "slotted": Slotted(1.5, Colour.RED),
+               "grown": grown, "keys": {1: "one", 2.5: "two and a half", True: "yes", None: "none", Note.LATE: "x"},
+               "nested": [(1, (2, [3])), {"t": ("a", None)}], "floats": [float("inf"), -0.0, 1e-300, 0.1 + 0.2],
+               "other": weakref, "ordered": collections.OrderedDict(b=1, a=2)}
+        for streams in (builtin_engine_streams(), STREAMS, {0: odd}):
+            as_json = json.loads(json.dumps(streams, default=json_leaf))
+            for index, stream in streams.items():
+                plain = call_history._plain(stream)
+                self.assertEqual(plain, as_json[str(index)])
+                self.assertEqual(repr(marshal.loads(marshal.dumps(plain))), repr(as_json[str(index)]))
+                self.assertEqual(list(plain), list(as_json[str(index)]))  # key order as well
 
     def test_a_refused_call_without_media_shows_no_figures(self) -> None:
         context, _ = self.originate()

@@ -9,6 +9,7 @@ from twisted.internet import defer, task
 from twisted.trial import unittest
 
 from epcscf.ice import IceClosed
+from epcscf.pcscf import call_sdp
 from epcscf.pcscf.call_model import PackedTimeline, call_leg
 from epcscf.pcscf.call_state import CallState
 from epcscf.pcscf.calls import CallManager, CallSettings, MediaRejected
@@ -17,6 +18,7 @@ from epcscf.sip.connection import Address
 from epcscf.sip.message import Headers, Request, Response
 from epcscf.sip.proxy import Branch, Forward, ProxiedRequest, Reject
 from epcscf.sip.proxy_rules import make_local_response
+from epcscf.sip.uri import SipUri, UriError, parse_uri
 from tests.support.fakes import FakeConnection, FakeServerTransaction
 
 ADDRESSES = EdgeAddresses("192.0.2.10", 5060, "udp", "192.0.2.11", 443, "wss")
@@ -625,3 +627,90 @@ class CallIdLookupTests(unittest.TestCase):
         self.assertEqual(late.body, b"")
         self.assertEqual(self.core.sent, [])  # no ACK: the call is forgotten
         self.assertEqual(self.manager.history._by_call_id, {})  # the index forgets with the history
+
+
+class ResponseRewrittenAtOnceTests(unittest.TestCase):
+    """A response whose SDP step finishes at once (1xx or 2xx without SDP) is handled without a
+    Deferred chain: the same response, call state and timeline as through the chain."""
+
+    setUp = CallManagerTests.setUp
+    originate = CallManagerTests.originate
+    respond = CallManagerTests.respond
+
+    def outcome(self, through_deferred: bool, statuses: tuple[int, ...], answer_refused: bool = False) -> list[Any]:
+        rewrite = call_sdp.rewrite_response
+        if through_deferred:  # the way of before: every rewrite as a Deferred
+            call_sdp.rewrite_response = lambda *args: defer.maybeDeferred(rewrite, *args)  # type: ignore[assignment]
+            self.addCleanup(setattr, call_sdp, "rewrite_response", rewrite)
+        context, _ = self.originate()
+        [call] = self.manager.calls()
+        if answer_refused:
+            def refuse(sdp: bytes, fork: str | None = None) -> bytes:
+                raise MediaRejected(488, "no common codec")
+
+            self.medias[0].answer_from_core = refuse  # type: ignore[method-assign]
+        seen = []
+        for status in statuses:
+            response = response_to(context.request, status, CORE_SDP if status == 200 else b"")
+            returned = self.manager.response(context, response)
+            self.assertEqual(isinstance(returned, defer.Deferred), through_deferred, status)
+            result = self.successResultOf(defer.maybeDeferred(lambda: returned))
+            seen.append((None if result is None else (result.status, result.body), call.state))
+        call_sdp.rewrite_response = rewrite
+        self.clock.advance(1)  # a refused answer's release
+        return seen + [call.state, call.release_cause, [(entry.kind, entry.text) for entry in call.timeline]]
+
+    def test_provisional_responses_and_the_2xx_as_through_a_deferred(self) -> None:
+        for statuses, refused in (((100, 180, 180, 200), False), ((180, 486), False), ((183, 200), False),
+                                  ((180, 200), True)):
+            at_once = self.outcome(False, statuses, refused)
+            self.setUp()
+            self.assertEqual(at_once, self.outcome(True, statuses, refused))
+            self.setUp()
+
+    def test_a_failure_while_handling_fails_the_same_way(self) -> None:
+        def broken(*args: Any) -> bool:
+            raise RuntimeError("broken rewrite")
+
+        self.patch(call_sdp, "rewrite_response", broken)
+        context, _ = self.originate()
+        failure = self.failureResultOf(self.manager.response(context, response_to(context.request, 180)), RuntimeError)
+        self.assertEqual(str(failure.value), "broken rewrite")
+
+
+class OwnUriTests(unittest.TestCase):
+    setUp = CallManagerTests.setUp
+
+    def test_own_uris_read_from_the_shared_parse_as_from_a_copy(self) -> None:
+        texts = ["sip:192.0.2.10:5060;transport=udp;lr", "sip:tok@192.0.2.11:443;transport=wss;lr", "sip:192.0.2.10;lr",
+                 "sip:scscf.example.com;lr", "sip:192.0.2.10:5061;lr", "tel:+15551234567", "sips:192.0.2.11", "not a uri",
+                 "sip:[2001:db8::1]:5060;lr", "<sip:192.0.2.10;lr>"]
+
+        def by_copy(text: str) -> bool:
+            try:
+                parsed = parse_uri(text)
+            except UriError:
+                return False
+            return isinstance(parsed, SipUri) and self.manager.addresses.is_own(parsed)
+
+        self.assertEqual([self.manager.is_own_uri(text) for text in texts], [by_copy(text) for text in texts])
+        self.assertIn(True, [by_copy(text) for text in texts])
+        self.assertIn(False, [by_copy(text) for text in texts])
+
+    def test_then_gives_what_maybe_deferred_and_add_callbacks_give(self) -> None:
+        def on_failure(failure: Any) -> bool:
+            failure.trap(MediaRejected)
+            return False
+
+        def rejected() -> bytes:
+            raise MediaRejected(488, "no")
+
+        def broken() -> bytes:
+            raise KeyError("broken")
+
+        for thunk in (lambda: b"v=0", rejected, lambda: defer.succeed(b"v=0"), lambda: defer.fail(MediaRejected(488, "x"))):
+            expected = self.successResultOf(defer.maybeDeferred(thunk).addCallbacks(lambda body: body == b"v=0", on_failure))
+            got = call_sdp._then(thunk, lambda body: body == b"v=0", on_failure)
+            self.assertEqual(self.successResultOf(got) if isinstance(got, defer.Deferred) else got, expected)
+        self.failureResultOf(defer.maybeDeferred(broken).addCallbacks(bool, on_failure), KeyError)
+        self.assertRaises(KeyError, call_sdp._then, broken, bool, on_failure)  # the caller's errback gets it

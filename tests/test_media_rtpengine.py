@@ -384,7 +384,7 @@ class ReleasePathsTests(unittest.TestCase):
         self.rtpengine = daemon(0)
         self.service = w2.start_deployment(
             self, extra=f"[sip]\nt1 = 0.05\nt2 = 0.4\nt4 = 0.2\nwic_t1 = 0.05\nwic_t2 = 0.4\nwic_t4 = 0.2\n"
-                        f"[media]\nengine = rtpengine\n[rtpengine]\nnodes = {self.rtpengine.node}\n")
+                        f"[media]\nengine = rtpengine\n[rtpengine]\nnodes = {self.rtpengine.node}\n" + w2.NOT_ABOUT_OVERLOAD)
         self.calls = self.service.pcscf.calls
         self.clients: list[Any] = []
         self.wics: list[Any] = []
@@ -426,7 +426,7 @@ class ReleasePathsTests(unittest.TestCase):
         await self.service.stopService()
         self.service = w2.start_deployment(
             self, extra=f"[media]\nengine = rtpengine\n[rtpengine]\nnodes = {victim.node}\n"
-                        f"timeout = 0.3\nping_interval = 0.3\n")
+                        f"timeout = 0.3\nping_interval = 0.3\n" + w2.NOT_ABOUT_OVERLOAD)
         self.calls = self.service.pcscf.calls
         uas, trace, port, _ = await self.start_uas()
         client = await self.registered("alice")

@@ -52,3 +52,22 @@ class CollectorTests(unittest.TestCase):
                 break
         self.assertIsNone(held())
         self.assertLess(len(kept), 100_000)  # the old threshold let ~99,000 such objects pile up
+
+    def test_long_lived_objects_do_not_bring_a_full_collection_within_fifty_middle_ones(self) -> None:
+        # A full collection is one pause over every object not frozen (115-155 ms at 400 calls/s,
+        # the slowest pause of the edge): sustained traffic must not bring one every few seconds.
+        tune_collector(FakeReactor())  # type: ignore[arg-type]
+        full: list[int] = []
+
+        def on_collection(phase: str, info: dict[str, int]) -> None:
+            if phase == "stop" and info["generation"] == 2:
+                full.append(info["collected"])
+
+        gc.callbacks.append(on_collection)
+        self.addCleanup(gc.callbacks.remove, on_collection)
+        young, middle = COLLECTOR_THRESHOLDS[:2]
+        kept = []  # what outlives its collections, as a call's lingering state does
+        for _ in range(50 * middle):
+            batch = [[] for _ in range(young + 1)]  # one young collection each
+            kept.extend(batch[: young // 10])
+        self.assertEqual(full, [])

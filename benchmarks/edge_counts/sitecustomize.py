@@ -10,7 +10,14 @@ counts, by wrapping a few functions once their modules are imported:
   for a 2xx, a stray response): the difference is what the transaction layer absorbed (RFC 3261 §17);
 - SIP out by transport and kind (a retransmission by a transaction timer counts again);
 - STUN in and out by class, and non-STUN datagrams on the ICE sockets (DTLS);
-- the collector's passes by generation and their time (``gc.callbacks``).
+- the collector's passes by generation, their thread CPU and wall time, a histogram of their pauses
+  and the objects they freed (``gc.callbacks``);
+- every callback the asyncio loop runs (a turn: one I/O event, or one batch of due Twisted timers),
+  as a histogram of durations, and the longest turns (≥ 20 ms) by name, with the timers over 1 ms and
+  the collector's time inside them;
+- the loop's lag behind a 10 ms ticker, as a histogram and its maximum.
+
+A maximum (a key ending ``(max)``) is of the span since the last write, not a running total.
 
 On SIGUSR1 a process writes its counts so far to ``EDGE_COUNTS/<pid>.json``; the benchmark signals
 each worker before and after its timed phase and subtracts.  Counting costs a little CPU per message,
@@ -21,12 +28,102 @@ from __future__ import annotations
 
 import os
 import sys
+from typing import Any
 
 _DIRECTORY = os.environ.get("EDGE_COUNTS")
 # A worker is ``python -m epcscf.workers.run --plan …``: at this point its argv is ``['-m', '--plan', …]``.
 _IS_EDGE = (any(arg.endswith("twistd") for arg in sys.argv) or "--plan" in sys.argv) and not any(
     arg.endswith("core.ini") for arg in sys.argv
 )
+
+
+#: upper bounds of the pause histograms (loop turns, loop lag, collector passes), ms
+PAUSE_BOUNDS_MS = (1, 5, 10, 20, 50, 100, 200, 500)
+#: a loop turn at least this long is kept by name (at most ``LONG_TURNS_KEPT`` of them, the longest)
+LONG_TURN_MS = 20.0
+LONG_TURNS_KEPT = 40
+
+
+def _install_loop_probes(counts: Any, turn: dict[str, Any], bucket: Any) -> Any:
+    """Time every callback the asyncio loop runs (a turn: one I/O event, or one batch of Twisted timers
+    in ``_onTimer``) and the loop's lag behind a 10 ms ticker; keep the longest turns with what ran in them."""
+    import asyncio.events
+    import heapq
+    import itertools
+    import time
+
+    long_turns: list[tuple[float, int, str]] = []  # a min-heap of the longest, kept as counts keys too
+    sequence = itertools.count()
+    handle_run = asyncio.events.Handle._run
+
+    def name_of(function: Any) -> str:
+        """What a callback or a Twisted timer's function is: its qualified name."""
+        target = getattr(function, "__func__", function)
+        return getattr(target, "__qualname__", type(target).__name__)
+
+    def timed_run(self: Any) -> None:
+        turn["gc_ms"], turn["timers"] = 0.0, []
+        callback, args = self._callback, self._args  # Twisted's _onTimer cancels its own handle: read them first
+        started = time.perf_counter()
+        handle_run(self)
+        ms = 1000 * (time.perf_counter() - started)
+        counts[f"loop turn {bucket(ms)}"] += 1
+        counts["loop turn ms (sum)"] += ms
+        if ms < LONG_TURN_MS:
+            return
+        what = name_of(callback)
+        if what.endswith("_dispatch") and args:
+            what = f"I/O {type(args[0]).__name__}"
+        timers = sorted(turn["timers"], key=lambda part: -part[1])
+        if timers:
+            what += f" ({len(turn['timers'])} timers > 1 ms: " + ", ".join(f"{name} {t:.0f}" for name, t in timers[:3]) + ")"
+        if turn["gc_ms"]:
+            what += f" [collector {turn['gc_ms']:.0f} ms]"
+        key = f"long turn #{next(sequence)}: {what}"
+        counts[key] = round(ms, 1)
+        heapq.heappush(long_turns, (ms, 0, key))
+        if len(long_turns) > LONG_TURNS_KEPT:
+            _, _, dropped = heapq.heappop(long_turns)
+            counts.pop(dropped, None)
+
+    def tick(loop: asyncio.AbstractEventLoop, due: float) -> None:
+        """The loop's lag: how late a 10 ms ticker runs (every turn before it delays it)."""
+        now = loop.time()
+        lag = 1000 * (now - due)
+        counts[f"loop lag {bucket(lag)}"] += 1
+        counts["loop lag ms (max)"] = max(counts["loop lag ms (max)"], round(lag, 1))
+        loop.call_at(now + 0.01, tick, loop, now + 0.01)
+
+    ticking: list[bool] = []
+
+    def first_run(self: Any) -> None:
+        """The first callback the loop runs starts the ticker, then every turn is timed."""
+        if not ticking:
+            ticking.append(True)
+            loop = asyncio.get_running_loop()
+            loop.call_soon(tick, loop, loop.time())
+        asyncio.events.Handle._run = timed_run  # TimerHandle inherits it
+        timed_run(self)
+
+    asyncio.events.Handle._run = first_run
+
+    def patch_call_later(base: Any) -> None:
+        """Twisted runs every due timer in one loop callback (``_onTimer``): time each timer."""
+        call_later = base.ReactorBase.callLater
+
+        def timed_call_later(self: Any, delay: float, callable_: Any, *args: Any, **kwargs: Any) -> Any:
+            def timed() -> None:
+                started = time.perf_counter()
+                callable_(*args, **kwargs)
+                ms = 1000 * (time.perf_counter() - started)
+                if ms >= 1:
+                    turn["timers"].append((name_of(callable_), ms))
+
+            return call_later(self, delay, timed)
+
+        base.ReactorBase.callLater = timed_call_later
+
+    return patch_call_later
 
 
 def _install() -> None:
@@ -39,16 +136,41 @@ def _install() -> None:
     from typing import Any, Callable
 
     counts: collections.Counter[str] = collections.Counter()
-    gc_started = [0.0]
+    gc_started = [0.0, 0.0]
+    turn = {"gc_ms": 0.0, "timers": []}  # what the loop turn being run spent in the collector and in Twisted timers
+
+    def bucket(ms: float) -> str:
+        """A histogram bucket's label: the smallest bound at or above ``ms``."""
+        for bound in PAUSE_BOUNDS_MS:
+            if ms <= bound:
+                return f"<={bound:g} ms"
+        return f">{PAUSE_BOUNDS_MS[-1]:g} ms"
 
     def on_gc(phase: str, info: dict[str, int]) -> None:
         if phase == "start":
-            gc_started[0] = time.thread_time()
+            gc_started[0], gc_started[1] = time.thread_time(), time.perf_counter()
         else:
-            counts[f"gc gen{info['generation']}"] += 1
-            counts["gc ms (thread CPU)"] += round(1000 * (time.thread_time() - gc_started[0]), 3)  # type: ignore[assignment]
+            generation = info["generation"]
+            wall = 1000 * (time.perf_counter() - gc_started[1])
+            counts[f"gc gen{generation}"] += 1
+            cpu = 1000 * (time.thread_time() - gc_started[0])
+            counts["gc ms (thread CPU)"] += round(cpu, 3)  # type: ignore[assignment]
+            counts[f"gc gen{generation} ms (thread CPU)"] += round(cpu, 3)  # type: ignore[assignment]
+            counts[f"gc gen{generation} longest pass CPU ms (max)"] = max(counts[f"gc gen{generation} longest pass CPU ms (max)"], round(cpu, 3))  # type: ignore[assignment]
+            counts[f"gc gen{generation} ms (wall)"] += round(wall, 3)  # type: ignore[assignment]
+            counts[f"gc gen{generation} objects freed"] += info["collected"]
+            counts[f"gc gen{generation} pause {bucket(wall)}"] += 1
+            counts[f"gc gen{generation} longest pause ms (max)"] = max(counts[f"gc gen{generation} longest pause ms (max)"], round(wall, 3))  # type: ignore[assignment]
+            turn["gc_ms"] += wall  # type: ignore[operator]
 
     gc.callbacks.append(on_gc)
+    thresholds = os.environ.get("EDGE_GC_THRESHOLDS")  # an experiment: the edge's own setting ignored
+    if thresholds:
+        set_threshold = gc.set_threshold
+        forced = tuple(int(n) for n in thresholds.split(","))
+        set_threshold(*forced)
+        gc.set_threshold = lambda *ignored: set_threshold(*forced)
+    patch_call_later = _install_loop_probes(counts, turn, bucket)
 
     def kind(message: Any) -> str:
         method = getattr(message, "method", None)
@@ -149,6 +271,7 @@ def _install() -> None:
         "epcscf.sip.transport_udp": count_sends("UdpConnection", "send_bytes", "udp"),
         "epcscf.ws.connection": count_sends("WsConnection", "send_raw", "ws"),
         "epcscf.ice.host_socket": patch_ice,
+        "twisted.internet.base": patch_call_later,
     }
 
     class PatchAfterImport(importlib.abc.MetaPathFinder):
@@ -176,10 +299,19 @@ def _install() -> None:
     sys.meta_path.insert(0, PatchAfterImport())
 
     def write(signum: int, frame: Any) -> None:
+        for generation in range(3):  # what the next pass of each generation would traverse (max: "now")
+            counts[f"gc gen{generation} tracked objects now (max)"] = len(gc.get_objects(generation))
+        counts["gc frozen objects now (max)"] = gc.get_freeze_count()
+        if os.environ.get("EDGE_COUNTS_TYPES"):  # what the young passes keep traversing, by type
+            young = collections.Counter(type(obj).__qualname__ for generation in (0, 1) for obj in gc.get_objects(generation))
+            for name, number in young.most_common(25):
+                counts[f"gc young tracked {name} now (max)"] = number
         path = os.path.join(_DIRECTORY or ".", f"{os.getpid()}.json")
         with open(path + ".tmp", "w") as handle:
             json.dump(dict(counts), handle)
         os.replace(path + ".tmp", path)
+        for key in [key for key in counts if key.endswith("(max)")]:
+            counts[key] = 0  # a maximum is of the span between two writes: the benchmark's timed phase
 
     signal.signal(signal.SIGUSR1, write)
 

@@ -10,8 +10,8 @@ only when the next call ends would keep the last busy minutes for ever).
 
 At the next look at the history once its media has closed (the final response of a call is noted
 just after it ends, an engine's last totals come with its close) each call is replaced by an
-``EndedCall``: its summary, media statistics (as plain data) and dialog tags in one string,
-its timeline in another (``PackedTimeline``), and the one SDP answer a retransmitted 2xx must
+``EndedCall``: its summary, media statistics (as plain data) and dialog tags in one bytes
+object (``marshal``), its timeline in another (``PackedTimeline``), and the one SDP answer a retransmitted 2xx must
 carry again (RFC 3261 §13.3.1.4).  A live ``Call`` with its ``Dialog``, two ``Party``, the media
 statistics and the timeline entries is ~30 objects allocated all over the heap while the call
 ran; kept for ten minutes after a burst they sat on the pages the burst added and kept them
@@ -29,6 +29,7 @@ import dataclasses
 import enum
 import itertools
 import json
+import marshal
 from typing import Any, Callable
 
 from twisted.internet import defer
@@ -67,30 +68,73 @@ class EndedDialog:
         return tags == self._tags
 
 
-# Positions in an ``EndedCall``'s packed text (a JSON list).
+# Positions in an ``EndedCall``'s packed record (a list).
 _SUMMARY, _STATE, _MEDIA, _DIALOG = range(4)
 
 
 _FIELD_NAMES: dict[type, tuple[str, ...]] = {}
+_LEAVES = frozenset((str, int, float, bool, type(None)))
 
 
-def _json_leaf(value: Any) -> Any:
-    """``json.dumps``'s ``default``: media statistics (dicts of dataclasses and enums) as JSON
-    data, read back as dicts (``call_view`` reads a field of either the same way).  The encoder
-    walks the dicts, lists and tuples itself (in C) and calls this only for what it cannot
-    write: a dataclass (its fields, as a dict), an enum (its value) or anything else (its str).
-    A walk of the whole snapshot in Python was most of an ended call's record (issue 16).  The
-    statistics' dict keys are str (field names, directions), which json writes as they are."""
+def _json_key(key: Any) -> str:
+    """A dict key as ``json`` writes it (and reads it back): a str as it is, a number or
+    None as its JSON text."""
+    if isinstance(key, str):
+        return str.__str__(key)
+    if key is None or isinstance(key, (bool, int, float)):
+        return json.dumps(key)
+    raise TypeError(f"keys must be str, int, float, bool or None, not {type(key).__name__}")
+
+
+def _plain(value: Any) -> Any:
+    """The media statistics (dicts of dataclasses, enums, tuples) as the plain data ``json``
+    would write and read back: a dataclass as a dict of its fields, an enum as its value, a
+    tuple as a list, a dict key as JSON text, anything else unknown as its str.  The record is
+    then ``marshal``led (floats as 8 bytes instead of their shortest decimal: ``json.dumps`` of
+    an ended call's record was ~220,000 instructions, 2.4 % of a call's whole edge, issue 16).
+    ``tests.test_call_history`` checks it against ``json`` and the old Python walk."""
     kind = type(value)
-    names = _FIELD_NAMES.get(kind)
-    if names is None:
-        if dataclasses.is_dataclass(kind):
-            names = _FIELD_NAMES[kind] = tuple(field.name for field in dataclasses.fields(kind))
-        elif isinstance(value, enum.Enum):
-            return value.value
-        else:
-            return str(value)
-    return {name: getattr(value, name) for name in names}
+    if kind in _LEAVES:
+        return value
+    if kind is dict:
+        items = value.items()
+    else:
+        names = _FIELD_NAMES.get(kind)
+        if names is None:
+            return _plain_other(value)
+        # A plain dataclass's instance dict holds its fields in their order: read it in C
+        # rather than a getattr each (one with slots, or with more in its dict, is read by name).
+        state = getattr(value, "__dict__", None)
+        items = state.items() if state is not None and tuple(state) == names else \
+            ((name, getattr(value, name)) for name in names)
+    # Leaves (most of it: counters, times, states) without a call each.
+    return {key if type(key) is str else _json_key(key): item if type(item) in _LEAVES else _plain(item)
+            for key, item in items}
+
+
+def _plain_other(value: Any) -> Any:
+    """``_plain`` of what is neither a leaf, a dict nor a dataclass seen before."""
+    kind = type(value)
+    if kind is tuple or kind is list:
+        return [_plain(item) for item in value]
+    # What json writes without its ``default``, in its order: a subclass of str, int or float
+    # (a str- or int-valued enum) as the plain value, of list, tuple or dict as one.
+    if isinstance(value, str):
+        return str.__str__(value)
+    if isinstance(value, int):
+        return int(value)
+    if isinstance(value, float):
+        return float(value)
+    if isinstance(value, (list, tuple)):
+        return [_plain(item) for item in value]
+    if isinstance(value, dict):
+        return _plain(dict(value))
+    if dataclasses.is_dataclass(kind):
+        _FIELD_NAMES[kind] = tuple(field.name for field in dataclasses.fields(kind))
+        return _plain(value)
+    if isinstance(value, enum.Enum):
+        return _plain(value.value)
+    return str(value)
 
 
 class EndedCall:
@@ -113,19 +157,19 @@ class EndedCall:
         self.clock = call.clock
         stats = call.media_stats
         dialog = call.dialog
-        self._packed = json.dumps([
-            call.summary(),
+        self._packed = marshal.dumps([
+            _plain(call.summary()),
             call.state.value,
-            # streams as [index, stream] pairs: a JSON object's keys would come back as str
-            [[index, stream] for index, stream in stats.items()] if isinstance(stats, dict) else stats,
+            # streams as [index, stream] pairs, as the JSON record of before had them
+            [[index, _plain(stream)] for index, stream in stats.items()] if isinstance(stats, dict) else _plain(stats),
             None if dialog is None else [dialog.confirmed, dialog.wic.tag, dialog.core.tag],
-        ], default=_json_leaf)  # ASCII: 1 byte a character
+        ])
         # RFC 3261 §13.3.1.4: the only answer ``call_sdp.repeat_answer_in_retransmission`` reads
         originating = call.direction is CallDirection.ORIGINATING
         self._answer = call.last_wic_answer if originating else call.last_core_answer
 
     def _unpacked(self, position: int) -> Any:
-        return json.loads(self._packed)[position]
+        return marshal.loads(self._packed)[position]
 
     def summary(self) -> dict[str, Any]:
         return dict(self._unpacked(_SUMMARY))

@@ -46,22 +46,45 @@ def transform_answer(call: Call, sender: Side, body: bytes, message: Message) ->
     """``sender``'s answer, for the other side; remembered for a 2xx that must repeat it."""
     assert call.media is not None
     if sender is Side.CORE:
-        try:
-            fork = to_tag(message)  # each fork's answer has its own media (RFC 3261 §13.2.2.4)
-        except HeaderError:
-            fork = None
-
-        def remember_for_wic(answer: bytes) -> bytes:
-            call.last_wic_answer = answer
-            return answer
-
-        return defer.maybeDeferred(call.media.answer_from_core, body, fork).addCallback(remember_for_wic)
+        return defer.maybeDeferred(core_answer, call, body, message)
 
     def remember_for_core(answer: bytes) -> bytes:
         call.last_core_answer = answer
         return answer
 
     return defer.maybeDeferred(call.media.answer_from_wic, body).addCallback(remember_for_core)
+
+
+def core_answer(call: Call, body: bytes, message: Message) -> bytes | defer.Deferred:
+    """The core's answer for the WIC (bytes, or a Deferred of them from a media that answers
+    later); remembered for a 2xx that must repeat it.  Raises ``MediaRejected``."""
+    assert call.media is not None
+    try:
+        fork = to_tag(message)  # each fork's answer has its own media (RFC 3261 §13.2.2.4)
+    except HeaderError:
+        fork = None
+
+    def remember_for_wic(answer: bytes) -> bytes:
+        call.last_wic_answer = answer
+        return answer
+
+    answer = call.media.answer_from_core(body, fork)
+    if isinstance(answer, defer.Deferred):
+        return answer.addCallback(remember_for_wic)
+    return remember_for_wic(answer)
+
+
+def _then(thunk: Callable[[], object], on_result: Callable[[object], bool],
+          on_failure: Callable[[Failure], bool]) -> bool | defer.Deferred:
+    """``maybeDeferred(thunk).addCallbacks(on_result, on_failure)``, at once (no Deferred) when
+    ``thunk`` returns a plain value or raises: the builtin media answers the core at once."""
+    try:
+        result = thunk()
+    except Exception:
+        return on_failure(Failure())
+    if isinstance(result, defer.Deferred):
+        return result.addCallbacks(on_result, on_failure)
+    return on_result(result)
 
 
 def rewrite_response(
@@ -98,8 +121,6 @@ def rewrite_response(
         strip_body(response)  # never let one side's SDP reach the other raw
         return False
     if action is oa.OfferAction.ANSWER:
-        answering = transform_answer(call, responder, body, response)
-
         def answered(new_body: bytes) -> bool:
             set_sdp(response, new_body)
             call.pending_offer = oa.pending_after(step, responder)  # settled by the 2xx only
@@ -114,7 +135,9 @@ def rewrite_response(
                 release(call, reason, f"unusable SDP answer: {reason}")  # the dialog has no usable media
             return False
 
-        return answering.addCallbacks(answered, bad_answer)
+        if responder is Side.CORE:
+            return _then(lambda: core_answer(call, body, response), answered, bad_answer)
+        return transform_answer(call, responder, body, response).addCallbacks(answered, bad_answer)
     if action is oa.OfferAction.REPEAT_OFFER:
         # The same offer again (18x then 2xx): the same transformed offer.
         return defer.maybeDeferred(transform_offer, call, responder, body).addCallback(lambda new: set_sdp(response, new))

@@ -74,7 +74,7 @@ from epcscf.sip.message import Request, Response
 from epcscf.sip.proxy import Decision, Forward, ProxiedRequest, Reject
 from epcscf.sip.proxy_policy import ProxyOperations
 from epcscf.sip.proxy_rules import make_local_response
-from epcscf.sip.uri import SipUri, UriError, parse_uri
+from epcscf.sip.uri import SipUri, UriError, shared_uri
 
 __all__ = [
     "LAYERS", "Call", "CallManager", "CallMediaLike", "CallSettings", "MediaFactory", "MediaRejected",
@@ -131,7 +131,7 @@ class CallManager:
 
     def is_own_uri(self, uri: str) -> bool:
         try:
-            parsed = parse_uri(uri)
+            parsed = shared_uri(uri)  # read only: the memo's object, not a copy of it
         except UriError:
             return False
         return isinstance(parsed, SipUri) and self.addresses.is_own(parsed)
@@ -290,8 +290,15 @@ class CallManager:
             return response
         if call.dialog is not None:
             call.dialog.response_seen(response, responder)
-        rewritten = defer.maybeDeferred(call_sdp.rewrite_response, call, leg, response, initial,
-                                        self._protocol_error, self._release_for_sdp)
+        try:
+            rewritten = call_sdp.rewrite_response(call, leg, response, initial, self._protocol_error, self._release_for_sdp)
+            if not isinstance(rewritten, defer.Deferred):  # at once (1xx, 2xx without SDP): no Deferred chain
+                if initial:
+                    self._initial_response(call, context, response, rewritten)
+                return response
+        except Exception:  # as the errback below would have it
+            outcome = self._response_during_release(Failure(), call, response, responder, initial)
+            return defer.fail(outcome) if isinstance(outcome, Failure) else outcome
         if initial:
             rewritten.addCallback(lambda answered: self._initial_response(call, context, response, answered))
         rewritten.addCallback(lambda _: response)

@@ -43,7 +43,7 @@ from epcscf.sip.proxy import Decision, Forward, ProxiedRequest, Reject
 from epcscf.sip.proxy_policy import DIALOG_CREATING_METHODS, is_deferred
 from epcscf.sip.proxy_rules import list_values, make_local_response, name_addr_uri
 from epcscf.sip.resolver import Target
-from epcscf.sip.uri import SipUri, UriError, parse_uri
+from epcscf.sip.uri import SipUri, UriError, parse_uri, shared_uri
 
 log = Logger(namespace="epcscf.pcscf.edge")
 
@@ -196,7 +196,7 @@ class PcscfPolicy:
 
     def is_own_uri(self, uri: str) -> bool:
         try:
-            parsed = parse_uri(uri)
+            parsed = shared_uri(uri)  # read only: the memo's object, not a copy of it
         except UriError:
             return False
         return isinstance(parsed, SipUri) and self.addresses.is_own(parsed)

@@ -60,22 +60,38 @@ class SippProcess(protocol.ProcessProtocol):
         self.ended.callback(self.exit_code)
 
 
-def messages_in_trace(path: str) -> list[str]:
-    """Every SIP message sipp logged with -trace_msg (sent and received), in order."""
-    with open(path, errors="replace") as f:
-        text = f.read()
-    blocks = re.split(r"\n-{10,}[^\n]*\n[^\n]*message (?:sent|received)[^\n]*\n", "\n" + text)
-    return [block.strip() for block in blocks[1:] if block.strip()]
+# sipp's -trace_msg file is a run of blocks, each opened by a line of dashes.  The socket layer logs
+# every message, with a timestamp on the dashes: "UDP message received [433] bytes :" or "UDP message
+# sent (332 bytes):".  A message for a call that has ended (a UDP retransmission that arrives after
+# sipp answered the first copy) is logged a second time, with bare dashes: "Dead call ID received a
+# UDP message:" (deadcall::process_incoming).  That block is not a message of its own.
+_BLOCK_START = re.compile(r"^-{10,}[^\n]*\n", re.MULTILINE)
+_LOGGED = re.compile(r"\bmessage (sent|received)\b")
 
 
-def sipp_messages(path: str, direction: str) -> list[str]:
-    """Messages sipp logged with -trace_msg: ``direction`` is "sent" or "received"."""
+def _logged_messages(path: str) -> list[tuple[str, str]]:
+    """(direction, message) for each message the socket layer logged, in order."""
     if not os.path.exists(path):
         return []
     with open(path, errors="replace") as handle:
         text = handle.read()
-    parts = re.split(r"-{10,} [^\n]*\n(UDP|TCP) message (sent|received)[^\n]*\n", text)
-    return [parts[index + 2].strip() for index in range(1, len(parts) - 2, 3) if parts[index + 1] == direction]
+    messages = []
+    for block in _BLOCK_START.split(text)[1:]:
+        head, _, message = block.partition("\n")
+        logged = _LOGGED.search(head)
+        if logged is not None and not head.startswith("Dead call") and message.strip():
+            messages.append((logged.group(1), message.strip()))
+    return messages
+
+
+def messages_in_trace(path: str) -> list[str]:
+    """Every SIP message sipp logged with -trace_msg (sent and received), in order."""
+    return [message for _, message in _logged_messages(path)]
+
+
+def sipp_messages(path: str, direction: str) -> list[str]:
+    """Messages sipp logged with -trace_msg: ``direction`` is "sent" or "received"."""
+    return [message for logged, message in _logged_messages(path) if logged == direction]
 
 
 def headers_named(message: str, name: str) -> list[str]:
