@@ -24,7 +24,7 @@ from epcscf.ice import (
     IceStateError,
     UdpPortPool,
 )
-from epcscf.ice.agent import as_deferred
+from epcscf.ice.agent import as_deferred, eager_deferred
 from epcscf.ice.sockets import HostCandidate, host_candidate
 from tests.support.processes import wait_for
 from tests.support.reactor import asyncio_loop
@@ -561,3 +561,83 @@ class RemoteCredentialsGrammarTests(unittest.SynchronousTestCase):
             IceCredentials(ufrag, pwd).validate_remote()
         for ufrag, pwd in bad:
             self.assertRaises(IceCandidateError, IceCredentials(ufrag, pwd).validate_remote)
+
+
+class EagerDeferredTests(unittest.TestCase):
+    """`eager_deferred`: run at once up to the first wait, then in a task as `as_deferred`."""
+
+    def setUp(self) -> None:
+        self.loop = asyncio_loop()
+
+    def in_loop(self, test: object) -> Deferred[None]:
+        async def run() -> None:
+            await test()  # type: ignore[operator]
+
+        return Deferred.fromFuture(asyncio.ensure_future(run()))
+
+    def test_a_coroutine_that_never_waits_is_done_before_the_call_returns(self) -> Deferred[None]:
+        async def test() -> None:
+            steps: list[str] = []
+
+            async def never_waits() -> int:
+                steps.append("ran")
+                return 7
+
+            tasks_before = asyncio.all_tasks(self.loop)
+            d = eager_deferred(never_waits())
+            self.assertEqual(steps, ["ran"])
+            self.assertEqual(self.successResultOf(d), 7)
+            self.assertEqual(asyncio.all_tasks(self.loop), tasks_before)  # no task made for it
+
+        return self.in_loop(test)
+
+    def test_a_waiting_coroutine_goes_on_in_a_task_with_results_and_errors(self) -> Deferred[None]:
+        async def test() -> None:
+            gate: asyncio.Future[int] = self.loop.create_future()
+
+            async def waits() -> int:
+                value = await gate
+                await asyncio.sleep(0)
+                return value + 1
+
+            async def fails() -> None:
+                await asyncio.sleep(0)
+                raise ValueError("late")
+
+            d = eager_deferred(waits())
+            self.assertNoResult(d)
+            gate.set_result(41)
+            self.assertEqual(await d.asFuture(self.loop), 42)
+            with self.assertRaises(ValueError):
+                await eager_deferred(fails()).asFuture(self.loop)
+
+        return self.in_loop(test)
+
+    def test_an_error_before_any_wait_is_a_failed_deferred(self) -> Deferred[None]:
+        async def test() -> None:
+            async def fails_at_once() -> None:
+                raise KeyError("now")
+
+            self.failureResultOf(eager_deferred(fails_at_once()), KeyError)
+
+        return self.in_loop(test)
+
+    def test_cancelling_the_task_cancels_the_coroutine(self) -> Deferred[None]:
+        async def test() -> None:
+            cancelled: list[bool] = []
+
+            async def waits_forever() -> None:
+                try:
+                    await self.loop.create_future()
+                except asyncio.CancelledError:
+                    cancelled.append(True)
+                    raise
+
+            d = eager_deferred(waits_forever())
+            d.cancel()
+            for _ in range(5):  # the task's wake-up and its throw into the coroutine
+                await asyncio.sleep(0)
+            self.assertEqual(cancelled, [True])
+            self.failureResultOf(d)
+
+        return self.in_loop(test)

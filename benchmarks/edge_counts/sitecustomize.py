@@ -242,14 +242,14 @@ def _install() -> None:
             if module.is_stun(data_bytes):
                 counts[f"stun in {'request' if data_bytes[0] == 0 and data_bytes[1] == 1 else 'response'}"] += 1
                 if getattr(self.receiver, "_closing", False):
-                    counts["stun in while the agent closes (aioice drops it after parsing)"] += 1
+                    counts["stun in while the agent closes (dropped before parsing)"] += 1
             else:
                 counts["non-stun datagram in (ICE socket)"] += 1
             received(self, data, addr)
 
-        def counted_send(self: Any, message: Any, addr: Any) -> None:
+        def counted_send(self: Any, message: Any, addr: Any, *wire: Any) -> None:
             counts[f"stun out {message.message_class.name.lower()}"] += 1
-            send_stun(self, message, addr)
+            send_stun(self, message, addr, *wire)
 
         socket.datagram_received, socket.send_stun = counted_received, counted_send
 
@@ -270,7 +270,7 @@ def _install() -> None:
         "epcscf.sip.transaction_server": patch_server_transaction,
         "epcscf.sip.transport_udp": count_sends("UdpConnection", "send_bytes", "udp"),
         "epcscf.ws.connection": count_sends("WsConnection", "send_raw", "ws"),
-        "epcscf.ice.full": patch_ice,
+        "epcscf.ice.host_socket": patch_ice,
         "twisted.internet.base": patch_call_later,
     }
 

@@ -29,9 +29,10 @@ from __future__ import annotations
 
 import functools
 import ipaddress
+import types
 
 import asyncio
-from collections.abc import Callable, Coroutine, Iterable
+from collections.abc import Callable, Coroutine, Generator, Iterable
 from typing import Any, TypeVar
 
 from aioice.candidate import Candidate
@@ -73,6 +74,54 @@ def as_deferred(coroutine: Coroutine[Any, Any, T]) -> Deferred[T]:
     ("await wasn't used with future").
     """
     return Deferred.fromFuture(asyncio.ensure_future(coroutine))
+
+
+def eager_deferred(coroutine: Coroutine[Any, Any, T]) -> Deferred[T]:
+    """`as_deferred`, with the coroutine run here and now up to its first wait (what Python
+    3.12's eager tasks do): a coroutine that never waits costs no task, no loop turn and no
+    future-to-Deferred bridge.  Outside a running loop (a test's first step), as `as_deferred`."""
+    if asyncio._get_running_loop() is None:
+        return as_deferred(coroutine)
+    try:
+        waiting_on = coroutine.send(None)
+    except StopIteration as done:
+        return succeed(done.value)
+    except BaseException:
+        return fail()
+    task = asyncio.ensure_future(_resumed(coroutine, waiting_on))
+    task.add_done_callback(functools.partial(_cancel_unresumed, coroutine))
+    return Deferred.fromFuture(task)
+
+
+def _cancel_unresumed(coroutine: Coroutine[Any, Any, Any], task: asyncio.Future[Any]) -> None:
+    """A task cancelled before its first step never ran `_resumed`, so the coroutine still
+    waits: it gets the cancellation the task would have thrown into it."""
+    if not task.cancelled() or getattr(coroutine, "cr_frame", None) is None:
+        return  # finished, however it ended
+    try:
+        coroutine.throw(asyncio.CancelledError())
+    except BaseException:
+        return
+    coroutine.close()  # it waited again, and nothing drives it any more
+
+
+@types.coroutine
+def _resumed(coroutine: Coroutine[Any, Any, T], waiting_on: Any) -> Generator[Any, Any, T]:
+    """The rest of a coroutine already started, for a task to drive: what it waits on goes to
+    the task, and what the task sends or throws back (a result, a cancellation) goes to it."""
+    while True:
+        try:
+            sent = yield waiting_on
+        except BaseException as exc:
+            try:
+                waiting_on = coroutine.throw(exc)
+            except StopIteration as done:
+                return done.value
+        else:
+            try:
+                waiting_on = coroutine.send(sent)
+            except StopIteration as done:
+                return done.value
 
 
 def parse_candidate(line: str) -> Candidate:
@@ -368,7 +417,8 @@ class IceAgent:
             self._cancel_connect_timer()
             self._consent.stop()
             self._fail_waiters(IceClosed("the ICE agent was closed"))
-            self._closing = as_deferred(self._backend.close())
+            # Closing usually never waits (sockets parked, no check in flight): no task for it.
+            self._closing = eager_deferred(self._backend.close())
             self._closing.addBoth(self._closed_now)
         done: Deferred[None] = Deferred()
         if self._closed:

@@ -32,7 +32,7 @@ import functools
 import ipaddress
 import weakref
 from collections import OrderedDict
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable
 from typing import Any
 
 import aioice.ice
@@ -40,9 +40,11 @@ from aioice import mdns, stun
 from aioice.candidate import Candidate
 from twisted.logger import Logger
 
+from epcscf.ice.host_socket import SHELF_KIND, _ParkedHostSocket, _StunSocket
 from epcscf.ice.ports import UdpPortPool
 from epcscf.ice.shelf import SocketShelf
-from epcscf.ice.sockets import BackendListener, EarlyDatagrams, bind_udp, host_candidate, is_stun
+from epcscf.ice.sockets import BackendListener, EarlyDatagrams, bind_udp, host_candidate
+from epcscf.ice.stun_wire import sign
 from epcscf.ice.types import Address, IceAgentConfig, IceClosed, IceCredentials, IceStats, SelectedPair
 
 log = Logger()
@@ -50,69 +52,6 @@ log = Logger()
 # Outstanding consent transactions kept per generation; older ones are forgotten (they only
 # matter until the next response or the 30 s expiry, RFC 7675 §5.1).
 CONSENT_OUTSTANDING = 16
-
-# The shelf key of our host sockets toward the WIC, with the bind address.
-SHELF_KIND = "ice-host"
-
-
-class _ParkedHostSocket(asyncio.DatagramProtocol):
-    """An ICE host socket between calls: still bound and read, everything it gets dropped
-    (the tail of the call that closed it)."""
-
-    def __init__(self, transport: asyncio.DatagramTransport, port: int) -> None:
-        self.transport = transport
-        self.port = port
-
-    @property
-    def ports(self) -> tuple[int, ...]:
-        return (self.port,)
-
-    def datagram_received(self, data: bytes, addr: tuple[Any, ...]) -> None:
-        pass
-
-    def error_received(self, exc: Exception) -> None:
-        pass  # an ICMP error for a datagram of the old call
-
-    def close(self) -> None:
-        self.transport.close()
-
-
-class _StunSocket(aioice.ice.StunProtocol):
-    """aioice's socket protocol, demultiplexing data by first byte (RFC 7983) and counting checks."""
-
-    receiver: _AgentConnection
-
-    def __init__(self, receiver: _AgentConnection, bind_address: str) -> None:
-        super().__init__(receiver)
-        self.pool_port: int | None = None
-        self.bind_address = bind_address
-        self.parked = False
-
-    def datagram_received(self, data: bytes | str, addr: tuple[Any, ...]) -> None:
-        data = bytes(data) if not isinstance(data, bytes) else data
-        if not is_stun(data):
-            self.receiver.generation.received_data(self, data, (addr[0], addr[1]))
-            return
-        super().datagram_received(data, addr)
-
-    def send_stun(self, message: stun.Message, addr: tuple[str, int]) -> None:
-        if message.message_class == stun.Class.REQUEST:
-            self.receiver.generation.stats.checks_sent += 1
-        super().send_stun(message, addr)
-
-    async def close(self) -> None:
-        shelf = self.receiver.generation.shelf
-        port = self.pool_port
-        if shelf is not None and port is not None and not self.transport.is_closing():
-            parked = _ParkedHostSocket(self.transport, port)
-            if shelf.park((SHELF_KIND, self.bind_address), parked):
-                self.transport.set_protocol(parked)
-                self.parked = True
-                # What the loop would call after a real close: aioice's bookkeeping of a lost socket.
-                self.connection_lost(None)
-                return
-        await super().close()
-
 
 class _AgentConnection(aioice.ice.Connection):
     """One aioice Connection, bound and reporting the way `FullGeneration` needs."""
@@ -199,13 +138,67 @@ class _AgentConnection(aioice.ice.Connection):
             candidates.append(self._host(protocol, index))
         return candidates
 
+    def _check_periodic(self) -> bool:
+        """aioice's Ta tick (RFC 8445 §6.1.4.2: start the next Waiting, else Frozen, pair), which
+        asks for another tick 20 ms later whenever it started one.  With no pair left Waiting or
+        Frozen and every remote candidate known, that tick has nothing to start (triggered checks
+        start on their own, RFC 8445 §7.3.1.4): connect() goes on to wait for the check list
+        instead of sleeping once more (a timer and a loop turn per call)."""
+        if not super()._check_periodic():
+            return False
+        # A pair just handed to `check_start_task` is still Waiting until its task runs.
+        return self._remote_candidates_expected() or any(
+            pair.state in _STARTABLE and pair.task is None for pair in self._check_list)
+
+    def add_remote_now(self, candidate: Candidate | None) -> None:
+        """aioice's `add_remote_candidate` for an address or end-of-candidates, which has
+        nothing to wait for (only an mDNS name is resolved), run as a plain call and without
+        aioice's copy of the candidate: ours was parsed from the WIC's SDP for this agent alone."""
+        if self._remote_candidates_end:
+            raise ValueError("Cannot add remote candidate after end-of-candidates.")
+        if self._closing:
+            return
+        if candidate is None:
+            self._remote_candidates_end = True
+            if not self._remote_candidates_resolving:
+                self._end_remote_candidates()
+            return
+        self._add_remote_candidate(candidate, candidate.host)
+
     async def query_consent(self) -> None:
         # Replaced by the agent's ConsentFreshness (RFC 7675 timing from config, on the clock).
         return None
 
     def request_received(self, message: stun.Message, addr: tuple[str, int], protocol: aioice.ice.StunProtocol) -> None:
+        """aioice's answer to a check, its common case (an authenticated Binding request, no
+        role conflict) with the response encoded once (`stun_wire.sign`); anything else goes
+        through aioice's own `request_received`."""
         self.generation.stats.checks_received += 1
-        super().request_received(message, addr, protocol)
+        attributes = message.attributes
+        if (
+            self._closing
+            or message.message_method != stun.Method.BINDING
+            or "ICE-CONTROLLING" in attributes and self.ice_controlling
+            or "ICE-CONTROLLED" in attributes and not self.ice_controlling
+            or "MESSAGE-INTEGRITY" not in attributes
+            or "USERNAME" not in attributes
+            or not isinstance(protocol, _StunSocket)
+        ):
+            super().request_received(message, addr, protocol)
+            return
+        key = self.generation.local_key
+        if not (self._valid_username(attributes["USERNAME"]) and message.check_message_integrity(key)):
+            self.respond_error(message, addr, protocol, (401, "Unauthenticated"))  # RFC 8489 §9.1.3
+            return
+        # RFC 8445 §7.3.1: a Binding response, XOR-MAPPED-ADDRESS the source, signed with our pwd.
+        response = stun.Message(stun.Method.BINDING, stun.Class.RESPONSE, transaction_id=message.transaction_id)
+        response.attributes["XOR-MAPPED-ADDRESS"] = addr
+        protocol.send_stun(response, addr, sign(response, key))
+        # As aioice: checks before connect() wait for the remote password (RFC 8445 §7.3).
+        if not self._early_checks_done:
+            self._early_checks.append((message, addr, protocol))
+        else:
+            self.check_incoming(message, addr, protocol)
 
     def respond_error(self, request: stun.Message, addr: tuple[str, int], protocol: aioice.ice.StunProtocol, error_code: tuple[int, str]) -> None:
         self.generation.stats.checks_rejected += 1
@@ -252,6 +245,10 @@ class _ClosedListener:
 _CLOSED_LISTENER: BackendListener = _ClosedListener()
 
 
+# The pair states aioice's Ta tick starts a check from.
+_STARTABLE = (aioice.ice.CandidatePair.State.WAITING, aioice.ice.CandidatePair.State.FROZEN)
+
+
 @functools.lru_cache(maxsize=1024)  # bounded: remote addresses come from peers
 def _ip_version(address: str) -> int:
     return ipaddress.ip_address(address).version
@@ -263,16 +260,6 @@ def _can_pair(local: Candidate, remote: Candidate) -> bool:
     return (local.component == remote.component
             and local.transport.lower() == remote.transport.lower()
             and _ip_version(local._network_host) == _ip_version(remote._network_host))
-
-
-def _run_without_waiting(coroutine: Coroutine[Any, Any, None]) -> None:
-    """Run a coroutine that never awaits to its end, here and now."""
-    try:
-        coroutine.send(None)
-    except StopIteration:
-        return
-    coroutine.close()
-    raise RuntimeError("a coroutine expected to finish without waiting waited")
 
 
 class _ConsentTransaction:
@@ -304,6 +291,8 @@ class FullGeneration:
     ) -> None:
         self.config = config
         self.credentials = credentials
+        # Our ice-pwd as the STUN short-term key (RFC 8445 §7.2.2), for every check we answer.
+        self.local_key = credentials.pwd.encode("utf8")
         self.pool = pool
         self.shelf = shelf
         self.stats = stats
@@ -367,13 +356,11 @@ class FullGeneration:
                 log.info("ICE: remote candidate {candidate} ignored: more than {limit} pairs", candidate=candidate.to_sdp(), limit=self.config.max_pairs)
                 return
             self._remote_count += 1
-        adding = self.connection.add_remote_candidate(candidate)
         if candidate is None or not mdns.is_mdns_hostname(candidate.host):
-            # An address, or end-of-candidates: aioice adds it without waiting (only an mDNS
-            # name is resolved), so it runs here rather than as one asyncio task per candidate.
-            _run_without_waiting(adding)
+            # An address, or end-of-candidates: nothing to wait for, so no task per candidate.
+            self.connection.add_remote_now(candidate)
         else:
-            self._spawn(adding)
+            self._spawn(self.connection.add_remote_candidate(candidate))
 
     def begin_checks(self) -> None:
         if self._connect_task is None and self.remote is not None and self._gathered and not self._closing:
@@ -421,14 +408,14 @@ class FullGeneration:
         if pair is None or self.remote is None or self._closing:
             return
         request = self.connection.build_request(pair, nominate=False)
-        request.add_message_integrity(self.remote.pwd.encode("utf8"))
+        wire = sign(request, self.remote.pwd.encode("utf8"))
         transaction = _ConsentTransaction(self, request)
         pair.protocol.transactions[request.transaction_id] = transaction  # type: ignore[assignment]
         self._consent_outstanding[request.transaction_id] = (transaction, pair.protocol)
         while len(self._consent_outstanding) > CONSENT_OUTSTANDING:
             self._forget_consent(next(iter(self._consent_outstanding)))
         self.stats.consent_checks_sent += 1
-        pair.protocol.transport.sendto(bytes(request), pair.remote_addr)
+        pair.protocol.transport.sendto(wire, pair.remote_addr)
 
     def consent_response(self, transaction: _ConsentTransaction, message: stun.Message, addr: Address) -> None:
         pair = self._selected

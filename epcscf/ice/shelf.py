@@ -22,7 +22,7 @@ still read by the loop (into a sink that drops everything), and a later call *ta
   (at shutdown) closes every parked socket and gives its ports back.
 
 Sans-IO: the shelf only keeps items and reads the clock; what an item is (an asyncio
-transport, a pair of raw sockets) is its owner's business (`epcscf.ice.full`, `epcscf.media.relay`).
+transport, a pair of raw sockets) is its owner's business (`epcscf.ice.host_socket`, `epcscf.media.relay`).
 """
 
 from __future__ import annotations
