@@ -238,7 +238,6 @@ class UdpTransport(DatagramProtocol):
         return Address(source.host, via.port or DEFAULT_PORTS["UDP"])
 
 
-
 class UdpPort(udp.Port):
     """Twisted's UDP port without the failing read that ends nearly every wake-up.
 
