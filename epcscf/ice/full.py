@@ -54,7 +54,11 @@ log = Logger()
 CONSENT_OUTSTANDING = 16
 
 class _AgentConnection(aioice.ice.Connection):
-    """One aioice Connection, bound and reporting the way `FullGeneration` needs."""
+    """One aioice Connection, bound and reporting the way `FullGeneration` needs.
+
+    It overrides and calls aioice 0.13's own methods (`_check_periodic`, `_valid_username`,
+    `_add_remote_candidate`, `_end_remote_candidates`), which older releases lack: hence
+    ``aioice >= 0.13, < 0.14`` in setup.cfg."""
 
     def __init__(self, generation: FullGeneration, controlling: bool, credentials: IceCredentials) -> None:
         # Weak: the generation owns this connection, a strong reference back would be a cycle.
