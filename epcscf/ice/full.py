@@ -178,7 +178,8 @@ class _AgentConnection(ConnectWithoutTask):
         """aioice's answer to a check, its common case (an authenticated Binding request, no
         role conflict) with the response encoded once (`stun_wire.sign`); anything else goes
         through aioice's own `request_received`."""
-        self.generation.stats.checks_received += 1
+        generation = self._generation()  # the property's weak reference, read once
+        generation.stats.checks_received += 1
         attributes = message.attributes
         if (
             self._closing
@@ -191,7 +192,7 @@ class _AgentConnection(ConnectWithoutTask):
         ):
             super().request_received(message, addr, protocol)
             return
-        key = self.generation.local_key
+        key = generation.local_key
         if not (self._valid_username(attributes["USERNAME"]) and message.check_message_integrity(key)):
             self.respond_error(message, addr, protocol, (401, "Unauthenticated"))  # RFC 8489 §9.1.3
             return
