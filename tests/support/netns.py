@@ -17,7 +17,7 @@ thread is briefly in another namespace (``inside``) stays a host of that one.
     network.link(edge, "10.66.3.1/24", core, "10.66.3.2/24")
     network.nat(...)                       # masquerade, optionally with a random port per mapping
 
-Needs root (CAP_SYS_ADMIN and CAP_NET_ADMIN), iproute2, util-linux's unshare/nsenter and nft:
+Needs root (CAP_SYS_ADMIN and CAP_NET_ADMIN), iproute2, util-linux's setpriv/unshare/nsenter and nft:
 ``require_network`` fails (never skips) when one is missing; ``bin/setup tests`` installs them.
 """
 
@@ -34,7 +34,7 @@ from typing import Any, Iterator, Sequence
 
 CLONE_NEWNET = 0x40000000  # <sched.h>; os.setns arrives only with Python 3.12
 _libc = ctypes.CDLL(None, use_errno=True)
-PROGRAMS = {"ip": "iproute2", "nsenter": "util-linux", "unshare": "util-linux", "nft": "nftables"}
+PROGRAMS = {"ip": "iproute2", "nsenter": "util-linux", "unshare": "util-linux", "setpriv": "util-linux", "nft": "nftables"}
 
 
 def require_network(test: Any) -> None:
@@ -107,8 +107,9 @@ class TestNetwork:
 
     def host(self, name: str) -> Host:
         """A new namespace with its loopback up."""
+        # --pdeathsig: the holder dies with this process even if it is killed before ``remove``.
         holder = subprocess.Popen(
-            ["unshare", "-n", "--", "sh", "-c", "ip link set lo up && echo up && exec sleep 3600"],
+            ["setpriv", "--pdeathsig", "KILL", "unshare", "-n", "--", "sh", "-c", "ip link set lo up && echo up && exec sleep 3600"],
             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
         )
         host = Host(name, holder)
