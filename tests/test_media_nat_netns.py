@@ -111,6 +111,7 @@ def deployed_network(test: unittest.TestCase) -> tuple[TestNetwork, dict[str, Ho
 
 
 def free_udp_port(host: Host) -> int:
+    """A UDP port the kernel just had free on ``host`` (sipp needs its ports on the command line)."""
     with host.inside(), socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
         probe.bind(("0.0.0.0", 0))
         return probe.getsockname()[1]
