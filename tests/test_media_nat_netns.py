@@ -36,7 +36,7 @@ import socket
 from contextlib import ExitStack
 from typing import Any
 
-from twisted.internet import defer, error, reactor
+from twisted.internet import defer
 from twisted.trial import unittest
 
 from epcscf.service import EpcscfService
@@ -54,9 +54,10 @@ from tests.support.browser import (
 from tests.support.certificates import certificate_chain
 from tests.support.deployment import DOMAIN
 from tests.support.netns import Host, TestNetwork, require_network
-from tests.support.processes import require_program, wait_for
+from tests.support.processes import wait_for
 from tests.support.wic import as_deferred
-from tests.test_media_browser import CONSENT_ANSWERED, PC_CONNECTED, SCENARIOS, SippProcess, pcmu_tone
+from tests.support.sipp import SCENARIOS, SippProcess, require_sipp, sipp_messages, spawn_sipp
+from tests.test_media_browser import CONSENT_ANSWERED, PC_CONNECTED, pcmu_tone
 
 WIC = "10.66.1.2"
 NAT_INSIDE = "10.66.1.1"
@@ -143,7 +144,7 @@ class WicBehindNatTests(unittest.TestCase):
     def setUp(self) -> None:
         require_browser(self)
         require_network(self)
-        self.sipp = require_program(self, "sipp", "sip-tester")
+        self.sipp = require_sipp(self)
         self.network, self.hosts, self.nat_outside = deployed_network(self)
         self.network.nat(self.hosts["nat"], self.nat_outside)
         # This process is the eP-CSCF host: the reactor's thread joins its namespace for the test.
@@ -171,42 +172,21 @@ class WicBehindNatTests(unittest.TestCase):
 
     # --- helpers -------------------------------------------------------------------------------
 
-    def spawn_sipp(self, name: str, args: list[str]) -> SippProcess:
-        """sipp on the core host, bounded to one call and 40 s; killed at the test's end if still running."""
-        files = os.path.join(self.directory, name)
-        argv = self.hosts["core"].command([self.sipp, *args, "-nostdin", "-m", "1", "-timeout", "40s", "-timeout_error",
-                                           "-trace_msg", "-message_file", f"{files}_messages.log",
-                                           "-trace_err", "-error_file", f"{files}_errors.log"])
-        process = SippProcess()
-        transport = reactor.spawnProcess(process, "/usr/bin/nsenter", argv, env=dict(os.environ), path=self.directory)
-
-        def kill() -> defer.Deferred | None:
-            if process.ended.done():
-                return None
-            try:
-                transport.signalProcess("KILL")
-            except error.ProcessExitedAlready:
-                return None
-            return defer.Deferred.fromFuture(asyncio.shield(process.ended))
-
-        self.addCleanup(kill)
-        return process
-
-    def sipp_messages(self, name: str) -> str:
-        with open(os.path.join(self.directory, f"{name}_messages.log"), errors="replace") as handle:
-            return handle.read()
+    def spawn_sipp(self, name: str, args: list[str]) -> tuple[SippProcess, str]:
+        """sipp on the core host, bounded to one call and 40 s; (process, its message trace)."""
+        bounded = [*args, "-m", "1", "-timeout", "40s", "-timeout_error"]
+        return spawn_sipp(self, self.sipp, bounded, self.directory, name, prefix=self.hosts["core"].command([]))
 
     async def sipp_finished(self, name: str, process: SippProcess) -> None:
-        code = await asyncio.wait_for(asyncio.shield(process.ended), 20)
-        output = process.output.decode(errors="replace")[-1500:]
-        self.assertEqual(code, 0, f"sipp {name} failed ({code}):\n{output}")
+        await wait_for(lambda: process.ended.called, 20, what=f"sipp {name} done")
+        self.assertEqual(process.exit_code, 0, f"sipp {name} failed:\n{process.output.decode(errors='replace')[-1500:]}")
 
     def live_stream(self) -> Any:
         calls = self.service.pcscf.calls.calls()
         self.assertEqual(len(calls), 1, calls)
         return calls[0].media.streams[0]
 
-    async def assert_call_through_nat(self, browser: Browser, user: str, sipp_name: str, sipp_media_port: int) -> tuple[int, int]:
+    async def assert_call_through_nat(self, browser: Browser, user: str, sipp_trace: str, sipp_media_port: int) -> tuple[int, int]:
         """Audio both ways on a pair on the NAT's address, the SDP of each side, and consent
         both ways through the NAT; (the WIC's host candidate port, the NAT's port for it)."""
         verdict = await browser.wait_function(user, PC_CONNECTED, timeout=20000, polling=100)
@@ -255,10 +235,10 @@ class WicBehindNatTests(unittest.TestCase):
         self.assertGreater(session.wic_to_core.packets, 25, "WIC → core: SRTP decrypted, sent as RTP")
         self.assertGreater(session.core_to_wic.packets, 25, "core → WIC: RTP encrypted, sent as SRTP")
         # What sipp (the core side) was sent: the core-side address in c= and o=, no ICE.
-        messages = self.sipp_messages(sipp_name)
-        self.assertEqual(set(CONNECTION.findall(messages)), {EDGE_CORE_SIDE, CORE}, messages[-3000:])
-        self.assertEqual(set(ORIGIN.findall(messages)), {EDGE_CORE_SIDE, CORE}, messages[-3000:])
-        self.assertNotIn("a=candidate", messages)
+        received = "\n".join(sipp_messages(sipp_trace, "received"))
+        self.assertEqual(set(CONNECTION.findall(received)), {EDGE_CORE_SIDE}, received)
+        self.assertEqual(set(ORIGIN.findall(received)), {EDGE_CORE_SIDE}, received)
+        self.assertNotIn("a=candidate", received)
 
         # RFC 7675 §5.1 both ways: Chromium's consent requests answered, and ours (full ICE, on
         # the selected pair: to the NAT's address) answered by Chromium through the NAT.
@@ -312,15 +292,15 @@ class WicBehindNatTests(unittest.TestCase):
     async def call_echo_from(self, browser: Browser, user: str, name: str = "uas") -> tuple[int, int]:
         core = self.hosts["core"]
         sip_port, media_port = free_udp_port(core), free_udp_port(core)
-        uas = self.spawn_sipp(name, ["-sf", os.path.join(SCENARIOS, "media_uas_echo.xml"), "-i", CORE,
+        uas, trace = self.spawn_sipp(name, ["-sf", os.path.join(SCENARIOS, "media_uas_echo.xml"), "-i", CORE,
                                      "-p", str(sip_port), "-mi", CORE, "-mp", str(media_port), "-rtp_echo"])
-        await wait_for(lambda: sip_port in core.udp_ports() or uas.ended.done(), 10, what="sipp UAS listening")
-        self.assertFalse(uas.ended.done(), uas.output.decode(errors="replace"))
+        await wait_for(lambda: sip_port in core.udp_ports() or uas.ended.called, 10, what="sipp UAS listening")
+        self.assertFalse(uas.ended.called, uas.output.decode(errors="replace"))
         await browser.evaluate(user, SDP_RESET)
         # The embedded core proxies a Request-URI outside its domain as is (to the sipp UAS).
         await call_from_page(browser, user, f"sip:echo@{CORE}:{sip_port}")
         await browser.wait(user, page_state("call-state", "connected"), timeout=20000)
-        ports = await self.assert_call_through_nat(browser, user, name, media_port)
+        ports = await self.assert_call_through_nat(browser, user, trace, media_port)
         await self.hang_up_from_page(browser, user)
         await self.sipp_finished(name, uas)
         await self.released()
@@ -336,7 +316,7 @@ class WicBehindNatTests(unittest.TestCase):
         await browser.evaluate(user, SDP_RESET)
         with open(os.path.join(self.directory, "tone.pcmu"), "wb") as tone:  # sipp runs in self.directory
             tone.write(pcmu_tone(2.0))
-        uac = self.spawn_sipp("uac", ["-sf", os.path.join(SCENARIOS, "media_uac_call.xml"), "-s", user,
+        uac, trace = self.spawn_sipp("uac", ["-sf", os.path.join(SCENARIOS, "media_uac_call.xml"), "-s", user,
                                       "-set", "domain", DOMAIN, "-i", CORE, "-p", str(free_udp_port(core_host)),
                                       "-mi", CORE, "-mp", str(media_port), "-d", str(UAC_TALK_MS),
                                       f"{core_address.host}:{core_address.port}"])
@@ -344,7 +324,7 @@ class WicBehindNatTests(unittest.TestCase):
         await browser.click(user, "#answer")
         await browser.wait(user, page_state("call-state", "connected"), timeout=20000)
         self.assertTrue(self.live_stream().agent.controlling, "the offerer toward the WIC is the controlling agent")
-        await self.assert_call_through_nat(browser, user, "uac", media_port)
+        await self.assert_call_through_nat(browser, user, trace, media_port)
         # sipp's BYE (after -d ms) reaches the WIC through the core and the edge.
         await browser.wait(user, page_state("call-state", "idle"), timeout=20000)
         await self.sipp_finished("uac", uac)
