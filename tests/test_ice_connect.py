@@ -151,6 +151,13 @@ class StartChecksTests(unittest.TestCase):
 
         return in_loop(test)
 
+    def fails_as_aioice(self, scenario: Callable[[Side], Any], reason: str) -> Deferred[None]:
+        async def test() -> None:
+            theirs, _ = await self.both(scenario)
+            self.assertEqual(theirs.failures, [reason])
+
+        return in_loop(test)
+
     def test_failed_checks_are_reported_as_connect_raised_them(self) -> Deferred[None]:
         async def scenario(side: Side) -> None:
             await side.add_wic()
@@ -159,11 +166,7 @@ class StartChecksTests(unittest.TestCase):
             side.answer_checks(error=(400, "Bad Request"))
             await turns()
 
-        async def test() -> None:
-            theirs, _ = await self.both(scenario)
-            self.assertEqual(theirs.failures, ["ICE negotiation failed"])
-
-        return in_loop(test)
+        return self.fails_as_aioice(scenario, "ICE negotiation failed")
 
     def test_no_candidate_to_check_fails_a_loop_turn_later(self) -> Deferred[None]:
         async def scenario(side: Side) -> None:
@@ -173,11 +176,7 @@ class StartChecksTests(unittest.TestCase):
                 self.assertEqual(side.failures, [])  # not within the call, as connect() raised in its task
             await turns()
 
-        async def test() -> None:
-            theirs, _ = await self.both(scenario)
-            self.assertEqual(theirs.failures, ["ICE negotiation failed"])
-
-        return in_loop(test)
+        return self.fails_as_aioice(scenario, "ICE negotiation failed")
 
     def test_missing_remote_credentials_fail_with_aioices_message(self) -> Deferred[None]:
         async def scenario(side: Side) -> None:
@@ -185,11 +184,7 @@ class StartChecksTests(unittest.TestCase):
             side.start()
             await turns()
 
-        async def test() -> None:
-            theirs, _ = await self.both(scenario)
-            self.assertEqual(theirs.failures, ["Remote username or password is missing"])
-
-        return in_loop(test)
+        return self.fails_as_aioice(scenario, "Remote username or password is missing")
 
     def test_closing_reports_nothing_and_stops_the_ticks(self) -> Deferred[None]:
         async def test() -> None:
