@@ -73,6 +73,8 @@ class Direction(enum.Enum):
 
     `sendonly`: the WIC sends, so only WIC→core RTP flows; `recvonly`: only core→WIC."""
 
+    __hash__ = object.__hash__  # identity: members are singletons (Enum's hash is Python code)
+
     SENDRECV = "sendrecv"
     SENDONLY = "sendonly"
     RECVONLY = "recvonly"

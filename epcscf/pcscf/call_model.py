@@ -227,15 +227,16 @@ class Call:
         """Move per the table; ``CallStateError`` for an event the state does not allow."""
         new = next_state(self.state, event)
         if new is not self.state:
-            self.note("state", f"{self.state.value} → {new.value} ({event.value})")
+            # ``_value_``: the value as a plain attribute (``.value`` is a property: two Python calls)
+            self.note("state", f"{self.state._value_} → {new._value_} ({event._value_})")
         self.state = new
         return new
 
     def summary(self) -> dict[str, Any]:
         return {
             "call_id": self.call_id,
-            "direction": self.direction.value,
-            "state": self.state.value if self.suspended_since is None else "suspended (flow lost)",
+            "direction": self.direction._value_,
+            "state": self.state._value_ if self.suspended_since is None else "suspended (flow lost)",
             "flow": self.wic_flow.id,
             "created": self.created,
             "ended": self.ended_at,

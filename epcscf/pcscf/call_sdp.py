@@ -16,8 +16,8 @@ from twisted.python.failure import Failure
 
 from epcscf.pcscf import offer_answer as oa
 from epcscf.pcscf.call_model import Call, CallLeg, MediaRejected, sdp_body, set_sdp, strip_body
-from epcscf.pcscf.call_state import CallDirection
-from epcscf.pcscf.dialogs import Side
+from epcscf.pcscf.call_state import ORIGINATING
+from epcscf.pcscf.dialogs import SIDE_CORE, SIDE_WIC, Side
 from epcscf.sip.connection import WEBSOCKET_TRANSPORTS
 from epcscf.sip.headers import HeaderError, cseq, to_tag, top_via
 from epcscf.sip.message import Message, Response
@@ -38,14 +38,14 @@ def offer_step(call: Call, sender: Side, event: oa.OfferEvent, report: ProtocolE
 def transform_offer(call: Call, sender: Side, body: bytes) -> bytes | defer.Deferred:
     """``sender``'s offer, for the other side (TS 24.371 §7.4.2 / §7.4.3)."""
     assert call.media is not None
-    transform = call.media.offer_from_wic if sender is Side.WIC else call.media.offer_from_core
+    transform = call.media.offer_from_wic if sender is SIDE_WIC else call.media.offer_from_core
     return defer.maybeDeferred(transform, body)
 
 
 def transform_answer(call: Call, sender: Side, body: bytes, message: Message) -> defer.Deferred:
     """``sender``'s answer, for the other side; remembered for a 2xx that must repeat it."""
     assert call.media is not None
-    if sender is Side.CORE:
+    if sender is SIDE_CORE:
         return defer.maybeDeferred(core_answer, call, body, message)
 
     def remember_for_core(answer: bytes) -> bytes:
@@ -102,25 +102,25 @@ def rewrite_response(
     event = oa.response_event(status, body is not None, leg.offer_from is not None, initial, method_of(response))
     step = offer_step(call, responder, event, report)
     action = step.action
-    if action is oa.OfferAction.FORWARD:
+    if action is oa.ACTION_FORWARD:
         return False
-    if action is oa.OfferAction.ROLLBACK:
+    if action is oa.ACTION_ROLLBACK:
         media.offer_failed()  # RFC 3264 §8: the previous offer/answer stays in force
         call.pending_offer = oa.pending_after(step, responder)
         return False
-    if action is oa.OfferAction.REPEAT_ANSWER:
-        if responder is not Side.CORE or not call.last_wic_answer:
+    if action is oa.ACTION_REPEAT_ANSWER:
+        if responder is not SIDE_CORE or not call.last_wic_answer:
             return False
         # The WIC needs the answer in the 2xx: repeat the last one unchanged.
         set_sdp(response, call.last_wic_answer)
         call.note("sip-out", "2xx without SDP: repeated the last WebRTC answer")
         call.pending_offer = oa.pending_after(step, responder)
         return True
-    if action is oa.OfferAction.STRIP or body is None:
+    if action is oa.ACTION_STRIP or body is None:
         call.note("media", f"unexpected SDP in {status} from the {responder.value} dropped")
         strip_body(response)  # never let one side's SDP reach the other raw
         return False
-    if action is oa.OfferAction.ANSWER:
+    if action is oa.ACTION_ANSWER:
         def answered(new_body: bytes) -> bool:
             set_sdp(response, new_body)
             call.pending_offer = oa.pending_after(step, responder)  # settled by the 2xx only
@@ -135,10 +135,10 @@ def rewrite_response(
                 release(call, reason, f"unusable SDP answer: {reason}")  # the dialog has no usable media
             return False
 
-        if responder is Side.CORE:
+        if responder is SIDE_CORE:
             return _then(lambda: core_answer(call, body, response), answered, bad_answer)
         return transform_answer(call, responder, body, response).addCallbacks(answered, bad_answer)
-    if action is oa.OfferAction.REPEAT_OFFER:
+    if action is oa.ACTION_REPEAT_OFFER:
         # The same offer again (18x then 2xx): the same transformed offer.
         return defer.maybeDeferred(transform_offer, call, responder, body).addCallback(lambda new: set_sdp(response, new))
     # OFFER: the responder offers in the 18x/2xx of an INVITE without SDP (RFC 3261 §13.2.1).
@@ -163,7 +163,7 @@ def repeat_answer_in_retransmission(call: Call, response: Response) -> bool:
     """A retransmitted 2xx of the callee carries the answer already sent (RFC 3261
     §13.3.1.4): put that answer in again.  False when there is none to repeat."""
     toward_wic = next_hop_is_websocket(response)
-    if call.direction is CallDirection.ORIGINATING:
+    if call.direction is ORIGINATING:
         repeat = call.last_wic_answer if toward_wic else None
     else:
         repeat = call.last_core_answer if not toward_wic else None
