@@ -35,7 +35,7 @@ from epcscf.sip.headers import HeaderError, address_facts, cseq
 from epcscf.sip.message import Request, Response
 from epcscf.sip.params import memoised_by_text
 from epcscf.sip.proxy_rules import BRANCH_PREFIX, DEFAULT_MAX_FORWARDS, add_via, apply_strict_route, list_values, name_addr_uri
-from epcscf.sip.uri import SipUri, UriError, parse_name_addr, parse_uri
+from epcscf.sip.uri import SipUri, UriError, parse_name_addr, shared_uri
 
 
 class Side(enum.Enum):
@@ -247,7 +247,7 @@ def _same_target(uri: str, target: str | None) -> bool:
     if target is None:
         return False
     try:
-        given, saved = parse_uri(uri), parse_uri(target)
+        given, saved = shared_uri(uri), shared_uri(target)  # read only: the memo's objects, no copies
     except UriError:
         return uri.strip() == target.strip()
     if not isinstance(given, SipUri) or not isinstance(saved, SipUri):

@@ -141,7 +141,12 @@ class StatelessForwarding:
                 self.replays.send(request, connection)  # and its copies the same way (§16.11)
 
         if isinstance(first, Target):
-            return self.connector.connect(first).addCallback(send)
+            # An open connection (the core's UDP socket, every ACK of a call): sent at once,
+            # as the fired Deferred of ``connect`` would send it.
+            existing = self.connector.connection_for(first) if hasattr(self.connector, "connection_for") else None
+            if existing is None:
+                return self.connector.connect(first).addCallback(send)
+            first = existing
         send(first)
         return None
 
