@@ -16,6 +16,7 @@ from typing import Any, Callable, NamedTuple, Protocol, overload
 
 from twisted.internet import defer
 from twisted.internet.interfaces import IReactorTime
+from twisted.python.failure import Failure
 
 from epcscf.pcscf.call_state import CallDirection, CallEvent, CallState, TRANSITIONS, next_state
 from epcscf.pcscf.dialogs import Dialog, Side
@@ -259,6 +260,18 @@ class CallLeg:
     sender: Side
     initial: bool = False
     offer_from: Side | None = None
+
+
+def succeeded_already(deferred: defer.Deferred) -> bool:
+    """Has ``deferred`` fired with a plain result that a callback added now would get at once?
+    Then its ``result`` may be read instead of running a callback chain (a media's offer is
+    ready at once on a busy node: the call's sockets come from the shelf)."""
+    return (
+        deferred.called
+        and not deferred.paused
+        and not deferred.callbacks
+        and not isinstance(deferred.result, (Failure, defer.Deferred))
+    )
 
 
 def call_leg(context: ProxiedRequest) -> CallLeg | None:

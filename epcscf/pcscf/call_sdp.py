@@ -9,13 +9,13 @@ side (TS 24.371 §7.4.2, §7.4.3), repeat the last answer, roll a refused re-off
 
 from __future__ import annotations
 
-from typing import Callable
+from typing import Any, Callable, TypeVar
 
 from twisted.internet import defer
 from twisted.python.failure import Failure
 
 from epcscf.pcscf import offer_answer as oa
-from epcscf.pcscf.call_model import Call, CallLeg, MediaRejected, sdp_body, set_sdp, strip_body
+from epcscf.pcscf.call_model import Call, CallLeg, MediaRejected, sdp_body, set_sdp, strip_body, succeeded_already
 from epcscf.pcscf.call_state import ORIGINATING
 from epcscf.pcscf.dialogs import SIDE_CORE, SIDE_WIC, Side
 from epcscf.sip.connection import WEBSOCKET_TRANSPORTS
@@ -27,6 +27,8 @@ ProtocolErrorReport = Callable[[Call, str], None]
 #: ``(call, reason, cause)``: end a dialog whose SDP cannot be served, once its 2xx has gone
 ReleaseForSdp = Callable[[Call, int, str], None]
 
+R = TypeVar("R")
+
 def offer_step(call: Call, sender: Side, event: oa.OfferEvent, report: ProtocolErrorReport) -> oa.Step:
     """The table's step for ``event`` sent by ``sender``; a protocol error is reported."""
     step = oa.step(oa.holder(call.pending_offer, sender), event)
@@ -36,10 +38,11 @@ def offer_step(call: Call, sender: Side, event: oa.OfferEvent, report: ProtocolE
 
 
 def transform_offer(call: Call, sender: Side, body: bytes) -> bytes | defer.Deferred:
-    """``sender``'s offer, for the other side (TS 24.371 §7.4.2 / §7.4.3)."""
+    """``sender``'s offer, for the other side (TS 24.371 §7.4.2 / §7.4.3): the media's result
+    as it gives it (bytes at once, or a Deferred), its refusal raised."""
     assert call.media is not None
     transform = call.media.offer_from_wic if sender is SIDE_WIC else call.media.offer_from_core
-    return defer.maybeDeferred(transform, body)
+    return transform(body)
 
 
 def transform_answer(call: Call, sender: Side, body: bytes, message: Message) -> defer.Deferred:
@@ -74,16 +77,20 @@ def core_answer(call: Call, body: bytes, message: Message) -> bytes | defer.Defe
     return remember_for_wic(answer)
 
 
-def _then(thunk: Callable[[], object], on_result: Callable[[object], bool],
-          on_failure: Callable[[Failure], bool]) -> bool | defer.Deferred:
-    """``maybeDeferred(thunk).addCallbacks(on_result, on_failure)``, at once (no Deferred) when
-    ``thunk`` returns a plain value or raises: the builtin media answers the core at once."""
+def then_at_once(thunk: Callable[[], Any], on_result: Callable[[Any], R],
+                 on_failure: Callable[[Failure], R]) -> R | defer.Deferred:
+    """``maybeDeferred(thunk).addCallbacks(on_result, on_failure)``, at once (no callback chain)
+    when ``thunk`` returns a plain value, a Deferred that has fired with one, or raises: the
+    builtin media answers the core at once, and offers toward it at once when the call's sockets
+    come from the shelf (every call on a busy node)."""
     try:
         result = thunk()
     except Exception:
         return on_failure(Failure())
     if isinstance(result, defer.Deferred):
-        return result.addCallbacks(on_result, on_failure)
+        if not succeeded_already(result):
+            return result.addCallbacks(on_result, on_failure)
+        result = result.result  # fired: what ``on_result`` would be called back with now
     return on_result(result)
 
 
@@ -136,7 +143,7 @@ def rewrite_response(
             return False
 
         if responder is SIDE_CORE:
-            return _then(lambda: core_answer(call, body, response), answered, bad_answer)
+            return then_at_once(lambda: core_answer(call, body, response), answered, bad_answer)
         return transform_answer(call, responder, body, response).addCallbacks(answered, bad_answer)
     if action is oa.ACTION_REPEAT_OFFER:
         # The same offer again (18x then 2xx): the same transformed offer.

@@ -230,6 +230,14 @@ class CallManager:
             return self._forward_initial(call, forward, None) if leg.initial else forward
         if action is oa.ACTION_OFFER:
             leg.offer_from = leg.sender
+            if leg.initial:
+                # The initial INVITE's offer, decided at once when the media offers at once (no
+                # Deferred for the proxy either), as the Deferred chain below would decide it.
+                return call_sdp.then_at_once(
+                    lambda: call_sdp.transform_offer(call, leg.sender, body),
+                    lambda offer: self._forward_initial(call, forward, offer),
+                    lambda failure: self._reject_initial(call, context, failure),
+                )
             transformed = defer.maybeDeferred(call_sdp.transform_offer, call, leg.sender, body)
         else:
             transformed = call_sdp.transform_answer(call, leg.sender, body, request)
