@@ -43,6 +43,7 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
+from epcscf.pcscf import call_refusals as refusals
 from epcscf.pcscf import call_sdp
 from epcscf.pcscf import offer_answer as oa
 from epcscf.pcscf.call_history import CallHistory, HistoryEntry
@@ -56,7 +57,6 @@ from epcscf.pcscf.call_model import (
     CallSettings,
     MediaFactory,
     MediaRejected,
-    SDP,
     TimelineEntry,
     call_leg,
     content_type,
@@ -171,7 +171,7 @@ class CallManager:
 
     def _initial_invite(self, context: ProxiedRequest, direction: CallDirection, flow: Connection, forward: Forward,
                         what: str) -> Decision | defer.Deferred:
-        problem = self._unusable_body(context.request)
+        problem = refusals.unusable_body(context.request)
         if problem is not None:
             return Reject(problem)
         call = self._new_call(context, direction, flow)
@@ -187,7 +187,7 @@ class CallManager:
     def _new_call(self, context: ProxiedRequest, direction: CallDirection, flow: Connection) -> Call | Reject:
         request = context.request
         if len(self._live) >= self.settings.max_calls:
-            return Reject(self._overloaded(request, "too many calls"))
+            return Reject(refusals.overloaded(request, "too many calls", self.settings))
         call_id = request.headers.get("Call-ID") or ""
         call = Call(call_id, direction, flow, self.clock.seconds(), self.clock,
                     timeline_limit=self.settings.timeline_length)
@@ -202,7 +202,7 @@ class CallManager:
             log.info("no media for call {call_id}: {error}", call_id=call_id, error=error)
             call.fire(EVENT_REJECTED)
             self._finish(call, f"no media resources: {error}", "media")
-            return Reject(self._overloaded(request, str(error)))
+            return Reject(refusals.overloaded(request, str(error), self.settings))
         call.media.on_failure = lambda layer, reason: self._media_failed(call, layer, reason)
         call.media.on_event = call.note
         call.media.wic_flow = lambda: None if call.suspended_since is not None else call.wic_flow.id
@@ -265,38 +265,11 @@ class CallManager:
             # Released (WS closed, shutdown) while its media was being prepared: the media was
             # closed under the offer, which is why it failed.
             return Reject(make_local_response(context.request, 480, "Temporarily Unavailable (call released)"))
-        response = self._rejection(context.request, failure)
+        response = refusals.rejection(context.request, failure, self.settings)
         self._fire(call, EVENT_REJECTED)
         call.note("sip-out", f"{response.status} {response.reason}")
         self._finish(call, f"rejected: {response.status} {response.reason}", "media" if response.status == 503 else "sip")
         return Reject(response)
-
-    def _rejection(self, request: Request, failure: Failure) -> Response:
-        error = failure.value
-        if isinstance(error, MediaRejected):
-            if error.status == 503:
-                return self._overloaded(request, error.reason)
-            response = make_local_response(request, error.status, _reason_phrase(error.status, error.reason))
-            if error.status == 488:
-                text = error.reason.replace("\\", "\\\\").replace('"', '\\"')
-                response.headers.add("Warning", f'{error.warn_code} {self.settings.warning_agent} "{text}"')
-            return response
-        log.failure("SDP handling failed", failure)
-        return make_local_response(request, 500, "Server Internal Error (media)")
-
-    def _overloaded(self, request: Request, why: str) -> Response:
-        response = make_local_response(request, 503, "Service Unavailable (no media resources)")
-        response.headers.add("Retry-After", str(self.settings.retry_after))  # RFC 3261 §21.5.4
-        log.info("503 for {call_id}: {why}", call_id=request.headers.get("Call-ID"), why=why)
-        return response
-
-    def _unusable_body(self, request: Request) -> Response | None:
-        if request.body.strip() and content_type(request) != SDP:
-            # RFC 3261 §21.4.13: a body we must read but cannot → 415 with Accept.
-            response = make_local_response(request, 415)
-            response.headers.add("Accept", SDP)
-            return response
-        return None
 
     # --- CallHooks: responses -----------------------------------------------------------------
 
@@ -440,7 +413,7 @@ class CallManager:
         call.pending_offer = None
         if call.media is not None:
             call.media.offer_failed()  # RFC 3264 §8: a refused re-offer keeps the previous media
-        response = self._rejection(context.request, failure)
+        response = refusals.rejection(context.request, failure, self.settings)
         call.note("sip-out", f"{response.status} {response.reason} to the {context.request.method}")
         return Reject(response)
 
@@ -626,12 +599,3 @@ def _branch_connection(context: ProxiedRequest, response: Response | None) -> Co
 
 def _got_2xx(context: ProxiedRequest) -> bool:
     return any(b.final is not None and 200 <= b.final.status < 300 for b in context.branches)
-
-
-def _reason_phrase(status: int, detail: str) -> str:
-    from epcscf.sip.message import REASON_PHRASES
-
-    base = REASON_PHRASES.get(status, "")
-    if status == 400:
-        return f"{base} ({detail[:80]})"
-    return base
