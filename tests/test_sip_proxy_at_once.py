@@ -5,7 +5,8 @@ what the Deferred path it stands for gives.
   no DNS (RFC 3263 §4.2): ``_targets_now`` against ``_resolve``;
 * the ACK for a 2xx (RFC 3261 §16.11, §13.2.2.4): decided, resolved and sent at once, against
   the same ACK through a Deferred decision, a resolver that only resolves with Deferreds and a
-  connector that only connects with them — the same bytes on the same connection.
+  connector that only connects with them — the same bytes on the same connection;
+* Timer C moved by a provisional rather than replaced (RFC 3261 §16.7 step 2).
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from twisted.internet import defer
 from twisted.logger import globalLogPublisher
 from twisted.trial import unittest
 
+from epcscf.sip.proxy import ProxySettings
 from epcscf.sip.proxy_policy import DefaultRoutingPolicy, Forward, Reject
 from epcscf.sip.resolver import Target
 from tests.test_sip_proxy import FakeConnector, ProxyTestCase, request_text
@@ -149,6 +151,44 @@ class AckAtOnceTests(ProxyTestCase):
         self.assertEqual(asked, ["sip:core.example.com;lr"])
         (sent,) = self.connector.connections[NEXT_HOP].sent
         self.assertEqual(sent.method, "ACK")
+
+
+
+class TimerCResetTests(ProxyTestCase):
+    """Timer C moved by each provisional (RFC 3261 §16.7 step 2) instead of replaced: it fires as
+    the replaced one fired."""
+
+    def test_each_provisional_moves_the_deadline_and_one_timer_stays_armed(self) -> None:
+        self.proxy.settings = ProxySettings(timer_c=181.0)
+        tx = self.receive(request_text())
+        client = self.forwarded()
+        for status in (180, 183, 180):
+            self.clock.advance(60)
+            client.reply(status)
+            self.assertEqual(self.proxy._timers_c.pending(), 1)
+        self.clock.advance(180.5)  # 180.5 s after the last provisional: not yet
+        self.assertEqual(self.transactions.of("CANCEL"), [])
+        self.clock.advance(1)
+        self.assertEqual(len(self.transactions.of("CANCEL")), 1)  # §16.8: CANCEL after a provisional
+        client.reply(487)
+        self.assertEqual(tx.statuses, [100, 180, 183, 180, 487])
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+
+    def test_a_provisional_after_timer_c_cancelled_the_branch_starts_a_new_timer_c(self) -> None:
+        # The wait for the CANCELled branch's 487 is not moved: a new Timer C replaces it.
+        self.proxy.settings = ProxySettings(timer_c=181.0)
+        tx = self.receive(request_text())
+        client = self.forwarded()
+        client.reply(180)
+        self.clock.advance(181)  # Timer C: CANCEL; the 487 is then waited for another 181 s
+        self.assertEqual(len(self.transactions.of("CANCEL")), 1)
+        self.clock.advance(10)
+        client.reply(183)  # t = 191: a new Timer C, due at t = 372
+        self.clock.advance(181 + 0.5)  # t = 372.5: that Timer C fired (nothing more to CANCEL), no 408
+        self.assertEqual(tx.statuses, [100, 180, 183])
+        self.clock.advance(181)  # t = 553.5: the wait it armed for the 487 ran out: 408
+        self.assertEqual(tx.statuses, [100, 180, 183, 408])
+        self.assertEqual(len(self.transactions.of("CANCEL")), 1)
 
 
 del ProxyTestCase  # imported for its set-up only: not run again here
