@@ -10,13 +10,18 @@ cancelled as soon as no entry is live (so an idle element leaves nothing schedul
 
 Entries fire at exactly their deadline on the wrapped clock (``task.Clock`` in tests).
 
-Timers of a fixed delay (``call_fixed``: RFC 3261 Timers H, I, J and RFC 6026 Timer L, which a
-settled server transaction runs for 64*T1 or T4 whatever happens) are not heap entries: all of
-one delay are armed in deadline order, so one deque per delay holds them, each entry a small list
-``[deadline, owner, token]``.  A lingering transaction then costs ~100 B of timer instead of a
-``QueuedCall``, a heap tuple, a bound method and its arguments (~500 B; thousands linger during a
-burst, docs/performance.md "Fuzz burst peak").  A cancelled entry lets go of its owner at once and
-leaves its deadline behind until it comes up.
+Timers of a fixed delay (``call_fixed``: every RFC 3261 §17 / RFC 6026 transaction timer, whose
+delays come from a handful of values: T1·2^n for A, E and G, T2, T4, 64·T1, the 200 ms of 100
+Trying) are not heap entries: all of one delay are armed in deadline order, so one deque per delay
+holds them.  Each entry is a ``(deadline, serial)`` tuple of two numbers, which the collector stops
+tracking at its first pass; the owner and its token are filed under the serial in two dicts of the
+queue.  A timer then costs the collector nothing after that pass, where a ``QueuedCall`` with its
+bound method, its arguments and its heap tuple were four objects every young and middle pass
+traversed for as long as the timer lived -- 32 s for Timers B, F, H, J, L and M, most of them
+cancelled long before (docs/performance.md, "The collector's share of a call").  A cancelled entry
+lets go of its owner and token at once and leaves its two numbers behind until they come up.
+Entries fire at exactly their deadline, as heap entries do; on the same deadline, heap entries
+first, then fixed entries in the order they were armed.
 """
 
 from __future__ import annotations
@@ -38,6 +43,8 @@ log = Logger()
 _EPSILON = 1e-9
 # Compact when more than this many entries are dead and they outnumber the live ones.
 _COMPACT_AT = 64
+# ``call_fixed`` deques kept before those with nothing armed are dropped (transactions use ~10 delays).
+_MOST_DELAYS = 64
 
 
 def _nothing() -> None:
@@ -50,8 +57,8 @@ class FixedDelayOwner(Protocol):
     def fixed_timer_fired(self, token: Any) -> None: ...
 
 
-#: one ``call_fixed`` timer: [deadline, owner (None once cancelled or fired), token]
-FixedEntry = list[Any]
+#: one ``call_fixed`` timer: (deadline, serial); the queue files its owner and token under the serial
+FixedEntry = tuple[float, int]
 
 
 @implementer(IDelayedCall)
@@ -114,7 +121,9 @@ class TimerQueue:
         self._armed_at = 0.0
         #: ``call_fixed`` entries, one deque per delay, each in deadline order
         self._fixed: dict[float, deque[FixedEntry]] = {}
-        self._fixed_live = 0
+        #: serial of each live ``call_fixed`` entry → its owner, and → its token
+        self._owners: dict[int, FixedDelayOwner] = {}
+        self._tokens: dict[int, Any] = {}
 
     def seconds(self) -> float:
         return self._clock.seconds()
@@ -130,25 +139,37 @@ class TimerQueue:
     def call_fixed(self, delay: float, owner: FixedDelayOwner, token: Any) -> FixedEntry:
         """Call ``owner.fixed_timer_fired(token)`` in ``delay`` seconds, as ``callLater`` would;
         for delays many timers share (see the module docstring).  ``cancel_fixed`` the entry."""
-        entry = [self._clock.seconds() + delay, owner, token]
+        serial = next(self._order)
+        entry = (self._clock.seconds() + delay, serial)
         queue = self._fixed.get(delay)
         if queue is None:
+            if len(self._fixed) >= _MOST_DELAYS:
+                self._drop_empty_deques()
             queue = self._fixed[delay] = deque()
         queue.append(entry)
-        self._fixed_live += 1
+        self._owners[serial] = owner
+        self._tokens[serial] = token
         if self._armed is None or entry[0] < self._armed_at:
             self._arm(entry[0])
         return entry
 
     def cancel_fixed(self, entry: FixedEntry) -> None:
-        if entry[1] is not None:
-            entry[1] = None
-            self._fixed_live -= 1
+        if self._owners.pop(entry[1], None) is not None:
+            del self._tokens[entry[1]]
             self._forget_if_idle()
+
+    def token_of(self, entry: FixedEntry) -> Any:
+        """The token of a live ``call_fixed`` entry (None once it fired or was cancelled)."""
+        return self._tokens.get(entry[1])
 
     def pending(self) -> int:
         """How many entries are armed (for tests and the console)."""
-        return self._live + self._fixed_live
+        return self._live + len(self._owners)
+
+    def _drop_empty_deques(self) -> None:
+        """Forget the deques of delays with nothing armed (a caller whose delays vary widely)."""
+        for delay in [delay for delay, queue in self._fixed.items() if not any(e[1] in self._owners for e in queue)]:
+            del self._fixed[delay]
 
     def _arm(self, when: float) -> None:
         if self._armed is not None and self._armed.active():
@@ -172,7 +193,7 @@ class TimerQueue:
 
     def _forget_if_idle(self) -> None:
         """Nothing armed: leave nothing scheduled and no dead entry behind."""
-        if self._live or self._fixed_live:
+        if self._live or self._owners:
             return
         self._heap.clear()
         self._fixed.clear()
@@ -183,10 +204,11 @@ class TimerQueue:
     def _earliest_fixed(self) -> deque[FixedEntry] | None:
         """The deque whose first live entry is due first (dead first entries are dropped)."""
         earliest: deque[FixedEntry] | None = None
+        owners = self._owners
         for queue in self._fixed.values():
-            while queue and queue[0][1] is None:
+            while queue and queue[0][1] not in owners:
                 queue.popleft()
-            if queue and (earliest is None or queue[0][0] < earliest[0][0]):
+            if queue and (earliest is None or queue[0] < earliest[0]):  # (deadline, serial): armed first on a tie
                 earliest = queue
         return earliest
 
@@ -198,7 +220,7 @@ class TimerQueue:
         while True:
             while self._heap and not self._heap[0][2]._is_entry(self._heap[0]):
                 heapq.heappop(self._heap)
-            fixed = self._earliest_fixed() if self._fixed_live else None
+            fixed = self._earliest_fixed() if self._owners else None
             heap_due = self._heap[0][0] if self._heap else None
             fixed_due = fixed[0][0] if fixed else None
             callback: Callable[..., None]
@@ -207,10 +229,8 @@ class TimerQueue:
                 self._live -= 1
                 callback, args = call._run, ()
             elif fixed is not None and fixed_due is not None and fixed_due <= now:
-                entry = fixed.popleft()
-                callback, args = entry[1].fixed_timer_fired, (entry[2],)
-                entry[1] = None
-                self._fixed_live -= 1
+                serial = fixed.popleft()[1]
+                callback, args = self._owners.pop(serial).fixed_timer_fired, (self._tokens.pop(serial),)
             else:
                 break
             try:

@@ -21,6 +21,7 @@ from epcscf.sip.timers import FixedEntry, TimerQueue
 from epcscf.sip.transaction_machine import (
     INVITE_SERVER,
     NON_INVITE_SERVER,
+    NOTHING_DUE,
     TIMER_LIFETIME,
     Event,
     State,
@@ -40,7 +41,8 @@ MAGIC_COOKIE = "z9hG4bK"
 
 #: The timers a settled server transaction runs for a delay every transaction of its path
 #: shares: H, J (64*T1, RFC 3261 §17.2.1/§17.2.2), L (64*T1, RFC 6026 §7.1) and I (T4).  They go to
-#: the layer's ``TimerQueue.call_fixed`` (a deque entry, not a heap entry and a ``QueuedCall``).
+#: the layer's ``TimerQueue.call_fixed`` in a slot of their own (``_fixed_timer``), not in the
+#: machine's timer table: a lingering transaction then needs no table of its own.
 _FIXED_DELAY_TIMERS = frozenset({Event.TIMER_H, Event.TIMER_I, Event.TIMER_J, Event.TIMER_L})
 
 #: What a lingering transaction holds in place of its own empty timer table and due-now list
@@ -48,7 +50,7 @@ _FIXED_DELAY_TIMERS = frozenset({Event.TIMER_H, Event.TIMER_I, Event.TIMER_J, Ev
 #: gives the transaction its own again before it arms a timer (docs/performance.md, "Fuzz burst
 #: survivors at +60 s").
 _NO_TIMERS: dict[Event, object] = {}
-_NOTHING_DUE: list[Event] = []
+_NOTHING_DUE = NOTHING_DUE
 
 
 class TransactionUser(Protocol):
@@ -203,8 +205,7 @@ class ServerTransaction(TransactionMachine):
     def start(self) -> None:
         """Arm the 100 Trying timer of an INVITE (RFC 3261 §17.2.1: 200 ms)."""
         if self.is_invite:
-            delay = self.timers.trying_delay
-            self._timers[Event.TIMER_TRYING] = self._clock.callLater(delay, self._timer_fired, Event.TIMER_TRYING)
+            self._start_timer(_TIMER_TRYING, self.timers.trying_delay)
 
     def respond(self, response: Response) -> None:
         """Send a response from the TU.
@@ -275,18 +276,28 @@ class ServerTransaction(TransactionMachine):
             self._cancel_fixed_timer()  # I replaces H (Confirmed): the layer may not have cancelled it
             self._fixed_timer = self._clock.call_fixed(delay, self, timer)
             return
-        # The machine adds to these two: a lingering transaction's are the shared empty ones.
+        # The machine adds to the table: a lingering transaction's is the shared empty one.
         if self._timers is _NO_TIMERS:
             self._timers = {}
-        if self._due_now is _NOTHING_DUE:
-            self._due_now = []
         super()._start_timer(timer, delay)
 
     def fixed_timer_fired(self, timer: Event) -> None:
-        """``TimerQueue.call_fixed``'s callback: as ``_timer_fired`` for the other timers."""
+        """``TimerQueue.call_fixed``'s callback: H, I, J and L from ``_fixed_timer``, the others
+        from the machine's table."""
+        if timer not in _FIXED_DELAY_TIMERS:
+            super().fixed_timer_fired(timer)
+            return
         self._fixed_timer = None
         if self.state in TIMER_LIFETIME[timer]:
             self._handle(timer)
+
+    def _fixed_event(self) -> Event | None:
+        """Which of ``_FIXED_DELAY_TIMERS`` ``_fixed_timer`` is (the queue files it)."""
+        entry = self._fixed_timer
+        if entry is None:
+            return None
+        assert isinstance(self._clock, TimerQueue)
+        return self._clock.token_of(entry)  # type: ignore[no-any-return]
 
     def _cancel_fixed_timer(self) -> None:
         entry = self._fixed_timer
@@ -296,22 +307,23 @@ class ServerTransaction(TransactionMachine):
             self._clock.cancel_fixed(entry)
 
     def _cancel_timer(self, timer: Event) -> None:
-        entry = self._fixed_timer
-        if entry is not None and entry[2] is timer:
+        if self._fixed_timer is not None and timer in _FIXED_DELAY_TIMERS and self._fixed_event() is timer:
             self._cancel_fixed_timer()
         else:
             super()._cancel_timer(timer)
 
     def _cancel_timers_outside(self, state: State) -> None:
         super()._cancel_timers_outside(state)
-        entry = self._fixed_timer
-        if entry is not None and state not in TIMER_LIFETIME[entry[2]]:
-            self._cancel_fixed_timer()
+        if self._fixed_timer is not None:
+            event = self._fixed_event()
+            if event is None or state not in TIMER_LIFETIME[event]:
+                self._cancel_fixed_timer()
 
     def timer_deadlines(self) -> dict[str, float]:
         deadlines = super().timer_deadlines()
-        if self._fixed_timer is not None:
-            deadlines[self._fixed_timer[2].value] = self._fixed_timer[0]
+        event = self._fixed_event()
+        if self._fixed_timer is not None and event is not None:
+            deadlines[event.value] = self._fixed_timer[0]
         return deadlines
 
     def shut_down(self) -> None:

@@ -1,0 +1,167 @@
+"""What a call leaves for the cyclic collector to traverse while it lingers (docs/performance.md,
+"The collector's share of a call").
+
+Every young and middle collection traverses each tracked object that outlived the one before it.
+A settled transaction lingers 64*T1 (RFC 3261 §17.1.1.2, §17.2.2; RFC 6026 §7.1, §7.2) with its timer
+armed, so every object its timer is made of is traversed again and again for 32 s.  These tests
+count, after a full collection (which stops tracking tuples of numbers and strings), the objects
+the collector still tracks per lingering transaction, and check that the timers still fire when
+the RFC says.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+from typing import Any
+
+from twisted.trial import unittest
+
+from epcscf.event_loop import EdgeReactor
+from epcscf.sip.params import clear_memos
+from epcscf.sip.transaction import State, TimerSettings
+from tests.test_sip_transaction_fakes import harness, request, response, run_until
+
+LINGERING = 200
+
+
+def tracked_now() -> int:
+    clear_memos()  # the parsers' memos of header texts (bounded) are not the transactions'
+    gc.collect()
+    return len(gc.get_objects())
+
+
+class LingeringTransactionTests(unittest.TestCase):
+    def setUp(self) -> None:
+        self.h = harness()
+        self.addCleanup(self.h.layer.close)
+
+    def tracked_per_transaction(self, settle: Any) -> float:
+        """Objects the collector tracks per transaction left lingering by ``settle(i)``."""
+        settle(-1)  # the first of a kind may make the layer's tables and queues: not counted
+        before = tracked_now()
+        for i in range(LINGERING):
+            settle(i)
+        return (tracked_now() - before) / LINGERING
+
+    def test_an_accepted_invite_client_transaction_is_two_tracked_objects_until_timer_m(self) -> None:
+        transactions = []
+
+        def accepted(i: int) -> None:
+            invite = request("INVITE", branch=f"z9hG4bK.c{i}", call_id=f"c{i}")
+            transactions.append(self.h.layer.send_request(invite, self.h.udp, self.h.user))
+            self.h.layer.receive(response(invite, 200), self.h.udp)  # RFC 6026 §7.2: Accepted, Timer M
+
+        self.h.user.calls = _Discard()
+        self.h.udp.sent, self.h.udp.sent_at = _Discard(), _Discard()
+        # The transaction and its table of timers; before, its Timer M (a QueuedCall, its bound
+        # method, arguments and heap tuple), its Timers A and B left in the heap, its due-now list
+        # and a bound method to end it made 8 or more.
+        self.assertLessEqual(self.tracked_per_transaction(accepted), 2.5)
+        self.assertTrue(all(t.state is State.ACCEPTED for t in transactions))
+        run_until(self.h.clock, TimerSettings().m - 0.001)
+        self.assertTrue(all(t.state is State.ACCEPTED for t in transactions))
+        run_until(self.h.clock, TimerSettings().m + 0.001)  # RFC 6026 §7.2: Timer M = 64*T1
+        self.assertTrue(all(t.terminated for t in transactions))
+        self.assertEqual(self.h.layer.transactions(), [])
+        self.assertEqual(self.h.layer.pending_timers(), 0)
+
+    def test_a_completed_non_invite_client_transaction_is_two_tracked_objects_until_timer_k(self) -> None:
+        transactions = []
+
+        def completed(i: int) -> None:
+            bye = request("BYE", branch=f"z9hG4bK.b{i}", call_id=f"b{i}")
+            transactions.append(self.h.layer.send_request(bye, self.h.udp, self.h.user))
+            self.h.layer.receive(response(bye, 200), self.h.udp)  # RFC 3261 §17.1.2.2: Completed, Timer K
+
+        self.h.user.calls = _Discard()
+        self.h.udp.sent, self.h.udp.sent_at = _Discard(), _Discard()
+        self.assertLessEqual(self.tracked_per_transaction(completed), 2.5)
+        run_until(self.h.clock, TimerSettings().t4 - 0.001)
+        self.assertTrue(all(t.state is State.COMPLETED for t in transactions))
+        run_until(self.h.clock, TimerSettings().t4 + 0.001)  # Timer K = T4
+        self.assertTrue(all(t.terminated for t in transactions))
+        self.assertEqual(self.h.layer.pending_timers(), 0)
+
+    def test_a_retransmitting_client_transaction_keeps_its_schedule_among_many(self) -> None:
+        # §17.1.2.2: E at T1, 2*T1, 4*T1, then T2, until F = 64*T1; each transaction on its own
+        # schedule though they share the queue's entries of one delay.
+        first = self.h.layer.send_request(request("OPTIONS", branch="z9hG4bK.o1"), self.h.udp, self.h.user)
+        run_until(self.h.clock, 0.25)
+        second = self.h.layer.send_request(request("OPTIONS", branch="z9hG4bK.o2", call_id="o2"), self.h.udp, self.h.user)
+        run_until(self.h.clock, 100)
+        times = self.h.udp.times()
+        self.assertEqual([t for t in times if t % 1 in (0.0, 0.5)][:7], [0, 0.5, 1.5, 3.5, 7.5, 11.5, 15.5])
+        self.assertEqual([t for t in times if t % 1 in (0.25, 0.75)][:7], [0.25, 0.75, 1.75, 3.75, 7.75, 11.75, 15.75])
+        self.assertEqual(self.h.user.calls, [(32.0, "timeout", "OPTIONS"), (32.25, "timeout", "OPTIONS")])
+        self.assertTrue(first.terminated and second.terminated)
+
+
+class FixedDelayOrderTests(unittest.TestCase):
+    def test_entries_of_different_delays_due_together_fire_in_the_order_armed(self) -> None:
+        # As the heap's entries do: a timer armed earlier for the same instant runs first
+        # (Timer F armed at 0 for 32 s before a Timer E armed at 28 s for T2 = 4 s, §17.1.2.2).
+        from twisted.internet.task import Clock
+
+        from epcscf.sip.timers import TimerQueue
+
+        clock, fired = Clock(), []
+        queue = TimerQueue(clock)
+
+        class Owner:
+            def fixed_timer_fired(self, token: str) -> None:
+                fired.append((token, clock.seconds()))
+
+        owner = Owner()
+        queue.call_fixed(4, owner, "E (the first 4 s entry)")
+        queue.call_fixed(32, owner, "F")
+        clock.advance(4)
+        clock.advance(24)
+        queue.call_fixed(4, owner, "E")
+        clock.advance(4)
+        self.assertEqual(fired, [("E (the first 4 s entry)", 4.0), ("F", 32.0), ("E", 32.0)])
+
+
+class _Discard(list):  # type: ignore[type-arg]
+    """A recorder's list that keeps nothing (what the harness records is not the subject)."""
+
+    def append(self, item: Any) -> None:
+        pass
+
+
+class ReactorTimerTests(unittest.TestCase):
+    def setUp(self) -> None:
+        self.loop = asyncio.new_event_loop()
+        self.addCleanup(self.loop.close)
+        self.reactor = EdgeReactor(self.loop)
+
+    def test_a_reactor_timer_is_one_delayed_call_and_its_callable(self) -> None:
+        # Twisted gave every DelayedCall two new bound methods of the reactor (its canceller and
+        # resetter), traversed by every collection for as long as the timer lived.
+        calls = [self.reactor.callLater(30, _nothing)]
+        before = tracked_now()
+        calls += [self.reactor.callLater(30, _nothing) for _ in range(LINGERING)]
+        self.assertLessEqual((tracked_now() - before) / LINGERING, 1.1)
+        for call in calls:
+            call.cancel()
+        self.assertEqual(self.reactor.getDelayedCalls(), [])
+
+    def test_reactor_timers_still_fire_move_and_cancel(self) -> None:
+        fired: list[str] = []
+        self.reactor.callLater(0, fired.append, "now")
+        self.reactor.callLater(0, fired.append, "cancelled").cancel()
+        moved = self.reactor.callLater(60, fired.append, "moved")
+        due = moved.getTime()
+        moved.reset(30)
+        self.assertLess(abs(moved.getTime() - (due - 30)), 1)
+        self.reactor.runUntilCurrent()
+        self.assertEqual(fired, ["now"])
+        self.assertEqual(self.reactor.getDelayedCalls(), [moved])
+        moved.reset(0)
+        self.reactor.runUntilCurrent()
+        self.assertEqual(fired, ["now", "moved"])
+        self.assertEqual(self.reactor.getDelayedCalls(), [])
+
+
+def _nothing() -> None:
+    pass
