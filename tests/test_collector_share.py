@@ -83,6 +83,29 @@ class LingeringTransactionTests(unittest.TestCase):
         self.assertTrue(all(t.terminated for t in transactions))
         self.assertEqual(self.h.layer.pending_timers(), 0)
 
+    def test_a_completed_non_invite_server_transaction_is_one_tracked_object_until_timer_j(self) -> None:
+        self.h.user.respond_with = 200
+        self.h.user.calls = _Discard()
+        self.h.udp.sent, self.h.udp.sent_at = _Discard(), _Discard()
+
+        def completed(i: int) -> None:
+            # RFC 3261 §17.2.2: Completed, Timer J = 64*T1 on UDP
+            self.h.layer.receive(request("BYE", branch=f"z9hG4bK.s{i}", call_id=f"s{i}", from_tag=f"a{i}"), self.h.udp)
+
+        # The transaction alone; before, its matching fields (a NamedTuple, which the collector never
+        # stops tracking) and its Timer J entry (a list holding the transaction) made 3.
+        self.assertLessEqual(self.tracked_per_transaction(completed), 1.5)
+        transactions = self.h.user.server_transactions[1:]
+        self.assertEqual(len(transactions), LINGERING)
+        self.assertTrue(all(t.state is State.COMPLETED for t in transactions))
+        self.h.layer.receive(request("BYE", branch="z9hG4bK.s7", call_id="s7", from_tag="a7"), self.h.udp)
+        self.assertEqual(len(self.h.user.server_transactions), LINGERING + 1)  # absorbed (§17.2.2)
+        run_until(self.h.clock, TimerSettings().j - 0.001)
+        self.assertTrue(all(t.state is State.COMPLETED for t in transactions))
+        run_until(self.h.clock, TimerSettings().j + 0.001)
+        self.assertTrue(all(t.terminated for t in transactions))
+        self.assertEqual(self.h.layer.transactions(), [])
+
     def test_a_retransmitting_client_transaction_keeps_its_schedule_among_many(self) -> None:
         # §17.1.2.2: E at T1, 2*T1, 4*T1, then T2, until F = 64*T1; each transaction on its own
         # schedule though they share the queue's entries of one delay.

@@ -153,6 +153,8 @@ def _survivor_probe(counts: Any) -> Any:
         if type(obj) is types.MethodType:
             owner = obj.__self__
             return f"method {type(owner).__qualname__}.{getattr(obj.__func__, '__name__', '?')}"
+        if type(obj) in (types.FunctionType, types.CoroutineType):
+            return f"{type(obj).__name__} {obj.__qualname__}"
         return type(obj).__qualname__
 
     def holders(young: list[Any], label: str, probe_lists: list[Any]) -> None:

@@ -161,7 +161,7 @@ class SentResponse:
 class ServerTransaction(TransactionMachine):
     """One request we received and the responses we give it (RFC 3261 §17.2)."""
 
-    __slots__ = ("request", "method", "connection", "timers", "identity", "is_invite", "last_response",
+    __slots__ = ("request", "method", "connection", "timers", "_identity", "is_invite", "last_response",
                  "final_to_tag", "_tu", "_ack_connection", "_interval", "_fixed_timer")
 
     def __init__(
@@ -180,8 +180,9 @@ class ServerTransaction(TransactionMachine):
         self.method = request.method
         self.connection = connection
         self.timers = timers
-        #: the §17.2.3 matching fields; a ``SettledIdentity`` once the transaction lingers
-        self.identity: RequestIdentity | SettledIdentity = identity
+        #: the §17.2.3 matching fields (``identity``); once the transaction lingers, the fields of
+        #: a ``SettledIdentity`` as a plain tuple
+        self._identity: RequestIdentity | tuple[str, str, str, str | None, str | None, int, str] = identity
         self.is_invite = request.method == "INVITE"
         self.machine = "INVITE server" if self.is_invite else "non-INVITE server"
         self.table = INVITE_SERVER if self.is_invite else NON_INVITE_SERVER
@@ -198,6 +199,15 @@ class ServerTransaction(TransactionMachine):
         #: the armed timer of ``_FIXED_DELAY_TIMERS`` (at most one: their states differ), if any
         self._fixed_timer: FixedEntry | None = None
         super().__init__(clock, _PROCEEDING if self.is_invite else _TRYING, on_terminated)
+
+    @property
+    def identity(self) -> RequestIdentity | SettledIdentity:
+        """The §17.2.3 matching fields: a ``SettledIdentity`` once the transaction lingers, made
+        when asked (the layer asks once, when the transaction ends).  Kept as a plain tuple of
+        strings and numbers, which the collector stops tracking at its first pass: a NamedTuple
+        (a subclass) it tracks, and traverses at every collection for 64*T1."""
+        identity = self._identity
+        return identity if isinstance(identity, RequestIdentity) else SettledIdentity._make(identity)
 
     def __repr__(self) -> str:
         return f"<ServerTransaction {self.method} {self.identity.branch} {self.state.value}>"
@@ -255,12 +265,11 @@ class ServerTransaction(TransactionMachine):
             # Sent again as it is (a connection serialises a message and writes the bytes);
             # on a reliable transport ``_resend_last_response`` parses it back when needed.
             self.last_response = self.last_response.serialize()
-        identity = self.identity
+        identity = self._identity
         if isinstance(identity, RequestIdentity) and identity.has_rfc3261_branch:
             # Only RFC 2543 matching reads the rest of the identity, and the To tag of our final.
-            self.identity = SettledIdentity(identity.branch or "", identity.sent_by, identity.method,
-                                            identity.from_tag, identity.call_id, identity.cseq_number,
-                                            identity.cseq_method)
+            self._identity = (identity.branch or "", identity.sent_by, identity.method, identity.from_tag,
+                              identity.call_id, identity.cseq_number, identity.cseq_method)
             self.final_to_tag = None
         if not self._timers:
             # A dict keeps the table its 100 Trying timer needed (224 B); the shared empty one is 0 B.
