@@ -219,6 +219,7 @@ def _install() -> None:
         return f">{PAUSE_BOUNDS_MS[-1]:g} ms"
 
     survivors = _survivor_probe(counts) if os.environ.get("EDGE_COUNTS_SURVIVORS") else None
+    each_pass = [0] if os.environ.get("EDGE_COUNTS_PASSES") else []  # EDGE_COUNTS_PASSES=1: each pass's CPU and wall time
 
     def on_gc(phase: str, info: dict[str, int]) -> None:
         if phase == "start":
@@ -238,6 +239,10 @@ def _install() -> None:
             counts[f"gc gen{generation} pause {bucket(wall)}"] += 1
             counts[f"gc gen{generation} longest pause ms (max)"] = max(counts[f"gc gen{generation} longest pause ms (max)"], round(wall, 3))  # type: ignore[assignment]
             turn["gc_ms"] += wall  # type: ignore[operator]
+            if each_pass:  # every pass of the timed phase (a key the snapshot before it lacks), for percentiles
+                each_pass[0] += 1
+                counts[f"gc pass #{each_pass[0]:05d} gen{generation} cpu ms"] = round(cpu, 3)  # type: ignore[assignment]
+                counts[f"gc pass #{each_pass[0]:05d} gen{generation} wall ms"] = round(wall, 3)  # type: ignore[assignment]
 
     gc.callbacks.append(on_gc)
     thresholds = os.environ.get("EDGE_GC_THRESHOLDS")  # an experiment: the edge's own setting ignored
