@@ -148,6 +148,7 @@ def _survivor_probe(counts: Any) -> Any:
 
     every = int(os.environ.get("EDGE_COUNTS_HOLDERS", "0"))  # 0: no holder scan
     young_passes = [0]
+    started = counts  # the holder scan waits for the first write (the timed phase): start-up is slow enough
 
     def kind(obj: Any) -> str:
         if type(obj) is types.MethodType:
@@ -187,10 +188,10 @@ def _survivor_probe(counts: Any) -> Any:
         counts[f"gc gen{generation} traversed (all)"] += len(objects)
         if generation == 0:
             young_passes[0] += 1
-            if every and young_passes[0] % every == 0:
+            if every and started["writes"] and young_passes[0] % every == 0:
                 counts["gc young passes with holders"] += 1
                 holders(objects, "young", [objects])
-        elif generation == 1 and every:
+        elif generation == 1 and every and started["writes"]:
             counts["gc middle passes with holders"] += 1
             holders(gc.get_objects(1), "middle", [objects])
         objects.clear()
@@ -388,6 +389,7 @@ def _install() -> None:
             young = collections.Counter(type(obj).__qualname__ for generation in (0, 1) for obj in gc.get_objects(generation))
             for name, number in young.most_common(25):
                 counts[f"gc young tracked {name} now (max)"] = number
+        counts["writes"] += 1
         path = os.path.join(_DIRECTORY or ".", f"{os.getpid()}.json")
         with open(path + ".tmp", "w") as handle:
             json.dump(dict(counts), handle)
