@@ -13,11 +13,13 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import random
 from typing import Any
 
 from twisted.trial import unittest
 
 from epcscf.event_loop import EdgeReactor
+from epcscf.sip import transaction_machine, transaction_server
 from epcscf.sip.params import clear_memos
 from epcscf.sip.transaction import State, TimerSettings
 from tests.test_sip_transaction_fakes import harness, request, response, run_until
@@ -143,6 +145,57 @@ class FixedDelayOrderTests(unittest.TestCase):
         queue.call_fixed(4, owner, "E")
         clock.advance(4)
         self.assertEqual(fired, [("E (the first 4 s entry)", 4.0), ("F", 32.0), ("E", 32.0)])
+
+
+class SameScheduleTests(unittest.TestCase):
+    def run_scenario(self) -> tuple[list[Any], list[float], list[float]]:
+        """Client and server transactions on UDP and TCP, answered (or not) at random times:
+        what the TU was told, when, and when each transport sent."""
+        rng = random.Random(7)
+        h = harness()
+        self.addCleanup(h.layer.close)
+        h.udp.sent, h.tcp.sent = _Discard(), _Discard()
+        events: list[tuple[Any, ...]] = []
+        for i in range(400):
+            start, method, connection = rng.uniform(0, 20), rng.choice(["INVITE", "BYE", "OPTIONS"]), rng.choice([h.udp, h.tcp])
+            events.append((start, "send", i, method, connection))
+            events += [(start + rng.uniform(0, 40), "respond", i, method, connection, rng.choice([100, 180, 200, 486]))
+                       for _ in range(rng.choice([0, 1, 2, 3]))]
+            events.append((rng.uniform(0, 20), "receive", i, rng.choice(["INVITE", "BYE"]), connection))
+        events.sort(key=lambda event: event[0])
+        sent = {}
+        for event in events:
+            run_until(h.clock, event[0])
+            if event[1] == "send":
+                sent[event[2]] = request(event[3], branch=f"z9hG4bK.c{event[2]}", call_id=f"c{event[2]}")
+                h.layer.send_request(sent[event[2]], event[4], h.user)
+            elif event[1] == "respond":
+                h.layer.receive(response(sent[event[2]], event[5]), event[4])
+            else:
+                received = request(event[3], branch=f"z9hG4bK.s{event[2]}", call_id=f"s{event[2]}", from_tag=f"f{event[2]}")
+                h.layer.receive(received, event[4])
+                h.layer.receive(received, event[4])  # a retransmission, absorbed
+        for transaction in h.user.server_transactions[:300]:
+            if not transaction.terminated and transaction.request is not None:
+                transaction.respond(response(transaction.request, rng.choice([180, 200, 486])))
+        run_until(h.clock, 400)
+        self.assertEqual(h.layer.pending_timers(), 0)
+        return h.user.calls, h.udp.sent_at, h.tcp.sent_at
+
+    def test_timers_on_fixed_entries_fire_as_they_did_on_the_heap(self) -> None:
+        # The same scenario with every transaction timer a QueuedCall of the heap (what the
+        # machine does on a clock that is not a TimerQueue) and as call_fixed entries: the same
+        # retransmissions, timeouts and absorptions at the same instants (RFC 3261 §17).
+        fixed = self.run_scenario()
+
+        class NotATimerQueue:
+            pass
+
+        self.patch(transaction_machine, "TimerQueue", NotATimerQueue)
+        self.patch(transaction_server, "TimerQueue", NotATimerQueue)
+        heap = self.run_scenario()
+        self.assertGreater(len(fixed[0]), 1000)
+        self.assertEqual(fixed, heap)
 
 
 class _Discard(list):  # type: ignore[type-arg]

@@ -58,13 +58,13 @@ def summarise(run: dict[str, Any], kinds: int) -> str:
     gc_ms = sum(w.get("gc ms (thread CPU)", 0) for w in workers)
     parts = [f"{run['path']}: {run['rate']:.1f}/s ({run['completed']}/{run['offered']}), setup p99 {run['setup_p99']:.0f} ms, "
              f"edge {run['edge_ms']:.2f} ms/call, loadavg {run['loadavg']}, waited {run['waited']:.1f} s; "
-             f"collector {gc_ms / completed:.3f} ms/call"]
+             f"collector {gc_ms / completed:.3f} ms/call ({gc_ms / invites:.3f} per INVITE received)"]
     for generation, name in ((0, "young"), (1, "middle"), (2, "full")):
         passes = sum(w.get(f"gc gen{generation}", 0) for w in workers)
         cpu = [v for w in workers for k, v in w.items() if re.match(rf"gc pass #\d+ gen{generation} cpu ms$", k) and v]
         wall = [v for w in workers for k, v in w.items() if re.match(rf"gc pass #\d+ gen{generation} wall ms$", k) and v]
         longest = max((w.get(f"gc gen{generation} longest pause ms (max)", 0) for w in workers), default=0)
-        text = f"{name} {passes:.0f}"
+        text = f"{name} {passes:.0f} ({1000 * passes / invites:.1f} per 1000 INVITEs)"
         if cpu:
             text += (f" (CPU p50 {percentile(cpu, 0.5):.1f} p99 {percentile(cpu, 0.99):.1f}; wall p50 {percentile(wall, 0.5):.1f} "
                      f"p99 {percentile(wall, 0.99):.1f} ms)")
@@ -72,6 +72,9 @@ def summarise(run: dict[str, Any], kinds: int) -> str:
             text += f" (longest wall {longest:.1f} ms)"
         parts.append(text)
     line = "; ".join(parts)
+    growth = sum(w.get("gc tracked objects, growth", 0) for w in workers)
+    if growth:
+        line += f"\n    tracked objects left at the end of the timed phase: {growth:.0f}, {growth / invites:.1f} per INVITE"
     traversed = [sum(w.get(f"gc gen{g} traversed (all)", 0) for w in workers) for g in (0, 1)]
     if any(traversed):
         line += f"\n    traversed per INVITE: young {traversed[0] / invites:.0f}, middle {traversed[1] / invites:.0f}"

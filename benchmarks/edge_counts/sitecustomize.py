@@ -15,7 +15,10 @@ counts, by wrapping a few functions once their modules are imported:
 - every callback the asyncio loop runs (a turn: one I/O event, or one batch of due Twisted timers),
   as a histogram of durations, and the longest turns (≥ 20 ms) by name, with the timers over 1 ms and
   the collector's time inside them;
-- the loop's lag behind a 10 ms ticker, as a histogram and its maximum.
+- the loop's lag behind a 10 ms ticker, as a histogram and its maximum;
+- with ``EDGE_COUNTS_PASSES=1``, each collector pass's thread CPU and wall time (``passes.py`` reads
+  their percentiles from the benchmark's output); with ``EDGE_COUNTS_SURVIVORS=1``, what each pass
+  traversed by kind, and with ``EDGE_COUNTS_HOLDERS=N`` also who holds it (``_survivor_probe``).
 
 A maximum (a key ending ``(max)``) is of the span since the last write, not a running total.
 
@@ -222,7 +225,11 @@ def _install() -> None:
     survivors = _survivor_probe(counts) if os.environ.get("EDGE_COUNTS_SURVIVORS") else None
     each_pass = [0] if os.environ.get("EDGE_COUNTS_PASSES") else []  # EDGE_COUNTS_PASSES=1: each pass's CPU and wall time
 
+    writing: list[bool] = []  # the young pass ``write`` makes itself is not counted
+
     def on_gc(phase: str, info: dict[str, int]) -> None:
+        if writing:
+            return
         if phase == "start":
             if survivors is not None:
                 survivors(info["generation"])
@@ -385,6 +392,14 @@ def _install() -> None:
         for generation in range(3):  # what the next pass of each generation would traverse (max: "now")
             counts[f"gc gen{generation} tracked objects now (max)"] = len(gc.get_objects(generation))
         counts["gc frozen objects now (max)"] = gc.get_freeze_count()
+        # Not a maximum: the benchmark subtracts, so the timed phase's figure is what its calls (and
+        # whatever else ran) left tracked at its end -- lingering transactions, timers, ended calls.
+        # A young pass first (not counted above): it stops tracking the tuples of numbers and strings
+        # made since the last one, which the next pass would have (each costs that one traversal).
+        writing.append(True)
+        gc.collect(0)
+        writing.clear()
+        counts["gc tracked objects, growth"] = sum(len(gc.get_objects(generation)) for generation in range(3))
         if os.environ.get("EDGE_COUNTS_TYPES"):  # what the young passes keep traversing, by type
             young = collections.Counter(type(obj).__qualname__ for generation in (0, 1) for obj in gc.get_objects(generation))
             for name, number in young.most_common(25):
