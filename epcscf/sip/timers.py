@@ -13,13 +13,12 @@ Entries fire at exactly their deadline on the wrapped clock (``task.Clock`` in t
 Timers of a fixed delay (``call_fixed``: every RFC 3261 §17 / RFC 6026 transaction timer, whose
 delays come from a handful of values: T1·2^n for A, E and G, T2, T4, 64·T1, the 200 ms of 100
 Trying) are not heap entries: all of one delay are armed in deadline order, so one deque per delay
-holds them.  Each entry is a ``(deadline, serial)`` tuple of two numbers, which the collector stops
-tracking at its first pass; the owner and its token are filed under the serial in two dicts of the
-queue.  A timer then costs the collector nothing after that pass, where a ``QueuedCall`` with its
-bound method, its arguments and its heap tuple were four objects every young and middle pass
-traversed for as long as the timer lived -- 32 s for Timers B, F, H, J, L and M, most of them
-cancelled long before (docs/performance.md, "The collector's share of a call").  A cancelled entry
-lets go of its owner and token at once and leaves its two numbers behind until they come up.
+holds them.  An entry is a serial number (an int, which the collector never tracks); its deadline,
+owner and token are filed under it in three dicts of the queue.  A timer then costs the collector
+nothing, where a ``QueuedCall`` with its bound method, its arguments and its heap tuple were four
+objects every young and middle pass traversed for as long as the timer lived -- 32 s for Timers B, F,
+H, J, L and M, most of them cancelled long before (docs/performance.md, "The collector's share of a
+call").  A cancelled entry lets go of its owner at once and leaves its number behind until it comes up.
 Entries fire at exactly their deadline, as heap entries do; on the same deadline, heap entries
 first, then fixed entries in the order they were armed.
 """
@@ -57,8 +56,8 @@ class FixedDelayOwner(Protocol):
     def fixed_timer_fired(self, token: Any) -> None: ...
 
 
-#: one ``call_fixed`` timer: (deadline, serial); the queue files its owner and token under the serial
-FixedEntry = tuple[float, int]
+#: one ``call_fixed`` timer: its serial number; the queue files its deadline, owner and token under it
+FixedEntry = int
 
 
 @implementer(IDelayedCall)
@@ -121,9 +120,10 @@ class TimerQueue:
         self._armed_at = 0.0
         #: ``call_fixed`` entries, one deque per delay, each in deadline order
         self._fixed: dict[float, deque[FixedEntry]] = {}
-        #: serial of each live ``call_fixed`` entry → its owner, and → its token
+        #: serial of each live ``call_fixed`` entry → its owner, its token, its deadline
         self._owners: dict[int, FixedDelayOwner] = {}
         self._tokens: dict[int, Any] = {}
+        self._deadlines: dict[int, float] = {}
 
     def seconds(self) -> float:
         return self._clock.seconds()
@@ -140,27 +140,32 @@ class TimerQueue:
         """Call ``owner.fixed_timer_fired(token)`` in ``delay`` seconds, as ``callLater`` would;
         for delays many timers share (see the module docstring).  ``cancel_fixed`` the entry."""
         serial = next(self._order)
-        entry = (self._clock.seconds() + delay, serial)
+        deadline = self._clock.seconds() + delay
         queue = self._fixed.get(delay)
         if queue is None:
             if len(self._fixed) >= _MOST_DELAYS:
                 self._drop_empty_deques()
             queue = self._fixed[delay] = deque()
-        queue.append(entry)
+        queue.append(serial)
         self._owners[serial] = owner
         self._tokens[serial] = token
-        if self._armed is None or entry[0] < self._armed_at:
-            self._arm(entry[0])
-        return entry
+        self._deadlines[serial] = deadline
+        if self._armed is None or deadline < self._armed_at:
+            self._arm(deadline)
+        return serial
 
     def cancel_fixed(self, entry: FixedEntry) -> None:
-        if self._owners.pop(entry[1], None) is not None:
-            del self._tokens[entry[1]]
+        if self._owners.pop(entry, None) is not None:
+            del self._tokens[entry], self._deadlines[entry]
             self._forget_if_idle()
 
     def token_of(self, entry: FixedEntry) -> Any:
         """The token of a live ``call_fixed`` entry (None once it fired or was cancelled)."""
-        return self._tokens.get(entry[1])
+        return self._tokens.get(entry)
+
+    def deadline_of(self, entry: FixedEntry) -> float | None:
+        """When a live ``call_fixed`` entry fires (clock seconds; None once it fired or was cancelled)."""
+        return self._deadlines.get(entry)
 
     def pending(self) -> int:
         """How many entries are armed (for tests and the console)."""
@@ -168,7 +173,7 @@ class TimerQueue:
 
     def _drop_empty_deques(self) -> None:
         """Forget the deques of delays with nothing armed (a caller whose delays vary widely)."""
-        for delay in [delay for delay, queue in self._fixed.items() if not any(e[1] in self._owners for e in queue)]:
+        for delay in [delay for delay, queue in self._fixed.items() if not any(serial in self._owners for serial in queue)]:
             del self._fixed[delay]
 
     def _arm(self, when: float) -> None:
@@ -204,12 +209,12 @@ class TimerQueue:
     def _earliest_fixed(self) -> deque[FixedEntry] | None:
         """The deque whose first live entry is due first (dead first entries are dropped)."""
         earliest: deque[FixedEntry] | None = None
-        owners = self._owners
+        owners, deadlines = self._owners, self._deadlines
         for queue in self._fixed.values():
-            while queue and queue[0][1] not in owners:
+            while queue and queue[0] not in owners:
                 queue.popleft()
-            if queue and (earliest is None or queue[0] < earliest[0]):  # (deadline, serial): armed first on a tie
-                earliest = queue
+            if queue and (earliest is None or (deadlines[queue[0]], queue[0]) < (deadlines[earliest[0]], earliest[0])):
+                earliest = queue  # (deadline, serial): the one armed first on a tie
         return earliest
 
     def _fire(self) -> None:
@@ -222,14 +227,15 @@ class TimerQueue:
                 heapq.heappop(self._heap)
             fixed = self._earliest_fixed() if self._owners else None
             heap_due = self._heap[0][0] if self._heap else None
-            fixed_due = fixed[0][0] if fixed else None
+            fixed_due = self._deadlines[fixed[0]] if fixed else None
             callback: Callable[..., None]
             if heap_due is not None and heap_due <= now and (fixed_due is None or heap_due <= fixed_due):
                 call = heapq.heappop(self._heap)[2]
                 self._live -= 1
                 callback, args = call._run, ()
             elif fixed is not None and fixed_due is not None and fixed_due <= now:
-                serial = fixed.popleft()[1]
+                serial = fixed.popleft()
+                del self._deadlines[serial]
                 callback, args = self._owners.pop(serial).fixed_timer_fired, (self._tokens.pop(serial),)
             else:
                 break

@@ -493,7 +493,7 @@ class TransactionMachine:
                 self._due_now = []
             self._due_now.append(timer)
         elif isinstance(self._clock, TimerQueue):
-            # Two numbers the collector stops tracking, not a QueuedCall, a bound method and two
+            # A number the collector does not track, not a QueuedCall, a bound method and two
             # tuples it traversed for as long as the timer lived (``timers.py``).
             self._timers[timer] = self._clock.call_fixed(delay, self, timer)
         else:
@@ -508,7 +508,7 @@ class TransactionMachine:
         self._timer_fired(timer)
 
     def _disarm(self, call: FixedEntry | IDelayedCall) -> None:
-        if type(call) is tuple:
+        if type(call) is int:
             self._clock.cancel_fixed(call)  # type: ignore[attr-defined] # a TimerQueue's entry
         elif call.active():  # type: ignore[union-attr]
             call.cancel()  # type: ignore[union-attr]
@@ -529,8 +529,8 @@ class TransactionMachine:
 
     def timer_deadlines(self) -> dict[str, float]:
         """When each armed timer fires (clock seconds): for the console and tests."""
-        return {timer.value: call[0] if type(call) is tuple else call.getTime()  # type: ignore[union-attr,index]
-                for timer, call in self._timers.items() if type(call) is tuple or call.active()}  # type: ignore[union-attr]
+        return {timer.value: self._clock.deadline_of(call) if type(call) is int else call.getTime()  # type: ignore[attr-defined,union-attr]
+                for timer, call in self._timers.items() if type(call) is int or call.active()}  # type: ignore[union-attr]
 
     def shut_down(self) -> None:
         """Cancel every timer and stop, telling no one (``TransactionLayer.close``)."""

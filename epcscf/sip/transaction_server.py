@@ -332,7 +332,7 @@ class ServerTransaction(TransactionMachine):
         deadlines = super().timer_deadlines()
         event = self._fixed_event()
         if self._fixed_timer is not None and event is not None:
-            deadlines[event.value] = self._fixed_timer[0]
+            deadlines[event.value] = self._clock.deadline_of(self._fixed_timer)  # type: ignore[attr-defined]
         return deadlines
 
     def shut_down(self) -> None:
