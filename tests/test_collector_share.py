@@ -16,12 +16,14 @@ import gc
 import random
 from typing import Any
 
+from twisted.internet.task import Clock
 from twisted.trial import unittest
 
 from epcscf.event_loop import EdgeReactor
 from epcscf.sip import transaction_machine, transaction_server
 from epcscf.sip.params import clear_memos
-from epcscf.sip.transaction import State, TimerSettings
+from epcscf.sip.timers import TimerQueue
+from epcscf.sip.transaction import ClientTransaction, State, TimerSettings
 from tests.test_sip_transaction_fakes import harness, request, response, run_until
 
 LINGERING = 200
@@ -37,6 +39,9 @@ class LingeringTransactionTests(unittest.TestCase):
     def setUp(self) -> None:
         self.h = harness()
         self.addCleanup(self.h.layer.close)
+        # What the harness records (each call, each send) is not the subject: it keeps nothing.
+        self.h.user.calls = _Discard()
+        self.h.udp.sent, self.h.udp.sent_at = _Discard(), _Discard()
 
     def tracked_per_transaction(self, settle: Any) -> float:
         """Objects the collector tracks per transaction left lingering by ``settle(i)``."""
@@ -46,21 +51,25 @@ class LingeringTransactionTests(unittest.TestCase):
             settle(i)
         return (tracked_now() - before) / LINGERING
 
+    def settled_clients(self, method: str) -> tuple[list[ClientTransaction], float]:
+        """``LINGERING`` client transactions of ``method`` answered 200 on UDP, and the objects the
+        collector tracks per transaction."""
+        transactions: list[ClientTransaction] = []
+
+        def answered(i: int) -> None:
+            sent = request(method, branch=f"z9hG4bK.{method}{i}", call_id=f"{method}{i}")
+            transactions.append(self.h.layer.send_request(sent, self.h.udp, self.h.user))
+            self.h.layer.receive(response(sent, 200), self.h.udp)
+
+        tracked = self.tracked_per_transaction(answered)
+        return transactions[1:], tracked
+
     def test_an_accepted_invite_client_transaction_is_two_tracked_objects_until_timer_m(self) -> None:
-        transactions = []
-
-        def accepted(i: int) -> None:
-            invite = request("INVITE", branch=f"z9hG4bK.c{i}", call_id=f"c{i}")
-            transactions.append(self.h.layer.send_request(invite, self.h.udp, self.h.user))
-            self.h.layer.receive(response(invite, 200), self.h.udp)  # RFC 6026 §7.2: Accepted, Timer M
-
-        self.h.user.calls = _Discard()
-        self.h.udp.sent, self.h.udp.sent_at = _Discard(), _Discard()
+        transactions, tracked = self.settled_clients("INVITE")  # RFC 6026 §7.2: Accepted, Timer M
         # The transaction and its table of timers; before, its Timer M (a QueuedCall, its bound
         # method, arguments and heap tuple), its Timers A and B left in the heap, its due-now list
         # and a bound method to end it made 8 or more.
-        self.assertLessEqual(self.tracked_per_transaction(accepted), 2.5)
-        self.assertTrue(all(t.state is State.ACCEPTED for t in transactions))
+        self.assertLessEqual(tracked, 2.5)
         run_until(self.h.clock, TimerSettings().m - 0.001)
         self.assertTrue(all(t.state is State.ACCEPTED for t in transactions))
         run_until(self.h.clock, TimerSettings().m + 0.001)  # RFC 6026 §7.2: Timer M = 64*T1
@@ -69,16 +78,8 @@ class LingeringTransactionTests(unittest.TestCase):
         self.assertEqual(self.h.layer.pending_timers(), 0)
 
     def test_a_completed_non_invite_client_transaction_is_two_tracked_objects_until_timer_k(self) -> None:
-        transactions = []
-
-        def completed(i: int) -> None:
-            bye = request("BYE", branch=f"z9hG4bK.b{i}", call_id=f"b{i}")
-            transactions.append(self.h.layer.send_request(bye, self.h.udp, self.h.user))
-            self.h.layer.receive(response(bye, 200), self.h.udp)  # RFC 3261 §17.1.2.2: Completed, Timer K
-
-        self.h.user.calls = _Discard()
-        self.h.udp.sent, self.h.udp.sent_at = _Discard(), _Discard()
-        self.assertLessEqual(self.tracked_per_transaction(completed), 2.5)
+        transactions, tracked = self.settled_clients("BYE")  # RFC 3261 §17.1.2.2: Completed, Timer K
+        self.assertLessEqual(tracked, 2.5)
         run_until(self.h.clock, TimerSettings().t4 - 0.001)
         self.assertTrue(all(t.state is State.COMPLETED for t in transactions))
         run_until(self.h.clock, TimerSettings().t4 + 0.001)  # Timer K = T4
@@ -87,8 +88,6 @@ class LingeringTransactionTests(unittest.TestCase):
 
     def test_a_completed_non_invite_server_transaction_is_one_tracked_object_until_timer_j(self) -> None:
         self.h.user.respond_with = 200
-        self.h.user.calls = _Discard()
-        self.h.udp.sent, self.h.udp.sent_at = _Discard(), _Discard()
 
         def completed(i: int) -> None:
             # RFC 3261 §17.2.2: Completed, Timer J = 64*T1 on UDP
@@ -108,28 +107,11 @@ class LingeringTransactionTests(unittest.TestCase):
         self.assertTrue(all(t.terminated for t in transactions))
         self.assertEqual(self.h.layer.transactions(), [])
 
-    def test_a_retransmitting_client_transaction_keeps_its_schedule_among_many(self) -> None:
-        # §17.1.2.2: E at T1, 2*T1, 4*T1, then T2, until F = 64*T1; each transaction on its own
-        # schedule though they share the queue's entries of one delay.
-        first = self.h.layer.send_request(request("OPTIONS", branch="z9hG4bK.o1"), self.h.udp, self.h.user)
-        run_until(self.h.clock, 0.25)
-        second = self.h.layer.send_request(request("OPTIONS", branch="z9hG4bK.o2", call_id="o2"), self.h.udp, self.h.user)
-        run_until(self.h.clock, 100)
-        times = self.h.udp.times()
-        self.assertEqual([t for t in times if t % 1 in (0.0, 0.5)][:7], [0, 0.5, 1.5, 3.5, 7.5, 11.5, 15.5])
-        self.assertEqual([t for t in times if t % 1 in (0.25, 0.75)][:7], [0.25, 0.75, 1.75, 3.75, 7.75, 11.75, 15.75])
-        self.assertEqual(self.h.user.calls, [(32.0, "timeout", "OPTIONS"), (32.25, "timeout", "OPTIONS")])
-        self.assertTrue(first.terminated and second.terminated)
-
 
 class FixedDelayOrderTests(unittest.TestCase):
     def test_entries_of_different_delays_due_together_fire_in_the_order_armed(self) -> None:
         # As the heap's entries do: a timer armed earlier for the same instant runs first
         # (Timer F armed at 0 for 32 s before a Timer E armed at 28 s for T2 = 4 s, §17.1.2.2).
-        from twisted.internet.task import Clock
-
-        from epcscf.sip.timers import TimerQueue
-
         clock, fired = Clock(), []
         queue = TimerQueue(clock)
 
@@ -181,6 +163,21 @@ class SameScheduleTests(unittest.TestCase):
         run_until(h.clock, 400)
         self.assertEqual(h.layer.pending_timers(), 0)
         return h.user.calls, h.udp.sent_at, h.tcp.sent_at
+
+    def test_a_retransmitting_client_transaction_keeps_its_schedule_among_many(self) -> None:
+        # §17.1.2.2: E at T1, 2*T1, 4*T1, then T2, until F = 64*T1; each transaction on its own
+        # schedule though they share the queue's entries of one delay.
+        h = harness()
+        self.addCleanup(h.layer.close)
+        first = h.layer.send_request(request("OPTIONS", branch="z9hG4bK.o1"), h.udp, h.user)
+        run_until(h.clock, 0.25)
+        second = h.layer.send_request(request("OPTIONS", branch="z9hG4bK.o2", call_id="o2"), h.udp, h.user)
+        run_until(h.clock, 100)
+        times = h.udp.times()
+        self.assertEqual([t for t in times if t % 1 in (0.0, 0.5)][:7], [0, 0.5, 1.5, 3.5, 7.5, 11.5, 15.5])
+        self.assertEqual([t for t in times if t % 1 in (0.25, 0.75)][:7], [0.25, 0.75, 1.75, 3.75, 7.75, 11.75, 15.75])
+        self.assertEqual(h.user.calls, [(32.0, "timeout", "OPTIONS"), (32.25, "timeout", "OPTIONS")])
+        self.assertTrue(first.terminated and second.terminated)
 
     def test_timers_on_fixed_entries_fire_as_they_did_on_the_heap(self) -> None:
         # The same scenario with every transaction timer a QueuedCall of the heap (what the
