@@ -38,7 +38,8 @@ async def handshake_status(url: str, origin: str) -> int:
 
 class ReloadTests(unittest.TestCase):
     def setUp(self) -> None:
-        self.service = start_deployment(self, "[log]\nlevel = info\n")
+        # The overload control on, as deployed: one test reloads its thresholds.
+        self.service = start_deployment(self, "[log]\nlevel = info\n[overload]\nenabled = true\n")
         self.console = Console(self.service)
         self.addCleanup(set_log_level, "", "info")
 
@@ -107,7 +108,7 @@ class ReloadTests(unittest.TestCase):
     @asyncio_test
     async def test_sighup_applies_overload_thresholds_and_the_window_of_calls_in_setup(self) -> None:
         node = self.service.pcscf
-        self.rewrite("[overload]\nlag_high = 0.4\nlag_low = 0.2\nretry_after = 17\nsetup_target = 0\n"
+        self.rewrite("[overload]\nenabled = true\nlag_high = 0.4\nlag_low = 0.2\nretry_after = 17\nsetup_target = 0\n"
                      "max_calls_in_setup = 3\nauth_failures = 4\nlag_interval = 0.5\n")
         os.kill(os.getpid(), signal.SIGHUP)
         for _ in range(100):

@@ -91,7 +91,7 @@ class OverloadTests(unittest.TestCase):
     def setUp(self) -> None:
         # recover is long so that the node stays overloaded for the whole test once it is.
         self.service = start_deployment(
-            self, METRICS + "[overload]\nlag_interval = 0.05\nlag_high = 0.1\nlag_low = 0.02\nhigh_samples = 2\nrecover = 60\nretry_after = 9\n"
+            self, METRICS + "[overload]\nenabled = true\nlag_interval = 0.05\nlag_high = 0.1\nlag_low = 0.02\nhigh_samples = 2\nrecover = 60\nretry_after = 9\n"
             "min_new_per_second = 0\n"
         )
 

@@ -24,7 +24,12 @@ def write_users(directory: str, users: dict[str, str] | None = None) -> str:
 
 
 def write_deployment_config(directory: str, users: dict[str, str] | None = None) -> str:
-    """An ini file like etc/epcscf.ini but with every port picked by the kernel."""
+    """An ini file like etc/epcscf.ini but with every port picked by the kernel.
+
+    The lag-driven overload control is off: the edge shares its event loop with the test, so a
+    test's own blocking steps (spawning Kamailio, sipp, Node) or a loaded host read as lag and a
+    test's REGISTER or MESSAGE got a 503.  ``tests.test_pcscf_overload`` turns it on.
+    """
     users_file = write_users(directory, users)
     path = os.path.join(directory, "epcscf.ini")
     with open(path, "w") as handle:
@@ -44,6 +49,8 @@ listen = udp:127.0.0.1:0
 users = {users_file}
 [media]
 port_range = 40000-40999
+[overload]
+enabled = false
 """
         )
     return path
