@@ -429,7 +429,11 @@ def _take_body(
             raise SipParseError(400, _bad("missing Content-Length"), message)
         message.body = data[body_start:end]  # RFC 3261 §18.3: datagram ends the body
         return
-    text = values["content-length"][0].strip()
+    text = values["content-length"][0]
+    if text == "0":  # no body (every REGISTER and most responses): what the checks below conclude
+        message.body = b""
+        return
+    text = text.strip()
     if not text.isdigit() or not text.isascii() or len(text) > 10:
         raise SipParseError(400, _bad(f"Content-Length is not a non-negative number: {text[:20]!r}"), message)
     length = int(text)
