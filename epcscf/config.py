@@ -397,6 +397,8 @@ def _check_consistency(config: Config, set_by: dict[tuple[str, str], str]) -> No
         # RFC 3261 §18.2.2 (Via), §16.6 step 4 (Record-Route), RFC 3327 §5 (Path): the core
         # sends responses and requests to the address we write there; 0.0.0.0 is none.
         fail("sip", "public_address", f"the listener {wildcard} is on every address: set the one the core reaches us at")
+    if config.media.engine == "builtin":
+        _check_media_addresses(fail, config.media)
     if config.core.mode == "external" and not config.core.next_hop:
         fail("core", "next_hop", "mode = external needs next_hop (the I-CSCF or S-CSCF URI)")
     if config.core.mode == "embedded":
@@ -428,6 +430,20 @@ def _check_consistency(config: Config, set_by: dict[tuple[str, str], str]) -> No
         top = max(listener.port for listener in config.sip.listen)
         if top + config.service.workers - 1 > 65535:
             fail("sip", "listen", f"worker i listens on the port + i: {top} + {config.service.workers - 1} is past 65535")
+
+
+def _check_media_addresses(fail: Callable[[str, str, str], None], media: MediaSection) -> None:
+    """The addresses the built-in relay writes into SDP must be ones a peer can send to: a
+    multihomed host bound to every address (0.0.0.0, ::) does not know which one a WIC reaches."""
+    candidate_address = media.advertised_address or media.bind_address
+    if ipaddress.ip_address(candidate_address).is_unspecified:
+        # RFC 8445 §5.1.1.1, RFC 8839 §5.1: our host candidates and c= toward the WIC carry it.
+        key = "advertised_address" if media.advertised_address else "bind_address"
+        fail("media", key, f"{candidate_address} is every address, which no WIC can send to: "
+             "set bind_address to the WIC-side address, or advertised_address to the one WICs reach")
+    if ipaddress.ip_address(media.core_address).is_unspecified:
+        # RFC 4566 §5.7: c= toward the core; 0.0.0.0 there even reads as hold (RFC 3264 §8.4).
+        fail("media", "core_address", f"{media.core_address} is every address: set the address the core sends RTP to")
 
 
 def _check_credentials(

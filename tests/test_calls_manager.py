@@ -710,7 +710,7 @@ class OwnUriTests(unittest.TestCase):
 
         for thunk in (lambda: b"v=0", rejected, lambda: defer.succeed(b"v=0"), lambda: defer.fail(MediaRejected(488, "x"))):
             expected = self.successResultOf(defer.maybeDeferred(thunk).addCallbacks(lambda body: body == b"v=0", on_failure))
-            got = call_sdp._then(thunk, lambda body: body == b"v=0", on_failure)
+            got = call_sdp.then_at_once(thunk, lambda body: body == b"v=0", on_failure)
             self.assertEqual(self.successResultOf(got) if isinstance(got, defer.Deferred) else got, expected)
         self.failureResultOf(defer.maybeDeferred(broken).addCallbacks(bool, on_failure), KeyError)
-        self.assertRaises(KeyError, call_sdp._then, broken, bool, on_failure)  # the caller's errback gets it
+        self.assertRaises(KeyError, call_sdp.then_at_once, broken, bool, on_failure)  # the caller's errback gets it

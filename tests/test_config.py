@@ -191,6 +191,25 @@ class ConfigTests(unittest.TestCase):
         loaded = load([self.write(ini({"sip": {"listen": "udp:0.0.0.0:5060", "public_address": "192.0.2.10"}}))])
         self.assertEqual(loaded.sip.public_address, "192.0.2.10")
 
+    def test_media_addresses_written_into_sdp_are_never_every_address(self) -> None:
+        # A multihomed edge bound to every address must say which one WICs reach (RFC 8445 §5.1.1.1).
+        self.assertConfigError(
+            ini({"media": {"bind_address": "0.0.0.0"}}),
+            "[media] bind_address: 0.0.0.0 is every address, which no WIC can send to: "
+            "set bind_address to the WIC-side address, or advertised_address to the one WICs reach",
+        )
+        self.assertConfigError(
+            ini({"media": {"bind_address": "198.51.100.10", "advertised_address": "::"}}),
+            "[media] advertised_address: :: is every address, which no WIC can send to: "
+            "set bind_address to the WIC-side address, or advertised_address to the one WICs reach",
+        )
+        self.assertConfigError(
+            ini({"media": {"core_address": "0.0.0.0"}}),
+            "[media] core_address: 0.0.0.0 is every address: set the address the core sends RTP to",
+        )
+        loaded = load([self.write(ini({"media": {"bind_address": "0.0.0.0", "advertised_address": "198.51.100.10"}}))])
+        self.assertEqual((loaded.media.bind_address, loaded.media.advertised_address), ("0.0.0.0", "198.51.100.10"))
+
     def test_no_ws_listener(self) -> None:
         self.assertConfigError(
             ini({"ws": {"listen": None, "allow_any_origin": "true"}}),

@@ -15,7 +15,10 @@ counts, by wrapping a few functions once their modules are imported:
 - every callback the asyncio loop runs (a turn: one I/O event, or one batch of due Twisted timers),
   as a histogram of durations, and the longest turns (≥ 20 ms) by name, with the timers over 1 ms and
   the collector's time inside them;
-- the loop's lag behind a 10 ms ticker, as a histogram and its maximum.
+- the loop's lag behind a 10 ms ticker, as a histogram and its maximum;
+- with ``EDGE_COUNTS_PASSES=1``, each collector pass's thread CPU and wall time (``passes.py`` reads
+  their percentiles from the benchmark's output); with ``EDGE_COUNTS_SURVIVORS=1``, what each pass
+  traversed by kind, and with ``EDGE_COUNTS_HOLDERS=N`` also who holds it (``_survivor_probe``).
 
 A maximum (a key ending ``(max)``) is of the span since the last write, not a running total.
 
@@ -107,9 +110,13 @@ def _install_loop_probes(counts: Any, turn: dict[str, Any], bucket: Any) -> Any:
 
     asyncio.events.Handle._run = first_run
 
-    def patch_call_later(base: Any) -> None:
-        """Twisted runs every due timer in one loop callback (``_onTimer``): time each timer."""
-        call_later = base.ReactorBase.callLater
+    def patch_call_later(base: Any, owner: str = "ReactorBase") -> None:
+        """Twisted runs every due timer in one loop callback (``_onTimer``): time each timer.
+        (``owner``: the class whose ``callLater`` builds the ``DelayedCall``, if it has its own.)"""
+        cls = getattr(base, owner)
+        if "callLater" not in vars(cls):
+            return
+        call_later = cls.callLater
 
         def timed_call_later(self: Any, delay: float, callable_: Any, *args: Any, **kwargs: Any) -> Any:
             def timed() -> None:
@@ -121,9 +128,78 @@ def _install_loop_probes(counts: Any, turn: dict[str, Any], bucket: Any) -> Any:
 
             return call_later(self, delay, timed)
 
-        base.ReactorBase.callLater = timed_call_later
+        cls.callLater = timed_call_later
 
     return patch_call_later
+
+
+#: containers a survivor's holder is looked through to name what owns it (``_survivor_probe``)
+_CONTAINERS = ("tuple", "list", "dict", "deque", "set", "cell", "method", "function", "Future", "Queue")
+
+
+def _survivor_probe(counts: Any) -> Any:
+    """What each collector pass traverses, by kind, and (with ``EDGE_COUNTS_HOLDERS=N``: one young pass in N,
+    and every middle pass) who holds what it traverses: added to ``counts`` as ``gc gen<g> traversed <kind>``,
+    ``gc young held <kind> <- <holder chain>`` (generation 0) and ``gc middle held …`` (generation 1 only:
+    what outlived young passes).  Every tracked object a pass of generation g traverses was
+    in generations 0..g at its start (nothing is garbage here), so the first sum, divided by the calls, is
+    the collector's work per call by kind.  A bound method's kind names its function (``method Owner.name``).
+    The holder scan reads every tracked object: ~0.1-0.5 s per sampled pass, so a probed run's CPU and
+    pauses are not the edge's."""
+    import gc
+    import types
+
+    every = int(os.environ.get("EDGE_COUNTS_HOLDERS", "0"))  # 0: no holder scan
+    young_passes = [0]
+    started = counts  # the holder scan waits for the first write (the timed phase): start-up is slow enough
+
+    def kind(obj: Any) -> str:
+        if type(obj) is types.MethodType:
+            owner = obj.__self__
+            return f"method {type(owner).__qualname__}.{getattr(obj.__func__, '__name__', '?')}"
+        if type(obj) in (types.FunctionType, types.CoroutineType):
+            return f"{type(obj).__name__} {obj.__qualname__}"
+        return type(obj).__qualname__
+
+    def holders(young: list[Any], label: str, probe_lists: list[Any]) -> None:
+        everything = gc.get_objects()
+        ours = {id(young), id(everything), *map(id, probe_lists)}  # the probe's own lists: not holders
+        holder_of: dict[int, Any] = {}
+        for holder in everything:
+            if id(holder) in ours:
+                continue
+            for referent in gc.get_referents(holder):
+                holder_of.setdefault(id(referent), holder)
+        everything.clear()
+        for obj in young:
+            chain, current = [], obj
+            for _ in range(4):  # through anonymous containers up to a named owner
+                holder = holder_of.get(id(current))
+                if holder is None:
+                    chain.append("(untracked or frozen)")
+                    break
+                chain.append(kind(holder))
+                if type(holder).__name__ not in _CONTAINERS:
+                    break
+                current = holder
+            counts[f"gc {label} held {kind(obj)} <- {' <- '.join(chain)}"] += 1
+
+    def probe(generation: int) -> None:
+        objects = [obj for g in range(generation + 1) for obj in gc.get_objects(g)]
+        for obj in objects:
+            counts[f"gc gen{generation} traversed {kind(obj)}"] += 1
+        counts[f"gc gen{generation} traversed (all)"] += len(objects)
+        if generation == 0:
+            young_passes[0] += 1
+            if every and started["writes"] and young_passes[0] % every == 0:
+                counts["gc young passes with holders"] += 1
+                holders(objects, "young", [objects])
+        elif generation == 1 and every and started["writes"]:
+            counts["gc middle passes with holders"] += 1
+            holders(gc.get_objects(1), "middle", [objects])
+        objects.clear()
+
+    return probe
 
 
 def _install() -> None:
@@ -146,8 +222,17 @@ def _install() -> None:
                 return f"<={bound:g} ms"
         return f">{PAUSE_BOUNDS_MS[-1]:g} ms"
 
+    survivors = _survivor_probe(counts) if os.environ.get("EDGE_COUNTS_SURVIVORS") else None
+    each_pass = [0] if os.environ.get("EDGE_COUNTS_PASSES") else []  # EDGE_COUNTS_PASSES=1: each pass's CPU and wall time
+
+    writing: list[bool] = []  # the young pass ``write`` makes itself is not counted
+
     def on_gc(phase: str, info: dict[str, int]) -> None:
+        if writing:
+            return
         if phase == "start":
+            if survivors is not None:
+                survivors(info["generation"])
             gc_started[0], gc_started[1] = time.thread_time(), time.perf_counter()
         else:
             generation = info["generation"]
@@ -162,6 +247,10 @@ def _install() -> None:
             counts[f"gc gen{generation} pause {bucket(wall)}"] += 1
             counts[f"gc gen{generation} longest pause ms (max)"] = max(counts[f"gc gen{generation} longest pause ms (max)"], round(wall, 3))  # type: ignore[assignment]
             turn["gc_ms"] += wall  # type: ignore[operator]
+            if each_pass:  # every pass of the timed phase (a key the snapshot before it lacks), for percentiles
+                each_pass[0] += 1
+                counts[f"gc pass #{each_pass[0]:05d} gen{generation} cpu ms"] = round(cpu, 3)  # type: ignore[assignment]
+                counts[f"gc pass #{each_pass[0]:05d} gen{generation} wall ms"] = round(wall, 3)  # type: ignore[assignment]
 
     gc.callbacks.append(on_gc)
     thresholds = os.environ.get("EDGE_GC_THRESHOLDS")  # an experiment: the edge's own setting ignored
@@ -272,6 +361,7 @@ def _install() -> None:
         "epcscf.ws.connection": count_sends("WsConnection", "send_raw", "ws"),
         "epcscf.ice.host_socket": patch_ice,
         "twisted.internet.base": patch_call_later,
+        "epcscf.event_loop": lambda module: patch_call_later(module, "EdgeReactor"),
     }
 
     class PatchAfterImport(importlib.abc.MetaPathFinder):
@@ -302,10 +392,19 @@ def _install() -> None:
         for generation in range(3):  # what the next pass of each generation would traverse (max: "now")
             counts[f"gc gen{generation} tracked objects now (max)"] = len(gc.get_objects(generation))
         counts["gc frozen objects now (max)"] = gc.get_freeze_count()
+        # Not a maximum: the benchmark subtracts, so the timed phase's figure is what its calls (and
+        # whatever else ran) left tracked at its end -- lingering transactions, timers, ended calls.
+        # A young pass first (not counted above): it stops tracking the tuples of numbers and strings
+        # made since the last one, which the next pass would have (each costs that one traversal).
+        writing.append(True)
+        gc.collect(0)
+        writing.clear()
+        counts["gc tracked objects, growth"] = sum(len(gc.get_objects(generation)) for generation in range(3))
         if os.environ.get("EDGE_COUNTS_TYPES"):  # what the young passes keep traversing, by type
             young = collections.Counter(type(obj).__qualname__ for generation in (0, 1) for obj in gc.get_objects(generation))
             for name, number in young.most_common(25):
                 counts[f"gc young tracked {name} now (max)"] = number
+        counts["writes"] += 1
         path = os.path.join(_DIRECTORY or ".", f"{os.getpid()}.json")
         with open(path + ".tmp", "w") as handle:
             json.dump(dict(counts), handle)

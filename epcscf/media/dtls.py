@@ -66,11 +66,15 @@ MIN_TIMER_DELAY = 0.001
 class DtlsRole(enum.Enum):
     """RFC 5763 §5: `a=setup:active` is the DTLS client, `passive` the server."""
 
+    __hash__ = object.__hash__  # identity: members are singletons (Enum's hash is Python code)
+
     CLIENT = "client"
     SERVER = "server"
 
 
 class DtlsState(enum.Enum):
+    __hash__ = object.__hash__  # identity: members are singletons (Enum's hash is Python code)
+
     NEW = "new"
     CONNECTING = "connecting"
     CONNECTED = "connected"

@@ -73,6 +73,8 @@ class Direction(enum.Enum):
 
     `sendonly`: the WIC sends, so only WIC→core RTP flows; `recvonly`: only core→WIC."""
 
+    __hash__ = object.__hash__  # identity: members are singletons (Enum's hash is Python code)
+
     SENDRECV = "sendrecv"
     SENDONLY = "sendonly"
     RECVONLY = "recvonly"
@@ -85,6 +87,10 @@ class Direction(enum.Enum):
     @property
     def to_wic(self) -> bool:
         return self is Direction.SENDRECV or self is Direction.RECVONLY
+
+
+#: the members by their SDP names (``set_direction``)
+_DIRECTION_BY_VALUE: dict[str, Direction] = {member.value: member for member in Direction}
 
 
 @dataclass
@@ -239,7 +245,7 @@ class MediaSession:
         """"new" before start_dtls, then the DTLS state; "closed" after close()."""
         if self._closed is not None:
             return "closed"
-        return self._dtls.state.value if self._dtls is not None else "new"
+        return self._dtls.state._value_ if self._dtls is not None else "new"  # ``.value`` is a property
 
     @property
     def connected(self) -> bool:
@@ -338,7 +344,8 @@ class MediaSession:
 
     def set_direction(self, direction: Direction | str) -> None:
         """Gate RTP per the WIC stream's SDP direction (hold/resume, RFC 3264 §5.1)."""
-        self._direction = Direction(direction)
+        # By value from a dict: ``Direction(text)`` is EnumType.__call__, Python code, each answer.
+        self._direction = _DIRECTION_BY_VALUE.get(direction) or Direction(direction)  # type: ignore[call-overload]
         self._to_core = self._direction.to_core
         self._to_wic = self._direction.to_wic
 

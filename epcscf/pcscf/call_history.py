@@ -36,7 +36,7 @@ from twisted.internet import defer
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 
 from epcscf.pcscf.call_model import Call, CallSettings, PackedTimeline
-from epcscf.pcscf.call_state import CallDirection, CallState
+from epcscf.pcscf.call_state import ORIGINATING, TERMINATING, CallDirection, CallState
 from epcscf.sip.message import Message
 from epcscf.sip.uri import UriError, parse_name_addr
 
@@ -159,13 +159,13 @@ class EndedCall:
         dialog = call.dialog
         self._packed = marshal.dumps([
             _plain(call.summary()),
-            call.state.value,
+            call.state._value_,
             # streams as [index, stream] pairs, as the JSON record of before had them
             [[index, _plain(stream)] for index, stream in stats.items()] if isinstance(stats, dict) else _plain(stats),
             None if dialog is None else [dialog.confirmed, dialog.wic.tag, dialog.core.tag],
         ])
         # RFC 3261 §13.3.1.4: the only answer ``call_sdp.repeat_answer_in_retransmission`` reads
-        originating = call.direction is CallDirection.ORIGINATING
+        originating = call.direction is ORIGINATING
         self._answer = call.last_wic_answer if originating else call.last_core_answer
 
     def _unpacked(self, position: int) -> Any:
@@ -210,11 +210,11 @@ class EndedCall:
 
     @property
     def last_wic_answer(self) -> bytes | None:
-        return self._answer if self.direction is CallDirection.ORIGINATING else None
+        return self._answer if self.direction is ORIGINATING else None
 
     @property
     def last_core_answer(self) -> bytes | None:
-        return self._answer if self.direction is CallDirection.TERMINATING else None
+        return self._answer if self.direction is TERMINATING else None
 
     def note(self, kind: str, text: str) -> None:
         self.timeline.add(self.clock.seconds(), kind, text, self.timeline_limit)

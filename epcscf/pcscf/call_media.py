@@ -48,7 +48,7 @@ from epcscf.media import Certificate, MediaSessionConfig
 from epcscf.pcscf.call_bundle import bundle_sessions
 from epcscf.pcscf.call_dtls import CallDtls
 from epcscf.pcscf.call_legs import CallLegs
-from epcscf.pcscf.call_model import MediaRejected
+from epcscf.pcscf.call_model import MediaRejected, succeeded_already
 from epcscf.pcscf.call_streams import CallStreams, Stream, first_error, gather
 from epcscf.pcscf.sdp_refusals import parse_sdp, transformed, wic_params
 from epcscf.sdp import (
@@ -188,10 +188,12 @@ class CallMedia:
             self.bundle = bundled
         ready = self._ensure_streams(accepted)
 
-        def build(_: object) -> defer.Deferred:
+        def build(_: object) -> defer.Deferred | None:
             bundle_sessions(self.streams, self.bundle, wic_offer)
             restarts = [self._streams.apply_remote_ice(self.streams[i], params[i]) for i in accepted
                         if i in self.streams and self.streams[i].owns_transport]
+            if all(map(succeeded_already, restarts)):
+                return None  # nothing to wait for (no ICE restart): as the gathered list would give
             return gather(restarts).addCallback(lambda _: None)
 
         def offer(_: object) -> bytes:
@@ -202,6 +204,17 @@ class CallMedia:
                 self._dtls.offered_by_wic(self.streams[index], params[index])
             return self._legs.stamp_core(out)
 
+        if succeeded_already(ready):
+            # Sockets from the shelf (gathered at once): the offer is made now, in a fired
+            # Deferred, as the chain below would make it (a failure as it would fail:
+            # ``first_error`` unwraps only ``gather``'s), without running the chain.
+            try:
+                built = build(None)
+                if built is None:
+                    return defer.succeed(offer(None))
+            except Exception:
+                return defer.fail()
+            return built.addCallback(offer).addErrback(first_error)
         return ready.addCallback(build).addCallback(offer).addErrback(first_error)
 
     def answer_from_core(self, sdp: bytes, fork: str | None = None) -> bytes:

@@ -16,6 +16,7 @@ from typing import Any, Callable, NamedTuple, Protocol, overload
 
 from twisted.internet import defer
 from twisted.internet.interfaces import IReactorTime
+from twisted.python.failure import Failure
 
 from epcscf.pcscf.call_state import CallDirection, CallEvent, CallState, TRANSITIONS, next_state
 from epcscf.pcscf.dialogs import Dialog, Side
@@ -227,15 +228,16 @@ class Call:
         """Move per the table; ``CallStateError`` for an event the state does not allow."""
         new = next_state(self.state, event)
         if new is not self.state:
-            self.note("state", f"{self.state.value} → {new.value} ({event.value})")
+            # ``_value_``: the value as a plain attribute (``.value`` is a property: two Python calls)
+            self.note("state", f"{self.state._value_} → {new._value_} ({event._value_})")
         self.state = new
         return new
 
     def summary(self) -> dict[str, Any]:
         return {
             "call_id": self.call_id,
-            "direction": self.direction.value,
-            "state": self.state.value if self.suspended_since is None else "suspended (flow lost)",
+            "direction": self.direction._value_,
+            "state": self.state._value_ if self.suspended_since is None else "suspended (flow lost)",
             "flow": self.wic_flow.id,
             "created": self.created,
             "ended": self.ended_at,
@@ -258,6 +260,18 @@ class CallLeg:
     sender: Side
     initial: bool = False
     offer_from: Side | None = None
+
+
+def succeeded_already(deferred: defer.Deferred) -> bool:
+    """Has ``deferred`` fired with a plain result that a callback added now would get at once?
+    Then its ``result`` may be read instead of running a callback chain (a media's offer is
+    ready at once on a busy node: the call's sockets come from the shelf)."""
+    return (
+        deferred.called
+        and not deferred.paused
+        and not deferred.callbacks
+        and not isinstance(deferred.result, (Failure, defer.Deferred))
+    )
 
 
 def call_leg(context: ProxiedRequest) -> CallLeg | None:

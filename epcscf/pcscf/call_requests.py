@@ -12,7 +12,7 @@ from __future__ import annotations
 from typing import Any
 
 from epcscf.pcscf.call_model import Call
-from epcscf.pcscf.dialogs import DialogError, Side
+from epcscf.pcscf.dialogs import SIDE_WIC, DialogError, Side
 from epcscf.pcscf.edge import EdgeAddresses
 from epcscf.sip.connection import Connection, ConnectionLost
 from epcscf.sip.message import Response
@@ -70,7 +70,7 @@ class CallRequests:
         self.send_bye(call, toward, f'SIP;cause=487;text="{quoted(cause)}"')
 
     def _path_toward(self, call: Call, toward: Side) -> tuple[Connection | None, str, str]:
-        if toward is Side.WIC:
+        if toward is SIDE_WIC:
             flow = call.wic_flow
             return (flow if flow.connected else None), flow.transport, self.addresses.wic_sent_by
         connection = call.core_connection

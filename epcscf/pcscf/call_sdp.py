@@ -9,15 +9,15 @@ side (TS 24.371 §7.4.2, §7.4.3), repeat the last answer, roll a refused re-off
 
 from __future__ import annotations
 
-from typing import Callable
+from typing import Any, Callable, TypeVar
 
 from twisted.internet import defer
 from twisted.python.failure import Failure
 
 from epcscf.pcscf import offer_answer as oa
-from epcscf.pcscf.call_model import Call, CallLeg, MediaRejected, sdp_body, set_sdp, strip_body
-from epcscf.pcscf.call_state import CallDirection
-from epcscf.pcscf.dialogs import Side
+from epcscf.pcscf.call_model import Call, CallLeg, MediaRejected, sdp_body, set_sdp, strip_body, succeeded_already
+from epcscf.pcscf.call_state import ORIGINATING
+from epcscf.pcscf.dialogs import SIDE_CORE, SIDE_WIC, Side
 from epcscf.sip.connection import WEBSOCKET_TRANSPORTS
 from epcscf.sip.headers import HeaderError, cseq, to_tag, top_via
 from epcscf.sip.message import Message, Response
@@ -26,6 +26,8 @@ from epcscf.sip.message import Message, Response
 ProtocolErrorReport = Callable[[Call, str], None]
 #: ``(call, reason, cause)``: end a dialog whose SDP cannot be served, once its 2xx has gone
 ReleaseForSdp = Callable[[Call, int, str], None]
+
+R = TypeVar("R")
 
 def offer_step(call: Call, sender: Side, event: oa.OfferEvent, report: ProtocolErrorReport) -> oa.Step:
     """The table's step for ``event`` sent by ``sender``; a protocol error is reported."""
@@ -36,16 +38,17 @@ def offer_step(call: Call, sender: Side, event: oa.OfferEvent, report: ProtocolE
 
 
 def transform_offer(call: Call, sender: Side, body: bytes) -> bytes | defer.Deferred:
-    """``sender``'s offer, for the other side (TS 24.371 §7.4.2 / §7.4.3)."""
+    """``sender``'s offer, for the other side (TS 24.371 §7.4.2 / §7.4.3): the media's result
+    as it gives it (bytes at once, or a Deferred), its refusal raised."""
     assert call.media is not None
-    transform = call.media.offer_from_wic if sender is Side.WIC else call.media.offer_from_core
-    return defer.maybeDeferred(transform, body)
+    transform = call.media.offer_from_wic if sender is SIDE_WIC else call.media.offer_from_core
+    return transform(body)
 
 
 def transform_answer(call: Call, sender: Side, body: bytes, message: Message) -> defer.Deferred:
     """``sender``'s answer, for the other side; remembered for a 2xx that must repeat it."""
     assert call.media is not None
-    if sender is Side.CORE:
+    if sender is SIDE_CORE:
         return defer.maybeDeferred(core_answer, call, body, message)
 
     def remember_for_core(answer: bytes) -> bytes:
@@ -74,16 +77,20 @@ def core_answer(call: Call, body: bytes, message: Message) -> bytes | defer.Defe
     return remember_for_wic(answer)
 
 
-def _then(thunk: Callable[[], object], on_result: Callable[[object], bool],
-          on_failure: Callable[[Failure], bool]) -> bool | defer.Deferred:
-    """``maybeDeferred(thunk).addCallbacks(on_result, on_failure)``, at once (no Deferred) when
-    ``thunk`` returns a plain value or raises: the builtin media answers the core at once."""
+def then_at_once(thunk: Callable[[], Any], on_result: Callable[[Any], R],
+                 on_failure: Callable[[Failure], R]) -> R | defer.Deferred:
+    """``maybeDeferred(thunk).addCallbacks(on_result, on_failure)``, at once (no callback chain)
+    when ``thunk`` returns a plain value, a Deferred that has fired with one, or raises: the
+    builtin media answers the core at once, and offers toward it at once when the call's sockets
+    come from the shelf (every call on a busy node)."""
     try:
         result = thunk()
     except Exception:
         return on_failure(Failure())
     if isinstance(result, defer.Deferred):
-        return result.addCallbacks(on_result, on_failure)
+        if not succeeded_already(result):
+            return result.addCallbacks(on_result, on_failure)
+        result = result.result  # fired: what ``on_result`` would be called back with now
     return on_result(result)
 
 
@@ -102,25 +109,25 @@ def rewrite_response(
     event = oa.response_event(status, body is not None, leg.offer_from is not None, initial, method_of(response))
     step = offer_step(call, responder, event, report)
     action = step.action
-    if action is oa.OfferAction.FORWARD:
+    if action is oa.ACTION_FORWARD:
         return False
-    if action is oa.OfferAction.ROLLBACK:
+    if action is oa.ACTION_ROLLBACK:
         media.offer_failed()  # RFC 3264 §8: the previous offer/answer stays in force
         call.pending_offer = oa.pending_after(step, responder)
         return False
-    if action is oa.OfferAction.REPEAT_ANSWER:
-        if responder is not Side.CORE or not call.last_wic_answer:
+    if action is oa.ACTION_REPEAT_ANSWER:
+        if responder is not SIDE_CORE or not call.last_wic_answer:
             return False
         # The WIC needs the answer in the 2xx: repeat the last one unchanged.
         set_sdp(response, call.last_wic_answer)
         call.note("sip-out", "2xx without SDP: repeated the last WebRTC answer")
         call.pending_offer = oa.pending_after(step, responder)
         return True
-    if action is oa.OfferAction.STRIP or body is None:
+    if action is oa.ACTION_STRIP or body is None:
         call.note("media", f"unexpected SDP in {status} from the {responder.value} dropped")
         strip_body(response)  # never let one side's SDP reach the other raw
         return False
-    if action is oa.OfferAction.ANSWER:
+    if action is oa.ACTION_ANSWER:
         def answered(new_body: bytes) -> bool:
             set_sdp(response, new_body)
             call.pending_offer = oa.pending_after(step, responder)  # settled by the 2xx only
@@ -135,10 +142,10 @@ def rewrite_response(
                 release(call, reason, f"unusable SDP answer: {reason}")  # the dialog has no usable media
             return False
 
-        if responder is Side.CORE:
-            return _then(lambda: core_answer(call, body, response), answered, bad_answer)
+        if responder is SIDE_CORE:
+            return then_at_once(lambda: core_answer(call, body, response), answered, bad_answer)
         return transform_answer(call, responder, body, response).addCallbacks(answered, bad_answer)
-    if action is oa.OfferAction.REPEAT_OFFER:
+    if action is oa.ACTION_REPEAT_OFFER:
         # The same offer again (18x then 2xx): the same transformed offer.
         return defer.maybeDeferred(transform_offer, call, responder, body).addCallback(lambda new: set_sdp(response, new))
     # OFFER: the responder offers in the 18x/2xx of an INVITE without SDP (RFC 3261 §13.2.1).
@@ -163,7 +170,7 @@ def repeat_answer_in_retransmission(call: Call, response: Response) -> bool:
     """A retransmitted 2xx of the callee carries the answer already sent (RFC 3261
     §13.3.1.4): put that answer in again.  False when there is none to repeat."""
     toward_wic = next_hop_is_websocket(response)
-    if call.direction is CallDirection.ORIGINATING:
+    if call.direction is ORIGINATING:
         repeat = call.last_wic_answer if toward_wic else None
     else:
         repeat = call.last_core_answer if not toward_wic else None

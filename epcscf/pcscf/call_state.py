@@ -30,11 +30,15 @@ import enum
 
 
 class CallDirection(enum.Enum):
+    __hash__ = object.__hash__  # identity: members are singletons (Enum's hash is Python code)
+
     ORIGINATING = "originating"  # WIC → core (TS 24.371 §7.4.2)
     TERMINATING = "terminating"  # core → WIC (TS 24.371 §7.4.3)
 
 
 class CallState(enum.Enum):
+    __hash__ = object.__hash__  # identity: members are singletons (Enum's hash is Python code)
+
     OFFER_RECEIVED = "offer-received"  # INVITE seen; media being allocated, SDP transformed
     OFFER_FORWARDED = "offer-forwarded"  # transformed INVITE sent on
     EARLY = "early"  # an answer came in a provisional response (early media, RFC 3960)
@@ -45,6 +49,8 @@ class CallState(enum.Enum):
 
 
 class CallEvent(enum.Enum):
+    __hash__ = object.__hash__  # identity: members are singletons (Enum's hash is Python code)
+
     OFFER_FORWARDED = "offer-forwarded"
     REJECTED = "rejected"  # we answered the INVITE ourselves (488, 503, 403…)
     PROVISIONAL = "provisional"  # 1xx without an answer
@@ -137,3 +143,26 @@ def next_state(state: CallState, event: CallEvent) -> CallState:
         return TRANSITIONS[state][event]
     except KeyError:
         raise CallStateError(f"event {event.value!r} is not allowed in call state {state.value!r}") from None
+
+
+# Members read on every call, as module constants (``dialogs.SIDE_WIC`` says why).
+ORIGINATING, TERMINATING = CallDirection.ORIGINATING, CallDirection.TERMINATING
+STATE_OFFER_RECEIVED = CallState.OFFER_RECEIVED
+STATE_OFFER_FORWARDED = CallState.OFFER_FORWARDED
+STATE_EARLY = CallState.EARLY
+STATE_CONFIRMED = CallState.CONFIRMED
+STATE_CANCELLING = CallState.CANCELLING
+STATE_TERMINATING = CallState.TERMINATING
+STATE_TERMINATED = CallState.TERMINATED
+EVENT_OFFER_FORWARDED = CallEvent.OFFER_FORWARDED
+EVENT_REJECTED = CallEvent.REJECTED
+EVENT_PROVISIONAL = CallEvent.PROVISIONAL
+EVENT_EARLY_ANSWER = CallEvent.EARLY_ANSWER
+EVENT_FINAL_2XX = CallEvent.FINAL_2XX
+EVENT_FINAL_FAILURE = CallEvent.FINAL_FAILURE
+EVENT_ACK = CallEvent.ACK
+EVENT_REOFFER = CallEvent.REOFFER
+EVENT_CANCEL = CallEvent.CANCEL
+EVENT_BYE = CallEvent.BYE
+EVENT_RELEASE = CallEvent.RELEASE
+EVENT_RELEASED = CallEvent.RELEASED

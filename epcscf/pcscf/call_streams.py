@@ -112,7 +112,7 @@ class CallStreams:
             session.datagram_received(data)
 
         agent.datagram_received = first_datagram
-        agent.on_state_change = lambda state: self._event("ice", f"m-line {index}: ICE {state.value}")
+        agent.on_state_change = lambda state: self._event("ice", f"m-line {index}: ICE {state._value_}")
         agent.on_consent_lost = lambda reason: self._fail("ice", f"ICE consent lost on m-line {index}: {reason}")
         session.on_connected = lambda: self._event("dtls", f"m-line {index}: DTLS connected")
         session.on_failed = lambda reason: self._dtls_failed(stream, reason)
@@ -193,7 +193,7 @@ class CallStreams:
 
     def stats(self) -> dict[str, Any]:
         return {
-            index: {"ice": stream.agent.state.value, "ice_stats": stream.agent.stats, "media": stream.session.stats()}
+            index: {"ice": stream.agent.state._value_, "ice_stats": stream.agent.stats, "media": stream.session.stats()}
             for index, stream in self.streams.items()
         }
 

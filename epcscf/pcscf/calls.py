@@ -43,6 +43,7 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
+from epcscf.pcscf import call_refusals as refusals
 from epcscf.pcscf import call_sdp
 from epcscf.pcscf import offer_answer as oa
 from epcscf.pcscf.call_history import CallHistory, HistoryEntry
@@ -56,7 +57,6 @@ from epcscf.pcscf.call_model import (
     CallSettings,
     MediaFactory,
     MediaRejected,
-    SDP,
     TimelineEntry,
     call_leg,
     content_type,
@@ -65,9 +65,31 @@ from epcscf.pcscf.call_model import (
     strip_body,
 )
 from epcscf.pcscf.call_requests import CallRequests, quoted
-from epcscf.pcscf.call_state import CallDirection, CallEvent, CallState
+from epcscf.pcscf.call_state import (
+    EVENT_ACK,
+    EVENT_BYE,
+    EVENT_CANCEL,
+    EVENT_EARLY_ANSWER,
+    EVENT_FINAL_2XX,
+    EVENT_FINAL_FAILURE,
+    EVENT_OFFER_FORWARDED,
+    EVENT_PROVISIONAL,
+    EVENT_REJECTED,
+    EVENT_RELEASE,
+    EVENT_RELEASED,
+    EVENT_REOFFER,
+    ORIGINATING,
+    STATE_CONFIRMED,
+    STATE_EARLY,
+    STATE_OFFER_RECEIVED,
+    STATE_TERMINATED,
+    STATE_TERMINATING,
+    TERMINATING,
+    CallDirection,
+    CallEvent,
+)
 from epcscf.pcscf.call_suspension import CallSuspensions, InstanceKey
-from epcscf.pcscf.dialogs import Dialog, Side
+from epcscf.pcscf.dialogs import SIDE_CORE, SIDE_WIC, Dialog, Side
 from epcscf.pcscf.edge import EdgeAddresses
 from epcscf.sip.connection import Connection
 from epcscf.sip.message import Request, Response
@@ -109,7 +131,7 @@ class CallManager:
         #: calls outliving a lost flow until their WIC registers again (``call_suspension``)
         self.suspensions = CallSuspensions(
             clock, self.settings.reconnect_grace, self._move,
-            lambda call, cause: self._release(call, WS_CLOSED_REASON, 480, (Side.CORE,), cause, "ws"),
+            lambda call, cause: self._release(call, WS_CLOSED_REASON, 480, (SIDE_CORE,), cause, "ws"),
             self._finish, self._requests.send_bye,
             lambda flow_id: [call for call in self._live.values() if call.wic_flow.id == flow_id],
         ) if self.settings.reconnect_grace > 0 else None
@@ -140,22 +162,22 @@ class CallManager:
 
     def originating_invite(self, context: ProxiedRequest, identity: str, forward: Forward) -> Decision | defer.Deferred:
         """TS 24.371 §7.4.2: the WIC's INVITE with its offer."""
-        return self._initial_invite(context, CallDirection.ORIGINATING, context.connection, forward,
+        return self._initial_invite(context, ORIGINATING, context.connection, forward,
                                     f"INVITE from the WIC ({identity})")
 
     def terminating_invite(self, context: ProxiedRequest, flow: Connection, forward: Forward) -> Decision | defer.Deferred:
         """TS 24.371 §7.4.3: the core's INVITE toward the WIC."""
-        return self._initial_invite(context, CallDirection.TERMINATING, flow, forward, "INVITE from the core")
+        return self._initial_invite(context, TERMINATING, flow, forward, "INVITE from the core")
 
     def _initial_invite(self, context: ProxiedRequest, direction: CallDirection, flow: Connection, forward: Forward,
                         what: str) -> Decision | defer.Deferred:
-        problem = self._unusable_body(context.request)
+        problem = refusals.unusable_body(context.request)
         if problem is not None:
             return Reject(problem)
         call = self._new_call(context, direction, flow)
         if isinstance(call, Reject):
             return call
-        if direction is CallDirection.TERMINATING:
+        if direction is TERMINATING:
             call.core_connection = context.connection
         call.note("sip-in", what)
         leg = call_leg(context)
@@ -165,12 +187,12 @@ class CallManager:
     def _new_call(self, context: ProxiedRequest, direction: CallDirection, flow: Connection) -> Call | Reject:
         request = context.request
         if len(self._live) >= self.settings.max_calls:
-            return Reject(self._overloaded(request, "too many calls"))
+            return Reject(refusals.overloaded(request, "too many calls", self.settings))
         call_id = request.headers.get("Call-ID") or ""
         call = Call(call_id, direction, flow, self.clock.seconds(), self.clock,
                     timeline_limit=self.settings.timeline_length)
         received = context.request_as_received
-        caller = Side.WIC if direction is CallDirection.ORIGINATING else Side.CORE
+        caller = SIDE_WIC if direction is ORIGINATING else SIDE_CORE
         call.dialog = Dialog.from_invite(received, caller)
         call.invite_context = context
         context.attached = CallLeg(call, caller, initial=True)
@@ -178,9 +200,9 @@ class CallManager:
             call.media = self.media_factory(call)
         except Exception as error:  # ports exhausted, socket errors: a 503, never a traceback
             log.info("no media for call {call_id}: {error}", call_id=call_id, error=error)
-            call.fire(CallEvent.REJECTED)
+            call.fire(EVENT_REJECTED)
             self._finish(call, f"no media resources: {error}", "media")
-            return Reject(self._overloaded(request, str(error)))
+            return Reject(refusals.overloaded(request, str(error), self.settings))
         call.media.on_failure = lambda layer, reason: self._media_failed(call, layer, reason)
         call.media.on_event = call.note
         call.media.wic_flow = lambda: None if call.suspended_since is not None else call.wic_flow.id
@@ -198,16 +220,24 @@ class CallManager:
         step = call_sdp.offer_step(call, leg.sender, oa.request_event(request.method, body is not None), self._protocol_error)
         call.pending_offer = oa.pending_after(step, leg.sender)
         action = step.action
-        if not leg.initial and request.method in ("INVITE", "UPDATE") and action is not oa.OfferAction.ANSWER:
+        if not leg.initial and request.method in ("INVITE", "UPDATE") and action is not oa.ACTION_ANSWER:
             context.attached = leg  # its responses are rewritten by the same rules
-            if action is oa.OfferAction.OFFER:
-                self._fire(call, CallEvent.REOFFER)  # hold, ICE restart, codec change
-        if action is oa.OfferAction.STRIP:
+            if action is oa.ACTION_OFFER:
+                self._fire(call, EVENT_REOFFER)  # hold, ICE restart, codec change
+        if action is oa.ACTION_STRIP:
             strip_body(forward.request)
-        if body is None or action not in (oa.OfferAction.OFFER, oa.OfferAction.ANSWER):
+        if body is None or action not in (oa.ACTION_OFFER, oa.ACTION_ANSWER):
             return self._forward_initial(call, forward, None) if leg.initial else forward
-        if action is oa.OfferAction.OFFER:
+        if action is oa.ACTION_OFFER:
             leg.offer_from = leg.sender
+            if leg.initial:
+                # The initial INVITE's offer, decided at once when the media offers at once (no
+                # Deferred for the proxy either), as the Deferred chain below would decide it.
+                return call_sdp.then_at_once(
+                    lambda: call_sdp.transform_offer(call, leg.sender, body),
+                    lambda offer: self._forward_initial(call, forward, offer),
+                    lambda failure: self._reject_initial(call, context, failure),
+                )
             transformed = defer.maybeDeferred(call_sdp.transform_offer, call, leg.sender, body)
         else:
             transformed = call_sdp.transform_answer(call, leg.sender, body, request)
@@ -220,14 +250,14 @@ class CallManager:
         return transformed.addCallbacks(lambda _: forward, lambda failure: self._in_dialog_rejected(call, context, failure))
 
     def _forward_initial(self, call: Call, forward: Forward, offer: bytes | None) -> Decision:
-        if call.state is not CallState.OFFER_RECEIVED:
+        if call.state is not STATE_OFFER_RECEIVED:
             # Cancelled or released while the media was being prepared (the proxy answers 487
             # for a CANCEL; a release answers here).
             return Reject(make_local_response(forward.request, 480, "Temporarily Unavailable (call released)"))
         if offer is not None:
             set_sdp(forward.request, offer)
-        call.fire(CallEvent.OFFER_FORWARDED)
-        call.note("sip-out", f"INVITE toward the {call.dialog.callee.value if call.dialog else '?'}")
+        call.fire(EVENT_OFFER_FORWARDED)
+        call.note("sip-out", f"INVITE toward the {call.dialog.callee._value_ if call.dialog else '?'}")
         return forward
 
     def _reject_initial(self, call: Call, context: ProxiedRequest, failure: Failure) -> Decision:
@@ -235,38 +265,11 @@ class CallManager:
             # Released (WS closed, shutdown) while its media was being prepared: the media was
             # closed under the offer, which is why it failed.
             return Reject(make_local_response(context.request, 480, "Temporarily Unavailable (call released)"))
-        response = self._rejection(context.request, failure)
-        self._fire(call, CallEvent.REJECTED)
+        response = refusals.rejection(context.request, failure, self.settings)
+        self._fire(call, EVENT_REJECTED)
         call.note("sip-out", f"{response.status} {response.reason}")
         self._finish(call, f"rejected: {response.status} {response.reason}", "media" if response.status == 503 else "sip")
         return Reject(response)
-
-    def _rejection(self, request: Request, failure: Failure) -> Response:
-        error = failure.value
-        if isinstance(error, MediaRejected):
-            if error.status == 503:
-                return self._overloaded(request, error.reason)
-            response = make_local_response(request, error.status, _reason_phrase(error.status, error.reason))
-            if error.status == 488:
-                text = error.reason.replace("\\", "\\\\").replace('"', '\\"')
-                response.headers.add("Warning", f'{error.warn_code} {self.settings.warning_agent} "{text}"')
-            return response
-        log.failure("SDP handling failed", failure)
-        return make_local_response(request, 500, "Server Internal Error (media)")
-
-    def _overloaded(self, request: Request, why: str) -> Response:
-        response = make_local_response(request, 503, "Service Unavailable (no media resources)")
-        response.headers.add("Retry-After", str(self.settings.retry_after))  # RFC 3261 §21.5.4
-        log.info("503 for {call_id}: {why}", call_id=request.headers.get("Call-ID"), why=why)
-        return response
-
-    def _unusable_body(self, request: Request) -> Response | None:
-        if request.body.strip() and content_type(request) != SDP:
-            # RFC 3261 §21.4.13: a body we must read but cannot → 415 with Accept.
-            response = make_local_response(request, 415)
-            response.headers.add("Accept", SDP)
-            return response
-        return None
 
     # --- CallHooks: responses -----------------------------------------------------------------
 
@@ -277,8 +280,8 @@ class CallManager:
         call = leg.call
         responder = leg.sender.other
         initial = leg.initial and call_sdp.method_of(response) == "INVITE"
-        call.note("sip-in", f"{response.status} {response.reason} from the {responder.value}")
-        if initial and call.state in (CallState.TERMINATING, CallState.TERMINATED):
+        call.note("sip-in", f"{response.status} {response.reason} from the {responder._value_}")
+        if initial and call.state in (STATE_TERMINATING, STATE_TERMINATED):
             return self._response_after_release(call, response, responder)
         if call.media is None:
             # The call ended (a BYE crossing a re-INVITE, a new INVITE with its Call-ID) while
@@ -307,7 +310,7 @@ class CallManager:
     def _release_for_sdp(self, call: Call, reason: str, cause: str) -> None:
         """The dialog is up but has no usable media (RFC 3264 §6: 488): end it once the 2xx has gone."""
         self.clock.callLater(0, self._release, call, f'SIP;cause=488;text="{quoted(reason)}"',
-                             488, (Side.WIC, Side.CORE), cause, "sip")
+                             488, (SIDE_WIC, SIDE_CORE), cause, "sip")
 
     def _response_during_release(self, failure: Failure, call: Call, response: Response, responder: Side,
                                  initial: bool) -> Failure | Response | None:
@@ -327,19 +330,19 @@ class CallManager:
     def _initial_response(self, call: Call, context: ProxiedRequest, response: Response, answered: bool) -> None:
         status = response.status
         if status < 200:
-            self._fire(call, CallEvent.EARLY_ANSWER if answered or call.state is CallState.EARLY else CallEvent.PROVISIONAL)
+            self._fire(call, EVENT_EARLY_ANSWER if answered or call.state is STATE_EARLY else EVENT_PROVISIONAL)
         elif status < 300:
             first = call.dialog is not None and not call.dialog.confirmed
-            self._fire(call, CallEvent.FINAL_2XX)
+            self._fire(call, EVENT_FINAL_2XX)
             if first and call.dialog is not None:
                 call.dialog.confirm(response, self.is_own_uri)
-                if call.direction is CallDirection.ORIGINATING:
+                if call.direction is ORIGINATING:
                     call.core_connection = _branch_connection(context, response)
         else:
-            self._fire(call, CallEvent.FINAL_FAILURE)
+            self._fire(call, EVENT_FINAL_FAILURE)
             self._finish(call, f"{status} {response.reason}", None if status in (486, 487, 600, 603) else "sip")
         leg = call_leg(context)
-        call.note("sip-out", f"{status} {response.reason} toward the {(leg.sender if leg else Side.WIC).value}")
+        call.note("sip-out", f"{status} {response.reason} toward the {(leg.sender if leg else SIDE_WIC)._value_}")
 
     def _response_after_release(self, call: Call, response: Response, responder: Side) -> Response | None:
         """A response to the initial INVITE after we released the call early (CANCEL/2xx race,
@@ -348,13 +351,13 @@ class CallManager:
             self._ack_and_bye_late_2xx(call, response, responder)
             return None
         if response.status >= 300:
-            self._fire(call, CallEvent.FINAL_FAILURE)
+            self._fire(call, EVENT_FINAL_FAILURE)
         return None if 200 <= response.status < 300 else response
 
     def _ack_and_bye_late_2xx(self, call: Call, response: Response, responder: Side) -> None:
         assert call.dialog is not None
         call.dialog.confirm(response, self.is_own_uri)
-        if call.direction is CallDirection.ORIGINATING and call.invite_context is not None:
+        if call.direction is ORIGINATING and call.invite_context is not None:
             call.core_connection = _branch_connection(call.invite_context, response)
         self._requests.ack_and_bye(call, responder, call.release_cause or "released")
 
@@ -378,27 +381,27 @@ class CallManager:
 
     def in_dialog_request(self, context: ProxiedRequest, forward: Forward, from_wic: bool) -> Decision | defer.Deferred:
         request = context.request
-        sender = Side.WIC if from_wic else Side.CORE
+        sender = SIDE_WIC if from_wic else SIDE_CORE
         flow = context.connection if from_wic else forward.destination
         call = self._live.get((request.headers.get("Call-ID") or "", getattr(flow, "id", "")))
         if call is None or call.dialog is None or not call.dialog.matches(request):
             return forward  # not an INVITE dialog of ours (SUBSCRIBE, another fork's dialog…)
         method = request.method
         call.dialog.request_seen(request, sender)
-        call.note("sip-in", f"{method} from the {sender.value}")
+        call.note("sip-in", f"{method} from the {sender._value_}")
         if method == "INFO" and from_wic and content_type(request) == TRICKLE_SDPFRAG:
             return self._trickle(call, request)
         if method == "BYE":
-            if call.can(CallEvent.BYE):
-                call.fire(CallEvent.BYE)
-            if call.state is not CallState.TERMINATED:
+            if call.can(EVENT_BYE):
+                call.fire(EVENT_BYE)
+            if call.state is not STATE_TERMINATED:
                 # RFC 3261 §15: a BYE may also end an early dialog: the call is released.
-                call.fire(CallEvent.RELEASE)
-                call.fire(CallEvent.RELEASED)
-            self._finish(call, f"BYE from the {sender.value}", None)  # RFC 3261 §15: the session ends: media freed
+                call.fire(EVENT_RELEASE)
+                call.fire(EVENT_RELEASED)
+            self._finish(call, f"BYE from the {sender._value_}", None)  # RFC 3261 §15: the session ends: media freed
             return forward
         if method == "ACK":
-            self._fire(call, CallEvent.ACK)
+            self._fire(call, EVENT_ACK)
         return self._request_sdp(call, CallLeg(call, sender), context, forward)
 
     def _in_dialog_rejected(self, call: Call, context: ProxiedRequest, failure: Failure) -> Decision:
@@ -410,7 +413,7 @@ class CallManager:
         call.pending_offer = None
         if call.media is not None:
             call.media.offer_failed()  # RFC 3264 §8: a refused re-offer keeps the previous media
-        response = self._rejection(context.request, failure)
+        response = refusals.rejection(context.request, failure, self.settings)
         call.note("sip-out", f"{response.status} {response.reason} to the {context.request.method}")
         return Reject(response)
 
@@ -431,26 +434,26 @@ class CallManager:
         if leg is None or not leg.initial:
             return
         call = leg.call
-        call.note("sip-in", f"CANCEL from the {leg.sender.value}")
-        self._fire(call, CallEvent.CANCEL)
-        if call.state is CallState.TERMINATED:
+        call.note("sip-in", f"CANCEL from the {leg.sender._value_}")
+        self._fire(call, EVENT_CANCEL)
+        if call.state is STATE_TERMINATED:
             self._finish(call, "cancelled", None)
 
     def transaction_ended(self, context: ProxiedRequest) -> None:
         leg = call_leg(context)
-        if leg is None or not leg.initial or leg.call.state is CallState.TERMINATING:
+        if leg is None or not leg.initial or leg.call.state is STATE_TERMINATING:
             return
         call = leg.call
-        if call.state is CallState.CONFIRMED or _got_2xx(context):
+        if call.state is STATE_CONFIRMED or _got_2xx(context):
             return  # a 2xx whose SDP is still being rewritten (late offer) confirms the call shortly
         # The initial INVITE ended without a 2xx (answered locally, abandoned): free everything.
-        if call.state is not CallState.TERMINATED:
-            if call.can(CallEvent.FINAL_FAILURE):
-                call.fire(CallEvent.FINAL_FAILURE)
-            if call.state is not CallState.TERMINATED:
+        if call.state is not STATE_TERMINATED:
+            if call.can(EVENT_FINAL_FAILURE):
+                call.fire(EVENT_FINAL_FAILURE)
+            if call.state is not STATE_TERMINATED:
                 # Answered before it was forwarded (a proxy error, a release): nothing downstream.
-                call.fire(CallEvent.RELEASE)
-                call.fire(CallEvent.RELEASED)
+                call.fire(EVENT_RELEASE)
+                call.fire(EVENT_RELEASED)
         self._finish(call, call.release_cause or "INVITE transaction ended without a dialog", None)
 
     def wic_route_matches(self, request: Request, flow: Connection) -> bool | None:
@@ -473,7 +476,7 @@ class CallManager:
         if self.suspensions is not None and suspend:
             calls = self.suspensions.suspend(connection.id, instances, calls)
         for call in calls:
-            self._release(call, WS_CLOSED_REASON, 480, (Side.CORE,), "WebSocket closed", "ws")
+            self._release(call, WS_CLOSED_REASON, 480, (SIDE_CORE,), "WebSocket closed", "ws")
 
     def _move(self, call: Call, connection: Connection) -> None:
         """The call's WIC is now on ``connection`` (``call_suspension``: adopted by a new flow)."""
@@ -486,20 +489,20 @@ class CallManager:
         """TS 24.229 §5.2.5.1: the WIC's registration is over: BYE both sides (CANCEL/503 if early)."""
         calls = [c for c in self._live.values() if c.wic_flow.id == flow_id]
         for call in calls:
-            self._release(call, reason_header, 503, (Side.WIC, Side.CORE), cause, None)
+            self._release(call, reason_header, 503, (SIDE_WIC, SIDE_CORE), cause, None)
         return len(calls)
 
     def release(self, call_id: str, reason: str = "released by the operator") -> int:
         """Operator release: BYE both sides (or CANCEL/480 if early); returns how many calls."""
         calls = self.find(call_id)
         for call in calls:
-            self._release(call, f'SIP;cause=480;text="{quoted(reason)}"', 480, (Side.WIC, Side.CORE), reason, None)
+            self._release(call, f'SIP;cause=480;text="{quoted(reason)}"', 480, (SIDE_WIC, SIDE_CORE), reason, None)
         return len(calls)
 
     def close(self) -> defer.Deferred:
         """Service stop: release every call, then wait for the media to close."""
         for call in list(self._live.values()):
-            self._release(call, 'SIP;cause=503;text="Service shutting down"', 503, (Side.WIC, Side.CORE),
+            self._release(call, 'SIP;cause=503;text="Service shutting down"', 503, (SIDE_WIC, SIDE_CORE),
                           "service shutting down", None)
         self.history.close()
         if self.suspensions is not None:
@@ -526,25 +529,25 @@ class CallManager:
     def _media_failed(self, call: Call, layer: str, reason: str) -> None:
         """RFC 7675 §5.1: ICE failure, consent loss or DTLS failure ends the call."""
         call.note(layer if layer in ("ice", "dtls") else "media", reason)
-        self._release(call, f'SIP;cause=480;text="{quoted(reason)}"', 480, (Side.WIC, Side.CORE), reason, layer)
+        self._release(call, f'SIP;cause=480;text="{quoted(reason)}"', 480, (SIDE_WIC, SIDE_CORE), reason, layer)
 
     def _release(self, call: Call, reason_header: str, early_status: int, toward: Iterable[Side],
                  cause: str, layer: str | None) -> None:
-        if call.ended or call.state in (CallState.TERMINATING, CallState.TERMINATED):
+        if call.ended or call.state in (STATE_TERMINATING, STATE_TERMINATED):
             return
         call.note("release", f"{cause} (Reason: {reason_header})")
         call.release_cause = cause
         state = call.state
-        call.fire(CallEvent.RELEASE)
+        call.fire(EVENT_RELEASE)
         try:
-            if state is CallState.CONFIRMED:
+            if state is STATE_CONFIRMED:
                 for side in toward:
                     self._requests.send_bye(call, side, reason_header)
-            elif state is not CallState.OFFER_RECEIVED and call.invite_context is not None and self.proxy is not None:
+            elif state is not STATE_OFFER_RECEIVED and call.invite_context is not None and self.proxy is not None:
                 # Early: CANCEL what is pending downstream and answer upstream ourselves.
                 call.released_early = True
                 context = call.invite_context
-                if call.core_connection is None and call.direction is CallDirection.ORIGINATING:
+                if call.core_connection is None and call.direction is ORIGINATING:
                     call.core_connection = _branch_connection(context, None)  # for a racing 2xx
                 self.proxy.cancel_branches(context)
                 response = make_local_response(context.request_as_received, early_status)
@@ -552,7 +555,7 @@ class CallManager:
                 self.proxy.respond_upstream(context, response)
         finally:
             # Whatever the signalling did, the call is over here: never keep its media.
-            call.fire(CallEvent.RELEASED)
+            call.fire(EVENT_RELEASED)
             self._finish(call, cause, layer)
 
     def _finish(self, call: Call, cause: str, layer: str | None) -> None:
@@ -596,12 +599,3 @@ def _branch_connection(context: ProxiedRequest, response: Response | None) -> Co
 
 def _got_2xx(context: ProxiedRequest) -> bool:
     return any(b.final is not None and 200 <= b.final.status < 300 for b in context.branches)
-
-
-def _reason_phrase(status: int, detail: str) -> str:
-    from epcscf.sip.message import REASON_PHRASES
-
-    base = REASON_PHRASES.get(status, "")
-    if status == 400:
-        return f"{base} ({detail[:80]})"
-    return base

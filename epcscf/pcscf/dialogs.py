@@ -35,18 +35,25 @@ from epcscf.sip.headers import HeaderError, address_facts, cseq
 from epcscf.sip.message import Request, Response
 from epcscf.sip.params import memoised_by_text
 from epcscf.sip.proxy_rules import BRANCH_PREFIX, DEFAULT_MAX_FORWARDS, add_via, apply_strict_route, list_values, name_addr_uri
-from epcscf.sip.uri import SipUri, UriError, parse_name_addr, parse_uri
+from epcscf.sip.uri import SipUri, UriError, parse_name_addr, shared_uri
 
 
 class Side(enum.Enum):
     """The two parties of a call as the eP-CSCF sees them."""
+
+    __hash__ = object.__hash__  # identity: members are singletons (Enum's hash is Python code)
 
     WIC = "wic"
     CORE = "core"
 
     @property
     def other(self) -> "Side":
-        return Side.CORE if self is Side.WIC else Side.WIC
+        return SIDE_CORE if self is SIDE_WIC else SIDE_WIC
+
+
+# Members read on every call, as module constants: in Python 3.11 every attribute read on an
+# Enum class goes through ``EnumType.__getattr__``'s slow hook (``transaction_machine.TERMINATED``).
+SIDE_WIC, SIDE_CORE = Side.WIC, Side.CORE
 
 
 class DialogError(Exception):
@@ -120,11 +127,11 @@ class Dialog:
         sequence = _cseq_number(invite)
         calling = Party(from_value, _tag_of(from_value), _contact_uri(invite), sequence)
         called = Party(to_value, None)
-        wic, core = (calling, called) if caller is Side.WIC else (called, calling)
+        wic, core = (calling, called) if caller is SIDE_WIC else (called, calling)
         return cls(invite.headers.get("Call-ID") or "", caller, wic, core, sequence)
 
     def party(self, side: Side) -> Party:
-        return self.wic if side is Side.WIC else self.core
+        return self.wic if side is SIDE_WIC else self.core
 
     @property
     def callee(self) -> Side:
@@ -151,7 +158,7 @@ class Dialog:
         # the check, so they go here too.  When both parties are WICs of this eP-CSCF (a
         # spiral through the core), our entries of the other party's flow stay behind the
         # core's: only the leading ones are removed.
-        seen_by_wic = list(reversed(record_route)) if self.caller is Side.WIC else list(record_route)
+        seen_by_wic = list(reversed(record_route)) if self.caller is SIDE_WIC else list(record_route)
         while seen_by_wic and is_own_uri(name_addr_uri(seen_by_wic[0])):
             seen_by_wic.pop(0)
         self.wic_route_behind_us = seen_by_wic
@@ -240,7 +247,7 @@ def _same_target(uri: str, target: str | None) -> bool:
     if target is None:
         return False
     try:
-        given, saved = parse_uri(uri), parse_uri(target)
+        given, saved = shared_uri(uri), shared_uri(target)  # read only: the memo's objects, no copies
     except UriError:
         return uri.strip() == target.strip()
     if not isinstance(given, SipUri) or not isinstance(saved, SipUri):

@@ -59,7 +59,7 @@ from epcscf.sip.connection import Address
 from epcscf.sip.message import Request
 from epcscf.sip.proxy_rules import list_values, name_addr_uri, next_hop_uri
 from epcscf.sip.resolver import DEFAULT_PORTS, Target, is_numeric_host
-from epcscf.sip.uri import SipUri, UriError, parse_uri
+from epcscf.sip.uri import SipUri, UriError, parse_uri, shared_uri
 
 __all__ = ["Refusal", "SourceRule", "TrustedSources", "check_wic_route", "next_hop_is_core"]
 
@@ -94,7 +94,7 @@ def check_wic_route(
     if not routes:
         return NOT_IN_DIALOG
     try:
-        top = parse_uri(name_addr_uri(routes[0]))
+        top = shared_uri(name_addr_uri(routes[0]))  # read only: the memo's object, no copy
     except UriError:
         return NOT_IN_DIALOG
     if not isinstance(top, SipUri) or not is_wic_side(top):

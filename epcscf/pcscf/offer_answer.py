@@ -52,12 +52,16 @@ from epcscf.pcscf.dialogs import Side
 class Holder(enum.Enum):
     """Who has an offer outstanding, seen from the side that sent the message (RFC 3264 §4)."""
 
+    __hash__ = object.__hash__  # identity: members are singletons (Enum's hash is Python code)
+
     NOBODY = "no offer outstanding"
     SENDER = "the sender's offer outstanding"
     PEER = "the peer's offer outstanding"
 
 
 class OfferEvent(enum.Enum):
+    __hash__ = object.__hash__  # identity: members are singletons (Enum's hash is Python code)
+
     # requests
     OFFER_REQUEST = "INVITE/UPDATE with SDP"
     OFFERLESS_REQUEST = "INVITE/UPDATE without SDP"
@@ -78,6 +82,8 @@ class OfferEvent(enum.Enum):
 
 
 class OfferAction(enum.Enum):
+    __hash__ = object.__hash__  # identity: members are singletons (Enum's hash is Python code)
+
     FORWARD = "forward unchanged"
     OFFER = "transform as the sender's offer toward the peer"
     REPEAT_OFFER = "transform the sender's outstanding offer again"
@@ -95,6 +101,15 @@ class Step:
     holder: Holder  # afterwards, from the same sender's point of view
     protocol_error: str | None = None  # the clause broken, when RFC 3264 does not allow the event
 
+
+# Members read on every call, as module constants (``dialogs.SIDE_WIC`` says why).
+ACTION_FORWARD = OfferAction.FORWARD
+ACTION_OFFER = OfferAction.OFFER
+ACTION_REPEAT_OFFER = OfferAction.REPEAT_OFFER
+ACTION_ANSWER = OfferAction.ANSWER
+ACTION_REPEAT_ANSWER = OfferAction.REPEAT_ANSWER
+ACTION_ROLLBACK = OfferAction.ROLLBACK
+ACTION_STRIP = OfferAction.STRIP
 
 H, V, A = Holder, OfferEvent, OfferAction
 _ANY = tuple(Holder)
@@ -138,19 +153,38 @@ def _rows() -> dict[tuple[Holder, OfferEvent], Step]:
 
 TABLE: dict[tuple[Holder, OfferEvent], Step] = _rows()
 
+# The members the functions below return or compare, as module constants (``ACTION_FORWARD``).
+_NOBODY = Holder.NOBODY
+_SENDER = Holder.SENDER
+_PEER = Holder.PEER
+_ACK_WITHOUT_SDP = OfferEvent.ACK_WITHOUT_SDP
+_ANSWER_18X = OfferEvent.ANSWER_18X
+_ANSWER_2XX = OfferEvent.ANSWER_2XX
+_BARE_2XX_TO_INITIAL_OFFER = OfferEvent.BARE_2XX_TO_INITIAL_OFFER
+_BARE_REQUEST = OfferEvent.BARE_REQUEST
+_BARE_TO_OFFER = OfferEvent.BARE_TO_OFFER
+_BARE_TO_OFFERLESS = OfferEvent.BARE_TO_OFFERLESS
+_ERROR_TO_REOFFER = OfferEvent.ERROR_TO_REOFFER
+_FINAL_FAILURE = OfferEvent.FINAL_FAILURE
+_OFFERLESS_REQUEST = OfferEvent.OFFERLESS_REQUEST
+_OFFER_REQUEST = OfferEvent.OFFER_REQUEST
+_SDP_IN_OTHER_REQUEST = OfferEvent.SDP_IN_OTHER_REQUEST
+_SDP_TO_OFFERLESS_INVITE = OfferEvent.SDP_TO_OFFERLESS_INVITE
+_SDP_TO_OFFERLESS_UPDATE = OfferEvent.SDP_TO_OFFERLESS_UPDATE
+
 
 def holder(pending_offer: Side | None, sender: Side) -> Holder:
     """``Call.pending_offer`` as seen from ``sender``."""
     if pending_offer is None:
-        return Holder.NOBODY
-    return Holder.SENDER if pending_offer is sender else Holder.PEER
+        return _NOBODY
+    return _SENDER if pending_offer is sender else _PEER
 
 
 def pending_after(step: Step, sender: Side) -> Side | None:
     """``Call.pending_offer`` after ``step`` (the inverse of ``holder``)."""
-    if step.holder is Holder.NOBODY:
+    if step.holder is _NOBODY:
         return None
-    return sender if step.holder is Holder.SENDER else sender.other
+    return sender if step.holder is _SENDER else sender.other
 
 
 def step(current: Holder, event: OfferEvent) -> Step:
@@ -160,21 +194,21 @@ def step(current: Holder, event: OfferEvent) -> Step:
 def request_event(method: str, has_sdp: bool) -> OfferEvent:
     """What a request means for offer/answer (RFC 3261 §13.2.1, RFC 3311 §5, RFC 3262 §5)."""
     if method in ("INVITE", "UPDATE"):
-        return OfferEvent.OFFER_REQUEST if has_sdp else OfferEvent.OFFERLESS_REQUEST
+        return _OFFER_REQUEST if has_sdp else _OFFERLESS_REQUEST
     if has_sdp:
-        return OfferEvent.SDP_IN_OTHER_REQUEST
-    return OfferEvent.ACK_WITHOUT_SDP if method == "ACK" else OfferEvent.BARE_REQUEST
+        return _SDP_IN_OTHER_REQUEST
+    return _ACK_WITHOUT_SDP if method == "ACK" else _BARE_REQUEST
 
 
 def response_event(status: int, has_sdp: bool, request_offered: bool, initial: bool, method: str) -> OfferEvent:
     """What a 18x–6xx response means (100 Trying never reaches here).  ``request_offered``:
     the request carried an offer; ``initial``: it is the dialog's first INVITE."""
     if status >= 300:
-        return OfferEvent.ERROR_TO_REOFFER if request_offered and not initial else OfferEvent.FINAL_FAILURE
+        return _ERROR_TO_REOFFER if request_offered and not initial else _FINAL_FAILURE
     if request_offered:
         if has_sdp:
-            return OfferEvent.ANSWER_2XX if status >= 200 else OfferEvent.ANSWER_18X
-        return OfferEvent.BARE_2XX_TO_INITIAL_OFFER if initial and status >= 200 else OfferEvent.BARE_TO_OFFER
+            return _ANSWER_2XX if status >= 200 else _ANSWER_18X
+        return _BARE_2XX_TO_INITIAL_OFFER if initial and status >= 200 else _BARE_TO_OFFER
     if not has_sdp:
-        return OfferEvent.BARE_TO_OFFERLESS
-    return OfferEvent.SDP_TO_OFFERLESS_INVITE if method == "INVITE" else OfferEvent.SDP_TO_OFFERLESS_UPDATE
+        return _BARE_TO_OFFERLESS
+    return _SDP_TO_OFFERLESS_INVITE if method == "INVITE" else _SDP_TO_OFFERLESS_UPDATE

@@ -55,7 +55,7 @@ from epcscf.sip.resolver import Target
 from epcscf.sip.timers import TimerQueue
 from epcscf.sip.transaction_client import ClientTransactionUser
 from epcscf.sip.transport import UDP_REQUEST_LIMIT
-from epcscf.sip.uri import SipUri, UriError, parse_uri
+from epcscf.sip.uri import SipUri, UriError, shared_uri
 from epcscf.sip.validate import AnswerOptionsLocally, validate_request
 from epcscf.sip.proxy_cancel import AbsorbResponses, Cancelling
 from epcscf.sip.proxy_policy import (
@@ -254,11 +254,29 @@ class StatefulProxy(StatelessForwarding, Cancelling, TimerC, OwnVia):
         elif destination is not None:
             have_targets(list(destination))
         else:
-            self._resolve(rules.next_hop_uri(branch.request)).addCallbacks(have_targets, failed)  # §16.6 step 7
+            next_hop = rules.next_hop_uri(branch.request)  # §16.6 step 7
+            found = self._targets_now(next_hop)
+            if found is not None:
+                have_targets(found)  # as the fired Deferred of ``_resolve`` would, without one
+            else:
+                self._resolve(next_hop).addCallbacks(have_targets, failed)
+
+    def _targets_now(self, uri_text: str) -> list[Target] | None:
+        """The next hop's targets when they are known at once, else None (``_resolve`` then):
+        none for a URI that is not SIP, and a numeric host's (RFC 3263 §4.2: no DNS) — the
+        next hop of every request of a call, which thus needs no Deferred."""
+        try:
+            uri = shared_uri(uri_text)  # read only (the resolver reads it): the memo's object, no copy
+        except UriError:
+            return []
+        if not isinstance(uri, SipUri):
+            return []
+        resolve_numeric = getattr(self.resolver, "resolve_numeric", None)  # not every resolver has it
+        return resolve_numeric(uri) if resolve_numeric is not None else None
 
     def _resolve(self, uri_text: str) -> defer.Deferred:
         try:
-            uri = parse_uri(uri_text)
+            uri = shared_uri(uri_text)  # read only, as in ``_targets_now``
         except UriError:
             return defer.succeed([])
         if not isinstance(uri, SipUri):

@@ -16,7 +16,7 @@ from epcscf.sip.connection import Connection
 from epcscf.sip.message import Headers, Message, Request, Response, canonical_name, make_response, new_tag
 from epcscf.sip.params import VALUE_PLACEHOLDER, clear_with_memos, cut_param_value, memoised_by_text, read_by_shape
 from epcscf.sip.resolver import DEFAULT_PORTS, Target
-from epcscf.sip.uri import Params, UriError, parse_name_addr, parse_uri, split_list
+from epcscf.sip.uri import Params, UriError, parse_name_addr, shared_uri, split_list
 
 # RFC 3261 §8.1.1.7: the magic cookie; ours adds a marker so we recognise our own branches.
 MAGIC_COOKIE = "z9hG4bK"
@@ -93,7 +93,7 @@ def name_addr_uri(value: str) -> str:
 def uri_param_names(uri_text: str) -> set[str]:
     """Lower-cased parameter names of a URI (empty when it does not parse)."""
     try:
-        uri = parse_uri(uri_text)
+        uri = shared_uri(uri_text)  # read only: the memo's object, no copy
     except UriError:
         return set()
     return {name.lower() for name in getattr(uri, "params", {})}

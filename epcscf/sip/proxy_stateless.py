@@ -11,11 +11,12 @@ from typing import TYPE_CHECKING, Any
 
 from twisted.internet import defer
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 
 from epcscf.sip import proxy_rules as rules
 from epcscf.sip.connection import Connection
 from epcscf.sip.message import Request, Response
-from epcscf.sip.proxy_policy import Decision, Destination, Forward, ProxiedRequest, ProxyPolicy
+from epcscf.sip.proxy_policy import Decision, Destination, Forward, ProxiedRequest, ProxyPolicy, is_deferred
 from epcscf.sip.replay import StatelessReplays
 from epcscf.sip.resolver import Target
 
@@ -43,6 +44,8 @@ class StatelessForwarding:
 
         def _resolve(self, uri_text: str) -> defer.Deferred: ...
 
+        def _targets_now(self, uri_text: str) -> list[Target] | None: ...
+
     def ack_received(self, request: Request, connection: Connection) -> None:
         """RFC 3261 §16.11 / §13.2.2.4: an ACK for a 2xx is its own transaction: forward it
         statelessly along its Route set."""
@@ -53,19 +56,33 @@ class StatelessForwarding:
         rules.mark_source(working, connection)
         removed = rules.process_own_routes(working, self.policy.is_own_uri)  # §16.4
         context = ProxiedRequest(working, connection, None, original=request, own_routes_removed=removed)
-        decided = defer.maybeDeferred(self.policy.route_request, context)
+        # One ACK a call: decided and sent at once when the policy and the next hop allow it
+        # (a plain decision, a numeric next hop), through Deferreds only where one is given;
+        # whatever fails is logged as the Deferred chain logged it.
+        try:
+            decided = self.policy.route_request(context)
+            if is_deferred(decided):
+                sent = decided.addCallback(self._forward_ack, branch_id)
+            else:
+                sent = self._forward_ack(decided, branch_id)
+        except Exception as error:
+            _ack_not_forwarded(Failure(error))
+            return
+        if is_deferred(sent):
+            sent.addErrback(_ack_not_forwarded)
 
-        def forward(decision: Decision) -> Any:
-            if not isinstance(decision, Forward):
-                return None  # an ACK is never answered
-            outgoing = decision.request
-            rules.decrement_max_forwards(outgoing)  # §16.6 step 3
-            rules.apply_strict_route(outgoing)  # §16.6 step 6
-            return self._destinations(decision.destination, outgoing).addCallback(
-                lambda candidates: self._send_stateless(outgoing, candidates, decision.via_sent_by, branch_id)
-            )
-
-        decided.addCallback(forward).addErrback(lambda f: log.info("ACK not forwarded: {why}", why=f.value))
+    def _forward_ack(self, decision: Decision, branch_id: str) -> Any:
+        if not isinstance(decision, Forward):
+            return None  # an ACK is never answered
+        outgoing = decision.request
+        rules.decrement_max_forwards(outgoing)  # §16.6 step 3
+        rules.apply_strict_route(outgoing)  # §16.6 step 6
+        candidates = self._destinations_now(decision.destination, outgoing)
+        if candidates is not None:
+            return self._send_stateless(outgoing, candidates, decision.via_sent_by, branch_id)
+        return self._resolve(rules.next_hop_uri(outgoing)).addCallback(
+            lambda found: self._send_stateless(outgoing, found, decision.via_sent_by, branch_id)
+        )
 
     def stray_response_received(self, response: Response, connection: Connection) -> None:
         """RFC 3261 §16.7 step 1 / §16.11: a response with no transaction (retransmitted 2xx
@@ -99,14 +116,16 @@ class StatelessForwarding:
 
         outgoing.addCallback(send).addErrback(lambda f: log.info("response not forwarded: {why}", why=f.value))
 
-    def _destinations(self, destination: Destination, request: Request) -> defer.Deferred:
+    def _destinations_now(self, destination: Destination, request: Request) -> list[Any] | None:
+        """Where a stateless request goes when that is known at once (given by the policy, or
+        a next hop needing no DNS); None: ``_resolve`` the next hop."""
         if isinstance(destination, Target):
-            return defer.succeed([destination])
+            return [destination]
         if destination is not None and not isinstance(destination, (list, tuple)):
-            return defer.succeed([destination])
+            return [destination]
         if destination is not None:
-            return defer.succeed(list(destination))
-        return self._resolve(rules.next_hop_uri(request))
+            return list(destination)
+        return self._targets_now(rules.next_hop_uri(request))
 
     def _send_stateless(self, request: Request, candidates: list[Any], via_sent_by: str | None, branch_id: str) -> Any:
         """Send a request without a transaction (ACK for 2xx): the first reachable candidate."""
@@ -122,6 +141,15 @@ class StatelessForwarding:
                 self.replays.send(request, connection)  # and its copies the same way (§16.11)
 
         if isinstance(first, Target):
-            return self.connector.connect(first).addCallback(send)
+            # An open connection (the core's UDP socket, every ACK of a call): sent at once,
+            # as the fired Deferred of ``connect`` would send it.
+            existing = self.connector.connection_for(first) if hasattr(self.connector, "connection_for") else None
+            if existing is None:
+                return self.connector.connect(first).addCallback(send)
+            first = existing
         send(first)
         return None
+
+
+def _ack_not_forwarded(failure: Failure) -> None:
+    log.info("ACK not forwarded: {why}", why=failure.value)

@@ -37,6 +37,13 @@ class TimerC:
     def _start_timer_c(self, context: ProxiedRequest, branch: Branch) -> None:
         if context.request.method != "INVITE":  # ``is_invite``, inlined: asked per branch of every request
             return
+        timer = branch.timer_c
+        if timer is not None and not branch.cancelled and timer.active():
+            # RFC 3261 §16.7 step 2: a provisional resets Timer C.  The running one is moved (a
+            # cancelled branch's may be the wait for its 487, ``_give_up``: that one is replaced):
+            # it fires as a new one would, without a timer made and one cancelled per 1xx.
+            timer.reset(self.settings.timer_c)
+            return
         self._stop_timer_c(branch)
         branch.timer_c = self._timers_c.callLater(self.settings.timer_c, self._timer_c_fired, context, branch)
 

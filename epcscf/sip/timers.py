@@ -10,13 +10,17 @@ cancelled as soon as no entry is live (so an idle element leaves nothing schedul
 
 Entries fire at exactly their deadline on the wrapped clock (``task.Clock`` in tests).
 
-Timers of a fixed delay (``call_fixed``: RFC 3261 Timers H, I, J and RFC 6026 Timer L, which a
-settled server transaction runs for 64*T1 or T4 whatever happens) are not heap entries: all of
-one delay are armed in deadline order, so one deque per delay holds them, each entry a small list
-``[deadline, owner, token]``.  A lingering transaction then costs ~100 B of timer instead of a
-``QueuedCall``, a heap tuple, a bound method and its arguments (~500 B; thousands linger during a
-burst, docs/performance.md "Fuzz burst peak").  A cancelled entry lets go of its owner at once and
-leaves its deadline behind until it comes up.
+Timers of a fixed delay (``call_fixed``: every RFC 3261 §17 / RFC 6026 transaction timer, whose
+delays come from a handful of values: T1·2^n for A, E and G, T2, T4, 64·T1, the 200 ms of 100
+Trying) are not heap entries: all of one delay are armed in deadline order, so one deque per delay
+holds them.  An entry is a serial number (an int, which the collector never tracks); its deadline,
+owner and token are filed under it in three dicts of the queue.  A timer then costs the collector
+nothing, where a ``QueuedCall`` with its bound method, its arguments and its heap tuple were four
+objects every young and middle pass traversed for as long as the timer lived -- 32 s for Timers B, F,
+H, J, L and M, most of them cancelled long before (docs/performance.md, "The collector's share of a
+call").  A cancelled entry lets go of its owner at once and leaves its number behind until it comes up.
+Entries fire at exactly their deadline, as heap entries do; on the same deadline, heap entries
+first, then fixed entries in the order they were armed.
 """
 
 from __future__ import annotations
@@ -38,6 +42,8 @@ log = Logger()
 _EPSILON = 1e-9
 # Compact when more than this many entries are dead and they outnumber the live ones.
 _COMPACT_AT = 64
+# ``call_fixed`` deques kept before those with nothing armed are dropped (transactions use ~10 delays).
+_MOST_DELAYS = 64
 
 
 def _nothing() -> None:
@@ -50,8 +56,8 @@ class FixedDelayOwner(Protocol):
     def fixed_timer_fired(self, token: Any) -> None: ...
 
 
-#: one ``call_fixed`` timer: [deadline, owner (None once cancelled or fired), token]
-FixedEntry = list[Any]
+#: one ``call_fixed`` timer: its serial number; the queue files its deadline, owner and token under it
+FixedEntry = int
 
 
 @implementer(IDelayedCall)
@@ -114,7 +120,10 @@ class TimerQueue:
         self._armed_at = 0.0
         #: ``call_fixed`` entries, one deque per delay, each in deadline order
         self._fixed: dict[float, deque[FixedEntry]] = {}
-        self._fixed_live = 0
+        #: serial of each live ``call_fixed`` entry → its owner, its token, its deadline
+        self._owners: dict[int, FixedDelayOwner] = {}
+        self._tokens: dict[int, Any] = {}
+        self._deadlines: dict[int, float] = {}
 
     def seconds(self) -> float:
         return self._clock.seconds()
@@ -130,25 +139,42 @@ class TimerQueue:
     def call_fixed(self, delay: float, owner: FixedDelayOwner, token: Any) -> FixedEntry:
         """Call ``owner.fixed_timer_fired(token)`` in ``delay`` seconds, as ``callLater`` would;
         for delays many timers share (see the module docstring).  ``cancel_fixed`` the entry."""
-        entry = [self._clock.seconds() + delay, owner, token]
+        serial = next(self._order)
+        deadline = self._clock.seconds() + delay
         queue = self._fixed.get(delay)
         if queue is None:
+            if len(self._fixed) >= _MOST_DELAYS:
+                self._drop_empty_deques()
             queue = self._fixed[delay] = deque()
-        queue.append(entry)
-        self._fixed_live += 1
-        if self._armed is None or entry[0] < self._armed_at:
-            self._arm(entry[0])
-        return entry
+        queue.append(serial)
+        self._owners[serial] = owner
+        self._tokens[serial] = token
+        self._deadlines[serial] = deadline
+        if self._armed is None or deadline < self._armed_at:
+            self._arm(deadline)
+        return serial
 
     def cancel_fixed(self, entry: FixedEntry) -> None:
-        if entry[1] is not None:
-            entry[1] = None
-            self._fixed_live -= 1
+        if self._owners.pop(entry, None) is not None:
+            del self._tokens[entry], self._deadlines[entry]
             self._forget_if_idle()
+
+    def token_of(self, entry: FixedEntry) -> Any:
+        """The token of a live ``call_fixed`` entry (None once it fired or was cancelled)."""
+        return self._tokens.get(entry)
+
+    def deadline_of(self, entry: FixedEntry) -> float | None:
+        """When a live ``call_fixed`` entry fires (clock seconds; None once it fired or was cancelled)."""
+        return self._deadlines.get(entry)
 
     def pending(self) -> int:
         """How many entries are armed (for tests and the console)."""
-        return self._live + self._fixed_live
+        return self._live + len(self._owners)
+
+    def _drop_empty_deques(self) -> None:
+        """Forget the deques of delays with nothing armed (a caller whose delays vary widely)."""
+        for delay in [delay for delay, queue in self._fixed.items() if not any(serial in self._owners for serial in queue)]:
+            del self._fixed[delay]
 
     def _arm(self, when: float) -> None:
         if self._armed is not None and self._armed.active():
@@ -172,7 +198,7 @@ class TimerQueue:
 
     def _forget_if_idle(self) -> None:
         """Nothing armed: leave nothing scheduled and no dead entry behind."""
-        if self._live or self._fixed_live:
+        if self._live or self._owners:
             return
         self._heap.clear()
         self._fixed.clear()
@@ -183,11 +209,12 @@ class TimerQueue:
     def _earliest_fixed(self) -> deque[FixedEntry] | None:
         """The deque whose first live entry is due first (dead first entries are dropped)."""
         earliest: deque[FixedEntry] | None = None
+        owners, deadlines = self._owners, self._deadlines
         for queue in self._fixed.values():
-            while queue and queue[0][1] is None:
+            while queue and queue[0] not in owners:
                 queue.popleft()
-            if queue and (earliest is None or queue[0][0] < earliest[0][0]):
-                earliest = queue
+            if queue and (earliest is None or (deadlines[queue[0]], queue[0]) < (deadlines[earliest[0]], earliest[0])):
+                earliest = queue  # (deadline, serial): the one armed first on a tie
         return earliest
 
     def _fire(self) -> None:
@@ -198,19 +225,18 @@ class TimerQueue:
         while True:
             while self._heap and not self._heap[0][2]._is_entry(self._heap[0]):
                 heapq.heappop(self._heap)
-            fixed = self._earliest_fixed() if self._fixed_live else None
+            fixed = self._earliest_fixed() if self._owners else None
             heap_due = self._heap[0][0] if self._heap else None
-            fixed_due = fixed[0][0] if fixed else None
+            fixed_due = self._deadlines[fixed[0]] if fixed else None
             callback: Callable[..., None]
             if heap_due is not None and heap_due <= now and (fixed_due is None or heap_due <= fixed_due):
                 call = heapq.heappop(self._heap)[2]
                 self._live -= 1
                 callback, args = call._run, ()
             elif fixed is not None and fixed_due is not None and fixed_due <= now:
-                entry = fixed.popleft()
-                callback, args = entry[1].fixed_timer_fired, (entry[2],)
-                entry[1] = None
-                self._fixed_live -= 1
+                serial = fixed.popleft()
+                del self._deadlines[serial]
+                callback, args = self._owners.pop(serial).fixed_timer_fired, (self._tokens.pop(serial),)
             else:
                 break
             try:

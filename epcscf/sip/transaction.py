@@ -147,6 +147,13 @@ def _rfc2543_same_dialog_request(a: RequestIdentity, b: RequestIdentity) -> bool
     )
 
 
+def _forget_client_transaction(clients: dict[tuple[str, str], ClientTransaction], machine: TransactionMachine) -> None:
+    """A client transaction ended: drop it from the layer's index (``TransactionLayer``)."""
+    assert isinstance(machine, ClientTransaction)
+    if clients.get(machine.key) is machine:
+        del clients[machine.key]
+
+
 def _forget_server_transaction(
     servers: dict[tuple[str, str, str], ServerTransaction],
     rfc2543_servers: list[ServerTransaction],
@@ -196,6 +203,9 @@ class TransactionLayer:
             _forget_server_transaction, self._servers, self._rfc2543_servers, self._by_merge_key
         )
         self._clients: dict[tuple[str, str], ClientTransaction] = {}
+        #: made once, as ``_on_server_terminated`` (a bound method per transaction was one more
+        #: object for the collector to traverse while it lingered)
+        self._on_client_terminated = functools.partial(_forget_client_transaction, self._clients)
         #: asked about every request that matched no transaction, before one is made
         #: (``epcscf.sip.early_admission``); None: every such request gets a transaction
         self.early_admission: EarlyAdmission | None = None
@@ -411,7 +421,7 @@ class TransactionLayer:
             user,
             timers if timers is not None else self._timers_for(connection),
             branch,
-            self._client_terminated,
+            self._on_client_terminated,
             wire,
         )
         self._clients[key] = transaction
@@ -437,11 +447,6 @@ class TransactionLayer:
             known.append(transaction)
         else:
             self._by_merge_key[merge_key] = [known, transaction]
-
-    def _client_terminated(self, machine: TransactionMachine) -> None:
-        assert isinstance(machine, ClientTransaction)
-        if self._clients.get(machine.key) is machine:
-            del self._clients[machine.key]
 
     def transactions(self) -> list[ServerTransaction | ClientTransaction]:
         """Every live transaction (for tests and the console)."""

@@ -19,6 +19,7 @@ from epcscf.sip.message import Request, Response
 from epcscf.sip.transaction_machine import (
     INVITE_CLIENT,
     NON_INVITE_CLIENT,
+    NOTHING_DUE,
     Event,
     State,
     TimerSettings,
@@ -143,16 +144,14 @@ class ClientTransaction(TransactionMachine):
             self._timers[Event.TRANSPORT_ERROR] = self._clock.callLater(0, self._timer_fired, Event.TRANSPORT_ERROR)
             return
         reliable = self.connection.reliable
-        # Nothing is armed yet: each timer goes in as ``_start_timer`` would put it.
-        timers, call_later, fired = self._timers, self._clock.callLater, self._timer_fired
         if self.is_invite:
             if not reliable:
-                timers[_TIMER_A] = call_later(self._interval, fired, _TIMER_A)  # §17.1.1.2: Timer A = T1
-            timers[_TIMER_B] = call_later(self.timers.b, fired, _TIMER_B)  # §17.1.1.2: Timer B = 64*T1
+                self._start_timer(_TIMER_A, self._interval)  # §17.1.1.2: Timer A = T1
+            self._start_timer(_TIMER_B, self.timers.b)  # §17.1.1.2: Timer B = 64*T1
         else:
             if not reliable:
-                timers[_TIMER_E] = call_later(self._interval, fired, _TIMER_E)  # §17.1.2.2: Timer E = T1
-            timers[_TIMER_F] = call_later(self.timers.f, fired, _TIMER_F)  # §17.1.2.2: Timer F = 64*T1
+                self._start_timer(_TIMER_E, self._interval)  # §17.1.2.2: Timer E = T1
+            self._start_timer(_TIMER_F, self.timers.f)  # §17.1.2.2: Timer F = 64*T1
 
     def receive_response(self, response: Response) -> None:
         """A response matched to this transaction by the layer (§17.1.3)."""
@@ -192,6 +191,8 @@ class ClientTransaction(TransactionMachine):
         self.request = None
         self._sent = None
         self.last_response = None
+        if not self._due_now:
+            self._due_now = NOTHING_DUE  # lingers with nothing due: the shared empty list
 
     def _restart_timer_a(self, _: object) -> None:
         # §17.1.1.2: each time Timer A fires its value doubles (no T2 cap for INVITE).

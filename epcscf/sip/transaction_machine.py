@@ -37,6 +37,7 @@ from twisted.logger import Logger
 
 from epcscf.sip.connection import Connection, ConnectionLost
 from epcscf.sip.message import Message
+from epcscf.sip.timers import FixedEntry, TimerQueue
 
 log = Logger()
 
@@ -381,6 +382,12 @@ class TransactionStateError(Exception):
         self.event = event
 
 
+#: The due-now list of a machine that lingers with none due: shared, so never added to
+#: (``_start_timer`` gives the machine its own first).  A list per lingering transaction was one
+#: more object each young and middle collection traversed for 64*T1.
+NOTHING_DUE: list["Event"] = []
+
+
 class TransactionMachine:
     """Runs one table: the current state, its armed timers, and the action dispatch.
 
@@ -413,7 +420,8 @@ class TransactionMachine:
         self.state = initial
         self._clock = clock
         self._on_terminated = on_terminated
-        self._timers: dict[Event, IDelayedCall] = {}
+        #: armed timers: a ``TimerQueue.call_fixed`` entry on the layer's queue, else an IDelayedCall
+        self._timers: dict[Event, FixedEntry | IDelayedCall] = {}
         self._due_now: list[Event] = []
         self._send_failed = False
         self._finished = False
@@ -478,10 +486,16 @@ class TransactionMachine:
     def _start_timer(self, timer: Event, delay: float) -> None:
         """Arm ``timer``; a zero delay fires it as soon as the current transition is done."""
         call = self._timers.pop(timer, None)  # ``_cancel_timer``, inlined: several per transaction
-        if call is not None and call.active():
-            call.cancel()
+        if call is not None:
+            self._disarm(call)
         if delay <= 0:
+            if self._due_now is NOTHING_DUE:
+                self._due_now = []
             self._due_now.append(timer)
+        elif isinstance(self._clock, TimerQueue):
+            # A number the collector does not track, not a QueuedCall, a bound method and two
+            # tuples it traversed for as long as the timer lived (``timers.py``).
+            self._timers[timer] = self._clock.call_fixed(delay, self, timer)
         else:
             self._timers[timer] = self._clock.callLater(delay, self._timer_fired, timer)
 
@@ -489,10 +503,20 @@ class TransactionMachine:
         self._timers.pop(timer, None)
         self._handle(timer)
 
+    def fixed_timer_fired(self, timer: Event) -> None:
+        """``TimerQueue.call_fixed``'s callback."""
+        self._timer_fired(timer)
+
+    def _disarm(self, call: FixedEntry | IDelayedCall) -> None:
+        if type(call) is int:
+            self._clock.cancel_fixed(call)  # type: ignore[attr-defined] # a TimerQueue's entry
+        elif call.active():  # type: ignore[union-attr]
+            call.cancel()  # type: ignore[union-attr]
+
     def _cancel_timer(self, timer: Event) -> None:
         call = self._timers.pop(timer, None)
-        if call is not None and call.active():
-            call.cancel()
+        if call is not None:
+            self._disarm(call)
 
     def _cancel_timers_outside(self, state: State) -> None:
         timers = self._timers
@@ -501,12 +525,12 @@ class TransactionMachine:
         for timer, call in list(timers.items()):  # ``_cancel_timer`` of each, written out
             if state not in TIMER_LIFETIME[timer]:
                 del timers[timer]
-                if call.active():
-                    call.cancel()
+                self._disarm(call)
 
     def timer_deadlines(self) -> dict[str, float]:
         """When each armed timer fires (clock seconds): for the console and tests."""
-        return {timer.value: call.getTime() for timer, call in self._timers.items() if call.active()}
+        return {timer.value: self._clock.deadline_of(call) if type(call) is int else call.getTime()  # type: ignore[attr-defined,union-attr]
+                for timer, call in self._timers.items() if type(call) is int or call.active()}  # type: ignore[union-attr]
 
     def shut_down(self) -> None:
         """Cancel every timer and stop, telling no one (``TransactionLayer.close``)."""

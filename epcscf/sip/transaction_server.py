@@ -21,6 +21,7 @@ from epcscf.sip.timers import FixedEntry, TimerQueue
 from epcscf.sip.transaction_machine import (
     INVITE_SERVER,
     NON_INVITE_SERVER,
+    NOTHING_DUE,
     TIMER_LIFETIME,
     Event,
     State,
@@ -40,7 +41,8 @@ MAGIC_COOKIE = "z9hG4bK"
 
 #: The timers a settled server transaction runs for a delay every transaction of its path
 #: shares: H, J (64*T1, RFC 3261 §17.2.1/§17.2.2), L (64*T1, RFC 6026 §7.1) and I (T4).  They go to
-#: the layer's ``TimerQueue.call_fixed`` (a deque entry, not a heap entry and a ``QueuedCall``).
+#: the layer's ``TimerQueue.call_fixed`` in a slot of their own (``_fixed_timer``), not in the
+#: machine's timer table: a lingering transaction then needs no table of its own.
 _FIXED_DELAY_TIMERS = frozenset({Event.TIMER_H, Event.TIMER_I, Event.TIMER_J, Event.TIMER_L})
 
 #: What a lingering transaction holds in place of its own empty timer table and due-now list
@@ -48,7 +50,7 @@ _FIXED_DELAY_TIMERS = frozenset({Event.TIMER_H, Event.TIMER_I, Event.TIMER_J, Ev
 #: gives the transaction its own again before it arms a timer (docs/performance.md, "Fuzz burst
 #: survivors at +60 s").
 _NO_TIMERS: dict[Event, object] = {}
-_NOTHING_DUE: list[Event] = []
+_NOTHING_DUE = NOTHING_DUE
 
 
 class TransactionUser(Protocol):
@@ -159,7 +161,7 @@ class SentResponse:
 class ServerTransaction(TransactionMachine):
     """One request we received and the responses we give it (RFC 3261 §17.2)."""
 
-    __slots__ = ("request", "method", "connection", "timers", "identity", "is_invite", "last_response",
+    __slots__ = ("request", "method", "connection", "timers", "_identity", "is_invite", "last_response",
                  "final_to_tag", "_tu", "_ack_connection", "_interval", "_fixed_timer")
 
     def __init__(
@@ -178,8 +180,9 @@ class ServerTransaction(TransactionMachine):
         self.method = request.method
         self.connection = connection
         self.timers = timers
-        #: the §17.2.3 matching fields; a ``SettledIdentity`` once the transaction lingers
-        self.identity: RequestIdentity | SettledIdentity = identity
+        #: the §17.2.3 matching fields (``identity``); once the transaction lingers, the fields of
+        #: a ``SettledIdentity`` as a plain tuple
+        self._identity: RequestIdentity | tuple[str, str, str, str | None, str | None, int, str] = identity
         self.is_invite = request.method == "INVITE"
         self.machine = "INVITE server" if self.is_invite else "non-INVITE server"
         self.table = INVITE_SERVER if self.is_invite else NON_INVITE_SERVER
@@ -197,14 +200,22 @@ class ServerTransaction(TransactionMachine):
         self._fixed_timer: FixedEntry | None = None
         super().__init__(clock, _PROCEEDING if self.is_invite else _TRYING, on_terminated)
 
+    @property
+    def identity(self) -> RequestIdentity | SettledIdentity:
+        """The §17.2.3 matching fields: a ``SettledIdentity`` once the transaction lingers, made
+        when asked (the layer asks once, when the transaction ends).  Kept as a plain tuple of
+        strings and numbers, which the collector stops tracking at its first pass: a NamedTuple
+        (a subclass) it tracks, and traverses at every collection for 64*T1."""
+        identity = self._identity
+        return identity if isinstance(identity, RequestIdentity) else SettledIdentity._make(identity)
+
     def __repr__(self) -> str:
         return f"<ServerTransaction {self.method} {self.identity.branch} {self.state.value}>"
 
     def start(self) -> None:
         """Arm the 100 Trying timer of an INVITE (RFC 3261 §17.2.1: 200 ms)."""
         if self.is_invite:
-            delay = self.timers.trying_delay
-            self._timers[Event.TIMER_TRYING] = self._clock.callLater(delay, self._timer_fired, Event.TIMER_TRYING)
+            self._start_timer(_TIMER_TRYING, self.timers.trying_delay)
 
     def respond(self, response: Response) -> None:
         """Send a response from the TU.
@@ -254,12 +265,11 @@ class ServerTransaction(TransactionMachine):
             # Sent again as it is (a connection serialises a message and writes the bytes);
             # on a reliable transport ``_resend_last_response`` parses it back when needed.
             self.last_response = self.last_response.serialize()
-        identity = self.identity
+        identity = self._identity
         if isinstance(identity, RequestIdentity) and identity.has_rfc3261_branch:
             # Only RFC 2543 matching reads the rest of the identity, and the To tag of our final.
-            self.identity = SettledIdentity(identity.branch or "", identity.sent_by, identity.method,
-                                            identity.from_tag, identity.call_id, identity.cseq_number,
-                                            identity.cseq_method)
+            self._identity = (identity.branch or "", identity.sent_by, identity.method, identity.from_tag,
+                              identity.call_id, identity.cseq_number, identity.cseq_method)
             self.final_to_tag = None
         if not self._timers:
             # A dict keeps the table its 100 Trying timer needed (224 B); the shared empty one is 0 B.
@@ -275,18 +285,28 @@ class ServerTransaction(TransactionMachine):
             self._cancel_fixed_timer()  # I replaces H (Confirmed): the layer may not have cancelled it
             self._fixed_timer = self._clock.call_fixed(delay, self, timer)
             return
-        # The machine adds to these two: a lingering transaction's are the shared empty ones.
+        # The machine adds to the table: a lingering transaction's is the shared empty one.
         if self._timers is _NO_TIMERS:
             self._timers = {}
-        if self._due_now is _NOTHING_DUE:
-            self._due_now = []
         super()._start_timer(timer, delay)
 
     def fixed_timer_fired(self, timer: Event) -> None:
-        """``TimerQueue.call_fixed``'s callback: as ``_timer_fired`` for the other timers."""
+        """``TimerQueue.call_fixed``'s callback: H, I, J and L from ``_fixed_timer``, the others
+        from the machine's table."""
+        if timer not in _FIXED_DELAY_TIMERS:
+            super().fixed_timer_fired(timer)
+            return
         self._fixed_timer = None
         if self.state in TIMER_LIFETIME[timer]:
             self._handle(timer)
+
+    def _fixed_event(self) -> Event | None:
+        """Which of ``_FIXED_DELAY_TIMERS`` ``_fixed_timer`` is (the queue files it)."""
+        entry = self._fixed_timer
+        if entry is None:
+            return None
+        assert isinstance(self._clock, TimerQueue)
+        return self._clock.token_of(entry)  # type: ignore[no-any-return]
 
     def _cancel_fixed_timer(self) -> None:
         entry = self._fixed_timer
@@ -296,22 +316,23 @@ class ServerTransaction(TransactionMachine):
             self._clock.cancel_fixed(entry)
 
     def _cancel_timer(self, timer: Event) -> None:
-        entry = self._fixed_timer
-        if entry is not None and entry[2] is timer:
+        if self._fixed_timer is not None and timer in _FIXED_DELAY_TIMERS and self._fixed_event() is timer:
             self._cancel_fixed_timer()
         else:
             super()._cancel_timer(timer)
 
     def _cancel_timers_outside(self, state: State) -> None:
         super()._cancel_timers_outside(state)
-        entry = self._fixed_timer
-        if entry is not None and state not in TIMER_LIFETIME[entry[2]]:
-            self._cancel_fixed_timer()
+        if self._fixed_timer is not None:
+            event = self._fixed_event()
+            if event is None or state not in TIMER_LIFETIME[event]:
+                self._cancel_fixed_timer()
 
     def timer_deadlines(self) -> dict[str, float]:
         deadlines = super().timer_deadlines()
-        if self._fixed_timer is not None:
-            deadlines[self._fixed_timer[2].value] = self._fixed_timer[0]
+        event = self._fixed_event()
+        if self._fixed_timer is not None and event is not None:
+            deadlines[event.value] = self._clock.deadline_of(self._fixed_timer)  # type: ignore[attr-defined]
         return deadlines
 
     def shut_down(self) -> None:

@@ -29,7 +29,7 @@ import socket
 import struct
 import zlib
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 from twisted.internet import protocol, reactor
 
@@ -195,15 +195,19 @@ class Browser(protocol.ProcessProtocol):
         return await self.ended
 
 
-async def start_browser(test: Any, timeout: float = 30.0, flags: Sequence[str] = ()) -> Browser:
+async def start_browser(
+    test: Any, timeout: float = 30.0, flags: Sequence[str] = (), prefix: Sequence[str] = ()
+) -> Browser:
     """Chromium with a fresh profile in the test's temporary directory; closed at the test's end.
-    ``flags``: Chromium switches beyond the driver's own (e.g. ``trust_certificate_flags``)."""
+    ``flags``: Chromium switches beyond the driver's own (e.g. ``trust_certificate_flags``).
+    ``prefix``: a command the driver runs under (e.g. ``nsenter`` into another host's namespace)."""
     require_browser(test)
     profile = os.path.abspath(test.mktemp())
     os.makedirs(profile)
     browser = Browser()
     env = dict(os.environ, EPCSCF_CHROMIUM_EXTRA_FLAGS=" ".join(flags))
-    reactor.spawnProcess(browser, shutil.which("node") or "node", ["node", DRIVER, profile], env=env, path=TOP)
+    argv = [*prefix, shutil.which("node") or "node", DRIVER, profile]
+    reactor.spawnProcess(browser, shutil.which(argv[0]) or argv[0], argv, env=env, path=TOP)
 
     from tests.support.wic import as_deferred
 
@@ -225,34 +229,41 @@ def page_bundle_dir() -> str:
     return directory
 
 
-def free_tcp_port() -> int:
-    """A port the kernel just had free on 127.0.0.1 (the WWSF origin must be known before it binds)."""
+def free_tcp_port(host: str = "127.0.0.1") -> int:
+    """A port the kernel just had free on ``host`` (the WWSF origin must be known before it binds)."""
     with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
+        probe.bind((host, 0))
         return probe.getsockname()[1]
 
 
 def start_wwsf_deployment(
-    test: Any, extra: str = "", tls: CertificateChain | None = None, extra_origins: Sequence[str] = ()
+    test: Any,
+    extra: str = "",
+    tls: CertificateChain | None = None,
+    extra_origins: Sequence[str] = (),
+    host: str = "127.0.0.1",
+    before_start: Callable[[EpcscfService], None] | None = None,
 ) -> tuple[EpcscfService, str]:
-    """epcscf + embedded core + WWSF on 127.0.0.1; (service, page URL).  The WWSF's origin is the
+    """epcscf + embedded core + WWSF on ``host`` (127.0.0.1); (service, page URL).  The WWSF's origin is the
     only allowed ``[ws]`` origin, as in etc/epcscf.ini.  ``extra``: a further ini file's text
     whose keys override the deployment's (e.g. ``"[media]\\nice_mode = lite\\n"``).  ``tls``:
     serve the page over https and the WICs over wss only, with this certificate (the browser
     needs ``trust_certificate_flags``).  ``extra_origins``: more allowed ``[ws]`` origins (another
-    test page's server).  Stopped when the test ends."""
+    test page's server).  ``host``: the address of the WebSocket and WWSF listeners (the page's
+    origin).  ``before_start`` may replace parts of the built service before it starts.  Stopped
+    when the test ends."""
     directory = os.path.abspath(test.mktemp())
     base = write_deployment_config(directory)
-    port = free_tcp_port()
+    port = free_tcp_port(host)
     scheme = "https" if tls is not None else "http"
     wss = (
-        f"listen = wss:127.0.0.1:0\ncertificate = {tls.chain_path}\nprivate_key = {tls.key_path}\n" if tls is not None else ""
+        f"listen = wss:{host}:0\ncertificate = {tls.chain_path}\nprivate_key = {tls.key_path}\n" if tls is not None else ""
     )
     overlay = os.path.join(directory, "wwsf.ini")
     with open(overlay, "w") as handle:
         handle.write(
-            f"[ws]\nallowed_origins = {', '.join([f'{scheme}://127.0.0.1:{port}', *extra_origins])}\nallow_missing_origin = false\n{wss}"
-            f"[wwsf]\nenabled = true\nlisten = {scheme}:127.0.0.1:{port}\nbundle_dir = {page_bundle_dir()}\n"
+            f"[ws]\nallowed_origins = {', '.join([f'{scheme}://{host}:{port}', *extra_origins])}\nallow_missing_origin = false\n{wss}"
+            f"[wwsf]\nenabled = true\nlisten = {scheme}:{host}:{port}\nbundle_dir = {page_bundle_dir()}\n"
         )
     files = [base, overlay]
     if extra:
@@ -260,9 +271,11 @@ def start_wwsf_deployment(
         with open(files[-1], "w") as handle:
             handle.write(extra)
     service = EpcscfService(load(files))
+    if before_start is not None:
+        before_start(service)
     service.startService()
     test.addCleanup(service.stopService)
-    return service, f"{scheme}://127.0.0.1:{port}/"
+    return service, f"{scheme}://{host}:{port}/"
 
 
 def trust_certificate_flags(tls: CertificateChain) -> list[str]:

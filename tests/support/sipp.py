@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import re
 import socket
-from typing import Any, Iterable
+from typing import Any, Iterable, Sequence
 
 from twisted.internet import defer, error, protocol, reactor
 
@@ -139,12 +139,15 @@ def received_responses(path: str, status: int, method: str) -> list[str]:
     ]
 
 
-def spawn_sipp(test: Any, sipp: str, args: list[str], directory: str, name: str) -> tuple[SippProcess, str]:
-    """Start sipp with a message trace in ``directory``; killed when the test ends."""
+def spawn_sipp(
+    test: Any, sipp: str, args: list[str], directory: str, name: str, prefix: Sequence[str] = ()
+) -> tuple[SippProcess, str]:
+    """Start sipp with a message trace in ``directory``; killed when the test ends.  ``prefix``:
+    a command sipp runs under (e.g. ``nsenter`` into another host's namespace, which execs it)."""
     trace = os.path.join(directory, f"{name}_messages.log")
     process = SippProcess()
-    argv = [sipp, *args, "-nostdin", "-trace_msg", "-message_file", trace]
-    transport = reactor.spawnProcess(process, sipp, argv, env=dict(os.environ), path=directory)
+    argv = [*prefix, sipp, *args, "-nostdin", "-trace_msg", "-message_file", trace]
+    transport = reactor.spawnProcess(process, argv[0], argv, env=dict(os.environ), path=directory)
 
     def kill() -> defer.Deferred | None:
         if process.ended.called:
