@@ -420,11 +420,10 @@ class IceAgent:
             # Closing usually never waits (sockets parked, no check in flight): no task for it.
             self._closing = eager_deferred(self._backend.close())
             self._closing.addBoth(self._closed_now)
-        done: Deferred[None] = Deferred()
         if self._closed:
-            done.callback(None)
-        else:
-            self._closing.addBoth(lambda result: (done.callback(None), result)[1])
+            return succeed(None)  # the usual close: it never waited (sockets parked)
+        done: Deferred[None] = Deferred()
+        self._closing.addBoth(lambda result: (done.callback(None), result)[1])
         return done
 
     def _closed_now(self, result: object) -> None:

@@ -40,6 +40,7 @@ from aioice import mdns, stun
 from aioice.candidate import Candidate
 from twisted.logger import Logger
 
+from epcscf.ice.connect import ConnectWithoutTask
 from epcscf.ice.host_socket import SHELF_KIND, _ParkedHostSocket, _StunSocket
 from epcscf.ice.ports import UdpPortPool
 from epcscf.ice.shelf import SocketShelf
@@ -53,7 +54,7 @@ log = Logger()
 # matter until the next response or the 30 s expiry, RFC 7675 §5.1).
 CONSENT_OUTSTANDING = 16
 
-class _AgentConnection(aioice.ice.Connection):
+class _AgentConnection(ConnectWithoutTask):
     """One aioice Connection, bound and reporting the way `FullGeneration` needs.
 
     It overrides and calls aioice 0.13's own methods (`_check_periodic`, `_valid_username`,
@@ -146,7 +147,7 @@ class _AgentConnection(aioice.ice.Connection):
         """aioice's Ta tick (RFC 8445 §6.1.4.2: start the next Waiting, else Frozen, pair), which
         asks for another tick 20 ms later whenever it started one.  With no pair left Waiting or
         Frozen and every remote candidate known, that tick has nothing to start (triggered checks
-        start on their own, RFC 8445 §7.3.1.4): connect() goes on to wait for the check list
+        start on their own, RFC 8445 §7.3.1.4): `start_checks` goes on to wait for the check list
         instead of sleeping once more (a timer and a loop turn per call)."""
         if not super()._check_periodic():
             return False
@@ -177,7 +178,8 @@ class _AgentConnection(aioice.ice.Connection):
         """aioice's answer to a check, its common case (an authenticated Binding request, no
         role conflict) with the response encoded once (`stun_wire.sign`); anything else goes
         through aioice's own `request_received`."""
-        self.generation.stats.checks_received += 1
+        generation = self._generation()  # the property's weak reference, read once
+        generation.stats.checks_received += 1
         attributes = message.attributes
         if (
             self._closing
@@ -190,7 +192,7 @@ class _AgentConnection(aioice.ice.Connection):
         ):
             super().request_received(message, addr, protocol)
             return
-        key = self.generation.local_key
+        key = generation.local_key
         if not (self._valid_username(attributes["USERNAME"]) and message.check_message_integrity(key)):
             self.respond_error(message, addr, protocol, (401, "Unauthenticated"))  # RFC 8489 §9.1.3
             return
@@ -313,7 +315,7 @@ class FullGeneration:
         self._early = EarlyDatagrams()
         self._consent_outstanding: OrderedDict[bytes, tuple[_ConsentTransaction, aioice.ice.StunProtocol]] = OrderedDict()
         self._tasks: set[asyncio.Task[None]] = set()
-        self._connect_task: asyncio.Task[None] | None = None
+        self._checks_begun = False
         self._closing = False
 
     @property
@@ -367,15 +369,14 @@ class FullGeneration:
             self._spawn(self.connection.add_remote_candidate(candidate))
 
     def begin_checks(self) -> None:
-        if self._connect_task is None and self.remote is not None and self._gathered and not self._closing:
-            self._connect_task = self._spawn(self._connect())
+        if not self._checks_begun and self.remote is not None and self._gathered and not self._closing:
+            self._checks_begun = True
+            # aioice's connect() as calls, without its task (`epcscf.ice.connect`).
+            self.connection.start_checks(self._checks_failed)
 
-    async def _connect(self) -> None:
-        try:
-            await self.connection.connect()
-        except Exception as exc:  # aioice raises ConnectionError, or asserts on misuse
-            if not self._closing:
-                self._on_failed(self, f"ICE checks failed: {exc}")
+    def _checks_failed(self, reason: str) -> None:
+        if not self._closing:
+            self._on_failed(self, f"ICE checks failed: {reason}")
 
     def nominated(self, pair: aioice.ice.CandidatePair) -> None:
         if self._closing or pair is self._selected:
@@ -464,7 +465,7 @@ class FullGeneration:
         self.discard_consent_checks()
         self._early.clear()
         await self.connection.close()
-        # connect() ends when close() fails the check list; wait for it and any candidate task.
+        # Wait for any candidate task (an mDNS name being resolved).
         while self._tasks:
             await asyncio.wait(list(self._tasks))
         self._selected = None

@@ -70,12 +70,13 @@ class _StunSocket(aioice.ice.StunProtocol):
 
     def datagram_received(self, data: bytes | str, addr: tuple[Any, ...]) -> None:
         data = bytes(data) if not isinstance(data, bytes) else data
+        generation = self.receiver._generation()  # the property's weak reference, read once
         if not is_stun(data):
-            self.receiver.generation.received_data(self, data, (addr[0], addr[1]))
+            generation.received_data(self, data, (addr[0], addr[1]))
             return
-        if self.receiver.generation.closing:
+        if generation.closing:
             if data[:2] == b"\x00\x01":  # a Binding request: counted as aioice's path counted it
-                self.receiver.generation.stats.checks_received += 1
+                generation.stats.checks_received += 1
             return
         # aioice's `StunProtocol.datagram_received`, with `stun_wire.parse`.
         addr = (addr[0], addr[1])
@@ -97,7 +98,7 @@ class _StunSocket(aioice.ice.StunProtocol):
     def send_stun(self, message: stun.Message, addr: tuple[str, int], wire: bytes | None = None) -> None:
         """Send `message`; `wire` is its bytes when the caller has them (`stun_wire.sign`)."""
         if message.message_class == stun.Class.REQUEST:
-            self.receiver.generation.stats.checks_sent += 1
+            self.receiver._generation().stats.checks_sent += 1
         if wire is None:
             wire = self._signed.get(message.transaction_id) or encode(message)
         self.transport.sendto(wire, addr)

@@ -38,6 +38,10 @@ class IceState(enum.Enum):
     FAILED = "failed"
     CLOSED = "closed"
 
+    # Members are singletons compared by identity: hashed as such in C, not by `Enum.__hash__`
+    # (a Python call for each lookup in ICE_TRANSITIONS, two per transition, four a call).
+    __hash__ = object.__hash__
+
 
 # Allowed transitions; anything else is a bug in the agent and raises IceStateError.
 # GATHERED → CONNECTED: a lite agent may be nominated before start() was called (the WIC checks
