@@ -37,7 +37,7 @@ from epcscf.pcscf.flows import FlowTable, TamperedToken
 from epcscf.pcscf.identity import assert_identity, strip_core_only_headers, strip_untrusted_headers
 from epcscf.pcscf.registration import Registrations
 from epcscf.sip.connection import WEBSOCKET_TRANSPORTS, Connection
-from epcscf.sip.headers import HeaderError, option_tags, parse_via, to_tag
+from epcscf.sip.headers import HeaderError, has_option_tag, parse_via, to_tag
 from epcscf.sip.message import Request, Response, new_tag
 from epcscf.sip.proxy import Decision, Forward, ProxiedRequest, Reject
 from epcscf.sip.proxy_policy import DIALOG_CREATING_METHODS, is_deferred
@@ -360,7 +360,7 @@ class PcscfPolicy:
         outbound = _asks_outbound(headers.get_all("contact"))
         headers.insert_first("Path", self.addresses.path_value(token, outbound))
         # RFC 3327 §5.2: tell the registrar that Path is used.
-        if "path" not in option_tags(request, "supported"):
+        if not has_option_tag(request, "supported", "path"):
             headers.add("Supported", "path")
         # TS 24.229 §5.2.2.1: P-Visited-Network-ID and a fresh ICID on every REGISTER.
         headers.add("P-Visited-Network-ID", self._visited_network_id)

@@ -195,7 +195,8 @@ class FlowTable:
 
     def find(self, connection_id: str) -> Flow | None:
         flow = self._flows.get(connection_id)
-        return flow if flow is not None and flow.open else None
+        # ``flow.open``, inlined: read for every response to a REGISTER
+        return flow if flow is not None and flow.closed_at is None and flow.connection.connected else None
 
     def get(self, connection_id: str) -> Flow:
         """The open flow for ``connection_id``; ``FlowGone`` if it has closed."""

@@ -582,6 +582,15 @@ def to_tag(message: Message) -> str | None:
     return view_of_first(message.headers, "to", "to-tag", _to_tag)
 
 
+def has_option_tag(message: Message, name: str, tag: str) -> bool:
+    """``tag in option_tags(message, name)``, without the list: the items of each line are
+    stripped and compared in C (an edge asks this of every REGISTER, RFC 3327 §5.2)."""
+    for value in message.headers.lines(name):
+        if tag in map(str.strip, value.split(",")):
+            return True
+    return False
+
+
 def option_tags(message: Message, name: str) -> list[str]:
     """Require / Proxy-Require / Supported / Unsupported option tags (RFC 3261 §20.29)."""
     tags: list[str] = []

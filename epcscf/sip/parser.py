@@ -40,7 +40,7 @@ from epcscf.sip.headers import (
 )
 from epcscf.sip.message import COMPACT_FORMS, Request, Response, make_response, new_tag
 from epcscf.sip.uri import TOKEN_RE, SipUri, UriError, shared_uri
-from epcscf.sip.params import MEMO_TEXT_LENGTH
+from epcscf.sip.params import MEMO_TEXT_LENGTH, clear_with_memos
 
 __all__ = [
     "ParserLimits",
@@ -115,6 +115,40 @@ _KNOWN_METHODS = frozenset(
 # LWS dropped) and canonical key.  Only valid names get in, so a continuation line (which
 # starts with LWS) never matches.
 _NAME_CACHE: dict[str, tuple[str, str]] = {}
+
+
+# Header lines read before, each with what the loop below makes of it: its item (name as
+# written, value) and canonical key.  The lines of a registration's messages recur but for Via,
+# CSeq and the To tag (RFC 3261 §8.1.1: From, To, Call-ID, Contact repeat in every refresh,
+# and the core's 200 echoes them), so a line read again costs one dict look-up instead of a
+# partition, a name look-up and a strip; its value is the same object each time, whose hash
+# the memos behind ``_check_headers`` already hold.  A line goes in on its second reading (the
+# texts read once are remembered by hash only, as ``epcscf.sip.headers`` does for Vias), so
+# the branches and tags that never recur do not crowd the others out.  Bounded; emptied by
+# ``clear_memos`` after a burst.
+LINE_MEMO_ENTRIES = 4096
+LINE_MEMO_TEXT_LENGTH = 256
+_line_memo: dict[str, tuple[tuple[str, str], str, str]] = {}
+# Never read twice, so not even remembered by hash: a Via carries a new branch in every
+# transaction (RFC 3261 §8.1.1.7), a CSeq a new number in every request (§8.1.1.5).
+_NEW_IN_EVERY_REQUEST = frozenset(("via", "cseq"))
+_lines_seen: set[int] = set()
+clear_with_memos(_line_memo.clear)
+clear_with_memos(_lines_seen.clear)
+
+
+def _remember_line(line: str, item: tuple[str, str], key: str) -> None:
+    """Keep ``line``'s reading from its second time on (see ``_line_memo``)."""
+    digest = hash(line)
+    seen = _lines_seen
+    if digest not in seen:
+        if len(seen) >= LINE_MEMO_ENTRIES:
+            seen.clear()
+        seen.add(digest)
+        return
+    if len(_line_memo) >= LINE_MEMO_ENTRIES:
+        _line_memo.clear()
+    _line_memo[line] = (item, key, item[1])
 
 
 def _canonical(name: str) -> str:
@@ -195,31 +229,39 @@ def _parse(data: bytes, limits: ParserLimits, require_content_length: bool) -> R
     folded = False
     repeated = False  # some name has two lines (only then can a single-valued one, §7.3.1)
     names = _NAME_CACHE
+    line_memo = _line_memo
     for line in lines[1:]:
         if check_length and len(line) > max_line and not errors:
             errors.append(SipParseError(513, f"Message Too Large (header line over {max_line} octets)"))
-        raw_name, colon, value = line.partition(":")
-        known = names.get(raw_name) if colon else None
-        if known is None:
-            if line[:1] in (" ", "\t"):
-                if not items:
-                    errors.append(SipParseError(400, _bad("continuation line before any header")))
+        remembered = line_memo.get(line)
+        if remembered is not None:  # read before: what the reading below made of it
+            item, key, value = remembered
+        else:
+            raw_name, colon, value = line.partition(":")
+            known = names.get(raw_name) if colon else None
+            if known is None:
+                if line[:1] in (" ", "\t"):
+                    if not items:
+                        errors.append(SipParseError(400, _bad("continuation line before any header")))
+                        continue
+                    name, value = items[-1]
+                    items[-1] = (name, (value.rstrip(_WS) + " " + line.strip(_WS)).strip(_WS))
+                    folded = True
                     continue
-                name, value = items[-1]
-                items[-1] = (name, (value.rstrip(_WS) + " " + line.strip(_WS)).strip(_WS))
-                folded = True
-                continue
-            name = raw_name.rstrip(_WS)
-            if not colon or not _HEADER_NAME_RE.match(name):
-                if not errors:
-                    errors.append(SipParseError(400, _bad(f"malformed header line {line[:40]!r}")))
-                continue
-            known = (name, _canonical(name))
-            if len(names) < 512:  # bounded: names are peer-controlled
-                names[raw_name] = known
-        name, key = known
-        value = value.strip(_WS)
-        items.append((name, value))
+                name = raw_name.rstrip(_WS)
+                if not colon or not _HEADER_NAME_RE.match(name):
+                    if not errors:
+                        errors.append(SipParseError(400, _bad(f"malformed header line {line[:40]!r}")))
+                    continue
+                known = (name, _canonical(name))
+                if len(names) < 512:  # bounded: names are peer-controlled
+                    names[raw_name] = known
+            name, key = known
+            value = value.strip(_WS)
+            item = (name, value)
+            if key not in _NEW_IN_EVERY_REQUEST and len(line) <= LINE_MEMO_TEXT_LENGTH:
+                _remember_line(line, item, key)
+        items.append(item)
         found = values.get(key)
         if found is None:
             values[key] = [value]
@@ -261,7 +303,7 @@ def _parse_start_line(line: str, limits: ParserLimits) -> tuple[Request | Respon
             400, _bad("malformed Request-Line: expected 'METHOD URI SIP/2.0' separated by single spaces"), None
         )
     method, uri_text, version = parts
-    request = Request(method, uri_text, version=version)
+    request = Request(method, uri_text, None, b"", version)  # positional: a keyword costs a dict per call
     if method not in _KNOWN_METHODS and not TOKEN_RE.match(method):
         return request, SipParseError(400, _bad(f"method is not a token: {method[:20]!r}"), None)
     if uri_text.startswith("<"):
@@ -294,7 +336,7 @@ def _parse_status_line(line: str) -> tuple[Response, SipParseError | None]:
     # (RFC 4475 §3.1.1.13) and may hold any UTF-8 (§3.1.1.12).
     version, _, rest = line.partition(" ")
     code_text, _, reason = rest.partition(" ")
-    response = Response(0, reason, version=version)
+    response = Response(0, reason, None, b"", version)  # positional, as above
     if len(code_text) != 3 or not code_text.isdigit() or not code_text.isascii():
         return response, SipParseError(400, _bad(f"malformed Status-Code {code_text[:20]!r}"))
     response.status = int(code_text)
@@ -387,7 +429,11 @@ def _take_body(
             raise SipParseError(400, _bad("missing Content-Length"), message)
         message.body = data[body_start:end]  # RFC 3261 §18.3: datagram ends the body
         return
-    text = values["content-length"][0].strip()
+    text = values["content-length"][0]
+    if text == "0":  # no body (every REGISTER and most responses): what the checks below conclude
+        message.body = b""
+        return
+    text = text.strip()
     if not text.isdigit() or not text.isascii() or len(text) > 10:
         raise SipParseError(400, _bad(f"Content-Length is not a non-negative number: {text[:20]!r}"), message)
     length = int(text)

@@ -96,18 +96,23 @@ def request_identity(request: Request) -> RequestIdentity:
     sequence = cseq(request)
     if sequence is None:
         raise HeaderError("CSeq", "missing")
-    return RequestIdentity(
-        branch=via.branch,
-        sent_by=f"{via.host.lower()}:{via.port}" if via.port is not None else via.host.lower(),
-        method="INVITE" if request.method == "ACK" else request.method,
-        request_uri=request.uri,
-        to_tag=to_tag(request),
-        from_tag=from_tag(request),
-        call_id=request.headers.get("call-id"),
-        cseq_number=sequence.number,
-        cseq_method=sequence.method,
-        via=via,
-    )
+    # ``tuple.__new__`` with the fields in ``RequestIdentity``'s order: what its generated
+    # ``__new__`` does, without that Python frame and the keywords' dict (one per request).
+    return _new_identity(RequestIdentity, (
+        via.branch,  # branch
+        f"{via.host.lower()}:{via.port}" if via.port is not None else via.host.lower(),  # sent_by
+        "INVITE" if request.method == "ACK" else request.method,  # method
+        request.uri,  # request_uri
+        to_tag(request),  # to_tag
+        from_tag(request),  # from_tag
+        request.headers.get("call-id"),  # call_id
+        sequence.number,  # cseq_number
+        sequence.method,  # cseq_method
+        via,  # via
+    ))
+
+
+_new_identity = tuple.__new__
 
 
 def _same_request_uri(a: str, b: str) -> bool:

@@ -88,7 +88,10 @@ def read_data_frame(buffer: bytes, start: int, limit: int) -> DataFrame | None:
             payload.decode("utf-8")  # strict: no surrogates, no overlongs (RFC 3629)
         except UnicodeDecodeError:
             return None
-    return DataFrame(payload, binary, end)
+    return _new_frame(DataFrame, (payload, binary, end))  # ``DataFrame(...)`` without its generated ``__new__``'s frame
+
+
+_new_frame = tuple.__new__
 
 
 def data_frame(payload: bytes, binary: bool) -> bytes:

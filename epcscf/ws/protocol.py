@@ -283,7 +283,7 @@ class SipWebSocketServerProtocol(LeanAutobahnProtocol, WebSocketServerProtocol):
 
     def onMessage(self, payload: bytes, isBinary: bool) -> None:
         connection = self.connection
-        if connection is None or not connection.connected:
+        if connection is None or connection.closed_reason is not None:  # ``connected``, inlined: every message
             return
         if payload == KEEPALIVE_PING:
             try:
