@@ -44,7 +44,7 @@ def ack_for(invite: Request, final: Response) -> Request:
 
 
 class EarlyRefusalTests(BorderTestCase):
-    extra_config = "[overload]\nmin_calls_in_setup = 1\nmax_calls_in_setup = 1\nretry_after = 7\n"
+    extra_config = "[overload]\nenabled = true\nmin_calls_in_setup = 1\nmax_calls_in_setup = 1\nretry_after = 7\n"
     timeout = 30
 
     def fill_window(self) -> None:
@@ -147,7 +147,7 @@ class EarlyRefusalTests(BorderTestCase):
 class SpreadRetryAfterTests(BorderTestCase):
     """``[overload] retry_after_spread``: WICs refused together are told different delays."""
 
-    extra_config = "[overload]\nmin_calls_in_setup = 1\nmax_calls_in_setup = 1\nretry_after = 7\nretry_after_spread = 2\n"
+    extra_config = "[overload]\nenabled = true\nmin_calls_in_setup = 1\nmax_calls_in_setup = 1\nretry_after = 7\nretry_after_spread = 2\n"
     timeout = 30
     fill_window = EarlyRefusalTests.fill_window
 
@@ -171,7 +171,7 @@ class UntrustedSourceRateTests(BorderTestCase):
     (``[overload] untrusted_source_messages_per_second``): beyond it, 503 + Retry-After without a
     transaction; other sources are served as before."""
 
-    extra_config = "[overload]\nuntrusted_source_messages_per_second = 1\nflow_burst = 5\nretry_after = 7\n"
+    extra_config = "[overload]\nenabled = true\nuntrusted_source_messages_per_second = 1\nflow_burst = 5\nretry_after = 7\n"
     timeout = 30
 
     @asyncio_test
