@@ -475,6 +475,20 @@ class ReleasePathsTests(unittest.TestCase):
 
 
 
+class NgCookieTests(unittest.TestCase):
+    """rtpengine replies to a cookie it has seen from its cache, whoever asks: every client's
+    cookies must be its own, even for clients made one after another in one process (the
+    module's tests share their daemons and got an earlier test's cached reply)."""
+
+    def test_clients_made_in_turn_have_distinct_cookie_prefixes(self) -> None:
+        prefixes = set()
+        for _ in range(200):
+            client = NgClient(reactor, (NgNode("127.0.0.1", 1),))
+            prefixes.add(client._prefix)
+            del client  # its memory, and so its id(), is free for the next one
+        self.assertEqual(len(prefixes), 200)
+
+
 class NgCodecTests(unittest.TestCase):
     """The ng datagram codec over bencode.py: replies as rtpengine writes them (keys in any
     order), and anything else a ValueError — never another exception — so that a stray or

@@ -23,6 +23,7 @@ import enum
 import hashlib
 import math
 import os
+import secrets
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
@@ -158,7 +159,11 @@ class NgClient:
         #: called with a node the moment it is marked down
         self.on_node_down: Callable[[NgNode], None] | None = None
         self._pending: dict[bytes, _Pending] = {}
-        self._prefix = f"{os.getpid()}_{id(self) & 0xFFFF:x}_".encode()
+        # rtpengine answers a cookie it has seen from its reply cache, whoever sends it (that is
+        # what makes a retransmitted offer safe): a prefix another client may also draw -- a
+        # client made again in this process (``id`` is reused), an epcscf with the same pid on
+        # another host or container -- would get that client's replies.  64 random bits do not.
+        self._prefix = f"{os.getpid()}_{secrets.token_hex(8)}_".encode()
         self._counter = 0
         self._port: Any = None
         self._pinger: task.LoopingCall | None = None
